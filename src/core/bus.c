@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: MIT */
+#define LOG_TAG "bus"
+#include "core/bus.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+
+#include "core/log.h"
+
+int bus_register(struct bus *bus, gpa_t base, uint64_t len, const struct bus_ops *ops,
+		 void *opaque)
+{
+	if (len == 0 || base + len < base)
+		return -EINVAL;
+	for (unsigned int i = 0; i < bus->nr; i++) {
+		const struct bus_dev *d = &bus->devs[i];
+
+		if (base < d->base + d->len && d->base < base + len)
+			return -EBUSY;
+	}
+	if (bus->nr == BUS_MAX_DEVICES)
+		return -ENOSPC;
+	bus->devs[bus->nr] = (struct bus_dev){ base, len, ops, opaque };
+	bus->nr++;
+	return 0;
+}
+
+void bus_dispatch(struct bus *bus, struct vcpu *vcpu, gpa_t addr, void *data, unsigned int len,
+		  bool is_write)
+{
+	for (unsigned int i = 0; i < bus->nr; i++) {
+		const struct bus_dev *d = &bus->devs[i];
+
+		if (addr < d->base || addr - d->base >= d->len)
+			continue;
+		if (len > d->len - (addr - d->base))
+			break; /* straddles the window's end */
+		if (is_write) {
+			if (d->ops->write)
+				d->ops->write(d->opaque, vcpu, addr - d->base, data, len);
+		} else if (d->ops->read) {
+			d->ops->read(d->opaque, vcpu, addr - d->base, data, len);
+		} else {
+			memset(data, 0, len);
+		}
+		return;
+	}
+	__atomic_fetch_add(&bus->unclaimed, 1, __ATOMIC_RELAXED);
+	log_warn_ratelimited("guest %s of %u bytes at gpa 0x%" PRIx64 " hits no device",
+			     is_write ? "write" : "read", len, addr);
+	if (!is_write)
+		memset(data, 0xff, len);
+}
+
+uint64_t bus_data_get(const void *data, unsigned int len)
+{
+	uint64_t v = 0;
+
+	memcpy(&v, data, len < sizeof(v) ? len : sizeof(v));
+	return v;
+}
+
+void bus_data_put(void *data, unsigned int len, uint64_t val)
+{
+	memcpy(data, &val, len < sizeof(val) ? len : sizeof(val));
+}

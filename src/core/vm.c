@@ -1,0 +1,384 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * VM lifecycle: KVM VM and vCPUs, guest RAM, devices, boot, and the state
+ * machine shared with the vCPU threads (see vm.h). Lock order: vm->lock, then
+ * vcpu->lock.
+ */
+#define LOG_TAG "vm"
+#include "core/vm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/boot.h"
+#include "core/layout.h"
+#include "core/vcpu.h"
+#include "core/vm_internal.h"
+#include "mem/memmap.h"
+
+static int kvm_sys_fd = -1;
+static int kvm_sys_err;
+static pthread_once_t kvm_once = PTHREAD_ONCE_INIT;
+
+static void open_kvm(void)
+{
+	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	int version;
+
+	if (fd < 0) {
+		kvm_sys_err = -errno;
+		return;
+	}
+	version = ioctl(fd, KVM_GET_API_VERSION, 0);
+	if (version != KVM_API_VERSION) {
+		close(fd);
+		kvm_sys_err = -ENOTSUP;
+		return;
+	}
+	kvm_sys_fd = fd;
+}
+
+int vm_kvm_system_fd(void)
+{
+	pthread_once(&kvm_once, open_kvm);
+	return kvm_sys_fd >= 0 ? kvm_sys_fd : kvm_sys_err;
+}
+
+static int add_devices(struct vm *vm, struct abi_device *devs, unsigned int *nr)
+{
+	int ret;
+
+	ret = bus_register(&vm->bus, LAYOUT_MMIO_CONSOLE, LAYOUT_MMIO_SLOT_SIZE, &console_ops,
+			   vm->console);
+	if (!ret)
+		ret = bus_register(&vm->bus, LAYOUT_MMIO_SYSCTL, LAYOUT_MMIO_SLOT_SIZE,
+				   &sysctl_ops, vm);
+	if (ret)
+		return ret;
+	devs[0] = (struct abi_device){ ABI_DEV_CONSOLE, 0, LAYOUT_MMIO_CONSOLE,
+				       LAYOUT_MMIO_SLOT_SIZE };
+	devs[1] = (struct abi_device){ ABI_DEV_SYSCTL, 0, LAYOUT_MMIO_SYSCTL,
+				       LAYOUT_MMIO_SLOT_SIZE };
+	*nr = 2;
+	return 0;
+}
+
+static int boot_guest(struct vm *vm, const struct vm_params *p)
+{
+	struct abi_device devs[ABI_MAX_DEVICES];
+	struct boot_image img;
+	unsigned int nr_devs = 0;
+	int tsc_khz, ret;
+
+	ret = boot_load_elf(vm->gm, p->guest_path, &img);
+	if (ret) {
+		if (ret != -ENOEXEC)
+			log_err("cannot load guest %s: %s", p->guest_path, strerror(-ret));
+		return ret;
+	}
+	ret = add_devices(vm, devs, &nr_devs);
+	if (ret)
+		return ret;
+	ret = boot_build_tables(vm->gm, vm->ncpus);
+	if (ret)
+		return ret;
+	tsc_khz = ioctl(vcpu_fd(vm->vcpus[0]), KVM_GET_TSC_KHZ, 0);
+	if (tsc_khz <= 0) {
+		log_err("KVM_GET_TSC_KHZ: %m");
+		return -EIO;
+	}
+	ret = boot_write_params(vm->gm, &img, vm->ncpus, (uint64_t)tsc_khz, p->cmdline ?: "",
+				devs, nr_devs);
+	if (ret) {
+		log_err("guest command line or device table too large");
+		return ret;
+	}
+	for (unsigned int i = 0; i < vm->ncpus; i++) {
+		struct kvm_sregs sregs;
+		struct kvm_regs regs;
+		int fd = vcpu_fd(vm->vcpus[i]);
+
+		if (ioctl(fd, KVM_GET_SREGS, &sregs) < 0)
+			return -errno;
+		boot_vcpu_sregs(&sregs, i);
+		boot_vcpu_regs(&regs, i, img.entry);
+		if (ioctl(fd, KVM_SET_SREGS, &sregs) < 0 || ioctl(fd, KVM_SET_REGS, &regs) < 0) {
+			ret = -errno;
+			log_err("setting up vcpu %u registers: %m", i);
+			return ret;
+		}
+	}
+	return 0;
+}
+
+int vm_create(const struct vm_params *p, struct vm **out)
+{
+	struct vm *vm;
+	int kvm, ret;
+
+	if (!p->name || !p->guest_path || p->ncpus == 0 || p->ncpus > ABI_MAX_CPUS)
+		return -EINVAL;
+	kvm = vm_kvm_system_fd();
+	if (kvm < 0) {
+		log_err("cannot open /dev/kvm: %s", strerror(-kvm));
+		return kvm;
+	}
+	vm = kv_zalloc(sizeof(*vm));
+	if (!vm)
+		return -ENOMEM;
+	vm->fd = -1;
+	vm->name = kv_strdup(p->name);
+	vm->ncpus = p->ncpus;
+	vm->mem_bytes = p->mem_bytes;
+	pthread_mutex_init(&vm->lock, NULL);
+	pthread_cond_init(&vm->cond, NULL);
+	vm->state = VM_CREATED;
+	if (!vm->name) {
+		ret = -ENOMEM;
+		goto out_destroy;
+	}
+	ret = memmap_create(p->mem_bytes, &vm->gm);
+	if (ret) {
+		log_err("%s: cannot reserve %llu bytes of guest RAM: %s", p->name,
+			(unsigned long long)p->mem_bytes, strerror(-ret));
+		goto out_destroy;
+	}
+	vm->fd = ioctl(kvm, KVM_CREATE_VM, 0);
+	if (vm->fd < 0) {
+		ret = -errno;
+		log_err("KVM_CREATE_VM: %m");
+		goto out_destroy;
+	}
+	ret = memmap_register_kvm(vm->gm, vm->fd, 0, 0);
+	if (ret)
+		goto out_destroy;
+	ret = console_create(vm, p->console_fd, p->console_prefix, p->console_log, &vm->console);
+	if (ret)
+		goto out_destroy;
+	for (unsigned int i = 0; i < p->ncpus; i++) {
+		ret = vcpu_create(vm, i, &vm->vcpus[i]);
+		if (ret)
+			goto out_destroy;
+	}
+	ret = boot_guest(vm, p);
+	if (ret)
+		goto out_destroy;
+	*out = vm;
+	return 0;
+
+out_destroy:
+	vm_destroy(vm);
+	return ret;
+}
+
+int vm_start(struct vm *vm)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&vm->lock);
+	if (vm->state != VM_CREATED) {
+		pthread_mutex_unlock(&vm->lock);
+		return -EINVAL;
+	}
+	vm->state = VM_RUNNING;
+	for (unsigned int i = 0; i < vm->ncpus && !ret; i++) {
+		ret = vcpu_start(vm->vcpus[i]);
+		if (!ret)
+			vm->running++;
+	}
+	pthread_mutex_unlock(&vm->lock);
+	if (ret)
+		vm_request_stop(vm, VM_STATUS_VMM_ERROR);
+	return ret;
+}
+
+static void kick_all(struct vm *vm)
+{
+	for (unsigned int i = 0; i < vm->ncpus; i++)
+		vcpu_kick(vm->vcpus[i]);
+}
+
+void vm_request_stop(struct vm *vm, int status)
+{
+	pthread_mutex_lock(&vm->lock);
+	if (!vm->stop_requested) {
+		vm->exit_status = status;
+		__atomic_store_n(&vm->stop_requested, true, __ATOMIC_SEQ_CST);
+	}
+	pthread_cond_broadcast(&vm->cond);
+	pthread_mutex_unlock(&vm->lock);
+	kick_all(vm);
+}
+
+bool vm_vcpu_should_exit(struct vm *vm)
+{
+	return __atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST);
+}
+
+void vm_vcpu_park_if_paused(struct vm *vm)
+{
+	if (!__atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST))
+		return;
+	pthread_mutex_lock(&vm->lock);
+	vm->parked++;
+	pthread_cond_broadcast(&vm->cond);
+	while (vm->pause_requested && !vm->stop_requested)
+		pthread_cond_wait(&vm->cond, &vm->lock);
+	vm->parked--;
+	pthread_mutex_unlock(&vm->lock);
+}
+
+void vm_vcpu_exited(struct vm *vm)
+{
+	void (*notify)(void *, struct vm *) = NULL;
+	void *arg = NULL;
+
+	pthread_mutex_lock(&vm->lock);
+	vm->running--;
+	/* The first vCPU out makes sure its siblings follow. */
+	__atomic_store_n(&vm->stop_requested, true, __ATOMIC_SEQ_CST);
+	if (vm->running == 0) {
+		vm->state = VM_STOPPED;
+		notify = vm->stop_notify;
+		arg = vm->stop_arg;
+	}
+	pthread_cond_broadcast(&vm->cond);
+	pthread_mutex_unlock(&vm->lock);
+	kick_all(vm);
+	if (notify)
+		notify(arg, vm);
+}
+
+int vm_pause(struct vm *vm)
+{
+	pthread_mutex_lock(&vm->lock);
+	if (vm->state != VM_RUNNING || vm->stop_requested) {
+		pthread_mutex_unlock(&vm->lock);
+		return -EINVAL;
+	}
+	__atomic_store_n(&vm->pause_requested, true, __ATOMIC_SEQ_CST);
+	pthread_mutex_unlock(&vm->lock);
+	kick_all(vm);
+	pthread_mutex_lock(&vm->lock);
+	while (vm->parked < vm->running && !vm->stop_requested)
+		pthread_cond_wait(&vm->cond, &vm->lock);
+	if (!vm->stop_requested)
+		vm->state = VM_PAUSED;
+	pthread_mutex_unlock(&vm->lock);
+	return 0;
+}
+
+int vm_resume(struct vm *vm)
+{
+	pthread_mutex_lock(&vm->lock);
+	if (vm->state != VM_PAUSED) {
+		pthread_mutex_unlock(&vm->lock);
+		return -EINVAL;
+	}
+	vm->pause_requested = false;
+	vm->state = VM_RUNNING;
+	pthread_cond_broadcast(&vm->cond);
+	pthread_mutex_unlock(&vm->lock);
+	return 0;
+}
+
+int vm_wait(struct vm *vm)
+{
+	for (unsigned int i = 0; i < vm->ncpus; i++)
+		if (vm->vcpus[i])
+			vcpu_join(vm->vcpus[i]);
+	return vm_exit_status(vm);
+}
+
+void vm_destroy(struct vm *vm)
+{
+	if (!vm)
+		return;
+	if (vm->state != VM_CREATED) {
+		vm_request_stop(vm, VM_STATUS_STOPPED);
+		vm_wait(vm);
+	}
+	for (unsigned int i = 0; i < vm->ncpus; i++)
+		vcpu_destroy(vm->vcpus[i]);
+	if (vm->console)
+		console_destroy(vm->console);
+	if (vm->fd >= 0)
+		close(vm->fd);
+	gm_destroy(vm->gm);
+	pthread_mutex_destroy(&vm->lock);
+	pthread_cond_destroy(&vm->cond);
+	kv_free(vm->name);
+	kv_free(vm);
+}
+
+void vm_set_stop_notify(struct vm *vm, void (*fn)(void *arg, struct vm *vm), void *arg)
+{
+	pthread_mutex_lock(&vm->lock);
+	vm->stop_notify = fn;
+	vm->stop_arg = arg;
+	pthread_mutex_unlock(&vm->lock);
+}
+
+struct gm *vm_gm(struct vm *vm)
+{
+	return vm->gm;
+}
+
+int vm_kvm_fd(const struct vm *vm)
+{
+	return vm->fd;
+}
+
+const char *vm_name(const struct vm *vm)
+{
+	return vm->name;
+}
+
+enum vm_state vm_get_state(struct vm *vm)
+{
+	enum vm_state s;
+
+	pthread_mutex_lock(&vm->lock);
+	s = vm->state;
+	pthread_mutex_unlock(&vm->lock);
+	return s;
+}
+
+const char *vm_state_name(enum vm_state s)
+{
+	switch (s) {
+	case VM_CREATED:
+		return "created";
+	case VM_RUNNING:
+		return "running";
+	case VM_PAUSED:
+		return "paused";
+	case VM_STOPPED:
+		return "stopped";
+	}
+	return "unknown";
+}
+
+unsigned int vm_ncpus(const struct vm *vm)
+{
+	return vm->ncpus;
+}
+
+uint64_t vm_mem_bytes(const struct vm *vm)
+{
+	return vm->mem_bytes;
+}
+
+int vm_exit_status(struct vm *vm)
+{
+	int s;
+
+	pthread_mutex_lock(&vm->lock);
+	s = vm->exit_status;
+	pthread_mutex_unlock(&vm->lock);
+	return s;
+}

@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * One KVM virtual machine: its guest RAM, vCPU threads, MMIO bus and the
+ * kvmem devices (console, system control), booted with the kvmem guest or
+ * another static ELF. Lifecycle: vm_create -> vm_start -> (vm_pause /
+ * vm_resume)* -> vm_request_stop -> vm_wait -> vm_destroy. vm_request_stop,
+ * vm_pause, vm_resume and the getters are safe from any thread.
+ */
+#ifndef KVMEM_CORE_VM_H
+#define KVMEM_CORE_VM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/log.h"
+#include "mem/gm.h"
+
+struct vm;
+
+/* Exit statuses besides the guest's own power-off code. */
+#define VM_STATUS_VMM_ERROR 1	/* a KVM call failed */
+#define VM_STATUS_STOPPED 0	/* stopped by the host (signal, control socket) */
+#define VM_STATUS_GUEST_CRASH 3	/* exception, triple fault or emulation failure */
+
+struct vm_params {
+	const char *name;	 /* shown in logs, console prefix, stats */
+	uint64_t mem_bytes;	 /* guest RAM, page multiple */
+	unsigned int ncpus;	 /* 1..ABI_MAX_CPUS */
+	const char *guest_path;	 /* static ELF64 to boot */
+	const char *cmdline;	 /* guest command line */
+	int console_fd;		 /* console lines go here (e.g. stdout) */
+	bool console_prefix;	 /* start every line with "[name] " */
+	const char *console_log; /* also append the console to this file, or NULL */
+};
+
+enum vm_state {
+	VM_CREATED,
+	VM_RUNNING,
+	VM_PAUSED,
+	VM_STOPPED,
+};
+
+/*
+ * Create the VM and load its guest; nothing runs yet. Errors: -EINVAL for bad
+ * parameters, -E2BIG for more RAM than the guest layout maps, -ENOMEM when the
+ * host cannot reserve it, -ENOENT/-ENOEXEC for the guest image, or the errno
+ * of a failed KVM call. Logs the reason.
+ */
+MUST_CHECK int vm_create(const struct vm_params *p, struct vm **out);
+/* Start one thread per vCPU. */
+MUST_CHECK int vm_start(struct vm *vm);
+/* Ask the VM to stop with `status` (first request wins); returns at once. */
+void vm_request_stop(struct vm *vm, int status);
+/* Park every vCPU outside KVM_RUN; returns when all are parked. -EINVAL unless running. */
+MUST_CHECK int vm_pause(struct vm *vm);
+MUST_CHECK int vm_resume(struct vm *vm);
+/* Join the vCPU threads; returns the exit status. */
+int vm_wait(struct vm *vm);
+void vm_destroy(struct vm *vm);
+
+/* Called once, from the thread that stops the VM, when it has stopped. */
+void vm_set_stop_notify(struct vm *vm, void (*fn)(void *arg, struct vm *vm), void *arg);
+
+struct gm *vm_gm(struct vm *vm);
+int vm_kvm_fd(const struct vm *vm);
+const char *vm_name(const struct vm *vm);
+enum vm_state vm_get_state(struct vm *vm);
+const char *vm_state_name(enum vm_state s);
+unsigned int vm_ncpus(const struct vm *vm);
+uint64_t vm_mem_bytes(const struct vm *vm);
+/* Exit status once stopped (meaningful after vm_wait). */
+int vm_exit_status(struct vm *vm);
+
+/* The host's /dev/kvm, opened once per process. Negative errno on failure. */
+int vm_kvm_system_fd(void);
+
+#endif

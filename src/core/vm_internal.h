@@ -1,0 +1,47 @@
+/* SPDX-License-Identifier: MIT */
+/* Private to src/core: the VM object shared by vm.c, vcpu.c and the kvmem devices. */
+#ifndef KVMEM_CORE_VM_INTERNAL_H
+#define KVMEM_CORE_VM_INTERNAL_H
+
+#include <pthread.h>
+
+#include "core/bus.h"
+#include "core/vm.h"
+#include "guest/abi.h"
+
+struct console;
+
+struct vm {
+	char *name;			/* immutable */
+	int fd;				/* KVM VM fd */
+	struct gm *gm;			/* guest RAM, layout immutable */
+	unsigned int ncpus;		/* immutable */
+	uint64_t mem_bytes;		/* immutable */
+	struct vcpu *vcpus[ABI_MAX_CPUS]; /* immutable after create */
+	struct bus bus;			/* filled before start */
+	struct console *console;
+
+	pthread_mutex_t lock;		/* guards everything below */
+	pthread_cond_t cond;		/* state changes, parked counts */
+	enum vm_state state;
+	bool stop_requested;		/* also read lock-free by vCPUs (atomic) */
+	bool pause_requested;		/* also read lock-free by vCPUs (atomic) */
+	unsigned int parked;		/* vCPUs parked for a pause */
+	unsigned int running;		/* vCPU threads not yet exited */
+	int exit_status;
+	void (*stop_notify)(void *arg, struct vm *vm);
+	void *stop_arg;
+};
+
+/* vCPU side of pause/stop: called by the vCPU loop between KVM_RUNs. */
+bool vm_vcpu_should_exit(struct vm *vm);
+void vm_vcpu_park_if_paused(struct vm *vm);
+void vm_vcpu_exited(struct vm *vm);
+
+/* Devices (console.c, sysctl.c). */
+int console_create(struct vm *vm, int fd, bool prefix, const char *log_path, struct console **out);
+void console_destroy(struct console *con);
+extern const struct bus_ops console_ops;
+extern const struct bus_ops sysctl_ops;
+
+#endif

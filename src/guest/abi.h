@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The contract between the VMM and the kvmem guest: the boot-parameters page,
+ * the guest-physical layout both sides agree on, and the register maps of the
+ * kvmem-specific MMIO devices (console, system control). Included by the
+ * freestanding guest and by the VMM, so it may use only <stdint.h> types.
+ *
+ * Entry: the VMM starts every vCPU at the ELF entry point at CPL0 with
+ *   rdi = vCPU index, rsi = gpa of struct abi_boot_params,
+ *   rdx = top of this vCPU's CPL3 stack,
+ * in 64-bit mode with guest RAM identity mapped and user-accessible.
+ */
+#ifndef KVMEM_GUEST_ABI_H
+#define KVMEM_GUEST_ABI_H
+
+#include <stdint.h>
+
+#define ABI_BOOT_MAGIC 0x544f4f424d454d4bULL /* "KMEMBOOT" */
+#define ABI_VERSION 1
+
+#define ABI_PAGE_SIZE 4096ULL
+
+/* GDT selectors set up by the VMM (user selectors carry RPL 3). */
+#define ABI_SEL_KERNEL_CS 0x08
+#define ABI_SEL_KERNEL_DS 0x10
+#define ABI_SEL_USER_DS 0x1b
+#define ABI_SEL_USER_CS 0x23
+#define ABI_SEL_TSS0 0x28 /* vCPU i uses ABI_SEL_TSS0 + 16 * i */
+
+/* Where the guest image is linked; everything below it belongs to the VMM. */
+#define ABI_IMAGE_BASE 0x200000ULL
+
+#define ABI_MAX_CMDLINE 2048
+#define ABI_MAX_RANGES 8
+#define ABI_MAX_DEVICES 16
+#define ABI_MAX_CPUS 64
+
+/* A usable range of guest RAM: page aligned, free for the guest's allocator. */
+struct abi_mem_range {
+	uint64_t gpa;
+	uint64_t len;
+};
+
+enum abi_dev_type {
+	ABI_DEV_CONSOLE = 1,
+	ABI_DEV_SYSCTL = 2,
+	ABI_DEV_VIRTIO_MMIO = 3,
+};
+
+struct abi_device {
+	uint32_t type;	 /* enum abi_dev_type */
+	uint32_t irq;	 /* GSI the VMM raises (virtio); 0 if none */
+	uint64_t gpa;	 /* base of the register window */
+	uint64_t len;	 /* size of the register window */
+};
+
+struct abi_boot_params {
+	uint64_t magic;		/* ABI_BOOT_MAGIC */
+	uint32_t version;	/* ABI_VERSION */
+	uint32_t ncpus;		/* vCPUs started, each entering at the ELF entry */
+	uint64_t tsc_khz;	/* from KVM_GET_TSC_KHZ; rdtsc works at CPL3 */
+	uint64_t ram_bytes;	/* guest RAM configured, in bytes */
+	uint64_t image_end;	/* first gpa after the loaded image (page aligned) */
+	uint32_t nr_ranges;
+	uint32_t nr_devices;
+	struct abi_mem_range ranges[ABI_MAX_RANGES];
+	struct abi_device devices[ABI_MAX_DEVICES];
+	char cmdline[ABI_MAX_CMDLINE]; /* NUL terminated */
+};
+
+/*
+ * Console device: a guest writes a byte to CON_PUTC, or hands a whole buffer
+ * with CON_BUF_GPA then CON_BUF_LEN (the length write emits it: one exit per
+ * line instead of one per byte).
+ */
+#define ABI_CON_PUTC 0x00	/* 8..32-bit write: low byte is output */
+#define ABI_CON_BUF_GPA 0x08	/* 64-bit write */
+#define ABI_CON_BUF_LEN 0x10	/* 32-bit write: emit [BUF_GPA, BUF_GPA + len) */
+#define ABI_CON_MAX_BUF 4096
+
+/* System-control device. */
+#define ABI_SYS_POWEROFF 0x00	/* 32-bit write: power off, VMM exits with this status */
+#define ABI_SYS_SLEEP_NS 0x08	/* 64-bit write: this vCPU sleeps up to N ns (paravirtual hlt) */
+#define ABI_SYS_EXCEPTION 0x10	/* written by the VMM's CPL0 exception stubs only */
+#define ABI_SYS_TIME_NS 0x18	/* 64-bit read: host CLOCK_MONOTONIC in ns */
+#define ABI_SYS_REPORT 0x20	/* 64-bit write: a guest-defined value the VMM records (tests) */
+
+#endif

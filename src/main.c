@@ -207,9 +207,8 @@ static int cmd_run(int argc, char **argv)
 	vm_set_stop_notify(vm, on_vm_stopped, NULL);
 	ret = vm_start(vm);
 	if (ret) {
-		log_err("cannot start vCPUs: %s", strerror(-ret));
 		vm_destroy(vm);
-		return EXIT_FAILURE;
+		return ret == -ENOEXEC ? EXIT_USAGE : EXIT_FAILURE;
 	}
 	ret = wait_vm(vm);
 	vm_destroy(vm);

@@ -48,41 +48,59 @@ int vm_kvm_system_fd(void)
 	return kvm_sys_fd >= 0 ? kvm_sys_fd : kvm_sys_err;
 }
 
-static int add_devices(struct vm *vm, struct abi_device *devs, unsigned int *nr)
+int vm_add_device(struct vm *vm, uint32_t type, const struct bus_ops *ops, void *opaque,
+		  gpa_t *gpa, uint32_t *gsi)
 {
+	struct abi_device *d;
+	gpa_t base;
 	int ret;
 
-	ret = bus_register(&vm->bus, LAYOUT_MMIO_CONSOLE, LAYOUT_MMIO_SLOT_SIZE, &console_ops,
-			   vm->console);
-	if (!ret)
-		ret = bus_register(&vm->bus, LAYOUT_MMIO_SYSCTL, LAYOUT_MMIO_SLOT_SIZE,
-				   &sysctl_ops, vm);
+	if (vm->state != VM_CREATED)
+		return -EINVAL;
+	if (vm->nr_devs == ABI_MAX_DEVICES)
+		return -ENOSPC;
+	d = &vm->devs[vm->nr_devs];
+	switch (type) {
+	case ABI_DEV_CONSOLE:
+		base = LAYOUT_MMIO_CONSOLE;
+		break;
+	case ABI_DEV_SYSCTL:
+		base = LAYOUT_MMIO_SYSCTL;
+		break;
+	case ABI_DEV_VIRTIO_MMIO:
+		base = LAYOUT_MMIO_VIRTIO + vm->nr_virtio * LAYOUT_MMIO_SLOT_SIZE;
+		d->irq = LAYOUT_VIRTIO_IRQ_BASE + vm->nr_virtio;
+		break;
+	default:
+		return -EINVAL;
+	}
+	ret = bus_register(&vm->bus, base, LAYOUT_MMIO_SLOT_SIZE, ops, opaque);
 	if (ret)
 		return ret;
-	devs[0] = (struct abi_device){ ABI_DEV_CONSOLE, 0, LAYOUT_MMIO_CONSOLE,
-				       LAYOUT_MMIO_SLOT_SIZE };
-	devs[1] = (struct abi_device){ ABI_DEV_SYSCTL, 0, LAYOUT_MMIO_SYSCTL,
-				       LAYOUT_MMIO_SLOT_SIZE };
-	*nr = 2;
+	if (type == ABI_DEV_VIRTIO_MMIO)
+		vm->nr_virtio++;
+	d->type = type;
+	d->gpa = base;
+	d->len = LAYOUT_MMIO_SLOT_SIZE;
+	vm->nr_devs++;
+	if (gpa)
+		*gpa = base;
+	if (gsi)
+		*gsi = d->irq;
 	return 0;
 }
 
-static int boot_guest(struct vm *vm, const struct vm_params *p)
+static int boot_guest(struct vm *vm)
 {
-	struct abi_device devs[ABI_MAX_DEVICES];
 	struct boot_image img;
-	unsigned int nr_devs = 0;
 	int tsc_khz, ret;
 
-	ret = boot_load_elf(vm->gm, p->guest_path, &img);
+	ret = boot_load_elf(vm->gm, vm->guest_path, &img);
 	if (ret) {
 		if (ret != -ENOEXEC)
-			log_err("cannot load guest %s: %s", p->guest_path, strerror(-ret));
+			log_err("cannot load guest %s: %s", vm->guest_path, strerror(-ret));
 		return ret;
 	}
-	ret = add_devices(vm, devs, &nr_devs);
-	if (ret)
-		return ret;
 	ret = boot_build_tables(vm->gm, vm->ncpus);
 	if (ret)
 		return ret;
@@ -91,8 +109,8 @@ static int boot_guest(struct vm *vm, const struct vm_params *p)
 		log_err("KVM_GET_TSC_KHZ: %m");
 		return -EIO;
 	}
-	ret = boot_write_params(vm->gm, &img, vm->ncpus, (uint64_t)tsc_khz, p->cmdline ?: "",
-				devs, nr_devs);
+	ret = boot_write_params(vm->gm, &img, vm->ncpus, (uint64_t)tsc_khz, vm->cmdline,
+				vm->devs, vm->nr_devs);
 	if (ret) {
 		log_err("guest command line or device table too large");
 		return ret;
@@ -132,12 +150,14 @@ int vm_create(const struct vm_params *p, struct vm **out)
 		return -ENOMEM;
 	vm->fd = -1;
 	vm->name = kv_strdup(p->name);
+	vm->guest_path = kv_strdup(p->guest_path);
+	vm->cmdline = kv_strdup(p->cmdline ? p->cmdline : "");
 	vm->ncpus = p->ncpus;
 	vm->mem_bytes = p->mem_bytes;
 	pthread_mutex_init(&vm->lock, NULL);
 	pthread_cond_init(&vm->cond, NULL);
 	vm->state = VM_CREATED;
-	if (!vm->name) {
+	if (!vm->name || !vm->guest_path || !vm->cmdline) {
 		ret = -ENOMEM;
 		goto out_destroy;
 	}
@@ -164,7 +184,9 @@ int vm_create(const struct vm_params *p, struct vm **out)
 		if (ret)
 			goto out_destroy;
 	}
-	ret = boot_guest(vm, p);
+	ret = vm_add_device(vm, ABI_DEV_CONSOLE, &console_ops, vm->console, NULL, NULL);
+	if (!ret)
+		ret = vm_add_device(vm, ABI_DEV_SYSCTL, &sysctl_ops, vm, NULL, NULL);
 	if (ret)
 		goto out_destroy;
 	*out = vm;
@@ -179,11 +201,12 @@ int vm_start(struct vm *vm)
 {
 	int ret = 0;
 
-	pthread_mutex_lock(&vm->lock);
-	if (vm->state != VM_CREATED) {
-		pthread_mutex_unlock(&vm->lock);
+	if (vm->state != VM_CREATED)
 		return -EINVAL;
-	}
+	ret = boot_guest(vm);
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&vm->lock);
 	vm->state = VM_RUNNING;
 	for (unsigned int i = 0; i < vm->ncpus && !ret; i++) {
 		ret = vcpu_start(vm->vcpus[i]);
@@ -312,6 +335,8 @@ void vm_destroy(struct vm *vm)
 	pthread_mutex_destroy(&vm->lock);
 	pthread_cond_destroy(&vm->cond);
 	kv_free(vm->name);
+	kv_free(vm->guest_path);
+	kv_free(vm->cmdline);
 	kv_free(vm);
 }
 

@@ -47,7 +47,15 @@ enum vm_state {
  * of a failed KVM call. Logs the reason.
  */
 MUST_CHECK int vm_create(const struct vm_params *p, struct vm **out);
-/* Start one thread per vCPU. */
+/*
+ * Put a device on the VM's MMIO bus and in the guest's device table; only
+ * between vm_create and vm_start. The window (LAYOUT_MMIO_SLOT_SIZE bytes)
+ * and, for virtio, a GSI are chosen here and returned. -ENOSPC when full.
+ */
+struct bus_ops;
+MUST_CHECK int vm_add_device(struct vm *vm, uint32_t type, const struct bus_ops *ops,
+			     void *opaque, gpa_t *gpa, uint32_t *gsi);
+/* Write the boot state (image, tables, boot params, registers), start one thread per vCPU. */
 MUST_CHECK int vm_start(struct vm *vm);
 /* Ask the VM to stop with `status` (first request wins); returns at once. */
 void vm_request_stop(struct vm *vm, int status);

@@ -19,6 +19,11 @@ struct vm {
 	uint64_t mem_bytes;		/* immutable */
 	struct vcpu *vcpus[ABI_MAX_CPUS]; /* immutable after create */
 	struct bus bus;			/* filled before start */
+	struct abi_device devs[ABI_MAX_DEVICES]; /* the guest's device table */
+	unsigned int nr_devs;
+	unsigned int nr_virtio;
+	char *guest_path;		/* until boot */
+	char *cmdline;			/* until boot */
 	struct console *console;
 
 	pthread_mutex_t lock;		/* guards everything below */

@@ -20,7 +20,7 @@
 #include "core/layout.h"
 #include "core/log.h"
 #include "core/size.h"
-#include "core/vm.h"
+#include "core/host.h"
 
 #define EXIT_USAGE 2
 
@@ -32,6 +32,8 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: kvmem run --mem SIZE [--cpus N] [--guest FILE] [--append CMDLINE]\n"
+		"                 [--budget SIZE] [--socket PATH] [--dedup on|off|ksm]\n"
+		"       kvmem host --config FILE.json [--socket PATH]\n"
 		"       kvmem --help | --version\n"
 		"\n"
 		"run     boot one VM in the foreground, its console on stdout\n"
@@ -39,7 +41,12 @@ static void usage(FILE *f)
 		"  -c, --cpus N        vCPUs (1-%d, default 1)\n"
 		"  -g, --guest FILE    static ELF guest (default: the kvmem guest)\n"
 		"  -a, --append STR    guest command line (e.g. \"kvmem.wl=size=256,then=poweroff\")\n"
-		"  -v, --verbose       debug logging\n",
+		"  -b, --budget SIZE   host memory budget (default: MemAvailable at start)\n"
+		"  -s, --socket PATH   control socket (for kvmem stat)\n"
+		"  -d, --dedup MODE    page sharing: on (kvmem's scanner), off, ksm (host ksmd)\n"
+		"  -v, --verbose       debug logging\n"
+		"\n"
+		"host    run the VMs of a JSON config under one memory budget (see README.md)\n",
 		ABI_MAX_CPUS);
 }
 
@@ -76,49 +83,39 @@ static const char *default_guest(void)
 	return KVMEM_GUEST_DEFAULT;
 }
 
-static struct vm *stop_target;
-static int stop_efd = -1;
-
-static void on_vm_stopped(void *arg, struct vm *vm)
+static int parse_dedup(const char *s, enum host_dedup_mode *out)
 {
-	uint64_t one = 1;
-
-	(void)arg;
-	(void)vm;
-	if (write(stop_efd, &one, sizeof(one)) < 0)
-		log_debug("eventfd write: %m");
+	if (!strcmp(s, "off"))
+		*out = HOST_DEDUP_OFF;
+	else if (!strcmp(s, "on"))
+		*out = HOST_DEDUP_ON;
+	else if (!strcmp(s, "ksm"))
+		*out = HOST_DEDUP_KSM;
+	else
+		return -EINVAL;
+	return 0;
 }
 
-/* Wait until the VM stops on its own or a SIGINT/SIGTERM asks us to stop it. */
-static int wait_vm(struct vm *vm)
+/* Create the host, run it to the end, map errors to exit statuses. */
+static int run_host(struct host_config *cfg)
 {
-	sigset_t set;
-	int sfd;
+	char err[256];
+	struct host *h;
+	int ret;
 
-	sigemptyset(&set);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGTERM);
-	sfd = signalfd(-1, &set, SFD_CLOEXEC);
-	for (;;) {
-		struct pollfd pfd[2] = { { stop_efd, POLLIN, 0 }, { sfd, POLLIN, 0 } };
-
-		if (poll(pfd, 2, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			break;
+	if (host_config_check(cfg, err, sizeof(err)))
+		return usage_error("%s", err);
+	ret = host_create(cfg, &h);
+	if (ret) {
+		if (ret == -E2BIG || ret == -ENOMEM) {
+			fprintf(stderr, "kvmem: the host cannot map the guest RAM asked for\n");
+			return EXIT_USAGE;
 		}
-		if (pfd[0].revents)
-			break;
-		if (pfd[1].revents) {
-			struct signalfd_siginfo si;
-
-			if (read(sfd, &si, sizeof(si)) == sizeof(si))
-				log_info("%s: signal %u: stopping the VM", vm_name(vm), si.ssi_signo);
-			vm_request_stop(vm, VM_STATUS_STOPPED);
-		}
+		return ret == -ENOEXEC ? EXIT_USAGE : EXIT_FAILURE;
 	}
-	close(sfd);
-	return vm_wait(vm);
+	ret = host_run(h);
+	host_destroy(h);
+	return ret;
 }
 
 static int cmd_run(int argc, char **argv)
@@ -128,28 +125,30 @@ static int cmd_run(int argc, char **argv)
 		{ "cpus", required_argument, NULL, 'c' },
 		{ "guest", required_argument, NULL, 'g' },
 		{ "append", required_argument, NULL, 'a' },
+		{ "socket", required_argument, NULL, 's' },
+		{ "budget", required_argument, NULL, 'b' },
+		{ "dedup", required_argument, NULL, 'd' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct vm_params p = { .name = "vm0", .ncpus = 1, .cmdline = "",
-			       .console_fd = STDOUT_FILENO };
+	struct host_vm_config vm = { .name = "vm0", .cpus = 1, .shares = 1000 };
+	struct host_config cfg = { .vms = &vm, .nr_vms = 1, .policy_interval_s = 1.0 };
 	bool have_mem = false;
-	struct vm *vm;
-	int c, ret;
+	int c;
 
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, ":m:c:g:a:vh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":m:c:g:a:s:b:d:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'm':
-			if (size_parse(optarg, &p.mem_bytes) || p.mem_bytes == 0)
+			if (size_parse(optarg, &vm.mem_bytes) || vm.mem_bytes == 0)
 				return usage_error("--mem %s: not a memory size above 0", optarg);
-			if (p.mem_bytes % LAYOUT_PAGE_SIZE)
+			if (vm.mem_bytes % LAYOUT_PAGE_SIZE)
 				return usage_error("--mem %s: not a multiple of 4 KiB", optarg);
-			if (p.mem_bytes < 4 * LAYOUT_RESERVED_END)
+			if (vm.mem_bytes < 4 * LAYOUT_RESERVED_END)
 				return usage_error("--mem %s: below the 8 MiB minimum", optarg);
-			if (p.mem_bytes > LAYOUT_MAX_RAM)
+			if (vm.mem_bytes > LAYOUT_MAX_RAM)
 				return usage_error("--mem %s: more than a guest can map", optarg);
 			have_mem = true;
 			break;
@@ -159,14 +158,25 @@ static int cmd_run(int argc, char **argv)
 
 			if (*end || n < 1 || n > ABI_MAX_CPUS)
 				return usage_error("--cpus %s: not a vCPU count from 1 to 64", optarg);
-			p.ncpus = (unsigned int)n;
+			vm.cpus = (uint32_t)n;
 			break;
 		}
 		case 'g':
-			p.guest_path = optarg;
+			vm.guest = optarg;
 			break;
 		case 'a':
-			p.cmdline = optarg;
+			vm.append = optarg;
+			break;
+		case 's':
+			cfg.socket = optarg;
+			break;
+		case 'b':
+			if (size_parse(optarg, &cfg.budget_bytes) || cfg.budget_bytes == 0)
+				return usage_error("--budget %s: not a memory size above 0", optarg);
+			break;
+		case 'd':
+			if (parse_dedup(optarg, &cfg.dedup))
+				return usage_error("--dedup %s: must be on, off or ksm", optarg);
 			break;
 		case 'v':
 			log_set_level(LOG_DEBUG);
@@ -184,34 +194,71 @@ static int cmd_run(int argc, char **argv)
 		return usage_error("%s: unexpected argument", argv[optind]);
 	if (!have_mem)
 		return usage_error("%s", "run: --mem is required");
-	if (!p.guest_path)
-		p.guest_path = default_guest();
-	if (access(p.guest_path, R_OK) != 0)
-		return usage_error("--guest %s: no such readable file", p.guest_path);
-	if (strlen(p.cmdline) >= ABI_MAX_CMDLINE)
+	if (!vm.guest)
+		vm.guest = (char *)default_guest();
+	if (access(vm.guest, R_OK) != 0)
+		return usage_error("--guest %s: no such readable file", vm.guest);
+	if (vm.append && strlen(vm.append) >= ABI_MAX_CMDLINE)
 		return usage_error("--append: longer than %s bytes", "2047");
+	if (!cfg.budget_bytes)
+		cfg.budget_bytes = host_default_budget();
+	return run_host(&cfg);
+}
 
-	stop_efd = eventfd(0, EFD_CLOEXEC);
-	ret = vm_create(&p, &vm);
-	if (ret) {
-		if (ret == -E2BIG || ret == -ENOMEM) {
-			fprintf(stderr, "kvmem: --mem: the host cannot map %llu bytes of guest RAM\n",
-				(unsigned long long)p.mem_bytes);
-			return EXIT_USAGE;
+static int cmd_host(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'f' },
+		{ "socket", required_argument, NULL, 's' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct host_config cfg = { .policy_interval_s = 1.0 };
+	const char *path = NULL, *sock = NULL;
+	char err[512];
+	int c, ret;
+
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, ":f:s:vh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'f':
+			path = optarg;
+			break;
+		case 's':
+			sock = optarg;
+			break;
+		case 'v':
+			log_set_level(LOG_DEBUG);
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case ':':
+			return usage_error("%s: missing value", argv[optind - 1]);
+		default:
+			return usage_error("%s: unknown option", argv[optind - 1]);
 		}
-		if (ret == -ENOEXEC)
-			return EXIT_USAGE;
-		return EXIT_FAILURE;
 	}
-	stop_target = vm;
-	vm_set_stop_notify(vm, on_vm_stopped, NULL);
-	ret = vm_start(vm);
-	if (ret) {
-		vm_destroy(vm);
-		return ret == -ENOEXEC ? EXIT_USAGE : EXIT_FAILURE;
+	if (optind < argc)
+		return usage_error("%s: unexpected argument", argv[optind]);
+	if (!path)
+		return usage_error("%s", "host: --config FILE is required");
+	cfg.default_guest = default_guest();
+	if (host_config_load(path, &cfg, err, sizeof(err))) {
+		fprintf(stderr, "kvmem: %s: %s\n", path, err);
+		host_config_free(&cfg);
+		return EXIT_USAGE;
 	}
-	ret = wait_vm(vm);
-	vm_destroy(vm);
+	if (sock) {
+		free(cfg.socket);
+		cfg.socket = strdup(sock);
+	}
+	if (!cfg.budget_bytes)
+		cfg.budget_bytes = host_default_budget();
+	ret = run_host(&cfg);
+	host_config_free(&cfg);
 	return ret;
 }
 
@@ -240,5 +287,7 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(argv[1], "run"))
 		return cmd_run(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "host"))
+		return cmd_host(argc - 1, argv + 1);
 	return usage_error("%s: unknown command", argv[1]);
 }

@@ -96,7 +96,15 @@ int vcpu_create(struct vm *vm, unsigned int index, struct vcpu **out)
 	vcpu->vm = vm;
 	vcpu->index = index;
 	pthread_mutex_init(&vcpu->lock, NULL);
-	pthread_cond_init(&vcpu->cond, NULL);
+	{
+		pthread_condattr_t ca;
+
+		/* vcpu_sleep computes CLOCK_MONOTONIC deadlines. */
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&vcpu->cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	vcpu->fd = ioctl(vm->fd, KVM_CREATE_VCPU, index);
 	if (vcpu->fd < 0) {
 		ret = -errno;

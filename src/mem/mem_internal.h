@@ -14,11 +14,22 @@ struct gm_region {
 	uint64_t first_pfn_index; /* index of this region's first page in per-page arrays */
 };
 
+struct pagestate;
+
 struct gm {
 	unsigned int nr_regions;	/* immutable after create */
 	struct gm_region regions[GM_MAX_REGIONS];
 	uint64_t ram_bytes;		/* sum of region lengths */
+	struct pagestate *ps;		/* page-state map, immutable pointer */
+	int uffd;			/* userfaultfd over all regions, or -1 */
+	void *owner;			/* the host's per-VM object (opaque) */
+	uint64_t *framemap;		/* bit per page: its VMA maps a store frame (atomic) */
 };
+
+/* Host address of page index idx. */
+uint8_t *gm_page_hva(const struct gm *gm, uint64_t idx);
+/* Register [hva, hva+len) with gm's userfaultfd (MISSING | WP). */
+int gm_uffd_register(struct gm *gm, void *hva, uint64_t len);
 
 /* Region holding gpa, or NULL. */
 const struct gm_region *gm_find_region(const struct gm *gm, gpa_t gpa);

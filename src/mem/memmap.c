@@ -8,14 +8,21 @@
 #include "mem/memmap.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <fcntl.h>
 #include <linux/kvm.h>
+#include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "core/alloc.h"
 #include "core/layout.h"
 #include "core/log.h"
+#include <string.h>
 #include "mem/mem_internal.h"
+#include "mem/pagestate.h"
 
 static int map_region(struct gm_region *r, gpa_t gpa, uint64_t len, uint64_t first_index)
 {
@@ -48,6 +55,15 @@ int memmap_create(uint64_t ram_bytes, struct gm **out)
 	gm = kv_zalloc(sizeof(*gm));
 	if (!gm)
 		return -ENOMEM;
+	gm->uffd = -1;
+	ret = pagestate_create(ram_bytes / LAYOUT_PAGE_SIZE, &gm->ps);
+	if (ret)
+		goto out_free;
+	gm->framemap = kv_calloc((ram_bytes / LAYOUT_PAGE_SIZE + 63) / 64, sizeof(uint64_t));
+	if (!gm->framemap) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
 	low = ram_bytes < LAYOUT_LOW_RAM_MAX ? ram_bytes : LAYOUT_LOW_RAM_MAX;
 	ret = map_region(&gm->regions[0], 0, low, 0);
 	if (ret)
@@ -67,6 +83,8 @@ int memmap_create(uint64_t ram_bytes, struct gm **out)
 out_unmap:
 	munmap(gm->regions[0].hva, gm->regions[0].len);
 out_free:
+	kv_free(gm->framemap);
+	pagestate_destroy(gm->ps);
 	kv_free(gm);
 	return ret;
 }
@@ -82,7 +100,79 @@ void gm_destroy(struct gm *gm)
 		return;
 	for (unsigned int i = 0; i < gm->nr_regions; i++)
 		munmap(gm->regions[i].hva, gm->regions[i].len);
+	if (gm->uffd >= 0)
+		close(gm->uffd);
+	pagestate_destroy(gm->ps);
+	kv_free(gm->framemap);
 	kv_free(gm);
+}
+
+int gm_uffd_register(struct gm *gm, void *hva, uint64_t len)
+{
+	struct uffdio_register reg = {
+		.range = { .start = (uint64_t)(uintptr_t)hva, .len = len },
+		.mode = UFFDIO_REGISTER_MODE_WP,
+	};
+
+	if (ioctl(gm->uffd, UFFDIO_REGISTER, &reg) < 0)
+		return -errno;
+	return 0;
+}
+
+int memmap_enable_uffd(struct gm *gm)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP };
+	int fd, ret;
+
+	fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return -errno;
+	if (ioctl(fd, UFFDIO_API, &api) < 0) {
+		ret = -errno;
+		close(fd);
+		return ret;
+	}
+	gm->uffd = fd;
+	for (unsigned int i = 0; i < gm->nr_regions; i++) {
+		ret = gm_uffd_register(gm, gm->regions[i].hva, gm->regions[i].len);
+		if (ret) {
+			log_err("userfaultfd register of %llu bytes: %s",
+				(unsigned long long)gm->regions[i].len, strerror(-ret));
+			close(fd);
+			gm->uffd = -1;
+			return ret;
+		}
+	}
+	return 0;
+}
+
+int memmap_uffd(const struct gm *gm)
+{
+	return gm->uffd;
+}
+
+struct pagestate *memmap_pagestate(struct gm *gm)
+{
+	return gm->ps;
+}
+
+void memmap_set_owner(struct gm *gm, void *owner)
+{
+	gm->owner = owner;
+}
+
+void *memmap_owner(const struct gm *gm)
+{
+	return gm->owner;
+}
+
+uint8_t *gm_page_hva(const struct gm *gm, uint64_t idx)
+{
+	const struct gm_region *r = &gm->regions[0];
+
+	if (gm->nr_regions > 1 && idx >= gm->regions[1].first_pfn_index)
+		r = &gm->regions[1];
+	return r->hva + ((idx - r->first_pfn_index) << LAYOUT_PAGE_SHIFT);
 }
 
 int memmap_register_kvm(struct gm *gm, int vm_fd, uint32_t first_slot, uint32_t flags)
@@ -129,4 +219,84 @@ gpa_t memmap_index_gpa(const struct gm *gm, uint64_t index)
 uint64_t memmap_nr_pages(const struct gm *gm)
 {
 	return gm->ram_bytes >> LAYOUT_PAGE_SHIFT;
+}
+
+#define PM_PRESENT (1ULL << 63)
+#define PM_FILE (1ULL << 61)
+#define PM_PFN_MASK ((1ULL << 55) - 1)
+
+static int pagemap_fd = -1;
+static uint64_t zero_pfn;
+static pthread_once_t pagemap_once = PTHREAD_ONCE_INIT;
+
+/* The kernel's shared zero page has one PFN: learn it so it never counts as resident. */
+static void open_pagemap(void)
+{
+	void *p;
+	uint64_t e = 0;
+
+	pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (pagemap_fd < 0)
+		return;
+	p = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return;
+	(void)*(volatile char *)p;
+	if (pread(pagemap_fd, &e, 8, (off_t)((uintptr_t)p / 4096 * 8)) == 8 && (e & PM_PRESENT))
+		zero_pfn = e & PM_PFN_MASK;
+	munmap(p, 4096);
+}
+
+int64_t memmap_pagemap(const struct gm *gm, uint64_t idx, uint64_t n, uint64_t *entries)
+{
+	ssize_t got;
+
+	pthread_once(&pagemap_once, open_pagemap);
+	if (pagemap_fd < 0)
+		return -ENOSYS;
+	got = pread(pagemap_fd, entries, n * 8,
+		    (off_t)((uintptr_t)gm_page_hva(gm, idx) / LAYOUT_PAGE_SIZE * 8));
+	if (got < 0)
+		return -errno;
+	return got / 8;
+}
+
+bool memmap_pm_resident(uint64_t e)
+{
+	return (e & PM_PRESENT) && (!zero_pfn || (e & PM_PFN_MASK) != zero_pfn);
+}
+
+bool memmap_pm_file(uint64_t e)
+{
+	return (e & PM_PRESENT) && (e & PM_FILE);
+}
+
+uint64_t memmap_resident(struct gm *gm)
+{
+	uint64_t buf[512], total = 0;
+
+	for (unsigned int r = 0; r < gm->nr_regions; r++) {
+		uint64_t idx = gm->regions[r].first_pfn_index;
+		uint64_t end = idx + gm->regions[r].len / LAYOUT_PAGE_SIZE;
+
+		while (idx < end) {
+			uint64_t n = end - idx < 512 ? end - idx : 512;
+			int64_t got = memmap_pagemap(gm, idx, n, buf);
+
+			if (got <= 0)
+				return total;
+			for (int64_t i = 0; i < got; i++) {
+				enum ps_state st;
+
+				if (!memmap_pm_resident(buf[i]))
+					continue;
+				total++;
+				st = pagestate_get(gm->ps, idx + (uint64_t)i);
+				if (st == PS_ZERO || st == PS_REPORTED || st == PS_BALLOONED)
+					pagestate_cas(gm->ps, idx + (uint64_t)i, st, PS_ANON);
+			}
+			idx += (uint64_t)got;
+		}
+	}
+	return total;
 }

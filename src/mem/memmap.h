@@ -7,6 +7,8 @@
 #ifndef KVMEM_MEM_MEMMAP_H
 #define KVMEM_MEM_MEMMAP_H
 
+#include <stdbool.h>
+
 #include "mem/gm.h"
 
 /*
@@ -15,6 +17,17 @@
  * -ENOMEM when the host cannot reserve the address space.
  */
 int memmap_create(uint64_t ram_bytes, struct gm **out);
+/*
+ * Give gm a userfaultfd (MISSING | WP over all RAM) so dropped pages fault to
+ * the uffd service. -ENOSYS/-EPERM when userfaultfd is unavailable.
+ */
+int memmap_enable_uffd(struct gm *gm);
+int memmap_uffd(const struct gm *gm);
+/* The VM's page-state map. */
+struct pagestate *memmap_pagestate(struct gm *gm);
+/* An opaque pointer for the owner of this guest memory (the host's VM object). */
+void memmap_set_owner(struct gm *gm, void *owner);
+void *memmap_owner(const struct gm *gm);
 
 /* Register every region as a KVM memslot, slots first_slot.. ; flags are KVM_MEM_*. */
 int memmap_register_kvm(struct gm *gm, int vm_fd, uint32_t first_slot, uint32_t flags);
@@ -25,5 +38,20 @@ int64_t memmap_page_index(const struct gm *gm, gpa_t gpa);
 gpa_t memmap_index_gpa(const struct gm *gm, uint64_t index);
 /* Number of RAM pages: page indexes run over RAM only, holes excluded. */
 uint64_t memmap_nr_pages(const struct gm *gm);
+
+/*
+ * Read /proc/self/pagemap entries of pages [idx, idx + n) (n <= 4096, within
+ * one region). Returns entries read or -errno.
+ */
+int64_t memmap_pagemap(const struct gm *gm, uint64_t idx, uint64_t n, uint64_t *entries);
+/* True when a pagemap entry shows host memory (present, and not the shared zero page). */
+bool memmap_pm_resident(uint64_t entry);
+/* True when the entry maps a file or shared page (a dedup store frame). */
+bool memmap_pm_file(uint64_t entry);
+/*
+ * Count resident pages of gm, and move pages the guest touched again after
+ * they were dropped (zero, reported, ballooned) back to PS_ANON.
+ */
+uint64_t memmap_resident(struct gm *gm);
 
 #endif

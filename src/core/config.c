@@ -1,0 +1,263 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The host's JSON configuration (`kvmem host --config FILE`), parsed with
+ * jansson. Every error names the field and the problem. Schema:
+ *
+ *   { "budget": "8G", "socket": "/run/kvmem.sock", "console_prefix": true,
+ *     "dedup": "off" | "on" | "ksm", "policy_interval": 1.0,
+ *     "vms": [ { "name": "a", "mem": "1G", "min": "256M", "shares": 1000,
+ *                "cpus": 1, "guest": "path", "append": "kvmem.wl=...",
+ *                "console_log": "a.log" } ] }
+ */
+#define LOG_TAG "config"
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/host.h"
+#include "core/layout.h"
+#include "core/size.h"
+
+static int fail(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, size_t len, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(err, len, fmt, ap);
+	va_end(ap);
+	return -EINVAL;
+}
+
+static int get_size(json_t *obj, const char *key, const char *where, uint64_t *out, char *err,
+		    size_t len)
+{
+	json_t *v = json_object_get(obj, key);
+
+	if (!v)
+		return 1; /* absent */
+	if (json_is_integer(v) && json_integer_value(v) >= 0) {
+		*out = (uint64_t)json_integer_value(v) << 20; /* a bare number is MiB */
+		return 0;
+	}
+	if (!json_is_string(v) || size_parse(json_string_value(v), out))
+		return fail(err, len, "%s%s: not a size like \"512M\" or \"2G\"", where, key);
+	return 0;
+}
+
+static int get_string(json_t *obj, const char *key, const char *where, char **out, char *err,
+		      size_t len)
+{
+	json_t *v = json_object_get(obj, key);
+
+	if (!v)
+		return 1;
+	if (!json_is_string(v))
+		return fail(err, len, "%s%s: must be a string", where, key);
+	*out = kv_strdup(json_string_value(v));
+	return *out ? 0 : -ENOMEM;
+}
+
+static int parse_vm(json_t *o, unsigned int i, struct host_vm_config *vm, const char *default_guest,
+		    char *err, size_t len)
+{
+	static const char *const known[] = { "name", "mem", "min", "shares", "cpus",
+					     "guest", "append", "console_log" };
+	char where[48];
+	const char *key;
+	json_t *v;
+	int ret;
+
+	snprintf(where, sizeof(where), "vms[%u].", i);
+	if (!json_is_object(o))
+		return fail(err, len, "vms[%u]: must be an object", i);
+	json_object_foreach(o, key, v) {
+		bool ok = false;
+
+		for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++)
+			ok |= !strcmp(key, known[k]);
+		if (!ok)
+			return fail(err, len, "%s%s: unknown field", where, key);
+	}
+	ret = get_string(o, "name", where, &vm->name, err, len);
+	if (ret == 1)
+		return fail(err, len, "%sname: missing", where);
+	if (ret)
+		return ret;
+	if (!*vm->name || strlen(vm->name) > 63 || strpbrk(vm->name, " \t\n/\"\\"))
+		return fail(err, len, "%sname: must be 1-63 characters without spaces, quotes or '/'",
+			    where);
+	ret = get_size(o, "mem", where, &vm->mem_bytes, err, len);
+	if (ret == 1)
+		return fail(err, len, "%smem: missing", where);
+	if (ret)
+		return ret;
+	ret = get_size(o, "min", where, &vm->min_bytes, err, len);
+	if (ret < 0)
+		return ret;
+	vm->shares = 1000;
+	v = json_object_get(o, "shares");
+	if (v) {
+		if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+		    json_integer_value(v) > 1000000)
+			return fail(err, len, "%sshares: must be an integer from 1 to 1000000", where);
+		vm->shares = (uint32_t)json_integer_value(v);
+	}
+	vm->cpus = 1;
+	v = json_object_get(o, "cpus");
+	if (v) {
+		if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+		    json_integer_value(v) > ABI_MAX_CPUS)
+			return fail(err, len, "%scpus: must be an integer from 1 to %d", where,
+				    ABI_MAX_CPUS);
+		vm->cpus = (uint32_t)json_integer_value(v);
+	}
+	ret = get_string(o, "guest", where, &vm->guest, err, len);
+	if (ret == 1)
+		vm->guest = kv_strdup(default_guest);
+	else if (ret)
+		return ret;
+	ret = get_string(o, "append", where, &vm->append, err, len);
+	if (ret < 0)
+		return ret;
+	if (vm->append && strlen(vm->append) >= ABI_MAX_CMDLINE)
+		return fail(err, len, "%sappend: longer than %d bytes", where, ABI_MAX_CMDLINE - 1);
+	ret = get_string(o, "console_log", where, &vm->console_log, err, len);
+	return ret < 0 ? ret : 0;
+}
+
+int host_config_check(const struct host_config *cfg, char *err, size_t len)
+{
+	uint64_t sum_min = 0;
+
+	if (cfg->nr_vms == 0)
+		return fail(err, len, "vms: at least one VM is needed");
+	for (unsigned int i = 0; i < cfg->nr_vms; i++) {
+		const struct host_vm_config *vm = &cfg->vms[i];
+
+		for (unsigned int j = 0; j < i; j++)
+			if (!strcmp(cfg->vms[j].name, vm->name))
+				return fail(err, len, "vms[%u].name: \"%s\" is used twice", i, vm->name);
+		if (vm->mem_bytes % LAYOUT_PAGE_SIZE || vm->mem_bytes < 4 * LAYOUT_RESERVED_END)
+			return fail(err, len, "vms[%u].mem: must be a multiple of 4K and at least 8M", i);
+		if (vm->mem_bytes > LAYOUT_MAX_RAM)
+			return fail(err, len, "vms[%u].mem: more than a guest can map", i);
+		if (vm->min_bytes > vm->mem_bytes)
+			return fail(err, len, "vms[%u].min: larger than mem", i);
+		if (!vm->guest || access(vm->guest, R_OK))
+			return fail(err, len, "vms[%u].guest: %s: no such readable file", i,
+				    vm->guest ? vm->guest : "(none)");
+		sum_min += vm->min_bytes;
+	}
+	if (cfg->budget_bytes && sum_min > cfg->budget_bytes)
+		return fail(err, len,
+			    "vms: the reservations (min) add up to %llu MiB, more than the budget of "
+			    "%llu MiB: cannot guarantee them",
+			    (unsigned long long)(sum_min >> 20),
+			    (unsigned long long)(cfg->budget_bytes >> 20));
+	return 0;
+}
+
+int host_config_load(const char *path, struct host_config *cfg, char *err, size_t len)
+{
+	static const char *const known[] = { "budget", "socket", "console_prefix", "dedup",
+					     "policy_interval", "vms" };
+	json_error_t jerr;
+	json_t *root, *vms, *v;
+	const char *key;
+	int ret = 0;
+
+	root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+	if (!root)
+		return fail(err, len, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
+	if (!json_is_object(root)) {
+		ret = fail(err, len, "%s: the top level must be an object", path);
+		goto out;
+	}
+	json_object_foreach(root, key, v) {
+		bool ok = false;
+
+		for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++)
+			ok |= !strcmp(key, known[k]);
+		if (!ok) {
+			ret = fail(err, len, "%s: unknown field", key);
+			goto out;
+		}
+	}
+	ret = get_size(root, "budget", "", &cfg->budget_bytes, err, len);
+	if (ret < 0)
+		goto out;
+	ret = get_string(root, "socket", "", &cfg->socket, err, len);
+	if (ret < 0)
+		goto out;
+	cfg->console_prefix = true;
+	v = json_object_get(root, "console_prefix");
+	if (v) {
+		if (!json_is_boolean(v)) {
+			ret = fail(err, len, "console_prefix: must be true or false");
+			goto out;
+		}
+		cfg->console_prefix = json_is_true(v);
+	}
+	v = json_object_get(root, "dedup");
+	if (v) {
+		const char *s = json_is_string(v) ? json_string_value(v) : "";
+
+		if (!strcmp(s, "off"))
+			cfg->dedup = HOST_DEDUP_OFF;
+		else if (!strcmp(s, "on"))
+			cfg->dedup = HOST_DEDUP_ON;
+		else if (!strcmp(s, "ksm"))
+			cfg->dedup = HOST_DEDUP_KSM;
+		else {
+			ret = fail(err, len, "dedup: must be \"off\", \"on\" or \"ksm\"");
+			goto out;
+		}
+	}
+	v = json_object_get(root, "policy_interval");
+	if (v) {
+		if (!json_is_number(v) || json_number_value(v) < 0.05 || json_number_value(v) > 3600) {
+			ret = fail(err, len, "policy_interval: must be seconds from 0.05 to 3600");
+			goto out;
+		}
+		cfg->policy_interval_s = json_number_value(v);
+	}
+	vms = json_object_get(root, "vms");
+	if (!json_is_array(vms) || json_array_size(vms) == 0) {
+		ret = fail(err, len, "vms: must be a non-empty array of VM objects");
+		goto out;
+	}
+	cfg->vms = kv_calloc(json_array_size(vms), sizeof(*cfg->vms));
+	if (!cfg->vms) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < json_array_size(vms); i++) {
+		cfg->nr_vms++;
+		ret = parse_vm(json_array_get(vms, i), (unsigned int)i, &cfg->vms[i],
+			       cfg->default_guest, err, len);
+		if (ret)
+			goto out;
+	}
+	ret = 0;
+out:
+	json_decref(root);
+	return ret;
+}
+
+void host_config_free(struct host_config *cfg)
+{
+	for (unsigned int i = 0; i < cfg->nr_vms; i++) {
+		kv_free(cfg->vms[i].name);
+		kv_free(cfg->vms[i].guest);
+		kv_free(cfg->vms[i].append);
+		kv_free(cfg->vms[i].console_log);
+	}
+	kv_free(cfg->vms);
+	kv_free(cfg->socket);
+	memset(cfg, 0, sizeof(*cfg));
+}

@@ -1,0 +1,369 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The host (see host.h). The main thread runs host_run: it waits on a
+ * signalfd and on an eventfd that each VM's last vCPU thread bumps when the VM
+ * stops. Lock order: h->lock, then a VM's own lock (taken inside vm_*).
+ */
+#define LOG_TAG "host"
+#include "core/host.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/control.h"
+#include "core/vm.h"
+#include "mem/memmap.h"
+#include "mem/overcommit.h"
+#include "mem/reclaim.h"
+#include "mem/uffd.h"
+
+struct host_vm {
+	struct host *host;
+	struct host_vm_config cfg;	/* borrowed from the host's config copy */
+	struct vm *vm;
+	struct ovc_vm *ovc;
+	bool stopped;			/* h->lock */
+	int status;			/* h->lock, valid once stopped */
+};
+
+struct host {
+	struct host_config cfg;		/* borrowed; outlives the host */
+	pthread_mutex_t lock;		/* guards the stopped flags, nr_running */
+	struct host_vm *vms;		/* immutable array after create */
+	unsigned int nr_vms;
+	unsigned int nr_running;
+	int stop_efd;			/* bumped when a VM stops */
+	struct uffd_service *uffd;
+	struct ovc *ovc;
+	struct control *control;
+};
+
+uint64_t host_default_budget(void)
+{
+	FILE *f = fopen("/proc/meminfo", "re");
+	unsigned long long kb = 0;
+	char line[128];
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+			break;
+	fclose(f);
+	return (uint64_t)kb * 1024;
+}
+
+static void on_vm_stopped(void *arg, struct vm *vm)
+{
+	struct host_vm *hv = arg;
+	struct host *h = hv->host;
+	uint64_t one = 1;
+
+	pthread_mutex_lock(&h->lock);
+	hv->stopped = true;
+	hv->status = vm_exit_status(vm);
+	pthread_mutex_unlock(&h->lock);
+	if (write(h->stop_efd, &one, sizeof(one)) < 0)
+		log_debug("eventfd: %m");
+}
+
+static int create_vm(struct host *h, struct host_vm *hv)
+{
+	struct vm_params p = {
+		.name = hv->cfg.name,
+		.mem_bytes = hv->cfg.mem_bytes,
+		.ncpus = hv->cfg.cpus,
+		.guest_path = hv->cfg.guest,
+		.cmdline = hv->cfg.append ? hv->cfg.append : "",
+		.console_fd = STDOUT_FILENO,
+		.console_prefix = h->cfg.console_prefix,
+		.console_log = hv->cfg.console_log,
+	};
+	struct gm *gm;
+	int ret;
+
+	ret = vm_create(&p, &hv->vm);
+	if (ret)
+		return ret;
+	gm = vm_gm(hv->vm);
+	memmap_set_owner(gm, hv);
+	ret = memmap_enable_uffd(gm);
+	if (ret) {
+		log_err("%s: userfaultfd: %s (kvmem needs it to serve dropped pages)",
+			hv->cfg.name, strerror(-ret));
+		return ret;
+	}
+	ret = uffd_service_add(h->uffd, gm);
+	if (ret)
+		return ret;
+	ret = ovc_add_vm(h->ovc, gm, hv->cfg.name, hv->cfg.mem_bytes, hv->cfg.min_bytes,
+			 hv->cfg.shares, &hv->ovc);
+	if (ret)
+		return ret;
+	vm_set_stop_notify(hv->vm, on_vm_stopped, hv);
+	return 0;
+}
+
+int host_create(const struct host_config *cfg, struct host **out)
+{
+	struct host *h;
+	int ret;
+
+	h = kv_zalloc(sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	h->cfg = *cfg;
+	h->stop_efd = -1;
+	pthread_mutex_init(&h->lock, NULL);
+	h->vms = kv_calloc(cfg->nr_vms, sizeof(*h->vms));
+	if (!h->vms) {
+		ret = -ENOMEM;
+		goto out_destroy;
+	}
+	h->stop_efd = eventfd(0, EFD_CLOEXEC);
+	if (h->stop_efd < 0) {
+		ret = -errno;
+		goto out_destroy;
+	}
+	ret = uffd_service_create(&h->uffd);
+	if (ret)
+		goto out_destroy;
+	ret = ovc_create(cfg->budget_bytes, cfg->policy_interval_s, &h->ovc);
+	if (ret)
+		goto out_destroy;
+	ret = reclaim_register_zero(h->ovc);
+	if (ret)
+		goto out_destroy;
+	for (unsigned int i = 0; i < cfg->nr_vms; i++) {
+		struct host_vm *hv = &h->vms[i];
+
+		hv->host = h;
+		hv->cfg = cfg->vms[i];
+		h->nr_vms++;
+		ret = create_vm(h, hv);
+		if (ret)
+			goto out_destroy;
+	}
+	if (cfg->socket) {
+		ret = control_create(h, cfg->socket, &h->control);
+		if (ret)
+			goto out_destroy;
+	}
+	*out = h;
+	return 0;
+
+out_destroy:
+	host_destroy(h);
+	return ret;
+}
+
+static void stop_all(struct host *h)
+{
+	for (unsigned int i = 0; i < h->nr_vms; i++)
+		vm_request_stop(h->vms[i].vm, VM_STATUS_STOPPED);
+}
+
+static bool all_stopped(struct host *h)
+{
+	bool all = true;
+
+	pthread_mutex_lock(&h->lock);
+	for (unsigned int i = 0; i < h->nr_vms; i++)
+		all &= h->vms[i].stopped;
+	pthread_mutex_unlock(&h->lock);
+	return all;
+}
+
+int host_run(struct host *h)
+{
+	sigset_t set;
+	int sfd, ret, status = 0;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sfd = signalfd(-1, &set, SFD_CLOEXEC);
+	if (sfd < 0)
+		return -errno;
+	ret = ovc_start(h->ovc);
+	for (unsigned int i = 0; i < h->nr_vms && !ret; i++) {
+		ret = vm_start(h->vms[i].vm);
+		if (ret)
+			log_err("%s: cannot start: %s", h->vms[i].cfg.name, strerror(-ret));
+	}
+	if (ret) {
+		stop_all(h);
+		close(sfd);
+		return ret == -ENOEXEC ? 2 : 1;
+	}
+	while (!all_stopped(h)) {
+		struct pollfd pfd[2] = { { h->stop_efd, POLLIN, 0 }, { sfd, POLLIN, 0 } };
+		uint64_t n;
+
+		if (poll(pfd, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (pfd[0].revents && read(h->stop_efd, &n, sizeof(n)) < 0)
+			break;
+		if (pfd[1].revents) {
+			struct signalfd_siginfo si;
+
+			if (read(sfd, &si, sizeof(si)) == sizeof(si))
+				log_info("signal %u: stopping every VM", si.ssi_signo);
+			stop_all(h);
+		}
+	}
+	close(sfd);
+	for (unsigned int i = 0; i < h->nr_vms; i++) {
+		int s = vm_wait(h->vms[i].vm);
+
+		if (h->nr_vms == 1 || (s && !status))
+			status = s;
+	}
+	return status;
+}
+
+void host_destroy(struct host *h)
+{
+	if (!h)
+		return;
+	if (h->control)
+		control_destroy(h->control);
+	for (unsigned int i = 0; i < h->nr_vms; i++) {
+		struct host_vm *hv = &h->vms[i];
+
+		if (!hv->vm)
+			continue;
+		vm_request_stop(hv->vm, VM_STATUS_STOPPED);
+		vm_wait(hv->vm);
+		if (hv->ovc)
+			ovc_remove_vm(h->ovc, hv->ovc);
+		if (h->uffd)
+			uffd_service_remove(h->uffd, vm_gm(hv->vm));
+		vm_destroy(hv->vm);
+	}
+	if (h->ovc)
+		ovc_destroy(h->ovc);
+	if (h->uffd)
+		uffd_service_destroy(h->uffd);
+	if (h->stop_efd >= 0)
+		close(h->stop_efd);
+	pthread_mutex_destroy(&h->lock);
+	kv_free(h->vms);
+	kv_free(h);
+}
+
+static struct host_vm *find_vm(struct host *h, const char *name)
+{
+	for (unsigned int i = 0; i < h->nr_vms; i++)
+		if (!strcmp(h->vms[i].cfg.name, name))
+			return &h->vms[i];
+	return NULL;
+}
+
+int host_vm_pause(struct host *h, const char *name)
+{
+	struct host_vm *hv = find_vm(h, name);
+
+	return hv ? vm_pause(hv->vm) : -ENOENT;
+}
+
+int host_vm_resume(struct host *h, const char *name)
+{
+	struct host_vm *hv = find_vm(h, name);
+
+	return hv ? vm_resume(hv->vm) : -ENOENT;
+}
+
+int host_vm_stop(struct host *h, const char *name)
+{
+	struct host_vm *hv = find_vm(h, name);
+
+	if (!hv)
+		return -ENOENT;
+	vm_request_stop(hv->vm, VM_STATUS_STOPPED);
+	return 0;
+}
+
+json_t *host_list_json(struct host *h)
+{
+	json_t *arr = json_array();
+
+	for (unsigned int i = 0; i < h->nr_vms; i++) {
+		struct host_vm *hv = &h->vms[i];
+
+		json_array_append_new(arr, json_pack("{s:s, s:s, s:I, s:i}", "name", hv->cfg.name,
+						     "state", vm_state_name(vm_get_state(hv->vm)),
+						     "mem_bytes", (json_int_t)hv->cfg.mem_bytes,
+						     "cpus", (int)hv->cfg.cpus));
+	}
+	return json_pack("{s:o}", "vms", arr);
+}
+
+static json_t *pages_json(const uint64_t pages[PS_NR])
+{
+	json_t *o = json_object();
+
+	for (int s = 0; s < PS_NR; s++)
+		if (s != PS_BUSY)
+			json_object_set_new(o, pagestate_name((enum ps_state)s),
+					    json_integer((json_int_t)pages[s]));
+	return o;
+}
+
+json_t *host_stats_json(struct host *h)
+{
+	struct ovc_stats hs;
+	json_t *vms = json_array();
+	json_t *reclaimed = json_object();
+	uint64_t saved = 0;
+
+	ovc_get_stats(h->ovc, &hs);
+	for (unsigned int i = 0; i < h->nr_vms; i++) {
+		struct host_vm *hv = &h->vms[i];
+		struct ovc_vm_stats vs;
+		json_t *vo;
+
+		if (ovc_get_vm_stats(h->ovc, hv->ovc, &vs))
+			continue;
+		/* Saved now: pages whose host memory a mechanism holds back. */
+		saved += (vs.pages[PS_ZERO] + vs.pages[PS_BALLOONED] + vs.pages[PS_REPORTED] +
+			  vs.pages[PS_SWAPPED]) * GM_PAGE_SIZE;
+		vo = json_pack("{s:s, s:s, s:I, s:I, s:I, s:i, s:I, s:f, s:o, s:s}",
+			       "name", hv->cfg.name,
+			       "state", vm_state_name(vm_get_state(hv->vm)),
+			       "mem_bytes", (json_int_t)vs.mem_bytes,
+			       "min_bytes", (json_int_t)vs.min_bytes,
+			       "resident_bytes", (json_int_t)vs.resident_bytes,
+			       "shares", (int)vs.shares,
+			       "entitlement_bytes", (json_int_t)vs.entitlement_bytes,
+			       "active_fraction", vs.active_fraction,
+			       "pages", pages_json(vs.pages),
+			       "last_action", vs.last_action);
+		json_array_append_new(vms, vo);
+	}
+	for (unsigned int m = 0; m < hs.nr_mechanisms; m++)
+		json_object_set_new(reclaimed, hs.mechanism_names[m],
+				    json_integer((json_int_t)hs.reclaimed_bytes[m]));
+	return json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:b, s:I, s:o}, s:o}",
+			 "host",
+			 "budget_bytes", (json_int_t)hs.budget_bytes,
+			 "used_bytes", (json_int_t)hs.used_bytes,
+			 "saved_bytes", (json_int_t)saved,
+			 "configured_bytes", (json_int_t)hs.configured_bytes,
+			 "used_source", hs.used_source,
+			 "over_budget", hs.over_budget,
+			 "policy_passes", (json_int_t)hs.passes,
+			 "reclaimed_bytes", reclaimed,
+			 "vms", vms);
+}

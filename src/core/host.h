@@ -1,0 +1,74 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The host: one kvmem process running one or many VMs under one memory
+ * budget (DESIGN.md, "Process and threads"). Owns the VMs, the userfaultfd
+ * service, the reclaim/policy thread and the control socket. `kvmem run` is a
+ * host with one VM.
+ */
+#ifndef KVMEM_CORE_HOST_H
+#define KVMEM_CORE_HOST_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/log.h"
+
+struct host;
+
+enum host_dedup_mode {
+	HOST_DEDUP_OFF,
+	HOST_DEDUP_ON,	/* kvmem's own scanner */
+	HOST_DEDUP_KSM, /* MADV_MERGEABLE; the host kernel's ksmd merges */
+};
+
+struct host_vm_config {
+	char *name;
+	uint64_t mem_bytes;	/* maximum RAM */
+	uint64_t min_bytes;	/* reservation: never reclaimed below this */
+	uint32_t shares;	/* proportional share of memory above min */
+	uint32_t cpus;
+	char *guest;		/* guest ELF path */
+	char *append;		/* guest command line */
+	char *console_log;	/* also write the console here, or NULL */
+};
+
+struct host_config {
+	uint64_t budget_bytes;	/* 0: the host's MemAvailable at start */
+	char *socket;		/* control socket path, or NULL for none */
+	bool console_prefix;	/* "[name] " before every console line */
+	enum host_dedup_mode dedup;
+	double policy_interval_s; /* seconds between policy passes */
+	const char *default_guest; /* guest for VMs that name none (not owned) */
+	struct host_vm_config *vms;
+	unsigned int nr_vms;
+};
+
+/* Parse a JSON config file into cfg (zeroed, default_guest set); on error returns -EINVAL and writes "field: problem" to err. */
+int host_config_load(const char *path, struct host_config *cfg, char *err, size_t errlen);
+void host_config_free(struct host_config *cfg);
+/* Validation shared by the file and the command line (min <= mem, sum of min <= budget, ...). */
+int host_config_check(const struct host_config *cfg, char *err, size_t errlen);
+
+/* The default budget: the host's MemAvailable (/proc/meminfo) now. */
+uint64_t host_default_budget(void);
+
+/* Create every VM (nothing runs). Logs and returns -errno on failure. */
+MUST_CHECK int host_create(const struct host_config *cfg, struct host **out);
+/*
+ * Run until every VM has stopped or a SIGINT/SIGTERM stops them all.
+ * Returns the exit status: a single VM's own status; for several VMs, 0 when
+ * all of them exited 0, otherwise the first non-zero status.
+ */
+int host_run(struct host *h);
+void host_destroy(struct host *h);
+
+/* Control-socket verbs (core/control.c). Each returns a JSON reply (new ref). */
+json_t *host_list_json(struct host *h);
+json_t *host_stats_json(struct host *h);
+/* pause/resume/stop one VM by name: 0, -ENOENT, or -EINVAL (wrong state). */
+int host_vm_pause(struct host *h, const char *name);
+int host_vm_resume(struct host *h, const char *name);
+int host_vm_stop(struct host *h, const char *name);
+
+#endif

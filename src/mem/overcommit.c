@@ -1,0 +1,428 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Budget and reclaim policy (see overcommit.h). One policy thread per host.
+ * Lock order: ovc->lock only; mechanisms are called without it held, on
+ * the policy thread, with a reference to the VM list kept stable by
+ * ovc->vm_lock (VMs are added and removed only while no pass runs).
+ */
+#define LOG_TAG "policy"
+#include "mem/overcommit.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "core/thread.h"
+#include "mem/mem_internal.h"
+#include "mem/memmap.h"
+
+#define OVC_MAX_VMS 256
+
+struct ovc_vm {
+	struct gm *gm;			/* borrowed */
+	char name[64];
+	uint64_t mem_bytes, min_bytes;
+	uint32_t shares;
+	struct ovc_vm_stats stats;	/* ovc->lock */
+};
+
+struct ovc {
+	pthread_mutex_t vm_lock;	/* held across a pass and by add/remove */
+	pthread_mutex_t lock;		/* stats, budget, kick */
+	pthread_cond_t cond;
+	struct ovc_vm *vms[OVC_MAX_VMS]; /* vm_lock */
+	unsigned int nr_vms;
+	struct ovc_mechanism mech[OVC_MAX_MECHANISMS]; /* sorted by cost, fixed after start */
+	unsigned int nr_mech;
+	struct ovc_stats stats;		/* lock */
+	double interval_s;
+	bool kicked, stopping, started;	/* lock */
+	pthread_t thread;
+	char cgroup_usage[256];		/* memory.usage_in_bytes of our cgroup, or "" */
+};
+
+static uint64_t read_u64_file(const char *path, bool *ok)
+{
+	char buf[64];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	*ok = false;
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	*ok = true;
+	return strtoull(buf, NULL, 10);
+}
+
+/* The cgroup v1 memory controller's usage file of this process, if not the root group. */
+static void find_cgroup(struct ovc *ovc)
+{
+	FILE *f = fopen("/proc/self/cgroup", "re");
+	char line[512];
+
+	ovc->cgroup_usage[0] = '\0';
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		char *ctrl = strchr(line, ':'), *path;
+
+		if (!ctrl)
+			continue;
+		path = strchr(ctrl + 1, ':');
+		if (!path)
+			continue;
+		*path++ = '\0';
+		path[strcspn(path, "\n")] = '\0';
+		if (strcmp(ctrl + 1, "memory") || !strcmp(path, "/"))
+			continue;
+		snprintf(ovc->cgroup_usage, sizeof(ovc->cgroup_usage),
+			 "/sys/fs/cgroup/memory%s/memory.usage_in_bytes", path);
+	}
+	fclose(f);
+}
+
+/* The process's proportional set size: shared store frames counted once. */
+static uint64_t smaps_pss(void)
+{
+	FILE *f = fopen("/proc/self/smaps_rollup", "re");
+	char line[256];
+	unsigned long long kb = 0;
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "Pss: %llu kB", &kb) == 1)
+			break;
+	fclose(f);
+	return (uint64_t)kb * 1024;
+}
+
+static uint64_t host_used(struct ovc *ovc, const char **source)
+{
+	bool ok = false;
+	uint64_t v = 0;
+
+	if (ovc->cgroup_usage[0])
+		v = read_u64_file(ovc->cgroup_usage, &ok);
+	if (ok) {
+		*source = "cgroup";
+		return v;
+	}
+	*source = "smaps_rollup";
+	return smaps_pss();
+}
+
+uint64_t ovc_resident_pages(struct gm *gm)
+{
+	return memmap_resident(gm);
+}
+
+/*
+ * Entitlements, ESX style: every VM first gets its min; the rest of the
+ * budget is divided in proportion to shares adjusted by the idle-memory
+ * tax, w = S / (f + k (1 - f)) with k = 1 / (1 - tax), so a VM whose memory
+ * is idle earns less for it; a VM never gets more than its mem, and what it
+ * cannot use flows to the others (water filling).
+ */
+static void compute_entitlements(struct ovc *ovc, uint64_t budget)
+{
+	double k = 1.0 / (1.0 - OVC_IDLE_TAX);
+	bool capped[OVC_MAX_VMS] = { false };
+	uint64_t rest = budget;
+	unsigned int n = ovc->nr_vms;
+
+	for (unsigned int i = 0; i < n; i++) {
+		struct ovc_vm *v = ovc->vms[i];
+
+		v->stats.entitlement_bytes = v->min_bytes;
+		rest = rest > v->min_bytes ? rest - v->min_bytes : 0;
+	}
+	for (unsigned int round = 0; round < n && rest; round++) {
+		double wsum = 0;
+		uint64_t given = 0;
+
+		for (unsigned int i = 0; i < n; i++) {
+			double f = ovc->vms[i]->stats.active_fraction;
+
+			if (!capped[i])
+				wsum += ovc->vms[i]->shares / (f + k * (1.0 - f));
+		}
+		if (wsum <= 0)
+			break;
+		for (unsigned int i = 0; i < n; i++) {
+			struct ovc_vm *v = ovc->vms[i];
+			double f = v->stats.active_fraction;
+			uint64_t share, room;
+
+			if (capped[i])
+				continue;
+			share = (uint64_t)((double)rest * (v->shares / (f + k * (1.0 - f))) / wsum);
+			room = v->mem_bytes - v->stats.entitlement_bytes;
+			if (share >= room) {
+				share = room;
+				capped[i] = true;
+			}
+			v->stats.entitlement_bytes += share;
+			given += share;
+		}
+		rest = rest > given ? rest - given : 0;
+	}
+}
+
+static int by_excess(const void *a, const void *b)
+{
+	const struct ovc_vm *x = *(struct ovc_vm *const *)a, *y = *(struct ovc_vm *const *)b;
+	int64_t ex = (int64_t)x->stats.resident_bytes - (int64_t)x->stats.entitlement_bytes;
+	int64_t ey = (int64_t)y->stats.resident_bytes - (int64_t)y->stats.entitlement_bytes;
+
+	return ex < ey ? 1 : ex > ey ? -1 : 0;
+}
+
+/* One pass: measure, entitle, reclaim the excess over budget. */
+static void policy_pass(struct ovc *ovc)
+{
+	struct ovc_vm *order[OVC_MAX_VMS];
+	const char *source;
+	uint64_t used, budget, need;
+	unsigned int n;
+
+	pthread_mutex_lock(&ovc->vm_lock);
+	n = ovc->nr_vms;
+	used = host_used(ovc, &source);
+	pthread_mutex_lock(&ovc->lock);
+	budget = ovc->stats.budget_bytes;
+	for (unsigned int i = 0; i < n; i++) {
+		struct ovc_vm *v = ovc->vms[i];
+
+		v->stats.resident_bytes =
+			memmap_resident(v->gm) * GM_PAGE_SIZE;
+		pagestate_counts(v->gm->ps, v->stats.pages);
+		order[i] = v;
+	}
+	compute_entitlements(ovc, budget);
+	ovc->stats.used_bytes = used;
+	ovc->stats.used_source = source;
+	ovc->stats.over_budget = used > budget;
+	ovc->stats.passes++;
+	pthread_mutex_unlock(&ovc->lock);
+
+	need = used > budget ? used - budget : 0;
+	qsort(order, n, sizeof(order[0]), by_excess);
+	for (unsigned int m = 0; m < ovc->nr_mech && need; m++) {
+		for (unsigned int i = 0; i < n && need; i++) {
+			struct ovc_vm *v = order[i];
+			int64_t got = ovc->mech[m].reclaim(ovc->mech[m].arg, v, need, v->min_bytes);
+
+			if (got <= 0)
+				continue;
+			need = (uint64_t)got >= need ? 0 : need - (uint64_t)got;
+			pthread_mutex_lock(&ovc->lock);
+			v->stats.reclaimed_bytes[m] += (uint64_t)got;
+			ovc->stats.reclaimed_bytes[m] += (uint64_t)got;
+			snprintf(v->stats.last_action, sizeof(v->stats.last_action),
+				 "%s reclaimed %" PRIu64 " KiB (used %" PRIu64 " MiB > budget %" PRIu64
+				 " MiB)", ovc->mech[m].name, (uint64_t)got / 1024, used >> 20,
+				 budget >> 20);
+			pthread_mutex_unlock(&ovc->lock);
+			log_debug("%s: %s", v->name, v->stats.last_action);
+		}
+	}
+	pthread_mutex_unlock(&ovc->vm_lock);
+}
+
+static void *policy_thread(void *arg)
+{
+	struct ovc *ovc = arg;
+
+	pthread_mutex_lock(&ovc->lock);
+	while (!ovc->stopping) {
+		struct timespec dl;
+
+		clock_gettime(CLOCK_MONOTONIC, &dl);
+		dl.tv_sec += (time_t)ovc->interval_s;
+		dl.tv_nsec += (long)((ovc->interval_s - (double)(time_t)ovc->interval_s) * 1e9);
+		if (dl.tv_nsec >= 1000000000L) {
+			dl.tv_sec++;
+			dl.tv_nsec -= 1000000000L;
+		}
+		while (!ovc->kicked && !ovc->stopping)
+			if (pthread_cond_timedwait(&ovc->cond, &ovc->lock, &dl) == ETIMEDOUT)
+				break;
+		if (ovc->stopping)
+			break;
+		ovc->kicked = false;
+		pthread_mutex_unlock(&ovc->lock);
+		policy_pass(ovc);
+		pthread_mutex_lock(&ovc->lock);
+	}
+	pthread_mutex_unlock(&ovc->lock);
+	return NULL;
+}
+
+int ovc_create(uint64_t budget_bytes, double interval_s, struct ovc **out)
+{
+	struct ovc *ovc = kv_zalloc(sizeof(*ovc));
+
+	if (!ovc)
+		return -ENOMEM;
+	pthread_mutex_init(&ovc->vm_lock, NULL);
+	pthread_mutex_init(&ovc->lock, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&ovc->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	ovc->stats.budget_bytes = budget_bytes;
+	ovc->stats.used_source = "smaps_rollup";
+	ovc->interval_s = interval_s > 0.01 ? interval_s : 1.0;
+	find_cgroup(ovc);
+	*out = ovc;
+	return 0;
+}
+
+void ovc_destroy(struct ovc *ovc)
+{
+	if (!ovc)
+		return;
+	pthread_mutex_lock(&ovc->lock);
+	ovc->stopping = true;
+	pthread_cond_broadcast(&ovc->cond);
+	pthread_mutex_unlock(&ovc->lock);
+	if (ovc->started)
+		pthread_join(ovc->thread, NULL);
+	pthread_mutex_destroy(&ovc->vm_lock);
+	pthread_mutex_destroy(&ovc->lock);
+	pthread_cond_destroy(&ovc->cond);
+	kv_free(ovc);
+}
+
+int ovc_start(struct ovc *ovc)
+{
+	int ret = thread_spawn(&ovc->thread, "policy", policy_thread, ovc);
+
+	if (!ret)
+		ovc->started = true;
+	return ret;
+}
+
+int ovc_add_vm(struct ovc *ovc, struct gm *gm, const char *name, uint64_t mem_bytes,
+	       uint64_t min_bytes, uint32_t shares, struct ovc_vm **out)
+{
+	struct ovc_vm *v;
+
+	if (ovc->nr_vms == OVC_MAX_VMS)
+		return -ENOSPC;
+	v = kv_zalloc(sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	v->gm = gm;
+	snprintf(v->name, sizeof(v->name), "%s", name);
+	v->mem_bytes = mem_bytes;
+	v->min_bytes = min_bytes;
+	v->shares = shares ? shares : 1;
+	v->stats.mem_bytes = mem_bytes;
+	v->stats.min_bytes = min_bytes;
+	v->stats.shares = v->shares;
+	snprintf(v->stats.last_action, sizeof(v->stats.last_action), "none");
+	pthread_mutex_lock(&ovc->vm_lock);
+	ovc->vms[ovc->nr_vms++] = v;
+	pthread_mutex_lock(&ovc->lock);
+	ovc->stats.configured_bytes += mem_bytes;
+	pthread_mutex_unlock(&ovc->lock);
+	pthread_mutex_unlock(&ovc->vm_lock);
+	*out = v;
+	return 0;
+}
+
+void ovc_remove_vm(struct ovc *ovc, struct ovc_vm *vm)
+{
+	pthread_mutex_lock(&ovc->vm_lock);
+	for (unsigned int i = 0; i < ovc->nr_vms; i++) {
+		if (ovc->vms[i] != vm)
+			continue;
+		ovc->vms[i] = ovc->vms[--ovc->nr_vms];
+		pthread_mutex_lock(&ovc->lock);
+		ovc->stats.configured_bytes -= vm->mem_bytes;
+		pthread_mutex_unlock(&ovc->lock);
+		break;
+	}
+	pthread_mutex_unlock(&ovc->vm_lock);
+	kv_free(vm);
+}
+
+struct gm *ovc_vm_gm(struct ovc_vm *vm)
+{
+	return vm->gm;
+}
+
+const char *ovc_vm_name(const struct ovc_vm *vm)
+{
+	return vm->name;
+}
+
+int ovc_register_mechanism(struct ovc *ovc, const struct ovc_mechanism *m)
+{
+	unsigned int i;
+
+	if (ovc->started)
+		return -EBUSY;
+	if (ovc->nr_mech == OVC_MAX_MECHANISMS)
+		return -ENOSPC;
+	for (i = ovc->nr_mech; i > 0 && ovc->mech[i - 1].cost > m->cost; i--)
+		ovc->mech[i] = ovc->mech[i - 1];
+	ovc->mech[i] = *m;
+	ovc->nr_mech++;
+	ovc->stats.nr_mechanisms = ovc->nr_mech;
+	for (unsigned int j = 0; j < ovc->nr_mech; j++)
+		ovc->stats.mechanism_names[j] = ovc->mech[j].name;
+	return 0;
+}
+
+void ovc_kick(struct ovc *ovc)
+{
+	pthread_mutex_lock(&ovc->lock);
+	ovc->kicked = true;
+	pthread_cond_broadcast(&ovc->cond);
+	pthread_mutex_unlock(&ovc->lock);
+}
+
+void ovc_set_budget(struct ovc *ovc, uint64_t budget_bytes)
+{
+	pthread_mutex_lock(&ovc->lock);
+	ovc->stats.budget_bytes = budget_bytes;
+	pthread_cond_broadcast(&ovc->cond);
+	pthread_mutex_unlock(&ovc->lock);
+}
+
+void ovc_get_stats(struct ovc *ovc, struct ovc_stats *out)
+{
+	pthread_mutex_lock(&ovc->lock);
+	*out = ovc->stats;
+	pthread_mutex_unlock(&ovc->lock);
+}
+
+int ovc_get_vm_stats(struct ovc *ovc, struct ovc_vm *vm, struct ovc_vm_stats *out)
+{
+	if (!vm)
+		return -ENOENT;
+	pthread_mutex_lock(&ovc->lock);
+	*out = vm->stats;
+	pthread_mutex_unlock(&ovc->lock);
+	/* Page states change between passes; give the live counts. */
+	pagestate_counts(vm->gm->ps, out->pages);
+	return 0;
+}

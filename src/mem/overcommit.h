@@ -1,0 +1,94 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Host memory budget and reclaim policy (the reclaim/policy thread).
+ *
+ * Every interval the policy measures the host's real usage (the kernel's
+ * view: the cgroup's usage when kvmem runs in a memory cgroup, else the
+ * process's PSS from /proc/self/smaps_rollup), each VM's resident and active
+ * memory, and computes each VM's entitlement from min, mem and shares with
+ * an idle-memory tax (Waldspurger, "Memory Resource Management in VMware ESX
+ * Server", OSDI 2002): idle pages cost a VM more shares than active ones, so
+ * idle memory is reclaimed first. When usage exceeds the budget it asks the
+ * reclaim mechanisms, cheapest first, for the difference, from the VMs that
+ * hold the most above their entitlement; a VM is never reclaimed below min.
+ *
+ * Mechanisms (zero pages here; sharing, balloon, swap in their modules)
+ * register with ovc_register_mechanism.
+ */
+#ifndef KVMEM_MEM_OVERCOMMIT_H
+#define KVMEM_MEM_OVERCOMMIT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "mem/gm.h"
+#include "mem/pagestate.h"
+
+struct ovc;
+struct ovc_vm;
+
+#define OVC_MAX_MECHANISMS 8
+#define OVC_IDLE_TAX 0.75 /* ESX default tax rate on idle memory */
+
+struct ovc_mechanism {
+	const char *name;	/* "zero", "share", "balloon", "swap" */
+	int cost;		/* lower runs first */
+	/*
+	 * Try to free about `bytes` of host memory from vm without going below
+	 * `floor_bytes` of its resident memory; returns bytes freed (>= 0) or
+	 * -errno. Called on the policy thread.
+	 */
+	int64_t (*reclaim)(void *arg, struct ovc_vm *vm, uint64_t bytes, uint64_t floor_bytes);
+	void *arg;
+};
+
+struct ovc_vm_stats {
+	uint64_t mem_bytes;
+	uint64_t min_bytes;
+	uint32_t shares;
+	uint64_t resident_bytes;	/* present, non-zero-page frames mapped in its RAM */
+	uint64_t entitlement_bytes;
+	double active_fraction;		/* sampled share of pages written per interval */
+	uint64_t pages[PS_NR];		/* page-state counts */
+	uint64_t reclaimed_bytes[OVC_MAX_MECHANISMS]; /* per mechanism, cumulative */
+	char last_action[96];		/* last policy decision about this VM */
+};
+
+struct ovc_stats {
+	uint64_t budget_bytes;
+	uint64_t used_bytes;		/* the kernel's view, see above */
+	const char *used_source;	/* "cgroup" or "smaps_rollup" */
+	uint64_t configured_bytes;	/* sum of the VMs' mem */
+	uint64_t passes;
+	unsigned int nr_mechanisms;
+	const char *mechanism_names[OVC_MAX_MECHANISMS];
+	uint64_t reclaimed_bytes[OVC_MAX_MECHANISMS];
+	bool over_budget;
+};
+
+int ovc_create(uint64_t budget_bytes, double interval_s, struct ovc **out);
+/* Stops the thread if running; every VM must have been removed. */
+void ovc_destroy(struct ovc *ovc);
+int ovc_start(struct ovc *ovc);
+
+/* Add a VM (its gm must live until ovc_remove_vm returns). */
+int ovc_add_vm(struct ovc *ovc, struct gm *gm, const char *name, uint64_t mem_bytes,
+	       uint64_t min_bytes, uint32_t shares, struct ovc_vm **out);
+void ovc_remove_vm(struct ovc *ovc, struct ovc_vm *vm);
+struct gm *ovc_vm_gm(struct ovc_vm *vm);
+const char *ovc_vm_name(const struct ovc_vm *vm);
+
+/* Register before ovc_start. -ENOSPC when full. */
+int ovc_register_mechanism(struct ovc *ovc, const struct ovc_mechanism *m);
+
+/* Run one policy pass now (tests, the control socket's "reclaim" verb). */
+void ovc_kick(struct ovc *ovc);
+void ovc_set_budget(struct ovc *ovc, uint64_t budget_bytes);
+
+void ovc_get_stats(struct ovc *ovc, struct ovc_stats *out);
+int ovc_get_vm_stats(struct ovc *ovc, struct ovc_vm *vm, struct ovc_vm_stats *out);
+
+/* Pages of vm's RAM present in host memory, not counting the shared zero page. */
+uint64_t ovc_resident_pages(struct gm *gm);
+
+#endif

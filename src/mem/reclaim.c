@@ -1,0 +1,267 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Page-level reclaim primitives (see reclaim.h). Runs on the policy,
+ * balloon-worker and dedup threads; the page-state CAS decides which of them
+ * owns a page, PS_BUSY marks the owner's window.
+ *
+ * Dropping a page: MADV_DONTNEED on an anonymous VMA gives the guest a hole
+ * that faults to the uffd service. On a VMA that maps a store frame
+ * (MAP_PRIVATE of the dedup memfd), MADV_DONTNEED would re-expose the frame,
+ * so such pages get fresh anonymous memory mapped over them, registered with
+ * userfaultfd again (DESIGN.md, guest memory model).
+ */
+#define LOG_TAG "reclaim"
+#include "mem/reclaim.h"
+
+#include <errno.h>
+#include <linux/userfaultfd.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+
+#include "core/log.h"
+#include "mem/mem_internal.h"
+#include "mem/memmap.h"
+#include "mem/overcommit.h"
+
+static bool frame_mapped(const struct gm *gm, uint64_t idx)
+{
+	return __atomic_load_n(&gm->framemap[idx / 64], __ATOMIC_ACQUIRE) & (1ULL << (idx % 64));
+}
+
+static void set_frame_mapped(struct gm *gm, uint64_t idx, bool on)
+{
+	if (on)
+		__atomic_fetch_or(&gm->framemap[idx / 64], 1ULL << (idx % 64), __ATOMIC_RELEASE);
+	else
+		__atomic_fetch_and(&gm->framemap[idx / 64], ~(1ULL << (idx % 64)), __ATOMIC_RELEASE);
+}
+
+static int wp(struct gm *gm, uint64_t idx, bool on)
+{
+	struct uffdio_writeprotect w = {
+		.range = { .start = (uint64_t)(uintptr_t)gm_page_hva(gm, idx), .len = GM_PAGE_SIZE },
+		.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+	};
+
+	if (gm->uffd < 0)
+		return -ENOSYS;
+	return ioctl(gm->uffd, UFFDIO_WRITEPROTECT, &w) < 0 ? -errno : 0;
+}
+
+int mem_page_protect(struct gm *gm, uint64_t idx)
+{
+	return wp(gm, idx, true);
+}
+
+int mem_page_unprotect(struct gm *gm, uint64_t idx)
+{
+	return wp(gm, idx, false);
+}
+
+void mem_page_wake(struct gm *gm, uint64_t idx)
+{
+	struct uffdio_range r = { .start = (uint64_t)(uintptr_t)gm_page_hva(gm, idx),
+				  .len = GM_PAGE_SIZE };
+
+	if (gm->uffd >= 0)
+		ioctl(gm->uffd, UFFDIO_WAKE, &r);
+}
+
+/* Fresh anonymous memory over [idx, idx+n), back under userfaultfd. */
+static int remap_anon(struct gm *gm, uint64_t idx, uint64_t n)
+{
+	void *hva = gm_page_hva(gm, idx);
+	void *p = mmap(hva, n * GM_PAGE_SIZE, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+
+	if (p == MAP_FAILED)
+		return -errno;
+	madvise(hva, n * GM_PAGE_SIZE, MADV_NOHUGEPAGE);
+	for (uint64_t i = 0; i < n; i++)
+		set_frame_mapped(gm, idx + i, false);
+	return gm->uffd >= 0 ? gm_uffd_register(gm, hva, n * GM_PAGE_SIZE) : 0;
+}
+
+/* Drop [idx, idx+n) whatever maps it; n pages lie in one region. */
+static int drop_run(struct gm *gm, uint64_t idx, uint64_t n)
+{
+	bool any_frame = false;
+
+	for (uint64_t i = 0; i < n && !any_frame; i++)
+		any_frame = frame_mapped(gm, idx + i);
+	if (any_frame)
+		return remap_anon(gm, idx, n);
+	if (madvise(gm_page_hva(gm, idx), n * GM_PAGE_SIZE, MADV_DONTNEED) < 0)
+		return -errno;
+	return 0;
+}
+
+int mem_page_drop(struct gm *gm, uint64_t idx)
+{
+	return drop_run(gm, idx, 1);
+}
+
+int mem_page_map_frame(struct gm *gm, uint64_t idx, int fd, uint64_t off)
+{
+	void *hva = gm_page_hva(gm, idx);
+	void *p = mmap(hva, GM_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd,
+		       (off_t)off);
+
+	if (p == MAP_FAILED)
+		return -errno;
+	set_frame_mapped(gm, idx, true);
+	return 0;
+}
+
+static int check_aligned_range(const struct gm *gm, gpa_t gpa, uint64_t len)
+{
+	if (gpa % GM_PAGE_SIZE || len % GM_PAGE_SIZE || len == 0)
+		return -EINVAL;
+	if (!gm_range_ok(gm, gpa, len))
+		return -EFAULT;
+	return 0;
+}
+
+int64_t mem_discard(struct gm *gm, gpa_t gpa, uint64_t len, enum ps_state why)
+{
+	int64_t dropped = 0;
+	int ret = check_aligned_range(gm, gpa, len);
+
+	if (ret)
+		return ret;
+	if (why != PS_BALLOONED && why != PS_REPORTED)
+		return -EINVAL;
+	while (len) {
+		int64_t first = memmap_page_index(gm, gpa);
+		uint64_t n = 0;
+
+		/*
+		 * Claim a run of pages that no other mechanism holds, set their new
+		 * state first (a racing guest access is then served a zero page,
+		 * which the guest agreed to by giving the page up), then drop the run.
+		 */
+		while (len && memmap_index_gpa(gm, (uint64_t)first + n) == gpa) {
+			uint64_t idx = (uint64_t)first + n;
+			enum ps_state st = pagestate_get(gm->ps, idx);
+
+			if (st == PS_BUSY)
+				break;
+			pagestate_set(gm->ps, idx, why);
+			if (!pagestate_is_dropped(st))
+				dropped++;
+			n++;
+			gpa += GM_PAGE_SIZE;
+			len -= GM_PAGE_SIZE;
+		}
+		if (n) {
+			ret = drop_run(gm, (uint64_t)first, n);
+			if (ret)
+				return ret;
+		} else {
+			gpa += GM_PAGE_SIZE; /* busy page: its owner drops or keeps it */
+			len -= GM_PAGE_SIZE;
+		}
+	}
+	return dropped;
+}
+
+int mem_undiscard(struct gm *gm, gpa_t gpa, uint64_t len)
+{
+	int ret = check_aligned_range(gm, gpa, len);
+
+	if (ret)
+		return ret;
+	for (; len; gpa += GM_PAGE_SIZE, len -= GM_PAGE_SIZE) {
+		uint64_t idx = (uint64_t)memmap_page_index(gm, gpa);
+
+		if (pagestate_cas(gm->ps, idx, PS_BALLOONED, PS_ANON))
+			pagestate_cas(gm->ps, idx, PS_REPORTED, PS_ANON);
+	}
+	return 0;
+}
+
+static bool page_is_zero(const uint8_t *p)
+{
+	const uint64_t *w = (const uint64_t *)p;
+
+	for (size_t i = 0; i < GM_PAGE_SIZE / 8; i += 4)
+		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3])
+			return false;
+	return true;
+}
+
+int64_t mem_reclaim_zero(struct gm *gm, uint64_t first, uint64_t count, uint64_t max_pages)
+{
+	uint64_t end = first + count, nr = memmap_nr_pages(gm), pm[512];
+	int64_t dropped = 0;
+
+	if (end > nr)
+		end = nr;
+	for (uint64_t base = first; base < end && (uint64_t)dropped < max_pages;) {
+		uint64_t n = end - base < 512 ? end - base : 512;
+		int64_t got;
+
+		/* Stay within one region: pagemap reads follow host addresses. */
+		if (memmap_index_gpa(gm, base + n - 1) - memmap_index_gpa(gm, base) !=
+		    (n - 1) * GM_PAGE_SIZE)
+			n = 1;
+		got = memmap_pagemap(gm, base, n, pm);
+		if (got <= 0)
+			return dropped ? dropped : got;
+		for (int64_t i = 0; i < got && (uint64_t)dropped < max_pages; i++) {
+			uint64_t idx = base + (uint64_t)i;
+			const uint8_t *hva = gm_page_hva(gm, idx);
+			bool zero;
+
+			/* Only resident anonymous pages: reading a hole would fault it in. */
+			if (!memmap_pm_resident(pm[i]) || memmap_pm_file(pm[i]) ||
+			    pagestate_get(gm->ps, idx) != PS_ANON || frame_mapped(gm, idx))
+				continue;
+			if (!page_is_zero(hva))
+				continue;
+			if (pagestate_cas(gm->ps, idx, PS_ANON, PS_BUSY))
+				continue;
+			/* Protect first, compare second: a write from now on waits for us. */
+			if (mem_page_protect(gm, idx)) {
+				pagestate_set(gm->ps, idx, PS_ANON);
+				continue;
+			}
+			zero = page_is_zero(hva);
+			if (zero && madvise((void *)hva, GM_PAGE_SIZE, MADV_DONTNEED) == 0) {
+				pagestate_set(gm->ps, idx, PS_ZERO);
+				dropped++;
+			} else {
+				mem_page_unprotect(gm, idx);
+				pagestate_set(gm->ps, idx, PS_ANON);
+			}
+			/* A writer held by the protection retries against the new state. */
+			mem_page_wake(gm, idx);
+		}
+		base += (uint64_t)got;
+	}
+	return dropped;
+}
+
+static int64_t zero_reclaim(void *arg, struct ovc_vm *vm, uint64_t bytes, uint64_t floor_bytes)
+{
+	struct gm *gm = ovc_vm_gm(vm);
+
+	/* Zero pages carry no data: reclaiming them ignores the floor. */
+	(void)arg;
+	(void)floor_bytes;
+	int64_t n = mem_reclaim_zero(gm, 0, memmap_nr_pages(gm),
+				     (bytes + GM_PAGE_SIZE - 1) / GM_PAGE_SIZE);
+	return n < 0 ? n : n * (int64_t)GM_PAGE_SIZE;
+}
+
+int reclaim_register_zero(struct ovc *ovc)
+{
+	static const struct ovc_mechanism zero = {
+		.name = "zero",
+		.cost = 0,
+		.reclaim = zero_reclaim,
+	};
+
+	return ovc_register_mechanism(ovc, &zero);
+}

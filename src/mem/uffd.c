@@ -1,0 +1,243 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * userfaultfd service thread (see uffd.h). One epoll set over every VM's
+ * userfaultfd. This thread never touches guest memory itself: it fills pages
+ * with UFFDIO_COPY/UFFDIO_ZEROPAGE from its own buffer, so it can never
+ * fault on a page it is supposed to serve.
+ *
+ * A MISSING fault on a PS_BUSY page (a mechanism is dropping or remapping it
+ * right now) is left alone: that mechanism wakes the range when done and the
+ * guest retries against the page's final state. WP faults are likewise left
+ * to the mechanism that write-protected the page.
+ */
+#define LOG_TAG "uffd"
+#include "mem/uffd.h"
+
+#include <errno.h>
+#include <linux/userfaultfd.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "core/thread.h"
+#include "mem/memmap.h"
+#include "mem/mem_internal.h"
+#include "mem/pagestate.h"
+
+struct uffd_service {
+	int epfd;
+	int stop_efd;
+	pthread_t thread;
+	pthread_mutex_t lock;	 /* serialises add/remove against the thread's dispatch */
+	uffd_swapin_fn swapin;	 /* lock */
+	void *swapin_arg;
+	struct uffd_stats stats; /* atomic */
+	uint8_t zero[4096] __attribute__((aligned(4096)));
+	uint8_t buf[4096] __attribute__((aligned(4096)));
+};
+
+static void wake(int uffd, uint64_t start)
+{
+	struct uffdio_range r = { .start = start, .len = GM_PAGE_SIZE };
+
+	ioctl(uffd, UFFDIO_WAKE, &r);
+}
+
+static void resolve(struct uffd_service *svc, struct gm *gm, const struct uffd_msg *msg)
+{
+	uint64_t addr = msg->arg.pagefault.address & ~(GM_PAGE_SIZE - 1);
+	bool write = msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
+	const struct gm_region *r = NULL;
+	enum ps_state st;
+	uint64_t idx;
+	const void *src = svc->zero;
+	int ret;
+
+	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
+		__atomic_fetch_add(&svc->stats.wp_faults, 1, __ATOMIC_RELAXED);
+		return;
+	}
+	for (unsigned int i = 0; i < gm->nr_regions; i++) {
+		uint64_t hva = (uint64_t)(uintptr_t)gm->regions[i].hva;
+
+		if (addr >= hva && addr - hva < gm->regions[i].len)
+			r = &gm->regions[i];
+	}
+	if (!r) {
+		__atomic_fetch_add(&svc->stats.errors, 1, __ATOMIC_RELAXED);
+		wake(gm->uffd, addr);
+		return;
+	}
+	idx = r->first_pfn_index + ((addr - (uint64_t)(uintptr_t)r->hva) >> GM_PAGE_SHIFT);
+	st = pagestate_get(gm->ps, idx);
+	if (st == PS_BUSY)
+		return;
+	if (st == PS_SWAPPED) {
+		pthread_mutex_lock(&svc->lock);
+		ret = svc->swapin ? svc->swapin(svc->swapin_arg, gm, idx, svc->buf) : -ENOSYS;
+		pthread_mutex_unlock(&svc->lock);
+		if (ret) {
+			/*
+			 * The page's content is only in the swap file: serving zeros
+			 * would corrupt the guest. Leave the vCPU waiting and say why.
+			 */
+			log_warn_ratelimited("swap-in of page %llu failed: %s",
+					     (unsigned long long)idx, strerror(-ret));
+			__atomic_fetch_add(&svc->stats.errors, 1, __ATOMIC_RELAXED);
+			return;
+		}
+		src = svc->buf;
+		write = true;
+	}
+	if (write) {
+		struct uffdio_copy c = { .dst = addr, .src = (uint64_t)(uintptr_t)src,
+					 .len = GM_PAGE_SIZE };
+
+		ret = ioctl(gm->uffd, UFFDIO_COPY, &c);
+	} else {
+		struct uffdio_zeropage z = { .range = { .start = addr, .len = GM_PAGE_SIZE } };
+
+		ret = ioctl(gm->uffd, UFFDIO_ZEROPAGE, &z);
+	}
+	if (ret < 0 && errno != EEXIST) {
+		/* The mapping changed under us: let the vCPU retry the access. */
+		__atomic_fetch_add(&svc->stats.errors, 1, __ATOMIC_RELAXED);
+		wake(gm->uffd, addr);
+		return;
+	}
+	if (ret == 0 || errno == EEXIST) {
+		if (pagestate_cas(gm->ps, idx, st, PS_ANON) == 0) {
+			__atomic_fetch_add(&svc->stats.missing_faults, 1, __ATOMIC_RELAXED);
+			if (st == PS_SWAPPED)
+				__atomic_fetch_add(&svc->stats.swap_ins, 1, __ATOMIC_RELAXED);
+			else
+				__atomic_fetch_add(&svc->stats.zero_fills, 1, __ATOMIC_RELAXED);
+		}
+	}
+}
+
+static void drain(struct uffd_service *svc, struct gm *gm)
+{
+	struct uffd_msg msgs[64];
+
+	for (;;) {
+		ssize_t n = read(gm->uffd, msgs, sizeof(msgs));
+
+		if (n <= 0)
+			return;
+		for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++)
+			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+				resolve(svc, gm, &msgs[i]);
+	}
+}
+
+static void *service_thread(void *arg)
+{
+	struct uffd_service *svc = arg;
+	struct epoll_event evs[16];
+
+	for (;;) {
+		int n = epoll_wait(svc->epfd, evs, 16, -1);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			break;
+		for (int i = 0; i < n; i++) {
+			if (!evs[i].data.ptr)
+				return NULL; /* the stop eventfd */
+			pthread_mutex_lock(&svc->lock);
+			drain(svc, evs[i].data.ptr);
+			pthread_mutex_unlock(&svc->lock);
+		}
+	}
+	return NULL;
+}
+
+int uffd_service_create(struct uffd_service **out)
+{
+	struct uffd_service *svc = kv_zalloc(sizeof(*svc));
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+	int ret;
+
+	if (!svc)
+		return -ENOMEM;
+	pthread_mutex_init(&svc->lock, NULL);
+	svc->epfd = epoll_create1(EPOLL_CLOEXEC);
+	svc->stop_efd = eventfd(0, EFD_CLOEXEC);
+	if (svc->epfd < 0 || svc->stop_efd < 0 ||
+	    epoll_ctl(svc->epfd, EPOLL_CTL_ADD, svc->stop_efd, &ev) < 0) {
+		ret = -errno;
+		goto out_close;
+	}
+	ret = thread_spawn(&svc->thread, "uffd", service_thread, svc);
+	if (ret)
+		goto out_close;
+	*out = svc;
+	return 0;
+
+out_close:
+	if (svc->epfd >= 0)
+		close(svc->epfd);
+	if (svc->stop_efd >= 0)
+		close(svc->stop_efd);
+	kv_free(svc);
+	return ret;
+}
+
+void uffd_service_destroy(struct uffd_service *svc)
+{
+	uint64_t one = 1;
+
+	if (!svc)
+		return;
+	if (write(svc->stop_efd, &one, sizeof(one)) == sizeof(one))
+		pthread_join(svc->thread, NULL);
+	close(svc->epfd);
+	close(svc->stop_efd);
+	pthread_mutex_destroy(&svc->lock);
+	kv_free(svc);
+}
+
+int uffd_service_add(struct uffd_service *svc, struct gm *gm)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = gm };
+
+	if (gm->uffd < 0)
+		return -EINVAL;
+	if (epoll_ctl(svc->epfd, EPOLL_CTL_ADD, gm->uffd, &ev) < 0)
+		return -errno;
+	return 0;
+}
+
+void uffd_service_remove(struct uffd_service *svc, struct gm *gm)
+{
+	if (gm->uffd < 0)
+		return;
+	/* Under the lock: once we return, the thread holds no pointer to gm. */
+	pthread_mutex_lock(&svc->lock);
+	epoll_ctl(svc->epfd, EPOLL_CTL_DEL, gm->uffd, NULL);
+	pthread_mutex_unlock(&svc->lock);
+}
+
+void uffd_service_set_swapin(struct uffd_service *svc, uffd_swapin_fn fn, void *arg)
+{
+	pthread_mutex_lock(&svc->lock);
+	svc->swapin = fn;
+	svc->swapin_arg = arg;
+	pthread_mutex_unlock(&svc->lock);
+}
+
+void uffd_service_stats(const struct uffd_service *svc, struct uffd_stats *out)
+{
+	out->missing_faults = __atomic_load_n(&svc->stats.missing_faults, __ATOMIC_RELAXED);
+	out->zero_fills = __atomic_load_n(&svc->stats.zero_fills, __ATOMIC_RELAXED);
+	out->swap_ins = __atomic_load_n(&svc->stats.swap_ins, __ATOMIC_RELAXED);
+	out->wp_faults = __atomic_load_n(&svc->stats.wp_faults, __ATOMIC_RELAXED);
+	out->errors = __atomic_load_n(&svc->stats.errors, __ATOMIC_RELAXED);
+}

@@ -196,7 +196,7 @@ int host_run(struct host *h)
 	ret = ovc_start(h->ovc);
 	for (unsigned int i = 0; i < h->nr_vms && !ret; i++) {
 		ret = vm_start(h->vms[i].vm);
-		if (ret)
+		if (ret && ret != -ENOEXEC) /* a bad image was already named */
 			log_err("%s: cannot start: %s", h->vms[i].cfg.name, strerror(-ret));
 	}
 	if (ret) {

@@ -1,0 +1,346 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Physical page allocator: one bit per page (1 = free) per boot range, the
+ * bitmaps packed into the first pages of the first range that can hold them.
+ * A per-range hint (lowest word that may hold a free bit) keeps repeated
+ * single-page allocation from rescanning the full, used prefix.
+ *
+ * Lowest-address-first everywhere: freed low pages are reused before fresh
+ * high ones, so the guest touches as little new memory as it can.
+ *
+ * Locking: pa_lock guards all of the bitmaps, hints and counters.
+ */
+#include "palloc.h"
+#include "rt.h"
+
+struct prange {
+	uint64_t base;		/* first gfn */
+	uint64_t npages;
+	uint64_t *bits;		/* npages bits, 1 = free */
+	uint64_t hint;		/* no free bit in words below this */
+	uint64_t nfree;
+};
+
+static struct prange ranges[ABI_MAX_RANGES];	/* sorted by base; fixed after init */
+static unsigned nr_ranges;
+static uint64_t nfree_total;
+static uint64_t total_pages;
+static uint64_t meta_pages;
+static struct rt_spinlock pa_lock;
+
+#define WORD_BITS 64
+#define ALL_ONES (~0ULL)
+
+/* Bits [lo, hi) of a word, 0 <= lo < hi <= 64. */
+static uint64_t word_mask(unsigned lo, unsigned hi)
+{
+	uint64_t m = hi == WORD_BITS ? ALL_ONES : (1ULL << hi) - 1;
+
+	return m & ~((1ULL << lo) - 1);
+}
+
+/* First page index >= @from whose bit equals @want, or npages. */
+static uint64_t find_next(const struct prange *r, uint64_t from, bool want)
+{
+	uint64_t w, word;
+
+	if (from >= r->npages)
+		return r->npages;
+	w = from / WORD_BITS;
+	word = want ? r->bits[w] : ~r->bits[w];
+	word &= ~((1ULL << (from % WORD_BITS)) - 1);
+	for (;;) {
+		if (word) {
+			uint64_t i = w * WORD_BITS + (uint64_t)__builtin_ctzll(word);
+
+			return MIN(i, r->npages);
+		}
+		if (++w * WORD_BITS >= r->npages)
+			return r->npages;
+		word = want ? r->bits[w] : ~r->bits[w];
+	}
+}
+
+/* Set (free) or clear (allocate) bits [start, start + n). */
+static void assign(struct prange *r, uint64_t start, uint64_t n, bool free)
+{
+	uint64_t end = start + n;
+
+	while (start < end) {
+		uint64_t w = start / WORD_BITS;
+		unsigned lo = start % WORD_BITS;
+		unsigned hi = (unsigned)MIN((uint64_t)WORD_BITS, end - w * WORD_BITS);
+		uint64_t m = word_mask(lo, hi);
+
+		if (free)
+			r->bits[w] |= m;
+		else
+			r->bits[w] &= ~m;
+		start = (w + 1) * WORD_BITS;
+	}
+	if (free) {
+		r->nfree += n;
+		nfree_total += n;
+	} else {
+		r->nfree -= n;
+		nfree_total -= n;
+	}
+}
+
+static struct prange *range_of(uint64_t gfn)
+{
+	unsigned i;
+
+	for (i = 0; i < nr_ranges; i++)
+		if (gfn >= ranges[i].base && gfn - ranges[i].base < ranges[i].npages)
+			return &ranges[i];
+	return NULL;
+}
+
+int palloc_init(const struct abi_boot_params *bp)
+{
+	uint64_t words = 0, need;
+	struct prange *home = NULL;
+	uint64_t *next;
+	unsigned i, j;
+
+	for (i = 0; i < bp->nr_ranges && i < ABI_MAX_RANGES; i++) {
+		struct prange r = {
+			.base = bp->ranges[i].gpa >> RT_PAGE_SHIFT,
+			.npages = bp->ranges[i].len >> RT_PAGE_SHIFT,
+		};
+
+		if (!r.npages)
+			continue;
+		/* Insertion sort: the VMM's order is not part of the contract. */
+		for (j = nr_ranges; j > 0 && ranges[j - 1].base > r.base; j--)
+			ranges[j] = ranges[j - 1];
+		ranges[j] = r;
+		nr_ranges++;
+		words += DIV_ROUND_UP(r.npages, WORD_BITS);
+	}
+	if (!nr_ranges)
+		return -EINVAL;
+
+	need = DIV_ROUND_UP(words * sizeof(uint64_t), RT_PAGE_SIZE);
+	for (i = 0; i < nr_ranges && !home; i++)
+		if (ranges[i].npages > need)
+			home = &ranges[i];
+	if (!home)
+		return -ENOMEM;
+
+	next = (uint64_t *)(home->base << RT_PAGE_SHIFT);
+	for (i = 0; i < nr_ranges; i++) {
+		struct prange *r = &ranges[i];
+		uint64_t nw = DIV_ROUND_UP(r->npages, WORD_BITS);
+		uint64_t w;
+
+		r->bits = next;
+		next += nw;
+		for (w = 0; w < nw; w++)
+			r->bits[w] = 0;
+		assign(r, 0, r->npages, true);
+		total_pages += r->npages;
+	}
+	assign(home, 0, need, false);
+	meta_pages = need;
+	return 0;
+}
+
+uint64_t palloc_alloc(void)
+{
+	uint32_t gfn;
+
+	if (!palloc_alloc_gfns(&gfn, 1))
+		return 0;
+	return (uint64_t)gfn << RT_PAGE_SHIFT;
+}
+
+void palloc_free(uint64_t gpa)
+{
+	palloc_free_run(gpa, 1);
+}
+
+size_t palloc_alloc_gfns(uint32_t *gfns, size_t n)
+{
+	size_t got = 0;
+	unsigned i;
+
+	rt_spin_lock(&pa_lock);
+	for (i = 0; i < nr_ranges && got < n; i++) {
+		struct prange *r = &ranges[i];
+		uint64_t nw = DIV_ROUND_UP(r->npages, WORD_BITS);
+		uint64_t w;
+
+		for (w = r->hint; w < nw && r->nfree && got < n; w++) {
+			uint64_t word = r->bits[w];
+			uint64_t taken = 0;
+
+			while (word && got < n) {
+				unsigned b = (unsigned)__builtin_ctzll(word);
+
+				word &= word - 1;
+				taken++;
+				gfns[got++] = (uint32_t)(r->base + w * WORD_BITS + b);
+			}
+			r->bits[w] = word;
+			r->nfree -= taken;
+			nfree_total -= taken;
+			r->hint = word ? w : w + 1;
+		}
+	}
+	rt_spin_unlock(&pa_lock);
+	return got;
+}
+
+/* A free of pages that are not allocated is a guest bug: say so loudly. */
+static bool check_used(struct prange *r, uint64_t gfn, uint64_t npages)
+{
+	uint64_t idx;
+
+	if (!r || gfn - r->base + npages > r->npages) {
+		rt_printf("palloc: bad free gfn 0x%lx pages %lu: not in a range\n", gfn, npages);
+		return false;
+	}
+	idx = gfn - r->base;
+	if (find_next(r, idx, true) < idx + npages) {
+		rt_printf("palloc: double free gfn 0x%lx\n", r->base + find_next(r, idx, true));
+		return false;
+	}
+	return true;
+}
+
+static void free_locked(uint64_t gfn, uint64_t npages)
+{
+	struct prange *r = range_of(gfn);
+
+	if (!check_used(r, gfn, npages))
+		return;
+	assign(r, gfn - r->base, npages, true);
+	r->hint = MIN(r->hint, (gfn - r->base) / WORD_BITS);
+}
+
+void palloc_free_gfns(const uint32_t *gfns, size_t n)
+{
+	size_t i;
+
+	rt_spin_lock(&pa_lock);
+	for (i = 0; i < n; i++)
+		free_locked(gfns[i], 1);
+	rt_spin_unlock(&pa_lock);
+}
+
+void palloc_free_run(uint64_t gpa, uint64_t npages)
+{
+	rt_spin_lock(&pa_lock);
+	free_locked(gpa >> RT_PAGE_SHIFT, npages);
+	rt_spin_unlock(&pa_lock);
+}
+
+uint64_t palloc_alloc_run(uint64_t npages, uint64_t align)
+{
+	uint64_t gpa = 0;
+	unsigned i;
+
+	if (!npages)
+		return 0;
+	if (!align)
+		align = 1;
+	rt_spin_lock(&pa_lock);
+	for (i = 0; i < nr_ranges && !gpa; i++) {
+		struct prange *r = &ranges[i];
+		uint64_t idx = r->hint * WORD_BITS;
+
+		while (r->nfree >= npages) {
+			uint64_t s = find_next(r, idx, true), e;
+
+			if (s >= r->npages)
+				break;
+			/* Round the absolute gfn up to the alignment. */
+			s = (r->base + s + align - 1) / align * align - r->base;
+			if (s >= r->npages)
+				break;
+			e = find_next(r, s, false);
+			if (e == s) {
+				idx = s + 1;
+				continue;
+			}
+			if (e - s >= npages) {
+				assign(r, s, npages, false);
+				gpa = (r->base + s) << RT_PAGE_SHIFT;
+				break;
+			}
+			idx = e;
+		}
+	}
+	rt_spin_unlock(&pa_lock);
+	return gpa;
+}
+
+int palloc_claim(uint64_t gpa, uint64_t npages)
+{
+	uint64_t gfn = gpa >> RT_PAGE_SHIFT;
+	struct prange *r;
+	int ret = 0;
+
+	rt_spin_lock(&pa_lock);
+	r = range_of(gfn);
+	if (!r || !npages || gfn - r->base + npages > r->npages)
+		ret = -EINVAL;
+	else if (find_next(r, gfn - r->base, false) < gfn - r->base + npages)
+		ret = -EBUSY;
+	else
+		assign(r, gfn - r->base, npages, false);
+	rt_spin_unlock(&pa_lock);
+	return ret;
+}
+
+bool palloc_next_free_run(uint64_t *gpa, uint64_t *npages, uint64_t min_pages)
+{
+	uint64_t from = *gpa >> RT_PAGE_SHIFT;
+	bool found = false;
+	unsigned i;
+
+	if (!min_pages)
+		min_pages = 1;
+	rt_spin_lock(&pa_lock);
+	for (i = 0; i < nr_ranges && !found; i++) {
+		struct prange *r = &ranges[i];
+		uint64_t idx;
+
+		if (from >= r->base + r->npages)
+			continue;
+		idx = from > r->base ? from - r->base : 0;
+		while (idx < r->npages) {
+			uint64_t s = find_next(r, idx, true);
+			uint64_t e = find_next(r, s, false);
+
+			if (s >= r->npages)
+				break;
+			if (e - s >= min_pages) {
+				*gpa = (r->base + s) << RT_PAGE_SHIFT;
+				*npages = e - s;
+				found = true;
+				break;
+			}
+			idx = e;
+		}
+	}
+	rt_spin_unlock(&pa_lock);
+	return found;
+}
+
+uint64_t palloc_free_pages(void)
+{
+	return READ_ONCE(nfree_total);
+}
+
+uint64_t palloc_total_pages(void)
+{
+	return total_pages;
+}
+
+uint64_t palloc_meta_pages(void)
+{
+	return meta_pages;
+}

@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The guest's physical page allocator. It owns every usable RAM range the
+ * VMM listed in the boot parameters and knows, page by page, which are free:
+ * the knowledge ballooning and free page reporting are built on.
+ *
+ * Free pages are never written: the allocator keeps its state in a bitmap
+ * carved from the front of the first range big enough for it, so a page the
+ * guest never allocated stays untouched (and unbacked) on the host. Pages
+ * handed out are not cleared either; their content is the caller's business.
+ *
+ * All functions are safe on any vCPU after palloc_init() (one spinlock; the
+ * longest hold is one bitmap scan). Addresses are guest-physical, which is
+ * also the guest-virtual address (identity map).
+ */
+#ifndef KVMEM_GUEST_PALLOC_H
+#define KVMEM_GUEST_PALLOC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "abi.h"
+
+/*
+ * palloc_init - take ownership of the usable ranges in @bp.
+ * vCPU 0, once, before any other vCPU calls palloc. Returns 0, or -ENOMEM
+ * if no range can hold the bitmap, -EINVAL if there are no ranges.
+ */
+int palloc_init(const struct abi_boot_params *bp);
+
+/* One page: its gpa, or 0 if none is free. */
+uint64_t palloc_alloc(void);
+
+/* Give back one page from palloc_alloc*(). A bad or double free is reported and ignored. */
+void palloc_free(uint64_t gpa);
+
+/*
+ * palloc_alloc_gfns - up to @n single pages, lowest addresses first, as page
+ * frame numbers in @gfns (gpa >> 12; 32 bits cover 16 TiB, and virtio-balloon
+ * PFNs are 32-bit too). Returns how many it got; fewer than @n means nothing
+ * else is free.
+ */
+size_t palloc_alloc_gfns(uint32_t *gfns, size_t n);
+
+/* Give back @n pages listed in @gfns. */
+void palloc_free_gfns(const uint32_t *gfns, size_t n);
+
+/*
+ * palloc_alloc_run - @npages physically contiguous pages whose first gfn is a
+ * multiple of @align (pages; 0 or 1 for none). Returns the gpa, or 0.
+ */
+uint64_t palloc_alloc_run(uint64_t npages, uint64_t align);
+
+/* Give back a run from palloc_alloc_run() or palloc_claim(). */
+void palloc_free_run(uint64_t gpa, uint64_t npages);
+
+/*
+ * palloc_claim - take the specific run [@gpa, @gpa + @npages pages), e.g. one
+ * found by palloc_next_free_run() for free page reporting. Returns 0,
+ * -EINVAL if it is not inside one range, -EBUSY if a page is not free.
+ */
+int palloc_claim(uint64_t gpa, uint64_t npages);
+
+/*
+ * palloc_next_free_run - walk free runs of at least @min_pages pages.
+ * On entry *@gpa is where to start looking (0 for the beginning); on success
+ * *@gpa and *@npages describe the first such run at or after it and true is
+ * returned. Continue from *@gpa + *@npages * 4096. A snapshot: the run may
+ * be allocated by another vCPU right after; palloc_claim() it to own it.
+ * Runs never span two boot ranges.
+ */
+bool palloc_next_free_run(uint64_t *gpa, uint64_t *npages, uint64_t min_pages);
+
+/* Pages free right now / pages managed in total (including the bitmap). */
+uint64_t palloc_free_pages(void);
+uint64_t palloc_total_pages(void);
+
+/* Pages used by the allocator's own bitmap. */
+uint64_t palloc_meta_pages(void);
+
+#endif

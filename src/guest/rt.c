@@ -1,0 +1,202 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Guest runtime core: boot parameters, device discovery, vCPU identity,
+ * time, sleep, power off, spinlocks, backoff and the vCPU barrier.
+ *
+ * rt_init() runs on vCPU 0 while the other vCPUs wait for rt_is_ready();
+ * after that the state here is read-only except the stack table, whose
+ * slot i only vCPU i writes (before anyone reads it for i).
+ */
+#include "rt.h"
+
+static const struct abi_boot_params *boot;
+static uint64_t con_gpa;	/* console registers, 0 if none */
+static uint64_t sys_gpa;	/* system-control registers, 0 if none */
+static uint64_t tsc_khz;	/* 0: use the VMM clock instead of the TSC */
+static uint64_t tsc_base;	/* TSC at rt_init() */
+static uint64_t clock_base;	/* ABI_SYS_TIME_NS at rt_init(), without a TSC rate */
+static unsigned ncpus;
+static uint32_t ready;		/* set (release) when rt_init() is done */
+
+/* Each vCPU's 16 KiB CPL3 stack, by vCPU index; 0 = not registered. */
+#define STACK_SIZE (16 * 1024)
+static uint64_t stack_top[ABI_MAX_CPUS];
+
+uint64_t rt_console_gpa(void)
+{
+	return con_gpa;
+}
+
+int rt_init(const struct abi_boot_params *bp)
+{
+	uint32_t i;
+
+	if (bp->magic != ABI_BOOT_MAGIC || bp->version != ABI_VERSION)
+		return -EINVAL;
+	boot = bp;
+	ncpus = bp->ncpus ? bp->ncpus : 1;
+	if (ncpus > ABI_MAX_CPUS)
+		ncpus = ABI_MAX_CPUS;
+	for (i = 0; i < bp->nr_devices && i < ABI_MAX_DEVICES; i++) {
+		const struct abi_device *d = &bp->devices[i];
+
+		/* First of each kind wins; a later duplicate is ignored. */
+		if (d->type == ABI_DEV_CONSOLE && !con_gpa)
+			con_gpa = d->gpa;
+		else if (d->type == ABI_DEV_SYSCTL && !sys_gpa)
+			sys_gpa = d->gpa;
+	}
+	tsc_khz = bp->tsc_khz;
+	tsc_base = rdtsc();
+	if (!tsc_khz && sys_gpa)
+		clock_base = mmio_read64(sys_gpa + ABI_SYS_TIME_NS);
+	store_release(&ready, 1);
+	return 0;
+}
+
+bool rt_is_ready(void)
+{
+	return load_acquire(&ready);
+}
+
+const struct abi_boot_params *rt_boot_params(void)
+{
+	return boot;
+}
+
+unsigned rt_ncpus(void)
+{
+	return ncpus;
+}
+
+void rt_cpu_register(unsigned cpu, uint64_t top)
+{
+	if (cpu < ABI_MAX_CPUS)
+		store_release(&stack_top[cpu], top);
+}
+
+unsigned rt_cpu(void)
+{
+	uint64_t sp = (uint64_t)__builtin_frame_address(0);
+	unsigned i;
+
+	for (i = 0; i < ABI_MAX_CPUS; i++) {
+		uint64_t top = load_acquire(&stack_top[i]);
+
+		if (top && sp < top && sp >= top - STACK_SIZE)
+			return i;
+	}
+	return 0;
+}
+
+uint64_t rt_now_ns(void)
+{
+	uint64_t t;
+
+	if (!tsc_khz) {
+		if (!sys_gpa)
+			return 0;
+		return mmio_read64(sys_gpa + ABI_SYS_TIME_NS) - clock_base;
+	}
+	/* Split so nothing overflows 64 bits: the remainder is < tsc_khz. */
+	t = rdtsc() - tsc_base;
+	return t / tsc_khz * RT_NS_PER_MS + t % tsc_khz * RT_NS_PER_MS / tsc_khz;
+}
+
+/* One SLEEP_NS request at most this long, so a long sleep re-reads the clock. */
+#define SLEEP_SLICE_NS RT_NS_PER_SEC
+
+void rt_sleep_ns(uint64_t ns)
+{
+	uint64_t now = rt_now_ns();
+	uint64_t end = ns > UINT64_MAX - now ? UINT64_MAX : now + ns;
+
+	if (!sys_gpa) {
+		/* No device to sleep through: the best we can do. */
+		while (rt_now_ns() < end)
+			cpu_relax();
+		return;
+	}
+	/* The VMM may wake us early ("up to N ns"): sleep again for the rest. */
+	while (now < end) {
+		mmio_write64(sys_gpa + ABI_SYS_SLEEP_NS, MIN(end - now, SLEEP_SLICE_NS));
+		now = rt_now_ns();
+	}
+}
+
+void rt_poweroff(uint32_t status)
+{
+	con_flush();
+	if (sys_gpa)
+		mmio_write32(sys_gpa + ABI_SYS_POWEROFF, status);
+	/* Without a system-control device (or if the VMM went on), a #UD ends the VM. */
+	for (;;)
+		__asm__ __volatile__("ud2");
+}
+
+void rt_idle_forever(void)
+{
+	con_flush();
+	for (;;)
+		rt_sleep_ns(RT_NS_PER_SEC);
+}
+
+void rt_report(uint64_t value)
+{
+	if (sys_gpa)
+		mmio_write64(sys_gpa + ABI_SYS_REPORT, value);
+}
+
+void rt_spin_lock(struct rt_spinlock *l)
+{
+	for (;;) {
+		if (!__atomic_exchange_n(&l->locked, 1, __ATOMIC_ACQUIRE))
+			return;
+		while (READ_ONCE(l->locked))
+			cpu_relax();
+	}
+}
+
+void rt_spin_unlock(struct rt_spinlock *l)
+{
+	__atomic_store_n(&l->locked, 0, __ATOMIC_RELEASE);
+}
+
+#define BACKOFF_SPINS 256
+#define BACKOFF_MIN_NS (100 * RT_NS_PER_US)
+#define BACKOFF_MAX_NS (2 * RT_NS_PER_MS)
+
+void rt_backoff(struct rt_backoff *b)
+{
+	if (b->spins < BACKOFF_SPINS) {
+		b->spins++;
+		cpu_relax();
+		return;
+	}
+	if (b->sleep_ns < BACKOFF_MIN_NS)
+		b->sleep_ns = BACKOFF_MIN_NS;
+	rt_sleep_ns(b->sleep_ns);
+	b->sleep_ns = MIN(b->sleep_ns * 2, b->max_ns ? b->max_ns : BACKOFF_MAX_NS);
+}
+
+void rt_barrier_init(struct rt_barrier *b, uint32_t count)
+{
+	b->count = count;
+	b->waiting = 0;
+	b->sense = 0;
+}
+
+void rt_barrier_wait(struct rt_barrier *b)
+{
+	uint32_t sense = load_acquire(&b->sense);
+	struct rt_backoff bo = RT_BACKOFF_INIT;
+
+	if (atomic_add(&b->waiting, 1) == b->count) {
+		/* Last to arrive: reset for the next round, then release everyone. */
+		WRITE_ONCE(b->waiting, 0);
+		store_release(&b->sense, sense ^ 1);
+		return;
+	}
+	while (load_acquire(&b->sense) == sense)
+		rt_backoff(&bo);
+}

@@ -1,0 +1,248 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The kvmem guest runtime: what a freestanding CPL3 program needs and libc
+ * would otherwise give it. Boot parameters and devices (rt.c), the console
+ * and printf (con.c), strings and command-line parsing (str.c), time, sleep,
+ * power off, spinlocks and atomics (this header and rt.c).
+ *
+ * Everything runs at CPL3 on every vCPU. There are no interrupts, so nothing
+ * here is reentrant with respect to itself on one vCPU; across vCPUs shared
+ * state is guarded by the locks named in each comment.
+ *
+ * The guest must not spin for long: vCPUs of several guests share host CPUs.
+ * Anything that waits longer than a few microseconds goes through
+ * rt_sleep_ns() (the paravirtual hlt) or rt_backoff().
+ */
+#ifndef KVMEM_GUEST_RT_H
+#define KVMEM_GUEST_RT_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "abi.h"
+
+#define RT_PAGE_SIZE 4096UL
+#define RT_PAGE_SHIFT 12
+#define RT_NS_PER_SEC 1000000000UL
+#define RT_NS_PER_MS 1000000UL
+#define RT_NS_PER_US 1000UL
+
+/* Error numbers for 0 / -errno returns; values match Linux for readability. */
+#define ENOENT 2
+#define ENOMEM 12
+#define EBUSY 16
+#define EINVAL 22
+#define ERANGE 34
+
+/* Power-off statuses the guest uses; the VMM exits with them. */
+#define RT_EXIT_OK 0
+#define RT_EXIT_VERIFY_FAIL 1	/* a page did not hold what the workload wrote */
+#define RT_EXIT_USAGE 2		/* bad kvmem.wl= / kvmem.debug= value */
+#define RT_EXIT_NOMEM 3		/* the workload asked for more memory than is free */
+#define RT_EXIT_BAD_BOOT 4	/* boot parameters unusable (no RAM range, ...) */
+
+#define __noreturn __attribute__((noreturn))
+#define __printf(a, b) __attribute__((format(printf, a, b)))
+#define __unused __attribute__((unused))
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+#define DIV_ROUND_UP(n, d) (((n) + (d) - 1) / (d))
+
+#define barrier() __asm__ __volatile__("" ::: "memory")
+#define READ_ONCE(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define WRITE_ONCE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+#define load_acquire(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define store_release(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define atomic_add(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
+#define atomic_fetch_add(p, v) __atomic_fetch_add((p), (v), __ATOMIC_SEQ_CST)
+
+static inline void cpu_relax(void)
+{
+	__asm__ __volatile__("pause" ::: "memory");
+}
+
+static inline uint64_t rdtsc(void)
+{
+	uint32_t lo, hi;
+
+	__asm__ __volatile__("rdtsc" : "=a"(lo), "=d"(hi));
+	return ((uint64_t)hi << 32) | lo;
+}
+
+/*
+ * MMIO accessors. Plain movs with the address in a register, so KVM's
+ * instruction emulator sees the simplest possible access when it decodes
+ * the exit; the "memory" clobber orders them against normal stores (the
+ * console hands the VMM a buffer it must see filled).
+ */
+static inline void mmio_write32(uint64_t gpa, uint32_t v)
+{
+	__asm__ __volatile__("movl %0, (%1)" : : "r"(v), "r"(gpa) : "memory");
+}
+
+static inline void mmio_write64(uint64_t gpa, uint64_t v)
+{
+	__asm__ __volatile__("movq %0, (%1)" : : "r"(v), "r"(gpa) : "memory");
+}
+
+static inline uint64_t mmio_read64(uint64_t gpa)
+{
+	uint64_t v;
+
+	__asm__ __volatile__("movq (%1), %0" : "=r"(v) : "r"(gpa) : "memory");
+	return v;
+}
+
+/* --- boot parameters and vCPUs (rt.c) --- */
+
+/*
+ * rt_init - validate the boot parameters and find the devices.
+ * Call once, on vCPU 0, before anything else in this header except
+ * rt_cpu_register(). Returns 0 or -EINVAL (bad magic or version).
+ */
+int rt_init(const struct abi_boot_params *bp);
+
+/* The boot parameters, valid after rt_init(). Read-only. */
+const struct abi_boot_params *rt_boot_params(void);
+
+/* Number of vCPUs started, valid after rt_init(). */
+unsigned rt_ncpus(void);
+
+/*
+ * rt_cpu_register - record which stack belongs to vCPU @cpu, so rt_cpu() can
+ * tell vCPUs apart (there is no per-CPU segment we could use at CPL3).
+ * Each vCPU calls it first thing, on its own stack.
+ */
+void rt_cpu_register(unsigned cpu, uint64_t stack_top);
+
+/* Index of the calling vCPU, found from the stack pointer; 0 if unknown. */
+unsigned rt_cpu(void);
+
+/* True once vCPU 0 finished rt_init(); secondaries wait for it. */
+bool rt_is_ready(void);
+
+/* Base of the console register window, 0 if there is none (for con.c). */
+uint64_t rt_console_gpa(void);
+
+/* --- time, sleep, power (rt.c) --- */
+
+/* Nanoseconds since rt_init(), from the TSC (or the VMM clock without tsc_khz). */
+uint64_t rt_now_ns(void);
+
+/*
+ * rt_sleep_ns - give the host CPU away for about @ns through ABI_SYS_SLEEP_NS.
+ * Returns once at least @ns passed. The guest's only way to idle.
+ */
+void rt_sleep_ns(uint64_t ns);
+
+/* Flush the console and power the VM off with @status. */
+__noreturn void rt_poweroff(uint32_t status);
+
+/* Stay idle forever, sleeping in long slices. */
+__noreturn void rt_idle_forever(void);
+
+/* Record a value with the VMM (ABI_SYS_REPORT), for tests. */
+void rt_report(uint64_t value);
+
+/* --- locks and waiting (rt.c) --- */
+
+struct rt_spinlock {
+	uint32_t locked;
+};
+
+/* Spins with pause: hold it only for short, bounded work (a few MMIO exits at most). */
+void rt_spin_lock(struct rt_spinlock *l);
+void rt_spin_unlock(struct rt_spinlock *l);
+
+/*
+ * Polling with backoff: the first few calls spin, later calls sleep through
+ * the VMM, from 100 us growing to max_ns, so a waiting vCPU costs the host
+ * little while the wait is long and reacts quickly while it is short.
+ */
+struct rt_backoff {
+	uint32_t spins;
+	uint64_t sleep_ns;	/* next sleep */
+	uint64_t max_ns;	/* cap on one sleep; 0 = 2 ms */
+};
+
+#define RT_BACKOFF_INIT { 0, 0, 0 }
+#define RT_BACKOFF_INIT_MAX(ns) { 0, 0, (ns) }
+
+void rt_backoff(struct rt_backoff *b);
+
+/*
+ * Sense-reversing barrier for the vCPUs. rt_barrier_init() before any vCPU
+ * uses it; @count vCPUs must call rt_barrier_wait() per round.
+ */
+struct rt_barrier {
+	uint32_t count;		/* participants, fixed */
+	uint32_t waiting;	/* arrived this round (atomic) */
+	uint32_t sense;		/* flips when a round completes (atomic) */
+};
+
+void rt_barrier_init(struct rt_barrier *b, uint32_t count);
+void rt_barrier_wait(struct rt_barrier *b);
+
+/* --- console (con.c) --- */
+
+/*
+ * Console output is buffered per vCPU and handed to the VMM a line at a
+ * time (one MMIO exit per line); a console lock keeps lines from different
+ * vCPUs whole. Lines longer than the buffer are emitted in pieces.
+ */
+void con_write(const char *s, size_t len);
+void con_flush(void);
+__printf(1, 2) void rt_printf(const char *fmt, ...);
+void rt_vprintf(const char *fmt, va_list ap);
+
+/*
+ * Supports %d %i %u %x %X %c %s %p %% with the l, ll and z modifiers, a
+ * field width, '0' padding, '-' left alignment and a precision for %s
+ * (%.*s prints a slice). Always NUL terminates
+ * when @size > 0; returns the length it would have written.
+ */
+__printf(3, 4) int rt_snprintf(char *buf, size_t size, const char *fmt, ...);
+int rt_vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
+
+/* --- strings and the command line (str.c) --- */
+
+/* The usual freestanding set; GCC may also emit calls to the first four. */
+void *memset(void *dst, int c, size_t n);
+void *memcpy(void *dst, const void *src, size_t n);
+void *memmove(void *dst, const void *src, size_t n);
+int memcmp(const void *a, const void *b, size_t n);
+size_t strlen(const char *s);
+size_t strnlen(const char *s, size_t max);
+int strcmp(const char *a, const char *b);
+int strncmp(const char *a, const char *b, size_t n);
+
+/* A non-NUL-terminated slice of a string (command-line values are slices). */
+struct rt_str {
+	const char *p;
+	size_t len;
+};
+
+/* True if @s is exactly the NUL-terminated @lit. */
+bool str_eq(struct rt_str s, const char *lit);
+
+/* Parse all of @s as a decimal or 0x-hex u64. Returns 0 or -EINVAL/-ERANGE. */
+int str_to_u64(struct rt_str s, uint64_t *out);
+
+/*
+ * cmdline_get - find the space-separated token "@key=value" in @cmdline.
+ * The last occurrence wins (like Linux early params appended by a wrapper).
+ * Returns true and the value slice, or false if there is no such token.
+ */
+bool cmdline_get(const char *cmdline, const char *key, struct rt_str *val);
+
+/*
+ * kv_next - iterate the comma-separated "k=v" list in @list. @pos starts at
+ * 0. Returns false at the end; an item without '=' has an empty value.
+ */
+bool kv_next(struct rt_str list, size_t *pos, struct rt_str *key, struct rt_str *val);
+
+#endif

@@ -1,0 +1,547 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Workload engine. vCPU 0 parses kvmem.wl=, allocates every page up front
+ * (palloc, lowest first) and then drives phases through smp_run(); each vCPU
+ * owns a contiguous chunk of slots and is the only one to touch those pages
+ * and their metadata, so the phases need no locks.
+ *
+ * Keys (comma-separated k=v, integers decimal or 0x-hex):
+ *   size=MiB|max   pages to fill (max: all free memory but a small reserve)
+ *   dup=%          pages identical across guests sharing seed= (default 0)
+ *   zero=%         zero pages (default 0); the rest are unique to id=
+ *   id=N           this guest's identity for unique pages (default 0)
+ *   seed=N         seed shared by all guests (default WL_DEFAULT_SEED)
+ *   rate=MiB/s     rewrite hot pages at this rate after the fill (default 0)
+ *   read=MiB/s     read (check) hot pages at this rate (default 0)
+ *   churn=MiB/s    move hot pages at this rate: allocate a new page, write
+ *                  the slot's next version there, free the old page (default 0)
+ *   hot=%          share of each vCPU's pages that rewrites, reads and churn
+ *                  use (default 100)
+ *   verify=s       full verification every s seconds; 0 = only after the fill
+ *   time=s         run s seconds after the fill, verify once more, then then=;
+ *                  without it, a workload with rate/read/churn/verify runs
+ *                  until the VMM stops it
+ *   then=poweroff|sleep|free   at the end (default poweroff): power off with
+ *                  0 (or 1 after a failed verification); idle; or give every
+ *                  filled page back to palloc and idle
+ *
+ * Page classes: slot i's class depends on i % 100 only, spread evenly over
+ * the 100 positions, so any 100 consecutive slots hold the exact mix and
+ * every class spans all of the filled memory. A dup page's content index is
+ * its ordinal among dup pages, so guests of different sizes or mixes still
+ * share their common dup prefix. A rewrite bumps the slot's version and
+ * keeps its class.
+ */
+#include "palloc.h"
+#include "rt.h"
+#include "smp.h"
+#include "wl.h"
+#include "wlgen.h"
+
+#define WL_DEFAULT_SEED 0x6b766d656d2d776cULL	/* "kvmem-wl" */
+#define WL_RESERVE_PAGES 256		/* left free by size=max */
+#define WL_CREDIT_MAX_NS (100 * RT_NS_PER_MS)	/* catch-up cap after a pause */
+#define WL_MIN_SLEEP_NS (2 * RT_NS_PER_MS)	/* batch pages: <= 500 sleep exits/s */
+#define PAGES_PER_MIB 256
+#define NEVER UINT64_MAX
+
+enum wl_then { THEN_POWEROFF, THEN_SLEEP, THEN_FREE };
+
+static const char *const then_names[] = { "poweroff", "sleep", "free" };
+static const char *const class_names[] = { "unique", "dup", "zero" };
+
+/* Written by vCPU 0 before the first job; read-only afterwards. */
+static struct wl_cfg {
+	uint64_t pages;
+	bool size_max;
+	uint64_t dup;
+	uint64_t zero;
+	uint64_t id;
+	uint64_t seed;
+	uint64_t rate;
+	uint64_t read;
+	uint64_t churn;
+	uint64_t hot;
+	uint64_t verify_s;
+	uint64_t time_s;
+	bool has_time;
+	enum wl_then then;
+} cfg;
+
+static uint8_t class_tab[100];		/* class of slot position i % 100 */
+static uint8_t dup_before[100];		/* dup positions before i % 100 */
+
+/* Slot metadata: one run of palloc pages, gfns then versions. */
+static uint64_t nslots;
+static uint32_t *slot_gfn;		/* vCPU 0 at allocation, then the slot's owner */
+static uint32_t *slot_ver;		/* slot's owner vCPU only */
+static uint64_t meta_gpa;
+static uint64_t meta_pages;
+
+/* Per-vCPU state: written by its vCPU during a job, by vCPU 0 between jobs. */
+struct wl_cpu {
+	uint64_t lo, hi;	/* slots [lo, hi) */
+	uint64_t hot_hi;	/* hot slots are [lo, hot_hi) */
+	uint64_t checked;	/* pages found good by the last verify */
+	uint64_t bad;		/* bad pages seen since the last report */
+	uint64_t bad_slot;	/* lowest bad slot, and what was found there */
+	uint32_t bad_gfn;	/* where it was then (churn moves slots) */
+	uint32_t bad_ver;
+	int bad_off;
+	uint64_t bad_word;
+	uint64_t rewrites;
+	uint64_t reads;
+	uint64_t moves;
+	uint64_t move_fails;	/* no free page to move to */
+	uint64_t rng;
+} __attribute__((aligned(64)));
+
+static struct wl_cpu cpus[ABI_MAX_CPUS];
+
+static bool failed;		/* some verification failed (vCPU 0) */
+
+static enum wlgen_class slot_class(uint64_t i)
+{
+	return (enum wlgen_class)class_tab[i % 100];
+}
+
+static uint64_t slot_index(uint64_t i)
+{
+	if (slot_class(i) == WLGEN_DUP)
+		return i / 100 * cfg.dup + dup_before[i % 100];
+	return i;
+}
+
+static void *slot_page(uint64_t i)
+{
+	return (void *)((uint64_t)slot_gfn[i] << RT_PAGE_SHIFT);
+}
+
+static void fill_slot(uint64_t i)
+{
+	wlgen_fill(slot_page(i), slot_class(i), cfg.seed, cfg.id, slot_index(i), slot_ver[i]);
+}
+
+static bool check_slot(struct wl_cpu *c, uint64_t i)
+{
+	const uint64_t *page = slot_page(i);
+	int off = wlgen_check(page, slot_class(i), cfg.seed, cfg.id, slot_index(i), slot_ver[i]);
+
+	if (off < 0)
+		return true;
+	if (!c->bad || i < c->bad_slot) {
+		c->bad_slot = i;
+		c->bad_gfn = slot_gfn[i];
+		c->bad_ver = slot_ver[i];
+		c->bad_off = off;
+		c->bad_word = page[off / 8];
+	}
+	c->bad++;
+	return false;
+}
+
+static uint64_t xorshift(uint64_t *s)
+{
+	uint64_t x = *s;
+
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *s = x;
+}
+
+/* --- jobs, one share per vCPU --- */
+
+static void job_fill(unsigned cpu, void *arg __unused)
+{
+	struct wl_cpu *c = &cpus[cpu];
+	uint64_t i;
+
+	for (i = c->lo; i < c->hi; i++) {
+		slot_ver[i] = 0;
+		fill_slot(i);
+	}
+}
+
+static void job_verify(unsigned cpu, void *arg __unused)
+{
+	struct wl_cpu *c = &cpus[cpu];
+	uint64_t i;
+
+	c->checked = 0;
+	for (i = c->lo; i < c->hi; i++)
+		c->checked += check_slot(c, i);
+}
+
+static void rewrite(struct wl_cpu *c, uint64_t nhot)
+{
+	uint64_t i = c->lo + xorshift(&c->rng) % nhot;
+
+	/* Read before write: catches a page that went bad since its last check. */
+	check_slot(c, i);
+	slot_ver[i]++;
+	fill_slot(i);
+	c->rewrites++;
+}
+
+static void read_one(struct wl_cpu *c, uint64_t nhot)
+{
+	check_slot(c, c->lo + xorshift(&c->rng) % nhot);
+	c->reads++;
+}
+
+/*
+ * Move slot i to a new page. The new page is taken before the old one is
+ * given back, so the content really changes address (palloc hands out the
+ * lowest free page, which would otherwise be the one just freed).
+ */
+static void move_one(struct wl_cpu *c, uint64_t nhot)
+{
+	uint64_t i = c->lo + xorshift(&c->rng) % nhot;
+	uint64_t gpa = palloc_alloc();
+	uint32_t old = slot_gfn[i];
+
+	if (!gpa) {
+		c->move_fails++;
+		return;
+	}
+	check_slot(c, i);
+	slot_gfn[i] = (uint32_t)(gpa >> RT_PAGE_SHIFT);
+	slot_ver[i]++;
+	fill_slot(i);
+	palloc_free((uint64_t)old << RT_PAGE_SHIFT);
+	c->moves++;
+}
+
+/* ns between two pages for one vCPU's share of @mib_s MiB/s; 0 = off. */
+static uint64_t page_cost_ns(uint64_t mib_s)
+{
+	uint64_t pps = mib_s * PAGES_PER_MIB;
+
+	if (!pps)
+		return 0;
+	return MAX(RT_NS_PER_SEC * rt_ncpus() / pps, 1);
+}
+
+/*
+ * A token bucket: @credit gains the time elapsed (capped, so a VM that was
+ * paused does not burst) and pays @cost per page. Returns the pages due.
+ */
+static uint64_t bucket_take(uint64_t *credit, uint64_t elapsed, uint64_t cost)
+{
+	uint64_t n;
+
+	if (!cost)
+		return 0;
+	*credit = MIN(*credit + elapsed, WL_CREDIT_MAX_NS);
+	n = *credit / cost;
+	*credit -= n * cost;
+	return n;
+}
+
+static void job_run(unsigned cpu, void *arg)
+{
+	uint64_t deadline = *(const uint64_t *)arg;
+	struct wl_cpu *c = &cpus[cpu];
+	uint64_t nhot = c->hot_hi - c->lo;
+	uint64_t w_cost = nhot ? page_cost_ns(cfg.rate) : 0;
+	uint64_t r_cost = nhot ? page_cost_ns(cfg.read) : 0;
+	uint64_t m_cost = nhot ? page_cost_ns(cfg.churn) : 0;
+	uint64_t w_credit = 0, r_credit = 0, m_credit = 0;
+	uint64_t last = rt_now_ns(), now;
+
+	while ((now = rt_now_ns()) < deadline) {
+		uint64_t elapsed = now - last;
+		uint64_t n, wait = deadline - now;
+
+		last = now;
+		for (n = bucket_take(&w_credit, elapsed, w_cost); n; n--)
+			rewrite(c, nhot);
+		for (n = bucket_take(&r_credit, elapsed, r_cost); n; n--)
+			read_one(c, nhot);
+		for (n = bucket_take(&m_credit, elapsed, m_cost); n; n--)
+			move_one(c, nhot);
+		/* Sleep until the next page is due; never spin for the rate. */
+		if (w_cost)
+			wait = MIN(wait, w_cost - w_credit);
+		if (r_cost)
+			wait = MIN(wait, r_cost - r_credit);
+		if (m_cost)
+			wait = MIN(wait, m_cost - m_credit);
+		now = rt_now_ns();
+		if (now >= deadline)
+			break;
+		rt_sleep_ns(MIN(MAX(wait, WL_MIN_SLEEP_NS), deadline - now));
+	}
+}
+
+/* --- vCPU 0: phases --- */
+
+static uint64_t mib(uint64_t pages)
+{
+	return pages / PAGES_PER_MIB;
+}
+
+/* Full verification on all vCPUs; prints the verify line. Returns true if all good. */
+static bool verify_all(void)
+{
+	uint64_t ok = 0, bad = 0, rewrites = 0, reads = 0, moves = 0, move_fails = 0;
+	struct wl_cpu *first = NULL;
+	unsigned i;
+
+	smp_run(job_verify, NULL);
+	for (i = 0; i < rt_ncpus(); i++) {
+		struct wl_cpu *c = &cpus[i];
+
+		ok += c->checked;
+		bad += c->bad;
+		rewrites += c->rewrites;
+		reads += c->reads;
+		moves += c->moves;
+		move_fails += c->move_fails;
+		if (c->bad && (!first || c->bad_slot < first->bad_slot))
+			first = c;
+	}
+	if (rewrites || reads || moves || move_fails)
+		rt_printf("kvmem-wl: rewrites %lu reads %lu moves %lu (%lu without a free page)\n",
+			  rewrites, reads, moves, move_fails);
+	if (!first) {
+		rt_printf("kvmem-wl: verify ok %lu\n", ok);
+		return true;
+	}
+	rt_printf("kvmem-wl: verify FAIL 0x%x\n", first->bad_gfn);
+	rt_printf("kvmem-wl: %lu bad pages; first: slot %lu class %s index %lu version %u "
+		  "offset %d expected 0x%016lx found 0x%016lx\n",
+		  bad, first->bad_slot, class_names[slot_class(first->bad_slot)],
+		  slot_index(first->bad_slot),
+		  first->bad_ver, first->bad_off,
+		  wlgen_word(slot_class(first->bad_slot), cfg.seed, cfg.id,
+			     slot_index(first->bad_slot), first->bad_ver, (unsigned)first->bad_off),
+		  first->bad_word);
+	for (i = 0; i < rt_ncpus(); i++)
+		cpus[i].bad = 0;
+	failed = true;
+	if (cfg.then == THEN_POWEROFF)
+		rt_poweroff(RT_EXIT_VERIFY_FAIL);
+	return false;
+}
+
+static __noreturn void usage(const char *what, struct rt_str s)
+{
+	rt_printf("kvmem-wl: bad kvmem.wl: %s '%.*s'\n", what, (int)s.len, s.p);
+	rt_poweroff(RT_EXIT_USAGE);
+}
+
+static uint64_t num(struct rt_str key, struct rt_str val, uint64_t max)
+{
+	uint64_t v;
+
+	if (str_to_u64(val, &v) || v > max)
+		usage("value out of range for", key);
+	return v;
+}
+
+static void parse(struct rt_str spec)
+{
+	struct rt_str key, val;
+	bool has_size = false;
+	size_t pos = 0;
+
+	cfg.seed = WL_DEFAULT_SEED;
+	cfg.hot = 100;
+	cfg.then = THEN_POWEROFF;
+	while (kv_next(spec, &pos, &key, &val)) {
+		if (str_eq(key, "size")) {
+			has_size = true;
+			if (str_eq(val, "max"))
+				cfg.size_max = true;
+			else
+				cfg.pages = num(key, val, (uint64_t)UINT32_MAX / PAGES_PER_MIB) *
+					    PAGES_PER_MIB;
+		} else if (str_eq(key, "dup")) {
+			cfg.dup = num(key, val, 100);
+		} else if (str_eq(key, "zero")) {
+			cfg.zero = num(key, val, 100);
+		} else if (str_eq(key, "id")) {
+			cfg.id = num(key, val, UINT64_MAX);
+		} else if (str_eq(key, "seed")) {
+			cfg.seed = num(key, val, UINT64_MAX);
+		} else if (str_eq(key, "rate")) {
+			cfg.rate = num(key, val, 1 << 20);
+		} else if (str_eq(key, "read")) {
+			cfg.read = num(key, val, 1 << 20);
+		} else if (str_eq(key, "churn")) {
+			cfg.churn = num(key, val, 1 << 20);
+		} else if (str_eq(key, "hot")) {
+			cfg.hot = num(key, val, 100);
+		} else if (str_eq(key, "verify")) {
+			cfg.verify_s = num(key, val, 1 << 30);
+		} else if (str_eq(key, "time")) {
+			cfg.time_s = num(key, val, 1 << 30);
+			cfg.has_time = true;
+		} else if (str_eq(key, "then")) {
+			unsigned t;
+
+			for (t = 0; t < ARRAY_SIZE(then_names); t++)
+				if (str_eq(val, then_names[t]))
+					break;
+			if (t == ARRAY_SIZE(then_names))
+				usage("then= must be poweroff, sleep or free, not", val);
+			cfg.then = (enum wl_then)t;
+		} else {
+			usage("unknown key", key);
+		}
+	}
+	if (!has_size)
+		usage("missing size= in", spec);
+	if (cfg.dup + cfg.zero > 100)
+		usage("dup + zero exceed 100 in", spec);
+	if (!cfg.hot)
+		usage("hot= must be 1..100 in", spec);
+}
+
+/* Spread each class evenly over the 100 positions (Bresenham), dup first. */
+static void build_class_table(void)
+{
+	uint64_t nd = 100 - cfg.dup;
+	unsigned p;
+
+	for (p = 0; p < 100; p++) {
+		uint64_t before = p * cfg.dup / 100;
+		uint64_t q = p - before;	/* position among the non-dup ones */
+
+		dup_before[p] = (uint8_t)before;
+		if ((p + 1) * cfg.dup / 100 > before)
+			class_tab[p] = WLGEN_DUP;
+		else if (nd && (q + 1) * cfg.zero / nd > q * cfg.zero / nd)
+			class_tab[p] = WLGEN_ZERO;
+		else
+			class_tab[p] = WLGEN_UNIQUE;
+	}
+}
+
+static __noreturn void out_of_memory(uint64_t need)
+{
+	rt_printf("kvmem-wl: out of memory: need %lu pages (%lu MiB), %lu free (%lu MiB)\n",
+		  need, mib(need), palloc_free_pages(), mib(palloc_free_pages()));
+	rt_poweroff(RT_EXIT_NOMEM);
+}
+
+/* Metadata and every page, before any page is written. */
+static void allocate(void)
+{
+	uint64_t nfree = palloc_free_pages();
+	uint64_t got;
+
+	if (cfg.size_max) {
+		/* 8 bytes of metadata per slot: 512 slots per metadata page. */
+		cfg.pages = nfree > WL_RESERVE_PAGES ? (nfree - WL_RESERVE_PAGES) * 512 / 513 : 0;
+		cfg.pages = MIN(cfg.pages, (uint64_t)UINT32_MAX);
+	}
+	nslots = cfg.pages;
+	if (!nslots)
+		return;
+	meta_pages = DIV_ROUND_UP(nslots * 2 * sizeof(uint32_t), RT_PAGE_SIZE);
+	meta_gpa = palloc_alloc_run(meta_pages, 1);
+	if (!meta_gpa)
+		out_of_memory(nslots + meta_pages);
+	slot_gfn = (uint32_t *)meta_gpa;
+	slot_ver = slot_gfn + nslots;
+	got = palloc_alloc_gfns(slot_gfn, nslots);
+	if (got < nslots) {
+		palloc_free_gfns(slot_gfn, got);
+		palloc_free_run(meta_gpa, meta_pages);
+		out_of_memory(nslots + meta_pages);
+	}
+}
+
+static void split_work(void)
+{
+	unsigned n = rt_ncpus(), i;
+
+	for (i = 0; i < n; i++) {
+		struct wl_cpu *c = &cpus[i];
+
+		c->lo = nslots * i / n;
+		c->hi = nslots * (i + 1) / n;
+		c->hot_hi = c->lo + DIV_ROUND_UP((c->hi - c->lo) * cfg.hot, 100);
+		c->rng = WL_DEFAULT_SEED ^ (cfg.id << 8) ^ i;
+		c->rng = c->rng ? c->rng : 1;
+	}
+}
+
+static void print_config(void)
+{
+	rt_printf("kvmem-wl: size %lu MiB (%lu pages) dup %lu%% zero %lu%% unique %lu%% id %lu "
+		  "seed 0x%lx\n",
+		  mib(nslots), nslots, cfg.dup, cfg.zero, 100 - cfg.dup - cfg.zero, cfg.id,
+		  cfg.seed);
+	rt_printf("kvmem-wl: rate %lu MiB/s read %lu MiB/s churn %lu MiB/s hot %lu%% "
+		  "verify %lu s time %lu s then %s\n",
+		  cfg.rate, cfg.read, cfg.churn, cfg.hot, cfg.verify_s,
+		  cfg.has_time ? cfg.time_s : 0, then_names[cfg.then]);
+}
+
+/* After the fill: rewrite/read/churn/verify until time= is up (or forever). */
+static void run(uint64_t start)
+{
+	uint64_t end = cfg.has_time ? start + cfg.time_s * RT_NS_PER_SEC : NEVER;
+	uint64_t verify_ns = cfg.verify_s * RT_NS_PER_SEC;
+	uint64_t next_verify = verify_ns ? rt_now_ns() + verify_ns : NEVER;
+	bool active = cfg.rate || cfg.read || cfg.churn;
+
+	if (!cfg.has_time && !active && !verify_ns)
+		return;
+	for (;;) {
+		uint64_t deadline = MIN(end, next_verify);
+		uint64_t now = rt_now_ns();
+
+		if (active)
+			smp_run(job_run, &deadline);
+		else if (deadline > now)
+			rt_sleep_ns(deadline - now);
+		now = rt_now_ns();
+		if (now >= end)
+			break;
+		if (now >= next_verify) {
+			verify_all();
+			next_verify = MAX(next_verify + verify_ns, rt_now_ns());
+		}
+	}
+	verify_all();
+}
+
+void wl_main(struct rt_str spec)
+{
+	uint64_t t0, t1;
+	unsigned i;
+
+	parse(spec);
+	build_class_table();
+	t0 = rt_now_ns();
+	allocate();
+	split_work();
+	print_config();
+	smp_run(job_fill, NULL);
+	t1 = rt_now_ns();
+	rt_printf("kvmem-wl: filled %lu in %lu ms\n", mib(nslots), (t1 - t0) / RT_NS_PER_MS);
+	if (rt_ncpus() > 1)
+		for (i = 0; i < rt_ncpus(); i++)
+			rt_printf("kvmem-wl: cpu %u pages %lu\n", i, cpus[i].hi - cpus[i].lo);
+	verify_all();
+	run(t1);
+	rt_printf("kvmem-wl: done\n");
+	switch (cfg.then) {
+	case THEN_POWEROFF:
+		rt_poweroff(failed ? RT_EXIT_VERIFY_FAIL : RT_EXIT_OK);
+	case THEN_FREE:
+		palloc_free_gfns(slot_gfn, nslots);
+		if (meta_pages)
+			palloc_free_run(meta_gpa, meta_pages);
+		rt_printf("kvmem-wl: freed %lu\n", mib(nslots));
+		/* fall through */
+	case THEN_SLEEP:
+		break;
+	}
+	rt_idle_forever();
+}

@@ -1,0 +1,74 @@
+"""Shared helpers for kvmem integration tests: run the real binary on real KVM.
+
+Tests assert outcomes (exit status, guest verification lines, figures the
+kernel reports), never timing: every wait is a poll with a generous deadline
+that only exists so a broken build fails instead of hanging.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+KVMEM = os.environ.get("KVMEM", "build/kvmem")
+GUEST = os.environ.get("KVMEM_GUEST", "build/src/guest/kvmem-guest.elf")
+
+failures = []
+
+
+def check(cond, what):
+    """Record one assertion; print it like a test line."""
+    print(("ok     " if cond else "FAIL   ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+    return cond
+
+
+def require_kvm():
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        print("FAIL   /dev/kvm is not usable: kvmem integration tests need KVM", flush=True)
+        sys.exit(1)
+
+
+def run(args, timeout=240, **kw):
+    """Run kvmem to completion; returns CompletedProcess (text)."""
+    return subprocess.run([KVMEM] + args, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def spawn(args, **kw):
+    return subprocess.Popen([KVMEM] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kw)
+
+
+def wait_for(pred, deadline_s=120, step=0.2):
+    """Poll pred() until it returns a truthy value or the deadline passes."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    return None
+
+
+def request(sock_path, req, timeout=10):
+    """One control-socket request; returns the decoded reply."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(sock_path)
+    s.sendall((json.dumps(req) + "\n").encode())
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    return json.loads(buf)
+
+
+def finish():
+    total = len(failures)
+    print(f"{'all checks passed' if not total else str(total) + ' check(s) failed'}", flush=True)
+    sys.exit(1 if total else 0)

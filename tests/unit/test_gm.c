@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: MIT */
+/* The guest-memory access API: bounds, wrap-around, region boundaries. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/layout.h"
+#include "mem/gm.h"
+#include "mem/memmap.h"
+
+static void test_gm_copies_round_trip_inside_ram(void **state)
+{
+	struct gm *gm;
+	char out[64], in[64];
+
+	(void)state;
+	assert_int_equal(gm_create_anon(16 << 20, &gm), 0);
+	memset(out, 0xa5, sizeof(out));
+	assert_int_equal(gm_write(gm, 0x300000, out, sizeof(out)), 0);
+	assert_int_equal(gm_read(gm, 0x300000, in, sizeof(in)), 0);
+	assert_memory_equal(in, out, sizeof(out));
+	assert_int_equal(gm_write_le32(gm, 0x400000, 0xdeadbeef), 0);
+	{
+		uint32_t v;
+
+		assert_int_equal(gm_read_le32(gm, 0x400000, &v), 0);
+		assert_int_equal(v, 0xdeadbeef);
+	}
+	gm_destroy(gm);
+}
+
+static void test_gm_rejects_ranges_leaving_ram_without_copying(void **state)
+{
+	struct gm *gm;
+	char buf[8192];
+	uint64_t end = 16 << 20;
+
+	(void)state;
+	assert_int_equal(gm_create_anon(end, &gm), 0);
+	memset(buf, 0x5a, sizeof(buf));
+	/* Straddles the end of RAM: nothing may be written. */
+	assert_int_equal(gm_write(gm, end - 4096, buf, sizeof(buf)), -EFAULT);
+	assert_int_equal(gm_read(gm, end - 4096, buf, 4096), 0);
+	for (int i = 0; i < 4096; i++)
+		assert_int_equal(buf[i], 0);
+	assert_int_equal(gm_read(gm, end, buf, 1), -EFAULT);
+	assert_int_equal(gm_read(gm, UINT64_MAX - 2, buf, 16), -EOVERFLOW);
+	assert_false(gm_range_ok(gm, LAYOUT_MMIO_BASE, 4));
+	assert_true(gm_range_ok(gm, 0, end));
+	assert_false(gm_range_ok(gm, 0, end + 1));
+	gm_destroy(gm);
+}
+
+static void test_gm_ranges_across_the_mmio_hole_fail_but_each_side_works(void **state)
+{
+	struct gm *gm;
+	uint64_t v = 42;
+
+	(void)state;
+	assert_int_equal(gm_create_anon(4ULL << 30, &gm), 0);
+	assert_int_equal(gm_write(gm, LAYOUT_LOW_RAM_MAX - 4, &v, 8), -EFAULT);
+	assert_int_equal(gm_write(gm, LAYOUT_LOW_RAM_MAX - 8, &v, 8), 0);
+	assert_int_equal(gm_write(gm, LAYOUT_HIGH_RAM_BASE, &v, 8), 0);
+	assert_int_equal(memmap_page_index(gm, LAYOUT_HIGH_RAM_BASE),
+			 (int64_t)(LAYOUT_LOW_RAM_MAX / LAYOUT_PAGE_SIZE));
+	assert_int_equal(memmap_index_gpa(gm, LAYOUT_LOW_RAM_MAX / LAYOUT_PAGE_SIZE),
+			 LAYOUT_HIGH_RAM_BASE);
+	assert_int_equal(memmap_page_index(gm, LAYOUT_MMIO_BASE), -1);
+	assert_int_equal(memmap_nr_pages(gm), (4ULL << 30) / LAYOUT_PAGE_SIZE);
+	gm_destroy(gm);
+}
+
+static void test_gm_create_refuses_bad_sizes(void **state)
+{
+	struct gm *gm;
+
+	(void)state;
+	assert_int_equal(gm_create_anon(0, &gm), -EINVAL);
+	assert_int_equal(gm_create_anon((16 << 20) + 1, &gm), -EINVAL);
+	assert_int_equal(gm_create_anon(LAYOUT_MAX_RAM + LAYOUT_PAGE_SIZE, &gm), -E2BIG);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_gm_copies_round_trip_inside_ram),
+		cmocka_unit_test(test_gm_rejects_ranges_leaving_ram_without_copying),
+		cmocka_unit_test(test_gm_ranges_across_the_mmio_hole_fail_but_each_side_works),
+		cmocka_unit_test(test_gm_create_refuses_bad_sizes),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

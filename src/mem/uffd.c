@@ -20,6 +20,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
@@ -37,8 +38,8 @@ struct uffd_service {
 	uffd_swapin_fn swapin;	 /* lock */
 	void *swapin_arg;
 	struct uffd_stats stats; /* atomic */
-	uint8_t zero[4096] __attribute__((aligned(4096)));
-	uint8_t buf[4096] __attribute__((aligned(4096)));
+	uint8_t *zero;		 /* a page of zeros (mmap'd: page aligned for UFFDIO_COPY) */
+	uint8_t *buf;		 /* swap-in bounce page, service thread only */
 };
 
 static void wake(int uffd, uint64_t start)
@@ -168,6 +169,13 @@ int uffd_service_create(struct uffd_service **out)
 	if (!svc)
 		return -ENOMEM;
 	pthread_mutex_init(&svc->lock, NULL);
+	svc->zero = mmap(NULL, 2 * GM_PAGE_SIZE, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (svc->zero == MAP_FAILED) {
+		kv_free(svc);
+		return -ENOMEM;
+	}
+	svc->buf = svc->zero + GM_PAGE_SIZE;
 	svc->epfd = epoll_create1(EPOLL_CLOEXEC);
 	svc->stop_efd = eventfd(0, EFD_CLOEXEC);
 	if (svc->epfd < 0 || svc->stop_efd < 0 ||
@@ -186,6 +194,7 @@ out_close:
 		close(svc->epfd);
 	if (svc->stop_efd >= 0)
 		close(svc->stop_efd);
+	munmap(svc->zero, 2 * GM_PAGE_SIZE);
 	kv_free(svc);
 	return ret;
 }
@@ -200,6 +209,7 @@ void uffd_service_destroy(struct uffd_service *svc)
 		pthread_join(svc->thread, NULL);
 	close(svc->epfd);
 	close(svc->stop_efd);
+	munmap(svc->zero, 2 * GM_PAGE_SIZE);
 	pthread_mutex_destroy(&svc->lock);
 	kv_free(svc);
 }

@@ -24,6 +24,7 @@ struct gm {
 	int uffd;			/* userfaultfd over all regions, or -1 */
 	void *owner;			/* the host's per-VM object (opaque) */
 	uint64_t *framemap;		/* bit per page: its VMA maps a store frame (atomic) */
+	uint64_t sample_hits;		/* writes to pages protected for sampling (atomic) */
 };
 
 /* Host address of page index idx. */

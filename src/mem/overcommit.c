@@ -24,11 +24,17 @@
 #include "core/thread.h"
 #include "mem/mem_internal.h"
 #include "mem/memmap.h"
+#include "mem/reclaim.h"
 
 #define OVC_MAX_VMS 256
 
+#define OVC_SAMPLES 100 /* pages sampled per VM per pass, as ESX */
+
 struct ovc_vm {
 	struct gm *gm;			/* borrowed */
+	unsigned int sampled;		/* pages protected for sampling last pass */
+	uint64_t samples[OVC_SAMPLES];	/* their indexes, policy thread only */
+	uint64_t rng;			/* sampling PRNG state, policy thread only */
 	char name[64];
 	uint64_t mem_bytes, min_bytes;
 	uint32_t shares;
@@ -131,6 +137,62 @@ uint64_t ovc_resident_pages(struct gm *gm)
 	return memmap_resident(gm);
 }
 
+static uint64_t next_rand(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+/*
+ * Working-set sampling (ESX 2002, section 5.2, for writes): each pass
+ * write-protects OVC_SAMPLES random resident pages; the uffd service releases
+ * a sampled page on the guest's first write to it and counts it. The share of
+ * samples written in one interval estimates the active fraction, smoothed
+ * so one quiet interval does not make a busy VM look idle. Reads are not
+ * seen: userfaultfd and the KVM dirty log only report writes.
+ */
+static void sample_active(struct ovc_vm *v)
+{
+	struct gm *gm = v->gm;
+	uint64_t hits = __atomic_exchange_n(&gm->sample_hits, 0, __ATOMIC_RELAXED);
+	uint64_t nr = memmap_nr_pages(gm);
+	unsigned int picked = 0;
+
+	if (v->sampled) {
+		double f = (double)(hits > v->sampled ? v->sampled : hits) / v->sampled;
+
+		v->stats.active_fraction = 0.5 * v->stats.active_fraction + 0.5 * f;
+	}
+	/*
+	 * Release last interval's untouched samples so they cannot count in a
+	 * later one. Claim each page first: a mechanism holding it (PS_BUSY)
+	 * relies on its protection.
+	 */
+	for (unsigned int i = 0; i < v->sampled; i++) {
+		if (pagestate_cas(gm->ps, v->samples[i], PS_ANON, PS_BUSY))
+			continue;
+		mem_page_unprotect(gm, v->samples[i]);
+		pagestate_set(gm->ps, v->samples[i], PS_ANON);
+	}
+	for (unsigned int tries = 0; tries < 4 * OVC_SAMPLES && picked < OVC_SAMPLES; tries++) {
+		uint64_t idx = next_rand(&v->rng) % nr, pm;
+
+		if (pagestate_get(gm->ps, idx) != PS_ANON ||
+		    memmap_pagemap(gm, idx, 1, &pm) != 1 || !memmap_pm_resident(pm) ||
+		    memmap_pm_file(pm))
+			continue;
+		if (pagestate_cas(gm->ps, idx, PS_ANON, PS_BUSY))
+			continue;
+		if (mem_page_protect(gm, idx) == 0)
+			v->samples[picked++] = idx;
+		pagestate_set(gm->ps, idx, PS_ANON);
+	}
+	v->sampled = picked;
+}
+
 /*
  * Entitlements, ESX style: every VM first gets its min; the rest of the
  * budget is divided in proportion to shares adjusted by the idle-memory
@@ -211,9 +273,15 @@ static void policy_pass(struct ovc *ovc)
 		v->stats.resident_bytes =
 			memmap_resident(v->gm) * GM_PAGE_SIZE;
 		pagestate_counts(v->gm->ps, v->stats.pages);
+		sample_active(v);
 		order[i] = v;
 	}
 	compute_entitlements(ovc, budget);
+	for (unsigned int i = 0; i < n; i++)
+		log_debug("%s: resident %" PRIu64 " MiB, entitled %" PRIu64 " MiB, active %.2f",
+			  ovc->vms[i]->name, ovc->vms[i]->stats.resident_bytes >> 20,
+			  ovc->vms[i]->stats.entitlement_bytes >> 20,
+			  ovc->vms[i]->stats.active_fraction);
 	ovc->stats.used_bytes = used;
 	ovc->stats.used_source = source;
 	ovc->stats.over_budget = used > budget;
@@ -337,6 +405,7 @@ int ovc_add_vm(struct ovc *ovc, struct gm *gm, const char *name, uint64_t mem_by
 	v->stats.mem_bytes = mem_bytes;
 	v->stats.min_bytes = min_bytes;
 	v->stats.shares = v->shares;
+	v->rng = (uint64_t)(uintptr_t)v ^ (uint64_t)time(NULL);
 	snprintf(v->stats.last_action, sizeof(v->stats.last_action), "none");
 	pthread_mutex_lock(&ovc->vm_lock);
 	ovc->vms[ovc->nr_vms++] = v;

@@ -49,6 +49,24 @@ static void wake(int uffd, uint64_t start)
 	ioctl(uffd, UFFDIO_WAKE, &r);
 }
 
+/*
+ * A write to a write-protected page. A page in PS_BUSY belongs to a
+ * mechanism that wakes it when done. Any other protected page was protected
+ * by the policy to sample the guest's working set (ESX-style): release it
+ * and count the touch.
+ */
+static void resolve_wp(struct uffd_service *svc, struct gm *gm, uint64_t addr, uint64_t idx)
+{
+	struct uffdio_writeprotect w = { .range = { .start = addr, .len = GM_PAGE_SIZE }, .mode = 0 };
+
+	__atomic_fetch_add(&svc->stats.wp_faults, 1, __ATOMIC_RELAXED);
+	if (pagestate_get(gm->ps, idx) == PS_BUSY)
+		return;
+	if (ioctl(gm->uffd, UFFDIO_WRITEPROTECT, &w) < 0)
+		wake(gm->uffd, addr);
+	__atomic_fetch_add(&gm->sample_hits, 1, __ATOMIC_RELAXED);
+}
+
 static void resolve(struct uffd_service *svc, struct gm *gm, const struct uffd_msg *msg)
 {
 	uint64_t addr = msg->arg.pagefault.address & ~(GM_PAGE_SIZE - 1);
@@ -59,10 +77,6 @@ static void resolve(struct uffd_service *svc, struct gm *gm, const struct uffd_m
 	const void *src = svc->zero;
 	int ret;
 
-	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
-		__atomic_fetch_add(&svc->stats.wp_faults, 1, __ATOMIC_RELAXED);
-		return;
-	}
 	for (unsigned int i = 0; i < gm->nr_regions; i++) {
 		uint64_t hva = (uint64_t)(uintptr_t)gm->regions[i].hva;
 
@@ -75,6 +89,10 @@ static void resolve(struct uffd_service *svc, struct gm *gm, const struct uffd_m
 		return;
 	}
 	idx = r->first_pfn_index + ((addr - (uint64_t)(uintptr_t)r->hva) >> GM_PAGE_SHIFT);
+	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
+		resolve_wp(svc, gm, addr, idx);
+		return;
+	}
 	st = pagestate_get(gm->ps, idx);
 	if (st == PS_BUSY)
 		return;

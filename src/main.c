@@ -21,6 +21,7 @@
 #include "core/log.h"
 #include "core/size.h"
 #include "core/host.h"
+#include "core/statcli.h"
 
 #define EXIT_USAGE 2
 
@@ -34,6 +35,7 @@ static void usage(FILE *f)
 		"usage: kvmem run --mem SIZE [--cpus N] [--guest FILE] [--append CMDLINE]\n"
 		"                 [--budget SIZE] [--socket PATH] [--dedup on|off|ksm]\n"
 		"       kvmem host --config FILE.json [--socket PATH]\n"
+		"       kvmem stat [--socket PATH] [--json] [--watch SECS]\n"
 		"       kvmem --help | --version\n"
 		"\n"
 		"run     boot one VM in the foreground, its console on stdout\n"
@@ -289,5 +291,7 @@ int main(int argc, char **argv)
 		return cmd_run(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "host"))
 		return cmd_host(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "stat"))
+		return statcli_main(argc - 1, argv + 1);
 	return usage_error("%s: unknown command", argv[1]);
 }

@@ -4,23 +4,80 @@
  * newline-delimited JSON, one request object per line, one reply per request
  * (protocol in README.md). Served by its own event-loop thread; every CLI
  * verb (`kvmem stat`, `kvmem balloon`, ...) is a client of it.
+ *
+ * Verbs are a table of (name, handler, arg). control_create registers the
+ * host's own verbs (list, stats, pause, resume, stop, budget, reclaim, verbs);
+ * other modules add theirs with control_register_verb, so this file never
+ * needs to know them. Handlers run on the control thread, one at a time.
  */
 #ifndef KVMEM_CORE_CONTROL_H
 #define KVMEM_CORE_CONTROL_H
 
 #include <jansson.h>
+#include <stdint.h>
+
+#include "core/log.h"
+
+/* Where `kvmem run`/`host` listen and `kvmem stat` connects without --socket. */
+#define KVMEM_DEFAULT_SOCKET "/run/kvmem.sock"
+
+#define CONTROL_MAX_LINE (64 * 1024)	 /* longest request line, '\n' included */
+#define CONTROL_MAX_CLIENTS 64		 /* connections served at once */
+#define CONTROL_MAX_OUTPUT (1024 * 1024) /* unread reply bytes before a client is dropped */
+#define CONTROL_MAX_VERBS 64
 
 struct host;
 struct control;
 
-/* Bind `path` (an existing socket file is replaced only if nobody listens on it). */
-int control_create(struct host *h, const char *path, struct control **out);
+/*
+ * A verb handler. `req` is the request object (borrowed; "verb" and "id"
+ * already checked). On success add the payload fields to `reply` (an object
+ * that already holds "ok": true) and return 0. On failure return -errno;
+ * the reply becomes {"ok": false, "error": <message>, "code": "<ENAME>"} with
+ * the message set by control_reply_error, or strerror when none was set.
+ * Runs on the control thread with the verb table locked: it must not block
+ * for long, nor call control_register_verb/control_unregister_verb.
+ */
+typedef int (*control_verb_fn)(void *arg, json_t *req, json_t *reply);
+
+/*
+ * Bind `path` and start the control thread. An existing socket file is
+ * replaced only if nobody listens on it (-EADDRINUSE if someone does,
+ * -EEXIST if the path is not a socket). Logs the reason on failure.
+ */
+MUST_CHECK int control_create(struct host *h, const char *path, struct control **out);
+/* Stop the thread, close every client, unlink the socket (if still ours). */
 void control_destroy(struct control *c);
 
 /*
+ * Add a verb; the name is copied, `arg` is borrowed and must outlive the
+ * control socket (or the verb's removal). May be called at any time.
+ * Returns 0, -EEXIST (name taken), -ENOSPC (table full), -EINVAL.
+ */
+MUST_CHECK int control_register_verb(struct control *c, const char *verb, control_verb_fn fn,
+				     void *arg);
+/* Remove a verb (0 or -ENOENT); once it returns, the handler is not running. */
+int control_unregister_verb(struct control *c, const char *verb);
+
+/* Handler helpers: set the error message of a failing reply; returns -err. */
+int control_reply_error(json_t *reply, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/*
+ * Required request fields, for handlers: a string, or an unsigned size (a
+ * JSON integer >= 0, or a string like "512M"). Return 0, or -EINVAL with the
+ * reply's error message naming the field.
+ */
+int control_req_string(json_t *req, const char *key, json_t *reply, const char **out);
+int control_req_size(json_t *req, const char *key, json_t *reply, uint64_t *out);
+/* "EINVAL" for -EINVAL/EINVAL, "E<n>" for unnamed values. */
+const char *control_errname(int err);
+
+/*
  * Client side for the CLI: connect, send one request, read one reply line.
- * Returns 0 and a new reference in *reply, or -errno (connection) / -EPROTO
- * (a reply that is not JSON).
+ * Returns 0 and a new reference in *reply (which may be an {"ok": false}
+ * reply), or -errno (connection: -ENOENT, -ECONNREFUSED, -EACCES, ...),
+ * -ETIMEDOUT when no full reply came within timeout_ms, -ECONNRESET when the
+ * server closed first, -EPROTO for a reply that is not a JSON object.
  */
 int control_request(const char *path, json_t *request, json_t **reply, int timeout_ms);
 

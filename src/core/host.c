@@ -20,6 +20,7 @@
 #include "core/alloc.h"
 #include "core/control.h"
 #include "core/vm.h"
+#include "dedup/dedup.h"
 #include "mem/memmap.h"
 #include "mem/overcommit.h"
 #include "mem/reclaim.h"
@@ -44,6 +45,7 @@ struct host {
 	struct uffd_service *uffd;
 	struct ovc *ovc;
 	struct control *control;
+	struct dedup *dedup;		/* kvmem's page sharing (--dedup on), or NULL */
 };
 
 uint64_t host_default_budget(void)
@@ -104,6 +106,18 @@ static int create_vm(struct host *h, struct host_vm *hv)
 	ret = uffd_service_add(h->uffd, gm);
 	if (ret)
 		return ret;
+	if (h->cfg.dedup == HOST_DEDUP_KSM) {
+		/* KSM merges in userfaultfd-registered memory too (measured): keep uffd. */
+		ret = memmap_set_mergeable(gm);
+		if (ret)
+			log_warn("%s: MADV_MERGEABLE: %s (is KSM built in?)", hv->cfg.name,
+				 strerror(-ret));
+	}
+	if (h->dedup) {
+		ret = dedup_add_vm(h->dedup, gm, hv->cfg.name);
+		if (ret)
+			return ret;
+	}
 	ret = ovc_add_vm(h->ovc, gm, hv->cfg.name, hv->cfg.mem_bytes, hv->cfg.min_bytes,
 			 hv->cfg.shares, &hv->ovc);
 	if (ret)
@@ -142,6 +156,20 @@ int host_create(const struct host_config *cfg, struct host **out)
 	ret = reclaim_register_zero(h->ovc);
 	if (ret)
 		goto out_destroy;
+	if (cfg->dedup == HOST_DEDUP_ON) {
+		struct dedup_config dc = {
+			.enabled = true,
+			.pages_per_sec = DEDUP_DEFAULT_PAGES_PER_SEC,
+			.cpu_percent = DEDUP_DEFAULT_CPU_PERCENT,
+		};
+
+		ret = dedup_create(&dc, &h->dedup);
+		if (ret)
+			goto out_destroy;
+		ret = dedup_register_mechanism(h->dedup, h->ovc);
+		if (ret)
+			goto out_destroy;
+	}
 	for (unsigned int i = 0; i < cfg->nr_vms; i++) {
 		struct host_vm *hv = &h->vms[i];
 
@@ -156,6 +184,11 @@ int host_create(const struct host_config *cfg, struct host **out)
 		ret = control_create(h, cfg->socket, &h->control);
 		if (ret)
 			goto out_destroy;
+		if (h->dedup) {
+			ret = dedup_register_verbs(h->dedup, h->control);
+			if (ret)
+				goto out_destroy;
+		}
 	}
 	*out = h;
 	return 0;
@@ -194,6 +227,8 @@ int host_run(struct host *h)
 	if (sfd < 0)
 		return -errno;
 	ret = ovc_start(h->ovc);
+	if (!ret && h->dedup)
+		ret = dedup_start(h->dedup);
 	for (unsigned int i = 0; i < h->nr_vms && !ret; i++) {
 		ret = vm_start(h->vms[i].vm);
 		if (ret && ret != -ENOEXEC) /* a bad image was already named */
@@ -248,12 +283,15 @@ void host_destroy(struct host *h)
 		vm_wait(hv->vm);
 		if (hv->ovc)
 			ovc_remove_vm(h->ovc, hv->ovc);
+		if (h->dedup)
+			dedup_remove_vm(h->dedup, vm_gm(hv->vm));
 		if (h->uffd)
 			uffd_service_remove(h->uffd, vm_gm(hv->vm));
 		vm_destroy(hv->vm);
 	}
 	if (h->ovc)
 		ovc_destroy(h->ovc);
+	dedup_destroy(h->dedup);
 	if (h->uffd)
 		uffd_service_destroy(h->uffd);
 	if (h->stop_efd >= 0)
@@ -295,6 +333,17 @@ int host_vm_stop(struct host *h, const char *name)
 	return 0;
 }
 
+void host_set_budget(struct host *h, uint64_t bytes)
+{
+	ovc_set_budget(h->ovc, bytes);
+	ovc_kick(h->ovc);
+}
+
+void host_reclaim_now(struct host *h)
+{
+	ovc_kick(h->ovc);
+}
+
 json_t *host_list_json(struct host *h)
 {
 	json_t *arr = json_array();
@@ -326,6 +375,7 @@ json_t *host_stats_json(struct host *h)
 	struct ovc_stats hs;
 	json_t *vms = json_array();
 	json_t *reclaimed = json_object();
+	json_t *dedup;
 	uint64_t saved = 0;
 
 	ovc_get_stats(h->ovc, &hs);
@@ -355,7 +405,18 @@ json_t *host_stats_json(struct host *h)
 	for (unsigned int m = 0; m < hs.nr_mechanisms; m++)
 		json_object_set_new(reclaimed, hs.mechanism_names[m],
 				    json_integer((json_int_t)hs.reclaimed_bytes[m]));
-	return json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:b, s:I, s:o}, s:o}",
+	if (h->dedup) {
+		/* Sharing saves net of what its mappings and tables cost (dedup/stats.c). */
+		int64_t net = dedup_net_saved_bytes(h->dedup);
+
+		saved = net < 0 && (uint64_t)-net > saved ? 0 : saved + (uint64_t)net;
+		dedup = dedup_stats_json(h->dedup);
+	} else if (h->cfg.dedup == HOST_DEDUP_KSM) {
+		dedup = dedup_ksm_stats_json();
+	} else {
+		dedup = json_pack("{s:s}", "mode", "off");
+	}
+	return json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:b, s:I, s:o, s:o}, s:o}",
 			 "host",
 			 "budget_bytes", (json_int_t)hs.budget_bytes,
 			 "used_bytes", (json_int_t)hs.used_bytes,
@@ -365,5 +426,6 @@ json_t *host_stats_json(struct host *h)
 			 "over_budget", hs.over_budget,
 			 "policy_passes", (json_int_t)hs.passes,
 			 "reclaimed_bytes", reclaimed,
+			 "dedup", dedup,
 			 "vms", vms);
 }

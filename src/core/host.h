@@ -70,5 +70,9 @@ json_t *host_stats_json(struct host *h);
 int host_vm_pause(struct host *h, const char *name);
 int host_vm_resume(struct host *h, const char *name);
 int host_vm_stop(struct host *h, const char *name);
+/* Set the host memory budget (bytes > 0) and run a policy pass against it now. */
+void host_set_budget(struct host *h, uint64_t bytes);
+/* Run a policy pass now (asynchronous: returns before the pass ends). */
+void host_reclaim_now(struct host *h);
 
 #endif

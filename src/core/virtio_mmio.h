@@ -165,12 +165,12 @@ void virtio_dev_destroy(struct virtio_dev *vdev);
 /*
  * Connect the device to its VM once vm_add_device gave it `base` and `gsi`:
  * a KVM ioeventfd on QueueNotify (so a notify costs no exit to the VMM) and
- * a KVM irqfd on `gsi`. Each is optional: when KVM refuses one (no in-kernel
- * irqchip makes KVM_IRQFD fail with EINVAL), the device works without it
- * and says so at info level. Before the VM starts. 0 or -errno (eventfd).
+ * a KVM irqfd on `gsi`. Both are optional, so this cannot fail: when KVM
+ * refuses one (KVM_IRQFD fails with EINVAL without an in-kernel irqchip),
+ * the device works without it (a debug log line; virtio_dev_get_stats
+ * tells which). Before the VM starts; at most once.
  */
-MUST_CHECK int virtio_dev_attach_kvm(struct virtio_dev *vdev, int vm_fd, gpa_t base,
-				     uint32_t gsi);
+void virtio_dev_attach_kvm(struct virtio_dev *vdev, int vm_fd, gpa_t base, uint32_t gsi);
 
 /* Start the worker thread (thread_spawn). Before the VM starts. */
 MUST_CHECK int virtio_dev_start(struct virtio_dev *vdev);

@@ -21,6 +21,13 @@
  *   time=s         run s seconds after the fill, verify once more, then then=;
  *                  without it, a workload with rate/read/churn/verify runs
  *                  until the VMM stops it
+ *   cow=%          after the fill and its verification, rewrite this share of
+ *                  the dup pages once (next version; which ones depends on
+ *                  id=, all of them at 100), then verify: writes into pages
+ *                  the host may share (default 0)
+ *   cowwait=s      sleep s seconds before those writes, after printing
+ *                  "kvmem-wl: cow in s s" (default 0): time for the host to
+ *                  merge (a test pauses the VM meanwhile)
  *   then=poweroff|sleep|free   at the end (default poweroff): power off with
  *                  0 (or 1 after a failed verification); idle; or give every
  *                  filled page back to palloc and idle
@@ -65,6 +72,8 @@ static struct wl_cfg {
 	uint64_t verify_s;
 	uint64_t time_s;
 	bool has_time;
+	uint64_t cow;
+	uint64_t cowwait_s;
 	enum wl_then then;
 } cfg;
 
@@ -92,6 +101,7 @@ struct wl_cpu {
 	uint64_t rewrites;
 	uint64_t reads;
 	uint64_t moves;
+	uint64_t cow_writes;
 	uint64_t move_fails;	/* no free page to move to */
 	uint64_t rng;
 } __attribute__((aligned(64)));
@@ -160,6 +170,31 @@ static void job_fill(unsigned cpu, void *arg __unused)
 	for (i = c->lo; i < c->hi; i++) {
 		slot_ver[i] = 0;
 		fill_slot(i);
+	}
+}
+
+/* Is dup slot i one of the cow= share this guest rewrites? Differs by id. */
+static bool cow_picks(uint64_t i)
+{
+	uint64_t x = (i + 1) * 0x9e3779b97f4a7c15ULL ^ (cfg.id + 1) * 0xbf58476d1ce4e5b9ULL;
+
+	x ^= x >> 31;
+	x *= 0x94d049bb133111ebULL;
+	x ^= x >> 29;
+	return x % 100 < cfg.cow;
+}
+
+static void job_cow(unsigned cpu, void *arg __unused)
+{
+	struct wl_cpu *c = &cpus[cpu];
+	uint64_t i;
+
+	for (i = c->lo; i < c->hi; i++) {
+		if (slot_class(i) != WLGEN_DUP || !cow_picks(i))
+			continue;
+		slot_ver[i]++;
+		fill_slot(i);
+		c->cow_writes++;
 	}
 }
 
@@ -379,6 +414,10 @@ static void parse(struct rt_str spec)
 		} else if (str_eq(key, "time")) {
 			cfg.time_s = num(key, val, 1 << 30);
 			cfg.has_time = true;
+		} else if (str_eq(key, "cow")) {
+			cfg.cow = num(key, val, 100);
+		} else if (str_eq(key, "cowwait")) {
+			cfg.cowwait_s = num(key, val, 1 << 30);
 		} else if (str_eq(key, "then")) {
 			unsigned t;
 
@@ -511,6 +550,22 @@ static void run(uint64_t start)
 	verify_all();
 }
 
+/* cow=: write into the dup pages (after cowwait=), then verify. */
+static void cow_phase(void)
+{
+	uint64_t n = 0;
+	unsigned i;
+
+	rt_printf("kvmem-wl: cow in %lu s\n", cfg.cowwait_s);
+	if (cfg.cowwait_s)
+		rt_sleep_ns(cfg.cowwait_s * RT_NS_PER_SEC);
+	smp_run(job_cow, NULL);
+	for (i = 0; i < rt_ncpus(); i++)
+		n += cpus[i].cow_writes;
+	rt_printf("kvmem-wl: cow wrote %lu\n", n);
+	verify_all();
+}
+
 void wl_main(struct rt_str spec)
 {
 	uint64_t t0, t1;
@@ -529,6 +584,8 @@ void wl_main(struct rt_str spec)
 		for (i = 0; i < rt_ncpus(); i++)
 			rt_printf("kvmem-wl: cpu %u pages %lu\n", i, cpus[i].hi - cpus[i].lo);
 	verify_all();
+	if (cfg.cow)
+		cow_phase();
 	run(t1);
 	rt_printf("kvmem-wl: done\n");
 	switch (cfg.then) {

@@ -146,6 +146,14 @@ int memmap_enable_uffd(struct gm *gm)
 	return 0;
 }
 
+int memmap_set_mergeable(struct gm *gm)
+{
+	for (unsigned int i = 0; i < gm->nr_regions; i++)
+		if (madvise(gm->regions[i].hva, gm->regions[i].len, MADV_MERGEABLE) < 0)
+			return -errno;
+	return 0;
+}
+
 int memmap_uffd(const struct gm *gm)
 {
 	return gm->uffd;

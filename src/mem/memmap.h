@@ -23,6 +23,11 @@ int memmap_create(uint64_t ram_bytes, struct gm **out);
  */
 int memmap_enable_uffd(struct gm *gm);
 int memmap_uffd(const struct gm *gm);
+/*
+ * Mark all of gm's RAM MADV_MERGEABLE so the host kernel's ksmd may merge
+ * its pages (`--dedup ksm`). 0, or -errno (-EINVAL: kernel without KSM).
+ */
+int memmap_set_mergeable(struct gm *gm);
 /* The VM's page-state map. */
 struct pagestate *memmap_pagestate(struct gm *gm);
 /* An opaque pointer for the owner of this guest memory (the host's VM object). */

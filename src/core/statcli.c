@@ -1,0 +1,579 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * `kvmem stat`: asks the control socket for "stats" and prints it, like
+ * esxtop's memory view or `virsh dommemstat`: a host summary, one row per VM
+ * and a TOTAL row, sizes with binary units.
+ *
+ * The columns come from the JSON, not from a fixed list, so the mechanisms
+ * that land later only add fields to the stats reply:
+ *   - the fixed columns (NAME STATE MEM RESIDENT ENTITLED);
+ *   - one column per key of a VM's "pages" object (known states first, in
+ *     the order of the page-state map, then any new state), as bytes;
+ *   - one column per unknown top-level VM key ending in "_bytes";
+ *   - one column per scalar field of any other object-valued VM key, e.g.
+ *     "balloon": {"target_bytes": N} gives BALLOON_TARGET; "_bytes" fields
+ *     print as sizes, other numbers as numbers, strings as text.
+ * A column appears only when some VM has the field; a VM without it shows
+ * "-". Host-level fields beyond the known ones print as extra summary lines.
+ * Runs in the CLI process only (no VMM threads): printing to stdout is its job.
+ */
+#define LOG_TAG "stat"
+#include "core/statcli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/control.h"
+#include "core/size.h"
+
+#define EXIT_USAGE 2
+#define PAGE_BYTES 4096ULL
+#define REQUEST_TIMEOUT_MS 5000
+#define MAX_COLS 64
+#define CELL 64
+
+enum col_kind {
+	COL_TEXT,	/* a string, left-aligned */
+	COL_BYTES,	/* an integer of bytes */
+	COL_PAGES,	/* an integer of 4 KiB pages, printed as bytes */
+	COL_NUM,	/* any other number */
+};
+
+struct col {
+	char head[48];
+	enum col_kind kind;
+	const char *obj;	/* NULL: a top-level VM key; else the object holding key */
+	const char *key;	/* borrowed from the reply */
+	bool total;		/* summed in the TOTAL row */
+};
+
+struct table {
+	struct col cols[MAX_COLS];
+	unsigned int nr_cols;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: kvmem stat [--socket PATH] [--json] [--watch SECS]\n"
+		"\n"
+		"Memory statistics of a running kvmem host, from its control socket.\n"
+		"  -s, --socket PATH   control socket (default %s)\n"
+		"  -j, --json          print the stats as JSON (the stable schema in README.md)\n"
+		"  -w, --watch SECS    refresh every SECS seconds until interrupted\n",
+		KVMEM_DEFAULT_SOCKET);
+}
+
+static int usage_error(const char *fmt, const char *arg)
+{
+	fprintf(stderr, "kvmem stat: ");
+	fprintf(stderr, fmt, arg);
+	fprintf(stderr, " (see kvmem stat --help)\n");
+	return EXIT_USAGE;
+}
+
+/* Ask for the stats: 0 and the reply's payload, or 1 after one line on stderr. */
+static int fetch(const char *path, json_t **out)
+{
+	json_t *req = json_pack("{s:s}", "verb", "stats");
+	json_t *reply = NULL;
+	int ret;
+
+	if (!req) {
+		fprintf(stderr, "kvmem stat: out of memory\n");
+		return 1;
+	}
+	ret = control_request(path, req, &reply, REQUEST_TIMEOUT_MS);
+	json_decref(req);
+	switch (ret) {
+	case 0:
+		break;
+	case -ENOENT:
+		fprintf(stderr, "kvmem stat: %s: no such socket (is a kvmem host running with "
+				"--socket %s?)\n", path, path);
+		return 1;
+	case -ECONNREFUSED:
+		fprintf(stderr, "kvmem stat: %s: connection refused (no kvmem host is listening "
+				"there)\n", path);
+		return 1;
+	case -EACCES:
+	case -EPERM:
+		fprintf(stderr, "kvmem stat: %s: permission denied (the control socket is for "
+				"root only)\n", path);
+		return 1;
+	case -ETIMEDOUT:
+		fprintf(stderr, "kvmem stat: %s: no reply within %d ms\n", path,
+			REQUEST_TIMEOUT_MS);
+		return 1;
+	case -ECONNRESET:
+		fprintf(stderr, "kvmem stat: %s: the host closed the connection without a "
+				"reply\n", path);
+		return 1;
+	case -EPROTO:
+		fprintf(stderr, "kvmem stat: %s: bad reply (not a JSON object)\n", path);
+		return 1;
+	default:
+		fprintf(stderr, "kvmem stat: %s: %s\n", path, strerror(-ret));
+		return 1;
+	}
+	if (!json_is_true(json_object_get(reply, "ok"))) {
+		json_t *e = json_object_get(reply, "error"), *c = json_object_get(reply, "code");
+
+		fprintf(stderr, "kvmem stat: the host refused: %s (%s)\n",
+			json_is_string(e) ? json_string_value(e) : "no message",
+			json_is_string(c) ? json_string_value(c) : "no code");
+		json_decref(reply);
+		return 1;
+	}
+	if (!json_is_object(json_object_get(reply, "host")) ||
+	    !json_is_array(json_object_get(reply, "vms"))) {
+		fprintf(stderr, "kvmem stat: %s: bad reply (no \"host\" object or \"vms\" "
+				"array)\n", path);
+		json_decref(reply);
+		return 1;
+	}
+	json_object_del(reply, "ok");
+	json_object_del(reply, "id");
+	*out = reply;
+	return 0;
+}
+
+/* ---- cells ----------------------------------------------------------------------------- */
+
+static uint64_t int_of(json_t *v)
+{
+	if (json_is_integer(v) && json_integer_value(v) > 0)
+		return (uint64_t)json_integer_value(v);
+	if (json_is_real(v) && json_real_value(v) > 0)
+		return (uint64_t)json_real_value(v);
+	return 0;
+}
+
+static const char *fmt_bytes(uint64_t bytes, char *buf, size_t len)
+{
+	return size_format(bytes, buf, len);
+}
+
+static json_t *col_value(const struct col *c, json_t *vm)
+{
+	json_t *holder = c->obj ? json_object_get(vm, c->obj) : vm;
+
+	return json_is_object(holder) ? json_object_get(holder, c->key) : NULL;
+}
+
+static void format_cell(const struct col *c, json_t *v, char *buf)
+{
+	if (!v || json_is_null(v)) {
+		snprintf(buf, CELL, "-");
+		return;
+	}
+	switch (c->kind) {
+	case COL_TEXT:
+		if (json_is_string(v))
+			snprintf(buf, CELL, "%s", json_string_value(v));
+		else if (json_is_boolean(v))
+			snprintf(buf, CELL, "%s", json_is_true(v) ? "yes" : "no");
+		else
+			snprintf(buf, CELL, "?");
+		break;
+	case COL_BYTES:
+		fmt_bytes(int_of(v), buf, CELL);
+		break;
+	case COL_PAGES:
+		fmt_bytes(int_of(v) * PAGE_BYTES, buf, CELL);
+		break;
+	case COL_NUM:
+		if (json_is_integer(v))
+			snprintf(buf, CELL, "%lld", (long long)json_integer_value(v));
+		else if (json_is_real(v))
+			snprintf(buf, CELL, "%.2f", json_real_value(v));
+		else
+			snprintf(buf, CELL, "?");
+		break;
+	}
+}
+
+/* ---- columns --------------------------------------------------------------------------- */
+
+static bool has_col(const struct table *t, const char *obj, const char *key)
+{
+	for (unsigned int i = 0; i < t->nr_cols; i++) {
+		const struct col *c = &t->cols[i];
+
+		if (!strcmp(c->key, key) && ((!c->obj && !obj) || (c->obj && obj &&
+								      !strcmp(c->obj, obj))))
+			return true;
+	}
+	return false;
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+	size_t a = strlen(s), b = strlen(suffix);
+
+	return a >= b && !strcmp(s + a - b, suffix);
+}
+
+/* Header from a JSON key: upper case, without a "_bytes" suffix, "obj_" in front. */
+static void make_head(char *head, size_t len, const char *obj, const char *key)
+{
+	size_t n = 0;
+
+	if (obj)
+		for (const char *p = obj; *p && n + 2 < len; p++)
+			head[n++] = (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
+	if (obj && n + 1 < len)
+		head[n++] = '_';
+	for (const char *p = key; *p && n + 1 < len; p++) {
+		if (!strcmp(p, "_bytes"))
+			break;
+		head[n++] = (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
+	}
+	head[n] = '\0';
+}
+
+static void add_col(struct table *t, const char *head, enum col_kind kind, const char *obj,
+		    const char *key, bool total)
+{
+	struct col *c;
+
+	if (t->nr_cols == MAX_COLS || has_col(t, obj, key))
+		return;
+	c = &t->cols[t->nr_cols++];
+	if (head)
+		snprintf(c->head, sizeof(c->head), "%s", head);
+	else /* a page state is named alone; other objects prefix their fields */
+		make_head(c->head, sizeof(c->head), obj && strcmp(obj, "pages") ? obj : NULL, key);
+	c->kind = kind;
+	c->obj = obj;
+	c->key = key;
+	c->total = total;
+}
+
+/* Top-level VM keys the fixed columns or nobody shows. */
+static bool is_known_vm_key(const char *key)
+{
+	static const char *const known[] = { "name", "state", "mem_bytes", "min_bytes",
+					     "resident_bytes", "shares", "entitlement_bytes",
+					     "active_fraction", "pages", "last_action" };
+
+	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+		if (!strcmp(key, known[i]))
+			return true;
+	return false;
+}
+
+static void build_columns(struct table *t, json_t *vms)
+{
+	/* Page states in the page-state map's order, with the table's short names. */
+	static const struct {
+		const char *key, *head;
+	} states[] = {
+		{ "anon", "ANON" },	  { "zero", "ZERO" },	      { "shared", "SHARED" },
+		{ "ballooned", "BALLOON" }, { "reported", "REPORTED" }, { "swapped", "SWAP" },
+	};
+	size_t i;
+	json_t *vm;
+
+	add_col(t, "NAME", COL_TEXT, NULL, "name", false);
+	add_col(t, "STATE", COL_TEXT, NULL, "state", false);
+	add_col(t, "MEM", COL_BYTES, NULL, "mem_bytes", true);
+	add_col(t, "RESIDENT", COL_BYTES, NULL, "resident_bytes", true);
+	add_col(t, "ENTITLED", COL_BYTES, NULL, "entitlement_bytes", true);
+	for (size_t s = 0; s < sizeof(states) / sizeof(states[0]); s++)
+		json_array_foreach(vms, i, vm)
+			if (json_object_get(json_object_get(vm, "pages"), states[s].key)) {
+				add_col(t, states[s].head, COL_PAGES, "pages", states[s].key, true);
+				break;
+			}
+	json_array_foreach(vms, i, vm) {
+		json_t *pages = json_object_get(vm, "pages"), *v;
+		const char *key;
+
+		json_object_foreach(pages, key, v)
+			if (json_is_number(v))
+				add_col(t, NULL, COL_PAGES, "pages", key, true);
+	}
+	json_array_foreach(vms, i, vm) {
+		const char *key;
+		json_t *v;
+
+		json_object_foreach(vm, key, v) {
+			const char *sub;
+			json_t *sv;
+
+			if (is_known_vm_key(key))
+				continue;
+			if (json_is_integer(v) && ends_with(key, "_bytes"))
+				add_col(t, NULL, COL_BYTES, NULL, key, true);
+			if (!json_is_object(v))
+				continue;
+			json_object_foreach(v, sub, sv) {
+				if (json_is_integer(sv) && ends_with(sub, "_bytes"))
+					add_col(t, NULL, COL_BYTES, key, sub, true);
+				else if (json_is_number(sv))
+					add_col(t, NULL, COL_NUM, key, sub, false);
+				else if (json_is_string(sv) || json_is_boolean(sv))
+					add_col(t, NULL, COL_TEXT, key, sub, false);
+			}
+		}
+	}
+}
+
+/* ---- printing -------------------------------------------------------------------------- */
+
+static void print_host(json_t *host, FILE *f)
+{
+	static const char *const known[] = { "budget_bytes", "used_bytes", "saved_bytes",
+					     "configured_bytes", "used_source", "over_budget",
+					     "policy_passes", "reclaimed_bytes" };
+	uint64_t budget = int_of(json_object_get(host, "budget_bytes"));
+	uint64_t configured = int_of(json_object_get(host, "configured_bytes"));
+	json_t *src = json_object_get(host, "used_source");
+	json_t *reclaimed = json_object_get(host, "reclaimed_bytes");
+	char b1[CELL], b2[CELL], b3[CELL], b4[CELL];
+	const char *key;
+	json_t *v;
+
+	fprintf(f, "HOST  budget %s  used %s%s%s%s  saved %s  configured %s",
+		fmt_bytes(budget, b1, sizeof(b1)),
+		fmt_bytes(int_of(json_object_get(host, "used_bytes")), b2, sizeof(b2)),
+		json_is_string(src) ? " (" : "", json_is_string(src) ? json_string_value(src) : "",
+		json_is_string(src) ? ")" : "",
+		fmt_bytes(int_of(json_object_get(host, "saved_bytes")), b3, sizeof(b3)),
+		fmt_bytes(configured, b4, sizeof(b4)));
+	if (budget)
+		fprintf(f, "  overcommit %.2fx", (double)configured / (double)budget);
+	if (json_is_boolean(json_object_get(host, "over_budget")))
+		fprintf(f, "  over budget: %s",
+			json_is_true(json_object_get(host, "over_budget")) ? "YES" : "no");
+	fprintf(f, "\n");
+	if (json_is_object(reclaimed) && json_object_size(reclaimed)) {
+		fprintf(f, "      reclaimed:");
+		json_object_foreach(reclaimed, key, v)
+			fprintf(f, "  %s %s", key, fmt_bytes(int_of(v), b1, sizeof(b1)));
+		if (json_is_integer(json_object_get(host, "policy_passes")))
+			fprintf(f, "  (policy passes %lld)",
+				(long long)json_integer_value(json_object_get(host,
+									      "policy_passes")));
+		fprintf(f, "\n");
+	}
+	/* Whatever later modules add to the host object: one line each. */
+	json_object_foreach(host, key, v) {
+		bool skip = false;
+		const char *sub;
+		json_t *sv;
+
+		for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+			skip |= !strcmp(key, known[i]);
+		if (skip)
+			continue;
+		if (json_is_object(v)) {
+			fprintf(f, "      %s:", key);
+			json_object_foreach(v, sub, sv) {
+				struct col c = { .kind = COL_NUM, .key = sub };
+
+				if (json_is_integer(sv) && ends_with(sub, "_bytes"))
+					c.kind = COL_BYTES;
+				else if (!json_is_number(sv))
+					c.kind = COL_TEXT;
+				format_cell(&c, sv, b1);
+				fprintf(f, "  %s %s", sub, b1);
+			}
+			fprintf(f, "\n");
+		} else {
+			struct col c = { .kind = json_is_number(v) ? COL_NUM : COL_TEXT, .key = key };
+
+			if (json_is_integer(v) && ends_with(key, "_bytes"))
+				c.kind = COL_BYTES;
+			format_cell(&c, v, b1);
+			fprintf(f, "      %s %s\n", key, b1);
+		}
+	}
+}
+
+static void print_table(json_t *stats, FILE *f)
+{
+	json_t *vms = json_object_get(stats, "vms"), *vm;
+	size_t nvms = json_array_size(vms), rows = nvms + 2, i;
+	struct table t = { .nr_cols = 0 };
+	unsigned int width[MAX_COLS] = { 0 };
+	uint64_t totals[MAX_COLS] = { 0 };
+	char (*cell)[MAX_COLS][CELL];
+
+	print_host(json_object_get(stats, "host"), f);
+	fprintf(f, "\n");
+	build_columns(&t, vms);
+	cell = calloc(rows, sizeof(*cell));
+	if (!cell)
+		return;
+	for (unsigned int c = 0; c < t.nr_cols; c++)
+		snprintf(cell[0][c], CELL, "%s", t.cols[c].head);
+	json_array_foreach(vms, i, vm) {
+		for (unsigned int c = 0; c < t.nr_cols; c++) {
+			json_t *v = col_value(&t.cols[c], vm);
+
+			format_cell(&t.cols[c], v, cell[i + 1][c]);
+			if (t.cols[c].total)
+				totals[c] += int_of(v) * (t.cols[c].kind == COL_PAGES ? PAGE_BYTES : 1);
+		}
+	}
+	for (unsigned int c = 0; c < t.nr_cols; c++) {
+		if (c == 0)
+			snprintf(cell[rows - 1][c], CELL, "TOTAL");
+		else if (t.cols[c].total)
+			fmt_bytes(totals[c], cell[rows - 1][c], CELL);
+		else
+			cell[rows - 1][c][0] = '\0';
+	}
+	for (size_t r = 0; r < rows; r++)
+		for (unsigned int c = 0; c < t.nr_cols; c++)
+			if (strlen(cell[r][c]) > width[c])
+				width[c] = (unsigned int)strlen(cell[r][c]);
+	for (size_t r = 0; r < rows; r++) {
+		char line[MAX_COLS * (CELL + 2) + 2];
+		size_t n = 0;
+
+		for (unsigned int c = 0; c < t.nr_cols; c++) {
+			bool left = t.cols[c].kind == COL_TEXT;
+
+			n += (size_t)snprintf(line + n, sizeof(line) - n, "%s%*s", c ? "  " : "",
+					      left ? -(int)width[c] : (int)width[c], cell[r][c]);
+		}
+		while (n && line[n - 1] == ' ')
+			n--;
+		fprintf(f, "%.*s\n", (int)n, line);
+	}
+	/* The policy's last decision per VM, when it made one. */
+	json_array_foreach(vms, i, vm) {
+		json_t *a = json_object_get(vm, "last_action");
+
+		if (json_is_string(a) && strcmp(json_string_value(a), "none"))
+			fprintf(f, "%s: %s\n", json_string_value(json_object_get(vm, "name")) ?: "?",
+				json_string_value(a));
+	}
+	free(cell);
+}
+
+/* Print one snapshot; 0, or 1 after an error line. */
+static int show(const char *path, bool as_json, bool watching, bool tty, double every)
+{
+	json_t *stats;
+	int ret = fetch(path, &stats);
+
+	if (ret)
+		return ret;
+	if (as_json) {
+		/* Watching: JSON Lines, one compact document per refresh. */
+		json_dumpf(stats, stdout, watching ? JSON_COMPACT : JSON_INDENT(2));
+		fputc('\n', stdout);
+	} else {
+		if (watching && tty) {
+			char when[32];
+			time_t now = time(NULL);
+
+			strftime(when, sizeof(when), "%H:%M:%S", localtime(&now));
+			fputs("\033[H\033[2J", stdout);
+			fprintf(stdout, "kvmem stat  %s  every %gs  %s\n\n", path, every, when);
+		}
+		print_table(stats, stdout);
+	}
+	json_decref(stats);
+	if (fflush(stdout) || ferror(stdout))
+		return errno == EPIPE ? 0 : 1;
+	return 0;
+}
+
+/* Sleep `secs` unless SIGINT/SIGTERM comes first (they are blocked: see main). */
+static bool sleep_or_signal(const sigset_t *set, double secs)
+{
+	struct timespec ts = { .tv_sec = (time_t)secs,
+			       .tv_nsec = (long)((secs - (double)(time_t)secs) * 1e9) };
+
+	for (;;) {
+		int sig = sigtimedwait(set, NULL, &ts);
+
+		if (sig > 0)
+			return false;
+		if (errno == EAGAIN)
+			return true;
+		if (errno != EINTR)
+			return false;
+	}
+}
+
+int statcli_main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "watch", required_argument, NULL, 'w' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *path = KVMEM_DEFAULT_SOCKET;
+	bool as_json = false, tty;
+	double every = 0;
+	sigset_t set;
+	int c, ret;
+
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, ":s:jw:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 's':
+			if (!*optarg)
+				return usage_error("--socket %s: an empty path", optarg);
+			path = optarg;
+			break;
+		case 'j':
+			as_json = true;
+			break;
+		case 'w': {
+			char *end;
+
+			errno = 0;
+			every = strtod(optarg, &end);
+			if (errno || end == optarg || *end || !(every >= 0.1 && every <= 86400))
+				return usage_error("--watch %s: not a number of seconds from 0.1 to 86400",
+						   optarg);
+			break;
+		}
+		case 'h':
+			usage(stdout);
+			return 0;
+		case ':':
+			return usage_error("%s: missing value", argv[optind - 1]);
+		default:
+			return usage_error("%s: unknown option", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return usage_error("%s: unexpected argument", argv[optind]);
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	tty = isatty(STDOUT_FILENO);
+	if (!every)
+		return show(path, as_json, false, tty, 0);
+	for (bool first = true;; first = false) {
+		/* Not a tty: successive tables, separated by a blank line. */
+		if (!first && !tty && !as_json)
+			fputc('\n', stdout);
+		ret = show(path, as_json, true, tty, every);
+		if (ret)
+			return ret;
+		if (!sleep_or_signal(&set, every))
+			return 0;
+	}
+}

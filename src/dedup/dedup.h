@@ -1,0 +1,115 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Content-based page sharing done by the VMM (DESIGN.md, "Dedup"): one
+ * engine per host scans the private pages of all its VMs, merges pages with
+ * identical content onto frames of a frame store (a memfd mapped MAP_PRIVATE,
+ * so a guest write is the kernel's copy-on-write, with no exit), drops zero
+ * pages, and notices copy-on-write breaks to release frames.
+ *
+ * Threads: dedup_create/destroy, add/remove_vm run on the host's main thread;
+ * the scanner thread does all scanning and merging; dedup_configure and the
+ * getters may be called from any thread (control socket, stats). The engine
+ * lock serialises them against the scanner's batches.
+ */
+#ifndef KVMEM_DEDUP_DEDUP_H
+#define KVMEM_DEDUP_DEDUP_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/log.h"
+#include "mem/gm.h"
+
+struct dedup;
+struct control;
+struct ovc;
+
+#define DEDUP_DEFAULT_PAGES_PER_SEC 131072 /* 512 MiB/s of guest memory */
+#define DEDUP_DEFAULT_CPU_PERCENT 20.0	   /* of one core */
+
+/* Scanner tunables: all may change while it runs (dedup_configure). */
+struct dedup_config {
+	bool enabled;		/* the scanner runs */
+	uint64_t pages_per_sec;	/* scan rate limit (pages visited per second), > 0 */
+	double cpu_percent;	/* CPU budget of the scanner thread, (0, 100] of one core */
+};
+
+/* Figures; names follow /sys/kernel/mm/ksm where the meaning is the same. */
+struct dedup_stats {
+	uint64_t pages_shared;	 /* frames in use (distinct shared contents) */
+	uint64_t pages_sharing;	 /* guest pages mapped onto frames, beyond one per frame */
+	uint64_t pages_unshared; /* stable pages no other page matched (last pass) */
+	uint64_t pages_volatile; /* pages whose content changed since the previous visit (last pass) */
+	uint64_t full_scans;	 /* completed passes over every VM */
+	uint64_t pages_scanned;	 /* page visits that hashed a page, cumulative */
+	uint64_t zero_pages;	 /* pages dropped as zero by the scanner, cumulative */
+	uint64_t cow_breaks;	 /* shared pages the guest wrote (kernel copy-on-write), cumulative */
+	uint64_t released;	 /* shared pages another mechanism took over (balloon, swap) */
+	uint64_t merges;	 /* guest pages mapped onto a frame, cumulative */
+	uint64_t merge_races;	 /* merges abandoned: busy page or content changed under protection */
+	uint64_t frames_freed;	 /* frames whose last sharer left (hole punched), cumulative */
+	uint64_t map_refused;	 /* merges refused: vm.max_map_count could not be raised */
+	uint64_t errors;	 /* failed host calls (protect, map, copy) */
+	uint64_t store_bytes;	 /* memory the frame store holds now */
+	uint64_t ram_vmas;	 /* host mappings over guest RAM: last count + 2 per merge since */
+	uint64_t vma_bytes;	 /* kernel memory per mapping (vm_area_struct and friends) */
+	uint64_t kernel_cost_bytes; /* mappings sharing added (ram_vmas - regions) * vma_bytes */
+	uint64_t metadata_bytes; /* the engine's own per-page and per-frame tables */
+	uint64_t saved_bytes;	 /* pages_sharing * page size (gross) */
+	int64_t net_saved_bytes; /* saved - kernel cost - metadata */
+	double scan_rate;	 /* pages visited per second, recent */
+	double cpu_seconds;	 /* scanner thread CPU time */
+	uint64_t vms;		 /* VMs scanned */
+	struct dedup_config config;
+};
+
+/* Create the engine (frame store, index, random hash seed); no thread yet. */
+MUST_CHECK int dedup_create(const struct dedup_config *cfg, struct dedup **out);
+/* Stops the scanner; every VM must have been removed. */
+void dedup_destroy(struct dedup *d);
+/* Start the scanner thread. */
+MUST_CHECK int dedup_start(struct dedup *d);
+
+/*
+ * Scan gm's RAM from now on. gm must stay valid until dedup_remove_vm returns
+ * and have a userfaultfd (memmap_enable_uffd): merges write-protect pages.
+ */
+MUST_CHECK int dedup_add_vm(struct dedup *d, struct gm *gm, const char *name);
+/* Stop scanning gm and drop its frame references (before its memory is unmapped). */
+void dedup_remove_vm(struct dedup *d, struct gm *gm);
+
+/* Change tunables (validated: -EINVAL). Takes effect before the next batch. */
+int dedup_configure(struct dedup *d, const struct dedup_config *cfg);
+void dedup_get_config(struct dedup *d, struct dedup_config *out);
+void dedup_get_stats(struct dedup *d, struct dedup_stats *out);
+/* The stats as a JSON object (new reference). */
+json_t *dedup_stats_json(struct dedup *d);
+/* Net bytes sharing saves now (may be negative), for the host's saved_bytes. */
+int64_t dedup_net_saved_bytes(struct dedup *d);
+
+/*
+ * The "dedup" control verb: without arguments it returns the stats; with
+ * any of "enabled" (bool, or "on"/"off"), "pages_per_sec", "cpu_percent"
+ * it reconfigures first.
+ */
+MUST_CHECK int dedup_register_verbs(struct dedup *d, struct control *c);
+/* Register "share" with the reclaim policy: under pressure, scan that VM now. */
+MUST_CHECK int dedup_register_mechanism(struct dedup *d, struct ovc *ovc);
+
+/*
+ * Synchronous scanning for tests and the policy: visit up to max_pages pages
+ * on the calling thread (RCU-registered), continuing the scanner's cursor.
+ * Returns pages visited, or -errno. dedup_scan_pass runs to the end of the
+ * current pass (and completes it).
+ */
+int64_t dedup_scan(struct dedup *d, uint64_t max_pages);
+int64_t dedup_scan_pass(struct dedup *d);
+
+/*
+ * `--dedup ksm`: the host kernel's counters (/sys/kernel/mm/ksm, system-wide)
+ * and ksmd's CPU seconds, as the JSON object host stats show in that mode.
+ */
+json_t *dedup_ksm_stats_json(void);
+
+#endif

@@ -1,0 +1,816 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The dedup engine and its scanner thread (see dedup.h).
+ *
+ * Overview (after ksm.c's "DOC: Overview"). The scanner walks the pages of
+ * every VM in index order, DEDUP_BATCH_PAGES at a time, reading their
+ * pagemap entries first so holes are never touched (reading one would fault
+ * memory in). For each page, by state:
+ *
+ *  - PS_SHARED with a frame: if the pagemap shows a private page the guest
+ *    wrote it and the kernel copied it on write: the page is PS_ANON again
+ *    and its frame reference is dropped (a frame with no reference left is
+ *    punched out of the store).
+ *  - a frame reference but another state: another mechanism (balloon, swap)
+ *    took the page over; the reference is dropped.
+ *  - PS_ANON and resident: hash it. If the hash differs from the one of the
+ *    previous visit the page is volatile: remember the hash, go on
+ *    (stability rule). A stable zero page is dropped (PS_ZERO). Otherwise
+ *    look the hash up among the frames (stable table): on a match the page
+ *    is merged onto that frame. Else among the pages seen this pass
+ *    (unstable table): on a match both pages are merged onto a new frame;
+ *    without one the page is entered there.
+ *
+ * Every merge is "protect first, compare second": the page moves PS_ANON ->
+ * PS_BUSY (a CAS: the loser of a race with another mechanism backs off),
+ * is write-protected through userfaultfd (a guest write now waits), compared
+ * byte for byte with the frame or the other page, and only then mapped onto
+ * the frame (mem_page_map_frame; the private copy goes with the old
+ * mapping). Whatever the outcome the page's final state is set before the
+ * waiting writers are woken, so they retry against it. After a full pass the
+ * unstable table is emptied.
+ *
+ * Threads: the scanner thread (or a test calling dedup_scan) runs batches
+ * with d->lock held; add/remove/configure/stats take the same lock. Index
+ * lookups are RCU read-side sections; frames and unstable nodes are freed
+ * with call_rcu. One lock: d->lock.
+ */
+#define LOG_TAG "dedup"
+#include "dedup/dedup_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "core/thread.h"
+#include "mem/memmap.h"
+#include "mem/reclaim.h"
+
+static uint64_t now_ns(clockid_t clk)
+{
+	struct timespec ts;
+
+	clock_gettime(clk, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static bool config_ok(const struct dedup_config *cfg)
+{
+	return cfg->pages_per_sec > 0 && cfg->cpu_percent > 0 && cfg->cpu_percent <= 100;
+}
+
+/* --- running code on an RCU-registered thread --- */
+
+struct on_thread {
+	void (*fn)(void *);
+	void *arg;
+};
+
+static void *on_thread_main(void *p)
+{
+	struct on_thread *o = p;
+
+	o->fn(o->arg);
+	return NULL;
+}
+
+/*
+ * The host's main thread is not an RCU reader; the few engine calls it makes
+ * that touch the index run on a short-lived registered thread instead.
+ */
+static void run_registered(void (*fn)(void *), void *arg)
+{
+	struct on_thread o = { fn, arg };
+	pthread_t t;
+
+	if (thread_spawn(&t, "dedup-rcu", on_thread_main, &o) == 0) {
+		pthread_join(t, NULL);
+		return;
+	}
+	log_err("cannot start a thread for RCU work: running it unregistered");
+	fn(arg);
+}
+
+/* --- frames --- */
+
+static void free_frame(struct rcu_head *head)
+{
+	kv_free(caa_container_of(head, struct dedup_frame, rcu));
+}
+
+/* Drop one reference to the frame in slot; the last one frees it. */
+static void frame_put(struct dedup *d, uint32_t slot)
+{
+	struct dedup_frame *fr = d->store.by_slot[slot];
+
+	if (!fr || !fr->refs) {
+		d->st.errors++;
+		log_warn_ratelimited("frame reference to free slot %u", slot);
+		return;
+	}
+	if (--fr->refs)
+		return;
+	dedup_index_stable_del(&d->ix, fr);
+	dedup_store_release(&d->store, slot);
+	d->st.frames_freed++;
+	urcu_memb_call_rcu(&fr->rcu, free_frame);
+}
+
+/* Forget that v's page idx maps a frame. */
+static void unref_page(struct dedup *d, struct dedup_vm *v, uint64_t idx)
+{
+	uint32_t slot = v->frame[idx];
+
+	v->frame[idx] = DEDUP_NO_FRAME;
+	v->mapped--;
+	frame_put(d, slot);
+}
+
+/* --- claiming pages --- */
+
+/* PS_ANON -> PS_BUSY, then write-protect. 0, -EBUSY (not ours), -errno. */
+static int claim(struct dedup *d, struct dedup_vm *v, uint64_t idx)
+{
+	int ret;
+
+	if (pagestate_cas(v->ps, idx, PS_ANON, PS_BUSY))
+		return -EBUSY;
+	ret = mem_page_protect(v->gm, idx);
+	if (ret) {
+		pagestate_set(v->ps, idx, PS_ANON);
+		mem_page_wake(v->gm, idx);
+		d->st.errors++;
+		return ret;
+	}
+	return 0;
+}
+
+/* Give a claimed page back untouched. */
+static void unclaim(struct dedup_vm *v, uint64_t idx)
+{
+	mem_page_unprotect(v->gm, idx);
+	pagestate_set(v->ps, idx, PS_ANON);
+	mem_page_wake(v->gm, idx);
+}
+
+/* Map claimed page idx (equal to fr) onto fr; on failure it is given back. */
+static int map_claimed(struct dedup *d, struct dedup_vm *v, uint64_t idx,
+		       struct dedup_frame *fr)
+{
+	int ret = mem_page_map_frame(v->gm, idx, d->store.fd, dedup_store_off(fr->slot));
+
+	if (ret) {
+		d->st.errors++;
+		log_warn_ratelimited("%s: mapping page %llu onto frame %u: %s", v->name,
+				     (unsigned long long)idx, fr->slot, strerror(-ret));
+		unclaim(v, idx);
+		return ret;
+	}
+	/* The new mapping is not under userfaultfd yet: re-arm write-protect tracking. */
+	if (mem_page_track(v->gm, idx))
+		d->st.errors++;
+	fr->refs++;
+	v->frame[idx] = fr->slot;
+	v->mapped++;
+	d->st.merges++;
+	pagestate_set(v->ps, idx, PS_SHARED);
+	mem_page_wake(v->gm, idx);
+	return 0;
+}
+
+/* --- placing a new frame --- */
+
+/*
+ * A slot for a new frame holding the content of (u, ui) and (v, vi): next to
+ * the frame of a neighbouring page of either, at the same distance, so the
+ * two mappings can merge into one VMA; else at ui's position in the extent
+ * mirroring ui's window; else in a fresh extent.
+ */
+static int place_frame(struct dedup *d, struct dedup_vm *u, uint64_t ui, struct dedup_vm *v,
+		       uint64_t vi, uint32_t *slot)
+{
+	struct dedup_vm *w[2] = { u, v };
+	uint64_t wi[2] = { ui, vi };
+	uint64_t win = ui / DEDUP_EXT_PAGES;
+	uint32_t ext;
+	int ret;
+
+	for (int k = 1; k <= DEDUP_NEAR; k++)
+		for (int s = 0; s < 2; s++)
+			for (int dir = -1; dir <= 1; dir += 2) {
+				int64_t n = (int64_t)wi[s] + dir * k;
+				int64_t want;
+
+				if (n < 0 || (uint64_t)n >= w[s]->nr_pages ||
+				    w[s]->frame[n] == DEDUP_NO_FRAME)
+					continue;
+				want = (int64_t)w[s]->frame[n] - dir * k;
+				if (want >= 0 && dedup_store_take(&d->store, (uint64_t)want)) {
+					*slot = (uint32_t)want;
+					return 0;
+				}
+			}
+	ext = u->win_ext[win];
+	if (ext != DEDUP_NO_FRAME &&
+	    dedup_store_take(&d->store, (uint64_t)ext * DEDUP_EXT_PAGES + ui % DEDUP_EXT_PAGES)) {
+		*slot = ext * DEDUP_EXT_PAGES + (uint32_t)(ui % DEDUP_EXT_PAGES);
+		return 0;
+	}
+	ret = dedup_store_take_fresh(&d->store, (uint32_t)(ui % DEDUP_EXT_PAGES), slot);
+	if (!ret)
+		u->win_ext[win] = *slot / DEDUP_EXT_PAGES;
+	return ret;
+}
+
+/* --- merging --- */
+
+/* Merge v's page idx onto an existing frame with its hash. 0 merged, -ENOENT, -errno. */
+static int merge_stable(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint64_t hash)
+{
+	struct dedup_frame *cand[8];
+	struct cds_lfht_iter it;
+	unsigned int n = 0;
+	int ret;
+
+	urcu_memb_read_lock();
+	for (struct dedup_frame *fr = dedup_index_stable_first(&d->ix, hash, &it);
+	     fr && n < ARRAY_SIZE(cand); fr = dedup_index_stable_next(&d->ix, hash, &it))
+		cand[n++] = fr;
+	urcu_memb_read_unlock();
+	/* Frames are freed only by this thread under d->lock: cand stays valid. */
+	if (!n)
+		return -ENOENT;
+	ret = claim(d, v, idx);
+	if (ret) {
+		d->st.merge_races++;
+		return ret;
+	}
+	for (unsigned int i = 0; i < n; i++) {
+		int eq = mem_page_equal_fd(v->gm, idx, d->store.fd, dedup_store_off(cand[i]->slot));
+
+		if (eq == 1)
+			return map_claimed(d, v, idx, cand[i]);
+		if (eq < 0)
+			d->st.errors++;
+	}
+	/* Same hash, other content: the page changed since it was hashed (or a collision). */
+	d->st.merge_races++;
+	unclaim(v, idx);
+	return -ENOENT;
+}
+
+/*
+ * Merge v's page idx with the unstable entry un (same hash) onto a new frame.
+ * 0 merged; -ESTALE when un's page is no longer a candidate (busy, changed).
+ */
+static int merge_pair(struct dedup *d, struct dedup_unode *un, struct dedup_vm *v, uint64_t idx,
+		      uint64_t hash)
+{
+	struct dedup_vm *u = un->vm;
+	uint64_t ui = un->idx;
+	struct dedup_frame *fr;
+	uint32_t slot;
+	int ret;
+
+	if (u == v && ui == idx)
+		return -ESTALE;
+	if (claim(d, u, ui)) {
+		d->st.merge_races++;
+		return -ESTALE;
+	}
+	ret = claim(d, v, idx);
+	if (ret) {
+		unclaim(u, ui);
+		d->st.merge_races++;
+		return ret;
+	}
+	if (mem_page_equal(u->gm, ui, v->gm, idx) != 1) {
+		unclaim(u, ui);
+		unclaim(v, idx);
+		d->st.merge_races++;
+		return -ESTALE;
+	}
+	fr = kv_zalloc(sizeof(*fr));
+	ret = fr ? place_frame(d, u, ui, v, idx, &slot) : -ENOMEM;
+	if (ret) {
+		kv_free(fr);
+		goto out_unclaim;
+	}
+	fr->hash = hash;
+	fr->slot = slot;
+	d->store.by_slot[slot] = fr;
+	/* u's page is write-protected: its content is final. */
+	ret = mem_page_copy_to_fd(u->gm, ui, d->store.fd, dedup_store_off(slot));
+	if (ret) {
+		d->st.errors++;
+		log_warn_ratelimited("copying a page into the store: %s", strerror(-ret));
+		dedup_store_release(&d->store, slot);
+		kv_free(fr);
+		goto out_unclaim;
+	}
+	/* Each map either succeeds or gives its page back; refs counts the successes. */
+	map_claimed(d, u, ui, fr);
+	map_claimed(d, v, idx, fr);
+	if (!fr->refs) {
+		dedup_store_release(&d->store, slot);
+		kv_free(fr);
+		return -EIO;
+	}
+	dedup_index_stable_add(&d->ix, fr);
+	return 0;
+
+out_unclaim:
+	unclaim(u, ui);
+	unclaim(v, idx);
+	return ret;
+}
+
+/* Drop a stable zero page: no frame needed, a later access gets a zero page. */
+static void drop_zero(struct dedup *d, struct dedup_vm *v, uint64_t idx)
+{
+	if (claim(d, v, idx)) {
+		d->st.merge_races++;
+		return;
+	}
+	if (!mem_page_is_zero(v->gm, idx) || mem_page_drop(v->gm, idx)) {
+		unclaim(v, idx);
+		d->st.merge_races++;
+		return;
+	}
+	pagestate_set(v->ps, idx, PS_ZERO);
+	mem_page_wake(v->gm, idx);
+	v->sum[idx] = 0;
+	d->st.zero_pages++;
+}
+
+/* A page whose hash was the same at its previous visit: merge it, or remember it. */
+static void stable_page(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint64_t hash)
+{
+	struct dedup_unode *un, *got;
+
+	if (hash == d->hasher.zero_hash) {
+		drop_zero(d, v, idx);
+		return;
+	}
+	if (d->map_full) {
+		d->st.map_refused++;
+		return;
+	}
+	if (merge_stable(d, v, idx, hash) != -ENOENT)
+		return;
+	urcu_memb_read_lock();
+	un = dedup_index_unstable_find(&d->ix, hash);
+	urcu_memb_read_unlock();
+	/* Unstable nodes are freed only by this thread under d->lock: un stays valid. */
+	if (un) {
+		if (merge_pair(d, un, v, idx, hash) == 0) {
+			dedup_index_unstable_del(&d->ix, un);
+			return;
+		}
+		if (pagestate_get(v->ps, idx) != PS_ANON)
+			return;
+		/* un's page is gone or changed: this page takes its place. */
+		dedup_index_unstable_del(&d->ix, un);
+	}
+	un = kv_zalloc(sizeof(*un));
+	if (!un)
+		return;
+	un->hash = hash;
+	un->vm = v;
+	un->idx = idx;
+	got = dedup_index_unstable_add(&d->ix, un);
+	if (got != un)
+		kv_free(un);
+}
+
+/* Visit page idx of v whose pagemap entry is pm. */
+static void visit(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint64_t pm)
+{
+	enum ps_state st = pagestate_get(v->ps, idx);
+	uint64_t hash;
+
+	if (v->frame[idx] != DEDUP_NO_FRAME) {
+		if (st == PS_SHARED) {
+			if (!mem_pm_is_private(pm))
+				return; /* still reads the frame (or not faulted in since) */
+			if (pagestate_cas(v->ps, idx, PS_SHARED, PS_ANON))
+				return;
+			unref_page(d, v, idx);
+			d->st.cow_breaks++;
+			v->sum[idx] = 0;
+			return;
+		}
+		if (st == PS_BUSY)
+			return; /* another mechanism is working on it: look again later */
+		/* Balloon, swap or reporting took the page and replaced its mapping. */
+		unref_page(d, v, idx);
+		d->st.released++;
+	}
+	if (st != PS_ANON || !memmap_pm_resident(pm) || memmap_pm_file(pm)) {
+		v->sum[idx] = 0;
+		return;
+	}
+	mem_page_hash(v->gm, idx, d->hasher.fn, d->hasher.secret, &hash);
+	d->st.pages_scanned++;
+	/* 32 bits of the last hash tell a changed page (as ksm.c's oldchecksum). */
+	if ((uint32_t)hash != v->sum[idx]) {
+		if (v->sum[idx])
+			d->pass_volatile++;
+		v->sum[idx] = (uint32_t)hash;
+		return;
+	}
+	stable_page(d, v, idx, hash);
+}
+
+/* End of a pass over every VM: KSM rebuilds its unstable tree here. */
+static void end_pass(struct dedup *d)
+{
+	d->st.full_scans++;
+	d->st.pages_volatile = d->pass_volatile;
+	d->st.pages_unshared = d->ix.nr_unstable;
+	d->pass_volatile = 0;
+	dedup_index_unstable_clear(&d->ix, NULL);
+	if (d->st.merges != d->merges_at_count &&
+	    now_ns(CLOCK_MONOTONIC) - d->pass_vmas_ns >= DEDUP_VMA_COUNT_NS)
+		dedup_count_vmas(d);
+}
+
+/*
+ * One batch: up to `max` pages of the VM under the cursor, within one region
+ * (pagemap follows host addresses). Returns pages visited. d->lock held.
+ */
+static uint64_t batch(struct dedup *d, uint64_t max)
+{
+	static __thread uint64_t pm[DEDUP_BATCH_PAGES];
+	struct dedup_vm *v;
+	uint64_t idx, n;
+	int64_t got;
+
+	if (!d->nr_vms)
+		return 0;
+	if (d->cur_vm >= d->nr_vms) {
+		d->cur_vm = 0;
+		d->cur_idx = 0;
+	}
+	v = d->vms[d->cur_vm];
+	idx = d->cur_idx;
+	n = v->nr_pages - idx;
+	if (n > max)
+		n = max;
+	if (n > DEDUP_BATCH_PAGES)
+		n = DEDUP_BATCH_PAGES;
+	/* Stay within one region: a gpa jump means the next page is in the other. */
+	while (n > 1 && memmap_index_gpa(v->gm, idx + n - 1) - memmap_index_gpa(v->gm, idx) !=
+				(n - 1) * GM_PAGE_SIZE)
+		n /= 2;
+	got = n ? memmap_pagemap(v->gm, idx, n, pm) : 0;
+	if (got <= 0) {
+		if (got < 0)
+			d->st.errors++;
+		got = (int64_t)n; /* skip the range rather than spin on it */
+		for (uint64_t i = 0; i < n; i++)
+			pm[i] = 0;
+	}
+	for (int64_t i = 0; i < got; i++)
+		visit(d, v, idx + (uint64_t)i, pm[i]);
+	d->cur_idx = idx + (uint64_t)got;
+	if (d->cur_idx >= v->nr_pages) {
+		d->cur_idx = 0;
+		if (++d->cur_vm >= d->nr_vms) {
+			d->cur_vm = 0;
+			end_pass(d);
+		}
+	}
+	return (uint64_t)got;
+}
+
+int64_t dedup_scan(struct dedup *d, uint64_t max_pages)
+{
+	uint64_t done = 0;
+
+	pthread_mutex_lock(&d->lock);
+	while (done < max_pages && d->nr_vms) {
+		uint64_t n = batch(d, max_pages - done);
+
+		if (!n)
+			break;
+		done += n;
+	}
+	pthread_mutex_unlock(&d->lock);
+	return (int64_t)done;
+}
+
+int64_t dedup_scan_pass(struct dedup *d)
+{
+	uint64_t done = 0, scans;
+
+	pthread_mutex_lock(&d->lock);
+	scans = d->st.full_scans;
+	while (d->nr_vms && d->st.full_scans == scans)
+		done += batch(d, DEDUP_BATCH_PAGES);
+	pthread_mutex_unlock(&d->lock);
+	return (int64_t)done;
+}
+
+int64_t dedup_scan_vm(struct dedup *d, struct gm *gm)
+{
+	static __thread uint64_t pm[DEDUP_BATCH_PAGES];
+	uint64_t done = 0;
+
+	/* d->lock is taken per batch so the scanner and the stats are not held up. */
+	for (unsigned int r = 0; r < gm_nr_regions(gm); r++) {
+		gpa_t gpa;
+		uint64_t len, idx, end;
+
+		gm_region(gm, r, &gpa, &len);
+		idx = (uint64_t)memmap_page_index(gm, gpa);
+		end = idx + len / GM_PAGE_SIZE;
+		while (idx < end) {
+			uint64_t n = end - idx < DEDUP_BATCH_PAGES ? end - idx : DEDUP_BATCH_PAGES;
+			struct dedup_vm *v = NULL;
+			int64_t got;
+
+			pthread_mutex_lock(&d->lock);
+			for (unsigned int i = 0; i < d->nr_vms; i++)
+				if (d->vms[i]->gm == gm)
+					v = d->vms[i];
+			got = v ? memmap_pagemap(gm, idx, n, pm) : -ENOENT;
+			for (int64_t i = 0; i < got; i++)
+				visit(d, v, idx + (uint64_t)i, pm[i]);
+			pthread_mutex_unlock(&d->lock);
+			if (got <= 0)
+				return done ? (int64_t)done : got;
+			idx += (uint64_t)got;
+			done += (uint64_t)got;
+		}
+	}
+	return (int64_t)done;
+}
+
+/* --- the scanner thread --- */
+
+/*
+ * Batches, paced so that neither the page rate nor the CPU budget is
+ * exceeded: after each batch the thread owes the longer of (pages / rate)
+ * and (its CPU time / budget) in wall time, and sleeps off the debt once it
+ * exceeds a couple of milliseconds (ksm.c sleeps between fixed batches; a
+ * debt keeps the average exact without sleeping after every batch).
+ */
+static void *scanner(void *arg)
+{
+	struct dedup *d = arg;
+	double debt = 0;
+	uint64_t t_rate = now_ns(CLOCK_MONOTONIC), pages_rate = 0;
+
+	pthread_mutex_lock(&d->lock);
+	while (!d->stop) {
+		struct dedup_config cfg = d->cfg;
+		uint64_t t0, t1, c0, c1, n;
+		double want;
+
+		if (!cfg.enabled || !d->nr_vms) {
+			pthread_cond_wait(&d->wake, &d->lock);
+			debt = 0;
+			continue;
+		}
+		pthread_mutex_unlock(&d->lock);
+		t0 = now_ns(CLOCK_MONOTONIC);
+		c0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
+		n = (uint64_t)dedup_scan(d, DEDUP_BATCH_PAGES);
+		t1 = now_ns(CLOCK_MONOTONIC);
+		c1 = now_ns(CLOCK_THREAD_CPUTIME_ID);
+		want = (double)n / (double)cfg.pages_per_sec;
+		if ((double)(c1 - c0) / 1e9 / (cfg.cpu_percent / 100.0) > want)
+			want = (double)(c1 - c0) / 1e9 / (cfg.cpu_percent / 100.0);
+		debt += want - (double)(t1 - t0) / 1e9;
+		if (debt < -0.05)
+			debt = -0.05; /* no bursts after a slow stretch */
+		pages_rate += n;
+		pthread_mutex_lock(&d->lock);
+		d->cpu_seconds = (double)c1 / 1e9;
+		if (t1 - t_rate >= 1000000000ULL) {
+			d->rate = (double)pages_rate * 1e9 / (double)(t1 - t_rate);
+			t_rate = t1;
+			pages_rate = 0;
+		}
+		if (debt > 0.002 && !d->stop) {
+			struct timespec until;
+			uint64_t s0 = now_ns(CLOCK_MONOTONIC), end;
+
+			clock_gettime(CLOCK_REALTIME, &until);
+			end = (uint64_t)until.tv_sec * 1000000000ULL + (uint64_t)until.tv_nsec +
+			      (uint64_t)(debt * 1e9);
+			until.tv_sec = (time_t)(end / 1000000000ULL);
+			until.tv_nsec = (long)(end % 1000000000ULL);
+			pthread_cond_timedwait(&d->wake, &d->lock, &until);
+			debt -= (double)(now_ns(CLOCK_MONOTONIC) - s0) / 1e9;
+		}
+	}
+	pthread_mutex_unlock(&d->lock);
+	return NULL;
+}
+
+/* --- engine lifecycle --- */
+
+int dedup_create(const struct dedup_config *cfg, struct dedup **out)
+{
+	struct dedup *d;
+	uint64_t seed = 0;
+	int ret;
+
+	if (!config_ok(cfg))
+		return -EINVAL;
+	d = kv_zalloc(sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	d->cfg = *cfg;
+	d->store.fd = -1;
+	pthread_mutex_init(&d->lock, NULL);
+	pthread_cond_init(&d->wake, NULL);
+	if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed))
+		seed = now_ns(CLOCK_MONOTONIC) ^ (uint64_t)getpid() << 32;
+	dedup_hasher_init(&d->hasher, seed);
+	ret = dedup_store_init(&d->store);
+	if (ret) {
+		log_err("frame store memfd: %s", strerror(-ret));
+		goto out_free;
+	}
+	ret = dedup_index_init(&d->ix);
+	if (ret)
+		goto out_store;
+	d->st.vma_bytes = DEDUP_VMA_BYTES;
+	dedup_map_room(d, 0); /* learn vm.max_map_count */
+	log_info("page sharing: XXH3-64 (%s), %llu pages/s, %.0f%% CPU", d->hasher.isa,
+		 (unsigned long long)cfg->pages_per_sec, cfg->cpu_percent);
+	*out = d;
+	return 0;
+
+out_store:
+	dedup_store_fini(&d->store);
+out_free:
+	pthread_cond_destroy(&d->wake);
+	pthread_mutex_destroy(&d->lock);
+	kv_free(d);
+	return ret;
+}
+
+int dedup_start(struct dedup *d)
+{
+	int ret = thread_spawn(&d->thread, "dedup", scanner, d);
+
+	if (ret)
+		return ret;
+	d->running = true;
+	return 0;
+}
+
+static void destroy_index(void *arg)
+{
+	struct dedup *d = arg;
+
+	dedup_index_fini(&d->ix);
+	/* Every frame and node freed with call_rcu is gone before the engine is. */
+	urcu_memb_barrier();
+}
+
+void dedup_destroy(struct dedup *d)
+{
+	if (!d)
+		return;
+	if (d->running) {
+		pthread_mutex_lock(&d->lock);
+		d->stop = true;
+		pthread_cond_broadcast(&d->wake);
+		pthread_mutex_unlock(&d->lock);
+		pthread_join(d->thread, NULL);
+	}
+	/* VMs still here (an unwinding host): forget their references with them. */
+	for (unsigned int i = 0; i < d->nr_vms; i++) {
+		kv_free(d->vms[i]->sum);
+		kv_free(d->vms[i]->frame);
+		kv_free(d->vms[i]->win_ext);
+		kv_free(d->vms[i]->name);
+		kv_free(d->vms[i]);
+	}
+	kv_free(d->vms);
+	run_registered(destroy_index, d);
+	/* Frames left in the store (VMs never removed) go with it. */
+	if (d->store.by_slot)
+		for (uint64_t s = 0; s < (uint64_t)d->store.nr_ext * DEDUP_EXT_PAGES; s++)
+			kv_free(d->store.by_slot[s]);
+	dedup_store_fini(&d->store);
+	pthread_cond_destroy(&d->wake);
+	pthread_mutex_destroy(&d->lock);
+	kv_free(d);
+}
+
+int dedup_add_vm(struct dedup *d, struct gm *gm, const char *name)
+{
+	struct dedup_vm *v = kv_zalloc(sizeof(*v));
+	uint64_t n = memmap_nr_pages(gm), wins = n / DEDUP_EXT_PAGES + 1;
+	struct dedup_vm **vms;
+
+	if (!v)
+		return -ENOMEM;
+	v->gm = gm;
+	v->ps = memmap_pagestate(gm);
+	v->nr_pages = n;
+	v->name = kv_strdup(name ? name : "vm");
+	v->sum = kv_calloc(n, sizeof(*v->sum));
+	v->frame = kv_calloc(n, sizeof(*v->frame));
+	v->win_ext = kv_calloc(wins, sizeof(*v->win_ext));
+	if (!v->name || !v->sum || !v->frame || !v->win_ext)
+		goto out_free;
+	memset(v->frame, 0xff, n * sizeof(*v->frame));
+	memset(v->win_ext, 0xff, wins * sizeof(*v->win_ext));
+	pthread_mutex_lock(&d->lock);
+	vms = kv_realloc(d->vms, (d->nr_vms + 1) * sizeof(*vms));
+	if (!vms) {
+		pthread_mutex_unlock(&d->lock);
+		goto out_free;
+	}
+	d->vms = vms;
+	d->vms[d->nr_vms++] = v;
+	pthread_cond_broadcast(&d->wake);
+	pthread_mutex_unlock(&d->lock);
+	return 0;
+
+out_free:
+	kv_free(v->sum);
+	kv_free(v->frame);
+	kv_free(v->win_ext);
+	kv_free(v->name);
+	kv_free(v);
+	return -ENOMEM;
+}
+
+struct remove_args {
+	struct dedup *d;
+	struct dedup_vm *v;
+};
+
+static void remove_locked(void *arg)
+{
+	struct remove_args *a = arg;
+	struct dedup *d = a->d;
+	struct dedup_vm *v = a->v;
+
+	dedup_index_unstable_clear(&d->ix, v);
+	/* Its memory is about to be unmapped: its frame references go with it. */
+	for (uint64_t i = 0; i < v->nr_pages; i++)
+		if (v->frame[i] != DEDUP_NO_FRAME)
+			unref_page(d, v, i);
+}
+
+void dedup_remove_vm(struct dedup *d, struct gm *gm)
+{
+	struct remove_args a = { d, NULL };
+	unsigned int i;
+
+	pthread_mutex_lock(&d->lock);
+	for (i = 0; i < d->nr_vms; i++)
+		if (d->vms[i]->gm == gm)
+			break;
+	if (i == d->nr_vms) {
+		pthread_mutex_unlock(&d->lock);
+		return;
+	}
+	a.v = d->vms[i];
+	run_registered(remove_locked, &a);
+	memmove(&d->vms[i], &d->vms[i + 1], (d->nr_vms - i - 1) * sizeof(*d->vms));
+	d->nr_vms--;
+	if (d->cur_vm > i) {
+		d->cur_vm--;
+	} else if (d->cur_vm == i) {
+		d->cur_idx = 0;
+	}
+	pthread_mutex_unlock(&d->lock);
+	kv_free(a.v->sum);
+	kv_free(a.v->frame);
+	kv_free(a.v->win_ext);
+	kv_free(a.v->name);
+	kv_free(a.v);
+}
+
+int dedup_configure(struct dedup *d, const struct dedup_config *cfg)
+{
+	if (!config_ok(cfg))
+		return -EINVAL;
+	pthread_mutex_lock(&d->lock);
+	d->cfg = *cfg;
+	pthread_cond_broadcast(&d->wake);
+	pthread_mutex_unlock(&d->lock);
+	return 0;
+}
+
+void dedup_get_config(struct dedup *d, struct dedup_config *out)
+{
+	pthread_mutex_lock(&d->lock);
+	*out = d->cfg;
+	pthread_mutex_unlock(&d->lock);
+}

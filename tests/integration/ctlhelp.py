@@ -1,0 +1,145 @@
+"""Helpers for the control-socket and `kvmem stat` integration tests: a kvmem
+host process whose console and log are collected line by line, and raw
+control-socket clients. Waits are polls with generous deadlines (a broken
+build fails instead of hanging); nothing asserts on timing."""
+import atexit
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+
+from kvmemtest import KVMEM, GUEST, check, wait_for
+
+
+class Host:
+    """A running `kvmem run ...` or `kvmem host ...` with its output collected."""
+
+    def __init__(self, args):
+        self.p = subprocess.Popen([KVMEM] + args, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True,
+                                  env=dict(os.environ, KVMEM_GUEST=GUEST))
+        self.out, self.err = [], []
+        self.lock = threading.Lock()
+        self.readers = [threading.Thread(target=self._read, args=(f, l), daemon=True)
+                        for f, l in ((self.p.stdout, self.out), (self.p.stderr, self.err))]
+        for t in self.readers:
+            t.start()
+
+    def _read(self, f, lines):
+        for line in f:
+            with self.lock:
+                lines.append(line.rstrip("\n"))
+
+    def stdout(self):
+        with self.lock:
+            return list(self.out)
+
+    def stderr(self):
+        with self.lock:
+            return list(self.err)
+
+    def count(self, regex):
+        r = re.compile(regex)
+        return sum(1 for l in self.stdout() if r.search(l))
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def wait_line(self, regex, n=1, deadline_s=180):
+        """Wait until regex has matched n console lines (or the host died)."""
+        return wait_for(lambda: self.count(regex) >= n or not self.alive(),
+                        deadline_s) and self.count(regex) >= n
+
+    def stop(self, timeout=120):
+        """SIGTERM the host (it stops every VM) and return its exit status."""
+        if self.alive():
+            self.p.send_signal(signal.SIGTERM)
+        try:
+            rc = self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            rc = self.p.wait()
+        for t in self.readers:
+            t.join(10)
+        return rc
+
+
+def tmpdir():
+    d = tempfile.mkdtemp(prefix="kvmem-ctl-")
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
+def wait_socket(host, path, deadline_s=60):
+    """Wait until the host answers on path; False if it died first."""
+    def up():
+        if not host.alive():
+            return "dead"
+        try:
+            return request(path, {"verb": "list"}, timeout=5).get("ok") and "up"
+        except OSError:
+            return None
+    return wait_for(up, deadline_s) == "up"
+
+
+def connect(path, timeout=30):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Blocking connect: with a timeout set, a full backlog fails with EAGAIN at once.
+    s.connect(path)
+    s.settimeout(timeout)
+    return s
+
+
+def read_line(s, buf=b""):
+    """Read one reply line; returns (line or None at EOF/reset, rest of buffer)."""
+    while b"\n" not in buf:
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionResetError, BrokenPipeError):
+            return None, b""
+        if not chunk:
+            return None, b""
+        buf += chunk
+    line, rest = buf.split(b"\n", 1)
+    return line, rest
+
+
+def request(path, req, timeout=30):
+    """One request on a fresh connection; the decoded reply."""
+    s = connect(path, timeout)
+    try:
+        s.sendall((json.dumps(req) + "\n").encode())
+        line, _ = read_line(s)
+    finally:
+        s.close()
+    if line is None:
+        raise ConnectionResetError("no reply")
+    return json.loads(line)
+
+
+def stats(path):
+    r = request(path, {"verb": "stats"})
+    if not r.get("ok"):
+        raise RuntimeError(f"stats failed: {r}")
+    return r
+
+
+def vm_of(st, name):
+    return next((v for v in st["vms"] if v["name"] == name), None)
+
+
+def host_config(dirname, cfg):
+    path = os.path.join(dirname, "host.json")
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    return path
+
+
+def no_verify_fail(host, what):
+    fails = [l for l in host.stdout() if "verify FAIL" in l]
+    return check(not fails, f"{what}: no guest reports verify FAIL ({fails[:3]})")

@@ -1,0 +1,63 @@
+"""Two VMs in one host: both run and verify; pause/resume one through the
+control socket; stop one, and the other goes on (still running, verifying)."""
+import os
+
+from kvmemtest import check, finish, require_kvm, wait_for
+from ctlhelp import Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of, wait_socket
+
+require_kvm()
+d = tmpdir()
+sock = os.path.join(d, "k.sock")
+WL = "kvmem.wl=size=32,verify=1"
+cfg = host_config(d, {
+    "budget": "1G", "socket": sock, "console_prefix": True, "vms": [
+        {"name": "a", "mem": "256M", "append": WL + ",id=1"},
+        {"name": "b", "mem": "256M", "append": WL + ",id=2"},
+    ]})
+OK_A, OK_B = r"^\[a\] kvmem-wl: verify ok 8192$", r"^\[b\] kvmem-wl: verify ok 8192$"
+
+
+def state(name):
+    r = request(sock, {"verb": "list"})
+    return next((v["state"] for v in r.get("vms", []) if v["name"] == name), None)
+
+
+host = Host(["host", "--config", cfg])
+try:
+    check(wait_socket(host, sock), "the host serves its control socket")
+    check(host.wait_line(OK_A, 2) and host.wait_line(OK_B, 2), "both guests run and verify")
+    r = request(sock, {"verb": "list"})
+    check(r.get("ok") and [(v["name"], v["state"]) for v in r["vms"]] ==
+          [("a", "running"), ("b", "running")], f"list: a and b running ({r})")
+
+    # Pause b: it stops verifying until resumed, then goes on.
+    r = request(sock, {"verb": "pause", "vm": "b"})
+    check(r == {"ok": True, "vm": "b"}, f"pause b ({r})")
+    check(state("b") == "paused", "b is paused")
+    r = request(sock, {"verb": "pause", "vm": "b"})
+    check(r.get("ok") is False and r.get("code") == "EINVAL", f"pausing it twice: EINVAL ({r})")
+    n = host.count(OK_B)
+    check(host.wait_line(OK_A, host.count(OK_A) + 2), "a goes on while b is paused")
+    check(host.count(OK_B) <= n + 1, "b did not keep verifying while paused")
+    r = request(sock, {"verb": "resume", "vm": "b"})
+    check(r == {"ok": True, "vm": "b"} and state("b") == "running", f"resume b ({r})")
+    check(host.wait_line(OK_B, host.count(OK_B) + 2), "b verifies again after resume")
+
+    # Stop a: it ends, b goes on.
+    r = request(sock, {"verb": "stop", "vm": "a", "id": 9})
+    check(r == {"ok": True, "id": 9, "vm": "a"}, f"stop a ({r})")
+    check(wait_for(lambda: state("a") == "stopped", 60), "a reaches stopped")
+    n_a = host.count(OK_A)
+    check(host.alive() and state("b") == "running", "the host and b are still running")
+    check(host.wait_line(OK_B, host.count(OK_B) + 3), "b verifies three more times after a stopped")
+    check(host.count(OK_A) == n_a, "a printed nothing after it stopped")
+    st = stats(sock)
+    check(vm_of(st, "a")["state"] == "stopped" and vm_of(st, "b")["state"] == "running",
+          "stats shows a stopped, b running")
+    r = request(sock, {"verb": "pause", "vm": "a"})
+    check(r.get("ok") is False and r.get("code") == "EINVAL", f"pausing a stopped VM: EINVAL ({r})")
+    no_verify_fail(host, "two VMs")
+finally:
+    rc = host.stop()
+check(rc == 0, f"the host exits 0 on SIGTERM (got {rc}; {host.stderr()[-3:]})")
+finish()

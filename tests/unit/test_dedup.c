@@ -1,0 +1,443 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Page sharing without KVM: the index, the frame store's placement, and the
+ * engine on anonymous guest memory (gm_create_anon with a userfaultfd),
+ * where host writes through gm_write stand in for guest writes (a write to a
+ * shared page is the kernel's copy-on-write either way). Scanning is driven
+ * by hand (dedup_scan_pass), so every step is deterministic.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <urcu/urcu-memb.h>
+
+#include "dedup/dedup.h"
+#include "dedup/dedup_internal.h"
+#include "mem/gm.h"
+#include "mem/memmap.h"
+#include "mem/pagestate.h"
+#include "mem/reclaim.h"
+
+#define PAGE GM_PAGE_SIZE
+#define RAM (8ULL << 20)
+#define BASE 0x400000ULL	/* a gpa well inside RAM */
+
+/* --- the index --- */
+
+static void test_dedup_index_stable_keeps_duplicates_apart(void **state)
+{
+	struct dedup_index ix;
+	struct dedup_frame a = { .hash = 42, .slot = 1 }, b = { .hash = 42, .slot = 2 };
+	struct dedup_frame c = { .hash = 7, .slot = 3 };
+	struct cds_lfht_iter it;
+	struct dedup_frame *fr;
+	unsigned int seen = 0;
+
+	(void)state;
+	assert_int_equal(dedup_index_init(&ix), 0);
+	dedup_index_stable_add(&ix, &a);
+	dedup_index_stable_add(&ix, &b);
+	dedup_index_stable_add(&ix, &c);
+	assert_int_equal(ix.nr_stable, 3);
+	urcu_memb_read_lock();
+	for (fr = dedup_index_stable_first(&ix, 42, &it); fr;
+	     fr = dedup_index_stable_next(&ix, 42, &it))
+		seen |= 1u << fr->slot;
+	assert_null(dedup_index_stable_first(&ix, 43, &it));
+	urcu_memb_read_unlock();
+	assert_int_equal(seen, (1u << 1) | (1u << 2));
+	dedup_index_stable_del(&ix, &a);
+	urcu_memb_read_lock();
+	fr = dedup_index_stable_first(&ix, 42, &it);
+	assert_ptr_equal(fr, &b);
+	assert_null(dedup_index_stable_next(&ix, 42, &it));
+	urcu_memb_read_unlock();
+	dedup_index_fini(&ix);
+}
+
+static void test_dedup_index_unstable_holds_one_page_per_hash(void **state)
+{
+	struct dedup_index ix;
+	struct dedup_vm v1 = { 0 }, v2 = { 0 };
+	struct dedup_unode *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b));
+	struct dedup_unode *c = calloc(1, sizeof(*c));
+
+	(void)state;
+	assert_int_equal(dedup_index_init(&ix), 0);
+	*a = (struct dedup_unode){ .hash = 5, .vm = &v1, .idx = 10 };
+	*b = (struct dedup_unode){ .hash = 5, .vm = &v2, .idx = 11 };
+	*c = (struct dedup_unode){ .hash = 6, .vm = &v2, .idx = 12 };
+	assert_ptr_equal(dedup_index_unstable_add(&ix, a), a);
+	/* The second page with that hash finds the first instead of entering. */
+	assert_ptr_equal(dedup_index_unstable_add(&ix, b), a);
+	free(b);
+	assert_ptr_equal(dedup_index_unstable_add(&ix, c), c);
+	assert_int_equal(ix.nr_unstable, 2);
+	urcu_memb_read_lock();
+	assert_ptr_equal(dedup_index_unstable_find(&ix, 5), a);
+	urcu_memb_read_unlock();
+	/* Removing one VM's entries leaves the others. */
+	dedup_index_unstable_clear(&ix, &v2);
+	assert_int_equal(ix.nr_unstable, 1);
+	urcu_memb_read_lock();
+	assert_null(dedup_index_unstable_find(&ix, 6));
+	assert_ptr_equal(dedup_index_unstable_find(&ix, 5), a);
+	urcu_memb_read_unlock();
+	dedup_index_unstable_clear(&ix, NULL);
+	assert_int_equal(ix.nr_unstable, 0);
+	dedup_index_fini(&ix);
+	urcu_memb_barrier();
+}
+
+/* --- the frame store --- */
+
+static void test_dedup_store_places_runs_and_punches_holes(void **state)
+{
+	struct dedup_store st;
+	uint32_t s1, s2, s3;
+	struct stat sb;
+	char page[PAGE];
+
+	(void)state;
+	assert_int_equal(dedup_store_init(&st), 0);
+	assert_int_equal(dedup_store_take_fresh(&st, 7, &s1), 0);
+	assert_int_equal(s1 % DEDUP_EXT_PAGES, 7);
+	/* The slot next to it is free and can be asked for by a neighbour. */
+	assert_true(dedup_store_take(&st, s1 + 1));
+	assert_false(dedup_store_take(&st, s1 + 1));
+	assert_false(dedup_store_take(&st, (uint64_t)st.nr_ext * DEDUP_EXT_PAGES));
+	/* A second fresh frame gets a new extent: the first stays for its window. */
+	assert_int_equal(dedup_store_take_fresh(&st, 7, &s2), 0);
+	assert_int_not_equal(s2 / DEDUP_EXT_PAGES, s1 / DEDUP_EXT_PAGES);
+	assert_int_equal(st.frames, 3);
+	memset(page, 0x5a, sizeof(page));
+	assert_int_equal(pwrite(st.fd, page, PAGE, (off_t)dedup_store_off(s1)), (ssize_t)PAGE);
+	assert_int_equal(fstat(st.fd, &sb), 0);
+	assert_int_equal(dedup_store_bytes(&st), PAGE);
+	dedup_store_release(&st, s1);
+	assert_int_equal(dedup_store_bytes(&st), 0);
+	/* An extent is reused only once every slot of it is free. */
+	dedup_store_release(&st, s2);
+	assert_int_equal(dedup_store_take_fresh(&st, 3, &s3), 0);
+	assert_int_equal(s3 / DEDUP_EXT_PAGES, s2 / DEDUP_EXT_PAGES);
+	dedup_store_release(&st, s1 + 1);
+	dedup_store_release(&st, s3);
+	assert_int_equal(st.frames, 0);
+	dedup_store_fini(&st);
+}
+
+/* --- the engine on anonymous guest memory --- */
+
+struct fixture {
+	struct dedup *d;
+	struct gm *gm[3];
+};
+
+static const struct dedup_config cfg_on = {
+	.enabled = true, .pages_per_sec = 1 << 20, .cpu_percent = 100,
+};
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+
+	if (!f || dedup_create(&cfg_on, &f->d))
+		return -1;
+	for (int i = 0; i < 3; i++) {
+		char name[8] = "vm0";
+
+		name[2] = (char)('0' + i);
+		if (gm_create_anon(RAM, &f->gm[i]) || memmap_enable_uffd(f->gm[i]) ||
+		    dedup_add_vm(f->d, f->gm[i], name))
+			return -1;
+	}
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+
+	for (int i = 0; i < 3; i++) {
+		dedup_remove_vm(f->d, f->gm[i]);
+		gm_destroy(f->gm[i]);
+	}
+	dedup_destroy(f->d);
+	free(f);
+	return 0;
+}
+
+static void fill(struct gm *gm, gpa_t gpa, uint64_t seed)
+{
+	uint64_t w[PAGE / 8];
+
+	for (size_t i = 0; i < PAGE / 8; i++) {
+		seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+		w[i] = seed ^ (seed >> 29);
+	}
+	assert_int_equal(gm_write(gm, gpa, w, sizeof(w)), 0);
+}
+
+static bool page_is(struct gm *gm, gpa_t gpa, uint64_t seed)
+{
+	uint8_t want[PAGE], got[PAGE];
+	struct gm *tmp;
+
+	assert_int_equal(gm_create_anon(RAM, &tmp), 0);
+	fill(tmp, BASE, seed);
+	assert_int_equal(gm_read(tmp, BASE, want, PAGE), 0);
+	gm_destroy(tmp);
+	assert_int_equal(gm_read(gm, gpa, got, PAGE), 0);
+	return !memcmp(want, got, PAGE);
+}
+
+static enum ps_state state_of(struct gm *gm, gpa_t gpa)
+{
+	return pagestate_get(memmap_pagestate(gm), (uint64_t)memmap_page_index(gm, gpa));
+}
+
+static struct dedup_stats stats(struct dedup *d)
+{
+	struct dedup_stats s;
+
+	dedup_get_stats(d, &s);
+	return s;
+}
+
+static void test_dedup_merges_only_after_two_equal_visits(void **state)
+{
+	struct fixture *f = *state;
+
+	fill(f->gm[0], BASE, 1);
+	fill(f->gm[1], BASE + 5 * PAGE, 1);
+	dedup_scan_pass(f->d);
+	/* First visit: hashes remembered, nothing merged yet. */
+	assert_int_equal(state_of(f->gm[0], BASE), PS_ANON);
+	assert_int_equal(stats(f->d).merges, 0);
+	dedup_scan_pass(f->d);
+	assert_int_equal(state_of(f->gm[0], BASE), PS_SHARED);
+	assert_int_equal(state_of(f->gm[1], BASE + 5 * PAGE), PS_SHARED);
+	assert_int_equal(stats(f->d).pages_shared, 1);
+	assert_int_equal(stats(f->d).pages_sharing, 1);
+	assert_int_equal(stats(f->d).saved_bytes, PAGE);
+	assert_int_equal(stats(f->d).store_bytes, PAGE);
+	assert_true(page_is(f->gm[0], BASE, 1));
+	assert_true(page_is(f->gm[1], BASE + 5 * PAGE, 1));
+	/* A third copy joins the frame as soon as it is stable. */
+	fill(f->gm[2], BASE, 1);
+	dedup_scan_pass(f->d);
+	dedup_scan_pass(f->d);
+	assert_int_equal(state_of(f->gm[2], BASE), PS_SHARED);
+	assert_int_equal(stats(f->d).pages_shared, 1);
+	assert_int_equal(stats(f->d).pages_sharing, 2);
+}
+
+static void test_dedup_page_changing_between_visits_is_not_merged(void **state)
+{
+	struct fixture *f = *state;
+
+	fill(f->gm[0], BASE, 2);
+	fill(f->gm[1], BASE, 3);
+	dedup_scan_pass(f->d);
+	/* Between the two visits vm1's page becomes equal to vm0's: it changed. */
+	fill(f->gm[1], BASE, 2);
+	dedup_scan_pass(f->d);
+	assert_int_equal(state_of(f->gm[0], BASE), PS_ANON);
+	assert_int_equal(state_of(f->gm[1], BASE), PS_ANON);
+	assert_int_equal(stats(f->d).merges, 0);
+	assert_true(stats(f->d).pages_volatile >= 1);
+	assert_true(stats(f->d).pages_unshared >= 1);
+	/* Unchanged since: the next visit merges. */
+	dedup_scan_pass(f->d);
+	assert_int_equal(state_of(f->gm[0], BASE), PS_SHARED);
+	assert_int_equal(state_of(f->gm[1], BASE), PS_SHARED);
+	assert_true(page_is(f->gm[1], BASE, 2));
+}
+
+static void test_dedup_cow_breaks_release_and_free_the_frame(void **state)
+{
+	struct fixture *f = *state;
+	struct dedup_stats s;
+
+	for (int i = 0; i < 3; i++)
+		fill(f->gm[i], BASE, 4);
+	dedup_scan_pass(f->d);
+	dedup_scan_pass(f->d);
+	s = stats(f->d);
+	assert_int_equal(s.pages_shared, 1);
+	assert_int_equal(s.pages_sharing, 2);
+	/* vm0 writes its copy: the kernel copies on write, the others keep the frame. */
+	fill(f->gm[0], BASE, 5);
+	assert_true(page_is(f->gm[1], BASE, 4));
+	dedup_scan_pass(f->d);
+	s = stats(f->d);
+	assert_int_equal(state_of(f->gm[0], BASE), PS_ANON);
+	assert_int_equal(s.cow_breaks, 1);
+	assert_int_equal(s.pages_shared, 1);
+	assert_int_equal(s.pages_sharing, 1);
+	assert_true(page_is(f->gm[0], BASE, 5));
+	assert_true(page_is(f->gm[2], BASE, 4));
+	/* Every sharer writes: the frame is freed and its page punched out. */
+	fill(f->gm[1], BASE, 6);
+	fill(f->gm[2], BASE, 7);
+	dedup_scan_pass(f->d);
+	s = stats(f->d);
+	assert_int_equal(s.cow_breaks, 3);
+	assert_int_equal(s.frames_freed, 1);
+	assert_int_equal(s.pages_shared, 0);
+	assert_int_equal(s.store_bytes, 0);
+	assert_true(page_is(f->gm[0], BASE, 5));
+	assert_true(page_is(f->gm[1], BASE, 6));
+	assert_true(page_is(f->gm[2], BASE, 7));
+}
+
+static void test_dedup_remerges_pages_after_a_cow_break(void **state)
+{
+	struct fixture *f = *state;
+
+	fill(f->gm[0], BASE, 8);
+	fill(f->gm[1], BASE, 8);
+	dedup_scan_pass(f->d);
+	dedup_scan_pass(f->d);
+	fill(f->gm[0], BASE, 9);
+	fill(f->gm[1], BASE, 9);
+	/* Notice the breaks, then two visits with the new content merge it again. */
+	dedup_scan_pass(f->d);
+	dedup_scan_pass(f->d);
+	dedup_scan_pass(f->d);
+	assert_int_equal(state_of(f->gm[0], BASE), PS_SHARED);
+	assert_int_equal(state_of(f->gm[1], BASE), PS_SHARED);
+	assert_int_equal(stats(f->d).frames_freed, 1);
+	assert_int_equal(stats(f->d).pages_shared, 1);
+	assert_int_equal(stats(f->d).errors, 0);
+	assert_true(page_is(f->gm[0], BASE, 9));
+}
+
+static void test_dedup_drops_stable_zero_pages_and_never_reads_holes(void **state)
+{
+	struct fixture *f = *state;
+	uint8_t zero[PAGE] = { 0 }, buf[PAGE];
+	uint64_t pm;
+	int64_t idx = memmap_page_index(f->gm[0], BASE);
+
+	assert_int_equal(gm_write(f->gm[0], BASE, zero, PAGE), 0);
+	dedup_scan_pass(f->d);
+	dedup_scan_pass(f->d);
+	assert_int_equal(state_of(f->gm[0], BASE), PS_ZERO);
+	assert_int_equal(stats(f->d).zero_pages, 1);
+	assert_int_equal(memmap_pagemap(f->gm[0], (uint64_t)idx, 1, &pm), 1);
+	assert_false(memmap_pm_resident(pm));
+	/* A page never touched stays a hole after the scanner went by. */
+	idx = memmap_page_index(f->gm[1], BASE + 100 * PAGE);
+	assert_int_equal(memmap_pagemap(f->gm[1], (uint64_t)idx, 1, &pm), 1);
+	assert_false(memmap_pm_resident(pm));
+	assert_int_equal(gm_read(f->gm[0], BASE, buf, PAGE), 0);
+	assert_memory_equal(buf, zero, PAGE);
+}
+
+static void test_dedup_leaves_busy_pages_and_releases_pages_taken_over(void **state)
+{
+	struct fixture *f = *state;
+	struct pagestate *ps = memmap_pagestate(f->gm[2]);
+	uint64_t idx = (uint64_t)memmap_page_index(f->gm[2], BASE + PAGE);
+	struct dedup_stats s;
+
+	for (int i = 0; i < 3; i++) {
+		fill(f->gm[i], BASE, 10);
+		fill(f->gm[i], BASE + PAGE, 11);
+	}
+	/* Another mechanism holds vm2's second page: the scanner must not touch it. */
+	assert_int_equal(pagestate_cas(ps, idx, PS_ANON, PS_BUSY), 0);
+	dedup_scan_pass(f->d);
+	dedup_scan_pass(f->d);
+	assert_int_equal(pagestate_get(ps, idx), PS_BUSY);
+	assert_int_equal(state_of(f->gm[2], BASE), PS_SHARED);
+	assert_int_equal(stats(f->d).pages_sharing, 3);
+	pagestate_set(ps, idx, PS_ANON);
+	/* The balloon takes vm2's shared page: its frame reference is released. */
+	assert_int_equal(mem_discard(f->gm[2], BASE, PAGE, PS_BALLOONED), 1);
+	dedup_scan_pass(f->d);
+	s = stats(f->d);
+	assert_int_equal(s.released, 1);
+	assert_int_equal(s.pages_sharing, 2);
+	assert_int_equal(s.pages_shared, 2);
+	assert_true(page_is(f->gm[0], BASE, 10));
+}
+
+static void test_dedup_neighbouring_pages_map_contiguous_frames(void **state)
+{
+	struct fixture *f = *state;
+	int64_t vmas;
+
+	/* Two identical guests with 16 identical consecutive pages. */
+	for (int p = 0; p < 16; p++) {
+		fill(f->gm[0], BASE + (uint64_t)p * PAGE, 100 + (uint64_t)p);
+		fill(f->gm[1], BASE + (uint64_t)p * PAGE, 100 + (uint64_t)p);
+	}
+	dedup_scan_pass(f->d);
+	dedup_scan_pass(f->d);
+	assert_int_equal(stats(f->d).pages_shared, 16);
+	/* Each guest's run is one mapping: RAM was one VMA, now three (before, run, after). */
+	vmas = mem_ram_vmas(&f->gm[0], 1, NULL);
+	assert_int_equal(vmas, 3);
+	vmas = mem_ram_vmas(&f->gm[1], 1, NULL);
+	assert_int_equal(vmas, 3);
+}
+
+static void test_dedup_configure_validates(void **state)
+{
+	struct fixture *f = *state;
+	struct dedup_config c = cfg_on;
+
+	c.cpu_percent = 0;
+	assert_int_equal(dedup_configure(f->d, &c), -EINVAL);
+	c.cpu_percent = 101;
+	assert_int_equal(dedup_configure(f->d, &c), -EINVAL);
+	c = cfg_on;
+	c.pages_per_sec = 0;
+	assert_int_equal(dedup_configure(f->d, &c), -EINVAL);
+	c = cfg_on;
+	c.enabled = false;
+	assert_int_equal(dedup_configure(f->d, &c), 0);
+	dedup_get_config(f->d, &c);
+	assert_false(c.enabled);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_dedup_index_stable_keeps_duplicates_apart),
+		cmocka_unit_test(test_dedup_index_unstable_holds_one_page_per_hash),
+		cmocka_unit_test(test_dedup_store_places_runs_and_punches_holes),
+		cmocka_unit_test_setup_teardown(test_dedup_merges_only_after_two_equal_visits,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dedup_page_changing_between_visits_is_not_merged,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dedup_cow_breaks_release_and_free_the_frame,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dedup_remerges_pages_after_a_cow_break, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_dedup_drops_stable_zero_pages_and_never_reads_holes,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_dedup_leaves_busy_pages_and_releases_pages_taken_over, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dedup_neighbouring_pages_map_contiguous_frames,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dedup_configure_validates, setup, teardown),
+	};
+	int ret;
+
+	urcu_memb_register_thread();
+	ret = cmocka_run_group_tests(tests, NULL, NULL);
+	urcu_memb_unregister_thread();
+	return ret;
+}

@@ -20,6 +20,8 @@
 #include "core/layout.h"
 #include "core/log.h"
 #include "core/size.h"
+#include "core/cli_balloon.h"
+#include "core/control.h"
 #include "core/host.h"
 #include "core/statcli.h"
 
@@ -36,6 +38,7 @@ static void usage(FILE *f)
 		"                 [--budget SIZE] [--socket PATH] [--dedup on|off|ksm]\n"
 		"       kvmem host --config FILE.json [--socket PATH]\n"
 		"       kvmem stat [--socket PATH] [--json] [--watch SECS]\n"
+		"       kvmem balloon --vm NAME (--target SIZE | --auto) [--socket PATH]\n"
 		"       kvmem --help | --version\n"
 		"\n"
 		"run     boot one VM in the foreground, its console on stdout\n"
@@ -107,16 +110,25 @@ static int run_host(struct host_config *cfg)
 
 	if (host_config_check(cfg, err, sizeof(err)))
 		return usage_error("%s", err);
+	if (!cfg->socket) {
+		/* Not owned: reset below so host_config_free never frees it. */
+		cfg->socket = (char *)KVMEM_DEFAULT_SOCKET;
+		cfg->socket_optional = true;
+	}
 	ret = host_create(cfg, &h);
 	if (ret) {
 		if (ret == -E2BIG || ret == -ENOMEM) {
 			fprintf(stderr, "kvmem: the host cannot map the guest RAM asked for\n");
-			return EXIT_USAGE;
+			ret = EXIT_USAGE;
+		} else {
+			ret = ret == -ENOEXEC ? EXIT_USAGE : EXIT_FAILURE;
 		}
-		return ret == -ENOEXEC ? EXIT_USAGE : EXIT_FAILURE;
+	} else {
+		ret = host_run(h);
+		host_destroy(h);
 	}
-	ret = host_run(h);
-	host_destroy(h);
+	if (cfg->socket_optional)
+		cfg->socket = NULL;
 	return ret;
 }
 
@@ -291,6 +303,8 @@ int main(int argc, char **argv)
 		return cmd_run(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "host"))
 		return cmd_host(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "balloon"))
+		return cli_balloon_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "stat"))
 		return statcli_main(argc - 1, argv + 1);
 	return usage_error("%s: unknown command", argv[1]);

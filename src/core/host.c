@@ -17,6 +17,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "balloon/balloon.h"
 #include "core/alloc.h"
 #include "core/control.h"
 #include "core/vm.h"
@@ -31,6 +32,7 @@ struct host_vm {
 	struct host_vm_config cfg;	/* borrowed from the host's config copy */
 	struct vm *vm;
 	struct ovc_vm *ovc;
+	struct balloon *balloon;	/* its virtio-balloon device */
 	bool stopped;			/* h->lock */
 	int status;			/* h->lock, valid once stopped */
 };
@@ -77,6 +79,35 @@ static void on_vm_stopped(void *arg, struct vm *vm)
 		log_debug("eventfd: %m");
 }
 
+static int balloon_verb(void *arg, json_t *req, json_t *reply);
+
+/* The policy drives each VM's balloon through these (mem/overcommit.h). */
+static int balloon_get(void *arg, struct ovc_balloon_state *out)
+{
+	struct host_vm *hv = arg;
+	struct balloon_stats st;
+
+	balloon_get_stats(hv->balloon, &st);
+	out->target_bytes = st.target_bytes;
+	out->actual_bytes = st.actual_bytes;
+	out->available_valid = st.guest.valid & (1u << BALLOON_S_AVAIL);
+	out->available_bytes = out->available_valid ? st.guest.val[BALLOON_S_AVAIL] : 0;
+	out->ready = st.features != 0;
+	return 0;
+}
+
+static int balloon_target(void *arg, uint64_t target_bytes)
+{
+	struct host_vm *hv = arg;
+
+	return balloon_set_target(hv->balloon, target_bytes);
+}
+
+static const struct ovc_balloon_ops host_balloon_ops = {
+	.get = balloon_get,
+	.set_target = balloon_target,
+};
+
 static int create_vm(struct host *h, struct host_vm *hv)
 {
 	struct vm_params p = {
@@ -106,6 +137,11 @@ static int create_vm(struct host *h, struct host_vm *hv)
 	ret = uffd_service_add(h->uffd, gm);
 	if (ret)
 		return ret;
+	ret = balloon_create(hv->vm, NULL, NULL, &hv->balloon);
+	if (ret) {
+		log_err("%s: balloon device: %s", hv->cfg.name, strerror(-ret));
+		return ret;
+	}
 	if (h->cfg.dedup == HOST_DEDUP_KSM) {
 		/* KSM merges in userfaultfd-registered memory too (measured): keep uffd. */
 		ret = memmap_set_mergeable(gm);
@@ -122,6 +158,7 @@ static int create_vm(struct host *h, struct host_vm *hv)
 			 hv->cfg.shares, &hv->ovc);
 	if (ret)
 		return ret;
+	ovc_vm_set_balloon(h->ovc, hv->ovc, &host_balloon_ops, hv);
 	vm_set_stop_notify(hv->vm, on_vm_stopped, hv);
 	return 0;
 }
@@ -154,6 +191,8 @@ int host_create(const struct host_config *cfg, struct host **out)
 	if (ret)
 		goto out_destroy;
 	ret = reclaim_register_zero(h->ovc);
+	if (!ret)
+		ret = ovc_register_balloon(h->ovc);
 	if (ret)
 		goto out_destroy;
 	if (cfg->dedup == HOST_DEDUP_ON) {
@@ -182,8 +221,17 @@ int host_create(const struct host_config *cfg, struct host **out)
 	}
 	if (cfg->socket) {
 		ret = control_create(h, cfg->socket, &h->control);
+		if (ret == -EADDRINUSE && cfg->socket_optional) {
+			/* The default socket belongs to another host: run without one. */
+			log_warn("running without a control socket (use --socket PATH for one)");
+			ret = 0;
+		} else if (!ret) {
+			ret = control_register_verb(h->control, "balloon", balloon_verb, h);
+		}
 		if (ret)
 			goto out_destroy;
+	}
+	if (h->control) {
 		if (h->dedup) {
 			ret = dedup_register_verbs(h->dedup, h->control);
 			if (ret)
@@ -283,6 +331,9 @@ void host_destroy(struct host *h)
 		vm_wait(hv->vm);
 		if (hv->ovc)
 			ovc_remove_vm(h->ovc, hv->ovc);
+		/* Its worker may be in a guest access that the uffd service serves. */
+		if (hv->balloon)
+			balloon_destroy(hv->balloon);
 		if (h->dedup)
 			dedup_remove_vm(h->dedup, vm_gm(hv->vm));
 		if (h->uffd)
@@ -330,6 +381,42 @@ int host_vm_stop(struct host *h, const char *name)
 	if (!hv)
 		return -ENOENT;
 	vm_request_stop(hv->vm, VM_STATUS_STOPPED);
+	return 0;
+}
+
+/*
+ * {"verb":"balloon","vm":NAME,"target":SIZE}: a target by hand (the policy
+ * leaves that VM's balloon alone from then on); {"vm":NAME,"auto":true}
+ * hands it back to the policy.
+ */
+static int balloon_verb(void *arg, json_t *req, json_t *reply)
+{
+	struct host *h = arg;
+	struct host_vm *hv;
+	const char *name;
+	uint64_t target, applied;
+	int ret;
+
+	ret = control_req_string(req, "vm", reply, &name);
+	if (ret)
+		return ret;
+	hv = find_vm(h, name);
+	if (!hv)
+		return control_reply_error(reply, ENOENT, "vm: no VM named \"%s\"", name);
+	if (json_is_true(json_object_get(req, "auto"))) {
+		ovc_vm_balloon_auto(h->ovc, hv->ovc);
+		json_object_set_new(reply, "vm", json_string(name));
+		json_object_set_new(reply, "mode", json_string("auto"));
+		return 0;
+	}
+	ret = control_req_size(req, "target", reply, &target);
+	if (ret)
+		return ret;
+	ret = ovc_vm_balloon_manual(h->ovc, hv->ovc, target, &applied);
+	if (ret)
+		return control_reply_error(reply, -ret, "balloon: %s", strerror(-ret));
+	json_object_set_new(reply, "vm", json_string(name));
+	json_object_set_new(reply, "target_bytes", json_integer((json_int_t)applied));
 	return 0;
 }
 
@@ -400,6 +487,17 @@ json_t *host_stats_json(struct host *h)
 			       "active_fraction", vs.active_fraction,
 			       "pages", pages_json(vs.pages),
 			       "last_action", vs.last_action);
+		if (hv->balloon) {
+			struct balloon_stats bs;
+			json_t *bo;
+
+			balloon_get_stats(hv->balloon, &bs);
+			bo = balloon_stats_json(&bs);
+			json_object_set_new(bo, "policy_target_bytes",
+					    json_integer((json_int_t)vs.balloon_target_bytes));
+			json_object_set_new(bo, "reason", json_string(vs.balloon_reason));
+			json_object_set_new(vo, "balloon", bo);
+		}
 		json_array_append_new(vms, vo);
 	}
 	for (unsigned int m = 0; m < hs.nr_mechanisms; m++)

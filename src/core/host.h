@@ -36,6 +36,7 @@ struct host_vm_config {
 struct host_config {
 	uint64_t budget_bytes;	/* 0: the host's MemAvailable at start */
 	char *socket;		/* control socket path, or NULL for none */
+	bool socket_optional;	/* the default path: run without it if another host has it */
 	bool console_prefix;	/* "[name] " before every console line */
 	enum host_dedup_mode dedup;
 	double policy_interval_s; /* seconds between policy passes */

@@ -10,9 +10,9 @@
  *   - one column per key of a VM's "pages" object (known states first, in
  *     the order of the page-state map, then any new state), as bytes;
  *   - one column per unknown top-level VM key ending in "_bytes";
- *   - one column per scalar field of any other object-valued VM key, e.g.
- *     "balloon": {"target_bytes": N} gives BALLOON_TARGET; "_bytes" fields
- *     print as sizes, other numbers as numbers, strings as text.
+ *   - one column per size field ("_bytes") of any other object-valued VM
+ *     key, e.g. "balloon": {"target_bytes": N} gives BALLOON_TARGET; counters,
+ *     reasons and alternative views of the same figure are left to --json.
  * A column appears only when some VM has the field; a VM without it shows
  * "-". Host-level fields beyond the known ones print as extra summary lines.
  * Runs in the CLI process only (no VMM threads): printing to stdout is its job.
@@ -316,13 +316,21 @@ static void build_columns(struct table *t, json_t *vms)
 				add_col(t, NULL, COL_BYTES, NULL, key, true);
 			if (!json_is_object(v))
 				continue;
+			/*
+			 * A mechanism's object carries counters and reasons that only
+			 * --json can show well; the table takes its sizes, minus
+			 * fields that repeat the object's name (another view of the
+			 * same figure) and cumulative counters.
+			 */
 			json_object_foreach(v, sub, sv) {
-				if (json_is_integer(sv) && ends_with(sub, "_bytes"))
-					add_col(t, NULL, COL_BYTES, key, sub, true);
-				else if (json_is_number(sv))
-					add_col(t, NULL, COL_NUM, key, sub, false);
-				else if (json_is_string(sv) || json_is_boolean(sv))
-					add_col(t, NULL, COL_TEXT, key, sub, false);
+				size_t kl = strlen(key);
+
+				if (!json_is_integer(sv) || !ends_with(sub, "_bytes") ||
+				    (!strncmp(sub, key, kl) && sub[kl] == '_') ||
+				    !strcmp(sub, "ram_bytes") || !strcmp(sub, "reported_bytes") ||
+				    !strcmp(sub, "policy_target_bytes"))
+					continue;
+				add_col(t, NULL, COL_BYTES, key, sub, true);
 			}
 		}
 	}

@@ -124,6 +124,13 @@ static int boot_guest(struct vm *vm)
 			return -errno;
 		boot_vcpu_sregs(&sregs, i);
 		boot_vcpu_regs(&regs, i, img.entry);
+		/* With a local APIC, vCPUs above 0 would wait for an INIT/SIPI: start them all. */
+		if (vm->irqchip) {
+			struct kvm_mp_state mp = { .mp_state = KVM_MP_STATE_RUNNABLE };
+
+			if (ioctl(fd, KVM_SET_MP_STATE, &mp) < 0)
+				return -errno;
+		}
 		if (ioctl(fd, KVM_SET_SREGS, &sregs) < 0 || ioctl(fd, KVM_SET_REGS, &regs) < 0) {
 			ret = -errno;
 			log_err("setting up vcpu %u registers: %m", i);
@@ -176,6 +183,15 @@ int vm_create(const struct vm_params *p, struct vm **out)
 	ret = memmap_register_kvm(vm->gm, vm->fd, 0, 0);
 	if (ret)
 		goto out_destroy;
+	/*
+	 * An in-kernel irqchip lets virtio devices raise interrupts through
+	 * irqfd (a Linux driver waits for them; the kvmem guest polls). It must
+	 * exist before the vCPUs. Without one, devices fall back to no interrupts.
+	 */
+	if (ioctl(vm->fd, KVM_CREATE_IRQCHIP, 0) == 0)
+		vm->irqchip = true;
+	else
+		log_debug("%s: no in-kernel irqchip: %m", vm->name);
 	ret = console_create(vm, p->console_fd, p->console_prefix, p->console_log, &vm->console);
 	if (ret)
 		goto out_destroy;

@@ -14,6 +14,7 @@ struct console;
 struct vm {
 	char *name;			/* immutable */
 	int fd;				/* KVM VM fd */
+	bool irqchip;			/* an in-kernel irqchip exists (irqfd works) */
 	struct gm *gm;			/* guest RAM, layout immutable */
 	unsigned int ncpus;		/* immutable */
 	uint64_t mem_bytes;		/* immutable */

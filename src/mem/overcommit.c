@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,9 @@ struct ovc_vm {
 	uint64_t mem_bytes, min_bytes;
 	uint32_t shares;
 	struct ovc_vm_stats stats;	/* ovc->lock */
+	const struct ovc_balloon_ops *balloon; /* set before start, or NULL */
+	void *balloon_arg;
+	bool balloon_manual;		/* ovc->lock: a target set by hand holds */
 };
 
 struct ovc {
@@ -117,12 +121,37 @@ static uint64_t smaps_pss(void)
 	return (uint64_t)kb * 1024;
 }
 
+/*
+ * The cgroup's usage is the kernel's own figure for what kvmem costs the host
+ * only when the group holds nothing but this process: a group shared with
+ * other programs (a login session, a build) would charge their memory to the
+ * guests.
+ */
+static bool cgroup_is_ours(const char *usage_path)
+{
+	char procs[300], line[32];
+	const char *slash = strrchr(usage_path, '/');
+	bool ours = true;
+	FILE *f;
+
+	if (!slash)
+		return false;
+	snprintf(procs, sizeof(procs), "%.*s/cgroup.procs", (int)(slash - usage_path), usage_path);
+	f = fopen(procs, "re");
+	if (!f)
+		return false;
+	while (ours && fgets(line, sizeof(line), f))
+		ours = atol(line) == (long)getpid();
+	fclose(f);
+	return ours;
+}
+
 static uint64_t host_used(struct ovc *ovc, const char **source)
 {
 	bool ok = false;
 	uint64_t v = 0;
 
-	if (ovc->cgroup_usage[0])
+	if (ovc->cgroup_usage[0] && cgroup_is_ours(ovc->cgroup_usage))
 		v = read_u64_file(ovc->cgroup_usage, &ok);
 	if (ok) {
 		*source = "cgroup";
@@ -245,6 +274,158 @@ static void compute_entitlements(struct ovc *ovc, uint64_t budget)
 	}
 }
 
+/* Keep this much of a guest's reported available memory when ballooning it. */
+#define BALLOON_RESERVE (16ULL << 20)
+
+static void set_reason(struct ovc *ovc, struct ovc_vm *v, uint64_t target, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static void set_reason(struct ovc *ovc, struct ovc_vm *v, uint64_t target, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&ovc->lock);
+	v->stats.balloon_target_bytes = target;
+	va_start(ap, fmt);
+	vsnprintf(v->stats.balloon_reason, sizeof(v->stats.balloon_reason), fmt, ap);
+	va_end(ap);
+	pthread_mutex_unlock(&ovc->lock);
+}
+
+static bool balloon_auto(struct ovc *ovc, struct ovc_vm *v, struct ovc_balloon_state *st)
+{
+	bool manual;
+
+	if (!v->balloon)
+		return false;
+	pthread_mutex_lock(&ovc->lock);
+	manual = v->balloon_manual;
+	pthread_mutex_unlock(&ovc->lock);
+	return !manual && v->balloon->get(v->balloon_arg, st) == 0 && st->ready;
+}
+
+/*
+ * The balloon as a reclaim mechanism: lower the VM's target by what is still
+ * needed, never below max(min, floor) and never taking more than the guest
+ * says it has available (less a reserve), so an idle guest gives its idle
+ * memory and a busy one is not squeezed into its own swap. An inflation
+ * still in flight counts as reclaimed already, so one pass's request is not
+ * asked for again while the guest works on it.
+ */
+static int64_t balloon_reclaim(void *arg, struct ovc_vm *v, uint64_t bytes, uint64_t floor)
+{
+	struct ovc *ovc = arg;
+	struct ovc_balloon_state st;
+	uint64_t inflight, want, room, take, target;
+
+	if (!balloon_auto(ovc, v, &st))
+		return 0;
+	inflight = st.actual_bytes > st.target_bytes ? st.actual_bytes - st.target_bytes : 0;
+	if (inflight >= bytes)
+		return (int64_t)bytes;
+	want = bytes - inflight;
+	if (floor < v->min_bytes)
+		floor = v->min_bytes;
+	room = st.target_bytes > floor ? st.target_bytes - floor : 0;
+	if (st.available_valid) {
+		uint64_t avail = st.available_bytes > inflight + BALLOON_RESERVE ?
+					 st.available_bytes - inflight - BALLOON_RESERVE : 0;
+
+		if (room > avail)
+			room = avail;
+	}
+	take = (want < room ? want : room) & ~(GM_PAGE_SIZE - 1);
+	if (!take)
+		return (int64_t)inflight;
+	target = st.target_bytes - take;
+	if (v->balloon->set_target(v->balloon_arg, target))
+		return (int64_t)inflight;
+	set_reason(ovc, v, target,
+		   "inflate: host over budget, guest had %" PRIu64 " MiB available, min %" PRIu64
+		   " MiB", st.available_bytes >> 20, v->min_bytes >> 20);
+	return (int64_t)(inflight + take);
+}
+
+/* Pressure is gone: hand memory back, up to the VM's mem. */
+static int64_t balloon_relax(void *arg, struct ovc_vm *v, uint64_t bytes)
+{
+	struct ovc *ovc = arg;
+	struct ovc_balloon_state st;
+	uint64_t give, target;
+
+	if (!balloon_auto(ovc, v, &st) || st.target_bytes >= v->mem_bytes)
+		return 0;
+	give = v->mem_bytes - st.target_bytes;
+	if (give > bytes)
+		give = bytes & ~(GM_PAGE_SIZE - 1);
+	if (!give)
+		return 0;
+	target = st.target_bytes + give;
+	if (v->balloon->set_target(v->balloon_arg, target))
+		return 0;
+	set_reason(ovc, v, target, "deflate: host back under budget");
+	return (int64_t)give;
+}
+
+int ovc_register_balloon(struct ovc *ovc)
+{
+	struct ovc_mechanism m = {
+		.name = "balloon",
+		.cost = 2,
+		.reclaim = balloon_reclaim,
+		.relax = balloon_relax,
+		.arg = ovc,
+	};
+
+	return ovc_register_mechanism(ovc, &m);
+}
+
+void ovc_vm_set_balloon(struct ovc *ovc, struct ovc_vm *vm, const struct ovc_balloon_ops *ops,
+			void *arg)
+{
+	pthread_mutex_lock(&ovc->vm_lock);
+	vm->balloon = ops;
+	vm->balloon_arg = arg;
+	pthread_mutex_lock(&ovc->lock);
+	vm->stats.has_balloon = ops != NULL;
+	vm->stats.balloon_target_bytes = vm->mem_bytes;
+	snprintf(vm->stats.balloon_reason, sizeof(vm->stats.balloon_reason), "none");
+	pthread_mutex_unlock(&ovc->lock);
+	pthread_mutex_unlock(&ovc->vm_lock);
+}
+
+int ovc_vm_balloon_manual(struct ovc *ovc, struct ovc_vm *vm, uint64_t target_bytes,
+			  uint64_t *applied)
+{
+	int ret;
+
+	if (!vm->balloon)
+		return -ENODEV;
+	if (target_bytes < vm->min_bytes)
+		target_bytes = vm->min_bytes;
+	if (target_bytes > vm->mem_bytes)
+		target_bytes = vm->mem_bytes;
+	target_bytes &= ~(GM_PAGE_SIZE - 1);
+	pthread_mutex_lock(&ovc->lock);
+	vm->balloon_manual = true;
+	pthread_mutex_unlock(&ovc->lock);
+	ret = vm->balloon->set_target(vm->balloon_arg, target_bytes);
+	if (ret)
+		return ret;
+	set_reason(ovc, vm, target_bytes, "set by hand (policy paused for this VM)");
+	*applied = target_bytes;
+	return 0;
+}
+
+void ovc_vm_balloon_auto(struct ovc *ovc, struct ovc_vm *vm)
+{
+	pthread_mutex_lock(&ovc->lock);
+	vm->balloon_manual = false;
+	snprintf(vm->stats.balloon_reason, sizeof(vm->stats.balloon_reason),
+		 "policy (released from a manual target)");
+	pthread_mutex_unlock(&ovc->lock);
+}
+
 static int by_excess(const void *a, const void *b)
 {
 	const struct ovc_vm *x = *(struct ovc_vm *const *)a, *y = *(struct ovc_vm *const *)b;
@@ -307,6 +488,31 @@ static void policy_pass(struct ovc *ovc)
 				 budget >> 20);
 			pthread_mutex_unlock(&ovc->lock);
 			log_debug("%s: %s", v->name, v->stats.last_action);
+		}
+	}
+	/*
+	 * Well under budget again: mechanisms that hold memory back from guests
+	 * (the balloon) return it, the most deprived VMs first. The hysteresis
+	 * keeps a pass that just reclaimed from undoing itself at once.
+	 */
+	if (used + budget / 20 < budget) {
+		uint64_t headroom = budget - budget / 20 - used;
+
+		for (unsigned int i = 0; i < n / 2; i++) {
+			struct ovc_vm *t = order[i];
+
+			order[i] = order[n - 1 - i];
+			order[n - 1 - i] = t;
+		}
+		for (unsigned int m = ovc->nr_mech; m-- > 0 && headroom;) {
+			if (!ovc->mech[m].relax)
+				continue;
+			for (unsigned int i = 0; i < n && headroom; i++) {
+				int64_t got = ovc->mech[m].relax(ovc->mech[m].arg, order[i], headroom);
+
+				if (got > 0)
+					headroom = (uint64_t)got >= headroom ? 0 : headroom - (uint64_t)got;
+			}
 		}
 	}
 	pthread_mutex_unlock(&ovc->vm_lock);

@@ -3,7 +3,7 @@
  * Host memory budget and reclaim policy (the reclaim/policy thread).
  *
  * Every interval the policy measures the host's real usage (the kernel's
- * view: the cgroup's usage when kvmem runs in a memory cgroup, else the
+ * view: the memory cgroup's usage when kvmem runs alone in one, else the
  * process's PSS from /proc/self/smaps_rollup), each VM's resident and active
  * memory, and computes each VM's entitlement from min, mem and shares with
  * an idle-memory tax (Waldspurger, "Memory Resource Management in VMware ESX
@@ -39,7 +39,30 @@ struct ovc_mechanism {
 	 * -errno. Called on the policy thread.
 	 */
 	int64_t (*reclaim)(void *arg, struct ovc_vm *vm, uint64_t bytes, uint64_t floor_bytes);
+	/*
+	 * Optional: pressure is gone; give back up to `bytes` of what this
+	 * mechanism holds from vm (balloon deflate). Returns bytes given back.
+	 */
+	int64_t (*relax)(void *arg, struct ovc_vm *vm, uint64_t bytes);
 	void *arg;
+};
+
+/*
+ * A VM's balloon as the policy drives it: the policy chooses targets, the
+ * balloon device executes them (balloon/ never chooses one). Sizes are guest
+ * memory (RAM minus the balloon), as QEMU's "actual".
+ */
+struct ovc_balloon_state {
+	uint64_t target_bytes;	  /* what the guest was asked to keep */
+	uint64_t actual_bytes;	  /* what it keeps now, per its driver */
+	uint64_t available_bytes; /* guest-reported available memory, if known */
+	bool available_valid;
+	bool ready;		  /* a driver is up (features negotiated) */
+};
+
+struct ovc_balloon_ops {
+	int (*get)(void *arg, struct ovc_balloon_state *out);
+	int (*set_target)(void *arg, uint64_t target_bytes);
 };
 
 struct ovc_vm_stats {
@@ -52,6 +75,9 @@ struct ovc_vm_stats {
 	uint64_t pages[PS_NR];		/* page-state counts */
 	uint64_t reclaimed_bytes[OVC_MAX_MECHANISMS]; /* per mechanism, cumulative */
 	char last_action[96];		/* last policy decision about this VM */
+	bool has_balloon;
+	uint64_t balloon_target_bytes;	/* the policy's target, or the manual one */
+	char balloon_reason[96];	/* why the target is what it is */
 };
 
 struct ovc_stats {
@@ -77,6 +103,20 @@ int ovc_add_vm(struct ovc *ovc, struct gm *gm, const char *name, uint64_t mem_by
 void ovc_remove_vm(struct ovc *ovc, struct ovc_vm *vm);
 struct gm *ovc_vm_gm(struct ovc_vm *vm);
 const char *ovc_vm_name(const struct ovc_vm *vm);
+
+/* Give the policy this VM's balloon (ops and arg must outlive ovc_remove_vm). */
+void ovc_vm_set_balloon(struct ovc *ovc, struct ovc_vm *vm, const struct ovc_balloon_ops *ops,
+			void *arg);
+/*
+ * A target set by hand (control socket): the policy leaves this VM's balloon
+ * alone until ovc_vm_balloon_auto. Clamped to [min, mem]; -ENODEV without a
+ * balloon. Returns the target applied in *applied.
+ */
+int ovc_vm_balloon_manual(struct ovc *ovc, struct ovc_vm *vm, uint64_t target_bytes,
+			  uint64_t *applied);
+void ovc_vm_balloon_auto(struct ovc *ovc, struct ovc_vm *vm);
+/* Register the balloon as a reclaim mechanism (cost 2: after zero pages and sharing). */
+int ovc_register_balloon(struct ovc *ovc);
 
 /* Register before ovc_start. -ENOSPC when full. */
 int ovc_register_mechanism(struct ovc *ovc, const struct ovc_mechanism *m);

@@ -1,0 +1,96 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * `kvmem balloon --vm NAME (--target SIZE | --auto) [--socket P]`: set a VM's
+ * balloon target by hand (the memory the guest keeps, as QEMU's balloon
+ * command) or hand it back to the host's policy. A client of the control
+ * socket's "balloon" verb; CLI process only.
+ */
+#include "core/cli_balloon.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/control.h"
+#include "core/size.h"
+
+#define EXIT_USAGE 2
+
+static int usage(const char *what, const char *arg)
+{
+	fprintf(stderr, "kvmem: balloon: ");
+	fprintf(stderr, what, arg);
+	fprintf(stderr, " (usage: kvmem balloon --vm NAME --target SIZE|--auto [--socket P])\n");
+	return EXIT_USAGE;
+}
+
+int cli_balloon_main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "vm", required_argument, NULL, 'n' },
+		{ "target", required_argument, NULL, 't' },
+		{ "auto", no_argument, NULL, 'a' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *path = KVMEM_DEFAULT_SOCKET, *vm = NULL;
+	uint64_t target = 0;
+	bool have_target = false, autom = false;
+	json_t *req, *reply = NULL;
+	char buf[32];
+	int c, ret;
+
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, ":s:n:t:a", opts, NULL)) != -1) {
+		switch (c) {
+		case 's':
+			path = optarg;
+			break;
+		case 'n':
+			vm = optarg;
+			break;
+		case 't':
+			if (size_parse(optarg, &target))
+				return usage("--target %s: not a size like 512M", optarg);
+			have_target = true;
+			break;
+		case 'a':
+			autom = true;
+			break;
+		case ':':
+			return usage("%s: missing value", argv[optind - 1]);
+		default:
+			return usage("%s: unknown option", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return usage("%s: unexpected argument", argv[optind]);
+	if (!vm)
+		return usage("%s", "--vm is required");
+	if (have_target == autom)
+		return usage("%s", "give either --target SIZE or --auto");
+	req = autom ? json_pack("{s:s, s:s, s:b}", "verb", "balloon", "vm", vm, "auto", 1)
+		    : json_pack("{s:s, s:s, s:I}", "verb", "balloon", "vm", vm, "target",
+				(json_int_t)target);
+	ret = control_request(path, req, &reply, 5000);
+	json_decref(req);
+	if (ret) {
+		fprintf(stderr, "kvmem: balloon: %s: %s\n", path, strerror(-ret));
+		return 1;
+	}
+	if (!json_is_true(json_object_get(reply, "ok"))) {
+		fprintf(stderr, "kvmem: balloon: %s\n",
+			json_string_value(json_object_get(reply, "error")) ?: "refused");
+		json_decref(reply);
+		return 1;
+	}
+	if (autom)
+		printf("%s: balloon handed back to the policy\n", vm);
+	else
+		printf("%s: balloon target %s\n", vm,
+		       size_format((uint64_t)json_integer_value(json_object_get(reply, "target_bytes")),
+				   buf, sizeof(buf)));
+	json_decref(reply);
+	return 0;
+}

@@ -29,7 +29,7 @@ struct gm {
 
 /* Host address of page index idx. */
 uint8_t *gm_page_hva(const struct gm *gm, uint64_t idx);
-/* Register [hva, hva+len) with gm's userfaultfd (MISSING | WP). */
+/* Register [hva, hva+len) with gm's userfaultfd in write-protect mode. */
 int gm_uffd_register(struct gm *gm, void *hva, uint64_t len);
 
 /* Region holding gpa, or NULL. */

@@ -154,11 +154,6 @@ int memmap_set_mergeable(struct gm *gm)
 	return 0;
 }
 
-int memmap_uffd(const struct gm *gm)
-{
-	return gm->uffd;
-}
-
 struct pagestate *memmap_pagestate(struct gm *gm)
 {
 	return gm->ps;

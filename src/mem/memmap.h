@@ -18,11 +18,11 @@
  */
 int memmap_create(uint64_t ram_bytes, struct gm **out);
 /*
- * Give gm a userfaultfd (MISSING | WP over all RAM) so dropped pages fault to
- * the uffd service. -ENOSYS/-EPERM when userfaultfd is unavailable.
+ * Give gm a userfaultfd with all RAM registered in write-protect mode, so
+ * reclaim can hold guest writes to a page while it works on it (mem/uffd.h).
+ * -ENOSYS/-EPERM when userfaultfd is unavailable.
  */
 int memmap_enable_uffd(struct gm *gm);
-int memmap_uffd(const struct gm *gm);
 /*
  * Mark all of gm's RAM MADV_MERGEABLE so the host kernel's ksmd may merge
  * its pages (`--dedup ksm`). 0, or -errno (-EINVAL: kernel without KSM).

@@ -1,14 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * userfaultfd service thread (see uffd.h). One epoll set over every VM's
- * userfaultfd. This thread never touches guest memory itself: it fills pages
- * with UFFDIO_COPY/UFFDIO_ZEROPAGE from its own buffer, so it can never
+ * userfaultfd. This thread never touches guest memory itself, so it can never
  * fault on a page it is supposed to serve.
- *
- * A MISSING fault on a PS_BUSY page (a mechanism is dropping or remapping it
- * right now) is left alone: that mechanism wakes the range when done and the
- * guest retries against the page's final state. WP faults are likewise left
- * to the mechanism that write-protected the page.
  */
 #define LOG_TAG "uffd"
 #include "mem/uffd.h"
@@ -20,7 +14,6 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
@@ -35,11 +28,7 @@ struct uffd_service {
 	int stop_efd;
 	pthread_t thread;
 	pthread_mutex_t lock;	 /* serialises add/remove against the thread's dispatch */
-	uffd_swapin_fn swapin;	 /* lock */
-	void *swapin_arg;
 	struct uffd_stats stats; /* atomic */
-	uint8_t *zero;		 /* a page of zeros (mmap'd: page aligned for UFFDIO_COPY) */
-	uint8_t *buf;		 /* swap-in bounce page, service thread only */
 };
 
 static void wake(int uffd, uint64_t start)
@@ -65,17 +54,13 @@ static void resolve_wp(struct uffd_service *svc, struct gm *gm, uint64_t addr, u
 	if (ioctl(gm->uffd, UFFDIO_WRITEPROTECT, &w) < 0)
 		wake(gm->uffd, addr);
 	__atomic_fetch_add(&gm->sample_hits, 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&svc->stats.sample_hits, 1, __ATOMIC_RELAXED);
 }
 
 static void resolve(struct uffd_service *svc, struct gm *gm, const struct uffd_msg *msg)
 {
 	uint64_t addr = msg->arg.pagefault.address & ~(GM_PAGE_SIZE - 1);
-	bool write = msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
 	const struct gm_region *r = NULL;
-	enum ps_state st;
-	uint64_t idx;
-	const void *src = svc->zero;
-	int ret;
 
 	for (unsigned int i = 0; i < gm->nr_regions; i++) {
 		uint64_t hva = (uint64_t)(uintptr_t)gm->regions[i].hva;
@@ -83,61 +68,14 @@ static void resolve(struct uffd_service *svc, struct gm *gm, const struct uffd_m
 		if (addr >= hva && addr - hva < gm->regions[i].len)
 			r = &gm->regions[i];
 	}
-	if (!r) {
+	if (!r || !(msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)) {
+		/* Not ours to resolve: let the access retry rather than hang. */
 		__atomic_fetch_add(&svc->stats.errors, 1, __ATOMIC_RELAXED);
 		wake(gm->uffd, addr);
 		return;
 	}
-	idx = r->first_pfn_index + ((addr - (uint64_t)(uintptr_t)r->hva) >> GM_PAGE_SHIFT);
-	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
-		resolve_wp(svc, gm, addr, idx);
-		return;
-	}
-	st = pagestate_get(gm->ps, idx);
-	if (st == PS_BUSY)
-		return;
-	if (st == PS_SWAPPED) {
-		pthread_mutex_lock(&svc->lock);
-		ret = svc->swapin ? svc->swapin(svc->swapin_arg, gm, idx, svc->buf) : -ENOSYS;
-		pthread_mutex_unlock(&svc->lock);
-		if (ret) {
-			/*
-			 * The page's content is only in the swap file: serving zeros
-			 * would corrupt the guest. Leave the vCPU waiting and say why.
-			 */
-			log_warn_ratelimited("swap-in of page %llu failed: %s",
-					     (unsigned long long)idx, strerror(-ret));
-			__atomic_fetch_add(&svc->stats.errors, 1, __ATOMIC_RELAXED);
-			return;
-		}
-		src = svc->buf;
-		write = true;
-	}
-	if (write) {
-		struct uffdio_copy c = { .dst = addr, .src = (uint64_t)(uintptr_t)src,
-					 .len = GM_PAGE_SIZE };
-
-		ret = ioctl(gm->uffd, UFFDIO_COPY, &c);
-	} else {
-		struct uffdio_zeropage z = { .range = { .start = addr, .len = GM_PAGE_SIZE } };
-
-		ret = ioctl(gm->uffd, UFFDIO_ZEROPAGE, &z);
-	}
-	if (ret < 0 && errno != EEXIST) {
-		/* The mapping changed under us: let the vCPU retry the access. */
-		__atomic_fetch_add(&svc->stats.errors, 1, __ATOMIC_RELAXED);
-		wake(gm->uffd, addr);
-		return;
-	}
-	if (ret == 0 || errno == EEXIST) {
-		if (pagestate_cas(gm->ps, idx, st, PS_ANON) == 0) {
-			__atomic_fetch_add(&svc->stats.missing_faults, 1, __ATOMIC_RELAXED);
-			if (st == PS_SWAPPED)
-				__atomic_fetch_add(&svc->stats.swap_ins, 1, __ATOMIC_RELAXED);
-			else
-				__atomic_fetch_add(&svc->stats.zero_fills, 1, __ATOMIC_RELAXED);
-		}
-	}
+	resolve_wp(svc, gm, addr,
+		   r->first_pfn_index + ((addr - (uint64_t)(uintptr_t)r->hva) >> GM_PAGE_SHIFT));
 }
 
 static void drain(struct uffd_service *svc, struct gm *gm)
@@ -187,13 +125,6 @@ int uffd_service_create(struct uffd_service **out)
 	if (!svc)
 		return -ENOMEM;
 	pthread_mutex_init(&svc->lock, NULL);
-	svc->zero = mmap(NULL, 2 * GM_PAGE_SIZE, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (svc->zero == MAP_FAILED) {
-		kv_free(svc);
-		return -ENOMEM;
-	}
-	svc->buf = svc->zero + GM_PAGE_SIZE;
 	svc->epfd = epoll_create1(EPOLL_CLOEXEC);
 	svc->stop_efd = eventfd(0, EFD_CLOEXEC);
 	if (svc->epfd < 0 || svc->stop_efd < 0 ||
@@ -212,7 +143,6 @@ out_close:
 		close(svc->epfd);
 	if (svc->stop_efd >= 0)
 		close(svc->stop_efd);
-	munmap(svc->zero, 2 * GM_PAGE_SIZE);
 	kv_free(svc);
 	return ret;
 }
@@ -227,7 +157,6 @@ void uffd_service_destroy(struct uffd_service *svc)
 		pthread_join(svc->thread, NULL);
 	close(svc->epfd);
 	close(svc->stop_efd);
-	munmap(svc->zero, 2 * GM_PAGE_SIZE);
 	pthread_mutex_destroy(&svc->lock);
 	kv_free(svc);
 }
@@ -253,19 +182,9 @@ void uffd_service_remove(struct uffd_service *svc, struct gm *gm)
 	pthread_mutex_unlock(&svc->lock);
 }
 
-void uffd_service_set_swapin(struct uffd_service *svc, uffd_swapin_fn fn, void *arg)
-{
-	pthread_mutex_lock(&svc->lock);
-	svc->swapin = fn;
-	svc->swapin_arg = arg;
-	pthread_mutex_unlock(&svc->lock);
-}
-
 void uffd_service_stats(const struct uffd_service *svc, struct uffd_stats *out)
 {
-	out->missing_faults = __atomic_load_n(&svc->stats.missing_faults, __ATOMIC_RELAXED);
-	out->zero_fills = __atomic_load_n(&svc->stats.zero_fills, __ATOMIC_RELAXED);
-	out->swap_ins = __atomic_load_n(&svc->stats.swap_ins, __ATOMIC_RELAXED);
 	out->wp_faults = __atomic_load_n(&svc->stats.wp_faults, __ATOMIC_RELAXED);
+	out->sample_hits = __atomic_load_n(&svc->stats.sample_hits, __ATOMIC_RELAXED);
 	out->errors = __atomic_load_n(&svc->stats.errors, __ATOMIC_RELAXED);
 }

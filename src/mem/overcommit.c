@@ -40,6 +40,7 @@ struct ovc_vm {
 	uint64_t mem_bytes, min_bytes;
 	uint32_t shares;
 	struct ovc_vm_stats stats;	/* ovc->lock */
+	uint64_t resident_ns;		/* when stats.resident_bytes was measured (atomic) */
 	const struct ovc_balloon_ops *balloon; /* set before start, or NULL */
 	void *balloon_arg;
 	bool balloon_manual;		/* ovc->lock: a target set by hand holds */
@@ -164,6 +165,27 @@ static uint64_t host_used(struct ovc *ovc, const char **source)
 uint64_t ovc_resident_pages(struct gm *gm)
 {
 	return memmap_resident(gm);
+}
+
+#define RESIDENT_MAX_AGE_NS 200000000ULL
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* Measure a VM's resident memory now (the walk runs without ovc->lock). */
+static void refresh_resident(struct ovc *ovc, struct ovc_vm *v)
+{
+	uint64_t bytes = memmap_resident(v->gm) * GM_PAGE_SIZE;
+
+	pthread_mutex_lock(&ovc->lock);
+	v->stats.resident_bytes = bytes;
+	pthread_mutex_unlock(&ovc->lock);
+	__atomic_store_n(&v->resident_ns, now_ns(), __ATOMIC_RELAXED);
 }
 
 static uint64_t next_rand(uint64_t *s)
@@ -446,13 +468,13 @@ static void policy_pass(struct ovc *ovc)
 	pthread_mutex_lock(&ovc->vm_lock);
 	n = ovc->nr_vms;
 	used = host_used(ovc, &source);
+	for (unsigned int i = 0; i < n; i++)
+		refresh_resident(ovc, ovc->vms[i]);
 	pthread_mutex_lock(&ovc->lock);
 	budget = ovc->stats.budget_bytes;
 	for (unsigned int i = 0; i < n; i++) {
 		struct ovc_vm *v = ovc->vms[i];
 
-		v->stats.resident_bytes =
-			memmap_resident(v->gm) * GM_PAGE_SIZE;
 		pagestate_counts(v->gm->ps, v->stats.pages);
 		sample_active(v);
 		order[i] = v;
@@ -469,7 +491,12 @@ static void policy_pass(struct ovc *ovc)
 	ovc->stats.passes++;
 	pthread_mutex_unlock(&ovc->lock);
 
-	need = used > budget ? used - budget : 0;
+	/*
+	 * Over budget, reclaim down to a low watermark 2% below it, so one pass
+	 * is not followed by a trickle of tiny ones as usage creeps back
+	 * (thresholds with a gap, as ESX's high/low states).
+	 */
+	need = used > budget ? used - (budget - budget / 50) : 0;
 	qsort(order, n, sizeof(order[0]), by_excess);
 	for (unsigned int m = 0; m < ovc->nr_mech && need; m++) {
 		for (unsigned int i = 0; i < n && need; i++) {
@@ -697,7 +724,16 @@ int ovc_get_vm_stats(struct ovc *ovc, struct ovc_vm *vm, struct ovc_vm_stats *ou
 	pthread_mutex_lock(&ovc->lock);
 	*out = vm->stats;
 	pthread_mutex_unlock(&ovc->lock);
-	/* Page states change between passes; give the live counts. */
+	/*
+	 * Residency changes between passes: refresh it when the pass's figure
+	 * is older than RESIDENT_MAX_AGE_NS (a pagemap walk costs ~10 ms per
+	 * GiB, too much for every request of a client polling fast).
+	 */
+	if (now_ns() - __atomic_load_n(&vm->resident_ns, __ATOMIC_RELAXED) > RESIDENT_MAX_AGE_NS)
+		refresh_resident(ovc, vm);
+	pthread_mutex_lock(&ovc->lock);
+	out->resident_bytes = vm->stats.resident_bytes;
+	pthread_mutex_unlock(&ovc->lock);
 	pagestate_counts(vm->gm->ps, out->pages);
 	return 0;
 }

@@ -1,0 +1,75 @@
+"""Balloon policy: two guests over budget, one idle and one busy. The policy
+balloons the idle one first (the idle-memory tax gives it the smaller
+entitlement), neither goes below its min, every decision carries a reason,
+and the host gets back under budget while the busy guest keeps verifying.
+
+The idle guest fills 600 MiB and frees it (`then=free`) with free page
+reporting off, so its memory is resident but free inside the guest: memory
+only the balloon can win back. The busy guest fills 600 MiB and keeps
+rewriting it. Nothing here asserts timing: waits are polls with deadlines.
+"""
+from ctlhelp import Host, host_config, no_verify_fail, stats, tmpdir, vm_of, wait_socket
+from kvmemtest import check, finish, require_kvm, wait_for
+
+require_kvm()
+MIB = 1 << 20
+d = tmpdir()
+sock = f"{d}/k.sock"
+cfg = host_config(d, {
+    "budget": "4G", "socket": sock, "dedup": "off", "policy_interval": 0.5,
+    "vms": [
+        {"name": "idle", "mem": "1G", "min": "256M",
+         "append": "kvmem.wl=size=600,then=free kvmem.balloon.report=off"},
+        {"name": "busy", "mem": "1G", "min": "512M",
+         "append": "kvmem.wl=size=600,rate=32,verify=2 kvmem.balloon.report=off"},
+    ]})
+h = Host(["host", "--config", cfg])
+check(wait_socket(h, sock), "host answers on its socket")
+check(h.wait_line(r"\[idle\] kvmem-wl: freed", 1), "idle guest filled and freed its memory")
+check(h.wait_line(r"\[busy\] kvmem-wl: verify ok", 1), "busy guest filled and verified")
+
+# Both guests' memory is resident; a budget below it puts the host under pressure.
+st = stats(sock)
+used = st["host"]["used_bytes"]
+budget = used - 350 * MIB
+r = __import__("ctlhelp").request(sock, {"verb": "budget", "bytes": budget})
+check(r.get("ok"), f"budget set to {budget // MIB} MiB (used {used // MIB} MiB)")
+
+first = {}
+
+
+def balloon_moved():
+    st = stats(sock)
+    for name in ("idle", "busy"):
+        b = vm_of(st, name)["balloon"]
+        if b["target_bytes"] < vm_of(st, name)["mem_bytes"] and name not in first:
+            first[name] = len(first)
+    return st if st["host"]["used_bytes"] <= budget else None
+
+
+st = wait_for(balloon_moved, 240, 0.25)
+check(st is not None, "the host got back under its budget")
+st = st or stats(sock)
+idle, busy = vm_of(st, "idle"), vm_of(st, "busy")
+check(first.get("idle") == 0, f"the idle guest was ballooned first (order {first})")
+check(busy["balloon"]["target_bytes"] == busy["mem_bytes"],
+      f"the busy guest was not ballooned (target {busy['balloon']['target_bytes'] // MIB} MiB)")
+for v in (idle, busy):
+    check(v["balloon"]["target_bytes"] >= v["min_bytes"],
+          f"{v['name']}: target {v['balloon']['target_bytes'] // MIB} MiB >= min "
+          f"{v['min_bytes'] // MIB} MiB")
+check(idle["balloon"]["reason"].startswith("inflate"),
+      f"the decision is in the stats with its reason: {idle['balloon']['reason']!r}")
+check(idle["entitlement_bytes"] < busy["entitlement_bytes"],
+      "the idle guest is entitled to less than the busy one (idle-memory tax)")
+
+# Pressure gone: the policy deflates the idle guest again.
+r = __import__("ctlhelp").request(sock, {"verb": "budget", "bytes": 16 << 30})
+check(wait_for(lambda: vm_of(stats(sock), "idle")["balloon"]["target_bytes"] ==
+               vm_of(stats(sock), "idle")["mem_bytes"], 120, 0.25),
+      "with the pressure gone, the idle guest is deflated back to its mem")
+n = h.count(r"\[busy\] kvmem-wl: verify ok")
+check(h.wait_line(r"\[busy\] kvmem-wl: verify ok", n + 1), "the busy guest still verifies")
+no_verify_fail(h, "balloon policy")
+check(h.stop() == 0, "host exits 0")
+finish()

@@ -166,6 +166,7 @@ struct dedup {
 	uint64_t ram_regions;	  /* RAM regions of the VMs then (lock) */
 	uint64_t max_map_count;	  /* the kernel's limit as we know it (lock) */
 	bool map_full;		  /* max_map_count reached and not raisable (lock) */
+	bool map_logged;	  /* ... and said so (lock) */
 	double cpu_seconds;	  /* scanner thread CPU (lock) */
 	double rate;		  /* recent pages/s (lock) */
 };

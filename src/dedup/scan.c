@@ -435,7 +435,8 @@ static void end_pass(struct dedup *d)
 	d->st.pages_unshared = d->ix.nr_unstable;
 	d->pass_volatile = 0;
 	dedup_index_unstable_clear(&d->ix, NULL);
-	if (d->st.merges != d->merges_at_count &&
+	/* Count again when merges changed the mappings, or to see a raised limit. */
+	if ((d->st.merges != d->merges_at_count || d->map_full) &&
 	    now_ns(CLOCK_MONOTONIC) - d->pass_vmas_ns >= DEDUP_VMA_COUNT_NS)
 		dedup_count_vmas(d);
 }
@@ -457,6 +458,8 @@ static uint64_t batch(struct dedup *d, uint64_t max)
 		d->cur_vm = 0;
 		d->cur_idx = 0;
 	}
+	/* A batch may add two mappings per merged page, and pairs merge two pages. */
+	d->map_full = !dedup_map_room(d, 4 * DEDUP_BATCH_PAGES);
 	v = d->vms[d->cur_vm];
 	idx = d->cur_idx;
 	n = v->nr_pages - idx;

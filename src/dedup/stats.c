@@ -100,9 +100,9 @@ bool dedup_map_room(struct dedup *d, uint64_t more)
 	need = (d->all_vmas > OTHER_VMAS ? d->all_vmas : OTHER_VMAS) +
 	       2 * (d->st.merges - d->merges_at_count) + more;
 	if (need + need / 8 < d->max_map_count)
-		return !d->map_full;
+		return true;
 	if (d->map_full)
-		return false;
+		return false; /* said so already; dedup_count_vmas looks again */
 	want = d->max_map_count * 2 > need * 2 ? d->max_map_count * 2 : need * 2;
 	if (want > INT32_MAX)
 		want = INT32_MAX;
@@ -117,9 +117,11 @@ bool dedup_map_room(struct dedup *d, uint64_t more)
 		return true;
 	}
 	d->map_full = true;
-	log_err("vm.max_map_count (%llu) is nearly reached and cannot be raised (%m): page "
-		"sharing stops merging; raise it as root (sysctl vm.max_map_count)",
-		(unsigned long long)d->max_map_count);
+	if (!d->map_logged)
+		log_err("vm.max_map_count (%llu) is nearly reached and cannot be raised (%m): page "
+			"sharing stops merging; raise it as root (sysctl vm.max_map_count)",
+			(unsigned long long)d->max_map_count);
+	d->map_logged = true;
 	return false;
 }
 

@@ -6,11 +6,13 @@
  *
  * Command line:
  *   kvmem.wl=...        the workload (wl.c); without it the guest idles
+ *   kvmem.balloon...    the virtio-balloon driver (balloon_drv.h), on by default
  *   kvmem.debug=fault   store to an unmapped address (#PF)
  *   kvmem.debug=ud      execute ud2 (#UD)
  *   kvmem.debug=gp      execute hlt at CPL3 (#GP)
  *   kvmem.debug=exitN   power off at once with status N
  */
+#include "balloon_drv.h"
 #include "palloc.h"
 #include "rt.h"
 #include "smp.h"
@@ -66,6 +68,10 @@ static __noreturn void boot_cpu0(const struct abi_boot_params *bp)
 	}
 	rt_printf("kvmem guest: palloc %lu MiB free of %lu MiB, bitmap %lu KiB\n",
 		  palloc_free_pages() >> 8, palloc_total_pages() >> 8, palloc_meta_pages() * 4);
+	/* Before the workload: the balloon services itself from then on (rt_poll). */
+	ret = balloon_init(bp);
+	if (ret && ret != -ENOENT)
+		rt_printf("kvmem guest: no balloon (%d)\n", ret);
 	if (cmdline_get(cmdline, "kvmem.wl", &wl))
 		wl_main(wl);
 	rt_printf("kvmem guest: no workload, idle\n");

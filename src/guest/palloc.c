@@ -8,6 +8,11 @@
  * Lowest-address-first everywhere: freed low pages are reused before fresh
  * high ones, so the guest touches as little new memory as it can.
  *
+ * A second, much smaller bitmap per range holds the "reported" mark of each
+ * aligned PALLOC_CHUNK_PAGES chunk lying wholly inside the range; clearing
+ * it is part of every allocation, so a set mark always means "every page of
+ * the chunk stayed free since the host dropped it".
+ *
  * Locking: pa_lock guards all of the bitmaps, hints and counters.
  */
 #include "palloc.h"
@@ -19,6 +24,9 @@ struct prange {
 	uint64_t *bits;		/* npages bits, 1 = free */
 	uint64_t hint;		/* no free bit in words below this */
 	uint64_t nfree;
+	uint64_t *rep;		/* one bit per chunk, 1 = reported */
+	uint64_t chunk0;	/* absolute index of the first whole chunk */
+	uint64_t nchunks;	/* whole chunks inside the range */
 };
 
 static struct prange ranges[ABI_MAX_RANGES];	/* sorted by base; fixed after init */
@@ -26,7 +34,11 @@ static unsigned nr_ranges;
 static uint64_t nfree_total;
 static uint64_t total_pages;
 static uint64_t meta_pages;
+static uint64_t nreported;	/* chunks marked reported */
+static uint64_t nisolated;	/* pages claimed for free page reporting */
 static struct rt_spinlock pa_lock;
+static palloc_reclaim_fn *reclaim_fn;
+static uint64_t nstalls;	/* palloc_reclaim() calls (atomic) */
 
 #define WORD_BITS 64
 #define ALL_ONES (~0ULL)
@@ -61,10 +73,53 @@ static uint64_t find_next(const struct prange *r, uint64_t from, bool want)
 	}
 }
 
+/* Is chunk @c of @r wholly free? */
+static bool chunk_free(const struct prange *r, uint64_t c)
+{
+	uint64_t s0 = (r->chunk0 + c) * PALLOC_CHUNK_PAGES - r->base;
+
+	return find_next(r, s0, false) >= s0 + PALLOC_CHUNK_PAGES;
+}
+
+static bool rep_test(const struct prange *r, uint64_t c)
+{
+	return r->rep[c / WORD_BITS] & (1ULL << (c % WORD_BITS));
+}
+
+/* Allocating pages [start, start + n) of @r: their chunks lose the reported mark. */
+static void unreport(struct prange *r, uint64_t start, uint64_t n)
+{
+	uint64_t first = (r->base + start) / PALLOC_CHUNK_PAGES;
+	uint64_t last = (r->base + start + n - 1) / PALLOC_CHUNK_PAGES;
+	uint64_t c;
+
+	if (!r->nchunks || last < r->chunk0)
+		return;
+	first = MAX(first, r->chunk0) - r->chunk0;
+	last = MIN(last - r->chunk0, r->nchunks - 1);
+	for (c = first; c <= last; c++) {
+		if (!rep_test(r, c))
+			continue;
+		r->rep[c / WORD_BITS] &= ~(1ULL << (c % WORD_BITS));
+		nreported--;
+	}
+}
+
+static void mark_reported(struct prange *r, uint64_t c)
+{
+	if (rep_test(r, c))
+		return;
+	r->rep[c / WORD_BITS] |= 1ULL << (c % WORD_BITS);
+	nreported++;
+}
+
 /* Set (free) or clear (allocate) bits [start, start + n). */
 static void assign(struct prange *r, uint64_t start, uint64_t n, bool free)
 {
 	uint64_t end = start + n;
+
+	if (!free && n)
+		unreport(r, start, n);
 
 	while (start < end) {
 		uint64_t w = start / WORD_BITS;
@@ -112,12 +167,15 @@ int palloc_init(const struct abi_boot_params *bp)
 
 		if (!r.npages)
 			continue;
+		r.chunk0 = DIV_ROUND_UP(r.base, PALLOC_CHUNK_PAGES);
+		if ((r.base + r.npages) / PALLOC_CHUNK_PAGES > r.chunk0)
+			r.nchunks = (r.base + r.npages) / PALLOC_CHUNK_PAGES - r.chunk0;
 		/* Insertion sort: the VMM's order is not part of the contract. */
 		for (j = nr_ranges; j > 0 && ranges[j - 1].base > r.base; j--)
 			ranges[j] = ranges[j - 1];
 		ranges[j] = r;
 		nr_ranges++;
-		words += DIV_ROUND_UP(r.npages, WORD_BITS);
+		words += DIV_ROUND_UP(r.npages, WORD_BITS) + DIV_ROUND_UP(r.nchunks, WORD_BITS);
 	}
 	if (!nr_ranges)
 		return -EINVAL;
@@ -139,11 +197,24 @@ int palloc_init(const struct abi_boot_params *bp)
 		next += nw;
 		for (w = 0; w < nw; w++)
 			r->bits[w] = 0;
+		r->rep = next;
+		next += DIV_ROUND_UP(r->nchunks, WORD_BITS);
+		for (w = 0; w < DIV_ROUND_UP(r->nchunks, WORD_BITS); w++)
+			r->rep[w] = 0;
 		assign(r, 0, r->npages, true);
 		total_pages += r->npages;
 	}
 	assign(home, 0, need, false);
 	meta_pages = need;
+	/* Never touched since boot: the host holds nothing there to drop. */
+	for (i = 0; i < nr_ranges; i++) {
+		struct prange *r = &ranges[i];
+		uint64_t c;
+
+		for (c = 0; c < r->nchunks; c++)
+			if (chunk_free(r, c))
+				mark_reported(r, c);
+	}
 	return 0;
 }
 
@@ -184,6 +255,8 @@ size_t palloc_alloc_gfns(uint32_t *gfns, size_t n)
 				gfns[got++] = (uint32_t)(r->base + w * WORD_BITS + b);
 			}
 			r->bits[w] = word;
+			if (taken)
+				unreport(r, w * WORD_BITS, WORD_BITS);
 			r->nfree -= taken;
 			nfree_total -= taken;
 			r->hint = word ? w : w + 1;
@@ -227,6 +300,35 @@ void palloc_free_gfns(const uint32_t *gfns, size_t n)
 	rt_spin_lock(&pa_lock);
 	for (i = 0; i < n; i++)
 		free_locked(gfns[i], 1);
+	rt_spin_unlock(&pa_lock);
+}
+
+void palloc_free_gfns_clean(const uint32_t *gfns, size_t n)
+{
+	size_t i = 0;
+
+	rt_spin_lock(&pa_lock);
+	while (i < n) {
+		size_t j = i + 1;
+		uint64_t g, end;
+
+		while (j < n && gfns[j] == gfns[j - 1] + 1)
+			j++;
+		for (g = i; g < j; g++)
+			free_locked(gfns[g], 1);
+		/* Aligned chunks wholly inside the run [gfns[i], gfns[j - 1]]. */
+		end = (uint64_t)gfns[j - 1] + 1;
+		for (g = (uint64_t)DIV_ROUND_UP(gfns[i], PALLOC_CHUNK_PAGES) * PALLOC_CHUNK_PAGES;
+		     g + PALLOC_CHUNK_PAGES <= end; g += PALLOC_CHUNK_PAGES) {
+			struct prange *r = range_of(g);
+			uint64_t c = g / PALLOC_CHUNK_PAGES;
+
+			if (r && c >= r->chunk0 && c - r->chunk0 < r->nchunks &&
+			    chunk_free(r, c - r->chunk0))
+				mark_reported(r, c - r->chunk0);
+		}
+		i = j;
+	}
 	rt_spin_unlock(&pa_lock);
 }
 
@@ -328,6 +430,92 @@ bool palloc_next_free_run(uint64_t *gpa, uint64_t *npages, uint64_t min_pages)
 	}
 	rt_spin_unlock(&pa_lock);
 	return found;
+}
+
+size_t palloc_claim_unreported(uint64_t *gpas, size_t max)
+{
+	size_t got = 0;
+	unsigned i;
+
+	rt_spin_lock(&pa_lock);
+	for (i = 0; i < nr_ranges && got < max; i++) {
+		struct prange *r = &ranges[i];
+		uint64_t c;
+
+		if (r->nfree < PALLOC_CHUNK_PAGES)
+			continue;
+		for (c = 0; c < r->nchunks && got < max; c++) {
+			/* Whole words of marks at once: most chunks are marked or in use. */
+			if (c % WORD_BITS == 0 && r->rep[c / WORD_BITS] == ALL_ONES) {
+				c += WORD_BITS - 1;
+				continue;
+			}
+			if (rep_test(r, c) || !chunk_free(r, c))
+				continue;
+			assign(r, (r->chunk0 + c) * PALLOC_CHUNK_PAGES - r->base, PALLOC_CHUNK_PAGES,
+			       false);
+			nisolated += PALLOC_CHUNK_PAGES;
+			gpas[got++] = (r->chunk0 + c) * PALLOC_CHUNK_PAGES << RT_PAGE_SHIFT;
+		}
+	}
+	rt_spin_unlock(&pa_lock);
+	return got;
+}
+
+void palloc_free_reported(uint64_t gpa, bool reported)
+{
+	uint64_t gfn = gpa >> RT_PAGE_SHIFT;
+	struct prange *r;
+
+	rt_spin_lock(&pa_lock);
+	r = range_of(gfn);
+	if (!r || gfn % PALLOC_CHUNK_PAGES || gfn / PALLOC_CHUNK_PAGES < r->chunk0 ||
+	    gfn / PALLOC_CHUNK_PAGES - r->chunk0 >= r->nchunks) {
+		rt_spin_unlock(&pa_lock);
+		rt_printf("palloc: bad reported chunk gpa 0x%lx\n", gpa);
+		return;
+	}
+	if (check_used(r, gfn, PALLOC_CHUNK_PAGES)) {
+		assign(r, gfn - r->base, PALLOC_CHUNK_PAGES, true);
+		r->hint = MIN(r->hint, (gfn - r->base) / WORD_BITS);
+		if (reported)
+			mark_reported(r, gfn / PALLOC_CHUNK_PAGES - r->chunk0);
+		nisolated -= MIN(nisolated, PALLOC_CHUNK_PAGES);
+	}
+	rt_spin_unlock(&pa_lock);
+}
+
+uint64_t palloc_avail_pages(void)
+{
+	uint64_t n;
+
+	rt_spin_lock(&pa_lock);
+	n = nfree_total + nisolated;
+	rt_spin_unlock(&pa_lock);
+	return n;
+}
+
+uint64_t palloc_reported_pages(void)
+{
+	return READ_ONCE(nreported) * PALLOC_CHUNK_PAGES;
+}
+
+void palloc_set_reclaim(palloc_reclaim_fn *fn)
+{
+	__atomic_store_n(&reclaim_fn, fn, __ATOMIC_RELEASE);
+}
+
+uint64_t palloc_reclaim(uint64_t pages)
+{
+	palloc_reclaim_fn *fn = __atomic_load_n(&reclaim_fn, __ATOMIC_ACQUIRE);
+
+	atomic_add(&nstalls, 1);
+	return fn ? fn(pages) : 0;
+}
+
+uint64_t palloc_stalls(void)
+{
+	return READ_ONCE(nstalls);
 }
 
 uint64_t palloc_free_pages(void)

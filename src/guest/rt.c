@@ -105,6 +105,45 @@ uint64_t rt_now_ns(void)
 
 /* One SLEEP_NS request at most this long, so a long sleep re-reads the clock. */
 #define SLEEP_SLICE_NS RT_NS_PER_SEC
+/* Shortest slice a due poll function cuts a sleep down to. */
+#define POLL_MIN_SLICE_NS (50 * RT_NS_PER_US)
+
+static rt_poll_fn *poll_fn;	/* set by vCPU 0 before the workload; read-only after */
+static uint64_t poll_due;	/* rt_now_ns() when poll_fn wants to run (relaxed) */
+
+void rt_set_poll(rt_poll_fn *fn)
+{
+	WRITE_ONCE(poll_due, 0);
+	__atomic_store_n(&poll_fn, fn, __ATOMIC_RELEASE);
+}
+
+void rt_poll(void)
+{
+	rt_poll_fn *fn = __atomic_load_n(&poll_fn, __ATOMIC_ACQUIRE);
+	uint64_t now, next;
+
+	if (!fn)
+		return;
+	now = rt_now_ns();
+	if (now < READ_ONCE(poll_due))
+		return;
+	/* Claim this period first: other vCPUs arriving meanwhile skip at once. */
+	WRITE_ONCE(poll_due, now + POLL_MIN_SLICE_NS);
+	next = fn(now);
+	now = rt_now_ns();
+	WRITE_ONCE(poll_due, next > UINT64_MAX - now ? UINT64_MAX : now + next);
+}
+
+/* How long a sleep may last before the poll function is due (UINT64_MAX: no limit). */
+static uint64_t poll_slice(uint64_t now)
+{
+	uint64_t due;
+
+	if (!__atomic_load_n(&poll_fn, __ATOMIC_ACQUIRE))
+		return UINT64_MAX;
+	due = READ_ONCE(poll_due);
+	return due > now ? MAX(due - now, POLL_MIN_SLICE_NS) : POLL_MIN_SLICE_NS;
+}
 
 void rt_sleep_ns(uint64_t ns)
 {
@@ -113,13 +152,20 @@ void rt_sleep_ns(uint64_t ns)
 
 	if (!sys_gpa) {
 		/* No device to sleep through: the best we can do. */
-		while (rt_now_ns() < end)
+		while (rt_now_ns() < end) {
+			rt_poll();
 			cpu_relax();
+		}
 		return;
 	}
 	/* The VMM may wake us early ("up to N ns"): sleep again for the rest. */
 	while (now < end) {
-		mmio_write64(sys_gpa + ABI_SYS_SLEEP_NS, MIN(end - now, SLEEP_SLICE_NS));
+		rt_poll();
+		now = rt_now_ns();
+		if (now >= end)
+			break;
+		mmio_write64(sys_gpa + ABI_SYS_SLEEP_NS,
+			     MIN(MIN(end - now, SLEEP_SLICE_NS), poll_slice(now)));
 		now = rt_now_ns();
 	}
 }
@@ -155,6 +201,11 @@ void rt_spin_lock(struct rt_spinlock *l)
 		while (READ_ONCE(l->locked))
 			cpu_relax();
 	}
+}
+
+bool rt_spin_trylock(struct rt_spinlock *l)
+{
+	return !READ_ONCE(l->locked) && !__atomic_exchange_n(&l->locked, 1, __ATOMIC_ACQUIRE);
 }
 
 void rt_spin_unlock(struct rt_spinlock *l)

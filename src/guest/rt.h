@@ -34,6 +34,7 @@
 #define ENOMEM 12
 #define EBUSY 16
 #define EINVAL 22
+#define ENOSPC 28
 #define ERANGE 34
 
 /* Power-off statuses the guest uses; the VMM exits with them. */
@@ -82,6 +83,14 @@ static inline uint64_t rdtsc(void)
 static inline void mmio_write32(uint64_t gpa, uint32_t v)
 {
 	__asm__ __volatile__("movl %0, (%1)" : : "r"(v), "r"(gpa) : "memory");
+}
+
+static inline uint32_t mmio_read32(uint64_t gpa)
+{
+	uint32_t v;
+
+	__asm__ __volatile__("movl (%1), %0" : "=r"(v) : "r"(gpa) : "memory");
+	return v;
 }
 
 static inline void mmio_write64(uint64_t gpa, uint64_t v)
@@ -148,6 +157,28 @@ __noreturn void rt_idle_forever(void);
 /* Record a value with the VMM (ABI_SYS_REPORT), for tests. */
 void rt_report(uint64_t value);
 
+/*
+ * Background work without interrupts. The guest has one poll function (the
+ * balloon driver's service routine) that must run every few milliseconds
+ * whatever the workload does; it runs on whichever vCPU next reaches a
+ * service point:
+ *   - rt_sleep_ns(), before each slice it sleeps; slices are cut short so the
+ *     poll function is never late by more than its own interval (idle loops,
+ *     the rate limiter, smp job waits and backoffs all sleep through here);
+ *   - rt_poll(), which long CPU-bound loops (the workload's fill and verify)
+ *     call every few pages; it costs a TSC read while nothing is due.
+ * The function returns how many ns may pass before it wants to run again,
+ * and must protect itself against running on two vCPUs at once (trylock)
+ * and against reentry from the sleeps it makes itself.
+ */
+typedef uint64_t rt_poll_fn(uint64_t now_ns);
+
+/* Install @fn (NULL removes it). vCPU 0, before the workload starts. */
+void rt_set_poll(rt_poll_fn *fn);
+
+/* Run the poll function if it is due. Any vCPU, any time no lock is held. */
+void rt_poll(void);
+
 /* --- locks and waiting (rt.c) --- */
 
 struct rt_spinlock {
@@ -157,6 +188,8 @@ struct rt_spinlock {
 /* Spins with pause: hold it only for short, bounded work (a few MMIO exits at most). */
 void rt_spin_lock(struct rt_spinlock *l);
 void rt_spin_unlock(struct rt_spinlock *l);
+/* Take @l if it is free; true if taken. Never waits. */
+bool rt_spin_trylock(struct rt_spinlock *l);
 
 /*
  * Polling with backoff: the first few calls spin, later calls sleep through

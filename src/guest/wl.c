@@ -31,6 +31,20 @@
  *   then=poweroff|sleep|free   at the end (default poweroff): power off with
  *                  0 (or 1 after a failed verification); idle; or give every
  *                  filled page back to palloc and idle
+ *   grow=MiB       after the fill, use memory the guest gets back: whenever
+ *                  free memory rises this much above its lowest point since
+ *                  the last fill (the balloon deflated), extend the fill by
+ *                  the difference, print "kvmem-wl: grew N to M" (MiB) and
+ *                  verify everything; checked every 100 ms until time= ends
+ *                  (without time=, forever) (default 0: off)
+ *   wait=balloon   before allocating, wait until the balloon holds pages and
+ *                  stopped inflating (a host set a target first): the fill
+ *                  then needs memory the balloon has, which deflate-on-OOM
+ *                  gives back
+ *
+ * Out of memory: when palloc cannot give the fill (or a churn move) enough
+ * pages, the engine asks palloc_reclaim() (the balloon's deflate-on-OOM)
+ * before it gives up. size=max takes only what is free and never reclaims.
  *
  * Page classes: slot i's class depends on i % 100 only, spread evenly over
  * the 100 positions, so any 100 consecutive slots hold the exact mix and
@@ -39,6 +53,7 @@
  * share their common dup prefix. A rewrite bumps the slot's version and
  * keeps its class.
  */
+#include "balloon_drv.h"
 #include "palloc.h"
 #include "rt.h"
 #include "smp.h"
@@ -51,6 +66,9 @@
 #define WL_MIN_SLEEP_NS (2 * RT_NS_PER_MS)	/* batch pages: <= 500 sleep exits/s */
 #define PAGES_PER_MIB 256
 #define NEVER UINT64_MAX
+#define WL_POLL_PAGES 64		/* rt_poll() this often in page loops */
+#define WL_GROW_CHECK_NS (100 * RT_NS_PER_MS)
+#define WL_RECLAIM_TRIES 16		/* palloc_reclaim() rounds before giving up */
 
 enum wl_then { THEN_POWEROFF, THEN_SLEEP, THEN_FREE };
 
@@ -74,14 +92,18 @@ static struct wl_cfg {
 	bool has_time;
 	uint64_t cow;
 	uint64_t cowwait_s;
+	uint64_t grow_pages;
+	bool wait_balloon;
 	enum wl_then then;
 } cfg;
 
 static uint8_t class_tab[100];		/* class of slot position i % 100 */
 static uint8_t dup_before[100];		/* dup positions before i % 100 */
 
-/* Slot metadata: one run of palloc pages, gfns then versions. */
+/* Slot metadata: one run of palloc pages, gfns then versions, room for cap_slots. */
 static uint64_t nslots;
+static uint64_t cap_slots;		/* nslots, or all of RAM with grow= */
+static uint64_t low_free;		/* grow=: fewest free pages seen since the last fill */
 static uint32_t *slot_gfn;		/* vCPU 0 at allocation, then the slot's owner */
 static uint32_t *slot_ver;		/* slot's owner vCPU only */
 static uint64_t meta_gpa;
@@ -162,12 +184,15 @@ static uint64_t xorshift(uint64_t *s)
 
 /* --- jobs, one share per vCPU --- */
 
-static void job_fill(unsigned cpu, void *arg __unused)
+/* Fill this vCPU's slots from *@arg on (0, or where a grow= extension starts). */
+static void job_fill(unsigned cpu, void *arg)
 {
 	struct wl_cpu *c = &cpus[cpu];
 	uint64_t i;
 
-	for (i = c->lo; i < c->hi; i++) {
+	for (i = MAX(c->lo, *(const uint64_t *)arg); i < c->hi; i++) {
+		if (i % WL_POLL_PAGES == 0)
+			rt_poll();
 		slot_ver[i] = 0;
 		fill_slot(i);
 	}
@@ -190,6 +215,8 @@ static void job_cow(unsigned cpu, void *arg __unused)
 	uint64_t i;
 
 	for (i = c->lo; i < c->hi; i++) {
+		if (i % WL_POLL_PAGES == 0)
+			rt_poll();
 		if (slot_class(i) != WLGEN_DUP || !cow_picks(i))
 			continue;
 		slot_ver[i]++;
@@ -204,8 +231,11 @@ static void job_verify(unsigned cpu, void *arg __unused)
 	uint64_t i;
 
 	c->checked = 0;
-	for (i = c->lo; i < c->hi; i++)
+	for (i = c->lo; i < c->hi; i++) {
+		if (i % WL_POLL_PAGES == 0)
+			rt_poll();
 		c->checked += check_slot(c, i);
+	}
 }
 
 static void rewrite(struct wl_cpu *c, uint64_t nhot)
@@ -236,6 +266,8 @@ static void move_one(struct wl_cpu *c, uint64_t nhot)
 	uint64_t gpa = palloc_alloc();
 	uint32_t old = slot_gfn[i];
 
+	if (!gpa && palloc_reclaim(1))
+		gpa = palloc_alloc();
 	if (!gpa) {
 		c->move_fails++;
 		return;
@@ -418,6 +450,13 @@ static void parse(struct rt_str spec)
 			cfg.cow = num(key, val, 100);
 		} else if (str_eq(key, "cowwait")) {
 			cfg.cowwait_s = num(key, val, 1 << 30);
+		} else if (str_eq(key, "grow")) {
+			cfg.grow_pages = num(key, val, (uint64_t)UINT32_MAX / PAGES_PER_MIB) *
+					 PAGES_PER_MIB;
+		} else if (str_eq(key, "wait")) {
+			if (!str_eq(val, "balloon"))
+				usage("wait= must be balloon, not", val);
+			cfg.wait_balloon = true;
 		} else if (str_eq(key, "then")) {
 			unsigned t;
 
@@ -466,6 +505,41 @@ static __noreturn void out_of_memory(uint64_t need)
 	rt_poweroff(RT_EXIT_NOMEM);
 }
 
+/*
+ * Up to @n pages into @gfns; when palloc runs short, ask its reclaimer
+ * (deflate-on-OOM) for the rest, a few rounds, before settling for less.
+ */
+static uint64_t alloc_gfns(uint32_t *gfns, uint64_t n)
+{
+	uint64_t got = palloc_alloc_gfns(gfns, n);
+	unsigned tries;
+
+	for (tries = 0; got < n && tries < WL_RECLAIM_TRIES; tries++) {
+		uint64_t freed = palloc_reclaim(n - got);
+		uint64_t more = palloc_alloc_gfns(gfns + got, n - got);
+
+		got += more;
+		if (!freed && !more)
+			break;
+	}
+	return got;
+}
+
+static uint64_t alloc_run(uint64_t npages)
+{
+	uint64_t gpa = palloc_alloc_run(npages, 1);
+	unsigned tries;
+
+	for (tries = 0; !gpa && tries < WL_RECLAIM_TRIES; tries++) {
+		uint64_t freed = palloc_reclaim(npages);
+
+		gpa = palloc_alloc_run(npages, 1);
+		if (!gpa && !freed)
+			break;
+	}
+	return gpa;
+}
+
 /* Metadata and every page, before any page is written. */
 static void allocate(void)
 {
@@ -473,20 +547,36 @@ static void allocate(void)
 	uint64_t got;
 
 	if (cfg.size_max) {
+		uint64_t avail = nfree > WL_RESERVE_PAGES ? nfree - WL_RESERVE_PAGES : 0;
+
 		/* 8 bytes of metadata per slot: 512 slots per metadata page. */
-		cfg.pages = nfree > WL_RESERVE_PAGES ? (nfree - WL_RESERVE_PAGES) * 512 / 513 : 0;
+		if (cfg.grow_pages) {
+			uint64_t meta = DIV_ROUND_UP(palloc_total_pages() * 8, RT_PAGE_SIZE);
+
+			cfg.pages = avail > meta ? avail - meta : 0;
+		} else {
+			cfg.pages = avail * 512 / 513;
+		}
 		cfg.pages = MIN(cfg.pages, (uint64_t)UINT32_MAX);
 	}
 	nslots = cfg.pages;
-	if (!nslots)
+	/* grow= may later fill all of RAM: metadata for that, touched only as used. */
+	cap_slots = cfg.grow_pages ? MAX(nslots, MIN(palloc_total_pages(), (uint64_t)UINT32_MAX))
+				   : nslots;
+	if (!cap_slots)
 		return;
-	meta_pages = DIV_ROUND_UP(nslots * 2 * sizeof(uint32_t), RT_PAGE_SIZE);
-	meta_gpa = palloc_alloc_run(meta_pages, 1);
+	meta_pages = DIV_ROUND_UP(cap_slots * 2 * sizeof(uint32_t), RT_PAGE_SIZE);
+	meta_gpa = cfg.size_max ? palloc_alloc_run(meta_pages, 1) : alloc_run(meta_pages);
 	if (!meta_gpa)
 		out_of_memory(nslots + meta_pages);
 	slot_gfn = (uint32_t *)meta_gpa;
-	slot_ver = slot_gfn + nslots;
-	got = palloc_alloc_gfns(slot_gfn, nslots);
+	slot_ver = slot_gfn + cap_slots;
+	if (cfg.size_max) {
+		/* Free memory only, never the balloon's: settle for what there is. */
+		nslots = palloc_alloc_gfns(slot_gfn, nslots);
+		return;
+	}
+	got = alloc_gfns(slot_gfn, nslots);
 	if (got < nslots) {
 		palloc_free_gfns(slot_gfn, got);
 		palloc_free_run(meta_gpa, meta_pages);
@@ -521,18 +611,46 @@ static void print_config(void)
 		  cfg.has_time ? cfg.time_s : 0, then_names[cfg.then]);
 }
 
-/* After the fill: rewrite/read/churn/verify until time= is up (or forever). */
+/*
+ * grow=: fill the memory the guest got back since the last fill (free pages
+ * above their low-water mark), then verify all of it. vCPU 0, between jobs.
+ */
+static void grow(void)
+{
+	/* Free page reports in flight are still free memory: they must not look returned. */
+	uint64_t nfree = palloc_avail_pages();
+	uint64_t from = nslots, n, got;
+
+	low_free = MIN(low_free, nfree);
+	if (nfree < low_free + cfg.grow_pages)
+		return;
+	n = MIN(nfree - low_free, cap_slots - nslots);
+	got = n ? palloc_alloc_gfns(slot_gfn + nslots, n) : 0;
+	low_free = palloc_avail_pages();
+	if (!got)
+		return;
+	nslots += got;
+	split_work();
+	smp_run(job_fill, &from);
+	rt_printf("kvmem-wl: grew %lu to %lu\n", mib(got), mib(nslots));
+	verify_all();
+	low_free = palloc_avail_pages();
+}
+
+/* After the fill: rewrite/read/churn/verify/grow until time= is up (or forever). */
 static void run(uint64_t start)
 {
 	uint64_t end = cfg.has_time ? start + cfg.time_s * RT_NS_PER_SEC : NEVER;
 	uint64_t verify_ns = cfg.verify_s * RT_NS_PER_SEC;
 	uint64_t next_verify = verify_ns ? rt_now_ns() + verify_ns : NEVER;
+	uint64_t next_grow = cfg.grow_pages ? rt_now_ns() + WL_GROW_CHECK_NS : NEVER;
 	bool active = cfg.rate || cfg.read || cfg.churn;
 
-	if (!cfg.has_time && !active && !verify_ns)
+	low_free = palloc_avail_pages();
+	if (!cfg.has_time && !active && !verify_ns && !cfg.grow_pages)
 		return;
 	for (;;) {
-		uint64_t deadline = MIN(end, next_verify);
+		uint64_t deadline = MIN(MIN(end, next_verify), next_grow);
 		uint64_t now = rt_now_ns();
 
 		if (active)
@@ -542,6 +660,10 @@ static void run(uint64_t start)
 		now = rt_now_ns();
 		if (now >= end)
 			break;
+		if (now >= next_grow) {
+			grow();
+			next_grow = rt_now_ns() + WL_GROW_CHECK_NS;
+		}
 		if (now >= next_verify) {
 			verify_all();
 			next_verify = MAX(next_verify + verify_ns, rt_now_ns());
@@ -566,18 +688,34 @@ static void cow_phase(void)
 	verify_all();
 }
 
+/* wait=balloon: until the balloon holds pages and stopped growing. */
+static void wait_for_balloon(void)
+{
+	if (!balloon_is_running()) {
+		rt_printf("kvmem-wl: bad kvmem.wl: wait=balloon without a balloon driver\n");
+		rt_poweroff(RT_EXIT_USAGE);
+	}
+	rt_printf("kvmem-wl: waiting for the balloon\n");
+	while (!balloon_is_settled())
+		rt_sleep_ns(10 * RT_NS_PER_MS);
+	rt_printf("kvmem-wl: balloon holds %lu MiB, %lu MiB free\n", mib(balloon_pages()),
+		  mib(palloc_free_pages()));
+}
+
 void wl_main(struct rt_str spec)
 {
-	uint64_t t0, t1;
+	uint64_t t0, t1, from = 0;
 	unsigned i;
 
 	parse(spec);
 	build_class_table();
+	if (cfg.wait_balloon)
+		wait_for_balloon();
 	t0 = rt_now_ns();
 	allocate();
 	split_work();
 	print_config();
-	smp_run(job_fill, NULL);
+	smp_run(job_fill, &from);
 	t1 = rt_now_ns();
 	rt_printf("kvmem-wl: filled %lu in %lu ms\n", mib(nslots), (t1 - t0) / RT_NS_PER_MS);
 	if (rt_ncpus() > 1)

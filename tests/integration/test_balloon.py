@@ -1,0 +1,204 @@
+"""virtio-balloon with the kvmem guest's driver, end to end:
+1. free page reporting: a 1 GiB guest fills 768 MiB, frees it, and host
+   resident memory falls by at least 90% of that with no balloon target;
+2. inflate to a 512 MiB target: the guest's total memory (its stats) falls to
+   about 512 MiB, the balloon reaches the target, the data still verifies;
+   deflate back to 1 GiB and the guest fills the memory it got back and
+   verifies it all; and inflating memory the guest had used and freed
+   (reporting off) drops it from the host;
+3. deflate-on-OOM: a guest that needs memory while inflated gets it back.
+Every wait is a poll with a generous deadline; nothing asserts on timing."""
+import os
+import re
+
+from kvmemtest import check, finish, require_kvm, wait_for
+from ctlhelp import Host, no_verify_fail, request, stats, tmpdir, vm_of, wait_socket
+
+MIB = 1 << 20
+PAGE = 4096
+PAGES_PER_MIB = MIB // PAGE
+# Far above what the guests use: the policy never balloons them on its own.
+BUDGET = "16G"
+
+require_kvm()
+d = tmpdir()
+
+
+def start(name, append):
+    sock = os.path.join(d, name + ".sock")
+    host = Host(["run", "--mem", "1G", "--budget", BUDGET, "--socket", sock,
+                 "--append", append])
+    check(wait_socket(host, sock), f"{name}: the host serves its control socket")
+    return host, sock
+
+
+def vm(sock):
+    return vm_of(stats(sock), "vm0")
+
+
+def balloon(sock):
+    return vm(sock)["balloon"]
+
+
+def set_target(sock, size, what):
+    r = request(sock, {"verb": "balloon", "vm": "vm0", "target": size})
+    check(r.get("ok") is True, f"{what}: balloon target {size} ({r})")
+
+
+def policy_passes(sock, n=2):
+    """Wait for n more policy passes: resident_bytes is measured by them."""
+    p0 = stats(sock)["host"]["policy_passes"]
+    return wait_for(lambda: stats(sock)["host"]["policy_passes"] >= p0 + n, 120)
+
+
+def mib_sum(host, regex):
+    return sum(int(m.group(1)) for l in host.stdout() for m in [re.search(regex, l)] if m)
+
+
+# --- 1. free page reporting --------------------------------------------------------------
+
+host, sock = start("report", "kvmem.wl=size=768,time=10,then=free")
+try:
+    check(host.wait_line(r"^kvmem-balloon: features 0x[0-9a-f]+$"), "report: the driver starts")
+    check(host.wait_line(r"^kvmem-wl: verify ok 196608$"), "report: the guest filled 768 MiB")
+    # Hold the guest while the policy measures it full (it frees 10 s after the fill).
+    r = request(sock, {"verb": "pause", "vm": "vm0"})
+    check(r.get("ok") is True, f"report: pause ({r})")
+    check(policy_passes(sock), "report: the policy measured the full guest")
+    r0 = vm(sock)["resident_bytes"]
+    check(r0 >= 760 * MIB, f"report: 768 MiB resident after the fill ({r0 / MIB:.1f} MiB)")
+    r = request(sock, {"verb": "resume", "vm": "vm0"})
+    check(r.get("ok") is True, f"report: resume ({r})")
+    check(host.wait_line(r"^kvmem-wl: freed 768$"), "report: the guest freed 768 MiB")
+
+    def dropped():
+        v = vm(sock)
+        return v if r0 - v["resident_bytes"] >= 0.9 * 768 * MIB else None
+
+    v = wait_for(dropped, 120, step=0.5)
+    if check(v is not None, "report: host resident memory fell by at least 90% of the 768 MiB "
+             "freed"):
+        print(f"info   resident {r0 / MIB:.1f} -> {v['resident_bytes'] / MIB:.1f} MiB", flush=True)
+    b = balloon(sock)
+    check(b["counters"]["reported_bytes"] >= 0.9 * 768 * MIB and b["counters"]["reports"] > 0,
+          f"report: the device dropped the reported ranges ({b['counters']})")
+    check(b["balloon_actual_bytes"] == 0 and b["balloon_target_bytes"] == 0,
+          f"report: no balloon target, nothing inflated ({b['balloon_actual_bytes']})")
+    check(host.wait_line(r"^kvmem-balloon: reported \d+ MiB$") and
+          mib_sum(host, r"^kvmem-balloon: reported (\d+) MiB$") >= 0.9 * 768,
+          "report: the guest says what it reported")
+    # Reported chunks are not reported again while they stay free.
+    n = balloon(sock)["counters"]["reports"]
+    check(policy_passes(sock, 3) and balloon(sock)["counters"]["reports"] == n,
+          "report: free chunks already reported are left alone")
+    g = wait_for(lambda: balloon(sock)["guest"].get("free_bytes", 0) >= 1000 * MIB and
+                 balloon(sock)["guest"], 60)
+    check(g is not None, f"report: the guest's stats show its memory free again ({g})")
+    check(host.alive() and vm(sock)["state"] == "running", "report: the VM is still running")
+finally:
+    rc = host.stop()
+check(rc == 0, f"report: the host exits 0 on SIGTERM (got {rc})")
+
+# --- 2. inflate to a target, deflate, refill ---------------------------------------------
+
+VERIFY_256 = r"^kvmem-wl: verify ok 65536$"
+host, sock = start("target", "kvmem.wl=size=256,verify=2,grow=16")
+try:
+    check(host.wait_line(VERIFY_256), "target: the guest filled 256 MiB and verifies")
+    set_target(sock, "512M", "target")
+    b = wait_for(lambda: (lambda b: b if b["balloon_actual_bytes"] == 512 * MIB and
+                          b["guest"].get("total_bytes", 1 << 40) <= 528 * MIB else None)(
+                              balloon(sock)), 120)
+    check(b is not None, "target: the balloon holds 512 MiB and the guest's total memory "
+          "fell to about 512 MiB")
+    if b:
+        tot = b["guest"]["total_bytes"]
+        check(480 * MIB <= tot <= 528 * MIB and b["actual_bytes"] == 512 * MIB,
+              f"target: guest total {tot / MIB:.1f} MiB, VM keeps {b['actual_bytes'] / MIB:.0f} MiB")
+        check(b["counters"]["inflated_pages"] >= 512 * PAGES_PER_MIB and
+              b["counters"]["needs_reset"] == 0, f"target: inflated ({b['counters']})")
+    check(host.wait_line(r"^kvmem-balloon: target 512 MiB actual 512 MiB$"),
+          "target: the guest reports reaching the target")
+    check(host.wait_line(VERIFY_256, host.count(VERIFY_256) + 2),
+          "target: the guest's data still verifies while inflated")
+
+    set_target(sock, "1G", "target")
+    b = wait_for(lambda: (lambda b: b if b["balloon_actual_bytes"] == 0 and
+                          b["guest"].get("total_bytes", 0) >= 1000 * MIB else None)(
+                              balloon(sock)), 120)
+    check(b is not None, "target: deflated: the balloon is empty and the guest has all its "
+          "memory back")
+    full = r"^kvmem-wl: verify ok (\d+)$"
+
+    def refilled():
+        return any(int(m.group(1)) >= (256 + 0.95 * 512) * PAGES_PER_MIB
+                   for l in host.stdout() for m in [re.search(full, l)] if m)
+
+    check(wait_for(lambda: refilled() or not host.alive(), 180) and refilled(),
+          "target: the guest filled the memory it got back and verifies all of it")
+    check(mib_sum(host, r"^kvmem-wl: grew (\d+) to \d+$") >= 0.95 * 512,
+          "target: the workload grew by the 512 MiB deflated")
+    check(policy_passes(sock) and vm(sock)["resident_bytes"] >= 740 * MIB,
+          f"target: the refilled memory is resident ({vm(sock)['resident_bytes'] / MIB:.1f} MiB)")
+    n = host.count(full)
+    check(host.wait_line(full, n + 2), "target: the guest goes on verifying")
+    no_verify_fail(host, "target")
+finally:
+    rc = host.stop()
+check(rc == 0, f"target: the host exits 0 on SIGTERM (got {rc})")
+
+# Inflating pages the guest used and freed (reporting off, so they stay resident) drops them.
+host, sock = start("inflate-rss", "kvmem.balloon.report=off kvmem.wl=size=768,then=free")
+try:
+    check(host.wait_line(r"^kvmem-wl: freed 768$"), "inflate-rss: the guest used and freed 768 MiB")
+    check(policy_passes(sock), "inflate-rss: the policy measured the guest")
+    r0 = vm(sock)["resident_bytes"]
+    check(r0 >= 760 * MIB, f"inflate-rss: freed pages stay resident without reporting "
+          f"({r0 / MIB:.1f} MiB)")
+    set_target(sock, "256M", "inflate-rss")
+    check(wait_for(lambda: balloon(sock)["balloon_actual_bytes"] == 768 * MIB, 120),
+          "inflate-rss: the balloon holds 768 MiB")
+    v = wait_for(lambda: (lambda v: v if r0 - v["resident_bytes"] >= 0.9 * 768 * MIB else None)(
+        vm(sock)), 120, step=0.5)
+    check(v is not None, "inflate-rss: host resident memory fell by at least 90% of the "
+          "768 MiB inflated")
+    set_target(sock, "1G", "inflate-rss")
+    check(wait_for(lambda: balloon(sock)["balloon_actual_bytes"] == 0, 120),
+          "inflate-rss: deflated back to an empty balloon")
+    check(policy_passes(sock) and vm(sock)["resident_bytes"] <= r0 - 0.9 * 768 * MIB,
+          "inflate-rss: deflated pages cost the host nothing until the guest uses them")
+    check(balloon(sock)["counters"]["reports"] == 0, "inflate-rss: nothing was reported")
+finally:
+    rc = host.stop()
+check(rc == 0, f"inflate-rss: the host exits 0 on SIGTERM (got {rc})")
+
+# --- 3. deflate-on-OOM --------------------------------------------------------------------
+
+host, sock = start("oom", "kvmem.wl=size=768,wait=balloon,verify=2")
+try:
+    check(host.wait_line(r"^kvmem-wl: waiting for the balloon$"), "oom: the workload waits")
+    set_target(sock, "256M", "oom")
+    check(host.wait_line(r"^kvmem-wl: balloon holds 768 MiB, \d+ MiB free$"),
+          "oom: the balloon holds 768 MiB before the workload allocates")
+    check(host.wait_line(r"^kvmem-balloon: deflate-on-oom \d+ pages$"),
+          "oom: the driver deflates when the allocation falls short")
+    check(host.wait_line(r"^kvmem-wl: verify ok 196608$"),
+          "oom: the guest got its 768 MiB, filled and verified them")
+    b = balloon(sock)
+    oom_pages = mib_sum(host, r"^kvmem-balloon: deflate-on-oom (\d+) pages$")
+    check(b["counters"]["oom_deflated_pages"] >= oom_pages > 0,
+          f"oom: the device counts the deflate as deflate-on-OOM ({b['counters']}, "
+          f"guest said {oom_pages})")
+    check(b["balloon_actual_bytes"] < 768 * MIB and b["balloon_target_bytes"] == 768 * MIB,
+          f"oom: the balloon gave pages back although the target did not change "
+          f"({b['balloon_actual_bytes'] / MIB:.0f} MiB held)")
+    g = wait_for(lambda: balloon(sock)["guest"].get("alloc_stalls", 0) >= 1 and
+                 balloon(sock)["guest"], 60)
+    check(g is not None, f"oom: the guest's stats count the allocation stall ({g})")
+    check(host.wait_line(r"^kvmem-wl: verify ok 196608$", 3), "oom: the guest goes on verifying")
+    no_verify_fail(host, "oom")
+    check(vm(sock)["state"] == "running", "oom: the VM is still running")
+finally:
+    rc = host.stop()
+check(rc == 0, f"oom: the host exits 0 on SIGTERM (got {rc})")
+finish()

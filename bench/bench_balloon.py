@@ -12,32 +12,18 @@ Usage: bench_balloon.py KVMEM MADV_REF [runs]
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from benchlib import request
+
 KVMEM, MADV = sys.argv[1], sys.argv[2]
 RUNS = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 MIB, GIB = 1 << 20, 1 << 30
 REPORT_ARG = os.environ.get("KVMEM_BENCH_REPORT_ARG", "")
-
-
-def request(path, req):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(path)
-    s.sendall((json.dumps(req) + "\n").encode())
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = s.recv(1 << 20)
-        if not chunk:
-            break
-        buf += chunk
-    s.close()
-    return json.loads(buf)
 
 
 def vm0(path):

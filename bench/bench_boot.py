@@ -14,23 +14,17 @@ Usage: bench_boot.py KVMEM MEMSET_REF [runs]
 import json
 import os
 import re
-import select
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from benchlib import emit
+
 KVMEM, MEMSET = sys.argv[1], sys.argv[2]
 RUNS = int(sys.argv[3]) if len(sys.argv) > 3 else 5
 SIZE = 256
-
-
-def emit(name, unit, value, config, ref=None):
-    line = {"name": name, "unit": unit, "value": round(value, 3), "config": config}
-    if ref is not None:
-        line["ref"] = ref
-    print(json.dumps(line), flush=True)
 
 
 def one_boot():

@@ -9,11 +9,12 @@ summary line. Usage: bench_overcommit.py KVMEM [budget_MiB] [seconds] [dedup]
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchlib import request
 
 KVMEM = sys.argv[1]
 BUDGET = int(sys.argv[2]) if len(sys.argv) > 2 else 1024
@@ -22,21 +23,6 @@ DEDUP = sys.argv[4] if len(sys.argv) > 4 else "off"
 NVMS = 4
 MEM = 2 * BUDGET // NVMS   # the VMs' mem adds up to twice the budget
 FILL = MEM * 3 // 4
-
-
-def request(path, req):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(path)
-    s.sendall((json.dumps(req) + "\n").encode())
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = s.recv(1 << 20)
-        if not chunk:
-            break
-        buf += chunk
-    s.close()
-    return json.loads(buf)
 
 
 with tempfile.TemporaryDirectory() as d:

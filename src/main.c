@@ -88,6 +88,28 @@ static const char *default_guest(void)
 	return KVMEM_GUEST_DEFAULT;
 }
 
+#define OPT_CONTINUE (-1)
+
+/*
+ * The options every subcommand shares (-v, -h) and getopt's errors.
+ * Returns OPT_CONTINUE to go on parsing, else the exit status.
+ */
+static int common_option(int c, char **argv)
+{
+	switch (c) {
+	case 'v':
+		log_set_level(LOG_DEBUG);
+		return OPT_CONTINUE;
+	case 'h':
+		usage(stdout);
+		return 0;
+	case ':':
+		return usage_error("%s: missing value", argv[optind - 1]);
+	default:
+		return usage_error("%s: unknown option", argv[optind - 1]);
+	}
+}
+
 static int parse_dedup(const char *s, enum host_dedup_mode *out)
 {
 	if (!strcmp(s, "off"))
@@ -149,7 +171,7 @@ static int cmd_run(int argc, char **argv)
 	struct host_vm_config vm = { .name = "vm0", .cpus = 1, .shares = 1000 };
 	struct host_config cfg = { .vms = &vm, .nr_vms = 1, .policy_interval_s = 1.0 };
 	bool have_mem = false;
-	int c;
+	int c, ret;
 
 	opterr = 0;
 	optind = 1;
@@ -192,16 +214,10 @@ static int cmd_run(int argc, char **argv)
 			if (parse_dedup(optarg, &cfg.dedup))
 				return usage_error("--dedup %s: must be on, off or ksm", optarg);
 			break;
-		case 'v':
-			log_set_level(LOG_DEBUG);
-			break;
-		case 'h':
-			usage(stdout);
-			return 0;
-		case ':':
-			return usage_error("%s: missing value", argv[optind - 1]);
 		default:
-			return usage_error("%s: unknown option", argv[optind - 1]);
+			ret = common_option(c, argv);
+			if (ret != OPT_CONTINUE)
+				return ret;
 		}
 	}
 	if (optind < argc)
@@ -243,16 +259,10 @@ static int cmd_host(int argc, char **argv)
 		case 's':
 			sock = optarg;
 			break;
-		case 'v':
-			log_set_level(LOG_DEBUG);
-			break;
-		case 'h':
-			usage(stdout);
-			return 0;
-		case ':':
-			return usage_error("%s: missing value", argv[optind - 1]);
 		default:
-			return usage_error("%s: unknown option", argv[optind - 1]);
+			ret = common_option(c, argv);
+			if (ret != OPT_CONTINUE)
+				return ret;
 		}
 	}
 	if (optind < argc)

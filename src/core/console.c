@@ -84,20 +84,36 @@ static void emit_line(struct console *con)
 	con->len = 0;
 }
 
+/*
+ * Guest bytes reach the operator's terminal: control characters (escape
+ * sequences could rewrite the screen or forge host log lines) are shown as
+ * \xNN instead. Tabs and newlines pass.
+ */
+static void put_char(struct console *con, unsigned char c)
+{
+	static const char hex[] = "0123456789abcdef";
+
+	if (c == '\r' || c == '\0')
+		return;
+	if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7f) {
+		char esc[4] = { '\\', 'x', hex[c >> 4], hex[c & 15] };
+
+		for (int i = 0; i < 4; i++)
+			put_char(con, (unsigned char)esc[i]);
+		return;
+	}
+	con->line[con->len++] = (char)c;
+	if (c == '\n' || con->len == CON_LINE_MAX - 1) {
+		if (c != '\n')
+			con->line[con->len++] = '\n';
+		emit_line(con);
+	}
+}
+
 static void put_bytes(struct console *con, const char *p, size_t n)
 {
-	for (size_t i = 0; i < n; i++) {
-		char c = p[i];
-
-		if (c == '\r' || c == '\0')
-			continue;
-		con->line[con->len++] = c;
-		if (c == '\n' || con->len == CON_LINE_MAX - 1) {
-			if (c != '\n')
-				con->line[con->len++] = '\n';
-			emit_line(con);
-		}
-	}
+	for (size_t i = 0; i < n; i++)
+		put_char(con, (unsigned char)p[i]);
 }
 
 static void console_write(void *opaque, struct vcpu *vcpu, uint64_t off, const void *data,

@@ -29,8 +29,10 @@ static void sysctl_write(void *opaque, struct vcpu *vcpu, uint64_t off, const vo
 		vcpu_report_exception(vcpu);
 		break;
 	case ABI_SYS_REPORT:
-		log_info("%s: vcpu %u reports 0x%llx", vm->name, vcpu_index(vcpu),
-			 (unsigned long long)val);
+		/* Guest-triggered: only in the debug log, and rate-limited there too. */
+		if (log_get_level() >= LOG_DEBUG)
+			log_warn_ratelimited("%s: vcpu %u reports 0x%llx", vm->name,
+					     vcpu_index(vcpu), (unsigned long long)val);
 		break;
 	default:
 		log_warn_ratelimited("%s: sysctl write to unknown register 0x%llx", vm->name,

@@ -40,6 +40,7 @@ struct vcpu {
 	pthread_mutex_t lock;	/* guards woken */
 	pthread_cond_t cond;
 	bool woken;		/* a kick arrived while (or before) sleeping */
+	bool exited;		/* the thread is past its last use of itself: no more signals */
 	uint64_t exits;		/* vCPU thread only; read racily for stats */
 };
 
@@ -56,6 +57,8 @@ static void install_kick_handler(void)
 
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = kick_handler;
+	/* KVM_RUN still returns EINTR (it is never restarted); other calls go on. */
+	sa.sa_flags = SA_RESTART;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGUSR1, &sa, NULL);
 }
@@ -144,10 +147,14 @@ void vcpu_kick(struct vcpu *vcpu)
 	pthread_mutex_lock(&vcpu->lock);
 	vcpu->woken = true;
 	pthread_cond_signal(&vcpu->cond);
-	pthread_mutex_unlock(&vcpu->lock);
 	__atomic_store_n(&vcpu->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-	if (vcpu->started)
+	/*
+	 * Under the lock: the thread marks itself exited under it before it
+	 * returns, so we never signal a thread that may already be joined.
+	 */
+	if (vcpu->started && !vcpu->exited)
 		pthread_kill(vcpu->thread, SIGUSR1);
+	pthread_mutex_unlock(&vcpu->lock);
 }
 
 void vcpu_sleep(struct vcpu *vcpu, uint64_t ns)
@@ -261,6 +268,9 @@ static void *vcpu_thread(void *arg)
 		if (!handle_exit(vcpu))
 			break;
 	}
+	pthread_mutex_lock(&vcpu->lock);
+	vcpu->exited = true;
+	pthread_mutex_unlock(&vcpu->lock);
 	vm_vcpu_exited(vm);
 	return NULL;
 }
@@ -271,17 +281,26 @@ int vcpu_start(struct vcpu *vcpu)
 	int ret;
 
 	snprintf(name, sizeof(name), "vcpu%u", vcpu->index);
+	pthread_mutex_lock(&vcpu->lock);
 	ret = thread_spawn(&vcpu->thread, name, vcpu_thread, vcpu);
 	if (!ret)
 		vcpu->started = true;
+	pthread_mutex_unlock(&vcpu->lock);
 	return ret;
 }
 
 void vcpu_join(struct vcpu *vcpu)
 {
-	if (vcpu->started) {
+	bool started;
+
+	pthread_mutex_lock(&vcpu->lock);
+	started = vcpu->started;
+	pthread_mutex_unlock(&vcpu->lock);
+	if (started) {
 		pthread_join(vcpu->thread, NULL);
+		pthread_mutex_lock(&vcpu->lock);
 		vcpu->started = false;
+		pthread_mutex_unlock(&vcpu->lock);
 	}
 }
 

@@ -240,6 +240,11 @@ static void sample_active(struct ovc_vm *v)
 		if (mem_page_protect(gm, idx) == 0)
 			v->samples[picked++] = idx;
 		pagestate_set(gm->ps, idx, PS_ANON);
+		/*
+		 * A write that faulted while the page was PS_BUSY was left for us
+		 * (the owner): wake it so it faults again and counts as a touch.
+		 */
+		mem_page_wake(gm, idx);
 	}
 	v->sampled = picked;
 }

@@ -114,6 +114,9 @@ int mem_page_map_frame(struct gm *gm, uint64_t idx, int fd, uint64_t off)
 	return 0;
 }
 
+/* Pages mem_discard claims and drops at a time (their old states live on the stack). */
+#define DISCARD_RUN 512
+
 static int check_aligned_range(const struct gm *gm, gpa_t gpa, uint64_t len)
 {
 	if (gpa % GM_PAGE_SIZE || len % GM_PAGE_SIZE || len == 0)
@@ -134,28 +137,37 @@ int64_t mem_discard(struct gm *gm, gpa_t gpa, uint64_t len, enum ps_state why)
 		return -EINVAL;
 	while (len) {
 		int64_t first = memmap_page_index(gm, gpa);
+		uint8_t was[DISCARD_RUN];
 		uint64_t n = 0;
 
 		/*
-		 * Claim a run of pages that no other mechanism holds, set their new
-		 * state first (a racing guest access is then served a zero page,
-		 * which the guest agreed to by giving the page up), then drop the run.
+		 * Claim a run of pages that no other mechanism holds (PS_BUSY keeps
+		 * the uffd service, the policy's residency walk and other
+		 * mechanisms off them), drop the run, then give each its new state.
+		 * A guest access in between gets a zero page: it gave these pages
+		 * up.
 		 */
-		while (len && memmap_index_gpa(gm, (uint64_t)first + n) == gpa) {
+		while (len && n < DISCARD_RUN && memmap_index_gpa(gm, (uint64_t)first + n) == gpa) {
 			uint64_t idx = (uint64_t)first + n;
 			enum ps_state st = pagestate_get(gm->ps, idx);
 
-			if (st == PS_BUSY)
+			if (st == PS_BUSY || pagestate_cas(gm->ps, idx, st, PS_BUSY))
 				break;
-			pagestate_set(gm->ps, idx, why);
-			if (!pagestate_is_dropped(st))
-				dropped++;
+			was[n] = (uint8_t)st;
 			n++;
 			gpa += GM_PAGE_SIZE;
 			len -= GM_PAGE_SIZE;
 		}
 		if (n) {
+			/* If the drop fails, every page keeps the state it had. */
 			ret = drop_run(gm, (uint64_t)first, n);
+			for (uint64_t i = 0; i < n; i++) {
+				if (!ret && !pagestate_is_dropped((enum ps_state)was[i]))
+					dropped++;
+				pagestate_set(gm->ps, (uint64_t)first + i,
+					      ret ? (enum ps_state)was[i] : why);
+				mem_page_wake(gm, (uint64_t)first + i);
+			}
 			if (ret)
 				return ret;
 		} else {
@@ -222,9 +234,14 @@ int64_t mem_reclaim_zero(struct gm *gm, uint64_t first, uint64_t count, uint64_t
 				continue;
 			if (pagestate_cas(gm->ps, idx, PS_ANON, PS_BUSY))
 				continue;
-			/* Protect first, compare second: a write from now on waits for us. */
-			if (mem_page_protect(gm, idx)) {
+			/*
+			 * Protect first, compare second: a write from now on waits for
+			 * us. A page dedup mapped onto a frame since the look above has
+			 * no protection to rely on (its VMA is not under userfaultfd).
+			 */
+			if (frame_mapped(gm, idx) || mem_page_protect(gm, idx)) {
 				pagestate_set(gm->ps, idx, PS_ANON);
+				mem_page_wake(gm, idx);
 				continue;
 			}
 			zero = page_is_zero(hva);

@@ -23,11 +23,15 @@
 #include "mem/mem_internal.h"
 #include "mem/pagestate.h"
 
+#define UFFD_MAX_VMS 256
+
 struct uffd_service {
 	int epfd;
 	int stop_efd;
 	pthread_t thread;
 	pthread_mutex_t lock;	 /* serialises add/remove against the thread's dispatch */
+	struct gm *served[UFFD_MAX_VMS]; /* lock: VMs being served */
+	unsigned int nr_served;	 /* lock */
 	struct uffd_stats stats; /* atomic */
 };
 
@@ -40,19 +44,30 @@ static void wake(int uffd, uint64_t start)
 
 /*
  * A write to a write-protected page. A page in PS_BUSY belongs to a
- * mechanism that wakes it when done. Any other protected page was protected
- * by the policy to sample the guest's working set (ESX-style): release it
- * and count the touch.
+ * mechanism that wakes its writers when done. A PS_ANON page was protected
+ * by the policy to sample the guest's working set (ESX-style): claim it like
+ * any mechanism would, so no mechanism can be relying on the protection we
+ * lift, release it (a mode-0 write-protect also wakes the writer), and count
+ * the touch. Any other state means the mapping was dropped or replaced since
+ * the fault was queued: the protection is gone, so just let the writer retry.
  */
 static void resolve_wp(struct uffd_service *svc, struct gm *gm, uint64_t addr, uint64_t idx)
 {
 	struct uffdio_writeprotect w = { .range = { .start = addr, .len = GM_PAGE_SIZE }, .mode = 0 };
+	enum ps_state st = pagestate_get(gm->ps, idx);
 
 	__atomic_fetch_add(&svc->stats.wp_faults, 1, __ATOMIC_RELAXED);
-	if (pagestate_get(gm->ps, idx) == PS_BUSY)
+	if (st == PS_BUSY)
 		return;
+	if (st != PS_ANON) {
+		wake(gm->uffd, addr);
+		return;
+	}
+	if (pagestate_cas(gm->ps, idx, PS_ANON, PS_BUSY))
+		return; /* a mechanism took it just now: it wakes the writer */
 	if (ioctl(gm->uffd, UFFDIO_WRITEPROTECT, &w) < 0)
 		wake(gm->uffd, addr);
+	pagestate_set(gm->ps, idx, PS_ANON);
 	__atomic_fetch_add(&gm->sample_hits, 1, __ATOMIC_RELAXED);
 	__atomic_fetch_add(&svc->stats.sample_hits, 1, __ATOMIC_RELAXED);
 }
@@ -93,6 +108,15 @@ static void drain(struct uffd_service *svc, struct gm *gm)
 	}
 }
 
+/* Under svc->lock: gm was not removed since epoll_wait returned its event. */
+static bool is_served(const struct uffd_service *svc, const struct gm *gm)
+{
+	for (unsigned int i = 0; i < svc->nr_served; i++)
+		if (svc->served[i] == gm)
+			return true;
+	return false;
+}
+
 static void *service_thread(void *arg)
 {
 	struct uffd_service *svc = arg;
@@ -109,7 +133,8 @@ static void *service_thread(void *arg)
 			if (!evs[i].data.ptr)
 				return NULL; /* the stop eventfd */
 			pthread_mutex_lock(&svc->lock);
-			drain(svc, evs[i].data.ptr);
+			if (is_served(svc, evs[i].data.ptr))
+				drain(svc, evs[i].data.ptr);
 			pthread_mutex_unlock(&svc->lock);
 		}
 	}
@@ -164,21 +189,37 @@ void uffd_service_destroy(struct uffd_service *svc)
 int uffd_service_add(struct uffd_service *svc, struct gm *gm)
 {
 	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = gm };
+	int ret = 0;
 
 	if (gm->uffd < 0)
 		return -EINVAL;
-	if (epoll_ctl(svc->epfd, EPOLL_CTL_ADD, gm->uffd, &ev) < 0)
-		return -errno;
-	return 0;
+	pthread_mutex_lock(&svc->lock);
+	if (svc->nr_served == UFFD_MAX_VMS)
+		ret = -ENOSPC;
+	else if (epoll_ctl(svc->epfd, EPOLL_CTL_ADD, gm->uffd, &ev) < 0)
+		ret = -errno;
+	else
+		svc->served[svc->nr_served++] = gm;
+	pthread_mutex_unlock(&svc->lock);
+	return ret;
 }
 
 void uffd_service_remove(struct uffd_service *svc, struct gm *gm)
 {
 	if (gm->uffd < 0)
 		return;
-	/* Under the lock: once we return, the thread holds no pointer to gm. */
+	/*
+	 * Under the lock, and the thread checks membership under it before
+	 * touching a gm from an epoll batch: once we return, it never will.
+	 */
 	pthread_mutex_lock(&svc->lock);
 	epoll_ctl(svc->epfd, EPOLL_CTL_DEL, gm->uffd, NULL);
+	for (unsigned int i = 0; i < svc->nr_served; i++) {
+		if (svc->served[i] == gm) {
+			svc->served[i] = svc->served[--svc->nr_served];
+			break;
+		}
+	}
 	pthread_mutex_unlock(&svc->lock);
 }
 

@@ -6,7 +6,8 @@ and the host gets back under budget while the busy guest keeps verifying.
 The idle guest fills 600 MiB and frees it (`then=free`) with free page
 reporting off, so its memory is resident but free inside the guest: memory
 only the balloon can win back. The busy guest fills 600 MiB and keeps
-rewriting it. Nothing here asserts timing: waits are polls with deadlines.
+rewriting it fast enough (200 MiB/s) that the policy's write sampling sees it
+busy in every half-second interval. Nothing here asserts timing: waits are polls with deadlines.
 """
 from ctlhelp import Host, host_config, no_verify_fail, stats, tmpdir, vm_of, wait_socket
 from kvmemtest import check, finish, require_kvm, wait_for
@@ -21,7 +22,7 @@ cfg = host_config(d, {
         {"name": "idle", "mem": "1G", "min": "256M",
          "append": "kvmem.wl=size=600,then=free kvmem.balloon.report=off"},
         {"name": "busy", "mem": "1G", "min": "512M",
-         "append": "kvmem.wl=size=600,rate=32,verify=2 kvmem.balloon.report=off"},
+         "append": "kvmem.wl=size=600,rate=200,verify=2 kvmem.balloon.report=off"},
     ]})
 h = Host(["host", "--config", cfg])
 check(wait_socket(h, sock), "host answers on its socket")

@@ -200,6 +200,7 @@ int host_create(const struct host_config *cfg, struct host **out)
 			.enabled = true,
 			.pages_per_sec = DEDUP_DEFAULT_PAGES_PER_SEC,
 			.cpu_percent = DEDUP_DEFAULT_CPU_PERCENT,
+			.windows = true,
 		};
 
 		ret = dedup_create(&dc, &h->dedup);

@@ -3,18 +3,19 @@
  * Private to src/dedup: the engine's structures, shared by its files.
  *
  *   hash.c   XXH3-64 of a page (AVX2 when the CPU has it), seeded per host
- *   table.c  the index: stable (frames) and unstable (pages seen this pass)
- *            cds_lfht tables keyed by the page hash
+ *   table.c  the index keyed by the page hash: stable (frames, a cds_lfht)
+ *            and unstable (pages seen this pass, scanner-private)
  *   store.c  the frame store: one memfd, slots allocated in extents that
- *            mirror guest page runs, holes punched when a frame dies
- *   scan.c   the engine: VM list, scanner thread, merge, zero drop and
- *            copy-on-write tracking
+ *            mirror 2 MiB windows of guest pages, holes punched when a
+ *            frame dies, zero positions of remapped windows reserved
+ *   scan.c   the engine: VM list, scanner thread, merge (windows whole or
+ *            page by page), zero drop and copy-on-write tracking
  *   stats.c  figures, JSON, the control verb, the policy mechanism, KSM mode
  *
  * Guards: "lock" is the engine mutex (struct dedup.lock); the scanner holds
  * it for a whole batch, so everything marked "lock" is also what a batch
- * may change. The index tables are RCU (memb): lookups run in a read-side
- * section, and a removed node is freed with call_rcu.
+ * may change. The stable table is RCU (memb): lookups run in a read-side
+ * section, and a removed frame is freed with call_rcu.
  */
 #ifndef KVMEM_DEDUP_INTERNAL_H
 #define KVMEM_DEDUP_INTERNAL_H
@@ -32,7 +33,9 @@
 #define DEDUP_NO_FRAME UINT32_MAX
 #define DEDUP_EXT_PAGES 512	   /* store slots per extent (2 MiB), mirrors 512 gfns */
 #define DEDUP_NEAR 16		   /* neighbours looked at to place a new frame */
-#define DEDUP_BATCH_PAGES 512	   /* pages per scanner batch (one pagemap read) */
+#define DEDUP_BATCH_PAGES 512	   /* pages per scanner batch (one pagemap read): a window */
+#define DEDUP_WINDOW_MIN 16	   /* new merges that make a window worth remapping whole */
+#define DEDUP_IDLE_SHIFT_MAX 4	   /* idle passes slow the scan rate down to 1/16 */
 #define DEDUP_SECRET_SIZE 192	   /* XXH3_SECRET_DEFAULT_SIZE */
 #define DEDUP_VMA_BYTES 256	   /* kernel memory per mapping, see stats.c */
 #define DEDUP_VMA_COUNT_NS 2000000000ULL /* count mappings at most every 2 s */
@@ -65,39 +68,54 @@ struct dedup_frame {
 	struct rcu_head rcu;
 };
 
-/* An unstable entry: a page seen with this hash in the current pass. */
-struct dedup_unode {
-	struct cds_lfht_node node; /* in the unstable table (RCU) */
-	uint64_t hash;		   /* immutable */
-	struct dedup_vm *vm;	   /* immutable */
-	uint64_t idx;		   /* page index in vm, immutable */
-	struct rcu_head rcu;
+/*
+ * An unstable entry: a page seen with this hash in the current pass. The
+ * unstable index is the scanner's alone (d->lock) and emptied every pass, so
+ * it is a plain open-addressing table (linear probing) rather than a cds_lfht:
+ * filling a cds_lfht with hundreds of thousands of entries per pass outran
+ * its background resize here (lookups of 2-5 us on long chains, 40% of the
+ * scanner's time), and it costs a malloc and a call_rcu per entry.
+ */
+struct dedup_uent {
+	uint64_t hash;		/* 0: empty slot (a hash of 0 is stored as 1) */
+	uint32_t vm_id;		/* dedup_vm.id, or DEDUP_NO_VM: removed */
+	uint32_t idx;		/* page index in that VM */
 };
 
+#define DEDUP_NO_VM UINT32_MAX
+
 struct dedup_index {
-	struct cds_lfht *stable;   /* dedup_frame by hash (duplicates allowed) */
-	struct cds_lfht *unstable; /* dedup_unode by hash (one per hash) */
+	struct cds_lfht *stable;   /* dedup_frame by hash (duplicates allowed), RCU */
 	uint64_t nr_stable;	   /* lock */
-	uint64_t nr_unstable;	   /* lock */
+	struct dedup_uent *unstable; /* ucap slots (lock) */
+	uint64_t ucap;		   /* power of two, or 0 (lock) */
+	uint64_t uused;		   /* live entries and removed ones (lock) */
+	uint64_t nr_unstable;	   /* live entries (lock) */
 };
 
 int dedup_index_init(struct dedup_index *ix);
 /* Empties both tables (frames are not freed: the store owns them). */
 void dedup_index_fini(struct dedup_index *ix);
-/* Lookups: inside rcu_read_lock. first/next walk every frame with `hash`. */
+/* Stable lookups: inside rcu_read_lock. first/next walk every frame with `hash`. */
 struct dedup_frame *dedup_index_stable_first(struct dedup_index *ix, uint64_t hash,
 					     struct cds_lfht_iter *it);
 struct dedup_frame *dedup_index_stable_next(struct dedup_index *ix, uint64_t hash,
 					    struct cds_lfht_iter *it);
-struct dedup_unode *dedup_index_unstable_find(struct dedup_index *ix, uint64_t hash);
-/* Updates: scanner (lock held), outside or inside a read-side section. */
+/* Stable updates: scanner (lock held), outside a read-side section. */
 void dedup_index_stable_add(struct dedup_index *ix, struct dedup_frame *fr);
 void dedup_index_stable_del(struct dedup_index *ix, struct dedup_frame *fr);
-/* Insert un unless the hash is present: returns un, or the entry already there. */
-struct dedup_unode *dedup_index_unstable_add(struct dedup_index *ix, struct dedup_unode *un);
-/* Remove and free (call_rcu) one entry / every entry / every entry of vm. */
-void dedup_index_unstable_del(struct dedup_index *ix, struct dedup_unode *un);
-void dedup_index_unstable_clear(struct dedup_index *ix, const struct dedup_vm *only);
+/*
+ * Unstable index (lock held, no RCU). find: the live entry with `hash` or
+ * NULL. add: enter (hash, vm_id, idx) unless `hash` is there; returns the
+ * entry with that hash (*added tells which), or NULL without memory. An
+ * entry pointer is valid until the next add.
+ */
+struct dedup_uent *dedup_index_unstable_find(struct dedup_index *ix, uint64_t hash);
+struct dedup_uent *dedup_index_unstable_add(struct dedup_index *ix, uint64_t hash,
+					    uint32_t vm_id, uint32_t idx, bool *added);
+void dedup_index_unstable_del(struct dedup_index *ix, struct dedup_uent *e);
+/* Remove every entry, or those of one VM (vm_id != DEDUP_NO_VM). */
+void dedup_index_unstable_clear(struct dedup_index *ix, uint32_t vm_id);
 
 /* --- store.c --- */
 
@@ -110,17 +128,31 @@ struct dedup_store {
 	uint32_t *free_ext;	   /* stack of empty extents (may hold stale entries) */
 	uint32_t nr_free_ext;
 	uint8_t *on_free;	   /* extent is on free_ext */
-	struct dedup_frame **by_slot; /* slot -> frame */
+	struct dedup_frame **by_slot; /* slot -> frame, or DEDUP_ZERO_RESERVED */
+	const uint8_t *map;	   /* read-only view of the whole store (compares) */
+	uint64_t reserved;	   /* slots reserved for zero pages of windows */
 	uint64_t frames;	   /* slots in use */
 	uint64_t punch_errors;
 };
 
 int dedup_store_init(struct dedup_store *st);
 void dedup_store_fini(struct dedup_store *st);
+/* A window's zero page reads the zero page at this slot: never a frame, never punched. */
+#define DEDUP_ZERO_RESERVED ((struct dedup_frame *)1)
+
 /* Take `slot` if its extent exists and it is free. */
 bool dedup_store_take(struct dedup_store *st, uint64_t slot);
 /* Take position pos (< EXT) of an empty extent (reused or new). 0, -ENOSPC, -ENOMEM, -errno. */
 int dedup_store_take_fresh(struct dedup_store *st, uint32_t pos, uint32_t *slot);
+/* An empty extent for a window, without taking a slot. 0 or -errno. */
+int dedup_store_new_extent(struct dedup_store *st, uint32_t *ext);
+/* Reserve slot for a window's zero page: true if it is (now) reserved, false if a frame. */
+bool dedup_store_reserve_zero(struct dedup_store *st, uint64_t slot);
+/* The store page of slot, read-only (valid while the slot is in use). */
+static inline const void *dedup_store_page(const struct dedup_store *st, uint32_t slot)
+{
+	return st->map + (uint64_t)slot * GM_PAGE_SIZE;
+}
 /* Free slot and punch its page out of the memfd. */
 void dedup_store_release(struct dedup_store *st, uint32_t slot);
 /* Bytes the memfd holds (allocated blocks). */
@@ -134,6 +166,7 @@ static inline uint64_t dedup_store_off(uint32_t slot)
 /* --- scan.c --- */
 
 struct dedup_vm {
+	uint32_t id;		/* index in dedup.vm_by_id, never reused */
 	struct gm *gm;		/* borrowed until dedup_remove_vm */
 	struct pagestate *ps;	/* gm's page-state map */
 	char *name;
@@ -150,6 +183,8 @@ struct dedup {
 	struct dedup_config cfg;  /* lock */
 	struct dedup_vm **vms;	  /* lock */
 	unsigned int nr_vms;	  /* lock */
+	struct dedup_vm **vm_by_id; /* by dedup_vm.id, NULL once removed (lock) */
+	uint32_t nr_ids;	  /* ids handed out (lock) */
 	unsigned int cur_vm;	  /* scan cursor: VM (lock) */
 	uint64_t cur_idx;	  /* scan cursor: page (lock) */
 	struct dedup_hasher hasher; /* immutable after create */
@@ -160,8 +195,12 @@ struct dedup {
 	bool stop;		  /* lock */
 	struct dedup_stats st;	  /* counters (lock); derived fields filled on read */
 	uint64_t pass_volatile;	  /* pages that changed, this pass (lock) */
+	uint64_t pass_new;	  /* pages hashed for the first time, this pass (lock) */
+	uint64_t changes_at_pass; /* merges, drops, breaks, releases at the last pass end (lock) */
+	unsigned int idle_shift;  /* rate divided by 2^idle_shift after idle passes (lock) */
 	uint64_t pass_vmas_ns;	  /* when mappings were last counted (lock) */
-	uint64_t merges_at_count; /* st.merges when they were (lock) */
+	uint64_t maps_added;	  /* mappings merges may have added, an upper bound (lock) */
+	uint64_t maps_at_count;	  /* maps_added when they were counted (lock) */
 	uint64_t all_vmas;	  /* the process's mappings then (lock) */
 	uint64_t ram_regions;	  /* RAM regions of the VMs then (lock) */
 	uint64_t max_map_count;	  /* the kernel's limit as we know it (lock) */

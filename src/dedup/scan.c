@@ -30,10 +30,24 @@
  * waiting writers are woken, so they retry against it. After a full pass the
  * unstable table is emptied.
  *
+ * Windows. Mapping a frame page by page makes every isolated shared page a
+ * host mapping of its own (two VMAs, ~500 bytes of kernel memory, ~10 us of
+ * mmap work each: at 4 GiB of interleaved guests that is a million VMAs and
+ * 10% of the saving). So a batch is a window of DEDUP_EXT_PAGES aligned
+ * guest pages, and when a window has enough merges to make, it is visited
+ * whole, claimed whole, write-protected with one call, compared page by page
+ * and remapped in one step onto the store extent whose position i holds page
+ * i's frame (mem_window_map): frames where they match, private copies where
+ * they do not, the zero page for zero pages. Frames for pages that only
+ * matched an unstable page are created at those positions, so identical
+ * guests, which lay out identical pages alike, converge on one extent per
+ * window. Windows that do not qualify (a page in another mechanism's state,
+ * shared pages at other positions, few merges) are merged page by page.
+ *
  * Threads: the scanner thread (or a test calling dedup_scan) runs batches
  * with d->lock held; add/remove/configure/stats take the same lock. Index
- * lookups are RCU read-side sections; frames and unstable nodes are freed
- * with call_rcu. One lock: d->lock.
+ * lookups are RCU read-side sections; frames are freed with call_rcu. One
+ * lock: d->lock.
  */
 #define LOG_TAG "dedup"
 #include "dedup/dedup_internal.h"
@@ -141,6 +155,8 @@ static int claim(struct dedup *d, struct dedup_vm *v, uint64_t idx)
 	if (pagestate_cas(v->ps, idx, PS_ANON, PS_BUSY))
 		return -EBUSY;
 	ret = mem_page_protect(v->gm, idx);
+	if (ret == -ENOENT && !mem_page_track(v->gm, idx)) /* a mapping not tracked yet */
+		ret = mem_page_protect(v->gm, idx);
 	if (ret) {
 		pagestate_set(v->ps, idx, PS_ANON);
 		mem_page_wake(v->gm, idx);
@@ -171,13 +187,17 @@ static int map_claimed(struct dedup *d, struct dedup_vm *v, uint64_t idx,
 		unclaim(v, idx);
 		return ret;
 	}
-	/* The new mapping is not under userfaultfd yet: re-arm write-protect tracking. */
-	if (mem_page_track(v->gm, idx))
-		d->st.errors++;
+	/*
+	 * The new mapping is not under userfaultfd; it need not be while it maps
+	 * the frame (nothing write-protects a shared page). visit() re-arms the
+	 * tracking when the guest breaks the sharing, which saves a syscall and
+	 * VMA work per merge.
+	 */
 	fr->refs++;
 	v->frame[idx] = fr->slot;
 	v->mapped++;
 	d->st.merges++;
+	d->maps_added += 2; /* at most: the run, and the rest of the mapping it split */
 	pagestate_set(v->ps, idx, PS_SHARED);
 	mem_page_wake(v->gm, idx);
 	return 0;
@@ -251,7 +271,7 @@ static int merge_stable(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint6
 		return ret;
 	}
 	for (unsigned int i = 0; i < n; i++) {
-		int eq = mem_page_equal_fd(v->gm, idx, d->store.fd, dedup_store_off(cand[i]->slot));
+		int eq = mem_page_equal_buf(v->gm, idx, dedup_store_page(&d->store, cand[i]->slot));
 
 		if (eq == 1)
 			return map_claimed(d, v, idx, cand[i]);
@@ -265,14 +285,13 @@ static int merge_stable(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint6
 }
 
 /*
- * Merge v's page idx with the unstable entry un (same hash) onto a new frame.
- * 0 merged; -ESTALE when un's page is no longer a candidate (busy, changed).
+ * Merge v's page idx with page ui of u, the unstable entry with the same hash,
+ * onto a new frame. 0 merged; -ESTALE when u's page is no longer a candidate
+ * (busy, changed).
  */
-static int merge_pair(struct dedup *d, struct dedup_unode *un, struct dedup_vm *v, uint64_t idx,
-		      uint64_t hash)
+static int merge_pair(struct dedup *d, struct dedup_vm *u, uint64_t ui, struct dedup_vm *v,
+		      uint64_t idx, uint64_t hash)
 {
-	struct dedup_vm *u = un->vm;
-	uint64_t ui = un->idx;
 	struct dedup_frame *fr;
 	uint32_t slot;
 	int ret;
@@ -351,7 +370,8 @@ static void drop_zero(struct dedup *d, struct dedup_vm *v, uint64_t idx)
 /* A page whose hash was the same at its previous visit: merge it, or remember it. */
 static void stable_page(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint64_t hash)
 {
-	struct dedup_unode *un, *got;
+	struct dedup_uent *e;
+	bool added;
 
 	if (hash == d->hasher.zero_hash) {
 		drop_zero(d, v, idx);
@@ -363,80 +383,431 @@ static void stable_page(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint6
 	}
 	if (merge_stable(d, v, idx, hash) != -ENOENT)
 		return;
-	urcu_memb_read_lock();
-	un = dedup_index_unstable_find(&d->ix, hash);
-	urcu_memb_read_unlock();
-	/* Unstable nodes are freed only by this thread under d->lock: un stays valid. */
-	if (un) {
-		if (merge_pair(d, un, v, idx, hash) == 0) {
-			dedup_index_unstable_del(&d->ix, un);
-			return;
-		}
-		if (pagestate_get(v->ps, idx) != PS_ANON)
-			return;
-		/* un's page is gone or changed: this page takes its place. */
-		dedup_index_unstable_del(&d->ix, un);
-	}
-	un = kv_zalloc(sizeof(*un));
-	if (!un)
+	e = dedup_index_unstable_add(&d->ix, hash, v->id, (uint32_t)idx, &added);
+	if (!e || added)
+		return; /* the first page seen with this content in this pass */
+	if (merge_pair(d, d->vm_by_id[e->vm_id], e->idx, v, idx, hash) == 0) {
+		dedup_index_unstable_del(&d->ix, e);
 		return;
-	un->hash = hash;
-	un->vm = v;
-	un->idx = idx;
-	got = dedup_index_unstable_add(&d->ix, un);
-	if (got != un)
-		kv_free(un);
+	}
+	/* That page is gone or changed: this one takes its place. */
+	if (pagestate_get(v->ps, idx) == PS_ANON) {
+		e->vm_id = v->id;
+		e->idx = (uint32_t)idx;
+	}
 }
 
-/* Visit page idx of v whose pagemap entry is pm. */
-static void visit(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint64_t pm)
+/* What a visit found, for the caller to act on (per page, or for a window). */
+enum prep {
+	PREP_NONE,	/* nothing to do now; the page cannot take part in a window */
+	PREP_SHARED,	/* maps its frame (v->frame[idx]) */
+	PREP_ZEROPTE,	/* reads the zero page through a present entry (dropped, or never written) */
+	PREP_HOLE,	/* unpopulated (never touched, or dropped as zero): reads as zeros */
+	PREP_KEEP,	/* a populated private page not (yet) worth merging */
+	PREP_STABLE,	/* a private page whose hash did not change since its last visit */
+};
+
+/*
+ * Visit page idx of v whose pagemap entry is pm: notice copy-on-write breaks
+ * and pages other mechanisms took, hash private pages and apply the stability
+ * rule. *hash is set for PREP_STABLE.
+ */
+static enum prep prepare(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint64_t pm,
+			 uint64_t *hash)
 {
 	enum ps_state st = pagestate_get(v->ps, idx);
-	uint64_t hash;
 
 	if (v->frame[idx] != DEDUP_NO_FRAME) {
 		if (st == PS_SHARED) {
 			if (!mem_pm_is_private(pm))
-				return; /* still reads the frame (or not faulted in since) */
+				return PREP_SHARED; /* reads the frame (or not faulted in since) */
 			if (pagestate_cas(v->ps, idx, PS_SHARED, PS_ANON))
-				return;
+				return PREP_NONE;
 			unref_page(d, v, idx);
 			d->st.cow_breaks++;
+			/* A private page again: protectable for later merges, zero drop, swap. */
+			if (mem_page_track(v->gm, idx))
+				d->st.errors++;
 			v->sum[idx] = 0;
-			return;
+			return PREP_KEEP;
 		}
 		if (st == PS_BUSY)
-			return; /* another mechanism is working on it: look again later */
+			return PREP_NONE; /* another mechanism is working on it: later */
 		/* Balloon, swap or reporting took the page and replaced its mapping. */
 		unref_page(d, v, idx);
 		d->st.released++;
 	}
+	if ((st == PS_ZERO || st == PS_ANON) && !mem_pm_is_populated(pm)) {
+		v->sum[idx] = 0;
+		/* Populating it for a window would read the store there: leave it out. */
+		return mem_page_in_store_mapping(v->gm, idx) ? PREP_NONE : PREP_HOLE;
+	}
+	if ((st == PS_ZERO || st == PS_ANON) && mem_pm_is_zero_page(pm)) {
+		v->sum[idx] = 0;
+		return PREP_ZEROPTE;
+	}
 	if (st != PS_ANON || !memmap_pm_resident(pm) || memmap_pm_file(pm)) {
 		v->sum[idx] = 0;
-		return;
+		return PREP_NONE;
 	}
-	mem_page_hash(v->gm, idx, d->hasher.fn, d->hasher.secret, &hash);
+	mem_page_hash(v->gm, idx, d->hasher.fn, d->hasher.secret, hash);
 	d->st.pages_scanned++;
 	/* 32 bits of the last hash tell a changed page (as ksm.c's oldchecksum). */
-	if ((uint32_t)hash != v->sum[idx]) {
+	if ((uint32_t)*hash != v->sum[idx]) {
 		if (v->sum[idx])
 			d->pass_volatile++;
-		v->sum[idx] = (uint32_t)hash;
-		return;
+		else
+			d->pass_new++;
+		v->sum[idx] = (uint32_t)*hash;
+		return PREP_KEEP;
 	}
-	stable_page(d, v, idx, hash);
+	return PREP_STABLE;
+}
+
+/* Visit page idx of v whose pagemap entry is pm, merging page by page. */
+static void visit(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint64_t pm)
+{
+	uint64_t hash;
+
+	if (prepare(d, v, idx, pm, &hash) == PREP_STABLE)
+		stable_page(d, v, idx, hash);
+}
+
+/* --- windows --- */
+
+/*
+ * Identical guests lay out identical pages alike, so a window of
+ * DEDUP_EXT_PAGES guest pages can be remapped as a whole onto one store
+ * extent whose position i holds the frame for the window's page i: one
+ * mapping for the window instead of two per isolated shared page (about
+ * 500 bytes of kernel memory per shared page), and a fraction of the cost of
+ * a mapping call per page (mem_window_map). Pages that are not shared keep
+ * their content (private copies) or become zero pages; the store positions of
+ * zero pages are reserved so no frame, and no hole punch, ever lands on them.
+ *
+ * A window qualifies when every page is populated (write protection holds
+ * only populated pages) and in a state the scanner may take (private, shared
+ * at the window's extent, or zero), and when it brings at least
+ * DEDUP_WINDOW_MIN new merges. Otherwise its pages are merged one by one.
+ */
+struct wpage {
+	uint8_t prep;		/* enum prep */
+	uint8_t what;		/* enum wwhat */
+	uint8_t state;		/* page state the window claims from */
+	uint8_t kind;		/* enum mem_win_kind, decided once protected */
+	uint64_t hash;		/* PREP_STABLE */
+	struct dedup_frame *fr;	/* W_FRAME: the frame at the window's position */
+};
+
+enum wwhat {
+	W_KEEP,		/* stays private */
+	W_FRAME,	/* merges onto the frame at its position */
+	W_PAIR,		/* an unstable page matches: a new frame at its position */
+	W_ZERO,		/* a stable zero page */
+	W_SHARED,	/* already maps the frame at its position */
+	W_ZEROPTE,	/* already reads the zero page */
+	W_HOLE,		/* unpopulated: populated with the zero page before the remap */
+};
+
+/* The frame with `hash` at slot `want`, or NULL. */
+static struct dedup_frame *frame_at(struct dedup *d, uint64_t hash, uint64_t want)
+{
+	struct cds_lfht_iter it;
+	struct dedup_frame *fr, *found = NULL;
+
+	urcu_memb_read_lock();
+	for (fr = dedup_index_stable_first(&d->ix, hash, &it); fr && !found;
+	     fr = dedup_index_stable_next(&d->ix, hash, &it))
+		if (fr->slot == want)
+			found = fr;
+	urcu_memb_read_unlock();
+	return found;
+}
+
+/* Give every claimed page of the window back unchanged. */
+static void window_unclaim(struct dedup_vm *v, uint64_t idx, struct wpage *w, unsigned int n,
+			   bool protected)
+{
+	if (protected)
+		mem_range_protect(v->gm, idx, n, false);
+	for (unsigned int i = 0; i < n; i++)
+		pagestate_set(v->ps, idx + i, (enum ps_state)w[i].state);
+	mem_range_wake(v->gm, idx, n);
+}
+
+/* Remap the claimed, protected window onto extent ext. 0, or -errno (all given back). */
+static int window_convert(struct dedup *d, struct dedup_vm *v, uint64_t idx, struct wpage *w,
+			  unsigned int n, uint32_t ext)
+{
+	static __thread uint64_t pm[DEDUP_EXT_PAGES];
+	struct dedup_frame *fresh[DEDUP_EXT_PAGES];
+	uint8_t kind[DEDUP_EXT_PAGES];
+	uint64_t base = (uint64_t)ext * DEDUP_EXT_PAGES;
+	unsigned int nfresh = 0;
+	int ret;
+
+	/* Populated pages only: a write to an unpopulated one would not be held. */
+	if (memmap_pagemap(v->gm, idx, n, pm) != (int64_t)n)
+		return -EIO;
+	for (unsigned int i = 0; i < n; i++)
+		if (!mem_pm_is_populated(pm[i]))
+			return -EAGAIN;
+	for (unsigned int i = 0; i < n; i++) {
+		uint64_t slot = base + i;
+		struct wpage *p = &w[i];
+
+		p->kind = MEM_WIN_KEEP;
+		switch (p->what) {
+		case W_SHARED:
+			/* Written since the visit: a private copy now (the break is noticed later). */
+			p->kind = mem_pm_is_private(pm[i]) ? MEM_WIN_KEEP : MEM_WIN_FRAME;
+			break;
+		case W_ZEROPTE:
+		case W_HOLE:
+			/* Still the zero page (not written since): keep it so, at a reserved slot. */
+			if (mem_pm_is_zero_page(pm[i]) && dedup_store_reserve_zero(&d->store, slot))
+				p->kind = MEM_WIN_ZERO;
+			break;
+		case W_ZERO:
+			if (mem_page_is_zero(v->gm, idx + i) && dedup_store_reserve_zero(&d->store, slot))
+				p->kind = MEM_WIN_ZERO;
+			break;
+		case W_FRAME:
+			/* Protect first, compare second. */
+			if (mem_page_equal_buf(v->gm, idx + i, dedup_store_page(&d->store, p->fr->slot)) == 1)
+				p->kind = MEM_WIN_FRAME;
+			else
+				d->st.merge_races++;
+			break;
+		case W_PAIR: {
+			struct dedup_frame *fr;
+
+			/* The page is protected: a copy of it is its frame. */
+			if (!dedup_store_take(&d->store, slot))
+				break;
+			fr = kv_zalloc(sizeof(*fr));
+			if (!fr || mem_page_copy_to_fd(v->gm, idx + i, d->store.fd,
+						       dedup_store_off((uint32_t)slot))) {
+				kv_free(fr);
+				dedup_store_release(&d->store, (uint32_t)slot);
+				d->st.errors++;
+				break;
+			}
+			fr->hash = p->hash;
+			fr->slot = (uint32_t)slot;
+			d->store.by_slot[slot] = fr;
+			p->fr = fr;
+			fresh[nfresh++] = fr;
+			p->kind = MEM_WIN_FRAME;
+			break;
+		}
+		default:
+			break;
+		}
+		kind[i] = p->kind;
+	}
+	ret = mem_window_map(v->gm, idx, n, d->store.fd, dedup_store_off((uint32_t)base), kind);
+	if (ret) {
+		for (unsigned int i = 0; i < nfresh; i++) {
+			dedup_store_release(&d->store, fresh[i]->slot);
+			kv_free(fresh[i]);
+		}
+		return ret;
+	}
+	for (unsigned int i = 0; i < nfresh; i++)
+		dedup_index_stable_add(&d->ix, fresh[i]);
+	for (unsigned int i = 0; i < n; i++) {
+		struct wpage *p = &w[i];
+		uint64_t j = idx + i;
+
+		if (p->kind == MEM_WIN_FRAME && p->what != W_SHARED) {
+			p->fr->refs++;
+			v->frame[j] = p->fr->slot;
+			v->mapped++;
+			d->st.merges++;
+			pagestate_set(v->ps, j, PS_SHARED);
+		} else if (p->kind == MEM_WIN_FRAME) {
+			pagestate_set(v->ps, j, PS_SHARED);
+		} else if (p->kind == MEM_WIN_ZERO && p->what == W_ZERO) {
+			d->st.zero_pages++;
+			v->sum[j] = 0;
+			pagestate_set(v->ps, j, PS_ZERO);
+		} else if (p->kind == MEM_WIN_ZERO) {
+			pagestate_set(v->ps, j, (enum ps_state)p->state); /* zero, as it was */
+		} else {
+			/* A private copy: a shared page written since, or a zero page written. */
+			if (p->what == W_SHARED) {
+				unref_page(d, v, j);
+				d->st.cow_breaks++;
+			}
+			pagestate_set(v->ps, j, PS_ANON);
+		}
+	}
+	v->win_ext[idx / DEDUP_EXT_PAGES] = ext;
+	d->st.windows++;
+	d->maps_added += 2;
+	mem_range_wake(v->gm, idx, n);
+	return 0;
+}
+
+/*
+ * One window of v (idx aligned, DEDUP_EXT_PAGES pages, one region): visit
+ * every page, then remap it whole if it qualifies, else merge page by page.
+ */
+static void window_batch(struct dedup *d, struct dedup_vm *v, uint64_t idx, const uint64_t *pm)
+{
+	static __thread struct wpage w[DEDUP_EXT_PAGES];
+	const unsigned int n = DEDUP_EXT_PAGES;
+	uint32_t ext = DEDUP_NO_FRAME;
+	unsigned int gain = 0, holes = 0;
+	bool whole = d->cfg.windows;
+
+	for (unsigned int i = 0; i < n; i++) {
+		w[i].prep = (uint8_t)prepare(d, v, idx + i, pm[i], &w[i].hash);
+		w[i].what = W_KEEP;
+		w[i].fr = NULL;
+		if (w[i].prep == PREP_NONE)
+			whole = false;
+	}
+	/* The window's extent: the one its shared pages or its matching frames are in. */
+	for (unsigned int i = 0; i < n && whole; i++) {
+		struct wpage *p = &w[i];
+
+		if (p->prep == PREP_SHARED) {
+			uint32_t e = v->frame[idx + i] / DEDUP_EXT_PAGES;
+
+			if (v->frame[idx + i] % DEDUP_EXT_PAGES != i ||
+			    (ext != DEDUP_NO_FRAME && e != ext))
+				whole = false; /* shared one by one, elsewhere: leave it be */
+			ext = e;
+			p->what = W_SHARED;
+		} else if (p->prep == PREP_ZEROPTE) {
+			p->what = W_ZEROPTE;
+		} else if (p->prep == PREP_HOLE) {
+			p->what = W_HOLE;
+			holes++;
+		} else if (p->prep == PREP_STABLE && p->hash == d->hasher.zero_hash) {
+			p->what = W_ZERO;
+			gain++;
+		}
+	}
+	for (unsigned int i = 0; i < n && whole; i++) {
+		struct wpage *p = &w[i];
+		struct dedup_frame *fr;
+		struct cds_lfht_iter it;
+
+		if (p->prep != PREP_STABLE || p->what == W_ZERO)
+			continue;
+		urcu_memb_read_lock();
+		fr = dedup_index_stable_first(&d->ix, p->hash, &it);
+		urcu_memb_read_unlock();
+		if (!fr)
+			continue;
+		if (ext == DEDUP_NO_FRAME && fr->slot % DEDUP_EXT_PAGES == i)
+			ext = fr->slot / DEDUP_EXT_PAGES;
+		if (ext != DEDUP_NO_FRAME)
+			p->fr = frame_at(d, p->hash, (uint64_t)ext * DEDUP_EXT_PAGES + i);
+		if (p->fr) {
+			p->what = W_FRAME;
+			gain++;
+		}
+	}
+	/* Pages another VM showed this pass: new frames, placed to mirror that VM's window. */
+	for (unsigned int i = 0; i < n && whole; i++) {
+		struct wpage *p = &w[i];
+		struct dedup_uent *e;
+
+		if (p->prep != PREP_STABLE || p->what != W_KEEP)
+			continue;
+		e = dedup_index_unstable_find(&d->ix, p->hash);
+		if (!e)
+			continue;
+		if (ext == DEDUP_NO_FRAME && e->idx % DEDUP_EXT_PAGES == i &&
+		    d->vm_by_id[e->vm_id]->win_ext[e->idx / DEDUP_EXT_PAGES] != DEDUP_NO_FRAME)
+			ext = d->vm_by_id[e->vm_id]->win_ext[e->idx / DEDUP_EXT_PAGES];
+		p->what = W_PAIR;
+		gain++;
+	}
+	if (whole && gain >= DEDUP_WINDOW_MIN && ext == DEDUP_NO_FRAME) {
+		ext = v->win_ext[idx / DEDUP_EXT_PAGES];
+		if (ext == DEDUP_NO_FRAME && dedup_store_new_extent(&d->store, &ext))
+			whole = false;
+	}
+	if (whole && gain >= DEDUP_WINDOW_MIN) {
+		unsigned int claimed = 0;
+
+		/* Own every page: from the state seen, so a racing mechanism wins or loses cleanly. */
+		for (; claimed < n; claimed++) {
+			enum ps_state st = pagestate_get(v->ps, idx + claimed);
+
+			w[claimed].state = (uint8_t)st;
+			if ((st != PS_ANON && st != PS_SHARED && st != PS_ZERO) ||
+			    pagestate_cas(v->ps, idx + claimed, st, PS_BUSY))
+				break;
+		}
+		if (claimed < n) {
+			window_unclaim(v, idx, w, claimed, false);
+			d->st.merge_races++;
+		} else if (holes && mem_range_populate(v->gm, idx, n)) {
+			/* Holes cannot be held by write protection: they read the zero page first. */
+			window_unclaim(v, idx, w, n, false);
+			d->st.errors++;
+		} else if (mem_range_protect(v->gm, idx, n, true) &&
+			   /* Pages merged one by one are mapped without tracking (map_claimed). */
+			   (mem_range_track(v->gm, idx, n) || mem_range_protect(v->gm, idx, n, true))) {
+			window_unclaim(v, idx, w, n, false);
+			d->st.errors++;
+		} else if (window_convert(d, v, idx, w, n, ext)) {
+			window_unclaim(v, idx, w, n, true);
+			d->st.window_aborts++;
+		} else {
+			/* Pages that found partners: the partners match the new frames next time. */
+			for (unsigned int i = 0; i < n; i++)
+				if (w[i].what == W_PAIR && w[i].kind == MEM_WIN_FRAME) {
+					struct dedup_uent *e = dedup_index_unstable_find(&d->ix, w[i].hash);
+
+					if (e)
+						dedup_index_unstable_del(&d->ix, e);
+				}
+			for (unsigned int i = 0; i < n; i++)
+				if (w[i].prep == PREP_STABLE && w[i].kind == MEM_WIN_KEEP) {
+					bool added;
+
+					dedup_index_unstable_add(&d->ix, w[i].hash, v->id,
+								 (uint32_t)(idx + i), &added);
+				}
+			return;
+		}
+	}
+	for (unsigned int i = 0; i < n; i++)
+		if (w[i].prep == PREP_STABLE)
+			stable_page(d, v, idx + i, w[i].hash);
 }
 
 /* End of a pass over every VM: KSM rebuilds its unstable tree here. */
 static void end_pass(struct dedup *d)
 {
+	uint64_t changes = d->st.merges + d->st.zero_pages + d->st.cow_breaks + d->st.released;
+	bool idle = changes == d->changes_at_pass && !d->pass_volatile && !d->pass_new;
+
 	d->st.full_scans++;
 	d->st.pages_volatile = d->pass_volatile;
 	d->st.pages_unshared = d->ix.nr_unstable;
+	/*
+	 * A pass that changed nothing and saw nothing change: slow down, halving
+	 * the rate per idle pass down to 1/2^DEDUP_IDLE_SHIFT_MAX (ksm.c has
+	 * smart_scan and its advisor for the same); any change restores it.
+	 */
+	if (!idle)
+		d->idle_shift = 0;
+	else if (d->idle_shift < DEDUP_IDLE_SHIFT_MAX)
+		d->idle_shift++;
+	d->changes_at_pass = changes;
 	d->pass_volatile = 0;
-	dedup_index_unstable_clear(&d->ix, NULL);
+	d->pass_new = 0;
+	dedup_index_unstable_clear(&d->ix, DEDUP_NO_VM);
 	/* Count again when merges changed the mappings, or to see a raised limit. */
-	if ((d->st.merges != d->merges_at_count || d->map_full) &&
+	if ((d->maps_added != d->maps_at_count || d->map_full) &&
 	    now_ns(CLOCK_MONOTONIC) - d->pass_vmas_ns >= DEDUP_VMA_COUNT_NS)
 		dedup_count_vmas(d);
 }
@@ -479,8 +850,11 @@ static uint64_t batch(struct dedup *d, uint64_t max)
 		for (uint64_t i = 0; i < n; i++)
 			pm[i] = 0;
 	}
-	for (int64_t i = 0; i < got; i++)
-		visit(d, v, idx + (uint64_t)i, pm[i]);
+	if (got == DEDUP_EXT_PAGES && idx % DEDUP_EXT_PAGES == 0)
+		window_batch(d, v, idx, pm);
+	else
+		for (int64_t i = 0; i < got; i++)
+			visit(d, v, idx + (uint64_t)i, pm[i]);
 	d->cur_idx = idx + (uint64_t)got;
 	if (d->cur_idx >= v->nr_pages) {
 		d->cur_idx = 0;
@@ -573,6 +947,7 @@ static void *scanner(void *arg)
 	pthread_mutex_lock(&d->lock);
 	while (!d->stop) {
 		struct dedup_config cfg = d->cfg;
+		unsigned int idle_shift = d->idle_shift;
 		uint64_t t0, t1, c0, c1, n;
 		double want;
 
@@ -587,7 +962,7 @@ static void *scanner(void *arg)
 		n = (uint64_t)dedup_scan(d, DEDUP_BATCH_PAGES);
 		t1 = now_ns(CLOCK_MONOTONIC);
 		c1 = now_ns(CLOCK_THREAD_CPUTIME_ID);
-		want = (double)n / (double)cfg.pages_per_sec;
+		want = (double)n / (double)(cfg.pages_per_sec >> idle_shift ?: 1);
 		if ((double)(c1 - c0) / 1e9 / (cfg.cpu_percent / 100.0) > want)
 			want = (double)(c1 - c0) / 1e9 / (cfg.cpu_percent / 100.0);
 		debt += want - (double)(t1 - t0) / 1e9;
@@ -677,7 +1052,7 @@ static void destroy_index(void *arg)
 	struct dedup *d = arg;
 
 	dedup_index_fini(&d->ix);
-	/* Every frame and node freed with call_rcu is gone before the engine is. */
+	/* Every frame freed with call_rcu is gone before the engine is. */
 	urcu_memb_barrier();
 }
 
@@ -701,11 +1076,13 @@ void dedup_destroy(struct dedup *d)
 		kv_free(d->vms[i]);
 	}
 	kv_free(d->vms);
+	kv_free(d->vm_by_id);
 	run_registered(destroy_index, d);
 	/* Frames left in the store (VMs never removed) go with it. */
 	if (d->store.by_slot)
 		for (uint64_t s = 0; s < (uint64_t)d->store.nr_ext * DEDUP_EXT_PAGES; s++)
-			kv_free(d->store.by_slot[s]);
+			if (d->store.by_slot[s] != DEDUP_ZERO_RESERVED)
+				kv_free(d->store.by_slot[s]);
 	dedup_store_fini(&d->store);
 	pthread_cond_destroy(&d->wake);
 	pthread_mutex_destroy(&d->lock);
@@ -720,6 +1097,10 @@ int dedup_add_vm(struct dedup *d, struct gm *gm, const char *name)
 
 	if (!v)
 		return -ENOMEM;
+	if (n > UINT32_MAX) {
+		kv_free(v);
+		return -E2BIG; /* page indexes are 32-bit in the index: 16 TiB */
+	}
 	v->gm = gm;
 	v->ps = memmap_pagestate(gm);
 	v->nr_pages = n;
@@ -738,6 +1119,14 @@ int dedup_add_vm(struct dedup *d, struct gm *gm, const char *name)
 		goto out_free;
 	}
 	d->vms = vms;
+	vms = kv_realloc(d->vm_by_id, (d->nr_ids + 1) * sizeof(*vms));
+	if (!vms) {
+		pthread_mutex_unlock(&d->lock);
+		goto out_free;
+	}
+	d->vm_by_id = vms;
+	v->id = d->nr_ids++;
+	d->vm_by_id[v->id] = v;
 	d->vms[d->nr_vms++] = v;
 	pthread_cond_broadcast(&d->wake);
 	pthread_mutex_unlock(&d->lock);
@@ -763,7 +1152,8 @@ static void remove_locked(void *arg)
 	struct dedup *d = a->d;
 	struct dedup_vm *v = a->v;
 
-	dedup_index_unstable_clear(&d->ix, v);
+	dedup_index_unstable_clear(&d->ix, v->id);
+	d->vm_by_id[v->id] = NULL;
 	/* Its memory is about to be unmapped: its frame references go with it. */
 	for (uint64_t i = 0; i < v->nr_pages; i++)
 		if (v->frame[i] != DEDUP_NO_FRAME)

@@ -78,7 +78,7 @@ void dedup_count_vmas(struct dedup *d)
 	d->st.ram_vmas = (uint64_t)n;
 	d->all_vmas = total;
 	d->ram_regions = regions;
-	d->merges_at_count = d->st.merges;
+	d->maps_at_count = d->maps_added;
 	/* The limit may have been raised by hand since: look again. */
 	d->max_map_count = 0;
 	d->map_full = false;
@@ -98,7 +98,7 @@ bool dedup_map_room(struct dedup *d, uint64_t more)
 	}
 	/* Each merge adds at most two mappings (the run and the split-off rest). */
 	need = (d->all_vmas > OTHER_VMAS ? d->all_vmas : OTHER_VMAS) +
-	       2 * (d->st.merges - d->merges_at_count) + more;
+	       (d->maps_added - d->maps_at_count) + more;
 	if (need + need / 8 < d->max_map_count)
 		return true;
 	if (d->map_full)
@@ -138,20 +138,21 @@ static void fill_stats(struct dedup *d, struct dedup_stats *out)
 		meta += sizeof(*v) + v->nr_pages * (sizeof(*v->sum) + sizeof(*v->frame)) +
 			(v->nr_pages / DEDUP_EXT_PAGES + 1) * sizeof(*v->win_ext);
 	}
-	/* Between two counts each merge may have added two mappings: never undercount. */
-	out->ram_vmas = d->st.ram_vmas + 2 * (d->st.merges - d->merges_at_count);
+	/* Between two counts add what merges may have added: never undercount. */
+	out->ram_vmas = d->st.ram_vmas + (d->maps_added - d->maps_at_count);
 	out->kernel_cost_bytes = out->ram_vmas > d->ram_regions ?
 					 (out->ram_vmas - d->ram_regions) * DEDUP_VMA_BYTES : 0;
 	out->pages_shared = d->store.frames;
 	out->pages_sharing = mapped > d->store.frames ? mapped - d->store.frames : 0;
 	out->store_bytes = dedup_store_bytes(&d->store);
 	meta += d->store.frames * sizeof(struct dedup_frame) +
-		d->ix.nr_unstable * sizeof(struct dedup_unode) + dedup_store_meta_bytes(&d->store);
+		d->ix.ucap * sizeof(struct dedup_uent) + dedup_store_meta_bytes(&d->store);
 	out->metadata_bytes = meta;
 	out->saved_bytes = out->pages_sharing * GM_PAGE_SIZE;
 	out->net_saved_bytes = (int64_t)out->saved_bytes - (int64_t)out->kernel_cost_bytes -
 			       (int64_t)meta;
 	out->scan_rate = d->rate;
+	out->pages_per_sec_now = d->cfg.pages_per_sec >> d->idle_shift;
 	out->cpu_seconds = d->cpu_seconds;
 	out->vms = d->nr_vms;
 	out->config = d->cfg;
@@ -184,6 +185,7 @@ json_t *dedup_stats_json(struct dedup *d)
 	json_object_set_new(o, "enabled", json_boolean(s.config.enabled));
 	json_object_set_new(o, "pages_per_sec", json_integer((json_int_t)s.config.pages_per_sec));
 	json_object_set_new(o, "cpu_percent", json_real(s.config.cpu_percent));
+	json_object_set_new(o, "windows_enabled", json_boolean(s.config.windows));
 	json_object_set_new(o, "hash", json_string(d->hasher.isa));
 	U(pages_shared);
 	U(pages_sharing);
@@ -198,6 +200,8 @@ json_t *dedup_stats_json(struct dedup *d)
 	U(merge_races);
 	json_object_set_new(o, "frames", json_integer((json_int_t)s.pages_shared));
 	U(frames_freed);
+	U(windows);
+	U(window_aborts);
 	U(map_refused);
 	U(errors);
 	U(store_bytes);
@@ -208,6 +212,7 @@ json_t *dedup_stats_json(struct dedup *d)
 	U(saved_bytes);
 	json_object_set_new(o, "net_saved_bytes", json_integer((json_int_t)s.net_saved_bytes));
 	json_object_set_new(o, "scan_rate", json_real(s.scan_rate));
+	U(pages_per_sec_now);
 	json_object_set_new(o, "cpu_seconds", json_real(s.cpu_seconds));
 	U(vms);
 #undef U
@@ -243,6 +248,13 @@ static int dedup_verb(void *arg, json_t *req, json_t *reply)
 			return control_reply_error(reply, EINVAL,
 						   "pages_per_sec: must be an integer > 0");
 		cfg.pages_per_sec = (uint64_t)json_integer_value(v);
+		change = true;
+	}
+	v = json_object_get(req, "windows");
+	if (v) {
+		if (!json_is_boolean(v))
+			return control_reply_error(reply, EINVAL, "windows: must be true or false");
+		cfg.windows = json_is_true(v);
 		change = true;
 	}
 	v = json_object_get(req, "cpu_percent");

@@ -30,6 +30,7 @@
 #include "core/log.h"
 
 #define GROW_EXT 64		/* extents added to the memfd size at a time (128 MiB) */
+#define MAP_BYTES (1ULL << 40)	/* the read-only view covers 1 TiB of store */
 #define MAX_EXT (UINT32_MAX / DEDUP_EXT_PAGES)
 
 int dedup_store_init(struct dedup_store *st)
@@ -38,11 +39,27 @@ int dedup_store_init(struct dedup_store *st)
 	st->fd = memfd_create("kvmem-dedup-store", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (st->fd < 0)
 		return -errno;
+	/*
+	 * A read-only view for byte compares (no copy per compare). Beyond the
+	 * file size it is never touched: only slots in use are read.
+	 */
+	st->map = mmap(NULL, MAP_BYTES, PROT_READ, MAP_SHARED | MAP_NORESERVE, st->fd, 0);
+	if (st->map == MAP_FAILED) {
+		int ret = -errno;
+
+		st->map = NULL;
+		close(st->fd);
+		st->fd = -1;
+		return ret;
+	}
 	return 0;
 }
 
 void dedup_store_fini(struct dedup_store *st)
 {
+	if (st->map)
+		munmap((void *)st->map, MAP_BYTES);
+	st->map = NULL;
 	if (st->fd >= 0)
 		close(st->fd);
 	st->fd = -1;
@@ -94,7 +111,7 @@ static int add_extent(struct dedup_store *st, uint32_t *ext)
 	uint64_t slots = (uint64_t)n * DEDUP_EXT_PAGES;
 	void *p;
 
-	if (n > MAX_EXT)
+	if (n > MAX_EXT || (uint64_t)n * DEDUP_EXT_PAGES * GM_PAGE_SIZE > MAP_BYTES)
 		return -ENOSPC;
 	if (n > st->size_ext) {
 		uint32_t size = st->size_ext + GROW_EXT;
@@ -132,6 +149,30 @@ static int add_extent(struct dedup_store *st, uint32_t *ext)
 	return 0;
 }
 
+int dedup_store_new_extent(struct dedup_store *st, uint32_t *ext)
+{
+	while (st->nr_free_ext) {
+		*ext = st->free_ext[--st->nr_free_ext];
+		st->on_free[*ext] = 0;
+		if (st->ext_used[*ext] == 0)
+			return 0;
+	}
+	return add_extent(st, ext);
+}
+
+bool dedup_store_reserve_zero(struct dedup_store *st, uint64_t slot)
+{
+	if (slot >= (uint64_t)st->nr_ext * DEDUP_EXT_PAGES)
+		return false;
+	if (slot_used(st, slot))
+		return st->by_slot[slot] == DEDUP_ZERO_RESERVED;
+	st->used[slot / 64] |= 1ULL << (slot % 64);
+	st->ext_used[slot / DEDUP_EXT_PAGES]++;
+	st->by_slot[slot] = DEDUP_ZERO_RESERVED;
+	st->reserved++;
+	return true;
+}
+
 int dedup_store_take_fresh(struct dedup_store *st, uint32_t pos, uint32_t *slot)
 {
 	uint32_t ext = 0;
@@ -139,18 +180,10 @@ int dedup_store_take_fresh(struct dedup_store *st, uint32_t pos, uint32_t *slot)
 
 	if (pos >= DEDUP_EXT_PAGES)
 		return -EINVAL;
-	for (;;) {
-		if (!st->nr_free_ext) {
-			ret = add_extent(st, &ext);
-			if (ret)
-				return ret;
-			break;
-		}
-		ext = st->free_ext[--st->nr_free_ext];
-		st->on_free[ext] = 0;
-		if (st->ext_used[ext] == 0)
-			break; /* else: stale, taken through a neighbour since it was freed */
-	}
+	/* Stale entries of the free stack (taken through a neighbour since) are skipped. */
+	ret = dedup_store_new_extent(st, &ext);
+	if (ret)
+		return ret;
 	*slot = ext * DEDUP_EXT_PAGES + pos;
 	mark(st, *slot, true);
 	return 0;
@@ -186,6 +219,7 @@ uint64_t dedup_store_meta_bytes(const struct dedup_store *st)
 {
 	uint64_t slots = (uint64_t)st->nr_ext * DEDUP_EXT_PAGES;
 
+	/* Tables, and the page tables of the read-only view (one page per extent). */
 	return slots / 8 + slots * sizeof(*st->by_slot) +
-	       (uint64_t)st->nr_ext * (sizeof(uint16_t) + sizeof(uint32_t) + 1);
+	       (uint64_t)st->nr_ext * (sizeof(uint16_t) + sizeof(uint32_t) + 1 + GM_PAGE_SIZE);
 }

@@ -1,59 +1,41 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The sharing index: two liburcu lock-free hash tables (cds_lfht, memb
- * flavour) keyed by the 64-bit page hash, as ksm.c keeps two trees.
+ * The sharing index, keyed by the 64-bit page hash, in two parts as ksm.c
+ * keeps two trees:
  *
- * - stable: one entry per store frame. Frames are write-protected by
- *   construction (guests map them MAP_PRIVATE and the kernel copies on
- *   write), so an entry is always searchable. Two different contents with
- *   one hash are two entries: the byte compare at merge time tells them apart.
+ * - stable: one entry per store frame, in a liburcu lock-free hash table
+ *   (cds_lfht, memb flavour). Frames never change (guests map them
+ *   MAP_PRIVATE and the kernel copies on write), so an entry is always
+ *   searchable, by any RCU-registered thread. Two different contents with one
+ *   hash are two entries: the byte compare at merge time tells them apart.
+ *   Only the scanner (engine lock held) adds or removes; a removed frame is
+ *   freed by the engine after a grace period.
  * - unstable: pages seen this pass whose hash did not change since their
  *   previous visit (KSM's stability rule), one per hash. Their content may
- *   change at any time, which is why a hit is only a candidate and the table
- *   is emptied after every full pass.
- *
- * Only the scanner (engine lock held) adds or removes; lookups may come from
- * any RCU-registered thread. Removed unstable nodes are freed after a grace
- * period; frames belong to the engine, which frees them the same way.
+ *   change at any time, so a hit is only a candidate, and the table is
+ *   emptied after every full pass. Scanner-only: an open-addressing table
+ *   with linear probing and tombstones (see dedup_internal.h for why).
  */
 #include "dedup/dedup_internal.h"
 
 #include <errno.h>
+#include <string.h>
 
 #include "core/alloc.h"
+
+#define UNSTABLE_MIN_SLOTS 1024
 
 static int match_frame(struct cds_lfht_node *node, const void *key)
 {
 	return caa_container_of(node, struct dedup_frame, node)->hash == *(const uint64_t *)key;
 }
 
-static int match_unode(struct cds_lfht_node *node, const void *key)
-{
-	return caa_container_of(node, struct dedup_unode, node)->hash == *(const uint64_t *)key;
-}
-
 int dedup_index_init(struct dedup_index *ix)
 {
-	ix->nr_stable = ix->nr_unstable = 0;
+	memset(ix, 0, sizeof(*ix));
 	ix->stable = cds_lfht_new_flavor(1024, 1024, 0, CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING,
 					 &urcu_memb_flavor, NULL);
-	ix->unstable = cds_lfht_new_flavor(1024, 1024, 0,
-					   CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING,
-					   &urcu_memb_flavor, NULL);
-	if (!ix->stable || !ix->unstable) {
-		if (ix->stable)
-			cds_lfht_destroy(ix->stable, NULL);
-		if (ix->unstable)
-			cds_lfht_destroy(ix->unstable, NULL);
-		ix->stable = ix->unstable = NULL;
-		return -ENOMEM;
-	}
-	return 0;
-}
-
-static void free_unode(struct rcu_head *head)
-{
-	kv_free(caa_container_of(head, struct dedup_unode, rcu));
+	return ix->stable ? 0 : -ENOMEM;
 }
 
 void dedup_index_fini(struct dedup_index *ix)
@@ -61,17 +43,18 @@ void dedup_index_fini(struct dedup_index *ix)
 	struct cds_lfht_iter it;
 	struct cds_lfht_node *node;
 
+	kv_free(ix->unstable);
+	ix->unstable = NULL;
+	ix->ucap = ix->uused = ix->nr_unstable = 0;
 	if (!ix->stable)
 		return;
-	dedup_index_unstable_clear(ix, NULL);
 	urcu_memb_read_lock();
 	cds_lfht_for_each(ix->stable, &it, node)
 		cds_lfht_del(ix->stable, node);
 	urcu_memb_read_unlock();
 	/* Not inside a read-side section, and not on a call_rcu worker (rculfhash.h). */
 	cds_lfht_destroy(ix->stable, NULL);
-	cds_lfht_destroy(ix->unstable, NULL);
-	ix->stable = ix->unstable = NULL;
+	ix->stable = NULL;
 }
 
 struct dedup_frame *dedup_index_stable_first(struct dedup_index *ix, uint64_t hash,
@@ -94,16 +77,6 @@ struct dedup_frame *dedup_index_stable_next(struct dedup_index *ix, uint64_t has
 	return node ? caa_container_of(node, struct dedup_frame, node) : NULL;
 }
 
-struct dedup_unode *dedup_index_unstable_find(struct dedup_index *ix, uint64_t hash)
-{
-	struct cds_lfht_iter it;
-	struct cds_lfht_node *node;
-
-	cds_lfht_lookup(ix->unstable, (unsigned long)hash, match_unode, &hash, &it);
-	node = cds_lfht_iter_get_node(&it);
-	return node ? caa_container_of(node, struct dedup_unode, node) : NULL;
-}
-
 void dedup_index_stable_add(struct dedup_index *ix, struct dedup_frame *fr)
 {
 	cds_lfht_node_init(&fr->node);
@@ -124,49 +97,114 @@ void dedup_index_stable_del(struct dedup_index *ix, struct dedup_frame *fr)
 		ix->nr_stable--;
 }
 
-struct dedup_unode *dedup_index_unstable_add(struct dedup_index *ix, struct dedup_unode *un)
-{
-	struct cds_lfht_node *got;
+/* --- the unstable table --- */
 
-	cds_lfht_node_init(&un->node);
-	urcu_memb_read_lock();
-	got = cds_lfht_add_unique(ix->unstable, (unsigned long)un->hash, match_unode, &un->hash,
-				  &un->node);
-	urcu_memb_read_unlock();
-	if (got != &un->node)
-		return caa_container_of(got, struct dedup_unode, node);
-	ix->nr_unstable++;
-	return un;
+static uint64_t ukey(uint64_t hash)
+{
+	return hash ? hash : 1;
 }
 
-void dedup_index_unstable_del(struct dedup_index *ix, struct dedup_unode *un)
+/* The slot holding key, or the first empty slot of its probe sequence. */
+static struct dedup_uent *probe(const struct dedup_index *ix, uint64_t key)
 {
-	int ret;
+	uint64_t mask = ix->ucap - 1;
 
-	urcu_memb_read_lock();
-	ret = cds_lfht_del(ix->unstable, &un->node);
-	urcu_memb_read_unlock();
-	if (ret)
-		return; /* already removed: whoever removed it frees it */
-	ix->nr_unstable--;
-	urcu_memb_call_rcu(&un->rcu, free_unode);
-}
+	for (uint64_t i = key & mask;; i = (i + 1) & mask) {
+		struct dedup_uent *e = &ix->unstable[i];
 
-void dedup_index_unstable_clear(struct dedup_index *ix, const struct dedup_vm *only)
-{
-	struct cds_lfht_iter it;
-	struct cds_lfht_node *node;
-
-	urcu_memb_read_lock();
-	cds_lfht_for_each(ix->unstable, &it, node) {
-		struct dedup_unode *un = caa_container_of(node, struct dedup_unode, node);
-
-		if (only && un->vm != only)
-			continue;
-		if (!cds_lfht_del(ix->unstable, node)) {
-			ix->nr_unstable--;
-			urcu_memb_call_rcu(&un->rcu, free_unode);
-		}
+		if (e->hash == key || !e->hash)
+			return e;
 	}
-	urcu_memb_read_unlock();
+}
+
+/* Rebuild with `cap` slots, dropping removed entries. 0 or -ENOMEM. */
+static int rehash(struct dedup_index *ix, uint64_t cap)
+{
+	struct dedup_uent *old = ix->unstable;
+	uint64_t old_cap = ix->ucap;
+
+	ix->unstable = kv_calloc(cap, sizeof(*ix->unstable));
+	if (!ix->unstable) {
+		ix->unstable = old;
+		return -ENOMEM;
+	}
+	ix->ucap = cap;
+	ix->uused = 0;
+	for (uint64_t i = 0; i < old_cap; i++)
+		if (old[i].hash && old[i].vm_id != DEDUP_NO_VM) {
+			*probe(ix, old[i].hash) = old[i];
+			ix->uused++;
+		}
+	kv_free(old);
+	return 0;
+}
+
+struct dedup_uent *dedup_index_unstable_find(struct dedup_index *ix, uint64_t hash)
+{
+	struct dedup_uent *e;
+
+	if (!ix->ucap)
+		return NULL;
+	e = probe(ix, ukey(hash));
+	return e->hash && e->vm_id != DEDUP_NO_VM ? e : NULL;
+}
+
+struct dedup_uent *dedup_index_unstable_add(struct dedup_index *ix, uint64_t hash,
+					    uint32_t vm_id, uint32_t idx, bool *added)
+{
+	uint64_t key = ukey(hash);
+	struct dedup_uent *e;
+
+	*added = false;
+	/* At most 3/4 full, removed entries included: probes stay short. */
+	if ((ix->uused + 1) * 4 > ix->ucap * 3) {
+		uint64_t cap = UNSTABLE_MIN_SLOTS;
+
+		while (cap * 3 < (ix->nr_unstable + 1) * 8)
+			cap *= 2;
+		if (rehash(ix, cap))
+			return NULL;
+	}
+	e = probe(ix, key);
+	if (e->hash) {
+		if (e->vm_id != DEDUP_NO_VM)
+			return e;
+		/* A removed entry with this hash: take its slot again. */
+		ix->uused--;
+	}
+	e->hash = key;
+	e->vm_id = vm_id;
+	e->idx = idx;
+	ix->uused++;
+	ix->nr_unstable++;
+	*added = true;
+	return e;
+}
+
+void dedup_index_unstable_del(struct dedup_index *ix, struct dedup_uent *e)
+{
+	/* A tombstone: probes for other keys must still walk past it. */
+	e->vm_id = DEDUP_NO_VM;
+	ix->nr_unstable--;
+}
+
+void dedup_index_unstable_clear(struct dedup_index *ix, uint32_t vm_id)
+{
+	if (!ix->ucap)
+		return;
+	if (vm_id != DEDUP_NO_VM) {
+		for (uint64_t i = 0; i < ix->ucap; i++)
+			if (ix->unstable[i].hash && ix->unstable[i].vm_id == vm_id)
+				dedup_index_unstable_del(ix, &ix->unstable[i]);
+		return;
+	}
+	/* Shrink a table far larger than this pass needed; else just wipe it. */
+	if (ix->ucap > UNSTABLE_MIN_SLOTS && ix->nr_unstable * 8 < ix->ucap) {
+		kv_free(ix->unstable);
+		ix->unstable = NULL;
+		ix->ucap = 0;
+	} else {
+		memset(ix->unstable, 0, ix->ucap * sizeof(*ix->unstable));
+	}
+	ix->uused = ix->nr_unstable = 0;
 }

@@ -66,35 +66,66 @@ static void test_dedup_index_stable_keeps_duplicates_apart(void **state)
 static void test_dedup_index_unstable_holds_one_page_per_hash(void **state)
 {
 	struct dedup_index ix;
-	struct dedup_vm v1 = { 0 }, v2 = { 0 };
-	struct dedup_unode *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b));
-	struct dedup_unode *c = calloc(1, sizeof(*c));
+	struct dedup_uent *e;
+	bool added;
 
 	(void)state;
 	assert_int_equal(dedup_index_init(&ix), 0);
-	*a = (struct dedup_unode){ .hash = 5, .vm = &v1, .idx = 10 };
-	*b = (struct dedup_unode){ .hash = 5, .vm = &v2, .idx = 11 };
-	*c = (struct dedup_unode){ .hash = 6, .vm = &v2, .idx = 12 };
-	assert_ptr_equal(dedup_index_unstable_add(&ix, a), a);
+	e = dedup_index_unstable_add(&ix, 5, 1, 10, &added);
+	assert_true(added);
 	/* The second page with that hash finds the first instead of entering. */
-	assert_ptr_equal(dedup_index_unstable_add(&ix, b), a);
-	free(b);
-	assert_ptr_equal(dedup_index_unstable_add(&ix, c), c);
-	assert_int_equal(ix.nr_unstable, 2);
-	urcu_memb_read_lock();
-	assert_ptr_equal(dedup_index_unstable_find(&ix, 5), a);
-	urcu_memb_read_unlock();
+	e = dedup_index_unstable_add(&ix, 5, 2, 11, &added);
+	assert_false(added);
+	assert_int_equal(e->vm_id, 1);
+	assert_int_equal(e->idx, 10);
+	dedup_index_unstable_add(&ix, 6, 2, 12, &added);
+	assert_true(added);
+	/* A hash of 0 is a hash like any other. */
+	dedup_index_unstable_add(&ix, 0, 2, 13, &added);
+	assert_true(added);
+	assert_non_null(dedup_index_unstable_find(&ix, 0));
+	assert_int_equal(ix.nr_unstable, 3);
 	/* Removing one VM's entries leaves the others. */
-	dedup_index_unstable_clear(&ix, &v2);
+	dedup_index_unstable_clear(&ix, 2);
 	assert_int_equal(ix.nr_unstable, 1);
-	urcu_memb_read_lock();
 	assert_null(dedup_index_unstable_find(&ix, 6));
-	assert_ptr_equal(dedup_index_unstable_find(&ix, 5), a);
-	urcu_memb_read_unlock();
-	dedup_index_unstable_clear(&ix, NULL);
+	e = dedup_index_unstable_find(&ix, 5);
+	assert_non_null(e);
+	dedup_index_unstable_del(&ix, e);
+	assert_null(dedup_index_unstable_find(&ix, 5));
+	dedup_index_unstable_clear(&ix, DEDUP_NO_VM);
 	assert_int_equal(ix.nr_unstable, 0);
 	dedup_index_fini(&ix);
-	urcu_memb_barrier();
+}
+
+static void test_dedup_index_unstable_grows_and_finds_everything(void **state)
+{
+	struct dedup_index ix;
+	bool added;
+
+	(void)state;
+	assert_int_equal(dedup_index_init(&ix), 0);
+	for (uint64_t i = 0; i < 100000; i++) {
+		uint64_t h = i * 0x9e3779b97f4a7c15ULL;
+
+		assert_non_null(dedup_index_unstable_add(&ix, h, 0, (uint32_t)i, &added));
+		assert_true(added);
+		/* Remove every third: tombstones must not hide later entries. */
+		if (i % 3 == 0)
+			dedup_index_unstable_del(&ix, dedup_index_unstable_find(&ix, h));
+	}
+	for (uint64_t i = 0; i < 100000; i++) {
+		struct dedup_uent *e = dedup_index_unstable_find(&ix, i * 0x9e3779b97f4a7c15ULL);
+
+		if (i % 3 == 0) {
+			assert_null(e);
+		} else {
+			assert_non_null(e);
+			assert_int_equal(e->idx, i);
+		}
+	}
+	assert_true(ix.ucap * 3 >= ix.uused * 4);
+	dedup_index_fini(&ix);
 }
 
 /* --- the frame store --- */
@@ -142,7 +173,7 @@ struct fixture {
 };
 
 static const struct dedup_config cfg_on = {
-	.enabled = true, .pages_per_sec = 1 << 20, .cpu_percent = 100,
+	.enabled = true, .pages_per_sec = 1 << 20, .cpu_percent = 100, .windows = true,
 };
 
 static int setup(void **state)
@@ -376,8 +407,12 @@ static void test_dedup_leaves_busy_pages_and_releases_pages_taken_over(void **st
 static void test_dedup_neighbouring_pages_map_contiguous_frames(void **state)
 {
 	struct fixture *f = *state;
+	struct dedup_config c = cfg_on;
 	int64_t vmas;
 
+	/* Page by page (a window would take this run whole; see the window test). */
+	c.windows = false;
+	assert_int_equal(dedup_configure(f->d, &c), 0);
 	/* Two identical guests with 16 identical consecutive pages. */
 	for (int p = 0; p < 16; p++) {
 		fill(f->gm[0], BASE + (uint64_t)p * PAGE, 100 + (uint64_t)p);
@@ -391,6 +426,115 @@ static void test_dedup_neighbouring_pages_map_contiguous_frames(void **state)
 	assert_int_equal(vmas, 3);
 	vmas = mem_ram_vmas(&f->gm[1], 1, NULL);
 	assert_int_equal(vmas, 3);
+}
+
+/* Fill a whole window (512 pages at BASE, window aligned) like identical guests do. */
+static void fill_window(struct gm *gm, uint64_t id)
+{
+	uint8_t zero[PAGE] = { 0 };
+
+	for (uint64_t i = 0; i < DEDUP_EXT_PAGES; i++) {
+		gpa_t gpa = BASE + i * PAGE;
+
+		if (i % 2 == 1)
+			fill(gm, gpa, 1000 + i);		/* identical in every guest */
+		else if (i % 4 == 2)
+			assert_int_equal(gm_write(gm, gpa, zero, PAGE), 0);
+		else
+			fill(gm, gpa, id * 100000 + i);	/* unique */
+	}
+}
+
+static bool window_is(struct gm *gm, uint64_t id)
+{
+	for (uint64_t i = 0; i < DEDUP_EXT_PAGES; i++) {
+		gpa_t gpa = BASE + i * PAGE;
+		uint8_t buf[PAGE];
+
+		if (i % 4 == 2) {
+			assert_int_equal(gm_read(gm, gpa, buf, PAGE), 0);
+			for (size_t b = 0; b < PAGE; b++)
+				if (buf[b])
+					return false;
+		} else if (!page_is(gm, gpa, i % 2 == 1 ? 1000 + i : id * 100000 + i)) {
+			return false;
+		}
+	}
+	return true;
+}
+
+static void test_dedup_window_of_identical_guests_is_one_mapping(void **state)
+{
+	struct fixture *f = *state;
+	struct dedup_stats s;
+
+	assert_int_equal(memmap_page_index(f->gm[0], BASE) % DEDUP_EXT_PAGES, 0);
+	for (int i = 0; i < 3; i++)
+		fill_window(f->gm[i], (uint64_t)i + 1);
+	for (int pass = 0; pass < 3; pass++)
+		dedup_scan_pass(f->d);
+	s = stats(f->d);
+	/* 256 identical pages shared by 3 guests, 128 zero pages each. */
+	assert_int_equal(s.pages_shared, 256);
+	assert_int_equal(s.pages_sharing, 512);
+	assert_int_equal(s.zero_pages, 3 * 128);
+	assert_true(s.windows >= 3);
+	assert_int_equal(s.window_aborts, 0);
+	assert_int_equal(s.store_bytes, 256 * PAGE);
+	for (int i = 0; i < 3; i++) {
+		/* RAM was one mapping; now the window is one more, splitting it: three. */
+		assert_int_equal(mem_ram_vmas(&f->gm[i], 1, NULL), 3);
+		assert_int_equal(state_of(f->gm[i], BASE + PAGE), PS_SHARED);
+		assert_int_equal(state_of(f->gm[i], BASE + 2 * PAGE), PS_ZERO);
+		assert_int_equal(state_of(f->gm[i], BASE), PS_ANON);
+		assert_true(window_is(f->gm[i], (uint64_t)i + 1));
+	}
+	/* Writes: a shared page and a zero page of vm0 are copied on write; the others keep theirs. */
+	fill(f->gm[0], BASE + PAGE, 77);
+	fill(f->gm[0], BASE + 2 * PAGE, 78);
+	dedup_scan_pass(f->d);
+	s = stats(f->d);
+	assert_int_equal(s.cow_breaks, 1);
+	assert_int_equal(s.pages_sharing, 511);
+	assert_true(page_is(f->gm[0], BASE + PAGE, 77));
+	assert_true(page_is(f->gm[0], BASE + 2 * PAGE, 78));
+	assert_true(window_is(f->gm[1], 2));
+	assert_true(window_is(f->gm[2], 3));
+	assert_int_equal(s.errors, 0);
+}
+
+static void test_dedup_window_with_untouched_pages_maps_them_to_the_zero_page(void **state)
+{
+	struct fixture *f = *state;
+	uint8_t buf[PAGE], zero[PAGE] = { 0 };
+	gpa_t hole = BASE + 100 * PAGE;
+	uint64_t pm;
+
+	for (int i = 0; i < 2; i++)
+		for (uint64_t p = 0; p < 32; p++)
+			fill(f->gm[i], BASE + p * PAGE, 500 + p);
+	for (int pass = 0; pass < 3; pass++)
+		dedup_scan_pass(f->d);
+	assert_int_equal(stats(f->d).pages_shared, 32);
+	assert_int_equal(stats(f->d).pages_sharing, 32);
+	assert_true(stats(f->d).windows >= 2);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(mem_ram_vmas(&f->gm[i], 1, NULL), 3);
+		/* The untouched page reads the zero page now: still no memory, still its own. */
+		assert_int_equal(state_of(f->gm[i], hole), PS_ANON);
+		assert_int_equal(memmap_pagemap(f->gm[i], (uint64_t)memmap_page_index(f->gm[i], hole),
+						1, &pm), 1);
+		assert_true(mem_pm_is_zero_page(pm));
+		assert_int_equal(gm_read(f->gm[i], hole, buf, PAGE), 0);
+		assert_memory_equal(buf, zero, PAGE);
+	}
+	/* Writing it gives vm0 a page of its own; vm1's stays zero. */
+	fill(f->gm[0], hole, 9);
+	assert_true(page_is(f->gm[0], hole, 9));
+	assert_int_equal(gm_read(f->gm[1], hole, buf, PAGE), 0);
+	assert_memory_equal(buf, zero, PAGE);
+	assert_true(page_is(f->gm[1], BASE + 31 * PAGE, 531));
+	assert_int_equal(stats(f->d).errors, 0);
 }
 
 static void test_dedup_configure_validates(void **state)
@@ -417,6 +561,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_dedup_index_stable_keeps_duplicates_apart),
 		cmocka_unit_test(test_dedup_index_unstable_holds_one_page_per_hash),
+		cmocka_unit_test(test_dedup_index_unstable_grows_and_finds_everything),
 		cmocka_unit_test(test_dedup_store_places_runs_and_punches_holes),
 		cmocka_unit_test_setup_teardown(test_dedup_merges_only_after_two_equal_visits,
 						setup, teardown),
@@ -432,6 +577,11 @@ int main(void)
 			test_dedup_leaves_busy_pages_and_releases_pages_taken_over, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dedup_neighbouring_pages_map_contiguous_frames,
 						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dedup_window_of_identical_guests_is_one_mapping,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_dedup_window_with_untouched_pages_maps_them_to_the_zero_page, setup,
+			teardown),
 		cmocka_unit_test_setup_teardown(test_dedup_configure_validates, setup, teardown),
 	};
 	int ret;

@@ -1,6 +1,6 @@
 """Balloon policy: two guests over budget, one idle and one busy. The policy
-balloons the idle one first (the idle-memory tax gives it the smaller
-entitlement), neither goes below its min, every decision carries a reason,
+balloons the idle one first and most (the idle-memory tax gives it the
+smaller entitlement), neither goes below its min, every decision carries a reason,
 and the host gets back under budget while the busy guest keeps verifying.
 
 The idle guest fills 600 MiB and frees it (`then=free`) with free page
@@ -53,8 +53,12 @@ check(st is not None, "the host got back under its budget")
 st = st or stats(sock)
 idle, busy = vm_of(st, "idle"), vm_of(st, "busy")
 check(first.get("idle") == 0, f"the idle guest was ballooned first (order {first})")
-check(busy["balloon"]["target_bytes"] == busy["mem_bytes"],
-      f"the busy guest was not ballooned (target {busy['balloon']['target_bytes'] // MIB} MiB)")
+# Once the idle guest is down to its entitlement the busy one may have to give
+# too (ESX does the same); the idle one must have given at least as much.
+check(idle["mem_bytes"] - idle["balloon"]["target_bytes"] >=
+      busy["mem_bytes"] - busy["balloon"]["target_bytes"],
+      f"the idle guest gave at least as much as the busy one (targets "
+      f"{idle['balloon']['target_bytes'] // MIB} and {busy['balloon']['target_bytes'] // MIB} MiB)")
 for v in (idle, busy):
     check(v["balloon"]["target_bytes"] >= v["min_bytes"],
           f"{v['name']}: target {v['balloon']['target_bytes'] // MIB} MiB >= min "

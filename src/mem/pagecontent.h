@@ -102,7 +102,7 @@ bool mem_page_in_store_mapping(const struct gm *gm, uint64_t idx);
  * frame it means the guest wrote it and the kernel copied it on write.
  */
 bool mem_pm_is_private(uint64_t entry);
-/* True when a pagemap entry maps the kernel's shared zero page (a hole read, or UFFDIO_ZEROPAGE). */
+/* True when a pagemap entry maps the kernel's zero page (a hole read, or UFFDIO_ZEROPAGE). */
 bool mem_pm_is_zero_page(uint64_t entry);
 /*
  * True when a pagemap entry is populated: present (any page, the zero page

@@ -20,12 +20,13 @@
 #include "core/layout.h"
 #include "core/log.h"
 #include "core/size.h"
+#include "core/cli.h"
 #include "core/cli_balloon.h"
 #include "core/control.h"
 #include "core/host.h"
 #include "core/statcli.h"
 
-#define EXIT_USAGE 2
+#define EXIT_USAGE CLI_EXIT_USAGE
 
 #ifndef KVMEM_GUEST_DEFAULT
 #define KVMEM_GUEST_DEFAULT "kvmem-guest.elf"
@@ -57,10 +58,7 @@ static void usage(FILE *f)
 
 static int usage_error(const char *fmt, const char *arg)
 {
-	fprintf(stderr, "kvmem: ");
-	fprintf(stderr, fmt, arg);
-	fprintf(stderr, " (see kvmem --help)\n");
-	return EXIT_USAGE;
+	return cli_usage_error(NULL, "see kvmem --help", fmt, arg);
 }
 
 static const char *default_guest(void)

@@ -7,6 +7,8 @@
  */
 #include "core/cli_balloon.h"
 
+#include "core/cli.h"
+
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
@@ -14,14 +16,11 @@
 #include "core/control.h"
 #include "core/size.h"
 
-#define EXIT_USAGE 2
-
 static int usage(const char *what, const char *arg)
 {
-	fprintf(stderr, "kvmem: balloon: ");
-	fprintf(stderr, what, arg);
-	fprintf(stderr, " (usage: kvmem balloon --vm NAME --target SIZE|--auto [--socket P])\n");
-	return EXIT_USAGE;
+	return cli_usage_error("balloon",
+			       "usage: kvmem balloon --vm NAME --target SIZE|--auto [--socket P]",
+			       what, arg);
 }
 
 int cli_balloon_main(int argc, char **argv)

@@ -31,10 +31,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/cli.h"
 #include "core/control.h"
 #include "core/size.h"
 
-#define EXIT_USAGE 2
+#define EXIT_USAGE CLI_EXIT_USAGE
 #define PAGE_BYTES 4096ULL
 #define REQUEST_TIMEOUT_MS 5000
 #define MAX_COLS 64
@@ -74,10 +75,7 @@ static void usage(FILE *f)
 
 static int usage_error(const char *fmt, const char *arg)
 {
-	fprintf(stderr, "kvmem stat: ");
-	fprintf(stderr, fmt, arg);
-	fprintf(stderr, " (see kvmem stat --help)\n");
-	return EXIT_USAGE;
+	return cli_usage_error("stat", "see kvmem stat --help", fmt, arg);
 }
 
 /* Ask for the stats: 0 and the reply's payload, or 1 after one line on stderr. */

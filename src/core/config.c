@@ -5,6 +5,7 @@
  *
  *   { "budget": "8G", "socket": "/run/kvmem.sock", "console_prefix": true,
  *     "dedup": "off" | "on" | "ksm", "policy_interval": 1.0,
+ *     "balloon_stats_interval": 1.0,
  *     "vms": [ { "name": "a", "mem": "1G", "min": "256M", "shares": 1000,
  *                "cpus": 1, "guest": "path", "append": "kvmem.wl=...",
  *                "console_log": "a.log" } ] }
@@ -165,7 +166,7 @@ int host_config_check(const struct host_config *cfg, char *err, size_t len)
 int host_config_load(const char *path, struct host_config *cfg, char *err, size_t len)
 {
 	static const char *const known[] = { "budget", "socket", "console_prefix", "dedup",
-					     "policy_interval", "vms" };
+					     "policy_interval", "balloon_stats_interval", "vms" };
 	json_error_t jerr;
 	json_t *root, *vms, *v;
 	const char *key;
@@ -225,6 +226,16 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 			goto out;
 		}
 		cfg->policy_interval_s = json_number_value(v);
+	}
+	v = json_object_get(root, "balloon_stats_interval");
+	if (v) {
+		if (!json_is_number(v) || json_number_value(v) < 0 || json_number_value(v) > 3600) {
+			ret = fail(err, len,
+				   "balloon_stats_interval: must be seconds from 0 (never) to 3600");
+			goto out;
+		}
+		cfg->balloon_stats_ms = (uint32_t)(json_number_value(v) * 1000);
+		cfg->balloon_stats_set = true;
 	}
 	vms = json_object_get(root, "vms");
 	if (!json_is_array(vms) || json_array_size(vms) == 0) {

@@ -138,6 +138,8 @@ static int create_vm(struct host *h, struct host_vm *hv)
 	if (ret)
 		return ret;
 	ret = balloon_create(hv->vm, NULL, NULL, &hv->balloon);
+	if (!ret && h->cfg.balloon_stats_set)
+		ret = balloon_set_stats_interval(hv->balloon, h->cfg.balloon_stats_ms);
 	if (ret) {
 		log_err("%s: balloon device: %s", hv->cfg.name, strerror(-ret));
 		return ret;

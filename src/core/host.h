@@ -40,6 +40,8 @@ struct host_config {
 	bool console_prefix;	/* "[name] " before every console line */
 	enum host_dedup_mode dedup;
 	double policy_interval_s; /* seconds between policy passes */
+	uint32_t balloon_stats_ms; /* how often balloons ask for guest stats (0: never) */
+	bool balloon_stats_set;	/* else the device's default (1 s) */
 	const char *default_guest; /* guest for VMs that name none (not owned) */
 	struct host_vm_config *vms;
 	unsigned int nr_vms;

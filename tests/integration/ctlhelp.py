@@ -29,6 +29,13 @@ class Host:
                         for f, l in ((self.p.stdout, self.out), (self.p.stderr, self.err))]
         for t in self.readers:
             t.start()
+        # A test that dies halfway must not leave a VM running behind it.
+        atexit.register(self._reap)
+
+    def _reap(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
 
     def _read(self, f, lines):
         for line in f:

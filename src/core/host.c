@@ -127,7 +127,6 @@ static int create_vm(struct host *h, struct host_vm *hv)
 	if (ret)
 		return ret;
 	gm = vm_gm(hv->vm);
-	memmap_set_owner(gm, hv);
 	ret = memmap_enable_uffd(gm);
 	if (ret) {
 		log_err("%s: userfaultfd: %s (kvmem needs it to serve dropped pages)",
@@ -462,6 +461,7 @@ static json_t *pages_json(const uint64_t pages[PS_NR])
 
 json_t *host_stats_json(struct host *h)
 {
+	struct uffd_stats us;
 	struct ovc_stats hs;
 	json_t *vms = json_array();
 	json_t *reclaimed = json_object();
@@ -517,7 +517,9 @@ json_t *host_stats_json(struct host *h)
 	} else {
 		dedup = json_pack("{s:s}", "mode", "off");
 	}
-	return json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:b, s:I, s:o, s:o}, s:o}",
+	uffd_service_stats(h->uffd, &us);
+	return json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:b, s:I, s:o, s:o, s:I, s:s, s:{s:I, s:I, s:I}},"
+			 " s:o}",
 			 "host",
 			 "budget_bytes", (json_int_t)hs.budget_bytes,
 			 "used_bytes", (json_int_t)hs.used_bytes,
@@ -528,5 +530,9 @@ json_t *host_stats_json(struct host *h)
 			 "policy_passes", (json_int_t)hs.passes,
 			 "reclaimed_bytes", reclaimed,
 			 "dedup", dedup,
+			 "vmm_heap_bytes", (json_int_t)kv_alloc_bytes(),
+			 "allocator", kv_alloc_name(),
+			 "uffd", "wp_faults", (json_int_t)us.wp_faults,
+			 "sample_hits", (json_int_t)us.sample_hits, "errors", (json_int_t)us.errors,
 			 "vms", vms);
 }

@@ -41,7 +41,6 @@ struct vcpu {
 	pthread_cond_t cond;
 	bool woken;		/* a kick arrived while (or before) sleeping */
 	bool exited;		/* the thread is past its last use of itself: no more signals */
-	uint64_t exits;		/* vCPU thread only; read racily for stats */
 };
 
 static void kick_handler(int sig)
@@ -264,7 +263,6 @@ static void *vcpu_thread(void *arg)
 			vm_request_stop(vm, VM_STATUS_VMM_ERROR);
 			break;
 		}
-		vcpu->exits++;
 		if (!handle_exit(vcpu))
 			break;
 	}
@@ -321,17 +319,8 @@ unsigned int vcpu_index(const struct vcpu *vcpu)
 	return vcpu->index;
 }
 
-struct vm *vcpu_vm(struct vcpu *vcpu)
-{
-	return vcpu->vm;
-}
-
 int vcpu_fd(const struct vcpu *vcpu)
 {
 	return vcpu->fd;
 }
 
-uint64_t vcpu_exits(const struct vcpu *vcpu)
-{
-	return __atomic_load_n(&vcpu->exits, __ATOMIC_RELAXED);
-}

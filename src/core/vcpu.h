@@ -26,8 +26,6 @@ void vcpu_sleep(struct vcpu *vcpu, uint64_t ns);
 void vcpu_report_exception(struct vcpu *vcpu);
 
 unsigned int vcpu_index(const struct vcpu *vcpu);
-struct vm *vcpu_vm(struct vcpu *vcpu);
 int vcpu_fd(const struct vcpu *vcpu);
-uint64_t vcpu_exits(const struct vcpu *vcpu);
 
 #endif

@@ -404,16 +404,6 @@ const char *vm_state_name(enum vm_state s)
 	return "unknown";
 }
 
-unsigned int vm_ncpus(const struct vm *vm)
-{
-	return vm->ncpus;
-}
-
-uint64_t vm_mem_bytes(const struct vm *vm)
-{
-	return vm->mem_bytes;
-}
-
 int vm_exit_status(struct vm *vm)
 {
 	int s;

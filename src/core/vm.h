@@ -74,8 +74,6 @@ int vm_kvm_fd(const struct vm *vm);
 const char *vm_name(const struct vm *vm);
 enum vm_state vm_get_state(struct vm *vm);
 const char *vm_state_name(enum vm_state s);
-unsigned int vm_ncpus(const struct vm *vm);
-uint64_t vm_mem_bytes(const struct vm *vm);
 /* Exit status once stopped (meaningful after vm_wait). */
 int vm_exit_status(struct vm *vm);
 

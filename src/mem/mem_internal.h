@@ -22,7 +22,6 @@ struct gm {
 	uint64_t ram_bytes;		/* sum of region lengths */
 	struct pagestate *ps;		/* page-state map, immutable pointer */
 	int uffd;			/* userfaultfd over all regions, or -1 */
-	void *owner;			/* the host's per-VM object (opaque) */
 	uint64_t *framemap;		/* bit per page: its VMA maps a store frame (atomic) */
 	uint64_t sample_hits;		/* writes to pages protected for sampling (atomic) */
 };

@@ -159,16 +159,6 @@ struct pagestate *memmap_pagestate(struct gm *gm)
 	return gm->ps;
 }
 
-void memmap_set_owner(struct gm *gm, void *owner)
-{
-	gm->owner = owner;
-}
-
-void *memmap_owner(const struct gm *gm)
-{
-	return gm->owner;
-}
-
 uint8_t *gm_page_hva(const struct gm *gm, uint64_t idx)
 {
 	const struct gm_region *r = &gm->regions[0];

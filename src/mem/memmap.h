@@ -30,9 +30,6 @@ int memmap_enable_uffd(struct gm *gm);
 int memmap_set_mergeable(struct gm *gm);
 /* The VM's page-state map. */
 struct pagestate *memmap_pagestate(struct gm *gm);
-/* An opaque pointer for the owner of this guest memory (the host's VM object). */
-void memmap_set_owner(struct gm *gm, void *owner);
-void *memmap_owner(const struct gm *gm);
 
 /* Register every region as a KVM memslot, slots first_slot.. ; flags are KVM_MEM_*. */
 int memmap_register_kvm(struct gm *gm, int vm_fd, uint32_t first_slot, uint32_t flags);

@@ -162,11 +162,6 @@ static uint64_t host_used(struct ovc *ovc, const char **source)
 	return smaps_pss();
 }
 
-uint64_t ovc_resident_pages(struct gm *gm)
-{
-	return memmap_resident(gm);
-}
-
 #define RESIDENT_MAX_AGE_NS 200000000ULL
 
 static uint64_t now_ns(void)
@@ -674,11 +669,6 @@ void ovc_remove_vm(struct ovc *ovc, struct ovc_vm *vm)
 struct gm *ovc_vm_gm(struct ovc_vm *vm)
 {
 	return vm->gm;
-}
-
-const char *ovc_vm_name(const struct ovc_vm *vm)
-{
-	return vm->name;
 }
 
 int ovc_register_mechanism(struct ovc *ovc, const struct ovc_mechanism *m)

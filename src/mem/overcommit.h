@@ -102,7 +102,6 @@ int ovc_add_vm(struct ovc *ovc, struct gm *gm, const char *name, uint64_t mem_by
 	       uint64_t min_bytes, uint32_t shares, struct ovc_vm **out);
 void ovc_remove_vm(struct ovc *ovc, struct ovc_vm *vm);
 struct gm *ovc_vm_gm(struct ovc_vm *vm);
-const char *ovc_vm_name(const struct ovc_vm *vm);
 
 /* Give the policy this VM's balloon (ops and arg must outlive ovc_remove_vm). */
 void ovc_vm_set_balloon(struct ovc *ovc, struct ovc_vm *vm, const struct ovc_balloon_ops *ops,
@@ -127,8 +126,5 @@ void ovc_set_budget(struct ovc *ovc, uint64_t budget_bytes);
 
 void ovc_get_stats(struct ovc *ovc, struct ovc_stats *out);
 int ovc_get_vm_stats(struct ovc *ovc, struct ovc_vm *vm, struct ovc_vm_stats *out);
-
-/* Pages of vm's RAM present in host memory, not counting the shared zero page. */
-uint64_t ovc_resident_pages(struct gm *gm);
 
 #endif

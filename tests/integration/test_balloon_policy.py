@@ -29,8 +29,13 @@ check(wait_socket(h, sock), "host answers on its socket")
 check(h.wait_line(r"\[idle\] kvmem-wl: freed", 1), "idle guest filled and freed its memory")
 check(h.wait_line(r"\[busy\] kvmem-wl: verify ok", 1), "busy guest filled and verified")
 
-# Both guests' memory is resident; a budget below it puts the host under pressure.
-st = stats(sock)
+# Both guests' memory is resident (the host's figure comes from its last policy
+# pass: wait until a pass has seen both fills); a budget below it puts the host
+# under pressure.
+st = wait_for(lambda: (lambda s: s if s["host"]["used_bytes"] >= 1150 * MIB else None)(
+    stats(sock)), 120, 0.25)
+check(st is not None, "the host counts both guests' 600 MiB as used")
+st = st or stats(sock)
 used = st["host"]["used_bytes"]
 budget = used - 350 * MIB
 r = __import__("ctlhelp").request(sock, {"verb": "budget", "bytes": budget})

@@ -341,25 +341,38 @@ static void do_pfns(struct balloon *b, const struct virtq_chain *c, bool inflate
 	pthread_mutex_unlock(&b->lock);
 }
 
+/*
+ * Next request on queue q, every buffer in the direction the queue needs
+ * (device-readable if readable, else device-writable), in b->chain. False
+ * when the queue is empty, or broken (counted, the device then needs a reset).
+ */
+static bool next_request(struct balloon *b, unsigned int q, bool readable, const char *wrong_dir)
+{
+	struct virtq_chain *c = b->chain;
+	int ret = virtio_dev_pop(b->vdev, q, c);
+
+	if (ret == -EAGAIN)
+		return false;
+	if (ret) {
+		COUNT(b, bad_descs, 1);
+		return false;
+	}
+	if (readable ? c->nr_out != c->nr : c->nr_out != 0) {
+		bad_request(b, wrong_dir);
+		return false;
+	}
+	return true;
+}
+
 static void handle_pfns(struct balloon *b, unsigned int q, bool inflate)
 {
 	struct virtq_chain *c = b->chain;
 
 	for (unsigned int n = 0; n < BALLOON_QUEUE_SIZE; n++) {
-		int ret = virtio_dev_pop(b->vdev, q, c);
-
-		if (ret == -EAGAIN)
-			return;
-		if (ret) {
-			COUNT(b, bad_descs, 1);
-			return;
-		}
 		/* virtio 1.2 §5.5.6: PFN arrays are driver-to-device buffers. */
-		if (c->nr_out != c->nr) {
-			bad_request(b, inflate ? "inflateq buffer is device-writable"
-					       : "deflateq buffer is device-writable");
+		if (!next_request(b, q, true, inflate ? "inflateq buffer is device-writable"
+						      : "deflateq buffer is device-writable"))
 			return;
-		}
 		for (unsigned int i = 0; i < c->nr; i++) {
 			if (c->buf[i].len % 4) {
 				bad_request(b, "PFN array length is not a multiple of 4");
@@ -380,19 +393,11 @@ static void handle_reporting(struct balloon *b, unsigned int q)
 
 	for (unsigned int n = 0; n < BALLOON_QUEUE_SIZE; n++) {
 		uint64_t ranges = 0, bytes = 0;
-		int ret = virtio_dev_pop(b->vdev, q, c);
+		int ret;
 
-		if (ret == -EAGAIN)
-			return;
-		if (ret) {
-			COUNT(b, bad_descs, 1);
-			return;
-		}
 		/* Linux adds report buffers as device-writable ("inbuf") scatterlists. */
-		if (c->nr_out) {
-			bad_request(b, "reporting_vq buffer is device-readable");
+		if (!next_request(b, q, false, "reporting_vq buffer is device-readable"))
 			return;
-		}
 		for (unsigned int i = 0; i < c->nr; i++) {
 			const struct virtq_buf *buf = &c->buf[i];
 			/* Only whole 4 KiB pages: the rest of a partial page may be in use. */
@@ -466,18 +471,8 @@ static void handle_stats(struct balloon *b, unsigned int q)
 	struct virtq_chain *c = b->chain;
 
 	for (unsigned int n = 0; n < BALLOON_QUEUE_SIZE; n++) {
-		int ret = virtio_dev_pop(b->vdev, q, c);
-
-		if (ret == -EAGAIN)
+		if (!next_request(b, q, true, "statsq buffer is device-writable"))
 			return;
-		if (ret) {
-			COUNT(b, bad_descs, 1);
-			return;
-		}
-		if (c->nr_out != c->nr) {
-			bad_request(b, "statsq buffer is device-writable");
-			return;
-		}
 		parse_stats(b, c);
 		/*
 		 * The driver keeps at most one buffer in the queue (virtio 1.2

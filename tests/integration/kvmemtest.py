@@ -4,9 +4,7 @@ Tests assert outcomes (exit status, guest verification lines, figures the
 kernel reports), never timing: every wait is a poll with a generous deadline
 that only exists so a broken build fails instead of hanging.
 """
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -50,22 +48,6 @@ def wait_for(pred, deadline_s=120, step=0.2):
             return v
         time.sleep(step)
     return None
-
-
-def request(sock_path, req, timeout=10):
-    """One control-socket request; returns the decoded reply."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(sock_path)
-    s.sendall((json.dumps(req) + "\n").encode())
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        buf += chunk
-    s.close()
-    return json.loads(buf)
 
 
 def finish():

@@ -9,7 +9,8 @@ only the balloon can win back. The busy guest fills 600 MiB and keeps
 rewriting it fast enough (200 MiB/s) that the policy's write sampling sees it
 busy in every half-second interval. Nothing here asserts timing: waits are polls with deadlines.
 """
-from ctlhelp import Host, host_config, no_verify_fail, stats, tmpdir, vm_of, wait_socket
+from ctlhelp import (Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of,
+                     wait_socket)
 from kvmemtest import check, finish, require_kvm, wait_for
 
 require_kvm()
@@ -38,7 +39,7 @@ check(st is not None, "the host counts both guests' 600 MiB as used")
 st = st or stats(sock)
 used = st["host"]["used_bytes"]
 budget = used - 350 * MIB
-r = __import__("ctlhelp").request(sock, {"verb": "budget", "bytes": budget})
+r = request(sock, {"verb": "budget", "bytes": budget})
 check(r.get("ok"), f"budget set to {budget // MIB} MiB (used {used // MIB} MiB)")
 
 first = {}
@@ -74,7 +75,7 @@ check(idle["entitlement_bytes"] < busy["entitlement_bytes"],
       "the idle guest is entitled to less than the busy one (idle-memory tax)")
 
 # Pressure gone: the policy deflates the idle guest again.
-r = __import__("ctlhelp").request(sock, {"verb": "budget", "bytes": 16 << 30})
+r = request(sock, {"verb": "budget", "bytes": 16 << 30})
 check(wait_for(lambda: vm_of(stats(sock), "idle")["balloon"]["target_bytes"] ==
                vm_of(stats(sock), "idle")["mem_bytes"], 120, 0.25),
       "with the pressure gone, the idle guest is deflated back to its mem")

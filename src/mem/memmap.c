@@ -159,12 +159,18 @@ struct pagestate *memmap_pagestate(struct gm *gm)
 	return gm->ps;
 }
 
+/* The region holding page index idx (indexes run over RAM only, holes excluded). */
+static const struct gm_region *index_region(const struct gm *gm, uint64_t idx)
+{
+	if (gm->nr_regions > 1 && idx >= gm->regions[1].first_pfn_index)
+		return &gm->regions[1];
+	return &gm->regions[0];
+}
+
 uint8_t *gm_page_hva(const struct gm *gm, uint64_t idx)
 {
-	const struct gm_region *r = &gm->regions[0];
+	const struct gm_region *r = index_region(gm, idx);
 
-	if (gm->nr_regions > 1 && idx >= gm->regions[1].first_pfn_index)
-		r = &gm->regions[1];
 	return r->hva + ((idx - r->first_pfn_index) << LAYOUT_PAGE_SHIFT);
 }
 
@@ -202,10 +208,8 @@ int64_t memmap_page_index(const struct gm *gm, gpa_t gpa)
 
 gpa_t memmap_index_gpa(const struct gm *gm, uint64_t index)
 {
-	const struct gm_region *r = &gm->regions[0];
+	const struct gm_region *r = index_region(gm, index);
 
-	if (gm->nr_regions > 1 && index >= gm->regions[1].first_pfn_index)
-		r = &gm->regions[1];
 	return r->gpa + ((index - r->first_pfn_index) << LAYOUT_PAGE_SHIFT);
 }
 

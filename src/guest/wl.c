@@ -104,6 +104,7 @@ static uint8_t dup_before[100];		/* dup positions before i % 100 */
 static uint64_t nslots;
 static uint64_t cap_slots;		/* nslots, or all of RAM with grow= */
 static uint64_t low_free;		/* grow=: fewest free pages seen since the last fill */
+static bool grow_short;			/* grow=: the last fill got less than came back */
 static uint32_t *slot_gfn;		/* vCPU 0 at allocation, then the slot's owner */
 static uint32_t *slot_ver;		/* slot's owner vCPU only */
 static uint64_t meta_gpa;
@@ -614,6 +615,8 @@ static void print_config(void)
 /*
  * grow=: fill the memory the guest got back since the last fill (free pages
  * above their low-water mark), then verify all of it. vCPU 0, between jobs.
+ * The mark stays where it was: pages freed while we fill (the balloon goes
+ * on deflating) count as returned at the next check.
  */
 static void grow(void)
 {
@@ -622,11 +625,15 @@ static void grow(void)
 	uint64_t from = nslots, n, got;
 
 	low_free = MIN(low_free, nfree);
-	if (nfree < low_free + cfg.grow_pages)
+	if (nfree < low_free + (grow_short ? 1 : cfg.grow_pages))
 		return;
 	n = MIN(nfree - low_free, cap_slots - nslots);
 	got = n ? palloc_alloc_gfns(slot_gfn + nslots, n) : 0;
-	low_free = palloc_avail_pages();
+	/*
+	 * Short: part of what came back is out in a free page report. It is ours
+	 * once the report returns, however little of it is left: take it then.
+	 */
+	grow_short = got < n;
 	if (!got)
 		return;
 	nslots += got;
@@ -634,7 +641,6 @@ static void grow(void)
 	smp_run(job_fill, &from);
 	rt_printf("kvmem-wl: grew %lu to %lu\n", mib(got), mib(nslots));
 	verify_all();
-	low_free = palloc_avail_pages();
 }
 
 /* After the fill: rewrite/read/churn/verify/grow until time= is up (or forever). */

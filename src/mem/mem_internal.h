@@ -3,6 +3,8 @@
 #ifndef KVMEM_MEM_INTERNAL_H
 #define KVMEM_MEM_INTERNAL_H
 
+#include <stdbool.h>
+
 #include "mem/gm.h"
 
 #define GM_MAX_REGIONS 2
@@ -30,6 +32,26 @@ struct gm {
 uint8_t *gm_page_hva(const struct gm *gm, uint64_t idx);
 /* Register [hva, hva+len) with gm's userfaultfd in write-protect mode. */
 int gm_uffd_register(struct gm *gm, void *hva, uint64_t len);
+/* Write-protect (on) or release (off) [hva, hva+len): 0, -errno, -ENOSYS without uffd. */
+int gm_uffd_protect(struct gm *gm, void *hva, uint64_t len, bool on);
+/* Wake the writers held on [hva, hva+len). */
+void gm_uffd_wake(struct gm *gm, void *hva, uint64_t len);
+/* True when the GM_PAGE_SIZE bytes at page are all zero. */
+bool gm_page_is_zero(const void *page);
+
+/* Whether page idx's VMA maps a store frame (framemap bit). */
+static inline bool gm_frame_mapped(const struct gm *gm, uint64_t idx)
+{
+	return __atomic_load_n(&gm->framemap[idx / 64], __ATOMIC_ACQUIRE) & (1ULL << (idx % 64));
+}
+
+static inline void gm_set_frame_mapped(struct gm *gm, uint64_t idx, bool on)
+{
+	if (on)
+		__atomic_fetch_or(&gm->framemap[idx / 64], 1ULL << (idx % 64), __ATOMIC_RELEASE);
+	else
+		__atomic_fetch_and(&gm->framemap[idx / 64], ~(1ULL << (idx % 64)), __ATOMIC_RELEASE);
+}
 
 /* Region holding gpa, or NULL. */
 const struct gm_region *gm_find_region(const struct gm *gm, gpa_t gpa);

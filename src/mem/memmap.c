@@ -119,6 +119,37 @@ int gm_uffd_register(struct gm *gm, void *hva, uint64_t len)
 	return 0;
 }
 
+int gm_uffd_protect(struct gm *gm, void *hva, uint64_t len, bool on)
+{
+	struct uffdio_writeprotect w = {
+		.range = { .start = (uint64_t)(uintptr_t)hva, .len = len },
+		.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+	};
+
+	if (gm->uffd < 0)
+		return -ENOSYS;
+	return ioctl(gm->uffd, UFFDIO_WRITEPROTECT, &w) < 0 ? -errno : 0;
+}
+
+void gm_uffd_wake(struct gm *gm, void *hva, uint64_t len)
+{
+	struct uffdio_range r = { .start = (uint64_t)(uintptr_t)hva, .len = len };
+
+	if (gm->uffd >= 0)
+		ioctl(gm->uffd, UFFDIO_WAKE, &r);
+}
+
+bool gm_page_is_zero(const void *page)
+{
+	const uint64_t *w = page;
+
+	for (size_t i = 0; i < GM_PAGE_SIZE / 8; i += 8)
+		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] |
+		    w[i + 7])
+			return false;
+	return true;
+}
+
 int memmap_enable_uffd(struct gm *gm)
 {
 	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP };

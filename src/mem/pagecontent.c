@@ -9,10 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/userfaultfd.h>
 #include <string.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
@@ -40,16 +37,7 @@ int mem_page_hash(const struct gm *gm, uint64_t idx, mem_page_hash_fn fn, const 
 
 bool mem_page_is_zero(const struct gm *gm, uint64_t idx)
 {
-	const uint64_t *w;
-
-	if (!idx_ok(gm, idx))
-		return false;
-	w = (const uint64_t *)gm_page_hva(gm, idx);
-	for (size_t i = 0; i < GM_PAGE_SIZE / 8; i += 8)
-		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] |
-		    w[i + 7])
-			return false;
-	return true;
+	return idx_ok(gm, idx) && gm_page_is_zero(gm_page_hva(gm, idx));
 }
 
 int mem_page_equal(const struct gm *a, uint64_t ia, const struct gm *b, uint64_t ib)
@@ -81,124 +69,6 @@ int mem_page_equal_buf(const struct gm *gm, uint64_t idx, const void *buf)
 	return memcmp(gm_page_hva(gm, idx), buf, GM_PAGE_SIZE) == 0;
 }
 
-/* [idx, idx + n) lies in one region (host addresses contiguous). */
-static bool window_ok(const struct gm *gm, uint64_t idx, uint64_t n)
-{
-	return n && idx + n <= memmap_nr_pages(gm) && idx + n > idx &&
-	       gm_page_hva(gm, idx + n - 1) - gm_page_hva(gm, idx) ==
-		       (ptrdiff_t)((n - 1) * GM_PAGE_SIZE);
-}
-
-int mem_range_protect(struct gm *gm, uint64_t idx, uint64_t n, bool on)
-{
-	struct uffdio_writeprotect w = {
-		.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
-	};
-
-	if (!window_ok(gm, idx, n))
-		return -EINVAL;
-	if (gm->uffd < 0)
-		return -ENOSYS;
-	w.range.start = (uint64_t)(uintptr_t)gm_page_hva(gm, idx);
-	w.range.len = n * GM_PAGE_SIZE;
-	return ioctl(gm->uffd, UFFDIO_WRITEPROTECT, &w) < 0 ? -errno : 0;
-}
-
-int mem_range_populate(struct gm *gm, uint64_t idx, uint64_t n)
-{
-	if (!window_ok(gm, idx, n))
-		return -EINVAL;
-	if (madvise(gm_page_hva(gm, idx), n * GM_PAGE_SIZE, MADV_POPULATE_READ) < 0)
-		return -errno;
-	return 0;
-}
-
-void mem_range_wake(struct gm *gm, uint64_t idx, uint64_t n)
-{
-	struct uffdio_range r;
-
-	if (!window_ok(gm, idx, n) || gm->uffd < 0)
-		return;
-	r.start = (uint64_t)(uintptr_t)gm_page_hva(gm, idx);
-	r.len = n * GM_PAGE_SIZE;
-	ioctl(gm->uffd, UFFDIO_WAKE, &r);
-}
-
-/* Fill page i of the scratch mapping s (uffd-registered) from the old window. */
-static int fill_one(const struct gm *gm, uint8_t *s, const uint8_t *old, uint64_t i,
-		    enum mem_win_kind kind)
-{
-	int ret;
-
-	if (kind == MEM_WIN_KEEP) {
-		struct uffdio_copy c = {
-			.dst = (uint64_t)(uintptr_t)(s + i * GM_PAGE_SIZE),
-			.src = (uint64_t)(uintptr_t)(old + i * GM_PAGE_SIZE),
-			.len = GM_PAGE_SIZE,
-		};
-
-		ret = ioctl(gm->uffd, UFFDIO_COPY, &c);
-	} else if (kind == MEM_WIN_ZERO) {
-		struct uffdio_zeropage z = {
-			.range = { (uint64_t)(uintptr_t)(s + i * GM_PAGE_SIZE), GM_PAGE_SIZE },
-		};
-
-		ret = ioctl(gm->uffd, UFFDIO_ZEROPAGE, &z);
-	} else {
-		return 0; /* the frame: read from the store on the first access */
-	}
-	return ret < 0 ? -errno : 0;
-}
-
-/*
- * Why this order: the window cannot be remapped in place (MAP_FIXED over it
- * would drop the content of the pages that keep theirs, and a fault between
- * the remap and refilling them would read store holes, which allocate store
- * pages). So the new mapping is prepared elsewhere: a private mapping of the
- * store (holes are never read: every page is frame, private or zero before
- * it is visible), registered with the VM's userfaultfd so UFFDIO_COPY (a
- * private anonymous copy) and UFFDIO_ZEROPAGE can fill it, then mremap moves
- * it over the window atomically. mremap drops the userfaultfd registration
- * (the VM's uffd has no UFFD_FEATURE_EVENT_REMAP), so it is renewed.
- */
-int mem_window_map(struct gm *gm, uint64_t idx, uint64_t n, int fd, uint64_t off,
-		   const uint8_t *kind)
-{
-	uint8_t *old, *s;
-	void *p;
-	int ret;
-
-	if (!window_ok(gm, idx, n) || off % GM_PAGE_SIZE)
-		return -EINVAL;
-	if (gm->uffd < 0)
-		return -ENOSYS;
-	old = gm_page_hva(gm, idx);
-	s = mmap(NULL, n * GM_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, (off_t)off);
-	if (s == MAP_FAILED)
-		return -errno;
-	madvise(s, n * GM_PAGE_SIZE, MADV_NOHUGEPAGE);
-	ret = gm_uffd_register(gm, s, n * GM_PAGE_SIZE);
-	for (uint64_t i = 0; i < n && !ret; i++)
-		ret = fill_one(gm, s, old, i, (enum mem_win_kind)kind[i]);
-	if (ret)
-		goto out_unmap;
-	p = mremap(s, n * GM_PAGE_SIZE, n * GM_PAGE_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, old);
-	if (p == MAP_FAILED) {
-		ret = -errno;
-		goto out_unmap;
-	}
-	for (uint64_t i = 0; i < n; i++)
-		__atomic_fetch_or(&gm->framemap[(idx + i) / 64], 1ULL << ((idx + i) % 64),
-				  __ATOMIC_RELEASE);
-	/* Protectable again; a failure only means later merges here must re-track. */
-	gm_uffd_register(gm, old, n * GM_PAGE_SIZE);
-	return 0;
-
-out_unmap:
-	munmap(s, n * GM_PAGE_SIZE);
-	return ret;
-}
-
 int mem_page_copy_to_fd(const struct gm *gm, uint64_t idx, int fd, uint64_t off)
 {
 	ssize_t put;
@@ -211,15 +81,6 @@ int mem_page_copy_to_fd(const struct gm *gm, uint64_t idx, int fd, uint64_t off)
 	return put == (ssize_t)GM_PAGE_SIZE ? 0 : -EIO;
 }
 
-int mem_page_track(struct gm *gm, uint64_t idx)
-{
-	if (!idx_ok(gm, idx))
-		return -EINVAL;
-	if (gm->uffd < 0)
-		return -ENOSYS;
-	return gm_uffd_register(gm, gm_page_hva(gm, idx), GM_PAGE_SIZE);
-}
-
 /*
  * A pte marker (what write-protecting an unpopulated pte of a file mapping
  * leaves: the page is not mapped, writes are held) reads as a swap entry of
@@ -228,21 +89,6 @@ int mem_page_track(struct gm *gm, uint64_t idx)
 static bool pm_is_marker(uint64_t e)
 {
 	return !(e & PM_PRESENT) && (e & PM_SWAP) && (e & PM_SWAP_TYPE) == PM_SWAP_TYPE;
-}
-
-bool mem_page_in_store_mapping(const struct gm *gm, uint64_t idx)
-{
-	return idx_ok(gm, idx) &&
-	       (__atomic_load_n(&gm->framemap[idx / 64], __ATOMIC_ACQUIRE) & (1ULL << (idx % 64)));
-}
-
-int mem_range_track(struct gm *gm, uint64_t idx, uint64_t n)
-{
-	if (!window_ok(gm, idx, n))
-		return -EINVAL;
-	if (gm->uffd < 0)
-		return -ENOSYS;
-	return gm_uffd_register(gm, gm_page_hva(gm, idx), n * GM_PAGE_SIZE);
 }
 
 bool mem_pm_is_private(uint64_t e)

@@ -4,8 +4,8 @@
  * balloon-worker and dedup threads; the page-state CAS decides which of them
  * owns a page, PS_BUSY marks the owner's window.
  *
- * Dropping a page: MADV_DONTNEED on an anonymous VMA gives the guest a hole
- * that faults to the uffd service. On a VMA that maps a store frame
+ * Dropping a page: MADV_DONTNEED on an anonymous VMA leaves a hole the
+ * kernel fills with zeros on the next access. On a VMA that maps a store frame
  * (MAP_PRIVATE of the dedup memfd), MADV_DONTNEED would re-expose the frame,
  * so such pages get fresh anonymous memory mapped over them, registered with
  * userfaultfd again (DESIGN.md, guest memory model).
@@ -24,48 +24,68 @@
 #include "mem/memmap.h"
 #include "mem/overcommit.h"
 
-static bool frame_mapped(const struct gm *gm, uint64_t idx)
+/* [idx, idx + n) lies in one region (host addresses contiguous). */
+static bool window_ok(const struct gm *gm, uint64_t idx, uint64_t n)
 {
-	return __atomic_load_n(&gm->framemap[idx / 64], __ATOMIC_ACQUIRE) & (1ULL << (idx % 64));
+	return n && idx + n <= memmap_nr_pages(gm) && idx + n > idx &&
+	       gm_page_hva(gm, idx + n - 1) - gm_page_hva(gm, idx) ==
+		       (ptrdiff_t)((n - 1) * GM_PAGE_SIZE);
 }
 
-static void set_frame_mapped(struct gm *gm, uint64_t idx, bool on)
+int mem_range_protect(struct gm *gm, uint64_t idx, uint64_t n, bool on)
 {
-	if (on)
-		__atomic_fetch_or(&gm->framemap[idx / 64], 1ULL << (idx % 64), __ATOMIC_RELEASE);
-	else
-		__atomic_fetch_and(&gm->framemap[idx / 64], ~(1ULL << (idx % 64)), __ATOMIC_RELEASE);
+	if (!window_ok(gm, idx, n))
+		return -EINVAL;
+	return gm_uffd_protect(gm, gm_page_hva(gm, idx), n * GM_PAGE_SIZE, on);
 }
 
-static int wp(struct gm *gm, uint64_t idx, bool on)
+void mem_range_wake(struct gm *gm, uint64_t idx, uint64_t n)
 {
-	struct uffdio_writeprotect w = {
-		.range = { .start = (uint64_t)(uintptr_t)gm_page_hva(gm, idx), .len = GM_PAGE_SIZE },
-		.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
-	};
+	if (window_ok(gm, idx, n))
+		gm_uffd_wake(gm, gm_page_hva(gm, idx), n * GM_PAGE_SIZE);
+}
 
+int mem_range_track(struct gm *gm, uint64_t idx, uint64_t n)
+{
+	if (!window_ok(gm, idx, n))
+		return -EINVAL;
 	if (gm->uffd < 0)
 		return -ENOSYS;
-	return ioctl(gm->uffd, UFFDIO_WRITEPROTECT, &w) < 0 ? -errno : 0;
+	return gm_uffd_register(gm, gm_page_hva(gm, idx), n * GM_PAGE_SIZE);
 }
 
 int mem_page_protect(struct gm *gm, uint64_t idx)
 {
-	return wp(gm, idx, true);
+	return mem_range_protect(gm, idx, 1, true);
 }
 
 int mem_page_unprotect(struct gm *gm, uint64_t idx)
 {
-	return wp(gm, idx, false);
+	return mem_range_protect(gm, idx, 1, false);
 }
 
 void mem_page_wake(struct gm *gm, uint64_t idx)
 {
-	struct uffdio_range r = { .start = (uint64_t)(uintptr_t)gm_page_hva(gm, idx),
-				  .len = GM_PAGE_SIZE };
+	mem_range_wake(gm, idx, 1);
+}
 
-	if (gm->uffd >= 0)
-		ioctl(gm->uffd, UFFDIO_WAKE, &r);
+int mem_page_track(struct gm *gm, uint64_t idx)
+{
+	return mem_range_track(gm, idx, 1);
+}
+
+bool mem_page_in_store_mapping(const struct gm *gm, uint64_t idx)
+{
+	return idx < memmap_nr_pages(gm) && gm_frame_mapped(gm, idx);
+}
+
+int mem_range_populate(struct gm *gm, uint64_t idx, uint64_t n)
+{
+	if (!window_ok(gm, idx, n))
+		return -EINVAL;
+	if (madvise(gm_page_hva(gm, idx), n * GM_PAGE_SIZE, MADV_POPULATE_READ) < 0)
+		return -errno;
+	return 0;
 }
 
 /* Fresh anonymous memory over [idx, idx+n), back under userfaultfd. */
@@ -79,7 +99,7 @@ static int remap_anon(struct gm *gm, uint64_t idx, uint64_t n)
 		return -errno;
 	madvise(hva, n * GM_PAGE_SIZE, MADV_NOHUGEPAGE);
 	for (uint64_t i = 0; i < n; i++)
-		set_frame_mapped(gm, idx + i, false);
+		gm_set_frame_mapped(gm, idx + i, false);
 	return gm->uffd >= 0 ? gm_uffd_register(gm, hva, n * GM_PAGE_SIZE) : 0;
 }
 
@@ -89,7 +109,7 @@ static int drop_run(struct gm *gm, uint64_t idx, uint64_t n)
 	bool any_frame = false;
 
 	for (uint64_t i = 0; i < n && !any_frame; i++)
-		any_frame = frame_mapped(gm, idx + i);
+		any_frame = gm_frame_mapped(gm, idx + i);
 	if (any_frame)
 		return remap_anon(gm, idx, n);
 	if (madvise(gm_page_hva(gm, idx), n * GM_PAGE_SIZE, MADV_DONTNEED) < 0)
@@ -110,8 +130,82 @@ int mem_page_map_frame(struct gm *gm, uint64_t idx, int fd, uint64_t off)
 
 	if (p == MAP_FAILED)
 		return -errno;
-	set_frame_mapped(gm, idx, true);
+	gm_set_frame_mapped(gm, idx, true);
 	return 0;
+}
+
+/* Fill page i of the scratch mapping s (uffd-registered) from the old window. */
+static int fill_one(const struct gm *gm, uint8_t *s, const uint8_t *old, uint64_t i,
+		    enum mem_win_kind kind)
+{
+	int ret;
+
+	if (kind == MEM_WIN_KEEP) {
+		struct uffdio_copy c = {
+			.dst = (uint64_t)(uintptr_t)(s + i * GM_PAGE_SIZE),
+			.src = (uint64_t)(uintptr_t)(old + i * GM_PAGE_SIZE),
+			.len = GM_PAGE_SIZE,
+		};
+
+		ret = ioctl(gm->uffd, UFFDIO_COPY, &c);
+	} else if (kind == MEM_WIN_ZERO) {
+		struct uffdio_zeropage z = {
+			.range = { (uint64_t)(uintptr_t)(s + i * GM_PAGE_SIZE), GM_PAGE_SIZE },
+		};
+
+		ret = ioctl(gm->uffd, UFFDIO_ZEROPAGE, &z);
+	} else {
+		return 0; /* the frame: read from the store on the first access */
+	}
+	return ret < 0 ? -errno : 0;
+}
+
+/*
+ * Why this order: the window cannot be remapped in place (MAP_FIXED over it
+ * would drop the content of the pages that keep theirs, and a fault between
+ * the remap and refilling them would read store holes, which allocate store
+ * pages). So the new mapping is prepared elsewhere: a private mapping of the
+ * store (holes are never read: every page is frame, private or zero before
+ * it is visible), registered with the VM's userfaultfd so UFFDIO_COPY (a
+ * private anonymous copy) and UFFDIO_ZEROPAGE can fill it, then mremap moves
+ * it over the window atomically. mremap drops the userfaultfd registration
+ * (the VM's uffd has no UFFD_FEATURE_EVENT_REMAP), so it is renewed.
+ */
+int mem_window_map(struct gm *gm, uint64_t idx, uint64_t n, int fd, uint64_t off,
+		   const uint8_t *kind)
+{
+	uint8_t *old, *s;
+	void *p;
+	int ret;
+
+	if (!window_ok(gm, idx, n) || off % GM_PAGE_SIZE)
+		return -EINVAL;
+	if (gm->uffd < 0)
+		return -ENOSYS;
+	old = gm_page_hva(gm, idx);
+	s = mmap(NULL, n * GM_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, (off_t)off);
+	if (s == MAP_FAILED)
+		return -errno;
+	madvise(s, n * GM_PAGE_SIZE, MADV_NOHUGEPAGE);
+	ret = gm_uffd_register(gm, s, n * GM_PAGE_SIZE);
+	for (uint64_t i = 0; i < n && !ret; i++)
+		ret = fill_one(gm, s, old, i, (enum mem_win_kind)kind[i]);
+	if (ret)
+		goto out_unmap;
+	p = mremap(s, n * GM_PAGE_SIZE, n * GM_PAGE_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, old);
+	if (p == MAP_FAILED) {
+		ret = -errno;
+		goto out_unmap;
+	}
+	for (uint64_t i = 0; i < n; i++)
+		gm_set_frame_mapped(gm, idx + i, true);
+	/* Protectable again; a failure only means later merges here must re-track. */
+	gm_uffd_register(gm, old, n * GM_PAGE_SIZE);
+	return 0;
+
+out_unmap:
+	munmap(s, n * GM_PAGE_SIZE);
+	return ret;
 }
 
 /* Pages mem_discard claims and drops at a time (their old states live on the stack). */
@@ -193,16 +287,6 @@ int mem_undiscard(struct gm *gm, gpa_t gpa, uint64_t len)
 	return 0;
 }
 
-static bool page_is_zero(const uint8_t *p)
-{
-	const uint64_t *w = (const uint64_t *)p;
-
-	for (size_t i = 0; i < GM_PAGE_SIZE / 8; i += 4)
-		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3])
-			return false;
-	return true;
-}
-
 int64_t mem_reclaim_zero(struct gm *gm, uint64_t first, uint64_t count, uint64_t max_pages)
 {
 	uint64_t end = first + count, nr = memmap_nr_pages(gm), pm[512];
@@ -228,9 +312,9 @@ int64_t mem_reclaim_zero(struct gm *gm, uint64_t first, uint64_t count, uint64_t
 
 			/* Only resident anonymous pages: reading a hole would fault it in. */
 			if (!memmap_pm_resident(pm[i]) || memmap_pm_file(pm[i]) ||
-			    pagestate_get(gm->ps, idx) != PS_ANON || frame_mapped(gm, idx))
+			    pagestate_get(gm->ps, idx) != PS_ANON || gm_frame_mapped(gm, idx))
 				continue;
-			if (!page_is_zero(hva))
+			if (!gm_page_is_zero(hva))
 				continue;
 			if (pagestate_cas(gm->ps, idx, PS_ANON, PS_BUSY))
 				continue;
@@ -239,12 +323,12 @@ int64_t mem_reclaim_zero(struct gm *gm, uint64_t first, uint64_t count, uint64_t
 			 * us. A page dedup mapped onto a frame since the look above has
 			 * no protection to rely on (its VMA is not under userfaultfd).
 			 */
-			if (frame_mapped(gm, idx) || mem_page_protect(gm, idx)) {
+			if (gm_frame_mapped(gm, idx) || mem_page_protect(gm, idx)) {
 				pagestate_set(gm->ps, idx, PS_ANON);
 				mem_page_wake(gm, idx);
 				continue;
 			}
-			zero = page_is_zero(hva);
+			zero = gm_page_is_zero(hva);
 			if (zero && madvise((void *)hva, GM_PAGE_SIZE, MADV_DONTNEED) == 0) {
 				pagestate_set(gm->ps, idx, PS_ZERO);
 				dropped++;

@@ -13,6 +13,7 @@
 #ifndef KVMEM_MEM_RECLAIM_H
 #define KVMEM_MEM_RECLAIM_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "mem/gm.h"
@@ -50,6 +51,64 @@ int mem_page_drop(struct gm *gm, uint64_t idx);
  * kernel, without an exit.
  */
 int mem_page_map_frame(struct gm *gm, uint64_t idx, int fd, uint64_t off);
+
+/*
+ * Windows: runs of n pages [idx, idx + n) within one RAM region, remapped as
+ * a whole so that sharing costs one host mapping per window instead of one
+ * per shared run (each mapping costs the kernel ~250 bytes and a merge ~10 us).
+ *
+ * mem_range_protect write-protects (on) or releases (off) a window with one
+ * call (one TLB flush); mem_range_wake wakes writers held on any of its pages.
+ */
+int mem_range_protect(struct gm *gm, uint64_t idx, uint64_t n, bool on);
+/*
+ * Populate the unpopulated pages of a window for reading (MADV_POPULATE_READ):
+ * a hole of anonymous memory then maps the zero page (no memory), so that
+ * write protection holds it too. 0 or -errno.
+ */
+int mem_range_populate(struct gm *gm, uint64_t idx, uint64_t n);
+void mem_range_wake(struct gm *gm, uint64_t idx, uint64_t n);
+
+enum mem_win_kind {
+	MEM_WIN_KEEP,	/* keeps its content, as a private page */
+	MEM_WIN_FRAME,	/* reads the store page at off + i pages (copy-on-write) */
+	MEM_WIN_ZERO,	/* reads the zero page (copy-on-write) */
+};
+
+/*
+ * Replace window [idx, idx + n) by one private mapping (MAP_PRIVATE) of fd
+ * from byte offset off, page i as kind[i] says. The caller owns every page of
+ * the window (PS_BUSY), has write-protected it (mem_range_protect) and checked
+ * that every page is populated (present or swapped: a write to an unpopulated
+ * page is not held by write protection and would be lost), and compared each
+ * MEM_WIN_FRAME page with its store page. The new mapping is built aside,
+ * filled (private copies, zero pages), and moved over the window in one
+ * mremap, so a guest access sees the old window or the new one, never a hole.
+ * The window is then under userfaultfd write-protect tracking again; its
+ * writers are left for the caller to wake (after setting page states).
+ * A MEM_WIN_ZERO page's zero-page entry is removed by a hole punched at its
+ * store offset: the caller keeps those offsets out of use. 0, or -errno with
+ * the window unchanged.
+ */
+int mem_window_map(struct gm *gm, uint64_t idx, uint64_t n, int fd, uint64_t off,
+		   const uint8_t *kind);
+
+/*
+ * Put page idx back under the VM's userfaultfd write-protect tracking after
+ * its mapping was replaced (mem_page_map_frame maps a new VMA, which the
+ * kernel does not register): without it the page could never be
+ * write-protected again (re-merge after a copy-on-write break, zero drop,
+ * swap-out). 0, or -errno (-ENOSYS without userfaultfd).
+ */
+int mem_page_track(struct gm *gm, uint64_t idx);
+/* The same for the window [idx, idx + n) (one region), whatever its mappings. */
+int mem_range_track(struct gm *gm, uint64_t idx, uint64_t n);
+/*
+ * True when page idx lies in a mapping of a store (mem_page_map_frame,
+ * mem_window_map) rather than anonymous memory: an unpopulated page there
+ * would read the store, not zeros.
+ */
+bool mem_page_in_store_mapping(const struct gm *gm, uint64_t idx);
 
 /* Register zero-page reclaim with the policy (cost 0). */
 int reclaim_register_zero(struct ovc *ovc);

@@ -13,7 +13,6 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
@@ -35,13 +34,6 @@ struct uffd_service {
 	struct uffd_stats stats; /* atomic */
 };
 
-static void wake(int uffd, uint64_t start)
-{
-	struct uffdio_range r = { .start = start, .len = GM_PAGE_SIZE };
-
-	ioctl(uffd, UFFDIO_WAKE, &r);
-}
-
 /*
  * A write to a write-protected page. A page in PS_BUSY belongs to a
  * mechanism that wakes its writers when done. A PS_ANON page was protected
@@ -51,22 +43,21 @@ static void wake(int uffd, uint64_t start)
  * the touch. Any other state means the mapping was dropped or replaced since
  * the fault was queued: the protection is gone, so just let the writer retry.
  */
-static void resolve_wp(struct uffd_service *svc, struct gm *gm, uint64_t addr, uint64_t idx)
+static void resolve_wp(struct uffd_service *svc, struct gm *gm, void *page, uint64_t idx)
 {
-	struct uffdio_writeprotect w = { .range = { .start = addr, .len = GM_PAGE_SIZE }, .mode = 0 };
 	enum ps_state st = pagestate_get(gm->ps, idx);
 
 	__atomic_fetch_add(&svc->stats.wp_faults, 1, __ATOMIC_RELAXED);
 	if (st == PS_BUSY)
 		return;
 	if (st != PS_ANON) {
-		wake(gm->uffd, addr);
+		gm_uffd_wake(gm, page, GM_PAGE_SIZE);
 		return;
 	}
 	if (pagestate_cas(gm->ps, idx, PS_ANON, PS_BUSY))
 		return; /* a mechanism took it just now: it wakes the writer */
-	if (ioctl(gm->uffd, UFFDIO_WRITEPROTECT, &w) < 0)
-		wake(gm->uffd, addr);
+	if (gm_uffd_protect(gm, page, GM_PAGE_SIZE, false))
+		gm_uffd_wake(gm, page, GM_PAGE_SIZE);
 	pagestate_set(gm->ps, idx, PS_ANON);
 	__atomic_fetch_add(&gm->sample_hits, 1, __ATOMIC_RELAXED);
 	__atomic_fetch_add(&svc->stats.sample_hits, 1, __ATOMIC_RELAXED);
@@ -86,10 +77,10 @@ static void resolve(struct uffd_service *svc, struct gm *gm, const struct uffd_m
 	if (!r || !(msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)) {
 		/* Not ours to resolve: let the access retry rather than hang. */
 		__atomic_fetch_add(&svc->stats.errors, 1, __ATOMIC_RELAXED);
-		wake(gm->uffd, addr);
+		gm_uffd_wake(gm, (void *)(uintptr_t)addr, GM_PAGE_SIZE);
 		return;
 	}
-	resolve_wp(svc, gm, addr,
+	resolve_wp(svc, gm, (void *)(uintptr_t)addr,
 		   r->first_pfn_index + ((addr - (uint64_t)(uintptr_t)r->hva) >> GM_PAGE_SHIFT));
 }
 

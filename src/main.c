@@ -56,9 +56,11 @@ static void usage(FILE *f)
 		ABI_MAX_CPUS);
 }
 
+#define USAGE_HINT "see kvmem --help"
+
 static int usage_error(const char *fmt, const char *arg)
 {
-	return cli_usage_error(NULL, "see kvmem --help", fmt, arg);
+	return cli_usage_error(NULL, USAGE_HINT, fmt, arg);
 }
 
 static const char *default_guest(void)
@@ -101,10 +103,8 @@ static int common_option(int c, char **argv)
 	case 'h':
 		usage(stdout);
 		return 0;
-	case ':':
-		return usage_error("%s: missing value", argv[optind - 1]);
 	default:
-		return usage_error("%s: unknown option", argv[optind - 1]);
+		return cli_bad_option(NULL, USAGE_HINT, c, argv);
 	}
 }
 

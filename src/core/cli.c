@@ -2,6 +2,7 @@
 #include "core/cli.h"
 
 #include <stdio.h>
+#include <unistd.h>
 
 int cli_usage_error(const char *cmd, const char *hint, const char *fmt, const char *arg)
 {
@@ -9,4 +10,10 @@ int cli_usage_error(const char *cmd, const char *hint, const char *fmt, const ch
 	fprintf(stderr, fmt, arg);
 	fprintf(stderr, " (%s)\n", hint);
 	return CLI_EXIT_USAGE;
+}
+
+int cli_bad_option(const char *cmd, const char *hint, int c, char **argv)
+{
+	return cli_usage_error(cmd, hint, c == ':' ? "%s: missing value" : "%s: unknown option",
+			       argv[optind - 1]);
 }

@@ -16,11 +16,24 @@
 #include "core/control.h"
 #include "core/size.h"
 
+#define USAGE_HINT "see kvmem balloon --help"
+
 static int usage(const char *what, const char *arg)
 {
-	return cli_usage_error("balloon",
-			       "usage: kvmem balloon --vm NAME --target SIZE|--auto [--socket P]",
-			       what, arg);
+	return cli_usage_error("balloon", USAGE_HINT, what, arg);
+}
+
+static void help(void)
+{
+	printf("usage: kvmem balloon --vm NAME (--target SIZE | --auto) [--socket PATH]\n"
+	       "\n"
+	       "Set a VM's balloon target on a running kvmem host, through its control socket.\n"
+	       "  -n, --vm NAME       the VM (as kvmem stat lists it)\n"
+	       "  -t, --target SIZE   memory the guest keeps (e.g. 512M); the driver inflates\n"
+	       "                      or deflates to it, and the policy leaves it alone\n"
+	       "  -a, --auto          hand the balloon back to the host's policy\n"
+	       "  -s, --socket PATH   control socket (default %s)\n",
+	       KVMEM_DEFAULT_SOCKET);
 }
 
 int cli_balloon_main(int argc, char **argv)
@@ -30,6 +43,7 @@ int cli_balloon_main(int argc, char **argv)
 		{ "vm", required_argument, NULL, 'n' },
 		{ "target", required_argument, NULL, 't' },
 		{ "auto", no_argument, NULL, 'a' },
+		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *path = KVMEM_DEFAULT_SOCKET, *vm = NULL;
@@ -41,7 +55,7 @@ int cli_balloon_main(int argc, char **argv)
 
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, ":s:n:t:a", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":s:n:t:ah", opts, NULL)) != -1) {
 		switch (c) {
 		case 's':
 			path = optarg;
@@ -57,10 +71,11 @@ int cli_balloon_main(int argc, char **argv)
 		case 'a':
 			autom = true;
 			break;
-		case ':':
-			return usage("%s: missing value", argv[optind - 1]);
+		case 'h':
+			help();
+			return 0;
 		default:
-			return usage("%s: unknown option", argv[optind - 1]);
+			return cli_bad_option("balloon", USAGE_HINT, c, argv);
 		}
 	}
 	if (optind < argc)

@@ -73,9 +73,11 @@ static void usage(FILE *f)
 		KVMEM_DEFAULT_SOCKET);
 }
 
+#define USAGE_HINT "see kvmem stat --help"
+
 static int usage_error(const char *fmt, const char *arg)
 {
-	return cli_usage_error("stat", "see kvmem stat --help", fmt, arg);
+	return cli_usage_error("stat", USAGE_HINT, fmt, arg);
 }
 
 /* Ask for the stats: 0 and the reply's payload, or 1 after one line on stderr. */
@@ -556,10 +558,8 @@ int statcli_main(int argc, char **argv)
 		case 'h':
 			usage(stdout);
 			return 0;
-		case ':':
-			return usage_error("%s: missing value", argv[optind - 1]);
 		default:
-			return usage_error("%s: unknown option", argv[optind - 1]);
+			return cli_bad_option("stat", USAGE_HINT, c, argv);
 		}
 	}
 	if (optind < argc)

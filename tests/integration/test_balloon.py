@@ -11,7 +11,7 @@ Every wait is a poll with a generous deadline; nothing asserts on timing."""
 import os
 import re
 
-from kvmemtest import check, finish, require_kvm, wait_for
+from kvmemtest import check, finish, require_kvm, run, wait_for
 from ctlhelp import Host, no_verify_fail, request, stats, tmpdir, vm_of, wait_socket
 
 MIB = 1 << 20
@@ -43,6 +43,10 @@ def balloon(sock):
 def set_target(sock, size, what):
     r = request(sock, {"verb": "balloon", "vm": "vm0", "target": size})
     check(r.get("ok") is True, f"{what}: balloon target {size} ({r})")
+
+
+def balloon_cli(sock, *args):
+    return run(["balloon", "--socket", sock] + list(args), timeout=60)
 
 
 def policy_passes(sock, n=2):
@@ -105,7 +109,25 @@ VERIFY_256 = r"^kvmem-wl: verify ok 65536$"
 host, sock = start("target", "kvmem.wl=size=256,verify=2,grow=16")
 try:
     check(host.wait_line(VERIFY_256), "target: the guest filled 256 MiB and verifies")
-    set_target(sock, "512M", "target")
+    # The CLI's errors first: one line on stderr, nothing changed.
+    for args, code, msg in ((["--vm", "nosuch", "--target", "512M"], 1, "nosuch"),
+                            (["--vm", "vm0", "--target", "5x"], 2, "--target 5x"),
+                            (["--vm", "vm0"], 2, "--target SIZE or --auto"),
+                            (["--vm", "vm0", "--target", "512M", "--auto"], 2, "either"),
+                            (["--frob"], 2, "unknown option")):
+        r = balloon_cli(sock, *args)
+        check(r.returncode == code and msg in r.stderr and len(r.stderr.splitlines()) == 1,
+              f"target: kvmem balloon {' '.join(args)}: exit {code}, one line naming the "
+              f"problem ({r.returncode}, {r.stderr.strip()!r})")
+    check(balloon(sock)["balloon_target_bytes"] == 0, "target: the errors changed nothing")
+    r = balloon_cli(sock, "--help")
+    check(r.returncode == 0 and "--target" in r.stdout and "--auto" in r.stdout,
+          "target: kvmem balloon --help lists its options")
+    # The target itself through the CLI (the socket verb does the deflate below).
+    r = balloon_cli(sock, "--vm", "vm0", "--target", "512M")
+    check(r.returncode == 0 and r.stdout.strip() == "vm0: balloon target 512.0 MiB",
+          f"target: kvmem balloon --target 512M ({r.returncode}, {r.stdout.strip()!r}, "
+          f"{r.stderr.strip()!r})")
     b = wait_for(lambda: (lambda b: b if b["balloon_actual_bytes"] == 512 * MIB and
                           b["guest"].get("total_bytes", 1 << 40) <= 528 * MIB else None)(
                               balloon(sock)), 120)

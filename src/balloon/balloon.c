@@ -41,6 +41,21 @@
 
 /* PFNs read from guest memory per batch (4 KiB on the worker's stack). */
 #define PFN_BATCH 1024
+/*
+ * Pages one queue_notify call handles before it returns, so the worker drops
+ * the device lock (which the policy thread, the control socket and vCPUs
+ * need) however many requests the driver queued: 64 MiB.
+ */
+#define WORK_PAGES 16384
+/*
+ * The largest request the device takes (virtio leaves it to the device); a
+ * bigger one is a hostile driver that wants to hold the worker for hours (a
+ * chain of 1024 buffers that all name the whole of RAM). Linux sends 256 PFNs
+ * per inflate/deflate request and reports at most 32 ranges of 4 MiB; the
+ * kvmem guest sends 8192 PFNs and reports 64 MiB.
+ */
+#define PFN_REQUEST_MAX_BYTES (4ULL * WORK_PAGES)
+#define REPORT_REQUEST_MAX_BYTES (256ULL << 20)
 /* Largest stats buffer parsed; further entries are ignored. */
 #define STATS_MAX_BYTES (4 * BALLOON_S_NR * BALLOON_STAT_SIZE)
 
@@ -368,11 +383,15 @@ static void handle_pfns(struct balloon *b, unsigned int q, bool inflate)
 {
 	struct virtq_chain *c = b->chain;
 
-	for (unsigned int n = 0; n < BALLOON_QUEUE_SIZE; n++) {
+	for (uint64_t pages = 0; pages < WORK_PAGES;) {
 		/* virtio 1.2 §5.5.6: PFN arrays are driver-to-device buffers. */
 		if (!next_request(b, q, true, inflate ? "inflateq buffer is device-writable"
 						      : "deflateq buffer is device-writable"))
 			return;
+		if (c->out_bytes > PFN_REQUEST_MAX_BYTES) {
+			bad_request(b, "PFN array longer than 16384 PFNs");
+			return;
+		}
 		for (unsigned int i = 0; i < c->nr; i++) {
 			if (c->buf[i].len % 4) {
 				bad_request(b, "PFN array length is not a multiple of 4");
@@ -380,6 +399,7 @@ static void handle_pfns(struct balloon *b, unsigned int q, bool inflate)
 			}
 		}
 		do_pfns(b, c, inflate);
+		pages += c->out_bytes / 4;
 		if (virtio_dev_push(b->vdev, q, c->head, 0))
 			return;
 	}
@@ -391,19 +411,28 @@ static void handle_reporting(struct balloon *b, unsigned int q)
 {
 	struct virtq_chain *c = b->chain;
 
-	for (unsigned int n = 0; n < BALLOON_QUEUE_SIZE; n++) {
+	for (uint64_t pages = 0; pages < WORK_PAGES;) {
 		uint64_t ranges = 0, bytes = 0;
 		int ret;
 
 		/* Linux adds report buffers as device-writable ("inbuf") scatterlists. */
 		if (!next_request(b, q, false, "reporting_vq buffer is device-readable"))
 			return;
+		if (c->in_bytes > REPORT_REQUEST_MAX_BYTES) {
+			bad_request(b, "free page report of more than 256 MiB");
+			return;
+		}
+		pages += c->in_bytes / BALLOON_PAGE_SIZE;
 		for (unsigned int i = 0; i < c->nr; i++) {
 			const struct virtq_buf *buf = &c->buf[i];
-			/* Only whole 4 KiB pages: the rest of a partial page may be in use. */
-			gpa_t start = (buf->gpa + BALLOON_PAGE_SIZE - 1) & ~(BALLOON_PAGE_SIZE - 1);
-			gpa_t end = (buf->gpa + buf->len) & ~(BALLOON_PAGE_SIZE - 1);
+			gpa_t start, end;
 
+			/* Empty buffers are not range-checked: their address means nothing. */
+			if (!buf->len)
+				continue;
+			/* Only whole 4 KiB pages: the rest of a partial page may be in use. */
+			start = (buf->gpa + BALLOON_PAGE_SIZE - 1) & ~(BALLOON_PAGE_SIZE - 1);
+			end = (buf->gpa + buf->len) & ~(BALLOON_PAGE_SIZE - 1);
 			if (end <= start)
 				continue;
 			ret = b->mem.discard(b->mem.arg, start, end - start, BALLOON_DISCARD_REPORT);
@@ -485,6 +514,15 @@ static void handle_stats(struct balloon *b, unsigned int q)
 	}
 }
 
+/* The driver disabled a queue: a stats buffer it held is not ours to return. */
+static void queue_stop(void *opaque, unsigned int q)
+{
+	struct balloon *b = opaque;
+
+	if (b->stats_q == (int)q)
+		b->stats_held = false;
+}
+
 /* Timer tick: give the held stats buffer back, which asks for a fresh one. */
 static void on_timer(void *opaque)
 {
@@ -528,6 +566,7 @@ static const struct virtio_dev_ops balloon_ops = {
 	.features_ok = features_ok,
 	.driver_ok = driver_ok,
 	.queue_notify = queue_notify,
+	.queue_stop = queue_stop,
 	.timer = on_timer,
 	.reset = reset,
 };

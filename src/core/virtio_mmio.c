@@ -241,6 +241,8 @@ static void write_queue_ready(struct virtio_dev *vdev, uint32_t val)
 		return;
 	}
 	if (!val) {
+		if (q->ready && vdev->ops->queue_stop)
+			vdev->ops->queue_stop(vdev->opaque, qi);
 		q->ready = false;
 		return;
 	}
@@ -739,6 +741,11 @@ int virtio_dev_push(struct virtio_dev *vdev, unsigned int q, uint16_t head, uint
 		return -EIO;
 	vq = &vdev->q[q].vq;
 	ret = virtq_push(vq, head, len);
+	if (ret == -EINVAL) {
+		log_err("%s: queue %u: the device returned head %u, not in the ring", vdev->name, q,
+			head);
+		return ret;
+	}
 	if (ret) {
 		failf(vdev, "queue %u: %s", q, virtq_error(vq));
 		return ret;

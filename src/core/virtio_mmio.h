@@ -107,11 +107,18 @@ struct virtio_dev_ops {
 	void (*driver_ok)(void *opaque);
 	/*
 	 * Queue `q` may have new buffers: pop them with virtio_dev_pop and
-	 * return them with virtio_dev_push. Process at most one queue's worth
-	 * of chains per call; the worker calls again while buffers remain.
+	 * return them with virtio_dev_push. Do a bounded amount of work per
+	 * call (the device lock is held): the worker calls again while buffers
+	 * remain, dropping the lock in between.
 	 * Worker thread, only while the device runs (DRIVER_OK, not failed).
 	 */
 	void (*queue_notify)(void *opaque, unsigned int q);
+	/*
+	 * The driver disabled queue q (QueueReady 0; it may set the queue up
+	 * again with other rings): forget the buffers held from it. vCPU
+	 * thread. Optional.
+	 */
+	void (*queue_stop)(void *opaque, unsigned int q);
 	/* The period set with virtio_dev_set_timer elapsed. Worker thread. Optional. */
 	void (*timer)(void *opaque);
 	/*

@@ -312,11 +312,14 @@ int virtq_pop(struct virtq *vq, struct virtq_chain *chain)
 int virtq_push(struct virtq *vq, uint16_t head, uint32_t len)
 {
 	uint32_t elem[2] = { head, len }; /* struct virtq_used_elem: le32 id, le32 len */
-	gpa_t slot = vq->used + USED_RING +
-		     (uint64_t)USED_ELEM_SIZE * (vq->used_idx % vq->size);
+	gpa_t slot;
 
-	if (vq->broken)
+	if (vq->broken || !vq->size)
 		return -EIO;
+	/* A device bug, never the driver's: a head that is not one of this ring's. */
+	if (head >= vq->size)
+		return -EINVAL;
+	slot = vq->used + USED_RING + (uint64_t)USED_ELEM_SIZE * (vq->used_idx % vq->size);
 	if (gm_write(vq->gm, slot, elem, sizeof(elem)))
 		return broke(vq, -EFAULT, "used ring unwritable");
 	vq->used_idx++;

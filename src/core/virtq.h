@@ -95,7 +95,8 @@ MUST_CHECK int virtq_pop(struct virtq *vq, struct virtq_chain *chain);
 /*
  * Return chain `head` to the driver with `len` bytes written to its
  * device-writable buffers. The used element is written before the used
- * index is published. 0, or -EIO on a broken queue.
+ * index is published. 0, -EIO on a broken queue, or -EINVAL for a head
+ * outside the ring (a device bug: the ring is left untouched).
  */
 MUST_CHECK int virtq_push(struct virtq *vq, uint16_t head, uint32_t len);
 

@@ -105,6 +105,7 @@ enum hostile {
 	H_INDIRECT_NESTED,
 	H_AVAIL_JUMP,
 	H_BADLEN,
+	H_HUGE,
 	H_ALL,
 };
 
@@ -119,6 +120,7 @@ static const char *const hostile_names[] = {
 	[H_INDIRECT_NESTED] = "indirect-nested",
 	[H_AVAIL_JUMP] = "avail-jump",
 	[H_BADLEN] = "badlen",
+	[H_HUGE] = "huge",
 	[H_ALL] = "all",
 };
 
@@ -735,6 +737,10 @@ static void hostile_submit(enum hostile h, uint64_t scratch)
 		return;
 	case H_BADLEN:
 		vio_raw_desc(q, 0, pfnbuf, 6, 0, 0);
+		break;
+	case H_HUGE:
+		/* In RAM and well formed, but 32768 PFNs: far more than any driver sends at once. */
+		vio_raw_desc(q, 0, pfnbuf, 32768 * 4, 0, 0);
 		break;
 	case H_NONE:
 	case H_ALL:

@@ -13,7 +13,7 @@ from ctlhelp import Host, host_config, no_verify_fail, request, stats, tmpdir, v
 
 MIB = 1 << 20
 CASES = ["loop", "long", "oob", "wrap", "dir", "indirect-oob", "indirect-nested", "avail-jump",
-         "badlen"]
+         "badlen", "huge"]
 WL = "kvmem.wl=size=32,verify=1"
 OK = r"^\[{}\] kvmem-wl: verify ok 8192$"
 
@@ -74,7 +74,7 @@ try:
 
     # c: every case on the live queues, each time its balloon holds its target.
     set_target("c", "128M")
-    check(host.wait_line(r"^\[c\] kvmem-balloon: hostile badlen -> \S+$"),
+    check(host.wait_line(r"^\[c\] kvmem-balloon: hostile " + CASES[-1] + r" -> \S+$"),
           "c: the live hostile cases ran")
     got = outcomes(host, "c")
     check(got == [(c, "needs-reset") for c in CASES],

@@ -424,6 +424,20 @@ static void test_balloon_hostile_ring_on_inflateq_needs_reset(void **state)
 	}
 }
 
+static void test_balloon_inflate_request_above_the_limit_needs_reset(void **state)
+{
+	struct env *e = *state;
+	/* In RAM and well formed, but one PFN more than a request may carry. */
+	struct fake_buf b = { DATA, 4 * 16384 + 4, false };
+
+	bring_up(e, ALL_FEATURES);
+	fake_virtio_driver_ok(e->vdev);
+	fake_vq_add_chain(&e->fq[QI], &b, 1);
+	run(e);
+	assert_int_equal(e->nr_calls, 0);
+	assert_needs_reset(e);
+}
+
 static void test_balloon_deflate_undiscards_and_tells_oom_apart(void **state)
 {
 	struct env *e = *state;
@@ -523,6 +537,43 @@ static void test_balloon_reporting_readable_buffer_needs_reset(void **state)
 	run(e);
 	assert_int_equal(e->nr_calls, 0);
 	assert_needs_reset(e);
+}
+
+static void test_balloon_reporting_above_the_limit_needs_reset(void **state)
+{
+	struct env *e = *state;
+	struct fake_buf b[20];
+
+	/* 20 buffers that all name the same 14 MiB: 280 MiB in one report. */
+	for (unsigned int i = 0; i < 20; i++)
+		b[i] = (struct fake_buf){ 0x100000, 14 << 20, true };
+	bring_up(e, ALL_FEATURES);
+	fake_virtio_driver_ok(e->vdev);
+	fake_vq_add_chain(&e->fq[QR], b, 20);
+	run(e);
+	assert_int_equal(e->nr_calls, 0);
+	assert_needs_reset(e);
+}
+
+static void test_balloon_reporting_ignores_empty_buffers(void **state)
+{
+	struct env *e = *state;
+	/* An empty buffer's address is never checked: it must not become a range. */
+	struct fake_buf b[2] = {
+		{ 0xfffffffffffff001ULL, 0, true },
+		{ 0x600000, 0x1000, true },
+	};
+	uint32_t id, len;
+
+	bring_up(e, ALL_FEATURES);
+	fake_virtio_driver_ok(e->vdev);
+	fake_vq_add_chain(&e->fq[QR], b, 2);
+	run(e);
+	assert_int_equal(e->nr_calls, 1);
+	assert_int_equal(e->calls[0].gpa, 0x600000);
+	assert_int_equal(e->calls[0].len, 0x1000);
+	assert_true(fake_vq_get_used(&e->fq[QR], &id, &len));
+	assert_false(status(e) & VIRTIO_STATUS_NEEDS_RESET);
 }
 
 static void test_balloon_reporting_range_outside_ram_needs_reset(void **state)
@@ -652,6 +703,36 @@ static void test_balloon_reset_forgets_the_held_stats_buffer(void **state)
 	assert_int_equal(st.guest.updates, 1);
 }
 
+static void test_balloon_disabled_stats_queue_forgets_its_buffer(void **state)
+{
+	struct env *e = *state;
+	struct fake_buf b = { DATA, BALLOON_STAT_SIZE, false };
+	struct fake_vq small;
+	uint32_t id, len;
+
+	bring_up(e, ALL_FEATURES);
+	put_stat(e, DATA, BALLOON_S_MEMFREE, 1);
+	fake_virtio_driver_ok(e->vdev);
+	fake_vq_add_chain(&e->fq[QS], &b, 1);
+	run(e);
+	/* The driver stops the stats queue and sets it up again, smaller, elsewhere. */
+	fake_mmio_write(e->vdev, VIRTIO_MMIO_QUEUE_SEL, QS);
+	fake_mmio_write(e->vdev, VIRTIO_MMIO_QUEUE_READY, 0);
+	fake_vq_init(&small, e->gm, 8, RING(QS) + 0x8000);
+	fake_virtio_setup_queue(e->vdev, QS, &small);
+	/* The held buffer belonged to the old ring: the tick must not return it. */
+	virtio_dev_poll(e->vdev, true);
+	assert_false(fake_vq_get_used(&small, &id, &len));
+	assert_int_equal(stats(e).stats_requests, 0);
+	assert_false(status(e) & VIRTIO_STATUS_NEEDS_RESET);
+	/* A buffer on the new ring is held and returned as usual. */
+	fake_vq_add_chain(&small, &b, 1);
+	run(e);
+	virtio_dev_poll(e->vdev, true);
+	assert_true(fake_vq_get_used(&small, &id, &len));
+	assert_int_equal(stats(e).stats_requests, 1);
+}
+
 static void test_balloon_stats_names_and_json(void **state)
 {
 	struct env *e = *state;
@@ -753,15 +834,19 @@ int main(void)
 		T(test_balloon_inflate_writable_buffer_needs_reset),
 		T(test_balloon_deflate_writable_buffer_needs_reset),
 		T(test_balloon_hostile_ring_on_inflateq_needs_reset),
+		T(test_balloon_inflate_request_above_the_limit_needs_reset),
 		T(test_balloon_deflate_undiscards_and_tells_oom_apart),
 		T(test_balloon_discard_failure_is_counted_and_request_completes),
 		T(test_balloon_reporting_drops_whole_pages_before_ack),
 		T(test_balloon_reporting_readable_buffer_needs_reset),
 		T(test_balloon_reporting_range_outside_ram_needs_reset),
+		T(test_balloon_reporting_above_the_limit_needs_reset),
+		T(test_balloon_reporting_ignores_empty_buffers),
 		T(test_balloon_stats_are_parsed_and_requested_again),
 		T(test_balloon_second_stats_buffer_returns_the_first),
 		T(test_balloon_stats_writable_buffer_needs_reset),
 		T(test_balloon_reset_forgets_the_held_stats_buffer),
+		T(test_balloon_disabled_stats_queue_forgets_its_buffer),
 		T(test_balloon_stats_names_and_json),
 		cmocka_unit_test_setup_teardown(test_balloon_worker_inflates_through_the_memory_manager,
 						setup_real_mem, teardown),

@@ -260,8 +260,9 @@ int64_t mem_discard(struct gm *gm, gpa_t gpa, uint64_t len, enum ps_state why)
 					dropped++;
 				pagestate_set(gm->ps, (uint64_t)first + i,
 					      ret ? (enum ps_state)was[i] : why);
-				mem_page_wake(gm, (uint64_t)first + i);
 			}
+			/* One wake for the run: a wake per page cost more than the drop. */
+			mem_range_wake(gm, (uint64_t)first, n);
 			if (ret)
 				return ret;
 		} else {

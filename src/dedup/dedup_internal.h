@@ -87,6 +87,7 @@ struct dedup_uent {
 struct dedup_index {
 	struct cds_lfht *stable;   /* dedup_frame by hash (duplicates allowed), RCU */
 	uint64_t nr_stable;	   /* lock */
+	uint64_t stable_buckets;   /* the size dedup_index_stable_fit last set (lock) */
 	struct dedup_uent *unstable; /* ucap slots (lock) */
 	uint64_t ucap;		   /* power of two, or 0 (lock) */
 	uint64_t uused;		   /* live entries and removed ones (lock) */
@@ -97,6 +98,8 @@ int dedup_index_init(struct dedup_index *ix);
 /* Empties both tables (frames are not freed: the store owns them). */
 void dedup_index_fini(struct dedup_index *ix);
 /* Stable lookups: inside rcu_read_lock. first/next walk every frame with `hash`. */
+/* Resize the stable table to its frame count (outside any read-side section). */
+void dedup_index_stable_fit(struct dedup_index *ix);
 struct dedup_frame *dedup_index_stable_first(struct dedup_index *ix, uint64_t hash,
 					     struct cds_lfht_iter *it);
 struct dedup_frame *dedup_index_stable_next(struct dedup_index *ix, uint64_t hash,

@@ -855,6 +855,7 @@ static uint64_t batch(struct dedup *d, uint64_t max)
 	else
 		for (int64_t i = 0; i < got; i++)
 			visit(d, v, idx + (uint64_t)i, pm[i]);
+	dedup_index_stable_fit(&d->ix);
 	d->cur_idx = idx + (uint64_t)got;
 	if (d->cur_idx >= v->nr_pages) {
 		d->cur_idx = 0;

@@ -24,6 +24,7 @@
 #include "core/alloc.h"
 
 #define UNSTABLE_MIN_SLOTS 1024
+#define STABLE_MIN_BUCKETS 1024
 
 static int match_frame(struct cds_lfht_node *node, const void *key)
 {
@@ -33,8 +34,10 @@ static int match_frame(struct cds_lfht_node *node, const void *key)
 int dedup_index_init(struct dedup_index *ix)
 {
 	memset(ix, 0, sizeof(*ix));
-	ix->stable = cds_lfht_new_flavor(1024, 1024, 0, CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING,
+	/* Sized by dedup_index_stable_fit, not by cds_lfht itself: see there. */
+	ix->stable = cds_lfht_new_flavor(STABLE_MIN_BUCKETS, STABLE_MIN_BUCKETS, 0, 0,
 					 &urcu_memb_flavor, NULL);
+	ix->stable_buckets = STABLE_MIN_BUCKETS;
 	return ix->stable ? 0 : -ENOMEM;
 }
 
@@ -95,6 +98,33 @@ void dedup_index_stable_del(struct dedup_index *ix, struct dedup_frame *fr)
 	urcu_memb_read_unlock();
 	if (!ret)
 		ix->nr_stable--;
+}
+
+/*
+ * About one frame per bucket. cds_lfht's own resizing (CDS_LFHT_AUTO_RESIZE)
+ * grows a table only once its chains average 8 nodes, and a lookup that
+ * misses, the common case, walks a whole chain: with 10^5 frames and more,
+ * perf on bench/dedup showed lookups costing more than hashing the page.
+ * Doubles as soon as frames outnumber buckets; shrinks to fit when they fall
+ * below an eighth. cds_lfht_resize waits for grace periods: never call this
+ * inside a read-side section.
+ */
+void dedup_index_stable_fit(struct dedup_index *ix)
+{
+	uint64_t want = ix->stable_buckets;
+
+	if (ix->nr_stable > want) {
+		while (want < ix->nr_stable)
+			want <<= 1;
+	} else if (want > STABLE_MIN_BUCKETS && ix->nr_stable < want / 8) {
+		want = STABLE_MIN_BUCKETS;
+		while (want < ix->nr_stable)
+			want <<= 1;
+	}
+	if (want == ix->stable_buckets)
+		return;
+	cds_lfht_resize(ix->stable, (unsigned long)want);
+	ix->stable_buckets = want;
 }
 
 /* --- the unstable table --- */

@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -61,6 +62,42 @@ static void test_dedup_index_stable_keeps_duplicates_apart(void **state)
 	assert_null(dedup_index_stable_next(&ix, 42, &it));
 	urcu_memb_read_unlock();
 	dedup_index_fini(&ix);
+}
+
+/* The table follows its frame count, and every frame stays findable across resizes. */
+static void test_dedup_index_stable_fits_its_frames(void **state)
+{
+	enum { N = 5000 };
+	struct dedup_frame *fr = calloc(N, sizeof(*fr));
+	struct dedup_index ix;
+	struct cds_lfht_iter it;
+
+	(void)state;
+	assert_non_null(fr);
+	assert_int_equal(dedup_index_init(&ix), 0);
+	for (unsigned int i = 0; i < N; i++) {
+		fr[i].hash = 0x9e3779b97f4a7c15ULL * (i + 1);
+		fr[i].slot = i;
+		dedup_index_stable_add(&ix, &fr[i]);
+		dedup_index_stable_fit(&ix);
+	}
+	assert_int_equal(ix.stable_buckets, 8192);
+	for (unsigned int i = 100; i < N; i++)
+		dedup_index_stable_del(&ix, &fr[i]);
+	dedup_index_stable_fit(&ix);
+	assert_int_equal(ix.stable_buckets, 1024);
+	urcu_memb_read_lock();
+	for (unsigned int i = 0; i < N; i++) {
+		struct dedup_frame *got = dedup_index_stable_first(&ix, fr[i].hash, &it);
+
+		if (i < 100)
+			assert_ptr_equal(got, &fr[i]);
+		else
+			assert_null(got);
+	}
+	urcu_memb_read_unlock();
+	dedup_index_fini(&ix);
+	free(fr);
 }
 
 static void test_dedup_index_unstable_holds_one_page_per_hash(void **state)
@@ -560,6 +597,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_dedup_index_stable_keeps_duplicates_apart),
+		cmocka_unit_test(test_dedup_index_stable_fits_its_frames),
 		cmocka_unit_test(test_dedup_index_unstable_holds_one_page_per_hash),
 		cmocka_unit_test(test_dedup_index_unstable_grows_and_finds_everything),
 		cmocka_unit_test(test_dedup_store_places_runs_and_punches_holes),

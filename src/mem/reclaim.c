@@ -288,6 +288,42 @@ int mem_undiscard(struct gm *gm, gpa_t gpa, uint64_t len)
 	return 0;
 }
 
+/* madvise(DONTNEED) the pages [first, first + n) of one region. */
+static int drop_anon(struct gm *gm, uint64_t first, uint64_t n)
+{
+	return madvise(gm_page_hva(gm, first), n * GM_PAGE_SIZE, MADV_DONTNEED) < 0 ? -errno : 0;
+}
+
+/*
+ * Drop the zero pages of [first, first + n), PS_BUSY and write-protected by
+ * the caller, and hand every page back: PS_ZERO if dropped, else PS_ANON and
+ * unprotected (a guest write made it non-zero, or the drop failed). Runs of
+ * pages that are still zero go in one madvise each. Returns pages dropped.
+ */
+static uint64_t drop_zero_run(struct gm *gm, uint64_t first, uint64_t n)
+{
+	uint64_t dropped = 0;
+
+	for (uint64_t i = 0; i < n;) {
+		bool zero = gm_page_is_zero(gm_page_hva(gm, first + i));
+		uint64_t j = i + 1;
+
+		while (j < n && gm_page_is_zero(gm_page_hva(gm, first + j)) == zero)
+			j++;
+		if (zero && drop_anon(gm, first + i, j - i) == 0) {
+			for (uint64_t k = i; k < j; k++)
+				pagestate_set(gm->ps, first + k, PS_ZERO);
+			dropped += j - i;
+		} else {
+			mem_range_protect(gm, first + i, j - i, false);
+			for (uint64_t k = i; k < j; k++)
+				pagestate_set(gm->ps, first + k, PS_ANON);
+		}
+		i = j;
+	}
+	return dropped;
+}
+
 int64_t mem_reclaim_zero(struct gm *gm, uint64_t first, uint64_t count, uint64_t max_pages)
 {
 	uint64_t end = first + count, nr = memmap_nr_pages(gm), pm[512];
@@ -306,39 +342,51 @@ int64_t mem_reclaim_zero(struct gm *gm, uint64_t first, uint64_t count, uint64_t
 		got = memmap_pagemap(gm, base, n, pm);
 		if (got <= 0)
 			return dropped ? dropped : got;
-		for (int64_t i = 0; i < got && (uint64_t)dropped < max_pages; i++) {
-			uint64_t idx = base + (uint64_t)i;
-			const uint8_t *hva = gm_page_hva(gm, idx);
-			bool zero;
+		for (int64_t i = 0; i < got && (uint64_t)dropped < max_pages;) {
+			uint64_t run = 0, left = max_pages - (uint64_t)dropped;
 
-			/* Only resident anonymous pages: reading a hole would fault it in. */
-			if (!memmap_pm_resident(pm[i]) || memmap_pm_file(pm[i]) ||
-			    pagestate_get(gm->ps, idx) != PS_ANON || gm_frame_mapped(gm, idx))
+			/*
+			 * Claim the run of zero pages from i on. Only resident anonymous
+			 * pages are read (reading a hole would fault it in), and only
+			 * PS_ANON ones claimed: any other state belongs to someone else.
+			 */
+			while (i + (int64_t)run < got && run < left) {
+				uint64_t idx = base + (uint64_t)i + run;
+
+				if (!memmap_pm_resident(pm[i + (int64_t)run]) ||
+				    memmap_pm_file(pm[i + (int64_t)run]) ||
+				    pagestate_get(gm->ps, idx) != PS_ANON || gm_frame_mapped(gm, idx) ||
+				    !gm_page_is_zero(gm_page_hva(gm, idx)) ||
+				    pagestate_cas(gm->ps, idx, PS_ANON, PS_BUSY))
+					break;
+				/*
+				 * Mapped onto a frame by dedup since the look above: not ours.
+				 * A writer the uffd service saw while we held it waits for us.
+				 */
+				if (gm_frame_mapped(gm, idx)) {
+					pagestate_set(gm->ps, idx, PS_ANON);
+					mem_page_wake(gm, idx);
+					break;
+				}
+				run++;
+			}
+			if (!run) {
+				i++;
 				continue;
-			if (!gm_page_is_zero(hva))
-				continue;
-			if (pagestate_cas(gm->ps, idx, PS_ANON, PS_BUSY))
-				continue;
+			}
 			/*
 			 * Protect first, compare second: a write from now on waits for
-			 * us. A page dedup mapped onto a frame since the look above has
-			 * no protection to rely on (its VMA is not under userfaultfd).
+			 * us, and the compare in drop_zero_run is final.
 			 */
-			if (gm_frame_mapped(gm, idx) || mem_page_protect(gm, idx)) {
-				pagestate_set(gm->ps, idx, PS_ANON);
-				mem_page_wake(gm, idx);
-				continue;
-			}
-			zero = gm_page_is_zero(hva);
-			if (zero && madvise((void *)hva, GM_PAGE_SIZE, MADV_DONTNEED) == 0) {
-				pagestate_set(gm->ps, idx, PS_ZERO);
-				dropped++;
+			if (mem_range_protect(gm, base + (uint64_t)i, run, true)) {
+				for (uint64_t k = 0; k < run; k++)
+					pagestate_set(gm->ps, base + (uint64_t)i + k, PS_ANON);
 			} else {
-				mem_page_unprotect(gm, idx);
-				pagestate_set(gm->ps, idx, PS_ANON);
+				dropped += (int64_t)drop_zero_run(gm, base + (uint64_t)i, run);
 			}
-			/* A writer held by the protection retries against the new state. */
-			mem_page_wake(gm, idx);
+			/* Writers held by the protection retry against the new states. */
+			mem_range_wake(gm, base + (uint64_t)i, run);
+			i += (int64_t)run;
 		}
 		base += (uint64_t)got;
 	}

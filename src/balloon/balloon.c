@@ -383,7 +383,8 @@ static void handle_pfns(struct balloon *b, unsigned int q, bool inflate)
 {
 	struct virtq_chain *c = b->chain;
 
-	for (uint64_t pages = 0; pages < WORK_PAGES;) {
+	/* Bounded in requests too: empty ones cost no pages, and a driver can keep adding. */
+	for (uint64_t n = 0, pages = 0; n < BALLOON_QUEUE_SIZE && pages < WORK_PAGES; n++) {
 		/* virtio 1.2 §5.5.6: PFN arrays are driver-to-device buffers. */
 		if (!next_request(b, q, true, inflate ? "inflateq buffer is device-writable"
 						      : "deflateq buffer is device-writable"))
@@ -411,7 +412,7 @@ static void handle_reporting(struct balloon *b, unsigned int q)
 {
 	struct virtq_chain *c = b->chain;
 
-	for (uint64_t pages = 0; pages < WORK_PAGES;) {
+	for (uint64_t n = 0, pages = 0; n < BALLOON_QUEUE_SIZE && pages < WORK_PAGES; n++) {
 		uint64_t ranges = 0, bytes = 0;
 		int ret;
 

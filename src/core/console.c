@@ -9,6 +9,7 @@
 #define LOG_TAG "console"
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -23,6 +24,7 @@ struct console {
 	struct vm *vm;
 	int fd;			/* host output, not owned */
 	int log_fd;		/* owned, or -1 */
+	bool log_failing;	/* the last write to log_fd failed (lock) */
 	char prefix[80];	/* "[name] " or "" */
 	pthread_mutex_t lock;	/* guards everything below */
 	gpa_t buf_gpa;
@@ -79,8 +81,17 @@ static void emit_line(struct console *con)
 	/* A full pipe or closed terminal must not stop the guest: drop the line. */
 	if (con->fd >= 0 && writev(con->fd, iov, 2) < 0)
 		log_debug("console write: %m");
-	if (con->log_fd >= 0 && write(con->log_fd, con->line, con->len) < 0)
-		log_debug("console log write: %m");
+	/* A full disk loses log lines, never the guest: say so when it starts and ends. */
+	if (con->log_fd >= 0) {
+		bool ok = write(con->log_fd, con->line, con->len) == (ssize_t)con->len;
+
+		if (!ok && !con->log_failing)
+			log_warn("%s: console log: %m: lines are lost until writes succeed again",
+				 con->vm->name);
+		else if (ok && con->log_failing)
+			log_info("%s: console log: writing again", con->vm->name);
+		con->log_failing = !ok;
+	}
 	con->len = 0;
 }
 

@@ -1,5 +1,8 @@
 """Two VMs in one host: both run and verify; pause/resume one through the
-control socket; stop one, and the other goes on (still running, verifying)."""
+control socket; stop one, and the other goes on (still running, verifying).
+Each VM's console also goes to its log file: a's to a real file (its lines,
+without the host's prefix), b's to /dev/full (a full disk: one warning, the
+VM runs on)."""
 import os
 
 from kvmemtest import check, finish, require_kvm, wait_for
@@ -9,10 +12,11 @@ require_kvm()
 d = tmpdir()
 sock = os.path.join(d, "k.sock")
 WL = "kvmem.wl=size=32,verify=1"
+LOG_A = os.path.join(d, "a.log")
 cfg = host_config(d, {
     "budget": "1G", "socket": sock, "console_prefix": True, "vms": [
-        {"name": "a", "mem": "256M", "append": WL + ",id=1"},
-        {"name": "b", "mem": "256M", "append": WL + ",id=2"},
+        {"name": "a", "mem": "256M", "append": WL + ",id=1", "console_log": LOG_A},
+        {"name": "b", "mem": "256M", "append": WL + ",id=2", "console_log": "/dev/full"},
     ]})
 OK_A, OK_B = r"^\[a\] kvmem-wl: verify ok 8192$", r"^\[b\] kvmem-wl: verify ok 8192$"
 
@@ -57,6 +61,16 @@ try:
     r = request(sock, {"verb": "pause", "vm": "a"})
     check(r.get("ok") is False and r.get("code") == "EINVAL", f"pausing a stopped VM: EINVAL ({r})")
     no_verify_fail(host, "two VMs")
+
+    with open(LOG_A) as f:
+        logged = f.read().splitlines()
+    n_a = host.count(OK_A)
+    check(n_a > 0 and logged.count("kvmem-wl: verify ok 8192") == n_a and
+          not any(l.startswith("[") for l in logged),
+          f"a's console log has its lines, unprefixed ({n_a} verifications, {len(logged)} lines)")
+    full = [l for l in host.stderr() if "console log" in l]
+    check(len(full) == 1 and "b: console log: No space left on device" in full[0],
+          f"b's full log disk: one warning, and b ran on ({full})")
 finally:
     rc = host.stop()
 check(rc == 0, f"the host exits 0 on SIGTERM (got {rc}; {host.stderr()[-3:]})")

@@ -134,30 +134,46 @@ int mem_page_map_frame(struct gm *gm, uint64_t idx, int fd, uint64_t off)
 	return 0;
 }
 
-/* Fill page i of the scratch mapping s (uffd-registered) from the old window. */
-static int fill_one(const struct gm *gm, uint8_t *s, const uint8_t *old, uint64_t i,
+/*
+ * Fill pages [i, i + n) of the scratch mapping s (uffd-registered), all of
+ * one kind, from the old window: one ioctl per run rather than per page.
+ */
+static int fill_run(const struct gm *gm, uint8_t *s, const uint8_t *old, uint64_t i, uint64_t n,
 		    enum mem_win_kind kind)
 {
-	int ret;
+	uint64_t off = i * GM_PAGE_SIZE, end = (i + n) * GM_PAGE_SIZE;
 
-	if (kind == MEM_WIN_KEEP) {
-		struct uffdio_copy c = {
-			.dst = (uint64_t)(uintptr_t)(s + i * GM_PAGE_SIZE),
-			.src = (uint64_t)(uintptr_t)(old + i * GM_PAGE_SIZE),
-			.len = GM_PAGE_SIZE,
-		};
-
-		ret = ioctl(gm->uffd, UFFDIO_COPY, &c);
-	} else if (kind == MEM_WIN_ZERO) {
-		struct uffdio_zeropage z = {
-			.range = { (uint64_t)(uintptr_t)(s + i * GM_PAGE_SIZE), GM_PAGE_SIZE },
-		};
-
-		ret = ioctl(gm->uffd, UFFDIO_ZEROPAGE, &z);
-	} else {
+	if (kind != MEM_WIN_KEEP && kind != MEM_WIN_ZERO)
 		return 0; /* the frame: read from the store on the first access */
+	while (off < end) {
+		int64_t done;
+		int ret;
+
+		if (kind == MEM_WIN_KEEP) {
+			struct uffdio_copy c = {
+				.dst = (uint64_t)(uintptr_t)(s + off),
+				.src = (uint64_t)(uintptr_t)(old + off),
+				.len = end - off,
+			};
+
+			ret = ioctl(gm->uffd, UFFDIO_COPY, &c);
+			done = c.copy;
+		} else {
+			struct uffdio_zeropage z = {
+				.range = { (uint64_t)(uintptr_t)(s + off), end - off },
+			};
+
+			ret = ioctl(gm->uffd, UFFDIO_ZEROPAGE, &z);
+			done = z.zeropage;
+		}
+		if (ret == 0)
+			return 0;
+		/* Interrupted part way (EAGAIN): the kernel says how far it got. */
+		if (errno != EAGAIN || done <= 0)
+			return -errno;
+		off += (uint64_t)done;
 	}
-	return ret < 0 ? -errno : 0;
+	return 0;
 }
 
 /*
@@ -188,8 +204,11 @@ int mem_window_map(struct gm *gm, uint64_t idx, uint64_t n, int fd, uint64_t off
 		return -errno;
 	madvise(s, n * GM_PAGE_SIZE, MADV_NOHUGEPAGE);
 	ret = gm_uffd_register(gm, s, n * GM_PAGE_SIZE);
-	for (uint64_t i = 0; i < n && !ret; i++)
-		ret = fill_one(gm, s, old, i, (enum mem_win_kind)kind[i]);
+	for (uint64_t i = 0, j; i < n && !ret; i = j) {
+		for (j = i + 1; j < n && kind[j] == kind[i]; j++)
+			;
+		ret = fill_run(gm, s, old, i, j - i, (enum mem_win_kind)kind[i]);
+	}
 	if (ret)
 		goto out_unmap;
 	p = mremap(s, n * GM_PAGE_SIZE, n * GM_PAGE_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, old);

@@ -398,6 +398,8 @@ int64_t mem_reclaim_zero(struct gm *gm, uint64_t first, uint64_t count, uint64_t
 			 * us, and the compare in drop_zero_run is final.
 			 */
 			if (mem_range_protect(gm, base + (uint64_t)i, run, true)) {
+				/* It may have protected a part before it failed. */
+				mem_range_protect(gm, base + (uint64_t)i, run, false);
 				for (uint64_t k = 0; k < run; k++)
 					pagestate_set(gm->ps, base + (uint64_t)i + k, PS_ANON);
 			} else {

@@ -920,6 +920,8 @@ int64_t dedup_scan_vm(struct dedup *d, struct gm *gm)
 			got = v ? memmap_pagemap(gm, idx, n, pm) : -ENOENT;
 			for (int64_t i = 0; i < got; i++)
 				visit(d, v, idx + (uint64_t)i, pm[i]);
+			/* The policy merges with the scanner off too: the table must follow. */
+			dedup_index_stable_fit(&d->ix);
 			pthread_mutex_unlock(&d->lock);
 			if (got <= 0)
 				return done ? (int64_t)done : got;
@@ -1159,6 +1161,7 @@ static void remove_locked(void *arg)
 	for (uint64_t i = 0; i < v->nr_pages; i++)
 		if (v->frame[i] != DEDUP_NO_FRAME)
 			unref_page(d, v, i);
+	dedup_index_stable_fit(&d->ix);
 }
 
 void dedup_remove_vm(struct dedup *d, struct gm *gm)

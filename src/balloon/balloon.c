@@ -42,9 +42,10 @@
 /* PFNs read from guest memory per batch (4 KiB on the worker's stack). */
 #define PFN_BATCH 1024
 /*
- * Pages one queue_notify call handles before it returns, so the worker drops
- * the device lock (which the policy thread, the control socket and vCPUs
- * need) however many requests the driver queued: 64 MiB.
+ * Pages after which a queue_notify call takes no further request, so the
+ * worker drops the device lock (which the policy thread, the control socket
+ * and vCPUs need) however many requests the driver queued: 64 MiB, plus the
+ * request that crossed it (at most 64 MiB of PFNs, or a 256 MiB report).
  */
 #define WORK_PAGES 16384
 /*

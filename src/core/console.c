@@ -83,13 +83,16 @@ static void emit_line(struct console *con)
 		log_debug("console write: %m");
 	/* A full disk loses log lines, never the guest: say so when it starts and ends. */
 	if (con->log_fd >= 0) {
-		bool ok = write(con->log_fd, con->line, con->len) == (ssize_t)con->len;
+		ssize_t put = write(con->log_fd, con->line, con->len);
+		bool ok = put == (ssize_t)con->len;
 
+		/* Rate-limited too: a disk at the edge of full may flip at every line. */
 		if (!ok && !con->log_failing)
-			log_warn("%s: console log: %m: lines are lost until writes succeed again",
-				 con->vm->name);
+			log_warn_ratelimited("%s: console log: %s: lines are lost until writes "
+					     "succeed again",
+					     con->vm->name, put < 0 ? strerror(errno) : "short write");
 		else if (ok && con->log_failing)
-			log_info("%s: console log: writing again", con->vm->name);
+			log_debug("%s: console log: writing again", con->vm->name);
 		con->log_failing = !ok;
 	}
 	con->len = 0;

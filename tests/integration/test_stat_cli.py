@@ -156,7 +156,7 @@ for answer, msg in ((b"this is not json\n", "bad reply"),
 
 for args, msg in ((["--watch", "0"], "--watch 0"), (["--watch", "x"], "--watch x"),
                   (["--frob"], "unknown option"), (["extra"], "unexpected argument"),
-                  (["--socket"], "missing value")):
+                  (["--socket"], "--socket: missing value"), (["-jz"], "-z: unknown option")):
     one_error_line(stat(*args), 2, msg, f"stat {' '.join(args)}")
 r = stat("--help")
 check(r.returncode == 0 and "--watch" in r.stdout and "/run/kvmem.sock" in r.stdout,

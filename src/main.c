@@ -26,8 +26,6 @@
 #include "core/host.h"
 #include "core/statcli.h"
 
-#define EXIT_USAGE CLI_EXIT_USAGE
-
 #ifndef KVMEM_GUEST_DEFAULT
 #define KVMEM_GUEST_DEFAULT "kvmem-guest.elf"
 #endif
@@ -139,9 +137,9 @@ static int run_host(struct host_config *cfg)
 	if (ret) {
 		if (ret == -E2BIG || ret == -ENOMEM) {
 			fprintf(stderr, "kvmem: the host cannot map the guest RAM asked for\n");
-			ret = EXIT_USAGE;
+			ret = CLI_EXIT_USAGE;
 		} else {
-			ret = ret == -ENOEXEC ? EXIT_USAGE : EXIT_FAILURE;
+			ret = ret == -ENOEXEC ? CLI_EXIT_USAGE : EXIT_FAILURE;
 		}
 	} else {
 		ret = host_run(h);
@@ -271,7 +269,7 @@ static int cmd_host(int argc, char **argv)
 	if (host_config_load(path, &cfg, err, sizeof(err))) {
 		fprintf(stderr, "kvmem: %s: %s\n", path, err);
 		host_config_free(&cfg);
-		return EXIT_USAGE;
+		return CLI_EXIT_USAGE;
 	}
 	if (sock) {
 		free(cfg.socket);
@@ -297,7 +295,7 @@ int main(int argc, char **argv)
 
 	if (argc < 2) {
 		usage(stderr);
-		return EXIT_USAGE;
+		return CLI_EXIT_USAGE;
 	}
 	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
 		usage(stdout);

@@ -7,12 +7,11 @@
  */
 #include "core/cli_balloon.h"
 
-#include "core/cli.h"
-
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "core/cli.h"
 #include "core/control.h"
 #include "core/size.h"
 

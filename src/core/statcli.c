@@ -35,7 +35,6 @@
 #include "core/control.h"
 #include "core/size.h"
 
-#define EXIT_USAGE CLI_EXIT_USAGE
 #define PAGE_BYTES 4096ULL
 #define REQUEST_TIMEOUT_MS 5000
 #define MAX_COLS 64

@@ -6,8 +6,8 @@
  * reports from the CPL0 stubs, and host time. Runs on vCPU threads.
  */
 #define LOG_TAG "sysctl"
-#include <time.h>
 
+#include "core/clock.h"
 #include "core/vcpu.h"
 #include "core/vm_internal.h"
 
@@ -43,13 +43,10 @@ static void sysctl_write(void *opaque, struct vcpu *vcpu, uint64_t off, const vo
 static void sysctl_read(void *opaque, struct vcpu *vcpu, uint64_t off, void *data,
 			unsigned int len)
 {
-	struct timespec ts;
-
 	(void)opaque;
 	(void)vcpu;
 	if (off == ABI_SYS_TIME_NS) {
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		bus_data_put(data, len, (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec);
+		bus_data_put(data, len, kv_clock_ns(CLOCK_MONOTONIC));
 		return;
 	}
 	bus_data_put(data, len, 0);

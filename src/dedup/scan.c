@@ -60,18 +60,11 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/thread.h"
 #include "mem/memmap.h"
 #include "mem/reclaim.h"
-
-static uint64_t now_ns(clockid_t clk)
-{
-	struct timespec ts;
-
-	clock_gettime(clk, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
 
 static bool config_ok(const struct dedup_config *cfg)
 {
@@ -808,7 +801,7 @@ static void end_pass(struct dedup *d)
 	dedup_index_unstable_clear(&d->ix, DEDUP_NO_VM);
 	/* Count again when merges changed the mappings, or to see a raised limit. */
 	if ((d->maps_added != d->maps_at_count || d->map_full) &&
-	    now_ns(CLOCK_MONOTONIC) - d->pass_vmas_ns >= DEDUP_VMA_COUNT_NS)
+	    kv_clock_ns(CLOCK_MONOTONIC) - d->pass_vmas_ns >= DEDUP_VMA_COUNT_NS)
 		dedup_count_vmas(d);
 }
 
@@ -945,7 +938,7 @@ static void *scanner(void *arg)
 {
 	struct dedup *d = arg;
 	double debt = 0;
-	uint64_t t_rate = now_ns(CLOCK_MONOTONIC), pages_rate = 0;
+	uint64_t t_rate = kv_clock_ns(CLOCK_MONOTONIC), pages_rate = 0;
 
 	pthread_mutex_lock(&d->lock);
 	while (!d->stop) {
@@ -960,11 +953,11 @@ static void *scanner(void *arg)
 			continue;
 		}
 		pthread_mutex_unlock(&d->lock);
-		t0 = now_ns(CLOCK_MONOTONIC);
-		c0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
+		t0 = kv_clock_ns(CLOCK_MONOTONIC);
+		c0 = kv_clock_ns(CLOCK_THREAD_CPUTIME_ID);
 		n = (uint64_t)dedup_scan(d, DEDUP_BATCH_PAGES);
-		t1 = now_ns(CLOCK_MONOTONIC);
-		c1 = now_ns(CLOCK_THREAD_CPUTIME_ID);
+		t1 = kv_clock_ns(CLOCK_MONOTONIC);
+		c1 = kv_clock_ns(CLOCK_THREAD_CPUTIME_ID);
 		want = (double)n / (double)(cfg.pages_per_sec >> idle_shift ?: 1);
 		if ((double)(c1 - c0) / 1e9 / (cfg.cpu_percent / 100.0) > want)
 			want = (double)(c1 - c0) / 1e9 / (cfg.cpu_percent / 100.0);
@@ -981,7 +974,7 @@ static void *scanner(void *arg)
 		}
 		if (debt > 0.002 && !d->stop) {
 			struct timespec until;
-			uint64_t s0 = now_ns(CLOCK_MONOTONIC), end;
+			uint64_t s0 = kv_clock_ns(CLOCK_MONOTONIC), end;
 
 			clock_gettime(CLOCK_REALTIME, &until);
 			end = (uint64_t)until.tv_sec * 1000000000ULL + (uint64_t)until.tv_nsec +
@@ -989,7 +982,7 @@ static void *scanner(void *arg)
 			until.tv_sec = (time_t)(end / 1000000000ULL);
 			until.tv_nsec = (long)(end % 1000000000ULL);
 			pthread_cond_timedwait(&d->wake, &d->lock, &until);
-			debt -= (double)(now_ns(CLOCK_MONOTONIC) - s0) / 1e9;
+			debt -= (double)(kv_clock_ns(CLOCK_MONOTONIC) - s0) / 1e9;
 		}
 	}
 	pthread_mutex_unlock(&d->lock);
@@ -1014,7 +1007,7 @@ int dedup_create(const struct dedup_config *cfg, struct dedup **out)
 	pthread_mutex_init(&d->lock, NULL);
 	pthread_cond_init(&d->wake, NULL);
 	if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed))
-		seed = now_ns(CLOCK_MONOTONIC) ^ (uint64_t)getpid() << 32;
+		seed = kv_clock_ns(CLOCK_MONOTONIC) ^ (uint64_t)getpid() << 32;
 	dedup_hasher_init(&d->hasher, seed);
 	ret = dedup_store_init(&d->store);
 	if (ret) {

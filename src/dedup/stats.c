@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/control.h"
 #include "core/log.h"
 #include "mem/memmap.h"
@@ -54,7 +55,6 @@ void dedup_count_vmas(struct dedup *d)
 	struct gm *gms[64];
 	struct gm **all = gms;
 	uint64_t regions = 0, total = 0;
-	struct timespec ts;
 	int64_t n;
 
 	if (d->nr_vms > ARRAY_SIZE(gms)) {
@@ -69,8 +69,7 @@ void dedup_count_vmas(struct dedup *d)
 	n = mem_ram_vmas(all, d->nr_vms, &total);
 	if (all != gms)
 		kv_free(all);
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	d->pass_vmas_ns = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+	d->pass_vmas_ns = kv_clock_ns(CLOCK_MONOTONIC);
 	if (n < 0) {
 		d->st.errors++;
 		return;

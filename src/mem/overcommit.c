@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/thread.h"
 #include "mem/mem_internal.h"
@@ -164,14 +165,6 @@ static uint64_t host_used(struct ovc *ovc, const char **source)
 
 #define RESIDENT_MAX_AGE_NS 200000000ULL
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
 /* Measure a VM's resident memory now (the walk runs without ovc->lock). */
 static void refresh_resident(struct ovc *ovc, struct ovc_vm *v)
 {
@@ -180,7 +173,7 @@ static void refresh_resident(struct ovc *ovc, struct ovc_vm *v)
 	pthread_mutex_lock(&ovc->lock);
 	v->stats.resident_bytes = bytes;
 	pthread_mutex_unlock(&ovc->lock);
-	__atomic_store_n(&v->resident_ns, now_ns(), __ATOMIC_RELAXED);
+	__atomic_store_n(&v->resident_ns, kv_clock_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
 }
 
 static uint64_t next_rand(uint64_t *s)
@@ -724,7 +717,7 @@ int ovc_get_vm_stats(struct ovc *ovc, struct ovc_vm *vm, struct ovc_vm_stats *ou
 	 * is older than RESIDENT_MAX_AGE_NS (a pagemap walk costs ~10 ms per
 	 * GiB, too much for every request of a client polling fast).
 	 */
-	if (now_ns() - __atomic_load_n(&vm->resident_ns, __ATOMIC_RELAXED) > RESIDENT_MAX_AGE_NS)
+	if (kv_clock_ns(CLOCK_MONOTONIC) - __atomic_load_n(&vm->resident_ns, __ATOMIC_RELAXED) > RESIDENT_MAX_AGE_NS)
 		refresh_resident(ovc, vm);
 	pthread_mutex_lock(&ovc->lock);
 	out->resident_bytes = vm->stats.resident_bytes;

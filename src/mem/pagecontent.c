@@ -1,8 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Page content for the dedup scanner (see pagecontent.h). Runs on the
- * scanner thread (and tests); stateless apart from a per-thread bounce
- * buffer for compares against the frame store.
+ * scanner thread (and tests); stateless.
  */
 #define LOG_TAG "pagecontent"
 #include "mem/pagecontent.h"
@@ -45,21 +44,6 @@ int mem_page_equal(const struct gm *a, uint64_t ia, const struct gm *b, uint64_t
 	if (!idx_ok(a, ia) || !idx_ok(b, ib))
 		return -EINVAL;
 	return memcmp(gm_page_hva(a, ia), gm_page_hva(b, ib), GM_PAGE_SIZE) == 0;
-}
-
-int mem_page_equal_fd(const struct gm *gm, uint64_t idx, int fd, uint64_t off)
-{
-	static __thread uint8_t buf[GM_PAGE_SIZE] __attribute__((aligned(64)));
-	ssize_t got;
-
-	if (!idx_ok(gm, idx))
-		return -EINVAL;
-	got = pread(fd, buf, sizeof(buf), (off_t)off);
-	if (got < 0)
-		return -errno;
-	if (got != (ssize_t)sizeof(buf))
-		return -EIO;
-	return memcmp(gm_page_hva(gm, idx), buf, GM_PAGE_SIZE) == 0;
 }
 
 int mem_page_equal_buf(const struct gm *gm, uint64_t idx, const void *buf)

@@ -31,8 +31,6 @@ int mem_page_hash(const struct gm *gm, uint64_t idx, mem_page_hash_fn fn, const 
 bool mem_page_is_zero(const struct gm *gm, uint64_t idx);
 /* 1 when page ia of a and page ib of b are byte-for-byte equal, 0 when not, -EINVAL. */
 int mem_page_equal(const struct gm *a, uint64_t ia, const struct gm *b, uint64_t ib);
-/* 1 when page idx equals the page at byte offset off of fd, 0 when not, -errno. */
-int mem_page_equal_fd(const struct gm *gm, uint64_t idx, int fd, uint64_t off);
 /* Write page idx to fd at byte offset off (page aligned). 0 or -errno. */
 int mem_page_copy_to_fd(const struct gm *gm, uint64_t idx, int fd, uint64_t off);
 

@@ -307,12 +307,6 @@ int mem_undiscard(struct gm *gm, gpa_t gpa, uint64_t len)
 	return 0;
 }
 
-/* madvise(DONTNEED) the pages [first, first + n) of one region. */
-static int drop_anon(struct gm *gm, uint64_t first, uint64_t n)
-{
-	return madvise(gm_page_hva(gm, first), n * GM_PAGE_SIZE, MADV_DONTNEED) < 0 ? -errno : 0;
-}
-
 /*
  * Drop the zero pages of [first, first + n), PS_BUSY and write-protected by
  * the caller, and hand every page back: PS_ZERO if dropped, else PS_ANON and
@@ -329,7 +323,7 @@ static uint64_t drop_zero_run(struct gm *gm, uint64_t first, uint64_t n)
 
 		while (j < n && gm_page_is_zero(gm_page_hva(gm, first + j)) == zero)
 			j++;
-		if (zero && drop_anon(gm, first + i, j - i) == 0) {
+		if (zero && drop_run(gm, first + i, j - i) == 0) {
 			for (uint64_t k = i; k < j; k++)
 				pagestate_set(gm->ps, first + k, PS_ZERO);
 			dropped += j - i;

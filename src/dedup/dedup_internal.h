@@ -133,8 +133,7 @@ struct dedup_store {
 	uint8_t *on_free;	   /* extent is on free_ext */
 	struct dedup_frame **by_slot; /* slot -> frame, or DEDUP_ZERO_RESERVED */
 	const uint8_t *map;	   /* read-only view of the whole store (compares) */
-	uint64_t reserved;	   /* slots reserved for zero pages of windows */
-	uint64_t frames;	   /* slots in use */
+	uint64_t frames;	   /* slots holding frames (zero reservations are not frames) */
 	uint64_t punch_errors;
 };
 

@@ -80,6 +80,7 @@ static bool slot_used(const struct dedup_store *st, uint64_t slot)
 	return st->used[slot / 64] & (1ULL << (slot % 64));
 }
 
+/* Slot in use (a frame, or a window's zero page) or free again. */
 static void mark(struct dedup_store *st, uint64_t slot, bool on)
 {
 	uint32_t ext = (uint32_t)(slot / DEDUP_EXT_PAGES);
@@ -87,11 +88,9 @@ static void mark(struct dedup_store *st, uint64_t slot, bool on)
 	if (on) {
 		st->used[slot / 64] |= 1ULL << (slot % 64);
 		st->ext_used[ext]++;
-		st->frames++;
 	} else {
 		st->used[slot / 64] &= ~(1ULL << (slot % 64));
 		st->ext_used[ext]--;
-		st->frames--;
 	}
 }
 
@@ -101,6 +100,7 @@ bool dedup_store_take(struct dedup_store *st, uint64_t slot)
 		return false;
 	/* An empty extent may sit on the free stack: popping skips it once used. */
 	mark(st, slot, true);
+	st->frames++;
 	return true;
 }
 
@@ -166,10 +166,8 @@ bool dedup_store_reserve_zero(struct dedup_store *st, uint64_t slot)
 		return false;
 	if (slot_used(st, slot))
 		return st->by_slot[slot] == DEDUP_ZERO_RESERVED;
-	st->used[slot / 64] |= 1ULL << (slot % 64);
-	st->ext_used[slot / DEDUP_EXT_PAGES]++;
+	mark(st, slot, true);
 	st->by_slot[slot] = DEDUP_ZERO_RESERVED;
-	st->reserved++;
 	return true;
 }
 
@@ -186,6 +184,7 @@ int dedup_store_take_fresh(struct dedup_store *st, uint32_t pos, uint32_t *slot)
 		return ret;
 	*slot = ext * DEDUP_EXT_PAGES + pos;
 	mark(st, *slot, true);
+	st->frames++;
 	return 0;
 }
 
@@ -200,6 +199,7 @@ void dedup_store_release(struct dedup_store *st, uint32_t slot)
 	}
 	st->by_slot[slot] = NULL;
 	mark(st, slot, false);
+	st->frames--;
 	if (st->ext_used[ext] == 0 && !st->on_free[ext]) {
 		st->on_free[ext] = 1;
 		st->free_ext[st->nr_free_ext++] = ext;

@@ -278,6 +278,30 @@ static int merge_stable(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint6
 }
 
 /*
+ * A new frame in slot (taken by the caller) holding a copy of page idx of gm,
+ * which the caller has write-protected, so the copy is final. NULL on
+ * failure, with the slot released and the error counted.
+ */
+static struct dedup_frame *new_frame(struct dedup *d, struct gm *gm, uint64_t idx, uint32_t slot,
+				     uint64_t hash)
+{
+	struct dedup_frame *fr = kv_zalloc(sizeof(*fr));
+	int ret = fr ? mem_page_copy_to_fd(gm, idx, d->store.fd, dedup_store_off(slot)) : -ENOMEM;
+
+	if (ret) {
+		d->st.errors++;
+		log_warn_ratelimited("copying a page into the store: %s", strerror(-ret));
+		dedup_store_release(&d->store, slot);
+		kv_free(fr);
+		return NULL;
+	}
+	fr->hash = hash;
+	fr->slot = slot;
+	d->store.by_slot[slot] = fr;
+	return fr;
+}
+
+/*
  * Merge v's page idx with page ui of u, the unstable entry with the same hash,
  * onto a new frame. 0 merged; -ESTALE when u's page is no longer a candidate
  * (busy, changed).
@@ -307,22 +331,13 @@ static int merge_pair(struct dedup *d, struct dedup_vm *u, uint64_t ui, struct d
 		d->st.merge_races++;
 		return -ESTALE;
 	}
-	fr = kv_zalloc(sizeof(*fr));
-	ret = fr ? place_frame(d, u, ui, v, idx, &slot) : -ENOMEM;
-	if (ret) {
-		kv_free(fr);
+	ret = place_frame(d, u, ui, v, idx, &slot);
+	if (ret)
 		goto out_unclaim;
-	}
-	fr->hash = hash;
-	fr->slot = slot;
-	d->store.by_slot[slot] = fr;
 	/* u's page is write-protected: its content is final. */
-	ret = mem_page_copy_to_fd(u->gm, ui, d->store.fd, dedup_store_off(slot));
-	if (ret) {
-		d->st.errors++;
-		log_warn_ratelimited("copying a page into the store: %s", strerror(-ret));
-		dedup_store_release(&d->store, slot);
-		kv_free(fr);
+	fr = new_frame(d, u->gm, ui, slot, hash);
+	if (!fr) {
+		ret = -EIO;
 		goto out_unclaim;
 	}
 	/* Each map either succeeds or gives its page back; refs counts the successes. */
@@ -578,17 +593,9 @@ static int window_convert(struct dedup *d, struct dedup_vm *v, uint64_t idx, str
 			/* The page is protected: a copy of it is its frame. */
 			if (!dedup_store_take(&d->store, slot))
 				break;
-			fr = kv_zalloc(sizeof(*fr));
-			if (!fr || mem_page_copy_to_fd(v->gm, idx + i, d->store.fd,
-						       dedup_store_off((uint32_t)slot))) {
-				kv_free(fr);
-				dedup_store_release(&d->store, (uint32_t)slot);
-				d->st.errors++;
+			fr = new_frame(d, v->gm, idx + i, (uint32_t)slot, p->hash);
+			if (!fr)
 				break;
-			}
-			fr->hash = p->hash;
-			fr->slot = (uint32_t)slot;
-			d->store.by_slot[slot] = fr;
 			p->fr = fr;
 			fresh[nfresh++] = fr;
 			p->kind = MEM_WIN_FRAME;

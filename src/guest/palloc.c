@@ -283,14 +283,31 @@ static bool check_used(struct prange *r, uint64_t gfn, uint64_t npages)
 	return true;
 }
 
-static void free_locked(uint64_t gfn, uint64_t npages)
+/* Free [gfn, gfn + npages): false (said) when they are not all allocated. */
+static bool free_locked(uint64_t gfn, uint64_t npages)
 {
 	struct prange *r = range_of(gfn);
 
 	if (!check_used(r, gfn, npages))
-		return;
+		return false;
 	assign(r, gfn - r->base, npages, true);
 	r->hint = MIN(r->hint, (gfn - r->base) / WORD_BITS);
+	return true;
+}
+
+/*
+ * The range holding the whole chunk that starts at gfn (chunk aligned), and
+ * the chunk's index in it, or NULL when no range has that chunk whole.
+ */
+static struct prange *whole_chunk(uint64_t gfn, uint64_t *c)
+{
+	struct prange *r = range_of(gfn);
+	uint64_t abs = gfn / PALLOC_CHUNK_PAGES;
+
+	if (!r || gfn % PALLOC_CHUNK_PAGES || abs < r->chunk0 || abs - r->chunk0 >= r->nchunks)
+		return NULL;
+	*c = abs - r->chunk0;
+	return r;
 }
 
 void palloc_free_gfns(const uint32_t *gfns, size_t n)
@@ -320,12 +337,11 @@ void palloc_free_gfns_clean(const uint32_t *gfns, size_t n)
 		end = (uint64_t)gfns[j - 1] + 1;
 		for (g = (uint64_t)DIV_ROUND_UP(gfns[i], PALLOC_CHUNK_PAGES) * PALLOC_CHUNK_PAGES;
 		     g + PALLOC_CHUNK_PAGES <= end; g += PALLOC_CHUNK_PAGES) {
-			struct prange *r = range_of(g);
-			uint64_t c = g / PALLOC_CHUNK_PAGES;
+			uint64_t c;
+			struct prange *r = whole_chunk(g, &c);
 
-			if (r && c >= r->chunk0 && c - r->chunk0 < r->nchunks &&
-			    chunk_free(r, c - r->chunk0))
-				mark_reported(r, c - r->chunk0);
+			if (r && chunk_free(r, c))
+				mark_reported(r, c);
 		}
 		i = j;
 	}
@@ -464,22 +480,19 @@ size_t palloc_claim_unreported(uint64_t *gpas, size_t max)
 
 void palloc_free_reported(uint64_t gpa, bool reported)
 {
-	uint64_t gfn = gpa >> RT_PAGE_SHIFT;
+	uint64_t gfn = gpa >> RT_PAGE_SHIFT, c;
 	struct prange *r;
 
 	rt_spin_lock(&pa_lock);
-	r = range_of(gfn);
-	if (!r || gfn % PALLOC_CHUNK_PAGES || gfn / PALLOC_CHUNK_PAGES < r->chunk0 ||
-	    gfn / PALLOC_CHUNK_PAGES - r->chunk0 >= r->nchunks) {
+	r = whole_chunk(gfn, &c);
+	if (!r) {
 		rt_spin_unlock(&pa_lock);
 		rt_printf("palloc: bad reported chunk gpa 0x%lx\n", gpa);
 		return;
 	}
-	if (check_used(r, gfn, PALLOC_CHUNK_PAGES)) {
-		assign(r, gfn - r->base, PALLOC_CHUNK_PAGES, true);
-		r->hint = MIN(r->hint, (gfn - r->base) / WORD_BITS);
+	if (free_locked(gfn, PALLOC_CHUNK_PAGES)) {
 		if (reported)
-			mark_reported(r, gfn / PALLOC_CHUNK_PAGES - r->chunk0);
+			mark_reported(r, c);
 		nisolated -= MIN(nisolated, PALLOC_CHUNK_PAGES);
 	}
 	rt_spin_unlock(&pa_lock);

@@ -54,7 +54,6 @@
 #define Q_REPORT 3
 #define NR_QUEUES 4
 
-#define PAGES_PER_MIB 256
 #define CHUNK_PFNS 8192			/* PFNs per inflate/deflate request: 32 MiB */
 #define FREE_RESERVE 512		/* free pages inflation never takes (2 MiB) */
 #define OOM_MIN_PAGES 256		/* deflate-on-OOM at least this much (Linux's 1 MiB) */
@@ -67,7 +66,7 @@
  * memory back quickly, and a refault here costs ~4 us a page.
  */
 #define REPORT_PERIOD_DEFAULT_MS 200
-#define REPORT_EAGER_PAGES (32 * PAGES_PER_MIB) /* freed since the last look: report now */
+#define REPORT_EAGER_PAGES (32 * RT_PAGES_PER_MIB) /* freed since the last look: report now */
 
 #define POLL_IDLE_NS (20 * RT_NS_PER_MS)	/* nothing to do: one ISR read per period */
 #define POLL_BUSY_NS (1 * RT_NS_PER_MS)		/* requests in flight or work left */
@@ -167,11 +166,6 @@ static struct balloon {
 } bl;
 
 static uint8_t stats_buf[NR_STATS * STAT_SIZE] __attribute__((aligned(64)));
-
-static uint64_t mib(uint64_t pages)
-{
-	return pages / PAGES_PER_MIB;
-}
 
 /* --- device set-up --- */
 
@@ -388,7 +382,7 @@ static void adjust(uint64_t now)
 		if (!bl.stall_printed && (!bl.stall_print_ns || now >= bl.stall_print_ns +
 							 STALL_PRINT_NS)) {
 			rt_printf("kvmem-balloon: target %lu MiB actual %lu MiB: "
-				  "no free memory to inflate\n", mib(target), mib(bl.top));
+				  "no free memory to inflate\n", rt_mib(target), rt_mib(bl.top));
 			bl.stall_printed = true;
 			bl.stall_print_ns = now;
 		}
@@ -434,7 +428,7 @@ static void report(uint64_t now)
 		/* What is left is in partial chunks: only more than this wakes us early. */
 		bl.report_floor = unreported_free();
 		if (bl.burst_pages) {
-			rt_printf("kvmem-balloon: reported %lu MiB\n", mib(bl.burst_pages));
+			rt_printf("kvmem-balloon: reported %lu MiB\n", rt_mib(bl.burst_pages));
 			bl.burst_pages = 0;
 		}
 		return;
@@ -460,8 +454,8 @@ static void print_progress(void)
 		return;
 	if (bl.target == bl.printed_target)
 		return;
-	rt_printf("kvmem-balloon: target %lu MiB actual %lu MiB\n", mib(bl.target),
-		  mib(bl.top));
+	rt_printf("kvmem-balloon: target %lu MiB actual %lu MiB\n", rt_mib(bl.target),
+		  rt_mib(bl.top));
 	bl.printed_target = bl.target;
 }
 

@@ -25,6 +25,7 @@
 
 #define RT_PAGE_SIZE 4096UL
 #define RT_PAGE_SHIFT 12
+#define RT_PAGES_PER_MIB 256UL
 #define RT_NS_PER_SEC 1000000000UL
 #define RT_NS_PER_MS 1000000UL
 #define RT_NS_PER_US 1000UL
@@ -60,6 +61,12 @@
 #define store_release(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #define atomic_add(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
 #define atomic_fetch_add(p, v) __atomic_fetch_add((p), (v), __ATOMIC_SEQ_CST)
+
+/* Whole MiB in a count of pages, for messages. */
+static inline uint64_t rt_mib(uint64_t pages)
+{
+	return pages / RT_PAGES_PER_MIB;
+}
 
 static inline void cpu_relax(void)
 {

@@ -277,11 +277,6 @@ bool vio_get_used(struct vio_queue *q, uint64_t *token, uint32_t *len)
 	return false;
 }
 
-unsigned vio_num_free(const struct vio_queue *q)
-{
-	return q->num_free;
-}
-
 void vio_raw_desc(struct vio_queue *q, uint16_t i, uint64_t addr, uint32_t len, uint16_t flags,
 		  uint16_t next)
 {

@@ -185,9 +185,6 @@ void vio_kick(struct vio_queue *q);
  */
 bool vio_get_used(struct vio_queue *q, uint64_t *token, uint32_t *len);
 
-/* Free descriptors. */
-unsigned vio_num_free(const struct vio_queue *q);
-
 /*
  * Raw access, for the hostile driver only (kvmem.balloon.hostile=): write
  * descriptor @i as given, and publish @head in the next avail slot with the

@@ -64,7 +64,6 @@
 #define WL_RESERVE_PAGES 256		/* left free by size=max */
 #define WL_CREDIT_MAX_NS (100 * RT_NS_PER_MS)	/* catch-up cap after a pause */
 #define WL_MIN_SLEEP_NS (2 * RT_NS_PER_MS)	/* batch pages: <= 500 sleep exits/s */
-#define PAGES_PER_MIB 256
 #define NEVER UINT64_MAX
 #define WL_POLL_PAGES 64		/* rt_poll() this often in page loops */
 #define WL_GROW_CHECK_NS (100 * RT_NS_PER_MS)
@@ -284,7 +283,7 @@ static void move_one(struct wl_cpu *c, uint64_t nhot)
 /* ns between two pages for one vCPU's share of @mib_s MiB/s; 0 = off. */
 static uint64_t page_cost_ns(uint64_t mib_s)
 {
-	uint64_t pps = mib_s * PAGES_PER_MIB;
+	uint64_t pps = mib_s * RT_PAGES_PER_MIB;
 
 	if (!pps)
 		return 0;
@@ -344,11 +343,6 @@ static void job_run(unsigned cpu, void *arg)
 }
 
 /* --- vCPU 0: phases --- */
-
-static uint64_t mib(uint64_t pages)
-{
-	return pages / PAGES_PER_MIB;
-}
 
 /* Full verification on all vCPUs; prints the verify line. Returns true if all good. */
 static bool verify_all(void)
@@ -424,8 +418,8 @@ static void parse(struct rt_str spec)
 			if (str_eq(val, "max"))
 				cfg.size_max = true;
 			else
-				cfg.pages = num(key, val, (uint64_t)UINT32_MAX / PAGES_PER_MIB) *
-					    PAGES_PER_MIB;
+				cfg.pages = num(key, val, (uint64_t)UINT32_MAX / RT_PAGES_PER_MIB) *
+					    RT_PAGES_PER_MIB;
 		} else if (str_eq(key, "dup")) {
 			cfg.dup = num(key, val, 100);
 		} else if (str_eq(key, "zero")) {
@@ -452,8 +446,8 @@ static void parse(struct rt_str spec)
 		} else if (str_eq(key, "cowwait")) {
 			cfg.cowwait_s = num(key, val, 1 << 30);
 		} else if (str_eq(key, "grow")) {
-			cfg.grow_pages = num(key, val, (uint64_t)UINT32_MAX / PAGES_PER_MIB) *
-					 PAGES_PER_MIB;
+			cfg.grow_pages = num(key, val, (uint64_t)UINT32_MAX / RT_PAGES_PER_MIB) *
+					 RT_PAGES_PER_MIB;
 		} else if (str_eq(key, "wait")) {
 			if (!str_eq(val, "balloon"))
 				usage("wait= must be balloon, not", val);
@@ -502,7 +496,7 @@ static void build_class_table(void)
 static __noreturn void out_of_memory(uint64_t need)
 {
 	rt_printf("kvmem-wl: out of memory: need %lu pages (%lu MiB), %lu free (%lu MiB)\n",
-		  need, mib(need), palloc_free_pages(), mib(palloc_free_pages()));
+		  need, rt_mib(need), palloc_free_pages(), rt_mib(palloc_free_pages()));
 	rt_poweroff(RT_EXIT_NOMEM);
 }
 
@@ -604,7 +598,7 @@ static void print_config(void)
 {
 	rt_printf("kvmem-wl: size %lu MiB (%lu pages) dup %lu%% zero %lu%% unique %lu%% id %lu "
 		  "seed 0x%lx\n",
-		  mib(nslots), nslots, cfg.dup, cfg.zero, 100 - cfg.dup - cfg.zero, cfg.id,
+		  rt_mib(nslots), nslots, cfg.dup, cfg.zero, 100 - cfg.dup - cfg.zero, cfg.id,
 		  cfg.seed);
 	rt_printf("kvmem-wl: rate %lu MiB/s read %lu MiB/s churn %lu MiB/s hot %lu%% "
 		  "verify %lu s time %lu s then %s\n",
@@ -639,7 +633,7 @@ static void grow(void)
 	nslots += got;
 	split_work();
 	smp_run(job_fill, &from);
-	rt_printf("kvmem-wl: grew %lu to %lu\n", mib(got), mib(nslots));
+	rt_printf("kvmem-wl: grew %lu to %lu\n", rt_mib(got), rt_mib(nslots));
 	verify_all();
 }
 
@@ -704,8 +698,8 @@ static void wait_for_balloon(void)
 	rt_printf("kvmem-wl: waiting for the balloon\n");
 	while (!balloon_is_settled())
 		rt_sleep_ns(10 * RT_NS_PER_MS);
-	rt_printf("kvmem-wl: balloon holds %lu MiB, %lu MiB free\n", mib(balloon_pages()),
-		  mib(palloc_free_pages()));
+	rt_printf("kvmem-wl: balloon holds %lu MiB, %lu MiB free\n", rt_mib(balloon_pages()),
+		  rt_mib(palloc_free_pages()));
 }
 
 void wl_main(struct rt_str spec)
@@ -723,7 +717,7 @@ void wl_main(struct rt_str spec)
 	print_config();
 	smp_run(job_fill, &from);
 	t1 = rt_now_ns();
-	rt_printf("kvmem-wl: filled %lu in %lu ms\n", mib(nslots), (t1 - t0) / RT_NS_PER_MS);
+	rt_printf("kvmem-wl: filled %lu in %lu ms\n", rt_mib(nslots), (t1 - t0) / RT_NS_PER_MS);
 	if (rt_ncpus() > 1)
 		for (i = 0; i < rt_ncpus(); i++)
 			rt_printf("kvmem-wl: cpu %u pages %lu\n", i, cpus[i].hi - cpus[i].lo);
@@ -739,7 +733,7 @@ void wl_main(struct rt_str spec)
 		palloc_free_gfns(slot_gfn, nslots);
 		if (meta_pages)
 			palloc_free_run(meta_gpa, meta_pages);
-		rt_printf("kvmem-wl: freed %lu\n", mib(nslots));
+		rt_printf("kvmem-wl: freed %lu\n", rt_mib(nslots));
 		/* fall through */
 	case THEN_SLEEP:
 		break;

@@ -487,12 +487,13 @@ static int restart(uint64_t now)
 		uint32_t n = (uint32_t)MIN(bl.top - done, (uint64_t)CHUNK_PFNS);
 		struct rt_backoff bo = RT_BACKOFF_INIT;
 		uint64_t end = rt_now_ns() + ACK_WAIT_NS;
+		bool acked;
 
 		if (submit_pfns(Q_INFLATE, done, n))
 			break;
-		while (!vio_get_used(&bl.q[Q_INFLATE], NULL, NULL) && rt_now_ns() < end)
+		while (!(acked = vio_get_used(&bl.q[Q_INFLATE], NULL, NULL)) && rt_now_ns() < end)
 			rt_backoff(&bo);
-		if (rt_now_ns() >= end) {
+		if (!acked) {
 			bl.restart_ns = now + RESTART_RETRY_NS;
 			return -EBUSY;
 		}

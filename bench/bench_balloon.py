@@ -9,7 +9,6 @@ kvmem.balloon.report_ms (200 ms by default), which the reporting figure
 includes.
 Usage: bench_balloon.py KVMEM MADV_REF [runs]
 """
-import json
 import os
 import signal
 import statistics
@@ -18,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import request
+from benchlib import emit, request
 
 KVMEM, MADV = sys.argv[1], sys.argv[2]
 RUNS = int(sys.argv[3]) if len(sys.argv) > 3 else 3
@@ -106,13 +105,8 @@ inf = [inflate_once() for _ in range(RUNS)]
 rep = [report_once() for _ in range(RUNS)]
 ref = {"name": "host_madv_dontneed_1gib_s", "value": round(floor, 4)}
 cfg = f"2 GiB guest, 1 GiB reclaimed, median of {RUNS}"
-print(json.dumps({"name": "inflate_1gib_s", "unit": "s",
-                  "value": round(statistics.median(t for t, _ in inf), 4), "config": cfg,
-                  "ref": ref}))
-print(json.dumps({"name": "inflate_host_freed_mib", "unit": "MiB",
-                  "value": round(statistics.median(f for _, f in inf) / MIB, 1), "config": cfg}))
-print(json.dumps({"name": "report_1gib_s", "unit": "s",
-                  "value": round(statistics.median(t for t, _ in rep), 4), "config": cfg,
-                  "ref": ref}))
-print(json.dumps({"name": "report_resident_after_mib", "unit": "MiB",
-                  "value": round(statistics.median(a for _, a in rep) / MIB, 1), "config": cfg}))
+emit("inflate_1gib_s", "s", statistics.median(t for t, _ in inf), cfg, ref=ref)
+emit("inflate_host_freed_mib", "MiB", round(statistics.median(f for _, f in inf) / MIB, 1), cfg)
+emit("report_1gib_s", "s", statistics.median(t for t, _ in rep), cfg, ref=ref)
+emit("report_resident_after_mib", "MiB", round(statistics.median(a for _, a in rep) / MIB, 1),
+     cfg)

@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import request
+from benchlib import emit, request
 
 KSM = "/sys/kernel/mm/ksm/"
 
@@ -54,10 +54,6 @@ def read(path):
 def write(path, value):
     with open(path, "w") as f:
         f.write(str(value))
-
-
-def emit(name, unit, value, config, **extra):
-    print(json.dumps(dict(name=name, unit=unit, value=value, config=config, **extra)), flush=True)
 
 
 def ksmd_cpu():

@@ -20,7 +20,10 @@ def request(path, req, timeout=30):
 
 
 def emit(name, unit, value, config, **extra):
-    """One machine-readable result line: name, unit, value, config (+ ref etc.)."""
-    line = {"name": name, "unit": unit, "value": round(value, 4), "config": config}
+    """One machine-readable result line: name, unit, value, config (+ ref etc.).
+    A float value is rounded to 4 places; others (series, objects) go as they are."""
+    if isinstance(value, float):
+        value = round(value, 4)
+    line = {"name": name, "unit": unit, "value": value, "config": config}
     line.update(extra)
     print(json.dumps(line), flush=True)

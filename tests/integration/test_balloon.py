@@ -8,6 +8,7 @@
    (reporting off) drops it from the host;
 3. deflate-on-OOM: a guest that needs memory while inflated gets it back.
 Every wait is a poll with a generous deadline; nothing asserts on timing."""
+import contextlib
 import os
 import re
 
@@ -30,6 +31,17 @@ def start(name, append):
                  "--append", append])
     check(wait_socket(host, sock), f"{name}: the host serves its control socket")
     return host, sock
+
+
+@contextlib.contextmanager
+def section(name, append):
+    """One part of the test on its own host; the host exits 0 on SIGTERM after it."""
+    host, sock = start(name, append)
+    try:
+        yield host, sock
+    finally:
+        rc = host.stop()
+    check(rc == 0, f"{name}: the host exits 0 on SIGTERM (got {rc})")
 
 
 def vm(sock):
@@ -61,8 +73,7 @@ def mib_sum(host, regex):
 
 # --- 1. free page reporting --------------------------------------------------------------
 
-host, sock = start("report", "kvmem.wl=size=768,time=10,then=free")
-try:
+with section("report", "kvmem.wl=size=768,time=10,then=free") as (host, sock):
     check(host.wait_line(r"^kvmem-balloon: features 0x[0-9a-f]+$"), "report: the driver starts")
     check(host.wait_line(r"^kvmem-wl: verify ok 196608$"), "report: the guest filled 768 MiB")
     # Hold the guest while the policy measures it full (it frees 10 s after the fill).
@@ -99,15 +110,11 @@ try:
                  balloon(sock)["guest"], 60)
     check(g is not None, f"report: the guest's stats show its memory free again ({g})")
     check(host.alive() and vm(sock)["state"] == "running", "report: the VM is still running")
-finally:
-    rc = host.stop()
-check(rc == 0, f"report: the host exits 0 on SIGTERM (got {rc})")
 
 # --- 2. inflate to a target, deflate, refill ---------------------------------------------
 
 VERIFY_256 = r"^kvmem-wl: verify ok 65536$"
-host, sock = start("target", "kvmem.wl=size=256,verify=2,grow=16")
-try:
+with section("target", "kvmem.wl=size=256,verify=2,grow=16") as (host, sock):
     check(host.wait_line(VERIFY_256), "target: the guest filled 256 MiB and verifies")
     # The CLI's errors first: one line on stderr, nothing changed.
     for args, code, msg in ((["--vm", "nosuch", "--target", "512M"], 1, "nosuch"),
@@ -165,13 +172,10 @@ try:
     n = host.count(full)
     check(host.wait_line(full, n + 2), "target: the guest goes on verifying")
     no_verify_fail(host, "target")
-finally:
-    rc = host.stop()
-check(rc == 0, f"target: the host exits 0 on SIGTERM (got {rc})")
 
 # Inflating pages the guest used and freed (reporting off, so they stay resident) drops them.
-host, sock = start("inflate-rss", "kvmem.balloon.report=off kvmem.wl=size=768,then=free")
-try:
+with section("inflate-rss",
+             "kvmem.balloon.report=off kvmem.wl=size=768,then=free") as (host, sock):
     check(host.wait_line(r"^kvmem-wl: freed 768$"), "inflate-rss: the guest used and freed 768 MiB")
     check(policy_passes(sock), "inflate-rss: the policy measured the guest")
     r0 = vm(sock)["resident_bytes"]
@@ -190,14 +194,10 @@ try:
     check(policy_passes(sock) and vm(sock)["resident_bytes"] <= r0 - 0.9 * 768 * MIB,
           "inflate-rss: deflated pages cost the host nothing until the guest uses them")
     check(balloon(sock)["counters"]["reports"] == 0, "inflate-rss: nothing was reported")
-finally:
-    rc = host.stop()
-check(rc == 0, f"inflate-rss: the host exits 0 on SIGTERM (got {rc})")
 
 # --- 3. deflate-on-OOM --------------------------------------------------------------------
 
-host, sock = start("oom", "kvmem.wl=size=768,wait=balloon,verify=2")
-try:
+with section("oom", "kvmem.wl=size=768,wait=balloon,verify=2") as (host, sock):
     check(host.wait_line(r"^kvmem-wl: waiting for the balloon$"), "oom: the workload waits")
     set_target(sock, "256M", "oom")
     check(host.wait_line(r"^kvmem-wl: balloon holds 768 MiB, \d+ MiB free$"),
@@ -220,7 +220,4 @@ try:
     check(host.wait_line(r"^kvmem-wl: verify ok 196608$", 3), "oom: the guest goes on verifying")
     no_verify_fail(host, "oom")
     check(vm(sock)["state"] == "running", "oom: the VM is still running")
-finally:
-    rc = host.stop()
-check(rc == 0, f"oom: the host exits 0 on SIGTERM (got {rc})")
 finish()

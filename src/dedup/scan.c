@@ -517,21 +517,6 @@ enum wwhat {
 	W_HOLE,		/* unpopulated: populated with the zero page before the remap */
 };
 
-/* The frame with `hash` at slot `want`, or NULL. */
-static struct dedup_frame *frame_at(struct dedup *d, uint64_t hash, uint64_t want)
-{
-	struct cds_lfht_iter it;
-	struct dedup_frame *fr, *found = NULL;
-
-	urcu_memb_read_lock();
-	for (fr = dedup_index_stable_first(&d->ix, hash, &it); fr && !found;
-	     fr = dedup_index_stable_next(&d->ix, hash, &it))
-		if (fr->slot == want)
-			found = fr;
-	urcu_memb_read_unlock();
-	return found;
-}
-
 /* Give every claimed page of the window back unchanged. */
 static void window_unclaim(struct dedup_vm *v, uint64_t idx, struct wpage *w, unsigned int n,
 			   bool protected)
@@ -698,15 +683,17 @@ static void window_batch(struct dedup *d, struct dedup_vm *v, uint64_t idx, cons
 
 		if (p->prep != PREP_STABLE || p->what == W_ZERO)
 			continue;
+		/* One walk of the hash's frames: the first may set the extent, then find ours. */
 		urcu_memb_read_lock();
 		fr = dedup_index_stable_first(&d->ix, p->hash, &it);
-		urcu_memb_read_unlock();
-		if (!fr)
-			continue;
-		if (ext == DEDUP_NO_FRAME && fr->slot % DEDUP_EXT_PAGES == i)
+		if (fr && ext == DEDUP_NO_FRAME && fr->slot % DEDUP_EXT_PAGES == i)
 			ext = fr->slot / DEDUP_EXT_PAGES;
-		if (ext != DEDUP_NO_FRAME)
-			p->fr = frame_at(d, p->hash, (uint64_t)ext * DEDUP_EXT_PAGES + i);
+		for (; fr && ext != DEDUP_NO_FRAME; fr = dedup_index_stable_next(&d->ix, p->hash, &it))
+			if (fr->slot == (uint64_t)ext * DEDUP_EXT_PAGES + i) {
+				p->fr = fr;
+				break;
+			}
+		urcu_memb_read_unlock();
 		if (p->fr) {
 			p->what = W_FRAME;
 			gain++;

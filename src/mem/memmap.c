@@ -257,22 +257,37 @@ static int pagemap_fd = -1;
 static uint64_t zero_pfn;
 static pthread_once_t pagemap_once = PTHREAD_ONCE_INIT;
 
-/* The kernel's shared zero page has one PFN: learn it so it never counts as resident. */
+/*
+ * The kernel's shared zero page has one PFN: learn it so it never counts as
+ * resident. Some kernels never map it (a read of an untouched anonymous page
+ * allocates one, as with pvm_no_zero_page): two reads then give two PFNs, and
+ * there is no zero PFN to learn. Learning one anyway would single out a freed
+ * page that a guest may get back later.
+ */
 static void open_pagemap(void)
 {
-	void *p;
-	uint64_t e = 0;
+	uint64_t e[2] = { 0, 0 };
+	char *p;
 
 	pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	if (pagemap_fd < 0)
 		return;
-	p = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	p = mmap(NULL, 2 * 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED)
 		return;
 	(void)*(volatile char *)p;
-	if (pread(pagemap_fd, &e, 8, (off_t)((uintptr_t)p / 4096 * 8)) == 8 && (e & PM_PRESENT))
-		zero_pfn = e & PM_PFN_MASK;
-	munmap(p, 4096);
+	(void)*(volatile char *)(p + 4096);
+	if (pread(pagemap_fd, e, sizeof(e), (off_t)((uintptr_t)p / 4096 * 8)) == sizeof(e) &&
+	    (e[0] & PM_PRESENT) && (e[1] & PM_PRESENT) &&
+	    (e[0] & PM_PFN_MASK) == (e[1] & PM_PFN_MASK))
+		zero_pfn = e[0] & PM_PFN_MASK;
+	munmap(p, 2 * 4096);
+}
+
+bool memmap_kernel_zero_page(void)
+{
+	pthread_once(&pagemap_once, open_pagemap);
+	return zero_pfn != 0;
 }
 
 int64_t memmap_pagemap(const struct gm *gm, uint64_t idx, uint64_t n, uint64_t *entries)

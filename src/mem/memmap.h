@@ -46,6 +46,11 @@ uint64_t memmap_nr_pages(const struct gm *gm);
  * one region). Returns entries read or -errno.
  */
 int64_t memmap_pagemap(const struct gm *gm, uint64_t idx, uint64_t n, uint64_t *entries);
+/*
+ * True when this kernel maps its shared zero page on a read of untouched
+ * anonymous memory; false where every such read allocates a page.
+ */
+bool memmap_kernel_zero_page(void);
 /* True when a pagemap entry shows host memory (present, and not the shared zero page). */
 bool memmap_pm_resident(uint64_t entry);
 /* True when the entry maps a file or shared page (a dedup store frame). */

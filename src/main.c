@@ -20,11 +20,11 @@
 #include "core/layout.h"
 #include "core/log.h"
 #include "core/size.h"
-#include "core/cli.h"
-#include "core/cli_balloon.h"
-#include "core/control.h"
-#include "core/host.h"
-#include "core/statcli.h"
+#include "core/host/cli.h"
+#include "core/host/cli_balloon.h"
+#include "core/host/control.h"
+#include "core/host/host.h"
+#include "core/host/statcli.h"
 
 #ifndef KVMEM_GUEST_DEFAULT
 #define KVMEM_GUEST_DEFAULT "kvmem-guest.elf"

@@ -33,7 +33,7 @@
 #include <time.h>
 
 #include "core/alloc.h"
-#include "core/virtio_mmio.h"
+#include "core/virtio/virtio_mmio.h"
 #include "core/vm.h"
 #include "guest/abi.h"
 #include "mem/pagestate.h"

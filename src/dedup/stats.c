@@ -31,7 +31,7 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
-#include "core/control.h"
+#include "core/host/control.h"
 #include "core/log.h"
 #include "mem/memmap.h"
 #include "mem/overcommit.h"

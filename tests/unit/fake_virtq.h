@@ -11,7 +11,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "core/virtio_mmio.h"
+#include "core/virtio/virtio_mmio.h"
 #include "mem/gm.h"
 
 struct fake_vq {

@@ -17,7 +17,7 @@
 
 #include "balloon/balloon.h"
 #include "core/alloc.h"
-#include "core/virtio_mmio.h"
+#include "core/virtio/virtio_mmio.h"
 #include "fake_virtq.h"
 #include "mem/gm.h"
 #include "mem/memmap.h"

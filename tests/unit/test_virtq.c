@@ -17,8 +17,8 @@
 #include <cmocka.h>
 
 #include "core/alloc.h"
-#include "core/virtio_mmio.h"
-#include "core/virtq.h"
+#include "core/virtio/virtio_mmio.h"
+#include "core/virtio/virtq.h"
 #include "fake_virtq.h"
 #include "mem/gm.h"
 

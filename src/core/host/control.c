@@ -22,7 +22,7 @@
  * Everything else is control-thread only.
  */
 #define LOG_TAG "control"
-#include "core/control.h"
+#include "core/host/control.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -42,7 +42,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
-#include "core/host.h"
+#include "core/host/host.h"
 #include "core/size.h"
 #include "core/thread.h"
 

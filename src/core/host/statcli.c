@@ -18,7 +18,7 @@
  * Runs in the CLI process only (no VMM threads): printing to stdout is its job.
  */
 #define LOG_TAG "stat"
-#include "core/statcli.h"
+#include "core/host/statcli.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -31,8 +31,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/cli.h"
-#include "core/control.h"
+#include "core/host/cli.h"
+#include "core/host/control.h"
 #include "core/size.h"
 
 #define PAGE_BYTES 4096ULL

@@ -15,7 +15,7 @@
  * gm_read/gm_write copies.
  */
 #define LOG_TAG "virtq"
-#include "core/virtq.h"
+#include "core/virtio/virtq.h"
 
 #include <assert.h>
 #include <errno.h>

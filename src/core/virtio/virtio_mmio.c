@@ -16,7 +16,7 @@
  * Locks: vdev->lock only; device ops may take their own locks after it.
  */
 #define LOG_TAG "virtio"
-#include "core/virtio_mmio.h"
+#include "core/virtio/virtio_mmio.h"
 
 #include <errno.h>
 #include <inttypes.h>

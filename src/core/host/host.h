@@ -66,7 +66,7 @@ MUST_CHECK int host_create(const struct host_config *cfg, struct host **out);
 int host_run(struct host *h);
 void host_destroy(struct host *h);
 
-/* Control-socket verbs (core/control.c). Each returns a JSON reply (new ref). */
+/* Control-socket verbs (core/host/control.c). Each returns a JSON reply (new ref). */
 json_t *host_list_json(struct host *h);
 json_t *host_stats_json(struct host *h);
 /* pause/resume/stop one VM by name: 0, -ENOENT, or -EINVAL (wrong state). */

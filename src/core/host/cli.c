@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-#include "core/cli.h"
+#include "core/host/cli.h"
 
 #include <stdio.h>
 #include <unistd.h>

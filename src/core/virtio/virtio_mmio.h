@@ -35,7 +35,7 @@
 
 #include "core/bus.h"
 #include "core/log.h"
-#include "core/virtq.h"
+#include "core/virtio/virtq.h"
 #include "mem/gm.h"
 
 /* Register offsets, virtio 1.2 §4.2.2 table "MMIO Device Register Layout". */

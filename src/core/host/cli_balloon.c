@@ -5,14 +5,14 @@
  * command) or hand it back to the host's policy. A client of the control
  * socket's "balloon" verb; CLI process only.
  */
-#include "core/cli_balloon.h"
+#include "core/host/cli_balloon.h"
 
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "core/cli.h"
-#include "core/control.h"
+#include "core/host/cli.h"
+#include "core/host/control.h"
 #include "core/size.h"
 
 #define USAGE_HINT "see kvmem balloon --help"

@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
-#include "core/host.h"
+#include "core/host/host.h"
 #include "core/layout.h"
 #include "core/size.h"
 

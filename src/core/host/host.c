@@ -5,7 +5,7 @@
  * stops. Lock order: h->lock, then a VM's own lock (taken inside vm_*).
  */
 #define LOG_TAG "host"
-#include "core/host.h"
+#include "core/host/host.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -19,7 +19,7 @@
 
 #include "balloon/balloon.h"
 #include "core/alloc.h"
-#include "core/control.h"
+#include "core/host/control.h"
 #include "core/vm.h"
 #include "dedup/dedup.h"
 #include "mem/memmap.h"

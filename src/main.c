@@ -35,7 +35,8 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: kvmem run --mem SIZE [--cpus N] [--guest FILE] [--append CMDLINE]\n"
 		"                 [--budget SIZE] [--socket PATH] [--dedup on|off|ksm]\n"
-		"       kvmem host --config FILE.json [--socket PATH]\n"
+		"                 [--accel auto|kvm|thread]\n"
+		"       kvmem host --config FILE.json [--socket PATH] [--accel auto|kvm|thread]\n"
 		"       kvmem stat [--socket PATH] [--json] [--watch SECS]\n"
 		"       kvmem balloon --vm NAME (--target SIZE | --auto) [--socket PATH]\n"
 		"       kvmem --help | --version\n"
@@ -48,6 +49,8 @@ static void usage(FILE *f)
 		"  -b, --budget SIZE   host memory budget (default: MemAvailable at start)\n"
 		"  -s, --socket PATH   control socket (for kvmem stat)\n"
 		"  -d, --dedup MODE    page sharing: on (kvmem's scanner), off, ksm (host ksmd)\n"
+		"  -A, --accel NAME    what runs the guest: kvm (/dev/kvm), thread (host threads,\n"
+		"                      no isolation), auto (kvm when /dev/kvm opens; default)\n"
 		"  -v, --verbose       debug logging\n"
 		"\n"
 		"host    run the VMs of a JSON config under one memory budget (see README.md)\n",
@@ -128,6 +131,8 @@ static int run_host(struct host_config *cfg)
 
 	if (host_config_check(cfg, err, sizeof(err)))
 		return usage_error("%s", err);
+	if (host_config_resolve_accel(cfg, err, sizeof(err)))
+		return usage_error("%s", err);
 	if (!cfg->socket) {
 		/* Not owned: reset below so host_config_free never frees it. */
 		cfg->socket = (char *)KVMEM_DEFAULT_SOCKET;
@@ -160,6 +165,7 @@ static int cmd_run(int argc, char **argv)
 		{ "socket", required_argument, NULL, 's' },
 		{ "budget", required_argument, NULL, 'b' },
 		{ "dedup", required_argument, NULL, 'd' },
+		{ "accel", required_argument, NULL, 'A' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -171,7 +177,7 @@ static int cmd_run(int argc, char **argv)
 
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, ":m:c:g:a:s:b:d:vh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":m:c:g:a:s:b:d:A:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'm':
 			if (size_parse(optarg, &vm.mem_bytes) || vm.mem_bytes == 0)
@@ -195,6 +201,7 @@ static int cmd_run(int argc, char **argv)
 		}
 		case 'g':
 			vm.guest = optarg;
+			vm.guest_explicit = true;
 			break;
 		case 'a':
 			vm.append = optarg;
@@ -210,6 +217,10 @@ static int cmd_run(int argc, char **argv)
 			if (parse_dedup(optarg, &cfg.dedup))
 				return usage_error("--dedup %s: must be on, off or ksm", optarg);
 			break;
+		case 'A':
+			if (accel_parse(optarg, &cfg.accel))
+				return usage_error("--accel %s: must be auto, kvm or thread", optarg);
+			break;
 		default:
 			ret = common_option(c, argv);
 			if (ret != OPT_CONTINUE)
@@ -218,6 +229,7 @@ static int cmd_run(int argc, char **argv)
 	}
 	if (optind < argc)
 		return usage_error("%s: unexpected argument", argv[optind]);
+	cfg.default_guest = default_guest();
 	if (!have_mem)
 		return usage_error("%s", "run: --mem is required");
 	if (!vm.guest)
@@ -236,24 +248,32 @@ static int cmd_host(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "config", required_argument, NULL, 'f' },
 		{ "socket", required_argument, NULL, 's' },
+		{ "accel", required_argument, NULL, 'A' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct host_config cfg = { .policy_interval_s = 1.0 };
 	const char *path = NULL, *sock = NULL;
+	enum accel_kind accel = ACCEL_AUTO;
+	bool have_accel = false;
 	char err[512];
 	int c, ret;
 
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, ":f:s:vh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":f:s:A:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'f':
 			path = optarg;
 			break;
 		case 's':
 			sock = optarg;
+			break;
+		case 'A':
+			if (accel_parse(optarg, &accel))
+				return usage_error("--accel %s: must be auto, kvm or thread", optarg);
+			have_accel = true;
 			break;
 		default:
 			ret = common_option(c, argv);
@@ -275,6 +295,8 @@ static int cmd_host(int argc, char **argv)
 		free(cfg.socket);
 		cfg.socket = strdup(sock);
 	}
+	if (have_accel)
+		cfg.accel = accel;
 	if (!cfg.budget_bytes)
 		cfg.budget_bytes = host_default_budget();
 	ret = run_host(&cfg);

@@ -674,7 +674,7 @@ int balloon_create(struct vm *vm, const struct balloon_params *p,
 		log_err("%s: no device slot: %s", b->name, strerror(-ret));
 		goto out_destroy;
 	}
-	virtio_dev_attach_kvm(b->vdev, vm_kvm_fd(vm), gpa, gsi);
+	virtio_dev_attach(b->vdev, vm, gpa, gsi);
 	log_debug("%s: virtio-mmio at gpa 0x%" PRIx64 " gsi %u", b->name, gpa, gsi);
 	*out = b;
 	return 0;

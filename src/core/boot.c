@@ -16,8 +16,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/alloc.h"
 #include "core/layout.h"
 #include "core/log.h"
+#include "mem/memmap.h"
 
 static_assert(sizeof(struct abi_boot_params) <= LAYOUT_TSS - LAYOUT_BOOT_PARAMS,
 	      "boot params overflow their pages");
@@ -32,30 +34,19 @@ static_assert(LAYOUT_USTACKS + ABI_MAX_CPUS * LAYOUT_USTACK_SIZE <= LAYOUT_RESER
 #define PTE_US 0x4ULL
 #define PTE_PS 0x80ULL
 
-#define TSS_SIZE 104
+#define TSS_SIZE BOOT_TSS_SIZE
 #define TSS_STRIDE 128
 #define STUB_STRIDE 16
 #define STUB_COMMON (LAYOUT_IDT_STUBS + 32 * STUB_STRIDE)
 
-#define CR0_PE 0x1ULL
-#define CR0_MP 0x2ULL
-#define CR0_ET 0x10ULL
-#define CR0_NE 0x20ULL
-#define CR0_WP 0x10000ULL
-#define CR0_PG 0x80000000ULL
-#define CR4_PAE 0x20ULL
-#define CR4_OSFXSR 0x200ULL
-#define CR4_OSXMMEXCPT 0x400ULL
-#define EFER_LME 0x100ULL
-#define EFER_LMA 0x400ULL
-
 uint64_t boot_mapped_top(uint64_t ram_bytes)
 {
-	uint64_t top = LAYOUT_HIGH_RAM_BASE;
+	return memmap_phys_top(ram_bytes);
+}
 
-	if (ram_bytes > LAYOUT_LOW_RAM_MAX)
-		top += ram_bytes - LAYOUT_LOW_RAM_MAX;
-	return (top + (1ULL << 30) - 1) & ~((1ULL << 30) - 1);
+uint64_t boot_tss_gpa(unsigned int cpu)
+{
+	return LAYOUT_TSS + (uint64_t)cpu * TSS_STRIDE;
 }
 
 /*
@@ -102,7 +93,7 @@ static int build_gdt_tss(struct gm *gm, unsigned int ncpus)
 	gdt[ABI_SEL_USER_DS / 8] = seg_desc(0xf2, 0xc);	  /* P DPL3 data */
 	gdt[ABI_SEL_USER_CS / 8] = seg_desc(0xfa, 0xa);	  /* P DPL3 code, L */
 	for (unsigned int i = 0; i < ncpus; i++) {
-		uint64_t base = LAYOUT_TSS + (uint64_t)i * TSS_STRIDE;
+		uint64_t base = boot_tss_gpa(i);
 		uint8_t tss[TSS_SIZE] = { 0 };
 		uint64_t rsp0 = LAYOUT_KSTACKS + (uint64_t)(i + 1) * LAYOUT_KSTACK_SIZE;
 		uint16_t iomap = TSS_SIZE; /* no I/O bitmap: all port I/O faults */
@@ -206,53 +197,206 @@ static int load_fail(const char *path, const char *why)
 	return -ENOEXEC;
 }
 
-int boot_load_elf(struct gm *gm, const char *path, struct boot_image *out)
+/* What the loader keeps of an image's PT_LOAD and PT_DYNAMIC headers. */
+struct elf_image {
+	int fd;
+	const char *path;
+	uint64_t file_size;
+	unsigned int nr_load;
+	Elf64_Phdr load[BOOT_MAX_LOAD];
+	bool have_dynamic;
+	Elf64_Phdr dynamic;
+};
+
+/* File offset of the `len` bytes at virtual address va, if one segment's file part holds them. */
+static bool va_to_offset(const struct elf_image *im, uint64_t va, uint64_t len, uint64_t *off)
 {
+	for (unsigned int i = 0; i < im->nr_load; i++) {
+		const Elf64_Phdr *ph = &im->load[i];
+
+		if (va >= ph->p_vaddr && va - ph->p_vaddr <= ph->p_filesz &&
+		    len <= ph->p_filesz - (va - ph->p_vaddr)) {
+			*off = ph->p_offset + (va - ph->p_vaddr);
+			return true;
+		}
+	}
+	return false;
+}
+
+/* True when [va, va + 8) lies in one writable loaded segment. */
+static bool va_writable(const struct elf_image *im, uint64_t va)
+{
+	for (unsigned int i = 0; i < im->nr_load; i++) {
+		const Elf64_Phdr *ph = &im->load[i];
+
+		if ((ph->p_flags & PF_W) && va >= ph->p_vaddr && va - ph->p_vaddr <= ph->p_memsz &&
+		    ph->p_memsz - (va - ph->p_vaddr) >= 8)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Apply the relocations of a static-pie image loaded at its link addresses
+ * (guest-physical == link address): only R_X86_64_RELATIVE, each to a
+ * writable loaded place, with the phys offset as the load bias of the
+ * guest's virtual addresses. Anything that needs a dynamic linker is refused.
+ */
+static int relocate(struct gm *gm, const struct elf_image *im, uint64_t phys_offset)
+{
+	uint64_t rela = 0, relasz = 0, relaent = sizeof(Elf64_Rela), n, dyn_n, off;
+	bool have_rela = false;
+
+	if (!im->have_dynamic)
+		return 0;
+	if (im->dynamic.p_filesz % sizeof(Elf64_Dyn) || im->dynamic.p_offset > im->file_size ||
+	    im->file_size - im->dynamic.p_offset < im->dynamic.p_filesz)
+		return load_fail(im->path, "bad dynamic section");
+	dyn_n = im->dynamic.p_filesz / sizeof(Elf64_Dyn);
+	for (uint64_t i = 0; i < dyn_n; i++) {
+		Elf64_Dyn d;
+
+		if (pread(im->fd, &d, sizeof(d), (off_t)(im->dynamic.p_offset + i * sizeof(d))) !=
+		    sizeof(d))
+			return load_fail(im->path, "short read of the dynamic section");
+		switch (d.d_tag) {
+		case DT_NULL:
+			i = dyn_n;
+			break;
+		case DT_NEEDED:
+			return load_fail(im->path, "needs shared libraries (DT_NEEDED)");
+		case DT_TEXTREL:
+			return load_fail(im->path, "relocates its code (DT_TEXTREL)");
+		case DT_FLAGS:
+			if (d.d_un.d_val & DF_TEXTREL)
+				return load_fail(im->path, "relocates its code (DF_TEXTREL)");
+			break;
+		case DT_REL:
+		case DT_RELR:
+		case DT_JMPREL:
+			return load_fail(im->path, "relocation table other than RELA (REL, RELR or PLT)");
+		case DT_RELA:
+			rela = d.d_un.d_ptr;
+			have_rela = true;
+			break;
+		case DT_RELASZ:
+			relasz = d.d_un.d_val;
+			break;
+		case DT_RELAENT:
+			relaent = d.d_un.d_val;
+			break;
+		default:
+			break;
+		}
+	}
+	if (!have_rela || relasz == 0)
+		return 0;
+	if (relaent != sizeof(Elf64_Rela) || relasz % relaent)
+		return load_fail(im->path, "bad relocation table size");
+	n = relasz / relaent;
+	if (!va_to_offset(im, rela, relasz, &off))
+		return load_fail(im->path, "relocation table outside the loaded file");
+	for (uint64_t i = 0; i < n; i++) {
+		Elf64_Rela r;
+		int ret;
+
+		if (pread(im->fd, &r, sizeof(r), (off_t)(off + i * relaent)) != sizeof(r))
+			return load_fail(im->path, "short read of a relocation");
+		if (ELF64_R_TYPE(r.r_info) != R_X86_64_RELATIVE) {
+			log_err("%s: not a kvmem guest image: relocation type %u at 0x%llx (only "
+				"R_X86_64_RELATIVE is supported)", im->path,
+				(unsigned int)ELF64_R_TYPE(r.r_info), (unsigned long long)r.r_offset);
+			return -ENOEXEC;
+		}
+		if (!va_writable(im, r.r_offset)) {
+			log_err("%s: not a kvmem guest image: relocation at 0x%llx outside its "
+				"writable segments", im->path, (unsigned long long)r.r_offset);
+			return -ENOEXEC;
+		}
+		ret = gm_write_le64(gm, r.r_offset, (uint64_t)r.r_addend + phys_offset);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+int boot_load_elf(struct gm *gm, const char *path, uint64_t phys_offset, struct boot_image *out)
+{
+	struct elf_image im = { .path = path };
 	Elf64_Ehdr eh;
 	struct stat st;
 	gpa_t end = ABI_IMAGE_BASE;
 	bool entry_ok = false;
-	int fd, ret;
+	int ret;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	im.fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (im.fd < 0)
 		return -errno;
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+	if (fstat(im.fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		ret = load_fail(path, "not a regular file");
 		goto out_close;
 	}
-	if (pread(fd, &eh, sizeof(eh), 0) != (ssize_t)sizeof(eh) ||
+	im.file_size = (uint64_t)st.st_size;
+	if (pread(im.fd, &eh, sizeof(eh), 0) != (ssize_t)sizeof(eh) ||
 	    memcmp(eh.e_ident, ELFMAG, SELFMAG) || eh.e_ident[EI_CLASS] != ELFCLASS64 ||
 	    eh.e_ident[EI_DATA] != ELFDATA2LSB) {
 		ret = load_fail(path, "no ELF64 little-endian header");
 		goto out_close;
 	}
-	if (eh.e_machine != EM_X86_64 || eh.e_type != ET_EXEC) {
+	if (eh.e_machine != EM_X86_64 || (eh.e_type != ET_EXEC && eh.e_type != ET_DYN)) {
 		ret = load_fail(path, "not an x86-64 static executable");
 		goto out_close;
 	}
+	if (eh.e_type == ET_EXEC && phys_offset) {
+		ret = load_fail(path, "not position-independent: the thread accelerator runs it at "
+				      "a host address, which needs a static-pie image");
+		goto out_close;
+	}
 	if (eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum == 0 || eh.e_phnum > 64 ||
-	    eh.e_phoff > (uint64_t)st.st_size ||
-	    (uint64_t)st.st_size - eh.e_phoff < (uint64_t)eh.e_phnum * sizeof(Elf64_Phdr)) {
+	    eh.e_phoff > im.file_size ||
+	    im.file_size - eh.e_phoff < (uint64_t)eh.e_phnum * sizeof(Elf64_Phdr)) {
 		ret = load_fail(path, "bad program header table");
 		goto out_close;
 	}
 	for (unsigned int i = 0; i < eh.e_phnum; i++) {
 		Elf64_Phdr ph;
 
-		if (pread(fd, &ph, sizeof(ph), (off_t)(eh.e_phoff + i * sizeof(ph))) != sizeof(ph)) {
+		if (pread(im.fd, &ph, sizeof(ph), (off_t)(eh.e_phoff + i * sizeof(ph))) !=
+		    sizeof(ph)) {
 			ret = load_fail(path, "short read of a program header");
 			goto out_close;
 		}
-		if (ph.p_type == PT_INTERP || ph.p_type == PT_DYNAMIC) {
-			ret = load_fail(path, "dynamically linked");
+		if (ph.p_type == PT_INTERP) {
+			ret = load_fail(path, "dynamically linked (PT_INTERP)");
 			goto out_close;
+		}
+		if (ph.p_type == PT_TLS) {
+			ret = load_fail(path, "uses thread-local storage (PT_TLS)");
+			goto out_close;
+		}
+		if (ph.p_type == PT_DYNAMIC) {
+			if (eh.e_type == ET_EXEC || im.have_dynamic) {
+				ret = load_fail(path, "dynamically linked");
+				goto out_close;
+			}
+			im.dynamic = ph;
+			im.have_dynamic = true;
+			continue;
 		}
 		if (ph.p_type != PT_LOAD || ph.p_memsz == 0)
 			continue;
-		if (ph.p_filesz > ph.p_memsz || ph.p_offset > (uint64_t)st.st_size ||
-		    (uint64_t)st.st_size - ph.p_offset < ph.p_filesz) {
+		if (ph.p_filesz > ph.p_memsz || ph.p_offset > im.file_size ||
+		    im.file_size - ph.p_offset < ph.p_filesz) {
 			ret = load_fail(path, "segment outside the file");
+			goto out_close;
+		}
+		/* Guest-physical == link address: a static-pie image is linked at ABI_IMAGE_BASE too. */
+		if (ph.p_vaddr != ph.p_paddr) {
+			ret = load_fail(path, "segment with a virtual address other than its physical");
+			goto out_close;
+		}
+		if (im.nr_load == BOOT_MAX_LOAD) {
+			ret = load_fail(path, "too many loadable segments");
 			goto out_close;
 		}
 		if (ph.p_paddr < ABI_IMAGE_BASE || ph.p_paddr + ph.p_memsz < ph.p_paddr ||
@@ -264,8 +408,9 @@ int boot_load_elf(struct gm *gm, const char *path, struct boot_image *out)
 			ret = -EFAULT;
 			goto out_close;
 		}
+		im.load[im.nr_load++] = ph;
 		/* Fresh guest RAM is zero: bss needs no write (and stays untouched). */
-		ret = gm_copy_from_fd(gm, ph.p_paddr, fd, ph.p_offset, ph.p_filesz);
+		ret = gm_copy_from_fd(gm, ph.p_paddr, im.fd, ph.p_offset, ph.p_filesz);
 		if (ret)
 			goto out_close;
 		if (eh.e_entry >= ph.p_paddr && eh.e_entry < ph.p_paddr + ph.p_memsz &&
@@ -278,30 +423,38 @@ int boot_load_elf(struct gm *gm, const char *path, struct boot_image *out)
 		ret = load_fail(path, "entry point not in an executable segment");
 		goto out_close;
 	}
+	ret = relocate(gm, &im, phys_offset);
+	if (ret)
+		goto out_close;
 	out->entry = eh.e_entry;
 	out->image_end = (end + LAYOUT_PAGE_SIZE - 1) & ~(LAYOUT_PAGE_SIZE - 1);
 	ret = 0;
 out_close:
-	close(fd);
+	close(im.fd);
 	return ret;
 }
 
-int boot_write_params(struct gm *gm, const struct boot_image *img, unsigned int ncpus,
-		      uint64_t tsc_khz, const char *cmdline,
-		      const struct abi_device *devs, unsigned int nr_devs)
+int boot_write_params(struct gm *gm, const struct boot_image *img, const struct boot_info *bi)
 {
-	static struct abi_boot_params bp; /* 2.5 KiB: kept off the stack */
+	struct abi_boot_params *bp;
 	unsigned int n = 0;
+	int ret;
 
-	if (strlen(cmdline) >= ABI_MAX_CMDLINE || nr_devs > ABI_MAX_DEVICES)
+	if (strlen(bi->cmdline) >= ABI_MAX_CMDLINE || bi->nr_devs > ABI_MAX_DEVICES)
 		return -E2BIG;
-	memset(&bp, 0, sizeof(bp));
-	bp.magic = ABI_BOOT_MAGIC;
-	bp.version = ABI_VERSION;
-	bp.ncpus = ncpus;
-	bp.tsc_khz = tsc_khz;
-	bp.ram_bytes = gm_ram_bytes(gm);
-	bp.image_end = img->image_end;
+	/* 2.5 KiB: kept off the stack (VMs boot on several threads at once in a host). */
+	bp = kv_zalloc(sizeof(*bp));
+	if (!bp)
+		return -ENOMEM;
+	bp->magic = ABI_BOOT_MAGIC;
+	bp->version = ABI_VERSION;
+	bp->ncpus = bi->ncpus;
+	bp->tsc_khz = bi->tsc_khz;
+	bp->ram_bytes = gm_ram_bytes(gm);
+	bp->image_end = img->image_end;
+	bp->phys_offset = bi->phys_offset;
+	bp->mmio_call = bi->mmio_call;
+	bp->phys_top = memmap_phys_top(gm_ram_bytes(gm));
 	for (unsigned int i = 0; i < gm_nr_regions(gm); i++) {
 		gpa_t gpa;
 		uint64_t len;
@@ -313,70 +466,31 @@ int boot_write_params(struct gm *gm, const struct boot_image *img, unsigned int 
 			len -= img->image_end - gpa;
 			gpa = img->image_end;
 		}
-		bp.ranges[n].gpa = gpa;
-		bp.ranges[n].len = len;
+		bp->ranges[n].gpa = gpa;
+		bp->ranges[n].len = len;
 		n++;
 	}
-	bp.nr_ranges = n;
-	memcpy(bp.devices, devs, nr_devs * sizeof(*devs));
-	bp.nr_devices = nr_devs;
-	memcpy(bp.cmdline, cmdline, strlen(cmdline) + 1);
-	return gm_write(gm, LAYOUT_BOOT_PARAMS, &bp, sizeof(bp));
+	bp->nr_ranges = n;
+	if (bi->nr_devs)
+		memcpy(bp->devices, bi->devs, bi->nr_devs * sizeof(*bi->devs));
+	bp->nr_devices = bi->nr_devs;
+	memcpy(bp->cmdline, bi->cmdline, strlen(bi->cmdline) + 1);
+	ret = gm_write(gm, LAYOUT_BOOT_PARAMS, bp, sizeof(*bp));
+	kv_free(bp);
+	return ret;
 }
 
-static void set_seg(struct kvm_segment *s, uint16_t sel, uint8_t type, uint8_t dpl, bool code)
+void boot_vcpu_entry(struct accel_entry *e, unsigned int cpu, const struct boot_image *img,
+		     uint64_t phys_offset, bool user)
 {
-	memset(s, 0, sizeof(*s));
-	s->selector = sel;
-	s->base = 0;
-	s->limit = 0xffffffff;
-	s->type = type;
-	s->present = 1;
-	s->dpl = dpl;
-	s->s = 1;
-	s->g = 1;
-	s->l = code;
-	s->db = !code;
-}
-
-void boot_vcpu_sregs(struct kvm_sregs *s, unsigned int cpu)
-{
-	set_seg(&s->cs, ABI_SEL_KERNEL_CS, 0xb, 0, true);
-	set_seg(&s->ds, ABI_SEL_KERNEL_DS, 0x3, 0, false);
-	s->es = s->fs = s->gs = s->ss = s->ds;
-
-	memset(&s->tr, 0, sizeof(s->tr));
-	s->tr.selector = (uint16_t)(ABI_SEL_TSS0 + 16 * cpu);
-	s->tr.base = LAYOUT_TSS + (uint64_t)cpu * TSS_STRIDE;
-	s->tr.limit = TSS_SIZE - 1;
-	s->tr.type = 0xb; /* busy 64-bit TSS, as after ltr */
-	s->tr.present = 1;
-
-	memset(&s->ldt, 0, sizeof(s->ldt));
-	s->ldt.type = 0x2;
-	s->ldt.present = 1;
-	s->ldt.unusable = 1;
-
-	s->gdt.base = LAYOUT_GDT;
-	s->gdt.limit = ABI_SEL_TSS0 + 16 * ABI_MAX_CPUS - 1;
-	s->idt.base = LAYOUT_IDT;
-	s->idt.limit = 256 * 16 - 1;
-
-	s->cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
-	s->cr3 = LAYOUT_PGTABLE;
-	s->cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
-	s->efer = EFER_LME | EFER_LMA;
-}
-
-void boot_vcpu_regs(struct kvm_regs *r, unsigned int cpu, gpa_t entry)
-{
-	memset(r, 0, sizeof(*r));
-	r->rip = entry;
-	r->rsp = LAYOUT_KSTACKS + (uint64_t)(cpu + 1) * LAYOUT_KSTACK_SIZE;
-	r->rdi = cpu;
-	r->rsi = LAYOUT_BOOT_PARAMS;
-	r->rdx = LAYOUT_USTACKS + (uint64_t)(cpu + 1) * LAYOUT_USTACK_SIZE;
-	r->rflags = 0x2;
+	memset(e, 0, sizeof(*e));
+	e->rip = img->entry + phys_offset;
+	e->rdi = cpu;
+	e->rsi = LAYOUT_BOOT_PARAMS + phys_offset;
+	e->rdx = LAYOUT_USTACKS + (uint64_t)(cpu + 1) * LAYOUT_USTACK_SIZE + phys_offset;
+	e->rcx = phys_offset;
+	e->r8 = user ? ABI_ENTRY_USER : 0;
+	e->kstack = LAYOUT_KSTACKS + (uint64_t)(cpu + 1) * LAYOUT_KSTACK_SIZE;
 }
 
 const char *boot_exception_name(unsigned int vector)

@@ -1,17 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * VM lifecycle: KVM VM and vCPUs, guest RAM, devices, boot, and the state
- * machine shared with the vCPU threads (see vm.h). Lock order: vm->lock, then
- * vcpu->lock.
+ * VM lifecycle: guest RAM, the accelerator's machine and vCPUs, devices,
+ * boot, and the state machine shared with the vCPU threads (see vm.h). Lock
+ * order: vm->lock, then vcpu->lock.
  */
 #define LOG_TAG "vm"
 #include "core/vm.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <string.h>
-#include <sys/ioctl.h>
-#include <unistd.h>
 
 #include "core/alloc.h"
 #include "core/boot.h"
@@ -19,34 +16,6 @@
 #include "core/vcpu.h"
 #include "core/vm_internal.h"
 #include "mem/memmap.h"
-
-static int kvm_sys_fd = -1;
-static int kvm_sys_err;
-static pthread_once_t kvm_once = PTHREAD_ONCE_INIT;
-
-static void open_kvm(void)
-{
-	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-	int version;
-
-	if (fd < 0) {
-		kvm_sys_err = -errno;
-		return;
-	}
-	version = ioctl(fd, KVM_GET_API_VERSION, 0);
-	if (version != KVM_API_VERSION) {
-		close(fd);
-		kvm_sys_err = -ENOTSUP;
-		return;
-	}
-	kvm_sys_fd = fd;
-}
-
-int vm_kvm_system_fd(void)
-{
-	pthread_once(&kvm_once, open_kvm);
-	return kvm_sys_fd >= 0 ? kvm_sys_fd : kvm_sys_err;
-}
 
 int vm_add_device(struct vm *vm, uint32_t type, const struct bus_ops *ops, void *opaque,
 		  gpa_t *gpa, uint32_t *gsi)
@@ -92,70 +61,59 @@ int vm_add_device(struct vm *vm, uint32_t type, const struct bus_ops *ops, void 
 
 static int boot_guest(struct vm *vm)
 {
+	const struct accel_ops *a = vm->accel;
+	uint64_t offset = a->phys_offset(vm);
 	struct boot_image img;
-	int tsc_khz, ret;
+	struct boot_info bi;
+	int ret;
 
-	ret = boot_load_elf(vm->gm, vm->guest_path, &img);
+	ret = boot_load_elf(vm->gm, vm->guest_path, offset, &img);
 	if (ret) {
 		if (ret != -ENOEXEC)
 			log_err("cannot load guest %s: %s", vm->guest_path, strerror(-ret));
 		return ret;
 	}
-	ret = boot_build_tables(vm->gm, vm->ncpus);
+	ret = a->vm_boot(vm);
 	if (ret)
 		return ret;
-	tsc_khz = ioctl(vcpu_fd(vm->vcpus[0]), KVM_GET_TSC_KHZ, 0);
-	if (tsc_khz <= 0) {
-		log_err("KVM_GET_TSC_KHZ: %m");
-		return -EIO;
-	}
-	ret = boot_write_params(vm->gm, &img, vm->ncpus, (uint64_t)tsc_khz, vm->cmdline,
-				vm->devs, vm->nr_devs);
+	bi = (struct boot_info){
+		.ncpus = vm->ncpus,
+		.tsc_khz = a->tsc_khz(vm),
+		.cmdline = vm->cmdline,
+		.devs = vm->devs,
+		.nr_devs = vm->nr_devs,
+		.phys_offset = offset,
+		.mmio_call = a->mmio_call(vm),
+	};
+	ret = boot_write_params(vm->gm, &img, &bi);
 	if (ret) {
 		log_err("guest command line or device table too large");
 		return ret;
 	}
 	for (unsigned int i = 0; i < vm->ncpus; i++) {
-		struct kvm_sregs sregs;
-		struct kvm_regs regs;
-		int fd = vcpu_fd(vm->vcpus[i]);
+		struct accel_entry e;
 
-		if (ioctl(fd, KVM_GET_SREGS, &sregs) < 0)
-			return -errno;
-		boot_vcpu_sregs(&sregs, i);
-		boot_vcpu_regs(&regs, i, img.entry);
-		/* With a local APIC, vCPUs above 0 would wait for an INIT/SIPI: start them all. */
-		if (vm->irqchip) {
-			struct kvm_mp_state mp = { .mp_state = KVM_MP_STATE_RUNNABLE };
-
-			if (ioctl(fd, KVM_SET_MP_STATE, &mp) < 0)
-				return -errno;
-		}
-		if (ioctl(fd, KVM_SET_SREGS, &sregs) < 0 || ioctl(fd, KVM_SET_REGS, &regs) < 0) {
-			ret = -errno;
-			log_err("setting up vcpu %u registers: %m", i);
+		boot_vcpu_entry(&e, i, &img, offset, a->mmio_call(vm) != 0);
+		ret = a->vcpu_boot(vm->vcpus[i], &e);
+		if (ret)
 			return ret;
-		}
 	}
 	return 0;
 }
 
 int vm_create(const struct vm_params *p, struct vm **out)
 {
+	const struct accel_ops *accel = accel_ops(p->accel);
 	struct vm *vm;
-	int kvm, ret;
+	int ret;
 
-	if (!p->name || !p->guest_path || p->ncpus == 0 || p->ncpus > ABI_MAX_CPUS)
+	if (!p->name || !p->guest_path || p->ncpus == 0 || p->ncpus > ABI_MAX_CPUS || !accel)
 		return -EINVAL;
-	kvm = vm_kvm_system_fd();
-	if (kvm < 0) {
-		log_err("cannot open /dev/kvm: %s", strerror(-kvm));
-		return kvm;
-	}
 	vm = kv_zalloc(sizeof(*vm));
 	if (!vm)
 		return -ENOMEM;
-	vm->fd = -1;
+	vm->accel_kind = p->accel;
+	vm->accel = accel;
 	vm->name = kv_strdup(p->name);
 	vm->guest_path = kv_strdup(p->guest_path);
 	vm->cmdline = kv_strdup(p->cmdline ? p->cmdline : "");
@@ -168,30 +126,15 @@ int vm_create(const struct vm_params *p, struct vm **out)
 		ret = -ENOMEM;
 		goto out_destroy;
 	}
-	ret = memmap_create(p->mem_bytes, &vm->gm);
+	ret = memmap_create(p->mem_bytes, accel->exec_ram, &vm->gm);
 	if (ret) {
 		log_err("%s: cannot reserve %llu bytes of guest RAM: %s", p->name,
 			(unsigned long long)p->mem_bytes, strerror(-ret));
 		goto out_destroy;
 	}
-	vm->fd = ioctl(kvm, KVM_CREATE_VM, 0);
-	if (vm->fd < 0) {
-		ret = -errno;
-		log_err("KVM_CREATE_VM: %m");
-		goto out_destroy;
-	}
-	ret = memmap_register_kvm(vm->gm, vm->fd, 0, 0);
+	ret = accel->vm_init(vm);
 	if (ret)
 		goto out_destroy;
-	/*
-	 * An in-kernel irqchip lets virtio devices raise interrupts through
-	 * irqfd (a Linux driver waits for them; the kvmem guest polls). It must
-	 * exist before the vCPUs. Without one, devices fall back to no interrupts.
-	 */
-	if (ioctl(vm->fd, KVM_CREATE_IRQCHIP, 0) == 0)
-		vm->irqchip = true;
-	else
-		log_debug("%s: no in-kernel irqchip: %m", vm->name);
 	ret = console_create(vm, p->console_fd, p->console_prefix, p->console_log, &vm->console);
 	if (ret)
 		goto out_destroy;
@@ -345,8 +288,7 @@ void vm_destroy(struct vm *vm)
 		vcpu_destroy(vm->vcpus[i]);
 	if (vm->console)
 		console_destroy(vm->console);
-	if (vm->fd >= 0)
-		close(vm->fd);
+	vm->accel->vm_destroy(vm);
 	gm_destroy(vm->gm);
 	pthread_mutex_destroy(&vm->lock);
 	pthread_cond_destroy(&vm->cond);
@@ -369,9 +311,19 @@ struct gm *vm_gm(struct vm *vm)
 	return vm->gm;
 }
 
-int vm_kvm_fd(const struct vm *vm)
+const char *vm_accel_name(const struct vm *vm)
 {
-	return vm->fd;
+	return vm->accel->name;
+}
+
+int vm_ioeventfd(struct vm *vm, gpa_t addr, unsigned int len, int fd, bool assign)
+{
+	return vm->accel->ioeventfd(vm, addr, len, fd, assign);
+}
+
+int vm_irqfd(struct vm *vm, uint32_t gsi, int fd, bool assign)
+{
+	return vm->accel->irqfd(vm, gsi, fd, assign);
 }
 
 const char *vm_name(const struct vm *vm)

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * One KVM virtual machine: its guest RAM, vCPU threads, MMIO bus and the
- * kvmem devices (console, system control), booted with the kvmem guest or
- * another static ELF. Lifecycle: vm_create -> vm_start -> (vm_pause /
+ * One virtual machine: its guest RAM, vCPU threads, MMIO bus and the kvmem
+ * devices (console, system control), booted with the kvmem guest or another
+ * static ELF, its instructions run by an accelerator (core/accel/accel.h). Lifecycle: vm_create -> vm_start -> (vm_pause /
  * vm_resume)* -> vm_request_stop -> vm_wait -> vm_destroy. vm_request_stop,
  * vm_pause, vm_resume and the getters are safe from any thread.
  */
@@ -12,18 +12,20 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/accel/accel.h"
 #include "core/log.h"
 #include "mem/gm.h"
 
 struct vm;
 
 /* Exit statuses besides the guest's own power-off code. */
-#define VM_STATUS_VMM_ERROR 1	/* a KVM call failed */
+#define VM_STATUS_VMM_ERROR 1	/* a KVM call (or the accelerator) failed */
 #define VM_STATUS_STOPPED 0	/* stopped by the host (signal, control socket) */
 #define VM_STATUS_GUEST_CRASH 3	/* exception, triple fault or emulation failure */
 
 struct vm_params {
 	const char *name;	 /* shown in logs, console prefix, stats */
+	enum accel_kind accel;	 /* resolved: ACCEL_KVM or ACCEL_THREAD */
 	uint64_t mem_bytes;	 /* guest RAM, page multiple */
 	unsigned int ncpus;	 /* 1..ABI_MAX_CPUS */
 	const char *guest_path;	 /* static ELF64 to boot */
@@ -44,7 +46,7 @@ enum vm_state {
  * Create the VM and load its guest; nothing runs yet. Errors: -EINVAL for bad
  * parameters, -E2BIG for more RAM than the guest layout maps, -ENOMEM when the
  * host cannot reserve it, -ENOENT/-ENOEXEC for the guest image, or the errno
- * of a failed KVM call. Logs the reason.
+ * of a failed accelerator call. Logs the reason.
  */
 MUST_CHECK int vm_create(const struct vm_params *p, struct vm **out);
 /*
@@ -59,7 +61,7 @@ MUST_CHECK int vm_add_device(struct vm *vm, uint32_t type, const struct bus_ops 
 MUST_CHECK int vm_start(struct vm *vm);
 /* Ask the VM to stop with `status` (first request wins); returns at once. */
 void vm_request_stop(struct vm *vm, int status);
-/* Park every vCPU outside KVM_RUN; returns when all are parked. -EINVAL unless running. */
+/* Park every vCPU outside guest code; returns when all are parked. -EINVAL unless running. */
 MUST_CHECK int vm_pause(struct vm *vm);
 MUST_CHECK int vm_resume(struct vm *vm);
 /* Join the vCPU threads; returns the exit status. */
@@ -70,14 +72,21 @@ void vm_destroy(struct vm *vm);
 void vm_set_stop_notify(struct vm *vm, void (*fn)(void *arg, struct vm *vm), void *arg);
 
 struct gm *vm_gm(struct vm *vm);
-int vm_kvm_fd(const struct vm *vm);
+/* The accelerator the VM runs on ("kvm", "thread"). */
+const char *vm_accel_name(const struct vm *vm);
+/*
+ * Have a guest write of `len` bytes at addr only signal eventfd `fd` (no exit
+ * to the VMM), or stop that (assign false); raise interrupt line gsi when
+ * `fd` is written. -ENOTSUP where the accelerator has no such path (thread;
+ * kvm without an in-kernel irqchip): the device then sees the exit, and
+ * polls for interrupts.
+ */
+int vm_ioeventfd(struct vm *vm, gpa_t addr, unsigned int len, int fd, bool assign);
+int vm_irqfd(struct vm *vm, uint32_t gsi, int fd, bool assign);
 const char *vm_name(const struct vm *vm);
 enum vm_state vm_get_state(struct vm *vm);
 const char *vm_state_name(enum vm_state s);
 /* Exit status once stopped (meaningful after vm_wait). */
 int vm_exit_status(struct vm *vm);
-
-/* The host's /dev/kvm, opened once per process. Negative errno on failure. */
-int vm_kvm_system_fd(void);
 
 #endif

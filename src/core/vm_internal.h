@@ -1,10 +1,14 @@
 /* SPDX-License-Identifier: MIT */
-/* Private to src/core: the VM object shared by vm.c, vcpu.c and the kvmem devices. */
+/*
+ * Private to src/core: the VM and vCPU objects shared by vm.c, vcpu.c, the
+ * accelerators and the kvmem devices.
+ */
 #ifndef KVMEM_CORE_VM_INTERNAL_H
 #define KVMEM_CORE_VM_INTERNAL_H
 
 #include <pthread.h>
 
+#include "core/accel/accel.h"
 #include "core/bus.h"
 #include "core/vm.h"
 #include "guest/abi.h"
@@ -13,8 +17,9 @@ struct console;
 
 struct vm {
 	char *name;			/* immutable */
-	int fd;				/* KVM VM fd */
-	bool irqchip;			/* an in-kernel irqchip exists (irqfd works) */
+	enum accel_kind accel_kind;	/* resolved (never AUTO), immutable */
+	const struct accel_ops *accel;	/* immutable */
+	void *accel_vm;			/* the accelerator's own state */
 	struct gm *gm;			/* guest RAM, layout immutable */
 	unsigned int ncpus;		/* immutable */
 	uint64_t mem_bytes;		/* immutable */
@@ -39,7 +44,19 @@ struct vm {
 	void *stop_arg;
 };
 
-/* vCPU side of pause/stop: called by the vCPU loop between KVM_RUNs. */
+struct vcpu {
+	struct vm *vm;		/* owner, immutable */
+	unsigned int index;	/* immutable */
+	void *accel_vcpu;	/* the accelerator's own state */
+	pthread_t thread;
+	bool started;
+	pthread_mutex_t lock;	/* guards woken, started, exited */
+	pthread_cond_t cond;
+	bool woken;		/* a kick arrived while (or before) sleeping */
+	bool exited;		/* the thread is past its last use of itself: no more signals */
+};
+
+/* vCPU side of pause/stop: called by the vCPU loop between runs of guest code. */
 bool vm_vcpu_should_exit(struct vm *vm);
 void vm_vcpu_park_if_paused(struct vm *vm);
 void vm_vcpu_exited(struct vm *vm);

@@ -29,6 +29,10 @@
 #include "core/alloc.h"
 #include "core/log.h"
 
+#ifndef MFD_EXEC
+#define MFD_EXEC 0x0010U
+#endif
+
 #define GROW_EXT 64		/* extents added to the memfd size at a time (128 MiB) */
 #define MAP_BYTES (1ULL << 40)	/* the read-only view covers 1 TiB of store */
 #define MAX_EXT (UINT32_MAX / DEDUP_EXT_PAGES)
@@ -36,7 +40,15 @@
 int dedup_store_init(struct dedup_store *st)
 {
 	memset(st, 0, sizeof(*st));
-	st->fd = memfd_create("kvmem-dedup-store", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	/*
+	 * Executable: under the thread accelerator guests run their code from
+	 * store frames once identical code pages are merged, and a system with
+	 * vm.memfd_noexec set would otherwise seal the store against it. Kernels
+	 * before 6.3 know no MFD_EXEC (EINVAL) and make every memfd executable.
+	 */
+	st->fd = memfd_create("kvmem-dedup-store", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
+	if (st->fd < 0 && errno == EINVAL)
+		st->fd = memfd_create("kvmem-dedup-store", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (st->fd < 0)
 		return -errno;
 	/*

@@ -5,10 +5,28 @@
  * kvmem-specific MMIO devices (console, system control). Included by the
  * freestanding guest and by the VMM, so it may use only <stdint.h> types.
  *
- * Entry: the VMM starts every vCPU at the ELF entry point at CPL0 with
- *   rdi = vCPU index, rsi = gpa of struct abi_boot_params,
- *   rdx = top of this vCPU's CPL3 stack,
- * in 64-bit mode with guest RAM identity mapped and user-accessible.
+ * Guest-physical and guest-virtual addresses differ by a constant, the phys
+ * offset: 0 under the kvm accelerator (guest RAM identity mapped by the VMM's
+ * page tables), the host address of guest-physical 0 under the thread
+ * accelerator (the guest runs as host threads on the VMM's mapping of its
+ * RAM). Everything the guest hands a device (buffer addresses, queue rings,
+ * page frame numbers) is guest-physical; everything it dereferences is
+ * virtual. The image is position-independent and linked at ABI_IMAGE_BASE:
+ * the VMM loads it at guest-physical ABI_IMAGE_BASE and applies its
+ * R_X86_64_RELATIVE relocations with the phys offset.
+ *
+ * Entry: the VMM starts every vCPU at the ELF entry point (plus the phys
+ * offset) in 64-bit mode with
+ *   rdi = vCPU index,
+ *   rsi = virtual address of struct abi_boot_params,
+ *   rdx = virtual address of the top of this vCPU's CPL3 stack,
+ *   rcx = the phys offset (virtual minus guest-physical),
+ *   r8  = ABI_ENTRY_* flags.
+ * Without ABI_ENTRY_USER the vCPU is at CPL0 (kvm) with guest RAM identity
+ * mapped and user-accessible, and the guest drops to CPL3 itself; with it
+ * the vCPU already runs at user level (thread) and only switches stacks.
+ * The offset comes in a register because it cannot be read from a structure
+ * that is found through it.
  */
 #ifndef KVMEM_GUEST_ABI_H
 #define KVMEM_GUEST_ABI_H
@@ -16,7 +34,24 @@
 #include <stdint.h>
 
 #define ABI_BOOT_MAGIC 0x544f4f424d454d4bULL /* "KMEMBOOT" */
-#define ABI_VERSION 1
+#define ABI_VERSION 2
+
+/* Entry flags (r8). */
+#define ABI_ENTRY_USER 0x1	/* already at user level: no CPL0 drop */
+
+/*
+ * MMIO under the thread accelerator. When abi_boot_params.mmio_call is not 0
+ * a load or store to a device register cannot exit to the VMM (the guest is
+ * a host thread), so the guest calls the VMM instead, with the SysV x86-64
+ * calling convention:
+ *   uint64_t mmio_call(uint64_t gpa, uint64_t value, uint64_t op);
+ * op = access size in bytes (1, 2, 4 or 8) | ABI_MMIO_WRITE for a store.
+ * Returns the value read (zero-extended), 0 for a store. Caller-saved
+ * registers are clobbered as for any call; any stack alignment is fine (the
+ * VMM switches to a stack of its own). With mmio_call 0 (kvm) the guest uses
+ * plain loads and stores at the register's virtual address.
+ */
+#define ABI_MMIO_WRITE 0x100
 
 #define ABI_PAGE_SIZE 4096ULL
 
@@ -61,6 +96,9 @@ struct abi_boot_params {
 	uint64_t tsc_khz;	/* from KVM_GET_TSC_KHZ; rdtsc works at CPL3 */
 	uint64_t ram_bytes;	/* guest RAM configured, in bytes */
 	uint64_t image_end;	/* first gpa after the loaded image (page aligned) */
+	uint64_t phys_offset;	/* virtual minus guest-physical (also in rcx at entry) */
+	uint64_t mmio_call;	/* virtual address of the VMM's MMIO entry, or 0 */
+	uint64_t phys_top;	/* nothing (RAM, device, mapping) at or above this gpa */
 	uint32_t nr_ranges;
 	uint32_t nr_devices;
 	struct abi_mem_range ranges[ABI_MAX_RANGES];

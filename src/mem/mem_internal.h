@@ -26,6 +26,11 @@ struct gm {
 	int uffd;			/* userfaultfd over all regions, or -1 */
 	uint64_t *framemap;		/* bit per page: its VMA maps a store frame (atomic) */
 	uint64_t sample_hits;		/* writes to pages protected for sampling (atomic) */
+	int prot;			/* of every mapping of guest pages (PROT_EXEC under thread) */
+	uint8_t *phys_base;		/* host address of guest-physical 0 */
+	uint64_t phys_top;		/* end of the guest-physical span */
+	uint64_t reserve_start;		/* the VM's reservation, guard gaps included */
+	uint64_t reserve_len;
 };
 
 /* Host address of page index idx. */

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Guest RAM reservation and memslot registration. RAM is host virtual memory
- * that is mapped MAP_NORESERVE so an overcommitted host only pays for what
- * guests touch; it is never malloc'd.
+ * Guest RAM reservation. RAM is host virtual memory that is mapped
+ * MAP_NORESERVE so an overcommitted host only pays for what guests touch; it
+ * is never malloc'd.
  */
 #define LOG_TAG "memmap"
 #include "mem/memmap.h"
@@ -10,7 +10,6 @@
 #include <errno.h>
 #include <pthread.h>
 #include <fcntl.h>
-#include <linux/kvm.h>
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -24,10 +23,104 @@
 #include "mem/mem_internal.h"
 #include "mem/pagestate.h"
 
-static int map_region(struct gm_region *r, gpa_t gpa, uint64_t len, uint64_t first_index)
+/*
+ * Reservations of the VMs of this process, so placement can step over them
+ * without asking the kernel (and so a freed slot is found again: a VM's base
+ * must be predictable, since under the thread accelerator its guest's stacks
+ * and data hold host addresses and it can only resume at the same base).
+ */
+#define MAX_RESERVATIONS 4096
+
+static struct {
+	pthread_mutex_t lock;
+	unsigned int nr;
+	struct { uint64_t start, end; } r[MAX_RESERVATIONS];
+} arena = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+uint64_t memmap_phys_top(uint64_t ram_bytes)
 {
-	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	uint64_t top = LAYOUT_HIGH_RAM_BASE;
+
+	if (ram_bytes > LAYOUT_LOW_RAM_MAX)
+		top += ram_bytes - LAYOUT_LOW_RAM_MAX;
+	return (top + MEMMAP_GUARD - 1) & ~(MEMMAP_GUARD - 1);
+}
+
+/* First address at or after `at` where `len` bytes overlap no reservation of ours. */
+static uint64_t skip_reserved(uint64_t at, uint64_t len)
+{
+	bool moved = true;
+
+	while (moved) {
+		moved = false;
+		for (unsigned int i = 0; i < arena.nr; i++)
+			if (at < arena.r[i].end && arena.r[i].start < at + len) {
+				at = arena.r[i].end;
+				moved = true;
+			}
+	}
+	return at;
+}
+
+/*
+ * Reserve the VM's whole guest-physical span plus a guard gap on each side,
+ * PROT_NONE: the first free place in the arena, in creation order. Another
+ * mapping in the way (MAP_FIXED_NOREPLACE says EEXIST) moves us on a guard's
+ * length at a time.
+ */
+static int reserve(uint64_t len, uint64_t *out)
+{
+	uint64_t at = MEMMAP_ARENA_START;
+	int ret = -ENOMEM;
+
+	pthread_mutex_lock(&arena.lock);
+	while (arena.nr < MAX_RESERVATIONS) {
+		void *p;
+
+		at = skip_reserved(at, len);
+		if (at + len > MEMMAP_ARENA_END)
+			break;
+		p = mmap((void *)(uintptr_t)at, len, PROT_NONE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+		if (p == (void *)(uintptr_t)at) {
+			arena.r[arena.nr].start = at;
+			arena.r[arena.nr].end = at + len;
+			arena.nr++;
+			*out = at;
+			ret = 0;
+			break;
+		}
+		if (p != MAP_FAILED) {
+			/* A kernel without MAP_FIXED_NOREPLACE treats it as a hint. */
+			munmap(p, len);
+		} else if (errno != EEXIST) {
+			ret = -errno;
+			break;
+		}
+		at += MEMMAP_GUARD;
+	}
+	pthread_mutex_unlock(&arena.lock);
+	return ret;
+}
+
+static void unreserve(uint64_t start, uint64_t len)
+{
+	munmap((void *)(uintptr_t)start, len);
+	pthread_mutex_lock(&arena.lock);
+	for (unsigned int i = 0; i < arena.nr; i++)
+		if (arena.r[i].start == start) {
+			arena.r[i] = arena.r[--arena.nr];
+			break;
+		}
+	pthread_mutex_unlock(&arena.lock);
+}
+
+static int map_region(struct gm *gm, struct gm_region *r, gpa_t gpa, uint64_t len,
+		      uint64_t first_index)
+{
+	uint8_t *want = gm->phys_base + gpa;
+	void *p = mmap(want, len, gm->prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
+		       -1, 0);
 
 	if (p == MAP_FAILED)
 		return -ENOMEM;
@@ -40,10 +133,10 @@ static int map_region(struct gm_region *r, gpa_t gpa, uint64_t len, uint64_t fir
 	return 0;
 }
 
-int memmap_create(uint64_t ram_bytes, struct gm **out)
+int memmap_create(uint64_t ram_bytes, bool exec, struct gm **out)
 {
 	struct gm *gm;
-	uint64_t low;
+	uint64_t low, base = 0;
 	int ret;
 
 	if (ram_bytes == 0 || ram_bytes % LAYOUT_PAGE_SIZE)
@@ -56,6 +149,8 @@ int memmap_create(uint64_t ram_bytes, struct gm **out)
 	if (!gm)
 		return -ENOMEM;
 	gm->uffd = -1;
+	gm->prot = PROT_READ | PROT_WRITE | (exec ? PROT_EXEC : 0);
+	gm->phys_top = memmap_phys_top(ram_bytes);
 	ret = pagestate_create(ram_bytes / LAYOUT_PAGE_SIZE, &gm->ps);
 	if (ret)
 		goto out_free;
@@ -64,24 +159,30 @@ int memmap_create(uint64_t ram_bytes, struct gm **out)
 		ret = -ENOMEM;
 		goto out_free;
 	}
-	low = ram_bytes < LAYOUT_LOW_RAM_MAX ? ram_bytes : LAYOUT_LOW_RAM_MAX;
-	ret = map_region(&gm->regions[0], 0, low, 0);
+	gm->reserve_len = gm->phys_top + 2 * MEMMAP_GUARD;
+	ret = reserve(gm->reserve_len, &base);
 	if (ret)
 		goto out_free;
+	gm->reserve_start = base;
+	gm->phys_base = (uint8_t *)(uintptr_t)(base + MEMMAP_GUARD);
+	low = ram_bytes < LAYOUT_LOW_RAM_MAX ? ram_bytes : LAYOUT_LOW_RAM_MAX;
+	ret = map_region(gm, &gm->regions[0], 0, low, 0);
+	if (ret)
+		goto out_unreserve;
 	gm->nr_regions = 1;
 	if (ram_bytes > low) {
-		ret = map_region(&gm->regions[1], LAYOUT_HIGH_RAM_BASE, ram_bytes - low,
+		ret = map_region(gm, &gm->regions[1], LAYOUT_HIGH_RAM_BASE, ram_bytes - low,
 				 low / LAYOUT_PAGE_SIZE);
 		if (ret)
-			goto out_unmap;
+			goto out_unreserve;
 		gm->nr_regions = 2;
 	}
 	gm->ram_bytes = ram_bytes;
 	*out = gm;
 	return 0;
 
-out_unmap:
-	munmap(gm->regions[0].hva, gm->regions[0].len);
+out_unreserve:
+	unreserve(gm->reserve_start, gm->reserve_len);
 out_free:
 	kv_free(gm->framemap);
 	pagestate_destroy(gm->ps);
@@ -91,15 +192,26 @@ out_free:
 
 int gm_create_anon(uint64_t bytes, struct gm **out)
 {
-	return memmap_create(bytes, out);
+	return memmap_create(bytes, false, out);
+}
+
+uint8_t *memmap_phys_base(const struct gm *gm)
+{
+	return gm->phys_base;
+}
+
+uint64_t memmap_span(const struct gm *gm)
+{
+	return gm->phys_top;
 }
 
 void gm_destroy(struct gm *gm)
 {
 	if (!gm)
 		return;
-	for (unsigned int i = 0; i < gm->nr_regions; i++)
-		munmap(gm->regions[i].hva, gm->regions[i].len);
+	/* The regions, remapped windows and frames all lie inside the reservation. */
+	if (gm->reserve_len)
+		unreserve(gm->reserve_start, gm->reserve_len);
 	if (gm->uffd >= 0)
 		close(gm->uffd);
 	pagestate_destroy(gm->ps);
@@ -203,29 +315,6 @@ uint8_t *gm_page_hva(const struct gm *gm, uint64_t idx)
 	const struct gm_region *r = index_region(gm, idx);
 
 	return r->hva + ((idx - r->first_pfn_index) << LAYOUT_PAGE_SHIFT);
-}
-
-int memmap_register_kvm(struct gm *gm, int vm_fd, uint32_t first_slot, uint32_t flags)
-{
-	for (unsigned int i = 0; i < gm->nr_regions; i++) {
-		struct kvm_userspace_memory_region mr = {
-			.slot = first_slot + i,
-			.flags = flags,
-			.guest_phys_addr = gm->regions[i].gpa,
-			.memory_size = gm->regions[i].len,
-			.userspace_addr = (uint64_t)(uintptr_t)gm->regions[i].hva,
-		};
-
-		if (ioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, &mr) < 0) {
-			int err = errno;
-
-			log_err("memslot %u (gpa 0x%llx, %llu bytes): %m", mr.slot,
-				(unsigned long long)mr.guest_phys_addr,
-				(unsigned long long)mr.memory_size);
-			return -err;
-		}
-	}
-	return 0;
 }
 
 int64_t memmap_page_index(const struct gm *gm, gpa_t gpa)

@@ -1,8 +1,24 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Creation of a VM's guest RAM: anonymous private memory (MAP_NORESERVE),
- * split around the MMIO hole (see core/layout.h), and its registration with
- * KVM as memslots. The regions never move or resize after creation.
+ * split around the MMIO hole (see core/layout.h). The regions never move or
+ * resize after creation.
+ *
+ * Each VM's guest-physical space is one contiguous reservation of host
+ * address space: guest-physical X lives at host address phys_base + X, the
+ * MMIO hole and everything up to the top of the span stay PROT_NONE, and a
+ * PROT_NONE guard gap of MEMMAP_GUARD lies on each side. Under the thread
+ * accelerator the guest runs on this mapping itself, so a guest that runs off
+ * its RAM faults instead of writing into a neighbour, and a constant offset
+ * turns its guest-physical addresses into pointers.
+ *
+ * Reservations come from a fixed arena, first fit in creation order, so a
+ * VM's base is predictable. The arena lies above the AddressSanitizer shadow
+ * (which ends below 0x100080000000) and below every address the kernel gives
+ * the executable, the libraries and the stacks (ASLR puts them from
+ * 0x550000000000 up; even the legacy mmap layout starts at a third of the
+ * address space, 0x2aaaaaaab000). The thread accelerator relies on the last
+ * part: all host code lies above MEMMAP_ARENA_END, guest code below it.
  */
 #ifndef KVMEM_MEM_MEMMAP_H
 #define KVMEM_MEM_MEMMAP_H
@@ -11,12 +27,26 @@
 
 #include "mem/gm.h"
 
+#define MEMMAP_ARENA_START 0x110000000000ULL
+#define MEMMAP_ARENA_END 0x2a0000000000ULL
+#define MEMMAP_GUARD (1ULL << 30)
+
 /*
- * Reserve `ram_bytes` of guest RAM (page multiple, > 0). -EINVAL for a size
- * of 0 or not page aligned, -E2BIG above what the guest layout can map,
- * -ENOMEM when the host cannot reserve the address space.
+ * Reserve `ram_bytes` of guest RAM (page multiple, > 0), executable by host
+ * threads when `exec` (the thread accelerator runs guest code in it). -EINVAL
+ * for a size of 0 or not page aligned, -E2BIG above what the guest layout can
+ * map, -ENOMEM when the host cannot reserve the address space.
  */
-int memmap_create(uint64_t ram_bytes, struct gm **out);
+int memmap_create(uint64_t ram_bytes, bool exec, struct gm **out);
+/*
+ * Top of the guest-physical span for `ram_bytes` of RAM: RAM, the MMIO hole
+ * and nothing else lie below it; 1 GiB aligned.
+ */
+uint64_t memmap_phys_top(uint64_t ram_bytes);
+/* Host address of guest-physical 0 (fixed for the VM's life). */
+uint8_t *memmap_phys_base(const struct gm *gm);
+/* Size of the guest-physical span, memmap_phys_top of its RAM. */
+uint64_t memmap_span(const struct gm *gm);
 /*
  * Give gm a userfaultfd with all RAM registered in write-protect mode, so
  * reclaim can hold guest writes to a page while it works on it (mem/uffd.h).
@@ -30,9 +60,6 @@ int memmap_enable_uffd(struct gm *gm);
 int memmap_set_mergeable(struct gm *gm);
 /* The VM's page-state map. */
 struct pagestate *memmap_pagestate(struct gm *gm);
-
-/* Register every region as a KVM memslot, slots first_slot.. ; flags are KVM_MEM_*. */
-int memmap_register_kvm(struct gm *gm, int vm_fd, uint32_t first_slot, uint32_t flags);
 
 /* Page index (0..gm_nr_pages-1) of a RAM gpa, or -1 when gpa is outside RAM. */
 int64_t memmap_page_index(const struct gm *gm, gpa_t gpa);

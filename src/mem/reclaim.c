@@ -92,7 +92,7 @@ int mem_range_populate(struct gm *gm, uint64_t idx, uint64_t n)
 static int remap_anon(struct gm *gm, uint64_t idx, uint64_t n)
 {
 	void *hva = gm_page_hva(gm, idx);
-	void *p = mmap(hva, n * GM_PAGE_SIZE, PROT_READ | PROT_WRITE,
+	void *p = mmap(hva, n * GM_PAGE_SIZE, gm->prot,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
 
 	if (p == MAP_FAILED)
@@ -125,7 +125,7 @@ int mem_page_drop(struct gm *gm, uint64_t idx)
 int mem_page_map_frame(struct gm *gm, uint64_t idx, int fd, uint64_t off)
 {
 	void *hva = gm_page_hva(gm, idx);
-	void *p = mmap(hva, GM_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd,
+	void *p = mmap(hva, GM_PAGE_SIZE, gm->prot, MAP_PRIVATE | MAP_FIXED, fd,
 		       (off_t)off);
 
 	if (p == MAP_FAILED)
@@ -199,7 +199,7 @@ int mem_window_map(struct gm *gm, uint64_t idx, uint64_t n, int fd, uint64_t off
 	if (gm->uffd < 0)
 		return -ENOSYS;
 	old = gm_page_hva(gm, idx);
-	s = mmap(NULL, n * GM_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, (off_t)off);
+	s = mmap(NULL, n * GM_PAGE_SIZE, gm->prot, MAP_PRIVATE, fd, (off_t)off);
 	if (s == MAP_FAILED)
 		return -errno;
 	madvise(s, n * GM_PAGE_SIZE, MADV_NOHUGEPAGE);

@@ -2,7 +2,8 @@
 /*
  * The builders of the guest's boot state, run against anonymous guest memory
  * (no KVM): page tables, GDT/TSS, IDT and its exception stubs, the
- * boot-parameters page, and the ELF loader's refusals.
+ * boot-parameters page, where vCPUs enter, and the ELF loader: its refusals
+ * and the relocation of a static-pie image.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -15,10 +16,12 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <elf.h>
 
 #include "core/boot.h"
 #include "core/layout.h"
 #include "mem/gm.h"
+#include "mem/memmap.h"
 
 static uint64_t rd64(struct gm *gm, gpa_t gpa)
 {
@@ -143,10 +146,14 @@ static void test_boot_params_list_ram_above_the_image_and_the_devices(void **sta
 	struct boot_image img = { .entry = ABI_IMAGE_BASE, .image_end = ABI_IMAGE_BASE + 0x5000 };
 	struct abi_device dev = { ABI_DEV_CONSOLE, 0, LAYOUT_MMIO_CONSOLE, 4096 };
 	struct gm *gm;
+	struct boot_info bi = {
+		.ncpus = 2, .tsc_khz = 2500000, .cmdline = "kvmem.wl=size=1", .devs = &dev,
+		.nr_devs = 1, .phys_offset = 0x123000000000ULL, .mmio_call = 0x5555000ULL,
+	};
 
 	(void)state;
 	assert_int_equal(gm_create_anon(4ULL << 30, &gm), 0);
-	assert_int_equal(boot_write_params(gm, &img, 2, 2500000, "kvmem.wl=size=1", &dev, 1), 0);
+	assert_int_equal(boot_write_params(gm, &img, &bi), 0);
 	assert_int_equal(gm_read(gm, LAYOUT_BOOT_PARAMS, &bp, sizeof(bp)), 0);
 	assert_int_equal(bp.magic, ABI_BOOT_MAGIC);
 	assert_int_equal(bp.ncpus, 2);
@@ -159,6 +166,11 @@ static void test_boot_params_list_ram_above_the_image_and_the_devices(void **sta
 	assert_int_equal(bp.nr_devices, 1);
 	assert_int_equal(bp.devices[0].gpa, LAYOUT_MMIO_CONSOLE);
 	assert_string_equal(bp.cmdline, "kvmem.wl=size=1");
+	assert_int_equal(bp.version, ABI_VERSION);
+	assert_int_equal(bp.phys_offset, bi.phys_offset);
+	assert_int_equal(bp.mmio_call, bi.mmio_call);
+	/* Above RAM (which ends at 5 GiB here): nothing at all. */
+	assert_int_equal(bp.phys_top, 5ULL << 30);
 	gm_destroy(gm);
 }
 
@@ -166,13 +178,14 @@ static void test_boot_params_reject_an_oversized_command_line(void **state)
 {
 	struct boot_image img = { ABI_IMAGE_BASE, ABI_IMAGE_BASE + 0x1000 };
 	char *big = malloc(ABI_MAX_CMDLINE + 1);
+	struct boot_info bi = { .ncpus = 1, .tsc_khz = 1, .cmdline = big };
 	struct gm *gm;
 
 	(void)state;
 	memset(big, 'x', ABI_MAX_CMDLINE);
 	big[ABI_MAX_CMDLINE] = '\0';
 	assert_int_equal(gm_create_anon(16 << 20, &gm), 0);
-	assert_int_equal(boot_write_params(gm, &img, 1, 1, big, NULL, 0), -E2BIG);
+	assert_int_equal(boot_write_params(gm, &img, &bi), -E2BIG);
 	free(big);
 	gm_destroy(gm);
 }
@@ -199,13 +212,205 @@ static void test_boot_elf_loader_refuses_what_is_not_a_static_x86_64_image(void 
 	close(fd);
 	assert_int_equal(gm_create_anon(16 << 20, &gm), 0);
 	write_file(path, "#!/bin/sh\n", 10);
-	assert_int_equal(boot_load_elf(gm, path, &img), -ENOEXEC);
+	assert_int_equal(boot_load_elf(gm, path, 0, &img), -ENOEXEC);
 	/* ELF64 header with e_type 0 and no program headers. */
 	write_file(path, hdr, sizeof(hdr));
-	assert_int_equal(boot_load_elf(gm, path, &img), -ENOEXEC);
-	assert_int_equal(boot_load_elf(gm, "/nonexistent", &img), -ENOENT);
+	assert_int_equal(boot_load_elf(gm, path, 0, &img), -ENOEXEC);
+	assert_int_equal(boot_load_elf(gm, "/nonexistent", 0, &img), -ENOENT);
 	unlink(path);
 	gm_destroy(gm);
+}
+
+/*
+ * A minimal static-pie image: one RWX PT_LOAD at ABI_IMAGE_BASE holding the
+ * headers, a dynamic section and its RELA table, then a data area the
+ * relocations write to; and a PT_DYNAMIC. Relocation i targets
+ * data + 8 * i with addend ABI_IMAGE_BASE + 0x100 * i.
+ */
+#define PIE_NRELA 3
+#define PIE_DYN_OFF 0x200
+#define PIE_RELA_OFF 0x300
+#define PIE_DATA_OFF 0x400
+#define PIE_SIZE 0x1000
+
+struct pie {
+	uint8_t b[PIE_SIZE];
+};
+
+static Elf64_Rela *pie_rela(struct pie *p, unsigned int i)
+{
+	return (Elf64_Rela *)(p->b + PIE_RELA_OFF) + i;
+}
+
+static void pie_build(struct pie *p)
+{
+	Elf64_Ehdr *eh = (Elf64_Ehdr *)p->b;
+	Elf64_Phdr *ph = (Elf64_Phdr *)(p->b + sizeof(*eh));
+	Elf64_Dyn *dyn = (Elf64_Dyn *)(p->b + PIE_DYN_OFF);
+
+	memset(p, 0, sizeof(*p));
+	memcpy(eh->e_ident, ELFMAG, SELFMAG);
+	eh->e_ident[EI_CLASS] = ELFCLASS64;
+	eh->e_ident[EI_DATA] = ELFDATA2LSB;
+	eh->e_ident[EI_VERSION] = EV_CURRENT;
+	eh->e_type = ET_DYN;
+	eh->e_machine = EM_X86_64;
+	eh->e_version = EV_CURRENT;
+	eh->e_entry = ABI_IMAGE_BASE + PIE_DATA_OFF;
+	eh->e_phoff = sizeof(*eh);
+	eh->e_ehsize = sizeof(*eh);
+	eh->e_phentsize = sizeof(*ph);
+	eh->e_phnum = 2;
+	ph[0] = (Elf64_Phdr){ .p_type = PT_LOAD, .p_flags = PF_R | PF_W | PF_X, .p_offset = 0,
+			      .p_vaddr = ABI_IMAGE_BASE, .p_paddr = ABI_IMAGE_BASE,
+			      .p_filesz = PIE_SIZE, .p_memsz = PIE_SIZE, .p_align = 4096 };
+	ph[1] = (Elf64_Phdr){ .p_type = PT_DYNAMIC, .p_flags = PF_R | PF_W,
+			      .p_offset = PIE_DYN_OFF, .p_vaddr = ABI_IMAGE_BASE + PIE_DYN_OFF,
+			      .p_paddr = ABI_IMAGE_BASE + PIE_DYN_OFF,
+			      .p_filesz = 4 * sizeof(*dyn), .p_memsz = 4 * sizeof(*dyn) };
+	dyn[0] = (Elf64_Dyn){ .d_tag = DT_RELA, .d_un.d_ptr = ABI_IMAGE_BASE + PIE_RELA_OFF };
+	dyn[1] = (Elf64_Dyn){ .d_tag = DT_RELASZ, .d_un.d_val = PIE_NRELA * sizeof(Elf64_Rela) };
+	dyn[2] = (Elf64_Dyn){ .d_tag = DT_RELAENT, .d_un.d_val = sizeof(Elf64_Rela) };
+	dyn[3] = (Elf64_Dyn){ .d_tag = DT_NULL };
+	for (unsigned int i = 0; i < PIE_NRELA; i++)
+		*pie_rela(p, i) = (Elf64_Rela){
+			.r_offset = ABI_IMAGE_BASE + PIE_DATA_OFF + 8 * i,
+			.r_info = ELF64_R_INFO(0, R_X86_64_RELATIVE),
+			.r_addend = (Elf64_Sxword)(ABI_IMAGE_BASE + 0x100 * i),
+		};
+}
+
+/* Load p from a file with phys_offset; returns boot_load_elf's result. */
+static int pie_load(struct gm *gm, const struct pie *p, uint64_t phys_offset)
+{
+	char path[] = "/tmp/kvmem-test-pie-XXXXXX";
+	struct boot_image img;
+	int fd = mkstemp(path), ret;
+
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, p, sizeof(*p)), sizeof(*p));
+	close(fd);
+	ret = boot_load_elf(gm, path, phys_offset, &img);
+	unlink(path);
+	if (!ret)
+		assert_int_equal(img.entry, ABI_IMAGE_BASE + PIE_DATA_OFF);
+	return ret;
+}
+
+static void test_boot_elf_loader_relocates_a_static_pie_by_the_phys_offset(void **state)
+{
+	const uint64_t offset = 0x123400000000ULL;
+	struct pie p;
+	struct gm *gm;
+
+	(void)state;
+	pie_build(&p);
+	assert_int_equal(gm_create_anon(16 << 20, &gm), 0);
+	assert_int_equal(pie_load(gm, &p, offset), 0);
+	for (unsigned int i = 0; i < PIE_NRELA; i++)
+		assert_int_equal(rd64(gm, ABI_IMAGE_BASE + PIE_DATA_OFF + 8 * i),
+				 offset + ABI_IMAGE_BASE + 0x100 * i);
+	/* Under kvm the offset is 0: every pointer is its link address. */
+	assert_int_equal(pie_load(gm, &p, 0), 0);
+	assert_int_equal(rd64(gm, ABI_IMAGE_BASE + PIE_DATA_OFF + 8), ABI_IMAGE_BASE + 0x100);
+	gm_destroy(gm);
+}
+
+static void test_boot_elf_loader_refuses_what_needs_a_dynamic_linker(void **state)
+{
+	Elf64_Dyn *dyn;
+	struct pie p;
+	struct gm *gm;
+
+	(void)state;
+	assert_int_equal(gm_create_anon(16 << 20, &gm), 0);
+	/* Any relocation type but R_X86_64_RELATIVE. */
+	pie_build(&p);
+	pie_rela(&p, 1)->r_info = ELF64_R_INFO(1, R_X86_64_64);
+	assert_int_equal(pie_load(gm, &p, 0x1000000000ULL), -ENOEXEC);
+	pie_build(&p);
+	pie_rela(&p, 2)->r_info = ELF64_R_INFO(0, R_X86_64_NONE);
+	assert_int_equal(pie_load(gm, &p, 0), -ENOEXEC);
+	/* A relocation outside the image, and one at its very end (8 bytes do not fit). */
+	pie_build(&p);
+	pie_rela(&p, 0)->r_offset = ABI_IMAGE_BASE + (16 << 20);
+	assert_int_equal(pie_load(gm, &p, 0), -ENOEXEC);
+	pie_build(&p);
+	pie_rela(&p, 0)->r_offset = ABI_IMAGE_BASE + PIE_SIZE - 4;
+	assert_int_equal(pie_load(gm, &p, 0), -ENOEXEC);
+	/* A relocation table that claims to run past the file. */
+	pie_build(&p);
+	dyn = (Elf64_Dyn *)(p.b + PIE_DYN_OFF);
+	dyn[1].d_un.d_val = 1000 * sizeof(Elf64_Rela);
+	assert_int_equal(pie_load(gm, &p, 0), -ENOEXEC);
+	/* Shared libraries, text relocations. */
+	pie_build(&p);
+	dyn = (Elf64_Dyn *)(p.b + PIE_DYN_OFF);
+	dyn[2] = (Elf64_Dyn){ .d_tag = DT_NEEDED, .d_un.d_val = 1 };
+	assert_int_equal(pie_load(gm, &p, 0), -ENOEXEC);
+	pie_build(&p);
+	dyn = (Elf64_Dyn *)(p.b + PIE_DYN_OFF);
+	dyn[2] = (Elf64_Dyn){ .d_tag = DT_TEXTREL };
+	assert_int_equal(pie_load(gm, &p, 0), -ENOEXEC);
+	/* Thread-local storage. */
+	pie_build(&p);
+	((Elf64_Phdr *)(p.b + sizeof(Elf64_Ehdr)))[1].p_type = PT_TLS;
+	assert_int_equal(pie_load(gm, &p, 0), -ENOEXEC);
+	/* A fixed-address executable cannot run at a host address. */
+	pie_build(&p);
+	((Elf64_Ehdr *)p.b)->e_type = ET_EXEC;
+	((Elf64_Ehdr *)p.b)->e_phnum = 1;
+	assert_int_equal(pie_load(gm, &p, 0x1000000000ULL), -ENOEXEC);
+	assert_int_equal(pie_load(gm, &p, 0), 0);
+	gm_destroy(gm);
+}
+
+static void test_boot_vcpu_entry_converts_every_address_by_the_phys_offset(void **state)
+{
+	const uint64_t offset = 0x110040000000ULL;
+	struct boot_image img = { .entry = ABI_IMAGE_BASE + 0x40, .image_end = ABI_IMAGE_BASE };
+	struct accel_entry e;
+
+	(void)state;
+	boot_vcpu_entry(&e, 1, &img, offset, true);
+	assert_int_equal(e.rip, offset + ABI_IMAGE_BASE + 0x40);
+	assert_int_equal(e.rdi, 1);
+	assert_int_equal(e.rsi, offset + LAYOUT_BOOT_PARAMS);
+	assert_int_equal(e.rdx, offset + LAYOUT_USTACKS + 2 * LAYOUT_USTACK_SIZE);
+	assert_int_equal(e.rcx, offset);
+	assert_int_equal(e.r8, ABI_ENTRY_USER);
+	boot_vcpu_entry(&e, 0, &img, 0, false);
+	assert_int_equal(e.rip, ABI_IMAGE_BASE + 0x40);
+	assert_int_equal(e.rsi, LAYOUT_BOOT_PARAMS);
+	assert_int_equal(e.rcx, 0);
+	assert_int_equal(e.r8, 0);
+	assert_int_equal(e.kstack, LAYOUT_KSTACKS + LAYOUT_KSTACK_SIZE);
+}
+
+static void test_boot_guest_ram_is_one_reservation_with_guard_gaps(void **state)
+{
+	struct gm *a, *b;
+	uint8_t *pa, *pb;
+
+	(void)state;
+	assert_int_equal(gm_create_anon(64 << 20, &a), 0);
+	assert_int_equal(gm_create_anon(5ULL << 30, &b), 0);
+	pa = memmap_phys_base(a);
+	pb = memmap_phys_base(b);
+	assert_true((uint64_t)(uintptr_t)pa >= MEMMAP_ARENA_START + MEMMAP_GUARD);
+	assert_int_equal(memmap_span(a), 4ULL << 30);
+	assert_int_equal(memmap_span(b), 6ULL << 30);
+	/* b comes after a's span and both guards. */
+	assert_true(pb >= pa + memmap_span(a) + 2 * MEMMAP_GUARD);
+	/* gpa X is at phys_base + X, in both regions. */
+	assert_int_equal(gm_write_le64(b, LAYOUT_HIGH_RAM_BASE + 8, 0x1234), 0);
+	assert_int_equal(*(uint64_t *)(pb + LAYOUT_HIGH_RAM_BASE + 8), 0x1234);
+	gm_destroy(a);
+	gm_destroy(b);
+	/* Placement is first fit in creation order: the same again gives the same base. */
+	assert_int_equal(gm_create_anon(64 << 20, &a), 0);
+	assert_ptr_equal(memmap_phys_base(a), pa);
+	gm_destroy(a);
 }
 
 int main(void)
@@ -218,6 +423,10 @@ int main(void)
 		cmocka_unit_test(test_boot_params_list_ram_above_the_image_and_the_devices),
 		cmocka_unit_test(test_boot_params_reject_an_oversized_command_line),
 		cmocka_unit_test(test_boot_elf_loader_refuses_what_is_not_a_static_x86_64_image),
+		cmocka_unit_test(test_boot_elf_loader_relocates_a_static_pie_by_the_phys_offset),
+		cmocka_unit_test(test_boot_elf_loader_refuses_what_needs_a_dynamic_linker),
+		cmocka_unit_test(test_boot_vcpu_entry_converts_every_address_by_the_phys_offset),
+		cmocka_unit_test(test_boot_guest_ram_is_one_reservation_with_guard_gaps),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

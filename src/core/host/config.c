@@ -4,16 +4,17 @@
  * jansson. Every error names the field and the problem. Schema:
  *
  *   { "budget": "8G", "socket": "/run/kvmem.sock", "console_prefix": true,
- *     "dedup": "off" | "on" | "ksm", "policy_interval": 1.0,
- *     "balloon_stats_interval": 1.0,
+ *     "dedup": "off" | "on" | "ksm", "accel": "auto" | "kvm" | "thread",
+ *     "policy_interval": 1.0, "balloon_stats_interval": 1.0,
  *     "vms": [ { "name": "a", "mem": "1G", "min": "256M", "shares": 1000,
  *                "cpus": 1, "guest": "path", "append": "kvmem.wl=...",
- *                "console_log": "a.log" } ] }
+ *                "console_log": "a.log", "accel": "thread" } ] }
  */
 #define LOG_TAG "config"
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -63,11 +64,20 @@ static int get_string(json_t *obj, const char *key, const char *where, char **ou
 	return *out ? 0 : -ENOMEM;
 }
 
+static int get_accel(json_t *o, const char *where, enum accel_kind *out, char *err, size_t len)
+{
+	json_t *v = json_object_get(o, "accel");
+
+	if (v && (!json_is_string(v) || accel_parse(json_string_value(v), out)))
+		return fail(err, len, "%saccel: must be \"auto\", \"kvm\" or \"thread\"", where);
+	return 0;
+}
+
 static int parse_vm(json_t *o, unsigned int i, struct host_vm_config *vm, const char *default_guest,
 		    char *err, size_t len)
 {
 	static const char *const known[] = { "name", "mem", "min", "shares", "cpus",
-					     "guest", "append", "console_log" };
+					     "guest", "append", "console_log", "accel" };
 	char where[48];
 	const char *key;
 	json_t *v;
@@ -122,6 +132,11 @@ static int parse_vm(json_t *o, unsigned int i, struct host_vm_config *vm, const 
 		vm->guest = kv_strdup(default_guest);
 	else if (ret)
 		return ret;
+	else
+		vm->guest_explicit = true;
+	ret = get_accel(o, where, &vm->accel, err, len);
+	if (ret)
+		return ret;
 	ret = get_string(o, "append", where, &vm->append, err, len);
 	if (ret < 0)
 		return ret;
@@ -166,7 +181,8 @@ int host_config_check(const struct host_config *cfg, char *err, size_t len)
 int host_config_load(const char *path, struct host_config *cfg, char *err, size_t len)
 {
 	static const char *const known[] = { "budget", "socket", "console_prefix", "dedup",
-					     "policy_interval", "balloon_stats_interval", "vms" };
+					     "accel", "policy_interval", "balloon_stats_interval",
+					     "vms" };
 	json_error_t jerr;
 	json_t *root, *vms, *v;
 	const char *key;
@@ -219,6 +235,9 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 			goto out;
 		}
 	}
+	ret = get_accel(root, "", &cfg->accel, err, len);
+	if (ret)
+		goto out;
 	v = json_object_get(root, "policy_interval");
 	if (v) {
 		if (!json_is_number(v) || json_number_value(v) < 0.05 || json_number_value(v) > 3600) {
@@ -258,6 +277,44 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 out:
 	json_decref(root);
 	return ret;
+}
+
+/* True when path names the built-in guest (the same file as default_guest). */
+static bool is_builtin_guest(const char *path, const char *default_guest)
+{
+	char *a = realpath(path, NULL), *b = default_guest ? realpath(default_guest, NULL) : NULL;
+	bool same = a && b && !strcmp(a, b);
+
+	free(a);
+	free(b);
+	return same;
+}
+
+int host_config_resolve_accel(struct host_config *cfg, char *err, size_t len)
+{
+	char why[256];
+	enum accel_kind asked = cfg->accel;
+
+	if (accel_resolve(cfg->accel, &cfg->accel, why, sizeof(why))) {
+		fail(err, len, "%s", why);
+		return -ENODEV;
+	}
+	for (unsigned int i = 0; i < cfg->nr_vms; i++) {
+		struct host_vm_config *vm = &cfg->vms[i];
+		enum accel_kind vm_asked = vm->accel == ACCEL_AUTO ? asked : vm->accel;
+
+		if (vm->accel == ACCEL_AUTO)
+			vm->accel = cfg->accel;
+		else if (accel_resolve(vm->accel, &vm->accel, why, sizeof(why)))
+			return fail(err, len, "vms[%u].accel: %s", i, why);
+		if (vm->accel == ACCEL_THREAD && vm_asked != ACCEL_THREAD && vm->guest_explicit &&
+		    !is_builtin_guest(vm->guest, cfg->default_guest))
+			return fail(err, len,
+				    "vms[%u].guest: %s would run on the thread accelerator, in the "
+				    "VMM's own address space: ask for it with accel \"thread\" "
+				    "(or \"kvm\")", i, vm->guest);
+	}
+	return 0;
 }
 
 void host_config_free(struct host_config *cfg)

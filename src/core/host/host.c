@@ -112,6 +112,7 @@ static int create_vm(struct host *h, struct host_vm *hv)
 {
 	struct vm_params p = {
 		.name = hv->cfg.name,
+		.accel = hv->cfg.accel,
 		.mem_bytes = hv->cfg.mem_bytes,
 		.ncpus = hv->cfg.cpus,
 		.guest_path = hv->cfg.guest,
@@ -440,8 +441,9 @@ json_t *host_list_json(struct host *h)
 	for (unsigned int i = 0; i < h->nr_vms; i++) {
 		struct host_vm *hv = &h->vms[i];
 
-		json_array_append_new(arr, json_pack("{s:s, s:s, s:I, s:i}", "name", hv->cfg.name,
+		json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:I, s:i}", "name", hv->cfg.name,
 						     "state", vm_state_name(vm_get_state(hv->vm)),
+						     "accel", vm_accel_name(hv->vm),
 						     "mem_bytes", (json_int_t)hv->cfg.mem_bytes,
 						     "cpus", (int)hv->cfg.cpus));
 	}
@@ -479,9 +481,10 @@ json_t *host_stats_json(struct host *h)
 		/* Saved now: pages whose host memory a mechanism holds back. */
 		saved += (vs.pages[PS_ZERO] + vs.pages[PS_BALLOONED] + vs.pages[PS_REPORTED] +
 			  vs.pages[PS_SWAPPED]) * GM_PAGE_SIZE;
-		vo = json_pack("{s:s, s:s, s:I, s:I, s:I, s:i, s:I, s:f, s:o, s:s}",
+		vo = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:i, s:I, s:f, s:o, s:s}",
 			       "name", hv->cfg.name,
 			       "state", vm_state_name(vm_get_state(hv->vm)),
+			       "accel", vm_accel_name(hv->vm),
 			       "mem_bytes", (json_int_t)vs.mem_bytes,
 			       "min_bytes", (json_int_t)vs.min_bytes,
 			       "resident_bytes", (json_int_t)vs.resident_bytes,

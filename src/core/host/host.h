@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/accel/accel.h"
 #include "core/log.h"
 
 struct host;
@@ -29,6 +30,8 @@ struct host_vm_config {
 	uint32_t shares;	/* proportional share of memory above min */
 	uint32_t cpus;
 	char *guest;		/* guest ELF path */
+	bool guest_explicit;	/* named by the user, not the built-in kvmem guest */
+	enum accel_kind accel;	/* AUTO: the host's */
 	char *append;		/* guest command line */
 	char *console_log;	/* also write the console here, or NULL */
 };
@@ -39,6 +42,7 @@ struct host_config {
 	bool socket_optional;	/* the default path: run without it if another host has it */
 	bool console_prefix;	/* "[name] " before every console line */
 	enum host_dedup_mode dedup;
+	enum accel_kind accel;	/* for VMs that name none; AUTO until resolved */
 	double policy_interval_s; /* seconds between policy passes */
 	uint32_t balloon_stats_ms; /* how often balloons ask for guest stats (0: never) */
 	bool balloon_stats_set;	/* else the device's default (1 s) */
@@ -52,6 +56,14 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 void host_config_free(struct host_config *cfg);
 /* Validation shared by the file and the command line (min <= mem, sum of min <= budget, ...). */
 int host_config_check(const struct host_config *cfg, char *err, size_t errlen);
+
+/*
+ * Resolve every accelerator of cfg to one this machine has (accel_resolve):
+ * the host's, then each VM's (AUTO: the host's). An image other than the
+ * built-in kvmem guest runs under thread only when asked for by name: it
+ * would share the VMM's address space. -EINVAL/-ENODEV with the problem in err.
+ */
+int host_config_resolve_accel(struct host_config *cfg, char *err, size_t errlen);
 
 /* The default budget: the host's MemAvailable (/proc/meminfo) now. */
 uint64_t host_default_budget(void);

@@ -6,7 +6,7 @@
  *
  * The columns come from the JSON, not from a fixed list, so the mechanisms
  * that land later only add fields to the stats reply:
- *   - the fixed columns (NAME STATE MEM RESIDENT ENTITLED);
+ *   - the fixed columns (NAME STATE ACCEL MEM RESIDENT ENTITLED);
  *   - one column per key of a VM's "pages" object (known states first, in
  *     the order of the page-state map, then any new state), as bytes;
  *   - one column per unknown top-level VM key ending in "_bytes";
@@ -260,7 +260,7 @@ static void add_col(struct table *t, const char *head, enum col_kind kind, const
 /* Top-level VM keys the fixed columns or nobody shows. */
 static bool is_known_vm_key(const char *key)
 {
-	static const char *const known[] = { "name", "state", "mem_bytes", "min_bytes",
+	static const char *const known[] = { "name", "state", "accel", "mem_bytes", "min_bytes",
 					     "resident_bytes", "shares", "entitlement_bytes",
 					     "active_fraction", "pages", "last_action" };
 
@@ -284,6 +284,7 @@ static void build_columns(struct table *t, json_t *vms)
 
 	add_col(t, "NAME", COL_TEXT, NULL, "name", false);
 	add_col(t, "STATE", COL_TEXT, NULL, "state", false);
+	add_col(t, "ACCEL", COL_TEXT, NULL, "accel", false);
 	add_col(t, "MEM", COL_BYTES, NULL, "mem_bytes", true);
 	add_col(t, "RESIDENT", COL_BYTES, NULL, "resident_bytes", true);
 	add_col(t, "ENTITLED", COL_BYTES, NULL, "entitlement_bytes", true);

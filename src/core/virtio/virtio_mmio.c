@@ -6,7 +6,7 @@
  * Register accesses arrive on vCPU threads through the MMIO bus and run
  * under vdev->lock. The worker sleeps in poll() on two fds: the kick
  * eventfd (written by a QueueNotify exit, or by KVM itself through an
- * ioeventfd) and the timer fd; when woken it takes vdev->lock and lets the
+ * ioeventfd under the kvm accelerator) and the timer fd; when woken it takes vdev->lock and lets the
  * device process every ready queue that has buffers. Holding the lock
  * across queue work is what makes a reset (Status = 0 on a vCPU) wait for
  * the chain in flight, so the device never writes a used ring the driver
@@ -20,19 +20,18 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <linux/kvm.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/ioctl.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
 #include "core/thread.h"
+#include "core/vm.h"
 
 /* Transport features every device offers on top of its own (virtio 1.2 §6). */
 #define TRANSPORT_FEATURES                                                       \
@@ -64,8 +63,8 @@ struct virtio_dev {
 
 	int kick_fd;			/* eventfd: queue work pending */
 	int timer_fd;			/* timerfd: ops->timer */
-	int irq_fd;			/* eventfd bound to a KVM irqfd, or -1; set before start */
-	int vm_fd;			/* VM the ioeventfd/irqfd live in, or -1 */
+	int irq_fd;			/* eventfd bound to an irqfd, or -1; set before start */
+	struct vm *vm;			/* VM the ioeventfd/irqfd live in, or NULL */
 	gpa_t base;			/* MMIO window, for the ioeventfd */
 	uint32_t gsi;
 	bool ioeventfd;			/* set before start */
@@ -563,7 +562,7 @@ int virtio_dev_create(struct gm *gm, const struct virtio_dev_params *p, struct v
 	vdev->ops = p->ops;
 	vdev->opaque = p->opaque;
 	vdev->irq_fd = -1;
-	vdev->vm_fd = -1;
+	vdev->vm = NULL;
 	vdev->timer_fd = -1;
 	vdev->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (vdev->kick_fd < 0) {
@@ -586,68 +585,56 @@ out_free:
 	return ret;
 }
 
-void virtio_dev_attach_kvm(struct virtio_dev *vdev, int vm_fd, gpa_t base, uint32_t gsi)
+void virtio_dev_attach(struct virtio_dev *vdev, struct vm *vm, gpa_t base, uint32_t gsi)
 {
-	struct kvm_ioeventfd io = {
-		.addr = base + VIRTIO_MMIO_QUEUE_NOTIFY,
-		.len = 4,
-		.fd = vdev->kick_fd,
-	};
-	struct kvm_irqfd irqfd = { .gsi = gsi };
-	int fd;
+	int fd, ret;
 
-	vdev->vm_fd = vm_fd;
+	vdev->vm = vm;
 	vdev->base = base;
 	vdev->gsi = gsi;
-	if (ioctl(vm_fd, KVM_IOEVENTFD, &io) == 0)
+	ret = vm_ioeventfd(vm, base + VIRTIO_MMIO_QUEUE_NOTIFY, 4, vdev->kick_fd, true);
+	if (ret == 0)
 		vdev->ioeventfd = true;
 	else
-		log_debug("%s: no KVM ioeventfd (%m): QueueNotify exits to the VMM", vdev->name);
+		log_debug("%s: no ioeventfd (%s): QueueNotify exits to the VMM", vdev->name,
+			  strerror(-ret));
 	fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (fd < 0) {
 		log_warn("%s: eventfd for the irqfd: %m: interrupts are not delivered", vdev->name);
 		return;
 	}
-	irqfd.fd = (uint32_t)fd;
-	if (ioctl(vm_fd, KVM_IRQFD, &irqfd) == 0) {
+	ret = vm_irqfd(vm, gsi, fd, true);
+	if (ret == 0) {
 		vdev->irq_fd = fd;
 	} else {
-		/* KVM_IRQFD needs an in-kernel irqchip; the kvmem guest polls instead. */
-		log_debug("%s: no KVM irqfd on gsi %u (%m): interrupts are not delivered",
-			 vdev->name, gsi);
+		/* The kvmem guest polls; only a Linux driver would miss them. */
+		log_debug("%s: no irqfd on gsi %u (%s): interrupts are not delivered", vdev->name,
+			  gsi, strerror(-ret));
 		close(fd);
 	}
 }
 
-static void detach_kvm(struct virtio_dev *vdev)
+static void detach(struct virtio_dev *vdev)
 {
-	if (vdev->vm_fd < 0)
+	int ret;
+
+	if (!vdev->vm)
 		return;
 	if (vdev->ioeventfd) {
-		struct kvm_ioeventfd io = {
-			.addr = vdev->base + VIRTIO_MMIO_QUEUE_NOTIFY,
-			.len = 4,
-			.fd = vdev->kick_fd,
-			.flags = KVM_IOEVENTFD_FLAG_DEASSIGN,
-		};
-
-		if (ioctl(vdev->vm_fd, KVM_IOEVENTFD, &io) < 0)
-			log_debug("%s: ioeventfd deassign: %m", vdev->name);
+		ret = vm_ioeventfd(vdev->vm, vdev->base + VIRTIO_MMIO_QUEUE_NOTIFY, 4, vdev->kick_fd,
+				   false);
+		if (ret)
+			log_debug("%s: ioeventfd deassign: %s", vdev->name, strerror(-ret));
 		vdev->ioeventfd = false;
 	}
 	if (vdev->irq_fd >= 0) {
-		struct kvm_irqfd irqfd = {
-			.fd = (uint32_t)vdev->irq_fd,
-			.gsi = vdev->gsi,
-			.flags = KVM_IRQFD_FLAG_DEASSIGN,
-		};
-
-		if (ioctl(vdev->vm_fd, KVM_IRQFD, &irqfd) < 0)
-			log_debug("%s: irqfd deassign: %m", vdev->name);
+		ret = vm_irqfd(vdev->vm, vdev->gsi, vdev->irq_fd, false);
+		if (ret)
+			log_debug("%s: irqfd deassign: %s", vdev->name, strerror(-ret));
 		close(vdev->irq_fd);
 		vdev->irq_fd = -1;
 	}
-	vdev->vm_fd = -1;
+	vdev->vm = NULL;
 }
 
 int virtio_dev_start(struct virtio_dev *vdev)
@@ -681,7 +668,7 @@ void virtio_dev_destroy(struct virtio_dev *vdev)
 	if (!vdev)
 		return;
 	virtio_dev_stop(vdev);
-	detach_kvm(vdev);
+	detach(vdev);
 	pthread_mutex_lock(&vdev->lock);
 	reset(vdev);
 	pthread_mutex_unlock(&vdev->lock);

@@ -16,7 +16,7 @@
  * writes itself when an ioeventfd is attached): a vCPU never does queue work.
  *
  * Interrupts: InterruptStatus bits are set as the spec says and, when the VM
- * has an in-kernel irqchip, the device's GSI is pulsed through a KVM irqfd.
+ * has an in-kernel irqchip (kvm accelerator), the device's GSI is pulsed through a KVM irqfd.
  * Without one (the kvmem guest polls its used rings) interrupts are only
  * visible in InterruptStatus.
  *
@@ -171,13 +171,14 @@ void virtio_dev_destroy(struct virtio_dev *vdev);
 
 /*
  * Connect the device to its VM once vm_add_device gave it `base` and `gsi`:
- * a KVM ioeventfd on QueueNotify (so a notify costs no exit to the VMM) and
- * a KVM irqfd on `gsi`. Both are optional, so this cannot fail: when KVM
- * refuses one (KVM_IRQFD fails with EINVAL without an in-kernel irqchip),
- * the device works without it (a debug log line; virtio_dev_get_stats
- * tells which). Before the VM starts; at most once.
+ * an ioeventfd on QueueNotify (so a notify costs no exit to the VMM) and an
+ * irqfd on `gsi`, where the VM's accelerator has them (vm_ioeventfd,
+ * vm_irqfd). Both are optional, so this cannot fail: without one the device
+ * works without it (a debug log line; virtio_dev_get_stats tells which).
+ * Before the VM starts; at most once.
  */
-void virtio_dev_attach_kvm(struct virtio_dev *vdev, int vm_fd, gpa_t base, uint32_t gsi);
+struct vm;
+void virtio_dev_attach(struct virtio_dev *vdev, struct vm *vm, gpa_t base, uint32_t gsi);
 
 /* Start the worker thread (thread_spawn). Before the VM starts. */
 MUST_CHECK int virtio_dev_start(struct virtio_dev *vdev);

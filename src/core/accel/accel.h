@@ -1,0 +1,154 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The accelerator seam: what runs guest instructions, behind one small ops
+ * table (QEMU's -accel idea). Two implementations:
+ *   kvm     the host's /dev/kvm: guest RAM registered as memslots, vCPUs run
+ *           in KVM_RUN, device registers exit as KVM_EXIT_MMIO;
+ *   thread  the guest's code runs as ordinary threads of this process,
+ *           directly on the guest-RAM mapping the memory manager manages;
+ *           device registers are reached by a call into the VMM. For machines
+ *           without /dev/kvm. It gives no isolation: the guest shares the
+ *           VMM's address space. It is for the kvmem guest.
+ *
+ * Everything else (guest RAM and every memory mechanism, the MMIO bus and
+ * devices, boot parameters, pause/stop, statistics) is shared and never
+ * learns which accelerator runs. Private to src/core: vm.c and vcpu.c call
+ * it; devices reach it only through vm.h (ioeventfd, irqfd).
+ *
+ * Threads: vm_* ops run on the thread that creates or destroys the VM;
+ * vcpu_run and vcpu_thread_exit on the vCPU's own thread; set_kick from any
+ * thread (it must be async-signal-safe and lock-free).
+ */
+#ifndef KVMEM_CORE_ACCEL_ACCEL_H
+#define KVMEM_CORE_ACCEL_ACCEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mem/gm.h"
+
+struct vm;
+struct vcpu;
+
+enum accel_kind {
+	ACCEL_AUTO = 0,	/* kvm when /dev/kvm opens, else thread */
+	ACCEL_KVM,
+	ACCEL_THREAD,
+};
+
+/* "auto", "kvm", "thread"; -EINVAL for anything else. */
+int accel_parse(const char *s, enum accel_kind *out);
+const char *accel_name(enum accel_kind kind);
+
+/*
+ * Resolve `want` to an accelerator this machine has. AUTO takes kvm when
+ * /dev/kvm opens, else thread, and says why once on stderr (log notice).
+ * Errors: -ENODEV with a reason in `why` (kvm asked for and /dev/kvm not
+ * usable; thread unusable here).
+ */
+int accel_resolve(enum accel_kind want, enum accel_kind *out, char *why, size_t whylen);
+
+/* A guest exception (or forbidden system call) that ends the VM. */
+struct accel_exception {
+	unsigned int vector;	/* x86 exception vector */
+	uint64_t error_code;
+	uint64_t rip;		/* guest-physical (kvm: guest-virtual, identity mapped) */
+	uint64_t address;	/* faulting address (#PF), guest-physical */
+	uint64_t rsp;
+	unsigned int cpl;
+	bool rip_outside;	/* rip is a host address outside the guest's span */
+	bool address_outside;	/* address is a host address outside the guest's span */
+	long syscall;		/* >= 0: the guest made this host system call (thread) */
+};
+
+enum accel_exit_reason {
+	ACCEL_EXIT_NONE,	/* handled inside the accelerator: run again */
+	ACCEL_EXIT_MMIO,	/* a device register access: dispatch on the bus, run again */
+	ACCEL_EXIT_EXCEPTION,	/* the guest faulted: report it and stop the VM */
+	ACCEL_EXIT_CRASH,	/* the guest cannot go on; the accelerator logged why */
+};
+
+struct accel_exit {
+	enum accel_exit_reason reason;
+	union {
+		struct {
+			gpa_t addr;
+			void *data;	/* len bytes; a read's result goes here */
+			unsigned int len;
+			bool is_write;
+		} mmio;
+		struct accel_exception exc;
+	};
+};
+
+/* Where and how a vCPU starts (see guest/abi.h, "Entry"). */
+struct accel_entry {
+	uint64_t rip;
+	uint64_t rdi, rsi, rdx, rcx, r8;
+	uint64_t kstack;	/* top of the vCPU's CPL0 stack (kvm) */
+};
+
+struct accel_ops {
+	const char *name;
+	bool exec_ram;		/* guest RAM must be executable by host threads */
+	/* Create the machine for vm (after its RAM, before its vCPUs). */
+	int (*vm_init)(struct vm *vm);
+	void (*vm_destroy)(struct vm *vm);
+	/* Tables the machine needs in guest RAM before any vCPU runs (kvm: page tables, GDT, IDT). */
+	int (*vm_boot)(struct vm *vm);
+	/* Virtual minus guest-physical addresses for the guest (guest/abi.h). */
+	uint64_t (*phys_offset)(const struct vm *vm);
+	/* The guest's MMIO entry (guest/abi.h mmio_call), or 0: plain loads and stores exit. */
+	uint64_t (*mmio_call)(const struct vm *vm);
+	/* TSC frequency the guest may use, in kHz; 0: none (the guest reads the VMM clock). */
+	uint64_t (*tsc_khz)(struct vm *vm);
+
+	int (*vcpu_init)(struct vcpu *vcpu);
+	void (*vcpu_destroy)(struct vcpu *vcpu);
+	int (*vcpu_boot)(struct vcpu *vcpu, const struct accel_entry *e);
+	/*
+	 * Run guest code until something needs the VMM. 0 with *exit filled,
+	 * -EINTR when a kick (set_kick) was pending or arrived, else -errno
+	 * (the VM stops with a VMM error).
+	 */
+	int (*vcpu_run)(struct vcpu *vcpu, struct accel_exit *exit);
+	/*
+	 * Arm (on) or clear the vCPU's kick: armed, vcpu_run returns -EINTR
+	 * before entering the guest, and a kick signal that lands in guest code
+	 * leaves it. KVM's immediate_exit, and its equivalent.
+	 */
+	void (*set_kick)(struct vcpu *vcpu, bool on);
+	/* On the vCPU thread, after its last vcpu_run. May be NULL. */
+	void (*vcpu_thread_exit)(struct vcpu *vcpu);
+	/* The exception the guest's CPL0 stubs reported (kvm). May be NULL. */
+	int (*vcpu_exception)(struct vcpu *vcpu, struct accel_exception *e);
+
+	/* Attach (assign) or detach an eventfd written on a 4-byte register write; -ENOTSUP. */
+	int (*ioeventfd)(struct vm *vm, gpa_t addr, unsigned int len, int fd, bool assign);
+	/* Attach or detach an eventfd that raises interrupt line gsi; -ENOTSUP. */
+	int (*irqfd)(struct vm *vm, uint32_t gsi, int fd, bool assign);
+};
+
+extern const struct accel_ops accel_kvm_ops;
+extern const struct accel_ops accel_thread_ops;
+
+const struct accel_ops *accel_ops(enum accel_kind kind);
+
+/*
+ * The kick signal landed on this thread (from the vCPU kick handler, which
+ * every accelerator shares): the thread accelerator looks at where it landed.
+ */
+void accel_thread_kick_landed(void *ucontext);
+
+/*
+ * Can the thread accelerator run here? 0, or -ENODEV with the reason in `why`
+ * (no Syscall User Dispatch in the kernel, or host code where guest code
+ * would run).
+ */
+int accel_thread_check(char *why, size_t whylen);
+
+/* The host's /dev/kvm, opened once per process: the fd, or negative errno. */
+int accel_kvm_system_fd(void);
+
+#endif

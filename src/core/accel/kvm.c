@@ -1,0 +1,482 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The kvm accelerator: /dev/kvm. Guest RAM becomes memslots, vCPUs run in
+ * KVM_RUN, device registers exit as KVM_EXIT_MMIO, and the vCPUs start in
+ * long mode at CPL0 on tables the VMM wrote (core/boot.c), because CPL0 code
+ * is emulated on kvm-pvm hosts (~0.2 M instructions/s) and CPL3 code runs
+ * natively. The only file of kvmem that includes <linux/kvm.h>.
+ *
+ * Kicks use KVM's immediate_exit: the kicker sets its request in the VM,
+ * then immediate_exit = 1, then sends the kick signal. The vCPU loop clears
+ * immediate_exit before it looks at requests, so a kick that lands between
+ * that look and KVM_RUN makes KVM_RUN return at once.
+ */
+#define LOG_TAG "kvm"
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "core/accel/accel.h"
+#include "core/alloc.h"
+#include "core/boot.h"
+#include "core/layout.h"
+#include "core/log.h"
+#include "core/vm_internal.h"
+#include "mem/memmap.h"
+
+struct kvm_vm {
+	int fd;
+	bool irqchip;	/* an in-kernel irqchip exists (irqfd works) */
+};
+
+struct kvm_vcpu {
+	int fd;
+	struct kvm_run *run;	/* shared with KVM; immediate_exit written by kickers */
+	size_t run_size;
+};
+
+static int kvm_sys_fd = -1;
+static int kvm_sys_err;
+static pthread_once_t kvm_once = PTHREAD_ONCE_INIT;
+
+static void open_kvm(void)
+{
+	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	int version;
+
+	if (fd < 0) {
+		kvm_sys_err = -errno;
+		return;
+	}
+	version = ioctl(fd, KVM_GET_API_VERSION, 0);
+	if (version != KVM_API_VERSION) {
+		close(fd);
+		kvm_sys_err = -ENOTSUP;
+		return;
+	}
+	kvm_sys_fd = fd;
+}
+
+int accel_kvm_system_fd(void)
+{
+	pthread_once(&kvm_once, open_kvm);
+	return kvm_sys_fd >= 0 ? kvm_sys_fd : kvm_sys_err;
+}
+
+static struct kvm_vm *kvm_of(const struct vm *vm)
+{
+	return vm->accel_vm;
+}
+
+static struct kvm_vcpu *kvcpu_of(const struct vcpu *vcpu)
+{
+	return vcpu->accel_vcpu;
+}
+
+static int register_ram(struct vm *vm, int fd)
+{
+	uint8_t *base = memmap_phys_base(vm->gm);
+
+	for (unsigned int i = 0; i < gm_nr_regions(vm->gm); i++) {
+		struct kvm_userspace_memory_region mr = { .slot = i };
+		gpa_t gpa;
+		uint64_t len;
+
+		gm_region(vm->gm, i, &gpa, &len);
+		mr.guest_phys_addr = gpa;
+		mr.memory_size = len;
+		mr.userspace_addr = (uint64_t)(uintptr_t)(base + gpa);
+		if (ioctl(fd, KVM_SET_USER_MEMORY_REGION, &mr) < 0) {
+			int err = errno;
+
+			log_err("memslot %u (gpa 0x%llx, %llu bytes): %m", mr.slot,
+				(unsigned long long)mr.guest_phys_addr,
+				(unsigned long long)mr.memory_size);
+			return -err;
+		}
+	}
+	return 0;
+}
+
+static int kvm_vm_init(struct vm *vm)
+{
+	int sys = accel_kvm_system_fd();
+	struct kvm_vm *k;
+	int ret;
+
+	if (sys < 0) {
+		log_err("cannot open /dev/kvm: %s", strerror(-sys));
+		return sys;
+	}
+	k = kv_zalloc(sizeof(*k));
+	if (!k)
+		return -ENOMEM;
+	k->fd = ioctl(sys, KVM_CREATE_VM, 0);
+	if (k->fd < 0) {
+		ret = -errno;
+		log_err("KVM_CREATE_VM: %m");
+		kv_free(k);
+		return ret;
+	}
+	vm->accel_vm = k;
+	ret = register_ram(vm, k->fd);
+	if (ret)
+		return ret;
+	/*
+	 * An in-kernel irqchip lets virtio devices raise interrupts through
+	 * irqfd (a Linux driver waits for them; the kvmem guest polls). It must
+	 * exist before the vCPUs. Without one, devices fall back to no interrupts.
+	 */
+	if (ioctl(k->fd, KVM_CREATE_IRQCHIP, 0) == 0)
+		k->irqchip = true;
+	else
+		log_debug("%s: no in-kernel irqchip: %m", vm->name);
+	return 0;
+}
+
+static void kvm_vm_destroy(struct vm *vm)
+{
+	struct kvm_vm *k = kvm_of(vm);
+
+	if (!k)
+		return;
+	close(k->fd);
+	kv_free(k);
+	vm->accel_vm = NULL;
+}
+
+static int kvm_vm_boot(struct vm *vm)
+{
+	return boot_build_tables(vm->gm, vm->ncpus);
+}
+
+static uint64_t kvm_phys_offset(const struct vm *vm)
+{
+	(void)vm; /* the VMM's page tables map guest RAM identity */
+	return 0;
+}
+
+static uint64_t kvm_mmio_call(const struct vm *vm)
+{
+	(void)vm; /* CPL3 loads and stores outside RAM exit as KVM_EXIT_MMIO */
+	return 0;
+}
+
+static uint64_t kvm_tsc_khz(struct vm *vm)
+{
+	int khz = ioctl(kvcpu_of(vm->vcpus[0])->fd, KVM_GET_TSC_KHZ, 0);
+
+	if (khz <= 0) {
+		log_warn("%s: KVM_GET_TSC_KHZ: %m: the guest reads the VMM clock", vm->name);
+		return 0;
+	}
+	return (uint64_t)khz;
+}
+
+static int setup_cpuid(int vcpu_fd)
+{
+	int sys = accel_kvm_system_fd();
+	struct kvm_cpuid2 *cpuid;
+	int nent = 128, ret;
+
+	for (;;) {
+		cpuid = kv_zalloc(sizeof(*cpuid) + nent * sizeof(struct kvm_cpuid_entry2));
+		if (!cpuid)
+			return -ENOMEM;
+		cpuid->nent = nent;
+		if (ioctl(sys, KVM_GET_SUPPORTED_CPUID, cpuid) == 0)
+			break;
+		ret = -errno;
+		kv_free(cpuid);
+		if (ret != -E2BIG)
+			return ret;
+		nent *= 2;
+	}
+	ret = ioctl(vcpu_fd, KVM_SET_CPUID2, cpuid) < 0 ? -errno : 0;
+	kv_free(cpuid);
+	return ret;
+}
+
+static int kvm_vcpu_init(struct vcpu *vcpu)
+{
+	struct kvm_vcpu *kc = kv_zalloc(sizeof(*kc));
+	int mmap_size, ret;
+
+	if (!kc)
+		return -ENOMEM;
+	kc->fd = ioctl(kvm_of(vcpu->vm)->fd, KVM_CREATE_VCPU, vcpu->index);
+	if (kc->fd < 0) {
+		ret = -errno;
+		log_err("KVM_CREATE_VCPU %u: %m", vcpu->index);
+		goto out_free;
+	}
+	mmap_size = ioctl(accel_kvm_system_fd(), KVM_GET_VCPU_MMAP_SIZE, 0);
+	if (mmap_size < (int)sizeof(struct kvm_run)) {
+		ret = -EIO;
+		goto out_close;
+	}
+	kc->run_size = (size_t)mmap_size;
+	kc->run = mmap(NULL, kc->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, kc->fd, 0);
+	if (kc->run == MAP_FAILED) {
+		ret = -errno;
+		goto out_close;
+	}
+	ret = setup_cpuid(kc->fd);
+	if (ret) {
+		log_err("KVM_SET_CPUID2 on vcpu %u: %s", vcpu->index, strerror(-ret));
+		goto out_unmap;
+	}
+	vcpu->accel_vcpu = kc;
+	return 0;
+
+out_unmap:
+	munmap(kc->run, kc->run_size);
+out_close:
+	close(kc->fd);
+out_free:
+	kv_free(kc);
+	return ret;
+}
+
+static void kvm_vcpu_destroy(struct vcpu *vcpu)
+{
+	struct kvm_vcpu *kc = kvcpu_of(vcpu);
+
+	if (!kc)
+		return;
+	munmap(kc->run, kc->run_size);
+	close(kc->fd);
+	kv_free(kc);
+	vcpu->accel_vcpu = NULL;
+}
+
+#define CR0_PE 0x1ULL
+#define CR0_MP 0x2ULL
+#define CR0_ET 0x10ULL
+#define CR0_NE 0x20ULL
+#define CR0_WP 0x10000ULL
+#define CR0_PG 0x80000000ULL
+#define CR4_PAE 0x20ULL
+#define CR4_OSFXSR 0x200ULL
+#define CR4_OSXMMEXCPT 0x400ULL
+#define EFER_LME 0x100ULL
+#define EFER_LMA 0x400ULL
+
+static void set_seg(struct kvm_segment *s, uint16_t sel, uint8_t type, uint8_t dpl, bool code)
+{
+	memset(s, 0, sizeof(*s));
+	s->selector = sel;
+	s->base = 0;
+	s->limit = 0xffffffff;
+	s->type = type;
+	s->present = 1;
+	s->dpl = dpl;
+	s->s = 1;
+	s->g = 1;
+	s->l = code;
+	s->db = !code;
+}
+
+/* 64-bit mode at CPL0 on the tables boot_build_tables wrote. */
+static void boot_sregs(struct kvm_sregs *s, unsigned int cpu)
+{
+	set_seg(&s->cs, ABI_SEL_KERNEL_CS, 0xb, 0, true);
+	set_seg(&s->ds, ABI_SEL_KERNEL_DS, 0x3, 0, false);
+	s->es = s->fs = s->gs = s->ss = s->ds;
+
+	memset(&s->tr, 0, sizeof(s->tr));
+	s->tr.selector = (uint16_t)(ABI_SEL_TSS0 + 16 * cpu);
+	s->tr.base = boot_tss_gpa(cpu);
+	s->tr.limit = BOOT_TSS_SIZE - 1;
+	s->tr.type = 0xb; /* busy 64-bit TSS, as after ltr */
+	s->tr.present = 1;
+
+	memset(&s->ldt, 0, sizeof(s->ldt));
+	s->ldt.type = 0x2;
+	s->ldt.present = 1;
+	s->ldt.unusable = 1;
+
+	s->gdt.base = LAYOUT_GDT;
+	s->gdt.limit = ABI_SEL_TSS0 + 16 * ABI_MAX_CPUS - 1;
+	s->idt.base = LAYOUT_IDT;
+	s->idt.limit = 256 * 16 - 1;
+
+	s->cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+	s->cr3 = LAYOUT_PGTABLE;
+	s->cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+	s->efer = EFER_LME | EFER_LMA;
+}
+
+static int kvm_vcpu_boot(struct vcpu *vcpu, const struct accel_entry *e)
+{
+	struct kvm_vcpu *kc = kvcpu_of(vcpu);
+	struct kvm_sregs sregs;
+	struct kvm_regs regs;
+
+	if (ioctl(kc->fd, KVM_GET_SREGS, &sregs) < 0)
+		return -errno;
+	boot_sregs(&sregs, vcpu->index);
+	memset(&regs, 0, sizeof(regs));
+	regs.rip = e->rip;
+	regs.rsp = e->kstack;
+	regs.rdi = e->rdi;
+	regs.rsi = e->rsi;
+	regs.rdx = e->rdx;
+	regs.rcx = e->rcx;
+	regs.r8 = e->r8;
+	regs.rflags = 0x2;
+	/* With a local APIC, vCPUs above 0 would wait for an INIT/SIPI: start them all. */
+	if (kvm_of(vcpu->vm)->irqchip) {
+		struct kvm_mp_state mp = { .mp_state = KVM_MP_STATE_RUNNABLE };
+
+		if (ioctl(kc->fd, KVM_SET_MP_STATE, &mp) < 0)
+			return -errno;
+	}
+	if (ioctl(kc->fd, KVM_SET_SREGS, &sregs) < 0 || ioctl(kc->fd, KVM_SET_REGS, &regs) < 0) {
+		int ret = -errno;
+
+		log_err("setting up vcpu %u registers: %m", vcpu->index);
+		return ret;
+	}
+	return 0;
+}
+
+static void kvm_set_kick(struct vcpu *vcpu, bool on)
+{
+	__atomic_store_n(&kvcpu_of(vcpu)->run->immediate_exit, on ? 1 : 0, __ATOMIC_SEQ_CST);
+}
+
+static int kvm_vcpu_run(struct vcpu *vcpu, struct accel_exit *exit)
+{
+	struct kvm_vcpu *kc = kvcpu_of(vcpu);
+	struct kvm_run *run = kc->run;
+	const char *name = vcpu->vm->name;
+
+	if (ioctl(kc->fd, KVM_RUN, 0) < 0) {
+		if (errno == EINTR || errno == EAGAIN)
+			return -EINTR;
+		log_err("%s: vcpu %u: KVM_RUN: %m", name, vcpu->index);
+		return -errno;
+	}
+	exit->reason = ACCEL_EXIT_CRASH;
+	switch (run->exit_reason) {
+	case KVM_EXIT_MMIO:
+		exit->reason = ACCEL_EXIT_MMIO;
+		exit->mmio.addr = run->mmio.phys_addr;
+		exit->mmio.data = run->mmio.data;
+		exit->mmio.len = run->mmio.len;
+		exit->mmio.is_write = run->mmio.is_write;
+		break;
+	case KVM_EXIT_IO:
+		/* Only emulated CPL0 code gets here; kvmem has no port devices. */
+		log_warn_ratelimited("%s: vcpu %u: port I/O to 0x%x ignored", name, vcpu->index,
+				     run->io.port);
+		if (run->io.direction == KVM_EXIT_IO_IN)
+			memset((uint8_t *)run + run->io.data_offset, 0xff,
+			       (size_t)run->io.size * run->io.count);
+		exit->reason = ACCEL_EXIT_NONE;
+		break;
+	case KVM_EXIT_SHUTDOWN:
+		log_err("%s: vcpu %u: guest triple fault (shutdown)", name, vcpu->index);
+		break;
+	case KVM_EXIT_HLT:
+		log_err("%s: vcpu %u: guest halted at CPL0", name, vcpu->index);
+		break;
+	case KVM_EXIT_INTERNAL_ERROR:
+		log_err("%s: vcpu %u: KVM internal error, suberror %u", name, vcpu->index,
+			run->internal.suberror);
+		break;
+	case KVM_EXIT_FAIL_ENTRY:
+		log_err("%s: vcpu %u: VM entry failed, reason 0x%llx", name, vcpu->index,
+			(unsigned long long)run->fail_entry.hardware_entry_failure_reason);
+		break;
+	default:
+		log_err("%s: vcpu %u: unexpected exit reason %u", name, vcpu->index,
+			run->exit_reason);
+		break;
+	}
+	return 0;
+}
+
+/*
+ * The CPL0 stubs (core/boot.c) left a struct boot_exc_frame on the vCPU's
+ * CPL0 stack and wrote ABI_SYS_EXCEPTION: read it back.
+ */
+static int kvm_vcpu_exception(struct vcpu *vcpu, struct accel_exception *e)
+{
+	struct kvm_vcpu *kc = kvcpu_of(vcpu);
+	struct boot_exc_frame f;
+	struct kvm_sregs sregs;
+	struct kvm_regs regs;
+
+	if (ioctl(kc->fd, KVM_GET_REGS, &regs) < 0 || ioctl(kc->fd, KVM_GET_SREGS, &sregs) < 0) {
+		log_err("%s: vcpu %u: guest exception, registers unreadable: %m", vcpu->vm->name,
+			vcpu->index);
+		return -EIO;
+	}
+	if (gm_read(vcpu->vm->gm, regs.rsp, &f, sizeof(f))) {
+		log_err("%s: vcpu %u: guest exception, frame at rsp 0x%llx unreadable",
+			vcpu->vm->name, vcpu->index, (unsigned long long)regs.rsp);
+		return -EFAULT;
+	}
+	memset(e, 0, sizeof(*e));
+	e->vector = (unsigned int)f.vector;
+	e->error_code = f.error_code;
+	e->rip = f.rip;
+	e->address = sregs.cr2;
+	e->rsp = f.rsp;
+	e->cpl = (unsigned int)(f.cs & 3);
+	e->syscall = -1;
+	return 0;
+}
+
+static int kvm_ioeventfd(struct vm *vm, gpa_t addr, unsigned int len, int fd, bool assign)
+{
+	struct kvm_ioeventfd io = {
+		.addr = addr,
+		.len = len,
+		.fd = fd,
+		.flags = assign ? 0 : KVM_IOEVENTFD_FLAG_DEASSIGN,
+	};
+
+	return ioctl(kvm_of(vm)->fd, KVM_IOEVENTFD, &io) < 0 ? -errno : 0;
+}
+
+static int kvm_irqfd(struct vm *vm, uint32_t gsi, int fd, bool assign)
+{
+	struct kvm_irqfd irqfd = {
+		.fd = (uint32_t)fd,
+		.gsi = gsi,
+		.flags = assign ? 0 : KVM_IRQFD_FLAG_DEASSIGN,
+	};
+
+	/* KVM_IRQFD needs an in-kernel irqchip; the kvmem guest polls instead. */
+	if (!kvm_of(vm)->irqchip)
+		return -ENOTSUP;
+	return ioctl(kvm_of(vm)->fd, KVM_IRQFD, &irqfd) < 0 ? -errno : 0;
+}
+
+const struct accel_ops accel_kvm_ops = {
+	.name = "kvm",
+	.exec_ram = false,
+	.vm_init = kvm_vm_init,
+	.vm_destroy = kvm_vm_destroy,
+	.vm_boot = kvm_vm_boot,
+	.phys_offset = kvm_phys_offset,
+	.mmio_call = kvm_mmio_call,
+	.tsc_khz = kvm_tsc_khz,
+	.vcpu_init = kvm_vcpu_init,
+	.vcpu_destroy = kvm_vcpu_destroy,
+	.vcpu_boot = kvm_vcpu_boot,
+	.vcpu_run = kvm_vcpu_run,
+	.set_kick = kvm_set_kick,
+	.vcpu_exception = kvm_vcpu_exception,
+	.ioeventfd = kvm_ioeventfd,
+	.irqfd = kvm_irqfd,
+};

@@ -1,0 +1,590 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The thread accelerator: the guest's code runs on the vCPU's own host
+ * thread, directly on the guest-RAM mapping of src/mem (one reservation per
+ * VM, executable, at host address phys_base + gpa), so every memory
+ * mechanism (userfaultfd write-protect, zero reclaim, dedup frames and
+ * windows, balloon discards, pagemap accounting) sees the same accesses it
+ * sees under KVM. It gives no isolation: the guest shares the VMM's address
+ * space. It is for the kvmem guest, which it runs unchanged but for an offset
+ * (guest/abi.h).
+ *
+ * Entering and leaving guest code (thread_entry.S) mirrors KVM_RUN: the
+ * guest's general registers, flags, MXCSR and x87 control word live in this
+ * thread's thread_tls between runs; vector and x87 data registers are not
+ * kept across exits (the kvmem guest uses general registers only).
+ *
+ * How the guest leaves:
+ *   - MMIO: it calls accel_thread_mmio (boot params' mmio_call) instead of
+ *     touching a device register; that is an MMIO exit, dispatched on the
+ *     bus by the vCPU loop like KVM's, and the next run returns the result.
+ *   - Kicks: SIGUSR1 (vcpu.c) lands in guest code while the kick is armed:
+ *     the handler saves the guest's registers from the signal context and
+ *     rewrites the context so the signal returns onto the host stack, as if
+ *     accel_thread_enter had returned -EINTR. A kick that lands in VMM code
+ *     (which may hold the console lock, a VM lock or the allocator's) does
+ *     nothing there: the armed kick is seen before the guest is entered
+ *     again, and a kick in the restartable entry sequence rewinds it.
+ *   - Faults: SIGSEGV, SIGBUS, SIGILL, SIGFPE and SIGTRAP raised while this
+ *     thread runs guest code become the guest-crash report KVM gives (vector
+ *     from the trap number, error code, faulting address converted to
+ *     guest-physical). The same signals anywhere else are a VMM crash: they
+ *     go to the handler installed before ours (the sanitizers'), or kill the
+ *     process as they would have.
+ *   - System calls: the guest may not make any. Syscall User Dispatch
+ *     (PR_SET_SYSCALL_USER_DISPATCH) turns every system call made from below
+ *     MEMMAP_ARENA_END into SIGSYS, which is a guest crash. All host code
+ *     (the executable, libraries, vDSO, signal restorer) lies above it (see
+ *     mem/memmap.h), so the host's own system calls are never dispatched and
+ *     no selector has to be flipped around calls or in signal handlers.
+ *
+ * Every handler runs on a per-vCPU sigaltstack, never on the guest's small
+ * stack in guest RAM (which may be write-protected by reclaim).
+ */
+#define LOG_TAG "thread"
+#include <errno.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include "core/accel/accel.h"
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/vm_internal.h"
+#include "mem/memmap.h"
+
+#ifndef PR_SET_SYSCALL_USER_DISPATCH
+#define PR_SET_SYSCALL_USER_DISPATCH 59
+#endif
+#ifndef PR_SYS_DISPATCH_OFF
+#define PR_SYS_DISPATCH_OFF 0
+#define PR_SYS_DISPATCH_ON 1
+#endif
+#ifndef SYS_USER_DISPATCH
+#define SYS_USER_DISPATCH 2
+#endif
+
+/* Everything from MEMMAP_ARENA_END up may make system calls. */
+#define DISPATCH_ALLOWED_LEN (0x00ff000000000000ULL - MEMMAP_ARENA_END)
+
+#define ALTSTACK_SIZE (256 * 1024)	/* the sanitizers' reports run on it too */
+
+#define EXIT_KICKED 0
+#define EXIT_MMIO 1
+#define EXIT_SIGNAL 2
+
+/* Flags a guest may carry into host code only at its own risk: trap, direction, alignment. */
+#define RFLAGS_TF 0x100ULL
+#define RFLAGS_DF 0x400ULL
+#define RFLAGS_AC 0x40000ULL
+#define RFLAGS_KEPT 0xcd5ULL	/* CF PF AF ZF SF DF OF */
+#define RFLAGS_FIXED 0x202ULL	/* reserved bit 1, IF */
+
+#define MXCSR_DEFAULT 0x1f80
+#define FCW_DEFAULT 0x37f
+
+/* Register order of thread_tls.gpr: the x86 encoding's. */
+enum { R_AX, R_CX, R_DX, R_BX, R_SP, R_BP, R_SI, R_DI, R_8, R_9, R_10, R_11, R_12, R_13,
+       R_14, R_15 };
+
+/*
+ * One vCPU thread's guest context. thread_entry.S reads and writes the
+ * first part at fixed offsets (checked below).
+ */
+struct thread_tls {
+	uint64_t gpr[16];
+	uint64_t rip;
+	uint64_t rflags;
+	uint64_t host_sp;		/* host stack of the running accel_thread_enter */
+	uint32_t *kick;			/* the vCPU's kick flag (other threads arm it) */
+	uint32_t in_guest;		/* this thread runs guest code now */
+	uint32_t guest_mxcsr;
+	uint32_t host_mxcsr;
+	uint16_t guest_fcw;
+	uint16_t host_fcw;
+	uint64_t mmio_gpa;		/* the last MMIO call's arguments */
+	uint64_t mmio_val;
+	uint64_t mmio_op;
+	/* C only from here. */
+	struct thread_vcpu *cpu;	/* NULL on threads that run no thread-accelerator guest */
+	struct accel_exception exc;	/* why a signal left the guest */
+};
+
+_Static_assert(offsetof(struct thread_tls, rip) == 128, "thread_entry.S T_RIP");
+_Static_assert(offsetof(struct thread_tls, rflags) == 136, "thread_entry.S T_RFLAGS");
+_Static_assert(offsetof(struct thread_tls, host_sp) == 144, "thread_entry.S T_HOST_SP");
+_Static_assert(offsetof(struct thread_tls, kick) == 152, "thread_entry.S T_KICK");
+_Static_assert(offsetof(struct thread_tls, in_guest) == 160, "thread_entry.S T_IN_GUEST");
+_Static_assert(offsetof(struct thread_tls, guest_mxcsr) == 164, "thread_entry.S T_GUEST_MXCSR");
+_Static_assert(offsetof(struct thread_tls, host_mxcsr) == 168, "thread_entry.S T_HOST_MXCSR");
+_Static_assert(offsetof(struct thread_tls, guest_fcw) == 172, "thread_entry.S T_GUEST_FCW");
+_Static_assert(offsetof(struct thread_tls, host_fcw) == 174, "thread_entry.S T_HOST_FCW");
+_Static_assert(offsetof(struct thread_tls, mmio_gpa) == 176, "thread_entry.S T_MMIO_GPA");
+_Static_assert(offsetof(struct thread_tls, mmio_op) == 192, "thread_entry.S T_MMIO_OP");
+
+/* Local-exec: thread_entry.S addresses it as %fs:accel_thread_tls@tpoff. */
+__thread struct thread_tls accel_thread_tls __attribute__((tls_model("local-exec")));
+
+long accel_thread_enter(void);
+uint64_t accel_thread_mmio(uint64_t gpa, uint64_t value, uint64_t op);
+void accel_thread_host_return(void);
+extern const char accel_thread_resume_start[], accel_thread_resume_end[];
+
+struct thread_vm {
+	uint8_t *phys_base;	/* host address of guest-physical 0 */
+	uint64_t span;		/* guest-physical span: RAM, the MMIO hole */
+};
+
+struct thread_vcpu {
+	struct vcpu *vcpu;
+	uint32_t kick;			/* armed by set_kick (any thread) */
+	struct accel_entry entry;	/* where the first run starts */
+	bool started;			/* this thread's context is set up (vCPU thread only) */
+	bool mmio_read;			/* the last exit was an MMIO read: its result goes to rax */
+	uint8_t mmio_data[8];
+	void *altstack;			/* ALTSTACK_SIZE, with a guard page below */
+	stack_t old_altstack;		/* what the thread had (the sanitizers' own) */
+};
+
+static struct thread_vm *tvm_of(const struct vm *vm)
+{
+	return vm->accel_vm;
+}
+
+static struct thread_vcpu *tcpu_of(const struct vcpu *vcpu)
+{
+	return vcpu->accel_vcpu;
+}
+
+/* --- signals --- */
+
+static const int fault_signals[] = { SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS };
+static struct sigaction old_actions[NSIG];
+
+/*
+ * Not the guest's: hand the signal to whoever had it before us, or let it
+ * do what it would have done without us. A fault raised by an instruction
+ * repeats when we return; a trap or a signal sent by someone does not, so
+ * it is raised again.
+ */
+static void chain(int sig, siginfo_t *si, void *uc)
+{
+	const struct sigaction *old = &old_actions[sig];
+
+	if ((old->sa_flags & SA_SIGINFO) && old->sa_sigaction) {
+		old->sa_sigaction(sig, si, uc);
+		return;
+	}
+	if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN) {
+		old->sa_handler(sig);
+		return;
+	}
+	signal(sig, SIG_DFL);
+	if (si->si_code <= 0 || sig == SIGTRAP || sig == SIGSYS)
+		raise(sig);
+}
+
+static const int greg_of[16] = {
+	[R_AX] = REG_RAX, [R_CX] = REG_RCX, [R_DX] = REG_RDX, [R_BX] = REG_RBX,
+	[R_SP] = REG_RSP, [R_BP] = REG_RBP, [R_SI] = REG_RSI, [R_DI] = REG_RDI,
+	[R_8] = REG_R8,	  [R_9] = REG_R9,   [R_10] = REG_R10, [R_11] = REG_R11,
+	[R_12] = REG_R12, [R_13] = REG_R13, [R_14] = REG_R14, [R_15] = REG_R15,
+};
+
+/*
+ * Save the guest's state from the signal context and make the signal return
+ * to accel_thread_host_return on the host stack, with `why` for
+ * accel_thread_enter to return. Async-signal-safe: stores only.
+ */
+static void leave_guest(ucontext_t *uc, long why)
+{
+	struct thread_tls *t = &accel_thread_tls;
+	greg_t *g = uc->uc_mcontext.gregs;
+
+	for (int i = 0; i < 16; i++)
+		t->gpr[i] = (uint64_t)g[greg_of[i]];
+	t->rip = (uint64_t)g[REG_RIP];
+	t->rflags = ((uint64_t)g[REG_EFL] & RFLAGS_KEPT) | RFLAGS_FIXED;
+	if (uc->uc_mcontext.fpregs) {
+		t->guest_mxcsr = uc->uc_mcontext.fpregs->mxcsr;
+		t->guest_fcw = uc->uc_mcontext.fpregs->cwd;
+	}
+	t->in_guest = 0;
+	g[REG_RSP] = (greg_t)t->host_sp;
+	g[REG_RIP] = (greg_t)(uintptr_t)accel_thread_host_return;
+	g[REG_RAX] = why;
+	g[REG_EFL] &= ~(greg_t)(RFLAGS_TF | RFLAGS_DF | RFLAGS_AC);
+}
+
+/* A host address as the guest sees it: guest-physical when inside its span. */
+static uint64_t to_guest(const struct thread_vm *tv, uint64_t addr, bool *outside)
+{
+	uint64_t base = (uint64_t)(uintptr_t)tv->phys_base;
+
+	*outside = addr < base || addr - base >= tv->span;
+	return *outside ? addr : addr - base;
+}
+
+static bool in_resume_sequence(uint64_t rip)
+{
+	return rip >= (uintptr_t)accel_thread_resume_start &&
+	       rip < (uintptr_t)accel_thread_resume_end;
+}
+
+void accel_thread_kick_landed(void *ucv)
+{
+	struct thread_tls *t = &accel_thread_tls;
+	ucontext_t *uc = ucv;
+	greg_t *g = uc->uc_mcontext.gregs;
+
+	if (!t->cpu)
+		return; /* a kvm vCPU: the signal's only job was to interrupt KVM_RUN */
+	if (in_resume_sequence((uint64_t)g[REG_RIP])) {
+		/* Between the kick check and the guest: check again. */
+		g[REG_RIP] = (greg_t)(uintptr_t)accel_thread_resume_start;
+		g[REG_RSP] = (greg_t)t->host_sp;
+		t->in_guest = 0;
+		return;
+	}
+	if (t->in_guest && __atomic_load_n(t->kick, __ATOMIC_SEQ_CST))
+		leave_guest(uc, EXIT_KICKED);
+}
+
+static void fault_handler(int sig, siginfo_t *si, void *ucv)
+{
+	struct thread_tls *t = &accel_thread_tls;
+	ucontext_t *uc = ucv;
+	greg_t *g = uc->uc_mcontext.gregs;
+	const struct thread_vm *tv;
+	struct accel_exception *e = &t->exc;
+
+	/* Only what the kernel raised for guest code is the guest's. */
+	if (!t->cpu || !t->in_guest || si->si_code <= 0) {
+		chain(sig, si, ucv);
+		return;
+	}
+	tv = tvm_of(t->cpu->vcpu->vm);
+	memset(e, 0, sizeof(*e));
+	e->syscall = -1;
+	e->cpl = 3;
+	e->rip = to_guest(tv, (uint64_t)g[REG_RIP], &e->rip_outside);
+	e->rsp = to_guest(tv, (uint64_t)g[REG_RSP], &(bool){ false });
+	if (sig == SIGSYS && si->si_code == SYS_USER_DISPATCH) {
+		e->syscall = si->si_syscall;
+	} else {
+		e->vector = (unsigned int)g[REG_TRAPNO];
+		e->error_code = (uint64_t)g[REG_ERR];
+		if (sig == SIGSEGV || sig == SIGBUS)
+			e->address = to_guest(tv, (uint64_t)(uintptr_t)si->si_addr,
+					      &e->address_outside);
+	}
+	leave_guest(uc, EXIT_SIGNAL);
+}
+
+static pthread_once_t signals_once = PTHREAD_ONCE_INIT;
+
+static void install_fault_handlers(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = fault_handler;
+	sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+	sigemptyset(&sa.sa_mask);
+	for (size_t i = 0; i < ARRAY_SIZE(fault_signals); i++)
+		sigaction(fault_signals[i], &sa, &old_actions[fault_signals[i]]);
+}
+
+/* --- availability and the TSC --- */
+
+static bool above_arena(uint64_t addr)
+{
+	return addr >= MEMMAP_ARENA_END;
+}
+
+int accel_thread_check(char *why, size_t whylen)
+{
+	uint64_t stack = (uint64_t)(uintptr_t)&why;
+	uint64_t vdso = getauxval(AT_SYSINFO_EHDR);
+	uint64_t code = (uint64_t)(uintptr_t)accel_thread_enter;
+	uint64_t libc = (uint64_t)(uintptr_t)clock_gettime;
+
+	if (prctl(PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_OFF, 0, 0, 0) < 0) {
+		snprintf(why, whylen, "the kernel has no Syscall User Dispatch (%s), which keeps "
+			 "guest system calls from reaching the host", strerror(errno));
+		return -ENODEV;
+	}
+	if (!above_arena(code) || !above_arena(libc) || !above_arena(stack) ||
+	    (vdso && !above_arena(vdso))) {
+		snprintf(why, whylen, "host code or stacks lie below 0x%llx (code 0x%llx, libc "
+			 "0x%llx, stack 0x%llx), where guest code runs",
+			 (unsigned long long)MEMMAP_ARENA_END, (unsigned long long)code,
+			 (unsigned long long)libc, (unsigned long long)stack);
+		return -ENODEV;
+	}
+	return 0;
+}
+
+static inline uint64_t rdtsc(void)
+{
+	uint32_t lo, hi;
+
+	__asm__ __volatile__("rdtsc" : "=a"(lo), "=d"(hi));
+	return ((uint64_t)hi << 32) | lo;
+}
+
+static uint64_t tsc_khz;
+static pthread_once_t tsc_once = PTHREAD_ONCE_INIT;
+
+/*
+ * The guest reads the host's TSC directly; its rate against CLOCK_MONOTONIC
+ * over 20 ms is good to a few parts in 10^4, plenty for a guest that only
+ * paces itself with it. Once per process.
+ */
+static void calibrate_tsc(void)
+{
+	struct timespec d = { 0, 20 * 1000 * 1000 };
+	uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC_RAW), c0 = rdtsc(), t1, c1;
+
+	nanosleep(&d, NULL);
+	c1 = rdtsc();
+	t1 = kv_clock_ns(CLOCK_MONOTONIC_RAW);
+	if (t1 > t0 && c1 > c0)
+		tsc_khz = (c1 - c0) * 1000000ULL / (t1 - t0);
+}
+
+/* --- the ops --- */
+
+static int thread_vm_init(struct vm *vm)
+{
+	char why[256];
+	struct thread_vm *tv;
+
+	if (accel_thread_check(why, sizeof(why))) {
+		log_err("%s: the thread accelerator cannot run here: %s", vm->name, why);
+		return -ENODEV;
+	}
+	pthread_once(&signals_once, install_fault_handlers);
+	tv = kv_zalloc(sizeof(*tv));
+	if (!tv)
+		return -ENOMEM;
+	tv->phys_base = memmap_phys_base(vm->gm);
+	tv->span = memmap_span(vm->gm);
+	vm->accel_vm = tv;
+	return 0;
+}
+
+static void thread_vm_destroy(struct vm *vm)
+{
+	kv_free(vm->accel_vm);
+	vm->accel_vm = NULL;
+}
+
+static int thread_vm_boot(struct vm *vm)
+{
+	(void)vm; /* no descriptor tables: the guest starts at user level and faults as signals */
+	return 0;
+}
+
+static uint64_t thread_phys_offset(const struct vm *vm)
+{
+	return (uint64_t)(uintptr_t)tvm_of(vm)->phys_base;
+}
+
+static uint64_t thread_mmio_call(const struct vm *vm)
+{
+	(void)vm;
+	return (uint64_t)(uintptr_t)accel_thread_mmio;
+}
+
+static uint64_t thread_tsc_khz(struct vm *vm)
+{
+	(void)vm;
+	pthread_once(&tsc_once, calibrate_tsc);
+	return tsc_khz;
+}
+
+static int thread_vcpu_init(struct vcpu *vcpu)
+{
+	struct thread_vcpu *c = kv_zalloc(sizeof(*c));
+	uint8_t *p;
+
+	if (!c)
+		return -ENOMEM;
+	p = mmap(NULL, ALTSTACK_SIZE + 4096, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED) {
+		kv_free(c);
+		return -ENOMEM;
+	}
+	mprotect(p, 4096, PROT_NONE); /* a handler that overflows faults instead of scribbling */
+	c->altstack = p + 4096;
+	c->vcpu = vcpu;
+	vcpu->accel_vcpu = c;
+	return 0;
+}
+
+static void thread_vcpu_destroy(struct vcpu *vcpu)
+{
+	struct thread_vcpu *c = tcpu_of(vcpu);
+
+	if (!c)
+		return;
+	munmap((uint8_t *)c->altstack - 4096, ALTSTACK_SIZE + 4096);
+	kv_free(c);
+	vcpu->accel_vcpu = NULL;
+}
+
+static int thread_vcpu_boot(struct vcpu *vcpu, const struct accel_entry *e)
+{
+	tcpu_of(vcpu)->entry = *e;
+	return 0;
+}
+
+/* First run on the vCPU's thread: its signal stack, system-call trap and guest context. */
+static int start_on_this_thread(struct thread_vcpu *c)
+{
+	struct thread_tls *t = &accel_thread_tls;
+	stack_t ss = { .ss_sp = c->altstack, .ss_size = ALTSTACK_SIZE };
+
+	if (sigaltstack(&ss, &c->old_altstack) < 0)
+		return -errno;
+	if (prctl(PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_ON, MEMMAP_ARENA_END,
+		  DISPATCH_ALLOWED_LEN, 0) < 0) {
+		int ret = -errno;
+
+		log_err("%s: vcpu %u: Syscall User Dispatch: %m", c->vcpu->vm->name,
+			c->vcpu->index);
+		sigaltstack(&c->old_altstack, NULL);
+		return ret;
+	}
+	memset(t, 0, sizeof(*t));
+	t->gpr[R_DI] = c->entry.rdi;
+	t->gpr[R_SI] = c->entry.rsi;
+	t->gpr[R_DX] = c->entry.rdx;
+	t->gpr[R_CX] = c->entry.rcx;
+	t->gpr[R_8] = c->entry.r8;
+	t->gpr[R_SP] = c->entry.rdx;
+	t->rip = c->entry.rip;
+	t->rflags = RFLAGS_FIXED;
+	t->guest_mxcsr = MXCSR_DEFAULT;
+	t->guest_fcw = FCW_DEFAULT;
+	t->kick = &c->kick;
+	t->cpu = c;
+	c->started = true;
+	return 0;
+}
+
+static int thread_vcpu_run(struct vcpu *vcpu, struct accel_exit *exit)
+{
+	struct thread_vcpu *c = tcpu_of(vcpu);
+	struct thread_tls *t = &accel_thread_tls;
+	unsigned int len;
+	long why;
+
+	if (!c->started) {
+		int ret = start_on_this_thread(c);
+
+		if (ret)
+			return ret;
+	}
+	if (c->mmio_read) {
+		uint64_t v = 0;
+
+		memcpy(&v, c->mmio_data, sizeof(c->mmio_data));
+		t->gpr[R_AX] = v;
+		c->mmio_read = false;
+	}
+	why = accel_thread_enter();
+	switch (why) {
+	case EXIT_KICKED:
+		return -EINTR;
+	case EXIT_MMIO:
+		len = (unsigned int)(t->mmio_op & 0xff);
+		if ((t->mmio_op & ~(uint64_t)(0xff | ABI_MMIO_WRITE)) ||
+		    (len != 1 && len != 2 && len != 4 && len != 8)) {
+			log_err("%s: vcpu %u: MMIO call with a bad operation 0x%llx at gpa 0x%llx",
+				vcpu->vm->name, vcpu->index, (unsigned long long)t->mmio_op,
+				(unsigned long long)t->mmio_gpa);
+			exit->reason = ACCEL_EXIT_CRASH;
+			return 0;
+		}
+		exit->reason = ACCEL_EXIT_MMIO;
+		exit->mmio.addr = t->mmio_gpa;
+		exit->mmio.len = len;
+		exit->mmio.is_write = t->mmio_op & ABI_MMIO_WRITE;
+		exit->mmio.data = c->mmio_data;
+		memset(c->mmio_data, 0, sizeof(c->mmio_data));
+		if (exit->mmio.is_write)
+			memcpy(c->mmio_data, &t->mmio_val, len);
+		else
+			c->mmio_read = true;
+		/* A store's call returns 0. */
+		t->gpr[R_AX] = 0;
+		return 0;
+	case EXIT_SIGNAL:
+		exit->reason = ACCEL_EXIT_EXCEPTION;
+		exit->exc = t->exc;
+		return 0;
+	default:
+		log_err("%s: vcpu %u: guest left with %ld", vcpu->vm->name, vcpu->index, why);
+		return -EIO;
+	}
+}
+
+static void thread_set_kick(struct vcpu *vcpu, bool on)
+{
+	__atomic_store_n(&tcpu_of(vcpu)->kick, on ? 1 : 0, __ATOMIC_SEQ_CST);
+}
+
+static void thread_vcpu_thread_exit(struct vcpu *vcpu)
+{
+	struct thread_vcpu *c = tcpu_of(vcpu);
+
+	if (!c->started)
+		return;
+	prctl(PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_OFF, 0, 0, 0);
+	/* The sanitizers free the thread's own signal stack at its exit: give it back first. */
+	sigaltstack(&c->old_altstack, NULL);
+	accel_thread_tls.cpu = NULL;
+	c->started = false;
+}
+
+static int thread_ioeventfd(struct vm *vm, gpa_t addr, unsigned int len, int fd, bool assign)
+{
+	(void)vm, (void)addr, (void)len, (void)fd, (void)assign;
+	return -ENOTSUP; /* every register access is a call into the VMM anyway */
+}
+
+static int thread_irqfd(struct vm *vm, uint32_t gsi, int fd, bool assign)
+{
+	(void)vm, (void)gsi, (void)fd, (void)assign;
+	return -ENOTSUP; /* the guest takes no interrupts */
+}
+
+const struct accel_ops accel_thread_ops = {
+	.name = "thread",
+	.exec_ram = true,
+	.vm_init = thread_vm_init,
+	.vm_destroy = thread_vm_destroy,
+	.vm_boot = thread_vm_boot,
+	.phys_offset = thread_phys_offset,
+	.mmio_call = thread_mmio_call,
+	.tsc_khz = thread_tsc_khz,
+	.vcpu_init = thread_vcpu_init,
+	.vcpu_destroy = thread_vcpu_destroy,
+	.vcpu_boot = thread_vcpu_boot,
+	.vcpu_run = thread_vcpu_run,
+	.set_kick = thread_set_kick,
+	.vcpu_thread_exit = thread_vcpu_thread_exit,
+	.ioeventfd = thread_ioeventfd,
+	.irqfd = thread_irqfd,
+};

@@ -130,9 +130,9 @@ static void guest_crash(struct vcpu *vcpu, const struct accel_exception *e)
 {
 	const char *name = vcpu->vm->name;
 
-	if (e->syscall >= 0)
+	if (e->syscall)
 		log_err("%s: vcpu %u: guest system call %ld at rip 0x%" PRIx64 "%s: a guest may "
-			"not make host system calls", name, vcpu->index, e->syscall, e->rip,
+			"not make host system calls", name, vcpu->index, e->syscall_nr, e->rip,
 			e->rip_outside ? " (host address)" : "");
 	else
 		log_err("%s: vcpu %u: guest exception %s (vector %u) at rip 0x%" PRIx64 "%s"

@@ -311,6 +311,11 @@ struct gm *vm_gm(struct vm *vm)
 	return vm->gm;
 }
 
+uint64_t vm_ram_base(const struct vm *vm)
+{
+	return (uint64_t)(uintptr_t)memmap_phys_base(vm->gm);
+}
+
 const char *vm_accel_name(const struct vm *vm)
 {
 	return vm->accel->name;

@@ -72,6 +72,11 @@ void vm_destroy(struct vm *vm);
 void vm_set_stop_notify(struct vm *vm, void (*fn)(void *arg, struct vm *vm), void *arg);
 
 struct gm *vm_gm(struct vm *vm);
+/*
+ * Host address of the VM's guest-physical 0 (core/accel and mem/memmap.h):
+ * fixed for its life; a VM under thread can only be resumed at the same base.
+ */
+uint64_t vm_ram_base(const struct vm *vm);
 /* The accelerator the VM runs on ("kvm", "thread"). */
 const char *vm_accel_name(const struct vm *vm);
 /*

@@ -13,14 +13,14 @@ import subprocess
 import tempfile
 import threading
 
-from kvmemtest import KVMEM, GUEST, check, wait_for
+from kvmemtest import KVMEM, GUEST, check, wait_for, with_accel
 
 
 class Host:
     """A running `kvmem run ...` or `kvmem host ...` with its output collected."""
 
     def __init__(self, args):
-        self.p = subprocess.Popen([KVMEM] + args, stdout=subprocess.PIPE,
+        self.p = subprocess.Popen([KVMEM] + with_accel(args), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True,
                                   env=dict(os.environ, KVMEM_GUEST=GUEST))
         self.out, self.err = [], []

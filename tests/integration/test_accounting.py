@@ -7,14 +7,14 @@ How the comparison is made fair:
   minus a guessed VMM overhead: the VMM's own memory (jemalloc arenas, thread
   stacks, and under ASan the shadow and quarantine) is neither small nor
   constant across builds, so subtracting a constant would be either unfair or
-  loose. Guest RAM is recognisable by its VmFlags: anonymous private rw
-  mappings created with MAP_NORESERVE and MADV_NOHUGEPAGE ("nr", "nh") and
-  registered with userfaultfd ("um"/"uw"/"ui"); ASan's shadow also has "nr"
-  and "nh" but is never registered with userfaultfd and is "dd" (not dumped).
-  Their sizes must add up to the VM's mem. (Naming the mapping with
-  PR_SET_VMA_ANON_NAME would be simpler; this kernel has no
-  CONFIG_ANON_VMA_NAME.) The rollup is still checked: guest RAM can't be more
-  than the process's whole anonymous memory.
+  loose. Guest RAM is the accessible part of the VM's reservation, which
+  starts at the stats' ram_base (guest-physical 0) and spans 4 GiB for a VM
+  of this size; its mappings are anonymous, private, writable (and
+  executable under the thread accelerator, which runs guest code in them),
+  created with MAP_NORESERVE and MADV_NOHUGEPAGE ("nr", "nh") and registered
+  with userfaultfd ("um"/"uw"/"ui"). Their sizes must add up to the VM's mem.
+  The rollup is still checked: guest RAM can't be more than the process's
+  whole anonymous memory.
 - Both figures leave out the shared zero page (Rss does not count it,
   resident_bytes skips its pfn), and `then=sleep` keeps the guest's memory
   still, so the two reads see the same pages; resident_bytes is refreshed by
@@ -25,36 +25,41 @@ How the comparison is made fair:
 import os
 import re
 
-from kvmemtest import check, finish, require_kvm, wait_for
+from kvmemtest import ACCEL, check, finish, require_accel, wait_for
 from ctlhelp import Host, stats, tmpdir, vm_of, wait_socket
 
 MIB = 1 << 20
 MEM, FILL = 512 * MIB, 256 * MIB
 
 
-def guest_ram_rss(pid, mem):
-    """Rss (bytes) of the guest RAM mappings, and the rollup's Anonymous."""
+def guest_ram_rss(pid, base, span):
+    """Rss (bytes) of the guest RAM mappings in [base, base + span), and the rollup's Anonymous."""
     vmas, cur = [], None
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
             m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ (\d+)\s*(.*)$", line)
             if m:
-                cur = {"len": int(m[2], 16) - int(m[1], 16), "perm": m[3],
+                cur = {"start": int(m[1], 16), "end": int(m[2], 16), "perm": m[3],
                        "anon": m[4] == "0" and not m[5], "rss": 0, "flags": []}
+                cur["len"] = cur["end"] - cur["start"]
                 vmas.append(cur)
             elif line.startswith("Rss:"):
                 cur["rss"] = int(line.split()[1]) * 1024
             elif line.startswith("VmFlags:"):
                 cur["flags"] = line.split()[1:]
-    ram = [v for v in vmas if v["anon"] and v["perm"] == "rw-p" and "nr" in v["flags"]
-           and "nh" in v["flags"] and "dd" not in v["flags"]
-           and {"um", "uw", "ui"} & set(v["flags"])]
+    want = "rwxp" if ACCEL == "thread" else "rw-p"
+    ram = [v for v in vmas if base <= v["start"] and v["end"] <= base + span
+           and v["perm"] != "---p"]
+    check(all(v["anon"] and v["perm"] == want and "nr" in v["flags"] and "nh" in v["flags"]
+              and {"um", "uw", "ui"} & set(v["flags"]) for v in ram),
+          f"guest RAM is anonymous {want}, NORESERVE, no THP, under userfaultfd "
+          f"({[(v['perm'], v['flags']) for v in ram]})")
     with open(f"/proc/{pid}/smaps_rollup") as f:
         anon = next(int(l.split()[1]) * 1024 for l in f if l.startswith("Anonymous:"))
     return ram, anon
 
 
-require_kvm()
+require_accel()
 d = tmpdir()
 sock = os.path.join(d, "k.sock")
 host = Host(["run", "--mem", "512M", "--socket", sock, "--append",
@@ -69,7 +74,7 @@ try:
           "the policy measured the VM after the fill")
     st = stats(sock)
     resident = vm_of(st, "vm0")["resident_bytes"]
-    ram, rollup_anon = guest_ram_rss(host.p.pid, MEM)
+    ram, rollup_anon = guest_ram_rss(host.p.pid, vm_of(st, "vm0")["ram_base"], 4 << 30)
     kernel = sum(v["rss"] for v in ram)
     check(sum(v["len"] for v in ram) == MEM,
           f"found the guest RAM mappings in smaps ({[(v['len'] >> 20, v['flags']) for v in ram]})")

@@ -12,7 +12,7 @@ import contextlib
 import os
 import re
 
-from kvmemtest import check, finish, require_kvm, run, wait_for
+from kvmemtest import check, finish, require_accel, run, wait_for
 from ctlhelp import Host, no_verify_fail, request, stats, tmpdir, vm_of, wait_socket
 
 MIB = 1 << 20
@@ -21,7 +21,7 @@ PAGES_PER_MIB = MIB // PAGE
 # Far above what the guests use: the policy never balloons them on its own.
 BUDGET = "16G"
 
-require_kvm()
+require_accel()
 d = tmpdir()
 
 

@@ -8,7 +8,7 @@ VM keep running and verifying. Nothing asserts on timing."""
 import os
 import re
 
-from kvmemtest import check, finish, require_kvm, wait_for
+from kvmemtest import check, finish, require_accel, wait_for
 from ctlhelp import Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of, wait_socket
 
 MIB = 1 << 20
@@ -17,7 +17,7 @@ CASES = ["loop", "long", "oob", "wrap", "dir", "indirect-oob", "indirect-nested"
 WL = "kvmem.wl=size=32,verify=1"
 OK = r"^\[{}\] kvmem-wl: verify ok 8192$"
 
-require_kvm()
+require_accel()
 d = tmpdir()
 sock = os.path.join(d, "k.sock")
 cfg = host_config(d, {

@@ -11,9 +11,9 @@ busy in every half-second interval. Nothing here asserts timing: waits are polls
 """
 from ctlhelp import (Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of,
                      wait_socket)
-from kvmemtest import check, finish, require_kvm, wait_for
+from kvmemtest import check, finish, require_accel, wait_for
 
-require_kvm()
+require_accel()
 MIB = 1 << 20
 d = tmpdir()
 sock = f"{d}/k.sock"

@@ -4,10 +4,10 @@ path that is not a socket is left alone, and the socket is removed at exit."""
 import os
 import socket
 
-from kvmemtest import check, finish, require_kvm
+from kvmemtest import check, finish, require_accel
 from ctlhelp import Host, request, tmpdir, wait_socket
 
-require_kvm()
+require_accel()
 d = tmpdir()
 sock = os.path.join(d, "k.sock")
 VM = ["run", "--mem", "64M", "--append", "kvmem.wl=size=8,then=sleep"]

@@ -8,10 +8,10 @@ import stat
 import subprocess
 import sys
 
-from kvmemtest import check, finish, require_kvm
+from kvmemtest import check, finish, require_accel
 from ctlhelp import (Host, connect, read_line, request, stats, tmpdir, vm_of, wait_socket)
 
-require_kvm()
+require_accel()
 d = tmpdir()
 sock = os.path.join(d, "k.sock")
 host = Host(["run", "--mem", "256M", "--socket", sock, "--append",

@@ -7,10 +7,10 @@ scanner notices the copy-on-write breaks and drops those frame references.
 Ordering without timing: each guest announces its writes, then sleeps a
 few seconds (cowwait) before making them; the test pauses it at once, waits
 until the scanner has merged, and resumes it."""
-from kvmemtest import check, finish, require_kvm
+from kvmemtest import check, finish, require_accel
 from deduphelp import DedupHost
 
-require_kvm()
+require_accel()
 N, MIB = 3, 32
 P = MIB * 256
 D = P // 2

@@ -3,10 +3,10 @@ three guests share all their (identical) pages, then each rewrites every
 one of them. Every old frame loses its last reference and is punched out of
 the store; the new contents, identical again across the guests, are shared
 anew; every guest verifies."""
-from kvmemtest import check, finish, require_kvm
+from kvmemtest import check, finish, require_accel
 from deduphelp import DedupHost
 
-require_kvm()
+require_accel()
 N, MIB = 3, 16
 P = MIB * 256
 WL = f"size={MIB},dup=100,cow=100,cowwait=3,verify=2,then=sleep"

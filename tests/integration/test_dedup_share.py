@@ -10,10 +10,10 @@ sharing net of what it costs (the kernel's mappings, the engine's tables).
 The workload interleaves its classes (every other page is identical), which
 would cost a host mapping per shared page if pages were remapped one by one:
 whole 2 MiB windows are remapped instead, so the mappings stay few."""
-from kvmemtest import check, finish, require_kvm
+from kvmemtest import check, finish, require_accel
 from deduphelp import DedupHost, PAGE
 
-require_kvm()
+require_accel()
 N, MIB = 3, 64
 P = MIB * 256
 D, Z = P * 50 // 100, P * 25 // 100

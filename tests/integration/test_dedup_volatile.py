@@ -4,10 +4,10 @@ scanner counts pages whose content changed since their previous visit
 (pages_volatile) and leaves them alone, the steady pages are shared, and
 both guests verify. (The exact rule is checked page by page in the unit
 test test_dedup_page_changing_between_visits_is_not_merged.)"""
-from kvmemtest import check, finish, require_kvm
+from kvmemtest import check, finish, require_accel
 from deduphelp import DedupHost
 
-require_kvm()
+require_accel()
 MIB = 16
 P = MIB * 256
 WL = f"size={MIB},dup=100,verify=3,then=sleep,id="

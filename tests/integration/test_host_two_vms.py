@@ -5,10 +5,10 @@ without the host's prefix), b's to /dev/full (a full disk: one warning, the
 VM runs on)."""
 import os
 
-from kvmemtest import check, finish, require_kvm, wait_for
+from kvmemtest import check, finish, require_accel, wait_for
 from ctlhelp import Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of, wait_socket
 
-require_kvm()
+require_accel()
 d = tmpdir()
 sock = os.path.join(d, "k.sock")
 WL = "kvmem.wl=size=32,verify=1"

@@ -2,9 +2,9 @@
 vCPU works, guest faults are reported, and bad arguments are usage errors."""
 import re
 
-from kvmemtest import check, finish, require_kvm, run
+from kvmemtest import check, finish, require_accel, run
 
-require_kvm()
+require_accel()
 
 # The workload fills 256 MiB with the issue's mix and verifies every page.
 r = run(["run", "--mem", "512M", "--append",

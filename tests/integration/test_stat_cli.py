@@ -8,10 +8,10 @@ import socket
 import subprocess
 import threading
 
-from kvmemtest import KVMEM, check, finish, require_kvm, wait_for
+from kvmemtest import ACCEL, KVMEM, check, finish, require_accel, wait_for
 from ctlhelp import Host, host_config, tmpdir, wait_socket
 
-require_kvm()
+require_accel()
 d = tmpdir()
 sock = os.path.join(d, "k.sock")
 cfg = host_config(d, {
@@ -69,13 +69,15 @@ try:
     hdr = next((i for i, l in enumerate(lines) if l.startswith("NAME")), None)
     if check(hdr is not None, "a header row"):
         cols = lines[hdr].split()
-        check(cols[:5] == ["NAME", "STATE", "MEM", "RESIDENT", "ENTITLED"] and
+        check(cols[:6] == ["NAME", "STATE", "ACCEL", "MEM", "RESIDENT", "ENTITLED"] and
               all(c in cols for c in ("ANON", "ZERO", "SHARED", "BALLOON", "SWAP")),
               f"columns ({cols})")
         rows = lines[hdr + 1:hdr + 4]
         check([row.split()[0] for row in rows] == ["alpha", "beta-with-a-long-name", "TOTAL"],
               f"a row per VM, then TOTAL ({rows})")
         check(all(row.split()[1] == "running" for row in rows[:2]), "both rows say running")
+        check(all(row.split()[2] == ACCEL for row in rows[:2]),
+              f"both rows name the accelerator {ACCEL}")
         # Right-aligned size columns: every row ends where the header ends.
         check(len({len(l) for l in [lines[hdr]] + rows}) == 1, "rows are aligned")
         check(re.search(r"\b256\.0 MiB\b", rows[0]) and re.search(r"\b384\.0 MiB\b", rows[2]),

@@ -4,14 +4,14 @@ pages, resident memory falls by (about) their size, and the guest still
 verifies every page afterwards (the dropped pages read back as zeros)."""
 import os
 
-from kvmemtest import check, finish, require_kvm, wait_for
+from kvmemtest import check, finish, require_accel, wait_for
 from ctlhelp import Host, no_verify_fail, request, stats, tmpdir, vm_of, wait_socket
 
 MIB = 1 << 20
 PAGE = 4096
 VERIFY = r"^kvmem-wl: verify ok 65536$"
 
-require_kvm()
+require_accel()
 d = tmpdir()
 sock = os.path.join(d, "k.sock")
 host = Host(["run", "--mem", "512M", "--socket", sock, "--append",

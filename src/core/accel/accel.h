@@ -59,7 +59,8 @@ struct accel_exception {
 	unsigned int cpl;
 	bool rip_outside;	/* rip is a host address outside the guest's span */
 	bool address_outside;	/* address is a host address outside the guest's span */
-	long syscall;		/* >= 0: the guest made this host system call (thread) */
+	bool syscall;		/* not an exception: the guest made a host system call (thread) */
+	long syscall_nr;	/* which one */
 };
 
 enum accel_exit_reason {

@@ -432,7 +432,6 @@ static int kvm_vcpu_exception(struct vcpu *vcpu, struct accel_exception *e)
 	e->address = sregs.cr2;
 	e->rsp = f.rsp;
 	e->cpl = (unsigned int)(f.cs & 3);
-	e->syscall = -1;
 	return 0;
 }
 

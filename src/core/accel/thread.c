@@ -224,12 +224,16 @@ static void leave_guest(ucontext_t *uc, long why)
 	g[REG_EFL] &= ~(greg_t)(RFLAGS_TF | RFLAGS_DF | RFLAGS_AC);
 }
 
-/* A host address as the guest sees it: guest-physical when inside its span. */
+/*
+ * A host address as the guest sees it: guest-physical from the VM's base to
+ * the end of the guard gap after its span (a store past everything the guest
+ * has lands there, and KVM would report that gpa too).
+ */
 static uint64_t to_guest(const struct thread_vm *tv, uint64_t addr, bool *outside)
 {
 	uint64_t base = (uint64_t)(uintptr_t)tv->phys_base;
 
-	*outside = addr < base || addr - base >= tv->span;
+	*outside = addr < base || addr - base >= tv->span + MEMMAP_GUARD;
 	return *outside ? addr : addr - base;
 }
 
@@ -273,16 +277,17 @@ static void fault_handler(int sig, siginfo_t *si, void *ucv)
 	}
 	tv = tvm_of(t->cpu->vcpu->vm);
 	memset(e, 0, sizeof(*e));
-	e->syscall = -1;
 	e->cpl = 3;
 	e->rip = to_guest(tv, (uint64_t)g[REG_RIP], &e->rip_outside);
 	e->rsp = to_guest(tv, (uint64_t)g[REG_RSP], &(bool){ false });
 	if (sig == SIGSYS && si->si_code == SYS_USER_DISPATCH) {
-		e->syscall = si->si_syscall;
+		e->syscall = true;
+		e->syscall_nr = si->si_syscall;
 	} else {
 		e->vector = (unsigned int)g[REG_TRAPNO];
 		e->error_code = (uint64_t)g[REG_ERR];
-		if (sig == SIGSEGV || sig == SIGBUS)
+		/* cr2 as KVM would report it: only a page fault (or a bus error) has one. */
+		if (e->vector == 14 || sig == SIGBUS)
 			e->address = to_guest(tv, (uint64_t)(uintptr_t)si->si_addr,
 					      &e->address_outside);
 	}

@@ -310,9 +310,9 @@ int host_config_resolve_accel(struct host_config *cfg, char *err, size_t len)
 		if (vm->accel == ACCEL_THREAD && vm_asked != ACCEL_THREAD && vm->guest_explicit &&
 		    !is_builtin_guest(vm->guest, cfg->default_guest))
 			return fail(err, len,
-				    "vms[%u].guest: %s would run on the thread accelerator, in the "
-				    "VMM's own address space: ask for it with accel \"thread\" "
-				    "(or \"kvm\")", i, vm->guest);
+				    "%s: not the built-in kvmem guest: on the thread accelerator it "
+				    "would run inside the VMM's address space; ask for that by name "
+				    "(--accel thread, or \"accel\": \"thread\")", vm->guest);
 	}
 	return 0;
 }

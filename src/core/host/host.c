@@ -481,10 +481,11 @@ json_t *host_stats_json(struct host *h)
 		/* Saved now: pages whose host memory a mechanism holds back. */
 		saved += (vs.pages[PS_ZERO] + vs.pages[PS_BALLOONED] + vs.pages[PS_REPORTED] +
 			  vs.pages[PS_SWAPPED]) * GM_PAGE_SIZE;
-		vo = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:i, s:I, s:f, s:o, s:s}",
+		vo = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:i, s:I, s:f, s:o, s:s}",
 			       "name", hv->cfg.name,
 			       "state", vm_state_name(vm_get_state(hv->vm)),
 			       "accel", vm_accel_name(hv->vm),
+			       "ram_base", (json_int_t)vm_ram_base(hv->vm),
 			       "mem_bytes", (json_int_t)vs.mem_bytes,
 			       "min_bytes", (json_int_t)vs.min_bytes,
 			       "resident_bytes", (json_int_t)vs.resident_bytes,

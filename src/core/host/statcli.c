@@ -260,9 +260,10 @@ static void add_col(struct table *t, const char *head, enum col_kind kind, const
 /* Top-level VM keys the fixed columns or nobody shows. */
 static bool is_known_vm_key(const char *key)
 {
-	static const char *const known[] = { "name", "state", "accel", "mem_bytes", "min_bytes",
-					     "resident_bytes", "shares", "entitlement_bytes",
-					     "active_fraction", "pages", "last_action" };
+	static const char *const known[] = { "name", "state", "accel", "ram_base", "mem_bytes",
+					     "min_bytes", "resident_bytes", "shares",
+					     "entitlement_bytes", "active_fraction", "pages",
+					     "last_action" };
 
 	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
 		if (!strcmp(key, known[i]))

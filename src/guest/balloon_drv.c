@@ -143,7 +143,7 @@ static struct balloon {
 	uint64_t top;			/* pages the device acknowledged (atomic reads) */
 	uint32_t infl_n;		/* inflate in flight: pfns[top, top + infl_n) */
 	uint32_t defl_n;		/* deflate in flight: pfns[top - defl_n, top) */
-	uint64_t rep_gpa[REPORT_BATCH];	/* chunks in the report in flight */
+	gpa_t rep_gpa[REPORT_BATCH];	/* chunks in the report in flight */
 	unsigned rep_n;
 	bool stats_out;			/* the device holds our stats buffer */
 
@@ -162,7 +162,7 @@ static struct balloon {
 	bool live_all;			/* ... and the ones after it */
 	bool live_sent;			/* that case is with the device */
 	uint64_t live_deadline_ns;	/* it counts as survived after this */
-	uint64_t scratch;		/* 2 pages the hostile requests point into */
+	gpa_t scratch;			/* 2 pages the hostile requests point into */
 } bl;
 
 static uint8_t stats_buf[NR_STATS * STAT_SIZE] __attribute__((aligned(64)));
@@ -264,7 +264,7 @@ static void fill_stats(void)
 /* Hand the device a fresh stats buffer. Lock held, device running. */
 static void queue_stats(void)
 {
-	struct vio_buf b = { (uint64_t)stats_buf, sizeof(stats_buf), false };
+	struct vio_buf b = { virt_to_phys(stats_buf), sizeof(stats_buf), false };
 
 	if (!bl.has_stats || bl.stats_out)
 		return;
@@ -289,7 +289,7 @@ static bool in_flight(void)
 
 static int submit_pfns(unsigned qi, uint64_t first, uint32_t n)
 {
-	struct vio_buf b = { (uint64_t)&bl.pfns[first], n * 4, false };
+	struct vio_buf b = { virt_to_phys(&bl.pfns[first]), n * 4, false };
 	int ret = vio_add(&bl.q[qi], &b, 1, first);
 
 	if (!ret)
@@ -531,7 +531,7 @@ static void read_target(void)
 	WRITE_ONCE(bl.target, t);
 }
 
-static void hostile_submit(enum hostile h, uint64_t scratch);
+static void hostile_submit(enum hostile h, gpa_t scratch);
 
 /*
  * kvmem.balloon.hostile.live: once the balloon holds its target, submit a
@@ -684,18 +684,25 @@ static uint64_t oom_reclaim(uint64_t pages)
 
 /* --- the hostile driver --- */
 
-/* Far above any RAM and MMIO kvmem gives a guest. */
+/*
+ * Far above any RAM and MMIO kvmem gives a guest. These bad addresses are
+ * raw gpas on purpose; only the hostile driver's own buffers (in scratch)
+ * are converted, so each case fails for the one reason it is named after.
+ */
 #define HOSTILE_OOB_GPA (1ULL << 46)
+#define HOSTILE_WRAP_GPA 0xfffffffffffff000ULL
+#define HOSTILE_TABLE_OFF 2048	/* an indirect table in scratch's first page */
+#define HOSTILE_NESTED_OFF (HOSTILE_TABLE_OFF + 256)
 
 /* Submit one malformed request of kind @h on the inflate queue. Lock held. */
-static void hostile_submit(enum hostile h, uint64_t scratch)
+static void hostile_submit(enum hostile h, gpa_t scratch)
 {
 	struct vio_queue *q = &bl.q[Q_INFLATE];
-	uint64_t pfnbuf = scratch;	/* one le32 PFN: the scratch's own second page */
-	struct vio_desc *table = (struct vio_desc *)(scratch + 2048);
+	gpa_t pfnbuf = scratch;		/* one le32 PFN: the scratch's own second page */
+	struct vio_desc *table = phys_to_virt(gpa_add(scratch, HOSTILE_TABLE_OFF));
 	uint16_t i;
 
-	*(uint32_t *)pfnbuf = (uint32_t)((scratch + RT_PAGE_SIZE) >> RT_PAGE_SHIFT);
+	*(uint32_t *)phys_to_virt(pfnbuf) = (uint32_t)gpa_to_gfn(gpa_add(scratch, RT_PAGE_SIZE));
 	switch (h) {
 	case H_LOOP:
 		vio_raw_desc(q, 0, pfnbuf, 4, VIO_DESC_F_NEXT, 0);
@@ -706,24 +713,25 @@ static void hostile_submit(enum hostile h, uint64_t scratch)
 			vio_raw_desc(q, i, pfnbuf, 4, VIO_DESC_F_NEXT, (uint16_t)((i + 1) % q->size));
 		break;
 	case H_OOB:
-		vio_raw_desc(q, 0, HOSTILE_OOB_GPA, 4096, 0, 0);
+		vio_raw_desc(q, 0, gpa(HOSTILE_OOB_GPA), 4096, 0, 0);
 		break;
 	case H_WRAP:
-		vio_raw_desc(q, 0, 0xfffffffffffff000ULL, 0x2000, 0, 0);
+		vio_raw_desc(q, 0, gpa(HOSTILE_WRAP_GPA), 0x2000, 0, 0);
 		break;
 	case H_DIR:
 		vio_raw_desc(q, 0, pfnbuf, 4, VIO_DESC_F_WRITE, 0);
 		break;
 	case H_INDIRECT_OOB:
-		vio_raw_desc(q, 0, HOSTILE_OOB_GPA, 4 * sizeof(struct vio_desc), VIO_DESC_F_INDIRECT,
-			     0);
+		vio_raw_desc(q, 0, gpa(HOSTILE_OOB_GPA), 4 * sizeof(struct vio_desc),
+			     VIO_DESC_F_INDIRECT, 0);
 		break;
 	case H_INDIRECT_NESTED:
-		table[0].addr = scratch + 2048 + 256;
+		table[0].addr = gpa_val(gpa_add(scratch, HOSTILE_NESTED_OFF));
 		table[0].len = sizeof(struct vio_desc);
 		table[0].flags = VIO_DESC_F_INDIRECT;
 		table[0].next = 0;
-		vio_raw_desc(q, 0, (uint64_t)table, sizeof(struct vio_desc), VIO_DESC_F_INDIRECT, 0);
+		vio_raw_desc(q, 0, virt_to_phys(table), sizeof(struct vio_desc), VIO_DESC_F_INDIRECT,
+			     0);
 		break;
 	case H_AVAIL_JUMP:
 		vio_raw_desc(q, 0, pfnbuf, 4, 0, 0);
@@ -745,7 +753,7 @@ static void hostile_submit(enum hostile h, uint64_t scratch)
 	vio_kick(q);
 }
 
-static void hostile_case(enum hostile h, uint64_t scratch)
+static void hostile_case(enum hostile h, gpa_t scratch)
 {
 	struct rt_backoff bo = RT_BACKOFF_INIT_MAX(RT_NS_PER_MS);
 	uint64_t end;
@@ -813,6 +821,7 @@ int balloon_init(const struct abi_boot_params *bp)
 	const char *cmdline = bp->cmdline;
 	enum hostile h;
 	uint64_t pages;
+	gpa_t pfns;
 	int ret;
 
 	if (flag_off(cmdline, "kvmem.balloon"))
@@ -841,19 +850,20 @@ int balloon_init(const struct abi_boot_params *bp)
 	}
 	bl.dev.base = vio_find(bp, BALLOON_DEVICE_ID, 0);
 	bl.dev.device_id = BALLOON_DEVICE_ID;
-	if (!bl.dev.base)
+	if (gpa_is_null(bl.dev.base))
 		return -ENOENT;
 	bl.cap = MIN(palloc_total_pages(), (uint64_t)UINT32_MAX);
 	pages = DIV_ROUND_UP(bl.cap * sizeof(uint32_t), RT_PAGE_SIZE);
-	bl.pfns = (uint32_t *)palloc_alloc_run(pages, 1);
-	if (!bl.pfns) {
+	pfns = palloc_alloc_run(pages, 1);
+	if (gpa_is_null(pfns)) {
 		rt_printf("kvmem-balloon: no memory for the page list\n");
 		return -ENOMEM;
 	}
+	bl.pfns = phys_to_virt(pfns);
 	if (h != H_NONE || bl.live != H_NONE) {
 		/* Kept for good: a hostile request the device took may still point here. */
 		bl.scratch = palloc_alloc_run(2, 1);
-		if (!bl.scratch) {
+		if (gpa_is_null(bl.scratch)) {
 			rt_printf("kvmem-balloon: no memory for the hostile driver\n");
 			h = bl.live = H_NONE;
 		}
@@ -865,7 +875,7 @@ int balloon_init(const struct abi_boot_params *bp)
 	rt_spin_unlock(&bl.lock);
 	if (ret) {
 		rt_printf("kvmem-balloon: device did not start (%d)\n", ret);
-		palloc_free_run((uint64_t)bl.pfns, pages);
+		palloc_free_run(pfns, pages);
 		return ret;
 	}
 	palloc_set_reclaim(oom_reclaim);

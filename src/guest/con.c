@@ -5,8 +5,9 @@
  * Each vCPU formats into its own line buffer (vCPU-local, no lock) and hands
  * a complete line to the console device with two MMIO writes (buffer gpa,
  * then length). The device's BUF_GPA register is shared by all vCPUs, so
- * con_lock covers the pair; it also keeps lines whole. Guest RAM is identity
- * mapped, so a buffer's address is its gpa.
+ * con_lock covers the pair; it also keeps lines whole. The device reads the
+ * buffer by gpa, which is its virtual address only under kvm: it goes
+ * through virt_to_phys() like every address handed to a device.
  */
 #include "rt.h"
 
@@ -22,12 +23,12 @@ static struct rt_spinlock con_lock;		/* the BUF_GPA/BUF_LEN pair */
 
 static void emit(struct con_line *l)
 {
-	uint64_t gpa = rt_console_gpa();
+	gpa_t con = rt_console_gpa();
 
-	if (l->len && gpa) {
+	if (l->len && !gpa_is_null(con)) {
 		rt_spin_lock(&con_lock);
-		mmio_write64(gpa + ABI_CON_BUF_GPA, (uint64_t)l->buf);
-		mmio_write32(gpa + ABI_CON_BUF_LEN, (uint32_t)l->len);
+		mmio_write64(gpa_add(con, ABI_CON_BUF_GPA), gpa_val(virt_to_phys(l->buf)));
+		mmio_write32(gpa_add(con, ABI_CON_BUF_LEN), (uint32_t)l->len);
 		rt_spin_unlock(&con_lock);
 	}
 	l->len = 0;
@@ -180,7 +181,8 @@ static void format(struct out *o, const char *fmt, va_list ap)
 				zero, NULL);
 			break;
 		case 'p':
-			u = (uint64_t)va_arg(ap, void *);
+			/* The pointer as the guest sees it (virtual), not a gpa. */
+			u = (uint64_t)(uintptr_t)va_arg(ap, void *);
 			put_num(o, u, false, 16, false, width, left, zero, "0x");
 			break;
 		case 'c': {

@@ -7,9 +7,12 @@
  * Command line:
  *   kvmem.wl=...        the workload (wl.c); without it the guest idles
  *   kvmem.balloon...    the virtio-balloon driver (balloon_drv.h), on by default
- *   kvmem.debug=fault   store to an unmapped address (#PF)
+ *   kvmem.debug=fault   store to the first gpa past everything (#PF)
  *   kvmem.debug=ud      execute ud2 (#UD)
  *   kvmem.debug=gp      execute hlt at CPL3 (#GP)
+ *   kvmem.debug=syscall execute syscall (a crash under both accelerators)
+ *   kvmem.debug=spinN   spin N seconds without any exit to the VMM, then
+ *                       print "kvmem guest: spin done" and power off with 0
  *   kvmem.debug=exitN   power off at once with status N
  */
 #include "balloon_drv.h"
@@ -21,11 +24,58 @@
 /* entry.S hard-codes these (abi.h is not assembler-safe); keep them in step. */
 _Static_assert(ABI_SEL_USER_DS == 0x1b, "entry.S user data selector");
 _Static_assert(ABI_SEL_USER_CS == 0x23, "entry.S user code selector");
+_Static_assert(ABI_ENTRY_USER == 0x1, "entry.S user-level entry flag");
 
-/* Unmapped in the VMM's identity map: guest RAM and MMIO are far below 8 TiB. */
-#define DEBUG_FAULT_ADDR 0x7fffffff000ULL
+/*
+ * kvmem.debug=spinN without a TSC rate: iterations of spin()'s counting loop
+ * taken as one second. Only roughly so (a cycle each, at 3 GHz): the tests
+ * that use it need a guest that stays busy for a while, not a clock.
+ */
+#define SPIN_ITERS_PER_SEC 3000000000ULL
 
-void guest_main(uint64_t cpu, const struct abi_boot_params *bp, uint64_t stack_top);
+/*
+ * No such system call (far above the last, without the x32 bit): should the
+ * VMM fail to catch it, the host kernel answers -ENOSYS and nothing happens.
+ */
+#define DEBUG_SYSCALL_NR 0xfffffULL
+
+void guest_main(uint64_t cpu, const struct abi_boot_params *bp, uint64_t stack_top,
+		uint64_t phys_offset, uint64_t flags);
+
+/*
+ * kvmem.debug=spinN: stay busy for @secs without a single exit to the VMM
+ * (no MMIO, no sleep), so a test can pause, resume or stop a guest that
+ * would never stop on its own. rt_now_ns() reads only the TSC when its rate
+ * is known; without it, it would read the VMM's clock over MMIO.
+ */
+static void spin(uint64_t secs)
+{
+	uint64_t i, n;
+
+	if (rt_boot_params()->tsc_khz) {
+		uint64_t end = rt_now_ns() + secs * RT_NS_PER_SEC;
+
+		while (rt_now_ns() < end)
+			;
+		return;
+	}
+	n = secs * SPIN_ITERS_PER_SEC;
+	for (i = 0; i < n; i++)
+		__asm__ __volatile__("" : "+r"(i));
+}
+
+/* The digits after @prefix in @v, as a number; false if @v is not prefix + number. */
+static bool debug_num(struct rt_str v, const char *prefix, uint64_t max, uint64_t *out)
+{
+	size_t len = strlen(prefix);
+	struct rt_str n;
+
+	if (v.len <= len || memcmp(v.p, prefix, len))
+		return false;
+	n.p = v.p + len;
+	n.len = v.len - len;
+	return !str_to_u64(n, out) && *out <= max;
+}
 
 static void debug(const char *cmdline)
 {
@@ -37,16 +87,29 @@ static void debug(const char *cmdline)
 	rt_printf("kvmem guest: debug %.*s\n", (int)v.len, v.p);
 	con_flush();
 	if (str_eq(v, "fault")) {
-		*(volatile uint64_t *)DEBUG_FAULT_ADDR = 0x6b766d656dULL;
+		/*
+		 * Under kvm outside the VMM's page tables; under thread in the
+		 * guard gap after the VM's reservation. 0 would be the VMM's own
+		 * low memory, mapped: rather not stop than scribble there.
+		 */
+		gpa_t top = rt_phys_top();
+
+		if (!gpa_is_null(top))
+			*(volatile uint64_t *)phys_to_virt(top) = 0x6b766d656dULL;
 	} else if (str_eq(v, "ud")) {
 		__asm__ __volatile__("ud2");
 	} else if (str_eq(v, "gp")) {
 		__asm__ __volatile__("hlt");
-	} else if (v.len > 4 && !memcmp(v.p, "exit", 4)) {
-		struct rt_str n = { v.p + 4, v.len - 4 };
+	} else if (str_eq(v, "syscall")) {
+		uint64_t nr = DEBUG_SYSCALL_NR;
 
-		if (!str_to_u64(n, &status) && status <= UINT32_MAX)
-			rt_poweroff((uint32_t)status);
+		__asm__ __volatile__("syscall" : "+a"(nr) : : "rcx", "r11", "memory");
+	} else if (debug_num(v, "spin", UINT32_MAX, &status)) {
+		spin(status);
+		rt_printf("kvmem guest: spin done\n");
+		rt_poweroff(RT_EXIT_OK);
+	} else if (debug_num(v, "exit", UINT32_MAX, &status)) {
+		rt_poweroff((uint32_t)status);
 	}
 	rt_printf("kvmem guest: kvmem.debug=%.*s did not stop the guest\n", (int)v.len, v.p);
 	rt_poweroff(RT_EXIT_USAGE);
@@ -78,12 +141,19 @@ static __noreturn void boot_cpu0(const struct abi_boot_params *bp)
 	rt_idle_forever();
 }
 
-void guest_main(uint64_t cpu, const struct abi_boot_params *bp, uint64_t stack_top)
+/*
+ * From entry.S, at user level on every vCPU, with the entry registers as
+ * the VMM set them (abi.h); @bp and @stack_top are virtual.
+ */
+void guest_main(uint64_t cpu, const struct abi_boot_params *bp, uint64_t stack_top,
+		uint64_t phys_offset, uint64_t flags __unused)
 {
 	if (cpu >= ABI_MAX_CPUS)
 		__builtin_trap();
 	rt_cpu_register((unsigned)cpu, stack_top);
 	if (cpu == 0) {
+		/* Before anything converts an address. */
+		rt_set_phys_offset(phys_offset);
 		if (rt_init(bp))
 			/* No trusted console to say why: let the VMM report a #UD. */
 			__builtin_trap();
@@ -92,5 +162,8 @@ void guest_main(uint64_t cpu, const struct abi_boot_params *bp, uint64_t stack_t
 	/* vCPU 0 needs microseconds for rt_init(); nothing to sleep through yet. */
 	while (!rt_is_ready())
 		cpu_relax();
+	/* One offset per VM: a vCPU that was told another would corrupt memory. */
+	if (phys_offset != rt_phys_offset)
+		__builtin_trap();
 	smp_worker((unsigned)cpu);
 }

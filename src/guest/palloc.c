@@ -161,7 +161,7 @@ int palloc_init(const struct abi_boot_params *bp)
 
 	for (i = 0; i < bp->nr_ranges && i < ABI_MAX_RANGES; i++) {
 		struct prange r = {
-			.base = bp->ranges[i].gpa >> RT_PAGE_SHIFT,
+			.base = gpa_to_gfn(gpa(bp->ranges[i].gpa)),
 			.npages = bp->ranges[i].len >> RT_PAGE_SHIFT,
 		};
 
@@ -187,7 +187,7 @@ int palloc_init(const struct abi_boot_params *bp)
 	if (!home)
 		return -ENOMEM;
 
-	next = (uint64_t *)(home->base << RT_PAGE_SHIFT);
+	next = phys_to_virt(gfn_to_gpa(home->base));
 	for (i = 0; i < nr_ranges; i++) {
 		struct prange *r = &ranges[i];
 		uint64_t nw = DIV_ROUND_UP(r->npages, WORD_BITS);
@@ -218,16 +218,16 @@ int palloc_init(const struct abi_boot_params *bp)
 	return 0;
 }
 
-uint64_t palloc_alloc(void)
+gpa_t palloc_alloc(void)
 {
 	uint32_t gfn;
 
 	if (!palloc_alloc_gfns(&gfn, 1))
-		return 0;
-	return (uint64_t)gfn << RT_PAGE_SHIFT;
+		return GPA_NULL;
+	return gfn_to_gpa(gfn);
 }
 
-void palloc_free(uint64_t gpa)
+void palloc_free(gpa_t gpa)
 {
 	palloc_free_run(gpa, 1);
 }
@@ -348,24 +348,24 @@ void palloc_free_gfns_clean(const uint32_t *gfns, size_t n)
 	rt_spin_unlock(&pa_lock);
 }
 
-void palloc_free_run(uint64_t gpa, uint64_t npages)
+void palloc_free_run(gpa_t gpa, uint64_t npages)
 {
 	rt_spin_lock(&pa_lock);
-	free_locked(gpa >> RT_PAGE_SHIFT, npages);
+	free_locked(gpa_to_gfn(gpa), npages);
 	rt_spin_unlock(&pa_lock);
 }
 
-uint64_t palloc_alloc_run(uint64_t npages, uint64_t align)
+gpa_t palloc_alloc_run(uint64_t npages, uint64_t align)
 {
-	uint64_t gpa = 0;
+	gpa_t gpa = GPA_NULL;
 	unsigned i;
 
 	if (!npages)
-		return 0;
+		return GPA_NULL;
 	if (!align)
 		align = 1;
 	rt_spin_lock(&pa_lock);
-	for (i = 0; i < nr_ranges && !gpa; i++) {
+	for (i = 0; i < nr_ranges && gpa_is_null(gpa); i++) {
 		struct prange *r = &ranges[i];
 		uint64_t idx = r->hint * WORD_BITS;
 
@@ -385,7 +385,7 @@ uint64_t palloc_alloc_run(uint64_t npages, uint64_t align)
 			}
 			if (e - s >= npages) {
 				assign(r, s, npages, false);
-				gpa = (r->base + s) << RT_PAGE_SHIFT;
+				gpa = gfn_to_gpa(r->base + s);
 				break;
 			}
 			idx = e;
@@ -395,9 +395,9 @@ uint64_t palloc_alloc_run(uint64_t npages, uint64_t align)
 	return gpa;
 }
 
-int palloc_claim(uint64_t gpa, uint64_t npages)
+int palloc_claim(gpa_t gpa, uint64_t npages)
 {
-	uint64_t gfn = gpa >> RT_PAGE_SHIFT;
+	uint64_t gfn = gpa_to_gfn(gpa);
 	struct prange *r;
 	int ret = 0;
 
@@ -413,9 +413,9 @@ int palloc_claim(uint64_t gpa, uint64_t npages)
 	return ret;
 }
 
-bool palloc_next_free_run(uint64_t *gpa, uint64_t *npages, uint64_t min_pages)
+bool palloc_next_free_run(gpa_t *gpa, uint64_t *npages, uint64_t min_pages)
 {
-	uint64_t from = *gpa >> RT_PAGE_SHIFT;
+	uint64_t from = gpa_to_gfn(*gpa);
 	bool found = false;
 	unsigned i;
 
@@ -436,7 +436,7 @@ bool palloc_next_free_run(uint64_t *gpa, uint64_t *npages, uint64_t min_pages)
 			if (s >= r->npages)
 				break;
 			if (e - s >= min_pages) {
-				*gpa = (r->base + s) << RT_PAGE_SHIFT;
+				*gpa = gfn_to_gpa(r->base + s);
 				*npages = e - s;
 				found = true;
 				break;
@@ -448,7 +448,7 @@ bool palloc_next_free_run(uint64_t *gpa, uint64_t *npages, uint64_t min_pages)
 	return found;
 }
 
-size_t palloc_claim_unreported(uint64_t *gpas, size_t max)
+size_t palloc_claim_unreported(gpa_t *gpas, size_t max)
 {
 	size_t got = 0;
 	unsigned i;
@@ -471,23 +471,23 @@ size_t palloc_claim_unreported(uint64_t *gpas, size_t max)
 			assign(r, (r->chunk0 + c) * PALLOC_CHUNK_PAGES - r->base, PALLOC_CHUNK_PAGES,
 			       false);
 			nisolated += PALLOC_CHUNK_PAGES;
-			gpas[got++] = (r->chunk0 + c) * PALLOC_CHUNK_PAGES << RT_PAGE_SHIFT;
+			gpas[got++] = gfn_to_gpa((r->chunk0 + c) * PALLOC_CHUNK_PAGES);
 		}
 	}
 	rt_spin_unlock(&pa_lock);
 	return got;
 }
 
-void palloc_free_reported(uint64_t gpa, bool reported)
+void palloc_free_reported(gpa_t gpa, bool reported)
 {
-	uint64_t gfn = gpa >> RT_PAGE_SHIFT, c;
+	uint64_t gfn = gpa_to_gfn(gpa), c;
 	struct prange *r;
 
 	rt_spin_lock(&pa_lock);
 	r = whole_chunk(gfn, &c);
 	if (!r) {
 		rt_spin_unlock(&pa_lock);
-		rt_printf("palloc: bad reported chunk gpa 0x%lx\n", gpa);
+		rt_printf("palloc: bad reported chunk gpa 0x%lx\n", gpa_val(gpa));
 		return;
 	}
 	if (free_locked(gfn, PALLOC_CHUNK_PAGES)) {

@@ -10,8 +10,10 @@
  * handed out are not cleared either; their content is the caller's business.
  *
  * All functions are safe on any vCPU after palloc_init() (one spinlock; the
- * longest hold is one bitmap scan). Addresses are guest-physical, which is
- * also the guest-virtual address (identity map).
+ * longest hold is one bitmap scan). Addresses are guest-physical (gpa_t) and
+ * page frame numbers (integers): what devices and the balloon speak. A
+ * caller that writes a page converts with phys_to_virt() (gpa.h); the
+ * allocator itself touches only its bitmap.
  *
  * Free page reporting support (virtio-balloon VIRTIO_BALLOON_F_PAGE_REPORTING,
  * as Linux's mm/page_reporting.c): memory is reported in aligned chunks of
@@ -33,6 +35,7 @@
 #include <stdint.h>
 
 #include "abi.h"
+#include "gpa.h"
 
 /*
  * palloc_init - take ownership of the usable ranges in @bp.
@@ -41,11 +44,11 @@
  */
 int palloc_init(const struct abi_boot_params *bp);
 
-/* One page: its gpa, or 0 if none is free. */
-uint64_t palloc_alloc(void);
+/* One page: its gpa, or GPA_NULL if none is free. */
+gpa_t palloc_alloc(void);
 
 /* Give back one page from palloc_alloc*(). A bad or double free is reported and ignored. */
-void palloc_free(uint64_t gpa);
+void palloc_free(gpa_t gpa);
 
 /*
  * palloc_alloc_gfns - up to @n single pages, lowest addresses first, as page
@@ -68,29 +71,29 @@ void palloc_free_gfns_clean(const uint32_t *gfns, size_t n);
 
 /*
  * palloc_alloc_run - @npages physically contiguous pages whose first gfn is a
- * multiple of @align (pages; 0 or 1 for none). Returns the gpa, or 0.
+ * multiple of @align (pages; 0 or 1 for none). Returns the gpa, or GPA_NULL.
  */
-uint64_t palloc_alloc_run(uint64_t npages, uint64_t align);
+gpa_t palloc_alloc_run(uint64_t npages, uint64_t align);
 
 /* Give back a run from palloc_alloc_run() or palloc_claim(). */
-void palloc_free_run(uint64_t gpa, uint64_t npages);
+void palloc_free_run(gpa_t gpa, uint64_t npages);
 
 /*
  * palloc_claim - take the specific run [@gpa, @gpa + @npages pages), e.g. one
  * found by palloc_next_free_run() for free page reporting. Returns 0,
  * -EINVAL if it is not inside one range, -EBUSY if a page is not free.
  */
-int palloc_claim(uint64_t gpa, uint64_t npages);
+int palloc_claim(gpa_t gpa, uint64_t npages);
 
 /*
  * palloc_next_free_run - walk free runs of at least @min_pages pages.
- * On entry *@gpa is where to start looking (0 for the beginning); on success
- * *@gpa and *@npages describe the first such run at or after it and true is
- * returned. Continue from *@gpa + *@npages * 4096. A snapshot: the run may
- * be allocated by another vCPU right after; palloc_claim() it to own it.
- * Runs never span two boot ranges.
+ * On entry *@gpa is where to start looking (GPA_NULL for the beginning); on
+ * success *@gpa and *@npages describe the first such run at or after it and
+ * true is returned. Continue from gpa_add(*@gpa, *@npages * 4096). A
+ * snapshot: the run may be allocated by another vCPU right after;
+ * palloc_claim() it to own it. Runs never span two boot ranges.
  */
-bool palloc_next_free_run(uint64_t *gpa, uint64_t *npages, uint64_t min_pages);
+bool palloc_next_free_run(gpa_t *gpa, uint64_t *npages, uint64_t min_pages);
 
 /* The free page reporting unit: 1024 pages, 4 MiB, aligned to its size. */
 #define PALLOC_CHUNK_PAGES 1024ULL
@@ -100,14 +103,14 @@ bool palloc_next_free_run(uint64_t *gpa, uint64_t *npages, uint64_t min_pages);
  * not marked reported, lowest first, writing their gpas to @gpas. Returns
  * how many it isolated. The caller owns them until palloc_free_reported().
  */
-size_t palloc_claim_unreported(uint64_t *gpas, size_t max);
+size_t palloc_claim_unreported(gpa_t *gpas, size_t max);
 
 /*
  * Give back a chunk from palloc_claim_unreported(), marked reported if
  * @reported (the host dropped it), else as any free memory (the report
  * failed).
  */
-void palloc_free_reported(uint64_t gpa, bool reported);
+void palloc_free_reported(gpa_t gpa, bool reported);
 
 /* Pages in chunks currently marked reported (all of them free). */
 uint64_t palloc_reported_pages(void);

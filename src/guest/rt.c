@@ -9,9 +9,13 @@
  */
 #include "rt.h"
 
+uint64_t rt_phys_offset;
+rt_mmio_fn *rt_mmio_call;
+
 static const struct abi_boot_params *boot;
-static uint64_t con_gpa;	/* console registers, 0 if none */
-static uint64_t sys_gpa;	/* system-control registers, 0 if none */
+static gpa_t con_gpa;		/* console registers, GPA_NULL if none */
+static gpa_t sys_gpa;		/* system-control registers, GPA_NULL if none */
+static gpa_t phys_top;		/* nothing at or above it (boot params) */
 static uint64_t tsc_khz;	/* 0: use the VMM clock instead of the TSC */
 static uint64_t tsc_base;	/* TSC at rt_init() */
 static uint64_t clock_base;	/* ABI_SYS_TIME_NS at rt_init(), without a TSC rate */
@@ -22,9 +26,19 @@ static uint32_t ready;		/* set (release) when rt_init() is done */
 #define STACK_SIZE (16 * 1024)
 static uint64_t stack_top[ABI_MAX_CPUS];
 
-uint64_t rt_console_gpa(void)
+gpa_t rt_console_gpa(void)
 {
 	return con_gpa;
+}
+
+gpa_t rt_phys_top(void)
+{
+	return phys_top;
+}
+
+void rt_set_phys_offset(uint64_t offset)
+{
+	rt_phys_offset = offset;
 }
 
 int rt_init(const struct abi_boot_params *bp)
@@ -33,7 +47,13 @@ int rt_init(const struct abi_boot_params *bp)
 
 	if (bp->magic != ABI_BOOT_MAGIC || bp->version != ABI_VERSION)
 		return -EINVAL;
+	/* Two copies of one value: a VMM that disagrees with itself is not trusted. */
+	if (bp->phys_offset != rt_phys_offset)
+		return -EINVAL;
 	boot = bp;
+	/* A virtual address by the contract: callable as is. Before the first MMIO below. */
+	rt_mmio_call = (rt_mmio_fn *)(uintptr_t)bp->mmio_call;
+	phys_top = gpa(bp->phys_top);
 	ncpus = bp->ncpus ? bp->ncpus : 1;
 	if (ncpus > ABI_MAX_CPUS)
 		ncpus = ABI_MAX_CPUS;
@@ -41,15 +61,15 @@ int rt_init(const struct abi_boot_params *bp)
 		const struct abi_device *d = &bp->devices[i];
 
 		/* First of each kind wins; a later duplicate is ignored. */
-		if (d->type == ABI_DEV_CONSOLE && !con_gpa)
-			con_gpa = d->gpa;
-		else if (d->type == ABI_DEV_SYSCTL && !sys_gpa)
-			sys_gpa = d->gpa;
+		if (d->type == ABI_DEV_CONSOLE && gpa_is_null(con_gpa))
+			con_gpa = gpa(d->gpa);
+		else if (d->type == ABI_DEV_SYSCTL && gpa_is_null(sys_gpa))
+			sys_gpa = gpa(d->gpa);
 	}
 	tsc_khz = bp->tsc_khz;
 	tsc_base = rdtsc();
-	if (!tsc_khz && sys_gpa)
-		clock_base = mmio_read64(sys_gpa + ABI_SYS_TIME_NS);
+	if (!tsc_khz && !gpa_is_null(sys_gpa))
+		clock_base = mmio_read64(gpa_add(sys_gpa, ABI_SYS_TIME_NS));
 	store_release(&ready, 1);
 	return 0;
 }
@@ -77,7 +97,8 @@ void rt_cpu_register(unsigned cpu, uint64_t top)
 
 unsigned rt_cpu(void)
 {
-	uint64_t sp = (uint64_t)__builtin_frame_address(0);
+	/* Virtual, as the registered tops are: no gpa involved. */
+	uint64_t sp = (uint64_t)(uintptr_t)__builtin_frame_address(0);
 	unsigned i;
 
 	for (i = 0; i < ABI_MAX_CPUS; i++) {
@@ -94,9 +115,9 @@ uint64_t rt_now_ns(void)
 	uint64_t t;
 
 	if (!tsc_khz) {
-		if (!sys_gpa)
+		if (gpa_is_null(sys_gpa))
 			return 0;
-		return mmio_read64(sys_gpa + ABI_SYS_TIME_NS) - clock_base;
+		return mmio_read64(gpa_add(sys_gpa, ABI_SYS_TIME_NS)) - clock_base;
 	}
 	/* Split so nothing overflows 64 bits: the remainder is < tsc_khz. */
 	t = rdtsc() - tsc_base;
@@ -150,7 +171,7 @@ void rt_sleep_ns(uint64_t ns)
 	uint64_t now = rt_now_ns();
 	uint64_t end = ns > UINT64_MAX - now ? UINT64_MAX : now + ns;
 
-	if (!sys_gpa) {
+	if (gpa_is_null(sys_gpa)) {
 		/* No device to sleep through: the best we can do. */
 		while (rt_now_ns() < end) {
 			rt_poll();
@@ -164,7 +185,7 @@ void rt_sleep_ns(uint64_t ns)
 		now = rt_now_ns();
 		if (now >= end)
 			break;
-		mmio_write64(sys_gpa + ABI_SYS_SLEEP_NS,
+		mmio_write64(gpa_add(sys_gpa, ABI_SYS_SLEEP_NS),
 			     MIN(MIN(end - now, SLEEP_SLICE_NS), poll_slice(now)));
 		now = rt_now_ns();
 	}
@@ -173,8 +194,8 @@ void rt_sleep_ns(uint64_t ns)
 void rt_poweroff(uint32_t status)
 {
 	con_flush();
-	if (sys_gpa)
-		mmio_write32(sys_gpa + ABI_SYS_POWEROFF, status);
+	if (!gpa_is_null(sys_gpa))
+		mmio_write32(gpa_add(sys_gpa, ABI_SYS_POWEROFF), status);
 	/* Without a system-control device (or if the VMM went on), a #UD ends the VM. */
 	for (;;)
 		__asm__ __volatile__("ud2");
@@ -189,8 +210,8 @@ void rt_idle_forever(void)
 
 void rt_report(uint64_t value)
 {
-	if (sys_gpa)
-		mmio_write64(sys_gpa + ABI_SYS_REPORT, value);
+	if (!gpa_is_null(sys_gpa))
+		mmio_write64(gpa_add(sys_gpa, ABI_SYS_REPORT), value);
 }
 
 void rt_spin_lock(struct rt_spinlock *l)

@@ -22,9 +22,10 @@
 #include <stdint.h>
 
 #include "abi.h"
+#include "gpa.h"
 
 #define RT_PAGE_SIZE 4096UL
-#define RT_PAGE_SHIFT 12
+#define RT_PAGE_SHIFT GPA_PAGE_SHIFT
 #define RT_PAGES_PER_MIB 256UL
 #define RT_NS_PER_SEC 1000000000UL
 #define RT_NS_PER_MS 1000000UL
@@ -82,47 +83,91 @@ static inline uint64_t rdtsc(void)
 }
 
 /*
- * MMIO accessors. Plain movs with the address in a register, so KVM's
- * instruction emulator sees the simplest possible access when it decodes
- * the exit; the "memory" clobber orders them against normal stores (the
- * console hands the VMM a buffer it must see filled).
+ * MMIO. Under kvm a register is a plain mov at its virtual address (== its
+ * gpa), with the address in a register so KVM's instruction emulator sees
+ * the simplest possible access when it decodes the exit. Under thread a
+ * load or store cannot exit (the vCPU is a host thread), so the accessors
+ * call the VMM's MMIO entry instead (abi.h, ABI_MMIO_WRITE).
+ *
+ * Either way an access orders against normal memory accesses as a "memory"
+ * clobber does: the console hands the VMM a buffer it must see filled, and
+ * virtio rings are read by the device right after a notify.
  */
-static inline void mmio_write32(uint64_t gpa, uint32_t v)
+typedef uint64_t rt_mmio_fn(uint64_t gpa, uint64_t value, uint64_t op);
+
+/* The VMM's MMIO entry (boot params mmio_call), NULL under kvm. Set by rt_init(). */
+extern rt_mmio_fn *rt_mmio_call;
+
+static inline uint64_t mmio_via_vmm(gpa_t reg, uint64_t v, uint64_t op)
 {
-	__asm__ __volatile__("movl %0, (%1)" : : "r"(v), "r"(gpa) : "memory");
+	uint64_t r;
+
+	/*
+	 * A call is a compiler barrier only for memory the compiler believes
+	 * escaped; a buffer handed over as a gpa (an integer) may not count.
+	 */
+	barrier();
+	r = rt_mmio_call(gpa_val(reg), v, op);
+	barrier();
+	return r;
 }
 
-static inline uint32_t mmio_read32(uint64_t gpa)
+static inline void mmio_write32(gpa_t reg, uint32_t v)
+{
+	if (rt_mmio_call) {
+		mmio_via_vmm(reg, v, 4 | ABI_MMIO_WRITE);
+		return;
+	}
+	__asm__ __volatile__("movl %0, (%1)" : : "r"(v), "r"(phys_to_virt(reg)) : "memory");
+}
+
+static inline uint32_t mmio_read32(gpa_t reg)
 {
 	uint32_t v;
 
-	__asm__ __volatile__("movl (%1), %0" : "=r"(v) : "r"(gpa) : "memory");
+	if (rt_mmio_call)
+		return (uint32_t)mmio_via_vmm(reg, 0, 4);
+	__asm__ __volatile__("movl (%1), %0" : "=r"(v) : "r"(phys_to_virt(reg)) : "memory");
 	return v;
 }
 
-static inline void mmio_write64(uint64_t gpa, uint64_t v)
+static inline void mmio_write64(gpa_t reg, uint64_t v)
 {
-	__asm__ __volatile__("movq %0, (%1)" : : "r"(v), "r"(gpa) : "memory");
+	if (rt_mmio_call) {
+		mmio_via_vmm(reg, v, 8 | ABI_MMIO_WRITE);
+		return;
+	}
+	__asm__ __volatile__("movq %0, (%1)" : : "r"(v), "r"(phys_to_virt(reg)) : "memory");
 }
 
-static inline uint64_t mmio_read64(uint64_t gpa)
+static inline uint64_t mmio_read64(gpa_t reg)
 {
 	uint64_t v;
 
-	__asm__ __volatile__("movq (%1), %0" : "=r"(v) : "r"(gpa) : "memory");
+	if (rt_mmio_call)
+		return mmio_via_vmm(reg, 0, 8);
+	__asm__ __volatile__("movq (%1), %0" : "=r"(v) : "r"(phys_to_virt(reg)) : "memory");
 	return v;
 }
 
 /* --- boot parameters and vCPUs (rt.c) --- */
 
 /*
+ * rt_set_phys_offset - record the phys offset the VMM passed at entry (rcx).
+ * vCPU 0, first thing: every phys_to_virt()/virt_to_phys() depends on it.
+ */
+void rt_set_phys_offset(uint64_t offset);
+
+/*
  * rt_init - validate the boot parameters and find the devices.
- * Call once, on vCPU 0, before anything else in this header except
- * rt_cpu_register(). Returns 0 or -EINVAL (bad magic or version).
+ * Call once, on vCPU 0, after rt_set_phys_offset() and before anything else
+ * in this header except rt_cpu_register(). @bp is virtual. Returns 0 or
+ * -EINVAL (bad magic or version, or a phys offset that disagrees with the
+ * entry register's).
  */
 int rt_init(const struct abi_boot_params *bp);
 
-/* The boot parameters, valid after rt_init(). Read-only. */
+/* The boot parameters (virtual), valid after rt_init(). Read-only. */
 const struct abi_boot_params *rt_boot_params(void);
 
 /* Number of vCPUs started, valid after rt_init(). */
@@ -130,8 +175,9 @@ unsigned rt_ncpus(void);
 
 /*
  * rt_cpu_register - record which stack belongs to vCPU @cpu, so rt_cpu() can
- * tell vCPUs apart (there is no per-CPU segment we could use at CPL3).
- * Each vCPU calls it first thing, on its own stack.
+ * tell vCPUs apart (there is no per-CPU segment we could use at CPL3, and
+ * under thread %fs is the host thread's). @stack_top is virtual. Each vCPU
+ * calls it first thing, on its own stack.
  */
 void rt_cpu_register(unsigned cpu, uint64_t stack_top);
 
@@ -141,8 +187,11 @@ unsigned rt_cpu(void);
 /* True once vCPU 0 finished rt_init(); secondaries wait for it. */
 bool rt_is_ready(void);
 
-/* Base of the console register window, 0 if there is none (for con.c). */
-uint64_t rt_console_gpa(void);
+/* Base of the console register window, GPA_NULL if there is none (for con.c). */
+gpa_t rt_console_gpa(void);
+
+/* The first gpa past all RAM, devices and mappings (boot params phys_top). */
+gpa_t rt_phys_top(void);
 
 /* --- time, sleep, power (rt.c) --- */
 

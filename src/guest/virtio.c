@@ -27,22 +27,29 @@
 
 static uint32_t rd(struct vio_dev *d, uint32_t off)
 {
-	return mmio_read32(d->base + off);
+	return mmio_read32(gpa_add(d->base, off));
 }
 
 static void wr(struct vio_dev *d, uint32_t off, uint32_t v)
 {
-	mmio_write32(d->base + off, v);
+	mmio_write32(gpa_add(d->base, off), v);
 }
 
-static bool looks_like(uint64_t base, uint32_t device_id)
+/* A 64-bit address as the LOW/HIGH register pair at @off_lo, @off_lo + 4. */
+static void wr_gpa(struct vio_dev *d, uint32_t off_lo, gpa_t a)
 {
-	return mmio_read32(base + VIO_MAGIC_VALUE) == VIO_MAGIC &&
-	       mmio_read32(base + VIO_VERSION) == 2 &&
-	       mmio_read32(base + VIO_DEVICE_ID) == device_id;
+	wr(d, off_lo, (uint32_t)gpa_val(a));
+	wr(d, off_lo + 4, (uint32_t)(gpa_val(a) >> 32));
 }
 
-uint64_t vio_find(const struct abi_boot_params *bp, uint32_t device_id, unsigned nth)
+static bool looks_like(gpa_t base, uint32_t device_id)
+{
+	return mmio_read32(gpa_add(base, VIO_MAGIC_VALUE)) == VIO_MAGIC &&
+	       mmio_read32(gpa_add(base, VIO_VERSION)) == 2 &&
+	       mmio_read32(gpa_add(base, VIO_DEVICE_ID)) == device_id;
+}
+
+gpa_t vio_find(const struct abi_boot_params *bp, uint32_t device_id, unsigned nth)
 {
 	uint32_t i;
 
@@ -51,12 +58,12 @@ uint64_t vio_find(const struct abi_boot_params *bp, uint32_t device_id, unsigned
 
 		if (dev->type != ABI_DEV_VIRTIO_MMIO || dev->len < VIO_CONFIG)
 			continue;
-		if (!looks_like(dev->gpa, device_id))
+		if (!looks_like(gpa(dev->gpa), device_id))
 			continue;
 		if (nth-- == 0)
-			return dev->gpa;
+			return gpa(dev->gpa);
 	}
-	return 0;
+	return GPA_NULL;
 }
 
 void vio_reset(struct vio_dev *d)
@@ -133,18 +140,18 @@ int vio_queue_setup(struct vio_dev *d, struct vio_queue *q, unsigned index, unsi
 	max = MIN(MIN(max, max_size), VIO_QUEUE_MAX);
 	while ((uint32_t)size * 2 <= max)
 		size *= 2;
-	if (!q->mem) {
+	if (gpa_is_null(q->mem)) {
 		q->mem = palloc_alloc_run(2, 1);
-		if (!q->mem)
+		if (gpa_is_null(q->mem))
 			return -ENOMEM;
 	}
-	memset((void *)q->mem, 0, 2 * RT_PAGE_SIZE);
 	q->dev = d;
 	q->index = (uint16_t)index;
 	q->size = size;
-	q->desc = (struct vio_desc *)q->mem;
-	q->avail = (uint16_t *)(q->mem + RT_PAGE_SIZE);
-	q->used = (uint16_t *)(q->mem + RT_PAGE_SIZE + USED_OFFSET);
+	q->desc = phys_to_virt(q->mem);
+	q->avail = phys_to_virt(gpa_add(q->mem, RT_PAGE_SIZE));
+	q->used = phys_to_virt(gpa_add(q->mem, RT_PAGE_SIZE + USED_OFFSET));
+	memset(q->desc, 0, 2 * RT_PAGE_SIZE);
 	for (i = 0; i < size; i++) {
 		q->desc[i].next = (uint16_t)(i + 1);
 		q->chain_len[i] = 0;
@@ -157,12 +164,9 @@ int vio_queue_setup(struct vio_dev *d, struct vio_queue *q, unsigned index, unsi
 	q->avail[0] = AVAIL_F_NO_INTERRUPT;
 
 	wr(d, VIO_QUEUE_NUM, size);
-	wr(d, VIO_QUEUE_DESC_LOW, (uint32_t)(uint64_t)q->desc);
-	wr(d, VIO_QUEUE_DESC_HIGH, (uint32_t)((uint64_t)q->desc >> 32));
-	wr(d, VIO_QUEUE_DRIVER_LOW, (uint32_t)(uint64_t)q->avail);
-	wr(d, VIO_QUEUE_DRIVER_HIGH, (uint32_t)((uint64_t)q->avail >> 32));
-	wr(d, VIO_QUEUE_DEVICE_LOW, (uint32_t)(uint64_t)q->used);
-	wr(d, VIO_QUEUE_DEVICE_HIGH, (uint32_t)((uint64_t)q->used >> 32));
+	wr_gpa(d, VIO_QUEUE_DESC_LOW, virt_to_phys(q->desc));
+	wr_gpa(d, VIO_QUEUE_DRIVER_LOW, virt_to_phys(q->avail));
+	wr_gpa(d, VIO_QUEUE_DEVICE_LOW, virt_to_phys(q->used));
 	/* The rings are zeroed before the device may look at them. */
 	barrier();
 	wr(d, VIO_QUEUE_READY, 1);
@@ -227,7 +231,7 @@ int vio_add(struct vio_queue *q, const struct vio_buf *bufs, unsigned n, uint64_
 	for (k = 0; k < n; k++) {
 		struct vio_desc *dsc = &q->desc[i];
 
-		dsc->addr = bufs[k].gpa;
+		dsc->addr = gpa_val(bufs[k].gpa);
 		dsc->len = bufs[k].len;
 		dsc->flags = (uint16_t)((bufs[k].write ? VIO_DESC_F_WRITE : 0) |
 					(k + 1 < n ? VIO_DESC_F_NEXT : 0));
@@ -277,12 +281,12 @@ bool vio_get_used(struct vio_queue *q, uint64_t *token, uint32_t *len)
 	return false;
 }
 
-void vio_raw_desc(struct vio_queue *q, uint16_t i, uint64_t addr, uint32_t len, uint16_t flags,
+void vio_raw_desc(struct vio_queue *q, uint16_t i, gpa_t addr, uint32_t len, uint16_t flags,
 		  uint16_t next)
 {
 	struct vio_desc *dsc = &q->desc[i % q->size];
 
-	dsc->addr = addr;
+	dsc->addr = gpa_val(addr);
 	dsc->len = len;
 	dsc->flags = flags;
 	dsc->next = next;

@@ -6,9 +6,11 @@
  * rings; the driver sets VIRTQ_AVAIL_F_NO_INTERRUPT so the device does not
  * bother raising any.
  *
- * Registers are accessed with 32-bit aligned movl only (§4.2.2.2). Ring
- * memory comes from palloc, is allocated on the first set-up of a queue and
- * kept across device resets (a reset driver sets the same queue up again).
+ * Registers are accessed with 32-bit accesses only (§4.2.2.2). Ring memory
+ * comes from palloc, is allocated on the first set-up of a queue and kept
+ * across device resets (a reset driver sets the same queue up again). The
+ * device sees rings and buffers by gpa, the driver writes them through
+ * their virtual addresses.
  *
  * Locking: none here. One device, with its queues, is used by one vCPU at a
  * time; the driver on top serialises (the balloon driver's lock).
@@ -20,6 +22,7 @@
 #include <stdint.h>
 
 #include "abi.h"
+#include "gpa.h"
 
 /* Register offsets, virtio 1.2 §4.2.2 "MMIO Device Register Layout". */
 #define VIO_MAGIC_VALUE 0x000
@@ -87,7 +90,7 @@ struct vio_used_elem {
 };
 
 struct vio_dev {
-	uint64_t base;		/* register window gpa */
+	gpa_t base;		/* register window */
 	uint32_t device_id;
 	uint64_t features;	/* negotiated; valid after vio_set_features() */
 };
@@ -96,8 +99,8 @@ struct vio_queue {
 	struct vio_dev *dev;
 	uint16_t index;		/* QueueSel value */
 	uint16_t size;		/* QueueNum in use; 0 = not set up */
-	uint64_t mem;		/* ring memory from palloc (2 pages), kept across resets */
-	struct vio_desc *desc;	/* descriptor table: page 0 of mem */
+	gpa_t mem;		/* ring memory from palloc (2 pages), kept across resets */
+	struct vio_desc *desc;	/* descriptor table: page 0 of mem (virtual, as avail, used) */
 	uint16_t *avail;	/* flags, idx, ring[size]: page 1 of mem */
 	uint16_t *used;		/* flags, idx, then elems: page 1 + 1 KiB */
 	uint16_t free_head;	/* first free descriptor (a list through .next) */
@@ -110,16 +113,16 @@ struct vio_queue {
 
 /* One buffer of a chain; @write means device-writable. */
 struct vio_buf {
-	uint64_t gpa;
+	gpa_t gpa;
 	uint32_t len;
 	bool write;
 };
 
 /*
  * vio_find - the @nth (0-based) virtio-mmio device in @bp whose registers
- * say magic, version 2 and @device_id. Returns its base gpa, or 0.
+ * say magic, version 2 and @device_id. Returns its base, or GPA_NULL.
  */
-uint64_t vio_find(const struct abi_boot_params *bp, uint32_t device_id, unsigned nth);
+gpa_t vio_find(const struct abi_boot_params *bp, uint32_t device_id, unsigned nth);
 
 /*
  * vio_begin - reset the device at @d->base and acknowledge it (status 0,
@@ -188,9 +191,10 @@ bool vio_get_used(struct vio_queue *q, uint64_t *token, uint32_t *len);
 /*
  * Raw access, for the hostile driver only (kvmem.balloon.hostile=): write
  * descriptor @i as given, and publish @head in the next avail slot with the
- * avail index moved by @advance (1 normally; more to make it jump).
+ * avail index moved by @advance (1 normally; more to make it jump). @addr
+ * may be any value, in RAM or not: the device is meant to check it.
  */
-void vio_raw_desc(struct vio_queue *q, uint16_t i, uint64_t addr, uint32_t len, uint16_t flags,
+void vio_raw_desc(struct vio_queue *q, uint16_t i, gpa_t addr, uint32_t len, uint16_t flags,
 		  uint16_t next);
 void vio_raw_publish(struct vio_queue *q, uint16_t head, uint16_t advance);
 

@@ -106,7 +106,7 @@ static uint64_t low_free;		/* grow=: fewest free pages seen since the last fill 
 static bool grow_short;			/* grow=: the last fill got less than came back */
 static uint32_t *slot_gfn;		/* vCPU 0 at allocation, then the slot's owner */
 static uint32_t *slot_ver;		/* slot's owner vCPU only */
-static uint64_t meta_gpa;
+static gpa_t meta_gpa;
 static uint64_t meta_pages;
 
 /* Per-vCPU state: written by its vCPU during a job, by vCPU 0 between jobs. */
@@ -146,7 +146,7 @@ static uint64_t slot_index(uint64_t i)
 
 static void *slot_page(uint64_t i)
 {
-	return (void *)((uint64_t)slot_gfn[i] << RT_PAGE_SHIFT);
+	return phys_to_virt(gfn_to_gpa(slot_gfn[i]));
 }
 
 static void fill_slot(uint64_t i)
@@ -263,20 +263,20 @@ static void read_one(struct wl_cpu *c, uint64_t nhot)
 static void move_one(struct wl_cpu *c, uint64_t nhot)
 {
 	uint64_t i = c->lo + xorshift(&c->rng) % nhot;
-	uint64_t gpa = palloc_alloc();
+	gpa_t page = palloc_alloc();
 	uint32_t old = slot_gfn[i];
 
-	if (!gpa && palloc_reclaim(1))
-		gpa = palloc_alloc();
-	if (!gpa) {
+	if (gpa_is_null(page) && palloc_reclaim(1))
+		page = palloc_alloc();
+	if (gpa_is_null(page)) {
 		c->move_fails++;
 		return;
 	}
 	check_slot(c, i);
-	slot_gfn[i] = (uint32_t)(gpa >> RT_PAGE_SHIFT);
+	slot_gfn[i] = (uint32_t)gpa_to_gfn(page);
 	slot_ver[i]++;
 	fill_slot(i);
-	palloc_free((uint64_t)old << RT_PAGE_SHIFT);
+	palloc_free(gfn_to_gpa(old));
 	c->moves++;
 }
 
@@ -520,19 +520,19 @@ static uint64_t alloc_gfns(uint32_t *gfns, uint64_t n)
 	return got;
 }
 
-static uint64_t alloc_run(uint64_t npages)
+static gpa_t alloc_run(uint64_t npages)
 {
-	uint64_t gpa = palloc_alloc_run(npages, 1);
+	gpa_t run = palloc_alloc_run(npages, 1);
 	unsigned tries;
 
-	for (tries = 0; !gpa && tries < WL_RECLAIM_TRIES; tries++) {
+	for (tries = 0; gpa_is_null(run) && tries < WL_RECLAIM_TRIES; tries++) {
 		uint64_t freed = palloc_reclaim(npages);
 
-		gpa = palloc_alloc_run(npages, 1);
-		if (!gpa && !freed)
+		run = palloc_alloc_run(npages, 1);
+		if (gpa_is_null(run) && !freed)
 			break;
 	}
-	return gpa;
+	return run;
 }
 
 /* Metadata and every page, before any page is written. */
@@ -562,9 +562,9 @@ static void allocate(void)
 		return;
 	meta_pages = DIV_ROUND_UP(cap_slots * 2 * sizeof(uint32_t), RT_PAGE_SIZE);
 	meta_gpa = cfg.size_max ? palloc_alloc_run(meta_pages, 1) : alloc_run(meta_pages);
-	if (!meta_gpa)
+	if (gpa_is_null(meta_gpa))
 		out_of_memory(nslots + meta_pages);
-	slot_gfn = (uint32_t *)meta_gpa;
+	slot_gfn = phys_to_virt(meta_gpa);
 	slot_ver = slot_gfn + cap_slots;
 	if (cfg.size_max) {
 		/* Free memory only, never the balloon's: settle for what there is. */

@@ -7,7 +7,7 @@ every 2 ms bounds the resolution of the balloon figures; reporting is timed
 on the process's RssAnon. The guest looks for freed memory to report every
 kvmem.balloon.report_ms (200 ms by default), which the reporting figure
 includes.
-Usage: bench_balloon.py KVMEM MADV_REF [runs]
+Usage: bench_balloon.py KVMEM MADV_REF [runs] [--accel auto|kvm|thread]
 """
 import os
 import signal
@@ -17,8 +17,9 @@ import sys
 import tempfile
 import time
 
-from benchlib import emit, request
+from benchlib import cmd, emit, request, take_accel
 
+take_accel()
 KVMEM, MADV = sys.argv[1], sys.argv[2]
 RUNS = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 MIB, GIB = 1 << 20, 1 << 30
@@ -31,7 +32,7 @@ def vm0(path):
 
 def start(d, append):
     sock = os.path.join(d, "k.sock")
-    p = subprocess.Popen([KVMEM, "run", "--mem", "2G", "--socket", sock, "--append", append],
+    p = subprocess.Popen(cmd(KVMEM, "run", "--mem", "2G", "--socket", sock, "--append", append),
                          stdout=subprocess.PIPE, text=True, bufsize=1)
     # then=free prints "done" before it frees: wait for "freed".
     for line in p.stdout:

@@ -29,7 +29,8 @@ zero page, (3 * 480 + 4 * 240) MiB.
 
 Usage: bench_dedup.py KVMEM [--runs R] [--guests 4] [--mem-mib 1024]
        [--size-mib 960] [--limit-s 300] [--ksm-default-limit-s 300]
-Needs root (cgroup, KSM sysfs), /dev/kvm and about 5 GiB of free memory.
+       [--accel auto|kvm|thread]
+Needs root (cgroup, KSM sysfs) and about 5 GiB of free memory.
 """
 import argparse
 import json
@@ -41,7 +42,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import emit, request
+from benchlib import cmd, emit, request, take_accel
 
 KSM = "/sys/kernel/mm/ksm/"
 
@@ -112,7 +113,7 @@ def run_one(args, name, kvmem, tmp):
     with open(path, "w") as f:
         json.dump(cfg, f)
     cg = Cgroup(f"kvmem-bench-dedup-{os.getpid()}")
-    p = subprocess.Popen([kvmem, "host", "--config", path], stdout=subprocess.PIPE,
+    p = subprocess.Popen(cmd(kvmem, "host", "--config", path), stdout=subprocess.PIPE,
                          stderr=open(os.path.join(tmp, name + ".err"), "w"), text=True,
                          preexec_fn=cg.enter)
     lines = []
@@ -204,6 +205,7 @@ def run_one(args, name, kvmem, tmp):
 
 
 def main():
+    take_accel()
     ap = argparse.ArgumentParser()
     ap.add_argument("kvmem")
     ap.add_argument("--runs", default="kvmem,kvmem-cpu100,ksm-5000,ksm-default")

@@ -6,6 +6,7 @@ rewriting a hot part of it; the script samples the host's stats over the
 control socket once a second and prints one JSON line per sample
 (configured vs the host's used bytes, as the kernel reports them), then a
 summary line. Usage: bench_overcommit.py KVMEM [budget_MiB] [seconds] [dedup]
+[--accel auto|kvm|thread]
 """
 import json
 import os
@@ -14,8 +15,9 @@ import sys
 import tempfile
 import time
 
-from benchlib import request
+from benchlib import cmd, request, take_accel
 
+ACCEL = take_accel()
 KVMEM = sys.argv[1]
 BUDGET = int(sys.argv[2]) if len(sys.argv) > 2 else 1024
 SECONDS = int(sys.argv[3]) if len(sys.argv) > 3 else 30
@@ -34,7 +36,7 @@ with tempfile.TemporaryDirectory() as d:
     path = os.path.join(d, "host.json")
     with open(path, "w") as f:
         json.dump(cfg, f)
-    host = subprocess.Popen([KVMEM, "host", "--config", path], stdout=subprocess.DEVNULL)
+    host = subprocess.Popen(cmd(KVMEM, "host", "--config", path), stdout=subprocess.DEVNULL)
     t0 = time.monotonic()
     while not os.path.exists(sock) and time.monotonic() - t0 < 30:
         time.sleep(0.05)
@@ -46,7 +48,7 @@ with tempfile.TemporaryDirectory() as d:
         h = st["host"]
         peak = max(peak, h["used_bytes"])
         last = h
-        print(json.dumps({"t": round(time.monotonic() - t0, 1),
+        print(json.dumps({"t": round(time.monotonic() - t0, 1), "accel": ACCEL,
                           "configured_bytes": h["configured_bytes"],
                           "budget_bytes": h["budget_bytes"], "used_bytes": h["used_bytes"],
                           "saved_bytes": h["saved_bytes"],
@@ -54,7 +56,7 @@ with tempfile.TemporaryDirectory() as d:
               flush=True)
     host.send_signal(subprocess.signal.SIGINT)
     host.wait(timeout=60)
-    print(json.dumps({"name": "overcommit_used_over_budget", "unit": "ratio",
+    print(json.dumps({"name": "overcommit_used_over_budget", "unit": "ratio", "accel": ACCEL,
                       "value": round(last["used_bytes"] / last["budget_bytes"], 3),
                       "config": f"{NVMS} VMs x {MEM} MiB (2x budget {BUDGET} MiB), fill {FILL} "
                                 f"MiB dup=50 zero=25, dedup={DEDUP}, after {SECONDS} s",

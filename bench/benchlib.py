@@ -1,6 +1,46 @@
-"""Shared by the bench scripts: the control-socket client and result lines."""
+"""Shared by the bench scripts: the control-socket client, result lines, and
+the accelerator the figures come from (every script takes `--accel NAME`)."""
 import json
+import os
 import socket
+import sys
+
+# The accelerator of the figures this script emits (take_accel sets it).
+ACCEL = None
+
+
+def kvm_here():
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def resolve(accel):
+    """What `auto` means on this machine, as kvmem decides it."""
+    if accel == "auto":
+        return "kvm" if kvm_here() else "thread"
+    return accel
+
+
+def take_accel(argv=sys.argv, default="auto"):
+    """Remove `--accel NAME` from argv (the positional arguments stay where
+    they were) and return the accelerator it names, resolved; it also goes
+    into every line emit() prints."""
+    global ACCEL
+    name = default
+    if "--accel" in argv:
+        i = argv.index("--accel")
+        if i + 1 >= len(argv):
+            sys.exit("--accel needs a name: auto, kvm or thread")
+        name = argv[i + 1]
+        del argv[i:i + 2]
+    if name not in ("auto", "kvm", "thread"):
+        sys.exit(f"--accel {name}: must be auto, kvm or thread")
+    ACCEL = resolve(name)
+    return ACCEL
+
+
+def cmd(kvmem, sub, *args, accel=None):
+    """The kvmem command line for `run` or `host` on this script's accelerator."""
+    return [kvmem, sub, "--accel", accel or ACCEL or "auto", *args]
 
 
 def request(path, req, timeout=30):
@@ -25,5 +65,7 @@ def emit(name, unit, value, config, **extra):
     if isinstance(value, float):
         value = round(value, 4)
     line = {"name": name, "unit": unit, "value": value, "config": config}
+    if ACCEL and "accel" not in extra:
+        line["accel"] = ACCEL
     line.update(extra)
     print(json.dumps(line), flush=True)

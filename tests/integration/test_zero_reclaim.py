@@ -1,7 +1,13 @@
 """Zero-page reclaim gives memory back: a guest whose fill is half zero pages
 goes over a budget set through the control socket; the policy drops its zero
 pages, resident memory falls by (about) their size, and the guest still
-verifies every page afterwards (the dropped pages read back as zeros)."""
+verifies every page afterwards (the dropped pages read back as zeros).
+
+The guest verifies right after its fill and then every 30 s, not more often:
+on a kernel that never maps its shared zero page (the machines without
+/dev/kvm boot with pvm_no_zero_page), every read of a dropped page allocates
+a page again, so a guest that keeps reading its zero pages keeps them
+resident whatever the host drops; between two verifications it does not."""
 import os
 
 from kvmemtest import check, finish, require_accel, wait_for
@@ -17,7 +23,7 @@ sock = os.path.join(d, "k.sock")
 host = Host(["run", "--mem", "512M", "--socket", sock, "--append",
              # The balloon would also answer the pressure; this test is about
              # zero pages alone.
-             "kvmem.wl=size=256,zero=50,verify=2 kvmem.balloon=off"])
+             "kvmem.wl=size=256,zero=50,verify=30 kvmem.balloon=off"])
 try:
     check(wait_socket(host, sock), "the host serves its control socket")
     check(host.wait_line(r"^kvmem-wl: filled 256 in") and host.wait_line(VERIFY),
@@ -47,8 +53,10 @@ try:
         zb = after["pages"]["zero"] * PAGE
         print(f"info   resident {r0 / MIB:.1f} -> {after['resident_bytes'] / MIB:.1f} MiB, "
               f"zero pages {zb / MIB:.1f} MiB, last action: {after['last_action']}", flush=True)
-        check("zero" in after["last_action"], f"last_action names the mechanism "
-              f"({after['last_action']})")
+        # The page states move while the pass runs; its decision is recorded when it ends.
+        act = wait_for(lambda: "zero" in vm_of(stats(sock), "vm0")["last_action"], 120)
+        check(act, f"last_action names the mechanism "
+              f"({vm_of(stats(sock), 'vm0')['last_action']})")
     # Every zero page of the fill goes, in one pass or several.
     full = wait_for(lambda: vm_of(stats(sock), "vm0")["pages"]["zero"] * PAGE >= 128 * MIB, 240,
                     step=0.5)
@@ -62,9 +70,9 @@ try:
           f"host figures: saved {hst['saved_bytes'] / MIB:.1f} MiB, reclaimed "
           f"{hst['reclaimed_bytes']}")
 
-    # The guest still verifies all of its pages: two full passes after the reclaim.
+    # The guest still verifies all of its pages: a full pass after the reclaim.
     n = host.count(VERIFY)
-    check(host.wait_line(VERIFY, n + 2), "the guest verifies its memory after the reclaim")
+    check(host.wait_line(VERIFY, n + 1), "the guest verifies its memory after the reclaim")
     no_verify_fail(host, "zero reclaim")
     check(vm_of(stats(sock), "vm0")["state"] == "running", "the VM is still running")
 finally:

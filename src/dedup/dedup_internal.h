@@ -139,7 +139,11 @@ struct dedup_store {
 
 int dedup_store_init(struct dedup_store *st);
 void dedup_store_fini(struct dedup_store *st);
-/* A window's zero page reads the zero page at this slot: never a frame, never punched. */
+/*
+ * A window's zero page at this slot reads the kernel's zero page, or, where
+ * memmap cannot tell that page (mem_window_map), the slot itself, a hole:
+ * never a frame, never written, never punched.
+ */
 #define DEDUP_ZERO_RESERVED ((struct dedup_frame *)1)
 
 /* Take `slot` if its extent exists and it is free. */

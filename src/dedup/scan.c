@@ -38,11 +38,12 @@
  * whole, claimed whole, write-protected with one call, compared page by page
  * and remapped in one step onto the store extent whose position i holds page
  * i's frame (mem_window_map): frames where they match, private copies where
- * they do not, the zero page for zero pages. Frames for pages that only
- * matched an unstable page are created at those positions, so identical
- * guests, which lay out identical pages alike, converge on one extent per
- * window. Windows that do not qualify (a page in another mechanism's state,
- * shared pages at other positions, few merges) are merged page by page.
+ * they do not, no page of their own for zero pages. Frames for pages
+ * that only matched an unstable page are created at those positions, so
+ * identical guests, which lay out identical pages alike, converge on one
+ * extent per window. Windows that do not qualify (a page in another
+ * mechanism's state, shared pages at other positions, few merges) are merged
+ * page by page.
  *
  * Threads: the scanner thread (or a test calling dedup_scan) runs batches
  * with d->lock held; add/remove/configure/stats take the same lock. Index
@@ -405,12 +406,31 @@ static void stable_page(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint6
 	}
 }
 
+/*
+ * True when page idx of v, whose pagemap entry is pm, reads zeros without a
+ * page of its own: the kernel's zero page, or the store offset of a window's
+ * zero page. The latter is a page in a mapping of the store that maps no
+ * frame: every other such page is private (kept, or copied on write), so this
+ * one is a zero page of a window, left a hole of the store where the zero
+ * page is not used (mem_window_map), and reads its reserved offset: a hole,
+ * or the store page a read made there (still zeros: the store is written only
+ * at frames). Either way it costs the guest nothing and a window keeps it so.
+ */
+static bool window_zero(const struct dedup_vm *v, uint64_t idx, uint64_t pm)
+{
+	if (mem_pm_is_zero_page(pm))
+		return true;
+	return v->frame[idx] == DEDUP_NO_FRAME && mem_page_in_store_mapping(v->gm, idx) &&
+	       (mem_pm_is_hole(pm) || memmap_pm_file(pm));
+}
+
 /* What a visit found, for the caller to act on (per page, or for a window). */
 enum prep {
 	PREP_NONE,	/* nothing to do now; the page cannot take part in a window */
 	PREP_SHARED,	/* maps its frame (v->frame[idx]) */
-	PREP_ZEROPTE,	/* reads the zero page through a present entry (dropped, or never written) */
-	PREP_HOLE,	/* unpopulated (never touched, or dropped as zero): reads as zeros */
+	PREP_ZEROPTE,	/* reads zeros with no page of its own: the zero page, or a window's
+			 * reserved store offset (a zero page of the window, see window_zero) */
+	PREP_HOLE,	/* unpopulated anonymous memory (never touched, or dropped as zero) */
 	PREP_KEEP,	/* a populated private page not (yet) worth merging */
 	PREP_STABLE,	/* a private page whose hash did not change since its last visit */
 };
@@ -445,14 +465,13 @@ static enum prep prepare(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint
 		unref_page(d, v, idx);
 		d->st.released++;
 	}
-	if ((st == PS_ZERO || st == PS_ANON) && !mem_pm_is_populated(pm)) {
-		v->sum[idx] = 0;
-		/* Populating it for a window would read the store there: leave it out. */
-		return mem_page_in_store_mapping(v->gm, idx) ? PREP_NONE : PREP_HOLE;
-	}
-	if ((st == PS_ZERO || st == PS_ANON) && mem_pm_is_zero_page(pm)) {
+	if ((st == PS_ZERO || st == PS_ANON) && window_zero(v, idx, pm)) {
 		v->sum[idx] = 0;
 		return PREP_ZEROPTE;
+	}
+	if ((st == PS_ZERO || st == PS_ANON) && mem_pm_is_hole(pm)) {
+		v->sum[idx] = 0;
+		return PREP_HOLE;
 	}
 	if (st != PS_ANON || !memmap_pm_resident(pm) || memmap_pm_file(pm)) {
 		v->sum[idx] = 0;
@@ -497,6 +516,8 @@ static void visit(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint64_t pm
  * only populated pages) and in a state the scanner may take (private, shared
  * at the window's extent, or zero), and when it brings at least
  * DEDUP_WINDOW_MIN new merges. Otherwise its pages are merged one by one.
+ * Zero pages cost no memory in the new mapping on any kernel
+ * (mem_window_map), so they weigh nothing in the decision.
  */
 struct wpage {
 	uint8_t prep;		/* enum prep */
@@ -513,7 +534,7 @@ enum wwhat {
 	W_PAIR,		/* an unstable page matches: a new frame at its position */
 	W_ZERO,		/* a stable zero page */
 	W_SHARED,	/* already maps the frame at its position */
-	W_ZEROPTE,	/* already reads the zero page */
+	W_ZEROPTE,	/* already reads zeros without a page of its own */
 	W_HOLE,		/* unpopulated: populated with the zero page before the remap */
 };
 
@@ -557,9 +578,16 @@ static int window_convert(struct dedup *d, struct dedup_vm *v, uint64_t idx, str
 			break;
 		case W_ZEROPTE:
 		case W_HOLE:
-			/* Still the zero page (not written since): keep it so, at a reserved slot. */
-			if (mem_pm_is_zero_page(pm[i]) && dedup_store_reserve_zero(&d->store, slot))
-				p->kind = MEM_WIN_ZERO;
+			/* Written since the visit: a private page, kept. */
+			if (!window_zero(v, idx + i, pm[i]) && !mem_pm_is_hole(pm[i]))
+				break;
+			/*
+			 * Still zeros without a page: so in the new mapping too, at a
+			 * reserved slot. Where this window's slot holds a frame, a
+			 * private page of zeros (what a first touch would have cost).
+			 */
+			p->kind = dedup_store_reserve_zero(&d->store, slot) ? MEM_WIN_ZERO
+									    : MEM_WIN_ZEROED;
 			break;
 		case W_ZERO:
 			if (mem_page_is_zero(v->gm, idx + i) && dedup_store_reserve_zero(&d->store, slot))
@@ -617,7 +645,7 @@ static int window_convert(struct dedup *d, struct dedup_vm *v, uint64_t idx, str
 			d->st.zero_pages++;
 			v->sum[j] = 0;
 			pagestate_set(v->ps, j, PS_ZERO);
-		} else if (p->kind == MEM_WIN_ZERO) {
+		} else if (p->kind == MEM_WIN_ZERO || p->kind == MEM_WIN_ZEROED) {
 			pagestate_set(v->ps, j, (enum ps_state)p->state); /* zero, as it was */
 		} else {
 			/* A private copy: a shared page written since, or a zero page written. */

@@ -204,14 +204,21 @@ void dedup_store_release(struct dedup_store *st, uint32_t slot)
 {
 	uint32_t ext = slot / DEDUP_EXT_PAGES;
 
+	st->by_slot[slot] = NULL;
+	st->frames--;
+	/*
+	 * A free slot is a hole: a window may reserve it for a zero page, and
+	 * where the kernel's zero page is not used there, the guest reads the
+	 * store at that slot (mem_window_map). A slot that keeps its old content
+	 * stays taken, as no frame, for the store's life.
+	 */
 	if (fallocate(st->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 		      (off_t)dedup_store_off(slot), (off_t)GM_PAGE_SIZE) < 0) {
 		st->punch_errors++;
 		log_warn_ratelimited("punching frame %u out of the store: %m", slot);
+		return;
 	}
-	st->by_slot[slot] = NULL;
 	mark(st, slot, false);
-	st->frames--;
 	if (st->ext_used[ext] == 0 && !st->on_free[ext]) {
 		st->on_free[ext] = 1;
 		st->free_ext[st->nr_free_ext++] = ext;

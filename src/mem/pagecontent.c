@@ -91,6 +91,11 @@ bool mem_pm_is_populated(uint64_t e)
 	return e & (PM_PRESENT | PM_SWAP);
 }
 
+bool mem_pm_is_hole(uint64_t e)
+{
+	return !(e & PM_PRESENT) && (!(e & PM_SWAP) || pm_is_marker(e));
+}
+
 static uint64_t parse_hex(const char **p, const char *end)
 {
 	uint64_t v = 0;

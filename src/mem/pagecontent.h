@@ -43,7 +43,11 @@ int mem_page_equal_buf(const struct gm *gm, uint64_t idx, const void *buf);
  * frame it means the guest wrote it and the kernel copied it on write.
  */
 bool mem_pm_is_private(uint64_t entry);
-/* True when a pagemap entry maps the kernel's zero page (a hole read, or UFFDIO_ZEROPAGE). */
+/*
+ * True when a pagemap entry maps the kernel's zero page (a hole read, or
+ * UFFDIO_ZEROPAGE). Always false where memmap does not know the zero page's
+ * PFN (memmap_kernel_zero_page): such entries then count as resident.
+ */
 bool mem_pm_is_zero_page(uint64_t entry);
 /*
  * True when a pagemap entry is populated: present (any page, the zero page
@@ -52,6 +56,12 @@ bool mem_pm_is_zero_page(uint64_t entry);
  * cannot be write-protected: a write to it would not wait.
  */
 bool mem_pm_is_populated(uint64_t entry);
+/*
+ * True when no page is behind a pagemap entry: unpopulated, or a write-protect
+ * marker left on an unpopulated pte. In anonymous memory such a page reads as
+ * zeros; in a mapping of the store it reads the store page at its offset.
+ */
+bool mem_pm_is_hole(uint64_t entry);
 
 /*
  * Number of host VMAs (mappings) that overlap the RAM of the nr VMs in gms,

@@ -134,6 +134,9 @@ int mem_page_map_frame(struct gm *gm, uint64_t idx, int fd, uint64_t off)
 	return 0;
 }
 
+/* The source of MEM_WIN_ZEROED pages. */
+static const uint8_t zeros[GM_PAGE_SIZE] __attribute__((aligned(GM_PAGE_SIZE)));
+
 /*
  * Fill pages [i, i + n) of the scratch mapping s (uffd-registered), all of
  * one kind, from the old window: one ioctl per run rather than per page.
@@ -143,31 +146,48 @@ static int fill_run(const struct gm *gm, uint8_t *s, const uint8_t *old, uint64_
 {
 	uint64_t off = i * GM_PAGE_SIZE, end = (i + n) * GM_PAGE_SIZE;
 
-	if (kind != MEM_WIN_KEEP && kind != MEM_WIN_ZERO)
+	if (kind == MEM_WIN_FRAME)
 		return 0; /* the frame: read from the store on the first access */
+	/*
+	 * UFFDIO_ZEROPAGE maps the shared zero page even on kernels whose read
+	 * faults never do (measured under pvm_no_zero_page). But memmap, which
+	 * learns the zero page's PFN from reads, would count each such entry as a
+	 * resident page, and residency drives the host's budget and the page
+	 * states (memmap_resident). So there the zero page is left a hole of the
+	 * store (a reserved, never written offset): it reads zeros, costs nothing
+	 * until touched, and a read then costs one store page shared by every
+	 * window mapping that offset, where a hole of anonymous memory would cost
+	 * a page per VM on such a kernel.
+	 */
+	if (kind == MEM_WIN_ZERO && !memmap_kernel_zero_page())
+		return 0;
 	while (off < end) {
+		/* A private page of zeros is copied from one page of zeros, a page at a time. */
+		uint64_t len = kind == MEM_WIN_ZEROED ? GM_PAGE_SIZE : end - off;
 		int64_t done;
 		int ret;
 
-		if (kind == MEM_WIN_KEEP) {
+		if (kind == MEM_WIN_KEEP || kind == MEM_WIN_ZEROED) {
 			struct uffdio_copy c = {
 				.dst = (uint64_t)(uintptr_t)(s + off),
-				.src = (uint64_t)(uintptr_t)(old + off),
-				.len = end - off,
+				.src = (uint64_t)(uintptr_t)(kind == MEM_WIN_KEEP ? old + off : zeros),
+				.len = len,
 			};
 
 			ret = ioctl(gm->uffd, UFFDIO_COPY, &c);
 			done = c.copy;
 		} else {
 			struct uffdio_zeropage z = {
-				.range = { (uint64_t)(uintptr_t)(s + off), end - off },
+				.range = { (uint64_t)(uintptr_t)(s + off), len },
 			};
 
 			ret = ioctl(gm->uffd, UFFDIO_ZEROPAGE, &z);
 			done = z.zeropage;
 		}
-		if (ret == 0)
-			return 0;
+		if (ret == 0) {
+			off += len;
+			continue;
+		}
 		/* Interrupted part way (EAGAIN): the kernel says how far it got. */
 		if (errno != EAGAIN || done <= 0)
 			return -errno;
@@ -181,11 +201,12 @@ static int fill_run(const struct gm *gm, uint8_t *s, const uint8_t *old, uint64_
  * would drop the content of the pages that keep theirs, and a fault between
  * the remap and refilling them would read store holes, which allocate store
  * pages). So the new mapping is prepared elsewhere: a private mapping of the
- * store (holes are never read: every page is frame, private or zero before
- * it is visible), registered with the VM's userfaultfd so UFFDIO_COPY (a
- * private anonymous copy) and UFFDIO_ZEROPAGE can fill it, then mremap moves
- * it over the window atomically. mremap drops the userfaultfd registration
- * (the VM's uffd has no UFFD_FEATURE_EVENT_REMAP), so it is renewed.
+ * store (the only holes of the store it can read are the reserved offsets of
+ * zero pages: every other page is a frame or private before it is visible),
+ * registered with the VM's userfaultfd so UFFDIO_COPY (a private anonymous
+ * copy) and UFFDIO_ZEROPAGE can fill it, then mremap moves it over the window
+ * atomically. mremap drops the userfaultfd registration (the VM's uffd has no
+ * UFFD_FEATURE_EVENT_REMAP), so it is renewed.
  */
 int mem_window_map(struct gm *gm, uint64_t idx, uint64_t n, int fd, uint64_t off,
 		   const uint8_t *kind)

@@ -72,7 +72,8 @@ void mem_range_wake(struct gm *gm, uint64_t idx, uint64_t n);
 enum mem_win_kind {
 	MEM_WIN_KEEP,	/* keeps its content, as a private page */
 	MEM_WIN_FRAME,	/* reads the store page at off + i pages (copy-on-write) */
-	MEM_WIN_ZERO,	/* reads the zero page (copy-on-write) */
+	MEM_WIN_ZERO,	/* reads zeros without a page of its own (copy-on-write) */
+	MEM_WIN_ZEROED,	/* a private page of zeros (not read from the window: it may be a hole) */
 };
 
 /*
@@ -86,9 +87,15 @@ enum mem_win_kind {
  * mremap, so a guest access sees the old window or the new one, never a hole.
  * The window is then under userfaultfd write-protect tracking again; its
  * writers are left for the caller to wake (after setting page states).
- * A MEM_WIN_ZERO page's zero-page entry is removed by a hole punched at its
- * store offset: the caller keeps those offsets out of use. 0, or -errno with
- * the window unchanged.
+ *
+ * A MEM_WIN_ZERO page maps the kernel's zero page where memmap can tell that
+ * page from memory (memmap_kernel_zero_page). Elsewhere it is left a hole of
+ * the new mapping, which reads the store at its offset: no memory until the
+ * guest touches it, and then one store page for every window that maps the
+ * offset. Either way the store offset of a MEM_WIN_ZERO page must stay a hole
+ * of zeros that is never punched (a punch removes zero-page entries): the
+ * caller keeps those offsets out of use. 0, or -errno with the window
+ * unchanged.
  */
 int mem_window_map(struct gm *gm, uint64_t idx, uint64_t n, int fd, uint64_t off,
 		   const uint8_t *kind);

@@ -38,9 +38,9 @@
  * whole, claimed whole, write-protected with one call, compared page by page
  * and remapped in one step onto the store extent whose position i holds page
  * i's frame (mem_window_map): frames where they match, private copies where
- * they do not, no page of their own for zero pages. Frames for pages
- * that only matched an unstable page are created at those positions, so
- * identical guests, which lay out identical pages alike, converge on one
+ * they do not, no page of their own for zero and untouched pages. Frames for
+ * pages that only matched an unstable page are created at those positions,
+ * so identical guests, which lay out identical pages alike, converge on one
  * extent per window. Windows that do not qualify (a page in another
  * mechanism's state, shared pages at other positions, few merges) are merged
  * page by page.
@@ -512,12 +512,16 @@ static void visit(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint64_t pm
  * their content (private copies) or become zero pages; the store positions of
  * zero pages are reserved so no frame, and no hole punch, ever lands on them.
  *
- * A window qualifies when every page is populated (write protection holds
- * only populated pages) and in a state the scanner may take (private, shared
- * at the window's extent, or zero), and when it brings at least
- * DEDUP_WINDOW_MIN new merges. Otherwise its pages are merged one by one.
- * Zero pages cost no memory in the new mapping on any kernel
- * (mem_window_map), so they weigh nothing in the decision.
+ * A window qualifies when every page is in a state the scanner may take
+ * (private, shared at the window's extent, zero, or untouched), and when it
+ * brings at least DEDUP_WINDOW_MIN new merges or zero drops. Otherwise its
+ * pages are merged one by one. Write protection holds only populated pages,
+ * so a window with untouched pages holds those through userfaultfd MISSING
+ * faults while it is rebuilt (mem_range_hold), and they stay untouched in the
+ * new mapping: populating them would cost a page each on a kernel that does
+ * not map its zero page on a read. Zero pages and untouched pages cost no
+ * memory in the new mapping on any kernel (mem_window_map), so they weigh
+ * nothing in the decision.
  */
 struct wpage {
 	uint8_t prep;		/* enum prep */
@@ -535,15 +539,28 @@ enum wwhat {
 	W_ZERO,		/* a stable zero page */
 	W_SHARED,	/* already maps the frame at its position */
 	W_ZEROPTE,	/* already reads zeros without a page of its own */
-	W_HOLE,		/* unpopulated: populated with the zero page before the remap */
+	W_HOLE,		/* untouched: held as a hole while the window is rebuilt */
 };
 
-/* Give every claimed page of the window back unchanged. */
-static void window_unclaim(struct dedup_vm *v, uint64_t idx, struct wpage *w, unsigned int n,
-			   bool protected)
+/*
+ * Give every claimed page of the window back unchanged; held: the window was
+ * (perhaps in part) held (mem_range_hold), protected: write-protected.
+ */
+static void window_unclaim(struct dedup *d, struct dedup_vm *v, uint64_t idx, struct wpage *w,
+			   unsigned int n, bool held, bool protected)
 {
-	if (protected)
+	if (held) {
+		/* Dropping the registration releases the protection too. */
+		int ret = mem_range_unhold(v->gm, idx, n);
+
+		if (ret) {
+			d->st.errors++;
+			log_warn_ratelimited("%s: giving back window %llu: %s", v->name,
+					     (unsigned long long)idx, strerror(-ret));
+		}
+	} else if (protected) {
 		mem_range_protect(v->gm, idx, n, false);
+	}
 	for (unsigned int i = 0; i < n; i++)
 		pagestate_set(v->ps, idx + i, (enum ps_state)w[i].state);
 	mem_range_wake(v->gm, idx, n);
@@ -560,11 +577,16 @@ static int window_convert(struct dedup *d, struct dedup_vm *v, uint64_t idx, str
 	unsigned int nfresh = 0;
 	int ret;
 
-	/* Populated pages only: a write to an unpopulated one would not be held. */
+	/*
+	 * Every page must be held: populated ones are (write protection), and so
+	 * are the untouched ones of a window that holds them (mem_range_hold).
+	 * Those, and zero pages without a page of their own, are never read here:
+	 * the read would wait for this thread.
+	 */
 	if (memmap_pagemap(v->gm, idx, n, pm) != (int64_t)n)
 		return -EIO;
 	for (unsigned int i = 0; i < n; i++)
-		if (!mem_pm_is_populated(pm[i]))
+		if (!mem_pm_is_populated(pm[i]) && w[i].what != W_HOLE && w[i].what != W_ZEROPTE)
 			return -EAGAIN;
 	for (unsigned int i = 0; i < n; i++) {
 		uint64_t slot = base + i;
@@ -761,19 +783,19 @@ static void window_batch(struct dedup *d, struct dedup_vm *v, uint64_t idx, cons
 				break;
 		}
 		if (claimed < n) {
-			window_unclaim(v, idx, w, claimed, false);
+			window_unclaim(d, v, idx, w, claimed, false, false);
 			d->st.merge_races++;
-		} else if (holes && mem_range_populate(v->gm, idx, n)) {
-			/* Holes cannot be held by write protection: they read the zero page first. */
-			window_unclaim(v, idx, w, n, false);
+		} else if (holes && mem_range_hold(v->gm, idx, n)) {
+			/* Write protection cannot hold untouched pages; it may have held a part. */
+			window_unclaim(d, v, idx, w, n, true, false);
 			d->st.errors++;
 		} else if (mem_range_protect(v->gm, idx, n, true) &&
 			   /* Pages merged one by one are mapped without tracking (map_claimed). */
 			   (mem_range_track(v->gm, idx, n) || mem_range_protect(v->gm, idx, n, true))) {
-			window_unclaim(v, idx, w, n, false);
+			window_unclaim(d, v, idx, w, n, holes != 0, false);
 			d->st.errors++;
 		} else if (window_convert(d, v, idx, w, n, ext)) {
-			window_unclaim(v, idx, w, n, true);
+			window_unclaim(d, v, idx, w, n, holes != 0, true);
 			d->st.window_aborts++;
 		} else {
 			/* Pages that found partners: the partners match the new frames next time. */

@@ -79,13 +79,37 @@ bool mem_page_in_store_mapping(const struct gm *gm, uint64_t idx)
 	return idx < memmap_nr_pages(gm) && gm_frame_mapped(gm, idx);
 }
 
-int mem_range_populate(struct gm *gm, uint64_t idx, uint64_t n)
+int mem_range_hold(struct gm *gm, uint64_t idx, uint64_t n)
 {
+	struct uffdio_register reg = {
+		.range = { (uint64_t)(uintptr_t)gm_page_hva(gm, idx), n * GM_PAGE_SIZE },
+		.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP,
+	};
+
 	if (!window_ok(gm, idx, n))
 		return -EINVAL;
-	if (madvise(gm_page_hva(gm, idx), n * GM_PAGE_SIZE, MADV_POPULATE_READ) < 0)
+	if (gm->uffd < 0)
+		return -ENOSYS;
+	return ioctl(gm->uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
+}
+
+int mem_range_unhold(struct gm *gm, uint64_t idx, uint64_t n)
+{
+	struct uffdio_range r = { (uint64_t)(uintptr_t)gm_page_hva(gm, idx), n * GM_PAGE_SIZE };
+
+	if (!window_ok(gm, idx, n))
+		return -EINVAL;
+	if (gm->uffd < 0)
+		return -ENOSYS;
+	/*
+	 * A registration never loses a mode by registering again with fewer: drop
+	 * it, which also releases write protection and wakes every waiter (they
+	 * retry against an unregistered window, which holds nothing), then
+	 * register the window for write-protect faults as all RAM is.
+	 */
+	if (ioctl(gm->uffd, UFFDIO_UNREGISTER, &r) < 0)
 		return -errno;
-	return 0;
+	return gm_uffd_register(gm, gm_page_hva(gm, idx), n * GM_PAGE_SIZE);
 }
 
 /* Fresh anonymous memory over [idx, idx+n), back under userfaultfd. */
@@ -205,8 +229,10 @@ static int fill_run(const struct gm *gm, uint8_t *s, const uint8_t *old, uint64_
  * zero pages: every other page is a frame or private before it is visible),
  * registered with the VM's userfaultfd so UFFDIO_COPY (a private anonymous
  * copy) and UFFDIO_ZEROPAGE can fill it, then mremap moves it over the window
- * atomically. mremap drops the userfaultfd registration (the VM's uffd has no
- * UFFD_FEATURE_EVENT_REMAP), so it is renewed.
+ * atomically. mremap drops the moved mapping's userfaultfd registration (the
+ * VM's uffd has no UFFD_FEATURE_EVENT_REMAP) and unmaps the old window, with
+ * the MISSING registration that held its holes (mem_range_hold): the window
+ * is registered again, for write-protect faults only.
  */
 int mem_window_map(struct gm *gm, uint64_t idx, uint64_t n, int fd, uint64_t off,
 		   const uint8_t *kind)

@@ -61,13 +61,29 @@ int mem_page_map_frame(struct gm *gm, uint64_t idx, int fd, uint64_t off);
  * call (one TLB flush); mem_range_wake wakes writers held on any of its pages.
  */
 int mem_range_protect(struct gm *gm, uint64_t idx, uint64_t n, bool on);
-/*
- * Populate the unpopulated pages of a window for reading (MADV_POPULATE_READ):
- * a hole of anonymous memory then maps the zero page (no memory), so that
- * write protection holds it too. 0 or -errno.
- */
-int mem_range_populate(struct gm *gm, uint64_t idx, uint64_t n);
 void mem_range_wake(struct gm *gm, uint64_t idx, uint64_t n);
+/*
+ * Hold the holes (unpopulated anonymous pages) of a window as well, until
+ * mem_window_map replaces it or mem_range_unhold gives it back. Write
+ * protection holds only populated pages: a guest write to a hole between the
+ * caller's look and the remap would land in the old mapping and be lost. So
+ * the window is registered for userfaultfd MISSING faults too, and an access
+ * to one of its holes waits (the uffd service leaves faults on PS_BUSY pages
+ * to their owner, who wakes them). This costs no memory, where populating the
+ * holes to protect them would allocate a page for each on kernels that never
+ * map the shared zero page on a read (and, on the others, fill page tables
+ * with it). The registration splits the window's mapping off its neighbours
+ * until then. The caller must not read a page of the window while it is a
+ * hole: the read would wait for the caller itself. 0, or -errno with the
+ * window possibly held in part (mem_range_unhold it).
+ */
+int mem_range_hold(struct gm *gm, uint64_t idx, uint64_t n);
+/*
+ * Give a window back from mem_range_hold: registered for write-protect faults
+ * only, as all guest RAM is (so its mapping merges with its neighbours again),
+ * every page released from write protection, waiters woken. 0 or -errno.
+ */
+int mem_range_unhold(struct gm *gm, uint64_t idx, uint64_t n);
 
 enum mem_win_kind {
 	MEM_WIN_KEEP,	/* keeps its content, as a private page */
@@ -80,13 +96,14 @@ enum mem_win_kind {
  * Replace window [idx, idx + n) by one private mapping (MAP_PRIVATE) of fd
  * from byte offset off, page i as kind[i] says. The caller owns every page of
  * the window (PS_BUSY), has write-protected it (mem_range_protect) and checked
- * that every page is populated (present or swapped: a write to an unpopulated
- * page is not held by write protection and would be lost), and compared each
- * MEM_WIN_FRAME page with its store page. The new mapping is built aside,
- * filled (private copies, zero pages), and moved over the window in one
- * mremap, so a guest access sees the old window or the new one, never a hole.
- * The window is then under userfaultfd write-protect tracking again; its
- * writers are left for the caller to wake (after setting page states).
+ * that every page is populated (present or swapped) or held as a hole
+ * (mem_range_hold): a write to an unpopulated page is not held by write
+ * protection and would be lost. It has compared each MEM_WIN_FRAME page with
+ * its store page. The new mapping is built aside, filled (private copies, zero
+ * pages), and moved over the window in one mremap, so a guest access sees the
+ * old window or the new one, never a hole. The window is then under
+ * userfaultfd write-protect tracking only (held holes no more); its writers
+ * are left for the caller to wake (after setting page states).
  *
  * A MEM_WIN_ZERO page maps the kernel's zero page where memmap can tell that
  * page from memory (memmap_kernel_zero_page). Elsewhere it is left a hole of

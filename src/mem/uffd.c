@@ -63,10 +63,25 @@ static void resolve_wp(struct uffd_service *svc, struct gm *gm, void *page, uint
 	__atomic_fetch_add(&svc->stats.sample_hits, 1, __ATOMIC_RELAXED);
 }
 
+/*
+ * An access to a hole of RAM registered for MISSING faults: a window whose
+ * holes a mechanism holds while it remaps it (mem_range_hold). The mechanism
+ * owns the page (PS_BUSY) and wakes the access when the new mapping is in.
+ * In any other state the mechanism is done (it woke the access already, or
+ * is about to): waking again only makes it retry against the new mapping.
+ */
+static void resolve_missing(struct uffd_service *svc, struct gm *gm, void *page, uint64_t idx)
+{
+	__atomic_fetch_add(&svc->stats.missing_faults, 1, __ATOMIC_RELAXED);
+	if (pagestate_get(gm->ps, idx) != PS_BUSY)
+		gm_uffd_wake(gm, page, GM_PAGE_SIZE);
+}
+
 static void resolve(struct uffd_service *svc, struct gm *gm, const struct uffd_msg *msg)
 {
 	uint64_t addr = msg->arg.pagefault.address & ~(GM_PAGE_SIZE - 1);
 	const struct gm_region *r = NULL;
+	uint64_t idx;
 
 	for (unsigned int i = 0; i < gm->nr_regions; i++) {
 		uint64_t hva = (uint64_t)(uintptr_t)gm->regions[i].hva;
@@ -74,14 +89,17 @@ static void resolve(struct uffd_service *svc, struct gm *gm, const struct uffd_m
 		if (addr >= hva && addr - hva < gm->regions[i].len)
 			r = &gm->regions[i];
 	}
-	if (!r || !(msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)) {
+	if (!r) {
 		/* Not ours to resolve: let the access retry rather than hang. */
 		__atomic_fetch_add(&svc->stats.errors, 1, __ATOMIC_RELAXED);
 		gm_uffd_wake(gm, (void *)(uintptr_t)addr, GM_PAGE_SIZE);
 		return;
 	}
-	resolve_wp(svc, gm, (void *)(uintptr_t)addr,
-		   r->first_pfn_index + ((addr - (uint64_t)(uintptr_t)r->hva) >> GM_PAGE_SHIFT));
+	idx = r->first_pfn_index + ((addr - (uint64_t)(uintptr_t)r->hva) >> GM_PAGE_SHIFT);
+	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)
+		resolve_wp(svc, gm, (void *)(uintptr_t)addr, idx);
+	else
+		resolve_missing(svc, gm, (void *)(uintptr_t)addr, idx);
 }
 
 static void drain(struct uffd_service *svc, struct gm *gm)
@@ -218,5 +236,6 @@ void uffd_service_stats(const struct uffd_service *svc, struct uffd_stats *out)
 {
 	out->wp_faults = __atomic_load_n(&svc->stats.wp_faults, __ATOMIC_RELAXED);
 	out->sample_hits = __atomic_load_n(&svc->stats.sample_hits, __ATOMIC_RELAXED);
+	out->missing_faults = __atomic_load_n(&svc->stats.missing_faults, __ATOMIC_RELAXED);
 	out->errors = __atomic_load_n(&svc->stats.errors, __ATOMIC_RELAXED);
 }

@@ -3,11 +3,13 @@
  * The userfaultfd service: one thread per host that answers the
  * write-protect faults of every VM's guest RAM. Guest RAM is registered in
  * WP mode only (MISSING mode would send every first touch through here: 60 us
- * instead of 4.4 us a page, measured), so two things reach this thread:
+ * instead of 4.4 us a page, measured), so three things reach this thread:
  * a guest write to a page a reclaim mechanism holds (PS_BUSY: left for that
  * mechanism, which wakes the writer when done: "protect first, compare
- * second", as KSM does), and a write to a page the policy protected to
- * sample the guest's working set (released at once and counted).
+ * second", as KSM does), a write to a page the policy protected to
+ * sample the guest's working set (released at once and counted), and an
+ * access to a hole of a window that dedup is remapping (registered MISSING
+ * for that time, mem_range_hold: left for dedup like any PS_BUSY page).
  */
 #ifndef KVMEM_MEM_UFFD_H
 #define KVMEM_MEM_UFFD_H
@@ -28,7 +30,8 @@ void uffd_service_remove(struct uffd_service *svc, struct gm *gm);
 struct uffd_stats {
 	uint64_t wp_faults;	/* writes that hit a protected page */
 	uint64_t sample_hits;	/* of which on a page protected for sampling */
-	uint64_t errors;	/* faults outside guest RAM or not write-protect faults */
+	uint64_t missing_faults; /* accesses to a hole held by a mechanism (mem_range_hold) */
+	uint64_t errors;	/* faults outside guest RAM */
 };
 void uffd_service_stats(const struct uffd_service *svc, struct uffd_stats *out);
 

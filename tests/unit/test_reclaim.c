@@ -3,20 +3,27 @@
  * Zero-page reclaim on anonymous guest memory under a real userfaultfd: runs
  * of zero pages are dropped, everything else keeps its content and is left
  * unprotected, the page states say which is which, and max_pages holds.
+ * Windows: a write to an untouched page of a window being remapped waits,
+ * without the page being populated, and lands in whichever mapping follows.
  */
 #include <errno.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "mem/gm.h"
 #include "mem/mem_internal.h"
 #include "mem/memmap.h"
+#include "mem/pagecontent.h"
 #include "mem/pagestate.h"
 #include "mem/reclaim.h"
 
@@ -156,6 +163,115 @@ static void test_reclaim_zero_protect_failure_leaves_nothing_protected(void **st
 	assert_int_equal(pagestate_get(memmap_pagestate(f->gm), f->first + 0), PS_ZERO);
 }
 
+/* --- windows --- */
+
+#define WIN 0x200000ULL	/* a window of 512 pages that setup leaves untouched */
+#define WIN_PAGES 512
+
+struct writer {
+	volatile uint8_t *p;
+	uint8_t val;
+};
+
+static void *write_byte(void *arg)
+{
+	struct writer *w = arg;
+
+	*w->p = w->val;
+	return NULL;
+}
+
+/* Wait for the fault the writer raises; true when it is a MISSING fault at hva. */
+static bool missing_fault_at(struct gm *gm, const void *hva)
+{
+	struct pollfd pfd = { .fd = gm->uffd, .events = POLLIN };
+	struct uffd_msg msg;
+
+	while (poll(&pfd, 1, -1) < 0)
+		;
+	if (read(gm->uffd, &msg, sizeof(msg)) != (ssize_t)sizeof(msg))
+		return false;
+	return msg.event == UFFD_EVENT_PAGEFAULT &&
+	       (msg.arg.pagefault.address & ~4095ULL) == (uint64_t)(uintptr_t)hva &&
+	       !(msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP);
+}
+
+static uint64_t pm_of(struct gm *gm, uint64_t idx)
+{
+	uint64_t pm = 0;
+
+	assert_int_equal(memmap_pagemap(gm, idx, 1, &pm), 1);
+	return pm;
+}
+
+/*
+ * A window of one private page and untouched ones is held and write-protected
+ * as dedup does before a remap; a guest write to an untouched page waits, the
+ * window is remapped (its untouched pages reading zeros without a page), and
+ * the write lands in the new mapping. No untouched page was populated.
+ */
+static void test_reclaim_window_hold_keeps_a_write_to_an_untouched_page(void **state)
+{
+	struct fix *f = *state;
+	uint64_t first = (uint64_t)memmap_page_index(f->gm, WIN);
+	struct writer w = { gm_page_hva(f->gm, first + 5), 0x22 };
+	uint8_t page[4096], kind[WIN_PAGES];
+	int64_t vmas = mem_ram_vmas(&f->gm, 1, NULL);
+	int fd = memfd_create("test-store", MFD_CLOEXEC);
+	pthread_t t;
+
+	assert_int_equal(first % WIN_PAGES, 0);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, WIN_PAGES * 4096), 0);
+	memset(page, 0x11, sizeof(page));
+	assert_int_equal(gm_write(f->gm, WIN, page, sizeof(page)), 0);
+	assert_int_equal(mem_range_hold(f->gm, first, WIN_PAGES), 0);
+	assert_int_equal(mem_range_protect(f->gm, first, WIN_PAGES, true), 0);
+	assert_true(mem_pm_is_hole(pm_of(f->gm, first + 5)));
+	assert_int_equal(pthread_create(&t, NULL, write_byte, &w), 0);
+	assert_true(missing_fault_at(f->gm, (const void *)w.p));
+	/* Held, not applied, and nothing was populated to hold it. */
+	assert_true(mem_pm_is_hole(pm_of(f->gm, first + 5)));
+	memset(kind, MEM_WIN_ZERO, sizeof(kind));
+	kind[0] = MEM_WIN_KEEP;
+	assert_int_equal(mem_window_map(f->gm, first, WIN_PAGES, fd, 0, kind), 0);
+	mem_range_wake(f->gm, first, WIN_PAGES);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	assert_int_equal(*w.p, 0x22);
+	assert_int_equal(gm_page_hva(f->gm, first)[0], 0x11);
+	for (unsigned int i = 1; i < WIN_PAGES; i++)
+		if (i != 5)
+			assert_false(memmap_pm_resident(pm_of(f->gm, first + i)));
+	assert_int_equal(gm_page_hva(f->gm, first + 6)[100], 0);
+	/* One mapping more for the window, splitting RAM's. */
+	assert_int_equal(mem_ram_vmas(&f->gm, 1, NULL), vmas + 2);
+	close(fd);
+}
+
+/* Given back instead: the write lands in the old mapping, which merges back with RAM's. */
+static void test_reclaim_window_unhold_releases_writes_and_registration(void **state)
+{
+	struct fix *f = *state;
+	uint64_t first = (uint64_t)memmap_page_index(f->gm, WIN);
+	struct writer w = { gm_page_hva(f->gm, first + 7), 0x33 };
+	int64_t vmas = mem_ram_vmas(&f->gm, 1, NULL);
+	pthread_t t;
+
+	assert_int_equal(mem_range_hold(f->gm, first, WIN_PAGES), 0);
+	assert_int_equal(mem_range_protect(f->gm, first, WIN_PAGES, true), 0);
+	assert_int_equal(pthread_create(&t, NULL, write_byte, &w), 0);
+	assert_true(missing_fault_at(f->gm, (const void *)w.p));
+	assert_int_equal(mem_range_unhold(f->gm, first, WIN_PAGES), 0);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	assert_int_equal(*w.p, 0x33);
+	assert_false(pm_of(f->gm, first + 7) & PM_UFFD_WP);
+	assert_int_equal(mem_ram_vmas(&f->gm, 1, NULL), vmas);
+	/* Still registered for write protection, as all RAM is. */
+	assert_int_equal(mem_range_protect(f->gm, first + 7, 1, true), 0);
+	assert_true(pm_of(f->gm, first + 7) & PM_UFFD_WP);
+	assert_int_equal(mem_range_protect(f->gm, first + 7, 1, false), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -167,6 +283,10 @@ int main(void)
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(
 			test_reclaim_zero_protect_failure_leaves_nothing_protected, setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_reclaim_window_hold_keeps_a_write_to_an_untouched_page, setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_reclaim_window_unhold_releases_writes_and_registration, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

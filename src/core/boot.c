@@ -236,24 +236,26 @@ static bool va_writable(const struct elf_image *im, uint64_t va)
 	return false;
 }
 
-/*
- * Apply the relocations of a static-pie image loaded at its link addresses
- * (guest-physical == link address): only R_X86_64_RELATIVE, each to a
- * writable loaded place, with the phys offset as the load bias of the
- * guest's virtual addresses. Anything that needs a dynamic linker is refused.
- */
-static int relocate(struct gm *gm, const struct elf_image *im, uint64_t phys_offset)
-{
-	uint64_t rela = 0, relasz = 0, relaent = sizeof(Elf64_Rela), n, dyn_n, off;
-	bool have_rela = false;
+/* What the loader takes from an image's dynamic section. */
+struct elf_dynamic {
+	uint64_t rela, relasz, relaent;
+	bool pie;	/* DF_1_PIE: linked position-independent (a static-pie) */
+};
 
+/* Read PT_DYNAMIC, refusing anything that needs a dynamic linker. */
+static int read_dynamic(const struct elf_image *im, struct elf_dynamic *dy)
+{
+	uint64_t n;
+
+	memset(dy, 0, sizeof(*dy));
+	dy->relaent = sizeof(Elf64_Rela);
 	if (!im->have_dynamic)
 		return 0;
 	if (im->dynamic.p_filesz % sizeof(Elf64_Dyn) || im->dynamic.p_offset > im->file_size ||
 	    im->file_size - im->dynamic.p_offset < im->dynamic.p_filesz)
 		return load_fail(im->path, "bad dynamic section");
-	dyn_n = im->dynamic.p_filesz / sizeof(Elf64_Dyn);
-	for (uint64_t i = 0; i < dyn_n; i++) {
+	n = im->dynamic.p_filesz / sizeof(Elf64_Dyn);
+	for (uint64_t i = 0; i < n; i++) {
 		Elf64_Dyn d;
 
 		if (pread(im->fd, &d, sizeof(d), (off_t)(im->dynamic.p_offset + i * sizeof(d))) !=
@@ -261,8 +263,7 @@ static int relocate(struct gm *gm, const struct elf_image *im, uint64_t phys_off
 			return load_fail(im->path, "short read of the dynamic section");
 		switch (d.d_tag) {
 		case DT_NULL:
-			i = dyn_n;
-			break;
+			return 0;
 		case DT_NEEDED:
 			return load_fail(im->path, "needs shared libraries (DT_NEEDED)");
 		case DT_TEXTREL:
@@ -271,36 +272,52 @@ static int relocate(struct gm *gm, const struct elf_image *im, uint64_t phys_off
 			if (d.d_un.d_val & DF_TEXTREL)
 				return load_fail(im->path, "relocates its code (DF_TEXTREL)");
 			break;
+		case DT_FLAGS_1:
+			dy->pie = d.d_un.d_val & DF_1_PIE;
+			break;
 		case DT_REL:
 		case DT_RELR:
 		case DT_JMPREL:
 			return load_fail(im->path, "relocation table other than RELA (REL, RELR or PLT)");
 		case DT_RELA:
-			rela = d.d_un.d_ptr;
-			have_rela = true;
+			dy->rela = d.d_un.d_ptr;
 			break;
 		case DT_RELASZ:
-			relasz = d.d_un.d_val;
+			dy->relasz = d.d_un.d_val;
 			break;
 		case DT_RELAENT:
-			relaent = d.d_un.d_val;
+			dy->relaent = d.d_un.d_val;
 			break;
 		default:
 			break;
 		}
 	}
-	if (!have_rela || relasz == 0)
+	return 0;
+}
+
+/*
+ * Apply the relocations of a static-pie image loaded at its link addresses
+ * (guest-physical == link address): only R_X86_64_RELATIVE, each to a
+ * writable loaded place, with the phys offset as the load bias of the
+ * guest's virtual addresses.
+ */
+static int relocate(struct gm *gm, const struct elf_image *im, const struct elf_dynamic *dy,
+		    uint64_t phys_offset)
+{
+	uint64_t n, off;
+
+	if (!dy->relasz)
 		return 0;
-	if (relaent != sizeof(Elf64_Rela) || relasz % relaent)
+	if (dy->relaent != sizeof(Elf64_Rela) || dy->relasz % dy->relaent)
 		return load_fail(im->path, "bad relocation table size");
-	n = relasz / relaent;
-	if (!va_to_offset(im, rela, relasz, &off))
+	n = dy->relasz / dy->relaent;
+	if (!va_to_offset(im, dy->rela, dy->relasz, &off))
 		return load_fail(im->path, "relocation table outside the loaded file");
 	for (uint64_t i = 0; i < n; i++) {
 		Elf64_Rela r;
 		int ret;
 
-		if (pread(im->fd, &r, sizeof(r), (off_t)(off + i * relaent)) != sizeof(r))
+		if (pread(im->fd, &r, sizeof(r), (off_t)(off + i * dy->relaent)) != sizeof(r))
 			return load_fail(im->path, "short read of a relocation");
 		if (ELF64_R_TYPE(r.r_info) != R_X86_64_RELATIVE) {
 			log_err("%s: not a kvmem guest image: relocation type %u at 0x%llx (only "
@@ -323,6 +340,7 @@ static int relocate(struct gm *gm, const struct elf_image *im, uint64_t phys_off
 int boot_load_elf(struct gm *gm, const char *path, uint64_t phys_offset, struct boot_image *out)
 {
 	struct elf_image im = { .path = path };
+	struct elf_dynamic dy;
 	Elf64_Ehdr eh;
 	struct stat st;
 	gpa_t end = ABI_IMAGE_BASE;
@@ -345,11 +363,6 @@ int boot_load_elf(struct gm *gm, const char *path, uint64_t phys_offset, struct 
 	}
 	if (eh.e_machine != EM_X86_64 || (eh.e_type != ET_EXEC && eh.e_type != ET_DYN)) {
 		ret = load_fail(path, "not an x86-64 static executable");
-		goto out_close;
-	}
-	if (eh.e_type == ET_EXEC && phys_offset) {
-		ret = load_fail(path, "not position-independent: the thread accelerator runs it at "
-				      "a host address, which needs a static-pie image");
 		goto out_close;
 	}
 	if (eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum == 0 || eh.e_phnum > 64 ||
@@ -375,8 +388,8 @@ int boot_load_elf(struct gm *gm, const char *path, uint64_t phys_offset, struct 
 			goto out_close;
 		}
 		if (ph.p_type == PT_DYNAMIC) {
-			if (eh.e_type == ET_EXEC || im.have_dynamic) {
-				ret = load_fail(path, "dynamically linked");
+			if (im.have_dynamic) {
+				ret = load_fail(path, "two dynamic sections");
 				goto out_close;
 			}
 			im.dynamic = ph;
@@ -423,7 +436,24 @@ int boot_load_elf(struct gm *gm, const char *path, uint64_t phys_offset, struct 
 		ret = load_fail(path, "entry point not in an executable segment");
 		goto out_close;
 	}
-	ret = relocate(gm, &im, phys_offset);
+	ret = read_dynamic(&im, &dy);
+	if (ret)
+		goto out_close;
+	/*
+	 * GNU ld marks a static-pie linked at a fixed base (ours: ABI_IMAGE_BASE,
+	 * so the kvm accelerator's offset is 0) ET_EXEC; DF_1_PIE is what says
+	 * its code is position-independent and its relocations complete.
+	 */
+	if (eh.e_type == ET_EXEC && im.have_dynamic && !dy.pie) {
+		ret = load_fail(path, "dynamically linked");
+		goto out_close;
+	}
+	if (phys_offset && eh.e_type == ET_EXEC && !dy.pie) {
+		ret = load_fail(path, "not position-independent: the thread accelerator runs it at "
+				      "a host address, which needs a static-pie image");
+		goto out_close;
+	}
+	ret = relocate(gm, &im, &dy, phys_offset);
 	if (ret)
 		goto out_close;
 	out->entry = eh.e_entry;

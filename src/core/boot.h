@@ -31,9 +31,9 @@ struct boot_image {
 /*
  * Load a static ELF64 x86-64 image whose PT_LOAD segments lie in low RAM at
  * or above ABI_IMAGE_BASE, at guest-physical == link address: a static
- * executable (ET_EXEC, only with phys_offset 0), or a static-pie (ET_DYN with
- * PT_DYNAMIC) whose R_X86_64_RELATIVE relocations are applied with
- * phys_offset (the guest's virtual minus physical addresses). PT_INTERP,
+ * executable (only with phys_offset 0), or a static-pie (ET_DYN, or ET_EXEC
+ * whose DT_FLAGS_1 says DF_1_PIE) whose R_X86_64_RELATIVE relocations are
+ * applied with phys_offset (the guest's virtual minus physical addresses). PT_INTERP,
  * PT_TLS, DT_NEEDED, DT_TEXTREL, any other relocation type and any
  * relocation outside the image's writable segments are refused.
  * -ENOENT/-EACCES from open, -ENOEXEC for a file that is not such an ELF

@@ -223,8 +223,8 @@ static void test_boot_elf_loader_refuses_what_is_not_a_static_x86_64_image(void 
 
 /*
  * A minimal static-pie image: one RWX PT_LOAD at ABI_IMAGE_BASE holding the
- * headers, a dynamic section and its RELA table, then a data area the
- * relocations write to; and a PT_DYNAMIC. Relocation i targets
+ * headers, a dynamic section (DF_1_PIE) and its RELA table, then a data area
+ * the relocations write to; and a PT_DYNAMIC. Relocation i targets
  * data + 8 * i with addend ABI_IMAGE_BASE + 0x100 * i.
  */
 #define PIE_NRELA 3
@@ -267,11 +267,12 @@ static void pie_build(struct pie *p)
 	ph[1] = (Elf64_Phdr){ .p_type = PT_DYNAMIC, .p_flags = PF_R | PF_W,
 			      .p_offset = PIE_DYN_OFF, .p_vaddr = ABI_IMAGE_BASE + PIE_DYN_OFF,
 			      .p_paddr = ABI_IMAGE_BASE + PIE_DYN_OFF,
-			      .p_filesz = 4 * sizeof(*dyn), .p_memsz = 4 * sizeof(*dyn) };
+			      .p_filesz = 5 * sizeof(*dyn), .p_memsz = 5 * sizeof(*dyn) };
 	dyn[0] = (Elf64_Dyn){ .d_tag = DT_RELA, .d_un.d_ptr = ABI_IMAGE_BASE + PIE_RELA_OFF };
 	dyn[1] = (Elf64_Dyn){ .d_tag = DT_RELASZ, .d_un.d_val = PIE_NRELA * sizeof(Elf64_Rela) };
 	dyn[2] = (Elf64_Dyn){ .d_tag = DT_RELAENT, .d_un.d_val = sizeof(Elf64_Rela) };
-	dyn[3] = (Elf64_Dyn){ .d_tag = DT_NULL };
+	dyn[3] = (Elf64_Dyn){ .d_tag = DT_FLAGS_1, .d_un.d_val = DF_1_PIE };
+	dyn[4] = (Elf64_Dyn){ .d_tag = DT_NULL };
 	for (unsigned int i = 0; i < PIE_NRELA; i++)
 		*pie_rela(p, i) = (Elf64_Rela){
 			.r_offset = ABI_IMAGE_BASE + PIE_DATA_OFF + 8 * i,
@@ -313,6 +314,10 @@ static void test_boot_elf_loader_relocates_a_static_pie_by_the_phys_offset(void 
 	/* Under kvm the offset is 0: every pointer is its link address. */
 	assert_int_equal(pie_load(gm, &p, 0), 0);
 	assert_int_equal(rd64(gm, ABI_IMAGE_BASE + PIE_DATA_OFF + 8), ABI_IMAGE_BASE + 0x100);
+	/* GNU ld's static-pie at a fixed base is ET_EXEC: DF_1_PIE is what counts. */
+	((Elf64_Ehdr *)p.b)->e_type = ET_EXEC;
+	assert_int_equal(pie_load(gm, &p, offset), 0);
+	assert_int_equal(rd64(gm, ABI_IMAGE_BASE + PIE_DATA_OFF + 16), offset + ABI_IMAGE_BASE + 0x200);
 	gm_destroy(gm);
 }
 
@@ -355,6 +360,11 @@ static void test_boot_elf_loader_refuses_what_needs_a_dynamic_linker(void **stat
 	/* Thread-local storage. */
 	pie_build(&p);
 	((Elf64_Phdr *)(p.b + sizeof(Elf64_Ehdr)))[1].p_type = PT_TLS;
+	assert_int_equal(pie_load(gm, &p, 0), -ENOEXEC);
+	/* An executable with a dynamic section that does not say PIE needs a dynamic linker. */
+	pie_build(&p);
+	((Elf64_Ehdr *)p.b)->e_type = ET_EXEC;
+	((Elf64_Dyn *)(p.b + PIE_DYN_OFF))[3].d_tag = DT_NULL;
 	assert_int_equal(pie_load(gm, &p, 0), -ENOEXEC);
 	/* A fixed-address executable cannot run at a host address. */
 	pie_build(&p);

@@ -6,7 +6,7 @@
  *
  * Kicks: the kicker sets its request in the VM, then arms the accelerator's
  * kick (KVM's immediate_exit, or the thread accelerator's equivalent), then
- * sends SIGUSR1. The loop disarms the kick before it looks at requests, so a
+ * sends the kick signal. The loop disarms the kick before it looks at requests, so a
  * kick that lands between that look and entering the guest makes the entry
  * return at once.
  */
@@ -56,7 +56,7 @@ static void install_kick_handler(void)
 	 */
 	sa.sa_flags = SA_RESTART | SA_SIGINFO | SA_ONSTACK;
 	sigemptyset(&sa.sa_mask);
-	sigaction(SIGUSR1, &sa, NULL);
+	sigaction(ACCEL_KICK_SIGNAL, &sa, NULL);
 }
 
 int vcpu_create(struct vm *vm, unsigned int index, struct vcpu **out)
@@ -99,7 +99,7 @@ void vcpu_kick(struct vcpu *vcpu)
 	 * returns, so we never signal a thread that may already be joined.
 	 */
 	if (vcpu->started && !vcpu->exited)
-		pthread_kill(vcpu->thread, SIGUSR1);
+		pthread_kill(vcpu->thread, ACCEL_KICK_SIGNAL);
 	pthread_mutex_unlock(&vcpu->lock);
 }
 

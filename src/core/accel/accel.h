@@ -22,6 +22,7 @@
 #ifndef KVMEM_CORE_ACCEL_ACCEL_H
 #define KVMEM_CORE_ACCEL_ACCEL_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -135,6 +136,9 @@ extern const struct accel_ops accel_kvm_ops;
 extern const struct accel_ops accel_thread_ops;
 
 const struct accel_ops *accel_ops(enum accel_kind kind);
+
+/* The signal that kicks a vCPU thread out of guest code (vcpu_kick). */
+#define ACCEL_KICK_SIGNAL SIGUSR1
 
 /*
  * The kick signal landed on this thread (from the vCPU kick handler, which

@@ -18,7 +18,7 @@
  *   - MMIO: it calls accel_thread_mmio (boot params' mmio_call) instead of
  *     touching a device register; that is an MMIO exit, dispatched on the
  *     bus by the vCPU loop like KVM's, and the next run returns the result.
- *   - Kicks: SIGUSR1 (vcpu.c) lands in guest code while the kick is armed:
+ *   - Kicks: the kick signal (vcpu.c) lands in guest code while the kick is armed:
  *     the handler saves the guest's registers from the signal context and
  *     rewrites the context so the signal returns onto the host stack, as if
  *     accel_thread_enter had returned -EINTR. A kick that lands in VMM code
@@ -303,7 +303,13 @@ static void install_fault_handlers(void)
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_sigaction = fault_handler;
 	sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+	/*
+	 * A kick must not land in the handler while it still reads as the
+	 * guest's (in_guest): it would take the handler's own context for the
+	 * guest's. Held until the handler has left the guest, it finds none.
+	 */
 	sigemptyset(&sa.sa_mask);
+	sigaddset(&sa.sa_mask, ACCEL_KICK_SIGNAL);
 	for (size_t i = 0; i < ARRAY_SIZE(fault_signals); i++)
 		sigaction(fault_signals[i], &sa, &old_actions[fault_signals[i]]);
 }

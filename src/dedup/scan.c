@@ -413,8 +413,9 @@ static void stable_page(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint6
  * frame: every other such page is private (kept, or copied on write), so this
  * one is a zero page of a window, left a hole of the store where the zero
  * page is not used (mem_window_map), and reads its reserved offset: a hole,
- * or the store page a read made there (still zeros: the store is written only
- * at frames). Either way it costs the guest nothing and a window keeps it so.
+ * or a store page a read made there while the window was not registered for
+ * MISSING faults (still zeros: the store is written only at frames). Either
+ * way it costs the guest nothing and a window keeps it so.
  */
 static bool window_zero(const struct dedup_vm *v, uint64_t idx, uint64_t pm)
 {

@@ -208,9 +208,10 @@ void dedup_store_release(struct dedup_store *st, uint32_t slot)
 	st->frames--;
 	/*
 	 * A free slot is a hole: a window may reserve it for a zero page, and
-	 * where the kernel's zero page is not used there, the guest reads the
-	 * store at that slot (mem_window_map). A slot that keeps its old content
-	 * stays taken, as no frame, for the store's life.
+	 * where the kernel's zero page is not used there, a guest touch must
+	 * find a hole at that slot (a MISSING fault, mem_window_map), not old
+	 * content. A slot that keeps its old content stays taken, as no frame,
+	 * for the store's life.
 	 */
 	if (fallocate(st->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 		      (off_t)dedup_store_off(slot), (off_t)GM_PAGE_SIZE) < 0) {

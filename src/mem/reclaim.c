@@ -79,37 +79,76 @@ bool mem_page_in_store_mapping(const struct gm *gm, uint64_t idx)
 	return idx < memmap_nr_pages(gm) && gm_frame_mapped(gm, idx);
 }
 
-int mem_range_hold(struct gm *gm, uint64_t idx, uint64_t n)
+/* Register [hva, hva + len) with gm's userfaultfd in the given UFFDIO_REGISTER_MODE_*. */
+static int uffd_register_mode(struct gm *gm, void *hva, uint64_t len, uint64_t mode)
 {
 	struct uffdio_register reg = {
-		.range = { (uint64_t)(uintptr_t)gm_page_hva(gm, idx), n * GM_PAGE_SIZE },
-		.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP,
+		.range = { (uint64_t)(uintptr_t)hva, len },
+		.mode = mode,
 	};
 
+	return ioctl(gm->uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
+}
+
+/*
+ * How a window's mapping of the store is registered. Where memmap cannot tell
+ * the kernel's zero page from memory, the window's zero pages are holes of
+ * the store (fill_run), and MISSING faults keep a touch of one from making a
+ * page in the store: the uffd service gives the VM a page of zeros of its own
+ * instead (mem/uffd.h).
+ */
+static uint64_t store_mode(void)
+{
+	return UFFDIO_REGISTER_MODE_WP |
+	       (memmap_kernel_zero_page() ? 0 : UFFDIO_REGISTER_MODE_MISSING);
+}
+
+int mem_range_hold(struct gm *gm, uint64_t idx, uint64_t n)
+{
 	if (!window_ok(gm, idx, n))
 		return -EINVAL;
 	if (gm->uffd < 0)
 		return -ENOSYS;
-	return ioctl(gm->uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
+	return uffd_register_mode(gm, gm_page_hva(gm, idx), n * GM_PAGE_SIZE,
+				  UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
 }
 
 int mem_range_unhold(struct gm *gm, uint64_t idx, uint64_t n)
 {
-	struct uffdio_range r = { (uint64_t)(uintptr_t)gm_page_hva(gm, idx), n * GM_PAGE_SIZE };
+	int ret = 0;
 
 	if (!window_ok(gm, idx, n))
 		return -EINVAL;
 	if (gm->uffd < 0)
 		return -ENOSYS;
-	/*
-	 * A registration never loses a mode by registering again with fewer: drop
-	 * it, which also releases write protection and wakes every waiter (they
-	 * retry against an unregistered window, which holds nothing), then
-	 * register the window for write-protect faults as all RAM is.
-	 */
-	if (ioctl(gm->uffd, UFFDIO_UNREGISTER, &r) < 0)
-		return -errno;
-	return gm_uffd_register(gm, gm_page_hva(gm, idx), n * GM_PAGE_SIZE);
+	/* Run by run of anonymous memory and of mappings of the store. */
+	for (uint64_t i = 0, j; i < n; i = j) {
+		bool store = gm_frame_mapped(gm, idx + i);
+		uint8_t *hva = gm_page_hva(gm, idx + i);
+		struct uffdio_range r;
+		int err;
+
+		for (j = i + 1; j < n && gm_frame_mapped(gm, idx + j) == store; j++)
+			;
+		r = (struct uffdio_range){ (uint64_t)(uintptr_t)hva, (j - i) * GM_PAGE_SIZE };
+		if (store && (store_mode() & UFFDIO_REGISTER_MODE_MISSING)) {
+			/* Registered so anyway (mem_window_map): released, and woken by that. */
+			err = gm_uffd_protect(gm, hva, r.len, false);
+		} else if (ioctl(gm->uffd, UFFDIO_UNREGISTER, &r) < 0) {
+			err = -errno;
+		} else {
+			/*
+			 * A registration never loses a mode by registering again with
+			 * fewer: dropping it also released write protection and woke
+			 * every waiter (they retry against an unregistered run, which
+			 * holds nothing); then it is registered as all RAM is.
+			 */
+			err = gm_uffd_register(gm, hva, r.len);
+		}
+		if (err && !ret)
+			ret = err;
+	}
+	return ret;
 }
 
 /* Fresh anonymous memory over [idx, idx+n), back under userfaultfd. */
@@ -178,10 +217,10 @@ static int fill_run(const struct gm *gm, uint8_t *s, const uint8_t *old, uint64_
 	 * learns the zero page's PFN from reads, would count each such entry as a
 	 * resident page, and residency drives the host's budget and the page
 	 * states (memmap_resident). So there the zero page is left a hole of the
-	 * store (a reserved, never written offset): it reads zeros, costs nothing
-	 * until touched, and a read then costs one store page shared by every
-	 * window mapping that offset, where a hole of anonymous memory would cost
-	 * a page per VM on such a kernel.
+	 * store (a reserved, never written offset): it costs nothing until the
+	 * guest touches it, and then, through a MISSING fault (store_mode), a page
+	 * of zeros of the VM's own, what a first touch of anonymous memory costs
+	 * on such a kernel, never a page of the store.
 	 */
 	if (kind == MEM_WIN_ZERO && !memmap_kernel_zero_page())
 		return 0;
@@ -232,7 +271,7 @@ static int fill_run(const struct gm *gm, uint8_t *s, const uint8_t *old, uint64_
  * atomically. mremap drops the moved mapping's userfaultfd registration (the
  * VM's uffd has no UFFD_FEATURE_EVENT_REMAP) and unmaps the old window, with
  * the MISSING registration that held its holes (mem_range_hold): the window
- * is registered again, for write-protect faults only.
+ * is registered again (store_mode).
  */
 int mem_window_map(struct gm *gm, uint64_t idx, uint64_t n, int fd, uint64_t off,
 		   const uint8_t *kind)
@@ -265,8 +304,12 @@ int mem_window_map(struct gm *gm, uint64_t idx, uint64_t n, int fd, uint64_t off
 	}
 	for (uint64_t i = 0; i < n; i++)
 		gm_set_frame_mapped(gm, idx + i, true);
-	/* Protectable again; a failure only means later merges here must re-track. */
-	gm_uffd_register(gm, old, n * GM_PAGE_SIZE);
+	/*
+	 * Protectable again; a failure only means later merges here must re-track
+	 * (and, without MISSING faults, that a touched zero page would read the
+	 * store and make a page there).
+	 */
+	uffd_register_mode(gm, old, n * GM_PAGE_SIZE, store_mode());
 	return 0;
 
 out_unmap:

@@ -79,9 +79,11 @@ void mem_range_wake(struct gm *gm, uint64_t idx, uint64_t n);
  */
 int mem_range_hold(struct gm *gm, uint64_t idx, uint64_t n);
 /*
- * Give a window back from mem_range_hold: registered for write-protect faults
- * only, as all guest RAM is (so its mapping merges with its neighbours again),
- * every page released from write protection, waiters woken. 0 or -errno.
+ * Give a window back from mem_range_hold: its anonymous memory registered for
+ * write-protect faults only, as all guest RAM is (so its mapping merges with
+ * its neighbours again), its mappings of the store as mem_window_map leaves
+ * them, every page released from write protection, waiters woken. 0 or
+ * -errno.
  */
 int mem_range_unhold(struct gm *gm, uint64_t idx, uint64_t n);
 
@@ -102,17 +104,17 @@ enum mem_win_kind {
  * its store page. The new mapping is built aside, filled (private copies, zero
  * pages), and moved over the window in one mremap, so a guest access sees the
  * old window or the new one, never a hole. The window is then under
- * userfaultfd write-protect tracking only (held holes no more); its writers
- * are left for the caller to wake (after setting page states).
+ * userfaultfd tracking (held holes no more); its writers are left for the
+ * caller to wake (after setting page states).
  *
  * A MEM_WIN_ZERO page maps the kernel's zero page where memmap can tell that
  * page from memory (memmap_kernel_zero_page). Elsewhere it is left a hole of
- * the new mapping, which reads the store at its offset: no memory until the
- * guest touches it, and then one store page for every window that maps the
- * offset. Either way the store offset of a MEM_WIN_ZERO page must stay a hole
- * of zeros that is never punched (a punch removes zero-page entries): the
- * caller keeps those offsets out of use. 0, or -errno with the window
- * unchanged.
+ * the new mapping, which is registered for MISSING faults as well: no memory
+ * until the guest touches it, and then a page of zeros of the VM's own, which
+ * the uffd service gives it (mem/uffd.h), not a page of the store. Either way
+ * the store offset of a MEM_WIN_ZERO page must stay a hole of zeros that is
+ * never punched (a punch removes zero-page entries): the caller keeps those
+ * offsets out of use. 0, or -errno with the window unchanged.
  */
 int mem_window_map(struct gm *gm, uint64_t idx, uint64_t n, int fd, uint64_t off,
 		   const uint8_t *kind);

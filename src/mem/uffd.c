@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
@@ -63,18 +64,49 @@ static void resolve_wp(struct uffd_service *svc, struct gm *gm, void *page, uint
 	__atomic_fetch_add(&svc->stats.sample_hits, 1, __ATOMIC_RELAXED);
 }
 
+/* What a touched zero page of a window gets. */
+static const uint8_t zeros[GM_PAGE_SIZE] __attribute__((aligned(GM_PAGE_SIZE)));
+
 /*
- * An access to a hole of RAM registered for MISSING faults: a window whose
- * holes a mechanism holds while it remaps it (mem_range_hold). The mechanism
+ * An access to a hole of RAM registered for MISSING faults. In a window whose
+ * holes a mechanism holds while it remaps it (mem_range_hold), the mechanism
  * owns the page (PS_BUSY) and wakes the access when the new mapping is in.
- * In any other state the mechanism is done (it woke the access already, or
- * is about to): waking again only makes it retry against the new mapping.
+ *
+ * Otherwise, a hole in a mapping of the store without a frame (PS_SHARED
+ * would have one) is a zero page of a window, on a kernel where memmap
+ * cannot tell the shared zero page and the window's mapping is registered for
+ * MISSING faults so that a touch does not read the store (mem_window_map).
+ * It gets a page of zeros of the VM's own, claimed meanwhile so no mechanism
+ * works on it while its backing changes, and is the VM's resident page then
+ * (PS_ANON). Any other fault is one a mechanism has answered already (it
+ * woke the access, or is about to): waking again only makes it retry
+ * against the new mapping.
  */
 static void resolve_missing(struct uffd_service *svc, struct gm *gm, void *page, uint64_t idx)
 {
+	enum ps_state st = pagestate_get(gm->ps, idx);
+
 	__atomic_fetch_add(&svc->stats.missing_faults, 1, __ATOMIC_RELAXED);
-	if (pagestate_get(gm->ps, idx) != PS_BUSY)
-		gm_uffd_wake(gm, page, GM_PAGE_SIZE);
+	if (st == PS_BUSY)
+		return;
+	if (gm_frame_mapped(gm, idx) && (st == PS_ANON || st == PS_ZERO) &&
+	    !pagestate_cas(gm->ps, idx, st, PS_BUSY)) {
+		struct uffdio_copy c = {
+			.dst = (uint64_t)(uintptr_t)page,
+			.src = (uint64_t)(uintptr_t)zeros,
+			.len = GM_PAGE_SIZE,
+			.mode = UFFDIO_COPY_MODE_DONTWAKE,
+		};
+
+		/* Failing (EEXIST: populated since, a stale fault), the page keeps its state. */
+		if (ioctl(gm->uffd, UFFDIO_COPY, &c) == 0) {
+			pagestate_set(gm->ps, idx, PS_ANON);
+			__atomic_fetch_add(&svc->stats.zero_fills, 1, __ATOMIC_RELAXED);
+		} else {
+			pagestate_set(gm->ps, idx, st);
+		}
+	}
+	gm_uffd_wake(gm, page, GM_PAGE_SIZE);
 }
 
 static void resolve(struct uffd_service *svc, struct gm *gm, const struct uffd_msg *msg)
@@ -237,5 +269,6 @@ void uffd_service_stats(const struct uffd_service *svc, struct uffd_stats *out)
 	out->wp_faults = __atomic_load_n(&svc->stats.wp_faults, __ATOMIC_RELAXED);
 	out->sample_hits = __atomic_load_n(&svc->stats.sample_hits, __ATOMIC_RELAXED);
 	out->missing_faults = __atomic_load_n(&svc->stats.missing_faults, __ATOMIC_RELAXED);
+	out->zero_fills = __atomic_load_n(&svc->stats.zero_fills, __ATOMIC_RELAXED);
 	out->errors = __atomic_load_n(&svc->stats.errors, __ATOMIC_RELAXED);
 }

@@ -4,11 +4,10 @@
  * of zero pages are dropped, everything else keeps its content and is left
  * unprotected, the page states say which is which, and max_pages holds.
  * Windows: a write to an untouched page of a window being remapped waits,
- * without the page being populated, and lands in whichever mapping follows.
+ * without the page being populated, and lands in whichever mapping follows;
+ * the uffd service serves those waits as it does for a VM.
  */
 #include <errno.h>
-#include <linux/userfaultfd.h>
-#include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +15,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -26,6 +26,7 @@
 #include "mem/pagecontent.h"
 #include "mem/pagestate.h"
 #include "mem/reclaim.h"
+#include "mem/uffd.h"
 
 #define RAM (8ULL << 20)
 #define BASE 0x400000ULL /* first page of the test area, well inside RAM */
@@ -181,21 +182,6 @@ static void *write_byte(void *arg)
 	return NULL;
 }
 
-/* Wait for the fault the writer raises; true when it is a MISSING fault at hva. */
-static bool missing_fault_at(struct gm *gm, const void *hva)
-{
-	struct pollfd pfd = { .fd = gm->uffd, .events = POLLIN };
-	struct uffd_msg msg;
-
-	while (poll(&pfd, 1, -1) < 0)
-		;
-	if (read(gm->uffd, &msg, sizeof(msg)) != (ssize_t)sizeof(msg))
-		return false;
-	return msg.event == UFFD_EVENT_PAGEFAULT &&
-	       (msg.arg.pagefault.address & ~4095ULL) == (uint64_t)(uintptr_t)hva &&
-	       !(msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP);
-}
-
 static uint64_t pm_of(struct gm *gm, uint64_t idx)
 {
 	uint64_t pm = 0;
@@ -204,37 +190,68 @@ static uint64_t pm_of(struct gm *gm, uint64_t idx)
 	return pm;
 }
 
+static struct uffd_stats uffd_stats_of(struct uffd_service *svc)
+{
+	struct uffd_stats s;
+
+	uffd_service_stats(svc, &s);
+	return s;
+}
+
+/* Claim (or give back) every page of the window as dedup does: the uffd service leaves it be. */
+static void set_window_state(struct fix *f, uint64_t first, enum ps_state st)
+{
+	for (unsigned int i = 0; i < WIN_PAGES; i++)
+		pagestate_set(memmap_pagestate(f->gm), first + i, st);
+}
+
+/* Start a write to page idx, and wait until the service has seen it wait on a hole. */
+static void write_to_held_hole(struct uffd_service *svc, struct writer *w, pthread_t *t)
+{
+	uint64_t before = uffd_stats_of(svc).missing_faults;
+
+	assert_int_equal(pthread_create(t, NULL, write_byte, w), 0);
+	while (uffd_stats_of(svc).missing_faults == before)
+		usleep(1000);
+}
+
 /*
  * A window of one private page and untouched ones is held and write-protected
  * as dedup does before a remap; a guest write to an untouched page waits, the
- * window is remapped (its untouched pages reading zeros without a page), and
- * the write lands in the new mapping. No untouched page was populated.
+ * window is remapped (its untouched pages zero pages without memory), and the
+ * write lands in the new mapping. No untouched page was populated, and the
+ * store never holds a page for them, even once they are read.
  */
 static void test_reclaim_window_hold_keeps_a_write_to_an_untouched_page(void **state)
 {
 	struct fix *f = *state;
 	uint64_t first = (uint64_t)memmap_page_index(f->gm, WIN);
 	struct writer w = { gm_page_hva(f->gm, first + 5), 0x22 };
-	uint8_t page[4096], kind[WIN_PAGES];
+	uint8_t page[4096], zero[4096] = { 0 }, kind[WIN_PAGES];
 	int64_t vmas = mem_ram_vmas(&f->gm, 1, NULL);
 	int fd = memfd_create("test-store", MFD_CLOEXEC);
+	struct uffd_service *svc;
+	struct stat sb;
 	pthread_t t;
 
 	assert_int_equal(first % WIN_PAGES, 0);
 	assert_true(fd >= 0);
 	assert_int_equal(ftruncate(fd, WIN_PAGES * 4096), 0);
+	assert_int_equal(uffd_service_create(&svc), 0);
+	assert_int_equal(uffd_service_add(svc, f->gm), 0);
 	memset(page, 0x11, sizeof(page));
 	assert_int_equal(gm_write(f->gm, WIN, page, sizeof(page)), 0);
+	set_window_state(f, first, PS_BUSY);
 	assert_int_equal(mem_range_hold(f->gm, first, WIN_PAGES), 0);
 	assert_int_equal(mem_range_protect(f->gm, first, WIN_PAGES, true), 0);
 	assert_true(mem_pm_is_hole(pm_of(f->gm, first + 5)));
-	assert_int_equal(pthread_create(&t, NULL, write_byte, &w), 0);
-	assert_true(missing_fault_at(f->gm, (const void *)w.p));
+	write_to_held_hole(svc, &w, &t);
 	/* Held, not applied, and nothing was populated to hold it. */
 	assert_true(mem_pm_is_hole(pm_of(f->gm, first + 5)));
 	memset(kind, MEM_WIN_ZERO, sizeof(kind));
 	kind[0] = MEM_WIN_KEEP;
 	assert_int_equal(mem_window_map(f->gm, first, WIN_PAGES, fd, 0, kind), 0);
+	set_window_state(f, first, PS_ANON);
 	mem_range_wake(f->gm, first, WIN_PAGES);
 	assert_int_equal(pthread_join(t, NULL), 0);
 	assert_int_equal(*w.p, 0x22);
@@ -242,9 +259,22 @@ static void test_reclaim_window_hold_keeps_a_write_to_an_untouched_page(void **s
 	for (unsigned int i = 1; i < WIN_PAGES; i++)
 		if (i != 5)
 			assert_false(memmap_pm_resident(pm_of(f->gm, first + i)));
-	assert_int_equal(gm_page_hva(f->gm, first + 6)[100], 0);
 	/* One mapping more for the window, splitting RAM's. */
 	assert_int_equal(mem_ram_vmas(&f->gm, 1, NULL), vmas + 2);
+	/*
+	 * Read, a zero page is the kernel's zero page where memmap knows it;
+	 * elsewhere the VM's own page of zeros, from the uffd service, as a first
+	 * touch of its memory costs there. Never a page of the store.
+	 */
+	assert_int_equal(gm_read(f->gm, WIN + 6 * 4096, page, sizeof(page)), 0);
+	assert_memory_equal(page, zero, sizeof(page));
+	assert_int_equal(memmap_pm_resident(pm_of(f->gm, first + 6)), !memmap_kernel_zero_page());
+	assert_int_equal(uffd_stats_of(svc).zero_fills, memmap_kernel_zero_page() ? 0 : 2);
+	assert_int_equal(fstat(fd, &sb), 0);
+	assert_int_equal(sb.st_blocks, 0);
+	assert_int_equal(uffd_stats_of(svc).errors, 0);
+	uffd_service_remove(svc, f->gm);
+	uffd_service_destroy(svc);
 	close(fd);
 }
 
@@ -255,21 +285,30 @@ static void test_reclaim_window_unhold_releases_writes_and_registration(void **s
 	uint64_t first = (uint64_t)memmap_page_index(f->gm, WIN);
 	struct writer w = { gm_page_hva(f->gm, first + 7), 0x33 };
 	int64_t vmas = mem_ram_vmas(&f->gm, 1, NULL);
+	struct uffd_service *svc;
 	pthread_t t;
 
+	assert_int_equal(uffd_service_create(&svc), 0);
+	assert_int_equal(uffd_service_add(svc, f->gm), 0);
+	set_window_state(f, first, PS_BUSY);
 	assert_int_equal(mem_range_hold(f->gm, first, WIN_PAGES), 0);
 	assert_int_equal(mem_range_protect(f->gm, first, WIN_PAGES, true), 0);
-	assert_int_equal(pthread_create(&t, NULL, write_byte, &w), 0);
-	assert_true(missing_fault_at(f->gm, (const void *)w.p));
+	write_to_held_hole(svc, &w, &t);
 	assert_int_equal(mem_range_unhold(f->gm, first, WIN_PAGES), 0);
+	set_window_state(f, first, PS_ANON);
+	mem_range_wake(f->gm, first, WIN_PAGES);
 	assert_int_equal(pthread_join(t, NULL), 0);
 	assert_int_equal(*w.p, 0x33);
 	assert_false(pm_of(f->gm, first + 7) & PM_UFFD_WP);
 	assert_int_equal(mem_ram_vmas(&f->gm, 1, NULL), vmas);
-	/* Still registered for write protection, as all RAM is. */
+	/* Still registered for write protection, as all RAM is; no longer for MISSING faults. */
 	assert_int_equal(mem_range_protect(f->gm, first + 7, 1, true), 0);
 	assert_true(pm_of(f->gm, first + 7) & PM_UFFD_WP);
 	assert_int_equal(mem_range_protect(f->gm, first + 7, 1, false), 0);
+	assert_int_equal(gm_page_hva(f->gm, first + 8)[0], 0);
+	assert_int_equal(uffd_stats_of(svc).zero_fills, 0);
+	uffd_service_remove(svc, f->gm);
+	uffd_service_destroy(svc);
 }
 
 int main(void)

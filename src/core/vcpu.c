@@ -29,18 +29,6 @@
 
 #define VCPU_MAX_SLEEP_NS 1000000000ULL
 
-/*
- * Its first job is to interrupt KVM_RUN. Under the thread accelerator the
- * signal may land in guest code, which then has to leave: that accelerator
- * looks at where it landed.
- */
-static void kick_handler(int sig, siginfo_t *si, void *uc)
-{
-	(void)sig;
-	(void)si;
-	accel_thread_kick_landed(uc);
-}
-
 static pthread_once_t kick_once = PTHREAD_ONCE_INIT;
 
 static void install_kick_handler(void)
@@ -48,7 +36,7 @@ static void install_kick_handler(void)
 	struct sigaction sa;
 
 	memset(&sa, 0, sizeof(sa));
-	sa.sa_sigaction = kick_handler;
+	sa.sa_sigaction = accel_kick_handler;
 	/*
 	 * KVM_RUN still returns EINTR (it is never restarted); other calls go
 	 * on. SA_ONSTACK: under the thread accelerator the interrupted stack is

@@ -261,7 +261,7 @@ int vm_resume(struct vm *vm)
 		pthread_mutex_unlock(&vm->lock);
 		return -EINVAL;
 	}
-	vm->pause_requested = false;
+	__atomic_store_n(&vm->pause_requested, false, __ATOMIC_SEQ_CST);
 	vm->state = VM_RUNNING;
 	pthread_cond_broadcast(&vm->cond);
 	pthread_mutex_unlock(&vm->lock);

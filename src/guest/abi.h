@@ -27,6 +27,10 @@
  * the vCPU already runs at user level (thread) and only switches stacks.
  * The offset comes in a register because it cannot be read from a structure
  * that is found through it.
+ *
+ * Under thread the guest runs on a host thread: it must not touch %fs or
+ * %gs (the host's thread-local storage, which the VMM's entry and exit paths
+ * use) and must not make system calls (each is a guest crash).
  */
 #ifndef KVMEM_GUEST_ABI_H
 #define KVMEM_GUEST_ABI_H

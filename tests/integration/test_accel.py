@@ -16,6 +16,13 @@ from ctlhelp import Host, host_config, no_verify_fail, request, stats, tmpdir, v
 require_accel()
 d = tmpdir()
 
+
+def state(sock, name="vm0"):
+    """The VM's state as the list verb gives it (a VM is created before it runs)."""
+    return next((v["state"] for v in request(sock, {"verb": "list"}).get("vms", [])
+                 if v["name"] == name), None)
+
+
 # A guest system call: a crash, never a host system call.
 r = run(["run", "--mem", "64M", "--append", "kvmem.debug=syscall"])
 crash = re.search(r"guest (system call \d+|exception #UD invalid opcode \(vector 6\)) at rip",
@@ -41,6 +48,7 @@ try:
           "stats give the VM's RAM base")
     lst = request(sock, {"verb": "list"})
     check([v.get("accel") for v in lst.get("vms", [])] == [ACCEL], f"list says it too ({lst})")
+    check(wait_for(lambda: state(sock) == "running", 60), "the VM runs")
     # A guest spinning in a loop that never exits on its own: pause, resume, stop.
     r = request(sock, {"verb": "pause", "vm": "vm0"})
     check(r == {"ok": True, "vm": "vm0"}, f"pause a spinning guest ({r})")
@@ -59,6 +67,7 @@ check(rc == 0, f"a stopped VM exits 0 ({rc})")
 host = Host(["run", "--mem", "64M", "--socket", sock, "--append", "kvmem.debug=spin3"])
 try:
     check(wait_socket(host, sock), "the host serves its control socket")
+    check(wait_for(lambda: state(sock) == "running", 60), "the VM runs")
     r = request(sock, {"verb": "pause", "vm": "vm0"})
     check(r.get("ok") is True, f"pause ({r})")
     r = request(sock, {"verb": "resume", "vm": "vm0"})

@@ -141,10 +141,11 @@ const struct accel_ops *accel_ops(enum accel_kind kind);
 #define ACCEL_KICK_SIGNAL SIGUSR1
 
 /*
- * The kick signal landed on this thread (from the vCPU kick handler, which
- * every accelerator shares): the thread accelerator looks at where it landed.
+ * The handler of ACCEL_KICK_SIGNAL on every vCPU thread, whatever runs it:
+ * under kvm its only job is to interrupt KVM_RUN; under thread it may land
+ * in guest code, which then has to leave (thread.c). SA_SIGINFO | SA_ONSTACK.
  */
-void accel_thread_kick_landed(void *ucontext);
+void accel_kick_handler(int sig, siginfo_t *si, void *ucontext);
 
 /*
  * Can the thread accelerator run here? 0, or -ENODEV with the reason in `why`

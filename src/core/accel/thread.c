@@ -81,11 +81,11 @@
 #define EXIT_MMIO 1
 #define EXIT_SIGNAL 2
 
-/* Flags a guest may carry into host code only at its own risk: trap, direction, alignment. */
+/* Flags host code must not run with: trap, direction, alignment check. */
 #define RFLAGS_TF 0x100ULL
 #define RFLAGS_DF 0x400ULL
 #define RFLAGS_AC 0x40000ULL
-#define RFLAGS_KEPT 0xcd5ULL	/* CF PF AF ZF SF DF OF */
+#define RFLAGS_KEPT 0x40cd5ULL	/* CF PF AF ZF SF DF OF AC */
 #define RFLAGS_FIXED 0x202ULL	/* reserved bit 1, IF */
 
 #define MXCSR_DEFAULT 0x1f80
@@ -136,6 +136,10 @@ __thread struct thread_tls accel_thread_tls __attribute__((tls_model("local-exec
 long accel_thread_enter(void);
 uint64_t accel_thread_mmio(uint64_t gpa, uint64_t value, uint64_t op);
 void accel_thread_host_return(void);
+/* The C halves of the signal handlers, entered from thread_entry.S with AC clear. */
+void accel_thread_kick_landed(int sig, siginfo_t *si, void *ucv);
+void accel_thread_fault(int sig, siginfo_t *si, void *ucv);
+void accel_thread_fault_entry(int sig, siginfo_t *si, void *ucv);
 extern const char accel_thread_resume_start[], accel_thread_resume_end[];
 
 struct thread_vm {
@@ -243,12 +247,14 @@ static bool in_resume_sequence(uint64_t rip)
 	       rip < (uintptr_t)accel_thread_resume_end;
 }
 
-void accel_thread_kick_landed(void *ucv)
+void accel_thread_kick_landed(int sig, siginfo_t *si, void *ucv)
 {
 	struct thread_tls *t = &accel_thread_tls;
 	ucontext_t *uc = ucv;
 	greg_t *g = uc->uc_mcontext.gregs;
 
+	(void)sig;
+	(void)si;
 	if (!t->cpu)
 		return; /* a kvm vCPU: the signal's only job was to interrupt KVM_RUN */
 	if (in_resume_sequence((uint64_t)g[REG_RIP])) {
@@ -262,7 +268,15 @@ void accel_thread_kick_landed(void *ucv)
 		leave_guest(uc, EXIT_KICKED);
 }
 
-static void fault_handler(int sig, siginfo_t *si, void *ucv)
+/* True when the signal interrupted a handler running on this vCPU's signal stack. */
+static bool on_altstack(const struct thread_tls *t, const greg_t *g)
+{
+	uint64_t sp = (uint64_t)g[REG_RSP], base = (uint64_t)(uintptr_t)t->cpu->altstack;
+
+	return sp >= base && sp - base <= ALTSTACK_SIZE;
+}
+
+void accel_thread_fault(int sig, siginfo_t *si, void *ucv)
 {
 	struct thread_tls *t = &accel_thread_tls;
 	ucontext_t *uc = ucv;
@@ -270,8 +284,12 @@ static void fault_handler(int sig, siginfo_t *si, void *ucv)
 	const struct thread_vm *tv;
 	struct accel_exception *e = &t->exc;
 
-	/* Only what the kernel raised for guest code is the guest's. */
-	if (!t->cpu || !t->in_guest || si->si_code <= 0) {
+	/*
+	 * Only what the kernel raised for guest code is the guest's: never a
+	 * fault of the kick handler, which runs with in_guest still set until it
+	 * leaves the guest (guest code never runs on the signal stack).
+	 */
+	if (!t->cpu || !t->in_guest || si->si_code <= 0 || on_altstack(t, g)) {
 		chain(sig, si, ucv);
 		return;
 	}
@@ -301,7 +319,7 @@ static void install_fault_handlers(void)
 	struct sigaction sa;
 
 	memset(&sa, 0, sizeof(sa));
-	sa.sa_sigaction = fault_handler;
+	sa.sa_sigaction = accel_thread_fault_entry;
 	sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
 	/*
 	 * A kick must not land in the handler while it still reads as the
@@ -384,6 +402,8 @@ static int thread_vm_init(struct vm *vm)
 		return -ENODEV;
 	}
 	pthread_once(&signals_once, install_fault_handlers);
+	/* Now, not at boot: the VM must not sit 20 ms in "created" once the host answers. */
+	pthread_once(&tsc_once, calibrate_tsc);
 	tv = kv_zalloc(sizeof(*tv));
 	if (!tv)
 		return -ENOMEM;

@@ -55,6 +55,8 @@
 #define EXIT_KICKED 0
 #define EXIT_MMIO 1
 #define RFLAGS_AFTER_CALL 0x202
+#define RFLAGS_HOST 0x2
+#define RFLAGS_AC 0x40000
 
 	.text
 
@@ -144,16 +146,19 @@ accel_thread_mmio:
 
 /*
  * Back to accel_thread_enter's caller: rsp is the host stack it saved, eax
- * why. x87 state is reset (the guest may leave values on its stack; the
- * caller's ABI wants it empty), then the host's control words come back.
+ * why. The flags are the host's again (the guest's AC would make any
+ * unaligned access of the host fault), x87 state is reset (the guest may
+ * leave values on its stack; the caller's ABI wants it empty), then the
+ * host's control words come back.
  */
 	.globl accel_thread_host_return
 	.type accel_thread_host_return, @function
 accel_thread_host_return:
+	pushq $RFLAGS_HOST		/* no guest AC, DF or TF in host code (IF is not ours) */
+	popfq
 	fninit
 	fldcw %fs:T+T_HOST_FCW
 	ldmxcsr %fs:T+T_HOST_MXCSR
-	cld
 	addq $8, %rsp
 	popq %r15
 	popq %r14
@@ -163,5 +168,29 @@ accel_thread_host_return:
 	popq %rbp
 	ret
 	.size accel_thread_host_return, . - accel_thread_host_return
+
+/*
+ * The signal handlers' entries. The kernel clears DF and TF for a handler
+ * but not AC, which the guest may have set: with it, the first unaligned
+ * access of the C handler would raise #AC in host code. Cleared here before
+ * any C runs; the signal's return brings the guest's flags back.
+ */
+	.globl accel_kick_handler
+	.type accel_kick_handler, @function
+accel_kick_handler:
+	pushfq
+	andl $~RFLAGS_AC, (%rsp)
+	popfq
+	jmp accel_thread_kick_landed
+	.size accel_kick_handler, . - accel_kick_handler
+
+	.globl accel_thread_fault_entry
+	.type accel_thread_fault_entry, @function
+accel_thread_fault_entry:
+	pushfq
+	andl $~RFLAGS_AC, (%rsp)
+	popfq
+	jmp accel_thread_fault
+	.size accel_thread_fault_entry, . - accel_thread_fault_entry
 
 	.section .note.GNU-stack, "", @progbits

@@ -408,19 +408,21 @@ static void stable_page(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint6
 
 /*
  * True when page idx of v, whose pagemap entry is pm, reads zeros without a
- * page of its own: the kernel's zero page, or the store offset of a window's
- * zero page. The latter is a page in a mapping of the store that maps no
- * frame: every other such page is private (kept, or copied on write), so this
- * one is a zero page of a window, left a hole of the store where the zero
- * page is not used (mem_window_map), and reads its reserved offset: a hole,
- * or a store page a read made there while the window was not registered for
- * MISSING faults (still zeros: the store is written only at frames). Either
- * way it costs the guest nothing and a window keeps it so.
+ * page of its own: the kernel's zero page where memmap recognises it, else
+ * the store offset of a window's zero page. Such a kernel (one that forbids
+ * the zero page, or a pagemap hiding PFNs: memmap_zero_page_known) leaves a
+ * window's zero pages holes of the store (mem_window_map), so there a page in
+ * a mapping of the store that maps no frame is a zero page of a window (every
+ * other such page is private: kept, or copied on write). It reads its
+ * reserved offset: a hole, or a store page a read made there while the
+ * window was not registered for MISSING faults (still zeros: the store is
+ * written only at frames). Either way it costs the guest nothing and a window
+ * keeps it so.
  */
 static bool window_zero(const struct dedup_vm *v, uint64_t idx, uint64_t pm)
 {
-	if (mem_pm_is_zero_page(pm))
-		return true;
+	if (memmap_zero_page_known())
+		return mem_pm_is_zero_page(pm);
 	return v->frame[idx] == DEDUP_NO_FRAME && mem_page_in_store_mapping(v->gm, idx) &&
 	       (mem_pm_is_hole(pm) || memmap_pm_file(pm));
 }

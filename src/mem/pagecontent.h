@@ -45,8 +45,8 @@ int mem_page_equal_buf(const struct gm *gm, uint64_t idx, const void *buf);
 bool mem_pm_is_private(uint64_t entry);
 /*
  * True when a pagemap entry maps the kernel's zero page (a hole read, or
- * UFFDIO_ZEROPAGE). Always false where memmap does not know the zero page's
- * PFN (memmap_kernel_zero_page): such entries then count as resident.
+ * UFFDIO_ZEROPAGE). Always false where memmap cannot recognise the zero page
+ * (memmap_zero_page_known): such entries then count as resident.
  */
 bool mem_pm_is_zero_page(uint64_t entry);
 /*

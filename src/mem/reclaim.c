@@ -91,16 +91,16 @@ static int uffd_register_mode(struct gm *gm, void *hva, uint64_t len, uint64_t m
 }
 
 /*
- * How a window's mapping of the store is registered. Where memmap cannot tell
- * the kernel's zero page from memory, the window's zero pages are holes of
- * the store (fill_run), and MISSING faults keep a touch of one from making a
- * page in the store: the uffd service gives the VM a page of zeros of its own
+ * How a window's mapping of the store is registered. Where memmap cannot
+ * recognise the kernel's zero page, the window's zero pages are holes of the
+ * store (fill_run), and MISSING faults keep a touch of one from making a page
+ * in the store: the uffd service gives the VM a page of zeros of its own
  * instead (mem/uffd.h).
  */
 static uint64_t store_mode(void)
 {
 	return UFFDIO_REGISTER_MODE_WP |
-	       (memmap_kernel_zero_page() ? 0 : UFFDIO_REGISTER_MODE_MISSING);
+	       (memmap_zero_page_known() ? 0 : UFFDIO_REGISTER_MODE_MISSING);
 }
 
 int mem_range_hold(struct gm *gm, uint64_t idx, uint64_t n)
@@ -212,17 +212,18 @@ static int fill_run(const struct gm *gm, uint8_t *s, const uint8_t *old, uint64_
 	if (kind == MEM_WIN_FRAME)
 		return 0; /* the frame: read from the store on the first access */
 	/*
-	 * UFFDIO_ZEROPAGE maps the shared zero page even on kernels whose read
-	 * faults never do (measured under pvm_no_zero_page). But memmap, which
-	 * learns the zero page's PFN from reads, would count each such entry as a
-	 * resident page, and residency drives the host's budget and the page
-	 * states (memmap_resident). So there the zero page is left a hole of the
-	 * store (a reserved, never written offset): it costs nothing until the
-	 * guest touches it, and then, through a MISSING fault (store_mode), a page
-	 * of zeros of the VM's own, what a first touch of anonymous memory costs
-	 * on such a kernel, never a page of the store.
+	 * A zero page maps the kernel's zero page (UFFDIO_ZEROPAGE, which does so
+	 * also where read faults never do, under pvm_no_zero_page). Where memmap
+	 * cannot recognise that page (memmap_zero_page_known), each such entry
+	 * would count as a resident page, and residency drives the host's budget
+	 * and the page states (memmap_resident); where the kernel forbids the zero
+	 * page, UFFDIO_ZEROPAGE allocates a page. So there the zero page is left a
+	 * hole of the store (a reserved, never written offset): it costs nothing
+	 * until the guest touches it, and then, through a MISSING fault
+	 * (store_mode), a page of zeros of the VM's own, what a first touch of
+	 * anonymous memory costs on such a kernel, never a page of the store.
 	 */
-	if (kind == MEM_WIN_ZERO && !memmap_kernel_zero_page())
+	if (kind == MEM_WIN_ZERO && !memmap_zero_page_known())
 		return 0;
 	while (off < end) {
 		/* A private page of zeros is copied from one page of zeros, a page at a time. */

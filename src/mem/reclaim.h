@@ -107,8 +107,10 @@ enum mem_win_kind {
  * userfaultfd tracking (held holes no more); its writers are left for the
  * caller to wake (after setting page states).
  *
- * A MEM_WIN_ZERO page maps the kernel's zero page where memmap can tell that
- * page from memory (memmap_kernel_zero_page). Elsewhere it is left a hole of
+ * A MEM_WIN_ZERO page maps the kernel's zero page (UFFDIO_ZEROPAGE) where
+ * memmap recognises that page (memmap_zero_page_known), pvm_no_zero_page
+ * kernels included. Elsewhere (a kernel that forbids the zero page, or a
+ * pagemap that hides PFNs from kvmem) it is left a hole of
  * the new mapping, which is registered for MISSING faults as well: no memory
  * until the guest touches it, and then a page of zeros of the VM's own, which
  * the uffd service gives it (mem/uffd.h), not a page of the store. Either way

@@ -6,6 +6,10 @@
  * stand in for guest writes (a write to a shared page is the kernel's
  * copy-on-write either way). Scanning is driven
  * by hand (dedup_scan_pass), so every step is deterministic.
+ *
+ * Every test runs twice: on this kernel as it is, then as on a kernel whose
+ * zero page memmap cannot recognise (memmap_forget_zero_page), where a
+ * window's zero pages are holes of the store.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -24,6 +28,7 @@
 #include "dedup/dedup.h"
 #include "dedup/dedup_internal.h"
 #include "mem/gm.h"
+#include "mem/mem_internal.h"
 #include "mem/memmap.h"
 #include "mem/pagecontent.h"
 #include "mem/pagestate.h"
@@ -537,6 +542,13 @@ static void test_dedup_window_of_identical_guests_is_one_mapping(void **state)
 		assert_int_equal(state_of(f->gm[i], BASE + 2 * PAGE), PS_ZERO);
 		assert_int_equal(state_of(f->gm[i], BASE), PS_ANON);
 		assert_true(window_is(f->gm[i], (uint64_t)i + 1));
+		/*
+		 * window_is read every page: the 256 frames are mapped now, and the
+		 * zero pages are still free with the zero page; without, a page of
+		 * zeros each, given by the uffd service.
+		 */
+		assert_int_equal(memmap_resident(f->gm[i]),
+				 128 + 256 + (memmap_zero_page_known() ? 0 : 128));
 	}
 	/* Writes: a shared page and a zero page of vm0 are copied on write; the others keep theirs. */
 	fill(f->gm[0], BASE + PAGE, 77);
@@ -582,10 +594,11 @@ static void test_dedup_window_with_untouched_pages_gives_them_no_memory(void **s
 		assert_int_equal(memmap_pagemap(f->gm[i], (uint64_t)memmap_page_index(f->gm[i], hole),
 						1, &pm), 1);
 		/*
-		 * The kernel's zero page where memmap knows it; elsewhere a hole of the
-		 * store, since a zero page memmap cannot tell would count as resident.
+		 * The kernel's zero page where memmap recognises it (whether or not
+		 * reads map it); elsewhere a hole of the store, since a zero page
+		 * memmap cannot tell would count as resident.
 		 */
-		if (memmap_kernel_zero_page())
+		if (memmap_zero_page_known())
 			assert_true(mem_pm_is_zero_page(pm));
 		else
 			assert_true(mem_pm_is_hole(pm));
@@ -598,7 +611,7 @@ static void test_dedup_window_with_untouched_pages_gives_them_no_memory(void **s
 	 * page of the store: the store holds frames only.
 	 */
 	for (int i = 0; i < 2; i++)
-		assert_int_equal(memmap_resident(f->gm[i]), 32 + !memmap_kernel_zero_page());
+		assert_int_equal(memmap_resident(f->gm[i]), 32 + !memmap_zero_page_known());
 	assert_int_equal(stats(f->d).store_bytes, store);
 	/* Writing it gives vm0 a page of its own; vm1's stays zero. */
 	fill(f->gm[0], hole, 9);
@@ -678,7 +691,9 @@ int main(void)
 	int ret;
 
 	urcu_memb_register_thread();
-	ret = cmocka_run_group_tests(tests, NULL, NULL);
+	ret = cmocka_run_group_tests_name("this kernel", tests, NULL, NULL);
+	memmap_forget_zero_page();
+	ret |= cmocka_run_group_tests_name("no zero page memmap recognises", tests, NULL, NULL);
 	urcu_memb_unregister_thread();
 	return ret;
 }

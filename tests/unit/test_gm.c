@@ -1,5 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* The guest-memory access API: bounds, wrap-around, region boundaries. */
+/*
+ * The guest-memory access API: bounds, wrap-around, region boundaries; and
+ * what memmap knows of the kernel's zero page against what the kernel does.
+ */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -85,6 +88,30 @@ static void test_gm_create_refuses_bad_sizes(void **state)
 	assert_int_equal(gm_create_anon(LAYOUT_MAX_RAM + LAYOUT_PAGE_SIZE, &gm), -E2BIG);
 }
 
+/*
+ * A read of untouched guest RAM costs no memory exactly where memmap says
+ * reads map the zero page (a KVM host's kernel), and a page where it says
+ * they do not (pvm_no_zero_page). Reads that map it make it recognisable.
+ */
+static void test_gm_zero_page_facts_match_the_kernel(void **state)
+{
+	struct gm *gm;
+	uint8_t buf[64];
+	uint64_t pm;
+	int64_t idx;
+
+	(void)state;
+	assert_int_equal(gm_create_anon(8ULL << 20, &gm), 0);
+	idx = memmap_page_index(gm, 0x400000);
+	assert_int_equal(gm_read(gm, 0x400000, buf, sizeof(buf)), 0);
+	assert_int_equal(memmap_pagemap(gm, (uint64_t)idx, 1, &pm), 1);
+	assert_int_equal(memmap_pm_resident(pm), !memmap_zero_page_on_read());
+	assert_int_equal(memmap_resident(gm), !memmap_zero_page_on_read());
+	if (memmap_zero_page_on_read())
+		assert_true(memmap_zero_page_known());
+	gm_destroy(gm);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -92,6 +119,7 @@ int main(void)
 		cmocka_unit_test(test_gm_rejects_ranges_leaving_ram_without_copying),
 		cmocka_unit_test(test_gm_ranges_across_the_mmio_hole_fail_but_each_side_works),
 		cmocka_unit_test(test_gm_create_refuses_bad_sizes),
+		cmocka_unit_test(test_gm_zero_page_facts_match_the_kernel),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

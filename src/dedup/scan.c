@@ -358,14 +358,14 @@ out_unclaim:
 	return ret;
 }
 
-/* Drop a stable zero page: no frame needed, a later access gets a zero page. */
+/* Drop a stable zero page: no frame needed, it reads zeros (mem_page_drop_zero). */
 static void drop_zero(struct dedup *d, struct dedup_vm *v, uint64_t idx)
 {
 	if (claim(d, v, idx)) {
 		d->st.merge_races++;
 		return;
 	}
-	if (!mem_page_is_zero(v->gm, idx) || mem_page_drop(v->gm, idx)) {
+	if (!mem_page_is_zero(v->gm, idx) || mem_page_drop_zero(v->gm, idx)) {
 		unclaim(v, idx);
 		d->st.merge_races++;
 		return;

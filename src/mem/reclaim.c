@@ -166,6 +166,55 @@ static int remap_anon(struct gm *gm, uint64_t idx, uint64_t n)
 	return gm->uffd >= 0 ? gm_uffd_register(gm, hva, n * GM_PAGE_SIZE) : 0;
 }
 
+/*
+ * Map the kernel's zero page into the holes of [hva, hva + len), registered
+ * with gm's userfaultfd (write-protect mode is enough): one ioctl for the
+ * run, waking no one (the caller wakes once the page states are right). A
+ * page populated meanwhile (EEXIST: the guest touched a dropped page) keeps
+ * what it has. 0 or -errno.
+ */
+static int map_zero_pages(const struct gm *gm, uint8_t *hva, uint64_t len)
+{
+	for (uint64_t off = 0; off < len;) {
+		struct uffdio_zeropage z = {
+			.range = { (uint64_t)(uintptr_t)(hva + off), len - off },
+			.mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE,
+		};
+
+		if (ioctl(gm->uffd, UFFDIO_ZEROPAGE, &z) == 0)
+			return 0;
+		if (errno == EAGAIN && z.zeropage > 0)
+			off += (uint64_t)z.zeropage; /* stopped part way: the kernel says how far */
+		else if (errno == EEXIST)
+			off += GM_PAGE_SIZE; /* the page at off, populated since it was dropped */
+		else
+			return -errno;
+	}
+	return 0;
+}
+
+/*
+ * Pages [idx, idx + n) were just dropped and must read as zeros. Where a read
+ * of a hole allocates a page (memmap_zero_page_on_read false: pvm_no_zero_page)
+ * but UFFDIO_ZEROPAGE maps the kernel's zero page (memmap_zero_page_known),
+ * map it now, so that a later guest read costs nothing and a write copies on
+ * write, as a read of a dropped page does on any other kernel. Without it, a
+ * guest that reads its zero pages again gets them all back as pages of its
+ * own, and reclaim drops them again, forever. Best effort: a page it misses
+ * still reads zeros.
+ */
+static void map_zero_dropped(struct gm *gm, uint64_t idx, uint64_t n)
+{
+	int ret;
+
+	if (gm->uffd < 0 || memmap_zero_page_on_read() || !memmap_zero_page_known())
+		return;
+	ret = map_zero_pages(gm, gm_page_hva(gm, idx), n * GM_PAGE_SIZE);
+	if (ret)
+		log_warn_ratelimited("mapping the zero page into %llu dropped pages: %s",
+				     (unsigned long long)n, strerror(-ret));
+}
+
 /* Drop [idx, idx+n) whatever maps it; n pages lie in one region. */
 static int drop_run(struct gm *gm, uint64_t idx, uint64_t n)
 {
@@ -180,9 +229,13 @@ static int drop_run(struct gm *gm, uint64_t idx, uint64_t n)
 	return 0;
 }
 
-int mem_page_drop(struct gm *gm, uint64_t idx)
+int mem_page_drop_zero(struct gm *gm, uint64_t idx)
 {
-	return drop_run(gm, idx, 1);
+	int ret = drop_run(gm, idx, 1);
+
+	if (!ret)
+		map_zero_dropped(gm, idx, 1);
+	return ret;
 }
 
 int mem_page_map_frame(struct gm *gm, uint64_t idx, int fd, uint64_t off)
@@ -225,37 +278,25 @@ static int fill_run(const struct gm *gm, uint8_t *s, const uint8_t *old, uint64_
 	 */
 	if (kind == MEM_WIN_ZERO && !memmap_zero_page_known())
 		return 0;
+	if (kind == MEM_WIN_ZERO)
+		return map_zero_pages(gm, s + off, end - off);
 	while (off < end) {
 		/* A private page of zeros is copied from one page of zeros, a page at a time. */
 		uint64_t len = kind == MEM_WIN_ZEROED ? GM_PAGE_SIZE : end - off;
-		int64_t done;
-		int ret;
+		struct uffdio_copy c = {
+			.dst = (uint64_t)(uintptr_t)(s + off),
+			.src = (uint64_t)(uintptr_t)(kind == MEM_WIN_KEEP ? old + off : zeros),
+			.len = len,
+		};
 
-		if (kind == MEM_WIN_KEEP || kind == MEM_WIN_ZEROED) {
-			struct uffdio_copy c = {
-				.dst = (uint64_t)(uintptr_t)(s + off),
-				.src = (uint64_t)(uintptr_t)(kind == MEM_WIN_KEEP ? old + off : zeros),
-				.len = len,
-			};
-
-			ret = ioctl(gm->uffd, UFFDIO_COPY, &c);
-			done = c.copy;
-		} else {
-			struct uffdio_zeropage z = {
-				.range = { (uint64_t)(uintptr_t)(s + off), len },
-			};
-
-			ret = ioctl(gm->uffd, UFFDIO_ZEROPAGE, &z);
-			done = z.zeropage;
-		}
-		if (ret == 0) {
+		if (ioctl(gm->uffd, UFFDIO_COPY, &c) == 0) {
 			off += len;
 			continue;
 		}
 		/* Interrupted part way (EAGAIN): the kernel says how far it got. */
-		if (errno != EAGAIN || done <= 0)
+		if (errno != EAGAIN || c.copy <= 0)
 			return -errno;
-		off += (uint64_t)done;
+		off += (uint64_t)c.copy;
 	}
 	return 0;
 }
@@ -402,7 +443,10 @@ int mem_undiscard(struct gm *gm, gpa_t gpa, uint64_t len)
  * Drop the zero pages of [first, first + n), PS_BUSY and write-protected by
  * the caller, and hand every page back: PS_ZERO if dropped, else PS_ANON and
  * unprotected (a guest write made it non-zero, or the drop failed). Runs of
- * pages that are still zero go in one madvise each. Returns pages dropped.
+ * pages that are still zero go in one madvise each (and, where reads do not
+ * map the zero page, one UFFDIO_ZEROPAGE: map_zero_dropped). Dropping clears
+ * the protection with the page; the zero page is mapped unprotected. Returns
+ * pages dropped.
  */
 static uint64_t drop_zero_run(struct gm *gm, uint64_t first, uint64_t n)
 {
@@ -415,6 +459,7 @@ static uint64_t drop_zero_run(struct gm *gm, uint64_t first, uint64_t n)
 		while (j < n && gm_page_is_zero(gm_page_hva(gm, first + j)) == zero)
 			j++;
 		if (zero && drop_run(gm, first + i, j - i) == 0) {
+			map_zero_dropped(gm, first + i, j - i);
 			for (uint64_t k = i; k < j; k++)
 				pagestate_set(gm->ps, first + k, PS_ZERO);
 			dropped += j - i;

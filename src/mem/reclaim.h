@@ -35,6 +35,12 @@ int mem_undiscard(struct gm *gm, gpa_t gpa, uint64_t len);
  * Zero-page reclaim over page indexes [first, first + count): every private
  * page that holds only zeros is dropped (PS_ZERO). Returns pages dropped, stops
  * after `max_pages` drops.
+ *
+ * A dropped page reads the kernel's zero page, whatever the kernel: where a
+ * read of a hole would allocate a page instead (pvm_no_zero_page, see
+ * memmap_zero_page_on_read), the run is given the zero page through
+ * UFFDIO_ZEROPAGE as it is dropped, so a guest that reads its zero pages
+ * again keeps them free.
  */
 int64_t mem_reclaim_zero(struct gm *gm, uint64_t first, uint64_t count, uint64_t max_pages);
 
@@ -43,8 +49,12 @@ int mem_page_protect(struct gm *gm, uint64_t idx);
 int mem_page_unprotect(struct gm *gm, uint64_t idx);
 /* Wake vCPUs held on page idx (after its state changed). */
 void mem_page_wake(struct gm *gm, uint64_t idx);
-/* Drop page idx's host memory, whatever maps it now (anonymous or a store frame). */
-int mem_page_drop(struct gm *gm, uint64_t idx);
+/*
+ * Drop page idx, which the caller claimed, write-protected and found to hold
+ * only zeros, whatever maps it now (anonymous memory or a store frame): it
+ * reads the kernel's zero page from now on, as mem_reclaim_zero's pages do.
+ */
+int mem_page_drop_zero(struct gm *gm, uint64_t idx);
 /*
  * Map page idx copy-on-write onto a frame of a store memfd (dedup): the
  * guest reads the frame, and its first write gets a private copy from the

@@ -419,8 +419,18 @@ static void test_dedup_drops_stable_zero_pages_and_never_reads_holes(void **stat
 	idx = memmap_page_index(f->gm[1], BASE + 100 * PAGE);
 	assert_int_equal(memmap_pagemap(f->gm[1], (uint64_t)idx, 1, &pm), 1);
 	assert_false(memmap_pm_resident(pm));
+	/*
+	 * Read again, the dropped page costs nothing and stays a zero page where
+	 * memmap recognises the kernel's zero page, also where a read of a hole
+	 * would allocate a page (the drop mapped the zero page there).
+	 */
 	assert_int_equal(gm_read(f->gm[0], BASE, buf, PAGE), 0);
 	assert_memory_equal(buf, zero, PAGE);
+	idx = memmap_page_index(f->gm[0], BASE);
+	assert_int_equal(memmap_pagemap(f->gm[0], (uint64_t)idx, 1, &pm), 1);
+	assert_int_equal(memmap_pm_resident(pm), !memmap_zero_page_known());
+	assert_int_equal(memmap_resident(f->gm[0]), !memmap_zero_page_known());
+	assert_int_equal(state_of(f->gm[0], BASE), memmap_zero_page_known() ? PS_ZERO : PS_ANON);
 }
 
 static void test_dedup_leaves_busy_pages_and_releases_pages_taken_over(void **state)

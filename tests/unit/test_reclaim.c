@@ -2,7 +2,9 @@
 /*
  * Zero-page reclaim on anonymous guest memory under a real userfaultfd: runs
  * of zero pages are dropped, everything else keeps its content and is left
- * unprotected, the page states say which is which, and max_pages holds.
+ * unprotected, the page states say which is which, and max_pages holds; a
+ * dropped page read again costs nothing wherever memmap recognises the
+ * kernel's zero page, also where a read of a hole allocates a page.
  * Windows: a write to an untouched page of a window being remapped waits,
  * without the page being populated, and lands in whichever mapping follows;
  * the uffd service serves those waits as it does for a VM.
@@ -110,6 +112,52 @@ static void test_reclaim_zero_drops_runs_of_zero_pages_only(void **state)
 		assert_page(f, i, pattern[i] == '1');
 	/* Nothing left to drop. */
 	assert_int_equal(mem_reclaim_zero(f->gm, f->first, N, UINT64_MAX), 0);
+}
+
+/*
+ * The guest reads its dropped pages again. They read zeros, and stay free
+ * and PS_ZERO where memmap recognises the zero page: on a kernel whose reads
+ * map it by themselves, and on one whose reads allocate a page
+ * (pvm_no_zero_page), because the drop mapped it there. Elsewhere each read
+ * costs a page, and reclaim finds them to drop again. A write then gives the
+ * page a page of its own, without waiting.
+ */
+static void test_reclaim_zero_dropped_pages_read_again_cost_nothing(void **state)
+{
+	struct fix *f = *state;
+	struct pagestate *ps = memmap_pagestate(f->gm);
+	bool known = memmap_zero_page_known();
+	uint8_t page[4096], got[4096], zero[4096] = { 0 };
+	uint64_t pm;
+
+	assert_int_equal(mem_reclaim_zero(f->gm, f->first, N, UINT64_MAX), zeros_in(N));
+	for (unsigned int i = 0; i < N; i++) {
+		if (pattern[i] != '1')
+			continue;
+		assert_int_equal(memmap_pagemap(f->gm, f->first + i, 1, &pm), 1);
+		assert_false(pm & PM_UFFD_WP);
+		/* Mapped as it was dropped only where a read would not map it. */
+		if (known && !memmap_zero_page_on_read())
+			assert_true(mem_pm_is_zero_page(pm));
+		else
+			assert_true(mem_pm_is_hole(pm));
+		assert_int_equal(gm_read(f->gm, BASE + 4096ULL * i, page, sizeof(page)), 0);
+		assert_memory_equal(page, zero, sizeof(page));
+		assert_int_equal(memmap_pagemap(f->gm, f->first + i, 1, &pm), 1);
+		assert_int_equal(memmap_pm_resident(pm), !known);
+	}
+	assert_int_equal(memmap_resident(f->gm), known ? N - zeros_in(N) : N);
+	assert_int_equal(pagestate_get(ps, f->first), known ? PS_ZERO : PS_ANON);
+	assert_int_equal(mem_reclaim_zero(f->gm, f->first, N, UINT64_MAX), known ? 0 : zeros_in(N));
+	/* A write to a dropped page (page 0) copies on write: its own page, nothing held. */
+	memset(page, 0x5a, sizeof(page));
+	assert_int_equal(gm_write(f->gm, BASE, page, sizeof(page)), 0);
+	assert_int_equal(memmap_pagemap(f->gm, f->first, 1, &pm), 1);
+	assert_true(memmap_pm_resident(pm));
+	assert_int_equal(gm_read(f->gm, BASE, got, sizeof(got)), 0);
+	assert_memory_equal(got, page, sizeof(page));
+	assert_int_equal(memmap_resident(f->gm), N - zeros_in(N) + 1);
+	assert_int_equal(pagestate_get(ps, f->first), PS_ANON);
 }
 
 static void test_reclaim_zero_stops_at_max_pages(void **state)
@@ -319,6 +367,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_reclaim_zero_drops_runs_of_zero_pages_only,
 						setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_reclaim_zero_dropped_pages_read_again_cost_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reclaim_zero_stops_at_max_pages, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_reclaim_zero_leaves_pages_it_does_not_own,

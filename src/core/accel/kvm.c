@@ -359,10 +359,12 @@ static int kvm_vcpu_run(struct vcpu *vcpu, struct accel_exit *exit)
 	const char *name = vcpu->vm->name;
 
 	if (ioctl(kc->fd, KVM_RUN, 0) < 0) {
-		if (errno == EINTR || errno == EAGAIN)
+		int err = errno;
+
+		if (err == EINTR || err == EAGAIN)
 			return -EINTR;
-		log_err("%s: vcpu %u: KVM_RUN: %m", name, vcpu->index);
-		return -errno;
+		log_err("%s: vcpu %u: KVM_RUN: %s", name, vcpu->index, strerror(err));
+		return -err;
 	}
 	exit->reason = ACCEL_EXIT_CRASH;
 	switch (run->exit_reason) {

@@ -78,26 +78,32 @@ finally:
 check(rc == 0, f"and powers off with 0 ({rc})")
 
 if ACCEL == "thread":
-    # Two VMs in one host: one stores past its RAM into the guard gap; the other goes on.
+    # Three VMs in one host: one stores past its RAM into the guard gap, one makes a
+    # system call; both end alone, and the third goes on verifying.
     sock2 = os.path.join(d, "g.sock")
     WL = "kvmem.wl=size=32,verify=1,id=2"
     cfg = host_config(d, {"budget": "1G", "socket": sock2, "dedup": "off", "vms": [
         {"name": "good", "mem": "128M", "append": WL},
         {"name": "bad", "mem": "64M", "append": "kvmem.debug=fault"},
+        {"name": "sys", "mem": "64M", "append": "kvmem.debug=syscall"},
     ]})
     host = Host(["host", "--config", cfg])
     try:
         check(wait_socket(host, sock2), "the host serves its control socket")
-        check(wait_for(lambda: (vm_of(stats(sock2), "bad") or {}).get("state") == "stopped",
-                       60), "the VM that ran off its RAM stopped")
+        for name in ("bad", "sys"):
+            check(wait_for(lambda: (vm_of(stats(sock2), name) or {}).get("state") == "stopped",
+                           60), f"the VM '{name}' stopped")
         n = host.count(r"^\[good\] kvmem-wl: verify ok")
         check(host.wait_line(r"^\[good\] kvmem-wl: verify ok", n + 2),
               "its neighbour keeps verifying")
         check(any("bad: vcpu 0: guest exception #PF" in l for l in host.stderr()),
-              "the crash is reported for the bad VM")
+              "the store into the guard gap is reported for the VM that made it")
+        check(any("sys: vcpu 0: guest system call" in l for l in host.stderr()),
+              "the system call is reported for the VM that made it")
         no_verify_fail(host, "guard gap")
     finally:
-        host.stop()
+        rc = host.stop()
+    check(rc == 3, f"the host ends on SIGTERM with its crashed VMs' status, 3 ({rc})")
 
     # Identical guest code in two VMs is merged; both guests keep running from store frames.
     sock3 = os.path.join(d, "c.sock")

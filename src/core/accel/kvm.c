@@ -14,7 +14,6 @@
 #define LOG_TAG "kvm"
 #include <errno.h>
 #include <fcntl.h>
-#include <inttypes.h>
 #include <linux/kvm.h>
 #include <pthread.h>
 #include <string.h>

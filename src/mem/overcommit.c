@@ -307,6 +307,22 @@ static void set_reason(struct ovc *ovc, struct ovc_vm *v, uint64_t target, const
 	pthread_mutex_unlock(&ovc->lock);
 }
 
+/*
+ * Hand the device the target whose reason set_reason already published (a
+ * sample never shows a target without the decision behind it). If the device
+ * refuses, the stats go back to the target it still has.
+ */
+static int set_target(struct ovc *ovc, struct ovc_vm *v, uint64_t target)
+{
+	struct ovc_balloon_state st;
+	int ret = v->balloon->set_target(v->balloon_arg, target);
+
+	if (ret && v->balloon->get(v->balloon_arg, &st) == 0)
+		set_reason(ovc, v, st.target_bytes, "the device refused a target of %" PRIu64
+			   " MiB (%s)", target >> 20, strerror(-ret));
+	return ret;
+}
+
 static bool balloon_auto(struct ovc *ovc, struct ovc_vm *v, struct ovc_balloon_state *st)
 {
 	bool manual;
@@ -353,11 +369,11 @@ static int64_t balloon_reclaim(void *arg, struct ovc_vm *v, uint64_t bytes, uint
 	if (!take)
 		return (int64_t)inflight;
 	target = st.target_bytes - take;
-	if (v->balloon->set_target(v->balloon_arg, target))
-		return (int64_t)inflight;
 	set_reason(ovc, v, target,
 		   "inflate: host over budget, guest had %" PRIu64 " MiB available, min %" PRIu64
 		   " MiB", st.available_bytes >> 20, v->min_bytes >> 20);
+	if (set_target(ovc, v, target))
+		return (int64_t)inflight;
 	return (int64_t)(inflight + take);
 }
 
@@ -376,9 +392,9 @@ static int64_t balloon_relax(void *arg, struct ovc_vm *v, uint64_t bytes)
 	if (!give)
 		return 0;
 	target = st.target_bytes + give;
-	if (v->balloon->set_target(v->balloon_arg, target))
-		return 0;
 	set_reason(ovc, v, target, "deflate: host back under budget");
+	if (set_target(ovc, v, target))
+		return 0;
 	return (int64_t)give;
 }
 
@@ -424,10 +440,10 @@ int ovc_vm_balloon_manual(struct ovc *ovc, struct ovc_vm *vm, uint64_t target_by
 	pthread_mutex_lock(&ovc->lock);
 	vm->balloon_manual = true;
 	pthread_mutex_unlock(&ovc->lock);
-	ret = vm->balloon->set_target(vm->balloon_arg, target_bytes);
+	set_reason(ovc, vm, target_bytes, "set by hand (policy paused for this VM)");
+	ret = set_target(ovc, vm, target_bytes);
 	if (ret)
 		return ret;
-	set_reason(ovc, vm, target_bytes, "set by hand (policy paused for this VM)");
 	*applied = target_bytes;
 	return 0;
 }
@@ -494,12 +510,28 @@ static void policy_pass(struct ovc *ovc)
 	for (unsigned int m = 0; m < ovc->nr_mech && need; m++) {
 		for (unsigned int i = 0; i < n && need; i++) {
 			struct ovc_vm *v = order[i];
-			int64_t got = ovc->mech[m].reclaim(ovc->mech[m].arg, v, need, v->min_bytes);
+			char prev[sizeof(v->stats.last_action)];
+			int64_t got;
 
-			if (got <= 0)
-				continue;
-			need = (uint64_t)got >= need ? 0 : need - (uint64_t)got;
+			/*
+			 * The decision is in the stats before the mechanism moves a
+			 * page: a sample taken while it works shows its effects only
+			 * next to the action that causes them.
+			 */
 			pthread_mutex_lock(&ovc->lock);
+			memcpy(prev, v->stats.last_action, sizeof(prev));
+			snprintf(v->stats.last_action, sizeof(v->stats.last_action),
+				 "%s reclaiming (used %" PRIu64 " MiB > budget %" PRIu64 " MiB)",
+				 ovc->mech[m].name, used >> 20, budget >> 20);
+			pthread_mutex_unlock(&ovc->lock);
+			got = ovc->mech[m].reclaim(ovc->mech[m].arg, v, need, v->min_bytes);
+			pthread_mutex_lock(&ovc->lock);
+			if (got <= 0) {
+				memcpy(v->stats.last_action, prev, sizeof(prev));
+				pthread_mutex_unlock(&ovc->lock);
+				continue;
+			}
+			need = (uint64_t)got >= need ? 0 : need - (uint64_t)got;
 			v->stats.reclaimed_bytes[m] += (uint64_t)got;
 			ovc->stats.reclaimed_bytes[m] += (uint64_t)got;
 			snprintf(v->stats.last_action, sizeof(v->stats.last_action),

@@ -10,6 +10,7 @@
  *   kvmem.debug=fault   store to the first gpa past everything (#PF)
  *   kvmem.debug=ud      execute ud2 (#UD)
  *   kvmem.debug=gp      execute hlt at CPL3 (#GP)
+ *   kvmem.debug=pio     port I/O at CPL3 (#GP: there is no I/O bitmap; never an exit)
  *   kvmem.debug=syscall execute syscall (a crash under both accelerators)
  *   kvmem.debug=spinN   spin N seconds without any exit to the VMM, then
  *                       print "kvmem guest: spin done" and power off with 0
@@ -100,6 +101,8 @@ static void debug(const char *cmdline)
 		__asm__ __volatile__("ud2");
 	} else if (str_eq(v, "gp")) {
 		__asm__ __volatile__("hlt");
+	} else if (str_eq(v, "pio")) {
+		__asm__ __volatile__("outb %%al, $0x80" : : "a"(0) : "memory");
 	} else if (str_eq(v, "syscall")) {
 		uint64_t nr = DEBUG_SYSCALL_NR;
 

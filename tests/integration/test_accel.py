@@ -31,6 +31,12 @@ check(r.returncode == 3 and crash is not None,
       f"a guest syscall ends the VM with status 3 and a report ({r.returncode}: "
       f"{r.stderr.strip()[-200:]})")
 
+# Port I/O at user level: a #GP on every accelerator (no I/O bitmap), never an exit.
+r = run(["run", "--mem", "64M", "--append", "kvmem.debug=pio"])
+check(r.returncode == 3 and "#GP general protection (vector 13)" in r.stderr,
+      f"port I/O from the guest is a #GP with status 3 ({r.returncode}: "
+      f"{r.stderr.strip()[-200:]})")
+
 # A store past everything the guest has: a #PF with the guest-physical address.
 r = run(["run", "--mem", "64M", "--append", "kvmem.debug=fault"])
 check(r.returncode == 3 and re.search(r"#PF page fault \(vector 14\) at rip 0x[0-9a-f]+ "

@@ -29,6 +29,21 @@
 #include "core/vm_internal.h"
 #include "mem/memmap.h"
 
+/* Newer than the installed <linux/kvm.h> (Linux 6.1). */
+#ifndef KVM_EXIT_MEMORY_FAULT
+#define KVM_EXIT_MEMORY_FAULT 39
+#endif
+
+/* run->memory_fault, in the exit union where run->mmio starts (Linux 6.8+). */
+struct kvm_memory_fault_exit {
+	uint64_t flags;
+	uint64_t gpa;
+	uint64_t size;
+};
+
+_Static_assert(sizeof(((struct kvm_run *)0)->mmio) >= sizeof(struct kvm_memory_fault_exit),
+	       "memory_fault lies within the exit union's mmio member");
+
 struct kvm_vm {
 	int fd;
 	bool irqchip;	/* an in-kernel irqchip exists (irqfd works) */
@@ -362,6 +377,22 @@ static int kvm_vcpu_run(struct vcpu *vcpu, struct accel_exit *exit)
 
 		if (err == EINTR || err == EAGAIN)
 			return -EINTR;
+		/*
+		 * Hardware virtualization cannot map a guest access to the host
+		 * memory behind it (kvm-pvm would exit as MMIO instead): a host
+		 * mapping the VMM left read-only or gone, never the guest's doing.
+		 * Newer kernels say where.
+		 */
+		if (err == EFAULT && run->exit_reason == KVM_EXIT_MEMORY_FAULT) {
+			struct kvm_memory_fault_exit mf;
+
+			memcpy(&mf, &run->mmio, sizeof(mf));
+			log_err("%s: vcpu %u: KVM cannot map guest memory at gpa 0x%llx (+%llu "
+				"bytes, flags 0x%llx) to the host", name, vcpu->index,
+				(unsigned long long)mf.gpa, (unsigned long long)mf.size,
+				(unsigned long long)mf.flags);
+			return -EFAULT;
+		}
 		log_err("%s: vcpu %u: KVM_RUN: %s", name, vcpu->index, strerror(err));
 		return -err;
 	}

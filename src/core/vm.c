@@ -311,6 +311,11 @@ struct gm *vm_gm(struct vm *vm)
 	return vm->gm;
 }
 
+void vm_console_stats(struct vm *vm, struct console_stats *out)
+{
+	console_get_stats(vm->console, out);
+}
+
 uint64_t vm_ram_base(const struct vm *vm)
 {
 	return (uint64_t)(uintptr_t)memmap_phys_base(vm->gm);

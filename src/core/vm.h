@@ -72,6 +72,15 @@ void vm_destroy(struct vm *vm);
 void vm_set_stop_notify(struct vm *vm, void (*fn)(void *arg, struct vm *vm), void *arg);
 
 struct gm *vm_gm(struct vm *vm);
+/* The console's output figures (core/dev/console.c). */
+struct console_stats {
+	uint64_t queued_lines;	/* handed to the writer */
+	uint64_t written_lines;	/* written out by it */
+	uint64_t dropped_lines;	/* did not fit while the output was slow or stalled */
+	uint64_t dropped_bytes;
+};
+void vm_console_stats(struct vm *vm, struct console_stats *out);
+
 /*
  * Host address of the VM's guest-physical 0 (core/accel and mem/memmap.h):
  * fixed for its life; a VM under thread can only be resumed at the same base.

@@ -64,6 +64,7 @@ void vm_vcpu_exited(struct vm *vm);
 /* Devices (console.c, sysctl.c). */
 int console_create(struct vm *vm, int fd, bool prefix, const char *log_path, struct console **out);
 void console_destroy(struct console *con);
+void console_get_stats(struct console *con, struct console_stats *out);
 extern const struct bus_ops console_ops;
 extern const struct bus_ops sysctl_ops;
 

@@ -15,6 +15,8 @@
  *   kvmem.debug=spinN   spin N seconds without any exit to the VMM, then
  *                       print "kvmem guest: spin done" and power off with 0
  *   kvmem.debug=exitN   power off at once with status N
+ *   kvmem.debug=printN  print N lines of 100 characters, then boot on as usual
+ *                       (output volume for the console's tests)
  */
 #include "balloon_drv.h"
 #include "palloc.h"
@@ -113,6 +115,11 @@ static void debug(const char *cmdline)
 		rt_poweroff(RT_EXIT_OK);
 	} else if (debug_num(v, "exit", UINT32_MAX, &status)) {
 		rt_poweroff((uint32_t)status);
+	} else if (debug_num(v, "print", UINT32_MAX, &status)) {
+		for (uint64_t i = 0; i < status; i++)
+			rt_printf("kvmem guest: line %08lu %s\n", i,
+				  "...............................................................");
+		return;
 	}
 	rt_printf("kvmem guest: kvmem.debug=%.*s did not stop the guest\n", (int)v.len, v.p);
 	rt_poweroff(RT_EXIT_USAGE);

@@ -3,88 +3,108 @@
  * The kvmem console device (guest/abi.h, ABI_CON_*): guest bytes are cut
  * into lines and written to the host's output, each with the VM's name in
  * front when several VMs share that output. A line is written with one
- * write(2) so lines of different VMs never mix. Called on vCPU threads;
- * con->lock serialises them.
+ * write(2) so lines of different VMs never mix.
+ *
+ * Nobody reading the output (`kvmem run | less`, a stalled log collector)
+ * must never stop the guest: vCPU threads only append whole lines to a
+ * bounded per-VM ring under con->lock, and a writer thread of the console's
+ * own does the writes, which may block. A line that does not fit the ring is
+ * dropped and counted (the stats show it). The output descriptor is the one
+ * the process inherited and is never made non-blocking: that would change the
+ * open file description the shell or terminal shares with us. When the VM is
+ * destroyed the writer gets a moment to drain the ring; a write that still
+ * does not return is interrupted (CON_ABANDON_SIGNAL, a handler without
+ * SA_RESTART) until the writer sees it is abandoned. Not pthread_cancel: the
+ * sanitizers misreport the stack of a cancelled thread at its exit.
  */
 #define LOG_TAG "console"
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/thread.h"
 #include "core/vm_internal.h"
 
 #define CON_LINE_MAX 1024
+#define CON_RING_SIZE (64 * 1024)	/* of lines waiting for the writer */
+#define CON_DRAIN_NS 2000000000LL	/* what destroy gives the writer to drain */
+#define CON_ABANDON_SIGNAL SIGUSR2	/* interrupts a writer stuck in a write */
 
 struct console {
 	struct vm *vm;
 	int fd;			/* host output, not owned */
 	int log_fd;		/* owned, or -1 */
-	bool log_failing;	/* the last write to log_fd failed (lock) */
+	bool log_failing;	/* the last write to log_fd failed (writer only) */
+	bool out_failed;	/* the output is gone (EPIPE...): lines go to the log only */
 	char prefix[80];	/* "[name] " or "" */
+	pthread_t writer;
+	bool writer_started;
 	pthread_mutex_t lock;	/* guards everything below */
+	pthread_cond_t cond;	/* the ring has lines, or closing */
 	gpa_t buf_gpa;
 	size_t len;
 	char line[CON_LINE_MAX];
+	/* Lines for the writer: records of a 2-byte length and the bytes. */
+	char ring[CON_RING_SIZE];
+	uint64_t head, tail;	/* bytes ever written / read; ring index is modulo */
+	bool closing;
+	bool abandoned;		/* also read by the writer without the lock (atomic) */
+	struct console_stats st;
 };
 
-int console_create(struct vm *vm, int fd, bool prefix, const char *log_path, struct console **out)
+static void ring_put(struct console *con, const void *p, size_t n)
 {
-	struct console *con = kv_zalloc(sizeof(*con));
-
-	if (!con)
-		return -ENOMEM;
-	con->vm = vm;
-	con->fd = fd;
-	con->log_fd = -1;
-	if (prefix)
-		snprintf(con->prefix, sizeof(con->prefix), "[%s] ", vm->name);
-	if (log_path) {
-		con->log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-		if (con->log_fd < 0) {
-			int err = -errno;
-
-			log_err("%s: console log %s: %m", vm->name, log_path);
-			kv_free(con);
-			return err;
-		}
-	}
-	pthread_mutex_init(&con->lock, NULL);
-	*out = con;
-	return 0;
+	for (size_t i = 0; i < n; i++)
+		con->ring[(con->head + i) % CON_RING_SIZE] = ((const char *)p)[i];
+	con->head += n;
 }
 
-void console_destroy(struct console *con)
+static void ring_get(struct console *con, void *p, size_t n)
 {
-	if (con->len) {
-		con->line[con->len++] = '\n';
-		/* flush a last unterminated line */
-		struct iovec iov[2] = { { con->prefix, strlen(con->prefix) },
-					{ con->line, con->len } };
-		if (con->fd >= 0 && writev(con->fd, iov, 2) < 0)
-			log_debug("console write: %m");
-	}
-	if (con->log_fd >= 0)
-		close(con->log_fd);
-	pthread_mutex_destroy(&con->lock);
-	kv_free(con);
+	for (size_t i = 0; i < n; i++)
+		((char *)p)[i] = con->ring[(con->tail + i) % CON_RING_SIZE];
+	con->tail += n;
 }
 
+/* Queue the assembled line for the writer, or drop it when the ring is full. Lock held. */
 static void emit_line(struct console *con)
 {
-	struct iovec iov[2] = { { con->prefix, strlen(con->prefix) }, { con->line, con->len } };
+	uint16_t n = (uint16_t)con->len;
 
-	/* A full pipe or closed terminal must not stop the guest: drop the line. */
-	if (con->fd >= 0 && writev(con->fd, iov, 2) < 0)
-		log_debug("console write: %m");
+	if (CON_RING_SIZE - (con->head - con->tail) < sizeof(n) + n) {
+		con->st.dropped_lines++;
+		con->st.dropped_bytes += n;
+	} else {
+		ring_put(con, &n, sizeof(n));
+		ring_put(con, con->line, n);
+		con->st.queued_lines++;
+		pthread_cond_signal(&con->cond);
+	}
+	con->len = 0;
+}
+
+/* Write one line to the output and the log file. Writer thread, no lock held. */
+static void write_line(struct console *con, const char *line, size_t len)
+{
+	struct iovec iov[2] = { { con->prefix, strlen(con->prefix) }, { (void *)line, len } };
+
+	if (con->fd >= 0 && !con->out_failed && writev(con->fd, iov, 2) < 0 && errno != EAGAIN &&
+	    (errno != EINTR || __atomic_load_n(&con->abandoned, __ATOMIC_ACQUIRE))) {
+		/* The reader is gone (EPIPE) or the output closed: keep the guest going. */
+		log_debug("%s: console output: %m: later lines go to the log only", con->vm->name);
+		con->out_failed = true;
+	}
 	/* A full disk loses log lines, never the guest: say so when it starts and ends. */
 	if (con->log_fd >= 0) {
-		ssize_t put = write(con->log_fd, con->line, con->len);
-		bool ok = put == (ssize_t)con->len;
+		ssize_t put = write(con->log_fd, line, len);
+		bool ok = put == (ssize_t)len;
 
 		/* Rate-limited too: a disk at the edge of full may flip at every line. */
 		if (!ok && !con->log_failing)
@@ -95,7 +115,144 @@ static void emit_line(struct console *con)
 			log_debug("%s: console log: writing again", con->vm->name);
 		con->log_failing = !ok;
 	}
-	con->len = 0;
+}
+
+static void *writer_main(void *arg)
+{
+	struct console *con = arg;
+	char line[CON_LINE_MAX];
+
+	pthread_mutex_lock(&con->lock);
+	for (;;) {
+		uint16_t n;
+
+		while (con->head == con->tail && !con->closing)
+			pthread_cond_wait(&con->cond, &con->lock);
+		if (con->head == con->tail || con->abandoned)
+			break;
+		ring_get(con, &n, sizeof(n));
+		ring_get(con, line, n);
+		pthread_mutex_unlock(&con->lock);
+		write_line(con, line, n);
+		pthread_mutex_lock(&con->lock);
+		con->st.written_lines++;
+	}
+	pthread_mutex_unlock(&con->lock);
+	return NULL;
+}
+
+int console_create(struct vm *vm, int fd, bool prefix, const char *log_path, struct console **out)
+{
+	struct console *con = kv_zalloc(sizeof(*con));
+	char name[16];
+	int ret;
+
+	if (!con)
+		return -ENOMEM;
+	con->vm = vm;
+	con->fd = fd;
+	con->log_fd = -1;
+	if (prefix)
+		snprintf(con->prefix, sizeof(con->prefix), "[%s] ", vm->name);
+	if (log_path) {
+		/* Never through a link someone planted: kvmem runs as root. */
+		con->log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW,
+				   0644);
+		if (con->log_fd < 0) {
+			ret = -errno;
+			log_err("%s: console log %s: %m", vm->name, log_path);
+			kv_free(con);
+			return ret;
+		}
+	}
+	pthread_mutex_init(&con->lock, NULL);
+	pthread_cond_init(&con->cond, NULL);
+	snprintf(name, sizeof(name), "con-%.11s", vm->name);
+	ret = thread_spawn(&con->writer, name, writer_main, con);
+	if (ret) {
+		log_err("%s: console writer thread: %s", vm->name, strerror(-ret));
+		if (con->log_fd >= 0)
+			close(con->log_fd);
+		pthread_cond_destroy(&con->cond);
+		pthread_mutex_destroy(&con->lock);
+		kv_free(con);
+		return ret;
+	}
+	con->writer_started = true;
+	*out = con;
+	return 0;
+}
+
+static void abandon_handler(int sig)
+{
+	(void)sig; /* its only job is to make the writer's write return EINTR */
+}
+
+static pthread_once_t abandon_once = PTHREAD_ONCE_INIT;
+
+static void install_abandon_handler(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = abandon_handler;
+	sigemptyset(&sa.sa_mask);
+	/* No SA_RESTART: the interrupted write must return. */
+	sigaction(CON_ABANDON_SIGNAL, &sa, NULL);
+}
+
+/*
+ * Flush the last unterminated line, let the writer drain what is queued,
+ * and take it down. A writer still stuck in a write after CON_DRAIN_NS is
+ * interrupted until it leaves (the lines it had left are dropped and
+ * counted): a reader that went away must not keep the host from stopping.
+ * The signal is sent again and again because it may land just before the
+ * writer enters the write that would block.
+ */
+void console_destroy(struct console *con)
+{
+	struct timespec dl;
+
+	pthread_mutex_lock(&con->lock);
+	if (con->len) {
+		con->line[con->len++] = '\n';
+		emit_line(con);
+	}
+	con->closing = true;
+	pthread_cond_signal(&con->cond);
+	pthread_mutex_unlock(&con->lock);
+	if (con->writer_started) {
+		clock_gettime(CLOCK_REALTIME, &dl);
+		dl.tv_sec += (time_t)(CON_DRAIN_NS / 1000000000LL);
+		if (pthread_timedjoin_np(con->writer, NULL, &dl) != 0) {
+			pthread_once(&abandon_once, install_abandon_handler);
+			__atomic_store_n(&con->abandoned, true, __ATOMIC_RELEASE);
+			do {
+				pthread_kill(con->writer, CON_ABANDON_SIGNAL);
+				clock_gettime(CLOCK_REALTIME, &dl);
+				dl.tv_nsec += 10 * 1000 * 1000;
+				if (dl.tv_nsec >= 1000000000L) {
+					dl.tv_sec++;
+					dl.tv_nsec -= 1000000000L;
+				}
+			} while (pthread_timedjoin_np(con->writer, NULL, &dl) != 0);
+			log_warn("%s: console output blocked: %llu queued lines dropped at stop",
+				 con->vm->name,
+				 (unsigned long long)(con->st.queued_lines - con->st.written_lines));
+		}
+	}
+	if (con->log_fd >= 0)
+		close(con->log_fd);
+	pthread_cond_destroy(&con->cond);
+	pthread_mutex_destroy(&con->lock);
+	kv_free(con);
+}
+
+void console_get_stats(struct console *con, struct console_stats *out)
+{
+	pthread_mutex_lock(&con->lock);
+	*out = con->st;
+	pthread_mutex_unlock(&con->lock);
 }
 
 /*

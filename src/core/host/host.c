@@ -494,6 +494,17 @@ json_t *host_stats_json(struct host *h)
 			       "active_fraction", vs.active_fraction,
 			       "pages", pages_json(vs.pages),
 			       "last_action", vs.last_action);
+		{
+			struct console_stats cs;
+
+			vm_console_stats(hv->vm, &cs);
+			json_object_set_new(vo, "console",
+					    json_pack("{s:I, s:I, s:I, s:I}",
+						      "queued_lines", (json_int_t)cs.queued_lines,
+						      "written_lines", (json_int_t)cs.written_lines,
+						      "dropped_lines", (json_int_t)cs.dropped_lines,
+						      "dropped_bytes", (json_int_t)cs.dropped_bytes));
+		}
 		if (hv->balloon) {
 			struct balloon_stats bs;
 			json_t *bo;

@@ -1,14 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Content-based page sharing done by the VMM (DESIGN.md, "Dedup"): one
- * engine per host scans the private pages of all its VMs, merges pages with
- * identical content onto frames of a frame store (a memfd mapped MAP_PRIVATE,
- * so a guest write is the kernel's copy-on-write, with no exit), drops zero
- * pages, and notices copy-on-write breaks to release frames. Identical
- * guests' windows of 2 MiB are remapped whole onto one store extent, so
- * sharing costs the kernel one mapping per window rather than one per shared
- * page. The scan rate halves after each pass that found nothing to do (down
- * to 1/16), and any change restores it.
+ * Content-based page sharing done by the VMM (docs/ARCHITECTURE.md, "Page
+ * sharing"): one engine per host scans the private pages of all its VMs,
+ * merges pages with identical content onto frames of a frame store (a memfd
+ * mapped MAP_PRIVATE, so a guest write is the kernel's copy-on-write, with no
+ * exit), drops zero pages, and notices copy-on-write breaks to release
+ * frames. Identical guests' windows of 2 MiB are remapped whole onto one
+ * store extent, so sharing costs the kernel one mapping per window rather
+ * than one per shared page. The scan rate halves after each pass that found
+ * nothing to do (down to 1/16), and any change restores it.
  *
  * Threads: dedup_create/destroy, add/remove_vm run on the host's main thread;
  * the scanner thread does all scanning and merging; dedup_configure and the

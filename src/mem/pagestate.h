@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The page-state map: one state byte per guest RAM page of a VM, the single
- * source of truth for "what backs this gfn" (DESIGN.md, guest memory model).
+ * source of truth for "what backs this gfn" (docs/ARCHITECTURE.md, "Guest
+ * memory").
  * The array is sized at VM creation and never moves, so readers on any
  * thread use plain atomic loads (no RCU needed); every change is a
  * compare-and-swap from an expected state, so two reclaim mechanisms racing

@@ -8,7 +8,7 @@
  * kernel fills with zeros on the next access. On a VMA that maps a store frame
  * (MAP_PRIVATE of the dedup memfd), MADV_DONTNEED would re-expose the frame,
  * so such pages get fresh anonymous memory mapped over them, registered with
- * userfaultfd again (DESIGN.md, guest memory model).
+ * userfaultfd again (a new mapping is not registered by the kernel).
  */
 #define LOG_TAG "reclaim"
 #include "mem/reclaim.h"

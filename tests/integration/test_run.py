@@ -6,7 +6,8 @@ from kvmemtest import check, finish, require_accel, run
 
 require_accel()
 
-# The workload fills 256 MiB with the mix and verifies every page.
+# The workload fills 256 MiB with the usual mix (50% pages identical across guests,
+# 25% zero, the rest unique) and verifies every page.
 r = run(["run", "--mem", "512M", "--append",
          "kvmem.wl=size=256,dup=50,zero=25,then=poweroff"])
 check(r.returncode == 0, f"fill+verify exits 0 (got {r.returncode}: {r.stderr.strip()[-200:]})")

@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The host: one kvmem process running one or many VMs under one memory
- * budget (DESIGN.md, "Process and threads"). Owns the VMs, the userfaultfd
- * service, the reclaim/policy thread and the control socket. `kvmem run` is a
- * host with one VM.
+ * budget (docs/ARCHITECTURE.md, "Processes, threads and locks"). Owns the
+ * VMs, the userfaultfd service, the reclaim/policy thread and the control
+ * socket. `kvmem run` is a host with one VM.
  */
 #ifndef KVMEM_CORE_HOST_H
 #define KVMEM_CORE_HOST_H

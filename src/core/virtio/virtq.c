@@ -11,8 +11,8 @@
  * are read and written with single 16-bit atomic accesses (a torn avail
  * index would look like an index that jumped ahead, and break a correct
  * driver's queue). That is the one place this file takes a host view of
- * guest RAM (gm_slice_get, allowed here by STYLE.md); all other accesses are
- * gm_read/gm_write copies.
+ * guest RAM (gm_slice_get, which mem/gm.h reserves for mem/, virtq and
+ * migration); all other accesses are gm_read/gm_write copies.
  */
 #define LOG_TAG "virtq"
 #include "core/virtio/virtq.h"
@@ -68,7 +68,7 @@ static int load16(const struct gm *gm, gpa_t gpa, uint16_t *val)
 }
 
 /*
- * TODO(issue 5, lead): once mem/ tracks dirty pages for migration, store
+ * TODO: once mem/ tracks dirty pages for migration (not built yet), store
  * through a gm helper (e.g. gm_store_le16_atomic) so this write is marked.
  */
 static int store16(const struct gm *gm, gpa_t gpa, uint16_t val)

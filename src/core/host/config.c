@@ -9,6 +9,9 @@
  *     "vms": [ { "name": "a", "mem": "1G", "min": "256M", "shares": 1000,
  *                "cpus": 1, "guest": "path", "append": "kvmem.wl=...",
  *                "console_log": "a.log", "accel": "thread" } ] }
+ *
+ * Sizes are text with a unit (a bare JSON number is refused: core/size.h);
+ * intervals are seconds.
  */
 #define LOG_TAG "config"
 #include <errno.h>
@@ -35,20 +38,30 @@ static int fail(char *err, size_t len, const char *fmt, ...)
 	return -EINVAL;
 }
 
+/* A size: text with its unit (core/size.h says why a bare number is refused here). */
 static int get_size(json_t *obj, const char *key, const char *where, uint64_t *out, char *err,
 		    size_t len)
 {
 	json_t *v = json_object_get(obj, key);
+	char field[64];
 
 	if (!v)
 		return 1; /* absent */
-	if (json_is_integer(v) && json_integer_value(v) >= 0) {
-		*out = (uint64_t)json_integer_value(v) << 20; /* a bare number is MiB */
-		return 0;
-	}
-	if (!json_is_string(v) || size_parse(json_string_value(v), out))
-		return fail(err, len, "%s%s: not a size like \"512M\" or \"2G\"", where, key);
-	return 0;
+	snprintf(field, sizeof(field), "%s%s", where, key);
+	return size_json(field, v, SIZE_JSON_TEXT_ONLY, SIZE_MAX_BYTES, out, err, len) ? -EINVAL : 0;
+}
+
+/* An integer field from min to max; 1 when absent. */
+static int get_int(json_t *obj, const char *key, const char *where, int64_t min, int64_t max,
+		   int64_t *out, char *err, size_t len)
+{
+	json_t *v = json_object_get(obj, key);
+	char field[64];
+
+	if (!v)
+		return 1;
+	snprintf(field, sizeof(field), "%s%s", where, key);
+	return size_json_integer(field, v, min, max, out, err, len) ? -EINVAL : 0;
 }
 
 static int get_string(json_t *obj, const char *key, const char *where, char **out, char *err,
@@ -80,6 +93,7 @@ static int parse_vm(json_t *o, unsigned int i, struct host_vm_config *vm, const 
 					     "guest", "append", "console_log", "accel" };
 	char where[48];
 	const char *key;
+	int64_t n;
 	json_t *v;
 	int ret;
 
@@ -110,23 +124,14 @@ static int parse_vm(json_t *o, unsigned int i, struct host_vm_config *vm, const 
 	ret = get_size(o, "min", where, &vm->min_bytes, err, len);
 	if (ret < 0)
 		return ret;
-	vm->shares = 1000;
-	v = json_object_get(o, "shares");
-	if (v) {
-		if (!json_is_integer(v) || json_integer_value(v) < 1 ||
-		    json_integer_value(v) > 1000000)
-			return fail(err, len, "%sshares: must be an integer from 1 to 1000000", where);
-		vm->shares = (uint32_t)json_integer_value(v);
-	}
-	vm->cpus = 1;
-	v = json_object_get(o, "cpus");
-	if (v) {
-		if (!json_is_integer(v) || json_integer_value(v) < 1 ||
-		    json_integer_value(v) > ABI_MAX_CPUS)
-			return fail(err, len, "%scpus: must be an integer from 1 to %d", where,
-				    ABI_MAX_CPUS);
-		vm->cpus = (uint32_t)json_integer_value(v);
-	}
+	ret = get_int(o, "shares", where, 1, 1000000, &n, err, len);
+	if (ret < 0)
+		return ret;
+	vm->shares = ret ? 1000 : (uint32_t)n;
+	ret = get_int(o, "cpus", where, 1, ABI_MAX_CPUS, &n, err, len);
+	if (ret < 0)
+		return ret;
+	vm->cpus = ret ? 1 : (uint32_t)n;
 	ret = get_string(o, "guest", where, &vm->guest, err, len);
 	if (ret == 1)
 		vm->guest = kv_strdup(default_guest);
@@ -208,6 +213,11 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 	ret = get_size(root, "budget", "", &cfg->budget_bytes, err, len);
 	if (ret < 0)
 		goto out;
+	/* 0 is how the host spells "MemAvailable": that is leaving budget out, not "0". */
+	if (ret == 0 && cfg->budget_bytes == 0) {
+		ret = fail(err, len, "budget: must be above 0 (leave it out to use MemAvailable)");
+		goto out;
+	}
 	ret = get_string(root, "socket", "", &cfg->socket, err, len);
 	if (ret < 0)
 		goto out;
@@ -239,21 +249,18 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 	if (ret)
 		goto out;
 	v = json_object_get(root, "policy_interval");
-	if (v) {
-		if (!json_is_number(v) || json_number_value(v) < 0.05 || json_number_value(v) > 3600) {
-			ret = fail(err, len, "policy_interval: must be seconds from 0.05 to 3600");
-			goto out;
-		}
-		cfg->policy_interval_s = json_number_value(v);
+	if (v && size_json_number("policy_interval", v, 0.05, 3600, "seconds",
+				  &cfg->policy_interval_s, err, len)) {
+		ret = -EINVAL;
+		goto out;
 	}
 	v = json_object_get(root, "balloon_stats_interval");
 	if (v) {
-		if (!json_is_number(v) || json_number_value(v) < 0 || json_number_value(v) > 3600) {
-			ret = fail(err, len,
-				   "balloon_stats_interval: must be seconds from 0 (never) to 3600");
+		if (size_json_seconds_ms("balloon_stats_interval", v, 3600, true,
+					 &cfg->balloon_stats_ms, err, len)) {
+			ret = -EINVAL;
 			goto out;
 		}
-		cfg->balloon_stats_ms = (uint32_t)(json_number_value(v) * 1000);
 		cfg->balloon_stats_set = true;
 	}
 	vms = json_object_get(root, "vms");

@@ -173,6 +173,7 @@ static int cmd_run(int argc, char **argv)
 	struct host_vm_config vm = { .name = "vm0", .cpus = 1, .shares = 1000 };
 	struct host_config cfg = { .vms = &vm, .nr_vms = 1, .policy_interval_s = 1.0 };
 	bool have_mem = false;
+	char err[160];
 	int c, ret;
 
 	opterr = 0;
@@ -180,7 +181,10 @@ static int cmd_run(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, ":m:c:g:a:s:b:d:A:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'm':
-			if (size_parse(optarg, &vm.mem_bytes) || vm.mem_bytes == 0)
+			if (size_text("--mem", optarg, SIZE_MAX_BYTES, &vm.mem_bytes, err,
+				      sizeof(err)))
+				return usage_error("%s", err);
+			if (vm.mem_bytes == 0)
 				return usage_error("--mem %s: not a memory size above 0", optarg);
 			if (vm.mem_bytes % LAYOUT_PAGE_SIZE)
 				return usage_error("--mem %s: not a multiple of 4 KiB", optarg);
@@ -210,7 +214,10 @@ static int cmd_run(int argc, char **argv)
 			cfg.socket = optarg;
 			break;
 		case 'b':
-			if (size_parse(optarg, &cfg.budget_bytes) || cfg.budget_bytes == 0)
+			if (size_text("--budget", optarg, SIZE_MAX_BYTES, &cfg.budget_bytes, err,
+				      sizeof(err)))
+				return usage_error("%s", err);
+			if (cfg.budget_bytes == 0)
 				return usage_error("--budget %s: not a memory size above 0", optarg);
 			break;
 		case 'd':

@@ -49,7 +49,7 @@ int cli_balloon_main(int argc, char **argv)
 	uint64_t target = 0;
 	bool have_target = false, autom = false;
 	json_t *req, *reply = NULL;
-	char buf[32];
+	char buf[32], err[160];
 	int c, ret;
 
 	opterr = 0;
@@ -63,8 +63,9 @@ int cli_balloon_main(int argc, char **argv)
 			vm = optarg;
 			break;
 		case 't':
-			if (size_parse(optarg, &target))
-				return usage("--target %s: not a size like 512M", optarg);
+			/* At most 2^63 - 1: the verb takes a JSON integer, which holds no more. */
+			if (size_text("--target", optarg, SIZE_MAX_BYTES, &target, err, sizeof(err)))
+				return usage("%s", err);
 			have_target = true;
 			break;
 		case 'a':

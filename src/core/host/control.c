@@ -155,18 +155,13 @@ int control_req_string(json_t *req, const char *key, json_t *reply, const char *
 
 int control_req_size(json_t *req, const char *key, json_t *reply, uint64_t *out)
 {
-	json_t *v = json_object_get(req, key);
+	char err[200];
 
-	if (!v)
-		return control_reply_error(reply, EINVAL, "%s: missing", key);
-	if (json_is_integer(v) && json_integer_value(v) >= 0) {
-		*out = (uint64_t)json_integer_value(v);
-		return 0;
-	}
-	if (json_is_string(v) && !size_parse(json_string_value(v), out))
-		return 0;
-	return control_reply_error(reply, EINVAL,
-				   "%s: must be a byte count >= 0 or a size like \"512M\"", key);
+	/* The same reading as the config's and the CLI's, a JSON number being bytes here. */
+	if (size_json(key, json_object_get(req, key), SIZE_JSON_BYTES, SIZE_MAX_BYTES, out, err,
+		      sizeof(err)))
+		return control_reply_error(reply, EINVAL, "%s", err);
+	return 0;
 }
 
 /* ---- the verb table -------------------------------------------------------------------- */

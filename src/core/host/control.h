@@ -63,9 +63,10 @@ int control_unregister_verb(struct control *c, const char *verb);
 int control_reply_error(json_t *reply, int err, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 /*
- * Required request fields, for handlers: a string, or an unsigned size (a
- * JSON integer >= 0, or a string like "512M"). Return 0, or -EINVAL with the
- * reply's error message naming the field.
+ * Required request fields, for handlers: a string, or a size as core/size.h
+ * reads one in a request (a JSON number of bytes, or a string like "512M";
+ * below 2^63). Return 0, or -EINVAL with the reply's error message naming
+ * the field and the value.
  */
 int control_req_string(json_t *req, const char *key, json_t *reply, const char **out);
 int control_req_size(json_t *req, const char *key, json_t *reply, uint64_t *out);

@@ -31,12 +31,19 @@ struct ovc;
 
 #define DEDUP_DEFAULT_PAGES_PER_SEC 524288 /* 2 GiB/s of guest memory (1/16 of it when idle) */
 #define DEDUP_DEFAULT_CPU_PERCENT 20.0	   /* of one core */
+/*
+ * The ranges dedup_configure accepts. Below a tenth of a percent the scanner
+ * would sleep a thousand times its CPU time after every batch: "enabled":
+ * false is the way to stop it. 2^32 pages/s (16 TiB/s) is no limit at all.
+ */
+#define DEDUP_MIN_CPU_PERCENT 0.1
+#define DEDUP_MAX_PAGES_PER_SEC (1ULL << 32)
 
 /* Scanner tunables: all may change while it runs (dedup_configure). */
 struct dedup_config {
 	bool enabled;		/* the scanner runs */
-	uint64_t pages_per_sec;	/* scan rate limit (pages visited per second), > 0 */
-	double cpu_percent;	/* CPU budget of the scanner thread, (0, 100] of one core */
+	uint64_t pages_per_sec;	/* scan rate limit (pages visited per second), 1 to 2^32 */
+	double cpu_percent;	/* CPU budget of the scanner thread, 0.1 to 100 (% of one core) */
 	bool windows;		/* remap whole 2 MiB windows when they qualify (else page by page) */
 };
 
@@ -102,6 +109,12 @@ int64_t dedup_net_saved_bytes(struct dedup *d);
  * "windows" (bool) it reconfigures first.
  */
 MUST_CHECK int dedup_register_verbs(struct dedup *d, struct control *c);
+/*
+ * The verb's request applied to cfg (the current configuration): 1 when it
+ * changes something, 0 when it names no tunable, or -EINVAL with
+ * "<field> <value>: <problem>" in err (cfg then half changed: drop it).
+ */
+int dedup_config_from_json(json_t *req, struct dedup_config *cfg, char *err, size_t errlen);
 /* Register "share" with the reclaim policy: under pressure, scan that VM now. */
 MUST_CHECK int dedup_register_mechanism(struct dedup *d, struct ovc *ovc);
 

@@ -39,6 +39,7 @@
 #define DEDUP_SECRET_SIZE 192	   /* XXH3_SECRET_DEFAULT_SIZE */
 #define DEDUP_VMA_BYTES 256	   /* kernel memory per mapping, see stats.c */
 #define DEDUP_VMA_COUNT_NS 2000000000ULL /* count mappings at most every 2 s */
+#define DEDUP_PACE_MAX_S 1024.0	   /* most the scanner owes: above a batch at 1 page/s */
 
 /* --- hash.c --- */
 
@@ -218,6 +219,13 @@ struct dedup {
 
 /* Visit every page of gm's VM once now (policy thread). Pages visited or -ENOENT. */
 int64_t dedup_scan_vm(struct dedup *d, struct gm *gm);
+/*
+ * Seconds of wall time a batch of `pages` that took `cpu_ns` of CPU owes
+ * under cfg (the longer of pages / rate and CPU time / budget): finite and at
+ * most DEDUP_PACE_MAX_S for any cfg, checked or not.
+ */
+double dedup_pace_owed(const struct dedup_config *cfg, unsigned int idle_shift, uint64_t pages,
+		       uint64_t cpu_ns);
 
 /* stats.c: mappings over guest RAM now, and the max_map_count headroom check. */
 void dedup_count_vmas(struct dedup *d);

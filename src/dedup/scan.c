@@ -69,7 +69,9 @@
 
 static bool config_ok(const struct dedup_config *cfg)
 {
-	return cfg->pages_per_sec > 0 && cfg->cpu_percent > 0 && cfg->cpu_percent <= 100;
+	/* Written so that a NaN budget fails: every comparison with NaN is false. */
+	return cfg->pages_per_sec >= 1 && cfg->pages_per_sec <= DEDUP_MAX_PAGES_PER_SEC &&
+	       cfg->cpu_percent >= DEDUP_MIN_CPU_PERCENT && cfg->cpu_percent <= 100;
 }
 
 /* --- running code on an RCU-registered thread --- */
@@ -974,43 +976,65 @@ int64_t dedup_scan_vm(struct dedup *d, struct gm *gm)
 
 /* --- the scanner thread --- */
 
+double dedup_pace_owed(const struct dedup_config *cfg, unsigned int idle_shift, uint64_t pages,
+		       uint64_t cpu_ns)
+{
+	uint64_t rate = idle_shift < 64 ? cfg->pages_per_sec >> idle_shift : 0;
+	double share = cfg->cpu_percent / 100.0, owed, cpu;
+
+	/* No budget at all (0, negative or NaN): owe the most, never divide by it. */
+	if (!(share > 0))
+		return DEDUP_PACE_MAX_S;
+	owed = (double)pages / (double)(rate ?: 1);
+	cpu = (double)cpu_ns / 1e9 / share;
+	if (cpu > owed)
+		owed = cpu;
+	/* A tiny budget makes the quotient huge or infinite: bound it. */
+	return owed <= DEDUP_PACE_MAX_S ? owed : DEDUP_PACE_MAX_S;
+}
+
 /*
  * Batches, paced so that neither the page rate nor the CPU budget is
  * exceeded: after each batch the thread owes the longer of (pages / rate)
  * and (its CPU time / budget) in wall time, and sleeps off the debt once it
  * exceeds a couple of milliseconds (ksm.c sleeps between fixed batches; a
- * debt keeps the average exact without sleeping after every batch).
+ * debt keeps the average exact without sleeping after every batch). The
+ * debt stays within DEDUP_PACE_MAX_S, so the deadline below never overflows,
+ * and a new rate or budget forgives what was owed under the old one.
  */
 static void *scanner(void *arg)
 {
 	struct dedup *d = arg;
 	double debt = 0;
 	uint64_t t_rate = kv_clock_ns(CLOCK_MONOTONIC), pages_rate = 0;
+	struct dedup_config last;
 
 	pthread_mutex_lock(&d->lock);
+	last = d->cfg;
 	while (!d->stop) {
 		struct dedup_config cfg = d->cfg;
 		unsigned int idle_shift = d->idle_shift;
 		uint64_t t0, t1, c0, c1, n;
-		double want;
 
 		if (!cfg.enabled || !d->nr_vms) {
 			pthread_cond_wait(&d->wake, &d->lock);
 			debt = 0;
 			continue;
 		}
+		if (cfg.pages_per_sec != last.pages_per_sec || cfg.cpu_percent != last.cpu_percent)
+			debt = debt > 0 ? 0 : debt;
+		last = cfg;
 		pthread_mutex_unlock(&d->lock);
 		t0 = kv_clock_ns(CLOCK_MONOTONIC);
 		c0 = kv_clock_ns(CLOCK_THREAD_CPUTIME_ID);
 		n = (uint64_t)dedup_scan(d, DEDUP_BATCH_PAGES);
 		t1 = kv_clock_ns(CLOCK_MONOTONIC);
 		c1 = kv_clock_ns(CLOCK_THREAD_CPUTIME_ID);
-		want = (double)n / (double)(cfg.pages_per_sec >> idle_shift ?: 1);
-		if ((double)(c1 - c0) / 1e9 / (cfg.cpu_percent / 100.0) > want)
-			want = (double)(c1 - c0) / 1e9 / (cfg.cpu_percent / 100.0);
-		debt += want - (double)(t1 - t0) / 1e9;
+		debt += dedup_pace_owed(&cfg, idle_shift, n, c1 - c0) - (double)(t1 - t0) / 1e9;
 		if (debt < -0.05)
 			debt = -0.05; /* no bursts after a slow stretch */
+		if (debt > DEDUP_PACE_MAX_S)
+			debt = DEDUP_PACE_MAX_S;
 		pages_rate += n;
 		pthread_mutex_lock(&d->lock);
 		d->cpu_seconds = (double)c1 / 1e9;

@@ -33,6 +33,7 @@
 #include "core/clock.h"
 #include "core/host/control.h"
 #include "core/log.h"
+#include "core/size.h"
 #include "mem/memmap.h"
 #include "mem/overcommit.h"
 
@@ -220,51 +221,68 @@ json_t *dedup_stats_json(struct dedup *d)
 
 /* --- the "dedup" control verb --- */
 
-static int dedup_verb(void *arg, json_t *req, json_t *reply)
+static int refuse(char *err, size_t errlen, const char *msg)
 {
-	struct dedup *d = arg;
-	struct dedup_config cfg;
-	json_t *v, *stats;
-	bool change = false;
+	snprintf(err, errlen, "%s", msg);
+	return -EINVAL;
+}
 
-	dedup_get_config(d, &cfg);
+int dedup_config_from_json(json_t *req, struct dedup_config *cfg, char *err, size_t errlen)
+{
+	bool change = false;
+	int64_t rate;
+	json_t *v;
+
 	v = json_object_get(req, "enabled");
 	if (v) {
 		if (json_is_boolean(v))
-			cfg.enabled = json_is_true(v);
+			cfg->enabled = json_is_true(v);
 		else if (json_is_string(v) && !strcmp(json_string_value(v), "on"))
-			cfg.enabled = true;
+			cfg->enabled = true;
 		else if (json_is_string(v) && !strcmp(json_string_value(v), "off"))
-			cfg.enabled = false;
+			cfg->enabled = false;
 		else
-			return control_reply_error(reply, EINVAL,
-						   "enabled: must be true, false, \"on\" or \"off\"");
+			return refuse(err, errlen, "enabled: must be true, false, \"on\" or \"off\"");
 		change = true;
 	}
 	v = json_object_get(req, "pages_per_sec");
 	if (v) {
-		if (!json_is_integer(v) || json_integer_value(v) <= 0)
-			return control_reply_error(reply, EINVAL,
-						   "pages_per_sec: must be an integer > 0");
-		cfg.pages_per_sec = (uint64_t)json_integer_value(v);
+		if (size_json_integer("pages_per_sec", v, 1, (int64_t)DEDUP_MAX_PAGES_PER_SEC, &rate,
+				      err, errlen))
+			return -EINVAL;
+		cfg->pages_per_sec = (uint64_t)rate;
 		change = true;
 	}
 	v = json_object_get(req, "windows");
 	if (v) {
 		if (!json_is_boolean(v))
-			return control_reply_error(reply, EINVAL, "windows: must be true or false");
-		cfg.windows = json_is_true(v);
+			return refuse(err, errlen, "windows: must be true or false");
+		cfg->windows = json_is_true(v);
 		change = true;
 	}
 	v = json_object_get(req, "cpu_percent");
 	if (v) {
-		if (!json_is_number(v) || json_number_value(v) <= 0 || json_number_value(v) > 100)
-			return control_reply_error(reply, EINVAL,
-						   "cpu_percent: must be a number in (0, 100]");
-		cfg.cpu_percent = json_number_value(v);
+		if (size_json_number("cpu_percent", v, DEDUP_MIN_CPU_PERCENT, 100, NULL,
+				     &cfg->cpu_percent, err, errlen))
+			return -EINVAL;
 		change = true;
 	}
-	if (change && dedup_configure(d, &cfg))
+	return change;
+}
+
+static int dedup_verb(void *arg, json_t *req, json_t *reply)
+{
+	struct dedup *d = arg;
+	struct dedup_config cfg;
+	char err[200];
+	json_t *stats;
+	int ret;
+
+	dedup_get_config(d, &cfg);
+	ret = dedup_config_from_json(req, &cfg, err, sizeof(err));
+	if (ret < 0)
+		return control_reply_error(reply, EINVAL, "%s", err);
+	if (ret && dedup_configure(d, &cfg))
 		return control_reply_error(reply, EINVAL, "invalid dedup configuration");
 	stats = dedup_stats_json(d);
 	json_object_set_new(reply, "dedup", stats);

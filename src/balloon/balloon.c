@@ -81,6 +81,7 @@ struct balloon {
 	struct balloon_mem_ops mem;	/* immutable */
 	uint64_t ram_bytes;		/* immutable */
 	char name[32];			/* immutable */
+	struct log_limit log_limit;	/* its guest's warnings: this device's own limits */
 
 	/* Device lock (ops only): */
 	enum role role[VIRTIO_MAX_QUEUES]; /* role of each transport queue */
@@ -271,8 +272,9 @@ static void run_flush(struct balloon *b, struct run *r, bool inflate)
 		      : b->mem.undiscard(b->mem.arg, gpa, len);
 	if (ret < 0) {
 		COUNT(b, discard_errors, 1);
-		log_warn_ratelimited("%s: %s gpa 0x%" PRIx64 " len 0x%" PRIx64 ": %s", b->name,
-				     inflate ? "discard" : "undiscard", gpa, len, strerror(-ret));
+		log_warn_ratelimited_vm(&b->log_limit,
+					"%s: %s gpa 0x%" PRIx64 " len 0x%" PRIx64 ": %s", b->name,
+					inflate ? "discard" : "undiscard", gpa, len, strerror(-ret));
 	}
 	r->n = 0;
 }
@@ -340,8 +342,9 @@ static void do_pfns(struct balloon *b, const struct virtq_chain *c, bool inflate
 	}
 	run_flush(b, &r, inflate);
 	if (bad)
-		log_warn_ratelimited("%s: %" PRIu64 " %s PFNs outside guest RAM skipped", b->name,
-				     bad, inflate ? "inflate" : "deflate");
+		log_warn_ratelimited_vm(&b->log_limit,
+					"%s: %" PRIu64 " %s PFNs outside guest RAM skipped", b->name,
+					bad, inflate ? "inflate" : "deflate");
 	pthread_mutex_lock(&b->lock);
 	if (inflate) {
 		b->st.inflates++;
@@ -440,9 +443,10 @@ static void handle_reporting(struct balloon *b, unsigned int q)
 			ret = b->mem.discard(b->mem.arg, start, end - start, BALLOON_DISCARD_REPORT);
 			if (ret < 0) {
 				COUNT(b, discard_errors, 1);
-				log_warn_ratelimited("%s: discard reported gpa 0x%" PRIx64
-						     " len 0x%" PRIx64 ": %s",
-						     b->name, start, end - start, strerror(-ret));
+				log_warn_ratelimited_vm(&b->log_limit,
+							"%s: discard reported gpa 0x%" PRIx64
+							" len 0x%" PRIx64 ": %s",
+							b->name, start, end - start, strerror(-ret));
 				continue;
 			}
 			ranges++;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "core/vm_internal.h"
 
 int bus_register(struct bus *bus, gpa_t base, uint64_t len, const struct bus_ops *ops,
 		 void *opaque)
@@ -47,8 +48,10 @@ void bus_dispatch(struct bus *bus, struct vcpu *vcpu, gpa_t addr, void *data, un
 		return;
 	}
 	__atomic_fetch_add(&bus->unclaimed, 1, __ATOMIC_RELAXED);
-	log_warn_ratelimited("guest %s of %u bytes at gpa 0x%" PRIx64 " hits no device",
-			     is_write ? "write" : "read", len, addr);
+	log_warn_ratelimited_vm(&vcpu->vm->log_limit,
+				"%s: vcpu %u: guest %s of %u bytes at gpa 0x%" PRIx64
+				" hits no device",
+				vcpu->vm->name, vcpu->index, is_write ? "write" : "read", len, addr);
 	if (!is_write)
 		memset(data, 0xff, len);
 }

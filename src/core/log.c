@@ -8,8 +8,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define RATELIMIT_BURST 10
-
 static enum log_level cur_level = LOG_INFO;
 
 void log_set_level(enum log_level level)
@@ -43,16 +41,53 @@ void log_msg(enum log_level level, const char *tag, const char *fmt, ...)
 		return;
 }
 
-bool log_ratelimit(long *window_start, int *count)
+/*
+ * The state packs the second and the count into one word so that a
+ * compare-and-swap moves both: concurrent callers (vCPU threads, device
+ * workers) can neither let more than the burst through in one second nor
+ * reset a count another thread just started.
+ */
+bool log_ratelimit_at(uint64_t *state, uint32_t now_s)
+{
+	uint64_t old = __atomic_load_n(state, __ATOMIC_RELAXED), new;
+
+	do {
+		uint32_t window = (uint32_t)(old >> 32), count = (uint32_t)old;
+
+		if (now_s > window)
+			new = (uint64_t)now_s << 32 | 1;
+		else if (count >= LOG_RATELIMIT_BURST)
+			return false;
+		else
+			new = old + 1;
+	} while (!__atomic_compare_exchange_n(state, &old, new, true, __ATOMIC_RELAXED,
+					      __ATOMIC_RELAXED));
+	return true;
+}
+
+bool log_ratelimit(uint64_t *state)
 {
 	struct timespec ts;
-	long now;
 
 	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	now = ts.tv_sec;
-	if (__atomic_load_n(window_start, __ATOMIC_RELAXED) != now) {
-		__atomic_store_n(window_start, now, __ATOMIC_RELAXED);
-		__atomic_store_n(count, 0, __ATOMIC_RELAXED);
+	return log_ratelimit_at(state, (uint32_t)ts.tv_sec);
+}
+
+bool log_ratelimit_vm(struct log_limit *limit, uint64_t *site)
+{
+	for (unsigned int i = 0; i < LOG_LIMIT_SITES; i++) {
+		const void *cur = __atomic_load_n(&limit->slot[i].site, __ATOMIC_ACQUIRE);
+
+		/*
+		 * Slots are claimed in order and never given back, so a free one
+		 * means the site has none yet: claim it (or find who did).
+		 */
+		if (!cur && __atomic_compare_exchange_n(&limit->slot[i].site, &cur, site, false,
+							__ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+			cur = site;
+		if (cur == site)
+			return log_ratelimit(&limit->slot[i].state);
 	}
-	return __atomic_fetch_add(count, 1, __ATOMIC_RELAXED) < RATELIMIT_BURST;
+	/* More call sites than slots: degrade to the site's host-wide limit. */
+	return log_ratelimit(site);
 }

@@ -10,6 +10,7 @@
 
 #include "core/accel/accel.h"
 #include "core/bus.h"
+#include "core/log.h"
 #include "core/vm.h"
 #include "guest/abi.h"
 
@@ -31,6 +32,7 @@ struct vm {
 	char *guest_path;		/* until boot */
 	char *cmdline;			/* until boot */
 	struct console *console;
+	struct log_limit log_limit;	/* the VM's warnings: its own rate limits */
 
 	pthread_mutex_t lock;		/* guards everything below */
 	pthread_cond_t cond;		/* state changes, parked counts */

@@ -407,8 +407,9 @@ static int kvm_vcpu_run(struct vcpu *vcpu, struct accel_exit *exit)
 		break;
 	case KVM_EXIT_IO:
 		/* Only emulated CPL0 code gets here; kvmem has no port devices. */
-		log_warn_ratelimited("%s: vcpu %u: port I/O to 0x%x ignored", name, vcpu->index,
-				     run->io.port);
+		log_warn_ratelimited_vm(&vcpu->vm->log_limit,
+					"%s: vcpu %u: port I/O to 0x%x ignored", name, vcpu->index,
+					run->io.port);
 		if (run->io.direction == KVM_EXIT_IO_IN)
 			memset((uint8_t *)run + run->io.data_offset, 0xff,
 			       (size_t)run->io.size * run->io.count);

@@ -108,9 +108,10 @@ static void write_line(struct console *con, const char *line, size_t len)
 
 		/* Rate-limited too: a disk at the edge of full may flip at every line. */
 		if (!ok && !con->log_failing)
-			log_warn_ratelimited("%s: console log: %s: lines are lost until writes "
-					     "succeed again",
-					     con->vm->name, put < 0 ? strerror(errno) : "short write");
+			log_warn_ratelimited_vm(&con->vm->log_limit,
+						"%s: console log: %s: lines are lost until writes "
+						"succeed again", con->vm->name,
+						put < 0 ? strerror(errno) : "short write");
 		else if (ok && con->log_failing)
 			log_debug("%s: console log: writing again", con->vm->name);
 		con->log_failing = !ok;
@@ -308,16 +309,18 @@ static void console_write(void *opaque, struct vcpu *vcpu, uint64_t off, const v
 		break;
 	case ABI_CON_BUF_LEN:
 		if (val > sizeof(buf) || gm_read(con->vm->gm, con->buf_gpa, buf, (size_t)val)) {
-			log_warn_ratelimited("%s: console buffer gpa 0x%llx len %llu rejected",
-					     con->vm->name, (unsigned long long)con->buf_gpa,
-					     (unsigned long long)val);
+			log_warn_ratelimited_vm(&con->vm->log_limit,
+						"%s: console buffer gpa 0x%llx len %llu rejected",
+						con->vm->name, (unsigned long long)con->buf_gpa,
+						(unsigned long long)val);
 			break;
 		}
 		put_bytes(con, buf, (size_t)val);
 		break;
 	default:
-		log_warn_ratelimited("%s: console write to unknown register 0x%llx",
-				     con->vm->name, (unsigned long long)off);
+		log_warn_ratelimited_vm(&con->vm->log_limit,
+					"%s: console write to unknown register 0x%llx",
+					con->vm->name, (unsigned long long)off);
 	}
 	pthread_mutex_unlock(&con->lock);
 }

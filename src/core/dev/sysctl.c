@@ -31,12 +31,13 @@ static void sysctl_write(void *opaque, struct vcpu *vcpu, uint64_t off, const vo
 	case ABI_SYS_REPORT:
 		/* Guest-triggered: only in the debug log, and rate-limited there too. */
 		if (log_get_level() >= LOG_DEBUG)
-			log_warn_ratelimited("%s: vcpu %u reports 0x%llx", vm->name,
-					     vcpu_index(vcpu), (unsigned long long)val);
+			log_warn_ratelimited_vm(&vm->log_limit, "%s: vcpu %u reports 0x%llx",
+						vm->name, vcpu_index(vcpu), (unsigned long long)val);
 		break;
 	default:
-		log_warn_ratelimited("%s: sysctl write to unknown register 0x%llx", vm->name,
-				     (unsigned long long)off);
+		log_warn_ratelimited_vm(&vm->log_limit,
+					"%s: sysctl write to unknown register 0x%llx", vm->name,
+					(unsigned long long)off);
 	}
 }
 

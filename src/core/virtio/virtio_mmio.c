@@ -70,6 +70,7 @@ struct virtio_dev {
 	bool ioeventfd;			/* set before start */
 	pthread_t worker;
 	bool worker_started;		/* owner thread only */
+	struct log_limit log_limit;	/* its guest's warnings: this device's own limits */
 	bool stop;			/* atomic: worker must exit */
 
 	pthread_mutex_t lock;		/* guards everything below */
@@ -118,7 +119,7 @@ void virtio_dev_fail(struct virtio_dev *vdev, const char *why)
 		return;
 	vdev->status |= VIRTIO_STATUS_NEEDS_RESET;
 	vdev->stats.needs_reset++;
-	log_warn_ratelimited("%s: device needs reset: %s", vdev->name, why);
+	log_warn_ratelimited_vm(&vdev->log_limit, "%s: device needs reset: %s", vdev->name, why);
 	/* virtio 1.2 §2.1.2: with DRIVER_OK set, tell the driver. */
 	if (vdev->status & VIRTIO_STATUS_DRIVER_OK)
 		raise_irq(vdev, VIRTIO_MMIO_INT_CONFIG);
@@ -172,13 +173,15 @@ static bool accept_features(struct virtio_dev *vdev)
 	int n;
 
 	if (f & ~vdev->offered) {
-		log_warn_ratelimited("%s: driver accepted features 0x%" PRIx64 " never offered",
-				     vdev->name, f & ~vdev->offered);
+		log_warn_ratelimited_vm(&vdev->log_limit,
+					"%s: driver accepted features 0x%" PRIx64 " never offered",
+					vdev->name, f & ~vdev->offered);
 		return false;
 	}
 	/* Modern only: a legacy driver cannot run this transport version. */
 	if (!(f & (1ULL << VIRTIO_F_VERSION_1))) {
-		log_warn_ratelimited("%s: driver did not accept VIRTIO_F_VERSION_1", vdev->name);
+		log_warn_ratelimited_vm(&vdev->log_limit,
+					"%s: driver did not accept VIRTIO_F_VERSION_1", vdev->name);
 		return false;
 	}
 	n = vdev->ops->features_ok ? vdev->ops->features_ok(vdev->opaque, f)
@@ -207,8 +210,9 @@ static void write_status(struct virtio_dev *vdev, uint32_t val)
 	val = (val & ~VIRTIO_STATUS_NEEDS_RESET) | (old & VIRTIO_STATUS_NEEDS_RESET);
 	if (old & ~val) {
 		/* virtio 1.2 §2.1.1: the driver never clears a status bit but by reset. */
-		log_warn_ratelimited("%s: driver cleared status bits 0x%x without a reset",
-				     vdev->name, old & ~val);
+		log_warn_ratelimited_vm(&vdev->log_limit,
+					"%s: driver cleared status bits 0x%x without a reset",
+					vdev->name, old & ~val);
 		vdev->stats.bad_accesses++;
 		return;
 	}
@@ -235,7 +239,8 @@ static void write_queue_ready(struct virtio_dev *vdev, uint32_t val)
 	unsigned int qi = vdev->queue_sel;
 
 	if (!q) {
-		log_warn_ratelimited("%s: QueueReady for missing queue %u", vdev->name, qi);
+		log_warn_ratelimited_vm(&vdev->log_limit, "%s: QueueReady for missing queue %u",
+					vdev->name, qi);
 		vdev->stats.bad_accesses++;
 		return;
 	}
@@ -407,8 +412,9 @@ static void reg_write(struct virtio_dev *vdev, uint64_t off, uint32_t val)
 		return;
 	default:
 		vdev->stats.bad_accesses++;
-		log_warn_ratelimited("%s: write to read-only or reserved register 0x%" PRIx64,
-				     vdev->name, off);
+		log_warn_ratelimited_vm(&vdev->log_limit,
+					"%s: write to read-only or reserved register 0x%" PRIx64,
+					vdev->name, off);
 		return;
 	}
 }
@@ -452,8 +458,9 @@ static void mmio_write(void *opaque, struct vcpu *vcpu, uint64_t off, const void
 			vdev->stats.bad_accesses++;
 	} else if (len != 4 || off % 4) {
 		vdev->stats.bad_accesses++;
-		log_warn_ratelimited("%s: %u-byte register write at 0x%" PRIx64 " ignored",
-				     vdev->name, len, off);
+		log_warn_ratelimited_vm(&vdev->log_limit,
+					"%s: %u-byte register write at 0x%" PRIx64 " ignored",
+					vdev->name, len, off);
 	} else {
 		reg_write(vdev, off, (uint32_t)bus_data_get(data, len));
 	}

@@ -4,6 +4,7 @@ control-socket clients. Waits are polls with generous deadlines (a broken
 build fails instead of hanging); nothing asserts on timing."""
 import atexit
 import json
+import time
 import os
 import re
 import shutil
@@ -13,7 +14,7 @@ import subprocess
 import tempfile
 import threading
 
-from kvmemtest import KVMEM, GUEST, check, wait_for, with_accel
+from kvmemtest import KVMEM, GUEST, check, wait_for, wait_until, with_accel
 
 
 class Host:
@@ -58,9 +59,19 @@ class Host:
         return self.p.poll() is None
 
     def wait_line(self, regex, n=1, deadline_s=180):
-        """Wait until regex has matched n console lines (or the host died)."""
-        return wait_for(lambda: self.count(regex) >= n or not self.alive(),
-                        deadline_s) and self.count(regex) >= n
+        """Wait until regex has matched n console lines (or the host died); on
+        giving up, say what was seen."""
+        ok = wait_for(lambda: self.count(regex) >= n or not self.alive(),
+                      deadline_s) and self.count(regex) >= n
+        if not ok:
+            self.gave_up(f"{n} console line(s) matching {regex!r}: {self.count(regex)} seen")
+        return ok
+
+    def gave_up(self, what):
+        """An info line for a wait that gave up: what it saw, and the host's last words."""
+        state = "running" if self.alive() else f"exited {self.p.returncode}"
+        print(f"info   gave up waiting for {what}; host {state}, last console lines "
+              f"{self.stdout()[-3:]}, last log lines {self.stderr()[-3:]}", flush=True)
 
     def stop(self, timeout=120):
         """SIGTERM the host (it stops every VM) and return its exit status."""
@@ -138,6 +149,38 @@ def stats(path):
 
 def vm_of(st, name):
     return next((v for v in st["vms"] if v["name"] == name), None)
+
+
+def wait_state(path, vm, pred, what, show=None, deadline_s=180, step=0.25):
+    """Wait until the host reaches a state: poll the stats until pred(sample)
+    holds, the sample being VM vm's entry (the whole stats with vm=None), and
+    check(held, what). show(sample) gives the figures that matter, printed
+    after what; a check that gives up prints the last sample it saw (all of
+    it without show). A host that stops answering ends the wait. Returns
+    (held, last sample)."""
+    gone, seen = [], [None]
+
+    def sample():
+        try:
+            st = stats(path)
+        except OSError as e:
+            gone.append(e)
+            return seen[0]
+        seen[0] = vm_of(st, vm) if vm else st
+        return seen[0]
+
+    t0 = time.monotonic()
+    ok, last = wait_until(sample, lambda s: gone or (s is not None and pred(s)), deadline_s, step)
+    ok = bool(ok and not gone)
+    shown = (show(last) if show else json.dumps(last, sort_keys=True)) if last is not None else None
+    if ok:
+        text = what + (f" ({shown})" if show else "")
+    else:
+        why = (f"the host stopped answering: {gone[0]}" if gone else
+               f"gave up after {time.monotonic() - t0:.0f} s")
+        text = f"{what} [{why}; last seen: {shown}]"
+    check(ok, text)
+    return ok, last
 
 
 def host_config(dirname, cfg):

@@ -40,18 +40,29 @@ class DedupHost:
         r = re.compile(r"^\[" + name + r"\] " + regex)
         return [l for l in self.host.stdout() if r.search(l)]
 
+    def counts(self, regex):
+        return {v: len(self.lines(v, regex)) for v in self.names}
+
     def wait_all(self, regex, n=1, deadline_s=180):
         """Every VM printed n lines matching regex (False if the host died)."""
-        return wait_for(lambda: all(len(self.lines(v, regex)) >= n for v in self.names)
-                        or not self.host.alive(), deadline_s) and \
+        ok = wait_for(lambda: all(len(self.lines(v, regex)) >= n for v in self.names)
+                      or not self.host.alive(), deadline_s) and \
             all(len(self.lines(v, regex)) >= n for v in self.names)
+        if not ok:
+            self.host.gave_up(f"{n} line(s) matching {regex!r} from every VM: "
+                              f"{self.counts(regex)} seen")
+        return ok
 
     def wait_more(self, regex, more, deadline_s=180):
         """Every VM prints `more` further lines matching regex."""
-        base = {v: len(self.lines(v, regex)) for v in self.names}
-        return wait_for(lambda: all(len(self.lines(v, regex)) >= base[v] + more
-                                    for v in self.names) or not self.host.alive(),
-                        deadline_s) and self.host.alive()
+        base = self.counts(regex)
+        ok = wait_for(lambda: all(len(self.lines(v, regex)) >= base[v] + more
+                                  for v in self.names) or not self.host.alive(),
+                      deadline_s) and self.host.alive()
+        if not ok:
+            self.host.gave_up(f"{more} more line(s) matching {regex!r} from every VM: "
+                              f"{self.counts(regex)} seen, {base} before")
+        return ok
 
     def wait_dedup(self, pred, deadline_s=180):
         """Poll the dedup figures until pred(figures) holds; the last figures."""

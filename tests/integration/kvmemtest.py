@@ -64,6 +64,20 @@ def wait_for(pred, deadline_s=120, step=0.2):
     return None
 
 
+def wait_until(sample, pred, deadline_s=180, step=0.25):
+    """Poll sample() until pred(value) holds or the deadline passes; returns
+    (held, the last value sampled), so a check that gives up can say what it
+    saw last. The value is always sampled once more after the deadline."""
+    end = time.monotonic() + deadline_s
+    while True:
+        last = sample()
+        if pred(last):
+            return True, last
+        if time.monotonic() >= end:
+            return False, last
+        time.sleep(step)
+
+
 def finish():
     total = len(failures)
     print(f"{'all checks passed' if not total else str(total) + ' check(s) failed'}", flush=True)

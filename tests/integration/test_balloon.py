@@ -12,8 +12,8 @@ import contextlib
 import os
 import re
 
-from kvmemtest import check, finish, require_accel, run, wait_for
-from ctlhelp import Host, no_verify_fail, request, stats, tmpdir, vm_of, wait_socket
+from kvmemtest import check, finish, require_accel, run, wait_for, wait_until
+from ctlhelp import Host, no_verify_fail, request, stats, tmpdir, vm_of, wait_socket, wait_state
 
 MIB = 1 << 20
 PAGE = 4096
@@ -64,7 +64,10 @@ def balloon_cli(sock, *args):
 def policy_passes(sock, n=2):
     """Wait for n more policy passes: resident_bytes is measured by them."""
     p0 = stats(sock)["host"]["policy_passes"]
-    return wait_for(lambda: stats(sock)["host"]["policy_passes"] >= p0 + n, 120)
+    ok, last = wait_until(lambda: stats(sock)["host"]["policy_passes"], lambda p: p >= p0 + n, 120)
+    if not ok:
+        print(f"info   gave up waiting for {n} policy passes: {p0} -> {last}", flush=True)
+    return ok
 
 
 def mib_sum(host, regex):
@@ -86,29 +89,33 @@ with section("report", "kvmem.wl=size=768,time=10,then=free") as (host, sock):
     check(r.get("ok") is True, f"report: resume ({r})")
     check(host.wait_line(r"^kvmem-wl: freed 768$"), "report: the guest freed 768 MiB")
 
-    def dropped():
-        v = vm(sock)
-        return v if r0 - v["resident_bytes"] >= 0.9 * 768 * MIB else None
-
-    v = wait_for(dropped, 120, step=0.5)
-    if check(v is not None, "report: host resident memory fell by at least 90% of the 768 MiB "
-             "freed"):
-        print(f"info   resident {r0 / MIB:.1f} -> {v['resident_bytes'] / MIB:.1f} MiB", flush=True)
+    wait_state(sock, "vm0", lambda v: r0 - v["resident_bytes"] >= 0.9 * 768 * MIB,
+               "report: host resident memory fell by at least 90% of the 768 MiB freed",
+               show=lambda v: f"resident {r0 / MIB:.1f} -> {v['resident_bytes'] / MIB:.1f} MiB",
+               deadline_s=120, step=0.5)
+    # The device counts a report once it has dropped all of its ranges (up to
+    # 256 MiB): the counters may trail the resident figure.
+    wait_state(sock, "vm0", lambda v: v["balloon"]["counters"]["reported_bytes"] >= 0.9 * 768 * MIB
+               and v["balloon"]["counters"]["reports"] > 0,
+               "report: the device dropped the reported ranges",
+               show=lambda v: v["balloon"]["counters"])
     b = balloon(sock)
-    check(b["counters"]["reported_bytes"] >= 0.9 * 768 * MIB and b["counters"]["reports"] > 0,
-          f"report: the device dropped the reported ranges ({b['counters']})")
+    # No target was ever set: true of every sample.
     check(b["balloon_actual_bytes"] == 0 and b["balloon_target_bytes"] == 0,
           f"report: no balloon target, nothing inflated ({b['balloon_actual_bytes']})")
-    check(host.wait_line(r"^kvmem-balloon: reported \d+ MiB$") and
-          mib_sum(host, r"^kvmem-balloon: reported (\d+) MiB$") >= 0.9 * 768,
-          "report: the guest says what it reported")
-    # Reported chunks are not reported again while they stay free.
+    # The guest prints a line per burst of reports, once a burst finds nothing more.
+    reported = r"^kvmem-balloon: reported (\d+) MiB$"
+    check(wait_for(lambda: mib_sum(host, reported) >= 0.9 * 768 or not host.alive(), 120) and
+          mib_sum(host, reported) >= 0.9 * 768,
+          f"report: the guest says what it reported ({mib_sum(host, reported)} MiB)")
+    # Reported chunks are not reported again while they stay free (counted from
+    # after the guest's burst line: every report of the burst is in by then).
     n = balloon(sock)["counters"]["reports"]
     check(policy_passes(sock, 3) and balloon(sock)["counters"]["reports"] == n,
           "report: free chunks already reported are left alone")
-    g = wait_for(lambda: balloon(sock)["guest"].get("free_bytes", 0) >= 1000 * MIB and
-                 balloon(sock)["guest"], 60)
-    check(g is not None, f"report: the guest's stats show its memory free again ({g})")
+    wait_state(sock, "vm0", lambda v: v["balloon"]["guest"].get("free_bytes", 0) >= 1000 * MIB,
+               "report: the guest's stats show its memory free again",
+               show=lambda v: v["balloon"]["guest"], deadline_s=120)
     check(host.alive() and vm(sock)["state"] == "running", "report: the VM is still running")
 
 # --- 2. inflate to a target, deflate, refill ---------------------------------------------
@@ -135,12 +142,13 @@ with section("target", "kvmem.wl=size=256,verify=2,grow=16") as (host, sock):
     check(r.returncode == 0 and r.stdout.strip() == "vm0: balloon target 512.0 MiB",
           f"target: kvmem balloon --target 512M ({r.returncode}, {r.stdout.strip()!r}, "
           f"{r.stderr.strip()!r})")
-    b = wait_for(lambda: (lambda b: b if b["balloon_actual_bytes"] == 512 * MIB and
-                          b["guest"].get("total_bytes", 1 << 40) <= 528 * MIB else None)(
-                              balloon(sock)), 120)
-    check(b is not None, "target: the balloon holds 512 MiB and the guest's total memory "
-          "fell to about 512 MiB")
-    if b:
+    ok, v = wait_state(sock, "vm0", lambda v: v["balloon"]["balloon_actual_bytes"] == 512 * MIB
+                       and v["balloon"]["guest"].get("total_bytes", 1 << 40) <= 528 * MIB,
+                       "target: the balloon holds 512 MiB and the guest's total memory fell to "
+                       "about 512 MiB", show=lambda v: v["balloon"], deadline_s=120)
+    if ok:
+        # The sample that showed it: the guest's and the device's figures of one moment.
+        b = v["balloon"]
         tot = b["guest"]["total_bytes"]
         check(480 * MIB <= tot <= 528 * MIB and b["actual_bytes"] == 512 * MIB,
               f"target: guest total {tot / MIB:.1f} MiB, VM keeps {b['actual_bytes'] / MIB:.0f} MiB")
@@ -152,11 +160,10 @@ with section("target", "kvmem.wl=size=256,verify=2,grow=16") as (host, sock):
           "target: the guest's data still verifies while inflated")
 
     set_target(sock, "1G", "target")
-    b = wait_for(lambda: (lambda b: b if b["balloon_actual_bytes"] == 0 and
-                          b["guest"].get("total_bytes", 0) >= 1000 * MIB else None)(
-                              balloon(sock)), 120)
-    check(b is not None, "target: deflated: the balloon is empty and the guest has all its "
-          "memory back")
+    wait_state(sock, "vm0", lambda v: v["balloon"]["balloon_actual_bytes"] == 0 and
+               v["balloon"]["guest"].get("total_bytes", 0) >= 1000 * MIB,
+               "target: deflated: the balloon is empty and the guest has all its memory back",
+               show=lambda v: v["balloon"], deadline_s=120)
     full = r"^kvmem-wl: verify ok (\d+)$"
 
     def refilled():
@@ -167,6 +174,7 @@ with section("target", "kvmem.wl=size=256,verify=2,grow=16") as (host, sock):
           "target: the guest filled the memory it got back and verifies all of it")
     check(mib_sum(host, r"^kvmem-wl: grew (\d+) to \d+$") >= 0.95 * 512,
           "target: the workload grew by the 512 MiB deflated")
+    # Refilled and verified: resident from here on, so one sample after a pass shows it.
     check(policy_passes(sock) and vm(sock)["resident_bytes"] >= 740 * MIB,
           f"target: the refilled memory is resident ({vm(sock)['resident_bytes'] / MIB:.1f} MiB)")
     n = host.count(full)
@@ -182,15 +190,20 @@ with section("inflate-rss",
     check(r0 >= 760 * MIB, f"inflate-rss: freed pages stay resident without reporting "
           f"({r0 / MIB:.1f} MiB)")
     set_target(sock, "256M", "inflate-rss")
-    check(wait_for(lambda: balloon(sock)["balloon_actual_bytes"] == 768 * MIB, 120),
-          "inflate-rss: the balloon holds 768 MiB")
-    v = wait_for(lambda: (lambda v: v if r0 - v["resident_bytes"] >= 0.9 * 768 * MIB else None)(
-        vm(sock)), 120, step=0.5)
-    check(v is not None, "inflate-rss: host resident memory fell by at least 90% of the "
-          "768 MiB inflated")
+    wait_state(sock, "vm0", lambda v: v["balloon"]["balloon_actual_bytes"] == 768 * MIB,
+               "inflate-rss: the balloon holds 768 MiB",
+               show=lambda v: f"{v['balloon']['balloon_actual_bytes'] / MIB:.0f} MiB",
+               deadline_s=120)
+    wait_state(sock, "vm0", lambda v: r0 - v["resident_bytes"] >= 0.9 * 768 * MIB,
+               "inflate-rss: host resident memory fell by at least 90% of the 768 MiB inflated",
+               show=lambda v: f"resident {r0 / MIB:.1f} -> {v['resident_bytes'] / MIB:.1f} MiB",
+               deadline_s=120, step=0.5)
     set_target(sock, "1G", "inflate-rss")
-    check(wait_for(lambda: balloon(sock)["balloon_actual_bytes"] == 0, 120),
-          "inflate-rss: deflated back to an empty balloon")
+    wait_state(sock, "vm0", lambda v: v["balloon"]["balloon_actual_bytes"] == 0,
+               "inflate-rss: deflated back to an empty balloon",
+               show=lambda v: f"{v['balloon']['balloon_actual_bytes'] / MIB:.0f} MiB",
+               deadline_s=120)
+    # The guest touches none of them: every sample from here on must show it.
     check(policy_passes(sock) and vm(sock)["resident_bytes"] <= r0 - 0.9 * 768 * MIB,
           "inflate-rss: deflated pages cost the host nothing until the guest uses them")
     check(balloon(sock)["counters"]["reports"] == 0, "inflate-rss: nothing was reported")
@@ -206,6 +219,9 @@ with section("oom", "kvmem.wl=size=768,wait=balloon,verify=2") as (host, sock):
           "oom: the driver deflates when the allocation falls short")
     check(host.wait_line(r"^kvmem-wl: verify ok 196608$"),
           "oom: the guest got its 768 MiB, filled and verified them")
+    # The device counts a deflate before the guest sees it done and says so, and
+    # the balloon cannot grow back to 768 MiB while the workload holds its memory:
+    # one sample after the lines must show both.
     b = balloon(sock)
     oom_pages = mib_sum(host, r"^kvmem-balloon: deflate-on-oom (\d+) pages$")
     check(b["counters"]["oom_deflated_pages"] >= oom_pages > 0,
@@ -214,9 +230,9 @@ with section("oom", "kvmem.wl=size=768,wait=balloon,verify=2") as (host, sock):
     check(b["balloon_actual_bytes"] < 768 * MIB and b["balloon_target_bytes"] == 768 * MIB,
           f"oom: the balloon gave pages back although the target did not change "
           f"({b['balloon_actual_bytes'] / MIB:.0f} MiB held)")
-    g = wait_for(lambda: balloon(sock)["guest"].get("alloc_stalls", 0) >= 1 and
-                 balloon(sock)["guest"], 60)
-    check(g is not None, f"oom: the guest's stats count the allocation stall ({g})")
+    wait_state(sock, "vm0", lambda v: v["balloon"]["guest"].get("alloc_stalls", 0) >= 1,
+               "oom: the guest's stats count the allocation stall",
+               show=lambda v: v["balloon"]["guest"], deadline_s=120)
     check(host.wait_line(r"^kvmem-wl: verify ok 196608$", 3), "oom: the guest goes on verifying")
     no_verify_fail(host, "oom")
     check(vm(sock)["state"] == "running", "oom: the VM is still running")

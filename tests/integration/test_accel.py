@@ -11,16 +11,11 @@ import os
 import re
 
 from kvmemtest import ACCEL, GUEST, check, finish, require_accel, run, wait_for
-from ctlhelp import Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of, wait_socket
+from ctlhelp import (Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of, wait_socket,
+                     wait_state)
 
 require_accel()
 d = tmpdir()
-
-
-def state(sock, name="vm0"):
-    """The VM's state as the list verb gives it (a VM is created before it runs)."""
-    return next((v["state"] for v in request(sock, {"verb": "list"}).get("vms", [])
-                 if v["name"] == name), None)
 
 
 # A guest system call: a crash, never a host system call.
@@ -54,12 +49,14 @@ try:
           "stats give the VM's RAM base")
     lst = request(sock, {"verb": "list"})
     check([v.get("accel") for v in lst.get("vms", [])] == [ACCEL], f"list says it too ({lst})")
-    check(wait_for(lambda: state(sock) == "running", 60), "the VM runs")
+    wait_state(sock, "vm0", lambda v: v["state"] == "running", "the VM runs",
+               show=lambda v: v["state"], deadline_s=60)
     # A guest spinning in a loop that never exits on its own: pause, resume, stop.
     r = request(sock, {"verb": "pause", "vm": "vm0"})
     check(r == {"ok": True, "vm": "vm0"}, f"pause a spinning guest ({r})")
+    # pause answers once every vCPU is parked: the next sample must say so.
     r = request(sock, {"verb": "list"})
-    check(r["vms"][0]["state"] == "paused", "it is paused")
+    check(r["vms"][0]["state"] == "paused", f"it is paused ({r['vms'][0]['state']})")
     r = request(sock, {"verb": "resume", "vm": "vm0"})
     check(r == {"ok": True, "vm": "vm0"}, f"resume it ({r})")
     r = request(sock, {"verb": "stop", "vm": "vm0"})
@@ -73,7 +70,8 @@ check(rc == 0, f"a stopped VM exits 0 ({rc})")
 host = Host(["run", "--mem", "64M", "--socket", sock, "--append", "kvmem.debug=spin3"])
 try:
     check(wait_socket(host, sock), "the host serves its control socket")
-    check(wait_for(lambda: state(sock) == "running", 60), "the VM runs")
+    wait_state(sock, "vm0", lambda v: v["state"] == "running", "the VM runs",
+               show=lambda v: v["state"], deadline_s=60)
     r = request(sock, {"verb": "pause", "vm": "vm0"})
     check(r.get("ok") is True, f"pause ({r})")
     r = request(sock, {"verb": "resume", "vm": "vm0"})
@@ -97,15 +95,16 @@ if ACCEL == "thread":
     try:
         check(wait_socket(host, sock2), "the host serves its control socket")
         for name in ("bad", "sys"):
-            check(wait_for(lambda: (vm_of(stats(sock2), name) or {}).get("state") == "stopped",
-                           60), f"the VM '{name}' stopped")
+            wait_state(sock2, name, lambda v: v["state"] == "stopped", f"the VM '{name}' stopped",
+                       show=lambda v: v["state"], deadline_s=120)
         n = host.count(r"^\[good\] kvmem-wl: verify ok")
         check(host.wait_line(r"^\[good\] kvmem-wl: verify ok", n + 2),
               "its neighbour keeps verifying")
-        check(any("bad: vcpu 0: guest exception #PF" in l for l in host.stderr()),
-              "the store into the guard gap is reported for the VM that made it")
-        check(any("sys: vcpu 0: guest system call" in l for l in host.stderr()),
-              "the system call is reported for the VM that made it")
+        # The reports are on their way through the host's stderr pipe: wait for them.
+        for report, what in (("bad: vcpu 0: guest exception #PF", "the store into the guard gap"),
+                             ("sys: vcpu 0: guest system call", "the system call")):
+            check(wait_for(lambda: any(report in l for l in host.stderr()), 60),
+                  f"{what} is reported for the VM that made it ({host.stderr()[-3:]})")
         no_verify_fail(host, "guard gap")
     finally:
         rc = host.stop()

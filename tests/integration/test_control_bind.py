@@ -4,7 +4,7 @@ path that is not a socket is left alone, and the socket is removed at exit."""
 import os
 import socket
 
-from kvmemtest import check, finish, require_accel
+from kvmemtest import check, finish, require_accel, wait_for
 from ctlhelp import Host, request, tmpdir, wait_socket
 
 require_accel()
@@ -21,7 +21,9 @@ check(os.path.exists(sock), "a stale socket file exists before the host starts")
 first = Host(VM + ["--socket", sock])
 try:
     check(wait_socket(first, sock), "the host replaces the stale socket and serves on it")
-    check(any("stale socket" in l for l in first.stderr()), "... and says it replaced it")
+    # The line is on its way through the host's stderr pipe: wait for it.
+    check(wait_for(lambda: any("stale socket" in l for l in first.stderr()), 60),
+          f"... and says it replaced it ({first.stderr()[-3:]})")
 
     # A second host on the same path: refused, with one clear reason.
     second = Host(VM + ["--socket", sock])

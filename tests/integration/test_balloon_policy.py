@@ -10,7 +10,7 @@ rewriting it fast enough (200 MiB/s) that the policy's write sampling sees it
 busy in every half-second interval. Nothing here asserts timing: waits are polls with deadlines.
 """
 from ctlhelp import (Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of,
-                     wait_socket)
+                     wait_socket, wait_state)
 from kvmemtest import check, finish, require_accel, wait_for
 
 require_accel()
@@ -57,10 +57,11 @@ check(r.get("ok"), f"budget set to {budget // MIB} MiB (used {used // MIB} MiB)"
 first = {}
 reasons = {}
 unexplained = []
+seen = [None]
 
 
 def balloon_moved():
-    st = stats(sock)
+    st = seen[0] = stats(sock)
     for name in ("idle", "busy"):
         b = vm_of(st, name)["balloon"]
         if b["target_bytes"] < vm_of(st, name)["mem_bytes"]:
@@ -75,7 +76,9 @@ def balloon_moved():
 
 
 st = wait_for(balloon_moved, 240, 0.25)
-check(st is not None, "the host got back under its budget")
+check(st is not None, "the host got back under its budget" + ("" if st else (
+    f" [gave up; last seen: used {seen[0]['host']['used_bytes'] // MIB} MiB of "
+    f"{budget // MIB} MiB, balloons {({v['name']: v['balloon'] for v in seen[0]['vms']})}]")))
 st = st or stats(sock)
 idle, busy = vm_of(st, "idle"), vm_of(st, "busy")
 check(first.get("idle") == 0, f"the idle guest was ballooned first (order {first})")
@@ -97,9 +100,10 @@ check(idle["entitlement_bytes"] < busy["entitlement_bytes"],
 
 # Pressure gone: the policy deflates the idle guest again.
 r = request(sock, {"verb": "budget", "bytes": 16 << 30})
-check(wait_for(lambda: vm_of(stats(sock), "idle")["balloon"]["target_bytes"] ==
-               vm_of(stats(sock), "idle")["mem_bytes"], 120, 0.25),
-      "with the pressure gone, the idle guest is deflated back to its mem")
+wait_state(sock, "idle", lambda v: v["balloon"]["target_bytes"] == v["mem_bytes"],
+           "with the pressure gone, the idle guest is deflated back to its mem",
+           show=lambda v: f"target {v['balloon']['target_bytes'] // MIB} MiB, reason "
+           f"{v['balloon']['reason']!r}", deadline_s=120)
 n = h.count(r"\[busy\] kvmem-wl: verify ok")
 check(h.wait_line(r"\[busy\] kvmem-wl: verify ok", n + 1), "the busy guest still verifies")
 no_verify_fail(h, "balloon policy")

@@ -41,6 +41,8 @@ try:
     check(d["pages_shared"] > 0 and d["pages_sharing"] > 0,
           f"unwritten identical pages stay shared ({d['pages_shared']} frames, "
           f"{d['pages_sharing']} sharing)")
+    # A frame leaves the count and the store together (under the scanner's lock):
+    # a property of every sample.
     check(d["store_bytes"] <= (d["pages_shared"] + 16) * 4096,
           f"the store holds no more than its live frames ({d['store_bytes']} bytes)")
     check(h.wait_more(r"kvmem-wl: verify ok \d+$", 2), "the guests go on verifying")

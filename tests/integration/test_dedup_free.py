@@ -29,6 +29,8 @@ try:
     ok, d = h.wait_dedup(lambda d: d["pages_shared"] >= P * 0.95 and
                          d["pages_sharing"] >= (N - 1) * P * 0.95)
     check(ok, f"the new identical contents are shared again ({d.get('pages_shared')} frames)")
+    # A frame leaves the count and the store together (under the scanner's lock):
+    # a property of every sample.
     check(d["store_bytes"] <= (d["pages_shared"] + 16) * 4096,
           f"freed frames are punched out: the store holds its live frames only "
           f"({d['store_bytes']} bytes for {d['pages_shared']} frames)")

@@ -54,8 +54,10 @@ try:
             check(k in v, f"vms[{name}].{k} present")
         check(all(isinstance(v["pages"].get(s), int) for s in PAGE_STATES),
               f"vms[{name}].pages has every state ({v['pages']})")
+        # A property of every sample (README: "the states add up to mem_bytes"),
+        # so one sample is checked, as it comes.
         check(sum(v["pages"].values()) * 4096 == v["mem_bytes"],
-              f"vms[{name}]: the page states add up to mem")
+              f"vms[{name}]: the page states add up to mem ({v['pages']})")
     check(vms["alpha"]["mem_bytes"] == 256 << 20 and vms["beta-with-a-long-name"]["min_bytes"]
           == 32 << 20, "mem and min are the configured ones")
 

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -122,7 +123,28 @@ static int parse_dedup(const char *s, enum host_dedup_mode *out)
 	return 0;
 }
 
-/* Create the host, run it to the end, map errors to exit statuses. */
+/*
+ * Every VM holds several descriptors (its userfaultfd, its devices'
+ * eventfds and timerfds, and under KVM its VM and vCPU fds), so the usual
+ * soft limit of 1024 would stop a host at a few hundred VMs. Nothing here
+ * uses select(), whose fd_set is what that soft limit protects: take the
+ * hard limit.
+ */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl))
+			log_debug("setrlimit(RLIMIT_NOFILE): %m");
+	}
+}
+
+/*
+ * Create the host, run it to the end, map errors to exit statuses. Every
+ * failure of host_create and host_run has been named on stderr already.
+ */
 static int run_host(struct host_config *cfg)
 {
 	char err[256];
@@ -138,14 +160,14 @@ static int run_host(struct host_config *cfg)
 		cfg->socket = (char *)KVMEM_DEFAULT_SOCKET;
 		cfg->socket_optional = true;
 	}
+	raise_fd_limit();
 	ret = host_create(cfg, &h);
 	if (ret) {
-		if (ret == -E2BIG || ret == -ENOMEM) {
-			fprintf(stderr, "kvmem: the host cannot map the guest RAM asked for\n");
+		/* More RAM or VMs than the host can map, or a bad image: a usage error. */
+		if (ret == -E2BIG || ret == -ENOMEM || ret == -ENOEXEC)
 			ret = CLI_EXIT_USAGE;
-		} else {
-			ret = ret == -ENOEXEC ? CLI_EXIT_USAGE : EXIT_FAILURE;
-		}
+		else
+			ret = EXIT_FAILURE;
 	} else {
 		ret = host_run(h);
 		host_destroy(h);

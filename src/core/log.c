@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 static enum log_level cur_level = LOG_INFO;
+static unsigned long nr_errors;
 
 void log_set_level(enum log_level level)
 {
@@ -20,6 +21,11 @@ enum log_level log_get_level(void)
 	return __atomic_load_n(&cur_level, __ATOMIC_RELAXED);
 }
 
+unsigned long log_error_count(void)
+{
+	return __atomic_load_n(&nr_errors, __ATOMIC_RELAXED);
+}
+
 void log_msg(enum log_level level, const char *tag, const char *fmt, ...)
 {
 	static const char *const names[] = { "error", "warning", "info", "debug" };
@@ -27,6 +33,8 @@ void log_msg(enum log_level level, const char *tag, const char *fmt, ...)
 	va_list ap;
 	int n;
 
+	if (level == LOG_ERR)
+		__atomic_fetch_add(&nr_errors, 1, __ATOMIC_RELAXED);
 	if (level > log_get_level())
 		return;
 	n = snprintf(buf, sizeof(buf), "kvmem: %s: %s: ", names[level], tag);

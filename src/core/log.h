@@ -23,6 +23,11 @@ void log_set_level(enum log_level level);
 enum log_level log_get_level(void);
 void log_msg(enum log_level level, const char *tag, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+/*
+ * Errors logged so far. A caller that must name a failure compares it with
+ * the count before the call that failed: unchanged, nothing below named it.
+ */
+unsigned long log_error_count(void);
 
 /* Messages a limit lets through per second, per VM and call site. */
 #define LOG_RATELIMIT_BURST 10

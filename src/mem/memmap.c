@@ -28,8 +28,11 @@
  * without asking the kernel (and so a freed slot is found again: a VM's base
  * must be predictable, since under the thread accelerator its guest's stacks
  * and data hold host addresses and it can only resume at the same base).
+ * Sorted by address, so one walk finds the first gap. The smallest
+ * reservation is a 4 GiB span and two guard gaps: the arena runs out before
+ * this table does, so the number of VMs is limited by address space alone.
  */
-#define MAX_RESERVATIONS 4096
+#define MAX_RESERVATIONS (MEMMAP_ARENA_BYTES / (LAYOUT_HIGH_RAM_BASE + 2 * MEMMAP_GUARD) + 1)
 
 static struct {
 	pthread_mutex_t lock;
@@ -46,20 +49,36 @@ uint64_t memmap_phys_top(uint64_t ram_bytes)
 	return (top + MEMMAP_GUARD - 1) & ~(MEMMAP_GUARD - 1);
 }
 
-/* First address at or after `at` where `len` bytes overlap no reservation of ours. */
+uint64_t memmap_reserve_bytes(uint64_t ram_bytes)
+{
+	return memmap_phys_top(ram_bytes) + 2 * MEMMAP_GUARD;
+}
+
+/*
+ * First address at or after `at` where `len` bytes overlap no reservation of
+ * ours. The reservations are sorted and disjoint: one stepped over never
+ * overlaps the later address, so a single walk is enough.
+ */
 static uint64_t skip_reserved(uint64_t at, uint64_t len)
 {
-	bool moved = true;
-
-	while (moved) {
-		moved = false;
-		for (unsigned int i = 0; i < arena.nr; i++)
-			if (at < arena.r[i].end && arena.r[i].start < at + len) {
-				at = arena.r[i].end;
-				moved = true;
-			}
-	}
+	for (unsigned int i = 0; i < arena.nr; i++)
+		if (at < arena.r[i].end && arena.r[i].start < at + len)
+			at = arena.r[i].end;
 	return at;
+}
+
+/* Record [start, start + len) in address order. */
+static void add_reserved(uint64_t start, uint64_t len)
+{
+	unsigned int i = arena.nr;
+
+	while (i > 0 && arena.r[i - 1].start > start) {
+		arena.r[i] = arena.r[i - 1];
+		i--;
+	}
+	arena.r[i].start = start;
+	arena.r[i].end = start + len;
+	arena.nr++;
 }
 
 /*
@@ -83,9 +102,7 @@ static int reserve(uint64_t len, uint64_t *out)
 		p = mmap((void *)(uintptr_t)at, len, PROT_NONE,
 			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
 		if (p == (void *)(uintptr_t)at) {
-			arena.r[arena.nr].start = at;
-			arena.r[arena.nr].end = at + len;
-			arena.nr++;
+			add_reserved(at, len);
 			*out = at;
 			ret = 0;
 			break;
@@ -109,7 +126,9 @@ static void unreserve(uint64_t start, uint64_t len)
 	pthread_mutex_lock(&arena.lock);
 	for (unsigned int i = 0; i < arena.nr; i++)
 		if (arena.r[i].start == start) {
-			arena.r[i] = arena.r[--arena.nr];
+			arena.nr--;
+			for (; i < arena.nr; i++)
+				arena.r[i] = arena.r[i + 1];
 			break;
 		}
 	pthread_mutex_unlock(&arena.lock);
@@ -159,7 +178,7 @@ int memmap_create(uint64_t ram_bytes, bool exec, struct gm **out)
 		ret = -ENOMEM;
 		goto out_free;
 	}
-	gm->reserve_len = gm->phys_top + 2 * MEMMAP_GUARD;
+	gm->reserve_len = memmap_reserve_bytes(ram_bytes);
 	ret = reserve(gm->reserve_len, &base);
 	if (ret)
 		goto out_free;

@@ -30,6 +30,8 @@
 #define MEMMAP_ARENA_START 0x110000000000ULL
 #define MEMMAP_ARENA_END 0x2a0000000000ULL
 #define MEMMAP_GUARD (1ULL << 30)
+/* All the VMs of one process share this much host address space. */
+#define MEMMAP_ARENA_BYTES (MEMMAP_ARENA_END - MEMMAP_ARENA_START)
 
 /*
  * Reserve `ram_bytes` of guest RAM (page multiple, > 0), executable by host
@@ -43,6 +45,12 @@ int memmap_create(uint64_t ram_bytes, bool exec, struct gm **out);
  * and nothing else lie below it; 1 GiB aligned.
  */
 uint64_t memmap_phys_top(uint64_t ram_bytes);
+/*
+ * Address space a VM with `ram_bytes` of RAM takes of the arena: its span
+ * and both guard gaps. The VMs of a process fit when these add up to at
+ * most MEMMAP_ARENA_BYTES.
+ */
+uint64_t memmap_reserve_bytes(uint64_t ram_bytes);
 /* Host address of guest-physical 0 (fixed for the VM's life). */
 uint8_t *memmap_phys_base(const struct gm *gm);
 /* Size of the guest-physical span, memmap_phys_top of its RAM. */

@@ -28,8 +28,6 @@
 #include "mem/memmap.h"
 #include "mem/reclaim.h"
 
-#define OVC_MAX_VMS 256
-
 #define OVC_SAMPLES 100 /* pages sampled per VM per pass, as ESX */
 
 struct ovc_vm {
@@ -45,14 +43,16 @@ struct ovc_vm {
 	const struct ovc_balloon_ops *balloon; /* set before start, or NULL */
 	void *balloon_arg;
 	bool balloon_manual;		/* ovc->lock: a target set by hand holds */
+	bool capped;			/* compute_entitlements: got all it can use */
 };
 
 struct ovc {
 	pthread_mutex_t vm_lock;	/* held across a pass and by add/remove */
 	pthread_mutex_t lock;		/* stats, budget, kick */
 	pthread_cond_t cond;
-	struct ovc_vm *vms[OVC_MAX_VMS]; /* vm_lock */
-	unsigned int nr_vms;
+	struct ovc_vm **vms;		/* vm_lock: as many as the host has */
+	struct ovc_vm **order;		/* vm_lock: a pass's reclaim order, room for cap_vms */
+	unsigned int nr_vms, cap_vms;	/* vm_lock */
 	struct ovc_mechanism mech[OVC_MAX_MECHANISMS]; /* sorted by cost, fixed after start */
 	unsigned int nr_mech;
 	struct ovc_stats stats;		/* lock */
@@ -247,13 +247,13 @@ static void sample_active(struct ovc_vm *v)
 static void compute_entitlements(struct ovc *ovc, uint64_t budget)
 {
 	double k = 1.0 / (1.0 - OVC_IDLE_TAX);
-	bool capped[OVC_MAX_VMS] = { false };
 	uint64_t rest = budget;
 	unsigned int n = ovc->nr_vms;
 
 	for (unsigned int i = 0; i < n; i++) {
 		struct ovc_vm *v = ovc->vms[i];
 
+		v->capped = false;
 		v->stats.entitlement_bytes = v->min_bytes;
 		rest = rest > v->min_bytes ? rest - v->min_bytes : 0;
 	}
@@ -264,7 +264,7 @@ static void compute_entitlements(struct ovc *ovc, uint64_t budget)
 		for (unsigned int i = 0; i < n; i++) {
 			double f = ovc->vms[i]->stats.active_fraction;
 
-			if (!capped[i])
+			if (!ovc->vms[i]->capped)
 				wsum += ovc->vms[i]->shares / (f + k * (1.0 - f));
 		}
 		if (wsum <= 0)
@@ -274,13 +274,13 @@ static void compute_entitlements(struct ovc *ovc, uint64_t budget)
 			double f = v->stats.active_fraction;
 			uint64_t share, room;
 
-			if (capped[i])
+			if (v->capped)
 				continue;
 			share = (uint64_t)((double)rest * (v->shares / (f + k * (1.0 - f))) / wsum);
 			room = v->mem_bytes - v->stats.entitlement_bytes;
 			if (share >= room) {
 				share = room;
-				capped[i] = true;
+				v->capped = true;
 			}
 			v->stats.entitlement_bytes += share;
 			given += share;
@@ -469,7 +469,7 @@ static int by_excess(const void *a, const void *b)
 /* One pass: measure, entitle, reclaim the excess over budget. */
 static void policy_pass(struct ovc *ovc)
 {
-	struct ovc_vm *order[OVC_MAX_VMS];
+	struct ovc_vm **order = ovc->order;
 	const char *source;
 	uint64_t used, budget, need;
 	unsigned int n;
@@ -633,6 +633,8 @@ void ovc_destroy(struct ovc *ovc)
 	pthread_mutex_destroy(&ovc->vm_lock);
 	pthread_mutex_destroy(&ovc->lock);
 	pthread_cond_destroy(&ovc->cond);
+	kv_free(ovc->vms);
+	kv_free(ovc->order);
 	kv_free(ovc);
 }
 
@@ -650,8 +652,6 @@ int ovc_add_vm(struct ovc *ovc, struct gm *gm, const char *name, uint64_t mem_by
 {
 	struct ovc_vm *v;
 
-	if (ovc->nr_vms == OVC_MAX_VMS)
-		return -ENOSPC;
 	v = kv_zalloc(sizeof(*v));
 	if (!v)
 		return -ENOMEM;
@@ -666,6 +666,22 @@ int ovc_add_vm(struct ovc *ovc, struct gm *gm, const char *name, uint64_t mem_by
 	v->rng = (uint64_t)(uintptr_t)v ^ (uint64_t)time(NULL);
 	snprintf(v->stats.last_action, sizeof(v->stats.last_action), "none");
 	pthread_mutex_lock(&ovc->vm_lock);
+	if (ovc->nr_vms == ovc->cap_vms) {
+		unsigned int cap = ovc->cap_vms ? 2 * ovc->cap_vms : 16;
+		struct ovc_vm **vms = kv_realloc(ovc->vms, cap * sizeof(*vms));
+		struct ovc_vm **order;
+
+		if (vms)
+			ovc->vms = vms;
+		order = vms ? kv_realloc(ovc->order, cap * sizeof(*order)) : NULL;
+		if (!order) {
+			pthread_mutex_unlock(&ovc->vm_lock);
+			kv_free(v);
+			return -ENOMEM;
+		}
+		ovc->order = order;
+		ovc->cap_vms = cap;
+	}
 	ovc->vms[ovc->nr_vms++] = v;
 	pthread_mutex_lock(&ovc->lock);
 	ovc->stats.configured_bytes += mem_bytes;

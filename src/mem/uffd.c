@@ -23,15 +23,14 @@
 #include "mem/mem_internal.h"
 #include "mem/pagestate.h"
 
-#define UFFD_MAX_VMS 256
-
 struct uffd_service {
 	int epfd;
 	int stop_efd;
 	pthread_t thread;
 	pthread_mutex_t lock;	 /* serialises add/remove against the thread's dispatch */
-	struct gm *served[UFFD_MAX_VMS]; /* lock: VMs being served */
+	struct gm **served;	 /* lock: VMs being served (as many as the host has) */
 	unsigned int nr_served;	 /* lock */
+	unsigned int cap_served; /* lock: room in served */
 	struct uffd_stats stats; /* atomic */
 };
 
@@ -168,8 +167,11 @@ static void *service_thread(void *arg)
 
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n < 0)
+		if (n < 0) {
+			/* Faults would go unserved and their vCPUs hang: say why. */
+			log_err("epoll_wait: %m: no more guest page faults are served");
 			break;
+		}
 		for (int i = 0; i < n; i++) {
 			if (!evs[i].data.ptr)
 				return NULL; /* the stop eventfd */
@@ -224,6 +226,7 @@ void uffd_service_destroy(struct uffd_service *svc)
 	close(svc->epfd);
 	close(svc->stop_efd);
 	pthread_mutex_destroy(&svc->lock);
+	kv_free(svc->served);
 	kv_free(svc);
 }
 
@@ -235,12 +238,22 @@ int uffd_service_add(struct uffd_service *svc, struct gm *gm)
 	if (gm->uffd < 0)
 		return -EINVAL;
 	pthread_mutex_lock(&svc->lock);
-	if (svc->nr_served == UFFD_MAX_VMS)
-		ret = -ENOSPC;
-	else if (epoll_ctl(svc->epfd, EPOLL_CTL_ADD, gm->uffd, &ev) < 0)
+	if (svc->nr_served == svc->cap_served) {
+		unsigned int cap = svc->cap_served ? 2 * svc->cap_served : 16;
+		struct gm **p = kv_realloc(svc->served, cap * sizeof(*p));
+
+		if (!p) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		svc->served = p;
+		svc->cap_served = cap;
+	}
+	if (epoll_ctl(svc->epfd, EPOLL_CTL_ADD, gm->uffd, &ev) < 0)
 		ret = -errno;
 	else
 		svc->served[svc->nr_served++] = gm;
+out:
 	pthread_mutex_unlock(&svc->lock);
 	return ret;
 }

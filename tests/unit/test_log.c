@@ -4,7 +4,7 @@
  * per VM (struct log_limit), so that one VM flooding a warning leaves every
  * other VM its own budget for it; call sites apart within a VM; exact under
  * threads that log at once (vCPUs, device workers); a VM with more call
- * sites than slots still logs.
+ * sites than slots still logs; and the error count failures are named by.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -220,6 +220,23 @@ static void test_log_warnings_of_a_quiet_vm_come_out_during_a_flood(void **state
 	free(out);
 }
 
+static void test_log_error_count_counts_errors_only(void **state)
+{
+	unsigned long before = log_error_count();
+	char *out;
+
+	(void)state;
+	capture_start();
+	log_msg(LOG_WARN, "t", "a warning");
+	log_msg(LOG_INFO, "t", "information");
+	assert_int_equal(log_error_count(), before);
+	log_msg(LOG_ERR, "t", "an error");
+	out = capture_end();
+	assert_int_equal(log_error_count(), before + 1);
+	assert_int_equal(count(out, "kvmem: error: t: an error\n"), 1);
+	free(out);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -230,6 +247,7 @@ int main(void)
 		cmocka_unit_test(test_log_threads_never_pass_more_than_the_burst),
 		cmocka_unit_test(test_log_threads_claim_one_slot_per_call_site),
 		cmocka_unit_test(test_log_warnings_of_a_quiet_vm_come_out_during_a_flood),
+		cmocka_unit_test(test_log_error_count_counts_errors_only),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

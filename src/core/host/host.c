@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
@@ -20,6 +21,7 @@
 #include "balloon/balloon.h"
 #include "core/alloc.h"
 #include "core/host/control.h"
+#include "core/layout.h"
 #include "core/vm.h"
 #include "dedup/dedup.h"
 #include "mem/memmap.h"
@@ -165,14 +167,47 @@ static int create_vm(struct host *h, struct host_vm *hv)
 	return 0;
 }
 
+/*
+ * What one process can run, checked before anything is created, so that a
+ * config over it fails naming the limit rather than halfway through with
+ * whatever ran out first. The tables on the way (the userfaultfd service,
+ * the policy, page sharing) grow with the VMs; the arena every VM's guest
+ * RAM is reserved in does not (mem/memmap.h).
+ */
+static int check_limits(const struct host_config *cfg)
+{
+	uint64_t need = 0;
+
+	for (unsigned int i = 0; i < cfg->nr_vms && need <= MEMMAP_ARENA_BYTES; i++)
+		need += memmap_reserve_bytes(cfg->vms[i].mem_bytes);
+	if (need <= MEMMAP_ARENA_BYTES)
+		return 0;
+	log_err("vms: %u VMs need more than the %llu GiB of address space one kvmem process has "
+		"for the guest RAM of all its VMs (a VM takes its RAM and the MMIO hole, 4 GiB at "
+		"least, and 2 GiB of guard gaps: at most %llu VMs of up to 3 GiB): run them in "
+		"several hosts",
+		cfg->nr_vms, (unsigned long long)(MEMMAP_ARENA_BYTES >> 30),
+		(unsigned long long)(MEMMAP_ARENA_BYTES / memmap_reserve_bytes(LAYOUT_LOW_RAM_MAX)));
+	return -E2BIG;
+}
+
 int host_create(const struct host_config *cfg, struct host **out)
 {
+	/* Every failure is named on one line: here, unless the step that failed did. */
+	unsigned long errors = log_error_count();
+	const char *what = "the host";
+	char vm_what[96];
 	struct host *h;
 	int ret;
 
+	ret = check_limits(cfg);
+	if (ret)
+		return ret;
 	h = kv_zalloc(sizeof(*h));
-	if (!h)
+	if (!h) {
+		log_err("the host: %s", strerror(ENOMEM));
 		return -ENOMEM;
+	}
 	h->cfg = *cfg;
 	h->stop_efd = -1;
 	pthread_mutex_init(&h->lock, NULL);
@@ -181,22 +216,27 @@ int host_create(const struct host_config *cfg, struct host **out)
 		ret = -ENOMEM;
 		goto out_destroy;
 	}
+	what = "eventfd";
 	h->stop_efd = eventfd(0, EFD_CLOEXEC);
 	if (h->stop_efd < 0) {
 		ret = -errno;
 		goto out_destroy;
 	}
+	what = "the userfaultfd service";
 	ret = uffd_service_create(&h->uffd);
 	if (ret)
 		goto out_destroy;
+	what = "the memory policy";
 	ret = ovc_create(cfg->budget_bytes, cfg->policy_interval_s, &h->ovc);
 	if (ret)
 		goto out_destroy;
+	what = "the reclaim mechanisms";
 	ret = reclaim_register_zero(h->ovc);
 	if (!ret)
 		ret = ovc_register_balloon(h->ovc);
 	if (ret)
 		goto out_destroy;
+	what = "page sharing";
 	if (cfg->dedup == HOST_DEDUP_ON) {
 		struct dedup_config dc = {
 			.enabled = true,
@@ -218,10 +258,13 @@ int host_create(const struct host_config *cfg, struct host **out)
 		hv->host = h;
 		hv->cfg = cfg->vms[i];
 		h->nr_vms++;
+		snprintf(vm_what, sizeof(vm_what), "%s: cannot create the VM", hv->cfg.name);
+		what = vm_what;
 		ret = create_vm(h, hv);
 		if (ret)
 			goto out_destroy;
 	}
+	what = "the control socket";
 	if (cfg->socket) {
 		ret = control_create(h, cfg->socket, &h->control);
 		if (ret == -EADDRINUSE && cfg->socket_optional) {
@@ -245,6 +288,8 @@ int host_create(const struct host_config *cfg, struct host **out)
 	return 0;
 
 out_destroy:
+	if (log_error_count() == errors)
+		log_err("%s: %s", what, strerror(-ret));
 	host_destroy(h);
 	return ret;
 }
@@ -268,21 +313,33 @@ static bool all_stopped(struct host *h)
 
 int host_run(struct host *h)
 {
+	const char *failed = NULL;
 	sigset_t set;
-	int sfd, ret, status = 0;
+	int sfd, ret, err = 0, status = 0;
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
 	sfd = signalfd(-1, &set, SFD_CLOEXEC);
-	if (sfd < 0)
-		return -errno;
+	if (sfd < 0) {
+		/* Without it SIGINT/SIGTERM (blocked) could never stop the VMs: start none. */
+		log_err("signalfd: %m: cannot wait for SIGINT and SIGTERM, so no VM is started");
+		return EXIT_FAILURE;
+	}
 	ret = ovc_start(h->ovc);
-	if (!ret && h->dedup)
+	if (ret)
+		log_err("the memory policy thread: %s", strerror(-ret));
+	if (!ret && h->dedup) {
 		ret = dedup_start(h->dedup);
+		if (ret)
+			log_err("the page sharing scanner: %s", strerror(-ret));
+	}
 	for (unsigned int i = 0; i < h->nr_vms && !ret; i++) {
+		unsigned long errors = log_error_count();
+
 		ret = vm_start(h->vms[i].vm);
-		if (ret && ret != -ENOEXEC) /* a bad image was already named */
+		/* One line per failure: a bad image, for one, was named already. */
+		if (ret && log_error_count() == errors)
 			log_err("%s: cannot start: %s", h->vms[i].cfg.name, strerror(-ret));
 	}
 	if (ret) {
@@ -290,17 +347,22 @@ int host_run(struct host *h)
 		close(sfd);
 		return ret == -ENOEXEC ? 2 : 1;
 	}
-	while (!all_stopped(h)) {
+	while (!all_stopped(h) && !failed) {
 		struct pollfd pfd[2] = { { h->stop_efd, POLLIN, 0 }, { sfd, POLLIN, 0 } };
 		uint64_t n;
 
 		if (poll(pfd, 2, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			break;
+			if (errno != EINTR) {
+				failed = "poll";
+				err = errno;
+			}
+			continue;
 		}
-		if (pfd[0].revents && read(h->stop_efd, &n, sizeof(n)) < 0)
-			break;
+		if (pfd[0].revents && read(h->stop_efd, &n, sizeof(n)) < 0 && errno != EINTR) {
+			failed = "reading the VM stop eventfd";
+			err = errno;
+			continue;
+		}
 		if (pfd[1].revents) {
 			struct signalfd_siginfo si;
 
@@ -309,6 +371,15 @@ int host_run(struct host *h)
 			stop_all(h);
 		}
 	}
+	if (failed) {
+		/*
+		 * This loop is what stops the VMs on a signal: without it nothing
+		 * would, and the waits below would never end. Stop them now.
+		 */
+		log_err("%s: %s: the host cannot wait for its VMs any more: stopping every VM",
+			failed, strerror(err));
+		stop_all(h);
+	}
 	close(sfd);
 	for (unsigned int i = 0; i < h->nr_vms; i++) {
 		int s = vm_wait(h->vms[i].vm);
@@ -316,7 +387,7 @@ int host_run(struct host *h)
 		if (h->nr_vms == 1 || (s && !status))
 			status = s;
 	}
-	return status;
+	return failed ? EXIT_FAILURE : status;
 }
 
 void host_destroy(struct host *h)

@@ -4,22 +4,36 @@
  *
  * One event-loop thread ("control") owns the listening socket and every
  * client: an epoll set (level-triggered) over the listening fd, a stop
- * eventfd and the non-blocking clients. Each ready client gets one read per
- * round, so no client can hold the loop. A client's input is cut into lines
- * (at most CONTROL_MAX_LINE bytes); each line is one request, answered by one
- * reply line appended to the client's output buffer and sent as the socket
- * takes it. A client gets at most LINES_PER_ROUND requests served per round;
- * the rest wait (the loop polls without sleeping while any client has some,
- * and does not read from that client meanwhile). A client is dropped when
- * its unread replies pass CONTROL_MAX_OUTPUT, refused when
- * CONTROL_MAX_CLIENTS are connected or its
- * peer uid is not 0. A too-long line is answered with an error, after which
- * the client's input is discarded (up to DISCARD_MAX) until it closes, so
- * the client can still read why.
+ * eventfd, a "done" eventfd and the non-blocking clients. Each ready client
+ * gets one read per round, so no client can hold the loop. A client's input
+ * is cut into lines (at most CONTROL_MAX_LINE bytes); each line is one
+ * request, answered by one reply line appended to the client's output
+ * buffer and sent as the socket takes it. A client gets at most
+ * LINES_PER_ROUND requests served per round; the rest wait (the loop polls
+ * without sleeping while any client has some, and does not read from that
+ * client meanwhile). A client is dropped when its unread replies pass
+ * CONTROL_MAX_OUTPUT, refused when CONTROL_MAX_CLIENTS are connected or its
+ * peer uid is not 0. A too-long line is answered with an error, after
+ * which the client's input is discarded (up to DISCARD_MAX) until it closes,
+ * so the client can still read why.
  *
- * Locks: verb_lock guards the verb table and is held while a handler runs,
- * so control_unregister_verb returns only when its handler is not running.
- * Everything else is control-thread only.
+ * Handlers never run on the loop: a request that names a verb becomes a job
+ * run by a thread of its own (a verb's handler may wait on a VM, and one
+ * slow VM must not stall the socket for everyone else). Its client has
+ * that one request in flight and nothing more of its input is served until
+ * the reply is queued, so replies stay in request order. The job's thread
+ * hands the finished job back through the done list and eventfd. When a
+ * job is not done by its deadline the loop answers ETIMEDOUT itself and
+ * abandons the job: the thread throws its result away, and does not start
+ * a handler that has not started by then (a request answered "timed out"
+ * must not take effect later when it can still be prevented). Requests of a
+ * verb registered by a module take turns (the verb's busy flag); the host's
+ * own verbs are safe to run side by side.
+ *
+ * Locks: `lock` guards the verb table, each verb's busy flag and users,
+ * the jobs' shared fields, the done list, the adopted fds and nr_workers;
+ * it is never held while a handler runs. Everything else is control-thread
+ * only.
  */
 #define LOG_TAG "control"
 #include "core/host/control.h"
@@ -52,6 +66,13 @@
 #define LINES_PER_ROUND 32		/* requests served per client per loop round */
 #define VERB_NAME_MAX 32
 #define REPLY_MAX (64ULL << 20)		/* longest reply control_request accepts */
+/*
+ * Handler threads alive at once: one per client in flight, plus abandoned
+ * ones still finishing. Past this, requests get EAGAIN rather than threads.
+ */
+#define MAX_WORKERS (2 * CONTROL_MAX_CLIENTS)
+
+struct job;
 
 struct client {
 	int fd;
@@ -62,6 +83,7 @@ struct client {
 	size_t out_off;
 	size_t out_len;
 	size_t out_cap;
+	struct job *job;	/* the request in flight, or NULL */
 	bool rd_eof;		/* the peer will send nothing more */
 	bool backlog;		/* complete lines left unserved: not reading until served */
 	bool discarding;	/* after a too-long line: no more requests, drop input */
@@ -70,29 +92,63 @@ struct client {
 	uint32_t events;	/* epoll mask registered now */
 };
 
+/* Allocated on its own: a running job points at it while the table changes. */
 struct verb {
 	char name[VERB_NAME_MAX];
 	control_verb_fn fn;
 	void *arg;
+	bool concurrent;	/* immutable: its handlers may run side by side */
+	bool busy;		/* lock: a handler of this verb runs (not concurrent) */
+	unsigned int users;	/* lock: jobs holding it; unregistering waits for 0 */
+};
+
+struct job {
+	struct control *c;
+	struct verb *verb;	/* a user of it until done */
+	json_t *req;		/* owned */
+	json_t *reply;		/* owned: {"ok": true[, "id"]} for the handler to fill */
+	long deadline_ms;	/* CLOCK_MONOTONIC, now_ms() */
+	struct client *cl;	/* control thread: the client waiting, until abandoned */
+	int ret;		/* lock: the handler's result, once done */
+	bool started;		/* lock: the handler was called */
+	bool done;		/* lock: the thread is finished with it */
+	bool expired;		/* lock: answered ETIMEDOUT: its handler must not start now */
+	bool abandoned;		/* lock: the loop no longer wants it (whoever sees done frees) */
+	struct job *next;	/* lock: c->done */
 };
 
 struct control {
 	struct host *host;
-	char *path;
+	char *path;		/* NULL: no socket file */
 	dev_t dev;		/* identity of the socket file we bound, to unlink only ours */
 	ino_t ino;
 	int lfd;
 	int stop_efd;
+	int done_efd;		/* a job finished, or an fd was adopted */
 	int epfd;
 	pthread_t thread;
 	bool started;
 	bool accept_paused;	/* out of fds: listening fd not polled until a client goes */
-	pthread_mutex_t verb_lock;
-	struct verb verbs[CONTROL_MAX_VERBS]; /* verb_lock */
-	unsigned int nr_verbs;	/* verb_lock */
+	unsigned int timeout_ms; /* the verb deadline; set before clients come */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;	/* lock: a verb's turn or users, nr_workers changed */
+	struct verb *verbs[CONTROL_MAX_VERBS]; /* lock */
+	unsigned int nr_verbs;	/* lock */
+	struct job *done;	/* lock: finished jobs for the loop */
+	int adopted[CONTROL_MAX_CLIENTS]; /* lock: fds from control_serve_fd */
+	unsigned int nr_adopted; /* lock */
+	unsigned int nr_workers; /* lock: job threads alive */
 	struct client *clients[CONTROL_MAX_CLIENTS]; /* control thread only */
 	unsigned int nr_clients;
 };
+
+static long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
 
 /* ---- errors and JSON helpers ---------------------------------------------------------- */
 
@@ -166,49 +222,68 @@ int control_req_size(json_t *req, const char *key, json_t *reply, uint64_t *out)
 
 /* ---- the verb table -------------------------------------------------------------------- */
 
+/* Lock held. */
 static struct verb *find_verb(struct control *c, const char *name)
 {
 	for (unsigned int i = 0; i < c->nr_verbs; i++)
-		if (!strcmp(c->verbs[i].name, name))
-			return &c->verbs[i];
+		if (!strcmp(c->verbs[i]->name, name))
+			return c->verbs[i];
 	return NULL;
 }
 
-int control_register_verb(struct control *c, const char *verb, control_verb_fn fn, void *arg)
+static int add_verb(struct control *c, const char *verb, control_verb_fn fn, void *arg,
+		    bool concurrent)
 {
+	struct verb *v;
 	int ret = 0;
 
 	if (!verb || !*verb || strlen(verb) >= VERB_NAME_MAX || !fn)
 		return -EINVAL;
-	pthread_mutex_lock(&c->verb_lock);
-	if (find_verb(c, verb)) {
+	v = kv_zalloc(sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	snprintf(v->name, sizeof(v->name), "%s", verb);
+	v->fn = fn;
+	v->arg = arg;
+	v->concurrent = concurrent;
+	pthread_mutex_lock(&c->lock);
+	if (find_verb(c, verb))
 		ret = -EEXIST;
-	} else if (c->nr_verbs == CONTROL_MAX_VERBS) {
+	else if (c->nr_verbs == CONTROL_MAX_VERBS)
 		ret = -ENOSPC;
-	} else {
-		struct verb *v = &c->verbs[c->nr_verbs++];
-
-		snprintf(v->name, sizeof(v->name), "%s", verb);
-		v->fn = fn;
-		v->arg = arg;
-	}
-	pthread_mutex_unlock(&c->verb_lock);
+	else
+		c->verbs[c->nr_verbs++] = v;
+	pthread_mutex_unlock(&c->lock);
+	if (ret)
+		kv_free(v);
 	return ret;
+}
+
+int control_register_verb(struct control *c, const char *verb, control_verb_fn fn, void *arg)
+{
+	/* A module's handler was written for one call at a time: its requests take turns. */
+	return add_verb(c, verb, fn, arg, false);
 }
 
 int control_unregister_verb(struct control *c, const char *verb)
 {
 	struct verb *v;
-	int ret = -ENOENT;
 
-	pthread_mutex_lock(&c->verb_lock);
+	pthread_mutex_lock(&c->lock);
 	v = find_verb(c, verb);
-	if (v) {
-		*v = c->verbs[--c->nr_verbs];
-		ret = 0;
+	if (!v) {
+		pthread_mutex_unlock(&c->lock);
+		return -ENOENT;
 	}
-	pthread_mutex_unlock(&c->verb_lock);
-	return ret;
+	for (unsigned int i = 0; i < c->nr_verbs; i++)
+		if (c->verbs[i] == v)
+			c->verbs[i] = c->verbs[--c->nr_verbs];
+	/* Out of the table, so no new job takes it; wait for those that hold it. */
+	while (v->users)
+		pthread_cond_wait(&c->cond, &c->lock);
+	pthread_mutex_unlock(&c->lock);
+	kv_free(v);
+	return 0;
 }
 
 /* ---- the host's verbs ------------------------------------------------------------------ */
@@ -296,15 +371,16 @@ static int verb_reclaim(void *arg, json_t *req, json_t *reply)
 	return 0;
 }
 
-/* Called with verb_lock held (as every handler is). */
 static int verb_verbs(void *arg, json_t *req, json_t *reply)
 {
 	struct control *c = arg;
 	json_t *names = json_array();
 
 	(void)req;
+	pthread_mutex_lock(&c->lock);
 	for (unsigned int i = 0; i < c->nr_verbs; i++)
-		json_array_append_new(names, json_string(c->verbs[i].name));
+		json_array_append_new(names, json_string(c->verbs[i]->name));
+	pthread_mutex_unlock(&c->lock);
 	json_object_set_new(reply, "verbs", names);
 	return 0;
 }
@@ -321,22 +397,107 @@ static int register_host_verbs(struct control *c)
 	};
 	int ret;
 
+	/* Side by side: each calls host and VM functions that take their own locks. */
 	for (size_t i = 0; i < ARRAY_SIZE(tab); i++) {
-		ret = control_register_verb(c, tab[i].name, tab[i].fn, c->host);
+		ret = add_verb(c, tab[i].name, tab[i].fn, c->host, true);
 		if (ret)
 			return ret;
 	}
-	return control_register_verb(c, "verbs", verb_verbs, c);
+	return add_verb(c, "verbs", verb_verbs, c, true);
 }
 
 /* ---- one request ----------------------------------------------------------------------- */
 
-/* Build the reply to one request line (never NULL unless out of memory). */
-static json_t *serve_line(struct control *c, const char *line, size_t len)
+/* The failure reply: a fresh object (a failing handler may have left half a payload behind). */
+static json_t *error_reply(json_t *reply, json_t *id, int ret)
+{
+	json_t *msg = reply ? json_object_get(reply, "error") : NULL;
+	json_t *err = json_pack("{s:b}", "ok", false);
+
+	if (err) {
+		if (id)
+			json_object_set(err, "id", id);
+		json_object_set_new(err, "error", json_is_string(msg) ? json_copy(msg)
+								       : json_string(strerror(-ret)));
+		json_object_set_new(err, "code", json_string(control_errname(ret)));
+	}
+	return err;
+}
+
+static void free_job(struct job *j)
+{
+	json_decref(j->req);
+	json_decref(j->reply);
+	kv_free(j);
+}
+
+/* The error of a request that never got its verb's turn before its deadline. */
+#define NOT_RUN_FMT "%s: not run: an earlier %s request still had its turn after %u ms"
+
+/* A job's thread: wait for the verb's turn, run the handler, hand the job back. */
+static void *job_thread(void *arg)
+{
+	struct job *j = arg;
+	struct control *c = j->c;
+	struct verb *v = j->verb;
+	struct timespec deadline = { .tv_sec = j->deadline_ms / 1000,
+				     .tv_nsec = (j->deadline_ms % 1000) * 1000000L };
+	uint64_t one = 1;
+	int ret = -ETIMEDOUT;
+	bool drop;
+
+	pthread_mutex_lock(&c->lock);
+	while (!v->concurrent && v->busy && !j->expired &&
+	       pthread_cond_clockwait(&c->cond, &c->lock, CLOCK_MONOTONIC, &deadline) != ETIMEDOUT)
+		;
+	/* Past the deadline unstarted: its client was told, so it must not happen now. */
+	if (!j->expired && (v->concurrent || !v->busy)) {
+		v->busy = !v->concurrent;
+		j->started = true;
+		pthread_mutex_unlock(&c->lock);
+		ret = v->fn(v->arg, j->req, j->reply);
+		pthread_mutex_lock(&c->lock);
+		if (!v->concurrent)
+			v->busy = false;
+	}
+	if (!j->started)
+		control_reply_error(j->reply, ret, NOT_RUN_FMT, v->name, v->name, c->timeout_ms);
+	v->users--;
+	j->ret = ret;
+	j->done = true;
+	drop = j->abandoned;
+	if (!drop) {
+		j->next = c->done;
+		c->done = j;
+		if (write(c->done_efd, &one, sizeof(one)) < 0)
+			log_debug("eventfd: %m");
+	} else if (j->expired && j->started) {
+		log_warn_ratelimited("verb \"%s\" answered after its %u ms deadline (%s): "
+				     "its client was told it timed out", v->name, c->timeout_ms,
+				     ret ? strerror(-ret) : "ok");
+	}
+	/* Last touch of c: control_destroy waits for nr_workers to reach 0. */
+	c->nr_workers--;
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->lock);
+	if (drop)
+		free_job(j);
+	return NULL;
+}
+
+/*
+ * One request line: either the reply to queue now (a bad request, or NULL
+ * for out of memory), or NULL with cl->job set: its handler runs on a
+ * thread of its own and the reply comes through finish_jobs.
+ */
+static json_t *serve_line(struct control *c, struct client *cl, const char *line, size_t len)
 {
 	json_error_t jerr;
-	json_t *req, *reply, *id = NULL, *verb;
+	json_t *req, *reply, *id = NULL, *verb, *err;
 	struct verb *v;
+	struct job *j;
+	pthread_t tid;
+	bool room = false;
 	int ret;
 
 	reply = json_pack("{s:b}", "ok", true);
@@ -361,38 +522,61 @@ static json_t *serve_line(struct control *c, const char *line, size_t len)
 					  verb ? "must be a string" : "missing");
 		goto out_error;
 	}
-	pthread_mutex_lock(&c->verb_lock);
+	j = kv_zalloc(sizeof(*j));
+	if (!j) {
+		ret = control_reply_error(reply, ENOMEM, "out of memory");
+		goto out_error;
+	}
+	pthread_mutex_lock(&c->lock);
 	v = find_verb(c, json_string_value(verb));
+	if (v && c->nr_workers < MAX_WORKERS) {
+		v->users++;
+		c->nr_workers++;
+		room = true;
+	}
+	pthread_mutex_unlock(&c->lock);
 	if (!v) {
-		pthread_mutex_unlock(&c->verb_lock);
+		kv_free(j);
 		ret = control_reply_error(reply, ENOSYS,
 					  "unknown verb \"%.64s\" (\"verbs\" lists them)",
 					  json_string_value(verb));
 		goto out_error;
 	}
-	ret = v->fn(v->arg, req, reply);
-	pthread_mutex_unlock(&c->verb_lock);
-	if (ret)
+	if (!room) {
+		kv_free(j);
+		ret = control_reply_error(reply, EAGAIN,
+					  "%d requests are still running: try again later",
+					  MAX_WORKERS);
 		goto out_error;
-	json_decref(req);
-	return reply;
-
-out_error: {
-	/* A fresh object: a failing handler may have left half a payload behind. */
-	json_t *msg = json_object_get(reply, "error");
-	json_t *err = json_pack("{s:b}", "ok", false);
-
-	if (err) {
-		if (id)
-			json_object_set(err, "id", id);
-		json_object_set_new(err, "error", json_is_string(msg) ? json_copy(msg)
-								       : json_string(strerror(-ret)));
-		json_object_set_new(err, "code", json_string(control_errname(ret)));
 	}
+	j->c = c;
+	j->verb = v;
+	j->req = req;
+	j->reply = reply;
+	j->cl = cl;
+	j->deadline_ms = now_ms() + (long)c->timeout_ms;
+	ret = thread_spawn(&tid, "control-verb", job_thread, j);
+	if (ret) {
+		pthread_mutex_lock(&c->lock);
+		v->users--;
+		c->nr_workers--;
+		pthread_cond_broadcast(&c->cond);
+		pthread_mutex_unlock(&c->lock);
+		kv_free(j);
+		log_warn_ratelimited("cannot start a thread for a request: %s", strerror(-ret));
+		ret = control_reply_error(reply, ret, "cannot start the request: %s",
+					  strerror(-ret));
+		goto out_error;
+	}
+	pthread_detach(tid);
+	cl->job = j;
+	return NULL;
+
+out_error:
+	err = error_reply(reply, id, ret);
 	json_decref(reply);
 	json_decref(req);
 	return err;
-}
 }
 
 /* ---- clients --------------------------------------------------------------------------- */
@@ -401,7 +585,7 @@ static void set_events(struct control *c, struct client *cl)
 {
 	struct epoll_event ev = { .data.ptr = cl };
 
-	if (!cl->rd_eof && !cl->backlog)
+	if (!cl->rd_eof && !cl->backlog && !cl->job)
 		ev.events |= EPOLLIN;
 	if (cl->out_len > cl->out_off)
 		ev.events |= EPOLLOUT;
@@ -419,6 +603,13 @@ static void close_client(struct control *c, struct client *cl)
 			continue;
 		c->clients[i] = c->clients[--c->nr_clients];
 		break;
+	}
+	if (cl->job) {
+		/* Its handler may still be running: the job's thread frees it (or finish_jobs). */
+		pthread_mutex_lock(&c->lock);
+		cl->job->abandoned = true;
+		cl->job->cl = NULL;
+		pthread_mutex_unlock(&c->lock);
 	}
 	epoll_ctl(c->epfd, EPOLL_CTL_DEL, cl->fd, NULL);
 	close(cl->fd);
@@ -510,14 +701,18 @@ static bool flush_out(struct client *cl)
 	return true;
 }
 
-/* Serve up to LINES_PER_ROUND complete lines of input; false to drop the client. */
+/*
+ * Serve up to LINES_PER_ROUND complete lines of input, stopping at a request
+ * that goes to a handler (the next waits for its reply); false to drop the
+ * client.
+ */
 static bool serve_lines(struct control *c, struct client *cl)
 {
 	size_t start = 0;
 	unsigned int served = 0;
 	char *nl;
 
-	while (!cl->discarding && served < LINES_PER_ROUND &&
+	while (!cl->discarding && !cl->job && served < LINES_PER_ROUND &&
 	       (nl = memchr(cl->in + start, '\n', cl->in_len - start)) != NULL) {
 		size_t len = (size_t)(nl - (cl->in + start));
 		const char *line = cl->in + start;
@@ -533,7 +728,9 @@ static bool serve_lines(struct control *c, struct client *cl)
 		if (blank)
 			continue;
 		served++;
-		reply = serve_line(c, line, len);
+		reply = serve_line(c, cl, line, len);
+		if (cl->job)
+			break;
 		ok = queue_reply(cl, reply);
 		json_decref(reply);
 		if (!ok)
@@ -546,6 +743,11 @@ static bool serve_lines(struct control *c, struct client *cl)
 	memmove(cl->in, cl->in + start, cl->in_len - start);
 	cl->in_len -= start;
 	cl->backlog = memchr(cl->in, '\n', cl->in_len) != NULL;
+	if (cl->job) {
+		/* A full buffer is looked at once the reply in flight is out: replies stay in order. */
+		cl->backlog |= cl->in_len >= CONTROL_MAX_LINE;
+		return true;
+	}
 	if (!cl->backlog && cl->in_len >= CONTROL_MAX_LINE) {
 		char msg[96];
 
@@ -605,7 +807,11 @@ static void client_event(struct control *c, struct client *cl, uint32_t events)
 {
 	if (events & EPOLLERR)
 		goto out_drop;
-	if (cl->backlog) {
+	if (cl->job) {
+		/* Waiting for a handler: only output moves; a peer gone entirely is dropped. */
+		if (events & EPOLLHUP)
+			goto out_drop;
+	} else if (cl->backlog) {
 		if (!serve_lines(c, cl))
 			goto out_drop;
 	} else if ((events & (EPOLLIN | EPOLLHUP)) && !cl->rd_eof && !read_client(c, cl)) {
@@ -614,7 +820,7 @@ static void client_event(struct control *c, struct client *cl, uint32_t events)
 	if (!flush_out(cl))
 		goto out_drop;
 	/* Done: the peer sent its last request and has every reply, or it is gone. */
-	if (cl->rd_eof && cl->out_off == cl->out_len)
+	if (cl->rd_eof && !cl->job && cl->out_off == cl->out_len)
 		goto out_drop;
 	if ((events & EPOLLHUP) && cl->out_off < cl->out_len)
 		goto out_drop;
@@ -623,6 +829,108 @@ static void client_event(struct control *c, struct client *cl, uint32_t events)
 
 out_drop:
 	close_client(c, cl);
+}
+
+/* Queue a finished job's reply and go on with its client's input. */
+static void deliver(struct control *c, struct job *j)
+{
+	struct client *cl = j->cl;
+	json_t *reply;
+	bool ok;
+
+	cl->job = NULL;
+	reply = j->ret ? error_reply(j->reply, json_object_get(j->req, "id"), j->ret)
+		       : json_incref(j->reply);
+	ok = queue_reply(cl, reply);
+	json_decref(reply);
+	free_job(j);
+	if (!ok)
+		close_client(c, cl);
+	else
+		client_event(c, cl, 0);
+}
+
+static void add_client(struct control *c, int fd);
+
+/* The done eventfd: finished jobs, and fds handed over by control_serve_fd. */
+static void finish_jobs(struct control *c)
+{
+	int fds[CONTROL_MAX_CLIENTS];
+	unsigned int nr_fds;
+	struct job *list;
+	uint64_t n;
+
+	if (read(c->done_efd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+		log_debug("eventfd: %m");
+	pthread_mutex_lock(&c->lock);
+	list = c->done;
+	c->done = NULL;
+	nr_fds = c->nr_adopted;
+	memcpy(fds, c->adopted, nr_fds * sizeof(fds[0]));
+	c->nr_adopted = 0;
+	pthread_mutex_unlock(&c->lock);
+	for (unsigned int i = 0; i < nr_fds; i++)
+		add_client(c, fds[i]);
+	while (list) {
+		struct job *j = list;
+
+		list = j->next;
+		/* Abandoned while done: its client closed before this round. */
+		if (j->abandoned)
+			free_job(j);
+		else
+			deliver(c, j);
+	}
+}
+
+/* Answer ETIMEDOUT for every request past its deadline, and serve its client on. */
+static void expire_jobs(struct control *c, long now)
+{
+	for (unsigned int i = c->nr_clients; i-- > 0;) {
+		struct client *cl = c->clients[i];
+		struct job *j = cl->job;
+		char name[VERB_NAME_MAX], msg[192];
+		json_t *id, *err;
+		bool started, ok;
+
+		if (!j || now < j->deadline_ms)
+			continue;
+		pthread_mutex_lock(&c->lock);
+		if (j->done) {
+			/* Finished just now: the done list has it, with its real reply. */
+			pthread_mutex_unlock(&c->lock);
+			continue;
+		}
+		/* From here the job's thread owns the job and frees it. */
+		id = json_deep_copy(json_object_get(j->req, "id"));
+		j->expired = true;
+		j->abandoned = true;
+		j->cl = NULL;
+		started = j->started;
+		snprintf(name, sizeof(name), "%s", j->verb->name);
+		pthread_cond_broadcast(&c->cond);
+		pthread_mutex_unlock(&c->lock);
+		cl->job = NULL;
+		if (started)
+			snprintf(msg, sizeof(msg),
+				 "%s: no answer within %u ms: it may still take effect", name,
+				 c->timeout_ms);
+		else
+			snprintf(msg, sizeof(msg), NOT_RUN_FMT, name, name, c->timeout_ms);
+		log_warn_ratelimited("verb \"%s\": no answer within %u ms%s", name, c->timeout_ms,
+				     started ? "" : " (never started)");
+		err = json_pack("{s:b, s:s, s:s}", "ok", false, "error", msg, "code",
+				control_errname(ETIMEDOUT));
+		if (err && id)
+			json_object_set(err, "id", id);
+		json_decref(id);
+		ok = queue_reply(cl, err);
+		json_decref(err);
+		if (!ok)
+			close_client(c, cl);
+		else
+			client_event(c, cl, 0);
+	}
 }
 
 /* Tell a refused peer why (best effort, it may not read) and close it. */
@@ -637,13 +945,40 @@ static void refuse(int fd, int err, const char *msg)
 	close(fd);
 }
 
+/* Take a connected fd as a client (or refuse it: too many). */
+static void add_client(struct control *c, int fd)
+{
+	struct epoll_event ev = { .events = EPOLLIN };
+	struct client *cl;
+
+	if (c->nr_clients == CONTROL_MAX_CLIENTS) {
+		log_warn_ratelimited("refused a client: %d clients connected", CONTROL_MAX_CLIENTS);
+		refuse(fd, EBUSY, "too many clients");
+		return;
+	}
+	cl = kv_zalloc(sizeof(*cl));
+	if (!cl) {
+		refuse(fd, ENOMEM, "out of memory");
+		return;
+	}
+	cl->fd = fd;
+	cl->events = EPOLLIN;
+	ev.data.ptr = cl;
+	if (epoll_ctl(c->epfd, EPOLL_CTL_ADD, fd, &ev)) {
+		log_warn_ratelimited("epoll_ctl: %m");
+		kv_free(cl);
+		close(fd);
+		return;
+	}
+	c->clients[c->nr_clients++] = cl;
+}
+
 static void accept_clients(struct control *c)
 {
 	for (int i = 0; i < ACCEPTS_PER_ROUND; i++) {
-		struct epoll_event ev = { .events = EPOLLIN };
+		struct epoll_event ev;
 		struct ucred cred;
 		socklen_t len = sizeof(cred);
-		struct client *cl;
 		int fd = accept4(c->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
 		if (fd < 0) {
@@ -668,28 +1003,62 @@ static void accept_clients(struct control *c)
 			refuse(fd, EPERM, "permission denied: the control socket serves root only");
 			continue;
 		}
-		if (c->nr_clients == CONTROL_MAX_CLIENTS) {
-			log_warn_ratelimited("refused a client: %d clients connected",
-					     CONTROL_MAX_CLIENTS);
-			refuse(fd, EBUSY, "too many clients");
-			continue;
-		}
-		cl = kv_zalloc(sizeof(*cl));
-		if (!cl) {
-			refuse(fd, ENOMEM, "out of memory");
-			continue;
-		}
-		cl->fd = fd;
-		cl->events = EPOLLIN;
-		ev.data.ptr = cl;
-		if (epoll_ctl(c->epfd, EPOLL_CTL_ADD, fd, &ev)) {
-			log_warn_ratelimited("epoll_ctl: %m");
-			kv_free(cl);
-			close(fd);
-			continue;
-		}
-		c->clients[c->nr_clients++] = cl;
+		add_client(c, fd);
 	}
+}
+
+int control_serve_fd(struct control *c, int fd)
+{
+	uint64_t one = 1;
+	int flags = fcntl(fd, F_GETFL);
+	int ret = 0;
+
+	if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK)) {
+		ret = -errno;
+		close(fd);
+		return ret;
+	}
+	pthread_mutex_lock(&c->lock);
+	if (c->nr_adopted == CONTROL_MAX_CLIENTS) {
+		ret = -EBUSY;
+	} else {
+		c->adopted[c->nr_adopted++] = fd;
+		if (write(c->done_efd, &one, sizeof(one)) < 0)
+			log_debug("eventfd: %m");
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (ret)
+		close(fd);
+	return ret;
+}
+
+void control_set_verb_timeout(struct control *c, unsigned int ms)
+{
+	c->timeout_ms = ms;
+}
+
+/* How long epoll may sleep: until the next deadline of a request in flight. */
+static int loop_timeout(struct control *c, long now)
+{
+	long next = -1;
+
+	for (unsigned int i = 0; i < c->nr_clients; i++) {
+		struct client *cl = c->clients[i];
+
+		if (cl->job) {
+			if (next < 0 || cl->job->deadline_ms < next)
+				next = cl->job->deadline_ms;
+		} else if (cl->backlog) {
+			return 0;
+		}
+	}
+	if (next >= 0) {
+		next = next > now ? next - now : 0;
+		if (c->accept_paused && next > 1000)
+			next = 1000;
+		return (int)(next > 1000000 ? 1000000 : next);
+	}
+	return c->accept_paused ? 1000 : -1;
 }
 
 static void *control_thread(void *arg)
@@ -698,13 +1067,8 @@ static void *control_thread(void *arg)
 	struct epoll_event evs[32];
 
 	for (;;) {
-		bool backlog = false;
-		int n;
-
-		for (unsigned int i = 0; i < c->nr_clients && !backlog; i++)
-			backlog = c->clients[i]->backlog;
-		n = epoll_wait(c->epfd, evs, ARRAY_SIZE(evs),
-			       backlog ? 0 : c->accept_paused ? 1000 : -1);
+		bool done = false;
+		int n = epoll_wait(c->epfd, evs, ARRAY_SIZE(evs), loop_timeout(c, now_ms()));
 
 		if (n < 0) {
 			if (errno == EINTR)
@@ -725,16 +1089,57 @@ static void *control_thread(void *arg)
 				goto out;
 			if (p == &c->lfd)
 				accept_clients(c);
+			else if (p == &c->done_efd)
+				done = true; /* after the events: it may close a client listed here */
 			else
 				client_event(c, p, evs[i].events);
 		}
+		if (done)
+			finish_jobs(c);
+		expire_jobs(c, now_ms());
 		/* Clients with requests left over: the next batch (backwards: closing swaps). */
 		for (unsigned int i = c->nr_clients; i-- > 0;)
-			if (c->clients[i]->backlog)
+			if (c->clients[i]->backlog && !c->clients[i]->job)
 				client_event(c, c->clients[i], 0);
 	}
 out:
-	/* Last chance for replies already computed (a "stop" of the last VM, say). */
+	/*
+	 * Last replies: a request in flight gets until its deadline to finish
+	 * (a "stop" of the last VM is what ends the host, before its job has
+	 * handed the reply back).
+	 */
+	pthread_mutex_lock(&c->lock);
+	for (;;) {
+		struct timespec ts;
+		long until = 0;
+
+		for (unsigned int i = 0; i < c->nr_clients; i++) {
+			struct job *j = c->clients[i]->job;
+
+			if (j && !j->done && j->deadline_ms > until)
+				until = j->deadline_ms;
+		}
+		if (!until || now_ms() >= until)
+			break;
+		ts.tv_sec = until / 1000;
+		ts.tv_nsec = (until % 1000) * 1000000L;
+		pthread_cond_clockwait(&c->cond, &c->lock, CLOCK_MONOTONIC, &ts);
+	}
+	for (struct job *j = c->done, *next; j; j = next) {
+		next = j->next;
+		if (!j->abandoned) {
+			json_t *reply = j->ret ? error_reply(j->reply, json_object_get(j->req, "id"),
+							     j->ret)
+					       : json_incref(j->reply);
+
+			j->cl->job = NULL;
+			queue_reply(j->cl, reply);
+			json_decref(reply);
+		}
+		free_job(j);
+	}
+	c->done = NULL;
+	pthread_mutex_unlock(&c->lock);
 	while (c->nr_clients) {
 		struct client *cl = c->clients[0];
 
@@ -801,8 +1206,11 @@ static int bind_socket(struct control *c, const char *path)
 		}
 	}
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
+	if (fd < 0) {
+		ret = -errno;
+		log_err("%s: socket: %m", path);
+		return ret;
+	}
 	/* Linux creates the socket file with the socket inode's mode: 0600 from the start. */
 	if (fchmod(fd, 0600))
 		log_debug("fchmod socket: %m");
@@ -842,7 +1250,7 @@ static void unlink_ours(struct control *c)
 {
 	struct stat st;
 
-	if (!lstat(c->path, &st) && st.st_dev == c->dev && st.st_ino == c->ino)
+	if (c->path && !lstat(c->path, &st) && st.st_dev == c->dev && st.st_ino == c->ino)
 		unlink(c->path);
 }
 
@@ -850,38 +1258,55 @@ int control_create(struct host *h, const char *path, struct control **out)
 {
 	struct epoll_event ev = { .events = EPOLLIN };
 	struct control *c;
+	bool named = false;
 	int ret;
 
 	c = kv_zalloc(sizeof(*c));
 	if (!c)
 		return -ENOMEM;
 	c->host = h;
-	c->lfd = c->stop_efd = c->epfd = -1;
-	pthread_mutex_init(&c->verb_lock, NULL);
-	c->path = kv_strdup(path);
-	if (!c->path) {
-		ret = -ENOMEM;
-		goto out_free;
+	c->lfd = c->stop_efd = c->done_efd = c->epfd = -1;
+	c->timeout_ms = CONTROL_VERB_TIMEOUT_MS;
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_cond_init(&c->cond, NULL);
+	if (path) {
+		c->path = kv_strdup(path);
+		if (!c->path) {
+			ret = -ENOMEM;
+			goto out_free;
+		}
 	}
 	ret = register_host_verbs(c);
 	if (ret)
 		goto out_free;
-	c->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	c->epfd = epoll_create1(EPOLL_CLOEXEC);
-	if (c->stop_efd < 0 || c->epfd < 0) {
-		ret = -errno;
-		goto out_free;
+	if (path) {
+		ret = bind_socket(c, path);
+		if (ret) {
+			named = true; /* bind_socket said why, on one line */
+			goto out_free;
+		}
 	}
-	ret = bind_socket(c, path);
-	if (ret)
-		goto out_free;
-	ev.data.ptr = &c->lfd;
-	if (epoll_ctl(c->epfd, EPOLL_CTL_ADD, c->lfd, &ev)) {
+	c->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	c->done_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	c->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (c->stop_efd < 0 || c->done_efd < 0 || c->epfd < 0) {
 		ret = -errno;
 		goto out_unlink;
 	}
+	if (path) {
+		ev.data.ptr = &c->lfd;
+		if (epoll_ctl(c->epfd, EPOLL_CTL_ADD, c->lfd, &ev)) {
+			ret = -errno;
+			goto out_unlink;
+		}
+	}
 	ev.data.ptr = &c->stop_efd;
 	if (epoll_ctl(c->epfd, EPOLL_CTL_ADD, c->stop_efd, &ev)) {
+		ret = -errno;
+		goto out_unlink;
+	}
+	ev.data.ptr = &c->done_efd;
+	if (epoll_ctl(c->epfd, EPOLL_CTL_ADD, c->done_efd, &ev)) {
 		ret = -errno;
 		goto out_unlink;
 	}
@@ -889,22 +1314,28 @@ int control_create(struct host *h, const char *path, struct control **out)
 	if (ret)
 		goto out_unlink;
 	c->started = true;
-	log_debug("listening on %s", path);
+	if (path)
+		log_debug("listening on %s", path);
 	*out = c;
 	return 0;
 
 out_unlink:
 	unlink_ours(c);
 out_free:
-	if (ret != -EADDRINUSE && ret != -EEXIST && ret != -ENAMETOOLONG)
-		log_err("control socket %s: %s", path, strerror(-ret));
+	if (!named)
+		log_err("control socket %s: %s", path ? path : "(none)", strerror(-ret));
 	if (c->lfd >= 0)
 		close(c->lfd);
 	if (c->epfd >= 0)
 		close(c->epfd);
 	if (c->stop_efd >= 0)
 		close(c->stop_efd);
-	pthread_mutex_destroy(&c->verb_lock);
+	if (c->done_efd >= 0)
+		close(c->done_efd);
+	for (unsigned int i = 0; i < c->nr_verbs; i++)
+		kv_free(c->verbs[i]);
+	pthread_cond_destroy(&c->cond);
+	pthread_mutex_destroy(&c->lock);
 	kv_free(c->path);
 	kv_free(c);
 	return ret;
@@ -921,24 +1352,33 @@ void control_destroy(struct control *c)
 			log_warn("control: cannot stop the thread: %m");
 		pthread_join(c->thread, NULL);
 	}
-	close(c->lfd);
+	/* Every client is gone, every job abandoned: wait for the handlers still running. */
+	pthread_mutex_lock(&c->lock);
+	while (c->nr_workers)
+		pthread_cond_wait(&c->cond, &c->lock);
+	for (struct job *j = c->done, *next; j; j = next) {
+		next = j->next;
+		free_job(j);
+	}
+	c->done = NULL;
+	for (unsigned int i = 0; i < c->nr_adopted; i++)
+		close(c->adopted[i]);
+	pthread_mutex_unlock(&c->lock);
+	if (c->lfd >= 0)
+		close(c->lfd);
 	unlink_ours(c);
 	close(c->epfd);
 	close(c->stop_efd);
-	pthread_mutex_destroy(&c->verb_lock);
+	close(c->done_efd);
+	for (unsigned int i = 0; i < c->nr_verbs; i++)
+		kv_free(c->verbs[i]);
+	pthread_cond_destroy(&c->cond);
+	pthread_mutex_destroy(&c->lock);
 	kv_free(c->path);
 	kv_free(c);
 }
 
 /* ---- client side ----------------------------------------------------------------------- */
-
-static long now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
 
 /* Wait for `events` on fd until the deadline: 0, or -ETIMEDOUT / -errno. */
 static int wait_fd(int fd, short events, long deadline)

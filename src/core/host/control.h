@@ -8,7 +8,10 @@
  * Verbs are a table of (name, handler, arg). control_create registers the
  * host's own verbs (list, stats, pause, resume, stop, budget, reclaim, verbs);
  * other modules add theirs with control_register_verb, so this file never
- * needs to know them. Handlers run on the control thread, one at a time.
+ * needs to know them. A handler runs on a thread of its own, never on the
+ * event loop: a slow one delays its own client only, and when it has not
+ * answered within the verb deadline its client gets an ETIMEDOUT error and
+ * is served on.
  */
 #ifndef KVMEM_CORE_CONTROL_H
 #define KVMEM_CORE_CONTROL_H
@@ -25,6 +28,12 @@
 #define CONTROL_MAX_CLIENTS 64		 /* connections served at once */
 #define CONTROL_MAX_OUTPUT (1024 * 1024) /* unread reply bytes before a client is dropped */
 #define CONTROL_MAX_VERBS 64
+/*
+ * How long a request may wait for its handler (for a free turn of its verb,
+ * then for the handler itself) before its client gets an ETIMEDOUT error.
+ * Below the CLI clients' 5 s, so they see the error rather than time out.
+ */
+#define CONTROL_VERB_TIMEOUT_MS 3000
 
 struct host;
 struct control;
@@ -35,19 +44,39 @@ struct control;
  * that already holds "ok": true) and return 0. On failure return -errno;
  * the reply becomes {"ok": false, "error": <message>, "code": "<ENAME>"} with
  * the message set by control_reply_error, or strerror when none was set.
- * Runs on the control thread with the verb table locked: it must not block
- * for long, nor call control_register_verb/control_unregister_verb.
+ *
+ * Runs on a thread of its own with no lock of the control socket held.
+ * Handlers of different verbs run at the same time; one registered with
+ * control_register_verb never runs beside itself (requests of that verb
+ * take turns), so it needs no lock against its own other calls. A handler
+ * must bound every wait below CONTROL_VERB_TIMEOUT_MS and fail with
+ * -ETIMEDOUT itself, leaving things in a state it can name: past the
+ * deadline its client has been told ETIMEDOUT ("it may still take
+ * effect"), whatever the handler does later is not reported, and a request
+ * of the same verb that did not get its turn by then is not run at all.
  */
 typedef int (*control_verb_fn)(void *arg, json_t *req, json_t *reply);
 
 /*
  * Bind `path` and start the control thread. An existing socket file is
  * replaced only if nobody listens on it (-EADDRINUSE if someone does,
- * -EEXIST if the path is not a socket). Logs the reason on failure.
+ * -EEXIST if the path is not a socket). Logs the reason on failure. With a
+ * NULL path there is no socket file: clients come from control_serve_fd.
  */
 MUST_CHECK int control_create(struct host *h, const char *path, struct control **out);
-/* Stop the thread, close every client, unlink the socket (if still ours). */
+/*
+ * Stop the thread, close every client, wait for the handlers still running
+ * (each bounded, see control_verb_fn), unlink the socket (if still ours).
+ */
 void control_destroy(struct control *c);
+/*
+ * Serve `fd`, a connected stream socket, as one more client; the control
+ * socket owns it from now on (closes it even on failure). Its peer is not
+ * checked: the caller vouches for it (tests serve one end of a socketpair).
+ */
+int control_serve_fd(struct control *c, int fd);
+/* The verb deadline (CONTROL_VERB_TIMEOUT_MS unless set; tests shorten it). */
+void control_set_verb_timeout(struct control *c, unsigned int ms);
 
 /*
  * Add a verb; the name is copied, `arg` is borrowed and must outlive the

@@ -1,0 +1,472 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The control socket without a host: its line framing through one end of a
+ * socketpair (control_serve_fd), and the verb deadline (a handler that
+ * blocks gets its client an ETIMEDOUT reply while other clients are served).
+ *
+ * Test verbs: "ping" echoes "n", "big" answers ~2 KiB, "block" waits until
+ * the test releases it (or 10 s). The host's own verbs are registered too
+ * but never called: there is no host.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "core/host/control.h"
+
+#define TIMEOUT_MS 300 /* the verb deadline these tests set */
+
+static long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+/* ---- test verbs ------------------------------------------------------------------------ */
+
+static pthread_mutex_t block_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t block_cond = PTHREAD_COND_INITIALIZER;
+static bool block_released;
+static int block_calls;		/* block_lock */
+
+static int verb_ping(void *arg, json_t *req, json_t *reply)
+{
+	(void)arg;
+	json_object_set(reply, "n", json_object_get(req, "n") ?: json_null());
+	return 0;
+}
+
+static int verb_big(void *arg, json_t *req, json_t *reply)
+{
+	char pad[2048];
+
+	(void)arg;
+	(void)req;
+	memset(pad, 'b', sizeof(pad) - 1);
+	pad[sizeof(pad) - 1] = '\0';
+	json_object_set_new(reply, "pad", json_string(pad));
+	return 0;
+}
+
+/* A handler whose wait has no bound of its own (what the deadline is for). */
+static int verb_block(void *arg, json_t *req, json_t *reply)
+{
+	struct timespec until;
+
+	(void)arg;
+	(void)req;
+	(void)reply;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 10;
+	pthread_mutex_lock(&block_lock);
+	block_calls++;
+	while (!block_released)
+		if (pthread_cond_timedwait(&block_cond, &block_lock, &until) == ETIMEDOUT)
+			break;
+	pthread_mutex_unlock(&block_lock);
+	return 0;
+}
+
+static void release_block(void)
+{
+	pthread_mutex_lock(&block_lock);
+	block_released = true;
+	pthread_cond_broadcast(&block_cond);
+	pthread_mutex_unlock(&block_lock);
+}
+
+static int setup(void **state)
+{
+	struct control *c;
+
+	block_released = false;
+	block_calls = 0;
+	if (control_create(NULL, NULL, &c))
+		return -1;
+	control_set_verb_timeout(c, TIMEOUT_MS);
+	if (control_register_verb(c, "ping", verb_ping, NULL) ||
+	    control_register_verb(c, "big", verb_big, NULL) ||
+	    control_register_verb(c, "block", verb_block, NULL))
+		return -1;
+	*state = c;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	release_block();
+	control_destroy(*state);
+	return 0;
+}
+
+/* ---- a client: one end of a socketpair ------------------------------------------------ */
+
+struct conn {
+	int fd;
+	char buf[256 * 1024];
+	size_t len;
+	bool eof;
+};
+
+static struct conn *connect_pair(struct control *c)
+{
+	struct conn *k = calloc(1, sizeof(*k));
+	int sv[2];
+
+	assert_non_null(k);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	assert_int_equal(control_serve_fd(c, sv[0]), 0);
+	k->fd = sv[1];
+	return k;
+}
+
+static void conn_close(struct conn *k)
+{
+	close(k->fd);
+	free(k);
+}
+
+static void send_all(struct conn *k, const void *data, size_t len)
+{
+	const char *p = data;
+
+	while (len) {
+		ssize_t n = send(k->fd, p, len, MSG_NOSIGNAL);
+
+		assert_true(n > 0);
+		p += n;
+		len -= (size_t)n;
+	}
+}
+
+static void send_str(struct conn *k, const char *s)
+{
+	send_all(k, s, strlen(s));
+}
+
+/*
+ * The next reply line within ms (parsed; NULL on EOF or timeout: k->eof
+ * says which).
+ */
+static json_t *read_reply(struct conn *k, int ms)
+{
+	long deadline = now_ms() + ms;
+
+	for (;;) {
+		char *nl = memchr(k->buf, '\n', k->len);
+		struct pollfd p = { .fd = k->fd, .events = POLLIN };
+		long left;
+		ssize_t n;
+
+		if (nl) {
+			json_error_t err;
+			json_t *j = json_loadb(k->buf, (size_t)(nl - k->buf), 0, &err);
+
+			k->len -= (size_t)(nl + 1 - k->buf);
+			memmove(k->buf, nl + 1, k->len);
+			assert_non_null(j);
+			return j;
+		}
+		if (k->eof)
+			return NULL;
+		left = deadline - now_ms();
+		if (left <= 0 || poll(&p, 1, (int)left) <= 0)
+			return NULL;
+		assert_true(k->len < sizeof(k->buf));
+		n = recv(k->fd, k->buf + k->len, sizeof(k->buf) - k->len, 0);
+		if (n <= 0)
+			k->eof = true;
+		else
+			k->len += (size_t)n;
+	}
+}
+
+static void expect_ok(json_t *r, json_int_t n)
+{
+	assert_non_null(r);
+	assert_true(json_is_true(json_object_get(r, "ok")));
+	assert_int_equal(json_integer_value(json_object_get(r, "n")), n);
+	json_decref(r);
+}
+
+static void expect_error(json_t *r, const char *code)
+{
+	assert_non_null(r);
+	assert_true(json_is_false(json_object_get(r, "ok")));
+	assert_string_equal(json_string_value(json_object_get(r, "code")), code);
+	assert_true(json_is_string(json_object_get(r, "error")));
+	json_decref(r);
+}
+
+/* ---- framing ---------------------------------------------------------------------------- */
+
+/* A request arriving in pieces is served once its newline is in. */
+static void test_partial_line(void **state)
+{
+	struct conn *k = connect_pair(*state);
+	const char *req = "{\"verb\":\"ping\",\"n\":7}\n";
+
+	for (const char *p = req; *p; p++) {
+		send_all(k, p, 1);
+		if (p[1])
+			assert_null(read_reply(k, 5)); /* nothing before the newline */
+	}
+	expect_ok(read_reply(k, 2000), 7);
+	conn_close(k);
+}
+
+/* \r\n ends a line as \n does; blank lines get no reply at all. */
+static void test_crlf_and_blank_lines(void **state)
+{
+	struct conn *k = connect_pair(*state);
+
+	send_str(k, "\n \t\n\r\n{\"verb\":\"ping\",\"n\":1}\r\n\n{\"verb\":\"ping\",\"n\":2}\n");
+	expect_ok(read_reply(k, 2000), 1);
+	expect_ok(read_reply(k, 2000), 2);
+	shutdown(k->fd, SHUT_WR);
+	assert_null(read_reply(k, 2000));
+	assert_true(k->eof); /* and no third reply: the server closed */
+	conn_close(k);
+}
+
+/* Many requests in one write: one reply each, in order, bad ones included. */
+static void test_many_requests_in_one_write(void **state)
+{
+	struct conn *k = connect_pair(*state);
+	size_t cap = 600 * 40, len = 0;
+	char *all = malloc(cap);
+
+	assert_non_null(all);
+	for (int i = 0; i < 600; i++)
+		len += (size_t)snprintf(all + len, cap - len,
+					i % 100 == 50 ? "nonsense %d\n" : "{\"verb\":\"ping\",\"n\":%d}\n",
+					i);
+	send_all(k, all, len);
+	for (int i = 0; i < 600; i++) {
+		json_t *r = read_reply(k, 5000);
+
+		if (i % 100 == 50)
+			expect_error(r, "EINVAL");
+		else
+			expect_ok(r, i);
+	}
+	free(all);
+	conn_close(k);
+}
+
+/* A line of exactly CONTROL_MAX_LINE bytes, its newline included, is a request. */
+static void test_longest_line(void **state)
+{
+	struct conn *k = connect_pair(*state);
+	const char *head = "{\"verb\":\"ping\",\"n\":3,\"pad\":\"";
+	char *line = malloc(CONTROL_MAX_LINE);
+	size_t hl = strlen(head);
+
+	assert_non_null(line);
+	memcpy(line, head, hl);
+	memset(line + hl, 'p', CONTROL_MAX_LINE - hl - 3);
+	memcpy(line + CONTROL_MAX_LINE - 3, "\"}\n", 3);
+	send_all(k, line, CONTROL_MAX_LINE);
+	expect_ok(read_reply(k, 2000), 3);
+	free(line);
+	conn_close(k);
+}
+
+/*
+ * One byte more is E2BIG, after the replies to the requests before it; then
+ * the server reads no more requests from that client and closes it.
+ */
+static void test_too_long_line(void **state)
+{
+	struct conn *k = connect_pair(*state);
+	size_t n = CONTROL_MAX_LINE + 1;
+	char *junk = malloc(n);
+
+	assert_non_null(junk);
+	memset(junk, 'x', n);
+	send_str(k, "{\"verb\":\"ping\",\"n\":1}\n{\"verb\":\"block\"}\n");
+	send_all(k, junk, n);
+	/* The block answers (ETIMEDOUT) before the too-long line is judged: replies stay in order. */
+	expect_ok(read_reply(k, 2000), 1);
+	expect_error(read_reply(k, 5000), "ETIMEDOUT");
+	expect_error(read_reply(k, 5000), "E2BIG");
+	send_str(k, "\n{\"verb\":\"ping\",\"n\":2}\n");
+	assert_null(read_reply(k, 2000));
+	assert_true(k->eof);
+	free(junk);
+	conn_close(k);
+}
+
+/* A client that sends and never reads is dropped; the others go on. */
+static void test_client_that_never_reads(void **state)
+{
+	struct conn *k = connect_pair(*state), *other;
+	const char *req = "{\"verb\":\"big\"}\n";
+	long deadline = now_ms() + 30000;
+	size_t sent = 0;
+	bool dropped = false;
+
+	while (!dropped && now_ms() < deadline && sent < (64u << 20)) {
+		struct pollfd p = { .fd = k->fd, .events = POLLOUT };
+		ssize_t n;
+
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		n = send(k->fd, req, strlen(req), MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0 && (errno == EPIPE || errno == ECONNRESET))
+			dropped = true;
+		else if (n > 0)
+			sent += (size_t)n;
+	}
+	assert_true(dropped);
+	/* It had more than CONTROL_MAX_OUTPUT of replies to read, and never all of them. */
+	assert_true(sent / strlen(req) * 2048 > CONTROL_MAX_OUTPUT);
+	other = connect_pair(*state);
+	send_str(other, "{\"verb\":\"ping\",\"n\":9}\n");
+	expect_ok(read_reply(other, 2000), 9);
+	conn_close(other);
+	conn_close(k);
+}
+
+/* Ids of any JSON type come back; errors for bad requests keep them too. */
+static void test_ids_and_errors(void **state)
+{
+	struct conn *k = connect_pair(*state);
+	json_t *r, *want = json_loads("[1,{\"a\":2}]", 0, NULL);
+
+	send_str(k, "{\"verb\":\"ping\",\"n\":1,\"id\":[1,{\"a\":2}]}\n"
+		    "{\"verb\":\"nosuch\",\"id\":\"x\"}\n"
+		    "{\"verb\":7,\"id\":3}\n"
+		    "[1]\n");
+	r = read_reply(k, 2000);
+	assert_true(json_equal(json_object_get(r, "id"), want));
+	json_decref(want);
+	expect_ok(r, 1);
+	r = read_reply(k, 2000);
+	assert_string_equal(json_string_value(json_object_get(r, "id")), "x");
+	expect_error(r, "ENOSYS");
+	r = read_reply(k, 2000);
+	assert_int_equal(json_integer_value(json_object_get(r, "id")), 3);
+	expect_error(r, "EINVAL");
+	expect_error(read_reply(k, 2000), "EINVAL");
+	conn_close(k);
+}
+
+/* ---- the verb deadline ------------------------------------------------------------------ */
+
+/*
+ * A handler that blocks: its client gets ETIMEDOUT at the deadline, and
+ * meanwhile the other clients are served. The same client is served on
+ * after its error; a second request of the blocked verb is not run at all.
+ */
+static void test_blocked_handler(void **state)
+{
+	struct control *c = *state;
+	struct conn *a = connect_pair(c), *b = connect_pair(c);
+	long t0 = now_ms(), t;
+	json_t *r;
+
+	send_str(a, "{\"verb\":\"block\",\"id\":\"a\"}\n");
+	/* Served while a's handler blocks, and well before a's deadline. */
+	for (int i = 0; i < 5; i++) {
+		char req[64];
+
+		snprintf(req, sizeof(req), "{\"verb\":\"ping\",\"n\":%d}\n", i);
+		send_str(b, req);
+		expect_ok(read_reply(b, TIMEOUT_MS / 3), i);
+	}
+	assert_true(now_ms() - t0 < TIMEOUT_MS);
+	r = read_reply(a, 5000);
+	t = now_ms() - t0;
+	assert_non_null(r);
+	assert_string_equal(json_string_value(json_object_get(r, "id")), "a");
+	assert_non_null(strstr(json_string_value(json_object_get(r, "error")), "may still"));
+	expect_error(r, "ETIMEDOUT");
+	assert_true(t >= TIMEOUT_MS - 20 && t < TIMEOUT_MS + 2000);
+
+	/* a goes on: a ping at once, a second block that never gets its turn. */
+	send_str(a, "{\"verb\":\"ping\",\"n\":5}\n{\"verb\":\"block\"}\n{\"verb\":\"ping\",\"n\":6}\n");
+	expect_ok(read_reply(a, 1000), 5);
+	r = read_reply(a, 5000);
+	assert_non_null(strstr(json_string_value(json_object_get(r, "error")), "not run"));
+	expect_error(r, "ETIMEDOUT");
+	expect_ok(read_reply(a, 1000), 6);
+	pthread_mutex_lock(&block_lock);
+	assert_int_equal(block_calls, 1);
+	pthread_mutex_unlock(&block_lock);
+
+	/* Released: the first handler's late result is thrown away, nothing more comes. */
+	release_block();
+	assert_null(read_reply(a, 200));
+	send_str(a, "{\"verb\":\"ping\",\"n\":7}\n");
+	expect_ok(read_reply(a, 1000), 7);
+	conn_close(a);
+	conn_close(b);
+}
+
+/* Clients blocked on one verb do not add up: every one is answered at its own deadline. */
+static void test_many_blocked_clients(void **state)
+{
+	struct control *c = *state;
+	struct conn *k[8];
+	long t0 = now_ms();
+
+	for (int i = 0; i < 8; i++) {
+		k[i] = connect_pair(c);
+		send_str(k[i], "{\"verb\":\"block\"}\n");
+	}
+	for (int i = 0; i < 8; i++) {
+		expect_error(read_reply(k[i], 5000), "ETIMEDOUT");
+		conn_close(k[i]);
+	}
+	assert_true(now_ms() - t0 < 2 * TIMEOUT_MS + 1000);
+}
+
+/* A client that goes away while its handler runs: the server goes on, nothing leaks. */
+static void test_client_gone_while_blocked(void **state)
+{
+	struct control *c = *state;
+	struct conn *a = connect_pair(c), *b;
+
+	send_str(a, "{\"verb\":\"block\"}\n");
+	usleep(50 * 1000);
+	conn_close(a);
+	b = connect_pair(c);
+	send_str(b, "{\"verb\":\"ping\",\"n\":1}\n");
+	expect_ok(read_reply(b, 1000), 1);
+	conn_close(b);
+	/* teardown releases the handler and control_destroy waits for it */
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_partial_line, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_crlf_and_blank_lines, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_many_requests_in_one_write, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_longest_line, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_too_long_line, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_client_that_never_reads, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_ids_and_errors, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_blocked_handler, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_many_blocked_clients, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_client_gone_while_blocked, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/alloc.h"
 #include "core/boot.h"
@@ -235,23 +236,65 @@ void vm_vcpu_exited(struct vm *vm)
 		notify(arg, vm);
 }
 
-int vm_pause(struct vm *vm)
+int vm_pause_timeout(struct vm *vm, unsigned int timeout_ms)
 {
+	struct timespec deadline;
+	bool timed_out = false;
+	unsigned int gen;
+	int ret = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	deadline.tv_sec += timeout_ms / 1000;
+	deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (deadline.tv_nsec >= 1000000000L) {
+		deadline.tv_sec++;
+		deadline.tv_nsec -= 1000000000L;
+	}
 	pthread_mutex_lock(&vm->lock);
 	if (vm->state != VM_RUNNING || vm->stop_requested) {
 		pthread_mutex_unlock(&vm->lock);
 		return -EINVAL;
 	}
+	/* A pause already under way: wait for it with our own deadline. */
+	gen = vm->pauses;
+	vm->pausers++;
 	__atomic_store_n(&vm->pause_requested, true, __ATOMIC_SEQ_CST);
 	pthread_mutex_unlock(&vm->lock);
 	kick_all(vm);
 	pthread_mutex_lock(&vm->lock);
-	while (vm->parked < vm->running && !vm->stop_requested)
-		pthread_cond_wait(&vm->cond, &vm->lock);
-	if (!vm->stop_requested)
-		vm->state = VM_PAUSED;
+	for (;;) {
+		if (vm->pauses != gen || vm->stop_requested)
+			break;
+		if (vm->parked >= vm->running) {
+			vm->state = VM_PAUSED;
+			vm->pauses++;
+			break;
+		}
+		if (timed_out) {
+			ret = -ETIMEDOUT;
+			break;
+		}
+		if (pthread_cond_clockwait(&vm->cond, &vm->lock, CLOCK_MONOTONIC, &deadline) ==
+		    ETIMEDOUT)
+			timed_out = true;
+	}
+	/*
+	 * The last caller to give up withdraws the request, so the vCPUs that
+	 * parked run on and the one held in the VMM does not park later: the
+	 * VM is running as before, not half paused. A vCPU checks
+	 * pause_requested again each time it leaves guest code.
+	 */
+	if (--vm->pausers == 0 && vm->pauses == gen) {
+		__atomic_store_n(&vm->pause_requested, false, __ATOMIC_SEQ_CST);
+		pthread_cond_broadcast(&vm->cond);
+	}
 	pthread_mutex_unlock(&vm->lock);
-	return 0;
+	return ret;
+}
+
+int vm_pause(struct vm *vm)
+{
+	return vm_pause_timeout(vm, VM_PAUSE_TIMEOUT_MS);
 }
 
 int vm_resume(struct vm *vm)

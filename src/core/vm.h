@@ -61,7 +61,20 @@ MUST_CHECK int vm_add_device(struct vm *vm, uint32_t type, const struct bus_ops 
 MUST_CHECK int vm_start(struct vm *vm);
 /* Ask the VM to stop with `status` (first request wins); returns at once. */
 void vm_request_stop(struct vm *vm, int status);
-/* Park every vCPU outside guest code; returns when all are parked. -EINVAL unless running. */
+/*
+ * Park every vCPU outside guest code; returns when all are parked (0), or
+ * -EINVAL unless running. A vCPU parks only between runs of guest code, so
+ * one held in the VMM (a device's host call that blocks) could keep a pause
+ * waiting forever: after timeout_ms the pause is withdrawn and -ETIMEDOUT
+ * returned. A withdrawn pause leaves the VM as it was before the call:
+ * running, every vCPU that had parked released, none left parked later
+ * (unless another caller's pause of the same VM is still waiting: it goes
+ * on to its own deadline). The VM is never left half paused: its state is
+ * "paused" only when every vCPU has parked.
+ */
+#define VM_PAUSE_TIMEOUT_MS 2000
+MUST_CHECK int vm_pause_timeout(struct vm *vm, unsigned int timeout_ms);
+/* vm_pause_timeout with VM_PAUSE_TIMEOUT_MS. */
 MUST_CHECK int vm_pause(struct vm *vm);
 MUST_CHECK int vm_resume(struct vm *vm);
 /* Join the vCPU threads; returns the exit status. */

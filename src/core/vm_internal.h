@@ -40,6 +40,8 @@ struct vm {
 	bool stop_requested;		/* also read lock-free by vCPUs (atomic) */
 	bool pause_requested;		/* also read lock-free by vCPUs (atomic) */
 	unsigned int parked;		/* vCPUs parked for a pause */
+	unsigned int pausers;		/* vm_pause calls waiting for the vCPUs to park */
+	unsigned int pauses;		/* pauses completed: tells a waiting caller that another's did */
 	unsigned int running;		/* vCPU threads not yet exited */
 	int exit_status;
 	void (*stop_notify)(void *arg, struct vm *vm);

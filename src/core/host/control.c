@@ -59,6 +59,7 @@
 #include "core/host/host.h"
 #include "core/size.h"
 #include "core/thread.h"
+#include "core/vm.h"
 
 #define IN_CHUNK 4096
 #define DISCARD_MAX (64ULL << 20)	/* input thrown away after a too-long line */
@@ -327,6 +328,11 @@ static int vm_verb(json_t *req, json_t *reply, const char *what, int (*fn)(struc
 	if (ret == -EINVAL)
 		return control_reply_error(reply, ret, "vm \"%.64s\": cannot %s it in its state",
 					   name, what);
+	if (ret == -ETIMEDOUT) /* vm_pause's deadline: the pause was withdrawn */
+		return control_reply_error(reply, ret,
+					   "vm \"%.64s\": not paused: a vCPU did not stop within %d ms "
+					   "(held in the VMM); the VM runs on", name,
+					   VM_PAUSE_TIMEOUT_MS);
 	if (ret)
 		return control_reply_error(reply, ret, "vm \"%.64s\": %s: %s", name, what,
 					   strerror(-ret));

@@ -1,14 +1,18 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The control socket without a host: its line framing through one end of a
- * socketpair (control_serve_fd), and the verb deadline (a handler that
- * blocks gets its client an ETIMEDOUT reply while other clients are served).
+ * socketpair (control_serve_fd), the verb deadline (a handler that blocks
+ * gets its client an ETIMEDOUT reply while other clients are served), and
+ * how the socket file is made (mode, owner, and nothing planted at the path
+ * between bind and chmod is ever followed).
  *
  * Test verbs: "ping" echoes "n", "big" answers ~2 KiB, "block" waits until
  * the test releases it (or 10 s). The host's own verbs are registered too
  * but never called: there is no host.
  */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <poll.h>
 #include <pthread.h>
@@ -20,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -453,6 +459,148 @@ static void test_client_gone_while_blocked(void **state)
 	/* teardown releases the handler and control_destroy waits for it */
 }
 
+/* ---- the socket file -------------------------------------------------------------------- */
+
+static char dir[64];
+static char sock_path[96]; /* fits sun_path */
+static char victim[128];
+static bool attack;
+
+/*
+ * bind as called by control.c, then what someone who can write in the
+ * socket's directory can do before the server's next call: move whatever
+ * is at the socket's path aside and put a symlink to a file of theirs there.
+ */
+int __real_bind(int fd, const struct sockaddr *addr, socklen_t len);
+int __wrap_bind(int fd, const struct sockaddr *addr, socklen_t len);
+int __wrap_bind(int fd, const struct sockaddr *addr, socklen_t len)
+{
+	int ret = __real_bind(fd, addr, len);
+	char aside[160];
+
+	if (!ret && attack) {
+		snprintf(aside, sizeof(aside), "%s.aside", sock_path);
+		rename(sock_path, aside);
+		if (symlink(victim, sock_path))
+			fail_msg("symlink: %s", strerror(errno));
+	}
+	return ret;
+}
+
+static int setup_dir(void **state)
+{
+	snprintf(dir, sizeof(dir), "/tmp/kvmem-test-control.XXXXXX");
+	if (!mkdtemp(dir))
+		return -1;
+	snprintf(sock_path, sizeof(sock_path), "%s/k.sock", dir);
+	snprintf(victim, sizeof(victim), "%s/victim", dir);
+	attack = false;
+	*state = NULL;
+	return 0;
+}
+
+static int teardown_dir(void **state)
+{
+	char cmd[128];
+
+	(void)state;
+	attack = false;
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
+static unsigned int count_entries(const char *path)
+{
+	DIR *d = opendir(path);
+	struct dirent *e;
+	unsigned int n = 0;
+
+	assert_non_null(d);
+	while ((e = readdir(d)))
+		n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+	closedir(d);
+	return n;
+}
+
+/* 0600 and root's (ours when not root) even with umask 0, nothing left behind, served. */
+static void test_socket_file(void **state)
+{
+	mode_t old = umask(0);
+	struct control *c;
+	struct stat st;
+	json_t *req = json_pack("{s:s}", "verb", "verbs"), *reply = NULL;
+	int ret;
+
+	(void)state;
+	ret = control_create(NULL, sock_path, &c);
+	umask(old);
+	assert_int_equal(ret, 0);
+	assert_int_equal(lstat(sock_path, &st), 0);
+	assert_true(S_ISSOCK(st.st_mode));
+	assert_int_equal(st.st_mode & 07777, 0600);
+	assert_int_equal(st.st_uid, geteuid() == 0 ? 0 : geteuid());
+	assert_int_equal(count_entries(dir), 1);
+	assert_int_equal(control_request(sock_path, req, &reply, 2000), 0);
+	assert_true(json_is_true(json_object_get(reply, "ok")));
+	json_decref(reply);
+	json_decref(req);
+	control_destroy(c);
+	assert_int_not_equal(lstat(sock_path, &st), 0);
+	assert_int_equal(count_entries(dir), 0);
+}
+
+/* A symlink planted at the path right after bind is never followed: the file it names is untouched. */
+static void test_symlink_planted_after_bind(void **state)
+{
+	struct control *c = NULL;
+	struct stat before, after;
+	int fd, ret;
+
+	(void)state;
+	fd = open(victim, O_CREAT | O_WRONLY | O_EXCL, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(fchmod(fd, 0644), 0);
+	close(fd);
+	assert_int_equal(stat(victim, &before), 0);
+	attack = true;
+	ret = control_create(NULL, sock_path, &c);
+	attack = false;
+	assert_int_equal(stat(victim, &after), 0);
+	assert_int_equal(after.st_mode, before.st_mode);
+	assert_int_equal(after.st_uid, before.st_uid);
+	assert_int_equal(after.st_gid, before.st_gid);
+	/* Refused: the path was taken between the check and the move into place. */
+	assert_int_equal(ret, -EADDRINUSE);
+	if (!ret)
+		control_destroy(c);
+}
+
+/* A path as long as sun_path allows still works (the private directory adds nothing to it). */
+static void test_longest_path(void **state)
+{
+	struct sockaddr_un addr;
+	char path[sizeof(addr.sun_path)];
+	struct control *c;
+	size_t n;
+
+	(void)state;
+	n = (size_t)snprintf(path, sizeof(path), "%s/", dir);
+	memset(path + n, 's', sizeof(path) - 1 - n);
+	path[sizeof(path) - 1] = '\0';
+	assert_int_equal(control_create(NULL, path, &c), 0);
+	assert_int_equal(count_entries(dir), 1);
+	control_destroy(c);
+	assert_int_equal(count_entries(dir), 0);
+}
+
+static void test_uid_trusted(void **state)
+{
+	(void)state;
+	assert_true(control_uid_trusted(0));
+	assert_true(control_uid_trusted(geteuid()));
+	assert_false(control_uid_trusted(geteuid() == 65534 ? 65533 : 65534));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -466,6 +614,11 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_blocked_handler, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_many_blocked_clients, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_gone_while_blocked, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_socket_file, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_symlink_planted_after_bind, setup_dir,
+						teardown_dir),
+		cmocka_unit_test_setup_teardown(test_longest_path, setup_dir, teardown_dir),
+		cmocka_unit_test(test_uid_trusted),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -13,7 +13,7 @@
  * without sleeping while any client has some, and does not read from that
  * client meanwhile). A client is dropped when its unread replies pass
  * CONTROL_MAX_OUTPUT, refused when CONTROL_MAX_CLIENTS are connected or its
- * peer uid is not 0. A too-long line is answered with an error, after
+ * peer uid is not trusted. A too-long line is answered with an error, after
  * which the client's input is discarded (up to DISCARD_MAX) until it closes,
  * so the client can still read why.
  *
@@ -49,6 +49,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -149,6 +150,11 @@ static long now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+bool control_uid_trusted(uid_t uid)
+{
+	return uid == 0 || uid == geteuid();
 }
 
 /* ---- errors and JSON helpers ---------------------------------------------------------- */
@@ -1003,7 +1009,8 @@ static void accept_clients(struct control *c)
 			return;
 		}
 		/* The file mode keeps others out; check the peer anyway (a chmod, an fd passed on). */
-		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) || cred.uid != 0) {
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) ||
+		    !control_uid_trusted(cred.uid)) {
 			log_warn_ratelimited("refused a client with uid %d: root only",
 					     len == sizeof(cred) ? (int)cred.uid : -1);
 			refuse(fd, EPERM, "permission denied: the control socket serves root only");
@@ -1176,11 +1183,69 @@ static int socket_in_use(const struct sockaddr_un *addr)
 	return ret;
 }
 
+/*
+ * A directory only we can enter, next to the socket: `name` in dfd, opened
+ * as *out. Checked after the mkdir, since a stranger who can write in dfd
+ * could have put something else under that name meanwhile.
+ */
+static int make_private_dir(int dfd, char *name, size_t len, int *out)
+{
+	for (unsigned int tries = 0; tries < 16; tries++) {
+		struct stat st;
+		uint32_t r;
+		int fd, ret;
+
+		if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != sizeof(r))
+			r = (uint32_t)now_ms() ^ ((uint32_t)getpid() << 12) ^ tries;
+		snprintf(name, len, ".kvmem-sock.%08x", r);
+		if (mkdirat(dfd, name, 0700)) {
+			if (errno == EEXIST)
+				continue;
+			return -errno;
+		}
+		fd = openat(dfd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd >= 0 && !fstat(fd, &st) && st.st_uid == geteuid() && !(st.st_mode & 0077)) {
+			*out = fd;
+			return 0;
+		}
+		ret = fd < 0 ? -errno : -EPERM;
+		if (fd >= 0)
+			close(fd);
+		return ret;
+	}
+	return -EEXIST;
+}
+
+/* Move tfd/s to dfd/base, never over anything already there (-EEXIST). */
+static int move_into_place(int tfd, int dfd, const char *base)
+{
+	if (!renameat2(tfd, "s", dfd, base, RENAME_NOREPLACE))
+		return 0;
+	if (errno != EINVAL && errno != ENOSYS)
+		return -errno;
+	/* A filesystem without RENAME_NOREPLACE: a new hard link never replaces either. */
+	if (linkat(tfd, "s", dfd, base, 0))
+		return -errno;
+	unlinkat(tfd, "s", 0);
+	return 0;
+}
+
+/*
+ * Bind the socket where nobody else can reach it, make it mode 0600 and
+ * root's there, then move it to `path`. Binding at `path` itself and
+ * fixing mode and owner afterwards would follow whatever a user who can
+ * write in that directory put there in between (chmod and chown follow
+ * symlinks, and a socket's fchmod does not reach the file bind makes);
+ * the file would also be reachable with the umask's mode for a moment.
+ */
 static int bind_socket(struct control *c, const char *path)
 {
-	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	struct sockaddr_un addr = { .sun_family = AF_UNIX }, taddr = { .sun_family = AF_UNIX };
+	char dir[sizeof(addr.sun_path)], tmp[32];
+	int fd = -1, dfd = -1, tfd = -1, ret;
+	const char *base = strrchr(path, '/');
+	bool bound = false;
 	struct stat st;
-	int fd, ret;
 
 	if (!*path || strlen(path) >= sizeof(addr.sun_path)) {
 		log_err("%s: a socket path must have 1 to %zu bytes", path,
@@ -1188,6 +1253,19 @@ static int bind_socket(struct control *c, const char *path)
 		return -ENAMETOOLONG;
 	}
 	memcpy(addr.sun_path, path, strlen(path));
+	if (base) {
+		size_t n = (size_t)(base - path);
+
+		snprintf(dir, sizeof(dir), "%.*s", (int)n, n ? path : "/");
+		base++;
+	} else {
+		snprintf(dir, sizeof(dir), ".");
+		base = path;
+	}
+	if (!*base || !strcmp(base, ".") || !strcmp(base, "..")) {
+		log_err("%s: a socket path must end with a file name", path);
+		return -EINVAL;
+	}
 	if (!lstat(path, &st)) {
 		if (!S_ISSOCK(st.st_mode)) {
 			log_err("%s: exists and is not a socket: not replacing it", path);
@@ -1211,43 +1289,68 @@ static int bind_socket(struct control *c, const char *path)
 			return ret;
 		}
 	}
+	dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0) {
+		ret = -errno;
+		log_err("%s: cannot open the socket's directory %s: %m", path, dir);
+		return ret;
+	}
+	ret = make_private_dir(dfd, tmp, sizeof(tmp), &tfd);
+	if (ret) {
+		log_err("%s: cannot make a private directory in %s: %s", path, dir, strerror(-ret));
+		goto out;
+	}
+	/* Through the directory's descriptor: short whatever the path's length. */
+	snprintf(taddr.sun_path, sizeof(taddr.sun_path), "/proc/self/fd/%d/s", tfd);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		ret = -errno;
 		log_err("%s: socket: %m", path);
-		return ret;
+		goto out;
 	}
-	/* Linux creates the socket file with the socket inode's mode: 0600 from the start. */
-	if (fchmod(fd, 0600))
-		log_debug("fchmod socket: %m");
-	if (bind(fd, (struct sockaddr *)&addr, sizeof(addr))) {
+	if (bind(fd, (struct sockaddr *)&taddr, sizeof(taddr))) {
 		ret = -errno;
-		if (ret == -EADDRINUSE)
-			log_err("%s: address in use (another host started at the same time?)",
-				path);
-		else
-			log_err("%s: bind: %m", path);
-		goto out_close;
+		log_err("%s: bind: %m", path);
+		goto out;
 	}
-	if (chmod(path, 0600) || chown(path, 0, 0) || stat(path, &st)) {
+	bound = true;
+	/* Only we can enter the directory: by name here is safe from planted links. */
+	if ((geteuid() == 0 && fchownat(tfd, "s", 0, 0, AT_SYMLINK_NOFOLLOW)) ||
+	    fchmodat(tfd, "s", 0600, 0) || fstatat(tfd, "s", &st, AT_SYMLINK_NOFOLLOW)) {
 		ret = -errno;
 		log_err("%s: cannot make the socket root-only (mode 0600, owner root): %m", path);
-		goto out_unlink;
+		goto out;
 	}
-	c->dev = st.st_dev;
-	c->ino = st.st_ino;
 	if (listen(fd, 64)) {
 		ret = -errno;
 		log_err("%s: listen: %m", path);
-		goto out_unlink;
+		goto out;
 	}
+	ret = move_into_place(tfd, dfd, base);
+	if (ret == -EEXIST) {
+		log_err("%s: address in use (another host started at the same time?)", path);
+		ret = -EADDRINUSE;
+		goto out;
+	}
+	if (ret) {
+		log_err("%s: cannot put the socket in place: %s", path, strerror(-ret));
+		goto out;
+	}
+	bound = false;
+	c->dev = st.st_dev;
+	c->ino = st.st_ino;
 	c->lfd = fd;
-	return 0;
-
-out_unlink:
-	unlink(path);
-out_close:
-	close(fd);
+	fd = -1;
+out:
+	if (bound)
+		unlinkat(tfd, "s", 0);
+	if (tfd >= 0) {
+		unlinkat(dfd, tmp, AT_REMOVEDIR);
+		close(tfd);
+	}
+	close(dfd);
+	if (fd >= 0)
+		close(fd);
 	return ret;
 }
 
@@ -1285,6 +1388,11 @@ int control_create(struct host *h, const char *path, struct control **out)
 	ret = register_host_verbs(c);
 	if (ret)
 		goto out_free;
+	/*
+	 * The socket first: its directory descriptors are closed again before
+	 * the loop's are opened, so creating the socket needs no descriptor
+	 * more than the control socket keeps.
+	 */
 	if (path) {
 		ret = bind_socket(c, path);
 		if (ret) {

@@ -17,7 +17,9 @@
 #define KVMEM_CORE_CONTROL_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "core/log.h"
 
@@ -60,7 +62,10 @@ typedef int (*control_verb_fn)(void *arg, json_t *req, json_t *reply);
 /*
  * Bind `path` and start the control thread. An existing socket file is
  * replaced only if nobody listens on it (-EADDRINUSE if someone does,
- * -EEXIST if the path is not a socket). Logs the reason on failure. With a
+ * -EEXIST if the path is not a socket). The socket file appears at `path`
+ * already mode 0600 and owned by root (by the running user when that is not
+ * root): it is made in a private directory and moved into place, so nothing
+ * planted at `path` is ever followed. Logs the reason on failure. With a
  * NULL path there is no socket file: clients come from control_serve_fd.
  */
 MUST_CHECK int control_create(struct host *h, const char *path, struct control **out);
@@ -77,6 +82,14 @@ void control_destroy(struct control *c);
 int control_serve_fd(struct control *c, int fd);
 /* The verb deadline (CONTROL_VERB_TIMEOUT_MS unless set; tests shorten it). */
 void control_set_verb_timeout(struct control *c, unsigned int ms);
+
+/*
+ * Whom the socket trusts, on both ends: root, or the user this process runs
+ * as (a host run by a user serves that user; `kvmem stat` run by a user
+ * talks to that user's host). A server's clients and a client's server
+ * with any other uid are refused.
+ */
+bool control_uid_trusted(uid_t uid);
 
 /*
  * Add a verb; the name is copied, `arg` is borrowed and must outlive the

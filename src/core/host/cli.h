@@ -3,6 +3,9 @@
 #ifndef KVMEM_CORE_CLI_H
 #define KVMEM_CORE_CLI_H
 
+#include <jansson.h>
+#include <stddef.h>
+
 #define CLI_EXIT_USAGE 2
 
 /*
@@ -15,5 +18,28 @@ int cli_usage_error(const char *cmd, const char *hint, const char *fmt, const ch
  * for it: ':' (an option without its value) or '?' (an unknown option).
  */
 int cli_bad_option(const char *cmd, const char *hint, int c, char **argv);
+
+/*
+ * A string from somewhere else (the control socket's server) made safe to
+ * print on a terminal, into buf (len bytes, always terminated, cut at a
+ * whole character or escape): control characters (C0, DEL and the C1 range
+ * U+0080-U+009F, which terminals take as escape sequences too), invisible
+ * format characters that reorder or hide text (bidirectional controls,
+ * zero widths, U+2028/U+2029) and bytes that are not UTF-8 are written as
+ * \n, \t, \r, \xNN or \uNNNN, and a backslash as two. Returns buf.
+ */
+const char *cli_escape(const char *s, char *buf, size_t len);
+
+/*
+ * The control-socket round trip every CLI client shares: send `request` to
+ * the socket at `path` (control_request: the server's uid is checked there),
+ * and return 0 with the reply of a request that succeeded ({"ok": true},
+ * a new reference in *reply), or 1 after one line on stderr, "kvmem CMD:
+ * PATH: <why>", for every failure: no socket, nobody listening, a server
+ * that is not root, no reply in time, a reply that is not JSON, or the
+ * server's refusal (its message and code escaped).
+ */
+int cli_request(const char *cmd, const char *path, json_t *request, int timeout_ms,
+		json_t **reply);
 
 #endif

@@ -1512,9 +1512,63 @@ static int wait_fd(int fd, short events, long deadline)
 	}
 }
 
-int control_request(const char *path, json_t *request, json_t **reply, int timeout_ms)
+static int connect_deadline(const char *path, long deadline, uid_t *peer_uid)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	int fd, ret;
+
+	if (!*path || strlen(path) >= sizeof(addr.sun_path))
+		return -ENAMETOOLONG;
+	memcpy(addr.sun_path, path, strlen(path));
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	while (connect(fd, (struct sockaddr *)&addr, sizeof(addr))) {
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN) {
+			ret = -errno;
+			goto out_close;
+		}
+		/* The listener's backlog is full: nothing is pending on our side, ask again. */
+		if (now_ms() >= deadline) {
+			ret = -ETIMEDOUT;
+			goto out_close;
+		}
+		poll(NULL, 0, 10);
+	}
+	/*
+	 * Whoever listens is who bound the socket file (its credentials are
+	 * the listener's at listen()). Anyone who can write in the socket's
+	 * directory, /tmp say, can listen there: a root client must not hand
+	 * requests to them nor print what they answer.
+	 */
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len)) {
+		ret = -errno;
+		goto out_close;
+	}
+	if (peer_uid)
+		*peer_uid = cred.uid;
+	if (!control_uid_trusted(cred.uid)) {
+		ret = -EPERM;
+		goto out_close;
+	}
+	return fd;
+
+out_close:
+	close(fd);
+	return ret;
+}
+
+int control_connect(const char *path, int timeout_ms, uid_t *peer_uid)
+{
+	return connect_deadline(path, now_ms() + (timeout_ms > 0 ? timeout_ms : 5000), peer_uid);
+}
+
+int control_request(const char *path, json_t *request, json_t **reply, int timeout_ms)
+{
 	long deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 5000);
 	char *req = NULL, *buf = NULL, *nl = NULL;
 	size_t len = 0, cap = 0, sent = 0, reqlen;
@@ -1522,22 +1576,9 @@ int control_request(const char *path, json_t *request, json_t **reply, int timeo
 	int fd, ret;
 
 	*reply = NULL;
-	if (!*path || strlen(path) >= sizeof(addr.sun_path))
-		return -ENAMETOOLONG;
-	memcpy(addr.sun_path, path, strlen(path));
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	fd = connect_deadline(path, deadline, NULL);
 	if (fd < 0)
-		return -errno;
-	if (connect(fd, (struct sockaddr *)&addr, sizeof(addr))) {
-		/* EAGAIN: the listener's backlog is full; wait for it to accept. */
-		if (errno != EAGAIN && errno != EINPROGRESS) {
-			ret = -errno;
-			goto out_close;
-		}
-		ret = wait_fd(fd, POLLOUT, deadline);
-		if (ret)
-			goto out_close;
-	}
+		return fd;
 	req = json_dumps(request, JSON_COMPACT);
 	if (!req) {
 		ret = -ENOMEM;

@@ -116,11 +116,22 @@ int control_req_size(json_t *req, const char *key, json_t *reply, uint64_t *out)
 const char *control_errname(int err);
 
 /*
- * Client side for the CLI: connect, send one request, read one reply line.
- * Returns 0 and a new reference in *reply (which may be an {"ok": false}
- * reply), or -errno (connection: -ENOENT, -ECONNREFUSED, -EACCES, ...),
+ * Client side for the CLI: connect to the socket at `path` within timeout_ms
+ * and check who listens there (its uid, from SO_PEERCRED, must be trusted:
+ * control_uid_trusted). Returns a blocking-free connected descriptor, or
+ * -errno: -ENOENT, -ECONNREFUSED, -EACCES, -ETIMEDOUT, ... for the
+ * connection, -EPERM when the listener's uid is not trusted (*peer_uid says
+ * which, when peer_uid is not NULL; nothing was sent to it).
+ */
+int control_connect(const char *path, int timeout_ms, uid_t *peer_uid);
+/*
+ * Connect (control_connect: every CLI client checks its server there), send
+ * one request, read one reply line. Returns 0 and a new reference in *reply
+ * (which may be an {"ok": false} reply), or -errno: control_connect's,
  * -ETIMEDOUT when no full reply came within timeout_ms, -ECONNRESET when the
- * server closed first, -EPROTO for a reply that is not a JSON object.
+ * server closed first, -EPROTO for a reply that is not a JSON object. The
+ * reply's strings are the server's: escape them before printing them
+ * (cli_escape).
  */
 int control_request(const char *path, json_t *request, json_t **reply, int timeout_ms);
 

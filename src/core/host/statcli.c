@@ -16,6 +16,8 @@
  * A column appears only when some VM has the field; a VM without it shows
  * "-". Host-level fields beyond the known ones print as extra summary lines.
  * Runs in the CLI process only (no VMM threads): printing to stdout is its job.
+ * Every string of the reply, keys included, is the server's and goes
+ * through cli_escape before it reaches the terminal.
  */
 #define LOG_TAG "stat"
 #include "core/host/statcli.h"
@@ -39,6 +41,7 @@
 #define REQUEST_TIMEOUT_MS 5000
 #define MAX_COLS 64
 #define CELL 64
+#define KEY_TEXT 128		/* a server's key or name, escaped, on a line of its own */
 
 enum col_kind {
 	COL_TEXT,	/* a string, left-aligned */
@@ -90,48 +93,10 @@ static int fetch(const char *path, json_t **out)
 		fprintf(stderr, "kvmem stat: out of memory\n");
 		return 1;
 	}
-	ret = control_request(path, req, &reply, REQUEST_TIMEOUT_MS);
+	ret = cli_request("stat", path, req, REQUEST_TIMEOUT_MS, &reply);
 	json_decref(req);
-	switch (ret) {
-	case 0:
-		break;
-	case -ENOENT:
-		fprintf(stderr, "kvmem stat: %s: no such socket (is a kvmem host running with "
-				"--socket %s?)\n", path, path);
-		return 1;
-	case -ECONNREFUSED:
-		fprintf(stderr, "kvmem stat: %s: connection refused (no kvmem host is listening "
-				"there)\n", path);
-		return 1;
-	case -EACCES:
-	case -EPERM:
-		fprintf(stderr, "kvmem stat: %s: permission denied (the control socket is for "
-				"root only)\n", path);
-		return 1;
-	case -ETIMEDOUT:
-		fprintf(stderr, "kvmem stat: %s: no reply within %d ms\n", path,
-			REQUEST_TIMEOUT_MS);
-		return 1;
-	case -ECONNRESET:
-		fprintf(stderr, "kvmem stat: %s: the host closed the connection without a "
-				"reply\n", path);
-		return 1;
-	case -EPROTO:
-		fprintf(stderr, "kvmem stat: %s: bad reply (not a JSON object)\n", path);
-		return 1;
-	default:
-		fprintf(stderr, "kvmem stat: %s: %s\n", path, strerror(-ret));
-		return 1;
-	}
-	if (!json_is_true(json_object_get(reply, "ok"))) {
-		json_t *e = json_object_get(reply, "error"), *c = json_object_get(reply, "code");
-
-		fprintf(stderr, "kvmem stat: the host refused: %s (%s)\n",
-			json_is_string(e) ? json_string_value(e) : "no message",
-			json_is_string(c) ? json_string_value(c) : "no code");
-		json_decref(reply);
-		return 1;
-	}
+	if (ret)
+		return ret;
 	if (!json_is_object(json_object_get(reply, "host")) ||
 	    !json_is_array(json_object_get(reply, "vms"))) {
 		fprintf(stderr, "kvmem stat: %s: bad reply (no \"host\" object or \"vms\" "
@@ -177,7 +142,7 @@ static void format_cell(const struct col *c, json_t *v, char *buf)
 	switch (c->kind) {
 	case COL_TEXT:
 		if (json_is_string(v))
-			snprintf(buf, CELL, "%s", json_string_value(v));
+			cli_escape(json_string_value(v), buf, CELL);
 		else if (json_is_boolean(v))
 			snprintf(buf, CELL, "%s", json_is_true(v) ? "yes" : "no");
 		else
@@ -247,10 +212,15 @@ static void add_col(struct table *t, const char *head, enum col_kind kind, const
 	if (t->nr_cols == MAX_COLS || has_col(t, obj, key))
 		return;
 	c = &t->cols[t->nr_cols++];
-	if (head)
+	if (head) {
 		snprintf(c->head, sizeof(c->head), "%s", head);
-	else /* a page state is named alone; other objects prefix their fields */
-		make_head(c->head, sizeof(c->head), obj && strcmp(obj, "pages") ? obj : NULL, key);
+	} else { /* a page state is named alone; other objects prefix their fields */
+		char raw[sizeof(c->head)];
+
+		/* The keys are the server's: escaped like its values. */
+		make_head(raw, sizeof(raw), obj && strcmp(obj, "pages") ? obj : NULL, key);
+		cli_escape(raw, c->head, sizeof(c->head));
+	}
 	c->kind = kind;
 	c->obj = obj;
 	c->key = key;
@@ -348,14 +318,15 @@ static void print_host(json_t *host, FILE *f)
 	uint64_t configured = int_of(json_object_get(host, "configured_bytes"));
 	json_t *src = json_object_get(host, "used_source");
 	json_t *reclaimed = json_object_get(host, "reclaimed_bytes");
-	char b1[CELL], b2[CELL], b3[CELL], b4[CELL];
+	char b1[CELL], b2[CELL], b3[CELL], b4[CELL], k[KEY_TEXT], k2[KEY_TEXT];
 	const char *key;
 	json_t *v;
 
 	fprintf(f, "HOST  budget %s  used %s%s%s%s  saved %s  configured %s",
 		fmt_bytes(budget, b1, sizeof(b1)),
 		fmt_bytes(int_of(json_object_get(host, "used_bytes")), b2, sizeof(b2)),
-		json_is_string(src) ? " (" : "", json_is_string(src) ? json_string_value(src) : "",
+		json_is_string(src) ? " (" : "",
+		json_is_string(src) ? cli_escape(json_string_value(src), k, sizeof(k)) : "",
 		json_is_string(src) ? ")" : "",
 		fmt_bytes(int_of(json_object_get(host, "saved_bytes")), b3, sizeof(b3)),
 		fmt_bytes(configured, b4, sizeof(b4)));
@@ -368,7 +339,8 @@ static void print_host(json_t *host, FILE *f)
 	if (json_is_object(reclaimed) && json_object_size(reclaimed)) {
 		fprintf(f, "      reclaimed:");
 		json_object_foreach(reclaimed, key, v)
-			fprintf(f, "  %s %s", key, fmt_bytes(int_of(v), b1, sizeof(b1)));
+			fprintf(f, "  %s %s", cli_escape(key, k, sizeof(k)),
+				fmt_bytes(int_of(v), b1, sizeof(b1)));
 		if (json_is_integer(json_object_get(host, "policy_passes")))
 			fprintf(f, "  (policy passes %lld)",
 				(long long)json_integer_value(json_object_get(host,
@@ -386,7 +358,7 @@ static void print_host(json_t *host, FILE *f)
 		if (skip)
 			continue;
 		if (json_is_object(v)) {
-			fprintf(f, "      %s:", key);
+			fprintf(f, "      %s:", cli_escape(key, k, sizeof(k)));
 			json_object_foreach(v, sub, sv) {
 				struct col c = { .kind = COL_NUM, .key = sub };
 
@@ -395,7 +367,7 @@ static void print_host(json_t *host, FILE *f)
 				else if (!json_is_number(sv))
 					c.kind = COL_TEXT;
 				format_cell(&c, sv, b1);
-				fprintf(f, "  %s %s", sub, b1);
+				fprintf(f, "  %s %s", cli_escape(sub, k2, sizeof(k2)), b1);
 			}
 			fprintf(f, "\n");
 		} else {
@@ -404,7 +376,7 @@ static void print_host(json_t *host, FILE *f)
 			if (json_is_integer(v) && ends_with(key, "_bytes"))
 				c.kind = COL_BYTES;
 			format_cell(&c, v, b1);
-			fprintf(f, "      %s %s\n", key, b1);
+			fprintf(f, "      %s %s\n", cli_escape(key, k, sizeof(k)), b1);
 		}
 	}
 }
@@ -464,10 +436,13 @@ static void print_table(json_t *stats, FILE *f)
 	/* The policy's last decision per VM, when it made one. */
 	json_array_foreach(vms, i, vm) {
 		json_t *a = json_object_get(vm, "last_action");
+		char name[KEY_TEXT], what[512];
 
 		if (json_is_string(a) && strcmp(json_string_value(a), "none"))
-			fprintf(f, "%s: %s\n", json_string_value(json_object_get(vm, "name")) ?: "?",
-				json_string_value(a));
+			fprintf(f, "%s: %s\n",
+				cli_escape(json_string_value(json_object_get(vm, "name")) ?: "?", name,
+					   sizeof(name)),
+				cli_escape(json_string_value(a), what, sizeof(what)));
 	}
 	free(cell);
 }
@@ -481,8 +456,13 @@ static int show(const char *path, bool as_json, bool watching, bool tty, double 
 	if (ret)
 		return ret;
 	if (as_json) {
-		/* Watching: JSON Lines, one compact document per refresh. */
-		json_dumpf(stats, stdout, watching ? JSON_COMPACT : JSON_INDENT(2));
+		/*
+		 * Watching: JSON Lines, one compact document per refresh. ASCII
+		 * only: jansson escapes C0 controls, and this escapes the C1
+		 * range and the rest a terminal could act on.
+		 */
+		json_dumpf(stats, stdout,
+			   (watching ? JSON_COMPACT : JSON_INDENT(2)) | JSON_ENSURE_ASCII);
 		fputc('\n', stdout);
 	} else {
 		if (watching && tty) {

@@ -110,6 +110,9 @@ try:
         rc = host.p.wait(60)
     except subprocess.TimeoutExpired:
         rc = None
+    # Exited: its last log lines are ours once the readers have reached the end.
+    for t in host.readers if rc is not None else ():
+        t.join(10)
     why = [l for l in host.stderr() if "stopping every VM" in l]
     check(rc == 1 and len(why) == 1 and why[0].startswith("kvmem: error: host: poll: "),
           f"a failed poll stops every VM and the host exits 1, saying why (status {rc}; "

@@ -521,14 +521,27 @@ json_t *host_list_json(struct host *h)
 	return json_pack("{s:o}", "vms", arr);
 }
 
-static json_t *pages_json(const uint64_t pages[PS_NR])
+/*
+ * The page states as the stats show them: they add up to the VM's pages in
+ * every sample. The counters move one transition at a time (one down, then
+ * one up) while mechanisms work, and a page a mechanism holds for a moment
+ * (busy) is still the VM's own: anon is what the other states leave.
+ */
+static json_t *pages_json(const uint64_t pages[PS_NR], uint64_t nr_pages)
 {
 	json_t *o = json_object();
+	uint64_t others = 0;
 
 	for (int s = 0; s < PS_NR; s++)
+		if (s != PS_BUSY && s != PS_ANON)
+			others += pages[s];
+	for (int s = 0; s < PS_NR; s++) {
+		uint64_t n = s != PS_ANON ? pages[s] : nr_pages > others ? nr_pages - others : 0;
+
 		if (s != PS_BUSY)
 			json_object_set_new(o, pagestate_name((enum ps_state)s),
-					    json_integer((json_int_t)pages[s]));
+					    json_integer((json_int_t)n));
+	}
 	return o;
 }
 
@@ -563,7 +576,7 @@ json_t *host_stats_json(struct host *h)
 			       "shares", (int)vs.shares,
 			       "entitlement_bytes", (json_int_t)vs.entitlement_bytes,
 			       "active_fraction", vs.active_fraction,
-			       "pages", pages_json(vs.pages),
+			       "pages", pages_json(vs.pages, vs.mem_bytes / GM_PAGE_SIZE),
 			       "last_action", vs.last_action);
 		{
 			struct console_stats cs;

@@ -87,18 +87,11 @@ int cli_balloon_main(int argc, char **argv)
 	req = autom ? json_pack("{s:s, s:s, s:b}", "verb", "balloon", "vm", vm, "auto", 1)
 		    : json_pack("{s:s, s:s, s:I}", "verb", "balloon", "vm", vm, "target",
 				(json_int_t)target);
-	ret = control_request(path, req, &reply, 5000);
+	/* One line for every failure, the server's words escaped. */
+	ret = cli_request("balloon", path, req, 5000, &reply);
 	json_decref(req);
-	if (ret) {
-		fprintf(stderr, "kvmem: balloon: %s: %s\n", path, strerror(-ret));
-		return 1;
-	}
-	if (!json_is_true(json_object_get(reply, "ok"))) {
-		fprintf(stderr, "kvmem: balloon: %s\n",
-			json_string_value(json_object_get(reply, "error")) ?: "refused");
-		json_decref(reply);
-		return 1;
-	}
+	if (ret)
+		return ret;
 	if (autom)
 		printf("%s: balloon handed back to the policy\n", vm);
 	else

@@ -43,7 +43,6 @@ struct ovc_vm {
 	const struct ovc_balloon_ops *balloon; /* set before start, or NULL */
 	void *balloon_arg;
 	bool balloon_manual;		/* ovc->lock: a target set by hand holds */
-	bool capped;			/* compute_entitlements: got all it can use */
 };
 
 struct ovc {
@@ -237,56 +236,68 @@ static void sample_active(struct ovc_vm *v)
 	v->sampled = picked;
 }
 
-/*
- * Entitlements, ESX style: every VM first gets its min; the rest of the
- * budget is divided in proportion to shares adjusted by the idle-memory
- * tax, w = S / (f + k (1 - f)) with k = 1 / (1 - tax), so a VM whose memory
- * is idle earns less for it; a VM never gets more than its mem, and what it
- * cannot use flows to the others (water filling).
- */
-static void compute_entitlements(struct ovc *ovc, uint64_t budget)
+void ovc_entitle(struct ovc_claim *vms, unsigned int n, uint64_t budget)
 {
 	double k = 1.0 / (1.0 - OVC_IDLE_TAX);
 	uint64_t rest = budget;
-	unsigned int n = ovc->nr_vms;
 
 	for (unsigned int i = 0; i < n; i++) {
-		struct ovc_vm *v = ovc->vms[i];
-
-		v->capped = false;
-		v->stats.entitlement_bytes = v->min_bytes;
-		rest = rest > v->min_bytes ? rest - v->min_bytes : 0;
+		vms[i].capped = vms[i].min_bytes >= vms[i].mem_bytes;
+		vms[i].entitlement_bytes = vms[i].min_bytes;
+		rest = rest > vms[i].min_bytes ? rest - vms[i].min_bytes : 0;
 	}
+	/* Each round caps at least one VM or gives all of the rest away. */
 	for (unsigned int round = 0; round < n && rest; round++) {
 		double wsum = 0;
 		uint64_t given = 0;
 
 		for (unsigned int i = 0; i < n; i++) {
-			double f = ovc->vms[i]->stats.active_fraction;
+			double f = vms[i].active_fraction;
 
-			if (!ovc->vms[i]->capped)
-				wsum += ovc->vms[i]->shares / (f + k * (1.0 - f));
+			if (!vms[i].capped)
+				wsum += vms[i].shares / (f + k * (1.0 - f));
 		}
 		if (wsum <= 0)
 			break;
 		for (unsigned int i = 0; i < n; i++) {
-			struct ovc_vm *v = ovc->vms[i];
-			double f = v->stats.active_fraction;
+			struct ovc_claim *v = &vms[i];
+			double f = v->active_fraction;
 			uint64_t share, room;
 
 			if (v->capped)
 				continue;
 			share = (uint64_t)((double)rest * (v->shares / (f + k * (1.0 - f))) / wsum);
-			room = v->mem_bytes - v->stats.entitlement_bytes;
+			room = v->mem_bytes - v->entitlement_bytes;
 			if (share >= room) {
 				share = room;
 				v->capped = true;
 			}
-			v->stats.entitlement_bytes += share;
+			v->entitlement_bytes += share;
 			given += share;
 		}
 		rest = rest > given ? rest - given : 0;
 	}
+}
+
+/* The pass's entitlements into every VM's stats (ovc->vm_lock held). */
+static void compute_entitlements(struct ovc *ovc, uint64_t budget)
+{
+	unsigned int n = ovc->nr_vms;
+	struct ovc_claim *c = kv_calloc(n ? n : 1, sizeof(*c));
+
+	if (!c)
+		return; /* the last pass's entitlements stand */
+	for (unsigned int i = 0; i < n; i++) {
+		struct ovc_vm *v = ovc->vms[i];
+
+		c[i] = (struct ovc_claim){ .mem_bytes = v->mem_bytes, .min_bytes = v->min_bytes,
+					   .shares = v->shares,
+					   .active_fraction = v->stats.active_fraction };
+	}
+	ovc_entitle(c, n, budget);
+	for (unsigned int i = 0; i < n; i++)
+		ovc->vms[i]->stats.entitlement_bytes = c[i].entitlement_bytes;
+	kv_free(c);
 }
 
 /* Keep this much of a guest's reported available memory when ballooning it. */

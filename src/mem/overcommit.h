@@ -92,6 +92,26 @@ struct ovc_stats {
 	bool over_budget;
 };
 
+/* What the entitlement arithmetic needs of a VM, and what it gives it. */
+struct ovc_claim {
+	uint64_t mem_bytes;
+	uint64_t min_bytes;
+	uint32_t shares;
+	double active_fraction;		/* 0..1 */
+	uint64_t entitlement_bytes;	/* out */
+	bool capped;			/* out: got all of its mem */
+};
+
+/*
+ * Entitlements, ESX style: every VM first gets its min; the rest of the
+ * budget is divided in proportion to shares adjusted by the idle-memory tax,
+ * w = S / (f + k (1 - f)) with k = 1 / (1 - OVC_IDLE_TAX), so a VM whose
+ * memory is idle earns less for it; a VM never gets more than its mem, and
+ * what it cannot use flows to the others (water filling). Pure arithmetic:
+ * the policy calls it once per pass.
+ */
+void ovc_entitle(struct ovc_claim *vms, unsigned int n, uint64_t budget);
+
 int ovc_create(uint64_t budget_bytes, double interval_s, struct ovc **out);
 /* Stops the thread if running; every VM must have been removed. */
 void ovc_destroy(struct ovc *ovc);

@@ -766,11 +766,19 @@ void ovc_get_stats(struct ovc *ovc, struct ovc_stats *out)
 
 int ovc_get_vm_stats(struct ovc *ovc, struct ovc_vm *vm, struct ovc_vm_stats *out)
 {
+	uint64_t pages[PS_NR];
+
 	if (!vm)
 		return -ENOENT;
+	/*
+	 * The page states first: a mechanism's action is in the stats before
+	 * it moves a page, so states read here come with their action below.
+	 */
+	pagestate_counts(vm->gm->ps, pages);
 	pthread_mutex_lock(&ovc->lock);
 	*out = vm->stats;
 	pthread_mutex_unlock(&ovc->lock);
+	memcpy(out->pages, pages, sizeof(pages));
 	/*
 	 * Residency changes between passes: refresh it when the pass's figure
 	 * is older than RESIDENT_MAX_AGE_NS (a pagemap walk costs ~10 ms per
@@ -781,6 +789,5 @@ int ovc_get_vm_stats(struct ovc *ovc, struct ovc_vm *vm, struct ovc_vm_stats *ou
 	pthread_mutex_lock(&ovc->lock);
 	out->resident_bytes = vm->stats.resident_bytes;
 	pthread_mutex_unlock(&ovc->lock);
-	pagestate_counts(vm->gm->ps, out->pages);
 	return 0;
 }

@@ -88,7 +88,7 @@ int cli_balloon_main(int argc, char **argv)
 		    : json_pack("{s:s, s:s, s:I}", "verb", "balloon", "vm", vm, "target",
 				(json_int_t)target);
 	/* One line for every failure, the server's words escaped. */
-	ret = cli_request("balloon", path, req, 5000, &reply);
+	ret = cli_request("balloon", path, req, CONTROL_CLIENT_TIMEOUT_MS, &reply);
 	json_decref(req);
 	if (ret)
 		return ret;

@@ -1564,12 +1564,12 @@ out_close:
 
 int control_connect(const char *path, int timeout_ms, uid_t *peer_uid)
 {
-	return connect_deadline(path, now_ms() + (timeout_ms > 0 ? timeout_ms : 5000), peer_uid);
+	return connect_deadline(path, now_ms() + (timeout_ms > 0 ? timeout_ms : CONTROL_CLIENT_TIMEOUT_MS), peer_uid);
 }
 
 int control_request(const char *path, json_t *request, json_t **reply, int timeout_ms)
 {
-	long deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 5000);
+	long deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : CONTROL_CLIENT_TIMEOUT_MS);
 	char *req = NULL, *buf = NULL, *nl = NULL;
 	size_t len = 0, cap = 0, sent = 0, reqlen;
 	json_error_t jerr;

@@ -33,9 +33,14 @@
 /*
  * How long a request may wait for its handler (for a free turn of its verb,
  * then for the handler itself) before its client gets an ETIMEDOUT error.
- * Below the CLI clients' 5 s, so they see the error rather than time out.
+ * Generous: it bounds a handler that cannot finish, it is no latency goal,
+ * and a slow machine (the nested SVM VM emulates every instruction) takes
+ * seconds where a fast one takes milliseconds for a dedup verb that waits
+ * for the scanner's batch. Below the CLI clients' CONTROL_CLIENT_TIMEOUT_MS,
+ * so they see the error rather than time out.
  */
-#define CONTROL_VERB_TIMEOUT_MS 3000
+#define CONTROL_VERB_TIMEOUT_MS 10000
+#define CONTROL_CLIENT_TIMEOUT_MS 15000
 
 struct host;
 struct control;

@@ -557,9 +557,17 @@ json_t *host_stats_json(struct host *h)
 	ovc_get_stats(h->ovc, &hs);
 	for (unsigned int i = 0; i < h->nr_vms; i++) {
 		struct host_vm *hv = &h->vms[i];
+		struct balloon_stats bs;
 		struct ovc_vm_stats vs;
 		json_t *vo;
 
+		/*
+		 * The device first: the policy publishes a target's reason before it
+		 * hands the device the target, so a target read here has its reason
+		 * in what is read next.
+		 */
+		if (hv->balloon)
+			balloon_get_stats(hv->balloon, &bs);
 		if (ovc_get_vm_stats(h->ovc, hv->ovc, &vs))
 			continue;
 		/* Saved now: pages whose host memory a mechanism holds back. */
@@ -590,11 +598,8 @@ json_t *host_stats_json(struct host *h)
 						      "dropped_bytes", (json_int_t)cs.dropped_bytes));
 		}
 		if (hv->balloon) {
-			struct balloon_stats bs;
-			json_t *bo;
+			json_t *bo = balloon_stats_json(&bs);
 
-			balloon_get_stats(hv->balloon, &bs);
-			bo = balloon_stats_json(&bs);
 			json_object_set_new(bo, "policy_target_bytes",
 					    json_integer((json_int_t)vs.balloon_target_bytes));
 			json_object_set_new(bo, "reason", json_string(vs.balloon_reason));

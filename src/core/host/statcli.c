@@ -38,7 +38,6 @@
 #include "core/size.h"
 
 #define PAGE_BYTES 4096ULL
-#define REQUEST_TIMEOUT_MS 5000
 #define MAX_COLS 64
 #define CELL 64
 #define KEY_TEXT 128		/* a server's key or name, escaped, on a line of its own */
@@ -93,7 +92,7 @@ static int fetch(const char *path, json_t **out)
 		fprintf(stderr, "kvmem stat: out of memory\n");
 		return 1;
 	}
-	ret = cli_request("stat", path, req, REQUEST_TIMEOUT_MS, &reply);
+	ret = cli_request("stat", path, req, CONTROL_CLIENT_TIMEOUT_MS, &reply);
 	json_decref(req);
 	if (ret)
 		return ret;

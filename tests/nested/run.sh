@@ -123,10 +123,12 @@ else
 		# The guest runs what is built here: bring it up to date first (the
 		# guest gets --no-rebuild; a build under emulation would take ages).
 		ninja -C "$bdir" > "$out/ninja-$(basename "$b").log" 2>&1 || { cat "$out/ninja-$(basename "$b").log"; say "FAILED: ninja -C $b"; exit 1; }
-		san=$(python3 -c 'import json,sys; print(next((o["value"] for o in json.load(open(sys.argv[1])) if o["name"] == "b_sanitize"), "none"))' \
+		# A sanitizer build (b_sanitize is "none", or a list, by meson version)
+		# gets the options .ci/run gives it.
+		san=$(python3 -c 'import json, sys; v = next((o["value"] for o in json.load(open(sys.argv[1])) if o["name"] == "b_sanitize"), "none"); print(",".join(v) if isinstance(v, list) else v)' \
 			"$bdir/meson-info/intro-buildoptions.json" 2> /dev/null || echo none)
 		env=()
-		[ "$san" = none ] || env=(env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1)
+		[[ $san == none || -z $san ]] || env=(env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1)
 		names+=("${tests[*]:-${suites[*]}} ($b)")
 		echo "step $(q "${names[-1]}") ${env[*]} meson test -C $(q "$bdir") --no-rebuild --print-errorlogs --num-processes 1 -t $mult --logbase nested $(q "${sel[@]}")" >> "$job"
 		nmeson=$((nmeson + 1))

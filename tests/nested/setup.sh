@@ -77,7 +77,7 @@ if [ ! -f "$kdir/.complete" ]; then
 			cp "$tmp/download.log" "$work/download.log" 2>/dev/null || true
 			# A kernel already unpacked will do when the archive is out of reach.
 			old=$(ls -d "$work"/kernels/*/.complete 2>/dev/null | sort -V | tail -1 || true)
-			[ -n "$old" ] || die "apt-get download $kpkg failed (no network?); see $work/download.log"
+			[ -n "$old" ] || die "apt-get download $kpkg failed (no network?): $(tail -n 1 "$work/download.log")"
 			kdir=$(dirname "$old")
 			say "apt-get download $kpkg failed; using the cached $(basename "$kdir")"
 		}

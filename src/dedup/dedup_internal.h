@@ -142,7 +142,7 @@ int dedup_store_init(struct dedup_store *st);
 void dedup_store_fini(struct dedup_store *st);
 /*
  * A window's zero page at this slot reads the kernel's zero page, or, where
- * memmap cannot tell that page (mem_window_map), the slot itself, a hole:
+ * memmap cannot tell that page (mem_txn_end_window), the slot itself, a hole:
  * never a frame, never written, never punched.
  */
 #define DEDUP_ZERO_RESERVED ((struct dedup_frame *)1)

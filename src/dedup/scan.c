@@ -21,14 +21,14 @@
  *    (unstable table): on a match both pages are merged onto a new frame;
  *    without one the page is entered there.
  *
- * Every merge is "protect first, compare second": the page moves PS_ANON ->
- * PS_BUSY (a CAS: the loser of a race with another mechanism backs off),
- * is write-protected through userfaultfd (a guest write now waits), compared
- * byte for byte with the frame or the other page, and only then mapped onto
- * the frame (mem_page_map_frame; the private copy goes with the old
- * mapping). Whatever the outcome the page's final state is set before the
- * waiting writers are woken, so they retry against it. After a full pass the
- * unstable table is emptied.
+ * Every merge is "protect first, compare second", through a page-range
+ * transaction of the memory manager (mem/txn.h): the page is claimed (the
+ * loser of a race with another mechanism backs off) and write-protected (a
+ * guest write now waits), compared byte for byte with the frame or the
+ * other page, and only then committed as mapped onto the frame (the private
+ * copy goes with the old mapping) or kept. The transaction's end sets the
+ * page's final state before it wakes the waiting writers, so they retry
+ * against it. After a full pass the unstable table is emptied.
  *
  * Windows. Mapping a frame page by page makes every isolated shared page a
  * host mapping of its own (two VMAs, ~500 bytes of kernel memory, ~10 us of
@@ -37,7 +37,7 @@
  * guest pages, and when a window has enough merges to make, it is visited
  * whole, claimed whole, write-protected with one call, compared page by page
  * and remapped in one step onto the store extent whose position i holds page
- * i's frame (mem_window_map): frames where they match, private copies where
+ * i's frame (mem_txn_end_window): frames where they match, private copies where
  * they do not, no page of their own for zero and untouched pages. Frames for
  * pages that only matched an unstable page are created at those positions,
  * so identical guests, which lay out identical pages alike, converge on one
@@ -66,6 +66,7 @@
 #include "core/thread.h"
 #include "mem/memmap.h"
 #include "mem/reclaim.h"
+#include "mem/txn.h"
 
 static bool config_ok(const struct dedup_config *cfg)
 {
@@ -143,59 +144,53 @@ static void unref_page(struct dedup *d, struct dedup_vm *v, uint64_t idx)
 
 /* --- claiming pages --- */
 
-/* PS_ANON -> PS_BUSY, then write-protect. 0, -EBUSY (not ours), -errno. */
-static int claim(struct dedup *d, struct dedup_vm *v, uint64_t idx)
-{
-	int ret;
+/*
+ * Transactions of the scanner (mem/txn.h): one per page of a pair merge,
+ * the first also for windows. Thread-local: dedup_scan_vm runs on the
+ * policy thread while the scanner thread runs batches (both under d->lock,
+ * but a transaction is large and lives across calls within a merge).
+ */
+static __thread struct mem_txn tx[2];
 
-	if (pagestate_cas(v->ps, idx, PS_ANON, PS_BUSY))
-		return -EBUSY;
-	ret = mem_page_protect(v->gm, idx);
-	if (ret == -ENOENT && !mem_page_track(v->gm, idx)) /* a mapping not tracked yet */
-		ret = mem_page_protect(v->gm, idx);
-	if (ret) {
-		pagestate_set(v->ps, idx, PS_ANON);
-		mem_page_wake(v->gm, idx);
+/* Claim page idx of v (PS_ANON) into t, write-protected. 0, -EBUSY (not ours), -errno. */
+static int claim(struct dedup *d, struct mem_txn *t, struct dedup_vm *v, uint64_t idx)
+{
+	int64_t ret = mem_txn_claim(t, v->gm, idx, 1, MEM_FROM(PS_ANON), 0);
+
+	if (ret == 1)
+		return 0;
+	if (ret < 0)
 		d->st.errors++;
-		return ret;
-	}
-	return 0;
+	return ret < 0 ? (int)ret : -EBUSY;
 }
 
-/* Give a claimed page back untouched. */
-static void unclaim(struct dedup_vm *v, uint64_t idx)
+/*
+ * End the claim of page idx of v in t, mapped onto fr if `fr` (it equals
+ * fr), else given back unchanged. 0 when mapped; -EIO when the mapping
+ * failed (the page is given back).
+ */
+static int end_claim(struct dedup *d, struct mem_txn *t, struct dedup_vm *v, uint64_t idx,
+		     struct dedup_frame *fr)
 {
-	mem_page_unprotect(v->gm, idx);
-	pagestate_set(v->ps, idx, PS_ANON);
-	mem_page_wake(v->gm, idx);
-}
-
-/* Map claimed page idx (equal to fr) onto fr; on failure it is given back. */
-static int map_claimed(struct dedup *d, struct dedup_vm *v, uint64_t idx,
-		       struct dedup_frame *fr)
-{
-	int ret = mem_page_map_frame(v->gm, idx, d->store.fd, dedup_store_off(fr->slot));
-
-	if (ret) {
+	if (fr)
+		mem_txn_set(t, 0, MEM_FRAME, dedup_store_off(fr->slot));
+	mem_txn_end(t, d->store.fd);
+	if (!fr)
+		return 0;
+	if (t->commit[0] != MEM_FRAME) {
 		d->st.errors++;
-		log_warn_ratelimited("%s: mapping page %llu onto frame %u: %s", v->name,
-				     (unsigned long long)idx, fr->slot, strerror(-ret));
-		unclaim(v, idx);
-		return ret;
+		return -EIO;
 	}
 	/*
-	 * The new mapping is not under userfaultfd; it need not be while it maps
-	 * the frame (nothing write-protects a shared page). visit() re-arms the
-	 * tracking when the guest breaks the sharing, which saves a syscall and
-	 * VMA work per merge.
+	 * The page's mapping of the frame is not under userfaultfd; it need not
+	 * be while it maps the frame (nothing write-protects a shared page), and
+	 * a later claim registers it, which saves a syscall and VMA work per merge.
 	 */
 	fr->refs++;
 	v->frame[idx] = fr->slot;
 	v->mapped++;
 	d->st.merges++;
 	d->maps_added += 2; /* at most: the run, and the rest of the mapping it split */
-	pagestate_set(v->ps, idx, PS_SHARED);
-	mem_page_wake(v->gm, idx);
 	return 0;
 }
 
@@ -248,7 +243,7 @@ static int place_frame(struct dedup *d, struct dedup_vm *u, uint64_t ui, struct 
 /* Merge v's page idx onto an existing frame with its hash. 0 merged, -ENOENT, -errno. */
 static int merge_stable(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint64_t hash)
 {
-	struct dedup_frame *cand[8];
+	struct dedup_frame *cand[8], *match = NULL;
 	struct cds_lfht_iter it;
 	unsigned int n = 0;
 	int ret;
@@ -261,23 +256,24 @@ static int merge_stable(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint6
 	/* Frames are freed only by this thread under d->lock: cand stays valid. */
 	if (!n)
 		return -ENOENT;
-	ret = claim(d, v, idx);
+	ret = claim(d, &tx[0], v, idx);
 	if (ret) {
 		d->st.merge_races++;
 		return ret;
 	}
-	for (unsigned int i = 0; i < n; i++) {
+	for (unsigned int i = 0; i < n && !match; i++) {
 		int eq = mem_page_equal_buf(v->gm, idx, dedup_store_page(&d->store, cand[i]->slot));
 
 		if (eq == 1)
-			return map_claimed(d, v, idx, cand[i]);
-		if (eq < 0)
+			match = cand[i];
+		else if (eq < 0)
 			d->st.errors++;
 	}
 	/* Same hash, other content: the page changed since it was hashed (or a collision). */
-	d->st.merge_races++;
-	unclaim(v, idx);
-	return -ENOENT;
+	if (!match)
+		d->st.merge_races++;
+	ret = end_claim(d, &tx[0], v, idx, match);
+	return match ? ret : -ENOENT;
 }
 
 /*
@@ -312,40 +308,38 @@ static struct dedup_frame *new_frame(struct dedup *d, struct gm *gm, uint64_t id
 static int merge_pair(struct dedup *d, struct dedup_vm *u, uint64_t ui, struct dedup_vm *v,
 		      uint64_t idx, uint64_t hash)
 {
-	struct dedup_frame *fr;
+	struct dedup_frame *fr = NULL;
 	uint32_t slot;
 	int ret;
 
 	if (u == v && ui == idx)
 		return -ESTALE;
-	if (claim(d, u, ui)) {
+	if (claim(d, &tx[0], u, ui)) {
 		d->st.merge_races++;
 		return -ESTALE;
 	}
-	ret = claim(d, v, idx);
+	ret = claim(d, &tx[1], v, idx);
 	if (ret) {
-		unclaim(u, ui);
+		end_claim(d, &tx[0], u, ui, NULL);
 		d->st.merge_races++;
 		return ret;
 	}
 	if (mem_page_equal(u->gm, ui, v->gm, idx) != 1) {
-		unclaim(u, ui);
-		unclaim(v, idx);
 		d->st.merge_races++;
-		return -ESTALE;
+		ret = -ESTALE;
+	} else {
+		ret = place_frame(d, u, ui, v, idx, &slot);
+		/* u's page is write-protected: its content is final. */
+		if (!ret) {
+			fr = new_frame(d, u->gm, ui, slot, hash);
+			ret = fr ? 0 : -EIO;
+		}
 	}
-	ret = place_frame(d, u, ui, v, idx, &slot);
+	/* Each page is mapped or given back; refs counts the mapped ones. */
+	end_claim(d, &tx[0], u, ui, fr);
+	end_claim(d, &tx[1], v, idx, fr);
 	if (ret)
-		goto out_unclaim;
-	/* u's page is write-protected: its content is final. */
-	fr = new_frame(d, u->gm, ui, slot, hash);
-	if (!fr) {
-		ret = -EIO;
-		goto out_unclaim;
-	}
-	/* Each map either succeeds or gives its page back; refs counts the successes. */
-	map_claimed(d, u, ui, fr);
-	map_claimed(d, v, idx, fr);
+		return ret;
 	if (!fr->refs) {
 		dedup_store_release(&d->store, slot);
 		kv_free(fr);
@@ -353,27 +347,22 @@ static int merge_pair(struct dedup *d, struct dedup_vm *u, uint64_t ui, struct d
 	}
 	dedup_index_stable_add(&d->ix, fr);
 	return 0;
-
-out_unclaim:
-	unclaim(u, ui);
-	unclaim(v, idx);
-	return ret;
 }
 
-/* Drop a stable zero page: no frame needed, it reads zeros (mem_page_drop_zero). */
+/* Drop a stable zero page: no frame needed, it reads zeros (MEM_ZERO). */
 static void drop_zero(struct dedup *d, struct dedup_vm *v, uint64_t idx)
 {
-	if (claim(d, v, idx)) {
+	if (claim(d, &tx[0], v, idx)) {
 		d->st.merge_races++;
 		return;
 	}
-	if (!mem_page_is_zero(v->gm, idx) || mem_page_drop_zero(v->gm, idx)) {
-		unclaim(v, idx);
+	if (mem_page_is_zero(v->gm, idx))
+		mem_txn_set(&tx[0], 0, MEM_ZERO, 0);
+	mem_txn_end(&tx[0], -1);
+	if (tx[0].commit[0] != MEM_ZERO) {
 		d->st.merge_races++;
 		return;
 	}
-	pagestate_set(v->ps, idx, PS_ZERO);
-	mem_page_wake(v->gm, idx);
 	v->sum[idx] = 0;
 	d->st.zero_pages++;
 }
@@ -413,7 +402,7 @@ static void stable_page(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint6
  * page of its own: the kernel's zero page where memmap recognises it, else
  * the store offset of a window's zero page. Such a kernel (one that forbids
  * the zero page, or a pagemap hiding PFNs: memmap_zero_page_known) leaves a
- * window's zero pages holes of the store (mem_window_map), so there a page in
+ * window's zero pages holes of the store (mem_txn_end_window), so there a page in
  * a mapping of the store that maps no frame is a zero page of a window (every
  * other such page is private: kept, or copied on write). It reads its
  * reserved offset: a hole, or a store page a read made there while the
@@ -454,13 +443,10 @@ static enum prep prepare(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint
 		if (st == PS_SHARED) {
 			if (!mem_pm_is_private(pm))
 				return PREP_SHARED; /* reads the frame (or not faulted in since) */
-			if (pagestate_cas(v->ps, idx, PS_SHARED, PS_ANON))
+			if (mem_page_unshared(v->gm, idx))
 				return PREP_NONE;
 			unref_page(d, v, idx);
 			d->st.cow_breaks++;
-			/* A private page again: protectable for later merges, zero drop, swap. */
-			if (mem_page_track(v->gm, idx))
-				d->st.errors++;
 			v->sum[idx] = 0;
 			return PREP_KEEP;
 		}
@@ -513,25 +499,23 @@ static void visit(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint64_t pm
  * extent whose position i holds the frame for the window's page i: one
  * mapping for the window instead of two per isolated shared page (about
  * 500 bytes of kernel memory per shared page), and a fraction of the cost of
- * a mapping call per page (mem_window_map). Pages that are not shared keep
+ * a mapping call per page (mem_txn_end_window). Pages that are not shared keep
  * their content (private copies) or become zero pages; the store positions of
  * zero pages are reserved so no frame, and no hole punch, ever lands on them.
  *
  * A window qualifies when every page is in a state the scanner may take
  * (private, shared at the window's extent, zero, or untouched), and when it
  * brings at least DEDUP_WINDOW_MIN new merges or zero drops. Otherwise its
- * pages are merged one by one. Write protection holds only populated pages,
- * so a window with untouched pages holds those through userfaultfd MISSING
- * faults while it is rebuilt (mem_range_hold), and they stay untouched in the
- * new mapping: populating them would cost a page each on a kernel that does
+ * pages are merged one by one. A window with untouched pages is claimed with
+ * its holes held (MEM_TXN_HOLES) while it is rebuilt, and they stay
+ * untouched in the new mapping: populating them would cost a page each on a kernel that does
  * not map its zero page on a read. Zero pages and untouched pages cost no
- * memory in the new mapping on any kernel (mem_window_map), so they weigh
+ * memory in the new mapping on any kernel (mem_txn_end_window), so they weigh
  * nothing in the decision.
  */
 struct wpage {
 	uint8_t prep;		/* enum prep */
 	uint8_t what;		/* enum wwhat */
-	uint8_t state;		/* page state the window claims from */
 	uint8_t kind;		/* enum mem_win_kind, decided once protected */
 	uint64_t hash;		/* PREP_STABLE */
 	struct dedup_frame *fr;	/* W_FRAME: the frame at the window's position */
@@ -548,65 +532,45 @@ enum wwhat {
 };
 
 /*
- * Give every claimed page of the window back unchanged; held: the window was
- * (perhaps in part) held (mem_range_hold), protected: write-protected.
+ * Remap the window claimed in t onto extent ext: decide each page now that
+ * it is protected, and end t with the window's new mapping. 0, or -errno
+ * with every page given back (t is over either way).
  */
-static void window_unclaim(struct dedup *d, struct dedup_vm *v, uint64_t idx, struct wpage *w,
-			   unsigned int n, bool held, bool protected)
+static int window_convert(struct dedup *d, struct dedup_vm *v, struct mem_txn *t, struct wpage *w,
+			  uint32_t ext)
 {
-	if (held) {
-		/* Dropping the registration releases the protection too. */
-		int ret = mem_range_unhold(v->gm, idx, n);
-
-		if (ret) {
-			d->st.errors++;
-			log_warn_ratelimited("%s: giving back window %llu: %s", v->name,
-					     (unsigned long long)idx, strerror(-ret));
-		}
-	} else if (protected) {
-		mem_range_protect(v->gm, idx, n, false);
-	}
-	for (unsigned int i = 0; i < n; i++)
-		pagestate_set(v->ps, idx + i, (enum ps_state)w[i].state);
-	mem_range_wake(v->gm, idx, n);
-}
-
-/* Remap the claimed, protected window onto extent ext. 0, or -errno (all given back). */
-static int window_convert(struct dedup *d, struct dedup_vm *v, uint64_t idx, struct wpage *w,
-			  unsigned int n, uint32_t ext)
-{
-	static __thread uint64_t pm[DEDUP_EXT_PAGES];
 	struct dedup_frame *fresh[DEDUP_EXT_PAGES];
-	uint8_t kind[DEDUP_EXT_PAGES];
-	uint64_t base = (uint64_t)ext * DEDUP_EXT_PAGES;
-	unsigned int nfresh = 0;
+	uint8_t kind[DEDUP_EXT_PAGES] = { 0 };
+	uint64_t idx = t->idx, base = (uint64_t)ext * DEDUP_EXT_PAGES;
+	unsigned int n = t->n, nfresh = 0;
 	int ret;
 
 	/*
 	 * Every page must be held: populated ones are (write protection), and so
-	 * are the untouched ones of a window that holds them (mem_range_hold).
-	 * Those, and zero pages without a page of their own, are never read here:
-	 * the read would wait for this thread.
+	 * are the untouched ones of a window claimed with its holes. Those, and
+	 * zero pages without a page of their own, are never read here: the read
+	 * could wait for this thread.
 	 */
-	if (memmap_pagemap(v->gm, idx, n, pm) != (int64_t)n)
-		return -EIO;
 	for (unsigned int i = 0; i < n; i++)
-		if (!mem_pm_is_populated(pm[i]) && w[i].what != W_HOLE && w[i].what != W_ZEROPTE)
+		if (!mem_pm_is_populated(t->pm[i]) && w[i].what != W_HOLE &&
+		    w[i].what != W_ZEROPTE) {
+			mem_txn_end(t, -1);
 			return -EAGAIN;
+		}
 	for (unsigned int i = 0; i < n; i++) {
-		uint64_t slot = base + i;
+		uint64_t slot = base + i, pm = t->pm[i];
 		struct wpage *p = &w[i];
 
 		p->kind = MEM_WIN_KEEP;
 		switch (p->what) {
 		case W_SHARED:
-			/* Written since the visit: a private copy now (the break is noticed later). */
-			p->kind = mem_pm_is_private(pm[i]) ? MEM_WIN_KEEP : MEM_WIN_FRAME;
+			/* Written since the visit: a private copy now (a copy-on-write break). */
+			p->kind = mem_pm_is_private(pm) ? MEM_WIN_KEEP : MEM_WIN_FRAME;
 			break;
 		case W_ZEROPTE:
 		case W_HOLE:
 			/* Written since the visit: a private page, kept. */
-			if (!window_zero(v, idx + i, pm[i]) && !mem_pm_is_hole(pm[i]))
+			if (!window_zero(v, idx + i, pm) && !mem_pm_is_hole(pm))
 				break;
 			/*
 			 * Still zeros without a page: so in the new mapping too, at a
@@ -645,8 +609,17 @@ static int window_convert(struct dedup *d, struct dedup_vm *v, uint64_t idx, str
 			break;
 		}
 		kind[i] = p->kind;
+		/* What each page's state becomes: untouched and zero pages stay what they were. */
+		if (p->kind == MEM_WIN_FRAME)
+			mem_txn_set(t, i, MEM_FRAME, dedup_store_off((uint32_t)slot));
+		else if (p->kind == MEM_WIN_ZERO && p->what == W_ZERO)
+			mem_txn_set(t, i, MEM_ZERO, 0);
+		else if (p->kind == MEM_WIN_KEEP)
+			mem_txn_set(t, i, MEM_PRIVATE, 0);
+		else
+			mem_txn_set(t, i, MEM_KEEP, 0);
 	}
-	ret = mem_window_map(v->gm, idx, n, d->store.fd, dedup_store_off((uint32_t)base), kind);
+	ret = mem_txn_end_window(t, d->store.fd, dedup_store_off((uint32_t)base), kind);
 	if (ret) {
 		for (unsigned int i = 0; i < nfresh; i++) {
 			dedup_store_release(&d->store, fresh[i]->slot);
@@ -665,28 +638,18 @@ static int window_convert(struct dedup *d, struct dedup_vm *v, uint64_t idx, str
 			v->frame[j] = p->fr->slot;
 			v->mapped++;
 			d->st.merges++;
-			pagestate_set(v->ps, j, PS_SHARED);
-		} else if (p->kind == MEM_WIN_FRAME) {
-			pagestate_set(v->ps, j, PS_SHARED);
 		} else if (p->kind == MEM_WIN_ZERO && p->what == W_ZERO) {
 			d->st.zero_pages++;
 			v->sum[j] = 0;
-			pagestate_set(v->ps, j, PS_ZERO);
-		} else if (p->kind == MEM_WIN_ZERO || p->kind == MEM_WIN_ZEROED) {
-			pagestate_set(v->ps, j, (enum ps_state)p->state); /* zero, as it was */
-		} else {
-			/* A private copy: a shared page written since, or a zero page written. */
-			if (p->what == W_SHARED) {
-				unref_page(d, v, j);
-				d->st.cow_breaks++;
-			}
-			pagestate_set(v->ps, j, PS_ANON);
+		} else if (p->kind == MEM_WIN_KEEP && p->what == W_SHARED) {
+			/* A private copy of a shared page written since. */
+			unref_page(d, v, j);
+			d->st.cow_breaks++;
 		}
 	}
 	v->win_ext[idx / DEDUP_EXT_PAGES] = ext;
 	d->st.windows++;
 	d->maps_added += 2;
-	mem_range_wake(v->gm, idx, n);
 	return 0;
 }
 
@@ -776,31 +739,18 @@ static void window_batch(struct dedup *d, struct dedup_vm *v, uint64_t idx, cons
 			whole = false;
 	}
 	if (whole && gain >= DEDUP_WINDOW_MIN) {
-		unsigned int claimed = 0;
+		struct mem_txn *t = &tx[0];
+		int64_t got;
 
-		/* Own every page: from the state seen, so a racing mechanism wins or loses cleanly. */
-		for (; claimed < n; claimed++) {
-			enum ps_state st = pagestate_get(v->ps, idx + claimed);
-
-			w[claimed].state = (uint8_t)st;
-			if ((st != PS_ANON && st != PS_SHARED && st != PS_ZERO) ||
-			    pagestate_cas(v->ps, idx + claimed, st, PS_BUSY))
-				break;
-		}
-		if (claimed < n) {
-			window_unclaim(d, v, idx, w, claimed, false, false);
+		/* Own every page, holes held too: a racing mechanism wins or loses cleanly. */
+		got = mem_txn_claim(t, v->gm, idx, n,
+				    MEM_FROM(PS_ANON) | MEM_FROM(PS_SHARED) | MEM_FROM(PS_ZERO),
+				    MEM_TXN_WHOLE | (holes ? MEM_TXN_HOLES : 0));
+		if (got == -EBUSY) {
 			d->st.merge_races++;
-		} else if (holes && mem_range_hold(v->gm, idx, n)) {
-			/* Write protection cannot hold untouched pages; it may have held a part. */
-			window_unclaim(d, v, idx, w, n, true, false);
+		} else if (got < 0) {
 			d->st.errors++;
-		} else if (mem_range_protect(v->gm, idx, n, true) &&
-			   /* Pages merged one by one are mapped without tracking (map_claimed). */
-			   (mem_range_track(v->gm, idx, n) || mem_range_protect(v->gm, idx, n, true))) {
-			window_unclaim(d, v, idx, w, n, holes != 0, false);
-			d->st.errors++;
-		} else if (window_convert(d, v, idx, w, n, ext)) {
-			window_unclaim(d, v, idx, w, n, holes != 0, true);
+		} else if (window_convert(d, v, t, w, ext)) {
 			d->st.window_aborts++;
 		} else {
 			/* Pages that found partners: the partners match the new frames next time. */

@@ -209,7 +209,7 @@ void dedup_store_release(struct dedup_store *st, uint32_t slot)
 	/*
 	 * A free slot is a hole: a window may reserve it for a zero page, and
 	 * where the kernel's zero page is not used there, a guest touch must
-	 * find a hole at that slot (a MISSING fault, mem_window_map), not old
+	 * find a hole at that slot (a MISSING fault, mem_txn_end_window), not old
 	 * content. A slot that keeps its old content stays taken, as no frame,
 	 * for the store's life.
 	 */

@@ -25,6 +25,9 @@ struct gm {
 	struct pagestate *ps;		/* page-state map, immutable pointer */
 	int uffd;			/* userfaultfd over all regions, or -1 */
 	uint64_t *framemap;		/* bit per page: its VMA maps a store frame (atomic) */
+	uint8_t *wp_reason;		/* per page: MEM_WP_* reasons for write protection (atomic) */
+	uint8_t *chunk_mode;		/* per MEM_CHUNK_PAGES chunk: MEM_CHUNK_* (txn.c) */
+	bool wp_unpopulated;		/* the userfaultfd write-protects holes (markers) */
 	uint64_t sample_hits;		/* writes to pages protected for sampling (atomic) */
 	int prot;			/* of every mapping of guest pages (PROT_EXEC under thread) */
 	uint8_t *phys_base;		/* host address of guest-physical 0 */
@@ -33,16 +36,44 @@ struct gm {
 	uint64_t reserve_len;
 };
 
+/* Why a page is write-protected besides a transaction's claim (PS_BUSY). */
+#define MEM_WP_SAMPLE 0x1	/* working-set sampling: released at the first write */
+
+/* Registration modes are kept per chunk of this many pages (2 MiB). */
+#define MEM_CHUNK_PAGES 512ULL
+#define MEM_CHUNK_MISSING 0x1	/* registered for MISSING faults too */
+
+/* /proc/self/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst). */
+#define PM_PRESENT (1ULL << 63)
+#define PM_SWAP (1ULL << 62)
+#define PM_FILE (1ULL << 61)
+#define PM_UFFD_WP (1ULL << 57)
+#define PM_PFN_MASK ((1ULL << 55) - 1)
+#define PM_SWAP_TYPE 0x1fULL	/* low 5 bits of a swapped entry: the swap type */
+
 /* Host address of page index idx. */
 uint8_t *gm_page_hva(const struct gm *gm, uint64_t idx);
-/* Register [hva, hva+len) with gm's userfaultfd in write-protect mode. */
-int gm_uffd_register(struct gm *gm, void *hva, uint64_t len);
-/* Write-protect (on) or release (off) [hva, hva+len): 0, -errno, -ENOSYS without uffd. */
-int gm_uffd_protect(struct gm *gm, void *hva, uint64_t len, bool on);
-/* Wake the writers held on [hva, hva+len). */
-void gm_uffd_wake(struct gm *gm, void *hva, uint64_t len);
-/* True when the GM_PAGE_SIZE bytes at page are all zero. */
-bool gm_page_is_zero(const void *page);
+/* Register [hva, hva+len) with gm's userfaultfd in the UFFDIO_REGISTER_MODE_* mode. */
+int mem_uffd_register(struct gm *gm, void *hva, uint64_t len, uint64_t mode);
+/* True when the GM_PAGE_SIZE bytes at hva are all zero. */
+bool mem_hva_is_zero(const void *hva);
+/* [idx, idx + n) is non-empty and lies in one region (host addresses contiguous). */
+bool mem_run_ok(const struct gm *gm, uint64_t idx, uint64_t n);
+/*
+ * A write fault (wp) or MISSING fault on page idx of gm at host address
+ * page, dispatched by the page's state (txn.c). Returns what it was, for
+ * the userfaultfd service's counters.
+ */
+enum mem_fault {
+	MEM_FAULT_OWNER,	/* a transaction holds the page: it wakes the access */
+	MEM_FAULT_SAMPLE,	/* the first write to a sampled page: counted, released */
+	MEM_FAULT_STRAY,	/* protected for no reason: released, counted */
+	MEM_FAULT_STALE,	/* resolved already (by the time it was read): woken */
+	MEM_FAULT_ZERO_FILL,	/* a window's zero page touched: a page of zeros of its own */
+	MEM_FAULT_ZERO_PAGE,	/* a hole of a MISSING chunk: the zero page */
+	MEM_FAULT_UNSERVED,	/* a state nobody serves yet (a swapped page without a store) */
+};
+enum mem_fault mem_fault(struct gm *gm, uint64_t idx, void *page, bool wp);
 
 /* Whether page idx's VMA maps a store frame (framemap bit). */
 static inline bool gm_frame_mapped(const struct gm *gm, uint64_t idx)

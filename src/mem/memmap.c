@@ -174,7 +174,9 @@ int memmap_create(uint64_t ram_bytes, bool exec, struct gm **out)
 	if (ret)
 		goto out_free;
 	gm->framemap = kv_calloc((ram_bytes / LAYOUT_PAGE_SIZE + 63) / 64, sizeof(uint64_t));
-	if (!gm->framemap) {
+	gm->wp_reason = kv_calloc(ram_bytes / LAYOUT_PAGE_SIZE, 1);
+	gm->chunk_mode = kv_calloc(ram_bytes / LAYOUT_PAGE_SIZE / MEM_CHUNK_PAGES + 1, 1);
+	if (!gm->framemap || !gm->wp_reason || !gm->chunk_mode) {
 		ret = -ENOMEM;
 		goto out_free;
 	}
@@ -204,6 +206,8 @@ out_unreserve:
 	unreserve(gm->reserve_start, gm->reserve_len);
 out_free:
 	kv_free(gm->framemap);
+	kv_free(gm->wp_reason);
+	kv_free(gm->chunk_mode);
 	pagestate_destroy(gm->ps);
 	kv_free(gm);
 	return ret;
@@ -235,44 +239,28 @@ void gm_destroy(struct gm *gm)
 		close(gm->uffd);
 	pagestate_destroy(gm->ps);
 	kv_free(gm->framemap);
+	kv_free(gm->wp_reason);
+	kv_free(gm->chunk_mode);
 	kv_free(gm);
 }
 
-int gm_uffd_register(struct gm *gm, void *hva, uint64_t len)
+int mem_uffd_register(struct gm *gm, void *hva, uint64_t len, uint64_t mode)
 {
 	struct uffdio_register reg = {
 		.range = { .start = (uint64_t)(uintptr_t)hva, .len = len },
-		.mode = UFFDIO_REGISTER_MODE_WP,
+		.mode = mode,
 	};
 
+	if (gm->uffd < 0)
+		return -ENOSYS;
 	if (ioctl(gm->uffd, UFFDIO_REGISTER, &reg) < 0)
 		return -errno;
 	return 0;
 }
 
-int gm_uffd_protect(struct gm *gm, void *hva, uint64_t len, bool on)
+bool mem_hva_is_zero(const void *hva)
 {
-	struct uffdio_writeprotect w = {
-		.range = { .start = (uint64_t)(uintptr_t)hva, .len = len },
-		.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
-	};
-
-	if (gm->uffd < 0)
-		return -ENOSYS;
-	return ioctl(gm->uffd, UFFDIO_WRITEPROTECT, &w) < 0 ? -errno : 0;
-}
-
-void gm_uffd_wake(struct gm *gm, void *hva, uint64_t len)
-{
-	struct uffdio_range r = { .start = (uint64_t)(uintptr_t)hva, .len = len };
-
-	if (gm->uffd >= 0)
-		ioctl(gm->uffd, UFFDIO_WAKE, &r);
-}
-
-bool gm_page_is_zero(const void *page)
-{
-	const uint64_t *w = page;
+	const uint64_t *w = hva;
 
 	for (size_t i = 0; i < GM_PAGE_SIZE / 8; i += 8)
 		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] |
@@ -281,22 +269,51 @@ bool gm_page_is_zero(const void *page)
 	return true;
 }
 
-int memmap_enable_uffd(struct gm *gm)
-{
-	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP };
-	int fd, ret;
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1ULL << 13) /* Linux 6.4; Debian 12's headers are 6.1 */
+#endif
 
-	fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-	if (fd < 0)
-		return -errno;
-	if (ioctl(fd, UFFDIO_API, &api) < 0) {
+/*
+ * A userfaultfd with write-protect faults, and where the kernel has it
+ * (Linux 6.4), write protection of holes: a protected hole takes a marker,
+ * and a write to it waits like a write to a protected page, so a transaction
+ * holds the holes of a window without registering it for MISSING faults.
+ * A feature the kernel lacks fails UFFDIO_API, which works once per fd.
+ */
+static int open_uffd(bool *wp_unpopulated)
+{
+	static const uint64_t want[] = {
+		UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_UNPOPULATED,
+		UFFD_FEATURE_PAGEFAULT_FLAG_WP,
+	};
+	int ret = -ENOSYS;
+
+	for (unsigned int i = 0; i < 2; i++) {
+		struct uffdio_api api = { .api = UFFD_API, .features = want[i] };
+		int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+
+		if (fd < 0)
+			return -errno;
+		if (ioctl(fd, UFFDIO_API, &api) == 0) {
+			*wp_unpopulated = want[i] & UFFD_FEATURE_WP_UNPOPULATED;
+			return fd;
+		}
 		ret = -errno;
 		close(fd);
-		return ret;
 	}
+	return ret;
+}
+
+int memmap_enable_uffd(struct gm *gm)
+{
+	int fd = open_uffd(&gm->wp_unpopulated), ret;
+
+	if (fd < 0)
+		return fd;
 	gm->uffd = fd;
 	for (unsigned int i = 0; i < gm->nr_regions; i++) {
-		ret = gm_uffd_register(gm, gm->regions[i].hva, gm->regions[i].len);
+		ret = mem_uffd_register(gm, gm->regions[i].hva, gm->regions[i].len,
+					UFFDIO_REGISTER_MODE_WP);
 		if (ret) {
 			log_err("userfaultfd register of %llu bytes: %s",
 				(unsigned long long)gm->regions[i].len, strerror(-ret));
@@ -356,10 +373,6 @@ uint64_t memmap_nr_pages(const struct gm *gm)
 {
 	return gm->ram_bytes >> LAYOUT_PAGE_SHIFT;
 }
-
-#define PM_PRESENT (1ULL << 63)
-#define PM_FILE (1ULL << 61)
-#define PM_PFN_MASK ((1ULL << 55) - 1)
 
 static int pagemap_fd = -1;
 static uint64_t zero_pfn;	/* the shared zero page's PFN; 0: not recognised */
@@ -479,6 +492,7 @@ bool memmap_pm_file(uint64_t e)
 uint64_t memmap_resident(struct gm *gm)
 {
 	uint64_t buf[512], total = 0;
+	uint8_t before[512];
 
 	for (unsigned int r = 0; r < gm->nr_regions; r++) {
 		uint64_t idx = gm->regions[r].first_pfn_index;
@@ -486,17 +500,24 @@ uint64_t memmap_resident(struct gm *gm)
 
 		while (idx < end) {
 			uint64_t n = end - idx < 512 ? end - idx : 512;
-			int64_t got = memmap_pagemap(gm, idx, n, buf);
+			int64_t got;
 
+			/*
+			 * States first, pagemap second: a page dropped after its state
+			 * was read still shows in the pagemap read; moving it back
+			 * from the state read before would undo the drop's state.
+			 */
+			for (uint64_t i = 0; i < n; i++)
+				before[i] = (uint8_t)pagestate_get(gm->ps, idx + i);
+			got = memmap_pagemap(gm, idx, n, buf);
 			if (got <= 0)
 				return total;
 			for (int64_t i = 0; i < got; i++) {
-				enum ps_state st;
+				enum ps_state st = (enum ps_state)before[i];
 
 				if (!memmap_pm_resident(buf[i]))
 					continue;
 				total++;
-				st = pagestate_get(gm->ps, idx + (uint64_t)i);
 				if (st == PS_ZERO || st == PS_REPORTED || st == PS_BALLOONED)
 					pagestate_cas(gm->ps, idx + (uint64_t)i, st, PS_ANON);
 			}

@@ -25,6 +25,7 @@
 #include "core/log.h"
 #include "core/thread.h"
 #include "mem/mem_internal.h"
+#include "mem/txn.h"
 #include "mem/memmap.h"
 #include "mem/reclaim.h"
 
@@ -195,7 +196,7 @@ static uint64_t next_rand(uint64_t *s)
 static void sample_active(struct ovc_vm *v)
 {
 	struct gm *gm = v->gm;
-	uint64_t hits = __atomic_exchange_n(&gm->sample_hits, 0, __ATOMIC_RELAXED);
+	uint64_t hits = mem_sample_hits(gm);
 	uint64_t nr = memmap_nr_pages(gm);
 	unsigned int picked = 0;
 
@@ -206,15 +207,10 @@ static void sample_active(struct ovc_vm *v)
 	}
 	/*
 	 * Release last interval's untouched samples so they cannot count in a
-	 * later one. Claim each page first: a mechanism holding it (PS_BUSY)
-	 * relies on its protection.
+	 * later one (a mechanism holding one keeps its own protection).
 	 */
-	for (unsigned int i = 0; i < v->sampled; i++) {
-		if (pagestate_cas(gm->ps, v->samples[i], PS_ANON, PS_BUSY))
-			continue;
-		mem_page_unprotect(gm, v->samples[i]);
-		pagestate_set(gm->ps, v->samples[i], PS_ANON);
-	}
+	for (unsigned int i = 0; i < v->sampled; i++)
+		mem_sample_release(gm, v->samples[i]);
 	for (unsigned int tries = 0; tries < 4 * OVC_SAMPLES && picked < OVC_SAMPLES; tries++) {
 		uint64_t idx = next_rand(&v->rng) % nr, pm;
 
@@ -222,16 +218,8 @@ static void sample_active(struct ovc_vm *v)
 		    memmap_pagemap(gm, idx, 1, &pm) != 1 || !memmap_pm_resident(pm) ||
 		    memmap_pm_file(pm))
 			continue;
-		if (pagestate_cas(gm->ps, idx, PS_ANON, PS_BUSY))
-			continue;
-		if (mem_page_protect(gm, idx) == 0)
+		if (mem_sample_protect(gm, idx) == 0)
 			v->samples[picked++] = idx;
-		pagestate_set(gm->ps, idx, PS_ANON);
-		/*
-		 * A write that faulted while the page was PS_BUSY was left for us
-		 * (the owner): wake it so it faults again and counts as a touch.
-		 */
-		mem_page_wake(gm, idx);
 	}
 	v->sampled = picked;
 }

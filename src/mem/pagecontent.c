@@ -15,11 +15,6 @@
 #include "mem/mem_internal.h"
 #include "mem/memmap.h"
 
-#define PM_PRESENT (1ULL << 63)
-#define PM_SWAP (1ULL << 62)
-#define PM_FILE (1ULL << 61)
-#define PM_SWAP_TYPE 0x1fULL	/* low 5 bits of a swapped entry: the swap type */
-
 static bool idx_ok(const struct gm *gm, uint64_t idx)
 {
 	return idx < memmap_nr_pages(gm);
@@ -36,7 +31,7 @@ int mem_page_hash(const struct gm *gm, uint64_t idx, mem_page_hash_fn fn, const 
 
 bool mem_page_is_zero(const struct gm *gm, uint64_t idx)
 {
-	return idx_ok(gm, idx) && gm_page_is_zero(gm_page_hva(gm, idx));
+	return idx_ok(gm, idx) && mem_hva_is_zero(gm_page_hva(gm, idx));
 }
 
 int mem_page_equal(const struct gm *a, uint64_t ia, const struct gm *b, uint64_t ib)

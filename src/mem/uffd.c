@@ -34,85 +34,12 @@ struct uffd_service {
 	struct uffd_stats stats; /* atomic */
 };
 
-/*
- * A write to a write-protected page. A page in PS_BUSY belongs to a
- * mechanism that wakes its writers when done. A PS_ANON page was protected
- * by the policy to sample the guest's working set (ESX-style): claim it like
- * any mechanism would, so no mechanism can be relying on the protection we
- * lift, release it (a mode-0 write-protect also wakes the writer), and count
- * the touch. Any other state means the mapping was dropped or replaced since
- * the fault was queued: the protection is gone, so just let the writer retry.
- */
-static void resolve_wp(struct uffd_service *svc, struct gm *gm, void *page, uint64_t idx)
-{
-	enum ps_state st = pagestate_get(gm->ps, idx);
-
-	__atomic_fetch_add(&svc->stats.wp_faults, 1, __ATOMIC_RELAXED);
-	if (st == PS_BUSY)
-		return;
-	if (st != PS_ANON) {
-		gm_uffd_wake(gm, page, GM_PAGE_SIZE);
-		return;
-	}
-	if (pagestate_cas(gm->ps, idx, PS_ANON, PS_BUSY))
-		return; /* a mechanism took it just now: it wakes the writer */
-	if (gm_uffd_protect(gm, page, GM_PAGE_SIZE, false))
-		gm_uffd_wake(gm, page, GM_PAGE_SIZE);
-	pagestate_set(gm->ps, idx, PS_ANON);
-	__atomic_fetch_add(&gm->sample_hits, 1, __ATOMIC_RELAXED);
-	__atomic_fetch_add(&svc->stats.sample_hits, 1, __ATOMIC_RELAXED);
-}
-
-/* What a touched zero page of a window gets. */
-static const uint8_t zeros[GM_PAGE_SIZE] __attribute__((aligned(GM_PAGE_SIZE)));
-
-/*
- * An access to a hole of RAM registered for MISSING faults. In a window whose
- * holes a mechanism holds while it remaps it (mem_range_hold), the mechanism
- * owns the page (PS_BUSY) and wakes the access when the new mapping is in.
- *
- * Otherwise, a hole in a mapping of the store without a frame (PS_SHARED
- * would have one) is a zero page of a window, on a kernel where memmap
- * cannot tell the shared zero page and the window's mapping is registered for
- * MISSING faults so that a touch does not read the store (mem_window_map).
- * It gets a page of zeros of the VM's own, claimed meanwhile so no mechanism
- * works on it while its backing changes, and is the VM's resident page then
- * (PS_ANON). Any other fault is one a mechanism has answered already (it
- * woke the access, or is about to): waking again only makes it retry
- * against the new mapping.
- */
-static void resolve_missing(struct uffd_service *svc, struct gm *gm, void *page, uint64_t idx)
-{
-	enum ps_state st = pagestate_get(gm->ps, idx);
-
-	__atomic_fetch_add(&svc->stats.missing_faults, 1, __ATOMIC_RELAXED);
-	if (st == PS_BUSY)
-		return;
-	if (gm_frame_mapped(gm, idx) && (st == PS_ANON || st == PS_ZERO) &&
-	    !pagestate_cas(gm->ps, idx, st, PS_BUSY)) {
-		struct uffdio_copy c = {
-			.dst = (uint64_t)(uintptr_t)page,
-			.src = (uint64_t)(uintptr_t)zeros,
-			.len = GM_PAGE_SIZE,
-			.mode = UFFDIO_COPY_MODE_DONTWAKE,
-		};
-
-		/* Failing (EEXIST: populated since, a stale fault), the page keeps its state. */
-		if (ioctl(gm->uffd, UFFDIO_COPY, &c) == 0) {
-			pagestate_set(gm->ps, idx, PS_ANON);
-			__atomic_fetch_add(&svc->stats.zero_fills, 1, __ATOMIC_RELAXED);
-		} else {
-			pagestate_set(gm->ps, idx, st);
-		}
-	}
-	gm_uffd_wake(gm, page, GM_PAGE_SIZE);
-}
-
 static void resolve(struct uffd_service *svc, struct gm *gm, const struct uffd_msg *msg)
 {
 	uint64_t addr = msg->arg.pagefault.address & ~(GM_PAGE_SIZE - 1);
 	const struct gm_region *r = NULL;
 	uint64_t idx;
+	bool wp;
 
 	for (unsigned int i = 0; i < gm->nr_regions; i++) {
 		uint64_t hva = (uint64_t)(uintptr_t)gm->regions[i].hva;
@@ -122,15 +49,37 @@ static void resolve(struct uffd_service *svc, struct gm *gm, const struct uffd_m
 	}
 	if (!r) {
 		/* Not ours to resolve: let the access retry rather than hang. */
+		struct uffdio_range wake = { addr, GM_PAGE_SIZE };
+
 		__atomic_fetch_add(&svc->stats.errors, 1, __ATOMIC_RELAXED);
-		gm_uffd_wake(gm, (void *)(uintptr_t)addr, GM_PAGE_SIZE);
+		ioctl(gm->uffd, UFFDIO_WAKE, &wake);
 		return;
 	}
 	idx = r->first_pfn_index + ((addr - (uint64_t)(uintptr_t)r->hva) >> GM_PAGE_SHIFT);
-	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)
-		resolve_wp(svc, gm, (void *)(uintptr_t)addr, idx);
-	else
-		resolve_missing(svc, gm, (void *)(uintptr_t)addr, idx);
+	wp = msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP;
+	__atomic_fetch_add(wp ? &svc->stats.wp_faults : &svc->stats.missing_faults, 1,
+			   __ATOMIC_RELAXED);
+	switch (mem_fault(gm, idx, (void *)(uintptr_t)addr, wp)) {
+	case MEM_FAULT_SAMPLE:
+		__atomic_fetch_add(&svc->stats.sample_hits, 1, __ATOMIC_RELAXED);
+		break;
+	case MEM_FAULT_STRAY:
+		__atomic_fetch_add(&svc->stats.stray, 1, __ATOMIC_RELAXED);
+		break;
+	case MEM_FAULT_ZERO_FILL:
+		__atomic_fetch_add(&svc->stats.zero_fills, 1, __ATOMIC_RELAXED);
+		break;
+	case MEM_FAULT_ZERO_PAGE:
+		__atomic_fetch_add(&svc->stats.zero_pages, 1, __ATOMIC_RELAXED);
+		break;
+	case MEM_FAULT_UNSERVED:
+		__atomic_fetch_add(&svc->stats.errors, 1, __ATOMIC_RELAXED);
+		log_warn_ratelimited("a fault on page %llu that nothing serves",
+				     (unsigned long long)idx);
+		break;
+	default:
+		break;
+	}
 }
 
 static void drain(struct uffd_service *svc, struct gm *gm)
@@ -283,5 +232,7 @@ void uffd_service_stats(const struct uffd_service *svc, struct uffd_stats *out)
 	out->sample_hits = __atomic_load_n(&svc->stats.sample_hits, __ATOMIC_RELAXED);
 	out->missing_faults = __atomic_load_n(&svc->stats.missing_faults, __ATOMIC_RELAXED);
 	out->zero_fills = __atomic_load_n(&svc->stats.zero_fills, __ATOMIC_RELAXED);
+	out->zero_pages = __atomic_load_n(&svc->stats.zero_pages, __ATOMIC_RELAXED);
+	out->stray = __atomic_load_n(&svc->stats.stray, __ATOMIC_RELAXED);
 	out->errors = __atomic_load_n(&svc->stats.errors, __ATOMIC_RELAXED);
 }

@@ -13,6 +13,7 @@
  * zero page memmap cannot recognise (memmap_forget_zero_page).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -31,12 +32,12 @@
 #include "mem/pagecontent.h"
 #include "mem/pagestate.h"
 #include "mem/reclaim.h"
+#include "mem/txn.h"
 #include "mem/uffd.h"
 
 #define RAM (8ULL << 20)
 #define BASE 0x400000ULL /* first page of the test area, well inside RAM */
 #define N 64
-#define PM_UFFD_WP (1ULL << 57)
 
 /* Zero (1) or not (0), page by page: runs of every length, at both ends. */
 static const char pattern[N + 1] =
@@ -188,8 +189,8 @@ static void test_reclaim_zero_leaves_pages_it_does_not_own(void **state)
 }
 
 /*
- * A zero page in a mapping userfaultfd does not know (as after a failed
- * re-register): write-protecting its run fails part way, and what the call
+ * A zero page in a mapping userfaultfd cannot take (a private mapping of a
+ * regular file): write-protecting its run fails part way, and what the call
  * did protect before it failed must not stay protected.
  */
 static void test_reclaim_zero_protect_failure_leaves_nothing_protected(void **state)
@@ -201,9 +202,12 @@ static void test_reclaim_zero_protect_failure_leaves_nothing_protected(void **st
 	uint64_t pm;
 
 	assert_int_equal(pattern[hole], '1');
-	assert_true(mmap(hva, 4096, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == hva);
-	memset(hva, 0, 4096); /* resident, zero: a candidate like its neighbours */
+	int fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+
+	assert_true(fd >= 0);
+	assert_true(mmap(hva, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, 0) == hva);
+	close(fd);
+	memset(hva, 0, 4096); /* resident, zero, private: a candidate like its neighbours */
 	mem_reclaim_zero(f->gm, f->first, N, UINT64_MAX);
 	for (unsigned int i = 0; i < N; i++) {
 		assert_int_equal(memmap_pagemap(f->gm, f->first + i, 1, &pm), 1);
@@ -249,32 +253,29 @@ static struct uffd_stats uffd_stats_of(struct uffd_service *svc)
 	return s;
 }
 
-/* Claim (or give back) every page of the window as dedup does: the uffd service leaves it be. */
-static void set_window_state(struct fix *f, uint64_t first, enum ps_state st)
-{
-	for (unsigned int i = 0; i < WIN_PAGES; i++)
-		pagestate_set(memmap_pagestate(f->gm), first + i, st);
-}
-
-/* Start a write to page idx, and wait until the service has seen it wait on a hole. */
+/* Start a write to page idx, and wait until the service has seen it wait. */
 static void write_to_held_hole(struct uffd_service *svc, struct writer *w, pthread_t *t)
 {
-	uint64_t before = uffd_stats_of(svc).missing_faults;
+	struct uffd_stats s = uffd_stats_of(svc);
+	uint64_t before = s.missing_faults + s.wp_faults;
 
 	assert_int_equal(pthread_create(t, NULL, write_byte, w), 0);
-	while (uffd_stats_of(svc).missing_faults == before)
+	do {
 		usleep(1000);
+		s = uffd_stats_of(svc);
+	} while (s.missing_faults + s.wp_faults == before);
 }
 
 /*
- * A window of one private page and untouched ones is held and write-protected
- * as dedup does before a remap; a guest write to an untouched page waits, the
- * window is remapped (its untouched pages zero pages without memory), and the
- * write lands in the new mapping. No untouched page was populated, and the
- * store never holds a page for them, even once they are read.
+ * A window of one private page and untouched ones is claimed with its holes
+ * held, as dedup does before a remap; a guest write to an untouched page
+ * waits, the window is remapped (its untouched pages zero pages without
+ * memory), and the write lands in the new mapping. The store never holds a
+ * page for them, even once they are read.
  */
 static void test_reclaim_window_hold_keeps_a_write_to_an_untouched_page(void **state)
 {
+	static struct mem_txn t;
 	struct fix *f = *state;
 	uint64_t first = (uint64_t)memmap_page_index(f->gm, WIN);
 	struct writer w = { gm_page_hva(f->gm, first + 5), 0x22 };
@@ -283,7 +284,7 @@ static void test_reclaim_window_hold_keeps_a_write_to_an_untouched_page(void **s
 	int fd = memfd_create("test-store", MFD_CLOEXEC);
 	struct uffd_service *svc;
 	struct stat sb;
-	pthread_t t;
+	pthread_t th;
 
 	assert_int_equal(first % WIN_PAGES, 0);
 	assert_true(fd >= 0);
@@ -292,24 +293,25 @@ static void test_reclaim_window_hold_keeps_a_write_to_an_untouched_page(void **s
 	assert_int_equal(uffd_service_add(svc, f->gm), 0);
 	memset(page, 0x11, sizeof(page));
 	assert_int_equal(gm_write(f->gm, WIN, page, sizeof(page)), 0);
-	set_window_state(f, first, PS_BUSY);
-	assert_int_equal(mem_range_hold(f->gm, first, WIN_PAGES), 0);
-	assert_int_equal(mem_range_protect(f->gm, first, WIN_PAGES, true), 0);
-	assert_true(mem_pm_is_hole(pm_of(f->gm, first + 5)));
-	write_to_held_hole(svc, &w, &t);
-	/* Held, not applied, and nothing was populated to hold it. */
-	assert_true(mem_pm_is_hole(pm_of(f->gm, first + 5)));
+	assert_int_equal(mem_txn_claim(&t, f->gm, first, WIN_PAGES, MEM_FROM(PS_ANON),
+				       MEM_TXN_WHOLE | MEM_TXN_HOLES),
+			 WIN_PAGES);
+	assert_true(mem_pm_is_hole(t.pm[5]));
+	write_to_held_hole(svc, &w, &th);
+	/* Held, not applied. */
+	assert_int_equal(*w.p, 0);
 	memset(kind, MEM_WIN_ZERO, sizeof(kind));
 	kind[0] = MEM_WIN_KEEP;
-	assert_int_equal(mem_window_map(f->gm, first, WIN_PAGES, fd, 0, kind), 0);
-	set_window_state(f, first, PS_ANON);
-	mem_range_wake(f->gm, first, WIN_PAGES);
-	assert_int_equal(pthread_join(t, NULL), 0);
+	mem_txn_set(&t, 0, MEM_PRIVATE, 0);
+	assert_int_equal(mem_txn_end_window(&t, fd, 0, kind), 0);
+	assert_int_equal(pthread_join(th, NULL), 0);
 	assert_int_equal(*w.p, 0x22);
 	assert_int_equal(gm_page_hva(f->gm, first)[0], 0x11);
-	for (unsigned int i = 1; i < WIN_PAGES; i++)
+	for (unsigned int i = 1; i < WIN_PAGES; i++) {
 		if (i != 5)
 			assert_false(memmap_pm_resident(pm_of(f->gm, first + i)));
+		assert_int_equal(pagestate_get(memmap_pagestate(f->gm), first + i), PS_ANON);
+	}
 	/* One mapping more for the window, splitting RAM's. */
 	assert_int_equal(mem_ram_vmas(&f->gm, 1, NULL), vmas + 2);
 	/*
@@ -320,7 +322,6 @@ static void test_reclaim_window_hold_keeps_a_write_to_an_untouched_page(void **s
 	assert_int_equal(gm_read(f->gm, WIN + 6 * 4096, page, sizeof(page)), 0);
 	assert_memory_equal(page, zero, sizeof(page));
 	assert_int_equal(memmap_pm_resident(pm_of(f->gm, first + 6)), !memmap_zero_page_known());
-	assert_int_equal(uffd_stats_of(svc).zero_fills, memmap_zero_page_known() ? 0 : 2);
 	assert_int_equal(fstat(fd, &sb), 0);
 	assert_int_equal(sb.st_blocks, 0);
 	assert_int_equal(uffd_stats_of(svc).errors, 0);
@@ -332,32 +333,33 @@ static void test_reclaim_window_hold_keeps_a_write_to_an_untouched_page(void **s
 /* Given back instead: the write lands in the old mapping, which merges back with RAM's. */
 static void test_reclaim_window_unhold_releases_writes_and_registration(void **state)
 {
+	static struct mem_txn t;
 	struct fix *f = *state;
 	uint64_t first = (uint64_t)memmap_page_index(f->gm, WIN);
 	struct writer w = { gm_page_hva(f->gm, first + 7), 0x33 };
 	int64_t vmas = mem_ram_vmas(&f->gm, 1, NULL);
 	struct uffd_service *svc;
-	pthread_t t;
+	pthread_t th;
 
 	assert_int_equal(uffd_service_create(&svc), 0);
 	assert_int_equal(uffd_service_add(svc, f->gm), 0);
-	set_window_state(f, first, PS_BUSY);
-	assert_int_equal(mem_range_hold(f->gm, first, WIN_PAGES), 0);
-	assert_int_equal(mem_range_protect(f->gm, first, WIN_PAGES, true), 0);
-	write_to_held_hole(svc, &w, &t);
-	assert_int_equal(mem_range_unhold(f->gm, first, WIN_PAGES), 0);
-	set_window_state(f, first, PS_ANON);
-	mem_range_wake(f->gm, first, WIN_PAGES);
-	assert_int_equal(pthread_join(t, NULL), 0);
+	assert_int_equal(mem_txn_claim(&t, f->gm, first, WIN_PAGES, MEM_FROM(PS_ANON),
+				       MEM_TXN_WHOLE | MEM_TXN_HOLES),
+			 WIN_PAGES);
+	write_to_held_hole(svc, &w, &th);
+	assert_int_equal(mem_txn_end(&t, -1), 0);
+	assert_int_equal(pthread_join(th, NULL), 0);
 	assert_int_equal(*w.p, 0x33);
 	assert_false(pm_of(f->gm, first + 7) & PM_UFFD_WP);
 	assert_int_equal(mem_ram_vmas(&f->gm, 1, NULL), vmas);
 	/* Still registered for write protection, as all RAM is; no longer for MISSING faults. */
-	assert_int_equal(mem_range_protect(f->gm, first + 7, 1, true), 0);
+	assert_int_equal(mem_txn_claim(&t, f->gm, first + 7, 1, MEM_FROM(PS_ANON), 0), 1);
 	assert_true(pm_of(f->gm, first + 7) & PM_UFFD_WP);
-	assert_int_equal(mem_range_protect(f->gm, first + 7, 1, false), 0);
+	assert_int_equal(mem_txn_end(&t, -1), 0);
+	assert_false(pm_of(f->gm, first + 7) & PM_UFFD_WP);
 	assert_int_equal(gm_page_hva(f->gm, first + 8)[0], 0);
 	assert_int_equal(uffd_stats_of(svc).zero_fills, 0);
+	assert_int_equal(uffd_stats_of(svc).zero_pages, 0);
 	uffd_service_remove(svc, f->gm);
 	uffd_service_destroy(svc);
 }

@@ -1,0 +1,876 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The page-range transaction (see txn.h): claims, write protection and its
+ * reasons, registration modes, the commits that change a page's backing,
+ * and the dispatch of userfaultfd faults by page state. The only code that
+ * calls a userfaultfd primitive on guest RAM or moves a page's state.
+ *
+ * Changing a page's backing: MADV_DONTNEED on anonymous memory leaves a hole
+ * that reads zeros. On a mapping of the store (MAP_PRIVATE of the dedup
+ * memfd) it would re-expose the store page, so such runs get fresh anonymous
+ * memory mapped over them instead, registered again (the kernel does not
+ * register a new mapping). A single page mapped onto a frame gets a mapping
+ * of its own, left unregistered while it maps the frame: nothing protects a
+ * shared page, and a later claim registers it when it needs to (the write
+ * protection of an unregistered range fails with ENOENT).
+ */
+#define LOG_TAG "txn"
+#include "mem/txn.h"
+
+#include <errno.h>
+#include <linux/userfaultfd.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+
+#include "core/log.h"
+#include "mem/mem_internal.h"
+#include "mem/memmap.h"
+#include "mem/pagecontent.h"
+
+static struct mem_txn_stats stats; /* atomic */
+
+static void count(uint64_t *c, uint64_t n)
+{
+	__atomic_fetch_add(c, n, __ATOMIC_RELAXED);
+}
+
+bool mem_run_ok(const struct gm *gm, uint64_t idx, uint64_t n)
+{
+	return n && idx + n <= memmap_nr_pages(gm) && idx + n > idx &&
+	       gm_page_hva(gm, idx + n - 1) - gm_page_hva(gm, idx) ==
+		       (ptrdiff_t)((n - 1) * GM_PAGE_SIZE);
+}
+
+/* --- userfaultfd primitives, on runs of pages --- */
+
+static int run_register(struct gm *gm, uint64_t idx, uint64_t n, uint64_t mode)
+{
+	count(&stats.registrations, 1);
+	return mem_uffd_register(gm, gm_page_hva(gm, idx), n * GM_PAGE_SIZE, mode);
+}
+
+static int run_unregister(struct gm *gm, uint64_t idx, uint64_t n)
+{
+	struct uffdio_range r = { (uint64_t)(uintptr_t)gm_page_hva(gm, idx), n * GM_PAGE_SIZE };
+
+	count(&stats.registrations, 1);
+	return ioctl(gm->uffd, UFFDIO_UNREGISTER, &r) < 0 ? -errno : 0;
+}
+
+/* Write-protect or release a run; never wakes (the transaction wakes once). */
+static int run_protect(struct gm *gm, uint64_t idx, uint64_t n, bool on)
+{
+	struct uffdio_writeprotect w = {
+		.range = { (uint64_t)(uintptr_t)gm_page_hva(gm, idx), n * GM_PAGE_SIZE },
+		.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
+	};
+
+	if (gm->uffd < 0)
+		return -ENOSYS;
+	return ioctl(gm->uffd, UFFDIO_WRITEPROTECT, &w) < 0 ? -errno : 0;
+}
+
+static void run_wake(struct gm *gm, uint64_t idx, uint64_t n)
+{
+	struct uffdio_range r = { (uint64_t)(uintptr_t)gm_page_hva(gm, idx), n * GM_PAGE_SIZE };
+
+	if (gm->uffd >= 0)
+		ioctl(gm->uffd, UFFDIO_WAKE, &r);
+}
+
+/* --- registration modes --- */
+
+static bool chunk_missing(const struct gm *gm, uint64_t idx)
+{
+	return __atomic_load_n(&gm->chunk_mode[idx / MEM_CHUNK_PAGES], __ATOMIC_ACQUIRE) &
+	       MEM_CHUNK_MISSING;
+}
+
+bool mem_page_missing(const struct gm *gm, uint64_t idx)
+{
+	return idx < memmap_nr_pages(gm) && chunk_missing(gm, idx);
+}
+
+/*
+ * The modes page idx's mapping needs: write protection always; MISSING
+ * faults where its chunk wants them, and on a mapping of the store where
+ * memmap cannot recognise the kernel's zero page (a window's zero pages are
+ * holes of the store there, and a touch must get a page of zeros of the
+ * VM's own, not a page of the store: mem_fault).
+ */
+static uint64_t page_mode(const struct gm *gm, uint64_t idx)
+{
+	bool missing = chunk_missing(gm, idx) ||
+		       (gm_frame_mapped(gm, idx) && !memmap_zero_page_known());
+
+	return UFFDIO_REGISTER_MODE_WP | (missing ? UFFDIO_REGISTER_MODE_MISSING : 0);
+}
+
+/* Register [idx, idx + n) (one region) with each page's modes, a call per run of equal modes. */
+static int run_track(struct gm *gm, uint64_t idx, uint64_t n)
+{
+	int ret = 0;
+
+	if (gm->uffd < 0)
+		return -ENOSYS;
+	for (uint64_t i = 0, j; i < n; i = j) {
+		uint64_t mode = page_mode(gm, idx + i);
+		int err;
+
+		for (j = i + 1; j < n && page_mode(gm, idx + j) == mode; j++)
+			;
+		err = run_register(gm, idx + i, j - i, mode);
+		if (err && !ret)
+			ret = err;
+	}
+	return ret;
+}
+
+/*
+ * Write-protect the pages of [idx, idx + n) that have a reason to be
+ * (sampling), after their backing changed or a registration dropped the
+ * protection. Best effort: a page missed is only a sample lost.
+ */
+static void run_rearm(struct gm *gm, uint64_t idx, uint64_t n)
+{
+	for (uint64_t i = 0; i < n; i++)
+		if (__atomic_load_n(&gm->wp_reason[idx + i], __ATOMIC_ACQUIRE))
+			run_protect(gm, idx + i, 1, true);
+}
+
+/*
+ * Bring [idx, idx + n) (claimed, one region) back to the modes of its pages
+ * after a MISSING registration held it. The kernel keeps a registration's
+ * modes when asked for fewer, so a run that must lose MISSING is
+ * unregistered and registered again, which also drops its write
+ * protection: what its pages still need is armed again.
+ */
+static int run_restore_modes(struct gm *gm, uint64_t idx, uint64_t n)
+{
+	int ret = 0;
+
+	for (uint64_t i = 0, j; i < n; i = j) {
+		bool missing = page_mode(gm, idx + i) & UFFDIO_REGISTER_MODE_MISSING;
+		int err;
+
+		for (j = i + 1; j < n && !!(page_mode(gm, idx + j) & UFFDIO_REGISTER_MODE_MISSING) ==
+						 missing; j++)
+			;
+		if (missing) {
+			err = run_protect(gm, idx + i, j - i, false);
+		} else {
+			err = run_unregister(gm, idx + i, j - i);
+			if (!err)
+				err = run_track(gm, idx + i, j - i);
+		}
+		if (err && !ret)
+			ret = err;
+		run_rearm(gm, idx + i, j - i);
+	}
+	return ret;
+}
+
+/* --- claiming --- */
+
+/* Give pages [from, to) of t back: the states they were claimed from. */
+static void restore_states(struct mem_txn *t, uint32_t from, uint32_t to)
+{
+	for (uint32_t i = from; i < to; i++)
+		pagestate_set(t->gm->ps, t->idx + i, (enum ps_state)t->old[i]);
+}
+
+/* Protect the claimed run; a part of it may map the store unregistered (see above). */
+static int protect_claimed(struct mem_txn *t)
+{
+	struct gm *gm = t->gm;
+	int ret;
+
+	if ((t->flags & MEM_TXN_HOLES) && !gm->wp_unpopulated) {
+		t->held = true; /* even a failed registration may have held a part */
+		ret = run_register(gm, t->idx, t->n,
+				   UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
+		if (ret)
+			return ret;
+	}
+	ret = run_protect(gm, t->idx, t->n, true);
+	if (ret == -ENOENT && !run_track(gm, t->idx, t->n))
+		ret = run_protect(gm, t->idx, t->n, true);
+	return ret;
+}
+
+/* Lift the claim's own protection, keeping what other reasons need. */
+static void unprotect_claimed(struct mem_txn *t, uint32_t from, uint32_t to)
+{
+	struct gm *gm = t->gm;
+
+	if (t->flags & MEM_TXN_NOPROTECT)
+		return;
+	for (uint32_t i = from, j; i < to; i = j) {
+		bool reason = __atomic_load_n(&gm->wp_reason[t->idx + i], __ATOMIC_ACQUIRE);
+
+		for (j = i + 1; j < to && !!__atomic_load_n(&gm->wp_reason[t->idx + j],
+							    __ATOMIC_ACQUIRE) == reason; j++)
+			;
+		if (!reason)
+			run_protect(gm, t->idx + i, j - i, false);
+	}
+}
+
+/* Give every page back as claimed and wake its writers: the transaction is over. */
+static void abort_all(struct mem_txn *t)
+{
+	if (t->held)
+		run_restore_modes(t->gm, t->idx, t->n);
+	else
+		unprotect_claimed(t, 0, t->n);
+	restore_states(t, 0, t->n);
+	run_wake(t->gm, t->idx, t->n);
+	t->n = 0;
+}
+
+int64_t mem_txn_claim(struct mem_txn *t, struct gm *gm, uint64_t idx, uint64_t n,
+		      unsigned int from, unsigned int flags)
+{
+	uint32_t i;
+	int ret;
+
+	if (n > MEM_TXN_MAX || !mem_run_ok(gm, idx, n) || (from & MEM_FROM(PS_BUSY)))
+		return -EINVAL;
+	t->gm = gm;
+	t->idx = idx;
+	t->flags = flags;
+	t->held = false;
+	for (i = 0; i < n; i++) {
+		enum ps_state st = pagestate_get(gm->ps, idx + i);
+
+		if (!(from & MEM_FROM(st)) || pagestate_cas(gm->ps, idx + i, st, PS_BUSY))
+			break;
+		t->old[i] = (uint8_t)st;
+		t->commit[i] = MEM_KEEP;
+		t->arg[i] = 0;
+	}
+	t->n = i;
+	if (!i || (i < n && (flags & MEM_TXN_WHOLE))) {
+		/* A writer that faulted on a page while we held it waits for us. */
+		restore_states(t, 0, i);
+		if (i)
+			run_wake(gm, idx, i);
+		t->n = 0;
+		return i ? -EBUSY : 0;
+	}
+	count(&stats.claims, 1);
+	count(&stats.pages, i);
+	if (!(flags & MEM_TXN_NOPROTECT)) {
+		if (gm->uffd < 0) {
+			ret = -ENOSYS;
+			goto out_abort;
+		}
+		ret = protect_claimed(t);
+		if (ret)
+			goto out_abort;
+		/* Read once protected: final for every populated page. */
+		if (memmap_pagemap(gm, idx, i, t->pm) != (int64_t)i) {
+			ret = -EIO;
+			goto out_abort;
+		}
+	}
+	return i;
+
+out_abort:
+	abort_all(t);
+	return ret;
+}
+
+/* --- commits --- */
+
+/* Fresh anonymous memory over [idx, idx + n), registered again. */
+static int remap_anon(struct gm *gm, uint64_t idx, uint64_t n)
+{
+	void *hva = gm_page_hva(gm, idx);
+	void *p = mmap(hva, n * GM_PAGE_SIZE, gm->prot,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+
+	count(&stats.remaps, 1);
+	if (p == MAP_FAILED)
+		return -errno;
+	madvise(hva, n * GM_PAGE_SIZE, MADV_NOHUGEPAGE);
+	for (uint64_t i = 0; i < n; i++)
+		gm_set_frame_mapped(gm, idx + i, false);
+	/*
+	 * The pages are holes of new memory now: whatever the registration, no
+	 * write is lost; one that fails only leaves them unprotectable until a
+	 * claim registers them.
+	 */
+	if (gm->uffd >= 0 && run_track(gm, idx, n))
+		log_warn_ratelimited("registering %llu remapped pages: %m", (unsigned long long)n);
+	return 0;
+}
+
+/*
+ * Map the kernel's zero page into the holes of [hva, hva + len), registered
+ * with gm's userfaultfd: one ioctl for the run, waking no one. A page
+ * populated meanwhile (EEXIST) keeps what it has. 0 or -errno.
+ */
+static int map_zero_pages(const struct gm *gm, uint8_t *hva, uint64_t len)
+{
+	for (uint64_t off = 0; off < len;) {
+		struct uffdio_zeropage z = {
+			.range = { (uint64_t)(uintptr_t)(hva + off), len - off },
+			.mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE,
+		};
+
+		if (ioctl(gm->uffd, UFFDIO_ZEROPAGE, &z) == 0)
+			return 0;
+		if (errno == EAGAIN && z.zeropage > 0)
+			off += (uint64_t)z.zeropage; /* stopped part way: the kernel says how far */
+		else if (errno == EEXIST)
+			off += GM_PAGE_SIZE; /* the page at off, populated since it was dropped */
+		else
+			return -errno;
+	}
+	return 0;
+}
+
+/*
+ * Pages [idx, idx + n) were just dropped and must read as zeros. Where a
+ * read of a hole allocates a page (memmap_zero_page_on_read false:
+ * pvm_no_zero_page) but UFFDIO_ZEROPAGE maps the kernel's zero page
+ * (memmap_zero_page_known), map it now, so that a later guest read costs
+ * nothing, as a read of a dropped page does on any other kernel. Without it,
+ * a guest that reads its zero pages again gets them all back as pages of its
+ * own, and reclaim drops them again, forever. Best effort.
+ */
+static void map_zero_dropped(struct gm *gm, uint64_t idx, uint64_t n)
+{
+	int ret;
+
+	if (gm->uffd < 0 || memmap_zero_page_on_read() || !memmap_zero_page_known())
+		return;
+	ret = map_zero_pages(gm, gm_page_hva(gm, idx), n * GM_PAGE_SIZE);
+	if (ret)
+		log_warn_ratelimited("mapping the zero page into %llu dropped pages: %s",
+				     (unsigned long long)n, strerror(-ret));
+}
+
+/* Drop [idx, idx + n) whatever maps it (one region). */
+static int drop_run(struct gm *gm, uint64_t idx, uint64_t n)
+{
+	for (uint64_t i = 0; i < n; i++)
+		if (gm_frame_mapped(gm, idx + i))
+			return remap_anon(gm, idx, n);
+	if (madvise(gm_page_hva(gm, idx), n * GM_PAGE_SIZE, MADV_DONTNEED) < 0)
+		return -errno;
+	return 0;
+}
+
+static int map_frame(struct gm *gm, uint64_t idx, int fd, uint64_t off)
+{
+	void *p = mmap(gm_page_hva(gm, idx), GM_PAGE_SIZE, gm->prot, MAP_PRIVATE | MAP_FIXED, fd,
+		       (off_t)off);
+
+	count(&stats.remaps, 1);
+	if (p == MAP_FAILED)
+		return -errno;
+	gm_set_frame_mapped(gm, idx, true);
+	return 0;
+}
+
+static const enum ps_state commit_state[MEM_NR_COMMITS] = {
+	[MEM_PRIVATE] = PS_ANON,	 [MEM_ZERO] = PS_ZERO,	       [MEM_FRAME] = PS_SHARED,
+	[MEM_BALLOONED] = PS_BALLOONED, [MEM_REPORTED] = PS_REPORTED,
+};
+
+/* A commit that changes the backing of page idx: its sample is gone with its old page. */
+static void backing_changed(struct gm *gm, uint64_t idx)
+{
+	__atomic_fetch_and(&gm->wp_reason[idx], (uint8_t)~MEM_WP_SAMPLE, __ATOMIC_ACQ_REL);
+}
+
+/* Apply commit c to pages [i, j) of t; 0, or -errno with the pages as claimed. */
+static int apply_run(struct mem_txn *t, uint32_t i, uint32_t j, enum mem_commit c, int fd)
+{
+	struct gm *gm = t->gm;
+	int ret = 0;
+
+	switch (c) {
+	case MEM_ZERO:
+		ret = drop_run(gm, t->idx + i, j - i);
+		if (!ret)
+			map_zero_dropped(gm, t->idx + i, j - i);
+		break;
+	case MEM_BALLOONED:
+	case MEM_REPORTED:
+		ret = drop_run(gm, t->idx + i, j - i);
+		break;
+	case MEM_FRAME:
+		/* A mapping per page (windows go whole: mem_txn_end_window). */
+		return fd < 0 ? -EBADF : map_frame(gm, t->idx + i, fd, t->arg[i]);
+	default:
+		return 0;
+	}
+	return ret;
+}
+
+int64_t mem_txn_end(struct mem_txn *t, int fd)
+{
+	struct gm *gm = t->gm;
+	int64_t done = 0;
+
+	if (!t->n)
+		return 0;
+	for (uint32_t i = 0, j; i < t->n; i = j) {
+		enum mem_commit c = (enum mem_commit)t->commit[i];
+		int ret;
+
+		for (j = i + 1; j < t->n && t->commit[j] == c && c != MEM_FRAME; j++)
+			;
+		ret = c < MEM_NR_COMMITS ? apply_run(t, i, j, c, fd) : -EINVAL;
+		if (ret) {
+			count(&stats.failed, j - i);
+			log_warn_ratelimited("committing %u pages at %llu: %s", j - i,
+					     (unsigned long long)(t->idx + i), strerror(-ret));
+			for (uint32_t k = i; k < j; k++)
+				t->commit[k] = MEM_KEEP;
+			c = MEM_KEEP;
+		}
+		count(&stats.commits[c], j - i);
+		if (c == MEM_KEEP || c == MEM_PRIVATE) {
+			/* The same page, the same mapping: lift the claim, keep the other reasons. */
+			if (!t->held)
+				unprotect_claimed(t, i, j);
+			continue;
+		}
+		/* Dropping or remapping took the protection with the old page. */
+		for (uint32_t k = i; k < j; k++)
+			backing_changed(gm, t->idx + k);
+		run_rearm(gm, t->idx + i, j - i);
+		done += j - i;
+	}
+	/* Only now may the holes go: every commit that needed them held is in. */
+	if (t->held)
+		run_restore_modes(gm, t->idx, t->n);
+	for (uint32_t i = 0; i < t->n; i++) {
+		enum mem_commit c = (enum mem_commit)t->commit[i];
+
+		pagestate_set(gm->ps, t->idx + i,
+			      c == MEM_KEEP ? (enum ps_state)t->old[i] : commit_state[c]);
+	}
+	/* Writers held by the protection retry against the new states: one wake for the run. */
+	run_wake(gm, t->idx, t->n);
+	t->n = 0;
+	return done;
+}
+
+/* --- windows --- */
+
+/* The source of MEM_WIN_ZEROED pages and of pages of zeros given on a touch. */
+static const uint8_t zeros[GM_PAGE_SIZE] __attribute__((aligned(GM_PAGE_SIZE)));
+
+/*
+ * Fill pages [i, i + n) of the scratch mapping s (uffd-registered), all of
+ * one kind, from the old window: one ioctl per run rather than per page.
+ */
+static int fill_run(const struct gm *gm, uint8_t *s, const uint8_t *old, uint64_t i, uint64_t n,
+		    enum mem_win_kind kind)
+{
+	uint64_t off = i * GM_PAGE_SIZE, end = (i + n) * GM_PAGE_SIZE;
+
+	if (kind == MEM_WIN_FRAME)
+		return 0; /* the frame: read from the store on the first access */
+	/*
+	 * A zero page maps the kernel's zero page (UFFDIO_ZEROPAGE, which does so
+	 * also where read faults never do, under pvm_no_zero_page). Where memmap
+	 * cannot recognise that page (memmap_zero_page_known), each such entry
+	 * would count as a resident page, and residency drives the host's budget
+	 * and the page states; where the kernel forbids the zero page,
+	 * UFFDIO_ZEROPAGE allocates a page. So there the zero page is left a hole
+	 * of the store (a reserved, never written offset): it costs nothing until
+	 * the guest touches it, and then, through a MISSING fault (page_mode), a
+	 * page of zeros of the VM's own, never a page of the store.
+	 */
+	if (kind == MEM_WIN_ZERO && !memmap_zero_page_known())
+		return 0;
+	if (kind == MEM_WIN_ZERO)
+		return map_zero_pages(gm, s + off, end - off);
+	while (off < end) {
+		/* A private page of zeros is copied from one page of zeros, a page at a time. */
+		uint64_t len = kind == MEM_WIN_ZEROED ? GM_PAGE_SIZE : end - off;
+		struct uffdio_copy c = {
+			.dst = (uint64_t)(uintptr_t)(s + off),
+			.src = (uint64_t)(uintptr_t)(kind == MEM_WIN_KEEP ? old + off : zeros),
+			.len = len,
+		};
+
+		if (ioctl(gm->uffd, UFFDIO_COPY, &c) == 0) {
+			off += len;
+			continue;
+		}
+		/* Interrupted part way (EAGAIN): the kernel says how far it got. */
+		if (errno != EAGAIN || c.copy <= 0)
+			return -errno;
+		off += (uint64_t)c.copy;
+	}
+	return 0;
+}
+
+/* Each page's commit agrees with how its window reads. */
+static bool window_commits_ok(const struct mem_txn *t, const uint8_t *kind)
+{
+	for (uint32_t i = 0; i < t->n; i++) {
+		bool frame = t->commit[i] == MEM_FRAME;
+
+		if (frame != (kind[i] == MEM_WIN_FRAME) || t->commit[i] == MEM_BALLOONED ||
+		    t->commit[i] == MEM_REPORTED || t->commit[i] >= MEM_NR_COMMITS)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Why this order: the window cannot be remapped in place (MAP_FIXED over it
+ * would drop the content of the pages that keep theirs, and a fault between
+ * the remap and refilling them would read store holes, which allocate store
+ * pages). So the new mapping is prepared elsewhere: a private mapping of the
+ * store (the only holes of the store it can read are the reserved offsets of
+ * zero pages: every other page is a frame or private before it is visible),
+ * registered with the VM's userfaultfd so UFFDIO_COPY (a private anonymous
+ * copy) and UFFDIO_ZEROPAGE can fill it, then mremap moves it over the window
+ * atomically. mremap drops the moved mapping's userfaultfd registration (the
+ * VM's uffd has no UFFD_FEATURE_EVENT_REMAP) and unmaps the old window, with
+ * any MISSING registration that held its holes: the window is registered
+ * again with its pages' modes.
+ */
+int mem_txn_end_window(struct mem_txn *t, int fd, uint64_t off, const uint8_t *kind)
+{
+	struct gm *gm = t->gm;
+	uint64_t idx = t->idx, n = t->n;
+	uint8_t *old, *s;
+	void *p;
+	int ret;
+
+	if (!n || off % GM_PAGE_SIZE || !window_commits_ok(t, kind)) {
+		ret = -EINVAL;
+		goto out_abort;
+	}
+	old = gm_page_hva(gm, idx);
+	s = mmap(NULL, n * GM_PAGE_SIZE, gm->prot, MAP_PRIVATE, fd, (off_t)off);
+	if (s == MAP_FAILED) {
+		ret = -errno;
+		goto out_abort;
+	}
+	madvise(s, n * GM_PAGE_SIZE, MADV_NOHUGEPAGE);
+	count(&stats.registrations, 1);
+	ret = mem_uffd_register(gm, s, n * GM_PAGE_SIZE, UFFDIO_REGISTER_MODE_WP);
+	for (uint64_t i = 0, j; i < n && !ret; i = j) {
+		for (j = i + 1; j < n && kind[j] == kind[i]; j++)
+			;
+		ret = fill_run(gm, s, old, i, j - i, (enum mem_win_kind)kind[i]);
+	}
+	if (ret)
+		goto out_unmap;
+	p = mremap(s, n * GM_PAGE_SIZE, n * GM_PAGE_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, old);
+	count(&stats.remaps, 1);
+	if (p == MAP_FAILED) {
+		ret = -errno;
+		goto out_unmap;
+	}
+	for (uint64_t i = 0; i < n; i++) {
+		gm_set_frame_mapped(gm, idx + i, true);
+		backing_changed(gm, idx + i);
+	}
+	/*
+	 * Protectable again; a failure only means later claims here register it
+	 * (and, without MISSING faults, that a touched zero page would read the
+	 * store and make a page there).
+	 */
+	if (run_track(gm, idx, n))
+		log_warn_ratelimited("registering a remapped window: %m");
+	run_rearm(gm, idx, n);
+	for (uint32_t i = 0; i < n; i++) {
+		enum mem_commit c = (enum mem_commit)t->commit[i];
+
+		count(&stats.commits[c], 1);
+		pagestate_set(gm->ps, idx + i,
+			      c == MEM_KEEP ? (enum ps_state)t->old[i] : commit_state[c]);
+	}
+	run_wake(gm, idx, n);
+	t->n = 0;
+	return 0;
+
+out_unmap:
+	munmap(s, n * GM_PAGE_SIZE);
+out_abort:
+	count(&stats.failed, n);
+	abort_all(t);
+	return ret;
+}
+
+/* --- single-page state changes --- */
+
+int mem_page_unshared(struct gm *gm, uint64_t idx)
+{
+	if (idx >= memmap_nr_pages(gm))
+		return -EINVAL;
+	return pagestate_cas(gm->ps, idx, PS_SHARED, PS_ANON);
+}
+
+int mem_sample_protect(struct gm *gm, uint64_t idx)
+{
+	int ret;
+
+	if (idx >= memmap_nr_pages(gm))
+		return -EINVAL;
+	if (pagestate_cas(gm->ps, idx, PS_ANON, PS_BUSY))
+		return -EBUSY;
+	__atomic_fetch_or(&gm->wp_reason[idx], MEM_WP_SAMPLE, __ATOMIC_ACQ_REL);
+	ret = run_protect(gm, idx, 1, true);
+	if (ret == -ENOENT && !run_track(gm, idx, 1))
+		ret = run_protect(gm, idx, 1, true);
+	if (ret)
+		__atomic_fetch_and(&gm->wp_reason[idx], (uint8_t)~MEM_WP_SAMPLE, __ATOMIC_ACQ_REL);
+	pagestate_set(gm->ps, idx, PS_ANON);
+	/* A write that faulted while we held the page was left to us: it faults again now. */
+	run_wake(gm, idx, 1);
+	return ret;
+}
+
+void mem_sample_release(struct gm *gm, uint64_t idx)
+{
+	enum ps_state st;
+
+	if (idx >= memmap_nr_pages(gm) ||
+	    !(__atomic_fetch_and(&gm->wp_reason[idx], (uint8_t)~MEM_WP_SAMPLE, __ATOMIC_ACQ_REL) &
+	      MEM_WP_SAMPLE))
+		return;
+	/* A page someone holds is released by its holder's end, which sees no reason now. */
+	st = pagestate_get(gm->ps, idx);
+	if (st == PS_BUSY || pagestate_cas(gm->ps, idx, st, PS_BUSY))
+		return;
+	if (!__atomic_load_n(&gm->wp_reason[idx], __ATOMIC_ACQUIRE))
+		run_protect(gm, idx, 1, false);
+	pagestate_set(gm->ps, idx, st);
+	run_wake(gm, idx, 1);
+}
+
+uint64_t mem_sample_hits(struct gm *gm)
+{
+	return __atomic_exchange_n(&gm->sample_hits, 0, __ATOMIC_RELAXED);
+}
+
+int mem_chunks_set_missing(struct gm *gm, uint64_t idx, uint64_t n, bool on)
+{
+	uint64_t first, last;
+	int ret = 0;
+
+	if (!n || idx + n > memmap_nr_pages(gm) || idx + n < idx)
+		return -EINVAL;
+	if (gm->uffd < 0)
+		return -ENOSYS;
+	first = idx / MEM_CHUNK_PAGES;
+	last = (idx + n - 1) / MEM_CHUNK_PAGES;
+	for (uint64_t c = first; c <= last && !ret; c++) {
+		uint64_t start = c * MEM_CHUNK_PAGES, len = MEM_CHUNK_PAGES;
+		static __thread struct mem_txn t;
+
+		if (start + len > memmap_nr_pages(gm))
+			len = memmap_nr_pages(gm) - start;
+		if (on) {
+			/* Adding a mode keeps every page's protection: no claim needed. */
+			__atomic_fetch_or(&gm->chunk_mode[c], MEM_CHUNK_MISSING, __ATOMIC_ACQ_REL);
+			ret = run_track(gm, start, len);
+			continue;
+		}
+		/*
+		 * Dropping it drops the protections too (run_restore_modes): own
+		 * the chunk so that no transaction relies on them meanwhile.
+		 */
+		ret = (int)mem_txn_claim(&t, gm, start, len, (1u << PS_NR) - 1 - MEM_FROM(PS_BUSY),
+					 MEM_TXN_WHOLE | MEM_TXN_NOPROTECT);
+		if (ret < 0)
+			break;
+		__atomic_fetch_and(&gm->chunk_mode[c], (uint8_t)~MEM_CHUNK_MISSING, __ATOMIC_ACQ_REL);
+		ret = run_restore_modes(gm, start, len);
+		mem_txn_end(&t, -1);
+	}
+	return ret < 0 ? ret : 0;
+}
+
+/* --- fault dispatch --- */
+
+/* Own page idx whatever its state, unless a transaction does: that state, or PS_BUSY. */
+static enum ps_state take(struct gm *gm, uint64_t idx)
+{
+	for (;;) {
+		enum ps_state st = pagestate_get(gm->ps, idx);
+
+		if (st == PS_BUSY || !pagestate_cas(gm->ps, idx, st, PS_BUSY))
+			return st;
+	}
+}
+
+/*
+ * A write to a protected page. One a transaction holds is left to it (it
+ * wakes the writer at its end). Otherwise the page is owned here for a
+ * moment, so no transaction starts relying on the protection lifted: a
+ * sampled page counts a hit and loses that reason; a page whose protection
+ * no reason explains (a stray one) is released and counted, never just
+ * woken: the write would fault again at once, forever. A fault whose page
+ * is no longer protected when it is read was resolved meanwhile.
+ */
+static enum mem_fault fault_wp(struct gm *gm, uint64_t idx, void *page)
+{
+	enum ps_state st = take(gm, idx);
+	enum mem_fault what;
+	uint64_t pm = 0;
+
+	if (st == PS_BUSY)
+		return MEM_FAULT_OWNER;
+	if (__atomic_fetch_and(&gm->wp_reason[idx], (uint8_t)~MEM_WP_SAMPLE, __ATOMIC_ACQ_REL) &
+	    MEM_WP_SAMPLE) {
+		__atomic_fetch_add(&gm->sample_hits, 1, __ATOMIC_RELAXED);
+		what = MEM_FAULT_SAMPLE;
+	} else if (memmap_pagemap(gm, idx, 1, &pm) == 1 && (pm & PM_UFFD_WP)) {
+		count(&stats.stray_faults, 1);
+		log_warn_ratelimited("page %llu was write-protected for no reason: released",
+				     (unsigned long long)idx);
+		what = MEM_FAULT_STRAY;
+	} else {
+		what = MEM_FAULT_STALE;
+	}
+	if (!__atomic_load_n(&gm->wp_reason[idx], __ATOMIC_ACQUIRE))
+		run_protect(gm, idx, 1, false);
+	pagestate_set(gm->ps, idx, st);
+	run_wake(gm, idx, 1);
+	(void)page;
+	return what;
+}
+
+/*
+ * An access to a hole of a range registered for MISSING faults. A page a
+ * transaction holds (the holes of a window being rebuilt) is left to it.
+ * A hole in a mapping of the store is a zero page of a window on a kernel
+ * where memmap cannot tell the zero page (page_mode): it gets a page of
+ * zeros of the VM's own (PS_ANON), never a page of the store. A hole of
+ * anonymous memory in a MISSING chunk that is not swapped reads zeros:
+ * never touched, dropped as zero, ballooned or reported, it gets the zero
+ * page. Each is resolved before the access is woken, so a woken access
+ * never faults again on the same hole.
+ */
+static enum mem_fault fault_missing(struct gm *gm, uint64_t idx, void *page)
+{
+	enum ps_state st = take(gm, idx);
+	enum mem_fault what = MEM_FAULT_STALE;
+	int ret;
+
+	if (st == PS_BUSY)
+		return MEM_FAULT_OWNER;
+	if (st == PS_SWAPPED) {
+		/* Its content lives in the swap store, which serves it; nothing here may. */
+		pagestate_set(gm->ps, idx, st);
+		return MEM_FAULT_UNSERVED;
+	}
+	if (gm_frame_mapped(gm, idx) && st != PS_SHARED) {
+		struct uffdio_copy c = {
+			.dst = (uint64_t)(uintptr_t)page,
+			.src = (uint64_t)(uintptr_t)zeros,
+			.len = GM_PAGE_SIZE,
+			.mode = UFFDIO_COPY_MODE_DONTWAKE,
+		};
+
+		ret = ioctl(gm->uffd, UFFDIO_COPY, &c) ? -errno : 0;
+		if (!ret) {
+			st = PS_ANON;
+			what = MEM_FAULT_ZERO_FILL;
+		}
+	} else if (!gm_frame_mapped(gm, idx)) {
+		ret = map_zero_pages(gm, page, GM_PAGE_SIZE);
+		if (!ret)
+			what = MEM_FAULT_ZERO_PAGE;
+	}
+	run_rearm(gm, idx, 1);
+	pagestate_set(gm->ps, idx, st);
+	run_wake(gm, idx, 1);
+	return what;
+}
+
+enum mem_fault mem_fault(struct gm *gm, uint64_t idx, void *page, bool wp)
+{
+	return wp ? fault_wp(gm, idx, page) : fault_missing(gm, idx, page);
+}
+
+/* --- stats and checks --- */
+
+void mem_txn_stats(struct mem_txn_stats *out)
+{
+	uint64_t *src = (uint64_t *)&stats, *dst = (uint64_t *)out;
+
+	for (size_t i = 0; i < sizeof(stats) / sizeof(uint64_t); i++)
+		dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+}
+
+/* True when a page in state st whose mapping shows pm (and maps the store or not) is consistent. */
+static bool state_agrees(enum ps_state st, uint64_t pm, bool store)
+{
+	bool resident = memmap_pm_resident(pm);
+	/*
+	 * Where memmap cannot tell the zero page, a window's zero page reads its
+	 * reserved store offset, which a read may have made a page of zeros.
+	 */
+	bool file = memmap_pm_file(pm) && (memmap_zero_page_known() || !store);
+
+	switch (st) {
+	case PS_SHARED:
+		/* Reads its frame: a mapping of the store (written since: a private copy). */
+		return store;
+	case PS_ZERO:
+	case PS_BALLOONED:
+	case PS_REPORTED:
+	case PS_SWAPPED:
+		/* Dropped: no page of its own, and never a frame of the store. */
+		return !(resident && !memmap_pm_file(pm)) && !file;
+	case PS_ANON:
+		/* Its own page or none, never a store frame it reads for no reason. */
+		return !file;
+	default:
+		return true;
+	}
+}
+
+int mem_check_states(struct gm *gm, struct mem_check *out)
+{
+	uint64_t pm[512];
+	uint8_t before[512];
+
+	memset(out, 0, sizeof(*out));
+	for (unsigned int r = 0; r < gm->nr_regions; r++) {
+		uint64_t idx = gm->regions[r].first_pfn_index;
+		uint64_t end = idx + gm->regions[r].len / GM_PAGE_SIZE;
+
+		while (idx < end) {
+			uint64_t n = end - idx < 512 ? end - idx : 512;
+
+			for (uint64_t i = 0; i < n; i++)
+				before[i] = (uint8_t)pagestate_get(gm->ps, idx + i);
+			if (memmap_pagemap(gm, idx, n, pm) != (int64_t)n)
+				return -EIO;
+			for (uint64_t i = 0; i < n; i++) {
+				enum ps_state st = (enum ps_state)before[i];
+
+				/* Held, or changed during the look: nothing to compare. */
+				if (st == PS_BUSY || pagestate_get(gm->ps, idx + i) != st)
+					continue;
+				out->checked++;
+				if (state_agrees(st, pm[i], gm_frame_mapped(gm, idx + i)))
+					continue;
+				if (!out->mismatches++) {
+					out->first_bad = idx + i;
+					out->first_state = (uint8_t)st;
+					out->first_pm = pm[i];
+				}
+			}
+			idx += n;
+		}
+	}
+	return 0;
+}

@@ -20,7 +20,7 @@ import resource
 import subprocess
 
 from kvmemtest import ACCEL, GUEST, KVMEM, check, finish, require_accel, with_accel
-from ctlhelp import Host, connect, host_config, read_line, tmpdir, wait_socket
+from ctlhelp import Host, connect, host_config, read_line, tmpdir, wait_socket, wait_state
 
 require_accel()
 d = tmpdir()
@@ -101,6 +101,10 @@ if "ASAN_OPTIONS" in os.environ:
 host = Host(["host", "--config", cfg])
 try:
     check(wait_socket(host, sock), "the host serves its control socket")
+    # Both guests loaded (a VM still being created opens its guest image: with
+    # one descriptor left that fails first, and says so, not the poll).
+    for name in ("a", "b"):
+        wait_state(sock, name, lambda v: v["state"] == "running", f"VM {name} runs")
     # Accepted first (a reply proves it: connect() alone only reaches the listen
     # backlog): with a limit of one descriptor the host accepts no one.
     s = connect(sock)

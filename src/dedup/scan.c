@@ -65,6 +65,7 @@
 #include "core/log.h"
 #include "core/thread.h"
 #include "mem/memmap.h"
+#include "mem/pagemap.h"
 #include "mem/reclaim.h"
 #include "mem/txn.h"
 
@@ -401,7 +402,7 @@ static void stable_page(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint6
  * True when page idx of v, whose pagemap entry is pm, reads zeros without a
  * page of its own: the kernel's zero page where memmap recognises it, else
  * the store offset of a window's zero page. Such a kernel (one that forbids
- * the zero page, or a pagemap hiding PFNs: memmap_zero_page_known) leaves a
+ * the zero page, or a pagemap hiding PFNs: mem_zero_page_known) leaves a
  * window's zero pages holes of the store (mem_txn_end_window), so there a page in
  * a mapping of the store that maps no frame is a zero page of a window (every
  * other such page is private: kept, or copied on write). It reads its
@@ -412,10 +413,10 @@ static void stable_page(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint6
  */
 static bool window_zero(const struct dedup_vm *v, uint64_t idx, uint64_t pm)
 {
-	if (memmap_zero_page_known())
+	if (mem_zero_page_known())
 		return mem_pm_is_zero_page(pm);
 	return v->frame[idx] == DEDUP_NO_FRAME && mem_page_in_store_mapping(v->gm, idx) &&
-	       (mem_pm_is_hole(pm) || memmap_pm_file(pm));
+	       (mem_pm_is_hole(pm) || mem_pm_file(pm));
 }
 
 /* What a visit found, for the caller to act on (per page, or for a window). */
@@ -464,7 +465,7 @@ static enum prep prepare(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint
 		v->sum[idx] = 0;
 		return PREP_HOLE;
 	}
-	if (st != PS_ANON || !memmap_pm_resident(pm) || memmap_pm_file(pm)) {
+	if (st != PS_ANON || !mem_pm_resident(pm) || mem_pm_file(pm)) {
 		v->sum[idx] = 0;
 		return PREP_NONE;
 	}
@@ -834,7 +835,7 @@ static uint64_t batch(struct dedup *d, uint64_t max)
 	while (n > 1 && memmap_index_gpa(v->gm, idx + n - 1) - memmap_index_gpa(v->gm, idx) !=
 				(n - 1) * GM_PAGE_SIZE)
 		n /= 2;
-	got = n ? memmap_pagemap(v->gm, idx, n, pm) : 0;
+	got = n ? mem_pagemap(v->gm, idx, n, pm) : 0;
 	if (got <= 0) {
 		if (got < 0)
 			d->st.errors++;
@@ -909,7 +910,7 @@ int64_t dedup_scan_vm(struct dedup *d, struct gm *gm)
 			for (unsigned int i = 0; i < d->nr_vms; i++)
 				if (d->vms[i]->gm == gm)
 					v = d->vms[i];
-			got = v ? memmap_pagemap(gm, idx, n, pm) : -ENOENT;
+			got = v ? mem_pagemap(gm, idx, n, pm) : -ENOENT;
 			for (int64_t i = 0; i < got; i++)
 				visit(d, v, idx + (uint64_t)i, pm[i]);
 			/* The policy merges with the scanner off too: the table must follow. */

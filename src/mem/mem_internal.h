@@ -89,12 +89,6 @@ static inline void gm_set_frame_mapped(struct gm *gm, uint64_t idx, bool on)
 		__atomic_fetch_and(&gm->framemap[idx / 64], ~(1ULL << (idx % 64)), __ATOMIC_RELEASE);
 }
 
-/*
- * Tests only: from now on behave as on a kernel whose zero page memmap cannot
- * recognise (memmap_zero_page_known false), whatever this one does.
- */
-void memmap_forget_zero_page(void);
-
 /* Region holding gpa, or NULL. */
 const struct gm_region *gm_find_region(const struct gm *gm, gpa_t gpa);
 

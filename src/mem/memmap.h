@@ -77,34 +77,6 @@ gpa_t memmap_index_gpa(const struct gm *gm, uint64_t index);
 uint64_t memmap_nr_pages(const struct gm *gm);
 
 /*
- * Read /proc/self/pagemap entries of pages [idx, idx + n) (n <= 4096, within
- * one region). Returns entries read or -errno.
- */
-int64_t memmap_pagemap(const struct gm *gm, uint64_t idx, uint64_t n, uint64_t *entries);
-/*
- * The kernel's shared zero page, two facts about it:
- *
- * memmap_zero_page_known: memmap recognises it in pagemap entries (learned
- * from a read fault, else from UFFDIO_ZEROPAGE), so pages that map it never
- * count as resident, and src/mem can give a page that must read as zeros
- * the zero page (UFFDIO_ZEROPAGE) at no cost in memory. False where neither
- * shows one page for every zero page: a kernel that forbids the zero page
- * to the process (mm_forbids_zeropage), or a pagemap that hides PFNs (a
- * process without CAP_SYS_ADMIN). Every present page then counts as resident.
- *
- * memmap_zero_page_on_read: a read of a hole of anonymous memory maps it, so
- * a dropped page costs nothing until the guest writes it (KVM hosts). False
- * on kernels booted with pvm_no_zero_page, where such a read allocates a
- * page although UFFDIO_ZEROPAGE still maps the zero page (known, not on
- * read): src/mem then maps it into what it drops (mem/reclaim.h).
- */
-bool memmap_zero_page_known(void);
-bool memmap_zero_page_on_read(void);
-/* True when a pagemap entry shows host memory (present, and not the shared zero page). */
-bool memmap_pm_resident(uint64_t entry);
-/* True when the entry maps a file or shared page (a dedup store frame). */
-bool memmap_pm_file(uint64_t entry);
-/*
  * Count resident pages of gm, and move pages the guest touched again after
  * they were dropped (zero, reported, ballooned) back to PS_ANON.
  */

@@ -27,6 +27,7 @@
 #include "mem/mem_internal.h"
 #include "mem/txn.h"
 #include "mem/memmap.h"
+#include "mem/pagemap.h"
 #include "mem/reclaim.h"
 
 #define OVC_SAMPLES 100 /* pages sampled per VM per pass, as ESX */
@@ -215,8 +216,8 @@ static void sample_active(struct ovc_vm *v)
 		uint64_t idx = next_rand(&v->rng) % nr, pm;
 
 		if (pagestate_get(gm->ps, idx) != PS_ANON ||
-		    memmap_pagemap(gm, idx, 1, &pm) != 1 || !memmap_pm_resident(pm) ||
-		    memmap_pm_file(pm))
+		    mem_pagemap(gm, idx, 1, &pm) != 1 || !mem_pm_resident(pm) ||
+		    mem_pm_file(pm))
 			continue;
 		if (mem_sample_protect(gm, idx) == 0)
 			v->samples[picked++] = idx;

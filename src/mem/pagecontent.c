@@ -60,37 +60,6 @@ int mem_page_copy_to_fd(const struct gm *gm, uint64_t idx, int fd, uint64_t off)
 	return put == (ssize_t)GM_PAGE_SIZE ? 0 : -EIO;
 }
 
-/*
- * A pte marker (what write-protecting an unpopulated pte of a file mapping
- * leaves: the page is not mapped, writes are held) reads as a swap entry of
- * the last swap type (SWP_PTE_MARKER, 31), with PM_UFFD_WP: it is not a page.
- */
-static bool pm_is_marker(uint64_t e)
-{
-	return !(e & PM_PRESENT) && (e & PM_SWAP) && (e & PM_SWAP_TYPE) == PM_SWAP_TYPE;
-}
-
-bool mem_pm_is_private(uint64_t e)
-{
-	return (e & (PM_PRESENT | PM_SWAP)) && !(e & PM_FILE) && !pm_is_marker(e);
-}
-
-bool mem_pm_is_zero_page(uint64_t e)
-{
-	return (e & PM_PRESENT) && !(e & PM_FILE) && !memmap_pm_resident(e);
-}
-
-bool mem_pm_is_populated(uint64_t e)
-{
-	/* A marker counts: it holds writes like a protected page would. */
-	return e & (PM_PRESENT | PM_SWAP);
-}
-
-bool mem_pm_is_hole(uint64_t e)
-{
-	return !(e & PM_PRESENT) && (!(e & PM_SWAP) || pm_is_marker(e));
-}
-
 static uint64_t parse_hex(const char **p, const char *end)
 {
 	uint64_t v = 0;

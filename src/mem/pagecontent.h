@@ -6,7 +6,7 @@
  * hva) and lends it, read-only, for the length of the call.
  *
  * Reading a page that is not resident faults memory in: callers check the
- * pagemap entry first (memmap_pagemap, memmap_pm_resident). A page being
+ * pagemap entry first (mem_pagemap, mem_pm_resident). A page being
  * compared for a merge must be write-protected first (mem_page_protect,
  * mem_range_protect in mem/reclaim.h, which also remaps pages):
  * only then is the compare final ("protect first, compare second").
@@ -36,32 +36,6 @@ int mem_page_copy_to_fd(const struct gm *gm, uint64_t idx, int fd, uint64_t off)
 
 /* 1 when page idx equals the GM_PAGE_SIZE bytes at buf, 0 when not, -EINVAL. */
 int mem_page_equal_buf(const struct gm *gm, uint64_t idx, const void *buf);
-
-/*
- * True when a pagemap entry shows a private (anonymous) page: present or
- * swapped out, and not a file/shared page. For a page mapped onto a store
- * frame it means the guest wrote it and the kernel copied it on write.
- */
-bool mem_pm_is_private(uint64_t entry);
-/*
- * True when a pagemap entry maps the kernel's zero page (a hole read, or
- * UFFDIO_ZEROPAGE). Always false where memmap cannot recognise the zero page
- * (memmap_zero_page_known): such entries then count as resident.
- */
-bool mem_pm_is_zero_page(uint64_t entry);
-/*
- * True when a pagemap entry is populated: present (any page, the zero page
- * too), swapped, or a write-protect marker on an unpopulated file pte (which
- * holds writes as a protected page does). An unpopulated anonymous pte
- * cannot be write-protected: a write to it would not wait.
- */
-bool mem_pm_is_populated(uint64_t entry);
-/*
- * True when no page is behind a pagemap entry: unpopulated, or a write-protect
- * marker left on an unpopulated pte. In anonymous memory such a page reads as
- * zeros; in a mapping of the store it reads the store page at its offset.
- */
-bool mem_pm_is_hole(uint64_t entry);
 
 /*
  * Number of host VMAs (mappings) that overlap the RAM of the nr VMs in gms,

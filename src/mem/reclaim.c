@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "mem/mem_internal.h"
 #include "mem/memmap.h"
+#include "mem/pagemap.h"
 #include "mem/overcommit.h"
 #include "mem/txn.h"
 
@@ -142,7 +143,7 @@ int64_t mem_reclaim_zero(struct gm *gm, uint64_t first, uint64_t count, uint64_t
 		/* Stay within one region: pagemap reads follow host addresses. */
 		if (!mem_run_ok(gm, base, n))
 			n = 1;
-		got = memmap_pagemap(gm, base, n, pm);
+		got = mem_pagemap(gm, base, n, pm);
 		if (got <= 0)
 			return dropped ? dropped : got;
 		for (int64_t i = 0; i < got && (uint64_t)dropped < max_pages;) {
@@ -157,8 +158,8 @@ int64_t mem_reclaim_zero(struct gm *gm, uint64_t first, uint64_t count, uint64_t
 			while (i + (int64_t)run < got && run < left) {
 				uint64_t idx = base + (uint64_t)i + run;
 
-				if (!memmap_pm_resident(pm[i + (int64_t)run]) ||
-				    memmap_pm_file(pm[i + (int64_t)run]) ||
+				if (!mem_pm_resident(pm[i + (int64_t)run]) ||
+				    mem_pm_file(pm[i + (int64_t)run]) ||
 				    pagestate_get(gm->ps, idx) != PS_ANON || gm_frame_mapped(gm, idx) ||
 				    !mem_hva_is_zero(gm_page_hva(gm, idx)))
 					break;
@@ -178,8 +179,8 @@ int64_t mem_reclaim_zero(struct gm *gm, uint64_t first, uint64_t count, uint64_t
 			 * frame since the look is dedup's work, not a zero page here.
 			 */
 			for (uint32_t k = 0; k < (uint32_t)claimed; k++)
-				if (!gm_frame_mapped(gm, t.idx + k) && memmap_pm_resident(t.pm[k]) &&
-				    !memmap_pm_file(t.pm[k]) && mem_hva_is_zero(gm_page_hva(gm, t.idx + k)))
+				if (!gm_frame_mapped(gm, t.idx + k) && mem_pm_resident(t.pm[k]) &&
+				    !mem_pm_file(t.pm[k]) && mem_hva_is_zero(gm_page_hva(gm, t.idx + k)))
 					mem_txn_set(&t, k, MEM_ZERO, 0);
 			dropped += mem_txn_end(&t, -1);
 			i += claimed;

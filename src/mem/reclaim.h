@@ -36,7 +36,7 @@ int mem_undiscard(struct gm *gm, gpa_t gpa, uint64_t len);
  *
  * A dropped page reads the kernel's zero page, whatever the kernel: where a
  * read of a hole would allocate a page instead (pvm_no_zero_page, see
- * memmap_zero_page_on_read), the run is given the zero page through
+ * mem_zero_page_on_read), the run is given the zero page through
  * UFFDIO_ZEROPAGE as it is dropped, so a guest that reads its zero pages
  * again keeps them free.
  */

@@ -26,6 +26,7 @@
 #include "core/log.h"
 #include "mem/mem_internal.h"
 #include "mem/memmap.h"
+#include "mem/pagemap.h"
 #include "mem/pagecontent.h"
 
 static struct mem_txn_stats stats; /* atomic */
@@ -102,7 +103,7 @@ bool mem_page_missing(const struct gm *gm, uint64_t idx)
 static uint64_t page_mode(const struct gm *gm, uint64_t idx)
 {
 	bool missing = chunk_missing(gm, idx) ||
-		       (gm_frame_mapped(gm, idx) && !memmap_zero_page_known());
+		       (gm_frame_mapped(gm, idx) && !mem_zero_page_known());
 
 	return UFFDIO_REGISTER_MODE_WP | (missing ? UFFDIO_REGISTER_MODE_MISSING : 0);
 }
@@ -270,7 +271,7 @@ int64_t mem_txn_claim(struct mem_txn *t, struct gm *gm, uint64_t idx, uint64_t n
 		if (ret)
 			goto out_abort;
 		/* Read once protected: final for every populated page. */
-		if (memmap_pagemap(gm, idx, i, t->pm) != (int64_t)i) {
+		if (mem_pagemap(gm, idx, i, t->pm) != (int64_t)i) {
 			ret = -EIO;
 			goto out_abort;
 		}
@@ -334,9 +335,9 @@ static int map_zero_pages(const struct gm *gm, uint8_t *hva, uint64_t len)
 
 /*
  * Pages [idx, idx + n) were just dropped and must read as zeros. Where a
- * read of a hole allocates a page (memmap_zero_page_on_read false:
+ * read of a hole allocates a page (mem_zero_page_on_read false:
  * pvm_no_zero_page) but UFFDIO_ZEROPAGE maps the kernel's zero page
- * (memmap_zero_page_known), map it now, so that a later guest read costs
+ * (mem_zero_page_known), map it now, so that a later guest read costs
  * nothing, as a read of a dropped page does on any other kernel. Without it,
  * a guest that reads its zero pages again gets them all back as pages of its
  * own, and reclaim drops them again, forever. Best effort.
@@ -345,7 +346,7 @@ static void map_zero_dropped(struct gm *gm, uint64_t idx, uint64_t n)
 {
 	int ret;
 
-	if (gm->uffd < 0 || memmap_zero_page_on_read() || !memmap_zero_page_known())
+	if (gm->uffd < 0 || mem_zero_page_on_read() || !mem_zero_page_known())
 		return;
 	ret = map_zero_pages(gm, gm_page_hva(gm, idx), n * GM_PAGE_SIZE);
 	if (ret)
@@ -481,7 +482,7 @@ static int fill_run(const struct gm *gm, uint8_t *s, const uint8_t *old, uint64_
 	/*
 	 * A zero page maps the kernel's zero page (UFFDIO_ZEROPAGE, which does so
 	 * also where read faults never do, under pvm_no_zero_page). Where memmap
-	 * cannot recognise that page (memmap_zero_page_known), each such entry
+	 * cannot recognise that page (mem_zero_page_known), each such entry
 	 * would count as a resident page, and residency drives the host's budget
 	 * and the page states; where the kernel forbids the zero page,
 	 * UFFDIO_ZEROPAGE allocates a page. So there the zero page is left a hole
@@ -489,7 +490,7 @@ static int fill_run(const struct gm *gm, uint8_t *s, const uint8_t *old, uint64_
 	 * the guest touches it, and then, through a MISSING fault (page_mode), a
 	 * page of zeros of the VM's own, never a page of the store.
 	 */
-	if (kind == MEM_WIN_ZERO && !memmap_zero_page_known())
+	if (kind == MEM_WIN_ZERO && !mem_zero_page_known())
 		return 0;
 	if (kind == MEM_WIN_ZERO)
 		return map_zero_pages(gm, s + off, end - off);
@@ -730,7 +731,7 @@ static enum mem_fault fault_wp(struct gm *gm, uint64_t idx, void *page)
 	    MEM_WP_SAMPLE) {
 		__atomic_fetch_add(&gm->sample_hits, 1, __ATOMIC_RELAXED);
 		what = MEM_FAULT_SAMPLE;
-	} else if (memmap_pagemap(gm, idx, 1, &pm) == 1 && (pm & PM_UFFD_WP)) {
+	} else if (mem_pagemap(gm, idx, 1, &pm) == 1 && (pm & PM_UFFD_WP)) {
 		count(&stats.stray_faults, 1);
 		log_warn_ratelimited("page %llu was write-protected for no reason: released",
 				     (unsigned long long)idx);
@@ -812,12 +813,12 @@ void mem_txn_stats(struct mem_txn_stats *out)
 /* True when a page in state st whose mapping shows pm (and maps the store or not) is consistent. */
 static bool state_agrees(enum ps_state st, uint64_t pm, bool store)
 {
-	bool resident = memmap_pm_resident(pm);
+	bool resident = mem_pm_resident(pm);
 	/*
 	 * Where memmap cannot tell the zero page, a window's zero page reads its
 	 * reserved store offset, which a read may have made a page of zeros.
 	 */
-	bool file = memmap_pm_file(pm) && (memmap_zero_page_known() || !store);
+	bool file = mem_pm_file(pm) && (mem_zero_page_known() || !store);
 
 	switch (st) {
 	case PS_SHARED:
@@ -828,7 +829,7 @@ static bool state_agrees(enum ps_state st, uint64_t pm, bool store)
 	case PS_REPORTED:
 	case PS_SWAPPED:
 		/* Dropped: no page of its own, and never a frame of the store. */
-		return !(resident && !memmap_pm_file(pm)) && !file;
+		return !(resident && !mem_pm_file(pm)) && !file;
 	case PS_ANON:
 		/* Its own page or none, never a store frame it reads for no reason. */
 		return !file;
@@ -852,7 +853,7 @@ int mem_check_states(struct gm *gm, struct mem_check *out)
 
 			for (uint64_t i = 0; i < n; i++)
 				before[i] = (uint8_t)pagestate_get(gm->ps, idx + i);
-			if (memmap_pagemap(gm, idx, n, pm) != (int64_t)n)
+			if (mem_pagemap(gm, idx, n, pm) != (int64_t)n)
 				return -EIO;
 			for (uint64_t i = 0; i < n; i++) {
 				enum ps_state st = (enum ps_state)before[i];

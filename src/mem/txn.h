@@ -143,7 +143,7 @@ enum mem_win_kind {
  * so a guest access sees the old window or the new one, never a hole.
  *
  * A MEM_WIN_ZERO page maps the kernel's zero page where memmap recognises it
- * (memmap_zero_page_known); elsewhere it is left a hole of the new mapping,
+ * (mem_zero_page_known); elsewhere it is left a hole of the new mapping,
  * which is registered for MISSING faults, so a touch gets a page of zeros of
  * the VM's own from the uffd service, never a page of the store.
  *

@@ -8,7 +8,7 @@
  * by hand (dedup_scan_pass), so every step is deterministic.
  *
  * Every test runs twice: on this kernel as it is, then as on a kernel whose
- * zero page memmap cannot recognise (memmap_forget_zero_page), where a
+ * zero page memmap cannot recognise (mem_forget_zero_page), where a
  * window's zero pages are holes of the store.
  */
 #include <errno.h>
@@ -28,8 +28,8 @@
 #include "dedup/dedup.h"
 #include "dedup/dedup_internal.h"
 #include "mem/gm.h"
-#include "mem/mem_internal.h"
 #include "mem/memmap.h"
+#include "mem/pagemap.h"
 #include "mem/pagecontent.h"
 #include "mem/pagestate.h"
 #include "mem/reclaim.h"
@@ -413,12 +413,12 @@ static void test_dedup_drops_stable_zero_pages_and_never_reads_holes(void **stat
 	dedup_scan_pass(f->d);
 	assert_int_equal(state_of(f->gm[0], BASE), PS_ZERO);
 	assert_int_equal(stats(f->d).zero_pages, 1);
-	assert_int_equal(memmap_pagemap(f->gm[0], (uint64_t)idx, 1, &pm), 1);
-	assert_false(memmap_pm_resident(pm));
+	assert_int_equal(mem_pagemap(f->gm[0], (uint64_t)idx, 1, &pm), 1);
+	assert_false(mem_pm_resident(pm));
 	/* A page never touched stays a hole after the scanner went by. */
 	idx = memmap_page_index(f->gm[1], BASE + 100 * PAGE);
-	assert_int_equal(memmap_pagemap(f->gm[1], (uint64_t)idx, 1, &pm), 1);
-	assert_false(memmap_pm_resident(pm));
+	assert_int_equal(mem_pagemap(f->gm[1], (uint64_t)idx, 1, &pm), 1);
+	assert_false(mem_pm_resident(pm));
 	/*
 	 * Read again, the dropped page costs nothing and stays a zero page where
 	 * memmap recognises the kernel's zero page, also where a read of a hole
@@ -427,10 +427,10 @@ static void test_dedup_drops_stable_zero_pages_and_never_reads_holes(void **stat
 	assert_int_equal(gm_read(f->gm[0], BASE, buf, PAGE), 0);
 	assert_memory_equal(buf, zero, PAGE);
 	idx = memmap_page_index(f->gm[0], BASE);
-	assert_int_equal(memmap_pagemap(f->gm[0], (uint64_t)idx, 1, &pm), 1);
-	assert_int_equal(memmap_pm_resident(pm), !memmap_zero_page_known());
-	assert_int_equal(memmap_resident(f->gm[0]), !memmap_zero_page_known());
-	assert_int_equal(state_of(f->gm[0], BASE), memmap_zero_page_known() ? PS_ZERO : PS_ANON);
+	assert_int_equal(mem_pagemap(f->gm[0], (uint64_t)idx, 1, &pm), 1);
+	assert_int_equal(mem_pm_resident(pm), !mem_zero_page_known());
+	assert_int_equal(memmap_resident(f->gm[0]), !mem_zero_page_known());
+	assert_int_equal(state_of(f->gm[0], BASE), mem_zero_page_known() ? PS_ZERO : PS_ANON);
 }
 
 static void test_dedup_leaves_busy_pages_and_releases_pages_taken_over(void **state)
@@ -558,7 +558,7 @@ static void test_dedup_window_of_identical_guests_is_one_mapping(void **state)
 		 * zeros each, given by the uffd service.
 		 */
 		assert_int_equal(memmap_resident(f->gm[i]),
-				 128 + 256 + (memmap_zero_page_known() ? 0 : 128));
+				 128 + 256 + (mem_zero_page_known() ? 0 : 128));
 	}
 	/* Writes: a shared page and a zero page of vm0 are copied on write; the others keep theirs. */
 	fill(f->gm[0], BASE + PAGE, 77);
@@ -601,14 +601,14 @@ static void test_dedup_window_with_untouched_pages_gives_them_no_memory(void **s
 		 */
 		assert_int_equal(memmap_resident(f->gm[i]), 32);
 		assert_int_equal(state_of(f->gm[i], hole), PS_ANON);
-		assert_int_equal(memmap_pagemap(f->gm[i], (uint64_t)memmap_page_index(f->gm[i], hole),
+		assert_int_equal(mem_pagemap(f->gm[i], (uint64_t)memmap_page_index(f->gm[i], hole),
 						1, &pm), 1);
 		/*
 		 * The kernel's zero page where memmap recognises it (whether or not
 		 * reads map it); elsewhere a hole of the store, since a zero page
 		 * memmap cannot tell would count as resident.
 		 */
-		if (memmap_zero_page_known())
+		if (mem_zero_page_known())
 			assert_true(mem_pm_is_zero_page(pm));
 		else
 			assert_true(mem_pm_is_hole(pm));
@@ -621,7 +621,7 @@ static void test_dedup_window_with_untouched_pages_gives_them_no_memory(void **s
 	 * page of the store: the store holds frames only.
 	 */
 	for (int i = 0; i < 2; i++)
-		assert_int_equal(memmap_resident(f->gm[i]), 32 + !memmap_zero_page_known());
+		assert_int_equal(memmap_resident(f->gm[i]), 32 + !mem_zero_page_known());
 	assert_int_equal(stats(f->d).store_bytes, store);
 	/* Writing it gives vm0 a page of its own; vm1's stays zero. */
 	fill(f->gm[0], hole, 9);
@@ -702,7 +702,7 @@ int main(void)
 
 	urcu_memb_register_thread();
 	ret = cmocka_run_group_tests_name("this kernel", tests, NULL, NULL);
-	memmap_forget_zero_page();
+	mem_forget_zero_page();
 	ret |= cmocka_run_group_tests_name("no zero page memmap recognises", tests, NULL, NULL);
 	urcu_memb_unregister_thread();
 	return ret;

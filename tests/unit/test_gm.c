@@ -15,6 +15,7 @@
 #include "core/layout.h"
 #include "mem/gm.h"
 #include "mem/memmap.h"
+#include "mem/pagemap.h"
 
 static void test_gm_copies_round_trip_inside_ram(void **state)
 {
@@ -104,11 +105,11 @@ static void test_gm_zero_page_facts_match_the_kernel(void **state)
 	assert_int_equal(gm_create_anon(8ULL << 20, &gm), 0);
 	idx = memmap_page_index(gm, 0x400000);
 	assert_int_equal(gm_read(gm, 0x400000, buf, sizeof(buf)), 0);
-	assert_int_equal(memmap_pagemap(gm, (uint64_t)idx, 1, &pm), 1);
-	assert_int_equal(memmap_pm_resident(pm), !memmap_zero_page_on_read());
-	assert_int_equal(memmap_resident(gm), !memmap_zero_page_on_read());
-	if (memmap_zero_page_on_read())
-		assert_true(memmap_zero_page_known());
+	assert_int_equal(mem_pagemap(gm, (uint64_t)idx, 1, &pm), 1);
+	assert_int_equal(mem_pm_resident(pm), !mem_zero_page_on_read());
+	assert_int_equal(memmap_resident(gm), !mem_zero_page_on_read());
+	if (mem_zero_page_on_read())
+		assert_true(mem_zero_page_known());
 	gm_destroy(gm);
 }
 

@@ -10,7 +10,7 @@
  * the uffd service serves those waits as it does for a VM.
  *
  * Every test runs twice: on this kernel as it is, then as on a kernel whose
- * zero page memmap cannot recognise (memmap_forget_zero_page).
+ * zero page memmap cannot recognise (mem_forget_zero_page).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -29,6 +29,7 @@
 #include "mem/gm.h"
 #include "mem/mem_internal.h"
 #include "mem/memmap.h"
+#include "mem/pagemap.h"
 #include "mem/pagecontent.h"
 #include "mem/pagestate.h"
 #include "mem/reclaim.h"
@@ -89,15 +90,15 @@ static void assert_page(struct fix *f, unsigned int i, bool dropped)
 	uint8_t page[4096], want[4096];
 	uint64_t pm;
 
-	assert_int_equal(memmap_pagemap(f->gm, f->first + i, 1, &pm), 1);
+	assert_int_equal(mem_pagemap(f->gm, f->first + i, 1, &pm), 1);
 	/* Never left write-protected: a guest write would wait forever. */
 	assert_false(pm & PM_UFFD_WP);
 	if (dropped) {
 		assert_int_equal(pagestate_get(ps, f->first + i), PS_ZERO);
-		assert_false(memmap_pm_resident(pm));
+		assert_false(mem_pm_resident(pm));
 	} else {
 		assert_int_equal(pagestate_get(ps, f->first + i), PS_ANON);
-		assert_true(memmap_pm_resident(pm));
+		assert_true(mem_pm_resident(pm));
 	}
 	memset(want, pattern[i] == '1' ? 0 : (int)(i + 1), sizeof(want));
 	assert_int_equal(gm_read(f->gm, BASE + 4096ULL * i, page, sizeof(page)), 0);
@@ -127,7 +128,7 @@ static void test_reclaim_zero_dropped_pages_read_again_cost_nothing(void **state
 {
 	struct fix *f = *state;
 	struct pagestate *ps = memmap_pagestate(f->gm);
-	bool known = memmap_zero_page_known();
+	bool known = mem_zero_page_known();
 	uint8_t page[4096], got[4096], zero[4096] = { 0 };
 	uint64_t pm;
 
@@ -135,17 +136,17 @@ static void test_reclaim_zero_dropped_pages_read_again_cost_nothing(void **state
 	for (unsigned int i = 0; i < N; i++) {
 		if (pattern[i] != '1')
 			continue;
-		assert_int_equal(memmap_pagemap(f->gm, f->first + i, 1, &pm), 1);
+		assert_int_equal(mem_pagemap(f->gm, f->first + i, 1, &pm), 1);
 		assert_false(pm & PM_UFFD_WP);
 		/* Mapped as it was dropped only where a read would not map it. */
-		if (known && !memmap_zero_page_on_read())
+		if (known && !mem_zero_page_on_read())
 			assert_true(mem_pm_is_zero_page(pm));
 		else
 			assert_true(mem_pm_is_hole(pm));
 		assert_int_equal(gm_read(f->gm, BASE + 4096ULL * i, page, sizeof(page)), 0);
 		assert_memory_equal(page, zero, sizeof(page));
-		assert_int_equal(memmap_pagemap(f->gm, f->first + i, 1, &pm), 1);
-		assert_int_equal(memmap_pm_resident(pm), !known);
+		assert_int_equal(mem_pagemap(f->gm, f->first + i, 1, &pm), 1);
+		assert_int_equal(mem_pm_resident(pm), !known);
 	}
 	assert_int_equal(memmap_resident(f->gm), known ? N - zeros_in(N) : N);
 	assert_int_equal(pagestate_get(ps, f->first), known ? PS_ZERO : PS_ANON);
@@ -153,8 +154,8 @@ static void test_reclaim_zero_dropped_pages_read_again_cost_nothing(void **state
 	/* A write to a dropped page (page 0) copies on write: its own page, nothing held. */
 	memset(page, 0x5a, sizeof(page));
 	assert_int_equal(gm_write(f->gm, BASE, page, sizeof(page)), 0);
-	assert_int_equal(memmap_pagemap(f->gm, f->first, 1, &pm), 1);
-	assert_true(memmap_pm_resident(pm));
+	assert_int_equal(mem_pagemap(f->gm, f->first, 1, &pm), 1);
+	assert_true(mem_pm_resident(pm));
 	assert_int_equal(gm_read(f->gm, BASE, got, sizeof(got)), 0);
 	assert_memory_equal(got, page, sizeof(page));
 	assert_int_equal(memmap_resident(f->gm), N - zeros_in(N) + 1);
@@ -210,7 +211,7 @@ static void test_reclaim_zero_protect_failure_leaves_nothing_protected(void **st
 	memset(hva, 0, 4096); /* resident, zero, private: a candidate like its neighbours */
 	mem_reclaim_zero(f->gm, f->first, N, UINT64_MAX);
 	for (unsigned int i = 0; i < N; i++) {
-		assert_int_equal(memmap_pagemap(f->gm, f->first + i, 1, &pm), 1);
+		assert_int_equal(mem_pagemap(f->gm, f->first + i, 1, &pm), 1);
 		assert_false(pm & PM_UFFD_WP);
 		assert_int_not_equal(pagestate_get(memmap_pagestate(f->gm), f->first + i), PS_BUSY);
 	}
@@ -241,7 +242,7 @@ static uint64_t pm_of(struct gm *gm, uint64_t idx)
 {
 	uint64_t pm = 0;
 
-	assert_int_equal(memmap_pagemap(gm, idx, 1, &pm), 1);
+	assert_int_equal(mem_pagemap(gm, idx, 1, &pm), 1);
 	return pm;
 }
 
@@ -309,7 +310,7 @@ static void test_reclaim_window_hold_keeps_a_write_to_an_untouched_page(void **s
 	assert_int_equal(gm_page_hva(f->gm, first)[0], 0x11);
 	for (unsigned int i = 1; i < WIN_PAGES; i++) {
 		if (i != 5)
-			assert_false(memmap_pm_resident(pm_of(f->gm, first + i)));
+			assert_false(mem_pm_resident(pm_of(f->gm, first + i)));
 		assert_int_equal(pagestate_get(memmap_pagestate(f->gm), first + i), PS_ANON);
 	}
 	/* One mapping more for the window, splitting RAM's. */
@@ -321,7 +322,7 @@ static void test_reclaim_window_hold_keeps_a_write_to_an_untouched_page(void **s
 	 */
 	assert_int_equal(gm_read(f->gm, WIN + 6 * 4096, page, sizeof(page)), 0);
 	assert_memory_equal(page, zero, sizeof(page));
-	assert_int_equal(memmap_pm_resident(pm_of(f->gm, first + 6)), !memmap_zero_page_known());
+	assert_int_equal(mem_pm_resident(pm_of(f->gm, first + 6)), !mem_zero_page_known());
 	assert_int_equal(fstat(fd, &sb), 0);
 	assert_int_equal(sb.st_blocks, 0);
 	assert_int_equal(uffd_stats_of(svc).errors, 0);
@@ -385,7 +386,7 @@ int main(void)
 
 	int ret = cmocka_run_group_tests_name("this kernel", tests, NULL, NULL);
 
-	memmap_forget_zero_page();
+	mem_forget_zero_page();
 	ret |= cmocka_run_group_tests_name("no zero page memmap recognises", tests, NULL, NULL);
 	return ret;
 }

@@ -29,6 +29,7 @@
 #include "mem/gm.h"
 #include "mem/mem_internal.h"
 #include "mem/memmap.h"
+#include "mem/pagemap.h"
 #include "mem/pagecontent.h"
 #include "mem/pagestate.h"
 #include "mem/reclaim.h"
@@ -103,7 +104,7 @@ static uint64_t pm_of(struct fix *f, uint64_t idx)
 {
 	uint64_t pm = 0;
 
-	assert_int_equal(memmap_pagemap(f->gm, idx, 1, &pm), 1);
+	assert_int_equal(mem_pagemap(f->gm, idx, 1, &pm), 1);
 	return pm;
 }
 
@@ -402,7 +403,7 @@ static void test_txn_missing_mode_survives_every_remap(void **state)
 	assert_int_equal(gm_read(f->gm, WIN + 100 * PAGE, buf, PAGE), 0);
 	assert_int_equal(buf[0], 0);
 	assert_int_equal(ustats(f).zero_pages, zero_pages + 1);
-	assert_false(memmap_pm_resident(pm_of(f, hole)));
+	assert_false(mem_pm_resident(pm_of(f, hole)));
 
 	/* A page mapped onto a frame, then dropped: fresh memory, registered as its chunk. */
 	fill(f, p, 0xab);
@@ -477,7 +478,7 @@ static void test_txn_balloon_waits_for_a_held_page(void **state)
 	assert_int_equal(a.ret, 3);
 	for (int i = -1; i <= 1; i++) {
 		assert_int_equal(pagestate_get(f->ps, idx + (uint64_t)i), PS_BALLOONED);
-		assert_false(memmap_pm_resident(pm_of(f, idx + (uint64_t)i)));
+		assert_false(mem_pm_resident(pm_of(f, idx + (uint64_t)i)));
 	}
 }
 

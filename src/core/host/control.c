@@ -319,16 +319,9 @@ static int verb_stats(void *arg, json_t *req, json_t *reply)
 	return merge(reply, host_stats_json(arg));
 }
 
-static int vm_verb(json_t *req, json_t *reply, const char *what, int (*fn)(struct host *,
-									  const char *),
-		   struct host *h)
+/* The error reply of a per-VM verb that failed with ret (-errno). */
+static int vm_verb_error(json_t *reply, const char *name, const char *what, int ret)
 {
-	const char *name;
-	int ret = control_req_string(req, "vm", reply, &name);
-
-	if (ret)
-		return ret;
-	ret = fn(h, name);
 	if (ret == -ENOENT)
 		return control_reply_error(reply, ret, "vm \"%.64s\": no such VM", name);
 	if (ret == -EINVAL)
@@ -339,9 +332,22 @@ static int vm_verb(json_t *req, json_t *reply, const char *what, int (*fn)(struc
 					   "vm \"%.64s\": not paused: a vCPU did not stop within %d ms "
 					   "(held in the VMM); the VM runs on", name,
 					   VM_PAUSE_TIMEOUT_MS);
+	return control_reply_error(reply, ret, "vm \"%.64s\": %s: %s", name, what,
+				   strerror(-ret));
+}
+
+static int vm_verb(json_t *req, json_t *reply, const char *what, int (*fn)(struct host *,
+									  const char *),
+		   struct host *h)
+{
+	const char *name;
+	int ret = control_req_string(req, "vm", reply, &name);
+
 	if (ret)
-		return control_reply_error(reply, ret, "vm \"%.64s\": %s: %s", name, what,
-					   strerror(-ret));
+		return ret;
+	ret = fn(h, name);
+	if (ret)
+		return vm_verb_error(reply, name, what, ret);
 	json_object_set_new(reply, "vm", safe_string(name));
 	return 0;
 }
@@ -359,6 +365,22 @@ static int verb_resume(void *arg, json_t *req, json_t *reply)
 static int verb_stop(void *arg, json_t *req, json_t *reply)
 {
 	return vm_verb(req, reply, "stop", host_vm_stop, arg);
+}
+
+/* {"verb":"memcheck","vm":NAME}: the VM's page states against its mappings (debug). */
+static int verb_memcheck(void *arg, json_t *req, json_t *reply)
+{
+	const char *name;
+	json_t *payload = NULL;
+	int ret = control_req_string(req, "vm", reply, &name);
+
+	if (ret)
+		return ret;
+	ret = host_vm_memcheck(arg, name, &payload);
+	if (ret)
+		return vm_verb_error(reply, name, "check", ret);
+	json_object_set_new(reply, "vm", safe_string(name));
+	return merge(reply, payload);
 }
 
 static int verb_budget(void *arg, json_t *req, json_t *reply)
@@ -405,7 +427,7 @@ static int register_host_verbs(struct control *c)
 	} tab[] = {
 		{ "list", verb_list },	   { "stats", verb_stats },	{ "pause", verb_pause },
 		{ "resume", verb_resume }, { "stop", verb_stop },	{ "budget", verb_budget },
-		{ "reclaim", verb_reclaim },
+		{ "reclaim", verb_reclaim }, { "memcheck", verb_memcheck },
 	};
 	int ret;
 

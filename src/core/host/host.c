@@ -8,6 +8,7 @@
 #include "core/host/host.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -27,6 +28,7 @@
 #include "mem/memmap.h"
 #include "mem/overcommit.h"
 #include "mem/reclaim.h"
+#include "mem/txn.h"
 #include "mem/uffd.h"
 
 struct host_vm {
@@ -458,6 +460,41 @@ int host_vm_stop(struct host *h, const char *name)
 	return 0;
 }
 
+int host_vm_memcheck(struct host *h, const char *name, json_t **out)
+{
+	struct host_vm *hv = find_vm(h, name);
+	struct mem_check mc;
+	struct gm *gm;
+	char pm[24];
+	json_t *o;
+	int ret;
+
+	if (!hv)
+		return -ENOENT;
+	gm = vm_gm(hv->vm);
+	/* Pages the guest touched again since a drop are its own again, not a mismatch. */
+	memmap_resident(gm);
+	ret = mem_check_states(gm, &mc);
+	if (ret)
+		return ret;
+	o = json_pack("{s:I, s:I}", "checked", (json_int_t)mc.checked, "mismatches",
+		      (json_int_t)mc.mismatches);
+	if (!o)
+		return -ENOMEM;
+	if (mc.mismatches) {
+		snprintf(pm, sizeof(pm), "0x%016" PRIx64, mc.first_pm);
+		json_object_set_new(o, "first_bad", json_integer((json_int_t)mc.first_bad));
+		json_object_set_new(o, "first_state",
+				    json_string(pagestate_name((enum ps_state)mc.first_state)));
+		json_object_set_new(o, "first_pm", json_string(pm));
+		log_warn("%s: memcheck: %" PRIu64 " of %" PRIu64 " pages contradict their state; "
+			 "first: page %" PRIu64 " %s, pagemap %s", hv->cfg.name, mc.mismatches,
+			 mc.checked, mc.first_bad, pagestate_name((enum ps_state)mc.first_state), pm);
+	}
+	*out = o;
+	return 0;
+}
+
 /*
  * {"verb":"balloon","vm":NAME,"target":SIZE}: a target by hand (the policy
  * leaves that VM's balloon alone from then on); {"vm":NAME,"auto":true}
@@ -545,9 +582,18 @@ static json_t *pages_json(const uint64_t pages[PS_NR], uint64_t nr_pages)
 	return o;
 }
 
+/* The txn object's names for enum mem_commit (what a page taken by a mechanism became). */
+static const char *const commit_names[MEM_NR_COMMITS] = {
+	[MEM_KEEP] = "keep",	       [MEM_PRIVATE] = "private",     [MEM_ZERO] = "zero",
+	[MEM_FRAME] = "frame",	       [MEM_BALLOONED] = "ballooned", [MEM_REPORTED] = "reported",
+};
+_Static_assert(MEM_NR_COMMITS == 6, "name every enum mem_commit in commit_names (txn.commits)");
+
 json_t *host_stats_json(struct host *h)
 {
+	struct mem_txn_stats ts;
 	struct uffd_stats us;
+	json_t *commits = json_object();
 	struct ovc_stats hs;
 	json_t *vms = json_array();
 	json_t *reclaimed = json_object();
@@ -622,8 +668,12 @@ json_t *host_stats_json(struct host *h)
 		dedup = json_pack("{s:s}", "mode", "off");
 	}
 	uffd_service_stats(h->uffd, &us);
-	return json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:b, s:I, s:o, s:o, s:I, s:s, s:{s:I, s:I, s:I}},"
-			 " s:o}",
+	mem_txn_stats(&ts);
+	for (int c = 0; c < MEM_NR_COMMITS; c++)
+		json_object_set_new(commits, commit_names[c], json_integer((json_int_t)ts.commits[c]));
+	return json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:b, s:I, s:o, s:o, s:I, s:s,"
+			 " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I},"
+			 " s:{s:I, s:I, s:o, s:I, s:I, s:I, s:I}}, s:o}",
 			 "host",
 			 "budget_bytes", (json_int_t)hs.budget_bytes,
 			 "used_bytes", (json_int_t)hs.used_bytes,
@@ -637,6 +687,13 @@ json_t *host_stats_json(struct host *h)
 			 "vmm_heap_bytes", (json_int_t)kv_alloc_bytes(),
 			 "allocator", kv_alloc_name(),
 			 "uffd", "wp_faults", (json_int_t)us.wp_faults,
-			 "sample_hits", (json_int_t)us.sample_hits, "errors", (json_int_t)us.errors,
+			 "sample_hits", (json_int_t)us.sample_hits, "stray", (json_int_t)us.stray,
+			 "missing_faults", (json_int_t)us.missing_faults,
+			 "zero_fills", (json_int_t)us.zero_fills,
+			 "zero_pages", (json_int_t)us.zero_pages, "errors", (json_int_t)us.errors,
+			 "txn", "claims", (json_int_t)ts.claims, "pages", (json_int_t)ts.pages,
+			 "commits", commits, "failed", (json_int_t)ts.failed,
+			 "registrations", (json_int_t)ts.registrations,
+			 "remaps", (json_int_t)ts.remaps, "stray_faults", (json_int_t)ts.stray_faults,
 			 "vms", vms);
 }

@@ -85,6 +85,15 @@ json_t *host_stats_json(struct host *h);
 int host_vm_pause(struct host *h, const char *name);
 int host_vm_resume(struct host *h, const char *name);
 int host_vm_stop(struct host *h, const char *name);
+/*
+ * Debug check of one VM's page states against its mappings (mem_check_states,
+ * after memmap_resident has moved pages the guest touched again back to
+ * anon): 0 with *out the payload {"checked", "mismatches", and for a
+ * mismatch "first_bad", "first_state", "first_pm"} (new ref), -ENOENT (no
+ * such VM), -ENOMEM, or the check's -errno. Meaningful with the VM paused: a
+ * running guest may touch a dropped page during the look.
+ */
+int host_vm_memcheck(struct host *h, const char *name, json_t **out);
 /* Set the host memory budget (bytes > 0) and run a policy pass against it now. */
 void host_set_budget(struct host *h, uint64_t bytes);
 /* Run a policy pass now (asynchronous: returns before the pass ends). */

@@ -308,6 +308,36 @@ static void build_columns(struct table *t, json_t *vms)
 
 /* ---- printing -------------------------------------------------------------------------- */
 
+/* One member of a host object: "name value"; a nested object "name {k v ...}". */
+static void print_member(const char *key, json_t *v, FILE *f, int depth)
+{
+	struct col c = { .kind = COL_NUM, .key = key };
+	char k[KEY_TEXT], b[CELL];
+	const char *sub;
+	json_t *sv;
+
+	fprintf(f, "%s ", cli_escape(key, k, sizeof(k)));
+	if (json_is_object(v) && depth < 2) {
+		bool first = true;
+
+		fprintf(f, "{");
+		json_object_foreach(v, sub, sv) {
+			if (!first)
+				fprintf(f, " ");
+			first = false;
+			print_member(sub, sv, f, depth + 1);
+		}
+		fprintf(f, "}");
+		return;
+	}
+	if (json_is_integer(v) && ends_with(key, "_bytes"))
+		c.kind = COL_BYTES;
+	else if (!json_is_number(v))
+		c.kind = COL_TEXT;
+	format_cell(&c, v, b);
+	fprintf(f, "%s", b);
+}
+
 static void print_host(json_t *host, FILE *f)
 {
 	static const char *const known[] = { "budget_bytes", "used_bytes", "saved_bytes",
@@ -317,7 +347,7 @@ static void print_host(json_t *host, FILE *f)
 	uint64_t configured = int_of(json_object_get(host, "configured_bytes"));
 	json_t *src = json_object_get(host, "used_source");
 	json_t *reclaimed = json_object_get(host, "reclaimed_bytes");
-	char b1[CELL], b2[CELL], b3[CELL], b4[CELL], k[KEY_TEXT], k2[KEY_TEXT];
+	char b1[CELL], b2[CELL], b3[CELL], b4[CELL], k[KEY_TEXT];
 	const char *key;
 	json_t *v;
 
@@ -359,14 +389,8 @@ static void print_host(json_t *host, FILE *f)
 		if (json_is_object(v)) {
 			fprintf(f, "      %s:", cli_escape(key, k, sizeof(k)));
 			json_object_foreach(v, sub, sv) {
-				struct col c = { .kind = COL_NUM, .key = sub };
-
-				if (json_is_integer(sv) && ends_with(sub, "_bytes"))
-					c.kind = COL_BYTES;
-				else if (!json_is_number(sv))
-					c.kind = COL_TEXT;
-				format_cell(&c, sv, b1);
-				fprintf(f, "  %s %s", cli_escape(sub, k2, sizeof(k2)), b1);
+				fprintf(f, "  ");
+				print_member(sub, sv, f, 1);
 			}
 			fprintf(f, "\n");
 		} else {

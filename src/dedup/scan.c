@@ -615,8 +615,8 @@ static int window_convert(struct dedup *d, struct dedup_vm *v, struct mem_txn *t
 			mem_txn_set(t, i, MEM_FRAME, dedup_store_off((uint32_t)slot));
 		else if (p->kind == MEM_WIN_ZERO && p->what == W_ZERO)
 			mem_txn_set(t, i, MEM_ZERO, 0);
-		else if (p->kind == MEM_WIN_KEEP)
-			mem_txn_set(t, i, MEM_PRIVATE, 0);
+		else if (p->kind == MEM_WIN_KEEP || p->kind == MEM_WIN_ZEROED)
+			mem_txn_set(t, i, MEM_PRIVATE, 0); /* a page of its own */
 		else
 			mem_txn_set(t, i, MEM_KEEP, 0);
 	}
@@ -726,7 +726,11 @@ static void window_batch(struct dedup *d, struct dedup_vm *v, uint64_t idx, cons
 		if (p->prep != PREP_STABLE || p->what != W_KEEP)
 			continue;
 		e = dedup_index_unstable_find(&d->ix, p->hash);
-		if (!e)
+		/*
+		 * Its own entry (the policy's scan of this VM entered it earlier in
+		 * this pass) is no partner: a frame for it would be shared by no one.
+		 */
+		if (!e || (e->vm_id == v->id && e->idx == idx + i))
 			continue;
 		if (ext == DEDUP_NO_FRAME && e->idx % DEDUP_EXT_PAGES == i &&
 		    d->vm_by_id[e->vm_id]->win_ext[e->idx / DEDUP_EXT_PAGES] != DEDUP_NO_FRAME)

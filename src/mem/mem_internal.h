@@ -38,6 +38,13 @@ struct gm {
 
 /* Why a page is write-protected besides a transaction's claim (PS_BUSY). */
 #define MEM_WP_SAMPLE 0x1	/* working-set sampling: released at the first write */
+#define MEM_WP_REASONS MEM_WP_SAMPLE
+/*
+ * Not a reason: a reason was withdrawn while someone held the page, so its
+ * protection may outlive it until the next write fault or claim lifts it.
+ * Such a fault is expected, not a stray protection.
+ */
+#define MEM_WP_LINGER 0x80
 
 /* Registration modes are kept per chunk of this many pages (2 MiB). */
 #define MEM_CHUNK_PAGES 512ULL

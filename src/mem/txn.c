@@ -36,6 +36,35 @@ static void count(uint64_t *c, uint64_t n)
 	__atomic_fetch_add(c, n, __ATOMIC_RELAXED);
 }
 
+/* The reasons page idx is write-protected for, besides a claim. */
+static uint8_t reasons(const struct gm *gm, uint64_t idx)
+{
+	return __atomic_load_n(&gm->wp_reason[idx], __ATOMIC_ACQUIRE) & MEM_WP_REASONS;
+}
+
+/* Page idx's protection was lifted: nothing withdrawn lingers on it. */
+static void lifted(struct gm *gm, uint64_t idx)
+{
+	__atomic_fetch_and(&gm->wp_reason[idx], (uint8_t)~MEM_WP_LINGER, __ATOMIC_ACQ_REL);
+}
+
+/*
+ * Withdraw reason `why` from page idx; its protection lingers until lifted.
+ * False when the page did not have it.
+ */
+static bool withdraw(struct gm *gm, uint64_t idx, uint8_t why)
+{
+	uint8_t old = __atomic_load_n(&gm->wp_reason[idx], __ATOMIC_ACQUIRE);
+
+	do {
+		if (!(old & why))
+			return false;
+	} while (!__atomic_compare_exchange_n(&gm->wp_reason[idx], &old,
+					      (uint8_t)((old & ~why) | MEM_WP_LINGER), false,
+					      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+	return true;
+}
+
 bool mem_run_ok(const struct gm *gm, uint64_t idx, uint64_t n)
 {
 	return n && idx + n <= memmap_nr_pages(gm) && idx + n > idx &&
@@ -136,7 +165,7 @@ static int run_track(struct gm *gm, uint64_t idx, uint64_t n)
 static void run_rearm(struct gm *gm, uint64_t idx, uint64_t n)
 {
 	for (uint64_t i = 0; i < n; i++)
-		if (__atomic_load_n(&gm->wp_reason[idx + i], __ATOMIC_ACQUIRE))
+		if (reasons(gm, idx + i))
 			run_protect(gm, idx + i, 1, true);
 }
 
@@ -208,13 +237,15 @@ static void unprotect_claimed(struct mem_txn *t, uint32_t from, uint32_t to)
 	if (t->flags & MEM_TXN_NOPROTECT)
 		return;
 	for (uint32_t i = from, j; i < to; i = j) {
-		bool reason = __atomic_load_n(&gm->wp_reason[t->idx + i], __ATOMIC_ACQUIRE);
+		bool reason = reasons(gm, t->idx + i);
 
-		for (j = i + 1; j < to && !!__atomic_load_n(&gm->wp_reason[t->idx + j],
-							    __ATOMIC_ACQUIRE) == reason; j++)
+		for (j = i + 1; j < to && !!reasons(gm, t->idx + j) == reason; j++)
 			;
-		if (!reason)
-			run_protect(gm, t->idx + i, j - i, false);
+		if (reason)
+			continue;
+		run_protect(gm, t->idx + i, j - i, false);
+		for (uint32_t k = i; k < j; k++)
+			lifted(gm, t->idx + k);
 	}
 }
 
@@ -385,7 +416,8 @@ static const enum ps_state commit_state[MEM_NR_COMMITS] = {
 /* A commit that changes the backing of page idx: its sample is gone with its old page. */
 static void backing_changed(struct gm *gm, uint64_t idx)
 {
-	__atomic_fetch_and(&gm->wp_reason[idx], (uint8_t)~MEM_WP_SAMPLE, __ATOMIC_ACQ_REL);
+	__atomic_fetch_and(&gm->wp_reason[idx], (uint8_t)~(MEM_WP_SAMPLE | MEM_WP_LINGER),
+			   __ATOMIC_ACQ_REL);
 }
 
 /* Apply commit c to pages [i, j) of t; 0, or -errno with the pages as claimed. */
@@ -640,16 +672,20 @@ void mem_sample_release(struct gm *gm, uint64_t idx)
 {
 	enum ps_state st;
 
-	if (idx >= memmap_nr_pages(gm) ||
-	    !(__atomic_fetch_and(&gm->wp_reason[idx], (uint8_t)~MEM_WP_SAMPLE, __ATOMIC_ACQ_REL) &
-	      MEM_WP_SAMPLE))
+	if (idx >= memmap_nr_pages(gm) || !withdraw(gm, idx, MEM_WP_SAMPLE))
 		return;
-	/* A page someone holds is released by its holder's end, which sees no reason now. */
+	/*
+	 * A page someone holds keeps its protection for now (it lingers): the
+	 * holder's end lifts it if no reason is left by then, else the next
+	 * write fault does, as an expected fault, not a stray one.
+	 */
 	st = pagestate_get(gm->ps, idx);
 	if (st == PS_BUSY || pagestate_cas(gm->ps, idx, st, PS_BUSY))
 		return;
-	if (!__atomic_load_n(&gm->wp_reason[idx], __ATOMIC_ACQUIRE))
+	if (!reasons(gm, idx)) {
 		run_protect(gm, idx, 1, false);
+		lifted(gm, idx);
+	}
 	pagestate_set(gm->ps, idx, st);
 	run_wake(gm, idx, 1);
 }
@@ -722,24 +758,25 @@ static enum ps_state take(struct gm *gm, uint64_t idx)
 static enum mem_fault fault_wp(struct gm *gm, uint64_t idx, void *page)
 {
 	enum ps_state st = take(gm, idx);
-	enum mem_fault what;
+	enum mem_fault what = MEM_FAULT_STALE;
 	uint64_t pm = 0;
+	uint8_t old;
 
 	if (st == PS_BUSY)
 		return MEM_FAULT_OWNER;
-	if (__atomic_fetch_and(&gm->wp_reason[idx], (uint8_t)~MEM_WP_SAMPLE, __ATOMIC_ACQ_REL) &
-	    MEM_WP_SAMPLE) {
+	old = __atomic_fetch_and(&gm->wp_reason[idx], (uint8_t)~(MEM_WP_SAMPLE | MEM_WP_LINGER),
+				 __ATOMIC_ACQ_REL);
+	if (old & MEM_WP_SAMPLE) {
 		__atomic_fetch_add(&gm->sample_hits, 1, __ATOMIC_RELAXED);
 		what = MEM_FAULT_SAMPLE;
-	} else if (mem_pagemap(gm, idx, 1, &pm) == 1 && (pm & PM_UFFD_WP)) {
+	} else if (!(old & MEM_WP_LINGER) && mem_pagemap(gm, idx, 1, &pm) == 1 &&
+		   (pm & PM_UFFD_WP)) {
 		count(&stats.stray_faults, 1);
 		log_warn_ratelimited("page %llu was write-protected for no reason: released",
 				     (unsigned long long)idx);
 		what = MEM_FAULT_STRAY;
-	} else {
-		what = MEM_FAULT_STALE;
 	}
-	if (!__atomic_load_n(&gm->wp_reason[idx], __ATOMIC_ACQUIRE))
+	if (!reasons(gm, idx))
 		run_protect(gm, idx, 1, false);
 	pagestate_set(gm->ps, idx, st);
 	run_wake(gm, idx, 1);

@@ -302,6 +302,34 @@ static void test_txn_sample_ending_under_a_claim_keeps_the_claim(void **state)
 	assert_int_equal(mem_sample_hits(f->gm), 0);
 }
 
+/*
+ * A sample withdrawn while a holder that had already decided to keep the
+ * protection (the sample was there when it looked) still holds the page: the
+ * protection outlives its reason. The next write is expected, not a stray
+ * protection: released, counted as neither a hit nor a stray.
+ */
+static void test_txn_withdrawn_sample_lingers_without_a_stray(void **state)
+{
+	struct fix *f = *state;
+	uint64_t idx = f->first + 22, stray = tstats().stray_faults;
+	struct writer w;
+
+	fill(f, idx, 4);
+	(void)mem_sample_hits(f->gm);
+	assert_int_equal(mem_sample_protect(f->gm, idx), 0);
+	/* The holder: it owns the page, and ends later without lifting the protection. */
+	assert_int_equal(pagestate_cas(f->ps, idx, PS_ANON, PS_BUSY), 0);
+	mem_sample_release(f->gm, idx);
+	pagestate_set(f->ps, idx, PS_ANON);
+	assert_true(pm_of(f, idx) & PM_UFFD_WP);
+	start_write(f, &w, idx, 0x56, false);
+	assert_int_equal(pthread_join(w.th, NULL), 0);
+	assert_page_is(f, idx, 4, 0x56);
+	assert_false(pm_of(f, idx) & PM_UFFD_WP);
+	assert_int_equal(tstats().stray_faults, stray);
+	assert_int_equal(mem_sample_hits(f->gm), 0);
+}
+
 /* --- protection for no reason --- */
 
 static void protect_raw(struct fix *f, uint64_t idx)
@@ -524,6 +552,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(
 			test_txn_claim_ending_on_a_sampled_page_keeps_the_sample, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_txn_sample_ending_under_a_claim_keeps_the_claim,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_txn_withdrawn_sample_lingers_without_a_stray,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_txn_stray_protection_is_released_not_spun_on,
 						setup, teardown),

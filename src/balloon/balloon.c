@@ -320,7 +320,7 @@ static void do_pfns(struct balloon *b, const struct virtq_chain *c, bool inflate
 			uint32_t n = total - done < PFN_BATCH ? total - done : PFN_BATCH;
 
 			/* In RAM: the transport checked the whole buffer. */
-			if (gm_read(b->gm, buf->gpa + 4ULL * done, pfns, 4ULL * n)) {
+			if (mem_read(b->gm, buf->gpa + 4ULL * done, pfns, 4ULL * n)) {
 				bad += n;
 				done += n;
 				continue;
@@ -330,7 +330,7 @@ static void do_pfns(struct balloon *b, const struct virtq_chain *c, bool inflate
 			for (uint32_t k = 0; k < n; k++) {
 				uint64_t pfn = pfns[k];
 
-				if (!gm_range_ok(b->gm, pfn << BALLOON_PFN_SHIFT, BALLOON_PAGE_SIZE)) {
+				if (!mem_range_ok(b->gm, pfn << BALLOON_PFN_SHIFT, BALLOON_PAGE_SIZE)) {
 					bad++;
 					continue;
 				}
@@ -477,7 +477,7 @@ static void parse_stats(struct balloon *b, const struct virtq_chain *c)
 
 		if (n > sizeof(raw) - have)
 			n = sizeof(raw) - have;
-		if (gm_read(b->gm, c->buf[i].gpa, raw + have, n))
+		if (mem_read(b->gm, c->buf[i].gpa, raw + have, n))
 			break;
 		have += n;
 	}
@@ -619,7 +619,7 @@ int balloon_create_on_gm(struct gm *gm, const struct balloon_params *p,
 	}
 	b->gm = gm;
 	b->mem = *mem;
-	b->ram_bytes = gm_ram_bytes(gm);
+	b->ram_bytes = mem_ram_bytes(gm);
 	b->stats_q = -1;
 	b->stats_interval_ms = p && p->stats_interval_ms ? p->stats_interval_ms
 						       : BALLOON_DEFAULT_STATS_INTERVAL_MS;

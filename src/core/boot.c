@@ -41,7 +41,7 @@ static_assert(LAYOUT_USTACKS + ABI_MAX_CPUS * LAYOUT_USTACK_SIZE <= LAYOUT_RESER
 
 uint64_t boot_mapped_top(uint64_t ram_bytes)
 {
-	return memmap_phys_top(ram_bytes);
+	return mem_phys_top(ram_bytes);
 }
 
 uint64_t boot_tss_gpa(unsigned int cpu)
@@ -56,22 +56,22 @@ uint64_t boot_tss_gpa(unsigned int cpu)
  */
 static int build_page_tables(struct gm *gm)
 {
-	uint64_t top = boot_mapped_top(gm_ram_bytes(gm));
+	uint64_t top = boot_mapped_top(mem_ram_bytes(gm));
 	uint64_t ngib = top >> 30;
 	uint64_t pd[512];
 	int ret;
 
 	if (ngib > LAYOUT_MAX_GIB)
 		return -E2BIG;
-	ret = gm_write_le64(gm, LAYOUT_PGTABLE, (LAYOUT_PGTABLE + 0x1000) | PTE_P | PTE_RW | PTE_US);
+	ret = mem_write_le64(gm, LAYOUT_PGTABLE, (LAYOUT_PGTABLE + 0x1000) | PTE_P | PTE_RW | PTE_US);
 	for (uint64_t g = 0; g < ngib && !ret; g++) {
 		gpa_t pd_gpa = LAYOUT_PGTABLE + 0x2000 + g * 0x1000;
 
 		for (int i = 0; i < 512; i++)
 			pd[i] = ((g << 30) + ((uint64_t)i << 21)) | PTE_P | PTE_RW | PTE_US | PTE_PS;
-		ret = gm_write(gm, pd_gpa, pd, sizeof(pd));
+		ret = mem_write(gm, pd_gpa, pd, sizeof(pd));
 		if (!ret)
-			ret = gm_write_le64(gm, LAYOUT_PGTABLE + 0x1000 + g * 8,
+			ret = mem_write_le64(gm, LAYOUT_PGTABLE + 0x1000 + g * 8,
 					    pd_gpa | PTE_P | PTE_RW | PTE_US);
 	}
 	return ret;
@@ -105,11 +105,11 @@ static int build_gdt_tss(struct gm *gm, unsigned int ncpus)
 		gdt[idx + 1] = base >> 32;
 		memcpy(tss + 4, &rsp0, sizeof(rsp0));
 		memcpy(tss + 102, &iomap, sizeof(iomap));
-		ret = gm_write(gm, base, tss, sizeof(tss));
+		ret = mem_write(gm, base, tss, sizeof(tss));
 		if (ret)
 			return ret;
 	}
-	return gm_write(gm, LAYOUT_GDT, gdt, ABI_SEL_TSS0 + 16 * ncpus);
+	return mem_write(gm, LAYOUT_GDT, gdt, ABI_SEL_TSS0 + 16 * ncpus);
 }
 
 static bool vector_has_error_code(unsigned int v)
@@ -171,9 +171,9 @@ static int build_idt(struct gm *gm)
 	*c++ = 0xf4; /* hlt; jmp hlt: never resumed */
 	*c++ = 0xeb;
 	*c++ = 0xfd;
-	ret = gm_write(gm, LAYOUT_IDT_STUBS, stubs, sizeof(stubs));
+	ret = mem_write(gm, LAYOUT_IDT_STUBS, stubs, sizeof(stubs));
 	if (!ret)
-		ret = gm_write(gm, LAYOUT_IDT, idt, sizeof(idt));
+		ret = mem_write(gm, LAYOUT_IDT, idt, sizeof(idt));
 	return ret;
 }
 
@@ -330,7 +330,7 @@ static int relocate(struct gm *gm, const struct elf_image *im, const struct elf_
 				"writable segments", im->path, (unsigned long long)r.r_offset);
 			return -ENOEXEC;
 		}
-		ret = gm_write_le64(gm, r.r_offset, (uint64_t)r.r_addend + phys_offset);
+		ret = mem_write_le64(gm, r.r_offset, (uint64_t)r.r_addend + phys_offset);
 		if (ret)
 			return ret;
 	}
@@ -414,7 +414,7 @@ int boot_load_elf(struct gm *gm, const char *path, uint64_t phys_offset, struct 
 		}
 		if (ph.p_paddr < ABI_IMAGE_BASE || ph.p_paddr + ph.p_memsz < ph.p_paddr ||
 		    ph.p_paddr + ph.p_memsz > LAYOUT_LOW_RAM_MAX ||
-		    !gm_range_ok(gm, ph.p_paddr, ph.p_memsz)) {
+		    !mem_range_ok(gm, ph.p_paddr, ph.p_memsz)) {
 			log_err("%s: segment at gpa 0x%llx (+%llu bytes) does not fit guest RAM",
 				path, (unsigned long long)ph.p_paddr,
 				(unsigned long long)ph.p_memsz);
@@ -423,7 +423,7 @@ int boot_load_elf(struct gm *gm, const char *path, uint64_t phys_offset, struct 
 		}
 		im.load[im.nr_load++] = ph;
 		/* Fresh guest RAM is zero: bss needs no write (and stays untouched). */
-		ret = gm_copy_from_fd(gm, ph.p_paddr, im.fd, ph.p_offset, ph.p_filesz);
+		ret = mem_copy_from_fd(gm, ph.p_paddr, im.fd, ph.p_offset, ph.p_filesz);
 		if (ret)
 			goto out_close;
 		if (eh.e_entry >= ph.p_paddr && eh.e_entry < ph.p_paddr + ph.p_memsz &&
@@ -480,16 +480,16 @@ int boot_write_params(struct gm *gm, const struct boot_image *img, const struct 
 	bp->version = ABI_VERSION;
 	bp->ncpus = bi->ncpus;
 	bp->tsc_khz = bi->tsc_khz;
-	bp->ram_bytes = gm_ram_bytes(gm);
+	bp->ram_bytes = mem_ram_bytes(gm);
 	bp->image_end = img->image_end;
 	bp->phys_offset = bi->phys_offset;
 	bp->mmio_call = bi->mmio_call;
-	bp->phys_top = memmap_phys_top(gm_ram_bytes(gm));
-	for (unsigned int i = 0; i < gm_nr_regions(gm); i++) {
+	bp->phys_top = mem_phys_top(mem_ram_bytes(gm));
+	for (unsigned int i = 0; i < mem_nr_regions(gm); i++) {
 		gpa_t gpa;
 		uint64_t len;
 
-		gm_region(gm, i, &gpa, &len);
+		mem_region(gm, i, &gpa, &len);
 		if (gpa < img->image_end) {
 			if (gpa + len <= img->image_end)
 				continue;
@@ -505,7 +505,7 @@ int boot_write_params(struct gm *gm, const struct boot_image *img, const struct 
 		memcpy(bp->devices, bi->devs, bi->nr_devs * sizeof(*bi->devs));
 	bp->nr_devices = bi->nr_devs;
 	memcpy(bp->cmdline, bi->cmdline, strlen(bi->cmdline) + 1);
-	ret = gm_write(gm, LAYOUT_BOOT_PARAMS, bp, sizeof(*bp));
+	ret = mem_write(gm, LAYOUT_BOOT_PARAMS, bp, sizeof(*bp));
 	kv_free(bp);
 	return ret;
 }

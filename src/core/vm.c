@@ -127,7 +127,7 @@ int vm_create(const struct vm_params *p, struct vm **out)
 		ret = -ENOMEM;
 		goto out_destroy;
 	}
-	ret = memmap_create(p->mem_bytes, accel->exec_ram, &vm->gm);
+	ret = mem_create(p->mem_bytes, accel->exec_ram, &vm->gm);
 	if (ret) {
 		log_err("%s: cannot reserve %llu bytes of guest RAM: %s", p->name,
 			(unsigned long long)p->mem_bytes, strerror(-ret));
@@ -332,7 +332,7 @@ void vm_destroy(struct vm *vm)
 	if (vm->console)
 		console_destroy(vm->console);
 	vm->accel->vm_destroy(vm);
-	gm_destroy(vm->gm);
+	mem_destroy(vm->gm);
 	pthread_mutex_destroy(&vm->lock);
 	pthread_cond_destroy(&vm->cond);
 	kv_free(vm->name);
@@ -361,7 +361,7 @@ void vm_console_stats(struct vm *vm, struct console_stats *out)
 
 uint64_t vm_ram_base(const struct vm *vm)
 {
-	return (uint64_t)(uintptr_t)memmap_phys_base(vm->gm);
+	return (uint64_t)(uintptr_t)mem_phys_base(vm->gm);
 }
 
 const char *vm_accel_name(const struct vm *vm)

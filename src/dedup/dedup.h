@@ -88,7 +88,7 @@ MUST_CHECK int dedup_start(struct dedup *d);
 
 /*
  * Scan gm's RAM from now on. gm must stay valid until dedup_remove_vm returns
- * and have a userfaultfd (memmap_enable_uffd): merges write-protect pages.
+ * and have a userfaultfd (mem_enable_uffd): merges write-protect pages.
  */
 MUST_CHECK int dedup_add_vm(struct dedup *d, struct gm *gm, const char *name);
 /* Stop scanning gm and drop its frame references (before its memory is unmapped). */

@@ -158,7 +158,7 @@ bool dedup_store_reserve_zero(struct dedup_store *st, uint64_t slot);
 /* The store page of slot, read-only (valid while the slot is in use). */
 static inline const void *dedup_store_page(const struct dedup_store *st, uint32_t slot)
 {
-	return st->map + (uint64_t)slot * GM_PAGE_SIZE;
+	return st->map + (uint64_t)slot * MEM_PAGE_SIZE;
 }
 /* Free slot and punch its page out of the memfd. */
 void dedup_store_release(struct dedup_store *st, uint32_t slot);
@@ -167,7 +167,7 @@ uint64_t dedup_store_bytes(const struct dedup_store *st);
 uint64_t dedup_store_meta_bytes(const struct dedup_store *st);
 static inline uint64_t dedup_store_off(uint32_t slot)
 {
-	return (uint64_t)slot * GM_PAGE_SIZE;
+	return (uint64_t)slot * MEM_PAGE_SIZE;
 }
 
 /* --- scan.c --- */

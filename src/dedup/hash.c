@@ -17,12 +17,12 @@
 
 uint64_t dedup_hash_page_sse2(const void *page, const void *secret)
 {
-	return XXH3_64bits_withSecret(page, GM_PAGE_SIZE, secret, DEDUP_SECRET_SIZE);
+	return XXH3_64bits_withSecret(page, MEM_PAGE_SIZE, secret, DEDUP_SECRET_SIZE);
 }
 
 void dedup_hasher_init(struct dedup_hasher *h, uint64_t seed)
 {
-	static const uint8_t zero[GM_PAGE_SIZE];
+	static const uint8_t zero[MEM_PAGE_SIZE];
 
 	XXH3_generateSecret_fromSeed(h->secret, seed);
 	__builtin_cpu_init();

@@ -14,5 +14,5 @@
 
 uint64_t dedup_hash_page_avx2(const void *page, const void *secret)
 {
-	return XXH3_64bits_withSecret(page, GM_PAGE_SIZE, secret, DEDUP_SECRET_SIZE);
+	return XXH3_64bits_withSecret(page, MEM_PAGE_SIZE, secret, DEDUP_SECRET_SIZE);
 }

@@ -836,8 +836,8 @@ static uint64_t batch(struct dedup *d, uint64_t max)
 	if (n > DEDUP_BATCH_PAGES)
 		n = DEDUP_BATCH_PAGES;
 	/* Stay within one region: a gpa jump means the next page is in the other. */
-	while (n > 1 && memmap_index_gpa(v->gm, idx + n - 1) - memmap_index_gpa(v->gm, idx) !=
-				(n - 1) * GM_PAGE_SIZE)
+	while (n > 1 && mem_index_gpa(v->gm, idx + n - 1) - mem_index_gpa(v->gm, idx) !=
+				(n - 1) * MEM_PAGE_SIZE)
 		n /= 2;
 	got = n ? mem_pagemap(v->gm, idx, n, pm) : 0;
 	if (got <= 0) {
@@ -898,13 +898,13 @@ int64_t dedup_scan_vm(struct dedup *d, struct gm *gm)
 	uint64_t done = 0;
 
 	/* d->lock is taken per batch so the scanner and the stats are not held up. */
-	for (unsigned int r = 0; r < gm_nr_regions(gm); r++) {
+	for (unsigned int r = 0; r < mem_nr_regions(gm); r++) {
 		gpa_t gpa;
 		uint64_t len, idx, end;
 
-		gm_region(gm, r, &gpa, &len);
-		idx = (uint64_t)memmap_page_index(gm, gpa);
-		end = idx + len / GM_PAGE_SIZE;
+		mem_region(gm, r, &gpa, &len);
+		idx = (uint64_t)mem_page_index(gm, gpa);
+		end = idx + len / MEM_PAGE_SIZE;
 		while (idx < end) {
 			uint64_t n = end - idx < DEDUP_BATCH_PAGES ? end - idx : DEDUP_BATCH_PAGES;
 			struct dedup_vm *v = NULL;
@@ -1114,7 +1114,7 @@ void dedup_destroy(struct dedup *d)
 int dedup_add_vm(struct dedup *d, struct gm *gm, const char *name)
 {
 	struct dedup_vm *v = kv_zalloc(sizeof(*v));
-	uint64_t n = memmap_nr_pages(gm), wins = n / DEDUP_EXT_PAGES + 1;
+	uint64_t n = mem_nr_pages(gm), wins = n / DEDUP_EXT_PAGES + 1;
 	struct dedup_vm **vms;
 
 	if (!v)
@@ -1124,7 +1124,7 @@ int dedup_add_vm(struct dedup *d, struct gm *gm, const char *name)
 		return -E2BIG; /* page indexes are 32-bit in the index: 16 TiB */
 	}
 	v->gm = gm;
-	v->ps = memmap_pagestate(gm);
+	v->ps = mem_pagestate(gm);
 	v->nr_pages = n;
 	v->name = kv_strdup(name ? name : "vm");
 	v->sum = kv_calloc(n, sizeof(*v->sum));

@@ -65,7 +65,7 @@ void dedup_count_vmas(struct dedup *d)
 	}
 	for (unsigned int i = 0; i < d->nr_vms; i++) {
 		all[i] = d->vms[i]->gm;
-		regions += gm_nr_regions(all[i]);
+		regions += mem_nr_regions(all[i]);
 	}
 	n = mem_ram_vmas(all, d->nr_vms, &total);
 	if (all != gms)
@@ -148,7 +148,7 @@ static void fill_stats(struct dedup *d, struct dedup_stats *out)
 	meta += d->store.frames * sizeof(struct dedup_frame) +
 		d->ix.ucap * sizeof(struct dedup_uent) + dedup_store_meta_bytes(&d->store);
 	out->metadata_bytes = meta;
-	out->saved_bytes = out->pages_sharing * GM_PAGE_SIZE;
+	out->saved_bytes = out->pages_sharing * MEM_PAGE_SIZE;
 	out->net_saved_bytes = (int64_t)out->saved_bytes - (int64_t)out->kernel_cost_bytes -
 			       (int64_t)meta;
 	out->scan_rate = d->rate;
@@ -319,7 +319,7 @@ static int64_t share_reclaim(void *arg, struct ovc_vm *ovm, uint64_t bytes, uint
 	dedup_get_stats(d, &after);
 	ret = ((int64_t)after.pages_sharing - (int64_t)before.pages_sharing +
 	       (int64_t)after.zero_pages - (int64_t)before.zero_pages) *
-	      (int64_t)GM_PAGE_SIZE;
+	      (int64_t)MEM_PAGE_SIZE;
 	return ret > 0 ? ret : 0;
 }
 

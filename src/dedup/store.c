@@ -123,12 +123,12 @@ static int add_extent(struct dedup_store *st, uint32_t *ext)
 	uint64_t slots = (uint64_t)n * DEDUP_EXT_PAGES;
 	void *p;
 
-	if (n > MAX_EXT || (uint64_t)n * DEDUP_EXT_PAGES * GM_PAGE_SIZE > MAP_BYTES)
+	if (n > MAX_EXT || (uint64_t)n * DEDUP_EXT_PAGES * MEM_PAGE_SIZE > MAP_BYTES)
 		return -ENOSPC;
 	if (n > st->size_ext) {
 		uint32_t size = st->size_ext + GROW_EXT;
 
-		if (ftruncate(st->fd, (off_t)size * DEDUP_EXT_PAGES * (off_t)GM_PAGE_SIZE) < 0)
+		if (ftruncate(st->fd, (off_t)size * DEDUP_EXT_PAGES * (off_t)MEM_PAGE_SIZE) < 0)
 			return -errno;
 		st->size_ext = size;
 	}
@@ -214,7 +214,7 @@ void dedup_store_release(struct dedup_store *st, uint32_t slot)
 	 * for the store's life.
 	 */
 	if (fallocate(st->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-		      (off_t)dedup_store_off(slot), (off_t)GM_PAGE_SIZE) < 0) {
+		      (off_t)dedup_store_off(slot), (off_t)MEM_PAGE_SIZE) < 0) {
 		st->punch_errors++;
 		log_warn_ratelimited("punching frame %u out of the store: %m", slot);
 		return;
@@ -241,5 +241,5 @@ uint64_t dedup_store_meta_bytes(const struct dedup_store *st)
 
 	/* Tables, and the page tables of the read-only view (one page per extent). */
 	return slots / 8 + slots * sizeof(*st->by_slot) +
-	       (uint64_t)st->nr_ext * (sizeof(uint16_t) + sizeof(uint32_t) + 1 + GM_PAGE_SIZE);
+	       (uint64_t)st->nr_ext * (sizeof(uint16_t) + sizeof(uint32_t) + 1 + MEM_PAGE_SIZE);
 }

@@ -13,10 +13,10 @@
 
 #include "mem/mem_internal.h"
 
-const struct gm_region *gm_find_region(const struct gm *gm, gpa_t gpa)
+const struct mem_ram_region *mem_find_region(const struct gm *gm, gpa_t gpa)
 {
 	for (unsigned int i = 0; i < gm->nr_regions; i++) {
-		const struct gm_region *r = &gm->regions[i];
+		const struct mem_ram_region *r = &gm->regions[i];
 
 		if (gpa >= r->gpa && gpa - r->gpa < r->len)
 			return r;
@@ -30,7 +30,7 @@ static int check_range(const struct gm *gm, gpa_t gpa, uint64_t len)
 	if (len && gpa + len < gpa)
 		return -EOVERFLOW;
 	do {
-		const struct gm_region *r = gm_find_region(gm, gpa);
+		const struct mem_ram_region *r = mem_find_region(gm, gpa);
 		uint64_t avail;
 
 		if (!r)
@@ -44,14 +44,14 @@ static int check_range(const struct gm *gm, gpa_t gpa, uint64_t len)
 	return 0;
 }
 
-bool gm_range_ok(const struct gm *gm, gpa_t gpa, uint64_t len)
+bool mem_range_ok(const struct gm *gm, gpa_t gpa, uint64_t len)
 {
 	return check_range(gm, gpa, len) == 0;
 }
 
-int gm_slice_get(const struct gm *gm, gpa_t gpa, size_t len, struct gm_slice *out)
+int mem_slice_get(const struct gm *gm, gpa_t gpa, size_t len, struct mem_slice *out)
 {
-	const struct gm_region *r = gm_find_region(gm, gpa);
+	const struct mem_ram_region *r = mem_find_region(gm, gpa);
 	uint64_t avail;
 
 	if (!r)
@@ -68,7 +68,7 @@ int gm_slice_get(const struct gm *gm, gpa_t gpa, size_t len, struct gm_slice *ou
 		gpa_t g_ = (gpa);                                            \
 		size_t left_ = (len);                                        \
 		while (left_) {                                              \
-			const struct gm_region *r_ = gm_find_region(gm, g_); \
+			const struct mem_ram_region *r_ = mem_find_region(gm, g_); \
 			uint64_t avail_ = r_->len - (g_ - r_->gpa);          \
 			size_t n = left_ < avail_ ? left_ : (size_t)avail_;  \
 			uint8_t *hva = r_->hva + (g_ - r_->gpa);             \
@@ -78,7 +78,7 @@ int gm_slice_get(const struct gm *gm, gpa_t gpa, size_t len, struct gm_slice *ou
 		}                                                            \
 	} while (0)
 
-int gm_read(const struct gm *gm, gpa_t gpa, void *buf, size_t len)
+int mem_read(const struct gm *gm, gpa_t gpa, void *buf, size_t len)
 {
 	uint8_t *dst = buf;
 	int ret = check_range(gm, gpa, len);
@@ -92,7 +92,7 @@ int gm_read(const struct gm *gm, gpa_t gpa, void *buf, size_t len)
 	return 0;
 }
 
-int gm_write(struct gm *gm, gpa_t gpa, const void *buf, size_t len)
+int mem_write(struct gm *gm, gpa_t gpa, const void *buf, size_t len)
 {
 	const uint8_t *src = buf;
 	int ret = check_range(gm, gpa, len);
@@ -106,7 +106,7 @@ int gm_write(struct gm *gm, gpa_t gpa, const void *buf, size_t len)
 	return 0;
 }
 
-int gm_zero(struct gm *gm, gpa_t gpa, size_t len)
+int mem_zero_fill(struct gm *gm, gpa_t gpa, size_t len)
 {
 	int ret = check_range(gm, gpa, len);
 
@@ -116,7 +116,7 @@ int gm_zero(struct gm *gm, gpa_t gpa, size_t len)
 	return 0;
 }
 
-int gm_copy_from_fd(struct gm *gm, gpa_t gpa, int fd, uint64_t off, size_t len)
+int mem_copy_from_fd(struct gm *gm, gpa_t gpa, int fd, uint64_t off, size_t len)
 {
 	int ret = check_range(gm, gpa, len);
 
@@ -142,31 +142,31 @@ int gm_copy_from_fd(struct gm *gm, gpa_t gpa, int fd, uint64_t off, size_t len)
 }
 
 /* x86 is little-endian: the helpers exist so callers state the wire format. */
-#define GM_LE_ACCESSORS(bits)                                                  \
-	int gm_read_le##bits(const struct gm *gm, gpa_t gpa, uint##bits##_t *val) \
+#define MEM_LE_ACCESSORS(bits)                                                  \
+	int mem_read_le##bits(const struct gm *gm, gpa_t gpa, uint##bits##_t *val) \
 	{                                                                      \
-		return gm_read(gm, gpa, val, sizeof(*val));                    \
+		return mem_read(gm, gpa, val, sizeof(*val));                    \
 	}                                                                      \
-	int gm_write_le##bits(struct gm *gm, gpa_t gpa, uint##bits##_t val)    \
+	int mem_write_le##bits(struct gm *gm, gpa_t gpa, uint##bits##_t val)    \
 	{                                                                      \
-		return gm_write(gm, gpa, &val, sizeof(val));                   \
+		return mem_write(gm, gpa, &val, sizeof(val));                   \
 	}
-GM_LE_ACCESSORS(16)
-GM_LE_ACCESSORS(32)
-GM_LE_ACCESSORS(64)
+MEM_LE_ACCESSORS(16)
+MEM_LE_ACCESSORS(32)
+MEM_LE_ACCESSORS(64)
 
-unsigned int gm_nr_regions(const struct gm *gm)
+unsigned int mem_nr_regions(const struct gm *gm)
 {
 	return gm->nr_regions;
 }
 
-void gm_region(const struct gm *gm, unsigned int i, gpa_t *gpa, uint64_t *len)
+void mem_region(const struct gm *gm, unsigned int i, gpa_t *gpa, uint64_t *len)
 {
 	*gpa = gm->regions[i].gpa;
 	*len = gm->regions[i].len;
 }
 
-uint64_t gm_ram_bytes(const struct gm *gm)
+uint64_t mem_ram_bytes(const struct gm *gm)
 {
 	return gm->ram_bytes;
 }

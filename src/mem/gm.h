@@ -4,7 +4,7 @@
  * the dedup scanner touch guest memory. Every access names a guest-physical
  * range that is checked against the RAM regions; a range that leaves RAM or
  * wraps is an error for that request, never a host crash. No host pointer
- * leaves this API except through gm_slice_get (mem/, virtq, migrate only).
+ * leaves this API except through mem_slice_get (mem/, virtq, migrate only).
  *
  * The region layout of a VM is fixed at creation, so lookups need no lock;
  * the pages behind it change (dedup, balloon, swap), which is why no pointer
@@ -21,53 +21,53 @@ typedef uint64_t gpa_t;
 
 struct gm;
 
-#define GM_PAGE_SIZE 4096ULL
-#define GM_PAGE_SHIFT 12
+#define MEM_PAGE_SIZE 4096ULL
+#define MEM_PAGE_SHIFT 12
 
 /* Anonymous guest memory of `bytes` laid out like a VM's, without KVM (tests). */
-int gm_create_anon(uint64_t bytes, struct gm **out);
-void gm_destroy(struct gm *gm);
+int mem_create_anon(uint64_t bytes, struct gm **out);
+void mem_destroy(struct gm *gm);
 
 /* True when [gpa, gpa + len) lies entirely in guest RAM (len 0: gpa in RAM). */
-bool gm_range_ok(const struct gm *gm, gpa_t gpa, uint64_t len);
+bool mem_range_ok(const struct gm *gm, gpa_t gpa, uint64_t len);
 
 /*
  * Copy between guest RAM and a host buffer, across region boundaries.
  * All or nothing: 0, -EFAULT if any byte is outside RAM, -EOVERFLOW if the
  * range wraps.
  */
-int gm_read(const struct gm *gm, gpa_t gpa, void *buf, size_t len);
-int gm_write(struct gm *gm, gpa_t gpa, const void *buf, size_t len);
+int mem_read(const struct gm *gm, gpa_t gpa, void *buf, size_t len);
+int mem_write(struct gm *gm, gpa_t gpa, const void *buf, size_t len);
 
 /* Little-endian field helpers for virtio and boot structures. */
-int gm_read_le16(const struct gm *gm, gpa_t gpa, uint16_t *val);
-int gm_read_le32(const struct gm *gm, gpa_t gpa, uint32_t *val);
-int gm_read_le64(const struct gm *gm, gpa_t gpa, uint64_t *val);
-int gm_write_le16(struct gm *gm, gpa_t gpa, uint16_t val);
-int gm_write_le32(struct gm *gm, gpa_t gpa, uint32_t val);
-int gm_write_le64(struct gm *gm, gpa_t gpa, uint64_t val);
+int mem_read_le16(const struct gm *gm, gpa_t gpa, uint16_t *val);
+int mem_read_le32(const struct gm *gm, gpa_t gpa, uint32_t *val);
+int mem_read_le64(const struct gm *gm, gpa_t gpa, uint64_t *val);
+int mem_write_le16(struct gm *gm, gpa_t gpa, uint16_t val);
+int mem_write_le32(struct gm *gm, gpa_t gpa, uint32_t val);
+int mem_write_le64(struct gm *gm, gpa_t gpa, uint64_t val);
 
-/* Write `len` zero bytes at gpa (all or nothing, like gm_write). */
-int gm_zero(struct gm *gm, gpa_t gpa, size_t len);
+/* Write `len` zero bytes at gpa (all or nothing, like mem_write). */
+int mem_zero_fill(struct gm *gm, gpa_t gpa, size_t len);
 
 /* Copy `len` bytes from fd at `off` into guest RAM (boot loader). */
-int gm_copy_from_fd(struct gm *gm, gpa_t gpa, int fd, uint64_t off, size_t len);
+int mem_copy_from_fd(struct gm *gm, gpa_t gpa, int fd, uint64_t off, size_t len);
 
 /*
  * A bounds-checked window onto guest RAM: [hva, hva + len) backs
  * [gpa, gpa + len), len may be shorter than asked (region end): callers loop.
  * Valid only until the caller returns; never stored. -EFAULT outside RAM.
  */
-struct gm_slice {
+struct mem_slice {
 	void *hva;
 	size_t len;
 };
-int gm_slice_get(const struct gm *gm, gpa_t gpa, size_t len, struct gm_slice *out);
+int mem_slice_get(const struct gm *gm, gpa_t gpa, size_t len, struct mem_slice *out);
 
 /* Number of RAM regions and their guest-physical extents. */
-unsigned int gm_nr_regions(const struct gm *gm);
-void gm_region(const struct gm *gm, unsigned int i, gpa_t *gpa, uint64_t *len);
+unsigned int mem_nr_regions(const struct gm *gm);
+void mem_region(const struct gm *gm, unsigned int i, gpa_t *gpa, uint64_t *len);
 /* Total RAM bytes and the number of 4 KiB frames from gpa 0 to the end of RAM. */
-uint64_t gm_ram_bytes(const struct gm *gm);
+uint64_t mem_ram_bytes(const struct gm *gm);
 
 #endif

@@ -7,9 +7,9 @@
 
 #include "mem/gm.h"
 
-#define GM_MAX_REGIONS 2
+#define MEM_MAX_REGIONS 2
 
-struct gm_region {
+struct mem_ram_region {
 	gpa_t gpa;	/* first guest-physical byte */
 	uint64_t len;	/* bytes, page multiple */
 	uint8_t *hva;	/* host mapping, fixed for the VM's life */
@@ -20,7 +20,7 @@ struct pagestate;
 
 struct gm {
 	unsigned int nr_regions;	/* immutable after create */
-	struct gm_region regions[GM_MAX_REGIONS];
+	struct mem_ram_region regions[MEM_MAX_REGIONS];
 	uint64_t ram_bytes;		/* sum of region lengths */
 	struct pagestate *ps;		/* page-state map, immutable pointer */
 	int uffd;			/* userfaultfd over all regions, or -1 */
@@ -59,10 +59,10 @@ struct gm {
 #define PM_SWAP_TYPE 0x1fULL	/* low 5 bits of a swapped entry: the swap type */
 
 /* Host address of page index idx. */
-uint8_t *gm_page_hva(const struct gm *gm, uint64_t idx);
+uint8_t *mem_page_hva(const struct gm *gm, uint64_t idx);
 /* Register [hva, hva+len) with gm's userfaultfd in the UFFDIO_REGISTER_MODE_* mode. */
 int mem_uffd_register(struct gm *gm, void *hva, uint64_t len, uint64_t mode);
-/* True when the GM_PAGE_SIZE bytes at hva are all zero. */
+/* True when the MEM_PAGE_SIZE bytes at hva are all zero. */
 bool mem_hva_is_zero(const void *hva);
 /* [idx, idx + n) is non-empty and lies in one region (host addresses contiguous). */
 bool mem_run_ok(const struct gm *gm, uint64_t idx, uint64_t n);
@@ -83,12 +83,12 @@ enum mem_fault {
 enum mem_fault mem_fault(struct gm *gm, uint64_t idx, void *page, bool wp);
 
 /* Whether page idx's VMA maps a store frame (framemap bit). */
-static inline bool gm_frame_mapped(const struct gm *gm, uint64_t idx)
+static inline bool mem_frame_mapped(const struct gm *gm, uint64_t idx)
 {
 	return __atomic_load_n(&gm->framemap[idx / 64], __ATOMIC_ACQUIRE) & (1ULL << (idx % 64));
 }
 
-static inline void gm_set_frame_mapped(struct gm *gm, uint64_t idx, bool on)
+static inline void mem_set_frame_mapped(struct gm *gm, uint64_t idx, bool on)
 {
 	if (on)
 		__atomic_fetch_or(&gm->framemap[idx / 64], 1ULL << (idx % 64), __ATOMIC_RELEASE);
@@ -97,6 +97,6 @@ static inline void gm_set_frame_mapped(struct gm *gm, uint64_t idx, bool on)
 }
 
 /* Region holding gpa, or NULL. */
-const struct gm_region *gm_find_region(const struct gm *gm, gpa_t gpa);
+const struct mem_ram_region *mem_find_region(const struct gm *gm, gpa_t gpa);
 
 #endif

@@ -33,7 +33,7 @@
  * reservation is a 4 GiB span and two guard gaps: the arena runs out before
  * this table does, so the number of VMs is limited by address space alone.
  */
-#define MAX_RESERVATIONS (MEMMAP_ARENA_BYTES / (LAYOUT_HIGH_RAM_BASE + 2 * MEMMAP_GUARD) + 1)
+#define MAX_RESERVATIONS (MEM_ARENA_BYTES / (LAYOUT_HIGH_RAM_BASE + 2 * MEM_GUARD) + 1)
 
 static struct {
 	pthread_mutex_t lock;
@@ -41,18 +41,18 @@ static struct {
 	struct { uint64_t start, end; } r[MAX_RESERVATIONS];
 } arena = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
-uint64_t memmap_phys_top(uint64_t ram_bytes)
+uint64_t mem_phys_top(uint64_t ram_bytes)
 {
 	uint64_t top = LAYOUT_HIGH_RAM_BASE;
 
 	if (ram_bytes > LAYOUT_LOW_RAM_MAX)
 		top += ram_bytes - LAYOUT_LOW_RAM_MAX;
-	return (top + MEMMAP_GUARD - 1) & ~(MEMMAP_GUARD - 1);
+	return (top + MEM_GUARD - 1) & ~(MEM_GUARD - 1);
 }
 
-uint64_t memmap_reserve_bytes(uint64_t ram_bytes)
+uint64_t mem_reserve_bytes(uint64_t ram_bytes)
 {
-	return memmap_phys_top(ram_bytes) + 2 * MEMMAP_GUARD;
+	return mem_phys_top(ram_bytes) + 2 * MEM_GUARD;
 }
 
 /*
@@ -90,7 +90,7 @@ static void add_reserved(uint64_t start, uint64_t len)
  */
 static int reserve(uint64_t len, uint64_t *out)
 {
-	uint64_t at = MEMMAP_ARENA_START;
+	uint64_t at = MEM_ARENA_START;
 	int ret = -ENOMEM;
 
 	pthread_mutex_lock(&arena.lock);
@@ -98,7 +98,7 @@ static int reserve(uint64_t len, uint64_t *out)
 		void *p;
 
 		at = skip_reserved(at, len);
-		if (at + len > MEMMAP_ARENA_END)
+		if (at + len > MEM_ARENA_END)
 			break;
 		p = mmap((void *)(uintptr_t)at, len, PROT_NONE,
 			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
@@ -115,7 +115,7 @@ static int reserve(uint64_t len, uint64_t *out)
 			ret = -errno;
 			break;
 		}
-		at += MEMMAP_GUARD;
+		at += MEM_GUARD;
 	}
 	pthread_mutex_unlock(&arena.lock);
 	return ret;
@@ -135,7 +135,7 @@ static void unreserve(uint64_t start, uint64_t len)
 	pthread_mutex_unlock(&arena.lock);
 }
 
-static int map_region(struct gm *gm, struct gm_region *r, gpa_t gpa, uint64_t len,
+static int map_region(struct gm *gm, struct mem_ram_region *r, gpa_t gpa, uint64_t len,
 		      uint64_t first_index)
 {
 	uint8_t *want = gm->phys_base + gpa;
@@ -153,7 +153,7 @@ static int map_region(struct gm *gm, struct gm_region *r, gpa_t gpa, uint64_t le
 	return 0;
 }
 
-int memmap_create(uint64_t ram_bytes, bool exec, struct gm **out)
+int mem_create(uint64_t ram_bytes, bool exec, struct gm **out)
 {
 	struct gm *gm;
 	uint64_t low, base = 0;
@@ -170,7 +170,7 @@ int memmap_create(uint64_t ram_bytes, bool exec, struct gm **out)
 		return -ENOMEM;
 	gm->uffd = -1;
 	gm->prot = PROT_READ | PROT_WRITE | (exec ? PROT_EXEC : 0);
-	gm->phys_top = memmap_phys_top(ram_bytes);
+	gm->phys_top = mem_phys_top(ram_bytes);
 	ret = pagestate_create(ram_bytes / LAYOUT_PAGE_SIZE, &gm->ps);
 	if (ret)
 		goto out_free;
@@ -181,12 +181,12 @@ int memmap_create(uint64_t ram_bytes, bool exec, struct gm **out)
 		ret = -ENOMEM;
 		goto out_free;
 	}
-	gm->reserve_len = memmap_reserve_bytes(ram_bytes);
+	gm->reserve_len = mem_reserve_bytes(ram_bytes);
 	ret = reserve(gm->reserve_len, &base);
 	if (ret)
 		goto out_free;
 	gm->reserve_start = base;
-	gm->phys_base = (uint8_t *)(uintptr_t)(base + MEMMAP_GUARD);
+	gm->phys_base = (uint8_t *)(uintptr_t)(base + MEM_GUARD);
 	low = ram_bytes < LAYOUT_LOW_RAM_MAX ? ram_bytes : LAYOUT_LOW_RAM_MAX;
 	ret = map_region(gm, &gm->regions[0], 0, low, 0);
 	if (ret)
@@ -214,22 +214,22 @@ out_free:
 	return ret;
 }
 
-int gm_create_anon(uint64_t bytes, struct gm **out)
+int mem_create_anon(uint64_t bytes, struct gm **out)
 {
-	return memmap_create(bytes, false, out);
+	return mem_create(bytes, false, out);
 }
 
-uint8_t *memmap_phys_base(const struct gm *gm)
+uint8_t *mem_phys_base(const struct gm *gm)
 {
 	return gm->phys_base;
 }
 
-uint64_t memmap_span(const struct gm *gm)
+uint64_t mem_span(const struct gm *gm)
 {
 	return gm->phys_top;
 }
 
-void gm_destroy(struct gm *gm)
+void mem_destroy(struct gm *gm)
 {
 	if (!gm)
 		return;
@@ -263,7 +263,7 @@ bool mem_hva_is_zero(const void *hva)
 {
 	const uint64_t *w = hva;
 
-	for (size_t i = 0; i < GM_PAGE_SIZE / 8; i += 8)
+	for (size_t i = 0; i < MEM_PAGE_SIZE / 8; i += 8)
 		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] |
 		    w[i + 7])
 			return false;
@@ -305,7 +305,7 @@ static int open_uffd(bool *wp_unpopulated)
 	return ret;
 }
 
-int memmap_enable_uffd(struct gm *gm)
+int mem_enable_uffd(struct gm *gm)
 {
 	int fd = open_uffd(&gm->wp_unpopulated), ret;
 
@@ -326,7 +326,7 @@ int memmap_enable_uffd(struct gm *gm)
 	return 0;
 }
 
-int memmap_set_mergeable(struct gm *gm)
+int mem_set_mergeable(struct gm *gm)
 {
 	for (unsigned int i = 0; i < gm->nr_regions; i++)
 		if (madvise(gm->regions[i].hva, gm->regions[i].len, MADV_MERGEABLE) < 0)
@@ -334,48 +334,48 @@ int memmap_set_mergeable(struct gm *gm)
 	return 0;
 }
 
-struct pagestate *memmap_pagestate(struct gm *gm)
+struct pagestate *mem_pagestate(struct gm *gm)
 {
 	return gm->ps;
 }
 
 /* The region holding page index idx (indexes run over RAM only, holes excluded). */
-static const struct gm_region *index_region(const struct gm *gm, uint64_t idx)
+static const struct mem_ram_region *index_region(const struct gm *gm, uint64_t idx)
 {
 	if (gm->nr_regions > 1 && idx >= gm->regions[1].first_pfn_index)
 		return &gm->regions[1];
 	return &gm->regions[0];
 }
 
-uint8_t *gm_page_hva(const struct gm *gm, uint64_t idx)
+uint8_t *mem_page_hva(const struct gm *gm, uint64_t idx)
 {
-	const struct gm_region *r = index_region(gm, idx);
+	const struct mem_ram_region *r = index_region(gm, idx);
 
 	return r->hva + ((idx - r->first_pfn_index) << LAYOUT_PAGE_SHIFT);
 }
 
-int64_t memmap_page_index(const struct gm *gm, gpa_t gpa)
+int64_t mem_page_index(const struct gm *gm, gpa_t gpa)
 {
-	const struct gm_region *r = gm_find_region(gm, gpa);
+	const struct mem_ram_region *r = mem_find_region(gm, gpa);
 
 	if (!r)
 		return -1;
 	return (int64_t)(r->first_pfn_index + ((gpa - r->gpa) >> LAYOUT_PAGE_SHIFT));
 }
 
-gpa_t memmap_index_gpa(const struct gm *gm, uint64_t index)
+gpa_t mem_index_gpa(const struct gm *gm, uint64_t index)
 {
-	const struct gm_region *r = index_region(gm, index);
+	const struct mem_ram_region *r = index_region(gm, index);
 
 	return r->gpa + ((index - r->first_pfn_index) << LAYOUT_PAGE_SHIFT);
 }
 
-uint64_t memmap_nr_pages(const struct gm *gm)
+uint64_t mem_nr_pages(const struct gm *gm)
 {
 	return gm->ram_bytes >> LAYOUT_PAGE_SHIFT;
 }
 
-uint64_t memmap_resident(struct gm *gm)
+uint64_t mem_resident(struct gm *gm)
 {
 	uint64_t buf[512], total = 0;
 	uint8_t before[512];

@@ -7,7 +7,7 @@
  * Each VM's guest-physical space is one contiguous reservation of host
  * address space: guest-physical X lives at host address phys_base + X, the
  * MMIO hole and everything up to the top of the span stay PROT_NONE, and a
- * PROT_NONE guard gap of MEMMAP_GUARD lies on each side. Under the thread
+ * PROT_NONE guard gap of MEM_GUARD lies on each side. Under the thread
  * accelerator the guest runs on this mapping itself, so a guest that runs off
  * its RAM faults instead of writing into a neighbour, and a constant offset
  * turns its guest-physical addresses into pointers.
@@ -18,7 +18,7 @@
  * the executable, the libraries and the stacks (ASLR puts them from
  * 0x550000000000 up; even the legacy mmap layout starts at a third of the
  * address space, 0x2aaaaaaab000). The thread accelerator relies on the last
- * part: all host code lies above MEMMAP_ARENA_END, guest code below it.
+ * part: all host code lies above MEM_ARENA_END, guest code below it.
  */
 #ifndef KVMEM_MEM_MEMMAP_H
 #define KVMEM_MEM_MEMMAP_H
@@ -27,11 +27,11 @@
 
 #include "mem/gm.h"
 
-#define MEMMAP_ARENA_START 0x110000000000ULL
-#define MEMMAP_ARENA_END 0x2a0000000000ULL
-#define MEMMAP_GUARD (1ULL << 30)
+#define MEM_ARENA_START 0x110000000000ULL
+#define MEM_ARENA_END 0x2a0000000000ULL
+#define MEM_GUARD (1ULL << 30)
 /* All the VMs of one process share this much host address space. */
-#define MEMMAP_ARENA_BYTES (MEMMAP_ARENA_END - MEMMAP_ARENA_START)
+#define MEM_ARENA_BYTES (MEM_ARENA_END - MEM_ARENA_START)
 
 /*
  * Reserve `ram_bytes` of guest RAM (page multiple, > 0), executable by host
@@ -39,47 +39,47 @@
  * for a size of 0 or not page aligned, -E2BIG above what the guest layout can
  * map, -ENOMEM when the host cannot reserve the address space.
  */
-int memmap_create(uint64_t ram_bytes, bool exec, struct gm **out);
+int mem_create(uint64_t ram_bytes, bool exec, struct gm **out);
 /*
  * Top of the guest-physical span for `ram_bytes` of RAM: RAM, the MMIO hole
  * and nothing else lie below it; 1 GiB aligned.
  */
-uint64_t memmap_phys_top(uint64_t ram_bytes);
+uint64_t mem_phys_top(uint64_t ram_bytes);
 /*
  * Address space a VM with `ram_bytes` of RAM takes of the arena: its span
  * and both guard gaps. The VMs of a process fit when these add up to at
- * most MEMMAP_ARENA_BYTES.
+ * most MEM_ARENA_BYTES.
  */
-uint64_t memmap_reserve_bytes(uint64_t ram_bytes);
+uint64_t mem_reserve_bytes(uint64_t ram_bytes);
 /* Host address of guest-physical 0 (fixed for the VM's life). */
-uint8_t *memmap_phys_base(const struct gm *gm);
-/* Size of the guest-physical span, memmap_phys_top of its RAM. */
-uint64_t memmap_span(const struct gm *gm);
+uint8_t *mem_phys_base(const struct gm *gm);
+/* Size of the guest-physical span, mem_phys_top of its RAM. */
+uint64_t mem_span(const struct gm *gm);
 /*
  * Give gm a userfaultfd with all RAM registered in write-protect mode, so
  * reclaim can hold guest writes to a page while it works on it (mem/uffd.h).
  * -ENOSYS/-EPERM when userfaultfd is unavailable.
  */
-int memmap_enable_uffd(struct gm *gm);
+int mem_enable_uffd(struct gm *gm);
 /*
  * Mark all of gm's RAM MADV_MERGEABLE so the host kernel's ksmd may merge
  * its pages (`--dedup ksm`). 0, or -errno (-EINVAL: kernel without KSM).
  */
-int memmap_set_mergeable(struct gm *gm);
+int mem_set_mergeable(struct gm *gm);
 /* The VM's page-state map. */
-struct pagestate *memmap_pagestate(struct gm *gm);
+struct pagestate *mem_pagestate(struct gm *gm);
 
-/* Page index (0..gm_nr_pages-1) of a RAM gpa, or -1 when gpa is outside RAM. */
-int64_t memmap_page_index(const struct gm *gm, gpa_t gpa);
+/* Page index (0..mem_nr_pages-1) of a RAM gpa, or -1 when gpa is outside RAM. */
+int64_t mem_page_index(const struct gm *gm, gpa_t gpa);
 /* Guest-physical address of page index i. */
-gpa_t memmap_index_gpa(const struct gm *gm, uint64_t index);
+gpa_t mem_index_gpa(const struct gm *gm, uint64_t index);
 /* Number of RAM pages: page indexes run over RAM only, holes excluded. */
-uint64_t memmap_nr_pages(const struct gm *gm);
+uint64_t mem_nr_pages(const struct gm *gm);
 
 /*
  * Count resident pages of gm, and move pages the guest touched again after
  * they were dropped (zero, reported, ballooned) back to PS_ANON.
  */
-uint64_t memmap_resident(struct gm *gm);
+uint64_t mem_resident(struct gm *gm);
 
 #endif

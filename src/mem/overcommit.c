@@ -169,7 +169,7 @@ static uint64_t host_used(struct ovc *ovc, const char **source)
 /* Measure a VM's resident memory now (the walk runs without ovc->lock). */
 static void refresh_resident(struct ovc *ovc, struct ovc_vm *v)
 {
-	uint64_t bytes = memmap_resident(v->gm) * GM_PAGE_SIZE;
+	uint64_t bytes = mem_resident(v->gm) * MEM_PAGE_SIZE;
 
 	pthread_mutex_lock(&ovc->lock);
 	v->stats.resident_bytes = bytes;
@@ -198,7 +198,7 @@ static void sample_active(struct ovc_vm *v)
 {
 	struct gm *gm = v->gm;
 	uint64_t hits = mem_sample_hits(gm);
-	uint64_t nr = memmap_nr_pages(gm);
+	uint64_t nr = mem_nr_pages(gm);
 	unsigned int picked = 0;
 
 	if (v->sampled) {
@@ -365,7 +365,7 @@ static int64_t balloon_reclaim(void *arg, struct ovc_vm *v, uint64_t bytes, uint
 		if (room > avail)
 			room = avail;
 	}
-	take = (want < room ? want : room) & ~(GM_PAGE_SIZE - 1);
+	take = (want < room ? want : room) & ~(MEM_PAGE_SIZE - 1);
 	if (!take)
 		return (int64_t)inflight;
 	target = st.target_bytes - take;
@@ -388,7 +388,7 @@ static int64_t balloon_relax(void *arg, struct ovc_vm *v, uint64_t bytes)
 		return 0;
 	give = v->mem_bytes - st.target_bytes;
 	if (give > bytes)
-		give = bytes & ~(GM_PAGE_SIZE - 1);
+		give = bytes & ~(MEM_PAGE_SIZE - 1);
 	if (!give)
 		return 0;
 	target = st.target_bytes + give;
@@ -436,7 +436,7 @@ int ovc_vm_balloon_manual(struct ovc *ovc, struct ovc_vm *vm, uint64_t target_by
 		target_bytes = vm->min_bytes;
 	if (target_bytes > vm->mem_bytes)
 		target_bytes = vm->mem_bytes;
-	target_bytes &= ~(GM_PAGE_SIZE - 1);
+	target_bytes &= ~(MEM_PAGE_SIZE - 1);
 	pthread_mutex_lock(&ovc->lock);
 	vm->balloon_manual = true;
 	pthread_mutex_unlock(&ovc->lock);

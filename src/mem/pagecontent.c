@@ -17,7 +17,7 @@
 
 static bool idx_ok(const struct gm *gm, uint64_t idx)
 {
-	return idx < memmap_nr_pages(gm);
+	return idx < mem_nr_pages(gm);
 }
 
 int mem_page_hash(const struct gm *gm, uint64_t idx, mem_page_hash_fn fn, const void *key,
@@ -25,39 +25,39 @@ int mem_page_hash(const struct gm *gm, uint64_t idx, mem_page_hash_fn fn, const 
 {
 	if (!idx_ok(gm, idx))
 		return -EINVAL;
-	*hash = fn(gm_page_hva(gm, idx), key);
+	*hash = fn(mem_page_hva(gm, idx), key);
 	return 0;
 }
 
 bool mem_page_is_zero(const struct gm *gm, uint64_t idx)
 {
-	return idx_ok(gm, idx) && mem_hva_is_zero(gm_page_hva(gm, idx));
+	return idx_ok(gm, idx) && mem_hva_is_zero(mem_page_hva(gm, idx));
 }
 
 int mem_page_equal(const struct gm *a, uint64_t ia, const struct gm *b, uint64_t ib)
 {
 	if (!idx_ok(a, ia) || !idx_ok(b, ib))
 		return -EINVAL;
-	return memcmp(gm_page_hva(a, ia), gm_page_hva(b, ib), GM_PAGE_SIZE) == 0;
+	return memcmp(mem_page_hva(a, ia), mem_page_hva(b, ib), MEM_PAGE_SIZE) == 0;
 }
 
 int mem_page_equal_buf(const struct gm *gm, uint64_t idx, const void *buf)
 {
 	if (!idx_ok(gm, idx))
 		return -EINVAL;
-	return memcmp(gm_page_hva(gm, idx), buf, GM_PAGE_SIZE) == 0;
+	return memcmp(mem_page_hva(gm, idx), buf, MEM_PAGE_SIZE) == 0;
 }
 
 int mem_page_copy_to_fd(const struct gm *gm, uint64_t idx, int fd, uint64_t off)
 {
 	ssize_t put;
 
-	if (!idx_ok(gm, idx) || off % GM_PAGE_SIZE)
+	if (!idx_ok(gm, idx) || off % MEM_PAGE_SIZE)
 		return -EINVAL;
-	put = pwrite(fd, gm_page_hva(gm, idx), GM_PAGE_SIZE, (off_t)off);
+	put = pwrite(fd, mem_page_hva(gm, idx), MEM_PAGE_SIZE, (off_t)off);
 	if (put < 0)
 		return -errno;
-	return put == (ssize_t)GM_PAGE_SIZE ? 0 : -EIO;
+	return put == (ssize_t)MEM_PAGE_SIZE ? 0 : -EIO;
 }
 
 static uint64_t parse_hex(const char **p, const char *end)

@@ -21,7 +21,7 @@
 
 #include "mem/gm.h"
 
-/* A page hash function: `page` is GM_PAGE_SIZE bytes, valid for the call only. */
+/* A page hash function: `page` is MEM_PAGE_SIZE bytes, valid for the call only. */
 typedef uint64_t (*mem_page_hash_fn)(const void *page, const void *key);
 
 /* Hash page idx with fn(page, key) into *hash. 0, or -EINVAL for idx outside RAM. */
@@ -34,7 +34,7 @@ int mem_page_equal(const struct gm *a, uint64_t ia, const struct gm *b, uint64_t
 /* Write page idx to fd at byte offset off (page aligned). 0 or -errno. */
 int mem_page_copy_to_fd(const struct gm *gm, uint64_t idx, int fd, uint64_t off);
 
-/* 1 when page idx equals the GM_PAGE_SIZE bytes at buf, 0 when not, -EINVAL. */
+/* 1 when page idx equals the MEM_PAGE_SIZE bytes at buf, 0 when not, -EINVAL. */
 int mem_page_equal_buf(const struct gm *gm, uint64_t idx, const void *buf);
 
 /*

@@ -116,7 +116,7 @@ int64_t mem_pagemap(const struct gm *gm, uint64_t idx, uint64_t n, uint64_t *ent
 	if (pagemap_fd < 0)
 		return -ENOSYS;
 	got = pread(pagemap_fd, entries, n * 8,
-		    (off_t)((uintptr_t)gm_page_hva(gm, idx) / LAYOUT_PAGE_SIZE * 8));
+		    (off_t)((uintptr_t)mem_page_hva(gm, idx) / LAYOUT_PAGE_SIZE * 8));
 	if (got < 0)
 		return -errno;
 	return got / 8;

@@ -12,7 +12,7 @@
  * PS_ANON does not say whether the page is resident: first touches are
  * handled by the kernel without telling kvmem (a userfaultfd MISSING fault on
  * every first touch costs 60 us instead of 4.4 us here), so residency comes
- * from /proc/self/pagemap (memmap_resident).
+ * from /proc/self/pagemap (mem_resident).
  */
 #ifndef KVMEM_MEM_PAGESTATE_H
 #define KVMEM_MEM_PAGESTATE_H

@@ -20,7 +20,7 @@
 
 bool mem_page_in_store_mapping(const struct gm *gm, uint64_t idx)
 {
-	return idx < memmap_nr_pages(gm) && gm_frame_mapped(gm, idx);
+	return idx < mem_nr_pages(gm) && mem_frame_mapped(gm, idx);
 }
 
 /*
@@ -33,9 +33,9 @@ bool mem_page_in_store_mapping(const struct gm *gm, uint64_t idx)
 
 static int check_aligned_range(const struct gm *gm, gpa_t gpa, uint64_t len)
 {
-	if (gpa % GM_PAGE_SIZE || len % GM_PAGE_SIZE || len == 0)
+	if (gpa % MEM_PAGE_SIZE || len % MEM_PAGE_SIZE || len == 0)
 		return -EINVAL;
-	if (!gm_range_ok(gm, gpa, len))
+	if (!mem_range_ok(gm, gpa, len))
 		return -EFAULT;
 	return 0;
 }
@@ -56,12 +56,12 @@ int64_t mem_discard(struct gm *gm, gpa_t gpa, uint64_t len, enum ps_state why)
 	if (why != PS_BALLOONED && why != PS_REPORTED)
 		return -EINVAL;
 	while (len) {
-		uint64_t first = (uint64_t)memmap_page_index(gm, gpa), n = 1;
+		uint64_t first = (uint64_t)mem_page_index(gm, gpa), n = 1;
 		int64_t got;
 
 		/* A run within one region, at most a transaction's worth. */
-		while (n < len / GM_PAGE_SIZE && n < MEM_TXN_MAX &&
-		       memmap_index_gpa(gm, first + n) == gpa + n * GM_PAGE_SIZE)
+		while (n < len / MEM_PAGE_SIZE && n < MEM_TXN_MAX &&
+		       mem_index_gpa(gm, first + n) == gpa + n * MEM_PAGE_SIZE)
 			n++;
 		got = mem_txn_claim(&t, gm, first, n, DISCARD_FROM, MEM_TXN_NOPROTECT);
 		if (got < 0)
@@ -92,8 +92,8 @@ int64_t mem_discard(struct gm *gm, gpa_t gpa, uint64_t len, enum ps_state why)
 		for (int64_t i = 0; i < got; i++)
 			if (!pagestate_is_dropped((enum ps_state)t.old[i]))
 				dropped++;
-		gpa += (uint64_t)got * GM_PAGE_SIZE;
-		len -= (uint64_t)got * GM_PAGE_SIZE;
+		gpa += (uint64_t)got * MEM_PAGE_SIZE;
+		len -= (uint64_t)got * MEM_PAGE_SIZE;
 	}
 	return dropped;
 }
@@ -106,11 +106,11 @@ int mem_undiscard(struct gm *gm, gpa_t gpa, uint64_t len)
 	if (ret)
 		return ret;
 	while (len) {
-		uint64_t first = (uint64_t)memmap_page_index(gm, gpa), n = 1;
+		uint64_t first = (uint64_t)mem_page_index(gm, gpa), n = 1;
 		int64_t got;
 
-		while (n < len / GM_PAGE_SIZE && n < MEM_TXN_MAX &&
-		       memmap_index_gpa(gm, first + n) == gpa + n * GM_PAGE_SIZE)
+		while (n < len / MEM_PAGE_SIZE && n < MEM_TXN_MAX &&
+		       mem_index_gpa(gm, first + n) == gpa + n * MEM_PAGE_SIZE)
 			n++;
 		/* Only ballooned and reported pages: any other state is someone's (or the guest's). */
 		got = mem_txn_claim(&t, gm, first, n, MEM_FROM(PS_BALLOONED) | MEM_FROM(PS_REPORTED),
@@ -122,8 +122,8 @@ int mem_undiscard(struct gm *gm, gpa_t gpa, uint64_t len)
 		for (int64_t i = 0; i < (int64_t)t.n; i++)
 			mem_txn_set(&t, (uint32_t)i, MEM_PRIVATE, 0);
 		mem_txn_end(&t, -1);
-		gpa += (uint64_t)got * GM_PAGE_SIZE;
-		len -= (uint64_t)got * GM_PAGE_SIZE;
+		gpa += (uint64_t)got * MEM_PAGE_SIZE;
+		len -= (uint64_t)got * MEM_PAGE_SIZE;
 	}
 	return 0;
 }
@@ -131,7 +131,7 @@ int mem_undiscard(struct gm *gm, gpa_t gpa, uint64_t len)
 int64_t mem_reclaim_zero(struct gm *gm, uint64_t first, uint64_t count, uint64_t max_pages)
 {
 	static __thread struct mem_txn t;
-	uint64_t end = first + count, nr = memmap_nr_pages(gm), pm[512];
+	uint64_t end = first + count, nr = mem_nr_pages(gm), pm[512];
 	int64_t dropped = 0;
 
 	if (end > nr || end < first)
@@ -160,8 +160,8 @@ int64_t mem_reclaim_zero(struct gm *gm, uint64_t first, uint64_t count, uint64_t
 
 				if (!mem_pm_resident(pm[i + (int64_t)run]) ||
 				    mem_pm_file(pm[i + (int64_t)run]) ||
-				    pagestate_get(gm->ps, idx) != PS_ANON || gm_frame_mapped(gm, idx) ||
-				    !mem_hva_is_zero(gm_page_hva(gm, idx)))
+				    pagestate_get(gm->ps, idx) != PS_ANON || mem_frame_mapped(gm, idx) ||
+				    !mem_hva_is_zero(mem_page_hva(gm, idx)))
 					break;
 				run++;
 			}
@@ -179,8 +179,8 @@ int64_t mem_reclaim_zero(struct gm *gm, uint64_t first, uint64_t count, uint64_t
 			 * frame since the look is dedup's work, not a zero page here.
 			 */
 			for (uint32_t k = 0; k < (uint32_t)claimed; k++)
-				if (!gm_frame_mapped(gm, t.idx + k) && mem_pm_resident(t.pm[k]) &&
-				    !mem_pm_file(t.pm[k]) && mem_hva_is_zero(gm_page_hva(gm, t.idx + k)))
+				if (!mem_frame_mapped(gm, t.idx + k) && mem_pm_resident(t.pm[k]) &&
+				    !mem_pm_file(t.pm[k]) && mem_hva_is_zero(mem_page_hva(gm, t.idx + k)))
 					mem_txn_set(&t, k, MEM_ZERO, 0);
 			dropped += mem_txn_end(&t, -1);
 			i += claimed;
@@ -197,9 +197,9 @@ static int64_t zero_reclaim(void *arg, struct ovc_vm *vm, uint64_t bytes, uint64
 	/* Zero pages carry no data: reclaiming them ignores the floor. */
 	(void)arg;
 	(void)floor_bytes;
-	int64_t n = mem_reclaim_zero(gm, 0, memmap_nr_pages(gm),
-				     (bytes + GM_PAGE_SIZE - 1) / GM_PAGE_SIZE);
-	return n < 0 ? n : n * (int64_t)GM_PAGE_SIZE;
+	int64_t n = mem_reclaim_zero(gm, 0, mem_nr_pages(gm),
+				     (bytes + MEM_PAGE_SIZE - 1) / MEM_PAGE_SIZE);
+	return n < 0 ? n : n * (int64_t)MEM_PAGE_SIZE;
 }
 
 int reclaim_register_zero(struct ovc *ovc)

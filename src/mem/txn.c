@@ -67,9 +67,9 @@ static bool withdraw(struct gm *gm, uint64_t idx, uint8_t why)
 
 bool mem_run_ok(const struct gm *gm, uint64_t idx, uint64_t n)
 {
-	return n && idx + n <= memmap_nr_pages(gm) && idx + n > idx &&
-	       gm_page_hva(gm, idx + n - 1) - gm_page_hva(gm, idx) ==
-		       (ptrdiff_t)((n - 1) * GM_PAGE_SIZE);
+	return n && idx + n <= mem_nr_pages(gm) && idx + n > idx &&
+	       mem_page_hva(gm, idx + n - 1) - mem_page_hva(gm, idx) ==
+		       (ptrdiff_t)((n - 1) * MEM_PAGE_SIZE);
 }
 
 /* --- userfaultfd primitives, on runs of pages --- */
@@ -77,12 +77,12 @@ bool mem_run_ok(const struct gm *gm, uint64_t idx, uint64_t n)
 static int run_register(struct gm *gm, uint64_t idx, uint64_t n, uint64_t mode)
 {
 	count(&stats.registrations, 1);
-	return mem_uffd_register(gm, gm_page_hva(gm, idx), n * GM_PAGE_SIZE, mode);
+	return mem_uffd_register(gm, mem_page_hva(gm, idx), n * MEM_PAGE_SIZE, mode);
 }
 
 static int run_unregister(struct gm *gm, uint64_t idx, uint64_t n)
 {
-	struct uffdio_range r = { (uint64_t)(uintptr_t)gm_page_hva(gm, idx), n * GM_PAGE_SIZE };
+	struct uffdio_range r = { (uint64_t)(uintptr_t)mem_page_hva(gm, idx), n * MEM_PAGE_SIZE };
 
 	count(&stats.registrations, 1);
 	return ioctl(gm->uffd, UFFDIO_UNREGISTER, &r) < 0 ? -errno : 0;
@@ -92,7 +92,7 @@ static int run_unregister(struct gm *gm, uint64_t idx, uint64_t n)
 static int run_protect(struct gm *gm, uint64_t idx, uint64_t n, bool on)
 {
 	struct uffdio_writeprotect w = {
-		.range = { (uint64_t)(uintptr_t)gm_page_hva(gm, idx), n * GM_PAGE_SIZE },
+		.range = { (uint64_t)(uintptr_t)mem_page_hva(gm, idx), n * MEM_PAGE_SIZE },
 		.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
 	};
 
@@ -103,7 +103,7 @@ static int run_protect(struct gm *gm, uint64_t idx, uint64_t n, bool on)
 
 static void run_wake(struct gm *gm, uint64_t idx, uint64_t n)
 {
-	struct uffdio_range r = { (uint64_t)(uintptr_t)gm_page_hva(gm, idx), n * GM_PAGE_SIZE };
+	struct uffdio_range r = { (uint64_t)(uintptr_t)mem_page_hva(gm, idx), n * MEM_PAGE_SIZE };
 
 	if (gm->uffd >= 0)
 		ioctl(gm->uffd, UFFDIO_WAKE, &r);
@@ -119,7 +119,7 @@ static bool chunk_missing(const struct gm *gm, uint64_t idx)
 
 bool mem_page_missing(const struct gm *gm, uint64_t idx)
 {
-	return idx < memmap_nr_pages(gm) && chunk_missing(gm, idx);
+	return idx < mem_nr_pages(gm) && chunk_missing(gm, idx);
 }
 
 /*
@@ -132,7 +132,7 @@ bool mem_page_missing(const struct gm *gm, uint64_t idx)
 static uint64_t page_mode(const struct gm *gm, uint64_t idx)
 {
 	bool missing = chunk_missing(gm, idx) ||
-		       (gm_frame_mapped(gm, idx) && !mem_zero_page_known());
+		       (mem_frame_mapped(gm, idx) && !mem_zero_page_known());
 
 	return UFFDIO_REGISTER_MODE_WP | (missing ? UFFDIO_REGISTER_MODE_MISSING : 0);
 }
@@ -319,16 +319,16 @@ out_abort:
 /* Fresh anonymous memory over [idx, idx + n), registered again. */
 static int remap_anon(struct gm *gm, uint64_t idx, uint64_t n)
 {
-	void *hva = gm_page_hva(gm, idx);
-	void *p = mmap(hva, n * GM_PAGE_SIZE, gm->prot,
+	void *hva = mem_page_hva(gm, idx);
+	void *p = mmap(hva, n * MEM_PAGE_SIZE, gm->prot,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
 
 	count(&stats.remaps, 1);
 	if (p == MAP_FAILED)
 		return -errno;
-	madvise(hva, n * GM_PAGE_SIZE, MADV_NOHUGEPAGE);
+	madvise(hva, n * MEM_PAGE_SIZE, MADV_NOHUGEPAGE);
 	for (uint64_t i = 0; i < n; i++)
-		gm_set_frame_mapped(gm, idx + i, false);
+		mem_set_frame_mapped(gm, idx + i, false);
 	/*
 	 * The pages are holes of new memory now: whatever the registration, no
 	 * write is lost; one that fails only leaves them unprotectable until a
@@ -357,7 +357,7 @@ static int map_zero_pages(const struct gm *gm, uint8_t *hva, uint64_t len)
 		if (errno == EAGAIN && z.zeropage > 0)
 			off += (uint64_t)z.zeropage; /* stopped part way: the kernel says how far */
 		else if (errno == EEXIST)
-			off += GM_PAGE_SIZE; /* the page at off, populated since it was dropped */
+			off += MEM_PAGE_SIZE; /* the page at off, populated since it was dropped */
 		else
 			return -errno;
 	}
@@ -379,7 +379,7 @@ static void map_zero_dropped(struct gm *gm, uint64_t idx, uint64_t n)
 
 	if (gm->uffd < 0 || mem_zero_page_on_read() || !mem_zero_page_known())
 		return;
-	ret = map_zero_pages(gm, gm_page_hva(gm, idx), n * GM_PAGE_SIZE);
+	ret = map_zero_pages(gm, mem_page_hva(gm, idx), n * MEM_PAGE_SIZE);
 	if (ret)
 		log_warn_ratelimited("mapping the zero page into %llu dropped pages: %s",
 				     (unsigned long long)n, strerror(-ret));
@@ -389,22 +389,22 @@ static void map_zero_dropped(struct gm *gm, uint64_t idx, uint64_t n)
 static int drop_run(struct gm *gm, uint64_t idx, uint64_t n)
 {
 	for (uint64_t i = 0; i < n; i++)
-		if (gm_frame_mapped(gm, idx + i))
+		if (mem_frame_mapped(gm, idx + i))
 			return remap_anon(gm, idx, n);
-	if (madvise(gm_page_hva(gm, idx), n * GM_PAGE_SIZE, MADV_DONTNEED) < 0)
+	if (madvise(mem_page_hva(gm, idx), n * MEM_PAGE_SIZE, MADV_DONTNEED) < 0)
 		return -errno;
 	return 0;
 }
 
 static int map_frame(struct gm *gm, uint64_t idx, int fd, uint64_t off)
 {
-	void *p = mmap(gm_page_hva(gm, idx), GM_PAGE_SIZE, gm->prot, MAP_PRIVATE | MAP_FIXED, fd,
+	void *p = mmap(mem_page_hva(gm, idx), MEM_PAGE_SIZE, gm->prot, MAP_PRIVATE | MAP_FIXED, fd,
 		       (off_t)off);
 
 	count(&stats.remaps, 1);
 	if (p == MAP_FAILED)
 		return -errno;
-	gm_set_frame_mapped(gm, idx, true);
+	mem_set_frame_mapped(gm, idx, true);
 	return 0;
 }
 
@@ -498,7 +498,7 @@ int64_t mem_txn_end(struct mem_txn *t, int fd)
 /* --- windows --- */
 
 /* The source of MEM_WIN_ZEROED pages and of pages of zeros given on a touch. */
-static const uint8_t zeros[GM_PAGE_SIZE] __attribute__((aligned(GM_PAGE_SIZE)));
+static const uint8_t zeros[MEM_PAGE_SIZE] __attribute__((aligned(MEM_PAGE_SIZE)));
 
 /*
  * Fill pages [i, i + n) of the scratch mapping s (uffd-registered), all of
@@ -507,7 +507,7 @@ static const uint8_t zeros[GM_PAGE_SIZE] __attribute__((aligned(GM_PAGE_SIZE)));
 static int fill_run(const struct gm *gm, uint8_t *s, const uint8_t *old, uint64_t i, uint64_t n,
 		    enum mem_win_kind kind)
 {
-	uint64_t off = i * GM_PAGE_SIZE, end = (i + n) * GM_PAGE_SIZE;
+	uint64_t off = i * MEM_PAGE_SIZE, end = (i + n) * MEM_PAGE_SIZE;
 
 	if (kind == MEM_WIN_FRAME)
 		return 0; /* the frame: read from the store on the first access */
@@ -528,7 +528,7 @@ static int fill_run(const struct gm *gm, uint8_t *s, const uint8_t *old, uint64_
 		return map_zero_pages(gm, s + off, end - off);
 	while (off < end) {
 		/* A private page of zeros is copied from one page of zeros, a page at a time. */
-		uint64_t len = kind == MEM_WIN_ZEROED ? GM_PAGE_SIZE : end - off;
+		uint64_t len = kind == MEM_WIN_ZEROED ? MEM_PAGE_SIZE : end - off;
 		struct uffdio_copy c = {
 			.dst = (uint64_t)(uintptr_t)(s + off),
 			.src = (uint64_t)(uintptr_t)(kind == MEM_WIN_KEEP ? old + off : zeros),
@@ -582,19 +582,19 @@ int mem_txn_end_window(struct mem_txn *t, int fd, uint64_t off, const uint8_t *k
 	void *p;
 	int ret;
 
-	if (!n || off % GM_PAGE_SIZE || !window_commits_ok(t, kind)) {
+	if (!n || off % MEM_PAGE_SIZE || !window_commits_ok(t, kind)) {
 		ret = -EINVAL;
 		goto out_abort;
 	}
-	old = gm_page_hva(gm, idx);
-	s = mmap(NULL, n * GM_PAGE_SIZE, gm->prot, MAP_PRIVATE, fd, (off_t)off);
+	old = mem_page_hva(gm, idx);
+	s = mmap(NULL, n * MEM_PAGE_SIZE, gm->prot, MAP_PRIVATE, fd, (off_t)off);
 	if (s == MAP_FAILED) {
 		ret = -errno;
 		goto out_abort;
 	}
-	madvise(s, n * GM_PAGE_SIZE, MADV_NOHUGEPAGE);
+	madvise(s, n * MEM_PAGE_SIZE, MADV_NOHUGEPAGE);
 	count(&stats.registrations, 1);
-	ret = mem_uffd_register(gm, s, n * GM_PAGE_SIZE, UFFDIO_REGISTER_MODE_WP);
+	ret = mem_uffd_register(gm, s, n * MEM_PAGE_SIZE, UFFDIO_REGISTER_MODE_WP);
 	for (uint64_t i = 0, j; i < n && !ret; i = j) {
 		for (j = i + 1; j < n && kind[j] == kind[i]; j++)
 			;
@@ -602,14 +602,14 @@ int mem_txn_end_window(struct mem_txn *t, int fd, uint64_t off, const uint8_t *k
 	}
 	if (ret)
 		goto out_unmap;
-	p = mremap(s, n * GM_PAGE_SIZE, n * GM_PAGE_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, old);
+	p = mremap(s, n * MEM_PAGE_SIZE, n * MEM_PAGE_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, old);
 	count(&stats.remaps, 1);
 	if (p == MAP_FAILED) {
 		ret = -errno;
 		goto out_unmap;
 	}
 	for (uint64_t i = 0; i < n; i++) {
-		gm_set_frame_mapped(gm, idx + i, true);
+		mem_set_frame_mapped(gm, idx + i, true);
 		backing_changed(gm, idx + i);
 	}
 	/*
@@ -632,7 +632,7 @@ int mem_txn_end_window(struct mem_txn *t, int fd, uint64_t off, const uint8_t *k
 	return 0;
 
 out_unmap:
-	munmap(s, n * GM_PAGE_SIZE);
+	munmap(s, n * MEM_PAGE_SIZE);
 out_abort:
 	count(&stats.failed, n);
 	abort_all(t);
@@ -643,7 +643,7 @@ out_abort:
 
 int mem_page_unshared(struct gm *gm, uint64_t idx)
 {
-	if (idx >= memmap_nr_pages(gm))
+	if (idx >= mem_nr_pages(gm))
 		return -EINVAL;
 	return pagestate_cas(gm->ps, idx, PS_SHARED, PS_ANON);
 }
@@ -652,7 +652,7 @@ int mem_sample_protect(struct gm *gm, uint64_t idx)
 {
 	int ret;
 
-	if (idx >= memmap_nr_pages(gm))
+	if (idx >= mem_nr_pages(gm))
 		return -EINVAL;
 	if (pagestate_cas(gm->ps, idx, PS_ANON, PS_BUSY))
 		return -EBUSY;
@@ -672,7 +672,7 @@ void mem_sample_release(struct gm *gm, uint64_t idx)
 {
 	enum ps_state st;
 
-	if (idx >= memmap_nr_pages(gm) || !withdraw(gm, idx, MEM_WP_SAMPLE))
+	if (idx >= mem_nr_pages(gm) || !withdraw(gm, idx, MEM_WP_SAMPLE))
 		return;
 	/*
 	 * A page someone holds keeps its protection for now (it lingers): the
@@ -700,7 +700,7 @@ int mem_chunks_set_missing(struct gm *gm, uint64_t idx, uint64_t n, bool on)
 	uint64_t first, last;
 	int ret = 0;
 
-	if (!n || idx + n > memmap_nr_pages(gm) || idx + n < idx)
+	if (!n || idx + n > mem_nr_pages(gm) || idx + n < idx)
 		return -EINVAL;
 	if (gm->uffd < 0)
 		return -ENOSYS;
@@ -710,8 +710,8 @@ int mem_chunks_set_missing(struct gm *gm, uint64_t idx, uint64_t n, bool on)
 		uint64_t start = c * MEM_CHUNK_PAGES, len = MEM_CHUNK_PAGES;
 		static __thread struct mem_txn t;
 
-		if (start + len > memmap_nr_pages(gm))
-			len = memmap_nr_pages(gm) - start;
+		if (start + len > mem_nr_pages(gm))
+			len = mem_nr_pages(gm) - start;
 		if (on) {
 			/* Adding a mode keeps every page's protection: no claim needed. */
 			__atomic_fetch_or(&gm->chunk_mode[c], MEM_CHUNK_MISSING, __ATOMIC_ACQ_REL);
@@ -808,11 +808,11 @@ static enum mem_fault fault_missing(struct gm *gm, uint64_t idx, void *page)
 		pagestate_set(gm->ps, idx, st);
 		return MEM_FAULT_UNSERVED;
 	}
-	if (gm_frame_mapped(gm, idx) && st != PS_SHARED) {
+	if (mem_frame_mapped(gm, idx) && st != PS_SHARED) {
 		struct uffdio_copy c = {
 			.dst = (uint64_t)(uintptr_t)page,
 			.src = (uint64_t)(uintptr_t)zeros,
-			.len = GM_PAGE_SIZE,
+			.len = MEM_PAGE_SIZE,
 			.mode = UFFDIO_COPY_MODE_DONTWAKE,
 		};
 
@@ -821,8 +821,8 @@ static enum mem_fault fault_missing(struct gm *gm, uint64_t idx, void *page)
 			st = PS_ANON;
 			what = MEM_FAULT_ZERO_FILL;
 		}
-	} else if (!gm_frame_mapped(gm, idx)) {
-		ret = map_zero_pages(gm, page, GM_PAGE_SIZE);
+	} else if (!mem_frame_mapped(gm, idx)) {
+		ret = map_zero_pages(gm, page, MEM_PAGE_SIZE);
 		if (!ret)
 			what = MEM_FAULT_ZERO_PAGE;
 	}
@@ -883,7 +883,7 @@ int mem_check_states(struct gm *gm, struct mem_check *out)
 	memset(out, 0, sizeof(*out));
 	for (unsigned int r = 0; r < gm->nr_regions; r++) {
 		uint64_t idx = gm->regions[r].first_pfn_index;
-		uint64_t end = idx + gm->regions[r].len / GM_PAGE_SIZE;
+		uint64_t end = idx + gm->regions[r].len / MEM_PAGE_SIZE;
 
 		while (idx < end) {
 			uint64_t n = end - idx < 512 ? end - idx : 512;
@@ -899,7 +899,7 @@ int mem_check_states(struct gm *gm, struct mem_check *out)
 				if (st == PS_BUSY || pagestate_get(gm->ps, idx + i) != st)
 					continue;
 				out->checked++;
-				if (state_agrees(st, pm[i], gm_frame_mapped(gm, idx + i)))
+				if (state_agrees(st, pm[i], mem_frame_mapped(gm, idx + i)))
 					continue;
 				if (!out->mismatches++) {
 					out->first_bad = idx + i;

@@ -36,8 +36,8 @@ struct uffd_service {
 
 static void resolve(struct uffd_service *svc, struct gm *gm, const struct uffd_msg *msg)
 {
-	uint64_t addr = msg->arg.pagefault.address & ~(GM_PAGE_SIZE - 1);
-	const struct gm_region *r = NULL;
+	uint64_t addr = msg->arg.pagefault.address & ~(MEM_PAGE_SIZE - 1);
+	const struct mem_ram_region *r = NULL;
 	uint64_t idx;
 	bool wp;
 
@@ -49,13 +49,13 @@ static void resolve(struct uffd_service *svc, struct gm *gm, const struct uffd_m
 	}
 	if (!r) {
 		/* Not ours to resolve: let the access retry rather than hang. */
-		struct uffdio_range wake = { addr, GM_PAGE_SIZE };
+		struct uffdio_range wake = { addr, MEM_PAGE_SIZE };
 
 		__atomic_fetch_add(&svc->stats.errors, 1, __ATOMIC_RELAXED);
 		ioctl(gm->uffd, UFFDIO_WAKE, &wake);
 		return;
 	}
-	idx = r->first_pfn_index + ((addr - (uint64_t)(uintptr_t)r->hva) >> GM_PAGE_SHIFT);
+	idx = r->first_pfn_index + ((addr - (uint64_t)(uintptr_t)r->hva) >> MEM_PAGE_SHIFT);
 	wp = msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP;
 	__atomic_fetch_add(wp ? &svc->stats.wp_faults : &svc->stats.missing_faults, 1,
 			   __ATOMIC_RELAXED);

@@ -19,9 +19,9 @@ static void must(int ret)
  */
 static uint16_t *idx_ptr(struct fake_vq *fq, gpa_t gpa)
 {
-	struct gm_slice sl;
+	struct mem_slice sl;
 
-	must(gm_slice_get(fq->gm, gpa, 2, &sl));
+	must(mem_slice_get(fq->gm, gpa, 2, &sl));
 	assert(sl.len == 2);
 	return sl.hva;
 }
@@ -35,9 +35,9 @@ void fake_vq_init(struct fake_vq *fq, struct gm *gm, uint16_t size, gpa_t base)
 	fq->avail = base + 16ULL * size;
 	/* used after avail (+ used_event), 4-aligned; keep it on its own page. */
 	fq->used = (fq->avail + 6 + 2ULL * size + 4095) & ~4095ULL;
-	must(gm_zero(gm, fq->desc, 16ULL * size));
-	must(gm_zero(gm, fq->avail, 6 + 2ULL * size));
-	must(gm_zero(gm, fq->used, 6 + 8ULL * size));
+	must(mem_zero_fill(gm, fq->desc, 16ULL * size));
+	must(mem_zero_fill(gm, fq->avail, 6 + 2ULL * size));
+	must(mem_zero_fill(gm, fq->used, 6 + 8ULL * size));
 }
 
 void fake_vq_set_desc(struct fake_vq *fq, uint16_t i, uint64_t addr, uint32_t len,
@@ -51,15 +51,15 @@ void fake_vq_set_table_desc(struct fake_vq *fq, gpa_t table, uint16_t i, uint64_
 {
 	gpa_t d = table + 16ULL * i;
 
-	must(gm_write_le64(fq->gm, d, addr));
-	must(gm_write_le32(fq->gm, d + 8, len));
-	must(gm_write_le16(fq->gm, d + 12, flags));
-	must(gm_write_le16(fq->gm, d + 14, next));
+	must(mem_write_le64(fq->gm, d, addr));
+	must(mem_write_le32(fq->gm, d + 8, len));
+	must(mem_write_le16(fq->gm, d + 12, flags));
+	must(mem_write_le16(fq->gm, d + 14, next));
 }
 
 void fake_vq_publish(struct fake_vq *fq, uint16_t head)
 {
-	must(gm_write_le16(fq->gm, fq->avail + 4 + 2ULL * (fq->avail_idx % fq->size), head));
+	must(mem_write_le16(fq->gm, fq->avail + 4 + 2ULL * (fq->avail_idx % fq->size), head));
 	fq->avail_idx++;
 	__atomic_store_n(idx_ptr(fq, fq->avail + 2), fq->avail_idx, __ATOMIC_RELEASE);
 }
@@ -116,8 +116,8 @@ bool fake_vq_get_used(struct fake_vq *fq, uint32_t *id, uint32_t *len)
 	if (fake_vq_used_idx(fq) == fq->last_used)
 		return false;
 	e = fq->used + 4 + 8ULL * (fq->last_used % fq->size);
-	must(gm_read_le32(fq->gm, e, id));
-	must(gm_read_le32(fq->gm, e + 4, len));
+	must(mem_read_le32(fq->gm, e, id));
+	must(mem_read_le32(fq->gm, e + 4, len));
 	fq->last_used++;
 	return true;
 }
@@ -126,18 +126,18 @@ uint16_t fake_vq_avail_event(struct fake_vq *fq)
 {
 	uint16_t v;
 
-	must(gm_read_le16(fq->gm, fq->used + 4 + 8ULL * fq->size, &v));
+	must(mem_read_le16(fq->gm, fq->used + 4 + 8ULL * fq->size, &v));
 	return v;
 }
 
 void fake_vq_set_used_event(struct fake_vq *fq, uint16_t v)
 {
-	must(gm_write_le16(fq->gm, fq->avail + 4 + 2ULL * fq->size, v));
+	must(mem_write_le16(fq->gm, fq->avail + 4 + 2ULL * fq->size, v));
 }
 
 void fake_vq_set_avail_flags(struct fake_vq *fq, uint16_t flags)
 {
-	must(gm_write_le16(fq->gm, fq->avail, flags));
+	must(mem_write_le16(fq->gm, fq->avail, flags));
 }
 
 uint32_t fake_mmio_read(struct virtio_dev *vdev, uint64_t off)

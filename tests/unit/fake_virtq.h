@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The driver side of a split virtqueue and of the virtio-mmio transport,
- * for unit tests: builds rings in a gm_create_anon guest, well-formed or
+ * for unit tests: builds rings in a mem_create_anon guest, well-formed or
  * deliberately hostile, and drives a struct virtio_dev through its bus ops
  * the way a guest driver's MMIO accesses would (cf. vm-virtio mock.rs).
  */

@@ -92,7 +92,7 @@ static int make_env(void **state, bool real)
 	struct env *e = kv_zalloc(sizeof(*e));
 	struct balloon_mem_ops mem = { fake_discard, fake_undiscard, e };
 
-	if (!e || gm_create_anon(RAM, &e->gm))
+	if (!e || mem_create_anon(RAM, &e->gm))
 		return -1;
 	if (balloon_create_on_gm(e->gm, &p, real ? NULL : &mem, &e->b))
 		return -1;
@@ -118,7 +118,7 @@ static int teardown(void **state)
 	struct env *e = *state;
 
 	balloon_destroy(e->b);
-	gm_destroy(e->gm);
+	mem_destroy(e->gm);
 	kv_free(e);
 	return 0;
 }
@@ -153,7 +153,7 @@ static struct balloon_stats stats(struct env *e)
 /* Write `n` le32 PFNs at gpa. */
 static void put_pfns(struct env *e, gpa_t gpa, const uint32_t *pfns, unsigned int n)
 {
-	assert_int_equal(gm_write(e->gm, gpa, pfns, 4ULL * n), 0);
+	assert_int_equal(mem_write(e->gm, gpa, pfns, 4ULL * n), 0);
 }
 
 static void run(struct env *e)
@@ -593,8 +593,8 @@ static void test_balloon_reporting_range_outside_ram_needs_reset(void **state)
 
 static void put_stat(struct env *e, gpa_t gpa, uint16_t tag, uint64_t val)
 {
-	assert_int_equal(gm_write_le16(e->gm, gpa, tag), 0);
-	assert_int_equal(gm_write_le64(e->gm, gpa + 2, val), 0);
+	assert_int_equal(mem_write_le16(e->gm, gpa, tag), 0);
+	assert_int_equal(mem_write_le64(e->gm, gpa + 2, val), 0);
 }
 
 static void test_balloon_stats_are_parsed_and_requested_again(void **state)
@@ -772,7 +772,7 @@ static void test_balloon_stats_names_and_json(void **state)
 static void test_balloon_worker_inflates_through_the_memory_manager(void **state)
 {
 	struct env *e = *state;
-	struct pagestate *ps = memmap_pagestate(e->gm);
+	struct pagestate *ps = mem_pagestate(e->gm);
 	uint32_t pfns[] = { 0xb00, 0xb01 };
 	struct fake_buf b = { DATA, sizeof(pfns), false };
 	struct timespec ts = { 0, 1000000 };
@@ -782,8 +782,8 @@ static void test_balloon_worker_inflates_through_the_memory_manager(void **state
 
 	/* Guest data in the pages it is about to give away. */
 	memset(page, 0x5a, sizeof(page));
-	assert_int_equal(gm_write(e->gm, 0xb00000, page, sizeof(page)), 0);
-	assert_int_equal(gm_write(e->gm, 0xb01000, page, sizeof(page)), 0);
+	assert_int_equal(mem_write(e->gm, 0xb00000, page, sizeof(page)), 0);
+	assert_int_equal(mem_write(e->gm, 0xb01000, page, sizeof(page)), 0);
 	put_pfns(e, DATA, pfns, 2);
 	bring_up(e, ALL_FEATURES);
 	fake_virtio_driver_ok(e->vdev);
@@ -795,7 +795,7 @@ static void test_balloon_worker_inflates_through_the_memory_manager(void **state
 	assert_true(i < 5000);
 	virtio_dev_stop(e->vdev);
 	/* Dropped from the host: reads as zeros, page state ballooned. */
-	assert_int_equal(gm_read(e->gm, 0xb00000, page, sizeof(page)), 0);
+	assert_int_equal(mem_read(e->gm, 0xb00000, page, sizeof(page)), 0);
 	for (unsigned int k = 0; k < sizeof(page); k++)
 		assert_int_equal(page[k], 0);
 	assert_int_equal(pagestate_get(ps, 0xb00), PS_BALLOONED);

@@ -27,7 +27,7 @@ static uint64_t rd64(struct gm *gm, gpa_t gpa)
 {
 	uint64_t v = 0;
 
-	assert_int_equal(gm_read_le64(gm, gpa, &v), 0);
+	assert_int_equal(mem_read_le64(gm, gpa, &v), 0);
 	return v;
 }
 
@@ -51,7 +51,7 @@ static void test_boot_page_tables_identity_map_ram_and_mmio_for_user(void **stat
 	struct gm *gm;
 
 	(void)state;
-	assert_int_equal(gm_create_anon(64 << 20, &gm), 0);
+	assert_int_equal(mem_create_anon(64 << 20, &gm), 0);
 	assert_int_equal(boot_build_tables(gm, 2), 0);
 	for (gpa_t va = 0; va < (64ULL << 20); va += 2ULL << 20) {
 		uint64_t pde = walk(gm, va);
@@ -64,7 +64,7 @@ static void test_boot_page_tables_identity_map_ram_and_mmio_for_user(void **stat
 			 LAYOUT_MMIO_SYSCTL & ~0x1fffffULL);
 	/* Nothing above 4 GiB for a small guest. */
 	assert_int_equal(walk(gm, 5ULL << 30), 0);
-	gm_destroy(gm);
+	mem_destroy(gm);
 }
 
 static void test_boot_page_tables_cover_ram_above_the_hole(void **state)
@@ -74,12 +74,12 @@ static void test_boot_page_tables_cover_ram_above_the_hole(void **state)
 	gpa_t last = LAYOUT_HIGH_RAM_BASE + (ram - LAYOUT_LOW_RAM_MAX) - (2ULL << 20);
 
 	(void)state;
-	assert_int_equal(gm_create_anon(ram, &gm), 0);
-	assert_int_equal(gm_nr_regions(gm), 2);
+	assert_int_equal(mem_create_anon(ram, &gm), 0);
+	assert_int_equal(mem_nr_regions(gm), 2);
 	assert_int_equal(boot_build_tables(gm, 1), 0);
 	assert_int_equal(walk(gm, last) & ~0xfffULL, last);
 	assert_int_equal(boot_mapped_top(ram), 5ULL << 30);
-	gm_destroy(gm);
+	mem_destroy(gm);
 }
 
 static void test_boot_gdt_has_user_segments_and_one_tss_per_cpu(void **state)
@@ -88,7 +88,7 @@ static void test_boot_gdt_has_user_segments_and_one_tss_per_cpu(void **state)
 	unsigned int ncpus = 3;
 
 	(void)state;
-	assert_int_equal(gm_create_anon(16 << 20, &gm), 0);
+	assert_int_equal(mem_create_anon(16 << 20, &gm), 0);
 	assert_int_equal(boot_build_tables(gm, ncpus), 0);
 	/* Access bytes: DPL3 code (0xfa) and data (0xf2); L bit on code. */
 	assert_int_equal((rd64(gm, LAYOUT_GDT + (ABI_SEL_USER_CS & ~3)) >> 40) & 0xff, 0xfa);
@@ -101,11 +101,11 @@ static void test_boot_gdt_has_user_segments_and_one_tss_per_cpu(void **state)
 		uint64_t rsp0 = 0;
 
 		assert_int_equal((lo >> 40) & 0xff, 0x89); /* present 64-bit TSS */
-		assert_int_equal(gm_read(gm, base + 4, &rsp0, 8), 0);
+		assert_int_equal(mem_read(gm, base + 4, &rsp0, 8), 0);
 		/* Each vCPU takes exceptions on its own CPL0 stack. */
 		assert_int_equal(rsp0, LAYOUT_KSTACKS + (i + 1) * LAYOUT_KSTACK_SIZE);
 	}
-	gm_destroy(gm);
+	mem_destroy(gm);
 }
 
 static void test_boot_idt_gates_point_at_stubs_that_report_over_mmio(void **state)
@@ -115,17 +115,17 @@ static void test_boot_idt_gates_point_at_stubs_that_report_over_mmio(void **stat
 	uint64_t mmio = 0;
 
 	(void)state;
-	assert_int_equal(gm_create_anon(16 << 20, &gm), 0);
+	assert_int_equal(mem_create_anon(16 << 20, &gm), 0);
 	assert_int_equal(boot_build_tables(gm, 1), 0);
 	for (unsigned int v = 0; v < 32; v++) {
 		gpa_t target;
 
-		assert_int_equal(gm_read(gm, LAYOUT_IDT + v * 16, gate, 16), 0);
+		assert_int_equal(mem_read(gm, LAYOUT_IDT + v * 16, gate, 16), 0);
 		target = gate[0] | (gate[1] << 8) | ((uint64_t)gate[6] << 16) |
 			 ((uint64_t)gate[7] << 24);
 		assert_int_equal(gate[5], 0x8e); /* present interrupt gate, DPL0 */
 		assert_int_equal(gate[2], ABI_SEL_KERNEL_CS);
-		assert_int_equal(gm_read(gm, target, stub, sizeof(stub)), 0);
+		assert_int_equal(mem_read(gm, target, stub, sizeof(stub)), 0);
 		/* #PF (14) pushes its own error code; #UD (6) gets a pushed 0. */
 		if (v == 14)
 			assert_true(stub[0] == 0x6a && stub[1] == 14);
@@ -133,11 +133,11 @@ static void test_boot_idt_gates_point_at_stubs_that_report_over_mmio(void **stat
 			assert_true(stub[0] == 0x6a && stub[1] == 0 && stub[2] == 0x6a && stub[3] == 6);
 	}
 	/* The common tail stores to the system-control exception register. */
-	assert_int_equal(gm_read(gm, LAYOUT_IDT_STUBS + 32 * 16, tail, sizeof(tail)), 0);
+	assert_int_equal(mem_read(gm, LAYOUT_IDT_STUBS + 32 * 16, tail, sizeof(tail)), 0);
 	assert_true(tail[0] == 0x48 && tail[1] == 0xbf);
 	memcpy(&mmio, tail + 2, 8);
 	assert_int_equal(mmio, LAYOUT_MMIO_SYSCTL + ABI_SYS_EXCEPTION);
-	gm_destroy(gm);
+	mem_destroy(gm);
 }
 
 static void test_boot_params_list_ram_above_the_image_and_the_devices(void **state)
@@ -152,9 +152,9 @@ static void test_boot_params_list_ram_above_the_image_and_the_devices(void **sta
 	};
 
 	(void)state;
-	assert_int_equal(gm_create_anon(4ULL << 30, &gm), 0);
+	assert_int_equal(mem_create_anon(4ULL << 30, &gm), 0);
 	assert_int_equal(boot_write_params(gm, &img, &bi), 0);
-	assert_int_equal(gm_read(gm, LAYOUT_BOOT_PARAMS, &bp, sizeof(bp)), 0);
+	assert_int_equal(mem_read(gm, LAYOUT_BOOT_PARAMS, &bp, sizeof(bp)), 0);
 	assert_int_equal(bp.magic, ABI_BOOT_MAGIC);
 	assert_int_equal(bp.ncpus, 2);
 	assert_int_equal(bp.tsc_khz, 2500000);
@@ -171,7 +171,7 @@ static void test_boot_params_list_ram_above_the_image_and_the_devices(void **sta
 	assert_int_equal(bp.mmio_call, bi.mmio_call);
 	/* Above RAM (which ends at 5 GiB here): nothing at all. */
 	assert_int_equal(bp.phys_top, 5ULL << 30);
-	gm_destroy(gm);
+	mem_destroy(gm);
 }
 
 static void test_boot_params_reject_an_oversized_command_line(void **state)
@@ -184,10 +184,10 @@ static void test_boot_params_reject_an_oversized_command_line(void **state)
 	(void)state;
 	memset(big, 'x', ABI_MAX_CMDLINE);
 	big[ABI_MAX_CMDLINE] = '\0';
-	assert_int_equal(gm_create_anon(16 << 20, &gm), 0);
+	assert_int_equal(mem_create_anon(16 << 20, &gm), 0);
 	assert_int_equal(boot_write_params(gm, &img, &bi), -E2BIG);
 	free(big);
-	gm_destroy(gm);
+	mem_destroy(gm);
 }
 
 static void write_file(const char *path, const void *data, size_t len)
@@ -210,7 +210,7 @@ static void test_boot_elf_loader_refuses_what_is_not_a_static_x86_64_image(void 
 	(void)state;
 	assert_true(fd >= 0);
 	close(fd);
-	assert_int_equal(gm_create_anon(16 << 20, &gm), 0);
+	assert_int_equal(mem_create_anon(16 << 20, &gm), 0);
 	write_file(path, "#!/bin/sh\n", 10);
 	assert_int_equal(boot_load_elf(gm, path, 0, &img), -ENOEXEC);
 	/* ELF64 header with e_type 0 and no program headers. */
@@ -218,7 +218,7 @@ static void test_boot_elf_loader_refuses_what_is_not_a_static_x86_64_image(void 
 	assert_int_equal(boot_load_elf(gm, path, 0, &img), -ENOEXEC);
 	assert_int_equal(boot_load_elf(gm, "/nonexistent", 0, &img), -ENOENT);
 	unlink(path);
-	gm_destroy(gm);
+	mem_destroy(gm);
 }
 
 /*
@@ -306,7 +306,7 @@ static void test_boot_elf_loader_relocates_a_static_pie_by_the_phys_offset(void 
 
 	(void)state;
 	pie_build(&p);
-	assert_int_equal(gm_create_anon(16 << 20, &gm), 0);
+	assert_int_equal(mem_create_anon(16 << 20, &gm), 0);
 	assert_int_equal(pie_load(gm, &p, offset), 0);
 	for (unsigned int i = 0; i < PIE_NRELA; i++)
 		assert_int_equal(rd64(gm, ABI_IMAGE_BASE + PIE_DATA_OFF + 8 * i),
@@ -318,7 +318,7 @@ static void test_boot_elf_loader_relocates_a_static_pie_by_the_phys_offset(void 
 	((Elf64_Ehdr *)p.b)->e_type = ET_EXEC;
 	assert_int_equal(pie_load(gm, &p, offset), 0);
 	assert_int_equal(rd64(gm, ABI_IMAGE_BASE + PIE_DATA_OFF + 16), offset + ABI_IMAGE_BASE + 0x200);
-	gm_destroy(gm);
+	mem_destroy(gm);
 }
 
 static void test_boot_elf_loader_refuses_what_needs_a_dynamic_linker(void **state)
@@ -328,7 +328,7 @@ static void test_boot_elf_loader_refuses_what_needs_a_dynamic_linker(void **stat
 	struct gm *gm;
 
 	(void)state;
-	assert_int_equal(gm_create_anon(16 << 20, &gm), 0);
+	assert_int_equal(mem_create_anon(16 << 20, &gm), 0);
 	/* Any relocation type but R_X86_64_RELATIVE. */
 	pie_build(&p);
 	pie_rela(&p, 1)->r_info = ELF64_R_INFO(1, R_X86_64_64);
@@ -372,7 +372,7 @@ static void test_boot_elf_loader_refuses_what_needs_a_dynamic_linker(void **stat
 	((Elf64_Ehdr *)p.b)->e_phnum = 1;
 	assert_int_equal(pie_load(gm, &p, 0x1000000000ULL), -ENOEXEC);
 	assert_int_equal(pie_load(gm, &p, 0), 0);
-	gm_destroy(gm);
+	mem_destroy(gm);
 }
 
 static void test_boot_vcpu_entry_converts_every_address_by_the_phys_offset(void **state)
@@ -403,24 +403,24 @@ static void test_boot_guest_ram_is_one_reservation_with_guard_gaps(void **state)
 	uint8_t *pa, *pb;
 
 	(void)state;
-	assert_int_equal(gm_create_anon(64 << 20, &a), 0);
-	assert_int_equal(gm_create_anon(5ULL << 30, &b), 0);
-	pa = memmap_phys_base(a);
-	pb = memmap_phys_base(b);
-	assert_true((uint64_t)(uintptr_t)pa >= MEMMAP_ARENA_START + MEMMAP_GUARD);
-	assert_int_equal(memmap_span(a), 4ULL << 30);
-	assert_int_equal(memmap_span(b), 6ULL << 30);
+	assert_int_equal(mem_create_anon(64 << 20, &a), 0);
+	assert_int_equal(mem_create_anon(5ULL << 30, &b), 0);
+	pa = mem_phys_base(a);
+	pb = mem_phys_base(b);
+	assert_true((uint64_t)(uintptr_t)pa >= MEM_ARENA_START + MEM_GUARD);
+	assert_int_equal(mem_span(a), 4ULL << 30);
+	assert_int_equal(mem_span(b), 6ULL << 30);
 	/* b comes after a's span and both guards. */
-	assert_true(pb >= pa + memmap_span(a) + 2 * MEMMAP_GUARD);
+	assert_true(pb >= pa + mem_span(a) + 2 * MEM_GUARD);
 	/* gpa X is at phys_base + X, in both regions. */
-	assert_int_equal(gm_write_le64(b, LAYOUT_HIGH_RAM_BASE + 8, 0x1234), 0);
+	assert_int_equal(mem_write_le64(b, LAYOUT_HIGH_RAM_BASE + 8, 0x1234), 0);
 	assert_int_equal(*(uint64_t *)(pb + LAYOUT_HIGH_RAM_BASE + 8), 0x1234);
-	gm_destroy(a);
-	gm_destroy(b);
+	mem_destroy(a);
+	mem_destroy(b);
 	/* Placement is first fit in creation order: the same again gives the same base. */
-	assert_int_equal(gm_create_anon(64 << 20, &a), 0);
-	assert_ptr_equal(memmap_phys_base(a), pa);
-	gm_destroy(a);
+	assert_int_equal(mem_create_anon(64 << 20, &a), 0);
+	assert_ptr_equal(mem_phys_base(a), pa);
+	mem_destroy(a);
 }
 
 int main(void)

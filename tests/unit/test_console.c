@@ -38,13 +38,13 @@ static int setup(void **state)
 {
 	(void)state;
 	signal(SIGPIPE, SIG_IGN);
-	return gm_create_anon(16 << 20, &fake_vm.gm);
+	return mem_create_anon(16 << 20, &fake_vm.gm);
 }
 
 static int teardown(void **state)
 {
 	(void)state;
-	gm_destroy(fake_vm.gm);
+	mem_destroy(fake_vm.gm);
 	return 0;
 }
 

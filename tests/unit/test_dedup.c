@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Page sharing without KVM: the index, the frame store's placement, and the
- * engine on anonymous guest memory (gm_create_anon with a userfaultfd, served
- * by a uffd service as a host's VMs are), where host writes through gm_write
+ * engine on anonymous guest memory (mem_create_anon with a userfaultfd, served
+ * by a uffd service as a host's VMs are), where host writes through mem_write
  * stand in for guest writes (a write to a shared page is the kernel's
  * copy-on-write either way). Scanning is driven
  * by hand (dedup_scan_pass), so every step is deterministic.
@@ -35,7 +35,7 @@
 #include "mem/reclaim.h"
 #include "mem/uffd.h"
 
-#define PAGE GM_PAGE_SIZE
+#define PAGE MEM_PAGE_SIZE
 #define RAM (8ULL << 20)
 #define BASE 0x400000ULL	/* a gpa well inside RAM */
 
@@ -232,7 +232,7 @@ static int setup(void **state)
 		char name[8] = "vm0";
 
 		name[2] = (char)('0' + i);
-		if (gm_create_anon(RAM, &f->gm[i]) || memmap_enable_uffd(f->gm[i]) ||
+		if (mem_create_anon(RAM, &f->gm[i]) || mem_enable_uffd(f->gm[i]) ||
 		    uffd_service_add(f->svc, f->gm[i]) || dedup_add_vm(f->d, f->gm[i], name))
 			return -1;
 	}
@@ -247,7 +247,7 @@ static int teardown(void **state)
 	for (int i = 0; i < 3; i++) {
 		dedup_remove_vm(f->d, f->gm[i]);
 		uffd_service_remove(f->svc, f->gm[i]);
-		gm_destroy(f->gm[i]);
+		mem_destroy(f->gm[i]);
 	}
 	uffd_service_destroy(f->svc);
 	dedup_destroy(f->d);
@@ -263,7 +263,7 @@ static void fill(struct gm *gm, gpa_t gpa, uint64_t seed)
 		seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
 		w[i] = seed ^ (seed >> 29);
 	}
-	assert_int_equal(gm_write(gm, gpa, w, sizeof(w)), 0);
+	assert_int_equal(mem_write(gm, gpa, w, sizeof(w)), 0);
 }
 
 static bool page_is(struct gm *gm, gpa_t gpa, uint64_t seed)
@@ -271,17 +271,17 @@ static bool page_is(struct gm *gm, gpa_t gpa, uint64_t seed)
 	uint8_t want[PAGE], got[PAGE];
 	struct gm *tmp;
 
-	assert_int_equal(gm_create_anon(RAM, &tmp), 0);
+	assert_int_equal(mem_create_anon(RAM, &tmp), 0);
 	fill(tmp, BASE, seed);
-	assert_int_equal(gm_read(tmp, BASE, want, PAGE), 0);
-	gm_destroy(tmp);
-	assert_int_equal(gm_read(gm, gpa, got, PAGE), 0);
+	assert_int_equal(mem_read(tmp, BASE, want, PAGE), 0);
+	mem_destroy(tmp);
+	assert_int_equal(mem_read(gm, gpa, got, PAGE), 0);
 	return !memcmp(want, got, PAGE);
 }
 
 static enum ps_state state_of(struct gm *gm, gpa_t gpa)
 {
-	return pagestate_get(memmap_pagestate(gm), (uint64_t)memmap_page_index(gm, gpa));
+	return pagestate_get(mem_pagestate(gm), (uint64_t)mem_page_index(gm, gpa));
 }
 
 static struct dedup_stats stats(struct dedup *d)
@@ -406,9 +406,9 @@ static void test_dedup_drops_stable_zero_pages_and_never_reads_holes(void **stat
 	struct fixture *f = *state;
 	uint8_t zero[PAGE] = { 0 }, buf[PAGE];
 	uint64_t pm;
-	int64_t idx = memmap_page_index(f->gm[0], BASE);
+	int64_t idx = mem_page_index(f->gm[0], BASE);
 
-	assert_int_equal(gm_write(f->gm[0], BASE, zero, PAGE), 0);
+	assert_int_equal(mem_write(f->gm[0], BASE, zero, PAGE), 0);
 	dedup_scan_pass(f->d);
 	dedup_scan_pass(f->d);
 	assert_int_equal(state_of(f->gm[0], BASE), PS_ZERO);
@@ -416,7 +416,7 @@ static void test_dedup_drops_stable_zero_pages_and_never_reads_holes(void **stat
 	assert_int_equal(mem_pagemap(f->gm[0], (uint64_t)idx, 1, &pm), 1);
 	assert_false(mem_pm_resident(pm));
 	/* A page never touched stays a hole after the scanner went by. */
-	idx = memmap_page_index(f->gm[1], BASE + 100 * PAGE);
+	idx = mem_page_index(f->gm[1], BASE + 100 * PAGE);
 	assert_int_equal(mem_pagemap(f->gm[1], (uint64_t)idx, 1, &pm), 1);
 	assert_false(mem_pm_resident(pm));
 	/*
@@ -424,20 +424,20 @@ static void test_dedup_drops_stable_zero_pages_and_never_reads_holes(void **stat
 	 * memmap recognises the kernel's zero page, also where a read of a hole
 	 * would allocate a page (the drop mapped the zero page there).
 	 */
-	assert_int_equal(gm_read(f->gm[0], BASE, buf, PAGE), 0);
+	assert_int_equal(mem_read(f->gm[0], BASE, buf, PAGE), 0);
 	assert_memory_equal(buf, zero, PAGE);
-	idx = memmap_page_index(f->gm[0], BASE);
+	idx = mem_page_index(f->gm[0], BASE);
 	assert_int_equal(mem_pagemap(f->gm[0], (uint64_t)idx, 1, &pm), 1);
 	assert_int_equal(mem_pm_resident(pm), !mem_zero_page_known());
-	assert_int_equal(memmap_resident(f->gm[0]), !mem_zero_page_known());
+	assert_int_equal(mem_resident(f->gm[0]), !mem_zero_page_known());
 	assert_int_equal(state_of(f->gm[0], BASE), mem_zero_page_known() ? PS_ZERO : PS_ANON);
 }
 
 static void test_dedup_leaves_busy_pages_and_releases_pages_taken_over(void **state)
 {
 	struct fixture *f = *state;
-	struct pagestate *ps = memmap_pagestate(f->gm[2]);
-	uint64_t idx = (uint64_t)memmap_page_index(f->gm[2], BASE + PAGE);
+	struct pagestate *ps = mem_pagestate(f->gm[2]);
+	uint64_t idx = (uint64_t)mem_page_index(f->gm[2], BASE + PAGE);
 	struct dedup_stats s;
 
 	for (int i = 0; i < 3; i++) {
@@ -497,7 +497,7 @@ static void fill_window(struct gm *gm, uint64_t id)
 		if (i % 2 == 1)
 			fill(gm, gpa, 1000 + i);		/* identical in every guest */
 		else if (i % 4 == 2)
-			assert_int_equal(gm_write(gm, gpa, zero, PAGE), 0);
+			assert_int_equal(mem_write(gm, gpa, zero, PAGE), 0);
 		else
 			fill(gm, gpa, id * 100000 + i);	/* unique */
 	}
@@ -510,7 +510,7 @@ static bool window_is(struct gm *gm, uint64_t id)
 		uint8_t buf[PAGE];
 
 		if (i % 4 == 2) {
-			assert_int_equal(gm_read(gm, gpa, buf, PAGE), 0);
+			assert_int_equal(mem_read(gm, gpa, buf, PAGE), 0);
 			for (size_t b = 0; b < PAGE; b++)
 				if (buf[b])
 					return false;
@@ -526,7 +526,7 @@ static void test_dedup_window_of_identical_guests_is_one_mapping(void **state)
 	struct fixture *f = *state;
 	struct dedup_stats s;
 
-	assert_int_equal(memmap_page_index(f->gm[0], BASE) % DEDUP_EXT_PAGES, 0);
+	assert_int_equal(mem_page_index(f->gm[0], BASE) % DEDUP_EXT_PAGES, 0);
 	for (int i = 0; i < 3; i++)
 		fill_window(f->gm[i], (uint64_t)i + 1);
 	for (int pass = 0; pass < 3; pass++)
@@ -545,7 +545,7 @@ static void test_dedup_window_of_identical_guests_is_one_mapping(void **state)
 		 * on first access, and zero pages have no page of their own (the
 		 * kernel's zero page, or a hole where memmap cannot tell that page).
 		 */
-		assert_int_equal(memmap_resident(f->gm[i]), 128);
+		assert_int_equal(mem_resident(f->gm[i]), 128);
 		/* RAM was one mapping; now the window is one more, splitting it: three. */
 		assert_int_equal(mem_ram_vmas(&f->gm[i], 1, NULL), 3);
 		assert_int_equal(state_of(f->gm[i], BASE + PAGE), PS_SHARED);
@@ -557,7 +557,7 @@ static void test_dedup_window_of_identical_guests_is_one_mapping(void **state)
 		 * zero pages are still free with the zero page; without, a page of
 		 * zeros each, given by the uffd service.
 		 */
-		assert_int_equal(memmap_resident(f->gm[i]),
+		assert_int_equal(mem_resident(f->gm[i]),
 				 128 + 256 + (mem_zero_page_known() ? 0 : 128));
 	}
 	/* Writes: a shared page and a zero page of vm0 are copied on write; the others keep theirs. */
@@ -599,9 +599,9 @@ static void test_dedup_window_with_untouched_pages_gives_them_no_memory(void **s
 		 * (they were not populated to be held) and they still cost nothing; its
 		 * frames are read on first access: only the unique pages are resident.
 		 */
-		assert_int_equal(memmap_resident(f->gm[i]), 32);
+		assert_int_equal(mem_resident(f->gm[i]), 32);
 		assert_int_equal(state_of(f->gm[i], hole), PS_ANON);
-		assert_int_equal(mem_pagemap(f->gm[i], (uint64_t)memmap_page_index(f->gm[i], hole),
+		assert_int_equal(mem_pagemap(f->gm[i], (uint64_t)mem_page_index(f->gm[i], hole),
 						1, &pm), 1);
 		/*
 		 * The kernel's zero page where memmap recognises it (whether or not
@@ -612,7 +612,7 @@ static void test_dedup_window_with_untouched_pages_gives_them_no_memory(void **s
 			assert_true(mem_pm_is_zero_page(pm));
 		else
 			assert_true(mem_pm_is_hole(pm));
-		assert_int_equal(gm_read(f->gm[i], hole, buf, PAGE), 0);
+		assert_int_equal(mem_read(f->gm[i], hole, buf, PAGE), 0);
 		assert_memory_equal(buf, zero, PAGE);
 	}
 	/*
@@ -621,12 +621,12 @@ static void test_dedup_window_with_untouched_pages_gives_them_no_memory(void **s
 	 * page of the store: the store holds frames only.
 	 */
 	for (int i = 0; i < 2; i++)
-		assert_int_equal(memmap_resident(f->gm[i]), 32 + !mem_zero_page_known());
+		assert_int_equal(mem_resident(f->gm[i]), 32 + !mem_zero_page_known());
 	assert_int_equal(stats(f->d).store_bytes, store);
 	/* Writing it gives vm0 a page of its own; vm1's stays zero. */
 	fill(f->gm[0], hole, 9);
 	assert_true(page_is(f->gm[0], hole, 9));
-	assert_int_equal(gm_read(f->gm[1], hole, buf, PAGE), 0);
+	assert_int_equal(mem_read(f->gm[1], hole, buf, PAGE), 0);
 	assert_memory_equal(buf, zero, PAGE);
 	assert_true(page_is(f->gm[1], BASE + 31 * PAGE, 531));
 	/*
@@ -643,7 +643,7 @@ static void test_dedup_window_with_untouched_pages_gives_them_no_memory(void **s
 	for (int i = 0; i < 2; i++)
 		assert_int_equal(mem_ram_vmas(&f->gm[i], 1, NULL), 3);
 	assert_true(page_is(f->gm[0], hole, 9));
-	assert_int_equal(gm_read(f->gm[1], hole, buf, PAGE), 0);
+	assert_int_equal(mem_read(f->gm[1], hole, buf, PAGE), 0);
 	assert_memory_equal(buf, zero, PAGE);
 	assert_true(page_is(f->gm[1], BASE + 63 * PAGE, 563));
 	assert_int_equal(stats(f->d).window_aborts, 0);

@@ -23,19 +23,19 @@ static void test_gm_copies_round_trip_inside_ram(void **state)
 	char out[64], in[64];
 
 	(void)state;
-	assert_int_equal(gm_create_anon(16 << 20, &gm), 0);
+	assert_int_equal(mem_create_anon(16 << 20, &gm), 0);
 	memset(out, 0xa5, sizeof(out));
-	assert_int_equal(gm_write(gm, 0x300000, out, sizeof(out)), 0);
-	assert_int_equal(gm_read(gm, 0x300000, in, sizeof(in)), 0);
+	assert_int_equal(mem_write(gm, 0x300000, out, sizeof(out)), 0);
+	assert_int_equal(mem_read(gm, 0x300000, in, sizeof(in)), 0);
 	assert_memory_equal(in, out, sizeof(out));
-	assert_int_equal(gm_write_le32(gm, 0x400000, 0xdeadbeef), 0);
+	assert_int_equal(mem_write_le32(gm, 0x400000, 0xdeadbeef), 0);
 	{
 		uint32_t v;
 
-		assert_int_equal(gm_read_le32(gm, 0x400000, &v), 0);
+		assert_int_equal(mem_read_le32(gm, 0x400000, &v), 0);
 		assert_int_equal(v, 0xdeadbeef);
 	}
-	gm_destroy(gm);
+	mem_destroy(gm);
 }
 
 static void test_gm_rejects_ranges_leaving_ram_without_copying(void **state)
@@ -45,19 +45,19 @@ static void test_gm_rejects_ranges_leaving_ram_without_copying(void **state)
 	uint64_t end = 16 << 20;
 
 	(void)state;
-	assert_int_equal(gm_create_anon(end, &gm), 0);
+	assert_int_equal(mem_create_anon(end, &gm), 0);
 	memset(buf, 0x5a, sizeof(buf));
 	/* Straddles the end of RAM: nothing may be written. */
-	assert_int_equal(gm_write(gm, end - 4096, buf, sizeof(buf)), -EFAULT);
-	assert_int_equal(gm_read(gm, end - 4096, buf, 4096), 0);
+	assert_int_equal(mem_write(gm, end - 4096, buf, sizeof(buf)), -EFAULT);
+	assert_int_equal(mem_read(gm, end - 4096, buf, 4096), 0);
 	for (int i = 0; i < 4096; i++)
 		assert_int_equal(buf[i], 0);
-	assert_int_equal(gm_read(gm, end, buf, 1), -EFAULT);
-	assert_int_equal(gm_read(gm, UINT64_MAX - 2, buf, 16), -EOVERFLOW);
-	assert_false(gm_range_ok(gm, LAYOUT_MMIO_BASE, 4));
-	assert_true(gm_range_ok(gm, 0, end));
-	assert_false(gm_range_ok(gm, 0, end + 1));
-	gm_destroy(gm);
+	assert_int_equal(mem_read(gm, end, buf, 1), -EFAULT);
+	assert_int_equal(mem_read(gm, UINT64_MAX - 2, buf, 16), -EOVERFLOW);
+	assert_false(mem_range_ok(gm, LAYOUT_MMIO_BASE, 4));
+	assert_true(mem_range_ok(gm, 0, end));
+	assert_false(mem_range_ok(gm, 0, end + 1));
+	mem_destroy(gm);
 }
 
 static void test_gm_ranges_across_the_mmio_hole_fail_but_each_side_works(void **state)
@@ -66,17 +66,17 @@ static void test_gm_ranges_across_the_mmio_hole_fail_but_each_side_works(void **
 	uint64_t v = 42;
 
 	(void)state;
-	assert_int_equal(gm_create_anon(4ULL << 30, &gm), 0);
-	assert_int_equal(gm_write(gm, LAYOUT_LOW_RAM_MAX - 4, &v, 8), -EFAULT);
-	assert_int_equal(gm_write(gm, LAYOUT_LOW_RAM_MAX - 8, &v, 8), 0);
-	assert_int_equal(gm_write(gm, LAYOUT_HIGH_RAM_BASE, &v, 8), 0);
-	assert_int_equal(memmap_page_index(gm, LAYOUT_HIGH_RAM_BASE),
+	assert_int_equal(mem_create_anon(4ULL << 30, &gm), 0);
+	assert_int_equal(mem_write(gm, LAYOUT_LOW_RAM_MAX - 4, &v, 8), -EFAULT);
+	assert_int_equal(mem_write(gm, LAYOUT_LOW_RAM_MAX - 8, &v, 8), 0);
+	assert_int_equal(mem_write(gm, LAYOUT_HIGH_RAM_BASE, &v, 8), 0);
+	assert_int_equal(mem_page_index(gm, LAYOUT_HIGH_RAM_BASE),
 			 (int64_t)(LAYOUT_LOW_RAM_MAX / LAYOUT_PAGE_SIZE));
-	assert_int_equal(memmap_index_gpa(gm, LAYOUT_LOW_RAM_MAX / LAYOUT_PAGE_SIZE),
+	assert_int_equal(mem_index_gpa(gm, LAYOUT_LOW_RAM_MAX / LAYOUT_PAGE_SIZE),
 			 LAYOUT_HIGH_RAM_BASE);
-	assert_int_equal(memmap_page_index(gm, LAYOUT_MMIO_BASE), -1);
-	assert_int_equal(memmap_nr_pages(gm), (4ULL << 30) / LAYOUT_PAGE_SIZE);
-	gm_destroy(gm);
+	assert_int_equal(mem_page_index(gm, LAYOUT_MMIO_BASE), -1);
+	assert_int_equal(mem_nr_pages(gm), (4ULL << 30) / LAYOUT_PAGE_SIZE);
+	mem_destroy(gm);
 }
 
 static void test_gm_create_refuses_bad_sizes(void **state)
@@ -84,9 +84,9 @@ static void test_gm_create_refuses_bad_sizes(void **state)
 	struct gm *gm;
 
 	(void)state;
-	assert_int_equal(gm_create_anon(0, &gm), -EINVAL);
-	assert_int_equal(gm_create_anon((16 << 20) + 1, &gm), -EINVAL);
-	assert_int_equal(gm_create_anon(LAYOUT_MAX_RAM + LAYOUT_PAGE_SIZE, &gm), -E2BIG);
+	assert_int_equal(mem_create_anon(0, &gm), -EINVAL);
+	assert_int_equal(mem_create_anon((16 << 20) + 1, &gm), -EINVAL);
+	assert_int_equal(mem_create_anon(LAYOUT_MAX_RAM + LAYOUT_PAGE_SIZE, &gm), -E2BIG);
 }
 
 /*
@@ -102,15 +102,15 @@ static void test_gm_zero_page_facts_match_the_kernel(void **state)
 	int64_t idx;
 
 	(void)state;
-	assert_int_equal(gm_create_anon(8ULL << 20, &gm), 0);
-	idx = memmap_page_index(gm, 0x400000);
-	assert_int_equal(gm_read(gm, 0x400000, buf, sizeof(buf)), 0);
+	assert_int_equal(mem_create_anon(8ULL << 20, &gm), 0);
+	idx = mem_page_index(gm, 0x400000);
+	assert_int_equal(mem_read(gm, 0x400000, buf, sizeof(buf)), 0);
 	assert_int_equal(mem_pagemap(gm, (uint64_t)idx, 1, &pm), 1);
 	assert_int_equal(mem_pm_resident(pm), !mem_zero_page_on_read());
-	assert_int_equal(memmap_resident(gm), !mem_zero_page_on_read());
+	assert_int_equal(mem_resident(gm), !mem_zero_page_on_read());
 	if (mem_zero_page_on_read())
 		assert_true(mem_zero_page_known());
-	gm_destroy(gm);
+	mem_destroy(gm);
 }
 
 int main(void)

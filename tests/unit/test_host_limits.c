@@ -31,7 +31,7 @@
 #define MANY 300 /* more than the 256 the policy and the userfaultfd service held */
 #define VM_RAM (8ULL << 20)
 /* The smallest VM takes a 4 GiB span and two 1 GiB guard gaps of the arena. */
-#define SMALL_VMS_IN_ARENA ((MEMMAP_ARENA_END - MEMMAP_ARENA_START) / (6ULL << 30))
+#define SMALL_VMS_IN_ARENA ((MEM_ARENA_END - MEM_ARENA_START) / (6ULL << 30))
 
 static int saved_stderr = -1, capture_fd = -1;
 
@@ -79,7 +79,7 @@ static int setup_gms(void **state)
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
 	for (unsigned int i = 0; i < MANY; i++)
-		if (gm_create_anon(VM_RAM, &gms[i]))
+		if (mem_create_anon(VM_RAM, &gms[i]))
 			return -1;
 	return 0;
 }
@@ -88,7 +88,7 @@ static int teardown_gms(void **state)
 {
 	(void)state;
 	for (unsigned int i = 0; i < MANY; i++)
-		gm_destroy(gms[i]);
+		mem_destroy(gms[i]);
 	return 0;
 }
 
@@ -101,12 +101,12 @@ static void test_the_arena_alone_limits_how_many_vms_a_process_reserves(void **s
 	(void)state;
 	assert_non_null(all);
 	/* The fixture's VMs hold part of the arena already: fill the rest. */
-	while (n <= SMALL_VMS_IN_ARENA && !(ret = gm_create_anon(VM_RAM, &all[n])))
+	while (n <= SMALL_VMS_IN_ARENA && !(ret = mem_create_anon(VM_RAM, &all[n])))
 		n++;
 	assert_int_equal(ret, -ENOMEM);
 	assert_int_equal(n + MANY, SMALL_VMS_IN_ARENA);
 	while (n)
-		gm_destroy(all[--n]);
+		mem_destroy(all[--n]);
 	kv_free(all);
 }
 
@@ -154,7 +154,7 @@ static void test_the_userfaultfd_service_takes_more_than_256_vms(void **state)
 	(void)state;
 	assert_int_equal(uffd_service_create(&svc), 0);
 	for (unsigned int i = 0; i < MANY; i++) {
-		int ret = memmap_enable_uffd(gms[i]);
+		int ret = mem_enable_uffd(gms[i]);
 
 		if (ret) {
 			uffd_service_destroy(svc);

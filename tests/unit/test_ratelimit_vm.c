@@ -187,7 +187,7 @@ static void balloon_vm_up(struct balloon_vm *v, const char *vm)
 
 	snprintf(name, sizeof(name), "%s-balloon", vm);
 	p.name = name;
-	assert_int_equal(gm_create_anon(RAM, &v->gm), 0);
+	assert_int_equal(mem_create_anon(RAM, &v->gm), 0);
 	assert_int_equal(balloon_create_on_gm(v->gm, &p, &mem, &v->b), 0);
 	v->vdev = balloon_virtio_dev(v->b);
 	for (unsigned int q = 0; q < 2; q++)
@@ -201,7 +201,7 @@ static void balloon_vm_up(struct balloon_vm *v, const char *vm)
 static void balloon_vm_down(struct balloon_vm *v)
 {
 	balloon_destroy(v->b);
-	gm_destroy(v->gm);
+	mem_destroy(v->gm);
 }
 
 /* Inflate a PFN the VM does not have: skipped, and a warning. */
@@ -210,7 +210,7 @@ static void inflate_outside_ram(struct balloon_vm *v)
 	uint32_t pfn = 0xffffffff;
 	struct fake_buf b = { DATA, sizeof(pfn), false };
 
-	assert_int_equal(gm_write(v->gm, DATA, &pfn, sizeof(pfn)), 0);
+	assert_int_equal(mem_write(v->gm, DATA, &pfn, sizeof(pfn)), 0);
 	fake_vq_add_chain(&v->fq[0], &b, 1);
 	virtio_dev_poll(v->vdev, false);
 }

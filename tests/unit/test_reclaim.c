@@ -54,13 +54,13 @@ static int setup(void **state)
 	static struct fix f;
 	uint8_t page[4096];
 
-	if (gm_create_anon(RAM, &f.gm) || memmap_enable_uffd(f.gm))
+	if (mem_create_anon(RAM, &f.gm) || mem_enable_uffd(f.gm))
 		return -1;
-	f.first = (uint64_t)memmap_page_index(f.gm, BASE);
+	f.first = (uint64_t)mem_page_index(f.gm, BASE);
 	/* Every page resident: zero pages written with zeros, others with their number. */
 	for (unsigned int i = 0; i < N; i++) {
 		memset(page, pattern[i] == '1' ? 0 : (int)(i + 1), sizeof(page));
-		if (gm_write(f.gm, BASE + 4096ULL * i, page, sizeof(page)))
+		if (mem_write(f.gm, BASE + 4096ULL * i, page, sizeof(page)))
 			return -1;
 	}
 	*state = &f;
@@ -71,7 +71,7 @@ static int teardown(void **state)
 {
 	struct fix *f = *state;
 
-	gm_destroy(f->gm);
+	mem_destroy(f->gm);
 	return 0;
 }
 
@@ -86,7 +86,7 @@ static unsigned int zeros_in(unsigned int n)
 
 static void assert_page(struct fix *f, unsigned int i, bool dropped)
 {
-	struct pagestate *ps = memmap_pagestate(f->gm);
+	struct pagestate *ps = mem_pagestate(f->gm);
 	uint8_t page[4096], want[4096];
 	uint64_t pm;
 
@@ -101,7 +101,7 @@ static void assert_page(struct fix *f, unsigned int i, bool dropped)
 		assert_true(mem_pm_resident(pm));
 	}
 	memset(want, pattern[i] == '1' ? 0 : (int)(i + 1), sizeof(want));
-	assert_int_equal(gm_read(f->gm, BASE + 4096ULL * i, page, sizeof(page)), 0);
+	assert_int_equal(mem_read(f->gm, BASE + 4096ULL * i, page, sizeof(page)), 0);
 	assert_memory_equal(page, want, sizeof(page));
 }
 
@@ -127,7 +127,7 @@ static void test_reclaim_zero_drops_runs_of_zero_pages_only(void **state)
 static void test_reclaim_zero_dropped_pages_read_again_cost_nothing(void **state)
 {
 	struct fix *f = *state;
-	struct pagestate *ps = memmap_pagestate(f->gm);
+	struct pagestate *ps = mem_pagestate(f->gm);
 	bool known = mem_zero_page_known();
 	uint8_t page[4096], got[4096], zero[4096] = { 0 };
 	uint64_t pm;
@@ -143,22 +143,22 @@ static void test_reclaim_zero_dropped_pages_read_again_cost_nothing(void **state
 			assert_true(mem_pm_is_zero_page(pm));
 		else
 			assert_true(mem_pm_is_hole(pm));
-		assert_int_equal(gm_read(f->gm, BASE + 4096ULL * i, page, sizeof(page)), 0);
+		assert_int_equal(mem_read(f->gm, BASE + 4096ULL * i, page, sizeof(page)), 0);
 		assert_memory_equal(page, zero, sizeof(page));
 		assert_int_equal(mem_pagemap(f->gm, f->first + i, 1, &pm), 1);
 		assert_int_equal(mem_pm_resident(pm), !known);
 	}
-	assert_int_equal(memmap_resident(f->gm), known ? N - zeros_in(N) : N);
+	assert_int_equal(mem_resident(f->gm), known ? N - zeros_in(N) : N);
 	assert_int_equal(pagestate_get(ps, f->first), known ? PS_ZERO : PS_ANON);
 	assert_int_equal(mem_reclaim_zero(f->gm, f->first, N, UINT64_MAX), known ? 0 : zeros_in(N));
 	/* A write to a dropped page (page 0) copies on write: its own page, nothing held. */
 	memset(page, 0x5a, sizeof(page));
-	assert_int_equal(gm_write(f->gm, BASE, page, sizeof(page)), 0);
+	assert_int_equal(mem_write(f->gm, BASE, page, sizeof(page)), 0);
 	assert_int_equal(mem_pagemap(f->gm, f->first, 1, &pm), 1);
 	assert_true(mem_pm_resident(pm));
-	assert_int_equal(gm_read(f->gm, BASE, got, sizeof(got)), 0);
+	assert_int_equal(mem_read(f->gm, BASE, got, sizeof(got)), 0);
 	assert_memory_equal(got, page, sizeof(page));
-	assert_int_equal(memmap_resident(f->gm), N - zeros_in(N) + 1);
+	assert_int_equal(mem_resident(f->gm), N - zeros_in(N) + 1);
 	assert_int_equal(pagestate_get(ps, f->first), PS_ANON);
 }
 
@@ -178,7 +178,7 @@ static void test_reclaim_zero_stops_at_max_pages(void **state)
 static void test_reclaim_zero_leaves_pages_it_does_not_own(void **state)
 {
 	struct fix *f = *state;
-	struct pagestate *ps = memmap_pagestate(f->gm);
+	struct pagestate *ps = mem_pagestate(f->gm);
 
 	/* Page 1 is zero but another mechanism holds it. */
 	assert_int_equal(pagestate_cas(ps, f->first + 1, PS_ANON, PS_BUSY), 0);
@@ -199,7 +199,7 @@ static void test_reclaim_zero_protect_failure_leaves_nothing_protected(void **st
 	struct fix *f = *state;
 	/* Inside the run of zero pages 35..42: 35..40 get protected before the call fails. */
 	unsigned int hole = 41;
-	uint8_t *hva = gm_page_hva(f->gm, f->first + hole);
+	uint8_t *hva = mem_page_hva(f->gm, f->first + hole);
 	uint64_t pm;
 
 	assert_int_equal(pattern[hole], '1');
@@ -213,11 +213,11 @@ static void test_reclaim_zero_protect_failure_leaves_nothing_protected(void **st
 	for (unsigned int i = 0; i < N; i++) {
 		assert_int_equal(mem_pagemap(f->gm, f->first + i, 1, &pm), 1);
 		assert_false(pm & PM_UFFD_WP);
-		assert_int_not_equal(pagestate_get(memmap_pagestate(f->gm), f->first + i), PS_BUSY);
+		assert_int_not_equal(pagestate_get(mem_pagestate(f->gm), f->first + i), PS_BUSY);
 	}
 	/* The pages of that run keep their memory; the other runs are dropped. */
-	assert_int_equal(pagestate_get(memmap_pagestate(f->gm), f->first + hole - 1), PS_ANON);
-	assert_int_equal(pagestate_get(memmap_pagestate(f->gm), f->first + 0), PS_ZERO);
+	assert_int_equal(pagestate_get(mem_pagestate(f->gm), f->first + hole - 1), PS_ANON);
+	assert_int_equal(pagestate_get(mem_pagestate(f->gm), f->first + 0), PS_ZERO);
 }
 
 /* --- windows --- */
@@ -278,8 +278,8 @@ static void test_reclaim_window_hold_keeps_a_write_to_an_untouched_page(void **s
 {
 	static struct mem_txn t;
 	struct fix *f = *state;
-	uint64_t first = (uint64_t)memmap_page_index(f->gm, WIN);
-	struct writer w = { gm_page_hva(f->gm, first + 5), 0x22 };
+	uint64_t first = (uint64_t)mem_page_index(f->gm, WIN);
+	struct writer w = { mem_page_hva(f->gm, first + 5), 0x22 };
 	uint8_t page[4096], zero[4096] = { 0 }, kind[WIN_PAGES];
 	int64_t vmas = mem_ram_vmas(&f->gm, 1, NULL);
 	int fd = memfd_create("test-store", MFD_CLOEXEC);
@@ -293,7 +293,7 @@ static void test_reclaim_window_hold_keeps_a_write_to_an_untouched_page(void **s
 	assert_int_equal(uffd_service_create(&svc), 0);
 	assert_int_equal(uffd_service_add(svc, f->gm), 0);
 	memset(page, 0x11, sizeof(page));
-	assert_int_equal(gm_write(f->gm, WIN, page, sizeof(page)), 0);
+	assert_int_equal(mem_write(f->gm, WIN, page, sizeof(page)), 0);
 	assert_int_equal(mem_txn_claim(&t, f->gm, first, WIN_PAGES, MEM_FROM(PS_ANON),
 				       MEM_TXN_WHOLE | MEM_TXN_HOLES),
 			 WIN_PAGES);
@@ -307,11 +307,11 @@ static void test_reclaim_window_hold_keeps_a_write_to_an_untouched_page(void **s
 	assert_int_equal(mem_txn_end_window(&t, fd, 0, kind), 0);
 	assert_int_equal(pthread_join(th, NULL), 0);
 	assert_int_equal(*w.p, 0x22);
-	assert_int_equal(gm_page_hva(f->gm, first)[0], 0x11);
+	assert_int_equal(mem_page_hva(f->gm, first)[0], 0x11);
 	for (unsigned int i = 1; i < WIN_PAGES; i++) {
 		if (i != 5)
 			assert_false(mem_pm_resident(pm_of(f->gm, first + i)));
-		assert_int_equal(pagestate_get(memmap_pagestate(f->gm), first + i), PS_ANON);
+		assert_int_equal(pagestate_get(mem_pagestate(f->gm), first + i), PS_ANON);
 	}
 	/* One mapping more for the window, splitting RAM's. */
 	assert_int_equal(mem_ram_vmas(&f->gm, 1, NULL), vmas + 2);
@@ -320,7 +320,7 @@ static void test_reclaim_window_hold_keeps_a_write_to_an_untouched_page(void **s
 	 * elsewhere the VM's own page of zeros, from the uffd service, as a first
 	 * touch of its memory costs there. Never a page of the store.
 	 */
-	assert_int_equal(gm_read(f->gm, WIN + 6 * 4096, page, sizeof(page)), 0);
+	assert_int_equal(mem_read(f->gm, WIN + 6 * 4096, page, sizeof(page)), 0);
 	assert_memory_equal(page, zero, sizeof(page));
 	assert_int_equal(mem_pm_resident(pm_of(f->gm, first + 6)), !mem_zero_page_known());
 	assert_int_equal(fstat(fd, &sb), 0);
@@ -336,8 +336,8 @@ static void test_reclaim_window_unhold_releases_writes_and_registration(void **s
 {
 	static struct mem_txn t;
 	struct fix *f = *state;
-	uint64_t first = (uint64_t)memmap_page_index(f->gm, WIN);
-	struct writer w = { gm_page_hva(f->gm, first + 7), 0x33 };
+	uint64_t first = (uint64_t)mem_page_index(f->gm, WIN);
+	struct writer w = { mem_page_hva(f->gm, first + 7), 0x33 };
 	int64_t vmas = mem_ram_vmas(&f->gm, 1, NULL);
 	struct uffd_service *svc;
 	pthread_t th;
@@ -358,7 +358,7 @@ static void test_reclaim_window_unhold_releases_writes_and_registration(void **s
 	assert_true(pm_of(f->gm, first + 7) & PM_UFFD_WP);
 	assert_int_equal(mem_txn_end(&t, -1), 0);
 	assert_false(pm_of(f->gm, first + 7) & PM_UFFD_WP);
-	assert_int_equal(gm_page_hva(f->gm, first + 8)[0], 0);
+	assert_int_equal(mem_page_hva(f->gm, first + 8)[0], 0);
 	assert_int_equal(uffd_stats_of(svc).zero_fills, 0);
 	assert_int_equal(uffd_stats_of(svc).zero_pages, 0);
 	uffd_service_remove(svc, f->gm);

@@ -60,12 +60,12 @@ static int setup(void **state)
 	uint8_t page[PAGE];
 
 	memset(&f, 0, sizeof(f));
-	if (gm_create_anon(RAM, &f.gm) || memmap_enable_uffd(f.gm) ||
+	if (mem_create_anon(RAM, &f.gm) || mem_enable_uffd(f.gm) ||
 	    uffd_service_create(&f.svc) || uffd_service_add(f.svc, f.gm))
 		return -1;
-	f.ps = memmap_pagestate(f.gm);
-	f.first = (uint64_t)memmap_page_index(f.gm, BASE);
-	f.win = (uint64_t)memmap_page_index(f.gm, WIN);
+	f.ps = mem_pagestate(f.gm);
+	f.first = (uint64_t)mem_page_index(f.gm, BASE);
+	f.win = (uint64_t)mem_page_index(f.gm, WIN);
 	f.store = memfd_create("test-store", MFD_CLOEXEC);
 	if (f.store < 0 || ftruncate(f.store, 2 * WIN_PAGES * PAGE))
 		return -1;
@@ -82,14 +82,14 @@ static int teardown(void **state)
 
 	uffd_service_remove(f->svc, f->gm);
 	uffd_service_destroy(f->svc);
-	gm_destroy(f->gm);
+	mem_destroy(f->gm);
 	close(f->store);
 	return 0;
 }
 
 static uint8_t *hva(struct fix *f, uint64_t idx)
 {
-	return gm_page_hva(f->gm, idx);
+	return mem_page_hva(f->gm, idx);
 }
 
 static void fill(struct fix *f, uint64_t idx, int byte)
@@ -97,7 +97,7 @@ static void fill(struct fix *f, uint64_t idx, int byte)
 	uint8_t page[PAGE];
 
 	memset(page, byte, sizeof(page));
-	assert_int_equal(gm_write(f->gm, memmap_index_gpa(f->gm, idx), page, sizeof(page)), 0);
+	assert_int_equal(mem_write(f->gm, mem_index_gpa(f->gm, idx), page, sizeof(page)), 0);
 }
 
 static uint64_t pm_of(struct fix *f, uint64_t idx)
@@ -164,7 +164,7 @@ static void assert_page_is(struct fix *f, uint64_t idx, int byte, int at_off)
 
 	memset(want, byte, sizeof(want));
 	want[OFF] = (uint8_t)at_off;
-	assert_int_equal(gm_read(f->gm, memmap_index_gpa(f->gm, idx), got, sizeof(got)), 0);
+	assert_int_equal(mem_read(f->gm, mem_index_gpa(f->gm, idx), got, sizeof(got)), 0);
 	assert_memory_equal(got, want, sizeof(got));
 }
 
@@ -211,7 +211,7 @@ static void test_txn_every_commit_keeps_a_racing_write(void **state)
 	for (unsigned int i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
 		check_commit(f, f->first + i, &cases[i]);
 	/* A dropped page the guest wrote again is its own again, once residency is read. */
-	memmap_resident(f->gm);
+	mem_resident(f->gm);
 	assert_int_equal(pagestate_get(f->ps, f->first + 2), PS_ANON);
 	assert_int_equal(pagestate_get(f->ps, f->first + 4), PS_ANON);
 }
@@ -428,7 +428,7 @@ static void test_txn_missing_mode_survives_every_remap(void **state)
 	assert_true(mem_page_missing(f->gm, p));
 	assert_true(has_flag(hva(f, p), "um"));
 	/* A hole of the chunk, read: a MISSING fault, served with the zero page. */
-	assert_int_equal(gm_read(f->gm, WIN + 100 * PAGE, buf, PAGE), 0);
+	assert_int_equal(mem_read(f->gm, WIN + 100 * PAGE, buf, PAGE), 0);
 	assert_int_equal(buf[0], 0);
 	assert_int_equal(ustats(f).zero_pages, zero_pages + 1);
 	assert_false(mem_pm_resident(pm_of(f, hole)));
@@ -493,7 +493,7 @@ static void test_txn_balloon_waits_for_a_held_page(void **state)
 {
 	struct fix *f = *state;
 	uint64_t idx = f->first + 41;
-	struct discard_args a = { f->gm, memmap_index_gpa(f->gm, idx - 1), 0 };
+	struct discard_args a = { f->gm, mem_index_gpa(f->gm, idx - 1), 0 };
 	pthread_t th;
 
 	for (int i = -1; i <= 1; i++)
@@ -531,7 +531,7 @@ static void test_txn_check_agrees_and_finds_a_lie(void **state)
 	mem_txn_set(&t, 0, MEM_FRAME, 0);
 	assert_int_equal(mem_txn_end_window(&t, f->store, 0, kind), 0);
 	assert_int_equal(mem_check_states(f->gm, &c), 0);
-	assert_int_equal(c.checked, memmap_nr_pages(f->gm));
+	assert_int_equal(c.checked, mem_nr_pages(f->gm));
 	assert_int_equal(c.mismatches, 0);
 	/* A resident page that claims to be dropped. */
 	pagestate_set(f->ps, f->first + 50, PS_ZERO);

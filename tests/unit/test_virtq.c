@@ -115,7 +115,7 @@ static int setup(void **state)
 	if (!s)
 		return -1;
 	s->last = kv_zalloc(sizeof(*s->last));
-	if (!s->last || gm_create_anon(RAM, &s->gm))
+	if (!s->last || mem_create_anon(RAM, &s->gm))
 		return -1;
 	p.opaque = s;
 	if (virtio_dev_create(s->gm, &p, &s->vdev))
@@ -131,7 +131,7 @@ static int teardown(void **state)
 	struct sink *s = *state;
 
 	virtio_dev_destroy(s->vdev);
-	gm_destroy(s->gm);
+	mem_destroy(s->gm);
 	kv_free(s->last);
 	kv_free(s);
 	return 0;

@@ -95,14 +95,14 @@ static struct kvm_vcpu *kvcpu_of(const struct vcpu *vcpu)
 
 static int register_ram(struct vm *vm, int fd)
 {
-	uint8_t *base = memmap_phys_base(vm->gm);
+	uint8_t *base = mem_phys_base(vm->gm);
 
-	for (unsigned int i = 0; i < gm_nr_regions(vm->gm); i++) {
+	for (unsigned int i = 0; i < mem_nr_regions(vm->gm); i++) {
 		struct kvm_userspace_memory_region mr = { .slot = i };
 		gpa_t gpa;
 		uint64_t len;
 
-		gm_region(vm->gm, i, &gpa, &len);
+		mem_region(vm->gm, i, &gpa, &len);
 		mr.guest_phys_addr = gpa;
 		mr.memory_size = len;
 		mr.userspace_addr = (uint64_t)(uintptr_t)(base + gpa);
@@ -453,7 +453,7 @@ static int kvm_vcpu_exception(struct vcpu *vcpu, struct accel_exception *e)
 			vcpu->index);
 		return -EIO;
 	}
-	if (gm_read(vcpu->vm->gm, regs.rsp, &f, sizeof(f))) {
+	if (mem_read(vcpu->vm->gm, regs.rsp, &f, sizeof(f))) {
 		log_err("%s: vcpu %u: guest exception, frame at rsp 0x%llx unreadable",
 			vcpu->vm->name, vcpu->index, (unsigned long long)regs.rsp);
 		return -EFAULT;

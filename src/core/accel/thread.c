@@ -33,7 +33,7 @@
  *     process as they would have.
  *   - System calls: the guest may not make any. Syscall User Dispatch
  *     (PR_SET_SYSCALL_USER_DISPATCH) turns every system call made from below
- *     MEMMAP_ARENA_END into SIGSYS, which is a guest crash. All host code
+ *     MEM_ARENA_END into SIGSYS, which is a guest crash. All host code
  *     (the executable, libraries, vDSO, signal restorer) lies above it (see
  *     mem/memmap.h), so the host's own system calls are never dispatched and
  *     no selector has to be flipped around calls or in signal handlers.
@@ -72,8 +72,8 @@
 #define SYS_USER_DISPATCH 2
 #endif
 
-/* Everything from MEMMAP_ARENA_END up may make system calls. */
-#define DISPATCH_ALLOWED_LEN (0x00ff000000000000ULL - MEMMAP_ARENA_END)
+/* Everything from MEM_ARENA_END up may make system calls. */
+#define DISPATCH_ALLOWED_LEN (0x00ff000000000000ULL - MEM_ARENA_END)
 
 #define ALTSTACK_SIZE (256 * 1024)	/* the sanitizers' reports run on it too */
 
@@ -237,7 +237,7 @@ static uint64_t to_guest(const struct thread_vm *tv, uint64_t addr, bool *outsid
 {
 	uint64_t base = (uint64_t)(uintptr_t)tv->phys_base;
 
-	*outside = addr < base || addr - base >= tv->span + MEMMAP_GUARD;
+	*outside = addr < base || addr - base >= tv->span + MEM_GUARD;
 	return *outside ? addr : addr - base;
 }
 
@@ -336,7 +336,7 @@ static void install_fault_handlers(void)
 
 static bool above_arena(uint64_t addr)
 {
-	return addr >= MEMMAP_ARENA_END;
+	return addr >= MEM_ARENA_END;
 }
 
 int accel_thread_check(char *why, size_t whylen)
@@ -355,7 +355,7 @@ int accel_thread_check(char *why, size_t whylen)
 	    (vdso && !above_arena(vdso))) {
 		snprintf(why, whylen, "host code or stacks lie below 0x%llx (code 0x%llx, libc "
 			 "0x%llx, stack 0x%llx), where guest code runs",
-			 (unsigned long long)MEMMAP_ARENA_END, (unsigned long long)code,
+			 (unsigned long long)MEM_ARENA_END, (unsigned long long)code,
 			 (unsigned long long)libc, (unsigned long long)stack);
 		return -ENODEV;
 	}
@@ -417,8 +417,8 @@ static int thread_vm_init(struct vm *vm)
 	tv = kv_zalloc(sizeof(*tv));
 	if (!tv)
 		return -ENOMEM;
-	tv->phys_base = memmap_phys_base(vm->gm);
-	tv->span = memmap_span(vm->gm);
+	tv->phys_base = mem_phys_base(vm->gm);
+	tv->span = mem_span(vm->gm);
 	vm->accel_vm = tv;
 	return 0;
 }
@@ -498,7 +498,7 @@ static int start_on_this_thread(struct thread_vcpu *c)
 
 	if (sigaltstack(&ss, &c->old_altstack) < 0)
 		return -errno;
-	if (prctl(PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_ON, MEMMAP_ARENA_END,
+	if (prctl(PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_ON, MEM_ARENA_END,
 		  DISPATCH_ALLOWED_LEN, 0) < 0) {
 		int ret = -errno;
 

@@ -308,7 +308,7 @@ static void console_write(void *opaque, struct vcpu *vcpu, uint64_t off, const v
 		con->buf_gpa = val;
 		break;
 	case ABI_CON_BUF_LEN:
-		if (val > sizeof(buf) || gm_read(con->vm->gm, con->buf_gpa, buf, (size_t)val)) {
+		if (val > sizeof(buf) || mem_read(con->vm->gm, con->buf_gpa, buf, (size_t)val)) {
 			log_warn_ratelimited_vm(&con->vm->log_limit,
 						"%s: console buffer gpa 0x%llx len %llu rejected",
 						con->vm->name, (unsigned long long)con->buf_gpa,

@@ -132,7 +132,7 @@ static int create_vm(struct host *h, struct host_vm *hv)
 	if (ret)
 		return ret;
 	gm = vm_gm(hv->vm);
-	ret = memmap_enable_uffd(gm);
+	ret = mem_enable_uffd(gm);
 	if (ret) {
 		log_err("%s: userfaultfd: %s (kvmem needs it to serve dropped pages)",
 			hv->cfg.name, strerror(-ret));
@@ -150,7 +150,7 @@ static int create_vm(struct host *h, struct host_vm *hv)
 	}
 	if (h->cfg.dedup == HOST_DEDUP_KSM) {
 		/* KSM merges in userfaultfd-registered memory too (measured): keep uffd. */
-		ret = memmap_set_mergeable(gm);
+		ret = mem_set_mergeable(gm);
 		if (ret)
 			log_warn("%s: MADV_MERGEABLE: %s (is KSM built in?)", hv->cfg.name,
 				 strerror(-ret));
@@ -180,16 +180,16 @@ static int check_limits(const struct host_config *cfg)
 {
 	uint64_t need = 0;
 
-	for (unsigned int i = 0; i < cfg->nr_vms && need <= MEMMAP_ARENA_BYTES; i++)
-		need += memmap_reserve_bytes(cfg->vms[i].mem_bytes);
-	if (need <= MEMMAP_ARENA_BYTES)
+	for (unsigned int i = 0; i < cfg->nr_vms && need <= MEM_ARENA_BYTES; i++)
+		need += mem_reserve_bytes(cfg->vms[i].mem_bytes);
+	if (need <= MEM_ARENA_BYTES)
 		return 0;
 	log_err("vms: %u VMs need more than the %llu GiB of address space one kvmem process has "
 		"for the guest RAM of all its VMs (a VM takes its RAM and the MMIO hole, 4 GiB at "
 		"least, and 2 GiB of guard gaps: at most %llu VMs of up to 3 GiB): run them in "
 		"several hosts",
-		cfg->nr_vms, (unsigned long long)(MEMMAP_ARENA_BYTES >> 30),
-		(unsigned long long)(MEMMAP_ARENA_BYTES / memmap_reserve_bytes(LAYOUT_LOW_RAM_MAX)));
+		cfg->nr_vms, (unsigned long long)(MEM_ARENA_BYTES >> 30),
+		(unsigned long long)(MEM_ARENA_BYTES / mem_reserve_bytes(LAYOUT_LOW_RAM_MAX)));
 	return -E2BIG;
 }
 
@@ -473,7 +473,7 @@ int host_vm_memcheck(struct host *h, const char *name, json_t **out)
 		return -ENOENT;
 	gm = vm_gm(hv->vm);
 	/* Pages the guest touched again since a drop are its own again, not a mismatch. */
-	memmap_resident(gm);
+	mem_resident(gm);
 	ret = mem_check_states(gm, &mc);
 	if (ret)
 		return ret;
@@ -618,7 +618,7 @@ json_t *host_stats_json(struct host *h)
 			continue;
 		/* Saved now: pages whose host memory a mechanism holds back. */
 		saved += (vs.pages[PS_ZERO] + vs.pages[PS_BALLOONED] + vs.pages[PS_REPORTED] +
-			  vs.pages[PS_SWAPPED]) * GM_PAGE_SIZE;
+			  vs.pages[PS_SWAPPED]) * MEM_PAGE_SIZE;
 		vo = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:i, s:I, s:f, s:o, s:s}",
 			       "name", hv->cfg.name,
 			       "state", vm_state_name(vm_get_state(hv->vm)),
@@ -630,7 +630,7 @@ json_t *host_stats_json(struct host *h)
 			       "shares", (int)vs.shares,
 			       "entitlement_bytes", (json_int_t)vs.entitlement_bytes,
 			       "active_fraction", vs.active_fraction,
-			       "pages", pages_json(vs.pages, vs.mem_bytes / GM_PAGE_SIZE),
+			       "pages", pages_json(vs.pages, vs.mem_bytes / MEM_PAGE_SIZE),
 			       "last_action", vs.last_action);
 		{
 			struct console_stats cs;

@@ -87,7 +87,7 @@ int host_vm_resume(struct host *h, const char *name);
 int host_vm_stop(struct host *h, const char *name);
 /*
  * Debug check of one VM's page states against its mappings (mem_check_states,
- * after memmap_resident has moved pages the guest touched again back to
+ * after mem_resident has moved pages the guest touched again back to
  * anon): 0 with *out the payload {"checked", "mismatches", and for a
  * mismatch "first_bad", "first_state", "first_pm"} (new ref), -ENOENT (no
  * such VM), -ENOMEM, or the check's -errno. Meaningful with the VM paused: a

@@ -11,8 +11,8 @@
  * are read and written with single 16-bit atomic accesses (a torn avail
  * index would look like an index that jumped ahead, and break a correct
  * driver's queue). That is the one place this file takes a host view of
- * guest RAM (gm_slice_get, which mem/gm.h reserves for mem/, virtq and
- * migration); all other accesses are gm_read/gm_write copies.
+ * guest RAM (mem_slice_get, which mem/gm.h reserves for mem/, virtq and
+ * migration); all other accesses are mem_read/mem_write copies.
  */
 #define LOG_TAG "virtq"
 #include "core/virtio/virtq.h"
@@ -59,9 +59,9 @@ static gpa_t avail_event_gpa(const struct virtq *vq)
  */
 static int load16(const struct gm *gm, gpa_t gpa, uint16_t *val)
 {
-	struct gm_slice s;
+	struct mem_slice s;
 
-	if (gm_slice_get(gm, gpa, sizeof(*val), &s) || s.len < sizeof(*val))
+	if (mem_slice_get(gm, gpa, sizeof(*val), &s) || s.len < sizeof(*val))
 		return -EFAULT;
 	*val = __atomic_load_n((const uint16_t *)s.hva, __ATOMIC_ACQUIRE);
 	return 0;
@@ -69,13 +69,13 @@ static int load16(const struct gm *gm, gpa_t gpa, uint16_t *val)
 
 /*
  * TODO: once mem/ tracks dirty pages for migration (not built yet), store
- * through a gm helper (e.g. gm_store_le16_atomic) so this write is marked.
+ * through a gm helper (e.g. mem_store_le16_atomic) so this write is marked.
  */
 static int store16(const struct gm *gm, gpa_t gpa, uint16_t val)
 {
-	struct gm_slice s;
+	struct mem_slice s;
 
-	if (gm_slice_get(gm, gpa, sizeof(val), &s) || s.len < sizeof(val))
+	if (mem_slice_get(gm, gpa, sizeof(val), &s) || s.len < sizeof(val))
 		return -EFAULT;
 	__atomic_store_n((uint16_t *)s.hva, val, __ATOMIC_RELEASE);
 	return 0;
@@ -118,12 +118,12 @@ int virtq_init(struct virtq *vq, struct gm *gm, uint16_t size, gpa_t desc, gpa_t
 			     desc, avail, used);
 	/* used_event / avail_event trail the rings only with VIRTIO_F_EVENT_IDX. */
 	extra = vq->event_idx ? 2 : 0;
-	if (!gm_range_ok(gm, desc, 16ULL * size))
+	if (!mem_range_ok(gm, desc, 16ULL * size))
 		return broke(vq, -EINVAL, "descriptor table at gpa 0x%" PRIx64 " outside RAM",
 			     desc);
-	if (!gm_range_ok(gm, avail, AVAIL_RING + 2ULL * size + extra))
+	if (!mem_range_ok(gm, avail, AVAIL_RING + 2ULL * size + extra))
 		return broke(vq, -EINVAL, "driver area at gpa 0x%" PRIx64 " outside RAM", avail);
-	if (!gm_range_ok(gm, used, USED_RING + (uint64_t)USED_ELEM_SIZE * size + extra))
+	if (!mem_range_ok(gm, used, USED_RING + (uint64_t)USED_ELEM_SIZE * size + extra))
 		return broke(vq, -EINVAL, "device area at gpa 0x%" PRIx64 " outside RAM", used);
 	return 0;
 }
@@ -142,7 +142,7 @@ static int add_buf(struct virtq *vq, struct virtq_chain *c, const struct vring_d
 			     "chain at head %u: device-readable buffer after a writable one",
 			     c->head);
 	/* A zero-length buffer names no memory, so its address is not checked. */
-	if (d->len && !gm_range_ok(vq->gm, d->addr, d->len))
+	if (d->len && !mem_range_ok(vq->gm, d->addr, d->len))
 		return broke(vq, -EFAULT,
 			     "chain at head %u: buffer gpa 0x%" PRIx64 " len %u outside RAM",
 			     c->head, d->addr, d->len);
@@ -186,7 +186,7 @@ static int walk_indirect(struct virtq *vq, struct virtq_chain *c, const struct v
 		return broke(vq, -EINVAL,
 			     "chain at head %u: indirect table of %u descriptors (max %u)",
 			     c->head, n, VIRTQ_CHAIN_MAX);
-	if (!gm_range_ok(vq->gm, ind->addr, ind->len))
+	if (!mem_range_ok(vq->gm, ind->addr, ind->len))
 		return broke(vq, -EFAULT,
 			     "chain at head %u: indirect table gpa 0x%" PRIx64 " len %u outside RAM",
 			     c->head, ind->addr, ind->len);
@@ -196,7 +196,7 @@ static int walk_indirect(struct virtq *vq, struct virtq_chain *c, const struct v
 		if (++seen > n)
 			return broke(vq, -EINVAL, "chain at head %u: indirect table loops",
 				     c->head);
-		if (gm_read(vq->gm, ind->addr + (uint64_t)j * sizeof(d), &d, sizeof(d)))
+		if (mem_read(vq->gm, ind->addr + (uint64_t)j * sizeof(d), &d, sizeof(d)))
 			return broke(vq, -EFAULT, "chain at head %u: indirect table unreadable",
 				     c->head);
 		if (d.flags & VIRTQ_DESC_F_INDIRECT)
@@ -238,7 +238,7 @@ static int walk(struct virtq *vq, uint16_t head, struct virtq_chain *c)
 			return broke(vq, -EINVAL,
 				     "chain at head %u loops or is longer than the queue (%u)", head,
 				     vq->size);
-		if (gm_read(vq->gm, vq->desc + (uint64_t)i * sizeof(d), &d, sizeof(d)))
+		if (mem_read(vq->gm, vq->desc + (uint64_t)i * sizeof(d), &d, sizeof(d)))
 			return broke(vq, -EFAULT, "descriptor %u unreadable", i);
 		if (d.flags & VIRTQ_DESC_F_INDIRECT)
 			return walk_indirect(vq, c, &d);
@@ -296,7 +296,7 @@ int virtq_pop(struct virtq *vq, struct virtq_chain *chain)
 			return -EAGAIN;
 	}
 	/* The acquire load of avail->idx orders this read after the driver's write. */
-	if (gm_read_le16(vq->gm, vq->avail + AVAIL_RING + 2ULL * (vq->last_avail % vq->size),
+	if (mem_read_le16(vq->gm, vq->avail + AVAIL_RING + 2ULL * (vq->last_avail % vq->size),
 			 &head))
 		return broke(vq, -EFAULT, "avail ring unreadable");
 	if (head >= vq->size)
@@ -320,7 +320,7 @@ int virtq_push(struct virtq *vq, uint16_t head, uint32_t len)
 	if (head >= vq->size)
 		return -EINVAL;
 	slot = vq->used + USED_RING + (uint64_t)USED_ELEM_SIZE * (vq->used_idx % vq->size);
-	if (gm_write(vq->gm, slot, elem, sizeof(elem)))
+	if (mem_write(vq->gm, slot, elem, sizeof(elem)))
 		return broke(vq, -EFAULT, "used ring unwritable");
 	vq->used_idx++;
 	/* Release: the element is visible before the index that publishes it. */

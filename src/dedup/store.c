@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The frame store: one memfd per host holding every shared content once.
- * Guests map its pages MAP_PRIVATE (mem_page_map_frame), so the kernel
+ * Guests map its pages MAP_PRIVATE (a MEM_FRAME commit, mem/txn.h), so the kernel
  * copies on their writes and the frames themselves never change.
  *
  * Every run of shared guest pages is a host mapping (VMA), and consecutive

@@ -6,10 +6,9 @@
  * hva) and lends it, read-only, for the length of the call.
  *
  * Reading a page that is not resident faults memory in: callers check the
- * pagemap entry first (mem_pagemap, mem_pm_resident). A page being
- * compared for a merge must be write-protected first (mem_page_protect,
- * mem_range_protect in mem/reclaim.h, which also remaps pages):
- * only then is the compare final ("protect first, compare second").
+ * pagemap entry first (mem/pagemap.h). A page being compared for a merge
+ * must be claimed first (mem_txn_claim in mem/txn.h, which write-protects
+ * it): only then is the compare final ("protect first, compare second").
  *
  * All calls may run on any thread and take no lock.
  */

@@ -18,6 +18,17 @@ struct mem_ram_region {
 
 struct pagestate;
 
+/*
+ * How a VM's swapped pages are served (mem/swap.c sets them at attach): the
+ * dispatcher reads a page back through `read` and copies it in, and every
+ * path that ends a page's PS_SWAPPED state gives its slot back.
+ */
+struct mem_swap_hooks {
+	int (*read)(void *arg, uint64_t slot, void *buf);	/* a page: 0 or -errno */
+	void (*release)(void *arg, uint64_t slot, bool was_read);
+	void (*fatal)(void *fatal_arg, const char *why);	/* the VM must stop */
+};
+
 struct gm {
 	unsigned int nr_regions;	/* immutable after create */
 	struct mem_ram_region regions[MEM_MAX_REGIONS];
@@ -29,6 +40,9 @@ struct gm {
 	uint8_t *chunk_mode;		/* per MEM_CHUNK_PAGES chunk: MEM_CHUNK_* (txn.c) */
 	bool wp_unpopulated;		/* the userfaultfd write-protects holes (markers) */
 	uint64_t sample_hits;		/* writes to pages protected for sampling (atomic) */
+	const struct mem_swap_hooks *swap; /* NULL: no swap (set before swapping, cleared after) */
+	void *swap_arg, *fatal_arg;
+	uint64_t *swap_slot;		/* per page: its slot while PS_SWAPPED */
 	int prot;			/* of every mapping of guest pages (PROT_EXEC under thread) */
 	uint8_t *phys_base;		/* host address of guest-physical 0 */
 	uint64_t phys_top;		/* end of the guest-physical span */
@@ -78,7 +92,8 @@ enum mem_fault {
 	MEM_FAULT_STALE,	/* resolved already (by the time it was read): woken */
 	MEM_FAULT_ZERO_FILL,	/* a window's zero page touched: a page of zeros of its own */
 	MEM_FAULT_ZERO_PAGE,	/* a hole of a MISSING chunk: the zero page */
-	MEM_FAULT_UNSERVED,	/* a state nobody serves yet (a swapped page without a store) */
+	MEM_FAULT_SWAP_IN,	/* a swapped page: read back and copied in */
+	MEM_FAULT_UNSERVED,	/* a swapped page that cannot be read back: its VM stops */
 };
 enum mem_fault mem_fault(struct gm *gm, uint64_t idx, void *page, bool wp);
 

@@ -19,6 +19,7 @@
 
 #include <errno.h>
 #include <linux/userfaultfd.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -408,9 +409,22 @@ static int map_frame(struct gm *gm, uint64_t idx, int fd, uint64_t off)
 	return 0;
 }
 
+/* MISSING faults on the chunks of [idx, idx + n), added where missing. */
+static int chunks_missing(struct gm *gm, uint64_t idx, uint64_t n)
+{
+	for (uint64_t c = idx / MEM_CHUNK_PAGES; c <= (idx + n - 1) / MEM_CHUNK_PAGES; c++)
+		if (!chunk_missing(gm, c * MEM_CHUNK_PAGES)) {
+			int ret = mem_chunks_set_missing(gm, c * MEM_CHUNK_PAGES, 1, true);
+
+			if (ret)
+				return ret;
+		}
+	return 0;
+}
+
 static const enum ps_state commit_state[MEM_NR_COMMITS] = {
 	[MEM_PRIVATE] = PS_ANON,	 [MEM_ZERO] = PS_ZERO,	       [MEM_FRAME] = PS_SHARED,
-	[MEM_BALLOONED] = PS_BALLOONED, [MEM_REPORTED] = PS_REPORTED,
+	[MEM_BALLOONED] = PS_BALLOONED, [MEM_REPORTED] = PS_REPORTED,	 [MEM_SWAPPED] = PS_SWAPPED,
 };
 
 /* A commit that changes the backing of page idx: its sample is gone with its old page. */
@@ -435,6 +449,20 @@ static int apply_run(struct mem_txn *t, uint32_t i, uint32_t j, enum mem_commit 
 	case MEM_BALLOONED:
 	case MEM_REPORTED:
 		ret = drop_run(gm, t->idx + i, j - i);
+		break;
+	case MEM_SWAPPED:
+		/*
+		 * A touch must come to us before the page is dropped: a hole
+		 * outside a MISSING chunk reads zeros, and the content is in swap.
+		 */
+		if (!gm->swap || !gm->swap_slot)
+			return -ENODEV;
+		ret = chunks_missing(gm, t->idx + i, j - i);
+		if (!ret)
+			ret = drop_run(gm, t->idx + i, j - i);
+		if (!ret)
+			for (uint32_t k = i; k < j; k++)
+				gm->swap_slot[t->idx + k] = t->arg[k];
 		break;
 	case MEM_FRAME:
 		/* A mapping per page (windows go whole: mem_txn_end_window). */
@@ -488,6 +516,9 @@ int64_t mem_txn_end(struct mem_txn *t, int fd)
 
 		pagestate_set(gm->ps, t->idx + i,
 			      c == MEM_KEEP ? (enum ps_state)t->old[i] : commit_state[c]);
+		/* Given up while swapped (balloon, reporting): its slot goes unread. */
+		if (t->old[i] == PS_SWAPPED && c != MEM_KEEP && c != MEM_SWAPPED && gm->swap)
+			gm->swap->release(gm->swap_arg, gm->swap_slot[t->idx + i], false);
 	}
 	/* Writers held by the protection retry against the new states: one wake for the run. */
 	run_wake(gm, t->idx, t->n);
@@ -554,7 +585,8 @@ static bool window_commits_ok(const struct mem_txn *t, const uint8_t *kind)
 		bool frame = t->commit[i] == MEM_FRAME;
 
 		if (frame != (kind[i] == MEM_WIN_FRAME) || t->commit[i] == MEM_BALLOONED ||
-		    t->commit[i] == MEM_REPORTED || t->commit[i] >= MEM_NR_COMMITS)
+		    t->commit[i] == MEM_REPORTED || t->commit[i] == MEM_SWAPPED ||
+		    t->commit[i] >= MEM_NR_COMMITS)
 			return false;
 	}
 	return true;
@@ -785,6 +817,47 @@ static enum mem_fault fault_wp(struct gm *gm, uint64_t idx, void *page)
 }
 
 /*
+ * A touch of a swapped page (we own it: PS_BUSY): read it back, copy it in
+ * and give its slot back before the access is woken, so it never meets the
+ * hole again. Where the page cannot be read, the VM stops (never a page of
+ * zeros): the page stays swapped and the access is not woken.
+ */
+static enum mem_fault swap_in(struct gm *gm, uint64_t idx, void *page)
+{
+	static __thread uint8_t buf[MEM_PAGE_SIZE] __attribute__((aligned(MEM_PAGE_SIZE)));
+	uint64_t slot = gm->swap_slot ? gm->swap_slot[idx] : 0;
+	struct uffdio_copy c = {
+		.dst = (uint64_t)(uintptr_t)page,
+		.src = (uint64_t)(uintptr_t)buf,
+		.len = MEM_PAGE_SIZE,
+		.mode = UFFDIO_COPY_MODE_DONTWAKE,
+	};
+	int ret = gm->swap ? gm->swap->read(gm->swap_arg, slot, buf) : -ENODEV;
+
+	if (ret) {
+		char why[128];
+
+		pagestate_set(gm->ps, idx, PS_SWAPPED);
+		snprintf(why, sizeof(why), "guest page %llu cannot be read back from swap: %s",
+			 (unsigned long long)idx, strerror(-ret));
+		if (gm->swap)
+			gm->swap->fatal(gm->fatal_arg, why);
+		return MEM_FAULT_UNSERVED;
+	}
+	/* EEXIST: populated meanwhile by this same path's earlier copy; the content is in. */
+	if (ioctl(gm->uffd, UFFDIO_COPY, &c) && errno != EEXIST) {
+		pagestate_set(gm->ps, idx, PS_SWAPPED);
+		log_warn_ratelimited("copying swapped page %llu in: %m", (unsigned long long)idx);
+		return MEM_FAULT_UNSERVED;
+	}
+	run_rearm(gm, idx, 1);
+	pagestate_set(gm->ps, idx, PS_ANON);
+	gm->swap->release(gm->swap_arg, slot, true);
+	run_wake(gm, idx, 1);
+	return MEM_FAULT_SWAP_IN;
+}
+
+/*
  * An access to a hole of a range registered for MISSING faults. A page a
  * transaction holds (the holes of a window being rebuilt) is left to it.
  * A hole in a mapping of the store is a zero page of a window on a kernel
@@ -803,11 +876,8 @@ static enum mem_fault fault_missing(struct gm *gm, uint64_t idx, void *page)
 
 	if (st == PS_BUSY)
 		return MEM_FAULT_OWNER;
-	if (st == PS_SWAPPED) {
-		/* Its content lives in the swap store, which serves it; nothing here may. */
-		pagestate_set(gm->ps, idx, st);
-		return MEM_FAULT_UNSERVED;
-	}
+	if (st == PS_SWAPPED)
+		return swap_in(gm, idx, page);
 	if (mem_frame_mapped(gm, idx) && st != PS_SHARED) {
 		struct uffdio_copy c = {
 			.dst = (uint64_t)(uintptr_t)page,

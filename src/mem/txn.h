@@ -61,6 +61,7 @@ enum mem_commit {
 	MEM_FRAME,	/* maps the store page at arg, copy-on-write (PS_SHARED) */
 	MEM_BALLOONED,	/* given to the balloon: dropped (PS_BALLOONED) */
 	MEM_REPORTED,	/* reported free by the guest: dropped (PS_REPORTED) */
+	MEM_SWAPPED,	/* written to swap slot arg: dropped, read back on touch (PS_SWAPPED) */
 	MEM_NR_COMMITS,
 };
 
@@ -95,7 +96,7 @@ struct mem_txn {
 	bool held;			/* holes held by a MISSING registration */
 	uint8_t old[MEM_TXN_MAX];	/* enum ps_state each page was claimed from */
 	uint8_t commit[MEM_TXN_MAX];	/* enum mem_commit; after the end: what took effect */
-	uint64_t arg[MEM_TXN_MAX];	/* MEM_FRAME: byte offset in the store */
+	uint64_t arg[MEM_TXN_MAX];	/* MEM_FRAME: byte offset in the store; MEM_SWAPPED: slot */
 	uint64_t pm[MEM_TXN_MAX];	/* pagemap entries read once protected */
 };
 

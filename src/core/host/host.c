@@ -586,8 +586,9 @@ static json_t *pages_json(const uint64_t pages[PS_NR], uint64_t nr_pages)
 static const char *const commit_names[MEM_NR_COMMITS] = {
 	[MEM_KEEP] = "keep",	       [MEM_PRIVATE] = "private",     [MEM_ZERO] = "zero",
 	[MEM_FRAME] = "frame",	       [MEM_BALLOONED] = "ballooned", [MEM_REPORTED] = "reported",
+	[MEM_SWAPPED] = "swapped",
 };
-_Static_assert(MEM_NR_COMMITS == 6, "name every enum mem_commit in commit_names (txn.commits)");
+_Static_assert(MEM_NR_COMMITS == 7, "name every enum mem_commit in commit_names (txn.commits)");
 
 json_t *host_stats_json(struct host *h)
 {

@@ -1,0 +1,480 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Host swap, the store (see swap.h): the file, its slots, swap-out through
+ * the page-range transaction, and the hooks the fault dispatcher reads
+ * swapped pages back through (mem/txn.c).
+ *
+ * I/O is synchronous pread/pwrite on O_DIRECT: swap-out runs on the thread
+ * that asks (the swap verb, the policy), swap-in on the userfaultfd service
+ * thread, one page per fault.
+ */
+#define LOG_TAG "swap"
+#include "mem/swap.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "mem/mem_internal.h"
+#include "mem/memmap.h"
+#include "mem/pagemap.h"
+#include "mem/pagestate.h"
+#include "mem/txn.h"
+
+struct mem_swap {
+	int fd;
+	uint64_t nr_slots;
+	pthread_mutex_t lock;	 /* the slot map and the cursor */
+	uint64_t *used;		 /* lock: bit per slot */
+	uint64_t nr_used;	 /* changed under lock, read atomically */
+	uint64_t cursor;	 /* lock: where the next run is looked for */
+	pthread_mutex_t out_lock; /* one swap-out at a time: it owns buf */
+	uint8_t *buf;		 /* out_lock: MEM_TXN_MAX pages, aligned for O_DIRECT */
+	struct mem_swap_stats st; /* atomic counters (file_bytes, used_bytes derived) */
+};
+
+static void count(uint64_t *c, uint64_t n)
+{
+	__atomic_fetch_add(c, n, __ATOMIC_RELAXED);
+}
+
+/* --- the file --- */
+
+/* A file in directory dir that nobody else can open: unnamed where the filesystem allows. */
+static int open_in_dir(const char *dir, int flags)
+{
+	char name[4096];
+	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC | flags, 0600);
+
+	if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
+		return fd < 0 ? -errno : fd;
+	for (unsigned int i = 0; i < 100; i++) {
+		snprintf(name, sizeof(name), "%s/kvmem-swap-%d-%u", dir, (int)getpid(), i);
+		fd = open(name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC | O_NOFOLLOW | flags, 0600);
+		if (fd >= 0) {
+			unlink(name);
+			return fd;
+		}
+		if (errno != EEXIST)
+			return -errno;
+	}
+	return -EEXIST;
+}
+
+static int open_file(const char *path, int flags)
+{
+	struct stat sb;
+	int fd;
+
+	if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+		return open_in_dir(path, flags);
+	/* A file path: ours alone, never an existing file overwritten, gone at exit. */
+	fd = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC | O_NOFOLLOW | flags, 0600);
+	if (fd < 0)
+		return -errno;
+	unlink(path);
+	return fd;
+}
+
+int mem_swap_open(const char *path, uint64_t bytes, bool allow_tmpfs, struct mem_swap **out,
+		  const char **why)
+{
+	struct mem_swap *sw;
+	struct statfs fs;
+	char dir[4096];
+	struct stat sb;
+	int fd, ret;
+
+	*why = NULL;
+	if (!bytes || bytes % MEM_PAGE_SIZE) {
+		*why = "the swap size must be a positive multiple of 4 KiB";
+		return -EINVAL;
+	}
+	/* The filesystem the file will live on: path itself if a directory, else its parent. */
+	snprintf(dir, sizeof(dir), "%s", path);
+	if (stat(dir, &sb) || !S_ISDIR(sb.st_mode)) {
+		char *slash = strrchr(dir, '/');
+
+		if (!slash)
+			snprintf(dir, sizeof(dir), ".");
+		else if (slash == dir)
+			dir[1] = 0;
+		else
+			*slash = 0;
+	}
+	if (statfs(dir, &fs)) {
+		*why = "the swap file's directory cannot be read";
+		return -errno;
+	}
+	if (fs.f_type == TMPFS_MAGIC && !allow_tmpfs) {
+		*why = "the swap file is on tmpfs, which is memory: put it on a disk";
+		return -EINVAL;
+	}
+	fd = open_file(path, O_DIRECT);
+	/* A filesystem without O_DIRECT (tmpfs before 6.6): only where tmpfs was allowed. */
+	if (fd == -EINVAL && allow_tmpfs)
+		fd = open_file(path, 0);
+	if (fd < 0) {
+		*why = fd == -EINVAL ? "the swap file's filesystem cannot do O_DIRECT"
+				     : "the swap file cannot be created";
+		return fd;
+	}
+	if (fallocate(fd, 0, 0, (off_t)bytes)) {
+		ret = -errno;
+		*why = ret == -ENOSPC ? "no room for the swap file on its filesystem"
+				      : "the swap file cannot be preallocated";
+		close(fd);
+		return ret;
+	}
+	sw = kv_zalloc(sizeof(*sw));
+	if (!sw)
+		goto out_nomem;
+	sw->fd = fd;
+	sw->nr_slots = bytes / MEM_PAGE_SIZE;
+	sw->used = kv_calloc((sw->nr_slots + 63) / 64, sizeof(uint64_t));
+	if (!sw->used || posix_memalign((void **)&sw->buf, MEM_PAGE_SIZE, MEM_TXN_MAX * MEM_PAGE_SIZE)) {
+		kv_free(sw->used);
+		kv_free(sw);
+		goto out_nomem;
+	}
+	pthread_mutex_init(&sw->lock, NULL);
+	pthread_mutex_init(&sw->out_lock, NULL);
+	sw->st.file_bytes = bytes;
+	log_info("host swap: %llu MiB%s", (unsigned long long)(bytes >> 20),
+		 fs.f_type == TMPFS_MAGIC ? " on tmpfs (tests only)" : "");
+	*out = sw;
+	return 0;
+
+out_nomem:
+	close(fd);
+	*why = "out of memory for the swap file's slot map";
+	return -ENOMEM;
+}
+
+void mem_swap_close(struct mem_swap *sw)
+{
+	if (!sw)
+		return;
+	close(sw->fd);
+	free(sw->buf);
+	kv_free(sw->used);
+	pthread_mutex_destroy(&sw->lock);
+	pthread_mutex_destroy(&sw->out_lock);
+	kv_free(sw);
+}
+
+/* --- slots --- */
+
+static bool slot_used(const struct mem_swap *sw, uint64_t s)
+{
+	return sw->used[s / 64] & (1ULL << (s % 64));
+}
+
+static void slot_mark(struct mem_swap *sw, uint64_t s, bool on)
+{
+	if (on)
+		sw->used[s / 64] |= 1ULL << (s % 64);
+	else
+		sw->used[s / 64] &= ~(1ULL << (s % 64));
+}
+
+/*
+ * Up to `want` neighbouring free slots, the first run found from the cursor
+ * on (next fit, so runs written together stay together): their number (0:
+ * the file is full), the first in *start.
+ */
+static uint64_t slots_alloc(struct mem_swap *sw, uint64_t want, uint64_t *start)
+{
+	uint64_t got = 0;
+
+	pthread_mutex_lock(&sw->lock);
+	for (uint64_t seen = 0, s = sw->cursor; seen < sw->nr_slots && !got; seen++) {
+		if (!slot_used(sw, s)) {
+			*start = s;
+			while (got < want && s + got < sw->nr_slots && !slot_used(sw, s + got)) {
+				slot_mark(sw, s + got, true);
+				got++;
+			}
+		}
+		s = s + 1 < sw->nr_slots ? s + 1 : 0;
+	}
+	if (got) {
+		__atomic_fetch_add(&sw->nr_used, got, __ATOMIC_RELAXED);
+		sw->cursor = *start + got < sw->nr_slots ? *start + got : 0;
+	}
+	pthread_mutex_unlock(&sw->lock);
+	return got;
+}
+
+static void slots_free(struct mem_swap *sw, uint64_t start, uint64_t n)
+{
+	pthread_mutex_lock(&sw->lock);
+	for (uint64_t s = start; s < start + n; s++)
+		if (s < sw->nr_slots && slot_used(sw, s)) {
+			slot_mark(sw, s, false);
+			__atomic_fetch_sub(&sw->nr_used, 1, __ATOMIC_RELAXED);
+		}
+	pthread_mutex_unlock(&sw->lock);
+}
+
+/* --- the hooks the dispatcher serves swapped pages through --- */
+
+static int hook_read(void *arg, uint64_t slot, void *buf)
+{
+	struct mem_swap *sw = arg;
+	ssize_t got;
+
+	if (slot >= sw->nr_slots)
+		return -EINVAL;
+	do
+		got = pread(sw->fd, buf, MEM_PAGE_SIZE, (off_t)(slot * MEM_PAGE_SIZE));
+	while (got < 0 && errno == EINTR);
+	if (got != (ssize_t)MEM_PAGE_SIZE) {
+		count(&sw->st.read_errors, 1);
+		return got < 0 ? -errno : -EIO;
+	}
+	return 0;
+}
+
+static void hook_release(void *arg, uint64_t slot, bool was_read)
+{
+	struct mem_swap *sw = arg;
+
+	count(was_read ? &sw->st.swap_ins : &sw->st.discarded, 1);
+	slots_free(sw, slot, 1);
+}
+
+struct attach {
+	mem_swap_fatal_fn fatal;
+	void *arg;
+};
+
+static void hook_fatal(void *fatal_arg, const char *why)
+{
+	struct attach *a = fatal_arg;
+
+	log_err("%s", why);
+	if (a->fatal)
+		a->fatal(a->arg, why);
+}
+
+static const struct mem_swap_hooks hooks = {
+	.read = hook_read,
+	.release = hook_release,
+	.fatal = hook_fatal,
+};
+
+int mem_swap_attach(struct mem_swap *sw, struct gm *gm, mem_swap_fatal_fn fatal, void *arg)
+{
+	struct attach *a;
+
+	if (gm->swap)
+		return -EBUSY;
+	if (gm->uffd < 0)
+		return -ENOSYS; /* a swapped page is served through userfaultfd */
+	a = kv_zalloc(sizeof(*a));
+	gm->swap_slot = kv_calloc(mem_nr_pages(gm), sizeof(uint64_t));
+	if (!a || !gm->swap_slot) {
+		kv_free(a);
+		kv_free(gm->swap_slot);
+		gm->swap_slot = NULL;
+		return -ENOMEM;
+	}
+	a->fatal = fatal;
+	a->arg = arg;
+	gm->swap_arg = sw;
+	gm->fatal_arg = a;
+	__atomic_store_n(&gm->swap, &hooks, __ATOMIC_RELEASE);
+	return 0;
+}
+
+void mem_swap_detach(struct mem_swap *sw, struct gm *gm)
+{
+	if (gm->swap_arg != sw)
+		return;
+	/* The VM is gone (its faults no longer served): its slots with it. */
+	for (uint64_t i = 0; i < mem_nr_pages(gm); i++)
+		if (pagestate_get(gm->ps, i) == PS_SWAPPED) {
+			slots_free(sw, gm->swap_slot[i], 1);
+			count(&sw->st.discarded, 1);
+		}
+	__atomic_store_n(&gm->swap, NULL, __ATOMIC_RELEASE);
+	kv_free(gm->fatal_arg);
+	kv_free(gm->swap_slot);
+	gm->swap_slot = NULL;
+	gm->swap_arg = NULL;
+	gm->fatal_arg = NULL;
+}
+
+/* --- swap-out --- */
+
+/*
+ * Pages i.. of the claimed run t that are worth swapping: resident pages of
+ * the VM's own (not the zero page, not a store frame), seen so once
+ * protected.
+ */
+static bool swappable(const struct mem_txn *t, uint32_t i)
+{
+	return mem_pm_resident(t->pm[i]) && !mem_pm_file(t->pm[i]);
+}
+
+/*
+ * Write the swappable pages of the claimed run t and commit them as
+ * swapped; zero pages are dropped as zero instead (nothing to write).
+ * Returns pages swapped, or -errno with every page kept (the caller ends t).
+ */
+static int64_t write_run(struct mem_swap *sw, struct mem_txn *t)
+{
+	uint32_t i = 0;
+	int64_t done = 0;
+
+	while (i < t->n) {
+		uint64_t start, got;
+		uint32_t k = 0, pages[MEM_TXN_MAX];
+		ssize_t put;
+
+		/* The next batch of pages to write, as many as one run of slots takes. */
+		for (; i < t->n; i++) {
+			const void *hva = mem_page_hva(t->gm, t->idx + i);
+
+			if (!swappable(t, i))
+				continue;
+			if (mem_hva_is_zero(hva)) {
+				mem_txn_set(t, i, MEM_ZERO, 0);
+				continue;
+			}
+			memcpy(sw->buf + (uint64_t)k * MEM_PAGE_SIZE, hva, MEM_PAGE_SIZE);
+			pages[k++] = i;
+		}
+		if (!k)
+			break;
+		got = slots_alloc(sw, k, &start);
+		if (!got) {
+			count(&sw->st.full, 1);
+			return done ? done : -ENOSPC;
+		}
+		do
+			put = pwrite(sw->fd, sw->buf, got * MEM_PAGE_SIZE, (off_t)(start * MEM_PAGE_SIZE));
+		while (put < 0 && errno == EINTR);
+		if (put != (ssize_t)(got * MEM_PAGE_SIZE)) {
+			int err = put < 0 ? -errno : -EIO;
+
+			slots_free(sw, start, got);
+			count(&sw->st.write_errors, 1);
+			log_warn_ratelimited("writing %llu pages to swap: %s: they stay in memory",
+					     (unsigned long long)got, strerror(-err));
+			return done ? done : err;
+		}
+		/* Written: only now may the pages go. */
+		for (uint64_t j = 0; j < got; j++)
+			mem_txn_set(t, pages[j], MEM_SWAPPED, start + j);
+		done += (int64_t)got;
+		/* Pages the slots did not take: the next batch, from the first of them. */
+		if (got < k)
+			i = pages[got];
+	}
+	return done;
+}
+
+int64_t mem_swap_out(struct mem_swap *sw, struct gm *gm, uint64_t first, uint64_t max_pages)
+{
+	static __thread struct mem_txn t;
+	uint64_t nr = mem_nr_pages(gm), pm[MEM_TXN_MAX], left = max_pages;
+	int64_t swapped = 0;
+	int err = 0;
+
+	if (gm->swap_arg != sw)
+		return -EINVAL;
+	if (first >= nr)
+		first = 0;
+	pthread_mutex_lock(&sw->out_lock);
+	for (uint64_t seen = 0, idx = first; seen < nr && left && !err;) {
+		uint64_t n = nr - idx < MEM_TXN_MAX ? nr - idx : MEM_TXN_MAX, run = 0, skip;
+		int64_t got, claimed;
+
+		if (n > left)
+			n = left;
+		while (n > 1 && !mem_run_ok(gm, idx, n))
+			n /= 2; /* a region boundary */
+		got = mem_pagemap(gm, idx, n, pm);
+		if (got <= 0) {
+			err = got ? (int)got : -EIO;
+			break;
+		}
+		/* Skip to the first candidate; claim the run of candidates from there. */
+		skip = 0;
+		while (skip < (uint64_t)got &&
+		       (!mem_pm_resident(pm[skip]) || mem_pm_file(pm[skip]) ||
+			pagestate_get(gm->ps, idx + skip) != PS_ANON))
+			skip++;
+		while (skip + run < (uint64_t)got && mem_pm_resident(pm[skip + run]) &&
+		       !mem_pm_file(pm[skip + run]) &&
+		       pagestate_get(gm->ps, idx + skip + run) == PS_ANON)
+			run++;
+		if (run) {
+			claimed = mem_txn_claim(&t, gm, idx + skip, run, MEM_FROM(PS_ANON), 0);
+			if (claimed > 0) {
+				int64_t w = write_run(sw, &t), took = 0;
+				uint8_t want[MEM_TXN_MAX];
+
+				if (w < 0)
+					err = (int)w;
+				memcpy(want, t.commit, (size_t)claimed);
+				mem_txn_end(&t, -1);
+				/* A page whose drop failed stays in memory: its slot goes back. */
+				for (int64_t i = 0; i < claimed; i++) {
+					if (want[i] != MEM_SWAPPED)
+						continue;
+					if (t.commit[i] == MEM_SWAPPED)
+						took++;
+					else
+						slots_free(sw, t.arg[i], 1);
+				}
+				swapped += took;
+				left = (uint64_t)took < left ? left - (uint64_t)took : 0;
+				skip += (uint64_t)claimed;
+			} else {
+				skip += 1;
+			}
+		} else {
+			skip = (uint64_t)got;
+		}
+		seen += skip;
+		idx += skip;
+		if (idx >= nr)
+			idx = 0;
+	}
+	pthread_mutex_unlock(&sw->out_lock);
+	if (swapped) {
+		count(&sw->st.swap_outs, (uint64_t)swapped);
+		return swapped;
+	}
+	return err;
+}
+
+void mem_swap_stats(const struct mem_swap *sw, struct mem_swap_stats *out)
+{
+	const uint64_t *src = (const uint64_t *)&sw->st;
+	uint64_t *dst = (uint64_t *)out;
+
+	for (size_t i = 0; i < sizeof(*out) / sizeof(uint64_t); i++)
+		dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+	out->used_bytes = __atomic_load_n(&sw->nr_used, __ATOMIC_RELAXED) * MEM_PAGE_SIZE;
+}
+
+uint64_t mem_swap_vm_pages(const struct gm *gm)
+{
+	uint64_t counts[PS_NR];
+
+	pagestate_counts(gm->ps, counts);
+	return counts[PS_SWAPPED];
+}

@@ -1,0 +1,91 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Host swap, the store: kvmem's own swap file, one per host, that guest
+ * pages are paged out to (double paging: the guest does not know) and read
+ * back from when the guest touches them.
+ *
+ * The file is created with O_TMPFILE where the filesystem allows it (a crash
+ * leaves nothing behind; else created 0600 and unlinked at once),
+ * preallocated with fallocate, and written and read with O_DIRECT through
+ * aligned buffers: written through the page cache, a swap file only moves
+ * the memory (and a memory cgroup charges that page cache to kvmem). A
+ * tmpfs path is refused: it is memory.
+ *
+ * Swap-out takes pages through the page-range transaction (mem/txn.h):
+ * claimed and write-protected, written, and only once the write completed
+ * committed as swapped (their chunk registered for MISSING faults, the page
+ * dropped). A page is never both dropped and unwritten: a write that fails
+ * (ENOSPC, EIO, a short write) keeps every page of its run resident, is
+ * counted and said once. Swap-in is the fault dispatcher's: a MISSING fault
+ * on a swapped page reads its slot and copies it in before the access is
+ * woken; a page the guest gives up while swapped (balloon, free page
+ * reporting) loses its slot unread. A read that fails stops that VM alone,
+ * with the reason, never a page of zeros.
+ *
+ * Slots are allocated in runs: the pages of one swap-out run get
+ * neighbouring slots, so neighbours are read back together.
+ */
+#ifndef KVMEM_MEM_SWAP_H
+#define KVMEM_MEM_SWAP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "mem/gm.h"
+
+struct mem_swap;
+
+#define MEM_SWAP_DEFAULT_BYTES (4ULL << 30)
+
+/*
+ * Open a swap file of `bytes` (page multiple, > 0) in directory or file
+ * path `path`: a directory gets an unnamed file in it; a file path is
+ * created (never an existing file overwritten) and unlinked at once.
+ * allow_tmpfs: tests that want ENOSPC from a small tmpfs. 0, or -errno with
+ * *why set to a sentence for the user (-EINVAL: tmpfs, -EEXIST, -ENOSPC
+ * from the preallocation...).
+ */
+int mem_swap_open(const char *path, uint64_t bytes, bool allow_tmpfs, struct mem_swap **out,
+		  const char **why);
+/* Close the file (every VM detached first). */
+void mem_swap_close(struct mem_swap *sw);
+
+/*
+ * Called when one of gm's swapped pages cannot be read back: the VM must
+ * stop (its guest waits on that page forever otherwise), with `why` as the
+ * reason (valid for the call only: copy it). Runs on the userfaultfd service
+ * thread: it must not wait for that thread.
+ */
+typedef void (*mem_swap_fatal_fn)(void *arg, const char *why);
+
+/*
+ * Let gm's pages be swapped to sw and served back from it (before any
+ * mem_swap_out on gm); detach before destroying gm: its slots are freed.
+ */
+int mem_swap_attach(struct mem_swap *sw, struct gm *gm, mem_swap_fatal_fn fatal, void *arg);
+void mem_swap_detach(struct mem_swap *sw, struct gm *gm);
+
+/*
+ * Swap out up to max_pages resident private pages of gm, from page index
+ * `first` on (wrapping once around RAM), in runs of up to a transaction's
+ * worth. Zero pages are left to zero reclaim and shared pages to dedup.
+ * Returns pages swapped out, or -errno when none could be (-ENOSPC: the
+ * file is full; -EIO: a write failed; the pages stay resident).
+ */
+int64_t mem_swap_out(struct mem_swap *sw, struct gm *gm, uint64_t first, uint64_t max_pages);
+
+struct mem_swap_stats {
+	uint64_t file_bytes;	/* size of the swap file */
+	uint64_t used_bytes;	/* slots in use */
+	uint64_t swap_outs;	/* pages written out and dropped */
+	uint64_t swap_ins;	/* pages read back on a guest or VMM touch */
+	uint64_t discarded;	/* slots freed unread: the guest gave the page up */
+	uint64_t write_errors;	/* runs kept resident because their write failed */
+	uint64_t read_errors;	/* pages that could not be read back (their VM stopped) */
+	uint64_t full;		/* swap-outs refused: no slots */
+};
+void mem_swap_stats(const struct mem_swap *sw, struct mem_swap_stats *out);
+/* Pages of gm in its swap slots now. */
+uint64_t mem_swap_vm_pages(const struct gm *gm);
+
+#endif

@@ -156,7 +156,7 @@ static __thread struct mem_txn tx[2];
 /* Claim page idx of v (PS_ANON) into t, write-protected. 0, -EBUSY (not ours), -errno. */
 static int claim(struct dedup *d, struct mem_txn *t, struct dedup_vm *v, uint64_t idx)
 {
-	int64_t ret = mem_txn_claim(t, v->gm, idx, 1, MEM_FROM(PS_ANON), 0);
+	int64_t ret = mem_txn_claim(t, v->gm, idx, 1, MEM_FROM(PS_ANON), MEM_TXN_NOPAGEMAP);
 
 	if (ret == 1)
 		return 0;

@@ -303,7 +303,7 @@ int64_t mem_txn_claim(struct mem_txn *t, struct gm *gm, uint64_t idx, uint64_t n
 		if (ret)
 			goto out_abort;
 		/* Read once protected: final for every populated page. */
-		if (mem_pagemap(gm, idx, i, t->pm) != (int64_t)i) {
+		if (!(flags & MEM_TXN_NOPAGEMAP) && mem_pagemap(gm, idx, i, t->pm) != (int64_t)i) {
 			ret = -EIO;
 			goto out_abort;
 		}

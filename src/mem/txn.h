@@ -86,6 +86,8 @@ enum mem_txn_flags {
 	 * dropped whatever they hold.
 	 */
 	MEM_TXN_NOPROTECT = 1u << 2,
+	/* The caller does not look at t->pm (a single page it compares): no pagemap read. */
+	MEM_TXN_NOPAGEMAP = 1u << 3,
 };
 
 struct mem_txn {

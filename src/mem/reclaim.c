@@ -40,6 +40,21 @@ static int check_aligned_range(const struct gm *gm, gpa_t gpa, uint64_t len)
 	return 0;
 }
 
+/*
+ * The pages from gpa on, of the len bytes there, that one transaction can
+ * take: within one region, at most MEM_TXN_MAX. Their first index in *first.
+ */
+static uint64_t gpa_run(const struct gm *gm, gpa_t gpa, uint64_t len, uint64_t *first)
+{
+	uint64_t n = 1;
+
+	*first = (uint64_t)mem_page_index(gm, gpa);
+	while (n < len / MEM_PAGE_SIZE && n < MEM_TXN_MAX &&
+	       mem_index_gpa(gm, *first + n) == gpa + n * MEM_PAGE_SIZE)
+		n++;
+	return n;
+}
+
 /* Every state but PS_BUSY: the guest gave these pages up, whatever backs them. */
 #define DISCARD_FROM ((1u << PS_NR) - 1 - MEM_FROM(PS_BUSY))
 
@@ -56,14 +71,9 @@ int64_t mem_discard(struct gm *gm, gpa_t gpa, uint64_t len, enum ps_state why)
 	if (why != PS_BALLOONED && why != PS_REPORTED)
 		return -EINVAL;
 	while (len) {
-		uint64_t first = (uint64_t)mem_page_index(gm, gpa), n = 1;
-		int64_t got;
+		uint64_t first, n = gpa_run(gm, gpa, len, &first);
+		int64_t got = mem_txn_claim(&t, gm, first, n, DISCARD_FROM, MEM_TXN_NOPROTECT);
 
-		/* A run within one region, at most a transaction's worth. */
-		while (n < len / MEM_PAGE_SIZE && n < MEM_TXN_MAX &&
-		       mem_index_gpa(gm, first + n) == gpa + n * MEM_PAGE_SIZE)
-			n++;
-		got = mem_txn_claim(&t, gm, first, n, DISCARD_FROM, MEM_TXN_NOPROTECT);
 		if (got < 0)
 			return got;
 		if (got == 0) {
@@ -106,12 +116,9 @@ int mem_undiscard(struct gm *gm, gpa_t gpa, uint64_t len)
 	if (ret)
 		return ret;
 	while (len) {
-		uint64_t first = (uint64_t)mem_page_index(gm, gpa), n = 1;
+		uint64_t first, n = gpa_run(gm, gpa, len, &first);
 		int64_t got;
 
-		while (n < len / MEM_PAGE_SIZE && n < MEM_TXN_MAX &&
-		       mem_index_gpa(gm, first + n) == gpa + n * MEM_PAGE_SIZE)
-			n++;
 		/* Only ballooned and reported pages: any other state is someone's (or the guest's). */
 		got = mem_txn_claim(&t, gm, first, n, MEM_FROM(PS_BALLOONED) | MEM_FROM(PS_REPORTED),
 				    MEM_TXN_NOPROTECT);

@@ -24,7 +24,7 @@ struct pagestate;
  * path that ends a page's PS_SWAPPED state gives its slot back.
  */
 struct mem_swap_hooks {
-	int (*read)(void *arg, uint64_t slot, void *buf);	/* a page: 0 or -errno */
+	int (*read)(void *arg, uint64_t slot, uint64_t n, void *buf); /* n pages: 0 or -errno */
 	void (*release)(void *arg, uint64_t slot, bool was_read);
 	void (*fatal)(void *fatal_arg, const char *why);	/* the VM must stop */
 };

@@ -228,17 +228,17 @@ static void slots_free(struct mem_swap *sw, uint64_t start, uint64_t n)
 
 /* --- the hooks the dispatcher serves swapped pages through --- */
 
-static int hook_read(void *arg, uint64_t slot, void *buf)
+static int hook_read(void *arg, uint64_t slot, uint64_t n, void *buf)
 {
 	struct mem_swap *sw = arg;
 	ssize_t got;
 
-	if (slot >= sw->nr_slots)
+	if (slot >= sw->nr_slots || n > sw->nr_slots - slot)
 		return -EINVAL;
 	do
-		got = pread(sw->fd, buf, MEM_PAGE_SIZE, (off_t)(slot * MEM_PAGE_SIZE));
+		got = pread(sw->fd, buf, n * MEM_PAGE_SIZE, (off_t)(slot * MEM_PAGE_SIZE));
 	while (got < 0 && errno == EINTR);
-	if (got != (ssize_t)MEM_PAGE_SIZE) {
+	if (got != (ssize_t)(n * MEM_PAGE_SIZE)) {
 		count(&sw->st.read_errors, 1);
 		return got < 0 ? -errno : -EIO;
 	}

@@ -816,44 +816,64 @@ static enum mem_fault fault_wp(struct gm *gm, uint64_t idx, void *page)
 	return what;
 }
 
+/* Pages read back together with a touched swapped page (its run of slots). */
+#define SWAP_READAHEAD 16
+
 /*
- * A touch of a swapped page (we own it: PS_BUSY): read it back, copy it in
- * and give its slot back before the access is woken, so it never meets the
- * hole again. Where the page cannot be read, the VM stops (never a page of
- * zeros): the page stays swapped and the access is not woken.
+ * A touch of a swapped page (we own it: PS_BUSY): read it back with the
+ * swapped pages after it whose slots follow its slot (a swap-out run keeps
+ * neighbours together: one read serves a sequential touch ahead), copy them
+ * in, and give their slots back before the access is woken, so it never
+ * meets the hole again. Where the pages cannot be read, the VM stops (never
+ * a page of zeros): they stay swapped and the access is not woken.
  */
 static enum mem_fault swap_in(struct gm *gm, uint64_t idx, void *page)
 {
-	static __thread uint8_t buf[MEM_PAGE_SIZE] __attribute__((aligned(MEM_PAGE_SIZE)));
-	uint64_t slot = gm->swap_slot ? gm->swap_slot[idx] : 0;
-	struct uffdio_copy c = {
-		.dst = (uint64_t)(uintptr_t)page,
-		.src = (uint64_t)(uintptr_t)buf,
-		.len = MEM_PAGE_SIZE,
-		.mode = UFFDIO_COPY_MODE_DONTWAKE,
-	};
-	int ret = gm->swap ? gm->swap->read(gm->swap_arg, slot, buf) : -ENODEV;
+	static __thread uint8_t buf[SWAP_READAHEAD * MEM_PAGE_SIZE]
+		__attribute__((aligned(MEM_PAGE_SIZE)));
+	const struct mem_swap_hooks *sw = gm->swap;
+	uint64_t slot = gm->swap_slot ? gm->swap_slot[idx] : 0, n = 1, done = 0;
+	int ret;
 
+	/* Read-ahead: swapped neighbours in the next slots, owned here like the page. */
+	while (sw && n < SWAP_READAHEAD && mem_run_ok(gm, idx, n + 1) &&
+	       pagestate_get(gm->ps, idx + n) == PS_SWAPPED && gm->swap_slot[idx + n] == slot + n &&
+	       !pagestate_cas(gm->ps, idx + n, PS_SWAPPED, PS_BUSY))
+		n++;
+	ret = sw ? sw->read(gm->swap_arg, slot, n, buf) : -ENODEV;
+	while (!ret && done < n * MEM_PAGE_SIZE) {
+		struct uffdio_copy c = {
+			.dst = (uint64_t)(uintptr_t)page + done,
+			.src = (uint64_t)(uintptr_t)buf + done,
+			.len = n * MEM_PAGE_SIZE - done,
+			.mode = UFFDIO_COPY_MODE_DONTWAKE,
+		};
+
+		if (ioctl(gm->uffd, UFFDIO_COPY, &c) == 0)
+			done = n * MEM_PAGE_SIZE;
+		else if (errno == EAGAIN && c.copy > 0)
+			done += (uint64_t)c.copy; /* interrupted part way: the kernel says how far */
+		else
+			ret = -errno;
+	}
 	if (ret) {
 		char why[128];
 
-		pagestate_set(gm->ps, idx, PS_SWAPPED);
+		/* Nothing half done: a copy is all or nothing per page, and these were holes. */
+		for (uint64_t i = 0; i < n; i++)
+			pagestate_set(gm->ps, idx + i, PS_SWAPPED);
 		snprintf(why, sizeof(why), "guest page %llu cannot be read back from swap: %s",
 			 (unsigned long long)idx, strerror(-ret));
-		if (gm->swap)
-			gm->swap->fatal(gm->fatal_arg, why);
+		if (sw)
+			sw->fatal(gm->fatal_arg, why);
 		return MEM_FAULT_UNSERVED;
 	}
-	/* EEXIST: populated meanwhile by this same path's earlier copy; the content is in. */
-	if (ioctl(gm->uffd, UFFDIO_COPY, &c) && errno != EEXIST) {
-		pagestate_set(gm->ps, idx, PS_SWAPPED);
-		log_warn_ratelimited("copying swapped page %llu in: %m", (unsigned long long)idx);
-		return MEM_FAULT_UNSERVED;
+	run_rearm(gm, idx, n);
+	for (uint64_t i = 0; i < n; i++) {
+		pagestate_set(gm->ps, idx + i, PS_ANON);
+		sw->release(gm->swap_arg, slot + i, true);
 	}
-	run_rearm(gm, idx, 1);
-	pagestate_set(gm->ps, idx, PS_ANON);
-	gm->swap->release(gm->swap_arg, slot, true);
-	run_wake(gm, idx, 1);
+	run_wake(gm, idx, n);
 	return MEM_FAULT_SWAP_IN;
 }
 

@@ -2,7 +2,7 @@
 /*
  * Host swap's store on anonymous guest memory, a real swap file and the real
  * fault service: pages swapped out leave memory and read back right on a
- * touch (their slots freed); zero and shared pages are not written; a write
+ * touch, with their neighbours in the next slots (their slots freed); zero and shared pages are not written; a write
  * racing a swap-out lands; a page the guest gives up while swapped loses its
  * slot unread; a full file keeps every page resident; a tmpfs path is
  * refused; a read that fails stops the VM (the fatal hook), never a page of
@@ -146,6 +146,14 @@ static void test_swap_out_and_back_on_touch(void **state)
 	}
 	assert_int_equal(mem_swap_vm_pages(f->gm), written);
 	assert_int_equal(sstats(f).used_bytes, written * PAGE);
+	/*
+	 * A touch reads the page back with the swapped pages after it whose slots
+	 * follow (pages 0-6; page 7 was a zero page, dropped, not written).
+	 */
+	assert_content(f, 0, byte_of(0));
+	assert_int_equal(sstats(f).swap_ins, 7);
+	assert_true(mem_pm_resident(pm_of(f, f->first + 6)));
+	assert_false(mem_pm_resident(pm_of(f, f->first + 8)));
 	/* Read back on touch, every byte right, each slot given back. */
 	for (unsigned int i = 0; i < N; i++)
 		assert_content(f, i, byte_of(i));
@@ -206,8 +214,10 @@ static void test_swap_ballooned_page_loses_its_slot_unread(void **state)
 	assert_int_equal(pagestate_get(f->ps, f->first), PS_BALLOONED);
 	assert_int_equal(mem_read(f->gm, BASE, page, sizeof(page)), 0);
 	assert_memory_equal(page, zero, sizeof(page));
+	/* Page 2 reads back with page 3, its neighbour in the next slot (read-ahead). */
 	assert_content(f, 2, byte_of(2));
-	assert_int_equal(sstats(f).swap_ins, 1);
+	assert_int_equal(sstats(f).swap_ins, 2);
+	assert_true(mem_pm_resident(pm_of(f, f->first + 3)));
 }
 
 /* Zero pages are dropped, shared pages are dedup's: neither is written. */

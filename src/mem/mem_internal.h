@@ -43,6 +43,10 @@ struct gm {
 	const struct mem_swap_hooks *swap; /* NULL: no swap (set before swapping, cleared after) */
 	void *swap_arg, *fatal_arg;
 	uint64_t *swap_slot;		/* per page: its slot while PS_SWAPPED */
+	struct {			/* this VM's swap figures (atomic) */
+		uint64_t outs, faults, readahead;
+		uint64_t hist[16];	/* MEM_SWAP_HIST: fault service time, log2 us */
+	} swapc;
 	int prot;			/* of every mapping of guest pages (PROT_EXEC under thread) */
 	uint8_t *phys_base;		/* host address of guest-physical 0 */
 	uint64_t phys_top;		/* end of the guest-physical span */

@@ -440,6 +440,7 @@ int64_t mem_swap_out(struct mem_swap *sw, struct gm *gm, uint64_t first, uint64_
 						slots_free(sw, t.arg[i], 1);
 				}
 				swapped += took;
+				__atomic_fetch_add(&gm->swapc.outs, (uint64_t)took, __ATOMIC_RELAXED);
 				left = (uint64_t)took < left ? left - (uint64_t)took : 0;
 				skip += (uint64_t)claimed;
 			} else {
@@ -477,4 +478,35 @@ uint64_t mem_swap_vm_pages(const struct gm *gm)
 
 	pagestate_counts(gm->ps, counts);
 	return counts[PS_SWAPPED];
+}
+
+_Static_assert(sizeof(((struct gm *)0)->swapc.hist) == MEM_SWAP_HIST * sizeof(uint64_t),
+	       "a VM's histogram has MEM_SWAP_HIST buckets");
+
+/* The upper bound, in us, of the bucket holding the q-th quantile (q in percent) of hist. */
+static uint64_t quantile_us(const uint64_t *hist, uint64_t total, unsigned int q)
+{
+	uint64_t seen = 0, want = (total * q + 99) / 100;
+
+	for (unsigned int i = 0; i < MEM_SWAP_HIST; i++) {
+		seen += hist[i];
+		if (seen >= want && seen)
+			return 2ULL << i;
+	}
+	return 0;
+}
+
+void mem_swap_vm_stats(const struct gm *gm, struct mem_swap_vm_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->swapped_pages = mem_swap_vm_pages(gm);
+	out->swap_outs = __atomic_load_n(&gm->swapc.outs, __ATOMIC_RELAXED);
+	out->faults = __atomic_load_n(&gm->swapc.faults, __ATOMIC_RELAXED);
+	out->readahead = __atomic_load_n(&gm->swapc.readahead, __ATOMIC_RELAXED);
+	for (unsigned int i = 0; i < MEM_SWAP_HIST; i++)
+		out->fault_hist[i] = __atomic_load_n(&gm->swapc.hist[i], __ATOMIC_RELAXED);
+	if (out->faults) {
+		out->fault_p50_us = quantile_us(out->fault_hist, out->faults, 50);
+		out->fault_p99_us = quantile_us(out->fault_hist, out->faults, 99);
+	}
 }

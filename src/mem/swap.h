@@ -88,4 +88,18 @@ void mem_swap_stats(const struct mem_swap *sw, struct mem_swap_stats *out);
 /* Pages of gm in its swap slots now. */
 uint64_t mem_swap_vm_pages(const struct gm *gm);
 
+#define MEM_SWAP_HIST 16	/* fault service times: bucket i is [2^i, 2^(i+1)) us, 0 below 2 us */
+
+struct mem_swap_vm_stats {
+	uint64_t swapped_pages;	/* in swap slots now */
+	uint64_t swap_outs;	/* pages written out and dropped */
+	uint64_t faults;	/* touches of swapped pages served */
+	uint64_t readahead;	/* pages read back with a touched one, not touched themselves */
+	uint64_t fault_p50_us;	/* median service time of those faults (upper bound of its bucket) */
+	uint64_t fault_p99_us;
+	uint64_t fault_hist[MEM_SWAP_HIST];
+};
+/* gm's swap figures (all zero for a VM that never swapped). */
+void mem_swap_vm_stats(const struct gm *gm, struct mem_swap_vm_stats *out);
+
 #endif

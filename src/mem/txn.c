@@ -24,6 +24,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 
+#include "core/clock.h"
 #include "core/log.h"
 #include "mem/mem_internal.h"
 #include "mem/memmap.h"
@@ -833,6 +834,8 @@ static enum mem_fault swap_in(struct gm *gm, uint64_t idx, void *page)
 		__attribute__((aligned(MEM_PAGE_SIZE)));
 	const struct mem_swap_hooks *sw = gm->swap;
 	uint64_t slot = gm->swap_slot ? gm->swap_slot[idx] : 0, n = 1, done = 0;
+	uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC), us;
+	unsigned int bucket = 0;
 	int ret;
 
 	/* Read-ahead: swapped neighbours in the next slots, owned here like the page. */
@@ -874,6 +877,12 @@ static enum mem_fault swap_in(struct gm *gm, uint64_t idx, void *page)
 		sw->release(gm->swap_arg, slot + i, true);
 	}
 	run_wake(gm, idx, n);
+	/* From the fault read to the wake: what the guest waited, but for the service's queue. */
+	for (us = (kv_clock_ns(CLOCK_MONOTONIC) - t0) / 1000; us > 1 && bucket < 15; us >>= 1)
+		bucket++;
+	count(&gm->swapc.faults, 1);
+	count(&gm->swapc.readahead, n - 1);
+	count(&gm->swapc.hist[bucket], 1);
 	return MEM_FAULT_SWAP_IN;
 }
 

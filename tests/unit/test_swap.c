@@ -159,6 +159,19 @@ static void test_swap_out_and_back_on_touch(void **state)
 		assert_content(f, i, byte_of(i));
 	assert_int_equal(sstats(f).swap_ins, written);
 	assert_int_equal(sstats(f).used_bytes, 0);
+	{
+		struct mem_swap_vm_stats vs;
+		uint64_t in_hist = 0;
+
+		mem_swap_vm_stats(f->gm, &vs);
+		assert_int_equal(vs.swap_outs, written);
+		assert_int_equal(vs.faults + vs.readahead, written);
+		assert_true(vs.readahead > 0);
+		for (unsigned int i = 0; i < MEM_SWAP_HIST; i++)
+			in_hist += vs.fault_hist[i];
+		assert_int_equal(in_hist, vs.faults);
+		assert_true(vs.fault_p50_us > 0 && vs.fault_p50_us <= vs.fault_p99_us);
+	}
 	assert_int_equal(mem_swap_vm_pages(f->gm), 0);
 	assert_int_equal(pagestate_get(f->ps, f->first), PS_ANON);
 	assert_null(f->fatal);

@@ -14,11 +14,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/magic.h>
+#include <lz4.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/mman.h>
 #include <sys/statfs.h>
 #include <unistd.h>
 
@@ -30,6 +32,31 @@
 #include "mem/pagestate.h"
 #include "mem/txn.h"
 
+/*
+ * The compressed pool (ESX's memory compression, Linux's zswap): pages that
+ * LZ4 compresses to at most half a page stay in memory, compressed, in an
+ * arena of its own (mmap'd, never the allocator's: a freed chunk goes back
+ * to the kernel at once). The arena is cut into 4 KiB chunks, each holding
+ * compressed pages of one size class (2^k * 256 bytes: 16 of 256 bytes ...
+ * 2 of 2048); a chunk whose last page leaves is dropped. A pool handle is a
+ * slot with POOL_BIT set: chunk, index in it, compressed length.
+ */
+#define POOL_BIT (1ULL << 63)
+#define POOL_CLASSES 4			/* 256, 512, 1024, 2048 bytes */
+#define POOL_MIN_SHIFT 8
+#define POOL_MAX_BYTES (MEM_PAGE_SIZE / 2) /* what does not fit goes to the file */
+
+struct pool {
+	uint8_t *arena;		/* chunks * MEM_PAGE_SIZE, MAP_NORESERVE */
+	uint64_t chunks;
+	uint8_t *cls;		/* per chunk: 0 free, else size class + 1 */
+	uint16_t *free_bits;	/* per chunk: its free entries */
+	uint64_t cursor[POOL_CLASSES]; /* where the last entry of a class was found */
+	uint64_t in_use;	/* chunks holding entries (their memory counts) */
+	uint64_t pages;		/* pages stored */
+	uint64_t bytes;		/* their compressed bytes */
+};
+
 struct mem_swap {
 	int fd;
 	uint64_t nr_slots;
@@ -39,6 +66,7 @@ struct mem_swap {
 	uint64_t cursor;	 /* lock: where the next run is looked for */
 	pthread_mutex_t out_lock; /* one swap-out at a time: it owns buf */
 	uint8_t *buf;		 /* out_lock: MEM_TXN_MAX pages, aligned for O_DIRECT */
+	struct pool pool;	 /* lock */
 	struct mem_swap_stats st; /* atomic counters (file_bytes, used_bytes derived) */
 };
 
@@ -165,6 +193,10 @@ void mem_swap_close(struct mem_swap *sw)
 	if (!sw)
 		return;
 	close(sw->fd);
+	if (sw->pool.arena)
+		munmap(sw->pool.arena, sw->pool.chunks * MEM_PAGE_SIZE);
+	kv_free(sw->pool.cls);
+	kv_free(sw->pool.free_bits);
 	free(sw->buf);
 	kv_free(sw->used);
 	pthread_mutex_destroy(&sw->lock);
@@ -226,6 +258,142 @@ static void slots_free(struct mem_swap *sw, uint64_t start, uint64_t n)
 	pthread_mutex_unlock(&sw->lock);
 }
 
+/* --- the compressed pool (sw->lock) --- */
+
+static unsigned int pool_class(uint64_t len)
+{
+	unsigned int c = 0;
+
+	while ((1ULL << (POOL_MIN_SHIFT + c)) < len)
+		c++;
+	return c;
+}
+
+static uint16_t class_mask(unsigned int c)
+{
+	unsigned int n = (unsigned int)(MEM_PAGE_SIZE >> (POOL_MIN_SHIFT + c));
+
+	return (uint16_t)(n >= 16 ? 0xffff : (1u << n) - 1);
+}
+
+/* Room for `len` compressed bytes: its handle, or 0 when the pool is full (or absent). */
+static uint64_t pool_alloc(struct pool *p, uint64_t len)
+{
+	unsigned int c = pool_class(len);
+
+	for (uint64_t seen = 0, ch = p->cursor[c]; seen < p->chunks; seen++) {
+		if (p->cls[ch] == c + 1 && p->free_bits[ch]) {
+			unsigned int e = (unsigned int)__builtin_ctz(p->free_bits[ch]);
+
+			p->free_bits[ch] &= (uint16_t)~(1u << e);
+			p->cursor[c] = ch;
+			p->pages++;
+			p->bytes += len;
+			return POOL_BIT | ch << 16 | (uint64_t)e << 12 | len;
+		}
+		ch = ch + 1 < p->chunks ? ch + 1 : 0;
+	}
+	for (uint64_t ch = 0; ch < p->chunks; ch++)
+		if (!p->cls[ch]) {
+			p->cls[ch] = (uint8_t)(c + 1);
+			p->free_bits[ch] = class_mask(c);
+			p->in_use++;
+			p->cursor[c] = ch;
+			return pool_alloc(p, len);
+		}
+	return 0;
+}
+
+static uint8_t *pool_entry(const struct pool *p, uint64_t h)
+{
+	uint64_t ch = (h & ~POOL_BIT) >> 16, e = (h >> 12) & 0xf;
+
+	return p->arena + ch * MEM_PAGE_SIZE + (e << (POOL_MIN_SHIFT + p->cls[ch] - 1));
+}
+
+static void pool_free(struct pool *p, uint64_t h)
+{
+	uint64_t ch = (h & ~POOL_BIT) >> 16, e = (h >> 12) & 0xf;
+
+	if (ch >= p->chunks || !p->cls[ch])
+		return;
+	p->free_bits[ch] |= (uint16_t)(1u << e);
+	p->pages--;
+	p->bytes -= h & 0xfff;
+	if (p->free_bits[ch] == class_mask(p->cls[ch] - 1u)) {
+		/* Empty: its memory goes back to the kernel now. */
+		p->cls[ch] = 0;
+		p->in_use--;
+		madvise(p->arena + ch * MEM_PAGE_SIZE, MEM_PAGE_SIZE, MADV_DONTNEED);
+	}
+}
+
+int mem_swap_set_pool(struct mem_swap *sw, uint64_t bytes)
+{
+	struct pool *p = &sw->pool;
+	uint64_t chunks = bytes / MEM_PAGE_SIZE;
+	void *arena;
+
+	if (p->arena)
+		return -EBUSY;
+	if (!chunks || chunks > (1ULL << 40))
+		return -EINVAL;
+	arena = mmap(NULL, chunks * MEM_PAGE_SIZE, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (arena == MAP_FAILED)
+		return -errno;
+	madvise(arena, chunks * MEM_PAGE_SIZE, MADV_NOHUGEPAGE);
+	p->cls = kv_calloc(chunks, 1);
+	p->free_bits = kv_calloc(chunks, sizeof(uint16_t));
+	if (!p->cls || !p->free_bits) {
+		kv_free(p->cls);
+		kv_free(p->free_bits);
+		munmap(arena, chunks * MEM_PAGE_SIZE);
+		return -ENOMEM;
+	}
+	pthread_mutex_lock(&sw->lock);
+	p->chunks = chunks;
+	p->arena = arena;
+	pthread_mutex_unlock(&sw->lock);
+	log_info("host swap: a compressed pool of %llu MiB", (unsigned long long)(bytes >> 20));
+	return 0;
+}
+
+/*
+ * Keep page `page` compressed in the pool if it compresses to at most half
+ * a page and there is room: its handle, else 0 (it goes to the file).
+ */
+static uint64_t pool_put(struct mem_swap *sw, const void *page)
+{
+	char out[POOL_MAX_BYTES];
+	int len;
+	uint64_t h;
+
+	if (!sw->pool.arena)
+		return 0;
+	len = LZ4_compress_default(page, out, (int)MEM_PAGE_SIZE, (int)sizeof(out));
+	if (len <= 0)
+		return 0;
+	pthread_mutex_lock(&sw->lock);
+	h = pool_alloc(&sw->pool, (uint64_t)len);
+	if (h)
+		memcpy(pool_entry(&sw->pool, h), out, (size_t)len);
+	pthread_mutex_unlock(&sw->lock);
+	return h;
+}
+
+/* Give a slot or a pool entry back. */
+static void slot_put(struct mem_swap *sw, uint64_t handle)
+{
+	if (handle & POOL_BIT) {
+		pthread_mutex_lock(&sw->lock);
+		pool_free(&sw->pool, handle);
+		pthread_mutex_unlock(&sw->lock);
+	} else {
+		slots_free(sw, handle, 1);
+	}
+}
+
 /* --- the hooks the dispatcher serves swapped pages through --- */
 
 static int hook_read(void *arg, uint64_t slot, uint64_t n, void *buf)
@@ -233,6 +401,21 @@ static int hook_read(void *arg, uint64_t slot, uint64_t n, void *buf)
 	struct mem_swap *sw = arg;
 	ssize_t got;
 
+	if (slot & POOL_BIT) {
+		int len;
+
+		/* One page: its neighbours' entries are never at the next handle. */
+		pthread_mutex_lock(&sw->lock);
+		len = n == 1 ? LZ4_decompress_safe((const char *)pool_entry(&sw->pool, slot), buf,
+						   (int)(slot & 0xfff), (int)MEM_PAGE_SIZE)
+			     : -1;
+		pthread_mutex_unlock(&sw->lock);
+		if (len != (int)MEM_PAGE_SIZE) {
+			count(&sw->st.read_errors, 1);
+			return -EIO;
+		}
+		return 0;
+	}
 	if (slot >= sw->nr_slots || n > sw->nr_slots - slot)
 		return -EINVAL;
 	do
@@ -250,7 +433,7 @@ static void hook_release(void *arg, uint64_t slot, bool was_read)
 	struct mem_swap *sw = arg;
 
 	count(was_read ? &sw->st.swap_ins : &sw->st.discarded, 1);
-	slots_free(sw, slot, 1);
+	slot_put(sw, slot);
 }
 
 struct attach {
@@ -304,7 +487,7 @@ void mem_swap_detach(struct mem_swap *sw, struct gm *gm)
 	/* The VM is gone (its faults no longer served): its slots with it. */
 	for (uint64_t i = 0; i < mem_nr_pages(gm); i++)
 		if (pagestate_get(gm->ps, i) == PS_SWAPPED) {
-			slots_free(sw, gm->swap_slot[i], 1);
+			slot_put(sw, gm->swap_slot[i]);
 			count(&sw->st.discarded, 1);
 		}
 	__atomic_store_n(&gm->swap, NULL, __ATOMIC_RELEASE);
@@ -335,7 +518,7 @@ static bool swappable(const struct mem_txn *t, uint32_t i)
 static int64_t write_run(struct mem_swap *sw, struct mem_txn *t)
 {
 	uint32_t i = 0;
-	int64_t done = 0;
+	int64_t done = 0, pooled = 0;
 
 	while (i < t->n) {
 		uint64_t start, got;
@@ -346,10 +529,23 @@ static int64_t write_run(struct mem_swap *sw, struct mem_txn *t)
 		for (; i < t->n; i++) {
 			const void *hva = mem_page_hva(t->gm, t->idx + i);
 
+			/* Decided in an earlier batch (pooled, or a zero page). */
+			if (t->commit[i] != MEM_KEEP)
+				continue;
+
 			if (!swappable(t, i))
 				continue;
+			uint64_t h;
+
 			if (mem_hva_is_zero(hva)) {
 				mem_txn_set(t, i, MEM_ZERO, 0);
+				continue;
+			}
+			/* Protected: what is compressed is final. */
+			h = pool_put(sw, hva);
+			if (h) {
+				mem_txn_set(t, i, MEM_SWAPPED, h);
+				pooled++;
 				continue;
 			}
 			memcpy(sw->buf + (uint64_t)k * MEM_PAGE_SIZE, hva, MEM_PAGE_SIZE);
@@ -360,7 +556,7 @@ static int64_t write_run(struct mem_swap *sw, struct mem_txn *t)
 		got = slots_alloc(sw, k, &start);
 		if (!got) {
 			count(&sw->st.full, 1);
-			return done ? done : -ENOSPC;
+			return done + pooled ? done + pooled : -ENOSPC;
 		}
 		do
 			put = pwrite(sw->fd, sw->buf, got * MEM_PAGE_SIZE, (off_t)(start * MEM_PAGE_SIZE));
@@ -372,7 +568,7 @@ static int64_t write_run(struct mem_swap *sw, struct mem_txn *t)
 			count(&sw->st.write_errors, 1);
 			log_warn_ratelimited("writing %llu pages to swap: %s: they stay in memory",
 					     (unsigned long long)got, strerror(-err));
-			return done ? done : err;
+			return done + pooled ? done + pooled : err;
 		}
 		/* Written: only now may the pages go. */
 		for (uint64_t j = 0; j < got; j++)
@@ -382,7 +578,7 @@ static int64_t write_run(struct mem_swap *sw, struct mem_txn *t)
 		if (got < k)
 			i = pages[got];
 	}
-	return done;
+	return done + pooled;
 }
 
 int64_t mem_swap_out(struct mem_swap *sw, struct gm *gm, uint64_t first, uint64_t max_pages)
@@ -437,7 +633,7 @@ int64_t mem_swap_out(struct mem_swap *sw, struct gm *gm, uint64_t first, uint64_
 					if (t.commit[i] == MEM_SWAPPED)
 						took++;
 					else
-						slots_free(sw, t.arg[i], 1);
+						slot_put(sw, t.arg[i]);
 				}
 				swapped += took;
 				__atomic_fetch_add(&gm->swapc.outs, (uint64_t)took, __ATOMIC_RELAXED);
@@ -462,7 +658,7 @@ int64_t mem_swap_out(struct mem_swap *sw, struct gm *gm, uint64_t first, uint64_
 	return err;
 }
 
-void mem_swap_stats(const struct mem_swap *sw, struct mem_swap_stats *out)
+void mem_swap_stats(struct mem_swap *sw, struct mem_swap_stats *out)
 {
 	const uint64_t *src = (const uint64_t *)&sw->st;
 	uint64_t *dst = (uint64_t *)out;
@@ -470,6 +666,12 @@ void mem_swap_stats(const struct mem_swap *sw, struct mem_swap_stats *out)
 	for (size_t i = 0; i < sizeof(*out) / sizeof(uint64_t); i++)
 		dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
 	out->used_bytes = __atomic_load_n(&sw->nr_used, __ATOMIC_RELAXED) * MEM_PAGE_SIZE;
+	pthread_mutex_lock(&sw->lock);
+	out->pool_bytes = sw->pool.chunks * MEM_PAGE_SIZE;
+	out->pool_used_bytes = sw->pool.in_use * MEM_PAGE_SIZE;
+	out->pool_pages = sw->pool.pages;
+	out->pool_compressed_bytes = sw->pool.bytes;
+	pthread_mutex_unlock(&sw->lock);
 }
 
 uint64_t mem_swap_vm_pages(const struct gm *gm)

@@ -23,7 +23,9 @@
  * with the reason, never a page of zeros.
  *
  * Slots are allocated in runs: the pages of one swap-out run get
- * neighbouring slots, so neighbours are read back together.
+ * neighbouring slots, so neighbours are read back together. Pages that
+ * compress well stay in memory in a compressed pool instead, where one is
+ * set up (mem_swap_set_pool).
  */
 #ifndef KVMEM_MEM_SWAP_H
 #define KVMEM_MEM_SWAP_H
@@ -47,6 +49,13 @@ struct mem_swap;
  */
 int mem_swap_open(const char *path, uint64_t bytes, bool allow_tmpfs, struct mem_swap **out,
 		  const char **why);
+/*
+ * Keep pages that compress to at most half a page (LZ4) in a compressed
+ * pool of `bytes` in memory, before the file: a touch then costs a
+ * decompression, not a read. Its memory in use counts like guest memory
+ * (mem_swap_stats). Once, before any swap-out. 0, -EBUSY, -EINVAL, -ENOMEM.
+ */
+int mem_swap_set_pool(struct mem_swap *sw, uint64_t bytes);
 /* Close the file (every VM detached first). */
 void mem_swap_close(struct mem_swap *sw);
 
@@ -83,8 +92,12 @@ struct mem_swap_stats {
 	uint64_t write_errors;	/* runs kept resident because their write failed */
 	uint64_t read_errors;	/* pages that could not be read back (their VM stopped) */
 	uint64_t full;		/* swap-outs refused: no slots */
+	uint64_t pool_bytes;	/* the compressed pool's size (0: none) */
+	uint64_t pool_used_bytes; /* its memory in use (counts like guest memory) */
+	uint64_t pool_pages;	/* pages kept in it */
+	uint64_t pool_compressed_bytes; /* their compressed size */
 };
-void mem_swap_stats(const struct mem_swap *sw, struct mem_swap_stats *out);
+void mem_swap_stats(struct mem_swap *sw, struct mem_swap_stats *out);
 /* Pages of gm in its swap slots now. */
 uint64_t mem_swap_vm_pages(const struct gm *gm);
 

@@ -256,6 +256,46 @@ static void test_swap_skips_shared_and_writes_no_zero_page(void **state)
 	close(store);
 }
 
+/*
+ * With a compressed pool, pages that compress to half a page or less stay in
+ * memory, compressed, and never reach the file; pages that do not compress
+ * go to the file. Both read back right, and the pool gives its memory back
+ * as it empties.
+ */
+static void test_swap_pool_keeps_compressible_pages(void **state)
+{
+	struct fix *f = *state;
+	uint8_t page[PAGE];
+	unsigned int written = 0;
+	uint64_t x = 12345;
+
+	assert_int_equal(mem_swap_set_pool(f->sw, 64 * PAGE), 0);
+	/* Pages 0..3 made incompressible. */
+	for (unsigned int i = 0; i < 4; i++) {
+		for (unsigned int k = 0; k < PAGE; k++) {
+			x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+			page[k] = (uint8_t)(x >> 56);
+		}
+		assert_int_equal(mem_write(f->gm, BASE + (uint64_t)i * PAGE, page, PAGE), 0);
+	}
+	for (unsigned int i = 0; i < N; i++)
+		written += byte_of(i) != 0;
+	assert_int_equal(mem_swap_out(f->sw, f->gm, f->first, N), written);
+	assert_int_equal(sstats(f).used_bytes, 4 * PAGE);
+	assert_int_equal(sstats(f).pool_pages, written - 4);
+	/* A page of one byte value compresses to ~20 bytes: sixteen to a chunk. */
+	assert_int_equal(sstats(f).pool_used_bytes, (written - 4 + 15) / 16 * PAGE);
+	for (unsigned int i = 4; i < N; i++)
+		assert_false(mem_pm_resident(pm_of(f, f->first + i)));
+	for (unsigned int i = 4; i < N; i++)
+		assert_content(f, i, byte_of(i));
+	assert_int_equal(mem_read(f->gm, BASE, page, PAGE), 0);
+	assert_int_equal(sstats(f).pool_pages, 0);
+	assert_int_equal(sstats(f).pool_used_bytes, 0);
+	assert_int_equal(sstats(f).used_bytes, 0);
+	assert_int_equal(sstats(f).read_errors, 0);
+}
+
 /* A file of 16 pages takes 16: the rest stay resident, nothing lost, and it says full. */
 static void test_swap_full_file_keeps_pages_resident(void **state)
 {
@@ -357,6 +397,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_swap_ballooned_page_loses_its_slot_unread, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_swap_skips_shared_and_writes_no_zero_page, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_swap_pool_keeps_compressible_pages, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_swap_full_file_keeps_pages_resident, setup,
 						teardown),

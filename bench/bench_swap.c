@@ -11,7 +11,9 @@
  *              (read-ahead rarely helps) and in order (it does), next to
  *              two floors: a userfaultfd MISSING round trip answered with
  *              UFFDIO_COPY of a page already in memory, and a 4 KiB
- *              O_DIRECT pread at a random offset of that file.
+ *              O_DIRECT pread at a random offset of that file;
+ *   pool       the same for pages kept compressed in memory (LZ4), next to
+ *              the userfaultfd round trip alone.
  *
  * Usage: bench_swap [DIR] [MiB]   (DIR on a disk, default "."; MiB default 256)
  * Prints one JSON line per metric: name, unit, value, and the floor where
@@ -260,6 +262,40 @@ int main(int argc, char **argv)
 	seq_us = (double)(t1 - t0) / 1000.0 / (double)pages;
 	metric("touch_sequential_us_per_page", "us", seq_us, "uffd_copy_plus_pread_p50_us",
 	       uffd_p50 + pread_p50);
+	/*
+	 * The compressed pool: pages that compress well (a record repeated, the
+	 * page's number in it) are kept in memory compressed; a touch costs a
+	 * decompression and the same userfaultfd round trip.
+	 */
+	if (mem_swap_set_pool(sw, mib << 20) == 0) {
+		for (uint64_t i = 0; i < pages; i++) {
+			uint64_t *w = (uint64_t *)buf;
+
+			for (unsigned int k = 0; k < PAGE / 8; k++)
+				w[k] = k % 8 ? 0x0101010101010101ULL * (k % 8) : i + 1;
+			mem_write(gm, (1 << 20) + i * PAGE, buf, PAGE);
+		}
+		t0 = now_ns();
+		if (mem_swap_out(sw, gm, first, pages) != (int64_t)pages)
+			return 1;
+		out_s = (double)(now_ns() - t0) / 1e9;
+		metric("pool_swap_out_mib_s", "MiB/s", (double)mib / out_s, NULL, 0);
+		for (unsigned int i = 0; i < SAMPLES; i++) {
+			uint64_t page = next_rand() % pages, v, pm = 0;
+
+			while (mem_pagemap(gm, first + page, 1, &pm) == 1 && mem_pm_resident(pm))
+				page = next_rand() % pages;
+			t0 = now_ns();
+			mem_read(gm, (1 << 20) + page * PAGE, &v, sizeof(v));
+			ns[i] = now_ns() - t0;
+			if (v != page + 1)
+				return 1;
+		}
+		fault_p99 = pct_us(ns, SAMPLES, 99);
+		fault_p50 = pct_us(ns, SAMPLES, 50);
+		metric("pool_fault_random_p50_us", "us", fault_p50, "uffd_copy_p50_us", uffd_p50);
+		metric("pool_fault_random_p99_us", "us", fault_p99, NULL, 0);
+	}
 	close(fd);
 	uffd_service_remove(svc, gm);
 	uffd_service_destroy(svc);

@@ -53,7 +53,7 @@ int mem_swap_open(const char *path, uint64_t bytes, bool allow_tmpfs, struct mem
  * Keep pages that compress to at most half a page (LZ4) in a compressed
  * pool of `bytes` in memory, before the file: a touch then costs a
  * decompression, not a read. Its memory in use counts like guest memory
- * (mem_swap_stats). Once, before any swap-out. 0, -EBUSY, -EINVAL, -ENOMEM.
+ * (mem_swap_stats). Set once: 0, -EBUSY (set already), -EINVAL, -ENOMEM.
  */
 int mem_swap_set_pool(struct mem_swap *sw, uint64_t bytes);
 /* Close the file (every VM detached first). */

@@ -23,9 +23,12 @@
 #include "core/size.h"
 #include "core/host/cli.h"
 #include "core/host/cli_balloon.h"
+#include "core/host/cli_swap.h"
 #include "core/host/control.h"
 #include "core/host/host.h"
 #include "core/host/statcli.h"
+#include "mem/gm.h"
+#include "mem/swap.h"
 
 #ifndef KVMEM_GUEST_DEFAULT
 #define KVMEM_GUEST_DEFAULT "kvmem-guest.elf"
@@ -36,10 +39,11 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: kvmem run --mem SIZE [--cpus N] [--guest FILE] [--append CMDLINE]\n"
 		"                 [--budget SIZE] [--socket PATH] [--dedup on|off|ksm]\n"
-		"                 [--accel auto|kvm|thread]\n"
+		"                 [--accel auto|kvm|thread] [--swap PATH[,SIZE]] [--swap-pool SIZE]\n"
 		"       kvmem host --config FILE.json [--socket PATH] [--accel auto|kvm|thread]\n"
 		"       kvmem stat [--socket PATH] [--json] [--watch SECS]\n"
 		"       kvmem balloon --vm NAME (--target SIZE | --auto) [--socket PATH]\n"
+		"       kvmem swap --vm NAME --to SIZE [--socket PATH]\n"
 		"       kvmem --help | --version\n"
 		"\n"
 		"run     boot one VM in the foreground, its console on stdout\n"
@@ -52,9 +56,14 @@ static void usage(FILE *f)
 		"  -d, --dedup MODE    page sharing: on (kvmem's scanner), off, ksm (host ksmd)\n"
 		"  -A, --accel NAME    what runs the guest: kvm (/dev/kvm), thread (host threads,\n"
 		"                      no isolation), auto (kvm when /dev/kvm opens; default)\n"
+		"  -S, --swap PATH[,SIZE]\n"
+		"                      host swap: a directory on a disk (the file is made in it,\n"
+		"                      unnamed) or a new file; SIZE default 4G\n"
+		"  -P, --swap-pool SIZE  a compressed pool in memory before the swap file\n"
 		"  -v, --verbose       debug logging\n"
 		"\n"
-		"host    run the VMs of a JSON config under one memory budget (see README.md)\n",
+		"host    run the VMs of a JSON config under one memory budget (see README.md)\n"
+		"swap    swap a VM of a running host out to a resident size (see kvmem swap --help)\n",
 		ABI_MAX_CPUS);
 }
 
@@ -124,6 +133,35 @@ static int parse_dedup(const char *s, enum host_dedup_mode *out)
 }
 
 /*
+ * --swap PATH[,SIZE]: the text after the last comma is the size (so a path
+ * with a comma in it needs the size after it). 0, or a usage error's status.
+ */
+static int parse_swap_flag(const char *arg, struct host_swap_config *sw, char *path, size_t plen)
+{
+	const char *comma = strrchr(arg, ',');
+	size_t n = comma ? (size_t)(comma - arg) : strlen(arg);
+	char err[160];
+
+	if (n == 0)
+		return usage_error("--swap %s: no path (PATH[,SIZE])", arg);
+	if (n >= plen)
+		return usage_error("--swap %s: the path is too long", arg);
+	memcpy(path, arg, n);
+	path[n] = '\0';
+	sw->path = path;
+	sw->bytes = MEM_SWAP_DEFAULT_BYTES;
+	if (comma) {
+		if (size_text("--swap SIZE", comma + 1, SIZE_MAX_BYTES, &sw->bytes, err,
+			      sizeof(err)))
+			return usage_error("%s", err);
+		if (sw->bytes == 0 || sw->bytes % MEM_PAGE_SIZE)
+			return usage_error("--swap %s: the size must be a multiple of 4 KiB above 0",
+					   arg);
+	}
+	return 0;
+}
+
+/*
  * Every VM holds several descriptors (its userfaultfd, its devices'
  * eventfds and timerfds, and under KVM its VM and vCPU fds), so the usual
  * soft limit of 1024 would stop a host at a few hundred VMs. Nothing here
@@ -163,8 +201,11 @@ static int run_host(struct host_config *cfg)
 	raise_fd_limit();
 	ret = host_create(cfg, &h);
 	if (ret) {
-		/* More RAM or VMs than the host can map, or a bad image: a usage error. */
-		if (ret == -E2BIG || ret == -ENOMEM || ret == -ENOEXEC)
+		/*
+		 * More RAM or VMs than the host can map, a bad image, or a swap file
+		 * that cannot be made where and as asked: a usage error.
+		 */
+		if (ret == -E2BIG || ret == -ENOMEM || ret == -ENOEXEC || ret == -EBADFD)
 			ret = CLI_EXIT_USAGE;
 		else
 			ret = EXIT_FAILURE;
@@ -188,10 +229,13 @@ static int cmd_run(int argc, char **argv)
 		{ "budget", required_argument, NULL, 'b' },
 		{ "dedup", required_argument, NULL, 'd' },
 		{ "accel", required_argument, NULL, 'A' },
+		{ "swap", required_argument, NULL, 'S' },
+		{ "swap-pool", required_argument, NULL, 'P' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
+	static char swap_path[PATH_MAX];
 	struct host_vm_config vm = { .name = "vm0", .cpus = 1, .shares = 1000 };
 	struct host_config cfg = { .vms = &vm, .nr_vms = 1, .policy_interval_s = 1.0 };
 	bool have_mem = false;
@@ -200,7 +244,7 @@ static int cmd_run(int argc, char **argv)
 
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, ":m:c:g:a:s:b:d:A:vh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":m:c:g:a:s:b:d:A:S:P:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'm':
 			if (size_text("--mem", optarg, SIZE_MAX_BYTES, &vm.mem_bytes, err,
@@ -250,6 +294,19 @@ static int cmd_run(int argc, char **argv)
 			if (accel_parse(optarg, &cfg.accel))
 				return usage_error("--accel %s: must be auto, kvm or thread", optarg);
 			break;
+		case 'S':
+			ret = parse_swap_flag(optarg, &cfg.swap, swap_path, sizeof(swap_path));
+			if (ret)
+				return ret;
+			break;
+		case 'P':
+			if (size_text("--swap-pool", optarg, SIZE_MAX_BYTES, &cfg.swap.pool_bytes, err,
+				      sizeof(err)))
+				return usage_error("%s", err);
+			if (cfg.swap.pool_bytes == 0 || cfg.swap.pool_bytes % MEM_PAGE_SIZE)
+				return usage_error("--swap-pool %s: not a multiple of 4 KiB above 0",
+						   optarg);
+			break;
 		default:
 			ret = common_option(c, argv);
 			if (ret != OPT_CONTINUE)
@@ -261,6 +318,9 @@ static int cmd_run(int argc, char **argv)
 	cfg.default_guest = default_guest();
 	if (!have_mem)
 		return usage_error("%s", "run: --mem is required");
+	if (cfg.swap.pool_bytes && !cfg.swap.path)
+		return usage_error("%s", "--swap-pool: needs --swap PATH (the pool is in front of "
+				   "the swap file)");
 	if (!vm.guest)
 		vm.guest = (char *)default_guest();
 	if (access(vm.guest, R_OK) != 0)
@@ -362,6 +422,8 @@ int main(int argc, char **argv)
 		return cmd_host(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "balloon"))
 		return cli_balloon_main(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "swap"))
+		return cli_swap_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "stat"))
 		return statcli_main(argc - 1, argv + 1);
 	return usage_error("%s: unknown command", argv[1]);

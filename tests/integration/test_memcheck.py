@@ -121,7 +121,7 @@ try:
     check(all(txn["commits"].get(c, 0) > 0 for c in ("zero", "frame", "ballooned")),
           f"stats: txn counts the commits of each mechanism ({txn['commits']})")
     check(sorted(txn["commits"]) == sorted(("keep", "private", "zero", "frame", "ballooned",
-                                            "reported")),
+                                            "reported", "swapped")),
           f"stats: txn.commits has one key per commit ({sorted(txn['commits'])})")
     check(uffd["stray"] == 0, f"stats: no write hit a page protected for no reason "
           f"(uffd.stray {uffd['stray']})")

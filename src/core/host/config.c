@@ -6,6 +6,7 @@
  *   { "budget": "8G", "socket": "/run/kvmem.sock", "console_prefix": true,
  *     "dedup": "off" | "on" | "ksm", "accel": "auto" | "kvm" | "thread",
  *     "policy_interval": 1.0, "balloon_stats_interval": 1.0,
+ *     "swap": { "path": "/var/lib/kvmem", "size": "4G", "pool": "256M" },
  *     "vms": [ { "name": "a", "mem": "1G", "min": "256M", "shares": 1000,
  *                "cpus": 1, "guest": "path", "append": "kvmem.wl=...",
  *                "console_log": "a.log", "accel": "thread" } ] }
@@ -25,6 +26,8 @@
 #include "core/host/host.h"
 #include "core/layout.h"
 #include "core/size.h"
+#include "mem/gm.h"
+#include "mem/swap.h"
 
 static int fail(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
@@ -151,6 +154,58 @@ static int parse_vm(json_t *o, unsigned int i, struct host_vm_config *vm, const 
 	return ret < 0 ? ret : 0;
 }
 
+/*
+ * "swap": {"path": PATH, "size": "4G", "pool": "256M", "allow_tmpfs": false}:
+ * the host's swap file (mem/swap.h). path is a directory (an unnamed file in
+ * it) or a file that does not exist yet; size defaults to
+ * MEM_SWAP_DEFAULT_BYTES; pool, a compressed pool in memory before the file,
+ * defaults to none; allow_tmpfs is for tests (a small tmpfs gives a file
+ * that fills).
+ */
+static int parse_swap(json_t *o, struct host_swap_config *sw, char *err, size_t len)
+{
+	static const char *const known[] = { "path", "size", "pool", "allow_tmpfs" };
+	const char *key;
+	json_t *v;
+	int ret;
+
+	if (!json_is_object(o))
+		return fail(err, len, "swap: must be an object like {\"path\": \"/var/lib/kvmem\", "
+			    "\"size\": \"4G\"}");
+	json_object_foreach(o, key, v) {
+		bool ok = false;
+
+		for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++)
+			ok |= !strcmp(key, known[k]);
+		if (!ok)
+			return fail(err, len, "swap.%s: unknown field", key);
+	}
+	ret = get_string(o, "path", "swap.", &sw->path, err, len);
+	if (ret == 1)
+		return fail(err, len, "swap.path: missing (a directory on a disk, or a new file)");
+	if (ret)
+		return ret;
+	if (!*sw->path)
+		return fail(err, len, "swap.path: must not be empty");
+	sw->bytes = MEM_SWAP_DEFAULT_BYTES;
+	ret = get_size(o, "size", "swap.", &sw->bytes, err, len);
+	if (ret < 0)
+		return ret;
+	if (sw->bytes == 0 || sw->bytes % MEM_PAGE_SIZE)
+		return fail(err, len, "swap.size: must be a multiple of 4K above 0");
+	ret = get_size(o, "pool", "swap.", &sw->pool_bytes, err, len);
+	if (ret < 0)
+		return ret;
+	if (ret == 0 && (sw->pool_bytes == 0 || sw->pool_bytes % MEM_PAGE_SIZE))
+		return fail(err, len, "swap.pool: must be a multiple of 4K above 0 (leave it out "
+			    "for no pool)");
+	v = json_object_get(o, "allow_tmpfs");
+	if (v && !json_is_boolean(v))
+		return fail(err, len, "swap.allow_tmpfs: must be true or false");
+	sw->allow_tmpfs = json_is_true(v);
+	return 0;
+}
+
 int host_config_check(const struct host_config *cfg, char *err, size_t len)
 {
 	uint64_t sum_min = 0;
@@ -187,7 +242,7 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 {
 	static const char *const known[] = { "budget", "socket", "console_prefix", "dedup",
 					     "accel", "policy_interval", "balloon_stats_interval",
-					     "vms" };
+					     "swap", "vms" };
 	json_error_t jerr;
 	json_t *root, *vms, *v;
 	const char *key;
@@ -263,6 +318,12 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 		}
 		cfg->balloon_stats_set = true;
 	}
+	v = json_object_get(root, "swap");
+	if (v) {
+		ret = parse_swap(v, &cfg->swap, err, len);
+		if (ret)
+			goto out;
+	}
 	vms = json_object_get(root, "vms");
 	if (!json_is_array(vms) || json_array_size(vms) == 0) {
 		ret = fail(err, len, "vms: must be a non-empty array of VM objects");
@@ -334,5 +395,6 @@ void host_config_free(struct host_config *cfg)
 	}
 	kv_free(cfg->vms);
 	kv_free(cfg->socket);
+	kv_free(cfg->swap.path);
 	memset(cfg, 0, sizeof(*cfg));
 }

@@ -383,6 +383,32 @@ static int verb_memcheck(void *arg, json_t *req, json_t *reply)
 	return merge(reply, payload);
 }
 
+/*
+ * {"verb":"swap","vm":NAME,"to":SIZE}: swap the VM out to its host's swap
+ * file until its resident memory is at most SIZE (host_vm_swap).
+ */
+static int verb_swap(void *arg, json_t *req, json_t *reply)
+{
+	const char *name;
+	json_t *payload = NULL;
+	char why[256];
+	uint64_t to;
+	int ret = control_req_string(req, "vm", reply, &name);
+
+	if (ret)
+		return ret;
+	ret = control_req_size(req, "to", reply, &to);
+	if (ret)
+		return ret;
+	ret = host_vm_swap(arg, name, to, &payload, why, sizeof(why));
+	if (ret && why[0])
+		return control_reply_error(reply, ret, "vm \"%.64s\": swap: %s", name, why);
+	if (ret)
+		return vm_verb_error(reply, name, "swap", ret);
+	json_object_set_new(reply, "vm", safe_string(name));
+	return merge(reply, payload);
+}
+
 static int verb_budget(void *arg, json_t *req, json_t *reply)
 {
 	uint64_t bytes;
@@ -427,7 +453,7 @@ static int register_host_verbs(struct control *c)
 	} tab[] = {
 		{ "list", verb_list },	   { "stats", verb_stats },	{ "pause", verb_pause },
 		{ "resume", verb_resume }, { "stop", verb_stop },	{ "budget", verb_budget },
-		{ "reclaim", verb_reclaim }, { "memcheck", verb_memcheck },
+		{ "reclaim", verb_reclaim }, { "memcheck", verb_memcheck }, { "swap", verb_swap },
 	};
 	int ret;
 

@@ -7,7 +7,7 @@
  *
  * Verbs are a table of (name, handler, arg). control_create registers the
  * host's own verbs (list, stats, pause, resume, stop, budget, reclaim,
- * memcheck, verbs); other modules add theirs with control_register_verb, so
+ * memcheck, swap, verbs); other modules add theirs with control_register_verb, so
  * this file never needs to know them. A handler runs on a thread of its own, never on the
  * event loop: a slow one delays its own client only, and when it has not
  * answered within the verb deadline its client gets an ETIMEDOUT error and

@@ -17,17 +17,21 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "balloon/balloon.h"
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/host/control.h"
 #include "core/layout.h"
+#include "core/size.h"
 #include "core/vm.h"
 #include "dedup/dedup.h"
 #include "mem/memmap.h"
 #include "mem/overcommit.h"
 #include "mem/reclaim.h"
+#include "mem/swap.h"
 #include "mem/txn.h"
 #include "mem/uffd.h"
 
@@ -39,6 +43,13 @@ struct host_vm {
 	struct balloon *balloon;	/* its virtio-balloon device */
 	bool stopped;			/* h->lock */
 	int status;			/* h->lock, valid once stopped */
+	/* Host swap: attached once its userfaultfd serves it, detached before it goes. */
+	bool swap_attached;
+	pthread_mutex_t swap_lock;	/* one swap verb at a time per VM; guards swap_cursor */
+	uint64_t swap_cursor;		/* page index the next swap-out starts at */
+	bool swap_failed;		/* a swapped page could not be read back: the VM stops */
+	bool swap_error_set;		/* swap_error written (release/acquire) */
+	char swap_error[192];		/* the reason, written once */
 };
 
 struct host {
@@ -52,6 +63,7 @@ struct host {
 	struct ovc *ovc;
 	struct control *control;
 	struct dedup *dedup;		/* kvmem's page sharing (--dedup on), or NULL */
+	struct mem_swap *swap;		/* the host's swap file, or NULL */
 };
 
 uint64_t host_default_budget(void)
@@ -84,6 +96,30 @@ static void on_vm_stopped(void *arg, struct vm *vm)
 }
 
 static int balloon_verb(void *arg, json_t *req, json_t *reply);
+
+/*
+ * One of the VM's swapped pages cannot be read back (mem/swap.h): its guest
+ * would wait for that page forever, so the VM stops, alone, as a VMM
+ * failure (status 1), the reason logged and kept for its stats. Runs on the
+ * userfaultfd service thread, so it must not wait for that thread: it does
+ * not, since vm_request_stop only marks the stop and kicks the vCPUs (a
+ * signal, which also takes a vCPU out of a fault it waits in), holding
+ * the VM's and the vCPUs' locks only for that, and nothing holds those
+ * while it waits for the service. The host's main loop sees the VM stop as
+ * it sees a guest crash.
+ */
+static void on_swap_fatal(void *arg, const char *why)
+{
+	struct host_vm *hv = arg;
+
+	if (!__atomic_exchange_n(&hv->swap_failed, true, __ATOMIC_ACQ_REL)) {
+		snprintf(hv->swap_error, sizeof(hv->swap_error), "%s", why ? why : "read error");
+		__atomic_store_n(&hv->swap_error_set, true, __ATOMIC_RELEASE);
+		log_err("%s: swap: %s: stopping the VM (its memory cannot be served)",
+			hv->cfg.name, hv->swap_error);
+	}
+	vm_request_stop(hv->vm, VM_STATUS_VMM_ERROR);
+}
 
 /* The policy drives each VM's balloon through these (mem/overcommit.h). */
 static int balloon_get(void *arg, struct ovc_balloon_state *out)
@@ -141,6 +177,15 @@ static int create_vm(struct host *h, struct host_vm *hv)
 	ret = uffd_service_add(h->uffd, gm);
 	if (ret)
 		return ret;
+	if (h->swap) {
+		/* Its faults are served from now on, and nothing has run yet. */
+		ret = mem_swap_attach(h->swap, gm, on_swap_fatal, hv);
+		if (ret) {
+			log_err("%s: host swap: %s", hv->cfg.name, strerror(-ret));
+			return ret;
+		}
+		hv->swap_attached = true;
+	}
 	ret = balloon_create(hv->vm, NULL, NULL, &hv->balloon);
 	if (!ret && h->cfg.balloon_stats_set)
 		ret = balloon_set_stats_interval(hv->balloon, h->cfg.balloon_stats_ms);
@@ -238,6 +283,34 @@ int host_create(const struct host_config *cfg, struct host **out)
 		ret = ovc_register_balloon(h->ovc);
 	if (ret)
 		goto out_destroy;
+	if (cfg->swap.path) {
+		const char *why = NULL;
+
+		ret = mem_swap_open(cfg->swap.path, cfg->swap.bytes, cfg->swap.allow_tmpfs,
+				    &h->swap, &why);
+		if (ret) {
+			char size[32];
+
+			log_err("swap %s (%s): %s", cfg->swap.path,
+				size_format(cfg->swap.bytes, size, sizeof(size)),
+				why ? why : strerror(-ret));
+			/* The file cannot be made where and as asked: the user's to change. */
+			ret = -EBADFD;
+			goto out_destroy;
+		}
+		if (cfg->swap.pool_bytes) {
+			ret = mem_swap_set_pool(h->swap, cfg->swap.pool_bytes);
+			if (ret) {
+				char size[32];
+
+				log_err("swap pool of %s: %s", size_format(cfg->swap.pool_bytes, size,
+									    sizeof(size)),
+					strerror(-ret));
+				ret = -EBADFD;
+				goto out_destroy;
+			}
+		}
+	}
 	what = "page sharing";
 	if (cfg->dedup == HOST_DEDUP_ON) {
 		struct dedup_config dc = {
@@ -259,6 +332,7 @@ int host_create(const struct host_config *cfg, struct host **out)
 
 		hv->host = h;
 		hv->cfg = cfg->vms[i];
+		pthread_mutex_init(&hv->swap_lock, NULL);
 		h->nr_vms++;
 		snprintf(vm_what, sizeof(vm_what), "%s: cannot create the VM", hv->cfg.name);
 		what = vm_what;
@@ -414,8 +488,15 @@ void host_destroy(struct host *h)
 			dedup_remove_vm(h->dedup, vm_gm(hv->vm));
 		if (h->uffd)
 			uffd_service_remove(h->uffd, vm_gm(hv->vm));
+		/* Nothing faults on its pages any more: its slots can go. */
+		if (hv->swap_attached)
+			mem_swap_detach(h->swap, vm_gm(hv->vm));
 		vm_destroy(hv->vm);
 	}
+	for (unsigned int i = 0; i < h->nr_vms; i++)
+		pthread_mutex_destroy(&h->vms[i].swap_lock);
+	if (h->swap)
+		mem_swap_close(h->swap);
 	if (h->ovc)
 		ovc_destroy(h->ovc);
 	dedup_destroy(h->dedup);
@@ -493,6 +574,95 @@ int host_vm_memcheck(struct host *h, const char *name, json_t **out)
 	}
 	*out = o;
 	return 0;
+}
+
+/*
+ * Pages asked of one mem_swap_out call: 64 MiB, so the verb's own deadline is
+ * looked at between calls on a slow disk.
+ */
+#define SWAP_CALL_PAGES 16384ULL
+
+/* Why a swap-out stopped with ret (-errno), having swapped `done` pages before. */
+static void swap_error(struct host *h, int ret, uint64_t done, uint64_t resident, char *why,
+		       size_t len)
+{
+	struct mem_swap_stats st;
+	char b1[32], b2[32], b3[32], b4[32];
+
+	mem_swap_stats(h->swap, &st);
+	size_format(done * MEM_PAGE_SIZE, b1, sizeof(b1));
+	size_format(resident, b2, sizeof(b2));
+	if (ret == -ENOSPC)
+		snprintf(why, len, "the swap file is full (%s of %s in use): %s swapped out before "
+			 "it filled, the rest stays resident (%s)", size_format(st.used_bytes, b3,
+										sizeof(b3)),
+			 size_format(st.file_bytes, b4, sizeof(b4)), b1, b2);
+	else if (ret == -EIO)
+		snprintf(why, len, "a write to the swap file failed: its pages stay resident (%s "
+			 "swapped out before; resident %s)", b1, b2);
+	else
+		snprintf(why, len, "swap-out failed: %s (%s swapped out before; resident %s)",
+			 strerror(-ret), b1, b2);
+}
+
+int host_vm_swap(struct host *h, const char *name, uint64_t to, json_t **out, char *why,
+		 size_t len)
+{
+	uint64_t deadline = kv_clock_ns(CLOCK_MONOTONIC) + HOST_SWAP_VERB_MS * 1000000ULL;
+	struct host_vm *hv = find_vm(h, name);
+	uint64_t nr_pages, done = 0, resident;
+	struct timespec dl = { .tv_sec = (time_t)(deadline / 1000000000ULL),
+			       .tv_nsec = (long)(deadline % 1000000000ULL) };
+	struct gm *gm;
+	int ret;
+
+	why[0] = '\0';
+	if (!hv)
+		return -ENOENT;
+	if (!h->swap) {
+		snprintf(why, len, "this host has no swap (kvmem run --swap PATH[,SIZE], or \"swap\" "
+			 "in the host config)");
+		return -ENODEV;
+	}
+	ret = pthread_mutex_clocklock(&hv->swap_lock, CLOCK_MONOTONIC, &dl);
+	if (ret) {
+		snprintf(why, len, "another swap of this VM is still running: not run");
+		return -ETIMEDOUT;
+	}
+	gm = vm_gm(hv->vm);
+	nr_pages = mem_nr_pages(gm);
+	/*
+	 * Measure, swap out the difference, measure again: the guest may take
+	 * pages back meanwhile. The cursor moves on by what was taken, so the
+	 * next swap-out starts where this one left off instead of taking the
+	 * pages just read back again.
+	 */
+	for (;;) {
+		uint64_t need;
+		int64_t n;
+
+		resident = mem_resident(gm) * MEM_PAGE_SIZE;
+		if (resident <= to || kv_clock_ns(CLOCK_MONOTONIC) >= deadline)
+			break;
+		need = (resident - to + MEM_PAGE_SIZE - 1) / MEM_PAGE_SIZE;
+		n = mem_swap_out(h->swap, gm, hv->swap_cursor,
+				 need < SWAP_CALL_PAGES ? need : SWAP_CALL_PAGES);
+		if (n <= 0) {
+			ret = (int)n;	/* 0: nothing more can be swapped now */
+			resident = mem_resident(gm) * MEM_PAGE_SIZE;
+			break;
+		}
+		done += (uint64_t)n;
+		hv->swap_cursor = (hv->swap_cursor + (uint64_t)n) % nr_pages;
+	}
+	pthread_mutex_unlock(&hv->swap_lock);
+	if (ret) {
+		swap_error(h, ret, done, resident, why, len);
+		return ret;
+	}
+	*out = json_pack("{s:I, s:I, s:b}", "swapped_bytes", (json_int_t)(done * MEM_PAGE_SIZE),
+			 "resident_bytes", (json_int_t)resident, "reached", resident <= to);
+	return *out ? 0 : -ENOMEM;
 }
 
 /*
@@ -590,6 +760,37 @@ static const char *const commit_names[MEM_NR_COMMITS] = {
 };
 _Static_assert(MEM_NR_COMMITS == 7, "name every enum mem_commit in commit_names (txn.commits)");
 
+/*
+ * The host's swap file and what went through it, null without swap; the
+ * memory its compressed pool holds in *pool_used.
+ */
+static json_t *swap_stats_json(struct host *h, uint64_t *pool_used)
+{
+	struct mem_swap_stats st;
+
+	*pool_used = 0;
+	if (!h->swap)
+		return json_null();
+	mem_swap_stats(h->swap, &st);
+	*pool_used = st.pool_used_bytes;
+	return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s,"
+			 " s:{s:I, s:I, s:I, s:I}}",
+			 "file_bytes", (json_int_t)st.file_bytes,
+			 "used_bytes", (json_int_t)st.used_bytes,
+			 "swap_outs", (json_int_t)st.swap_outs,
+			 "swap_ins", (json_int_t)st.swap_ins,
+			 "discarded", (json_int_t)st.discarded,
+			 "write_errors", (json_int_t)st.write_errors,
+			 "read_errors", (json_int_t)st.read_errors,
+			 "full", (json_int_t)st.full,
+			 "engine", "pread",
+			 "pool",
+			 "size_bytes", (json_int_t)st.pool_bytes,
+			 "used_bytes", (json_int_t)st.pool_used_bytes,
+			 "pages", (json_int_t)st.pool_pages,
+			 "compressed_bytes", (json_int_t)st.pool_compressed_bytes);
+}
+
 json_t *host_stats_json(struct host *h)
 {
 	struct mem_txn_stats ts;
@@ -598,8 +799,8 @@ json_t *host_stats_json(struct host *h)
 	struct ovc_stats hs;
 	json_t *vms = json_array();
 	json_t *reclaimed = json_object();
-	json_t *dedup;
-	uint64_t saved = 0;
+	json_t *dedup, *swap;
+	uint64_t saved = 0, pool_used;
 
 	ovc_get_stats(h->ovc, &hs);
 	for (unsigned int i = 0; i < h->nr_vms; i++) {
@@ -652,6 +853,28 @@ json_t *host_stats_json(struct host *h)
 			json_object_set_new(bo, "reason", json_string(vs.balloon_reason));
 			json_object_set_new(vo, "balloon", bo);
 		}
+		if (h->swap) {
+			struct mem_swap_vm_stats ss;
+			json_t *so, *hist = json_array();
+
+			mem_swap_vm_stats(vm_gm(hv->vm), &ss);
+			for (int b = 0; b < MEM_SWAP_HIST; b++)
+				json_array_append_new(hist, json_integer((json_int_t)ss.fault_hist[b]));
+			so = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o}",
+				       "swapped_bytes",
+				       (json_int_t)(ss.swapped_pages * MEM_PAGE_SIZE),
+				       "swap_outs", (json_int_t)ss.swap_outs,
+				       "faults", (json_int_t)ss.faults,
+				       "readahead", (json_int_t)ss.readahead,
+				       "fault_p50_us", (json_int_t)ss.fault_p50_us,
+				       "fault_p99_us", (json_int_t)ss.fault_p99_us,
+				       "fault_hist", hist);
+
+			/* Why the VM stopped, when a page could not be read back. */
+			if (__atomic_load_n(&hv->swap_error_set, __ATOMIC_ACQUIRE))
+				json_object_set_new(so, "error", json_string(hv->swap_error));
+			json_object_set_new(vo, "swap", so);
+		}
 		json_array_append_new(vms, vo);
 	}
 	for (unsigned int m = 0; m < hs.nr_mechanisms; m++)
@@ -668,11 +891,14 @@ json_t *host_stats_json(struct host *h)
 	} else {
 		dedup = json_pack("{s:s}", "mode", "off");
 	}
+	/* Swapped pages kept in the compressed pool still hold memory there. */
+	swap = swap_stats_json(h, &pool_used);
+	saved = pool_used > saved ? 0 : saved - pool_used;
 	uffd_service_stats(h->uffd, &us);
 	mem_txn_stats(&ts);
 	for (int c = 0; c < MEM_NR_COMMITS; c++)
 		json_object_set_new(commits, commit_names[c], json_integer((json_int_t)ts.commits[c]));
-	return json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:b, s:I, s:o, s:o, s:I, s:s,"
+	return json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:b, s:I, s:o, s:o, s:o, s:I, s:s,"
 			 " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I},"
 			 " s:{s:I, s:I, s:o, s:I, s:I, s:I, s:I}}, s:o}",
 			 "host",
@@ -685,6 +911,7 @@ json_t *host_stats_json(struct host *h)
 			 "policy_passes", (json_int_t)hs.passes,
 			 "reclaimed_bytes", reclaimed,
 			 "dedup", dedup,
+			 "swap", swap,
 			 "vmm_heap_bytes", (json_int_t)kv_alloc_bytes(),
 			 "allocator", kv_alloc_name(),
 			 "uffd", "wp_faults", (json_int_t)us.wp_faults,

@@ -36,6 +36,14 @@ struct host_vm_config {
 	char *console_log;	/* also write the console here, or NULL */
 };
 
+/* Host swap (mem/swap.h): one swap file for every VM of the host. */
+struct host_swap_config {
+	char *path;		/* directory (an unnamed file in it) or new file; NULL: no swap */
+	uint64_t bytes;		/* file size, a page multiple above 0 */
+	uint64_t pool_bytes;	/* a compressed pool in memory before the file; 0: none */
+	bool allow_tmpfs;	/* tests only: a tmpfs file, for a small file that fills */
+};
+
 struct host_config {
 	uint64_t budget_bytes;	/* 0: the host's MemAvailable at start */
 	char *socket;		/* control socket path, or NULL for none */
@@ -47,6 +55,7 @@ struct host_config {
 	uint32_t balloon_stats_ms; /* how often balloons ask for guest stats (0: never) */
 	bool balloon_stats_set;	/* else the device's default (1 s) */
 	const char *default_guest; /* guest for VMs that name none (not owned) */
+	struct host_swap_config swap;
 	struct host_vm_config *vms;
 	unsigned int nr_vms;
 };
@@ -68,7 +77,12 @@ int host_config_resolve_accel(struct host_config *cfg, char *err, size_t errlen)
 /* The default budget: the host's MemAvailable (/proc/meminfo) now. */
 uint64_t host_default_budget(void);
 
-/* Create every VM (nothing runs). Logs and returns -errno on failure. */
+/*
+ * Create every VM (nothing runs), after opening the swap file when one is
+ * configured. Logs and returns -errno on failure; -EBADFD: the swap file
+ * cannot be made as configured (tmpfs, an existing file, no room, a
+ * filesystem without O_DIRECT...), a usage error.
+ */
 MUST_CHECK int host_create(const struct host_config *cfg, struct host **out);
 /*
  * Run until every VM has stopped or a SIGINT/SIGTERM stops them all.
@@ -94,6 +108,19 @@ int host_vm_stop(struct host *h, const char *name);
  * running guest may touch a dropped page during the look.
  */
 int host_vm_memcheck(struct host *h, const char *name, json_t **out);
+/*
+ * Swap VM `name` out until its resident memory is at most `to` bytes, or
+ * nothing more can be swapped (its other pages are zero, shared, or touched
+ * again as fast as they go), or HOST_SWAP_VERB_MS have passed. 0 with *out
+ * the payload {"swapped_bytes" (by this call), "resident_bytes",
+ * "reached"} (new ref); else -errno with a sentence in why: -ENOENT (no
+ * such VM), -ENODEV (no swap configured), -ENOSPC (the swap file is full:
+ * the pages that did not fit stay resident), -EIO (a write failed: those
+ * pages stay resident), -ETIMEDOUT (another swap of the VM held it).
+ */
+#define HOST_SWAP_VERB_MS 5000
+int host_vm_swap(struct host *h, const char *name, uint64_t to, json_t **out, char *why,
+		 size_t whylen);
 /* Set the host memory budget (bytes > 0) and run a policy pass against it now. */
 void host_set_budget(struct host *h, uint64_t bytes);
 /* Run a policy pass now (asynchronous: returns before the pass ends). */

@@ -290,7 +290,8 @@ static void build_columns(struct table *t, json_t *vms)
 			 * A mechanism's object carries counters and reasons that only
 			 * --json can show well; the table takes its sizes, minus
 			 * fields that repeat the object's name (another view of the
-			 * same figure) and cumulative counters.
+			 * same figure) and cumulative counters. swap.swapped_bytes
+			 * is the SWAP column of the page states again.
 			 */
 			json_object_foreach(v, sub, sv) {
 				size_t kl = strlen(key);
@@ -298,7 +299,9 @@ static void build_columns(struct table *t, json_t *vms)
 				if (!json_is_integer(sv) || !ends_with(sub, "_bytes") ||
 				    (!strncmp(sub, key, kl) && sub[kl] == '_') ||
 				    !strcmp(sub, "ram_bytes") || !strcmp(sub, "reported_bytes") ||
-				    !strcmp(sub, "policy_target_bytes"))
+				    !strcmp(sub, "policy_target_bytes") ||
+				    (!strcmp(key, "swap") && !strcmp(sub, "swapped_bytes") &&
+				     has_col(t, "pages", "swapped")))
 					continue;
 				add_col(t, NULL, COL_BYTES, key, sub, true);
 			}
@@ -384,7 +387,8 @@ static void print_host(json_t *host, FILE *f)
 
 		for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
 			skip |= !strcmp(key, known[i]);
-		if (skip)
+		/* A mechanism the host does not run (swap: null): nothing to show. */
+		if (skip || json_is_null(v))
 			continue;
 		if (json_is_object(v)) {
 			fprintf(f, "      %s:", cli_escape(key, k, sizeof(k)));

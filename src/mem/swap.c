@@ -445,9 +445,11 @@ static void hook_fatal(void *fatal_arg, const char *why)
 {
 	struct attach *a = fatal_arg;
 
-	log_err("%s", why);
+	/* The owner says it with the VM's name; without one, say it here. */
 	if (a->fatal)
 		a->fatal(a->arg, why);
+	else
+		log_err("%s", why);
 }
 
 static const struct mem_swap_hooks hooks = {

@@ -20,7 +20,8 @@
  * on a swapped page reads its slot and copies it in before the access is
  * woken; a page the guest gives up while swapped (balloon, free page
  * reporting) loses its slot unread. A read that fails stops that VM alone,
- * with the reason, never a page of zeros.
+ * with the reason: the VM is stopped before the access is answered (with
+ * zeros, so no VMM thread waits forever on a VM that will not run again).
  *
  * Slots are allocated in runs: the pages of one swap-out run get
  * neighbouring slots, so neighbours are read back together. Pages that
@@ -61,8 +62,9 @@ void mem_swap_close(struct mem_swap *sw);
 
 /*
  * Called when one of gm's swapped pages cannot be read back: the VM must
- * stop (its guest waits on that page forever otherwise), with `why` as the
- * reason (valid for the call only: copy it). Runs on the userfaultfd service
+ * stop, its vCPUs kicked before this returns (the access is answered right
+ * after, with zeros the guest must never run on), with `why` as the reason
+ * (valid for the call only: copy it). Runs on the userfaultfd service
  * thread: it must not wait for that thread.
  */
 typedef void (*mem_swap_fatal_fn)(void *arg, const char *why);

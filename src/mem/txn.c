@@ -825,15 +825,14 @@ static enum mem_fault fault_wp(struct gm *gm, uint64_t idx, void *page)
  * swapped pages after it whose slots follow its slot (a swap-out run keeps
  * neighbours together: one read serves a sequential touch ahead), copy them
  * in, and give their slots back before the access is woken, so it never
- * meets the hole again. Where the pages cannot be read, the VM stops (never
- * a page of zeros): they stay swapped and the access is not woken.
+ * meets the hole again. Where the page cannot be read, the VM stops.
  */
 static enum mem_fault swap_in(struct gm *gm, uint64_t idx, void *page)
 {
 	static __thread uint8_t buf[SWAP_READAHEAD * MEM_PAGE_SIZE]
 		__attribute__((aligned(MEM_PAGE_SIZE)));
 	const struct mem_swap_hooks *sw = gm->swap;
-	uint64_t slot = gm->swap_slot ? gm->swap_slot[idx] : 0, n = 1, done = 0;
+	uint64_t slot = gm->swap_slot ? gm->swap_slot[idx] : 0, n = 1, done = 0, copied;
 	uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC), us;
 	unsigned int bucket = 0;
 	int ret;
@@ -859,18 +858,34 @@ static enum mem_fault swap_in(struct gm *gm, uint64_t idx, void *page)
 		else
 			ret = -errno;
 	}
-	if (ret) {
+	copied = done / MEM_PAGE_SIZE;
+	if (ret && !copied) {
 		char why[128];
 
-		/* Nothing half done: a copy is all or nothing per page, and these were holes. */
-		for (uint64_t i = 0; i < n; i++)
+		/*
+		 * The VM stops first (its vCPUs are kicked, and a kicked vCPU
+		 * leaves before its guest runs again), then the access gets the
+		 * zero page, so that no thread of the VMM (a device worker) waits
+		 * forever on a VM that will never run: the content is lost, and
+		 * the VM is stopped for it, never served zeros silently.
+		 */
+		for (uint64_t i = 1; i < n; i++)
 			pagestate_set(gm->ps, idx + i, PS_SWAPPED);
 		snprintf(why, sizeof(why), "guest page %llu cannot be read back from swap: %s",
 			 (unsigned long long)idx, strerror(-ret));
 		if (sw)
 			sw->fatal(gm->fatal_arg, why);
+		map_zero_pages(gm, page, MEM_PAGE_SIZE);
+		if (sw)
+			sw->release(gm->swap_arg, slot, false);
+		pagestate_set(gm->ps, idx, PS_ZERO);
+		run_wake(gm, idx, 1);
 		return MEM_FAULT_UNSERVED;
 	}
+	/* Read-ahead pages the copy did not reach stay swapped (holes): a later touch retries. */
+	for (uint64_t i = copied; i < n; i++)
+		pagestate_set(gm->ps, idx + i, PS_SWAPPED);
+	n = copied;
 	run_rearm(gm, idx, n);
 	for (uint64_t i = 0; i < n; i++) {
 		pagestate_set(gm->ps, idx + i, PS_ANON);

@@ -291,7 +291,7 @@ int64_t mem_txn_claim(struct mem_txn *t, struct gm *gm, uint64_t idx, uint64_t n
 		if (i)
 			run_wake(gm, idx, i);
 		t->n = 0;
-		return i ? -EBUSY : 0;
+		return i || (flags & MEM_TXN_WHOLE) ? -EBUSY : 0;
 	}
 	count(&stats.claims, 1);
 	count(&stats.pages, i);

@@ -357,6 +357,32 @@ static void *touch(void *arg)
 	return NULL;
 }
 
+/* A write to the file fails (EIO, a dead disk: here a descriptor it cannot write): nothing is lost. */
+static void test_swap_write_error_keeps_pages_resident(void **state)
+{
+	struct fix *f = *state;
+	int fd = swap_fd(), saved, bad;
+
+	assert_true(fd >= 0);
+	saved = dup(fd);
+	bad = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	assert_true(saved >= 0 && bad >= 0);
+	assert_int_equal(dup2(bad, fd), fd);
+	assert_true(mem_swap_out(f->sw, f->gm, f->first, N) < 0);
+	assert_int_equal(dup2(saved, fd), fd);
+	assert_true(sstats(f).write_errors >= 1);
+	assert_int_equal(sstats(f).used_bytes, 0);
+	assert_int_equal(mem_swap_vm_pages(f->gm), 0);
+	for (unsigned int i = 0; i < N; i++) {
+		assert_int_not_equal(pagestate_get(f->ps, f->first + i), PS_SWAPPED);
+		assert_content(f, i, byte_of(i));
+	}
+	/* The file works again: so does swapping. */
+	assert_true(mem_swap_out(f->sw, f->gm, f->first, N) > 0);
+	close(saved);
+	close(bad);
+}
+
 /*
  * The file cannot be read under a swapped page: the VM is stopped through
  * the fatal hook with the reason before the access is answered (then with
@@ -401,6 +427,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_swap_full_file_keeps_pages_resident, setup,
 						teardown),
 		cmocka_unit_test(test_swap_refuses_tmpfs),
+		cmocka_unit_test_setup_teardown(test_swap_write_error_keeps_pages_resident, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_swap_read_error_stops_the_vm, setup, teardown),
 	};
 

@@ -77,40 +77,81 @@ static void count(uint64_t *c, uint64_t n)
 
 /* --- the file --- */
 
+/*
+ * Give the file its size. Preallocated, so a swap-out does not find the
+ * disk full. A filesystem without fallocate (9p says EOPNOTSUPP or EINVAL;
+ * some network filesystems) gets a sparse file: a write that then finds no
+ * room is a write error like any other, and keeps its pages. -errno with
+ * *sizing set on failure.
+ */
+static int size_file(int fd, uint64_t bytes, bool *sizing)
+{
+	int ret = fallocate(fd, 0, 0, (off_t)bytes) ? -errno : 0;
+
+	if (ret && ret != -ENOSPC && ret != -EFBIG) {
+		ret = ftruncate(fd, (off_t)bytes) ? -errno : 0;
+		if (!ret)
+			log_warn("the swap file's filesystem cannot preallocate it: it is sparse, and "
+				 "a swap-out may find the disk full");
+	}
+	*sizing = ret != 0;
+	return ret;
+}
+
+/*
+ * Create `name` for us alone, size it, then unlink it: sized before the
+ * unlink, because some filesystems (9p) resize a file by its name.
+ */
+static int create_sized(const char *name, int flags, uint64_t bytes, bool *sizing)
+{
+	int fd = open(name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC | O_NOFOLLOW | flags, 0600);
+	int ret;
+
+	if (fd < 0)
+		return -errno;
+	ret = size_file(fd, bytes, sizing);
+	unlink(name);
+	if (ret) {
+		close(fd);
+		return ret;
+	}
+	return fd;
+}
+
 /* A file in directory dir that nobody else can open: unnamed where the filesystem allows. */
-static int open_in_dir(const char *dir, int flags)
+static int open_in_dir(const char *dir, int flags, uint64_t bytes, bool *sizing)
 {
 	char name[4096];
-	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC | flags, 0600);
+	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC | flags, 0600), ret;
 
-	if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
-		return fd < 0 ? -errno : fd;
+	if (fd >= 0) {
+		ret = size_file(fd, bytes, sizing);
+		if (ret) {
+			close(fd);
+			return ret;
+		}
+		return fd;
+	}
+	if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+		return -errno;
 	for (unsigned int i = 0; i < 100; i++) {
 		snprintf(name, sizeof(name), "%s/kvmem-swap-%d-%u", dir, (int)getpid(), i);
-		fd = open(name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC | O_NOFOLLOW | flags, 0600);
-		if (fd >= 0) {
-			unlink(name);
+		fd = create_sized(name, flags, bytes, sizing);
+		if (fd != -EEXIST)
 			return fd;
-		}
-		if (errno != EEXIST)
-			return -errno;
 	}
 	return -EEXIST;
 }
 
-static int open_file(const char *path, int flags)
+/* A file path: ours alone, never an existing file overwritten, gone at exit. */
+static int open_file(const char *path, int flags, uint64_t bytes, bool *sizing)
 {
 	struct stat sb;
-	int fd;
 
+	*sizing = false;
 	if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
-		return open_in_dir(path, flags);
-	/* A file path: ours alone, never an existing file overwritten, gone at exit. */
-	fd = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC | O_NOFOLLOW | flags, 0600);
-	if (fd < 0)
-		return -errno;
-	unlink(path);
-	return fd;
+		return open_in_dir(path, flags, bytes, sizing);
+	return create_sized(path, flags, bytes, sizing);
 }
 
 int mem_swap_open(const char *path, uint64_t bytes, bool allow_tmpfs, struct mem_swap **out,
@@ -120,7 +161,8 @@ int mem_swap_open(const char *path, uint64_t bytes, bool allow_tmpfs, struct mem
 	struct statfs fs;
 	char dir[4096];
 	struct stat sb;
-	int fd, ret;
+	bool sizing = false;
+	int fd;
 
 	*why = NULL;
 	if (!bytes || bytes % MEM_PAGE_SIZE) {
@@ -147,21 +189,18 @@ int mem_swap_open(const char *path, uint64_t bytes, bool allow_tmpfs, struct mem
 		*why = "the swap file is on tmpfs, which is memory: put it on a disk";
 		return -EINVAL;
 	}
-	fd = open_file(path, O_DIRECT);
+	fd = open_file(path, O_DIRECT, bytes, &sizing);
 	/* A filesystem without O_DIRECT (tmpfs before 6.6): only where tmpfs was allowed. */
-	if (fd == -EINVAL && allow_tmpfs)
-		fd = open_file(path, 0);
+	if (fd == -EINVAL && !sizing && allow_tmpfs)
+		fd = open_file(path, 0, bytes, &sizing);
 	if (fd < 0) {
-		*why = fd == -EINVAL ? "the swap file's filesystem cannot do O_DIRECT"
-				     : "the swap file cannot be created";
+		if (sizing)
+			*why = fd == -ENOSPC ? "no room for the swap file on its filesystem"
+					     : "the swap file cannot be given its size";
+		else
+			*why = fd == -EINVAL ? "the swap file's filesystem cannot do O_DIRECT"
+					     : "the swap file cannot be created";
 		return fd;
-	}
-	if (fallocate(fd, 0, 0, (off_t)bytes)) {
-		ret = -errno;
-		*why = ret == -ENOSPC ? "no room for the swap file on its filesystem"
-				      : "the swap file cannot be preallocated";
-		close(fd);
-		return ret;
 	}
 	sw = kv_zalloc(sizeof(*sw));
 	if (!sw)

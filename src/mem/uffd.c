@@ -73,9 +73,8 @@ static void resolve(struct uffd_service *svc, struct gm *gm, const struct uffd_m
 		__atomic_fetch_add(&svc->stats.zero_pages, 1, __ATOMIC_RELAXED);
 		break;
 	case MEM_FAULT_UNSERVED:
+		/* Said once already, with the VM's name, by whoever stopped the VM for it. */
 		__atomic_fetch_add(&svc->stats.errors, 1, __ATOMIC_RELAXED);
-		log_warn_ratelimited("a fault on page %llu that nothing serves",
-				     (unsigned long long)idx);
 		break;
 	default:
 		break;

@@ -24,6 +24,7 @@
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -163,6 +164,42 @@ static int scratch_file(const char *dir)
 	return fd;
 }
 
+/* The first word of a page of the file phase (0 allowed, as it was) and of the pool phase. */
+static bool file_page_ok(uint64_t page, uint64_t v)
+{
+	return v == page * (PAGE / 8) + 1 || !v;
+}
+
+static bool pool_page_ok(uint64_t page, uint64_t v)
+{
+	return v == page + 1;
+}
+
+/*
+ * SAMPLES touches of random pages still swapped (read-ahead brought some
+ * back already), each timed into ns, its first word checked with ok. 0, or
+ * 1 with the page said when one read back wrong.
+ */
+static int random_faults(struct gm *gm, uint64_t first, uint64_t pages,
+			 bool (*ok)(uint64_t page, uint64_t v), uint64_t *ns)
+{
+	for (unsigned int i = 0; i < SAMPLES; i++) {
+		uint64_t page = next_rand() % pages, v, pm = 0, t0;
+
+		while (mem_pagemap(gm, first + page, 1, &pm) == 1 && mem_pm_resident(pm))
+			page = next_rand() % pages;
+		t0 = now_ns();
+		mem_read(gm, (1 << 20) + page * PAGE, &v, sizeof(v));
+		ns[i] = now_ns() - t0;
+		if (!ok(page, v)) {
+			fprintf(stderr, "bench_swap: page %llu read back wrong\n",
+				(unsigned long long)page);
+			return 1;
+		}
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *dir = argc > 1 ? argv[1] : ".";
@@ -218,21 +255,8 @@ int main(int argc, char **argv)
 	       (double)mib / write_s);
 
 	/* Faults in random order: each touch waits for its read (read-ahead rarely helps). */
-	for (unsigned int i = 0; i < SAMPLES; i++) {
-		uint64_t page = next_rand() % pages, v, pm = 0;
-
-		/* Only pages still swapped: read-ahead brought some back already. */
-		while (mem_pagemap(gm, first + page, 1, &pm) == 1 && mem_pm_resident(pm))
-			page = next_rand() % pages;
-		t0 = now_ns();
-		mem_read(gm, (1 << 20) + page * PAGE, &v, sizeof(v));
-		ns[i] = now_ns() - t0;
-		if (v != page * (PAGE / 8) + 1 && v) {
-			fprintf(stderr, "bench_swap: page %llu read back wrong\n",
-				(unsigned long long)page);
-			return 1;
-		}
-	}
+	if (random_faults(gm, first, pages, file_page_ok, ns))
+		return 1;
 	fault_p99 = pct_us(ns, SAMPLES, 99);
 	fault_p50 = pct_us(ns, SAMPLES, 50);
 
@@ -280,17 +304,8 @@ int main(int argc, char **argv)
 			return 1;
 		out_s = (double)(now_ns() - t0) / 1e9;
 		metric("pool_swap_out_mib_s", "MiB/s", (double)mib / out_s, NULL, 0);
-		for (unsigned int i = 0; i < SAMPLES; i++) {
-			uint64_t page = next_rand() % pages, v, pm = 0;
-
-			while (mem_pagemap(gm, first + page, 1, &pm) == 1 && mem_pm_resident(pm))
-				page = next_rand() % pages;
-			t0 = now_ns();
-			mem_read(gm, (1 << 20) + page * PAGE, &v, sizeof(v));
-			ns[i] = now_ns() - t0;
-			if (v != page + 1)
-				return 1;
-		}
+		if (random_faults(gm, first, pages, pool_page_ok, ns))
+			return 1;
 		fault_p99 = pct_us(ns, SAMPLES, 99);
 		fault_p50 = pct_us(ns, SAMPLES, 50);
 		metric("pool_fault_random_p50_us", "us", fault_p50, "uffd_copy_p50_us", uffd_p50);

@@ -236,7 +236,7 @@ int main(int argc, char **argv)
 
 	/* Swap-out, against sequential O_DIRECT writes of as many bytes. */
 	t0 = now_ns();
-	if (mem_swap_out(sw, gm, first, pages) != (int64_t)pages) {
+	if (mem_swap_out(sw, gm, &(uint64_t){ first }, pages) != (int64_t)pages) {
 		fprintf(stderr, "bench_swap: swap-out stopped short\n");
 		return 1;
 	}
@@ -300,7 +300,7 @@ int main(int argc, char **argv)
 			mem_write(gm, (1 << 20) + i * PAGE, buf, PAGE);
 		}
 		t0 = now_ns();
-		if (mem_swap_out(sw, gm, first, pages) != (int64_t)pages)
+		if (mem_swap_out(sw, gm, &(uint64_t){ first }, pages) != (int64_t)pages)
 			return 1;
 		out_s = (double)(now_ns() - t0) / 1e9;
 		metric("pool_swap_out_mib_s", "MiB/s", (double)mib / out_s, NULL, 0);

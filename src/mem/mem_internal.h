@@ -20,11 +20,24 @@ struct pagestate;
 
 /*
  * How a VM's swapped pages are served (mem/swap.c sets them at attach): the
- * dispatcher reads a page back through `read` and copies it in, and every
+ * dispatcher starts reading a page back through `submit`, and the store
+ * hands the completion to mem_swap_in_done on the userfaultfd service
+ * thread, which copies it in; `read` reads synchronously (the compressed
+ * pool, a VMM read, or when no asynchronous read can be started). Every
  * path that ends a page's PS_SWAPPED state gives its slot back.
  */
+/* Most pages one swap-in reads: the touched one and the swapped pages after it. */
+#define MEM_SWAP_READAHEAD 16
+
 struct mem_swap_hooks {
 	int (*read)(void *arg, uint64_t slot, uint64_t n, void *buf); /* n pages: 0 or -errno */
+	/*
+	 * Start reading n pages from slot for a fault on gm's page idx (host
+	 * address page), at t0 (ns): 0 when under way; -EAGAIN: read it
+	 * synchronously instead (a pool page, no I/O queue, a full queue).
+	 */
+	int (*submit)(void *arg, struct gm *gm, uint64_t idx, uint64_t slot, uint64_t n,
+		      void *page, uint64_t t0);
 	void (*release)(void *arg, uint64_t slot, bool was_read);
 	void (*fatal)(void *fatal_arg, const char *why);	/* the VM must stop */
 };
@@ -97,9 +110,22 @@ enum mem_fault {
 	MEM_FAULT_ZERO_FILL,	/* a window's zero page touched: a page of zeros of its own */
 	MEM_FAULT_ZERO_PAGE,	/* a hole of a MISSING chunk: the zero page */
 	MEM_FAULT_SWAP_IN,	/* a swapped page: read back and copied in */
+	MEM_FAULT_SWAP_PENDING,	/* a swapped page being read: its completion wakes the access */
 	MEM_FAULT_UNSERVED,	/* a swapped page that cannot be read back: its VM stops */
 };
 enum mem_fault mem_fault(struct gm *gm, uint64_t idx, void *page, bool wp);
+/*
+ * The read a `submit` hook started for the fault on page idx ended with
+ * ret (0, or -errno): copy its n pages in from buf and wake the access, or
+ * stop the VM (the fault dispatcher's second half, txn.c).
+ */
+enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *page,
+				const void *buf, int ret, uint64_t t0);
+/*
+ * Read [gpa, gpa + len) of RAM (checked by the caller) without swapping in:
+ * a swapped page's content is read from its slot (txn.c). 0, or -EIO.
+ */
+int mem_read_swapped(const struct gm *gm, gpa_t gpa, void *buf, size_t len);
 
 /* Whether page idx's VMA maps a store frame (framemap bit). */
 static inline bool mem_frame_mapped(const struct gm *gm, uint64_t idx)

@@ -4,9 +4,12 @@
  * the page-range transaction, and the hooks the fault dispatcher reads
  * swapped pages back through (mem/txn.c).
  *
- * I/O is synchronous pread/pwrite on O_DIRECT: swap-out runs on the thread
- * that asks (the swap verb, the policy), swap-in on the userfaultfd service
- * thread, one page per fault.
+ * I/O goes through the swap I/O engine (mem/swapio.h: io_uring, else a
+ * pool of pread/pwrite threads). Swap-in: the userfaultfd service starts a
+ * fault's read and goes on serving; the read's completion wakes the service
+ * through an eventfd in its loop, and the fault's second half copies the
+ * pages in (txn.c). Swap-out: a worker of its own swaps VMs down to the
+ * targets it is given, one write in flight, committed when it lands.
  */
 #define LOG_TAG "swap"
 #include "mem/swap.h"
@@ -30,7 +33,11 @@
 #include "mem/memmap.h"
 #include "mem/pagemap.h"
 #include "mem/pagestate.h"
+#include "mem/swapio.h"
 #include "mem/txn.h"
+#include "mem/uffd.h"
+#include "core/clock.h"
+#include "core/thread.h"
 
 /*
  * The compressed pool (ESX's memory compression, Linux's zswap): pages that
@@ -57,6 +64,28 @@ struct pool {
 	uint64_t bytes;		/* their compressed bytes */
 };
 
+/* A swap-in's read in flight (the userfaultfd service's, through fault_io). */
+struct swap_req {
+	struct swap_req *next;	/* on the free list or the list in flight */
+	struct gm *gm;		/* NULL once its VM detached: the completion only frees it */
+	uint64_t idx, slot, n, t0;
+	void *page;		/* host address of the faulting page */
+	uint8_t *buf;		/* MEM_SWAP_READAHEAD pages, aligned for O_DIRECT */
+};
+
+/* An attached VM: its fatal hook, and the swap-out target the worker works towards. */
+struct swap_vm {
+	struct gm *gm;
+	mem_swap_fatal_fn fatal;
+	void *arg;
+	uint64_t cursor;	/* vm_lock: the page index the next swap-out starts at */
+	uint64_t target;	/* vm_lock: resident pages wanted; NO_TARGET: none */
+	bool busy;		/* vm_lock: the worker is swapping it out (cursor is its) */
+	struct mem_swap_progress progress; /* vm_lock: towards the last target */
+};
+
+#define NO_TARGET UINT64_MAX
+
 struct mem_swap {
 	int fd;
 	uint64_t nr_slots;
@@ -64,11 +93,30 @@ struct mem_swap {
 	uint64_t *used;		 /* lock: bit per slot */
 	uint64_t nr_used;	 /* changed under lock, read atomically */
 	uint64_t cursor;	 /* lock: where the next run is looked for */
-	pthread_mutex_t out_lock; /* one swap-out at a time: it owns buf */
+	pthread_mutex_t out_lock; /* one swap-out at a time: it owns buf and out_io */
 	uint8_t *buf;		 /* out_lock: MEM_TXN_MAX pages, aligned for O_DIRECT */
+	struct swapio *out_io;	 /* out_lock: swap-out's writes */
 	struct pool pool;	 /* lock */
 	struct mem_swap_stats st; /* atomic counters (file_bytes, used_bytes derived) */
+	/* Swap-in: reads started by the service thread, completed in its loop. */
+	struct uffd_service *svc; /* NULL: not served, reads are synchronous */
+	struct swapio *fault_io; /* the service thread's alone */
+	pthread_mutex_t fault_lock; /* the requests, against detach */
+	struct swap_req *reqs_free, *reqs_busy; /* fault_lock */
+	/* The swap-out worker and the VMs it works for. */
+	pthread_mutex_t vm_lock;
+	pthread_cond_t work_cv, done_cv; /* vm_lock: a target set; a step done */
+	struct swap_vm **vms;	 /* vm_lock */
+	unsigned int nr_vms, cap_vms, next_vm; /* vm_lock */
+	bool stop;		 /* vm_lock */
+	pthread_t worker;
+	bool worker_on;
 };
+
+#define SWAP_OUT_DEPTH 4	/* swap-out has one write in flight; room to grow */
+#define SWAP_FAULT_DEPTH 256	/* faults waiting at once, beyond which reads are synchronous */
+
+static void *worker_main(void *arg);
 
 static void count(uint64_t *c, uint64_t n)
 {
@@ -162,7 +210,7 @@ int mem_swap_open(const char *path, uint64_t bytes, bool allow_tmpfs, struct mem
 	char dir[4096];
 	struct stat sb;
 	bool sizing = false;
-	int fd;
+	int fd, ret;
 
 	*why = NULL;
 	if (!bytes || bytes % MEM_PAGE_SIZE) {
@@ -215,9 +263,24 @@ int mem_swap_open(const char *path, uint64_t bytes, bool allow_tmpfs, struct mem
 	}
 	pthread_mutex_init(&sw->lock, NULL);
 	pthread_mutex_init(&sw->out_lock, NULL);
+	pthread_mutex_init(&sw->fault_lock, NULL);
+	pthread_mutex_init(&sw->vm_lock, NULL);
+	pthread_cond_init(&sw->work_cv, NULL);
+	pthread_cond_init(&sw->done_cv, NULL);
 	sw->st.file_bytes = bytes;
-	log_info("host swap: %llu MiB%s", (unsigned long long)(bytes >> 20),
-		 fs.f_type == TMPFS_MAGIC ? " on tmpfs (tests only)" : "");
+	ret = swapio_open(SWAPIO_AUTO, SWAP_OUT_DEPTH, &sw->out_io);
+	if (!ret) {
+		ret = thread_spawn(&sw->worker, "swap-out", worker_main, sw);
+		sw->worker_on = !ret;
+	}
+	if (ret) {
+		*why = "the swap I/O engine cannot be started";
+		mem_swap_close(sw);
+		return ret;
+	}
+	log_info("host swap: %llu MiB%s, I/O through %s", (unsigned long long)(bytes >> 20),
+		 fs.f_type == TMPFS_MAGIC ? " on tmpfs (tests only)" : "",
+		 swapio_engine_name(swapio_engine(sw->out_io)));
 	*out = sw;
 	return 0;
 
@@ -227,10 +290,92 @@ out_nomem:
 	return -ENOMEM;
 }
 
+int mem_swap_set_io(struct mem_swap *sw, enum mem_swap_io io)
+{
+	static const enum swapio_engine want[] = {
+		[MEM_SWAP_IO_AUTO] = SWAPIO_AUTO,
+		[MEM_SWAP_IO_URING] = SWAPIO_URING,
+		[MEM_SWAP_IO_THREADS] = SWAPIO_THREADS,
+	};
+	struct swapio *io_new;
+	int ret;
+
+	if ((unsigned int)io >= sizeof(want) / sizeof(want[0]))
+		return -EINVAL;
+	if (sw->svc)
+		return -EBUSY; /* reads are under way through the engine chosen */
+	ret = swapio_open(want[io], SWAP_OUT_DEPTH, &io_new);
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&sw->out_lock);
+	swapio_close(sw->out_io);
+	sw->out_io = io_new;
+	pthread_mutex_unlock(&sw->out_lock);
+	return 0;
+}
+
+const char *mem_swap_engine(const struct mem_swap *sw)
+{
+	return swapio_engine_name(swapio_engine(sw->out_io));
+}
+
+/* Runs on the service thread when fault reads completed. */
+static void fault_reap(void *arg);
+
+static void free_reqs(struct swap_req *r)
+{
+	while (r) {
+		struct swap_req *next = r->next;
+
+		free(r->buf);
+		kv_free(r);
+		r = next;
+	}
+}
+
+int mem_swap_serve(struct mem_swap *sw, struct uffd_service *svc)
+{
+	int ret;
+
+	if (sw->svc)
+		return -EBUSY;
+	/* The engine swap-out runs on: one engine per host, which the stats name. */
+	ret = swapio_open(swapio_engine(sw->out_io), SWAP_FAULT_DEPTH, &sw->fault_io);
+	if (ret)
+		return ret;
+	ret = uffd_service_watch(svc, swapio_eventfd(sw->fault_io), fault_reap, sw);
+	if (ret) {
+		swapio_close(sw->fault_io);
+		sw->fault_io = NULL;
+		return ret;
+	}
+	sw->svc = svc;
+	return 0;
+}
+
 void mem_swap_close(struct mem_swap *sw)
 {
 	if (!sw)
 		return;
+	if (sw->worker_on) {
+		pthread_mutex_lock(&sw->vm_lock);
+		sw->stop = true;
+		pthread_cond_broadcast(&sw->work_cv);
+		pthread_mutex_unlock(&sw->vm_lock);
+		pthread_join(sw->worker, NULL);
+	}
+	if (sw->svc)
+		uffd_service_unwatch(sw->svc, swapio_eventfd(sw->fault_io));
+	/* Reads still in flight land in their buffers before these go. */
+	swapio_close(sw->fault_io);
+	free_reqs(sw->reqs_busy);
+	free_reqs(sw->reqs_free);
+	swapio_close(sw->out_io);
+	kv_free(sw->vms);
+	pthread_mutex_destroy(&sw->fault_lock);
+	pthread_mutex_destroy(&sw->vm_lock);
+	pthread_cond_destroy(&sw->work_cv);
+	pthread_cond_destroy(&sw->done_cv);
 	close(sw->fd);
 	if (sw->pool.arena)
 		munmap(sw->pool.arena, sw->pool.chunks * MEM_PAGE_SIZE);
@@ -475,56 +620,169 @@ static void hook_release(void *arg, uint64_t slot, bool was_read)
 	slot_put(sw, slot);
 }
 
-struct attach {
-	mem_swap_fatal_fn fatal;
-	void *arg;
-};
+static int hook_submit(void *arg, struct gm *gm, uint64_t idx, uint64_t slot, uint64_t n,
+		       void *page, uint64_t t0)
+{
+	struct mem_swap *sw = arg;
+	struct swap_req *r;
+
+	/* A pool page is a decompression, not I/O; a bad slot is the read's to refuse. */
+	if (!sw->fault_io || (slot & POOL_BIT) || slot >= sw->nr_slots ||
+	    n > sw->nr_slots - slot)
+		return -EAGAIN;
+	pthread_mutex_lock(&sw->fault_lock);
+	r = sw->reqs_free;
+	if (r) {
+		sw->reqs_free = r->next;
+	} else {
+		/* As many as faults wait at once: bounded by the threads that touch guest memory. */
+		r = kv_zalloc(sizeof(*r));
+		if (r && posix_memalign((void **)&r->buf, MEM_PAGE_SIZE,
+					MEM_SWAP_READAHEAD * MEM_PAGE_SIZE)) {
+			kv_free(r);
+			r = NULL;
+		}
+	}
+	if (r) {
+		*r = (struct swap_req){ NULL, gm, idx, slot, n, t0, page, r->buf };
+		if (swapio_submit(sw->fault_io, false, sw->fd, r->buf, n * MEM_PAGE_SIZE,
+				  slot * MEM_PAGE_SIZE, r)) {
+			r->next = sw->reqs_free;
+			sw->reqs_free = r;
+			r = NULL;
+		} else {
+			r->next = sw->reqs_busy;
+			sw->reqs_busy = r;
+		}
+	}
+	pthread_mutex_unlock(&sw->fault_lock);
+	return r ? 0 : -EAGAIN;
+}
+
+/* Take r off the list in flight (fault_lock). */
+static void req_unlink(struct mem_swap *sw, struct swap_req *r)
+{
+	for (struct swap_req **p = &sw->reqs_busy; *p; p = &(*p)->next) {
+		if (*p == r) {
+			*p = r->next;
+			return;
+		}
+	}
+}
+
+static void fault_reap(void *arg)
+{
+	struct mem_swap *sw = arg;
+	struct swapio_done d[32];
+	unsigned int got;
+
+	while ((got = swapio_reap(sw->fault_io, d, 32, false))) {
+		pthread_mutex_lock(&sw->fault_lock);
+		for (unsigned int i = 0; i < got; i++) {
+			struct swap_req *r = d[i].tag;
+			int ret = d[i].res == (int64_t)(r->n * MEM_PAGE_SIZE) ? 0
+				  : d[i].res < 0			     ? (int)d[i].res
+									     : -EIO;
+
+			req_unlink(sw, r);
+			if (ret)
+				count(&sw->st.read_errors, 1);
+			if (r->gm)
+				mem_swap_in_done(r->gm, r->idx, r->n, r->page, r->buf, ret, r->t0);
+			r->next = sw->reqs_free;
+			sw->reqs_free = r;
+		}
+		pthread_mutex_unlock(&sw->fault_lock);
+	}
+}
 
 static void hook_fatal(void *fatal_arg, const char *why)
 {
-	struct attach *a = fatal_arg;
+	struct swap_vm *v = fatal_arg;
 
 	/* The owner says it with the VM's name; without one, say it here. */
-	if (a->fatal)
-		a->fatal(a->arg, why);
+	if (v->fatal)
+		v->fatal(v->arg, why);
 	else
 		log_err("%s", why);
 }
 
 static const struct mem_swap_hooks hooks = {
 	.read = hook_read,
+	.submit = hook_submit,
 	.release = hook_release,
 	.fatal = hook_fatal,
 };
 
 int mem_swap_attach(struct mem_swap *sw, struct gm *gm, mem_swap_fatal_fn fatal, void *arg)
 {
-	struct attach *a;
+	struct swap_vm *v;
+	int ret = 0;
 
 	if (gm->swap)
 		return -EBUSY;
 	if (gm->uffd < 0)
 		return -ENOSYS; /* a swapped page is served through userfaultfd */
-	a = kv_zalloc(sizeof(*a));
+	v = kv_zalloc(sizeof(*v));
 	gm->swap_slot = kv_calloc(mem_nr_pages(gm), sizeof(uint64_t));
-	if (!a || !gm->swap_slot) {
-		kv_free(a);
+	pthread_mutex_lock(&sw->vm_lock);
+	if (v && gm->swap_slot && sw->nr_vms == sw->cap_vms) {
+		unsigned int cap = sw->cap_vms ? 2 * sw->cap_vms : 8;
+		struct swap_vm **p = kv_realloc(sw->vms, cap * sizeof(*p));
+
+		if (p) {
+			sw->vms = p;
+			sw->cap_vms = cap;
+		}
+	}
+	if (!v || !gm->swap_slot || sw->nr_vms == sw->cap_vms)
+		ret = -ENOMEM;
+	else
+		sw->vms[sw->nr_vms++] = v;
+	pthread_mutex_unlock(&sw->vm_lock);
+	if (ret) {
+		kv_free(v);
 		kv_free(gm->swap_slot);
 		gm->swap_slot = NULL;
-		return -ENOMEM;
+		return ret;
 	}
-	a->fatal = fatal;
-	a->arg = arg;
+	*v = (struct swap_vm){ .gm = gm, .fatal = fatal, .arg = arg, .target = NO_TARGET };
 	gm->swap_arg = sw;
-	gm->fatal_arg = a;
+	gm->fatal_arg = v;
 	__atomic_store_n(&gm->swap, &hooks, __ATOMIC_RELEASE);
 	return 0;
 }
 
 void mem_swap_detach(struct mem_swap *sw, struct gm *gm)
 {
+	struct swap_vm *v = gm->fatal_arg;
+
 	if (gm->swap_arg != sw)
 		return;
+	/* The worker lets go of it first (it may be in a swap-out of it). */
+	pthread_mutex_lock(&sw->vm_lock);
+	while (v->busy)
+		pthread_cond_wait(&sw->done_cv, &sw->vm_lock);
+	for (unsigned int i = 0; i < sw->nr_vms; i++) {
+		if (sw->vms[i] == v) {
+			sw->vms[i] = sw->vms[--sw->nr_vms];
+			break;
+		}
+	}
+	pthread_mutex_unlock(&sw->vm_lock);
+	/*
+	 * Reads still in flight for it (a fault whose access went away, a
+	 * signal) complete into nothing: their slots go now.
+	 */
+	pthread_mutex_lock(&sw->fault_lock);
+	for (struct swap_req *r = sw->reqs_busy; r; r = r->next) {
+		if (r->gm != gm)
+			continue;
+		slots_free(sw, r->slot, r->n);
+		count(&sw->st.discarded, r->n);
+		r->gm = NULL;
+	}
+	pthread_mutex_unlock(&sw->fault_lock);
 	/* The VM is gone (its faults no longer served): its slots with it. */
 	for (uint64_t i = 0; i < mem_nr_pages(gm); i++)
 		if (pagestate_get(gm->ps, i) == PS_SWAPPED) {
@@ -532,7 +790,7 @@ void mem_swap_detach(struct mem_swap *sw, struct gm *gm)
 			count(&sw->st.discarded, 1);
 		}
 	__atomic_store_n(&gm->swap, NULL, __ATOMIC_RELEASE);
-	kv_free(gm->fatal_arg);
+	kv_free(v);
 	kv_free(gm->swap_slot);
 	gm->swap_slot = NULL;
 	gm->swap_arg = NULL;
@@ -552,6 +810,25 @@ static bool swappable(const struct mem_txn *t, uint32_t i)
 }
 
 /*
+ * Write sw->buf's first n pages to slots start.. through the engine, and
+ * wait for the write to land (the worker's wait, not the service's): the
+ * bytes written, or -errno.
+ */
+static int64_t write_slots(struct mem_swap *sw, uint64_t start, uint64_t n)
+{
+	struct swapio_done d;
+	int ret;
+
+	ret = swapio_submit(sw->out_io, true, sw->fd, sw->buf, n * MEM_PAGE_SIZE,
+			    start * MEM_PAGE_SIZE, sw->buf);
+	if (ret)
+		return ret;
+	while (!swapio_reap(sw->out_io, &d, 1, true))
+		;
+	return d.res;
+}
+
+/*
  * Write the swappable pages of the claimed run t and commit them as
  * swapped; zero pages are dropped as zero instead (nothing to write).
  * Returns pages swapped, or -errno with every page kept (the caller ends t).
@@ -564,7 +841,7 @@ static int64_t write_run(struct mem_swap *sw, struct mem_txn *t)
 	while (i < t->n) {
 		uint64_t start, got;
 		uint32_t k = 0, pages[MEM_TXN_MAX];
-		ssize_t put;
+		int64_t put;
 
 		/* The next batch of pages to write, as many as one run of slots takes. */
 		for (; i < t->n; i++) {
@@ -599,11 +876,9 @@ static int64_t write_run(struct mem_swap *sw, struct mem_txn *t)
 			count(&sw->st.full, 1);
 			return done + pooled ? done + pooled : -ENOSPC;
 		}
-		do
-			put = pwrite(sw->fd, sw->buf, got * MEM_PAGE_SIZE, (off_t)(start * MEM_PAGE_SIZE));
-		while (put < 0 && errno == EINTR);
-		if (put != (ssize_t)(got * MEM_PAGE_SIZE)) {
-			int err = put < 0 ? -errno : -EIO;
+		put = write_slots(sw, start, got);
+		if (put != (int64_t)(got * MEM_PAGE_SIZE)) {
+			int err = put < 0 ? (int)put : -EIO;
 
 			slots_free(sw, start, got);
 			count(&sw->st.write_errors, 1);
@@ -622,19 +897,19 @@ static int64_t write_run(struct mem_swap *sw, struct mem_txn *t)
 	return done + pooled;
 }
 
-int64_t mem_swap_out(struct mem_swap *sw, struct gm *gm, uint64_t first, uint64_t max_pages)
+int64_t mem_swap_out(struct mem_swap *sw, struct gm *gm, uint64_t *cursor, uint64_t max_pages)
 {
 	static __thread struct mem_txn t;
-	uint64_t nr = mem_nr_pages(gm), pm[MEM_TXN_MAX], left = max_pages;
+	uint64_t nr = mem_nr_pages(gm), pm[MEM_TXN_MAX], left = max_pages, idx = *cursor;
 	int64_t swapped = 0;
 	int err = 0;
 
 	if (gm->swap_arg != sw)
 		return -EINVAL;
-	if (first >= nr)
-		first = 0;
+	if (idx >= nr)
+		idx = 0;
 	pthread_mutex_lock(&sw->out_lock);
-	for (uint64_t seen = 0, idx = first; seen < nr && left && !err;) {
+	for (uint64_t seen = 0; seen < nr && left && !err;) {
 		uint64_t n = nr - idx < MEM_TXN_MAX ? nr - idx : MEM_TXN_MAX, run = 0, skip;
 		int64_t got, claimed;
 
@@ -692,11 +967,119 @@ int64_t mem_swap_out(struct mem_swap *sw, struct gm *gm, uint64_t first, uint64_
 			idx = 0;
 	}
 	pthread_mutex_unlock(&sw->out_lock);
+	*cursor = idx;
 	if (swapped) {
 		count(&sw->st.swap_outs, (uint64_t)swapped);
 		return swapped;
 	}
 	return err;
+}
+
+/* --- the swap-out worker --- */
+
+/*
+ * Pages asked of one mem_swap_out call by the worker: 64 MiB, so that a new
+ * target, a detach or a stop is looked at between calls on a slow disk.
+ */
+#define WORKER_CALL_PAGES 16384ULL
+
+/* vm_lock: the next VM with a target the worker is not in yet, round robin. */
+static struct swap_vm *next_target(struct mem_swap *sw)
+{
+	for (unsigned int k = 0; k < sw->nr_vms; k++) {
+		struct swap_vm *v = sw->vms[(sw->next_vm + k) % sw->nr_vms];
+
+		if (v->target != NO_TARGET && !v->busy) {
+			sw->next_vm = (sw->next_vm + k + 1) % sw->nr_vms;
+			return v;
+		}
+	}
+	return NULL;
+}
+
+/*
+ * Swap each VM with a target down to it, one step at a time: measure,
+ * swap out the difference, measure again (the guest takes pages back
+ * meanwhile). The cursor moves on by what was taken, so the next step
+ * starts where this one left off instead of taking back the pages just
+ * read in. A target ends reached, or at the first step that swaps nothing
+ * (nothing more can go now) or fails (the error is kept).
+ */
+static void *worker_main(void *arg)
+{
+	struct mem_swap *sw = arg;
+
+	pthread_mutex_lock(&sw->vm_lock);
+	while (!sw->stop) {
+		struct swap_vm *v = next_target(sw);
+		uint64_t target, cursor, resident;
+		int64_t n = 0;
+
+		if (!v) {
+			pthread_cond_wait(&sw->work_cv, &sw->vm_lock);
+			continue;
+		}
+		v->busy = true;
+		target = v->target;
+		cursor = v->cursor;
+		pthread_mutex_unlock(&sw->vm_lock);
+		resident = mem_resident(v->gm);
+		if (resident > target) {
+			uint64_t need = resident - target;
+
+			n = mem_swap_out(sw, v->gm, &cursor,
+					 need < WORKER_CALL_PAGES ? need : WORKER_CALL_PAGES);
+			resident = mem_resident(v->gm);
+		}
+		pthread_mutex_lock(&sw->vm_lock);
+		v->busy = false;
+		v->cursor = cursor;
+		v->progress.resident_pages = resident;
+		if (n > 0)
+			v->progress.swapped_pages += (uint64_t)n;
+		/* A target set meanwhile is the next one's: this step still counts. */
+		if (v->target == target && (resident <= target || n <= 0)) {
+			v->progress.active = false;
+			v->progress.reached = resident <= target;
+			v->progress.error = n < 0 ? (int)n : 0;
+			v->target = NO_TARGET;
+		}
+		pthread_cond_broadcast(&sw->done_cv);
+	}
+	pthread_mutex_unlock(&sw->vm_lock);
+	return NULL;
+}
+
+int mem_swap_target(struct mem_swap *sw, struct gm *gm, uint64_t resident_pages)
+{
+	struct swap_vm *v = gm->fatal_arg;
+
+	if (gm->swap_arg != sw)
+		return -EINVAL;
+	pthread_mutex_lock(&sw->vm_lock);
+	v->target = resident_pages;
+	v->progress = (struct mem_swap_progress){ .active = true };
+	pthread_cond_broadcast(&sw->work_cv);
+	pthread_mutex_unlock(&sw->vm_lock);
+	return 0;
+}
+
+int mem_swap_wait(struct mem_swap *sw, struct gm *gm, uint64_t deadline_ns,
+		  struct mem_swap_progress *out)
+{
+	struct swap_vm *v = gm->fatal_arg;
+	struct timespec dl = { .tv_sec = (time_t)(deadline_ns / 1000000000ULL),
+			       .tv_nsec = (long)(deadline_ns % 1000000000ULL) };
+	int ret = 0;
+
+	if (gm->swap_arg != sw)
+		return -EINVAL;
+	pthread_mutex_lock(&sw->vm_lock);
+	while (v->progress.active && !ret)
+		ret = pthread_cond_clockwait(&sw->done_cv, &sw->vm_lock, CLOCK_MONOTONIC, &dl);
+	*out = v->progress;
+	pthread_mutex_unlock(&sw->vm_lock);
+	return ret == ETIMEDOUT ? -ETIMEDOUT : 0;
 }
 
 void mem_swap_stats(struct mem_swap *sw, struct mem_swap_stats *out)

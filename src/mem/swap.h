@@ -11,14 +11,19 @@
  * the memory (and a memory cgroup charges that page cache to kvmem). A
  * tmpfs path is refused: it is memory.
  *
- * Swap-out takes pages through the page-range transaction (mem/txn.h):
- * claimed and write-protected, written, and only once the write completed
+ * Swap-out runs on a worker of the store's own (or the caller's thread,
+ * mem_swap_out) and takes pages through the page-range transaction
+ * (mem/txn.h): claimed and write-protected, written, and only once the
+ * write completed
  * committed as swapped (their chunk registered for MISSING faults, the page
  * dropped). A page is never both dropped and unwritten: a write that fails
  * (ENOSPC, EIO, a short write) keeps every page of its run resident, is
  * counted and said once. Swap-in is the fault dispatcher's: a MISSING fault
- * on a swapped page reads its slot and copies it in before the access is
- * woken; a page the guest gives up while swapped (balloon, free page
+ * on a swapped page starts reading its slot, and the read's completion
+ * copies it in before the access is woken (the userfaultfd service serves
+ * other faults meanwhile); a VMM read through the access API (mem_read)
+ * reads a swapped page's slot without swapping it in; a page the guest
+ * gives up while swapped (balloon, free page
  * reporting) loses its slot unread. A read that fails stops that VM alone,
  * with the reason: the VM is stopped before the access is answered (with
  * zeros, so no VMM thread waits forever on a VM that will not run again).
@@ -57,6 +62,28 @@ int mem_swap_open(const char *path, uint64_t bytes, bool allow_tmpfs, struct mem
  * (mem_swap_stats). Set once: 0, -EBUSY (set already), -EINVAL, -ENOMEM.
  */
 int mem_swap_set_pool(struct mem_swap *sw, uint64_t bytes);
+/*
+ * The I/O engine (set before mem_swap_serve): io_uring where the kernel
+ * allows it, else a pool of pread/pwrite threads (auto, the default);
+ * uring fails where io_uring cannot be set up. 0, -EBUSY (served already),
+ * -errno.
+ */
+enum mem_swap_io {
+	MEM_SWAP_IO_AUTO,
+	MEM_SWAP_IO_URING,
+	MEM_SWAP_IO_THREADS,
+};
+int mem_swap_set_io(struct mem_swap *sw, enum mem_swap_io io);
+/* The engine running: "io_uring" or "threads". */
+const char *mem_swap_engine(const struct mem_swap *sw);
+/*
+ * Serve swap-ins asynchronously from svc's loop: a fault's read is started
+ * and the service goes on, its completion comes back through an eventfd
+ * the service watches. Without it, a fault is read while the service waits.
+ * Close sw before destroying svc.
+ */
+struct uffd_service;
+int mem_swap_serve(struct mem_swap *sw, struct uffd_service *svc);
 /* Close the file (every VM detached first). */
 void mem_swap_close(struct mem_swap *sw);
 
@@ -77,13 +104,35 @@ int mem_swap_attach(struct mem_swap *sw, struct gm *gm, mem_swap_fatal_fn fatal,
 void mem_swap_detach(struct mem_swap *sw, struct gm *gm);
 
 /*
- * Swap out up to max_pages resident private pages of gm, from page index
- * `first` on (wrapping once around RAM), in runs of up to a transaction's
- * worth. Zero pages are left to zero reclaim and shared pages to dedup.
- * Returns pages swapped out, or -errno when none could be (-ENOSPC: the
- * file is full; -EIO: a write failed; the pages stay resident).
+ * Swap out up to max_pages resident private pages of gm on the calling
+ * thread, from page index *cursor on (wrapping once around RAM), in runs of
+ * up to a transaction's worth; *cursor is left where it stopped. Zero pages
+ * are left to zero reclaim and shared pages to dedup. Returns pages swapped
+ * out, or -errno when none could be (-ENOSPC: the file is full; -EIO: a
+ * write failed; the pages stay resident).
  */
-int64_t mem_swap_out(struct mem_swap *sw, struct gm *gm, uint64_t first, uint64_t max_pages);
+int64_t mem_swap_out(struct mem_swap *sw, struct gm *gm, uint64_t *cursor, uint64_t max_pages);
+
+/*
+ * Have the swap-out worker swap gm down to resident_pages resident pages
+ * (one target per VM: a new one replaces the last). The worker ends the
+ * target when it is reached, or when a step swaps nothing (nothing more
+ * can go now) or fails.
+ */
+int mem_swap_target(struct mem_swap *sw, struct gm *gm, uint64_t resident_pages);
+struct mem_swap_progress {
+	bool active;		/* the worker is still on it */
+	bool reached;
+	int error;		/* -errno of the step that ended it (0: none) */
+	uint64_t swapped_pages;	/* swapped out towards it */
+	uint64_t resident_pages; /* measured after the worker's last step */
+};
+/*
+ * Wait until gm's target ended or CLOCK_MONOTONIC reaches deadline_ns: 0,
+ * or -ETIMEDOUT (still active); *out either way.
+ */
+int mem_swap_wait(struct mem_swap *sw, struct gm *gm, uint64_t deadline_ns,
+		  struct mem_swap_progress *out);
 
 struct mem_swap_stats {
 	uint64_t file_bytes;	/* size of the swap file */

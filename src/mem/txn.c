@@ -103,7 +103,7 @@ static int run_protect(struct gm *gm, uint64_t idx, uint64_t n, bool on)
 	return ioctl(gm->uffd, UFFDIO_WRITEPROTECT, &w) < 0 ? -errno : 0;
 }
 
-static void run_wake(struct gm *gm, uint64_t idx, uint64_t n)
+static void run_wake(const struct gm *gm, uint64_t idx, uint64_t n)
 {
 	struct uffdio_range r = { (uint64_t)(uintptr_t)mem_page_hva(gm, idx), n * MEM_PAGE_SIZE };
 
@@ -817,32 +817,46 @@ static enum mem_fault fault_wp(struct gm *gm, uint64_t idx, void *page)
 	return what;
 }
 
-/* Pages read back together with a touched swapped page (its run of slots). */
-#define SWAP_READAHEAD 16
-
 /*
  * A touch of a swapped page (we own it: PS_BUSY): read it back with the
  * swapped pages after it whose slots follow its slot (a swap-out run keeps
- * neighbours together: one read serves a sequential touch ahead), copy them
- * in, and give their slots back before the access is woken, so it never
- * meets the hole again. Where the page cannot be read, the VM stops.
+ * neighbours together: one read serves a sequential touch ahead). From the
+ * file the read is started and the service goes on with other faults; its
+ * completion comes back through mem_swap_in_done. From the pool (or where
+ * no read can be started) it is read here.
  */
 static enum mem_fault swap_in(struct gm *gm, uint64_t idx, void *page)
 {
-	static __thread uint8_t buf[SWAP_READAHEAD * MEM_PAGE_SIZE]
+	static __thread uint8_t buf[MEM_SWAP_READAHEAD * MEM_PAGE_SIZE]
 		__attribute__((aligned(MEM_PAGE_SIZE)));
 	const struct mem_swap_hooks *sw = gm->swap;
-	uint64_t slot = gm->swap_slot ? gm->swap_slot[idx] : 0, n = 1, done = 0, copied;
-	uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC), us;
-	unsigned int bucket = 0;
+	uint64_t slot = gm->swap_slot ? gm->swap_slot[idx] : 0, n = 1;
+	uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC);
 	int ret;
 
 	/* Read-ahead: swapped neighbours in the next slots, owned here like the page. */
-	while (sw && n < SWAP_READAHEAD && mem_run_ok(gm, idx, n + 1) &&
+	while (sw && n < MEM_SWAP_READAHEAD && mem_run_ok(gm, idx, n + 1) &&
 	       pagestate_get(gm->ps, idx + n) == PS_SWAPPED && gm->swap_slot[idx + n] == slot + n &&
 	       !pagestate_cas(gm->ps, idx + n, PS_SWAPPED, PS_BUSY))
 		n++;
+	if (sw && sw->submit(gm->swap_arg, gm, idx, slot, n, page, t0) == 0)
+		return MEM_FAULT_SWAP_PENDING;
 	ret = sw ? sw->read(gm->swap_arg, slot, n, buf) : -ENODEV;
+	return mem_swap_in_done(gm, idx, n, page, buf, ret, t0);
+}
+
+/*
+ * Copy the pages read back in and give their slots back before the access
+ * is woken, so it never meets the hole again. Where the page could not be
+ * read, the VM stops.
+ */
+enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *page,
+				const void *buf, int ret, uint64_t t0)
+{
+	const struct mem_swap_hooks *sw = gm->swap;
+	uint64_t slot = gm->swap_slot ? gm->swap_slot[idx] : 0, done = 0, copied, us;
+	unsigned int bucket = 0;
+
 	while (!ret && done < n * MEM_PAGE_SIZE) {
 		struct uffdio_copy c = {
 			.dst = (uint64_t)(uintptr_t)page + done,
@@ -891,14 +905,55 @@ static enum mem_fault swap_in(struct gm *gm, uint64_t idx, void *page)
 		pagestate_set(gm->ps, idx + i, PS_ANON);
 		sw->release(gm->swap_arg, slot + i, true);
 	}
-	run_wake(gm, idx, n);
-	/* From the fault read to the wake: what the guest waited, but for the service's queue. */
+	/*
+	 * From the fault read to the wake: what the guest waited, but for the
+	 * service's queue. Counted before the wake, so that whoever the wake
+	 * lets go sees its fault in the figures.
+	 */
 	for (us = (kv_clock_ns(CLOCK_MONOTONIC) - t0) / 1000; us > 1 && bucket < 15; us >>= 1)
 		bucket++;
 	count(&gm->swapc.faults, 1);
 	count(&gm->swapc.readahead, n - 1);
 	count(&gm->swapc.hist[bucket], 1);
+	run_wake(gm, idx, n);
 	return MEM_FAULT_SWAP_IN;
+}
+
+int mem_read_swapped(const struct gm *gm, gpa_t gpa, void *buf, size_t len)
+{
+	static __thread uint8_t page[MEM_PAGE_SIZE] __attribute__((aligned(MEM_PAGE_SIZE)));
+	const struct mem_swap_hooks *sw = __atomic_load_n(&gm->swap, __ATOMIC_ACQUIRE);
+	uint8_t *dst = buf;
+
+	while (len) {
+		const struct mem_ram_region *r = mem_find_region(gm, gpa);
+		uint64_t off = gpa % MEM_PAGE_SIZE, n = MEM_PAGE_SIZE - off;
+		uint64_t idx = r->first_pfn_index + ((gpa - r->gpa) >> MEM_PAGE_SHIFT);
+		const uint8_t *src = r->hva + (gpa - r->gpa);
+
+		if (n > len)
+			n = len;
+		/*
+		 * Held while its slot is read, so that it cannot be swapped in
+		 * (and the slot reused) meanwhile; a guest access that faults on
+		 * it then waits for the wake below, and swaps it in after.
+		 */
+		if (sw && pagestate_get(gm->ps, idx) == PS_SWAPPED &&
+		    !pagestate_cas(gm->ps, idx, PS_SWAPPED, PS_BUSY)) {
+			int ret = sw->read(gm->swap_arg, gm->swap_slot[idx], 1, page);
+
+			pagestate_set(gm->ps, idx, PS_SWAPPED);
+			run_wake(gm, idx, 1);
+			if (ret)
+				return ret;
+			src = page + off;
+		}
+		memcpy(dst, src, n);
+		dst += n;
+		gpa += n;
+		len -= n;
+	}
+	return 0;
 }
 
 /*

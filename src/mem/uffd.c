@@ -23,6 +23,15 @@
 #include "mem/mem_internal.h"
 #include "mem/pagestate.h"
 
+/* A descriptor whose readiness runs fn on the service thread (uffd_service_watch). */
+struct uffd_watch {
+	int fd;
+	void (*fn)(void *arg);
+	void *arg;
+};
+
+#define UFFD_MAX_WATCHES 4
+
 struct uffd_service {
 	int epfd;
 	int stop_efd;
@@ -31,6 +40,7 @@ struct uffd_service {
 	struct gm **served;	 /* lock: VMs being served (as many as the host has) */
 	unsigned int nr_served;	 /* lock */
 	unsigned int cap_served; /* lock: room in served */
+	struct uffd_watch *watches[UFFD_MAX_WATCHES]; /* lock */
 	struct uffd_stats stats; /* atomic */
 };
 
@@ -96,6 +106,15 @@ static void drain(struct uffd_service *svc, struct gm *gm)
 	}
 }
 
+/* Under svc->lock: the watch at p, if p is one still watched. */
+static struct uffd_watch *watch_of(const struct uffd_service *svc, const void *p)
+{
+	for (unsigned int i = 0; i < UFFD_MAX_WATCHES; i++)
+		if (svc->watches[i] && svc->watches[i] == p)
+			return svc->watches[i];
+	return NULL;
+}
+
 /* Under svc->lock: gm was not removed since epoll_wait returned its event. */
 static bool is_served(const struct uffd_service *svc, const struct gm *gm)
 {
@@ -109,6 +128,7 @@ static void *service_thread(void *arg)
 {
 	struct uffd_service *svc = arg;
 	struct epoll_event evs[16];
+	struct uffd_watch *w;
 
 	for (;;) {
 		int n = epoll_wait(svc->epfd, evs, 16, -1);
@@ -124,7 +144,10 @@ static void *service_thread(void *arg)
 			if (!evs[i].data.ptr)
 				return NULL; /* the stop eventfd */
 			pthread_mutex_lock(&svc->lock);
-			if (is_served(svc, evs[i].data.ptr))
+			w = watch_of(svc, evs[i].data.ptr);
+			if (w)
+				w->fn(w->arg);
+			else if (is_served(svc, evs[i].data.ptr))
 				drain(svc, evs[i].data.ptr);
 			pthread_mutex_unlock(&svc->lock);
 		}
@@ -175,6 +198,8 @@ void uffd_service_destroy(struct uffd_service *svc)
 	close(svc->stop_efd);
 	pthread_mutex_destroy(&svc->lock);
 	kv_free(svc->served);
+	for (unsigned int i = 0; i < UFFD_MAX_WATCHES; i++)
+		kv_free(svc->watches[i]);
 	kv_free(svc);
 }
 
@@ -220,6 +245,43 @@ void uffd_service_remove(struct uffd_service *svc, struct gm *gm)
 		if (svc->served[i] == gm) {
 			svc->served[i] = svc->served[--svc->nr_served];
 			break;
+		}
+	}
+	pthread_mutex_unlock(&svc->lock);
+}
+
+int uffd_service_watch(struct uffd_service *svc, int fd, void (*fn)(void *arg), void *arg)
+{
+	struct uffd_watch *w = kv_zalloc(sizeof(*w));
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = w };
+	int ret = -ENOSPC;
+
+	if (!w)
+		return -ENOMEM;
+	*w = (struct uffd_watch){ fd, fn, arg };
+	pthread_mutex_lock(&svc->lock);
+	for (unsigned int i = 0; i < UFFD_MAX_WATCHES; i++) {
+		if (svc->watches[i])
+			continue;
+		ret = epoll_ctl(svc->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+		if (!ret)
+			svc->watches[i] = w;
+		break;
+	}
+	pthread_mutex_unlock(&svc->lock);
+	if (ret)
+		kv_free(w);
+	return ret;
+}
+
+void uffd_service_unwatch(struct uffd_service *svc, int fd)
+{
+	pthread_mutex_lock(&svc->lock);
+	for (unsigned int i = 0; i < UFFD_MAX_WATCHES; i++) {
+		if (svc->watches[i] && svc->watches[i]->fd == fd) {
+			epoll_ctl(svc->epfd, EPOLL_CTL_DEL, fd, NULL);
+			kv_free(svc->watches[i]);
+			svc->watches[i] = NULL;
 		}
 	}
 	pthread_mutex_unlock(&svc->lock);

@@ -26,6 +26,16 @@ int uffd_service_add(struct uffd_service *svc, struct gm *gm);
 /* Stop serving gm; call before destroying gm. */
 void uffd_service_remove(struct uffd_service *svc, struct gm *gm);
 
+/*
+ * Call fn(arg) on the service thread whenever fd is readable (an eventfd
+ * of I/O completions, such as host swap's reads), serialised with fault
+ * dispatch: that is how a fault's second half runs in the same loop
+ * without the service waiting for I/O. 0 or -errno.
+ */
+int uffd_service_watch(struct uffd_service *svc, int fd, void (*fn)(void *arg), void *arg);
+/* Stop watching fd: once this returns, its fn is not running and never runs again. */
+void uffd_service_unwatch(struct uffd_service *svc, int fd);
+
 struct uffd_stats {
 	uint64_t wp_faults;	/* writes that hit a protected page */
 	uint64_t sample_hits;	/* of which on a page protected for sampling */

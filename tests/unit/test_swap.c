@@ -17,7 +17,11 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -45,6 +49,7 @@ struct fix {
 	uint64_t first;
 	char why[256];		/* the last reason the fatal hook was given */
 	const char *fatal;	/* why, once given */
+	enum mem_swap_io io;	/* the I/O engine the fixture runs on */
 };
 
 static void on_fatal(void *arg, const char *why)
@@ -66,14 +71,18 @@ static int open_fix(struct fix *f, uint64_t swap_bytes)
 	const char *why;
 	uint8_t page[PAGE];
 
+	enum mem_swap_io io = f->io;
+
 	memset(f, 0, sizeof(*f));
+	f->io = io;
 	if (mem_create_anon(RAM, &f->gm) || mem_enable_uffd(f->gm) ||
 	    uffd_service_create(&f->svc) || uffd_service_add(f->svc, f->gm))
 		return -1;
 	f->ps = mem_pagestate(f->gm);
 	f->first = (uint64_t)mem_page_index(f->gm, BASE);
 	/* The build directory: a disk filesystem (tmpfs is refused). */
-	if (mem_swap_open(".", swap_bytes, false, &f->sw, &why))
+	if (mem_swap_open(".", swap_bytes, false, &f->sw, &why) ||
+	    mem_swap_set_io(f->sw, f->io) || mem_swap_serve(f->sw, f->svc))
 		return -1;
 	if (mem_swap_attach(f->sw, f->gm, on_fatal, f))
 		return -1;
@@ -85,12 +94,25 @@ static int open_fix(struct fix *f, uint64_t swap_bytes)
 	return 0;
 }
 
-static int setup(void **state)
+static int setup_on(void **state, enum mem_swap_io io)
 {
 	static struct fix f;
 
 	*state = &f;
+	f.io = io;
 	return open_fix(&f, 1ULL << 20);
+}
+
+/* io_uring where the kernel allows it (else its fallback): what a host runs. */
+static int setup(void **state)
+{
+	return setup_on(state, MEM_SWAP_IO_AUTO);
+}
+
+/* The pread/pwrite thread pool, the engine where io_uring is refused. */
+static int setup_threads(void **state)
+{
+	return setup_on(state, MEM_SWAP_IO_THREADS);
 }
 
 static int teardown(void **state)
@@ -98,11 +120,17 @@ static int teardown(void **state)
 	struct fix *f = *state;
 
 	uffd_service_remove(f->svc, f->gm);
-	uffd_service_destroy(f->svc);
 	mem_swap_detach(f->sw, f->gm);
 	mem_swap_close(f->sw);
+	uffd_service_destroy(f->svc);
 	mem_destroy(f->gm);
 	return 0;
+}
+
+/* Swap out up to n pages from page index first on (the caller's thread). */
+static int64_t swap_out(struct fix *f, uint64_t first, uint64_t n)
+{
+	return mem_swap_out(f->sw, f->gm, &first, n);
 }
 
 static uint64_t pm_of(struct fix *f, uint64_t idx)
@@ -121,12 +149,16 @@ static struct mem_swap_stats sstats(struct fix *f)
 	return s;
 }
 
+/* Touch page i as the guest would (its host mapping): it must hold `byte` throughout. */
 static void assert_content(struct fix *f, unsigned int i, int byte)
 {
 	uint8_t page[PAGE], want[PAGE];
+	struct mem_slice sl;
 
 	memset(want, byte, sizeof(want));
-	assert_int_equal(mem_read(f->gm, BASE + (uint64_t)i * PAGE, page, sizeof(page)), 0);
+	assert_int_equal(mem_slice_get(f->gm, BASE + (uint64_t)i * PAGE, PAGE, &sl), 0);
+	assert_int_equal(sl.len, PAGE);
+	memcpy(page, sl.hva, sizeof(page));
 	assert_memory_equal(page, want, sizeof(page));
 }
 
@@ -137,7 +169,7 @@ static void test_swap_out_and_back_on_touch(void **state)
 
 	for (unsigned int i = 0; i < N; i++)
 		written += byte_of(i) != 0;
-	assert_int_equal(mem_swap_out(f->sw, f->gm, f->first, N), written);
+	assert_int_equal(swap_out(f, f->first, N), written);
 	for (unsigned int i = 0; i < N; i++) {
 		/* Gone from memory: written out, or (zero pages) dropped as zero. */
 		assert_false(mem_pm_resident(pm_of(f, f->first + i)));
@@ -206,7 +238,7 @@ static void test_swap_out_keeps_a_racing_write(void **state)
 
 	assert_int_equal(pthread_create(&th, NULL, writer, &w), 0);
 	for (unsigned int round = 0; round < 200; round++)
-		assert_true(mem_swap_out(f->sw, f->gm, f->first, 1) >= 0);
+		assert_true(swap_out(f, f->first, 1) >= 0);
 	w.stop = 1;
 	assert_int_equal(pthread_join(th, NULL), 0);
 	assert_int_equal(mem_read(f->gm, BASE, &got, sizeof(got)), 0);
@@ -220,7 +252,7 @@ static void test_swap_ballooned_page_loses_its_slot_unread(void **state)
 	struct fix *f = *state;
 	uint8_t page[PAGE], zero[PAGE] = { 0 };
 
-	assert_int_equal(mem_swap_out(f->sw, f->gm, f->first, 4), 4);
+	assert_int_equal(swap_out(f, f->first, 4), 4);
 	assert_int_equal(mem_discard(f->gm, BASE, 2 * PAGE, PS_BALLOONED), 0);
 	assert_int_equal(sstats(f).discarded, 2);
 	assert_int_equal(sstats(f).used_bytes, 2 * PAGE);
@@ -248,7 +280,7 @@ static void test_swap_skips_shared_and_writes_no_zero_page(void **state)
 	mem_txn_set(&t, 0, MEM_FRAME, 0);
 	assert_int_equal(mem_txn_end(&t, store), 1);
 	/* Every page of the test area but the shared one and the 8 zero pages. */
-	assert_int_equal(mem_swap_out(f->sw, f->gm, f->first, 1000), N - 8 - 1);
+	assert_int_equal(swap_out(f, f->first, 1000), N - 8 - 1);
 	assert_int_equal(pagestate_get(f->ps, f->first + 1), PS_SHARED);
 	assert_int_equal(pagestate_get(f->ps, f->first + 7), PS_ZERO);
 	assert_int_equal(sstats(f).used_bytes, (N - 8 - 1) * PAGE);
@@ -280,7 +312,7 @@ static void test_swap_pool_keeps_compressible_pages(void **state)
 	}
 	for (unsigned int i = 0; i < N; i++)
 		written += byte_of(i) != 0;
-	assert_int_equal(mem_swap_out(f->sw, f->gm, f->first, N), written);
+	assert_int_equal(swap_out(f, f->first, N), written);
 	assert_int_equal(sstats(f).used_bytes, 4 * PAGE);
 	assert_int_equal(sstats(f).pool_pages, written - 4);
 	/* A page of one byte value compresses to ~20 bytes: sixteen to a chunk. */
@@ -289,7 +321,13 @@ static void test_swap_pool_keeps_compressible_pages(void **state)
 		assert_false(mem_pm_resident(pm_of(f, f->first + i)));
 	for (unsigned int i = 4; i < N; i++)
 		assert_content(f, i, byte_of(i));
-	assert_int_equal(mem_read(f->gm, BASE, page, PAGE), 0);
+	{
+		struct mem_slice sl;
+
+		/* A touch of page 0 reads 0..3 back from the file (neighbouring slots). */
+		assert_int_equal(mem_slice_get(f->gm, BASE, 4 * PAGE, &sl), 0);
+		memcpy(page, sl.hva, PAGE);
+	}
 	assert_int_equal(sstats(f).pool_pages, 0);
 	assert_int_equal(sstats(f).pool_used_bytes, 0);
 	assert_int_equal(sstats(f).used_bytes, 0);
@@ -303,8 +341,8 @@ static void test_swap_full_file_keeps_pages_resident(void **state)
 
 	teardown(state);
 	assert_int_equal(open_fix(f, 16 * PAGE), 0);
-	assert_int_equal(mem_swap_out(f->sw, f->gm, f->first, N), 16);
-	assert_int_equal(mem_swap_out(f->sw, f->gm, f->first, N), -ENOSPC);
+	assert_int_equal(swap_out(f, f->first, N), 16);
+	assert_int_equal(swap_out(f, f->first, N), -ENOSPC);
 	assert_true(sstats(f).full >= 1);
 	for (unsigned int i = 0; i < N; i++)
 		assert_content(f, i, byte_of(i));
@@ -349,11 +387,14 @@ struct toucher {
 	uint8_t byte;
 };
 
+/* A guest access (through the host mapping), on a thread of its own. */
 static void *touch(void *arg)
 {
 	struct toucher *t = arg;
+	struct mem_slice sl;
 
-	assert_int_equal(mem_read(t->gm, BASE, &t->byte, 1), 0);
+	if (mem_slice_get(t->gm, BASE, 1, &sl) == 0)
+		t->byte = *(volatile uint8_t *)sl.hva;
 	return NULL;
 }
 
@@ -368,7 +409,7 @@ static void test_swap_write_error_keeps_pages_resident(void **state)
 	bad = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	assert_true(saved >= 0 && bad >= 0);
 	assert_int_equal(dup2(bad, fd), fd);
-	assert_true(mem_swap_out(f->sw, f->gm, f->first, N) < 0);
+	assert_true(swap_out(f, f->first, N) < 0);
 	assert_int_equal(dup2(saved, fd), fd);
 	assert_true(sstats(f).write_errors >= 1);
 	assert_int_equal(sstats(f).used_bytes, 0);
@@ -378,7 +419,7 @@ static void test_swap_write_error_keeps_pages_resident(void **state)
 		assert_content(f, i, byte_of(i));
 	}
 	/* The file works again: so does swapping. */
-	assert_true(mem_swap_out(f->sw, f->gm, f->first, N) > 0);
+	assert_true(swap_out(f, f->first, N) > 0);
 	close(saved);
 	close(bad);
 }
@@ -396,21 +437,187 @@ static void test_swap_read_error_stops_the_vm(void **state)
 	pthread_t th;
 
 	assert_true(fd >= 0);
-	assert_int_equal(mem_swap_out(f->sw, f->gm, f->first, 1), 1);
+	assert_int_equal(swap_out(f, f->first, 1), 1);
 	saved = dup(fd);
 	bad = open("/dev/null", O_WRONLY | O_CLOEXEC);
 	assert_true(saved >= 0 && bad >= 0);
 	assert_int_equal(dup2(bad, fd), fd);
+	/* A VMM read of it fails, for that read only: nothing is decided on it. */
+	assert_true(mem_read(f->gm, BASE, &t.byte, 1) < 0);
+	assert_int_equal(pagestate_get(f->ps, f->first), PS_SWAPPED);
+	assert_null(f->fatal);
 	assert_int_equal(pthread_create(&th, NULL, touch, &t), 0);
 	assert_int_equal(pthread_join(th, NULL), 0);
 	assert_non_null(f->fatal);
 	assert_non_null(strstr(f->fatal, "cannot be read back from swap"));
-	assert_int_equal(sstats(f).read_errors, 1);
+	/* The VMM's read and the touch's. */
+	assert_int_equal(sstats(f).read_errors, 2);
 	assert_int_equal(t.byte, 0);
 	assert_int_equal(sstats(f).used_bytes, 0);
 	assert_int_equal(dup2(saved, fd), fd);
 	close(saved);
 	close(bad);
+}
+
+
+/* The access API reads a swapped page from its slot: the page stays swapped, nothing is read in. */
+static void test_swap_vmm_read_leaves_page_swapped(void **state)
+{
+	struct fix *f = *state;
+	uint8_t page[PAGE], want[PAGE];
+
+	assert_int_equal(swap_out(f, f->first, 2), 2);
+	memset(want, byte_of(1), sizeof(want));
+	/* Across the page boundary too. */
+	assert_int_equal(mem_read(f->gm, BASE + PAGE / 2, page, PAGE), 0);
+	assert_memory_equal(page + PAGE / 2, want, PAGE / 2);
+	memset(want, byte_of(0), sizeof(want));
+	assert_memory_equal(page, want, PAGE / 2);
+	assert_int_equal(pagestate_get(f->ps, f->first), PS_SWAPPED);
+	assert_int_equal(pagestate_get(f->ps, f->first + 1), PS_SWAPPED);
+	assert_false(mem_pm_resident(pm_of(f, f->first)));
+	assert_int_equal(sstats(f).swap_ins, 0);
+	/* And a touch still reads it back. */
+	assert_content(f, 1, byte_of(1));
+	assert_int_equal(sstats(f).swap_ins, 1);
+	assert_null(f->fatal);
+}
+
+struct toucher_n {
+	struct fix *f;
+	unsigned int first, step;
+	int bad;
+};
+
+static void *touch_pages(void *arg)
+{
+	struct toucher_n *t = arg;
+
+	for (unsigned int i = t->first; i < N; i += t->step) {
+		struct mem_slice sl;
+		const uint8_t *p;
+
+		if (mem_slice_get(t->f->gm, BASE + (uint64_t)i * PAGE, PAGE, &sl))
+			return NULL;
+		p = sl.hva;
+		for (unsigned int k = 0; k < PAGE; k++)
+			t->bad += p[k] != byte_of(i);
+	}
+	return NULL;
+}
+
+/*
+ * Eight threads touch swapped pages at once: the service has several reads
+ * in flight (it does not wait for one before taking the next fault), and
+ * each access gets its own page back.
+ */
+static void test_swap_concurrent_touches(void **state)
+{
+	struct fix *f = *state;
+	struct toucher_n t[8];
+	pthread_t th[8];
+
+	assert_true(swap_out(f, f->first, N) > 0);
+	for (unsigned int i = 0; i < 8; i++) {
+		t[i] = (struct toucher_n){ f, i, 8, 0 };
+		assert_int_equal(pthread_create(&th[i], NULL, touch_pages, &t[i]), 0);
+	}
+	for (unsigned int i = 0; i < 8; i++) {
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+		assert_int_equal(t[i].bad, 0);
+	}
+	assert_int_equal(mem_swap_vm_pages(f->gm), 0);
+	assert_int_equal(sstats(f).used_bytes, 0);
+	assert_null(f->fatal);
+}
+
+/* The swap-out worker takes a VM down to a target and says so; the engine is named. */
+static void test_swap_worker_reaches_target(void **state)
+{
+	struct fix *f = *state;
+	struct mem_swap_progress p;
+	uint64_t resident = mem_resident(f->gm);
+
+	assert_true(resident >= N - N / 8);
+	assert_int_equal(mem_swap_target(f->sw, f->gm, resident - 16), 0);
+	assert_int_equal(mem_swap_wait(f->sw, f->gm, UINT64_MAX / 2, &p), 0);
+	assert_false(p.active);
+	assert_true(p.reached);
+	assert_int_equal(p.error, 0);
+	assert_true(p.swapped_pages >= 1 && p.swapped_pages <= 16);
+	assert_true(p.resident_pages <= resident - 16);
+	assert_true(mem_swap_vm_pages(f->gm) >= 1);
+	/* Below what can go (zero pages stay as they are): it ends, not reached. */
+	assert_int_equal(mem_swap_target(f->sw, f->gm, 0), 0);
+	assert_int_equal(mem_swap_wait(f->sw, f->gm, UINT64_MAX / 2, &p), 0);
+	assert_false(p.active);
+	assert_int_equal(p.error, 0);
+	for (unsigned int i = 0; i < N; i++)
+		assert_content(f, i, byte_of(i));
+	assert_string_equal(mem_swap_engine(f->sw),
+			    f->io == MEM_SWAP_IO_THREADS ? "threads" : mem_swap_engine(f->sw));
+	assert_true(!strcmp(mem_swap_engine(f->sw), "io_uring") ||
+		    !strcmp(mem_swap_engine(f->sw), "threads"));
+}
+
+/*
+ * Where the kernel refuses io_uring (kernel.io_uring_disabled, a seccomp
+ * filter: here a filter on the thread that opens the store, inherited by
+ * the threads it starts), the store runs on threads and says so, and pages
+ * go out and come back; an explicit io_uring is refused with the kernel's
+ * error. Returns 0, or the step that failed.
+ */
+static void *refused_io_uring(void *arg)
+{
+	struct sock_filter filter[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { sizeof(filter) / sizeof(filter[0]), filter };
+	struct fix *f = arg;
+	struct mem_swap *sw;
+	const char *why;
+
+	f->io = MEM_SWAP_IO_AUTO;
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
+		return "seccomp";
+	if (open_fix(f, 1ULL << 20))
+		return "open";
+	if (strcmp(mem_swap_engine(f->sw), "threads"))
+		return "engine";
+	if (swap_out(f, f->first, N) <= 0 || mem_swap_vm_pages(f->gm) == 0)
+		return "swap-out";
+	for (unsigned int i = 0; i < N; i++) {
+		struct mem_slice sl;
+
+		if (mem_slice_get(f->gm, BASE + (uint64_t)i * PAGE, PAGE, &sl) ||
+		    ((volatile uint8_t *)sl.hva)[PAGE - 1] != byte_of(i))
+			return "content";
+	}
+	if (mem_swap_vm_pages(f->gm) != 0)
+		return "swap-in";
+	if (mem_swap_open(".", 1ULL << 20, false, &sw, &why))
+		return "second open";
+	if (mem_swap_set_io(sw, MEM_SWAP_IO_URING) != -EPERM)
+		return "explicit io_uring";
+	mem_swap_close(sw);
+	return NULL;
+}
+
+static void test_swap_falls_back_to_threads(void **state)
+{
+	struct fix f;
+	pthread_t th;
+	void *failed;
+
+	(void)state;
+	memset(&f, 0, sizeof(f));
+	assert_int_equal(pthread_create(&th, NULL, refused_io_uring, &f), 0);
+	assert_int_equal(pthread_join(th, &failed), 0);
+	assert_null(failed);
+	teardown(&(void *){ &f });
 }
 
 int main(void)
@@ -430,6 +637,22 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_swap_write_error_keeps_pages_resident, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_swap_read_error_stops_the_vm, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_swap_vmm_read_leaves_page_swapped, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_swap_concurrent_touches, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_swap_worker_reaches_target, setup, teardown),
+		/* The same on the thread engine. */
+		cmocka_unit_test_setup_teardown(test_swap_out_and_back_on_touch, setup_threads,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_swap_concurrent_touches, setup_threads,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_swap_worker_reaches_target, setup_threads,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_swap_write_error_keeps_pages_resident,
+						setup_threads, teardown),
+		cmocka_unit_test_setup_teardown(test_swap_read_error_stops_the_vm, setup_threads,
+						teardown),
+		cmocka_unit_test(test_swap_falls_back_to_threads),
 	};
 
 	return cmocka_run_group_tests_name("host swap store", tests, NULL, NULL);

@@ -155,16 +155,23 @@ static int parse_vm(json_t *o, unsigned int i, struct host_vm_config *vm, const 
 }
 
 /*
- * "swap": {"path": PATH, "size": "4G", "pool": "256M", "allow_tmpfs": false}:
- * the host's swap file (mem/swap.h). path is a directory (an unnamed file in
- * it) or a file that does not exist yet; size defaults to
- * MEM_SWAP_DEFAULT_BYTES; pool, a compressed pool in memory before the file,
- * defaults to none; allow_tmpfs is for tests (a small tmpfs gives a file
- * that fills).
+ * "swap": {"path": PATH, "size": "4G", "pool": "256M", "io": "auto",
+ * "allow_tmpfs": false}: the host's swap file (mem/swap.h). path is a
+ * directory (an unnamed file in it) or a file that does not exist yet; size
+ * defaults to MEM_SWAP_DEFAULT_BYTES; pool, a compressed pool in memory
+ * before the file, defaults to none; io, the I/O engine: "auto" (io_uring
+ * where the kernel allows it, else threads), "io_uring" or "threads";
+ * allow_tmpfs is for tests (a small tmpfs gives a file that fills).
  */
 static int parse_swap(json_t *o, struct host_swap_config *sw, char *err, size_t len)
 {
-	static const char *const known[] = { "path", "size", "pool", "allow_tmpfs" };
+	static const char *const known[] = { "path", "size", "pool", "io", "allow_tmpfs" };
+	static const char *const engines[] = {
+		[MEM_SWAP_IO_AUTO] = "auto",
+		[MEM_SWAP_IO_URING] = "io_uring",
+		[MEM_SWAP_IO_THREADS] = "threads",
+	};
+	const char *io = NULL;
 	const char *key;
 	json_t *v;
 	int ret;
@@ -203,6 +210,17 @@ static int parse_swap(json_t *o, struct host_swap_config *sw, char *err, size_t 
 	if (v && !json_is_boolean(v))
 		return fail(err, len, "swap.allow_tmpfs: must be true or false");
 	sw->allow_tmpfs = json_is_true(v);
+	v = json_object_get(o, "io");
+	if (v)
+		io = json_string_value(v);
+	for (size_t k = 0; io && k < sizeof(engines) / sizeof(engines[0]); k++)
+		if (!strcmp(io, engines[k])) {
+			sw->io = (enum mem_swap_io)k;
+			io = NULL;
+			v = NULL;
+		}
+	if (v)
+		return fail(err, len, "swap.io: must be \"auto\", \"io_uring\" or \"threads\"");
 	return 0;
 }
 

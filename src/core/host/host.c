@@ -45,8 +45,6 @@ struct host_vm {
 	int status;			/* h->lock, valid once stopped */
 	/* Host swap: attached once its userfaultfd serves it, detached before it goes. */
 	bool swap_attached;
-	pthread_mutex_t swap_lock;	/* one swap verb at a time per VM; guards swap_cursor */
-	uint64_t swap_cursor;		/* page index the next swap-out starts at */
 	bool swap_failed;		/* a swapped page could not be read back: the VM stops */
 	bool swap_error_set;		/* swap_error written (release/acquire) */
 	char swap_error[192];		/* the reason, written once */
@@ -310,6 +308,20 @@ int host_create(const struct host_config *cfg, struct host **out)
 				goto out_destroy;
 			}
 		}
+		ret = mem_swap_set_io(h->swap, cfg->swap.io);
+		if (ret) {
+			log_err("swap I/O engine %s: %s",
+				cfg->swap.io == MEM_SWAP_IO_URING ? "io_uring" : "threads",
+				ret == -EPERM ? "refused by the kernel (kernel.io_uring_disabled?)"
+					      : strerror(-ret));
+			ret = -EBADFD;
+			goto out_destroy;
+		}
+		ret = mem_swap_serve(h->swap, h->uffd);
+		if (ret) {
+			log_err("swap: serving faults asynchronously: %s", strerror(-ret));
+			goto out_destroy;
+		}
 	}
 	what = "page sharing";
 	if (cfg->dedup == HOST_DEDUP_ON) {
@@ -332,7 +344,6 @@ int host_create(const struct host_config *cfg, struct host **out)
 
 		hv->host = h;
 		hv->cfg = cfg->vms[i];
-		pthread_mutex_init(&hv->swap_lock, NULL);
 		h->nr_vms++;
 		snprintf(vm_what, sizeof(vm_what), "%s: cannot create the VM", hv->cfg.name);
 		what = vm_what;
@@ -493,8 +504,6 @@ void host_destroy(struct host *h)
 			mem_swap_detach(h->swap, vm_gm(hv->vm));
 		vm_destroy(hv->vm);
 	}
-	for (unsigned int i = 0; i < h->nr_vms; i++)
-		pthread_mutex_destroy(&h->vms[i].swap_lock);
 	if (h->swap)
 		mem_swap_close(h->swap);
 	if (h->ovc)
@@ -576,12 +585,6 @@ int host_vm_memcheck(struct host *h, const char *name, json_t **out)
 	return 0;
 }
 
-/*
- * Pages asked of one mem_swap_out call: 64 MiB, so the verb's own deadline is
- * looked at between calls on a slow disk.
- */
-#define SWAP_CALL_PAGES 16384ULL
-
 /* Why a swap-out stopped with ret (-errno), having swapped `done` pages before. */
 static void swap_error(struct host *h, int ret, uint64_t done, uint64_t resident, char *why,
 		       size_t len)
@@ -610,9 +613,7 @@ int host_vm_swap(struct host *h, const char *name, uint64_t to, json_t **out, ch
 {
 	uint64_t deadline = kv_clock_ns(CLOCK_MONOTONIC) + HOST_SWAP_VERB_MS * 1000000ULL;
 	struct host_vm *hv = find_vm(h, name);
-	uint64_t nr_pages, done = 0, resident;
-	struct timespec dl = { .tv_sec = (time_t)(deadline / 1000000000ULL),
-			       .tv_nsec = (long)(deadline % 1000000000ULL) };
+	struct mem_swap_progress p;
 	struct gm *gm;
 	int ret;
 
@@ -624,44 +625,23 @@ int host_vm_swap(struct host *h, const char *name, uint64_t to, json_t **out, ch
 			 "in the host config)");
 		return -ENODEV;
 	}
-	ret = pthread_mutex_clocklock(&hv->swap_lock, CLOCK_MONOTONIC, &dl);
-	if (ret) {
-		snprintf(why, len, "another swap of this VM is still running: not run");
-		return -ETIMEDOUT;
-	}
 	gm = vm_gm(hv->vm);
-	nr_pages = mem_nr_pages(gm);
-	/*
-	 * Measure, swap out the difference, measure again: the guest may take
-	 * pages back meanwhile. The cursor moves on by what was taken, so the
-	 * next swap-out starts where this one left off instead of taking the
-	 * pages just read back again.
-	 */
-	for (;;) {
-		uint64_t need;
-		int64_t n;
-
-		resident = mem_resident(gm) * MEM_PAGE_SIZE;
-		if (resident <= to || kv_clock_ns(CLOCK_MONOTONIC) >= deadline)
-			break;
-		need = (resident - to + MEM_PAGE_SIZE - 1) / MEM_PAGE_SIZE;
-		n = mem_swap_out(h->swap, gm, hv->swap_cursor,
-				 need < SWAP_CALL_PAGES ? need : SWAP_CALL_PAGES);
-		if (n <= 0) {
-			ret = (int)n;	/* 0: nothing more can be swapped now */
-			resident = mem_resident(gm) * MEM_PAGE_SIZE;
-			break;
-		}
-		done += (uint64_t)n;
-		hv->swap_cursor = (hv->swap_cursor + (uint64_t)n) % nr_pages;
-	}
-	pthread_mutex_unlock(&hv->swap_lock);
-	if (ret) {
-		swap_error(h, ret, done, resident, why, len);
+	/* The swap-out worker does it; the verb waits for it, up to its deadline. */
+	ret = mem_swap_target(h->swap, gm, to / MEM_PAGE_SIZE);
+	if (!ret)
+		ret = mem_swap_wait(h->swap, gm, deadline, &p);
+	if (ret && ret != -ETIMEDOUT) {
+		snprintf(why, len, "swap-out could not be started: %s", strerror(-ret));
 		return ret;
 	}
-	*out = json_pack("{s:I, s:I, s:b}", "swapped_bytes", (json_int_t)(done * MEM_PAGE_SIZE),
-			 "resident_bytes", (json_int_t)resident, "reached", resident <= to);
+	if (p.error) {
+		swap_error(h, p.error, p.swapped_pages, p.resident_pages * MEM_PAGE_SIZE, why, len);
+		return p.error;
+	}
+	*out = json_pack("{s:I, s:I, s:b, s:b}", "swapped_bytes",
+			 (json_int_t)(p.swapped_pages * MEM_PAGE_SIZE), "resident_bytes",
+			 (json_int_t)(p.resident_pages * MEM_PAGE_SIZE), "reached", p.reached,
+			 "running", p.active);
 	return *out ? 0 : -ENOMEM;
 }
 
@@ -783,7 +763,7 @@ static json_t *swap_stats_json(struct host *h, uint64_t *pool_used)
 			 "write_errors", (json_int_t)st.write_errors,
 			 "read_errors", (json_int_t)st.read_errors,
 			 "full", (json_int_t)st.full,
-			 "engine", "pread",
+			 "engine", mem_swap_engine(h->swap),
 			 "pool",
 			 "size_bytes", (json_int_t)st.pool_bytes,
 			 "used_bytes", (json_int_t)st.pool_used_bytes,

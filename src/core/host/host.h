@@ -14,6 +14,7 @@
 
 #include "core/accel/accel.h"
 #include "core/log.h"
+#include "mem/swap.h"
 
 struct host;
 
@@ -42,6 +43,7 @@ struct host_swap_config {
 	uint64_t bytes;		/* file size, a page multiple above 0 */
 	uint64_t pool_bytes;	/* a compressed pool in memory before the file; 0: none */
 	bool allow_tmpfs;	/* tests only: a tmpfs file, for a small file that fills */
+	enum mem_swap_io io;	/* the I/O engine: auto (io_uring, else threads) */
 };
 
 struct host_config {
@@ -109,14 +111,15 @@ int host_vm_stop(struct host *h, const char *name);
  */
 int host_vm_memcheck(struct host *h, const char *name, json_t **out);
 /*
- * Swap VM `name` out until its resident memory is at most `to` bytes, or
- * nothing more can be swapped (its other pages are zero, shared, or touched
- * again as fast as they go), or HOST_SWAP_VERB_MS have passed. 0 with *out
- * the payload {"swapped_bytes" (by this call), "resident_bytes",
- * "reached"} (new ref); else -errno with a sentence in why: -ENOENT (no
- * such VM), -ENODEV (no swap configured), -ENOSPC (the swap file is full:
- * the pages that did not fit stay resident), -EIO (a write failed: those
- * pages stay resident), -ETIMEDOUT (another swap of the VM held it).
+ * Have the swap-out worker swap VM `name` out until its resident memory is
+ * at most `to` bytes, or nothing more can be swapped (its other pages are
+ * zero, shared, or touched again as fast as they go), and wait for it up to
+ * HOST_SWAP_VERB_MS (the worker goes on after). 0 with *out the payload
+ * {"swapped_bytes" (towards this target), "resident_bytes", "reached",
+ * "running" (the worker is still at it)} (new ref); else -errno with a
+ * sentence in why: -ENOENT (no such VM), -ENODEV (no swap configured),
+ * -ENOSPC (the swap file is full: the pages that did not fit stay
+ * resident), -EIO (a write failed: those pages stay resident).
  */
 #define HOST_SWAP_VERB_MS 5000
 int host_vm_swap(struct host *h, const char *name, uint64_t to, json_t **out, char *why,

@@ -28,6 +28,10 @@
  *   cowwait=s      sleep s seconds before those writes, after printing
  *                  "kvmem-wl: cow in s s" (default 0): time for the host to
  *                  merge (a test pauses the VM meanwhile)
+ *   hold=s         before then=, print "kvmem-wl: hold s s" and sleep s
+ *                  seconds without touching a page: time for the host to
+ *                  swap the filled pages out before then=free frees them
+ *                  (default 0)
  *   then=poweroff|sleep|free   at the end (default poweroff): power off with
  *                  0 (or 1 after a failed verification); idle; or give every
  *                  filled page back to palloc and idle
@@ -91,6 +95,7 @@ static struct wl_cfg {
 	bool has_time;
 	uint64_t cow;
 	uint64_t cowwait_s;
+	uint64_t hold_s;
 	uint64_t grow_pages;
 	bool wait_balloon;
 	enum wl_then then;
@@ -445,6 +450,8 @@ static void parse(struct rt_str spec)
 			cfg.cow = num(key, val, 100);
 		} else if (str_eq(key, "cowwait")) {
 			cfg.cowwait_s = num(key, val, 1 << 30);
+		} else if (str_eq(key, "hold")) {
+			cfg.hold_s = num(key, val, 1 << 30);
 		} else if (str_eq(key, "grow")) {
 			cfg.grow_pages = num(key, val, (uint64_t)UINT32_MAX / RT_PAGES_PER_MIB) *
 					 RT_PAGES_PER_MIB;
@@ -726,6 +733,10 @@ void wl_main(struct rt_str spec)
 		cow_phase();
 	run(t1);
 	rt_printf("kvmem-wl: done\n");
+	if (cfg.hold_s) {
+		rt_printf("kvmem-wl: hold %lu s\n", cfg.hold_s);
+		rt_sleep_ns(cfg.hold_s * RT_NS_PER_SEC);
+	}
 	switch (cfg.then) {
 	case THEN_POWEROFF:
 		rt_poweroff(failed ? RT_EXIT_VERIFY_FAIL : RT_EXIT_OK);

@@ -278,9 +278,8 @@ int mem_swap_open(const char *path, uint64_t bytes, bool allow_tmpfs, struct mem
 		mem_swap_close(sw);
 		return ret;
 	}
-	log_info("host swap: %llu MiB%s, I/O through %s", (unsigned long long)(bytes >> 20),
-		 fs.f_type == TMPFS_MAGIC ? " on tmpfs (tests only)" : "",
-		 swapio_engine_name(swapio_engine(sw->out_io)));
+	log_info("host swap: %llu MiB%s", (unsigned long long)(bytes >> 20),
+		 fs.f_type == TMPFS_MAGIC ? " on tmpfs (tests only)" : "");
 	*out = sw;
 	return 0;
 
@@ -350,6 +349,7 @@ int mem_swap_serve(struct mem_swap *sw, struct uffd_service *svc)
 		return ret;
 	}
 	sw->svc = svc;
+	log_info("host swap: I/O through %s", mem_swap_engine(sw));
 	return 0;
 }
 
@@ -735,10 +735,13 @@ int mem_swap_attach(struct mem_swap *sw, struct gm *gm, mem_swap_fatal_fn fatal,
 			sw->cap_vms = cap;
 		}
 	}
-	if (!v || !gm->swap_slot || sw->nr_vms == sw->cap_vms)
+	if (!v || !gm->swap_slot || sw->nr_vms == sw->cap_vms) {
 		ret = -ENOMEM;
-	else
+	} else {
+		/* Whole before the worker can see it. */
+		*v = (struct swap_vm){ .gm = gm, .fatal = fatal, .arg = arg, .target = NO_TARGET };
 		sw->vms[sw->nr_vms++] = v;
+	}
 	pthread_mutex_unlock(&sw->vm_lock);
 	if (ret) {
 		kv_free(v);
@@ -746,7 +749,6 @@ int mem_swap_attach(struct mem_swap *sw, struct gm *gm, mem_swap_fatal_fn fatal,
 		gm->swap_slot = NULL;
 		return ret;
 	}
-	*v = (struct swap_vm){ .gm = gm, .fatal = fatal, .arg = arg, .target = NO_TARGET };
 	gm->swap_arg = sw;
 	gm->fatal_arg = v;
 	__atomic_store_n(&gm->swap, &hooks, __ATOMIC_RELEASE);
@@ -757,10 +759,16 @@ void mem_swap_detach(struct mem_swap *sw, struct gm *gm)
 {
 	struct swap_vm *v = gm->fatal_arg;
 
-	if (gm->swap_arg != sw)
+	if (!sw || gm->swap_arg != sw)
 		return;
-	/* The worker lets go of it first (it may be in a swap-out of it). */
+	/*
+	 * Its target is dropped (a VM going away is not written out first),
+	 * and the worker lets go of it (it may be in a step of it).
+	 */
 	pthread_mutex_lock(&sw->vm_lock);
+	v->target = NO_TARGET;
+	v->progress.active = false;
+	pthread_cond_broadcast(&sw->done_cv);
 	while (v->busy)
 		pthread_cond_wait(&sw->done_cv, &sw->vm_lock);
 	for (unsigned int i = 0; i < sw->nr_vms; i++) {
@@ -800,13 +808,16 @@ void mem_swap_detach(struct mem_swap *sw, struct gm *gm)
 /* --- swap-out --- */
 
 /*
- * Pages i.. of the claimed run t that are worth swapping: resident pages of
- * the VM's own (not the zero page, not a store frame), seen so once
- * protected.
+ * Page idx, whose pagemap entry is pm, can be swapped: a resident page of
+ * the VM's own (not the zero page, not a store frame) in plain anonymous
+ * memory. Not a private copy inside a mapping of the store (a dedup
+ * window): dropping it there means mapping fresh memory over it, and until
+ * that is registered again a touch would get zeros from the kernel instead
+ * of a fault that reads the page back.
  */
-static bool swappable(const struct mem_txn *t, uint32_t i)
+static bool swappable(const struct gm *gm, uint64_t idx, uint64_t pm)
 {
-	return mem_pm_resident(t->pm[i]) && !mem_pm_file(t->pm[i]);
+	return mem_pm_resident(pm) && !mem_pm_file(pm) && !mem_frame_mapped(gm, idx);
 }
 
 /*
@@ -825,7 +836,8 @@ static int64_t write_slots(struct mem_swap *sw, uint64_t start, uint64_t n)
 		return ret;
 	while (!swapio_reap(sw->out_io, &d, 1, true))
 		;
-	return d.res;
+	/* The only write in flight: anything else would judge these pages by another's. */
+	return d.tag == sw->buf ? d.res : -EIO;
 }
 
 /*
@@ -851,7 +863,7 @@ static int64_t write_run(struct mem_swap *sw, struct mem_txn *t)
 			if (t->commit[i] != MEM_KEEP)
 				continue;
 
-			if (!swappable(t, i))
+			if (!swappable(t->gm, t->idx + i, t->pm[i]))
 				continue;
 			uint64_t h;
 
@@ -924,12 +936,10 @@ int64_t mem_swap_out(struct mem_swap *sw, struct gm *gm, uint64_t *cursor, uint6
 		}
 		/* Skip to the first candidate; claim the run of candidates from there. */
 		skip = 0;
-		while (skip < (uint64_t)got &&
-		       (!mem_pm_resident(pm[skip]) || mem_pm_file(pm[skip]) ||
-			pagestate_get(gm->ps, idx + skip) != PS_ANON))
+		while (skip < (uint64_t)got && (!swappable(gm, idx + skip, pm[skip]) ||
+						pagestate_get(gm->ps, idx + skip) != PS_ANON))
 			skip++;
-		while (skip + run < (uint64_t)got && mem_pm_resident(pm[skip + run]) &&
-		       !mem_pm_file(pm[skip + run]) &&
+		while (skip + run < (uint64_t)got && swappable(gm, idx + skip + run, pm[skip + run]) &&
 		       pagestate_get(gm->ps, idx + skip + run) == PS_ANON)
 			run++;
 		if (run) {

@@ -243,6 +243,26 @@ unsigned int swapio_inflight(const struct swapio *io)
 	return io->inflight;
 }
 
+/*
+ * Hand the queued entries to the kernel: true when none is left queued.
+ * Where it refuses, the eventfd is signalled, so that the user's loop
+ * comes back to reap (and so to try again) even with nothing completing.
+ */
+static bool flush_uring(struct swapio *io)
+{
+	int ret;
+
+	if (!io_uring_sq_ready(&io->ring))
+		return true;
+	do
+		ret = io_uring_submit(&io->ring);
+	while (ret == -EINTR);
+	if (ret >= 0 && !io_uring_sq_ready(&io->ring))
+		return true;
+	signal_efd(io->efd);
+	return false;
+}
+
 int swapio_submit(struct swapio *io, bool write, int fd, void *buf, size_t len, uint64_t off,
 		  void *tag)
 {
@@ -250,20 +270,22 @@ int swapio_submit(struct swapio *io, bool write, int fd, void *buf, size_t len, 
 		return -EBUSY;
 	if (io->engine == SWAPIO_URING) {
 		struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
-		int ret;
 
 		if (!sqe)
-			return -EBUSY; /* cannot happen: every sqe is submitted at once */
+			return -EBUSY; /* depth entries queued, not all submitted yet */
 		if (write)
 			io_uring_prep_write(sqe, fd, buf, (unsigned int)len, off);
 		else
 			io_uring_prep_read(sqe, fd, buf, (unsigned int)len, off);
 		io_uring_sqe_set_data(sqe, tag);
-		do
-			ret = io_uring_submit(&io->ring);
-		while (ret == -EINTR);
-		if (ret < 0)
-			return ret;
+		/*
+		 * Queued now whatever the kernel says: an entry cannot be taken
+		 * back. It is in flight from here, and one the kernel refuses
+		 * (-EAGAIN, -ENOMEM) goes with the next submission or reap.
+		 */
+		io->inflight++;
+		flush_uring(io);
+		return 0;
 	} else {
 		struct tio *r;
 		unsigned int i;
@@ -285,6 +307,10 @@ static unsigned int reap_uring(struct swapio *io, struct swapio_done *out, unsig
 {
 	unsigned int n = 0;
 	struct io_uring_cqe *cqe;
+
+	/* Entries the kernel refused before: a waiter waits for them to go first. */
+	while (!flush_uring(io) && wait && !io_uring_cq_ready(&io->ring))
+		usleep(1000);
 
 	while (n < max) {
 		int ret = io_uring_peek_cqe(&io->ring, &cqe);

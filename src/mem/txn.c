@@ -845,19 +845,40 @@ static enum mem_fault swap_in(struct gm *gm, uint64_t idx, void *page)
 	return mem_swap_in_done(gm, idx, n, page, buf, ret, t0);
 }
 
-/*
- * Copy the pages read back in and give their slots back before the access
- * is woken, so it never meets the hole again. Where the page could not be
- * read, the VM stops.
- */
-enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *page,
-				const void *buf, int ret, uint64_t t0)
+/* UFFDIO_COPY one page, waking no one: 0 or -errno. */
+static int copy_page(const struct gm *gm, uint8_t *dst, const uint8_t *src)
 {
-	const struct mem_swap_hooks *sw = gm->swap;
-	uint64_t slot = gm->swap_slot ? gm->swap_slot[idx] : 0, done = 0, copied, us;
-	unsigned int bucket = 0;
+	struct uffdio_copy c = {
+		.dst = (uint64_t)(uintptr_t)dst,
+		.src = (uint64_t)(uintptr_t)src,
+		.len = MEM_PAGE_SIZE,
+		.mode = UFFDIO_COPY_MODE_DONTWAKE,
+	};
+	int tries = 0;
 
-	while (!ret && done < n * MEM_PAGE_SIZE) {
+	/* EAGAIN: the address space was changing (a remap elsewhere): try again. */
+	while (ioctl(gm->uffd, UFFDIO_COPY, &c) < 0) {
+		if (errno != EAGAIN || ++tries == 16)
+			return -errno;
+	}
+	return 0;
+}
+
+/*
+ * Copy pages [0, n) of buf into the holes at page, waking no one; ok[i]
+ * says which landed. One ioctl for the run; where it stops short (a remap
+ * split the run between mappings: ENOENT; a page populated already:
+ * EEXIST) the rest go one at a time. The touched page (0) populated while
+ * it was held can only hold the wrong content: it is dropped and copied.
+ * Returns 0, or page 0's -errno when it could not be copied.
+ */
+static int copy_pages(const struct gm *gm, uint8_t *page, const uint8_t *buf, uint64_t n,
+		      bool *ok)
+{
+	uint64_t done = 0;
+	int ret = 0;
+
+	while (done < n * MEM_PAGE_SIZE) {
 		struct uffdio_copy c = {
 			.dst = (uint64_t)(uintptr_t)page + done,
 			.src = (uint64_t)(uintptr_t)buf + done,
@@ -870,10 +891,66 @@ enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *p
 		else if (errno == EAGAIN && c.copy > 0)
 			done += (uint64_t)c.copy; /* interrupted part way: the kernel says how far */
 		else
-			ret = -errno;
+			break;
 	}
-	copied = done / MEM_PAGE_SIZE;
-	if (ret && !copied) {
+	for (uint64_t i = 0; i < n; i++) {
+		int err = 0;
+
+		if (i >= done / MEM_PAGE_SIZE) {
+			err = copy_page(gm, page + i * MEM_PAGE_SIZE, buf + i * MEM_PAGE_SIZE);
+			if (err == -EEXIST && i == 0 && madvise(page, MEM_PAGE_SIZE, MADV_DONTNEED) == 0)
+				err = copy_page(gm, page, buf);
+		}
+		ok[i] = !err;
+		if (i == 0)
+			ret = err;
+	}
+	return ret;
+}
+
+/*
+ * Copy the pages read back in and give their slots back before the access
+ * is woken, so it never meets the hole again. Where the page could not be
+ * read, the VM stops.
+ */
+enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *page,
+				const void *buf, int ret, uint64_t t0)
+{
+	const struct mem_swap_hooks *sw = gm->swap;
+	uint64_t slot = gm->swap_slot ? gm->swap_slot[idx] : 0, copied = 0, us;
+	bool ok[MEM_SWAP_READAHEAD] = { false };
+	unsigned int bucket = 0;
+
+	if (!ret)
+		ret = copy_pages(gm, page, buf, n, ok);
+	/*
+	 * Pages that could not be copied stay swapped (holes): a later touch
+	 * retries. The touched page is still ours until what follows decides.
+	 */
+	for (uint64_t i = 0; i < n; i++) {
+		if (!ok[i]) {
+			if (i)
+				pagestate_set(gm->ps, idx + i, PS_SWAPPED);
+			continue;
+		}
+		run_rearm(gm, idx + i, 1);
+		pagestate_set(gm->ps, idx + i, PS_ANON);
+		sw->release(gm->swap_arg, slot + i, true);
+		copied++;
+	}
+	if (ret == -ENOENT) {
+		/*
+		 * The touched page's mapping is not registered at this instant
+		 * (replaced, not registered again yet): the woken access faults
+		 * again, on the new mapping.
+		 */
+		log_warn_ratelimited("copying swapped page %llu in: its mapping is being replaced: "
+				     "retried on the next touch", (unsigned long long)idx);
+		pagestate_set(gm->ps, idx, PS_SWAPPED);
+		run_wake(gm, idx, n);
+		return MEM_FAULT_STALE;
+	}
+	if (ret) {
 		char why[128];
 
 		/*
@@ -883,8 +960,6 @@ enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *p
 		 * forever on a VM that will never run: the content is lost, and
 		 * the VM is stopped for it, never served zeros silently.
 		 */
-		for (uint64_t i = 1; i < n; i++)
-			pagestate_set(gm->ps, idx + i, PS_SWAPPED);
 		snprintf(why, sizeof(why), "guest page %llu cannot be read back from swap: %s",
 			 (unsigned long long)idx, strerror(-ret));
 		if (sw)
@@ -893,17 +968,8 @@ enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *p
 		if (sw)
 			sw->release(gm->swap_arg, slot, false);
 		pagestate_set(gm->ps, idx, PS_ZERO);
-		run_wake(gm, idx, 1);
+		run_wake(gm, idx, n);
 		return MEM_FAULT_UNSERVED;
-	}
-	/* Read-ahead pages the copy did not reach stay swapped (holes): a later touch retries. */
-	for (uint64_t i = copied; i < n; i++)
-		pagestate_set(gm->ps, idx + i, PS_SWAPPED);
-	n = copied;
-	run_rearm(gm, idx, n);
-	for (uint64_t i = 0; i < n; i++) {
-		pagestate_set(gm->ps, idx + i, PS_ANON);
-		sw->release(gm->swap_arg, slot + i, true);
 	}
 	/*
 	 * From the fault read to the wake: what the guest waited, but for the
@@ -913,7 +979,7 @@ enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *p
 	for (us = (kv_clock_ns(CLOCK_MONOTONIC) - t0) / 1000; us > 1 && bucket < 15; us >>= 1)
 		bucket++;
 	count(&gm->swapc.faults, 1);
-	count(&gm->swapc.readahead, n - 1);
+	count(&gm->swapc.readahead, copied - 1);
 	count(&gm->swapc.hist[bucket], 1);
 	run_wake(gm, idx, n);
 	return MEM_FAULT_SWAP_IN;

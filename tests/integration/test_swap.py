@@ -29,12 +29,11 @@ import shutil
 import subprocess
 import tempfile
 
-from kvmemtest import KVMEM, check, finish, require_accel, run
+from kvmemtest import check, finish, require_accel, run
 from ctlhelp import (Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of,
                      wait_socket, wait_state)
+from swaphelp import MIB, PAGE, disk_dir, host_swap, show_vm, swap_host
 
-MIB = 1 << 20
-PAGE = 4096
 MEM, FILL, TO = 256, 200, 64           # MiB: the VM's RAM, its fill, what the verb swaps it to
 WL = f"kvmem.wl=size={FILL},id=7,read=1,rate=1,verify=15,then=sleep"
 VERIFY = r"kvmem-wl: verify ok \d+$"
@@ -44,51 +43,10 @@ HOST_SWAP_KEYS = ("file_bytes", "used_bytes", "swap_outs", "swap_ins", "discarde
 require_accel()
 
 
-def fs_type(path):
-    r = subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True, text=True)
-    return r.stdout.strip() if r.returncode == 0 else "?"
-
-
-def disk_dir():
-    """A fresh directory on a disk filesystem: next to the kvmem binary (the
-    build directory), else under /var/tmp. (None, why) when there is none."""
-    seen = []
-    for base in (os.path.dirname(os.path.abspath(KVMEM)), "/var/tmp"):
-        try:
-            d = tempfile.mkdtemp(prefix="kvmem-swap-", dir=base)
-        except OSError as e:
-            seen.append(f"{base}: {e}")
-            continue
-        t = fs_type(d)
-        if t not in ("tmpfs", "ramfs", "?"):
-            atexit.register(shutil.rmtree, d, True)
-            return d, t
-        seen.append(f"{base}: {t}")
-        shutil.rmtree(d, True)
-    return None, "; ".join(seen)
-
-
-def swap_host(dirname, swap, vms=None):
+def one_vm_host(dirname, swap, vms=None):
     """A host with dedup off and the given swap object (or none), of one VM "a"
     unless vms says otherwise."""
-    sock = os.path.join(dirname, "k.sock")
-    cfg = {"budget": "8G", "socket": sock, "dedup": "off",
-           "vms": vms or [{"name": "a", "mem": f"{MEM}M", "append": WL}]}
-    if swap:
-        cfg["swap"] = swap
-    h = Host(["host", "--config", host_config(dirname, cfg)])
-    ok = wait_socket(h, sock)
-    check(ok, "the host serves its control socket" + ("" if ok else f" ({h.stderr()[-3:]})"))
-    return h, sock
-
-
-def host_swap(sock):
-    return stats(sock)["host"].get("swap")
-
-
-def show_vm(v):
-    return (f"resident {v['resident_bytes'] // MIB} MiB, swapped "
-            f"{v.get('swap', {}).get('swapped_bytes', 0) // MIB} MiB, pages {v['pages']}")
+    return swap_host(dirname, swap, vms or [{"name": "a", "mem": f"{MEM}M", "append": WL}])
 
 
 def wait_fill(h):
@@ -150,7 +108,7 @@ if not check(ddir is not None, f"a directory on a disk filesystem for the swap f
     finish()
 print(f"info   swap file in {ddir} ({dfs})", flush=True)
 d = tmpdir()
-h, sock = swap_host(d, {"path": ddir, "size": "1G", "pool": "16M"})
+h, sock = one_vm_host(d, {"path": ddir, "size": "1G", "pool": "16M"})
 try:
     hs = host_swap(sock)
     check(isinstance(hs, dict) and all(k in hs for k in HOST_SWAP_KEYS) and
@@ -194,7 +152,7 @@ try:
                show=show_vm)
     v = vm_of(stats(sock), "a")
     check(v["state"] == "paused" and v["swap"]["swapped_bytes"] > 0,
-          f"paused with pages in swap ({v['state']}, {show_vm(v)})")
+          f"paused with pages in swap ({show_vm(v)})")
     r = request(sock, {"verb": "memcheck", "vm": "a"})
     check(r.get("ok") is True and r.get("checked", 0) > 0 and r.get("mismatches") == 0,
           f"memcheck: no page's state contradicts its mapping ({r})")
@@ -264,7 +222,7 @@ ddir = tempfile.mkdtemp(prefix="kvmem-swap-")
 atexit.register(shutil.rmtree, ddir, True)
 d = tmpdir()
 small = "kvmem.wl=size=64,id={},read=1,verify=5,then=sleep"
-h, sock = swap_host(d, {"path": ddir, "size": "256M", "allow_tmpfs": True},
+h, sock = one_vm_host(d, {"path": ddir, "size": "256M", "allow_tmpfs": True},
                     [{"name": n, "mem": "128M", "append": small.format(i + 1)}
                      for i, n in enumerate("ab")])
 try:
@@ -320,7 +278,7 @@ r = run(["host", "--config", cfg], timeout=120)
 err = r.stderr.strip().splitlines()
 check(r.returncode == 2 and len(err) == 1 and "tmpfs" in err[0] and mnt in err[0],
       f"a swap file on tmpfs is refused on one line, status 2 ({r.returncode}, {err})")
-h, sock = swap_host(d, {"path": mnt, "size": "8M", "allow_tmpfs": True})
+h, sock = one_vm_host(d, {"path": mnt, "size": "8M", "allow_tmpfs": True})
 try:
     wait_fill(h)
     next_verify(h)

@@ -29,6 +29,8 @@ static void help(void)
 	       "Swap a VM of a running kvmem host out to the host's swap file (kvmem run --swap,\n"
 	       "or \"swap\" in the host config) until it holds at most SIZE of host memory.\n"
 	       "Pages it touches again are read back; zero and shared pages are left alone.\n"
+	       "The host's swap-out worker does it; this waits up to 5 s for it, and a swap-out\n"
+	       "still going then goes on in the background.\n"
 	       "  -n, --vm NAME       the VM (as kvmem stat lists it)\n"
 	       "  -t, --to SIZE       resident memory to swap down to (e.g. 64M)\n"
 	       "  -s, --socket PATH   control socket (default %s)\n",
@@ -91,7 +93,9 @@ int cli_swap_main(int argc, char **argv)
 			   b1, sizeof(b1)),
 	       size_format((uint64_t)json_integer_value(json_object_get(reply, "resident_bytes")),
 			   b2, sizeof(b2)),
-	       json_is_false(json_object_get(reply, "reached"))
+	       json_is_true(json_object_get(reply, "running"))
+		       ? " (still swapping out: kvmem stat shows it going down)"
+	       : json_is_false(json_object_get(reply, "reached"))
 		       ? " (above the size asked: nothing more could be swapped now)" : "");
 	json_decref(reply);
 	return 0;

@@ -1,0 +1,64 @@
+"""Helpers for the host-swap integration tests: a directory on a disk for the
+swap file, a host with swap, and its swap figures from the control socket.
+Every wait is a poll with a generous deadline; nothing asserts on timing."""
+import atexit
+import os
+import shutil
+import subprocess
+import tempfile
+
+from kvmemtest import KVMEM, check
+from ctlhelp import Host, host_config, stats, wait_socket
+
+MIB = 1 << 20
+PAGE = 4096
+
+
+def fs_type(path):
+    r = subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 else "?"
+
+
+def disk_dir():
+    """A fresh directory on a disk filesystem: next to the kvmem binary (the
+    build directory), else under /var/tmp. (None, why) when there is none."""
+    seen = []
+    for base in (os.path.dirname(os.path.abspath(KVMEM)), "/var/tmp"):
+        try:
+            d = tempfile.mkdtemp(prefix="kvmem-swap-", dir=base)
+        except OSError as e:
+            seen.append(f"{base}: {e}")
+            continue
+        t = fs_type(d)
+        if t not in ("tmpfs", "ramfs", "?"):
+            atexit.register(shutil.rmtree, d, True)
+            return d, t
+        seen.append(f"{base}: {t}")
+        shutil.rmtree(d, True)
+    return None, "; ".join(seen)
+
+
+def swap_host(dirname, swap, vms, dedup="off"):
+    """A host with the given swap object (or none) and VMs, console prefixed."""
+    sock = os.path.join(dirname, "k.sock")
+    cfg = {"budget": "8G", "socket": sock, "dedup": dedup, "console_prefix": True, "vms": vms}
+    if swap:
+        cfg["swap"] = swap
+    h = Host(["host", "--config", host_config(dirname, cfg)])
+    ok = wait_socket(h, sock)
+    check(ok, "the host serves its control socket" + ("" if ok else f" ({h.stderr()[-3:]})"))
+    return h, sock
+
+
+def host_swap(sock):
+    return stats(sock)["host"].get("swap")
+
+
+def show_vm(v):
+    return (f"{v['state']}, resident {v['resident_bytes'] // MIB} MiB, swapped "
+            f"{v.get('swap', {}).get('swapped_bytes', 0) // MIB} MiB, pages {v['pages']}")
+
+
+def swapped_in(v):
+    """Pages a VM read back from swap: touched ones and their read-ahead."""
+    return v["swap"]["faults"] + v["swap"]["readahead"]

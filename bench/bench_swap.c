@@ -13,9 +13,15 @@
  *              UFFDIO_COPY of a page already in memory, and a 4 KiB
  *              O_DIRECT pread at a random offset of that file;
  *   pool       the same for pages kept compressed in memory (LZ4), next to
- *              the userfaultfd round trip alone.
+ *              the userfaultfd round trip alone;
+ *   parallel   four threads touching random swapped pages at once, next to
+ *              one: the service keeps several reads in flight instead of
+ *              waiting for each (faults per second, and their ratio);
+ *   VMM read   a read of a swapped page through the access API, which reads
+ *              its slot without swapping it in, next to the pread floor.
  *
- * Usage: bench_swap [DIR] [MiB]   (DIR on a disk, default "."; MiB default 256)
+ * Usage: bench_swap [DIR] [MiB] [auto|io_uring|threads]
+ *        (DIR on a disk, default "."; MiB default 256; the I/O engine)
  * Prints one JSON line per metric: name, unit, value, and the floor where
  * there is one. Needs root for nothing; needs DIR to allow O_DIRECT.
  */
@@ -175,21 +181,43 @@ static bool pool_page_ok(uint64_t page, uint64_t v)
 	return v == page + 1;
 }
 
+/* The first word of bench page `page`, read as the guest would: through its mapping. */
+static uint64_t touch(struct gm *gm, uint64_t page)
+{
+	struct mem_slice sl;
+
+	if (mem_slice_get(gm, (1 << 20) + page * PAGE, sizeof(uint64_t), &sl))
+		return UINT64_MAX;
+	return *(volatile uint64_t *)sl.hva;
+}
+
+/* A random bench page (of [0, pages)) still swapped: read-ahead brought some back already. */
+static uint64_t swapped_page(struct gm *gm, uint64_t first, uint64_t pages, uint64_t *rs)
+{
+	uint64_t page, pm = 0;
+
+	do {
+		*rs ^= *rs << 13;
+		*rs ^= *rs >> 7;
+		*rs ^= *rs << 17;
+		page = *rs % pages;
+	} while (mem_pagemap(gm, first + page, 1, &pm) == 1 && mem_pm_resident(pm));
+	return page;
+}
+
 /*
- * SAMPLES touches of random pages still swapped (read-ahead brought some
- * back already), each timed into ns, its first word checked with ok. 0, or
- * 1 with the page said when one read back wrong.
+ * SAMPLES touches of random pages still swapped, each timed into ns, its
+ * first word checked with ok. 0, or 1 with the page said when one read
+ * back wrong.
  */
 static int random_faults(struct gm *gm, uint64_t first, uint64_t pages,
 			 bool (*ok)(uint64_t page, uint64_t v), uint64_t *ns)
 {
 	for (unsigned int i = 0; i < SAMPLES; i++) {
-		uint64_t page = next_rand() % pages, v, pm = 0, t0;
+		uint64_t page = swapped_page(gm, first, pages, &rng), v, t0;
 
-		while (mem_pagemap(gm, first + page, 1, &pm) == 1 && mem_pm_resident(pm))
-			page = next_rand() % pages;
 		t0 = now_ns();
-		mem_read(gm, (1 << 20) + page * PAGE, &v, sizeof(v));
+		v = touch(gm, page);
 		ns[i] = now_ns() - t0;
 		if (!ok(page, v)) {
 			fprintf(stderr, "bench_swap: page %llu read back wrong\n",
@@ -200,10 +228,52 @@ static int random_faults(struct gm *gm, uint64_t first, uint64_t pages,
 	return 0;
 }
 
+struct toucher {
+	struct gm *gm;
+	uint64_t first, pages, seed;
+	unsigned int n;
+	int bad;
+};
+
+static void *touch_random(void *arg)
+{
+	struct toucher *t = arg;
+
+	for (unsigned int i = 0; i < t->n; i++) {
+		uint64_t page = swapped_page(t->gm, t->first, t->pages, &t->seed);
+
+		t->bad += !file_page_ok(page, touch(t->gm, page));
+	}
+	return NULL;
+}
+
+/*
+ * Random touches of swapped pages from `threads` threads at once, SAMPLES
+ * in all: faults per second (negative when a page read back wrong).
+ */
+static double faults_per_s(struct gm *gm, uint64_t first, uint64_t pages, unsigned int threads)
+{
+	struct toucher t[8];
+	pthread_t th[8];
+	uint64_t t0 = now_ns();
+	int bad = 0;
+
+	for (unsigned int i = 0; i < threads; i++) {
+		t[i] = (struct toucher){ gm, first, pages, next_rand() | 1, SAMPLES / threads, 0 };
+		pthread_create(&th[i], NULL, touch_random, &t[i]);
+	}
+	for (unsigned int i = 0; i < threads; i++) {
+		pthread_join(th[i], NULL);
+		bad += t[i].bad;
+	}
+	return bad ? -1 : (double)SAMPLES / ((double)(now_ns() - t0) / 1e9);
+}
+
 int main(int argc, char **argv)
 {
 	const char *dir = argc > 1 ? argv[1] : ".";
 	uint64_t mib = argc > 2 ? strtoull(argv[2], NULL, 10) : 256;
+	const char *engine = argc > 3 ? argv[3] : "auto";
 	uint64_t pages = mib << 20 >> 12, ram = (mib + 64) << 20, first, t0, t1;
 	static uint64_t ns[SAMPLES];
 	struct uffd_service *svc;
@@ -219,11 +289,18 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench_swap: cannot set up guest memory with userfaultfd\n");
 		return 1;
 	}
-	if (mem_swap_open(dir, (mib + 16) << 20, false, &sw, &why) ||
-	    mem_swap_attach(sw, gm, NULL, NULL)) {
-		fprintf(stderr, "bench_swap: swap file in %s: %s\n", dir, why ? why : "attach");
+	if (mem_swap_open(dir, (mib + 16) << 20, false, &sw, &why)) {
+		fprintf(stderr, "bench_swap: swap file in %s: %s\n", dir, why);
 		return 1;
 	}
+	if (mem_swap_set_io(sw, !strcmp(engine, "io_uring") ? MEM_SWAP_IO_URING
+				: !strcmp(engine, "threads") ? MEM_SWAP_IO_THREADS
+							      : MEM_SWAP_IO_AUTO) ||
+	    mem_swap_serve(sw, svc) || mem_swap_attach(sw, gm, NULL, NULL)) {
+		fprintf(stderr, "bench_swap: the swap store with engine %s cannot be set up\n", engine);
+		return 1;
+	}
+	printf("{\"name\": \"swap.engine\", \"value\": \"%s\"}\n", mem_swap_engine(sw));
 	first = (uint64_t)mem_page_index(gm, 1 << 20);
 	/* Unique pages: every 8 bytes their own number. */
 	for (uint64_t i = 0; i < pages; i++) {
@@ -275,13 +352,40 @@ int main(int argc, char **argv)
 	metric("floor_uffd_copy_p50_us", "us", uffd_p50, NULL, 0);
 	metric("floor_o_direct_pread_4k_p50_us", "us", pread_p50, NULL, 0);
 
-	/* In order: read-ahead brings the next pages with each read. */
-	t0 = now_ns();
-	for (uint64_t i = 0; i < pages; i++) {
-		uint64_t v;
+	/* A VMM read through the access API: the slot is read, the page stays swapped. */
+	for (unsigned int i = 0; i < SAMPLES; i++) {
+		uint64_t page = swapped_page(gm, first, pages, &rng), v = 0;
 
-		mem_read(gm, (1 << 20) + i * PAGE, &v, sizeof(v));
+		t0 = now_ns();
+		if (mem_read(gm, (1 << 20) + page * PAGE, &v, sizeof(v)) || !file_page_ok(page, v))
+			return 1;
+		ns[i] = now_ns() - t0;
 	}
+	metric("vmm_read_swapped_p50_us", "us", pct_us(ns, SAMPLES, 50), "o_direct_pread_4k_p50_us",
+	       pread_p50);
+
+	/* Faults from four threads at once against one: reads in flight together. */
+	{
+		double one, four;
+
+		if (mem_swap_out(sw, gm, &(uint64_t){ first }, pages) < 0)
+			return 1;
+		one = faults_per_s(gm, first, pages, 1);
+		four = faults_per_s(gm, first, pages, 4);
+
+		if (one < 0 || four < 0) {
+			fprintf(stderr, "bench_swap: a page read back wrong under parallel faults\n");
+			return 1;
+		}
+		metric("faults_per_s_4_threads", "1/s", four, "faults_per_s_1_thread", one);
+	}
+
+	/* In order: read-ahead brings the next pages with each read. */
+	if (mem_swap_out(sw, gm, &(uint64_t){ first }, pages) < 0)
+		return 1;
+	t0 = now_ns();
+	for (uint64_t i = 0; i < pages; i++)
+		touch(gm, i);
 	t1 = now_ns();
 	seq_us = (double)(t1 - t0) / 1000.0 / (double)pages;
 	metric("touch_sequential_us_per_page", "us", seq_us, "uffd_copy_plus_pread_p50_us",
@@ -313,9 +417,9 @@ int main(int argc, char **argv)
 	}
 	close(fd);
 	uffd_service_remove(svc, gm);
-	uffd_service_destroy(svc);
 	mem_swap_detach(sw, gm);
 	mem_swap_close(sw);
+	uffd_service_destroy(svc);
 	mem_destroy(gm);
 	free(buf);
 	return 0;

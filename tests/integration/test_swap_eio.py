@@ -42,8 +42,9 @@ made = subprocess.run(["mkfs.ext4", "-q", "-F", img], capture_output=True, text=
 mounted = made.returncode == 0 and subprocess.run(
     ["mount", "-o", "loop", img, mnt], capture_output=True, text=True).returncode == 0
 if not mounted:
-    print(f"SKIP   no filesystem of its own for the swap file ({made.stderr.strip() or 'mount -o "
-          f"loop failed'}; needs root and a loop device)", flush=True)
+    why = made.stderr.strip() or "mount -o loop failed"
+    print(f"SKIP   no filesystem of its own for the swap file ({why}; needs root and a loop "
+          f"device)", flush=True)
     finish()
 atexit.register(subprocess.run, ["umount", "-l", mnt], capture_output=True)
 

@@ -403,17 +403,48 @@ static void slot_mark(struct mem_swap *sw, uint64_t s, bool on)
 		sw->used[s / 64] &= ~(1ULL << (s % 64));
 }
 
+/* A free cluster (64 slots, one word of the map) from word w on, wrapping once: its word, or -1. */
+static int64_t free_cluster(const struct mem_swap *sw, uint64_t w)
+{
+	uint64_t words = sw->nr_slots / 64; /* whole words only: a partial last one is never free */
+
+	for (uint64_t seen = 0; seen < words; seen++, w = w + 1 < words ? w + 1 : 0)
+		if (!sw->used[w])
+			return (int64_t)w;
+	return -1;
+}
+
+/* The slots [s, s + n) are all free (and in the file). */
+static bool slots_free_at(const struct mem_swap *sw, uint64_t s, uint64_t n)
+{
+	if (s + n > sw->nr_slots)
+		return false;
+	for (uint64_t i = 0; i < n; i++)
+		if (slot_used(sw, s + i))
+			return false;
+	return true;
+}
+
 /*
- * Up to `want` neighbouring free slots, the first run found from the cursor
- * on (next fit, so runs written together stay together): their number (0:
- * the file is full), the first in *start.
+ * Up to `want` neighbouring free slots (their number, 0: the file is full;
+ * the first in *start), so that a run written together stays together
+ * however fragmented the file became (a read-back of its neighbours is then
+ * one read): right after the last run where its cluster of 64 has room,
+ * else from a free cluster, else the first free slots from the cursor on
+ * (next fit).
  */
 static uint64_t slots_alloc(struct mem_swap *sw, uint64_t want, uint64_t *start)
 {
-	uint64_t got = 0;
+	uint64_t got = 0, from = sw->cursor, room = 64 - from % 64;
+	int64_t w;
 
 	pthread_mutex_lock(&sw->lock);
-	for (uint64_t seen = 0, s = sw->cursor; seen < sw->nr_slots && !got; seen++) {
+	if (want > 1 && !slots_free_at(sw, from, want < room ? want : room)) {
+		w = free_cluster(sw, from / 64);
+		if (w >= 0)
+			from = (uint64_t)w * 64;
+	}
+	for (uint64_t seen = 0, s = from; seen < sw->nr_slots && !got; seen++) {
 		if (!slot_used(sw, s)) {
 			*start = s;
 			while (got < want && s + got < sw->nr_slots && !slot_used(sw, s + got)) {

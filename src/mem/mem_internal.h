@@ -39,7 +39,7 @@ struct mem_swap_hooks {
 	int (*submit)(void *arg, struct gm *gm, uint64_t idx, uint64_t slot, uint64_t n,
 		      void *page, uint64_t t0);
 	void (*release)(void *arg, uint64_t slot, bool was_read);
-	void (*fatal)(void *fatal_arg, const char *why);	/* the VM must stop */
+	void (*fatal)(void *swap_vm, const char *why);	/* the VM must stop */
 };
 
 struct gm {
@@ -54,7 +54,8 @@ struct gm {
 	bool wp_unpopulated;		/* the userfaultfd write-protects holes (markers) */
 	uint64_t sample_hits;		/* writes to pages protected for sampling (atomic) */
 	const struct mem_swap_hooks *swap; /* NULL: no swap (set before swapping, cleared after) */
-	void *swap_arg, *fatal_arg;
+	void *swap_arg;			/* the store (its hooks' arg) */
+	void *swap_vm;			/* the store's state of this VM (the fatal hook's arg) */
 	uint64_t *swap_slot;		/* per page: its slot while PS_SWAPPED */
 	struct {			/* this VM's swap figures (atomic) */
 		uint64_t outs, faults, readahead;

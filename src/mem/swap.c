@@ -76,6 +76,8 @@ struct swap_req {
 /* An attached VM: its fatal hook, and the swap-out target the worker works towards. */
 struct swap_vm {
 	struct gm *gm;
+	char name[64];		/* what the log calls it */
+	struct log_limit limit;	/* its own warnings' rate limits */
 	mem_swap_fatal_fn fatal;
 	void *arg;
 	uint64_t cursor;	/* vm_lock: the page index the next swap-out starts at */
@@ -435,10 +437,12 @@ static bool slots_free_at(const struct mem_swap *sw, uint64_t s, uint64_t n)
  */
 static uint64_t slots_alloc(struct mem_swap *sw, uint64_t want, uint64_t *start)
 {
-	uint64_t got = 0, from = sw->cursor, room = 64 - from % 64;
+	uint64_t got = 0, from, room;
 	int64_t w;
 
 	pthread_mutex_lock(&sw->lock);
+	from = sw->cursor;
+	room = 64 - from % 64;
 	if (want > 1 && !slots_free_at(sw, from, want < room ? want : room)) {
 		w = free_cluster(sw, from / 64);
 		if (w >= 0)
@@ -727,9 +731,9 @@ static void fault_reap(void *arg)
 	}
 }
 
-static void hook_fatal(void *fatal_arg, const char *why)
+static void hook_fatal(void *swap_vm, const char *why)
 {
-	struct swap_vm *v = fatal_arg;
+	struct swap_vm *v = swap_vm;
 
 	/* The owner says it with the VM's name; without one, say it here. */
 	if (v->fatal)
@@ -745,7 +749,8 @@ static const struct mem_swap_hooks hooks = {
 	.fatal = hook_fatal,
 };
 
-int mem_swap_attach(struct mem_swap *sw, struct gm *gm, mem_swap_fatal_fn fatal, void *arg)
+int mem_swap_attach(struct mem_swap *sw, struct gm *gm, const char *name, mem_swap_fatal_fn fatal,
+		    void *arg)
 {
 	struct swap_vm *v;
 	int ret = 0;
@@ -771,6 +776,7 @@ int mem_swap_attach(struct mem_swap *sw, struct gm *gm, mem_swap_fatal_fn fatal,
 	} else {
 		/* Whole before the worker can see it. */
 		*v = (struct swap_vm){ .gm = gm, .fatal = fatal, .arg = arg, .target = NO_TARGET };
+		snprintf(v->name, sizeof(v->name), "%s", name ? name : "guest memory");
 		sw->vms[sw->nr_vms++] = v;
 	}
 	pthread_mutex_unlock(&sw->vm_lock);
@@ -781,14 +787,14 @@ int mem_swap_attach(struct mem_swap *sw, struct gm *gm, mem_swap_fatal_fn fatal,
 		return ret;
 	}
 	gm->swap_arg = sw;
-	gm->fatal_arg = v;
+	gm->swap_vm = v;
 	__atomic_store_n(&gm->swap, &hooks, __ATOMIC_RELEASE);
 	return 0;
 }
 
 void mem_swap_detach(struct mem_swap *sw, struct gm *gm)
 {
-	struct swap_vm *v = gm->fatal_arg;
+	struct swap_vm *v = gm->swap_vm;
 
 	if (!sw || gm->swap_arg != sw)
 		return;
@@ -833,7 +839,7 @@ void mem_swap_detach(struct mem_swap *sw, struct gm *gm)
 	kv_free(gm->swap_slot);
 	gm->swap_slot = NULL;
 	gm->swap_arg = NULL;
-	gm->fatal_arg = NULL;
+	gm->swap_vm = NULL;
 }
 
 /* --- swap-out --- */
@@ -878,6 +884,7 @@ static int64_t write_slots(struct mem_swap *sw, uint64_t start, uint64_t n)
  */
 static int64_t write_run(struct mem_swap *sw, struct mem_txn *t)
 {
+	struct swap_vm *v = t->gm->swap_vm;
 	uint32_t i = 0;
 	int64_t done = 0, pooled = 0;
 
@@ -917,6 +924,8 @@ static int64_t write_run(struct mem_swap *sw, struct mem_txn *t)
 		got = slots_alloc(sw, k, &start);
 		if (!got) {
 			count(&sw->st.full, 1);
+			log_warn_ratelimited_vm(&v->limit, "%s: the swap file is full: %u pages stay in "
+						"memory", v->name, k);
 			return done + pooled ? done + pooled : -ENOSPC;
 		}
 		put = write_slots(sw, start, got);
@@ -925,8 +934,9 @@ static int64_t write_run(struct mem_swap *sw, struct mem_txn *t)
 
 			slots_free(sw, start, got);
 			count(&sw->st.write_errors, 1);
-			log_warn_ratelimited("writing %llu pages to swap: %s: they stay in memory",
-					     (unsigned long long)got, strerror(-err));
+			log_warn_ratelimited_vm(&v->limit, "%s: writing %llu pages to swap: %s: they "
+						"stay in memory", v->name, (unsigned long long)got,
+						strerror(-err));
 			return done + pooled ? done + pooled : err;
 		}
 		/* Written: only now may the pages go. */
@@ -1093,7 +1103,7 @@ static void *worker_main(void *arg)
 
 int mem_swap_target(struct mem_swap *sw, struct gm *gm, uint64_t resident_pages)
 {
-	struct swap_vm *v = gm->fatal_arg;
+	struct swap_vm *v = gm->swap_vm;
 
 	if (gm->swap_arg != sw)
 		return -EINVAL;
@@ -1108,7 +1118,7 @@ int mem_swap_target(struct mem_swap *sw, struct gm *gm, uint64_t resident_pages)
 int mem_swap_wait(struct mem_swap *sw, struct gm *gm, uint64_t deadline_ns,
 		  struct mem_swap_progress *out)
 {
-	struct swap_vm *v = gm->fatal_arg;
+	struct swap_vm *v = gm->swap_vm;
 	struct timespec dl = { .tv_sec = (time_t)(deadline_ns / 1000000000ULL),
 			       .tv_nsec = (long)(deadline_ns % 1000000000ULL) };
 	int ret = 0;

@@ -98,9 +98,11 @@ typedef void (*mem_swap_fatal_fn)(void *arg, const char *why);
 
 /*
  * Let gm's pages be swapped to sw and served back from it (before any
- * mem_swap_out on gm); detach before destroying gm: its slots are freed.
+ * mem_swap_out on gm); `name` is what the log calls it (the VM's name).
+ * Detach before destroying gm: its slots are freed.
  */
-int mem_swap_attach(struct mem_swap *sw, struct gm *gm, mem_swap_fatal_fn fatal, void *arg);
+int mem_swap_attach(struct mem_swap *sw, struct gm *gm, const char *name, mem_swap_fatal_fn fatal,
+		    void *arg);
 void mem_swap_detach(struct mem_swap *sw, struct gm *gm);
 
 /*

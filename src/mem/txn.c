@@ -963,7 +963,7 @@ enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *p
 		snprintf(why, sizeof(why), "guest page %llu cannot be read back from swap: %s",
 			 (unsigned long long)idx, strerror(-ret));
 		if (sw)
-			sw->fatal(gm->fatal_arg, why);
+			sw->fatal(gm->swap_vm, why);
 		map_zero_pages(gm, page, MEM_PAGE_SIZE);
 		if (sw)
 			sw->release(gm->swap_arg, slot, false);

@@ -2,7 +2,8 @@
 # Prepare the nested SVM VM that tests/nested/run.sh boots: QEMU and the tools
 # from Debian (only what is missing), the newest Debian 6.x amd64 kernel
 # package unpacked without installing it, and an initramfs (busybox, the
-# kvm/kvm-amd/9p modules in dependency order, tests/nested/init as /init).
+# kvm/kvm-amd/9p modules, and loop and ext4 for the tests that need a
+# filesystem of their own, in dependency order, tests/nested/init as /init).
 #
 #   bash tests/nested/setup.sh [--env-out FILE]
 #
@@ -101,7 +102,7 @@ kernel=$(ls "$kdir"/boot/vmlinuz-"$kver" "$kdir"/usr/lib/linux/vmlinuz-"$kver" 2
 
 # The initramfs, named after what goes into it, so checkouts with different
 # init scripts (or kernels) never rebuild each other's.
-mods=(kvm_amd 9p 9pnet_virtio)
+mods=(kvm_amd 9p 9pnet_virtio loop ext4)
 key=$( { echo "$kver ${mods[*]}"; cat "$here/init"; sha256sum /bin/busybox; } | sha256sum | cut -c1-16)
 initrd=$work/initramfs-$key.cpio.gz
 if [ ! -f "$initrd" ]; then

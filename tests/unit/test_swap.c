@@ -84,7 +84,7 @@ static int open_fix(struct fix *f, uint64_t swap_bytes)
 	if (mem_swap_open(".", swap_bytes, false, &f->sw, &why) ||
 	    mem_swap_set_io(f->sw, f->io) || mem_swap_serve(f->sw, f->svc))
 		return -1;
-	if (mem_swap_attach(f->sw, f->gm, on_fatal, f))
+	if (mem_swap_attach(f->sw, f->gm, "test", on_fatal, f))
 		return -1;
 	for (unsigned int i = 0; i < N; i++) {
 		memset(page, byte_of(i), sizeof(page));

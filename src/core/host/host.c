@@ -177,7 +177,7 @@ static int create_vm(struct host *h, struct host_vm *hv)
 		return ret;
 	if (h->swap) {
 		/* Its faults are served from now on, and nothing has run yet. */
-		ret = mem_swap_attach(h->swap, gm, on_swap_fatal, hv);
+		ret = mem_swap_attach(h->swap, gm, hv->cfg.name, on_swap_fatal, hv);
 		if (ret) {
 			log_err("%s: host swap: %s", hv->cfg.name, strerror(-ret));
 			return ret;

@@ -297,7 +297,7 @@ int main(int argc, char **argv)
 	if (mem_swap_set_io(sw, !strcmp(engine, "io_uring") ? MEM_SWAP_IO_URING
 				: !strcmp(engine, "threads") ? MEM_SWAP_IO_THREADS
 							      : MEM_SWAP_IO_AUTO) ||
-	    mem_swap_serve(sw, svc) || mem_swap_attach(sw, gm, NULL, NULL)) {
+	    mem_swap_serve(sw, svc) || mem_swap_attach(sw, gm, "bench", NULL, NULL)) {
 		fprintf(stderr, "bench_swap: the swap store with engine %s cannot be set up\n", engine);
 		return 1;
 	}

@@ -129,6 +129,7 @@ static struct balloon {
 	bool running;			/* DRIVER_OK set by us, no reset pending (atomic reads) */
 	bool want_stats;		/* kvmem.balloon.stats (immutable after init) */
 	bool want_report;		/* kvmem.balloon.report (immutable after init) */
+	bool want_inflate;		/* kvmem.balloon.inflate (immutable after init) */
 	uint64_t report_period_ns;	/* kvmem.balloon.report_ms (immutable after init) */
 	uint64_t report_floor;		/* unreported free pages left at the last look */
 	struct vio_dev dev;
@@ -370,7 +371,8 @@ static void adjust(uint64_t now)
 		WRITE_ONCE(bl.stalled, false);
 		return;
 	}
-	if (now < bl.oom_until_ns)
+	/* kvmem.balloon.inflate=off: a driver that never gives what it is asked for. */
+	if (now < bl.oom_until_ns || !bl.want_inflate)
 		return;
 	free = palloc_free_pages();
 	n = MIN(MIN(target - bl.top, (uint64_t)CHUNK_PFNS), bl.cap - bl.top);
@@ -827,6 +829,7 @@ int balloon_init(const struct abi_boot_params *bp)
 	if (flag_off(cmdline, "kvmem.balloon"))
 		return -ENOENT;
 	bl.want_report = !flag_off(cmdline, "kvmem.balloon.report");
+	bl.want_inflate = !flag_off(cmdline, "kvmem.balloon.inflate");
 	bl.report_period_ns = REPORT_PERIOD_DEFAULT_MS * RT_NS_PER_MS;
 	{
 		struct rt_str v;

@@ -19,6 +19,8 @@
  * Command line:
  *   kvmem.balloon=off            no balloon driver (the device stays unused)
  *   kvmem.balloon.report=off     no free page reporting
+ *   kvmem.balloon.inflate=off    never inflate (a driver that ignores the
+ *                                host's targets: tests of the host policy)
  *   kvmem.balloon.stats=off      no statistics queue
  *   kvmem.balloon.hostile=CASE   at boot, submit a malformed request of
  *                                kind CASE (loop, long, oob, wrap, dir,

@@ -45,6 +45,7 @@ struct ovc_vm {
 	const struct ovc_balloon_ops *balloon; /* set before start, or NULL */
 	void *balloon_arg;
 	bool balloon_manual;		/* ovc->lock: a target set by hand holds */
+	uint64_t inflate_ns;		/* policy thread: when the policy last lowered its target */
 };
 
 struct ovc {
@@ -341,17 +342,26 @@ static bool balloon_auto(struct ovc *ovc, struct ovc_vm *v, struct ovc_balloon_s
  * says it has available (less a reserve), so an idle guest gives its idle
  * memory and a busy one is not squeezed into its own swap. An inflation
  * still in flight counts as reclaimed already, so one pass's request is not
- * asked for again while the guest works on it.
+ * asked for again while the guest works on it, but only for
+ * OVC_BALLOON_DEADLINE_S: a guest that does not inflate (no driver at work,
+ * a hostile one) must not hold back the mechanisms after it for ever.
  */
 static int64_t balloon_reclaim(void *arg, struct ovc_vm *v, uint64_t bytes, uint64_t floor)
 {
 	struct ovc *ovc = arg;
 	struct ovc_balloon_state st;
-	uint64_t inflight, want, room, take, target;
+	uint64_t inflight, want, room, take, target, now = kv_clock_ns(CLOCK_MONOTONIC);
 
 	if (!balloon_auto(ovc, v, &st))
 		return 0;
 	inflight = st.actual_bytes > st.target_bytes ? st.actual_bytes - st.target_bytes : 0;
+	if (inflight && now - v->inflate_ns > OVC_BALLOON_DEADLINE_S * 1000000000ULL) {
+		set_reason(ovc, v, st.target_bytes,
+			   "the guest has not reached its target for %u s (%" PRIu64
+			   " MiB short): not counted as reclaimed", OVC_BALLOON_DEADLINE_S,
+			   inflight >> 20);
+		return 0;
+	}
 	if (inflight >= bytes)
 		return (int64_t)bytes;
 	want = bytes - inflight;
@@ -374,6 +384,8 @@ static int64_t balloon_reclaim(void *arg, struct ovc_vm *v, uint64_t bytes, uint
 		   " MiB", st.available_bytes >> 20, v->min_bytes >> 20);
 	if (set_target(ovc, v, target))
 		return (int64_t)inflight;
+	if (!inflight)
+		v->inflate_ns = now;
 	return (int64_t)(inflight + take);
 }
 

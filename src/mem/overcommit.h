@@ -29,6 +29,12 @@ struct ovc_vm;
 
 #define OVC_MAX_MECHANISMS 8
 #define OVC_IDLE_TAX 0.75 /* ESX default tax rate on idle memory */
+/*
+ * An inflation the guest has not finished this long after the policy asked
+ * for it no longer counts as reclaimed (the mechanisms after the balloon
+ * take the rest). Guests here inflate 1 GiB in 0.15 s.
+ */
+#define OVC_BALLOON_DEADLINE_S 10U
 
 struct ovc_mechanism {
 	const char *name;	/* "zero", "share", "balloon", "swap" */

@@ -31,6 +31,7 @@
 #include "core/log.h"
 #include "mem/mem_internal.h"
 #include "mem/memmap.h"
+#include "mem/overcommit.h"
 #include "mem/pagemap.h"
 #include "mem/pagestate.h"
 #include "mem/swapio.h"
@@ -83,6 +84,7 @@ struct swap_vm {
 	uint64_t cursor;	/* vm_lock: the page index the next swap-out starts at */
 	uint64_t target;	/* vm_lock: resident pages wanted; NO_TARGET: none */
 	bool busy;		/* vm_lock: the worker is swapping it out (cursor is its) */
+	uint64_t max_pages;	/* vm_lock: most pages it may have in swap (0: never swapped) */
 	struct mem_swap_progress progress; /* vm_lock: towards the last target */
 };
 
@@ -775,7 +777,8 @@ int mem_swap_attach(struct mem_swap *sw, struct gm *gm, const char *name, mem_sw
 		ret = -ENOMEM;
 	} else {
 		/* Whole before the worker can see it. */
-		*v = (struct swap_vm){ .gm = gm, .fatal = fatal, .arg = arg, .target = NO_TARGET };
+		*v = (struct swap_vm){ .gm = gm, .fatal = fatal, .arg = arg, .target = NO_TARGET,
+				       .max_pages = UINT64_MAX };
 		snprintf(v->name, sizeof(v->name), "%s", name ? name : "guest memory");
 		sw->vms[sw->nr_vms++] = v;
 	}
@@ -1063,7 +1066,7 @@ static void *worker_main(void *arg)
 	pthread_mutex_lock(&sw->vm_lock);
 	while (!sw->stop) {
 		struct swap_vm *v = next_target(sw);
-		uint64_t target, cursor, resident;
+		uint64_t target, cursor, resident, max;
 		int64_t n = 0;
 
 		if (!v) {
@@ -1073,13 +1076,18 @@ static void *worker_main(void *arg)
 		v->busy = true;
 		target = v->target;
 		cursor = v->cursor;
+		max = v->max_pages;
 		pthread_mutex_unlock(&sw->vm_lock);
 		resident = mem_resident(v->gm);
 		if (resident > target) {
-			uint64_t need = resident - target;
+			uint64_t need = resident - target, in = mem_swap_vm_pages(v->gm);
 
-			n = mem_swap_out(sw, v->gm, &cursor,
-					 need < WORKER_CALL_PAGES ? need : WORKER_CALL_PAGES);
+			/* Never past its limit: what is left of it bounds the step. */
+			need = in >= max ? 0 : need < max - in ? need : max - in;
+
+			if (need)
+				n = mem_swap_out(sw, v->gm, &cursor,
+						 need < WORKER_CALL_PAGES ? need : WORKER_CALL_PAGES);
 			resident = mem_resident(v->gm);
 		}
 		pthread_mutex_lock(&sw->vm_lock);
@@ -1131,6 +1139,71 @@ int mem_swap_wait(struct mem_swap *sw, struct gm *gm, uint64_t deadline_ns,
 	*out = v->progress;
 	pthread_mutex_unlock(&sw->vm_lock);
 	return ret == ETIMEDOUT ? -ETIMEDOUT : 0;
+}
+
+int mem_swap_set_limit(struct mem_swap *sw, struct gm *gm, uint64_t max_pages)
+{
+	struct swap_vm *v = gm->swap_vm;
+
+	if (gm->swap_arg != sw)
+		return -EINVAL;
+	pthread_mutex_lock(&sw->vm_lock);
+	v->max_pages = max_pages;
+	pthread_mutex_unlock(&sw->vm_lock);
+	return 0;
+}
+
+uint64_t mem_swap_limit(struct mem_swap *sw, const struct gm *gm)
+{
+	const struct swap_vm *v = gm->swap_vm;
+	uint64_t max;
+
+	if (gm->swap_arg != sw)
+		return 0;
+	pthread_mutex_lock(&sw->vm_lock);
+	max = v->max_pages;
+	pthread_mutex_unlock(&sw->vm_lock);
+	return max;
+}
+
+/*
+ * Swap as the policy's last mechanism: give the worker a target that takes
+ * `bytes` off the VM's resident memory (not below floor, not past its swap
+ * limit). The worker does it while the policy goes on; what it asked for
+ * counts for this pass, and the next pass measures what really went.
+ */
+static int64_t swap_reclaim(void *arg, struct ovc_vm *vm, uint64_t bytes, uint64_t floor)
+{
+	struct mem_swap *sw = arg;
+	struct gm *gm = ovc_vm_gm(vm);
+	uint64_t resident, take, room, in, max;
+
+	if (gm->swap_arg != sw)
+		return 0;
+	max = mem_swap_limit(sw, gm);
+	in = mem_swap_vm_pages(gm);
+	resident = mem_resident(gm);
+	take = (bytes + MEM_PAGE_SIZE - 1) / MEM_PAGE_SIZE;
+	room = resident > floor / MEM_PAGE_SIZE ? resident - floor / MEM_PAGE_SIZE : 0;
+	if (take > room)
+		take = room;
+	if (take > (in < max ? max - in : 0))
+		take = in < max ? max - in : 0;
+	if (!take || mem_swap_target(sw, gm, resident - take))
+		return 0;
+	return (int64_t)(take * MEM_PAGE_SIZE);
+}
+
+int mem_swap_register_reclaim(struct mem_swap *sw, struct ovc *ovc)
+{
+	struct ovc_mechanism m = {
+		.name = "swap",
+		.cost = 4,
+		.reclaim = swap_reclaim,
+		.arg = sw,
+	};
+
+	return ovc_register_mechanism(ovc, &m);
 }
 
 void mem_swap_stats(struct mem_swap *sw, struct mem_swap_stats *out)

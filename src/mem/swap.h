@@ -136,6 +136,21 @@ struct mem_swap_progress {
 int mem_swap_wait(struct mem_swap *sw, struct gm *gm, uint64_t deadline_ns,
 		  struct mem_swap_progress *out);
 
+/*
+ * At most max_pages of gm's pages in swap (UINT64_MAX: no limit; 0: never
+ * swapped, a latency-sensitive VM): targets stop at it.
+ */
+int mem_swap_set_limit(struct mem_swap *sw, struct gm *gm, uint64_t max_pages);
+uint64_t mem_swap_limit(struct mem_swap *sw, const struct gm *gm);
+
+/*
+ * Register swap as the policy's last reclaim mechanism (cost 4: after zero
+ * pages, sharing and the balloon; the compressed pool is its first stage):
+ * a VM over its share is given a swap-out target.
+ */
+struct ovc;
+int mem_swap_register_reclaim(struct mem_swap *sw, struct ovc *ovc);
+
 struct mem_swap_stats {
 	uint64_t file_bytes;	/* size of the swap file */
 	uint64_t used_bytes;	/* slots in use */

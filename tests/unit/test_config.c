@@ -115,8 +115,8 @@ static void test_config_a_good_config_loads_with_every_field(void **state)
 		 "\"dedup\":\"on\", \"accel\":\"thread\", \"policy_interval\":0.5, "
 		 "\"balloon_stats_interval\":0.25, \"vms\":[{\"name\":\"a\", \"mem\":\"1G\", "
 		 "\"min\":\"256MiB\", \"shares\":2000, \"cpus\":2, \"guest\":\"%s\", "
-		 "\"append\":\"x=1\", \"console_log\":\"a.log\", \"accel\":\"thread\"}, "
-		 "{\"name\":\"b\", \"mem\":\"8M\"}]}",
+		 "\"append\":\"x=1\", \"console_log\":\"a.log\", \"accel\":\"thread\", "
+		 "\"swap_max\":\"0B\"}, {\"name\":\"b\", \"mem\":\"8M\"}]}",
 		 guest);
 	assert_int_equal(load(text, &cfg, err, sizeof(err)), 0);
 	assert_int_equal(host_config_check(&cfg, err, sizeof(err)), 0);
@@ -136,6 +136,9 @@ static void test_config_a_good_config_loads_with_every_field(void **state)
 	assert_true(cfg.vms[0].guest_explicit);
 	assert_string_equal(cfg.vms[0].append, "x=1");
 	assert_string_equal(cfg.vms[0].console_log, "a.log");
+	assert_true(cfg.vms[0].swap_max_set);
+	assert_int_equal(cfg.vms[0].swap_max_bytes, 0);
+	assert_false(cfg.vms[1].swap_max_set);
 	assert_int_equal(cfg.vms[1].mem_bytes, 8 * MIB);
 	assert_int_equal(cfg.vms[1].shares, 1000);
 	assert_int_equal(cfg.vms[1].cpus, 1);
@@ -258,6 +261,8 @@ static void test_config_every_vm_field_error_names_it(void **state)
 		"string");
 	refused("{\"vms\":[{\"name\":\"a\",\"mem\":\"64M\",\"console_log\":false}]}",
 		"vms[0].console_log", "string");
+	refused("{\"vms\":[{\"name\":\"a\",\"mem\":\"64M\",\"swap_max\":512}]}",
+		"vms[0].swap_max", "unit");
 }
 
 static void test_config_an_append_longer_than_the_guest_takes_is_refused(void **state)

@@ -560,6 +560,30 @@ static void test_swap_worker_reaches_target(void **state)
 		    !strcmp(mem_swap_engine(f->sw), "threads"));
 }
 
+/* A VM's swap limit bounds what the worker takes; a limit of 0 keeps it out of swap. */
+static void test_swap_limit_bounds_targets(void **state)
+{
+	struct fix *f = *state;
+	struct mem_swap_progress p;
+
+	assert_int_equal(mem_swap_limit(f->sw, f->gm), UINT64_MAX);
+	assert_int_equal(mem_swap_set_limit(f->sw, f->gm, 0), 0);
+	assert_int_equal(mem_swap_target(f->sw, f->gm, 0), 0);
+	assert_int_equal(mem_swap_wait(f->sw, f->gm, UINT64_MAX / 2, &p), 0);
+	assert_false(p.reached);
+	assert_int_equal(p.swapped_pages, 0);
+	assert_int_equal(mem_swap_vm_pages(f->gm), 0);
+	assert_int_equal(mem_swap_set_limit(f->sw, f->gm, 8), 0);
+	assert_int_equal(mem_swap_limit(f->sw, f->gm), 8);
+	assert_int_equal(mem_swap_target(f->sw, f->gm, 0), 0);
+	assert_int_equal(mem_swap_wait(f->sw, f->gm, UINT64_MAX / 2, &p), 0);
+	assert_false(p.active);
+	assert_true(mem_swap_vm_pages(f->gm) >= 1 && mem_swap_vm_pages(f->gm) <= 8);
+	for (unsigned int i = 0; i < N; i++)
+		assert_content(f, i, byte_of(i));
+	assert_null(f->fatal);
+}
+
 /*
  * Where the kernel refuses io_uring (kernel.io_uring_disabled, a seccomp
  * filter: here a filter on the thread that opens the store, inherited by
@@ -641,6 +665,7 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_swap_concurrent_touches, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_swap_worker_reaches_target, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_swap_limit_bounds_targets, setup, teardown),
 		/* The same on the thread engine. */
 		cmocka_unit_test_setup_teardown(test_swap_out_and_back_on_touch, setup_threads,
 						teardown),

@@ -9,7 +9,8 @@
  *     "swap": { "path": "/var/lib/kvmem", "size": "4G", "pool": "256M" },
  *     "vms": [ { "name": "a", "mem": "1G", "min": "256M", "shares": 1000,
  *                "cpus": 1, "guest": "path", "append": "kvmem.wl=...",
- *                "console_log": "a.log", "accel": "thread" } ] }
+ *                "console_log": "a.log", "accel": "thread",
+ *                "swap_max": "512M" } ] }
  *
  * Sizes are text with a unit (a bare JSON number is refused: core/size.h);
  * intervals are seconds.
@@ -93,7 +94,8 @@ static int parse_vm(json_t *o, unsigned int i, struct host_vm_config *vm, const 
 		    char *err, size_t len)
 {
 	static const char *const known[] = { "name", "mem", "min", "shares", "cpus",
-					     "guest", "append", "console_log", "accel" };
+					     "guest", "append", "console_log", "accel",
+					     "swap_max" };
 	char where[48];
 	const char *key;
 	int64_t n;
@@ -127,6 +129,11 @@ static int parse_vm(json_t *o, unsigned int i, struct host_vm_config *vm, const 
 	ret = get_size(o, "min", where, &vm->min_bytes, err, len);
 	if (ret < 0)
 		return ret;
+	/* Most of its memory host swap may hold ("0B": never swapped); default no limit. */
+	ret = get_size(o, "swap_max", where, &vm->swap_max_bytes, err, len);
+	if (ret < 0)
+		return ret;
+	vm->swap_max_set = ret == 0;
 	ret = get_int(o, "shares", where, 1, 1000000, &n, err, len);
 	if (ret < 0)
 		return ret;

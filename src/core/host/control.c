@@ -386,17 +386,38 @@ static int verb_memcheck(void *arg, json_t *req, json_t *reply)
 /*
  * {"verb":"swap","vm":NAME,"to":SIZE}: swap the VM out to its host's swap
  * file until its resident memory is at most SIZE (host_vm_swap).
+ * {"verb":"swap","vm":NAME,"max":SIZE|null}: at most SIZE of it in swap
+ * from now on ("0B": never swapped; null: no limit), with or without "to".
  */
 static int verb_swap(void *arg, json_t *req, json_t *reply)
 {
 	const char *name;
-	json_t *payload = NULL;
+	json_t *payload = NULL, *max = json_object_get(req, "max");
 	char why[256];
-	uint64_t to;
+	uint64_t to, max_bytes = 0;
 	int ret = control_req_string(req, "vm", reply, &name);
 
 	if (ret)
 		return ret;
+	if (max) {
+		if (!json_is_null(max)) {
+			ret = control_req_size(req, "max", reply, &max_bytes);
+			if (ret)
+				return ret;
+		}
+		ret = host_vm_swap_limit(arg, name, !json_is_null(max), max_bytes, why,
+					 sizeof(why));
+		if (ret && why[0])
+			return control_reply_error(reply, ret, "vm \"%.64s\": swap: %s", name, why);
+		if (ret)
+			return vm_verb_error(reply, name, "swap", ret);
+		if (!json_object_get(req, "to")) {
+			json_object_set_new(reply, "vm", safe_string(name));
+			json_object_set_new(reply, "max_bytes", json_is_null(max) ? json_null()
+						: json_integer((json_int_t)max_bytes));
+			return 0;
+		}
+	}
 	ret = control_req_size(req, "to", reply, &to);
 	if (ret)
 		return ret;

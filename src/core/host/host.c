@@ -178,6 +178,8 @@ static int create_vm(struct host *h, struct host_vm *hv)
 	if (h->swap) {
 		/* Its faults are served from now on, and nothing has run yet. */
 		ret = mem_swap_attach(h->swap, gm, hv->cfg.name, on_swap_fatal, hv);
+		if (!ret && hv->cfg.swap_max_set)
+			ret = mem_swap_set_limit(h->swap, gm, hv->cfg.swap_max_bytes / MEM_PAGE_SIZE);
 		if (ret) {
 			log_err("%s: host swap: %s", hv->cfg.name, strerror(-ret));
 			return ret;
@@ -322,6 +324,9 @@ int host_create(const struct host_config *cfg, struct host **out)
 			log_err("swap: serving faults asynchronously: %s", strerror(-ret));
 			goto out_destroy;
 		}
+		ret = mem_swap_register_reclaim(h->swap, h->ovc);
+		if (ret)
+			goto out_destroy;
 	}
 	what = "page sharing";
 	if (cfg->dedup == HOST_DEDUP_ON) {
@@ -608,6 +613,28 @@ static void swap_error(struct host *h, int ret, uint64_t done, uint64_t resident
 			 strerror(-ret), b1, b2);
 }
 
+/* The sentence for a swap request to a host without swap. */
+static int no_swap(char *why, size_t len)
+{
+	snprintf(why, len, "this host has no swap (kvmem run --swap PATH[,SIZE], or \"swap\" in the "
+		 "host config)");
+	return -ENODEV;
+}
+
+int host_vm_swap_limit(struct host *h, const char *name, bool limited, uint64_t max_bytes,
+		       char *why, size_t len)
+{
+	struct host_vm *hv = find_vm(h, name);
+
+	why[0] = '\0';
+	if (!hv)
+		return -ENOENT;
+	if (!h->swap)
+		return no_swap(why, len);
+	return mem_swap_set_limit(h->swap, vm_gm(hv->vm),
+				  limited ? max_bytes / MEM_PAGE_SIZE : UINT64_MAX);
+}
+
 int host_vm_swap(struct host *h, const char *name, uint64_t to, json_t **out, char *why,
 		 size_t len)
 {
@@ -620,11 +647,8 @@ int host_vm_swap(struct host *h, const char *name, uint64_t to, json_t **out, ch
 	why[0] = '\0';
 	if (!hv)
 		return -ENOENT;
-	if (!h->swap) {
-		snprintf(why, len, "this host has no swap (kvmem run --swap PATH[,SIZE], or \"swap\" "
-			 "in the host config)");
-		return -ENODEV;
-	}
+	if (!h->swap)
+		return no_swap(why, len);
 	gm = vm_gm(hv->vm);
 	/* The swap-out worker does it; the verb waits for it, up to its deadline. */
 	ret = mem_swap_target(h->swap, gm, to / MEM_PAGE_SIZE);
@@ -840,9 +864,13 @@ json_t *host_stats_json(struct host *h)
 			mem_swap_vm_stats(vm_gm(hv->vm), &ss);
 			for (int b = 0; b < MEM_SWAP_HIST; b++)
 				json_array_append_new(hist, json_integer((json_int_t)ss.fault_hist[b]));
-			so = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o}",
+			uint64_t max = mem_swap_limit(h->swap, vm_gm(hv->vm));
+
+			so = json_pack("{s:I, s:o, s:I, s:I, s:I, s:I, s:I, s:o}",
 				       "swapped_bytes",
 				       (json_int_t)(ss.swapped_pages * MEM_PAGE_SIZE),
+				       "max_bytes", max == UINT64_MAX ? json_null()
+						    : json_integer((json_int_t)(max * MEM_PAGE_SIZE)),
 				       "swap_outs", (json_int_t)ss.swap_outs,
 				       "faults", (json_int_t)ss.faults,
 				       "readahead", (json_int_t)ss.readahead,

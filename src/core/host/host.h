@@ -35,6 +35,8 @@ struct host_vm_config {
 	enum accel_kind accel;	/* AUTO: the host's */
 	char *append;		/* guest command line */
 	char *console_log;	/* also write the console here, or NULL */
+	bool swap_max_set;	/* host swap may hold at most swap_max_bytes of it (0: none) */
+	uint64_t swap_max_bytes;
 };
 
 /* Host swap (mem/swap.h): one swap file for every VM of the host. */
@@ -122,6 +124,12 @@ int host_vm_memcheck(struct host *h, const char *name, json_t **out);
  * resident), -EIO (a write failed: those pages stay resident).
  */
 #define HOST_SWAP_VERB_MS 5000
+/*
+ * Limit VM `name` to max_bytes in swap (limited false: no limit; 0: never
+ * swapped): 0, or -errno with a sentence in why (-ENOENT, -ENODEV).
+ */
+int host_vm_swap_limit(struct host *h, const char *name, bool limited, uint64_t max_bytes,
+		       char *why, size_t whylen);
 int host_vm_swap(struct host *h, const char *name, uint64_t to, json_t **out, char *why,
 		 size_t whylen);
 /* Set the host memory budget (bytes > 0) and run a policy pass against it now. */

@@ -336,35 +336,53 @@ static bool balloon_auto(struct ovc *ovc, struct ovc_vm *v, struct ovc_balloon_s
 	return !manual && v->balloon->get(v->balloon_arg, st) == 0 && st->ready;
 }
 
+/* Whether an inflation that has not finished was asked for too long ago to count. */
+static bool balloon_overdue(const struct ovc_vm *v, uint64_t now)
+{
+	return now - v->inflate_ns > OVC_BALLOON_DEADLINE_S * 1000000000ULL;
+}
+
 /*
- * The balloon as a reclaim mechanism: lower the VM's target by what is still
- * needed, never below max(min, floor) and never taking more than the guest
- * says it has available (less a reserve), so an idle guest gives its idle
- * memory and a busy one is not squeezed into its own swap. An inflation
- * still in flight counts as reclaimed already, so one pass's request is not
+ * An inflation still in flight is pending, so one pass's request is not
  * asked for again while the guest works on it, but only for
  * OVC_BALLOON_DEADLINE_S: a guest that does not inflate (no driver at work,
  * a hostile one) must not hold back the mechanisms after it for ever.
+ */
+static uint64_t balloon_pending(void *arg, struct ovc_vm *v)
+{
+	struct ovc *ovc = arg;
+	struct ovc_balloon_state st;
+	uint64_t inflight;
+
+	if (!balloon_auto(ovc, v, &st))
+		return 0;
+	inflight = st.actual_bytes > st.target_bytes ? st.actual_bytes - st.target_bytes : 0;
+	if (!inflight || !balloon_overdue(v, kv_clock_ns(CLOCK_MONOTONIC)))
+		return inflight;
+	set_reason(ovc, v, st.target_bytes,
+		   "the guest has not reached its target for %u s (%" PRIu64 " MiB short): not "
+		   "counted as reclaimed", OVC_BALLOON_DEADLINE_S, inflight >> 20);
+	return 0;
+}
+
+/*
+ * The balloon as a reclaim mechanism: lower the VM's target by what is still
+ * needed, never below max(min, floor) and never taking more than the guest
+ * says it has available (less a reserve and what it is giving already), so
+ * an idle guest gives its idle memory and a busy one is not squeezed into
+ * its own swap. A guest overdue with its last inflation is asked for no more.
  */
 static int64_t balloon_reclaim(void *arg, struct ovc_vm *v, uint64_t bytes, uint64_t floor)
 {
 	struct ovc *ovc = arg;
 	struct ovc_balloon_state st;
-	uint64_t inflight, want, room, take, target, now = kv_clock_ns(CLOCK_MONOTONIC);
+	uint64_t inflight, want = bytes, room, take, target, now = kv_clock_ns(CLOCK_MONOTONIC);
 
 	if (!balloon_auto(ovc, v, &st))
 		return 0;
 	inflight = st.actual_bytes > st.target_bytes ? st.actual_bytes - st.target_bytes : 0;
-	if (inflight && now - v->inflate_ns > OVC_BALLOON_DEADLINE_S * 1000000000ULL) {
-		set_reason(ovc, v, st.target_bytes,
-			   "the guest has not reached its target for %u s (%" PRIu64
-			   " MiB short): not counted as reclaimed", OVC_BALLOON_DEADLINE_S,
-			   inflight >> 20);
+	if (inflight && balloon_overdue(v, now))
 		return 0;
-	}
-	if (inflight >= bytes)
-		return (int64_t)bytes;
-	want = bytes - inflight;
 	if (floor < v->min_bytes)
 		floor = v->min_bytes;
 	room = st.target_bytes > floor ? st.target_bytes - floor : 0;
@@ -377,16 +395,16 @@ static int64_t balloon_reclaim(void *arg, struct ovc_vm *v, uint64_t bytes, uint
 	}
 	take = (want < room ? want : room) & ~(MEM_PAGE_SIZE - 1);
 	if (!take)
-		return (int64_t)inflight;
+		return 0;
 	target = st.target_bytes - take;
 	set_reason(ovc, v, target,
 		   "inflate: host over budget, guest had %" PRIu64 " MiB available, min %" PRIu64
 		   " MiB", st.available_bytes >> 20, v->min_bytes >> 20);
 	if (set_target(ovc, v, target))
-		return (int64_t)inflight;
+		return 0;
 	if (!inflight)
 		v->inflate_ns = now;
-	return (int64_t)(inflight + take);
+	return (int64_t)take;
 }
 
 /* Pressure is gone: hand memory back, up to the VM's mem. */
@@ -417,6 +435,7 @@ int ovc_register_balloon(struct ovc *ovc)
 		.cost = 2,
 		.reclaim = balloon_reclaim,
 		.relax = balloon_relax,
+		.pending = balloon_pending,
 		.arg = ovc,
 	};
 
@@ -518,6 +537,16 @@ static void policy_pass(struct ovc *ovc)
 	 * (thresholds with a gap, as ESX's high/low states).
 	 */
 	need = used > budget ? used - (budget - budget / 50) : 0;
+	/* What earlier passes asked for and is still being freed is not asked for again. */
+	for (unsigned int m = 0; m < ovc->nr_mech && need; m++) {
+		if (!ovc->mech[m].pending)
+			continue;
+		for (unsigned int i = 0; i < n && need; i++) {
+			uint64_t p = ovc->mech[m].pending(ovc->mech[m].arg, ovc->vms[i]);
+
+			need = p >= need ? 0 : need - p;
+		}
+	}
 	qsort(order, n, sizeof(order[0]), by_excess);
 	for (unsigned int m = 0; m < ovc->nr_mech && need; m++) {
 		for (unsigned int i = 0; i < n && need; i++) {

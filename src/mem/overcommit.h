@@ -50,6 +50,14 @@ struct ovc_mechanism {
 	 * mechanism holds from vm (balloon deflate). Returns bytes given back.
 	 */
 	int64_t (*relax)(void *arg, struct ovc_vm *vm, uint64_t bytes);
+	/*
+	 * Optional, for mechanisms that work after reclaim returns (the
+	 * balloon's guest, the swap-out worker): bytes asked of vm in earlier
+	 * passes and still being freed. A pass takes them off what it needs
+	 * before it asks anyone, so work under way is neither asked for again
+	 * nor counted twice; reclaim then returns only what it newly asked for.
+	 */
+	uint64_t (*pending)(void *arg, struct ovc_vm *vm);
 	void *arg;
 };
 

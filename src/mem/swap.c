@@ -1166,30 +1166,59 @@ uint64_t mem_swap_limit(struct mem_swap *sw, const struct gm *gm)
 	return max;
 }
 
+/* The target the worker is still working towards for gm (NO_TARGET: none). */
+static uint64_t active_target(struct mem_swap *sw, const struct gm *gm)
+{
+	const struct swap_vm *v = gm->swap_vm;
+	uint64_t t;
+
+	pthread_mutex_lock(&sw->vm_lock);
+	t = v->progress.active ? v->target : NO_TARGET;
+	pthread_mutex_unlock(&sw->vm_lock);
+	return t;
+}
+
+/* What the worker has yet to swap out of the VM towards its target. */
+static uint64_t swap_pending(void *arg, struct ovc_vm *vm)
+{
+	struct mem_swap *sw = arg;
+	struct gm *gm = ovc_vm_gm(vm);
+	uint64_t t, resident;
+
+	if (gm->swap_arg != sw || (t = active_target(sw, gm)) == NO_TARGET)
+		return 0;
+	resident = mem_resident(gm);
+	return resident > t ? (resident - t) * MEM_PAGE_SIZE : 0;
+}
+
 /*
- * Swap as the policy's last mechanism: give the worker a target that takes
- * `bytes` off the VM's resident memory (not below floor, not past its swap
- * limit). The worker does it while the policy goes on; what it asked for
- * counts for this pass, and the next pass measures what really went.
+ * Swap as the policy's last mechanism: lower the VM's swap-out target by
+ * `bytes` (from the target under way, else from its resident memory), not
+ * below floor, not past its swap limit. The worker does it while the policy
+ * goes on: what is left of it is pending for the next pass, which measures
+ * what really went.
  */
 static int64_t swap_reclaim(void *arg, struct ovc_vm *vm, uint64_t bytes, uint64_t floor)
 {
 	struct mem_swap *sw = arg;
 	struct gm *gm = ovc_vm_gm(vm);
-	uint64_t resident, take, room, in, max;
+	uint64_t resident, base, take, in, max, out, fl = floor / MEM_PAGE_SIZE;
 
 	if (gm->swap_arg != sw)
 		return 0;
 	max = mem_swap_limit(sw, gm);
 	in = mem_swap_vm_pages(gm);
 	resident = mem_resident(gm);
+	base = active_target(sw, gm);
+	if (base > resident)
+		base = resident;
+	out = in + (resident - base); /* in swap once the target under way is reached */
 	take = (bytes + MEM_PAGE_SIZE - 1) / MEM_PAGE_SIZE;
-	room = resident > floor / MEM_PAGE_SIZE ? resident - floor / MEM_PAGE_SIZE : 0;
-	if (take > room)
-		take = room;
-	if (take > (in < max ? max - in : 0))
-		take = in < max ? max - in : 0;
-	if (!take || mem_swap_target(sw, gm, resident - take))
+	if (take > (base > fl ? base - fl : 0))
+		take = base > fl ? base - fl : 0;
+	if (take > (out < max ? max - out : 0))
+		take = out < max ? max - out : 0;
+	if (!take || mem_swap_target(sw, gm, base - take))
 		return 0;
 	return (int64_t)(take * MEM_PAGE_SIZE);
 }
@@ -1200,6 +1229,7 @@ int mem_swap_register_reclaim(struct mem_swap *sw, struct ovc *ovc)
 		.name = "swap",
 		.cost = 4,
 		.reclaim = swap_reclaim,
+		.pending = swap_pending,
 		.arg = sw,
 	};
 

@@ -1,8 +1,8 @@
 """Swap as the policy's last reclaim mechanism: the budget holds when guests keep their memory.
 
-1. A host with a 512 MiB budget and swap runs a 1 GiB guest keeping 900 MiB
-   of unique pages (read and verified all the time) and a 256 MiB guest of
-   128 MiB that must never be swapped (`swap_max` "0B", a latency-sensitive
+1. A host with a 256 MiB budget and swap runs a 512 MiB guest keeping 450
+   MiB of unique pages (read and verified all the time) and a 128 MiB guest of
+   64 MiB that must never be swapped (`swap_max` "0B", a latency-sensitive
    VM). Nothing is zero, nothing is shared, and the balloon finds little
    free: the policy ends at swap, and the host's usage comes back under the
    budget; the first guest's pages are in swap, the second guest has none;
@@ -40,21 +40,21 @@ def under_budget(st):
 
 # ---- 1. The budget holds through swap; a VM that must not be swapped is not -------------------
 d = tmpdir()
-h, sock = swap_host(d, {"path": ddir, "size": "2G"}, [
-    {"name": "a", "mem": "1G", "append": "kvmem.wl=size=900,id=1,read=2,verify=15,then=sleep"},
-    {"name": "b", "mem": "256M", "swap_max": "0B",
-     "append": "kvmem.wl=size=128,id=2,read=1,verify=5,then=sleep"}])
+h, sock = swap_host(d, {"path": ddir, "size": "1G"}, [
+    {"name": "a", "mem": "512M", "append": "kvmem.wl=size=450,id=1,read=2,verify=10,then=sleep"},
+    {"name": "b", "mem": "128M", "swap_max": "0B",
+     "append": "kvmem.wl=size=64,id=2,read=1,verify=5,then=sleep"}])
 try:
     check(h.wait_line(r"^\[a\] " + VERIFY, 1, 300) and h.wait_line(r"^\[b\] " + VERIFY, 1, 300),
           "both guests filled their memory and verified it")
-    r = request(sock, {"verb": "budget", "bytes": "512M"})
-    check(r.get("ok") is True, f"the budget drops to 512 MiB ({r})")
+    r = request(sock, {"verb": "budget", "bytes": "256M"})
+    check(r.get("ok") is True, f"the budget drops to 256 MiB ({r})")
     ok, st = wait_state(sock, None, lambda st: under_budget(st) and
                         st["host"]["reclaimed_bytes"].get("swap", 0) > 0,
                         "swap reclaims: the host's usage comes back under the budget",
                         show=host_line, deadline_s=300)
     a, b = vm_of(st, "a"), vm_of(st, "b")
-    check(a["swap"]["swapped_bytes"] > 256 * MIB, f"a's pages are in swap ({show_vm(a)})")
+    check(a["swap"]["swapped_bytes"] > 128 * MIB, f"a's pages are in swap ({show_vm(a)})")
     check(b["swap"]["swapped_bytes"] == 0 and b["swap"]["max_bytes"] == 0,
           f"b, never to be swapped, has no page in swap ({show_vm(b)}, limit "
           f"{b['swap']['max_bytes']})")
@@ -81,13 +81,13 @@ check(rc == 0, f"the host stops cleanly ({rc}; last log lines {h.stderr()[-3:]})
 # ---- 2. A balloon that never inflates does not hold swap back ----------------------------------
 d = tmpdir()
 h, sock = swap_host(d, {"path": ddir, "size": "1G"}, [
-    {"name": "c", "mem": "512M",
-     "append": "kvmem.balloon.inflate=off kvmem.wl=size=300,id=3,read=1,verify=5,then=sleep"}])
+    {"name": "c", "mem": "256M",
+     "append": "kvmem.balloon.inflate=off kvmem.wl=size=150,id=3,read=1,verify=5,then=sleep"}])
 try:
-    check(h.wait_line(r"^\[c\] " + VERIFY, 1, 300), "c filled 300 MiB and verified it")
-    r = request(sock, {"verb": "budget", "bytes": "224M"})
+    check(h.wait_line(r"^\[c\] " + VERIFY, 1, 300), "c filled 150 MiB and verified it")
+    r = request(sock, {"verb": "budget", "bytes": "112M"})
     check(r.get("ok") is True, f"the budget drops under what c holds ({r})")
-    ok, v = wait_state(sock, "c", lambda v: v["balloon"]["target_bytes"] < 512 * MIB,
+    ok, v = wait_state(sock, "c", lambda v: v["balloon"]["target_bytes"] < 256 * MIB,
                        "the policy asks c's balloon first",
                        show=lambda v: f"target {v['balloon']['target_bytes'] // MIB} MiB, "
                                       f"actual {v['balloon']['actual_bytes'] // MIB} MiB")
@@ -96,7 +96,7 @@ try:
                         "the inflation c never makes stops counting; swap brings the host under "
                         "the budget", show=host_line, deadline_s=300)
     v = vm_of(st, "c")
-    check(v["balloon"]["actual_bytes"] == 512 * MIB,
+    check(v["balloon"]["actual_bytes"] == 256 * MIB,
           f"c's balloon never inflated (actual {v['balloon']['actual_bytes'] // MIB} MiB)")
     c = h.count(r"^\[c\] " + VERIFY)
     check(h.wait_line(r"^\[c\] " + VERIFY, c + 1, 180), "c verifies every page, squeezed")

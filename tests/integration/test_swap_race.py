@@ -4,7 +4,7 @@
    their pages (dup=50, dedup on: the shared pages live in the store's
    windows) and rewrite, read and move pages all the time (rate=, read=,
    churn=), each read checking the page, with a full verification every
-   5 s. Twelve times each, the swap verb swaps a VM down to 32 MiB while it
+   5 s. Five times each, the swap verb swaps a VM down to 32 MiB while it
    runs, dedup merging and unsharing beside it. No write is lost and no read
    is stale: no guest reports verify FAIL over the verifications that span
    the swaps; pages went out and came back; paused, every page's state
@@ -25,7 +25,7 @@ from swaphelp import MIB, PAGE, disk_dir, host_swap, show_vm, swap_host, swapped
 
 require_accel()
 
-ROUNDS = 12
+ROUNDS = 5
 VERIFY = r"kvmem-wl: verify ok \d+$"
 
 ddir, dfs = disk_dir()

@@ -13,8 +13,10 @@
 #
 # Default job: `meson test --suite integration-kvm` on build, then on
 # build-asan when it exists (with the sanitizer options .ci/run uses), with a
-# timeout multiplier. TEST names (e.g. run-kvm) replace the suite and run on
-# build only, unless --build says otherwise.
+# timeout multiplier; the sanitizer build leaves out the suite long-kvm (long
+# scenarios, run under the sanitizers on thread instead). TEST names (e.g.
+# run-kvm) replace the suite and run on build only, unless --build says
+# otherwise.
 #   --suite NAME     meson suite (repeatable; default integration-kvm)
 #   --build DIR      build dir (repeatable; default build, and build-asan if built)
 #   --multiplier N   meson --timeout-multiplier (default 3: emulation is slow)
@@ -127,10 +129,14 @@ else
 		# gets the options .ci/run gives it.
 		san=$(python3 -c 'import json, sys; v = next((o["value"] for o in json.load(open(sys.argv[1])) if o["name"] == "b_sanitize"), "none"); print(",".join(v) if isinstance(v, list) else v)' \
 			"$bdir/meson-info/intro-buildoptions.json" 2> /dev/null || echo none)
-		env=()
-		[[ $san == none || -z $san ]] || env=(env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1)
+		env=() bsel=("${sel[@]}")
+		if [[ $san != none && -n $san ]]; then
+			env=(env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1)
+			# Long scenarios run under the sanitizers on thread, and here with the normal build.
+			((${#tests[@]})) || bsel+=(--no-suite long-kvm)
+		fi
 		names+=("${tests[*]:-${suites[*]}} ($b)")
-		echo "step $(q "${names[-1]}") ${env[*]} meson test -C $(q "$bdir") --no-rebuild --print-errorlogs --num-processes 1 -t $mult --logbase nested $(q "${sel[@]}")" >> "$job"
+		echo "step $(q "${names[-1]}") ${env[*]} meson test -C $(q "$bdir") --no-rebuild --print-errorlogs --num-processes 1 -t $mult --logbase nested $(q "${bsel[@]}")" >> "$job"
 		nmeson=$((nmeson + 1))
 	done
 fi

@@ -46,8 +46,9 @@ try:
               f"zero {zero_bytes >> 20} MiB", flush=True)
     # Mappings are counted now and then (an upper bound in between): wait for a count.
     # (N * D // 64 in quiet runs; a loaded or sanitized host merges more pages one by
-    # one before their window qualifies, so the bound leaves room for that.)
-    ok, d = h.wait_dedup(lambda d: d["windows"] > 0 and d["ram_vmas"] < N * D // 16)
+    # one before their window qualifies: 2424 seen under ASan in the nested VM beside a
+    # second one. Page by page would be at least (N - 1) * D.)
+    ok, d = h.wait_dedup(lambda d: d["windows"] > 0 and d["ram_vmas"] < N * D // 8)
     check(ok, f"whole windows are remapped: {d['ram_vmas']} mappings for {(N - 1) * D} shared "
           f"pages ({d['windows']} windows)")
     check(d["net_saved_bytes"] > 0 and d["errors"] == 0 and d["map_refused"] == 0,

@@ -1,7 +1,9 @@
 """Swap as the policy's last reclaim mechanism: the budget holds when guests keep their memory.
 
 1. A host with a 256 MiB budget and swap runs a 512 MiB guest keeping 450
-   MiB of unique pages (read and verified all the time) and a 128 MiB guest of
+   MiB of unique pages (a hot tenth of them read all the time, all of them
+   verified every minute: a working set the budget can hold; a guest that
+   reads everything all the time only thrashes) and a 128 MiB guest of
    64 MiB that must never be swapped (`swap_max` "0B", a latency-sensitive
    VM). Nothing is zero, nothing is shared, and the balloon finds little
    free: the policy ends at swap, and the host's usage comes back under the
@@ -41,7 +43,8 @@ def under_budget(st):
 # ---- 1. The budget holds through swap; a VM that must not be swapped is not -------------------
 d = tmpdir()
 h, sock = swap_host(d, {"path": ddir, "size": "1G"}, [
-    {"name": "a", "mem": "512M", "append": "kvmem.wl=size=450,id=1,read=2,verify=10,then=sleep"},
+    {"name": "a", "mem": "512M",
+     "append": "kvmem.wl=size=450,id=1,read=1,hot=10,verify=60,then=sleep"},
     {"name": "b", "mem": "128M", "swap_max": "0B",
      "append": "kvmem.wl=size=64,id=2,read=1,verify=5,then=sleep"}])
 try:

@@ -336,6 +336,12 @@ static bool balloon_auto(struct ovc *ovc, struct ovc_vm *v, struct ovc_balloon_s
 	return !manual && v->balloon->get(v->balloon_arg, st) == 0 && st->ready;
 }
 
+/* What the guest still has to put in its balloon to reach its target. */
+static uint64_t inflight_bytes(const struct ovc_balloon_state *st)
+{
+	return st->actual_bytes > st->target_bytes ? st->actual_bytes - st->target_bytes : 0;
+}
+
 /* Whether an inflation that has not finished was asked for too long ago to count. */
 static bool balloon_overdue(const struct ovc_vm *v, uint64_t now)
 {
@@ -356,7 +362,7 @@ static uint64_t balloon_pending(void *arg, struct ovc_vm *v)
 
 	if (!balloon_auto(ovc, v, &st))
 		return 0;
-	inflight = st.actual_bytes > st.target_bytes ? st.actual_bytes - st.target_bytes : 0;
+	inflight = inflight_bytes(&st);
 	if (!inflight || !balloon_overdue(v, kv_clock_ns(CLOCK_MONOTONIC)))
 		return inflight;
 	set_reason(ovc, v, st.target_bytes,
@@ -376,11 +382,11 @@ static int64_t balloon_reclaim(void *arg, struct ovc_vm *v, uint64_t bytes, uint
 {
 	struct ovc *ovc = arg;
 	struct ovc_balloon_state st;
-	uint64_t inflight, want = bytes, room, take, target, now = kv_clock_ns(CLOCK_MONOTONIC);
+	uint64_t inflight, room, take, target, now = kv_clock_ns(CLOCK_MONOTONIC);
 
 	if (!balloon_auto(ovc, v, &st))
 		return 0;
-	inflight = st.actual_bytes > st.target_bytes ? st.actual_bytes - st.target_bytes : 0;
+	inflight = inflight_bytes(&st);
 	if (inflight && balloon_overdue(v, now))
 		return 0;
 	if (floor < v->min_bytes)
@@ -393,7 +399,7 @@ static int64_t balloon_reclaim(void *arg, struct ovc_vm *v, uint64_t bytes, uint
 		if (room > avail)
 			room = avail;
 	}
-	take = (want < room ? want : room) & ~(MEM_PAGE_SIZE - 1);
+	take = (bytes < room ? bytes : room) & ~(MEM_PAGE_SIZE - 1);
 	if (!take)
 		return 0;
 	target = st.target_bytes - take;

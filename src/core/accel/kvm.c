@@ -131,7 +131,14 @@ static int kvm_vm_init(struct vm *vm)
 	k = kv_zalloc(sizeof(*k));
 	if (!k)
 		return -ENOMEM;
-	k->fd = ioctl(sys, KVM_CREATE_VM, 0);
+	/*
+	 * Registering the VM's MMU notifier takes every lock of the address space and gives up
+	 * with EINTR on any pending signal or task work, an io_uring completion included: the
+	 * kernel expects the caller to try again.
+	 */
+	do
+		k->fd = ioctl(sys, KVM_CREATE_VM, 0);
+	while (k->fd < 0 && errno == EINTR);
 	if (k->fd < 0) {
 		ret = -errno;
 		log_err("KVM_CREATE_VM: %m");

@@ -51,6 +51,7 @@ struct gm {
 	uint64_t *framemap;		/* bit per page: its VMA maps a store frame (atomic) */
 	uint8_t *wp_reason;		/* per page: MEM_WP_* reasons for write protection (atomic) */
 	uint8_t *chunk_mode;		/* per MEM_CHUNK_PAGES chunk: MEM_CHUNK_* (txn.c) */
+	uint16_t *chunk_age;		/* per chunk: intervals since last seen used (access.c, atomic) */
 	bool wp_unpopulated;		/* the userfaultfd write-protects holes (markers) */
 	uint64_t sample_hits;		/* writes to pages protected for sampling (atomic) */
 	const struct mem_swap_hooks *swap; /* NULL: no swap (set before swapping, cleared after) */
@@ -77,6 +78,8 @@ struct gm {
  * Such a fault is expected, not a stray protection.
  */
 #define MEM_WP_LINGER 0x80
+/* Not a reason either: the guest wrote the page while it was sampled (the sampler reads it). */
+#define MEM_WP_WRITTEN 0x40
 
 /* Registration modes are kept per chunk of this many pages (2 MiB). */
 #define MEM_CHUNK_PAGES 512ULL

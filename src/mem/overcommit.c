@@ -24,19 +24,17 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/thread.h"
+#include "mem/access.h"
 #include "mem/mem_internal.h"
 #include "mem/txn.h"
 #include "mem/memmap.h"
 #include "mem/pagemap.h"
 #include "mem/reclaim.h"
 
-#define OVC_SAMPLES 100 /* pages sampled per VM per pass, as ESX */
-
 struct ovc_vm {
 	struct gm *gm;			/* borrowed */
-	unsigned int sampled;		/* pages protected for sampling last pass */
-	uint64_t samples[OVC_SAMPLES];	/* their indexes, policy thread only */
-	uint64_t rng;			/* sampling PRNG state, policy thread only */
+	struct mem_access *access;	/* its sampler, policy thread only */
+	double written;			/* share of its samples written last interval, or -1 */
 	char name[64];
 	uint64_t mem_bytes, min_bytes;
 	uint32_t shares;
@@ -178,52 +176,17 @@ static void refresh_resident(struct ovc *ovc, struct ovc_vm *v)
 	__atomic_store_n(&v->resident_ns, kv_clock_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
 }
 
-static uint64_t next_rand(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-	return z ^ (z >> 31);
-}
-
 /*
- * Working-set sampling (ESX 2002, section 5.2, for writes): each pass
- * write-protects OVC_SAMPLES random resident pages; the uffd service releases
- * a sampled page on the guest's first write to it and counts it. The share of
+ * Working-set sampling (ESX 2002, section 5.2, for writes), which also ages
+ * the VM's chunks for the victim choice (mem/access.h): the share of
  * samples written in one interval estimates the active fraction, smoothed
  * so one quiet interval does not make a busy VM look idle. Reads are not
  * seen: userfaultfd and the KVM dirty log only report writes.
  */
-static void sample_active(struct ovc_vm *v)
+static void sample_active(struct ovc_vm *v, double f)
 {
-	struct gm *gm = v->gm;
-	uint64_t hits = mem_sample_hits(gm);
-	uint64_t nr = mem_nr_pages(gm);
-	unsigned int picked = 0;
-
-	if (v->sampled) {
-		double f = (double)(hits > v->sampled ? v->sampled : hits) / v->sampled;
-
+	if (f >= 0)
 		v->stats.active_fraction = 0.5 * v->stats.active_fraction + 0.5 * f;
-	}
-	/*
-	 * Release last interval's untouched samples so they cannot count in a
-	 * later one (a mechanism holding one keeps its own protection).
-	 */
-	for (unsigned int i = 0; i < v->sampled; i++)
-		mem_sample_release(gm, v->samples[i]);
-	for (unsigned int tries = 0; tries < 4 * OVC_SAMPLES && picked < OVC_SAMPLES; tries++) {
-		uint64_t idx = next_rand(&v->rng) % nr, pm;
-
-		if (pagestate_get(gm->ps, idx) != PS_ANON ||
-		    mem_pagemap(gm, idx, 1, &pm) != 1 || !mem_pm_resident(pm) ||
-		    mem_pm_file(pm))
-			continue;
-		if (mem_sample_protect(gm, idx) == 0)
-			v->samples[picked++] = idx;
-	}
-	v->sampled = picked;
 }
 
 void ovc_entitle(struct ovc_claim *vms, unsigned int n, uint64_t budget)
@@ -514,15 +477,18 @@ static void policy_pass(struct ovc *ovc)
 	pthread_mutex_lock(&ovc->vm_lock);
 	n = ovc->nr_vms;
 	used = host_used(ovc, &source);
-	for (unsigned int i = 0; i < n; i++)
+	for (unsigned int i = 0; i < n; i++) {
 		refresh_resident(ovc, ovc->vms[i]);
+		/* Hundreds of system calls per GiB: not under the lock the stats readers take. */
+		ovc->vms[i]->written = mem_access_sample(ovc->vms[i]->access, false);
+	}
 	pthread_mutex_lock(&ovc->lock);
 	budget = ovc->stats.budget_bytes;
 	for (unsigned int i = 0; i < n; i++) {
 		struct ovc_vm *v = ovc->vms[i];
 
 		pagestate_counts(v->gm->ps, v->stats.pages);
-		sample_active(v);
+		sample_active(v, v->written);
 		order[i] = v;
 	}
 	compute_entitlements(ovc, budget);
@@ -661,6 +627,7 @@ int ovc_create(uint64_t budget_bytes, double interval_s, struct ovc **out)
 	pthread_condattr_destroy(&ca);
 	ovc->stats.budget_bytes = budget_bytes;
 	ovc->stats.used_source = "smaps_rollup";
+	ovc->stats.access_source = "sampling";
 	ovc->interval_s = interval_s > 0.01 ? interval_s : 1.0;
 	find_cgroup(ovc);
 	*out = ovc;
@@ -710,7 +677,10 @@ int ovc_add_vm(struct ovc *ovc, struct gm *gm, const char *name, uint64_t mem_by
 	v->stats.mem_bytes = mem_bytes;
 	v->stats.min_bytes = min_bytes;
 	v->stats.shares = v->shares;
-	v->rng = (uint64_t)(uintptr_t)v ^ (uint64_t)time(NULL);
+	if (mem_access_create(gm, &v->access)) {
+		kv_free(v);
+		return -ENOMEM;
+	}
 	snprintf(v->stats.last_action, sizeof(v->stats.last_action), "none");
 	pthread_mutex_lock(&ovc->vm_lock);
 	if (ovc->nr_vms == ovc->cap_vms) {
@@ -723,6 +693,7 @@ int ovc_add_vm(struct ovc *ovc, struct gm *gm, const char *name, uint64_t mem_by
 		order = vms ? kv_realloc(ovc->order, cap * sizeof(*order)) : NULL;
 		if (!order) {
 			pthread_mutex_unlock(&ovc->vm_lock);
+			mem_access_destroy(v->access);
 			kv_free(v);
 			return -ENOMEM;
 		}
@@ -751,6 +722,7 @@ void ovc_remove_vm(struct ovc *ovc, struct ovc_vm *vm)
 		break;
 	}
 	pthread_mutex_unlock(&ovc->vm_lock);
+	mem_access_destroy(vm->access);
 	kv_free(vm);
 }
 

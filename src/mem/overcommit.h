@@ -98,6 +98,7 @@ struct ovc_stats {
 	uint64_t budget_bytes;
 	uint64_t used_bytes;		/* the kernel's view, see above */
 	const char *used_source;	/* "cgroup" or "smaps_rollup" */
+	const char *access_source;	/* where chunk ages come from: "damon" or "sampling" */
 	uint64_t configured_bytes;	/* sum of the VMs' mem */
 	uint64_t passes;
 	unsigned int nr_mechanisms;

@@ -38,7 +38,9 @@
 #include "mem/txn.h"
 #include "mem/uffd.h"
 #include "core/clock.h"
+#include "core/rand.h"
 #include "core/thread.h"
+#include "mem/access.h"
 
 /*
  * The compressed pool (ESX's memory compression, Linux's zswap): pages that
@@ -85,6 +87,7 @@ struct swap_vm {
 	uint64_t target;	/* vm_lock: resident pages wanted; NO_TARGET: none */
 	bool busy;		/* vm_lock: the worker is swapping it out (cursor is its) */
 	uint64_t max_pages;	/* vm_lock: most pages it may have in swap (0: never swapped) */
+	uint64_t rng;		/* the worker's: random victims */
 	struct mem_swap_progress progress; /* vm_lock: towards the last target */
 };
 
@@ -113,6 +116,7 @@ struct mem_swap {
 	struct swap_vm **vms;	 /* vm_lock */
 	unsigned int nr_vms, cap_vms, next_vm; /* vm_lock */
 	bool stop;		 /* vm_lock */
+	enum mem_swap_victims victims; /* atomic */
 	pthread_t worker;
 	bool worker_on;
 };
@@ -778,7 +782,8 @@ int mem_swap_attach(struct mem_swap *sw, struct gm *gm, const char *name, mem_sw
 	} else {
 		/* Whole before the worker can see it. */
 		*v = (struct swap_vm){ .gm = gm, .fatal = fatal, .arg = arg, .target = NO_TARGET,
-				       .max_pages = UINT64_MAX };
+				       .max_pages = UINT64_MAX,
+				       .rng = (uint64_t)(uintptr_t)gm ^ 0xbb67ae8584caa73bULL };
 		snprintf(v->name, sizeof(v->name), "%s", name ? name : "guest memory");
 		sw->vms[sw->nr_vms++] = v;
 	}
@@ -953,30 +958,31 @@ static int64_t write_run(struct mem_swap *sw, struct mem_txn *t)
 	return done + pooled;
 }
 
-int64_t mem_swap_out(struct mem_swap *sw, struct gm *gm, uint64_t *cursor, uint64_t max_pages)
+/*
+ * out_lock: swap out up to *left pages of [*at, end) (one pass over it),
+ * taking *left down by what went; *at is left where it stopped. Returns
+ * pages swapped out, or -errno when a step failed having swapped nothing
+ * (its pages stay).
+ */
+static int64_t swap_range(struct mem_swap *sw, struct gm *gm, uint64_t *at, uint64_t end,
+			  uint64_t *left)
 {
 	static __thread struct mem_txn t;
-	uint64_t nr = mem_nr_pages(gm), pm[MEM_TXN_MAX], left = max_pages, idx = *cursor;
+	uint64_t pm[MEM_TXN_MAX], idx = *at;
 	int64_t swapped = 0;
-	int err = 0;
 
-	if (gm->swap_arg != sw)
-		return -EINVAL;
-	if (idx >= nr)
-		idx = 0;
-	pthread_mutex_lock(&sw->out_lock);
-	for (uint64_t seen = 0; seen < nr && left && !err;) {
-		uint64_t n = nr - idx < MEM_TXN_MAX ? nr - idx : MEM_TXN_MAX, run = 0, skip;
+	while (idx < end && *left) {
+		uint64_t n = end - idx < MEM_TXN_MAX ? end - idx : MEM_TXN_MAX, run = 0, skip;
 		int64_t got, claimed;
 
-		if (n > left)
-			n = left;
+		if (n > *left)
+			n = *left;
 		while (n > 1 && !mem_run_ok(gm, idx, n))
 			n /= 2; /* a region boundary */
 		got = mem_pagemap(gm, idx, n, pm);
 		if (got <= 0) {
-			err = got ? (int)got : -EIO;
-			break;
+			*at = idx;
+			return swapped ? swapped : got ? got : -EIO;
 		}
 		/* Skip to the first candidate; claim the run of candidates from there. */
 		skip = 0;
@@ -992,8 +998,6 @@ int64_t mem_swap_out(struct mem_swap *sw, struct gm *gm, uint64_t *cursor, uint6
 				int64_t w = write_run(sw, &t), took = 0;
 				uint8_t want[MEM_TXN_MAX];
 
-				if (w < 0)
-					err = (int)w;
 				memcpy(want, t.commit, (size_t)claimed);
 				mem_txn_end(&t, -1);
 				/* A page whose drop failed stays in memory: its slot goes back. */
@@ -1006,30 +1010,106 @@ int64_t mem_swap_out(struct mem_swap *sw, struct gm *gm, uint64_t *cursor, uint6
 						slot_put(sw, t.arg[i]);
 				}
 				swapped += took;
+				count(&sw->st.swap_outs, (uint64_t)took);
 				__atomic_fetch_add(&gm->swapc.outs, (uint64_t)took, __ATOMIC_RELAXED);
-				left = (uint64_t)took < left ? left - (uint64_t)took : 0;
+				*left = (uint64_t)took < *left ? *left - (uint64_t)took : 0;
 				skip += (uint64_t)claimed;
+				if (w < 0) {
+					*at = idx + skip;
+					return swapped ? swapped : w;
+				}
 			} else {
 				skip += 1;
 			}
 		} else {
 			skip = (uint64_t)got;
 		}
-		seen += skip;
 		idx += skip;
-		if (idx >= nr)
-			idx = 0;
+	}
+	*at = idx;
+	return swapped;
+}
+
+int64_t mem_swap_out(struct mem_swap *sw, struct gm *gm, uint64_t *cursor, uint64_t max_pages)
+{
+	uint64_t nr = mem_nr_pages(gm), left = max_pages, idx = *cursor;
+	int64_t swapped = 0, got = 0;
+
+	if (gm->swap_arg != sw)
+		return -EINVAL;
+	if (idx >= nr)
+		idx = 0;
+	pthread_mutex_lock(&sw->out_lock);
+	/* Once around RAM from the cursor: [idx, nr), then [0, idx). */
+	for (int half = 0; half < 2 && left && got >= 0; half++) {
+		uint64_t at = half ? 0 : idx;
+
+		got = swap_range(sw, gm, &at, half ? idx : nr, &left);
+		if (got > 0)
+			swapped += got;
+		*cursor = at < nr ? at : 0;
 	}
 	pthread_mutex_unlock(&sw->out_lock);
-	*cursor = idx;
-	if (swapped) {
-		count(&sw->st.swap_outs, (uint64_t)swapped);
-		return swapped;
-	}
-	return err;
+	return swapped ? swapped : got;
 }
 
 /* --- the swap-out worker --- */
+
+/*
+ * Random victims take runs of this many pages: ESX's random pages, but
+ * written and read back a run at a time like the others.
+ */
+#define RANDOM_RUN_PAGES MEM_SWAP_READAHEAD
+
+/*
+ * Swap out up to `want` pages of v's, the coldest chunks first (ties from
+ * its cursor on), or from random runs. Returns pages swapped, or -errno
+ * when nothing could go.
+ */
+static int64_t swap_victims(struct mem_swap *sw, struct swap_vm *v, uint64_t *cursor,
+			    uint64_t want, enum mem_swap_victims victims)
+{
+	struct gm *gm = v->gm;
+	uint64_t nr = mem_nr_pages(gm), left = want, chunks = mem_access_chunks(gm), n;
+	int64_t swapped = 0, got = 0;
+	uint32_t *order;
+
+	if (victims == MEM_SWAP_VICTIMS_RANDOM) {
+		uint64_t runs = (nr + RANDOM_RUN_PAGES - 1) / RANDOM_RUN_PAGES;
+
+		pthread_mutex_lock(&sw->out_lock);
+		/* Twice the runs in tries: enough to find what is left once most are gone. */
+		for (uint64_t tries = 0; tries < 2 * runs && left && got >= 0; tries++) {
+			uint64_t at = (kv_rand(&v->rng) % runs) * RANDOM_RUN_PAGES;
+			uint64_t end = nr - at < RANDOM_RUN_PAGES ? nr : at + RANDOM_RUN_PAGES;
+
+			got = swap_range(sw, gm, &at, end, &left);
+			if (got > 0)
+				swapped += got;
+		}
+		pthread_mutex_unlock(&sw->out_lock);
+		return swapped ? swapped : got;
+	}
+	order = kv_calloc(chunks, sizeof(*order));
+	n = order ? mem_access_rank(gm, *cursor / MEM_CHUNK_PAGES, order, chunks) : 0;
+	if (!n) {
+		kv_free(order);
+		return mem_swap_out(sw, gm, cursor, want); /* no memory for a ranking: in turn */
+	}
+	pthread_mutex_lock(&sw->out_lock);
+	for (uint64_t i = 0; i < n && left && got >= 0; i++) {
+		uint64_t at = (uint64_t)order[i] * MEM_CHUNK_PAGES;
+		uint64_t end = nr - at < MEM_CHUNK_PAGES ? nr : at + MEM_CHUNK_PAGES;
+
+		got = swap_range(sw, gm, &at, end, &left);
+		if (got > 0)
+			swapped += got;
+		*cursor = at < nr ? at : 0;
+	}
+	pthread_mutex_unlock(&sw->out_lock);
+	kv_free(order);
+	return swapped ? swapped : got;
+}
 
 /*
  * Pages asked of one mem_swap_out call by the worker: 64 MiB, so that a new
@@ -1086,8 +1166,9 @@ static void *worker_main(void *arg)
 			need = in >= max ? 0 : need < max - in ? need : max - in;
 
 			if (need)
-				n = mem_swap_out(sw, v->gm, &cursor,
-						 need < WORKER_CALL_PAGES ? need : WORKER_CALL_PAGES);
+				n = swap_victims(sw, v, &cursor,
+						 need < WORKER_CALL_PAGES ? need : WORKER_CALL_PAGES,
+						 __atomic_load_n(&sw->victims, __ATOMIC_RELAXED));
 			resident = mem_resident(v->gm);
 		}
 		pthread_mutex_lock(&sw->vm_lock);
@@ -1139,6 +1220,18 @@ int mem_swap_wait(struct mem_swap *sw, struct gm *gm, uint64_t deadline_ns,
 	*out = v->progress;
 	pthread_mutex_unlock(&sw->vm_lock);
 	return ret == ETIMEDOUT ? -ETIMEDOUT : 0;
+}
+
+void mem_swap_set_victims(struct mem_swap *sw, enum mem_swap_victims victims)
+{
+	__atomic_store_n(&sw->victims, victims, __ATOMIC_RELAXED);
+}
+
+const char *mem_swap_victims_name(const struct mem_swap *sw)
+{
+	return __atomic_load_n(&sw->victims, __ATOMIC_RELAXED) == MEM_SWAP_VICTIMS_RANDOM
+		       ? "random"
+		       : "coldest";
 }
 
 int mem_swap_set_limit(struct mem_swap *sw, struct gm *gm, uint64_t max_pages)

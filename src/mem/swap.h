@@ -117,7 +117,8 @@ int64_t mem_swap_out(struct mem_swap *sw, struct gm *gm, uint64_t *cursor, uint6
 
 /*
  * Have the swap-out worker swap gm down to resident_pages resident pages
- * (one target per VM: a new one replaces the last). The worker ends the
+ * (one target per VM: a new one replaces the last), taking its victims
+ * as mem_swap_set_victims says. The worker ends the
  * target when it is reached, or when a step swaps nothing (nothing more
  * can go now) or fails.
  */
@@ -135,6 +136,19 @@ struct mem_swap_progress {
  */
 int mem_swap_wait(struct mem_swap *sw, struct gm *gm, uint64_t deadline_ns,
 		  struct mem_swap_progress *out);
+
+/*
+ * Which pages the worker takes: the coldest chunks first, by the access
+ * information of mem/access.h (the default), or random runs of pages, as
+ * ESX 2002 did (a baseline to compare with).
+ */
+enum mem_swap_victims {
+	MEM_SWAP_VICTIMS_COLDEST,
+	MEM_SWAP_VICTIMS_RANDOM,
+};
+void mem_swap_set_victims(struct mem_swap *sw, enum mem_swap_victims victims);
+/* "coldest" or "random": the victims sw's worker takes. */
+const char *mem_swap_victims_name(const struct mem_swap *sw);
 
 /*
  * At most max_pages of gm's pages in swap (UINT64_MAX: no limit; 0: never

@@ -431,8 +431,8 @@ static const enum ps_state commit_state[MEM_NR_COMMITS] = {
 /* A commit that changes the backing of page idx: its sample is gone with its old page. */
 static void backing_changed(struct gm *gm, uint64_t idx)
 {
-	__atomic_fetch_and(&gm->wp_reason[idx], (uint8_t)~(MEM_WP_SAMPLE | MEM_WP_LINGER),
-			   __ATOMIC_ACQ_REL);
+	__atomic_fetch_and(&gm->wp_reason[idx],
+			   (uint8_t)~(MEM_WP_SAMPLE | MEM_WP_LINGER | MEM_WP_WRITTEN), __ATOMIC_ACQ_REL);
 }
 
 /* Apply commit c to pages [i, j) of t; 0, or -errno with the pages as claimed. */
@@ -689,6 +689,7 @@ int mem_sample_protect(struct gm *gm, uint64_t idx)
 		return -EINVAL;
 	if (pagestate_cas(gm->ps, idx, PS_ANON, PS_BUSY))
 		return -EBUSY;
+	__atomic_fetch_and(&gm->wp_reason[idx], (uint8_t)~MEM_WP_WRITTEN, __ATOMIC_ACQ_REL);
 	__atomic_fetch_or(&gm->wp_reason[idx], MEM_WP_SAMPLE, __ATOMIC_ACQ_REL);
 	ret = run_protect(gm, idx, 1, true);
 	if (ret == -ENOENT && !run_track(gm, idx, 1))
@@ -701,12 +702,15 @@ int mem_sample_protect(struct gm *gm, uint64_t idx)
 	return ret;
 }
 
-void mem_sample_release(struct gm *gm, uint64_t idx)
+bool mem_sample_release(struct gm *gm, uint64_t idx)
 {
 	enum ps_state st;
 
-	if (idx >= mem_nr_pages(gm) || !withdraw(gm, idx, MEM_WP_SAMPLE))
-		return;
+	if (idx >= mem_nr_pages(gm))
+		return false;
+	if (!withdraw(gm, idx, MEM_WP_SAMPLE))
+		return __atomic_fetch_and(&gm->wp_reason[idx], (uint8_t)~MEM_WP_WRITTEN,
+					  __ATOMIC_ACQ_REL) & MEM_WP_WRITTEN;
 	/*
 	 * A page someone holds keeps its protection for now (it lingers): the
 	 * holder's end lifts it if no reason is left by then, else the next
@@ -714,13 +718,14 @@ void mem_sample_release(struct gm *gm, uint64_t idx)
 	 */
 	st = pagestate_get(gm->ps, idx);
 	if (st == PS_BUSY || pagestate_cas(gm->ps, idx, st, PS_BUSY))
-		return;
+		return false;
 	if (!reasons(gm, idx)) {
 		run_protect(gm, idx, 1, false);
 		lifted(gm, idx);
 	}
 	pagestate_set(gm->ps, idx, st);
 	run_wake(gm, idx, 1);
+	return false;
 }
 
 uint64_t mem_sample_hits(struct gm *gm)
@@ -797,8 +802,14 @@ static enum mem_fault fault_wp(struct gm *gm, uint64_t idx, void *page)
 
 	if (st == PS_BUSY)
 		return MEM_FAULT_OWNER;
-	old = __atomic_fetch_and(&gm->wp_reason[idx], (uint8_t)~(MEM_WP_SAMPLE | MEM_WP_LINGER),
-				 __ATOMIC_ACQ_REL);
+	/* A sample's hit is marked in the same step that ends it: its sampler never misses it. */
+	old = __atomic_load_n(&gm->wp_reason[idx], __ATOMIC_ACQUIRE);
+	while (!__atomic_compare_exchange_n(
+		&gm->wp_reason[idx], &old,
+		(uint8_t)((old & ~(MEM_WP_SAMPLE | MEM_WP_LINGER)) |
+			  (old & MEM_WP_SAMPLE ? MEM_WP_WRITTEN : 0)),
+		false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		;
 	if (old & MEM_WP_SAMPLE) {
 		__atomic_fetch_add(&gm->sample_hits, 1, __ATOMIC_RELAXED);
 		what = MEM_FAULT_SAMPLE;
@@ -834,6 +845,8 @@ static enum mem_fault swap_in(struct gm *gm, uint64_t idx, void *page)
 	uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC);
 	int ret;
 
+	/* Used after all, read or written: the chunk is young (mem/access.h). */
+	__atomic_store_n(&gm->chunk_age[idx / MEM_CHUNK_PAGES], 0, __ATOMIC_RELAXED);
 	/* Read-ahead: swapped neighbours in the next slots, owned here like the page. */
 	while (sw && n < MEM_SWAP_READAHEAD && mem_run_ok(gm, idx, n + 1) &&
 	       pagestate_get(gm->ps, idx + n) == PS_SWAPPED && gm->swap_slot[idx + n] == slot + n &&

@@ -170,8 +170,12 @@ int mem_page_unshared(struct gm *gm, uint64_t idx);
  * mechanism), -errno.
  */
 int mem_sample_protect(struct gm *gm, uint64_t idx);
-/* Withdraw the sampling reason of page idx (its protection goes when no other reason holds it). */
-void mem_sample_release(struct gm *gm, uint64_t idx);
+/*
+ * Withdraw the sampling reason of page idx (its protection goes when no
+ * other reason holds it). True when the guest wrote the page since
+ * mem_sample_protect (and its backing did not change since).
+ */
+bool mem_sample_release(struct gm *gm, uint64_t idx);
 /* Writes that hit sampled pages since the last call. */
 uint64_t mem_sample_hits(struct gm *gm);
 

@@ -162,23 +162,51 @@ static int parse_vm(json_t *o, unsigned int i, struct host_vm_config *vm, const 
 }
 
 /*
+ * Field `key` of o, if there, one of names[0..n): its index in *out. 0, 1
+ * when absent, or -EINVAL with `what` in the error.
+ */
+static int get_choice(json_t *o, const char *key, const char *const *names, size_t n,
+		      unsigned int *out, const char *what, char *err, size_t len)
+{
+	json_t *v = json_object_get(o, key);
+	const char *s = v ? json_string_value(v) : NULL;
+
+	if (!v)
+		return 1;
+	for (size_t k = 0; s && k < n; k++) {
+		if (!strcmp(s, names[k])) {
+			*out = (unsigned int)k;
+			return 0;
+		}
+	}
+	return fail(err, len, "%s", what);
+}
+
+/*
  * "swap": {"path": PATH, "size": "4G", "pool": "256M", "io": "auto",
- * "allow_tmpfs": false}: the host's swap file (mem/swap.h). path is a
- * directory (an unnamed file in it) or a file that does not exist yet; size
- * defaults to MEM_SWAP_DEFAULT_BYTES; pool, a compressed pool in memory
- * before the file, defaults to none; io, the I/O engine: "auto" (io_uring
- * where the kernel allows it, else threads), "io_uring" or "threads";
- * allow_tmpfs is for tests (a small tmpfs gives a file that fills).
+ * "victims": "coldest", "allow_tmpfs": false}: the host's swap file
+ * (mem/swap.h). path is a directory (an unnamed file in it) or a file that
+ * does not exist yet; size defaults to MEM_SWAP_DEFAULT_BYTES; pool, a
+ * compressed pool in memory before the file, defaults to none; io, the I/O
+ * engine: "auto" (io_uring where the kernel allows it, else threads),
+ * "io_uring" or "threads"; victims: "coldest" (chunks by access
+ * information) or "random" (a baseline); allow_tmpfs is for tests (a small
+ * tmpfs gives a file that fills).
  */
 static int parse_swap(json_t *o, struct host_swap_config *sw, char *err, size_t len)
 {
-	static const char *const known[] = { "path", "size", "pool", "io", "allow_tmpfs" };
+	static const char *const known[] = { "path", "size", "pool", "io", "victims",
+					     "allow_tmpfs" };
 	static const char *const engines[] = {
 		[MEM_SWAP_IO_AUTO] = "auto",
 		[MEM_SWAP_IO_URING] = "io_uring",
 		[MEM_SWAP_IO_THREADS] = "threads",
 	};
-	const char *io = NULL;
+	static const char *const victims[] = {
+		[MEM_SWAP_VICTIMS_COLDEST] = "coldest",
+		[MEM_SWAP_VICTIMS_RANDOM] = "random",
+	};
+	unsigned int choice;
 	const char *key;
 	json_t *v;
 	int ret;
@@ -217,17 +245,18 @@ static int parse_swap(json_t *o, struct host_swap_config *sw, char *err, size_t 
 	if (v && !json_is_boolean(v))
 		return fail(err, len, "swap.allow_tmpfs: must be true or false");
 	sw->allow_tmpfs = json_is_true(v);
-	v = json_object_get(o, "io");
-	if (v)
-		io = json_string_value(v);
-	for (size_t k = 0; io && k < sizeof(engines) / sizeof(engines[0]); k++)
-		if (!strcmp(io, engines[k])) {
-			sw->io = (enum mem_swap_io)k;
-			io = NULL;
-			v = NULL;
-		}
-	if (v)
-		return fail(err, len, "swap.io: must be \"auto\", \"io_uring\" or \"threads\"");
+	ret = get_choice(o, "io", engines, sizeof(engines) / sizeof(engines[0]), &choice,
+			 "swap.io: must be \"auto\", \"io_uring\" or \"threads\"", err, len);
+	if (ret < 0)
+		return ret;
+	if (!ret)
+		sw->io = (enum mem_swap_io)choice;
+	ret = get_choice(o, "victims", victims, sizeof(victims) / sizeof(victims[0]), &choice,
+			 "swap.victims: must be \"coldest\" or \"random\"", err, len);
+	if (ret < 0)
+		return ret;
+	if (!ret)
+		sw->victims = (enum mem_swap_victims)choice;
 	return 0;
 }
 

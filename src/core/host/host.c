@@ -310,6 +310,7 @@ int host_create(const struct host_config *cfg, struct host **out)
 				goto out_destroy;
 			}
 		}
+		mem_swap_set_victims(h->swap, cfg->swap.victims);
 		ret = mem_swap_set_io(h->swap, cfg->swap.io);
 		if (ret) {
 			log_err("swap I/O engine %s: %s",
@@ -777,7 +778,7 @@ static json_t *swap_stats_json(struct host *h, uint64_t *pool_used)
 		return json_null();
 	mem_swap_stats(h->swap, &st);
 	*pool_used = st.pool_used_bytes;
-	return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s,"
+	return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:s,"
 			 " s:{s:I, s:I, s:I, s:I}}",
 			 "file_bytes", (json_int_t)st.file_bytes,
 			 "used_bytes", (json_int_t)st.used_bytes,
@@ -788,6 +789,7 @@ static json_t *swap_stats_json(struct host *h, uint64_t *pool_used)
 			 "read_errors", (json_int_t)st.read_errors,
 			 "full", (json_int_t)st.full,
 			 "engine", mem_swap_engine(h->swap),
+			 "victims", mem_swap_victims_name(h->swap),
 			 "pool",
 			 "size_bytes", (json_int_t)st.pool_bytes,
 			 "used_bytes", (json_int_t)st.pool_used_bytes,
@@ -906,7 +908,7 @@ json_t *host_stats_json(struct host *h)
 	mem_txn_stats(&ts);
 	for (int c = 0; c < MEM_NR_COMMITS; c++)
 		json_object_set_new(commits, commit_names[c], json_integer((json_int_t)ts.commits[c]));
-	return json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:b, s:I, s:o, s:o, s:o, s:I, s:s,"
+	return json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:s, s:b, s:I, s:o, s:o, s:o, s:I, s:s,"
 			 " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I},"
 			 " s:{s:I, s:I, s:o, s:I, s:I, s:I, s:I}}, s:o}",
 			 "host",
@@ -915,6 +917,7 @@ json_t *host_stats_json(struct host *h)
 			 "saved_bytes", (json_int_t)saved,
 			 "configured_bytes", (json_int_t)hs.configured_bytes,
 			 "used_source", hs.used_source,
+			 "access_source", hs.access_source,
 			 "over_budget", hs.over_budget,
 			 "policy_passes", (json_int_t)hs.passes,
 			 "reclaimed_bytes", reclaimed,

@@ -46,6 +46,7 @@ struct host_swap_config {
 	uint64_t pool_bytes;	/* a compressed pool in memory before the file; 0: none */
 	bool allow_tmpfs;	/* tests only: a tmpfs file, for a small file that fills */
 	enum mem_swap_io io;	/* the I/O engine: auto (io_uring, else threads) */
+	enum mem_swap_victims victims; /* which pages go: coldest chunks first, or random */
 };
 
 struct host_config {

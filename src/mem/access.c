@@ -1,0 +1,174 @@
+/* SPDX-License-Identifier: MIT */
+/* Access information per chunk of guest RAM (see access.h). */
+#include "mem/access.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+#include "core/alloc.h"
+#include "core/rand.h"
+#include "mem/mem_internal.h"
+#include "mem/memmap.h"
+#include "mem/pagemap.h"
+#include "mem/pagestate.h"
+#include "mem/txn.h"
+
+/* With ages from elsewhere, only the active fraction is estimated: ESX's 100 random pages. */
+#define ACTIVE_SAMPLES 100
+
+struct mem_access {
+	struct gm *gm;		/* borrowed */
+	uint64_t *samples;	/* page indexes protected last interval */
+	uint64_t nr_samples, cap;
+	uint8_t *written;	/* per chunk, this judgement's scratch */
+	uint64_t rng;
+};
+
+uint64_t mem_access_chunks(const struct gm *gm)
+{
+	return (mem_nr_pages(gm) + MEM_CHUNK_PAGES - 1) / MEM_CHUNK_PAGES;
+}
+
+uint16_t mem_access_age(const struct gm *gm, uint64_t chunk)
+{
+	return __atomic_load_n(&gm->chunk_age[chunk], __ATOMIC_RELAXED);
+}
+
+void mem_access_set_age(struct gm *gm, uint64_t chunk, uint16_t age)
+{
+	__atomic_store_n(&gm->chunk_age[chunk], age, __ATOMIC_RELAXED);
+}
+
+/* One interval older, unless a touch made it young meanwhile (that store wins). */
+static void age_one(struct gm *gm, uint64_t chunk)
+{
+	uint16_t old = __atomic_load_n(&gm->chunk_age[chunk], __ATOMIC_RELAXED);
+
+	while (old < MEM_ACCESS_AGE_MAX &&
+	       !__atomic_compare_exchange_n(&gm->chunk_age[chunk], &old, (uint16_t)(old + 1), false,
+					    __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
+}
+
+int mem_access_create(struct gm *gm, struct mem_access **out)
+{
+	struct mem_access *a = kv_zalloc(sizeof(*a));
+	uint64_t chunks = mem_access_chunks(gm);
+
+	if (!a)
+		return -ENOMEM;
+	a->gm = gm;
+	a->cap = chunks * MEM_ACCESS_SAMPLES;
+	if (a->cap < ACTIVE_SAMPLES)
+		a->cap = ACTIVE_SAMPLES;
+	a->samples = kv_calloc(a->cap, sizeof(*a->samples));
+	a->written = kv_calloc(chunks, 1);
+	if (!a->samples || !a->written) {
+		mem_access_destroy(a);
+		return -ENOMEM;
+	}
+	a->rng = (uint64_t)(uintptr_t)gm ^ 0x6a09e667f3bcc908ULL;
+	*out = a;
+	return 0;
+}
+
+void mem_access_destroy(struct mem_access *a)
+{
+	if (!a)
+		return;
+	for (uint64_t i = 0; i < a->nr_samples; i++)
+		mem_sample_release(a->gm, a->samples[i]);
+	kv_free(a->samples);
+	kv_free(a->written);
+	kv_free(a);
+}
+
+/* Protect page idx for sampling if it is a resident page of the VM's own. */
+static bool try_sample(struct mem_access *a, uint64_t idx)
+{
+	struct gm *gm = a->gm;
+	uint64_t pm;
+
+	if (pagestate_get(gm->ps, idx) != PS_ANON || mem_pagemap(gm, idx, 1, &pm) != 1 ||
+	    !mem_pm_resident(pm) || mem_pm_file(pm) || mem_sample_protect(gm, idx))
+		return false;
+	a->samples[a->nr_samples++] = idx;
+	return true;
+}
+
+double mem_access_sample(struct mem_access *a, bool age_only)
+{
+	struct gm *gm = a->gm;
+	uint64_t nr = mem_nr_pages(gm), chunks = mem_access_chunks(gm), hits = 0;
+	uint64_t judged = a->nr_samples;
+
+	for (uint64_t c = 0; c < chunks; c++)
+		a->written[c] = 0;
+	for (uint64_t i = 0; i < a->nr_samples; i++) {
+		if (mem_sample_release(gm, a->samples[i])) {
+			hits++;
+			a->written[a->samples[i] / MEM_CHUNK_PAGES] = 1;
+		}
+	}
+	a->nr_samples = 0;
+	if (!age_only) {
+		for (uint64_t c = 0; c < chunks; c++) {
+			if (a->written[c])
+				mem_access_set_age(gm, c, 0);
+			else
+				age_one(gm, c);
+		}
+	}
+	if (age_only) {
+		for (unsigned int tries = 0; tries < 4 * ACTIVE_SAMPLES &&
+					     a->nr_samples < ACTIVE_SAMPLES; tries++)
+			try_sample(a, kv_rand(&a->rng) % nr);
+	} else {
+		for (uint64_t c = 0; c < chunks; c++) {
+			uint64_t first = c * MEM_CHUNK_PAGES;
+			uint64_t len = nr - first < MEM_CHUNK_PAGES ? nr - first : MEM_CHUNK_PAGES;
+			unsigned int got = 0;
+
+			for (unsigned int tries = 0; tries < 2 * MEM_ACCESS_SAMPLES &&
+						     got < MEM_ACCESS_SAMPLES; tries++)
+				got += try_sample(a, first + kv_rand(&a->rng) % len);
+		}
+	}
+	return judged ? (double)hits / (double)judged : -1.0;
+}
+
+struct ranked {
+	uint16_t age;
+	uint32_t chunk;
+	uint64_t turn;	/* distance from `from`: equal ages are taken in turn */
+};
+
+static int colder_first(const void *x, const void *y)
+{
+	const struct ranked *a = x, *b = y;
+
+	if (a->age != b->age)
+		return a->age > b->age ? -1 : 1;
+	return a->turn < b->turn ? -1 : a->turn > b->turn;
+}
+
+uint64_t mem_access_rank(const struct gm *gm, uint64_t from, uint32_t *out, uint64_t max)
+{
+	uint64_t chunks = mem_access_chunks(gm), n = 0;
+	struct ranked *r;
+
+	if (!chunks || !max)
+		return 0;
+	r = kv_calloc(chunks, sizeof(*r));
+	if (!r)
+		return 0;
+	from %= chunks;
+	for (uint64_t c = 0; c < chunks; c++)
+		r[c] = (struct ranked){ .age = mem_access_age(gm, c), .chunk = (uint32_t)c,
+					.turn = (c + chunks - from) % chunks };
+	qsort(r, chunks, sizeof(*r), colder_first);
+	for (; n < chunks && n < max; n++)
+		out[n] = r[n].chunk;
+	kv_free(r);
+	return n;
+}

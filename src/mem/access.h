@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Access information: how long ago the guest last used each 2 MiB chunk of
+ * its RAM, in monitoring intervals (the chunk's age), so that reclaim takes
+ * the coldest chunks first. A chunk, not a page: what a monitor can afford
+ * to watch over gigabytes is a coldness ranking of chunks, never an LRU of
+ * pages (DAMON's regions are MiB-sized for the same reason).
+ *
+ * Sources:
+ *   damon     the kernel's data access monitor (mem/damon.h): reads and
+ *             writes, through the accessed bits, at the kernel's cost;
+ *   sampling  write-protect sampling here: every interval up to
+ *             MEM_ACCESS_SAMPLES resident pages of each chunk are
+ *             write-protected, and a chunk whose sample the guest wrote is
+ *             young again. Writes only: userfaultfd sees no reads.
+ * With either, a touch of a swapped page (a read as much as a write) makes
+ * its chunk young at once: the pages reclaim got wrong are the ones seen.
+ *
+ * One sampler per VM, run by the policy thread once per interval.
+ */
+#ifndef KVMEM_MEM_ACCESS_H
+#define KVMEM_MEM_ACCESS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "mem/gm.h"
+
+#define MEM_ACCESS_SAMPLES 4	/* pages sampled per resident chunk per interval */
+#define MEM_ACCESS_AGE_MAX 0xffff
+
+struct mem_access;
+
+int mem_access_create(struct gm *gm, struct mem_access **out);
+/* Releases the samples still protected. */
+void mem_access_destroy(struct mem_access *a);
+
+/*
+ * One interval of write-protect sampling: judge last interval's samples
+ * (a chunk whose sample was written becomes 0, every other one an
+ * interval older), then protect this interval's. Returns the share of last
+ * interval's samples that were written (the VM's active fraction, as ESX
+ * estimates it), or -1 when there were none.
+ *   age_only: another source (DAMON) gives the ages: only the active
+ *   fraction is measured, from fewer samples.
+ */
+double mem_access_sample(struct mem_access *a, bool age_only);
+
+/* Chunks of gm (MEM_CHUNK_PAGES pages each, the last one maybe short). */
+uint64_t mem_access_chunks(const struct gm *gm);
+uint16_t mem_access_age(const struct gm *gm, uint64_t chunk);
+/* Set by a source that measures ages itself (DAMON). */
+void mem_access_set_age(struct gm *gm, uint64_t chunk, uint16_t age);
+
+/*
+ * gm's chunks, coldest first (ties: from chunk `from` on, wrapping, so
+ * that equal chunks are taken in turn): up to max indexes into out.
+ * Returns how many.
+ */
+uint64_t mem_access_rank(const struct gm *gm, uint64_t from, uint32_t *out, uint64_t max);
+
+#endif

@@ -25,6 +25,7 @@
 #include "core/log.h"
 #include "core/thread.h"
 #include "mem/access.h"
+#include "mem/damon.h"
 #include "mem/mem_internal.h"
 #include "mem/txn.h"
 #include "mem/memmap.h"
@@ -60,7 +61,17 @@ struct ovc {
 	bool kicked, stopping, started;	/* lock */
 	pthread_t thread;
 	char cgroup_usage[256];		/* memory.usage_in_bytes of our cgroup, or "" */
+	struct mem_damon *damon;	/* vm_lock: the chunk ages' source, or NULL (sampling) */
+	bool damon_saw;			/* vm_lock: its last update saw accesses */
+	unsigned int damon_blind;	/* vm_lock: passes in a row it saw nothing the samples saw */
 };
+
+/*
+ * DAMON saw no access at all while the write samples saw writes this many
+ * passes in a row: its accessed bits do not reflect the guest's accesses
+ * (an MMU that does not pass them on), and sampling takes over.
+ */
+#define DAMON_BLIND_PASSES 5
 
 static uint64_t read_u64_file(const char *path, bool *ok)
 {
@@ -457,6 +468,74 @@ void ovc_vm_balloon_auto(struct ovc *ovc, struct ovc_vm *vm)
 	pthread_mutex_unlock(&ovc->lock);
 }
 
+/* vm_lock: stop using DAMON (the stats say sampling from now on). */
+static void damon_drop(struct ovc *ovc)
+{
+	mem_damon_close(ovc->damon);
+	ovc->damon = NULL;
+	pthread_mutex_lock(&ovc->lock);
+	ovc->stats.access_source = "sampling";
+	ovc->stats.damon_on = false;
+	pthread_mutex_unlock(&ovc->lock);
+}
+
+/* vm_lock: the chunk ages from DAMON's regions; an error gives up on it. */
+static void damon_update(struct ovc *ovc)
+{
+	struct mem_damon_stats st;
+	int64_t seen;
+
+	if (!ovc->damon)
+		return;
+	seen = mem_damon_update(ovc->damon);
+	if (seen < 0) {
+		log_warn("DAMON: reading its regions: %s: write-protect sampling from now on",
+			 strerror((int)-seen));
+		damon_drop(ovc);
+		return;
+	}
+	ovc->damon_saw = seen > 0;
+	mem_damon_stats(ovc->damon, &st);
+	pthread_mutex_lock(&ovc->lock);
+	ovc->stats.damon = st;
+	pthread_mutex_unlock(&ovc->lock);
+}
+
+/* vm_lock: after sampling: DAMON saw nothing while the samples saw writes, again? */
+static void damon_judge(struct ovc *ovc)
+{
+	bool written = false;
+
+	if (!ovc->damon)
+		return;
+	for (unsigned int i = 0; i < ovc->nr_vms; i++)
+		written |= ovc->vms[i]->written > 0;
+	ovc->damon_blind = written && !ovc->damon_saw ? ovc->damon_blind + 1 : 0;
+	if (ovc->damon_blind >= DAMON_BLIND_PASSES) {
+		log_warn("DAMON saw no access in %u passes while the guests wrote: blind here (its "
+			 "accessed bits miss the guests' accesses): write-protect sampling from now on",
+			 DAMON_BLIND_PASSES);
+		damon_drop(ovc);
+	}
+}
+
+int ovc_use_damon(struct ovc *ovc, struct mem_damon *d)
+{
+	pthread_mutex_lock(&ovc->vm_lock);
+	if (ovc->nr_vms || ovc->damon) {
+		pthread_mutex_unlock(&ovc->vm_lock);
+		return -EBUSY;
+	}
+	ovc->damon = d;
+	pthread_mutex_lock(&ovc->lock);
+	ovc->stats.access_source = "damon";
+	ovc->stats.damon_on = true;
+	mem_damon_stats(d, &ovc->stats.damon);
+	pthread_mutex_unlock(&ovc->lock);
+	pthread_mutex_unlock(&ovc->vm_lock);
+	return 0;
+}
+
 static int by_excess(const void *a, const void *b)
 {
 	const struct ovc_vm *x = *(struct ovc_vm *const *)a, *y = *(struct ovc_vm *const *)b;
@@ -477,11 +556,13 @@ static void policy_pass(struct ovc *ovc)
 	pthread_mutex_lock(&ovc->vm_lock);
 	n = ovc->nr_vms;
 	used = host_used(ovc, &source);
+	damon_update(ovc);
 	for (unsigned int i = 0; i < n; i++) {
 		refresh_resident(ovc, ovc->vms[i]);
 		/* Hundreds of system calls per GiB: not under the lock the stats readers take. */
-		ovc->vms[i]->written = mem_access_sample(ovc->vms[i]->access, false);
+		ovc->vms[i]->written = mem_access_sample(ovc->vms[i]->access, ovc->damon != NULL);
 	}
+	damon_judge(ovc);
 	pthread_mutex_lock(&ovc->lock);
 	budget = ovc->stats.budget_bytes;
 	for (unsigned int i = 0; i < n; i++) {
@@ -644,6 +725,7 @@ void ovc_destroy(struct ovc *ovc)
 	pthread_mutex_unlock(&ovc->lock);
 	if (ovc->started)
 		pthread_join(ovc->thread, NULL);
+	mem_damon_close(ovc->damon);
 	pthread_mutex_destroy(&ovc->vm_lock);
 	pthread_mutex_destroy(&ovc->lock);
 	pthread_cond_destroy(&ovc->cond);
@@ -700,6 +782,15 @@ int ovc_add_vm(struct ovc *ovc, struct gm *gm, const char *name, uint64_t mem_by
 		ovc->order = order;
 		ovc->cap_vms = cap;
 	}
+	if (ovc->damon) {
+		int err = mem_damon_add(ovc->damon, gm);
+
+		if (err) {
+			log_warn("DAMON: monitoring %s: %s: write-protect sampling from now on", name,
+				 strerror(-err));
+			damon_drop(ovc);
+		}
+	}
 	ovc->vms[ovc->nr_vms++] = v;
 	pthread_mutex_lock(&ovc->lock);
 	ovc->stats.configured_bytes += mem_bytes;
@@ -716,6 +807,8 @@ void ovc_remove_vm(struct ovc *ovc, struct ovc_vm *vm)
 		if (ovc->vms[i] != vm)
 			continue;
 		ovc->vms[i] = ovc->vms[--ovc->nr_vms];
+		if (ovc->damon)
+			mem_damon_remove(ovc->damon, vm->gm);
 		pthread_mutex_lock(&ovc->lock);
 		ovc->stats.configured_bytes -= vm->mem_bytes;
 		pthread_mutex_unlock(&ovc->lock);

@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "mem/damon.h"
 #include "mem/gm.h"
 #include "mem/pagestate.h"
 
@@ -99,6 +100,8 @@ struct ovc_stats {
 	uint64_t used_bytes;		/* the kernel's view, see above */
 	const char *used_source;	/* "cgroup" or "smaps_rollup" */
 	const char *access_source;	/* where chunk ages come from: "damon" or "sampling" */
+	bool damon_on;			/* DAMON is the source: its figures, as of the last pass */
+	struct mem_damon_stats damon;
 	uint64_t configured_bytes;	/* sum of the VMs' mem */
 	uint64_t passes;
 	unsigned int nr_mechanisms;
@@ -151,6 +154,14 @@ int ovc_vm_balloon_manual(struct ovc *ovc, struct ovc_vm *vm, uint64_t target_by
 void ovc_vm_balloon_auto(struct ovc *ovc, struct ovc_vm *vm);
 /* Register the balloon as a reclaim mechanism (cost 2: after zero pages and sharing). */
 int ovc_register_balloon(struct ovc *ovc);
+
+/*
+ * Take chunk ages from DAMON (mem/damon.h) instead of write-protect
+ * sampling; the policy owns d from now on, and gives it up (back to
+ * sampling, said in the log) if it fails or turns out blind. Before any VM
+ * is added: 0, or -EBUSY.
+ */
+int ovc_use_damon(struct ovc *ovc, struct mem_damon *d);
 
 /* Register before ovc_start. -ENOSPC when full. */
 int ovc_register_mechanism(struct ovc *ovc, const struct ovc_mechanism *m);

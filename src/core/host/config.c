@@ -6,6 +6,7 @@
  *   { "budget": "8G", "socket": "/run/kvmem.sock", "console_prefix": true,
  *     "dedup": "off" | "on" | "ksm", "accel": "auto" | "kvm" | "thread",
  *     "policy_interval": 1.0, "balloon_stats_interval": 1.0,
+ *     "access": "auto" | "damon" | "sampling",
  *     "swap": { "path": "/var/lib/kvmem", "size": "4G", "pool": "256M" },
  *     "vms": [ { "name": "a", "mem": "1G", "min": "256M", "shares": 1000,
  *                "cpus": 1, "guest": "path", "append": "kvmem.wl=...",
@@ -296,7 +297,13 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 {
 	static const char *const known[] = { "budget", "socket", "console_prefix", "dedup",
 					     "accel", "policy_interval", "balloon_stats_interval",
-					     "swap", "vms" };
+					     "access", "swap", "vms" };
+	static const char *const access[] = {
+		[HOST_ACCESS_AUTO] = "auto",
+		[HOST_ACCESS_DAMON] = "damon",
+		[HOST_ACCESS_SAMPLING] = "sampling",
+	};
+	unsigned int choice;
 	json_error_t jerr;
 	json_t *root, *vms, *v;
 	const char *key;
@@ -372,6 +379,12 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 		}
 		cfg->balloon_stats_set = true;
 	}
+	ret = get_choice(root, "access", access, sizeof(access) / sizeof(access[0]), &choice,
+			 "access: must be \"auto\", \"damon\" or \"sampling\"", err, len);
+	if (ret < 0)
+		goto out;
+	if (!ret)
+		cfg->access = (enum host_access)choice;
 	v = json_object_get(root, "swap");
 	if (v) {
 		ret = parse_swap(v, &cfg->swap, err, len);

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <time.h>
@@ -31,6 +32,7 @@
 #include "mem/memmap.h"
 #include "mem/overcommit.h"
 #include "mem/reclaim.h"
+#include "mem/damon.h"
 #include "mem/swap.h"
 #include "mem/txn.h"
 #include "mem/uffd.h"
@@ -277,6 +279,24 @@ int host_create(const struct host_config *cfg, struct host **out)
 	ret = ovc_create(cfg->budget_bytes, cfg->policy_interval_s, &h->ovc);
 	if (ret)
 		goto out_destroy;
+	if (cfg->access != HOST_ACCESS_SAMPLING) {
+		struct mem_damon *damon;
+		const char *why = NULL;
+
+		what = "access information";
+		ret = mem_damon_open(&damon, &why);
+		if (!ret && (ret = ovc_use_damon(h->ovc, damon)))
+			mem_damon_close(damon);
+		if (!ret) {
+			log_info("access information: DAMON (its regions, from the accessed bits)");
+		} else if (cfg->access == HOST_ACCESS_DAMON) {
+			log_err("access information: DAMON: %s", why ? why : strerror(-ret));
+			goto out_destroy;
+		} else {
+			log_info("access information: write-protect sampling (DAMON: %s)",
+				 why ? why : strerror(-ret));
+		}
+	}
 	what = "the reclaim mechanisms";
 	ret = reclaim_register_zero(h->ovc);
 	if (!ret)
@@ -797,6 +817,28 @@ static json_t *swap_stats_json(struct host *h, uint64_t *pool_used)
 			 "compressed_bytes", (json_int_t)st.pool_compressed_bytes);
 }
 
+/* DAMON's kdamond, when it is the access source: its CPU time is the monitoring's cost. */
+static json_t *damon_json(const struct ovc_stats *hs)
+{
+	if (!hs->damon_on)
+		return json_null();
+	return json_pack("{s:i, s:i, s:I, s:I, s:I}", "kdamond", hs->damon.kdamond,
+			 "pid", hs->damon.pid, "cpu_ms", (json_int_t)(hs->damon.cpu_ns / 1000000),
+			 "regions", (json_int_t)hs->damon.regions,
+			 "updates", (json_int_t)hs->damon.updates);
+}
+
+/* The VMM process's own CPU time, next to the kdamond's. */
+static uint64_t vmm_cpu_ms(void)
+{
+	struct rusage ru;
+
+	if (getrusage(RUSAGE_SELF, &ru))
+		return 0;
+	return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000 +
+	       (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1000;
+}
+
 json_t *host_stats_json(struct host *h)
 {
 	struct mem_txn_stats ts;
@@ -908,7 +950,7 @@ json_t *host_stats_json(struct host *h)
 	mem_txn_stats(&ts);
 	for (int c = 0; c < MEM_NR_COMMITS; c++)
 		json_object_set_new(commits, commit_names[c], json_integer((json_int_t)ts.commits[c]));
-	return json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:s, s:b, s:I, s:o, s:o, s:o, s:I, s:s,"
+	return json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:s, s:o, s:I, s:b, s:I, s:o, s:o, s:o, s:I, s:s,"
 			 " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I},"
 			 " s:{s:I, s:I, s:o, s:I, s:I, s:I, s:I}}, s:o}",
 			 "host",
@@ -918,6 +960,8 @@ json_t *host_stats_json(struct host *h)
 			 "configured_bytes", (json_int_t)hs.configured_bytes,
 			 "used_source", hs.used_source,
 			 "access_source", hs.access_source,
+			 "damon", damon_json(&hs),
+			 "vmm_cpu_ms", (json_int_t)vmm_cpu_ms(),
 			 "over_budget", hs.over_budget,
 			 "policy_passes", (json_int_t)hs.passes,
 			 "reclaimed_bytes", reclaimed,

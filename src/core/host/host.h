@@ -24,6 +24,13 @@ enum host_dedup_mode {
 	HOST_DEDUP_KSM, /* MADV_MERGEABLE; the host kernel's ksmd merges */
 };
 
+/* Where the policy's access information (mem/access.h) comes from. */
+enum host_access {
+	HOST_ACCESS_AUTO,	/* DAMON where the kernel offers it, else sampling */
+	HOST_ACCESS_DAMON,	/* DAMON or the host does not start */
+	HOST_ACCESS_SAMPLING,	/* write-protect sampling */
+};
+
 struct host_vm_config {
 	char *name;
 	uint64_t mem_bytes;	/* maximum RAM */
@@ -55,6 +62,7 @@ struct host_config {
 	bool socket_optional;	/* the default path: run without it if another host has it */
 	bool console_prefix;	/* "[name] " before every console line */
 	enum host_dedup_mode dedup;
+	enum host_access access;
 	enum accel_kind accel;	/* for VMs that name none; AUTO until resolved */
 	double policy_interval_s; /* seconds between policy passes */
 	uint32_t balloon_stats_ms; /* how often balloons ask for guest stats (0: never) */

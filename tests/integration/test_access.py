@@ -1,0 +1,91 @@
+"""Where the policy's access information comes from: DAMON where the kernel offers it, else
+write-protect sampling, and two hosts on one machine that share DAMON without disturbing each
+other.
+
+1. A host with the default access source says which one it uses, in its log and its stats. On a
+   kernel whose DAMON this process can use (root, fvaddr operations, a kdamond no one else holds)
+   that is DAMON: the stats name its kdamond and its thread's CPU time, and its regions are read
+   every pass. Elsewhere it is sampling, and the log says why DAMON is not used.
+2. With DAMON: a second host on the same machine takes a kdamond of its own; both keep reading
+   their regions while the other runs and after the other stops, and the first one's kdamond
+   thread is the same throughout (never restarted or taken over).
+3. "access": "damon" where DAMON cannot be had: the host refuses to start, with the reason.
+
+Every wait is a poll with a generous deadline; nothing asserts on timing."""
+import re
+import time
+
+from kvmemtest import check, finish, require_accel
+from ctlhelp import Host, host_config, stats, tmpdir, wait_socket, wait_state
+
+require_accel()
+
+
+def start(name, access="auto"):
+    d = tmpdir()
+    sock = f"{d}/k.sock"
+    cfg = {"budget": "4G", "socket": sock, "console_prefix": True, "access": access,
+           "vms": [{"name": name, "mem": "128M",
+                    "append": f"kvmem.wl=size=64,id=1,rate=2,hot=20,then=sleep"}]}
+    h = Host(["host", "--config", host_config(d, cfg)])
+    return h, sock
+
+
+def passes_on(sock, what, n=3):
+    """The host's DAMON reads its regions n more times."""
+    u0 = stats(sock)["host"]["damon"]["updates"]
+    return wait_state(sock, None, lambda st: st["host"]["damon"] is not None and
+                      st["host"]["damon"]["updates"] >= u0 + n, what,
+                      show=lambda st: str(st["host"]["damon"]))
+
+
+# ---- 1. The source in use, named -------------------------------------------------------------
+a, sock_a = start("a")
+try:
+    check(wait_socket(a, sock_a), "the host serves its control socket")
+    line = [l for l in a.stderr() if "access information:" in l]
+    check(len(line) == 1, f"the log names the access source ({line})")
+    st = stats(sock_a)["host"]
+    src = st["access_source"]
+    check(src in ("damon", "sampling"), f"the stats name it too ({src})")
+    check(isinstance(st["vmm_cpu_ms"], int), f"and the VMM's CPU time ({st['vmm_cpu_ms']} ms)")
+    if src == "sampling":
+        check(st["damon"] is None and line and re.search(r"sampling \(DAMON: .+\)", line[0]),
+              f"sampling, with why DAMON is not used ({line})")
+    else:
+        ok, st = passes_on(sock_a, "DAMON's regions are read every pass")
+        dm = st["host"]["damon"]
+        check(dm["pid"] > 0 and dm["regions"] > 0 and dm["cpu_ms"] >= 0,
+              f"its kdamond, thread, regions and CPU time ({dm})")
+        # ---- 2. A second host beside it takes another kdamond; neither disturbs the other --
+        b, sock_b = start("b")
+        try:
+            check(wait_socket(b, sock_b), "a second host on the same machine starts")
+            sb = stats(sock_b)["host"]
+            check(sb["access_source"] == "damon" and
+                  sb["damon"]["kdamond"] != dm["kdamond"],
+                  f"it has DAMON too, on a kdamond of its own ({sb['damon']} beside {dm})")
+            passes_on(sock_b, "the second host's regions are read")
+            ok, st = passes_on(sock_a, "the first host's too, while the second runs")
+            check(st["host"]["damon"]["pid"] == dm["pid"],
+                  f"the first host's kdamond thread is the same one ({st['host']['damon']})")
+        finally:
+            rc = b.stop()
+        check(rc == 0, f"the second host stops cleanly ({rc})")
+        ok, st = passes_on(sock_a, "the first host's regions are read after the second stopped")
+        check(st["host"]["damon"]["pid"] == dm["pid"],
+              f"on the same kdamond thread ({st['host']['damon']})")
+finally:
+    rc = a.stop()
+check(rc == 0, f"the host stops cleanly ({rc}; last log lines {a.stderr()[-3:]})")
+
+# ---- 3. DAMON demanded where it cannot be had --------------------------------------------------
+if src == "sampling":
+    h, sock = start("c", access="damon")
+    t0 = time.monotonic()
+    while h.alive() and time.monotonic() - t0 < 60:  # a deadline only: it exits at once
+        time.sleep(0.2)
+    rc = h.stop()
+    err = [l for l in h.stderr() if "DAMON" in l]
+    check(rc != 0 and err, f"\"access\": \"damon\" without DAMON: the host refuses ({rc}, {err})")
+finish()

@@ -388,6 +388,9 @@ static int cmd_host(int argc, char **argv)
 		cfg.accel = accel;
 	if (!cfg.budget_bytes)
 		cfg.budget_bytes = host_default_budget();
+	/* A budget left to MemAvailable stays under a hard limit that is given. */
+	if (cfg.hard_limit_bytes && cfg.budget_bytes > cfg.hard_limit_bytes)
+		cfg.budget_bytes = cfg.hard_limit_bytes;
 	ret = run_host(&cfg);
 	host_config_free(&cfg);
 	return ret;

@@ -45,6 +45,8 @@ struct ovc_vm {
 	void *balloon_arg;
 	bool balloon_manual;		/* ovc->lock: a target set by hand holds */
 	uint64_t inflate_ns;		/* policy thread: when the policy last lowered its target */
+	uint64_t progress_ns;		/* policy thread: when its balloon last grew */
+	uint64_t last_actual;		/* policy thread: the balloon's actual then */
 };
 
 struct ovc {
@@ -91,11 +93,15 @@ static uint64_t read_u64_file(const char *path, bool *ok)
 	return strtoull(buf, NULL, 10);
 }
 
-/* The cgroup v1 memory controller's usage file of this process, if not the root group. */
+/*
+ * The usage file of this process's memory cgroup, if not the root group:
+ * cgroup v1's memory controller, else v2's group (where it has the memory
+ * controller).
+ */
 static void find_cgroup(struct ovc *ovc)
 {
 	FILE *f = fopen("/proc/self/cgroup", "re");
-	char line[512];
+	char line[512], v2[300] = "";
 
 	ovc->cgroup_usage[0] = '\0';
 	if (!f)
@@ -108,14 +114,20 @@ static void find_cgroup(struct ovc *ovc)
 		path = strchr(ctrl + 1, ':');
 		if (!path)
 			continue;
+		*ctrl = '\0';
 		*path++ = '\0';
 		path[strcspn(path, "\n")] = '\0';
-		if (strcmp(ctrl + 1, "memory") || !strcmp(path, "/"))
+		if (!strcmp(path, "/"))
 			continue;
-		snprintf(ovc->cgroup_usage, sizeof(ovc->cgroup_usage),
-			 "/sys/fs/cgroup/memory%s/memory.usage_in_bytes", path);
+		if (!strcmp(ctrl + 1, "memory"))
+			snprintf(ovc->cgroup_usage, sizeof(ovc->cgroup_usage),
+				 "/sys/fs/cgroup/memory%s/memory.usage_in_bytes", path);
+		else if (!strcmp(line, "0") && !ctrl[1])
+			snprintf(v2, sizeof(v2), "/sys/fs/cgroup%s/memory.current", path);
 	}
 	fclose(f);
+	if (!ovc->cgroup_usage[0] && v2[0] && access(v2, R_OK) == 0)
+		snprintf(ovc->cgroup_usage, sizeof(ovc->cgroup_usage), "%s", v2);
 }
 
 /* The process's proportional set size: shared store frames counted once. */
@@ -316,17 +328,27 @@ static uint64_t inflight_bytes(const struct ovc_balloon_state *st)
 	return st->actual_bytes > st->target_bytes ? st->actual_bytes - st->target_bytes : 0;
 }
 
-/* Whether an inflation that has not finished was asked for too long ago to count. */
-static bool balloon_overdue(const struct ovc_vm *v, uint64_t now)
+/*
+ * Whether an inflation that has not finished should stop counting: asked
+ * for too long ago, or the guest stopped putting pages in its balloon (it
+ * has nothing left to give: its memory is full of its own data).
+ */
+static bool balloon_overdue(struct ovc_vm *v, const struct ovc_balloon_state *st, uint64_t now)
 {
-	return now - v->inflate_ns > OVC_BALLOON_DEADLINE_S * 1000000000ULL;
+	if (st->actual_bytes < v->last_actual || v->progress_ns < v->inflate_ns)
+		v->progress_ns = now;
+	v->last_actual = st->actual_bytes;
+	return now - v->inflate_ns > OVC_BALLOON_DEADLINE_S * 1000000000ULL ||
+	       now - v->progress_ns > OVC_BALLOON_STALL_S * 1000000000ULL;
 }
 
 /*
  * An inflation still in flight is pending, so one pass's request is not
- * asked for again while the guest works on it, but only for
- * OVC_BALLOON_DEADLINE_S: a guest that does not inflate (no driver at work,
- * a hostile one) must not hold back the mechanisms after it for ever.
+ * asked for again while the guest works on it, but only while the guest
+ * makes progress (OVC_BALLOON_STALL_S) and for OVC_BALLOON_DEADLINE_S at
+ * most: a guest that does not inflate (no driver at work, a hostile one, a
+ * guest whose memory is all in use) must not hold back the mechanisms
+ * after it.
  */
 static uint64_t balloon_pending(void *arg, struct ovc_vm *v)
 {
@@ -337,11 +359,11 @@ static uint64_t balloon_pending(void *arg, struct ovc_vm *v)
 	if (!balloon_auto(ovc, v, &st))
 		return 0;
 	inflight = inflight_bytes(&st);
-	if (!inflight || !balloon_overdue(v, kv_clock_ns(CLOCK_MONOTONIC)))
+	if (!inflight || !balloon_overdue(v, &st, kv_clock_ns(CLOCK_MONOTONIC)))
 		return inflight;
 	set_reason(ovc, v, st.target_bytes,
-		   "the guest has not reached its target for %u s (%" PRIu64 " MiB short): not "
-		   "counted as reclaimed", OVC_BALLOON_DEADLINE_S, inflight >> 20);
+		   "the guest has not reached its target (%" PRIu64 " MiB short, none of it for "
+		   "%u s): not counted as reclaimed", inflight >> 20, OVC_BALLOON_STALL_S);
 	return 0;
 }
 
@@ -361,7 +383,7 @@ static int64_t balloon_reclaim(void *arg, struct ovc_vm *v, uint64_t bytes, uint
 	if (!balloon_auto(ovc, v, &st))
 		return 0;
 	inflight = inflight_bytes(&st);
-	if (inflight && balloon_overdue(v, now))
+	if (inflight && balloon_overdue(v, &st, now))
 		return 0;
 	if (floor < v->min_bytes)
 		floor = v->min_bytes;
@@ -545,8 +567,12 @@ static int by_excess(const void *a, const void *b)
 	return ex < ey ? 1 : ex > ey ? -1 : 0;
 }
 
-/* One pass: measure, entitle, reclaim the excess over budget. */
-static void policy_pass(struct ovc *ovc)
+/*
+ * One pass: measure, entitle, reclaim the excess over budget. `interval`:
+ * a pass of the regular interval, which also samples access information
+ * (ages count intervals); an early one only answers the usage.
+ */
+static void policy_pass(struct ovc *ovc, bool interval)
 {
 	struct ovc_vm **order = ovc->order;
 	const char *source;
@@ -556,13 +582,17 @@ static void policy_pass(struct ovc *ovc)
 	pthread_mutex_lock(&ovc->vm_lock);
 	n = ovc->nr_vms;
 	used = host_used(ovc, &source);
-	damon_update(ovc);
+	if (interval)
+		damon_update(ovc);
 	for (unsigned int i = 0; i < n; i++) {
 		refresh_resident(ovc, ovc->vms[i]);
 		/* Hundreds of system calls per GiB: not under the lock the stats readers take. */
-		ovc->vms[i]->written = mem_access_sample(ovc->vms[i]->access, ovc->damon != NULL);
+		ovc->vms[i]->written = interval ? mem_access_sample(ovc->vms[i]->access,
+								    ovc->damon != NULL)
+						: -1.0;
 	}
-	damon_judge(ovc);
+	if (interval)
+		damon_judge(ovc);
 	pthread_mutex_lock(&ovc->lock);
 	budget = ovc->stats.budget_bytes;
 	for (unsigned int i = 0; i < n; i++) {
@@ -664,30 +694,68 @@ static void policy_pass(struct ovc *ovc)
 	pthread_mutex_unlock(&ovc->vm_lock);
 }
 
+/*
+ * Between passes, where the host's usage is one cheap read (a memory cgroup
+ * of kvmem's alone), it is read this often, and a pass runs as soon as it
+ * is over the budget (at most every FAST_GAP_NS): a guest allocating at
+ * hundreds of MiB/s must not wait up to a whole interval to be answered.
+ */
+#define WATCH_NS 50000000ULL
+#define FAST_GAP_NS 200000000ULL
+
+/* A watch slice: is the host over its budget (false where usage is not cheap to read)? */
+static bool watch_over(struct ovc *ovc, uint64_t budget)
+{
+	bool ok = false;
+	uint64_t used;
+
+	if (!ovc->cgroup_usage[0] || !cgroup_is_ours(ovc->cgroup_usage))
+		return false;
+	used = read_u64_file(ovc->cgroup_usage, &ok);
+	return ok && used > budget;
+}
+
 static void *policy_thread(void *arg)
 {
 	struct ovc *ovc = arg;
+	uint64_t interval_ns = (uint64_t)(ovc->interval_s * 1e9);
+	uint64_t next = kv_clock_ns(CLOCK_MONOTONIC) + interval_ns, last = 0;
+	bool watch = ovc->cgroup_usage[0] != '\0';
 
 	pthread_mutex_lock(&ovc->lock);
 	while (!ovc->stopping) {
+		uint64_t now = kv_clock_ns(CLOCK_MONOTONIC), wake = next, budget;
 		struct timespec dl;
+		bool interval;
 
-		clock_gettime(CLOCK_MONOTONIC, &dl);
-		dl.tv_sec += (time_t)ovc->interval_s;
-		dl.tv_nsec += (long)((ovc->interval_s - (double)(time_t)ovc->interval_s) * 1e9);
-		if (dl.tv_nsec >= 1000000000L) {
-			dl.tv_sec++;
-			dl.tv_nsec -= 1000000000L;
-		}
+		if (watch && now + WATCH_NS < wake)
+			wake = now + WATCH_NS;
+		dl.tv_sec = (time_t)(wake / 1000000000ULL);
+		dl.tv_nsec = (long)(wake % 1000000000ULL);
 		while (!ovc->kicked && !ovc->stopping)
 			if (pthread_cond_timedwait(&ovc->cond, &ovc->lock, &dl) == ETIMEDOUT)
 				break;
 		if (ovc->stopping)
 			break;
+		now = kv_clock_ns(CLOCK_MONOTONIC);
+		interval = now >= next;
+		budget = ovc->stats.budget_bytes;
+		if (!ovc->kicked && !interval) {
+			bool over;
+
+			pthread_mutex_unlock(&ovc->lock);
+			over = now - last >= FAST_GAP_NS && watch_over(ovc, budget);
+			pthread_mutex_lock(&ovc->lock);
+			if (!over)
+				continue;
+		}
 		ovc->kicked = false;
 		pthread_mutex_unlock(&ovc->lock);
-		policy_pass(ovc);
+		policy_pass(ovc, interval);
 		pthread_mutex_lock(&ovc->lock);
+		last = now;
+		if (interval)
+			next = now + interval_ns;
 	}
 	pthread_mutex_unlock(&ovc->lock);
 	return NULL;

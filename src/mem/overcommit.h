@@ -36,6 +36,8 @@ struct ovc_vm;
  * take the rest). Guests here inflate 1 GiB in 0.15 s.
  */
 #define OVC_BALLOON_DEADLINE_S 10U
+/* ... nor one whose balloon has not grown for this long (it has nothing left to give). */
+#define OVC_BALLOON_STALL_S 2U
 
 struct ovc_mechanism {
 	const char *name;	/* "zero", "share", "balloon", "swap" */

@@ -38,10 +38,12 @@ def disk_dir():
     return None, "; ".join(seen)
 
 
-def swap_host(dirname, swap, vms, dedup="off"):
-    """A host with the given swap object (or none) and VMs, console prefixed."""
+def swap_host(dirname, swap, vms, dedup="off", extra=None):
+    """A host with the given swap object (or none) and VMs, console prefixed;
+    extra: more host config fields."""
     sock = os.path.join(dirname, "k.sock")
     cfg = {"budget": "8G", "socket": sock, "dedup": dedup, "console_prefix": True, "vms": vms}
+    cfg.update(extra or {})
     if swap:
         cfg["swap"] = swap
     h = Host(["host", "--config", host_config(dirname, cfg)])

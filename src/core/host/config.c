@@ -6,7 +6,7 @@
  *   { "budget": "8G", "socket": "/run/kvmem.sock", "console_prefix": true,
  *     "dedup": "off" | "on" | "ksm", "accel": "auto" | "kvm" | "thread",
  *     "policy_interval": 1.0, "balloon_stats_interval": 1.0,
- *     "access": "auto" | "damon" | "sampling",
+ *     "access": "auto" | "damon" | "sampling", "hard_limit": "9G",
  *     "swap": { "path": "/var/lib/kvmem", "size": "4G", "pool": "256M" },
  *     "vms": [ { "name": "a", "mem": "1G", "min": "256M", "shares": 1000,
  *                "cpus": 1, "guest": "path", "append": "kvmem.wl=...",
@@ -297,7 +297,7 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 {
 	static const char *const known[] = { "budget", "socket", "console_prefix", "dedup",
 					     "accel", "policy_interval", "balloon_stats_interval",
-					     "access", "swap", "vms" };
+					     "access", "hard_limit", "swap", "vms" };
 	static const char *const access[] = {
 		[HOST_ACCESS_AUTO] = "auto",
 		[HOST_ACCESS_DAMON] = "damon",
@@ -332,6 +332,15 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 	/* 0 is how the host spells "MemAvailable": that is leaving budget out, not "0". */
 	if (ret == 0 && cfg->budget_bytes == 0) {
 		ret = fail(err, len, "budget: must be above 0 (leave it out to use MemAvailable)");
+		goto out;
+	}
+	ret = get_size(root, "hard_limit", "", &cfg->hard_limit_bytes, err, len);
+	if (ret < 0)
+		goto out;
+	if (ret == 0 && (cfg->hard_limit_bytes < (64ULL << 20) ||
+			 (cfg->budget_bytes && cfg->hard_limit_bytes < cfg->budget_bytes))) {
+		ret = fail(err, len, "hard_limit: must be at least the budget (and 64M): the budget "
+			   "plus the tolerance the policy keeps");
 		goto out;
 	}
 	ret = get_string(root, "socket", "", &cfg->socket, err, len);

@@ -33,6 +33,7 @@
 #include "mem/overcommit.h"
 #include "mem/reclaim.h"
 #include "mem/damon.h"
+#include "mem/memcg.h"
 #include "mem/swap.h"
 #include "mem/txn.h"
 #include "mem/uffd.h"
@@ -264,6 +265,17 @@ int host_create(const struct host_config *cfg, struct host **out)
 	if (!h->vms) {
 		ret = -ENOMEM;
 		goto out_destroy;
+	}
+	if (cfg->hard_limit_bytes) {
+		const char *why = NULL;
+
+		/* First: the VMs' memory and the threads serving them are charged to it from birth. */
+		what = "the hard limit";
+		ret = mem_memcg_enter(cfg->hard_limit_bytes, &why);
+		if (ret) {
+			log_err("hard_limit: %s: %s", why, strerror(-ret));
+			goto out_destroy;
+		}
 	}
 	what = "eventfd";
 	h->stop_efd = eventfd(0, EFD_CLOEXEC);
@@ -539,6 +551,7 @@ void host_destroy(struct host *h)
 		uffd_service_destroy(h->uffd);
 	if (h->stop_efd >= 0)
 		close(h->stop_efd);
+	mem_memcg_leave();
 	pthread_mutex_destroy(&h->lock);
 	kv_free(h->vms);
 	kv_free(h);
@@ -726,10 +739,13 @@ static int balloon_verb(void *arg, json_t *req, json_t *reply)
 	return 0;
 }
 
-void host_set_budget(struct host *h, uint64_t bytes)
+int host_set_budget(struct host *h, uint64_t bytes)
 {
+	if (h->cfg.hard_limit_bytes && bytes > h->cfg.hard_limit_bytes)
+		return -ERANGE;
 	ovc_set_budget(h->ovc, bytes);
 	ovc_kick(h->ovc);
+	return 0;
 }
 
 void host_reclaim_now(struct host *h)
@@ -950,7 +966,7 @@ json_t *host_stats_json(struct host *h)
 	mem_txn_stats(&ts);
 	for (int c = 0; c < MEM_NR_COMMITS; c++)
 		json_object_set_new(commits, commit_names[c], json_integer((json_int_t)ts.commits[c]));
-	return json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:s, s:o, s:I, s:b, s:I, s:o, s:o, s:o, s:I, s:s,"
+	return json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:o, s:s, s:o, s:I, s:b, s:I, s:o, s:o, s:o, s:I, s:s,"
 			 " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I},"
 			 " s:{s:I, s:I, s:o, s:I, s:I, s:I, s:I}}, s:o}",
 			 "host",
@@ -959,6 +975,8 @@ json_t *host_stats_json(struct host *h)
 			 "saved_bytes", (json_int_t)saved,
 			 "configured_bytes", (json_int_t)hs.configured_bytes,
 			 "used_source", hs.used_source,
+			 "hard_limit_bytes", h->cfg.hard_limit_bytes ? json_integer(
+				 (json_int_t)h->cfg.hard_limit_bytes) : json_null(),
 			 "access_source", hs.access_source,
 			 "damon", damon_json(&hs),
 			 "vmm_cpu_ms", (json_int_t)vmm_cpu_ms(),

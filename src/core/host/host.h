@@ -63,6 +63,7 @@ struct host_config {
 	bool console_prefix;	/* "[name] " before every console line */
 	enum host_dedup_mode dedup;
 	enum host_access access;
+	uint64_t hard_limit_bytes; /* a memory cgroup of its own limited to this (0: none) */
 	enum accel_kind accel;	/* for VMs that name none; AUTO until resolved */
 	double policy_interval_s; /* seconds between policy passes */
 	uint32_t balloon_stats_ms; /* how often balloons ask for guest stats (0: never) */
@@ -142,7 +143,8 @@ int host_vm_swap_limit(struct host *h, const char *name, bool limited, uint64_t 
 int host_vm_swap(struct host *h, const char *name, uint64_t to, json_t **out, char *why,
 		 size_t whylen);
 /* Set the host memory budget (bytes > 0) and run a policy pass against it now. */
-void host_set_budget(struct host *h, uint64_t bytes);
+/* 0, or -ERANGE: above the host's hard limit (its memory cgroup's). */
+int host_set_budget(struct host *h, uint64_t bytes);
 /* Run a policy pass now (asynchronous: returns before the pass ends). */
 void host_reclaim_now(struct host *h);
 

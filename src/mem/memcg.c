@@ -1,0 +1,132 @@
+/* SPDX-License-Identifier: MIT */
+/* The host process's own memory cgroup (see memcg.h). */
+#define LOG_TAG "memcg"
+#include "mem/memcg.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/log.h"
+
+static char parent_dir[384];	/* the group kvmem came from */
+static char own_dir[448];	/* the group it made, or "" */
+static bool v2;
+
+static int write_file(const char *dir, const char *name, const char *text)
+{
+	char path[512];
+	int fd, ret = 0;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (write(fd, text, strlen(text)) < 0)
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
+/* The memory cgroup this process is in: cgroup v1's memory controller, else v2's group. */
+static int find_parent(void)
+{
+	FILE *f = fopen("/proc/self/cgroup", "re");
+	char line[512], v2path[384] = "";
+	bool found = false;
+
+	if (!f)
+		return -errno;
+	while (!found && fgets(line, sizeof(line), f)) {
+		char *ctrl = strchr(line, ':'), *path;
+
+		if (!ctrl || !(path = strchr(ctrl + 1, ':')))
+			continue;
+		*ctrl = '\0';
+		*path++ = '\0';
+		path[strcspn(path, "\n")] = '\0';
+		if (!strcmp(ctrl + 1, "memory")) {
+			snprintf(parent_dir, sizeof(parent_dir), "/sys/fs/cgroup/memory%s",
+				 strcmp(path, "/") ? path : "");
+			found = true;
+		} else if (!strcmp(line, "0") && !*(ctrl + 1)) {
+			snprintf(v2path, sizeof(v2path), "%s", strcmp(path, "/") ? path : "");
+		}
+	}
+	fclose(f);
+	if (found)
+		return 0;
+	if (access("/sys/fs/cgroup/cgroup.controllers", F_OK))
+		return -ENOENT;
+	snprintf(parent_dir, sizeof(parent_dir), "/sys/fs/cgroup%s", v2path);
+	v2 = true;
+	return 0;
+}
+
+int mem_memcg_enter(uint64_t limit_bytes, const char **why)
+{
+	char text[32];
+	int ret;
+
+	if (own_dir[0])
+		return -EBUSY;
+	ret = find_parent();
+	if (ret) {
+		*why = "no memory cgroup controller on this machine";
+		return ret;
+	}
+	snprintf(own_dir, sizeof(own_dir), "%s/kvmem-%d", parent_dir, (int)getpid());
+	if (mkdir(own_dir, 0755) && errno != EEXIST) {
+		ret = -errno;
+		*why = ret == -EACCES || ret == -EROFS || ret == -EPERM
+			       ? "cannot make a memory cgroup here (not root, or a read-only cgroup fs)"
+			       : "cannot make a memory cgroup";
+		own_dir[0] = '\0';
+		return ret;
+	}
+	/* v2: the controller must be on for the parent's children (at the root it may be). */
+	if (v2)
+		write_file(parent_dir, "cgroup.subtree_control", "+memory");
+	snprintf(text, sizeof(text), "%" PRIu64, limit_bytes);
+	ret = write_file(own_dir, v2 ? "memory.max" : "memory.limit_in_bytes", text);
+	if (ret) {
+		*why = v2 ? "cannot set memory.max (is the memory controller enabled for the "
+			    "group kvmem runs in?)"
+			  : "cannot set memory.limit_in_bytes";
+		goto fail;
+	}
+	snprintf(text, sizeof(text), "%d", (int)getpid());
+	ret = write_file(own_dir, "cgroup.procs", text);
+	if (ret) {
+		*why = "cannot move kvmem into its memory cgroup";
+		goto fail;
+	}
+	log_info("a hard limit of %" PRIu64 " MiB: memory cgroup %s", limit_bytes >> 20, own_dir);
+	return 0;
+
+fail:
+	rmdir(own_dir);
+	own_dir[0] = '\0';
+	return ret;
+}
+
+void mem_memcg_leave(void)
+{
+	char text[32];
+
+	if (!own_dir[0])
+		return;
+	snprintf(text, sizeof(text), "%d", (int)getpid());
+	if (write_file(parent_dir, "cgroup.procs", text) || rmdir(own_dir))
+		log_warn("leaving memory cgroup %s: %s", own_dir, strerror(errno));
+	own_dir[0] = '\0';
+}
+
+const char *mem_memcg_path(void)
+{
+	return own_dir;
+}

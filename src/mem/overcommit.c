@@ -46,6 +46,10 @@ struct ovc_vm {
 	bool balloon_manual;		/* ovc->lock: a target set by hand holds */
 	uint64_t inflate_ns;		/* policy thread: when the policy last lowered its target */
 	uint64_t progress_ns;		/* policy thread: when its balloon last grew */
+	const struct ovc_throttle_ops *throttle; /* set before start, or NULL */
+	void *throttle_arg;
+	bool throttled;			/* throttle_lock: paused by the policy (stats copy under lock) */
+	bool above;			/* throttle_lock: above its entitlement at the last pass */
 	uint64_t last_actual;		/* policy thread: the balloon's actual then */
 };
 
@@ -65,6 +69,17 @@ struct ovc {
 	char cgroup_usage[256];		/* memory.usage_in_bytes of our cgroup, or "" */
 	struct mem_damon *damon;	/* vm_lock: the chunk ages' source, or NULL (sampling) */
 	bool damon_saw;			/* vm_lock: its last update saw accesses */
+	uint64_t hard_limit;		/* lock: VMs are paused before usage reaches it (0: never) */
+	uint64_t throttle_log_ns;	/* throttle_lock: when the last "still paused" line was said */
+	/*
+	 * The watch thread: reads usage every WATCH_NS where that is cheap,
+	 * kicks an early pass, and throttles. It takes throttle_lock, never
+	 * vm_lock (held across whole passes); add and remove take both, so the
+	 * VM list is stable under either.
+	 */
+	pthread_mutex_t throttle_lock;
+	pthread_t watch;
+	bool watching;
 	unsigned int damon_blind;	/* vm_lock: passes in a row it saw nothing the samples saw */
 };
 
@@ -568,6 +583,86 @@ static int by_excess(const void *a, const void *b)
 }
 
 /*
+ * The hard limit: usage half way from the budget to the limit pauses the VMs above their entitlement (every VM if none is), so
+ * that guests allocating faster than reclaim frees stop before the kernel
+ * enforces the limit (a memory cgroup's, by killing kvmem); they resume
+ * once usage is back a quarter of the way. A stall, not a kill: reclaim
+ * goes on while they wait. throttle_lock held.
+ */
+static void throttle(struct ovc *ovc, uint64_t used, uint64_t budget, uint64_t limit)
+{
+	uint64_t hi, lo, now = kv_clock_ns(CLOCK_MONOTONIC);
+	unsigned int paused = 0, above = 0;
+
+	if (!limit || limit <= budget)
+		return;
+	hi = budget + (limit - budget) / 2;
+	lo = budget + (limit - budget) / 4;
+	for (unsigned int i = 0; i < ovc->nr_vms; i++) {
+		struct ovc_vm *v = ovc->vms[i];
+
+		paused += v->throttled;
+		above += v->throttle && v->above;
+	}
+	if (used >= hi) {
+		for (unsigned int i = 0; i < ovc->nr_vms; i++) {
+			struct ovc_vm *v = ovc->vms[i];
+
+			if (v->throttled || !v->throttle || (above && !v->above))
+				continue;
+			/* A VM paused by hand or stopping is not ours to pause or resume. */
+			if (v->throttle->pause(v->throttle_arg))
+				continue;
+			v->throttled = true;
+			pthread_mutex_lock(&ovc->lock);
+			v->stats.throttled = true;
+			v->stats.throttles++;
+			pthread_mutex_unlock(&ovc->lock);
+			log_warn("%s: paused: the host uses %" PRIu64 " MiB, its hard limit is %" PRIu64
+				 " MiB and reclaim has not kept up", v->name, used >> 20, limit >> 20);
+			ovc->throttle_log_ns = now;
+		}
+		if (paused && now - ovc->throttle_log_ns > 10 * 1000000000ULL) {
+			log_warn("%u VM(s) still paused: the host uses %" PRIu64 " MiB of its %" PRIu64
+				 " MiB hard limit and reclaim makes no room", paused, used >> 20,
+				 limit >> 20);
+			ovc->throttle_log_ns = now;
+		}
+	} else if (used <= lo && paused) {
+		for (unsigned int i = 0; i < ovc->nr_vms; i++) {
+			struct ovc_vm *v = ovc->vms[i];
+
+			if (!v->throttled)
+				continue;
+			v->throttle->resume(v->throttle_arg);
+			v->throttled = false;
+			pthread_mutex_lock(&ovc->lock);
+			v->stats.throttled = false;
+			pthread_mutex_unlock(&ovc->lock);
+			log_info("%s: resumed: the host is back at %" PRIu64 " MiB", v->name, used >> 20);
+		}
+	}
+}
+
+void ovc_vm_set_throttle(struct ovc *ovc, struct ovc_vm *vm, const struct ovc_throttle_ops *ops,
+			 void *arg)
+{
+	pthread_mutex_lock(&ovc->vm_lock);
+	pthread_mutex_lock(&ovc->throttle_lock);
+	vm->throttle = ops;
+	vm->throttle_arg = arg;
+	pthread_mutex_unlock(&ovc->throttle_lock);
+	pthread_mutex_unlock(&ovc->vm_lock);
+}
+
+void ovc_set_hard_limit(struct ovc *ovc, uint64_t limit_bytes)
+{
+	pthread_mutex_lock(&ovc->lock);
+	ovc->hard_limit = limit_bytes;
+	pthread_mutex_unlock(&ovc->lock);
+}
+
+/*
  * One pass: measure, entitle, reclaim the excess over budget. `interval`:
  * a pass of the regular interval, which also samples access information
  * (ages count intervals); an early one only answers the usage.
@@ -613,6 +708,11 @@ static void policy_pass(struct ovc *ovc, bool interval)
 	ovc->stats.over_budget = used > budget;
 	ovc->stats.passes++;
 	pthread_mutex_unlock(&ovc->lock);
+	pthread_mutex_lock(&ovc->throttle_lock);
+	for (unsigned int i = 0; i < n; i++)
+		ovc->vms[i]->above = ovc->vms[i]->stats.resident_bytes >
+				     ovc->vms[i]->stats.entitlement_bytes;
+	pthread_mutex_unlock(&ovc->throttle_lock);
 
 	/*
 	 * Over budget, reclaim down to a low watermark 2% below it, so one pass
@@ -696,64 +796,86 @@ static void policy_pass(struct ovc *ovc, bool interval)
 
 /*
  * Between passes, where the host's usage is one cheap read (a memory cgroup
- * of kvmem's alone), it is read this often, and a pass runs as soon as it
- * is over the budget (at most every FAST_GAP_NS): a guest allocating at
- * hundreds of MiB/s must not wait up to a whole interval to be answered.
+ * of kvmem's alone), a thread of its own reads it this often, has a pass
+ * run as soon as it is over the budget (at most every FAST_GAP_NS), and
+ * holds the hard limit: a guest allocating at hundreds of MiB/s must not
+ * wait for the interval, nor for a pass that takes a while.
  */
 #define WATCH_NS 50000000ULL
 #define FAST_GAP_NS 200000000ULL
 
-/* A watch slice: is the host over its budget (false where usage is not cheap to read)? */
-static bool watch_over(struct ovc *ovc, uint64_t budget)
+/* The host's usage from its memory cgroup (0 where that is not kvmem's alone). */
+static uint64_t watch_used(struct ovc *ovc)
 {
 	bool ok = false;
 	uint64_t used;
 
-	if (!ovc->cgroup_usage[0] || !cgroup_is_ours(ovc->cgroup_usage))
-		return false;
+	if (!cgroup_is_ours(ovc->cgroup_usage))
+		return 0;
 	used = read_u64_file(ovc->cgroup_usage, &ok);
-	return ok && used > budget;
+	return ok ? used : 0;
+}
+
+/* Wait on ovc->cond (ovc->lock held) until CLOCK_MONOTONIC reaches ns, a kick or a stop. */
+static void wait_until_ns(struct ovc *ovc, uint64_t ns, bool *flag)
+{
+	struct timespec dl = { .tv_sec = (time_t)(ns / 1000000000ULL),
+			       .tv_nsec = (long)(ns % 1000000000ULL) };
+
+	while (!(flag && *flag) && !ovc->stopping)
+		if (pthread_cond_timedwait(&ovc->cond, &ovc->lock, &dl) == ETIMEDOUT)
+			break;
+}
+
+static void *watch_thread(void *arg)
+{
+	struct ovc *ovc = arg;
+	uint64_t last = 0;
+
+	pthread_mutex_lock(&ovc->lock);
+	while (!ovc->stopping) {
+		uint64_t now, used, budget = ovc->stats.budget_bytes, limit = ovc->hard_limit;
+
+		pthread_mutex_unlock(&ovc->lock);
+		used = watch_used(ovc);
+		if (used) {
+			pthread_mutex_lock(&ovc->throttle_lock);
+			throttle(ovc, used, budget, limit);
+			pthread_mutex_unlock(&ovc->throttle_lock);
+		}
+		pthread_mutex_lock(&ovc->lock);
+		now = kv_clock_ns(CLOCK_MONOTONIC);
+		if (used > budget && now - last >= FAST_GAP_NS) {
+			ovc->kicked = true;
+			pthread_cond_broadcast(&ovc->cond);
+			last = now;
+		}
+		wait_until_ns(ovc, now + WATCH_NS, NULL);
+	}
+	pthread_mutex_unlock(&ovc->lock);
+	return NULL;
 }
 
 static void *policy_thread(void *arg)
 {
 	struct ovc *ovc = arg;
 	uint64_t interval_ns = (uint64_t)(ovc->interval_s * 1e9);
-	uint64_t next = kv_clock_ns(CLOCK_MONOTONIC) + interval_ns, last = 0;
-	bool watch = ovc->cgroup_usage[0] != '\0';
+	uint64_t next = kv_clock_ns(CLOCK_MONOTONIC) + interval_ns;
 
 	pthread_mutex_lock(&ovc->lock);
 	while (!ovc->stopping) {
-		uint64_t now = kv_clock_ns(CLOCK_MONOTONIC), wake = next, budget;
-		struct timespec dl;
+		uint64_t now;
 		bool interval;
 
-		if (watch && now + WATCH_NS < wake)
-			wake = now + WATCH_NS;
-		dl.tv_sec = (time_t)(wake / 1000000000ULL);
-		dl.tv_nsec = (long)(wake % 1000000000ULL);
-		while (!ovc->kicked && !ovc->stopping)
-			if (pthread_cond_timedwait(&ovc->cond, &ovc->lock, &dl) == ETIMEDOUT)
-				break;
+		wait_until_ns(ovc, next, &ovc->kicked);
 		if (ovc->stopping)
 			break;
 		now = kv_clock_ns(CLOCK_MONOTONIC);
 		interval = now >= next;
-		budget = ovc->stats.budget_bytes;
-		if (!ovc->kicked && !interval) {
-			bool over;
-
-			pthread_mutex_unlock(&ovc->lock);
-			over = now - last >= FAST_GAP_NS && watch_over(ovc, budget);
-			pthread_mutex_lock(&ovc->lock);
-			if (!over)
-				continue;
-		}
 		ovc->kicked = false;
 		pthread_mutex_unlock(&ovc->lock);
 		policy_pass(ovc, interval);
 		pthread_mutex_lock(&ovc->lock);
-		last = now;
 		if (interval)
 			next = now + interval_ns;
 	}
@@ -768,6 +890,7 @@ int ovc_create(uint64_t budget_bytes, double interval_s, struct ovc **out)
 	if (!ovc)
 		return -ENOMEM;
 	pthread_mutex_init(&ovc->vm_lock, NULL);
+	pthread_mutex_init(&ovc->throttle_lock, NULL);
 	pthread_mutex_init(&ovc->lock, NULL);
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
@@ -793,7 +916,10 @@ void ovc_destroy(struct ovc *ovc)
 	pthread_mutex_unlock(&ovc->lock);
 	if (ovc->started)
 		pthread_join(ovc->thread, NULL);
+	if (ovc->watching)
+		pthread_join(ovc->watch, NULL);
 	mem_damon_close(ovc->damon);
+	pthread_mutex_destroy(&ovc->throttle_lock);
 	pthread_mutex_destroy(&ovc->vm_lock);
 	pthread_mutex_destroy(&ovc->lock);
 	pthread_cond_destroy(&ovc->cond);
@@ -806,8 +932,13 @@ int ovc_start(struct ovc *ovc)
 {
 	int ret = thread_spawn(&ovc->thread, "policy", policy_thread, ovc);
 
-	if (!ret)
-		ovc->started = true;
+	if (ret)
+		return ret;
+	ovc->started = true;
+	if (ovc->cgroup_usage[0]) {
+		ret = thread_spawn(&ovc->watch, "policy-watch", watch_thread, ovc);
+		ovc->watching = !ret;
+	}
 	return ret;
 }
 
@@ -835,12 +966,15 @@ int ovc_add_vm(struct ovc *ovc, struct gm *gm, const char *name, uint64_t mem_by
 	pthread_mutex_lock(&ovc->vm_lock);
 	if (ovc->nr_vms == ovc->cap_vms) {
 		unsigned int cap = ovc->cap_vms ? 2 * ovc->cap_vms : 16;
-		struct ovc_vm **vms = kv_realloc(ovc->vms, cap * sizeof(*vms));
-		struct ovc_vm **order;
+		struct ovc_vm **vms, **order;
 
+		/* The watch thread reads the list under throttle_lock alone. */
+		pthread_mutex_lock(&ovc->throttle_lock);
+		vms = kv_realloc(ovc->vms, cap * sizeof(*vms));
 		if (vms)
 			ovc->vms = vms;
 		order = vms ? kv_realloc(ovc->order, cap * sizeof(*order)) : NULL;
+		pthread_mutex_unlock(&ovc->throttle_lock);
 		if (!order) {
 			pthread_mutex_unlock(&ovc->vm_lock);
 			mem_access_destroy(v->access);
@@ -859,7 +993,9 @@ int ovc_add_vm(struct ovc *ovc, struct gm *gm, const char *name, uint64_t mem_by
 			damon_drop(ovc);
 		}
 	}
+	pthread_mutex_lock(&ovc->throttle_lock);
 	ovc->vms[ovc->nr_vms++] = v;
+	pthread_mutex_unlock(&ovc->throttle_lock);
 	pthread_mutex_lock(&ovc->lock);
 	ovc->stats.configured_bytes += mem_bytes;
 	pthread_mutex_unlock(&ovc->lock);
@@ -874,7 +1010,9 @@ void ovc_remove_vm(struct ovc *ovc, struct ovc_vm *vm)
 	for (unsigned int i = 0; i < ovc->nr_vms; i++) {
 		if (ovc->vms[i] != vm)
 			continue;
+		pthread_mutex_lock(&ovc->throttle_lock);
 		ovc->vms[i] = ovc->vms[--ovc->nr_vms];
+		pthread_mutex_unlock(&ovc->throttle_lock);
 		if (ovc->damon)
 			mem_damon_remove(ovc->damon, vm->gm);
 		pthread_mutex_lock(&ovc->lock);

@@ -95,6 +95,8 @@ struct ovc_vm_stats {
 	bool has_balloon;
 	uint64_t balloon_target_bytes;	/* the policy's target, or the manual one */
 	char balloon_reason[96];	/* why the target is what it is */
+	bool throttled;			/* paused by the policy to hold the hard limit */
+	uint64_t throttles;		/* times it was */
 };
 
 struct ovc_stats {
@@ -154,6 +156,25 @@ void ovc_vm_set_balloon(struct ovc *ovc, struct ovc_vm *vm, const struct ovc_bal
 int ovc_vm_balloon_manual(struct ovc *ovc, struct ovc_vm *vm, uint64_t target_bytes,
 			  uint64_t *applied);
 void ovc_vm_balloon_auto(struct ovc *ovc, struct ovc_vm *vm);
+/*
+ * How the policy pauses a VM to hold the host's hard limit (ops and arg
+ * must outlive ovc_remove_vm): pause returns 0 when it paused the VM (not
+ * when it was paused already or is stopping); resume undoes that.
+ */
+struct ovc_throttle_ops {
+	int (*pause)(void *arg);
+	int (*resume)(void *arg);
+};
+void ovc_vm_set_throttle(struct ovc *ovc, struct ovc_vm *vm, const struct ovc_throttle_ops *ops,
+			 void *arg);
+/*
+ * The host's hard limit (mem/memcg.h): usage half way from the budget to it
+ * pauses the VMs above their entitlement until reclaim brings it back a
+ * quarter of the way (read by a watch thread every 50 ms, which needs the
+ * usage of a memory cgroup of kvmem's alone). 0: never.
+ */
+void ovc_set_hard_limit(struct ovc *ovc, uint64_t limit_bytes);
+
 /* Register the balloon as a reclaim mechanism (cost 2: after zero pages and sharing). */
 int ovc_register_balloon(struct ovc *ovc);
 

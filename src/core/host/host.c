@@ -149,6 +149,26 @@ static const struct ovc_balloon_ops host_balloon_ops = {
 	.set_target = balloon_target,
 };
 
+/* The policy pauses a VM to hold the hard limit; one paused by hand is left alone. */
+static int throttle_pause(void *arg)
+{
+	struct host_vm *hv = arg;
+
+	return vm_get_state(hv->vm) == VM_RUNNING ? vm_pause_timeout(hv->vm, 500) : -EINVAL;
+}
+
+static int throttle_resume(void *arg)
+{
+	struct host_vm *hv = arg;
+
+	return vm_resume(hv->vm);
+}
+
+static const struct ovc_throttle_ops host_throttle_ops = {
+	.pause = throttle_pause,
+	.resume = throttle_resume,
+};
+
 static int create_vm(struct host *h, struct host_vm *hv)
 {
 	struct vm_params p = {
@@ -213,6 +233,7 @@ static int create_vm(struct host *h, struct host_vm *hv)
 	if (ret)
 		return ret;
 	ovc_vm_set_balloon(h->ovc, hv->ovc, &host_balloon_ops, hv);
+	ovc_vm_set_throttle(h->ovc, hv->ovc, &host_throttle_ops, hv);
 	vm_set_stop_notify(hv->vm, on_vm_stopped, hv);
 	return 0;
 }
@@ -291,6 +312,7 @@ int host_create(const struct host_config *cfg, struct host **out)
 	ret = ovc_create(cfg->budget_bytes, cfg->policy_interval_s, &h->ovc);
 	if (ret)
 		goto out_destroy;
+	ovc_set_hard_limit(h->ovc, cfg->hard_limit_bytes);
 	if (cfg->access != HOST_ACCESS_SAMPLING) {
 		struct mem_damon *damon;
 		const char *why = NULL;
@@ -898,6 +920,8 @@ json_t *host_stats_json(struct host *h)
 			       "active_fraction", vs.active_fraction,
 			       "pages", pages_json(vs.pages, vs.mem_bytes / MEM_PAGE_SIZE),
 			       "last_action", vs.last_action);
+		json_object_set_new(vo, "throttled", json_boolean(vs.throttled));
+		json_object_set_new(vo, "throttles", json_integer((json_int_t)vs.throttles));
 		{
 			struct console_stats cs;
 

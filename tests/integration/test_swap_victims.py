@@ -1,6 +1,6 @@
 """Which pages swap takes: the coldest chunks by access information, against random victims.
 
-The same guest twice, on a host with swap: 400 MiB of unique pages, a hot
+The same guest twice, on a host with swap: 320 MiB of unique pages, a hot
 tenth of them written and read all the time, the rest untouched after the
 fill. Once the access monitor has watched a few intervals, the budget drops
 to a little more than half of what the guest holds, so the policy swaps.
@@ -21,7 +21,7 @@ from swaphelp import MIB, disk_dir, show_vm, swap_host, swapped_in
 
 require_accel()
 
-SIZE = 400
+SIZE = 320
 BUDGET = SIZE // 2 + 40
 SLACK = 16 * MIB
 # Policy passes (one a second) watched before the squeeze: cold chunks are this many intervals old.
@@ -53,13 +53,13 @@ def squeeze(victims):
         check(r.get("ok") is True, f"{victims}: the budget drops to {BUDGET} MiB ({r})")
         ok, st = wait_state(sock, None, lambda st: st["host"]["used_bytes"] <=
                             st["host"]["budget_bytes"] + SLACK and
-                            vm_of(st, "a")["swap"]["swapped_bytes"] >= 100 * MIB,
+                            vm_of(st, "a")["swap"]["swapped_bytes"] >= SIZE // 4 * MIB,
                             f"{victims}: swap brings the host under the budget",
                             show=lambda st: show_vm(vm_of(st, "a")), deadline_s=300)
         # The guest keeps working over its hot set a while; what it reads back meanwhile counts too.
         p1 = stats(sock)["host"]["policy_passes"]
-        wait_state(sock, None, lambda st: st["host"]["policy_passes"] >= p1 + 10,
-                   f"{victims}: ten more intervals squeezed")
+        wait_state(sock, None, lambda st: st["host"]["policy_passes"] >= p1 + 6,
+                   f"{victims}: six more intervals squeezed")
         a = vm_of(stats(sock), "a")
         back = swapped_in(a)
         print(f"info   {victims}: read back {back} pages in {a['swap']['faults']} faults; "

@@ -17,6 +17,9 @@
  *                  the slot's next version there, free the old page (default 0)
  *   hot=%          share of each vCPU's pages that rewrites, reads and churn
  *                  use (default 100)
+ *   cold=MiB/s     read (check) pages outside the hot share at this rate: the
+ *                  rare touches of cold memory a real working set has
+ *                  (default 0)
  *   verify=s       full verification every s seconds; 0 = only after the fill
  *   time=s         run s seconds after the fill, verify once more, then then=;
  *                  without it, a workload with rate/read/churn/verify runs
@@ -90,6 +93,7 @@ static struct wl_cfg {
 	uint64_t read;
 	uint64_t churn;
 	uint64_t hot;
+	uint64_t cold;
 	uint64_t verify_s;
 	uint64_t time_s;
 	bool has_time;
@@ -127,6 +131,7 @@ struct wl_cpu {
 	uint64_t bad_word;
 	uint64_t rewrites;
 	uint64_t reads;
+	uint64_t cold_reads;
 	uint64_t moves;
 	uint64_t cow_writes;
 	uint64_t move_fails;	/* no free page to move to */
@@ -260,6 +265,12 @@ static void read_one(struct wl_cpu *c, uint64_t nhot)
 	c->reads++;
 }
 
+static void read_cold(struct wl_cpu *c, uint64_t ncold)
+{
+	check_slot(c, c->hot_hi + xorshift(&c->rng) % ncold);
+	c->cold_reads++;
+}
+
 /*
  * Move slot i to a new page. The new page is taken before the old one is
  * given back, so the content really changes address (palloc hands out the
@@ -315,11 +326,12 @@ static void job_run(unsigned cpu, void *arg)
 {
 	uint64_t deadline = *(const uint64_t *)arg;
 	struct wl_cpu *c = &cpus[cpu];
-	uint64_t nhot = c->hot_hi - c->lo;
+	uint64_t nhot = c->hot_hi - c->lo, ncold = c->hi - c->hot_hi;
 	uint64_t w_cost = nhot ? page_cost_ns(cfg.rate) : 0;
 	uint64_t r_cost = nhot ? page_cost_ns(cfg.read) : 0;
 	uint64_t m_cost = nhot ? page_cost_ns(cfg.churn) : 0;
-	uint64_t w_credit = 0, r_credit = 0, m_credit = 0;
+	uint64_t c_cost = ncold ? page_cost_ns(cfg.cold) : 0;
+	uint64_t w_credit = 0, r_credit = 0, m_credit = 0, c_credit = 0;
 	uint64_t last = rt_now_ns(), now;
 
 	while ((now = rt_now_ns()) < deadline) {
@@ -333,6 +345,8 @@ static void job_run(unsigned cpu, void *arg)
 			read_one(c, nhot);
 		for (n = bucket_take(&m_credit, elapsed, m_cost); n; n--)
 			move_one(c, nhot);
+		for (n = bucket_take(&c_credit, elapsed, c_cost); n; n--)
+			read_cold(c, ncold);
 		/* Sleep until the next page is due; never spin for the rate. */
 		if (w_cost)
 			wait = MIN(wait, w_cost - w_credit);
@@ -340,6 +354,8 @@ static void job_run(unsigned cpu, void *arg)
 			wait = MIN(wait, r_cost - r_credit);
 		if (m_cost)
 			wait = MIN(wait, m_cost - m_credit);
+		if (c_cost)
+			wait = MIN(wait, c_cost - c_credit);
 		now = rt_now_ns();
 		if (now >= deadline)
 			break;
@@ -352,7 +368,7 @@ static void job_run(unsigned cpu, void *arg)
 /* Full verification on all vCPUs; prints the verify line. Returns true if all good. */
 static bool verify_all(void)
 {
-	uint64_t ok = 0, bad = 0, rewrites = 0, reads = 0, moves = 0, move_fails = 0;
+	uint64_t ok = 0, bad = 0, rewrites = 0, reads = 0, moves = 0, move_fails = 0, cold = 0;
 	struct wl_cpu *first = NULL;
 	unsigned i;
 
@@ -364,14 +380,15 @@ static bool verify_all(void)
 		bad += c->bad;
 		rewrites += c->rewrites;
 		reads += c->reads;
+		cold += c->cold_reads;
 		moves += c->moves;
 		move_fails += c->move_fails;
 		if (c->bad && (!first || c->bad_slot < first->bad_slot))
 			first = c;
 	}
-	if (rewrites || reads || moves || move_fails)
-		rt_printf("kvmem-wl: rewrites %lu reads %lu moves %lu (%lu without a free page)\n",
-			  rewrites, reads, moves, move_fails);
+	if (rewrites || reads || moves || move_fails || cold)
+		rt_printf("kvmem-wl: rewrites %lu reads %lu moves %lu (%lu without a free page) "
+			  "cold reads %lu\n", rewrites, reads, moves, move_fails, cold);
 	if (!first) {
 		rt_printf("kvmem-wl: verify ok %lu\n", ok);
 		return true;
@@ -441,6 +458,8 @@ static void parse(struct rt_str spec)
 			cfg.churn = num(key, val, 1 << 20);
 		} else if (str_eq(key, "hot")) {
 			cfg.hot = num(key, val, 100);
+		} else if (str_eq(key, "cold")) {
+			cfg.cold = num(key, val, 1 << 20);
 		} else if (str_eq(key, "verify")) {
 			cfg.verify_s = num(key, val, 1 << 30);
 		} else if (str_eq(key, "time")) {
@@ -608,8 +627,8 @@ static void print_config(void)
 		  rt_mib(nslots), nslots, cfg.dup, cfg.zero, 100 - cfg.dup - cfg.zero, cfg.id,
 		  cfg.seed);
 	rt_printf("kvmem-wl: rate %lu MiB/s read %lu MiB/s churn %lu MiB/s hot %lu%% "
-		  "verify %lu s time %lu s then %s\n",
-		  cfg.rate, cfg.read, cfg.churn, cfg.hot, cfg.verify_s,
+		  "cold %lu MiB/s verify %lu s time %lu s then %s\n",
+		  cfg.rate, cfg.read, cfg.churn, cfg.hot, cfg.cold, cfg.verify_s,
 		  cfg.has_time ? cfg.time_s : 0, then_names[cfg.then]);
 }
 
@@ -651,7 +670,7 @@ static void run(uint64_t start)
 	uint64_t verify_ns = cfg.verify_s * RT_NS_PER_SEC;
 	uint64_t next_verify = verify_ns ? rt_now_ns() + verify_ns : NEVER;
 	uint64_t next_grow = cfg.grow_pages ? rt_now_ns() + WL_GROW_CHECK_NS : NEVER;
-	bool active = cfg.rate || cfg.read || cfg.churn;
+	bool active = cfg.rate || cfg.read || cfg.churn || cfg.cold;
 
 	low_free = palloc_avail_pages();
 	if (!cfg.has_time && !active && !verify_ns && !cfg.grow_pages)

@@ -117,6 +117,7 @@ struct mem_swap {
 	unsigned int nr_vms, cap_vms, next_vm; /* vm_lock */
 	bool stop;		 /* vm_lock */
 	enum mem_swap_victims victims; /* atomic */
+	bool kernel_store;	 /* victims handed to the kernel's swap (MADV_PAGEOUT) */
 	pthread_t worker;
 	bool worker_on;
 };
@@ -992,7 +993,19 @@ static int64_t swap_range(struct mem_swap *sw, struct gm *gm, uint64_t *at, uint
 		while (skip + run < (uint64_t)got && swappable(gm, idx + skip + run, pm[skip + run]) &&
 		       pagestate_get(gm->ps, idx + skip + run) == PS_ANON)
 			run++;
-		if (run) {
+		if (run && sw->kernel_store) {
+			/*
+			 * The same victims on the kernel's I/O path: it writes them to its
+			 * own swap and reads them back on its own faults; they stay the
+			 * VM's own pages here (PS_ANON), not resident.
+			 */
+			if (!madvise(mem_page_hva(gm, idx + skip), run * MEM_PAGE_SIZE, MADV_PAGEOUT)) {
+				swapped += (int64_t)run;
+				count(&sw->st.swap_outs, run);
+				*left = run < *left ? *left - run : 0;
+			}
+			skip += run;
+		} else if (run) {
 			claimed = mem_txn_claim(&t, gm, idx + skip, run, MEM_FROM(PS_ANON), 0);
 			if (claimed > 0) {
 				int64_t w = write_run(sw, &t), took = 0;
@@ -1225,6 +1238,13 @@ int mem_swap_wait(struct mem_swap *sw, struct gm *gm, uint64_t deadline_ns,
 void mem_swap_set_victims(struct mem_swap *sw, enum mem_swap_victims victims)
 {
 	__atomic_store_n(&sw->victims, victims, __ATOMIC_RELAXED);
+}
+
+void mem_swap_set_kernel_store(struct mem_swap *sw, bool on)
+{
+	pthread_mutex_lock(&sw->out_lock);
+	sw->kernel_store = on;
+	pthread_mutex_unlock(&sw->out_lock);
 }
 
 const char *mem_swap_victims_name(const struct mem_swap *sw)

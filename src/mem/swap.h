@@ -147,6 +147,13 @@ enum mem_swap_victims {
 	MEM_SWAP_VICTIMS_RANDOM,
 };
 void mem_swap_set_victims(struct mem_swap *sw, enum mem_swap_victims victims);
+/*
+ * Hand the victims to the kernel's swap (MADV_PAGEOUT) instead of writing
+ * them to the file: kvmem's choice on the kernel's I/O path, for
+ * comparison (bench/hotset); it needs a kernel swap device, and the pages
+ * come back through the kernel's own faults, not counted here.
+ */
+void mem_swap_set_kernel_store(struct mem_swap *sw, bool on);
 /* "coldest" or "random": the victims sw's worker takes. */
 const char *mem_swap_victims_name(const struct mem_swap *sw);
 

@@ -113,7 +113,9 @@ static void test_config_a_good_config_loads_with_every_field(void **state)
 	snprintf(text, sizeof(text),
 		 "{\"budget\":\"2G\", \"socket\":\"/tmp/s\", \"console_prefix\":false, "
 		 "\"dedup\":\"on\", \"accel\":\"thread\", \"policy_interval\":0.5, "
-		 "\"balloon_stats_interval\":0.25, \"vms\":[{\"name\":\"a\", \"mem\":\"1G\", "
+		 "\"balloon_stats_interval\":0.25, \"access\":\"sampling\", \"hard_limit\":\"3G\", "
+		 "\"swap\":{\"path\":\"/var/tmp\", \"victims\":\"random\", \"store\":\"kernel\"}, "
+		 "\"vms\":[{\"name\":\"a\", \"mem\":\"1G\", "
 		 "\"min\":\"256MiB\", \"shares\":2000, \"cpus\":2, \"guest\":\"%s\", "
 		 "\"append\":\"x=1\", \"console_log\":\"a.log\", \"accel\":\"thread\", "
 		 "\"swap_max\":\"0B\"}, {\"name\":\"b\", \"mem\":\"8M\"}]}",
@@ -128,6 +130,10 @@ static void test_config_a_good_config_loads_with_every_field(void **state)
 	assert_true(cfg.policy_interval_s == 0.5);
 	assert_true(cfg.balloon_stats_set);
 	assert_int_equal(cfg.balloon_stats_ms, 250);
+	assert_int_equal(cfg.access, HOST_ACCESS_SAMPLING);
+	assert_int_equal(cfg.hard_limit_bytes, 3072 * MIB);
+	assert_int_equal(cfg.swap.victims, MEM_SWAP_VICTIMS_RANDOM);
+	assert_true(cfg.swap.kernel_store);
 	assert_int_equal(cfg.nr_vms, 2);
 	assert_int_equal(cfg.vms[0].mem_bytes, 1024 * MIB);
 	assert_int_equal(cfg.vms[0].min_bytes, 256 * MIB);
@@ -209,6 +215,13 @@ static void test_config_every_host_field_error_names_it(void **state)
 		NULL);
 	refused("{\"balloon_stats_interval\":\"1s\", \"vms\":[" VM "]}", "balloon_stats_interval",
 		NULL);
+	refused("{\"access\":\"kdamond\", \"vms\":[" VM "]}", "access", "\"damon\"");
+	refused("{\"budget\":\"1G\", \"hard_limit\":\"512M\", \"vms\":[" VM "]}", "hard_limit",
+		"at least the budget");
+	refused("{\"swap\":{\"path\":\"/x\", \"victims\":\"lru\"}, \"vms\":[" VM "]}",
+		"swap.victims", "\"coldest\"");
+	refused("{\"swap\":{\"path\":\"/x\", \"store\":\"zram\"}, \"vms\":[" VM "]}",
+		"swap.store", "\"kernel\"");
 	refused("{}", "vms", NULL);
 	refused("{\"vms\":[]}", "vms", NULL);
 	refused("{\"vms\":{}}", "vms", NULL);

@@ -191,13 +191,16 @@ static int get_choice(json_t *o, const char *key, const char *const *names, size
  * compressed pool in memory before the file, defaults to none; io, the I/O
  * engine: "auto" (io_uring where the kernel allows it, else threads),
  * "io_uring" or "threads"; victims: "coldest" (chunks by access
- * information) or "random" (a baseline); allow_tmpfs is for tests (a small
- * tmpfs gives a file that fills).
+ * information) or "random" (a baseline); store: "file" (kvmem's own), or
+ * "kernel" (the victims paged out by the kernel into its swap, for
+ * comparison); allow_tmpfs is for tests (a small tmpfs gives a file that
+ * fills).
  */
 static int parse_swap(json_t *o, struct host_swap_config *sw, char *err, size_t len)
 {
 	static const char *const known[] = { "path", "size", "pool", "io", "victims",
-					     "allow_tmpfs" };
+					     "store", "allow_tmpfs" };
+	static const char *const stores[] = { "file", "kernel" };
 	static const char *const engines[] = {
 		[MEM_SWAP_IO_AUTO] = "auto",
 		[MEM_SWAP_IO_URING] = "io_uring",
@@ -258,6 +261,11 @@ static int parse_swap(json_t *o, struct host_swap_config *sw, char *err, size_t 
 		return ret;
 	if (!ret)
 		sw->victims = (enum mem_swap_victims)choice;
+	ret = get_choice(o, "store", stores, 2, &choice,
+			 "swap.store: must be \"file\" or \"kernel\"", err, len);
+	if (ret < 0)
+		return ret;
+	sw->kernel_store = !ret && choice == 1;
 	return 0;
 }
 

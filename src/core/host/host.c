@@ -365,6 +365,7 @@ int host_create(const struct host_config *cfg, struct host **out)
 			}
 		}
 		mem_swap_set_victims(h->swap, cfg->swap.victims);
+		mem_swap_set_kernel_store(h->swap, cfg->swap.kernel_store);
 		ret = mem_swap_set_io(h->swap, cfg->swap.io);
 		if (ret) {
 			log_err("swap I/O engine %s: %s",

@@ -54,6 +54,7 @@ struct host_swap_config {
 	bool allow_tmpfs;	/* tests only: a tmpfs file, for a small file that fills */
 	enum mem_swap_io io;	/* the I/O engine: auto (io_uring, else threads) */
 	enum mem_swap_victims victims; /* which pages go: coldest chunks first, or random */
+	bool kernel_store;	/* to the kernel's swap (MADV_PAGEOUT), not the file */
 };
 
 struct host_config {

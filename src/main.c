@@ -389,8 +389,8 @@ static int cmd_host(int argc, char **argv)
 	if (!cfg.budget_bytes)
 		cfg.budget_bytes = host_default_budget();
 	/* A budget left to MemAvailable stays under a hard limit that is given. */
-	if (cfg.hard_limit_bytes && cfg.budget_bytes > cfg.hard_limit_bytes)
-		cfg.budget_bytes = cfg.hard_limit_bytes;
+	if (cfg.hard_limit_bytes && cfg.budget_bytes + HOST_HARD_LIMIT_GAP > cfg.hard_limit_bytes)
+		cfg.budget_bytes = cfg.hard_limit_bytes - HOST_HARD_LIMIT_GAP;
 	ret = run_host(&cfg);
 	host_config_free(&cfg);
 	return ret;

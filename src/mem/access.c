@@ -89,6 +89,9 @@ static bool try_sample(struct mem_access *a, uint64_t idx)
 	struct gm *gm = a->gm;
 	uint64_t pm;
 
+	/* Picked twice this interval: judged once (a second protect would forget a hit). */
+	if (__atomic_load_n(&gm->wp_reason[idx], __ATOMIC_ACQUIRE) & MEM_WP_SAMPLE)
+		return false;
 	if (pagestate_get(gm->ps, idx) != PS_ANON || mem_pagemap(gm, idx, 1, &pm) != 1 ||
 	    !mem_pm_resident(pm) || mem_pm_file(pm) || mem_sample_protect(gm, idx))
 		return false;

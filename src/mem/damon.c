@@ -23,10 +23,14 @@
 
 #define ADMIN "/sys/kernel/mm/damon/admin/kdamonds"
 /*
- * Where kvmem hosts keep their DAMON lock files: the first of these that
- * takes a file (every host on the machine tries them in the same order).
+ * Where kvmem hosts keep their DAMON lock files: a directory of root's
+ * alone, so that no other user can hold the lock or make a kdamond look
+ * like one a kvmem host left.
  */
-static const char *const lock_dirs[] = { "/run/lock", "/run", "/var/tmp", "/tmp" };
+#define LOCK_DIR "/run/kvmem"
+/* Another kvmem host holds the lock only while it claims a kdamond: wait this long at most. */
+#define LOCK_TRIES 100
+#define LOCK_WAIT_NS 50000000L
 /* Created where there are none, so that a second host on the machine finds one stopped. */
 #define CREATE_KDAMONDS 4
 #define MAX_VMS 64
@@ -40,7 +44,7 @@ static const char *const lock_dirs[] = { "/run/lock", "/run", "/var/tmp", "/tmp"
 
 struct mem_damon {
 	int kdamond;
-	int slot_lock;		/* flock held on its lock file, kvmem-damon-<kdamond>.lock */
+	int slot_lock;		/* flock held on LOCK_DIR/damon-<kdamond>.lock */
 	bool on;
 	struct gm *gms[MAX_VMS];
 	unsigned int nr_gms;
@@ -134,7 +138,7 @@ static bool has_fvaddr(int kdamond)
  * context), or one a kvmem host left (its lock file exists) that no live
  * host holds. The slot's lock stays held while we use it. -1 when none.
  */
-static int claim(const char *dir, bool created, int *lock_fd)
+static int claim(bool created, int *lock_fd)
 {
 	uint64_t nr = 0;
 
@@ -148,9 +152,9 @@ static int claim(const char *dir, bool created, int *lock_fd)
 
 		if (read_text((int)i, "state", state, sizeof(state)) || strncmp(state, "off", 3))
 			continue;
-		snprintf(path, sizeof(path), "%s/kvmem-damon-%" PRIu64 ".lock", dir, i);
+		snprintf(path, sizeof(path), LOCK_DIR "/damon-%" PRIu64 ".lock", i);
 		ours = access(path, F_OK) == 0;
-		fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 		if (fd < 0)
 			continue;
 		if (flock(fd, LOCK_EX | LOCK_NB)) {
@@ -214,34 +218,57 @@ static int configure(int k, const char **why)
 	return ret;
 }
 
+/*
+ * The lock kvmem hosts take to claim or create kdamonds, one at a time, in
+ * a directory only this user can write: fd, or -errno with *why.
+ */
+static int global_lock(const char **why)
+{
+	struct stat st;
+	int fd, tries = 0;
+
+	if (mkdir(LOCK_DIR, 0700) && errno != EEXIST) {
+		*why = "cannot make " LOCK_DIR " for its lock files";
+		return -errno;
+	}
+	if (lstat(LOCK_DIR, &st) || !S_ISDIR(st.st_mode) || st.st_uid != geteuid() ||
+	    (st.st_mode & 022)) {
+		*why = LOCK_DIR " is not a directory of this user's alone";
+		return -EPERM;
+	}
+	fd = open(LOCK_DIR "/damon.lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0) {
+		*why = "cannot open " LOCK_DIR "/damon.lock";
+		return -errno;
+	}
+	while (flock(fd, LOCK_EX | LOCK_NB)) {
+		if (errno != EWOULDBLOCK || ++tries == LOCK_TRIES) {
+			close(fd);
+			*why = "another kvmem host holds " LOCK_DIR "/damon.lock";
+			return -EBUSY;
+		}
+		nanosleep(&(struct timespec){ .tv_nsec = LOCK_WAIT_NS }, NULL);
+	}
+	return fd;
+}
+
 int mem_damon_open(struct mem_damon **out, const char **why)
 {
 	struct mem_damon *d;
 	bool created = false;
 	uint64_t nr = 0;
-	int lock = -1, k, slot_lock = -1, ret;
-	const char *dir = NULL;
+	int lock, k, slot_lock = -1, ret;
 
 	if (read_u64(-1, ADMIN "/nr_kdamonds", &nr)) {
 		*why = errno == EACCES ? "DAMON's sysfs needs root" : "this kernel has no DAMON sysfs";
 		return -ENOENT;
 	}
-	/* Between kvmem hosts: one claims or creates kdamonds at a time. */
-	for (size_t i = 0; i < sizeof(lock_dirs) / sizeof(lock_dirs[0]); i++) {
-		char path[64];
-
-		snprintf(path, sizeof(path), "%s/kvmem-damon.lock", lock_dirs[i]);
-		lock = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-		if (lock >= 0) {
-			dir = lock_dirs[i];
-			break;
-		}
-	}
-	if (lock < 0) {
-		*why = "no directory for its lock files (/run/lock, /run, /var/tmp, /tmp)";
-		return -errno;
-	}
-	flock(lock, LOCK_EX);
+	lock = global_lock(why);
+	if (lock < 0)
+		return lock;
+	/* Read again under the lock: another host may have made them meanwhile. */
+	if (read_u64(-1, ADMIN "/nr_kdamonds", &nr))
+		nr = 1; /* unreadable now: never rebuild */
 	if (nr == 0) {
 		char text[8];
 		int fd = open(ADMIN "/nr_kdamonds", O_WRONLY | O_CLOEXEC);
@@ -251,7 +278,7 @@ int mem_damon_open(struct mem_damon **out, const char **why)
 		if (fd >= 0)
 			close(fd);
 	}
-	k = claim(dir, created, &slot_lock);
+	k = claim(created, &slot_lock);
 	if (k < 0) {
 		close(lock);
 		*why = "every kdamond belongs to another DAMON user (and nr_kdamonds can only be "
@@ -280,14 +307,33 @@ int mem_damon_open(struct mem_damon **out, const char **why)
 
 void mem_damon_close(struct mem_damon *d)
 {
+	char path[96];
+
 	if (!d)
 		return;
 	if (d->on)
 		kd_write(d->kdamond, "state", "off");
-	kd_write(d->kdamond, "contexts/nr_contexts", "0");
+	/*
+	 * Unconfigured, it is free for anyone: its lock file goes, so that a
+	 * later kvmem host never takes it for one of ours once another user set
+	 * it up. (A host that crashed leaves its file: its kdamond stopped with
+	 * it, still configured, and the next kvmem host takes it back.)
+	 */
+	if (!kd_write(d->kdamond, "contexts/nr_contexts", "0")) {
+		const char *why;
+		/* Under the claim lock: no host may be opening the file as it goes. */
+		int lock = global_lock(&why);
+
+		if (lock >= 0) {
+			snprintf(path, sizeof(path), LOCK_DIR "/damon-%d.lock", d->kdamond);
+			unlink(path);
+			close(d->slot_lock);
+			d->slot_lock = lock;
+		}
+	}
 	for (unsigned int i = 0; i < d->nr_gms; i++)
 		kv_free(d->next[i]);
-	close(d->slot_lock); /* the lock file stays: the next kvmem host may take this kdamond */
+	close(d->slot_lock);
 	pthread_mutex_destroy(&d->lock);
 	kv_free(d);
 }

@@ -8,8 +8,8 @@
  * DAMON's sysfs is machine-wide and has no ownership: writing nr_kdamonds
  * rebuilds every kdamond (and fails while any runs). So a host only ever
  * takes a stopped kdamond that no one configured, or one a kvmem host left
- * (claimed with a lock file in /run/lock, else the first of /run, /var/tmp
- * and /tmp that takes one), and creates kdamonds only where there are none;
+ * (claimed with a lock file in /run/kvmem, root's alone), and creates
+ * kdamonds only where there are none;
  * another user's kdamond, running or not, is never touched. Where none can
  * be had (no DAMON, no fvaddr, no root, every kdamond someone else's) it is
  * unavailable, with the reason.

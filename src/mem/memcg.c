@@ -88,15 +88,27 @@ int mem_memcg_enter(uint64_t limit_bytes, const char **why)
 		own_dir[0] = '\0';
 		return ret;
 	}
-	/* v2: the controller must be on for the parent's children (at the root it may be). */
-	if (v2)
-		write_file(parent_dir, "cgroup.subtree_control", "+memory");
+	/*
+	 * v2: the controller must be on for the parent's children, which a
+	 * group may do only while it holds no process itself (the root may).
+	 */
+	if (v2 && write_file(parent_dir, "cgroup.subtree_control", "+memory") == -EBUSY &&
+	    access(own_dir, F_OK) == 0) {
+		char max[512];
+
+		snprintf(max, sizeof(max), "%s/memory.max", own_dir);
+		if (access(max, F_OK)) {
+			*why = "the cgroup kvmem runs in cannot give its children the memory "
+			       "controller (cgroup v2: not while it holds processes): start kvmem in a "
+			       "delegated group of its own (systemd-run --scope -p Delegate=yes ...)";
+			ret = -EBUSY;
+			goto fail;
+		}
+	}
 	snprintf(text, sizeof(text), "%" PRIu64, limit_bytes);
 	ret = write_file(own_dir, v2 ? "memory.max" : "memory.limit_in_bytes", text);
 	if (ret) {
-		*why = v2 ? "cannot set memory.max (is the memory controller enabled for the "
-			    "group kvmem runs in?)"
-			  : "cannot set memory.limit_in_bytes";
+		*why = v2 ? "cannot set memory.max" : "cannot set memory.limit_in_bytes";
 		goto fail;
 	}
 	snprintf(text, sizeof(text), "%d", (int)getpid());

@@ -50,6 +50,7 @@ struct ovc_vm {
 	void *throttle_arg;
 	bool throttled;			/* throttle_lock: paused by the policy (stats copy under lock) */
 	bool above;			/* throttle_lock: above its entitlement at the last pass */
+	int64_t excess;			/* vm_lock: resident less entitlement, this pass's */
 	uint64_t last_actual;		/* policy thread: the balloon's actual then */
 };
 
@@ -558,10 +559,16 @@ static void damon_judge(struct ovc *ovc)
 
 int ovc_use_damon(struct ovc *ovc, struct mem_damon *d)
 {
+	int ret = 0;
+
 	pthread_mutex_lock(&ovc->vm_lock);
-	if (ovc->nr_vms || ovc->damon) {
+	if (ovc->damon)
+		ret = -EBUSY;
+	for (unsigned int i = 0; i < ovc->nr_vms && !ret; i++)
+		ret = mem_damon_add(d, ovc->vms[i]->gm);
+	if (ret) {
 		pthread_mutex_unlock(&ovc->vm_lock);
-		return -EBUSY;
+		return ret;
 	}
 	ovc->damon = d;
 	pthread_mutex_lock(&ovc->lock);
@@ -576,10 +583,8 @@ int ovc_use_damon(struct ovc *ovc, struct mem_damon *d)
 static int by_excess(const void *a, const void *b)
 {
 	const struct ovc_vm *x = *(struct ovc_vm *const *)a, *y = *(struct ovc_vm *const *)b;
-	int64_t ex = (int64_t)x->stats.resident_bytes - (int64_t)x->stats.entitlement_bytes;
-	int64_t ey = (int64_t)y->stats.resident_bytes - (int64_t)y->stats.entitlement_bytes;
 
-	return ex < ey ? 1 : ex > ey ? -1 : 0;
+	return x->excess < y->excess ? 1 : x->excess > y->excess ? -1 : 0;
 }
 
 /*
@@ -591,20 +596,21 @@ static int by_excess(const void *a, const void *b)
  */
 static void throttle(struct ovc *ovc, uint64_t used, uint64_t budget, uint64_t limit)
 {
-	uint64_t hi, lo, now = kv_clock_ns(CLOCK_MONOTONIC);
+	uint64_t hi = 0, lo = UINT64_MAX, now = kv_clock_ns(CLOCK_MONOTONIC);
 	unsigned int paused = 0, above = 0;
 
-	if (!limit || limit <= budget)
-		return;
-	hi = budget + (limit - budget) / 2;
-	lo = budget + (limit - budget) / 4;
+	/* No limit to hold (any more), or usage unknown: nothing may stay paused. */
+	if (limit > budget && used) {
+		hi = budget + (limit - budget) / 2;
+		lo = budget + (limit - budget) / 4;
+	}
 	for (unsigned int i = 0; i < ovc->nr_vms; i++) {
 		struct ovc_vm *v = ovc->vms[i];
 
 		paused += v->throttled;
 		above += v->throttle && v->above;
 	}
-	if (used >= hi) {
+	if (hi && used >= hi) {
 		for (unsigned int i = 0; i < ovc->nr_vms; i++) {
 			struct ovc_vm *v = ovc->vms[i];
 
@@ -639,7 +645,7 @@ static void throttle(struct ovc *ovc, uint64_t used, uint64_t budget, uint64_t l
 			pthread_mutex_lock(&ovc->lock);
 			v->stats.throttled = false;
 			pthread_mutex_unlock(&ovc->lock);
-			log_info("%s: resumed: the host is back at %" PRIu64 " MiB", v->name, used >> 20);
+			log_info("%s: resumed: the host is at %" PRIu64 " MiB", v->name, used >> 20);
 		}
 	}
 }
@@ -707,11 +713,14 @@ static void policy_pass(struct ovc *ovc, bool interval)
 	ovc->stats.used_source = source;
 	ovc->stats.over_budget = used > budget;
 	ovc->stats.passes++;
+	/* The sort's keys, fixed for the pass (a stats reader refreshes resident meanwhile). */
+	for (unsigned int i = 0; i < n; i++)
+		ovc->vms[i]->excess = (int64_t)ovc->vms[i]->stats.resident_bytes -
+				      (int64_t)ovc->vms[i]->stats.entitlement_bytes;
 	pthread_mutex_unlock(&ovc->lock);
 	pthread_mutex_lock(&ovc->throttle_lock);
 	for (unsigned int i = 0; i < n; i++)
-		ovc->vms[i]->above = ovc->vms[i]->stats.resident_bytes >
-				     ovc->vms[i]->stats.entitlement_bytes;
+		ovc->vms[i]->above = ovc->vms[i]->excess > 0;
 	pthread_mutex_unlock(&ovc->throttle_lock);
 
 	/*
@@ -838,11 +847,9 @@ static void *watch_thread(void *arg)
 
 		pthread_mutex_unlock(&ovc->lock);
 		used = watch_used(ovc);
-		if (used) {
-			pthread_mutex_lock(&ovc->throttle_lock);
-			throttle(ovc, used, budget, limit);
-			pthread_mutex_unlock(&ovc->throttle_lock);
-		}
+		pthread_mutex_lock(&ovc->throttle_lock);
+		throttle(ovc, used, budget, limit);
+		pthread_mutex_unlock(&ovc->throttle_lock);
 		pthread_mutex_lock(&ovc->lock);
 		now = kv_clock_ns(CLOCK_MONOTONIC);
 		if (used > budget && now - last >= FAST_GAP_NS) {

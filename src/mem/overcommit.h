@@ -180,9 +180,10 @@ int ovc_register_balloon(struct ovc *ovc);
 
 /*
  * Take chunk ages from DAMON (mem/damon.h) instead of write-protect
- * sampling; the policy owns d from now on, and gives it up (back to
- * sampling, said in the log) if it fails or turns out blind. Before any VM
- * is added: 0, or -EBUSY.
+ * sampling, for the VMs there are and those added later; the policy owns d
+ * from now on, and gives it up (back to sampling, said in the log) if it
+ * fails or turns out blind. 0, or -errno (-EBUSY: set already; d is the
+ * caller's again).
  */
 int ovc_use_damon(struct ovc *ovc, struct mem_damon *d);
 

@@ -1101,6 +1101,9 @@ static int64_t swap_victims(struct mem_swap *sw, struct swap_vm *v, uint64_t *cu
 				swapped += got;
 		}
 		pthread_mutex_unlock(&sw->out_lock);
+		/* The few runs left with candidates may be ones the dice missed: in turn, then. */
+		if (!swapped && got >= 0)
+			return mem_swap_out(sw, gm, cursor, want);
 		return swapped ? swapped : got;
 	}
 	order = kv_calloc(chunks, sizeof(*order));

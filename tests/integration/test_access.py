@@ -43,6 +43,11 @@ def passes_on(sock, what, n=3):
 a, sock_a = start("a")
 try:
     check(wait_socket(a, sock_a), "the host serves its control socket")
+    # Said once the VMs run (a host that cannot start says only why).
+    t0 = time.monotonic()
+    while not [l for l in a.stderr() if "access information:" in l] and a.alive() and \
+            time.monotonic() - t0 < 60:  # a deadline only
+        time.sleep(0.1)
     line = [l for l in a.stderr() if "access information:" in l]
     check(len(line) == 1, f"the log names the access source ({line})")
     st = stats(sock_a)["host"]
@@ -61,7 +66,9 @@ try:
         b, sock_b = start("b")
         try:
             check(wait_socket(b, sock_b), "a second host on the same machine starts")
-            sb = stats(sock_b)["host"]
+            ok, st_b = wait_state(sock_b, None, lambda st: st["host"]["damon"] is not None,
+                                  "it takes DAMON once its VM runs")
+            sb = st_b["host"]
             check(sb["access_source"] == "damon" and
                   sb["damon"]["kdamond"] != dm["kdamond"],
                   f"it has DAMON too, on a kdamond of its own ({sb['damon']} beside {dm})")

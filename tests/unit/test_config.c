@@ -218,6 +218,8 @@ static void test_config_every_host_field_error_names_it(void **state)
 	refused("{\"access\":\"kdamond\", \"vms\":[" VM "]}", "access", "\"damon\"");
 	refused("{\"budget\":\"1G\", \"hard_limit\":\"512M\", \"vms\":[" VM "]}", "hard_limit",
 		"at least the budget");
+	refused("{\"budget\":\"1G\", \"hard_limit\":\"1G\", \"vms\":[" VM "]}", "hard_limit",
+		"plus 32M");
 	refused("{\"swap\":{\"path\":\"/x\", \"victims\":\"lru\"}, \"vms\":[" VM "]}",
 		"swap.victims", "\"coldest\"");
 	refused("{\"swap\":{\"path\":\"/x\", \"store\":\"zram\"}, \"vms\":[" VM "]}",

@@ -345,10 +345,11 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 	ret = get_size(root, "hard_limit", "", &cfg->hard_limit_bytes, err, len);
 	if (ret < 0)
 		goto out;
-	if (ret == 0 && (cfg->hard_limit_bytes < (64ULL << 20) ||
-			 (cfg->budget_bytes && cfg->hard_limit_bytes < cfg->budget_bytes))) {
-		ret = fail(err, len, "hard_limit: must be at least the budget (and 64M): the budget "
-			   "plus the tolerance the policy keeps");
+	if (ret == 0 && (cfg->hard_limit_bytes < 2 * HOST_HARD_LIMIT_GAP ||
+			 (cfg->budget_bytes &&
+			  cfg->hard_limit_bytes < cfg->budget_bytes + HOST_HARD_LIMIT_GAP))) {
+		ret = fail(err, len, "hard_limit: must be at least the budget plus 32M (and 64M): "
+			   "the budget plus the tolerance the policy keeps");
 		goto out;
 	}
 	ret = get_string(root, "socket", "", &cfg->socket, err, len);

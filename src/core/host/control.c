@@ -440,7 +440,8 @@ static int verb_budget(void *arg, json_t *req, json_t *reply)
 	if (bytes == 0 || bytes > (uint64_t)INT64_MAX)
 		return control_reply_error(reply, EINVAL, "bytes: must be above 0 and below 2^63");
 	if (host_set_budget(arg, bytes))
-		return control_reply_error(reply, ERANGE, "bytes: above the host's hard_limit");
+		return control_reply_error(reply, ERANGE, "bytes: not 32M under the host's "
+					   "hard_limit");
 	json_object_set_new(reply, "budget_bytes", json_integer((json_int_t)bytes));
 	return 0;
 }

@@ -45,6 +45,8 @@ struct host_vm {
 	struct ovc_vm *ovc;
 	struct balloon *balloon;	/* its virtio-balloon device */
 	bool stopped;			/* h->lock */
+	/* Who paused it (h->pause_lock): the policy, to hold the hard limit, and/or a user. */
+	bool policy_paused, user_paused;
 	int status;			/* h->lock, valid once stopped */
 	/* Host swap: attached once its userfaultfd serves it, detached before it goes. */
 	bool swap_attached;
@@ -56,6 +58,7 @@ struct host_vm {
 struct host {
 	struct host_config cfg;		/* borrowed; outlives the host */
 	pthread_mutex_t lock;		/* guards the stopped flags, nr_running */
+	pthread_mutex_t pause_lock;	/* pauses and resumes, by hand or by the policy */
 	struct host_vm *vms;		/* immutable array after create */
 	unsigned int nr_vms;
 	unsigned int nr_running;
@@ -149,19 +152,38 @@ static const struct ovc_balloon_ops host_balloon_ops = {
 	.set_target = balloon_target,
 };
 
-/* The policy pauses a VM to hold the hard limit; one paused by hand is left alone. */
+/*
+ * The policy pauses a VM to hold the hard limit. A VM paused by hand, or
+ * stopping, is not its to pause; one paused by hand meanwhile stays paused
+ * when the policy lets it go.
+ */
 static int throttle_pause(void *arg)
 {
 	struct host_vm *hv = arg;
+	int ret = -EINVAL;
 
-	return vm_get_state(hv->vm) == VM_RUNNING ? vm_pause_timeout(hv->vm, 500) : -EINVAL;
+	pthread_mutex_lock(&hv->host->pause_lock);
+	if (!hv->user_paused && vm_get_state(hv->vm) == VM_RUNNING) {
+		ret = vm_pause_timeout(hv->vm, 500);
+		if (!ret && vm_get_state(hv->vm) != VM_PAUSED)
+			ret = -EINVAL; /* it stopped instead */
+		hv->policy_paused = !ret;
+	}
+	pthread_mutex_unlock(&hv->host->pause_lock);
+	return ret;
 }
 
 static int throttle_resume(void *arg)
 {
 	struct host_vm *hv = arg;
+	int ret = 0;
 
-	return vm_resume(hv->vm);
+	pthread_mutex_lock(&hv->host->pause_lock);
+	hv->policy_paused = false;
+	if (!hv->user_paused)
+		ret = vm_resume(hv->vm);
+	pthread_mutex_unlock(&hv->host->pause_lock);
+	return ret;
 }
 
 static const struct ovc_throttle_ops host_throttle_ops = {
@@ -282,6 +304,7 @@ int host_create(const struct host_config *cfg, struct host **out)
 	h->cfg = *cfg;
 	h->stop_efd = -1;
 	pthread_mutex_init(&h->lock, NULL);
+	pthread_mutex_init(&h->pause_lock, NULL);
 	h->vms = kv_calloc(cfg->nr_vms, sizeof(*h->vms));
 	if (!h->vms) {
 		ret = -ENOMEM;
@@ -313,24 +336,6 @@ int host_create(const struct host_config *cfg, struct host **out)
 	if (ret)
 		goto out_destroy;
 	ovc_set_hard_limit(h->ovc, cfg->hard_limit_bytes);
-	if (cfg->access != HOST_ACCESS_SAMPLING) {
-		struct mem_damon *damon;
-		const char *why = NULL;
-
-		what = "access information";
-		ret = mem_damon_open(&damon, &why);
-		if (!ret && (ret = ovc_use_damon(h->ovc, damon)))
-			mem_damon_close(damon);
-		if (!ret) {
-			log_info("access information: DAMON (its regions, from the accessed bits)");
-		} else if (cfg->access == HOST_ACCESS_DAMON) {
-			log_err("access information: DAMON: %s", why ? why : strerror(-ret));
-			goto out_destroy;
-		} else {
-			log_info("access information: write-protect sampling (DAMON: %s)",
-				 why ? why : strerror(-ret));
-		}
-	}
 	what = "the reclaim mechanisms";
 	ret = reclaim_register_zero(h->ovc);
 	if (!ret)
@@ -442,6 +447,34 @@ out_destroy:
 	return ret;
 }
 
+/*
+ * Where the policy's access information comes from, said once the VMs run
+ * (a host that fails to start says only why): DAMON where it can be had,
+ * else write-protect sampling. 0, or -errno when DAMON was demanded.
+ */
+static int setup_access(struct host *h)
+{
+	struct mem_damon *damon;
+	const char *why = NULL;
+	int ret;
+
+	if (h->cfg.access == HOST_ACCESS_SAMPLING)
+		return 0;
+	ret = mem_damon_open(&damon, &why);
+	if (!ret && (ret = ovc_use_damon(h->ovc, damon)))
+		mem_damon_close(damon);
+	if (!ret) {
+		log_info("access information: DAMON (its regions, from the accessed bits)");
+	} else if (h->cfg.access == HOST_ACCESS_DAMON) {
+		log_err("access information: DAMON: %s", why ? why : strerror(-ret));
+		return ret;
+	} else {
+		log_info("access information: write-protect sampling (DAMON: %s)",
+			 why ? why : strerror(-ret));
+	}
+	return 0;
+}
+
 static void stop_all(struct host *h)
 {
 	for (unsigned int i = 0; i < h->nr_vms; i++)
@@ -490,6 +523,8 @@ int host_run(struct host *h)
 		if (ret && log_error_count() == errors)
 			log_err("%s: cannot start: %s", h->vms[i].cfg.name, strerror(-ret));
 	}
+	if (!ret)
+		ret = setup_access(h);
 	if (ret) {
 		stop_all(h);
 		close(sfd);
@@ -576,6 +611,7 @@ void host_destroy(struct host *h)
 		close(h->stop_efd);
 	mem_memcg_leave();
 	pthread_mutex_destroy(&h->lock);
+	pthread_mutex_destroy(&h->pause_lock);
 	kv_free(h->vms);
 	kv_free(h);
 }
@@ -591,15 +627,35 @@ static struct host_vm *find_vm(struct host *h, const char *name)
 int host_vm_pause(struct host *h, const char *name)
 {
 	struct host_vm *hv = find_vm(h, name);
+	int ret = 0;
 
-	return hv ? vm_pause(hv->vm) : -ENOENT;
+	if (!hv)
+		return -ENOENT;
+	pthread_mutex_lock(&h->pause_lock);
+	/* Paused by the policy already: it stays paused for the user once the policy is done. */
+	if (!hv->policy_paused)
+		ret = vm_pause(hv->vm);
+	if (!ret)
+		hv->user_paused = true;
+	pthread_mutex_unlock(&h->pause_lock);
+	return ret;
 }
 
 int host_vm_resume(struct host *h, const char *name)
 {
 	struct host_vm *hv = find_vm(h, name);
+	int ret = -EBUSY;
 
-	return hv ? vm_resume(hv->vm) : -ENOENT;
+	if (!hv)
+		return -ENOENT;
+	pthread_mutex_lock(&h->pause_lock);
+	/* The policy holds it paused (the hard limit): it resumes when reclaim catches up. */
+	if (hv->policy_paused)
+		hv->user_paused = false;
+	else if (!(ret = vm_resume(hv->vm)))
+		hv->user_paused = false;
+	pthread_mutex_unlock(&h->pause_lock);
+	return ret;
 }
 
 int host_vm_stop(struct host *h, const char *name)
@@ -764,7 +820,7 @@ static int balloon_verb(void *arg, json_t *req, json_t *reply)
 
 int host_set_budget(struct host *h, uint64_t bytes)
 {
-	if (h->cfg.hard_limit_bytes && bytes > h->cfg.hard_limit_bytes)
+	if (h->cfg.hard_limit_bytes && bytes + HOST_HARD_LIMIT_GAP > h->cfg.hard_limit_bytes)
 		return -ERANGE;
 	ovc_set_budget(h->ovc, bytes);
 	ovc_kick(h->ovc);

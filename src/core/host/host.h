@@ -24,6 +24,13 @@ enum host_dedup_mode {
 	HOST_DEDUP_KSM, /* MADV_MERGEABLE; the host kernel's ksmd merges */
 };
 
+/*
+ * A hard limit is at least this far above the budget: the policy pauses
+ * guests half way between the two, so with no room between them it could
+ * not act before the kernel does.
+ */
+#define HOST_HARD_LIMIT_GAP (32ULL << 20)
+
 /* Where the policy's access information (mem/access.h) comes from. */
 enum host_access {
 	HOST_ACCESS_AUTO,	/* DAMON where the kernel offers it, else sampling */
@@ -144,7 +151,7 @@ int host_vm_swap_limit(struct host *h, const char *name, bool limited, uint64_t 
 int host_vm_swap(struct host *h, const char *name, uint64_t to, json_t **out, char *why,
 		 size_t whylen);
 /* Set the host memory budget (bytes > 0) and run a policy pass against it now. */
-/* 0, or -ERANGE: above the host's hard limit (its memory cgroup's). */
+/* 0, or -ERANGE: not HOST_HARD_LIMIT_GAP under the host's hard limit. */
 int host_set_budget(struct host *h, uint64_t bytes);
 /* Run a policy pass now (asynchronous: returns before the pass ends). */
 void host_reclaim_now(struct host *h);

@@ -1,15 +1,16 @@
 """The budget as a promise: a guest that keeps more unique memory than the budget, a hard limit
 just above the budget that the kernel enforces, and a host that lives under it.
 
-A host with a 512 MiB budget, swap on a disk, and "hard_limit": "640M" (a memory cgroup of its own,
-limited to the budget plus the stated tolerance) runs a 1 GiB guest that fills 900 MiB of unique
-pages and verifies them all every minute (the kvm suite, emulated in the nested VM, half of each). The cgroup holds kvmem alone (the stats measure usage
-from it), the kernel would stop kvmem at 640 MiB, and the policy, answering usage within a fraction
-of a second through the cgroup, keeps it under; where swap writes slower than the guest allocates
-(the nested VM's disk) it pauses the guest half way to the limit until reclaim catches up. The
-guest fills, usage comes back within the steady-state tolerance and stays there, the guest
-verifies all 900 MiB again through swap, it is left running, and the cgroup's own peak stays under
-the limit. The budget cannot be raised past the limit. The cgroup is gone after the host stops.
+A host with a 512 MiB budget, swap on a disk, and "hard_limit": "640M" (a memory cgroup of its
+own, limited to the budget plus the stated tolerance) runs a 1 GiB guest that fills 900 MiB of
+unique pages and verifies them all every 30 s (the kvm suite, emulated in the nested VM, half of
+each). The cgroup holds kvmem alone (the stats measure usage from it), the kernel would stop kvmem
+at 640 MiB, and the policy, answering usage within a fraction of a second through the cgroup,
+keeps it under; where swap writes slower than the guest allocates (the nested VM's disk) it
+pauses the guest half way to the limit until reclaim catches up. The guest fills, usage comes
+back within the steady-state tolerance and stays there, the guest verifies all 900 MiB again
+through swap, it is left running, and the cgroup's own peak stays under the limit. The budget
+cannot be raised close to the limit. The cgroup is gone after the host stops.
 
 Every wait is a poll with a generous deadline; nothing asserts on timing."""
 import os
@@ -58,7 +59,7 @@ def read_int(path):
 d = tmpdir()
 h, sock = swap_host(d, {"path": ddir, "size": "2G"}, [
     {"name": "a", "mem": f"{MEM}M",
-     "append": f"kvmem.wl=size={FILL},id=1,read=1,hot=10,verify=60,then=sleep"}],
+     "append": f"kvmem.wl=size={FILL},id=1,read=1,hot=10,verify=30,then=sleep"}],
     extra={"budget": f"{BUDGET // MIB}M", "hard_limit": f"{LIMIT // MIB}M"})
 cg = None
 try:

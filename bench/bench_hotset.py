@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from benchlib import cmd, emit, request, take_accel
@@ -79,7 +80,7 @@ def memory_cgroup():
 
 
 def run(variant, d):
-    """One run: (hot ops per second, pages read back per second), or raise with why."""
+    """One run: (hot ops per second, pages read back per second, cold reads), or raise."""
     sock = os.path.join(d, "k.sock")
     cfg = {"budget": "8G" if variant in ("free", "kernel") else f"{SQUEEZE}M", "socket": sock,
            "dedup": "off", "console_prefix": False, "access": "auto",
@@ -106,18 +107,20 @@ def run(variant, d):
         t0 = time.monotonic()
         while not os.path.exists(sock) and time.monotonic() - t0 < 30:
             time.sleep(0.05)
-        filled = None
+        window = []
         for line in host.stdout:
-            if filled is None and "kvmem-wl: filled" in line:
-                filled = time.monotonic()
-                in0, sw0 = swapped_in(sock), vmstat("pswpin")
+            if not window and "kvmem-wl: filled" in line:
+                # Pages read back are counted over the run, not its final verification
+                # (which reads every page back): from the fill to a second before the end.
+                window.append(count_back(variant, sock))
+                timer = threading.Timer(SECONDS - 1,
+                                        lambda: window.append(count_back(variant, sock)))
+                timer.start()
             m = DONE.search(line)
             if m:
-                elapsed = time.monotonic() - filled
+                timer.join()
                 ops = int(m.group(1)) + int(m.group(2))
-                back = (swapped_in(sock) - in0 if variant in ("coldest", "random")
-                        else vmstat("pswpin") - sw0)
-                return ops / SECONDS, back / elapsed
+                return ops / SECONDS, (window[1] - window[0]) / (SECONDS - 1), int(m.group(3))
         raise RuntimeError(f"the guest never finished (exit {host.poll()})")
     finally:
         host.terminate()
@@ -126,9 +129,12 @@ def run(variant, d):
             os.rmdir(cg)
 
 
-def swapped_in(sock):
+def count_back(variant, sock):
+    """Pages read back from swap so far: kvmem's own figures, or the kernel's."""
+    if variant not in ("coldest", "random"):
+        return vmstat("pswpin")
     v = request(sock, {"verb": "stats"})["vms"][0]
-    return v["swap"]["faults"] + v["swap"]["readahead"] if "swap" in v else 0
+    return v["swap"]["faults"] + v["swap"]["readahead"]
 
 
 def with_kernel_swap(fn):
@@ -147,21 +153,24 @@ def with_kernel_swap(fn):
 
 results = {}
 for variant in VARIANTS:
-    ops, back = [], []
+    ops, back, cold = [], [], []
     try:
         for _ in range(RUNS):
             with tempfile.TemporaryDirectory() as d:
-                o, b = (with_kernel_swap(lambda: run(variant, d))
-                        if variant in ("kernel", "pageout") else run(variant, d))
+                o, b, c = (with_kernel_swap(lambda: run(variant, d))
+                           if variant in ("kernel", "pageout") else run(variant, d))
             ops.append(o)
             back.append(b)
+            cold.append(c)
     except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
         emit("hotset_ops_per_s", "ops/s", None, {"variant": variant}, error=str(e))
         continue
-    results[variant] = (statistics.median(ops), statistics.median(back), ops)
+    results[variant] = (statistics.median(ops), statistics.median(back), ops,
+                        statistics.median(cold) / SECONDS)
 
-for variant, (ops, back, all_ops) in results.items():
-    extra = {"runs": [round(o) for o in all_ops], "swap_ins_per_s": round(back, 1)}
+for variant, (ops, back, all_ops, cold) in results.items():
+    extra = {"runs": [round(o) for o in all_ops], "swap_ins_per_s": round(back, 1),
+             "cold_reads_per_s": round(cold, 1)}
     if "free" in results and variant != "free":
         extra["of_free"] = round(ops / results["free"][0], 3)
     if "random" in results and variant != "random":

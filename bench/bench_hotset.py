@@ -2,10 +2,12 @@
 """bench/hotset: a hot-set guest squeezed to half its size, under each way of choosing what goes.
 
 One 512 MiB guest fills 400 MiB of unique pages, then rewrites and reads a hot tenth of them as
-fast as it can, and reads a page of the cold rest now and then (cold=, 1 MiB/s: a working set's
-rare touches of cold memory, which keep reclaim busy). The host holds it to about half (a
-240 MiB budget, or a 240 MiB memory cgroup limit), and the run counts what the guest got done
-in the seconds after its fill, and how many pages came back from swap:
+fast as it can, and reads a page of the cold rest now and then (cold=, 1 MiB/s asked: a working
+set's rare touches of cold memory, which keep reclaim busy). WARM seconds after its fill (time
+for access information), the host squeezes it to about half (a 240 MiB budget, or a 240 MiB
+memory cgroup limit), and the run counts how many pages came back from swap per second from
+then on (the squeeze and what follows it), and what the guest got done over its whole run (hot
+operations per second):
 
   coldest   kvmem's swap, its victims the coldest chunks by access information
   random    kvmem's swap, random victims (ESX 2002's choice)
@@ -50,8 +52,9 @@ def take(flag, default):
 RUNS = int(take("--runs", "3"))
 VARIANTS = take("--variants", "free,coldest,random,pageout,kernel").split(",")
 KVMEM, SWAPDIR = sys.argv[1], sys.argv[2]
-SECONDS = int(sys.argv[3]) if len(sys.argv) > 3 else 40
+SECONDS = int(sys.argv[3]) if len(sys.argv) > 3 else 60
 MEM, FILL, SQUEEZE = 512, 400, 240
+WARM, SETTLE = 8, 0
 WL = (f"kvmem.wl=size={FILL},id=1,hot=10,rate=4096,read=16384,cold=1,time={SECONDS},"
       "then=sleep")
 DONE = re.compile(r"kvmem-wl: rewrites (\d+) reads (\d+) .*cold reads (\d+)")
@@ -82,7 +85,7 @@ def memory_cgroup():
 def run(variant, d):
     """One run: (hot ops per second, pages read back per second, cold reads), or raise."""
     sock = os.path.join(d, "k.sock")
-    cfg = {"budget": "8G" if variant in ("free", "kernel") else f"{SQUEEZE}M", "socket": sock,
+    cfg = {"budget": "8G", "socket": sock,
            "dedup": "off", "console_prefix": False, "access": "auto",
            "vms": [{"name": "a", "mem": f"{MEM}M", "append": WL}]}
     if variant in ("coldest", "random"):
@@ -98,8 +101,6 @@ def run(variant, d):
         parent, limit_file = memory_cgroup()
         cg = os.path.join(parent, f"kvmem-bench-{os.getpid()}")
         os.mkdir(cg)
-        with open(os.path.join(cg, limit_file), "w") as f:
-            f.write(str(SQUEEZE << 20))
         # The shell moves itself into the group, then becomes kvmem.
         argv = ["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh", *argv]
     host = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -107,20 +108,30 @@ def run(variant, d):
         t0 = time.monotonic()
         while not os.path.exists(sock) and time.monotonic() - t0 < 30:
             time.sleep(0.05)
-        window = []
+        window, timer = [], None
+
+        def squeeze_then_count():
+            if variant == "kernel":
+                with open(os.path.join(cg, limit_file), "w") as f:
+                    f.write(str(SQUEEZE << 20))
+            elif variant != "free":
+                request(sock, {"verb": "budget", "bytes": f"{SQUEEZE}M"})
+            time.sleep(SETTLE)
+            # Counted before the workload's final verification (which reads every page back).
+            window.append(count_back(variant, sock))
+            time.sleep(SECONDS - WARM - SETTLE - 1)
+            window.append(count_back(variant, sock))
+
         for line in host.stdout:
-            if not window and "kvmem-wl: filled" in line:
-                # Pages read back are counted over the run, not its final verification
-                # (which reads every page back): from the fill to a second before the end.
-                window.append(count_back(variant, sock))
-                timer = threading.Timer(SECONDS - 1,
-                                        lambda: window.append(count_back(variant, sock)))
+            if timer is None and "kvmem-wl: filled" in line:
+                timer = threading.Timer(WARM, squeeze_then_count)
                 timer.start()
             m = DONE.search(line)
             if m:
                 timer.join()
                 ops = int(m.group(1)) + int(m.group(2))
-                return ops / SECONDS, (window[1] - window[0]) / (SECONDS - 1), int(m.group(3))
+                return (ops / SECONDS, (window[1] - window[0]) / (SECONDS - WARM - SETTLE - 1),
+                        int(m.group(3)))
         raise RuntimeError(f"the guest never finished (exit {host.poll()})")
     finally:
         host.terminate()

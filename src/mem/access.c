@@ -34,9 +34,23 @@ uint16_t mem_access_age(const struct gm *gm, uint64_t chunk)
 	return __atomic_load_n(&gm->chunk_age[chunk], __ATOMIC_RELAXED);
 }
 
-void mem_access_set_age(struct gm *gm, uint64_t chunk, uint16_t age)
+void mem_access_set(struct gm *gm, uint64_t chunk, uint16_t age, uint8_t hits)
 {
 	__atomic_store_n(&gm->chunk_age[chunk], age, __ATOMIC_RELAXED);
+	__atomic_store_n(&gm->chunk_hits[chunk], hits, __ATOMIC_RELAXED);
+}
+
+/* An interval's judgement of a chunk's use: half of what it had, and `add` (touches meanwhile stay). */
+static void decay_hits(struct gm *gm, uint64_t chunk, unsigned int add)
+{
+	uint8_t old = __atomic_load_n(&gm->chunk_hits[chunk], __ATOMIC_RELAXED), want;
+
+	do {
+		unsigned int v = old / 2 + add;
+
+		want = (uint8_t)(v < UINT8_MAX ? v : UINT8_MAX);
+	} while (!__atomic_compare_exchange_n(&gm->chunk_hits[chunk], &old, want, false,
+					      __ATOMIC_RELAXED, __ATOMIC_RELAXED));
 }
 
 /* One interval older, unless a touch made it young meanwhile (that store wins). */
@@ -110,16 +124,18 @@ double mem_access_sample(struct mem_access *a, bool age_only)
 	for (uint64_t i = 0; i < a->nr_samples; i++) {
 		if (mem_sample_release(gm, a->samples[i])) {
 			hits++;
-			a->written[a->samples[i] / MEM_CHUNK_PAGES] = 1;
+			a->written[a->samples[i] / MEM_CHUNK_PAGES]++;
 		}
 	}
 	a->nr_samples = 0;
 	if (!age_only) {
 		for (uint64_t c = 0; c < chunks; c++) {
 			if (a->written[c])
-				mem_access_set_age(gm, c, 0);
+				__atomic_store_n(&gm->chunk_age[c], 0, __ATOMIC_RELAXED);
 			else
 				age_one(gm, c);
+			/* A written sample counts as much as a few touches: it is one page of four. */
+			decay_hits(gm, c, 4u * a->written[c]);
 		}
 	}
 	if (age_only) {
@@ -142,22 +158,31 @@ double mem_access_sample(struct mem_access *a, bool age_only)
 
 struct ranked {
 	uint16_t age;
+	uint8_t hits;
 	uint32_t chunk;
-	uint64_t turn;	/* distance from `from`: equal ages are taken in turn */
+	uint64_t tie;	/* random: between equals, no order is better informed than chance */
 };
 
 static int colder_first(const void *x, const void *y)
 {
 	const struct ranked *a = x, *b = y;
 
+	/*
+	 * Used least often lately first, then the longest unused: recency
+	 * alone ranks a chunk whose page was read once (a swap-in) with the
+	 * hottest, and with 2 MiB chunks every chunk of a working set with
+	 * rare cold touches is recent.
+	 */
+	if (a->hits != b->hits)
+		return a->hits < b->hits ? -1 : 1;
 	if (a->age != b->age)
 		return a->age > b->age ? -1 : 1;
-	return a->turn < b->turn ? -1 : a->turn > b->turn;
+	return a->tie < b->tie ? -1 : a->tie > b->tie;
 }
 
-uint64_t mem_access_rank(const struct gm *gm, uint64_t from, uint32_t *out, uint64_t max)
+uint64_t mem_access_rank(const struct gm *gm, uint64_t seed, uint32_t *out, uint64_t max)
 {
-	uint64_t chunks = mem_access_chunks(gm), n = 0;
+	uint64_t chunks = mem_access_chunks(gm), n = 0, rng = seed ^ 0x3c6ef372fe94f82bULL;
 	struct ranked *r;
 
 	if (!chunks || !max)
@@ -165,10 +190,10 @@ uint64_t mem_access_rank(const struct gm *gm, uint64_t from, uint32_t *out, uint
 	r = kv_calloc(chunks, sizeof(*r));
 	if (!r)
 		return 0;
-	from %= chunks;
 	for (uint64_t c = 0; c < chunks; c++)
-		r[c] = (struct ranked){ .age = mem_access_age(gm, c), .chunk = (uint32_t)c,
-					.turn = (c + chunks - from) % chunks };
+		r[c] = (struct ranked){ .age = mem_access_age(gm, c),
+					.hits = __atomic_load_n(&gm->chunk_hits[c], __ATOMIC_RELAXED),
+					.chunk = (uint32_t)c, .tie = kv_rand(&rng) };
 	qsort(r, chunks, sizeof(*r), colder_first);
 	for (; n < chunks && n < max; n++)
 		out[n] = r[n].chunk;

@@ -49,14 +49,17 @@ double mem_access_sample(struct mem_access *a, bool age_only);
 /* Chunks of gm (MEM_CHUNK_PAGES pages each, the last one maybe short). */
 uint64_t mem_access_chunks(const struct gm *gm);
 uint16_t mem_access_age(const struct gm *gm, uint64_t chunk);
-/* Set by a source that measures ages itself (DAMON). */
-void mem_access_set_age(struct gm *gm, uint64_t chunk, uint16_t age);
+/* Set by a source that measures them itself (DAMON): age, and how often it was used lately. */
+void mem_access_set(struct gm *gm, uint64_t chunk, uint16_t age, uint8_t hits);
 
 /*
- * gm's chunks, coldest first (ties: from chunk `from` on, wrapping, so
- * that equal chunks are taken in turn): up to max indexes into out.
- * Returns how many.
+ * gm's chunks, coldest first: the one used least often lately (each chunk
+ * keeps a decaying count of the uses seen: written samples, swap-ins,
+ * DAMON's access count), then the longest unused, then at random (seeded
+ * by `seed`): before anything is known, in address order would take the
+ * guest's low memory first, where its kernel and hottest data often live.
+ * Up to max indexes into out; returns how many.
  */
-uint64_t mem_access_rank(const struct gm *gm, uint64_t from, uint32_t *out, uint64_t max);
+uint64_t mem_access_rank(const struct gm *gm, uint64_t seed, uint32_t *out, uint64_t max);
 
 #endif

@@ -42,13 +42,19 @@
 #define SAMPLE_US 10000
 #define AGGR_US 200000
 
+/* A chunk's heat as one update builds it from the regions over it. */
+struct heat {
+	uint16_t age;
+	uint8_t hits;
+};
+
 struct mem_damon {
 	int kdamond;
 	int slot_lock;		/* flock held on LOCK_DIR/damon-<kdamond>.lock */
 	bool on;
 	struct gm *gms[MAX_VMS];
 	unsigned int nr_gms;
-	uint16_t *next[MAX_VMS]; /* per VM: the ages being built by an update */
+	struct heat *next[MAX_VMS]; /* per VM: the chunks' heat being built by an update */
 	pthread_mutex_t lock;	/* st, read by the stats while the policy thread updates */
 	struct mem_damon_stats st;
 };
@@ -412,7 +418,7 @@ int mem_damon_add(struct mem_damon *d, struct gm *gm)
 
 	if (d->nr_gms == MAX_VMS)
 		return -ENOSPC;
-	d->next[d->nr_gms] = kv_calloc(mem_access_chunks(gm), sizeof(uint16_t));
+	d->next[d->nr_gms] = kv_calloc(mem_access_chunks(gm), sizeof(struct heat));
 	if (!d->next[d->nr_gms])
 		return -ENOMEM;
 	d->gms[d->nr_gms++] = gm;
@@ -436,8 +442,11 @@ void mem_damon_remove(struct mem_damon *d, struct gm *gm)
 	}
 }
 
-/* Fold one tried region into the ages being built: the youngest region over a chunk wins. */
-static void fold(struct mem_damon *d, uint64_t start, uint64_t end, uint16_t age)
+/*
+ * Fold one tried region into the heat being built: the youngest and the
+ * busiest region over a chunk win.
+ */
+static void fold(struct mem_damon *d, uint64_t start, uint64_t end, uint16_t age, uint8_t hits)
 {
 	for (unsigned int i = 0; i < d->nr_gms; i++) {
 		const struct gm *gm = d->gms[i];
@@ -455,9 +464,12 @@ static void fold(struct mem_damon *d, uint64_t start, uint64_t end, uint16_t age
 				      last = (reg->first_pfn_index +
 					      (hi - 1 - (uint64_t)(uintptr_t)reg->hva) / MEM_PAGE_SIZE) /
 					     MEM_CHUNK_PAGES;
-			     c <= last; c++)
-				if (age < d->next[i][c])
-					d->next[i][c] = age;
+			     c <= last; c++) {
+				if (age < d->next[i][c].age)
+					d->next[i][c].age = age;
+				if (hits > d->next[i][c].hits)
+					d->next[i][c].hits = hits;
+			}
 		}
 	}
 }
@@ -476,7 +488,7 @@ int64_t mem_damon_update(struct mem_damon *d)
 		return ret;
 	for (unsigned int i = 0; i < d->nr_gms; i++)
 		for (uint64_t c = 0; c < mem_access_chunks(d->gms[i]); c++)
-			d->next[i][c] = MEM_ACCESS_AGE_MAX;
+			d->next[i][c] = (struct heat){ .age = MEM_ACCESS_AGE_MAX };
 	for (;; regions++) {
 		uint64_t start, end, nr_acc, age;
 		const char *base = "contexts/0/schemes/0/tried_regions";
@@ -494,14 +506,18 @@ int64_t mem_damon_update(struct mem_damon *d)
 			break;
 		if (nr_acc)
 			accessed += (int64_t)(end - start);
-		/* Idle: as old as it has been idle, in seconds (the policy's intervals). */
+		/*
+		 * Idle: as old as it has been idle, in seconds (the policy's
+		 * intervals); used: young, as often as the samples found it used.
+		 */
 		age = nr_acc ? 0 : age * AGGR_US / 1000000;
-		fold(d, start, end, (uint16_t)(age < MEM_ACCESS_AGE_MAX ? age : MEM_ACCESS_AGE_MAX));
+		fold(d, start, end, (uint16_t)(age < MEM_ACCESS_AGE_MAX ? age : MEM_ACCESS_AGE_MAX),
+		     (uint8_t)(nr_acc < UINT8_MAX ? nr_acc : UINT8_MAX));
 	}
 	for (unsigned int i = 0; i < d->nr_gms; i++)
 		for (uint64_t c = 0; c < mem_access_chunks(d->gms[i]); c++)
-			if (d->next[i][c] != MEM_ACCESS_AGE_MAX)
-				mem_access_set_age(d->gms[i], c, d->next[i][c]);
+			if (d->next[i][c].age != MEM_ACCESS_AGE_MAX)
+				mem_access_set(d->gms[i], c, d->next[i][c].age, d->next[i][c].hits);
 	pthread_mutex_lock(&d->lock);
 	d->st.regions = regions;
 	d->st.updates++;

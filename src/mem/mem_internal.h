@@ -52,6 +52,7 @@ struct gm {
 	uint8_t *wp_reason;		/* per page: MEM_WP_* reasons for write protection (atomic) */
 	uint8_t *chunk_mode;		/* per MEM_CHUNK_PAGES chunk: MEM_CHUNK_* (txn.c) */
 	uint16_t *chunk_age;		/* per chunk: intervals since last seen used (access.c, atomic) */
+	uint8_t *chunk_hits;		/* per chunk: how often lately (access.c, atomic) */
 	bool wp_unpopulated;		/* the userfaultfd write-protects holes (markers) */
 	uint64_t sample_hits;		/* writes to pages protected for sampling (atomic) */
 	const struct mem_swap_hooks *swap; /* NULL: no swap (set before swapping, cleared after) */
@@ -143,6 +144,21 @@ static inline void mem_set_frame_mapped(struct gm *gm, uint64_t idx, bool on)
 		__atomic_fetch_or(&gm->framemap[idx / 64], 1ULL << (idx % 64), __ATOMIC_RELEASE);
 	else
 		__atomic_fetch_and(&gm->framemap[idx / 64], ~(1ULL << (idx % 64)), __ATOMIC_RELEASE);
+}
+
+/*
+ * The guest used page idx after all (a swapped page touched): its chunk is
+ * young, and one use hotter (mem/access.h).
+ */
+static inline void mem_chunk_touched(struct gm *gm, uint64_t idx)
+{
+	uint64_t c = idx / MEM_CHUNK_PAGES;
+	uint8_t h = __atomic_load_n(&gm->chunk_hits[c], __ATOMIC_RELAXED);
+
+	__atomic_store_n(&gm->chunk_age[c], 0, __ATOMIC_RELAXED);
+	while (h < UINT8_MAX && !__atomic_compare_exchange_n(&gm->chunk_hits[c], &h, h + 1, false,
+							     __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
 }
 
 /* Region holding gpa, or NULL. */

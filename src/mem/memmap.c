@@ -179,7 +179,9 @@ int mem_create(uint64_t ram_bytes, bool exec, struct gm **out)
 	gm->chunk_mode = kv_calloc(ram_bytes / LAYOUT_PAGE_SIZE / MEM_CHUNK_PAGES + 1, 1);
 	gm->chunk_age = kv_calloc(ram_bytes / LAYOUT_PAGE_SIZE / MEM_CHUNK_PAGES + 1,
 				  sizeof(uint16_t));
-	if (!gm->framemap || !gm->wp_reason || !gm->chunk_mode || !gm->chunk_age) {
+	gm->chunk_hits = kv_calloc(ram_bytes / LAYOUT_PAGE_SIZE / MEM_CHUNK_PAGES + 1, 1);
+	if (!gm->framemap || !gm->wp_reason || !gm->chunk_mode || !gm->chunk_age ||
+	    !gm->chunk_hits) {
 		ret = -ENOMEM;
 		goto out_free;
 	}
@@ -212,6 +214,7 @@ out_free:
 	kv_free(gm->wp_reason);
 	kv_free(gm->chunk_mode);
 	kv_free(gm->chunk_age);
+	kv_free(gm->chunk_hits);
 	pagestate_destroy(gm->ps);
 	kv_free(gm);
 	return ret;
@@ -246,6 +249,7 @@ void mem_destroy(struct gm *gm)
 	kv_free(gm->wp_reason);
 	kv_free(gm->chunk_mode);
 	kv_free(gm->chunk_age);
+	kv_free(gm->chunk_hits);
 	kv_free(gm);
 }
 

@@ -1107,7 +1107,7 @@ static int64_t swap_victims(struct mem_swap *sw, struct swap_vm *v, uint64_t *cu
 		return swapped ? swapped : got;
 	}
 	order = kv_calloc(chunks, sizeof(*order));
-	n = order ? mem_access_rank(gm, *cursor / MEM_CHUNK_PAGES, order, chunks) : 0;
+	n = order ? mem_access_rank(gm, kv_rand(&v->rng), order, chunks) : 0;
 	if (!n) {
 		kv_free(order);
 		return mem_swap_out(sw, gm, cursor, want); /* no memory for a ranking: in turn */

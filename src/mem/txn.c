@@ -846,7 +846,7 @@ static enum mem_fault swap_in(struct gm *gm, uint64_t idx, void *page)
 	int ret;
 
 	/* Used after all, read or written: the chunk is young (mem/access.h). */
-	__atomic_store_n(&gm->chunk_age[idx / MEM_CHUNK_PAGES], 0, __ATOMIC_RELAXED);
+	mem_chunk_touched(gm, idx);
 	/* Read-ahead: swapped neighbours in the next slots, owned here like the page. */
 	while (sw && n < MEM_SWAP_READAHEAD && mem_run_ok(gm, idx, n + 1) &&
 	       pagestate_get(gm->ps, idx + n) == PS_SWAPPED && gm->swap_slot[idx + n] == slot + n &&

@@ -128,30 +128,26 @@ double mem_access_sample(struct mem_access *a, bool age_only)
 		}
 	}
 	a->nr_samples = 0;
-	if (!age_only) {
-		for (uint64_t c = 0; c < chunks; c++) {
-			if (a->written[c])
-				__atomic_store_n(&gm->chunk_age[c], 0, __ATOMIC_RELAXED);
-			else
-				age_one(gm, c);
-			/* A written sample counts as much as a few touches: it is one page of four. */
-			decay_hits(gm, c, 4u * a->written[c]);
-		}
-	}
 	if (age_only) {
 		for (unsigned int tries = 0; tries < 4 * ACTIVE_SAMPLES &&
 					     a->nr_samples < ACTIVE_SAMPLES; tries++)
 			try_sample(a, kv_rand(&a->rng) % nr);
-	} else {
-		for (uint64_t c = 0; c < chunks; c++) {
-			uint64_t first = c * MEM_CHUNK_PAGES;
-			uint64_t len = nr - first < MEM_CHUNK_PAGES ? nr - first : MEM_CHUNK_PAGES;
-			unsigned int got = 0;
+		return judged ? (double)hits / (double)judged : -1.0;
+	}
+	for (uint64_t c = 0; c < chunks; c++) {
+		uint64_t first = c * MEM_CHUNK_PAGES;
+		uint64_t len = nr - first < MEM_CHUNK_PAGES ? nr - first : MEM_CHUNK_PAGES;
+		unsigned int got = 0;
 
-			for (unsigned int tries = 0; tries < 2 * MEM_ACCESS_SAMPLES &&
-						     got < MEM_ACCESS_SAMPLES; tries++)
-				got += try_sample(a, first + kv_rand(&a->rng) % len);
-		}
+		if (a->written[c])
+			__atomic_store_n(&gm->chunk_age[c], 0, __ATOMIC_RELAXED);
+		else
+			age_one(gm, c);
+		/* A written sample counts as much as a few touches: it is one page of four. */
+		decay_hits(gm, c, 4u * a->written[c]);
+		for (unsigned int tries = 0; tries < 2 * MEM_ACCESS_SAMPLES &&
+					     got < MEM_ACCESS_SAMPLES; tries++)
+			got += try_sample(a, first + kv_rand(&a->rng) % len);
 	}
 	return judged ? (double)hits / (double)judged : -1.0;
 }

@@ -1,11 +1,11 @@
 """The budget as a promise: a guest that keeps more unique memory than the budget, a hard limit
 just above the budget that the kernel enforces, and a host that lives under it.
 
-A host with a 512 MiB budget, swap on a disk, and "hard_limit": "640M" (a memory cgroup of its
+A host with a 512 MiB budget, swap on a disk, and "hard_limit": "768M" (a memory cgroup of its
 own, limited to the budget plus the stated tolerance) runs a 1 GiB guest that fills 900 MiB of
 unique pages and verifies them all every 30 s (the kvm suite, emulated in the nested VM, half of
 each). The cgroup holds kvmem alone (the stats measure usage from it), the kernel would stop kvmem
-at 640 MiB, and the policy, answering usage within a fraction of a second through the cgroup,
+at 768 MiB, and the policy, answering usage within a fraction of a second through the cgroup,
 keeps it under; where swap writes slower than the guest allocates (the nested VM's disk) it
 pauses the guest half way to the limit until reclaim catches up. The guest fills, usage comes
 back within the steady-state tolerance and stays there, the guest verifies all 900 MiB again
@@ -24,7 +24,10 @@ require_accel()
 # Under emulation (the nested VM's kvm suite) half of it: the same promise, in a third of the time.
 HALF = ACCEL == "kvm"
 MEM, FILL = (512, 450) if HALF else (1024, 900)
-BUDGET, LIMIT = MEM // 2 * MIB, (MEM // 2 + MEM // 8) * MIB
+# The limit a quarter of the guest above the budget: the policy pauses guests half way, and the
+# VMM's own memory (a sanitizer build's quarantine holds up to 256 MiB of freed heap) keeps growing
+# while they wait.
+BUDGET, LIMIT = MEM // 2 * MIB, (MEM // 2 + MEM // 4) * MIB
 # The steady-state tolerance the README states: the low watermark is 2% under the budget; usage
 # rests there, plus what the guest brings back from swap between two passes.
 STEADY = BUDGET // 20

@@ -32,8 +32,7 @@ static int write_file(const char *dir, const char *name, const char *text)
 	return ret;
 }
 
-/* The memory cgroup this process is in: cgroup v1's memory controller, else v2's group. */
-static int find_parent(void)
+int mem_memcg_current(char *dir, size_t len, bool *is_v2, bool *is_root)
 {
 	FILE *f = fopen("/proc/self/cgroup", "re");
 	char line[512], v2path[384] = "";
@@ -50,31 +49,33 @@ static int find_parent(void)
 		*path++ = '\0';
 		path[strcspn(path, "\n")] = '\0';
 		if (!strcmp(ctrl + 1, "memory")) {
-			snprintf(parent_dir, sizeof(parent_dir), "/sys/fs/cgroup/memory%s",
-				 strcmp(path, "/") ? path : "");
+			snprintf(dir, len, "/sys/fs/cgroup/memory%s", strcmp(path, "/") ? path : "");
+			*is_root = !strcmp(path, "/");
 			found = true;
 		} else if (!strcmp(line, "0") && !*(ctrl + 1)) {
 			snprintf(v2path, sizeof(v2path), "%s", strcmp(path, "/") ? path : "");
 		}
 	}
 	fclose(f);
+	*is_v2 = !found;
 	if (found)
 		return 0;
 	if (access("/sys/fs/cgroup/cgroup.controllers", F_OK))
 		return -ENOENT;
-	snprintf(parent_dir, sizeof(parent_dir), "/sys/fs/cgroup%s", v2path);
-	v2 = true;
+	snprintf(dir, len, "/sys/fs/cgroup%s", v2path);
+	*is_root = !v2path[0];
 	return 0;
 }
 
 int mem_memcg_enter(uint64_t limit_bytes, const char **why)
 {
+	bool root;
 	char text[32];
 	int ret;
 
 	if (own_dir[0])
 		return -EBUSY;
-	ret = find_parent();
+	ret = mem_memcg_current(parent_dir, sizeof(parent_dir), &v2, &root);
 	if (ret) {
 		*why = "no memory cgroup controller on this machine";
 		return ret;

@@ -16,6 +16,8 @@
 #ifndef KVMEM_MEM_MEMCG_H
 #define KVMEM_MEM_MEMCG_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /*
@@ -24,6 +26,13 @@
  * simplest). 0, or -errno with *why a sentence for the user.
  */
 int mem_memcg_enter(uint64_t limit_bytes, const char **why);
+/*
+ * The memory cgroup this process is in: cgroup v1's memory controller,
+ * else the v2 group (where the unified hierarchy is mounted). Its directory
+ * into dir; *is_v2, *is_root say which and whether it is the root group.
+ * 0, or -errno (-ENOENT: no memory cgroup at all).
+ */
+int mem_memcg_current(char *dir, size_t len, bool *is_v2, bool *is_root);
 /* Back to the group it came from; the group made by mem_memcg_enter is removed. */
 void mem_memcg_leave(void);
 /* The group's directory (empty when not entered). */

@@ -26,6 +26,7 @@
 #include "core/thread.h"
 #include "mem/access.h"
 #include "mem/damon.h"
+#include "mem/memcg.h"
 #include "mem/mem_internal.h"
 #include "mem/txn.h"
 #include "mem/memmap.h"
@@ -116,34 +117,16 @@ static uint64_t read_u64_file(const char *path, bool *ok)
  */
 static void find_cgroup(struct ovc *ovc)
 {
-	FILE *f = fopen("/proc/self/cgroup", "re");
-	char line[512], v2[300] = "";
+	char dir[200];
+	bool v2, root;
 
 	ovc->cgroup_usage[0] = '\0';
-	if (!f)
+	if (mem_memcg_current(dir, sizeof(dir), &v2, &root) || root)
 		return;
-	while (fgets(line, sizeof(line), f)) {
-		char *ctrl = strchr(line, ':'), *path;
-
-		if (!ctrl)
-			continue;
-		path = strchr(ctrl + 1, ':');
-		if (!path)
-			continue;
-		*ctrl = '\0';
-		*path++ = '\0';
-		path[strcspn(path, "\n")] = '\0';
-		if (!strcmp(path, "/"))
-			continue;
-		if (!strcmp(ctrl + 1, "memory"))
-			snprintf(ovc->cgroup_usage, sizeof(ovc->cgroup_usage),
-				 "/sys/fs/cgroup/memory%s/memory.usage_in_bytes", path);
-		else if (!strcmp(line, "0") && !ctrl[1])
-			snprintf(v2, sizeof(v2), "/sys/fs/cgroup%s/memory.current", path);
-	}
-	fclose(f);
-	if (!ovc->cgroup_usage[0] && v2[0] && access(v2, R_OK) == 0)
-		snprintf(ovc->cgroup_usage, sizeof(ovc->cgroup_usage), "%s", v2);
+	snprintf(ovc->cgroup_usage, sizeof(ovc->cgroup_usage), "%s/%s", dir,
+		 v2 ? "memory.current" : "memory.usage_in_bytes");
+	if (v2 && access(ovc->cgroup_usage, R_OK))
+		ovc->cgroup_usage[0] = '\0';
 }
 
 /* The process's proportional set size: shared store frames counted once. */

@@ -39,6 +39,13 @@ def passes_on(sock, what, n=3):
                       show=lambda st: str(st["host"]["damon"]))
 
 
+def same_kdamond(sock, dm, what):
+    """The host's DAMON reads its regions on, on the kdamond thread dm named."""
+    ok, st = passes_on(sock, what)
+    check(st["host"]["damon"]["pid"] == dm["pid"],
+          f"{what}: on the same kdamond thread ({st['host']['damon']})")
+
+
 # ---- 1. The source in use, named -------------------------------------------------------------
 a, sock_a = start("a")
 try:
@@ -73,15 +80,11 @@ try:
                   sb["damon"]["kdamond"] != dm["kdamond"],
                   f"it has DAMON too, on a kdamond of its own ({sb['damon']} beside {dm})")
             passes_on(sock_b, "the second host's regions are read")
-            ok, st = passes_on(sock_a, "the first host's too, while the second runs")
-            check(st["host"]["damon"]["pid"] == dm["pid"],
-                  f"the first host's kdamond thread is the same one ({st['host']['damon']})")
+            same_kdamond(sock_a, dm, "the first host's too, while the second runs")
         finally:
             rc = b.stop()
         check(rc == 0, f"the second host stops cleanly ({rc})")
-        ok, st = passes_on(sock_a, "the first host's regions are read after the second stopped")
-        check(st["host"]["damon"]["pid"] == dm["pid"],
-              f"on the same kdamond thread ({st['host']['damon']})")
+        same_kdamond(sock_a, dm, "the first host's regions are read after the second stopped")
 finally:
     rc = a.stop()
 check(rc == 0, f"the host stops cleanly ({rc}; last log lines {a.stderr()[-3:]})")

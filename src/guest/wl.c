@@ -71,6 +71,7 @@
 #define WL_RESERVE_PAGES 256		/* left free by size=max */
 #define WL_CREDIT_MAX_NS (100 * RT_NS_PER_MS)	/* catch-up cap after a pause */
 #define WL_MIN_SLEEP_NS (2 * RT_NS_PER_MS)	/* batch pages: <= 500 sleep exits/s */
+#define WL_BATCH_PAGES 64		/* per kind and turn: rates stay fair when saturated */
 #define NEVER UINT64_MAX
 #define WL_POLL_PAGES 64		/* rt_poll() this often in page loops */
 #define WL_GROW_CHECK_NS (100 * RT_NS_PER_MS)
@@ -308,7 +309,10 @@ static uint64_t page_cost_ns(uint64_t mib_s)
 
 /*
  * A token bucket: @credit gains the time elapsed (capped, so a VM that was
- * paused does not burst) and pays @cost per page. Returns the pages due.
+ * paused does not burst) and pays @cost per page. Returns the pages due this
+ * turn, at most WL_BATCH_PAGES: a kind asked for more than the vCPU can do
+ * (a flat-out rate) would otherwise take turns of its whole capped credit,
+ * and the credit of the other kinds, capped too, would be lost meanwhile.
  */
 static uint64_t bucket_take(uint64_t *credit, uint64_t elapsed, uint64_t cost)
 {
@@ -317,9 +321,17 @@ static uint64_t bucket_take(uint64_t *credit, uint64_t elapsed, uint64_t cost)
 	if (!cost)
 		return 0;
 	*credit = MIN(*credit + elapsed, WL_CREDIT_MAX_NS);
-	n = *credit / cost;
+	n = MIN(*credit / cost, WL_BATCH_PAGES);
 	*credit -= n * cost;
 	return n;
+}
+
+/* ns until the bucket has a page due (0: due now); NEVER for a kind that is off. */
+static uint64_t bucket_wait(uint64_t credit, uint64_t cost)
+{
+	if (!cost)
+		return NEVER;
+	return credit >= cost ? 0 : cost - credit;
 }
 
 static void job_run(unsigned cpu, void *arg)
@@ -348,18 +360,15 @@ static void job_run(unsigned cpu, void *arg)
 		for (n = bucket_take(&c_credit, elapsed, c_cost); n; n--)
 			read_cold(c, ncold);
 		/* Sleep until the next page is due; never spin for the rate. */
-		if (w_cost)
-			wait = MIN(wait, w_cost - w_credit);
-		if (r_cost)
-			wait = MIN(wait, r_cost - r_credit);
-		if (m_cost)
-			wait = MIN(wait, m_cost - m_credit);
-		if (c_cost)
-			wait = MIN(wait, c_cost - c_credit);
+		wait = MIN(wait, bucket_wait(w_credit, w_cost));
+		wait = MIN(wait, bucket_wait(r_credit, r_cost));
+		wait = MIN(wait, bucket_wait(m_credit, m_cost));
+		wait = MIN(wait, bucket_wait(c_credit, c_cost));
 		now = rt_now_ns();
 		if (now >= deadline)
 			break;
-		rt_sleep_ns(MIN(MAX(wait, WL_MIN_SLEEP_NS), deadline - now));
+		if (wait)
+			rt_sleep_ns(MIN(MAX(wait, WL_MIN_SLEEP_NS), deadline - now));
 	}
 }
 

@@ -28,6 +28,7 @@ struct pagestate;
  */
 /* Most pages one swap-in reads: the touched one and the swapped pages after it. */
 #define MEM_SWAP_READAHEAD 16
+#define MEM_SWAP_RA_STREAMS 4	/* in-order touchers followed at once (vCPUs, devices) */
 
 struct mem_swap_hooks {
 	int (*read)(void *arg, uint64_t slot, uint64_t n, void *buf); /* n pages: 0 or -errno */
@@ -63,6 +64,11 @@ struct gm {
 		uint64_t outs, faults, readahead;
 		uint64_t hist[16];	/* MEM_SWAP_HIST: fault service time, log2 us */
 	} swapc;
+	struct {			/* read-ahead streams (txn.c; relaxed atomics: a hint) */
+		uint64_t next;		/* page after the last run read back */
+		uint64_t win;		/* pages the next in-order touch reads */
+	} swap_ra[MEM_SWAP_RA_STREAMS];
+	uint32_t swap_ra_victim;	/* stream a touch out of every stream's order replaces */
 	int prot;			/* of every mapping of guest pages (PROT_EXEC under thread) */
 	uint8_t *phys_base;		/* host address of guest-physical 0 */
 	uint64_t phys_top;		/* end of the guest-physical span */

@@ -829,10 +829,42 @@ static enum mem_fault fault_wp(struct gm *gm, uint64_t idx, void *page)
 }
 
 /*
+ * How many pages a touch of page idx reads back, and which stream it
+ * follows (the caller records where its run ends). Read-ahead pays only for a guest going through its memory in order
+ * (a scan, a verification): under random touches of cold memory each page
+ * read beside the touched one is one more page over the budget, and makes
+ * reclaim swap out one more, likely hot, page. So, as the kernel's swap
+ * read-ahead does, the window starts at one page and doubles with each
+ * touch that lands where the stream's last run ended (or just past it: the
+ * pages between may be resident), and a touch out of every stream's order
+ * starts a new stream. A few streams, for vCPUs scanning side by side.
+ */
+static uint64_t swap_ra_window(struct gm *gm, uint64_t idx, unsigned int *stream)
+{
+	unsigned int v;
+
+	for (unsigned int i = 0; i < MEM_SWAP_RA_STREAMS; i++) {
+		uint64_t next = __atomic_load_n(&gm->swap_ra[i].next, __ATOMIC_RELAXED);
+		uint64_t win = __atomic_load_n(&gm->swap_ra[i].win, __ATOMIC_RELAXED);
+
+		if (win && idx >= next && idx < next + MEM_SWAP_READAHEAD) {
+			win = win * 2 < MEM_SWAP_READAHEAD ? win * 2 : MEM_SWAP_READAHEAD;
+			__atomic_store_n(&gm->swap_ra[i].win, win, __ATOMIC_RELAXED);
+			*stream = i;
+			return win;
+		}
+	}
+	v = __atomic_fetch_add(&gm->swap_ra_victim, 1, __ATOMIC_RELAXED) % MEM_SWAP_RA_STREAMS;
+	__atomic_store_n(&gm->swap_ra[v].win, 1, __ATOMIC_RELAXED);
+	*stream = v;
+	return 1;
+}
+
+/*
  * A touch of a swapped page (we own it: PS_BUSY): read it back with the
- * swapped pages after it whose slots follow its slot (a swap-out run keeps
- * neighbours together: one read serves a sequential touch ahead). From the
- * file the read is started and the service goes on with other faults; its
+ * swapped pages after it whose slots follow its slot, as many as the
+ * read-ahead window allows (a swap-out run keeps neighbours together: one
+ * read serves a sequential touch ahead). From the file the read is started and the service goes on with other faults; its
  * completion comes back through mem_swap_in_done. From the pool (or where
  * no read can be started) it is read here.
  */
@@ -843,15 +875,18 @@ static enum mem_fault swap_in(struct gm *gm, uint64_t idx, void *page)
 	const struct mem_swap_hooks *sw = gm->swap;
 	uint64_t slot = gm->swap_slot ? gm->swap_slot[idx] : 0, n = 1;
 	uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC);
+	unsigned int stream;
+	uint64_t win = swap_ra_window(gm, idx, &stream);
 	int ret;
 
 	/* Used after all, read or written: the chunk is young (mem/access.h). */
 	mem_chunk_touched(gm, idx);
 	/* Read-ahead: swapped neighbours in the next slots, owned here like the page. */
-	while (sw && n < MEM_SWAP_READAHEAD && mem_run_ok(gm, idx, n + 1) &&
+	while (sw && n < win && mem_run_ok(gm, idx, n + 1) &&
 	       pagestate_get(gm->ps, idx + n) == PS_SWAPPED && gm->swap_slot[idx + n] == slot + n &&
 	       !pagestate_cas(gm->ps, idx + n, PS_SWAPPED, PS_BUSY))
 		n++;
+	__atomic_store_n(&gm->swap_ra[stream].next, idx + n, __ATOMIC_RELAXED);
 	if (sw && sw->submit(gm->swap_arg, gm, idx, slot, n, page, t0) == 0)
 		return MEM_FAULT_SWAP_PENDING;
 	ret = sw ? sw->read(gm->swap_arg, slot, n, buf) : -ENODEV;

@@ -67,8 +67,9 @@ struct gm {
 	struct {			/* read-ahead streams (txn.c; relaxed atomics: a hint) */
 		uint64_t next;		/* page after the last run read back */
 		uint64_t win;		/* pages the next in-order touch reads */
+		uint64_t used;		/* swap_ra_clock when it last matched or began */
 	} swap_ra[MEM_SWAP_RA_STREAMS];
-	uint32_t swap_ra_victim;	/* stream a touch out of every stream's order replaces */
+	uint64_t swap_ra_clock;		/* counts swap-ins (atomic) */
 	int prot;			/* of every mapping of guest pages (PROT_EXEC under thread) */
 	uint8_t *phys_base;		/* host address of guest-physical 0 */
 	uint64_t phys_top;		/* end of the guest-physical span */

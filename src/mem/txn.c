@@ -837,25 +837,34 @@ static enum mem_fault fault_wp(struct gm *gm, uint64_t idx, void *page)
  * read-ahead does, the window starts at one page and doubles with each
  * touch that lands where the stream's last run ended (or just past it: the
  * pages between may be resident), and a touch out of every stream's order
- * starts a new stream. A few streams, for vCPUs scanning side by side.
+ * starts a new stream in place of the one followed least lately. A few
+ * streams, for vCPUs scanning side by side.
  */
 static uint64_t swap_ra_window(struct gm *gm, uint64_t idx, unsigned int *stream)
 {
-	unsigned int v;
+	uint64_t now = __atomic_add_fetch(&gm->swap_ra_clock, 1, __ATOMIC_RELAXED), oldest = UINT64_MAX;
+	unsigned int v = 0;
 
 	for (unsigned int i = 0; i < MEM_SWAP_RA_STREAMS; i++) {
 		uint64_t next = __atomic_load_n(&gm->swap_ra[i].next, __ATOMIC_RELAXED);
 		uint64_t win = __atomic_load_n(&gm->swap_ra[i].win, __ATOMIC_RELAXED);
+		uint64_t used = __atomic_load_n(&gm->swap_ra[i].used, __ATOMIC_RELAXED);
 
 		if (win && idx >= next && idx < next + MEM_SWAP_READAHEAD) {
 			win = win * 2 < MEM_SWAP_READAHEAD ? win * 2 : MEM_SWAP_READAHEAD;
 			__atomic_store_n(&gm->swap_ra[i].win, win, __ATOMIC_RELAXED);
+			__atomic_store_n(&gm->swap_ra[i].used, now, __ATOMIC_RELAXED);
 			*stream = i;
 			return win;
 		}
+		if (used < oldest) {
+			oldest = used;
+			v = i;
+		}
 	}
-	v = __atomic_fetch_add(&gm->swap_ra_victim, 1, __ATOMIC_RELAXED) % MEM_SWAP_RA_STREAMS;
+	/* A new stream takes the place of the one followed least lately. */
 	__atomic_store_n(&gm->swap_ra[v].win, 1, __ATOMIC_RELAXED);
+	__atomic_store_n(&gm->swap_ra[v].used, now, __ATOMIC_RELAXED);
 	*stream = v;
 	return 1;
 }
@@ -882,10 +891,21 @@ static enum mem_fault swap_in(struct gm *gm, uint64_t idx, void *page)
 	/* Used after all, read or written: the chunk is young (mem/access.h). */
 	mem_chunk_touched(gm, idx);
 	/* Read-ahead: swapped neighbours in the next slots, owned here like the page. */
-	while (sw && n < win && mem_run_ok(gm, idx, n + 1) &&
-	       pagestate_get(gm->ps, idx + n) == PS_SWAPPED && gm->swap_slot[idx + n] == slot + n &&
-	       !pagestate_cas(gm->ps, idx + n, PS_SWAPPED, PS_BUSY))
-		n++;
+	for (; sw && n < win && mem_run_ok(gm, idx, n + 1); n++) {
+		if (pagestate_get(gm->ps, idx + n) != PS_SWAPPED ||
+		    __atomic_load_n(&gm->swap_slot[idx + n], __ATOMIC_RELAXED) != slot + n ||
+		    pagestate_cas(gm->ps, idx + n, PS_SWAPPED, PS_BUSY))
+			break;
+		/*
+		 * Ours now, its slot fixed; but between the look and the claim
+		 * it may have been swapped in and out again, to another slot.
+		 */
+		if (__atomic_load_n(&gm->swap_slot[idx + n], __ATOMIC_RELAXED) != slot + n) {
+			pagestate_set(gm->ps, idx + n, PS_SWAPPED);
+			run_wake(gm, idx + n, 1);
+			break;
+		}
+	}
 	__atomic_store_n(&gm->swap_ra[stream].next, idx + n, __ATOMIC_RELAXED);
 	if (sw && sw->submit(gm->swap_arg, gm, idx, slot, n, page, t0) == 0)
 		return MEM_FAULT_SWAP_PENDING;

@@ -128,7 +128,7 @@ const char *mig_stream_error(const struct mig_stream *s)
 
 uint64_t mig_stream_bytes(const struct mig_stream *s)
 {
-	return s->bytes;
+	return __atomic_load_n(&s->bytes, __ATOMIC_RELAXED);
 }
 
 void mig_stream_set_rate(struct mig_stream *s, uint64_t bytes_per_s)
@@ -136,19 +136,32 @@ void mig_stream_set_rate(struct mig_stream *s, uint64_t bytes_per_s)
 	__atomic_store_n(&s->rate, bytes_per_s, __ATOMIC_RELAXED);
 }
 
-/* Wait until fd is ready for `events`, at most the stream's timeout. */
-static int wait_fd(struct mig_stream *s, short events)
+/* When a record's read or write must be over (UINT64_MAX: never). */
+static uint64_t deadline_of(const struct mig_stream *s)
+{
+	return s->timeout_ms < 0 ? UINT64_MAX
+				 : kv_clock_ns(CLOCK_MONOTONIC) + (uint64_t)s->timeout_ms * 1000000ULL;
+}
+
+/* Wait until fd is ready for `events`, until the deadline at most. */
+static int wait_fd(struct mig_stream *s, short events, uint64_t deadline)
 {
 	struct pollfd p = { .fd = s->fd, .events = events };
 	int n;
 
-	do
-		n = poll(&p, 1, s->timeout_ms);
-	while (n < 0 && errno == EINTR);
+	do {
+		uint64_t now = kv_clock_ns(CLOCK_MONOTONIC);
+		int ms = deadline == UINT64_MAX ? -1
+			 : now >= deadline    ? 0
+					      : (int)((deadline - now + 999999) / 1000000);
+
+		n = poll(&p, 1, ms);
+	} while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return fail(s, -errno, "waiting for the peer: %s", strerror(errno));
 	if (n == 0)
-		return fail(s, -ETIMEDOUT, "the peer sent nothing for %d ms", s->timeout_ms);
+		return fail(s, -ETIMEDOUT, "the peer %s one record in %d ms",
+			    events == POLLIN ? "did not send" : "did not take", s->timeout_ms);
 	return 0;
 }
 
@@ -164,10 +177,25 @@ static void pace(struct mig_stream *s, size_t n)
 		s->pace_rate = 0;
 		return;
 	}
-	if (rate != s->pace_rate) {
+	/*
+	 * A new rate, or a writer that fell behind its rate (it was idle, or
+	 * the link was slower): pacing starts again from now, so that time
+	 * not used is not spent later as a burst at full speed. Bytes still
+	 * owed at the old rate are paid at the new one.
+	 */
+	if (rate != s->pace_rate ||
+	    now > s->pace_t0 + (uint64_t)((double)s->pace_bytes * 1e9 / (double)rate)) {
+		uint64_t owed = 0;
+
+		if (rate != s->pace_rate && s->pace_rate) {
+			double sent = (double)(now - s->pace_t0) * (double)s->pace_rate / 1e9;
+
+			if ((double)s->pace_bytes > sent)
+				owed = (uint64_t)((double)s->pace_bytes - sent);
+		}
 		s->pace_rate = rate;
 		s->pace_t0 = now;
-		s->pace_bytes = 0;
+		s->pace_bytes = owed;
 	}
 	s->pace_bytes += n;
 	for (;;) {
@@ -182,18 +210,19 @@ static void pace(struct mig_stream *s, size_t n)
 		ts.tv_sec = (time_t)(ns / 1000000000ULL);
 		ts.tv_nsec = (long)(ns % 1000000000ULL);
 		nanosleep(&ts, NULL);
-		rate = __atomic_load_n(&s->rate, __ATOMIC_RELAXED);
-		if (rate != s->pace_rate)
-			return;	/* the next write starts again at the new rate */
+		if (__atomic_load_n(&s->rate, __ATOMIC_RELAXED) != rate)
+			return;	/* the next write pays what is owed at the new rate */
 	}
 }
 
 /* Write all of iov (modified: consumed as it goes). */
 static int write_iov(struct mig_stream *s, struct iovec *iov, int iovcnt)
 {
+	uint64_t deadline = deadline_of(s);
+
 	while (iovcnt) {
 		ssize_t n;
-		int ret = wait_fd(s, POLLOUT);
+		int ret = wait_fd(s, POLLOUT, deadline);
 
 		if (ret)
 			return ret;
@@ -211,7 +240,7 @@ static int write_iov(struct mig_stream *s, struct iovec *iov, int iovcnt)
 		}
 		if (n == 0)
 			return fail(s, -EPIPE, "writing the stream: nothing written");
-		s->bytes += (uint64_t)n;
+		__atomic_fetch_add(&s->bytes, (uint64_t)n, __ATOMIC_RELAXED);
 		pace(s, (size_t)n);
 		while (iovcnt && (size_t)n >= iov->iov_len) {
 			n -= (ssize_t)iov->iov_len;
@@ -232,11 +261,12 @@ static int write_iov(struct mig_stream *s, struct iovec *iov, int iovcnt)
  */
 static int read_bytes(struct mig_stream *s, void *p, size_t len, bool at_boundary)
 {
+	uint64_t deadline = deadline_of(s);
 	size_t got = 0;
 
 	while (got < len) {
 		ssize_t n;
-		int ret = wait_fd(s, POLLIN);
+		int ret = wait_fd(s, POLLIN, deadline);
 
 		if (ret)
 			return ret;
@@ -252,7 +282,7 @@ static int read_bytes(struct mig_stream *s, void *p, size_t len, bool at_boundar
 			return fail(s, -EPIPE, "the stream ended inside a record");
 		}
 		got += (size_t)n;
-		s->bytes += (uint64_t)n;
+		__atomic_fetch_add(&s->bytes, (uint64_t)n, __ATOMIC_RELAXED);
 	}
 	return 0;
 }
@@ -298,11 +328,12 @@ int mig_put(struct mig_stream *s, uint32_t type, const struct iovec *iov, int io
 		return fail(s, -EINVAL, "a record gathered from %d pieces", iovcnt);
 	if (type >= MIG_REC_TYPES || !rec_types[type].name)
 		return fail(s, -EINVAL, "writing a record of unknown type %u", type);
-	for (int i = 0; i < iovcnt; i++)
+	for (int i = 0; i < iovcnt; i++) {
+		if (iov[i].iov_len > rec_types[type].max - len)
+			return fail(s, -EMSGSIZE, "a %s record of more than %u bytes",
+				    mig_rec_name(type), rec_types[type].max);
 		len += iov[i].iov_len;
-	if (len > rec_types[type].max)
-		return fail(s, -EMSGSIZE, "a %s record of %llu bytes (at most %u)", mig_rec_name(type),
-			    (unsigned long long)len, rec_types[type].max);
+	}
 	w = htole32(type);
 	memcpy(hdr, &w, 4);
 	w = htole32((uint32_t)len);
@@ -311,6 +342,8 @@ int mig_put(struct mig_stream *s, uint32_t type, const struct iovec *iov, int io
 	memcpy(hdr + 8, &v, 8);
 	v = htole64(check_of(s, hdr, iov, iovcnt));
 	memcpy(hdr + 16, &v, 8);
+	v = htole64(XXH3_64bits(hdr, 24));
+	memcpy(hdr + 24, &v, 8);
 	all[n++] = (struct iovec){ hdr, sizeof(hdr) };
 	for (int i = 0; i < iovcnt; i++)
 		if (iov[i].iov_len)
@@ -336,8 +369,16 @@ int mig_put_pages(struct mig_stream *s, uint64_t gfn, uint32_t count, uint32_t k
 	uint64_t g = htole64(gfn);
 	uint32_t c = htole32(count), k = htole32(kind);
 
+	size_t len = 0;
+
 	if (iovcnt < 0 || iovcnt > MIG_IOV_MAX - 2)
 		return fail(s, -EINVAL, "a pages record gathered from %d pieces", iovcnt);
+	for (int i = 0; i < iovcnt; i++)
+		len += iov[i].iov_len < MIG_REC_MAX ? iov[i].iov_len : MIG_REC_MAX;
+	if (count == 0 || count > MIG_PAGES_MAX || kind == 0 || kind >= MIG_PAGE_KINDS ||
+	    gfn > UINT64_MAX - count || len != count * mig_page_unit(kind))
+		return fail(s, -EINVAL, "a pages record of %u pages of kind %u at %llu with %zu bytes",
+			    count, kind, (unsigned long long)gfn, len);
 	memcpy(hdr, &g, 8);
 	memcpy(hdr + 8, &c, 4);
 	memcpy(hdr + 12, &k, 4);
@@ -380,7 +421,7 @@ int mig_get(struct mig_stream *s, struct mig_rec *r)
 {
 	uint8_t hdr[MIG_HDR_SIZE];
 	uint32_t type, len;
-	uint64_t seq, check;
+	uint64_t seq, check, hcheck;
 	struct iovec iov;
 	int ret;
 
@@ -397,11 +438,15 @@ int mig_get(struct mig_stream *s, struct mig_rec *r)
 	memcpy(&len, hdr + 4, 4);
 	memcpy(&seq, hdr + 8, 8);
 	memcpy(&check, hdr + 16, 8);
+	memcpy(&hcheck, hdr + 24, 8);
 	type = le32toh(type);
 	len = le32toh(len);
 	seq = le64toh(seq);
 	check = le64toh(check);
 	/* Before the payload is read: a bad header must not make us read (or wait for) junk. */
+	if (XXH3_64bits(hdr, 24) != le64toh(hcheck))
+		return broken(s, fail(s, -EBADMSG, "record %llu: header checksum mismatch",
+				      (unsigned long long)s->seq));
 	if (seq != s->seq)
 		return broken(s, fail(s, -EPROTO, "record %llu where record %llu was due (lost or replayed)",
 			    (unsigned long long)seq, (unsigned long long)s->seq));

@@ -10,17 +10,21 @@
  * Layout: a preamble (the magic "KVMEMMIG", the format version, flags),
  * then records:
  *
- *   u32 type | u32 length | u64 sequence | u64 check | payload (length bytes)
+ *   u32 type | u32 length | u64 sequence | u64 check | u64 header check | payload
  *
- * all little-endian. The check is XXH3-64 of the payload, seeded with
- * XXH3-64 of the first 16 header bytes: any flipped bit of header or payload
- * changes it. It detects corruption, not forgery: a peer proves who it is
- * in the handshake (a secret both hosts hold), not here.
+ * all little-endian. The header check is XXH3-64 of the 24 bytes before it,
+ * verified before the length is believed (a corrupt length must not make
+ * the reader wait for bytes that will never come); the check is XXH3-64 of
+ * the payload, seeded with XXH3-64 of the first 16 header bytes. Both
+ * detect corruption, not forgery: a peer proves who it is in the handshake
+ * (a secret both hosts hold), not here.
  *
  * The stream works over anything a file descriptor can be: a TCP or UNIX
- * socket, a pipe, a file. Reads and writes wait at most the stream's
- * timeout (a peer that stops talking is an error, not a hang), and writes
- * keep to the stream's bandwidth limit, which may change while it runs.
+ * socket, a pipe, a file. A record's read or write takes at most the
+ * stream's timeout (a peer that stops talking, or trickles, is an error, not
+ * a hang), and writes keep to the stream's bandwidth limit, which may change
+ * while it runs. Sockets are written without SIGPIPE; a process writing to a
+ * pipe must block or ignore SIGPIPE itself (kvmem blocks it everywhere).
  */
 #ifndef KVMEM_MIGRATE_STREAM_H
 #define KVMEM_MIGRATE_STREAM_H
@@ -33,7 +37,7 @@
 #define MIG_MAGIC "KVMEMMIG"
 #define MIG_VERSION 1
 #define MIG_PAGE_SIZE 4096
-#define MIG_HDR_SIZE 24
+#define MIG_HDR_SIZE 32
 #define MIG_PREAMBLE_SIZE 16
 /* Pages one PAGES record carries at most: 1 MiB of content a record. */
 #define MIG_PAGES_MAX 256
@@ -90,15 +94,15 @@ struct mig_stream;
  * A stream over fd (not owned: the caller closes it). writing: this side
  * sends records (and writes the preamble at once); otherwise it reads them
  * (and reads and checks the preamble at the first mig_get). flags: the
- * preamble's (MIG_F_*), written or expected. timeout_ms: the longest wait
- * for the peer (-1: none, for files).
+ * preamble's (MIG_F_*), written or expected. timeout_ms: the longest one
+ * record's read or write may take (-1: no limit, for files).
  */
 int mig_stream_open(int fd, bool writing, uint32_t flags, int timeout_ms,
 		    struct mig_stream **out);
 void mig_stream_close(struct mig_stream *s);
 /* Why the last call failed, for a log line or a reply ("" when none did). */
 const char *mig_stream_error(const struct mig_stream *s);
-/* Bytes moved so far, preamble and headers included. */
+/* Bytes moved so far, preamble and headers included (from any thread). */
 uint64_t mig_stream_bytes(const struct mig_stream *s);
 /* Pace writes to this many bytes per second (0: as fast as the fd takes them). */
 void mig_stream_set_rate(struct mig_stream *s, uint64_t bytes_per_s);
@@ -107,14 +111,19 @@ void mig_stream_set_rate(struct mig_stream *s, uint64_t bytes_per_s);
 int mig_put(struct mig_stream *s, uint32_t type, const struct iovec *iov, int iovcnt);
 /* mig_put of one buffer. */
 int mig_put_buf(struct mig_stream *s, uint32_t type, const void *p, size_t len);
-/* Write a PAGES record: hdr encoded here, the per-page part gathered from iov. */
+/*
+ * Write a PAGES record: its run header encoded here, the per-page part
+ * gathered from iov, which must be count units of mig_page_unit(kind)
+ * (-EINVAL otherwise, nothing written: a source's mistake is caught where
+ * it is made, not at the destination).
+ */
 int mig_put_pages(struct mig_stream *s, uint64_t gfn, uint32_t count, uint32_t kind,
 		  const struct iovec *iov, int iovcnt);
 
 /*
  * Read the next record. 0 with *r filled; -ENODATA at a clean end of the
  * stream between records; -EPROTO (bad preamble, version, type, sequence),
- * -EBADMSG (check mismatch), -EMSGSIZE (length over the type's limit),
+ * -EBADMSG (a check mismatch: header or payload), -EMSGSIZE (length over the type's limit),
  * -EPIPE (ended inside a record), -ETIMEDOUT, or another -errno of the fd.
  */
 int mig_get(struct mig_stream *s, struct mig_rec *r);

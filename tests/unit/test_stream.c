@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <xxhash.h>
 
 #include "migrate/stream.h"
 
@@ -151,46 +153,102 @@ struct corruption {
 	int off;		/* offset in it (the header's, then the payload's) */
 	int flip;		/* flip a bit there, or: */
 	uint32_t value;		/* write this u32 there */
+	bool reseal;		/* then make the header check right again (a hostile peer) */
 	int err;
 	int good;		/* records read before the refusal */
 	const char *why;	/* in the reason */
 };
 
+static void reseal(int fd, off_t hdr)
+{
+	uint8_t h[MIG_HDR_SIZE];
+	uint64_t check;
+
+	assert_int_equal(pread(fd, h, sizeof(h), hdr), sizeof(h));
+	check = XXH3_64bits(h, 24);
+	poke(fd, hdr + 24, &check, 8);
+}
+
 static void test_stream_refuses_each_corruption(void **state)
 {
 	static const struct corruption cases[] = {
-		{ "magic", -1, 0, 1, 0, -EPROTO, 0, "not a kvmem migration stream" },
-		{ "version", -1, 8, 0, 2, -EPROTO, 0, "version 2" },
-		{ "unknown flags", -1, 12, 0, 0x100, -EPROTO, 0, "flags 0x100" },
-		{ "type", 1, 0, 0, 99, -EPROTO, 1, "unknown type 99" },
-		{ "type zero", 1, 0, 0, 0, -EPROTO, 1, "unknown type 0" },
-		{ "length over its type's limit", 1, 4, 0, 9, -EMSGSIZE, 1, "at most 8" },
-		{ "length beyond any record", 2, 4, 0, 0xffffffffu, -EMSGSIZE, 2, "(pages)" },
-		{ "length shorter", 2, 4, 0, 16, -EBADMSG, 2, "checksum" },
-		{ "sequence", 3, 8, 1, 0, -EPROTO, 3, "lost or replayed" },
-		{ "check", 2, 16, 1, 0, -EBADMSG, 2, "record 2 (pages): checksum mismatch" },
-		{ "payload", 2, MIG_HDR_SIZE + 16 + 777, 1, 0, -EBADMSG, 2, "checksum" },
-		{ "type changed to another valid one", 4, 0, 0, MIG_REC_COMMIT, -EBADMSG, 4,
-		  "checksum" },
+		{ "magic", -1, 0, 1, 0, false, -EPROTO, 0, "not a kvmem migration stream" },
+		{ "version", -1, 8, 0, 2, false, -EPROTO, 0, "version 2" },
+		{ "unknown flags", -1, 12, 0, 0x100, false, -EPROTO, 0, "flags 0x100" },
+		/* Any header bit: refused before the length is believed. */
+		{ "type", 1, 0, 1, 0, false, -EBADMSG, 1, "record 1: header checksum" },
+		{ "length", 2, 4, 0, 16, false, -EBADMSG, 2, "header checksum" },
+		{ "sequence", 3, 8, 1, 0, false, -EBADMSG, 3, "header checksum" },
+		{ "check", 2, 16, 1, 0, false, -EBADMSG, 2, "header checksum" },
+		{ "header check", 2, 24, 1, 0, false, -EBADMSG, 2, "header checksum" },
+		/* A peer that seals what it sends: every field is still checked. */
+		{ "unknown type", 1, 0, 0, 99, true, -EPROTO, 1, "unknown type 99" },
+		{ "type zero", 1, 0, 0, 0, true, -EPROTO, 1, "unknown type 0" },
+		{ "length over its type's limit", 1, 4, 0, 9, true, -EMSGSIZE, 1, "at most 8" },
+		{ "length beyond any record", 2, 4, 0, 0xffffffffu, true, -EMSGSIZE, 2, "(pages)" },
+		{ "length shorter", 2, 4, 0, 16, true, -EBADMSG, 2, "(pages): checksum" },
+		{ "length zero", 2, 4, 0, 0, true, -EBADMSG, 2, "(pages): checksum" },
+		{ "sequence", 3, 8, 1, 0, true, -EPROTO, 3, "lost or replayed" },
+		{ "first sequence", 0, 8, 1, 0, true, -EPROTO, 0, "lost or replayed" },
+		{ "check", 2, 16, 1, 0, true, -EBADMSG, 2, "record 2 (pages): checksum mismatch" },
+		{ "type changed to another valid one", 4, 0, 0, MIG_REC_COMMIT, true, -EBADMSG, 4,
+		  "(commit): checksum" },
+		/* The payload. */
+		{ "payload", 2, MIG_HDR_SIZE + 16 + 777, 1, 0, false, -EBADMSG, 2, "checksum" },
 	};
 
 	(void)state;
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		const struct corruption *k = &cases[i];
 		int fd = write_sample(0), good;
-		off_t at = (k->rec < 0 ? 0 : rec_at(fd, k->rec)) + k->off;
+		off_t hdr = k->rec < 0 ? 0 : rec_at(fd, k->rec);
 		char why[200];
 
 		if (k->flip)
-			flip(fd, at);
+			flip(fd, hdr + k->off);
 		else
-			poke(fd, at, &k->value, 4);
-		print_message("%s\n", k->what);
+			poke(fd, hdr + k->off, &k->value, 4);
+		if (k->reseal)
+			reseal(fd, hdr);
+		print_message("%s%s\n", k->what, k->reseal ? " (sealed)" : "");
 		assert_int_equal(read_until_error(fd, 0, &good, why, sizeof(why)), k->err);
 		assert_int_equal(good, k->good);
 		assert_non_null(strstr(why, k->why));
 		close(fd);
 	}
+}
+
+/* Whole records of a good stream, repeated or reordered. */
+static void test_stream_refuses_replay_and_reorder(void **state)
+{
+	int src = write_sample(0);
+	static const int orders[][4] = { { 0, 1, 1, 2 }, { 0, 2, 1, 3 } };
+	static const int goods[] = { 2, 1 };
+
+	(void)state;
+	for (size_t o = 0; o < 2; o++) {
+		int fd = memfd_create("test-stream", MFD_CLOEXEC), good;
+		uint8_t buf[MIG_PREAMBLE_SIZE + MIG_HDR_SIZE + 16 + 2 * PAGE];
+		off_t at = 0;
+		char why[200];
+
+		assert_int_equal(pread(src, buf, MIG_PREAMBLE_SIZE, 0), MIG_PREAMBLE_SIZE);
+		poke(fd, 0, buf, MIG_PREAMBLE_SIZE);
+		at = MIG_PREAMBLE_SIZE;
+		for (int i = 0; i < 4; i++) {
+			off_t from = rec_at(src, orders[o][i]);
+			size_t len = (size_t)(rec_at(src, orders[o][i] + 1) - from);
+
+			assert_int_equal(pread(src, buf, len, from), (ssize_t)len);
+			poke(fd, at, buf, len);
+			at += (off_t)len;
+		}
+		assert_int_equal(read_until_error(fd, 0, &good, why, sizeof(why)), -EPROTO);
+		assert_int_equal(good, goods[o]);
+		assert_non_null(strstr(why, "lost or replayed"));
+		close(fd);
+	}
+	close(src);
 }
 
 static void test_stream_refuses_truncation(void **state)
@@ -289,18 +347,60 @@ static void test_stream_writer_refuses_oversized_record(void **state)
 	struct mig_rec r;
 
 	(void)state;
+	struct iovec two[2] = { { big, 8 }, { big, SIZE_MAX - 4 } };
+	static uint8_t frames[MIG_PAGES_MAX * (8 + 32 + PAGE)];
+	struct iovec fr = { frames, sizeof(frames) };
+	struct mig_pages p;
+
 	assert_int_equal(mig_stream_open(fd, true, 0, -1, &s), 0);
 	assert_int_equal(mig_put_buf(s, MIG_REC_ROUND, big, sizeof(big)), -EMSGSIZE);
+	/* Pieces whose lengths would wrap a sum. */
+	assert_int_equal(mig_put(s, MIG_REC_ROUND, two, 2), -EMSGSIZE);
 	assert_int_equal(mig_put_buf(s, MIG_REC_TYPES, big, 1), -EINVAL);
+	/* A pages record must be what it says: count, kind, run, bytes. */
+	assert_int_equal(mig_put_pages(s, 1, 1, MIG_PAGE_DATA, &fr, 1), -EINVAL);
+	assert_int_equal(mig_put_pages(s, 1, 0, MIG_PAGE_ZERO, NULL, 0), -EINVAL);
+	assert_int_equal(mig_put_pages(s, 1, MIG_PAGES_MAX + 1, MIG_PAGE_ZERO, NULL, 0), -EINVAL);
+	assert_int_equal(mig_put_pages(s, 1, 1, MIG_PAGE_KINDS, NULL, 0), -EINVAL);
+	assert_int_equal(mig_put_pages(s, UINT64_MAX, 2, MIG_PAGE_ZERO, NULL, 0), -EINVAL);
+	assert_int_equal(mig_stream_bytes(s), MIG_PREAMBLE_SIZE);
+	assert_int_equal(mig_get(s, &r), -EBADF);
+	/* Still usable: the largest record there is, then a small one. */
+	assert_int_equal(mig_put_pages(s, 7, MIG_PAGES_MAX, MIG_PAGE_FRAME, &fr, 1), 0);
 	assert_int_equal(mig_put_buf(s, MIG_REC_ROUND, big, 8), 0);
 	mig_stream_close(s);
 	assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
 	s = reader(fd, 0);
+	assert_int_equal(mig_put_buf(s, MIG_REC_ROUND, big, 8), -EBADF);
+	assert_int_equal(mig_get(s, &r), 0);
+	assert_int_equal(mig_pages_decode(&r, &p), 0);
+	assert_int_equal(p.count, MIG_PAGES_MAX);
+	assert_int_equal(p.kind, MIG_PAGE_FRAME);
 	assert_int_equal(mig_get(s, &r), 0);
 	assert_int_equal(r.type, MIG_REC_ROUND);
-	assert_int_equal(r.seq, 0);
+	assert_int_equal(r.seq, 1);
 	mig_stream_close(s);
 	close(fd);
+}
+
+/* A decoder reading past the payload gets zeros and a bad cursor, never memory beyond it. */
+static void test_stream_cursor_stays_inside(void **state)
+{
+	uint8_t four[4] = { 1, 2, 3, 4 };
+	struct mig_rec r = { .type = MIG_REC_ROUND, .len = 4, .data = four };
+	struct mig_cur c = mig_cur_of(&r);
+
+	(void)state;
+	assert_int_equal(mig_cur_u64(&c), 0);
+	assert_true(c.bad);
+	assert_false(mig_cur_done(&c));
+	c = mig_cur_of(&r);
+	assert_null(mig_cur_bytes(&c, SIZE_MAX));
+	assert_int_equal(mig_cur_u32(&c), 0);
+	assert_false(mig_cur_done(&c));
+	c = mig_cur_of(&r);
+	assert_int_equal(mig_cur_u32(&c), 0x04030201);
+	assert_true(mig_cur_done(&c));
 }
 
 /* A peer that goes quiet is a timeout; one that goes away is an error, never SIGPIPE. */
@@ -334,10 +434,12 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_stream_round_trip),
 		cmocka_unit_test(test_stream_refuses_each_corruption),
+		cmocka_unit_test(test_stream_refuses_replay_and_reorder),
 		cmocka_unit_test(test_stream_refuses_truncation),
 		cmocka_unit_test(test_stream_form_must_match),
 		cmocka_unit_test(test_stream_pages_decode_checks_lengths),
 		cmocka_unit_test(test_stream_writer_refuses_oversized_record),
+		cmocka_unit_test(test_stream_cursor_stays_inside),
 		cmocka_unit_test(test_stream_peer_silent_or_gone),
 	};
 

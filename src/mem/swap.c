@@ -973,9 +973,21 @@ static int64_t swap_range(struct mem_swap *sw, struct gm *gm, uint64_t *at, uint
 	int64_t swapped = 0;
 
 	while (idx < end && *left) {
-		uint64_t n = end - idx < MEM_TXN_MAX ? end - idx : MEM_TXN_MAX, run = 0, skip;
+		uint64_t n, run = 0, skip;
 		int64_t got, claimed;
 
+		/*
+		 * Only the VM's own pages can go: pages swapped, shared, zero or
+		 * ballooned are passed over by their state, without the pagemap
+		 * read (the coldest chunks are the ones swapped out already, and
+		 * a step that reads their pagemap again and again to find the
+		 * few pages left costs more CPU than the swap-out itself).
+		 */
+		while (idx < end && pagestate_get(gm->ps, idx) != PS_ANON)
+			idx++;
+		if (idx == end)
+			break;
+		n = end - idx < MEM_TXN_MAX ? end - idx : MEM_TXN_MAX;
 		if (n > *left)
 			n = *left;
 		while (n > 1 && !mem_run_ok(gm, idx, n))
@@ -1185,7 +1197,13 @@ static void *worker_main(void *arg)
 				n = swap_victims(sw, v, &cursor,
 						 need < WORKER_CALL_PAGES ? need : WORKER_CALL_PAGES,
 						 __atomic_load_n(&sw->victims, __ATOMIC_RELAXED));
-			resident = mem_resident(v->gm);
+			/*
+			 * Measured again at the next step, not here: a walk of the
+			 * whole pagemap per step doubled the worker's cost, and the
+			 * pages the guest took back meanwhile show at the next one.
+			 */
+			if (n > 0)
+				resident = (uint64_t)n < resident ? resident - (uint64_t)n : 0;
 		}
 		pthread_mutex_lock(&sw->vm_lock);
 		v->busy = false;

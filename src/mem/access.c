@@ -137,7 +137,7 @@ double mem_access_sample(struct mem_access *a, bool age_only)
 	for (uint64_t c = 0; c < chunks; c++) {
 		uint64_t first = c * MEM_CHUNK_PAGES;
 		uint64_t len = nr - first < MEM_CHUNK_PAGES ? nr - first : MEM_CHUNK_PAGES;
-		unsigned int got = 0;
+		unsigned int got = 0, want;
 
 		if (a->written[c])
 			__atomic_store_n(&gm->chunk_age[c], 0, __ATOMIC_RELAXED);
@@ -145,8 +145,10 @@ double mem_access_sample(struct mem_access *a, bool age_only)
 			age_one(gm, c);
 		/* A written sample counts as much as a few touches: it is one page of four. */
 		decay_hits(gm, c, 4u * a->written[c]);
-		for (unsigned int tries = 0; tries < 2 * MEM_ACCESS_SAMPLES &&
-					     got < MEM_ACCESS_SAMPLES; tries++)
+		want = __atomic_load_n(&gm->chunk_hits[c], __ATOMIC_RELAXED) >= MEM_ACCESS_HOT_HITS
+			       ? 1
+			       : MEM_ACCESS_SAMPLES;
+		for (unsigned int tries = 0; tries < 2 * want && got < want; tries++)
 			got += try_sample(a, first + kv_rand(&a->rng) % len);
 	}
 	return judged ? (double)hits / (double)judged : -1.0;

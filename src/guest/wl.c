@@ -31,6 +31,10 @@
  *   cowwait=s      sleep s seconds before those writes, after printing
  *                  "kvmem-wl: cow in s s" (default 0): time for the host to
  *                  merge (a test pauses the VM meanwhile)
+ *   report=s       every s seconds of the run after the fill, print
+ *                  "kvmem-wl: progress T ms ops N": the hot rewrites, reads
+ *                  and moves and the cold reads done in the first T ms of it
+ *                  (a benchmark's throughput over a window; default 0: off)
  *   hold=s         before then=, print "kvmem-wl: hold s s" and sleep s
  *                  seconds without touching a page: time for the host to
  *                  swap the filled pages out before then=free frees them
@@ -101,6 +105,7 @@ static struct wl_cfg {
 	uint64_t cow;
 	uint64_t cowwait_s;
 	uint64_t hold_s;
+	uint64_t report_s;
 	uint64_t grow_pages;
 	bool wait_balloon;
 	enum wl_then then;
@@ -480,6 +485,8 @@ static void parse(struct rt_str spec)
 			cfg.cowwait_s = num(key, val, 1 << 30);
 		} else if (str_eq(key, "hold")) {
 			cfg.hold_s = num(key, val, 1 << 30);
+		} else if (str_eq(key, "report")) {
+			cfg.report_s = num(key, val, 1 << 30);
 		} else if (str_eq(key, "grow")) {
 			cfg.grow_pages = num(key, val, (uint64_t)UINT32_MAX / RT_PAGES_PER_MIB) *
 					 RT_PAGES_PER_MIB;
@@ -672,20 +679,32 @@ static void grow(void)
 	verify_all();
 }
 
+/* report=: the operations done so far (between jobs: every vCPU's counters are still). */
+static void report(uint64_t start)
+{
+	uint64_t ops = 0;
+
+	for (unsigned i = 0; i < rt_ncpus(); i++)
+		ops += cpus[i].rewrites + cpus[i].reads + cpus[i].moves + cpus[i].cold_reads;
+	rt_printf("kvmem-wl: progress %lu ms ops %lu\n", (rt_now_ns() - start) / RT_NS_PER_MS, ops);
+}
+
 /* After the fill: rewrite/read/churn/verify/grow until time= is up (or forever). */
 static void run(uint64_t start)
 {
 	uint64_t end = cfg.has_time ? start + cfg.time_s * RT_NS_PER_SEC : NEVER;
 	uint64_t verify_ns = cfg.verify_s * RT_NS_PER_SEC;
+	uint64_t report_ns = cfg.report_s * RT_NS_PER_SEC;
 	uint64_t next_verify = verify_ns ? rt_now_ns() + verify_ns : NEVER;
 	uint64_t next_grow = cfg.grow_pages ? rt_now_ns() + WL_GROW_CHECK_NS : NEVER;
+	uint64_t next_report = report_ns ? start + report_ns : NEVER;
 	bool active = cfg.rate || cfg.read || cfg.churn || cfg.cold;
 
 	low_free = palloc_avail_pages();
 	if (!cfg.has_time && !active && !verify_ns && !cfg.grow_pages)
 		return;
 	for (;;) {
-		uint64_t deadline = MIN(MIN(end, next_verify), next_grow);
+		uint64_t deadline = MIN(MIN(end, next_verify), MIN(next_grow, next_report));
 		uint64_t now = rt_now_ns();
 
 		if (active)
@@ -698,6 +717,10 @@ static void run(uint64_t start)
 		if (now >= next_grow) {
 			grow();
 			next_grow = rt_now_ns() + WL_GROW_CHECK_NS;
+		}
+		if (now >= next_report) {
+			report(start);
+			next_report = MAX(next_report + report_ns, rt_now_ns());
 		}
 		if (now >= next_verify) {
 			verify_all();

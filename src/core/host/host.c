@@ -371,6 +371,17 @@ int host_create(const struct host_config *cfg, struct host **out)
 		}
 		mem_swap_set_victims(h->swap, cfg->swap.victims);
 		mem_swap_set_kernel_store(h->swap, cfg->swap.kernel_store);
+		/*
+		 * MADV_PAGEOUT writes a page out but leaves it in the kernel's
+		 * swap cache, unmapped, until reclaim wants memory: the budget no
+		 * longer sees it, the machine still holds it. Only a memory
+		 * cgroup limit (which charges the swap cache) makes the kernel
+		 * give it back at the budget's pace.
+		 */
+		if (cfg->swap.kernel_store && !cfg->hard_limit_bytes)
+			log_warn("swap: store \"kernel\" without a hard_limit: the pages the kernel "
+				 "writes out stay in its swap cache, in memory, until the machine runs "
+				 "short; set hard_limit to make them count");
 		ret = mem_swap_set_io(h->swap, cfg->swap.io);
 		if (ret) {
 			log_err("swap I/O engine %s: %s",

@@ -40,7 +40,10 @@ void mem_access_set(struct gm *gm, uint64_t chunk, uint16_t age, uint8_t hits)
 	__atomic_store_n(&gm->chunk_hits[chunk], hits, __ATOMIC_RELAXED);
 }
 
-/* An interval's judgement of a chunk's use: half of what it had, and `add` (touches meanwhile stay). */
+/*
+ * An interval's judgement of a chunk's use: half of what it had, and `add`
+ * (touches meanwhile stay).
+ */
 static void decay_hits(struct gm *gm, uint64_t chunk, unsigned int add)
 {
 	uint8_t old = __atomic_load_n(&gm->chunk_hits[chunk], __ATOMIC_RELAXED), want;
@@ -143,7 +146,7 @@ double mem_access_sample(struct mem_access *a, bool age_only)
 			__atomic_store_n(&gm->chunk_age[c], 0, __ATOMIC_RELAXED);
 		else
 			age_one(gm, c);
-		/* A written sample counts as much as a few touches: it is one page of four. */
+		/* A written sample counts as much as a few touches: it is one page of a few. */
 		decay_hits(gm, c, 4u * a->written[c]);
 		want = __atomic_load_n(&gm->chunk_hits[c], __ATOMIC_RELAXED) >= MEM_ACCESS_HOT_HITS
 			       ? 1

@@ -830,19 +830,21 @@ static enum mem_fault fault_wp(struct gm *gm, uint64_t idx, void *page)
 
 /*
  * How many pages a touch of page idx reads back, and which stream it
- * follows (the caller records where its run ends). Read-ahead pays only for a guest going through its memory in order
- * (a scan, a verification): under random touches of cold memory each page
- * read beside the touched one is one more page over the budget, and makes
- * reclaim swap out one more, likely hot, page. So, as the kernel's swap
- * read-ahead does, the window starts at one page and doubles with each
- * touch that lands where the stream's last run ended (or just past it: the
- * pages between may be resident), and a touch out of every stream's order
- * starts a new stream in place of the one followed least lately. A few
- * streams, for vCPUs scanning side by side.
+ * follows (the caller records where its run ends). Read-ahead pays only for
+ * a guest going through its memory in order (a scan, a verification): under
+ * random touches of cold memory each page read beside the touched one is
+ * one more page over the budget, and makes reclaim swap out one more,
+ * likely hot, page. So, as the kernel's swap read-ahead does, the window
+ * starts at one page and doubles with each touch that lands where the
+ * stream's last run ended (or just past it: the pages between may be
+ * resident), and a touch out of every stream's order starts a new stream in
+ * place of the one followed least lately. A few streams, for vCPUs scanning
+ * side by side.
  */
 static uint64_t swap_ra_window(struct gm *gm, uint64_t idx, unsigned int *stream)
 {
-	uint64_t now = __atomic_add_fetch(&gm->swap_ra_clock, 1, __ATOMIC_RELAXED), oldest = UINT64_MAX;
+	uint64_t now = __atomic_add_fetch(&gm->swap_ra_clock, 1, __ATOMIC_RELAXED);
+	uint64_t oldest = UINT64_MAX;
 	unsigned int v = 0;
 
 	for (unsigned int i = 0; i < MEM_SWAP_RA_STREAMS; i++) {
@@ -873,9 +875,10 @@ static uint64_t swap_ra_window(struct gm *gm, uint64_t idx, unsigned int *stream
  * A touch of a swapped page (we own it: PS_BUSY): read it back with the
  * swapped pages after it whose slots follow its slot, as many as the
  * read-ahead window allows (a swap-out run keeps neighbours together: one
- * read serves a sequential touch ahead). From the file the read is started and the service goes on with other faults; its
- * completion comes back through mem_swap_in_done. From the pool (or where
- * no read can be started) it is read here.
+ * read serves a sequential touch ahead). From the file the read is started
+ * and the service goes on with other faults; its completion comes back
+ * through mem_swap_in_done. From the pool (or where no read can be started)
+ * it is read here.
  */
 static enum mem_fault swap_in(struct gm *gm, uint64_t idx, void *page)
 {

@@ -53,8 +53,9 @@ void mem_access_destroy(struct mem_access *a);
  * interval older), then protect this interval's. Returns the share of last
  * interval's samples that were written (the VM's active fraction, as ESX
  * estimates it), or -1 when there were none.
- *   age_only: another source (DAMON) gives the ages: only the active
- *   fraction is measured, from fewer samples.
+ *   age_only: another source (DAMON) gives the ages, or nothing needs
+ *   them (no swap): only the active fraction is measured, from fewer
+ *   samples.
  */
 double mem_access_sample(struct mem_access *a, bool age_only);
 

@@ -64,6 +64,7 @@ struct ovc {
 	unsigned int nr_vms, cap_vms;	/* vm_lock */
 	struct ovc_mechanism mech[OVC_MAX_MECHANISMS]; /* sorted by cost, fixed after start */
 	unsigned int nr_mech;
+	bool ranking;			/* a mechanism takes the coldest chunks: keep them ranked */
 	struct ovc_stats stats;		/* lock */
 	double interval_s;
 	bool kicked, stopping, started;	/* lock */
@@ -670,9 +671,13 @@ static void policy_pass(struct ovc *ovc, bool interval)
 		damon_update(ovc);
 	for (unsigned int i = 0; i < n; i++) {
 		refresh_resident(ovc, ovc->vms[i]);
-		/* Hundreds of system calls per GiB: not under the lock the stats readers take. */
+		/*
+		 * Hundreds of system calls per GiB: not under the lock the stats
+		 * readers take. Per-chunk samples only where something ranks the
+		 * chunks and DAMON does not: each one costs the guest TLB flushes.
+		 */
 		ovc->vms[i]->written = interval ? mem_access_sample(ovc->vms[i]->access,
-								    ovc->damon != NULL)
+								    ovc->damon || !ovc->ranking)
 						: -1.0;
 	}
 	if (interval)
@@ -1032,6 +1037,7 @@ int ovc_register_mechanism(struct ovc *ovc, const struct ovc_mechanism *m)
 		ovc->mech[i] = ovc->mech[i - 1];
 	ovc->mech[i] = *m;
 	ovc->nr_mech++;
+	ovc->ranking |= m->ranks_chunks;
 	ovc->stats.nr_mechanisms = ovc->nr_mech;
 	for (unsigned int j = 0; j < ovc->nr_mech; j++)
 		ovc->stats.mechanism_names[j] = ovc->mech[j].name;

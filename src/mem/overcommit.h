@@ -62,6 +62,12 @@ struct ovc_mechanism {
 	 */
 	uint64_t (*pending)(void *arg, struct ovc_vm *vm);
 	void *arg;
+	/*
+	 * Takes each VM's coldest chunks first (swap): the policy keeps the
+	 * per-chunk ranking (mem/access.h) only while such a mechanism is
+	 * registered; without one, sampling measures the active fraction alone.
+	 */
+	bool ranks_chunks;
 };
 
 /*

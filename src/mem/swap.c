@@ -1365,6 +1365,7 @@ int mem_swap_register_reclaim(struct mem_swap *sw, struct ovc *ovc)
 		.reclaim = swap_reclaim,
 		.pending = swap_pending,
 		.arg = sw,
+		.ranks_chunks = true,
 	};
 
 	return ovc_register_mechanism(ovc, &m);

@@ -44,6 +44,50 @@ static int check_range(const struct gm *gm, gpa_t gpa, uint64_t len)
 	return 0;
 }
 
+/*
+ * Mark the pages of [gpa, gpa+len) (checked already) as written by the VMM,
+ * after the write: a collector that sees the mark reads the new content.
+ */
+static void mark_dirty(struct gm *gm, gpa_t gpa, uint64_t len)
+{
+	if (!len || !__atomic_load_n(&gm->vmm_dirty_on, __ATOMIC_ACQUIRE))
+		return;
+	while (len) {
+		const struct mem_ram_region *r = mem_find_region(gm, gpa);
+		uint64_t avail = r->len - (gpa - r->gpa), n = len < avail ? len : avail;
+		uint64_t first = r->first_pfn_index + ((gpa - r->gpa) >> MEM_PAGE_SHIFT);
+		uint64_t last = r->first_pfn_index + ((gpa + n - 1 - r->gpa) >> MEM_PAGE_SHIFT);
+
+		for (uint64_t i = first; i <= last; i++)
+			__atomic_fetch_or(&gm->vmm_dirty[i / 64], 1ULL << (i % 64), __ATOMIC_RELEASE);
+		gpa += n;
+		len -= n;
+	}
+}
+
+void mem_dirty_vmm_track(struct gm *gm, bool on)
+{
+	uint64_t words = (mem_ram_bytes(gm) / MEM_PAGE_SIZE + 63) / 64;
+
+	if (on)
+		for (uint64_t w = 0; w < words; w++)
+			__atomic_store_n(&gm->vmm_dirty[w], 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&gm->vmm_dirty_on, on, __ATOMIC_RELEASE);
+}
+
+uint64_t mem_dirty_vmm_collect(struct gm *gm, uint64_t *out)
+{
+	uint64_t words = (mem_ram_bytes(gm) / MEM_PAGE_SIZE + 63) / 64, marked = 0;
+
+	for (uint64_t w = 0; w < words; w++) {
+		uint64_t v = __atomic_exchange_n(&gm->vmm_dirty[w], 0, __ATOMIC_ACQ_REL);
+
+		out[w] |= v;
+		marked += (uint64_t)__builtin_popcountll(v);
+	}
+	return marked;
+}
+
 bool mem_range_ok(const struct gm *gm, gpa_t gpa, uint64_t len)
 {
 	return check_range(gm, gpa, len) == 0;
@@ -106,6 +150,19 @@ int mem_write(struct gm *gm, gpa_t gpa, const void *buf, size_t len)
 		memcpy(hva, src, n);
 		src += n;
 	});
+	mark_dirty(gm, gpa, len);
+	return 0;
+}
+
+int mem_store_le16_release(struct gm *gm, gpa_t gpa, uint16_t val)
+{
+	const struct mem_ram_region *r = mem_find_region(gm, gpa);
+
+	/* One aligned store, or the guest could see half of it. */
+	if (!r || gpa % sizeof(val) || r->len - (gpa - r->gpa) < sizeof(val))
+		return -EFAULT;
+	__atomic_store_n((uint16_t *)(r->hva + (gpa - r->gpa)), val, __ATOMIC_RELEASE);
+	mark_dirty(gm, gpa, sizeof(val));
 	return 0;
 }
 
@@ -116,6 +173,7 @@ int mem_zero_fill(struct gm *gm, gpa_t gpa, size_t len)
 	if (ret)
 		return ret;
 	FOR_EACH_CHUNK(gm, gpa, len, hva, n, memset(hva, 0, n));
+	mark_dirty(gm, gpa, len);
 	return 0;
 }
 
@@ -133,15 +191,19 @@ int mem_copy_from_fd(struct gm *gm, gpa_t gpa, int fd, uint64_t off, size_t len)
 
 			if (got < 0 && errno == EINTR)
 				continue;
-			if (got < 0)
-				return -errno;
-			if (got == 0)
-				return -EIO; /* file shorter than its headers claim */
+			if (got <= 0) {
+				/* 0: the file is shorter than its headers claim. */
+				ret = got < 0 ? -errno : -EIO;
+				goto out;
+			}
 			done += (size_t)got;
 			off += (uint64_t)got;
 		}
 	});
-	return 0;
+out:
+	/* What was copied before a failure was written all the same. */
+	mark_dirty(gm, gpa, len);
+	return ret;
 }
 
 /* x86 is little-endian: the helpers exist so callers state the wire format. */

@@ -47,6 +47,13 @@ int mem_write_le16(struct gm *gm, gpa_t gpa, uint16_t val);
 int mem_write_le32(struct gm *gm, gpa_t gpa, uint32_t val);
 int mem_write_le64(struct gm *gm, gpa_t gpa, uint64_t val);
 
+/*
+ * A 16-bit store with release ordering (a virtqueue's index the guest reads
+ * without a lock): what mem_write_le16 does, ordered after every earlier
+ * write to guest memory.
+ */
+int mem_store_le16_release(struct gm *gm, gpa_t gpa, uint16_t val);
+
 /* Write `len` zero bytes at gpa (all or nothing, like mem_write). */
 int mem_zero_fill(struct gm *gm, gpa_t gpa, size_t len);
 
@@ -63,6 +70,24 @@ struct mem_slice {
 	size_t len;
 };
 int mem_slice_get(const struct gm *gm, gpa_t gpa, size_t len, struct mem_slice *out);
+
+/*
+ * The VMM's own writes to guest memory, for migration: while on, every
+ * write through this API (mem_write and its helpers, mem_zero_fill,
+ * mem_copy_from_fd, mem_store_le16_release) marks the pages it touched.
+ * Guest writes are the accelerator's to track (KVM's dirty log, or the
+ * memory manager's write protection). Bitmaps have one bit per page of RAM
+ * (mem_ram_bytes() / MEM_PAGE_SIZE) in page-index order: region 0's pages,
+ * then region 1's (mem_region()).
+ *   mem_dirty_vmm_track: start (clearing what was marked) or stop marking.
+ *   mem_dirty_vmm_collect: OR the pages marked since the last collect (or
+ *   the start) into out and clear them; returns how many were marked. A
+ *   page is marked after its write landed, so a write racing with a
+ *   collect is in this one (and its content read after it is new) or in
+ *   the next one.
+ */
+void mem_dirty_vmm_track(struct gm *gm, bool on);
+uint64_t mem_dirty_vmm_collect(struct gm *gm, uint64_t *out);
 
 /* Number of RAM regions and their guest-physical extents. */
 unsigned int mem_nr_regions(const struct gm *gm);

@@ -50,6 +50,8 @@ struct gm {
 	struct pagestate *ps;		/* page-state map, immutable pointer */
 	int uffd;			/* userfaultfd over all regions, or -1 */
 	uint64_t *framemap;		/* bit per page: its VMA maps a store frame (atomic) */
+	uint64_t *vmm_dirty;		/* bit per page: the VMM wrote it (gm.c, atomic words) */
+	bool vmm_dirty_on;		/* mark the VMM's writes (atomic) */
 	uint8_t *wp_reason;		/* per page: MEM_WP_* reasons for write protection (atomic) */
 	uint8_t *chunk_mode;		/* per MEM_CHUNK_PAGES chunk: MEM_CHUNK_* (txn.c) */
 	uint16_t *chunk_age;		/* per chunk: intervals since last seen used (access.c, atomic) */

@@ -6,9 +6,13 @@
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -79,6 +83,67 @@ static void test_gm_ranges_across_the_mmio_hole_fail_but_each_side_works(void **
 	mem_destroy(gm);
 }
 
+static bool bit(const uint64_t *map, uint64_t i)
+{
+	return map[i / 64] >> (i % 64) & 1;
+}
+
+/*
+ * The VMM's writes are marked for migration while tracking is on: every
+ * page a write touched (across the MMIO hole too), each collected once,
+ * nothing before the start or after the stop.
+ */
+static void test_gm_vmm_writes_are_marked_dirty(void **state)
+{
+	uint64_t low = LAYOUT_LOW_RAM_MAX / LAYOUT_PAGE_SIZE, v = 7;
+	uint64_t words = ((4ULL << 30) / LAYOUT_PAGE_SIZE + 63) / 64;
+	uint64_t *map = calloc(words, sizeof(*map));
+	uint8_t buf[2 * LAYOUT_PAGE_SIZE] = { 1 };
+	struct gm *gm;
+	int fd = memfd_create("test-gm", MFD_CLOEXEC);
+
+	(void)state;
+	assert_non_null(map);
+	assert_true(fd >= 0 && write(fd, buf, sizeof(buf)) == (ssize_t)sizeof(buf));
+	assert_int_equal(mem_create_anon(4ULL << 30, &gm), 0);
+	assert_int_equal(mem_write(gm, 0x10000, &v, 8), 0);	/* before the start: not marked */
+	mem_dirty_vmm_track(gm, true);
+	assert_int_equal(mem_dirty_vmm_collect(gm, map), 0);
+	/* A write across a page boundary marks both pages. */
+	assert_int_equal(mem_write(gm, 0x20000 - 4, &v, 8), 0);
+	assert_int_equal(mem_write_le32(gm, 0x30000, 1), 0);
+	assert_int_equal(mem_zero_fill(gm, 0x40000, 3 * LAYOUT_PAGE_SIZE), 0);
+	assert_int_equal(mem_copy_from_fd(gm, 0x50000, fd, 0, sizeof(buf)), 0);
+	assert_int_equal(mem_store_le16_release(gm, 0x60002, 9), 0);
+	assert_int_equal(mem_store_le16_release(gm, 0x60001, 9), -EFAULT);	/* unaligned */
+	/* Both sides of the MMIO hole: the high side's pages follow the low side's. */
+	assert_int_equal(mem_write(gm, LAYOUT_LOW_RAM_MAX - 8, &v, 8), 0);
+	assert_int_equal(mem_write(gm, LAYOUT_HIGH_RAM_BASE, &v, 8), 0);
+	/* A write refused as a whole marks nothing. */
+	assert_int_equal(mem_write(gm, LAYOUT_LOW_RAM_MAX - 4, &v, 8), -EFAULT);
+	assert_int_equal(mem_dirty_vmm_collect(gm, map), 2 + 1 + 3 + 2 + 1 + 2);
+	assert_false(bit(map, 0x10));
+	assert_true(bit(map, 0x1f) && bit(map, 0x20));
+	assert_true(bit(map, 0x30));
+	assert_true(bit(map, 0x40) && bit(map, 0x41) && bit(map, 0x42) && !bit(map, 0x43));
+	assert_true(bit(map, 0x50) && bit(map, 0x51));
+	assert_true(bit(map, 0x60));
+	assert_true(bit(map, low - 1) && bit(map, low) && !bit(map, low + 1));
+	/* Collected once: the next collect starts empty. */
+	assert_int_equal(mem_dirty_vmm_collect(gm, map), 0);
+	mem_dirty_vmm_track(gm, false);
+	assert_int_equal(mem_write(gm, 0x70000, &v, 8), 0);
+	assert_int_equal(mem_dirty_vmm_collect(gm, map), 0);
+	/* A new start forgets what was marked before it. */
+	mem_dirty_vmm_track(gm, true);
+	assert_int_equal(mem_write(gm, 0x80000, &v, 8), 0);
+	mem_dirty_vmm_track(gm, true);
+	assert_int_equal(mem_dirty_vmm_collect(gm, map), 0);
+	mem_destroy(gm);
+	close(fd);
+	free(map);
+}
+
 static void test_gm_create_refuses_bad_sizes(void **state)
 {
 	struct gm *gm;
@@ -119,6 +184,7 @@ int main(void)
 		cmocka_unit_test(test_gm_copies_round_trip_inside_ram),
 		cmocka_unit_test(test_gm_rejects_ranges_leaving_ram_without_copying),
 		cmocka_unit_test(test_gm_ranges_across_the_mmio_hole_fail_but_each_side_works),
+		cmocka_unit_test(test_gm_vmm_writes_are_marked_dirty),
 		cmocka_unit_test(test_gm_create_refuses_bad_sizes),
 		cmocka_unit_test(test_gm_zero_page_facts_match_the_kernel),
 	};

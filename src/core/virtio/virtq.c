@@ -10,9 +10,10 @@
  * Ring indexes are shared with driver vCPUs running concurrently, so they
  * are read and written with single 16-bit atomic accesses (a torn avail
  * index would look like an index that jumped ahead, and break a correct
- * driver's queue). That is the one place this file takes a host view of
- * guest RAM (mem_slice_get, which mem/gm.h reserves for mem/, virtq and
- * migration); all other accesses are mem_read/mem_write copies.
+ * driver's queue). Their loads are the one place this file takes a host
+ * view of guest RAM (mem_slice_get, which mem/gm.h reserves for mem/, virtq
+ * and migration); their stores go through mem_store_le16_release, which
+ * marks the page for migration like every other write (mem_write copies).
  */
 #define LOG_TAG "virtq"
 #include "core/virtio/virtq.h"
@@ -67,18 +68,10 @@ static int load16(const struct gm *gm, gpa_t gpa, uint16_t *val)
 	return 0;
 }
 
-/*
- * TODO: once mem/ tracks dirty pages for migration (not built yet), store
- * through a gm helper (e.g. mem_store_le16_atomic) so this write is marked.
- */
-static int store16(const struct gm *gm, gpa_t gpa, uint16_t val)
+/* Through the access API, so that migration sees the page written. */
+static int store16(struct gm *gm, gpa_t gpa, uint16_t val)
 {
-	struct mem_slice s;
-
-	if (mem_slice_get(gm, gpa, sizeof(val), &s) || s.len < sizeof(val))
-		return -EFAULT;
-	__atomic_store_n((uint16_t *)s.hva, val, __ATOMIC_RELEASE);
-	return 0;
+	return mem_store_le16_release(gm, gpa, val);
 }
 
 __attribute__((format(printf, 3, 4)))

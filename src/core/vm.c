@@ -379,6 +379,41 @@ int vm_irqfd(struct vm *vm, uint32_t gsi, int fd, bool assign)
 	return vm->accel->irqfd(vm, gsi, fd, assign);
 }
 
+int vm_dirty_start(struct vm *vm)
+{
+	bool idle = false;
+	int ret;
+
+	if (!vm->accel->dirty_log)
+		return -ENOTSUP;
+	if (!__atomic_compare_exchange_n(&vm->dirty_tracking, &idle, true, false, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE))
+		return -EBUSY;
+	/* The VMM's marks first: none of its writes falls between the two starts unseen. */
+	mem_dirty_vmm_track(vm->gm, true);
+	ret = vm->accel->dirty_log(vm, true);
+	if (ret)
+		vm_dirty_stop(vm);
+	return ret;
+}
+
+int vm_dirty_collect(struct vm *vm, uint64_t *bitmap, uint64_t *vmm_pages)
+{
+	if (!__atomic_load_n(&vm->dirty_tracking, __ATOMIC_ACQUIRE))
+		return -EINVAL;
+	*vmm_pages = mem_dirty_vmm_collect(vm->gm, bitmap);
+	return vm->accel->dirty_collect(vm, bitmap);
+}
+
+void vm_dirty_stop(struct vm *vm)
+{
+	if (!__atomic_load_n(&vm->dirty_tracking, __ATOMIC_ACQUIRE))
+		return;
+	vm->accel->dirty_log(vm, false);
+	mem_dirty_vmm_track(vm->gm, false);
+	__atomic_store_n(&vm->dirty_tracking, false, __ATOMIC_RELEASE);
+}
+
 const char *vm_name(const struct vm *vm)
 {
 	return vm->name;

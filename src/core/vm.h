@@ -110,6 +110,21 @@ const char *vm_accel_name(const struct vm *vm);
  */
 int vm_ioeventfd(struct vm *vm, gpa_t addr, unsigned int len, int fd, bool assign);
 int vm_irqfd(struct vm *vm, uint32_t gsi, int fd, bool assign);
+/*
+ * Dirty tracking, for migration and dirty-rate measurements: the guest's
+ * writes (the accelerator's log) and the VMM's (mem/gm.h), together.
+ *   vm_dirty_start: from a clean slate. -EBUSY when tracking already,
+ *   -ENOTSUP where the accelerator cannot log guest writes (thread, for now).
+ *   vm_dirty_collect: OR the pages written since the start or the last
+ *   collect into bitmap (one bit per page of RAM, page-index order, see
+ *   mem_dirty_vmm_collect) and start over; *vmm_pages: how many of those
+ *   the VMM wrote (they may also be the guest's). -EINVAL unless tracking.
+ *   vm_dirty_stop: ends it (nothing when not tracking).
+ * For one user at a time (the caller serializes).
+ */
+MUST_CHECK int vm_dirty_start(struct vm *vm);
+MUST_CHECK int vm_dirty_collect(struct vm *vm, uint64_t *bitmap, uint64_t *vmm_pages);
+void vm_dirty_stop(struct vm *vm);
 const char *vm_name(const struct vm *vm);
 enum vm_state vm_get_state(struct vm *vm);
 const char *vm_state_name(enum vm_state s);

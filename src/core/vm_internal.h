@@ -46,6 +46,7 @@ struct vm {
 	int exit_status;
 	void (*stop_notify)(void *arg, struct vm *vm);
 	void *stop_arg;
+	bool dirty_tracking;		/* vm_dirty_start's, until vm_dirty_stop (atomic) */
 };
 
 struct vcpu {

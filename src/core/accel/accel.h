@@ -130,6 +130,15 @@ struct accel_ops {
 	int (*ioeventfd)(struct vm *vm, gpa_t addr, unsigned int len, int fd, bool assign);
 	/* Attach or detach an eventfd that raises interrupt line gsi; -ENOTSUP. */
 	int (*irqfd)(struct vm *vm, uint32_t gsi, int fd, bool assign);
+	/*
+	 * The guest's writes to its RAM, for migration (NULL: this accelerator
+	 * cannot log them). dirty_log starts logging from a clean slate (on) or
+	 * stops it; dirty_collect ORs the pages written since the start or the
+	 * last collect into bitmap (one bit per page, page-index order: see
+	 * mem_dirty_vmm_collect) and starts over. On the thread that measures.
+	 */
+	int (*dirty_log)(struct vm *vm, bool on);
+	int (*dirty_collect)(struct vm *vm, uint64_t *bitmap);
 };
 
 extern const struct accel_ops accel_kvm_ops;

@@ -93,12 +93,13 @@ static struct kvm_vcpu *kvcpu_of(const struct vcpu *vcpu)
 	return vcpu->accel_vcpu;
 }
 
-static int register_ram(struct vm *vm, int fd)
+/* Memslot i is RAM region i; flags: KVM_MEM_LOG_DIRTY_PAGES or 0. */
+static int register_ram(struct vm *vm, int fd, uint32_t flags)
 {
 	uint8_t *base = mem_phys_base(vm->gm);
 
 	for (unsigned int i = 0; i < mem_nr_regions(vm->gm); i++) {
-		struct kvm_userspace_memory_region mr = { .slot = i };
+		struct kvm_userspace_memory_region mr = { .slot = i, .flags = flags };
 		gpa_t gpa;
 		uint64_t len;
 
@@ -146,7 +147,7 @@ static int kvm_vm_init(struct vm *vm)
 		return ret;
 	}
 	vm->accel_vm = k;
-	ret = register_ram(vm, k->fd);
+	ret = register_ram(vm, k->fd, 0);
 	if (ret)
 		return ret;
 	/*
@@ -501,6 +502,49 @@ static int kvm_irqfd(struct vm *vm, uint32_t gsi, int fd, bool assign)
 	return ioctl(kvm_of(vm)->fd, KVM_IRQFD, &irqfd) < 0 ? -errno : 0;
 }
 
+/*
+ * KVM's dirty log: a memslot's flag, then one bitmap per slot fetched and
+ * cleared in one call (KVM write-protects the pages again). Keyed by guest
+ * frame, so the MMU notifier's zaps (dedup's remaps, reclaim's drops)
+ * neither lose a write nor make one up: the write after the zap faults in
+ * again and is logged.
+ */
+static int kvm_dirty_log(struct vm *vm, bool on)
+{
+	return register_ram(vm, kvm_of(vm)->fd, on ? KVM_MEM_LOG_DIRTY_PAGES : 0);
+}
+
+static int kvm_dirty_collect(struct vm *vm, uint64_t *bitmap)
+{
+	for (unsigned int i = 0; i < mem_nr_regions(vm->gm); i++) {
+		gpa_t gpa;
+		uint64_t len, pages, first, *slot;
+		struct kvm_dirty_log d = { .slot = i };
+
+		mem_region(vm->gm, i, &gpa, &len);
+		pages = len / LAYOUT_PAGE_SIZE;
+		first = (uint64_t)mem_page_index(vm->gm, gpa);
+		slot = kv_calloc((pages + 63) / 64, sizeof(*slot));
+		if (!slot)
+			return -ENOMEM;
+		d.dirty_bitmap = slot;
+		if (ioctl(kvm_of(vm)->fd, KVM_GET_DIRTY_LOG, &d) < 0) {
+			int err = -errno;
+
+			kv_free(slot);
+			return err;
+		}
+		for (uint64_t w = 0; w < (pages + 63) / 64; w++)
+			for (uint64_t v = slot[w]; v; v &= v - 1) {
+				uint64_t idx = first + w * 64 + (uint64_t)__builtin_ctzll(v);
+
+				bitmap[idx / 64] |= 1ULL << (idx % 64);
+			}
+		kv_free(slot);
+	}
+	return 0;
+}
+
 const struct accel_ops accel_kvm_ops = {
 	.name = "kvm",
 	.exec_ram = false,
@@ -518,4 +562,6 @@ const struct accel_ops accel_kvm_ops = {
 	.vcpu_exception = kvm_vcpu_exception,
 	.ioeventfd = kvm_ioeventfd,
 	.irqfd = kvm_irqfd,
+	.dirty_log = kvm_dirty_log,
+	.dirty_collect = kvm_dirty_collect,
 };

@@ -384,6 +384,37 @@ static int verb_memcheck(void *arg, json_t *req, json_t *reply)
 }
 
 /*
+ * {"verb":"dirty_rate","vm":NAME,"ms":N}: how fast the VM writes its
+ * memory, measured over N ms (default 1000; HOST_DIRTY_RATE_MS_MIN..MAX,
+ * within the verb deadline).
+ */
+static int verb_dirty_rate(void *arg, json_t *req, json_t *reply)
+{
+	const char *name;
+	json_t *payload = NULL, *ms = json_object_get(req, "ms");
+	json_int_t n = 1000;
+	char why[256];
+	int ret = control_req_string(req, "vm", reply, &name);
+
+	if (ret)
+		return ret;
+	if (ms) {
+		n = json_is_integer(ms) ? json_integer_value(ms) : -1;
+		if (n < HOST_DIRTY_RATE_MS_MIN || n > HOST_DIRTY_RATE_MS_MAX)
+			return control_reply_error(reply, -EINVAL, "\"ms\" must be an integer from "
+						   "%d to %d", HOST_DIRTY_RATE_MS_MIN,
+						   HOST_DIRTY_RATE_MS_MAX);
+	}
+	ret = host_vm_dirty_rate(arg, name, (unsigned int)n, &payload, why, sizeof(why));
+	if (ret && why[0])
+		return control_reply_error(reply, ret, "vm \"%.64s\": dirty rate: %s", name, why);
+	if (ret)
+		return vm_verb_error(reply, name, "dirty rate", ret);
+	json_object_set_new(reply, "vm", safe_string(name));
+	return merge(reply, payload);
+}
+
+/*
  * {"verb":"swap","vm":NAME,"to":SIZE}: swap the VM out to its host's swap
  * file until its resident memory is at most SIZE (host_vm_swap).
  * {"verb":"swap","vm":NAME,"max":SIZE|null}: at most SIZE of it in swap
@@ -477,6 +508,7 @@ static int register_host_verbs(struct control *c)
 		{ "list", verb_list },	   { "stats", verb_stats },	{ "pause", verb_pause },
 		{ "resume", verb_resume }, { "stop", verb_stop },	{ "budget", verb_budget },
 		{ "reclaim", verb_reclaim }, { "memcheck", verb_memcheck }, { "swap", verb_swap },
+		{ "dirty_rate", verb_dirty_rate },
 	};
 	int ret;
 

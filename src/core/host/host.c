@@ -793,6 +793,49 @@ int host_vm_swap(struct host *h, const char *name, uint64_t to, json_t **out, ch
 	return *out ? 0 : -ENOMEM;
 }
 
+int host_vm_dirty_rate(struct host *h, const char *name, unsigned int ms, json_t **out,
+		       char *why, size_t len)
+{
+	struct host_vm *hv = find_vm(h, name);
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
+	uint64_t words, *map, vmm = 0, dirty = 0;
+	int ret;
+
+	why[0] = '\0';
+	if (!hv)
+		return -ENOENT;
+	words = (mem_ram_bytes(vm_gm(hv->vm)) / MEM_PAGE_SIZE + 63) / 64;
+	map = kv_calloc(words, sizeof(*map));
+	if (!map)
+		return -ENOMEM;
+	ret = vm_dirty_start(hv->vm);
+	if (ret == -ENOTSUP)
+		snprintf(why, len, "the %s accelerator does not log guest writes yet",
+			 vm_accel_name(hv->vm));
+	else if (ret == -EBUSY)
+		snprintf(why, len, "its writes are being tracked already (a migration or "
+			 "another measurement)");
+	if (ret) {
+		kv_free(map);
+		return ret;
+	}
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+	ret = vm_dirty_collect(hv->vm, map, &vmm);
+	vm_dirty_stop(hv->vm);
+	for (uint64_t w = 0; w < words; w++)
+		dirty += (uint64_t)__builtin_popcountll(map[w]);
+	kv_free(map);
+	if (ret) {
+		snprintf(why, len, "reading the dirty log: %s", strerror(-ret));
+		return ret;
+	}
+	*out = json_pack("{s:I, s:I, s:I, s:f}", "ms", (json_int_t)ms, "dirty_pages",
+			 (json_int_t)dirty, "vmm_pages", (json_int_t)vmm, "dirty_mib_s",
+			 (double)dirty * MEM_PAGE_SIZE / (1 << 20) / (ms / 1000.0));
+	return *out ? 0 : -ENOMEM;
+}
+
 /*
  * {"verb":"balloon","vm":NAME,"target":SIZE}: a target by hand (the policy
  * leaves that VM's balloon alone from then on); {"vm":NAME,"auto":true}

@@ -150,6 +150,17 @@ int host_vm_swap_limit(struct host *h, const char *name, bool limited, uint64_t 
 		       char *why, size_t whylen);
 int host_vm_swap(struct host *h, const char *name, uint64_t to, json_t **out, char *why,
 		 size_t whylen);
+/*
+ * How fast VM `name` dirties its memory (QEMU's calc-dirty-rate): its
+ * writes tracked for `ms` milliseconds (HOST_DIRTY_RATE_MS_MIN..MAX), the
+ * pages written counted. *out: {"ms", "dirty_pages", "vmm_pages",
+ * "dirty_mib_s"}. 0, or -errno with a sentence in why: -ENOENT, -ENOTSUP
+ * (the accelerator cannot log guest writes), -EBUSY (tracked already).
+ */
+#define HOST_DIRTY_RATE_MS_MIN 100
+#define HOST_DIRTY_RATE_MS_MAX 5000
+int host_vm_dirty_rate(struct host *h, const char *name, unsigned int ms, json_t **out,
+		       char *why, size_t whylen);
 /* Set the host memory budget (bytes > 0) and run a policy pass against it now. */
 /* 0, or -ERANGE: not HOST_HARD_LIMIT_GAP under the host's hard limit. */
 int host_set_budget(struct host *h, uint64_t bytes);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "mem/mem_internal.h"
+#include "mem/memmap.h"
 
 const struct mem_ram_region *mem_find_region(const struct gm *gm, gpa_t gpa)
 {
@@ -50,24 +51,22 @@ static int check_range(const struct gm *gm, gpa_t gpa, uint64_t len)
  */
 static void mark_dirty(struct gm *gm, gpa_t gpa, uint64_t len)
 {
+	/* Page indexes run on across regions, so a range's pages lie between its ends'. */
 	if (!len || !__atomic_load_n(&gm->vmm_dirty_on, __ATOMIC_ACQUIRE))
 		return;
-	while (len) {
-		const struct mem_ram_region *r = mem_find_region(gm, gpa);
-		uint64_t avail = r->len - (gpa - r->gpa), n = len < avail ? len : avail;
-		uint64_t first = r->first_pfn_index + ((gpa - r->gpa) >> MEM_PAGE_SHIFT);
-		uint64_t last = r->first_pfn_index + ((gpa + n - 1 - r->gpa) >> MEM_PAGE_SHIFT);
+	for (uint64_t i = (uint64_t)mem_page_index(gm, gpa);
+	     i <= (uint64_t)mem_page_index(gm, gpa + len - 1); i++)
+		__atomic_fetch_or(&gm->vmm_dirty[i / 64], 1ULL << (i % 64), __ATOMIC_RELEASE);
+}
 
-		for (uint64_t i = first; i <= last; i++)
-			__atomic_fetch_or(&gm->vmm_dirty[i / 64], 1ULL << (i % 64), __ATOMIC_RELEASE);
-		gpa += n;
-		len -= n;
-	}
+uint64_t mem_bitmap_words(const struct gm *gm)
+{
+	return (mem_ram_bytes(gm) / MEM_PAGE_SIZE + 63) / 64;
 }
 
 void mem_dirty_vmm_track(struct gm *gm, bool on)
 {
-	uint64_t words = (mem_ram_bytes(gm) / MEM_PAGE_SIZE + 63) / 64;
+	uint64_t words = mem_bitmap_words(gm);
 
 	if (on)
 		for (uint64_t w = 0; w < words; w++)
@@ -77,7 +76,7 @@ void mem_dirty_vmm_track(struct gm *gm, bool on)
 
 uint64_t mem_dirty_vmm_collect(struct gm *gm, uint64_t *out)
 {
-	uint64_t words = (mem_ram_bytes(gm) / MEM_PAGE_SIZE + 63) / 64, marked = 0;
+	uint64_t words = mem_bitmap_words(gm), marked = 0;
 
 	for (uint64_t w = 0; w < words; w++) {
 		uint64_t v = __atomic_exchange_n(&gm->vmm_dirty[w], 0, __ATOMIC_ACQ_REL);

@@ -87,6 +87,8 @@ int mem_slice_get(const struct gm *gm, gpa_t gpa, size_t len, struct mem_slice *
  *   the next one.
  */
 void mem_dirty_vmm_track(struct gm *gm, bool on);
+/* 64-bit words of such a bitmap. */
+uint64_t mem_bitmap_words(const struct gm *gm);
 uint64_t mem_dirty_vmm_collect(struct gm *gm, uint64_t *out);
 
 /* Number of RAM regions and their guest-physical extents. */

@@ -804,7 +804,7 @@ int host_vm_dirty_rate(struct host *h, const char *name, unsigned int ms, json_t
 	why[0] = '\0';
 	if (!hv)
 		return -ENOENT;
-	words = (mem_ram_bytes(vm_gm(hv->vm)) / MEM_PAGE_SIZE + 63) / 64;
+	words = mem_bitmap_words(vm_gm(hv->vm));
 	map = kv_calloc(words, sizeof(*map));
 	if (!map)
 		return -ENOMEM;

@@ -336,6 +336,15 @@ static int vm_verb_error(json_t *reply, const char *name, const char *what, int 
 				   strerror(-ret));
 }
 
+/* As vm_verb_error, but with the host's own sentence for it when it gave one. */
+static int vm_verb_why(json_t *reply, const char *name, const char *what, int ret,
+		       const char *why)
+{
+	if (why[0])
+		return control_reply_error(reply, ret, "vm \"%.64s\": %s: %s", name, what, why);
+	return vm_verb_error(reply, name, what, ret);
+}
+
 static int vm_verb(json_t *req, json_t *reply, const char *what, int (*fn)(struct host *,
 									  const char *),
 		   struct host *h)
@@ -406,10 +415,8 @@ static int verb_dirty_rate(void *arg, json_t *req, json_t *reply)
 						   HOST_DIRTY_RATE_MS_MAX);
 	}
 	ret = host_vm_dirty_rate(arg, name, (unsigned int)n, &payload, why, sizeof(why));
-	if (ret && why[0])
-		return control_reply_error(reply, ret, "vm \"%.64s\": dirty rate: %s", name, why);
 	if (ret)
-		return vm_verb_error(reply, name, "dirty rate", ret);
+		return vm_verb_why(reply, name, "dirty rate", ret, why);
 	json_object_set_new(reply, "vm", safe_string(name));
 	return merge(reply, payload);
 }
@@ -438,10 +445,8 @@ static int verb_swap(void *arg, json_t *req, json_t *reply)
 		}
 		ret = host_vm_swap_limit(arg, name, !json_is_null(max), max_bytes, why,
 					 sizeof(why));
-		if (ret && why[0])
-			return control_reply_error(reply, ret, "vm \"%.64s\": swap: %s", name, why);
 		if (ret)
-			return vm_verb_error(reply, name, "swap", ret);
+			return vm_verb_why(reply, name, "swap", ret, why);
 		if (!json_object_get(req, "to")) {
 			json_object_set_new(reply, "vm", safe_string(name));
 			json_object_set_new(reply, "max_bytes", json_is_null(max) ? json_null()
@@ -453,10 +458,8 @@ static int verb_swap(void *arg, json_t *req, json_t *reply)
 	if (ret)
 		return ret;
 	ret = host_vm_swap(arg, name, to, &payload, why, sizeof(why));
-	if (ret && why[0])
-		return control_reply_error(reply, ret, "vm \"%.64s\": swap: %s", name, why);
 	if (ret)
-		return vm_verb_error(reply, name, "swap", ret);
+		return vm_verb_why(reply, name, "swap", ret, why);
 	json_object_set_new(reply, "vm", safe_string(name));
 	return merge(reply, payload);
 }

@@ -100,20 +100,51 @@ void mem_access_destroy(struct mem_access *a)
 	kv_free(a);
 }
 
-/* Protect page idx for sampling if it is a resident page of the VM's own. */
-static bool try_sample(struct mem_access *a, uint64_t idx)
+/* Protect page idx (pagemap entry pm) for sampling if it is a resident page of the VM's own. */
+static bool try_sample_pm(struct mem_access *a, uint64_t idx, uint64_t pm)
 {
 	struct gm *gm = a->gm;
-	uint64_t pm;
 
 	/* Picked twice this interval: judged once (a second protect would forget a hit). */
 	if (__atomic_load_n(&gm->wp_reason[idx], __ATOMIC_ACQUIRE) & MEM_WP_SAMPLE)
 		return false;
-	if (pagestate_get(gm->ps, idx) != PS_ANON || mem_pagemap(gm, idx, 1, &pm) != 1 ||
-	    !mem_pm_resident(pm) || mem_pm_file(pm) || mem_sample_protect(gm, idx))
+	if (pagestate_get(gm->ps, idx) != PS_ANON || !mem_pm_resident(pm) || mem_pm_file(pm) ||
+	    mem_sample_protect(gm, idx))
 		return false;
 	a->samples[a->nr_samples++] = idx;
 	return true;
+}
+
+static bool try_sample(struct mem_access *a, uint64_t idx)
+{
+	uint64_t pm;
+
+	if (pagestate_get(a->gm->ps, idx) != PS_ANON || mem_pagemap(a->gm, idx, 1, &pm) != 1)
+		return false;
+	return try_sample_pm(a, idx, pm);
+}
+
+/*
+ * One sample from a random window of the VM's pages, read with one
+ * pagemap call: a sparsely resident VM would otherwise spend a system
+ * call on every page it does not have. One pick per window keeps the
+ * samples spread.
+ */
+#define SAMPLE_WINDOW 16
+
+static bool try_sample_window(struct mem_access *a, uint64_t nr)
+{
+	uint64_t pm[SAMPLE_WINDOW], start = kv_rand(&a->rng) % nr, off;
+	uint64_t len = nr - start < SAMPLE_WINDOW ? nr - start : SAMPLE_WINDOW;
+	int64_t got = mem_pagemap(a->gm, start, len, pm);
+
+	if (got <= 0)
+		return false;
+	off = kv_rand(&a->rng) % (uint64_t)got;
+	for (int64_t i = 0; i < got; i++, off = (off + 1) % (uint64_t)got)
+		if (try_sample_pm(a, start + off, pm[off]))
+			return true;
+	return false;
 }
 
 double mem_access_sample(struct mem_access *a, bool age_only)
@@ -132,9 +163,9 @@ double mem_access_sample(struct mem_access *a, bool age_only)
 	}
 	a->nr_samples = 0;
 	if (age_only) {
-		for (unsigned int tries = 0; tries < 4 * ACTIVE_SAMPLES &&
+		for (unsigned int tries = 0; tries < 2 * ACTIVE_SAMPLES &&
 					     a->nr_samples < ACTIVE_SAMPLES; tries++)
-			try_sample(a, kv_rand(&a->rng) % nr);
+			try_sample_window(a, nr);
 		return judged ? (double)hits / (double)judged : -1.0;
 	}
 	for (uint64_t c = 0; c < chunks; c++) {

@@ -871,8 +871,17 @@ static void *policy_thread(void *arg)
 		pthread_mutex_unlock(&ovc->lock);
 		policy_pass(ovc, interval);
 		pthread_mutex_lock(&ovc->lock);
-		if (interval)
-			next = now + interval_ns;
+		/*
+		 * A pass longer than the interval (hundreds of VMs) is followed by
+		 * a pause all the same: back to back, the policy would hold the VM
+		 * list's lock against every VM being added or removed.
+		 */
+		if (interval) {
+			uint64_t end = kv_clock_ns(CLOCK_MONOTONIC);
+
+			next = now + interval_ns > end + interval_ns / 4 ? now + interval_ns
+									   : end + interval_ns / 4;
+		}
 	}
 	pthread_mutex_unlock(&ovc->lock);
 	return NULL;

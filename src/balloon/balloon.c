@@ -566,6 +566,62 @@ static void queue_notify(void *opaque, unsigned int q)
 	}
 }
 
+/*
+ * Migration: what the driver has seen and what the device holds. Roles come
+ * back with the features; the counters are this host's.
+ */
+static json_t *balloon_save(void *opaque)
+{
+	struct balloon *b = opaque;
+	json_t *vals = json_array(), *st;
+
+	pthread_mutex_lock(&b->lock);
+	/* As decimal strings: the guest's values are 64-bit unsigned, JSON integers signed. */
+	for (unsigned int i = 0; i < BALLOON_S_NR && vals; i++) {
+		char v[24];
+
+		snprintf(v, sizeof(v), "%" PRIu64, b->st.guest.val[i]);
+		json_array_append_new(vals, json_string(v));
+	}
+	st = json_pack("{s:I, s:I, s:b, s:i, s:I, s:o*}", "num_pages", (json_int_t)b->num_pages,
+		       "actual", (json_int_t)b->actual, "stats_held", b->stats_held, "stats_head",
+		       (int)b->stats_head, "stats_valid", (json_int_t)b->st.guest.valid,
+		       "stats", vals);
+	pthread_mutex_unlock(&b->lock);
+	return st;
+}
+
+static int balloon_load(void *opaque, json_t *st, char *why, size_t whylen)
+{
+	struct balloon *b = opaque;
+	json_t *vals = json_object_get(st, "stats");
+	json_int_t num, actual, head, valid;
+	int held;
+
+	if (json_unpack(st, "{s:I, s:I, s:b, s:I, s:I}", "num_pages", &num, "actual", &actual,
+			"stats_held", &held, "stats_head", &head, "stats_valid", &valid) ||
+	    num < 0 || num > UINT32_MAX || actual < 0 || actual > UINT32_MAX || head < 0 ||
+	    head > UINT16_MAX || valid < 0 || valid >= (1LL << BALLOON_S_NR) ||
+	    !json_is_array(vals) || json_array_size(vals) != BALLOON_S_NR ||
+	    (held && b->stats_q < 0)) {
+		snprintf(why, whylen, "%s: balloon state malformed", b->name);
+		return -EINVAL;
+	}
+	b->stats_held = held;
+	b->stats_head = (uint16_t)head;
+	pthread_mutex_lock(&b->lock);
+	b->num_pages = (uint32_t)num;
+	b->actual = (uint32_t)actual;
+	b->st.guest.valid = (uint32_t)valid;
+	for (unsigned int i = 0; i < BALLOON_S_NR; i++) {
+		const char *v = json_string_value(json_array_get(vals, i));
+
+		b->st.guest.val[i] = v ? strtoull(v, NULL, 10) : 0;
+	}
+	pthread_mutex_unlock(&b->lock);
+	return 0;
+}
+
 static const struct virtio_dev_ops balloon_ops = {
 	.config_read = config_read,
 	.config_write = config_write,
@@ -575,6 +631,8 @@ static const struct virtio_dev_ops balloon_ops = {
 	.queue_stop = queue_stop,
 	.timer = on_timer,
 	.reset = reset,
+	.save = balloon_save,
+	.load = balloon_load,
 };
 
 /* --- the memory manager's hooks, for a balloon created without `mem` --- */

@@ -8,11 +8,13 @@
 #include "core/vm.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <string.h>
 #include <time.h>
 
 #include "core/alloc.h"
 #include "core/boot.h"
+#include "core/clock.h"
 #include "core/layout.h"
 #include "core/vcpu.h"
 #include "core/vm_internal.h"
@@ -127,7 +129,7 @@ int vm_create(const struct vm_params *p, struct vm **out)
 		ret = -ENOMEM;
 		goto out_destroy;
 	}
-	ret = mem_create(p->mem_bytes, accel->exec_ram, &vm->gm);
+	ret = mem_create_at(p->mem_bytes, accel->exec_ram, p->ram_base, &vm->gm);
 	if (ret) {
 		log_err("%s: cannot reserve %llu bytes of guest RAM: %s", p->name,
 			(unsigned long long)p->mem_bytes, strerror(-ret));
@@ -163,7 +165,9 @@ int vm_start(struct vm *vm)
 
 	if (vm->state != VM_CREATED)
 		return -EINVAL;
-	ret = boot_guest(vm);
+	/* A VM continued from elsewhere has its memory and registers: nothing to boot. */
+	if (vm->restored_cpus != (vm->ncpus == 64 ? ~0ULL : (1ULL << vm->ncpus) - 1))
+		ret = vm->restored_cpus ? -EINVAL : boot_guest(vm);
 	if (ret)
 		return ret;
 	pthread_mutex_lock(&vm->lock);
@@ -412,6 +416,69 @@ void vm_dirty_stop(struct vm *vm)
 	vm->accel->dirty_log(vm, false);
 	mem_dirty_vmm_track(vm->gm, false);
 	__atomic_store_n(&vm->dirty_tracking, false, __ATOMIC_RELEASE);
+}
+
+int vm_save_vcpu(struct vm *vm, unsigned int i, void *buf, size_t cap)
+{
+	if (!vm->accel->vcpu_save)
+		return -ENOTSUP;
+	if (i >= vm->ncpus || vm_get_state(vm) != VM_PAUSED)
+		return -EINVAL;
+	return vm->accel->vcpu_save(vm->vcpus[i], buf, cap);
+}
+
+int vm_load_vcpu(struct vm *vm, unsigned int i, const void *buf, size_t len)
+{
+	int ret;
+
+	if (!vm->accel->vcpu_load)
+		return -ENOTSUP;
+	if (i >= vm->ncpus || vm->state != VM_CREATED || len > ACCEL_CPU_STATE_MAX)
+		return -EINVAL;
+	ret = vm->accel->vcpu_load(vm->vcpus[i], buf, len);
+	if (!ret)
+		vm->restored_cpus |= 1ULL << i;
+	return ret;
+}
+
+int vm_save_clock(struct vm *vm, struct vm_clock *out)
+{
+	if (!vm->accel->guest_tsc)
+		return -ENOTSUP;
+	if (vm_get_state(vm) != VM_PAUSED)
+		return -EINVAL;
+	out->guest_tsc = vm->accel->guest_tsc(vm) + (uint64_t)vm->tsc_offset;
+	out->tsc_khz = vm->accel->tsc_khz(vm);
+	out->vmm_ns = kv_clock_ns(CLOCK_MONOTONIC) + (uint64_t)vm->clock_offset_ns;
+	return 0;
+}
+
+int vm_load_clock(struct vm *vm, const struct vm_clock *c)
+{
+	if (!vm->accel->guest_tsc)
+		return -ENOTSUP;
+	uint64_t khz;
+
+	if (vm->state != VM_CREATED)
+		return -EINVAL;
+	/*
+	 * The guest turns ticks into time at the rate it booted with: on a TSC
+	 * of another rate its clock would run fast or slow. Calibrations of one
+	 * TSC agree to about 10^-4.
+	 */
+	khz = vm->accel->tsc_khz(vm);
+	if (c->tsc_khz && (khz > c->tsc_khz ? khz - c->tsc_khz : c->tsc_khz - khz) > c->tsc_khz / 200)
+		return -ERANGE;
+	vm->tsc_offset = (int64_t)(c->guest_tsc - vm->accel->guest_tsc(vm));
+	vm->clock_offset_ns = (int64_t)(c->vmm_ns - kv_clock_ns(CLOCK_MONOTONIC));
+	/* The guest reads its offset from the boot parameters, which came with its memory. */
+	return mem_write(vm->gm, LAYOUT_BOOT_PARAMS + offsetof(struct abi_boot_params, tsc_offset),
+			 &vm->tsc_offset, sizeof(vm->tsc_offset));
+}
+
+unsigned int vm_ncpus(const struct vm *vm)
+{
+	return vm->ncpus;
 }
 
 const char *vm_name(const struct vm *vm)

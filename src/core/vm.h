@@ -33,6 +33,8 @@ struct vm_params {
 	int console_fd;		 /* console lines go here (e.g. stdout) */
 	bool console_prefix;	 /* start every line with "[name] " */
 	const char *console_log; /* also append the console to this file, or NULL */
+	/* Host address of guest-physical 0 (vm_ram_base of the VM it continues), or 0: any. */
+	uint64_t ram_base;
 };
 
 enum vm_state {
@@ -125,6 +127,32 @@ int vm_irqfd(struct vm *vm, uint32_t gsi, int fd, bool assign);
 MUST_CHECK int vm_dirty_start(struct vm *vm);
 MUST_CHECK int vm_dirty_collect(struct vm *vm, uint64_t *bitmap, uint64_t *vmm_pages);
 void vm_dirty_stop(struct vm *vm);
+/*
+ * Migration and snapshots: the machine state besides RAM and devices.
+ *   vm_save_vcpu: vCPU i's state (the accelerator's versioned blob, at most
+ *   ACCEL_CPU_STATE_MAX bytes) into buf; its length, or -errno. The VM must
+ *   be paused.
+ *   vm_load_vcpu: give vCPU i of a VM that has not started a state saved
+ *   by vm_save_vcpu elsewhere (untrusted: -EINVAL when malformed). Once
+ *   every vCPU has one, vm_start resumes from them instead of booting.
+ *   vm_save_clock / vm_load_clock: the guest's time (its TSC and the system
+ *   control device's clock) as it reads it now, and the same time given to
+ *   a VM that continues it: its clocks go on from there instead of jumping
+ *   to this host's. Save paused; load before vm_start.
+ * -ENOTSUP where the accelerator cannot do it; vm_load_clock: -ERANGE when
+ * this host's TSC runs at another rate (the guest's clock would too).
+ */
+struct vm_clock {
+	uint64_t guest_tsc;	/* what guest code reads as the TSC */
+	uint64_t tsc_khz;	/* at this rate (0: the guest does not use it) */
+	uint64_t vmm_ns;	/* what the system control device tells as time */
+};
+MUST_CHECK int vm_save_vcpu(struct vm *vm, unsigned int i, void *buf, size_t cap);
+MUST_CHECK int vm_load_vcpu(struct vm *vm, unsigned int i, const void *buf, size_t len);
+MUST_CHECK int vm_save_clock(struct vm *vm, struct vm_clock *out);
+MUST_CHECK int vm_load_clock(struct vm *vm, const struct vm_clock *c);
+/* The VM's vCPU count. */
+unsigned int vm_ncpus(const struct vm *vm);
 const char *vm_name(const struct vm *vm);
 enum vm_state vm_get_state(struct vm *vm);
 const char *vm_state_name(enum vm_state s);

@@ -47,6 +47,10 @@ struct vm {
 	void (*stop_notify)(void *arg, struct vm *vm);
 	void *stop_arg;
 	bool dirty_tracking;		/* vm_dirty_start's, until vm_dirty_stop (atomic) */
+	/* Set before start, read by the vCPUs after: no lock. */
+	uint64_t restored_cpus;		/* bit per vCPU given a state by vm_load_vcpu */
+	int64_t tsc_offset;		/* added to the accelerator's TSC (guest/abi.h) */
+	int64_t clock_offset_ns;	/* added to the system control device's clock */
 };
 
 struct vcpu {

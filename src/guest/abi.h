@@ -103,6 +103,13 @@ struct abi_boot_params {
 	uint64_t phys_offset;	/* virtual minus guest-physical (also in rcx at entry) */
 	uint64_t mmio_call;	/* virtual address of the VMM's MMIO entry, or 0 */
 	uint64_t phys_top;	/* nothing (RAM, device, mapping) at or above this gpa */
+	/*
+	 * Added to every TSC reading, read afresh each time: the VMM changes it
+	 * when the guest moves to another host (live migration) so that its
+	 * time goes on from where it stopped instead of jumping to the new
+	 * host's TSC. The guest never writes it.
+	 */
+	int64_t tsc_offset;
 	uint32_t nr_ranges;
 	uint32_t nr_devices;
 	struct abi_mem_range ranges[ABI_MAX_RANGES];

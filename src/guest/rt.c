@@ -41,6 +41,12 @@ void rt_set_phys_offset(uint64_t offset)
 	rt_phys_offset = offset;
 }
 
+/* The TSC as this guest counts it: the VMM's offset moves it across hosts. */
+static uint64_t guest_tsc(void)
+{
+	return rdtsc() + (boot ? (uint64_t)*(const volatile int64_t *)&boot->tsc_offset : 0);
+}
+
 int rt_init(const struct abi_boot_params *bp)
 {
 	uint32_t i;
@@ -67,7 +73,7 @@ int rt_init(const struct abi_boot_params *bp)
 			sys_gpa = gpa(d->gpa);
 	}
 	tsc_khz = bp->tsc_khz;
-	tsc_base = rdtsc();
+	tsc_base = guest_tsc();
 	if (!tsc_khz && !gpa_is_null(sys_gpa))
 		clock_base = mmio_read64(gpa_add(sys_gpa, ABI_SYS_TIME_NS));
 	store_release(&ready, 1);
@@ -120,7 +126,7 @@ uint64_t rt_now_ns(void)
 		return mmio_read64(gpa_add(sys_gpa, ABI_SYS_TIME_NS)) - clock_base;
 	}
 	/* Split so nothing overflows 64 bits: the remainder is < tsc_khz. */
-	t = rdtsc() - tsc_base;
+	t = guest_tsc() - tsc_base;
 	return t / tsc_khz * RT_NS_PER_MS + t % tsc_khz * RT_NS_PER_MS / tsc_khz;
 }
 

@@ -88,15 +88,19 @@ static void add_reserved(uint64_t start, uint64_t len)
  * mapping in the way (MAP_FIXED_NOREPLACE says EEXIST) moves us on a guard's
  * length at a time.
  */
-static int reserve(uint64_t len, uint64_t *out)
+static int reserve(uint64_t len, uint64_t want, uint64_t *out)
 {
-	uint64_t at = MEM_ARENA_START;
+	uint64_t at = want ? want : MEM_ARENA_START;
 	int ret = -ENOMEM;
 
 	pthread_mutex_lock(&arena.lock);
 	while (arena.nr < MAX_RESERVATIONS) {
 		void *p;
 
+		if (want && skip_reserved(at, len) != want) {
+			ret = -EADDRINUSE;
+			break;
+		}
 		at = skip_reserved(at, len);
 		if (at + len > MEM_ARENA_END)
 			break;
@@ -113,6 +117,10 @@ static int reserve(uint64_t len, uint64_t *out)
 			munmap(p, len);
 		} else if (errno != EEXIST) {
 			ret = -errno;
+			break;
+		}
+		if (want) {
+			ret = -EADDRINUSE;
 			break;
 		}
 		at += MEM_GUARD;
@@ -155,11 +163,19 @@ static int map_region(struct gm *gm, struct mem_ram_region *r, gpa_t gpa, uint64
 
 int mem_create(uint64_t ram_bytes, bool exec, struct gm **out)
 {
+	return mem_create_at(ram_bytes, exec, 0, out);
+}
+
+int mem_create_at(uint64_t ram_bytes, bool exec, uint64_t phys_base, struct gm **out)
+{
+	uint64_t low, base = 0, want = phys_base ? phys_base - MEM_GUARD : 0;
 	struct gm *gm;
-	uint64_t low, base = 0;
 	int ret;
 
 	if (ram_bytes == 0 || ram_bytes % LAYOUT_PAGE_SIZE)
+		return -EINVAL;
+	if (phys_base && (phys_base % MEM_GUARD || phys_base < MEM_ARENA_START + MEM_GUARD ||
+			  phys_base > MEM_ARENA_END))
 		return -EINVAL;
 	if (ram_bytes < LAYOUT_RESERVED_END + LAYOUT_PAGE_SIZE)
 		return -EINVAL;
@@ -187,7 +203,7 @@ int mem_create(uint64_t ram_bytes, bool exec, struct gm **out)
 		goto out_free;
 	}
 	gm->reserve_len = mem_reserve_bytes(ram_bytes);
-	ret = reserve(gm->reserve_len, &base);
+	ret = reserve(gm->reserve_len, want, &base);
 	if (ret)
 		goto out_free;
 	gm->reserve_start = base;

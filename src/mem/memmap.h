@@ -41,6 +41,12 @@
  */
 int mem_create(uint64_t ram_bytes, bool exec, struct gm **out);
 /*
+ * mem_create with guest-physical 0 at host address phys_base exactly (a
+ * migrated or restored VM that can only run at the base it had): -EINVAL
+ * for a base the arena cannot hold, -EADDRINUSE when that place is taken.
+ */
+int mem_create_at(uint64_t ram_bytes, bool exec, uint64_t phys_base, struct gm **out);
+/*
  * Top of the guest-physical span for `ram_bytes` of RAM: RAM, the MMIO hole
  * and nothing else lie below it; 1 GiB aligned.
  */

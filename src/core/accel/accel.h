@@ -139,7 +139,21 @@ struct accel_ops {
 	 */
 	int (*dirty_log)(struct vm *vm, bool on);
 	int (*dirty_collect)(struct vm *vm, uint64_t *bitmap);
+	/*
+	 * Migration and snapshots. vcpu_save: the state of a vCPU that is
+	 * parked (or never ran) as a versioned blob of the accelerator's own,
+	 * at most ACCEL_CPU_STATE_MAX bytes; its length, or -errno. vcpu_load:
+	 * make a blob from another host the vCPU's state before its first run,
+	 * in place of its boot entry; the blob is untrusted (-EINVAL for one
+	 * that is malformed or would take the vCPU outside its VM). guest_tsc:
+	 * the TSC guest code reads now (its VM's vCPUs parked).
+	 */
+	int (*vcpu_save)(struct vcpu *vcpu, void *buf, size_t cap);
+	int (*vcpu_load)(struct vcpu *vcpu, const void *buf, size_t len);
+	uint64_t (*guest_tsc)(struct vm *vm);
 };
+
+#define ACCEL_CPU_STATE_MAX (64 * 1024)
 
 extern const struct accel_ops accel_kvm_ops;
 extern const struct accel_ops accel_thread_ops;

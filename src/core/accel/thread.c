@@ -147,10 +147,36 @@ struct thread_vm {
 	uint64_t span;		/* guest-physical span: RAM, the MMIO hole */
 };
 
+/*
+ * A vCPU's state as it travels (migration, snapshots): the registers the
+ * thread keeps between runs and an MMIO read whose result is still to be
+ * delivered. Little-endian, fixed layout, no padding.
+ */
+#define THREAD_STATE_MAGIC 0x44524854u /* "THRD" */
+#define THREAD_STATE_VERSION 1
+
+struct thread_state {
+	uint32_t magic;
+	uint32_t version;
+	uint64_t gpr[16];
+	uint64_t rip;
+	uint64_t rflags;
+	uint32_t mxcsr;
+	uint16_t fcw;
+	uint8_t mmio_read;
+	uint8_t pad;
+	uint8_t mmio_data[8];
+};
+
+_Static_assert(sizeof(struct thread_state) == 168, "thread_state has no padding");
+
 struct thread_vcpu {
 	struct vcpu *vcpu;
 	uint32_t kick;			/* armed by set_kick (any thread) */
 	struct accel_entry entry;	/* where the first run starts */
+	bool restored;			/* start from `restore`, not from entry */
+	struct thread_state restore;
+	struct thread_tls *tls;		/* the vCPU thread's, once started (read while parked) */
 	bool started;			/* this thread's context is set up (vCPU thread only) */
 	bool mmio_read;			/* the last exit was an MMIO read: its result goes to rax */
 	uint8_t mmio_data[8];
@@ -490,10 +516,29 @@ static int thread_vcpu_boot(struct vcpu *vcpu, const struct accel_entry *e)
 	return 0;
 }
 
+/* The state a vCPU starts in from its boot entry (guest/abi.h, "Entry"). */
+static struct thread_state entry_state(const struct thread_vcpu *c)
+{
+	struct thread_state st = { .magic = THREAD_STATE_MAGIC, .version = THREAD_STATE_VERSION };
+
+	st.gpr[R_DI] = c->entry.rdi;
+	st.gpr[R_SI] = c->entry.rsi;
+	st.gpr[R_DX] = c->entry.rdx;
+	st.gpr[R_CX] = c->entry.rcx;
+	st.gpr[R_8] = c->entry.r8;
+	st.gpr[R_SP] = c->entry.rdx;
+	st.rip = c->entry.rip;
+	st.rflags = RFLAGS_FIXED;
+	st.mxcsr = MXCSR_DEFAULT;
+	st.fcw = FCW_DEFAULT;
+	return st;
+}
+
 /* First run on the vCPU's thread: its signal stack, system-call trap and guest context. */
 static int start_on_this_thread(struct thread_vcpu *c)
 {
 	struct thread_tls *t = &accel_thread_tls;
+	struct thread_state first;
 	stack_t ss = { .ss_sp = c->altstack, .ss_size = ALTSTACK_SIZE };
 
 	if (sigaltstack(&ss, &c->old_altstack) < 0)
@@ -507,21 +552,81 @@ static int start_on_this_thread(struct thread_vcpu *c)
 		sigaltstack(&c->old_altstack, NULL);
 		return ret;
 	}
+	first = c->restored ? c->restore : entry_state(c);
 	memset(t, 0, sizeof(*t));
-	t->gpr[R_DI] = c->entry.rdi;
-	t->gpr[R_SI] = c->entry.rsi;
-	t->gpr[R_DX] = c->entry.rdx;
-	t->gpr[R_CX] = c->entry.rcx;
-	t->gpr[R_8] = c->entry.r8;
-	t->gpr[R_SP] = c->entry.rdx;
-	t->rip = c->entry.rip;
-	t->rflags = RFLAGS_FIXED;
-	t->guest_mxcsr = MXCSR_DEFAULT;
-	t->guest_fcw = FCW_DEFAULT;
+	memcpy(t->gpr, first.gpr, sizeof(t->gpr));
+	t->rip = first.rip;
+	t->rflags = first.rflags;
+	t->guest_mxcsr = first.mxcsr;
+	t->guest_fcw = first.fcw;
+	c->mmio_read = first.mmio_read;
+	memcpy(c->mmio_data, first.mmio_data, sizeof(c->mmio_data));
 	t->kick = &c->kick;
 	t->cpu = c;
+	__atomic_store_n(&c->tls, t, __ATOMIC_RELEASE);
 	c->started = true;
 	return 0;
+}
+
+/*
+ * Parked means between runs, its registers in its thread's thread_tls; a
+ * vCPU that never ran is still at its entry (or at the state it was given).
+ */
+static int thread_vcpu_save(struct vcpu *vcpu, void *buf, size_t cap)
+{
+	struct thread_vcpu *c = tcpu_of(vcpu);
+	struct thread_tls *t = __atomic_load_n(&c->tls, __ATOMIC_ACQUIRE);
+	struct thread_state st;
+
+	if (cap < sizeof(st))
+		return -ENOSPC;
+	if (!t) {
+		st = c->restored ? c->restore : entry_state(c);
+	} else {
+		memset(&st, 0, sizeof(st));
+		st.magic = THREAD_STATE_MAGIC;
+		st.version = THREAD_STATE_VERSION;
+		memcpy(st.gpr, t->gpr, sizeof(st.gpr));
+		st.rip = t->rip;
+		st.rflags = t->rflags;
+		st.mxcsr = t->guest_mxcsr;
+		st.fcw = t->guest_fcw;
+		st.mmio_read = c->mmio_read;
+		memcpy(st.mmio_data, c->mmio_data, sizeof(st.mmio_data));
+	}
+	memcpy(buf, &st, sizeof(st));
+	return (int)sizeof(st);
+}
+
+static int thread_vcpu_load(struct vcpu *vcpu, const void *buf, size_t len)
+{
+	struct thread_vcpu *c = tcpu_of(vcpu);
+	const struct thread_vm *tv = tvm_of(vcpu->vm);
+	uint64_t base = (uint64_t)(uintptr_t)tv->phys_base;
+	struct thread_state st;
+
+	if (len != sizeof(st) || c->started)
+		return -EINVAL;
+	memcpy(&st, buf, sizeof(st));
+	if (st.magic != THREAD_STATE_MAGIC || st.version != THREAD_STATE_VERSION)
+		return -EINVAL;
+	/* Guest code and its stack live in its span; the rest would be the VMM's. */
+	if (st.rip < base || st.rip - base >= tv->span || st.gpr[R_SP] < base ||
+	    st.gpr[R_SP] - base > tv->span)
+		return -EINVAL;
+	/* ldmxcsr faults on a reserved bit: in the VMM's entry path, not the guest's. */
+	if (st.mxcsr > 0xffff || st.mmio_read > 1 || st.pad)
+		return -EINVAL;
+	st.rflags = (st.rflags & RFLAGS_KEPT) | RFLAGS_FIXED;
+	c->restore = st;
+	c->restored = true;
+	return 0;
+}
+
+static uint64_t thread_guest_tsc(struct vm *vm)
+{
+	(void)vm;
+	return rdtsc(); /* guest code reads the host's own */
 }
 
 static int thread_vcpu_run(struct vcpu *vcpu, struct accel_exit *exit)
@@ -596,6 +701,8 @@ static void thread_vcpu_thread_exit(struct vcpu *vcpu)
 	/* The sanitizers free the thread's own signal stack at its exit: give it back first. */
 	sigaltstack(&c->old_altstack, NULL);
 	accel_thread_tls.cpu = NULL;
+	/* Its registers go with the thread: a save from now on has nothing to read. */
+	__atomic_store_n(&c->tls, NULL, __ATOMIC_RELEASE);
 	c->started = false;
 }
 
@@ -628,4 +735,7 @@ const struct accel_ops accel_thread_ops = {
 	.vcpu_thread_exit = thread_vcpu_thread_exit,
 	.ioeventfd = thread_ioeventfd,
 	.irqfd = thread_irqfd,
+	.vcpu_save = thread_vcpu_save,
+	.vcpu_load = thread_vcpu_load,
+	.guest_tsc = thread_guest_tsc,
 };

@@ -44,10 +44,13 @@ static void sysctl_write(void *opaque, struct vcpu *vcpu, uint64_t off, const vo
 static void sysctl_read(void *opaque, struct vcpu *vcpu, uint64_t off, void *data,
 			unsigned int len)
 {
-	(void)opaque;
+	struct vm *vm = opaque;
+
 	(void)vcpu;
 	if (off == ABI_SYS_TIME_NS) {
-		bus_data_put(data, len, kv_clock_ns(CLOCK_MONOTONIC));
+		/* Offset for a VM that came from another host: its clock goes on from there. */
+		bus_data_put(data, len,
+			     kv_clock_ns(CLOCK_MONOTONIC) + (uint64_t)vm->clock_offset_ns);
 		return;
 	}
 	bus_data_put(data, len, 0);

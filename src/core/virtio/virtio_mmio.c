@@ -764,3 +764,133 @@ void virtio_dev_get_stats(struct virtio_dev *vdev, struct virtio_dev_stats *out)
 	out->ioeventfd = vdev->ioeventfd;
 	pthread_mutex_unlock(&vdev->lock);
 }
+
+/* --- migration --- */
+
+json_t *virtio_dev_save(struct virtio_dev *vdev)
+{
+	json_t *queues = json_array(), *st, *dev = NULL;
+
+	pthread_mutex_lock(&vdev->lock);
+	for (unsigned int i = 0; i < vdev->nr_queues && queues; i++) {
+		const struct vqueue *q = &vdev->q[i];
+
+		json_array_append_new(
+			queues,
+			json_pack("{s:i, s:b, s:I, s:I, s:I, s:i, s:i, s:i, s:b}", "num", q->num,
+				  "ready", q->ready, "desc", (json_int_t)q->desc, "driver",
+				  (json_int_t)q->driver, "device", (json_int_t)q->device,
+				  "last_avail", q->ready ? q->vq.last_avail : 0, "used_idx",
+				  q->ready ? q->vq.used_idx : 0, "signalled_used",
+				  q->ready ? q->vq.signalled_used : 0, "signalled_valid",
+				  q->ready && q->vq.signalled_valid));
+	}
+	if (vdev->ops->save)
+		dev = vdev->ops->save(vdev->opaque);
+	st = json_pack("{s:i, s:i, s:i, s:i, s:I, s:I, s:i, s:i, s:o*, s:o*}", "status",
+		       (int)vdev->status, "dev_feat_sel", (int)vdev->dev_feat_sel, "drv_feat_sel",
+		       (int)vdev->drv_feat_sel, "queue_sel", (int)vdev->queue_sel,
+		       "driver_features", (json_int_t)vdev->driver_features, "features",
+		       (json_int_t)vdev->features, "int_status", (int)vdev->int_status,
+		       "config_gen", (int)vdev->config_gen, "queues", queues, "device", dev);
+	pthread_mutex_unlock(&vdev->lock);
+	return st;
+}
+
+#define LOAD_FAIL(...)                                    \
+	do {                                              \
+		snprintf(why, whylen, __VA_ARGS__);       \
+		ret = -EINVAL;                            \
+		goto out;                                 \
+	} while (0)
+
+/* A JSON integer in [0, max], or false. */
+static bool get_u64(json_t *o, const char *key, uint64_t max, uint64_t *out)
+{
+	json_t *v = json_object_get(o, key);
+
+	if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+	    (uint64_t)json_integer_value(v) > max)
+		return false;
+	*out = (uint64_t)json_integer_value(v);
+	return true;
+}
+
+int virtio_dev_load(struct virtio_dev *vdev, json_t *state, char *why, size_t whylen)
+{
+	const uint32_t known = VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER |
+			       VIRTIO_STATUS_DRIVER_OK | VIRTIO_STATUS_FEATURES_OK |
+			       VIRTIO_STATUS_NEEDS_RESET | VIRTIO_STATUS_FAILED;
+	uint64_t status, dsel, qsel, fsel, drv, feat, ints, gen;
+	json_t *queues = json_object_get(state, "queues"), *dev = json_object_get(state, "device");
+	int ret = 0;
+
+	pthread_mutex_lock(&vdev->lock);
+	reset(vdev);
+	if (!get_u64(state, "status", known, &status) || !get_u64(state, "dev_feat_sel", 1, &dsel) ||
+	    !get_u64(state, "drv_feat_sel", 1, &fsel) ||
+	    !get_u64(state, "queue_sel", UINT32_MAX, &qsel) ||
+	    !get_u64(state, "driver_features", UINT64_MAX >> 1, &drv) ||
+	    !get_u64(state, "features", UINT64_MAX >> 1, &feat) ||
+	    !get_u64(state, "int_status", VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG, &ints) ||
+	    !get_u64(state, "config_gen", UINT32_MAX, &gen) || !json_is_array(queues) ||
+	    json_array_size(queues) != vdev->nr_queues)
+		LOAD_FAIL("%s: transport state malformed", vdev->name);
+	vdev->dev_feat_sel = (uint32_t)dsel;
+	vdev->drv_feat_sel = (uint32_t)fsel;
+	vdev->queue_sel = (uint32_t)qsel;
+	vdev->driver_features = drv;
+	vdev->int_status = (uint32_t)ints;
+	vdev->config_gen = (uint32_t)gen;
+	/* The features are accepted again, by the same rules as the driver's write. */
+	if (status & VIRTIO_STATUS_FEATURES_OK) {
+		if (drv != feat || !accept_features(vdev))
+			LOAD_FAIL("%s: features 0x%" PRIx64 " not offered here", vdev->name, feat);
+	} else if (feat) {
+		LOAD_FAIL("%s: features without FEATURES_OK", vdev->name);
+	}
+	vdev->status = (uint32_t)status;
+	for (unsigned int i = 0; i < vdev->nr_queues; i++) {
+		json_t *jq = json_array_get(queues, i);
+		struct vqueue *q = &vdev->q[i];
+		uint64_t num, desc, driver, device, last, used, sig;
+		json_t *ready = json_object_get(jq, "ready");
+		json_t *sigv = json_object_get(jq, "signalled_valid");
+
+		if (!get_u64(jq, "num", vdev->queue_max, &num) || !get_u64(jq, "desc", UINT64_MAX >> 1, &desc) ||
+		    !get_u64(jq, "driver", UINT64_MAX >> 1, &driver) ||
+		    !get_u64(jq, "device", UINT64_MAX >> 1, &device) ||
+		    !get_u64(jq, "last_avail", UINT16_MAX, &last) ||
+		    !get_u64(jq, "used_idx", UINT16_MAX, &used) ||
+		    !get_u64(jq, "signalled_used", UINT16_MAX, &sig) || !json_is_boolean(ready) ||
+		    !json_is_boolean(sigv))
+			LOAD_FAIL("%s: queue %u state malformed", vdev->name, i);
+		q->num = (uint16_t)num;
+		q->desc = desc;
+		q->driver = driver;
+		q->device = device;
+		if (!json_is_true(ready))
+			continue;
+		if (!(status & VIRTIO_STATUS_FEATURES_OK) || i >= vdev->active_queues)
+			LOAD_FAIL("%s: queue %u ready without its features", vdev->name, i);
+		if (virtq_init(&q->vq, vdev->gm, q->num, desc, driver, device, vdev->features))
+			LOAD_FAIL("%s: queue %u: %s", vdev->name, i, virtq_error(&q->vq));
+		q->vq.last_avail = (uint16_t)last;
+		q->vq.used_idx = (uint16_t)used;
+		q->vq.signalled_used = (uint16_t)sig;
+		q->vq.signalled_valid = json_is_true(sigv);
+		q->ready = true;
+	}
+	if (vdev->ops->load && (ret = vdev->ops->load(vdev->opaque, dev, why, whylen)))
+		goto out;
+	if (running(vdev) && vdev->ops->driver_ok)
+		vdev->ops->driver_ok(vdev->opaque);
+out:
+	if (ret)
+		reset(vdev);
+	pthread_mutex_unlock(&vdev->lock);
+	/* Buffers the driver made available while the VM moved are seen once the worker runs. */
+	if (!ret)
+		kick(vdev);
+	return ret;
+}

@@ -30,7 +30,9 @@
 #ifndef KVMEM_CORE_VIRTIO_MMIO_H
 #define KVMEM_CORE_VIRTIO_MMIO_H
 
+#include <jansson.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/bus.h"
@@ -126,6 +128,15 @@ struct virtio_dev_ops {
 	 * the driver wrote 0 to Status, or the device is being destroyed.
 	 */
 	void (*reset)(void *opaque);
+	/*
+	 * Migration: the device's own state as JSON (new reference), and that
+	 * state from another host given to a device whose transport state was
+	 * just loaded (queues set up, features accepted). The state is
+	 * untrusted: load returns -EINVAL with the reason in why for anything
+	 * malformed. Device lock held, worker stopped. Optional (stateless).
+	 */
+	json_t *(*save)(void *opaque);
+	int (*load)(void *opaque, json_t *state, char *why, size_t whylen);
 };
 
 struct virtio_dev_params {
@@ -227,6 +238,19 @@ MUST_CHECK int virtio_dev_push(struct virtio_dev *vdev, unsigned int q, uint16_t
 void virtio_dev_fail(struct virtio_dev *vdev, const char *why);
 /* The name given at create time. */
 const char *virtio_dev_name(const struct virtio_dev *vdev);
+
+/*
+ * Migration. virtio_dev_save: the transport's state (status, features,
+ * each queue's rings and indexes) and the device's (ops->save), as JSON
+ * (new reference, NULL without memory); the worker must be stopped
+ * (virtio_dev_stop), so nothing moves while the VM's last pages are sent.
+ * virtio_dev_load: that state from another host, into a device that has not
+ * started, checked as a driver's register writes are (features offered,
+ * queue sizes, rings inside RAM): 0, or -EINVAL with the reason in why,
+ * the device then reset.
+ */
+json_t *virtio_dev_save(struct virtio_dev *vdev);
+int virtio_dev_load(struct virtio_dev *vdev, json_t *state, char *why, size_t whylen);
 
 /* Snapshot of the counters and state; any thread. */
 void virtio_dev_get_stats(struct virtio_dev *vdev, struct virtio_dev_stats *out);

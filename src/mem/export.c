@@ -1,0 +1,78 @@
+/* SPDX-License-Identifier: MIT */
+/* Reading a VM's pages out (mem/export.h). */
+#include "mem/export.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "mem/mem_internal.h"
+#include "mem/memmap.h"
+#include "mem/pagecontent.h"
+#include "mem/pagemap.h"
+#include "mem/pagestate.h"
+
+static bool all_zero(const uint8_t *p)
+{
+	static const uint8_t zero[MEM_PAGE_SIZE];
+
+	return !memcmp(p, zero, MEM_PAGE_SIZE);
+}
+
+int mem_export_pages(struct gm *gm, uint64_t idx, uint32_t n, struct mem_export_page *out,
+		     uint8_t *data)
+{
+	uint64_t pm[MEM_EXPORT_MAX];
+
+	if (!n || n > MEM_EXPORT_MAX || idx >= mem_nr_pages(gm) || n > mem_nr_pages(gm) - idx)
+		return -EINVAL;
+	/* One pagemap read per run that is contiguous in the host (regions split runs). */
+	for (uint32_t done = 0; done < n;) {
+		uint32_t len = n - done;
+		int64_t got;
+
+		while (len > 1 && !mem_run_ok(gm, idx + done, len))
+			len /= 2;
+		got = mem_pagemap(gm, idx + done, len, pm + done);
+		if (got <= 0)
+			return got < 0 ? (int)got : -EIO;
+		done += (uint32_t)got;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		enum ps_state st = pagestate_get(gm->ps, idx + i);
+		uint8_t *page = data + (uint64_t)i * MEM_PAGE_SIZE;
+		int ret;
+
+		out[i].frame = 0;
+		switch (st) {
+		case PS_BALLOONED:
+			out[i].kind = MEM_EXPORT_BALLOONED;
+			continue;
+		case PS_ZERO:
+		case PS_REPORTED:
+			/* Dropped: it reads as zeros (a reported page's content is the guest's to lose). */
+			out[i].kind = MEM_EXPORT_ZERO;
+			continue;
+		case PS_ANON:
+			/* Never touched, or dropped by the kernel's own means: a read would fault one in. */
+			if (mem_pm_is_hole(pm[i]) || mem_pm_is_zero_page(pm[i])) {
+				out[i].kind = MEM_EXPORT_ZERO;
+				continue;
+			}
+			break;
+		default:
+			break; /* shared, swapped, or held by a mechanism for a moment: read it */
+		}
+		ret = mem_read(gm, mem_index_gpa(gm, idx + i), page, MEM_PAGE_SIZE);
+		if (ret)
+			return ret;
+		if (all_zero(page)) {
+			out[i].kind = MEM_EXPORT_ZERO;
+		} else if (st == PS_SHARED && mem_pm_file(pm[i]) && (pm[i] & PM_PFN_MASK)) {
+			out[i].kind = MEM_EXPORT_FRAME;
+			out[i].frame = pm[i] & PM_PFN_MASK;
+		} else {
+			out[i].kind = MEM_EXPORT_DATA;
+		}
+	}
+	return 0;
+}

@@ -1,0 +1,1119 @@
+/* SPDX-License-Identifier: MIT */
+/* Pre-copy live migration (migrate/migrate.h): the source's and the destination's side. */
+#define LOG_TAG "migrate"
+#include "migrate/migrate.h"
+
+#include <endian.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/thread.h"
+#include "core/vm.h"
+#include "mem/export.h"
+#include "mem/gm.h"
+#include "mem/memmap.h"
+#include "mem/reclaim.h"
+
+#define HASH_LEN 32
+
+static void le32enc(uint8_t *p, uint32_t v)
+{
+	v = htole32(v);
+	memcpy(p, &v, 4);
+}
+
+static void le64enc(uint8_t *p, uint64_t v)
+{
+	v = htole64(v);
+	memcpy(p, &v, 8);
+}
+
+static uint64_t le64dec(const uint8_t *p)
+{
+	uint64_t v;
+
+	memcpy(&v, p, 8);
+	return le64toh(v);
+}
+
+struct mig_job {
+	bool source;
+	int fd;
+	struct vm *vm;
+	json_t *desc;
+	struct mig_params params;
+	const struct mig_source_ops *sops;
+	const struct mig_dest_ops *dops;
+	void *arg;
+	pthread_t thread;
+	bool cancel;			/* atomic */
+	bool finished;			/* atomic */
+	struct mig_stream *out, *in;
+
+	pthread_mutex_t lock;		/* guards prog and the settings below */
+	struct mig_progress prog;
+	uint32_t downtime_ms;
+	uint64_t bandwidth;
+};
+
+const char *mig_stage_name(enum mig_stage s)
+{
+	switch (s) {
+	case MIG_STAGE_RESERVATION:
+		return "reservation";
+	case MIG_STAGE_PRECOPY:
+		return "pre-copy";
+	case MIG_STAGE_STOP_COPY:
+		return "stop-and-copy";
+	case MIG_STAGE_COMMIT:
+		return "commitment";
+	case MIG_STAGE_ACTIVATION:
+		return "activation";
+	case MIG_STAGE_DONE:
+		return "done";
+	case MIG_STAGE_FAILED:
+		return "failed";
+	case MIG_STAGE_CANCELLED:
+		return "cancelled";
+	}
+	return "unknown";
+}
+
+/* --- progress --- */
+
+static void notify(struct mig_job *j)
+{
+	void (*fn)(void *) = j->source ? j->sops->progress : j->dops->progress;
+
+	if (fn)
+		fn(j->arg);
+}
+
+static void set_stage(struct mig_job *j, enum mig_stage s)
+{
+	pthread_mutex_lock(&j->lock);
+	j->prog.stage = s;
+	pthread_mutex_unlock(&j->lock);
+	notify(j);
+}
+
+/* The first reason a migration fails is the one it keeps. */
+__attribute__((format(printf, 2, 3)))
+static int failf(struct mig_job *j, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&j->lock);
+	if (!j->prog.error[0]) {
+		va_start(ap, fmt);
+		vsnprintf(j->prog.error, sizeof(j->prog.error), fmt, ap);
+		va_end(ap);
+	}
+	pthread_mutex_unlock(&j->lock);
+	return -EPROTO;
+}
+
+static void count_pages(struct mig_job *j, uint32_t kind, uint64_t n)
+{
+	pthread_mutex_lock(&j->lock);
+	j->prog.pages[kind] += n;
+	j->prog.bytes = mig_stream_bytes(j->source ? j->out : j->in);
+	pthread_mutex_unlock(&j->lock);
+}
+
+void mig_job_progress(struct mig_job *j, struct mig_progress *out)
+{
+	pthread_mutex_lock(&j->lock);
+	*out = j->prog;
+	pthread_mutex_unlock(&j->lock);
+}
+
+void mig_job_cancel(struct mig_job *j)
+{
+	__atomic_store_n(&j->cancel, true, __ATOMIC_RELEASE);
+	/* A record in flight ends now: a blocked read or write fails at once. */
+	shutdown(j->fd, SHUT_RDWR);
+}
+
+void mig_job_set(struct mig_job *j, uint32_t downtime_ms, uint64_t bandwidth)
+{
+	pthread_mutex_lock(&j->lock);
+	if (downtime_ms)
+		j->downtime_ms = j->prog.downtime_limit_ms = downtime_ms;
+	if (bandwidth != UINT64_MAX) {
+		j->bandwidth = j->prog.bandwidth = bandwidth;
+		if (j->out)
+			mig_stream_set_rate(j->out, bandwidth);
+	}
+	pthread_mutex_unlock(&j->lock);
+}
+
+bool mig_job_finished(struct mig_job *j)
+{
+	return __atomic_load_n(&j->finished, __ATOMIC_ACQUIRE);
+}
+
+void mig_job_free(struct mig_job *j)
+{
+	if (!j)
+		return;
+	pthread_join(j->thread, NULL);
+	json_decref(j->desc);
+	pthread_mutex_destroy(&j->lock);
+	kv_free(j);
+}
+
+static bool cancelled(struct mig_job *j)
+{
+	return __atomic_load_n(&j->cancel, __ATOMIC_ACQUIRE);
+}
+
+/* --- records both sides use --- */
+
+static int put_json(struct mig_stream *s, uint32_t type, const json_t *o)
+{
+	char *text = json_dumps(o, JSON_COMPACT);
+	int ret;
+
+	if (!text)
+		return -ENOMEM;
+	ret = mig_put_buf(s, type, text, strlen(text));
+	free(text);
+	return ret;
+}
+
+/* A record's payload as a JSON object, or NULL. */
+static json_t *rec_json(const struct mig_rec *r)
+{
+	json_t *o = json_loadb((const char *)r->data, r->len, JSON_REJECT_DUPLICATES, NULL);
+
+	if (o && !json_is_object(o)) {
+		json_decref(o);
+		return NULL;
+	}
+	return o;
+}
+
+/* Tell the peer why (best effort: the stream may be what failed). */
+static void put_error(struct mig_job *j, struct mig_stream *s)
+{
+	char why[sizeof(j->prog.error)];
+
+	pthread_mutex_lock(&j->lock);
+	memcpy(why, j->prog.error, sizeof(why));
+	pthread_mutex_unlock(&j->lock);
+	if (s)
+		mig_put_buf(s, MIG_REC_ERROR, why, strlen(why));
+}
+
+/* Read the next record; a peer's ERROR record or a stream failure becomes the job's reason. */
+static int get_rec(struct mig_job *j, struct mig_stream *s, struct mig_rec *r)
+{
+	int ret = mig_get(s, r);
+
+	if (ret) {
+		if (cancelled(j))
+			return failf(j, "cancelled");
+		return failf(j, "reading from %s: %s", j->prog.peer,
+			     ret == -ENODATA ? "the peer closed the connection" : mig_stream_error(s));
+	}
+	if (r->type == MIG_REC_ERROR)
+		return failf(j, "the %s gave up: %.*s", j->source ? "destination" : "source",
+			     (int)(r->len < 180 ? r->len : 180), (const char *)r->data);
+	return 0;
+}
+
+static int put_check(struct mig_job *j, struct mig_stream *s, int ret)
+{
+	if (!ret)
+		return 0;
+	if (cancelled(j))
+		return failf(j, "cancelled");
+	return failf(j, "writing to %s: %s", j->prog.peer, mig_stream_error(s));
+}
+
+static void sha256(const void *p, size_t len, uint8_t out[HASH_LEN])
+{
+	unsigned int n = HASH_LEN;
+
+	if (!EVP_Digest(p, len, out, &n, EVP_sha256(), NULL))
+		memset(out, 0, HASH_LEN);
+}
+
+/* --- a set of 64-bit ids (shared frames sent, or received and where) --- */
+
+struct idmap {
+	uint64_t *key;		/* 0: empty (ids are never 0) */
+	uint64_t *val;
+	uint64_t cap, n;
+};
+
+static uint64_t *idmap_slot(struct idmap *m, uint64_t key)
+{
+	uint64_t i = (key * 0x9e3779b97f4a7c15ULL) & (m->cap - 1);
+
+	while (m->key[i] && m->key[i] != key)
+		i = (i + 1) & (m->cap - 1);
+	return &m->key[i];
+}
+
+static bool idmap_get(struct idmap *m, uint64_t key, uint64_t *val)
+{
+	uint64_t *k;
+
+	if (!m->cap)
+		return false;
+	k = idmap_slot(m, key);
+	if (!*k)
+		return false;
+	if (val)
+		*val = m->val[k - m->key];
+	return true;
+}
+
+static int idmap_put(struct idmap *m, uint64_t key, uint64_t val)
+{
+	uint64_t *k;
+
+	if ((m->n + 1) * 2 > m->cap) {
+		struct idmap big = { .cap = m->cap ? m->cap * 2 : 1024 };
+
+		big.key = kv_calloc(big.cap, sizeof(uint64_t));
+		big.val = kv_calloc(big.cap, sizeof(uint64_t));
+		if (!big.key || !big.val) {
+			kv_free(big.key);
+			kv_free(big.val);
+			return -ENOMEM;
+		}
+		for (uint64_t i = 0; i < m->cap; i++)
+			if (m->key[i])
+				idmap_put(&big, m->key[i], m->val[i]);
+		kv_free(m->key);
+		kv_free(m->val);
+		*m = big;
+	}
+	k = idmap_slot(m, key);
+	if (!*k)
+		m->n++;
+	*k = key;
+	m->val[k - m->key] = val;
+	return 0;
+}
+
+static void idmap_free(struct idmap *m)
+{
+	kv_free(m->key);
+	kv_free(m->val);
+	memset(m, 0, sizeof(*m));
+}
+
+/* --- the source --- */
+
+struct sender {
+	struct mig_job *j;
+	struct gm *gm;
+	struct idmap frames;		/* frames whose content went already */
+	uint8_t *data;			/* MEM_EXPORT_MAX pages read */
+	uint8_t *unit;			/* MIG_PAGES_MAX FRAME units being gathered */
+	struct mem_export_page kinds[MEM_EXPORT_MAX];
+};
+
+static uint64_t gfn_of(struct gm *gm, uint64_t idx)
+{
+	return mem_index_gpa(gm, idx) >> MEM_PAGE_SHIFT;
+}
+
+/* Pages [i, e) of the batch at idx, all of one stream kind, as one PAGES record. */
+static int send_run(struct sender *s, uint64_t idx, uint32_t i, uint32_t e, uint32_t kind)
+{
+	struct mig_job *j = s->j;
+	struct iovec iov;
+	uint32_t n = e - i;
+	int ret;
+
+	iov.iov_len = (size_t)n * mig_page_unit(kind);
+	switch (kind) {
+	case MIG_PAGE_DATA:
+		iov.iov_base = s->data + (uint64_t)i * MEM_PAGE_SIZE;
+		break;
+	case MIG_PAGE_FRAME:
+	case MIG_PAGE_FRAME_REF:
+		iov.iov_base = s->unit;
+		break;
+	default:
+		iov.iov_base = NULL;
+	}
+	ret = mig_put_pages(j->out, gfn_of(s->gm, idx + i), n, kind, &iov, iov.iov_len ? 1 : 0);
+	if (ret)
+		return put_check(j, j->out, ret);
+	count_pages(j, kind, n);
+	return 0;
+}
+
+/* The stream kind of page i of the batch; FRAME units are gathered at unit + k. */
+static uint32_t stream_kind(struct sender *s, uint32_t i, bool *first_use)
+{
+	const struct mem_export_page *p = &s->kinds[i];
+
+	*first_use = false;
+	switch (p->kind) {
+	case MEM_EXPORT_ZERO:
+		return MIG_PAGE_ZERO;
+	case MEM_EXPORT_BALLOONED:
+		return MIG_PAGE_BALLOONED;
+	case MEM_EXPORT_FRAME:
+		if (idmap_get(&s->frames, p->frame, NULL))
+			return MIG_PAGE_FRAME_REF;
+		*first_use = true;
+		return MIG_PAGE_FRAME;
+	default:
+		return MIG_PAGE_DATA;
+	}
+}
+
+/* Send pages [idx, idx + n) of the VM (n <= MEM_EXPORT_MAX, contiguous guest frames). */
+static int send_batch(struct sender *s, uint64_t idx, uint32_t n)
+{
+	uint32_t start = 0, kind = 0, units = 0;
+	int ret = mem_export_pages(s->gm, idx, n, s->kinds, s->data);
+
+	if (ret)
+		return failf(s->j, "reading guest pages at index %" PRIu64 ": %s", idx,
+			     strerror(-ret));
+	for (uint32_t i = 0; i <= n; i++) {
+		bool first = false;
+		uint32_t k = i < n ? stream_kind(s, i, &first) : 0;
+		uint8_t *u;
+
+		/* A frame's first use and its references are different runs: the first goes first. */
+		if (i == n || k != kind) {
+			if (i > start && (ret = send_run(s, idx, start, i, kind)))
+				return ret;
+			start = i;
+			kind = k;
+			units = 0;
+		}
+		if (i == n)
+			break;
+		if (k == MIG_PAGE_FRAME) {
+			u = s->unit + (size_t)units * mig_page_unit(k);
+			le64enc(u, s->kinds[i].frame);
+			sha256(s->data + (uint64_t)i * MEM_PAGE_SIZE, MEM_PAGE_SIZE, u + 8);
+			memcpy(u + 8 + HASH_LEN, s->data + (uint64_t)i * MEM_PAGE_SIZE, MEM_PAGE_SIZE);
+			if ((ret = idmap_put(&s->frames, s->kinds[i].frame, 1)))
+				return failf(s->j, "out of memory");
+			units++;
+		} else if (k == MIG_PAGE_FRAME_REF) {
+			le64enc(s->unit + (size_t)units * 8, s->kinds[i].frame);
+			units++;
+		}
+	}
+	return 0;
+}
+
+/* Send every page whose bit is set in set (mem_bitmap_words words, page-index order). */
+static int send_set(struct sender *s, const uint64_t *set)
+{
+	uint64_t nr = mem_nr_pages(s->gm);
+
+	for (uint64_t idx = 0; idx < nr;) {
+		uint32_t n = 0;
+		int ret;
+
+		if (!(set[idx / 64] >> (idx % 64) & 1)) {
+			idx++;
+			if (idx % 64 == 0)
+				while (idx < nr && !set[idx / 64])
+					idx += 64;
+			continue;
+		}
+		while (n < MEM_EXPORT_MAX && idx + n < nr && (set[(idx + n) / 64] >> ((idx + n) % 64) & 1) &&
+		       (n == 0 || gfn_of(s->gm, idx + n) == gfn_of(s->gm, idx) + n))
+			n++;
+		if (cancelled(s->j))
+			return failf(s->j, "cancelled");
+		ret = send_batch(s, idx, n);
+		if (ret)
+			return ret;
+		idx += n;
+	}
+	return 0;
+}
+
+static uint64_t popcount_set(const uint64_t *set, uint64_t words)
+{
+	uint64_t n = 0;
+
+	for (uint64_t i = 0; i < words; i++)
+		n += (uint64_t)__builtin_popcountll(set[i]);
+	return n;
+}
+
+static int send_round_header(struct mig_job *j, unsigned int round, enum mig_stage stage)
+{
+	uint8_t b[8];
+
+	le32enc(b, round);
+	le32enc(b + 4, (uint32_t)stage);
+	return put_check(j, j->out, mig_put_buf(j->out, MIG_REC_ROUND, b, sizeof(b)));
+}
+
+static int reserve_remote(struct mig_job *j)
+{
+	struct mig_rec r;
+	json_t *o;
+	int ret, ok = 0;
+	const char *why = "no reason given";
+
+	ret = put_check(j, j->out, put_json(j->out, MIG_REC_VM, j->desc));
+	if (ret)
+		return ret;
+	ret = get_rec(j, j->in, &r);
+	if (ret)
+		return ret;
+	if (r.type != MIG_REC_RESERVE || !(o = rec_json(&r)))
+		return failf(j, "the destination answered the reservation with a %s record",
+			     mig_rec_name(r.type));
+	if (json_unpack(o, "{s:b, s?s}", "accepted", &ok, "reason", &why))
+		ok = 0;
+	if (!ok)
+		failf(j, "the destination refused the VM: %s", why);
+	json_decref(o);
+	return ok ? 0 : -EPROTO;
+}
+
+static int send_state(struct mig_job *j)
+{
+	uint8_t *buf = kv_zalloc(4 + ACCEL_CPU_STATE_MAX);
+	struct vm_clock clk;
+	json_t *st, *devs;
+	int ret = 0;
+
+	if (!buf)
+		return failf(j, "out of memory");
+	for (unsigned int i = 0; i < vm_ncpus(j->vm) && !ret; i++) {
+		int len = vm_save_vcpu(j->vm, i, buf + 4, ACCEL_CPU_STATE_MAX);
+
+		if (len < 0) {
+			ret = failf(j, "vCPU %u state: %s", i, strerror(-len));
+			break;
+		}
+		le32enc(buf, i);
+		ret = put_check(j, j->out, mig_put_buf(j->out, MIG_REC_VCPU, buf, 4 + (size_t)len));
+	}
+	kv_free(buf);
+	if (ret)
+		return ret;
+	ret = vm_save_clock(j->vm, &clk);
+	if (ret)
+		return failf(j, "the guest's clock: %s", strerror(-ret));
+	devs = j->sops->save_devices(j->arg);
+	if (!devs)
+		return failf(j, "the devices' state could not be saved");
+	/* As strings: JSON integers are signed, a TSC need not be. */
+	st = json_pack("{s:{s:s%, s:s%, s:s%}, s:o}", "clock", "guest_tsc", "", 0, "tsc_khz", "",
+		       0, "vmm_ns", "", 0, "devices", devs);
+	if (st) {
+		char v[24];
+		json_t *c = json_object_get(st, "clock");
+
+		snprintf(v, sizeof(v), "%" PRIu64, clk.guest_tsc);
+		json_object_set_new(c, "guest_tsc", json_string(v));
+		snprintf(v, sizeof(v), "%" PRIu64, clk.tsc_khz);
+		json_object_set_new(c, "tsc_khz", json_string(v));
+		snprintf(v, sizeof(v), "%" PRIu64, clk.vmm_ns);
+		json_object_set_new(c, "vmm_ns", json_string(v));
+		ret = put_check(j, j->out, put_json(j->out, MIG_REC_DEVICE, st));
+		json_decref(st);
+	} else {
+		ret = failf(j, "out of memory");
+	}
+	return ret;
+}
+
+/*
+ * Rounds stop when the rest fits the downtime limit at the measured rate,
+ * at the round limit, or when they stop paying: three rounds in a row that
+ * did not shrink the dirty set by a tenth (the guest dirties as fast as the
+ * link carries; only the pause ends that).
+ */
+static int precopy(struct mig_job *j, struct sender *s, uint64_t *set, uint64_t words,
+		   unsigned int *round)
+{
+	uint64_t nr = mem_nr_pages(s->gm), prev = UINT64_MAX, vmm;
+	unsigned int stalled = 0, max_rounds = j->params.max_rounds;
+	int ret;
+
+	for (uint64_t i = 0; i < words; i++)
+		set[i] = ~0ULL;
+	if (nr % 64)
+		set[words - 1] = (1ULL << (nr % 64)) - 1;
+	for (*round = 1;; (*round)++) {
+		uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC), b0 = mig_stream_bytes(j->out), dirty;
+		double secs, rate, drate;
+		uint32_t limit;
+
+		pthread_mutex_lock(&j->lock);
+		j->prog.round = *round;
+		j->prog.dirty_pages = popcount_set(set, words);
+		pthread_mutex_unlock(&j->lock);
+		notify(j);
+		ret = send_round_header(j, *round, MIG_STAGE_PRECOPY);
+		if (!ret)
+			ret = send_set(s, set);
+		if (ret)
+			return ret;
+		memset(set, 0, words * 8);
+		ret = vm_dirty_collect(j->vm, set, &vmm);
+		if (ret)
+			return failf(j, "collecting dirty pages: %s", strerror(-ret));
+		dirty = popcount_set(set, words);
+		secs = (double)(kv_clock_ns(CLOCK_MONOTONIC) - t0) / 1e9;
+		if (secs < 1e-6)
+			secs = 1e-6;
+		rate = (double)(mig_stream_bytes(j->out) - b0) / secs;
+		drate = (double)(dirty * MEM_PAGE_SIZE) / secs;
+		pthread_mutex_lock(&j->lock);
+		limit = j->downtime_ms;
+		j->prog.rate_mib_s = rate / (1 << 20);
+		j->prog.dirty_mib_s = drate / (1 << 20);
+		j->prog.dirty_pages = dirty;
+		j->prog.expected_downtime_ms =
+			rate > 0 ? (uint64_t)((double)(dirty * MEM_PAGE_SIZE) / rate * 1000) : 0;
+		pthread_mutex_unlock(&j->lock);
+		stalled = dirty * 10 > prev * 9 ? stalled + 1 : 0;
+		prev = dirty;
+		if (j->prog.expected_downtime_ms <= limit || *round >= max_rounds || stalled >= 3)
+			return 0;
+	}
+}
+
+static int source_run(struct mig_job *j)
+{
+	struct sender s = { .j = j, .gm = vm_gm(j->vm) };
+	uint64_t words = mem_bitmap_words(s.gm), t_stop, vmm;
+	uint64_t *set = kv_calloc(words, sizeof(uint64_t));
+	bool stopped = false, tracking = false;
+	struct mig_rec r;
+	unsigned int round = 0;
+	uint8_t end[16];
+	int ret;
+
+	s.data = kv_zalloc(MEM_EXPORT_MAX * MEM_PAGE_SIZE);
+	s.unit = kv_zalloc(MIG_PAGES_MAX * mig_page_unit(MIG_PAGE_FRAME));
+	if (!set || !s.data || !s.unit) {
+		ret = failf(j, "out of memory");
+		goto out;
+	}
+	ret = mig_stream_open(j->fd, true, 0, j->params.timeout_ms, &j->out);
+	if (!ret)
+		ret = mig_stream_open(j->fd, false, 0, j->params.timeout_ms, &j->in);
+	if (ret) {
+		ret = failf(j, "the stream: %s", strerror(-ret));
+		goto out;
+	}
+	mig_stream_set_rate(j->out, j->bandwidth);
+	set_stage(j, MIG_STAGE_RESERVATION);
+	ret = reserve_remote(j);
+	if (ret)
+		goto out;
+	ret = vm_dirty_start(j->vm);
+	if (ret) {
+		ret = failf(j, ret == -ENOTSUP ? "the %s accelerator cannot track the guest's writes"
+					      : "dirty tracking on %s: %s",
+			    vm_accel_name(j->vm), strerror(-ret));
+		goto out;
+	}
+	tracking = true;
+	set_stage(j, MIG_STAGE_PRECOPY);
+	ret = precopy(j, &s, set, words, &round);
+	if (ret)
+		goto out;
+	set_stage(j, MIG_STAGE_STOP_COPY);
+	t_stop = kv_clock_ns(CLOCK_MONOTONIC);
+	ret = j->sops->stop(j->arg);
+	if (ret) {
+		ret = failf(j, "pausing the VM: %s", strerror(-ret));
+		goto out;
+	}
+	stopped = true;
+	/* The last writes: the guest's and the devices', now that both stand still. */
+	ret = vm_dirty_collect(j->vm, set, &vmm);
+	if (ret) {
+		ret = failf(j, "collecting dirty pages: %s", strerror(-ret));
+		goto out;
+	}
+	pthread_mutex_lock(&j->lock);
+	j->prog.round = ++round;
+	j->prog.dirty_pages = popcount_set(set, words);
+	pthread_mutex_unlock(&j->lock);
+	ret = send_round_header(j, round, MIG_STAGE_STOP_COPY);
+	if (!ret)
+		ret = send_set(&s, set);
+	if (!ret)
+		ret = send_state(j);
+	if (ret)
+		goto out;
+	le64enc(end, mem_nr_pages(s.gm));
+	le64enc(end + 8, mig_stream_bytes(j->out));
+	ret = put_check(j, j->out, mig_put_buf(j->out, MIG_REC_END, end, sizeof(end)));
+	if (ret)
+		goto out;
+	set_stage(j, MIG_STAGE_COMMIT);
+	ret = get_rec(j, j->in, &r);
+	if (ret)
+		goto out;
+	if (r.type != MIG_REC_COMMIT) {
+		ret = failf(j, "the destination answered the end with a %s record",
+			    mig_rec_name(r.type));
+		goto out;
+	}
+	if (cancelled(j)) {
+		ret = failf(j, "cancelled");
+		goto out;
+	}
+	/*
+	 * The point of no return: once this record is all in the kernel's
+	 * hands the destination may run the VM, so this side must not. If it
+	 * is not (a write error), the destination cannot have read it whole
+	 * and will not: the VM runs on here.
+	 */
+	ret = mig_put_buf(j->out, MIG_REC_COMMIT, "{}", 2);
+	if (ret) {
+		ret = put_check(j, j->out, ret);
+		goto out;
+	}
+	pthread_mutex_lock(&j->lock);
+	j->prog.downtime_ms = (kv_clock_ns(CLOCK_MONOTONIC) - t_stop) / 1000000;
+	j->prog.bytes = mig_stream_bytes(j->out);
+	pthread_mutex_unlock(&j->lock);
+	vm_dirty_stop(j->vm);
+	tracking = false;
+	j->sops->given_up(j->arg);
+	ret = 0;
+out:
+	if (ret) {
+		put_error(j, j->out);
+		if (tracking)
+			vm_dirty_stop(j->vm);
+		if (stopped)
+			j->sops->restart(j->arg);
+	}
+	idmap_free(&s.frames);
+	kv_free(s.data);
+	kv_free(s.unit);
+	kv_free(set);
+	return ret;
+}
+
+static void finish(struct mig_job *j, int ret, uint64_t t0)
+{
+	pthread_mutex_lock(&j->lock);
+	j->prog.stage = !ret ? MIG_STAGE_DONE : cancelled(j) ? MIG_STAGE_CANCELLED : MIG_STAGE_FAILED;
+	j->prog.total_ms = (kv_clock_ns(CLOCK_MONOTONIC) - t0) / 1000000;
+	if (j->out || j->in)
+		j->prog.bytes = mig_stream_bytes(j->source ? j->out : j->in);
+	pthread_mutex_unlock(&j->lock);
+	mig_stream_close(j->out);
+	mig_stream_close(j->in);
+	j->out = j->in = NULL;
+	close(j->fd);
+	__atomic_store_n(&j->finished, true, __ATOMIC_RELEASE);
+	notify(j);
+}
+
+static void *source_thread(void *arg)
+{
+	struct mig_job *j = arg;
+	uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC);
+	int ret = source_run(j);
+
+	if (ret)
+		log_warn("%s: migration to %s failed: %s; it runs on here", vm_name(j->vm),
+			 j->prog.peer, j->prog.error);
+	finish(j, ret, t0);
+	return NULL;
+}
+
+static struct mig_job *job_new(bool source, int fd, const struct mig_params *p, void *arg,
+			       const char *peer)
+{
+	struct mig_job *j = kv_zalloc(sizeof(*j));
+
+	if (!j)
+		return NULL;
+	j->source = source;
+	j->fd = fd;
+	j->arg = arg;
+	j->params = *p;
+	if (!j->params.downtime_ms)
+		j->params.downtime_ms = MIG_DOWNTIME_MS_DEFAULT;
+	if (!j->params.max_rounds)
+		j->params.max_rounds = MIG_MAX_ROUNDS_DEFAULT;
+	if (!j->params.timeout_ms)
+		j->params.timeout_ms = MIG_TIMEOUT_MS_DEFAULT;
+	j->downtime_ms = j->params.downtime_ms;
+	j->bandwidth = j->params.bandwidth;
+	pthread_mutex_init(&j->lock, NULL);
+	j->prog.source = source;
+	j->prog.downtime_limit_ms = j->downtime_ms;
+	j->prog.bandwidth = j->bandwidth;
+	snprintf(j->prog.peer, sizeof(j->prog.peer), "%s", peer ? peer : "the peer");
+	return j;
+}
+
+int mig_source_start(struct vm *vm, int fd, const json_t *desc, const struct mig_params *p,
+		     const struct mig_source_ops *ops, void *arg, const char *peer,
+		     struct mig_job **out)
+{
+	struct mig_job *j = job_new(true, fd, p, arg, peer);
+	int ret;
+
+	if (!j)
+		return -ENOMEM;
+	j->vm = vm;
+	j->sops = ops;
+	j->desc = json_deep_copy(desc);
+	j->prog.ram_pages = mem_nr_pages(vm_gm(vm));
+	j->prog.stage = MIG_STAGE_RESERVATION;
+	ret = j->desc ? thread_spawn(&j->thread, "migrate-out", source_thread, j) : -ENOMEM;
+	if (ret) {
+		json_decref(j->desc);
+		pthread_mutex_destroy(&j->lock);
+		kv_free(j);
+		return ret;
+	}
+	*out = j;
+	return 0;
+}
+
+/* --- the destination --- */
+
+struct receiver {
+	struct mig_job *j;
+	struct gm *gm;
+	uint64_t *written;		/* bit per page: holds content sent earlier */
+	struct idmap frames;		/* frame id -> page index of its first use */
+};
+
+static void bit_set(uint64_t *b, uint64_t i, bool on)
+{
+	if (on)
+		b[i / 64] |= 1ULL << (i % 64);
+	else
+		b[i / 64] &= ~(1ULL << (i % 64));
+}
+
+static int apply_pages(struct receiver *rv, const struct mig_rec *r)
+{
+	struct mig_job *j = rv->j;
+	struct mig_pages p;
+	gpa_t gpa;
+	int64_t first;
+	int ret = 0;
+
+	if (mig_pages_decode(r, &p))
+		return failf(j, "record %" PRIu64 ": a malformed pages record", r->seq);
+	/* Every page of the run in RAM, one region: a hostile stream writes nowhere else. */
+	if (p.gfn >= (1ULL << (64 - MEM_PAGE_SHIFT)) - p.count ||
+	    !mem_range_ok(rv->gm, p.gfn << MEM_PAGE_SHIFT, (uint64_t)p.count << MEM_PAGE_SHIFT) ||
+	    (first = mem_page_index(rv->gm, p.gfn << MEM_PAGE_SHIFT)) < 0 ||
+	    mem_index_gpa(rv->gm, (uint64_t)first + p.count - 1) !=
+		    (p.gfn + p.count - 1) << MEM_PAGE_SHIFT)
+		return failf(j, "record %" PRIu64 ": pages at frame 0x%" PRIx64 " (%u) outside the "
+			     "VM's RAM", r->seq, p.gfn, p.count);
+	gpa = p.gfn << MEM_PAGE_SHIFT;
+	switch (p.kind) {
+	case MIG_PAGE_BALLOONED: {
+		int64_t got = mem_discard(rv->gm, gpa, (uint64_t)p.count * MEM_PAGE_SIZE,
+					  PS_BALLOONED);
+
+		if (got < 0)
+			return failf(j, "ballooned pages at 0x%" PRIx64 ": %s", gpa,
+				     strerror((int)-got));
+		for (uint32_t i = 0; i < p.count; i++)
+			bit_set(rv->written, (uint64_t)first + i, false);
+		break;
+	}
+	case MIG_PAGE_ZERO:
+		/* A fresh VM's pages are zero; only one sent earlier in content needs clearing. */
+		for (uint32_t i = 0; i < p.count && !ret; i++) {
+			uint64_t idx = (uint64_t)first + i;
+
+			if (rv->written[idx / 64] >> (idx % 64) & 1)
+				ret = mem_zero_fill(rv->gm, gpa + (uint64_t)i * MEM_PAGE_SIZE,
+						    MEM_PAGE_SIZE);
+		}
+		break;
+	case MIG_PAGE_DATA:
+		ret = mem_write(rv->gm, gpa, p.data, (size_t)p.count * MEM_PAGE_SIZE);
+		for (uint32_t i = 0; i < p.count && !ret; i++)
+			bit_set(rv->written, (uint64_t)first + i, true);
+		break;
+	case MIG_PAGE_FRAME:
+		for (uint32_t i = 0; i < p.count && !ret; i++) {
+			const uint8_t *u = p.data + (size_t)i * mig_page_unit(p.kind);
+			uint8_t h[HASH_LEN];
+			uint64_t id = le64dec(u);
+
+			sha256(u + 8 + HASH_LEN, MEM_PAGE_SIZE, h);
+			if (!id || memcmp(h, u + 8, HASH_LEN))
+				return failf(j, "record %" PRIu64 ": a shared page whose content does "
+					     "not match its hash", r->seq);
+			ret = mem_write(rv->gm, gpa + (uint64_t)i * MEM_PAGE_SIZE, u + 8 + HASH_LEN,
+					MEM_PAGE_SIZE);
+			if (!ret && idmap_put(&rv->frames, id, (uint64_t)first + i))
+				ret = -ENOMEM;
+			bit_set(rv->written, (uint64_t)first + i, true);
+		}
+		break;
+	case MIG_PAGE_FRAME_REF:
+		for (uint32_t i = 0; i < p.count && !ret; i++) {
+			static __thread uint8_t page[MEM_PAGE_SIZE];
+			uint64_t from;
+
+			if (!idmap_get(&rv->frames, le64dec(p.data + (size_t)i * 8), &from))
+				return failf(j, "record %" PRIu64 ": a reference to a shared page "
+					     "never sent", r->seq);
+			ret = mem_read(rv->gm, mem_index_gpa(rv->gm, from), page, MEM_PAGE_SIZE);
+			if (!ret)
+				ret = mem_write(rv->gm, gpa + (uint64_t)i * MEM_PAGE_SIZE, page,
+						MEM_PAGE_SIZE);
+			bit_set(rv->written, (uint64_t)first + i, true);
+		}
+		break;
+	}
+	if (ret)
+		return failf(j, "writing guest pages at 0x%" PRIx64 ": %s", gpa, strerror(-ret));
+	count_pages(j, p.kind, p.count);
+	return 0;
+}
+
+static bool json_u64_string(json_t *o, const char *key, uint64_t *out)
+{
+	const char *s = json_string_value(json_object_get(o, key));
+	char *end;
+
+	if (!s || !*s || strlen(s) > 20)
+		return false;
+	errno = 0;
+	*out = strtoull(s, &end, 10);
+	return !*end && !errno;
+}
+
+static int apply_state(struct receiver *rv, const struct mig_rec *r)
+{
+	struct mig_job *j = rv->j;
+	json_t *o = rec_json(r), *clock = json_object_get(o, "clock");
+	struct vm_clock clk;
+	char why[192] = "";
+	int ret;
+
+	if (!o || !json_u64_string(clock, "guest_tsc", &clk.guest_tsc) ||
+	    !json_u64_string(clock, "tsc_khz", &clk.tsc_khz) ||
+	    !json_u64_string(clock, "vmm_ns", &clk.vmm_ns) ||
+	    !json_is_object(json_object_get(o, "devices"))) {
+		json_decref(o);
+		return failf(j, "record %" PRIu64 ": malformed device state", r->seq);
+	}
+	ret = vm_load_clock(j->vm, &clk);
+	if (ret) {
+		json_decref(o);
+		return failf(j, "the guest's clock: %s", ret == -ERANGE ? "this host's TSC runs at "
+			     "another rate" : strerror(-ret));
+	}
+	ret = j->dops->load_devices(j->arg, json_object_get(o, "devices"), why, sizeof(why));
+	json_decref(o);
+	if (ret)
+		return failf(j, "device state: %s", why[0] ? why : strerror(-ret));
+	return 0;
+}
+
+static int apply_vcpu(struct receiver *rv, const struct mig_rec *r, uint64_t *seen)
+{
+	struct mig_job *j = rv->j;
+	struct mig_cur c = mig_cur_of(r);
+	uint32_t i = mig_cur_u32(&c);
+	int ret;
+
+	if (c.bad || i >= vm_ncpus(j->vm) || (*seen >> i & 1))
+		return failf(j, "record %" PRIu64 ": vCPU state for vCPU %u (of %u, or twice)",
+			     r->seq, i, vm_ncpus(j->vm));
+	ret = vm_load_vcpu(j->vm, i, c.p, c.left);
+	if (ret)
+		return failf(j, "vCPU %u state: %s", i, ret == -EINVAL ? "refused" : strerror(-ret));
+	*seen |= 1ULL << i;
+	return 0;
+}
+
+static int dest_run(struct mig_job *j)
+{
+	struct receiver rv = { .j = j };
+	uint64_t cpus = 0;
+	bool state = false, reserved = false;
+	char why[192] = "";
+	struct mig_rec r;
+	json_t *desc;
+	int ret;
+
+	ret = mig_stream_open(j->fd, false, 0, j->params.timeout_ms, &j->in);
+	if (!ret)
+		ret = mig_stream_open(j->fd, true, 0, j->params.timeout_ms, &j->out);
+	if (ret)
+		return failf(j, "the stream: %s", strerror(-ret));
+	set_stage(j, MIG_STAGE_RESERVATION);
+	ret = get_rec(j, j->in, &r);
+	if (ret)
+		return ret;
+	if (r.type != MIG_REC_VM || !(desc = rec_json(&r)))
+		return failf(j, "the stream does not start with a VM description");
+	ret = j->dops->reserve(j->arg, desc, &j->vm, why, sizeof(why));
+	json_decref(desc);
+	if (ret) {
+		json_t *no = json_pack("{s:b, s:s}", "accepted", 0, "reason",
+				       why[0] ? why : strerror(-ret));
+
+		failf(j, "refused: %s", why[0] ? why : strerror(-ret));
+		put_json(j->out, MIG_REC_RESERVE, no);
+		json_decref(no);
+		return -EPROTO;
+	}
+	reserved = true;
+	rv.gm = vm_gm(j->vm);
+	pthread_mutex_lock(&j->lock);
+	j->prog.ram_pages = mem_nr_pages(rv.gm);
+	pthread_mutex_unlock(&j->lock);
+	rv.written = kv_calloc(mem_bitmap_words(rv.gm), sizeof(uint64_t));
+	if (!rv.written) {
+		ret = failf(j, "out of memory");
+		goto out;
+	}
+	{
+		json_t *yes = json_pack("{s:b}", "accepted", 1);
+
+		ret = put_check(j, j->out, put_json(j->out, MIG_REC_RESERVE, yes));
+		json_decref(yes);
+		if (ret)
+			goto out;
+	}
+	set_stage(j, MIG_STAGE_PRECOPY);
+	for (;;) {
+		ret = get_rec(j, j->in, &r);
+		if (ret)
+			goto out;
+		switch (r.type) {
+		case MIG_REC_ROUND: {
+			struct mig_cur c = mig_cur_of(&r);
+			uint32_t round = mig_cur_u32(&c), stage = mig_cur_u32(&c);
+
+			if (!mig_cur_done(&c) ||
+			    (stage != MIG_STAGE_PRECOPY && stage != MIG_STAGE_STOP_COPY)) {
+				ret = failf(j, "record %" PRIu64 ": a malformed round", r.seq);
+				goto out;
+			}
+			pthread_mutex_lock(&j->lock);
+			j->prog.round = round;
+			j->prog.stage = stage;
+			pthread_mutex_unlock(&j->lock);
+			notify(j);
+			continue;
+		}
+		case MIG_REC_PAGES:
+			ret = apply_pages(&rv, &r);
+			break;
+		case MIG_REC_VCPU:
+			ret = apply_vcpu(&rv, &r, &cpus);
+			break;
+		case MIG_REC_DEVICE:
+			ret = state ? failf(j, "record %" PRIu64 ": device state twice", r.seq)
+				    : apply_state(&rv, &r);
+			state = true;
+			break;
+		case MIG_REC_END:
+			if (!state || cpus != (vm_ncpus(j->vm) == 64 ? ~0ULL
+								       : (1ULL << vm_ncpus(j->vm)) - 1)) {
+				ret = failf(j, "the source ended before sending every vCPU's and "
+					    "device's state");
+				goto out;
+			}
+			goto commit;
+		default:
+			ret = failf(j, "record %" PRIu64 ": a %s record in the middle of the pages",
+				    r.seq, mig_rec_name(r.type));
+			break;
+		}
+		if (ret)
+			goto out;
+	}
+commit:
+	set_stage(j, MIG_STAGE_COMMIT);
+	ret = put_check(j, j->out, mig_put_buf(j->out, MIG_REC_COMMIT, "{}", 2));
+	if (ret)
+		goto out;
+	/* Only the source's own commitment lets the VM run here: never in two places. */
+	ret = get_rec(j, j->in, &r);
+	if (ret)
+		goto out;
+	if (r.type != MIG_REC_COMMIT) {
+		ret = failf(j, "the source answered the commitment with a %s record",
+			    mig_rec_name(r.type));
+		goto out;
+	}
+	set_stage(j, MIG_STAGE_ACTIVATION);
+	ret = j->dops->activate(j->arg);
+	if (ret)
+		ret = failf(j, "starting the VM: %s (it is lost: the source gave it up)",
+			    strerror(-ret));
+	reserved = false; /* the host's now, running or stopped */
+out:
+	if (ret && reserved) {
+		put_error(j, j->out);
+		j->dops->discard(j->arg);
+	}
+	idmap_free(&rv.frames);
+	kv_free(rv.written);
+	return ret;
+}
+
+static void *dest_thread(void *arg)
+{
+	struct mig_job *j = arg;
+	uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC);
+	int ret = dest_run(j);
+
+	if (ret)
+		log_warn("incoming migration from %s failed: %s", j->prog.peer, j->prog.error);
+	finish(j, ret, t0);
+	return NULL;
+}
+
+int mig_dest_start(int fd, const struct mig_params *p, const struct mig_dest_ops *ops, void *arg,
+		   const char *peer, struct mig_job **out)
+{
+	struct mig_job *j = job_new(false, fd, p, arg, peer);
+	int ret;
+
+	if (!j)
+		return -ENOMEM;
+	j->dops = ops;
+	j->prog.stage = MIG_STAGE_RESERVATION;
+	ret = thread_spawn(&j->thread, "migrate-in", dest_thread, j);
+	if (ret) {
+		pthread_mutex_destroy(&j->lock);
+		kv_free(j);
+		return ret;
+	}
+	*out = j;
+	return 0;
+}

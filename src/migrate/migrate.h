@@ -1,0 +1,150 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Pre-copy live migration of one VM between kvmem hosts, in the stages of
+ * Clark et al. (NSDI 2005), named so in the stream, the stats and the CLI:
+ *
+ *   0 pre-migration, 1 reservation   the source describes the VM; the
+ *                                    destination creates it (not started)
+ *                                    against its own budget, or refuses;
+ *   2 iterative pre-copy             round 1 sends every page, each later
+ *                                    round the pages written during the last;
+ *   3 stop-and-copy                  when the rest fits the downtime limit
+ *                                    (or rounds stop paying): the VM paused,
+ *                                    its last pages, vCPU, clock and device
+ *                                    state;
+ *   4 commitment                     the destination has everything and
+ *                                    says so; the source answers that it
+ *                                    gives the VM up;
+ *   5 activation                     the destination runs the VM.
+ *
+ * The source keeps the VM, running, after anything that goes wrong before
+ * it has sent its commitment: a refusal, a stream error, a timeout, a
+ * cancel, a destination that dies. Once that record has left (all of it
+ * accepted by the kernel), the destination owns the VM: if the destination
+ * dies before it has read it, the VM is lost on both sides, as with QEMU.
+ * The destination activates only on that record, so the VM never runs in
+ * two places.
+ *
+ * Pages travel as what they are (mem/export.h): zero and ballooned pages as
+ * markers, a shared frame's content once per migration (then referenced,
+ * with a SHA-256 of its content: the destination checks it), swapped pages
+ * read from their slots. Both directions are migration streams
+ * (migrate/stream.h) on one connection.
+ */
+#ifndef KVMEM_MIGRATE_MIGRATE_H
+#define KVMEM_MIGRATE_MIGRATE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "migrate/stream.h"
+
+struct vm;
+
+enum mig_stage {
+	MIG_STAGE_RESERVATION = 1,
+	MIG_STAGE_PRECOPY,
+	MIG_STAGE_STOP_COPY,
+	MIG_STAGE_COMMIT,
+	MIG_STAGE_ACTIVATION,
+	MIG_STAGE_DONE,		/* the VM runs at the destination */
+	MIG_STAGE_FAILED,	/* the source runs it (or, destination side: nothing kept) */
+	MIG_STAGE_CANCELLED,	/* failed because asked */
+};
+
+const char *mig_stage_name(enum mig_stage s);
+
+/* Defaults: QEMU's downtime limit; rounds that stop paying end sooner. */
+#define MIG_DOWNTIME_MS_DEFAULT 300
+#define MIG_MAX_ROUNDS_DEFAULT 30
+#define MIG_TIMEOUT_MS_DEFAULT 10000
+
+struct mig_params {
+	uint32_t downtime_ms;	/* the longest pause the rest may need (0: default) */
+	uint64_t bandwidth;	/* bytes/s the stream may use (0: unlimited) */
+	uint32_t max_rounds;	/* pre-copy rounds at most (0: default) */
+	int timeout_ms;		/* one record's read or write at most (0: default) */
+};
+
+/* Where a migration is, for the stats and the progress line (a copy). */
+struct mig_progress {
+	enum mig_stage stage;
+	bool source;			/* this side sends */
+	unsigned int round;
+	uint64_t ram_pages;		/* the VM's */
+	uint64_t dirty_pages;		/* to send in this round */
+	uint64_t pages[MIG_PAGE_KINDS];	/* sent (received) by kind */
+	uint64_t bytes;			/* on the wire, headers included */
+	double rate_mib_s;		/* the last round's */
+	double dirty_mib_s;		/* the guest's, measured over the last round */
+	uint64_t expected_downtime_ms;	/* the dirty set at the measured rate */
+	uint64_t downtime_ms;		/* the VM paused (source: until the commitment left) */
+	uint64_t total_ms;
+	uint32_t downtime_limit_ms;
+	uint64_t bandwidth;
+	char peer[108];
+	char error[224];
+};
+
+/* What the source needs from the VM's owner (the host). */
+struct mig_source_ops {
+	/* Stop-and-copy: pause the vCPUs and stop the device workers. 0 or -errno. */
+	int (*stop)(void *arg);
+	/* Undo stop: the migration failed, the VM runs on here. */
+	void (*restart)(void *arg);
+	/* The devices' state (new reference), the VM stopped. */
+	json_t *(*save_devices)(void *arg);
+	/* The commitment left: the VM is the destination's. Release it. */
+	void (*given_up)(void *arg);
+	/* Progress changed (stage, round, end); may be NULL. Any lock of the owner's allowed. */
+	void (*progress)(void *arg);
+};
+
+struct mig_job;
+
+/*
+ * Start migrating vm over fd (owned from now on, closed at the end) on a
+ * thread of its own. desc: the VM's description for the reservation (the
+ * host's config of it; borrowed, copied). 0 or -errno.
+ */
+int mig_source_start(struct vm *vm, int fd, const json_t *desc, const struct mig_params *p,
+		     const struct mig_source_ops *ops, void *arg, const char *peer,
+		     struct mig_job **out);
+/* Ask a running migration to give up (the source keeps the VM); no wait. */
+void mig_job_cancel(struct mig_job *j);
+/* Change the downtime limit (0: unchanged) and the bandwidth (UINT64_MAX: unchanged) now. */
+void mig_job_set(struct mig_job *j, uint32_t downtime_ms, uint64_t bandwidth);
+void mig_job_progress(struct mig_job *j, struct mig_progress *out);
+/* True once the job's thread is done (DONE, FAILED or CANCELLED). */
+bool mig_job_finished(struct mig_job *j);
+/* Wait for the thread and free the job. */
+void mig_job_free(struct mig_job *j);
+
+/* What the destination needs from its host. */
+struct mig_dest_ops {
+	/*
+	 * The reservation: create the VM desc describes, not started, or say
+	 * why not (why, -errno). Its RAM must be fresh (all zero).
+	 */
+	int (*reserve)(void *arg, json_t *desc, struct vm **vm, char *why, size_t whylen);
+	/* Give the VM its devices' state (untrusted): 0, or -EINVAL with why. */
+	int (*load_devices)(void *arg, json_t *devices, char *why, size_t whylen);
+	/* Activation: start the VM. 0 or -errno. */
+	int (*activate)(void *arg);
+	/* Remove the VM reserve made: nothing of it is kept. */
+	void (*discard)(void *arg);
+	void (*progress)(void *arg);
+};
+
+/*
+ * Receive one VM over fd (owned, closed at the end) on a thread of its own,
+ * until it runs here (DONE) or the migration failed (FAILED, the reason in
+ * the progress's error, everything reserved discarded). The peer was
+ * authenticated by the caller. 0 or -errno.
+ */
+int mig_dest_start(int fd, const struct mig_params *p, const struct mig_dest_ops *ops, void *arg,
+		   const char *peer, struct mig_job **out);
+
+#endif

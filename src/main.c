@@ -23,7 +23,10 @@
 #include "core/size.h"
 #include "core/host/cli.h"
 #include "core/host/cli_balloon.h"
+#include "core/alloc.h"
+#include "core/host/cli_migrate.h"
 #include "core/host/cli_swap.h"
+#include "core/host/cli_migrate.h"
 #include "core/host/control.h"
 #include "core/host/host.h"
 #include "core/host/statcli.h"
@@ -41,6 +44,9 @@ static void usage(FILE *f)
 		"                 [--budget SIZE] [--socket PATH] [--dedup on|off|ksm]\n"
 		"                 [--accel auto|kvm|thread] [--swap PATH[,SIZE]] [--swap-pool SIZE]\n"
 		"       kvmem host --config FILE.json [--socket PATH] [--accel auto|kvm|thread]\n"
+		"                  [--incoming unix:PATH]\n"
+		"       kvmem migrate --vm NAME --to unix:PATH [--downtime MS] [--bandwidth MIB_S]\n"
+		"                     [--socket PATH]\n"
 		"       kvmem stat [--socket PATH] [--json] [--watch SECS]\n"
 		"       kvmem balloon --vm NAME (--target SIZE | --auto) [--socket PATH]\n"
 		"       kvmem swap --vm NAME --to SIZE [--socket PATH]\n"
@@ -63,7 +69,9 @@ static void usage(FILE *f)
 		"  -v, --verbose       debug logging\n"
 		"\n"
 		"host    run the VMs of a JSON config under one memory budget (see README.md)\n"
-		"swap    swap a VM of a running host out to a resident size (see kvmem swap --help)\n",
+		"          --incoming ADDR  accept VMs migrating here (then --config is optional)\n"
+		"swap    swap a VM of a running host out to a resident size (see kvmem swap --help)\n"
+		"migrate move a running VM to another host, live (see kvmem migrate --help)\n",
 		ABI_MAX_CPUS);
 }
 
@@ -338,12 +346,13 @@ static int cmd_host(int argc, char **argv)
 		{ "config", required_argument, NULL, 'f' },
 		{ "socket", required_argument, NULL, 's' },
 		{ "accel", required_argument, NULL, 'A' },
+		{ "incoming", required_argument, NULL, 'i' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct host_config cfg = { .policy_interval_s = 1.0 };
-	const char *path = NULL, *sock = NULL;
+	const char *path = NULL, *sock = NULL, *incoming = NULL;
 	enum accel_kind accel = ACCEL_AUTO;
 	bool have_accel = false;
 	char err[512];
@@ -351,10 +360,13 @@ static int cmd_host(int argc, char **argv)
 
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, ":f:s:A:vh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":f:s:A:i:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'f':
 			path = optarg;
+			break;
+		case 'i':
+			incoming = optarg;
 			break;
 		case 's':
 			sock = optarg;
@@ -372,13 +384,17 @@ static int cmd_host(int argc, char **argv)
 	}
 	if (optind < argc)
 		return usage_error("%s: unexpected argument", argv[optind]);
-	if (!path)
-		return usage_error("%s", "host: --config FILE is required");
+	if (!path && !incoming)
+		return usage_error("%s", "host: --config FILE is required (or --incoming ADDR)");
 	cfg.default_guest = default_guest();
-	if (host_config_load(path, &cfg, err, sizeof(err))) {
+	if (path && host_config_load(path, &cfg, err, sizeof(err))) {
 		fprintf(stderr, "kvmem: %s: %s\n", path, err);
 		host_config_free(&cfg);
 		return CLI_EXIT_USAGE;
+	}
+	if (incoming) {
+		kv_free(cfg.incoming);
+		cfg.incoming = kv_strdup(incoming);
 	}
 	if (sock) {
 		free(cfg.socket);
@@ -427,6 +443,8 @@ int main(int argc, char **argv)
 		return cli_balloon_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "swap"))
 		return cli_swap_main(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "migrate"))
+		return cli_migrate_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "stat"))
 		return statcli_main(argc - 1, argv + 1);
 	return usage_error("%s: unknown command", argv[1]);

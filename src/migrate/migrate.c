@@ -787,6 +787,7 @@ int mig_source_start(struct vm *vm, int fd, const json_t *desc, const struct mig
 	j->desc = json_deep_copy(desc);
 	j->prog.ram_pages = mem_nr_pages(vm_gm(vm));
 	j->prog.stage = MIG_STAGE_RESERVATION;
+	snprintf(j->prog.vm, sizeof(j->prog.vm), "%s", vm_name(vm));
 	ret = j->desc ? thread_spawn(&j->thread, "migrate-out", source_thread, j) : -ENOMEM;
 	if (ret) {
 		json_decref(j->desc);
@@ -993,6 +994,7 @@ static int dest_run(struct mig_job *j)
 	rv.gm = vm_gm(j->vm);
 	pthread_mutex_lock(&j->lock);
 	j->prog.ram_pages = mem_nr_pages(rv.gm);
+	snprintf(j->prog.vm, sizeof(j->prog.vm), "%s", vm_name(j->vm));
 	pthread_mutex_unlock(&j->lock);
 	rv.written = kv_calloc(mem_bitmap_words(rv.gm), sizeof(uint64_t));
 	if (!rv.written) {
@@ -1108,12 +1110,14 @@ int mig_dest_start(int fd, const struct mig_params *p, const struct mig_dest_ops
 		return -ENOMEM;
 	j->dops = ops;
 	j->prog.stage = MIG_STAGE_RESERVATION;
+	/* Before the thread runs: its callbacks may look for the job through the caller. */
+	*out = j;
 	ret = thread_spawn(&j->thread, "migrate-in", dest_thread, j);
 	if (ret) {
+		*out = NULL;
 		pthread_mutex_destroy(&j->lock);
 		kv_free(j);
 		return ret;
 	}
-	*out = j;
 	return 0;
 }

@@ -84,6 +84,7 @@ struct mig_progress {
 	uint64_t total_ms;
 	uint32_t downtime_limit_ms;
 	uint64_t bandwidth;
+	char vm[64];			/* its name (once the destination has reserved it) */
 	char peer[108];
 	char error[224];
 };

@@ -545,6 +545,288 @@ static int kvm_dirty_collect(struct vm *vm, uint64_t *bitmap)
 	return 0;
 }
 
+/* --- vCPU state, for migration --- */
+
+/*
+ * A vCPU's state as it travels: a header, then items (u32 id, u32 length,
+ * the structure KVM reads and writes), each of the exact size of this
+ * kernel's structure. Everything KVM holds for a vCPU: the Linux-guest
+ * work needs every one.
+ */
+#define KVM_STATE_MAGIC 0x4d56434bu /* "KCVM" */
+#define KVM_STATE_VERSION 1
+
+enum kvm_item {
+	ITEM_REGS = 1,
+	ITEM_SREGS,
+	ITEM_XSAVE,
+	ITEM_FPU,
+	ITEM_XCRS,
+	ITEM_MSRS,
+	ITEM_LAPIC,
+	ITEM_EVENTS,
+	ITEM_DEBUGREGS,
+	ITEM_MP_STATE,
+	ITEM_MAX
+};
+
+/*
+ * The MSRs a vCPU's software state lives in beyond sregs (EFER is there):
+ * system-call entry, the kernel GS base, the TSC and its adjust and aux,
+ * PAT, and kvmclock with the other paravirtual MSRs. Those this KVM does
+ * not offer are left out when saving.
+ */
+static const uint32_t saved_msrs[] = {
+	0x00000174, 0x00000175, 0x00000176,		/* SYSENTER_CS/ESP/EIP */
+	0xc0000081, 0xc0000082, 0xc0000083, 0xc0000084, /* STAR LSTAR CSTAR FMASK */
+	0xc0000102, 0xc0000103,				/* KERNEL_GS_BASE, TSC_AUX */
+	0x00000010, 0x0000003b,				/* TSC, TSC_ADJUST */
+	0x00000277, 0x000001a0,				/* PAT, MISC_ENABLE */
+	0x4b564d00, 0x4b564d01,				/* kvmclock system time, wall clock */
+	0x4b564d02, 0x4b564d03, 0x4b564d04,		/* async PF, steal time, PV EOI */
+};
+
+#define MSR_IA32_TSC 0x10
+#define MAX_MSRS (sizeof(saved_msrs) / sizeof(saved_msrs[0]))
+
+struct msr_list {
+	struct kvm_msrs hdr;
+	struct kvm_msr_entry e[MAX_MSRS];
+};
+
+struct blob {
+	uint8_t *p;
+	size_t len, cap;
+	bool full;
+};
+
+static void put_item(struct blob *b, uint32_t id, const void *data, uint32_t len)
+{
+	if (b->len + 8 + len > b->cap) {
+		b->full = true;
+		return;
+	}
+	memcpy(b->p + b->len, &id, 4);
+	memcpy(b->p + b->len + 4, &len, 4);
+	memcpy(b->p + b->len + 8, data, len);
+	b->len += 8 + len;
+}
+
+/* Read MSR index into *val on vCPU fd: 0 or -errno. */
+static int get_msr(int fd, uint32_t index, uint64_t *val)
+{
+	struct msr_list m = { .hdr.nmsrs = 1, .e[0].index = index };
+
+	if (ioctl(fd, KVM_GET_MSRS, &m) != 1)
+		return -EIO;
+	*val = m.e[0].data;
+	return 0;
+}
+
+static int kvm_vcpu_save(struct vcpu *vcpu, void *buf, size_t cap)
+{
+	struct kvm_vcpu *kc = kvcpu_of(vcpu);
+	struct blob b = { .p = buf, .cap = cap };
+	uint32_t hdr[2] = { KVM_STATE_MAGIC, KVM_STATE_VERSION };
+	struct kvm_regs regs;
+	struct kvm_sregs sregs;
+	struct kvm_xsave *xs = kv_zalloc(sizeof(*xs));
+	struct kvm_fpu fpu;
+	struct kvm_xcrs xcrs;
+	struct msr_list m = { 0 };
+	struct kvm_lapic_state lapic;
+	struct kvm_vcpu_events ev;
+	struct kvm_debugregs dr;
+	struct kvm_mp_state mp;
+	int ret = 0;
+
+	if (!xs)
+		return -ENOMEM;
+	if (cap < sizeof(hdr)) {
+		kv_free(xs);
+		return -ENOSPC;
+	}
+	memcpy(b.p, hdr, sizeof(hdr));
+	b.len = sizeof(hdr);
+	if (ioctl(kc->fd, KVM_GET_REGS, &regs) < 0 || ioctl(kc->fd, KVM_GET_SREGS, &sregs) < 0 ||
+	    ioctl(kc->fd, KVM_GET_VCPU_EVENTS, &ev) < 0 || ioctl(kc->fd, KVM_GET_MP_STATE, &mp) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	put_item(&b, ITEM_REGS, &regs, sizeof(regs));
+	put_item(&b, ITEM_SREGS, &sregs, sizeof(sregs));
+	/* XSAVE holds the x87 and SSE state and more; the FPU call is for CPUs without it. */
+	if (ioctl(kc->fd, KVM_GET_XSAVE, xs) == 0) {
+		put_item(&b, ITEM_XSAVE, xs, sizeof(*xs));
+		if (ioctl(kc->fd, KVM_GET_XCRS, &xcrs) == 0)
+			put_item(&b, ITEM_XCRS, &xcrs, sizeof(xcrs));
+	} else if (ioctl(kc->fd, KVM_GET_FPU, &fpu) == 0) {
+		put_item(&b, ITEM_FPU, &fpu, sizeof(fpu));
+	} else {
+		ret = -errno;
+		goto out;
+	}
+	for (size_t i = 0; i < MAX_MSRS; i++) {
+		uint64_t v;
+
+		if (!get_msr(kc->fd, saved_msrs[i], &v)) {
+			m.e[m.hdr.nmsrs].index = saved_msrs[i];
+			m.e[m.hdr.nmsrs++].data = v;
+		}
+	}
+	put_item(&b, ITEM_MSRS, &m, (uint32_t)(sizeof(m.hdr) + m.hdr.nmsrs * sizeof(m.e[0])));
+	if (kvm_of(vcpu->vm)->irqchip) {
+		if (ioctl(kc->fd, KVM_GET_LAPIC, &lapic) < 0) {
+			ret = -errno;
+			goto out;
+		}
+		put_item(&b, ITEM_LAPIC, &lapic, sizeof(lapic));
+	}
+	put_item(&b, ITEM_EVENTS, &ev, sizeof(ev));
+	if (ioctl(kc->fd, KVM_GET_DEBUGREGS, &dr) == 0)
+		put_item(&b, ITEM_DEBUGREGS, &dr, sizeof(dr));
+	put_item(&b, ITEM_MP_STATE, &mp, sizeof(mp));
+	ret = b.full ? -ENOSPC : (int)b.len;
+out:
+	kv_free(xs);
+	return ret;
+}
+
+/* The size each item must have here: this kernel's structure. */
+static uint32_t item_size(uint32_t id, const uint8_t *data, uint32_t len)
+{
+	switch (id) {
+	case ITEM_REGS:
+		return sizeof(struct kvm_regs);
+	case ITEM_SREGS:
+		return sizeof(struct kvm_sregs);
+	case ITEM_XSAVE:
+		return sizeof(struct kvm_xsave);
+	case ITEM_FPU:
+		return sizeof(struct kvm_fpu);
+	case ITEM_XCRS:
+		return sizeof(struct kvm_xcrs);
+	case ITEM_MSRS: {
+		struct kvm_msrs h;
+
+		if (len < sizeof(h))
+			return UINT32_MAX;
+		memcpy(&h, data, sizeof(h));
+		return h.nmsrs <= MAX_MSRS ? (uint32_t)(sizeof(h) + h.nmsrs * sizeof(struct kvm_msr_entry))
+					   : UINT32_MAX;
+	}
+	case ITEM_LAPIC:
+		return sizeof(struct kvm_lapic_state);
+	case ITEM_EVENTS:
+		return sizeof(struct kvm_vcpu_events);
+	case ITEM_DEBUGREGS:
+		return sizeof(struct kvm_debugregs);
+	case ITEM_MP_STATE:
+		return sizeof(struct kvm_mp_state);
+	}
+	return UINT32_MAX;
+}
+
+/* Only MSRs kvmem saves: the list is ours, not the peer's choice. */
+static bool msrs_ok(const uint8_t *data, uint32_t len)
+{
+	struct msr_list m;
+
+	memcpy(&m, data, len);
+	for (uint32_t i = 0; i < m.hdr.nmsrs; i++) {
+		bool known = false;
+
+		for (size_t k = 0; k < MAX_MSRS; k++)
+			known |= m.e[i].index == saved_msrs[k];
+		if (!known)
+			return false;
+	}
+	return true;
+}
+
+static const unsigned long set_ioctl[ITEM_MAX] = {
+	[ITEM_REGS] = KVM_SET_REGS,	      [ITEM_SREGS] = KVM_SET_SREGS,
+	[ITEM_XSAVE] = KVM_SET_XSAVE,	      [ITEM_FPU] = KVM_SET_FPU,
+	[ITEM_XCRS] = KVM_SET_XCRS,	      [ITEM_MSRS] = KVM_SET_MSRS,
+	[ITEM_LAPIC] = KVM_SET_LAPIC,	      [ITEM_EVENTS] = KVM_SET_VCPU_EVENTS,
+	[ITEM_DEBUGREGS] = KVM_SET_DEBUGREGS, [ITEM_MP_STATE] = KVM_SET_MP_STATE,
+};
+
+/*
+ * Checked whole before anything is set: every item known, once, of its
+ * size here, inside the blob, and the ones a vCPU cannot run without
+ * there. KVM checks the values themselves (segments, control registers)
+ * as it does for any VMM; a guest state it takes runs inside this VM only.
+ */
+static int kvm_vcpu_load(struct vcpu *vcpu, const void *buf, size_t len)
+{
+	struct kvm_vcpu *kc = kvcpu_of(vcpu);
+	const uint8_t *p = buf;
+	const uint8_t *item[ITEM_MAX] = { NULL };
+	uint32_t hdr[2], ilen[ITEM_MAX] = { 0 };
+	/* Order matters: sregs (mode) before regs, MSRs after, MP state last. */
+	static const uint32_t order[] = { ITEM_SREGS, ITEM_REGS, ITEM_XSAVE, ITEM_FPU,
+					  ITEM_XCRS, ITEM_MSRS, ITEM_LAPIC, ITEM_EVENTS,
+					  ITEM_DEBUGREGS, ITEM_MP_STATE };
+	size_t off = sizeof(hdr);
+
+	if (len < sizeof(hdr))
+		return -EINVAL;
+	memcpy(hdr, p, sizeof(hdr));
+	if (hdr[0] != KVM_STATE_MAGIC || hdr[1] != KVM_STATE_VERSION)
+		return -EINVAL;
+	while (off < len) {
+		uint32_t id, n;
+
+		if (len - off < 8)
+			return -EINVAL;
+		memcpy(&id, p + off, 4);
+		memcpy(&n, p + off + 4, 4);
+		off += 8;
+		if (id == 0 || id >= ITEM_MAX || item[id] || n > len - off ||
+		    item_size(id, p + off, n) != n)
+			return -EINVAL;
+		item[id] = p + off;
+		ilen[id] = n;
+		off += n;
+	}
+	if (!item[ITEM_REGS] || !item[ITEM_SREGS] || !item[ITEM_MP_STATE] ||
+	    (!item[ITEM_XSAVE] && !item[ITEM_FPU]) ||
+	    (item[ITEM_LAPIC] && !kvm_of(vcpu->vm)->irqchip) ||
+	    (item[ITEM_MSRS] && !msrs_ok(item[ITEM_MSRS], ilen[ITEM_MSRS])))
+		return -EINVAL;
+	for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
+		uint32_t id = order[i];
+		/* Aligned copies: KVM's structures are read in place. */
+		uint8_t *copy;
+		int r;
+
+		if (!item[id])
+			continue;
+		copy = kv_zalloc(ilen[id] + 16);
+		if (!copy)
+			return -ENOMEM;
+		memcpy(copy, item[id], ilen[id]);
+		r = ioctl(kc->fd, set_ioctl[id], copy);
+		/* KVM_SET_MSRS returns how many it set: all or the state is refused. */
+		if (id == ITEM_MSRS && r >= 0 && (uint32_t)r != ((struct kvm_msrs *)copy)->nmsrs)
+			r = -1, errno = EINVAL;
+		kv_free(copy);
+		if (r < 0)
+			return errno == EFAULT ? -EINVAL : -errno;
+	}
+	return 0;
+}
+
+static uint64_t kvm_guest_tsc(struct vm *vm)
+{
+	uint64_t tsc = 0;
+
+	if (get_msr(kvcpu_of(vm->vcpus[0])->fd, MSR_IA32_TSC, &tsc))
+		log_warn("%s: reading the guest's TSC failed", vm->name);
+	return tsc;
+}
+
 const struct accel_ops accel_kvm_ops = {
 	.name = "kvm",
 	.exec_ram = false,
@@ -564,4 +846,7 @@ const struct accel_ops accel_kvm_ops = {
 	.irqfd = kvm_irqfd,
 	.dirty_log = kvm_dirty_log,
 	.dirty_collect = kvm_dirty_collect,
+	.vcpu_save = kvm_vcpu_save,
+	.vcpu_load = kvm_vcpu_load,
+	.guest_tsc = kvm_guest_tsc,
 };

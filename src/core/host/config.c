@@ -273,8 +273,9 @@ int host_config_check(const struct host_config *cfg, char *err, size_t len)
 {
 	uint64_t sum_min = 0;
 
-	if (cfg->nr_vms == 0)
-		return fail(err, len, "vms: at least one VM is needed");
+	if (cfg->nr_vms == 0 && !cfg->incoming)
+		return fail(err, len, "vms: at least one VM is needed (or \"incoming\", to take "
+			    "VMs in)");
 	for (unsigned int i = 0; i < cfg->nr_vms; i++) {
 		const struct host_vm_config *vm = &cfg->vms[i];
 
@@ -305,7 +306,7 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 {
 	static const char *const known[] = { "budget", "socket", "console_prefix", "dedup",
 					     "accel", "policy_interval", "balloon_stats_interval",
-					     "access", "hard_limit", "swap", "vms" };
+					     "access", "hard_limit", "swap", "incoming", "vms" };
 	static const char *const access[] = {
 		[HOST_ACCESS_AUTO] = "auto",
 		[HOST_ACCESS_DAMON] = "damon",
@@ -409,7 +410,15 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 		if (ret)
 			goto out;
 	}
+	ret = get_string(root, "incoming", "", &cfg->incoming, err, len);
+	if (ret < 0)
+		goto out;
 	vms = json_object_get(root, "vms");
+	/* A host that takes VMs in may start without any. */
+	if (cfg->incoming && (!vms || (json_is_array(vms) && json_array_size(vms) == 0))) {
+		ret = 0;
+		goto out;
+	}
 	if (!json_is_array(vms) || json_array_size(vms) == 0) {
 		ret = fail(err, len, "vms: must be a non-empty array of VM objects");
 		goto out;
@@ -480,6 +489,7 @@ void host_config_free(struct host_config *cfg)
 	}
 	kv_free(cfg->vms);
 	kv_free(cfg->socket);
+	kv_free(cfg->incoming);
 	kv_free(cfg->swap.path);
 	memset(cfg, 0, sizeof(*cfg));
 }

@@ -132,6 +132,9 @@ struct control {
 	bool started;
 	bool accept_paused;	/* out of fds: listening fd not polled until a client goes */
 	unsigned int timeout_ms; /* the verb deadline; set before clients come */
+	void (*guard_enter)(void *arg); /* around every handler (control_set_guard) */
+	void (*guard_leave)(void *arg);
+	void *guard_arg;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;	/* lock: a verb's turn or users, nr_workers changed */
 	struct verb *verbs[CONTROL_MAX_VERBS]; /* lock */
@@ -573,7 +576,11 @@ static void *job_thread(void *arg)
 		v->busy = !v->concurrent;
 		j->started = true;
 		pthread_mutex_unlock(&c->lock);
+		if (c->guard_enter)
+			c->guard_enter(c->guard_arg);
 		ret = v->fn(v->arg, j->req, j->reply);
+		if (c->guard_leave)
+			c->guard_leave(c->guard_arg);
 		pthread_mutex_lock(&c->lock);
 		if (!v->concurrent)
 			v->busy = false;
@@ -1759,4 +1766,12 @@ out_free:
 out_close:
 	close(fd);
 	return ret;
+}
+
+void control_set_guard(struct control *c, void (*enter)(void *arg), void (*leave)(void *arg),
+		       void *arg)
+{
+	c->guard_enter = enter;
+	c->guard_leave = leave;
+	c->guard_arg = arg;
 }

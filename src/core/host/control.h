@@ -85,6 +85,12 @@ void control_destroy(struct control *c);
  * checked: the caller vouches for it (tests serve one end of a socketpair).
  */
 int control_serve_fd(struct control *c, int fd);
+/*
+ * Call enter before and leave after every handler (the host holds its VM
+ * list for reading meanwhile). Before clients come.
+ */
+void control_set_guard(struct control *c, void (*enter)(void *arg), void (*leave)(void *arg),
+		       void *arg);
 /* The verb deadline (CONTROL_VERB_TIMEOUT_MS unless set; tests shorten it). */
 void control_set_verb_timeout(struct control *c, unsigned int ms);
 

@@ -6,6 +6,7 @@
  */
 #define LOG_TAG "host"
 #include "core/host/host.h"
+#include "core/host/host_internal.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -37,38 +38,7 @@
 #include "mem/swap.h"
 #include "mem/txn.h"
 #include "mem/uffd.h"
-
-struct host_vm {
-	struct host *host;
-	struct host_vm_config cfg;	/* borrowed from the host's config copy */
-	struct vm *vm;
-	struct ovc_vm *ovc;
-	struct balloon *balloon;	/* its virtio-balloon device */
-	bool stopped;			/* h->lock */
-	/* Who paused it (h->pause_lock): the policy, to hold the hard limit, and/or a user. */
-	bool policy_paused, user_paused;
-	int status;			/* h->lock, valid once stopped */
-	/* Host swap: attached once its userfaultfd serves it, detached before it goes. */
-	bool swap_attached;
-	bool swap_failed;		/* a swapped page could not be read back: the VM stops */
-	bool swap_error_set;		/* swap_error written (release/acquire) */
-	char swap_error[192];		/* the reason, written once */
-};
-
-struct host {
-	struct host_config cfg;		/* borrowed; outlives the host */
-	pthread_mutex_t lock;		/* guards the stopped flags, nr_running */
-	pthread_mutex_t pause_lock;	/* pauses and resumes, by hand or by the policy */
-	struct host_vm *vms;		/* immutable array after create */
-	unsigned int nr_vms;
-	unsigned int nr_running;
-	int stop_efd;			/* bumped when a VM stops */
-	struct uffd_service *uffd;
-	struct ovc *ovc;
-	struct control *control;
-	struct dedup *dedup;		/* kvmem's page sharing (--dedup on), or NULL */
-	struct mem_swap *swap;		/* the host's swap file, or NULL */
-};
+#include "migrate/migrate.h"
 
 uint64_t host_default_budget(void)
 {
@@ -163,7 +133,7 @@ static int throttle_pause(void *arg)
 	int ret = -EINVAL;
 
 	pthread_mutex_lock(&hv->host->pause_lock);
-	if (!hv->user_paused && vm_get_state(hv->vm) == VM_RUNNING) {
+	if (!hv->user_paused && !hv->mig_paused && vm_get_state(hv->vm) == VM_RUNNING) {
 		ret = vm_pause_timeout(hv->vm, 500);
 		if (!ret && vm_get_state(hv->vm) != VM_PAUSED)
 			ret = -EINVAL; /* it stopped instead */
@@ -180,7 +150,7 @@ static int throttle_resume(void *arg)
 
 	pthread_mutex_lock(&hv->host->pause_lock);
 	hv->policy_paused = false;
-	if (!hv->user_paused)
+	if (!hv->user_paused && !hv->mig_paused)
 		ret = vm_resume(hv->vm);
 	pthread_mutex_unlock(&hv->host->pause_lock);
 	return ret;
@@ -191,7 +161,7 @@ static const struct ovc_throttle_ops host_throttle_ops = {
 	.resume = throttle_resume,
 };
 
-static int create_vm(struct host *h, struct host_vm *hv)
+int host_create_vm(struct host *h, struct host_vm *hv)
 {
 	struct vm_params p = {
 		.name = hv->cfg.name,
@@ -203,6 +173,7 @@ static int create_vm(struct host *h, struct host_vm *hv)
 		.console_fd = STDOUT_FILENO,
 		.console_prefix = h->cfg.console_prefix,
 		.console_log = hv->cfg.console_log,
+		.ram_base = hv->cfg.ram_base,
 	};
 	struct gm *gm;
 	int ret;
@@ -284,6 +255,21 @@ static int check_limits(const struct host_config *cfg)
 	return -E2BIG;
 }
 
+/* A verb runs with the VM list held: no VM it looks at is released under it. */
+static void vms_read_lock(void *arg)
+{
+	struct host *h = arg;
+
+	pthread_rwlock_rdlock(&h->vms_lock);
+}
+
+static void vms_read_unlock(void *arg)
+{
+	struct host *h = arg;
+
+	pthread_rwlock_unlock(&h->vms_lock);
+}
+
 int host_create(const struct host_config *cfg, struct host **out)
 {
 	/* Every failure is named on one line: here, unless the step that failed did. */
@@ -305,7 +291,9 @@ int host_create(const struct host_config *cfg, struct host **out)
 	h->stop_efd = -1;
 	pthread_mutex_init(&h->lock, NULL);
 	pthread_mutex_init(&h->pause_lock, NULL);
-	h->vms = kv_calloc(cfg->nr_vms, sizeof(*h->vms));
+	h->cap_vms = cfg->nr_vms + (cfg->incoming ? HOST_INCOMING_MAX : 0);
+	pthread_rwlock_init(&h->vms_lock, NULL);
+	h->vms = kv_calloc(h->cap_vms ? h->cap_vms : 1, sizeof(*h->vms));
 	if (!h->vms) {
 		ret = -ENOMEM;
 		goto out_destroy;
@@ -421,10 +409,10 @@ int host_create(const struct host_config *cfg, struct host **out)
 
 		hv->host = h;
 		hv->cfg = cfg->vms[i];
-		h->nr_vms++;
+		__atomic_store_n(&h->nr_vms, h->nr_vms + 1, __ATOMIC_RELEASE);
 		snprintf(vm_what, sizeof(vm_what), "%s: cannot create the VM", hv->cfg.name);
 		what = vm_what;
-		ret = create_vm(h, hv);
+		ret = host_create_vm(h, hv);
 		if (ret)
 			goto out_destroy;
 	}
@@ -436,7 +424,10 @@ int host_create(const struct host_config *cfg, struct host **out)
 			log_warn("running without a control socket (use --socket PATH for one)");
 			ret = 0;
 		} else if (!ret) {
+			control_set_guard(h->control, vms_read_lock, vms_read_unlock, h);
 			ret = control_register_verb(h->control, "balloon", balloon_verb, h);
+			if (!ret)
+				ret = host_migration_register(h);
 		}
 		if (ret)
 			goto out_destroy;
@@ -488,24 +479,35 @@ static int setup_access(struct host *h)
 
 static void stop_all(struct host *h)
 {
-	for (unsigned int i = 0; i < h->nr_vms; i++)
-		vm_request_stop(h->vms[i].vm, VM_STATUS_STOPPED);
+	for (unsigned int i = 0; i < host_nr_vms(h); i++)
+		if (!h->vms[i].released)
+			vm_request_stop(h->vms[i].vm, VM_STATUS_STOPPED);
 }
 
+/* Every VM stopped or gone; one still arriving is neither. */
 static bool all_stopped(struct host *h)
 {
 	bool all = true;
 
 	pthread_mutex_lock(&h->lock);
-	for (unsigned int i = 0; i < h->nr_vms; i++)
-		all &= h->vms[i].stopped;
+	for (unsigned int i = 0; i < host_nr_vms(h); i++)
+		all &= h->vms[i].stopped || h->vms[i].released;
 	pthread_mutex_unlock(&h->lock);
 	return all;
+}
+
+void host_wake(struct host *h)
+{
+	uint64_t one = 1;
+
+	if (write(h->stop_efd, &one, sizeof(one)) < 0)
+		log_debug("eventfd: %m");
 }
 
 int host_run(struct host *h)
 {
 	const char *failed = NULL;
+	bool stopping = false;
 	sigset_t set;
 	int sfd, ret, err = 0, status = 0;
 
@@ -526,7 +528,7 @@ int host_run(struct host *h)
 		if (ret)
 			log_err("the page sharing scanner: %s", strerror(-ret));
 	}
-	for (unsigned int i = 0; i < h->nr_vms && !ret; i++) {
+	for (unsigned int i = 0; i < host_nr_vms(h) && !ret; i++) {
 		unsigned long errors = log_error_count();
 
 		ret = vm_start(h->vms[i].vm);
@@ -536,12 +538,15 @@ int host_run(struct host *h)
 	}
 	if (!ret)
 		ret = setup_access(h);
+	if (!ret)
+		ret = host_migration_listen(h);
 	if (ret) {
 		stop_all(h);
 		close(sfd);
 		return ret == -ENOEXEC ? 2 : 1;
 	}
-	while (!all_stopped(h) && !failed) {
+	/* A host that accepts VMs runs until told to stop, with or without VMs. */
+	while (!failed && !(all_stopped(h) && (!h->incoming || stopping))) {
 		struct pollfd pfd[2] = { { h->stop_efd, POLLIN, 0 }, { sfd, POLLIN, 0 } };
 		uint64_t n;
 
@@ -562,8 +567,11 @@ int host_run(struct host *h)
 
 			if (read(sfd, &si, sizeof(si)) == sizeof(si))
 				log_info("signal %u: stopping every VM", si.ssi_signo);
+			stopping = true;
+			host_migration_stop(h);
 			stop_all(h);
 		}
+		host_release_gone(h);
 	}
 	if (failed) {
 		/*
@@ -575,26 +583,24 @@ int host_run(struct host *h)
 		stop_all(h);
 	}
 	close(sfd);
-	for (unsigned int i = 0; i < h->nr_vms; i++) {
-		int s = vm_wait(h->vms[i].vm);
+	host_migration_stop(h);
+	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
+		int s;
 
-		if (h->nr_vms == 1 || (s && !status))
+		if (h->vms[i].released)
+			continue;
+		s = vm_wait(h->vms[i].vm);
+		if (host_nr_vms(h) == 1 || (s && !status))
 			status = s;
 	}
 	return failed ? EXIT_FAILURE : status;
 }
 
-void host_destroy(struct host *h)
+void host_release_vm(struct host *h, struct host_vm *hv)
 {
-	if (!h)
+	if (hv->released)
 		return;
-	if (h->control)
-		control_destroy(h->control);
-	for (unsigned int i = 0; i < h->nr_vms; i++) {
-		struct host_vm *hv = &h->vms[i];
-
-		if (!hv->vm)
-			continue;
+	if (hv->vm) {
 		vm_request_stop(hv->vm, VM_STATUS_STOPPED);
 		vm_wait(hv->vm);
 		if (hv->ovc)
@@ -611,6 +617,33 @@ void host_destroy(struct host *h)
 			mem_swap_detach(h->swap, vm_gm(hv->vm));
 		vm_destroy(hv->vm);
 	}
+	hv->vm = NULL;
+	hv->ovc = NULL;
+	hv->balloon = NULL;
+	hv->swap_attached = false;
+	if (hv->owns_cfg) {
+		kv_free(hv->cfg.name);
+		kv_free(hv->cfg.guest);
+		kv_free(hv->cfg.append);
+		memset(&hv->cfg, 0, sizeof(hv->cfg));
+		hv->owns_cfg = false;
+	}
+	hv->released = true;
+}
+
+void host_destroy(struct host *h)
+{
+	if (!h)
+		return;
+	if (h->control)
+		control_destroy(h->control);
+	host_migration_stop(h);
+	/* What is left are migrations out, cancelled: each has given its VM back. */
+	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
+		mig_job_free(h->vms[i].mig);
+		h->vms[i].mig = NULL;
+		host_release_vm(h, &h->vms[i]);
+	}
 	if (h->swap)
 		mem_swap_close(h->swap);
 	if (h->ovc)
@@ -623,15 +656,23 @@ void host_destroy(struct host *h)
 	mem_memcg_leave();
 	pthread_mutex_destroy(&h->lock);
 	pthread_mutex_destroy(&h->pause_lock);
+	pthread_rwlock_destroy(&h->vms_lock);
 	kv_free(h->vms);
 	kv_free(h);
 }
 
 static struct host_vm *find_vm(struct host *h, const char *name)
 {
-	for (unsigned int i = 0; i < h->nr_vms; i++)
-		if (!strcmp(h->vms[i].cfg.name, name))
-			return &h->vms[i];
+	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
+		struct host_vm *hv = &h->vms[i];
+		bool here;
+
+		pthread_mutex_lock(&h->lock);
+		here = !hv->released && !hv->gone && !hv->incoming;
+		pthread_mutex_unlock(&h->lock);
+		if (here && !strcmp(hv->cfg.name, name))
+			return hv;
+	}
 	return NULL;
 }
 
@@ -643,8 +684,8 @@ int host_vm_pause(struct host *h, const char *name)
 	if (!hv)
 		return -ENOENT;
 	pthread_mutex_lock(&h->pause_lock);
-	/* Paused by the policy already: it stays paused for the user once the policy is done. */
-	if (!hv->policy_paused)
+	/* Paused by the policy or a migration already: it stays paused for the user after. */
+	if (!hv->policy_paused && !hv->mig_paused)
 		ret = vm_pause(hv->vm);
 	if (!ret)
 		hv->user_paused = true;
@@ -660,8 +701,8 @@ int host_vm_resume(struct host *h, const char *name)
 	if (!hv)
 		return -ENOENT;
 	pthread_mutex_lock(&h->pause_lock);
-	/* The policy holds it paused (the hard limit): it resumes when reclaim catches up. */
-	if (hv->policy_paused)
+	/* The policy or a migration holds it paused: it resumes when that is done. */
+	if (hv->policy_paused || hv->mig_paused)
 		hv->user_paused = false;
 	else if (!(ret = vm_resume(hv->vm)))
 		hv->user_paused = false;
@@ -886,15 +927,30 @@ void host_reclaim_now(struct host *h)
 	ovc_kick(h->ovc);
 }
 
+const char *host_vm_state(struct host_vm *hv)
+{
+	bool incoming, gone;
+
+	pthread_mutex_lock(&hv->host->lock);
+	incoming = hv->incoming;
+	gone = hv->gone;
+	pthread_mutex_unlock(&hv->host->lock);
+	if (gone)
+		return "migrated";
+	return incoming ? "incoming" : vm_state_name(vm_get_state(hv->vm));
+}
+
 json_t *host_list_json(struct host *h)
 {
 	json_t *arr = json_array();
 
-	for (unsigned int i = 0; i < h->nr_vms; i++) {
+	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
 		struct host_vm *hv = &h->vms[i];
 
+		if (hv->released)
+			continue;
 		json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:I, s:i}", "name", hv->cfg.name,
-						     "state", vm_state_name(vm_get_state(hv->vm)),
+						     "state", host_vm_state(hv),
 						     "accel", vm_accel_name(hv->vm),
 						     "mem_bytes", (json_int_t)hv->cfg.mem_bytes,
 						     "cpus", (int)hv->cfg.cpus));
@@ -994,17 +1050,24 @@ json_t *host_stats_json(struct host *h)
 	struct uffd_stats us;
 	json_t *commits = json_object();
 	struct ovc_stats hs;
-	json_t *vms = json_array();
+	json_t *vms = json_array(), *migrations = json_array();
 	json_t *reclaimed = json_object();
 	json_t *dedup, *swap;
 	uint64_t saved = 0, pool_used;
 
 	ovc_get_stats(h->ovc, &hs);
-	for (unsigned int i = 0; i < h->nr_vms; i++) {
+	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
 		struct host_vm *hv = &h->vms[i];
 		struct balloon_stats bs;
 		struct ovc_vm_stats vs;
 		json_t *vo;
+
+		/* A VM that left is shown by how it left, and nothing else. */
+		if (hv->released) {
+			if (hv->mig)
+				json_array_append_new(migrations, host_vm_migration_json(hv));
+			continue;
+		}
 
 		/*
 		 * The device first: the policy publishes a target's reason before it
@@ -1020,7 +1083,7 @@ json_t *host_stats_json(struct host *h)
 			  vs.pages[PS_SWAPPED]) * MEM_PAGE_SIZE;
 		vo = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:i, s:I, s:f, s:o, s:s}",
 			       "name", hv->cfg.name,
-			       "state", vm_state_name(vm_get_state(hv->vm)),
+			       "state", host_vm_state(hv),
 			       "accel", vm_accel_name(hv->vm),
 			       "ram_base", (json_int_t)vm_ram_base(hv->vm),
 			       "mem_bytes", (json_int_t)vs.mem_bytes,
@@ -1078,6 +1141,8 @@ json_t *host_stats_json(struct host *h)
 				json_object_set_new(so, "error", json_string(hv->swap_error));
 			json_object_set_new(vo, "swap", so);
 		}
+		if (hv->mig)
+			json_object_set_new(vo, "migration", host_vm_migration_json(hv));
 		json_array_append_new(vms, vo);
 	}
 	for (unsigned int m = 0; m < hs.nr_mechanisms; m++)
@@ -1103,7 +1168,7 @@ json_t *host_stats_json(struct host *h)
 		json_object_set_new(commits, commit_names[c], json_integer((json_int_t)ts.commits[c]));
 	return json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:o, s:s, s:o, s:I, s:b, s:I, s:o, s:o, s:o, s:I, s:s,"
 			 " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I},"
-			 " s:{s:I, s:I, s:o, s:I, s:I, s:I, s:I}}, s:o}",
+			 " s:{s:I, s:I, s:o, s:I, s:I, s:I, s:I}}, s:o, s:o}",
 			 "host",
 			 "budget_bytes", (json_int_t)hs.budget_bytes,
 			 "used_bytes", (json_int_t)hs.used_bytes,
@@ -1131,5 +1196,5 @@ json_t *host_stats_json(struct host *h)
 			 "commits", commits, "failed", (json_int_t)ts.failed,
 			 "registrations", (json_int_t)ts.registrations,
 			 "remaps", (json_int_t)ts.remaps, "stray_faults", (json_int_t)ts.stray_faults,
-			 "vms", vms);
+			 "vms", vms, "migrated", migrations);
 }

@@ -51,6 +51,7 @@ struct host_vm_config {
 	char *console_log;	/* also write the console here, or NULL */
 	bool swap_max_set;	/* host swap may hold at most swap_max_bytes of it (0: none) */
 	uint64_t swap_max_bytes;
+	uint64_t ram_base;	/* an incoming VM's guest-physical 0 in the host (0: any) */
 };
 
 /* Host swap (mem/swap.h): one swap file for every VM of the host. */
@@ -80,6 +81,7 @@ struct host_config {
 	struct host_swap_config swap;
 	struct host_vm_config *vms;
 	unsigned int nr_vms;
+	char *incoming;		/* accept VMs migrating here at this address (tcp:/unix:), or NULL */
 };
 
 /* Parse a JSON config file into cfg (zeroed, default_guest set); on error returns -EINVAL and writes "field: problem" to err. */

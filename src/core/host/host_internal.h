@@ -1,0 +1,96 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Private to src/core/host: the host and its VMs as host.c and the
+ * migration side of the host (migration.c) share them.
+ *
+ * The VM array has room for the configured VMs and, on a host that accepts
+ * migrations, HOST_INCOMING_MAX more. It never moves. An entry is filled
+ * before nr_vms counts it (release; readers load it with acquire), and a
+ * VM that leaves (migrated away, or an incoming one discarded) keeps its
+ * entry: its resources are released by the main thread under the write
+ * side of vms_lock, which every control verb holds for reading.
+ */
+#ifndef KVMEM_CORE_HOST_INTERNAL_H
+#define KVMEM_CORE_HOST_INTERNAL_H
+
+#include <pthread.h>
+
+#include "core/host/host.h"
+
+#define HOST_INCOMING_MAX 64
+
+struct mig_job;
+struct incoming;
+
+struct host_vm {
+	struct host *host;
+	struct host_vm_config cfg;	/* borrowed from the host's config copy */
+	struct vm *vm;
+	struct ovc_vm *ovc;
+	struct balloon *balloon;	/* its virtio-balloon device */
+	bool stopped;			/* h->lock */
+	/* Who paused it (h->pause_lock): the policy, to hold the hard limit, and/or a user. */
+	bool policy_paused, user_paused;
+	int status;			/* h->lock, valid once stopped */
+	/* Host swap: attached once its userfaultfd serves it, detached before it goes. */
+	bool swap_attached;
+	bool swap_failed;		/* a swapped page could not be read back: the VM stops */
+	bool swap_error_set;		/* swap_error written (release/acquire) */
+	char swap_error[192];		/* the reason, written once */
+	/* Migration (migration.c). */
+	bool mig_paused;		/* h->pause_lock: stopped for stop-and-copy */
+	bool incoming;			/* being received: not started (h->lock) */
+	bool gone;			/* migrated away or discarded: to be released (h->lock) */
+	bool released;			/* its resources are gone (main thread, vms_lock) */
+	bool owns_cfg;			/* cfg's strings are its own (an incoming VM's) */
+	struct mig_job *mig;		/* its last migration, either way (vms_lock) */
+};
+
+struct host {
+	struct host_config cfg;		/* borrowed; outlives the host */
+	pthread_mutex_t lock;		/* guards the stopped flags, nr_running */
+	pthread_mutex_t pause_lock;	/* pauses and resumes, by hand or by the policy */
+	struct host_vm *vms;		/* never moves: cap_vms entries */
+	unsigned int cap_vms;
+	unsigned int nr_vms;		/* entries in use (release/acquire; written under lock) */
+	pthread_rwlock_t vms_lock;	/* read: a verb runs; write: a VM is released */
+	unsigned int nr_running;
+	int stop_efd;			/* bumped when a VM stops */
+	struct uffd_service *uffd;
+	struct ovc *ovc;
+	struct control *control;
+	struct dedup *dedup;		/* kvmem's page sharing (--dedup on), or NULL */
+	struct mem_swap *swap;		/* the host's swap file, or NULL */
+	struct incoming *incoming;	/* the listener for VMs migrating here, or NULL */
+	uint64_t mig_seq;		/* names the incoming jobs' threads apart */
+};
+
+/* VMs counted so far (acquire: their entries are complete). */
+static inline unsigned int host_nr_vms(const struct host *h)
+{
+	return __atomic_load_n(&h->nr_vms, __ATOMIC_ACQUIRE);
+}
+
+/* Create hv's VM and its devices from hv->cfg (nothing runs). host.c. */
+int host_create_vm(struct host *h, struct host_vm *hv);
+/* "running", "paused", "incoming", "migrated"... for the list and the stats. */
+const char *host_vm_state(struct host_vm *hv);
+/* Wake the main loop (a VM stopped, or one is to be released). */
+void host_wake(struct host *h);
+
+/*
+ * Stop hv's VM and free everything it holds (its entry stays, released);
+ * nothing may use it any more: the main thread, under vms_lock's write
+ * side, or at the host's end. host.c.
+ */
+void host_release_vm(struct host *h, struct host_vm *hv);
+
+/* migration.c */
+int host_migration_register(struct host *h);	/* the verbs, with the control socket */
+int host_migration_listen(struct host *h);	/* accept VMs at cfg.incoming, if set */
+void host_migration_stop(struct host *h);	/* no more VMs in or out; idempotent */
+json_t *host_vm_migration_json(struct host_vm *hv);	/* NULL: never migrated */
+/* The main thread: release every VM that left (migrated away, or discarded). */
+void host_release_gone(struct host *h);
+
+#endif

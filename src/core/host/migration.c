@@ -1,0 +1,788 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The host's side of live migration (migrate/migrate.h does the protocol):
+ * the verbs that send a VM away (migrate, migrate_cancel, migrate_set), the
+ * listener that takes VMs in (cfg.incoming), and what either needs of the
+ * host: pausing a VM and its devices for stop-and-copy, its devices' state,
+ * a new VM made from a description, and a VM released once it has left.
+ *
+ * Addresses are unix:PATH or tcp:HOST:PORT. Only a host running as root
+ * starts or accepts a migration (its control socket and listener are then
+ * root's): a migration hands guest memory to the peer, or takes it from
+ * one. A UNIX peer is checked by its uid (root, or this process's user).
+ */
+#define LOG_TAG "migration"
+#include <errno.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "balloon/balloon.h"
+#include "core/alloc.h"
+#include "core/host/control.h"
+#include "core/host/host_internal.h"
+#include "core/layout.h"
+#include "core/size.h"
+#include "core/thread.h"
+#include "core/virtio/virtio_mmio.h"
+#include "core/vm.h"
+#include "migrate/migrate.h"
+#include "mem/overcommit.h"
+
+#define CONNECT_TIMEOUT_MS 5000
+
+/* One connection that brings a VM in. */
+struct arrival {
+	struct host *h;
+	struct host_vm *hv;		/* once reserved */
+	struct mig_job *job;
+};
+
+struct incoming {
+	struct host *h;
+	int lfd;
+	int stop_efd;
+	pthread_t thread;
+	bool tcp;
+	char addr[160];
+	pthread_mutex_t lock;		/* guards arrivals */
+	struct arrival *arrivals[HOST_INCOMING_MAX];
+	unsigned int nr_arrivals;
+};
+
+/* --- addresses --- */
+
+/*
+ * A socket for `addr` (unix:PATH or tcp:HOST:PORT), bound and listening
+ * (listen) or connected within CONNECT_TIMEOUT_MS. The fd or -errno, why
+ * set on failure.
+ */
+static int open_addr(const char *addr, bool listen_, bool *tcp, char *why, size_t whylen)
+{
+	int fd, ret;
+
+	if (!strncmp(addr, "unix:", 5)) {
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		const char *path = addr + 5;
+
+		*tcp = false;
+		if (!*path || strlen(path) >= sizeof(sa.sun_path)) {
+			snprintf(why, whylen, "%s: not a UNIX socket path", addr);
+			return -EINVAL;
+		}
+		memcpy(sa.sun_path, path, strlen(path) + 1);
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			return -errno;
+		if (listen_) {
+			struct stat st;
+
+			/* A stale socket of an earlier host goes; anything else at the path stays. */
+			if (!lstat(path, &st) && S_ISSOCK(st.st_mode))
+				unlink(path);
+			ret = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) || chmod(path, 0600) ||
+			      listen(fd, 8);
+		} else {
+			ret = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+		}
+		if (ret) {
+			ret = -errno;
+			snprintf(why, whylen, "%s: %s", addr, strerror(-ret));
+			close(fd);
+			return ret;
+		}
+		return fd;
+	}
+	if (!strncmp(addr, "tcp:", 4)) {
+		char host[128];
+		const char *port = strrchr(addr + 4, ':');
+		struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
+					  .ai_flags = listen_ ? AI_PASSIVE : 0 }, *ai;
+		size_t hl;
+
+		*tcp = true;
+		if (!port || port == addr + 4 || (hl = (size_t)(port - (addr + 4))) >= sizeof(host)) {
+			snprintf(why, whylen, "%s: not tcp:HOST:PORT", addr);
+			return -EINVAL;
+		}
+		memcpy(host, addr + 4, hl);
+		host[hl] = '\0';
+		/* [::1]:4444 */
+		if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') {
+			memmove(host, host + 1, hl - 2);
+			host[hl - 2] = '\0';
+		}
+		ret = getaddrinfo(host, port + 1, &hints, &ai);
+		if (ret) {
+			snprintf(why, whylen, "%s: %s", addr, gai_strerror(ret));
+			return -EINVAL;
+		}
+		fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0) {
+			ret = -errno;
+		} else if (listen_) {
+			int one = 1;
+
+			setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+			ret = bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 8) ? -errno : 0;
+		} else {
+			struct timeval tv = { .tv_sec = CONNECT_TIMEOUT_MS / 1000 };
+
+			/* A connect that hangs (a host that drops packets) ends at the timeout. */
+			setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+			ret = connect(fd, ai->ai_addr, ai->ai_addrlen) ? -errno : 0;
+			tv.tv_sec = 0;
+			setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+		}
+		freeaddrinfo(ai);
+		if (ret) {
+			snprintf(why, whylen, "%s: %s", addr,
+				 ret == -EINPROGRESS ? "no answer" : strerror(-ret));
+			if (fd >= 0)
+				close(fd);
+			return ret;
+		}
+		return fd;
+	}
+	snprintf(why, whylen, "%s: an address is unix:PATH or tcp:HOST:PORT", addr);
+	return -EINVAL;
+}
+
+/* --- the source's side --- */
+
+static struct virtio_dev *balloon_vdev(struct host_vm *hv)
+{
+	return hv->balloon ? balloon_virtio_dev(hv->balloon) : NULL;
+}
+
+static int src_stop(void *arg)
+{
+	struct host_vm *hv = arg;
+	struct host *h = hv->host;
+	int ret = 0;
+
+	pthread_mutex_lock(&h->pause_lock);
+	/* Paused by a user or the policy already: it stays so, and is ours too. */
+	if (vm_get_state(hv->vm) != VM_PAUSED)
+		ret = vm_pause(hv->vm);
+	if (!ret)
+		hv->mig_paused = true;
+	pthread_mutex_unlock(&h->pause_lock);
+	/* The devices write guest memory too (used rings, stats): they stand still from now on. */
+	if (!ret && balloon_vdev(hv))
+		virtio_dev_stop(balloon_vdev(hv));
+	return ret;
+}
+
+static void src_restart(void *arg)
+{
+	struct host_vm *hv = arg;
+	struct host *h = hv->host;
+
+	if (balloon_vdev(hv) && virtio_dev_start(balloon_vdev(hv)))
+		log_err("%s: the balloon's worker did not restart: the balloon no longer works",
+			hv->cfg.name);
+	pthread_mutex_lock(&h->pause_lock);
+	hv->mig_paused = false;
+	if (!hv->user_paused && !hv->policy_paused && vm_resume(hv->vm))
+		log_warn("%s: could not resume after the failed migration", hv->cfg.name);
+	pthread_mutex_unlock(&h->pause_lock);
+}
+
+static json_t *src_save_devices(void *arg)
+{
+	struct host_vm *hv = arg;
+	json_t *o = json_object();
+
+	if (o && balloon_vdev(hv))
+		json_object_set_new(o, "balloon", virtio_dev_save(balloon_vdev(hv)));
+	return o;
+}
+
+static void src_given_up(void *arg)
+{
+	struct host_vm *hv = arg;
+	struct host *h = hv->host;
+
+	log_info("%s: migrated: it runs at the destination now", hv->cfg.name);
+	pthread_mutex_lock(&h->lock);
+	hv->gone = true;
+	pthread_mutex_unlock(&h->lock);
+	vm_request_stop(hv->vm, VM_STATUS_STOPPED);
+	host_wake(h);
+}
+
+static const struct mig_source_ops source_ops = {
+	.stop = src_stop,
+	.restart = src_restart,
+	.save_devices = src_save_devices,
+	.given_up = src_given_up,
+};
+
+/* What the destination is asked to reserve. */
+static json_t *describe(struct host *h, struct host_vm *hv)
+{
+	struct ovc_vm_stats vs = { 0 };
+	json_t *d;
+
+	ovc_get_vm_stats(h->ovc, hv->ovc, &vs);
+	d = json_pack("{s:s, s:I, s:I, s:i, s:i, s:s, s:I, s:s, s:s, s:I}", "name", hv->cfg.name,
+		      "mem_bytes", (json_int_t)hv->cfg.mem_bytes, "min_bytes",
+		      (json_int_t)hv->cfg.min_bytes, "shares", (int)hv->cfg.shares, "cpus",
+		      (int)hv->cfg.cpus, "accel", vm_accel_name(hv->vm), "ram_base",
+		      (json_int_t)vm_ram_base(hv->vm), "append", hv->cfg.append ? hv->cfg.append : "",
+		      "guest", hv->cfg.guest ? hv->cfg.guest : "", "resident_bytes",
+		      (json_int_t)vs.resident_bytes);
+	if (d && hv->cfg.swap_max_set)
+		json_object_set_new(d, "swap_max", json_integer((json_int_t)hv->cfg.swap_max_bytes));
+	return d;
+}
+
+static struct host_vm *find_here(struct host *h, const char *name)
+{
+	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
+		struct host_vm *hv = &h->vms[i];
+		bool here;
+
+		pthread_mutex_lock(&h->lock);
+		here = !hv->released && !hv->gone && !hv->incoming;
+		pthread_mutex_unlock(&h->lock);
+		if (here && !strcmp(hv->cfg.name, name))
+			return hv;
+	}
+	return NULL;
+}
+
+static bool migrating(struct host *h, struct host_vm *hv)
+{
+	bool busy;
+
+	pthread_mutex_lock(&h->lock);
+	busy = hv->mig && !mig_job_finished(hv->mig);
+	pthread_mutex_unlock(&h->lock);
+	return busy;
+}
+
+/* Optional request numbers: 0 when absent; -EINVAL (reply set) when not a count. */
+static int req_count(json_t *req, const char *key, json_t *reply, uint64_t max, uint64_t *out)
+{
+	json_t *v = json_object_get(req, key);
+
+	*out = 0;
+	if (!v || json_is_null(v))
+		return 0;
+	if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+	    (uint64_t)json_integer_value(v) > max)
+		return control_reply_error(reply, EINVAL, "%s: a whole number from 0 to %" PRIu64,
+					   key, max);
+	*out = (uint64_t)json_integer_value(v);
+	return 0;
+}
+
+static int migrate_verb(void *arg, json_t *req, json_t *reply)
+{
+	struct host *h = arg;
+	struct mig_params p = { 0 };
+	const char *name, *to;
+	struct host_vm *hv;
+	struct mig_job *job, *old;
+	uint64_t downtime, mib, rounds;
+	char why[256];
+	bool tcp;
+	json_t *desc;
+	int fd, ret;
+
+	if ((ret = control_req_string(req, "vm", reply, &name)) ||
+	    (ret = control_req_string(req, "to", reply, &to)) ||
+	    (ret = req_count(req, "downtime_ms", reply, 60000, &downtime)) ||
+	    (ret = req_count(req, "bandwidth_mib_s", reply, 1 << 20, &mib)) ||
+	    (ret = req_count(req, "max_rounds", reply, 1000, &rounds)))
+		return ret;
+	if (geteuid() != 0)
+		return control_reply_error(reply, EPERM, "only a host running as root sends VMs "
+					   "away: a migration hands its memory to another process");
+	hv = find_here(h, name);
+	if (!hv)
+		return control_reply_error(reply, ENOENT, "no VM named \"%s\"", name);
+	if (migrating(h, hv))
+		return control_reply_error(reply, EBUSY, "%s is migrating already", name);
+	if (vm_get_state(hv->vm) != VM_RUNNING && vm_get_state(hv->vm) != VM_PAUSED)
+		return control_reply_error(reply, EINVAL, "%s is not running", name);
+	fd = open_addr(to, false, &tcp, why, sizeof(why));
+	if (fd < 0)
+		return control_reply_error(reply, -fd, "cannot reach the destination: %s", why);
+	desc = describe(h, hv);
+	p.downtime_ms = (uint32_t)downtime;
+	p.bandwidth = mib << 20;
+	p.max_rounds = (uint32_t)rounds;
+	ret = desc ? mig_source_start(hv->vm, fd, desc, &p, &source_ops, hv, to, &job) : -ENOMEM;
+	json_decref(desc);
+	if (ret) {
+		close(fd);
+		return control_reply_error(reply, -ret, "cannot start the migration: %s",
+					   strerror(-ret));
+	}
+	pthread_mutex_lock(&h->lock);
+	old = hv->mig;
+	hv->mig = job;
+	pthread_mutex_unlock(&h->lock);
+	/* Finished (migrating() said so): its thread is done, nobody reads it any more. */
+	mig_job_free(old);
+	log_info("%s: migrating to %s", name, to);
+	json_object_set_new(reply, "migration", host_vm_migration_json(hv));
+	return 0;
+}
+
+static int migrate_cancel_verb(void *arg, json_t *req, json_t *reply)
+{
+	struct host *h = arg;
+	struct host_vm *hv;
+	const char *name;
+	int ret;
+
+	if ((ret = control_req_string(req, "vm", reply, &name)))
+		return ret;
+	hv = find_here(h, name);
+	if (!hv || !migrating(h, hv))
+		return control_reply_error(reply, ENOENT, "%s is not migrating", name);
+	pthread_mutex_lock(&h->lock);
+	mig_job_cancel(hv->mig);
+	pthread_mutex_unlock(&h->lock);
+	return 0;
+}
+
+static int migrate_set_verb(void *arg, json_t *req, json_t *reply)
+{
+	struct host *h = arg;
+	struct host_vm *hv;
+	const char *name;
+	uint64_t downtime, mib;
+	int ret;
+
+	if ((ret = control_req_string(req, "vm", reply, &name)) ||
+	    (ret = req_count(req, "downtime_ms", reply, 60000, &downtime)) ||
+	    (ret = req_count(req, "bandwidth_mib_s", reply, 1 << 20, &mib)))
+		return ret;
+	hv = find_here(h, name);
+	if (!hv || !migrating(h, hv))
+		return control_reply_error(reply, ENOENT, "%s is not migrating", name);
+	pthread_mutex_lock(&h->lock);
+	mig_job_set(hv->mig, (uint32_t)downtime,
+		    json_object_get(req, "bandwidth_mib_s") ? mib << 20 : UINT64_MAX);
+	pthread_mutex_unlock(&h->lock);
+	json_object_set_new(reply, "migration", host_vm_migration_json(hv));
+	return 0;
+}
+
+int host_migration_register(struct host *h)
+{
+	int ret = control_register_verb(h->control, "migrate", migrate_verb, h);
+
+	if (!ret)
+		ret = control_register_verb(h->control, "migrate_cancel", migrate_cancel_verb, h);
+	if (!ret)
+		ret = control_register_verb(h->control, "migrate_set", migrate_set_verb, h);
+	return ret;
+}
+
+json_t *host_vm_migration_json(struct host_vm *hv)
+{
+	static const char *const kinds[MIG_PAGE_KINDS] = {
+		[MIG_PAGE_ZERO] = "zero",   [MIG_PAGE_BALLOONED] = "ballooned",
+		[MIG_PAGE_DATA] = "data",   [MIG_PAGE_FRAME] = "shared",
+		[MIG_PAGE_FRAME_REF] = "shared_refs",
+	};
+	struct mig_progress p;
+	json_t *pages, *o;
+
+	pthread_mutex_lock(&hv->host->lock);
+	if (!hv->mig) {
+		pthread_mutex_unlock(&hv->host->lock);
+		return json_null();
+	}
+	mig_job_progress(hv->mig, &p);
+	pthread_mutex_unlock(&hv->host->lock);
+	pages = json_object();
+	for (unsigned int k = 1; k < MIG_PAGE_KINDS; k++)
+		json_object_set_new(pages, kinds[k], json_integer((json_int_t)p.pages[k]));
+	o = json_pack("{s:s, s:s, s:s, s:s, s:i, s:I, s:I, s:o, s:I, s:f, s:f, s:I, s:I, s:I, s:i, s:I}",
+		      "vm", p.vm, "direction", p.source ? "out" : "in",
+		      "peer", p.peer, "stage", mig_stage_name(p.stage), "round", (int)p.round,
+		      "ram_pages", (json_int_t)p.ram_pages, "dirty_pages", (json_int_t)p.dirty_pages,
+		      "pages", pages, "bytes", (json_int_t)p.bytes, "rate_mib_s", p.rate_mib_s,
+		      "dirty_mib_s", p.dirty_mib_s, "expected_downtime_ms",
+		      (json_int_t)p.expected_downtime_ms, "downtime_ms", (json_int_t)p.downtime_ms,
+		      "total_ms", (json_int_t)p.total_ms, "downtime_limit_ms",
+		      (int)p.downtime_limit_ms, "bandwidth_bytes_s", (json_int_t)p.bandwidth);
+	if (o && p.error[0])
+		json_object_set_new(o, "error", json_string(p.error));
+	return o ? o : json_null();
+}
+
+/* --- the destination's side --- */
+
+/* Check an incoming VM's description as any other input from outside. */
+static int parse_desc(struct host *h, json_t *d, struct host_vm_config *c, char *why,
+		      size_t whylen)
+{
+	const char *name = NULL, *accel = NULL, *append = "", *guest = "";
+	json_int_t mem, min = 0, base = 0, resident = 0, swap_max = -1;
+	int cpus, shares = 1000;
+	enum accel_kind want, have;
+	char awhy[160];
+
+	if (json_unpack(d, "{s:s, s:I, s?I, s?i, s:i, s:s, s?I, s?s, s?s, s?I, s?I}", "name", &name,
+			"mem_bytes", &mem, "min_bytes", &min, "shares", &shares, "cpus", &cpus,
+			"accel", &accel, "ram_base", &base, "append", &append, "guest", &guest,
+			"resident_bytes", &resident, "swap_max", &swap_max)) {
+		snprintf(why, whylen, "the VM's description is malformed");
+		return -EINVAL;
+	}
+	if (!*name || strlen(name) > 63 || strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN"
+						    "OPQRSTUVWXYZ0123456789._-") != strlen(name)) {
+		snprintf(why, whylen, "the VM's name is not a name kvmem uses");
+		return -EINVAL;
+	}
+	if (mem <= 0 || (uint64_t)mem % LAYOUT_PAGE_SIZE || (uint64_t)mem < 4 * LAYOUT_RESERVED_END ||
+	    (uint64_t)mem > LAYOUT_MAX_RAM || min < 0 || min > mem || cpus < 1 ||
+	    cpus > ABI_MAX_CPUS || shares < 1 || shares > 1000000 || base < 0 ||
+	    strlen(append) >= ABI_MAX_CMDLINE || strlen(guest) > 4096) {
+		snprintf(why, whylen, "the VM's description is out of range");
+		return -EINVAL;
+	}
+	if (find_here(h, name)) {
+		snprintf(why, whylen, "a VM named %s runs here already", name);
+		return -EEXIST;
+	}
+	if (accel_parse(accel, &want) || want == ACCEL_AUTO ||
+	    accel_resolve(want, &have, awhy, sizeof(awhy)) || have != want) {
+		snprintf(why, whylen, "it runs on the %s accelerator, which this host does not have",
+			 accel);
+		return -ENODEV;
+	}
+	*c = (struct host_vm_config){
+		.mem_bytes = (uint64_t)mem,
+		.min_bytes = (uint64_t)min,
+		.shares = (uint32_t)shares,
+		.cpus = (uint32_t)cpus,
+		.accel = want,
+		/* A thread guest's pointers are host addresses: it lives only at its old base. */
+		.ram_base = want == ACCEL_THREAD ? (uint64_t)base : 0,
+		.swap_max_set = swap_max >= 0,
+		.swap_max_bytes = swap_max >= 0 ? (uint64_t)swap_max : 0,
+	};
+	c->name = kv_strdup(name);
+	c->append = kv_strdup(append);
+	c->guest = kv_strdup(*guest ? guest : "migrated");
+	if (!c->name || !c->append || !c->guest) {
+		kv_free(c->name);
+		kv_free(c->append);
+		kv_free(c->guest);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/*
+ * The reservation, checked against what this host promised already: the
+ * sum of every VM's min (the part the policy never reclaims) must stay
+ * within the budget. Above its min a VM takes what overcommit gives it,
+ * which is what this host is for; its resident size is said in the log.
+ */
+static int dst_reserve(void *arg, json_t *desc, struct vm **vm, char *why, size_t whylen)
+{
+	struct arrival *a = arg;
+	struct host *h = a->h;
+	struct host_vm_config c;
+	struct ovc_stats hs;
+	struct host_vm *hv;
+	uint64_t sum_min = 0;
+	int ret;
+
+	ret = parse_desc(h, desc, &c, why, whylen);
+	if (ret)
+		return ret;
+	ovc_get_stats(h->ovc, &hs);
+	for (unsigned int i = 0; i < host_nr_vms(h); i++)
+		if (!h->vms[i].released && !h->vms[i].gone)
+			sum_min += h->vms[i].cfg.min_bytes;
+	if (sum_min + c.min_bytes > hs.budget_bytes) {
+		snprintf(why, whylen, "its min of %" PRIu64 " MiB does not fit: this host's budget is "
+			 "%" PRIu64 " MiB and its VMs' mins take %" PRIu64 " MiB", c.min_bytes >> 20,
+			 hs.budget_bytes >> 20, sum_min >> 20);
+		ret = -ENOSPC;
+		goto fail;
+	}
+	pthread_mutex_lock(&h->lock);
+	if (h->nr_vms == h->cap_vms) {
+		pthread_mutex_unlock(&h->lock);
+		snprintf(why, whylen, "this host has taken in the %u VMs it has room for",
+			 HOST_INCOMING_MAX);
+		ret = -ENOSPC;
+		goto fail;
+	}
+	hv = &h->vms[h->nr_vms];
+	memset(hv, 0, sizeof(*hv));
+	hv->host = h;
+	hv->cfg = c;
+	hv->owns_cfg = true;
+	hv->incoming = true;
+	hv->mig = a->job;
+	ret = host_create_vm(h, hv);
+	if (ret) {
+		hv->mig = NULL;
+		host_release_vm(h, hv);
+		memset(hv, 0, sizeof(*hv));
+		pthread_mutex_unlock(&h->lock);
+		snprintf(why, whylen, "%s", ret == -EADDRINUSE
+			 ? "its RAM's place in this host's address space is taken (a thread VM "
+			   "runs only there)" : strerror(-ret));
+		return ret;
+	}
+	__atomic_store_n(&h->nr_vms, h->nr_vms + 1, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&h->lock);
+	a->hv = hv;
+	*vm = hv->vm;
+	log_info("%s: arriving (%" PRIu64 " MiB, %" PRIu64 " MiB resident at the source)",
+		 c.name, c.mem_bytes >> 20,
+		 (uint64_t)json_integer_value(json_object_get(desc, "resident_bytes")) >> 20);
+	return 0;
+fail:
+	kv_free(c.name);
+	kv_free(c.append);
+	kv_free(c.guest);
+	return ret;
+}
+
+static int dst_load_devices(void *arg, json_t *devices, char *why, size_t whylen)
+{
+	struct arrival *a = arg;
+	json_t *b = json_object_get(devices, "balloon");
+
+	if (!balloon_vdev(a->hv))
+		return 0;
+	if (!json_is_object(b)) {
+		snprintf(why, whylen, "no balloon state");
+		return -EINVAL;
+	}
+	return virtio_dev_load(balloon_vdev(a->hv), b, why, whylen);
+}
+
+static int dst_activate(void *arg)
+{
+	struct arrival *a = arg;
+	struct host *h = a->h;
+	int ret;
+
+	pthread_mutex_lock(&h->lock);
+	a->hv->incoming = false;
+	pthread_mutex_unlock(&h->lock);
+	ret = vm_start(a->hv->vm);
+	if (ret) {
+		pthread_mutex_lock(&h->lock);
+		a->hv->gone = true;
+		pthread_mutex_unlock(&h->lock);
+		host_wake(h);
+		return ret;
+	}
+	log_info("%s: migrated in: running here", a->hv->cfg.name);
+	return 0;
+}
+
+static void dst_discard(void *arg)
+{
+	struct arrival *a = arg;
+
+	pthread_mutex_lock(&a->h->lock);
+	a->hv->gone = true;
+	pthread_mutex_unlock(&a->h->lock);
+	host_wake(a->h);
+}
+
+static const struct mig_dest_ops dest_ops = {
+	.reserve = dst_reserve,
+	.load_devices = dst_load_devices,
+	.activate = dst_activate,
+	.discard = dst_discard,
+};
+
+/* A peer on a UNIX socket is trusted as a control client is; a TCP peer is not (yet). */
+static bool peer_trusted(int fd, bool tcp, char *peer, size_t len)
+{
+	struct ucred cred;
+	socklen_t cl = sizeof(cred);
+
+	if (tcp) {
+		snprintf(peer, len, "a TCP peer");
+		return false;
+	}
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) || cl != sizeof(cred))
+		return false;
+	snprintf(peer, len, "pid %d", (int)cred.pid);
+	return control_uid_trusted(cred.uid);
+}
+
+static void *incoming_thread(void *arg)
+{
+	struct incoming *in = arg;
+
+	for (;;) {
+		struct pollfd pfd[2] = { { in->lfd, POLLIN, 0 }, { in->stop_efd, POLLIN, 0 } };
+		struct mig_params p = { 0 };
+		struct arrival *a;
+		char peer[64];
+		int fd, ret;
+
+		if (poll(pfd, 2, -1) < 0)
+			continue;
+		if (pfd[1].revents)
+			break;
+		fd = accept4(in->lfd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd < 0)
+			continue;
+		if (!peer_trusted(fd, in->tcp, peer, sizeof(peer))) {
+			log_warn_ratelimited("incoming migration from %s refused: not a trusted peer",
+					     peer);
+			close(fd);
+			continue;
+		}
+		a = kv_zalloc(sizeof(*a));
+		pthread_mutex_lock(&in->lock);
+		if (!a || in->nr_arrivals == HOST_INCOMING_MAX) {
+			pthread_mutex_unlock(&in->lock);
+			log_warn_ratelimited("incoming migration from %s refused: no room", peer);
+			kv_free(a);
+			close(fd);
+			continue;
+		}
+		a->h = in->h;
+		/* The job is the arrival's before its thread can reserve (which records it). */
+		ret = mig_dest_start(fd, &p, &dest_ops, a, peer, &a->job);
+		if (ret) {
+			pthread_mutex_unlock(&in->lock);
+			log_warn("incoming migration from %s: %s", peer, strerror(-ret));
+			kv_free(a);
+			close(fd);
+			continue;
+		}
+		in->arrivals[in->nr_arrivals++] = a;
+		pthread_mutex_unlock(&in->lock);
+	}
+	return NULL;
+}
+
+int host_migration_listen(struct host *h)
+{
+	struct incoming *in;
+	char why[256];
+	int ret;
+
+	if (!h->cfg.incoming)
+		return 0;
+	if (geteuid() != 0) {
+		log_err("incoming %s: only a host running as root accepts VMs", h->cfg.incoming);
+		return -EPERM;
+	}
+	in = kv_zalloc(sizeof(*in));
+	if (!in)
+		return -ENOMEM;
+	in->h = h;
+	pthread_mutex_init(&in->lock, NULL);
+	snprintf(in->addr, sizeof(in->addr), "%s", h->cfg.incoming);
+	in->stop_efd = eventfd(0, EFD_CLOEXEC);
+	in->lfd = open_addr(h->cfg.incoming, true, &in->tcp, why, sizeof(why));
+	if (in->lfd < 0 || in->stop_efd < 0) {
+		ret = in->lfd < 0 ? in->lfd : -errno;
+		log_err("incoming: %s", in->lfd < 0 ? why : strerror(-ret));
+		goto fail;
+	}
+	if (in->tcp) {
+		log_err("incoming %s: TCP needs the peers to prove who they are, which this build "
+			"cannot do yet: use unix:PATH", in->addr);
+		ret = -EPROTONOSUPPORT;
+		goto fail;
+	}
+	ret = thread_spawn(&in->thread, "mig-listen", incoming_thread, in);
+	if (ret)
+		goto fail;
+	h->incoming = in;
+	log_info("accepting VMs at %s", in->addr);
+	return 0;
+fail:
+	if (in->lfd >= 0)
+		close(in->lfd);
+	if (in->stop_efd >= 0)
+		close(in->stop_efd);
+	pthread_mutex_destroy(&in->lock);
+	kv_free(in);
+	return ret;
+}
+
+void host_migration_stop(struct host *h)
+{
+	struct incoming *in = h->incoming;
+	uint64_t one = 1;
+
+	/* Outgoing: each gives up, and its VM runs on here. */
+	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
+		struct host_vm *hv = &h->vms[i];
+
+		pthread_mutex_lock(&h->lock);
+		if (hv->mig && !mig_job_finished(hv->mig))
+			mig_job_cancel(hv->mig);
+		pthread_mutex_unlock(&h->lock);
+	}
+	if (!in)
+		return;
+	h->incoming = NULL;
+	if (write(in->stop_efd, &one, sizeof(one)) < 0)
+		log_debug("eventfd: %m");
+	pthread_join(in->thread, NULL);
+	close(in->lfd);
+	close(in->stop_efd);
+	if (!strncmp(in->addr, "unix:", 5))
+		unlink(in->addr + 5);
+	/* Incoming: each discards its VM (the main loop or the host's end releases it). */
+	for (unsigned int i = 0; i < in->nr_arrivals; i++)
+		mig_job_cancel(in->arrivals[i]->job);
+	for (unsigned int i = 0; i < in->nr_arrivals; i++) {
+		struct arrival *a = in->arrivals[i];
+
+		pthread_mutex_lock(&h->lock);
+		if (a->hv)
+			a->hv->mig = NULL;
+		pthread_mutex_unlock(&h->lock);
+		mig_job_free(a->job);
+		kv_free(a);
+	}
+	pthread_mutex_destroy(&in->lock);
+	kv_free(in);
+}
+
+void host_release_gone(struct host *h)
+{
+	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
+		struct host_vm *hv = &h->vms[i];
+		bool gone;
+
+		pthread_mutex_lock(&h->lock);
+		gone = hv->gone && !hv->released;
+		pthread_mutex_unlock(&h->lock);
+		if (!gone)
+			continue;
+		pthread_rwlock_wrlock(&h->vms_lock);
+		host_release_vm(h, hv);
+		pthread_mutex_lock(&h->lock);
+		hv->stopped = true;
+		pthread_mutex_unlock(&h->lock);
+		pthread_rwlock_unlock(&h->vms_lock);
+	}
+}

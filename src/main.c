@@ -44,8 +44,8 @@ static void usage(FILE *f)
 		"                 [--budget SIZE] [--socket PATH] [--dedup on|off|ksm]\n"
 		"                 [--accel auto|kvm|thread] [--swap PATH[,SIZE]] [--swap-pool SIZE]\n"
 		"       kvmem host --config FILE.json [--socket PATH] [--accel auto|kvm|thread]\n"
-		"                  [--incoming unix:PATH]\n"
-		"       kvmem migrate --vm NAME --to unix:PATH [--downtime MS] [--bandwidth MIB_S]\n"
+		"                  [--incoming unix:PATH|tcp:HOST:PORT] [--migration-secret FILE]\n"
+		"       kvmem migrate --vm NAME --to ADDR [--downtime MS] [--bandwidth MIB_S]\n"
 		"                     [--socket PATH]\n"
 		"       kvmem stat [--socket PATH] [--json] [--watch SECS]\n"
 		"       kvmem balloon --vm NAME (--target SIZE | --auto) [--socket PATH]\n"
@@ -69,7 +69,10 @@ static void usage(FILE *f)
 		"  -v, --verbose       debug logging\n"
 		"\n"
 		"host    run the VMs of a JSON config under one memory budget (see README.md)\n"
-		"          --incoming ADDR  accept VMs migrating here (then --config is optional)\n"
+		"          --incoming ADDR  accept VMs migrating here (then --config is optional):\n"
+		"                      unix:PATH, or tcp:HOST:PORT (tcp::PORT is loopback only)\n"
+		"          --migration-secret FILE  a secret the migrating hosts share (mode 0600),\n"
+		"                      needed over TCP: both peers prove they hold it\n"
 		"swap    swap a VM of a running host out to a resident size (see kvmem swap --help)\n"
 		"migrate move a running VM to another host, live (see kvmem migrate --help)\n",
 		ABI_MAX_CPUS);
@@ -347,12 +350,13 @@ static int cmd_host(int argc, char **argv)
 		{ "socket", required_argument, NULL, 's' },
 		{ "accel", required_argument, NULL, 'A' },
 		{ "incoming", required_argument, NULL, 'i' },
+		{ "migration-secret", required_argument, NULL, 'k' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct host_config cfg = { .policy_interval_s = 1.0 };
-	const char *path = NULL, *sock = NULL, *incoming = NULL;
+	const char *path = NULL, *sock = NULL, *incoming = NULL, *secret = NULL;
 	enum accel_kind accel = ACCEL_AUTO;
 	bool have_accel = false;
 	char err[512];
@@ -360,13 +364,16 @@ static int cmd_host(int argc, char **argv)
 
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, ":f:s:A:i:vh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":f:s:A:i:k:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'f':
 			path = optarg;
 			break;
 		case 'i':
 			incoming = optarg;
+			break;
+		case 'k':
+			secret = optarg;
 			break;
 		case 's':
 			sock = optarg;
@@ -387,6 +394,8 @@ static int cmd_host(int argc, char **argv)
 	if (!path && !incoming)
 		return usage_error("%s", "host: --config FILE is required (or --incoming ADDR)");
 	cfg.default_guest = default_guest();
+	/* Without a file, a host's defaults are the file's: VMs arriving share its console. */
+	cfg.console_prefix = true;
 	if (path && host_config_load(path, &cfg, err, sizeof(err))) {
 		fprintf(stderr, "kvmem: %s: %s\n", path, err);
 		host_config_free(&cfg);
@@ -395,6 +404,10 @@ static int cmd_host(int argc, char **argv)
 	if (incoming) {
 		kv_free(cfg.incoming);
 		cfg.incoming = kv_strdup(incoming);
+	}
+	if (secret) {
+		kv_free(cfg.migration_secret);
+		cfg.migration_secret = kv_strdup(secret);
 	}
 	if (sock) {
 		free(cfg.socket);

@@ -52,6 +52,8 @@ struct gm {
 	uint64_t *framemap;		/* bit per page: its VMA maps a store frame (atomic) */
 	uint64_t *vmm_dirty;		/* bit per page: the VMM wrote it (gm.c, atomic words) */
 	bool vmm_dirty_on;		/* mark the VMM's writes (atomic) */
+	uint64_t *guest_dirty;		/* bit per page: written while tracked (txn.c, atomic words) */
+	bool guest_track_on;		/* guest writes are tracked (txn.c; atomic) */
 	uint8_t *wp_reason;		/* per page: MEM_WP_* reasons for write protection (atomic) */
 	uint8_t *chunk_mode;		/* per MEM_CHUNK_PAGES chunk: MEM_CHUNK_* (txn.c) */
 	uint16_t *chunk_age;		/* per chunk: intervals since last seen used (access.c, atomic) */
@@ -79,9 +81,21 @@ struct gm {
 	uint64_t reserve_len;
 };
 
-/* Why a page is write-protected besides a transaction's claim (PS_BUSY). */
+/*
+ * Why a page is write-protected besides a transaction's claim (PS_BUSY).
+ * Only whoever owns the page (PS_BUSY) adds a reason, so an owner that
+ * decided to lift a protection for lack of reasons is never overtaken by a
+ * reason it did not see; anyone may withdraw one (MEM_WP_LINGER).
+ */
 #define MEM_WP_SAMPLE 0x1	/* working-set sampling: released at the first write */
-#define MEM_WP_REASONS MEM_WP_SAMPLE
+/*
+ * Dirty tracking: the page is clean since tracking started or its last
+ * collect. Its first write records it (gm->guest_dirty) and withdraws the
+ * reason; the collect arms it again. Unlike a sample it survives a change of
+ * backing: the content is the same, only what holds it changed.
+ */
+#define MEM_WP_TRACK 0x2
+#define MEM_WP_REASONS (MEM_WP_SAMPLE | MEM_WP_TRACK)
 /*
  * Not a reason: a reason was withdrawn while someone held the page, so its
  * protection may outlive it until the next write fault or claim lifts it.
@@ -119,6 +133,7 @@ bool mem_run_ok(const struct gm *gm, uint64_t idx, uint64_t n);
 enum mem_fault {
 	MEM_FAULT_OWNER,	/* a transaction holds the page: it wakes the access */
 	MEM_FAULT_SAMPLE,	/* the first write to a sampled page: counted, released */
+	MEM_FAULT_TRACK,	/* the first write to a tracked page (not sampled): recorded, released */
 	MEM_FAULT_STRAY,	/* protected for no reason: released, counted */
 	MEM_FAULT_STALE,	/* resolved already (by the time it was read): woken */
 	MEM_FAULT_ZERO_FILL,	/* a window's zero page touched: a page of zeros of its own */

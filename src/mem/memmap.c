@@ -192,13 +192,14 @@ int mem_create_at(uint64_t ram_bytes, bool exec, uint64_t phys_base, struct gm *
 		goto out_free;
 	gm->framemap = kv_calloc((ram_bytes / LAYOUT_PAGE_SIZE + 63) / 64, sizeof(uint64_t));
 	gm->vmm_dirty = kv_calloc((ram_bytes / LAYOUT_PAGE_SIZE + 63) / 64, sizeof(uint64_t));
+	gm->guest_dirty = kv_calloc((ram_bytes / LAYOUT_PAGE_SIZE + 63) / 64, sizeof(uint64_t));
 	gm->wp_reason = kv_calloc(ram_bytes / LAYOUT_PAGE_SIZE, 1);
 	gm->chunk_mode = kv_calloc(ram_bytes / LAYOUT_PAGE_SIZE / MEM_CHUNK_PAGES + 1, 1);
 	gm->chunk_age = kv_calloc(ram_bytes / LAYOUT_PAGE_SIZE / MEM_CHUNK_PAGES + 1,
 				  sizeof(uint16_t));
 	gm->chunk_hits = kv_calloc(ram_bytes / LAYOUT_PAGE_SIZE / MEM_CHUNK_PAGES + 1, 1);
-	if (!gm->framemap || !gm->vmm_dirty || !gm->wp_reason || !gm->chunk_mode ||
-	    !gm->chunk_age || !gm->chunk_hits) {
+	if (!gm->framemap || !gm->vmm_dirty || !gm->guest_dirty || !gm->wp_reason ||
+	    !gm->chunk_mode || !gm->chunk_age || !gm->chunk_hits) {
 		ret = -ENOMEM;
 		goto out_free;
 	}
@@ -229,6 +230,7 @@ out_unreserve:
 out_free:
 	kv_free(gm->framemap);
 	kv_free(gm->vmm_dirty);
+	kv_free(gm->guest_dirty);
 	kv_free(gm->wp_reason);
 	kv_free(gm->chunk_mode);
 	kv_free(gm->chunk_age);
@@ -265,6 +267,7 @@ void mem_destroy(struct gm *gm)
 	pagestate_destroy(gm->ps);
 	kv_free(gm->framemap);
 	kv_free(gm->vmm_dirty);
+	kv_free(gm->guest_dirty);
 	kv_free(gm->wp_reason);
 	kv_free(gm->chunk_mode);
 	kv_free(gm->chunk_age);

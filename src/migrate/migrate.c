@@ -6,14 +6,18 @@
 #include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "core/alloc.h"
 #include "core/clock.h"
@@ -49,6 +53,10 @@ static uint64_t le64dec(const uint8_t *p)
 
 struct mig_job {
 	bool source;
+	pthread_t throttler;		/* auto-converge's, once started */
+	bool throttling;		/* throttler runs (job thread only) */
+	unsigned int throttle_pct;	/* atomic: share of each period the vCPUs are held */
+	bool throttle_stop;		/* atomic */
 	int fd;
 	struct vm *vm;
 	json_t *desc;
@@ -251,6 +259,85 @@ static void sha256(const void *p, size_t len, uint8_t out[HASH_LEN])
 		memset(out, 0, HASH_LEN);
 }
 
+/* --- the handshake --- */
+
+#define NONCE_LEN 32
+
+/* HMAC-SHA256(secret, role || first || second). */
+static void prove(const struct mig_job *j, const char *role, const uint8_t *first,
+		  const uint8_t *second, uint8_t out[HASH_LEN])
+{
+	uint8_t msg[16 + 2 * NONCE_LEN];
+	unsigned int n = HASH_LEN;
+	size_t rl = strlen(role);
+
+	memcpy(msg, role, rl);
+	memcpy(msg + rl, first, NONCE_LEN);
+	memcpy(msg + rl + NONCE_LEN, second, NONCE_LEN);
+	if (!HMAC(EVP_sha256(), j->params.secret, (int)j->params.secret_len, msg,
+		  rl + 2 * NONCE_LEN, out, &n))
+		memset(out, 0, HASH_LEN);
+}
+
+/* The next record, which must be an AUTH one of exactly len bytes. */
+static int get_auth(struct mig_job *j, struct mig_rec *r, uint32_t len)
+{
+	int ret = get_rec(j, j->in, r);
+
+	if (ret)
+		return ret;
+	if (r->type != MIG_REC_AUTH || r->len != len)
+		return failf(j, "the %s did not answer the handshake (a %s record): does it hold "
+			     "the migration secret?", j->source ? "destination" : "source",
+			     mig_rec_name(r->type));
+	return 0;
+}
+
+/*
+ * destination -> source: its nonce; source -> destination: its nonce and
+ * its proof over both; destination -> source: its proof over both, the
+ * other way round (a proof cannot be replayed as the other side's).
+ */
+static int handshake(struct mig_job *j)
+{
+	uint8_t mine[NONCE_LEN], theirs[NONCE_LEN], proof[HASH_LEN], msg[NONCE_LEN + HASH_LEN];
+	struct mig_rec r;
+	int ret;
+
+	if (!j->params.secret)
+		return 0;
+	if (getrandom(mine, sizeof(mine), 0) != sizeof(mine))
+		return failf(j, "no random numbers: %s", strerror(errno));
+	if (!j->source) {
+		ret = put_check(j, j->out, mig_put_buf(j->out, MIG_REC_AUTH, mine, NONCE_LEN));
+		if (!ret)
+			ret = get_auth(j, &r, NONCE_LEN + HASH_LEN);
+		if (ret)
+			return ret;
+		memcpy(theirs, r.data, NONCE_LEN);
+		prove(j, "kvmem-source", mine, theirs, proof);
+		if (CRYPTO_memcmp(proof, r.data + NONCE_LEN, HASH_LEN))
+			return failf(j, "the source does not hold the migration secret");
+		prove(j, "kvmem-destination", theirs, mine, proof);
+		return put_check(j, j->out, mig_put_buf(j->out, MIG_REC_AUTH, proof, HASH_LEN));
+	}
+	ret = get_auth(j, &r, NONCE_LEN);
+	if (ret)
+		return ret;
+	memcpy(theirs, r.data, NONCE_LEN);
+	memcpy(msg, mine, NONCE_LEN);
+	prove(j, "kvmem-source", theirs, mine, msg + NONCE_LEN);
+	ret = put_check(j, j->out, mig_put_buf(j->out, MIG_REC_AUTH, msg, sizeof(msg)));
+	if (!ret)
+		ret = get_auth(j, &r, HASH_LEN);
+	if (ret)
+		return ret;
+	prove(j, "kvmem-destination", mine, theirs, proof);
+	if (CRYPTO_memcmp(proof, r.data, HASH_LEN))
+		return failf(j, "the destination does not hold the migration secret");
+	return 0;
+}
+
 /* --- a set of 64-bit ids (shared frames sent, or received and where) --- */
 
 struct idmap {
@@ -316,6 +403,46 @@ static void idmap_free(struct idmap *m)
 	kv_free(m->key);
 	kv_free(m->val);
 	memset(m, 0, sizeof(*m));
+}
+
+/*
+ * Every page of the VM in order, as the guest reads it (a ballooned page as
+ * zeros: its content is nobody's), into prog.checksum. The VM stands still.
+ */
+static int checksum_memory(struct mig_job *j, struct gm *gm)
+{
+	struct mem_export_page kinds[MEM_EXPORT_MAX];
+	uint8_t *buf = kv_zalloc(MEM_EXPORT_MAX * MEM_PAGE_SIZE);
+	static const uint8_t zero[MEM_PAGE_SIZE];
+	XXH3_state_t *st = XXH3_createState();
+	uint64_t nr = mem_nr_pages(gm);
+	XXH128_hash_t h;
+	int ret = 0;
+
+	if (!buf || !st) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	XXH3_128bits_reset(st);
+	for (uint64_t idx = 0; idx < nr && !ret; idx += MEM_EXPORT_MAX) {
+		uint32_t n = nr - idx < MEM_EXPORT_MAX ? (uint32_t)(nr - idx) : MEM_EXPORT_MAX;
+
+		ret = mem_export_pages(gm, idx, n, kinds, buf);
+		for (uint32_t i = 0; i < n && !ret; i++)
+			XXH3_128bits_update(st, kinds[i].kind == MEM_EXPORT_DATA ||
+						       kinds[i].kind == MEM_EXPORT_FRAME
+					      ? buf + (uint64_t)i * MEM_PAGE_SIZE : zero,
+					    MEM_PAGE_SIZE);
+	}
+	h = XXH3_128bits_digest(st);
+	pthread_mutex_lock(&j->lock);
+	snprintf(j->prog.checksum, sizeof(j->prog.checksum), "%016llx%016llx",
+		 (unsigned long long)h.high64, (unsigned long long)h.low64);
+	pthread_mutex_unlock(&j->lock);
+out:
+	XXH3_freeState(st);
+	kv_free(buf);
+	return ret;
 }
 
 /* --- the source --- */
@@ -482,6 +609,9 @@ static int reserve_remote(struct mig_job *j)
 	ret = get_rec(j, j->in, &r);
 	if (ret)
 		return ret;
+	if (r.type == MIG_REC_AUTH)
+		return failf(j, "the destination asks for the migration secret, which this host "
+			     "was not given");
 	if (r.type != MIG_REC_RESERVE || !(o = rec_json(&r)))
 		return failf(j, "the destination answered the reservation with a %s record",
 			     mig_rec_name(r.type));
@@ -543,6 +673,46 @@ static int send_state(struct mig_job *j)
 }
 
 /*
+ * Hold the vCPUs for throttle_pct of every period. A hold that cannot be
+ * had (the VM paused by someone else meanwhile) is skipped: it only slows
+ * the guest down, it is not needed for correctness.
+ */
+static void *throttle_thread(void *arg)
+{
+	struct mig_job *j = arg;
+
+	while (!__atomic_load_n(&j->throttle_stop, __ATOMIC_ACQUIRE)) {
+		unsigned int pct = __atomic_load_n(&j->throttle_pct, __ATOMIC_RELAXED);
+		uint64_t held = (uint64_t)MIG_THROTTLE_PERIOD_MS * 1000000ULL * pct / 100;
+		struct timespec on = { 0, (long)held };
+		struct timespec off = { 0, (long)(MIG_THROTTLE_PERIOD_MS * 1000000ULL - held) };
+
+		if (!j->sops->hold(j->arg, true)) {
+			nanosleep(&on, NULL);
+			j->sops->hold(j->arg, false);
+		}
+		nanosleep(&off, NULL);
+	}
+	return NULL;
+}
+
+static void throttle_set(struct mig_job *j, unsigned int pct)
+{
+	__atomic_store_n(&j->throttle_pct, pct, __ATOMIC_RELAXED);
+	pthread_mutex_lock(&j->lock);
+	j->prog.throttle_pct = pct;
+	pthread_mutex_unlock(&j->lock);
+	if (pct && !j->throttling && j->sops->hold) {
+		__atomic_store_n(&j->throttle_stop, false, __ATOMIC_RELEASE);
+		j->throttling = !thread_spawn(&j->throttler, "migrate-thr", throttle_thread, j);
+	} else if (!pct && j->throttling) {
+		__atomic_store_n(&j->throttle_stop, true, __ATOMIC_RELEASE);
+		pthread_join(j->throttler, NULL);
+		j->throttling = false;
+	}
+}
+
+/*
  * Rounds stop when the rest fits the downtime limit at the measured rate,
  * at the round limit, or when they stop paying: three rounds in a row that
  * did not shrink the dirty set by a tenth (the guest dirties as fast as the
@@ -592,17 +762,26 @@ static int precopy(struct mig_job *j, struct sender *s, uint64_t *set, uint64_t 
 		j->prog.expected_downtime_ms =
 			rate > 0 ? (uint64_t)((double)(dirty * MEM_PAGE_SIZE) / rate * 1000) : 0;
 		pthread_mutex_unlock(&j->lock);
+		j->prog.dirtied_pages += dirty;
 		stalled = dirty * 10 > prev * 9 ? stalled + 1 : 0;
 		prev = dirty;
-		if (j->prog.expected_downtime_ms <= limit || *round >= max_rounds || stalled >= 3)
+		if (j->prog.expected_downtime_ms <= limit || *round >= max_rounds ||
+		    (stalled >= 3 && j->throttle_pct >= MIG_THROTTLE_MAX))
 			return 0;
+		/* The guest outruns the link: hold it back, harder each round it still does. */
+		if (*round >= 2 && drate > rate / 2)
+			throttle_set(j, j->throttle_pct ? (j->throttle_pct + MIG_THROTTLE_STEP >
+							   MIG_THROTTLE_MAX ? MIG_THROTTLE_MAX
+									    : j->throttle_pct +
+										      MIG_THROTTLE_STEP)
+							: MIG_THROTTLE_FIRST);
 	}
 }
 
 static int source_run(struct mig_job *j)
 {
 	struct sender s = { .j = j, .gm = vm_gm(j->vm) };
-	uint64_t words = mem_bitmap_words(s.gm), t_stop, vmm;
+	uint64_t words = mem_bitmap_words(s.gm), t_stop, vmm, last_dirty;
 	uint64_t *set = kv_calloc(words, sizeof(uint64_t));
 	bool stopped = false, tracking = false;
 	struct mig_rec r;
@@ -625,7 +804,9 @@ static int source_run(struct mig_job *j)
 	}
 	mig_stream_set_rate(j->out, j->bandwidth);
 	set_stage(j, MIG_STAGE_RESERVATION);
-	ret = reserve_remote(j);
+	ret = handshake(j);
+	if (!ret)
+		ret = reserve_remote(j);
 	if (ret)
 		goto out;
 	ret = vm_dirty_start(j->vm);
@@ -640,7 +821,9 @@ static int source_run(struct mig_job *j)
 	ret = precopy(j, &s, set, words, &round);
 	if (ret)
 		goto out;
+	throttle_set(j, 0);
 	set_stage(j, MIG_STAGE_STOP_COPY);
+	last_dirty = popcount_set(set, words);
 	t_stop = kv_clock_ns(CLOCK_MONOTONIC);
 	ret = j->sops->stop(j->arg);
 	if (ret) {
@@ -657,6 +840,8 @@ static int source_run(struct mig_job *j)
 	pthread_mutex_lock(&j->lock);
 	j->prog.round = ++round;
 	j->prog.dirty_pages = popcount_set(set, words);
+	/* What the pause added to the last round's set (counted there already). */
+	j->prog.dirtied_pages += j->prog.dirty_pages - last_dirty;
 	pthread_mutex_unlock(&j->lock);
 	ret = send_round_header(j, round, MIG_STAGE_STOP_COPY);
 	if (!ret)
@@ -700,9 +885,13 @@ static int source_run(struct mig_job *j)
 	pthread_mutex_unlock(&j->lock);
 	vm_dirty_stop(j->vm);
 	tracking = false;
+	/* Still stopped and whole: the destination has its copy already. */
+	if (j->params.checksum && checksum_memory(j, s.gm))
+		log_warn("%s: the memory checksum could not be taken", vm_name(j->vm));
 	j->sops->given_up(j->arg);
 	ret = 0;
 out:
+	throttle_set(j, 0);
 	if (ret) {
 		put_error(j, j->out);
 		if (tracking)
@@ -928,6 +1117,12 @@ static int apply_state(struct receiver *rv, const struct mig_rec *r)
 		json_decref(o);
 		return failf(j, "record %" PRIu64 ": malformed device state", r->seq);
 	}
+	/*
+	 * The last pages are in: the memory as the source stopped it, before
+	 * this host's clock offset and devices write into it.
+	 */
+	if (j->params.checksum && checksum_memory(j, rv->gm))
+		log_warn("%s: the memory checksum could not be taken", vm_name(j->vm));
 	ret = vm_load_clock(j->vm, &clk);
 	if (ret) {
 		json_decref(o);
@@ -974,11 +1169,16 @@ static int dest_run(struct mig_job *j)
 	if (ret)
 		return failf(j, "the stream: %s", strerror(-ret));
 	set_stage(j, MIG_STAGE_RESERVATION);
-	ret = get_rec(j, j->in, &r);
+	ret = handshake(j);
+	if (!ret)
+		ret = get_rec(j, j->in, &r);
 	if (ret)
 		return ret;
+	if (r.type == MIG_REC_AUTH)
+		return failf(j, "the source offers a handshake this host has no secret for");
 	if (r.type != MIG_REC_VM || !(desc = rec_json(&r)))
 		return failf(j, "the stream does not start with a VM description");
+	j->params.checksum = json_is_true(json_object_get(desc, "checksum"));
 	ret = j->dops->reserve(j->arg, desc, &j->vm, why, sizeof(why));
 	json_decref(desc);
 	if (ret) {
@@ -1079,10 +1279,8 @@ commit:
 			    strerror(-ret));
 	reserved = false; /* the host's now, running or stopped */
 out:
-	if (ret && reserved) {
-		put_error(j, j->out);
+	if (ret && reserved)
 		j->dops->discard(j->arg);
-	}
 	idmap_free(&rv.frames);
 	kv_free(rv.written);
 	return ret;
@@ -1094,8 +1292,11 @@ static void *dest_thread(void *arg)
 	uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC);
 	int ret = dest_run(j);
 
-	if (ret)
+	if (ret) {
+		/* The source hears why (a refused handshake too), if it still listens. */
+		put_error(j, j->out);
 		log_warn("incoming migration from %s failed: %s", j->prog.peer, j->prog.error);
+	}
 	finish(j, ret, t0);
 	return NULL;
 }

@@ -60,12 +60,38 @@ const char *mig_stage_name(enum mig_stage s);
 #define MIG_DOWNTIME_MS_DEFAULT 300
 #define MIG_MAX_ROUNDS_DEFAULT 30
 #define MIG_TIMEOUT_MS_DEFAULT 10000
+/*
+ * Auto-converge, as QEMU's: from the second round on, a guest that dirties
+ * more than half of what the link carries has its vCPUs held for a share
+ * of each period, raised by a step each round that still does not
+ * converge, up to the most.
+ */
+#define MIG_THROTTLE_PERIOD_MS 20
+#define MIG_THROTTLE_FIRST 20
+#define MIG_THROTTLE_STEP 10
+#define MIG_THROTTLE_MAX 95
 
 struct mig_params {
 	uint32_t downtime_ms;	/* the longest pause the rest may need (0: default) */
 	uint64_t bandwidth;	/* bytes/s the stream may use (0: unlimited) */
 	uint32_t max_rounds;	/* pre-copy rounds at most (0: default) */
 	int timeout_ms;		/* one record's read or write at most (0: default) */
+	/*
+	 * Digest every guest page where the VM stops (source, at stop-and-copy,
+	 * outside the downtime) and where it starts (destination, before
+	 * activation): the progress's checksum, for tests to compare.
+	 */
+	bool checksum;
+	/*
+	 * A secret both hosts were given (NULL: none). With one, the stream
+	 * starts with a mutual challenge: each side proves it holds the secret
+	 * (HMAC-SHA256 over both sides' fresh nonces) before the source sends
+	 * anything of the VM, so neither hands a VM to, nor takes one from,
+	 * whoever merely reached its address. It authenticates the peers; it
+	 * does not encrypt the stream.
+	 */
+	const uint8_t *secret;
+	size_t secret_len;
 };
 
 /* Where a migration is, for the stats and the progress line (a copy). */
@@ -75,16 +101,19 @@ struct mig_progress {
 	unsigned int round;
 	uint64_t ram_pages;		/* the VM's */
 	uint64_t dirty_pages;		/* to send in this round */
+	uint64_t dirtied_pages;		/* written during the rounds, all told (resent) */
 	uint64_t pages[MIG_PAGE_KINDS];	/* sent (received) by kind */
 	uint64_t bytes;			/* on the wire, headers included */
 	double rate_mib_s;		/* the last round's */
 	double dirty_mib_s;		/* the guest's, measured over the last round */
+	unsigned int throttle_pct;	/* auto-converge: share of the time the vCPUs are held */
 	uint64_t expected_downtime_ms;	/* the dirty set at the measured rate */
 	uint64_t downtime_ms;		/* the VM paused (source: until the commitment left) */
 	uint64_t total_ms;
 	uint32_t downtime_limit_ms;
 	uint64_t bandwidth;
 	char vm[64];			/* its name (once the destination has reserved it) */
+	char checksum[33];		/* mig_params.checksum: XXH3-128 of the memory, hex */
 	char peer[108];
 	char error[224];
 };
@@ -99,6 +128,11 @@ struct mig_source_ops {
 	json_t *(*save_devices)(void *arg);
 	/* The commitment left: the VM is the destination's. Release it. */
 	void (*given_up)(void *arg);
+	/*
+	 * Auto-converge: hold the vCPUs (on) or let them go (off) for a slice
+	 * of time, the VM staying "running" for its owner. 0 or -errno.
+	 */
+	int (*hold)(void *arg, bool on);
 	/* Progress changed (stage, round, end); may be NULL. Any lock of the owner's allowed. */
 	void (*progress)(void *arg);
 };

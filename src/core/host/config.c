@@ -306,7 +306,8 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 {
 	static const char *const known[] = { "budget", "socket", "console_prefix", "dedup",
 					     "accel", "policy_interval", "balloon_stats_interval",
-					     "access", "hard_limit", "swap", "incoming", "vms" };
+					     "access", "hard_limit", "swap", "incoming",
+					     "migration_secret", "vms" };
 	static const char *const access[] = {
 		[HOST_ACCESS_AUTO] = "auto",
 		[HOST_ACCESS_DAMON] = "damon",
@@ -413,6 +414,9 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 	ret = get_string(root, "incoming", "", &cfg->incoming, err, len);
 	if (ret < 0)
 		goto out;
+	ret = get_string(root, "migration_secret", "", &cfg->migration_secret, err, len);
+	if (ret < 0)
+		goto out;
 	vms = json_object_get(root, "vms");
 	/* A host that takes VMs in may start without any. */
 	if (cfg->incoming && (!vms || (json_is_array(vms) && json_array_size(vms) == 0))) {
@@ -490,6 +494,7 @@ void host_config_free(struct host_config *cfg)
 	kv_free(cfg->vms);
 	kv_free(cfg->socket);
 	kv_free(cfg->incoming);
+	kv_free(cfg->migration_secret);
 	kv_free(cfg->swap.path);
 	memset(cfg, 0, sizeof(*cfg));
 }

@@ -657,6 +657,9 @@ void host_destroy(struct host *h)
 	pthread_mutex_destroy(&h->lock);
 	pthread_mutex_destroy(&h->pause_lock);
 	pthread_rwlock_destroy(&h->vms_lock);
+	if (h->secret)
+		explicit_bzero(h->secret, h->secret_len);
+	kv_free(h->secret);
 	kv_free(h->vms);
 	kv_free(h);
 }

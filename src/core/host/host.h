@@ -82,6 +82,7 @@ struct host_config {
 	struct host_vm_config *vms;
 	unsigned int nr_vms;
 	char *incoming;		/* accept VMs migrating here at this address (tcp:/unix:), or NULL */
+	char *migration_secret;	/* a file holding the secret migrating hosts share, or NULL */
 };
 
 /* Parse a JSON config file into cfg (zeroed, default_guest set); on error returns -EINVAL and writes "field: problem" to err. */

@@ -62,6 +62,8 @@ struct host {
 	struct dedup *dedup;		/* kvmem's page sharing (--dedup on), or NULL */
 	struct mem_swap *swap;		/* the host's swap file, or NULL */
 	struct incoming *incoming;	/* the listener for VMs migrating here, or NULL */
+	uint8_t *secret;		/* cfg.migration_secret's content, or NULL */
+	size_t secret_len;
 	uint64_t mig_seq;		/* names the incoming jobs' threads apart */
 };
 

@@ -6,13 +6,18 @@
  * host: pausing a VM and its devices for stop-and-copy, its devices' state,
  * a new VM made from a description, and a VM released once it has left.
  *
- * Addresses are unix:PATH or tcp:HOST:PORT. Only a host running as root
- * starts or accepts a migration (its control socket and listener are then
- * root's): a migration hands guest memory to the peer, or takes it from
- * one. A UNIX peer is checked by its uid (root, or this process's user).
+ * Addresses are unix:PATH or tcp:HOST:PORT (tcp::PORT: loopback). Only a
+ * host running as root starts or accepts a migration (its control socket
+ * and listener are then root's): a migration hands guest memory to the
+ * peer, or takes it from one. A UNIX peer is checked by its uid (root, or
+ * this process's user); over TCP an address proves nothing, so both hosts
+ * hold a secret (--migration-secret) and prove it to each other before a
+ * page moves (migrate/migrate.h). The stream is not encrypted: a network
+ * that others can read sees guest memory.
  */
 #define LOG_TAG "migration"
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <netdb.h>
 #include <poll.h>
@@ -109,12 +114,15 @@ static int open_addr(const char *addr, bool listen_, bool *tcp, char *why, size_
 		size_t hl;
 
 		*tcp = true;
-		if (!port || port == addr + 4 || (hl = (size_t)(port - (addr + 4))) >= sizeof(host)) {
+		if (!port || !port[1] || (hl = (size_t)(port - (addr + 4))) >= sizeof(host)) {
 			snprintf(why, whylen, "%s: not tcp:HOST:PORT", addr);
 			return -EINVAL;
 		}
 		memcpy(host, addr + 4, hl);
 		host[hl] = '\0';
+		/* No host: loopback, never every interface by default. */
+		if (!hl)
+			snprintf(host, sizeof(host), "127.0.0.1");
 		/* [::1]:4444 */
 		if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') {
 			memmove(host, host + 1, hl - 2);
@@ -154,6 +162,54 @@ static int open_addr(const char *addr, bool listen_, bool *tcp, char *why, size_
 	}
 	snprintf(why, whylen, "%s: an address is unix:PATH or tcp:HOST:PORT", addr);
 	return -EINVAL;
+}
+
+/* --- the shared secret --- */
+
+#define SECRET_MIN 16
+#define SECRET_MAX 4096
+
+/*
+ * cfg.migration_secret's content, once: a regular file no one but its
+ * owner (root) may read, of SECRET_MIN to SECRET_MAX bytes. 0 or -errno
+ * (logged).
+ */
+static int load_secret(struct host *h)
+{
+	const char *path = h->cfg.migration_secret;
+	struct stat st;
+	uint8_t *buf;
+	ssize_t n;
+	int fd;
+
+	if (!path || h->secret)
+		return 0;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0 || fstat(fd, &st)) {
+		log_err("migration_secret %s: %m", path);
+		if (fd >= 0)
+			close(fd);
+		return -errno;
+	}
+	if (!S_ISREG(st.st_mode) || (st.st_mode & 077) || st.st_uid != geteuid() ||
+	    st.st_size < SECRET_MIN || st.st_size > SECRET_MAX) {
+		log_err("migration_secret %s: must be a file of %d to %d bytes that only its owner "
+			"(this host's user) can read or write (mode 0600)", path, SECRET_MIN,
+			SECRET_MAX);
+		close(fd);
+		return -EINVAL;
+	}
+	buf = kv_zalloc((size_t)st.st_size);
+	n = buf ? read(fd, buf, (size_t)st.st_size) : -1;
+	close(fd);
+	if (n != st.st_size) {
+		log_err("migration_secret %s: cannot read it", path);
+		kv_free(buf);
+		return -EIO;
+	}
+	h->secret = buf;
+	h->secret_len = (size_t)n;
+	return 0;
 }
 
 /* --- the source's side --- */
@@ -197,6 +253,28 @@ static void src_restart(void *arg)
 	pthread_mutex_unlock(&h->pause_lock);
 }
 
+/*
+ * Auto-converge's holds: short pauses the policy and a user see as a
+ * running VM; one paused by either meanwhile is left alone.
+ */
+static int src_hold(void *arg, bool on)
+{
+	struct host_vm *hv = arg;
+	struct host *h = hv->host;
+	int ret = -EBUSY;
+
+	pthread_mutex_lock(&h->pause_lock);
+	if (on && !hv->mig_paused && vm_get_state(hv->vm) == VM_RUNNING) {
+		ret = vm_pause_timeout(hv->vm, 100);
+		hv->mig_paused = !ret;
+	} else if (!on && hv->mig_paused) {
+		hv->mig_paused = false;
+		ret = hv->user_paused || hv->policy_paused ? 0 : vm_resume(hv->vm);
+	}
+	pthread_mutex_unlock(&h->pause_lock);
+	return ret;
+}
+
 static json_t *src_save_devices(void *arg)
 {
 	struct host_vm *hv = arg;
@@ -223,6 +301,7 @@ static void src_given_up(void *arg)
 static const struct mig_source_ops source_ops = {
 	.stop = src_stop,
 	.restart = src_restart,
+	.hold = src_hold,
 	.save_devices = src_save_devices,
 	.given_up = src_given_up,
 };
@@ -316,13 +395,23 @@ static int migrate_verb(void *arg, json_t *req, json_t *reply)
 		return control_reply_error(reply, EBUSY, "%s is migrating already", name);
 	if (vm_get_state(hv->vm) != VM_RUNNING && vm_get_state(hv->vm) != VM_PAUSED)
 		return control_reply_error(reply, EINVAL, "%s is not running", name);
+	if (!strncmp(to, "tcp:", 4) && !h->secret)
+		return control_reply_error(reply, EPERM, "over TCP the hosts prove who they are "
+					   "with a secret both hold: start both with "
+					   "--migration-secret FILE");
 	fd = open_addr(to, false, &tcp, why, sizeof(why));
 	if (fd < 0)
 		return control_reply_error(reply, -fd, "cannot reach the destination: %s", why);
+	p.secret = h->secret;
+	p.secret_len = h->secret_len;
 	desc = describe(h, hv);
 	p.downtime_ms = (uint32_t)downtime;
 	p.bandwidth = mib << 20;
 	p.max_rounds = (uint32_t)rounds;
+	p.checksum = json_is_true(json_object_get(req, "checksum"));
+	/* The destination takes its digest when the source does. */
+	if (desc && p.checksum)
+		json_object_set_new(desc, "checksum", json_true());
 	ret = desc ? mig_source_start(hv->vm, fd, desc, &p, &source_ops, hv, to, &job) : -ENOMEM;
 	json_decref(desc);
 	if (ret) {
@@ -384,8 +473,10 @@ static int migrate_set_verb(void *arg, json_t *req, json_t *reply)
 
 int host_migration_register(struct host *h)
 {
-	int ret = control_register_verb(h->control, "migrate", migrate_verb, h);
+	int ret = load_secret(h);
 
+	if (!ret)
+		ret = control_register_verb(h->control, "migrate", migrate_verb, h);
 	if (!ret)
 		ret = control_register_verb(h->control, "migrate_cancel", migrate_cancel_verb, h);
 	if (!ret)
@@ -413,10 +504,11 @@ json_t *host_vm_migration_json(struct host_vm *hv)
 	pages = json_object();
 	for (unsigned int k = 1; k < MIG_PAGE_KINDS; k++)
 		json_object_set_new(pages, kinds[k], json_integer((json_int_t)p.pages[k]));
-	o = json_pack("{s:s, s:s, s:s, s:s, s:i, s:I, s:I, s:o, s:I, s:f, s:f, s:I, s:I, s:I, s:i, s:I}",
+	o = json_pack("{s:s, s:s, s:s, s:s, s:i, s:I, s:I, s:I, s:i, s:o, s:I, s:f, s:f, s:I, s:I, s:I, s:i, s:I}",
 		      "vm", p.vm, "direction", p.source ? "out" : "in",
 		      "peer", p.peer, "stage", mig_stage_name(p.stage), "round", (int)p.round,
 		      "ram_pages", (json_int_t)p.ram_pages, "dirty_pages", (json_int_t)p.dirty_pages,
+		      "dirtied_pages", (json_int_t)p.dirtied_pages, "throttle_pct", (int)p.throttle_pct,
 		      "pages", pages, "bytes", (json_int_t)p.bytes, "rate_mib_s", p.rate_mib_s,
 		      "dirty_mib_s", p.dirty_mib_s, "expected_downtime_ms",
 		      (json_int_t)p.expected_downtime_ms, "downtime_ms", (json_int_t)p.downtime_ms,
@@ -424,6 +516,8 @@ json_t *host_vm_migration_json(struct host_vm *hv)
 		      (int)p.downtime_limit_ms, "bandwidth_bytes_s", (json_int_t)p.bandwidth);
 	if (o && p.error[0])
 		json_object_set_new(o, "error", json_string(p.error));
+	if (o && p.checksum[0])
+		json_object_set_new(o, "checksum", json_string(p.checksum));
 	return o ? o : json_null();
 }
 
@@ -614,15 +708,26 @@ static const struct mig_dest_ops dest_ops = {
 	.discard = dst_discard,
 };
 
-/* A peer on a UNIX socket is trusted as a control client is; a TCP peer is not (yet). */
+/*
+ * A peer on a UNIX socket is trusted as a control client is (and proves the
+ * secret too when the host has one); a TCP peer only by the secret, in the
+ * handshake (the listener does not run over TCP without one).
+ */
 static bool peer_trusted(int fd, bool tcp, char *peer, size_t len)
 {
 	struct ucred cred;
 	socklen_t cl = sizeof(cred);
 
 	if (tcp) {
-		snprintf(peer, len, "a TCP peer");
-		return false;
+		struct sockaddr_storage sa;
+		socklen_t sl = sizeof(sa);
+		char host[64] = "?", port[16] = "?";
+
+		if (!getpeername(fd, (struct sockaddr *)&sa, &sl))
+			getnameinfo((struct sockaddr *)&sa, sl, host, sizeof(host), port,
+				    sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV);
+		snprintf(peer, len, "tcp:%s:%s", host, port);
+		return true;
 	}
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) || cl != sizeof(cred))
 		return false;
@@ -664,6 +769,8 @@ static void *incoming_thread(void *arg)
 			continue;
 		}
 		a->h = in->h;
+		p.secret = in->h->secret;
+		p.secret_len = in->h->secret_len;
 		/* The job is the arrival's before its thread can reserve (which records it). */
 		ret = mig_dest_start(fd, &p, &dest_ops, a, peer, &a->job);
 		if (ret) {
@@ -691,6 +798,15 @@ int host_migration_listen(struct host *h)
 		log_err("incoming %s: only a host running as root accepts VMs", h->cfg.incoming);
 		return -EPERM;
 	}
+	ret = load_secret(h);
+	if (ret)
+		return ret;
+	if (!strncmp(h->cfg.incoming, "tcp:", 4) && !h->secret) {
+		log_err("incoming %s: over TCP the peers prove who they are with a secret both "
+			"hold: give this host --migration-secret FILE (and the source the same)",
+			h->cfg.incoming);
+		return -EPERM;
+	}
 	in = kv_zalloc(sizeof(*in));
 	if (!in)
 		return -ENOMEM;
@@ -702,12 +818,6 @@ int host_migration_listen(struct host *h)
 	if (in->lfd < 0 || in->stop_efd < 0) {
 		ret = in->lfd < 0 ? in->lfd : -errno;
 		log_err("incoming: %s", in->lfd < 0 ? why : strerror(-ret));
-		goto fail;
-	}
-	if (in->tcp) {
-		log_err("incoming %s: TCP needs the peers to prove who they are, which this build "
-			"cannot do yet: use unix:PATH", in->addr);
-		ret = -EPROTONOSUPPORT;
 		goto fail;
 	}
 	ret = thread_spawn(&in->thread, "mig-listen", incoming_thread, in);

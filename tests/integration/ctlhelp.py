@@ -20,8 +20,9 @@ from kvmemtest import KVMEM, GUEST, check, wait_for, wait_until, with_accel
 class Host:
     """A running `kvmem run ...` or `kvmem host ...` with its output collected."""
 
-    def __init__(self, args):
-        self.p = subprocess.Popen([KVMEM] + with_accel(args), stdout=subprocess.PIPE,
+    def __init__(self, args, prefix=()):
+        """prefix: a command the host runs under (e.g. ip netns exec NS)."""
+        self.p = subprocess.Popen(list(prefix) + [KVMEM] + with_accel(args), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True,
                                   env=dict(os.environ, KVMEM_GUEST=GUEST))
         self.out, self.err = [], []

@@ -1,7 +1,8 @@
 """Live migration between two kvmem hosts on this machine, over a UNIX socket.
 
 1. A guest that keeps rewriting its pages and verifies all of them every second (with zero and
-   duplicate pages, shared by kvmem's page sharing, and some given to the balloon) migrates with
+   duplicate pages, shared by kvmem's page sharing, some given to the balloon and some swapped
+   out to the host's swap file where there is a disk for one) migrates with
    `kvmem migrate`: the command ends "done"; the source no longer has the VM and shows the
    migration; the destination runs it and the guest goes on verifying there, no FAIL; a digest of
    every guest page taken where the VM stopped equals the one taken where it starts; the bytes
@@ -22,6 +23,7 @@ import time
 
 from kvmemtest import ACCEL, KVMEM, check, finish, require_accel, wait_for
 from ctlhelp import Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of, wait_socket
+from swaphelp import disk_dir
 
 require_accel()
 if os.geteuid() != 0:
@@ -35,6 +37,11 @@ WL = "kvmem.wl=size=48,dup=30,zero=20,id=1,rate=8,verify=1,then=sleep"
 cfg = {"budget": "4G", "socket": a_sock, "console_prefix": True, "dedup": "on",
        "incoming": a_in,
        "vms": [{"name": "mig", "mem": "128M", "cpus": 2, "append": WL}]}
+swap_dir, fs = disk_dir()
+if swap_dir:
+    cfg["swap"] = {"path": swap_dir, "size": "256M"}
+else:
+    print(f"info   no disk for a swap file ({fs}): no swapped pages travel", flush=True)
 src = Host(["host", "--config", host_config(d, cfg)])
 dst = Host(["host", "--incoming", b_in, "--socket", b_sock])
 
@@ -87,7 +94,13 @@ try:
     r = request(a_sock, {"verb": "balloon", "vm": "mig", "target": "96M"})
     check(r.get("ok") is True, f"the balloon takes 32 MiB ({r})")
     wait_for(lambda: vm_of(stats(a_sock), "mig")["pages"]["ballooned"] > 0, 60)
+    if swap_dir:
+        # And some to swap: those travel from their slots.
+        r = request(a_sock, {"verb": "swap", "vm": "mig", "to": "24M"}, timeout=60)
+        check(r.get("ok") is True, f"part of it is swapped out ({r})")
     before = vm_of(stats(a_sock), "mig")
+    if swap_dir:
+        check(before["pages"]["swapped"] > 0, f"it has swapped pages ({before['pages']})")
     print(f"info   before: pages {before['pages']}", flush=True)
 
     # 1. There.
@@ -186,6 +199,21 @@ try:
     wait_for(lambda: not [v for v in stats(b_sock)["vms"] if v["name"] == "mig"], 30)
     holds_nothing(b_sock, "after a cancel")
     verifies_on(src, "after a cancel")
+
+    # The destination's side of a corrupt stream: a source whose records are garbage is
+    # refused and leaves nothing behind; one that stops halfway through a VM too.
+    for what, payload in (("garbage", os.urandom(256)),
+                          ("a truncated record", b"\x01\x00\x00\x00\xff\x00\x00\x00")):
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(b_in[5:])
+        c.sendall(b"KVMEMMIG" + b"\x01\x00\x00\x00\x00\x00\x00\x00" + payload)
+        c.shutdown(socket.SHUT_WR)
+        wait_for(lambda: [m for m in stats(b_sock).get("migrated", [])
+                          if m["direction"] == "in" and m["stage"] == "failed"], 60)
+        c.close()
+        holds_nothing(b_sock, f"after a source sending {what}")
+    fails = [m for m in stats(b_sock).get("migrated", []) if m["stage"] == "failed"]
+    check(len(fails) >= 1, f"the destination says why ({[m.get('error') for m in fails]})")
 
     # Bad requests.
     for req, code in (({"verb": "migrate", "vm": "nope", "to": b_in}, "ENOENT"),

@@ -817,6 +817,114 @@ static void test_balloon_worker_inflates_through_the_memory_manager(void **state
 	assert_int_equal(stats(e).discard_errors, 0);
 }
 
+/* --- migration: the state saved, and loaded into another device --- */
+
+/* A second balloon over the same guest RAM: the destination's, the rings already in RAM. */
+static struct balloon *twin(struct env *e)
+{
+	struct balloon_params p = { .name = "twin", .stats_interval_ms = 0 };
+	struct balloon_mem_ops mem = { fake_discard, fake_undiscard, e };
+	struct balloon *b;
+
+	assert_int_equal(balloon_create_on_gm(e->gm, &p, &mem, &b), 0);
+	return b;
+}
+
+static void test_balloon_state_moves_with_its_held_stats_buffer(void **state)
+{
+	struct env *e = *state;
+	struct fake_buf sb = { DATA, BALLOON_STAT_SIZE, false };
+	uint32_t pfn = (uint32_t)(DATA >> 12) + 16, id, len;
+	struct fake_buf ib = { DATA + 0x2000, 4, false };
+	struct virtio_dev *v2;
+	struct balloon *b2;
+	char why[192] = "";
+	uint16_t head;
+	json_t *st;
+
+	bring_up(e, ALL_FEATURES);
+	head = fake_vq_add_chain(&e->fq[QS], &sb, 1);
+	fake_virtio_driver_ok(e->vdev);
+	run(e);
+	assert_int_equal(balloon_set_target(e->b, RAM - (8ULL << 20)), 0);
+	st = virtio_dev_save(e->vdev);
+	assert_non_null(st);
+	b2 = twin(e);
+	v2 = balloon_virtio_dev(b2);
+	assert_int_equal(virtio_dev_load(v2, st, why, sizeof(why)), 0);
+	json_decref(st);
+	/* The driver sees the same device: status, target, features. */
+	assert_int_equal(fake_mmio_read(v2, VIRTIO_MMIO_STATUS), status(e));
+	{
+		struct balloon_stats a, b;
+
+		balloon_get_stats(e->b, &a);
+		balloon_get_stats(b2, &b);
+		assert_int_equal(b.balloon_target_bytes, a.balloon_target_bytes);
+		assert_int_equal(b.features, a.features);
+		assert_true(b.driver_ok);
+	}
+	/* The stats buffer the source held comes back from the destination, once. */
+	virtio_dev_poll(v2, true);
+	assert_true(fake_vq_get_used(&e->fq[QS], &id, &len));
+	assert_int_equal(id, head);
+	/* Its queues go on where the source's stopped: an inflate completes there. */
+	put_pfns(e, DATA + 0x2000, &pfn, 1);
+	head = fake_vq_add_chain(&e->fq[0], &ib, 1);
+	virtio_dev_poll(v2, false);
+	assert_true(fake_vq_get_used(&e->fq[0], &id, &len));
+	assert_int_equal(id, head);
+	balloon_destroy(b2);
+}
+
+/* Each corruption of a good state is refused with a reason, the device left reset. */
+static void test_balloon_hostile_states_are_refused(void **state)
+{
+	struct env *e = *state;
+	static const char *const bad[] = {
+		"{\"queues\":[]}",						/* too few queues */
+		"status:255",							/* bits that do not exist */
+		"features:1",							/* never offered */
+		"num:4096",							/* above QueueNumMax */
+		"desc:1099511627776",						/* a ring outside RAM */
+		"device:null",							/* the balloon's part missing */
+		"last_avail:-1",
+	};
+	json_t *good;
+
+	bring_up(e, ALL_FEATURES);
+	fake_virtio_driver_ok(e->vdev);
+	good = virtio_dev_save(e->vdev);
+	assert_non_null(good);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct balloon *b2 = twin(e);
+		struct virtio_dev *v2 = balloon_virtio_dev(b2);
+		json_t *st = json_deep_copy(good), *q0 = json_array_get(json_object_get(st, "queues"), 0);
+		char key[32], why[192] = "";
+		const char *colon = strchr(bad[i], ':');
+
+		if (bad[i][0] == '{') {
+			json_decref(st);
+			st = json_loads(bad[i], 0, NULL);
+		} else {
+			json_t *target = st, *v;
+
+			snprintf(key, sizeof(key), "%.*s", (int)(colon - bad[i]), bad[i]);
+			if (!strcmp(key, "num") || !strcmp(key, "desc") || !strcmp(key, "last_avail"))
+				target = q0;
+			v = json_loads(colon + 1, JSON_DECODE_ANY, NULL);
+			json_object_set_new(target, key, v);
+		}
+		assert_int_equal(virtio_dev_load(v2, st, why, sizeof(why)), -EINVAL);
+		if (!why[0])
+			fail_msg("case %zu refused without a reason", i);
+		assert_int_equal(fake_mmio_read(v2, VIRTIO_MMIO_STATUS), 0);
+		json_decref(st);
+		balloon_destroy(b2);
+	}
+	json_decref(good);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -848,6 +956,8 @@ int main(void)
 		T(test_balloon_reset_forgets_the_held_stats_buffer),
 		T(test_balloon_disabled_stats_queue_forgets_its_buffer),
 		T(test_balloon_stats_names_and_json),
+		T(test_balloon_state_moves_with_its_held_stats_buffer),
+		T(test_balloon_hostile_states_are_refused),
 		cmocka_unit_test_setup_teardown(test_balloon_worker_inflates_through_the_memory_manager,
 						setup_real_mem, teardown),
 	};

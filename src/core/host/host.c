@@ -1059,6 +1059,7 @@ json_t *host_stats_json(struct host *h)
 	uint64_t saved = 0, pool_used;
 
 	ovc_get_stats(h->ovc, &hs);
+	host_migration_refused_json(h, migrations);
 	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
 		struct host_vm *hv = &h->vms[i];
 		struct balloon_stats bs;

@@ -91,7 +91,9 @@ void host_release_vm(struct host *h, struct host_vm *hv);
 int host_migration_register(struct host *h);	/* the verbs, with the control socket */
 int host_migration_listen(struct host *h);	/* accept VMs at cfg.incoming, if set */
 void host_migration_stop(struct host *h);	/* no more VMs in or out; idempotent */
-json_t *host_vm_migration_json(struct host_vm *hv);	/* NULL: never migrated */
+json_t *host_vm_migration_json(struct host_vm *hv);	/* null: never migrated */
+/* Append the incoming migrations that never got as far as a VM (refused, failed early). */
+void host_migration_refused_json(struct host *h, json_t *arr);
 /* The main thread: release every VM that left (migrated away, or discarded). */
 void host_release_gone(struct host *h);
 

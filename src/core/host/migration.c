@@ -484,15 +484,11 @@ int host_migration_register(struct host *h)
 	return ret;
 }
 
+static json_t *progress_json(const struct mig_progress *p);
+
 json_t *host_vm_migration_json(struct host_vm *hv)
 {
-	static const char *const kinds[MIG_PAGE_KINDS] = {
-		[MIG_PAGE_ZERO] = "zero",   [MIG_PAGE_BALLOONED] = "ballooned",
-		[MIG_PAGE_DATA] = "data",   [MIG_PAGE_FRAME] = "shared",
-		[MIG_PAGE_FRAME_REF] = "shared_refs",
-	};
 	struct mig_progress p;
-	json_t *pages, *o;
 
 	pthread_mutex_lock(&hv->host->lock);
 	if (!hv->mig) {
@@ -501,6 +497,39 @@ json_t *host_vm_migration_json(struct host_vm *hv)
 	}
 	mig_job_progress(hv->mig, &p);
 	pthread_mutex_unlock(&hv->host->lock);
+	return progress_json(&p);
+}
+
+void host_migration_refused_json(struct host *h, json_t *arr)
+{
+	struct incoming *in = h->incoming;
+
+	if (!in)
+		return;
+	pthread_mutex_lock(&in->lock);
+	for (unsigned int i = 0; i < in->nr_arrivals; i++) {
+		struct arrival *a = in->arrivals[i];
+		struct mig_progress p;
+
+		/* One that reserved a VM is shown with it. */
+		if (a->hv)
+			continue;
+		mig_job_progress(a->job, &p);
+		json_array_append_new(arr, progress_json(&p));
+	}
+	pthread_mutex_unlock(&in->lock);
+}
+
+static json_t *progress_json(const struct mig_progress *pp)
+{
+	static const char *const kinds[MIG_PAGE_KINDS] = {
+		[MIG_PAGE_ZERO] = "zero",   [MIG_PAGE_BALLOONED] = "ballooned",
+		[MIG_PAGE_DATA] = "data",   [MIG_PAGE_FRAME] = "shared",
+		[MIG_PAGE_FRAME_REF] = "shared_refs",
+	};
+	const struct mig_progress p = *pp;
+	json_t *pages, *o;
+
 	pages = json_object();
 	for (unsigned int k = 1; k < MIG_PAGE_KINDS; k++)
 		json_object_set_new(pages, kinds[k], json_integer((json_int_t)p.pages[k]));
@@ -852,7 +881,10 @@ void host_migration_stop(struct host *h)
 	}
 	if (!in)
 		return;
+	/* Verbs (the stats) read it with the VM list held. */
+	pthread_rwlock_wrlock(&h->vms_lock);
 	h->incoming = NULL;
+	pthread_rwlock_unlock(&h->vms_lock);
 	if (write(in->stop_efd, &one, sizeof(one)) < 0)
 		log_debug("eventfd: %m");
 	pthread_join(in->thread, NULL);

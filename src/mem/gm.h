@@ -91,6 +91,32 @@ void mem_dirty_vmm_track(struct gm *gm, bool on);
 uint64_t mem_bitmap_words(const struct gm *gm);
 uint64_t mem_dirty_vmm_collect(struct gm *gm, uint64_t *out);
 
+/*
+ * The guest's writes where the memory manager must see them itself (the
+ * thread accelerator: the guest writes RAM from host threads, and there is
+ * no KVM dirty log). Every page is write-protected for tracking (a reason
+ * of its own, mem/txn.h) whatever backs it: a page of the VM's own, a hole,
+ * the zero page, a dedup frame, swap. A page's first write records it and
+ * lifts the protection; a collect protects again the pages it reports.
+ * Moving a page to another backing (zero reclaim, dedup, swap) neither
+ * loses nor adds a record; a page given to the balloon or reported free is
+ * recorded: the destination must drop it too. Bitmaps as above.
+ *   mem_dirty_guest_track: start with every page clean, or stop (every
+ *   protection held for tracking lifted; a page a mechanism holds at that
+ *   moment loses it at that mechanism's end, or at its next write). 0;
+ *   -ENOTSUP without a userfaultfd that write-protects holes
+ *   (UFFD_FEATURE_WP_UNPOPULATED, Linux 6.4): a write to a hole would not
+ *   fault; -EBUSY when a page stayed held by another mechanism for seconds,
+ *   or the write protection's -errno (tracking is off then).
+ *   mem_dirty_guest_collect: OR the pages written since the start or the
+ *   last collect into out, and protect them again; returns how many. A
+ *   write racing with a collect is in this one (it landed before the
+ *   collect returned: read the pages after) or in the next one.
+ * One caller at a time (the migration thread); both may sleep.
+ */
+int mem_dirty_guest_track(struct gm *gm, bool on);
+uint64_t mem_dirty_guest_collect(struct gm *gm, uint64_t *out);
+
 /* Number of RAM regions and their guest-physical extents. */
 unsigned int mem_nr_regions(const struct gm *gm);
 void mem_region(const struct gm *gm, unsigned int i, gpa_t *gpa, uint64_t *len);

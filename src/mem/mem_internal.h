@@ -52,7 +52,7 @@ struct gm {
 	uint64_t *framemap;		/* bit per page: its VMA maps a store frame (atomic) */
 	uint64_t *vmm_dirty;		/* bit per page: the VMM wrote it (gm.c, atomic words) */
 	bool vmm_dirty_on;		/* mark the VMM's writes (atomic) */
-	uint64_t *guest_dirty;		/* bit per page: written while tracked (txn.c, atomic words) */
+	uint64_t *guest_dirty;		/* bit per page: written while tracked (txn.c, atomic) */
 	bool guest_track_on;		/* guest writes are tracked (txn.c; atomic) */
 	uint8_t *wp_reason;		/* per page: MEM_WP_* reasons for write protection (atomic) */
 	uint8_t *chunk_mode;		/* per MEM_CHUNK_PAGES chunk: MEM_CHUNK_* (txn.c) */
@@ -133,7 +133,7 @@ bool mem_run_ok(const struct gm *gm, uint64_t idx, uint64_t n);
 enum mem_fault {
 	MEM_FAULT_OWNER,	/* a transaction holds the page: it wakes the access */
 	MEM_FAULT_SAMPLE,	/* the first write to a sampled page: counted, released */
-	MEM_FAULT_TRACK,	/* the first write to a tracked page (not sampled): recorded, released */
+	MEM_FAULT_TRACK,	/* the first write to a tracked page: recorded, released */
 	MEM_FAULT_STRAY,	/* protected for no reason: released, counted */
 	MEM_FAULT_STALE,	/* resolved already (by the time it was read): woken */
 	MEM_FAULT_ZERO_FILL,	/* a window's zero page touched: a page of zeros of its own */

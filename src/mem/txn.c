@@ -13,6 +13,13 @@
  * of its own, left unregistered while it maps the frame: nothing protects a
  * shared page, and a later claim registers it when it needs to (the write
  * protection of an unregistered range fails with ENOENT).
+ *
+ * Dirty tracking (mem_dirty_guest_*) is a reason of write protection like
+ * sampling, kept across every change of backing. A change of backing takes
+ * the old protection with the old page before the re-arm protects the new
+ * one, and a guest write in between does not fault: every such path looks
+ * afterwards for what a write would have left (catch_unseen_write), or holds
+ * the page another way meanwhile (a swapped page's MISSING registration).
  */
 #define LOG_TAG "txn"
 #include "mem/txn.h"
@@ -23,7 +30,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
 
+#include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
 #include "mem/mem_internal.h"
@@ -42,6 +51,20 @@ static void count(uint64_t *c, uint64_t n)
 static uint8_t reasons(const struct gm *gm, uint64_t idx)
 {
 	return __atomic_load_n(&gm->wp_reason[idx], __ATOMIC_ACQUIRE) & MEM_WP_REASONS;
+}
+
+/* The source of MEM_WIN_ZEROED pages and of pages of zeros given on a touch. */
+static const uint8_t zeros[MEM_PAGE_SIZE] __attribute__((aligned(MEM_PAGE_SIZE)));
+
+static bool tracking(const struct gm *gm)
+{
+	return __atomic_load_n(&gm->guest_track_on, __ATOMIC_ACQUIRE);
+}
+
+/* Page idx was written while tracked, or changed in a way the destination must be told of. */
+static void mark_written(struct gm *gm, uint64_t idx)
+{
+	__atomic_fetch_or(&gm->guest_dirty[idx / 64], 1ULL << (idx % 64), __ATOMIC_RELEASE);
 }
 
 /* Page idx's protection was lifted: nothing withdrawn lingers on it. */
@@ -100,6 +123,7 @@ static int run_protect(struct gm *gm, uint64_t idx, uint64_t n, bool on)
 
 	if (gm->uffd < 0)
 		return -ENOSYS;
+	count(&stats.protects, 1);
 	return ioctl(gm->uffd, UFFDIO_WRITEPROTECT, &w) < 0 ? -errno : 0;
 }
 
@@ -160,15 +184,70 @@ static int run_track(struct gm *gm, uint64_t idx, uint64_t n)
 }
 
 /*
- * Write-protect the pages of [idx, idx + n) that have a reason to be
- * (sampling), after their backing changed or a registration dropped the
- * protection. Best effort: a page missed is only a sample lost.
+ * Write-protect [idx, idx + n) (owned, one region), registering it first
+ * where a mapping made since is not (a page mapped onto a frame). A sample
+ * that cannot be armed is only a sample lost; a tracked page left
+ * unprotected would take writes unseen, so it counts as written instead and
+ * loses its reason (the next collect tries again). 0 or -errno.
  */
-static void run_rearm(struct gm *gm, uint64_t idx, uint64_t n)
+static int arm(struct gm *gm, uint64_t idx, uint64_t n)
 {
-	for (uint64_t i = 0; i < n; i++)
-		if (reasons(gm, idx + i))
-			run_protect(gm, idx + i, 1, true);
+	int ret = run_protect(gm, idx, n, true);
+
+	if (ret == -ENOENT && !run_track(gm, idx, n))
+		ret = run_protect(gm, idx, n, true);
+	if (ret)
+		for (uint64_t i = 0; i < n; i++)
+			if (reasons(gm, idx + i) & MEM_WP_TRACK) {
+				mark_written(gm, idx + i);
+				withdraw(gm, idx + i, MEM_WP_TRACK);
+			}
+	return ret;
+}
+
+/*
+ * Write-protect the pages of [idx, idx + n) (owned, one region) that have a
+ * reason to be, a call per run, after their backing changed or a
+ * registration dropped the protection. 0, or the first -errno (see arm).
+ */
+static int run_rearm(struct gm *gm, uint64_t idx, uint64_t n)
+{
+	int ret = 0;
+
+	for (uint64_t i = 0, j; i < n; i = j) {
+		bool reason = reasons(gm, idx + i);
+		int err;
+
+		for (j = i + 1; j < n && !!reasons(gm, idx + j) == reason; j++)
+			;
+		err = reason ? arm(gm, idx + i, j - i) : 0;
+		if (err && !ret)
+			ret = err;
+	}
+	return ret;
+}
+
+/*
+ * Lift the protection of the pages of [idx, idx + n) (owned, one region)
+ * that have no reason left. A run that reaches a mapping not registered (a
+ * page mapped onto a frame since) is lifted only up to it (ENOENT): it is
+ * registered, which keeps every protection, and lifted again.
+ */
+static void run_lift(struct gm *gm, uint64_t idx, uint64_t n)
+{
+	for (uint64_t i = 0, j; i < n; i = j) {
+		bool reason = reasons(gm, idx + i);
+
+		for (j = i + 1; j < n && !!reasons(gm, idx + j) == reason; j++)
+			;
+		if (reason)
+			continue;
+		if (run_protect(gm, idx + i, j - i, false) == -ENOENT &&
+		    !run_track(gm, idx + i, j - i))
+			run_protect(gm, idx + i, j - i, false);
+		for (uint64_t k = i; k < j; k++)
+			lifted(gm, idx + k);
+	}
 }
 
 /*
@@ -234,21 +313,8 @@ static int protect_claimed(struct mem_txn *t)
 /* Lift the claim's own protection, keeping what other reasons need. */
 static void unprotect_claimed(struct mem_txn *t, uint32_t from, uint32_t to)
 {
-	struct gm *gm = t->gm;
-
-	if (t->flags & MEM_TXN_NOPROTECT)
-		return;
-	for (uint32_t i = from, j; i < to; i = j) {
-		bool reason = reasons(gm, t->idx + i);
-
-		for (j = i + 1; j < to && !!reasons(gm, t->idx + j) == reason; j++)
-			;
-		if (reason)
-			continue;
-		run_protect(gm, t->idx + i, j - i, false);
-		for (uint32_t k = i; k < j; k++)
-			lifted(gm, t->idx + k);
-	}
+	if (!(t->flags & MEM_TXN_NOPROTECT) && to > from)
+		run_lift(t->gm, t->idx + from, to - from);
 }
 
 /* Give every page back as claimed and wake its writers: the transaction is over. */
@@ -428,11 +494,59 @@ static const enum ps_state commit_state[MEM_NR_COMMITS] = {
 	[MEM_BALLOONED] = PS_BALLOONED, [MEM_REPORTED] = PS_REPORTED,	 [MEM_SWAPPED] = PS_SWAPPED,
 };
 
-/* A commit that changes the backing of page idx: its sample is gone with its old page. */
+/*
+ * A commit that changes the backing of page idx: its sample is gone with its
+ * old page (what was sampled was that page's use). Tracking stays: the
+ * content did not change, so a clean page is still clean on its new backing,
+ * and the re-arm protects that.
+ */
 static void backing_changed(struct gm *gm, uint64_t idx)
 {
 	__atomic_fetch_and(&gm->wp_reason[idx],
 			   (uint8_t)~(MEM_WP_SAMPLE | MEM_WP_LINGER | MEM_WP_WRITTEN), __ATOMIC_ACQ_REL);
+}
+
+/*
+ * Page idx, tracked and owned, changed backing and was re-armed (its
+ * pagemap entry read after: pm). Until the re-arm nothing protected it (the
+ * change took the protection with the old page), so a guest write in between
+ * did not fault; it left a page of the VM's own where the commit left the
+ * zero page, a hole or a frame of the store, and (want: what the commit left
+ * there; NULL: a frame, whose copy on write is itself the proof) bytes other
+ * than those. Such a page is recorded. A read may also have given the page
+ * one of its own (a kernel that allocates on a read of a hole): its bytes
+ * are the ones the commit left, so it is not recorded.
+ */
+static void catch_unseen_write(struct gm *gm, uint64_t idx, uint64_t pm, const uint8_t *want)
+{
+	if (!(reasons(gm, idx) & MEM_WP_TRACK) || !mem_pm_resident(pm) || mem_pm_file(pm))
+		return;
+	if (!want || memcmp(mem_page_hva(gm, idx), want, MEM_PAGE_SIZE))
+		mark_written(gm, idx);
+}
+
+/*
+ * The pagemap entries of [idx, idx + n) (one region) for catch_unseen_write.
+ * Where they cannot be read, every tracked page is recorded (its bytes are
+ * not read: a hole held in a MISSING chunk would wait for us) and false.
+ */
+static bool pagemap_or_record(struct gm *gm, uint64_t idx, uint64_t n, uint64_t *pm)
+{
+	if (mem_pagemap(gm, idx, n, pm) == (int64_t)n)
+		return true;
+	for (uint64_t i = 0; i < n; i++)
+		if (reasons(gm, idx + i) & MEM_WP_TRACK)
+			mark_written(gm, idx + i);
+	return false;
+}
+
+/* True when one of [idx, idx + n) is tracked (and clean). */
+static bool any_tracked(const struct gm *gm, uint64_t idx, uint64_t n)
+{
+	for (uint64_t i = 0; i < n; i++)
+		if (reasons(gm, idx + i) & MEM_WP_TRACK)
+			return true;
+	return false;
 }
 
 /* Apply commit c to pages [i, j) of t; 0, or -errno with the pages as claimed. */
@@ -508,6 +622,23 @@ int64_t mem_txn_end(struct mem_txn *t, int fd)
 			backing_changed(gm, t->idx + k);
 		run_rearm(gm, t->idx + i, j - i);
 		done += j - i;
+		if ((c == MEM_BALLOONED || c == MEM_REPORTED) && tracking(gm)) {
+			/* Not the guest's write, but the destination must drop the pages too. */
+			for (uint32_t k = i; k < j; k++)
+				mark_written(gm, t->idx + k);
+		} else if ((c == MEM_ZERO || c == MEM_FRAME) &&
+			   any_tracked(gm, t->idx + i, j - i)) {
+			/*
+			 * A swapped page needs no look: its chunk takes MISSING faults
+			 * before the drop, so every access waits for our wake.
+			 */
+			uint64_t pm[MEM_TXN_MAX];
+
+			if (pagemap_or_record(gm, t->idx + i, j - i, pm))
+				for (uint32_t k = i; k < j; k++)
+					catch_unseen_write(gm, t->idx + k, pm[k - i],
+							   c == MEM_ZERO ? zeros : NULL);
+		}
 	}
 	/* Only now may the holes go: every commit that needed them held is in. */
 	if (t->held)
@@ -528,9 +659,6 @@ int64_t mem_txn_end(struct mem_txn *t, int fd)
 }
 
 /* --- windows --- */
-
-/* The source of MEM_WIN_ZEROED pages and of pages of zeros given on a touch. */
-static const uint8_t zeros[MEM_PAGE_SIZE] __attribute__((aligned(MEM_PAGE_SIZE)));
 
 /*
  * Fill pages [i, i + n) of the scratch mapping s (uffd-registered), all of
@@ -611,7 +739,9 @@ int mem_txn_end_window(struct mem_txn *t, int fd, uint64_t off, const uint8_t *k
 {
 	struct gm *gm = t->gm;
 	uint64_t idx = t->idx, n = t->n;
-	uint8_t *old, *s;
+	bool tracked[MEM_TXN_MAX] = { false };
+	uint8_t *old, *s, *saved = NULL;
+	uint64_t nsaved = 0;
 	void *p;
 	int ret;
 
@@ -620,6 +750,27 @@ int mem_txn_end_window(struct mem_txn *t, int fd, uint64_t off, const uint8_t *k
 		goto out_abort;
 	}
 	old = mem_page_hva(gm, idx);
+	/*
+	 * mremap takes the protection of the pages it moves (the registration
+	 * goes), so between the move and the re-arm a guest write to a kept page
+	 * does not fault. Only its bytes can tell: those of a tracked kept page
+	 * are kept aside (final: the claim protects them) to compare after.
+	 */
+	for (uint64_t i = 0; i < n; i++) {
+		tracked[i] = reasons(gm, idx + i) & MEM_WP_TRACK;
+		nsaved += tracked[i] && kind[i] == MEM_WIN_KEEP;
+	}
+	if (nsaved) {
+		saved = kv_calloc(nsaved, MEM_PAGE_SIZE);
+		if (!saved) {
+			ret = -ENOMEM;
+			goto out_abort;
+		}
+		for (uint64_t i = 0, k = 0; i < n; i++)
+			if (tracked[i] && kind[i] == MEM_WIN_KEEP)
+				memcpy(saved + k++ * MEM_PAGE_SIZE, old + i * MEM_PAGE_SIZE,
+				       MEM_PAGE_SIZE);
+	}
 	s = mmap(NULL, n * MEM_PAGE_SIZE, gm->prot, MAP_PRIVATE, fd, (off_t)off);
 	if (s == MAP_FAILED) {
 		ret = -errno;
@@ -653,6 +804,23 @@ int mem_txn_end_window(struct mem_txn *t, int fd, uint64_t off, const uint8_t *k
 	if (run_track(gm, idx, n))
 		log_warn_ratelimited("registering a remapped window: %m");
 	run_rearm(gm, idx, n);
+	if (any_tracked(gm, idx, n)) {
+		uint64_t pm[MEM_TXN_MAX];
+
+		if (pagemap_or_record(gm, idx, n, pm))
+			for (uint64_t i = 0, k = 0; i < n; i++) {
+				const uint8_t *want = zeros;
+
+				if (!tracked[i])
+					continue;
+				if (kind[i] == MEM_WIN_KEEP)
+					want = saved + k++ * MEM_PAGE_SIZE;
+				else if (kind[i] == MEM_WIN_FRAME)
+					want = NULL;
+				catch_unseen_write(gm, idx + i, pm[i], want);
+			}
+	}
+	kv_free(saved);
 	for (uint32_t i = 0; i < n; i++) {
 		enum mem_commit c = (enum mem_commit)t->commit[i];
 
@@ -667,6 +835,7 @@ int mem_txn_end_window(struct mem_txn *t, int fd, uint64_t off, const uint8_t *k
 out_unmap:
 	munmap(s, n * MEM_PAGE_SIZE);
 out_abort:
+	kv_free(saved);
 	count(&stats.failed, n);
 	abort_all(t);
 	return ret;
@@ -733,6 +902,227 @@ uint64_t mem_sample_hits(struct gm *gm)
 	return __atomic_exchange_n(&gm->sample_hits, 0, __ATOMIC_RELAXED);
 }
 
+/* --- dirty tracking --- */
+
+/*
+ * Pages are armed and disarmed for tracking while owned (PS_BUSY), as any
+ * reason is added, so that no mechanism's decision to lift a protection is
+ * overtaken by a reason it did not see. They are owned a run at a time, up to
+ * HOLD_MAX pages of one region, and protected or lifted with one call per
+ * run: all of a 1 GiB VM in 8 calls, where a call per page would cost
+ * seconds. A guest write meeting the run meanwhile waits for one such call.
+ */
+#define HOLD_MAX 32768ULL	/* 128 MiB */
+#define HOLD_SMALL 64		/* where HOLD_MAX bytes cannot be had */
+#define TRACK_WAIT_NS 5000000000ULL	/* start: how long a page another holds is waited for */
+#define TRACK_POLL_NS 50000L
+#define COLLECT_GAP 64		/* clean pages a collect's run spans between written ones */
+
+struct hold {
+	struct gm *gm;
+	bool arm;		/* at release: protect what has reasons, else lift what has none */
+	uint64_t idx;		/* first page of the run */
+	uint64_t n;		/* pages held */
+	uint64_t cap;		/* room in old */
+	uint8_t *old;		/* enum ps_state each page was taken from */
+	uint8_t small[HOLD_SMALL];
+	int err;		/* the first error of a protection */
+};
+
+static void hold_init(struct hold *h, struct gm *gm, bool arm)
+{
+	h->gm = gm;
+	h->arm = arm;
+	h->n = 0;
+	h->err = 0;
+	h->old = kv_calloc(HOLD_MAX, 1);
+	h->cap = h->old ? HOLD_MAX : HOLD_SMALL;
+	if (!h->old)
+		h->old = h->small;
+}
+
+/* Protect or lift the run, give its pages back and wake whoever waited on them. */
+static void hold_release(struct hold *h)
+{
+	struct gm *gm = h->gm;
+	int ret = 0;
+
+	if (!h->n)
+		return;
+	if (h->arm)
+		ret = run_rearm(gm, h->idx, h->n);
+	else
+		run_lift(gm, h->idx, h->n);
+	if (ret && !h->err)
+		h->err = ret;
+	for (uint64_t i = 0; i < h->n; i++)
+		pagestate_set(gm->ps, h->idx + i, (enum ps_state)h->old[i]);
+	run_wake(gm, h->idx, h->n);
+	h->n = 0;
+}
+
+static void hold_fini(struct hold *h)
+{
+	hold_release(h);
+	if (h->old != h->small)
+		kv_free(h->old);
+}
+
+/*
+ * Own page idx (any state but PS_BUSY) at the end of h's run, releasing the
+ * run first where idx does not extend it. False when someone else owns it.
+ */
+static bool hold_take(struct hold *h, uint64_t idx)
+{
+	struct gm *gm = h->gm;
+	enum ps_state st;
+
+	if (h->n && (h->n == h->cap || idx != h->idx + h->n || !mem_run_ok(gm, h->idx, h->n + 1)))
+		hold_release(h);
+	do {
+		st = pagestate_get(gm->ps, idx);
+		if (st == PS_BUSY)
+			return false;
+	} while (pagestate_cas(gm->ps, idx, st, PS_BUSY));
+	if (!h->n)
+		h->idx = idx;
+	h->old[h->n++] = (uint8_t)st;
+	return true;
+}
+
+/*
+ * Clean tracked pages from the end of h's run up to idx join it when they
+ * are few: protected already, they stay so, and one call spans the written
+ * pages on both sides.
+ */
+static void hold_bridge(struct hold *h, uint64_t idx)
+{
+	for (uint64_t g = h->idx + h->n; h->n && g < idx && idx - g <= COLLECT_GAP; g++)
+		if (!(reasons(h->gm, g) & MEM_WP_TRACK) || !hold_take(h, g))
+			return;
+}
+
+/* Stop: every page loses the reason, and its protection where no other reason holds. */
+static void track_stop(struct gm *gm)
+{
+	uint64_t nr = mem_nr_pages(gm);
+	struct hold h;
+
+	__atomic_store_n(&gm->guest_track_on, false, __ATOMIC_RELEASE);
+	hold_init(&h, gm, false);
+	for (uint64_t idx = 0; idx < nr; idx++) {
+		if (hold_take(&h, idx)) {
+			__atomic_fetch_and(&gm->wp_reason[idx], (uint8_t)~MEM_WP_TRACK,
+					   __ATOMIC_ACQ_REL);
+			continue;
+		}
+		/*
+		 * Its holder lifts the protection at its end if no reason is left by
+		 * then; if it decided already, the protection lingers until the next
+		 * write, which is then expected, not a stray one.
+		 */
+		withdraw(gm, idx, MEM_WP_TRACK);
+	}
+	hold_fini(&h);
+}
+
+/*
+ * Start: every page clean and protected. A page another mechanism holds is
+ * waited for, holding nothing meanwhile (the balloon waits for pages too:
+ * two waiters each holding what the other wants would stall both).
+ */
+static int track_start(struct gm *gm)
+{
+	uint64_t nr = mem_nr_pages(gm), words = mem_bitmap_words(gm);
+	struct hold h;
+	int ret = 0;
+
+	for (uint64_t w = 0; w < words; w++)
+		__atomic_store_n(&gm->guest_dirty[w], 0, __ATOMIC_RELAXED);
+	/* On first: a balloon commit from here on is recorded. */
+	__atomic_store_n(&gm->guest_track_on, true, __ATOMIC_RELEASE);
+	hold_init(&h, gm, true);
+	for (uint64_t idx = 0; idx < nr && !ret; idx++) {
+		uint64_t waited = 0;
+
+		while (!hold_take(&h, idx)) {
+			struct timespec ts = { 0, TRACK_POLL_NS };
+
+			hold_release(&h);
+			if (waited >= TRACK_WAIT_NS) {
+				log_warn_ratelimited("page %llu held for over %llu ms: not tracked",
+						     (unsigned long long)idx,
+						     TRACK_WAIT_NS / 1000000ULL);
+				ret = -EBUSY;
+				break;
+			}
+			nanosleep(&ts, NULL);
+			waited += TRACK_POLL_NS;
+		}
+		if (!ret)
+			__atomic_fetch_or(&gm->wp_reason[idx], MEM_WP_TRACK, __ATOMIC_ACQ_REL);
+	}
+	hold_fini(&h);
+	if (!ret)
+		ret = h.err;
+	if (ret)
+		track_stop(gm);
+	return ret;
+}
+
+int mem_dirty_guest_track(struct gm *gm, bool on)
+{
+	/* Without markers on holes a write to a hole would not fault. */
+	if (gm->uffd < 0 || !gm->wp_unpopulated)
+		return -ENOTSUP;
+	if (on)
+		return track_start(gm);
+	track_stop(gm);
+	return 0;
+}
+
+/*
+ * Clear first, protect second. A write between the two does not fault, but
+ * it has landed before the collect returns, so the caller, which reads the
+ * page after, sends it; a write after the protection faults and sets the
+ * bit again, for the next collect. The other order loses writes: one that
+ * faults after the protection and before the clear has its bit cleared
+ * here while the write itself is still held, and lands only after the
+ * caller has read the page. A written page someone else owns cannot be
+ * armed now: it is reported, and its bit set again so that the next
+ * collect reports it too (it may be written meanwhile, unseen).
+ */
+uint64_t mem_dirty_guest_collect(struct gm *gm, uint64_t *out)
+{
+	uint64_t words = mem_bitmap_words(gm), marked = 0;
+	bool rearm = tracking(gm);
+	struct hold h = { 0 };
+
+	if (rearm)
+		hold_init(&h, gm, true);
+	for (uint64_t w = 0; w < words; w++) {
+		uint64_t v = __atomic_exchange_n(&gm->guest_dirty[w], 0, __ATOMIC_ACQ_REL);
+
+		if (!v)
+			continue;
+		out[w] |= v;
+		marked += (uint64_t)__builtin_popcountll(v);
+		for (; rearm && v; v &= v - 1) {
+			uint64_t idx = w * 64 + (uint64_t)__builtin_ctzll(v);
+
+			hold_bridge(&h, idx);
+			if (!hold_take(&h, idx)) {
+				mark_written(gm, idx);
+				continue;
+			}
+			__atomic_fetch_or(&gm->wp_reason[idx], MEM_WP_TRACK, __ATOMIC_ACQ_REL);
+		}
+	}
+	if (rearm)
+		hold_fini(&h);
+	return marked;
+}
+
 int mem_chunks_set_missing(struct gm *gm, uint64_t idx, uint64_t n, bool on)
 {
 	uint64_t first, last;
@@ -742,6 +1132,13 @@ int mem_chunks_set_missing(struct gm *gm, uint64_t idx, uint64_t n, bool on)
 		return -EINVAL;
 	if (gm->uffd < 0)
 		return -ENOSYS;
+	/*
+	 * Dropping MISSING unregisters the chunk, which lifts every protection
+	 * in it and lets the writers it held through before the re-arm: unseen
+	 * writes to tracked pages. The mode costs only speed: it stays.
+	 */
+	if (!on && tracking(gm))
+		return -EBUSY;
 	first = idx / MEM_CHUNK_PAGES;
 	last = (idx + n - 1) / MEM_CHUNK_PAGES;
 	for (uint64_t c = first; c <= last && !ret; c++) {
@@ -786,12 +1183,16 @@ static enum ps_state take(struct gm *gm, uint64_t idx)
 
 /*
  * A write to a protected page. One a transaction holds is left to it (it
- * wakes the writer at its end). Otherwise the page is owned here for a
- * moment, so no transaction starts relying on the protection lifted: a
- * sampled page counts a hit and loses that reason; a page whose protection
+ * wakes the writer at its end, having armed again what the page's reasons
+ * need: a tracked page's write faults again and is recorded then).
+ * Otherwise the page is owned here for a moment, so no transaction starts
+ * relying on the protection lifted: a sampled page counts a hit and a
+ * tracked one is recorded, each losing that reason; a page whose protection
  * no reason explains (a stray one) is released and counted, never just
  * woken: the write would fault again at once, forever. A fault whose page
- * is no longer protected when it is read was resolved meanwhile.
+ * is no longer protected when it is read was resolved meanwhile. On a page
+ * that maps a store frame the write is recorded before the protection goes,
+ * and the kernel copies the page on write when it retries.
  */
 static enum mem_fault fault_wp(struct gm *gm, uint64_t idx, void *page)
 {
@@ -802,17 +1203,26 @@ static enum mem_fault fault_wp(struct gm *gm, uint64_t idx, void *page)
 
 	if (st == PS_BUSY)
 		return MEM_FAULT_OWNER;
-	/* A sample's hit is marked in the same step that ends it: its sampler never misses it. */
+	/*
+	 * A sample's hit is marked in the same step that ends it: its sampler
+	 * never misses it. A tracked page is recorded before its reason goes
+	 * (no one else can arm it again while we own it), so a tracked page
+	 * without the reason is always one the next collect reports.
+	 */
 	old = __atomic_load_n(&gm->wp_reason[idx], __ATOMIC_ACQUIRE);
+	if (old & MEM_WP_TRACK)
+		mark_written(gm, idx);
 	while (!__atomic_compare_exchange_n(
 		&gm->wp_reason[idx], &old,
-		(uint8_t)((old & ~(MEM_WP_SAMPLE | MEM_WP_LINGER)) |
+		(uint8_t)((old & ~(MEM_WP_SAMPLE | MEM_WP_TRACK | MEM_WP_LINGER)) |
 			  (old & MEM_WP_SAMPLE ? MEM_WP_WRITTEN : 0)),
 		false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
 		;
 	if (old & MEM_WP_SAMPLE) {
 		__atomic_fetch_add(&gm->sample_hits, 1, __ATOMIC_RELAXED);
 		what = MEM_FAULT_SAMPLE;
+	} else if (old & MEM_WP_TRACK) {
+		what = MEM_FAULT_TRACK;
 	} else if (!(old & MEM_WP_LINGER) && mem_pagemap(gm, idx, 1, &pm) == 1 &&
 		   (pm & PM_UFFD_WP)) {
 		count(&stats.stray_faults, 1);
@@ -916,14 +1326,18 @@ static enum mem_fault swap_in(struct gm *gm, uint64_t idx, void *page)
 	return mem_swap_in_done(gm, idx, n, page, buf, ret, t0);
 }
 
-/* UFFDIO_COPY one page, waking no one: 0 or -errno. */
-static int copy_page(const struct gm *gm, uint8_t *dst, const uint8_t *src)
+/*
+ * UFFDIO_COPY one page, waking no one, write-protected from the start with
+ * wp (a protection added after would leave a moment for an unseen write):
+ * 0 or -errno.
+ */
+static int copy_page(const struct gm *gm, uint8_t *dst, const uint8_t *src, bool wp)
 {
 	struct uffdio_copy c = {
 		.dst = (uint64_t)(uintptr_t)dst,
 		.src = (uint64_t)(uintptr_t)src,
 		.len = MEM_PAGE_SIZE,
-		.mode = UFFDIO_COPY_MODE_DONTWAKE,
+		.mode = UFFDIO_COPY_MODE_DONTWAKE | (wp ? UFFDIO_COPY_MODE_WP : 0),
 	};
 	int tries = 0;
 
@@ -936,15 +1350,39 @@ static int copy_page(const struct gm *gm, uint8_t *dst, const uint8_t *src)
 }
 
 /*
- * Copy pages [0, n) of buf into the holes at page, waking no one; ok[i]
- * says which landed. One ioctl for the run; where it stops short (a remap
- * split the run between mappings: ENOENT; a page populated already:
- * EEXIST) the rest go one at a time. The touched page (0) populated while
+ * Give the hole at page (page idx, owned) zeros: the zero page, but a page
+ * of zeros of its own, copied in write-protected, where the page has a
+ * reason to be protected. UFFDIO_ZEROPAGE neither fills the marker that
+ * protects a hole (EEXIST: the access would fault again forever) nor
+ * protects what it maps (a write between it and a protection after would go
+ * unseen). A marker left by a withdrawn reason is filled over too,
+ * unprotected. 0 (the zero page), 1 (a page of its own: PS_ANON) or -errno.
+ */
+static int fill_zero(struct gm *gm, uint64_t idx, uint8_t *page)
+{
+	uint8_t r = __atomic_load_n(&gm->wp_reason[idx], __ATOMIC_ACQUIRE);
+	int ret;
+
+	if (!(r & (MEM_WP_REASONS | MEM_WP_LINGER)))
+		return map_zero_pages(gm, page, MEM_PAGE_SIZE);
+	ret = copy_page(gm, page, zeros, r & MEM_WP_REASONS);
+	if (ret)
+		return ret;
+	if (!(r & MEM_WP_REASONS))
+		lifted(gm, idx);
+	return 1;
+}
+
+/*
+ * Copy pages [0, n) of buf into the holes at page, waking no one, each
+ * write-protected with wp; ok[i] says which landed. One ioctl for the run;
+ * where it stops short (a remap split the run between mappings: ENOENT; a
+ * page populated already: EEXIST) the rest go one at a time. The touched page (0) populated while
  * it was held can only hold the wrong content: it is dropped and copied.
  * Returns 0, or page 0's -errno when it could not be copied.
  */
 static int copy_pages(const struct gm *gm, uint8_t *page, const uint8_t *buf, uint64_t n,
-		      bool *ok)
+		      bool *ok, bool wp)
 {
 	uint64_t done = 0;
 	int ret = 0;
@@ -954,7 +1392,7 @@ static int copy_pages(const struct gm *gm, uint8_t *page, const uint8_t *buf, ui
 			.dst = (uint64_t)(uintptr_t)page + done,
 			.src = (uint64_t)(uintptr_t)buf + done,
 			.len = n * MEM_PAGE_SIZE - done,
-			.mode = UFFDIO_COPY_MODE_DONTWAKE,
+			.mode = UFFDIO_COPY_MODE_DONTWAKE | (wp ? UFFDIO_COPY_MODE_WP : 0),
 		};
 
 		if (ioctl(gm->uffd, UFFDIO_COPY, &c) == 0)
@@ -968,9 +1406,9 @@ static int copy_pages(const struct gm *gm, uint8_t *page, const uint8_t *buf, ui
 		int err = 0;
 
 		if (i >= done / MEM_PAGE_SIZE) {
-			err = copy_page(gm, page + i * MEM_PAGE_SIZE, buf + i * MEM_PAGE_SIZE);
+			err = copy_page(gm, page + i * MEM_PAGE_SIZE, buf + i * MEM_PAGE_SIZE, wp);
 			if (err == -EEXIST && i == 0 && madvise(page, MEM_PAGE_SIZE, MADV_DONTNEED) == 0)
-				err = copy_page(gm, page, buf);
+				err = copy_page(gm, page, buf, wp);
 		}
 		ok[i] = !err;
 		if (i == 0)
@@ -991,9 +1429,19 @@ enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *p
 	uint64_t slot = gm->swap_slot ? gm->swap_slot[idx] : 0, copied = 0, us;
 	bool ok[MEM_SWAP_READAHEAD] = { false };
 	unsigned int bucket = 0;
+	bool wp = false;
 
+	/*
+	 * A tracked page comes back protected: reading it back is no write of
+	 * the guest's, and its next write must fault. It is copied in protected
+	 * (protecting it after would leave a moment for an unseen write), the
+	 * whole run so where one page needs it, and the others lifted after. No
+	 * reason can appear meanwhile: only an owner adds one, and we own them.
+	 */
+	for (uint64_t i = 0; i < n; i++)
+		wp |= reasons(gm, idx + i) != 0;
 	if (!ret)
-		ret = copy_pages(gm, page, buf, n, ok);
+		ret = copy_pages(gm, page, buf, n, ok, wp);
 	/*
 	 * Pages that could not be copied stay swapped (holes): a later touch
 	 * retries. The touched page is still ours until what follows decides.
@@ -1004,7 +1452,8 @@ enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *p
 				pagestate_set(gm->ps, idx + i, PS_SWAPPED);
 			continue;
 		}
-		run_rearm(gm, idx + i, 1);
+		if (wp)
+			run_lift(gm, idx + i, 1);
 		pagestate_set(gm->ps, idx + i, PS_ANON);
 		sw->release(gm->swap_arg, slot + i, true);
 		copied++;
@@ -1035,10 +1484,12 @@ enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *p
 			 (unsigned long long)idx, strerror(-ret));
 		if (sw)
 			sw->fatal(gm->swap_vm, why);
-		map_zero_pages(gm, page, MEM_PAGE_SIZE);
+		ret = fill_zero(gm, idx, page);
+		if (tracking(gm))
+			mark_written(gm, idx); /* its content is zeros now */
 		if (sw)
 			sw->release(gm->swap_arg, slot, false);
-		pagestate_set(gm->ps, idx, PS_ZERO);
+		pagestate_set(gm->ps, idx, ret == 1 ? PS_ANON : PS_ZERO);
 		run_wake(gm, idx, n);
 		return MEM_FAULT_UNSERVED;
 	}
@@ -1114,23 +1565,19 @@ static enum mem_fault fault_missing(struct gm *gm, uint64_t idx, void *page)
 		return MEM_FAULT_OWNER;
 	if (st == PS_SWAPPED)
 		return swap_in(gm, idx, page);
+	/* A page with a reason to be protected is filled protected (copy_page, fill_zero). */
 	if (mem_frame_mapped(gm, idx) && st != PS_SHARED) {
-		struct uffdio_copy c = {
-			.dst = (uint64_t)(uintptr_t)page,
-			.src = (uint64_t)(uintptr_t)zeros,
-			.len = MEM_PAGE_SIZE,
-			.mode = UFFDIO_COPY_MODE_DONTWAKE,
-		};
-
-		ret = ioctl(gm->uffd, UFFDIO_COPY, &c) ? -errno : 0;
+		ret = copy_page(gm, page, zeros, reasons(gm, idx) != 0);
 		if (!ret) {
 			st = PS_ANON;
 			what = MEM_FAULT_ZERO_FILL;
 		}
 	} else if (!mem_frame_mapped(gm, idx)) {
-		ret = map_zero_pages(gm, page, MEM_PAGE_SIZE);
-		if (!ret)
+		ret = fill_zero(gm, idx, page);
+		if (ret >= 0)
 			what = MEM_FAULT_ZERO_PAGE;
+		if (ret == 1)
+			st = PS_ANON;
 	}
 	run_rearm(gm, idx, 1);
 	pagestate_set(gm->ps, idx, st);

@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The page-range transaction: the one protocol by which a mechanism (zero
- * reclaim, dedup, the balloon, and next swap) takes pages from a running
- * guest. The mechanism decides which pages and what becomes of them; this
- * module does everything between:
+ * reclaim, dedup, the balloon, swap) takes pages from a running guest. The
+ * mechanism decides which pages and what becomes of them; this module does
+ * everything between:
  *
  *   claim    compare-and-swap each page's state to PS_BUSY (remembering the
  *            old one: a page another mechanism holds is not taken),
@@ -26,11 +26,18 @@
  * marked dropped that still holds memory.
  *
  * Write protection has reasons: a transaction's claim (PS_BUSY), working-set
- * sampling (mem_sample_protect), and dirty tracking later. Ending one never
- * lifts another: a transaction that ends on a sampled page leaves it
- * protected, and a sample released while a transaction holds the page is
- * lifted by that transaction's end. A commit that changes a page's backing
- * consumes its sample (the sampled page is gone).
+ * sampling (mem_sample_protect) and dirty tracking (mem_dirty_guest_track in
+ * mem/gm.h). Ending one never lifts another: a transaction that ends on a
+ * sampled or tracked page leaves it protected, and a sample released while a
+ * transaction holds the page is lifted by that transaction's end; a write
+ * to a page both sampled and tracked counts for both. Only a page's owner
+ * adds a reason (tracking owns each page it arms for a moment, as sampling
+ * does). A commit that changes a page's backing consumes its sample (the
+ * sampled page is gone) but keeps its tracking (its content is the same)
+ * and arms the new backing; as the change took the old protection first,
+ * it then looks for a write that landed unseen in between (a page of the
+ * VM's own with other bytes than it left) and records it. Pages given to the
+ * balloon or reported free are recorded: the destination must drop them.
  *
  * Registration has modes per 2 MiB chunk of guest RAM: write-protect always,
  * MISSING too where pages that must be given back on touch live (swapped
@@ -183,7 +190,9 @@ uint64_t mem_sample_hits(struct gm *gm);
  * Chunk registration modes: MISSING faults on or off for the 2 MiB chunks
  * that cover pages [idx, idx + n). Turning MISSING off re-registers the
  * chunks (the kernel keeps a registration's modes when asked for fewer) and
- * write-protects again the pages whose reasons still need it. 0 or -errno.
+ * write-protects again the pages whose reasons still need it. 0 or -errno;
+ * -EBUSY for off while guest writes are tracked (re-registering lets held
+ * writes through unprotected).
  */
 int mem_chunks_set_missing(struct gm *gm, uint64_t idx, uint64_t n, bool on);
 /* True when page idx's chunk is registered for MISSING faults. */
@@ -198,6 +207,7 @@ struct mem_txn_stats {
 	uint64_t registrations;	 /* UFFDIO_REGISTER/UNREGISTER calls: a VMA split each, mmap_lock held for write */
 	uint64_t remaps;	 /* mmap/mremap over guest RAM: mmap_lock held for write */
 	uint64_t stray_faults;	 /* writes to a page protected for no reason: released, counted */
+	uint64_t protects;	 /* UFFDIO_WRITEPROTECT calls, protecting or lifting */
 };
 void mem_txn_stats(struct mem_txn_stats *out);
 

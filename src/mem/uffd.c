@@ -73,6 +73,9 @@ static void resolve(struct uffd_service *svc, struct gm *gm, const struct uffd_m
 	case MEM_FAULT_SAMPLE:
 		__atomic_fetch_add(&svc->stats.sample_hits, 1, __ATOMIC_RELAXED);
 		break;
+	case MEM_FAULT_TRACK:
+		__atomic_fetch_add(&svc->stats.track_hits, 1, __ATOMIC_RELAXED);
+		break;
 	case MEM_FAULT_STRAY:
 		__atomic_fetch_add(&svc->stats.stray, 1, __ATOMIC_RELAXED);
 		break;
@@ -291,6 +294,7 @@ void uffd_service_stats(const struct uffd_service *svc, struct uffd_stats *out)
 {
 	out->wp_faults = __atomic_load_n(&svc->stats.wp_faults, __ATOMIC_RELAXED);
 	out->sample_hits = __atomic_load_n(&svc->stats.sample_hits, __ATOMIC_RELAXED);
+	out->track_hits = __atomic_load_n(&svc->stats.track_hits, __ATOMIC_RELAXED);
 	out->missing_faults = __atomic_load_n(&svc->stats.missing_faults, __ATOMIC_RELAXED);
 	out->zero_fills = __atomic_load_n(&svc->stats.zero_fills, __ATOMIC_RELAXED);
 	out->zero_pages = __atomic_load_n(&svc->stats.zero_pages, __ATOMIC_RELAXED);

@@ -4,6 +4,7 @@
  * every VM's guest RAM and hands each to the page-range transaction's
  * dispatcher (mem/txn.h), which acts by the page's state: a write to a page a
  * transaction holds waits for it, a write to a sampled page counts a hit, a
+ * write to a tracked page is recorded for migration (mem_dirty_guest_*), a
  * write to a page protected for no reason is released and counted, and an
  * access to a hole of a range registered for MISSING faults is served
  * before it is woken. Guest RAM is registered for write-protect faults only
@@ -44,6 +45,7 @@ struct uffd_stats {
 	uint64_t zero_fills;	/* of which to a window's zero page, given a page of zeros */
 	uint64_t zero_pages;	/* of which to a hole of a MISSING chunk, given the zero page */
 	uint64_t errors;	/* faults outside guest RAM */
+	uint64_t track_hits;	/* write faults on a page protected for dirty tracking only */
 };
 void uffd_service_stats(const struct uffd_service *svc, struct uffd_stats *out);
 

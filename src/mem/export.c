@@ -22,9 +22,18 @@ int mem_export_pages(struct gm *gm, uint64_t idx, uint32_t n, struct mem_export_
 		     uint8_t *data)
 {
 	uint64_t pm[MEM_EXPORT_MAX];
+	uint8_t before[MEM_EXPORT_MAX];
 
 	if (!n || n > MEM_EXPORT_MAX || idx >= mem_nr_pages(gm) || n > mem_nr_pages(gm) - idx)
 		return -EINVAL;
+	/*
+	 * Each page's state before its pagemap entry is read, and again after:
+	 * a hole is a zero page only if the page was its own throughout. A
+	 * page swapped in between (a guest read, no write to track) would
+	 * otherwise pair a stale hole with a fresh state and travel as zeros.
+	 */
+	for (uint32_t i = 0; i < n; i++)
+		before[i] = (uint8_t)pagestate_get(gm->ps, idx + i);
 	/* One pagemap read per run that is contiguous in the host (regions split runs). */
 	for (uint32_t done = 0; done < n;) {
 		uint32_t len = n - done;
@@ -54,7 +63,8 @@ int mem_export_pages(struct gm *gm, uint64_t idx, uint32_t n, struct mem_export_
 			continue;
 		case PS_ANON:
 			/* Never touched, or dropped by the kernel's own means: a read would fault one in. */
-			if (mem_pm_is_hole(pm[i]) || mem_pm_is_zero_page(pm[i])) {
+			if (before[i] == PS_ANON &&
+			    (mem_pm_is_hole(pm[i]) || mem_pm_is_zero_page(pm[i]))) {
 				out[i].kind = MEM_EXPORT_ZERO;
 				continue;
 			}

@@ -167,6 +167,11 @@ void mig_job_set(struct mig_job *j, uint32_t downtime_ms, uint64_t bandwidth)
 	pthread_mutex_unlock(&j->lock);
 }
 
+bool mig_job_is_source(const struct mig_job *j)
+{
+	return j->source;
+}
+
 bool mig_job_finished(struct mig_job *j)
 {
 	return __atomic_load_n(&j->finished, __ATOMIC_ACQUIRE);
@@ -811,8 +816,8 @@ static int source_run(struct mig_job *j)
 		goto out;
 	ret = vm_dirty_start(j->vm);
 	if (ret) {
-		ret = failf(j, ret == -ENOTSUP ? "the %s accelerator cannot track the guest's writes"
-					      : "dirty tracking on %s: %s",
+		ret = failf(j, ret == -ENOTSUP ? "the %s accelerator cannot track the guest's writes "
+					      "on this kernel" : "dirty tracking on %s: %s",
 			    vm_accel_name(j->vm), strerror(-ret));
 		goto out;
 	}

@@ -152,6 +152,8 @@ void mig_job_cancel(struct mig_job *j);
 /* Change the downtime limit (0: unchanged) and the bandwidth (UINT64_MAX: unchanged) now. */
 void mig_job_set(struct mig_job *j, uint32_t downtime_ms, uint64_t bandwidth);
 void mig_job_progress(struct mig_job *j, struct mig_progress *out);
+/* True for a job that sends a VM away, false for one that takes one in. */
+bool mig_job_is_source(const struct mig_job *j);
 /* True once the job's thread is done (DONE, FAILED or CANCELLED). */
 bool mig_job_finished(struct mig_job *j);
 /* Wait for the thread and free the job. */

@@ -399,24 +399,36 @@ static inline uint64_t rdtsc(void)
 static uint64_t tsc_khz;
 static pthread_once_t tsc_once = PTHREAD_ONCE_INIT;
 
-/* CLOCK_MONOTONIC_RAW and the TSC read at one moment: the read is bracketed by two TSC reads. */
+/*
+ * CLOCK_MONOTONIC_RAW and the TSC read at one moment: the clock read is
+ * bracketed by two TSC reads, and of a few tries the tightest bracket is
+ * kept (a thread preempted inside one would skew the pair).
+ */
 static void clock_and_tsc(uint64_t *ns, uint64_t *tsc)
 {
-	uint64_t a = rdtsc();
+	uint64_t best = UINT64_MAX;
 
-	*ns = kv_clock_ns(CLOCK_MONOTONIC_RAW);
-	*tsc = a + (rdtsc() - a) / 2;
+	for (int i = 0; i < 5; i++) {
+		uint64_t a = rdtsc(), t = kv_clock_ns(CLOCK_MONOTONIC_RAW), b = rdtsc();
+
+		if (b - a < best) {
+			best = b - a;
+			*ns = t;
+			*tsc = a + (b - a) / 2;
+		}
+	}
 }
 
 /*
- * The guest reads the host's TSC directly and only paces itself with it:
- * its rate against CLOCK_MONOTONIC_RAW over 5 ms, each end bracketed, is
- * good to about 10^-4 unless the thread is preempted in a bracket. Once per
- * process (the first VM's boot pays for it).
+ * The guest reads the host's TSC directly and paces itself with it: its
+ * rate against CLOCK_MONOTONIC_RAW over 20 ms, each end the tightest of a
+ * few brackets, is good to about 10^-4 even on a busy host (a migrated
+ * guest continues only where the rate agrees). Once per process (the first
+ * VM pays for it).
  */
 static void calibrate_tsc(void)
 {
-	struct timespec d = { 0, 5 * 1000 * 1000 };
+	struct timespec d = { 0, 20 * 1000 * 1000 };
 	uint64_t t0, c0, t1, c1;
 
 	clock_and_tsc(&t0, &c0);
@@ -424,6 +436,43 @@ static void calibrate_tsc(void)
 	clock_and_tsc(&t1, &c1);
 	if (t1 > t0 && c1 > c0)
 		tsc_khz = (c1 - c0) * 1000000ULL / (t1 - t0);
+}
+
+/*
+ * The guest's MMIO entry is at the same address in every kvmem process: a
+ * page just above the arena holding one instruction, an indirect jump to
+ * accel_thread_mmio (wherever this process's executable was loaded). A
+ * guest that moves to another process (migration) calls the entry it
+ * knows, and a vCPU kicked out on that instruction resumes there. One
+ * instruction, no register: nothing of one process is carried to another.
+ */
+#define MMIO_ENTRY MEM_ARENA_END
+
+static int mmio_entry_err;
+static pthread_once_t mmio_entry_once = PTHREAD_ONCE_INIT;
+
+static void map_mmio_entry(void)
+{
+	static const uint8_t jmp_rip[6] = { 0xff, 0x25, 0, 0, 0, 0 }; /* jmp *0(%rip) */
+	uint64_t target = (uint64_t)(uintptr_t)accel_thread_mmio;
+	uint8_t *p = mmap((void *)(uintptr_t)MMIO_ENTRY, 4096, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+
+	if (p != (void *)(uintptr_t)MMIO_ENTRY) {
+		mmio_entry_err = p == MAP_FAILED ? errno : EEXIST;
+		if (p != MAP_FAILED)
+			munmap(p, 4096);
+		return;
+	}
+	memcpy(p, jmp_rip, sizeof(jmp_rip));
+	memcpy(p + sizeof(jmp_rip), &target, sizeof(target));
+	if (mprotect(p, 4096, PROT_READ | PROT_EXEC))
+		mmio_entry_err = errno;
+}
+
+static bool in_mmio_entry(uint64_t rip)
+{
+	return rip >= MMIO_ENTRY && rip < MMIO_ENTRY + 4096;
 }
 
 /* --- the ops --- */
@@ -438,6 +487,12 @@ static int thread_vm_init(struct vm *vm)
 		return -ENODEV;
 	}
 	pthread_once(&signals_once, install_fault_handlers);
+	pthread_once(&mmio_entry_once, map_mmio_entry);
+	if (mmio_entry_err) {
+		log_err("%s: the thread accelerator's MMIO entry cannot be mapped at 0x%llx: %s",
+			vm->name, (unsigned long long)MMIO_ENTRY, strerror(mmio_entry_err));
+		return -mmio_entry_err;
+	}
 	/* Now, not at boot: the VM must not sit in "created" calibrating once the host answers. */
 	pthread_once(&tsc_once, calibrate_tsc);
 	tv = kv_zalloc(sizeof(*tv));
@@ -469,7 +524,7 @@ static uint64_t thread_phys_offset(const struct vm *vm)
 static uint64_t thread_mmio_call(const struct vm *vm)
 {
 	(void)vm;
-	return (uint64_t)(uintptr_t)accel_thread_mmio;
+	return MMIO_ENTRY;
 }
 
 static uint64_t thread_tsc_khz(struct vm *vm)
@@ -610,8 +665,9 @@ static int thread_vcpu_load(struct vcpu *vcpu, const void *buf, size_t len)
 	memcpy(&st, buf, sizeof(st));
 	if (st.magic != THREAD_STATE_MAGIC || st.version != THREAD_STATE_VERSION)
 		return -EINVAL;
-	/* Guest code and its stack live in its span; the rest would be the VMM's. */
-	if (st.rip < base || st.rip - base >= tv->span || st.gpr[R_SP] < base ||
+	/* Guest code and its stack live in its span (or it was entering MMIO); the rest is the VMM's. */
+	if (((st.rip < base || st.rip - base >= tv->span) && !in_mmio_entry(st.rip)) ||
+	    st.gpr[R_SP] < base ||
 	    st.gpr[R_SP] - base > tv->span)
 		return -EINVAL;
 	/* ldmxcsr faults on a reserved bit: in the VMM's entry path, not the guest's. */
@@ -706,6 +762,21 @@ static void thread_vcpu_thread_exit(struct vcpu *vcpu)
 	c->started = false;
 }
 
+/*
+ * The guest writes its RAM from host threads: the memory manager sees each
+ * first write through write protection (mem/gm.h, mem_dirty_guest_*).
+ */
+static int thread_dirty_log(struct vm *vm, bool on)
+{
+	return mem_dirty_guest_track(vm->gm, on);
+}
+
+static int thread_dirty_collect(struct vm *vm, uint64_t *bitmap)
+{
+	mem_dirty_guest_collect(vm->gm, bitmap);
+	return 0;
+}
+
 static int thread_ioeventfd(struct vm *vm, gpa_t addr, unsigned int len, int fd, bool assign)
 {
 	(void)vm, (void)addr, (void)len, (void)fd, (void)assign;
@@ -735,6 +806,8 @@ const struct accel_ops accel_thread_ops = {
 	.vcpu_thread_exit = thread_vcpu_thread_exit,
 	.ioeventfd = thread_ioeventfd,
 	.irqfd = thread_irqfd,
+	.dirty_log = thread_dirty_log,
+	.dirty_collect = thread_dirty_collect,
 	.vcpu_save = thread_vcpu_save,
 	.vcpu_load = thread_vcpu_load,
 	.guest_tsc = thread_guest_tsc,

@@ -546,11 +546,24 @@ int host_run(struct host *h)
 		return ret == -ENOEXEC ? 2 : 1;
 	}
 	/* A host that accepts VMs runs until told to stop, with or without VMs. */
-	while (!failed && !(all_stopped(h) && (!h->incoming || stopping))) {
+	/*
+	 * A host that accepts VMs runs until told to stop, with or without VMs;
+	 * one whose last VM just migrated away stays a moment, so that whoever
+	 * follows the migration (kvmem migrate) reads how it ended.
+	 */
+	for (;;) {
 		struct pollfd pfd[2] = { { h->stop_efd, POLLIN, 0 }, { sfd, POLLIN, 0 } };
+		int linger = 0;
 		uint64_t n;
 
-		if (poll(pfd, 2, -1) < 0) {
+		if (failed)
+			break;
+		if (all_stopped(h) && (!h->incoming || stopping)) {
+			linger = stopping ? 0 : host_migration_linger_ms(h);
+			if (!linger)
+				break;
+		}
+		if (poll(pfd, 2, linger ? linger : -1) < 0) {
 			if (errno != EINTR) {
 				failed = "poll";
 				err = errno;
@@ -854,7 +867,8 @@ int host_vm_dirty_rate(struct host *h, const char *name, unsigned int ms, json_t
 		return -ENOMEM;
 	ret = vm_dirty_start(hv->vm);
 	if (ret == -ENOTSUP)
-		snprintf(why, len, "the %s accelerator does not log guest writes yet",
+		snprintf(why, len, "the %s accelerator cannot log guest writes here (under thread: "
+			 "a userfaultfd without UFFD_FEATURE_WP_UNPOPULATED, before Linux 6.4)",
 			 vm_accel_name(hv->vm));
 	else if (ret == -EBUSY)
 		snprintf(why, len, "its writes are being tracked already (a migration or "

@@ -43,7 +43,11 @@ struct host_vm {
 	bool gone;			/* migrated away or discarded: to be released (h->lock) */
 	bool released;			/* its resources are gone (main thread, vms_lock) */
 	bool owns_cfg;			/* cfg's strings are its own (an incoming VM's) */
-	struct mig_job *mig;		/* its last migration, either way (vms_lock) */
+	/*
+	 * Its last migration, either way (h->lock): one away is the VM's to
+	 * free, the one that brought it here its arrival's (migration.c).
+	 */
+	struct mig_job *mig;
 };
 
 struct host {
@@ -64,7 +68,7 @@ struct host {
 	struct incoming *incoming;	/* the listener for VMs migrating here, or NULL */
 	uint8_t *secret;		/* cfg.migration_secret's content, or NULL */
 	size_t secret_len;
-	uint64_t mig_seq;		/* names the incoming jobs' threads apart */
+	uint64_t mig_gone_ns;		/* when a VM last migrated away (h->lock) */
 };
 
 /* VMs counted so far (acquire: their entries are complete). */
@@ -92,6 +96,8 @@ int host_migration_register(struct host *h);	/* the verbs, with the control sock
 int host_migration_listen(struct host *h);	/* accept VMs at cfg.incoming, if set */
 void host_migration_stop(struct host *h);	/* no more VMs in or out; idempotent */
 json_t *host_vm_migration_json(struct host_vm *hv);	/* null: never migrated */
+/* How long the host should still serve after a VM migrated away (ms, 0: no more). */
+int host_migration_linger_ms(struct host *h);
 /* Append the incoming migrations that never got as far as a VM (refused, failed early). */
 void host_migration_refused_json(struct host *h, json_t *arr);
 /* The main thread: release every VM that left (migrated away, or discarded). */

@@ -32,6 +32,7 @@
 
 #include "balloon/balloon.h"
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/host/control.h"
 #include "core/host/host_internal.h"
 #include "core/layout.h"
@@ -291,11 +292,28 @@ static void src_given_up(void *arg)
 	struct host *h = hv->host;
 
 	log_info("%s: migrated: it runs at the destination now", hv->cfg.name);
+	/* Stopped before it is gone: the main thread frees a gone VM at once. */
+	vm_request_stop(hv->vm, VM_STATUS_STOPPED);
 	pthread_mutex_lock(&h->lock);
 	hv->gone = true;
+	h->mig_gone_ns = kv_clock_ns(CLOCK_MONOTONIC);
 	pthread_mutex_unlock(&h->lock);
-	vm_request_stop(hv->vm, VM_STATUS_STOPPED);
 	host_wake(h);
+}
+
+/* Long enough for a client polling the stats a few times a second. */
+#define LINGER_MS 3000
+
+int host_migration_linger_ms(struct host *h)
+{
+	uint64_t since, now = kv_clock_ns(CLOCK_MONOTONIC);
+
+	pthread_mutex_lock(&h->lock);
+	since = h->mig_gone_ns;
+	pthread_mutex_unlock(&h->lock);
+	if (!since || now - since >= LINGER_MS * 1000000ULL)
+		return 0;
+	return (int)((LINGER_MS * 1000000ULL - (now - since)) / 1000000ULL) + 1;
 }
 
 static const struct mig_source_ops source_ops = {
@@ -423,8 +441,12 @@ static int migrate_verb(void *arg, json_t *req, json_t *reply)
 	old = hv->mig;
 	hv->mig = job;
 	pthread_mutex_unlock(&h->lock);
-	/* Finished (migrating() said so): its thread is done, nobody reads it any more. */
-	mig_job_free(old);
+	/*
+	 * Finished (migrating() said so): nobody reads it any more. The job
+	 * that brought the VM here is its arrival's, freed with the listener.
+	 */
+	if (old && mig_job_is_source(old))
+		mig_job_free(old);
 	log_info("%s: migrating to %s", name, to);
 	json_object_set_new(reply, "migration", host_vm_migration_json(hv));
 	return 0;
@@ -899,7 +921,7 @@ void host_migration_stop(struct host *h)
 		struct arrival *a = in->arrivals[i];
 
 		pthread_mutex_lock(&h->lock);
-		if (a->hv)
+		if (a->hv && a->hv->mig == a->job)
 			a->hv->mig = NULL;
 		pthread_mutex_unlock(&h->lock);
 		mig_job_free(a->job);

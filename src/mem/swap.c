@@ -658,8 +658,9 @@ static void hook_release(void *arg, uint64_t slot, bool was_read)
 {
 	struct mem_swap *sw = arg;
 
-	count(was_read ? &sw->st.swap_ins : &sw->st.discarded, 1);
+	/* The slot first: whoever sees the count sees the slot given back. */
 	slot_put(sw, slot);
+	count(was_read ? &sw->st.swap_ins : &sw->st.discarded, 1);
 }
 
 static int hook_submit(void *arg, struct gm *gm, uint64_t idx, uint64_t slot, uint64_t n,

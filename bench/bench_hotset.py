@@ -44,23 +44,14 @@ import tempfile
 import threading
 import time
 
-from benchlib import cmd, emit, request, take_accel
+from benchlib import cmd, emit, request, take_accel, take_opt
 
 ACCEL = take_accel()
 
 
-def take(flag, default):
-    if flag in sys.argv:
-        i = sys.argv.index(flag)
-        v = sys.argv[i + 1]
-        del sys.argv[i:i + 2]
-        return v
-    return default
-
-
-RUNS = int(take("--runs", "3"))
-ACCESS = take("--access", "auto")
-VARIANTS = take("--variants", "free,coldest,random,pageout,kernel").split(",")
+RUNS = int(take_opt("--runs", "3"))
+ACCESS = take_opt("--access", "auto")
+VARIANTS = take_opt("--variants", "free,coldest,random,pageout,kernel").split(",")
 KVMEM, SWAPDIR = sys.argv[1], sys.argv[2]
 SECONDS = int(sys.argv[3]) if len(sys.argv) > 3 else 60
 MEM, FILL, SQUEEZE = 512, 400, 240

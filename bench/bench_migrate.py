@@ -28,22 +28,13 @@ import tempfile
 import threading
 import time
 
-from benchlib import cmd, emit, request, take_accel
+from benchlib import cmd, emit, request, take_accel, take_opt
 
 ACCEL = take_accel()
 
 
-def take(flag, default):
-    if flag in sys.argv:
-        i = sys.argv.index(flag)
-        v = sys.argv[i + 1]
-        del sys.argv[i:i + 2]
-        return v
-    return default
-
-
-RUNS = int(take("--runs", "3"))
-RATES = [int(r) for r in take("--rates", "0,10,50,100,200").split(",")]
+RUNS = int(take_opt("--runs", "3"))
+RATES = [int(r) for r in take_opt("--rates", "0,10,50,100,200").split(",")]
 WARM = 3
 KVMEM = sys.argv[1]
 

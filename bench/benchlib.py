@@ -69,3 +69,15 @@ def emit(name, unit, value, config, **extra):
         line["accel"] = ACCEL
     line.update(extra)
     print(json.dumps(line), flush=True)
+
+
+def take_opt(flag, default, argv=sys.argv):
+    """Remove `FLAG VALUE` from argv and return VALUE (default when absent)."""
+    if flag in argv:
+        i = argv.index(flag)
+        if i + 1 >= len(argv):
+            sys.exit(f"{flag} needs a value")
+        v = argv[i + 1]
+        del argv[i:i + 2]
+        return v
+    return default

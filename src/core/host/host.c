@@ -677,7 +677,7 @@ void host_destroy(struct host *h)
 	kv_free(h);
 }
 
-static struct host_vm *find_vm(struct host *h, const char *name)
+struct host_vm *host_find_vm(struct host *h, const char *name)
 {
 	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
 		struct host_vm *hv = &h->vms[i];
@@ -694,7 +694,7 @@ static struct host_vm *find_vm(struct host *h, const char *name)
 
 int host_vm_pause(struct host *h, const char *name)
 {
-	struct host_vm *hv = find_vm(h, name);
+	struct host_vm *hv = host_find_vm(h, name);
 	int ret = 0;
 
 	if (!hv)
@@ -711,7 +711,7 @@ int host_vm_pause(struct host *h, const char *name)
 
 int host_vm_resume(struct host *h, const char *name)
 {
-	struct host_vm *hv = find_vm(h, name);
+	struct host_vm *hv = host_find_vm(h, name);
 	int ret = -EBUSY;
 
 	if (!hv)
@@ -728,7 +728,7 @@ int host_vm_resume(struct host *h, const char *name)
 
 int host_vm_stop(struct host *h, const char *name)
 {
-	struct host_vm *hv = find_vm(h, name);
+	struct host_vm *hv = host_find_vm(h, name);
 
 	if (!hv)
 		return -ENOENT;
@@ -738,7 +738,7 @@ int host_vm_stop(struct host *h, const char *name)
 
 int host_vm_memcheck(struct host *h, const char *name, json_t **out)
 {
-	struct host_vm *hv = find_vm(h, name);
+	struct host_vm *hv = host_find_vm(h, name);
 	struct mem_check mc;
 	struct gm *gm;
 	char pm[24];
@@ -805,7 +805,7 @@ static int no_swap(char *why, size_t len)
 int host_vm_swap_limit(struct host *h, const char *name, bool limited, uint64_t max_bytes,
 		       char *why, size_t len)
 {
-	struct host_vm *hv = find_vm(h, name);
+	struct host_vm *hv = host_find_vm(h, name);
 
 	why[0] = '\0';
 	if (!hv)
@@ -820,7 +820,7 @@ int host_vm_swap(struct host *h, const char *name, uint64_t to, json_t **out, ch
 		 size_t len)
 {
 	uint64_t deadline = kv_clock_ns(CLOCK_MONOTONIC) + HOST_SWAP_VERB_MS * 1000000ULL;
-	struct host_vm *hv = find_vm(h, name);
+	struct host_vm *hv = host_find_vm(h, name);
 	struct mem_swap_progress p;
 	struct gm *gm;
 	int ret;
@@ -853,7 +853,7 @@ int host_vm_swap(struct host *h, const char *name, uint64_t to, json_t **out, ch
 int host_vm_dirty_rate(struct host *h, const char *name, unsigned int ms, json_t **out,
 		       char *why, size_t len)
 {
-	struct host_vm *hv = find_vm(h, name);
+	struct host_vm *hv = host_find_vm(h, name);
 	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
 	uint64_t words, *map, vmm = 0, dirty = 0;
 	int ret;
@@ -910,7 +910,7 @@ static int balloon_verb(void *arg, json_t *req, json_t *reply)
 	ret = control_req_string(req, "vm", reply, &name);
 	if (ret)
 		return ret;
-	hv = find_vm(h, name);
+	hv = host_find_vm(h, name);
 	if (!hv)
 		return control_reply_error(reply, ENOENT, "vm: no VM named \"%s\"", name);
 	if (json_is_true(json_object_get(req, "auto"))) {

@@ -79,6 +79,8 @@ static inline unsigned int host_nr_vms(const struct host *h)
 
 /* Create hv's VM and its devices from hv->cfg (nothing runs). host.c. */
 int host_create_vm(struct host *h, struct host_vm *hv);
+/* The VM of that name that runs here (not arriving, not gone), or NULL. */
+struct host_vm *host_find_vm(struct host *h, const char *name);
 /* "running", "paused", "incoming", "migrated"... for the list and the stats. */
 const char *host_vm_state(struct host_vm *hv);
 /* Wake the main loop (a VM stopped, or one is to be released). */

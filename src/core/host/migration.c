@@ -343,21 +343,6 @@ static json_t *describe(struct host *h, struct host_vm *hv)
 	return d;
 }
 
-static struct host_vm *find_here(struct host *h, const char *name)
-{
-	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
-		struct host_vm *hv = &h->vms[i];
-		bool here;
-
-		pthread_mutex_lock(&h->lock);
-		here = !hv->released && !hv->gone && !hv->incoming;
-		pthread_mutex_unlock(&h->lock);
-		if (here && !strcmp(hv->cfg.name, name))
-			return hv;
-	}
-	return NULL;
-}
-
 static bool migrating(struct host *h, struct host_vm *hv)
 {
 	bool busy;
@@ -406,7 +391,7 @@ static int migrate_verb(void *arg, json_t *req, json_t *reply)
 	if (geteuid() != 0)
 		return control_reply_error(reply, EPERM, "only a host running as root sends VMs "
 					   "away: a migration hands its memory to another process");
-	hv = find_here(h, name);
+	hv = host_find_vm(h, name);
 	if (!hv)
 		return control_reply_error(reply, ENOENT, "no VM named \"%s\"", name);
 	if (migrating(h, hv))
@@ -461,7 +446,7 @@ static int migrate_cancel_verb(void *arg, json_t *req, json_t *reply)
 
 	if ((ret = control_req_string(req, "vm", reply, &name)))
 		return ret;
-	hv = find_here(h, name);
+	hv = host_find_vm(h, name);
 	if (!hv || !migrating(h, hv))
 		return control_reply_error(reply, ENOENT, "%s is not migrating", name);
 	pthread_mutex_lock(&h->lock);
@@ -482,7 +467,7 @@ static int migrate_set_verb(void *arg, json_t *req, json_t *reply)
 	    (ret = req_count(req, "downtime_ms", reply, 60000, &downtime)) ||
 	    (ret = req_count(req, "bandwidth_mib_s", reply, 1 << 20, &mib)))
 		return ret;
-	hv = find_here(h, name);
+	hv = host_find_vm(h, name);
 	if (!hv || !migrating(h, hv))
 		return control_reply_error(reply, ENOENT, "%s is not migrating", name);
 	pthread_mutex_lock(&h->lock);
@@ -603,7 +588,7 @@ static int parse_desc(struct host *h, json_t *d, struct host_vm_config *c, char 
 		snprintf(why, whylen, "the VM's description is out of range");
 		return -EINVAL;
 	}
-	if (find_here(h, name)) {
+	if (host_find_vm(h, name)) {
 		snprintf(why, whylen, "a VM named %s runs here already", name);
 		return -EEXIST;
 	}

@@ -88,6 +88,15 @@ class Host:
         return rc
 
 
+def wait_incoming(host, deadline_s=60):
+    """Wait until a host started with --incoming says it accepts VMs (after its control socket)."""
+    ok = wait_for(lambda: any("accepting VMs at" in l for l in host.stderr()) or not host.alive(),
+                  deadline_s) and any("accepting VMs at" in l for l in host.stderr())
+    if not ok:
+        host.gave_up("the line saying it accepts VMs")
+    return ok
+
+
 def tmpdir():
     d = tempfile.mkdtemp(prefix="kvmem-ctl-")
     atexit.register(shutil.rmtree, d, True)

@@ -22,7 +22,8 @@ import threading
 import time
 
 from kvmemtest import ACCEL, KVMEM, check, finish, require_accel, wait_for
-from ctlhelp import Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of, wait_socket
+from ctlhelp import (Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of,
+                     wait_incoming, wait_socket)
 from swaphelp import disk_dir
 
 require_accel()
@@ -90,7 +91,8 @@ def wait_end(sock, direction="out", deadline_s=300):
 
 
 try:
-    check(wait_socket(src, a_sock) and wait_socket(dst, b_sock), "both hosts serve their sockets")
+    check(wait_socket(src, a_sock) and wait_socket(dst, b_sock) and wait_incoming(src) and
+          wait_incoming(dst), "both hosts serve their sockets and take VMs in")
     check(src.wait_line(r"\[mig\] kvmem-wl: verify ok", n=2), "the guest filled and verifies")
     # Some of its memory to the balloon, so that ballooned pages travel too.
     r = request(a_sock, {"verb": "balloon", "vm": "mig", "target": "96M"})
@@ -150,7 +152,8 @@ try:
     clash = Host(["host", "--config", host_config(f"{d}", {
         "budget": "1G", "socket": f"{d}/c.sock", "incoming": f"unix:{d}/c-in.sock",
         "vms": [{"name": "mig", "mem": "32M", "append": "kvmem.wl=size=4,then=sleep"}]})])
-    check(wait_socket(clash, f"{d}/c.sock"), "a host with its own VM named mig")
+    check(wait_socket(clash, f"{d}/c.sock") and wait_incoming(clash),
+          "a host with its own VM named mig")
     r = ask_migrate(a_sock, f"unix:{d}/c-in.sock")
     out = wait_end(a_sock)
     check(out.get("stage") == "failed" and "refused" in out.get("error", ""),
@@ -194,7 +197,7 @@ try:
 
     # A cancel in pre-copy.
     dst = Host(["host", "--incoming", b_in, "--socket", b_sock])
-    check(wait_socket(dst, b_sock), "a new destination")
+    check(wait_socket(dst, b_sock) and wait_incoming(dst), "a new destination")
     r = ask_migrate(a_sock, b_in, bandwidth_mib_s=8)
     wait_for(lambda: (migration(a_sock, "mig", "out") or {}).get("stage") == "pre-copy", 60)
     r = request(a_sock, {"verb": "migrate_cancel", "vm": "mig"})

@@ -13,7 +13,8 @@ import os
 import subprocess
 
 from kvmemtest import check, finish, require_accel, run, wait_for
-from ctlhelp import Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of, wait_socket
+from ctlhelp import (Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of,
+                     wait_incoming, wait_socket)
 
 require_accel()
 if os.geteuid() != 0:
@@ -85,7 +86,8 @@ def wait_end(sock):
 
 
 try:
-    check(wait_socket(src, a_sock) and wait_socket(dst, b_sock), "both hosts run")
+    check(wait_socket(src, a_sock) and wait_socket(dst, b_sock) and wait_incoming(dst),
+          "both hosts run, the destination takes VMs in")
     check(src.wait_line(r"\[mig\] kvmem-wl: verify ok", n=2), "the guest verifies")
 
     # 2 first, while the VM is at the source: a wrong secret, and none.

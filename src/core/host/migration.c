@@ -391,6 +391,10 @@ static int migrate_verb(void *arg, json_t *req, json_t *reply)
 	if (geteuid() != 0)
 		return control_reply_error(reply, EPERM, "only a host running as root sends VMs "
 					   "away: a migration hands its memory to another process");
+	if (!strncmp(to, "tcp:", 4) && !h->secret)
+		return control_reply_error(reply, EPERM, "over TCP the hosts prove who they are "
+					   "with a secret both hold: start both with "
+					   "--migration-secret FILE");
 	hv = host_find_vm(h, name);
 	if (!hv)
 		return control_reply_error(reply, ENOENT, "no VM named \"%s\"", name);
@@ -398,10 +402,6 @@ static int migrate_verb(void *arg, json_t *req, json_t *reply)
 		return control_reply_error(reply, EBUSY, "%s is migrating already", name);
 	if (vm_get_state(hv->vm) != VM_RUNNING && vm_get_state(hv->vm) != VM_PAUSED)
 		return control_reply_error(reply, EINVAL, "%s is not running", name);
-	if (!strncmp(to, "tcp:", 4) && !h->secret)
-		return control_reply_error(reply, EPERM, "over TCP the hosts prove who they are "
-					   "with a secret both hold: start both with "
-					   "--migration-secret FILE");
 	fd = open_addr(to, false, &tcp, why, sizeof(why));
 	if (fd < 0)
 		return control_reply_error(reply, -fd, "cannot reach the destination: %s", why);

@@ -441,6 +441,22 @@ int vm_load_vcpu(struct vm *vm, unsigned int i, const void *buf, size_t len)
 	return ret;
 }
 
+int vm_save_machine(struct vm *vm, void *buf, size_t cap)
+{
+	if (vm_get_state(vm) != VM_PAUSED)
+		return -EINVAL;
+	return vm->accel->machine_save ? vm->accel->machine_save(vm, buf, cap) : 0;
+}
+
+int vm_load_machine(struct vm *vm, const void *buf, size_t len)
+{
+	if (vm->state != VM_CREATED)
+		return -EINVAL;
+	if (!len)
+		return 0;
+	return vm->accel->machine_load ? vm->accel->machine_load(vm, buf, len) : -EINVAL;
+}
+
 int vm_save_clock(struct vm *vm, struct vm_clock *out)
 {
 	if (!vm->accel->guest_tsc)

@@ -149,6 +149,13 @@ struct vm_clock {
 };
 MUST_CHECK int vm_save_vcpu(struct vm *vm, unsigned int i, void *buf, size_t cap);
 MUST_CHECK int vm_load_vcpu(struct vm *vm, unsigned int i, const void *buf, size_t len);
+/*
+ * The machine's state besides its vCPUs (accel.h machine_save): its length
+ * in buf (0: nothing to move), or -errno; paused. Load before vm_start
+ * (untrusted: -EINVAL when malformed).
+ */
+MUST_CHECK int vm_save_machine(struct vm *vm, void *buf, size_t cap);
+MUST_CHECK int vm_load_machine(struct vm *vm, const void *buf, size_t len);
 MUST_CHECK int vm_save_clock(struct vm *vm, struct vm_clock *out);
 MUST_CHECK int vm_load_clock(struct vm *vm, const struct vm_clock *c);
 /* The VM's vCPU count. */

@@ -3,6 +3,7 @@
 #define LOG_TAG "migrate"
 #include "migrate/migrate.h"
 
+#include <ctype.h>
 #include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -628,52 +629,65 @@ static int reserve_remote(struct mig_job *j)
 	return ok ? 0 : -EPROTO;
 }
 
+/* The state as JSON strings: JSON integers are signed, a TSC need not be. */
+static json_t *u64_string(uint64_t v)
+{
+	char s[24];
+
+	snprintf(s, sizeof(s), "%" PRIu64, v);
+	return json_string(s);
+}
+
+/* Each vCPU's state (a VCPU record each), then the clock, machine and devices (one DEVICE). */
 static int send_state(struct mig_job *j)
 {
 	uint8_t *buf = kv_zalloc(4 + ACCEL_CPU_STATE_MAX);
+	json_t *st = NULL, *devs = NULL;
 	struct vm_clock clk;
-	json_t *st, *devs;
-	int ret = 0;
+	char *hex = NULL;
+	int ret = 0, n;
 
 	if (!buf)
 		return failf(j, "out of memory");
 	for (unsigned int i = 0; i < vm_ncpus(j->vm) && !ret; i++) {
-		int len = vm_save_vcpu(j->vm, i, buf + 4, ACCEL_CPU_STATE_MAX);
-
-		if (len < 0) {
-			ret = failf(j, "vCPU %u state: %s", i, strerror(-len));
-			break;
+		n = vm_save_vcpu(j->vm, i, buf + 4, ACCEL_CPU_STATE_MAX);
+		if (n < 0) {
+			ret = failf(j, "vCPU %u state: %s", i, strerror(-n));
+			goto out;
 		}
 		le32enc(buf, i);
-		ret = put_check(j, j->out, mig_put_buf(j->out, MIG_REC_VCPU, buf, 4 + (size_t)len));
+		ret = put_check(j, j->out, mig_put_buf(j->out, MIG_REC_VCPU, buf, 4 + (size_t)n));
 	}
-	kv_free(buf);
 	if (ret)
-		return ret;
+		goto out;
 	ret = vm_save_clock(j->vm, &clk);
-	if (ret)
-		return failf(j, "the guest's clock: %s", strerror(-ret));
-	devs = j->sops->save_devices(j->arg);
-	if (!devs)
-		return failf(j, "the devices' state could not be saved");
-	/* As strings: JSON integers are signed, a TSC need not be. */
-	st = json_pack("{s:{s:s%, s:s%, s:s%}, s:o}", "clock", "guest_tsc", "", 0, "tsc_khz", "",
-		       0, "vmm_ns", "", 0, "devices", devs);
-	if (st) {
-		char v[24];
-		json_t *c = json_object_get(st, "clock");
-
-		snprintf(v, sizeof(v), "%" PRIu64, clk.guest_tsc);
-		json_object_set_new(c, "guest_tsc", json_string(v));
-		snprintf(v, sizeof(v), "%" PRIu64, clk.tsc_khz);
-		json_object_set_new(c, "tsc_khz", json_string(v));
-		snprintf(v, sizeof(v), "%" PRIu64, clk.vmm_ns);
-		json_object_set_new(c, "vmm_ns", json_string(v));
-		ret = put_check(j, j->out, put_json(j->out, MIG_REC_DEVICE, st));
-		json_decref(st);
-	} else {
-		ret = failf(j, "out of memory");
+	if (ret) {
+		ret = failf(j, "the guest's clock: %s", strerror(-ret));
+		goto out;
 	}
+	n = vm_save_machine(j->vm, buf, ACCEL_CPU_STATE_MAX);
+	if (n < 0) {
+		ret = failf(j, "the machine's state: %s", strerror(-n));
+		goto out;
+	}
+	hex = kv_zalloc(2 * (size_t)n + 1);
+	devs = j->sops->save_devices(j->arg);
+	if (!hex || !devs) {
+		ret = failf(j, "the devices' state could not be saved");
+		goto out;
+	}
+	for (int i = 0; i < n; i++)
+		snprintf(hex + 2 * i, 3, "%02x", buf[i]);
+	st = json_pack("{s:{s:o, s:o, s:o}, s:O, s:s}", "clock", "guest_tsc",
+		       u64_string(clk.guest_tsc), "tsc_khz", u64_string(clk.tsc_khz), "vmm_ns",
+		       u64_string(clk.vmm_ns), "devices", devs, "machine", hex);
+	ret = st ? put_check(j, j->out, put_json(j->out, MIG_REC_DEVICE, st))
+		 : failf(j, "out of memory");
+out:
+	json_decref(st);
+	json_decref(devs);
+	kv_free(hex);
+	kv_free(buf);
 	return ret;
 }
 
@@ -1107,6 +1121,34 @@ static bool json_u64_string(json_t *o, const char *key, uint64_t *out)
 	return !*end && !errno;
 }
 
+/* The machine's state, hex in the DEVICE record; refused whole when malformed. */
+static int load_machine(struct mig_job *j, const char *hex)
+{
+	size_t n = hex ? strlen(hex) : 1;
+	uint8_t *buf;
+	int ret;
+
+	if (n % 2 || n / 2 > ACCEL_CPU_STATE_MAX)
+		return failf(j, "malformed machine state");
+	buf = kv_zalloc(n / 2 + 1);
+	if (!buf)
+		return failf(j, "out of memory");
+	for (size_t i = 0; i < n / 2; i++) {
+		unsigned int b;
+
+		if (!isxdigit((unsigned char)hex[2 * i]) || !isxdigit((unsigned char)hex[2 * i + 1]) ||
+		    sscanf(hex + 2 * i, "%2x", &b) != 1) {
+			kv_free(buf);
+			return failf(j, "malformed machine state");
+		}
+		buf[i] = (uint8_t)b;
+	}
+	ret = vm_load_machine(j->vm, buf, n / 2);
+	kv_free(buf);
+	return ret ? failf(j, "the machine's state: %s", ret == -EINVAL ? "refused"
+							   : strerror(-ret)) : 0;
+}
+
 static int apply_state(struct receiver *rv, const struct mig_rec *r)
 {
 	struct mig_job *j = rv->j;
@@ -1128,6 +1170,11 @@ static int apply_state(struct receiver *rv, const struct mig_rec *r)
 	 */
 	if (j->params.checksum && checksum_memory(j, rv->gm))
 		log_warn("%s: the memory checksum could not be taken", vm_name(j->vm));
+	ret = load_machine(j, json_string_value(json_object_get(o, "machine")));
+	if (ret) {
+		json_decref(o);
+		return ret;
+	}
 	ret = vm_load_clock(j->vm, &clk);
 	if (ret) {
 		json_decref(o);

@@ -151,6 +151,13 @@ struct accel_ops {
 	int (*vcpu_save)(struct vcpu *vcpu, void *buf, size_t cap);
 	int (*vcpu_load)(struct vcpu *vcpu, const void *buf, size_t len);
 	uint64_t (*guest_tsc)(struct vm *vm);
+	/*
+	 * The machine's own state besides its vCPUs (kvm: the in-kernel
+	 * irqchip's PICs and IOAPIC, the PIT, kvmclock's clock), as the vCPU
+	 * blobs: its length (0: nothing to move), or -errno. NULL: nothing.
+	 */
+	int (*machine_save)(struct vm *vm, void *buf, size_t cap);
+	int (*machine_load)(struct vm *vm, const void *buf, size_t len);
 };
 
 #define ACCEL_CPU_STATE_MAX (64 * 1024)

@@ -612,6 +612,27 @@ static void put_item(struct blob *b, uint32_t id, const void *data, uint32_t len
 	b->len += 8 + len;
 }
 
+/*
+ * The next item of a blob at *off: 0 with its id, length and data, 1 at the
+ * end, -EINVAL when what is left is not a whole item.
+ */
+static int next_item(const uint8_t *p, size_t len, size_t *off, uint32_t *id, uint32_t *n,
+		     const uint8_t **data)
+{
+	if (*off == len)
+		return 1;
+	if (len - *off < 8)
+		return -EINVAL;
+	memcpy(id, p + *off, 4);
+	memcpy(n, p + *off + 4, 4);
+	*off += 8;
+	if (*n > len - *off)
+		return -EINVAL;
+	*data = p + *off;
+	*off += *n;
+	return 0;
+}
+
 /* Read MSR index into *val on vCPU fd: 0 or -errno. */
 static int get_msr(int fd, uint32_t index, uint64_t *val)
 {
@@ -775,20 +796,17 @@ static int kvm_vcpu_load(struct vcpu *vcpu, const void *buf, size_t len)
 	memcpy(hdr, p, sizeof(hdr));
 	if (hdr[0] != KVM_STATE_MAGIC || hdr[1] != KVM_STATE_VERSION)
 		return -EINVAL;
-	while (off < len) {
+	for (;;) {
+		const uint8_t *data;
 		uint32_t id, n;
+		int r = next_item(p, len, &off, &id, &n, &data);
 
-		if (len - off < 8)
+		if (r > 0)
+			break;
+		if (r || id == 0 || id >= ITEM_MAX || item[id] || item_size(id, data, n) != n)
 			return -EINVAL;
-		memcpy(&id, p + off, 4);
-		memcpy(&n, p + off + 4, 4);
-		off += 8;
-		if (id == 0 || id >= ITEM_MAX || item[id] || n > len - off ||
-		    item_size(id, p + off, n) != n)
-			return -EINVAL;
-		item[id] = p + off;
+		item[id] = data;
 		ilen[id] = n;
-		off += n;
 	}
 	if (!item[ITEM_REGS] || !item[ITEM_SREGS] || !item[ITEM_MP_STATE] ||
 	    (!item[ITEM_XSAVE] && !item[ITEM_FPU]) ||
@@ -814,6 +832,107 @@ static int kvm_vcpu_load(struct vcpu *vcpu, const void *buf, size_t len)
 		kv_free(copy);
 		if (r < 0)
 			return errno == EFAULT ? -EINVAL : -errno;
+	}
+	return 0;
+}
+
+/*
+ * The machine: the in-kernel irqchip's two PICs and IOAPIC where it exists,
+ * the PIT where one was made, and kvmclock's clock. Items as a vCPU's, ids
+ * of their own.
+ */
+enum kvm_machine_item {
+	MACHINE_PIC_MASTER = 1,
+	MACHINE_PIC_SLAVE,
+	MACHINE_IOAPIC,
+	MACHINE_PIT,
+	MACHINE_CLOCK,
+	MACHINE_MAX
+};
+
+#define KVM_MACHINE_MAGIC 0x4d4d564bu /* "KVMM" */
+
+static int kvm_machine_save(struct vm *vm, void *buf, size_t cap)
+{
+	struct kvm_vm *k = kvm_of(vm);
+	struct blob b = { .p = buf, .cap = cap };
+	uint32_t hdr[2] = { KVM_MACHINE_MAGIC, KVM_STATE_VERSION };
+	struct kvm_clock_data clock = { 0 };
+	struct kvm_pit_state2 pit;
+
+	if (cap < sizeof(hdr))
+		return -ENOSPC;
+	memcpy(b.p, hdr, sizeof(hdr));
+	b.len = sizeof(hdr);
+	if (k->irqchip) {
+		for (uint32_t chip = 0; chip < 3; chip++) {
+			struct kvm_irqchip ic = { .chip_id = chip };
+
+			if (ioctl(k->fd, KVM_GET_IRQCHIP, &ic) < 0)
+				return -errno;
+			put_item(&b, MACHINE_PIC_MASTER + chip, &ic, sizeof(ic));
+		}
+	}
+	if (ioctl(k->fd, KVM_GET_PIT2, &pit) == 0)
+		put_item(&b, MACHINE_PIT, &pit, sizeof(pit));
+	if (ioctl(k->fd, KVM_GET_CLOCK, &clock) == 0)
+		put_item(&b, MACHINE_CLOCK, &clock, sizeof(clock));
+	return b.full ? -ENOSPC : (int)b.len;
+}
+
+static int kvm_machine_load(struct vm *vm, const void *buf, size_t len)
+{
+	static const uint32_t size[MACHINE_MAX] = {
+		[MACHINE_PIC_MASTER] = sizeof(struct kvm_irqchip),
+		[MACHINE_PIC_SLAVE] = sizeof(struct kvm_irqchip),
+		[MACHINE_IOAPIC] = sizeof(struct kvm_irqchip),
+		[MACHINE_PIT] = sizeof(struct kvm_pit_state2),
+		[MACHINE_CLOCK] = sizeof(struct kvm_clock_data),
+	};
+	struct kvm_vm *k = kvm_of(vm);
+	const uint8_t *p = buf;
+	uint32_t hdr[2];
+	size_t off = sizeof(hdr);
+
+	if (len < sizeof(hdr))
+		return -EINVAL;
+	memcpy(hdr, p, sizeof(hdr));
+	if (hdr[0] != KVM_MACHINE_MAGIC || hdr[1] != KVM_STATE_VERSION)
+		return -EINVAL;
+	for (;;) {
+		const uint8_t *data;
+		uint32_t id, n;
+		int r = next_item(p, len, &off, &id, &n, &data);
+
+		if (r > 0)
+			break;
+		if (r || id == 0 || id >= MACHINE_MAX || n != size[id])
+			return -EINVAL;
+		if (id == MACHINE_CLOCK) {
+			struct kvm_clock_data c;
+
+			memcpy(&c, data, n);
+			/* Only the clock: flags and the host-time fields are this host's. */
+			c = (struct kvm_clock_data){ .clock = c.clock };
+			r = ioctl(k->fd, KVM_SET_CLOCK, &c);
+		} else if (id == MACHINE_PIT) {
+			struct kvm_pit_state2 pit;
+
+			memcpy(&pit, data, n);
+			r = ioctl(k->fd, KVM_SET_PIT2, &pit);
+		} else {
+			struct kvm_irqchip ic;
+
+			if (!k->irqchip)
+				return -EINVAL;
+			memcpy(&ic, data, n);
+			/* The chip the item names, not the one the peer wrote in it. */
+			if (ic.chip_id != id - MACHINE_PIC_MASTER)
+				return -EINVAL;
+			r = ioctl(k->fd, KVM_SET_IRQCHIP, &ic);
+		}
+		if (r < 0)
+			return errno == EFAULT || errno == ENXIO ? -EINVAL : -errno;
 	}
 	return 0;
 }
@@ -849,4 +968,6 @@ const struct accel_ops accel_kvm_ops = {
 	.vcpu_save = kvm_vcpu_save,
 	.vcpu_load = kvm_vcpu_load,
 	.guest_tsc = kvm_guest_tsc,
+	.machine_save = kvm_machine_save,
+	.machine_load = kvm_machine_load,
 };

@@ -1417,6 +1417,26 @@ static int copy_pages(const struct gm *gm, uint8_t *page, const uint8_t *buf, ui
 	return ret;
 }
 
+int mem_fill_pages(struct gm *gm, uint64_t idx, uint64_t n, const void *data)
+{
+	bool ok[MEM_TXN_MAX];
+	uint8_t *page;
+
+	if (n > MEM_TXN_MAX || !mem_run_ok(gm, idx, n))
+		return -EINVAL;
+	page = mem_page_hva(gm, idx);
+	if (gm->uffd >= 0)
+		copy_pages(gm, page, data, n, ok, false);
+	else
+		memset(ok, 0, sizeof(ok));
+	/* Populated already (content sent before, or a mechanism's zero page): plain writes. */
+	for (uint64_t i = 0; i < n; i++)
+		if (!ok[i])
+			memcpy(page + i * MEM_PAGE_SIZE, (const uint8_t *)data + i * MEM_PAGE_SIZE,
+			       MEM_PAGE_SIZE);
+	return 0;
+}
+
 /*
  * Copy the pages read back in and give their slots back before the access
  * is woken, so it never meets the hole again. Where the page could not be

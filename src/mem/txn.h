@@ -198,6 +198,15 @@ int mem_chunks_set_missing(struct gm *gm, uint64_t idx, uint64_t n, bool on);
 /* True when page idx's chunk is registered for MISSING faults. */
 bool mem_page_missing(const struct gm *gm, uint64_t idx);
 
+/*
+ * Fill pages [idx, idx + n) (one region, n <= MEM_TXN_MAX) of a VM that
+ * does not run yet and is not tracked (a migration's destination) with the
+ * content at data. A hole gets its page installed with the content at once
+ * (UFFDIO_COPY: no fault, no page cleared first, which is what a first
+ * write costs); a page populated already is written in place. 0, -EINVAL.
+ */
+int mem_fill_pages(struct gm *gm, uint64_t idx, uint64_t n, const void *data);
+
 /* Host-wide costs of the protocol (every VM's), for the stats. */
 struct mem_txn_stats {
 	uint64_t claims;	 /* transactions that claimed a page */

@@ -29,6 +29,7 @@
 #include "mem/gm.h"
 #include "mem/memmap.h"
 #include "mem/reclaim.h"
+#include "mem/txn.h"
 
 #define HASH_LEN 32
 
@@ -1066,7 +1067,8 @@ static int apply_pages(struct receiver *rv, const struct mig_rec *r)
 		}
 		break;
 	case MIG_PAGE_DATA:
-		ret = mem_write(rv->gm, gpa, p.data, (size_t)p.count * MEM_PAGE_SIZE);
+		/* Installed whole: writing into fresh memory would fault and clear each page first. */
+		ret = mem_fill_pages(rv->gm, (uint64_t)first, p.count, p.data);
 		for (uint32_t i = 0; i < p.count && !ret; i++)
 			bit_set(rv->written, (uint64_t)first + i, true);
 		break;

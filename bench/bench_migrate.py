@@ -127,13 +127,18 @@ def one(rate):
         end = time.monotonic() + 600
         m = {}
         while time.monotonic() < end:
-            st = request(a_sock, {"verb": "stats"})
+            try:
+                st = request(a_sock, {"verb": "stats"})
+            except OSError:
+                # The source host ends a few seconds after its last VM left.
+                print(f"# the source host went away; last seen: {m.get('stage')}", flush=True)
+                break
             found = [x for x in st.get("migrated", []) if x["vm"] == "m"] + \
                 [v["migration"] for v in st["vms"] if v["name"] == "m" and v.get("migration")]
             m = found[-1] if found else {}
             if m.get("stage") in ("done", "failed", "cancelled"):
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
         if m.get("stage") != "done":
             print(f"# migration did not finish: {m}", flush=True)
             return None

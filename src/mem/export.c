@@ -18,8 +18,8 @@ static bool all_zero(const uint8_t *p)
 	return !memcmp(p, zero, MEM_PAGE_SIZE);
 }
 
-int mem_export_pages(struct gm *gm, uint64_t idx, uint32_t n, struct mem_export_page *out,
-		     uint8_t *data)
+int mem_export_pages(struct gm *gm, uint64_t idx, uint32_t n, const uint64_t *mask,
+		     struct mem_export_page *out, uint8_t *data)
 {
 	uint64_t pm[MEM_EXPORT_MAX];
 	uint8_t before[MEM_EXPORT_MAX];
@@ -52,6 +52,9 @@ int mem_export_pages(struct gm *gm, uint64_t idx, uint32_t n, struct mem_export_
 		int ret;
 
 		out[i].frame = 0;
+		out[i].kind = 0;
+		if (mask && !(mask[i / 64] >> (i % 64) & 1))
+			continue;
 		switch (st) {
 		case PS_BALLOONED:
 			out[i].kind = MEM_EXPORT_BALLOONED;

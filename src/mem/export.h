@@ -32,13 +32,15 @@ struct mem_export_page {
 };
 
 /*
- * Pages [idx, idx + n) (page indexes, n <= MEM_EXPORT_MAX): out[i] says what
- * page idx + i is and, for DATA and FRAME, its content is at data + i pages
- * (other pages' slots are left as they were). 0, or -errno (-EINVAL for a
- * range outside RAM; a swapped page whose slot cannot be read).
+ * Pages [idx, idx + n) (page indexes, n <= MEM_EXPORT_MAX) whose bit is set
+ * in mask (bit i for page idx + i; NULL: all): out[i] says what page idx + i
+ * is (0 for a page not asked for) and, for DATA and FRAME, its content is at
+ * data + i pages (other pages' slots are left as they were). One pagemap
+ * read for the whole range: scattered pages cost no call each. 0, or -errno
+ * (-EINVAL for a range outside RAM; a swapped page whose slot cannot be read).
  */
 #define MEM_EXPORT_MAX 256
-int mem_export_pages(struct gm *gm, uint64_t idx, uint32_t n, struct mem_export_page *out,
-		     uint8_t *data);
+int mem_export_pages(struct gm *gm, uint64_t idx, uint32_t n, const uint64_t *mask,
+		     struct mem_export_page *out, uint8_t *data);
 
 #endif

@@ -434,7 +434,7 @@ static int checksum_memory(struct mig_job *j, struct gm *gm)
 	for (uint64_t idx = 0; idx < nr && !ret; idx += MEM_EXPORT_MAX) {
 		uint32_t n = nr - idx < MEM_EXPORT_MAX ? (uint32_t)(nr - idx) : MEM_EXPORT_MAX;
 
-		ret = mem_export_pages(gm, idx, n, kinds, buf);
+		ret = mem_export_pages(gm, idx, n, NULL, kinds, buf);
 		for (uint32_t i = 0; i < n && !ret; i++)
 			XXH3_128bits_update(st, kinds[i].kind == MEM_EXPORT_DATA ||
 						       kinds[i].kind == MEM_EXPORT_FRAME
@@ -460,8 +460,17 @@ struct sender {
 	struct idmap frames;		/* frames whose content went already */
 	uint8_t *data;			/* MEM_EXPORT_MAX pages read */
 	uint8_t *unit;			/* MIG_PAGES_MAX FRAME units being gathered */
+	uint8_t *scatter;		/* MIG_PAGES_MAX SCATTER units being gathered */
+	uint32_t nr_scatter;
 	struct mem_export_page kinds[MEM_EXPORT_MAX];
 };
+
+/*
+ * Runs of data pages shorter than this travel scattered, many to a record:
+ * a round's dirty pages are mostly single pages here and there, and one
+ * record each (and its system calls) was most of the downtime.
+ */
+#define SCATTER_RUN 8
 
 static uint64_t gfn_of(struct gm *gm, uint64_t idx)
 {
@@ -516,30 +525,81 @@ static uint32_t stream_kind(struct sender *s, uint32_t i, bool *first_use)
 	}
 }
 
-/* Send pages [idx, idx + n) of the VM (n <= MEM_EXPORT_MAX, contiguous guest frames). */
-static int send_batch(struct sender *s, uint64_t idx, uint32_t n)
+static int flush_scatter(struct sender *s)
+{
+	struct iovec iov = { s->scatter, (size_t)s->nr_scatter * mig_page_unit(MIG_PAGE_SCATTER) };
+	int ret;
+
+	if (!s->nr_scatter)
+		return 0;
+	ret = mig_put_pages(s->j->out, 0, s->nr_scatter, MIG_PAGE_SCATTER, &iov, 1);
+	if (ret)
+		return put_check(s->j, s->j->out, ret);
+	count_pages(s->j, MIG_PAGE_DATA, s->nr_scatter);
+	s->nr_scatter = 0;
+	return 0;
+}
+
+static int scatter_page(struct sender *s, uint64_t idx, const uint8_t *page)
+{
+	uint8_t *u = s->scatter + (size_t)s->nr_scatter * mig_page_unit(MIG_PAGE_SCATTER);
+
+	le64enc(u, gfn_of(s->gm, idx));
+	memcpy(u + 8, page, MEM_PAGE_SIZE);
+	return ++s->nr_scatter == MIG_PAGES_MAX ? flush_scatter(s) : 0;
+}
+
+/*
+ * Pages [start, e) of the window at idx: one stream kind, contiguous guest
+ * frames. Short runs of data go scattered; the rest as a PAGES record.
+ */
+static int send_piece(struct sender *s, uint64_t idx, uint32_t start, uint32_t e, uint32_t kind)
+{
+	if (kind == MIG_PAGE_DATA && e - start < SCATTER_RUN) {
+		for (uint32_t i = start; i < e; i++) {
+			int ret = scatter_page(s, idx + i, s->data + (uint64_t)i * MEM_PAGE_SIZE);
+
+			if (ret)
+				return ret;
+		}
+		return 0;
+	}
+	return send_run(s, idx, start, e, kind);
+}
+
+/*
+ * Send the pages of the window [idx, idx + n) whose bit is set in mask (bit
+ * i for page idx + i): read with one pagemap call, cut into runs of one kind
+ * over contiguous guest frames.
+ */
+static int send_window(struct sender *s, uint64_t idx, uint32_t n, const uint64_t *mask)
 {
 	uint32_t start = 0, kind = 0, units = 0;
-	int ret = mem_export_pages(s->gm, idx, n, s->kinds, s->data);
+	bool open = false;
+	int ret = mem_export_pages(s->gm, idx, n, mask, s->kinds, s->data);
 
 	if (ret)
 		return failf(s->j, "reading guest pages at index %" PRIu64 ": %s", idx,
 			     strerror(-ret));
 	for (uint32_t i = 0; i <= n; i++) {
-		bool first = false;
-		uint32_t k = i < n ? stream_kind(s, i, &first) : 0;
+		bool in = i < n && s->kinds[i].kind, first = false;
+		uint32_t k = in ? stream_kind(s, i, &first) : 0;
 		uint8_t *u;
 
 		/* A frame's first use and its references are different runs: the first goes first. */
-		if (i == n || k != kind) {
-			if (i > start && (ret = send_run(s, idx, start, i, kind)))
+		if (open && (!in || k != kind || gfn_of(s->gm, idx + i) != gfn_of(s->gm, idx + i - 1) + 1)) {
+			if ((ret = send_piece(s, idx, start, i, kind)))
 				return ret;
+			open = false;
+		}
+		if (!in)
+			continue;
+		if (!open) {
 			start = i;
 			kind = k;
 			units = 0;
+			open = true;
 		}
-		if (i == n)
-			break;
 		if (k == MIG_PAGE_FRAME) {
 			u = s->unit + (size_t)units * mig_page_unit(k);
 			le64enc(u, s->kinds[i].frame);
@@ -561,28 +621,23 @@ static int send_set(struct sender *s, const uint64_t *set)
 {
 	uint64_t nr = mem_nr_pages(s->gm);
 
-	for (uint64_t idx = 0; idx < nr;) {
-		uint32_t n = 0;
+	for (uint64_t w = 0; w < nr; w += MEM_EXPORT_MAX) {
+		uint32_t n = nr - w < MEM_EXPORT_MAX ? (uint32_t)(nr - w) : MEM_EXPORT_MAX;
+		uint64_t mask[MEM_EXPORT_MAX / 64] = { 0 }, any = 0;
 		int ret;
 
-		if (!(set[idx / 64] >> (idx % 64) & 1)) {
-			idx++;
-			if (idx % 64 == 0)
-				while (idx < nr && !set[idx / 64])
-					idx += 64;
+		/* Windows start at multiples of 64 pages: the set's words are the mask's. */
+		for (uint32_t k = 0; k < (n + 63) / 64; k++)
+			any |= mask[k] = set[w / 64 + k];
+		if (!any)
 			continue;
-		}
-		while (n < MEM_EXPORT_MAX && idx + n < nr && (set[(idx + n) / 64] >> ((idx + n) % 64) & 1) &&
-		       (n == 0 || gfn_of(s->gm, idx + n) == gfn_of(s->gm, idx) + n))
-			n++;
 		if (cancelled(s->j))
 			return failf(s->j, "cancelled");
-		ret = send_batch(s, idx, n);
+		ret = send_window(s, w, n, mask);
 		if (ret)
 			return ret;
-		idx += n;
 	}
-	return 0;
+	return flush_scatter(s);
 }
 
 static uint64_t popcount_set(const uint64_t *set, uint64_t words)
@@ -811,7 +866,8 @@ static int source_run(struct mig_job *j)
 
 	s.data = kv_zalloc(MEM_EXPORT_MAX * MEM_PAGE_SIZE);
 	s.unit = kv_zalloc(MIG_PAGES_MAX * mig_page_unit(MIG_PAGE_FRAME));
-	if (!set || !s.data || !s.unit) {
+	s.scatter = kv_zalloc(MIG_PAGES_MAX * mig_page_unit(MIG_PAGE_SCATTER));
+	if (!set || !s.data || !s.unit || !s.scatter) {
 		ret = failf(j, "out of memory");
 		goto out;
 	}
@@ -922,6 +978,7 @@ out:
 	idmap_free(&s.frames);
 	kv_free(s.data);
 	kv_free(s.unit);
+	kv_free(s.scatter);
 	kv_free(set);
 	return ret;
 }
@@ -1025,6 +1082,30 @@ static void bit_set(uint64_t *b, uint64_t i, bool on)
 		b[i / 64] &= ~(1ULL << (i % 64));
 }
 
+/* Pages anywhere, each with its frame: each checked to lie in RAM on its own. */
+static int apply_scatter(struct receiver *rv, const struct mig_rec *r, const struct mig_pages *p)
+{
+	for (uint32_t i = 0; i < p->count; i++) {
+		const uint8_t *u = p->data + (size_t)i * mig_page_unit(MIG_PAGE_SCATTER);
+		uint64_t gfn = le64dec(u);
+		int64_t idx;
+		int ret;
+
+		if (gfn >= 1ULL << (64 - MEM_PAGE_SHIFT) ||
+		    !mem_range_ok(rv->gm, gfn << MEM_PAGE_SHIFT, MEM_PAGE_SIZE) ||
+		    (idx = mem_page_index(rv->gm, gfn << MEM_PAGE_SHIFT)) < 0)
+			return failf(rv->j, "record %" PRIu64 ": a page at frame 0x%" PRIx64
+				     " outside the VM's RAM", r->seq, gfn);
+		ret = mem_fill_pages(rv->gm, (uint64_t)idx, 1, u + 8);
+		if (ret)
+			return failf(rv->j, "writing the guest page at frame 0x%" PRIx64 ": %s", gfn,
+				     strerror(-ret));
+		bit_set(rv->written, (uint64_t)idx, true);
+	}
+	count_pages(rv->j, MIG_PAGE_DATA, p->count);
+	return 0;
+}
+
 static int apply_pages(struct receiver *rv, const struct mig_rec *r)
 {
 	struct mig_job *j = rv->j;
@@ -1035,6 +1116,8 @@ static int apply_pages(struct receiver *rv, const struct mig_rec *r)
 
 	if (mig_pages_decode(r, &p))
 		return failf(j, "record %" PRIu64 ": a malformed pages record", r->seq);
+	if (p.kind == MIG_PAGE_SCATTER)
+		return apply_scatter(rv, r, &p);
 	/* Every page of the run in RAM, one region: a hostile stream writes nowhere else. */
 	if (p.gfn >= (1ULL << (64 - MEM_PAGE_SHIFT)) - p.count ||
 	    !mem_range_ok(rv->gm, p.gfn << MEM_PAGE_SHIFT, (uint64_t)p.count << MEM_PAGE_SHIFT) ||

@@ -376,7 +376,8 @@ int mig_put_pages(struct mig_stream *s, uint64_t gfn, uint32_t count, uint32_t k
 	for (int i = 0; i < iovcnt; i++)
 		len += iov[i].iov_len < MIG_REC_MAX ? iov[i].iov_len : MIG_REC_MAX;
 	if (count == 0 || count > MIG_PAGES_MAX || kind == 0 || kind >= MIG_PAGE_KINDS ||
-	    gfn > UINT64_MAX - count || len != count * mig_page_unit(kind))
+	    gfn > UINT64_MAX - count || len != count * mig_page_unit(kind) ||
+	    (kind == MIG_PAGE_SCATTER && gfn))
 		return fail(s, -EINVAL, "a pages record of %u pages of kind %u at %llu with %zu bytes",
 			    count, kind, (unsigned long long)gfn, len);
 	memcpy(hdr, &g, 8);
@@ -481,6 +482,8 @@ size_t mig_page_unit(uint32_t kind)
 		return 8 + 32 + MIG_PAGE_SIZE;
 	case MIG_PAGE_FRAME_REF:
 		return 8;
+	case MIG_PAGE_SCATTER:
+		return 8 + MIG_PAGE_SIZE;
 	default:
 		return 0;
 	}
@@ -496,7 +499,8 @@ int mig_pages_decode(const struct mig_rec *r, struct mig_pages *out)
 	out->count = mig_cur_u32(&c);
 	out->kind = mig_cur_u32(&c);
 	if (c.bad || out->count == 0 || out->count > MIG_PAGES_MAX || out->kind == 0 ||
-	    out->kind >= MIG_PAGE_KINDS || out->gfn > UINT64_MAX - out->count)
+	    out->kind >= MIG_PAGE_KINDS || out->gfn > UINT64_MAX - out->count ||
+	    (out->kind == MIG_PAGE_SCATTER && out->gfn))
 		return -EBADMSG;
 	out->data = mig_cur_bytes(&c, mig_page_unit(out->kind) * out->count);
 	return mig_cur_done(&c) ? 0 : -EBADMSG;

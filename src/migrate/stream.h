@@ -69,6 +69,7 @@ enum mig_page_kind {
 	MIG_PAGE_DATA,		/* content: count pages of MIG_PAGE_SIZE */
 	MIG_PAGE_FRAME,		/* a shared frame's first use: per page u64 id, 32-byte hash, content */
 	MIG_PAGE_FRAME_REF,	/* a frame sent before in this stream: per page u64 id */
+	MIG_PAGE_SCATTER,	/* content of pages anywhere (gfn 0): per page u64 gfn, content */
 	MIG_PAGE_KINDS
 };
 

@@ -907,6 +907,8 @@ static int source_run(struct mig_job *j)
 		goto out;
 	}
 	stopped = true;
+	log_debug("%s: stop-and-copy: paused after %" PRIu64 " us", vm_name(j->vm),
+		  (kv_clock_ns(CLOCK_MONOTONIC) - t_stop) / 1000);
 	/* The last writes: the guest's and the devices', now that both stand still. */
 	ret = vm_dirty_collect(j->vm, set, &vmm);
 	if (ret) {
@@ -926,6 +928,8 @@ static int source_run(struct mig_job *j)
 		ret = send_state(j);
 	if (ret)
 		goto out;
+	log_debug("%s: stop-and-copy: %" PRIu64 " pages and the state sent after %" PRIu64 " us",
+		  vm_name(j->vm), last_dirty, (kv_clock_ns(CLOCK_MONOTONIC) - t_stop) / 1000);
 	le64enc(end, mem_nr_pages(s.gm));
 	le64enc(end + 8, mig_stream_bytes(j->out));
 	ret = put_check(j, j->out, mig_put_buf(j->out, MIG_REC_END, end, sizeof(end)));
@@ -940,6 +944,8 @@ static int source_run(struct mig_job *j)
 			    mig_rec_name(r.type));
 		goto out;
 	}
+	log_debug("%s: stop-and-copy: the destination ready after %" PRIu64 " us", vm_name(j->vm),
+		  (kv_clock_ns(CLOCK_MONOTONIC) - t_stop) / 1000);
 	if (cancelled(j)) {
 		ret = failf(j, "cancelled");
 		goto out;
@@ -1082,6 +1088,19 @@ static void bit_set(uint64_t *b, uint64_t i, bool on)
 		b[i / 64] &= ~(1ULL << (i % 64));
 }
 
+/*
+ * Content for pages [idx, idx + n): a page that never had any is installed
+ * whole (writing into fresh memory would fault and clear it first); one sent
+ * before is written over in place (installing it would fail and cost a
+ * system call to learn so).
+ */
+static int fill(struct receiver *rv, uint64_t idx, uint32_t n, const uint8_t *data)
+{
+	if (!(rv->written[idx / 64] >> (idx % 64) & 1))
+		return mem_fill_pages(rv->gm, idx, n, data);
+	return mem_write(rv->gm, mem_index_gpa(rv->gm, idx), data, (size_t)n * MEM_PAGE_SIZE);
+}
+
 /* Pages anywhere, each with its frame: each checked to lie in RAM on its own. */
 static int apply_scatter(struct receiver *rv, const struct mig_rec *r, const struct mig_pages *p)
 {
@@ -1096,7 +1115,7 @@ static int apply_scatter(struct receiver *rv, const struct mig_rec *r, const str
 		    (idx = mem_page_index(rv->gm, gfn << MEM_PAGE_SHIFT)) < 0)
 			return failf(rv->j, "record %" PRIu64 ": a page at frame 0x%" PRIx64
 				     " outside the VM's RAM", r->seq, gfn);
-		ret = mem_fill_pages(rv->gm, (uint64_t)idx, 1, u + 8);
+		ret = fill(rv, (uint64_t)idx, 1, u + 8);
 		if (ret)
 			return failf(rv->j, "writing the guest page at frame 0x%" PRIx64 ": %s", gfn,
 				     strerror(-ret));
@@ -1150,8 +1169,7 @@ static int apply_pages(struct receiver *rv, const struct mig_rec *r)
 		}
 		break;
 	case MIG_PAGE_DATA:
-		/* Installed whole: writing into fresh memory would fault and clear each page first. */
-		ret = mem_fill_pages(rv->gm, (uint64_t)first, p.count, p.data);
+		ret = fill(rv, (uint64_t)first, p.count, p.data);
 		for (uint32_t i = 0; i < p.count && !ret; i++)
 			bit_set(rv->written, (uint64_t)first + i, true);
 		break;

@@ -292,11 +292,17 @@ static void src_given_up(void *arg)
 	struct host *h = hv->host;
 
 	log_info("%s: migrated: it runs at the destination now", hv->cfg.name);
-	/* Stopped before it is gone: the main thread frees a gone VM at once. */
+	/*
+	 * The host's linger starts first (the VM's stop may end the host's main
+	 * loop), then the VM stops, then it is gone (the main thread frees a
+	 * gone VM at once).
+	 */
+	pthread_mutex_lock(&h->lock);
+	h->mig_gone_ns = kv_clock_ns(CLOCK_MONOTONIC);
+	pthread_mutex_unlock(&h->lock);
 	vm_request_stop(hv->vm, VM_STATUS_STOPPED);
 	pthread_mutex_lock(&h->lock);
 	hv->gone = true;
-	h->mig_gone_ns = kv_clock_ns(CLOCK_MONOTONIC);
 	pthread_mutex_unlock(&h->lock);
 	host_wake(h);
 }

@@ -182,6 +182,9 @@ static void *vcpu_thread(void *arg)
 		vm->accel->set_kick(vcpu, false);
 		if (vm_vcpu_should_exit(vm))
 			break;
+		/* A paused vCPU's state may be saved (migration): none of it half done. */
+		if (vm->accel->vcpu_settle && __atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST))
+			vm->accel->vcpu_settle(vcpu);
 		vm_vcpu_park_if_paused(vm);
 		if (vm_vcpu_should_exit(vm))
 			break;

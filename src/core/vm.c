@@ -471,10 +471,10 @@ int vm_save_clock(struct vm *vm, struct vm_clock *out)
 
 int vm_load_clock(struct vm *vm, const struct vm_clock *c)
 {
-	if (!vm->accel->guest_tsc)
-		return -ENOTSUP;
 	uint64_t khz;
 
+	if (!vm->accel->guest_tsc)
+		return -ENOTSUP;
 	if (vm->state != VM_CREATED)
 		return -EINVAL;
 	/*

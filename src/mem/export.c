@@ -51,23 +51,30 @@ int mem_export_pages(struct gm *gm, uint64_t idx, uint32_t n, const uint64_t *ma
 		uint8_t *page = data + (uint64_t)i * MEM_PAGE_SIZE;
 		int ret;
 
-		out[i].frame = 0;
 		out[i].kind = 0;
 		if (mask && !(mask[i / 64] >> (i % 64) & 1))
 			continue;
+		/*
+		 * A dropped page's state says what it was given up as, not what
+		 * the guest did since: one written again has a page of its own
+		 * (the kernel filled the hole; the state catches up later), and
+		 * its content is what travels.
+		 */
+		bool empty = mem_pm_is_hole(pm[i]) || mem_pm_is_zero_page(pm[i]);
+		bool steady = before[i] == st;
+
 		switch (st) {
 		case PS_BALLOONED:
-			out[i].kind = MEM_EXPORT_BALLOONED;
-			continue;
+			if (steady && empty) {
+				out[i].kind = MEM_EXPORT_BALLOONED;
+				continue;
+			}
+			break;
 		case PS_ZERO:
 		case PS_REPORTED:
-			/* Dropped: it reads as zeros (a reported page's content is the guest's to lose). */
-			out[i].kind = MEM_EXPORT_ZERO;
-			continue;
 		case PS_ANON:
-			/* Never touched, or dropped by the kernel's own means: a read would fault one in. */
-			if (before[i] == PS_ANON &&
-			    (mem_pm_is_hole(pm[i]) || mem_pm_is_zero_page(pm[i]))) {
+			/* Dropped, never touched, or dropped by the kernel: zeros (a read would fault one in). */
+			if (steady && empty) {
 				out[i].kind = MEM_EXPORT_ZERO;
 				continue;
 			}
@@ -80,9 +87,9 @@ int mem_export_pages(struct gm *gm, uint64_t idx, uint32_t n, const uint64_t *ma
 			return ret;
 		if (all_zero(page)) {
 			out[i].kind = MEM_EXPORT_ZERO;
-		} else if (st == PS_SHARED && mem_pm_file(pm[i]) && (pm[i] & PM_PFN_MASK)) {
+		} else if (st == PS_SHARED && mem_pm_file(pm[i])) {
+			/* Shared: the caller names it by its content (what was read is what counts). */
 			out[i].kind = MEM_EXPORT_FRAME;
-			out[i].frame = pm[i] & PM_PFN_MASK;
 		} else {
 			out[i].kind = MEM_EXPORT_DATA;
 		}

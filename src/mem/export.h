@@ -23,12 +23,11 @@ enum mem_export_kind {
 	MEM_EXPORT_ZERO = 1,	/* reads as zeros: nothing to carry */
 	MEM_EXPORT_BALLOONED,	/* given to the balloon: the guest does not use it */
 	MEM_EXPORT_DATA,	/* the VM's own content */
-	MEM_EXPORT_FRAME,	/* content of a frame shared with other pages (frame: its id) */
+	MEM_EXPORT_FRAME,	/* content of a frame shared with other pages */
 };
 
 struct mem_export_page {
 	uint8_t kind;		/* enum mem_export_kind */
-	uint64_t frame;		/* MEM_EXPORT_FRAME: the same id for every page of one frame */
 };
 
 /*

@@ -1419,21 +1419,46 @@ static int copy_pages(const struct gm *gm, uint8_t *page, const uint8_t *buf, ui
 
 int mem_fill_pages(struct gm *gm, uint64_t idx, uint64_t n, const void *data)
 {
+	static __thread struct mem_txn t;
+	const uint8_t *src = data;
 	bool ok[MEM_TXN_MAX];
-	uint8_t *page;
 
 	if (n > MEM_TXN_MAX || !mem_run_ok(gm, idx, n))
 		return -EINVAL;
-	page = mem_page_hva(gm, idx);
-	if (gm->uffd >= 0)
-		copy_pages(gm, page, data, n, ok, false);
-	else
-		memset(ok, 0, sizeof(ok));
-	/* Populated already (content sent before, or a mechanism's zero page): plain writes. */
-	for (uint64_t i = 0; i < n; i++)
-		if (!ok[i])
-			memcpy(page + i * MEM_PAGE_SIZE, (const uint8_t *)data + i * MEM_PAGE_SIZE,
-			       MEM_PAGE_SIZE);
+	/*
+	 * Owned while filled, so that no mechanism (the destination's own
+	 * policy may reclaim received pages) works on them meanwhile; a page
+	 * one holds, or a swapped one, is written through its mapping, which
+	 * waits for it or swaps it in first.
+	 */
+	while (n) {
+		int64_t got = mem_txn_claim(&t, gm, idx, n,
+					    MEM_FROM(PS_ANON) | MEM_FROM(PS_ZERO) |
+						    MEM_FROM(PS_BALLOONED) | MEM_FROM(PS_REPORTED),
+					    MEM_TXN_NOPROTECT | MEM_TXN_NOPAGEMAP);
+		uint8_t *page = mem_page_hva(gm, idx);
+
+		if (got <= 0) {
+			memcpy(page, src, MEM_PAGE_SIZE);
+			got = 1;
+		} else {
+			memset(ok, 0, sizeof(ok));
+			if (gm->uffd >= 0)
+				copy_pages(gm, page, src, (uint64_t)got, ok, false);
+			/* Populated already (content sent before, or a zero page): in place. */
+			for (int64_t i = 0; i < got; i++) {
+				if (!ok[i])
+					memcpy(page + i * MEM_PAGE_SIZE, src + i * MEM_PAGE_SIZE,
+					       MEM_PAGE_SIZE);
+				/* A page dropped earlier (ballooned, say) is the VM's own again. */
+				mem_txn_set(&t, (uint32_t)i, MEM_PRIVATE, 0);
+			}
+			mem_txn_end(&t, -1);
+		}
+		idx += (uint64_t)got;
+		n -= (uint64_t)got;
+		src += (uint64_t)got * MEM_PAGE_SIZE;
+	}
 	return 0;
 }
 

@@ -203,7 +203,9 @@ bool mem_page_missing(const struct gm *gm, uint64_t idx);
  * does not run yet and is not tracked (a migration's destination) with the
  * content at data. A hole gets its page installed with the content at once
  * (UFFDIO_COPY: no fault, no page cleared first, which is what a first
- * write costs); a page populated already is written in place. 0, -EINVAL.
+ * write costs); a page populated already is written in place. Each page is
+ * the VM's own after (PS_ANON: one dropped before has content now). 0,
+ * -EINVAL.
  */
 int mem_fill_pages(struct gm *gm, uint64_t idx, uint64_t n, const void *data);
 

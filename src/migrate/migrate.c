@@ -152,8 +152,11 @@ void mig_job_progress(struct mig_job *j, struct mig_progress *out)
 void mig_job_cancel(struct mig_job *j)
 {
 	__atomic_store_n(&j->cancel, true, __ATOMIC_RELEASE);
-	/* A record in flight ends now: a blocked read or write fails at once. */
-	shutdown(j->fd, SHUT_RDWR);
+	/* A record in flight ends now: a blocked read or write fails at once (not once closed). */
+	pthread_mutex_lock(&j->lock);
+	if (j->fd >= 0)
+		shutdown(j->fd, SHUT_RDWR);
+	pthread_mutex_unlock(&j->lock);
 }
 
 void mig_job_set(struct mig_job *j, uint32_t downtime_ms, uint64_t bandwidth)
@@ -463,6 +466,11 @@ struct sender {
 	uint8_t *scatter;		/* MIG_PAGES_MAX SCATTER units being gathered */
 	uint32_t nr_scatter;
 	struct mem_export_page kinds[MEM_EXPORT_MAX];
+	/* Shared frames, named by their content: an id per SHA-256 sent. */
+	uint8_t (*frame_hash)[HASH_LEN];	/* by id - 1 */
+	uint64_t nr_frames, cap_frames;
+	uint8_t hash[MEM_EXPORT_MAX][HASH_LEN];	/* this window's shared pages' */
+	uint64_t frame_id[MEM_EXPORT_MAX];	/* ... and the ids they go by */
 };
 
 /*
@@ -504,21 +512,53 @@ static int send_run(struct sender *s, uint64_t idx, uint32_t i, uint32_t e, uint
 	return 0;
 }
 
-/* The stream kind of page i of the batch; FRAME units are gathered at unit + k. */
-static uint32_t stream_kind(struct sender *s, uint32_t i, bool *first_use)
+/* The 64 bits of a hash a frame is looked up by (never 0: the map's empty key). */
+static uint64_t hash_key(const uint8_t *h)
 {
-	const struct mem_export_page *p = &s->kinds[i];
+	return le64dec(h) | 1;
+}
 
-	*first_use = false;
-	switch (p->kind) {
+/*
+ * The stream kind of page i of the window. A shared page is named by what
+ * was read of it, not by the frame that backs it (the guest may write it
+ * between the look and the read, and a frame's page is reused by another
+ * content once freed): its content's first time here is a FRAME with a new
+ * id, later ones reference that id. Two contents whose hashes agree in the
+ * 64 bits looked up by travel the second as plain data.
+ */
+static uint32_t stream_kind(struct sender *s, uint32_t i)
+{
+	uint64_t id;
+
+	switch (s->kinds[i].kind) {
 	case MEM_EXPORT_ZERO:
 		return MIG_PAGE_ZERO;
 	case MEM_EXPORT_BALLOONED:
 		return MIG_PAGE_BALLOONED;
 	case MEM_EXPORT_FRAME:
-		if (idmap_get(&s->frames, p->frame, NULL))
+		sha256(s->data + (uint64_t)i * MEM_PAGE_SIZE, MEM_PAGE_SIZE, s->hash[i]);
+		if (idmap_get(&s->frames, hash_key(s->hash[i]), &id)) {
+			if (memcmp(s->frame_hash[id - 1], s->hash[i], HASH_LEN))
+				return MIG_PAGE_DATA;
+			s->frame_id[i] = id;
 			return MIG_PAGE_FRAME_REF;
-		*first_use = true;
+		}
+		if (s->nr_frames == s->cap_frames) {
+			uint64_t cap = s->cap_frames ? 2 * s->cap_frames : 1024;
+			void *p = kv_realloc(s->frame_hash, cap * HASH_LEN);
+
+			if (!p)
+				return MIG_PAGE_DATA;
+			s->frame_hash = p;
+			s->cap_frames = cap;
+		}
+		id = ++s->nr_frames;
+		memcpy(s->frame_hash[id - 1], s->hash[i], HASH_LEN);
+		if (idmap_put(&s->frames, hash_key(s->hash[i]), id)) {
+			s->nr_frames--;
+			return MIG_PAGE_DATA;
+		}
+		s->frame_id[i] = id;
 		return MIG_PAGE_FRAME;
 	default:
 		return MIG_PAGE_DATA;
@@ -582,8 +622,8 @@ static int send_window(struct sender *s, uint64_t idx, uint32_t n, const uint64_
 		return failf(s->j, "reading guest pages at index %" PRIu64 ": %s", idx,
 			     strerror(-ret));
 	for (uint32_t i = 0; i <= n; i++) {
-		bool in = i < n && s->kinds[i].kind, first = false;
-		uint32_t k = in ? stream_kind(s, i, &first) : 0;
+		bool in = i < n && s->kinds[i].kind;
+		uint32_t k = in ? stream_kind(s, i) : 0;
 		uint8_t *u;
 
 		/* A frame's first use and its references are different runs: the first goes first. */
@@ -602,14 +642,12 @@ static int send_window(struct sender *s, uint64_t idx, uint32_t n, const uint64_
 		}
 		if (k == MIG_PAGE_FRAME) {
 			u = s->unit + (size_t)units * mig_page_unit(k);
-			le64enc(u, s->kinds[i].frame);
-			sha256(s->data + (uint64_t)i * MEM_PAGE_SIZE, MEM_PAGE_SIZE, u + 8);
+			le64enc(u, s->frame_id[i]);
+			memcpy(u + 8, s->hash[i], HASH_LEN);
 			memcpy(u + 8 + HASH_LEN, s->data + (uint64_t)i * MEM_PAGE_SIZE, MEM_PAGE_SIZE);
-			if ((ret = idmap_put(&s->frames, s->kinds[i].frame, 1)))
-				return failf(s->j, "out of memory");
 			units++;
 		} else if (k == MIG_PAGE_FRAME_REF) {
-			le64enc(s->unit + (size_t)units * 8, s->kinds[i].frame);
+			le64enc(s->unit + (size_t)units * 8, s->frame_id[i]);
 			units++;
 		}
 	}
@@ -982,6 +1020,7 @@ out:
 			j->sops->restart(j->arg);
 	}
 	idmap_free(&s.frames);
+	kv_free(s.frame_hash);
 	kv_free(s.data);
 	kv_free(s.unit);
 	kv_free(s.scatter);
@@ -991,16 +1030,24 @@ out:
 
 static void finish(struct mig_job *j, int ret, uint64_t t0)
 {
+	struct mig_stream *out, *in;
+	int fd;
+
+	/* Taken away under the lock: migrate_set and a cancel look for them there. */
 	pthread_mutex_lock(&j->lock);
 	j->prog.stage = !ret ? MIG_STAGE_DONE : cancelled(j) ? MIG_STAGE_CANCELLED : MIG_STAGE_FAILED;
 	j->prog.total_ms = (kv_clock_ns(CLOCK_MONOTONIC) - t0) / 1000000;
 	if (j->out || j->in)
 		j->prog.bytes = mig_stream_bytes(j->source ? j->out : j->in);
-	pthread_mutex_unlock(&j->lock);
-	mig_stream_close(j->out);
-	mig_stream_close(j->in);
+	out = j->out;
+	in = j->in;
+	fd = j->fd;
 	j->out = j->in = NULL;
-	close(j->fd);
+	j->fd = -1;
+	pthread_mutex_unlock(&j->lock);
+	mig_stream_close(out);
+	mig_stream_close(in);
+	close(fd);
 	__atomic_store_n(&j->finished, true, __ATOMIC_RELEASE);
 	notify(j);
 }
@@ -1077,8 +1124,36 @@ struct receiver {
 	struct mig_job *j;
 	struct gm *gm;
 	uint64_t *written;		/* bit per page: holds content sent earlier */
-	struct idmap frames;		/* frame id -> page index of its first use */
+	/*
+	 * Shared frames' content as it arrived, by id: a reference copies from
+	 * here, never from a guest page (the guest may have written that since).
+	 * At most one per page of RAM.
+	 */
+	struct idmap frames;		/* id -> index into frame_data */
+	uint8_t *frame_data;
+	uint64_t nr_frames, cap_frames;
 };
+
+/* Keep a frame's content under id: 0, or -EPROTO (an id twice, or more frames than pages). */
+static int keep_frame(struct receiver *rv, uint64_t id, const uint8_t *content)
+{
+	if (!id || idmap_get(&rv->frames, id, NULL) || rv->nr_frames == mem_nr_pages(rv->gm))
+		return -EPROTO;
+	if (rv->nr_frames == rv->cap_frames) {
+		uint64_t cap = rv->cap_frames ? 2 * rv->cap_frames : 256;
+		void *p = kv_realloc(rv->frame_data, cap * MEM_PAGE_SIZE);
+
+		if (!p)
+			return -ENOMEM;
+		rv->frame_data = p;
+		rv->cap_frames = cap;
+	}
+	memcpy(rv->frame_data + rv->nr_frames * MEM_PAGE_SIZE, content, MEM_PAGE_SIZE);
+	if (idmap_put(&rv->frames, id, rv->nr_frames))
+		return -ENOMEM;
+	rv->nr_frames++;
+	return 0;
+}
 
 static void bit_set(uint64_t *b, uint64_t i, bool on)
 {
@@ -1177,31 +1252,26 @@ static int apply_pages(struct receiver *rv, const struct mig_rec *r)
 		for (uint32_t i = 0; i < p.count && !ret; i++) {
 			const uint8_t *u = p.data + (size_t)i * mig_page_unit(p.kind);
 			uint8_t h[HASH_LEN];
-			uint64_t id = le64dec(u);
 
 			sha256(u + 8 + HASH_LEN, MEM_PAGE_SIZE, h);
-			if (!id || memcmp(h, u + 8, HASH_LEN))
+			if (memcmp(h, u + 8, HASH_LEN))
 				return failf(j, "record %" PRIu64 ": a shared page whose content does "
 					     "not match its hash", r->seq);
-			ret = mem_write(rv->gm, gpa + (uint64_t)i * MEM_PAGE_SIZE, u + 8 + HASH_LEN,
-					MEM_PAGE_SIZE);
-			if (!ret && idmap_put(&rv->frames, id, (uint64_t)first + i))
-				ret = -ENOMEM;
+			if (keep_frame(rv, le64dec(u), u + 8 + HASH_LEN))
+				return failf(j, "record %" PRIu64 ": a shared page's id used twice, or "
+					     "more shared pages than the VM has", r->seq);
+			ret = fill(rv, (uint64_t)first + i, 1, u + 8 + HASH_LEN);
 			bit_set(rv->written, (uint64_t)first + i, true);
 		}
 		break;
 	case MIG_PAGE_FRAME_REF:
 		for (uint32_t i = 0; i < p.count && !ret; i++) {
-			static __thread uint8_t page[MEM_PAGE_SIZE];
-			uint64_t from;
+			uint64_t at;
 
-			if (!idmap_get(&rv->frames, le64dec(p.data + (size_t)i * 8), &from))
+			if (!idmap_get(&rv->frames, le64dec(p.data + (size_t)i * 8), &at))
 				return failf(j, "record %" PRIu64 ": a reference to a shared page "
 					     "never sent", r->seq);
-			ret = mem_read(rv->gm, mem_index_gpa(rv->gm, from), page, MEM_PAGE_SIZE);
-			if (!ret)
-				ret = mem_write(rv->gm, gpa + (uint64_t)i * MEM_PAGE_SIZE, page,
-						MEM_PAGE_SIZE);
+			ret = fill(rv, (uint64_t)first + i, 1, rv->frame_data + at * MEM_PAGE_SIZE);
 			bit_set(rv->written, (uint64_t)first + i, true);
 		}
 		break;
@@ -1437,6 +1507,7 @@ out:
 	if (ret && reserved)
 		j->dops->discard(j->arg);
 	idmap_free(&rv.frames);
+	kv_free(rv.frame_data);
 	kv_free(rv.written);
 	return ret;
 }

@@ -158,6 +158,13 @@ struct accel_ops {
 	 */
 	int (*machine_save)(struct vm *vm, void *buf, size_t cap);
 	int (*machine_load)(struct vm *vm, const void *buf, size_t len);
+	/*
+	 * Finish what the last exit left half done (kvm: an MMIO or port
+	 * access completes on the next KVM_RUN), so that the vCPU's state is
+	 * whole before it parks for a pause whose state may be saved. On the
+	 * vCPU's thread. May be NULL.
+	 */
+	void (*vcpu_settle)(struct vcpu *vcpu);
 };
 
 #define ACCEL_CPU_STATE_MAX (64 * 1024)

@@ -53,6 +53,7 @@ struct kvm_vcpu {
 	int fd;
 	struct kvm_run *run;	/* shared with KVM; immediate_exit written by kickers */
 	size_t run_size;
+	bool unsettled;		/* the last exit was an access KVM completes on the next run */
 };
 
 static int kvm_sys_fd = -1;
@@ -369,6 +370,25 @@ static int kvm_vcpu_boot(struct vcpu *vcpu, const struct accel_entry *e)
 	return 0;
 }
 
+/*
+ * An MMIO or port access is complete (a read's value in its register, the
+ * instruction retired) only once KVM_RUN runs again: run with immediate_exit
+ * set, which completes it and returns before the guest runs (KVM's API for
+ * saving a vCPU's state).
+ */
+static void kvm_vcpu_settle(struct vcpu *vcpu)
+{
+	struct kvm_vcpu *kc = kvcpu_of(vcpu);
+
+	if (!kc->unsettled)
+		return;
+	__atomic_store_n(&kc->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+	if (ioctl(kc->fd, KVM_RUN, 0) == 0 || (errno != EINTR && errno != EAGAIN))
+		log_warn_ratelimited("%s: vcpu %u: completing an access before a pause: %s",
+				     vcpu->vm->name, vcpu->index, strerror(errno));
+	kc->unsettled = false;
+}
+
 static void kvm_set_kick(struct vcpu *vcpu, bool on)
 {
 	__atomic_store_n(&kvcpu_of(vcpu)->run->immediate_exit, on ? 1 : 0, __ATOMIC_SEQ_CST);
@@ -405,6 +425,7 @@ static int kvm_vcpu_run(struct vcpu *vcpu, struct accel_exit *exit)
 		return -err;
 	}
 	exit->reason = ACCEL_EXIT_CRASH;
+	kc->unsettled = run->exit_reason == KVM_EXIT_MMIO || run->exit_reason == KVM_EXIT_IO;
 	switch (run->exit_reason) {
 	case KVM_EXIT_MMIO:
 		exit->reason = ACCEL_EXIT_MMIO;
@@ -970,4 +991,5 @@ const struct accel_ops accel_kvm_ops = {
 	.guest_tsc = kvm_guest_tsc,
 	.machine_save = kvm_machine_save,
 	.machine_load = kvm_machine_load,
+	.vcpu_settle = kvm_vcpu_settle,
 };

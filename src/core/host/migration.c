@@ -566,8 +566,7 @@ static json_t *progress_json(const struct mig_progress *pp)
 /* --- the destination's side --- */
 
 /* Check an incoming VM's description as any other input from outside. */
-static int parse_desc(struct host *h, json_t *d, struct host_vm_config *c, char *why,
-		      size_t whylen)
+static int parse_desc(json_t *d, struct host_vm_config *c, char *why, size_t whylen)
 {
 	const char *name = NULL, *accel = NULL, *append = "", *guest = "";
 	json_int_t mem, min = 0, base = 0, resident = 0, swap_max = -1;
@@ -593,10 +592,6 @@ static int parse_desc(struct host *h, json_t *d, struct host_vm_config *c, char 
 	    strlen(append) >= ABI_MAX_CMDLINE || strlen(guest) > 4096) {
 		snprintf(why, whylen, "the VM's description is out of range");
 		return -EINVAL;
-	}
-	if (host_find_vm(h, name)) {
-		snprintf(why, whylen, "a VM named %s runs here already", name);
-		return -EEXIST;
 	}
 	if (accel_parse(accel, &want) || want == ACCEL_AUTO ||
 	    accel_resolve(want, &have, awhy, sizeof(awhy)) || have != want) {
@@ -643,9 +638,13 @@ static int dst_reserve(void *arg, json_t *desc, struct vm **vm, char *why, size_
 	uint64_t sum_min = 0;
 	int ret;
 
-	ret = parse_desc(h, desc, &c, why, whylen);
-	if (ret)
+	/* The VM list held: no VM is released (and its name freed) while names are compared. */
+	pthread_rwlock_rdlock(&h->vms_lock);
+	ret = parse_desc(desc, &c, why, whylen);
+	if (ret) {
+		pthread_rwlock_unlock(&h->vms_lock);
 		return ret;
+	}
 	ovc_get_stats(h->ovc, &hs);
 	for (unsigned int i = 0; i < host_nr_vms(h); i++)
 		if (!h->vms[i].released && !h->vms[i].gone)
@@ -658,6 +657,15 @@ static int dst_reserve(void *arg, json_t *desc, struct vm **vm, char *why, size_
 		goto fail;
 	}
 	pthread_mutex_lock(&h->lock);
+	/* Arriving ones count too: two sources must not bring two VMs of one name. */
+	for (unsigned int i = 0; i < h->nr_vms; i++) {
+		if (!h->vms[i].released && !h->vms[i].gone && !strcmp(h->vms[i].cfg.name, c.name)) {
+			pthread_mutex_unlock(&h->lock);
+			snprintf(why, whylen, "a VM named %s runs here already", c.name);
+			ret = -EEXIST;
+			goto fail;
+		}
+	}
 	if (h->nr_vms == h->cap_vms) {
 		pthread_mutex_unlock(&h->lock);
 		snprintf(why, whylen, "this host has taken in the %u VMs it has room for",
@@ -678,20 +686,23 @@ static int dst_reserve(void *arg, json_t *desc, struct vm **vm, char *why, size_
 		host_release_vm(h, hv);
 		memset(hv, 0, sizeof(*hv));
 		pthread_mutex_unlock(&h->lock);
+		pthread_rwlock_unlock(&h->vms_lock);
 		snprintf(why, whylen, "%s", ret == -EADDRINUSE
 			 ? "its RAM's place in this host's address space is taken (a thread VM "
 			   "runs only there)" : strerror(-ret));
 		return ret;
 	}
+	a->hv = hv;
 	__atomic_store_n(&h->nr_vms, h->nr_vms + 1, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&h->lock);
-	a->hv = hv;
+	pthread_rwlock_unlock(&h->vms_lock);
 	*vm = hv->vm;
 	log_info("%s: arriving (%" PRIu64 " MiB, %" PRIu64 " MiB resident at the source)",
 		 c.name, c.mem_bytes >> 20,
 		 (uint64_t)json_integer_value(json_object_get(desc, "resident_bytes")) >> 20);
 	return 0;
 fail:
+	pthread_rwlock_unlock(&h->vms_lock);
 	kv_free(c.name);
 	kv_free(c.append);
 	kv_free(c.guest);
@@ -741,6 +752,43 @@ static void dst_discard(void *arg)
 	a->hv->gone = true;
 	pthread_mutex_unlock(&a->h->lock);
 	host_wake(a->h);
+}
+
+/*
+ * Wait for an arrival's job to end, then forget it: its VM (if it reserved
+ * one, which it may have done up to its end) no longer points at the job
+ * once it is freed.
+ */
+static void arrival_free(struct host *h, struct arrival *a)
+{
+	while (!mig_job_finished(a->job))
+		nanosleep(&(struct timespec){ .tv_nsec = 10000000 }, NULL);
+	pthread_mutex_lock(&h->lock);
+	if (a->hv && a->hv->mig == a->job)
+		a->hv->mig = NULL;
+	pthread_mutex_unlock(&h->lock);
+	mig_job_free(a->job);
+	kv_free(a);
+}
+
+/*
+ * Arrivals that ended without a VM (refused, failed before reserving, a
+ * peer that never proved the secret) go, so that they cannot use up the
+ * listener's room; the incoming lock held.
+ */
+static void reap_arrivals(struct incoming *in)
+{
+	unsigned int kept = 0;
+
+	for (unsigned int i = 0; i < in->nr_arrivals; i++) {
+		struct arrival *a = in->arrivals[i];
+
+		if (!a->hv && mig_job_finished(a->job))
+			arrival_free(in->h, a);
+		else
+			in->arrivals[kept++] = a;
+	}
+	in->nr_arrivals = kept;
 }
 
 static const struct mig_dest_ops dest_ops = {
@@ -803,6 +851,7 @@ static void *incoming_thread(void *arg)
 		}
 		a = kv_zalloc(sizeof(*a));
 		pthread_mutex_lock(&in->lock);
+		reap_arrivals(in);
 		if (!a || in->nr_arrivals == HOST_INCOMING_MAX) {
 			pthread_mutex_unlock(&in->lock);
 			log_warn_ratelimited("incoming migration from %s refused: no room", peer);
@@ -908,16 +957,8 @@ void host_migration_stop(struct host *h)
 	/* Incoming: each discards its VM (the main loop or the host's end releases it). */
 	for (unsigned int i = 0; i < in->nr_arrivals; i++)
 		mig_job_cancel(in->arrivals[i]->job);
-	for (unsigned int i = 0; i < in->nr_arrivals; i++) {
-		struct arrival *a = in->arrivals[i];
-
-		pthread_mutex_lock(&h->lock);
-		if (a->hv && a->hv->mig == a->job)
-			a->hv->mig = NULL;
-		pthread_mutex_unlock(&h->lock);
-		mig_job_free(a->job);
-		kv_free(a);
-	}
+	for (unsigned int i = 0; i < in->nr_arrivals; i++)
+		arrival_free(h, in->arrivals[i]);
 	pthread_mutex_destroy(&in->lock);
 	kv_free(in);
 }

@@ -727,7 +727,9 @@ static void policy_pass(struct ovc *ovc, bool interval)
 			need = p >= need ? 0 : need - p;
 		}
 	}
-	qsort(order, n, sizeof(order[0]), by_excess);
+	/* A host waiting for VMs to arrive has none (and no array to sort). */
+	if (n)
+		qsort(order, n, sizeof(order[0]), by_excess);
 	for (unsigned int m = 0; m < ovc->nr_mech && need; m++) {
 		for (unsigned int i = 0; i < n && need; i++) {
 			struct ovc_vm *v = order[i];

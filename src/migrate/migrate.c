@@ -277,9 +277,9 @@ static void sha256(const void *p, size_t len, uint8_t out[HASH_LEN])
 static void prove(const struct mig_job *j, const char *role, const uint8_t *first,
 		  const uint8_t *second, uint8_t out[HASH_LEN])
 {
-	uint8_t msg[16 + 2 * NONCE_LEN];
+	uint8_t msg[32 + 2 * NONCE_LEN];
 	unsigned int n = HASH_LEN;
-	size_t rl = strlen(role);
+	size_t rl = strnlen(role, 32);
 
 	memcpy(msg, role, rl);
 	memcpy(msg + rl, first, NONCE_LEN);

@@ -654,6 +654,31 @@ static int next_item(const uint8_t *p, size_t len, size_t *off, uint32_t *id, ui
 	return 0;
 }
 
+/* The header a blob starts with: its items start at *off. False when it is not magic's. */
+static bool blob_header_ok(const uint8_t *p, size_t len, uint32_t magic, size_t *off)
+{
+	uint32_t hdr[2];
+
+	if (len < sizeof(hdr))
+		return false;
+	memcpy(hdr, p, sizeof(hdr));
+	*off = sizeof(hdr);
+	return hdr[0] == magic && hdr[1] == KVM_STATE_VERSION;
+}
+
+/* Start a blob with magic's header (too small a buffer: full, as put_item says). */
+static void put_header(struct blob *b, uint32_t magic)
+{
+	uint32_t hdr[2] = { magic, KVM_STATE_VERSION };
+
+	if (b->cap < sizeof(hdr)) {
+		b->full = true;
+		return;
+	}
+	memcpy(b->p, hdr, sizeof(hdr));
+	b->len = sizeof(hdr);
+}
+
 /* Read MSR index into *val on vCPU fd: 0 or -errno. */
 static int get_msr(int fd, uint32_t index, uint64_t *val)
 {
@@ -669,7 +694,6 @@ static int kvm_vcpu_save(struct vcpu *vcpu, void *buf, size_t cap)
 {
 	struct kvm_vcpu *kc = kvcpu_of(vcpu);
 	struct blob b = { .p = buf, .cap = cap };
-	uint32_t hdr[2] = { KVM_STATE_MAGIC, KVM_STATE_VERSION };
 	struct kvm_regs regs;
 	struct kvm_sregs sregs;
 	struct kvm_xsave *xs = kv_zalloc(sizeof(*xs));
@@ -684,12 +708,7 @@ static int kvm_vcpu_save(struct vcpu *vcpu, void *buf, size_t cap)
 
 	if (!xs)
 		return -ENOMEM;
-	if (cap < sizeof(hdr)) {
-		kv_free(xs);
-		return -ENOSPC;
-	}
-	memcpy(b.p, hdr, sizeof(hdr));
-	b.len = sizeof(hdr);
+	put_header(&b, KVM_STATE_MAGIC);
 	if (ioctl(kc->fd, KVM_GET_REGS, &regs) < 0 || ioctl(kc->fd, KVM_GET_SREGS, &sregs) < 0 ||
 	    ioctl(kc->fd, KVM_GET_VCPU_EVENTS, &ev) < 0 || ioctl(kc->fd, KVM_GET_MP_STATE, &mp) < 0) {
 		ret = -errno;
@@ -805,17 +824,14 @@ static int kvm_vcpu_load(struct vcpu *vcpu, const void *buf, size_t len)
 	struct kvm_vcpu *kc = kvcpu_of(vcpu);
 	const uint8_t *p = buf;
 	const uint8_t *item[ITEM_MAX] = { NULL };
-	uint32_t hdr[2], ilen[ITEM_MAX] = { 0 };
+	uint32_t ilen[ITEM_MAX] = { 0 };
 	/* Order matters: sregs (mode) before regs, MSRs after, MP state last. */
 	static const uint32_t order[] = { ITEM_SREGS, ITEM_REGS, ITEM_XSAVE, ITEM_FPU,
 					  ITEM_XCRS, ITEM_MSRS, ITEM_LAPIC, ITEM_EVENTS,
 					  ITEM_DEBUGREGS, ITEM_MP_STATE };
-	size_t off = sizeof(hdr);
+	size_t off;
 
-	if (len < sizeof(hdr))
-		return -EINVAL;
-	memcpy(hdr, p, sizeof(hdr));
-	if (hdr[0] != KVM_STATE_MAGIC || hdr[1] != KVM_STATE_VERSION)
+	if (!blob_header_ok(p, len, KVM_STATE_MAGIC, &off))
 		return -EINVAL;
 	for (;;) {
 		const uint8_t *data;
@@ -877,14 +893,10 @@ static int kvm_machine_save(struct vm *vm, void *buf, size_t cap)
 {
 	struct kvm_vm *k = kvm_of(vm);
 	struct blob b = { .p = buf, .cap = cap };
-	uint32_t hdr[2] = { KVM_MACHINE_MAGIC, KVM_STATE_VERSION };
 	struct kvm_clock_data clock = { 0 };
 	struct kvm_pit_state2 pit;
 
-	if (cap < sizeof(hdr))
-		return -ENOSPC;
-	memcpy(b.p, hdr, sizeof(hdr));
-	b.len = sizeof(hdr);
+	put_header(&b, KVM_MACHINE_MAGIC);
 	if (k->irqchip) {
 		for (uint32_t chip = 0; chip < 3; chip++) {
 			struct kvm_irqchip ic = { .chip_id = chip };
@@ -912,13 +924,9 @@ static int kvm_machine_load(struct vm *vm, const void *buf, size_t len)
 	};
 	struct kvm_vm *k = kvm_of(vm);
 	const uint8_t *p = buf;
-	uint32_t hdr[2];
-	size_t off = sizeof(hdr);
+	size_t off;
 
-	if (len < sizeof(hdr))
-		return -EINVAL;
-	memcpy(hdr, p, sizeof(hdr));
-	if (hdr[0] != KVM_MACHINE_MAGIC || hdr[1] != KVM_STATE_VERSION)
+	if (!blob_header_ok(p, len, KVM_MACHINE_MAGIC, &off))
 		return -EINVAL;
 	for (;;) {
 		const uint8_t *data;

@@ -40,7 +40,8 @@
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: kvmem run --mem SIZE [--cpus N] [--guest FILE] [--append CMDLINE]\n"
+		"usage: kvmem run (--mem SIZE [--cpus N] [--guest FILE] [--append CMDLINE] |\n"
+		"                  --restore FILE)\n"
 		"                 [--budget SIZE] [--socket PATH] [--dedup on|off|ksm]\n"
 		"                 [--accel auto|kvm|thread] [--swap PATH[,SIZE]] [--swap-pool SIZE]\n"
 		"       kvmem host --config FILE.json [--socket PATH] [--accel auto|kvm|thread]\n"
@@ -66,6 +67,8 @@ static void usage(FILE *f)
 		"                      host swap: a directory on a disk (the file is made in it,\n"
 		"                      unnamed) or a new file; SIZE default 4G\n"
 		"  -P, --swap-pool SIZE  a compressed pool in memory before the swap file\n"
+		"  -r, --restore FILE  run the VM a snapshot file holds (kvmem save), from where\n"
+		"                      it was saved, instead of booting one\n"
 		"  -v, --verbose       debug logging\n"
 		"\n"
 		"host    run the VMs of a JSON config under one memory budget (see README.md)\n"
@@ -242,11 +245,12 @@ static int cmd_run(int argc, char **argv)
 		{ "accel", required_argument, NULL, 'A' },
 		{ "swap", required_argument, NULL, 'S' },
 		{ "swap-pool", required_argument, NULL, 'P' },
+		{ "restore", required_argument, NULL, 'r' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	static char swap_path[PATH_MAX];
+	static char swap_path[PATH_MAX], restore_path[PATH_MAX];
 	struct host_vm_config vm = { .name = "vm0", .cpus = 1, .shares = 1000 };
 	struct host_config cfg = { .vms = &vm, .nr_vms = 1, .policy_interval_s = 1.0 };
 	bool have_mem = false;
@@ -255,7 +259,7 @@ static int cmd_run(int argc, char **argv)
 
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, ":m:c:g:a:s:b:d:A:S:P:vh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":m:c:g:a:s:b:d:A:S:P:r:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'm':
 			if (size_text("--mem", optarg, SIZE_MAX_BYTES, &vm.mem_bytes, err,
@@ -310,6 +314,11 @@ static int cmd_run(int argc, char **argv)
 			if (ret)
 				return ret;
 			break;
+		case 'r':
+			if (!realpath(optarg, restore_path))
+				return usage_error("--restore %s: no such file", optarg);
+			cfg.restore = restore_path;
+			break;
 		case 'P':
 			if (size_text("--swap-pool", optarg, SIZE_MAX_BYTES, &cfg.swap.pool_bytes, err,
 				      sizeof(err)))
@@ -327,6 +336,16 @@ static int cmd_run(int argc, char **argv)
 	if (optind < argc)
 		return usage_error("%s: unexpected argument", argv[optind]);
 	cfg.default_guest = default_guest();
+	if (cfg.restore) {
+		/* The VM is the file's: its memory, vCPUs and command line are set already. */
+		if (have_mem || vm.guest || vm.append)
+			return usage_error("%s", "run --restore: --mem, --guest and --append come "
+					   "from the snapshot file");
+		cfg.nr_vms = 0;
+		if (!cfg.budget_bytes)
+			cfg.budget_bytes = host_default_budget();
+		return run_host(&cfg);
+	}
 	if (!have_mem)
 		return usage_error("%s", "run: --mem is required");
 	if (cfg.swap.pool_bytes && !cfg.swap.path)

@@ -2,6 +2,7 @@
 /* Pre-copy live migration (migrate/migrate.h): the source's and the destination's side. */
 #define LOG_TAG "migrate"
 #include "migrate/migrate.h"
+#include "migrate/migrate_internal.h"
 
 #include <ctype.h>
 #include <endian.h>
@@ -53,29 +54,6 @@ static uint64_t le64dec(const uint8_t *p)
 	return le64toh(v);
 }
 
-struct mig_job {
-	bool source;
-	pthread_t throttler;		/* auto-converge's, once started */
-	bool throttling;		/* throttler runs (job thread only) */
-	unsigned int throttle_pct;	/* atomic: share of each period the vCPUs are held */
-	bool throttle_stop;		/* atomic */
-	int fd;
-	struct vm *vm;
-	json_t *desc;
-	struct mig_params params;
-	const struct mig_source_ops *sops;
-	const struct mig_dest_ops *dops;
-	void *arg;
-	pthread_t thread;
-	bool cancel;			/* atomic */
-	bool finished;			/* atomic */
-	struct mig_stream *out, *in;
-
-	pthread_mutex_t lock;		/* guards prog and the settings below */
-	struct mig_progress prog;
-	uint32_t downtime_ms;
-	uint64_t bandwidth;
-};
 
 const char *mig_stage_name(enum mig_stage s)
 {
@@ -96,13 +74,40 @@ const char *mig_stage_name(enum mig_stage s)
 		return "failed";
 	case MIG_STAGE_CANCELLED:
 		return "cancelled";
+	case MIG_STAGE_LOAD:
+		return "loading";
+	}
+	return "unknown";
+}
+
+const char *mig_kind_name(enum mig_kind k)
+{
+	switch (k) {
+	case MIG_KIND_MIGRATION:
+		return "migration";
+	case MIG_KIND_SAVE:
+		return "save";
+	case MIG_KIND_SNAPSHOT:
+		return "snapshot";
+	case MIG_KIND_RESTORE:
+		return "restore";
 	}
 	return "unknown";
 }
 
 /* --- progress --- */
 
-static void notify(struct mig_job *j)
+/* Bytes the job moved: written to its peer or file, or read from its image. */
+static uint64_t job_bytes(struct mig_job *j)
+{
+	if (j->file)
+		return snapw_bytes(j->file);
+	if (j->image)
+		return __atomic_load_n(&j->bytes_read, __ATOMIC_RELAXED);
+	return mig_stream_bytes(j->source ? j->out : j->in);
+}
+
+void mig_notify(struct mig_job *j)
 {
 	void (*fn)(void *) = j->source ? j->sops->progress : j->dops->progress;
 
@@ -110,17 +115,17 @@ static void notify(struct mig_job *j)
 		fn(j->arg);
 }
 
-static void set_stage(struct mig_job *j, enum mig_stage s)
+void mig_set_stage(struct mig_job *j, enum mig_stage s)
 {
 	pthread_mutex_lock(&j->lock);
 	j->prog.stage = s;
 	pthread_mutex_unlock(&j->lock);
-	notify(j);
+	mig_notify(j);
 }
 
 /* The first reason a migration fails is the one it keeps. */
 __attribute__((format(printf, 2, 3)))
-static int failf(struct mig_job *j, const char *fmt, ...)
+int mig_failf(struct mig_job *j, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -134,11 +139,11 @@ static int failf(struct mig_job *j, const char *fmt, ...)
 	return -EPROTO;
 }
 
-static void count_pages(struct mig_job *j, uint32_t kind, uint64_t n)
+void mig_count_pages(struct mig_job *j, uint32_t kind, uint64_t n)
 {
 	pthread_mutex_lock(&j->lock);
 	j->prog.pages[kind] += n;
-	j->prog.bytes = mig_stream_bytes(j->source ? j->out : j->in);
+	j->prog.bytes = job_bytes(j);
 	pthread_mutex_unlock(&j->lock);
 }
 
@@ -187,19 +192,20 @@ void mig_job_free(struct mig_job *j)
 	if (!j)
 		return;
 	pthread_join(j->thread, NULL);
+	snapr_close(j->image);
 	json_decref(j->desc);
 	pthread_mutex_destroy(&j->lock);
 	kv_free(j);
 }
 
-static bool cancelled(struct mig_job *j)
+bool mig_cancelled(struct mig_job *j)
 {
 	return __atomic_load_n(&j->cancel, __ATOMIC_ACQUIRE);
 }
 
 /* --- records both sides use --- */
 
-static int put_json(struct mig_stream *s, uint32_t type, const json_t *o)
+int mig_put_json(struct mig_stream *s, uint32_t type, const json_t *o)
 {
 	char *text = json_dumps(o, JSON_COMPACT);
 	int ret;
@@ -212,7 +218,7 @@ static int put_json(struct mig_stream *s, uint32_t type, const json_t *o)
 }
 
 /* A record's payload as a JSON object, or NULL. */
-static json_t *rec_json(const struct mig_rec *r)
+json_t *mig_rec_json(const struct mig_rec *r)
 {
 	json_t *o = json_loadb((const char *)r->data, r->len, JSON_REJECT_DUPLICATES, NULL);
 
@@ -241,13 +247,13 @@ static int get_rec(struct mig_job *j, struct mig_stream *s, struct mig_rec *r)
 	int ret = mig_get(s, r);
 
 	if (ret) {
-		if (cancelled(j))
-			return failf(j, "cancelled");
-		return failf(j, "reading from %s: %s", j->prog.peer,
+		if (mig_cancelled(j))
+			return mig_failf(j, "cancelled");
+		return mig_failf(j, "reading from %s: %s", j->prog.peer,
 			     ret == -ENODATA ? "the peer closed the connection" : mig_stream_error(s));
 	}
 	if (r->type == MIG_REC_ERROR)
-		return failf(j, "the %s gave up: %.*s", j->source ? "destination" : "source",
+		return mig_failf(j, "the %s gave up: %.*s", j->source ? "destination" : "source",
 			     (int)(r->len < 180 ? r->len : 180), (const char *)r->data);
 	return 0;
 }
@@ -256,17 +262,9 @@ static int put_check(struct mig_job *j, struct mig_stream *s, int ret)
 {
 	if (!ret)
 		return 0;
-	if (cancelled(j))
-		return failf(j, "cancelled");
-	return failf(j, "writing to %s: %s", j->prog.peer, mig_stream_error(s));
-}
-
-static void sha256(const void *p, size_t len, uint8_t out[HASH_LEN])
-{
-	unsigned int n = HASH_LEN;
-
-	if (!EVP_Digest(p, len, out, &n, EVP_sha256(), NULL))
-		memset(out, 0, HASH_LEN);
+	if (mig_cancelled(j))
+		return mig_failf(j, "cancelled");
+	return mig_failf(j, "writing to %s: %s", j->prog.peer, mig_stream_error(s));
 }
 
 /* --- the handshake --- */
@@ -297,7 +295,7 @@ static int get_auth(struct mig_job *j, struct mig_rec *r, uint32_t len)
 	if (ret)
 		return ret;
 	if (r->type != MIG_REC_AUTH || r->len != len)
-		return failf(j, "the %s did not answer the handshake (a %s record): does it hold "
+		return mig_failf(j, "the %s did not answer the handshake (a %s record): does it hold "
 			     "the migration secret?", j->source ? "destination" : "source",
 			     mig_rec_name(r->type));
 	return 0;
@@ -317,7 +315,7 @@ static int handshake(struct mig_job *j)
 	if (!j->params.secret)
 		return 0;
 	if (getrandom(mine, sizeof(mine), 0) != sizeof(mine))
-		return failf(j, "no random numbers: %s", strerror(errno));
+		return mig_failf(j, "no random numbers: %s", strerror(errno));
 	if (!j->source) {
 		ret = put_check(j, j->out, mig_put_buf(j->out, MIG_REC_AUTH, mine, NONCE_LEN));
 		if (!ret)
@@ -327,7 +325,7 @@ static int handshake(struct mig_job *j)
 		memcpy(theirs, r.data, NONCE_LEN);
 		prove(j, "kvmem-source", mine, theirs, proof);
 		if (CRYPTO_memcmp(proof, r.data + NONCE_LEN, HASH_LEN))
-			return failf(j, "the source does not hold the migration secret");
+			return mig_failf(j, "the source does not hold the migration secret");
 		prove(j, "kvmem-destination", theirs, mine, proof);
 		return put_check(j, j->out, mig_put_buf(j->out, MIG_REC_AUTH, proof, HASH_LEN));
 	}
@@ -344,7 +342,7 @@ static int handshake(struct mig_job *j)
 		return ret;
 	prove(j, "kvmem-destination", mine, theirs, proof);
 	if (CRYPTO_memcmp(proof, r.data, HASH_LEN))
-		return failf(j, "the destination does not hold the migration secret");
+		return mig_failf(j, "the destination does not hold the migration secret");
 	return 0;
 }
 
@@ -419,7 +417,7 @@ static void idmap_free(struct idmap *m)
  * Every page of the VM in order, as the guest reads it (a ballooned page as
  * zeros: its content is nobody's), into prog.checksum. The VM stands still.
  */
-static int checksum_memory(struct mig_job *j, struct gm *gm)
+int mig_checksum_memory(struct mig_job *j, struct gm *gm)
 {
 	struct mem_export_page kinds[MEM_EXPORT_MAX];
 	uint8_t *buf = kv_zalloc(MEM_EXPORT_MAX * MEM_PAGE_SIZE);
@@ -508,7 +506,7 @@ static int send_run(struct sender *s, uint64_t idx, uint32_t i, uint32_t e, uint
 	ret = mig_put_pages(j->out, gfn_of(s->gm, idx + i), n, kind, &iov, iov.iov_len ? 1 : 0);
 	if (ret)
 		return put_check(j, j->out, ret);
-	count_pages(j, kind, n);
+	mig_count_pages(j, kind, n);
 	return 0;
 }
 
@@ -536,7 +534,7 @@ static uint32_t stream_kind(struct sender *s, uint32_t i)
 	case MEM_EXPORT_BALLOONED:
 		return MIG_PAGE_BALLOONED;
 	case MEM_EXPORT_FRAME:
-		sha256(s->data + (uint64_t)i * MEM_PAGE_SIZE, MEM_PAGE_SIZE, s->hash[i]);
+		mig_sha256(s->data + (uint64_t)i * MEM_PAGE_SIZE, MEM_PAGE_SIZE, s->hash[i]);
 		if (idmap_get(&s->frames, hash_key(s->hash[i]), &id)) {
 			if (memcmp(s->frame_hash[id - 1], s->hash[i], HASH_LEN))
 				return MIG_PAGE_DATA;
@@ -575,7 +573,7 @@ static int flush_scatter(struct sender *s)
 	ret = mig_put_pages(s->j->out, 0, s->nr_scatter, MIG_PAGE_SCATTER, &iov, 1);
 	if (ret)
 		return put_check(s->j, s->j->out, ret);
-	count_pages(s->j, MIG_PAGE_DATA, s->nr_scatter);
+	mig_count_pages(s->j, MIG_PAGE_DATA, s->nr_scatter);
 	s->nr_scatter = 0;
 	return 0;
 }
@@ -619,7 +617,7 @@ static int send_window(struct sender *s, uint64_t idx, uint32_t n, const uint64_
 	int ret = mem_export_pages(s->gm, idx, n, mask, s->kinds, s->data);
 
 	if (ret)
-		return failf(s->j, "reading guest pages at index %" PRIu64 ": %s", idx,
+		return mig_failf(s->j, "reading guest pages at index %" PRIu64 ": %s", idx,
 			     strerror(-ret));
 	for (uint32_t i = 0; i <= n; i++) {
 		bool in = i < n && s->kinds[i].kind;
@@ -654,6 +652,43 @@ static int send_window(struct sender *s, uint64_t idx, uint32_t n, const uint64_
 	return 0;
 }
 
+/*
+ * A save's window: each page asked for into the file at its place, a shared
+ * page as its content (a file is one VM's: nothing to share it with), a page
+ * without content as a hole.
+ */
+static int file_window(struct sender *s, uint64_t idx, uint32_t n, const uint64_t *mask)
+{
+	static const uint8_t snap_kind[] = {
+		[MEM_EXPORT_ZERO] = SNAP_PAGE_ZERO, [MEM_EXPORT_BALLOONED] = SNAP_PAGE_BALLOONED,
+		[MEM_EXPORT_DATA] = SNAP_PAGE_DATA, [MEM_EXPORT_FRAME] = SNAP_PAGE_DATA,
+	};
+	static const uint32_t counted_as[] = {
+		[SNAP_PAGE_ZERO] = MIG_PAGE_ZERO, [SNAP_PAGE_DATA] = MIG_PAGE_DATA,
+		[SNAP_PAGE_BALLOONED] = MIG_PAGE_BALLOONED,
+	};
+	uint64_t per_kind[SNAP_PAGE_KINDS] = { 0 };
+	uint8_t kind[MEM_EXPORT_MAX];
+	char why[160];
+	int ret = mem_export_pages(s->gm, idx, n, mask, s->kinds, s->data);
+
+	if (ret)
+		return mig_failf(s->j, "reading guest pages at index %" PRIu64 ": %s", idx,
+				 strerror(-ret));
+	for (uint32_t i = 0; i < n; i++) {
+		kind[i] = s->kinds[i].kind ? snap_kind[s->kinds[i].kind] : SNAP_PAGE_KINDS;
+		if (kind[i] < SNAP_PAGE_KINDS)
+			per_kind[kind[i]]++;
+	}
+	ret = snapw_pages(s->j->file, idx, n, kind, s->data, why, sizeof(why));
+	if (ret)
+		return mig_failf(s->j, "%s: %s", s->j->prog.peer, why);
+	for (unsigned int k = 0; k < SNAP_PAGE_KINDS; k++)
+		if (per_kind[k])
+			mig_count_pages(s->j, counted_as[k], per_kind[k]);
+	return 0;
+}
+
 /* Send every page whose bit is set in set (mem_bitmap_words words, page-index order). */
 static int send_set(struct sender *s, const uint64_t *set)
 {
@@ -669,16 +704,16 @@ static int send_set(struct sender *s, const uint64_t *set)
 			any |= mask[k] = set[w / 64 + k];
 		if (!any)
 			continue;
-		if (cancelled(s->j))
-			return failf(s->j, "cancelled");
-		ret = send_window(s, w, n, mask);
+		if (mig_cancelled(s->j))
+			return mig_failf(s->j, "cancelled");
+		ret = s->j->file ? file_window(s, w, n, mask) : send_window(s, w, n, mask);
 		if (ret)
 			return ret;
 	}
-	return flush_scatter(s);
+	return s->j->file ? 0 : flush_scatter(s);
 }
 
-static uint64_t popcount_set(const uint64_t *set, uint64_t words)
+uint64_t mig_popcount(const uint64_t *set, uint64_t words)
 {
 	uint64_t n = 0;
 
@@ -691,6 +726,9 @@ static int send_round_header(struct mig_job *j, unsigned int round, enum mig_sta
 {
 	uint8_t b[8];
 
+	/* A file holds each page once, at its place: rounds are not its business. */
+	if (j->file)
+		return 0;
 	le32enc(b, round);
 	le32enc(b + 4, (uint32_t)stage);
 	return put_check(j, j->out, mig_put_buf(j->out, MIG_REC_ROUND, b, sizeof(b)));
@@ -703,22 +741,22 @@ static int reserve_remote(struct mig_job *j)
 	int ret, ok = 0;
 	const char *why = "no reason given";
 
-	ret = put_check(j, j->out, put_json(j->out, MIG_REC_VM, j->desc));
+	ret = put_check(j, j->out, mig_put_json(j->out, MIG_REC_VM, j->desc));
 	if (ret)
 		return ret;
 	ret = get_rec(j, j->in, &r);
 	if (ret)
 		return ret;
 	if (r.type == MIG_REC_AUTH)
-		return failf(j, "the destination asks for the migration secret, which this host "
+		return mig_failf(j, "the destination asks for the migration secret, which this host "
 			     "was not given");
-	if (r.type != MIG_REC_RESERVE || !(o = rec_json(&r)))
-		return failf(j, "the destination answered the reservation with a %s record",
+	if (r.type != MIG_REC_RESERVE || !(o = mig_rec_json(&r)))
+		return mig_failf(j, "the destination answered the reservation with a %s record",
 			     mig_rec_name(r.type));
 	if (json_unpack(o, "{s:b, s?s}", "accepted", &ok, "reason", &why))
 		ok = 0;
 	if (!ok)
-		failf(j, "the destination refused the VM: %s", why);
+		mig_failf(j, "the destination refused the VM: %s", why);
 	json_decref(o);
 	return ok ? 0 : -EPROTO;
 }
@@ -742,11 +780,11 @@ static int send_state(struct mig_job *j)
 	int ret = 0, n;
 
 	if (!buf)
-		return failf(j, "out of memory");
+		return mig_failf(j, "out of memory");
 	for (unsigned int i = 0; i < vm_ncpus(j->vm) && !ret; i++) {
 		n = vm_save_vcpu(j->vm, i, buf + 4, ACCEL_CPU_STATE_MAX);
 		if (n < 0) {
-			ret = failf(j, "vCPU %u state: %s", i, strerror(-n));
+			ret = mig_failf(j, "vCPU %u state: %s", i, strerror(-n));
 			goto out;
 		}
 		le32enc(buf, i);
@@ -756,18 +794,18 @@ static int send_state(struct mig_job *j)
 		goto out;
 	ret = vm_save_clock(j->vm, &clk);
 	if (ret) {
-		ret = failf(j, "the guest's clock: %s", strerror(-ret));
+		ret = mig_failf(j, "the guest's clock: %s", strerror(-ret));
 		goto out;
 	}
 	n = vm_save_machine(j->vm, buf, ACCEL_CPU_STATE_MAX);
 	if (n < 0) {
-		ret = failf(j, "the machine's state: %s", strerror(-n));
+		ret = mig_failf(j, "the machine's state: %s", strerror(-n));
 		goto out;
 	}
 	hex = kv_zalloc(2 * (size_t)n + 1);
 	devs = j->sops->save_devices(j->arg);
 	if (!hex || !devs) {
-		ret = failf(j, "the devices' state could not be saved");
+		ret = mig_failf(j, "the devices' state could not be saved");
 		goto out;
 	}
 	for (int i = 0; i < n; i++)
@@ -775,8 +813,8 @@ static int send_state(struct mig_job *j)
 	st = json_pack("{s:{s:o, s:o, s:o}, s:O, s:s}", "clock", "guest_tsc",
 		       u64_string(clk.guest_tsc), "tsc_khz", u64_string(clk.tsc_khz), "vmm_ns",
 		       u64_string(clk.vmm_ns), "devices", devs, "machine", hex);
-	ret = st ? put_check(j, j->out, put_json(j->out, MIG_REC_DEVICE, st))
-		 : failf(j, "out of memory");
+	ret = st ? put_check(j, j->out, mig_put_json(j->out, MIG_REC_DEVICE, st))
+		 : mig_failf(j, "out of memory");
 out:
 	json_decref(st);
 	json_decref(devs);
@@ -843,15 +881,15 @@ static int precopy(struct mig_job *j, struct sender *s, uint64_t *set, uint64_t 
 	if (nr % 64)
 		set[words - 1] = (1ULL << (nr % 64)) - 1;
 	for (*round = 1;; (*round)++) {
-		uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC), b0 = mig_stream_bytes(j->out), dirty;
+		uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC), b0 = job_bytes(j), dirty;
 		double secs, rate, drate;
 		uint32_t limit;
 
 		pthread_mutex_lock(&j->lock);
 		j->prog.round = *round;
-		j->prog.dirty_pages = popcount_set(set, words);
+		j->prog.dirty_pages = mig_popcount(set, words);
 		pthread_mutex_unlock(&j->lock);
-		notify(j);
+		mig_notify(j);
 		ret = send_round_header(j, *round, MIG_STAGE_PRECOPY);
 		if (!ret)
 			ret = send_set(s, set);
@@ -860,12 +898,12 @@ static int precopy(struct mig_job *j, struct sender *s, uint64_t *set, uint64_t 
 		memset(set, 0, words * 8);
 		ret = vm_dirty_collect(j->vm, set, &vmm);
 		if (ret)
-			return failf(j, "collecting dirty pages: %s", strerror(-ret));
-		dirty = popcount_set(set, words);
+			return mig_failf(j, "collecting dirty pages: %s", strerror(-ret));
+		dirty = mig_popcount(set, words);
 		secs = (double)(kv_clock_ns(CLOCK_MONOTONIC) - t0) / 1e9;
 		if (secs < 1e-6)
 			secs = 1e-6;
-		rate = (double)(mig_stream_bytes(j->out) - b0) / secs;
+		rate = (double)(job_bytes(j) - b0) / secs;
 		drate = (double)(dirty * MEM_PAGE_SIZE) / secs;
 		pthread_mutex_lock(&j->lock);
 		limit = j->downtime_ms;
@@ -891,6 +929,45 @@ static int precopy(struct mig_job *j, struct sender *s, uint64_t *set, uint64_t 
 	}
 }
 
+/*
+ * A save's end, its state written: a snapshot's VM runs on at once (its
+ * pause ends here), then the file is made durable and named; a saved VM is
+ * given up only once its file is, and runs on here when that fails. Tracking
+ * is stopped either way; 0, or the failure (the VM still paused for a save).
+ */
+static int file_end(struct mig_job *j, struct sender *s, uint64_t t_stop)
+{
+	struct snap_writer *w = j->file;
+	char why[192];
+	int ret;
+
+	vm_dirty_stop(j->vm);
+	if (j->params.checksum && mig_checksum_memory(j, s->gm))
+		log_warn("%s: the memory checksum could not be taken", vm_name(j->vm));
+	pthread_mutex_lock(&j->lock);
+	j->out = NULL;
+	if (j->kind == MIG_KIND_SNAPSHOT)
+		j->prog.downtime_ms = (kv_clock_ns(CLOCK_MONOTONIC) - t_stop) / 1000000;
+	pthread_mutex_unlock(&j->lock);
+	if (j->kind == MIG_KIND_SNAPSHOT)
+		j->sops->restart(j->arg);
+	mig_set_stage(j, MIG_STAGE_COMMIT);
+	pthread_mutex_lock(&j->lock);
+	j->prog.bytes = snapw_bytes(w);
+	pthread_mutex_unlock(&j->lock);
+	j->file = NULL;
+	ret = snapw_finish(w, why, sizeof(why));
+	if (ret)
+		return mig_failf(j, "%s", why);
+	if (j->kind == MIG_KIND_SAVE) {
+		pthread_mutex_lock(&j->lock);
+		j->prog.downtime_ms = (kv_clock_ns(CLOCK_MONOTONIC) - t_stop) / 1000000;
+		pthread_mutex_unlock(&j->lock);
+		j->sops->given_up(j->arg);
+	}
+	return 0;
+}
+
 static int source_run(struct mig_job *j)
 {
 	struct sender s = { .j = j, .gm = vm_gm(j->vm) };
@@ -906,42 +983,50 @@ static int source_run(struct mig_job *j)
 	s.unit = kv_zalloc(MIG_PAGES_MAX * mig_page_unit(MIG_PAGE_FRAME));
 	s.scatter = kv_zalloc(MIG_PAGES_MAX * mig_page_unit(MIG_PAGE_SCATTER));
 	if (!set || !s.data || !s.unit || !s.scatter) {
-		ret = failf(j, "out of memory");
+		ret = mig_failf(j, "out of memory");
 		goto out;
 	}
-	ret = mig_stream_open(j->fd, true, 0, j->params.timeout_ms, &j->out);
-	if (!ret)
-		ret = mig_stream_open(j->fd, false, 0, j->params.timeout_ms, &j->in);
-	if (ret) {
-		ret = failf(j, "the stream: %s", strerror(-ret));
-		goto out;
+	mig_set_stage(j, MIG_STAGE_RESERVATION);
+	if (j->file) {
+		/* The file was made (and its room checked) when asked: it starts with the VM. */
+		pthread_mutex_lock(&j->lock);
+		j->out = snapw_state(j->file);
+		pthread_mutex_unlock(&j->lock);
+		ret = put_check(j, j->out, mig_put_json(j->out, MIG_REC_VM, j->desc));
+	} else {
+		ret = mig_stream_open(j->fd, true, 0, j->params.timeout_ms, &j->out);
+		if (!ret)
+			ret = mig_stream_open(j->fd, false, 0, j->params.timeout_ms, &j->in);
+		if (ret) {
+			ret = mig_failf(j, "the stream: %s", strerror(-ret));
+			goto out;
+		}
+		mig_stream_set_rate(j->out, j->bandwidth);
+		ret = handshake(j);
+		if (!ret)
+			ret = reserve_remote(j);
 	}
-	mig_stream_set_rate(j->out, j->bandwidth);
-	set_stage(j, MIG_STAGE_RESERVATION);
-	ret = handshake(j);
-	if (!ret)
-		ret = reserve_remote(j);
 	if (ret)
 		goto out;
 	ret = vm_dirty_start(j->vm);
 	if (ret) {
-		ret = failf(j, ret == -ENOTSUP ? "the %s accelerator cannot track the guest's writes "
+		ret = mig_failf(j, ret == -ENOTSUP ? "the %s accelerator cannot track the guest's writes "
 					      "on this kernel" : "dirty tracking on %s: %s",
 			    vm_accel_name(j->vm), strerror(-ret));
 		goto out;
 	}
 	tracking = true;
-	set_stage(j, MIG_STAGE_PRECOPY);
+	mig_set_stage(j, MIG_STAGE_PRECOPY);
 	ret = precopy(j, &s, set, words, &round);
 	if (ret)
 		goto out;
 	throttle_set(j, 0);
-	set_stage(j, MIG_STAGE_STOP_COPY);
-	last_dirty = popcount_set(set, words);
+	mig_set_stage(j, MIG_STAGE_STOP_COPY);
+	last_dirty = mig_popcount(set, words);
 	t_stop = kv_clock_ns(CLOCK_MONOTONIC);
 	ret = j->sops->stop(j->arg);
 	if (ret) {
-		ret = failf(j, "pausing the VM: %s", strerror(-ret));
+		ret = mig_failf(j, "pausing the VM: %s", strerror(-ret));
 		goto out;
 	}
 	stopped = true;
@@ -950,12 +1035,12 @@ static int source_run(struct mig_job *j)
 	/* The last writes: the guest's and the devices', now that both stand still. */
 	ret = vm_dirty_collect(j->vm, set, &vmm);
 	if (ret) {
-		ret = failf(j, "collecting dirty pages: %s", strerror(-ret));
+		ret = mig_failf(j, "collecting dirty pages: %s", strerror(-ret));
 		goto out;
 	}
 	pthread_mutex_lock(&j->lock);
 	j->prog.round = ++round;
-	j->prog.dirty_pages = popcount_set(set, words);
+	j->prog.dirty_pages = mig_popcount(set, words);
 	/* What the pause added to the last round's set (counted there already). */
 	j->prog.dirtied_pages += j->prog.dirty_pages - last_dirty;
 	pthread_mutex_unlock(&j->lock);
@@ -973,19 +1058,25 @@ static int source_run(struct mig_job *j)
 	ret = put_check(j, j->out, mig_put_buf(j->out, MIG_REC_END, end, sizeof(end)));
 	if (ret)
 		goto out;
-	set_stage(j, MIG_STAGE_COMMIT);
+	if (j->file) {
+		ret = file_end(j, &s, t_stop);
+		stopped = ret && j->kind == MIG_KIND_SAVE;
+		tracking = false;
+		goto out;
+	}
+	mig_set_stage(j, MIG_STAGE_COMMIT);
 	ret = get_rec(j, j->in, &r);
 	if (ret)
 		goto out;
 	if (r.type != MIG_REC_COMMIT) {
-		ret = failf(j, "the destination answered the end with a %s record",
+		ret = mig_failf(j, "the destination answered the end with a %s record",
 			    mig_rec_name(r.type));
 		goto out;
 	}
 	log_debug("%s: stop-and-copy: the destination ready after %" PRIu64 " us", vm_name(j->vm),
 		  (kv_clock_ns(CLOCK_MONOTONIC) - t_stop) / 1000);
-	if (cancelled(j)) {
-		ret = failf(j, "cancelled");
+	if (mig_cancelled(j)) {
+		ret = mig_failf(j, "cancelled");
 		goto out;
 	}
 	/*
@@ -1006,18 +1097,27 @@ static int source_run(struct mig_job *j)
 	vm_dirty_stop(j->vm);
 	tracking = false;
 	/* Still stopped and whole: the destination has its copy already. */
-	if (j->params.checksum && checksum_memory(j, s.gm))
+	if (j->params.checksum && mig_checksum_memory(j, s.gm))
 		log_warn("%s: the memory checksum could not be taken", vm_name(j->vm));
 	j->sops->given_up(j->arg);
 	ret = 0;
 out:
 	throttle_set(j, 0);
 	if (ret) {
-		put_error(j, j->out);
+		if (!j->file)
+			put_error(j, j->out);
 		if (tracking)
 			vm_dirty_stop(j->vm);
 		if (stopped)
 			j->sops->restart(j->arg);
+	}
+	if (j->file) {
+		/* The writer's stream, closed with it. */
+		pthread_mutex_lock(&j->lock);
+		j->out = NULL;
+		pthread_mutex_unlock(&j->lock);
+		snapw_abort(j->file);
+		j->file = NULL;
 	}
 	idmap_free(&s.frames);
 	kv_free(s.frame_hash);
@@ -1028,14 +1128,14 @@ out:
 	return ret;
 }
 
-static void finish(struct mig_job *j, int ret, uint64_t t0)
+void mig_job_finish(struct mig_job *j, int ret, uint64_t t0)
 {
 	struct mig_stream *out, *in;
 	int fd;
 
 	/* Taken away under the lock: migrate_set and a cancel look for them there. */
 	pthread_mutex_lock(&j->lock);
-	j->prog.stage = !ret ? MIG_STAGE_DONE : cancelled(j) ? MIG_STAGE_CANCELLED : MIG_STAGE_FAILED;
+	j->prog.stage = !ret ? MIG_STAGE_DONE : mig_cancelled(j) ? MIG_STAGE_CANCELLED : MIG_STAGE_FAILED;
 	j->prog.total_ms = (kv_clock_ns(CLOCK_MONOTONIC) - t0) / 1000000;
 	if (j->out || j->in)
 		j->prog.bytes = mig_stream_bytes(j->source ? j->out : j->in);
@@ -1047,25 +1147,26 @@ static void finish(struct mig_job *j, int ret, uint64_t t0)
 	pthread_mutex_unlock(&j->lock);
 	mig_stream_close(out);
 	mig_stream_close(in);
-	close(fd);
+	if (fd >= 0)
+		close(fd);
 	__atomic_store_n(&j->finished, true, __ATOMIC_RELEASE);
-	notify(j);
+	mig_notify(j);
 }
 
-static void *source_thread(void *arg)
+static void *mig_source_thread(void *arg)
 {
 	struct mig_job *j = arg;
 	uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC);
 	int ret = source_run(j);
 
 	if (ret)
-		log_warn("%s: migration to %s failed: %s; it runs on here", vm_name(j->vm),
-			 j->prog.peer, j->prog.error);
-	finish(j, ret, t0);
+		log_warn("%s: %s to %s failed: %s; it runs on here", vm_name(j->vm),
+			 mig_kind_name(j->kind), j->prog.peer, j->prog.error);
+	mig_job_finish(j, ret, t0);
 	return NULL;
 }
 
-static struct mig_job *job_new(bool source, int fd, const struct mig_params *p, void *arg,
+struct mig_job *mig_job_new(bool source, int fd, const struct mig_params *p, void *arg,
 			       const char *peer)
 {
 	struct mig_job *j = kv_zalloc(sizeof(*j));
@@ -1092,30 +1193,40 @@ static struct mig_job *job_new(bool source, int fd, const struct mig_params *p, 
 	return j;
 }
 
-int mig_source_start(struct vm *vm, int fd, const json_t *desc, const struct mig_params *p,
-		     const struct mig_source_ops *ops, void *arg, const char *peer,
-		     struct mig_job **out)
+int mig_source_spawn(struct mig_job *j, struct vm *vm, const json_t *desc,
+		     const struct mig_source_ops *ops, const char *thread_name)
 {
-	struct mig_job *j = job_new(true, fd, p, arg, peer);
 	int ret;
 
-	if (!j)
-		return -ENOMEM;
 	j->vm = vm;
 	j->sops = ops;
 	j->desc = json_deep_copy(desc);
 	j->prog.ram_pages = mem_nr_pages(vm_gm(vm));
 	j->prog.stage = MIG_STAGE_RESERVATION;
 	snprintf(j->prog.vm, sizeof(j->prog.vm), "%s", vm_name(vm));
-	ret = j->desc ? thread_spawn(&j->thread, "migrate-out", source_thread, j) : -ENOMEM;
+	ret = j->desc ? thread_spawn(&j->thread, thread_name, mig_source_thread, j) : -ENOMEM;
 	if (ret) {
+		snapw_abort(j->file);
 		json_decref(j->desc);
 		pthread_mutex_destroy(&j->lock);
 		kv_free(j);
-		return ret;
 	}
-	*out = j;
-	return 0;
+	return ret;
+}
+
+int mig_source_start(struct vm *vm, int fd, const json_t *desc, const struct mig_params *p,
+		     const struct mig_source_ops *ops, void *arg, const char *peer,
+		     struct mig_job **out)
+{
+	struct mig_job *j = mig_job_new(true, fd, p, arg, peer);
+	int ret;
+
+	if (!j)
+		return -ENOMEM;
+	ret = mig_source_spawn(j, vm, desc, ops, "migrate-out");
+	if (!ret)
+		*out = j;
+	return ret;
 }
 
 /* --- the destination --- */
@@ -1188,15 +1299,15 @@ static int apply_scatter(struct receiver *rv, const struct mig_rec *r, const str
 		if (gfn >= 1ULL << (64 - MEM_PAGE_SHIFT) ||
 		    !mem_range_ok(rv->gm, gfn << MEM_PAGE_SHIFT, MEM_PAGE_SIZE) ||
 		    (idx = mem_page_index(rv->gm, gfn << MEM_PAGE_SHIFT)) < 0)
-			return failf(rv->j, "record %" PRIu64 ": a page at frame 0x%" PRIx64
+			return mig_failf(rv->j, "record %" PRIu64 ": a page at frame 0x%" PRIx64
 				     " outside the VM's RAM", r->seq, gfn);
 		ret = fill(rv, (uint64_t)idx, 1, u + 8);
 		if (ret)
-			return failf(rv->j, "writing the guest page at frame 0x%" PRIx64 ": %s", gfn,
+			return mig_failf(rv->j, "writing the guest page at frame 0x%" PRIx64 ": %s", gfn,
 				     strerror(-ret));
 		bit_set(rv->written, (uint64_t)idx, true);
 	}
-	count_pages(rv->j, MIG_PAGE_DATA, p->count);
+	mig_count_pages(rv->j, MIG_PAGE_DATA, p->count);
 	return 0;
 }
 
@@ -1209,7 +1320,7 @@ static int apply_pages(struct receiver *rv, const struct mig_rec *r)
 	int ret = 0;
 
 	if (mig_pages_decode(r, &p))
-		return failf(j, "record %" PRIu64 ": a malformed pages record", r->seq);
+		return mig_failf(j, "record %" PRIu64 ": a malformed pages record", r->seq);
 	if (p.kind == MIG_PAGE_SCATTER)
 		return apply_scatter(rv, r, &p);
 	/* Every page of the run in RAM, one region: a hostile stream writes nowhere else. */
@@ -1218,7 +1329,7 @@ static int apply_pages(struct receiver *rv, const struct mig_rec *r)
 	    (first = mem_page_index(rv->gm, p.gfn << MEM_PAGE_SHIFT)) < 0 ||
 	    mem_index_gpa(rv->gm, (uint64_t)first + p.count - 1) !=
 		    (p.gfn + p.count - 1) << MEM_PAGE_SHIFT)
-		return failf(j, "record %" PRIu64 ": pages at frame 0x%" PRIx64 " (%u) outside the "
+		return mig_failf(j, "record %" PRIu64 ": pages at frame 0x%" PRIx64 " (%u) outside the "
 			     "VM's RAM", r->seq, p.gfn, p.count);
 	gpa = p.gfn << MEM_PAGE_SHIFT;
 	switch (p.kind) {
@@ -1227,7 +1338,7 @@ static int apply_pages(struct receiver *rv, const struct mig_rec *r)
 					  PS_BALLOONED);
 
 		if (got < 0)
-			return failf(j, "ballooned pages at 0x%" PRIx64 ": %s", gpa,
+			return mig_failf(j, "ballooned pages at 0x%" PRIx64 ": %s", gpa,
 				     strerror((int)-got));
 		for (uint32_t i = 0; i < p.count; i++)
 			bit_set(rv->written, (uint64_t)first + i, false);
@@ -1253,12 +1364,12 @@ static int apply_pages(struct receiver *rv, const struct mig_rec *r)
 			const uint8_t *u = p.data + (size_t)i * mig_page_unit(p.kind);
 			uint8_t h[HASH_LEN];
 
-			sha256(u + 8 + HASH_LEN, MEM_PAGE_SIZE, h);
+			mig_sha256(u + 8 + HASH_LEN, MEM_PAGE_SIZE, h);
 			if (memcmp(h, u + 8, HASH_LEN))
-				return failf(j, "record %" PRIu64 ": a shared page whose content does "
+				return mig_failf(j, "record %" PRIu64 ": a shared page whose content does "
 					     "not match its hash", r->seq);
 			if (keep_frame(rv, le64dec(u), u + 8 + HASH_LEN))
-				return failf(j, "record %" PRIu64 ": a shared page's id used twice, or "
+				return mig_failf(j, "record %" PRIu64 ": a shared page's id used twice, or "
 					     "more shared pages than the VM has", r->seq);
 			ret = fill(rv, (uint64_t)first + i, 1, u + 8 + HASH_LEN);
 			bit_set(rv->written, (uint64_t)first + i, true);
@@ -1269,7 +1380,7 @@ static int apply_pages(struct receiver *rv, const struct mig_rec *r)
 			uint64_t at;
 
 			if (!idmap_get(&rv->frames, le64dec(p.data + (size_t)i * 8), &at))
-				return failf(j, "record %" PRIu64 ": a reference to a shared page "
+				return mig_failf(j, "record %" PRIu64 ": a reference to a shared page "
 					     "never sent", r->seq);
 			ret = fill(rv, (uint64_t)first + i, 1, rv->frame_data + at * MEM_PAGE_SIZE);
 			bit_set(rv->written, (uint64_t)first + i, true);
@@ -1277,8 +1388,8 @@ static int apply_pages(struct receiver *rv, const struct mig_rec *r)
 		break;
 	}
 	if (ret)
-		return failf(j, "writing guest pages at 0x%" PRIx64 ": %s", gpa, strerror(-ret));
-	count_pages(j, p.kind, p.count);
+		return mig_failf(j, "writing guest pages at 0x%" PRIx64 ": %s", gpa, strerror(-ret));
+	mig_count_pages(j, p.kind, p.count);
 	return 0;
 }
 
@@ -1302,30 +1413,29 @@ static int load_machine(struct mig_job *j, const char *hex)
 	int ret;
 
 	if (n % 2 || n / 2 > ACCEL_CPU_STATE_MAX)
-		return failf(j, "malformed machine state");
+		return mig_failf(j, "malformed machine state");
 	buf = kv_zalloc(n / 2 + 1);
 	if (!buf)
-		return failf(j, "out of memory");
+		return mig_failf(j, "out of memory");
 	for (size_t i = 0; i < n / 2; i++) {
 		unsigned int b;
 
 		if (!isxdigit((unsigned char)hex[2 * i]) || !isxdigit((unsigned char)hex[2 * i + 1]) ||
 		    sscanf(hex + 2 * i, "%2x", &b) != 1) {
 			kv_free(buf);
-			return failf(j, "malformed machine state");
+			return mig_failf(j, "malformed machine state");
 		}
 		buf[i] = (uint8_t)b;
 	}
 	ret = vm_load_machine(j->vm, buf, n / 2);
 	kv_free(buf);
-	return ret ? failf(j, "the machine's state: %s", ret == -EINVAL ? "refused"
+	return ret ? mig_failf(j, "the machine's state: %s", ret == -EINVAL ? "refused"
 							   : strerror(-ret)) : 0;
 }
 
-static int apply_state(struct receiver *rv, const struct mig_rec *r)
+int mig_apply_state(struct mig_job *j, const struct mig_rec *r)
 {
-	struct mig_job *j = rv->j;
-	json_t *o = rec_json(r), *clock = json_object_get(o, "clock");
+	json_t *o = mig_rec_json(r), *clock = json_object_get(o, "clock");
 	struct vm_clock clk;
 	char why[192] = "";
 	int ret;
@@ -1335,13 +1445,13 @@ static int apply_state(struct receiver *rv, const struct mig_rec *r)
 	    !json_u64_string(clock, "vmm_ns", &clk.vmm_ns) ||
 	    !json_is_object(json_object_get(o, "devices"))) {
 		json_decref(o);
-		return failf(j, "record %" PRIu64 ": malformed device state", r->seq);
+		return mig_failf(j, "record %" PRIu64 ": malformed device state", r->seq);
 	}
 	/*
 	 * The last pages are in: the memory as the source stopped it, before
 	 * this host's clock offset and devices write into it.
 	 */
-	if (j->params.checksum && checksum_memory(j, rv->gm))
+	if (j->params.checksum && mig_checksum_memory(j, vm_gm(j->vm)))
 		log_warn("%s: the memory checksum could not be taken", vm_name(j->vm));
 	ret = load_machine(j, json_string_value(json_object_get(o, "machine")));
 	if (ret) {
@@ -1351,29 +1461,28 @@ static int apply_state(struct receiver *rv, const struct mig_rec *r)
 	ret = vm_load_clock(j->vm, &clk);
 	if (ret) {
 		json_decref(o);
-		return failf(j, "the guest's clock: %s", ret == -ERANGE ? "this host's TSC runs at "
+		return mig_failf(j, "the guest's clock: %s", ret == -ERANGE ? "this host's TSC runs at "
 			     "another rate" : strerror(-ret));
 	}
 	ret = j->dops->load_devices(j->arg, json_object_get(o, "devices"), why, sizeof(why));
 	json_decref(o);
 	if (ret)
-		return failf(j, "device state: %s", why[0] ? why : strerror(-ret));
+		return mig_failf(j, "device state: %s", why[0] ? why : strerror(-ret));
 	return 0;
 }
 
-static int apply_vcpu(struct receiver *rv, const struct mig_rec *r, uint64_t *seen)
+int mig_apply_vcpu(struct mig_job *j, const struct mig_rec *r, uint64_t *seen)
 {
-	struct mig_job *j = rv->j;
 	struct mig_cur c = mig_cur_of(r);
 	uint32_t i = mig_cur_u32(&c);
 	int ret;
 
 	if (c.bad || i >= vm_ncpus(j->vm) || (*seen >> i & 1))
-		return failf(j, "record %" PRIu64 ": vCPU state for vCPU %u (of %u, or twice)",
+		return mig_failf(j, "record %" PRIu64 ": vCPU state for vCPU %u (of %u, or twice)",
 			     r->seq, i, vm_ncpus(j->vm));
 	ret = vm_load_vcpu(j->vm, i, c.p, c.left);
 	if (ret)
-		return failf(j, "vCPU %u state: %s", i, ret == -EINVAL ? "refused" : strerror(-ret));
+		return mig_failf(j, "vCPU %u state: %s", i, ret == -EINVAL ? "refused" : strerror(-ret));
 	*seen |= 1ULL << i;
 	return 0;
 }
@@ -1392,17 +1501,17 @@ static int dest_run(struct mig_job *j)
 	if (!ret)
 		ret = mig_stream_open(j->fd, true, 0, j->params.timeout_ms, &j->out);
 	if (ret)
-		return failf(j, "the stream: %s", strerror(-ret));
-	set_stage(j, MIG_STAGE_RESERVATION);
+		return mig_failf(j, "the stream: %s", strerror(-ret));
+	mig_set_stage(j, MIG_STAGE_RESERVATION);
 	ret = handshake(j);
 	if (!ret)
 		ret = get_rec(j, j->in, &r);
 	if (ret)
 		return ret;
 	if (r.type == MIG_REC_AUTH)
-		return failf(j, "the source offers a handshake this host has no secret for");
-	if (r.type != MIG_REC_VM || !(desc = rec_json(&r)))
-		return failf(j, "the stream does not start with a VM description");
+		return mig_failf(j, "the source offers a handshake this host has no secret for");
+	if (r.type != MIG_REC_VM || !(desc = mig_rec_json(&r)))
+		return mig_failf(j, "the stream does not start with a VM description");
 	j->params.checksum = json_is_true(json_object_get(desc, "checksum"));
 	ret = j->dops->reserve(j->arg, desc, &j->vm, why, sizeof(why));
 	json_decref(desc);
@@ -1410,8 +1519,8 @@ static int dest_run(struct mig_job *j)
 		json_t *no = json_pack("{s:b, s:s}", "accepted", 0, "reason",
 				       why[0] ? why : strerror(-ret));
 
-		failf(j, "refused: %s", why[0] ? why : strerror(-ret));
-		put_json(j->out, MIG_REC_RESERVE, no);
+		mig_failf(j, "refused: %s", why[0] ? why : strerror(-ret));
+		mig_put_json(j->out, MIG_REC_RESERVE, no);
 		json_decref(no);
 		return -EPROTO;
 	}
@@ -1423,18 +1532,18 @@ static int dest_run(struct mig_job *j)
 	pthread_mutex_unlock(&j->lock);
 	rv.written = kv_calloc(mem_bitmap_words(rv.gm), sizeof(uint64_t));
 	if (!rv.written) {
-		ret = failf(j, "out of memory");
+		ret = mig_failf(j, "out of memory");
 		goto out;
 	}
 	{
 		json_t *yes = json_pack("{s:b}", "accepted", 1);
 
-		ret = put_check(j, j->out, put_json(j->out, MIG_REC_RESERVE, yes));
+		ret = put_check(j, j->out, mig_put_json(j->out, MIG_REC_RESERVE, yes));
 		json_decref(yes);
 		if (ret)
 			goto out;
 	}
-	set_stage(j, MIG_STAGE_PRECOPY);
+	mig_set_stage(j, MIG_STAGE_PRECOPY);
 	for (;;) {
 		ret = get_rec(j, j->in, &r);
 		if (ret)
@@ -1446,37 +1555,37 @@ static int dest_run(struct mig_job *j)
 
 			if (!mig_cur_done(&c) ||
 			    (stage != MIG_STAGE_PRECOPY && stage != MIG_STAGE_STOP_COPY)) {
-				ret = failf(j, "record %" PRIu64 ": a malformed round", r.seq);
+				ret = mig_failf(j, "record %" PRIu64 ": a malformed round", r.seq);
 				goto out;
 			}
 			pthread_mutex_lock(&j->lock);
 			j->prog.round = round;
 			j->prog.stage = stage;
 			pthread_mutex_unlock(&j->lock);
-			notify(j);
+			mig_notify(j);
 			continue;
 		}
 		case MIG_REC_PAGES:
 			ret = apply_pages(&rv, &r);
 			break;
 		case MIG_REC_VCPU:
-			ret = apply_vcpu(&rv, &r, &cpus);
+			ret = mig_apply_vcpu(j, &r, &cpus);
 			break;
 		case MIG_REC_DEVICE:
-			ret = state ? failf(j, "record %" PRIu64 ": device state twice", r.seq)
-				    : apply_state(&rv, &r);
+			ret = state ? mig_failf(j, "record %" PRIu64 ": device state twice", r.seq)
+				    : mig_apply_state(j, &r);
 			state = true;
 			break;
 		case MIG_REC_END:
 			if (!state || cpus != (vm_ncpus(j->vm) == 64 ? ~0ULL
 								       : (1ULL << vm_ncpus(j->vm)) - 1)) {
-				ret = failf(j, "the source ended before sending every vCPU's and "
+				ret = mig_failf(j, "the source ended before sending every vCPU's and "
 					    "device's state");
 				goto out;
 			}
 			goto commit;
 		default:
-			ret = failf(j, "record %" PRIu64 ": a %s record in the middle of the pages",
+			ret = mig_failf(j, "record %" PRIu64 ": a %s record in the middle of the pages",
 				    r.seq, mig_rec_name(r.type));
 			break;
 		}
@@ -1484,7 +1593,7 @@ static int dest_run(struct mig_job *j)
 			goto out;
 	}
 commit:
-	set_stage(j, MIG_STAGE_COMMIT);
+	mig_set_stage(j, MIG_STAGE_COMMIT);
 	ret = put_check(j, j->out, mig_put_buf(j->out, MIG_REC_COMMIT, "{}", 2));
 	if (ret)
 		goto out;
@@ -1493,14 +1602,14 @@ commit:
 	if (ret)
 		goto out;
 	if (r.type != MIG_REC_COMMIT) {
-		ret = failf(j, "the source answered the commitment with a %s record",
+		ret = mig_failf(j, "the source answered the commitment with a %s record",
 			    mig_rec_name(r.type));
 		goto out;
 	}
-	set_stage(j, MIG_STAGE_ACTIVATION);
+	mig_set_stage(j, MIG_STAGE_ACTIVATION);
 	ret = j->dops->activate(j->arg);
 	if (ret)
-		ret = failf(j, "starting the VM: %s (it is lost: the source gave it up)",
+		ret = mig_failf(j, "starting the VM: %s (it is lost: the source gave it up)",
 			    strerror(-ret));
 	reserved = false; /* the host's now, running or stopped */
 out:
@@ -1523,14 +1632,14 @@ static void *dest_thread(void *arg)
 		put_error(j, j->out);
 		log_warn("incoming migration from %s failed: %s", j->prog.peer, j->prog.error);
 	}
-	finish(j, ret, t0);
+	mig_job_finish(j, ret, t0);
 	return NULL;
 }
 
 int mig_dest_start(int fd, const struct mig_params *p, const struct mig_dest_ops *ops, void *arg,
 		   const char *peer, struct mig_job **out)
 {
-	struct mig_job *j = job_new(false, fd, p, arg, peer);
+	struct mig_job *j = mig_job_new(false, fd, p, arg, peer);
 	int ret;
 
 	if (!j)

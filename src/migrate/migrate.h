@@ -52,7 +52,18 @@ enum mig_stage {
 	MIG_STAGE_DONE,		/* the VM runs at the destination */
 	MIG_STAGE_FAILED,	/* the source runs it (or, destination side: nothing kept) */
 	MIG_STAGE_CANCELLED,	/* failed because asked */
+	MIG_STAGE_LOAD,		/* a restore: the image's pages going into the VM */
 };
+
+/* What a job does: the stages above serve all of them (a save has no commitment). */
+enum mig_kind {
+	MIG_KIND_MIGRATION,	/* a VM to or from another host */
+	MIG_KIND_SAVE,		/* a VM into a file, given up once the file is whole */
+	MIG_KIND_SNAPSHOT,	/* a VM into a file, running on */
+	MIG_KIND_RESTORE,	/* a VM out of a file */
+};
+
+const char *mig_kind_name(enum mig_kind k);
 
 const char *mig_stage_name(enum mig_stage s);
 
@@ -96,6 +107,7 @@ struct mig_params {
 
 /* Where a migration is, for the stats and the progress line (a copy). */
 struct mig_progress {
+	enum mig_kind kind;
 	enum mig_stage stage;
 	bool source;			/* this side sends */
 	unsigned int round;
@@ -114,7 +126,7 @@ struct mig_progress {
 	uint64_t bandwidth;
 	char vm[64];			/* its name (once the destination has reserved it) */
 	char checksum[33];		/* mig_params.checksum: XXH3-128 of the memory, hex */
-	char peer[108];
+	char peer[256];			/* the peer's address, or the file */
 	char error[224];
 };
 
@@ -183,5 +195,30 @@ struct mig_dest_ops {
  */
 int mig_dest_start(int fd, const struct mig_params *p, const struct mig_dest_ops *ops, void *arg,
 		   const char *peer, struct mig_job **out);
+
+/*
+ * Save vm into a snapshot file (migrate/snapfile.h) at path, on a thread of
+ * its own: pre-copy rounds into the file while the guest runs (a page
+ * written again is written again in place), then stop-and-copy of the last
+ * pages and the state. stop: the VM is given up (ops->given_up) once the
+ * file is durable and named; otherwise (a snapshot) it runs on as soon as
+ * its state is taken, and the pause is the downtime a migration to the
+ * disk would have. A failure leaves no file and the VM running. The file is
+ * created here: 0, or -errno with why set (nothing started).
+ */
+int mig_save_start(struct vm *vm, const char *path, const json_t *desc, bool stop,
+		   const struct mig_params *p, const struct mig_source_ops *ops, void *arg,
+		   struct mig_job **out, char *why, size_t whylen);
+
+/*
+ * Restore the VM a snapshot file holds, on a thread of its own: ops->reserve
+ * with the file's description, the pages, the vCPUs, clock, machine and
+ * devices, activation. The file is opened and checked here, whole (0, or
+ * -errno with why set: nothing started); a page that does not match its
+ * hash later fails the restore and discards the VM.
+ */
+int mig_restore_start(const char *path, const struct mig_params *p,
+		      const struct mig_dest_ops *ops, void *arg, struct mig_job **out, char *why,
+		      size_t whylen);
 
 #endif

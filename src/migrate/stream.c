@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <openssl/evp.h>
 #include <xxhash.h>
 
 #include "core/clock.h"
@@ -537,4 +538,12 @@ const uint8_t *mig_cur_bytes(struct mig_cur *c, size_t n)
 	c->p += n;
 	c->left -= n;
 	return p;
+}
+
+void mig_sha256(const void *p, size_t len, uint8_t out[32])
+{
+	unsigned int n = 32;
+
+	if (!EVP_Digest(p, len, out, &n, EVP_sha256(), NULL))
+		memset(out, 0, 32);
 }

@@ -129,6 +129,9 @@ int mig_put_pages(struct mig_stream *s, uint64_t gfn, uint32_t count, uint32_t k
  */
 int mig_get(struct mig_stream *s, struct mig_rec *r);
 
+/* SHA-256 of len bytes at p (a page's name, where guests choose the content). */
+void mig_sha256(const void *p, size_t len, uint8_t out[32]);
+
 /* The name of a record type, for messages ("record 12 (pages): ..."). */
 const char *mig_rec_name(uint32_t type);
 /* Bytes each page of a kind takes in a PAGES record (0 for markers); 0 for no kind. */

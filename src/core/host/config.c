@@ -273,7 +273,7 @@ int host_config_check(const struct host_config *cfg, char *err, size_t len)
 {
 	uint64_t sum_min = 0;
 
-	if (cfg->nr_vms == 0 && !cfg->incoming)
+	if (cfg->nr_vms == 0 && !cfg->incoming && !cfg->restore)
 		return fail(err, len, "vms: at least one VM is needed (or \"incoming\", to take "
 			    "VMs in)");
 	for (unsigned int i = 0; i < cfg->nr_vms; i++) {

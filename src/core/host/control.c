@@ -40,6 +40,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -227,6 +228,21 @@ int control_req_size(json_t *req, const char *key, json_t *reply, uint64_t *out)
 	if (size_json(key, json_object_get(req, key), SIZE_JSON_BYTES, SIZE_MAX_BYTES, out, err,
 		      sizeof(err)))
 		return control_reply_error(reply, EINVAL, "%s", err);
+	return 0;
+}
+
+int control_req_count(json_t *req, const char *key, json_t *reply, uint64_t max, uint64_t *out)
+{
+	json_t *v = json_object_get(req, key);
+
+	*out = 0;
+	if (!v || json_is_null(v))
+		return 0;
+	if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+	    (uint64_t)json_integer_value(v) > max)
+		return control_reply_error(reply, EINVAL, "%s: a whole number from 0 to %" PRIu64,
+					   key, max);
+	*out = (uint64_t)json_integer_value(v);
 	return 0;
 }
 

@@ -123,6 +123,8 @@ int control_reply_error(json_t *reply, int err, const char *fmt, ...)
  */
 int control_req_string(json_t *req, const char *key, json_t *reply, const char **out);
 int control_req_size(json_t *req, const char *key, json_t *reply, uint64_t *out);
+/* An optional whole number from 0 to max: 0 when absent or null; -EINVAL (reply set) otherwise. */
+int control_req_count(json_t *req, const char *key, json_t *reply, uint64_t max, uint64_t *out);
 /* "EINVAL" for -EINVAL/EINVAL, "E<n>" for unnamed values. */
 const char *control_errname(int err);
 

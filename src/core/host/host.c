@@ -291,8 +291,9 @@ int host_create(const struct host_config *cfg, struct host **out)
 	h->stop_efd = -1;
 	pthread_mutex_init(&h->lock, NULL);
 	pthread_mutex_init(&h->pause_lock, NULL);
-	h->cap_vms = cfg->nr_vms + (cfg->incoming ? HOST_INCOMING_MAX : 0);
+	h->cap_vms = cfg->nr_vms + HOST_INCOMING_MAX;
 	pthread_rwlock_init(&h->vms_lock, NULL);
+	pthread_mutex_init(&h->arrivals_lock, NULL);
 	h->vms = kv_calloc(h->cap_vms ? h->cap_vms : 1, sizeof(*h->vms));
 	if (!h->vms) {
 		ret = -ENOMEM;
@@ -428,6 +429,8 @@ int host_create(const struct host_config *cfg, struct host **out)
 			ret = control_register_verb(h->control, "balloon", balloon_verb, h);
 			if (!ret)
 				ret = host_migration_register(h);
+			if (!ret)
+				ret = host_snapshot_register(h);
 		}
 		if (ret)
 			goto out_destroy;
@@ -536,6 +539,8 @@ int host_run(struct host *h)
 		if (ret && log_error_count() == errors)
 			log_err("%s: cannot start: %s", h->vms[i].cfg.name, strerror(-ret));
 	}
+	if (!ret && h->cfg.restore)
+		ret = host_restore(h, h->cfg.restore, NULL);
 	if (!ret)
 		ret = setup_access(h);
 	if (!ret)
@@ -641,6 +646,8 @@ void host_release_vm(struct host *h, struct host_vm *hv)
 		memset(&hv->cfg, 0, sizeof(hv->cfg));
 		hv->owns_cfg = false;
 	}
+	kv_free(hv->restored_from);
+	hv->restored_from = NULL;
 	hv->released = true;
 }
 
@@ -670,6 +677,7 @@ void host_destroy(struct host *h)
 	pthread_mutex_destroy(&h->lock);
 	pthread_mutex_destroy(&h->pause_lock);
 	pthread_rwlock_destroy(&h->vms_lock);
+	pthread_mutex_destroy(&h->arrivals_lock);
 	if (h->secret)
 		explicit_bzero(h->secret, h->secret_len);
 	kv_free(h->secret);
@@ -946,15 +954,18 @@ void host_reclaim_now(struct host *h)
 
 const char *host_vm_state(struct host_vm *hv)
 {
-	bool incoming, gone;
+	bool incoming, gone, saved;
 
 	pthread_mutex_lock(&hv->host->lock);
 	incoming = hv->incoming;
 	gone = hv->gone;
+	saved = hv->saved;
 	pthread_mutex_unlock(&hv->host->lock);
 	if (gone)
-		return "migrated";
-	return incoming ? "incoming" : vm_state_name(vm_get_state(hv->vm));
+		return saved ? "saved" : "migrated";
+	if (incoming)
+		return hv->restored_from ? "restoring" : "incoming";
+	return vm_state_name(vm_get_state(hv->vm));
 }
 
 json_t *host_list_json(struct host *h)
@@ -1161,6 +1172,8 @@ json_t *host_stats_json(struct host *h)
 		}
 		if (hv->mig)
 			json_object_set_new(vo, "migration", host_vm_migration_json(hv));
+		json_object_set_new(vo, "restored_from", hv->restored_from
+				    ? json_string(hv->restored_from) : json_null());
 		json_array_append_new(vms, vo);
 	}
 	for (unsigned int m = 0; m < hs.nr_mechanisms; m++)

@@ -3,8 +3,8 @@
  * Private to src/core/host: the host and its VMs as host.c and the
  * migration side of the host (migration.c) share them.
  *
- * The VM array has room for the configured VMs and, on a host that accepts
- * migrations, HOST_INCOMING_MAX more. It never moves. An entry is filled
+ * The VM array has room for the configured VMs and HOST_INCOMING_MAX more
+ * (migrated in, restored). It never moves. An entry is filled
  * before nr_vms counts it (release; readers load it with acquire), and a
  * VM that leaves (migrated away, or an incoming one discarded) keeps its
  * entry: its resources are released by the main thread under the write
@@ -20,7 +20,10 @@
 #define HOST_INCOMING_MAX 64
 
 struct mig_job;
+struct mig_progress;
+struct mig_source_ops;
 struct incoming;
+struct arrival;
 
 struct host_vm {
 	struct host *host;
@@ -40,7 +43,9 @@ struct host_vm {
 	/* Migration (migration.c). */
 	bool mig_paused;		/* h->pause_lock: stopped for stop-and-copy */
 	bool incoming;			/* being received: not started (h->lock) */
-	bool gone;			/* migrated away or discarded: to be released (h->lock) */
+	bool gone;			/* migrated away, saved or discarded: to be released (h->lock) */
+	bool saved;			/* gone into a file (kvmem save --stop) (h->lock) */
+	char *restored_from;		/* the snapshot file it was restored from, or NULL */
 	bool released;			/* its resources are gone (main thread, vms_lock) */
 	bool owns_cfg;			/* cfg's strings are its own (an incoming VM's) */
 	/*
@@ -69,6 +74,10 @@ struct host {
 	uint8_t *secret;		/* cfg.migration_secret's content, or NULL */
 	size_t secret_len;
 	uint64_t mig_gone_ns;		/* when a VM last migrated away (h->lock) */
+	/* VMs coming in: over the listener, or restored (migration.c). */
+	pthread_mutex_t arrivals_lock;
+	struct arrival *arrivals[HOST_INCOMING_MAX];
+	unsigned int nr_arrivals;
 };
 
 /* VMs counted so far (acquire: their entries are complete). */
@@ -104,5 +113,31 @@ int host_migration_linger_ms(struct host *h);
 void host_migration_refused_json(struct host *h, json_t *arr);
 /* The main thread: release every VM that left (migrated away, or discarded). */
 void host_release_gone(struct host *h);
+/* What a VM's owner does for a job that sends it away (to a host or a file). */
+extern const struct mig_source_ops host_source_ops;
+/* A VM's description, for a reservation or a snapshot file (new reference, NULL: no memory). */
+json_t *host_vm_describe(struct host *h, struct host_vm *hv);
+/* hv has a job sending it away or bringing it in that has not ended. */
+bool host_vm_migrating(struct host *h, struct host_vm *hv);
+/*
+ * Restore the VM in the snapshot file at path here (name: a new name for
+ * it, or NULL), on a job of its own: 0 with *id to follow it by, or -errno
+ * with why set (the file refused, say).
+ */
+int host_restore_start(struct host *h, const char *path, const char *name, bool checksum,
+		       uint64_t *id, char *why, size_t whylen);
+/* Restore id's progress: 1 when it ended, 0 while it runs, -ENOENT when gone. */
+int host_restore_progress(struct host *h, uint64_t id, struct mig_progress *out);
+/* A job's progress as the stats show it (new reference). */
+json_t *host_job_json(const struct mig_progress *p);
+
+/* snapshot.c */
+int host_snapshot_register(struct host *h);	/* the verbs, with the control socket */
+/*
+ * Restore the VM of the snapshot file at path (name: a new name, or NULL)
+ * and wait until it runs: 0, -ENOEXEC when the file is refused, or -errno;
+ * the reason logged.
+ */
+int host_restore(struct host *h, const char *path, const char *name);
 
 #endif

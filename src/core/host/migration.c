@@ -45,11 +45,15 @@
 
 #define CONNECT_TIMEOUT_MS 5000
 
-/* One connection that brings a VM in. */
+/* One VM coming in: over a connection, or out of a file (a restore). */
 struct arrival {
 	struct host *h;
 	struct host_vm *hv;		/* once reserved */
 	struct mig_job *job;
+	char *name;			/* a restore's new name for it, or NULL */
+	char *file;			/* a restore's file, or NULL */
+	uint64_t id;			/* a restore's, for its verb to follow it by */
+	bool seen;			/* its verb read how it ended (arrivals_lock) */
 };
 
 struct incoming {
@@ -59,9 +63,6 @@ struct incoming {
 	pthread_t thread;
 	bool tcp;
 	char addr[160];
-	pthread_mutex_t lock;		/* guards arrivals */
-	struct arrival *arrivals[HOST_INCOMING_MAX];
-	unsigned int nr_arrivals;
 };
 
 /* --- addresses --- */
@@ -291,7 +292,8 @@ static void src_given_up(void *arg)
 	struct host_vm *hv = arg;
 	struct host *h = hv->host;
 
-	log_info("%s: migrated: it runs at the destination now", hv->cfg.name);
+	log_info("%s: %s", hv->cfg.name, hv->saved ? "saved: it lives on in its file"
+						  : "migrated: it runs at the destination now");
 	/*
 	 * The host's linger starts first (the VM's stop may end the host's main
 	 * loop), then the VM stops, then it is gone (the main thread frees a
@@ -322,7 +324,7 @@ int host_migration_linger_ms(struct host *h)
 	return (int)((LINGER_MS * 1000000ULL - (now - since)) / 1000000ULL) + 1;
 }
 
-static const struct mig_source_ops source_ops = {
+const struct mig_source_ops host_source_ops = {
 	.stop = src_stop,
 	.restart = src_restart,
 	.hold = src_hold,
@@ -330,8 +332,7 @@ static const struct mig_source_ops source_ops = {
 	.given_up = src_given_up,
 };
 
-/* What the destination is asked to reserve. */
-static json_t *describe(struct host *h, struct host_vm *hv)
+json_t *host_vm_describe(struct host *h, struct host_vm *hv)
 {
 	struct ovc_vm_stats vs = { 0 };
 	json_t *d;
@@ -349,7 +350,7 @@ static json_t *describe(struct host *h, struct host_vm *hv)
 	return d;
 }
 
-static bool migrating(struct host *h, struct host_vm *hv)
+bool host_vm_migrating(struct host *h, struct host_vm *hv)
 {
 	bool busy;
 
@@ -357,22 +358,6 @@ static bool migrating(struct host *h, struct host_vm *hv)
 	busy = hv->mig && !mig_job_finished(hv->mig);
 	pthread_mutex_unlock(&h->lock);
 	return busy;
-}
-
-/* Optional request numbers: 0 when absent; -EINVAL (reply set) when not a count. */
-static int req_count(json_t *req, const char *key, json_t *reply, uint64_t max, uint64_t *out)
-{
-	json_t *v = json_object_get(req, key);
-
-	*out = 0;
-	if (!v || json_is_null(v))
-		return 0;
-	if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-	    (uint64_t)json_integer_value(v) > max)
-		return control_reply_error(reply, EINVAL, "%s: a whole number from 0 to %" PRIu64,
-					   key, max);
-	*out = (uint64_t)json_integer_value(v);
-	return 0;
 }
 
 static int migrate_verb(void *arg, json_t *req, json_t *reply)
@@ -390,9 +375,9 @@ static int migrate_verb(void *arg, json_t *req, json_t *reply)
 
 	if ((ret = control_req_string(req, "vm", reply, &name)) ||
 	    (ret = control_req_string(req, "to", reply, &to)) ||
-	    (ret = req_count(req, "downtime_ms", reply, 60000, &downtime)) ||
-	    (ret = req_count(req, "bandwidth_mib_s", reply, 1 << 20, &mib)) ||
-	    (ret = req_count(req, "max_rounds", reply, 1000, &rounds)))
+	    (ret = control_req_count(req, "downtime_ms", reply, 60000, &downtime)) ||
+	    (ret = control_req_count(req, "bandwidth_mib_s", reply, 1 << 20, &mib)) ||
+	    (ret = control_req_count(req, "max_rounds", reply, 1000, &rounds)))
 		return ret;
 	if (geteuid() != 0)
 		return control_reply_error(reply, EPERM, "only a host running as root sends VMs "
@@ -404,7 +389,7 @@ static int migrate_verb(void *arg, json_t *req, json_t *reply)
 	hv = host_find_vm(h, name);
 	if (!hv)
 		return control_reply_error(reply, ENOENT, "no VM named \"%s\"", name);
-	if (migrating(h, hv))
+	if (host_vm_migrating(h, hv))
 		return control_reply_error(reply, EBUSY, "%s is migrating already", name);
 	if (vm_get_state(hv->vm) != VM_RUNNING && vm_get_state(hv->vm) != VM_PAUSED)
 		return control_reply_error(reply, EINVAL, "%s is not running", name);
@@ -413,7 +398,7 @@ static int migrate_verb(void *arg, json_t *req, json_t *reply)
 		return control_reply_error(reply, -fd, "cannot reach the destination: %s", why);
 	p.secret = h->secret;
 	p.secret_len = h->secret_len;
-	desc = describe(h, hv);
+	desc = host_vm_describe(h, hv);
 	p.downtime_ms = (uint32_t)downtime;
 	p.bandwidth = mib << 20;
 	p.max_rounds = (uint32_t)rounds;
@@ -421,7 +406,7 @@ static int migrate_verb(void *arg, json_t *req, json_t *reply)
 	/* The destination takes its digest when the source does. */
 	if (desc && p.checksum)
 		json_object_set_new(desc, "checksum", json_true());
-	ret = desc ? mig_source_start(hv->vm, fd, desc, &p, &source_ops, hv, to, &job) : -ENOMEM;
+	ret = desc ? mig_source_start(hv->vm, fd, desc, &p, &host_source_ops, hv, to, &job) : -ENOMEM;
 	json_decref(desc);
 	if (ret) {
 		close(fd);
@@ -453,7 +438,7 @@ static int migrate_cancel_verb(void *arg, json_t *req, json_t *reply)
 	if ((ret = control_req_string(req, "vm", reply, &name)))
 		return ret;
 	hv = host_find_vm(h, name);
-	if (!hv || !migrating(h, hv))
+	if (!hv || !host_vm_migrating(h, hv))
 		return control_reply_error(reply, ENOENT, "%s is not migrating", name);
 	pthread_mutex_lock(&h->lock);
 	mig_job_cancel(hv->mig);
@@ -470,11 +455,11 @@ static int migrate_set_verb(void *arg, json_t *req, json_t *reply)
 	int ret;
 
 	if ((ret = control_req_string(req, "vm", reply, &name)) ||
-	    (ret = req_count(req, "downtime_ms", reply, 60000, &downtime)) ||
-	    (ret = req_count(req, "bandwidth_mib_s", reply, 1 << 20, &mib)))
+	    (ret = control_req_count(req, "downtime_ms", reply, 60000, &downtime)) ||
+	    (ret = control_req_count(req, "bandwidth_mib_s", reply, 1 << 20, &mib)))
 		return ret;
 	hv = host_find_vm(h, name);
-	if (!hv || !migrating(h, hv))
+	if (!hv || !host_vm_migrating(h, hv))
 		return control_reply_error(reply, ENOENT, "%s is not migrating", name);
 	pthread_mutex_lock(&h->lock);
 	mig_job_set(hv->mig, (uint32_t)downtime,
@@ -497,8 +482,6 @@ int host_migration_register(struct host *h)
 	return ret;
 }
 
-static json_t *progress_json(const struct mig_progress *p);
-
 json_t *host_vm_migration_json(struct host_vm *hv)
 {
 	struct mig_progress p;
@@ -510,30 +493,26 @@ json_t *host_vm_migration_json(struct host_vm *hv)
 	}
 	mig_job_progress(hv->mig, &p);
 	pthread_mutex_unlock(&hv->host->lock);
-	return progress_json(&p);
+	return host_job_json(&p);
 }
 
 void host_migration_refused_json(struct host *h, json_t *arr)
 {
-	struct incoming *in = h->incoming;
-
-	if (!in)
-		return;
-	pthread_mutex_lock(&in->lock);
-	for (unsigned int i = 0; i < in->nr_arrivals; i++) {
-		struct arrival *a = in->arrivals[i];
+	pthread_mutex_lock(&h->arrivals_lock);
+	for (unsigned int i = 0; i < h->nr_arrivals; i++) {
+		struct arrival *a = h->arrivals[i];
 		struct mig_progress p;
 
 		/* One that reserved a VM is shown with it. */
 		if (a->hv)
 			continue;
 		mig_job_progress(a->job, &p);
-		json_array_append_new(arr, progress_json(&p));
+		json_array_append_new(arr, host_job_json(&p));
 	}
-	pthread_mutex_unlock(&in->lock);
+	pthread_mutex_unlock(&h->arrivals_lock);
 }
 
-static json_t *progress_json(const struct mig_progress *pp)
+json_t *host_job_json(const struct mig_progress *pp)
 {
 	static const char *const kinds[MIG_PAGE_KINDS] = {
 		[MIG_PAGE_ZERO] = "zero",   [MIG_PAGE_BALLOONED] = "ballooned",
@@ -546,8 +525,8 @@ static json_t *progress_json(const struct mig_progress *pp)
 	pages = json_object();
 	for (unsigned int k = 1; k < MIG_PAGE_KINDS; k++)
 		json_object_set_new(pages, kinds[k], json_integer((json_int_t)p.pages[k]));
-	o = json_pack("{s:s, s:s, s:s, s:s, s:i, s:I, s:I, s:I, s:i, s:o, s:I, s:f, s:f, s:I, s:I, s:I, s:i, s:I}",
-		      "vm", p.vm, "direction", p.source ? "out" : "in",
+	o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:I, s:I, s:I, s:i, s:o, s:I, s:f, s:f, s:I, s:I, s:I, s:i, s:I}",
+		      "vm", p.vm, "kind", mig_kind_name(p.kind), "direction", p.source ? "out" : "in",
 		      "peer", p.peer, "stage", mig_stage_name(p.stage), "round", (int)p.round,
 		      "ram_pages", (json_int_t)p.ram_pages, "dirty_pages", (json_int_t)p.dirty_pages,
 		      "dirtied_pages", (json_int_t)p.dirtied_pages, "throttle_pct", (int)p.throttle_pct,
@@ -638,6 +617,9 @@ static int dst_reserve(void *arg, json_t *desc, struct vm **vm, char *why, size_
 	uint64_t sum_min = 0;
 	int ret;
 
+	/* A restore may give the VM another name (a copy of one that runs here, say). */
+	if (a->name)
+		json_object_set_new(desc, "name", json_string(a->name));
 	/* The VM list held: no VM is released (and its name freed) while names are compared. */
 	pthread_rwlock_rdlock(&h->vms_lock);
 	ret = parse_desc(desc, &c, why, whylen);
@@ -680,6 +662,7 @@ static int dst_reserve(void *arg, json_t *desc, struct vm **vm, char *why, size_
 	hv->owns_cfg = true;
 	hv->incoming = true;
 	hv->mig = a->job;
+	hv->restored_from = a->file ? kv_strdup(a->file) : NULL;
 	ret = host_create_vm(h, hv);
 	if (ret) {
 		hv->mig = NULL;
@@ -689,7 +672,7 @@ static int dst_reserve(void *arg, json_t *desc, struct vm **vm, char *why, size_
 		pthread_rwlock_unlock(&h->vms_lock);
 		snprintf(why, whylen, "%s", ret == -EADDRINUSE
 			 ? "its RAM's place in this host's address space is taken (a thread VM "
-			   "runs only there)" : strerror(-ret));
+			   "resumes only there: does the VM it came from run here?)" : strerror(-ret));
 		return ret;
 	}
 	a->hv = hv;
@@ -697,8 +680,8 @@ static int dst_reserve(void *arg, json_t *desc, struct vm **vm, char *why, size_
 	pthread_mutex_unlock(&h->lock);
 	pthread_rwlock_unlock(&h->vms_lock);
 	*vm = hv->vm;
-	log_info("%s: arriving (%" PRIu64 " MiB, %" PRIu64 " MiB resident at the source)",
-		 c.name, c.mem_bytes >> 20,
+	log_info("%s: %s (%" PRIu64 " MiB, %" PRIu64 " MiB resident at the source)",
+		 c.name, a->file ? "restoring" : "arriving", c.mem_bytes >> 20,
 		 (uint64_t)json_integer_value(json_object_get(desc, "resident_bytes")) >> 20);
 	return 0;
 fail:
@@ -740,7 +723,7 @@ static int dst_activate(void *arg)
 		host_wake(h);
 		return ret;
 	}
-	log_info("%s: migrated in: running here", a->hv->cfg.name);
+	log_info("%s: %s: running here", a->hv->cfg.name, a->file ? "restored" : "migrated in");
 	return 0;
 }
 
@@ -768,27 +751,30 @@ static void arrival_free(struct host *h, struct arrival *a)
 		a->hv->mig = NULL;
 	pthread_mutex_unlock(&h->lock);
 	mig_job_free(a->job);
+	kv_free(a->name);
+	kv_free(a->file);
 	kv_free(a);
 }
 
 /*
  * Arrivals that ended without a VM (refused, failed before reserving, a
  * peer that never proved the secret) go, so that they cannot use up the
- * listener's room; the incoming lock held.
+ * room for arrivals; arrivals_lock held.
  */
-static void reap_arrivals(struct incoming *in)
+static void reap_arrivals(struct host *h)
 {
 	unsigned int kept = 0;
 
-	for (unsigned int i = 0; i < in->nr_arrivals; i++) {
-		struct arrival *a = in->arrivals[i];
+	for (unsigned int i = 0; i < h->nr_arrivals; i++) {
+		struct arrival *a = h->arrivals[i];
 
-		if (!a->hv && mig_job_finished(a->job))
-			arrival_free(in->h, a);
+		/* A restore's outcome goes once its verb has read it. */
+		if (!a->hv && mig_job_finished(a->job) && (!a->file || a->seen))
+			arrival_free(h, a);
 		else
-			in->arrivals[kept++] = a;
+			h->arrivals[kept++] = a;
 	}
-	in->nr_arrivals = kept;
+	h->nr_arrivals = kept;
 }
 
 static const struct mig_dest_ops dest_ops = {
@@ -850,10 +836,10 @@ static void *incoming_thread(void *arg)
 			continue;
 		}
 		a = kv_zalloc(sizeof(*a));
-		pthread_mutex_lock(&in->lock);
-		reap_arrivals(in);
-		if (!a || in->nr_arrivals == HOST_INCOMING_MAX) {
-			pthread_mutex_unlock(&in->lock);
+		pthread_mutex_lock(&in->h->arrivals_lock);
+		reap_arrivals(in->h);
+		if (!a || in->h->nr_arrivals == HOST_INCOMING_MAX) {
+			pthread_mutex_unlock(&in->h->arrivals_lock);
 			log_warn_ratelimited("incoming migration from %s refused: no room", peer);
 			kv_free(a);
 			close(fd);
@@ -865,14 +851,14 @@ static void *incoming_thread(void *arg)
 		/* The job is the arrival's before its thread can reserve (which records it). */
 		ret = mig_dest_start(fd, &p, &dest_ops, a, peer, &a->job);
 		if (ret) {
-			pthread_mutex_unlock(&in->lock);
+			pthread_mutex_unlock(&in->h->arrivals_lock);
 			log_warn("incoming migration from %s: %s", peer, strerror(-ret));
 			kv_free(a);
 			close(fd);
 			continue;
 		}
-		in->arrivals[in->nr_arrivals++] = a;
-		pthread_mutex_unlock(&in->lock);
+		in->h->arrivals[in->h->nr_arrivals++] = a;
+		pthread_mutex_unlock(&in->h->arrivals_lock);
 	}
 	return NULL;
 }
@@ -902,7 +888,6 @@ int host_migration_listen(struct host *h)
 	if (!in)
 		return -ENOMEM;
 	in->h = h;
-	pthread_mutex_init(&in->lock, NULL);
 	snprintf(in->addr, sizeof(in->addr), "%s", h->cfg.incoming);
 	in->stop_efd = eventfd(0, EFD_CLOEXEC);
 	in->lfd = open_addr(h->cfg.incoming, true, &in->tcp, why, sizeof(why));
@@ -922,7 +907,6 @@ fail:
 		close(in->lfd);
 	if (in->stop_efd >= 0)
 		close(in->stop_efd);
-	pthread_mutex_destroy(&in->lock);
 	kv_free(in);
 	return ret;
 }
@@ -941,26 +925,87 @@ void host_migration_stop(struct host *h)
 			mig_job_cancel(hv->mig);
 		pthread_mutex_unlock(&h->lock);
 	}
-	if (!in)
-		return;
-	/* Verbs (the stats) read it with the VM list held. */
-	pthread_rwlock_wrlock(&h->vms_lock);
-	h->incoming = NULL;
-	pthread_rwlock_unlock(&h->vms_lock);
-	if (write(in->stop_efd, &one, sizeof(one)) < 0)
-		log_debug("eventfd: %m");
-	pthread_join(in->thread, NULL);
-	close(in->lfd);
-	close(in->stop_efd);
-	if (!strncmp(in->addr, "unix:", 5))
-		unlink(in->addr + 5);
-	/* Incoming: each discards its VM (the main loop or the host's end releases it). */
-	for (unsigned int i = 0; i < in->nr_arrivals; i++)
-		mig_job_cancel(in->arrivals[i]->job);
-	for (unsigned int i = 0; i < in->nr_arrivals; i++)
-		arrival_free(h, in->arrivals[i]);
-	pthread_mutex_destroy(&in->lock);
-	kv_free(in);
+	if (in) {
+		/* Verbs (the stats) read it with the VM list held. */
+		pthread_rwlock_wrlock(&h->vms_lock);
+		h->incoming = NULL;
+		pthread_rwlock_unlock(&h->vms_lock);
+		if (write(in->stop_efd, &one, sizeof(one)) < 0)
+			log_debug("eventfd: %m");
+		pthread_join(in->thread, NULL);
+		close(in->lfd);
+		close(in->stop_efd);
+		if (!strncmp(in->addr, "unix:", 5))
+			unlink(in->addr + 5);
+		kv_free(in);
+	}
+	/* Incoming and restoring: each discards its VM (the main loop or the host's end releases it). */
+	pthread_mutex_lock(&h->arrivals_lock);
+	for (unsigned int i = 0; i < h->nr_arrivals; i++)
+		mig_job_cancel(h->arrivals[i]->job);
+	for (unsigned int i = 0; i < h->nr_arrivals; i++)
+		arrival_free(h, h->arrivals[i]);
+	h->nr_arrivals = 0;
+	pthread_mutex_unlock(&h->arrivals_lock);
+}
+
+int host_restore_start(struct host *h, const char *path, const char *name, bool checksum,
+		       uint64_t *id, char *why, size_t whylen)
+{
+	static uint64_t next_id;
+	struct mig_params p = { .checksum = checksum };
+	struct arrival *a = kv_zalloc(sizeof(*a));
+	int ret;
+
+	if (!a || !(a->file = kv_strdup(path)) || (name && !(a->name = kv_strdup(name)))) {
+		if (a)
+			kv_free(a->file);
+		kv_free(a);
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	a->h = h;
+	pthread_mutex_lock(&h->arrivals_lock);
+	reap_arrivals(h);
+	if (h->nr_arrivals == HOST_INCOMING_MAX) {
+		pthread_mutex_unlock(&h->arrivals_lock);
+		kv_free(a->file);
+		kv_free(a->name);
+		kv_free(a);
+		snprintf(why, whylen, "%u VMs are arriving already", HOST_INCOMING_MAX);
+		return -EAGAIN;
+	}
+	/* The job is the arrival's before its thread can reserve (which records it). */
+	ret = mig_restore_start(path, &p, &dest_ops, a, &a->job, why, whylen);
+	if (ret) {
+		pthread_mutex_unlock(&h->arrivals_lock);
+		kv_free(a->file);
+		kv_free(a->name);
+		kv_free(a);
+		return ret;
+	}
+	a->id = ++next_id;
+	*id = a->id;
+	h->arrivals[h->nr_arrivals++] = a;
+	pthread_mutex_unlock(&h->arrivals_lock);
+	return 0;
+}
+
+int host_restore_progress(struct host *h, uint64_t id, struct mig_progress *out)
+{
+	int ret = -ENOENT;
+
+	pthread_mutex_lock(&h->arrivals_lock);
+	for (unsigned int i = 0; i < h->nr_arrivals; i++) {
+		if (h->arrivals[i]->id == id) {
+			mig_job_progress(h->arrivals[i]->job, out);
+			ret = mig_job_finished(h->arrivals[i]->job) ? 1 : 0;
+			h->arrivals[i]->seen = ret == 1;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&h->arrivals_lock);
+	return ret;
 }
 
 void host_release_gone(struct host *h)

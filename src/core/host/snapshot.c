@@ -1,0 +1,171 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The host's side of snapshots (migrate/migrate.h does the work): the
+ * verbs that save a VM into a file (save: a snapshot that lets it run on,
+ * or, with stop, a freeze that gives it up once the file is whole) and that
+ * restore one from a file into this host (restore), and `kvmem run
+ * --restore`'s start. Files are named by absolute paths: the host's working
+ * directory is not the client's. Only root's control socket reaches these
+ * verbs, and a snapshot holds guest memory: it is created 0600.
+ */
+#define LOG_TAG "snapshot"
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/clock.h"
+#include "core/host/control.h"
+#include "core/host/host_internal.h"
+#include "core/log.h"
+#include "core/vm.h"
+#include "migrate/migrate.h"
+
+/* How long the restore verb waits for its VM to run before it answers "still restoring". */
+#define RESTORE_WAIT_MS (CONTROL_VERB_TIMEOUT_MS - 2000)
+
+static void saved(void *arg)
+{
+	struct host_vm *hv = arg;
+
+	pthread_mutex_lock(&hv->host->lock);
+	hv->saved = true;
+	pthread_mutex_unlock(&hv->host->lock);
+	host_source_ops.given_up(arg);
+}
+
+static const struct mig_source_ops *save_ops(void)
+{
+	static struct mig_source_ops ops;
+
+	ops = host_source_ops;
+	ops.given_up = saved;
+	return &ops;
+}
+
+static int save_verb(void *arg, json_t *req, json_t *reply)
+{
+	struct host *h = arg;
+	struct mig_params p = { 0 };
+	const char *name, *to;
+	struct mig_job *job, *old;
+	struct host_vm *hv;
+	uint64_t downtime;
+	bool stop;
+	char why[256];
+	json_t *desc;
+	int ret;
+
+	if ((ret = control_req_string(req, "vm", reply, &name)) ||
+	    (ret = control_req_string(req, "to", reply, &to)) ||
+	    (ret = control_req_count(req, "downtime_ms", reply, 60000, &downtime)))
+		return ret;
+	if (to[0] != '/')
+		return control_reply_error(reply, EINVAL, "to: %s: an absolute path (the host's "
+					   "working directory is not the client's)", to);
+	stop = json_is_true(json_object_get(req, "stop"));
+	hv = host_find_vm(h, name);
+	if (!hv)
+		return control_reply_error(reply, ENOENT, "no VM named \"%s\"", name);
+	if (host_vm_migrating(h, hv))
+		return control_reply_error(reply, EBUSY, "%s is migrating or being saved already",
+					   name);
+	if (vm_get_state(hv->vm) != VM_RUNNING && vm_get_state(hv->vm) != VM_PAUSED)
+		return control_reply_error(reply, EINVAL, "%s is not running", name);
+	p.downtime_ms = (uint32_t)downtime;
+	p.checksum = json_is_true(json_object_get(req, "checksum"));
+	desc = host_vm_describe(h, hv);
+	if (!desc)
+		return control_reply_error(reply, ENOMEM, "out of memory");
+	ret = mig_save_start(hv->vm, to, desc, stop, &p, stop ? save_ops() : &host_source_ops, hv,
+			     &job, why, sizeof(why));
+	json_decref(desc);
+	if (ret)
+		return control_reply_error(reply, -ret, "cannot save %s: %s", name, why);
+	pthread_mutex_lock(&h->lock);
+	old = hv->mig;
+	hv->mig = job;
+	pthread_mutex_unlock(&h->lock);
+	/* Finished (host_vm_migrating said so); the one that brought the VM here is its arrival's. */
+	if (old && mig_job_is_source(old))
+		mig_job_free(old);
+	log_info("%s: %s to %s", name, stop ? "saving" : "taking a snapshot", to);
+	json_object_set_new(reply, "migration", host_vm_migration_json(hv));
+	return 0;
+}
+
+/*
+ * Wait for restore id to end, up to ms (0: for ever). 1 when it ended (its
+ * progress in *p), 0 when still running, -ENOENT when no longer known.
+ */
+static int restore_wait(struct host *h, uint64_t id, int ms, struct mig_progress *p)
+{
+	uint64_t until = kv_clock_ns(CLOCK_MONOTONIC) + (uint64_t)ms * 1000000ULL;
+	int ret;
+
+	while (!(ret = host_restore_progress(h, id, p)) &&
+	       (!ms || kv_clock_ns(CLOCK_MONOTONIC) < until))
+		nanosleep(&(struct timespec){ .tv_nsec = 5000000 }, NULL);
+	return ret;
+}
+
+static int restore_verb(void *arg, json_t *req, json_t *reply)
+{
+	struct host *h = arg;
+	const char *file, *name = NULL;
+	struct mig_progress p;
+	char why[256];
+	uint64_t id;
+	int ret;
+
+	if ((ret = control_req_string(req, "file", reply, &file)))
+		return ret;
+	if (json_object_get(req, "name") && (ret = control_req_string(req, "name", reply, &name)))
+		return ret;
+	if (file[0] != '/')
+		return control_reply_error(reply, EINVAL, "file: %s: an absolute path (the host's "
+					   "working directory is not the client's)", file);
+	ret = host_restore_start(h, file, name, json_is_true(json_object_get(req, "checksum")),
+				 &id, why, sizeof(why));
+	if (ret)
+		return control_reply_error(reply, -ret, "cannot restore: %s", why);
+	ret = restore_wait(h, id, RESTORE_WAIT_MS, &p);
+	if (ret < 0)
+		return control_reply_error(reply, EIO, "the restore of %s is no longer known", file);
+	if (ret == 1 && p.stage != MIG_STAGE_DONE)
+		return control_reply_error(reply, EINVAL, "%s", p.error);
+	json_object_set_new(reply, "migration", host_job_json(&p));
+	json_object_set_new(reply, "vm", json_string(p.vm));
+	return 0;
+}
+
+int host_restore(struct host *h, const char *path, const char *name)
+{
+	struct mig_progress p;
+	char why[256];
+	uint64_t id;
+	int ret;
+
+	ret = host_restore_start(h, path, name, false, &id, why, sizeof(why));
+	if (ret) {
+		log_err("cannot restore: %s", why);
+		return ret == -ENOMEM || ret == -EAGAIN ? ret : -ENOEXEC;
+	}
+	ret = restore_wait(h, id, 0, &p);
+	if (ret == 1 && p.stage == MIG_STAGE_DONE) {
+		log_info("%s: restored from %s in %" PRIu64 " ms", p.vm, path, p.total_ms);
+		return 0;
+	}
+	log_err("cannot restore %s: %s", path, ret == 1 ? p.error : "the restore vanished");
+	return -EINVAL;
+}
+
+int host_snapshot_register(struct host *h)
+{
+	int ret = control_register_verb(h->control, "save", save_verb, h);
+
+	if (!ret)
+		ret = control_register_verb(h->control, "restore", restore_verb, h);
+	return ret;
+}

@@ -1,0 +1,239 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Save, snapshot and restore (migrate/migrate.h): a migration whose other
+ * end is a file (migrate/snapfile.h). Saving runs the source's side of a
+ * migration with the file in place of the peer; restoring reads the file's
+ * description, pages and state the way a destination reads a stream.
+ */
+#define LOG_TAG "snapshot"
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/thread.h"
+#include "core/vm.h"
+#include "mem/gm.h"
+#include "mem/memmap.h"
+#include "mem/reclaim.h"
+#include "mem/txn.h"
+#include "migrate/migrate.h"
+#include "migrate/migrate_internal.h"
+#include "migrate/snapfile.h"
+
+/* Pages read from the file at a time: one call, one transaction at most. */
+#define LOAD_PAGES 256
+
+int mig_save_start(struct vm *vm, const char *path, const json_t *desc, bool stop,
+		   const struct mig_params *p, const struct mig_source_ops *ops, void *arg,
+		   struct mig_job **out, char *why, size_t whylen)
+{
+	json_int_t resident = json_integer_value(json_object_get(desc, "resident_bytes"));
+	struct mig_job *j = mig_job_new(true, -1, p, arg, path);
+	int ret;
+
+	if (!j) {
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	j->kind = j->prog.kind = stop ? MIG_KIND_SAVE : MIG_KIND_SNAPSHOT;
+	ret = snapw_create(path, mem_nr_pages(vm_gm(vm)), resident > 0 ? (uint64_t)resident : 0,
+			   &j->file, why, whylen);
+	if (ret) {
+		pthread_mutex_destroy(&j->lock);
+		kv_free(j);
+		return ret;
+	}
+	ret = mig_source_spawn(j, vm, desc, ops, "snapshot-out");
+	if (ret) {
+		snprintf(why, whylen, "%s", strerror(-ret));
+		return ret;
+	}
+	*out = j;
+	return 0;
+}
+
+/* Pages [i, e) of the window at idx are one run in guest-physical memory. */
+static bool one_run(struct gm *gm, uint64_t idx, uint32_t i, uint32_t e)
+{
+	return mem_index_gpa(gm, idx + e - 1) - mem_index_gpa(gm, idx + i) ==
+	       (uint64_t)(e - 1 - i) * MEM_PAGE_SIZE;
+}
+
+/* Every page of the image into the fresh VM: content installed whole, ballooned ones dropped. */
+static int load_pages(struct mig_job *j, struct gm *gm)
+{
+	struct snap_reader *r = j->image;
+	uint64_t nr = snapr_nr_pages(r);
+	uint8_t *buf = kv_zalloc(LOAD_PAGES * MEM_PAGE_SIZE);
+	int ret = 0;
+
+	if (!buf)
+		return mig_failf(j, "out of memory");
+	for (uint64_t idx = 0; idx < nr && !ret; idx += LOAD_PAGES) {
+		uint32_t n = nr - idx < LOAD_PAGES ? (uint32_t)(nr - idx) : LOAD_PAGES;
+		uint64_t data = 0, bad = 0;
+
+		if (mig_cancelled(j)) {
+			ret = mig_failf(j, "cancelled");
+			break;
+		}
+		for (uint32_t i = 0; i < n; i++)
+			data += snapr_kind(r, idx + i) == SNAP_PAGE_DATA;
+		if (data) {
+			ret = snapr_read(r, idx, n, buf, &bad);
+			if (ret) {
+				ret = mig_failf(j, "%s: %s", snapr_path(r), ret == -EBADMSG
+						? "a page does not match its hash: the file is corrupt"
+						: strerror(-ret));
+				break;
+			}
+			__atomic_add_fetch(&j->bytes_read, (uint64_t)n * MEM_PAGE_SIZE,
+					   __ATOMIC_RELAXED);
+		}
+		for (uint32_t i = 0, e; i < n && !ret; i = e) {
+			uint8_t k = snapr_kind(r, idx + i);
+
+			for (e = i + 1; e < n && snapr_kind(r, idx + e) == k && one_run(gm, idx, i, e + 1);)
+				e++;
+			if (k == SNAP_PAGE_DATA) {
+				ret = mem_fill_pages(gm, idx + i, e - i, buf + (uint64_t)i * MEM_PAGE_SIZE);
+			} else if (k == SNAP_PAGE_BALLOONED) {
+				int64_t got = mem_discard(gm, mem_index_gpa(gm, idx + i),
+							  (uint64_t)(e - i) * MEM_PAGE_SIZE, PS_BALLOONED);
+
+				ret = got < 0 ? (int)got : 0;
+			}
+			if (ret)
+				ret = mig_failf(j, "loading guest pages at index %" PRIu64 ": %s", idx + i,
+						strerror(-ret));
+			else
+				mig_count_pages(j, k == SNAP_PAGE_DATA ? MIG_PAGE_DATA
+					       : k == SNAP_PAGE_BALLOONED ? MIG_PAGE_BALLOONED
+									 : MIG_PAGE_ZERO, e - i);
+		}
+	}
+	kv_free(buf);
+	return ret;
+}
+
+/* The vCPU and device records after the pages; END once every one of them came. */
+static int load_state(struct mig_job *j)
+{
+	uint64_t cpus = 0, all = vm_ncpus(j->vm) == 64 ? ~0ULL : (1ULL << vm_ncpus(j->vm)) - 1;
+	bool state = false;
+	int ret = 0;
+
+	for (unsigned int i = 1; i < snapr_nr_recs(j->image) && !ret; i++) {
+		const struct mig_rec *rec = snapr_rec(j->image, i);
+
+		switch (rec->type) {
+		case MIG_REC_VCPU:
+			ret = mig_apply_vcpu(j, rec, &cpus);
+			break;
+		case MIG_REC_DEVICE:
+			ret = state ? mig_failf(j, "device state twice") : mig_apply_state(j, rec);
+			state = true;
+			break;
+		case MIG_REC_END:
+			if (!state || cpus != all)
+				ret = mig_failf(j, "%s: the file lacks a vCPU's or the devices' state",
+						snapr_path(j->image));
+			return ret;
+		default:
+			ret = mig_failf(j, "a %s record in the state", mig_rec_name(rec->type));
+		}
+	}
+	return ret ? ret : mig_failf(j, "%s: the state has no end", snapr_path(j->image));
+}
+
+static int restore_run(struct mig_job *j)
+{
+	json_t *desc = mig_rec_json(snapr_rec(j->image, 0));
+	bool reserved = false;
+	char why[192] = "";
+	int ret;
+
+	mig_set_stage(j, MIG_STAGE_RESERVATION);
+	if (!desc)
+		return mig_failf(j, "%s: the VM's description is malformed", snapr_path(j->image));
+	ret = j->dops->reserve(j->arg, desc, &j->vm, why, sizeof(why));
+	json_decref(desc);
+	if (ret)
+		return mig_failf(j, "refused: %s", why[0] ? why : strerror(-ret));
+	reserved = true;
+	pthread_mutex_lock(&j->lock);
+	j->prog.ram_pages = mem_nr_pages(vm_gm(j->vm));
+	snprintf(j->prog.vm, sizeof(j->prog.vm), "%s", vm_name(j->vm));
+	pthread_mutex_unlock(&j->lock);
+	if (mem_nr_pages(vm_gm(j->vm)) != snapr_nr_pages(j->image)) {
+		ret = mig_failf(j, "%s: the VM's description and its memory disagree on its size",
+				snapr_path(j->image));
+		goto out;
+	}
+	mig_set_stage(j, MIG_STAGE_LOAD);
+	ret = load_pages(j, vm_gm(j->vm));
+	if (!ret)
+		ret = load_state(j);
+	if (ret)
+		goto out;
+	mig_set_stage(j, MIG_STAGE_ACTIVATION);
+	ret = j->dops->activate(j->arg);
+	if (ret)
+		ret = mig_failf(j, "starting the VM: %s", strerror(-ret));
+	reserved = false; /* the host's now, running or stopped */
+out:
+	if (ret && reserved)
+		j->dops->discard(j->arg);
+	return ret;
+}
+
+static void *restore_thread(void *arg)
+{
+	struct mig_job *j = arg;
+	uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC);
+	int ret = restore_run(j);
+
+	if (ret)
+		log_warn("restoring %s failed: %s", j->prog.peer, j->prog.error);
+	mig_job_finish(j, ret, t0);
+	return NULL;
+}
+
+int mig_restore_start(const char *path, const struct mig_params *p,
+		      const struct mig_dest_ops *ops, void *arg, struct mig_job **out, char *why,
+		      size_t whylen)
+{
+	struct mig_job *j = mig_job_new(false, -1, p, arg, path);
+	int ret;
+
+	if (!j) {
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	j->kind = j->prog.kind = MIG_KIND_RESTORE;
+	j->dops = ops;
+	j->prog.stage = MIG_STAGE_RESERVATION;
+	ret = snapr_open(path, &j->image, why, whylen);
+	if (ret) {
+		pthread_mutex_destroy(&j->lock);
+		kv_free(j);
+		return ret;
+	}
+	/* Before the thread runs: its callbacks may look for the job through the caller. */
+	*out = j;
+	ret = thread_spawn(&j->thread, "snapshot-in", restore_thread, j);
+	if (ret) {
+		*out = NULL;
+		snapr_close(j->image);
+		pthread_mutex_destroy(&j->lock);
+		kv_free(j);
+		snprintf(why, whylen, "%s", strerror(-ret));
+		return ret;
+	}
+	return 0;
+}

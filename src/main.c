@@ -25,6 +25,7 @@
 #include "core/host/cli_balloon.h"
 #include "core/alloc.h"
 #include "core/host/cli_migrate.h"
+#include "core/host/cli_snapshot.h"
 #include "core/host/cli_swap.h"
 #include "core/host/cli_migrate.h"
 #include "core/host/control.h"
@@ -48,6 +49,8 @@ static void usage(FILE *f)
 		"                  [--incoming unix:PATH|tcp:HOST:PORT] [--migration-secret FILE]\n"
 		"       kvmem migrate --vm NAME --to ADDR [--downtime MS] [--bandwidth MIB_S]\n"
 		"                     [--socket PATH]\n"
+		"       kvmem save --vm NAME --to FILE [--stop] [--socket PATH]\n"
+		"       kvmem restore FILE [--name NAME] [--socket PATH]\n"
 		"       kvmem stat [--socket PATH] [--json] [--watch SECS]\n"
 		"       kvmem balloon --vm NAME (--target SIZE | --auto) [--socket PATH]\n"
 		"       kvmem swap --vm NAME --to SIZE [--socket PATH]\n"
@@ -77,7 +80,9 @@ static void usage(FILE *f)
 		"          --migration-secret FILE  a secret the migrating hosts share (mode 0600),\n"
 		"                      needed over TCP: both peers prove they hold it\n"
 		"swap    swap a VM of a running host out to a resident size (see kvmem swap --help)\n"
-		"migrate move a running VM to another host, live (see kvmem migrate --help)\n",
+		"migrate move a running VM to another host, live (see kvmem migrate --help)\n"
+		"save    write a VM to a snapshot file, live or stopping it (see kvmem save --help)\n"
+		"restore start the VM of a snapshot file in a running host\n",
 		ABI_MAX_CPUS);
 }
 
@@ -477,6 +482,10 @@ int main(int argc, char **argv)
 		return cli_swap_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "migrate"))
 		return cli_migrate_main(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "save"))
+		return cli_save_main(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "restore"))
+		return cli_restore_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "stat"))
 		return statcli_main(argc - 1, argv + 1);
 	return usage_error("%s: unknown command", argv[1]);

@@ -9,6 +9,7 @@
 #include "core/host/cli_migrate.h"
 
 #include <getopt.h>
+#include <stdbool.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,20 +56,26 @@ static long num_arg(const char *s, long max)
 	return *s && !*end && v >= 0 && v <= max ? v : -1;
 }
 
-/* This VM's migration object in a stats reply: the live VM's, else the last that left. */
-static json_t *find_migration(json_t *stats, const char *vm)
+static bool of_kind(json_t *m, const char *kind)
+{
+	return !strcmp(json_string_value(json_object_get(m, "kind")) ?: "", kind);
+}
+
+/* This VM's job of that kind in a stats reply: the live VM's, else the last that left. */
+static json_t *find_job(json_t *stats, const char *vm, const char *kind)
 {
 	json_t *v, *found = NULL;
 	size_t i;
 
 	json_array_foreach(json_object_get(stats, "vms"), i, v)
 		if (!strcmp(json_string_value(json_object_get(v, "name")) ?: "", vm) &&
-		    json_is_object(json_object_get(v, "migration")))
+		    json_is_object(json_object_get(v, "migration")) &&
+		    of_kind(json_object_get(v, "migration"), kind))
 			found = json_object_get(v, "migration");
 	if (found)
 		return found;
 	json_array_foreach(json_object_get(stats, "migrated"), i, v)
-		if (!strcmp(json_string_value(json_object_get(v, "vm")) ?: "", vm))
+		if (!strcmp(json_string_value(json_object_get(v, "vm")) ?: "", vm) && of_kind(v, kind))
 			found = v;
 	return found;
 }
@@ -94,17 +101,68 @@ static void progress_line(json_t *m, bool tty)
 static void summary(const char *vm, json_t *m)
 {
 	json_t *p = json_object_get(m, "pages");
+	bool restore = of_kind(m, "restore");
 	char esc[256];
 
-	printf("%s: %s in %.0f ms, downtime %.0f ms, %.1f MiB sent in %.0f rounds "
+	printf("%s: %s %s in %.0f ms, downtime %.0f ms, %.1f MiB %s in %.0f rounds "
 	       "(pages: %.0f data, %.0f zero, %.0f ballooned, %.0f shared + %.0f references)\n",
-	       vm, cli_escape(json_string_value(json_object_get(m, "stage")) ?: "?", esc, 32),
+	       vm, cli_escape(json_string_value(json_object_get(m, "kind")) ?: "?", esc, 32),
+	       cli_escape(json_string_value(json_object_get(m, "stage")) ?: "?", esc + 32, 32),
 	       num(m, "total_ms"), num(m, "downtime_ms"), num(m, "bytes") / 1048576.0,
-	       num(m, "round"), num(p, "data"), num(p, "zero"), num(p, "ballooned"),
-	       num(p, "shared"), num(p, "shared_refs"));
+	       restore ? "read" : of_kind(m, "migration") ? "sent" : "written", num(m, "round"),
+	       num(p, "data"), num(p, "zero"), num(p, "ballooned"), num(p, "shared"),
+	       num(p, "shared_refs"));
 	if (json_is_string(json_object_get(m, "error")))
-		printf("%s: the migration failed: %s; the VM runs on here\n", vm,
-		       cli_escape(json_string_value(json_object_get(m, "error")), esc, sizeof(esc)));
+		printf("%s: the %s failed: %s; %s\n", vm,
+		       cli_escape(json_string_value(json_object_get(m, "kind")) ?: "?", esc, 32),
+		       cli_escape(json_string_value(json_object_get(m, "error")), esc + 32,
+				  sizeof(esc) - 32),
+		       restore ? "nothing of it was kept" : "the VM runs on here");
+}
+
+int cli_follow_job(const char *cmd, const char *path, const char *vm, const char *kind)
+{
+	bool tty = isatty(STDOUT_FILENO);
+	char last[32] = "";
+	double last_round = -1;
+	json_t *req, *reply;
+	int ret;
+
+	for (;;) {
+		struct timespec d = { 0, POLL_MS * 1000000L };
+		const char *stage;
+		json_t *m;
+
+		req = json_pack("{s:s}", "verb", "stats");
+		ret = cli_request(cmd, path, req, CONTROL_CLIENT_TIMEOUT_MS, &reply);
+		json_decref(req);
+		if (ret)
+			return ret;
+		m = find_job(reply, vm, kind);
+		stage = m ? json_string_value(json_object_get(m, "stage")) : NULL;
+		if (!stage) {
+			json_decref(reply);
+			fprintf(stderr, "kvmem %s: %s: the host no longer shows the %s\n", cmd, vm, kind);
+			return 1;
+		}
+		if (!strcmp(stage, "done") || !strcmp(stage, "failed") ||
+		    !strcmp(stage, "cancelled")) {
+			if (tty)
+				printf("\n");
+			summary(vm, m);
+			ret = strcmp(stage, "done") ? 1 : 0;
+			json_decref(reply);
+			return ret;
+		}
+		/* Without a terminal, a line per change of stage or round, not per poll. */
+		if (tty || strcmp(last, stage) || num(m, "round") != last_round) {
+			progress_line(m, tty);
+			snprintf(last, sizeof(last), "%s", stage);
+			last_round = num(m, "round");
+		}
+		json_decref(reply);
+		nanosleep(&d, NULL);
+	}
 }
 
 int cli_migrate_main(int argc, char **argv)
@@ -121,10 +179,7 @@ int cli_migrate_main(int argc, char **argv)
 	};
 	const char *path = KVMEM_DEFAULT_SOCKET, *vm = NULL, *to = NULL;
 	long downtime = 0, bw = 0, rounds = 0;
-	bool tty = isatty(STDOUT_FILENO);
 	json_t *req, *reply = NULL;
-	char last[32] = "";
-	double last_round = -1;
 	int c, ret;
 
 	opterr = 0;
@@ -177,40 +232,5 @@ int cli_migrate_main(int argc, char **argv)
 	if (ret)
 		return ret;
 	json_decref(reply);
-	for (;;) {
-		struct timespec d = { 0, POLL_MS * 1000000L };
-		const char *stage;
-		json_t *m;
-
-		req = json_pack("{s:s}", "verb", "stats");
-		ret = cli_request("migrate", path, req, CONTROL_CLIENT_TIMEOUT_MS, &reply);
-		json_decref(req);
-		if (ret)
-			return ret;
-		m = find_migration(reply, vm);
-		stage = m ? json_string_value(json_object_get(m, "stage")) : NULL;
-		if (!stage) {
-			json_decref(reply);
-			fprintf(stderr, "kvmem migrate: %s: the host no longer shows the migration\n",
-				vm);
-			return 1;
-		}
-		if (!strcmp(stage, "done") || !strcmp(stage, "failed") ||
-		    !strcmp(stage, "cancelled")) {
-			if (tty)
-				printf("\n");
-			summary(vm, m);
-			ret = strcmp(stage, "done") ? 1 : 0;
-			json_decref(reply);
-			return ret;
-		}
-		/* Without a terminal, a line per change of stage or round, not per poll. */
-		if (tty || strcmp(last, stage) || num(m, "round") != last_round) {
-			progress_line(m, tty);
-			snprintf(last, sizeof(last), "%s", stage);
-			last_round = num(m, "round");
-		}
-		json_decref(reply);
-		nanosleep(&d, NULL);
-	}
+	return cli_follow_job("migrate", path, vm, "migration");
 }

@@ -1,0 +1,194 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * `kvmem save` and `kvmem restore`: a VM of a running host into a snapshot
+ * file and back, clients of the control socket's "save" and "restore"
+ * verbs, following the job through the stats as `kvmem migrate` does.
+ */
+#include "core/host/cli_snapshot.h"
+
+#include <getopt.h>
+#include <limits.h>
+#include <libgen.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/host/cli.h"
+#include "core/host/cli_migrate.h"
+#include "core/host/control.h"
+
+static long num_arg(const char *s, long max)
+{
+	char *end;
+	long v;
+
+	v = strtol(s, &end, 10);
+	return *s && !*end && v >= 0 && v <= max ? v : -1;
+}
+
+/*
+ * path made absolute for the host, whose working directory is not ours: the
+ * directory resolved (it must exist), the name kept (the file may not yet).
+ */
+static int absolute(const char *path, char *out, size_t len)
+{
+	char dir[PATH_MAX], base[PATH_MAX], real[PATH_MAX];
+
+	if (strlen(path) >= sizeof(dir))
+		return -1;
+	snprintf(dir, sizeof(dir), "%s", path);
+	snprintf(base, sizeof(base), "%s", path);
+	if (!realpath(dirname(dir), real))
+		return -1;
+	return snprintf(out, len, "%s/%s", strcmp(real, "/") ? real : "", basename(base)) <
+			       (int)len ? 0 : -1;
+}
+
+static void save_help(void)
+{
+	printf("usage: kvmem save --vm NAME --to FILE [--stop] [--downtime MS] [--socket PATH]\n"
+	       "\n"
+	       "Write a running VM's complete state (memory, vCPUs, devices, its description)\n"
+	       "to a snapshot file, which kvmem restore or kvmem run --restore starts again.\n"
+	       "Without --stop the VM runs on (a snapshot): its pages are copied while it runs,\n"
+	       "then it pauses about the downtime limit for the last ones. With --stop it is\n"
+	       "saved and gone from the host once the file is safely on disk (freeze). The file\n"
+	       "appears whole or not at all; if anything fails the VM runs on.\n"
+	       "  -n, --vm NAME        the VM (as kvmem stat lists it)\n"
+	       "  -t, --to FILE        the snapshot file (replaced if it exists)\n"
+	       "  -S, --stop           stop the VM once saved\n"
+	       "  -d, --downtime MS    the longest pause allowed for the last pages (default 300)\n"
+	       "  -s, --socket PATH    the host's control socket (default %s)\n",
+	       KVMEM_DEFAULT_SOCKET);
+}
+
+int cli_save_main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "vm", required_argument, NULL, 'n' },
+		{ "to", required_argument, NULL, 't' },
+		{ "stop", no_argument, NULL, 'S' },
+		{ "downtime", required_argument, NULL, 'd' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *path = KVMEM_DEFAULT_SOCKET, *vm = NULL, *to = NULL;
+	char file[PATH_MAX];
+	bool stop = false;
+	long downtime = 0;
+	json_t *req, *reply;
+	int c, ret;
+
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, ":s:n:t:Sd:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 's':
+			path = optarg;
+			break;
+		case 'n':
+			vm = optarg;
+			break;
+		case 't':
+			to = optarg;
+			break;
+		case 'S':
+			stop = true;
+			break;
+		case 'd':
+			if ((downtime = num_arg(optarg, 60000)) < 1)
+				return cli_usage_error("save", "see kvmem save --help",
+						       "--downtime %s: milliseconds from 1 to 60000",
+						       optarg);
+			break;
+		case 'h':
+			save_help();
+			return 0;
+		default:
+			return cli_bad_option("save", "see kvmem save --help", c, argv);
+		}
+	}
+	if (optind < argc)
+		return cli_usage_error("save", "see kvmem save --help", "%s: unexpected argument",
+				       argv[optind]);
+	if (!vm || !to)
+		return cli_usage_error("save", "see kvmem save --help", "%s",
+				       "--vm NAME and --to FILE are required");
+	if (absolute(to, file, sizeof(file)))
+		return cli_usage_error("save", "see kvmem save --help",
+				       "--to %s: its directory does not exist", to);
+	req = json_pack("{s:s, s:s, s:s, s:b}", "verb", "save", "vm", vm, "to", file, "stop",
+			stop);
+	if (downtime)
+		json_object_set_new(req, "downtime_ms", json_integer(downtime));
+	ret = cli_request("save", path, req, CONTROL_CLIENT_TIMEOUT_MS, &reply);
+	json_decref(req);
+	if (ret)
+		return ret;
+	json_decref(reply);
+	return cli_follow_job("save", path, vm, stop ? "save" : "snapshot");
+}
+
+static void restore_help(void)
+{
+	printf("usage: kvmem restore FILE [--name NAME] [--socket PATH]\n"
+	       "\n"
+	       "Start the VM a snapshot file holds (kvmem save) in a running host, from where it\n"
+	       "was saved. A file that is not whole, of another format version or corrupt is\n"
+	       "refused, and nothing of it is left running. A VM of the thread accelerator\n"
+	       "resumes only at its original place in the host's address space: not in the\n"
+	       "host where the VM it was saved from still runs.\n"
+	       "  -n, --name NAME      the VM's name here (default: the one it was saved with)\n"
+	       "  -s, --socket PATH    the host's control socket (default %s)\n",
+	       KVMEM_DEFAULT_SOCKET);
+}
+
+int cli_restore_main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "name", required_argument, NULL, 'n' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *path = KVMEM_DEFAULT_SOCKET, *name = NULL;
+	char file[PATH_MAX], vm[128];
+	json_t *req, *reply;
+	int c, ret;
+
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, ":s:n:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 's':
+			path = optarg;
+			break;
+		case 'n':
+			name = optarg;
+			break;
+		case 'h':
+			restore_help();
+			return 0;
+		default:
+			return cli_bad_option("restore", "see kvmem restore --help", c, argv);
+		}
+	}
+	if (optind != argc - 1)
+		return cli_usage_error("restore", "see kvmem restore --help", "%s",
+				       "one snapshot FILE is required");
+	if (!realpath(argv[optind], file))
+		return cli_usage_error("restore", "see kvmem restore --help",
+				       "%s: no such file", argv[optind]);
+	req = json_pack("{s:s, s:s}", "verb", "restore", "file", file);
+	if (name)
+		json_object_set_new(req, "name", json_string(name));
+	ret = cli_request("restore", path, req, CONTROL_CLIENT_TIMEOUT_MS, &reply);
+	json_decref(req);
+	if (ret)
+		return ret;
+	snprintf(vm, sizeof(vm), "%s", json_string_value(json_object_get(reply, "vm")) ?: "");
+	json_decref(reply);
+	return cli_follow_job("restore", path, vm, "restore");
+}

@@ -213,6 +213,8 @@ int snapw_create(const char *path, uint64_t nr_pages, uint64_t need_bytes,
 		w->tmpname = NULL;
 		goto fail;
 	}
+	if (need_bytes > NR_PAGES_MAX * PAGE)
+		need_bytes = NR_PAGES_MAX * PAGE;
 	if (!fstatvfs(w->fd, &sv) &&
 	    (uint64_t)sv.f_bavail * sv.f_frsize < need_bytes + w->data_off + (1ULL << 20)) {
 		ret = why_set(why, whylen, -ENOSPC, "%s has %" PRIu64 " MiB free, the VM's memory "
@@ -466,7 +468,8 @@ static int read_state(struct snap_reader *r, uint64_t state_off, uint64_t state_
 			why_set(why, whylen, ret == -EPROTO ? -EBADMSG : ret, "%s: the state section: %s",
 				r->path, ret == -ENODATA || ret == -EPIPE ? "cut short (a truncated file)"
 									 : mig_stream_error(s));
-			ret = ret == -EPROTO || ret == -ENODATA || ret == -EPIPE ? -EBADMSG : ret;
+			ret = ret == -EPROTO || ret == -ENODATA || ret == -EPIPE || ret == -EMSGSIZE
+				      ? -EBADMSG : ret;
 			break;
 		}
 		if (r->nr_recs == RECS_MAX || (r->nr_recs == 0) != (rec.type == MIG_REC_VM) ||
@@ -497,11 +500,12 @@ static int read_state(struct snap_reader *r, uint64_t state_off, uint64_t state_
 
 int snapr_open(const char *path, struct snap_reader **out, char *why, size_t whylen)
 {
-	uint8_t hdr[HEADER_CHECKED + 8], sum[SNAP_HASH_LEN];
+	uint8_t hdr[HEADER_SIZE] = { 0 }, sum[SNAP_HASH_LEN];
 	uint64_t table_off, state_off, state_len, nr, data_pages = 0;
 	struct snap_reader *r;
 	struct stat st;
 	uint32_t version;
+	bool bad_tail = false;
 	int ret;
 
 	r = kv_zalloc(sizeof(*r));
@@ -509,7 +513,8 @@ int snapr_open(const char *path, struct snap_reader **out, char *why, size_t why
 		kv_free(r);
 		return why_set(why, whylen, -ENOMEM, "out of memory");
 	}
-	r->fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* Non-blocking: a FIFO at the path must be refused, not waited on for a writer. */
+	r->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	if (r->fd < 0 || fstat(r->fd, &st)) {
 		ret = why_set(why, whylen, -errno, "%s: %s", path, strerror(errno));
 		goto fail;
@@ -518,6 +523,7 @@ int snapr_open(const char *path, struct snap_reader **out, char *why, size_t why
 		ret = why_set(why, whylen, -EINVAL, "%s: not a regular file", path);
 		goto fail;
 	}
+	fcntl(r->fd, F_SETFL, 0);
 	ret = pread_all(r->fd, hdr, sizeof(hdr) < (size_t)st.st_size ? sizeof(hdr)
 								     : (size_t)st.st_size, 0);
 	if (ret || (uint64_t)st.st_size < 8 || memcmp(hdr, SNAP_MAGIC, 8)) {
@@ -535,7 +541,11 @@ int snapr_open(const char *path, struct snap_reader **out, char *why, size_t why
 			      "version %u", path, version, SNAP_VERSION);
 		goto fail;
 	}
-	if (get64(hdr + HEADER_CHECKED) != XXH3_64bits(hdr, HEADER_CHECKED) || get32(hdr + 12)) {
+	/* The rest of the header page is unused: zeros, or the header is not one this wrote. */
+	for (size_t i = HEADER_CHECKED + 8; i < HEADER_SIZE && !bad_tail; i++)
+		bad_tail = hdr[i] != 0;
+	if (get64(hdr + HEADER_CHECKED) != XXH3_64bits(hdr, HEADER_CHECKED) || get32(hdr + 12) ||
+	    bad_tail) {
 		ret = why_set(why, whylen, -EBADMSG, "%s: the header is corrupt (or was never "
 			      "finished)", path);
 		goto fail;

@@ -704,7 +704,8 @@ static void test_snapfile_refuses_each_corruption(void **state)
 
 	/* The header: reserved word, page count, each section's place, the time, the table's hash, the check. */
 	{
-		static const long offs[] = { 12, 16, 24, 32, 40, 48, 56, 64, 72, 103, 104, 111 };
+		static const long offs[] = { 12, 16, 24, 32, 40, 48, 56, 64, 72, 103, 104, 111,
+					     112, 2000, 4095 };
 
 		for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {
 			variant(path, good, len, len, offs[i]);
@@ -713,6 +714,12 @@ static void test_snapfile_refuses_each_corruption(void **state)
 				fail_msg("header byte %ld flipped: %d, not -EBADMSG", offs[i], ret);
 		}
 	}
+
+	/* A FIFO at the path: refused, not waited on for a writer. */
+	unlink(path);
+	assert_int_equal(mkfifo(path, 0600), 0);
+	assert_int_equal(open_fails(path), -EINVAL);
+	unlink(path);
 
 	/* The page table: a kind, a hash. */
 	variant(path, good, len, len, PAGE + 1);

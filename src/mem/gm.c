@@ -129,7 +129,8 @@ int mem_read(const struct gm *gm, gpa_t gpa, void *buf, size_t len)
 	if (ret)
 		return ret;
 	/* A swapped page is read from its slot, not swapped in for a VMM's look. */
-	if (__atomic_load_n(&gm->swap, __ATOMIC_ACQUIRE))
+	if (__atomic_load_n(&gm->swap, __ATOMIC_ACQUIRE) ||
+	    __atomic_load_n(&gm->image, __ATOMIC_ACQUIRE))
 		return mem_read_swapped(gm, gpa, buf, len);
 	FOR_EACH_CHUNK(gm, gpa, len, hva, n, {
 		memcpy(dst, hva, n);

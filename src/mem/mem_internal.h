@@ -63,7 +63,15 @@ struct gm {
 	const struct mem_swap_hooks *swap; /* NULL: no swap (set before swapping, cleared after) */
 	void *swap_arg;			/* the store (its hooks' arg) */
 	void *swap_vm;			/* the store's state of this VM (the fatal hook's arg) */
-	uint64_t *swap_slot;		/* per page: its slot while PS_SWAPPED */
+	uint64_t *swap_slot;		/* per page: its slot while PS_SWAPPED (allocated with gm) */
+	/*
+	 * A lazy restore's image (mem/lazy.h): pages not fetched yet are
+	 * PS_SWAPPED with a slot of MEM_SLOT_IMAGE | their index, served by
+	 * these hooks as host swap's slots are by gm->swap's.
+	 */
+	const struct mem_swap_hooks *image; /* NULL: none (set before the VM runs) */
+	void *image_arg;
+	struct mem_lazy *lazy;		/* its prefetcher and figures (lazy.c) */
 	struct {			/* this VM's swap figures (atomic) */
 		uint64_t outs, faults, readahead;
 		uint64_t hist[16];	/* MEM_SWAP_HIST: fault service time, log2 us */
@@ -104,6 +112,12 @@ struct gm {
 #define MEM_WP_LINGER 0x80
 /* Not a reason either: the guest wrote the page while it was sampled (the sampler reads it). */
 #define MEM_WP_WRITTEN 0x40
+
+/*
+ * A slot with this bit is a page of the VM's snapshot image, not of host
+ * swap (whose slots are file slots, or pool handles with bit 63).
+ */
+#define MEM_SLOT_IMAGE (1ULL << 62)
 
 /* Registration modes are kept per chunk of this many pages (2 MiB). */
 #define MEM_CHUNK_PAGES 512ULL
@@ -155,6 +169,17 @@ enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *p
  * a swapped page's content is read from its slot (txn.c). 0, or -EIO.
  */
 int mem_read_swapped(const struct gm *gm, gpa_t gpa, void *buf, size_t len);
+
+/*
+ * Fetch the image's pages of [idx, idx + n) (n <= MEM_SWAP_READAHEAD, one
+ * region) that are still its own (PS_SWAPPED with their image slot), from
+ * idx on until the first that is not: read, copied in, the VM's own. The
+ * pages fetched (0: idx is not the image's), or -errno (the image could not
+ * give them: its fatal hook was told). txn.c.
+ */
+int64_t mem_image_fetch(struct gm *gm, uint64_t idx, uint64_t n);
+/* Pages of a lazy restore's image not fetched yet (0: none). lazy.c. */
+uint64_t mem_lazy_left(const struct gm *gm);
 
 /* Whether page idx's VMA maps a store frame (framemap bit). */
 static inline bool mem_frame_mapped(const struct gm *gm, uint64_t idx)

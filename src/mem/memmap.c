@@ -21,6 +21,7 @@
 #include "core/layout.h"
 #include "core/log.h"
 #include <string.h>
+#include "mem/lazy.h"
 #include "mem/mem_internal.h"
 #include "mem/pagestate.h"
 
@@ -198,8 +199,10 @@ int mem_create_at(uint64_t ram_bytes, bool exec, uint64_t phys_base, struct gm *
 	gm->chunk_age = kv_calloc(ram_bytes / LAYOUT_PAGE_SIZE / MEM_CHUNK_PAGES + 1,
 				  sizeof(uint16_t));
 	gm->chunk_hits = kv_calloc(ram_bytes / LAYOUT_PAGE_SIZE / MEM_CHUNK_PAGES + 1, 1);
+	/* Zeroed pages the kernel hands out on first write: no memory until a page swaps. */
+	gm->swap_slot = kv_calloc(ram_bytes / LAYOUT_PAGE_SIZE, sizeof(uint64_t));
 	if (!gm->framemap || !gm->vmm_dirty || !gm->guest_dirty || !gm->wp_reason ||
-	    !gm->chunk_mode || !gm->chunk_age || !gm->chunk_hits) {
+	    !gm->chunk_mode || !gm->chunk_age || !gm->chunk_hits || !gm->swap_slot) {
 		ret = -ENOMEM;
 		goto out_free;
 	}
@@ -235,6 +238,7 @@ out_free:
 	kv_free(gm->chunk_mode);
 	kv_free(gm->chunk_age);
 	kv_free(gm->chunk_hits);
+	kv_free(gm->swap_slot);
 	pagestate_destroy(gm->ps);
 	kv_free(gm);
 	return ret;
@@ -259,6 +263,8 @@ void mem_destroy(struct gm *gm)
 {
 	if (!gm)
 		return;
+	/* Its prefetcher first: it copies into the regions. */
+	mem_lazy_detach(gm);
 	/* The regions, remapped windows and frames all lie inside the reservation. */
 	if (gm->reserve_len)
 		unreserve(gm->reserve_start, gm->reserve_len);
@@ -272,6 +278,7 @@ void mem_destroy(struct gm *gm)
 	kv_free(gm->chunk_mode);
 	kv_free(gm->chunk_age);
 	kv_free(gm->chunk_hits);
+	kv_free(gm->swap_slot);
 	kv_free(gm);
 }
 

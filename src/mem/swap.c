@@ -768,9 +768,8 @@ int mem_swap_attach(struct mem_swap *sw, struct gm *gm, const char *name, mem_sw
 	if (gm->uffd < 0)
 		return -ENOSYS; /* a swapped page is served through userfaultfd */
 	v = kv_zalloc(sizeof(*v));
-	gm->swap_slot = kv_calloc(mem_nr_pages(gm), sizeof(uint64_t));
 	pthread_mutex_lock(&sw->vm_lock);
-	if (v && gm->swap_slot && sw->nr_vms == sw->cap_vms) {
+	if (v && sw->nr_vms == sw->cap_vms) {
 		unsigned int cap = sw->cap_vms ? 2 * sw->cap_vms : 8;
 		struct swap_vm **p = kv_realloc(sw->vms, cap * sizeof(*p));
 
@@ -779,7 +778,7 @@ int mem_swap_attach(struct mem_swap *sw, struct gm *gm, const char *name, mem_sw
 			sw->cap_vms = cap;
 		}
 	}
-	if (!v || !gm->swap_slot || sw->nr_vms == sw->cap_vms) {
+	if (!v || sw->nr_vms == sw->cap_vms) {
 		ret = -ENOMEM;
 	} else {
 		/* Whole before the worker can see it. */
@@ -792,8 +791,6 @@ int mem_swap_attach(struct mem_swap *sw, struct gm *gm, const char *name, mem_sw
 	pthread_mutex_unlock(&sw->vm_lock);
 	if (ret) {
 		kv_free(v);
-		kv_free(gm->swap_slot);
-		gm->swap_slot = NULL;
 		return ret;
 	}
 	gm->swap_arg = sw;
@@ -838,16 +835,14 @@ void mem_swap_detach(struct mem_swap *sw, struct gm *gm)
 		r->gm = NULL;
 	}
 	pthread_mutex_unlock(&sw->fault_lock);
-	/* The VM is gone (its faults no longer served): its slots with it. */
+	/* The VM is gone (its faults no longer served): its slots with it (not its image's). */
 	for (uint64_t i = 0; i < mem_nr_pages(gm); i++)
-		if (pagestate_get(gm->ps, i) == PS_SWAPPED) {
+		if (pagestate_get(gm->ps, i) == PS_SWAPPED && !(gm->swap_slot[i] & MEM_SLOT_IMAGE)) {
 			slot_put(sw, gm->swap_slot[i]);
 			count(&sw->st.discarded, 1);
 		}
 	__atomic_store_n(&gm->swap, NULL, __ATOMIC_RELEASE);
 	kv_free(v);
-	kv_free(gm->swap_slot);
-	gm->swap_slot = NULL;
 	gm->swap_arg = NULL;
 	gm->swap_vm = NULL;
 }
@@ -1390,10 +1385,12 @@ void mem_swap_stats(struct mem_swap *sw, struct mem_swap_stats *out)
 
 uint64_t mem_swap_vm_pages(const struct gm *gm)
 {
-	uint64_t counts[PS_NR];
+	uint64_t counts[PS_NR], left;
 
 	pagestate_counts(gm->ps, counts);
-	return counts[PS_SWAPPED];
+	/* A lazily restored page not fetched yet is swapped too, but to its image. */
+	left = mem_lazy_left(gm);
+	return counts[PS_SWAPPED] > left ? counts[PS_SWAPPED] - left : 0;
 }
 
 _Static_assert(sizeof(((struct gm *)0)->swapc.hist) == MEM_SWAP_HIST * sizeof(uint64_t),

@@ -127,6 +127,23 @@ static int run_protect(struct gm *gm, uint64_t idx, uint64_t n, bool on)
 	return ioctl(gm->uffd, UFFDIO_WRITEPROTECT, &w) < 0 ? -errno : 0;
 }
 
+/*
+ * What serves a swapped page's slot: the image of a lazy restore
+ * (MEM_SLOT_IMAGE) or host swap. *arg: the hooks' argument; *vm: their
+ * fatal hook's.
+ */
+static const struct mem_swap_hooks *slot_hooks(const struct gm *gm, uint64_t slot, void **arg,
+					       void **vm)
+{
+	if (slot & MEM_SLOT_IMAGE) {
+		*arg = *vm = gm->image_arg;
+		return __atomic_load_n(&gm->image, __ATOMIC_ACQUIRE);
+	}
+	*arg = gm->swap_arg;
+	*vm = gm->swap_vm;
+	return __atomic_load_n(&gm->swap, __ATOMIC_ACQUIRE);
+}
+
 static void run_wake(const struct gm *gm, uint64_t idx, uint64_t n)
 {
 	struct uffdio_range r = { (uint64_t)(uintptr_t)mem_page_hva(gm, idx), n * MEM_PAGE_SIZE };
@@ -649,8 +666,14 @@ int64_t mem_txn_end(struct mem_txn *t, int fd)
 		pagestate_set(gm->ps, t->idx + i,
 			      c == MEM_KEEP ? (enum ps_state)t->old[i] : commit_state[c]);
 		/* Given up while swapped (balloon, reporting): its slot goes unread. */
-		if (t->old[i] == PS_SWAPPED && c != MEM_KEEP && c != MEM_SWAPPED && gm->swap)
-			gm->swap->release(gm->swap_arg, gm->swap_slot[t->idx + i], false);
+		if (t->old[i] == PS_SWAPPED && c != MEM_KEEP && c != MEM_SWAPPED) {
+			uint64_t slot = gm->swap_slot[t->idx + i];
+			void *arg, *vm;
+			const struct mem_swap_hooks *sw = slot_hooks(gm, slot, &arg, &vm);
+
+			if (sw)
+				sw->release(arg, slot, false);
+		}
 	}
 	/* Writers held by the protection retry against the new states: one wake for the run. */
 	run_wake(gm, t->idx, t->n);
@@ -1161,6 +1184,14 @@ int mem_chunks_set_missing(struct gm *gm, uint64_t idx, uint64_t n, bool on)
 					 MEM_TXN_WHOLE | MEM_TXN_NOPROTECT);
 		if (ret < 0)
 			break;
+		/* A swapped page's touch must still come here: its chunk keeps the mode. */
+		for (uint64_t i = 0; i < len && ret >= 0; i++)
+			if (t.old[i] == PS_SWAPPED)
+				ret = -EBUSY;
+		if (ret < 0) {
+			mem_txn_end(&t, -1);
+			break;
+		}
 		__atomic_fetch_and(&gm->chunk_mode[c], (uint8_t)~MEM_CHUNK_MISSING, __ATOMIC_ACQ_REL);
 		ret = run_restore_modes(gm, start, len);
 		mem_txn_end(&t, -1);
@@ -1294,8 +1325,9 @@ static enum mem_fault swap_in(struct gm *gm, uint64_t idx, void *page)
 {
 	static __thread uint8_t buf[MEM_SWAP_READAHEAD * MEM_PAGE_SIZE]
 		__attribute__((aligned(MEM_PAGE_SIZE)));
-	const struct mem_swap_hooks *sw = gm->swap;
-	uint64_t slot = gm->swap_slot ? gm->swap_slot[idx] : 0, n = 1;
+	uint64_t slot = gm->swap_slot[idx], n = 1;
+	void *arg, *vm;
+	const struct mem_swap_hooks *sw = slot_hooks(gm, slot, &arg, &vm);
 	uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC);
 	unsigned int stream;
 	uint64_t win = swap_ra_window(gm, idx, &stream);
@@ -1320,9 +1352,9 @@ static enum mem_fault swap_in(struct gm *gm, uint64_t idx, void *page)
 		}
 	}
 	__atomic_store_n(&gm->swap_ra[stream].next, idx + n, __ATOMIC_RELAXED);
-	if (sw && sw->submit(gm->swap_arg, gm, idx, slot, n, page, t0) == 0)
+	if (sw && sw->submit(arg, gm, idx, slot, n, page, t0) == 0)
 		return MEM_FAULT_SWAP_PENDING;
-	ret = sw ? sw->read(gm->swap_arg, slot, n, buf) : -ENODEV;
+	ret = sw ? sw->read(arg, slot, n, buf) : -ENODEV;
 	return mem_swap_in_done(gm, idx, n, page, buf, ret, t0);
 }
 
@@ -1462,20 +1494,32 @@ int mem_fill_pages(struct gm *gm, uint64_t idx, uint64_t n, const void *data)
 	return 0;
 }
 
-/*
- * Copy the pages read back in and give their slots back before the access
- * is woken, so it never meets the hole again. Where the page could not be
- * read, the VM stops.
- */
-enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *page,
-				const void *buf, int ret, uint64_t t0)
+/* Why page idx, swapped to slot, could not be had (read result ret), for the VM's log. */
+static void why_unreadable(char *why, size_t len, uint64_t idx, uint64_t slot, int ret)
 {
-	const struct mem_swap_hooks *sw = gm->swap;
-	uint64_t slot = gm->swap_slot ? gm->swap_slot[idx] : 0, copied = 0, us;
+	snprintf(why, len, "guest page %llu cannot be read back from %s: %s",
+		 (unsigned long long)idx, slot & MEM_SLOT_IMAGE ? "its snapshot file" : "swap",
+		 ret == -EBADMSG ? "its content does not match its hash (the file is corrupt)"
+				 : strerror(-ret));
+}
+
+/*
+ * Copy pages [idx, idx + n) (owned, read into buf with result ret) into
+ * their holes at page and give their slots back: each the VM's own again.
+ * Pages that could not be copied stay swapped (holes): a later touch
+ * retries. Page 0 stays owned by the caller unless it was copied. Returns
+ * page 0's result (ret, or the copy's), *copied the pages copied.
+ */
+static int copy_back(struct gm *gm, uint64_t idx, uint64_t n, void *page, const void *buf,
+		     int ret, uint64_t *copied)
+{
+	uint64_t slot = gm->swap_slot[idx];
+	void *arg, *vm;
+	const struct mem_swap_hooks *sw = slot_hooks(gm, slot, &arg, &vm);
 	bool ok[MEM_SWAP_READAHEAD] = { false };
-	unsigned int bucket = 0;
 	bool wp = false;
 
+	*copied = 0;
 	/*
 	 * A tracked page comes back protected: reading it back is no write of
 	 * the guest's, and its next write must fault. It is copied in protected
@@ -1487,10 +1531,6 @@ enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *p
 		wp |= reasons(gm, idx + i) != 0;
 	if (!ret)
 		ret = copy_pages(gm, page, buf, n, ok, wp);
-	/*
-	 * Pages that could not be copied stay swapped (holes): a later touch
-	 * retries. The touched page is still ours until what follows decides.
-	 */
 	for (uint64_t i = 0; i < n; i++) {
 		if (!ok[i]) {
 			if (i)
@@ -1500,9 +1540,26 @@ enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *p
 		if (wp)
 			run_lift(gm, idx + i, 1);
 		pagestate_set(gm->ps, idx + i, PS_ANON);
-		sw->release(gm->swap_arg, slot + i, true);
-		copied++;
+		sw->release(arg, slot + i, true);
+		(*copied)++;
 	}
+	return ret;
+}
+
+/*
+ * Copy the pages read back in and give their slots back before the access
+ * is woken, so it never meets the hole again. Where the page could not be
+ * read, the VM stops.
+ */
+enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *page,
+				const void *buf, int ret, uint64_t t0)
+{
+	uint64_t slot = gm->swap_slot[idx], copied, us;
+	void *arg, *vm;
+	const struct mem_swap_hooks *sw = slot_hooks(gm, slot, &arg, &vm);
+	unsigned int bucket = 0;
+
+	ret = copy_back(gm, idx, n, page, buf, ret, &copied);
 	if (ret == -ENOENT) {
 		/*
 		 * The touched page's mapping is not registered at this instant
@@ -1516,7 +1573,7 @@ enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *p
 		return MEM_FAULT_STALE;
 	}
 	if (ret) {
-		char why[128];
+		char why[192];
 
 		/*
 		 * The VM stops first (its vCPUs are kicked, and a kicked vCPU
@@ -1525,15 +1582,14 @@ enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *p
 		 * forever on a VM that will never run: the content is lost, and
 		 * the VM is stopped for it, never served zeros silently.
 		 */
-		snprintf(why, sizeof(why), "guest page %llu cannot be read back from swap: %s",
-			 (unsigned long long)idx, strerror(-ret));
+		why_unreadable(why, sizeof(why), idx, slot, ret);
 		if (sw)
-			sw->fatal(gm->swap_vm, why);
+			sw->fatal(vm, why);
 		ret = fill_zero(gm, idx, page);
 		if (tracking(gm))
 			mark_written(gm, idx); /* its content is zeros now */
 		if (sw)
-			sw->release(gm->swap_arg, slot, false);
+			sw->release(arg, slot, false);
 		pagestate_set(gm->ps, idx, ret == 1 ? PS_ANON : PS_ZERO);
 		run_wake(gm, idx, n);
 		return MEM_FAULT_UNSERVED;
@@ -1552,10 +1608,51 @@ enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *p
 	return MEM_FAULT_SWAP_IN;
 }
 
+int64_t mem_image_fetch(struct gm *gm, uint64_t idx, uint64_t n)
+{
+	static __thread uint8_t buf[MEM_SWAP_READAHEAD * MEM_PAGE_SIZE]
+		__attribute__((aligned(MEM_PAGE_SIZE)));
+	const struct mem_swap_hooks *img = __atomic_load_n(&gm->image, __ATOMIC_ACQUIRE);
+	uint64_t got = 0, copied;
+	char why[192];
+	int ret;
+
+	if (!img || n > MEM_SWAP_READAHEAD || !mem_run_ok(gm, idx, n))
+		return -EINVAL;
+	/* The image's pages of the run from idx on, owned; a touch of one waits for the wake. */
+	for (; got < n; got++) {
+		uint64_t i = idx + got;
+
+		if (pagestate_get(gm->ps, i) != PS_SWAPPED ||
+		    __atomic_load_n(&gm->swap_slot[i], __ATOMIC_RELAXED) != (MEM_SLOT_IMAGE | i) ||
+		    pagestate_cas(gm->ps, i, PS_SWAPPED, PS_BUSY))
+			break;
+		/* Fetched and swapped out again between the look and the claim: host swap's now. */
+		if (__atomic_load_n(&gm->swap_slot[i], __ATOMIC_RELAXED) != (MEM_SLOT_IMAGE | i)) {
+			pagestate_set(gm->ps, i, PS_SWAPPED);
+			run_wake(gm, i, 1);
+			break;
+		}
+	}
+	if (!got)
+		return 0;
+	ret = img->read(gm->image_arg, MEM_SLOT_IMAGE | idx, got, buf);
+	ret = copy_back(gm, idx, got, mem_page_hva(gm, idx), buf, ret, &copied);
+	if (ret) {
+		/* Not copied: swapped still, and a touch fetches it (or stops the VM) itself. */
+		pagestate_set(gm->ps, idx, PS_SWAPPED);
+		if (!copied && ret != -ENOENT && ret != -EEXIST) {
+			why_unreadable(why, sizeof(why), idx, MEM_SLOT_IMAGE | idx, ret);
+			img->fatal(gm->image_arg, why);
+		}
+	}
+	run_wake(gm, idx, got);
+	return ret && !copied ? ret : (int64_t)copied;
+}
+
 int mem_read_swapped(const struct gm *gm, gpa_t gpa, void *buf, size_t len)
 {
 	static __thread uint8_t page[MEM_PAGE_SIZE] __attribute__((aligned(MEM_PAGE_SIZE)));
-	const struct mem_swap_hooks *sw = __atomic_load_n(&gm->swap, __ATOMIC_ACQUIRE);
 	uint8_t *dst = buf;
 
 	while (len) {
@@ -1571,9 +1668,12 @@ int mem_read_swapped(const struct gm *gm, gpa_t gpa, void *buf, size_t len)
 		 * (and the slot reused) meanwhile; a guest access that faults on
 		 * it then waits for the wake below, and swaps it in after.
 		 */
-		if (sw && pagestate_get(gm->ps, idx) == PS_SWAPPED &&
+		if (pagestate_get(gm->ps, idx) == PS_SWAPPED &&
 		    !pagestate_cas(gm->ps, idx, PS_SWAPPED, PS_BUSY)) {
-			int ret = sw->read(gm->swap_arg, gm->swap_slot[idx], 1, page);
+			uint64_t slot = gm->swap_slot[idx];
+			void *arg, *vm;
+			const struct mem_swap_hooks *sw = slot_hooks(gm, slot, &arg, &vm);
+			int ret = sw ? sw->read(arg, slot, 1, page) : -ENODEV;
 
 			pagestate_set(gm->ps, idx, PS_SWAPPED);
 			run_wake(gm, idx, 1);

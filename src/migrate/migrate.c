@@ -102,7 +102,7 @@ static uint64_t job_bytes(struct mig_job *j)
 {
 	if (j->file)
 		return snapw_bytes(j->file);
-	if (j->image)
+	if (j->kind == MIG_KIND_RESTORE)
 		return __atomic_load_n(&j->bytes_read, __ATOMIC_RELAXED);
 	return mig_stream_bytes(j->source ? j->out : j->in);
 }
@@ -174,6 +174,14 @@ void mig_job_set(struct mig_job *j, uint32_t downtime_ms, uint64_t bandwidth)
 		if (j->out)
 			mig_stream_set_rate(j->out, bandwidth);
 	}
+	pthread_mutex_unlock(&j->lock);
+}
+
+void mig_job_fail(struct mig_job *j, const char *why)
+{
+	pthread_mutex_lock(&j->lock);
+	j->prog.stage = MIG_STAGE_FAILED;
+	snprintf(j->prog.error, sizeof(j->prog.error), "%s", why);
 	pthread_mutex_unlock(&j->lock);
 }
 

@@ -103,6 +103,14 @@ struct mig_params {
 	 */
 	const uint8_t *secret;
 	size_t secret_len;
+	/*
+	 * A restore: start the VM before its memory is in (mem/lazy.h), its
+	 * pages fetched from the file on touch and by a prefetcher; otherwise
+	 * every page is loaded first.
+	 */
+	bool lazy;
+	/* A lazy restore without the prefetcher: pages come in only as touched (experiments, tests). */
+	bool no_prefetch;
 };
 
 /* Where a migration is, for the stats and the progress line (a copy). */
@@ -168,6 +176,8 @@ void mig_job_progress(struct mig_job *j, struct mig_progress *out);
 bool mig_job_is_source(const struct mig_job *j);
 /* True once the job's thread is done (DONE, FAILED or CANCELLED). */
 bool mig_job_finished(struct mig_job *j);
+/* A job that ended well failed after all (a lazily restored VM's page could not be had). */
+void mig_job_fail(struct mig_job *j, const char *why);
 /* Wait for the thread and free the job. */
 void mig_job_free(struct mig_job *j);
 

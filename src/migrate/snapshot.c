@@ -18,6 +18,7 @@
 #include "core/thread.h"
 #include "core/vm.h"
 #include "mem/gm.h"
+#include "mem/lazy.h"
 #include "mem/memmap.h"
 #include "mem/reclaim.h"
 #include "mem/txn.h"
@@ -121,15 +122,107 @@ static int load_pages(struct mig_job *j, struct gm *gm)
 	return ret;
 }
 
+/* A lazily restored VM's image: the file, read where a page is needed, until the VM's end. */
+struct lazy_image {
+	struct snap_reader *r;
+	struct vm *vm;
+};
+
+static int image_read(void *arg, uint64_t idx, uint64_t n, void *buf)
+{
+	struct lazy_image *li = arg;
+
+	return snapr_read(li->r, idx, (uint32_t)n, buf, NULL);
+}
+
+static void image_fatal(void *arg, const char *why)
+{
+	struct lazy_image *li = arg;
+
+	log_err("%s: %s (%s): the VM stops", vm_name(li->vm), why, snapr_path(li->r));
+	vm_request_stop(li->vm, VM_STATUS_VMM_ERROR);
+}
+
+static void image_close(void *arg)
+{
+	struct lazy_image *li = arg;
+
+	snapr_close(li->r);
+	kv_free(li);
+}
+
+static const struct mem_image_ops image_ops = {
+	.read = image_read,
+	.fatal = image_fatal,
+	.close = image_close,
+};
+
+/*
+ * A lazy restore's pages: the ballooned ones given back to the balloon, the
+ * ones with content left in the image (mem/lazy.h), which the VM owns from
+ * now on (j->image is NULL after).
+ */
+static int attach_image(struct mig_job *j, struct gm *gm)
+{
+	struct snap_reader *r = j->image;
+	uint64_t nr = snapr_nr_pages(r), data = 0, ballooned = 0;
+	uint64_t *have = kv_calloc(mem_bitmap_words(gm), sizeof(uint64_t));
+	struct lazy_image *li = kv_zalloc(sizeof(*li));
+	int ret = 0;
+
+	if (!have || !li) {
+		kv_free(have);
+		kv_free(li);
+		return mig_failf(j, "out of memory");
+	}
+	for (uint64_t i = 0, e; i < nr && !ret; i = e) {
+		uint8_t k = snapr_kind(r, i);
+
+		for (e = i + 1; e < nr && snapr_kind(r, e) == k && e - i < LOAD_PAGES &&
+				one_run(gm, i, 0, (uint32_t)(e - i + 1));)
+			e++;
+		if (k == SNAP_PAGE_DATA) {
+			for (uint64_t p = i; p < e; p++)
+				have[p / 64] |= 1ULL << (p % 64);
+			data += e - i;
+		} else if (k == SNAP_PAGE_BALLOONED) {
+			int64_t got = mem_discard(gm, mem_index_gpa(gm, i), (e - i) * MEM_PAGE_SIZE,
+						  PS_BALLOONED);
+
+			ret = got < 0 ? (int)got : 0;
+			ballooned += e - i;
+		}
+	}
+	if (ret) {
+		kv_free(have);
+		kv_free(li);
+		return mig_failf(j, "ballooned pages: %s", strerror(-ret));
+	}
+	li->r = r;
+	li->vm = j->vm;
+	ret = mem_lazy_attach(gm, have, &image_ops, li);
+	kv_free(have);
+	if (ret) {
+		kv_free(li);
+		return mig_failf(j, "serving the VM's memory from its file: %s", strerror(-ret));
+	}
+	/* The VM's now: closed when it goes (the state records stay readable until then). */
+	j->image = NULL;
+	mig_count_pages(j, MIG_PAGE_DATA, data);
+	mig_count_pages(j, MIG_PAGE_BALLOONED, ballooned);
+	mig_count_pages(j, MIG_PAGE_ZERO, nr - data - ballooned);
+	return 0;
+}
+
 /* The vCPU and device records after the pages; END once every one of them came. */
-static int load_state(struct mig_job *j)
+static int load_state(struct mig_job *j, struct snap_reader *r)
 {
 	uint64_t cpus = 0, all = vm_ncpus(j->vm) == 64 ? ~0ULL : (1ULL << vm_ncpus(j->vm)) - 1;
 	bool state = false;
 	int ret = 0;
 
-	for (unsigned int i = 1; i < snapr_nr_recs(j->image) && !ret; i++) {
-		const struct mig_rec *rec = snapr_rec(j->image, i);
+	for (unsigned int i = 1; i < snapr_nr_recs(r) && !ret; i++) {
+		const struct mig_rec *rec = snapr_rec(r, i);
 
 		switch (rec->type) {
 		case MIG_REC_VCPU:
@@ -142,18 +235,19 @@ static int load_state(struct mig_job *j)
 		case MIG_REC_END:
 			if (!state || cpus != all)
 				ret = mig_failf(j, "%s: the file lacks a vCPU's or the devices' state",
-						snapr_path(j->image));
+						snapr_path(r));
 			return ret;
 		default:
 			ret = mig_failf(j, "a %s record in the state", mig_rec_name(rec->type));
 		}
 	}
-	return ret ? ret : mig_failf(j, "%s: the state has no end", snapr_path(j->image));
+	return ret ? ret : mig_failf(j, "%s: the state has no end", snapr_path(r));
 }
 
 static int restore_run(struct mig_job *j)
 {
-	json_t *desc = mig_rec_json(snapr_rec(j->image, 0));
+	struct snap_reader *r = j->image;
+	json_t *desc = mig_rec_json(snapr_rec(r, 0));
 	bool reserved = false;
 	char why[192] = "";
 	int ret;
@@ -176,9 +270,9 @@ static int restore_run(struct mig_job *j)
 		goto out;
 	}
 	mig_set_stage(j, MIG_STAGE_LOAD);
-	ret = load_pages(j, vm_gm(j->vm));
+	ret = j->params.lazy ? attach_image(j, vm_gm(j->vm)) : load_pages(j, vm_gm(j->vm));
 	if (!ret)
-		ret = load_state(j);
+		ret = load_state(j, r);
 	if (ret)
 		goto out;
 	mig_set_stage(j, MIG_STAGE_ACTIVATION);
@@ -186,6 +280,10 @@ static int restore_run(struct mig_job *j)
 	if (ret)
 		ret = mig_failf(j, "starting the VM: %s", strerror(-ret));
 	reserved = false; /* the host's now, running or stopped */
+	/* Running: the rest of its memory comes in behind it. */
+	if (!ret && j->params.lazy && !j->params.no_prefetch && mem_lazy_start(vm_gm(j->vm)))
+		log_warn("%s: no prefetcher: its pages come in as it touches them",
+			 vm_name(j->vm));
 out:
 	if (ret && reserved)
 		j->dops->discard(j->arg);

@@ -9,8 +9,12 @@
    truncated, another format version, a data page that does not match its hash (found while
    loading: the half-made VM is discarded), and a restore into a host without the budget for the
    VM's min.
-4. The saved VM is restored into the same host: a digest of every guest page where it was saved
-   equals the one where it starts, and the guest goes on verifying.
+4. The saved VM is restored into the same host, lazily (it runs before its memory is in): a
+   digest of every guest page where it was saved equals the one where it starts, the guest goes
+   on verifying while the prefetcher and its own touches race for the pages, every page of the
+   file comes in (by one or the other, never both), and the page states agree with the mappings.
+   Restored again without the prefetcher, the guest runs and verifies on pages that came in only
+   as it touched them.
 5. The snapshot of 1 runs in a second host (`kvmem run --restore`), verifying; under kvm it is
    also restored beside the VM it was taken from, under another name (under thread a VM resumes
    only at its original place in the address space, so that is refused with that reason).
@@ -55,8 +59,9 @@ def verifies(h, name, what, more=2):
     no_verify_fail(h, what)
 
 
-def refused(path, why, what, sock_=None):
-    r = request(sock_ or sock, {"verb": "restore", "file": path, "name": "refused"}, timeout=60)
+def refused(path, why, what, sock_=None, lazy=True):
+    r = request(sock_ or sock, {"verb": "restore", "file": path, "name": "refused", "lazy": lazy},
+                timeout=60)
     check(r.get("ok") is False and why in r.get("error", ""),
           f"{what}: refused saying why ({r.get('error')})")
     check(not vm_of(stats(sock_ or sock), "refused"), f"{what}: no VM of it is left")
@@ -116,7 +121,17 @@ try:
     bad = bytearray(data)
     bad[doff + page * 4096 + 123] ^= 0x5a
     open(f"{d}/bad.snap", "wb").write(bad)
-    refused(f"{d}/bad.snap", "does not match its hash", "a corrupt guest page")
+    refused(f"{d}/bad.snap", "does not match its hash", "a corrupt guest page (loaded first)",
+            lazy=False)
+    # Lazily, the VM starts before the page is read: it stops when the page is, and goes.
+    r = request(sock, {"verb": "restore", "file": f"{d}/bad.snap", "name": "bad"}, timeout=60)
+    check(r.get("ok") is True, f"a lazy restore of the corrupt file starts ({r.get('error', 'ok')})")
+    wait_for(lambda: (job("bad", "restore") or {}).get("stage") == "failed", 120)
+    m = job("bad", "restore") or {}
+    check("does not match its hash" in m.get("error", ""),
+          f"lazily: the corrupt page stops the VM, saying why ({m.get('error')})")
+    wait_for(lambda: not vm_of(stats(sock), "bad"), 60)
+    check(not vm_of(stats(sock), "bad"), "lazily: the VM whose memory cannot be whole is gone")
     small = Host(["host", "--config", host_config(d, {
         "budget": "48M", "socket": b_sock, "vms": [], "incoming": f"unix:{d}/b-in.sock"})])
     others.append(small)
@@ -135,6 +150,20 @@ try:
     check(v is not None and v["state"] == "running" and v["restored_from"] == saved,
           f"the VM runs again, restored from its file ({v and v['restored_from']})")
     verifies(host, "snap", "after the restore")
+    wait_for(lambda: (vm_of(stats(sock), "snap")["restore"] or {}).get("pages_left") == 0, 120)
+    lz = vm_of(stats(sock), "snap")["restore"] or {}
+    print(f"info   lazy restore: {lz}", flush=True)
+    check(lz.get("pages_left") == 0 and lz.get("resident_ms") is not None,
+          "every page of the file came in")
+    check(lz["prefetched"] + lz["faulted"] == lz["lazy_pages"] and lz["prefetched"] > 0,
+          f"each page came in once, by the prefetcher ({lz['prefetched']}) or a touch "
+          f"({lz['faulted']})")
+    check(request(sock, {"verb": "pause", "vm": "snap"}).get("ok") is True, "paused for a look")
+    r = request(sock, {"verb": "memcheck", "vm": "snap"}, timeout=60)
+    check(r.get("ok") is True and r.get("mismatches") == 0 and r.get("checked", 0) > 0,
+          f"page states agree with the mappings ({r})")
+    check(request(sock, {"verb": "resume", "vm": "snap"}).get("ok") is True, "resumed")
+    verifies(host, "snap", "after full residency")
 
     # 5. The snapshot elsewhere: a second host, and beside the VM it was taken from.
     other = Host(["run", "--restore", live, "--socket", b_sock])
@@ -152,6 +181,20 @@ try:
         verifies(host, "snap", "the VM beside its copy")
     rc = other.stop()
     check(rc == 0, f"the second host stops cleanly ({rc})")
+
+    # Without the prefetcher: only touches bring pages in, and the guest runs on them.
+    other = Host(["host", "--config", host_config(d, {
+        "budget": "1G", "socket": b_sock, "console_prefix": True, "vms": [],
+        "incoming": f"unix:{d}/c-in.sock"})])
+    others.append(other)
+    check(wait_socket(other, b_sock), "a third host serves its socket")
+    r = request(b_sock, {"verb": "restore", "file": live, "prefetch": False}, timeout=60)
+    check(r.get("ok") is True, f"restored without the prefetcher ({r.get('error', 'ok')})")
+    verifies(other, "snap", "on pages fetched as touched")
+    lz = vm_of(stats(b_sock), "snap")["restore"] or {}
+    print(f"info   touches only: {lz}", flush=True)
+    check(lz.get("prefetched") == 0 and lz.get("faulted", 0) > 0,
+          f"every page it has came in on a touch ({lz.get('faulted')} of {lz.get('lazy_pages')})")
 finally:
     for h in others:
         h.stop()

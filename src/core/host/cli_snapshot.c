@@ -133,14 +133,17 @@ int cli_save_main(int argc, char **argv)
 
 static void restore_help(void)
 {
-	printf("usage: kvmem restore FILE [--name NAME] [--socket PATH]\n"
+	printf("usage: kvmem restore FILE [--name NAME] [--eager] [--socket PATH]\n"
 	       "\n"
 	       "Start the VM a snapshot file holds (kvmem save) in a running host, from where it\n"
-	       "was saved. A file that is not whole, of another format version or corrupt is\n"
+	       "was saved. It runs at once: its memory comes from the file as the guest touches\n"
+	       "it, and in the background until all of it is in (kvmem stat shows how far).\n"
+	       "A file that is not whole, of another format version or corrupt is\n"
 	       "refused, and nothing of it is left running. A VM of the thread accelerator\n"
 	       "resumes only at its original place in the host's address space: not in the\n"
 	       "host where the VM it was saved from still runs.\n"
 	       "  -n, --name NAME      the VM's name here (default: the one it was saved with)\n"
+	       "  -e, --eager          load all of its memory before it runs\n"
 	       "  -s, --socket PATH    the host's control socket (default %s)\n",
 	       KVMEM_DEFAULT_SOCKET);
 }
@@ -150,23 +153,28 @@ int cli_restore_main(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
 		{ "name", required_argument, NULL, 'n' },
+		{ "eager", no_argument, NULL, 'e' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *path = KVMEM_DEFAULT_SOCKET, *name = NULL;
 	char file[PATH_MAX], vm[128];
+	bool eager = false;
 	json_t *req, *reply;
 	int c, ret;
 
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, ":s:n:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":s:n:eh", opts, NULL)) != -1) {
 		switch (c) {
 		case 's':
 			path = optarg;
 			break;
 		case 'n':
 			name = optarg;
+			break;
+		case 'e':
+			eager = true;
 			break;
 		case 'h':
 			restore_help();
@@ -181,7 +189,7 @@ int cli_restore_main(int argc, char **argv)
 	if (!realpath(argv[optind], file))
 		return cli_usage_error("restore", "see kvmem restore --help",
 				       "%s: no such file", argv[optind]);
-	req = json_pack("{s:s, s:s}", "verb", "restore", "file", file);
+	req = json_pack("{s:s, s:s, s:b}", "verb", "restore", "file", file, "lazy", !eager);
 	if (name)
 		json_object_set_new(req, "name", json_string(name));
 	ret = cli_request("restore", path, req, CONTROL_CLIENT_TIMEOUT_MS, &reply);

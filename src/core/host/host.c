@@ -30,6 +30,7 @@
 #include "core/size.h"
 #include "core/vm.h"
 #include "dedup/dedup.h"
+#include "mem/lazy.h"
 #include "mem/memmap.h"
 #include "mem/overcommit.h"
 #include "mem/reclaim.h"
@@ -59,11 +60,19 @@ static void on_vm_stopped(void *arg, struct vm *vm)
 {
 	struct host_vm *hv = arg;
 	struct host *h = hv->host;
+	struct mem_lazy_stats ls;
 	uint64_t one = 1;
 
+	/* Restored lazily and a page of it could not be had: it can never run again, it goes. */
+	mem_lazy_get_stats(vm_gm(vm), &ls);
 	pthread_mutex_lock(&h->lock);
 	hv->stopped = true;
 	hv->status = vm_exit_status(vm);
+	if (ls.failed) {
+		hv->gone = true;
+		if (hv->mig)
+			mig_job_fail(hv->mig, ls.error);
+	}
 	pthread_mutex_unlock(&h->lock);
 	if (write(h->stop_efd, &one, sizeof(one)) < 0)
 		log_debug("eventfd: %m");
@@ -1072,6 +1081,23 @@ static uint64_t vmm_cpu_ms(void)
 	       (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1000;
 }
 
+/* A lazy restore's progress: the pages still in the file, and when the last came in. */
+static json_t *lazy_json(struct gm *gm)
+{
+	struct mem_lazy_stats ls;
+
+	mem_lazy_get_stats(gm, &ls);
+	if (!ls.lazy)
+		return json_null();
+	return json_pack("{s:I, s:I, s:I, s:I, s:o, s:b}", "lazy_pages", (json_int_t)ls.pages,
+			 "pages_left", (json_int_t)ls.left, "prefetched",
+			 (json_int_t)ls.prefetched, "faulted",
+			 (json_int_t)(ls.pages - ls.left - ls.prefetched),
+			 "resident_ms", ls.resident_ms ? json_integer((json_int_t)ls.resident_ms)
+						       : json_null(),
+			 "failed", ls.failed);
+}
+
 json_t *host_stats_json(struct host *h)
 {
 	struct mem_txn_stats ts;
@@ -1174,6 +1200,7 @@ json_t *host_stats_json(struct host *h)
 			json_object_set_new(vo, "migration", host_vm_migration_json(hv));
 		json_object_set_new(vo, "restored_from", hv->restored_from
 				    ? json_string(hv->restored_from) : json_null());
+		json_object_set_new(vo, "restore", lazy_json(vm_gm(hv->vm)));
 		json_array_append_new(vms, vo);
 	}
 	for (unsigned int m = 0; m < hs.nr_mechanisms; m++)

@@ -20,6 +20,7 @@
 #define HOST_INCOMING_MAX 64
 
 struct mig_job;
+struct mig_params;
 struct mig_progress;
 struct mig_source_ops;
 struct incoming;
@@ -124,8 +125,8 @@ bool host_vm_migrating(struct host *h, struct host_vm *hv);
  * it, or NULL), on a job of its own: 0 with *id to follow it by, or -errno
  * with why set (the file refused, say).
  */
-int host_restore_start(struct host *h, const char *path, const char *name, bool checksum,
-		       uint64_t *id, char *why, size_t whylen);
+int host_restore_start(struct host *h, const char *path, const char *name,
+		       const struct mig_params *params, uint64_t *id, char *why, size_t whylen);
 /* Restore id's progress: 1 when it ended, 0 while it runs, -ENOENT when gone. */
 int host_restore_progress(struct host *h, uint64_t id, struct mig_progress *out);
 /* A job's progress as the stats show it (new reference). */

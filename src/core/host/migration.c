@@ -949,11 +949,11 @@ void host_migration_stop(struct host *h)
 	pthread_mutex_unlock(&h->arrivals_lock);
 }
 
-int host_restore_start(struct host *h, const char *path, const char *name, bool checksum,
-		       uint64_t *id, char *why, size_t whylen)
+int host_restore_start(struct host *h, const char *path, const char *name,
+		       const struct mig_params *params, uint64_t *id, char *why, size_t whylen)
 {
 	static uint64_t next_id;
-	struct mig_params p = { .checksum = checksum };
+	struct mig_params p = *params;
 	struct arrival *a = kv_zalloc(sizeof(*a));
 	int ret;
 

@@ -114,7 +114,8 @@ static int restore_verb(void *arg, json_t *req, json_t *reply)
 {
 	struct host *h = arg;
 	const char *file, *name = NULL;
-	struct mig_progress p;
+	struct mig_params p = { 0 };
+	struct mig_progress prog;
 	char why[256];
 	uint64_t id;
 	int ret;
@@ -126,28 +127,32 @@ static int restore_verb(void *arg, json_t *req, json_t *reply)
 	if (file[0] != '/')
 		return control_reply_error(reply, EINVAL, "file: %s: an absolute path (the host's "
 					   "working directory is not the client's)", file);
-	ret = host_restore_start(h, file, name, json_is_true(json_object_get(req, "checksum")),
-				 &id, why, sizeof(why));
+	/* Lazy unless asked otherwise: the VM runs before its memory is in. */
+	p.checksum = json_is_true(json_object_get(req, "checksum"));
+	p.lazy = !json_is_false(json_object_get(req, "lazy"));
+	p.no_prefetch = json_is_false(json_object_get(req, "prefetch"));
+	ret = host_restore_start(h, file, name, &p, &id, why, sizeof(why));
 	if (ret)
 		return control_reply_error(reply, -ret, "cannot restore: %s", why);
-	ret = restore_wait(h, id, RESTORE_WAIT_MS, &p);
+	ret = restore_wait(h, id, RESTORE_WAIT_MS, &prog);
 	if (ret < 0)
 		return control_reply_error(reply, EIO, "the restore of %s is no longer known", file);
-	if (ret == 1 && p.stage != MIG_STAGE_DONE)
-		return control_reply_error(reply, EINVAL, "%s", p.error);
-	json_object_set_new(reply, "migration", host_job_json(&p));
-	json_object_set_new(reply, "vm", json_string(p.vm));
+	if (ret == 1 && prog.stage != MIG_STAGE_DONE)
+		return control_reply_error(reply, EINVAL, "%s", prog.error);
+	json_object_set_new(reply, "migration", host_job_json(&prog));
+	json_object_set_new(reply, "vm", json_string(prog.vm));
 	return 0;
 }
 
 int host_restore(struct host *h, const char *path, const char *name)
 {
+	struct mig_params params = { .lazy = true };
 	struct mig_progress p;
 	char why[256];
 	uint64_t id;
 	int ret;
 
-	ret = host_restore_start(h, path, name, false, &id, why, sizeof(why));
+	ret = host_restore_start(h, path, name, &params, &id, why, sizeof(why));
 	if (ret) {
 		log_err("cannot restore: %s", why);
 		return ret == -ENOMEM || ret == -EAGAIN ? ret : -ENOEXEC;

@@ -431,12 +431,15 @@ int vm_load_vcpu(struct vm *vm, unsigned int i, const void *buf, size_t len)
 {
 	int ret;
 
+	enum vm_state s = vm_get_state(vm);
+
 	if (!vm->accel->vcpu_load)
 		return -ENOTSUP;
-	if (i >= vm->ncpus || vm->state != VM_CREATED || len > ACCEL_CPU_STATE_MAX)
+	/* Paused: every vCPU parked, its state where the accelerator resumes it from. */
+	if (i >= vm->ncpus || (s != VM_CREATED && s != VM_PAUSED) || len > ACCEL_CPU_STATE_MAX)
 		return -EINVAL;
 	ret = vm->accel->vcpu_load(vm->vcpus[i], buf, len);
-	if (!ret)
+	if (!ret && s == VM_CREATED)
 		vm->restored_cpus |= 1ULL << i;
 	return ret;
 }
@@ -450,7 +453,9 @@ int vm_save_machine(struct vm *vm, void *buf, size_t cap)
 
 int vm_load_machine(struct vm *vm, const void *buf, size_t len)
 {
-	if (vm->state != VM_CREATED)
+	enum vm_state s = vm_get_state(vm);
+
+	if (s != VM_CREATED && s != VM_PAUSED)
 		return -EINVAL;
 	if (!len)
 		return 0;
@@ -471,11 +476,12 @@ int vm_save_clock(struct vm *vm, struct vm_clock *out)
 
 int vm_load_clock(struct vm *vm, const struct vm_clock *c)
 {
+	enum vm_state s = vm_get_state(vm);
 	uint64_t khz;
 
 	if (!vm->accel->guest_tsc)
 		return -ENOTSUP;
-	if (vm->state != VM_CREATED)
+	if (s != VM_CREATED && s != VM_PAUSED)
 		return -EINVAL;
 	/*
 	 * The guest turns ticks into time at the rate it booted with: on a TSC

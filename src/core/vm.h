@@ -134,11 +134,12 @@ void vm_dirty_stop(struct vm *vm);
  *   be paused.
  *   vm_load_vcpu: give vCPU i of a VM that has not started a state saved
  *   by vm_save_vcpu elsewhere (untrusted: -EINVAL when malformed). Once
- *   every vCPU has one, vm_start resumes from them instead of booting.
+ *   every vCPU has one, vm_start resumes from them instead of booting. A
+ *   paused VM takes one too (a rollback): it resumes from it.
  *   vm_save_clock / vm_load_clock: the guest's time (its TSC and the system
  *   control device's clock) as it reads it now, and the same time given to
  *   a VM that continues it: its clocks go on from there instead of jumping
- *   to this host's. Save paused; load before vm_start.
+ *   to this host's. Save paused; load before vm_start, or paused.
  * -ENOTSUP where the accelerator cannot do it; vm_load_clock: -ERANGE when
  * this host's TSC runs at another rate (the guest's clock would too).
  */
@@ -151,8 +152,8 @@ MUST_CHECK int vm_save_vcpu(struct vm *vm, unsigned int i, void *buf, size_t cap
 MUST_CHECK int vm_load_vcpu(struct vm *vm, unsigned int i, const void *buf, size_t len);
 /*
  * The machine's state besides its vCPUs (accel.h machine_save): its length
- * in buf (0: nothing to move), or -errno; paused. Load before vm_start
- * (untrusted: -EINVAL when malformed).
+ * in buf (0: nothing to move), or -errno; paused. Load before vm_start or
+ * paused (untrusted: -EINVAL when malformed).
  */
 MUST_CHECK int vm_save_machine(struct vm *vm, void *buf, size_t cap);
 MUST_CHECK int vm_load_machine(struct vm *vm, const void *buf, size_t len);

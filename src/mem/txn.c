@@ -1469,24 +1469,32 @@ int mem_fill_pages(struct gm *gm, uint64_t idx, uint64_t n, const void *data)
 						    MEM_FROM(PS_BALLOONED) | MEM_FROM(PS_REPORTED),
 					    MEM_TXN_NOPROTECT | MEM_TXN_NOPAGEMAP);
 		uint8_t *page = mem_page_hva(gm, idx);
+		int ret = 0;
 
 		if (got <= 0) {
-			memcpy(page, src, MEM_PAGE_SIZE);
+			ret = mem_write(gm, mem_index_gpa(gm, idx), src, MEM_PAGE_SIZE);
 			got = 1;
 		} else {
 			memset(ok, 0, sizeof(ok));
 			if (gm->uffd >= 0)
 				copy_pages(gm, page, src, (uint64_t)got, ok, false);
-			/* Populated already (content sent before, or a zero page): in place. */
-			for (int64_t i = 0; i < got; i++) {
-				if (!ok[i])
-					memcpy(page + i * MEM_PAGE_SIZE, src + i * MEM_PAGE_SIZE,
-					       MEM_PAGE_SIZE);
-				/* A page dropped earlier (ballooned, say) is the VM's own again. */
+			/* A page dropped earlier (ballooned, say) is the VM's own again. */
+			for (int64_t i = 0; i < got; i++)
 				mem_txn_set(&t, (uint32_t)i, MEM_PRIVATE, 0);
-			}
 			mem_txn_end(&t, -1);
+			/*
+			 * Populated already (content sent before, or a zero page):
+			 * written in place once released, through the access API: a
+			 * page protected for a reason faults, and the fault must not
+			 * wait for this thread's own claim.
+			 */
+			for (int64_t i = 0; i < got && !ret; i++)
+				if (!ok[i])
+					ret = mem_write(gm, mem_index_gpa(gm, idx + (uint64_t)i),
+							src + i * MEM_PAGE_SIZE, MEM_PAGE_SIZE);
 		}
+		if (ret)
+			return ret;
 		idx += (uint64_t)got;
 		n -= (uint64_t)got;
 		src += (uint64_t)got * MEM_PAGE_SIZE;

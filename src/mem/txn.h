@@ -199,13 +199,13 @@ int mem_chunks_set_missing(struct gm *gm, uint64_t idx, uint64_t n, bool on);
 bool mem_page_missing(const struct gm *gm, uint64_t idx);
 
 /*
- * Fill pages [idx, idx + n) (one region, n <= MEM_TXN_MAX) of a VM that
- * does not run yet and is not tracked (a migration's destination) with the
- * content at data. A hole gets its page installed with the content at once
- * (UFFDIO_COPY: no fault, no page cleared first, which is what a first
- * write costs); a page populated already is written in place. Each page is
- * the VM's own after (PS_ANON: one dropped before has content now). 0,
- * -EINVAL.
+ * Fill pages [idx, idx + n) (one region, n <= MEM_TXN_MAX) of a VM whose
+ * guest does not run (a migration's destination, a paused VM rolled back)
+ * with the content at data. A hole gets its page installed with the content
+ * at once (UFFDIO_COPY: no fault, no page cleared first, which is what a
+ * first write costs); a page populated already is written in place through
+ * the access API (mem_write). Each page is the VM's own after (PS_ANON: one
+ * dropped before has content now). 0, -EINVAL, or mem_write's -errno.
  */
 int mem_fill_pages(struct gm *gm, uint64_t idx, uint64_t n, const void *data);
 

@@ -195,15 +195,20 @@ bool mig_job_finished(struct mig_job *j)
 	return __atomic_load_n(&j->finished, __ATOMIC_ACQUIRE);
 }
 
+void mig_job_drop(struct mig_job *j)
+{
+	snapr_close(j->image);
+	json_decref(j->desc);
+	pthread_mutex_destroy(&j->lock);
+	kv_free(j);
+}
+
 void mig_job_free(struct mig_job *j)
 {
 	if (!j)
 		return;
 	pthread_join(j->thread, NULL);
-	snapr_close(j->image);
-	json_decref(j->desc);
-	pthread_mutex_destroy(&j->lock);
-	kv_free(j);
+	mig_job_drop(j);
 }
 
 bool mig_cancelled(struct mig_job *j)
@@ -1215,9 +1220,7 @@ int mig_source_spawn(struct mig_job *j, struct vm *vm, const json_t *desc,
 	ret = j->desc ? thread_spawn(&j->thread, thread_name, mig_source_thread, j) : -ENOMEM;
 	if (ret) {
 		snapw_abort(j->file);
-		json_decref(j->desc);
-		pthread_mutex_destroy(&j->lock);
-		kv_free(j);
+		mig_job_drop(j);
 	}
 	return ret;
 }
@@ -1659,8 +1662,7 @@ int mig_dest_start(int fd, const struct mig_params *p, const struct mig_dest_ops
 	ret = thread_spawn(&j->thread, "migrate-in", dest_thread, j);
 	if (ret) {
 		*out = NULL;
-		pthread_mutex_destroy(&j->lock);
-		kv_free(j);
+		mig_job_drop(j);
 		return ret;
 	}
 	return 0;

@@ -231,4 +231,31 @@ int mig_restore_start(const char *path, const struct mig_params *p,
 		      const struct mig_dest_ops *ops, void *arg, struct mig_job **out, char *why,
 		      size_t whylen);
 
+/* What a rollback did to the VM's pages. */
+struct mig_rollback_result {
+	uint64_t pages;		/* the VM's */
+	uint64_t reloaded;	/* content read from the file: it differed */
+	uint64_t zeroed;	/* zeros in the file, content in the VM */
+	uint64_t ballooned;	/* the balloon's in the file, not in the VM */
+	uint64_t unballooned;	/* the balloon's in the VM, not in the file */
+	uint64_t same;		/* equal already (by content hash, or both without content) */
+	uint64_t ms;
+	/* Asked for: XXH3-128 of every page once reloaded, before the state is (as a restore's). */
+	char checksum[33];
+};
+
+/*
+ * Put vm (paused, its devices stopped, not migrating) back to the snapshot
+ * file at path: each page whose content differs from the file's (by the
+ * file's SHA-256 of it) reloaded, every vCPU's, the clock's, the machine's
+ * and the devices' state (ops->load_devices) loaded. The file must be of a
+ * VM of the same shape (pages, vCPUs, accelerator; under thread, the same
+ * place in the address space). 0, or -errno with why set: refused before
+ * anything changed (a file that does not fit, or is corrupt in its table or
+ * state), or failed part way (a page of the file that does not match its
+ * hash: the VM must not run on, its memory is half the file's).
+ */
+int mig_rollback(struct vm *vm, const char *path, bool checksum, const struct mig_dest_ops *ops,
+		 void *arg, struct mig_rollback_result *out, bool *half, char *why, size_t whylen);
+
 #endif

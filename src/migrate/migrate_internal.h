@@ -47,6 +47,8 @@ struct mig_job {
 
 struct mig_job *mig_job_new(bool source, int fd, const struct mig_params *p, void *arg,
 			    const char *peer);
+/* Free a job whose thread never ran. */
+void mig_job_drop(struct mig_job *j);
 /* The job's end: its stage, its totals, its streams and fd closed. */
 void mig_job_finish(struct mig_job *j, int ret, uint64_t t0);
 void mig_notify(struct mig_job *j);

@@ -17,6 +17,7 @@
 #include "core/log.h"
 #include "core/thread.h"
 #include "core/vm.h"
+#include "mem/export.h"
 #include "mem/gm.h"
 #include "mem/lazy.h"
 #include "mem/memmap.h"
@@ -45,8 +46,7 @@ int mig_save_start(struct vm *vm, const char *path, const json_t *desc, bool sto
 	ret = snapw_create(path, mem_nr_pages(vm_gm(vm)), resident > 0 ? (uint64_t)resident : 0,
 			   &j->file, why, whylen);
 	if (ret) {
-		pthread_mutex_destroy(&j->lock);
-		kv_free(j);
+		mig_job_drop(j);
 		return ret;
 	}
 	ret = mig_source_spawn(j, vm, desc, ops, "snapshot-out");
@@ -318,8 +318,7 @@ int mig_restore_start(const char *path, const struct mig_params *p,
 	j->prog.stage = MIG_STAGE_RESERVATION;
 	ret = snapr_open(path, &j->image, why, whylen);
 	if (ret) {
-		pthread_mutex_destroy(&j->lock);
-		kv_free(j);
+		mig_job_drop(j);
 		return ret;
 	}
 	/* Before the thread runs: its callbacks may look for the job through the caller. */
@@ -327,11 +326,179 @@ int mig_restore_start(const char *path, const struct mig_params *p,
 	ret = thread_spawn(&j->thread, "snapshot-in", restore_thread, j);
 	if (ret) {
 		*out = NULL;
-		snapr_close(j->image);
-		pthread_mutex_destroy(&j->lock);
-		kv_free(j);
+		mig_job_drop(j);
 		snprintf(why, whylen, "%s", strerror(-ret));
 		return ret;
 	}
 	return 0;
+}
+
+/* --- rollback --- */
+
+/* The file is of a VM of vm's shape: its pages, vCPUs, accelerator and (thread) place. */
+static int fits(struct vm *vm, struct snap_reader *r, char *why, size_t whylen)
+{
+	json_t *d = mig_rec_json(snapr_rec(r, 0));
+	json_int_t mem = 0, base = 0;
+	const char *accel = "";
+	int cpus = 0, ret = 0;
+
+	if (!d || json_unpack(d, "{s:I, s:i, s:s, s?I}", "mem_bytes", &mem, "cpus", &cpus, "accel",
+			      &accel, "ram_base", &base)) {
+		snprintf(why, whylen, "%s: the VM's description is malformed", snapr_path(r));
+		ret = -EINVAL;
+	} else if (snapr_nr_pages(r) != mem_nr_pages(vm_gm(vm)) || (unsigned int)cpus != vm_ncpus(vm) ||
+		   strcmp(accel, vm_accel_name(vm))) {
+		snprintf(why, whylen, "%s is of another VM: %lld MiB, %d vCPUs, %s (this one: %llu "
+			 "MiB, %u vCPUs, %s)", snapr_path(r), (long long)(mem >> 20), cpus, accel,
+			 (unsigned long long)(mem_ram_bytes(vm_gm(vm)) >> 20), vm_ncpus(vm),
+			 vm_accel_name(vm));
+		ret = -EINVAL;
+	} else if (!strcmp(accel, "thread") && (uint64_t)base != vm_ram_base(vm)) {
+		snprintf(why, whylen, "%s is of another thread VM (its guest holds host addresses of "
+			 "another place)", snapr_path(r));
+		ret = -EINVAL;
+	}
+	json_decref(d);
+	return ret;
+}
+
+enum rb_act { RB_SAME, RB_LOAD, RB_ZERO, RB_BALLOON, RB_UNBALLOON };
+
+/* What page i of the window must become: the file's kind against what the VM holds. */
+static enum rb_act rb_decide(struct snap_reader *r, uint64_t idx, uint8_t cur,
+			     const uint8_t *content)
+{
+	uint8_t h[SNAP_HASH_LEN];
+	bool data = cur == MEM_EXPORT_DATA || cur == MEM_EXPORT_FRAME;
+
+	switch (snapr_kind(r, idx)) {
+	case SNAP_PAGE_ZERO:
+		return data ? RB_ZERO : cur == MEM_EXPORT_BALLOONED ? RB_UNBALLOON : RB_SAME;
+	case SNAP_PAGE_BALLOONED:
+		return cur == MEM_EXPORT_BALLOONED ? RB_SAME : RB_BALLOON;
+	default:
+		if (!data)
+			return RB_LOAD;
+		mig_sha256(content, MEM_PAGE_SIZE, h);
+		return memcmp(h, snapr_hash(r, idx), SNAP_HASH_LEN) ? RB_LOAD : RB_SAME;
+	}
+}
+
+static int rb_apply(struct gm *gm, uint64_t idx, uint64_t n, enum rb_act a, const uint8_t *data)
+{
+	gpa_t gpa = mem_index_gpa(gm, idx);
+	int64_t got;
+
+	switch (a) {
+	case RB_LOAD:
+	case RB_ZERO:
+		return mem_fill_pages(gm, idx, n, data);
+	case RB_BALLOON:
+		got = mem_discard(gm, gpa, n * MEM_PAGE_SIZE, PS_BALLOONED);
+		return got < 0 ? (int)got : 0;
+	case RB_UNBALLOON:
+		return mem_undiscard(gm, gpa, n * MEM_PAGE_SIZE);
+	default:
+		return 0;
+	}
+}
+
+/* Every page that differs from the file's, window by window; *changed once one did. */
+static int rollback_pages(struct snap_reader *r, struct gm *gm, struct mig_rollback_result *res,
+			  bool *changed, char *why, size_t whylen)
+{
+	struct mem_export_page kinds[MEM_EXPORT_MAX];
+	uint8_t *cur = kv_zalloc(MEM_EXPORT_MAX * MEM_PAGE_SIZE);
+	uint8_t *file = kv_zalloc(MEM_EXPORT_MAX * MEM_PAGE_SIZE);
+	uint8_t *zero = kv_zalloc(MEM_EXPORT_MAX * MEM_PAGE_SIZE);
+	uint64_t nr = mem_nr_pages(gm), *count[] = {
+		[RB_SAME] = &res->same, [RB_LOAD] = &res->reloaded, [RB_ZERO] = &res->zeroed,
+		[RB_BALLOON] = &res->ballooned, [RB_UNBALLOON] = &res->unballooned,
+	};
+	uint8_t act[MEM_EXPORT_MAX];
+	int ret = cur && file && zero ? 0 : -ENOMEM;
+
+	if (ret)
+		snprintf(why, whylen, "out of memory");
+	for (uint64_t idx = 0; idx < nr && !ret; idx += MEM_EXPORT_MAX) {
+		uint32_t n = nr - idx < MEM_EXPORT_MAX ? (uint32_t)(nr - idx) : MEM_EXPORT_MAX;
+		bool load = false;
+		uint64_t bad = 0;
+
+		ret = mem_export_pages(gm, idx, n, NULL, kinds, cur);
+		if (ret) {
+			snprintf(why, whylen, "reading the VM's pages: %s", strerror(-ret));
+			break;
+		}
+		for (uint32_t i = 0; i < n; i++) {
+			act[i] = (uint8_t)rb_decide(r, idx + i, kinds[i].kind,
+						    cur + (uint64_t)i * MEM_PAGE_SIZE);
+			load |= act[i] == RB_LOAD;
+		}
+		if (load && (ret = snapr_read(r, idx, n, file, &bad))) {
+			snprintf(why, whylen, "%s: %s", snapr_path(r), ret == -EBADMSG
+				 ? "a page does not match its hash: the file is corrupt" : strerror(-ret));
+			break;
+		}
+		for (uint32_t i = 0, e; i < n && !ret; i = e) {
+			for (e = i + 1; e < n && act[e] == act[i] && one_run(gm, idx, i, e + 1);)
+				e++;
+			*count[act[i]] += e - i;
+			if (act[i] == RB_SAME)
+				continue;
+			*changed = true;
+			ret = rb_apply(gm, idx + i, e - i, (enum rb_act)act[i],
+				       (act[i] == RB_LOAD ? file : zero) + (uint64_t)i * MEM_PAGE_SIZE);
+			if (ret)
+				snprintf(why, whylen, "writing the VM's pages: %s", strerror(-ret));
+		}
+	}
+	kv_free(cur);
+	kv_free(file);
+	kv_free(zero);
+	return ret;
+}
+
+int mig_rollback(struct vm *vm, const char *path, bool checksum, const struct mig_dest_ops *ops,
+		 void *arg, struct mig_rollback_result *out, bool *half, char *why, size_t whylen)
+{
+	struct mig_params p = { .checksum = checksum };
+	uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC);
+	struct snap_reader *r = NULL;
+	struct mig_job *j;
+	int ret;
+
+	*half = false;
+	memset(out, 0, sizeof(*out));
+	out->pages = mem_nr_pages(vm_gm(vm));
+	ret = snapr_open(path, &r, why, whylen);
+	if (!ret)
+		ret = fits(vm, r, why, whylen);
+	if (ret) {
+		snapr_close(r);
+		return ret;
+	}
+	ret = rollback_pages(r, vm_gm(vm), out, half, why, whylen);
+	if (!ret) {
+		/* The state records are the restore's: a job of the VM's carries their errors. */
+		j = mig_job_new(false, -1, &p, arg, path);
+		if (!j) {
+			snprintf(why, whylen, "out of memory");
+			ret = -ENOMEM;
+		} else {
+			j->kind = MIG_KIND_RESTORE;
+			j->vm = vm;
+			j->dops = ops;
+			ret = load_state(j, r);
+			*half = true;
+			if (ret)
+				snprintf(why, whylen, "%s", j->prog.error);
+			memcpy(out->checksum, j->prog.checksum, sizeof(out->checksum));
+			mig_job_drop(j);
+		}
+	}
+	out->ms = (kv_clock_ns(CLOCK_MONOTONIC) - t0) / 1000000;
+	snapr_close(r);
+	return ret;
 }

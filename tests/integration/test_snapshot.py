@@ -15,7 +15,11 @@
    file comes in (by one or the other, never both), and the page states agree with the mappings.
    Restored again without the prefetcher, the guest runs and verifies on pages that came in only
    as it touched them.
-5. The snapshot of 1 runs in a second host (`kvmem run --restore`), verifying; under kvm it is
+5. Rollback: a snapshot, the guest writes on, the VM is rolled back to it: a digest of every
+   page once reloaded equals the snapshot's, only pages that differ were reloaded (by the
+   file's page hashes), and the guest verifies from there. With the CLI too. A file that is
+   not a snapshot is refused and the VM runs on untouched.
+6. The snapshot of 1 runs in a second host (`kvmem run --restore`), verifying; under kvm it is
    also restored beside the VM it was taken from, under another name (under thread a VM resumes
    only at its original place in the address space, so that is refused with that reason).
 
@@ -165,7 +169,38 @@ try:
     check(request(sock, {"verb": "resume", "vm": "snap"}).get("ok") is True, "resumed")
     verifies(host, "snap", "after full residency")
 
-    # 5. The snapshot elsewhere: a second host, and beside the VM it was taken from.
+    # 5. Rollback.
+    rb = f"{d}/rollback.snap"
+    r = request(sock, {"verb": "save", "vm": "snap", "to": rb, "checksum": True})
+    check(r.get("ok") is True, f"a snapshot to roll back to ({r.get('error', 'ok')})")
+    wait_for(lambda: (job("snap", "snapshot") or {}).get("peer") == rb and
+             job("snap", "snapshot").get("stage") in ("done", "failed"), 120)
+    taken = job("snap", "snapshot") or {}
+    check(taken.get("stage") == "done", f"taken ({taken.get('error', '')})")
+    verifies(host, "snap", "writing on after the snapshot")
+    r = request(sock, {"verb": "rollback", "vm": "snap", "file": rb, "checksum": True},
+                timeout=60)
+    back = r.get("rollback") or {}
+    print(f"info   rollback: {back}", flush=True)
+    check(r.get("ok") is True, f"rolled back ({r.get('error', 'ok')})")
+    check(back.get("checksum") == taken.get("checksum"),
+          f"every page as in the snapshot (digests {taken.get('checksum')} and "
+          f"{back.get('checksum')})")
+    check(0 < back.get("reloaded", 0) < back.get("pages", 0) and back.get("same", 0) > 0,
+          f"only the pages that differ were reloaded ({back.get('reloaded')} of "
+          f"{back.get('pages')}, {back.get('same')} the same)")
+    verifies(host, "snap", "after the rollback")
+    p = subprocess.run([KVMEM, "rollback", "--socket", sock, "--vm", "snap", "--to", rb],
+                       capture_output=True, text=True, timeout=120)
+    check(p.returncode == 0 and "rolled back" in p.stdout,
+          f"kvmem rollback ({p.stdout.strip()} {p.stderr.strip()})")
+    verifies(host, "snap", "after the second rollback")
+    r = request(sock, {"verb": "rollback", "vm": "snap", "file": f"{d}/not.snap"})
+    check(r.get("ok") is False and "not a kvmem snapshot" in r.get("error", ""),
+          f"a file that is not a snapshot is refused ({r.get('error')})")
+    verifies(host, "snap", "after a refused rollback")
+
+    # 6. The snapshot elsewhere: a second host, and beside the VM it was taken from.
     other = Host(["run", "--restore", live, "--socket", b_sock])
     others.append(other)
     check(wait_socket(other, b_sock), "kvmem run --restore serves its socket")

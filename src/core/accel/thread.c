@@ -658,9 +658,10 @@ static int thread_vcpu_load(struct vcpu *vcpu, const void *buf, size_t len)
 	struct thread_vcpu *c = tcpu_of(vcpu);
 	const struct thread_vm *tv = tvm_of(vcpu->vm);
 	uint64_t base = (uint64_t)(uintptr_t)tv->phys_base;
+	struct thread_tls *t = __atomic_load_n(&c->tls, __ATOMIC_ACQUIRE);
 	struct thread_state st;
 
-	if (len != sizeof(st) || c->started)
+	if (len != sizeof(st) || (c->started && !t))
 		return -EINVAL;
 	memcpy(&st, buf, sizeof(st));
 	if (st.magic != THREAD_STATE_MAGIC || st.version != THREAD_STATE_VERSION)
@@ -674,6 +675,17 @@ static int thread_vcpu_load(struct vcpu *vcpu, const void *buf, size_t len)
 	if (st.mxcsr > 0xffff || st.mmio_read > 1 || st.pad)
 		return -EINVAL;
 	st.rflags = (st.rflags & RFLAGS_KEPT) | RFLAGS_FIXED;
+	if (t) {
+		/* Parked (the VM paused): it resumes from its thread's registers, as saved. */
+		memcpy(t->gpr, st.gpr, sizeof(t->gpr));
+		t->rip = st.rip;
+		t->rflags = st.rflags;
+		t->guest_mxcsr = st.mxcsr;
+		t->guest_fcw = st.fcw;
+		c->mmio_read = st.mmio_read;
+		memcpy(c->mmio_data, st.mmio_data, sizeof(c->mmio_data));
+		return 0;
+	}
 	c->restore = st;
 	c->restored = true;
 	return 0;

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * `kvmem save` and `kvmem restore`: a VM of a running host into a snapshot
- * file and back, clients of the control socket's "save" and "restore"
- * verbs, following the job through the stats as `kvmem migrate` does.
+ * `kvmem save`, `kvmem restore` and `kvmem rollback`: a VM of a running
+ * host into a snapshot file and back, clients of the control socket's
+ * "save", "restore" and "rollback" verbs; save and restore follow their job
+ * through the stats as `kvmem migrate` does.
  */
 #include "core/host/cli_snapshot.h"
 
@@ -199,4 +200,80 @@ int cli_restore_main(int argc, char **argv)
 	snprintf(vm, sizeof(vm), "%s", json_string_value(json_object_get(reply, "vm")) ?: "");
 	json_decref(reply);
 	return cli_follow_job("restore", path, vm, "restore");
+}
+
+static void rollback_help(void)
+{
+	printf("usage: kvmem rollback --vm NAME --to FILE [--socket PATH]\n"
+	       "\n"
+	       "Put a running VM back to a snapshot of it (kvmem save): its memory, vCPUs and\n"
+	       "devices as they were, reloading only the pages whose content differs from the\n"
+	       "file's (each page's hash is in the file). It pauses for that long, then runs on\n"
+	       "from the snapshot. A file of another VM is refused, and nothing changes.\n"
+	       "  -n, --vm NAME        the VM (as kvmem stat lists it)\n"
+	       "  -t, --to FILE        the snapshot file\n"
+	       "  -s, --socket PATH    the host's control socket (default %s)\n",
+	       KVMEM_DEFAULT_SOCKET);
+}
+
+int cli_rollback_main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "vm", required_argument, NULL, 'n' },
+		{ "to", required_argument, NULL, 't' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *path = KVMEM_DEFAULT_SOCKET, *vm = NULL, *to = NULL;
+	char file[PATH_MAX], esc[128];
+	json_t *req, *reply, *rb;
+	int c, ret;
+
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, ":s:n:t:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 's':
+			path = optarg;
+			break;
+		case 'n':
+			vm = optarg;
+			break;
+		case 't':
+			to = optarg;
+			break;
+		case 'h':
+			rollback_help();
+			return 0;
+		default:
+			return cli_bad_option("rollback", "see kvmem rollback --help", c, argv);
+		}
+	}
+	if (optind < argc)
+		return cli_usage_error("rollback", "see kvmem rollback --help",
+				       "%s: unexpected argument", argv[optind]);
+	if (!vm || !to)
+		return cli_usage_error("rollback", "see kvmem rollback --help", "%s",
+				       "--vm NAME and --to FILE are required");
+	if (!realpath(to, file))
+		return cli_usage_error("rollback", "see kvmem rollback --help", "--to %s: no such file",
+				       to);
+	req = json_pack("{s:s, s:s, s:s}", "verb", "rollback", "vm", vm, "file", file);
+	ret = cli_request("rollback", path, req, CONTROL_CLIENT_TIMEOUT_MS, &reply);
+	json_decref(req);
+	if (ret)
+		return ret;
+	rb = json_object_get(reply, "rollback");
+	printf("%s: rolled back in %lld ms: %lld of %lld pages reloaded, %lld zeroed, %lld to the "
+	       "balloon, %lld from it, %lld the same\n", cli_escape(vm, esc, sizeof(esc)),
+	       (long long)json_integer_value(json_object_get(rb, "ms")),
+	       (long long)json_integer_value(json_object_get(rb, "reloaded")),
+	       (long long)json_integer_value(json_object_get(rb, "pages")),
+	       (long long)json_integer_value(json_object_get(rb, "zeroed")),
+	       (long long)json_integer_value(json_object_get(rb, "ballooned")),
+	       (long long)json_integer_value(json_object_get(rb, "unballooned")),
+	       (long long)json_integer_value(json_object_get(rb, "same")));
+	json_decref(reply);
+	return 0;
 }

@@ -118,6 +118,8 @@ void host_release_gone(struct host *h);
 extern const struct mig_source_ops host_source_ops;
 /* A VM's description, for a reservation or a snapshot file (new reference, NULL: no memory). */
 json_t *host_vm_describe(struct host *h, struct host_vm *hv);
+/* Give hv's devices (stopped) the state a save took (untrusted): 0, or -EINVAL with why. */
+int host_vm_load_devices(struct host_vm *hv, json_t *devices, char *why, size_t whylen);
 /* hv has a job sending it away or bringing it in that has not ended. */
 bool host_vm_migrating(struct host *h, struct host_vm *hv);
 /*

@@ -692,18 +692,24 @@ fail:
 	return ret;
 }
 
-static int dst_load_devices(void *arg, json_t *devices, char *why, size_t whylen)
+int host_vm_load_devices(struct host_vm *hv, json_t *devices, char *why, size_t whylen)
 {
-	struct arrival *a = arg;
 	json_t *b = json_object_get(devices, "balloon");
 
-	if (!balloon_vdev(a->hv))
+	if (!balloon_vdev(hv))
 		return 0;
 	if (!json_is_object(b)) {
 		snprintf(why, whylen, "no balloon state");
 		return -EINVAL;
 	}
-	return virtio_dev_load(balloon_vdev(a->hv), b, why, whylen);
+	return virtio_dev_load(balloon_vdev(hv), b, why, whylen);
+}
+
+static int dst_load_devices(void *arg, json_t *devices, char *why, size_t whylen)
+{
+	struct arrival *a = arg;
+
+	return host_vm_load_devices(a->hv, devices, why, whylen);
 }
 
 static int dst_activate(void *arg)

@@ -144,6 +144,73 @@ static int restore_verb(void *arg, json_t *req, json_t *reply)
 	return 0;
 }
 
+static int rollback_load_devices(void *arg, json_t *devices, char *why, size_t whylen)
+{
+	return host_vm_load_devices(arg, devices, why, whylen);
+}
+
+static const struct mig_dest_ops rollback_ops = {
+	.load_devices = rollback_load_devices,
+};
+
+/*
+ * The VM back to a snapshot: paused with its devices as for stop-and-copy,
+ * the pages that differ reloaded, its state loaded, then it runs on (unless
+ * a user or the policy holds it). One that fails part way has half its
+ * memory from the file: it stops rather than run on that.
+ */
+static int rollback_verb(void *arg, json_t *req, json_t *reply)
+{
+	struct host *h = arg;
+	struct mig_rollback_result res;
+	const char *name, *file;
+	struct host_vm *hv;
+	char why[256] = "";
+	bool half;
+	int ret;
+
+	if ((ret = control_req_string(req, "vm", reply, &name)) ||
+	    (ret = control_req_string(req, "file", reply, &file)))
+		return ret;
+	if (file[0] != '/')
+		return control_reply_error(reply, EINVAL, "file: %s: an absolute path (the host's "
+					   "working directory is not the client's)", file);
+	hv = host_find_vm(h, name);
+	if (!hv)
+		return control_reply_error(reply, ENOENT, "no VM named \"%s\"", name);
+	if (host_vm_migrating(h, hv))
+		return control_reply_error(reply, EBUSY, "%s is migrating or being saved", name);
+	if (vm_get_state(hv->vm) != VM_RUNNING && vm_get_state(hv->vm) != VM_PAUSED)
+		return control_reply_error(reply, EINVAL, "%s is not running", name);
+	ret = host_source_ops.stop(hv);
+	if (ret)
+		return control_reply_error(reply, -ret, "cannot pause %s: %s", name, strerror(-ret));
+	ret = mig_rollback(hv->vm, file, json_is_true(json_object_get(req, "checksum")),
+			   &rollback_ops, hv, &res, &half, why, sizeof(why));
+	if (ret && half) {
+		log_err("%s: rollback to %s failed part way (%s): the VM stops", name, file, why);
+		vm_request_stop(hv->vm, VM_STATUS_VMM_ERROR);
+		return control_reply_error(reply, -ret, "%s; %s stopped: its memory is partly the "
+					   "file's", why, name);
+	}
+	host_source_ops.restart(hv);
+	if (ret)
+		return control_reply_error(reply, -ret, "%s", why);
+	log_info("%s: rolled back to %s in %" PRIu64 " ms: %" PRIu64 " of %" PRIu64 " pages "
+		 "reloaded", name, file, res.ms, res.reloaded, res.pages);
+	json_object_set_new(reply, "rollback",
+			    json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "file", file,
+				      "pages", (json_int_t)res.pages, "reloaded",
+				      (json_int_t)res.reloaded, "zeroed", (json_int_t)res.zeroed,
+				      "ballooned", (json_int_t)res.ballooned, "unballooned",
+				      (json_int_t)res.unballooned, "same", (json_int_t)res.same,
+				      "ms", (json_int_t)res.ms));
+	if (res.checksum[0])
+		json_object_set_new(json_object_get(reply, "rollback"), "checksum",
+				    json_string(res.checksum));
+	return 0;
+}
+
 int host_restore(struct host *h, const char *path, const char *name)
 {
 	struct mig_params params = { .lazy = true };
@@ -172,5 +239,7 @@ int host_snapshot_register(struct host *h)
 
 	if (!ret)
 		ret = control_register_verb(h->control, "restore", restore_verb, h);
+	if (!ret)
+		ret = control_register_verb(h->control, "rollback", rollback_verb, h);
 	return ret;
 }

@@ -498,6 +498,21 @@ int vm_load_clock(struct vm *vm, const struct vm_clock *c)
 			 &vm->tsc_offset, sizeof(vm->tsc_offset));
 }
 
+int vm_new_generation(struct vm *vm, uint64_t *out)
+{
+	gpa_t at = LAYOUT_BOOT_PARAMS + offsetof(struct abi_boot_params, generation);
+	uint64_t g;
+	int ret = mem_read(vm->gm, at, &g, sizeof(g));
+
+	if (ret)
+		return ret;
+	g++;
+	ret = mem_write(vm->gm, at, &g, sizeof(g));
+	if (!ret && out)
+		*out = g;
+	return ret;
+}
+
 unsigned int vm_ncpus(const struct vm *vm)
 {
 	return vm->ncpus;

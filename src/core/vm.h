@@ -159,6 +159,13 @@ MUST_CHECK int vm_save_machine(struct vm *vm, void *buf, size_t cap);
 MUST_CHECK int vm_load_machine(struct vm *vm, const void *buf, size_t len);
 MUST_CHECK int vm_save_clock(struct vm *vm, struct vm_clock *out);
 MUST_CHECK int vm_load_clock(struct vm *vm, const struct vm_clock *c);
+/*
+ * The VM starts again from a saved state (a restore, a rollback): one more
+ * generation in its boot parameters (abi_boot_params.generation), which its
+ * memory holds already. The guest takes what it must not repeat afresh.
+ * 0 (*out the new generation, may be NULL), or mem_write's -errno.
+ */
+int vm_new_generation(struct vm *vm, uint64_t *out);
 /* The VM's vCPU count. */
 unsigned int vm_ncpus(const struct vm *vm);
 const char *vm_name(const struct vm *vm);

@@ -115,6 +115,14 @@ struct abi_boot_params {
 	struct abi_mem_range ranges[ABI_MAX_RANGES];
 	struct abi_device devices[ABI_MAX_DEVICES];
 	char cmdline[ABI_MAX_CMDLINE]; /* NUL terminated */
+	/*
+	 * The VM's generation (the idea of VM Generation ID): 0 at boot, one
+	 * more each time the VMM starts it again from a saved state (a restore,
+	 * a rollback): the guest is then a copy of a past, and whatever it must
+	 * not repeat (its random numbers) it takes afresh. The guest never
+	 * writes it; it looks at it at every sleep.
+	 */
+	uint64_t generation;
 };
 
 /*

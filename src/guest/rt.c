@@ -13,6 +13,8 @@ uint64_t rt_phys_offset;
 rt_mmio_fn *rt_mmio_call;
 
 static const struct abi_boot_params *boot;
+/* The generation the guest last saw (in its memory: a saved state has the one it was saved in). */
+static uint64_t generation_seen;
 static gpa_t con_gpa;		/* console registers, GPA_NULL if none */
 static gpa_t sys_gpa;		/* system-control registers, GPA_NULL if none */
 static gpa_t phys_top;		/* nothing at or above it (boot params) */
@@ -172,6 +174,21 @@ static uint64_t poll_slice(uint64_t now)
 	return due > now ? MAX(due - now, POLL_MIN_SLICE_NS) : POLL_MIN_SLICE_NS;
 }
 
+uint64_t rt_generation(void)
+{
+	return boot ? *(const volatile uint64_t *)&boot->generation : 0;
+}
+
+/* Started again from a saved state: said once, by the first vCPU to see it. */
+static void check_generation(void)
+{
+	uint64_t g = rt_generation(), seen = READ_ONCE(generation_seen);
+
+	if (g != seen && __atomic_compare_exchange_n(&generation_seen, &seen, g, false,
+						     __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		rt_printf("kvmem guest: resumed from a saved state (generation %lu)\n", g);
+}
+
 void rt_sleep_ns(uint64_t ns)
 {
 	uint64_t now = rt_now_ns();
@@ -187,6 +204,7 @@ void rt_sleep_ns(uint64_t ns)
 	}
 	/* The VMM may wake us early ("up to N ns"): sleep again for the rest. */
 	while (now < end) {
+		check_generation();
 		rt_poll();
 		now = rt_now_ns();
 		if (now >= end)

@@ -197,6 +197,12 @@ gpa_t rt_phys_top(void);
 
 /* Nanoseconds since rt_init(), from the TSC (or the VMM clock without tsc_khz). */
 uint64_t rt_now_ns(void);
+/*
+ * The VM's generation (abi_boot_params.generation): it changes when the VMM
+ * starts the VM again from a saved state. A sleep that sees it change first
+ * says so on the console.
+ */
+uint64_t rt_generation(void);
 
 /*
  * rt_sleep_ns - give the host CPU away for about @ns through ABI_SYS_SLEEP_NS.

@@ -142,6 +142,7 @@ struct wl_cpu {
 	uint64_t cow_writes;
 	uint64_t move_fails;	/* no free page to move to */
 	uint64_t rng;
+	uint64_t generation;	/* the VM's generation its rng was last seeded for */
 } __attribute__((aligned(64)));
 
 static struct wl_cpu cpus[ABI_MAX_CPUS];
@@ -356,6 +357,12 @@ static void job_run(unsigned cpu, void *arg)
 		uint64_t n, wait = deadline - now;
 
 		last = now;
+		/* Started again from a saved state: the pages it picks next are not the past's. */
+		if (rt_generation() != c->generation) {
+			c->generation = rt_generation();
+			c->rng ^= rt_now_ns() * 0x9e3779b97f4a7c15ULL;
+			c->rng = c->rng ? c->rng : 1;
+		}
 		for (n = bucket_take(&w_credit, elapsed, w_cost); n; n--)
 			rewrite(c, nhot);
 		for (n = bucket_take(&r_credit, elapsed, r_cost); n; n--)

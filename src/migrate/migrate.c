@@ -1475,6 +1475,11 @@ int mig_apply_state(struct mig_job *j, const struct mig_rec *r)
 		return mig_failf(j, "the guest's clock: %s", ret == -ERANGE ? "this host's TSC runs at "
 			     "another rate" : strerror(-ret));
 	}
+	/* From a file (a restore, a rollback): a copy of a past, not the VM going on. */
+	if (j->kind == MIG_KIND_RESTORE && (ret = vm_new_generation(j->vm, NULL))) {
+		json_decref(o);
+		return mig_failf(j, "the VM's generation: %s", strerror(-ret));
+	}
 	ret = j->dops->load_devices(j->arg, json_object_get(o, "devices"), why, sizeof(why));
 	json_decref(o);
 	if (ret)

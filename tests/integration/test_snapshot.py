@@ -153,6 +153,8 @@ try:
     v = vm_of(stats(sock), "snap")
     check(v is not None and v["state"] == "running" and v["restored_from"] == saved,
           f"the VM runs again, restored from its file ({v and v['restored_from']})")
+    check(host.wait_line(r"\[snap\] kvmem guest: resumed from a saved state \(generation 1\)"),
+          "the guest sees it runs again from a saved state (its generation changed)")
     verifies(host, "snap", "after the restore")
     wait_for(lambda: (vm_of(stats(sock), "snap")["restore"] or {}).get("pages_left") == 0, 120)
     lz = vm_of(stats(sock), "snap")["restore"] or {}
@@ -189,6 +191,8 @@ try:
     check(0 < back.get("reloaded", 0) < back.get("pages", 0) and back.get("same", 0) > 0,
           f"only the pages that differ were reloaded ({back.get('reloaded')} of "
           f"{back.get('pages')}, {back.get('same')} the same)")
+    check(host.wait_line(r"\[snap\] kvmem guest: resumed from a saved state \(generation 2\)"),
+          "the guest sees it was rolled back (the snapshot's generation, and one more)")
     verifies(host, "snap", "after the rollback")
     p = subprocess.run([KVMEM, "rollback", "--socket", sock, "--vm", "snap", "--to", rb],
                        capture_output=True, text=True, timeout=120)

@@ -83,7 +83,7 @@ try:
     p = subprocess.run([KVMEM, "save", "--socket", sock, "--vm", "snap", "--to", live],
                        capture_output=True, text=True, timeout=300)
     print(f"info   kvmem save: {p.stdout.strip()[-300:]} {p.stderr.strip()[-300:]}", flush=True)
-    check(p.returncode == 0 and "snapshot done" in p.stdout, "kvmem save (a snapshot) is done")
+    check(p.returncode == 0 and "snap: done" in p.stdout, "kvmem save (a snapshot) is done")
     m = job("snap", "snapshot") or {}
     check(m.get("downtime_ms", 1e9) <= m.get("downtime_limit_ms", 0),
           f"its pause ({m.get('downtime_ms')} ms) within the limit ({m.get('downtime_limit_ms')} ms)")

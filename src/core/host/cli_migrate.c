@@ -104,10 +104,9 @@ static void summary(const char *vm, json_t *m)
 	bool restore = of_kind(m, "restore");
 	char esc[256];
 
-	printf("%s: %s %s in %.0f ms, downtime %.0f ms, %.1f MiB %s in %.0f rounds "
+	printf("%s: %s in %.0f ms, downtime %.0f ms, %.1f MiB %s in %.0f rounds "
 	       "(pages: %.0f data, %.0f zero, %.0f ballooned, %.0f shared + %.0f references)\n",
-	       vm, cli_escape(json_string_value(json_object_get(m, "kind")) ?: "?", esc, 32),
-	       cli_escape(json_string_value(json_object_get(m, "stage")) ?: "?", esc + 32, 32),
+	       vm, cli_escape(json_string_value(json_object_get(m, "stage")) ?: "?", esc, 32),
 	       num(m, "total_ms"), num(m, "downtime_ms"), num(m, "bytes") / 1048576.0,
 	       restore ? "read" : of_kind(m, "migration") ? "sent" : "written", num(m, "round"),
 	       num(p, "data"), num(p, "zero"), num(p, "ballooned"), num(p, "shared"),

@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import cmd, emit, request, take_accel, take_opt
+from benchlib import Host, cmd, emit, request, take_accel, take_opt, wait_sock
 
 ACCEL = take_accel()
 
@@ -37,48 +37,6 @@ RUNS = int(take_opt("--runs", "3"))
 RATES = [int(r) for r in take_opt("--rates", "0,10,50,100,200").split(",")]
 WARM = 3
 KVMEM = sys.argv[1]
-
-
-class Host:
-    def __init__(self, args):
-        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True)
-        self.lines = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.p.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def count(self, s):
-        return sum(1 for l in list(self.lines) if s in l)
-
-    def wait(self, s, n=1, deadline=300):
-        end = time.monotonic() + deadline
-        while time.monotonic() < end and self.p.poll() is None:
-            if self.count(s) >= n:
-                return True
-            time.sleep(0.1)
-        return self.count(s) >= n
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.terminate()
-        try:
-            self.p.wait(60)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-
-
-def wait_sock(path, deadline=60):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            request(path, {"verb": "list"}, timeout=5)
-            return True
-        except OSError:
-            time.sleep(0.1)
-    return False
 
 
 def floor_ms(nbytes):

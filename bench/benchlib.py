@@ -3,7 +3,10 @@ the accelerator the figures come from (every script takes `--accel NAME`)."""
 import json
 import os
 import socket
+import subprocess
 import sys
+import threading
+import time
 
 # The accelerator of the figures this script emits (take_accel sets it).
 ACCEL = None
@@ -81,3 +84,48 @@ def take_opt(flag, default, argv=sys.argv):
         del argv[i:i + 2]
         return v
     return default
+
+
+class Host:
+    """A kvmem host process whose output (console and log) is kept line by line."""
+
+    def __init__(self, args):
+        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
+        self.lines = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def count(self, s):
+        return sum(1 for l in list(self.lines) if s in l)
+
+    def wait(self, s, n=1, deadline=300, step=0.1):
+        end = time.monotonic() + deadline
+        while time.monotonic() < end and self.p.poll() is None:
+            if self.count(s) >= n:
+                return True
+            time.sleep(step)
+        return self.count(s) >= n
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+        try:
+            self.p.wait(60)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+
+
+def wait_sock(path, deadline=60):
+    """Wait until a host answers on its control socket."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            request(path, {"verb": "list"}, timeout=5)
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False

@@ -34,27 +34,6 @@
 
 #define HASH_LEN 32
 
-static void le32enc(uint8_t *p, uint32_t v)
-{
-	v = htole32(v);
-	memcpy(p, &v, 4);
-}
-
-static void le64enc(uint8_t *p, uint64_t v)
-{
-	v = htole64(v);
-	memcpy(p, &v, 8);
-}
-
-static uint64_t le64dec(const uint8_t *p)
-{
-	uint64_t v;
-
-	memcpy(&v, p, 8);
-	return le64toh(v);
-}
-
-
 const char *mig_stage_name(enum mig_stage s)
 {
 	switch (s) {
@@ -526,7 +505,7 @@ static int send_run(struct sender *s, uint64_t idx, uint32_t i, uint32_t e, uint
 /* The 64 bits of a hash a frame is looked up by (never 0: the map's empty key). */
 static uint64_t hash_key(const uint8_t *h)
 {
-	return le64dec(h) | 1;
+	return mig_le64dec(h) | 1;
 }
 
 /*
@@ -595,7 +574,7 @@ static int scatter_page(struct sender *s, uint64_t idx, const uint8_t *page)
 {
 	uint8_t *u = s->scatter + (size_t)s->nr_scatter * mig_page_unit(MIG_PAGE_SCATTER);
 
-	le64enc(u, gfn_of(s->gm, idx));
+	mig_le64enc(u, gfn_of(s->gm, idx));
 	memcpy(u + 8, page, MEM_PAGE_SIZE);
 	return ++s->nr_scatter == MIG_PAGES_MAX ? flush_scatter(s) : 0;
 }
@@ -653,12 +632,12 @@ static int send_window(struct sender *s, uint64_t idx, uint32_t n, const uint64_
 		}
 		if (k == MIG_PAGE_FRAME) {
 			u = s->unit + (size_t)units * mig_page_unit(k);
-			le64enc(u, s->frame_id[i]);
+			mig_le64enc(u, s->frame_id[i]);
 			memcpy(u + 8, s->hash[i], HASH_LEN);
 			memcpy(u + 8 + HASH_LEN, s->data + (uint64_t)i * MEM_PAGE_SIZE, MEM_PAGE_SIZE);
 			units++;
 		} else if (k == MIG_PAGE_FRAME_REF) {
-			le64enc(s->unit + (size_t)units * 8, s->frame_id[i]);
+			mig_le64enc(s->unit + (size_t)units * 8, s->frame_id[i]);
 			units++;
 		}
 	}
@@ -742,8 +721,8 @@ static int send_round_header(struct mig_job *j, unsigned int round, enum mig_sta
 	/* A file holds each page once, at its place: rounds are not its business. */
 	if (j->file)
 		return 0;
-	le32enc(b, round);
-	le32enc(b + 4, (uint32_t)stage);
+	mig_le32enc(b, round);
+	mig_le32enc(b + 4, (uint32_t)stage);
 	return put_check(j, j->out, mig_put_buf(j->out, MIG_REC_ROUND, b, sizeof(b)));
 }
 
@@ -800,7 +779,7 @@ static int send_state(struct mig_job *j)
 			ret = mig_failf(j, "vCPU %u state: %s", i, strerror(-n));
 			goto out;
 		}
-		le32enc(buf, i);
+		mig_le32enc(buf, i);
 		ret = put_check(j, j->out, mig_put_buf(j->out, MIG_REC_VCPU, buf, 4 + (size_t)n));
 	}
 	if (ret)
@@ -1066,8 +1045,8 @@ static int source_run(struct mig_job *j)
 		goto out;
 	log_debug("%s: stop-and-copy: %" PRIu64 " pages and the state sent after %" PRIu64 " us",
 		  vm_name(j->vm), last_dirty, (kv_clock_ns(CLOCK_MONOTONIC) - t_stop) / 1000);
-	le64enc(end, mem_nr_pages(s.gm));
-	le64enc(end + 8, mig_stream_bytes(j->out));
+	mig_le64enc(end, mem_nr_pages(s.gm));
+	mig_le64enc(end + 8, mig_stream_bytes(j->out));
 	ret = put_check(j, j->out, mig_put_buf(j->out, MIG_REC_END, end, sizeof(end)));
 	if (ret)
 		goto out;
@@ -1303,7 +1282,7 @@ static int apply_scatter(struct receiver *rv, const struct mig_rec *r, const str
 {
 	for (uint32_t i = 0; i < p->count; i++) {
 		const uint8_t *u = p->data + (size_t)i * mig_page_unit(MIG_PAGE_SCATTER);
-		uint64_t gfn = le64dec(u);
+		uint64_t gfn = mig_le64dec(u);
 		int64_t idx;
 		int ret;
 
@@ -1379,7 +1358,7 @@ static int apply_pages(struct receiver *rv, const struct mig_rec *r)
 			if (memcmp(h, u + 8, HASH_LEN))
 				return mig_failf(j, "record %" PRIu64 ": a shared page whose content does "
 					     "not match its hash", r->seq);
-			if (keep_frame(rv, le64dec(u), u + 8 + HASH_LEN))
+			if (keep_frame(rv, mig_le64dec(u), u + 8 + HASH_LEN))
 				return mig_failf(j, "record %" PRIu64 ": a shared page's id used twice, or "
 					     "more shared pages than the VM has", r->seq);
 			ret = fill(rv, (uint64_t)first + i, 1, u + 8 + HASH_LEN);
@@ -1390,7 +1369,7 @@ static int apply_pages(struct receiver *rv, const struct mig_rec *r)
 		for (uint32_t i = 0; i < p.count && !ret; i++) {
 			uint64_t at;
 
-			if (!idmap_get(&rv->frames, le64dec(p.data + (size_t)i * 8), &at))
+			if (!idmap_get(&rv->frames, mig_le64dec(p.data + (size_t)i * 8), &at))
 				return mig_failf(j, "record %" PRIu64 ": a reference to a shared page "
 					     "never sent", r->seq);
 			ret = fill(rv, (uint64_t)first + i, 1, rv->frame_data + at * MEM_PAGE_SIZE);

@@ -59,34 +59,6 @@ static uint64_t align_page(uint64_t v)
 	return (v + PAGE - 1) & ~(uint64_t)(PAGE - 1);
 }
 
-static void put32(uint8_t *p, uint32_t v)
-{
-	v = htole32(v);
-	memcpy(p, &v, 4);
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-	v = htole64(v);
-	memcpy(p, &v, 8);
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-	uint32_t v;
-
-	memcpy(&v, p, 4);
-	return le32toh(v);
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-	uint64_t v;
-
-	memcpy(&v, p, 8);
-	return le64toh(v);
-}
-
 __attribute__((format(printf, 4, 5)))
 static int why_set(char *why, size_t whylen, int ret, const char *fmt, ...)
 {
@@ -392,17 +364,17 @@ int snapw_finish(struct snap_writer *w, char *why, size_t whylen)
 	for (uint64_t i = 0; i < w->nr_pages; i++)
 		data_pages += w->kind[i] == SNAP_PAGE_DATA;
 	memcpy(hdr, SNAP_MAGIC, 8);
-	put32(hdr + 8, SNAP_VERSION);
-	put32(hdr + 12, 0);
-	put64(hdr + 16, w->nr_pages);
-	put64(hdr + 24, w->table_off);
-	put64(hdr + 32, w->data_off);
-	put64(hdr + 40, w->state_off);
-	put64(hdr + 48, state_len);
-	put64(hdr + 56, data_pages);
-	put64(hdr + 64, (uint64_t)time(NULL));
+	mig_le32enc(hdr + 8, SNAP_VERSION);
+	mig_le32enc(hdr + 12, 0);
+	mig_le64enc(hdr + 16, w->nr_pages);
+	mig_le64enc(hdr + 24, w->table_off);
+	mig_le64enc(hdr + 32, w->data_off);
+	mig_le64enc(hdr + 40, w->state_off);
+	mig_le64enc(hdr + 48, state_len);
+	mig_le64enc(hdr + 56, data_pages);
+	mig_le64enc(hdr + 64, (uint64_t)time(NULL));
 	table_hash(w->kind, (const uint8_t *)w->hash, w->nr_pages, hdr + 72);
-	put64(hdr + HEADER_CHECKED, XXH3_64bits(hdr, HEADER_CHECKED));
+	mig_le64enc(hdr + HEADER_CHECKED, XXH3_64bits(hdr, HEADER_CHECKED));
 	ret = end < 0 ? -errno : pwrite_all(w->fd, w->kind, w->nr_pages, w->table_off);
 	if (!ret)
 		ret = pwrite_all(w->fd, w->hash, w->nr_pages * SNAP_HASH_LEN,
@@ -535,7 +507,7 @@ int snapr_open(const char *path, struct snap_reader **out, char *why, size_t why
 			      path, (long long)st.st_size);
 		goto fail;
 	}
-	version = get32(hdr + 8);
+	version = mig_le32dec(hdr + 8);
 	if (version != SNAP_VERSION) {
 		ret = why_set(why, whylen, -EPROTO, "%s: snapshot format version %u; this kvmem reads "
 			      "version %u", path, version, SNAP_VERSION);
@@ -544,18 +516,18 @@ int snapr_open(const char *path, struct snap_reader **out, char *why, size_t why
 	/* The rest of the header page is unused: zeros, or the header is not one this wrote. */
 	for (size_t i = HEADER_CHECKED + 8; i < HEADER_SIZE && !bad_tail; i++)
 		bad_tail = hdr[i] != 0;
-	if (get64(hdr + HEADER_CHECKED) != XXH3_64bits(hdr, HEADER_CHECKED) || get32(hdr + 12) ||
+	if (mig_le64dec(hdr + HEADER_CHECKED) != XXH3_64bits(hdr, HEADER_CHECKED) || mig_le32dec(hdr + 12) ||
 	    bad_tail) {
 		ret = why_set(why, whylen, -EBADMSG, "%s: the header is corrupt (or was never "
 			      "finished)", path);
 		goto fail;
 	}
-	nr = get64(hdr + 16);
-	table_off = get64(hdr + 24);
-	r->data_off = get64(hdr + 32);
-	state_off = get64(hdr + 40);
-	state_len = get64(hdr + 48);
-	r->data_pages = get64(hdr + 56);
+	nr = mig_le64dec(hdr + 16);
+	table_off = mig_le64dec(hdr + 24);
+	r->data_off = mig_le64dec(hdr + 32);
+	state_off = mig_le64dec(hdr + 40);
+	state_len = mig_le64dec(hdr + 48);
+	r->data_pages = mig_le64dec(hdr + 56);
 	if (!nr || nr > NR_PAGES_MAX || table_off != HEADER_SIZE ||
 	    r->data_off != align_page(table_off + nr * (1 + SNAP_HASH_LEN)) ||
 	    state_off != r->data_off + nr * PAGE || state_len > STATE_MAX) {

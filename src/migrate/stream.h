@@ -29,9 +29,11 @@
 #ifndef KVMEM_MIGRATE_STREAM_H
 #define KVMEM_MIGRATE_STREAM_H
 
+#include <endian.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/uio.h>
 
 #define MIG_MAGIC "KVMEMMIG"
@@ -128,6 +130,35 @@ int mig_put_pages(struct mig_stream *s, uint64_t gfn, uint32_t count, uint32_t k
  * -EPIPE (ended inside a record), -ETIMEDOUT, or another -errno of the fd.
  */
 int mig_get(struct mig_stream *s, struct mig_rec *r);
+
+/* Little-endian fields of records and files, at any alignment. */
+static inline void mig_le32enc(uint8_t *p, uint32_t v)
+{
+	v = htole32(v);
+	memcpy(p, &v, 4);
+}
+
+static inline void mig_le64enc(uint8_t *p, uint64_t v)
+{
+	v = htole64(v);
+	memcpy(p, &v, 8);
+}
+
+static inline uint32_t mig_le32dec(const uint8_t *p)
+{
+	uint32_t v;
+
+	memcpy(&v, p, 4);
+	return le32toh(v);
+}
+
+static inline uint64_t mig_le64dec(const uint8_t *p)
+{
+	uint64_t v;
+
+	memcpy(&v, p, 8);
+	return le64toh(v);
+}
 
 /* SHA-256 of len bytes at p (a page's name, where guests choose the content). */
 void mig_sha256(const void *p, size_t len, uint8_t out[32]);

@@ -589,6 +589,18 @@ static struct thread_state entry_state(const struct thread_vcpu *c)
 	return st;
 }
 
+/* The registers c's thread resumes the guest with (its own thread's, or a parked one's). */
+static void set_state(struct thread_vcpu *c, struct thread_tls *t, const struct thread_state *st)
+{
+	memcpy(t->gpr, st->gpr, sizeof(t->gpr));
+	t->rip = st->rip;
+	t->rflags = st->rflags;
+	t->guest_mxcsr = st->mxcsr;
+	t->guest_fcw = st->fcw;
+	c->mmio_read = st->mmio_read;
+	memcpy(c->mmio_data, st->mmio_data, sizeof(c->mmio_data));
+}
+
 /* First run on the vCPU's thread: its signal stack, system-call trap and guest context. */
 static int start_on_this_thread(struct thread_vcpu *c)
 {
@@ -609,13 +621,7 @@ static int start_on_this_thread(struct thread_vcpu *c)
 	}
 	first = c->restored ? c->restore : entry_state(c);
 	memset(t, 0, sizeof(*t));
-	memcpy(t->gpr, first.gpr, sizeof(t->gpr));
-	t->rip = first.rip;
-	t->rflags = first.rflags;
-	t->guest_mxcsr = first.mxcsr;
-	t->guest_fcw = first.fcw;
-	c->mmio_read = first.mmio_read;
-	memcpy(c->mmio_data, first.mmio_data, sizeof(c->mmio_data));
+	set_state(c, t, &first);
 	t->kick = &c->kick;
 	t->cpu = c;
 	__atomic_store_n(&c->tls, t, __ATOMIC_RELEASE);
@@ -677,13 +683,7 @@ static int thread_vcpu_load(struct vcpu *vcpu, const void *buf, size_t len)
 	st.rflags = (st.rflags & RFLAGS_KEPT) | RFLAGS_FIXED;
 	if (t) {
 		/* Parked (the VM paused): it resumes from its thread's registers, as saved. */
-		memcpy(t->gpr, st.gpr, sizeof(t->gpr));
-		t->rip = st.rip;
-		t->rflags = st.rflags;
-		t->guest_mxcsr = st.mxcsr;
-		t->guest_fcw = st.fcw;
-		c->mmio_read = st.mmio_read;
-		memcpy(c->mmio_data, st.mmio_data, sizeof(c->mmio_data));
+		set_state(c, t, &st);
 		return 0;
 	}
 	c->restore = st;

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -183,4 +184,14 @@ int cli_request(const char *cmd, const char *path, json_t *request, int timeout_
 	}
 	*reply = r;
 	return 0;
+}
+
+long cli_num_arg(const char *s, long max)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	return *s && !*end && !errno && v >= 0 && v <= max ? v : -1;
 }

@@ -19,6 +19,9 @@ int cli_usage_error(const char *cmd, const char *hint, const char *fmt, const ch
  */
 int cli_bad_option(const char *cmd, const char *hint, int c, char **argv);
 
+/* A whole number from 0 to max written in decimal, or -1. */
+long cli_num_arg(const char *s, long max);
+
 /*
  * A string from somewhere else (the control socket's server) made safe to
  * print on a terminal, into buf (len bytes, always terminated, cut at a

@@ -47,15 +47,6 @@ static void help(void)
 	       KVMEM_DEFAULT_SOCKET);
 }
 
-static long num_arg(const char *s, long max)
-{
-	char *end;
-	long v;
-
-	v = strtol(s, &end, 10);
-	return *s && !*end && v >= 0 && v <= max ? v : -1;
-}
-
 static bool of_kind(json_t *m, const char *kind)
 {
 	return !strcmp(json_string_value(json_object_get(m, "kind")) ?: "", kind);
@@ -195,15 +186,15 @@ int cli_migrate_main(int argc, char **argv)
 			to = optarg;
 			break;
 		case 'd':
-			if ((downtime = num_arg(optarg, 60000)) < 1)
+			if ((downtime = cli_num_arg(optarg, 60000)) < 1)
 				return usage("--downtime %s: milliseconds from 1 to 60000", optarg);
 			break;
 		case 'b':
-			if ((bw = num_arg(optarg, 1 << 20)) < 1)
+			if ((bw = cli_num_arg(optarg, 1 << 20)) < 1)
 				return usage("--bandwidth %s: MiB/s from 1 to 1048576", optarg);
 			break;
 		case 'r':
-			if ((rounds = num_arg(optarg, 1000)) < 1)
+			if ((rounds = cli_num_arg(optarg, 1000)) < 1)
 				return usage("--max-rounds %s: from 1 to 1000", optarg);
 			break;
 		case 'h':

@@ -19,15 +19,6 @@
 #include "core/host/cli_migrate.h"
 #include "core/host/control.h"
 
-static long num_arg(const char *s, long max)
-{
-	char *end;
-	long v;
-
-	v = strtol(s, &end, 10);
-	return *s && !*end && v >= 0 && v <= max ? v : -1;
-}
-
 /*
  * path made absolute for the host, whose working directory is not ours: the
  * directory resolved (it must exist), the name kept (the file may not yet).
@@ -99,7 +90,7 @@ int cli_save_main(int argc, char **argv)
 			stop = true;
 			break;
 		case 'd':
-			if ((downtime = num_arg(optarg, 60000)) < 1)
+			if ((downtime = cli_num_arg(optarg, 60000)) < 1)
 				return cli_usage_error("save", "see kvmem save --help",
 						       "--downtime %s: milliseconds from 1 to 60000",
 						       optarg);

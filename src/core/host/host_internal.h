@@ -120,6 +120,8 @@ extern const struct mig_source_ops host_source_ops;
 json_t *host_vm_describe(struct host *h, struct host_vm *hv);
 /* Give hv's devices (stopped) the state a save took (untrusted): 0, or -EINVAL with why. */
 int host_vm_load_devices(struct host_vm *hv, json_t *devices, char *why, size_t whylen);
+/* hv's job is job now (one that has not started sending it away); frees the last one it sent. */
+void host_vm_set_job(struct host *h, struct host_vm *hv, struct mig_job *job);
 /* hv has a job sending it away or bringing it in that has not ended. */
 bool host_vm_migrating(struct host *h, struct host_vm *hv);
 /*

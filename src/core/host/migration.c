@@ -350,6 +350,23 @@ json_t *host_vm_describe(struct host *h, struct host_vm *hv)
 	return d;
 }
 
+void host_vm_set_job(struct host *h, struct host_vm *hv, struct mig_job *job)
+{
+	struct mig_job *old;
+
+	pthread_mutex_lock(&h->lock);
+	old = hv->mig;
+	hv->mig = job;
+	pthread_mutex_unlock(&h->lock);
+	/*
+	 * Finished (host_vm_migrating said so): nobody reads it any more. The
+	 * job that brought the VM here (an arrival, a restore) is its
+	 * arrival's, freed with the arrivals.
+	 */
+	if (old && mig_job_is_source(old))
+		mig_job_free(old);
+}
+
 bool host_vm_migrating(struct host *h, struct host_vm *hv)
 {
 	bool busy;
@@ -366,7 +383,7 @@ static int migrate_verb(void *arg, json_t *req, json_t *reply)
 	struct mig_params p = { 0 };
 	const char *name, *to;
 	struct host_vm *hv;
-	struct mig_job *job, *old;
+	struct mig_job *job;
 	uint64_t downtime, mib, rounds;
 	char why[256];
 	bool tcp;
@@ -413,16 +430,7 @@ static int migrate_verb(void *arg, json_t *req, json_t *reply)
 		return control_reply_error(reply, -ret, "cannot start the migration: %s",
 					   strerror(-ret));
 	}
-	pthread_mutex_lock(&h->lock);
-	old = hv->mig;
-	hv->mig = job;
-	pthread_mutex_unlock(&h->lock);
-	/*
-	 * Finished (migrating() said so): nobody reads it any more. The job
-	 * that brought the VM here is its arrival's, freed with the listener.
-	 */
-	if (old && mig_job_is_source(old))
-		mig_job_free(old);
+	host_vm_set_job(h, hv, job);
 	log_info("%s: migrating to %s", name, to);
 	json_object_set_new(reply, "migration", host_vm_migration_json(hv));
 	return 0;

@@ -49,7 +49,7 @@ static int save_verb(void *arg, json_t *req, json_t *reply)
 	struct host *h = arg;
 	struct mig_params p = { 0 };
 	const char *name, *to;
-	struct mig_job *job, *old;
+	struct mig_job *job;
 	struct host_vm *hv;
 	uint64_t downtime;
 	bool stop;
@@ -83,13 +83,7 @@ static int save_verb(void *arg, json_t *req, json_t *reply)
 	json_decref(desc);
 	if (ret)
 		return control_reply_error(reply, -ret, "cannot save %s: %s", name, why);
-	pthread_mutex_lock(&h->lock);
-	old = hv->mig;
-	hv->mig = job;
-	pthread_mutex_unlock(&h->lock);
-	/* Finished (host_vm_migrating said so); the one that brought the VM here is its arrival's. */
-	if (old && mig_job_is_source(old))
-		mig_job_free(old);
+	host_vm_set_job(h, hv, job);
 	log_info("%s: %s to %s", name, stop ? "saving" : "taking a snapshot", to);
 	json_object_set_new(reply, "migration", host_vm_migration_json(hv));
 	return 0;

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <time.h>
 
@@ -94,12 +95,22 @@ int mem_lazy_attach(struct gm *gm, const uint64_t *have, const struct mem_image_
 		.hooks = { .read = hook_read, .submit = hook_submit, .release = hook_release,
 			   .fatal = hook_fatal },
 	};
-	/* Fresh and not running: the pages are holes, and nothing else looks at them yet. */
+	/*
+	 * Fresh and not running: the pages are holes the VM's own. A mechanism
+	 * may hold one for a moment (the scanner visits a new VM at once): it
+	 * is waited for, never overwritten.
+	 */
 	for (uint64_t i = 0; i < nr; i++) {
 		if (!(have[i / 64] >> (i % 64) & 1))
 			continue;
 		gm->swap_slot[i] = MEM_SLOT_IMAGE | i;
-		pagestate_set(gm->ps, i, PS_SWAPPED);
+		while (pagestate_cas(gm->ps, i, PS_ANON, PS_SWAPPED)) {
+			if (pagestate_get(gm->ps, i) != PS_BUSY) {
+				kv_free(l);
+				return -EBUSY; /* not fresh: some page holds something already */
+			}
+			sched_yield();
+		}
 		l->pages++;
 	}
 	l->left = l->pages;

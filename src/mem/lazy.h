@@ -40,8 +40,8 @@ struct mem_image_ops {
 /*
  * Before the VM runs (its RAM fresh): the pages whose bit is set in `have`
  * (mem_bitmap_words words) are the image's until fetched; ops and arg stay
- * the VM's until mem_lazy_detach. 0, -EBUSY (an image already), -ENOSYS
- * (no userfaultfd), -ENOMEM.
+ * the VM's until mem_lazy_detach. 0, -EBUSY (an image already, or a page
+ * not fresh), -ENOSYS (no userfaultfd), -ENOMEM.
  */
 int mem_lazy_attach(struct gm *gm, const uint64_t *have, const struct mem_image_ops *ops,
 		    void *arg);

@@ -30,6 +30,7 @@ struct mem_lazy {
 	uint64_t left;			/* atomic */
 	uint64_t prefetched;		/* atomic */
 	uint64_t t0, resident_ns;	/* atomic */
+	uint64_t *chunks;		/* bit per MEM_CHUNK_PAGES chunk: held image pages at the start */
 	bool failed;			/* atomic */
 	char error[160];		/* written once, before failed is set */
 };
@@ -76,10 +77,36 @@ static void hook_fatal(void *arg, const char *why)
 		l->ops->fatal(l->arg, why);
 }
 
+/* Page idx is the image's still: swapped to its image slot (or held for a moment with it). */
+static bool image_page(struct gm *gm, uint64_t idx, bool *held)
+{
+	enum ps_state st = pagestate_get(gm->ps, idx);
+
+	*held = st == PS_BUSY;
+	return (st == PS_SWAPPED || st == PS_BUSY) &&
+	       __atomic_load_n(&gm->swap_slot[idx], __ATOMIC_RELAXED) == (MEM_SLOT_IMAGE | idx);
+}
+
+/* Undo an attach that failed after turning n pages (every one of have below n) the image's. */
+static void undo_attach(struct gm *gm, struct mem_lazy *l, const uint64_t *have, uint64_t n)
+{
+	__atomic_store_n(&gm->image, NULL, __ATOMIC_RELEASE);
+	gm->image_arg = NULL;
+	gm->lazy = NULL;
+	for (uint64_t i = 0; i < n; i++) {
+		if (!(have[i / 64] >> (i % 64) & 1))
+			continue;
+		pagestate_cas(gm->ps, i, PS_SWAPPED, PS_ANON);
+		gm->swap_slot[i] = 0;
+	}
+	kv_free(l->chunks);
+	kv_free(l);
+}
+
 int mem_lazy_attach(struct gm *gm, const uint64_t *have, const struct mem_image_ops *ops,
 		    void *arg)
 {
-	uint64_t nr = mem_nr_pages(gm);
+	uint64_t nr = mem_nr_pages(gm), nchunks = (nr + MEM_CHUNK_PAGES - 1) / MEM_CHUNK_PAGES;
 	struct mem_lazy *l;
 	int ret = 0;
 
@@ -88,13 +115,15 @@ int mem_lazy_attach(struct gm *gm, const uint64_t *have, const struct mem_image_
 	if (gm->uffd < 0)
 		return -ENOSYS;
 	l = kv_zalloc(sizeof(*l));
-	if (!l)
+	if (!l || !(l->chunks = kv_calloc((nchunks + 63) / 64, sizeof(uint64_t)))) {
+		kv_free(l);
 		return -ENOMEM;
-	*l = (struct mem_lazy){
-		.gm = gm, .ops = ops, .arg = arg,
-		.hooks = { .read = hook_read, .submit = hook_submit, .release = hook_release,
-			   .fatal = hook_fatal },
-	};
+	}
+	l->gm = gm;
+	l->ops = ops;
+	l->arg = arg;
+	l->hooks = (struct mem_swap_hooks){ .read = hook_read, .submit = hook_submit,
+					    .release = hook_release, .fatal = hook_fatal };
 	/*
 	 * Fresh and not running: the pages are holes the VM's own. A mechanism
 	 * may hold one for a moment (the scanner visits a new VM at once): it
@@ -106,11 +135,14 @@ int mem_lazy_attach(struct gm *gm, const uint64_t *have, const struct mem_image_
 		gm->swap_slot[i] = MEM_SLOT_IMAGE | i;
 		while (pagestate_cas(gm->ps, i, PS_ANON, PS_SWAPPED)) {
 			if (pagestate_get(gm->ps, i) != PS_BUSY) {
-				kv_free(l);
-				return -EBUSY; /* not fresh: some page holds something already */
+				/* Not fresh: some page holds something already. */
+				gm->swap_slot[i] = 0;
+				undo_attach(gm, l, have, i);
+				return -EBUSY;
 			}
 			sched_yield();
 		}
+		l->chunks[i / MEM_CHUNK_PAGES / 64] |= 1ULL << (i / MEM_CHUNK_PAGES % 64);
 		l->pages++;
 	}
 	l->left = l->pages;
@@ -118,26 +150,68 @@ int mem_lazy_attach(struct gm *gm, const uint64_t *have, const struct mem_image_
 	__atomic_store_n(&gm->image, &l->hooks, __ATOMIC_RELEASE);
 	gm->lazy = l;
 	/* A touch must come to us: the chunks holding image pages fault MISSING. */
-	for (uint64_t c = 0; c * MEM_CHUNK_PAGES < nr && !ret; c++) {
-		uint64_t start = c * MEM_CHUNK_PAGES, len = MEM_CHUNK_PAGES, any = 0;
+	for (uint64_t c = 0; c < nchunks && !ret; c++) {
+		uint64_t start = c * MEM_CHUNK_PAGES;
 
-		if (start + len > nr)
-			len = nr - start;
-		for (uint64_t i = start; i < start + len && !any; i++)
-			any = have[i / 64] >> (i % 64) & 1;
-		if (any)
-			ret = mem_chunks_set_missing(gm, start, len, true);
+		if (l->chunks[c / 64] >> (c % 64) & 1)
+			ret = mem_chunks_set_missing(gm, start, nr - start < MEM_CHUNK_PAGES
+							       ? nr - start : MEM_CHUNK_PAGES, true);
+	}
+	if (ret) {
+		undo_attach(gm, l, have, nr);
+		return ret;
 	}
 	l->t0 = kv_clock_ns(CLOCK_MONOTONIC);
 	if (!l->pages)
 		l->resident_ns = 1;
-	return ret;
+	return 0;
 }
 
 /*
- * Every page of the image in order, a read-ahead's worth at a time; a
- * chunk left with none of the image's pages (nor host swap's) stops
- * faulting MISSING: a first touch of its holes is the kernel's again.
+ * Every page of a chunk of the image, a read-ahead's worth at a time, until
+ * none is left: a page someone holds for a moment (a VMM read, a touch whose
+ * copy must be retried, tracking being armed) is the image's again after,
+ * and is fetched on a later pass. Returns false when told to stop.
+ */
+static bool fetch_chunk(struct mem_lazy *l, uint64_t start, uint64_t end)
+{
+	struct gm *gm = l->gm;
+
+	for (;;) {
+		uint64_t held_left = 0;
+
+		for (uint64_t i = start; i < end; i++) {
+			bool held;
+			int64_t got;
+
+			if (__atomic_load_n(&l->stop, __ATOMIC_ACQUIRE) ||
+			    __atomic_load_n(&l->failed, __ATOMIC_ACQUIRE))
+				return false;
+			if (!image_page(gm, i, &held))
+				continue;
+			got = held ? 0 : mem_image_fetch(gm, i, (end - i < MEM_SWAP_READAHEAD &&
+								 mem_run_ok(gm, i, end - i))
+									? end - i : MEM_SWAP_READAHEAD);
+			if (got > 0) {
+				__atomic_add_fetch(&l->prefetched, (uint64_t)got, __ATOMIC_RELAXED);
+				i += (uint64_t)got - 1;
+			} else {
+				/* Held, or its mapping being replaced: again on the next pass. */
+				held_left++;
+			}
+		}
+		if (!held_left)
+			return true;
+		nanosleep(&(struct timespec){ .tv_nsec = 1000000 }, NULL);
+	}
+}
+
+/*
+ * The image's chunks in order; each, once none of its pages is the image's
+ * (fetched by the prefetcher or by touches, or given to the balloon), stops
+ * faulting MISSING: a first touch of its holes is the kernel's again. A chunk
+ * a transaction holds just then is tried again; one holding a page of host
+ * swap keeps the mode (it needs it).
  */
 static void *prefetch_thread(void *arg)
 {
@@ -146,31 +220,18 @@ static void *prefetch_thread(void *arg)
 	uint64_t nr = mem_nr_pages(gm);
 
 	for (uint64_t c = 0; c * MEM_CHUNK_PAGES < nr; c++) {
-		uint64_t start = c * MEM_CHUNK_PAGES, end = start + MEM_CHUNK_PAGES, had = 0;
+		uint64_t start = c * MEM_CHUNK_PAGES, end = start + MEM_CHUNK_PAGES;
 
+		if (!(l->chunks[c / 64] >> (c % 64) & 1))
+			continue;
 		if (end > nr)
 			end = nr;
-		for (uint64_t i = start; i < end; i++) {
-			int64_t got;
-
-			if (__atomic_load_n(&l->stop, __ATOMIC_ACQUIRE) ||
-			    __atomic_load_n(&l->failed, __ATOMIC_ACQUIRE))
-				return NULL;
-			if (pagestate_get(gm->ps, i) != PS_SWAPPED ||
-			    __atomic_load_n(&gm->swap_slot[i], __ATOMIC_RELAXED) != (MEM_SLOT_IMAGE | i))
-				continue;
-			had = 1;
-			got = mem_image_fetch(gm, i, (end - i < MEM_SWAP_READAHEAD &&
-						      mem_run_ok(gm, i, end - i))
-							 ? end - i : MEM_SWAP_READAHEAD);
-			if (got > 0) {
-				__atomic_add_fetch(&l->prefetched, (uint64_t)got, __ATOMIC_RELAXED);
-				i += (uint64_t)got - 1;
-			}
-		}
-		/* Busy (a transaction, or tracking for a migration): the mode costs only speed. */
-		if (had)
-			mem_chunks_set_missing(gm, start, end - start, false);
+		if (!fetch_chunk(l, start, end))
+			return NULL;
+		for (int tries = 0; tries < 3 &&
+				    mem_chunks_set_missing(gm, start, end - start, false) == -EBUSY;
+		     tries++)
+			nanosleep(&(struct timespec){ .tv_nsec = 1000000 }, NULL);
 	}
 	return NULL;
 }
@@ -201,6 +262,7 @@ void mem_lazy_detach(struct gm *gm)
 	gm->lazy = NULL;
 	if (l->ops->close)
 		l->ops->close(l->arg);
+	kv_free(l->chunks);
 	kv_free(l);
 }
 

@@ -662,12 +662,16 @@ int64_t mem_txn_end(struct mem_txn *t, int fd)
 		run_restore_modes(gm, t->idx, t->n);
 	for (uint32_t i = 0; i < t->n; i++) {
 		enum mem_commit c = (enum mem_commit)t->commit[i];
+		/*
+		 * Read while the page is still ours: once its new state is out,
+		 * it may be taken back, written and swapped to another slot.
+		 */
+		uint64_t slot = gm->swap_slot[t->idx + i];
 
 		pagestate_set(gm->ps, t->idx + i,
 			      c == MEM_KEEP ? (enum ps_state)t->old[i] : commit_state[c]);
 		/* Given up while swapped (balloon, reporting): its slot goes unread. */
 		if (t->old[i] == PS_SWAPPED && c != MEM_KEEP && c != MEM_SWAPPED) {
-			uint64_t slot = gm->swap_slot[t->idx + i];
 			void *arg, *vm;
 			const struct mem_swap_hooks *sw = slot_hooks(gm, slot, &arg, &vm);
 
@@ -1409,12 +1413,13 @@ static int fill_zero(struct gm *gm, uint64_t idx, uint8_t *page)
  * Copy pages [0, n) of buf into the holes at page, waking no one, each
  * write-protected with wp; ok[i] says which landed. One ioctl for the run;
  * where it stops short (a remap split the run between mappings: ENOENT; a
- * page populated already: EEXIST) the rest go one at a time. The touched page (0) populated while
- * it was held can only hold the wrong content: it is dropped and copied.
- * Returns 0, or page 0's -errno when it could not be copied.
+ * page populated already: EEXIST) the rest go one at a time. refill0: page
+ * 0 is a touched swapped page, which populated while it was held can only
+ * hold the wrong content: it is dropped and copied. Returns 0, or page 0's
+ * -errno when it could not be copied.
  */
 static int copy_pages(const struct gm *gm, uint8_t *page, const uint8_t *buf, uint64_t n,
-		      bool *ok, bool wp)
+		      bool *ok, bool wp, bool refill0)
 {
 	uint64_t done = 0;
 	int ret = 0;
@@ -1439,7 +1444,8 @@ static int copy_pages(const struct gm *gm, uint8_t *page, const uint8_t *buf, ui
 
 		if (i >= done / MEM_PAGE_SIZE) {
 			err = copy_page(gm, page + i * MEM_PAGE_SIZE, buf + i * MEM_PAGE_SIZE, wp);
-			if (err == -EEXIST && i == 0 && madvise(page, MEM_PAGE_SIZE, MADV_DONTNEED) == 0)
+			if (err == -EEXIST && i == 0 && refill0 &&
+			    madvise(page, MEM_PAGE_SIZE, MADV_DONTNEED) == 0)
 				err = copy_page(gm, page, buf, wp);
 		}
 		ok[i] = !err;
@@ -1475,12 +1481,25 @@ int mem_fill_pages(struct gm *gm, uint64_t idx, uint64_t n, const void *data)
 			ret = mem_write(gm, mem_index_gpa(gm, idx), src, MEM_PAGE_SIZE);
 			got = 1;
 		} else {
+			bool wp = false;
+
 			memset(ok, 0, sizeof(ok));
-			if (gm->uffd >= 0)
-				copy_pages(gm, page, src, (uint64_t)got, ok, false);
-			/* A page dropped earlier (ballooned, say) is the VM's own again. */
+			/*
+			 * A page with a reason to be protected is installed protected
+			 * (sampling must see the guest's next write); the others of
+			 * the run are lifted after. One already populated is not
+			 * touched here: it is written below.
+			 */
 			for (int64_t i = 0; i < got; i++)
+				wp |= reasons(gm, idx + (uint64_t)i) != 0;
+			if (gm->uffd >= 0)
+				copy_pages(gm, page, src, (uint64_t)got, ok, wp, false);
+			/* A page dropped earlier (ballooned, say) is the VM's own again. */
+			for (int64_t i = 0; i < got; i++) {
+				if (ok[i] && wp && !reasons(gm, idx + (uint64_t)i))
+					run_lift(gm, idx + (uint64_t)i, 1);
 				mem_txn_set(&t, (uint32_t)i, MEM_PRIVATE, 0);
+			}
 			mem_txn_end(&t, -1);
 			/*
 			 * Populated already (content sent before, or a zero page):
@@ -1538,7 +1557,7 @@ static int copy_back(struct gm *gm, uint64_t idx, uint64_t n, void *page, const 
 	for (uint64_t i = 0; i < n; i++)
 		wp |= reasons(gm, idx + i) != 0;
 	if (!ret)
-		ret = copy_pages(gm, page, buf, n, ok, wp);
+		ret = copy_pages(gm, page, buf, n, ok, wp, true);
 	for (uint64_t i = 0; i < n; i++) {
 		if (!ok[i]) {
 			if (i)

@@ -128,6 +128,59 @@ int64_t dedup_scan(struct dedup *d, uint64_t max_pages);
 int64_t dedup_scan_pass(struct dedup *d);
 
 /*
+ * Snapshot images held by the engine, for clones: many VMs started from one
+ * snapshot whose memory is shared from birth. An image's pages with content
+ * become frames of the frame store, each at its position in an extent of its
+ * own window (2 MiB), so a fresh VM maps a window of the image with one
+ * mapping, copy-on-write, exactly as the scanner's window merge leaves
+ * identical guests. The frames are in the stable index (other VMs' identical
+ * pages merge onto them later) and counted as frames in the stats; a window
+ * mapped counts in `windows`, a page mapped in `merges`.
+ *
+ * Any thread; d->lock is taken inside. One caller at a time per image, and
+ * not while gm is being removed (dedup_remove_vm). Every image is freed
+ * before dedup_destroy.
+ */
+struct dedup_image;
+
+/* An image of nr_pages pages (page-index space of the VMs it is mapped into). 0 or -errno. */
+MUST_CHECK int dedup_image_create(struct dedup *d, uint64_t nr_pages, struct dedup_image **out);
+/*
+ * Content of pages [idx, idx + n) of the image (n <= one window, not
+ * crossing one): has[i] says whether page idx+i has content (else it reads
+ * zeros), data holds n pages. Each page with content becomes a frame (the
+ * image holds a reference), placed at its position in its window's extent;
+ * a page of zeros is no content (it costs nothing, as the scanner drops
+ * such pages). Each page is described once (-EEXIST for a page that has
+ * content already), and only before the image is first mapped (-EBUSY
+ * after: its frames are in the index then, and other VMs' windows may use
+ * its extents' free positions). All or nothing: 0, or -errno with the image
+ * as it was.
+ */
+MUST_CHECK int dedup_image_add(struct dedup *d, struct dedup_image *img, uint64_t idx, uint32_t n,
+			       const uint8_t *has, const uint8_t *data);
+/*
+ * Map every page of the image with content onto its frame in gm, which must
+ * be a VM added to d (dedup_add_vm), fresh (its pages untouched holes, or
+ * pages dropped as zero) and not running: each window with content is
+ * claimed whole (holes held) and ended with one mapping of its extent;
+ * pages without content read zeros without memory (a reserved zero slot, as
+ * a window merge does). The VM's pages are then PS_SHARED with d's
+ * bookkeeping as if the scanner had merged them, so a guest write is a
+ * copy-on-write break the scanner notices and releases. *mapped: pages
+ * mapped onto frames. 0 or -errno, then nothing of gm is mapped: -EBUSY
+ * when a page of the image's range is not fresh (gm then as it was) or is
+ * held by another mechanism (windows mapped already are dropped again: they
+ * read zeros, PS_ZERO); -ENOENT when gm is not d's; -EINVAL when the image
+ * is larger than gm; -ENOSPC when vm.max_map_count leaves no room for a
+ * mapping per window.
+ */
+MUST_CHECK int dedup_image_map(struct dedup *d, struct dedup_image *img, struct gm *gm,
+			       uint64_t *mapped);
+/* Drop the image's own references; frames no VM maps any more are freed. */
+void dedup_image_free(struct dedup *d, struct dedup_image *img);
+
+/*
  * `--dedup ksm`: the host kernel's counters (/sys/kernel/mm/ksm, system-wide)
  * and ksmd's CPU seconds, as the JSON object host stats show in that mode.
  */

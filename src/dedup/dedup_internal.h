@@ -11,6 +11,8 @@
  *   scan.c   the engine: VM list, scanner thread, merge (windows whole or
  *            page by page), zero drop and copy-on-write tracking
  *   stats.c  figures, JSON, the control verb, the policy mechanism, KSM mode
+ *   image.c  a snapshot image's pages held as frames and mapped whole
+ *            windows at a time into fresh VMs (clones shared from birth)
  *
  * Guards: "lock" is the engine mutex (struct dedup.lock); the scanner holds
  * it for a whole batch, so everything marked "lock" is also what a batch
@@ -216,6 +218,21 @@ struct dedup {
 	double cpu_seconds;	  /* scanner thread CPU (lock) */
 	double rate;		  /* recent pages/s (lock) */
 };
+
+/*
+ * Frame references (lock held, on an RCU-registered thread: the last
+ * reference removes the frame from the stable index and frees it with
+ * call_rcu). dedup_frame_put drops one reference to the frame in slot;
+ * dedup_unref_page forgets that v's page idx maps its frame and drops that
+ * page's reference.
+ */
+void dedup_frame_put(struct dedup *d, uint32_t slot);
+void dedup_unref_page(struct dedup *d, struct dedup_vm *v, uint64_t idx);
+/*
+ * Run fn(arg) on a short-lived RCU-registered thread and wait for it: the
+ * host's main thread is no RCU reader, and index updates need one.
+ */
+void dedup_run_registered(void (*fn)(void *), void *arg);
 
 /* Visit every page of gm's VM once now (policy thread). Pages visited or -ENOENT. */
 int64_t dedup_scan_vm(struct dedup *d, struct gm *gm);

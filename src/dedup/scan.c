@@ -95,7 +95,7 @@ static void *on_thread_main(void *p)
  * The host's main thread is not an RCU reader; the few engine calls it makes
  * that touch the index run on a short-lived registered thread instead.
  */
-static void run_registered(void (*fn)(void *), void *arg)
+void dedup_run_registered(void (*fn)(void *), void *arg)
 {
 	struct on_thread o = { fn, arg };
 	pthread_t t;
@@ -116,7 +116,7 @@ static void free_frame(struct rcu_head *head)
 }
 
 /* Drop one reference to the frame in slot; the last one frees it. */
-static void frame_put(struct dedup *d, uint32_t slot)
+void dedup_frame_put(struct dedup *d, uint32_t slot)
 {
 	struct dedup_frame *fr = d->store.by_slot[slot];
 
@@ -134,13 +134,13 @@ static void frame_put(struct dedup *d, uint32_t slot)
 }
 
 /* Forget that v's page idx maps a frame. */
-static void unref_page(struct dedup *d, struct dedup_vm *v, uint64_t idx)
+void dedup_unref_page(struct dedup *d, struct dedup_vm *v, uint64_t idx)
 {
 	uint32_t slot = v->frame[idx];
 
 	v->frame[idx] = DEDUP_NO_FRAME;
 	v->mapped--;
-	frame_put(d, slot);
+	dedup_frame_put(d, slot);
 }
 
 /* --- claiming pages --- */
@@ -446,7 +446,7 @@ static enum prep prepare(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint
 				return PREP_SHARED; /* reads the frame (or not faulted in since) */
 			if (mem_page_unshared(v->gm, idx))
 				return PREP_NONE;
-			unref_page(d, v, idx);
+			dedup_unref_page(d, v, idx);
 			d->st.cow_breaks++;
 			v->sum[idx] = 0;
 			return PREP_KEEP;
@@ -454,7 +454,7 @@ static enum prep prepare(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint
 		if (st == PS_BUSY)
 			return PREP_NONE; /* another mechanism is working on it: later */
 		/* Balloon, swap or reporting took the page and replaced its mapping. */
-		unref_page(d, v, idx);
+		dedup_unref_page(d, v, idx);
 		d->st.released++;
 	}
 	if ((st == PS_ZERO || st == PS_ANON) && window_zero(v, idx, pm)) {
@@ -644,7 +644,7 @@ static int window_convert(struct dedup *d, struct dedup_vm *v, struct mem_txn *t
 			v->sum[j] = 0;
 		} else if (p->kind == MEM_WIN_KEEP && p->what == W_SHARED) {
 			/* A private copy of a shared page written since. */
-			unref_page(d, v, j);
+			dedup_unref_page(d, v, j);
 			d->st.cow_breaks++;
 		}
 	}
@@ -1099,7 +1099,7 @@ void dedup_destroy(struct dedup *d)
 	}
 	kv_free(d->vms);
 	kv_free(d->vm_by_id);
-	run_registered(destroy_index, d);
+	dedup_run_registered(destroy_index, d);
 	/* Frames left in the store (VMs never removed) go with it. */
 	if (d->store.by_slot)
 		for (uint64_t s = 0; s < (uint64_t)d->store.nr_ext * DEDUP_EXT_PAGES; s++)
@@ -1179,7 +1179,7 @@ static void remove_locked(void *arg)
 	/* Its memory is about to be unmapped: its frame references go with it. */
 	for (uint64_t i = 0; i < v->nr_pages; i++)
 		if (v->frame[i] != DEDUP_NO_FRAME)
-			unref_page(d, v, i);
+			dedup_unref_page(d, v, i);
 	dedup_index_stable_fit(&d->ix);
 }
 
@@ -1197,7 +1197,7 @@ void dedup_remove_vm(struct dedup *d, struct gm *gm)
 		return;
 	}
 	a.v = d->vms[i];
-	run_registered(remove_locked, &a);
+	dedup_run_registered(remove_locked, &a);
 	memmove(&d->vms[i], &d->vms[i + 1], (d->nr_vms - i - 1) * sizeof(*d->vms));
 	d->nr_vms--;
 	if (d->cur_vm > i) {

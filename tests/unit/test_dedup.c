@@ -33,6 +33,7 @@
 #include "mem/pagecontent.h"
 #include "mem/pagestate.h"
 #include "mem/reclaim.h"
+#include "mem/txn.h"
 #include "mem/uffd.h"
 
 #define PAGE MEM_PAGE_SIZE
@@ -255,14 +256,20 @@ static int teardown(void **state)
 	return 0;
 }
 
-static void fill(struct gm *gm, gpa_t gpa, uint64_t seed)
+/* The content fill() writes for seed. */
+static void gen(uint64_t *w, uint64_t seed)
 {
-	uint64_t w[PAGE / 8];
-
 	for (size_t i = 0; i < PAGE / 8; i++) {
 		seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
 		w[i] = seed ^ (seed >> 29);
 	}
+}
+
+static void fill(struct gm *gm, gpa_t gpa, uint64_t seed)
+{
+	uint64_t w[PAGE / 8];
+
+	gen(w, seed);
 	assert_int_equal(mem_write(gm, gpa, w, sizeof(w)), 0);
 }
 
@@ -669,6 +676,340 @@ static void test_dedup_configure_validates(void **state)
 	assert_false(c.enabled);
 }
 
+/* --- snapshot images mapped into clones --- */
+
+/*
+ * The image the tests map, over the fixture's 4 windows: window 0 has
+ * content on two pages of three (page 4 is given as content but holds
+ * zeros), window 1 is described with no content at all, window 2 has 100
+ * pages of content (given in two calls), window 3 is never described.
+ */
+#define IMG_PAGES (RAM / PAGE)
+#define IMG_FRAMES (341 - 1 + 100)
+
+static uint64_t img_seed(uint64_t p)
+{
+	uint64_t w = p / DEDUP_EXT_PAGES, i = p % DEDUP_EXT_PAGES;
+
+	if (w == 0 && i % 3 != 0 && i != 4)
+		return 2000 + p;
+	if (w == 2 && i < 100)
+		return 9000 + p;
+	return 0; /* reads zeros */
+}
+
+static void img_add(struct dedup *d, struct dedup_image *img, uint64_t idx, uint32_t n)
+{
+	uint8_t *data = calloc(n, PAGE), *has = calloc(n, 1);
+
+	assert_non_null(data);
+	assert_non_null(has);
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t seed = img_seed(idx + i);
+
+		has[i] = seed || idx + i == 4;
+		if (seed)
+			gen((uint64_t *)(void *)(data + (uint64_t)i * PAGE), seed);
+	}
+	assert_int_equal(dedup_image_add(d, img, idx, n, has, data), 0);
+	free(data);
+	free(has);
+}
+
+static struct dedup_image *img_build(struct dedup *d)
+{
+	struct dedup_image *img;
+
+	assert_int_equal(dedup_image_create(d, IMG_PAGES, &img), 0);
+	img_add(d, img, 0, DEDUP_EXT_PAGES);
+	img_add(d, img, DEDUP_EXT_PAGES, DEDUP_EXT_PAGES);
+	img_add(d, img, 2 * DEDUP_EXT_PAGES, 64);
+	img_add(d, img, 2 * DEDUP_EXT_PAGES + 64, DEDUP_EXT_PAGES - 64);
+	return img;
+}
+
+/* Page p of gm reads what the image holds there. */
+static bool img_page_is(struct gm *gm, uint64_t p)
+{
+	uint64_t want[PAGE / 8] = { 0 }, got[PAGE / 8];
+
+	if (img_seed(p))
+		gen(want, img_seed(p));
+	assert_int_equal(mem_read(gm, mem_index_gpa(gm, p), got, PAGE), 0);
+	return !memcmp(want, got, PAGE);
+}
+
+static struct dedup_vm *vm_of(struct dedup *d, struct gm *gm)
+{
+	for (unsigned int i = 0; i < d->nr_vms; i++)
+		if (d->vms[i]->gm == gm)
+			return d->vms[i];
+	return NULL;
+}
+
+/* References to the frame page p of gm maps. */
+static uint32_t refs_of(struct dedup *d, struct gm *gm, uint64_t p)
+{
+	uint32_t slot = vm_of(d, gm)->frame[p];
+
+	assert_int_not_equal(slot, DEDUP_NO_FRAME);
+	return d->store.by_slot[slot]->refs;
+}
+
+static void assert_states_agree(struct gm *gm)
+{
+	struct mem_check c;
+
+	assert_int_equal(mem_check_states(gm, &c), 0);
+	assert_int_equal(c.mismatches, 0);
+}
+
+static void test_dedup_image_maps_clones_shared_from_birth(void **state)
+{
+	struct fixture *f = *state;
+	struct dedup_image *img = img_build(f->d);
+	uint64_t mapped;
+	struct dedup_stats s;
+
+	/* Held once, as frames: no VM maps them yet. */
+	s = stats(f->d);
+	assert_int_equal(s.pages_shared, IMG_FRAMES);
+	assert_int_equal(s.pages_sharing, 0);
+	assert_int_equal(s.store_bytes, IMG_FRAMES * PAGE);
+	/* Described, never again; and a window at a time. */
+	img_add(f->d, img, 3 * DEDUP_EXT_PAGES, 8);
+	{
+		uint8_t has[2] = { 1, 1 }, data[2 * PAGE];
+
+		memset(data, 1, sizeof(data));
+		assert_int_equal(dedup_image_add(f->d, img, 1, 2, has, data), -EEXIST);
+		assert_int_equal(dedup_image_add(f->d, img, DEDUP_EXT_PAGES - 1, 2, has, data),
+				 -EINVAL);
+	}
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(dedup_image_map(f->d, img, f->gm[i], &mapped), 0);
+		assert_int_equal(mapped, IMG_FRAMES);
+	}
+	s = stats(f->d);
+	assert_int_equal(s.pages_shared, IMG_FRAMES);
+	assert_int_equal(s.pages_sharing, IMG_FRAMES);
+	assert_int_equal(s.store_bytes, IMG_FRAMES * PAGE);
+	assert_int_equal(s.windows, 4);
+	assert_int_equal(s.merges, 2 * IMG_FRAMES);
+	/* Sealed once mapped: its windows are complete. */
+	{
+		uint8_t has = 1, data[PAGE];
+
+		memset(data, 1, sizeof(data));
+		assert_int_equal(dedup_image_add(f->d, img, 3 * DEDUP_EXT_PAGES + 100, 1, &has, data),
+				 -EBUSY);
+	}
+	for (int i = 0; i < 2; i++) {
+		struct gm *gm = f->gm[i];
+
+		/* Nothing read yet: no memory of their own, frames read on first access. */
+		assert_int_equal(mem_resident(gm), 0);
+		/*
+		 * A mapping per window, not per page: the two windows with content,
+		 * and the anonymous RAM around them (windows 1 and 3).
+		 */
+		assert_int_equal(mem_ram_vmas(&gm, 1, NULL), 4);
+		assert_int_equal(vm_of(f->d, gm)->mapped, IMG_FRAMES);
+		for (uint64_t p = 0; p < IMG_PAGES; p++) {
+			enum ps_state st = pagestate_get(mem_pagestate(gm), p);
+
+			assert_int_equal(st, img_seed(p) ? PS_SHARED : PS_ANON);
+		}
+		assert_states_agree(gm);
+	}
+	for (int i = 0; i < 2; i++)
+		for (uint64_t p = 0; p < IMG_PAGES; p++)
+			assert_true(img_page_is(f->gm[i], p));
+	/* Reading every page cost the store nothing: one copy of each frame, zero pages none. */
+	s = stats(f->d);
+	assert_int_equal(s.store_bytes, IMG_FRAMES * PAGE);
+	assert_int_equal(refs_of(f->d, f->gm[0], 1), 3);
+	/*
+	 * To the scanner the clones look merged already: their shared pages stay
+	 * as they are. (It may still drop as zero the pages the reads above gave
+	 * memory of their own, where a read of a hole allocates one: window by
+	 * window, so RAM stays a mapping per window.)
+	 */
+	dedup_scan_pass(f->d);
+	dedup_scan_pass(f->d);
+	s = stats(f->d);
+	assert_int_equal(s.pages_shared, IMG_FRAMES);
+	assert_int_equal(s.pages_sharing, IMG_FRAMES);
+	assert_int_equal(s.merges, 2 * IMG_FRAMES);
+	assert_int_equal(s.cow_breaks, 0);
+	assert_int_equal(s.window_aborts, 0);
+	assert_int_equal(s.errors, 0);
+	assert_int_equal(refs_of(f->d, f->gm[0], 1), 3);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(mem_ram_vmas(&f->gm[i], 1, NULL), 4);
+		for (uint64_t p = 0; p < IMG_PAGES; p++) {
+			if (img_seed(p))
+				assert_int_equal(pagestate_get(mem_pagestate(f->gm[i]), p), PS_SHARED);
+			assert_true(img_page_is(f->gm[i], p));
+		}
+		assert_states_agree(f->gm[i]);
+	}
+	dedup_image_free(f->d, img);
+}
+
+static void test_dedup_image_clone_write_is_a_cow_break(void **state)
+{
+	struct fixture *f = *state;
+	struct dedup_image *img = img_build(f->d);
+	uint64_t mapped, zero[PAGE / 8] = { 0 }, buf[PAGE / 8];
+	const uint64_t shared = 1, zpage = 3;	/* window 0: content, and a zero page */
+	struct dedup_stats s;
+
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(dedup_image_map(f->d, img, f->gm[i], &mapped), 0);
+	assert_int_equal(refs_of(f->d, f->gm[0], shared), 3);
+	fill(f->gm[0], mem_index_gpa(f->gm[0], shared), 77);
+	fill(f->gm[0], mem_index_gpa(f->gm[0], zpage), 78);
+	assert_true(page_is(f->gm[0], mem_index_gpa(f->gm[0], shared), 77));
+	assert_true(page_is(f->gm[0], mem_index_gpa(f->gm[0], zpage), 78));
+	/* The other clone still reads the image. */
+	assert_true(img_page_is(f->gm[1], shared));
+	assert_int_equal(mem_read(f->gm[1], mem_index_gpa(f->gm[1], zpage), buf, PAGE), 0);
+	assert_memory_equal(buf, zero, PAGE);
+	dedup_scan_pass(f->d);
+	s = stats(f->d);
+	assert_int_equal(s.cow_breaks, 1);
+	assert_int_equal(s.pages_sharing, IMG_FRAMES - 1);
+	assert_int_equal(s.errors, 0);
+	assert_int_equal(pagestate_get(mem_pagestate(f->gm[0]), shared), PS_ANON);
+	assert_int_equal(vm_of(f->d, f->gm[0])->frame[shared], DEDUP_NO_FRAME);
+	assert_int_equal(pagestate_get(mem_pagestate(f->gm[1]), shared), PS_SHARED);
+	assert_int_equal(refs_of(f->d, f->gm[1], shared), 2);
+	assert_true(page_is(f->gm[0], mem_index_gpa(f->gm[0], shared), 77));
+	assert_true(page_is(f->gm[0], mem_index_gpa(f->gm[0], zpage), 78));
+	assert_true(img_page_is(f->gm[1], shared));
+	for (int i = 0; i < 2; i++)
+		assert_states_agree(f->gm[i]);
+	dedup_image_free(f->d, img);
+}
+
+static void test_dedup_image_frames_live_while_mapped(void **state)
+{
+	struct fixture *f = *state;
+	struct dedup_image *img = img_build(f->d);
+	uint64_t mapped;
+	struct dedup_stats s;
+
+	/* An image never mapped gives its frames back at once. */
+	dedup_image_free(f->d, img);
+	s = stats(f->d);
+	assert_int_equal(s.pages_shared, 0);
+	assert_int_equal(s.store_bytes, 0);
+	img = img_build(f->d);
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(dedup_image_map(f->d, img, f->gm[i], &mapped), 0);
+	dedup_image_free(f->d, img);
+	/* The clones hold the frames now. */
+	s = stats(f->d);
+	assert_int_equal(s.pages_shared, IMG_FRAMES);
+	assert_int_equal(s.store_bytes, IMG_FRAMES * PAGE);
+	assert_int_equal(refs_of(f->d, f->gm[0], 1), 2);
+	for (uint64_t p = 0; p < IMG_PAGES; p++)
+		assert_true(img_page_is(f->gm[1], p));
+	dedup_remove_vm(f->d, f->gm[0]);
+	s = stats(f->d);
+	assert_int_equal(s.pages_shared, IMG_FRAMES);
+	assert_int_equal(refs_of(f->d, f->gm[1], 1), 1);
+	assert_true(img_page_is(f->gm[1], 1));
+	dedup_remove_vm(f->d, f->gm[1]);
+	s = stats(f->d);
+	assert_int_equal(s.pages_shared, 0);
+	assert_int_equal(s.store_bytes, 0);
+	assert_int_equal(s.frames_freed, 2 * IMG_FRAMES);
+	assert_int_equal(s.errors, 0);
+}
+
+/* Nothing of gm's maps a frame, every page but `except` is fresh and gm is one mapping. */
+static void assert_untouched(struct dedup *d, struct gm *gm, uint64_t except)
+{
+	uint64_t pm[DEDUP_EXT_PAGES];
+
+	assert_int_equal(vm_of(d, gm)->mapped, 0);
+	for (uint64_t p = 0; p < IMG_PAGES; p += DEDUP_EXT_PAGES) {
+		assert_int_equal(mem_pagemap(gm, p, DEDUP_EXT_PAGES, pm), DEDUP_EXT_PAGES);
+		for (uint64_t i = 0; i < DEDUP_EXT_PAGES; i++) {
+			enum ps_state st = pagestate_get(mem_pagestate(gm), p + i);
+
+			assert_int_equal(vm_of(d, gm)->frame[p + i], DEDUP_NO_FRAME);
+			if (p + i == except)
+				continue;
+			assert_true(st == PS_ANON || st == PS_ZERO);
+			assert_true(mem_pm_is_hole(pm[i]) || mem_pm_is_zero_page(pm[i]));
+		}
+	}
+}
+
+static void test_dedup_image_refuses_a_vm_not_fresh(void **state)
+{
+	struct fixture *f = *state;
+	struct dedup_image *img = img_build(f->d);
+	const uint64_t in_empty = DEDUP_EXT_PAGES + 7, in_content = 2 * DEDUP_EXT_PAGES + 300;
+	const uint64_t busy = 2 * DEDUP_EXT_PAGES + 5;
+	struct pagestate *ps = mem_pagestate(f->gm[2]);
+	struct mem_txn_stats t0, t1;
+	uint64_t mapped = 1;
+	struct dedup_stats s;
+
+	/* A page with content of its own, in a window the image leaves empty, or in one it maps. */
+	fill(f->gm[0], mem_index_gpa(f->gm[0], in_empty), 31);
+	fill(f->gm[1], mem_index_gpa(f->gm[1], in_content), 32);
+	assert_int_equal(dedup_image_map(f->d, img, f->gm[0], &mapped), -EBUSY);
+	assert_int_equal(mapped, 0);
+	assert_int_equal(dedup_image_map(f->d, img, f->gm[1], &mapped), -EBUSY);
+	/* As they were: the page kept, nothing else touched, RAM still one mapping. */
+	assert_true(page_is(f->gm[0], mem_index_gpa(f->gm[0], in_empty), 31));
+	assert_true(page_is(f->gm[1], mem_index_gpa(f->gm[1], in_content), 32));
+	for (int i = 0; i < 2; i++) {
+		assert_untouched(f->d, f->gm[i], i ? in_content : in_empty);
+		assert_int_equal(mem_ram_vmas(&f->gm[i], 1, NULL), 1);
+		assert_int_equal(mem_resident(f->gm[i]), 1);
+		assert_states_agree(f->gm[i]);
+	}
+	/*
+	 * A page another mechanism holds, in the second window the image maps:
+	 * the first window is mapped by then, and dropped again.
+	 */
+	assert_int_equal(pagestate_cas(ps, busy, PS_ANON, PS_BUSY), 0);
+	mem_txn_stats(&t0);
+	assert_int_equal(dedup_image_map(f->d, img, f->gm[2], &mapped), -EBUSY);
+	mem_txn_stats(&t1);
+	assert_int_equal(mapped, 0);
+	/* Window 0 was mapped (its frames) and then dropped whole. */
+	assert_int_equal(t1.commits[MEM_FRAME] - t0.commits[MEM_FRAME], 340);
+	assert_int_equal(t1.commits[MEM_ZERO] - t0.commits[MEM_ZERO], DEDUP_EXT_PAGES);
+	assert_int_equal(pagestate_get(ps, busy), PS_BUSY);
+	assert_untouched(f->d, f->gm[2], busy);
+	assert_int_equal(mem_resident(f->gm[2]), 0);
+	s = stats(f->d);
+	assert_int_equal(s.pages_sharing, 0);
+	assert_int_equal(s.pages_shared, IMG_FRAMES);
+	assert_int_equal(s.windows, 0);
+	assert_int_equal(s.errors, 0);
+	assert_states_agree(f->gm[2]);
+	/* Let go, it maps: the undone window's pages count as fresh (dropped as zero). */
+	pagestate_set(ps, busy, PS_ANON);
+	assert_int_equal(dedup_image_map(f->d, img, f->gm[2], &mapped), 0);
+	assert_int_equal(mapped, IMG_FRAMES);
+	/* The image's reference and this clone's: the undo gave its references back. */
+	assert_int_equal(refs_of(f->d, f->gm[2], 1), 2);
+	assert_int_equal(mem_ram_vmas(&f->gm[2], 1, NULL), 4);
+	for (uint64_t p = 0; p < IMG_PAGES; p++)
+		assert_true(img_page_is(f->gm[2], p));
+	assert_states_agree(f->gm[2]);
+	assert_int_equal(stats(f->d).errors, 0);
+	dedup_image_free(f->d, img);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -697,6 +1038,14 @@ int main(void)
 			test_dedup_window_with_untouched_pages_gives_them_no_memory, setup,
 			teardown),
 		cmocka_unit_test_setup_teardown(test_dedup_configure_validates, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dedup_image_maps_clones_shared_from_birth, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_dedup_image_clone_write_is_a_cow_break, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_dedup_image_frames_live_while_mapped, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_dedup_image_refuses_a_vm_not_fresh, setup,
+						teardown),
 	};
 	int ret;
 

@@ -52,6 +52,7 @@ static void usage(FILE *f)
 		"       kvmem save --vm NAME --to FILE [--stop] [--socket PATH]\n"
 		"       kvmem restore FILE [--name NAME] [--eager] [--socket PATH]\n"
 		"       kvmem rollback --vm NAME --to FILE [--socket PATH]\n"
+		"       kvmem clone FILE --count N [--prefix NAME] [--socket PATH]\n"
 		"       kvmem stat [--socket PATH] [--json] [--watch SECS]\n"
 		"       kvmem balloon --vm NAME (--target SIZE | --auto) [--socket PATH]\n"
 		"       kvmem swap --vm NAME --to SIZE [--socket PATH]\n"
@@ -84,7 +85,8 @@ static void usage(FILE *f)
 		"migrate move a running VM to another host, live (see kvmem migrate --help)\n"
 		"save    write a VM to a snapshot file, live or stopping it (see kvmem save --help)\n"
 		"restore start the VM of a snapshot file in a running host\n"
-		"rollback put a running VM back to a snapshot of it\n",
+		"rollback put a running VM back to a snapshot of it\n"
+		"clone   start many VMs from one snapshot, their memory shared from birth (kvm)\n",
 		ABI_MAX_CPUS);
 }
 
@@ -490,6 +492,8 @@ int main(int argc, char **argv)
 		return cli_restore_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "rollback"))
 		return cli_rollback_main(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "clone"))
+		return cli_clone_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "stat"))
 		return statcli_main(argc - 1, argv + 1);
 	return usage_error("%s: unknown command", argv[1]);

@@ -513,6 +513,12 @@ int vm_new_generation(struct vm *vm, uint64_t *out)
 	return ret;
 }
 
+int vm_set_identity(struct vm *vm, uint64_t identity)
+{
+	return mem_write(vm->gm, LAYOUT_BOOT_PARAMS + offsetof(struct abi_boot_params, identity),
+			 &identity, sizeof(identity));
+}
+
 unsigned int vm_ncpus(const struct vm *vm)
 {
 	return vm->ncpus;

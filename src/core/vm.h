@@ -166,6 +166,8 @@ MUST_CHECK int vm_load_clock(struct vm *vm, const struct vm_clock *c);
  * 0 (*out the new generation, may be NULL), or mem_write's -errno.
  */
 int vm_new_generation(struct vm *vm, uint64_t *out);
+/* A clone's identity in its boot parameters (abi_boot_params.identity). 0 or -errno. */
+int vm_set_identity(struct vm *vm, uint64_t identity);
 /* The VM's vCPU count. */
 unsigned int vm_ncpus(const struct vm *vm);
 const char *vm_name(const struct vm *vm);

@@ -143,6 +143,9 @@ int64_t dedup_scan_pass(struct dedup *d);
  */
 struct dedup_image;
 
+/* Pages of one window of an image (2 MiB): dedup_image_add takes at most one, aligned. */
+#define DEDUP_IMAGE_WINDOW 512
+
 /* An image of nr_pages pages (page-index space of the VMs it is mapped into). 0 or -errno. */
 MUST_CHECK int dedup_image_create(struct dedup *d, uint64_t nr_pages, struct dedup_image **out);
 /*

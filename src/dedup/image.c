@@ -42,6 +42,8 @@
 #include "mem/pagemap.h"
 #include "mem/txn.h"
 
+_Static_assert(DEDUP_IMAGE_WINDOW == DEDUP_EXT_PAGES, "an image window is a store extent");
+
 #define WIN_WORDS (DEDUP_EXT_PAGES / 64)
 
 /* One window of the image. */

@@ -123,6 +123,12 @@ struct abi_boot_params {
 	 * writes it; it looks at it at every sleep.
 	 */
 	uint64_t generation;
+	/*
+	 * Who this copy is: 0 for a VM booted or restored, a number of its own
+	 * for each clone of one snapshot (set with its first generation). A
+	 * workload whose content must differ between copies (its id) takes it.
+	 */
+	uint64_t identity;
 };
 
 /*

@@ -174,6 +174,11 @@ static uint64_t poll_slice(uint64_t now)
 	return due > now ? MAX(due - now, POLL_MIN_SLICE_NS) : POLL_MIN_SLICE_NS;
 }
 
+uint64_t rt_identity(void)
+{
+	return boot ? *(const volatile uint64_t *)&boot->identity : 0;
+}
+
 uint64_t rt_generation(void)
 {
 	return boot ? *(const volatile uint64_t *)&boot->generation : 0;

@@ -203,6 +203,8 @@ uint64_t rt_now_ns(void);
  * says so on the console.
  */
 uint64_t rt_generation(void);
+/* Which copy of a snapshot this VM is (abi_boot_params.identity): 0 unless a clone. */
+uint64_t rt_identity(void);
 
 /*
  * rt_sleep_ns - give the host CPU away for about @ns through ABI_SYS_SLEEP_NS.

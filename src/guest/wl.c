@@ -118,6 +118,7 @@ static uint8_t dup_before[100];		/* dup positions before i % 100 */
 static uint64_t nslots;
 static uint64_t cap_slots;		/* nslots, or all of RAM with grow= */
 static uint64_t low_free;		/* grow=: fewest free pages seen since the last fill */
+static uint64_t identity_seen;		/* the copy's identity the pages were filled for */
 static bool grow_short;			/* grow=: the last fill got less than came back */
 static uint32_t *slot_gfn;		/* vCPU 0 at allocation, then the slot's owner */
 static uint32_t *slot_ver;		/* slot's owner vCPU only */
@@ -213,6 +214,25 @@ static void job_fill(unsigned cpu, void *arg)
 		slot_ver[i] = 0;
 		fill_slot(i);
 	}
+}
+
+/*
+ * A clone of a snapshot: the VMM gave this copy an identity of its own, so
+ * its pages become its own (the id is the snapshot's plus the identity; dup
+ * pages, alike across guests, stay alike). vCPU 0, between jobs.
+ */
+static void take_identity(void)
+{
+	uint64_t ident = rt_identity(), from = 0, t0;
+
+	if (ident == identity_seen)
+		return;
+	t0 = rt_now_ns();
+	cfg.id += ident - identity_seen;
+	identity_seen = ident;
+	smp_run(job_fill, &from);
+	rt_printf("kvmem-wl: identity %lu: id %lu, refilled %lu MiB in %lu ms\n", ident, cfg.id,
+		  rt_mib(nslots), (rt_now_ns() - t0) / RT_NS_PER_MS);
 }
 
 /* Is dup slot i one of the cow= share this guest rewrites? Differs by id. */
@@ -718,6 +738,7 @@ static void run(uint64_t start)
 			smp_run(job_run, &deadline);
 		else if (deadline > now)
 			rt_sleep_ns(deadline - now);
+		take_identity();
 		now = rt_now_ns();
 		if (now >= end)
 			break;
@@ -773,6 +794,7 @@ void wl_main(struct rt_str spec)
 	unsigned i;
 
 	parse(spec);
+	identity_seen = rt_identity();
 	build_class_table();
 	if (cfg.wait_balloon)
 		wait_for_balloon();

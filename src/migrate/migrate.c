@@ -1455,7 +1455,9 @@ int mig_apply_state(struct mig_job *j, const struct mig_rec *r)
 			     "another rate" : strerror(-ret));
 	}
 	/* From a file (a restore, a rollback): a copy of a past, not the VM going on. */
-	if (j->kind == MIG_KIND_RESTORE && (ret = vm_new_generation(j->vm, NULL))) {
+	if (j->kind == MIG_KIND_RESTORE && ((ret = vm_new_generation(j->vm, NULL)) ||
+					    (j->params.identity &&
+					     (ret = vm_set_identity(j->vm, j->params.identity))))) {
 		json_decref(o);
 		return mig_failf(j, "the VM's generation: %s", strerror(-ret));
 	}

@@ -41,6 +41,7 @@
 
 #include "migrate/stream.h"
 
+struct gm;
 struct vm;
 
 enum mig_stage {
@@ -111,6 +112,11 @@ struct mig_params {
 	bool lazy;
 	/* A lazy restore without the prefetcher: pages come in only as touched (experiments, tests). */
 	bool no_prefetch;
+	/*
+	 * A clone: the VM's memory comes from ops->load_memory (the host maps
+	 * the snapshot's shared frames), and it is given this identity (not 0).
+	 */
+	uint64_t identity;
 };
 
 /* Where a migration is, for the stats and the progress line (a copy). */
@@ -188,6 +194,11 @@ struct mig_dest_ops {
 	 * why not (why, -errno). Its RAM must be fresh (all zero).
 	 */
 	int (*reserve)(void *arg, json_t *desc, struct vm **vm, char *why, size_t whylen);
+	/*
+	 * A clone's memory, the VM reserved and fresh: every page with content
+	 * in the file in place (0), or -errno with why. Restores of clones only.
+	 */
+	int (*load_memory)(void *arg, struct gm *gm, char *why, size_t whylen);
 	/* Give the VM its devices' state (untrusted): 0, or -EINVAL with why. */
 	int (*load_devices)(void *arg, json_t *devices, char *why, size_t whylen);
 	/* Activation: start the VM. 0 or -errno. */

@@ -664,3 +664,15 @@ const char *snapr_path(const struct snap_reader *r)
 {
 	return r->path;
 }
+
+json_t *snapr_desc(const struct snap_reader *r)
+{
+	json_t *o = json_loadb((const char *)r->recs[0].data, r->recs[0].len,
+			       JSON_REJECT_DUPLICATES, NULL);
+
+	if (o && !json_is_object(o)) {
+		json_decref(o);
+		return NULL;
+	}
+	return o;
+}

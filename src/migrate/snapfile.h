@@ -31,6 +31,7 @@
 #ifndef KVMEM_MIGRATE_SNAPFILE_H
 #define KVMEM_MIGRATE_SNAPFILE_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -111,6 +112,8 @@ uint64_t snapr_data_off(const struct snap_reader *r);
 /* The state records, in order: VM first, END last (payloads valid until snapr_close). */
 unsigned int snapr_nr_recs(const struct snap_reader *r);
 const struct mig_rec *snapr_rec(const struct snap_reader *r, unsigned int i);
+/* The VM's description (its VM record, a JSON object; new reference), or NULL when malformed. */
+json_t *snapr_desc(const struct snap_reader *r);
 /* The file's path as opened. */
 const char *snapr_path(const struct snap_reader *r);
 

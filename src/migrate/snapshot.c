@@ -158,23 +158,16 @@ static const struct mem_image_ops image_ops = {
 };
 
 /*
- * A lazy restore's pages: the ballooned ones given back to the balloon, the
- * ones with content left in the image (mem/lazy.h), which the VM owns from
- * now on (j->image is NULL after).
+ * The pages of the file without content in the VM as they were: the
+ * ballooned ones given back to the balloon (zero pages are fresh holes
+ * already); have (may be NULL): a bit set for each page with content. The
+ * pages of each kind are counted. 0, or the failure (said).
  */
-static int attach_image(struct mig_job *j, struct gm *gm)
+static int place_markers(struct mig_job *j, struct snap_reader *r, struct gm *gm, uint64_t *have)
 {
-	struct snap_reader *r = j->image;
 	uint64_t nr = snapr_nr_pages(r), data = 0, ballooned = 0;
-	uint64_t *have = kv_calloc(mem_bitmap_words(gm), sizeof(uint64_t));
-	struct lazy_image *li = kv_zalloc(sizeof(*li));
 	int ret = 0;
 
-	if (!have || !li) {
-		kv_free(have);
-		kv_free(li);
-		return mig_failf(j, "out of memory");
-	}
 	for (uint64_t i = 0, e; i < nr && !ret; i = e) {
 		uint8_t k = snapr_kind(r, i);
 
@@ -182,7 +175,7 @@ static int attach_image(struct mig_job *j, struct gm *gm)
 				one_run(gm, i, 0, (uint32_t)(e - i + 1));)
 			e++;
 		if (k == SNAP_PAGE_DATA) {
-			for (uint64_t p = i; p < e; p++)
+			for (uint64_t p = i; p < e && have; p++)
 				have[p / 64] |= 1ULL << (p % 64);
 			data += e - i;
 		} else if (k == SNAP_PAGE_BALLOONED) {
@@ -193,10 +186,29 @@ static int attach_image(struct mig_job *j, struct gm *gm)
 			ballooned += e - i;
 		}
 	}
+	if (ret)
+		return mig_failf(j, "ballooned pages: %s", strerror(-ret));
+	mig_count_pages(j, MIG_PAGE_DATA, data);
+	mig_count_pages(j, MIG_PAGE_BALLOONED, ballooned);
+	mig_count_pages(j, MIG_PAGE_ZERO, nr - data - ballooned);
+	return 0;
+}
+
+/*
+ * A lazy restore's pages: the ones with content left in the image
+ * (mem/lazy.h), which the VM owns from now on (j->image is NULL after).
+ */
+static int attach_image(struct mig_job *j, struct gm *gm)
+{
+	struct snap_reader *r = j->image;
+	uint64_t *have = kv_calloc(mem_bitmap_words(gm), sizeof(uint64_t));
+	struct lazy_image *li = kv_zalloc(sizeof(*li));
+	int ret = have && li ? place_markers(j, r, gm, have) : mig_failf(j, "out of memory");
+
 	if (ret) {
 		kv_free(have);
 		kv_free(li);
-		return mig_failf(j, "ballooned pages: %s", strerror(-ret));
+		return ret;
 	}
 	li->r = r;
 	li->vm = j->vm;
@@ -208,10 +220,19 @@ static int attach_image(struct mig_job *j, struct gm *gm)
 	}
 	/* The VM's now: closed when it goes (the state records stay readable until then). */
 	j->image = NULL;
-	mig_count_pages(j, MIG_PAGE_DATA, data);
-	mig_count_pages(j, MIG_PAGE_BALLOONED, ballooned);
-	mig_count_pages(j, MIG_PAGE_ZERO, nr - data - ballooned);
 	return 0;
+}
+
+/* A clone's pages: the snapshot's shared frames, mapped by the host; the rest as in the file. */
+static int map_clone(struct mig_job *j, struct gm *gm)
+{
+	char why[160] = "";
+	int ret = j->dops->load_memory ? j->dops->load_memory(j->arg, gm, why, sizeof(why))
+				       : -ENOTSUP;
+
+	if (ret)
+		return mig_failf(j, "the snapshot's pages: %s", why[0] ? why : strerror(-ret));
+	return place_markers(j, j->image, gm, NULL);
 }
 
 /* The vCPU and device records after the pages; END once every one of them came. */
@@ -247,7 +268,7 @@ static int load_state(struct mig_job *j, struct snap_reader *r)
 static int restore_run(struct mig_job *j)
 {
 	struct snap_reader *r = j->image;
-	json_t *desc = mig_rec_json(snapr_rec(r, 0));
+	json_t *desc = snapr_desc(r);
 	bool reserved = false;
 	char why[192] = "";
 	int ret;
@@ -270,7 +291,9 @@ static int restore_run(struct mig_job *j)
 		goto out;
 	}
 	mig_set_stage(j, MIG_STAGE_LOAD);
-	ret = j->params.lazy ? attach_image(j, vm_gm(j->vm)) : load_pages(j, vm_gm(j->vm));
+	ret = j->params.identity ? map_clone(j, vm_gm(j->vm))
+	      : j->params.lazy	 ? attach_image(j, vm_gm(j->vm))
+				 : load_pages(j, vm_gm(j->vm));
 	if (!ret)
 		ret = load_state(j, r);
 	if (ret)
@@ -281,7 +304,8 @@ static int restore_run(struct mig_job *j)
 		ret = mig_failf(j, "starting the VM: %s", strerror(-ret));
 	reserved = false; /* the host's now, running or stopped */
 	/* Running: the rest of its memory comes in behind it. */
-	if (!ret && j->params.lazy && !j->params.no_prefetch && mem_lazy_start(vm_gm(j->vm)))
+	if (!ret && j->params.lazy && !j->params.identity && !j->params.no_prefetch &&
+	    mem_lazy_start(vm_gm(j->vm)))
 		log_warn("%s: no prefetcher: its pages come in as it touches them",
 			 vm_name(j->vm));
 out:
@@ -338,7 +362,7 @@ int mig_restore_start(const char *path, const struct mig_params *p,
 /* The file is of a VM of vm's shape: its pages, vCPUs, accelerator and (thread) place. */
 static int fits(struct vm *vm, struct snap_reader *r, char *why, size_t whylen)
 {
-	json_t *d = mig_rec_json(snapr_rec(r, 0));
+	json_t *d = snapr_desc(r);
 	json_int_t mem = 0, base = 0;
 	const char *accel = "";
 	int cpus = 0, ret = 0;

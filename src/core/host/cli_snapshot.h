@@ -6,5 +6,6 @@
 int cli_save_main(int argc, char **argv);
 int cli_restore_main(int argc, char **argv);
 int cli_rollback_main(int argc, char **argv);
+int cli_clone_main(int argc, char **argv);
 
 #endif

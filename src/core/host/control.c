@@ -101,6 +101,7 @@ struct verb {
 	control_verb_fn fn;
 	void *arg;
 	bool concurrent;	/* immutable: its handlers may run side by side */
+	unsigned int deadline_ms; /* immutable: its own deadline (0: the socket's) */
 	bool busy;		/* lock: a handler of this verb runs (not concurrent) */
 	unsigned int users;	/* lock: jobs holding it; unregistering waits for 0 */
 };
@@ -258,7 +259,7 @@ static struct verb *find_verb(struct control *c, const char *name)
 }
 
 static int add_verb(struct control *c, const char *verb, control_verb_fn fn, void *arg,
-		    bool concurrent)
+		    bool concurrent, unsigned int deadline_ms)
 {
 	struct verb *v;
 	int ret = 0;
@@ -272,6 +273,7 @@ static int add_verb(struct control *c, const char *verb, control_verb_fn fn, voi
 	v->fn = fn;
 	v->arg = arg;
 	v->concurrent = concurrent;
+	v->deadline_ms = deadline_ms;
 	pthread_mutex_lock(&c->lock);
 	if (find_verb(c, verb))
 		ret = -EEXIST;
@@ -288,7 +290,13 @@ static int add_verb(struct control *c, const char *verb, control_verb_fn fn, voi
 int control_register_verb(struct control *c, const char *verb, control_verb_fn fn, void *arg)
 {
 	/* A module's handler was written for one call at a time: its requests take turns. */
-	return add_verb(c, verb, fn, arg, false);
+	return add_verb(c, verb, fn, arg, false, 0);
+}
+
+int control_register_verb_deadline(struct control *c, const char *verb, control_verb_fn fn,
+				   void *arg, unsigned int deadline_ms)
+{
+	return add_verb(c, verb, fn, arg, false, deadline_ms);
 }
 
 int control_unregister_verb(struct control *c, const char *verb)
@@ -536,11 +544,11 @@ static int register_host_verbs(struct control *c)
 
 	/* Side by side: each calls host and VM functions that take their own locks. */
 	for (size_t i = 0; i < ARRAY_SIZE(tab); i++) {
-		ret = add_verb(c, tab[i].name, tab[i].fn, c->host, true);
+		ret = add_verb(c, tab[i].name, tab[i].fn, c->host, true, 0);
 		if (ret)
 			return ret;
 	}
-	return add_verb(c, "verbs", verb_verbs, c, true);
+	return add_verb(c, "verbs", verb_verbs, c, true, 0);
 }
 
 /* ---- one request ----------------------------------------------------------------------- */
@@ -695,7 +703,8 @@ static json_t *serve_line(struct control *c, struct client *cl, const char *line
 	j->req = req;
 	j->reply = reply;
 	j->cl = cl;
-	j->deadline_ms = now_ms() + (long)c->timeout_ms;
+	j->deadline_ms = now_ms() + (long)(v->deadline_ms > c->timeout_ms ? v->deadline_ms
+									       : c->timeout_ms);
 	ret = thread_spawn(&tid, "control-verb", job_thread, j);
 	if (ret) {
 		pthread_mutex_lock(&c->lock);

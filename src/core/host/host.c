@@ -1200,6 +1200,8 @@ json_t *host_stats_json(struct host *h)
 			json_object_set_new(vo, "migration", host_vm_migration_json(hv));
 		json_object_set_new(vo, "restored_from", hv->restored_from
 				    ? json_string(hv->restored_from) : json_null());
+		json_object_set_new(vo, "clone_of", hv->clone && hv->restored_from
+				    ? json_string(hv->restored_from) : json_null());
 		json_object_set_new(vo, "restore", lazy_json(vm_gm(hv->vm)));
 		json_array_append_new(vms, vo);
 	}

@@ -25,6 +25,7 @@ struct mig_progress;
 struct mig_source_ops;
 struct incoming;
 struct arrival;
+struct dedup_image;
 
 struct host_vm {
 	struct host *host;
@@ -47,6 +48,7 @@ struct host_vm {
 	bool gone;			/* migrated away, saved or discarded: to be released (h->lock) */
 	bool saved;			/* gone into a file (kvmem save --stop) (h->lock) */
 	char *restored_from;		/* the snapshot file it was restored from, or NULL */
+	bool clone;			/* ... as a clone: its pages shared frames of that file's */
 	bool released;			/* its resources are gone (main thread, vms_lock) */
 	bool owns_cfg;			/* cfg's strings are its own (an incoming VM's) */
 	/*
@@ -127,10 +129,13 @@ bool host_vm_migrating(struct host *h, struct host_vm *hv);
 /*
  * Restore the VM in the snapshot file at path here (name: a new name for
  * it, or NULL), on a job of its own: 0 with *id to follow it by, or -errno
- * with why set (the file refused, say).
+ * with why set (the file refused, say). A clone (params->identity) maps img,
+ * the file's pages as frames of the host's sharing, which must outlive the
+ * job.
  */
 int host_restore_start(struct host *h, const char *path, const char *name,
-		       const struct mig_params *params, uint64_t *id, char *why, size_t whylen);
+		       const struct mig_params *params, struct dedup_image *img, uint64_t *id,
+		       char *why, size_t whylen);
 /* Restore id's progress: 1 when it ended, 0 while it runs, -ENOENT when gone. */
 int host_restore_progress(struct host *h, uint64_t id, struct mig_progress *out);
 /* A job's progress as the stats show it (new reference). */

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "balloon/balloon.h"
+#include "dedup/dedup.h"
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/host/control.h"
@@ -53,6 +54,7 @@ struct arrival {
 	char *name;			/* a restore's new name for it, or NULL */
 	char *file;			/* a restore's file, or NULL */
 	uint64_t id;			/* a restore's, for its verb to follow it by */
+	struct dedup_image *img;	/* a clone's: the snapshot's pages as shared frames */
 	bool seen;			/* its verb read how it ended (arrivals_lock) */
 };
 
@@ -671,6 +673,7 @@ static int dst_reserve(void *arg, json_t *desc, struct vm **vm, char *why, size_
 	hv->incoming = true;
 	hv->mig = a->job;
 	hv->restored_from = a->file ? kv_strdup(a->file) : NULL;
+	hv->clone = a->img != NULL;
 	ret = host_create_vm(h, hv);
 	if (ret) {
 		hv->mig = NULL;
@@ -711,6 +714,22 @@ int host_vm_load_devices(struct host_vm *hv, json_t *devices, char *why, size_t 
 		return -EINVAL;
 	}
 	return virtio_dev_load(balloon_vdev(hv), b, why, whylen);
+}
+
+static int dst_load_memory(void *arg, struct gm *gm, char *why, size_t whylen)
+{
+	struct arrival *a = arg;
+	uint64_t mapped;
+	int ret;
+
+	if (!a->img || !a->h->dedup) {
+		snprintf(why, whylen, "no shared image");
+		return -EINVAL;
+	}
+	ret = dedup_image_map(a->h->dedup, a->img, gm, &mapped);
+	if (ret)
+		snprintf(why, whylen, "mapping them as shared frames: %s", strerror(-ret));
+	return ret;
 }
 
 static int dst_load_devices(void *arg, json_t *devices, char *why, size_t whylen)
@@ -793,6 +812,7 @@ static void reap_arrivals(struct host *h)
 
 static const struct mig_dest_ops dest_ops = {
 	.reserve = dst_reserve,
+	.load_memory = dst_load_memory,
 	.load_devices = dst_load_devices,
 	.activate = dst_activate,
 	.discard = dst_discard,
@@ -964,7 +984,8 @@ void host_migration_stop(struct host *h)
 }
 
 int host_restore_start(struct host *h, const char *path, const char *name,
-		       const struct mig_params *params, uint64_t *id, char *why, size_t whylen)
+		       const struct mig_params *params, struct dedup_image *img, uint64_t *id,
+		       char *why, size_t whylen)
 {
 	static uint64_t next_id;
 	struct mig_params p = *params;
@@ -979,6 +1000,7 @@ int host_restore_start(struct host *h, const char *path, const char *name,
 		return -ENOMEM;
 	}
 	a->h = h;
+	a->img = img;
 	pthread_mutex_lock(&h->arrivals_lock);
 	reap_arrivals(h);
 	if (h->nr_arrivals == HOST_INCOMING_MAX) {

@@ -15,12 +15,16 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/alloc.h"
 #include "core/clock.h"
 #include "core/host/control.h"
 #include "core/host/host_internal.h"
 #include "core/log.h"
 #include "core/vm.h"
+#include "dedup/dedup.h"
+#include "mem/memmap.h"
 #include "migrate/migrate.h"
+#include "migrate/snapfile.h"
 
 /* How long the restore verb waits for its VM to run before it answers "still restoring". */
 #define RESTORE_WAIT_MS (CONTROL_VERB_TIMEOUT_MS - 2000)
@@ -125,7 +129,7 @@ static int restore_verb(void *arg, json_t *req, json_t *reply)
 	p.checksum = json_is_true(json_object_get(req, "checksum"));
 	p.lazy = !json_is_false(json_object_get(req, "lazy"));
 	p.no_prefetch = json_is_false(json_object_get(req, "prefetch"));
-	ret = host_restore_start(h, file, name, &p, &id, why, sizeof(why));
+	ret = host_restore_start(h, file, name, &p, NULL, &id, why, sizeof(why));
 	if (ret)
 		return control_reply_error(reply, -ret, "cannot restore: %s", why);
 	ret = restore_wait(h, id, RESTORE_WAIT_MS, &prog);
@@ -205,6 +209,137 @@ static int rollback_verb(void *arg, json_t *req, json_t *reply)
 	return 0;
 }
 
+/* Clones one request makes at most (each a VM of the host's HOST_INCOMING_MAX more). */
+#define CLONES_MAX 16
+/* The clone verb's deadline: every clone runs before the next starts. */
+#define CLONE_DEADLINE_MS 110000
+
+/*
+ * The snapshot's pages as frames of the host's sharing, read once (each
+ * checked against its hash): every clone maps them copy-on-write.
+ */
+static int clone_image(struct host *h, struct snap_reader *r, struct dedup_image **out,
+		       char *why, size_t whylen)
+{
+	uint64_t nr = snapr_nr_pages(r);
+	uint8_t *buf = kv_zalloc(DEDUP_IMAGE_WINDOW * MEM_PAGE_SIZE), has[DEDUP_IMAGE_WINDOW];
+	struct dedup_image *img = NULL;
+	int ret = buf ? dedup_image_create(h->dedup, nr, &img) : -ENOMEM;
+
+	for (uint64_t idx = 0; idx < nr && !ret; idx += DEDUP_IMAGE_WINDOW) {
+		uint32_t n = nr - idx < DEDUP_IMAGE_WINDOW ? (uint32_t)(nr - idx) : DEDUP_IMAGE_WINDOW;
+		bool any = false;
+
+		for (uint32_t i = 0; i < n; i++)
+			any |= has[i] = snapr_kind(r, idx + i) == SNAP_PAGE_DATA;
+		if (!any)
+			continue;
+		ret = snapr_read(r, idx, n, buf, NULL);
+		if (ret == -EBADMSG) {
+			snprintf(why, whylen, "%s: a page does not match its hash: the file is corrupt",
+				 snapr_path(r));
+			break;
+		}
+		if (!ret)
+			ret = dedup_image_add(h->dedup, img, idx, n, has, buf);
+	}
+	if (ret && !why[0])
+		snprintf(why, whylen, "the snapshot's pages as shared frames: %s", strerror(-ret));
+	if (ret && img)
+		dedup_image_free(h->dedup, img);
+	kv_free(buf);
+	if (!ret)
+		*out = img;
+	return ret;
+}
+
+/*
+ * Start count VMs from one snapshot, PREFIX-1 to PREFIX-count, each a clone:
+ * its pages the snapshot's, as frames of the host's sharing (copy-on-write
+ * from birth: count clones cost one copy until they write), and an identity
+ * of its own in its boot parameters. One at a time, each running before the
+ * next; the ones started stay when a later one fails.
+ */
+static int clone_verb(void *arg, json_t *req, json_t *reply)
+{
+	struct host *h = arg;
+	const char *file, *prefix = NULL, *accel = "";
+	struct dedup_image *img = NULL;
+	struct snap_reader *r = NULL;
+	json_t *names, *desc = NULL;
+	uint64_t count, t0 = kv_clock_ns(CLOCK_MONOTONIC);
+	char why[256] = "", name[64];
+	int ret;
+
+	if ((ret = control_req_string(req, "file", reply, &file)) ||
+	    (ret = control_req_count(req, "count", reply, CLONES_MAX, &count)))
+		return ret;
+	if (json_object_get(req, "prefix") && (ret = control_req_string(req, "prefix", reply, &prefix)))
+		return ret;
+	if (file[0] != '/')
+		return control_reply_error(reply, EINVAL, "file: %s: an absolute path (the host's "
+					   "working directory is not the client's)", file);
+	if (!count)
+		return control_reply_error(reply, EINVAL, "count: from 1 to %d", CLONES_MAX);
+	if (!h->dedup)
+		return control_reply_error(reply, EOPNOTSUPP, "clones share the snapshot's pages "
+					   "through kvmem's page sharing: run the host with dedup on");
+	ret = snapr_open(file, &r, why, sizeof(why));
+	if (ret)
+		return control_reply_error(reply, -ret, "cannot clone: %s", why);
+	desc = snapr_desc(r);
+	json_unpack(desc, "{s?s}", "accel", &accel);
+	if (strcmp(accel, "kvm")) {
+		ret = control_reply_error(reply, EOPNOTSUPP, "clones are for the kvm accelerator: "
+					  "under %s a guest holds host addresses and resumes only at "
+					  "the place its RAM had, which one VM has at a time",
+					  accel[0] ? accel : "its accelerator");
+		goto out;
+	}
+	if (!prefix)
+		prefix = json_string_value(json_object_get(desc, "name"));
+	if (!prefix || strlen(prefix) > 48) {
+		ret = control_reply_error(reply, EINVAL, "prefix: a name of at most 48 characters");
+		goto out;
+	}
+	ret = clone_image(h, r, &img, why, sizeof(why));
+	if (ret) {
+		ret = control_reply_error(reply, -ret, "cannot clone: %s", why);
+		goto out;
+	}
+	names = json_array();
+	json_object_set_new(reply, "clones", names);
+	for (uint64_t i = 1; i <= count; i++) {
+		struct mig_params p = { .identity = i };
+		struct mig_progress prog = { 0 };
+		uint64_t id;
+
+		snprintf(name, sizeof(name), "%s-%llu", prefix, (unsigned long long)i);
+		ret = host_restore_start(h, file, name, &p, img, &id, why, sizeof(why));
+		/* Waited for whole: the image must outlive every clone's mapping of it. */
+		if (!ret)
+			ret = restore_wait(h, id, 0, &prog) == 1 && prog.stage == MIG_STAGE_DONE
+				      ? 0 : -EIO;
+		if (ret) {
+			ret = control_reply_error(reply, ret == -EIO ? EIO : -ret,
+						  "%s: %s (%llu started before it)", name,
+						  ret == -EIO ? prog.error : why,
+						  (unsigned long long)i - 1);
+			break;
+		}
+		json_array_append_new(names, json_string(name));
+	}
+	dedup_image_free(h->dedup, img);
+	json_object_set_new(reply, "ms",
+			    json_integer((json_int_t)((kv_clock_ns(CLOCK_MONOTONIC) - t0) / 1000000)));
+	if (!ret)
+		log_info("%s: %llu clones of %s", prefix, (unsigned long long)count, file);
+out:
+	json_decref(desc);
+	snapr_close(r);
+	return ret;
+}
+
 int host_restore(struct host *h, const char *path, const char *name)
 {
 	struct mig_params params = { .lazy = true };
@@ -213,7 +348,7 @@ int host_restore(struct host *h, const char *path, const char *name)
 	uint64_t id;
 	int ret;
 
-	ret = host_restore_start(h, path, name, &params, &id, why, sizeof(why));
+	ret = host_restore_start(h, path, name, &params, NULL, &id, why, sizeof(why));
 	if (ret) {
 		log_err("cannot restore: %s", why);
 		return ret == -ENOMEM || ret == -EAGAIN ? ret : -ENOEXEC;
@@ -235,5 +370,8 @@ int host_snapshot_register(struct host *h)
 		ret = control_register_verb(h->control, "restore", restore_verb, h);
 	if (!ret)
 		ret = control_register_verb(h->control, "rollback", rollback_verb, h);
+	if (!ret)
+		ret = control_register_verb_deadline(h->control, "clone", clone_verb, h,
+						     CLONE_DEADLINE_MS);
 	return ret;
 }

@@ -1,6 +1,6 @@
 """Clones: many VMs from one snapshot, their memory shared from birth.
 
-kvm: a guest with 512 MiB of RAM fills 64 MiB (a third of it pages alike across guests, a fifth
+kvm: a guest with 512 MiB of RAM fills 32 MiB (a third of it pages alike across guests, a fifth
 zero) and keeps rewriting and verifying it; a snapshot of it is taken, and 8 clones are started
 from the snapshot with `kvmem clone`:
 - each clone comes up with an identity of its own (its workload refills its pages under an id of
@@ -20,7 +20,7 @@ from ctlhelp import Host, host_config, no_verify_fail, request, stats, tmpdir, v
 require_accel()
 d = tmpdir()
 sock, nosh_sock = f"{d}/a.sock", f"{d}/b.sock"
-WL = "kvmem.wl=size=64,dup=30,zero=20,id=1,rate=4,hot=30,verify=2,then=sleep"
+WL = "kvmem.wl=size=32,dup=30,zero=20,id=1,rate=4,hot=30,verify=2,then=sleep"
 N = 8
 cfg = {"budget": "8G", "socket": sock, "console_prefix": True, "dedup": "on",
        "vms": [{"name": "base", "mem": "512M", "cpus": 1, "append": WL}]}

@@ -34,7 +34,7 @@ from ctlhelp import Host, host_config, no_verify_fail, request, stats, tmpdir, v
 require_accel()
 d = tmpdir()
 sock, b_sock = f"{d}/a.sock", f"{d}/b.sock"
-WL = "kvmem.wl=size=48,dup=30,zero=20,id=1,rate=8,hot=30,verify=2,then=sleep"
+WL = "kvmem.wl=size=48,dup=30,zero=20,id=1,rate=8,hot=30,verify=1,then=sleep"
 # It takes VMs in (incoming), so that it serves on once its only VM is saved away.
 cfg = {"budget": "4G", "socket": sock, "console_prefix": True, "dedup": "on",
        "incoming": f"unix:{d}/a-in.sock",
@@ -54,7 +54,7 @@ def job(vm, kind):
     return found[-1] if found else None
 
 
-def verifies(h, name, what, more=2):
+def verifies(h, name, what, more=1):
     """New "verify ok" lines of VM name (None: kvmem run's, without a prefix), no FAIL."""
     line = (rf"\[{name}\] " if name else "^") + "kvmem-wl: verify ok"
     n = h.count(line)

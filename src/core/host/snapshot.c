@@ -310,7 +310,10 @@ static int clone_verb(void *arg, json_t *req, json_t *reply)
 	names = json_array();
 	json_object_set_new(reply, "clones", names);
 	for (uint64_t i = 1; i <= count; i++) {
-		struct mig_params p = { .identity = i };
+		/* Identities are this host's: clones of two requests differ too. */
+		static uint64_t identities;
+		struct mig_params p = { .identity = __atomic_add_fetch(&identities, 1,
+								       __ATOMIC_RELAXED) };
 		struct mig_progress prog = { 0 };
 		uint64_t id;
 

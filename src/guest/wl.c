@@ -216,23 +216,41 @@ static void job_fill(unsigned cpu, void *arg)
 	}
 }
 
+/* Refill this vCPU's pages whose content depends on the id (the unique ones), from version 0. */
+static void job_refill_own(unsigned cpu, void *arg)
+{
+	struct wl_cpu *c = &cpus[cpu];
+	uint64_t *filled = arg;
+
+	for (uint64_t i = c->lo; i < c->hi; i++) {
+		if (i % WL_POLL_PAGES == 0)
+			rt_poll();
+		if (slot_class(i) != WLGEN_UNIQUE)
+			continue;
+		slot_ver[i] = 0;
+		fill_slot(i);
+		__atomic_add_fetch(filled, 1, __ATOMIC_RELAXED);
+	}
+}
+
 /*
  * A clone of a snapshot: the VMM gave this copy an identity of its own, so
- * its pages become its own (the id is the snapshot's plus the identity; dup
- * pages, alike across guests, stay alike). vCPU 0, between jobs.
+ * its pages become its own: the id is the snapshot's plus the identity, and
+ * the pages that depend on it are refilled. Dup and zero pages, alike in
+ * every guest, stay as they are (and stay shared). vCPU 0, between jobs.
  */
 static void take_identity(void)
 {
-	uint64_t ident = rt_identity(), from = 0, t0;
+	uint64_t ident = rt_identity(), filled = 0, t0;
 
 	if (ident == identity_seen)
 		return;
 	t0 = rt_now_ns();
 	cfg.id += ident - identity_seen;
 	identity_seen = ident;
-	smp_run(job_fill, &from);
+	smp_run(job_refill_own, &filled);
 	rt_printf("kvmem-wl: identity %lu: id %lu, refilled %lu MiB in %lu ms\n", ident, cfg.id,
-		  rt_mib(nslots), (rt_now_ns() - t0) / RT_NS_PER_MS);
+		  rt_mib(filled), (rt_now_ns() - t0) / RT_NS_PER_MS);
 }
 
 /* Is dup slot i one of the cow= share this guest rewrites? Differs by id. */

@@ -334,7 +334,7 @@ int cli_clone_main(int argc, char **argv)
 	if (prefix)
 		json_object_set_new(req, "prefix", json_string(prefix));
 	/* Each clone runs before the next starts: longer than one verb's usual wait. */
-	ret = cli_request("clone", path, req, 120000, &reply);
+	ret = cli_request("clone", path, req, 610000, &reply);
 	json_decref(req);
 	if (ret)
 		return ret;

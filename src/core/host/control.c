@@ -1040,6 +1040,7 @@ static void expire_jobs(struct control *c, long now)
 		struct client *cl = c->clients[i];
 		struct job *j = cl->job;
 		char name[VERB_NAME_MAX], msg[192];
+		unsigned int waited;
 		json_t *id, *err;
 		bool started, ok;
 
@@ -1058,16 +1059,17 @@ static void expire_jobs(struct control *c, long now)
 		j->cl = NULL;
 		started = j->started;
 		snprintf(name, sizeof(name), "%s", j->verb->name);
+		waited = j->verb->deadline_ms > c->timeout_ms ? j->verb->deadline_ms : c->timeout_ms;
 		pthread_cond_broadcast(&c->cond);
 		pthread_mutex_unlock(&c->lock);
 		cl->job = NULL;
 		if (started)
 			snprintf(msg, sizeof(msg),
 				 "%s: no answer within %u ms: it may still take effect", name,
-				 c->timeout_ms);
+				 waited);
 		else
-			snprintf(msg, sizeof(msg), NOT_RUN_FMT, name, name, c->timeout_ms);
-		log_warn_ratelimited("verb \"%s\": no answer within %u ms%s", name, c->timeout_ms,
+			snprintf(msg, sizeof(msg), NOT_RUN_FMT, name, name, waited);
+		log_warn_ratelimited("verb \"%s\": no answer within %u ms%s", name, waited,
 				     started ? "" : " (never started)");
 		err = json_pack("{s:b, s:s, s:s}", "ok", false, "error", msg, "code",
 				control_errname(ETIMEDOUT));

@@ -211,8 +211,11 @@ static int rollback_verb(void *arg, json_t *req, json_t *reply)
 
 /* Clones one request makes at most (each a VM of the host's HOST_INCOMING_MAX more). */
 #define CLONES_MAX 16
-/* The clone verb's deadline: every clone runs before the next starts. */
-#define CLONE_DEADLINE_MS 110000
+/*
+ * The clone verb's deadline: every clone runs before the next starts (a
+ * fraction of a second each here, many seconds each under emulation).
+ */
+#define CLONE_DEADLINE_MS 600000
 
 /*
  * The snapshot's pages as frames of the host's sharing, read once (each

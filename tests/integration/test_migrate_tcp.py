@@ -96,6 +96,8 @@ try:
         "vms": [{"name": "mig", "mem": "32M", "append": "kvmem.wl=size=4,then=sleep"}]})],
         prefix=pa)
     check(wait_socket(wrong, f"{d}/w.sock"), "a host with another secret")
+    # Its socket answers before its VM starts: migrate a running one.
+    wait_for(lambda: (vm_of(stats(f"{d}/w.sock"), "mig") or {}).get("state") == "running", 60)
     r = request(f"{d}/w.sock", {"verb": "migrate", "vm": "mig", "to": to})
     check(r.get("ok") is True, f"it connects ({r.get('error', 'ok')})")
     out = wait_end(f"{d}/w.sock") if r.get("ok") else {}

@@ -19,6 +19,7 @@
 #define KVMEM_DEDUP_DEDUP_H
 
 #include <jansson.h>
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -100,8 +101,12 @@ void dedup_get_config(struct dedup *d, struct dedup_config *out);
 void dedup_get_stats(struct dedup *d, struct dedup_stats *out);
 /* The stats as a JSON object (new reference). */
 json_t *dedup_stats_json(struct dedup *d);
-/* Net bytes sharing saves now (may be negative), for the host's saved_bytes. */
-int64_t dedup_net_saved_bytes(struct dedup *d);
+/*
+ * The store's frame of each of gm's pages idx[0..n): keys[i] is its slot,
+ * or UINT64_MAX when the page is not on a frame now (the memory ledger's
+ * mem_frame_keys_fn, arg d). 0, or -ENOENT when gm is not d's.
+ */
+int dedup_frame_keys(void *d, struct gm *gm, const uint64_t *idx, size_t n, uint64_t *keys);
 
 /*
  * The "dedup" control verb: without arguments it returns the stats; with

@@ -234,6 +234,8 @@ void dedup_unref_page(struct dedup *d, struct dedup_vm *v, uint64_t idx);
  */
 void dedup_run_registered(void (*fn)(void *), void *arg);
 
+/* The VM of gm, or NULL (lock). */
+struct dedup_vm *dedup_find_vm(struct dedup *d, struct gm *gm);
 /* Visit every page of gm's VM once now (policy thread). Pages visited or -ENOENT. */
 int64_t dedup_scan_vm(struct dedup *d, struct gm *gm);
 /*

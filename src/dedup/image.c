@@ -415,14 +415,6 @@ static void undo_locked(void *arg)
 	}
 }
 
-static struct dedup_vm *find_vm(struct dedup *d, struct gm *gm)
-{
-	for (unsigned int i = 0; i < d->nr_vms; i++)
-		if (d->vms[i]->gm == gm)
-			return d->vms[i];
-	return NULL;
-}
-
 int dedup_image_map(struct dedup *d, struct dedup_image *img, struct gm *gm, uint64_t *mapped)
 {
 	struct image_args a = { .d = d, .img = img };
@@ -433,7 +425,7 @@ int dedup_image_map(struct dedup *d, struct dedup_image *img, struct gm *gm, uin
 	for (uint64_t wi = 0; wi < img->nr_wins; wi++)
 		wins += img->win[wi].nr != 0;
 	pthread_mutex_lock(&d->lock);
-	a.v = find_vm(d, gm);
+	a.v = dedup_find_vm(d, gm);
 	if (!a.v) {
 		ret = -ENOENT;
 	} else if (img->nr_pages > a.v->nr_pages) {

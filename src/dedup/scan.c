@@ -1183,6 +1183,14 @@ static void remove_locked(void *arg)
 	dedup_index_stable_fit(&d->ix);
 }
 
+struct dedup_vm *dedup_find_vm(struct dedup *d, struct gm *gm)
+{
+	for (unsigned int i = 0; i < d->nr_vms; i++)
+		if (d->vms[i]->gm == gm)
+			return d->vms[i];
+	return NULL;
+}
+
 void dedup_remove_vm(struct dedup *d, struct gm *gm)
 {
 	struct remove_args a = { d, NULL };

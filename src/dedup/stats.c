@@ -165,12 +165,18 @@ void dedup_get_stats(struct dedup *d, struct dedup_stats *out)
 	pthread_mutex_unlock(&d->lock);
 }
 
-int64_t dedup_net_saved_bytes(struct dedup *d)
+int dedup_frame_keys(void *arg, struct gm *gm, const uint64_t *idx, size_t n, uint64_t *keys)
 {
-	struct dedup_stats s;
+	struct dedup *d = arg;
+	struct dedup_vm *v;
 
-	dedup_get_stats(d, &s);
-	return s.net_saved_bytes;
+	pthread_mutex_lock(&d->lock);
+	v = dedup_find_vm(d, gm);
+	for (size_t i = 0; v && i < n; i++)
+		keys[i] = idx[i] < v->nr_pages && v->frame[idx[i]] != DEDUP_NO_FRAME
+			  ? v->frame[idx[i]] : UINT64_MAX;
+	pthread_mutex_unlock(&d->lock);
+	return v ? 0 : -ENOENT;
 }
 
 json_t *dedup_stats_json(struct dedup *d)

@@ -9,6 +9,10 @@
  *   size=MiB|max   pages to fill (max: all free memory but a small reserve)
  *   dup=%          pages identical across guests sharing seed= (default 0)
  *   zero=%         zero pages (default 0); the rest are unique to id=
+ *   dupset=N       the dup pages cycle through N contents, so each content
+ *                  comes again every N dup pages: sharing inside the guest
+ *                  as well as across guests (default 0: every dup page
+ *                  differs from the others of its guest)
  *   id=N           this guest's identity for unique pages (default 0)
  *   seed=N         seed shared by all guests (default WL_DEFAULT_SEED)
  *   rate=MiB/s     rewrite hot pages at this rate after the fill (default 0)
@@ -91,6 +95,7 @@ static struct wl_cfg {
 	uint64_t pages;
 	bool size_max;
 	uint64_t dup;
+	uint64_t dupset;
 	uint64_t zero;
 	uint64_t id;
 	uint64_t seed;
@@ -157,9 +162,12 @@ static enum wlgen_class slot_class(uint64_t i)
 
 static uint64_t slot_index(uint64_t i)
 {
-	if (slot_class(i) == WLGEN_DUP)
-		return i / 100 * cfg.dup + dup_before[i % 100];
-	return i;
+	uint64_t n;
+
+	if (slot_class(i) != WLGEN_DUP)
+		return i;
+	n = i / 100 * cfg.dup + dup_before[i % 100];
+	return cfg.dupset ? n % cfg.dupset : n;
 }
 
 static void *slot_page(uint64_t i)
@@ -503,6 +511,8 @@ static void parse(struct rt_str spec)
 					    RT_PAGES_PER_MIB;
 		} else if (str_eq(key, "dup")) {
 			cfg.dup = num(key, val, 100);
+		} else if (str_eq(key, "dupset")) {
+			cfg.dupset = num(key, val, UINT64_MAX);
 		} else if (str_eq(key, "zero")) {
 			cfg.zero = num(key, val, 100);
 		} else if (str_eq(key, "id")) {

@@ -128,6 +128,7 @@ struct gm {
 #define PM_SWAP (1ULL << 62)
 #define PM_FILE (1ULL << 61)
 #define PM_UFFD_WP (1ULL << 57)
+#define PM_MMAP_EXCLUSIVE (1ULL << 56)
 #define PM_PFN_MASK ((1ULL << 55) - 1)
 #define PM_SWAP_TYPE 0x1fULL	/* low 5 bits of a swapped entry: the swap type */
 

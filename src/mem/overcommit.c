@@ -27,6 +27,7 @@
 #include "mem/access.h"
 #include "mem/damon.h"
 #include "mem/memcg.h"
+#include "mem/account.h"
 #include "mem/mem_internal.h"
 #include "mem/txn.h"
 #include "mem/memmap.h"
@@ -72,6 +73,7 @@ struct ovc {
 	char cgroup_usage[256];		/* memory.usage_in_bytes of our cgroup, or "" */
 	struct mem_damon *damon;	/* vm_lock: the chunk ages' source, or NULL (sampling) */
 	bool damon_saw;			/* vm_lock: its last update saw accesses */
+	struct mem_ledger *ledger;	/* set before start, or NULL: mem_resident */
 	uint64_t hard_limit;		/* lock: VMs are paused before usage reaches it (0: never) */
 	uint64_t throttle_log_ns;	/* throttle_lock: when the last "still paused" line was said */
 	/*
@@ -188,10 +190,15 @@ static uint64_t host_used(struct ovc *ovc, const char **source)
 
 #define RESIDENT_MAX_AGE_NS 200000000ULL
 
-/* Measure a VM's resident memory now (the walk runs without ovc->lock). */
+/*
+ * Measure a VM's resident memory now (the walk runs without ovc->lock): the
+ * ledger's figure no older than its readers accept, so one walk serves a
+ * whole pass and the stats.
+ */
 static void refresh_resident(struct ovc *ovc, struct ovc_vm *v)
 {
-	uint64_t bytes = mem_resident(v->gm) * MEM_PAGE_SIZE;
+	uint64_t bytes = ovc->ledger ? mem_ledger_resident(ovc->ledger, MEM_LEDGER_MAX_AGE_NS, v->gm)
+				     : mem_resident(v->gm) * MEM_PAGE_SIZE;
 
 	pthread_mutex_lock(&ovc->lock);
 	v->stats.resident_bytes = bytes;
@@ -643,6 +650,11 @@ void ovc_vm_set_throttle(struct ovc *ovc, struct ovc_vm *vm, const struct ovc_th
 	vm->throttle_arg = arg;
 	pthread_mutex_unlock(&ovc->throttle_lock);
 	pthread_mutex_unlock(&ovc->vm_lock);
+}
+
+void ovc_set_ledger(struct ovc *ovc, struct mem_ledger *ledger)
+{
+	ovc->ledger = ledger;
 }
 
 void ovc_set_hard_limit(struct ovc *ovc, uint64_t limit_bytes)

@@ -26,6 +26,7 @@
 #include "mem/pagestate.h"
 
 struct ovc;
+struct mem_ledger;
 struct ovc_vm;
 
 #define OVC_MAX_MECHANISMS 8
@@ -92,7 +93,7 @@ struct ovc_vm_stats {
 	uint64_t mem_bytes;
 	uint64_t min_bytes;
 	uint32_t shares;
-	uint64_t resident_bytes;	/* present, non-zero-page frames mapped in its RAM */
+	uint64_t resident_bytes;	/* its own pages and its parts of shared ones (mem/account.h) */
 	uint64_t entitlement_bytes;
 	double active_fraction;		/* sampled share of pages written per interval */
 	uint64_t pages[PS_NR];		/* page-state counts */
@@ -180,6 +181,13 @@ void ovc_vm_set_throttle(struct ovc *ovc, struct ovc_vm *vm, const struct ovc_th
  * usage of a memory cgroup of kvmem's alone). 0: never.
  */
 void ovc_set_hard_limit(struct ovc *ovc, uint64_t limit_bytes);
+
+/*
+ * Measure each VM's resident memory with the host's ledger (mem/account.h:
+ * a shared frame split among its VMs) rather than by its own mapped pages;
+ * set before start.
+ */
+void ovc_set_ledger(struct ovc *ovc, struct mem_ledger *ledger);
 
 /* Register the balloon as a reclaim mechanism (cost 2: after zero pages and sharing). */
 int ovc_register_balloon(struct ovc *ovc);

@@ -163,3 +163,13 @@ bool mem_pm_is_hole(uint64_t e)
 	return !(e & PM_PRESENT) && (!(e & PM_SWAP) || pm_is_marker(e));
 }
 
+
+bool mem_pm_is_swapped(uint64_t e)
+{
+	return !(e & PM_PRESENT) && (e & PM_SWAP) && !pm_is_marker(e);
+}
+
+bool mem_pm_exclusive(uint64_t e)
+{
+	return e & PM_MMAP_EXCLUSIVE;
+}

@@ -66,6 +66,13 @@ bool mem_pm_is_zero_page(uint64_t entry);
  * holds nothing: a write to it would not wait.
  */
 bool mem_pm_is_populated(uint64_t entry);
+/* True when the kernel swapped the page out (a swap entry that is not a marker). */
+bool mem_pm_is_swapped(uint64_t entry);
+/*
+ * True when a present page is mapped once only. A private page that is not
+ * is one KSM merged (kvmem never forks with guest memory mapped).
+ */
+bool mem_pm_exclusive(uint64_t entry);
 /*
  * True when no page is behind a pagemap entry: unpopulated, or a write-protect
  * marker left on an unpopulated pte. In anonymous memory such a page reads as

@@ -530,6 +530,11 @@ static uint64_t pool_alloc(struct pool *p, uint64_t len)
 	return 0;
 }
 
+uint64_t mem_swap_slot_memory(uint64_t slot)
+{
+	return slot & POOL_BIT ? 1ULL << (POOL_MIN_SHIFT + pool_class(slot & 0xfff)) : 0;
+}
+
 static uint8_t *pool_entry(const struct pool *p, uint64_t h)
 {
 	uint64_t ch = (h & ~POOL_BIT) >> 16, e = (h >> 12) & 0xf;

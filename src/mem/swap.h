@@ -201,6 +201,11 @@ struct mem_swap_vm_stats {
 	uint64_t fault_p99_us;
 	uint64_t fault_hist[MEM_SWAP_HIST];
 };
+/*
+ * Memory a swapped page's slot holds: its entry's size in the compressed
+ * pool, or 0 for a slot of the swap file.
+ */
+uint64_t mem_swap_slot_memory(uint64_t slot);
 /* gm's swap figures (all zero for a VM that never swapped). */
 void mem_swap_vm_stats(const struct gm *gm, struct mem_swap_vm_stats *out);
 

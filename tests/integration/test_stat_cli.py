@@ -1,5 +1,6 @@
 """`kvmem stat`: the --json schema, the table (a row per VM and a TOTAL row,
-aligned), --watch, and its errors (one line on stderr, exit 1; usage exit 2)."""
+aligned), the OpenMetrics exposition (checked by Prometheus's parser),
+--watch, and its errors (one line on stderr, exit 1; usage exit 2)."""
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import threading
 
 from kvmemtest import ACCEL, KVMEM, check, finish, require_accel, wait_for
 from ctlhelp import Host, host_config, tmpdir, wait_socket
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 require_accel()
 d = tmpdir()
@@ -68,6 +70,9 @@ try:
     check(lines and lines[0].startswith("HOST") and "budget 2.0 GiB" in lines[0]
           and "configured 384.0 MiB" in lines[0] and "overcommit 0.19x" in lines[0],
           f"host line with budget, configured and overcommit ({lines[:1]})")
+    check(any(l.startswith("      resident ") for l in lines[:4]) and
+          any(l.startswith("      saved by:  untouched ") for l in lines[:4]),
+          f"lines of what resident memory is and what saves the rest ({lines[1:3]})")
     hdr = next((i for i, l in enumerate(lines) if l.startswith("NAME")), None)
     if check(hdr is not None, "a header row"):
         cols = lines[hdr].split()
@@ -84,6 +89,40 @@ try:
         check(len({len(l) for l in [lines[hdr]] + rows}) == 1, "rows are aligned")
         check(re.search(r"\b256\.0 MiB\b", rows[0]) and re.search(r"\b384\.0 MiB\b", rows[2]),
               "sizes have units; TOTAL sums MEM")
+
+    # --format openmetrics: a valid OpenMetrics exposition (Prometheus's own
+    # parser) of the same figures, VMs as labels.
+    r = stat("--socket", sock, "--format", "openmetrics")
+    check(r.returncode == 0 and r.stdout.endswith("# EOF\n"),
+          f"--format openmetrics exits 0 and ends with # EOF ({r.returncode}: {r.stderr.strip()})")
+    fams = {}
+    try:
+        fams = {f.name: f for f in text_string_to_metric_families(r.stdout)}
+        check(True, f"Prometheus's OpenMetrics parser takes it ({len(fams)} families)")
+    except ValueError as e:
+        check(False, f"Prometheus's OpenMetrics parser takes it ({e})")
+
+    def value(name, **labels):
+        f = fams.get(name)
+        return next((s.value for s in f.samples if s.labels == labels), None) if f else None
+    check(value("kvmem_host_budget_bytes") == 2 << 30 and fams["kvmem_host_budget_bytes"].unit
+          == "bytes", "kvmem_host_budget_bytes is the budget, in bytes")
+    check(value("kvmem_vm_mem_bytes", vm="alpha") == 256 << 20 and
+          value("kvmem_vm_mem_bytes", vm="beta-with-a-long-name") == 128 << 20,
+          "kvmem_vm_mem_bytes per VM, named by the vm label")
+    check(fams.get("kvmem_host_policy_passes") and fams["kvmem_host_policy_passes"].type ==
+          "counter", "counters are typed counter (samples ending in _total)")
+    check(value("kvmem_vm_info", vm="alpha", state="running", accel=ACCEL) == 1,
+          "kvmem_vm_info names each VM's state and accelerator")
+    for name in ("alpha", "beta-with-a-long-name"):
+        saved = sum(s.value for s in fams["kvmem_vm_saved_by_bytes"].samples
+                    if s.labels["vm"] == name)
+        check(saved + value("kvmem_vm_resident_bytes", vm=name) == value("kvmem_vm_mem_bytes",
+                                                                         vm=name),
+              f"{name}: kvmem_vm_saved_by_bytes by source and resident add up to its memory")
+    r = stat("--socket", sock, "--format", "yaml")
+    check(r.returncode == 2 and "--format yaml" in r.stderr, f"--format yaml is a usage error "
+          f"({r.returncode}: {r.stderr.strip()})")
 
     # --watch, not a tty: successive tables separated by blank lines, until SIGINT.
     p = subprocess.Popen([KVMEM, "stat", "--socket", sock, "--watch", "0.2"],

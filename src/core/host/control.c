@@ -59,6 +59,7 @@
 
 #include "core/alloc.h"
 #include "core/host/host.h"
+#include "core/host/metrics.h"
 #include "core/size.h"
 #include "core/thread.h"
 #include "core/vm.h"
@@ -346,6 +347,21 @@ static int verb_stats(void *arg, json_t *req, json_t *reply)
 	return merge(reply, host_stats_json(arg));
 }
 
+/* The stats as an OpenMetrics text exposition, for scrapers. */
+static int verb_metrics(void *arg, json_t *req, json_t *reply)
+{
+	json_t *st = host_stats_json(arg);
+	char *text = st ? host_metrics_text(st) : NULL;
+	int ret = text ? 0 : -ENOMEM;
+
+	(void)req;
+	json_decref(st);
+	if (!ret)
+		ret = merge(reply, json_pack("{s:s, s:s}", "format", "openmetrics", "text", text));
+	free(text);
+	return ret;
+}
+
 /* The error reply of a per-VM verb that failed with ret (-errno). */
 static int vm_verb_error(json_t *reply, const char *name, const char *what, int ret)
 {
@@ -538,7 +554,7 @@ static int register_host_verbs(struct control *c)
 		{ "list", verb_list },	   { "stats", verb_stats },	{ "pause", verb_pause },
 		{ "resume", verb_resume }, { "stop", verb_stop },	{ "budget", verb_budget },
 		{ "reclaim", verb_reclaim }, { "memcheck", verb_memcheck }, { "swap", verb_swap },
-		{ "dirty_rate", verb_dirty_rate },
+		{ "dirty_rate", verb_dirty_rate }, { "metrics", verb_metrics },
 	};
 	int ret;
 

@@ -30,6 +30,7 @@
 #include "core/size.h"
 #include "core/vm.h"
 #include "dedup/dedup.h"
+#include "mem/account.h"
 #include "mem/lazy.h"
 #include "mem/memmap.h"
 #include "mem/overcommit.h"
@@ -230,6 +231,9 @@ int host_create_vm(struct host *h, struct host_vm *hv)
 		if (ret)
 			return ret;
 	}
+	ret = mem_ledger_add(h->ledger, gm);
+	if (ret)
+		return ret;
 	ret = ovc_add_vm(h->ovc, gm, hv->cfg.name, hv->cfg.mem_bytes, hv->cfg.min_bytes,
 			 hv->cfg.shares, &hv->ovc);
 	if (ret)
@@ -334,6 +338,10 @@ int host_create(const struct host_config *cfg, struct host **out)
 	if (ret)
 		goto out_destroy;
 	ovc_set_hard_limit(h->ovc, cfg->hard_limit_bytes);
+	ret = mem_ledger_create(&h->ledger);
+	if (ret)
+		goto out_destroy;
+	ovc_set_ledger(h->ovc, h->ledger);
 	what = "the reclaim mechanisms";
 	ret = reclaim_register_zero(h->ovc);
 	if (!ret)
@@ -413,6 +421,7 @@ int host_create(const struct host_config *cfg, struct host **out)
 		ret = dedup_register_mechanism(h->dedup, h->ovc);
 		if (ret)
 			goto out_destroy;
+		mem_ledger_set_frames(h->ledger, dedup_frame_keys, h->dedup);
 	}
 	for (unsigned int i = 0; i < cfg->nr_vms; i++) {
 		struct host_vm *hv = &h->vms[i];
@@ -637,6 +646,8 @@ void host_release_vm(struct host *h, struct host_vm *hv)
 			balloon_destroy(hv->balloon);
 		if (h->dedup)
 			dedup_remove_vm(h->dedup, vm_gm(hv->vm));
+		if (h->ledger)
+			mem_ledger_remove(h->ledger, vm_gm(hv->vm));
 		if (h->uffd)
 			uffd_service_remove(h->uffd, vm_gm(hv->vm));
 		/* Nothing faults on its pages any more: its slots can go. */
@@ -677,6 +688,8 @@ void host_destroy(struct host *h)
 		mem_swap_close(h->swap);
 	if (h->ovc)
 		ovc_destroy(h->ovc);
+	/* It names the store's frames: before the store goes. */
+	mem_ledger_destroy(h->ledger);
 	dedup_destroy(h->dedup);
 	if (h->uffd)
 		uffd_service_destroy(h->uffd);
@@ -1027,19 +1040,14 @@ static const char *const commit_names[MEM_NR_COMMITS] = {
 };
 _Static_assert(MEM_NR_COMMITS == 7, "name every enum mem_commit in commit_names (txn.commits)");
 
-/*
- * The host's swap file and what went through it, null without swap; the
- * memory its compressed pool holds in *pool_used.
- */
-static json_t *swap_stats_json(struct host *h, uint64_t *pool_used)
+/* The host's swap file and what went through it, null without swap. */
+static json_t *swap_stats_json(struct host *h)
 {
 	struct mem_swap_stats st;
 
-	*pool_used = 0;
 	if (!h->swap)
 		return json_null();
 	mem_swap_stats(h->swap, &st);
-	*pool_used = st.pool_used_bytes;
 	return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:s,"
 			 " s:{s:I, s:I, s:I, s:I}}",
 			 "file_bytes", (json_int_t)st.file_bytes,
@@ -1098,6 +1106,49 @@ static json_t *lazy_json(struct gm *gm)
 			 "failed", ls.failed);
 }
 
+/*
+ * Where memory is (mem/account.h): "saved_by" each source, what the
+ * resident part is made of, and the distinct shared frames it maps;
+ * saved_by sums to configured less resident.
+ */
+static void usage_json(json_t *o, const struct mem_usage *u)
+{
+	json_t *by = json_object();
+
+	for (int s = 0; s < MEM_NR_SAVED; s++)
+		json_object_set_new(by, mem_saving_names[s], json_integer((json_int_t)u->saved_bytes[s]));
+	json_object_set_new(o, "resident_bytes", json_integer((json_int_t)u->resident_bytes));
+	json_object_set_new(o, "resident_by",
+			    json_pack("{s:I, s:I, s:I}",
+				      "private", (json_int_t)u->private_bytes,
+				      "shared", (json_int_t)u->shared_bytes,
+				      "compressed", (json_int_t)u->compressed_bytes));
+	json_object_set_new(o, "shared_frames", json_integer((json_int_t)u->frames));
+	json_object_set_new(o, "saved_by", by);
+}
+
+/*
+ * The ledger's figures for each of the first *n VMs still here (vm[i] for
+ * h->vms[i]) and the host's.
+ */
+static struct mem_usage *ledger_read(struct host *h, unsigned int *nr, struct mem_usage *host)
+{
+	unsigned int n = *nr = host_nr_vms(h);
+	struct mem_usage *u = kv_calloc(n ? n : 1, sizeof(*u));
+	struct gm **gms = kv_calloc(n ? n : 1, sizeof(*gms));
+
+	if (u && gms) {
+		for (unsigned int i = 0; i < n; i++)
+			gms[i] = h->vms[i].released || !h->vms[i].vm ? NULL : vm_gm(h->vms[i].vm);
+		mem_ledger_read(h->ledger, MEM_LEDGER_MAX_AGE_NS, gms, n, u, host);
+	} else {
+		kv_free(u);
+		u = NULL;
+	}
+	kv_free(gms);
+	return u;
+}
+
 json_t *host_stats_json(struct host *h)
 {
 	struct mem_txn_stats ts;
@@ -1106,10 +1157,12 @@ json_t *host_stats_json(struct host *h)
 	struct ovc_stats hs;
 	json_t *vms = json_array(), *migrations = json_array();
 	json_t *reclaimed = json_object();
-	json_t *dedup, *swap;
-	uint64_t saved = 0, pool_used;
+	json_t *dedup, *swap, *out;
+	struct mem_usage hu = { 0 }, *vu;
+	unsigned int nr_vu;
 
 	ovc_get_stats(h->ovc, &hs);
+	vu = ledger_read(h, &nr_vu, &hu);
 	host_migration_refused_json(h, migrations);
 	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
 		struct host_vm *hv = &h->vms[i];
@@ -1133,9 +1186,6 @@ json_t *host_stats_json(struct host *h)
 			balloon_get_stats(hv->balloon, &bs);
 		if (ovc_get_vm_stats(h->ovc, hv->ovc, &vs))
 			continue;
-		/* Saved now: pages whose host memory a mechanism holds back. */
-		saved += (vs.pages[PS_ZERO] + vs.pages[PS_BALLOONED] + vs.pages[PS_REPORTED] +
-			  vs.pages[PS_SWAPPED]) * MEM_PAGE_SIZE;
 		vo = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:i, s:I, s:f, s:o, s:s}",
 			       "name", hv->cfg.name,
 			       "state", host_vm_state(hv),
@@ -1203,36 +1253,32 @@ json_t *host_stats_json(struct host *h)
 		json_object_set_new(vo, "clone_of", hv->clone && hv->restored_from
 				    ? json_string(hv->restored_from) : json_null());
 		json_object_set_new(vo, "restore", lazy_json(vm_gm(hv->vm)));
+		if (vu && i < nr_vu)
+			usage_json(vo, &vu[i]);
 		json_array_append_new(vms, vo);
 	}
 	for (unsigned int m = 0; m < hs.nr_mechanisms; m++)
 		json_object_set_new(reclaimed, hs.mechanism_names[m],
 				    json_integer((json_int_t)hs.reclaimed_bytes[m]));
 	if (h->dedup) {
-		/* Sharing saves net of what its mappings and tables cost (dedup/stats.c). */
-		int64_t net = dedup_net_saved_bytes(h->dedup);
-
-		saved = net < 0 && (uint64_t)-net > saved ? 0 : saved + (uint64_t)net;
 		dedup = dedup_stats_json(h->dedup);
 	} else if (h->cfg.dedup == HOST_DEDUP_KSM) {
 		dedup = dedup_ksm_stats_json();
 	} else {
 		dedup = json_pack("{s:s}", "mode", "off");
 	}
-	/* Swapped pages kept in the compressed pool still hold memory there. */
-	swap = swap_stats_json(h, &pool_used);
-	saved = pool_used > saved ? 0 : saved - pool_used;
+	swap = swap_stats_json(h);
 	uffd_service_stats(h->uffd, &us);
 	mem_txn_stats(&ts);
 	for (int c = 0; c < MEM_NR_COMMITS; c++)
 		json_object_set_new(commits, commit_names[c], json_integer((json_int_t)ts.commits[c]));
-	return json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:o, s:s, s:o, s:I, s:b, s:I, s:o, s:o, s:o, s:I, s:s,"
+	out = json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:o, s:s, s:o, s:I, s:b, s:I, s:o, s:o, s:o, s:I, s:s,"
 			 " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I},"
 			 " s:{s:I, s:I, s:o, s:I, s:I, s:I, s:I}}, s:o, s:o}",
 			 "host",
 			 "budget_bytes", (json_int_t)hs.budget_bytes,
 			 "used_bytes", (json_int_t)hs.used_bytes,
-			 "saved_bytes", (json_int_t)saved,
+			 "saved_bytes", (json_int_t)(hu.configured_bytes - hu.resident_bytes),
 			 "configured_bytes", (json_int_t)hs.configured_bytes,
 			 "used_source", hs.used_source,
 			 "hard_limit_bytes", h->cfg.hard_limit_bytes ? json_integer(
@@ -1257,4 +1303,8 @@ json_t *host_stats_json(struct host *h)
 			 "registrations", (json_int_t)ts.registrations,
 			 "remaps", (json_int_t)ts.remaps, "stray_faults", (json_int_t)ts.stray_faults,
 			 "vms", vms, "migrated", migrations);
+	if (out)
+		usage_json(json_object_get(out, "host"), &hu);
+	kv_free(vu);
+	return out;
 }

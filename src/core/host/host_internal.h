@@ -26,6 +26,7 @@ struct mig_source_ops;
 struct incoming;
 struct arrival;
 struct dedup_image;
+struct mem_ledger;
 
 struct host_vm {
 	struct host *host;
@@ -72,6 +73,7 @@ struct host {
 	struct ovc *ovc;
 	struct control *control;
 	struct dedup *dedup;		/* kvmem's page sharing (--dedup on), or NULL */
+	struct mem_ledger *ledger;	/* where every guest page is, what saves what */
 	struct mem_swap *swap;		/* the host's swap file, or NULL */
 	struct incoming *incoming;	/* the listener for VMs migrating here, or NULL */
 	uint8_t *secret;		/* cfg.migration_secret's content, or NULL */

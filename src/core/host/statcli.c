@@ -65,11 +65,13 @@ struct table {
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: kvmem stat [--socket PATH] [--json] [--watch SECS]\n"
+		"usage: kvmem stat [--socket PATH] [--json | --format FMT] [--watch SECS]\n"
 		"\n"
 		"Memory statistics of a running kvmem host, from its control socket.\n"
 		"  -s, --socket PATH   control socket (default %s)\n"
 		"  -j, --json          print the stats as JSON (the stable schema in README.md)\n"
+		"  -f, --format FMT    table (default), json, or openmetrics (the Prometheus\n"
+		"                      text exposition of the \"metrics\" verb)\n"
 		"  -w, --watch SECS    refresh every SECS seconds until interrupted\n",
 		KVMEM_DEFAULT_SOCKET);
 }
@@ -81,10 +83,12 @@ static int usage_error(const char *fmt, const char *arg)
 	return cli_usage_error("stat", USAGE_HINT, fmt, arg);
 }
 
-/* Ask for the stats: 0 and the reply's payload, or 1 after one line on stderr. */
-static int fetch(const char *path, json_t **out)
+enum format { FMT_TABLE, FMT_JSON, FMT_OPENMETRICS };
+
+/* Ask for `verb`: 0 and the reply's payload, or 1 after one line on stderr. */
+static int fetch(const char *path, const char *verb, json_t **out)
 {
-	json_t *req = json_pack("{s:s}", "verb", "stats");
+	json_t *req = json_pack("{s:s}", "verb", verb);
 	json_t *reply = NULL;
 	int ret;
 
@@ -96,10 +100,11 @@ static int fetch(const char *path, json_t **out)
 	json_decref(req);
 	if (ret)
 		return ret;
-	if (!json_is_object(json_object_get(reply, "host")) ||
-	    !json_is_array(json_object_get(reply, "vms"))) {
-		fprintf(stderr, "kvmem stat: %s: bad reply (no \"host\" object or \"vms\" "
-				"array)\n", path);
+	if (strcmp(verb, "stats") ? !json_is_string(json_object_get(reply, "text"))
+				  : !json_is_object(json_object_get(reply, "host")) ||
+				    !json_is_array(json_object_get(reply, "vms"))) {
+		fprintf(stderr, "kvmem stat: %s: bad reply (%s)\n", path,
+			strcmp(verb, "stats") ? "no \"text\"" : "no \"host\" object or \"vms\" array");
 		json_decref(reply);
 		return 1;
 	}
@@ -341,11 +346,57 @@ static void print_member(const char *key, json_t *v, FILE *f, int depth)
 	fprintf(f, "%s", b);
 }
 
+/*
+ * Where guest memory is: what is resident and of what, then each source of
+ * saving that saves something, largest first (their sum is configured less
+ * resident).
+ */
+static void print_saved_by(json_t *host, FILE *f)
+{
+	json_t *by = json_object_get(host, "saved_by"), *res = json_object_get(host, "resident_by");
+	const char *key, *done[32];
+	char b1[CELL], b2[CELL], b3[CELL], k[KEY_TEXT];
+	size_t nr_done = 0;
+	json_t *v;
+
+	if (json_is_object(res))
+		fprintf(f, "      resident %s: private %s  shared %s (%lld frames)  compressed %s\n",
+			fmt_bytes(int_of(json_object_get(host, "resident_bytes")), b1, sizeof(b1)),
+			fmt_bytes(int_of(json_object_get(res, "private")), b2, sizeof(b2)),
+			fmt_bytes(int_of(json_object_get(res, "shared")), b3, sizeof(b3)),
+			(long long)int_of(json_object_get(host, "shared_frames")),
+			fmt_bytes(int_of(json_object_get(res, "compressed")), k, sizeof(k)));
+	if (!json_is_object(by))
+		return;
+	fprintf(f, "      saved by:");
+	for (;;) {
+		const char *best = NULL;
+		uint64_t most = 0;
+
+		json_object_foreach(by, key, v) {
+			bool seen = false;
+
+			for (size_t i = 0; i < nr_done; i++)
+				seen |= done[i] == key;
+			if (!seen && int_of(v) > most) {
+				most = int_of(v);
+				best = key;
+			}
+		}
+		if (!best || nr_done == sizeof(done) / sizeof(done[0]))
+			break;
+		done[nr_done++] = best;
+		fprintf(f, "  %s %s", cli_escape(best, k, sizeof(k)), fmt_bytes(most, b1, sizeof(b1)));
+	}
+	fprintf(f, "%s\n", nr_done ? "" : "  nothing");
+}
+
 static void print_host(json_t *host, FILE *f)
 {
 	static const char *const known[] = { "budget_bytes", "used_bytes", "saved_bytes",
 					     "configured_bytes", "used_source", "over_budget",
-					     "policy_passes", "reclaimed_bytes" };
+					     "policy_passes", "reclaimed_bytes", "resident_bytes",
+					     "resident_by", "saved_by", "shared_frames" };
 	uint64_t budget = int_of(json_object_get(host, "budget_bytes"));
 	uint64_t configured = int_of(json_object_get(host, "configured_bytes"));
 	json_t *src = json_object_get(host, "used_source");
@@ -368,6 +419,7 @@ static void print_host(json_t *host, FILE *f)
 		fprintf(f, "  over budget: %s",
 			json_is_true(json_object_get(host, "over_budget")) ? "YES" : "no");
 	fprintf(f, "\n");
+	print_saved_by(host, f);
 	if (json_is_object(reclaimed) && json_object_size(reclaimed)) {
 		fprintf(f, "      reclaimed:");
 		json_object_foreach(reclaimed, key, v)
@@ -474,15 +526,35 @@ static void print_table(json_t *stats, FILE *f)
 	free(cell);
 }
 
+/*
+ * The exposition line by line, each through cli_escape like everything a
+ * server sends: a well-formed one has nothing to escape.
+ */
+static void print_metrics(const char *text, FILE *f)
+{
+	char line[1024], out[4 * sizeof(line)];
+
+	while (*text) {
+		size_t n = strcspn(text, "\n");
+
+		snprintf(line, sizeof(line), "%.*s", (int)(n < sizeof(line) ? n : sizeof(line) - 1),
+			 text);
+		fprintf(f, "%s\n", cli_escape(line, out, sizeof(out)));
+		text += n + (text[n] == '\n');
+	}
+}
+
 /* Print one snapshot; 0, or 1 after an error line. */
-static int show(const char *path, bool as_json, bool watching, bool tty, double every)
+static int show(const char *path, enum format fmt, bool watching, bool tty, double every)
 {
 	json_t *stats;
-	int ret = fetch(path, &stats);
+	int ret = fetch(path, fmt == FMT_OPENMETRICS ? "metrics" : "stats", &stats);
 
 	if (ret)
 		return ret;
-	if (as_json) {
+	if (fmt == FMT_OPENMETRICS) {
+		print_metrics(json_string_value(json_object_get(stats, "text")), stdout);
+	} else if (fmt == FMT_JSON) {
 		/*
 		 * Watching: JSON Lines, one compact document per refresh. ASCII
 		 * only: jansson escapes C0 controls, and this escapes the C1
@@ -531,19 +603,21 @@ int statcli_main(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
 		{ "json", no_argument, NULL, 'j' },
+		{ "format", required_argument, NULL, 'f' },
 		{ "watch", required_argument, NULL, 'w' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *path = KVMEM_DEFAULT_SOCKET;
-	bool as_json = false, tty;
+	enum format fmt = FMT_TABLE;
+	bool tty;
 	double every = 0;
 	sigset_t set;
 	int c, ret;
 
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, ":s:jw:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":s:jf:w:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 's':
 			if (!*optarg)
@@ -551,7 +625,17 @@ int statcli_main(int argc, char **argv)
 			path = optarg;
 			break;
 		case 'j':
-			as_json = true;
+			fmt = FMT_JSON;
+			break;
+		case 'f':
+			if (!strcmp(optarg, "table"))
+				fmt = FMT_TABLE;
+			else if (!strcmp(optarg, "json"))
+				fmt = FMT_JSON;
+			else if (!strcmp(optarg, "openmetrics"))
+				fmt = FMT_OPENMETRICS;
+			else
+				return usage_error("--format %s: not table, json or openmetrics", optarg);
 			break;
 		case 'w': {
 			char *end;
@@ -579,12 +663,12 @@ int statcli_main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	tty = isatty(STDOUT_FILENO);
 	if (!every)
-		return show(path, as_json, false, tty, 0);
+		return show(path, fmt, false, tty, 0);
 	for (bool first = true;; first = false) {
 		/* Not a tty: successive tables, separated by a blank line. */
-		if (!first && !tty && !as_json)
+		if (!first && !tty && fmt == FMT_TABLE)
 			fputc('\n', stdout);
-		ret = show(path, as_json, true, tty, every);
+		ret = show(path, fmt, true, tty, every);
 		if (ret)
 			return ret;
 		if (!sleep_or_signal(&set, every))

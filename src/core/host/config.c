@@ -91,21 +91,21 @@ static int get_accel(json_t *o, const char *where, enum accel_kind *out, char *e
 	return 0;
 }
 
-static int parse_vm(json_t *o, unsigned int i, struct host_vm_config *vm, const char *default_guest,
-		    char *err, size_t len)
+int host_config_parse_vm(json_t *o, const char *where, struct host_vm_config *vm,
+			 const char *default_guest, char *err, size_t len)
 {
 	static const char *const known[] = { "name", "mem", "min", "shares", "cpus",
 					     "guest", "append", "console_log", "accel",
 					     "swap_max" };
-	char where[48];
 	const char *key;
 	int64_t n;
 	json_t *v;
 	int ret;
 
-	snprintf(where, sizeof(where), "vms[%u].", i);
+	/* where is a prefix ("vms[2]."): the object itself is named without its dot. */
 	if (!json_is_object(o))
-		return fail(err, len, "vms[%u]: must be an object", i);
+		return fail(err, len, "%.*s: must be an object",
+			    (int)strlen(where) - (*where && where[strlen(where) - 1] == '.'), where);
 	json_object_foreach(o, key, v) {
 		bool ok = false;
 
@@ -269,6 +269,20 @@ static int parse_swap(json_t *o, struct host_swap_config *sw, char *err, size_t 
 	return 0;
 }
 
+int host_config_check_vm(const struct host_vm_config *vm, const char *where, char *err, size_t len)
+{
+	if (vm->mem_bytes % LAYOUT_PAGE_SIZE || vm->mem_bytes < 4 * LAYOUT_RESERVED_END)
+		return fail(err, len, "%smem: must be a multiple of 4K and at least 8M", where);
+	if (vm->mem_bytes > LAYOUT_MAX_RAM)
+		return fail(err, len, "%smem: more than a guest can map", where);
+	if (vm->min_bytes > vm->mem_bytes)
+		return fail(err, len, "%smin: larger than mem", where);
+	if (!vm->guest || access(vm->guest, R_OK))
+		return fail(err, len, "%sguest: %s: no such readable file", where,
+			    vm->guest ? vm->guest : "(none)");
+	return 0;
+}
+
 int host_config_check(const struct host_config *cfg, char *err, size_t len)
 {
 	uint64_t sum_min = 0;
@@ -278,19 +292,16 @@ int host_config_check(const struct host_config *cfg, char *err, size_t len)
 			    "VMs in)");
 	for (unsigned int i = 0; i < cfg->nr_vms; i++) {
 		const struct host_vm_config *vm = &cfg->vms[i];
+		char where[48];
+		int ret;
 
 		for (unsigned int j = 0; j < i; j++)
 			if (!strcmp(cfg->vms[j].name, vm->name))
 				return fail(err, len, "vms[%u].name: \"%s\" is used twice", i, vm->name);
-		if (vm->mem_bytes % LAYOUT_PAGE_SIZE || vm->mem_bytes < 4 * LAYOUT_RESERVED_END)
-			return fail(err, len, "vms[%u].mem: must be a multiple of 4K and at least 8M", i);
-		if (vm->mem_bytes > LAYOUT_MAX_RAM)
-			return fail(err, len, "vms[%u].mem: more than a guest can map", i);
-		if (vm->min_bytes > vm->mem_bytes)
-			return fail(err, len, "vms[%u].min: larger than mem", i);
-		if (!vm->guest || access(vm->guest, R_OK))
-			return fail(err, len, "vms[%u].guest: %s: no such readable file", i,
-				    vm->guest ? vm->guest : "(none)");
+		snprintf(where, sizeof(where), "vms[%u].", i);
+		ret = host_config_check_vm(vm, where, err, len);
+		if (ret)
+			return ret;
 		sum_min += vm->min_bytes;
 	}
 	if (cfg->budget_bytes && sum_min > cfg->budget_bytes)
@@ -433,9 +444,12 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 		goto out;
 	}
 	for (size_t i = 0; i < json_array_size(vms); i++) {
+		char where[48];
+
+		snprintf(where, sizeof(where), "vms[%zu].", i);
 		cfg->nr_vms++;
-		ret = parse_vm(json_array_get(vms, i), (unsigned int)i, &cfg->vms[i],
-			       cfg->default_guest, err, len);
+		ret = host_config_parse_vm(json_array_get(vms, i), where, &cfg->vms[i],
+					   cfg->default_guest, err, len);
 		if (ret)
 			goto out;
 	}
@@ -483,14 +497,19 @@ int host_config_resolve_accel(struct host_config *cfg, char *err, size_t len)
 	return 0;
 }
 
+void host_vm_config_free(struct host_vm_config *vm)
+{
+	kv_free(vm->name);
+	kv_free(vm->guest);
+	kv_free(vm->append);
+	kv_free(vm->console_log);
+	memset(vm, 0, sizeof(*vm));
+}
+
 void host_config_free(struct host_config *cfg)
 {
-	for (unsigned int i = 0; i < cfg->nr_vms; i++) {
-		kv_free(cfg->vms[i].name);
-		kv_free(cfg->vms[i].guest);
-		kv_free(cfg->vms[i].append);
-		kv_free(cfg->vms[i].console_log);
-	}
+	for (unsigned int i = 0; i < cfg->nr_vms; i++)
+		host_vm_config_free(&cfg->vms[i]);
 	kv_free(cfg->vms);
 	kv_free(cfg->socket);
 	kv_free(cfg->incoming);

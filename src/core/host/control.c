@@ -347,6 +347,22 @@ static int verb_stats(void *arg, json_t *req, json_t *reply)
 	return merge(reply, host_stats_json(arg));
 }
 
+/* {"verb":"start","vm":{...}}: a new VM on the running host, as a config's "vms" entry. */
+static int verb_start(void *arg, json_t *req, json_t *reply)
+{
+	json_t *vm = json_object_get(req, "vm");
+	char why[256];
+	int ret;
+
+	if (!json_is_object(vm))
+		return control_reply_error(reply, -EINVAL, "vm: an object, as in the config's \"vms\"");
+	ret = host_start_vm(arg, vm, why, sizeof(why));
+	if (ret)
+		return control_reply_error(reply, ret, "%s", why);
+	json_object_set_new(reply, "vm", safe_string(json_string_value(json_object_get(vm, "name"))));
+	return 0;
+}
+
 /* The stats as an OpenMetrics text exposition, for scrapers. */
 static int verb_metrics(void *arg, json_t *req, json_t *reply)
 {
@@ -375,6 +391,9 @@ static int vm_verb_error(json_t *reply, const char *name, const char *what, int 
 					   "vm \"%.64s\": not paused: a vCPU did not stop within %d ms "
 					   "(held in the VMM); the VM runs on", name,
 					   VM_PAUSE_TIMEOUT_MS);
+	if (ret == -EBUSY)
+		return control_reply_error(reply, ret, "vm \"%.64s\": cannot %s it while a migration "
+					   "or a save of it runs", name, what);
 	return control_reply_error(reply, ret, "vm \"%.64s\": %s: %s", name, what,
 				   strerror(-ret));
 }
@@ -417,6 +436,11 @@ static int verb_resume(void *arg, json_t *req, json_t *reply)
 static int verb_stop(void *arg, json_t *req, json_t *reply)
 {
 	return vm_verb(req, reply, "stop", host_vm_stop, arg);
+}
+
+static int verb_remove(void *arg, json_t *req, json_t *reply)
+{
+	return vm_verb(req, reply, "remove", host_vm_remove, arg);
 }
 
 /* {"verb":"memcheck","vm":NAME}: the VM's page states against its mappings (debug). */
@@ -555,6 +579,7 @@ static int register_host_verbs(struct control *c)
 		{ "resume", verb_resume }, { "stop", verb_stop },	{ "budget", verb_budget },
 		{ "reclaim", verb_reclaim }, { "memcheck", verb_memcheck }, { "swap", verb_swap },
 		{ "dirty_rate", verb_dirty_rate }, { "metrics", verb_metrics },
+		{ "start", verb_start },   { "remove", verb_remove },
 	};
 	int ret;
 

@@ -244,6 +244,76 @@ int host_create_vm(struct host *h, struct host_vm *hv)
 	return 0;
 }
 
+int host_add_vm(struct host *h, struct host_vm_config *c, const struct host_vm_origin *o,
+		struct host_vm **out, char *why, size_t whylen)
+{
+	struct ovc_stats hs;
+	struct host_vm *hv;
+	uint64_t sum_min = 0;
+	int ret;
+
+	/* The VM list held: no VM is released (and its name freed) while names are compared. */
+	pthread_rwlock_rdlock(&h->vms_lock);
+	ovc_get_stats(h->ovc, &hs);
+	for (unsigned int i = 0; i < host_nr_vms(h); i++)
+		if (!h->vms[i].released && !h->vms[i].gone)
+			sum_min += h->vms[i].cfg.min_bytes;
+	if (sum_min + c->min_bytes > hs.budget_bytes) {
+		snprintf(why, whylen, "its min of %" PRIu64 " MiB does not fit: this host's budget is "
+			 "%" PRIu64 " MiB and its VMs' mins take %" PRIu64 " MiB", c->min_bytes >> 20,
+			 hs.budget_bytes >> 20, sum_min >> 20);
+		ret = -ENOSPC;
+		goto fail;
+	}
+	pthread_mutex_lock(&h->lock);
+	/* Arriving ones count too: two sources must not bring two VMs of one name. */
+	for (unsigned int i = 0; i < h->nr_vms; i++) {
+		if (!h->vms[i].released && !h->vms[i].gone && !strcmp(h->vms[i].cfg.name, c->name)) {
+			pthread_mutex_unlock(&h->lock);
+			snprintf(why, whylen, "a VM named %s runs here already", c->name);
+			ret = -EEXIST;
+			goto fail;
+		}
+	}
+	if (h->nr_vms == h->cap_vms) {
+		pthread_mutex_unlock(&h->lock);
+		snprintf(why, whylen, "this host has taken in the %u VMs it has room for",
+			 HOST_INCOMING_MAX);
+		ret = -ENOSPC;
+		goto fail;
+	}
+	hv = &h->vms[h->nr_vms];
+	memset(hv, 0, sizeof(*hv));
+	hv->host = h;
+	hv->cfg = *c;
+	hv->owns_cfg = true;
+	hv->incoming = o->incoming;
+	hv->mig = o->job;
+	hv->restored_from = o->file ? kv_strdup(o->file) : NULL;
+	hv->clone = o->clone;
+	ret = host_create_vm(h, hv);
+	if (ret) {
+		hv->mig = NULL;
+		host_release_vm(h, hv);
+		memset(hv, 0, sizeof(*hv));
+		pthread_mutex_unlock(&h->lock);
+		pthread_rwlock_unlock(&h->vms_lock);
+		snprintf(why, whylen, "%s", ret == -EADDRINUSE
+			 ? "its RAM's place in this host's address space is taken (a thread VM "
+			   "resumes only there: does the VM it came from run here?)" : strerror(-ret));
+		return ret;
+	}
+	__atomic_store_n(&h->nr_vms, h->nr_vms + 1, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&h->lock);
+	pthread_rwlock_unlock(&h->vms_lock);
+	*out = hv;
+	return 0;
+fail:
+	pthread_rwlock_unlock(&h->vms_lock);
+	host_vm_config_free(c);
+	return ret;
+}
+
 /*
  * What one process can run, checked before anything is created, so that a
  * config over it fails naming the limit rather than halfway through with
@@ -660,10 +730,7 @@ void host_release_vm(struct host *h, struct host_vm *hv)
 	hv->balloon = NULL;
 	hv->swap_attached = false;
 	if (hv->owns_cfg) {
-		kv_free(hv->cfg.name);
-		kv_free(hv->cfg.guest);
-		kv_free(hv->cfg.append);
-		memset(&hv->cfg, 0, sizeof(hv->cfg));
+		host_vm_config_free(&hv->cfg);
 		hv->owns_cfg = false;
 	}
 	kv_free(hv->restored_from);
@@ -714,7 +781,7 @@ struct host_vm *host_find_vm(struct host *h, const char *name)
 		bool here;
 
 		pthread_mutex_lock(&h->lock);
-		here = !hv->released && !hv->gone && !hv->incoming;
+		here = !hv->released && !hv->gone && !hv->incoming && !hv->removing;
 		pthread_mutex_unlock(&h->lock);
 		if (here && !strcmp(hv->cfg.name, name))
 			return hv;
@@ -754,6 +821,71 @@ int host_vm_resume(struct host *h, const char *name)
 		hv->user_paused = false;
 	pthread_mutex_unlock(&h->pause_lock);
 	return ret;
+}
+
+int host_start_vm(struct host *h, json_t *obj, char *why, size_t whylen)
+{
+	static const char *const files[] = { "guest", "console_log" };
+	struct host_vm_config c = { 0 };
+	struct host_vm *hv;
+	char err[256];
+	int ret;
+
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+		if (json_object_get(obj, files[i])) {
+			snprintf(why, whylen, "vm.%s: not over the control socket (put the VM in the "
+				 "host's config)", files[i]);
+			return -EINVAL;
+		}
+	}
+	ret = host_config_parse_vm(obj, "vm.", &c, h->cfg.default_guest, why, whylen);
+	if (!ret)
+		ret = host_config_check_vm(&c, "vm.", why, whylen);
+	if (!ret && c.accel == ACCEL_AUTO) {
+		c.accel = h->cfg.accel;
+	} else if (!ret && accel_resolve(c.accel, &c.accel, err, sizeof(err))) {
+		snprintf(why, whylen, "vm.accel: %s", err);
+		ret = -ENODEV;
+	}
+	if (ret) {
+		host_vm_config_free(&c);
+		return ret;
+	}
+	ret = host_add_vm(h, &c, &(struct host_vm_origin){ .incoming = false }, &hv, why, whylen);
+	if (ret)
+		return ret;
+	ret = vm_start(hv->vm);
+	if (ret) {
+		snprintf(why, whylen, "cannot start it: %s", strerror(-ret));
+		pthread_mutex_lock(&h->lock);
+		hv->gone = true;
+		pthread_mutex_unlock(&h->lock);
+		host_wake(h);
+		return ret;
+	}
+	log_info("%s: started (%" PRIu64 " MiB, %s)", hv->cfg.name, hv->cfg.mem_bytes >> 20,
+		 vm_accel_name(hv->vm));
+	return 0;
+}
+
+int host_vm_remove(struct host *h, const char *name)
+{
+	struct host_vm *hv = host_find_vm(h, name);
+
+	if (!hv)
+		return -ENOENT;
+	pthread_mutex_lock(&h->lock);
+	if (hv->mig && !mig_job_finished(hv->mig)) {
+		pthread_mutex_unlock(&h->lock);
+		return -EBUSY;
+	}
+	hv->removing = true;
+	pthread_mutex_unlock(&h->lock);
+	vm_request_stop(hv->vm, VM_STATUS_STOPPED);
+	/* Stopped already: nothing else would wake the main loop to release it. */
+	host_wake(h);
+	log_info("%s: removed", hv->cfg.name);
+	return 0;
 }
 
 int host_vm_stop(struct host *h, const char *name)

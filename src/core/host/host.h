@@ -89,6 +89,17 @@ struct host_config {
 /* Parse a JSON config file into cfg (zeroed, default_guest set); on error returns -EINVAL and writes "field: problem" to err. */
 int host_config_load(const char *path, struct host_config *cfg, char *err, size_t errlen);
 void host_config_free(struct host_config *cfg);
+/*
+ * One VM object of a config ("vms" entries, or the "start" verb's "vm"):
+ * into vm (zeroed), its errors prefixed with where ("vms[2]."). 0 or
+ * -EINVAL with "field: problem" in err (vm's strings then to be freed).
+ */
+int host_config_parse_vm(json_t *o, const char *where, struct host_vm_config *vm,
+			 const char *default_guest, char *err, size_t errlen);
+void host_vm_config_free(struct host_vm_config *vm);
+/* One VM's part of host_config_check (mem, min, guest), errors prefixed with where. */
+int host_config_check_vm(const struct host_vm_config *vm, const char *where, char *err,
+			 size_t errlen);
 /* Validation shared by the file and the command line (min <= mem, sum of min <= budget, ...). */
 int host_config_check(const struct host_config *cfg, char *err, size_t errlen);
 
@@ -121,6 +132,21 @@ void host_destroy(struct host *h);
 /* Control-socket verbs (core/host/control.c). Each returns a JSON reply (new ref). */
 json_t *host_list_json(struct host *h);
 json_t *host_stats_json(struct host *h);
+/*
+ * Start a VM described as in the config's "vms" (a JSON object) on the
+ * running host: its accelerator resolved as the config's are, then taken in
+ * (host_add_vm) and started. The object may not name files ("guest",
+ * "console_log"): a control client does not choose what the VMM reads or
+ * writes. 0, or -errno with why (-EINVAL a bad object, -EEXIST its name is
+ * taken, -ENOSPC no room, or the creation's error).
+ */
+int host_start_vm(struct host *h, json_t *vm, char *why, size_t whylen);
+/*
+ * Stop VM `name` if it runs and give back everything it holds (its memory
+ * first of all): it leaves the stats, and its name is free again. 0,
+ * -ENOENT, or -EBUSY while a migration or save of it runs.
+ */
+int host_vm_remove(struct host *h, const char *name);
 /* pause/resume/stop one VM by name: 0, -ENOENT, or -EINVAL (wrong state). */
 int host_vm_pause(struct host *h, const char *name);
 int host_vm_resume(struct host *h, const char *name);

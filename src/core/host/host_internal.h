@@ -50,6 +50,7 @@ struct host_vm {
 	bool saved;			/* gone into a file (kvmem save --stop) (h->lock) */
 	char *restored_from;		/* the snapshot file it was restored from, or NULL */
 	bool clone;			/* ... as a clone: its pages shared frames of that file's */
+	bool removing;			/* release it once stopped (the remove verb) (h->lock) */
 	bool released;			/* its resources are gone (main thread, vms_lock) */
 	bool owns_cfg;			/* cfg's strings are its own (an incoming VM's) */
 	/*
@@ -93,6 +94,25 @@ static inline unsigned int host_nr_vms(const struct host *h)
 
 /* Create hv's VM and its devices from hv->cfg (nothing runs). host.c. */
 int host_create_vm(struct host *h, struct host_vm *hv);
+/* Where a VM taken in after the start comes from (host_add_vm). */
+struct host_vm_origin {
+	bool incoming;			/* arriving (migration, restore): started by its job */
+	struct mig_job *job;		/* that job, or NULL */
+	const char *file;		/* the snapshot file it is restored from, or NULL */
+	bool clone;			/* ... as a clone */
+};
+
+/*
+ * Take a VM in after the start: its config c (its strings are handed over,
+ * freed by the host on failure too), checked against what this host
+ * promised already (a unique name, room in the VM array, and the sum of
+ * every VM's min, the part the policy never reclaims, within the budget:
+ * above its min a VM takes what overcommit gives it, which is what this
+ * host is for), then created, not started. 0 and *out, or -errno with why.
+ */
+int host_add_vm(struct host *h, struct host_vm_config *c, const struct host_vm_origin *o,
+		struct host_vm **out, char *why, size_t whylen);
+
 /* The VM of that name that runs here (not arriving, not gone), or NULL. */
 struct host_vm *host_find_vm(struct host *h, const char *name);
 /* "running", "paused", "incoming", "migrated"... for the list and the stats. */

@@ -611,96 +611,32 @@ static int parse_desc(json_t *d, struct host_vm_config *c, char *why, size_t why
 	return 0;
 }
 
-/*
- * The reservation, checked against what this host promised already: the
- * sum of every VM's min (the part the policy never reclaims) must stay
- * within the budget. Above its min a VM takes what overcommit gives it,
- * which is what this host is for; its resident size is said in the log.
- */
+/* The reservation (host_add_vm); its resident size at the source is said in the log. */
 static int dst_reserve(void *arg, json_t *desc, struct vm **vm, char *why, size_t whylen)
 {
 	struct arrival *a = arg;
 	struct host *h = a->h;
 	struct host_vm_config c;
-	struct ovc_stats hs;
 	struct host_vm *hv;
-	uint64_t sum_min = 0;
 	int ret;
 
 	/* A restore may give the VM another name (a copy of one that runs here, say). */
 	if (a->name)
 		json_object_set_new(desc, "name", json_string(a->name));
-	/* The VM list held: no VM is released (and its name freed) while names are compared. */
-	pthread_rwlock_rdlock(&h->vms_lock);
 	ret = parse_desc(desc, &c, why, whylen);
-	if (ret) {
-		pthread_rwlock_unlock(&h->vms_lock);
+	if (ret)
 		return ret;
-	}
-	ovc_get_stats(h->ovc, &hs);
-	for (unsigned int i = 0; i < host_nr_vms(h); i++)
-		if (!h->vms[i].released && !h->vms[i].gone)
-			sum_min += h->vms[i].cfg.min_bytes;
-	if (sum_min + c.min_bytes > hs.budget_bytes) {
-		snprintf(why, whylen, "its min of %" PRIu64 " MiB does not fit: this host's budget is "
-			 "%" PRIu64 " MiB and its VMs' mins take %" PRIu64 " MiB", c.min_bytes >> 20,
-			 hs.budget_bytes >> 20, sum_min >> 20);
-		ret = -ENOSPC;
-		goto fail;
-	}
-	pthread_mutex_lock(&h->lock);
-	/* Arriving ones count too: two sources must not bring two VMs of one name. */
-	for (unsigned int i = 0; i < h->nr_vms; i++) {
-		if (!h->vms[i].released && !h->vms[i].gone && !strcmp(h->vms[i].cfg.name, c.name)) {
-			pthread_mutex_unlock(&h->lock);
-			snprintf(why, whylen, "a VM named %s runs here already", c.name);
-			ret = -EEXIST;
-			goto fail;
-		}
-	}
-	if (h->nr_vms == h->cap_vms) {
-		pthread_mutex_unlock(&h->lock);
-		snprintf(why, whylen, "this host has taken in the %u VMs it has room for",
-			 HOST_INCOMING_MAX);
-		ret = -ENOSPC;
-		goto fail;
-	}
-	hv = &h->vms[h->nr_vms];
-	memset(hv, 0, sizeof(*hv));
-	hv->host = h;
-	hv->cfg = c;
-	hv->owns_cfg = true;
-	hv->incoming = true;
-	hv->mig = a->job;
-	hv->restored_from = a->file ? kv_strdup(a->file) : NULL;
-	hv->clone = a->img != NULL;
-	ret = host_create_vm(h, hv);
-	if (ret) {
-		hv->mig = NULL;
-		host_release_vm(h, hv);
-		memset(hv, 0, sizeof(*hv));
-		pthread_mutex_unlock(&h->lock);
-		pthread_rwlock_unlock(&h->vms_lock);
-		snprintf(why, whylen, "%s", ret == -EADDRINUSE
-			 ? "its RAM's place in this host's address space is taken (a thread VM "
-			   "resumes only there: does the VM it came from run here?)" : strerror(-ret));
+	ret = host_add_vm(h, &c, &(struct host_vm_origin){ .incoming = true, .job = a->job,
+							   .file = a->file, .clone = a->img != NULL },
+			  &hv, why, whylen);
+	if (ret)
 		return ret;
-	}
 	a->hv = hv;
-	__atomic_store_n(&h->nr_vms, h->nr_vms + 1, __ATOMIC_RELEASE);
-	pthread_mutex_unlock(&h->lock);
-	pthread_rwlock_unlock(&h->vms_lock);
 	*vm = hv->vm;
 	log_info("%s: %s (%" PRIu64 " MiB, %" PRIu64 " MiB resident at the source)",
-		 c.name, a->file ? "restoring" : "arriving", c.mem_bytes >> 20,
+		 hv->cfg.name, a->file ? "restoring" : "arriving", hv->cfg.mem_bytes >> 20,
 		 (uint64_t)json_integer_value(json_object_get(desc, "resident_bytes")) >> 20);
 	return 0;
-fail:
-	pthread_rwlock_unlock(&h->vms_lock);
-	kv_free(c.name);
-	kv_free(c.append);
-	kv_free(c.guest);
-	return ret;
 }
 
 int host_vm_load_devices(struct host_vm *hv, json_t *devices, char *why, size_t whylen)
@@ -1050,8 +986,16 @@ void host_release_gone(struct host *h)
 		struct host_vm *hv = &h->vms[i];
 		bool gone;
 
+		/*
+		 * A VM being removed goes once stopped, and never under a
+		 * migration or save of it still running (the job holds it: the
+		 * next wake, when it ended, releases it).
+		 */
 		pthread_mutex_lock(&h->lock);
-		gone = hv->gone && !hv->released;
+		gone = !hv->released &&
+		       (hv->gone || (hv->removing && hv->stopped &&
+				     !(hv->mig && mig_job_is_source(hv->mig) &&
+				       !mig_job_finished(hv->mig))));
 		pthread_mutex_unlock(&h->lock);
 		if (!gone)
 			continue;

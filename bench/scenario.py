@@ -1,0 +1,517 @@
+#!/usr/bin/env python3
+"""bench/scenario: run a consolidation or density experiment from one scenario
+file, and get CSV, plots and a summary.
+
+    bench/scenario.py SCENARIO.json [--kvmem PATH] [--accel auto|kvm|thread]
+                      [--out DIR] [--quiet]
+
+The scenario (JSON; unknown keys are refused, every error names its field):
+
+  name          a name for the run (default: the file's)
+  duration_s    how long the experiment runs after the hosts are up
+  interval_s    how often every host's stats are sampled (default 1)
+  hosts         [{name, budget, dedup: on|off|ksm, swap: {size, pool} | null,
+                  policy_interval, hard_limit, access, balloon_stats_interval,
+                  accel}]: one `kvmem host` each, taking VMs in (migrations
+                  between the scenario's hosts work); a host's swap file is
+                  made in a fresh directory next to the output
+  vms           [{name, host, mem, min, shares, cpus, accel, swap_max,
+                  workload (the kvmem.wl= spec) or append (a whole command
+                  line), start_s (default 0), stop_s}]: each VM is started on
+                  its host at start_s (the "start" verb) and removed at
+                  stop_s (the "remove" verb: its memory goes back)
+  events        [{at_s, do, ...}]: what happens meanwhile, each a control
+                  verb: budget {host, budget}, migrate {vm, to (a host),
+                  downtime_ms, bandwidth_mib_s}, balloon {vm, target},
+                  swap {vm, to}, pause {vm}, resume {vm}, dedup {host, ...the
+                  verb's fields}, reclaim {host}
+  plots         optional [{title, file, what: "host_memory" | "vm_resident"
+                  | "vm_rate"}] (default: host_memory for each host, then
+                  vm_resident and, when a workload reports, vm_rate)
+
+The output directory (default ./scenario-NAME) gets:
+  hosts.csv     t_s, host, then each figure of the host (the stats' names,
+                nested ones dotted: saved_by.zero, ...)
+  vms.csv       t_s, host, vm, state, then each figure of the VM, and its
+                workload's reported operations (wl_ops, wl_ms: the last
+                `kvmem-wl: progress` line) and verify failures so far
+  events.csv    t_s, what, the reply
+  *.png         the plots (gnuplot), with the .dat and .gp they came from
+  summary.json, summary.txt   the key figures; host-NAME.log each host's output
+
+Times are seconds from the moment every host answers. The hosts run on this
+machine; the same scenario gives the same figures within noise, run to run.
+"""
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import Host, cmd, request, take_accel, take_opt, wait_sock  # noqa: E402
+
+HOST_KEYS = {"name", "budget", "dedup", "swap", "policy_interval", "hard_limit", "access",
+             "balloon_stats_interval", "accel"}
+VM_KEYS = {"name", "host", "mem", "min", "shares", "cpus", "accel", "swap_max", "workload",
+           "append", "start_s", "stop_s"}
+EVENT_ARGS = {"budget": {"host", "budget"}, "migrate": {"vm", "to", "downtime_ms",
+                                                         "bandwidth_mib_s"},
+              "balloon": {"vm", "target"}, "swap": {"vm", "to"}, "pause": {"vm"},
+              "resume": {"vm"}, "dedup": {"host", "enabled", "pages_per_sec", "cpu_percent",
+                                          "windows"},
+              "reclaim": {"host"}}
+TOP_KEYS = {"name", "duration_s", "interval_s", "hosts", "vms", "events", "plots"}
+MIB = 1 << 20
+
+
+class ScenarioError(Exception):
+    pass
+
+
+def need(cond, what):
+    if not cond:
+        raise ScenarioError(what)
+
+
+def check_keys(obj, known, where):
+    need(isinstance(obj, dict), f"{where}: must be an object")
+    for k in obj:
+        need(k in known, f"{where}.{k}: unknown field (known: {', '.join(sorted(known))})")
+
+
+def number(obj, key, where, default=None, low=0):
+    v = obj.get(key, default)
+    need(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= low,
+         f"{where}.{key}: must be a number >= {low}")
+    return v
+
+
+def load(path):
+    """The scenario, checked: every problem is one line naming its field."""
+    try:
+        with open(path) as f:
+            sc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ScenarioError(f"{path}: {e}")
+    check_keys(sc, TOP_KEYS, "scenario")
+    sc.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    number(sc, "duration_s", "scenario", low=1)
+    number(sc, "interval_s", "scenario", default=1, low=0.1)
+    hosts = sc.get("hosts")
+    need(isinstance(hosts, list) and hosts, "scenario.hosts: a non-empty list")
+    names = set()
+    for i, h in enumerate(hosts):
+        where = f"hosts[{i}]"
+        check_keys(h, HOST_KEYS, where)
+        need(isinstance(h.get("name"), str) and h["name"] not in names,
+             f"{where}.name: a name of its own")
+        names.add(h["name"])
+        need(h.get("swap") is None or isinstance(h["swap"], dict), f"{where}.swap: an object")
+    vms = sc.get("vms", [])
+    need(isinstance(vms, list), "scenario.vms: a list")
+    vnames = set()
+    for i, v in enumerate(vms):
+        where = f"vms[{i}]"
+        check_keys(v, VM_KEYS, where)
+        need(isinstance(v.get("name"), str) and v["name"] not in vnames,
+             f"{where}.name: a name of its own")
+        vnames.add(v["name"])
+        need(v.get("host") in names, f"{where}.host: one of the scenario's hosts")
+        need("mem" in v, f"{where}.mem: missing")
+        need(not ("workload" in v and "append" in v), f"{where}: workload or append, not both")
+        start = number(v, "start_s", where, default=0)
+        if "stop_s" in v:
+            need(number(v, "stop_s", where) > start, f"{where}.stop_s: after start_s")
+    events = sc.get("events", [])
+    need(isinstance(events, list), "scenario.events: a list")
+    for i, e in enumerate(events):
+        where = f"events[{i}]"
+        need(isinstance(e, dict) and e.get("do") in EVENT_ARGS,
+             f"{where}.do: one of {', '.join(sorted(EVENT_ARGS))}")
+        check_keys(e, EVENT_ARGS[e["do"]] | {"at_s", "do"}, where)
+        number(e, "at_s", where)
+        if "vm" in EVENT_ARGS[e["do"]]:
+            need(e.get("vm") in vnames, f"{where}.vm: one of the scenario's VMs")
+        if "host" in EVENT_ARGS[e["do"]]:
+            need(e.get("host") in names, f"{where}.host: one of the scenario's hosts")
+        if e["do"] == "migrate":
+            need(e.get("to") in names, f"{where}.to: one of the scenario's hosts")
+    for i, p in enumerate(sc.get("plots", [])):
+        check_keys(p, {"title", "file", "what", "host"}, f"plots[{i}]")
+        need(p.get("what") in ("host_memory", "vm_resident", "vm_rate"),
+             f"plots[{i}].what: host_memory, vm_resident or vm_rate")
+    return sc
+
+
+def flatten(obj, prefix=""):
+    """Numbers of a stats object, nested objects dotted (saved_by.zero); booleans as 0/1."""
+    out = {}
+    for k, v in obj.items():
+        if isinstance(v, bool):
+            out[prefix + k] = int(v)
+        elif isinstance(v, (int, float)):
+            out[prefix + k] = v
+        elif isinstance(v, dict) and k not in ("pages", "txn", "uffd", "damon", "guest",
+                                               "counters", "migration", "restore", "console"):
+            out.update(flatten(v, prefix + k + "."))
+    return out
+
+
+class Run:
+    def __init__(self, sc, kvmem, out, quiet):
+        self.sc, self.kvmem, self.out, self.quiet = sc, kvmem, out, quiet
+        self.hosts = {}		# name -> (Host, socket, incoming address)
+        self.where = {}		# VM -> host it runs on
+        self.rows_h, self.rows_v, self.events = [], [], []
+        self.tmp = tempfile.mkdtemp(prefix="kvmem-scenario-", dir="/var/tmp")
+
+    def say(self, msg):
+        if not self.quiet:
+            print(f"scenario: {msg}", flush=True)
+
+    def start_hosts(self):
+        for h in self.sc["hosts"]:
+            d = os.path.join(self.tmp, h["name"])
+            os.makedirs(d)
+            cfg = {k: v for k, v in h.items() if k not in ("name", "swap")}
+            cfg.update({"socket": f"{d}/ctl.sock", "incoming": f"unix:{d}/in.sock",
+                        "console_prefix": True, "vms": []})
+            if h.get("swap"):
+                cfg["swap"] = dict(h["swap"], path=d)
+            with open(f"{d}/host.json", "w") as f:
+                json.dump(cfg, f)
+            p = Host(cmd(self.kvmem, "host", "--config", f"{d}/host.json",
+                         accel=h.get("accel") or ACCEL))
+            self.hosts[h["name"]] = (p, f"{d}/ctl.sock", f"unix:{d}/in.sock")
+        for name, (p, sock, _) in self.hosts.items():
+            if not wait_sock(sock):
+                raise ScenarioError(f"host {name} did not come up: {p.lines[-3:]}")
+
+    def act(self, t, what, host, req):
+        try:
+            r = request(self.hosts[host][1], req, timeout=120)
+        except OSError as e:
+            r = {"ok": False, "error": str(e)}
+        self.events.append((round(t, 2), what, json.dumps(r)))
+        self.say(f"{t:6.1f} s  {what}: {'ok' if r.get('ok') else r.get('error')}")
+        return r
+
+    def timeline(self):
+        """(at_s, what, function) in time order: VM starts and stops, then events."""
+        acts = []
+        for v in self.sc.get("vms", []):
+            spec = {k: v[k] for k in ("name", "mem", "min", "shares", "cpus", "accel",
+                                      "swap_max") if k in v}
+            if "workload" in v:
+                spec["append"] = "kvmem.wl=" + v["workload"]
+            elif "append" in v:
+                spec["append"] = v["append"]
+            acts.append((v.get("start_s", 0), f"start {v['name']} on {v['host']}",
+                         lambda t, v=v, spec=spec: self.start_vm(t, v, spec)))
+            if "stop_s" in v:
+                acts.append((v["stop_s"], f"remove {v['name']}",
+                             lambda t, v=v: self.act(t, f"remove {v['name']}",
+                                                     self.where.get(v["name"], v["host"]),
+                                                     {"verb": "remove", "vm": v["name"]})))
+        for e in self.sc.get("events", []):
+            acts.append((e["at_s"], e["do"], lambda t, e=e: self.event(t, e)))
+        return sorted(acts, key=lambda a: a[0])
+
+    def start_vm(self, t, v, spec):
+        r = self.act(t, f"start {v['name']} on {v['host']}", v["host"],
+                     {"verb": "start", "vm": spec})
+        if r.get("ok"):
+            self.where[v["name"]] = v["host"]
+
+    def event(self, t, e):
+        args = {k: x for k, x in e.items() if k not in ("at_s", "do")}
+        if e["do"] == "migrate":
+            src = self.where.get(e["vm"])
+            req = dict(args, verb="migrate", to=self.hosts[e["to"]][2])
+            r = self.act(t, f"migrate {e['vm']} {src} -> {e['to']}", src, req) if src else None
+            if r and r.get("ok"):
+                self.where[e["vm"]] = e["to"]
+            return
+        host = args.pop("host", None) or self.where.get(e.get("vm"))
+        what = f"{e['do']} {json.dumps(args)}"
+        if e["do"] == "budget":
+            args = {"bytes": args["budget"]}
+        self.act(t, what, host, dict(args, verb=e["do"]))
+
+    def progress(self, host, vm):
+        """The VM's last workload progress (ms, ops) and its verify failures so far."""
+        p = self.hosts[host][0]
+        last, fails = (None, None), 0
+        tag = f"[{vm}] kvmem-wl: "
+        for line in list(p.lines):
+            if not line.startswith(tag):
+                continue
+            rest = line[len(tag):].split()
+            if rest[:1] == ["progress"] and len(rest) >= 5:
+                last = (int(rest[1]), int(rest[4]))
+            elif rest[:2] == ["verify", "FAIL"]:
+                fails += 1
+        return last, fails
+
+    def sample(self, t):
+        for name, (p, sock, _) in self.hosts.items():
+            try:
+                st = request(sock, {"verb": "stats"}, timeout=30)
+            except (OSError, ValueError):
+                continue
+            self.rows_h.append(dict(flatten(st["host"]), t_s=round(t, 2), host=name))
+            for v in st.get("vms", []):
+                (ms, ops), fails = self.progress(name, v["name"])
+                row = dict(flatten(v), t_s=round(t, 2), host=name, vm=v["name"],
+                           state=v.get("state"), wl_ms=ms, wl_ops=ops, verify_fail=fails)
+                self.rows_v.append(row)
+
+    def run(self):
+        self.start_hosts()
+        acts = self.timeline()
+        t0 = time.monotonic()
+        dur, step = self.sc["duration_s"], self.sc.get("interval_s", 1)
+        next_sample = 0.0
+        self.say(f"{len(self.hosts)} host(s) up; running {dur} s")
+        while True:
+            t = time.monotonic() - t0
+            while acts and acts[0][0] <= t:
+                acts.pop(0)[2](t)
+            if t >= next_sample:
+                self.sample(t)
+                next_sample += step
+            if t >= dur:
+                break
+            nxt = min([next_sample, dur] + ([acts[0][0]] if acts else []))
+            time.sleep(max(0.0, nxt - (time.monotonic() - t0)))
+
+    def stop(self):
+        for name, (p, _, _) in self.hosts.items():
+            p.stop()
+            with open(os.path.join(self.out, f"host-{name}.log"), "w") as f:
+                f.write("\n".join(p.lines) + "\n")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def write_csv(path, rows, first):
+    keys = list(first)
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, restval="")
+        w.writeheader()
+        w.writerows(rows)
+    return keys
+
+
+def quoted(s):
+    """A gnuplot single-quoted string."""
+    return "'" + str(s).replace("'", "''") + "'"
+
+
+def gnuplot(out, base, title, ylabel, series, stacked=False):
+    """series: [(label, [(t, value)])]; stacked: cumulative filled bands. The PNG's name."""
+    dat = os.path.join(out, base + ".dat")
+    ts = sorted({t for _, pts in series for t, _ in pts})
+    cols = [dict(pts) for _, pts in series]
+    with open(dat, "w") as f:
+        f.write("# t_s " + " ".join(label.replace(" ", "_") for label, _ in series) + "\n")
+        for t in ts:
+            vals, acc = [], 0.0
+            for c in cols:
+                x = c.get(t)
+                if stacked:
+                    acc += x or 0
+                    vals.append(acc)
+                else:
+                    vals.append("NaN" if x is None else x)
+            f.write(f"{t} " + " ".join(str(v) for v in vals) + "\n")
+    lines = []
+    for i, (label, _) in enumerate(series):
+        if stacked:
+            below = "(0)" if i == 0 else str(i + 1)
+            lines.append(f"{quoted(base + '.dat')} using 1:{below}:{i + 2} with filledcurves "
+                         f"title {quoted(label)}")
+        else:
+            lines.append(f"{quoted(base + '.dat')} using 1:{i + 2} with lines lw 2 "
+                         f"title {quoted(label)}")
+    gp = os.path.join(out, base + ".gp")
+    with open(gp, "w") as f:
+        f.write(f"""set terminal pngcairo size 1000,600 noenhanced
+set output {quoted(base + '.png')}
+set title {quoted(title)}
+set xlabel 'seconds'
+set ylabel {quoted(ylabel)}
+set key outside right
+set grid
+set style fill transparent solid 0.6 noborder
+plot {', '.join(lines)}
+""")
+    r = subprocess.run(["gnuplot", base + ".gp"], cwd=out, capture_output=True, text=True)
+    if r.returncode:
+        raise ScenarioError(f"gnuplot {gp}: {r.stderr.strip()[-300:]}")
+    return base + ".png"
+
+
+def plots(sc, out, rows_h, rows_v):
+    made = []
+    wanted = sc.get("plots") or (
+        [{"what": "host_memory", "host": h["name"]} for h in sc["hosts"]] +
+        [{"what": "vm_resident"}] +
+        ([{"what": "vm_rate"}] if any(r.get("wl_ops") is not None for r in rows_v) else []))
+    for i, p in enumerate(wanted):
+        if p["what"] == "host_memory":
+            host = p.get("host") or sc["hosts"][0]["name"]
+            rows = [r for r in rows_h if r["host"] == host]
+            if not rows:
+                continue
+            sources = [k for k in rows[-1] if k.startswith("saved_by.")]
+            series = [("resident", [(r["t_s"], r["resident_bytes"] / MIB) for r in rows])]
+            series += [(k[len("saved_by."):], [(r["t_s"], r.get(k, 0) / MIB) for r in rows])
+                       for k in sources if any(r.get(k) for r in rows)]
+            stacked = gnuplot(out, p.get("file", f"host-{host}-stack"),
+                              p.get("title", f"{sc['name']}: where {host}'s guest memory is"),
+                              "MiB", series, stacked=True)
+            lines = [(k, [(r["t_s"], r.get(k + "_bytes", 0) / MIB) for r in rows])
+                     for k in ("budget", "used", "resident", "configured")]
+            made += [stacked, gnuplot(out, f"host-{host}-memory",
+                                      f"{sc['name']}: {host}'s memory", "MiB", lines)]
+        else:
+            vms = sorted({r["vm"] for r in rows_v})
+            if p["what"] == "vm_resident":
+                series = [(v, [(r["t_s"], r["resident_bytes"] / MIB) for r in rows_v
+                               if r["vm"] == v and "resident_bytes" in r]) for v in vms]
+                made.append(gnuplot(out, p.get("file", "vms-resident"),
+                                    p.get("title", f"{sc['name']}: resident memory per VM"),
+                                    "MiB", series))
+            else:
+                series = [(v, rates(rows_v, v)) for v in vms]
+                made.append(gnuplot(out, p.get("file", "vms-rate"),
+                                    p.get("title", f"{sc['name']}: workload rate per VM"),
+                                    "operations/s", [s for s in series if s[1]]))
+    return made
+
+
+def rates(rows_v, vm):
+    """Operations per second between successive progress reports of one VM."""
+    pts, last = [], None
+    for r in rows_v:
+        if r["vm"] != vm or r.get("wl_ms") is None:
+            continue
+        cur = (r["wl_ms"], r["wl_ops"])
+        if last and cur[0] > last[0]:
+            pts.append((r["t_s"], (cur[1] - last[1]) * 1000 / (cur[0] - last[0])))
+        if not last or cur[0] != last[0]:
+            last = cur
+    return pts
+
+
+def summarize(sc, rows_h, rows_v, events):
+    s = {"scenario": sc["name"], "accel": ACCEL, "duration_s": sc["duration_s"], "hosts": {},
+         "vms": {}, "events": len(events),
+         "failed_events": sum(1 for e in events if not json.loads(e[2]).get("ok"))}
+    for h in sc["hosts"]:
+        rows = [r for r in rows_h if r["host"] == h["name"]]
+        if not rows:
+            continue
+        used = [r["used_bytes"] for r in rows]
+        step = sc.get("interval_s", 1)
+        sources = [k for k in rows[-1] if k.startswith("saved_by.")]
+        s["hosts"][h["name"]] = {
+            "samples": len(rows),
+            "used_mib_peak": round(max(used) / MIB, 1),
+            "used_mib_median": round(statistics.median(used) / MIB, 1),
+            "resident_mib_end": round(rows[-1]["resident_bytes"] / MIB, 1),
+            "saved_mib_median": round(statistics.median(r["saved_bytes"] for r in rows) / MIB, 1),
+            "over_budget_s": round(sum(step for r in rows if r.get("over_budget")), 1),
+            "saved_by_mib_median": {k[len("saved_by."):]: round(statistics.median(
+                r.get(k, 0) for r in rows) / MIB, 1) for k in sources},
+        }
+    for v in sorted({r["vm"] for r in rows_v}):
+        rows = [r for r in rows_v if r["vm"] == v]
+        rs = [x for _, x in rates(rows_v, v)]
+        s["vms"][v] = {
+            "hosts": sorted({r["host"] for r in rows}),
+            "resident_mib_median": round(statistics.median(
+                r.get("resident_bytes", 0) for r in rows) / MIB, 1),
+            "verify_failures": max(r["verify_fail"] for r in rows),
+            "rate_ops_s_median": round(statistics.median(rs), 1) if rs else None,
+        }
+    return s
+
+
+def summary_text(s):
+    out = [f"scenario {s['scenario']} ({s['accel']}, {s['duration_s']} s): "
+           f"{s['events']} actions, {s['failed_events']} failed"]
+    for name, h in s["hosts"].items():
+        by = ", ".join(f"{k} {x}" for k, x in h["saved_by_mib_median"].items() if x)
+        out.append(f"host {name}: used peak {h['used_mib_peak']} MiB (median "
+                   f"{h['used_mib_median']}), saved median {h['saved_mib_median']} MiB ({by}), "
+                   f"over budget {h['over_budget_s']} s")
+    for name, v in s["vms"].items():
+        rate = f", rate median {v['rate_ops_s_median']} ops/s" if v["rate_ops_s_median"] else ""
+        out.append(f"vm {name} on {'/'.join(v['hosts'])}: resident median "
+                   f"{v['resident_mib_median']} MiB, {v['verify_failures']} verify failures{rate}")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    global ACCEL
+    ACCEL = take_accel()
+    kvmem = take_opt("--kvmem", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                             "build", "kvmem"))
+    out = take_opt("--out", None)
+    quiet = "--quiet" in sys.argv
+    args = [a for a in sys.argv[1:] if a != "--quiet"]
+    if len(args) != 1:
+        sys.exit(__doc__.split("\n\n")[1])
+    try:
+        sc = load(args[0])
+    except ScenarioError as e:
+        print(f"scenario: {e}", file=sys.stderr)
+        return 2
+    if not shutil.which("gnuplot"):
+        print("scenario: gnuplot is missing (apt-get install gnuplot-nox; .ci/setup does)",
+              file=sys.stderr)
+        return 2
+    out = out or f"scenario-{sc['name']}"
+    os.makedirs(out, exist_ok=True)
+    run = Run(sc, kvmem, out, quiet)
+    try:
+        run.run()
+    except ScenarioError as e:
+        print(f"scenario: {e}", file=sys.stderr)
+        return 1
+    finally:
+        run.stop()
+    write_csv(os.path.join(out, "hosts.csv"), run.rows_h, ["t_s", "host"])
+    write_csv(os.path.join(out, "vms.csv"), run.rows_v, ["t_s", "host", "vm", "state"])
+    with open(os.path.join(out, "events.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["t_s", "what", "reply"])
+        w.writerows(run.events)
+    try:
+        pngs = plots(sc, out, run.rows_h, run.rows_v)
+    except ScenarioError as e:
+        print(f"scenario: {e}", file=sys.stderr)
+        return 1
+    s = summarize(sc, run.rows_h, run.rows_v, run.events)
+    s["plots"] = pngs
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(s, f, indent=2)
+    text = summary_text(s)
+    with open(os.path.join(out, "summary.txt"), "w") as f:
+        f.write(text)
+    print(text + f"scenario: CSV, plots ({', '.join(pngs)}) and summary in {out}", end="\n",
+          flush=True)
+    return 0
+
+
+ACCEL = None
+if __name__ == "__main__":
+    sys.exit(main())

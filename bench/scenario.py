@@ -3,7 +3,7 @@
 file, and get CSV, plots and a summary.
 
     bench/scenario.py SCENARIO.json [--kvmem PATH] [--accel auto|kvm|thread]
-                      [--out DIR] [--quiet]
+                      [--out DIR] [--swap-dir DIR] [--quiet]
 
 The scenario (JSON; unknown keys are refused, every error names its field):
 
@@ -14,7 +14,8 @@ The scenario (JSON; unknown keys are refused, every error names its field):
                   policy_interval, hard_limit, access, balloon_stats_interval,
                   accel}]: one `kvmem host` each, taking VMs in (migrations
                   between the scenario's hosts work); a host's swap file is
-                  made in a fresh directory next to the output
+                  made on a disk: next to the kvmem binary, else in /var/tmp
+                  (--swap-dir DIR says where)
   vms           [{name, host, mem, min, shares, cpus, accel, swap_max,
                   workload (the kvmem.wl= spec) or append (a whole command
                   line), start_s (default 0), stop_s}]: each VM is started on
@@ -168,7 +169,9 @@ class Run:
         self.hosts = {}		# name -> (Host, socket, incoming address)
         self.where = {}		# VM -> host it runs on
         self.rows_h, self.rows_v, self.events = [], [], []
-        self.tmp = tempfile.mkdtemp(prefix="kvmem-scenario-", dir="/var/tmp")
+        # Sockets on the local filesystem (not a 9p or NFS share, where bind fails).
+        self.tmp = tempfile.mkdtemp(prefix="kvmem-scenario-")
+        self.swap_dirs = []
 
     def say(self, msg):
         if not self.quiet:
@@ -182,7 +185,7 @@ class Run:
             cfg.update({"socket": f"{d}/ctl.sock", "incoming": f"unix:{d}/in.sock",
                         "console_prefix": True, "vms": []})
             if h.get("swap"):
-                cfg["swap"] = dict(h["swap"], path=d)
+                cfg["swap"] = dict(h["swap"], path=self.disk_dir(h["name"]))
             with open(f"{d}/host.json", "w") as f:
                 json.dump(cfg, f)
             p = Host(cmd(self.kvmem, "host", "--config", f"{d}/host.json",
@@ -191,6 +194,23 @@ class Run:
         for name, (p, sock, _) in self.hosts.items():
             if not wait_sock(sock):
                 raise ScenarioError(f"host {name} did not come up: {p.lines[-3:]}")
+
+    def disk_dir(self, host):
+        """A fresh directory for a host's swap file, on a disk (not tmpfs)."""
+        bases = [SWAP_DIR] if SWAP_DIR else [os.path.dirname(os.path.abspath(self.kvmem)),
+                                             "/var/tmp"]
+        for base in bases:
+            try:
+                d = tempfile.mkdtemp(prefix=f"kvmem-scenario-swap-{host}-", dir=base)
+            except OSError:
+                continue
+            r = subprocess.run(["stat", "-f", "-c", "%T", d], capture_output=True, text=True)
+            if r.stdout.strip() not in ("tmpfs", "ramfs"):
+                self.swap_dirs.append(d)
+                return d
+            os.rmdir(d)
+        raise ScenarioError(f"host {host}: no disk directory for its swap file in "
+                            f"{' or '.join(bases)} (--swap-dir DIR)")
 
     def act(self, t, what, host, req):
         try:
@@ -295,7 +315,8 @@ class Run:
             p.stop()
             with open(os.path.join(self.out, f"host-{name}.log"), "w") as f:
                 f.write("\n".join(p.lines) + "\n")
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        for d in [self.tmp] + self.swap_dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def write_csv(path, rows, first):
@@ -441,6 +462,7 @@ def summarize(sc, rows_h, rows_v, events):
                 r.get("resident_bytes", 0) for r in rows) / MIB, 1),
             "verify_failures": max(r["verify_fail"] for r in rows),
             "rate_ops_s_median": round(statistics.median(rs), 1) if rs else None,
+            "rate_ops_s_p90": round(sorted(rs)[int(0.9 * (len(rs) - 1))], 1) if rs else None,
         }
     return s
 
@@ -454,18 +476,20 @@ def summary_text(s):
                    f"{h['used_mib_median']}), saved median {h['saved_mib_median']} MiB ({by}), "
                    f"over budget {h['over_budget_s']} s")
     for name, v in s["vms"].items():
-        rate = f", rate median {v['rate_ops_s_median']} ops/s" if v["rate_ops_s_median"] else ""
+        rate = (f", rate median {v['rate_ops_s_median']} ops/s"
+                if v["rate_ops_s_median"] is not None else "")
         out.append(f"vm {name} on {'/'.join(v['hosts'])}: resident median "
                    f"{v['resident_mib_median']} MiB, {v['verify_failures']} verify failures{rate}")
     return "\n".join(out) + "\n"
 
 
 def main():
-    global ACCEL
+    global ACCEL, SWAP_DIR
     ACCEL = take_accel()
     kvmem = take_opt("--kvmem", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                                              "build", "kvmem"))
     out = take_opt("--out", None)
+    SWAP_DIR = take_opt("--swap-dir", None)
     quiet = "--quiet" in sys.argv
     args = [a for a in sys.argv[1:] if a != "--quiet"]
     if len(args) != 1:
@@ -513,5 +537,6 @@ def main():
 
 
 ACCEL = None
+SWAP_DIR = None
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,6 +25,11 @@
  *                  rare touches of cold memory a real working set has
  *                  (default 0)
  *   verify=s       full verification every s seconds; 0 = only after the fill
+ *   busy=s,idle=s  after the fill, alternate: s seconds of the rates above
+ *                  (and verifications), then s seconds touching no page at
+ *                  all, printing "kvmem-wl: idle" and "kvmem-wl: busy" as
+ *                  each begins: a guest whose working set comes and goes
+ *                  (both needed; default: always busy)
  *   time=s         run s seconds after the fill, verify once more, then then=;
  *                  without it, a workload with rate/read/churn/verify runs
  *                  until the VMM stops it
@@ -105,6 +110,8 @@ static struct wl_cfg {
 	uint64_t hot;
 	uint64_t cold;
 	uint64_t verify_s;
+	uint64_t busy_s;
+	uint64_t idle_s;
 	uint64_t time_s;
 	bool has_time;
 	uint64_t cow;
@@ -531,6 +538,10 @@ static void parse(struct rt_str spec)
 			cfg.cold = num(key, val, 1 << 20);
 		} else if (str_eq(key, "verify")) {
 			cfg.verify_s = num(key, val, 1 << 30);
+		} else if (str_eq(key, "busy")) {
+			cfg.busy_s = num(key, val, 1 << 30);
+		} else if (str_eq(key, "idle")) {
+			cfg.idle_s = num(key, val, 1 << 30);
 		} else if (str_eq(key, "time")) {
 			cfg.time_s = num(key, val, 1 << 30);
 			cfg.has_time = true;
@@ -568,6 +579,8 @@ static void parse(struct rt_str spec)
 		usage("dup + zero exceed 100 in", spec);
 	if (!cfg.hot)
 		usage("hot= must be 1..100 in", spec);
+	if (!cfg.busy_s != !cfg.idle_s)
+		usage("busy= and idle= go together, both above 0, in", spec);
 }
 
 /* Spread each class evenly over the 100 positions (Bresenham), dup first. */
@@ -753,16 +766,18 @@ static void run(uint64_t start)
 	uint64_t next_verify = verify_ns ? rt_now_ns() + verify_ns : NEVER;
 	uint64_t next_grow = cfg.grow_pages ? rt_now_ns() + WL_GROW_CHECK_NS : NEVER;
 	uint64_t next_report = report_ns ? start + report_ns : NEVER;
-	bool active = cfg.rate || cfg.read || cfg.churn || cfg.cold;
+	uint64_t next_phase = cfg.busy_s ? rt_now_ns() + cfg.busy_s * RT_NS_PER_SEC : NEVER;
+	bool active = cfg.rate || cfg.read || cfg.churn || cfg.cold, idle = false;
 
 	low_free = palloc_avail_pages();
 	if (!cfg.has_time && !active && !verify_ns && !cfg.grow_pages)
 		return;
 	for (;;) {
-		uint64_t deadline = MIN(MIN(end, next_verify), MIN(next_grow, next_report));
+		uint64_t deadline = MIN(MIN(MIN(end, next_verify), MIN(next_grow, next_report)),
+					next_phase);
 		uint64_t now = rt_now_ns();
 
-		if (active)
+		if (active && !idle)
 			smp_run(job_run, &deadline);
 		else if (deadline > now)
 			rt_sleep_ns(deadline - now);
@@ -774,13 +789,21 @@ static void run(uint64_t start)
 			grow();
 			next_grow = rt_now_ns() + WL_GROW_CHECK_NS;
 		}
+		if (now >= next_phase) {
+			idle = !idle;
+			next_phase = now + (idle ? cfg.idle_s : cfg.busy_s) * RT_NS_PER_SEC;
+			rt_printf("kvmem-wl: %s\n", idle ? "idle" : "busy");
+		}
 		if (now >= next_report) {
 			report(start);
 			next_report = MAX(next_report + report_ns, rt_now_ns());
 		}
-		if (now >= next_verify) {
+		/* Idle touches nothing: a verification due then waits for the busy phase. */
+		if (now >= next_verify && !idle) {
 			verify_all();
 			next_verify = MAX(next_verify + verify_ns, rt_now_ns());
+		} else if (now >= next_verify) {
+			next_verify = next_phase;
 		}
 	}
 	verify_all();

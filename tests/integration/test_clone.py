@@ -58,6 +58,9 @@ try:
               "thread: no clone was left")
     else:
         check(p.returncode == 0 and f"{N} clones" in p.stdout, f"kvm: {N} clones started")
+        jobs = stats(sock).get("clones", [])
+        check(len(jobs) == 1 and jobs[0]["stage"] == "done" and jobs[0]["started"] == N and
+              jobs[0]["file"] == snap, f"the stats show the clone request, done ({jobs})")
         for i in range(1, N + 1):
             name = f"c-{i}"
             check(host.wait_line(rf"\[{name}\] kvmem-wl: identity {i}: id {1 + i}, refilled"),

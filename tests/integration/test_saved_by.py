@@ -22,7 +22,7 @@ VM merely reads its shared pages: a and b verify (read) every page every
 import os
 
 from kvmemtest import check, finish, require_accel, wait_for
-from ctlhelp import request, wait_state
+from ctlhelp import request, tmpdir, wait_state
 from swaphelp import MIB, PAGE, disk_dir, swap_host
 
 require_accel()
@@ -43,7 +43,7 @@ vms = [{"name": "a", "mem": "128M", "append": mix + ",id=1"},
        {"name": "c", "mem": "128M", "append": "kvmem.wl=size=16,id=3,then=sleep"},
        {"name": "d", "mem": "128M", "append": "kvmem.wl=size=32,id=4,then=sleep"},
        {"name": "e", "mem": "128M", "append": "kvmem.wl=size=64,id=5,time=1,then=free"}]
-h, sock = swap_host(ddir, {"path": ddir, "size": "256M", "pool": "16M"}, vms, dedup="on")
+h, sock = swap_host(tmpdir(), {"path": ddir, "size": "256M", "pool": "16M"}, vms, dedup="on")
 
 
 def adds_up(o):

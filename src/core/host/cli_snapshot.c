@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/host/cli.h"
 #include "core/host/cli_migrate.h"
@@ -285,6 +286,69 @@ static void clone_help(void)
 	       KVMEM_DEFAULT_SOCKET);
 }
 
+/* The clone request id in the stats of the host at path, or NULL (*stats holds it). */
+static json_t *find_clones(const char *path, json_int_t id, json_t **stats)
+{
+	json_t *req = json_pack("{s:s}", "verb", "stats"), *c;
+	size_t i;
+
+	*stats = NULL;
+	if (!req || cli_request("clone", path, req, CONTROL_CLIENT_TIMEOUT_MS, stats)) {
+		json_decref(req);
+		return NULL;
+	}
+	json_decref(req);
+	json_array_foreach(json_object_get(*stats, "clones"), i, c)
+		if (json_integer_value(json_object_get(c, "id")) == id)
+			return c;
+	return NULL;
+}
+
+/*
+ * Follow clone request id until it ends: a line per clone started, then
+ * the summary. The exit status: 0 when every clone runs.
+ */
+static int follow_clones(const char *path, json_int_t id)
+{
+	json_int_t shown = -1;
+	char stage[16] = "";
+
+	for (;;) {
+		json_t *stats, *c = find_clones(path, id, &stats);
+		const char *st = c ? json_string_value(json_object_get(c, "stage")) : NULL;
+		json_int_t started = json_integer_value(json_object_get(c, "started"));
+		char esc[512];
+
+		if (!st) {
+			fprintf(stderr, "kvmem clone: the host no longer shows the clone request\n");
+			json_decref(stats);
+			return 1;
+		}
+		if (started != shown || strcmp(stage, st)) {
+			printf("kvmem clone: %s, %lld of %lld running\n", st, (long long)started,
+			       (long long)json_integer_value(json_object_get(c, "count")));
+			fflush(stdout);
+			shown = started;
+			snprintf(stage, sizeof(stage), "%s", st);
+		}
+		if (!strcmp(st, "done") || !strcmp(st, "failed")) {
+			int ret = strcmp(st, "done") ? 1 : 0;
+
+			if (ret)
+				fprintf(stderr, "kvmem clone: %s\n",
+					cli_escape(json_string_value(json_object_get(c, "error")) ?: "?",
+						   esc, sizeof(esc)));
+			else
+				printf("%lld clones in %lld ms\n", (long long)started,
+				       (long long)json_integer_value(json_object_get(c, "ms")));
+			json_decref(stats);
+			return ret;
+		}
+		json_decref(stats);
+		nanosleep(&(struct timespec){ .tv_nsec = 200000000 }, NULL);
+	}
+}
+
 int cli_clone_main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -296,7 +360,7 @@ int cli_clone_main(int argc, char **argv)
 	};
 	const char *path = KVMEM_DEFAULT_SOCKET, *prefix = NULL;
 	char file[PATH_MAX], esc[128];
-	json_t *req, *reply, *v;
+	json_t *req, *reply, *job, *v;
 	long count = 0;
 	size_t i;
 	int c, ret;
@@ -333,15 +397,16 @@ int cli_clone_main(int argc, char **argv)
 			(json_int_t)count);
 	if (prefix)
 		json_object_set_new(req, "prefix", json_string(prefix));
-	/* Each clone runs before the next starts: longer than one verb's usual wait. */
-	ret = cli_request("clone", path, req, 610000, &reply);
+	ret = cli_request("clone", path, req, CONTROL_CLIENT_TIMEOUT_MS, &reply);
 	json_decref(req);
 	if (ret)
 		return ret;
-	json_array_foreach(json_object_get(reply, "clones"), i, v)
-		printf("%s\n", cli_escape(json_string_value(v) ?: "?", esc, sizeof(esc)));
-	printf("%zu clones in %lld ms\n", json_array_size(json_object_get(reply, "clones")),
-	       (long long)json_integer_value(json_object_get(reply, "ms")));
+	job = json_object_get(reply, "clone");
+	ret = json_is_integer(json_object_get(job, "id"))
+	      ? follow_clones(path, json_integer_value(json_object_get(job, "id"))) : 1;
+	if (ret == 0)
+		json_array_foreach(json_object_get(job, "names"), i, v)
+			printf("%s\n", cli_escape(json_string_value(v) ?: "?", esc, sizeof(esc)));
 	json_decref(reply);
-	return 0;
+	return ret;
 }

@@ -102,7 +102,6 @@ struct verb {
 	control_verb_fn fn;
 	void *arg;
 	bool concurrent;	/* immutable: its handlers may run side by side */
-	unsigned int deadline_ms; /* immutable: its own deadline (0: the socket's) */
 	bool busy;		/* lock: a handler of this verb runs (not concurrent) */
 	unsigned int users;	/* lock: jobs holding it; unregistering waits for 0 */
 };
@@ -260,7 +259,7 @@ static struct verb *find_verb(struct control *c, const char *name)
 }
 
 static int add_verb(struct control *c, const char *verb, control_verb_fn fn, void *arg,
-		    bool concurrent, unsigned int deadline_ms)
+		    bool concurrent)
 {
 	struct verb *v;
 	int ret = 0;
@@ -274,7 +273,6 @@ static int add_verb(struct control *c, const char *verb, control_verb_fn fn, voi
 	v->fn = fn;
 	v->arg = arg;
 	v->concurrent = concurrent;
-	v->deadline_ms = deadline_ms;
 	pthread_mutex_lock(&c->lock);
 	if (find_verb(c, verb))
 		ret = -EEXIST;
@@ -291,13 +289,7 @@ static int add_verb(struct control *c, const char *verb, control_verb_fn fn, voi
 int control_register_verb(struct control *c, const char *verb, control_verb_fn fn, void *arg)
 {
 	/* A module's handler was written for one call at a time: its requests take turns. */
-	return add_verb(c, verb, fn, arg, false, 0);
-}
-
-int control_register_verb_deadline(struct control *c, const char *verb, control_verb_fn fn,
-				   void *arg, unsigned int deadline_ms)
-{
-	return add_verb(c, verb, fn, arg, false, deadline_ms);
+	return add_verb(c, verb, fn, arg, false);
 }
 
 int control_unregister_verb(struct control *c, const char *verb)
@@ -585,11 +577,11 @@ static int register_host_verbs(struct control *c)
 
 	/* Side by side: each calls host and VM functions that take their own locks. */
 	for (size_t i = 0; i < ARRAY_SIZE(tab); i++) {
-		ret = add_verb(c, tab[i].name, tab[i].fn, c->host, true, 0);
+		ret = add_verb(c, tab[i].name, tab[i].fn, c->host, true);
 		if (ret)
 			return ret;
 	}
-	return add_verb(c, "verbs", verb_verbs, c, true, 0);
+	return add_verb(c, "verbs", verb_verbs, c, true);
 }
 
 /* ---- one request ----------------------------------------------------------------------- */
@@ -744,8 +736,7 @@ static json_t *serve_line(struct control *c, struct client *cl, const char *line
 	j->req = req;
 	j->reply = reply;
 	j->cl = cl;
-	j->deadline_ms = now_ms() + (long)(v->deadline_ms > c->timeout_ms ? v->deadline_ms
-									       : c->timeout_ms);
+	j->deadline_ms = now_ms() + (long)c->timeout_ms;
 	ret = thread_spawn(&tid, "control-verb", job_thread, j);
 	if (ret) {
 		pthread_mutex_lock(&c->lock);
@@ -1100,7 +1091,7 @@ static void expire_jobs(struct control *c, long now)
 		j->cl = NULL;
 		started = j->started;
 		snprintf(name, sizeof(name), "%s", j->verb->name);
-		waited = j->verb->deadline_ms > c->timeout_ms ? j->verb->deadline_ms : c->timeout_ms;
+		waited = c->timeout_ms;
 		pthread_cond_broadcast(&c->cond);
 		pthread_mutex_unlock(&c->lock);
 		cl->job = NULL;

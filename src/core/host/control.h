@@ -109,13 +109,6 @@ bool control_uid_trusted(uid_t uid);
  */
 MUST_CHECK int control_register_verb(struct control *c, const char *verb, control_verb_fn fn,
 				     void *arg);
-/*
- * control_register_verb for a verb whose handler may take up to deadline_ms
- * (above the host's verb deadline): the client waits that long for it.
- */
-MUST_CHECK int control_register_verb_deadline(struct control *c, const char *verb,
-					      control_verb_fn fn, void *arg,
-					      unsigned int deadline_ms);
 /* Remove a verb (0 or -ENOENT); once it returns, the handler is not running. */
 int control_unregister_verb(struct control *c, const char *verb);
 

@@ -377,6 +377,7 @@ int host_create(const struct host_config *cfg, struct host **out)
 	h->cap_vms = cfg->nr_vms + HOST_INCOMING_MAX;
 	pthread_rwlock_init(&h->vms_lock, NULL);
 	pthread_mutex_init(&h->arrivals_lock, NULL);
+	pthread_mutex_init(&h->clones_lock, NULL);
 	h->vms = kv_calloc(h->cap_vms ? h->cap_vms : 1, sizeof(*h->vms));
 	if (!h->vms) {
 		ret = -ENOMEM;
@@ -745,6 +746,7 @@ void host_destroy(struct host *h)
 	if (h->control)
 		control_destroy(h->control);
 	host_migration_stop(h);
+	host_clones_stop(h);
 	/* What is left are migrations out, cancelled: each has given its VM back. */
 	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
 		mig_job_free(h->vms[i].mig);
@@ -767,6 +769,7 @@ void host_destroy(struct host *h)
 	pthread_mutex_destroy(&h->pause_lock);
 	pthread_rwlock_destroy(&h->vms_lock);
 	pthread_mutex_destroy(&h->arrivals_lock);
+	pthread_mutex_destroy(&h->clones_lock);
 	if (h->secret)
 		explicit_bzero(h->secret, h->secret_len);
 	kv_free(h->secret);
@@ -1435,6 +1438,8 @@ json_t *host_stats_json(struct host *h)
 			 "registrations", (json_int_t)ts.registrations,
 			 "remaps", (json_int_t)ts.remaps, "stray_faults", (json_int_t)ts.stray_faults,
 			 "vms", vms, "migrated", migrations);
+	if (out)
+		json_object_set_new(out, "clones", host_clones_json(h));
 	if (out)
 		usage_json(json_object_get(out, "host"), &hu);
 	kv_free(vu);

@@ -27,6 +27,7 @@ struct incoming;
 struct arrival;
 struct dedup_image;
 struct mem_ledger;
+struct clone_job;
 
 struct host_vm {
 	struct host *host;
@@ -84,6 +85,11 @@ struct host {
 	pthread_mutex_t arrivals_lock;
 	struct arrival *arrivals[HOST_INCOMING_MAX];
 	unsigned int nr_arrivals;
+	bool arrivals_closed;		/* arrivals_lock: the host stops: no more come */
+	/* Clone requests, each on a thread of its own (snapshot.c). */
+	pthread_mutex_t clones_lock;
+	struct clone_job *clones;	/* clones_lock: newest first */
+	bool clones_closed;		/* clones_lock: the host stops: no more start */
 };
 
 /* VMs counted so far (acquire: their entries are complete). */
@@ -136,6 +142,10 @@ json_t *host_vm_migration_json(struct host_vm *hv);	/* null: never migrated */
 int host_migration_linger_ms(struct host *h);
 /* Append the incoming migrations that never got as far as a VM (refused, failed early). */
 void host_migration_refused_json(struct host *h, json_t *arr);
+/* Every clone request's progress, for the stats (snapshot.c). */
+json_t *host_clones_json(struct host *h);
+/* Start no more clone requests and wait for those at work (after host_migration_stop). */
+void host_clones_stop(struct host *h);
 /* The main thread: release every VM that left (migrated away, or discarded). */
 void host_release_gone(struct host *h);
 /* What a VM's owner does for a job that sends it away (to a host or a file). */

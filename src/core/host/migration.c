@@ -911,6 +911,7 @@ void host_migration_stop(struct host *h)
 	}
 	/* Incoming and restoring: each discards its VM (the main loop or the host's end releases it). */
 	pthread_mutex_lock(&h->arrivals_lock);
+	h->arrivals_closed = true;
 	for (unsigned int i = 0; i < h->nr_arrivals; i++)
 		mig_job_cancel(h->arrivals[i]->job);
 	for (unsigned int i = 0; i < h->nr_arrivals; i++)
@@ -939,13 +940,17 @@ int host_restore_start(struct host *h, const char *path, const char *name,
 	a->img = img;
 	pthread_mutex_lock(&h->arrivals_lock);
 	reap_arrivals(h);
-	if (h->nr_arrivals == HOST_INCOMING_MAX) {
+	if (h->nr_arrivals == HOST_INCOMING_MAX || h->arrivals_closed) {
+		ret = h->arrivals_closed ? -ECANCELED : -EAGAIN;
 		pthread_mutex_unlock(&h->arrivals_lock);
 		kv_free(a->file);
 		kv_free(a->name);
 		kv_free(a);
-		snprintf(why, whylen, "%u VMs are arriving already", HOST_INCOMING_MAX);
-		return -EAGAIN;
+		if (ret == -ECANCELED)
+			snprintf(why, whylen, "the host is stopping");
+		else
+			snprintf(why, whylen, "%u VMs are arriving already", HOST_INCOMING_MAX);
+		return ret;
 	}
 	/* The job is the arrival's before its thread can reserve (which records it). */
 	ret = mig_restore_start(path, &p, &dest_ops, a, &a->job, why, whylen);

@@ -20,6 +20,7 @@
 #include "core/host/control.h"
 #include "core/host/host_internal.h"
 #include "core/log.h"
+#include "core/thread.h"
 #include "core/vm.h"
 #include "dedup/dedup.h"
 #include "mem/memmap.h"
@@ -211,11 +212,7 @@ static int rollback_verb(void *arg, json_t *req, json_t *reply)
 
 /* Clones one request makes at most (each a VM of the host's HOST_INCOMING_MAX more). */
 #define CLONES_MAX 16
-/*
- * The clone verb's deadline: every clone runs before the next starts (a
- * fraction of a second each here, many seconds each under emulation).
- */
-#define CLONE_DEADLINE_MS 600000
+#define CLONE_PREFIX_MAX 48
 
 /*
  * The snapshot's pages as frames of the host's sharing, read once (each
@@ -257,20 +254,117 @@ static int clone_image(struct host *h, struct snap_reader *r, struct dedup_image
 }
 
 /*
+ * A clone request at work, on a thread of its own: a request for many clones
+ * of a large VM takes long (a second's reading and hashing per GiB here, and
+ * each clone started after the one before), which no verb should hold the
+ * VM list for. Its progress is in the stats ("clones").
+ */
+enum clone_stage { CLONE_IMAGE, CLONE_STARTING, CLONE_DONE, CLONE_FAILED };
+
+static const char *const clone_stages[] = {
+	[CLONE_IMAGE] = "image", [CLONE_STARTING] = "starting",
+	[CLONE_DONE] = "done", [CLONE_FAILED] = "failed",
+};
+
+struct clone_job {
+	struct clone_job *next;		/* h->clones, newest first */
+	struct host *h;
+	uint64_t id;
+	char *file;
+	char prefix[CLONE_PREFIX_MAX + 1];
+	uint64_t count;
+	struct snap_reader *r;		/* the thread's until it ends */
+	pthread_t thread;
+	uint64_t t0;			/* when it was asked for (ns) */
+	/* h->clones_lock: */
+	enum clone_stage stage;
+	uint64_t started;		/* clones running */
+	uint64_t ms;			/* from the request to its end */
+	char error[400];
+};
+
+static void clone_set(struct clone_job *j, enum clone_stage stage, uint64_t started,
+		      const char *error)
+{
+	pthread_mutex_lock(&j->h->clones_lock);
+	j->stage = stage;
+	j->started = started;
+	if (error)
+		snprintf(j->error, sizeof(j->error), "%s", error);
+	if (stage == CLONE_DONE || stage == CLONE_FAILED)
+		j->ms = (kv_clock_ns(CLOCK_MONOTONIC) - j->t0) / 1000000;
+	pthread_mutex_unlock(&j->h->clones_lock);
+}
+
+/*
+ * Start the job's clones, PREFIX-1 to PREFIX-count, one at a time, each
+ * running before the next; the ones started stay when a later one fails.
+ */
+static void *clone_thread(void *arg)
+{
+	struct clone_job *j = arg;
+	struct host *h = j->h;
+	struct dedup_image *img = NULL;
+	char why[256] = "", err[400], name[64];
+	uint64_t i;
+	int ret;
+
+	ret = clone_image(h, j->r, &img, why, sizeof(why));
+	if (ret) {
+		snprintf(err, sizeof(err), "cannot clone: %s", why);
+		clone_set(j, CLONE_FAILED, 0, err);
+		goto out;
+	}
+	clone_set(j, CLONE_STARTING, 0, NULL);
+	for (i = 1; i <= j->count; i++) {
+		/* Identities are this host's: clones of two requests differ too. */
+		static uint64_t identities;
+		struct mig_params p = { .identity = __atomic_add_fetch(&identities, 1,
+								       __ATOMIC_RELAXED) };
+		struct mig_progress prog = { 0 };
+		uint64_t id;
+
+		snprintf(name, sizeof(name), "%s-%" PRIu64, j->prefix, i);
+		ret = host_restore_start(h, j->file, name, &p, img, &id, why, sizeof(why));
+		/* Waited for whole: the image must outlive every clone's mapping of it. */
+		if (!ret)
+			ret = restore_wait(h, id, 0, &prog) == 1 && prog.stage == MIG_STAGE_DONE
+				      ? 0 : -EIO;
+		if (ret) {
+			snprintf(err, sizeof(err), "%s: %s (%" PRIu64 " started before it)", name,
+				 ret == -EIO ? prog.error : why, i - 1);
+			clone_set(j, CLONE_FAILED, i - 1, err);
+			break;
+		}
+		clone_set(j, CLONE_STARTING, i, NULL);
+	}
+	dedup_image_free(h->dedup, img);
+	if (!ret) {
+		clone_set(j, CLONE_DONE, j->count, NULL);
+		log_info("%s: %" PRIu64 " clones of %s", j->prefix, j->count, j->file);
+	}
+out:
+	snapr_close(j->r);
+	j->r = NULL;
+	return NULL;
+}
+
+/*
  * Start count VMs from one snapshot, PREFIX-1 to PREFIX-count, each a clone:
  * its pages the snapshot's, as frames of the host's sharing (copy-on-write
  * from birth: count clones cost one copy until they write), and an identity
- * of its own in its boot parameters. One at a time, each running before the
- * next; the ones started stay when a later one fails.
+ * of its own in its boot parameters. What can be checked at once is; the
+ * clones start on the job's thread, and the reply names the job.
  */
 static int clone_verb(void *arg, json_t *req, json_t *reply)
 {
+	static uint64_t next_id;
 	struct host *h = arg;
 	const char *file, *prefix = NULL, *accel = "";
-	struct dedup_image *img = NULL;
 	struct snap_reader *r = NULL;
+	struct clone_job *j = NULL;
 	json_t *names, *desc = NULL;
-	uint64_t count, t0 = kv_clock_ns(CLOCK_MONOTONIC);
+	uint64_t count;
 	char why[256] = "", name[64];
 	int ret;
 
@@ -301,49 +395,89 @@ static int clone_verb(void *arg, json_t *req, json_t *reply)
 	}
 	if (!prefix)
 		prefix = json_string_value(json_object_get(desc, "name"));
-	if (!prefix || strlen(prefix) > 48) {
-		ret = control_reply_error(reply, EINVAL, "prefix: a name of at most 48 characters");
+	if (!prefix || strlen(prefix) > CLONE_PREFIX_MAX) {
+		ret = control_reply_error(reply, EINVAL, "prefix: a name of at most %d characters",
+					  CLONE_PREFIX_MAX);
 		goto out;
 	}
-	ret = clone_image(h, r, &img, why, sizeof(why));
-	if (ret) {
-		ret = control_reply_error(reply, -ret, "cannot clone: %s", why);
+	j = kv_zalloc(sizeof(*j));
+	if (!j || !(j->file = kv_strdup(file))) {
+		ret = -ENOMEM;
 		goto out;
 	}
+	j->h = h;
+	j->r = r;
+	j->count = count;
+	j->t0 = kv_clock_ns(CLOCK_MONOTONIC);
+	snprintf(j->prefix, sizeof(j->prefix), "%s", prefix);
+	pthread_mutex_lock(&h->clones_lock);
+	if (h->clones_closed) {
+		pthread_mutex_unlock(&h->clones_lock);
+		ret = control_reply_error(reply, ECANCELED, "the host is stopping");
+		goto out;
+	}
+	j->id = ++next_id;
+	ret = thread_spawn(&j->thread, "clone", clone_thread, j);
+	if (!ret) {
+		j->next = h->clones;
+		h->clones = j;
+	}
+	pthread_mutex_unlock(&h->clones_lock);
+	if (ret)
+		goto out;
+	r = NULL;
 	names = json_array();
-	json_object_set_new(reply, "clones", names);
 	for (uint64_t i = 1; i <= count; i++) {
-		/* Identities are this host's: clones of two requests differ too. */
-		static uint64_t identities;
-		struct mig_params p = { .identity = __atomic_add_fetch(&identities, 1,
-								       __ATOMIC_RELAXED) };
-		struct mig_progress prog = { 0 };
-		uint64_t id;
-
-		snprintf(name, sizeof(name), "%s-%llu", prefix, (unsigned long long)i);
-		ret = host_restore_start(h, file, name, &p, img, &id, why, sizeof(why));
-		/* Waited for whole: the image must outlive every clone's mapping of it. */
-		if (!ret)
-			ret = restore_wait(h, id, 0, &prog) == 1 && prog.stage == MIG_STAGE_DONE
-				      ? 0 : -EIO;
-		if (ret) {
-			ret = control_reply_error(reply, ret == -EIO ? EIO : -ret,
-						  "%s: %s (%llu started before it)", name,
-						  ret == -EIO ? prog.error : why,
-						  (unsigned long long)i - 1);
-			break;
-		}
+		snprintf(name, sizeof(name), "%s-%" PRIu64, j->prefix, i);
 		json_array_append_new(names, json_string(name));
 	}
-	dedup_image_free(h->dedup, img);
-	json_object_set_new(reply, "ms",
-			    json_integer((json_int_t)((kv_clock_ns(CLOCK_MONOTONIC) - t0) / 1000000)));
-	if (!ret)
-		log_info("%s: %llu clones of %s", prefix, (unsigned long long)count, file);
+	json_object_set_new(reply, "clone", json_pack("{s:I, s:s, s:I, s:o}", "id",
+						       (json_int_t)j->id, "file", file, "count",
+						       (json_int_t)count, "names", names));
+	j = NULL;
 out:
+	if (j)
+		kv_free(j->file);
+	kv_free(j);
 	json_decref(desc);
 	snapr_close(r);
 	return ret;
+}
+
+json_t *host_clones_json(struct host *h)
+{
+	json_t *arr = json_array();
+
+	pthread_mutex_lock(&h->clones_lock);
+	for (struct clone_job *j = h->clones; j; j = j->next)
+		json_array_append_new(arr, json_pack("{s:I, s:s, s:s, s:I, s:I, s:s, s:I, s:s*}",
+						     "id", (json_int_t)j->id, "file", j->file,
+						     "prefix", j->prefix, "count", (json_int_t)j->count,
+						     "started", (json_int_t)j->started,
+						     "stage", clone_stages[j->stage],
+						     "ms", (json_int_t)j->ms,
+						     "error", j->error[0] ? j->error : NULL));
+	pthread_mutex_unlock(&h->clones_lock);
+	return arr;
+}
+
+void host_clones_stop(struct host *h)
+{
+	struct clone_job *list;
+
+	pthread_mutex_lock(&h->clones_lock);
+	h->clones_closed = true;
+	list = h->clones;
+	h->clones = NULL;
+	pthread_mutex_unlock(&h->clones_lock);
+	while (list) {
+		struct clone_job *j = list;
+
+		list = j->next;
+		pthread_join(j->thread, NULL);
+		kv_free(j->file);
+		kv_free(j);
+	}
 }
 
 int host_restore(struct host *h, const char *path, const char *name)
@@ -377,7 +511,6 @@ int host_snapshot_register(struct host *h)
 	if (!ret)
 		ret = control_register_verb(h->control, "rollback", rollback_verb, h);
 	if (!ret)
-		ret = control_register_verb_deadline(h->control, "clone", clone_verb, h,
-						     CLONE_DEADLINE_MS);
+		ret = control_register_verb(h->control, "clone", clone_verb, h);
 	return ret;
 }

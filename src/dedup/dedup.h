@@ -189,6 +189,32 @@ MUST_CHECK int dedup_image_map(struct dedup *d, struct dedup_image *img, struct 
 void dedup_image_free(struct dedup *d, struct dedup_image *img);
 
 /*
+ * Content fingerprints: a bounded sketch of a VM's page contents, the k
+ * smallest distinct hashes of the pages it holds in memory (zero pages and
+ * pages not in memory left out), keyed by `key` (a key the hosts of a
+ * cluster share, so their sketches compare; independent of any engine and
+ * of the dedup mode). Two sketches estimate the contents two VMs share:
+ * their Jaccard similarity from the k smallest of both together, the union's
+ * size from its k-th smallest (README, "Fingerprints"). About 0.3 us a page
+ * of hashing plus the pagemap walk; any thread, no lock.
+ */
+#define DEDUP_SKETCH_K 1024	/* default k */
+#define DEDUP_SKETCH_MAX 65536
+
+struct dedup_sketch {
+	unsigned int k;		/* asked for */
+	unsigned int n;		/* held: min(k, distinct) */
+	uint64_t *hashes;	/* n, ascending */
+	uint64_t pages;		/* pages hashed */
+	uint64_t distinct;	/* distinct contents among them (exact) */
+};
+
+/* 0 and *out (free it with dedup_sketch_free), -EINVAL (k 0 or above the max), -errno. */
+MUST_CHECK int dedup_sketch_vm(struct gm *gm, const void *key, size_t key_len, unsigned int k,
+			       struct dedup_sketch *out);
+void dedup_sketch_free(struct dedup_sketch *s);
+
+/*
  * `--dedup ksm`: the host kernel's counters (/sys/kernel/mm/ksm, system-wide)
  * and ksmd's CPU seconds, as the JSON object host stats show in that mode.
  */

@@ -13,6 +13,8 @@
  *   stats.c  figures, JSON, the control verb, the policy mechanism, KSM mode
  *   image.c  a snapshot image's pages held as frames and mapped whole
  *            windows at a time into fresh VMs (clones shared from birth)
+ *   sketch.c content fingerprints: bottom-k sketches of a VM's page
+ *            hashes, keyed per cluster (no engine needed)
  *
  * Guards: "lock" is the engine mutex (struct dedup.lock); the scanner holds
  * it for a whole batch, so everything marked "lock" is also what a batch
@@ -54,6 +56,8 @@ struct dedup_hasher {
 
 /* Secret from seed; picks the implementation. */
 void dedup_hasher_init(struct dedup_hasher *h, uint64_t seed);
+/* Secret from key material of any length (a key the hosts of a cluster share). */
+void dedup_hasher_init_key(struct dedup_hasher *h, const void *key, size_t len);
 /* Per-ISA page hashes (hash_avx2.c is built with -mavx2). */
 uint64_t dedup_hash_page_sse2(const void *page, const void *secret);
 uint64_t dedup_hash_page_avx2(const void *page, const void *secret);

@@ -20,11 +20,10 @@ uint64_t dedup_hash_page_sse2(const void *page, const void *secret)
 	return XXH3_64bits_withSecret(page, MEM_PAGE_SIZE, secret, DEDUP_SECRET_SIZE);
 }
 
-void dedup_hasher_init(struct dedup_hasher *h, uint64_t seed)
+static void pick_isa(struct dedup_hasher *h)
 {
 	static const uint8_t zero[MEM_PAGE_SIZE];
 
-	XXH3_generateSecret_fromSeed(h->secret, seed);
 	__builtin_cpu_init();
 	if (__builtin_cpu_supports("avx2")) {
 		h->fn = dedup_hash_page_avx2;
@@ -34,4 +33,20 @@ void dedup_hasher_init(struct dedup_hasher *h, uint64_t seed)
 		h->isa = "sse2";
 	}
 	h->zero_hash = h->fn(zero, h->secret);
+}
+
+void dedup_hasher_init(struct dedup_hasher *h, uint64_t seed)
+{
+	XXH3_generateSecret_fromSeed(h->secret, seed);
+	pick_isa(h);
+}
+
+void dedup_hasher_init_key(struct dedup_hasher *h, const void *key, size_t len)
+{
+	/* XXH3 wants some key material: an empty key is the default secret's seed 0. */
+	if (len)
+		XXH3_generateSecret(h->secret, DEDUP_SECRET_SIZE, key, len);
+	else
+		XXH3_generateSecret_fromSeed(h->secret, 0);
+	pick_isa(h);
 }

@@ -318,7 +318,7 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 	static const char *const known[] = { "budget", "socket", "console_prefix", "dedup",
 					     "accel", "policy_interval", "balloon_stats_interval",
 					     "access", "hard_limit", "swap", "incoming",
-					     "migration_secret", "vms" };
+					     "migration_secret", "fingerprint_key", "vms" };
 	static const char *const access[] = {
 		[HOST_ACCESS_AUTO] = "auto",
 		[HOST_ACCESS_DAMON] = "damon",
@@ -425,6 +425,9 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 	ret = get_string(root, "incoming", "", &cfg->incoming, err, len);
 	if (ret < 0)
 		goto out;
+	ret = get_string(root, "fingerprint_key", "", &cfg->fingerprint_key, err, len);
+	if (ret < 0)
+		goto out;
 	ret = get_string(root, "migration_secret", "", &cfg->migration_secret, err, len);
 	if (ret < 0)
 		goto out;
@@ -514,6 +517,7 @@ void host_config_free(struct host_config *cfg)
 	kv_free(cfg->socket);
 	kv_free(cfg->incoming);
 	kv_free(cfg->migration_secret);
+	kv_free(cfg->fingerprint_key);
 	kv_free(cfg->swap.path);
 	memset(cfg, 0, sizeof(*cfg));
 }

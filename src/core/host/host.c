@@ -9,6 +9,7 @@
 #include "core/host/host_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
@@ -19,6 +20,7 @@
 #include <sys/resource.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -241,6 +243,45 @@ int host_create_vm(struct host *h, struct host_vm *hv)
 	ovc_vm_set_balloon(h->ovc, hv->ovc, &host_balloon_ops, hv);
 	ovc_vm_set_throttle(h->ovc, hv->ovc, &host_throttle_ops, hv);
 	vm_set_stop_notify(hv->vm, on_vm_stopped, hv);
+	return 0;
+}
+
+#define KEY_MIN 16
+#define KEY_MAX 4096
+
+int host_load_key(const char *what, const char *path, uint8_t **out, size_t *len)
+{
+	struct stat st;
+	uint8_t *buf;
+	ssize_t n;
+	int fd;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0 || fstat(fd, &st)) {
+		int err = errno;
+
+		log_err("%s %s: %s", what, path, strerror(err));
+		if (fd >= 0)
+			close(fd);
+		return -err;
+	}
+	if (!S_ISREG(st.st_mode) || (st.st_mode & 077) || st.st_uid != geteuid() ||
+	    st.st_size < KEY_MIN || st.st_size > KEY_MAX) {
+		log_err("%s %s: must be a file of %d to %d bytes that only its owner (this host's "
+			"user) can read or write (mode 0600)", what, path, KEY_MIN, KEY_MAX);
+		close(fd);
+		return -EINVAL;
+	}
+	buf = kv_zalloc((size_t)st.st_size);
+	n = buf ? read(fd, buf, (size_t)st.st_size) : -1;
+	close(fd);
+	if (n != st.st_size) {
+		log_err("%s %s: cannot read it", what, path);
+		kv_free(buf);
+		return -EIO;
+	}
+	*out = buf;
+	*len = (size_t)n;
 	return 0;
 }
 
@@ -520,6 +561,8 @@ int host_create(const struct host_config *cfg, struct host **out)
 				ret = host_migration_register(h);
 			if (!ret)
 				ret = host_snapshot_register(h);
+			if (!ret)
+				ret = host_fingerprint_register(h);
 		}
 		if (ret)
 			goto out_destroy;
@@ -773,6 +816,9 @@ void host_destroy(struct host *h)
 	if (h->secret)
 		explicit_bzero(h->secret, h->secret_len);
 	kv_free(h->secret);
+	if (h->fp_key)
+		explicit_bzero(h->fp_key, h->fp_key_len);
+	kv_free(h->fp_key);
 	kv_free(h->vms);
 	kv_free(h);
 }

@@ -83,6 +83,7 @@ struct host_config {
 	unsigned int nr_vms;
 	char *incoming;		/* accept VMs migrating here at this address (tcp:/unix:), or NULL */
 	char *migration_secret;	/* a file holding the secret migrating hosts share, or NULL */
+	char *fingerprint_key;	/* a file holding the key content fingerprints are hashed with */
 	const char *restore;	/* restore the VM of this snapshot file at start (not owned), or NULL */
 };
 

@@ -80,6 +80,8 @@ struct host {
 	struct incoming *incoming;	/* the listener for VMs migrating here, or NULL */
 	uint8_t *secret;		/* cfg.migration_secret's content, or NULL */
 	size_t secret_len;
+	uint8_t *fp_key;		/* cfg.fingerprint_key's content, or NULL: unkeyed */
+	size_t fp_key_len;
 	uint64_t mig_gone_ns;		/* when a VM last migrated away (h->lock) */
 	/* VMs coming in: over the listener, or restored (migration.c). */
 	pthread_mutex_t arrivals_lock;
@@ -142,6 +144,14 @@ json_t *host_vm_migration_json(struct host_vm *hv);	/* null: never migrated */
 int host_migration_linger_ms(struct host *h);
 /* Append the incoming migrations that never got as far as a VM (refused, failed early). */
 void host_migration_refused_json(struct host *h, json_t *arr);
+/*
+ * A key file's content (what: the config field, for the log): a regular
+ * file of 16 to 4096 bytes only its owner (this host's user) may read or
+ * write. 0 and *out (kv_alloc'd), or -errno (logged).
+ */
+int host_load_key(const char *what, const char *path, uint8_t **out, size_t *len);
+/* The "fingerprint" verb, after loading cfg.fingerprint_key (fingerprint.c). */
+int host_fingerprint_register(struct host *h);
 /* Every clone request's progress, for the stats (snapshot.c). */
 json_t *host_clones_json(struct host *h);
 /* Start no more clone requests and wait for those at work (after host_migration_stop). */

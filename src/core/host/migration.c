@@ -170,50 +170,13 @@ static int open_addr(const char *addr, bool listen_, bool *tcp, char *why, size_
 
 /* --- the shared secret --- */
 
-#define SECRET_MIN 16
-#define SECRET_MAX 4096
-
-/*
- * cfg.migration_secret's content, once: a regular file no one but its
- * owner (root) may read, of SECRET_MIN to SECRET_MAX bytes. 0 or -errno
- * (logged).
- */
+/* cfg.migration_secret's content, once. 0 or -errno (logged). */
 static int load_secret(struct host *h)
 {
-	const char *path = h->cfg.migration_secret;
-	struct stat st;
-	uint8_t *buf;
-	ssize_t n;
-	int fd;
-
-	if (!path || h->secret)
+	if (!h->cfg.migration_secret || h->secret)
 		return 0;
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0 || fstat(fd, &st)) {
-		log_err("migration_secret %s: %m", path);
-		if (fd >= 0)
-			close(fd);
-		return -errno;
-	}
-	if (!S_ISREG(st.st_mode) || (st.st_mode & 077) || st.st_uid != geteuid() ||
-	    st.st_size < SECRET_MIN || st.st_size > SECRET_MAX) {
-		log_err("migration_secret %s: must be a file of %d to %d bytes that only its owner "
-			"(this host's user) can read or write (mode 0600)", path, SECRET_MIN,
-			SECRET_MAX);
-		close(fd);
-		return -EINVAL;
-	}
-	buf = kv_zalloc((size_t)st.st_size);
-	n = buf ? read(fd, buf, (size_t)st.st_size) : -1;
-	close(fd);
-	if (n != st.st_size) {
-		log_err("migration_secret %s: cannot read it", path);
-		kv_free(buf);
-		return -EIO;
-	}
-	h->secret = buf;
-	h->secret_len = (size_t)n;
-	return 0;
+	return host_load_key("migration_secret", h->cfg.migration_secret, &h->secret,
+			     &h->secret_len);
 }
 
 /* --- the source's side --- */

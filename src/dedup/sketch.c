@@ -66,13 +66,20 @@ int dedup_sketch_vm(struct gm *gm, const void *key, size_t key_len, unsigned int
 				uint64_t h;
 
 				/*
-				 * What is in memory only: reading anything else would
-				 * bring it in (a swap-in, a fault on a hole). A page
-				 * dropped after the pagemap read faults in as zeros,
-				 * which the zero check leaves out.
+				 * What is in memory only: a page on a frame (its content
+				 * is the frame's; a hole of the store's mapping, as a
+				 * window merge leaves every page, reads it without
+				 * costing anything), or the VM's own page (also one a
+				 * mechanism holds for a moment) that the pagemap shows
+				 * in memory. Reading anything else would bring it in (a
+				 * swap-in, a fault on a hole). A page dropped after the
+				 * pagemap read faults in as zeros, which the zero check
+				 * leaves out.
 				 */
-				if ((st != PS_ANON && st != PS_SHARED) || !mem_pm_resident(pm[i]) ||
-				    mem_page_hash(gm, idx + (uint64_t)i, hs.fn, hs.secret, &h) ||
+				bool in = st == PS_SHARED ||
+					  ((st == PS_ANON || st == PS_BUSY) && mem_pm_resident(pm[i]));
+
+				if (!in || mem_page_hash(gm, idx + (uint64_t)i, hs.fn, hs.secret, &h) ||
 				    h == hs.zero_hash)
 					continue;
 				all[n++] = h;

@@ -96,3 +96,20 @@ class DedupHost:
         check(rc == 0, f"the host exits 0 on SIGTERM (got {rc}; {self.host.stderr()[-3:]})")
         errs = [l for l in self.host.stderr() if "dedup" in l and ("error" in l or "warn" in l)]
         check(not errs, f"dedup logged no error or warning ({errs[:3]})")
+
+
+def settle(sock, slack_pages=256, deadline_s=300):
+    """Wait until page sharing has little left to do: two full passes of the
+    scanner that merged, dropped or saw broken fewer than slack_pages pages
+    (a guest's kernel keeps changing a few pages, which merge and break
+    again). True when it did within the deadline."""
+    def changes():
+        d = request(sock, {"verb": "dedup"})["dedup"]
+        return d["full_scans"], d["merges"] + d["zero_pages"] + d["cow_breaks"]
+
+    def quiet():
+        scans, c0 = changes()
+        return (wait_for(lambda: changes()[0] >= scans + 2, deadline_s) and
+                changes()[1] - c0 < slack_pages)
+    return bool(wait_for(quiet, deadline_s, step=0))
+

@@ -35,7 +35,8 @@ The output directory (default ./scenario-NAME) gets:
                 nested ones dotted: saved_by.zero, ...)
   vms.csv       t_s, host, vm, state, then each figure of the VM, and its
                 workload's reported operations (wl_ops, wl_ms: the last
-                `kvmem-wl: progress` line) and verify failures so far
+                `kvmem-wl: progress` line), verify failures so far, and the
+                policy's last action and balloon reason
   events.csv    t_s, what, the reply
   *.png         the plots (gnuplot), with the .dat and .gp they came from
   summary.json, summary.txt   the key figures; host-NAME.log each host's output
@@ -288,7 +289,9 @@ class Run:
             for v in st.get("vms", []):
                 (ms, ops), fails = self.progress(name, v["name"])
                 row = dict(flatten(v), t_s=round(t, 2), host=name, vm=v["name"],
-                           state=v.get("state"), wl_ms=ms, wl_ops=ops, verify_fail=fails)
+                           state=v.get("state"), wl_ms=ms, wl_ops=ops, verify_fail=fails,
+                           last_action=v.get("last_action"),
+                           balloon_reason=(v.get("balloon") or {}).get("reason"))
                 self.rows_v.append(row)
 
     def run(self):

@@ -333,13 +333,22 @@ def write_csv(path, rows, first):
     return keys
 
 
+# Distinct colours for up to a dozen series (gnuplot's own cycle repeats after 8).
+COLOURS = ["#4b0082", "#2ca02c", "#9ecae1", "#ff7f0e", "#f0e442", "#1f77b4", "#d62728",
+           "#7f7f7f", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+
+
 def quoted(s):
     """A gnuplot single-quoted string."""
     return "'" + str(s).replace("'", "''") + "'"
 
 
 def gnuplot(out, base, title, ylabel, series, stacked=False):
-    """series: [(label, [(t, value)])]; stacked: cumulative filled bands. The PNG's name."""
+    """series: [(label, [(t, value)])]; stacked: cumulative filled bands. The PNG's name,
+    or None when there is nothing to plot."""
+    series = [(label, pts) for label, pts in series if pts]
+    if not series:
+        return None
     dat = os.path.join(out, base + ".dat")
     ts = sorted({t for _, pts in series for t, _ in pts})
     cols = [dict(pts) for _, pts in series]
@@ -360,10 +369,10 @@ def gnuplot(out, base, title, ylabel, series, stacked=False):
         if stacked:
             below = "(0)" if i == 0 else str(i + 1)
             lines.append(f"{quoted(base + '.dat')} using 1:{below}:{i + 2} with filledcurves "
-                         f"title {quoted(label)}")
+                         f"lc rgb {quoted(COLOURS[i % len(COLOURS)])} title {quoted(label)}")
         else:
             lines.append(f"{quoted(base + '.dat')} using 1:{i + 2} with lines lw 2 "
-                         f"title {quoted(label)}")
+                         f"lc rgb {quoted(COLOURS[i % len(COLOURS)])} title {quoted(label)}")
     gp = os.path.join(out, base + ".gp")
     with open(gp, "w") as f:
         f.write(f"""set terminal pngcairo size 1000,600 noenhanced
@@ -418,7 +427,7 @@ def plots(sc, out, rows_h, rows_v):
                 made.append(gnuplot(out, p.get("file", "vms-rate"),
                                     p.get("title", f"{sc['name']}: workload rate per VM"),
                                     "operations/s", [s for s in series if s[1]]))
-    return made
+    return [m for m in made if m]
 
 
 def rates(rows_v, vm):

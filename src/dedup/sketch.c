@@ -69,15 +69,15 @@ int dedup_sketch_vm(struct gm *gm, const void *key, size_t key_len, unsigned int
 				 * What is in memory only: a page on a frame (its content
 				 * is the frame's; a hole of the store's mapping, as a
 				 * window merge leaves every page, reads it without
-				 * costing anything), or the VM's own page (also one a
-				 * mechanism holds for a moment) that the pagemap shows
-				 * in memory. Reading anything else would bring it in (a
-				 * swap-in, a fault on a hole). A page dropped after the
-				 * pagemap read faults in as zeros, which the zero check
-				 * leaves out.
+				 * costing anything), or the VM's own page that the
+				 * pagemap shows in memory. Reading anything else would
+				 * bring it in (a swap-in, a fault on a hole); so would a
+				 * page a mechanism holds (PS_BUSY: a swap-out may drop it
+				 * under the read), which is left out. A page dropped
+				 * after the pagemap read faults in as zeros, which the
+				 * zero check leaves out.
 				 */
-				bool in = st == PS_SHARED ||
-					  ((st == PS_ANON || st == PS_BUSY) && mem_pm_resident(pm[i]));
+				bool in = st == PS_SHARED || (st == PS_ANON && mem_pm_resident(pm[i]));
 
 				if (!in || mem_page_hash(gm, idx + (uint64_t)i, hs.fn, hs.secret, &h) ||
 				    h == hs.zero_hash)

@@ -307,6 +307,12 @@ int host_add_vm(struct host *h, struct host_vm_config *c, const struct host_vm_o
 		goto fail;
 	}
 	pthread_mutex_lock(&h->lock);
+	if (h->closing) {
+		pthread_mutex_unlock(&h->lock);
+		snprintf(why, whylen, "the host is stopping");
+		ret = -ECANCELED;
+		goto fail;
+	}
 	/* Arriving ones count too: two sources must not bring two VMs of one name. */
 	for (unsigned int i = 0; i < h->nr_vms; i++) {
 		if (!h->vms[i].released && !h->vms[i].gone && !strcmp(h->vms[i].cfg.name, c->name)) {
@@ -614,6 +620,10 @@ static int setup_access(struct host *h)
 
 static void stop_all(struct host *h)
 {
+	/* First: a VM taken in from now on is refused, one started meanwhile stops itself. */
+	pthread_mutex_lock(&h->lock);
+	h->closing = true;
+	pthread_mutex_unlock(&h->lock);
 	for (unsigned int i = 0; i < host_nr_vms(h); i++)
 		if (!h->vms[i].released)
 			vm_request_stop(h->vms[i].vm, VM_STATUS_STOPPED);
@@ -734,6 +744,11 @@ int host_run(struct host *h)
 	}
 	close(sfd);
 	host_migration_stop(h);
+	/*
+	 * Every VM had stopped, or was told to: one a verb started since (the
+	 * control socket still serves) is told too, and none comes after.
+	 */
+	stop_all(h);
 	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
 		int s;
 
@@ -877,6 +892,7 @@ int host_start_vm(struct host *h, json_t *obj, char *why, size_t whylen)
 	static const char *const files[] = { "guest", "console_log" };
 	struct host_vm_config c = { 0 };
 	struct host_vm *hv;
+	bool closing;
 	char err[256];
 	int ret;
 
@@ -904,6 +920,12 @@ int host_start_vm(struct host *h, json_t *obj, char *why, size_t whylen)
 	if (ret)
 		return ret;
 	ret = vm_start(hv->vm);
+	pthread_mutex_lock(&h->lock);
+	closing = h->closing;
+	pthread_mutex_unlock(&h->lock);
+	/* The host began to stop its VMs after this one was taken in: it stops too. */
+	if (!ret && closing)
+		vm_request_stop(hv->vm, VM_STATUS_STOPPED);
 	if (ret) {
 		snprintf(why, whylen, "cannot start it: %s", strerror(-ret));
 		pthread_mutex_lock(&h->lock);
@@ -924,7 +946,7 @@ int host_vm_remove(struct host *h, const char *name)
 	if (!hv)
 		return -ENOENT;
 	pthread_mutex_lock(&h->lock);
-	if (hv->mig && !mig_job_finished(hv->mig)) {
+	if (hv->job_starting || (hv->mig && !mig_job_finished(hv->mig))) {
 		pthread_mutex_unlock(&h->lock);
 		return -EBUSY;
 	}
@@ -1345,7 +1367,8 @@ json_t *host_stats_json(struct host *h)
 	ovc_get_stats(h->ovc, &hs);
 	vu = ledger_read(h, &nr_vu, &hu);
 	host_migration_refused_json(h, migrations);
-	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
+	/* The VMs of the ledger's reading: one taken in since is in the next reply. */
+	for (unsigned int i = 0; i < (vu ? nr_vu : host_nr_vms(h)); i++) {
 		struct host_vm *hv = &h->vms[i];
 		struct balloon_stats bs;
 		struct ovc_vm_stats vs;
@@ -1434,7 +1457,7 @@ json_t *host_stats_json(struct host *h)
 		json_object_set_new(vo, "clone_of", hv->clone && hv->restored_from
 				    ? json_string(hv->restored_from) : json_null());
 		json_object_set_new(vo, "restore", lazy_json(vm_gm(hv->vm)));
-		if (vu && i < nr_vu)
+		if (vu)
 			usage_json(vo, &vu[i]);
 		json_array_append_new(vms, vo);
 	}
@@ -1460,7 +1483,7 @@ json_t *host_stats_json(struct host *h)
 			 "budget_bytes", (json_int_t)hs.budget_bytes,
 			 "used_bytes", (json_int_t)hs.used_bytes,
 			 "saved_bytes", (json_int_t)(hu.configured_bytes - hu.resident_bytes),
-			 "configured_bytes", (json_int_t)hs.configured_bytes,
+			 "configured_bytes", (json_int_t)(vu ? hu.configured_bytes : hs.configured_bytes),
 			 "used_source", hs.used_source,
 			 "hard_limit_bytes", h->cfg.hard_limit_bytes ? json_integer(
 				 (json_int_t)h->cfg.hard_limit_bytes) : json_null(),

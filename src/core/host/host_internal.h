@@ -52,6 +52,7 @@ struct host_vm {
 	char *restored_from;		/* the snapshot file it was restored from, or NULL */
 	bool clone;			/* ... as a clone: its pages shared frames of that file's */
 	bool removing;			/* release it once stopped (the remove verb) (h->lock) */
+	bool job_starting;		/* a verb is starting a migration or save of it (h->lock) */
 	bool released;			/* its resources are gone (main thread, vms_lock) */
 	bool owns_cfg;			/* cfg's strings are its own (an incoming VM's) */
 	/*
@@ -64,6 +65,7 @@ struct host_vm {
 struct host {
 	struct host_config cfg;		/* borrowed; outlives the host */
 	pthread_mutex_t lock;		/* guards the stopped flags, nr_running */
+	bool closing;			/* lock: stopping every VM: none is taken in any more */
 	pthread_mutex_t pause_lock;	/* pauses and resumes, by hand or by the policy */
 	struct host_vm *vms;		/* never moves: cap_vms entries */
 	unsigned int cap_vms;
@@ -164,6 +166,15 @@ extern const struct mig_source_ops host_source_ops;
 json_t *host_vm_describe(struct host *h, struct host_vm *hv);
 /* Give hv's devices (stopped) the state a save took (untrusted): 0, or -EINVAL with why. */
 int host_vm_load_devices(struct host_vm *hv, json_t *devices, char *why, size_t whylen);
+/*
+ * A verb starting a job of hv (a migration or a save) claims it first: 0, or
+ * -EBUSY when another job runs or starts, or the VM is being removed. The
+ * claim ends with host_vm_set_job (the job started) or host_vm_abandon_job.
+ * So a VM is never removed under a job that is starting, nor gets one while
+ * it is being removed.
+ */
+int host_vm_begin_job(struct host *h, struct host_vm *hv);
+void host_vm_abandon_job(struct host *h, struct host_vm *hv);
 /* hv's job is job now (one that has not started sending it away); frees the last one it sent. */
 void host_vm_set_job(struct host *h, struct host_vm *hv, struct mig_job *job);
 /* hv has a job sending it away or bringing it in that has not ended. */

@@ -315,6 +315,26 @@ json_t *host_vm_describe(struct host *h, struct host_vm *hv)
 	return d;
 }
 
+int host_vm_begin_job(struct host *h, struct host_vm *hv)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&h->lock);
+	if (hv->removing || hv->job_starting || (hv->mig && !mig_job_finished(hv->mig)))
+		ret = -EBUSY;
+	else
+		hv->job_starting = true;
+	pthread_mutex_unlock(&h->lock);
+	return ret;
+}
+
+void host_vm_abandon_job(struct host *h, struct host_vm *hv)
+{
+	pthread_mutex_lock(&h->lock);
+	hv->job_starting = false;
+	pthread_mutex_unlock(&h->lock);
+}
+
 void host_vm_set_job(struct host *h, struct host_vm *hv, struct mig_job *job)
 {
 	struct mig_job *old;
@@ -322,6 +342,7 @@ void host_vm_set_job(struct host *h, struct host_vm *hv, struct mig_job *job)
 	pthread_mutex_lock(&h->lock);
 	old = hv->mig;
 	hv->mig = job;
+	hv->job_starting = false;
 	pthread_mutex_unlock(&h->lock);
 	/*
 	 * Finished (host_vm_migrating said so): nobody reads it any more. The
@@ -371,13 +392,18 @@ static int migrate_verb(void *arg, json_t *req, json_t *reply)
 	hv = host_find_vm(h, name);
 	if (!hv)
 		return control_reply_error(reply, ENOENT, "no VM named \"%s\"", name);
-	if (host_vm_migrating(h, hv))
-		return control_reply_error(reply, EBUSY, "%s is migrating already", name);
-	if (vm_get_state(hv->vm) != VM_RUNNING && vm_get_state(hv->vm) != VM_PAUSED)
+	if (host_vm_begin_job(h, hv))
+		return control_reply_error(reply, EBUSY, "%s is migrating, being saved or removed "
+					   "already", name);
+	if (vm_get_state(hv->vm) != VM_RUNNING && vm_get_state(hv->vm) != VM_PAUSED) {
+		host_vm_abandon_job(h, hv);
 		return control_reply_error(reply, EINVAL, "%s is not running", name);
+	}
 	fd = open_addr(to, false, &tcp, why, sizeof(why));
-	if (fd < 0)
+	if (fd < 0) {
+		host_vm_abandon_job(h, hv);
 		return control_reply_error(reply, -fd, "cannot reach the destination: %s", why);
+	}
 	p.secret = h->secret;
 	p.secret_len = h->secret_len;
 	desc = host_vm_describe(h, hv);
@@ -392,6 +418,7 @@ static int migrate_verb(void *arg, json_t *req, json_t *reply)
 	json_decref(desc);
 	if (ret) {
 		close(fd);
+		host_vm_abandon_job(h, hv);
 		return control_reply_error(reply, -ret, "cannot start the migration: %s",
 					   strerror(-ret));
 	}
@@ -948,30 +975,40 @@ int host_restore_progress(struct host *h, uint64_t id, struct mig_progress *out)
 	return ret;
 }
 
+/*
+ * To be released now: gone, or being removed and stopped (h->lock). A VM being
+ * removed never gets a job (host_vm_begin_job refuses it), and one with a job
+ * is never removed; the job check stays for a job that began before.
+ */
+static bool releasable(struct host_vm *hv)
+{
+	return !hv->released &&
+	       (hv->gone || (hv->removing && hv->stopped && !hv->job_starting &&
+			     !(hv->mig && mig_job_is_source(hv->mig) && !mig_job_finished(hv->mig))));
+}
+
 void host_release_gone(struct host *h)
 {
 	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
 		struct host_vm *hv = &h->vms[i];
 		bool gone;
 
-		/*
-		 * A VM being removed goes once stopped, and never under a
-		 * migration or save of it still running (the job holds it: the
-		 * next wake, when it ended, releases it).
-		 */
 		pthread_mutex_lock(&h->lock);
-		gone = !hv->released &&
-		       (hv->gone || (hv->removing && hv->stopped &&
-				     !(hv->mig && mig_job_is_source(hv->mig) &&
-				       !mig_job_finished(hv->mig))));
+		gone = releasable(hv);
 		pthread_mutex_unlock(&h->lock);
 		if (!gone)
 			continue;
 		pthread_rwlock_wrlock(&h->vms_lock);
-		host_release_vm(h, hv);
+		/* Again: a verb may have started a job while this waited for the verbs to end. */
 		pthread_mutex_lock(&h->lock);
-		hv->stopped = true;
+		gone = releasable(hv);
 		pthread_mutex_unlock(&h->lock);
+		if (gone) {
+			host_release_vm(h, hv);
+			pthread_mutex_lock(&h->lock);
+			hv->stopped = true;
+			pthread_mutex_unlock(&h->lock);
+		}
 		pthread_rwlock_unlock(&h->vms_lock);
 	}
 }

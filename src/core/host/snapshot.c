@@ -73,21 +73,25 @@ static int save_verb(void *arg, json_t *req, json_t *reply)
 	hv = host_find_vm(h, name);
 	if (!hv)
 		return control_reply_error(reply, ENOENT, "no VM named \"%s\"", name);
-	if (host_vm_migrating(h, hv))
-		return control_reply_error(reply, EBUSY, "%s is migrating or being saved already",
-					   name);
-	if (vm_get_state(hv->vm) != VM_RUNNING && vm_get_state(hv->vm) != VM_PAUSED)
+	if (host_vm_begin_job(h, hv))
+		return control_reply_error(reply, EBUSY, "%s is migrating, being saved or removed "
+					   "already", name);
+	if (vm_get_state(hv->vm) != VM_RUNNING && vm_get_state(hv->vm) != VM_PAUSED) {
+		host_vm_abandon_job(h, hv);
 		return control_reply_error(reply, EINVAL, "%s is not running", name);
+	}
 	p.downtime_ms = (uint32_t)downtime;
 	p.checksum = json_is_true(json_object_get(req, "checksum"));
 	desc = host_vm_describe(h, hv);
 	if (!desc)
-		return control_reply_error(reply, ENOMEM, "out of memory");
-	ret = mig_save_start(hv->vm, to, desc, stop, &p, stop ? save_ops() : &host_source_ops, hv,
-			     &job, why, sizeof(why));
+		snprintf(why, sizeof(why), "out of memory");
+	ret = desc ? mig_save_start(hv->vm, to, desc, stop, &p, stop ? save_ops() : &host_source_ops,
+				    hv, &job, why, sizeof(why)) : -ENOMEM;
 	json_decref(desc);
-	if (ret)
+	if (ret) {
+		host_vm_abandon_job(h, hv);
 		return control_reply_error(reply, -ret, "cannot save %s: %s", name, why);
+	}
 	host_vm_set_job(h, hv, job);
 	log_info("%s: %s to %s", name, stop ? "saving" : "taking a snapshot", to);
 	json_object_set_new(reply, "migration", host_vm_migration_json(hv));
@@ -349,6 +353,42 @@ out:
 	return NULL;
 }
 
+/* Ended requests the stats keep showing, newest first; older ones go. */
+#define CLONES_KEPT 16
+
+/* Unlink ended requests beyond the newest CLONES_KEPT (clones_lock): free_clones them. */
+static struct clone_job *prune_clones(struct host *h)
+{
+	struct clone_job **pp = &h->clones, *gone = NULL;
+	unsigned int ended = 0;
+
+	while (*pp) {
+		struct clone_job *j = *pp;
+
+		if ((j->stage == CLONE_DONE || j->stage == CLONE_FAILED) && ++ended > CLONES_KEPT) {
+			*pp = j->next;
+			j->next = gone;
+			gone = j;
+		} else {
+			pp = &j->next;
+		}
+	}
+	return gone;
+}
+
+/* Join and free a list of requests (their threads have ended or are ending). */
+static void free_clones(struct clone_job *list)
+{
+	while (list) {
+		struct clone_job *j = list;
+
+		list = j->next;
+		pthread_join(j->thread, NULL);
+		kv_free(j->file);
+		kv_free(j);
+	}
+}
+
 /*
  * Start count VMs from one snapshot, PREFIX-1 to PREFIX-count, each a clone:
  * its pages the snapshot's, as frames of the host's sharing (copy-on-write
@@ -362,7 +402,7 @@ static int clone_verb(void *arg, json_t *req, json_t *reply)
 	struct host *h = arg;
 	const char *file, *prefix = NULL, *accel = "";
 	struct snap_reader *r = NULL;
-	struct clone_job *j = NULL;
+	struct clone_job *j = NULL, *old;
 	json_t *names, *desc = NULL;
 	uint64_t count;
 	char why[256] = "", name[64];
@@ -411,6 +451,7 @@ static int clone_verb(void *arg, json_t *req, json_t *reply)
 	j->t0 = kv_clock_ns(CLOCK_MONOTONIC);
 	snprintf(j->prefix, sizeof(j->prefix), "%s", prefix);
 	pthread_mutex_lock(&h->clones_lock);
+	old = prune_clones(h);
 	if (h->clones_closed) {
 		pthread_mutex_unlock(&h->clones_lock);
 		ret = control_reply_error(reply, ECANCELED, "the host is stopping");
@@ -423,6 +464,7 @@ static int clone_verb(void *arg, json_t *req, json_t *reply)
 		h->clones = j;
 	}
 	pthread_mutex_unlock(&h->clones_lock);
+	free_clones(old);
 	if (ret)
 		goto out;
 	r = NULL;
@@ -470,14 +512,7 @@ void host_clones_stop(struct host *h)
 	list = h->clones;
 	h->clones = NULL;
 	pthread_mutex_unlock(&h->clones_lock);
-	while (list) {
-		struct clone_job *j = list;
-
-		list = j->next;
-		pthread_join(j->thread, NULL);
-		kv_free(j->file);
-		kv_free(j);
-	}
+	free_clones(list);
 }
 
 int host_restore(struct host *h, const char *path, const char *name)

@@ -207,17 +207,18 @@ for variant in VARIANTS:
                 first_fail = res
                 print(f"# {variant}: {n} do not fit ({res})", flush=True)
                 break
+    capped = variant != "none" and best == MAXN
     emit("density", "guests", best, dict(config_line, variant=variant), alone_ops_s=alone,
-         last_fit=last_fit, first_fail=first_fail)
-    table.append((variant, best))
+         capped=capped, last_fit=last_fit, first_fail=first_fail)
+    table.append((variant, best, capped))
 
 print(f"\n{'variant':10} guests in {BUDGET} ({MEM} each, rate >= 90% of alone {alone:.0f} ops/s)")
-for variant, best in table:
-    print(f"{variant:10} {best}")
+for variant, best, capped in table:
+    print(f"{variant:10} {best}{f' or more (--max {MAXN})' if capped else ''}")
 if PLOT:
     with tempfile.TemporaryDirectory() as d:
         with open(f"{d}/d.dat", "w") as f:
-            for i, (variant, best) in enumerate(table):
+            for i, (variant, best, _) in enumerate(table):
                 f.write(f"{i} {variant} {best}\n")
         with open(f"{d}/d.gp", "w") as f:
             f.write(f"""set terminal pngcairo size 800,500 noenhanced

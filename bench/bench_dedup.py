@@ -42,19 +42,9 @@ import tempfile
 import threading
 import time
 
-from benchlib import cmd, emit, request, take_accel
+from benchlib import cmd, emit, read, request, take_accel, write
 
 KSM = "/sys/kernel/mm/ksm/"
-
-
-def read(path):
-    with open(path) as f:
-        return f.read().strip()
-
-
-def write(path, value):
-    with open(path, "w") as f:
-        f.write(str(value))
 
 
 def ksmd_cpu():

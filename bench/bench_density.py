@@ -48,7 +48,8 @@ import sys
 import tempfile
 import time
 
-from benchlib import Host, cmd, emit, request, take_accel, take_opt, wait_sock
+from benchlib import (Host, cmd, emit, memory_cgroup, read, request, take_accel, take_opt,
+                      wait_sock, write)
 
 ACCEL = take_accel()
 BUDGET = take_opt("--budget", "1G")
@@ -66,29 +67,6 @@ MIB = {"M": 1, "G": 1024}
 BUDGET_MIB = int(BUDGET[:-1]) * MIB[BUDGET[-1]]
 MEM_MIB = int(MEM[:-1]) * MIB[MEM[-1]]
 KSM = "/sys/kernel/mm/ksm/"
-
-
-def read(path):
-    with open(path) as f:
-        return f.read().strip()
-
-
-def write(path, value):
-    with open(path, "w") as f:
-        f.write(str(value))
-
-
-def memory_cgroup():
-    """The directory of this process's memory cgroup and its limit file (v1, else v2)."""
-    v2 = None
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            n, ctrl, path = line.rstrip("\n").split(":", 2)
-            if ctrl == "memory":
-                return "/sys/fs/cgroup/memory" + path.rstrip("/"), "memory.limit_in_bytes"
-            if n == "0" and not ctrl:
-                v2 = "/sys/fs/cgroup" + path.rstrip("/")
-    return v2, "memory.max"
 
 
 def config(variant, d, n):
@@ -158,7 +136,8 @@ def trial(variant, n):
                 used.append(st["host"]["used_bytes"] >> 20)
             rates = []
             for i in range(n):
-                a, b = (start[f"g{i}"] or [(0, 0)])[0], progress(h, f"g{i}")[-1]
+                # A guest that reported nothing did no work: rate 0, it does not fit.
+                a, b = (start[f"g{i}"] or [(0, 0)])[0], (progress(h, f"g{i}") or [(0, 0)])[-1]
                 rates.append((b[1] - a[1]) * 1000 / (b[0] - a[0]) if b[0] > a[0] else 0.0)
             fails = h.count("verify FAIL")
             return True, {"rates": [round(r, 1) for r in rates], "used_mib": statistics.median(used),

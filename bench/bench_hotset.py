@@ -44,7 +44,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import cmd, emit, request, take_accel, take_opt
+from benchlib import cmd, emit, memory_cgroup, request, take_accel, take_opt
 
 ACCEL = take_accel()
 
@@ -67,19 +67,6 @@ def majflt(pid):
     """Major faults of the whole process (its threads' and its dead threads' too)."""
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[9])
-
-
-def memory_cgroup():
-    """The directory of the memory cgroup this process is in (v1, else v2)."""
-    v2 = None
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            n, ctrl, path = line.rstrip("\n").split(":", 2)
-            if ctrl == "memory":
-                return "/sys/fs/cgroup/memory" + path.rstrip("/"), "memory.limit_in_bytes"
-            if n == "0" and not ctrl:
-                v2 = "/sys/fs/cgroup" + path.rstrip("/")
-    return v2, "memory.max"
 
 
 def run(variant, d):

@@ -129,3 +129,27 @@ def wait_sock(path, deadline=60):
         except OSError:
             time.sleep(0.1)
     return False
+
+
+def read(path):
+    """A sysfs or procfs file's content, stripped."""
+    with open(path) as f:
+        return f.read().strip()
+
+
+def write(path, value):
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+def memory_cgroup():
+    """The directory of the memory cgroup this process is in, and its limit file (v1, else v2)."""
+    v2 = None
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            n, ctrl, path = line.rstrip("\n").split(":", 2)
+            if ctrl == "memory":
+                return "/sys/fs/cgroup/memory" + path.rstrip("/"), "memory.limit_in_bytes"
+            if n == "0" and not ctrl:
+                v2 = "/sys/fs/cgroup" + path.rstrip("/")
+    return v2, "memory.max"

@@ -42,7 +42,7 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: kvmem run (--mem SIZE [--cpus N] [--guest FILE] [--append CMDLINE] |\n"
-		"                  --restore FILE)\n"
+		"                  --restore FILE) [--corpus FILE]\n"
 		"                 [--budget SIZE] [--socket PATH] [--dedup on|off|ksm]\n"
 		"                 [--accel auto|kvm|thread] [--swap PATH[,SIZE]] [--swap-pool SIZE]\n"
 		"       kvmem host --config FILE.json [--socket PATH] [--accel auto|kvm|thread]\n"
@@ -74,6 +74,9 @@ static void usage(FILE *f)
 		"  -P, --swap-pool SIZE  a compressed pool in memory before the swap file\n"
 		"  -r, --restore FILE  run the VM a snapshot file holds (kvmem save), from where\n"
 		"                      it was saved, instead of booting one\n"
+		"  -C, --corpus FILE   a file the guest reads as read-only memory outside its RAM,\n"
+		"                      where its workload takes page contents (kvmem.wl=corpus=);\n"
+		"                      with --restore, the saved VM's corpus (the same content)\n"
 		"  -v, --verbose       debug logging\n"
 		"\n"
 		"host    run the VMs of a JSON config under one memory budget (see README.md)\n"
@@ -255,6 +258,7 @@ static int cmd_run(int argc, char **argv)
 		{ "swap", required_argument, NULL, 'S' },
 		{ "swap-pool", required_argument, NULL, 'P' },
 		{ "restore", required_argument, NULL, 'r' },
+		{ "corpus", required_argument, NULL, 'C' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -268,7 +272,7 @@ static int cmd_run(int argc, char **argv)
 
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, ":m:c:g:a:s:b:d:A:S:P:r:vh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":m:c:g:a:s:b:d:A:S:P:r:C:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'm':
 			if (size_text("--mem", optarg, SIZE_MAX_BYTES, &vm.mem_bytes, err,
@@ -299,6 +303,11 @@ static int cmd_run(int argc, char **argv)
 			break;
 		case 'a':
 			vm.append = optarg;
+			break;
+		case 'C':
+			if (access(optarg, R_OK))
+				return usage_error("--corpus %s: no such readable file", optarg);
+			vm.corpus = optarg;
 			break;
 		case 's':
 			cfg.socket = optarg;
@@ -351,6 +360,7 @@ static int cmd_run(int argc, char **argv)
 			return usage_error("%s", "run --restore: --mem, --guest and --append come "
 					   "from the snapshot file");
 		cfg.nr_vms = 0;
+		cfg.restore_corpus = vm.corpus;
 		if (!cfg.budget_bytes)
 			cfg.budget_bytes = host_default_budget();
 		return run_host(&cfg);

@@ -19,6 +19,7 @@
 #include "core/alloc.h"
 #include "core/layout.h"
 #include "core/log.h"
+#include "mem/corpus.h"
 #include "mem/memmap.h"
 
 static_assert(sizeof(struct abi_boot_params) <= LAYOUT_TSS - LAYOUT_BOOT_PARAMS,
@@ -467,6 +468,7 @@ out_close:
 int boot_write_params(struct gm *gm, const struct boot_image *img, const struct boot_info *bi)
 {
 	struct abi_boot_params *bp;
+	struct mem_corpus corpus;
 	unsigned int n = 0;
 	int ret;
 
@@ -485,6 +487,10 @@ int boot_write_params(struct gm *gm, const struct boot_image *img, const struct 
 	bp->phys_offset = bi->phys_offset;
 	bp->mmio_call = bi->mmio_call;
 	bp->phys_top = mem_phys_top(mem_ram_bytes(gm));
+	if (mem_corpus_get(gm, &corpus)) {
+		bp->corpus_gpa = corpus.gpa;
+		bp->corpus_bytes = corpus.bytes;
+	}
 	for (unsigned int i = 0; i < mem_nr_regions(gm); i++) {
 		gpa_t gpa;
 		uint64_t len;

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Every fixed guest-physical address the VMM uses. Guest RAM starts at 0;
- * the range [LAYOUT_LOW_RAM_MAX, 4 GiB) is the MMIO hole, and RAM beyond
+ * the range [LAYOUT_LOW_RAM_MAX, 4 GiB) is the MMIO hole (device windows,
+ * and a VM's read-only content corpus at its top), and RAM beyond
  * LAYOUT_LOW_RAM_MAX continues at 4 GiB. Everything below ABI_IMAGE_BASE
  * belongs to the VMM (descriptor tables, stacks, page tables); the guest's
  * allocator never sees it.
@@ -37,6 +38,13 @@
 #define LAYOUT_MMIO_SYSCTL (LAYOUT_MMIO_BASE + 0x1000)
 #define LAYOUT_MMIO_VIRTIO (LAYOUT_MMIO_BASE + 0x10000) /* virtio-mmio slot i at +i*4K */
 #define LAYOUT_VIRTIO_IRQ_BASE 5
+
+/*
+ * A VM's content corpus (mem/corpus.h): a read-only file mapped at the top
+ * of the MMIO hole, clear of the device windows, up to 4 GiB.
+ */
+#define LAYOUT_CORPUS_BASE 0xE0000000ULL
+#define LAYOUT_CORPUS_MAX_BYTES (LAYOUT_HIGH_RAM_BASE - LAYOUT_CORPUS_BASE) /* 512 MiB */
 
 /* PDs fit between LAYOUT_PGTABLE + 2 pages and LAYOUT_PGTABLE_END. */
 #define LAYOUT_MAX_GIB ((LAYOUT_PGTABLE_END - LAYOUT_PGTABLE) / LAYOUT_PAGE_SIZE - 2)

@@ -127,8 +127,9 @@ static void guest_crash(struct vcpu *vcpu, const struct accel_exception *e)
 			" error 0x%" PRIx64 " address 0x%" PRIx64 "%s rsp 0x%" PRIx64 " cpl %u",
 			name, vcpu->index, boot_exception_name(e->vector), e->vector, e->rip,
 			e->rip_outside ? " (host address)" : "", e->error_code, e->address,
-			e->address_outside ? " (host address, outside the guest)" : "", e->rsp,
-			e->cpl);
+			e->address_outside ? " (host address, outside the guest)"
+			: e->vector == 14 && vm_in_corpus(vcpu->vm, e->address)
+			? " (in its read-only corpus)" : "", e->rsp, e->cpl);
 	vm_request_stop(vcpu->vm, VM_STATUS_GUEST_CRASH);
 }
 

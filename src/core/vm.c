@@ -18,6 +18,7 @@
 #include "core/layout.h"
 #include "core/vcpu.h"
 #include "core/vm_internal.h"
+#include "mem/corpus.h"
 #include "mem/memmap.h"
 
 int vm_add_device(struct vm *vm, uint32_t type, const struct bus_ops *ops, void *opaque,
@@ -60,6 +61,49 @@ int vm_add_device(struct vm *vm, uint32_t type, const struct bus_ops *ops, void 
 	if (gsi)
 		*gsi = d->irq;
 	return 0;
+}
+
+bool vm_in_corpus(struct vm *vm, gpa_t gpa)
+{
+	struct mem_corpus c;
+
+	return mem_corpus_get(vm->gm, &c) && gpa >= c.gpa && gpa - c.gpa < c.map_bytes;
+}
+
+/*
+ * Stores into the corpus, where they exit (kvm: a read-only memslot, or
+ * one kvm-pvm maps read-only): the guest's error, which ends it as a fault
+ * there does under thread. Loads never exit; one that did reads nothing.
+ */
+static void corpus_write(void *opaque, struct vcpu *vcpu, uint64_t off, const void *data,
+			 unsigned int len)
+{
+	struct vm *vm = opaque;
+
+	(void)data;
+	log_err("%s: vcpu %u: guest store of %u bytes into its read-only corpus at gpa 0x%llx",
+		vm->name, vcpu_index(vcpu), len, (unsigned long long)(LAYOUT_CORPUS_BASE + off));
+	vm_request_stop(vm, VM_STATUS_GUEST_CRASH);
+}
+
+static const struct bus_ops corpus_ops = {
+	.write = corpus_write,
+};
+
+/* The corpus into the reservation and on the bus, before the accelerator registers memory. */
+static int map_corpus(struct vm *vm, const char *path)
+{
+	struct mem_corpus c;
+	char why[256];
+	int ret;
+
+	ret = mem_corpus_map(vm->gm, path, why, sizeof(why));
+	if (ret) {
+		log_err("%s: %s", vm->name, why);
+		return ret;
+	}
+	mem_corpus_get(vm->gm, &c);
+	return bus_register(&vm->bus, c.gpa, c.map_bytes, &corpus_ops, vm);
 }
 
 static int boot_guest(struct vm *vm)
@@ -134,6 +178,11 @@ int vm_create(const struct vm_params *p, struct vm **out)
 		log_err("%s: cannot reserve %llu bytes of guest RAM: %s", p->name,
 			(unsigned long long)p->mem_bytes, strerror(-ret));
 		goto out_destroy;
+	}
+	if (p->corpus) {
+		ret = map_corpus(vm, p->corpus);
+		if (ret)
+			goto out_destroy;
 	}
 	ret = accel->vm_init(vm);
 	if (ret)

@@ -35,6 +35,8 @@ struct vm_params {
 	const char *console_log; /* also append the console to this file, or NULL */
 	/* Host address of guest-physical 0 (vm_ram_base of the VM it continues), or 0: any. */
 	uint64_t ram_base;
+	/* A file the guest reads as its content corpus (mem/corpus.h), or NULL. */
+	const char *corpus;
 };
 
 enum vm_state {
@@ -87,6 +89,11 @@ void vm_destroy(struct vm *vm);
 void vm_set_stop_notify(struct vm *vm, void (*fn)(void *arg, struct vm *vm), void *arg);
 
 struct gm *vm_gm(struct vm *vm);
+/*
+ * Is `gpa` inside the VM's content corpus? A store there is the guest's
+ * error (the corpus is read-only), which the crash report names.
+ */
+bool vm_in_corpus(struct vm *vm, gpa_t gpa);
 /* The console's output figures (core/dev/console.c). */
 struct console_stats {
 	uint64_t queued_lines;	/* handed to the writer */

@@ -38,7 +38,7 @@
 #include <stdint.h>
 
 #define ABI_BOOT_MAGIC 0x544f4f424d454d4bULL /* "KMEMBOOT" */
-#define ABI_VERSION 2
+#define ABI_VERSION 3
 
 /* Entry flags (r8). */
 #define ABI_ENTRY_USER 0x1	/* already at user level: no CPL0 drop */
@@ -129,6 +129,13 @@ struct abi_boot_params {
 	 * workload whose content must differ between copies (its id) takes it.
 	 */
 	uint64_t identity;
+	/*
+	 * The VM's content corpus: a file the VMM maps read-only at corpus_gpa
+	 * (in the MMIO hole, outside RAM), corpus_bytes long; the rest of its
+	 * last page reads as zeros. 0 bytes: none. A store into it ends the VM.
+	 */
+	uint64_t corpus_gpa;
+	uint64_t corpus_bytes;
 };
 
 /*

@@ -12,6 +12,7 @@
  *   kvmem.debug=gp      execute hlt at CPL3 (#GP)
  *   kvmem.debug=pio     port I/O at CPL3 (#GP: there is no I/O bitmap; never an exit)
  *   kvmem.debug=syscall execute syscall (a crash under both accelerators)
+ *   kvmem.debug=corpus  store into the VM's read-only corpus (a crash under both)
  *   kvmem.debug=spinN   spin N seconds without any exit to the VMM, then
  *                       print "kvmem guest: spin done" and power off with 0
  *   kvmem.debug=exitN   power off at once with status N
@@ -99,6 +100,11 @@ static void debug(const char *cmdline)
 
 		if (!gpa_is_null(top))
 			*(volatile uint64_t *)phys_to_virt(top) = 0x6b766d656dULL;
+	} else if (str_eq(v, "corpus")) {
+		const struct abi_boot_params *bp = rt_boot_params();
+
+		if (bp->corpus_bytes)
+			*(volatile uint64_t *)phys_to_virt(gpa(bp->corpus_gpa + 8)) = 0x6b766d656dULL;
 	} else if (str_eq(v, "ud")) {
 		__asm__ __volatile__("ud2");
 	} else if (str_eq(v, "gp")) {

@@ -9,6 +9,14 @@
  *   size=MiB|max   pages to fill (max: all free memory but a small reserve)
  *   dup=%          pages identical across guests sharing seed= (default 0)
  *   zero=%         zero pages (default 0); the rest are unique to id=
+ *   corpus=%       pages copied from the VM's content corpus (a read-only
+ *                  file the VMM maps outside RAM: kvmem run --corpus), in
+ *                  corpus page order, wrapping around when the guest has
+ *                  more such pages than the corpus (default 0)
+ *   corpus_order=seq|shuffle   seq (default): the n-th corpus page of the
+ *                  guest is the corpus's n-th page; shuffle: a permutation of
+ *                  them keyed by id=, so guests of one corpus hold the same
+ *                  contents at different addresses, as page caches do
  *   dupset=N       the dup pages cycle through N contents, so each content
  *                  comes again every N dup pages: sharing inside the guest
  *                  as well as across guests (default 0: every dup page
@@ -70,8 +78,11 @@
  * the 100 positions, so any 100 consecutive slots hold the exact mix and
  * every class spans all of the filled memory. A dup page's content index is
  * its ordinal among dup pages, so guests of different sizes or mixes still
- * share their common dup prefix. A rewrite bumps the slot's version and
- * keeps its class.
+ * share their common dup prefix; a corpus page's is its ordinal among
+ * corpus pages, turned into a page of the corpus by corpus_order=. A
+ * rewrite bumps the slot's version and keeps its class; a corpus page
+ * rewritten is the guest's own from then on (a unique page's content for
+ * the slot and version): memory that held a file and was reused.
  */
 #include "balloon_drv.h"
 #include "palloc.h"
@@ -93,7 +104,10 @@
 enum wl_then { THEN_POWEROFF, THEN_SLEEP, THEN_FREE };
 
 static const char *const then_names[] = { "poweroff", "sleep", "free" };
-static const char *const class_names[] = { "unique", "dup", "zero" };
+static const char *const class_names[] = { "unique", "dup", "zero", "corpus" };
+
+/* Beside wlgen's classes: a page of the corpus (version 0), or the guest's own (later). */
+#define WL_CORPUS 3
 
 /* Written by vCPU 0 before the first job; read-only afterwards. */
 static struct wl_cfg {
@@ -102,6 +116,8 @@ static struct wl_cfg {
 	uint64_t dup;
 	uint64_t dupset;
 	uint64_t zero;
+	uint64_t corpus;
+	bool corpus_shuffle;
 	uint64_t id;
 	uint64_t seed;
 	uint64_t rate;
@@ -125,6 +141,12 @@ static struct wl_cfg {
 
 static uint8_t class_tab[100];		/* class of slot position i % 100 */
 static uint8_t dup_before[100];		/* dup positions before i % 100 */
+static uint8_t corpus_before[100];	/* corpus positions before i % 100 */
+
+/* The corpus: its pages, and the permutation a*n+b mod pages of corpus_order=shuffle. */
+static const uint8_t *corpus_base;
+static uint64_t corpus_pages;
+static uint64_t corpus_mul = 1, corpus_add;
 
 /* Slot metadata: one run of palloc pages, gfns then versions, room for cap_slots. */
 static uint64_t nslots;
@@ -162,19 +184,44 @@ static struct wl_cpu cpus[ABI_MAX_CPUS];
 
 static bool failed;		/* some verification failed (vCPU 0) */
 
-static enum wlgen_class slot_class(uint64_t i)
+static unsigned slot_class(uint64_t i)
 {
-	return (enum wlgen_class)class_tab[i % 100];
+	return class_tab[i % 100];
 }
 
+/* The corpus page slot i (a corpus slot) holds at version 0. Below 2^17 pages: no overflow. */
+static uint64_t corpus_page(uint64_t i)
+{
+	uint64_t n = (i / 100 * cfg.corpus + corpus_before[i % 100]) % corpus_pages;
+
+	return (n * corpus_mul + corpus_add) % corpus_pages;
+}
+
+/* The key of slot i's content: its dup content, its corpus page, or the slot itself. */
 static uint64_t slot_index(uint64_t i)
 {
 	uint64_t n;
 
-	if (slot_class(i) != WLGEN_DUP)
+	switch (slot_class(i)) {
+	case WLGEN_DUP:
+		n = i / 100 * cfg.dup + dup_before[i % 100];
+		return cfg.dupset ? n % cfg.dupset : n;
+	case WL_CORPUS:
+		return slot_ver[i] ? i : corpus_page(i);
+	default:
 		return i;
-	n = i / 100 * cfg.dup + dup_before[i % 100];
-	return cfg.dupset ? n % cfg.dupset : n;
+	}
+}
+
+/* What wlgen makes of slot i: a corpus page rewritten is a unique one. */
+static enum wlgen_class gen_class(uint64_t i)
+{
+	return slot_class(i) == WL_CORPUS ? WLGEN_UNIQUE : (enum wlgen_class)slot_class(i);
+}
+
+static bool from_corpus(uint64_t i)
+{
+	return slot_class(i) == WL_CORPUS && !slot_ver[i];
 }
 
 static void *slot_page(uint64_t i)
@@ -182,15 +229,45 @@ static void *slot_page(uint64_t i)
 	return phys_to_virt(gfn_to_gpa(slot_gfn[i]));
 }
 
+static const uint64_t *corpus_words(uint64_t page)
+{
+	return (const uint64_t *)(corpus_base + page * RT_PAGE_SIZE);
+}
+
 static void fill_slot(uint64_t i)
 {
-	wlgen_fill(slot_page(i), slot_class(i), cfg.seed, cfg.id, slot_index(i), slot_ver[i]);
+	if (from_corpus(i))
+		memcpy(slot_page(i), corpus_words(slot_index(i)), RT_PAGE_SIZE);
+	else
+		wlgen_fill(slot_page(i), gen_class(i), cfg.seed, cfg.id, slot_index(i), slot_ver[i]);
+}
+
+/* Byte offset of the first word of page that differs from corpus page n, or -1. */
+static int corpus_check(const uint64_t *page, uint64_t n)
+{
+	const uint64_t *want = corpus_words(n);
+
+	for (unsigned w = 0; w < RT_PAGE_SIZE / 8; w++)
+		if (page[w] != want[w])
+			return (int)(w * 8);
+	return -1;
+}
+
+/* The word slot i should hold at byte offset off (diagnostics). */
+static uint64_t expected_word(uint64_t i, uint32_t ver, int off)
+{
+	if (slot_class(i) == WL_CORPUS)
+		return ver ? wlgen_word(WLGEN_UNIQUE, cfg.seed, cfg.id, i, ver, (unsigned)off)
+			   : corpus_words(corpus_page(i))[off / 8];
+	return wlgen_word(gen_class(i), cfg.seed, cfg.id, slot_index(i), ver, (unsigned)off);
 }
 
 static bool check_slot(struct wl_cpu *c, uint64_t i)
 {
 	const uint64_t *page = slot_page(i);
-	int off = wlgen_check(page, slot_class(i), cfg.seed, cfg.id, slot_index(i), slot_ver[i]);
+	int off = from_corpus(i) ? corpus_check(page, slot_index(i))
+				 : wlgen_check(page, gen_class(i), cfg.seed, cfg.id, slot_index(i),
+					       slot_ver[i]);
 
 	if (off < 0)
 		return true;
@@ -231,7 +308,10 @@ static void job_fill(unsigned cpu, void *arg)
 	}
 }
 
-/* Refill this vCPU's pages whose content depends on the id (the unique ones), from version 0. */
+/*
+ * Refill this vCPU's pages whose content depends on the id (the unique
+ * ones, and corpus pages that became the guest's own), from version 0.
+ */
 static void job_refill_own(unsigned cpu, void *arg)
 {
 	struct wl_cpu *c = &cpus[cpu];
@@ -240,7 +320,7 @@ static void job_refill_own(unsigned cpu, void *arg)
 	for (uint64_t i = c->lo; i < c->hi; i++) {
 		if (i % WL_POLL_PAGES == 0)
 			rt_poll();
-		if (slot_class(i) != WLGEN_UNIQUE)
+		if (slot_class(i) != WLGEN_UNIQUE && !(slot_class(i) == WL_CORPUS && slot_ver[i]))
 			continue;
 		slot_ver[i] = 0;
 		fill_slot(i);
@@ -473,8 +553,7 @@ static bool verify_all(void)
 		  bad, first->bad_slot, class_names[slot_class(first->bad_slot)],
 		  slot_index(first->bad_slot),
 		  first->bad_ver, first->bad_off,
-		  wlgen_word(slot_class(first->bad_slot), cfg.seed, cfg.id,
-			     slot_index(first->bad_slot), first->bad_ver, (unsigned)first->bad_off),
+		  expected_word(first->bad_slot, first->bad_ver, first->bad_off),
 		  first->bad_word);
 	for (i = 0; i < rt_ncpus(); i++)
 		cpus[i].bad = 0;
@@ -522,6 +601,13 @@ static void parse(struct rt_str spec)
 			cfg.dupset = num(key, val, UINT64_MAX);
 		} else if (str_eq(key, "zero")) {
 			cfg.zero = num(key, val, 100);
+		} else if (str_eq(key, "corpus")) {
+			cfg.corpus = num(key, val, 100);
+		} else if (str_eq(key, "corpus_order")) {
+			if (str_eq(val, "shuffle"))
+				cfg.corpus_shuffle = true;
+			else if (!str_eq(val, "seq"))
+				usage("corpus_order= must be seq or shuffle, not", val);
 		} else if (str_eq(key, "id")) {
 			cfg.id = num(key, val, UINT64_MAX);
 		} else if (str_eq(key, "seed")) {
@@ -575,18 +661,21 @@ static void parse(struct rt_str spec)
 	}
 	if (!has_size)
 		usage("missing size= in", spec);
-	if (cfg.dup + cfg.zero > 100)
-		usage("dup + zero exceed 100 in", spec);
+	if (cfg.dup + cfg.zero + cfg.corpus > 100)
+		usage("dup + zero + corpus exceed 100 in", spec);
 	if (!cfg.hot)
 		usage("hot= must be 1..100 in", spec);
 	if (!cfg.busy_s != !cfg.idle_s)
 		usage("busy= and idle= go together, both above 0, in", spec);
 }
 
-/* Spread each class evenly over the 100 positions (Bresenham), dup first. */
+/*
+ * Spread each class evenly over the 100 positions (Bresenham): dup first,
+ * zero among the rest, corpus among what is left.
+ */
 static void build_class_table(void)
 {
-	uint64_t nd = 100 - cfg.dup;
+	uint64_t nd = 100 - cfg.dup, nz = nd - cfg.zero, r = 0, ncorpus = 0;
 	unsigned p;
 
 	for (p = 0; p < 100; p++) {
@@ -594,13 +683,60 @@ static void build_class_table(void)
 		uint64_t q = p - before;	/* position among the non-dup ones */
 
 		dup_before[p] = (uint8_t)before;
-		if ((p + 1) * cfg.dup / 100 > before)
+		corpus_before[p] = (uint8_t)ncorpus;
+		if ((p + 1) * cfg.dup / 100 > before) {
 			class_tab[p] = WLGEN_DUP;
-		else if (nd && (q + 1) * cfg.zero / nd > q * cfg.zero / nd)
+		} else if (nd && (q + 1) * cfg.zero / nd > q * cfg.zero / nd) {
 			class_tab[p] = WLGEN_ZERO;
-		else
-			class_tab[p] = WLGEN_UNIQUE;
+		} else {
+			/* r: position among those neither dup nor zero. */
+			bool corpus = (r + 1) * cfg.corpus / nz > r * cfg.corpus / nz;
+
+			class_tab[p] = corpus ? WL_CORPUS : WLGEN_UNIQUE;
+			ncorpus += corpus;
+			r++;
+		}
 	}
+}
+
+static uint64_t gcd(uint64_t a, uint64_t b)
+{
+	while (b) {
+		uint64_t t = a % b;
+
+		a = b;
+		b = t;
+	}
+	return a;
+}
+
+/*
+ * The corpus the VMM mapped, and corpus_order=shuffle's permutation: a
+ * multiplier prime to the page count and an offset, both from the id, taken
+ * once (a clone's new identity keeps its pages where they are).
+ */
+static void take_corpus(void)
+{
+	const struct abi_boot_params *bp = rt_boot_params();
+	uint64_t k;
+
+	if (!cfg.corpus)
+		return;
+	if (!bp->corpus_bytes) {
+		rt_printf("kvmem-wl: bad kvmem.wl: corpus= without a corpus (kvmem run --corpus "
+			  "FILE)\n");
+		rt_poweroff(RT_EXIT_USAGE);
+	}
+	corpus_base = phys_to_virt(gpa(bp->corpus_gpa));
+	corpus_pages = DIV_ROUND_UP(bp->corpus_bytes, RT_PAGE_SIZE);
+	if (!cfg.corpus_shuffle || corpus_pages < 2)
+		return;
+	k = (cfg.id + 1) * 0x9e3779b97f4a7c15ULL;
+	k ^= k >> 29;
+	corpus_mul = k % corpus_pages | 1;
+	while (gcd(corpus_mul, corpus_pages) != 1)
+		corpus_mul++;
+	corpus_add = (k >> 17) % corpus_pages;
 }
 
 static __noreturn void out_of_memory(uint64_t need)
@@ -708,8 +844,11 @@ static void print_config(void)
 {
 	rt_printf("kvmem-wl: size %lu MiB (%lu pages) dup %lu%% zero %lu%% unique %lu%% id %lu "
 		  "seed 0x%lx\n",
-		  rt_mib(nslots), nslots, cfg.dup, cfg.zero, 100 - cfg.dup - cfg.zero, cfg.id,
-		  cfg.seed);
+		  rt_mib(nslots), nslots, cfg.dup, cfg.zero, 100 - cfg.dup - cfg.zero - cfg.corpus,
+		  cfg.id, cfg.seed);
+	if (cfg.corpus)
+		rt_printf("kvmem-wl: corpus %lu%% of pages from a corpus of %lu pages, %s\n",
+			  cfg.corpus, corpus_pages, cfg.corpus_shuffle ? "shuffled" : "in order");
 	rt_printf("kvmem-wl: rate %lu MiB/s read %lu MiB/s churn %lu MiB/s hot %lu%% "
 		  "cold %lu MiB/s verify %lu s time %lu s then %s\n",
 		  cfg.rate, cfg.read, cfg.churn, cfg.hot, cfg.cold, cfg.verify_s,
@@ -847,6 +986,7 @@ void wl_main(struct rt_str spec)
 	parse(spec);
 	identity_seen = rt_identity();
 	build_class_table();
+	take_corpus();
 	if (cfg.wait_balloon)
 		wait_for_balloon();
 	t0 = rt_now_ns();

@@ -279,6 +279,7 @@ void mem_destroy(struct gm *gm)
 	kv_free(gm->chunk_age);
 	kv_free(gm->chunk_hits);
 	kv_free(gm->swap_slot);
+	kv_free(gm->corpus_path);
 	kv_free(gm);
 }
 

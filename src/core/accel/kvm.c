@@ -27,6 +27,7 @@
 #include "core/layout.h"
 #include "core/log.h"
 #include "core/vm_internal.h"
+#include "mem/corpus.h"
 #include "mem/memmap.h"
 
 /* Newer than the installed <linux/kvm.h> (Linux 6.1). */
@@ -120,6 +121,34 @@ static int register_ram(struct vm *vm, int fd, uint32_t flags)
 	return 0;
 }
 
+/*
+ * The content corpus (mem/corpus.h) in the slot after RAM's, never dirty
+ * logged: read-only where KVM has such slots, so that a store exits as
+ * MMIO; elsewhere (kvm-pvm may lack them) the host mapping's PROT_READ
+ * refuses the store, which exits the same way there.
+ */
+static int register_corpus(struct vm *vm, int fd)
+{
+	struct kvm_userspace_memory_region mr = { .slot = mem_nr_regions(vm->gm) };
+	struct mem_corpus c;
+
+	if (!mem_corpus_get(vm->gm, &c))
+		return 0;
+	if (ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_READONLY_MEM) > 0)
+		mr.flags = KVM_MEM_READONLY;
+	mr.guest_phys_addr = c.gpa;
+	mr.memory_size = c.map_bytes;
+	mr.userspace_addr = (uint64_t)(uintptr_t)(mem_phys_base(vm->gm) + c.gpa);
+	if (ioctl(fd, KVM_SET_USER_MEMORY_REGION, &mr) < 0) {
+		int err = errno;
+
+		log_err("%s: corpus memslot (gpa 0x%llx, %llu bytes): %m", vm->name,
+			(unsigned long long)mr.guest_phys_addr, (unsigned long long)mr.memory_size);
+		return -err;
+	}
+	return 0;
+}
+
 static int kvm_vm_init(struct vm *vm)
 {
 	int sys = accel_kvm_system_fd();
@@ -149,6 +178,8 @@ static int kvm_vm_init(struct vm *vm)
 	}
 	vm->accel_vm = k;
 	ret = register_ram(vm, k->fd, 0);
+	if (!ret)
+		ret = register_corpus(vm, k->fd);
 	if (ret)
 		return ret;
 	/*

@@ -11,7 +11,8 @@
  *     "vms": [ { "name": "a", "mem": "1G", "min": "256M", "shares": 1000,
  *                "cpus": 1, "guest": "path", "append": "kvmem.wl=...",
  *                "console_log": "a.log", "accel": "thread",
- *                "swap_max": "512M" } ] }
+ *                "swap_max": "512M", "corpus": "libs.corpus" } ],
+ *     "corpus_dir": "/var/lib/kvmem/corpora" }
  *
  * Sizes are text with a unit (a bare JSON number is refused: core/size.h);
  * intervals are seconds.
@@ -96,7 +97,7 @@ int host_config_parse_vm(json_t *o, const char *where, struct host_vm_config *vm
 {
 	static const char *const known[] = { "name", "mem", "min", "shares", "cpus",
 					     "guest", "append", "console_log", "accel",
-					     "swap_max" };
+					     "swap_max", "corpus" };
 	const char *key;
 	int64_t n;
 	json_t *v;
@@ -159,6 +160,9 @@ int host_config_parse_vm(json_t *o, const char *where, struct host_vm_config *vm
 	if (vm->append && strlen(vm->append) >= ABI_MAX_CMDLINE)
 		return fail(err, len, "%sappend: longer than %d bytes", where, ABI_MAX_CMDLINE - 1);
 	ret = get_string(o, "console_log", where, &vm->console_log, err, len);
+	if (ret < 0)
+		return ret;
+	ret = get_string(o, "corpus", where, &vm->corpus, err, len);
 	return ret < 0 ? ret : 0;
 }
 
@@ -280,6 +284,8 @@ int host_config_check_vm(const struct host_vm_config *vm, const char *where, cha
 	if (!vm->guest || access(vm->guest, R_OK))
 		return fail(err, len, "%sguest: %s: no such readable file", where,
 			    vm->guest ? vm->guest : "(none)");
+	if (vm->corpus && access(vm->corpus, R_OK))
+		return fail(err, len, "%scorpus: %s: no such readable file", where, vm->corpus);
 	return 0;
 }
 
@@ -318,7 +324,8 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 	static const char *const known[] = { "budget", "socket", "console_prefix", "dedup",
 					     "accel", "policy_interval", "balloon_stats_interval",
 					     "access", "hard_limit", "swap", "incoming",
-					     "migration_secret", "fingerprint_key", "vms" };
+					     "migration_secret", "fingerprint_key", "corpus_dir",
+					     "vms" };
 	static const char *const access[] = {
 		[HOST_ACCESS_AUTO] = "auto",
 		[HOST_ACCESS_DAMON] = "damon",
@@ -428,6 +435,9 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 	ret = get_string(root, "fingerprint_key", "", &cfg->fingerprint_key, err, len);
 	if (ret < 0)
 		goto out;
+	ret = get_string(root, "corpus_dir", "", &cfg->corpus_dir, err, len);
+	if (ret < 0)
+		goto out;
 	ret = get_string(root, "migration_secret", "", &cfg->migration_secret, err, len);
 	if (ret < 0)
 		goto out;
@@ -506,6 +516,7 @@ void host_vm_config_free(struct host_vm_config *vm)
 	kv_free(vm->guest);
 	kv_free(vm->append);
 	kv_free(vm->console_log);
+	kv_free(vm->corpus);
 	memset(vm, 0, sizeof(*vm));
 }
 
@@ -518,6 +529,7 @@ void host_config_free(struct host_config *cfg)
 	kv_free(cfg->incoming);
 	kv_free(cfg->migration_secret);
 	kv_free(cfg->fingerprint_key);
+	kv_free(cfg->corpus_dir);
 	kv_free(cfg->swap.path);
 	memset(cfg, 0, sizeof(*cfg));
 }

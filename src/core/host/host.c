@@ -33,6 +33,7 @@
 #include "core/vm.h"
 #include "dedup/dedup.h"
 #include "mem/account.h"
+#include "mem/corpus.h"
 #include "mem/lazy.h"
 #include "mem/memmap.h"
 #include "mem/overcommit.h"
@@ -186,6 +187,7 @@ int host_create_vm(struct host *h, struct host_vm *hv)
 		.console_prefix = h->cfg.console_prefix,
 		.console_log = hv->cfg.console_log,
 		.ram_base = hv->cfg.ram_base,
+		.corpus = hv->cfg.corpus,
 	};
 	struct gm *gm;
 	int ret;
@@ -887,6 +889,39 @@ int host_vm_resume(struct host *h, const char *name)
 	return ret;
 }
 
+/* The VM's corpus in the stats: the file and its size (it is page cache, not guest memory). */
+static json_t *corpus_json(const struct gm *gm)
+{
+	struct mem_corpus c;
+
+	if (!mem_corpus_get(gm, &c))
+		return json_null();
+	return json_pack("{s:s, s:I}", "path", c.path, "bytes", (json_int_t)c.bytes);
+}
+
+int host_corpus_path(struct host *h, const char *name, char **out, char *why, size_t whylen)
+{
+	size_t n;
+
+	if (!h->cfg.corpus_dir) {
+		snprintf(why, whylen, "corpus %s: this host takes corpora only from its corpus_dir, "
+			 "and has none", name);
+		return -EPERM;
+	}
+	if (!*name || strlen(name) > 255 || strchr(name, '/') || !strcmp(name, ".") ||
+	    !strcmp(name, "..")) {
+		snprintf(why, whylen, "corpus: \"%.64s\" is not a file name in the host's corpus_dir",
+			 name);
+		return -EINVAL;
+	}
+	n = strlen(h->cfg.corpus_dir) + strlen(name) + 2;
+	*out = kv_zalloc(n);
+	if (!*out)
+		return -ENOMEM;
+	snprintf(*out, n, "%s/%s", h->cfg.corpus_dir, name);
+	return 0;
+}
+
 int host_start_vm(struct host *h, json_t *obj, char *why, size_t whylen)
 {
 	static const char *const files[] = { "guest", "console_log" };
@@ -904,6 +939,14 @@ int host_start_vm(struct host *h, json_t *obj, char *why, size_t whylen)
 		}
 	}
 	ret = host_config_parse_vm(obj, "vm.", &c, h->cfg.default_guest, why, whylen);
+	if (!ret && c.corpus) {
+		char *name = c.corpus;
+
+		ret = host_corpus_path(h, name, &c.corpus, why, whylen);
+		kv_free(name);
+		if (ret)
+			c.corpus = NULL;
+	}
 	if (!ret)
 		ret = host_config_check_vm(&c, "vm.", why, whylen);
 	if (!ret && c.accel == ACCEL_AUTO) {
@@ -1457,6 +1500,7 @@ json_t *host_stats_json(struct host *h)
 		json_object_set_new(vo, "clone_of", hv->clone && hv->restored_from
 				    ? json_string(hv->restored_from) : json_null());
 		json_object_set_new(vo, "restore", lazy_json(vm_gm(hv->vm)));
+		json_object_set_new(vo, "corpus", corpus_json(vm_gm(hv->vm)));
 		if (vu)
 			usage_json(vo, &vu[i]);
 		json_array_append_new(vms, vo);

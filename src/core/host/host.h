@@ -49,6 +49,7 @@ struct host_vm_config {
 	enum accel_kind accel;	/* AUTO: the host's */
 	char *append;		/* guest command line */
 	char *console_log;	/* also write the console here, or NULL */
+	char *corpus;		/* the content corpus file (mem/corpus.h), or NULL */
 	bool swap_max_set;	/* host swap may hold at most swap_max_bytes of it (0: none) */
 	uint64_t swap_max_bytes;
 	uint64_t ram_base;	/* an incoming VM's guest-physical 0 in the host (0: any) */
@@ -85,6 +86,14 @@ struct host_config {
 	char *migration_secret;	/* a file holding the secret migrating hosts share, or NULL */
 	char *fingerprint_key;	/* a file holding the key content fingerprints are hashed with */
 	const char *restore;	/* restore the VM of this snapshot file at start (not owned), or NULL */
+	const char *restore_corpus; /* that VM's corpus file (not owned), or NULL: by name */
+	/*
+	 * Where the corpora of VMs from outside the config are found, by name:
+	 * started over the control socket, arriving, restored or cloned. NULL:
+	 * such VMs cannot have one (a peer must not make this host map a file
+	 * it names into a guest).
+	 */
+	char *corpus_dir;
 };
 
 /* Parse a JSON config file into cfg (zeroed, default_guest set); on error returns -EINVAL and writes "field: problem" to err. */

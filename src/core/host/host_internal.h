@@ -162,6 +162,13 @@ void host_clones_stop(struct host *h);
 void host_release_gone(struct host *h);
 /* What a VM's owner does for a job that sends it away (to a host or a file). */
 extern const struct mig_source_ops host_source_ops;
+/*
+ * The corpus file `name` (a plain file name) in the host's corpus_dir, for
+ * a VM from outside the config: 0 and *out (kv_alloc'd), or -EPERM when the
+ * host has no corpus_dir, -EINVAL for a name that is not a plain file name,
+ * with the reason in why.
+ */
+int host_corpus_path(struct host *h, const char *name, char **out, char *why, size_t whylen);
 /* A VM's description, for a reservation or a snapshot file (new reference, NULL: no memory). */
 json_t *host_vm_describe(struct host *h, struct host_vm *hv);
 /* Give hv's devices (stopped) the state a save took (untrusted): 0, or -EINVAL with why. */

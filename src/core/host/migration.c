@@ -42,6 +42,7 @@
 #include "core/virtio/virtio_mmio.h"
 #include "core/vm.h"
 #include "migrate/migrate.h"
+#include "mem/corpus.h"
 #include "mem/overcommit.h"
 
 #define CONNECT_TIMEOUT_MS 5000
@@ -300,6 +301,7 @@ const struct mig_source_ops host_source_ops = {
 json_t *host_vm_describe(struct host *h, struct host_vm *hv)
 {
 	struct ovc_vm_stats vs = { 0 };
+	struct mem_corpus corpus;
 	json_t *d;
 
 	ovc_get_vm_stats(h->ovc, hv->ovc, &vs);
@@ -312,6 +314,16 @@ json_t *host_vm_describe(struct host *h, struct host_vm *hv)
 		      (json_int_t)vs.resident_bytes);
 	if (d && hv->cfg.swap_max_set)
 		json_object_set_new(d, "swap_max", json_integer((json_int_t)hv->cfg.swap_max_bytes));
+	if (d && mem_corpus_get(vm_gm(hv->vm), &corpus)) {
+		const char *slash = strrchr(corpus.path, '/');
+		char hash[17];
+
+		/* By name: where it lands, the host finds it in its own corpus_dir. */
+		snprintf(hash, sizeof(hash), "%016" PRIx64, corpus.hash);
+		json_object_set_new(d, "corpus", json_pack("{s:s, s:I, s:s}", "name",
+							   slash ? slash + 1 : corpus.path, "bytes",
+							   (json_int_t)corpus.bytes, "xxh3", hash));
+	}
 	return d;
 }
 
@@ -544,8 +556,44 @@ json_t *host_job_json(const struct mig_progress *pp)
 
 /* --- the destination's side --- */
 
+/*
+ * An incoming VM's corpus ({"name", "bytes", "xxh3"}): the file of that name
+ * in this host's corpus_dir (or the one the restore named), with the same
+ * content. 0 and c->corpus set, or -errno with why.
+ */
+static int parse_corpus(struct host *h, json_t *o, struct host_vm_config *c, char *why,
+			size_t whylen)
+{
+	const char *name, *hex;
+	json_int_t bytes;
+	uint64_t hash;
+	char *end;
+	int ret;
+
+	if (json_unpack(o, "{s:s, s:I, s:s}", "name", &name, "bytes", &bytes, "xxh3", &hex) ||
+	    bytes <= 0 || strlen(hex) != 16) {
+		snprintf(why, whylen, "the VM's corpus is described wrongly");
+		return -EINVAL;
+	}
+	hash = strtoull(hex, &end, 16);
+	if (*end) {
+		snprintf(why, whylen, "the VM's corpus is described wrongly");
+		return -EINVAL;
+	}
+	if (h->cfg.restore_corpus) {
+		c->corpus = kv_strdup(h->cfg.restore_corpus);
+		ret = c->corpus ? 0 : -ENOMEM;
+	} else {
+		ret = host_corpus_path(h, name, &c->corpus, why, whylen);
+	}
+	if (!ret)
+		ret = mem_corpus_check(c->corpus, (uint64_t)bytes, hash, why, whylen);
+	return ret;
+}
+
 /* Check an incoming VM's description as any other input from outside. */
-static int parse_desc(json_t *d, struct host_vm_config *c, char *why, size_t whylen)
+static int parse_desc(struct host *h, json_t *d, struct host_vm_config *c, char *why,
+		      size_t whylen)
 {
 	const char *name = NULL, *accel = NULL, *append = "", *guest = "";
 	json_int_t mem, min = 0, base = 0, resident = 0, swap_max = -1;
@@ -593,10 +641,16 @@ static int parse_desc(json_t *d, struct host_vm_config *c, char *why, size_t why
 	c->append = kv_strdup(append);
 	c->guest = kv_strdup(*guest ? guest : "migrated");
 	if (!c->name || !c->append || !c->guest) {
-		kv_free(c->name);
-		kv_free(c->append);
-		kv_free(c->guest);
+		host_vm_config_free(c);
 		return -ENOMEM;
+	}
+	if (json_object_get(d, "corpus")) {
+		int ret = parse_corpus(h, json_object_get(d, "corpus"), c, why, whylen);
+
+		if (ret) {
+			host_vm_config_free(c);
+			return ret;
+		}
 	}
 	return 0;
 }
@@ -613,7 +667,7 @@ static int dst_reserve(void *arg, json_t *desc, struct vm **vm, char *why, size_
 	/* A restore may give the VM another name (a copy of one that runs here, say). */
 	if (a->name)
 		json_object_set_new(desc, "name", json_string(a->name));
-	ret = parse_desc(desc, &c, why, whylen);
+	ret = parse_desc(h, desc, &c, why, whylen);
 	if (ret)
 		return ret;
 	ret = host_add_vm(h, &c, &(struct host_vm_origin){ .incoming = true, .job = a->job,

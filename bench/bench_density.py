@@ -3,12 +3,16 @@
 service level, with kvmem's mechanisms and with the usual alternative.
 
     bench_density.py KVMEM SWAP_DIR [--accel A] [--budget 1G] [--mem 256M]
-                     [--wl SPEC] [--max N] [--settle S] [--window S]
+                     [--wl SPEC] [--corpora DIR] [--max N] [--settle S] [--window S]
                      [--variants all,dedup,balloon,swap,ksm,none] [--plot FILE]
 
 Every guest runs the same workload (--wl; default a 192 MiB fill, 40% of it
 alike across guests, 15% zero, a quarter of it hot: rewritten at 2 MiB/s and
-read at 4 MiB/s, reporting its progress every second). A trial starts N
+read at 4 MiB/s, reporting its progress every second). With --corpora DIR
+(bench/corpora.py's output) the guests' memory looks like real guests'
+instead: 45% of the fill copied from a corpus, the guests taking DIR's
+py.corpus and pl.corpus in turn (two kinds of service whose libraries and
+executables are the same), 15% zero, the rest their own. A trial starts N
 guests of --mem each on one host, waits for every fill, lets the host settle
 (--settle s), then measures for --window s. N guests fit when, over the
 window:
@@ -20,8 +24,13 @@ window:
     figure for the kvmem process) at the median of the window at most 5%
     above it.
 
-For each variant N goes up from 1 until a trial fails; the density is the
-largest N that fit:
+For each variant the density is the largest N that fits: the search starts
+where the budget holds every guest's whole memory (that many must fit: no
+overcommit is needed), climbs in growing steps until a trial fails, and
+bisects between the last N that fit and the first that did not (a trial per
+step, not one for every N).
+
+The variants:
 
   all       kvmem with everything: page sharing, the balloon, host swap (a
             file with a 64 MiB compressed pool), zero pages
@@ -54,7 +63,9 @@ from benchlib import (Host, cmd, emit, memory_cgroup, read, request, take_accel,
 ACCEL = take_accel()
 BUDGET = take_opt("--budget", "1G")
 MEM = take_opt("--mem", "256M")
-WL = take_opt("--wl", "size=192,dup=40,zero=15,hot=25,rate=2,read=4,report=1,then=sleep")
+CORPORA = take_opt("--corpora", None)
+WL = take_opt("--wl", "size=192,corpus=45,zero=15,hot=25,rate=2,read=4,report=1,then=sleep"
+              if CORPORA else "size=192,dup=40,zero=15,hot=25,rate=2,read=4,report=1,then=sleep")
 MAXN = int(take_opt("--max", "12"))
 SETTLE = int(take_opt("--settle", "20"))
 WINDOW = int(take_opt("--window", "20"))
@@ -76,6 +87,9 @@ def config(variant, d, n):
            "dedup": "on" if variant in ("all", "dedup") else "off",
            "vms": [{"name": f"g{i}", "mem": MEM, "append": f"kvmem.wl={WL},id={i + 1}{nob}"}
                    for i in range(n)]}
+    if CORPORA:
+        for i, vm in enumerate(cfg["vms"]):
+            vm["corpus"] = os.path.join(CORPORA, ("py", "pl")[i % 2] + ".corpus")
     if variant in ("all", "swap"):
         cfg["swap"] = {"path": SWAPDIR, "size": f"{n * MEM_MIB}M",
                        **({"pool": "64M"} if variant == "all" else {})}
@@ -165,27 +179,51 @@ ok, alone_res = trial("none", 1)
 if not ok:
     sys.exit(f"bench/density: a guest alone did not run: {alone_res}")
 alone = alone_res["rates"][0]
-config_line = {"budget": BUDGET, "mem": MEM, "wl": WL, "settle_s": SETTLE, "window_s": WINDOW}
+config_line = {"budget": BUDGET, "mem": MEM, "wl": WL, "corpora": CORPORA, "settle_s": SETTLE,
+               "window_s": WINDOW}
+
+
+def attempt(variant, n):
+    """One trial of n guests: (fit, its figures)."""
+    try:
+        ran, res = trial(variant, n)
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
+        ran, res = False, {"error": str(e)}
+    res["n"] = n
+    ok = ran and "error" not in res and fits(res, alone)
+    print(f"# {variant}: {n} {'fit' if ok else 'do not fit'} ({res})", flush=True)
+    return ok, res
+
+
+def density(variant):
+    """(largest n that fit, its figures, the figures of the smallest n that did not)."""
+    lo, last_fit, first_fail = 0, None, None
+    hi, step = max(1, min(BUDGET_MIB // MEM_MIB, MAXN)), 1
+    while True:
+        ok, res = attempt(variant, hi)
+        if not ok:
+            first_fail = res
+            break
+        lo, last_fit = hi, res
+        if hi == MAXN:
+            return lo, last_fit, None
+        hi, step = min(hi + step, MAXN), step * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        ok, res = attempt(variant, mid)
+        if ok:
+            lo, last_fit = mid, res
+        else:
+            hi, first_fail = mid, res
+    return lo, last_fit, first_fail
+
+
 table = []
 for variant in VARIANTS:
     if variant == "none":
         best, last_fit, first_fail = BUDGET_MIB // MEM_MIB, None, None
     else:
-        best, last_fit, first_fail = 0, None, None
-        for n in range(1, MAXN + 1):
-            try:
-                ran, res = trial(variant, n)
-            except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
-                first_fail = {"n": n, "error": str(e)}
-                break
-            res["n"] = n
-            if ran and fits(res, alone):
-                best, last_fit = n, res
-                print(f"# {variant}: {n} fit ({res})", flush=True)
-            else:
-                first_fail = res
-                print(f"# {variant}: {n} do not fit ({res})", flush=True)
-                break
+        best, last_fit, first_fail = density(variant)
     capped = variant != "none" and best == MAXN
     emit("density", "guests", best, dict(config_line, variant=variant), alone_ops_s=alone,
          capped=capped, last_fit=last_fit, first_fail=first_fail)

@@ -122,9 +122,14 @@ try:
 
     # 1. Sharing reaches what the corpora predict.
     request(sock, {"verb": "dedup", "cpu_percent": 100, "pages_per_sec": 1 << 20})
-    check(settle(sock), "sharing settles")
-    sb = stats(sock)["host"]["saved_by"]
-    shared = (sb["zero"] + sb["shared_within"] + sb["shared_across"]) // PAGE
+    # Small guests: a pass that changes a few pages still has work left.
+    check(settle(sock, slack_pages=8), "sharing settles")
+
+    def shared_pages():
+        sb = stats(sock)["host"]["saved_by"]
+        return sb, (sb["zero"] + sb["shared_within"] + sb["shared_across"]) // PAGE
+    wait_for(lambda: shared_pages()[1] >= 0.95 * predicted, 120)
+    sb, shared = shared_pages()
     print(f"info   saved by zero {sb['zero'] // PAGE}, within {sb['shared_within'] // PAGE}, "
           f"across {sb['shared_across'] // PAGE} pages; predicted {predicted}", flush=True)
     check(0.95 * predicted <= shared <= predicted + 512,

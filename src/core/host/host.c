@@ -905,7 +905,7 @@ int host_corpus_path(struct host *h, const char *name, char **out, char *why, si
 
 	if (!h->cfg.corpus_dir) {
 		snprintf(why, whylen, "corpus %s: this host takes corpora only from its corpus_dir, "
-			 "and has none", name);
+			 "and has none (kvmem run --restore: give the file with --corpus)", name);
 		return -EPERM;
 	}
 	if (!*name || strlen(name) > 255 || strchr(name, '/') || !strcmp(name, ".") ||

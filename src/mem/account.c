@@ -171,10 +171,7 @@ static int vm_reserve(struct ledger_vm *v)
  */
 static bool caught_up(struct gm *gm, uint64_t idx, enum ps_state st, uint64_t e)
 {
-	if (!mem_pm_resident(e) || mem_pm_file(e))
-		return false;
-	pagestate_cas(gm->ps, idx, st, PS_ANON);
-	return true;
+	return mem_pm_resident(e) && !mem_pm_file(e) && mem_catch_up(gm, idx, st);
 }
 
 /*

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 
 #include "mem/gm.h"
+#include "mem/pagestate.h"
 
 #define MEM_MAX_REGIONS 2
 
@@ -91,6 +92,17 @@ struct gm {
 	char *corpus_path;		/* NULL: none */
 	uint64_t corpus_bytes, corpus_hash;
 };
+
+/*
+ * Page idx, in state st (ZERO, BALLOONED, REPORTED: dropped), was seen in
+ * memory: the guest wrote it since, and the kernel filled the hole without
+ * a fault kvmem sees. Make it the VM's own page again (PS_ANON), so the
+ * mechanisms can take it again. The page is claimed first and its pagemap
+ * entry read again while it is held: one dropped anew since the caller
+ * looked (the same state again, and no longer in memory) keeps its state.
+ * True when it became the VM's own.
+ */
+bool mem_catch_up(struct gm *gm, uint64_t idx, enum ps_state st);
 
 /*
  * Why a page is write-protected besides a transaction's claim (PS_BUSY).

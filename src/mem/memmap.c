@@ -413,6 +413,18 @@ uint64_t mem_nr_pages(const struct gm *gm)
 	return gm->ram_bytes >> LAYOUT_PAGE_SHIFT;
 }
 
+bool mem_catch_up(struct gm *gm, uint64_t idx, enum ps_state st)
+{
+	uint64_t e;
+	bool own;
+
+	if (pagestate_cas(gm->ps, idx, st, PS_BUSY))
+		return false;
+	own = mem_pagemap(gm, idx, 1, &e) == 1 && mem_pm_resident(e) && !mem_pm_file(e);
+	pagestate_set(gm->ps, idx, own ? PS_ANON : st);
+	return own;
+}
+
 uint64_t mem_resident(struct gm *gm)
 {
 	uint64_t buf[512], total = 0;
@@ -443,7 +455,7 @@ uint64_t mem_resident(struct gm *gm)
 					continue;
 				total++;
 				if (st == PS_ZERO || st == PS_REPORTED || st == PS_BALLOONED)
-					pagestate_cas(gm->ps, idx + (uint64_t)i, st, PS_ANON);
+					mem_catch_up(gm, idx + (uint64_t)i, st);
 			}
 			idx += (uint64_t)got;
 		}

@@ -58,6 +58,7 @@ struct dedup_stats {
 	uint64_t pages_scanned;	 /* page visits that hashed a page, cumulative */
 	uint64_t zero_pages;	 /* pages dropped as zero by the scanner, cumulative */
 	uint64_t cow_breaks;	 /* shared pages the guest wrote (kernel copy-on-write), cumulative */
+	uint64_t group_unshares; /* shared pages made private by a change of sharing group, cumulative */
 	uint64_t released;	 /* shared pages another mechanism took over (balloon, swap) */
 	uint64_t merges;	 /* guest pages mapped onto a frame, cumulative */
 	uint64_t merge_races;	 /* merges abandoned: busy page or content changed under protection */
@@ -94,6 +95,24 @@ MUST_CHECK int dedup_start(struct dedup *d);
 MUST_CHECK int dedup_add_vm(struct dedup *d, struct gm *gm, const char *name);
 /* Stop scanning gm and drop its frame references (before its memory is unmapped). */
 void dedup_remove_vm(struct dedup *d, struct gm *gm);
+
+/*
+ * Sharing groups: pages are shared only between VMs of one group (zero
+ * pages are dropped in every group alike), because a page two VMs share is
+ * a side channel between them (FLUSH+RELOAD). A group is known by its
+ * salt: every content hash of a VM is taken with its group's salt, so the
+ * index never pairs the pages of two groups, and a sketch of one group
+ * never matches another's. The salt comes from the group's name, the same
+ * on every host ("" is the default group, salt 0).
+ */
+uint64_t dedup_group_salt(const char *name);
+/*
+ * Put gm (added to d) in the group of `salt`. Its pages on frames leave
+ * them (a private copy each, as if the guest wrote them: the frames were
+ * its old group's, or are found only by its old group), counted in
+ * *unshared. 0, or -ENOENT when gm is not d's. Any thread; d->lock inside.
+ */
+int dedup_set_group(struct dedup *d, struct gm *gm, uint64_t salt, uint64_t *unshared);
 
 /* Change tunables (validated: -EINVAL). Takes effect before the next batch. */
 int dedup_configure(struct dedup *d, const struct dedup_config *cfg);
@@ -151,8 +170,12 @@ struct dedup_image;
 /* Pages of one window of an image (2 MiB): dedup_image_add takes at most one, aligned. */
 #define DEDUP_IMAGE_WINDOW 512
 
-/* An image of nr_pages pages (page-index space of the VMs it is mapped into). 0 or -errno. */
-MUST_CHECK int dedup_image_create(struct dedup *d, uint64_t nr_pages, struct dedup_image **out);
+/*
+ * An image of nr_pages pages (page-index space of the VMs it is mapped
+ * into), whose frames belong to the sharing group of `salt`. 0 or -errno.
+ */
+MUST_CHECK int dedup_image_create(struct dedup *d, uint64_t nr_pages, uint64_t salt,
+				  struct dedup_image **out);
 /*
  * Content of pages [idx, idx + n) of the image (n <= one window, not
  * crossing one): has[i] says whether page idx+i has content (else it reads
@@ -181,7 +204,8 @@ MUST_CHECK int dedup_image_add(struct dedup *d, struct dedup_image *img, uint64_
  * held by another mechanism (windows mapped already are dropped again: they
  * read zeros, PS_ZERO); -ENOENT when gm is not d's; -EINVAL when the image
  * is larger than gm; -ENOSPC when vm.max_map_count leaves no room for a
- * mapping per window.
+ * mapping per window; -EXDEV when gm is in another sharing group than the
+ * image.
  */
 MUST_CHECK int dedup_image_map(struct dedup *d, struct dedup_image *img, struct gm *gm,
 			       uint64_t *mapped);
@@ -209,9 +233,13 @@ struct dedup_sketch {
 	uint64_t distinct;	/* distinct contents among them (exact) */
 };
 
-/* 0 and *out (free it with dedup_sketch_free), -EINVAL (k 0 or above the max), -errno. */
-MUST_CHECK int dedup_sketch_vm(struct gm *gm, const void *key, size_t key_len, unsigned int k,
-			       struct dedup_sketch *out);
+/*
+ * 0 and *out (free it with dedup_sketch_free), -EINVAL (k 0 or above the
+ * max), -errno. The hashes are taken with the salt of gm's sharing group
+ * (dedup_group_salt): sketches of VMs that cannot share never match.
+ */
+MUST_CHECK int dedup_sketch_vm(struct gm *gm, const void *key, size_t key_len, uint64_t salt,
+			       unsigned int k, struct dedup_sketch *out);
 void dedup_sketch_free(struct dedup_sketch *s);
 
 /*

@@ -188,6 +188,7 @@ struct dedup_vm {
 	uint32_t *frame;	/* slot of the frame the page maps, or DEDUP_NO_FRAME (lock) */
 	uint32_t *win_ext;	/* per DEDUP_EXT_PAGES window: extent mirroring it (lock) */
 	uint64_t mapped;	/* pages of this VM mapped onto frames (lock) */
+	uint64_t salt;		/* its sharing group's (dedup_group_salt; lock) */
 };
 
 struct dedup {

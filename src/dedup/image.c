@@ -57,6 +57,7 @@ struct dedup_image {
 	uint64_t nr_pages;
 	uint64_t nr_wins;
 	uint64_t frames;		/* pages with content, all windows */
+	uint64_t salt;			/* its frames' sharing group (dedup_group_salt) */
 	bool sealed;			/* frames in the index; no more content */
 	struct image_win *win;
 };
@@ -79,7 +80,8 @@ static uint64_t min_u64(uint64_t a, uint64_t b)
 	return a < b ? a : b;
 }
 
-int dedup_image_create(struct dedup *d, uint64_t nr_pages, struct dedup_image **out)
+int dedup_image_create(struct dedup *d, uint64_t nr_pages, uint64_t salt,
+		       struct dedup_image **out)
 {
 	struct dedup_image *img;
 
@@ -92,6 +94,7 @@ int dedup_image_create(struct dedup *d, uint64_t nr_pages, struct dedup_image **
 	if (!img)
 		return -ENOMEM;
 	img->nr_pages = nr_pages;
+	img->salt = salt;
 	img->nr_wins = (nr_pages + DEDUP_EXT_PAGES - 1) / DEDUP_EXT_PAGES;
 	img->win = kv_calloc(img->nr_wins, sizeof(*img->win));
 	if (!img->win) {
@@ -184,6 +187,9 @@ int dedup_image_add(struct dedup *d, struct dedup_image *img, uint64_t idx, uint
 		/* Zeros need no frame: the clone's window maps them at a reserved position. */
 		if (hash == d->hasher.zero_hash && page_is_zero(page))
 			continue;
+		/* Keyed as the scanner keys the pages of a VM of its group. */
+		if (hash != d->hasher.zero_hash)
+			hash ^= img->salt;
 		if (w->ext == DEDUP_NO_FRAME) {
 			ret = dedup_store_new_extent(&d->store, &w->ext);
 			if (ret) {
@@ -430,6 +436,8 @@ int dedup_image_map(struct dedup *d, struct dedup_image *img, struct gm *gm, uin
 		ret = -ENOENT;
 	} else if (img->nr_pages > a.v->nr_pages) {
 		ret = -EINVAL;
+	} else if (a.v->salt != img->salt) {
+		ret = -EXDEV;
 	} else if (!dedup_map_room(d, 2 * wins)) {
 		ret = -ENOSPC;
 	} else {

@@ -59,6 +59,7 @@
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "core/alloc.h"
 #include "core/clock.h"
@@ -470,6 +471,9 @@ static enum prep prepare(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint
 		return PREP_NONE;
 	}
 	mem_page_hash(v->gm, idx, d->hasher.fn, d->hasher.secret, hash);
+	/* The group's own index keys; zero pages are dropped alike in every group. */
+	if (*hash != d->hasher.zero_hash)
+		*hash ^= v->salt;
 	d->st.pages_scanned++;
 	/* 32 bits of the last hash tell a changed page (as ksm.c's oldchecksum). */
 	if ((uint32_t)*hash != v->sum[idx]) {
@@ -1181,6 +1185,63 @@ static void remove_locked(void *arg)
 		if (v->frame[i] != DEDUP_NO_FRAME)
 			dedup_unref_page(d, v, i);
 	dedup_index_stable_fit(&d->ix);
+}
+
+uint64_t dedup_group_salt(const char *name)
+{
+	/* Never 0 but for the default group: a named group keys apart from it. */
+	return *name ? XXH3_64bits(name, strlen(name)) | 1 : 0;
+}
+
+struct group_args {
+	struct dedup *d;
+	struct dedup_vm *v;
+	uint64_t salt;
+	uint64_t unshared;
+};
+
+/*
+ * Leave every frame: pages of the old group's frames would stay paired with
+ * the old group's VMs (the frames are found by the old salt), and a page of
+ * two groups is the side channel groups are there to close.
+ */
+static void set_group_locked(void *arg)
+{
+	struct group_args *a = arg;
+	struct dedup *d = a->d;
+	struct dedup_vm *v = a->v;
+
+	v->salt = a->salt;
+	dedup_index_unstable_clear(&d->ix, v->id);
+	for (uint64_t i = 0; i < v->nr_pages; i++) {
+		if (v->frame[i] == DEDUP_NO_FRAME)
+			continue;
+		/*
+		 * Not on its frame any more (balloon, swap), or written since:
+		 * the scanner's next visit releases it as it always does.
+		 */
+		if (mem_page_break_share(v->gm, i) || mem_page_unshared(v->gm, i))
+			continue;
+		dedup_unref_page(d, v, i);
+		v->sum[i] = 0;
+		a->unshared++;
+	}
+	d->st.group_unshares += a->unshared;
+	dedup_index_stable_fit(&d->ix);
+}
+
+int dedup_set_group(struct dedup *d, struct gm *gm, uint64_t salt, uint64_t *unshared)
+{
+	struct group_args a = { .d = d, .salt = salt };
+
+	pthread_mutex_lock(&d->lock);
+	a.v = dedup_find_vm(d, gm);
+	if (a.v && a.v->salt != salt)
+		dedup_run_registered(set_group_locked, &a);
+	pthread_mutex_unlock(&d->lock);
+	if (unshared)
+		*unshared = a.unshared;
+	return a.v ? 0 : -ENOENT;
 }
 
 struct dedup_vm *dedup_find_vm(struct dedup *d, struct gm *gm)

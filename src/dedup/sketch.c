@@ -31,7 +31,7 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-int dedup_sketch_vm(struct gm *gm, const void *key, size_t key_len, unsigned int k,
+int dedup_sketch_vm(struct gm *gm, const void *key, size_t key_len, uint64_t salt, unsigned int k,
 		    struct dedup_sketch *out)
 {
 	uint64_t nr = mem_nr_pages(gm), n = 0, pm[SKETCH_BATCH];
@@ -82,7 +82,7 @@ int dedup_sketch_vm(struct gm *gm, const void *key, size_t key_len, unsigned int
 				if (!in || mem_page_hash(gm, idx + (uint64_t)i, hs.fn, hs.secret, &h) ||
 				    h == hs.zero_hash)
 					continue;
-				all[n++] = h;
+				all[n++] = h ^ salt;
 			}
 			idx += (uint64_t)got;
 		}

@@ -201,6 +201,7 @@ json_t *dedup_stats_json(struct dedup *d)
 	U(pages_scanned);
 	U(zero_pages);
 	U(cow_breaks);
+	U(group_unshares);
 	U(released);
 	U(merges);
 	U(merge_races);

@@ -877,6 +877,19 @@ int mem_page_unshared(struct gm *gm, uint64_t idx)
 	return pagestate_cas(gm->ps, idx, PS_SHARED, PS_ANON);
 }
 
+int mem_page_break_share(struct gm *gm, uint64_t idx)
+{
+	uint8_t *hva;
+
+	if (idx >= mem_nr_pages(gm))
+		return -EINVAL;
+	if (pagestate_get(gm->ps, idx) != PS_SHARED)
+		return -EBUSY;
+	hva = mem_phys_base(gm) + mem_index_gpa(gm, idx);
+	/* A write fault without a write: no guest store can be lost to it. */
+	return madvise(hva, MEM_PAGE_SIZE, MADV_POPULATE_WRITE) ? -errno : 0;
+}
+
 int mem_sample_protect(struct gm *gm, uint64_t idx)
 {
 	int ret;

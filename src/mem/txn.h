@@ -169,6 +169,15 @@ int mem_txn_end_window(struct mem_txn *t, int fd, uint64_t off, const uint8_t *k
  * now (someone else's page).
  */
 int mem_page_unshared(struct gm *gm, uint64_t idx);
+/*
+ * Make page idx, which maps a store frame (PS_SHARED), the VM's own copy the
+ * way a guest write would: the kernel's copy-on-write (MADV_POPULATE_WRITE),
+ * content unchanged, safe against the guest writing it meanwhile. The page
+ * stays PS_SHARED until mem_page_unshared, as after a guest write. A page a
+ * mechanism holds write-protected is waited for like a guest write. 0, or
+ * -errno (-EBUSY: not PS_SHARED now).
+ */
+int mem_page_break_share(struct gm *gm, uint64_t idx);
 
 /*
  * Working-set sampling: write-protect PS_ANON page idx with the sampling

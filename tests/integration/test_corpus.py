@@ -3,7 +3,8 @@ outside their RAM, and share what real guests would share.
 
 Corpora are built by bench/corpora.py from this machine's files (2 MiB a
 part): py (libs, bin, python) and pl (libs, bin, perl) have libs and bin in
-common. Guest a copies all of py, in order; b all of pl, shuffled.
+common. Guest a copies all of py, in order; b all of pl, shuffled; both in
+sharing group "tenant".
 1. Both verify; their stats name the corpus; sharing (zero, within, across)
    reaches what the corpora's page hashes predict: a page for every copy of
    a content beyond the first on the host, no more (but the few pages of the
@@ -14,7 +15,7 @@ common. Guest a copies all of py, in order; b all of pl, shuffled.
 3. A guest that stores into its corpus crashes with a line saying so; the
    host and the other guests go on.
 4. a migrates to a host whose corpus_dir holds the same file and verifies
-   there; b to a host whose file of that name differs is refused, and keeps
+   there, in its sharing group; b to a host whose file of that name differs is refused, and keeps
    running where it was.
 """
 import hashlib
@@ -65,9 +66,9 @@ sock, sock2, sock3 = f"{d}/h1.sock", f"{d}/h2.sock", f"{d}/h3.sock"
 in2, in3 = f"unix:{d}/h2-in.sock", f"unix:{d}/h3-in.sock"
 h1 = Host(["host", "--config", host_config(d, {
     "budget": "4G", "socket": sock, "console_prefix": True, "dedup": "on", "corpus_dir": corp,
-    "vms": [{"name": "a", "mem": "64M", "corpus": f"{corp}/py.corpus",
+    "vms": [{"name": "a", "mem": "64M", "corpus": f"{corp}/py.corpus", "sharing_group": "tenant",
              "append": f"kvmem.wl=size={mib_py},corpus=100,verify=2,then=sleep"},
-            {"name": "b", "mem": "64M", "corpus": f"{corp}/pl.corpus",
+            {"name": "b", "mem": "64M", "corpus": f"{corp}/pl.corpus", "sharing_group": "tenant",
              "append": f"kvmem.wl=size={mib_pl},corpus=100,corpus_order=shuffle,id=2,"
                        "verify=2,then=sleep"}]})])
 # h2 has the same py; h3 a pl of the same size with one byte changed.
@@ -163,8 +164,10 @@ try:
     check(m.get("stage") == "done", f"a migrates to h2, whose py.corpus is the same "
           f"({m.get('error', 'done')})")
     verifies(h2, "a", "at h2")
-    check((vm_of(stats(sock2), "a").get("corpus") or {}).get("path") == f"{corp2}/py.corpus",
+    a2 = vm_of(stats(sock2), "a")
+    check((a2.get("corpus") or {}).get("path") == f"{corp2}/py.corpus",
           "at h2, a maps h2's own py.corpus")
+    check(a2.get("sharing_group") == "tenant", f"a keeps its sharing group ({a2.get('sharing_group')})")
     m = migrate("b", in3)
     check(m.get("stage") == "failed" and "differs" in m.get("error", ""),
           f"b is refused by h3, whose pl.corpus differs ({m.get('error')})")

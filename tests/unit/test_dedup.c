@@ -720,7 +720,7 @@ static struct dedup_image *img_build(struct dedup *d)
 {
 	struct dedup_image *img;
 
-	assert_int_equal(dedup_image_create(d, IMG_PAGES, &img), 0);
+	assert_int_equal(dedup_image_create(d, IMG_PAGES, 0, &img), 0);
 	img_add(d, img, 0, DEDUP_EXT_PAGES);
 	img_add(d, img, DEDUP_EXT_PAGES, DEDUP_EXT_PAGES);
 	img_add(d, img, 2 * DEDUP_EXT_PAGES, 64);

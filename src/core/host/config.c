@@ -26,7 +26,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
-#include "core/host/host.h"
+#include "core/host/host_internal.h"
 #include "core/layout.h"
 #include "core/size.h"
 #include "mem/gm.h"
@@ -97,7 +97,7 @@ int host_config_parse_vm(json_t *o, const char *where, struct host_vm_config *vm
 {
 	static const char *const known[] = { "name", "mem", "min", "shares", "cpus",
 					     "guest", "append", "console_log", "accel",
-					     "swap_max", "corpus" };
+					     "swap_max", "corpus", "sharing_group" };
 	const char *key;
 	int64_t n;
 	json_t *v;
@@ -163,6 +163,9 @@ int host_config_parse_vm(json_t *o, const char *where, struct host_vm_config *vm
 	if (ret < 0)
 		return ret;
 	ret = get_string(o, "corpus", where, &vm->corpus, err, len);
+	if (ret < 0)
+		return ret;
+	ret = get_string(o, "sharing_group", where, &vm->sharing_group, err, len);
 	return ret < 0 ? ret : 0;
 }
 
@@ -275,6 +278,8 @@ static int parse_swap(json_t *o, struct host_swap_config *sw, char *err, size_t 
 
 int host_config_check_vm(const struct host_vm_config *vm, const char *where, char *err, size_t len)
 {
+	char why[200];
+
 	if (vm->mem_bytes % LAYOUT_PAGE_SIZE || vm->mem_bytes < 4 * LAYOUT_RESERVED_END)
 		return fail(err, len, "%smem: must be a multiple of 4K and at least 8M", where);
 	if (vm->mem_bytes > LAYOUT_MAX_RAM)
@@ -286,6 +291,8 @@ int host_config_check_vm(const struct host_vm_config *vm, const char *where, cha
 			    vm->guest ? vm->guest : "(none)");
 	if (vm->corpus && access(vm->corpus, R_OK))
 		return fail(err, len, "%scorpus: %s: no such readable file", where, vm->corpus);
+	if (vm->sharing_group && host_group_check(vm->sharing_group, false, why, sizeof(why)))
+		return fail(err, len, "%s%s", where, why);
 	return 0;
 }
 
@@ -308,6 +315,10 @@ int host_config_check(const struct host_config *cfg, char *err, size_t len)
 		ret = host_config_check_vm(vm, where, err, len);
 		if (ret)
 			return ret;
+		if (vm->sharing_group && cfg->dedup == HOST_DEDUP_KSM &&
+		    host_group_check(vm->sharing_group, true, err, len))
+			return fail(err, len, "vms[%u].sharing_group: host KSM (dedup ksm) merges "
+				    "across any groups: only the default group can be kept", i);
 		sum_min += vm->min_bytes;
 	}
 	if (cfg->budget_bytes && sum_min > cfg->budget_bytes)
@@ -517,6 +528,7 @@ void host_vm_config_free(struct host_vm_config *vm)
 	kv_free(vm->append);
 	kv_free(vm->console_log);
 	kv_free(vm->corpus);
+	kv_free(vm->sharing_group);
 	memset(vm, 0, sizeof(*vm));
 }
 

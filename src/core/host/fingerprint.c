@@ -6,7 +6,8 @@
  * by the cluster's key (the config's "fingerprint_key"), so sketches of
  * hosts that share it compare, and are worth nothing to whoever lacks it.
  * A sketch is still a side channel on a VM's contents: like every verb it
- * is root's alone.
+ * is root's alone, and its hashes are its sharing group's (groups.c), so
+ * it says nothing of a VM of another group that it could be matched with.
  */
 #define LOG_TAG "host"
 #include <errno.h>
@@ -42,8 +43,10 @@ static json_t *hex_hashes(const struct dedup_sketch *s)
 static int fingerprint_verb(void *arg, json_t *req, json_t *reply)
 {
 	struct host *h = arg;
+	char group[HOST_GROUP_MAX + 1];
 	struct dedup_sketch s;
 	struct host_vm *hv;
+	uint64_t salt;
 	const char *name;
 	uint64_t k = DEDUP_SKETCH_K, t0;
 	json_t *hashes;
@@ -59,8 +62,9 @@ static int fingerprint_verb(void *arg, json_t *req, json_t *reply)
 	hv = host_find_vm(h, name);
 	if (!hv)
 		return control_reply_error(reply, ENOENT, "vm \"%.64s\": no such VM", name);
+	host_vm_group(h, hv, group, sizeof(group), &salt);
 	t0 = kv_clock_ns(CLOCK_MONOTONIC);
-	ret = dedup_sketch_vm(vm_gm(hv->vm), h->fp_key, h->fp_key_len, (unsigned int)k, &s);
+	ret = dedup_sketch_vm(vm_gm(hv->vm), h->fp_key, h->fp_key_len, salt, (unsigned int)k, &s);
 	if (ret)
 		return control_reply_error(reply, -ret, "vm \"%.64s\": %s", name, strerror(-ret));
 	hashes = hex_hashes(&s);
@@ -69,7 +73,8 @@ static int fingerprint_verb(void *arg, json_t *req, json_t *reply)
 		return -ENOMEM;
 	}
 	json_object_set_new(reply, "fingerprint",
-			    json_pack("{s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:o}", "vm", hv->cfg.name,
+			    json_pack("{s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:o}", "vm",
+				      hv->cfg.name, "sharing_group", group,
 				      "keyed", h->fp_key != NULL, "k", (json_int_t)s.k,
 				      "n", (json_int_t)s.n, "pages", (json_int_t)s.pages,
 				      "distinct", (json_int_t)s.distinct, "ms",

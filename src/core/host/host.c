@@ -235,6 +235,10 @@ int host_create_vm(struct host *h, struct host_vm *hv)
 		if (ret)
 			return ret;
 	}
+	/* Before it runs: none of its pages is shared yet, in any group. */
+	ret = host_vm_init_group(h, hv);
+	if (ret)
+		return ret;
 	ret = mem_ledger_add(h->ledger, gm);
 	if (ret)
 		return ret;
@@ -295,6 +299,12 @@ int host_add_vm(struct host *h, struct host_vm_config *c, const struct host_vm_o
 	uint64_t sum_min = 0;
 	int ret;
 
+	ret = host_group_check(c->sharing_group ? c->sharing_group : HOST_GROUP_DEFAULT,
+			       h->cfg.dedup == HOST_DEDUP_KSM, why, whylen);
+	if (ret) {
+		host_vm_config_free(c);
+		return ret;
+	}
 	/* The VM list held: no VM is released (and its name freed) while names are compared. */
 	pthread_rwlock_rdlock(&h->vms_lock);
 	ovc_get_stats(h->ovc, &hs);
@@ -571,6 +581,8 @@ int host_create(const struct host_config *cfg, struct host **out)
 				ret = host_snapshot_register(h);
 			if (!ret)
 				ret = host_fingerprint_register(h);
+			if (!ret)
+				ret = host_groups_register(h);
 		}
 		if (ret)
 			goto out_destroy;
@@ -1401,7 +1413,7 @@ json_t *host_stats_json(struct host *h)
 	struct uffd_stats us;
 	json_t *commits = json_object();
 	struct ovc_stats hs;
-	json_t *vms = json_array(), *migrations = json_array();
+	json_t *vms = json_array(), *migrations = json_array(), *groups = json_object();
 	json_t *reclaimed = json_object();
 	json_t *dedup, *swap, *out;
 	struct mem_usage hu = { 0 }, *vu;
@@ -1501,6 +1513,13 @@ json_t *host_stats_json(struct host *h)
 				    ? json_string(hv->restored_from) : json_null());
 		json_object_set_new(vo, "restore", lazy_json(vm_gm(hv->vm)));
 		json_object_set_new(vo, "corpus", corpus_json(vm_gm(hv->vm)));
+		{
+			char group[HOST_GROUP_MAX + 1];
+
+			host_vm_group(h, hv, group, sizeof(group), NULL);
+			json_object_set_new(vo, "sharing_group", json_string(group));
+			host_groups_add(groups, group, vu ? &vu[i] : NULL);
+		}
 		if (vu)
 			usage_json(vo, &vu[i]);
 		json_array_append_new(vms, vo);
@@ -1553,8 +1572,12 @@ json_t *host_stats_json(struct host *h)
 			 "vms", vms, "migrated", migrations);
 	if (out)
 		json_object_set_new(out, "clones", host_clones_json(h));
-	if (out)
+	if (out) {
 		usage_json(json_object_get(out, "host"), &hu);
+		json_object_set_new(json_object_get(out, "host"), "sharing_groups", groups);
+	} else {
+		json_decref(groups);
+	}
 	kv_free(vu);
 	return out;
 }

@@ -50,6 +50,7 @@ struct host_vm_config {
 	char *append;		/* guest command line */
 	char *console_log;	/* also write the console here, or NULL */
 	char *corpus;		/* the content corpus file (mem/corpus.h), or NULL */
+	char *sharing_group;	/* the VM's sharing group, or NULL: the default one */
 	bool swap_max_set;	/* host swap may hold at most swap_max_bytes of it (0: none) */
 	uint64_t swap_max_bytes;
 	uint64_t ram_base;	/* an incoming VM's guest-physical 0 in the host (0: any) */

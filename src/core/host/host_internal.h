@@ -18,6 +18,8 @@
 #include "core/host/host.h"
 
 #define HOST_INCOMING_MAX 64
+#define HOST_GROUP_MAX 63		/* characters of a sharing group's name */
+#define HOST_GROUP_DEFAULT "default"
 
 struct mig_job;
 struct mig_params;
@@ -54,6 +56,9 @@ struct host_vm {
 	bool removing;			/* release it once stopped (the remove verb) (h->lock) */
 	bool job_starting;		/* a verb is starting a migration or save of it (h->lock) */
 	bool released;			/* its resources are gone (main thread, vms_lock) */
+	/* Its sharing group (groups.c): name and its salt (h->lock). */
+	char group[HOST_GROUP_MAX + 1];
+	uint64_t group_salt;
 	bool owns_cfg;			/* cfg's strings are its own (an incoming VM's) */
 	/*
 	 * Its last migration, either way (h->lock): one away is the VM's to
@@ -152,6 +157,25 @@ void host_migration_refused_json(struct host *h, json_t *arr);
  * write. 0 and *out (kv_alloc'd), or -errno (logged).
  */
 int host_load_key(const char *what, const char *path, uint8_t **out, size_t *len);
+/*
+ * Sharing groups (groups.c). host_group_check: is `name` a group name a VM
+ * may take on this host (ksm: host KSM, which keeps only the default
+ * group)? 0, -EINVAL or -ENOTSUP with why. host_vm_join_group: put hv in
+ * group `name` (checked), its shared pages leaving their frames (*unshared,
+ * may be NULL); 0 or -errno. host_vm_group: its group's name and salt now.
+ * host_groups_add: count a VM of `group` with the ledger's figures u (may
+ * be NULL) into the stats' object of groups.
+ */
+struct mem_usage;
+int host_group_check(const char *name, bool ksm, char *why, size_t whylen);
+/* The page sharing engine's salt of group `name` (dedup_group_salt). */
+uint64_t host_group_salt(const char *name);
+int host_vm_join_group(struct host *h, struct host_vm *hv, const char *name, uint64_t *unshared);
+/* The group of its config, for a VM being created (before others can see it). */
+int host_vm_init_group(struct host *h, struct host_vm *hv);
+void host_vm_group(struct host *h, struct host_vm *hv, char *name, size_t len, uint64_t *salt);
+void host_groups_add(json_t *groups, const char *group, const struct mem_usage *u);
+int host_groups_register(struct host *h);
 /* The "fingerprint" verb, after loading cfg.fingerprint_key (fingerprint.c). */
 int host_fingerprint_register(struct host *h);
 /* Every clone request's progress, for the stats (snapshot.c). */

@@ -314,6 +314,12 @@ json_t *host_vm_describe(struct host *h, struct host_vm *hv)
 		      (json_int_t)vs.resident_bytes);
 	if (d && hv->cfg.swap_max_set)
 		json_object_set_new(d, "swap_max", json_integer((json_int_t)hv->cfg.swap_max_bytes));
+	if (d) {
+		char group[HOST_GROUP_MAX + 1];
+
+		host_vm_group(h, hv, group, sizeof(group), NULL);
+		json_object_set_new(d, "sharing_group", json_string(group));
+	}
 	if (d && mem_corpus_get(vm_gm(hv->vm), &corpus)) {
 		const char *slash = strrchr(corpus.path, '/');
 		char hash[17];
@@ -650,6 +656,21 @@ static int parse_desc(struct host *h, json_t *d, struct host_vm_config *c, char 
 		if (ret) {
 			host_vm_config_free(c);
 			return ret;
+		}
+	}
+	/* Checked as any group a VM asks for (host_add_vm): here only that it is text. */
+	if (json_object_get(d, "sharing_group")) {
+		const char *g = json_string_value(json_object_get(d, "sharing_group"));
+
+		if (!g) {
+			host_vm_config_free(c);
+			snprintf(why, whylen, "the VM's sharing group is described wrongly");
+			return -EINVAL;
+		}
+		c->sharing_group = kv_strdup(g);
+		if (!c->sharing_group) {
+			host_vm_config_free(c);
+			return -ENOMEM;
 		}
 	}
 	return 0;

@@ -222,13 +222,13 @@ static int rollback_verb(void *arg, json_t *req, json_t *reply)
  * The snapshot's pages as frames of the host's sharing, read once (each
  * checked against its hash): every clone maps them copy-on-write.
  */
-static int clone_image(struct host *h, struct snap_reader *r, struct dedup_image **out,
-		       char *why, size_t whylen)
+static int clone_image(struct host *h, struct snap_reader *r, uint64_t salt,
+		       struct dedup_image **out, char *why, size_t whylen)
 {
 	uint64_t nr = snapr_nr_pages(r);
 	uint8_t *buf = kv_zalloc(DEDUP_IMAGE_WINDOW * MEM_PAGE_SIZE), has[DEDUP_IMAGE_WINDOW];
 	struct dedup_image *img = NULL;
-	int ret = buf ? dedup_image_create(h->dedup, nr, &img) : -ENOMEM;
+	int ret = buf ? dedup_image_create(h->dedup, nr, salt, &img) : -ENOMEM;
 
 	for (uint64_t idx = 0; idx < nr && !ret; idx += DEDUP_IMAGE_WINDOW) {
 		uint32_t n = nr - idx < DEDUP_IMAGE_WINDOW ? (uint32_t)(nr - idx) : DEDUP_IMAGE_WINDOW;
@@ -277,6 +277,7 @@ struct clone_job {
 	char *file;
 	char prefix[CLONE_PREFIX_MAX + 1];
 	uint64_t count;
+	uint64_t salt;			/* the snapshot's sharing group: the image's and the clones' */
 	struct snap_reader *r;		/* the thread's until it ends */
 	pthread_t thread;
 	uint64_t t0;			/* when it was asked for (ns) */
@@ -313,7 +314,7 @@ static void *clone_thread(void *arg)
 	uint64_t i;
 	int ret;
 
-	ret = clone_image(h, j->r, &img, why, sizeof(why));
+	ret = clone_image(h, j->r, j->salt, &img, why, sizeof(why));
 	if (ret) {
 		snprintf(err, sizeof(err), "cannot clone: %s", why);
 		clone_set(j, CLONE_FAILED, 0, err);
@@ -400,7 +401,7 @@ static int clone_verb(void *arg, json_t *req, json_t *reply)
 {
 	static uint64_t next_id;
 	struct host *h = arg;
-	const char *file, *prefix = NULL, *accel = "";
+	const char *file, *prefix = NULL, *accel = "", *group = HOST_GROUP_DEFAULT;
 	struct snap_reader *r = NULL;
 	struct clone_job *j = NULL, *old;
 	json_t *names, *desc = NULL;
@@ -425,12 +426,17 @@ static int clone_verb(void *arg, json_t *req, json_t *reply)
 	if (ret)
 		return control_reply_error(reply, -ret, "cannot clone: %s", why);
 	desc = snapr_desc(r);
-	json_unpack(desc, "{s?s}", "accel", &accel);
+	json_unpack(desc, "{s?s, s?s}", "accel", &accel, "sharing_group", &group);
 	if (strcmp(accel, "kvm")) {
 		ret = control_reply_error(reply, EOPNOTSUPP, "clones are for the kvm accelerator: "
 					  "under %s a guest holds host addresses and resumes only at "
 					  "the place its RAM had, which one VM has at a time",
 					  accel[0] ? accel : "its accelerator");
+		goto out;
+	}
+	/* Each clone takes the group its snapshot's VM was in, and shares only there. */
+	if ((ret = host_group_check(group, false, why, sizeof(why)))) {
+		ret = control_reply_error(reply, -ret, "cannot clone: %s", why);
 		goto out;
 	}
 	if (!prefix)
@@ -448,6 +454,7 @@ static int clone_verb(void *arg, json_t *req, json_t *reply)
 	j->h = h;
 	j->r = r;
 	j->count = count;
+	j->salt = host_group_salt(group);
 	j->t0 = kv_clock_ns(CLOCK_MONOTONIC);
 	snprintf(j->prefix, sizeof(j->prefix), "%s", prefix);
 	pthread_mutex_lock(&h->clones_lock);

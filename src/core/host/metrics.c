@@ -114,6 +114,17 @@ static const struct labelled host_labelled[] = {
 	  "Memory each reclaim mechanism freed" },
 };
 
+/* One sample per sharing group (host.sharing_groups), the group as a label. */
+static const struct family group_families[] = {
+	{ "group_vms", GAUGE, NULL, "vms", 0, "VMs in the sharing group" },
+	{ "group_resident_bytes", GAUGE, "bytes", "resident_bytes", 0,
+	  "Resident memory of the group's VMs" },
+	{ "group_shared_within_bytes", GAUGE, "bytes", "shared_within_bytes", 0,
+	  "Memory the group's VMs save by sharing pages inside themselves" },
+	{ "group_shared_across_bytes", GAUGE, "bytes", "shared_across_bytes", 0,
+	  "Memory the group's VMs save by sharing pages with each other" },
+};
+
 static const struct labelled vm_labelled[] = {
 	{ "vm_saved_by_bytes", "saved_by", "source", 0, false,
 	  "The VM's memory that costs the host nothing, by what saves it" },
@@ -167,19 +178,25 @@ static void header(FILE *f, const char *name, bool counter, const char *unit, co
 	fprintf(f, "# HELP kvmem_%s %s.\n", name, help);
 }
 
-static void sample(FILE *f, const char *name, bool counter, const char *vm, const char *label,
-		   const char *lvalue, double x)
+/* The owner of objects: a VM or a group (its label and each object's name), or the host. */
+struct owner {
+	const char *label;	/* "vm", "group", or NULL: the host */
+	const char *const *names;
+};
+
+static void sample(FILE *f, const char *name, bool counter, const char *olabel, const char *oname,
+		   const char *label, const char *lvalue, double x)
 {
 	fprintf(f, "kvmem_%s%s", name, counter ? "_total" : "");
-	if (vm || label) {
+	if (olabel || label) {
 		fputc('{', f);
-		if (vm) {
-			fputs("vm=\"", f);
-			label_value(f, vm);
+		if (olabel) {
+			fprintf(f, "%s=\"", olabel);
+			label_value(f, oname);
 			fputc('"', f);
 		}
 		if (label) {
-			fprintf(f, "%s%s=\"", vm ? "," : "", label);
+			fprintf(f, "%s%s=\"", olabel ? "," : "", label);
 			label_value(f, lvalue);
 			fputc('"', f);
 		}
@@ -188,9 +205,9 @@ static void sample(FILE *f, const char *name, bool counter, const char *vm, cons
 	fprintf(f, " %.17g\n", x);
 }
 
-/* objs[0..n): the host object (n 1, no vm label) or the VM objects. */
+/* objs[0..n): the host object (n 1, no owner label), the VM or the group objects. */
 static void families(FILE *f, const struct family *fam, size_t nr, json_t **objs, size_t n,
-		     bool vms)
+		     struct owner who)
 {
 	for (size_t i = 0; i < nr; i++) {
 		bool any = false;
@@ -203,15 +220,14 @@ static void families(FILE *f, const struct family *fam, size_t nr, json_t **objs
 			if (!any)
 				header(f, fam[i].name, fam[i].kind == COUNTER, fam[i].unit, fam[i].help);
 			any = true;
-			sample(f, fam[i].name, fam[i].kind == COUNTER,
-			       vms ? json_string_value(json_object_get(objs[o], "name")) : NULL, NULL,
-			       NULL, value_of(v, fam[i].scale));
+			sample(f, fam[i].name, fam[i].kind == COUNTER, who.label,
+			       who.label ? who.names[o] : NULL, NULL, NULL, value_of(v, fam[i].scale));
 		}
 	}
 }
 
 static void labelled(FILE *f, const struct labelled *fam, size_t nr, json_t **objs, size_t n,
-		     bool vms)
+		     struct owner who)
 {
 	for (size_t i = 0; i < nr; i++) {
 		bool any = false;
@@ -226,9 +242,9 @@ static void labelled(FILE *f, const struct labelled *fam, size_t nr, json_t **ob
 				if (!any)
 					header(f, fam[i].name, fam[i].counter, "bytes", fam[i].help);
 				any = true;
-				sample(f, fam[i].name, fam[i].counter,
-				       vms ? json_string_value(json_object_get(objs[o], "name")) : NULL,
-				       fam[i].label, key, value_of(v, fam[i].scale));
+				sample(f, fam[i].name, fam[i].counter, who.label,
+				       who.label ? who.names[o] : NULL, fam[i].label, key,
+				       value_of(v, fam[i].scale));
 			}
 		}
 	}
@@ -237,24 +253,40 @@ static void labelled(FILE *f, const struct labelled *fam, size_t nr, json_t **ob
 char *host_metrics_text(json_t *stats)
 {
 	json_t *host = json_object_get(stats, "host"), *vms = json_object_get(stats, "vms");
-	size_t n = 0, len = 0, nr_vms = json_array_size(vms);
-	json_t **objs = kv_calloc(nr_vms ? nr_vms : 1, sizeof(*objs));
+	json_t *groups = json_object_get(host, "sharing_groups"), *g;
+	size_t n = 0, ng = 0, len = 0, nr_vms = json_array_size(vms), cap;
+	json_t **objs, **gobjs;
+	const char **names, **gnames, *key;
 	char *text = NULL;
-	FILE *f;
+	FILE *f = NULL;
 
-	if (!objs)
-		return NULL;
+	cap = (nr_vms > json_object_size(groups) ? nr_vms : json_object_size(groups)) + 1;
+	objs = kv_calloc(cap, sizeof(*objs));
+	gobjs = kv_calloc(cap, sizeof(*gobjs));
+	names = kv_calloc(cap, sizeof(*names));
+	gnames = kv_calloc(cap, sizeof(*gnames));
+	if (!objs || !gobjs || !names || !gnames)
+		goto out;
 	/* Only VMs with a name: it is their label. */
-	for (size_t i = 0; i < nr_vms; i++)
-		if (json_is_string(json_object_get(json_array_get(vms, i), "name")))
+	for (size_t i = 0; i < nr_vms; i++) {
+		json_t *name = json_object_get(json_array_get(vms, i), "name");
+
+		if (json_is_string(name)) {
+			names[n] = json_string_value(name);
 			objs[n++] = json_array_get(vms, i);
-	f = open_memstream(&text, &len);
-	if (!f) {
-		kv_free(objs);
-		return NULL;
+		}
 	}
-	families(f, host_families, ARRAY_SIZE(host_families), &host, 1, false);
-	labelled(f, host_labelled, ARRAY_SIZE(host_labelled), &host, 1, false);
+	json_object_foreach(groups, key, g) {
+		gnames[ng] = key;
+		gobjs[ng++] = g;
+	}
+	f = open_memstream(&text, &len);
+	if (!f)
+		goto out;
+	families(f, host_families, ARRAY_SIZE(host_families), &host, 1, (struct owner){ 0 });
+	labelled(f, host_labelled, ARRAY_SIZE(host_labelled), &host, 1, (struct owner){ 0 });
+	families(f, group_families, ARRAY_SIZE(group_families), gobjs, ng,
+		 (struct owner){ "group", gnames });
 	if (n) {
 		header(f, "vm_info", false, NULL, "The VM's state and accelerator (always 1)");
 		for (size_t i = 0; i < n; i++) {
@@ -269,13 +301,17 @@ char *host_metrics_text(json_t *stats)
 			fputs("\"} 1\n", f);
 		}
 	}
-	families(f, vm_families, ARRAY_SIZE(vm_families), objs, n, true);
-	labelled(f, vm_labelled, ARRAY_SIZE(vm_labelled), objs, n, true);
+	families(f, vm_families, ARRAY_SIZE(vm_families), objs, n, (struct owner){ "vm", names });
+	labelled(f, vm_labelled, ARRAY_SIZE(vm_labelled), objs, n, (struct owner){ "vm", names });
 	fputs("# EOF\n", f);
+out:
 	kv_free(objs);
-	if (fclose(f)) {
+	kv_free(gobjs);
+	kv_free(names);
+	kv_free(gnames);
+	if (f && fclose(f)) {
 		free(text);
 		return NULL;
 	}
-	return text;
+	return f ? text : NULL;
 }

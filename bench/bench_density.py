@@ -244,6 +244,7 @@ set title 'guests of {MEM} that fit in {BUDGET} at their service level ({ACCEL})
 set style fill solid 0.7
 set boxwidth 0.6
 set yrange [0:*]
+set offsets 0, 0, 1, 0
 set grid y
 plot '{d}/d.dat' using 1:3:xtic(2) with boxes notitle, '' using 1:3:3 with labels offset 0,1 notitle
 """)

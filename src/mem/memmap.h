@@ -27,8 +27,19 @@
 
 #include "mem/gm.h"
 
+#if defined(__SANITIZE_THREAD__)
+/*
+ * ThreadSanitizer gives applications only a few ranges of the address space
+ * (its shadow and metadata take the rest, ours included); the lowest holds
+ * nothing but the odd MAP_32BIT mapping below 4 GiB with a PIE executable,
+ * and host code still lies above the arena's end.
+ */
+#define MEM_ARENA_START 0x001000000000ULL
+#define MEM_ARENA_END 0x007f00000000ULL
+#else
 #define MEM_ARENA_START 0x110000000000ULL
 #define MEM_ARENA_END 0x2a0000000000ULL
+#endif
 #define MEM_GUARD (1ULL << 30)
 /* All the VMs of one process share this much host address space. */
 #define MEM_ARENA_BYTES (MEM_ARENA_END - MEM_ARENA_START)

@@ -89,10 +89,11 @@ void dedup_destroy(struct dedup *d);
 MUST_CHECK int dedup_start(struct dedup *d);
 
 /*
- * Scan gm's RAM from now on. gm must stay valid until dedup_remove_vm returns
- * and have a userfaultfd (mem_enable_uffd): merges write-protect pages.
+ * Scan gm's RAM from now on, as a VM of the sharing group of `salt`
+ * (dedup_group_salt). gm must stay valid until dedup_remove_vm returns and
+ * have a userfaultfd (mem_enable_uffd): merges write-protect pages.
  */
-MUST_CHECK int dedup_add_vm(struct dedup *d, struct gm *gm, const char *name);
+MUST_CHECK int dedup_add_vm(struct dedup *d, struct gm *gm, const char *name, uint64_t salt);
 /* Stop scanning gm and drop its frame references (before its memory is unmapped). */
 void dedup_remove_vm(struct dedup *d, struct gm *gm);
 

@@ -1115,7 +1115,7 @@ void dedup_destroy(struct dedup *d)
 	kv_free(d);
 }
 
-int dedup_add_vm(struct dedup *d, struct gm *gm, const char *name)
+int dedup_add_vm(struct dedup *d, struct gm *gm, const char *name, uint64_t salt)
 {
 	struct dedup_vm *v = kv_zalloc(sizeof(*v));
 	uint64_t n = mem_nr_pages(gm), wins = n / DEDUP_EXT_PAGES + 1;
@@ -1130,6 +1130,7 @@ int dedup_add_vm(struct dedup *d, struct gm *gm, const char *name)
 	v->gm = gm;
 	v->ps = mem_pagestate(gm);
 	v->nr_pages = n;
+	v->salt = salt;
 	v->name = kv_strdup(name ? name : "vm");
 	v->sum = kv_calloc(n, sizeof(*v->sum));
 	v->frame = kv_calloc(n, sizeof(*v->frame));

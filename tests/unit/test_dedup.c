@@ -234,7 +234,7 @@ static int setup(void **state)
 
 		name[2] = (char)('0' + i);
 		if (mem_create_anon(RAM, &f->gm[i]) || mem_enable_uffd(f->gm[i]) ||
-		    uffd_service_add(f->svc, f->gm[i]) || dedup_add_vm(f->d, f->gm[i], name))
+		    uffd_service_add(f->svc, f->gm[i]) || dedup_add_vm(f->d, f->gm[i], name, 0))
 			return -1;
 	}
 	*state = f;

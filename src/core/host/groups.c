@@ -46,9 +46,7 @@ uint64_t host_group_salt(const char *name)
 	return dedup_group_salt(strcmp(name, HOST_GROUP_DEFAULT) ? name : "");
 }
 
-/* hv's pages into the group of `salt` in the engine, its name and salt set (h->lock, or unseen). */
-static int set_group(struct host *h, struct host_vm *hv, const char *name, uint64_t *unshared,
-		     bool lock)
+int host_vm_join_group(struct host *h, struct host_vm *hv, const char *name, uint64_t *unshared)
 {
 	uint64_t salt = host_group_salt(name);
 	int ret = 0;
@@ -60,25 +58,16 @@ static int set_group(struct host *h, struct host_vm *hv, const char *name, uint6
 		ret = dedup_set_group(h->dedup, vm_gm(hv->vm), salt, unshared);
 	if (ret)
 		return ret;
-	if (lock)
-		pthread_mutex_lock(&h->lock);
+	pthread_mutex_lock(&h->lock);
 	snprintf(hv->group, sizeof(hv->group), "%s", name);
 	hv->group_salt = salt;
-	if (lock)
-		pthread_mutex_unlock(&h->lock);
+	pthread_mutex_unlock(&h->lock);
 	return 0;
 }
 
-int host_vm_join_group(struct host *h, struct host_vm *hv, const char *name, uint64_t *unshared)
+const char *host_vm_config_group(const struct host_vm *hv)
 {
-	return set_group(h, hv, name, unshared, true);
-}
-
-int host_vm_init_group(struct host *h, struct host_vm *hv)
-{
-	/* Not counted in nr_vms yet: no other thread sees it (its creator may hold h->lock). */
-	return set_group(h, hv, hv->cfg.sharing_group ? hv->cfg.sharing_group : HOST_GROUP_DEFAULT,
-			 NULL, false);
+	return hv->cfg.sharing_group ? hv->cfg.sharing_group : HOST_GROUP_DEFAULT;
 }
 
 void host_vm_group(struct host *h, struct host_vm *hv, char *name, size_t len, uint64_t *salt)

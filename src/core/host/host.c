@@ -230,15 +230,14 @@ int host_create_vm(struct host *h, struct host_vm *hv)
 			log_warn("%s: MADV_MERGEABLE: %s (is KSM built in?)", hv->cfg.name,
 				 strerror(-ret));
 	}
+	/* Not counted in nr_vms yet: no other thread sees it (the creator may hold h->lock). */
+	snprintf(hv->group, sizeof(hv->group), "%s", host_vm_config_group(hv));
+	hv->group_salt = host_group_salt(hv->group);
 	if (h->dedup) {
-		ret = dedup_add_vm(h->dedup, gm, hv->cfg.name);
+		ret = dedup_add_vm(h->dedup, gm, hv->cfg.name, hv->group_salt);
 		if (ret)
 			return ret;
 	}
-	/* Before it runs: none of its pages is shared yet, in any group. */
-	ret = host_vm_init_group(h, hv);
-	if (ret)
-		return ret;
 	ret = mem_ledger_add(h->ledger, gm);
 	if (ret)
 		return ret;

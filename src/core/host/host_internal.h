@@ -171,8 +171,8 @@ int host_group_check(const char *name, bool ksm, char *why, size_t whylen);
 /* The page sharing engine's salt of group `name` (dedup_group_salt). */
 uint64_t host_group_salt(const char *name);
 int host_vm_join_group(struct host *h, struct host_vm *hv, const char *name, uint64_t *unshared);
-/* The group of its config, for a VM being created (before others can see it). */
-int host_vm_init_group(struct host *h, struct host_vm *hv);
+/* The group its config names (the default one when none). */
+const char *host_vm_config_group(const struct host_vm *hv);
 void host_vm_group(struct host *h, struct host_vm *hv, char *name, size_t len, uint64_t *salt);
 void host_groups_add(json_t *groups, const char *group, const struct mem_usage *u);
 int host_groups_register(struct host *h);

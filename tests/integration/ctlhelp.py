@@ -150,8 +150,14 @@ def request(path, req, timeout=30):
     return json.loads(line)
 
 
-def stats(path):
-    r = request(path, {"verb": "stats"})
+def stats(path, busy_retries=30):
+    """The host's stats. A host too busy to answer within its verb deadline
+    (ETIMEDOUT: many VMs under emulation) is asked again, once a second."""
+    for _ in range(busy_retries):
+        r = request(path, {"verb": "stats"})
+        if r.get("code") != "ETIMEDOUT":
+            break
+        time.sleep(1)
     if not r.get("ok"):
         raise RuntimeError(f"stats failed: {r}")
     return r

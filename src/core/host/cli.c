@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/host/control.h"
@@ -117,16 +118,14 @@ const char *cli_escape(const char *s, char *buf, size_t len)
 	return buf;
 }
 
-int cli_request(const char *cmd, const char *path, json_t *request, int timeout_ms,
-		json_t **reply)
+/* The outcome of one request (ret, reply r): 0 and *reply, or 1 with the reason on stderr. */
+static int judge(const char *cmd, const char *path, int ret, json_t *r, int timeout_ms,
+		 json_t **reply)
 {
 	char e1[512], e2[64];
 	uid_t uid = (uid_t)-1;
-	json_t *r = NULL;
-	int ret;
 
 	*reply = NULL;
-	ret = control_request(path, request, &r, timeout_ms);
 	if (ret == -EPERM) {
 		/* Only to name who listens there: connect, check, close; nothing is sent. */
 		int fd = control_connect(path, timeout_ms, &uid);
@@ -184,6 +183,37 @@ int cli_request(const char *cmd, const char *path, json_t *request, int timeout_
 	}
 	*reply = r;
 	return 0;
+}
+
+int cli_request(const char *cmd, const char *path, json_t *request, int timeout_ms,
+		json_t **reply)
+{
+	json_t *r = NULL;
+	int ret = control_request(path, request, &r, timeout_ms);
+
+	return judge(cmd, path, ret, r, timeout_ms, reply);
+}
+
+int cli_poll_stats(const char *cmd, const char *path, json_t **reply)
+{
+	json_t *req = json_pack("{s:s}", "verb", "stats"), *r = NULL;
+	int ret = -ENOMEM;
+
+	for (int tries = 0; req && tries <= CLI_BUSY_RETRIES; tries++) {
+		struct timespec d = { 1, 0 };
+
+		r = NULL;
+		ret = control_request(path, req, &r, CONTROL_CLIENT_TIMEOUT_MS);
+		if (ret || json_is_true(json_object_get(r, "ok")) ||
+		    strcmp(json_string_value(json_object_get(r, "code")) ?: "", "ETIMEDOUT"))
+			break;
+		if (tries < CLI_BUSY_RETRIES) {
+			json_decref(r);
+			nanosleep(&d, NULL);
+		}
+	}
+	json_decref(req);
+	return judge(cmd, path, ret, r, CONTROL_CLIENT_TIMEOUT_MS, reply);
 }
 
 long cli_num_arg(const char *s, long max)

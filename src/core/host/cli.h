@@ -44,5 +44,14 @@ const char *cli_escape(const char *s, char *buf, size_t len);
  */
 int cli_request(const char *cmd, const char *path, json_t *request, int timeout_ms,
 		json_t **reply);
+/*
+ * The stats, for a command that follows a job (a migration, a save, clones):
+ * as cli_request, except that a host too busy to answer within its verb
+ * deadline (the ETIMEDOUT refusal) is asked again, once a second, up to
+ * CLI_BUSY_RETRIES times: the job goes on meanwhile, and a busy host is no
+ * reason to give up following it.
+ */
+#define CLI_BUSY_RETRIES 30
+int cli_poll_stats(const char *cmd, const char *path, json_t **reply);
 
 #endif

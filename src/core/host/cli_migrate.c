@@ -115,7 +115,7 @@ int cli_follow_job(const char *cmd, const char *path, const char *vm, const char
 	bool tty = isatty(STDOUT_FILENO);
 	char last[32] = "";
 	double last_round = -1;
-	json_t *req, *reply;
+	json_t *reply;
 	int ret;
 
 	for (;;) {
@@ -123,9 +123,7 @@ int cli_follow_job(const char *cmd, const char *path, const char *vm, const char
 		const char *stage;
 		json_t *m;
 
-		req = json_pack("{s:s}", "verb", "stats");
-		ret = cli_request(cmd, path, req, CONTROL_CLIENT_TIMEOUT_MS, &reply);
-		json_decref(req);
+		ret = cli_poll_stats(cmd, path, &reply);
 		if (ret)
 			return ret;
 		m = find_job(reply, vm, kind);

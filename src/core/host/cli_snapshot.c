@@ -289,15 +289,11 @@ static void clone_help(void)
 /* The clone request id in the stats of the host at path, or NULL (*stats holds it). */
 static json_t *find_clones(const char *path, json_int_t id, json_t **stats)
 {
-	json_t *req = json_pack("{s:s}", "verb", "stats"), *c;
+	json_t *c;
 	size_t i;
 
-	*stats = NULL;
-	if (!req || cli_request("clone", path, req, CONTROL_CLIENT_TIMEOUT_MS, stats)) {
-		json_decref(req);
+	if (cli_poll_stats("clone", path, stats))
 		return NULL;
-	}
-	json_decref(req);
 	json_array_foreach(json_object_get(*stats, "clones"), i, c)
 		if (json_integer_value(json_object_get(c, "id")) == id)
 			return c;

@@ -17,6 +17,11 @@ sharing group "tenant".
 4. a migrates to a host whose corpus_dir holds the same file and verifies
    there, in its sharing group; b to a host whose file of that name differs is refused, and keeps
    running where it was.
+Under kvm (emulated in the nested VM where there is no /dev/kvm, and slow
+there) only what the accelerator does differently runs: the read-only
+memslot the guest fills from, and a store into it exiting to the VMM (1, 2
+without the sharing, 3). Sharing and moving a VM are the memory manager's
+alike under both, and run on thread.
 """
 import hashlib
 import os
@@ -24,7 +29,7 @@ import shutil
 import subprocess
 import sys
 
-from kvmemtest import check, finish, require_accel, wait_for
+from kvmemtest import ACCEL, check, finish, require_accel, wait_for
 from ctlhelp import (Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of,
                      wait_incoming, wait_socket)
 from deduphelp import settle
@@ -122,20 +127,22 @@ try:
           f"a's stats name its corpus ({ca})")
 
     # 1. Sharing reaches what the corpora predict.
-    request(sock, {"verb": "dedup", "cpu_percent": 100, "pages_per_sec": 1 << 20})
-    # Small guests: a pass that changes a few pages still has work left.
-    check(settle(sock, slack_pages=8), "sharing settles")
+    FULL = ACCEL != "kvm"
+    if FULL:
+        request(sock, {"verb": "dedup", "cpu_percent": 100, "pages_per_sec": 1 << 20})
+        # Small guests: a pass that changes a few pages still has work left.
+        check(settle(sock, slack_pages=8), "sharing settles")
 
-    def shared_pages():
-        sb = stats(sock)["host"]["saved_by"]
-        return sb, (sb["zero"] + sb["shared_within"] + sb["shared_across"]) // PAGE
-    wait_for(lambda: shared_pages()[1] >= 0.95 * predicted, 120)
-    sb, shared = shared_pages()
-    print(f"info   saved by zero {sb['zero'] // PAGE}, within {sb['shared_within'] // PAGE}, "
-          f"across {sb['shared_across'] // PAGE} pages; predicted {predicted}", flush=True)
-    check(0.95 * predicted <= shared <= predicted + 512,
-          f"sharing reaches the corpora's prediction ({shared} of {predicted} pages)")
-    no_verify_fail(h1, "after sharing")
+        def shared_pages():
+            sb = stats(sock)["host"]["saved_by"]
+            return sb, (sb["zero"] + sb["shared_within"] + sb["shared_across"]) // PAGE
+        wait_for(lambda: shared_pages()[1] >= 0.95 * predicted, 120)
+        sb, shared = shared_pages()
+        print(f"info   saved by zero {sb['zero'] // PAGE}, within {sb['shared_within'] // PAGE}, "
+              f"across {sb['shared_across'] // PAGE} pages; predicted {predicted}", flush=True)
+        check(0.95 * predicted <= shared <= predicted + 512,
+              f"sharing reaches the corpora's prediction ({shared} of {predicted} pages)")
+        no_verify_fail(h1, "after sharing")
 
     # 2. The start verb: a corpus by name from corpus_dir.
     vm = {"name": "c", "mem": "32M", "corpus": "base.corpus",
@@ -160,20 +167,22 @@ try:
     verifies(h1, "a", "after x crashed")
 
     # 4. Migration: the same file at the destination, or a refusal.
-    m = migrate("a", in2)
-    check(m.get("stage") == "done", f"a migrates to h2, whose py.corpus is the same "
-          f"({m.get('error', 'done')})")
-    verifies(h2, "a", "at h2")
-    a2 = vm_of(stats(sock2), "a")
-    check((a2.get("corpus") or {}).get("path") == f"{corp2}/py.corpus",
-          "at h2, a maps h2's own py.corpus")
-    check(a2.get("sharing_group") == "tenant", f"a keeps its sharing group ({a2.get('sharing_group')})")
-    m = migrate("b", in3)
-    check(m.get("stage") == "failed" and "differs" in m.get("error", ""),
-          f"b is refused by h3, whose pl.corpus differs ({m.get('error')})")
-    verifies(h1, "b", "after the refusal")
+    if FULL:
+        m = migrate("a", in2)
+        check(m.get("stage") == "done", f"a migrates to h2, whose py.corpus is the same "
+              f"({m.get('error', 'done')})")
+        verifies(h2, "a", "at h2")
+        a2 = vm_of(stats(sock2), "a")
+        check((a2.get("corpus") or {}).get("path") == f"{corp2}/py.corpus",
+              "at h2, a maps h2's own py.corpus")
+        check(a2.get("sharing_group") == "tenant",
+              f"a keeps its sharing group ({a2.get('sharing_group')})")
+        m = migrate("b", in3)
+        check(m.get("stage") == "failed" and "differs" in m.get("error", ""),
+              f"b is refused by h3, whose pl.corpus differs ({m.get('error')})")
+        verifies(h1, "b", "after the refusal")
+        no_verify_fail(h2, "at the end")
     no_verify_fail(h1, "at the end")
-    no_verify_fail(h2, "at the end")
 finally:
     for h in hosts:
         h.stop()

@@ -30,6 +30,14 @@ The scenario (JSON; unknown keys are refused, every error names its field):
                   | "vm_rate"}] (default: host_memory for each host, then
                   vm_resident and, when a workload reports, vm_rate)
 
+Under the thread accelerator a guest holds host addresses and resumes only at
+its RAM's address, so a VM moves only to a host where no VM sits there. Each
+host puts a new VM at its first free place, so before starting a thread VM
+the runner fills the places of its host that VMs of other hosts hold with
+placeholders (VMs named ~holdN of the same size, removed once it runs): every
+VM of the scenario gets an address of its own, and may move anywhere. A host
+takes in at most 64 VMs over its life, placeholders included.
+
 The output directory (default ./scenario-NAME) gets:
   hosts.csv     t_s, host, then each figure of the host (the stats' names,
                 nested ones dotted: saved_by.zero, ...)
@@ -55,7 +63,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import Host, cmd, request, take_accel, take_opt, wait_sock  # noqa: E402
+from benchlib import Host, cmd, request, resolve, take_accel, take_opt, wait_sock  # noqa: E402
 
 HOST_KEYS = {"name", "budget", "dedup", "swap", "policy_interval", "hard_limit", "access",
              "balloon_stats_interval", "accel"}
@@ -120,8 +128,9 @@ def load(path):
     for i, v in enumerate(vms):
         where = f"vms[{i}]"
         check_keys(v, VM_KEYS, where)
-        need(isinstance(v.get("name"), str) and v["name"] not in vnames,
-             f"{where}.name: a name of its own")
+        need(isinstance(v.get("name"), str) and v["name"] not in vnames and
+             not v["name"].startswith("~"), f"{where}.name: a name of its own, not "
+             "starting with ~ (the runner's placeholders)")
         vnames.add(v["name"])
         need(v.get("host") in names, f"{where}.host: one of the scenario's hosts")
         need("mem" in v, f"{where}.mem: missing")
@@ -173,6 +182,7 @@ class Run:
         # Sockets on the local filesystem (not a 9p or NFS share, where bind fails).
         self.tmp = tempfile.mkdtemp(prefix="kvmem-scenario-")
         self.swap_dirs = []
+        self.holds = 0		# placeholders started so far (their names' numbers)
 
     def say(self, msg):
         if not self.quiet:
@@ -222,6 +232,16 @@ class Run:
         self.say(f"{t:6.1f} s  {what}: {'ok' if r.get('ok') else r.get('error')}")
         return r
 
+    def all_stats(self):
+        """{host: its stats reply} of the hosts that answer."""
+        out = {}
+        for name, (_, sock, _) in self.hosts.items():
+            try:
+                out[name] = request(sock, {"verb": "stats"}, timeout=30)
+            except (OSError, ValueError):
+                continue
+        return out
+
     def timeline(self):
         """(at_s, what, function) in time order: VM starts and stops, then events."""
         acts = []
@@ -244,10 +264,40 @@ class Run:
         return sorted(acts, key=lambda a: a[0])
 
     def start_vm(self, t, v, spec):
+        host = next(h for h in self.sc["hosts"] if h["name"] == v["host"])
+        pinned = resolve(v.get("accel") or host.get("accel") or ACCEL) == "thread"
+        held = self.hold_places(v["host"], spec) if pinned else []
         r = self.act(t, f"start {v['name']} on {v['host']}", v["host"],
                      {"verb": "start", "vm": spec})
         if r.get("ok"):
             self.where[v["name"]] = v["host"]
+        for name in held:
+            request(self.hosts[v["host"]][1], {"verb": "remove", "vm": name}, timeout=120)
+
+    def hold_places(self, host, spec):
+        """Fill the places of host that VMs of other hosts hold, so that the VM
+        spec, started next, lands at an address of its own (a thread VM resumes
+        only there). A placeholder of the VM's size goes where the VM would;
+        the first one at a free address is removed, leaving its place to the
+        VM. Returns the placeholders to remove once the VM runs."""
+        sock = self.hosts[host][1]
+        taken = {v["ram_base"] for h, st in self.all_stats().items() if h != host
+                 for v in st["vms"]}
+        held = []
+        while taken:
+            name = f"~hold{self.holds}"
+            self.holds += 1
+            vm = dict({k: spec[k] for k in ("mem", "accel") if k in spec}, name=name)
+            r = request(sock, {"verb": "start", "vm": vm}, timeout=120)
+            if not r.get("ok"):
+                raise ScenarioError(f"a placeholder on {host}: {r.get('error')}")
+            base = next(v["ram_base"] for v in request(sock, {"verb": "stats"})["vms"]
+                        if v["name"] == name)
+            if base not in taken:
+                request(sock, {"verb": "remove", "vm": name}, timeout=120)
+                break
+            held.append(name)
+        return held
 
     def event(self, t, e):
         args = {k: x for k, x in e.items() if k not in ("at_s", "do")}
@@ -280,11 +330,7 @@ class Run:
         return last, fails
 
     def sample(self, t):
-        for name, (p, sock, _) in self.hosts.items():
-            try:
-                st = request(sock, {"verb": "stats"}, timeout=30)
-            except (OSError, ValueError):
-                continue
+        for name, st in self.all_stats().items():
             self.rows_h.append(dict(flatten(st["host"]), t_s=round(t, 2), host=name))
             for v in st.get("vms", []):
                 (ms, ops), fails = self.progress(name, v["name"])

@@ -36,7 +36,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import take_accel, take_opt  # noqa: E402
-from scenario import ScenarioError, load  # noqa: E402
+from scenario import scenario_arg  # noqa: E402
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scenario.py")
 PLACEMENTS = ("content", "least_loaded")
@@ -87,14 +87,7 @@ def main():
         args += [flag, v] if v else []
     out = take_opt("--out", None)
     args += ["--quiet"] if "--quiet" in sys.argv else []
-    files = [a for a in sys.argv[1:] if a != "--quiet"]
-    if len(files) != 1:
-        sys.exit(__doc__.split("\n\n")[1])
-    try:
-        sc = load(files[0])
-    except ScenarioError as e:
-        print(f"consolidate: {e}", file=sys.stderr)
-        return 2
+    sc = scenario_arg(__doc__.split("\n\n")[1], "consolidate")
     out = out or f"consolidate-{sc['name']}"
     os.makedirs(out, exist_ok=True)
     summaries = {p: run(sc, p, out, args) for p in PLACEMENTS}

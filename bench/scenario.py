@@ -787,6 +787,19 @@ def summary_text(s):
     return "\n".join(out) + "\n"
 
 
+def scenario_arg(usage, prog):
+    """The scenario the command line names (its one argument once the options
+    are taken), loaded; exits with the usage, or status 2 and the mistake."""
+    args = [a for a in sys.argv[1:] if a != "--quiet"]
+    if len(args) != 1:
+        sys.exit(usage)
+    try:
+        return load(args[0])
+    except ScenarioError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main():
     global ACCEL, SWAP_DIR
     ACCEL = take_accel()
@@ -795,14 +808,7 @@ def main():
     out = take_opt("--out", None)
     SWAP_DIR = take_opt("--swap-dir", None)
     quiet = "--quiet" in sys.argv
-    args = [a for a in sys.argv[1:] if a != "--quiet"]
-    if len(args) != 1:
-        sys.exit(__doc__.split("\n\n")[1])
-    try:
-        sc = load(args[0])
-    except ScenarioError as e:
-        print(f"scenario: {e}", file=sys.stderr)
-        return 2
+    sc = scenario_arg(__doc__.split("\n\n")[1], "scenario")
     if not shutil.which("gnuplot"):
         print("scenario: gnuplot is missing (apt-get install gnuplot-nox; .ci/setup does)",
               file=sys.stderr)

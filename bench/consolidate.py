@@ -11,11 +11,11 @@ sharing, by fingerprints) and "least_loaded" (the VM furthest above its
 entitlement to the host of most headroom); the scenario's other controller
 settings stay. Each run's CSV, plots and summary go to DIR/PLACEMENT (default
 DIR: ./consolidate-NAME), the scenario it ran to DIR/PLACEMENT.json. Then it
-prints the two side by side: migrations done, host-seconds over budget
-(resident above budget), the hosts' resident summed (mean and peak), the
-sharing at the end (across and within VMs, all hosts) and verify failures,
-and keeps the table in DIR/comparison.txt. Status 0 when both runs finished
-without a verify failure.
+prints the two side by side: migrations done and started, host-seconds over
+budget (resident above budget), the hosts' resident summed (mean and peak),
+the sharing at the end (across and within VMs, all hosts), verify failures
+and failed actions, and keeps the table in DIR/comparison.txt. Status 0 when
+both runs finished without a verify failure.
 
 bench/scenarios/consolidate.json is made for it: two hosts with page sharing
 and budgets of 380 MiB, guests of two families (A fills 224 MiB, B 128 MiB;
@@ -60,7 +60,8 @@ def run(sc, placement, out, args):
 def rows(s):
     """The figures compared, as (label, value) for one run's summary."""
     c = s["cluster"]
-    return [("migrations", c["migrations"]),
+    return [("migrations done", c["migrations"]),
+            ("migrations started", c["migrations_started"]),
             ("host-seconds over budget", c["host_s_over_budget"]),
             ("resident summed, mean MiB", c["resident_mib_mean"]),
             ("resident summed, peak MiB", c["resident_mib_peak"]),

@@ -88,10 +88,11 @@ The output directory (default ./scenario-NAME) gets:
   events.csv    t_s, what, the reply, and why (the controller's figures)
   *.png         the plots (gnuplot), with the .dat and .gp they came from
   summary.json, summary.txt   the key figures (per host, per VM, and for the
-                whole: migrations done, seconds each host's resident spent
-                over its budget, the mean and peak of the hosts' resident
-                summed, the sharing across and within VMs at the end, the
-                controller's settings); host-NAME.log each host's output
+                whole: migrations done and started, seconds each host's
+                resident spent over its budget, the mean and peak of the
+                hosts' resident summed, the sharing across and within VMs at
+                the end, the controller's settings); host-NAME.log each
+                host's output
 
 Times are seconds from the moment every host answers. The hosts run on this
 machine; the same scenario gives the same figures within noise, run to run.
@@ -336,7 +337,7 @@ class Run:
         if r.get("ok"):
             self.where[v["name"]] = v["host"]
         for name in held:
-            request(self.hosts[v["host"]][1], {"verb": "remove", "vm": name}, timeout=120)
+            self.release(v["host"], name)
 
     def hold_places(self, host, spec):
         """Fill the places of host that VMs of other hosts hold, so that the VM
@@ -358,10 +359,21 @@ class Run:
             base = next(v["ram_base"] for v in request(sock, {"verb": "stats"})["vms"]
                         if v["name"] == name)
             if base not in taken:
-                request(sock, {"verb": "remove", "vm": name}, timeout=120)
+                self.release(host, name)
                 break
             held.append(name)
         return held
+
+    def release(self, host, name):
+        """Remove a placeholder and wait until the host let it go (the verb
+        answers before), so that its place is free and no sample sees it."""
+        sock = self.hosts[host][1]
+        request(sock, {"verb": "remove", "vm": name}, timeout=120)
+        end = time.monotonic() + 60
+        while any(v["name"] == name for v in request(sock, {"verb": "list"})["vms"]):
+            if time.monotonic() > end:
+                raise ScenarioError(f"{host} did not let its placeholder {name} go")
+            time.sleep(0.01)
 
     def event(self, t, e, why=""):
         args = {k: x for k, x in e.items() if k not in ("at_s", "do")}
@@ -734,15 +746,16 @@ def summarize(sc, rows_h, rows_v, events):
             "rate_ops_s_median": round(statistics.median(rs), 1) if rs else None,
             "rate_ops_s_p90": round(sorted(rs)[int(0.9 * (len(rs) - 1))], 1) if rs else None,
         }
-    s["cluster"] = dict(cluster(sc, rows_h, rows_v), host_s_over_budget=round(sum(
+    s["cluster"] = dict(cluster(sc, rows_h, rows_v, events), host_s_over_budget=round(sum(
         h["resident_over_budget_s"] for h in s["hosts"].values()), 1))
     s["controller"] = sc["controller"]
     return s
 
 
-def cluster(sc, rows_h, rows_v):
+def cluster(sc, rows_h, rows_v, events):
     """The figures of all hosts together, what placement changes: migrations
-    done (a VM seen running on another host than at its last sample), the
+    done (a VM seen running on another host than at its last sample) and
+    started (a migrate verb answered ok: one can still fail after), the
     hosts' resident memory summed (at the samples every host answered), and
     the sharing at the last sample of each host."""
     totals, last = {}, {}
@@ -756,6 +769,8 @@ def cluster(sc, rows_h, rows_v):
             moves += r["vm"] in seen and seen[r["vm"]] != r["host"]
             seen[r["vm"]] = r["host"]
     return {"migrations": moves,
+            "migrations_started": sum(1 for e in events if e[1].startswith("migrate ") and
+                                      json.loads(e[2]).get("ok")),
             "resident_mib_mean": round(statistics.mean(full) / MIB, 1),
             "resident_mib_peak": round(max(full) / MIB, 1),
             "shared_across_mib_end": round(sum(r.get("saved_by.shared_across", 0)
@@ -774,7 +789,8 @@ def summary_text(s):
                    f"over budget {h['over_budget_s']} s (resident over it "
                    f"{h['resident_over_budget_s']} s)")
     c = s["cluster"]
-    out.append(f"all hosts: {c['migrations']} migrations, over budget (resident) "
+    out.append(f"all hosts: {c['migrations']} migrations done ({c['migrations_started']} "
+               f"started), over budget (resident) "
                f"{c['host_s_over_budget']} host-s, resident summed mean "
                f"{c['resident_mib_mean']} MiB (peak {c['resident_mib_peak']}), shared at the "
                f"end across {c['shared_across_mib_end']} MiB and within "

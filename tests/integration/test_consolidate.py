@@ -73,10 +73,14 @@ check(why.get("placement") == "content" and why.get("host") == "h1" and
 check(all(json.loads(e["why"])["chose"]["vm"] == "b1" for e in moves),
       f"b1 is the only VM moved ({[e['what'] for e in moves]})")
 
-end = {}
+end, bases = {}, {}
 for v in rows(out, "vms.csv"):
     if v["state"] == "running":
         end[v["vm"]] = v["host"]
+    bases.setdefault(v["t_s"], {}).setdefault(v["ram_base"], set()).add(v["vm"])
+if ACCEL == "thread":
+    check(all(len(vms) == 1 for at in bases.values() for vms in at.values()),
+          "no two VMs of the two hosts hold the same address (a thread VM moves only there)")
 check(end.get("b1") == "h2" == end.get("b2"), f"b1 ends on h2, beside b2 ({end})")
 check(all(any(FAMILY[o] == FAMILY[m] and end.get(o) == end.get(m) for o in end if o != m)
           for m in {json.loads(e["why"])["chose"]["vm"] for e in moves}),
@@ -84,8 +88,9 @@ check(all(any(FAMILY[o] == FAMILY[m] and end.get(o) == end.get(m) for o in end i
 
 with open(os.path.join(out, "summary.json")) as f:
     s = json.load(f)
-check(s["controller"]["placement"] == "content" and s["cluster"]["migrations"] >= 1,
-      f"the summary counts the migration ({s['cluster']})")
+check(s["controller"]["placement"] == "content" and
+      s["cluster"]["migrations"] == s["cluster"]["migrations_started"] >= 1,
+      f"the summary counts the migration, started and done ({s['cluster']})")
 fails = {n: v["verify_failures"] for n, v in s["vms"].items()}
 check(set(fails) == set(FAMILY) and not any(fails.values()),
       f"no guest failed a verification ({fails})")

@@ -29,6 +29,54 @@ The scenario (JSON; unknown keys are refused, every error names its field):
   plots         optional [{title, file, what: "host_memory" | "vm_resident"
                   | "vm_rate"}] (default: host_memory for each host, then
                   vm_resident and, when a workload reports, vm_rate)
+  controller    optional {placement, interval_s, hold_s, cooldown_s, k}: moves
+                  VMs off a host that stays over its budget (below);
+                  placement "content" (by fingerprints), "least_loaded"
+                  (content-blind) or "none" (the default: no controller);
+                  interval_s how often it looks (default 1), hold_s how long a
+                  host must stay over its budget before it acts (default 5),
+                  cooldown_s how long a host that a migration left or reached
+                  takes no part in another (default 10), k the fingerprints'
+                  sketch size (default 1024)
+
+The controller. Every interval_s it reads every host's stats. A host is over
+its budget while its resident_bytes exceed its budget_bytes. A host is ready
+when it is not cooling down and every VM on it is "running" with no
+migration under way. A ready host that has stayed over its budget for hold_s
+(the one over longest first) gets one of its VMs moved to another ready host
+(a destination), through the same migrate verb as the events; both then cool
+down. A VM's excess is its resident_bytes less its entitlement_bytes.
+  least_loaded  the VM of largest excess (ties: largest resident, then name)
+                goes to the destination of most headroom (budget less
+                resident; ties: name).
+  content       takes the fingerprint of every VM of the host and of the
+                destinations (the "fingerprint" verb, k hashes) and predicts,
+                for each VM V and destination D, with bench/fingerprint.py's
+                estimate: arrival, the pages V shares with D's VMs (V's sketch
+                against the union of theirs), and departure, those it shares
+                with the other VMs of its host (what it gives up by leaving).
+                V's footprint is its resident + its saved_by.shared_across
+                (what it holds on its own). After the move D would hold D's
+                resident + footprint - arrival, V's host its resident -
+                footprint + departure. A pair is a candidate when it lowers
+                the memory the two hosts hold over their budgets (the sum of
+                each one's resident above its budget), and fits when D stays
+                within its budget. Score: (arrival - departure) x 4 KiB + V's
+                excess. The fitting candidate of highest score moves (ties:
+                VM name, then destination); when none fits, the candidate of
+                highest score among those to the destination of most headroom;
+                with no candidate nothing moves.
+Each move is an events.csv row whose why column holds the figures the
+controller saw (every host's resident and budget, every candidate's figures),
+and a printed line.
+
+Under the thread accelerator a guest holds host addresses and resumes only at
+its RAM's address, so a VM moves only to a host where no VM sits there. Each
+host puts a new VM at its first free place, so before starting a thread VM
+the runner fills the places of its host that VMs of other hosts hold with
+placeholders (VMs named ~holdN of the same size, removed once it runs): every
+VM of the scenario gets an address of its own, and may move anywhere. A host
+takes in at most 64 VMs over its life, placeholders included.
 
 The output directory (default ./scenario-NAME) gets:
   hosts.csv     t_s, host, then each figure of the host (the stats' names,
@@ -37,9 +85,14 @@ The output directory (default ./scenario-NAME) gets:
                 workload's reported operations (wl_ops, wl_ms: the last
                 `kvmem-wl: progress` line), verify failures so far, and the
                 policy's last action and balloon reason
-  events.csv    t_s, what, the reply
+  events.csv    t_s, what, the reply, and why (the controller's figures)
   *.png         the plots (gnuplot), with the .dat and .gp they came from
-  summary.json, summary.txt   the key figures; host-NAME.log each host's output
+  summary.json, summary.txt   the key figures (per host, per VM, and for the
+                whole: migrations done and started, seconds each host's
+                resident spent over its budget, the mean and peak of the
+                hosts' resident summed, the sharing across and within VMs at
+                the end, the controller's settings); host-NAME.log each
+                host's output
 
 Times are seconds from the moment every host answers. The hosts run on this
 machine; the same scenario gives the same figures within noise, run to run.
@@ -55,7 +108,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import Host, cmd, request, take_accel, take_opt, wait_sock  # noqa: E402
+from benchlib import Host, cmd, request, resolve, take_accel, take_opt, wait_sock  # noqa: E402
+from fingerprint import estimate, hashes, union_sketch  # noqa: E402
 
 HOST_KEYS = {"name", "budget", "dedup", "swap", "policy_interval", "hard_limit", "access",
              "balloon_stats_interval", "accel"}
@@ -67,8 +121,11 @@ EVENT_ARGS = {"budget": {"host", "budget"}, "migrate": {"vm", "to", "downtime_ms
               "resume": {"vm"}, "dedup": {"host", "enabled", "pages_per_sec", "cpu_percent",
                                           "windows"},
               "reclaim": {"host"}}
-TOP_KEYS = {"name", "duration_s", "interval_s", "hosts", "vms", "events", "plots"}
+TOP_KEYS = {"name", "duration_s", "interval_s", "hosts", "vms", "events", "plots", "controller"}
+CONTROLLER = {"placement": "none", "interval_s": 1, "hold_s": 5, "cooldown_s": 10, "k": 1024}
+PLACEMENTS = ("content", "least_loaded", "none")
 MIB = 1 << 20
+PAGE = 4096
 
 
 class ScenarioError(Exception):
@@ -120,8 +177,9 @@ def load(path):
     for i, v in enumerate(vms):
         where = f"vms[{i}]"
         check_keys(v, VM_KEYS, where)
-        need(isinstance(v.get("name"), str) and v["name"] not in vnames,
-             f"{where}.name: a name of its own")
+        need(isinstance(v.get("name"), str) and v["name"] not in vnames and
+             not v["name"].startswith("~"), f"{where}.name: a name of its own, not "
+             "starting with ~ (the runner's placeholders)")
         vnames.add(v["name"])
         need(v.get("host") in names, f"{where}.host: one of the scenario's hosts")
         need("mem" in v, f"{where}.mem: missing")
@@ -147,7 +205,21 @@ def load(path):
         check_keys(p, {"title", "file", "what", "host"}, f"plots[{i}]")
         need(p.get("what") in ("host_memory", "vm_resident", "vm_rate"),
              f"plots[{i}].what: host_memory, vm_resident or vm_rate")
+    sc["controller"] = controller_settings(sc.get("controller", {}))
     return sc
+
+
+def controller_settings(c):
+    """The controller's settings, checked, with the defaults filled in."""
+    check_keys(c, set(CONTROLLER), "controller")
+    c = dict(CONTROLLER, **c)
+    need(c["placement"] in PLACEMENTS, f"controller.placement: one of {', '.join(PLACEMENTS)}")
+    number(c, "interval_s", "controller", low=0.1)
+    number(c, "hold_s", "controller")
+    number(c, "cooldown_s", "controller")
+    need(isinstance(c["k"], int) and not isinstance(c["k"], bool) and 1 <= c["k"] <= 65536,
+         "controller.k: an integer from 1 to 65536")
+    return c
 
 
 def flatten(obj, prefix=""):
@@ -173,6 +245,9 @@ class Run:
         # Sockets on the local filesystem (not a 9p or NFS share, where bind fails).
         self.tmp = tempfile.mkdtemp(prefix="kvmem-scenario-")
         self.swap_dirs = []
+        self.holds = 0		# placeholders started so far (their names' numbers)
+        c = sc["controller"]
+        self.controller = Controller(self, c) if c["placement"] != "none" else None
 
     def say(self, msg):
         if not self.quiet:
@@ -213,14 +288,24 @@ class Run:
         raise ScenarioError(f"host {host}: no disk directory for its swap file in "
                             f"{' or '.join(bases)} (--swap-dir DIR)")
 
-    def act(self, t, what, host, req):
+    def act(self, t, what, host, req, why=""):
         try:
             r = request(self.hosts[host][1], req, timeout=120)
         except OSError as e:
             r = {"ok": False, "error": str(e)}
-        self.events.append((round(t, 2), what, json.dumps(r)))
+        self.events.append((round(t, 2), what, json.dumps(r), why))
         self.say(f"{t:6.1f} s  {what}: {'ok' if r.get('ok') else r.get('error')}")
         return r
+
+    def all_stats(self):
+        """{host: its stats reply} of the hosts that answer."""
+        out = {}
+        for name, (_, sock, _) in self.hosts.items():
+            try:
+                out[name] = request(sock, {"verb": "stats"}, timeout=30)
+            except (OSError, ValueError):
+                continue
+        return out
 
     def timeline(self):
         """(at_s, what, function) in time order: VM starts and stops, then events."""
@@ -244,17 +329,59 @@ class Run:
         return sorted(acts, key=lambda a: a[0])
 
     def start_vm(self, t, v, spec):
+        host = next(h for h in self.sc["hosts"] if h["name"] == v["host"])
+        pinned = resolve(v.get("accel") or host.get("accel") or ACCEL) == "thread"
+        held = self.hold_places(v["host"], spec) if pinned else []
         r = self.act(t, f"start {v['name']} on {v['host']}", v["host"],
                      {"verb": "start", "vm": spec})
         if r.get("ok"):
             self.where[v["name"]] = v["host"]
+        for name in held:
+            self.release(v["host"], name)
 
-    def event(self, t, e):
+    def hold_places(self, host, spec):
+        """Fill the places of host that VMs of other hosts hold, so that the VM
+        spec, started next, lands at an address of its own (a thread VM resumes
+        only there). A placeholder of the VM's size goes where the VM would;
+        the first one at a free address is removed, leaving its place to the
+        VM. Returns the placeholders to remove once the VM runs."""
+        sock = self.hosts[host][1]
+        taken = {v["ram_base"] for h, st in self.all_stats().items() if h != host
+                 for v in st["vms"]}
+        held = []
+        while taken:
+            name = f"~hold{self.holds}"
+            self.holds += 1
+            vm = dict({k: spec[k] for k in ("mem", "accel") if k in spec}, name=name)
+            r = request(sock, {"verb": "start", "vm": vm}, timeout=120)
+            if not r.get("ok"):
+                raise ScenarioError(f"a placeholder on {host}: {r.get('error')}")
+            base = next(v["ram_base"] for v in request(sock, {"verb": "stats"})["vms"]
+                        if v["name"] == name)
+            if base not in taken:
+                self.release(host, name)
+                break
+            held.append(name)
+        return held
+
+    def release(self, host, name):
+        """Remove a placeholder and wait until the host let it go (the verb
+        answers before), so that its place is free and no sample sees it."""
+        sock = self.hosts[host][1]
+        request(sock, {"verb": "remove", "vm": name}, timeout=120)
+        end = time.monotonic() + 60
+        while any(v["name"] == name for v in request(sock, {"verb": "list"})["vms"]):
+            if time.monotonic() > end:
+                raise ScenarioError(f"{host} did not let its placeholder {name} go")
+            time.sleep(0.01)
+
+    def event(self, t, e, why=""):
         args = {k: x for k, x in e.items() if k not in ("at_s", "do")}
         if e["do"] == "migrate":
             src = self.where.get(e["vm"])
             req = dict(args, verb="migrate", to=self.hosts[e["to"]][2])
-            r = self.act(t, f"migrate {e['vm']} {src} -> {e['to']}", src, req) if src else None
+            r = (self.act(t, f"migrate {e['vm']} {src} -> {e['to']}", src, req, why)
+                 if src else None)
             if r and r.get("ok"):
                 self.where[e["vm"]] = e["to"]
             return
@@ -279,14 +406,14 @@ class Run:
                 fails += 1
         return last, fails
 
-    def sample(self, t):
-        for name, (p, sock, _) in self.hosts.items():
-            try:
-                st = request(sock, {"verb": "stats"}, timeout=30)
-            except (OSError, ValueError):
-                continue
+    def sample(self, t, stats):
+        for name, st in stats.items():
             self.rows_h.append(dict(flatten(st["host"]), t_s=round(t, 2), host=name))
             for v in st.get("vms", []):
+                if v.get("state") == "running":
+                    # Where the hosts say it runs: a migration that failed after
+                    # it started leaves the VM where it was.
+                    self.where[v["name"]] = name
                 (ms, ops), fails = self.progress(name, v["name"])
                 row = dict(flatten(v), t_s=round(t, 2), host=name, vm=v["name"],
                            state=v.get("state"), wl_ms=ms, wl_ops=ops, verify_fail=fails,
@@ -299,18 +426,24 @@ class Run:
         acts = self.timeline()
         t0 = time.monotonic()
         dur, step = self.sc["duration_s"], self.sc.get("interval_s", 1)
-        next_sample = 0.0
+        look = self.sc["controller"]["interval_s"]
+        next_sample, next_look = 0.0, 0.0 if self.controller else float("inf")
         self.say(f"{len(self.hosts)} host(s) up; running {dur} s")
         while True:
             t = time.monotonic() - t0
             while acts and acts[0][0] <= t:
                 acts.pop(0)[2](t)
+            stats = None
             if t >= next_sample:
-                self.sample(t)
+                stats = self.all_stats()
+                self.sample(t, stats)
                 next_sample += step
+            if t >= next_look:
+                self.controller.look(t, stats or self.all_stats())
+                next_look += look
             if t >= dur:
                 break
-            nxt = min([next_sample, dur] + ([acts[0][0]] if acts else []))
+            nxt = min([next_sample, next_look, dur] + ([acts[0][0]] if acts else []))
             time.sleep(max(0.0, nxt - (time.monotonic() - t0)))
 
     def stop(self):
@@ -320,6 +453,140 @@ class Run:
                 f.write("\n".join(p.lines) + "\n")
         for d in [self.tmp] + self.swap_dirs:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def excess(v):
+    """How far a VM's resident memory is above its share of the budget (the policy's)."""
+    return v["resident_bytes"] - v["entitlement_bytes"]
+
+
+def headroom(st):
+    return st["host"]["budget_bytes"] - st["host"]["resident_bytes"]
+
+
+def steady(st):
+    """No VM of the host is arriving or leaving: its figures are what will stay."""
+    return all(v["state"] == "running" and (v.get("migration") or {}).get("stage")
+               in (None, "done", "failed", "cancelled") for v in st["vms"])
+
+
+def in_mib(c):
+    """A candidate's figures for people: bytes as MiB to a tenth."""
+    return {k.replace("_bytes", "_mib"): round(x / MIB, 1) if k.endswith("_bytes") else x
+            for k, x in c.items()}
+
+
+def least_loaded(src, dests, stats):
+    """Content-blind: the VM of largest excess to the destination of most headroom."""
+    cands = [{"vm": v["name"], "excess_bytes": excess(v), "resident_bytes": v["resident_bytes"]}
+             for v in stats[src]["vms"]]
+    best = min(cands, key=lambda c: (-c["excess_bytes"], -c["resident_bytes"], c["vm"]))
+    to = min(dests, key=lambda h: (-headroom(stats[h]), h))
+    return dict(best, to=to, headroom_bytes=headroom(stats[to])), cands
+
+
+def content(src, dests, stats, sketches, k):
+    """Content-aware: the move that gains the most sharing and relief, within
+    the destination's budget if one is (the rule in the docstring)."""
+    def shared(v, others):
+        theirs = [sketches[o["name"]] for o in others if o["name"] in sketches]
+        if not theirs:
+            return 0.0
+        return estimate(sketches[v["name"]], union_sketch(theirs, k), k)["common"] * PAGE
+
+    def over(resident, st):
+        return max(0, resident - st["host"]["budget_bytes"])
+
+    here = stats[src]["host"]["resident_bytes"]
+    cands = []
+    for v in stats[src]["vms"]:
+        if v["name"] not in sketches:
+            continue
+        gone = shared(v, [o for o in stats[src]["vms"] if o is not v])
+        alone = v["resident_bytes"] + v["saved_by"]["shared_across"]
+        for d in dests:
+            came = shared(v, stats[d]["vms"])
+            there = stats[d]["host"]["resident_bytes"]
+            after = there + alone - came
+            lowers = (over(here, stats[src]) + over(there, stats[d]) -
+                      over(here - alone + gone, stats[src]) - over(after, stats[d]))
+            cands.append({"vm": v["name"], "to": d, "excess_bytes": excess(v),
+                          "arrival_bytes": came, "departure_bytes": gone, "after_bytes": after,
+                          "budget_bytes": stats[d]["host"]["budget_bytes"],
+                          "fits": after <= stats[d]["host"]["budget_bytes"],
+                          "lowers_bytes": lowers, "score_bytes": came - gone + excess(v)})
+    useful = [c for c in cands if c["lowers_bytes"] > 0]
+    pick = [c for c in useful if c["fits"]]
+    if not pick and useful:
+        to = min(dests, key=lambda h: (-headroom(stats[h]), h))
+        pick = [c for c in useful if c["to"] == to]
+    best = min(pick, key=lambda c: (-c["score_bytes"], c["vm"], c["to"])) if pick else None
+    return best, cands
+
+
+class Controller:
+    """Moves a VM off a host that stays over its budget (the scenario's "controller")."""
+
+    def __init__(self, run, c):
+        self.run, self.c = run, c
+        self.over_since = {}	# host -> when it went over its budget
+        self.busy_until = {}	# host -> when its cooldown ends
+
+    def ready(self, host, st, t):
+        return t >= self.busy_until.get(host, 0) and steady(st)
+
+    def look(self, t, stats):
+        for h, st in stats.items():
+            if st["host"]["resident_bytes"] > st["host"]["budget_bytes"]:
+                self.over_since.setdefault(h, t)
+            else:
+                self.over_since.pop(h, None)
+        for since, src in sorted((x, h) for h, x in self.over_since.items() if h in stats):
+            if t - since < self.c["hold_s"] or not self.ready(src, stats[src], t):
+                continue
+            dests = [h for h in sorted(stats) if h != src and self.ready(h, stats[h], t)]
+            if not dests or not stats[src]["vms"]:
+                continue
+            if self.c["placement"] == "content":
+                sketches = self.sketches([src] + dests, stats)
+                best, cands = content(src, dests, stats, sketches, self.c["k"])
+            else:
+                best, cands = least_loaded(src, dests, stats)
+            if best:
+                self.move(t, src, since, best, cands, stats)
+
+    def sketches(self, hosts, stats):
+        """{VM: its sketch's hashes} of every VM of these hosts that gives one."""
+        out = {}
+        for h in hosts:
+            for v in stats[h]["vms"]:
+                req = {"verb": "fingerprint", "vm": v["name"], "k": self.c["k"]}
+                try:
+                    r = request(self.run.hosts[h][1], req, timeout=120)
+                except (OSError, ValueError):
+                    continue
+                if r.get("ok"):
+                    out[v["name"]] = hashes(r["fingerprint"])
+        return out
+
+    def move(self, t, src, since, best, cands, stats):
+        """Migrate best's VM (through the runner's migrate, which keeps where
+        VMs are), the figures seen in the event's why, and cool both hosts."""
+        h = stats[src]["host"]
+        why = {"placement": self.c["placement"], "host": src, "over_s": round(t - since, 1),
+               "hosts": {n: in_mib({"resident_bytes": st["host"]["resident_bytes"],
+                                    "budget_bytes": st["host"]["budget_bytes"]})
+                         for n, st in stats.items()},
+               "chose": in_mib(best), "candidates": [in_mib(c) for c in cands]}
+        figures = ", ".join(f"{k} {x}" for k, x in in_mib(best).items() if k not in ("vm", "to"))
+        self.run.say(f"{t:6.1f} s  controller ({self.c['placement']}): {src} over its budget "
+                     f"for {t - since:.0f} s ({h['resident_bytes'] / MIB:.1f} of "
+                     f"{h['budget_bytes'] / MIB:.1f} MiB): {best['vm']} -> {best['to']} "
+                     f"({figures})")
+        self.run.event(t, {"do": "migrate", "vm": best["vm"], "to": best["to"]},
+                       why=json.dumps(why))
+        for n in (src, best["to"]):
+            self.busy_until[n] = t + self.c["cooldown_s"]
 
 
 def write_csv(path, rows, first):
@@ -462,6 +729,9 @@ def summarize(sc, rows_h, rows_v, events):
             "resident_mib_end": round(rows[-1]["resident_bytes"] / MIB, 1),
             "saved_mib_median": round(statistics.median(r["saved_bytes"] for r in rows) / MIB, 1),
             "over_budget_s": round(sum(step for r in rows if r.get("over_budget")), 1),
+            "resident_over_budget_s": round(sum(
+                b["t_s"] - a["t_s"] for a, b in zip(rows, rows[1:])
+                if a["resident_bytes"] > a["budget_bytes"]), 1),
             "saved_by_mib_median": {k[len("saved_by."):]: round(statistics.median(
                 r.get(k, 0) for r in rows) / MIB, 1) for k in sources},
         }
@@ -476,7 +746,37 @@ def summarize(sc, rows_h, rows_v, events):
             "rate_ops_s_median": round(statistics.median(rs), 1) if rs else None,
             "rate_ops_s_p90": round(sorted(rs)[int(0.9 * (len(rs) - 1))], 1) if rs else None,
         }
+    s["cluster"] = dict(cluster(sc, rows_h, rows_v, events), host_s_over_budget=round(sum(
+        h["resident_over_budget_s"] for h in s["hosts"].values()), 1))
+    s["controller"] = sc["controller"]
     return s
+
+
+def cluster(sc, rows_h, rows_v, events):
+    """The figures of all hosts together, what placement changes: migrations
+    done (a VM seen running on another host than at its last sample) and
+    started (a migrate verb answered ok: one can still fail after), the
+    hosts' resident memory summed (at the samples every host answered), and
+    the sharing at the last sample of each host."""
+    totals, last = {}, {}
+    for r in rows_h:
+        totals.setdefault(r["t_s"], []).append(r["resident_bytes"])
+        last[r["host"]] = r
+    full = [sum(x) for x in totals.values() if len(x) == len(sc["hosts"])] or [0]
+    moves, seen = 0, {}
+    for r in rows_v:
+        if r["state"] == "running":
+            moves += r["vm"] in seen and seen[r["vm"]] != r["host"]
+            seen[r["vm"]] = r["host"]
+    return {"migrations": moves,
+            "migrations_started": sum(1 for e in events if e[1].startswith("migrate ") and
+                                      json.loads(e[2]).get("ok")),
+            "resident_mib_mean": round(statistics.mean(full) / MIB, 1),
+            "resident_mib_peak": round(max(full) / MIB, 1),
+            "shared_across_mib_end": round(sum(r.get("saved_by.shared_across", 0)
+                                               for r in last.values()) / MIB, 1),
+            "shared_within_mib_end": round(sum(r.get("saved_by.shared_within", 0)
+                                               for r in last.values()) / MIB, 1)}
 
 
 def summary_text(s):
@@ -486,13 +786,34 @@ def summary_text(s):
         by = ", ".join(f"{k} {x}" for k, x in h["saved_by_mib_median"].items() if x)
         out.append(f"host {name}: used peak {h['used_mib_peak']} MiB (median "
                    f"{h['used_mib_median']}), saved median {h['saved_mib_median']} MiB ({by}), "
-                   f"over budget {h['over_budget_s']} s")
+                   f"over budget {h['over_budget_s']} s (resident over it "
+                   f"{h['resident_over_budget_s']} s)")
+    c = s["cluster"]
+    out.append(f"all hosts: {c['migrations']} migrations done ({c['migrations_started']} "
+               f"started), over budget (resident) "
+               f"{c['host_s_over_budget']} host-s, resident summed mean "
+               f"{c['resident_mib_mean']} MiB (peak {c['resident_mib_peak']}), shared at the "
+               f"end across {c['shared_across_mib_end']} MiB and within "
+               f"{c['shared_within_mib_end']} MiB; controller: {s['controller']['placement']}")
     for name, v in s["vms"].items():
         rate = (f", rate median {v['rate_ops_s_median']} ops/s"
                 if v["rate_ops_s_median"] is not None else "")
         out.append(f"vm {name} on {'/'.join(v['hosts'])}: resident median "
                    f"{v['resident_mib_median']} MiB, {v['verify_failures']} verify failures{rate}")
     return "\n".join(out) + "\n"
+
+
+def scenario_arg(usage, prog):
+    """The scenario the command line names (its one argument once the options
+    are taken), loaded; exits with the usage, or status 2 and the mistake."""
+    args = [a for a in sys.argv[1:] if a != "--quiet"]
+    if len(args) != 1:
+        sys.exit(usage)
+    try:
+        return load(args[0])
+    except ScenarioError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main():
@@ -503,14 +824,7 @@ def main():
     out = take_opt("--out", None)
     SWAP_DIR = take_opt("--swap-dir", None)
     quiet = "--quiet" in sys.argv
-    args = [a for a in sys.argv[1:] if a != "--quiet"]
-    if len(args) != 1:
-        sys.exit(__doc__.split("\n\n")[1])
-    try:
-        sc = load(args[0])
-    except ScenarioError as e:
-        print(f"scenario: {e}", file=sys.stderr)
-        return 2
+    sc = scenario_arg(__doc__.split("\n\n")[1], "scenario")
     if not shutil.which("gnuplot"):
         print("scenario: gnuplot is missing (apt-get install gnuplot-nox; .ci/setup does)",
               file=sys.stderr)
@@ -529,7 +843,7 @@ def main():
     write_csv(os.path.join(out, "vms.csv"), run.rows_v, ["t_s", "host", "vm", "state"])
     with open(os.path.join(out, "events.csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["t_s", "what", "reply"])
+        w.writerow(["t_s", "what", "reply", "why"])
         w.writerows(run.events)
     try:
         pngs = plots(sc, out, run.rows_h, run.rows_v)

@@ -3,7 +3,7 @@
 file, and get CSV, plots and a summary.
 
     bench/scenario.py SCENARIO.json [--kvmem PATH] [--accel auto|kvm|thread]
-                      [--out DIR] [--swap-dir DIR] [--quiet]
+                      [--out DIR] [--swap-dir DIR] [--corpora DIR] [--quiet]
 
 The scenario (JSON; unknown keys are refused, every error names its field):
 
@@ -16,9 +16,13 @@ The scenario (JSON; unknown keys are refused, every error names its field):
                   between the scenario's hosts work); a host's swap file is
                   made on a disk: next to the kvmem binary, else in /var/tmp
                   (--swap-dir DIR says where)
+  corpora       a directory of content corpora (bench/corpora.py's output;
+                  --corpora DIR says another): every host's corpus_dir
   vms           [{name, host, mem, min, shares, cpus, accel, swap_max,
                   workload (the kvmem.wl= spec) or append (a whole command
-                  line), start_s (default 0), stop_s}]: each VM is started on
+                  line), corpus (a file name in corpora: the workload's
+                  corpus= pages come from it), sharing_group, start_s
+                  (default 0), stop_s}]: each VM is started on
                   its host at start_s (the "start" verb) and removed at
                   stop_s (the "remove" verb: its memory goes back)
   events        [{at_s, do, ...}]: what happens meanwhile, each a control
@@ -71,12 +75,10 @@ controller saw (every host's resident and budget, every candidate's figures),
 and a printed line.
 
 Under the thread accelerator a guest holds host addresses and resumes only at
-its RAM's address, so a VM moves only to a host where no VM sits there. Each
-host puts a new VM at its first free place, so before starting a thread VM
-the runner fills the places of its host that VMs of other hosts hold with
-placeholders (VMs named ~holdN of the same size, removed once it runs): every
-VM of the scenario gets an address of its own, and may move anywhere. A host
-takes in at most 64 VMs over its life, placeholders included.
+its RAM's address, so a VM moves only to a host where no VM sits there; each
+kvmem process hands out its VMs' addresses from a place of its own, so the
+VMs of the scenario's hosts have addresses of their own and may move
+anywhere.
 
 The output directory (default ./scenario-NAME) gets:
   hosts.csv     t_s, host, then each figure of the host (the stats' names,
@@ -108,20 +110,21 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import Host, cmd, request, resolve, take_accel, take_opt, wait_sock  # noqa: E402
+from benchlib import Host, cmd, request, take_accel, take_opt, wait_sock  # noqa: E402
 from fingerprint import estimate, hashes, union_sketch  # noqa: E402
 
 HOST_KEYS = {"name", "budget", "dedup", "swap", "policy_interval", "hard_limit", "access",
              "balloon_stats_interval", "accel"}
 VM_KEYS = {"name", "host", "mem", "min", "shares", "cpus", "accel", "swap_max", "workload",
-           "append", "start_s", "stop_s"}
+           "append", "corpus", "sharing_group", "start_s", "stop_s"}
 EVENT_ARGS = {"budget": {"host", "budget"}, "migrate": {"vm", "to", "downtime_ms",
                                                          "bandwidth_mib_s"},
               "balloon": {"vm", "target"}, "swap": {"vm", "to"}, "pause": {"vm"},
               "resume": {"vm"}, "dedup": {"host", "enabled", "pages_per_sec", "cpu_percent",
                                           "windows"},
               "reclaim": {"host"}}
-TOP_KEYS = {"name", "duration_s", "interval_s", "hosts", "vms", "events", "plots", "controller"}
+TOP_KEYS = {"name", "duration_s", "interval_s", "corpora", "hosts", "vms", "events", "plots",
+            "controller"}
 CONTROLLER = {"placement": "none", "interval_s": 1, "hold_s": 5, "cooldown_s": 10, "k": 1024}
 PLACEMENTS = ("content", "least_loaded", "none")
 MIB = 1 << 20
@@ -177,9 +180,8 @@ def load(path):
     for i, v in enumerate(vms):
         where = f"vms[{i}]"
         check_keys(v, VM_KEYS, where)
-        need(isinstance(v.get("name"), str) and v["name"] not in vnames and
-             not v["name"].startswith("~"), f"{where}.name: a name of its own, not "
-             "starting with ~ (the runner's placeholders)")
+        need(isinstance(v.get("name"), str) and v["name"] not in vnames,
+             f"{where}.name: a name of its own")
         vnames.add(v["name"])
         need(v.get("host") in names, f"{where}.host: one of the scenario's hosts")
         need("mem" in v, f"{where}.mem: missing")
@@ -245,7 +247,6 @@ class Run:
         # Sockets on the local filesystem (not a 9p or NFS share, where bind fails).
         self.tmp = tempfile.mkdtemp(prefix="kvmem-scenario-")
         self.swap_dirs = []
-        self.holds = 0		# placeholders started so far (their names' numbers)
         c = sc["controller"]
         self.controller = Controller(self, c) if c["placement"] != "none" else None
 
@@ -254,12 +255,18 @@ class Run:
             print(f"scenario: {msg}", flush=True)
 
     def start_hosts(self):
+        corpora = CORPORA or self.sc.get("corpora")
+        if any("corpus" in v for v in self.sc.get("vms", [])) and not corpora:
+            raise ScenarioError("a VM has a corpus: the scenario needs corpora (or --corpora "
+                                "DIR; bench/corpora.py makes them)")
         for h in self.sc["hosts"]:
             d = os.path.join(self.tmp, h["name"])
             os.makedirs(d)
             cfg = {k: v for k, v in h.items() if k not in ("name", "swap")}
             cfg.update({"socket": f"{d}/ctl.sock", "incoming": f"unix:{d}/in.sock",
                         "console_prefix": True, "vms": []})
+            if corpora:
+                cfg["corpus_dir"] = os.path.abspath(corpora)
             if h.get("swap"):
                 cfg["swap"] = dict(h["swap"], path=self.disk_dir(h["name"]))
             with open(f"{d}/host.json", "w") as f:
@@ -312,7 +319,7 @@ class Run:
         acts = []
         for v in self.sc.get("vms", []):
             spec = {k: v[k] for k in ("name", "mem", "min", "shares", "cpus", "accel",
-                                      "swap_max") if k in v}
+                                      "swap_max", "corpus", "sharing_group") if k in v}
             if "workload" in v:
                 spec["append"] = "kvmem.wl=" + v["workload"]
             elif "append" in v:
@@ -329,51 +336,10 @@ class Run:
         return sorted(acts, key=lambda a: a[0])
 
     def start_vm(self, t, v, spec):
-        host = next(h for h in self.sc["hosts"] if h["name"] == v["host"])
-        pinned = resolve(v.get("accel") or host.get("accel") or ACCEL) == "thread"
-        held = self.hold_places(v["host"], spec) if pinned else []
         r = self.act(t, f"start {v['name']} on {v['host']}", v["host"],
                      {"verb": "start", "vm": spec})
         if r.get("ok"):
             self.where[v["name"]] = v["host"]
-        for name in held:
-            self.release(v["host"], name)
-
-    def hold_places(self, host, spec):
-        """Fill the places of host that VMs of other hosts hold, so that the VM
-        spec, started next, lands at an address of its own (a thread VM resumes
-        only there). A placeholder of the VM's size goes where the VM would;
-        the first one at a free address is removed, leaving its place to the
-        VM. Returns the placeholders to remove once the VM runs."""
-        sock = self.hosts[host][1]
-        taken = {v["ram_base"] for h, st in self.all_stats().items() if h != host
-                 for v in st["vms"]}
-        held = []
-        while taken:
-            name = f"~hold{self.holds}"
-            self.holds += 1
-            vm = dict({k: spec[k] for k in ("mem", "accel") if k in spec}, name=name)
-            r = request(sock, {"verb": "start", "vm": vm}, timeout=120)
-            if not r.get("ok"):
-                raise ScenarioError(f"a placeholder on {host}: {r.get('error')}")
-            base = next(v["ram_base"] for v in request(sock, {"verb": "stats"})["vms"]
-                        if v["name"] == name)
-            if base not in taken:
-                self.release(host, name)
-                break
-            held.append(name)
-        return held
-
-    def release(self, host, name):
-        """Remove a placeholder and wait until the host let it go (the verb
-        answers before), so that its place is free and no sample sees it."""
-        sock = self.hosts[host][1]
-        request(sock, {"verb": "remove", "vm": name}, timeout=120)
-        end = time.monotonic() + 60
-        while any(v["name"] == name for v in request(sock, {"verb": "list"})["vms"]):
-            if time.monotonic() > end:
-                raise ScenarioError(f"{host} did not let its placeholder {name} go")
-            time.sleep(0.01)
 
     def event(self, t, e, why=""):
         args = {k: x for k, x in e.items() if k not in ("at_s", "do")}
@@ -817,12 +783,13 @@ def scenario_arg(usage, prog):
 
 
 def main():
-    global ACCEL, SWAP_DIR
+    global ACCEL, SWAP_DIR, CORPORA
     ACCEL = take_accel()
     kvmem = take_opt("--kvmem", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                                              "build", "kvmem"))
     out = take_opt("--out", None)
     SWAP_DIR = take_opt("--swap-dir", None)
+    CORPORA = take_opt("--corpora", None)
     quiet = "--quiet" in sys.argv
     sc = scenario_arg(__doc__.split("\n\n")[1], "scenario")
     if not shutil.which("gnuplot"):
@@ -863,6 +830,6 @@ def main():
 
 
 ACCEL = None
-SWAP_DIR = None
+SWAP_DIR = CORPORA = None
 if __name__ == "__main__":
     sys.exit(main())

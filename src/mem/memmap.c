@@ -14,6 +14,7 @@
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -84,17 +85,42 @@ static void add_reserved(uint64_t start, uint64_t len)
 }
 
 /*
+ * Where this process's first fit starts: a guard-aligned place in the first
+ * half of the arena, drawn once. A thread VM resumes only at its old base,
+ * so a VM moves between two hosts of one machine only when the destination
+ * holds nothing there: hosts that all started at the arena's start would hand
+ * out the same bases. Drawn among the guard-sized places of the arena's first
+ * half (some 800 000), the VMs of two hosts meet only when their origins
+ * fall within the span of a few VMs of each other.
+ */
+static uint64_t arena_origin(void)
+{
+	static uint64_t origin;
+	uint64_t r = 0;
+
+	if (!origin) {
+		if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+			r = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL;
+		origin = MEM_ARENA_START + r % (MEM_ARENA_BYTES / MEM_GUARD / 2) * MEM_GUARD;
+	}
+	return origin;
+}
+
+/*
  * Reserve the VM's whole guest-physical span plus a guard gap on each side,
- * PROT_NONE: the first free place in the arena, in creation order. Another
- * mapping in the way (MAP_FIXED_NOREPLACE says EEXIST) moves us on a guard's
- * length at a time.
+ * PROT_NONE: the first free place from the process's origin on (then from
+ * the arena's start), in creation order. Another mapping in the way
+ * (MAP_FIXED_NOREPLACE says EEXIST) moves us on a guard's length at a time.
  */
 static int reserve(uint64_t len, uint64_t want, uint64_t *out)
 {
-	uint64_t at = want ? want : MEM_ARENA_START;
+	uint64_t at, origin;
+	bool wrapped = false;
 	int ret = -ENOMEM;
 
 	pthread_mutex_lock(&arena.lock);
+	origin = arena_origin();
+	at = want ? want : origin;
 	while (arena.nr < MAX_RESERVATIONS) {
 		void *p;
 
@@ -103,7 +129,13 @@ static int reserve(uint64_t len, uint64_t want, uint64_t *out)
 			break;
 		}
 		at = skip_reserved(at, len);
-		if (at + len > MEM_ARENA_END)
+		if (!want && !wrapped && at + len > MEM_ARENA_END) {
+			/* Past the end: the places before the origin are free too. */
+			at = MEM_ARENA_START;
+			wrapped = true;
+			continue;
+		}
+		if (at + len > MEM_ARENA_END || (wrapped && at >= origin))
 			break;
 		p = mmap((void *)(uintptr_t)at, len, PROT_NONE,
 			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);

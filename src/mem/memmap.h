@@ -12,8 +12,9 @@
  * its RAM faults instead of writing into a neighbour, and a constant offset
  * turns its guest-physical addresses into pointers.
  *
- * Reservations come from a fixed arena, first fit in creation order, so a
- * VM's base is predictable. The arena lies above the AddressSanitizer shadow
+ * Reservations come from a fixed arena, first fit in creation order from an
+ * origin each process draws once (so hosts on one machine hand out different
+ * bases, and a thread VM can move between them). The arena lies above the AddressSanitizer shadow
  * (which ends below 0x100080000000) and below every address the kernel gives
  * the executable, the libraries and the stacks (ASLR puts them from
  * 0x550000000000 up; even the legacy mmap layout starts at a third of the

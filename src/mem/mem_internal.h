@@ -88,6 +88,7 @@ struct gm {
 	uint64_t phys_top;		/* end of the guest-physical span */
 	uint64_t reserve_start;		/* the VM's reservation, guard gaps included */
 	uint64_t reserve_len;
+	bool keep_place;		/* mem_keep_place: its place stays taken after destroy */
 	/* The content corpus (corpus.c): set before the VM runs, then immutable. */
 	char *corpus_path;		/* NULL: none */
 	uint64_t corpus_bytes, corpus_hash;

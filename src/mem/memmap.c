@@ -40,7 +40,12 @@
 static struct {
 	pthread_mutex_t lock;
 	unsigned int nr;
-	struct { uint64_t start, end; } r[MAX_RESERVATIONS];
+	/*
+	 * away: unmapped, but the VM lives on at this address elsewhere (it
+	 * moved, or went into a file): no new VM goes there, the VM itself may
+	 * come back (mem_keep_place).
+	 */
+	struct { uint64_t start, end; bool away; } r[MAX_RESERVATIONS];
 } arena = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 uint64_t mem_phys_top(uint64_t ram_bytes)
@@ -70,6 +75,30 @@ static uint64_t skip_reserved(uint64_t at, uint64_t len)
 	return at;
 }
 
+/* Does [at, at + len) overlap a reservation whose VM is here? */
+static bool overlaps_here(uint64_t at, uint64_t len)
+{
+	for (unsigned int i = 0; i < arena.nr; i++)
+		if (!arena.r[i].away && at < arena.r[i].end && arena.r[i].start < at + len)
+			return true;
+	return false;
+}
+
+static void drop_entry(unsigned int i)
+{
+	arena.nr--;
+	for (; i < arena.nr; i++)
+		arena.r[i] = arena.r[i + 1];
+}
+
+/* A VM that comes back to its old place: the places its kind left there go. */
+static void drop_away(uint64_t at, uint64_t len)
+{
+	for (unsigned int i = arena.nr; i-- > 0;)
+		if (arena.r[i].away && at < arena.r[i].end && arena.r[i].start < at + len)
+			drop_entry(i);
+}
+
 /* Record [start, start + len) in address order. */
 static void add_reserved(uint64_t start, uint64_t len)
 {
@@ -81,6 +110,7 @@ static void add_reserved(uint64_t start, uint64_t len)
 	}
 	arena.r[i].start = start;
 	arena.r[i].end = start + len;
+	arena.r[i].away = false;
 	arena.nr++;
 }
 
@@ -124,10 +154,12 @@ static int reserve(uint64_t len, uint64_t want, uint64_t *out)
 	while (arena.nr < MAX_RESERVATIONS) {
 		void *p;
 
-		if (want && skip_reserved(at, len) != want) {
+		if (want && overlaps_here(at, len)) {
 			ret = -EADDRINUSE;
 			break;
 		}
+		if (want)
+			drop_away(at, len);
 		at = skip_reserved(at, len);
 		if (!want && !wrapped && at + len > MEM_ARENA_END) {
 			/* Past the end: the places before the origin are free too. */
@@ -162,18 +194,25 @@ static int reserve(uint64_t len, uint64_t want, uint64_t *out)
 	return ret;
 }
 
-static void unreserve(uint64_t start, uint64_t len)
+static void unreserve(uint64_t start, uint64_t len, bool keep)
 {
 	munmap((void *)(uintptr_t)start, len);
 	pthread_mutex_lock(&arena.lock);
-	for (unsigned int i = 0; i < arena.nr; i++)
-		if (arena.r[i].start == start) {
-			arena.nr--;
-			for (; i < arena.nr; i++)
-				arena.r[i] = arena.r[i + 1];
-			break;
-		}
+	for (unsigned int i = 0; i < arena.nr; i++) {
+		if (arena.r[i].start != start)
+			continue;
+		if (keep)
+			arena.r[i].away = true;
+		else
+			drop_entry(i);
+		break;
+	}
 	pthread_mutex_unlock(&arena.lock);
+}
+
+void mem_keep_place(struct gm *gm)
+{
+	gm->keep_place = true;
 }
 
 static int map_region(struct gm *gm, struct mem_ram_region *r, gpa_t gpa, uint64_t len,
@@ -261,7 +300,7 @@ int mem_create_at(uint64_t ram_bytes, bool exec, uint64_t phys_base, struct gm *
 	return 0;
 
 out_unreserve:
-	unreserve(gm->reserve_start, gm->reserve_len);
+	unreserve(gm->reserve_start, gm->reserve_len, false);
 out_free:
 	kv_free(gm->framemap);
 	kv_free(gm->vmm_dirty);
@@ -299,7 +338,7 @@ void mem_destroy(struct gm *gm)
 	mem_lazy_detach(gm);
 	/* The regions, remapped windows and frames all lie inside the reservation. */
 	if (gm->reserve_len)
-		unreserve(gm->reserve_start, gm->reserve_len);
+		unreserve(gm->reserve_start, gm->reserve_len, gm->keep_place);
 	if (gm->uffd >= 0)
 		close(gm->uffd);
 	pagestate_destroy(gm->ps);

@@ -69,6 +69,16 @@ uint64_t mem_phys_top(uint64_t ram_bytes);
  * most MEM_ARENA_BYTES.
  */
 uint64_t mem_reserve_bytes(uint64_t ram_bytes);
+/*
+ * The VM lives on elsewhere at its address (it moved to another host, or
+ * into a file that may be restored): when gm is destroyed its place in the
+ * arena stays taken for new VMs, and only a VM that asks for that very
+ * place (mem_create_at with its base: the VM coming back) gets it. Under
+ * the thread accelerator a guest resumes only at its own address: a new VM
+ * there would keep it from coming back, and a host that hands its place out
+ * again would give a VM that moved elsewhere a twin address.
+ */
+void mem_keep_place(struct gm *gm);
 /* Host address of guest-physical 0 (fixed for the VM's life). */
 uint8_t *mem_phys_base(const struct gm *gm);
 /* Size of the guest-physical span, mem_phys_top of its RAM. */

@@ -7,7 +7,8 @@
    migration; the destination runs it and the guest goes on verifying there, no FAIL; a digest of
    every guest page taken where the VM stopped equals the one taken where it starts; the bytes
    sent are below the memory it has (zero, shared and ballooned pages travel as markers or once).
-2. It migrates back: the first destination is a source as well.
+2. It migrates back: the first destination is a source as well, and a VM
+   started at the first host meanwhile has not taken its place (thread).
 3. Failures leave the source running its VM, verifying, and the destination holding nothing:
    a refused reservation (a VM of that name runs there), a destination that dies in pre-copy
    (SIGKILL), a peer that sends garbage, a peer that never answers (the stream's timeout), and a
@@ -140,12 +141,21 @@ try:
           f"zero and ballooned pages travelled as markers ({out['pages']})")
     check(out["round"] >= 2, f"pre-copy, then stop-and-copy ({out['round']} rounds)")
 
+    # A VM started where mig was must not take its place: mig could not come back (thread).
+    r = request(a_sock, {"verb": "start", "vm": {"name": "y", "mem": "128M",
+                                                 "append": "kvmem.wl=size=4,then=sleep"}})
+    check(r.get("ok") is True, f"a VM starts where mig left ({r.get('error', 'ok')})")
+    if ACCEL == "thread":
+        yb = vm_of(stats(a_sock), "y")["ram_base"]
+        check(yb != vb["ram_base"], f"it takes another address than mig's ({yb:#x})")
+
     # 2. And back, with the CLI.
     r = migrate(b_sock, a_in, "--downtime", "300")
     print(f"info   kvmem migrate: {r.stdout.strip()[-300:]} {r.stderr.strip()[-300:]}", flush=True)
     check(r.returncode == 0 and "mig: done" in r.stdout, "kvmem migrate brings it back: done")
     check(vm_of(stats(a_sock), "mig")["state"] == "running", "it runs at the first host again")
     verifies_on(src, "back home")
+    request(a_sock, {"verb": "remove", "vm": "y"})
 
     # 3. Failures: the source keeps it running, the destination holds nothing.
     # A refused reservation: a VM of that name runs there already.

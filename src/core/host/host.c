@@ -776,6 +776,12 @@ int host_run(struct host *h)
 
 void host_release_vm(struct host *h, struct host_vm *hv)
 {
+	/*
+	 * Set before a VM is handed over to be released, never cleared; read
+	 * without h->lock, which a failed take-in holds around this call.
+	 */
+	bool gone = __atomic_load_n(&hv->gone, __ATOMIC_ACQUIRE);
+
 	if (hv->released)
 		return;
 	if (hv->vm) {
@@ -795,6 +801,9 @@ void host_release_vm(struct host *h, struct host_vm *hv)
 		/* Nothing faults on its pages any more: its slots can go. */
 		if (hv->swap_attached)
 			mem_swap_detach(h->swap, vm_gm(hv->vm));
+		/* Left alive (moved, saved, or it came and runs on at its source). */
+		if (gone && hv->cfg.accel == ACCEL_THREAD)
+			mem_keep_place(vm_gm(hv->vm));
 		vm_destroy(hv->vm);
 	}
 	hv->vm = NULL;

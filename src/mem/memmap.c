@@ -91,7 +91,7 @@ static void drop_entry(unsigned int i)
 		arena.r[i] = arena.r[i + 1];
 }
 
-/* A VM that comes back to its old place: the places its kind left there go. */
+/* A VM that came back to its old place: the places kept for it there go. */
 static void drop_away(uint64_t at, uint64_t len)
 {
 	for (unsigned int i = arena.nr; i-- > 0;)
@@ -158,9 +158,9 @@ static int reserve(uint64_t len, uint64_t want, uint64_t *out)
 			ret = -EADDRINUSE;
 			break;
 		}
-		if (want)
-			drop_away(at, len);
-		at = skip_reserved(at, len);
+		/* A VM asking for its place may take what was kept for it (mem_keep_place). */
+		if (!want)
+			at = skip_reserved(at, len);
 		if (!want && !wrapped && at + len > MEM_ARENA_END) {
 			/* Past the end: the places before the origin are free too. */
 			at = MEM_ARENA_START;
@@ -172,6 +172,8 @@ static int reserve(uint64_t len, uint64_t want, uint64_t *out)
 		p = mmap((void *)(uintptr_t)at, len, PROT_NONE,
 			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
 		if (p == (void *)(uintptr_t)at) {
+			if (want)
+				drop_away(at, len);
 			add_reserved(at, len);
 			*out = at;
 			ret = 0;

@@ -104,7 +104,8 @@ static void test_the_arena_alone_limits_how_many_vms_a_process_reserves(void **s
 	while (n <= SMALL_VMS_IN_ARENA && !(ret = mem_create_anon(VM_RAM, &all[n])))
 		n++;
 	assert_int_equal(ret, -ENOMEM);
-	assert_int_equal(n + MANY, SMALL_VMS_IN_ARENA);
+	/* Filled from the process's origin to the end, then from the start: one may not fit. */
+	assert_true(n + MANY == SMALL_VMS_IN_ARENA || n + MANY == SMALL_VMS_IN_ARENA - 1);
 	while (n)
 		mem_destroy(all[--n]);
 	kv_free(all);

@@ -28,6 +28,7 @@
 
 #include "balloon/balloon.h"
 #include "core/accel/accel.h"
+#include "core/accel/thread_state.h"
 #include "core/virtio/virtio_mmio.h"
 #include "core/vm.h"
 #include "fuzz.h"
@@ -37,28 +38,6 @@
 #define RAM (8ULL << 20)
 #define MAX_CPUS 4
 #define MAX_RUN 32		/* pages of one compact PAGES record */
-
-/*
- * The thread accelerator's vCPU state, the VCPU record's payload after its
- * index (core/accel/thread.c, struct thread_state): only so that compact
- * inputs can name a register state with the right magic and layout; the
- * accelerator checks it as it checks any peer's.
- */
-struct thread_blob {
-	uint32_t magic;
-	uint32_t version;
-	uint64_t gpr[16];
-	uint64_t rip;
-	uint64_t rflags;
-	uint32_t mxcsr;
-	uint16_t fcw;
-	uint8_t mmio_read;
-	uint8_t pad;
-	uint8_t mmio_data[8];
-};
-_Static_assert(sizeof(struct thread_blob) == 168, "as the accelerator's");
-#define THREAD_MAGIC 0x44524854u
-#define GPR_SP 4
 
 struct dest {
 	struct mig_job *job;
@@ -147,15 +126,11 @@ static const struct mig_dest_ops dest_ops = {
 	.progress = d_progress,
 };
 
-int LLVMFuzzerInitialize(int *argc, char ***argv)
+void fz_init(void)
 {
-	(void)argc;
-	(void)argv;
-	fz_setup();
 	null_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
 	if (null_fd < 0)
 		fz_fail(__FILE__, __LINE__, "/dev/null");
-	return 0;
 }
 
 /* A compact PAGES record: u32 gfn, u8 count, u8 kind, per page its unit in short. */
@@ -208,12 +183,13 @@ static int put_pages(struct mig_stream *s, struct fz *f, uint8_t code)
 /* A VCPU record: u8 index, u32 rip and u32 rsp above the VM's base, u8 flags. */
 static int put_vcpu(struct mig_stream *s, struct fz *f, uint64_t base)
 {
-	uint8_t buf[4 + sizeof(struct thread_blob)];
-	struct thread_blob b = { .magic = THREAD_MAGIC, .version = 1, .mxcsr = 0x1f80, .fcw = 0x37f };
+	uint8_t buf[4 + sizeof(struct thread_state)];
+	struct thread_state b = { .magic = THREAD_STATE_MAGIC, .version = THREAD_STATE_VERSION,
+				  .mxcsr = 0x1f80, .fcw = 0x37f };
 	uint8_t idx = fz_u8(f), fl;
 
 	b.rip = base + fz_u32(f);
-	b.gpr[GPR_SP] = base + fz_u32(f);
+	b.gpr[R_SP] = base + fz_u32(f);
 	fl = fz_u8(f);
 	/* Flags: a wrong version, a reserved MXCSR bit, mmio_read out of range, padding. */
 	if (fl & 1)

@@ -12,6 +12,7 @@
 
 #include "core/log.h"
 #include "core/virtio/virtio_mmio.h"
+#include "mem/gm.h"
 
 #define FZ_THREAD_STACK (512 * 1024)
 
@@ -77,6 +78,15 @@ void fz_file_set(struct fz_file *f, const void *data, size_t size)
 	}
 }
 
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	(void)argc;
+	(void)argv;
+	fz_setup();
+	fz_init();
+	return 0;
+}
+
 void fz_setup(void)
 {
 	pthread_attr_t attr;
@@ -92,6 +102,29 @@ void fz_fail(const char *file, int line, const char *what)
 {
 	fprintf(stderr, "%s:%d: invariant failed: %s\n", file, line, what);
 	abort();
+}
+
+struct gm *fz_guest_memory(uint64_t bytes)
+{
+	struct gm *gm;
+
+	if (mem_create_anon(bytes, &gm))
+		fz_fail(__FILE__, __LINE__, "mem_create_anon");
+	return gm;
+}
+
+void fz_guest_write(struct fz *f, struct gm *gm, uint64_t base, uint64_t len)
+{
+	uint16_t off = fz_u16(f);
+	size_t n;
+	const uint8_t *b = fz_bytes(f, fz_u8(f), &n);
+
+	if (off >= len)
+		return;
+	if (n > len - off)
+		n = len - off;
+	if (n && mem_write(gm, base + off, b, n))
+		fz_fail(__FILE__, __LINE__, "mem_write");
 }
 
 void fz_vdev_round_trip(struct virtio_dev *vdev)

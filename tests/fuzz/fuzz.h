@@ -15,6 +15,11 @@
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+/*
+ * What a target sets up once, before its first input: fuzz.c's
+ * LLVMFuzzerInitialize calls it after fz_setup.
+ */
+void fz_init(void);
 
 struct fz {
 	const uint8_t *p;
@@ -45,7 +50,7 @@ void fz_file_init(struct fz_file *f, const char *name);
 void fz_file_set(struct fz_file *f, const void *data, size_t size);
 
 /*
- * For LLVMFuzzerInitialize. Logs: errors only, or everything with
+ * Before fz_init (LLVMFuzzerInitialize). Logs: errors only, or everything with
  * KVMEM_FUZZ_VERBOSE set (libFuzzer's -close_fd_mask=2 hides them): a
  * fuzzer feeds the code malformed input all day long. Threads: smaller
  * stacks than the 8 MiB default, since AddressSanitizer clears the shadow
@@ -53,6 +58,15 @@ void fz_file_set(struct fz_file *f, const void *data, size_t size);
  * a millisecond (the targets that start threads for every input).
  */
 void fz_setup(void);
+
+/*
+ * Anonymous guest memory for the whole run (the targets reset what they
+ * use at each input), and a driver's write into [base, base + len) from
+ * the input: u16 offset, u8 n, n bytes (cut at the end of the range).
+ */
+struct gm;
+struct gm *fz_guest_memory(uint64_t bytes);
+void fz_guest_write(struct fz *f, struct gm *gm, uint64_t base, uint64_t len);
 
 /*
  * A virtio device's migration state (virtio_dev_save/load), for the

@@ -52,14 +52,9 @@ static int fake_undiscard(void *arg, gpa_t gpa, uint64_t len)
 	return 0;
 }
 
-int LLVMFuzzerInitialize(int *argc, char ***argv)
+void fz_init(void)
 {
-	(void)argc;
-	(void)argv;
-	fz_setup();
-	if (mem_create_anon(RAM, &gm))
-		fz_fail(__FILE__, __LINE__, "mem_create_anon");
-	return 0;
+	gm = fz_guest_memory(RAM);
 }
 
 struct env {
@@ -153,17 +148,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 0: /* a request on queue q (direct, or alt: through an indirect table) */
 			add_chain(&e, &f, q, alt);
 			break;
-		case 1: { /* buffer content: u16 offset into DATA, u8 n, n bytes */
-			uint16_t off = fz_u16(&f);
-			size_t n, room = DATA_LEN - off;
-			const uint8_t *b = fz_bytes(&f, fz_u8(&f), &n);
-
-			if (n > room)
-				n = room;
-			if (n && mem_write(gm, DATA + off, b, n))
-				fz_fail(__FILE__, __LINE__, "mem_write");
+		case 1: /* buffer content */
+			fz_guest_write(&f, gm, DATA, DATA_LEN);
 			break;
-		}
 		case 2: /* a raw head published, or (alt) a raw avail index: hostile */
 			if (alt)
 				fake_vq_set_avail_idx(&e.fq[q], fz_u16(&f));

@@ -17,13 +17,9 @@
 
 static struct fz_file file;
 
-int LLVMFuzzerInitialize(int *argc, char ***argv)
+void fz_init(void)
 {
-	(void)argc;
-	(void)argv;
-	fz_setup();
 	fz_file_init(&file, "fuzz-config");
-	return 0;
 }
 
 static void check_vm(const struct host_vm_config *vm)

@@ -35,14 +35,11 @@ static struct host *host;
 static char *reply_buf;
 static size_t reply_cap;
 
-int LLVMFuzzerInitialize(int *argc, char ***argv)
+void fz_init(void)
 {
 	static char path[64];
 	char dir[] = "/tmp/kvmem-fuzz-control-XXXXXX";
 
-	(void)argc;
-	(void)argv;
-	fz_setup();
 	if (!mkdtemp(dir))
 		fz_fail(__FILE__, __LINE__, "mkdtemp");
 	snprintf(path, sizeof(path), "%s/sock", dir);
@@ -56,8 +53,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	/* The control socket keeps its listening descriptor; the file is not needed. */
 	unlink(path);
 	rmdir(dir);
-	cfg.socket = NULL;
-	return 0;
 }
 
 /* Each reply line: a JSON object saying whether the request succeeded. */

@@ -18,15 +18,10 @@
 static struct gm *gm;
 static struct fz_file file;
 
-int LLVMFuzzerInitialize(int *argc, char ***argv)
+void fz_init(void)
 {
-	(void)argc;
-	(void)argv;
-	fz_setup();
 	fz_file_init(&file, "fuzz-elf");
-	if (mem_create_anon(RAM, &gm))
-		fz_fail(__FILE__, __LINE__, "mem_create_anon");
-	return 0;
+	gm = fz_guest_memory(RAM);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -81,14 +81,9 @@ static const struct virtio_dev_ops sink_ops = {
 	.queue_notify = sink_queue_notify,
 };
 
-int LLVMFuzzerInitialize(int *argc, char ***argv)
+void fz_init(void)
 {
-	(void)argc;
-	(void)argv;
-	fz_setup();
-	if (mem_create_anon(RAM, &gm))
-		fz_fail(__FILE__, __LINE__, "mem_create_anon");
-	return 0;
+	gm = fz_guest_memory(RAM);
 }
 
 static unsigned int width(uint8_t sel)
@@ -140,17 +135,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				FZ_CHECK(v == VIRTIO_MMIO_MAGIC);
 			break;
 		}
-		case 2: { /* ring memory: u16 offset into the window, u8 n, n bytes */
-			uint16_t off = fz_u16(&f);
-			size_t n, room = WINDOW_LEN - off;
-			const uint8_t *b = fz_bytes(&f, fz_u8(&f), &n);
-
-			if (n > room)
-				n = room;
-			if (n && mem_write(gm, WINDOW + off, b, n))
-				fz_fail(__FILE__, __LINE__, "mem_write");
+		case 2: /* ring memory */
+			fz_guest_write(&f, gm, WINDOW, WINDOW_LEN);
 			break;
-		}
 		case 3: /* the worker's turn (and its timer, bit 3) */
 			virtio_dev_poll(s.vdev, code & 0x8);
 			break;

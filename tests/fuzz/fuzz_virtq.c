@@ -32,14 +32,9 @@
 static struct gm *gm;
 static struct virtq_chain chain;
 
-int LLVMFuzzerInitialize(int *argc, char ***argv)
+void fz_init(void)
 {
-	(void)argc;
-	(void)argv;
-	fz_setup();
-	if (mem_create_anon(RAM, &gm))
-		fz_fail(__FILE__, __LINE__, "mem_create_anon");
-	return 0;
+	gm = fz_guest_memory(RAM);
 }
 
 static gpa_t ring_addr(struct fz *f, bool raw)

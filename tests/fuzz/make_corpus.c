@@ -22,6 +22,7 @@
 #include "balloon/balloon.h"
 #include "core/virtio/virtio_mmio.h"
 #include "core/virtio/virtq.h"
+#include "fake_elf.h"
 #include "fake_virtq.h"
 #include "guest/abi.h"
 #include "mem/gm.h"
@@ -196,18 +197,7 @@ static void elf_seed(const char *name, uint16_t type, bool dynamic)
 	Elf64_Dyn *dyn = (Elf64_Dyn *)(b + IMG_DYN);
 	Elf64_Rela *rela = (Elf64_Rela *)(b + IMG_RELA);
 
-	memcpy(eh->e_ident, ELFMAG, SELFMAG);
-	eh->e_ident[EI_CLASS] = ELFCLASS64;
-	eh->e_ident[EI_DATA] = ELFDATA2LSB;
-	eh->e_ident[EI_VERSION] = EV_CURRENT;
-	eh->e_type = type;
-	eh->e_machine = EM_X86_64;
-	eh->e_version = EV_CURRENT;
-	eh->e_entry = ABI_IMAGE_BASE + IMG_DATA;
-	eh->e_phoff = sizeof(*eh);
-	eh->e_ehsize = sizeof(*eh);
-	eh->e_phentsize = sizeof(*ph);
-	eh->e_phnum = dynamic ? 2 : 1;
+	fake_elf_header(eh, type, ABI_IMAGE_BASE + IMG_DATA, dynamic ? 2 : 1);
 	ph[0] = (Elf64_Phdr){ .p_type = PT_LOAD, .p_flags = PF_R | PF_W | PF_X,
 			      .p_vaddr = ABI_IMAGE_BASE, .p_paddr = ABI_IMAGE_BASE,
 			      .p_filesz = IMG_SIZE, .p_memsz = 0x2000, .p_align = 4096 };

@@ -3,18 +3,26 @@
  * The migration stream as a destination reads it from a source it does not
  * trust (migrate/stream.c and the receiving side of migrate/migrate.c:
  * mig_dest_start's loop over VM, ROUND, PAGES, VCPU, DEVICE, END and COMMIT
- * records, into a VM). The destination is the real one on a thread of its
- * own, reading one end of a socketpair; a writer thread plays the source.
- * The VM it reserves is a fresh thread-accelerator VM (never started: the
- * activation only says "running"), with a balloon for the device state.
+ * records, into a VM), and a snapshot file as a restore reads it
+ * (migrate/snapfile.c's reader and migrate/snapshot.c's restore: header,
+ * page table, pages, the state records). The destination is the real one
+ * on a thread of its own, reading one end of a socketpair, with a writer
+ * thread as the source; a restore reads its file on a thread of its own.
+ * The VM either reserves is a fresh thread-accelerator VM (never started:
+ * the activation only says "running"), with a balloon for the device state.
  *
- * Input: u8 mode. Mode bit 0: the rest is the stream, byte for byte
- * (preamble, headers and checks as they come: the framing's own checks).
- * Otherwise the rest is records for the writer to send with valid framing
- * (stream.c's own writer: checks and numbers right, so the fuzzer gets past
- * them to the decoders), each an opcode byte and its operands (see
- * put_records). Checked: the job ends DONE, or FAILED with a reason, and
- * the guest memory outside RAM is never written (a write there faults).
+ * Input: u8 mode, then the rest. Bit 2 clear, a live stream: bit 0, the
+ * rest is the stream byte for byte (preamble, headers and checks as they
+ * come: the framing's own checks); else records for the writer to send
+ * with valid framing (stream.c's own writer: checks and numbers right, so
+ * the fuzzer gets past them to the decoders), each an opcode byte and its
+ * operands (put_ops), and bit 1 gives the stream a snapshot's preamble.
+ * Bit 2 set, a snapshot file: bit 0, the rest is the file; else
+ * snapfile.c's writer makes one of the VM's size (bit 3: a u16 count of
+ * pages first) from the same operations, pages going to the file's page
+ * section. Checked: the job ends DONE, or FAILED with a reason (a file
+ * refused before any job, with a reason), and guest memory outside RAM is
+ * never written (a write there faults).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -33,6 +41,7 @@
 #include "core/vm.h"
 #include "fuzz.h"
 #include "migrate/migrate.h"
+#include "migrate/snapfile.h"
 #include "migrate/stream.h"
 
 #define RAM (8ULL << 20)
@@ -49,6 +58,8 @@ struct dest {
 };
 
 static int null_fd;
+static struct fz_file raw_snapshot;
+static char snapshot_dir[64], snapshot_path[80];
 static uint8_t page[MIG_PAGE_SIZE * (MAX_RUN + 1)];
 static uint8_t unit[MAX_RUN * (8 + 32 + MIG_PAGE_SIZE)];
 
@@ -126,11 +137,25 @@ static const struct mig_dest_ops dest_ops = {
 	.progress = d_progress,
 };
 
+static void remove_snapshot_dir(void)
+{
+	unlink(snapshot_path);
+	rmdir(snapshot_dir);
+}
+
 void fz_init(void)
 {
 	null_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
 	if (null_fd < 0)
 		fz_fail(__FILE__, __LINE__, "/dev/null");
+	fz_file_init(&raw_snapshot, "fuzz-snapshot");
+	/* Snapshots the writer makes: in memory where /dev/shm is (fsync is free there). */
+	snprintf(snapshot_dir, sizeof(snapshot_dir), "%s/kvmem-fuzz-stream-XXXXXX",
+		 access("/dev/shm", W_OK) ? "/tmp" : "/dev/shm");
+	if (!mkdtemp(snapshot_dir))
+		fz_fail(__FILE__, __LINE__, "mkdtemp");
+	snprintf(snapshot_path, sizeof(snapshot_path), "%s/vm.snap", snapshot_dir);
+	atexit(remove_snapshot_dir);
 }
 
 /* A compact PAGES record: u32 gfn, u8 count, u8 kind, per page its unit in short. */
@@ -205,22 +230,35 @@ static int put_vcpu(struct mig_stream *s, struct fz *f, uint64_t base)
 	return mig_put_buf(s, MIG_REC_VCPU, buf, sizeof(buf));
 }
 
-struct writer {
-	int fd;
-	const uint8_t *data;
-	size_t size;
-	uint64_t base;		/* the VM's host address of guest-physical 0 */
-};
-
-/* Mode bit 1: a snapshot file's state records where a live stream is due. */
-static void put_records(struct writer *w, uint8_t mode)
+/*
+ * A snapshot's pages: u16 first page, u8 count - 1, u8 kind (enum
+ * snap_page_kind; SNAP_PAGE_KINDS: not given), per data page a fill byte.
+ */
+static void put_file_pages(struct snap_writer *w, struct fz *f)
 {
-	struct fz f = fz_of(w->data, w->size);
-	struct mig_stream *s;
+	uint64_t idx = fz_u16(f);
+	uint32_t n = fz_u8(f) % MAX_RUN + 1;
+	uint8_t kind[MAX_RUN], k = fz_u8(f) % (SNAP_PAGE_KINDS + 1);
+	char why[160];
+
+	memset(kind, k, n);
+	for (uint32_t i = 0; i < n; i++)
+		memset(page + (size_t)i * MIG_PAGE_SIZE, k == SNAP_PAGE_DATA ? fz_u8(f) : 0,
+		       MIG_PAGE_SIZE);
+	/* Pages beyond the VM are the writer's to refuse (a caller's mistake, not a file's). */
+	if (snapw_pages(w, idx, n, kind, page, why, sizeof(why)))
+		return;
+}
+
+/*
+ * Records until the input ends, each an opcode byte and its operands; a
+ * snapshot's (file not NULL) get its pages instead of PAGES records.
+ */
+static int put_ops(struct mig_stream *s, struct fz *f0, uint64_t base, struct snap_writer *file)
+{
+	struct fz f = *f0;
 	int ret = 0;
 
-	if (mig_stream_open(w->fd, true, mode & 2 ? MIG_F_FILE : 0, -1, &s))
-		return;
 	while (f.left && !ret) {
 		uint8_t code = fz_u8(&f);
 
@@ -237,10 +275,13 @@ static void put_records(struct writer *w, uint8_t mode)
 			break;
 		}
 		case 1:
-			ret = put_pages(s, &f, code);
+			if (file)
+				put_file_pages(file, &f);
+			else
+				ret = put_pages(s, &f, code);
 			break;
 		case 2:
-			ret = put_vcpu(s, &f, w->base);
+			ret = put_vcpu(s, &f, base);
 			break;
 		case 3: { /* ROUND (u32 round, u32 stage), or END (bit 2) */
 			uint32_t v[2] = { fz_u32(&f), fz_u32(&f) };
@@ -253,6 +294,25 @@ static void put_records(struct writer *w, uint8_t mode)
 		}
 		}
 	}
+	return ret;
+}
+
+struct writer {
+	int fd;
+	const uint8_t *data;
+	size_t size;
+	uint64_t base;		/* the VM's host address of guest-physical 0 */
+};
+
+/* Mode bit 1: a snapshot file's state records where a live stream is due. */
+static void put_records(struct writer *w, uint8_t mode)
+{
+	struct fz f = fz_of(w->data, w->size);
+	struct mig_stream *s;
+
+	if (mig_stream_open(w->fd, true, mode & 2 ? MIG_F_FILE : 0, -1, &s))
+		return;
+	put_ops(s, &f, w->base, NULL);
 	mig_stream_close(s);
 }
 
@@ -301,6 +361,48 @@ static uint64_t vm_base(void)
 	return base;
 }
 
+/*
+ * The snapshot file a restore reads: the input itself (raw), or one the
+ * writer makes (snapfile.c's own, header, table and hashes right) of the
+ * VM's size, or (mode bit 3) of a u16 count of pages. 0, or -1 when there
+ * is no file to restore from.
+ */
+static int make_snapshot(const uint8_t *data, size_t size, uint64_t base)
+{
+	struct fz f = fz_of(data + 1, size - 1);
+	uint64_t pages = RAM / MIG_PAGE_SIZE;
+	struct snap_writer *w;
+	char why[160];
+
+	if (data[0] & 1) {
+		fz_file_set(&raw_snapshot, data + 1, size - 1);
+		return 0;
+	}
+	if (data[0] & 8)
+		pages = fz_u16(&f);
+	if (snapw_create(snapshot_path, pages, 0, &w, why, sizeof(why)))
+		return -1;
+	put_ops(snapw_state(w), &f, base, w);
+	return snapw_finish(w, why, sizeof(why)) ? -1 : 0;
+}
+
+/* Mode bit 2: a restore from a snapshot file. */
+static int start_restore(const uint8_t *data, size_t size, struct dest *d)
+{
+	struct mig_params params = { 0 };
+	char why[192];
+	int ret;
+
+	if (make_snapshot(data, size, vm_base()))
+		return -1;
+	/* Refused at once when the file is not a snapshot: no job then. */
+	ret = mig_restore_start(data[0] & 1 ? raw_snapshot.path : snapshot_path, &params, &dest_ops,
+				d, &d->job, why, sizeof(why));
+	FZ_CHECK(ret == 0 || why[0]);
+	unlink(snapshot_path);
+	return ret ? -1 : 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct mig_params params = { 0 };
@@ -308,24 +410,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct dest d = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
 	struct mig_progress prog;
 	pthread_t writer;
+	bool live = !size || !(data[0] & 4);
 	int sv[2];
 
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
-		fz_fail(__FILE__, __LINE__, "socketpair");
-	w.fd = sv[1];
-	if (pthread_create(&writer, NULL, writer_main, &w))
-		fz_fail(__FILE__, __LINE__, "pthread_create");
-	/* d.job is set before the job's thread runs (mig_dest_start), its callbacks may use it. */
-	if (mig_dest_start(sv[0], &params, &dest_ops, &d, "fuzz", &d.job))
-		fz_fail(__FILE__, __LINE__, "mig_dest_start");
+	if (live) {
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
+			fz_fail(__FILE__, __LINE__, "socketpair");
+		w.fd = sv[1];
+		if (pthread_create(&writer, NULL, writer_main, &w))
+			fz_fail(__FILE__, __LINE__, "pthread_create");
+		/* d.job is set before the job's thread runs, its callbacks may use it. */
+		if (mig_dest_start(sv[0], &params, &dest_ops, &d, "fuzz", &d.job))
+			fz_fail(__FILE__, __LINE__, "mig_dest_start");
+	} else if (start_restore(data, size, &d)) {
+		return 0;
+	}
 	pthread_mutex_lock(&d.lock);
 	while (!mig_job_finished(d.job))
 		pthread_cond_wait(&d.cond, &d.lock);
 	pthread_mutex_unlock(&d.lock);
 	mig_job_progress(d.job, &prog);
 	mig_job_free(d.job);
-	pthread_join(writer, NULL);
-	close(sv[1]);
+	if (live) {
+		pthread_join(writer, NULL);
+		close(sv[1]);
+	}
 	if (getenv("KVMEM_FUZZ_VERBOSE"))
 		fprintf(stderr, "fuzz_stream: %s%s%s\n", mig_stage_name(prog.stage),
 			prog.error[0] ? ": " : "", prog.error);

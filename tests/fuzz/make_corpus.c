@@ -27,6 +27,7 @@
 #include "guest/abi.h"
 #include "mem/gm.h"
 #include "migrate/migrate.h"
+#include "migrate/snapfile.h"
 #include "migrate/stream.h"
 
 /* --- a growing byte buffer --- */
@@ -654,6 +655,34 @@ static void stream_raw(struct buf *b)
 	free(dev);
 }
 
+/* A snapshot the restore takes whole: its pages in the file, its state as records. */
+static void stream_snapshot(struct buf *b)
+{
+	char *dev = device_record();
+
+	u8(b, 4);	/* mode: a snapshot, written by snapfile.c */
+	rec_raw(b, MIG_REC_VM, "{\"name\":\"s\",\"mem\":\"8M\",\"cpus\":1}");
+	u8(b, 1);	/* pages 0x300..0x303: data */
+	u16(b, 0x300);
+	u8(b, 3);
+	u8(b, SNAP_PAGE_DATA);
+	for (uint8_t i = 0; i < 4; i++)
+		u8(b, 0x30 + i);
+	u8(b, 1);	/* pages 0x600..0x601: the balloon's */
+	u16(b, 0x600);
+	u8(b, 1);
+	u8(b, SNAP_PAGE_BALLOONED);
+	u8(b, 2);	/* VCPU 0 */
+	u8(b, 0);
+	u32(b, ABI_IMAGE_BASE + 0x40);
+	u32(b, ABI_IMAGE_BASE);
+	u8(b, 0);
+	rec_raw(b, MIG_REC_DEVICE, dev);
+	u8(b, 3 | 4);	/* END */
+	u64(b, 4);
+	free(dev);
+}
+
 static void stream_seeds(void)
 {
 	struct buf b = { .n = 0 };
@@ -673,6 +702,15 @@ static void stream_seeds(void)
 	u32(&b, 2);
 	u32(&b, 0);
 	save_buf("fuzz_stream", "raw_version", &b);
+	b.n = 0;
+	stream_snapshot(&b);
+	save_buf("fuzz_stream", "snapshot", &b);
+	b.n = 0;
+	u8(&b, 5);	/* a snapshot file's first bytes, raw */
+	str(&b, "KVMEMSNP");
+	u32(&b, 1);
+	u32(&b, 0);
+	save_buf("fuzz_stream", "snapshot_raw", &b);
 }
 
 int main(int argc, char **argv)

@@ -20,6 +20,7 @@
 
 #include "core/boot.h"
 #include "core/layout.h"
+#include "fake_elf.h"
 #include "mem/gm.h"
 #include "mem/memmap.h"
 
@@ -249,18 +250,7 @@ static void pie_build(struct pie *p)
 	Elf64_Dyn *dyn = (Elf64_Dyn *)(p->b + PIE_DYN_OFF);
 
 	memset(p, 0, sizeof(*p));
-	memcpy(eh->e_ident, ELFMAG, SELFMAG);
-	eh->e_ident[EI_CLASS] = ELFCLASS64;
-	eh->e_ident[EI_DATA] = ELFDATA2LSB;
-	eh->e_ident[EI_VERSION] = EV_CURRENT;
-	eh->e_type = ET_DYN;
-	eh->e_machine = EM_X86_64;
-	eh->e_version = EV_CURRENT;
-	eh->e_entry = ABI_IMAGE_BASE + PIE_DATA_OFF;
-	eh->e_phoff = sizeof(*eh);
-	eh->e_ehsize = sizeof(*eh);
-	eh->e_phentsize = sizeof(*ph);
-	eh->e_phnum = 2;
+	fake_elf_header(eh, ET_DYN, ABI_IMAGE_BASE + PIE_DATA_OFF, 2);
 	ph[0] = (Elf64_Phdr){ .p_type = PT_LOAD, .p_flags = PF_R | PF_W | PF_X, .p_offset = 0,
 			      .p_vaddr = ABI_IMAGE_BASE, .p_paddr = ABI_IMAGE_BASE,
 			      .p_filesz = PIE_SIZE, .p_memsz = PIE_SIZE, .p_align = 4096 };

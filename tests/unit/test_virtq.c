@@ -855,6 +855,76 @@ static void test_hostile_queue_enabled_before_features_ok(void **state)
 	assert_needs_reset(s);
 }
 
+/* --- migration state --- */
+
+/* Saved, loaded back into the same device and saved again: the same state. */
+static void assert_state_survives(struct sink *s)
+{
+	json_t *a = virtio_dev_save(s->vdev), *b;
+	char why[256] = "";
+
+	assert_non_null(a);
+	assert_int_equal(virtio_dev_load(s->vdev, a, why, sizeof(why)), 0);
+	b = virtio_dev_save(s->vdev);
+	assert_true(json_equal(a, b));
+	json_decref(a);
+	json_decref(b);
+}
+
+/*
+ * Whatever a driver writes, its VM can still move: reserved status bits
+ * (now not kept), selectors above 1 (or 2^31), features with bit 63, a
+ * queue address with bit 63 and a queue size above QueueNumMax (on a queue
+ * not enabled) were saved in a form that virtio_dev_load refused, so a
+ * guest could make its VM impossible to migrate or snapshot (found by
+ * tests/fuzz/fuzz_virtio_mmio).
+ */
+static void test_mmio_state_survives_any_register_value(void **state)
+{
+	struct sink *s = *state;
+	char why[256] = "";
+	json_t *st;
+
+	fake_mmio_write(s->vdev, VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE | 0x30);
+	assert_int_equal(fake_mmio_read(s->vdev, VIRTIO_MMIO_STATUS), VIRTIO_STATUS_ACKNOWLEDGE);
+	assert_state_survives(s);
+	fake_mmio_write(s->vdev, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+	fake_mmio_write(s->vdev, VIRTIO_MMIO_DRIVER_FEATURES, 0x80000000);
+	assert_state_survives(s);
+	fake_mmio_write(s->vdev, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 5);
+	fake_mmio_write(s->vdev, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0xffffffff);
+	fake_mmio_write(s->vdev, VIRTIO_MMIO_QUEUE_SEL, 1);
+	fake_mmio_write(s->vdev, VIRTIO_MMIO_QUEUE_NUM, 1000);
+	fake_mmio_write(s->vdev, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0x80000000);
+	fake_mmio_write(s->vdev, VIRTIO_MMIO_QUEUE_DEVICE_HIGH, 0xffffffff);
+	fake_mmio_write(s->vdev, VIRTIO_MMIO_QUEUE_SEL, 0x80000000);
+	assert_state_survives(s);
+	assert_int_equal(fake_mmio_read(s->vdev, VIRTIO_MMIO_DEVICE_FEATURES), 0);
+	/* A generation above 2^31 (a VM that moved before) moves on. */
+	st = virtio_dev_save(s->vdev);
+	json_object_set_new(st, "config_gen", json_integer(0x80000001LL));
+	assert_int_equal(virtio_dev_load(s->vdev, st, why, sizeof(why)), 0);
+	json_decref(st);
+	assert_int_equal(fake_mmio_read(s->vdev, VIRTIO_MMIO_CONFIG_GENERATION), 0x80000001);
+	assert_state_survives(s);
+}
+
+/* What a driver could not enable, a peer cannot either: a ready queue above QueueNumMax. */
+static void test_mmio_state_with_queue_above_max_refused(void **state)
+{
+	struct sink *s = *state;
+	char why[256] = "";
+	json_t *st;
+
+	bring_up(s, VERSION_1);
+	st = virtio_dev_save(s->vdev);
+	json_object_set_new(json_array_get(json_object_get(st, "queues"), 0), "num",
+			    json_integer(512));
+	assert_int_equal(virtio_dev_load(s->vdev, st, why, sizeof(why)), -EINVAL);
+	assert_non_null(strstr(why, "QueueNumMax"));
+	json_decref(st);
+}
+
 /* --- the worker thread --- */
 
 static void test_worker_thread_serves_notifications_and_timer(void **state)
@@ -937,6 +1007,8 @@ int main(void)
 		T(test_hostile_rings_outside_ram),
 		T(test_hostile_used_ring_in_mmio_hole),
 		T(test_hostile_queue_enabled_before_features_ok),
+		T(test_mmio_state_survives_any_register_value),
+		T(test_mmio_state_with_queue_above_max_refused),
 		T(test_worker_thread_serves_notifications_and_timer),
 	};
 

@@ -55,6 +55,7 @@
 #include <unistd.h>
 
 #include "core/accel/accel.h"
+#include "core/accel/thread_state.h"
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
@@ -90,10 +91,6 @@
 
 #define MXCSR_DEFAULT 0x1f80
 #define FCW_DEFAULT 0x37f
-
-/* Register order of thread_tls.gpr: the x86 encoding's. */
-enum { R_AX, R_CX, R_DX, R_BX, R_SP, R_BP, R_SI, R_DI, R_8, R_9, R_10, R_11, R_12, R_13,
-       R_14, R_15 };
 
 /*
  * One vCPU thread's guest context. thread_entry.S reads and writes the
@@ -146,29 +143,6 @@ struct thread_vm {
 	uint8_t *phys_base;	/* host address of guest-physical 0 */
 	uint64_t span;		/* guest-physical span: RAM, the MMIO hole */
 };
-
-/*
- * A vCPU's state as it travels (migration, snapshots): the registers the
- * thread keeps between runs and an MMIO read whose result is still to be
- * delivered. Little-endian, fixed layout, no padding.
- */
-#define THREAD_STATE_MAGIC 0x44524854u /* "THRD" */
-#define THREAD_STATE_VERSION 1
-
-struct thread_state {
-	uint32_t magic;
-	uint32_t version;
-	uint64_t gpr[16];
-	uint64_t rip;
-	uint64_t rflags;
-	uint32_t mxcsr;
-	uint16_t fcw;
-	uint8_t mmio_read;
-	uint8_t pad;
-	uint8_t mmio_data[8];
-};
-
-_Static_assert(sizeof(struct thread_state) == 168, "thread_state has no padding");
 
 struct thread_vcpu {
 	struct vcpu *vcpu;

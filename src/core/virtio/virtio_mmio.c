@@ -38,6 +38,15 @@
 	((1ULL << VIRTIO_F_VERSION_1) | (1ULL << VIRTIO_F_INDIRECT_DESC) |       \
 	 (1ULL << VIRTIO_F_EVENT_IDX))
 
+/*
+ * The status bits virtio 1.2 §2.1 defines, the only ones a status keeps:
+ * a state with others is refused by virtio_dev_load, so a driver that set
+ * them would make its VM's state one no destination or restore accepts.
+ */
+#define STATUS_DEFINED                                                         \
+	(VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_DRIVER_OK | \
+	 VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_NEEDS_RESET | VIRTIO_STATUS_FAILED)
+
 /* Rounds of queue work per wake-up before the worker yields and re-kicks itself. */
 #define MAX_ROUNDS 16
 
@@ -206,6 +215,7 @@ static void write_status(struct virtio_dev *vdev, uint32_t val)
 		vdev->stats.resets++;
 		return;
 	}
+	val &= STATUS_DEFINED;
 	/* NEEDS_RESET belongs to the device: sticky until reset, never set by the driver. */
 	val = (val & ~VIRTIO_STATUS_NEEDS_RESET) | (old & VIRTIO_STATUS_NEEDS_RESET);
 	if (old & ~val) {
@@ -787,12 +797,18 @@ json_t *virtio_dev_save(struct virtio_dev *vdev)
 	}
 	if (vdev->ops->save)
 		dev = vdev->ops->save(vdev->opaque);
-	st = json_pack("{s:i, s:i, s:i, s:i, s:I, s:I, s:i, s:i, s:o*, s:o*}", "status",
-		       (int)vdev->status, "dev_feat_sel", (int)vdev->dev_feat_sel, "drv_feat_sel",
-		       (int)vdev->drv_feat_sel, "queue_sel", (int)vdev->queue_sel,
-		       "driver_features", (json_int_t)vdev->driver_features, "features",
-		       (json_int_t)vdev->features, "int_status", (int)vdev->int_status,
-		       "config_gen", (int)vdev->config_gen, "queues", queues, "device", dev);
+	/*
+	 * The 32-bit registers go whole, not as an int (the driver may write
+	 * any selector, and a negative one would be refused): a guest must not
+	 * be able to make its VM's state one that no destination takes.
+	 */
+	st = json_pack("{s:i, s:I, s:I, s:I, s:I, s:I, s:i, s:I, s:o*, s:o*}", "status",
+		       (int)vdev->status, "dev_feat_sel", (json_int_t)vdev->dev_feat_sel,
+		       "drv_feat_sel", (json_int_t)vdev->drv_feat_sel, "queue_sel",
+		       (json_int_t)vdev->queue_sel, "driver_features",
+		       (json_int_t)vdev->driver_features, "features", (json_int_t)vdev->features,
+		       "int_status", (int)vdev->int_status, "config_gen",
+		       (json_int_t)vdev->config_gen, "queues", queues, "device", dev);
 	pthread_mutex_unlock(&vdev->lock);
 	return st;
 }
@@ -816,21 +832,35 @@ static bool get_u64(json_t *o, const char *key, uint64_t max, uint64_t *out)
 	return true;
 }
 
+/*
+ * A 64-bit register as virtio_dev_save wrote it: JSON integers are signed,
+ * so one with bit 63 set (a queue address, or the driver's features with
+ * the bit that marks a feature above 63) comes as a negative number.
+ */
+static bool get_bits64(json_t *o, const char *key, uint64_t *out)
+{
+	json_t *v = json_object_get(o, key);
+
+	if (!json_is_integer(v))
+		return false;
+	*out = (uint64_t)json_integer_value(v);
+	return true;
+}
+
 int virtio_dev_load(struct virtio_dev *vdev, json_t *state, char *why, size_t whylen)
 {
-	const uint32_t known = VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER |
-			       VIRTIO_STATUS_DRIVER_OK | VIRTIO_STATUS_FEATURES_OK |
-			       VIRTIO_STATUS_NEEDS_RESET | VIRTIO_STATUS_FAILED;
 	uint64_t status, dsel, qsel, fsel, drv, feat, ints, gen;
 	json_t *queues = json_object_get(state, "queues"), *dev = json_object_get(state, "device");
 	int ret = 0;
 
 	pthread_mutex_lock(&vdev->lock);
 	reset(vdev);
-	if (!get_u64(state, "status", known, &status) || !get_u64(state, "dev_feat_sel", 1, &dsel) ||
-	    !get_u64(state, "drv_feat_sel", 1, &fsel) ||
+	/* Whatever a driver can write is taken; what it means is checked as its write is. */
+	if (!get_u64(state, "status", STATUS_DEFINED, &status) ||
+	    !get_u64(state, "dev_feat_sel", UINT32_MAX, &dsel) ||
+	    !get_u64(state, "drv_feat_sel", UINT32_MAX, &fsel) ||
 	    !get_u64(state, "queue_sel", UINT32_MAX, &qsel) ||
-	    !get_u64(state, "driver_features", UINT64_MAX >> 1, &drv) ||
+	    !get_bits64(state, "driver_features", &drv) ||
 	    !get_u64(state, "features", UINT64_MAX >> 1, &feat) ||
 	    !get_u64(state, "int_status", VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG, &ints) ||
 	    !get_u64(state, "config_gen", UINT32_MAX, &gen) || !json_is_array(queues) ||
@@ -857,9 +887,8 @@ int virtio_dev_load(struct virtio_dev *vdev, json_t *state, char *why, size_t wh
 		json_t *ready = json_object_get(jq, "ready");
 		json_t *sigv = json_object_get(jq, "signalled_valid");
 
-		if (!get_u64(jq, "num", vdev->queue_max, &num) || !get_u64(jq, "desc", UINT64_MAX >> 1, &desc) ||
-		    !get_u64(jq, "driver", UINT64_MAX >> 1, &driver) ||
-		    !get_u64(jq, "device", UINT64_MAX >> 1, &device) ||
+		if (!get_u64(jq, "num", UINT16_MAX, &num) || !get_bits64(jq, "desc", &desc) ||
+		    !get_bits64(jq, "driver", &driver) || !get_bits64(jq, "device", &device) ||
 		    !get_u64(jq, "last_avail", UINT16_MAX, &last) ||
 		    !get_u64(jq, "used_idx", UINT16_MAX, &used) ||
 		    !get_u64(jq, "signalled_used", UINT16_MAX, &sig) || !json_is_boolean(ready) ||
@@ -873,6 +902,9 @@ int virtio_dev_load(struct virtio_dev *vdev, json_t *state, char *why, size_t wh
 			continue;
 		if (!(status & VIRTIO_STATUS_FEATURES_OK) || i >= vdev->active_queues)
 			LOAD_FAIL("%s: queue %u ready without its features", vdev->name, i);
+		if (q->num > vdev->queue_max)
+			LOAD_FAIL("%s: queue %u: size %u above QueueNumMax %u", vdev->name, i, q->num,
+				  vdev->queue_max);
 		if (virtq_init(&q->vq, vdev->gm, q->num, desc, driver, device, vdev->features))
 			LOAD_FAIL("%s: queue %u: %s", vdev->name, i, virtq_error(&q->vq));
 		q->vq.last_avail = (uint16_t)last;

@@ -1,0 +1,159 @@
+/* SPDX-License-Identifier: MIT */
+#include "fuzz.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/virtio/virtio_mmio.h"
+#include "mem/gm.h"
+
+#define FZ_THREAD_STACK (512 * 1024)
+
+const uint8_t *fz_bytes(struct fz *f, size_t n, size_t *got)
+{
+	const uint8_t *p = f->p;
+
+	if (n > f->left)
+		n = f->left;
+	f->p += n;
+	f->left -= n;
+	*got = n;
+	return p;
+}
+
+/* Little-endian, zero-padded at the end of the input. */
+static uint64_t take(struct fz *f, size_t n)
+{
+	uint64_t v = 0;
+	size_t got;
+	const uint8_t *p = fz_bytes(f, n, &got);
+
+	for (size_t i = 0; i < got; i++)
+		v |= (uint64_t)p[i] << (8 * i);
+	return v;
+}
+
+uint8_t fz_u8(struct fz *f)
+{
+	return (uint8_t)take(f, 1);
+}
+
+uint16_t fz_u16(struct fz *f)
+{
+	return (uint16_t)take(f, 2);
+}
+
+uint32_t fz_u32(struct fz *f)
+{
+	return (uint32_t)take(f, 4);
+}
+
+uint64_t fz_u64(struct fz *f)
+{
+	return take(f, 8);
+}
+
+void fz_file_init(struct fz_file *f, const char *name)
+{
+	f->fd = memfd_create(name, MFD_CLOEXEC);
+	if (f->fd < 0) {
+		perror("memfd_create");
+		abort();
+	}
+	snprintf(f->path, sizeof(f->path), "/proc/self/fd/%d", f->fd);
+}
+
+void fz_file_set(struct fz_file *f, const void *data, size_t size)
+{
+	if (ftruncate(f->fd, 0) || (size && pwrite(f->fd, data, size, 0) != (ssize_t)size)) {
+		perror("memfd");
+		abort();
+	}
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	(void)argc;
+	(void)argv;
+	fz_setup();
+	fz_init();
+	return 0;
+}
+
+void fz_setup(void)
+{
+	pthread_attr_t attr;
+
+	log_set_level(getenv("KVMEM_FUZZ_VERBOSE") ? LOG_DEBUG : LOG_ERR);
+	if (pthread_attr_init(&attr) || pthread_attr_setstacksize(&attr, FZ_THREAD_STACK) ||
+	    pthread_setattr_default_np(&attr))
+		fz_fail(__FILE__, __LINE__, "default thread stack size");
+	pthread_attr_destroy(&attr);
+}
+
+void fz_fail(const char *file, int line, const char *what)
+{
+	fprintf(stderr, "%s:%d: invariant failed: %s\n", file, line, what);
+	abort();
+}
+
+struct gm *fz_guest_memory(uint64_t bytes)
+{
+	struct gm *gm;
+
+	if (mem_create_anon(bytes, &gm))
+		fz_fail(__FILE__, __LINE__, "mem_create_anon");
+	return gm;
+}
+
+void fz_guest_write(struct fz *f, struct gm *gm, uint64_t base, uint64_t len)
+{
+	uint16_t off = fz_u16(f);
+	size_t n;
+	const uint8_t *b = fz_bytes(f, fz_u8(f), &n);
+
+	if (off >= len)
+		return;
+	if (n > len - off)
+		n = len - off;
+	if (n && mem_write(gm, base + off, b, n))
+		fz_fail(__FILE__, __LINE__, "mem_write");
+}
+
+void fz_vdev_round_trip(struct virtio_dev *vdev)
+{
+	json_t *a = virtio_dev_save(vdev), *b;
+	char why[256] = "";
+
+	FZ_CHECK(a != NULL);
+	if (virtio_dev_load(vdev, a, why, sizeof(why))) {
+		char *text = json_dumps(a, JSON_COMPACT);
+
+		fprintf(stderr, "the state saved is refused (%s): %s\n", why, text ? text : "?");
+		fz_fail(__FILE__, __LINE__, "virtio_dev_load(virtio_dev_save())");
+	}
+	b = virtio_dev_save(vdev);
+	FZ_CHECK(b != NULL && json_equal(a, b));
+	json_decref(a);
+	json_decref(b);
+}
+
+void fz_vdev_load_foreign(struct virtio_dev *vdev, const uint8_t *text, size_t len)
+{
+	json_t *st = json_loadb((const char *)text, len, 0, NULL);
+	char why[256] = "";
+	int ret;
+
+	if (!st)
+		return;
+	ret = virtio_dev_load(vdev, st, why, sizeof(why));
+	FZ_CHECK(ret == 0 || (ret == -EINVAL && why[0]));
+	json_decref(st);
+}

@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What every libFuzzer target of tests/fuzz shares: the entry points
+ * libFuzzer calls, a reader that takes fields from the front of the input
+ * (running out gives zeros, so every input is a valid one), and an input
+ * put where code that only reads files can read it (a memory file: nothing
+ * is written to any disk).
+ */
+#ifndef KVMEM_TESTS_FUZZ_H
+#define KVMEM_TESTS_FUZZ_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+/*
+ * What a target sets up once, before its first input: fuzz.c's
+ * LLVMFuzzerInitialize calls it after fz_setup.
+ */
+void fz_init(void);
+
+struct fz {
+	const uint8_t *p;
+	size_t left;
+};
+
+static inline struct fz fz_of(const uint8_t *data, size_t size)
+{
+	return (struct fz){ data, size };
+}
+
+uint8_t fz_u8(struct fz *f);
+uint16_t fz_u16(struct fz *f);
+uint32_t fz_u32(struct fz *f);
+uint64_t fz_u64(struct fz *f);
+/* Up to n bytes in place (fewer at the end); *got says how many. */
+const uint8_t *fz_bytes(struct fz *f, size_t n, size_t *got);
+
+/*
+ * A memory file (memfd) holding exactly data, reused from one input to the
+ * next: its path (/proc/self/fd/N) for code that opens files by name.
+ */
+struct fz_file {
+	int fd;
+	char path[32];
+};
+void fz_file_init(struct fz_file *f, const char *name);
+void fz_file_set(struct fz_file *f, const void *data, size_t size);
+
+/*
+ * Before fz_init (LLVMFuzzerInitialize). Logs: errors only, or everything with
+ * KVMEM_FUZZ_VERBOSE set (libFuzzer's -close_fd_mask=2 hides them): a
+ * fuzzer feeds the code malformed input all day long. Threads: smaller
+ * stacks than the 8 MiB default, since AddressSanitizer clears the shadow
+ * of a thread's whole stack at its start and end, which made a thread cost
+ * a millisecond (the targets that start threads for every input).
+ */
+void fz_setup(void);
+
+/*
+ * Anonymous guest memory for the whole run (the targets reset what they
+ * use at each input), and a driver's write into [base, base + len) from
+ * the input: u16 offset, u8 n, n bytes (cut at the end of the range).
+ */
+struct gm;
+struct gm *fz_guest_memory(uint64_t bytes);
+void fz_guest_write(struct fz *f, struct gm *gm, uint64_t base, uint64_t len);
+
+/*
+ * A virtio device's migration state (virtio_dev_save/load), for the
+ * targets that drive one: saved, loaded back and saved again gives the
+ * same state; and a peer's state (any JSON text) is taken or refused with
+ * a reason, never anything else.
+ */
+struct virtio_dev;
+void fz_vdev_round_trip(struct virtio_dev *vdev);
+void fz_vdev_load_foreign(struct virtio_dev *vdev, const uint8_t *text, size_t len);
+
+/* The invariant a target checks failed: a crash libFuzzer reports with the input. */
+#define FZ_CHECK(cond)                                                       \
+	do {                                                                 \
+		if (!(cond))                                                 \
+			fz_fail(__FILE__, __LINE__, #cond);                  \
+	} while (0)
+__attribute__((noreturn)) void fz_fail(const char *file, int line, const char *what);
+
+#endif

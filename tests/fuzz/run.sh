@@ -33,7 +33,7 @@ BUILD=${BUILD:-build-fuzz}
 corpus_dir=tests/fuzz/corpus
 
 usage() {
-	sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 

@@ -4,7 +4,9 @@
  * socketpair (control_serve_fd), the verb deadline (a handler that blocks
  * gets its client an ETIMEDOUT reply while other clients are served), and
  * how the socket file is made (mode, owner, and nothing planted at the path
- * between bind and chmod is ever followed).
+ * between bind and chmod is ever followed), and a socket group: who is let
+ * in, and that its members get the read-only verbs only (as root, clients
+ * that are other users are made by forking).
  *
  * Test verbs: "ping" echoes "n", "big" answers ~2 KiB, "block" waits until
  * the test releases it (or 10 s). The host's own verbs are registered too
@@ -23,9 +25,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -102,7 +106,7 @@ static int setup(void **state)
 
 	block_released = false;
 	block_calls = 0;
-	if (control_create(NULL, NULL, &c))
+	if (control_create(NULL, NULL, NULL, &c))
 		return -1;
 	control_set_verb_timeout(c, TIMEOUT_MS);
 	if (control_register_verb(c, "ping", verb_ping, NULL) ||
@@ -532,7 +536,7 @@ static void test_socket_file(void **state)
 	int ret;
 
 	(void)state;
-	ret = control_create(NULL, sock_path, &c);
+	ret = control_create(NULL, sock_path, NULL, &c);
 	umask(old);
 	assert_int_equal(ret, 0);
 	assert_int_equal(lstat(sock_path, &st), 0);
@@ -550,20 +554,19 @@ static void test_socket_file(void **state)
 }
 
 /* A symlink planted at the path right after bind is never followed: the file it names is untouched. */
-static void test_symlink_planted_after_bind(void **state)
+static void symlink_planted_after_bind(const gid_t *group)
 {
 	struct control *c = NULL;
 	struct stat before, after;
 	int fd, ret;
 
-	(void)state;
 	fd = open(victim, O_CREAT | O_WRONLY | O_EXCL, 0644);
 	assert_true(fd >= 0);
 	assert_int_equal(fchmod(fd, 0644), 0);
 	close(fd);
 	assert_int_equal(stat(victim, &before), 0);
 	attack = true;
-	ret = control_create(NULL, sock_path, &c);
+	ret = control_create(NULL, sock_path, group, &c);
 	attack = false;
 	assert_int_equal(stat(victim, &after), 0);
 	assert_int_equal(after.st_mode, before.st_mode);
@@ -573,6 +576,21 @@ static void test_symlink_planted_after_bind(void **state)
 	assert_int_equal(ret, -EADDRINUSE);
 	if (!ret)
 		control_destroy(c);
+}
+
+static void test_symlink_planted_after_bind(void **state)
+{
+	(void)state;
+	symlink_planted_after_bind(NULL);
+}
+
+/* With a group, the chown that gives the socket to it must not reach the victim either. */
+static void test_symlink_planted_after_bind_with_group(void **state)
+{
+	gid_t group = getegid();
+
+	(void)state;
+	symlink_planted_after_bind(&group);
 }
 
 /* A path as long as sun_path allows still works (the private directory adds nothing to it). */
@@ -587,7 +605,7 @@ static void test_longest_path(void **state)
 	n = (size_t)snprintf(path, sizeof(path), "%s/", dir);
 	memset(path + n, 's', sizeof(path) - 1 - n);
 	path[sizeof(path) - 1] = '\0';
-	assert_int_equal(control_create(NULL, path, &c), 0);
+	assert_int_equal(control_create(NULL, path, NULL, &c), 0);
 	assert_int_equal(count_entries(dir), 1);
 	control_destroy(c);
 	assert_int_equal(count_entries(dir), 0);
@@ -599,6 +617,228 @@ static void test_uid_trusted(void **state)
 	assert_true(control_uid_trusted(0));
 	assert_true(control_uid_trusted(geteuid()));
 	assert_false(control_uid_trusted(geteuid() == 65534 ? 65533 : 65534));
+}
+
+/* ---- a socket group ------------------------------------------------------------------- */
+
+/* Users and groups no one has (numbers need no names): the clients forked below. */
+#define OTHER_UID 64124
+#define GROUP 64123
+#define NOT_GROUP 64125
+
+static void test_peer_access(void **state)
+{
+	gid_t group = GROUP, groups[] = { 10, GROUP, 20 };
+
+	(void)state;
+	/* Root and our own uid get everything, group or not. */
+	assert_int_equal(control_peer_access(0, NOT_GROUP, NULL, 0, NULL), CONTROL_FULL);
+	assert_int_equal(control_peer_access(0, NOT_GROUP, NULL, 0, &group), CONTROL_FULL);
+	assert_int_equal(control_peer_access(geteuid(), NOT_GROUP, NULL, 0, &group), CONTROL_FULL);
+	/* Anyone else: nothing without a group, even in a group that would match. */
+	assert_int_equal(control_peer_access(OTHER_UID, GROUP, groups, 3, NULL), CONTROL_DENIED);
+	/* With one: read-only by the primary gid or any supplementary group, else nothing. */
+	assert_int_equal(control_peer_access(OTHER_UID, GROUP, NULL, 0, &group), CONTROL_READ_ONLY);
+	assert_int_equal(control_peer_access(OTHER_UID, NOT_GROUP, groups, 3, &group),
+			 CONTROL_READ_ONLY);
+	assert_int_equal(control_peer_access(OTHER_UID, NOT_GROUP, groups, 1, &group),
+			 CONTROL_DENIED);
+	assert_int_equal(control_peer_access(OTHER_UID, NOT_GROUP, NULL, 0, &group),
+			 CONTROL_DENIED);
+}
+
+static void test_read_only_verbs(void **state)
+{
+	static const char *const yes[] = { "list", "stats", "metrics", "verbs" };
+	static const char *const no[] = {
+		"pause", "resume", "stop", "start", "remove", "budget", "reclaim", "swap",
+		"balloon", "memcheck", "dirty_rate", "fingerprint", "dedup", "sharing_group",
+		"migrate", "migrate_cancel", "migrate_set", "save", "restore", "rollback", "clone",
+		/* near misses: the table is matched exactly */
+		"", "Stats", "stats ", "stat", "statsx", "verbs\n",
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
+		if (!control_verb_is_read_only(yes[i]))
+			fail_msg("\"%s\" should be read-only", yes[i]);
+	for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+		if (control_verb_is_read_only(no[i]))
+			fail_msg("\"%s\" should be root's", no[i]);
+}
+
+/* 0660, root's (ours when not root), the group's; root still served. */
+static void test_socket_file_with_group(void **state)
+{
+	gid_t group = geteuid() == 0 ? GROUP : getegid();
+	mode_t old = umask(0);
+	struct control *c;
+	struct stat st;
+	json_t *req = json_pack("{s:s}", "verb", "stop"), *reply = NULL;
+	int ret;
+
+	(void)state;
+	ret = control_create(NULL, sock_path, &group, &c);
+	umask(old);
+	assert_int_equal(ret, 0);
+	assert_int_equal(lstat(sock_path, &st), 0);
+	assert_true(S_ISSOCK(st.st_mode));
+	assert_int_equal(st.st_mode & 07777, 0660);
+	assert_int_equal(st.st_uid, geteuid() == 0 ? 0 : geteuid());
+	assert_int_equal(st.st_gid, group);
+	assert_int_equal(count_entries(dir), 1);
+	/* Our own connection gets a root verb: "stop" runs and fails only for its field. */
+	assert_int_equal(control_request(sock_path, req, &reply, 5000), 0);
+	assert_string_equal(json_string_value(json_object_get(reply, "code")), "EINVAL");
+	json_decref(reply);
+	json_decref(req);
+	control_destroy(c);
+	assert_int_equal(count_entries(dir), 0);
+}
+
+/*
+ * Connect to sock_path as OTHER_UID with primary group gid and
+ * supplementary groups groups[0..n), in a child (the peer's credentials
+ * are taken at connect), and hand the connection back. Returns the
+ * connected fd, or -errno of the child's connect.
+ */
+static int connect_as(gid_t gid, const gid_t *groups, size_t n)
+{
+	char cbuf[CMSG_SPACE(sizeof(int))] = { 0 };
+	char byte = 0;
+	struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+			      .msg_controllen = sizeof(cbuf) };
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	struct cmsghdr *cm;
+	int sv[2], status, fd = -1;
+	pid_t pid;
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	memcpy(addr.sun_path, sock_path, strlen(sock_path));
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		/* System calls only: the parent has threads, the child has one. */
+		int s;
+
+		close(sv[0]);
+		if (setgroups(n, groups) || setgid(gid) || setuid(OTHER_UID))
+			_exit(100);
+		s = socket(AF_UNIX, SOCK_STREAM, 0);
+		if (s < 0)
+			_exit(101);
+		if (connect(s, (struct sockaddr *)&addr, sizeof(addr)))
+			_exit(errno);
+		cm = CMSG_FIRSTHDR(&msg);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &s, sizeof(int));
+		_exit(sendmsg(sv[1], &msg, 0) == 1 ? 0 : 102);
+	}
+	close(sv[1]);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_true(WEXITSTATUS(status) < 100);
+	if (WEXITSTATUS(status) == 0) {
+		assert_int_equal(recvmsg(sv[0], &msg, 0), 1);
+		cm = CMSG_FIRSTHDR(&msg);
+		assert_non_null(cm);
+		memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+	}
+	close(sv[0]);
+	return WEXITSTATUS(status) ? -WEXITSTATUS(status) : fd;
+}
+
+static struct conn *conn_of(int fd)
+{
+	struct conn *k = calloc(1, sizeof(*k));
+
+	assert_non_null(k);
+	assert_true(fd >= 0);
+	k->fd = fd;
+	return k;
+}
+
+/* The refusal a read-only client gets: EPERM, naming the verb and why. */
+static void expect_root_only(json_t *r, const char *verb)
+{
+	const char *msg = json_string_value(json_object_get(r, "error"));
+	char want[64];
+
+	assert_non_null(msg);
+	snprintf(want, sizeof(want), "\"%s\" is root-only", verb);
+	assert_non_null(strstr(msg, want));
+	assert_non_null(strstr(msg, "read-only (socket_group)"));
+	expect_error(r, "EPERM");
+}
+
+static void expect_verbs(json_t *r)
+{
+	assert_non_null(r);
+	assert_true(json_is_true(json_object_get(r, "ok")));
+	assert_true(json_is_array(json_object_get(r, "verbs")));
+	json_decref(r);
+}
+
+/*
+ * Other users: a member by its gid or by a supplementary group is served
+ * the read-only verbs, and a root verb is refused without ending the
+ * connection; a non-member cannot connect through the mode, and one let
+ * through by a chmod is refused by its credentials.
+ */
+static void test_group_clients(void **state)
+{
+	gid_t group = GROUP, supp[] = { NOT_GROUP + 1, GROUP };
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	struct control *c;
+	struct conn *k;
+
+	(void)state;
+	memcpy(addr.sun_path, sock_path, strlen(sock_path));
+	if (geteuid() != 0)
+		skip(); /* making clients of other users needs root */
+	/* The socket's directory is private to root: others must reach the socket. */
+	assert_int_equal(chmod(dir, 0755), 0);
+	assert_int_equal(control_create(NULL, sock_path, &group, &c), 0);
+	assert_int_equal(control_register_verb(c, "ping", verb_ping, NULL), 0);
+
+	k = conn_of(connect_as(GROUP, NULL, 0));
+	send_str(k, "{\"verb\":\"verbs\"}\n{\"verb\":\"ping\",\"n\":1}\n"
+		    "{\"verb\":\"stop\",\"vm\":\"a\"}\n{\"verb\":\"nosuch\"}\n"
+		    "{\"verb\":\"verbs\"}\n");
+	expect_verbs(read_reply(k, 5000));
+	expect_root_only(read_reply(k, 5000), "ping");
+	expect_root_only(read_reply(k, 5000), "stop");
+	expect_error(read_reply(k, 5000), "ENOSYS");
+	expect_verbs(read_reply(k, 5000)); /* the connection went on */
+	conn_close(k);
+
+	/* By a supplementary group only (SO_PEERGROUPS). */
+	k = conn_of(connect_as(NOT_GROUP, supp, 2));
+	send_str(k, "{\"verb\":\"verbs\"}\n{\"verb\":\"ping\",\"n\":2}\n");
+	expect_verbs(read_reply(k, 5000));
+	expect_root_only(read_reply(k, 5000), "ping");
+	conn_close(k);
+
+	/* Not a member: the file's mode refuses the connect... */
+	assert_int_equal(connect_as(NOT_GROUP, supp, 1), -EACCES);
+	/* ... and past the mode (someone made the file 0666), the credentials do. */
+	assert_int_equal(chmod(sock_path, 0666), 0);
+	k = conn_of(connect_as(NOT_GROUP, supp, 1));
+	expect_error(read_reply(k, 5000), "EPERM");
+	assert_null(read_reply(k, 5000));
+	assert_true(k->eof);
+	conn_close(k);
+
+	/* Root, on the same socket, is served every verb. */
+	k = conn_of(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+	assert_int_equal(connect(k->fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
+	send_str(k, "{\"verb\":\"ping\",\"n\":3}\n");
+	expect_ok(read_reply(k, 5000), 3);
+	conn_close(k);
+	control_destroy(c);
 }
 
 int main(void)
@@ -619,6 +859,13 @@ int main(void)
 						teardown_dir),
 		cmocka_unit_test_setup_teardown(test_longest_path, setup_dir, teardown_dir),
 		cmocka_unit_test(test_uid_trusted),
+		cmocka_unit_test(test_peer_access),
+		cmocka_unit_test(test_read_only_verbs),
+		cmocka_unit_test_setup_teardown(test_socket_file_with_group, setup_dir,
+						teardown_dir),
+		cmocka_unit_test_setup_teardown(test_symlink_planted_after_bind_with_group,
+						setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_group_clients, setup_dir, teardown_dir),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

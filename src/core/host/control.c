@@ -13,7 +13,9 @@
  * without sleeping while any client has some, and does not read from that
  * client meanwhile). A client is dropped when its unread replies pass
  * CONTROL_MAX_OUTPUT, refused when CONTROL_MAX_CLIENTS are connected or its
- * peer uid is not trusted. A too-long line is answered with an error, after
+ * peer is not let in (control_peer_access); a client let in for its group
+ * is read-only: a verb outside read_only_verbs gets an EPERM reply and the
+ * connection goes on. A too-long line is answered with an error, after
  * which the client's input is discarded (up to DISCARD_MAX) until it closes,
  * so the client can still read why.
  *
@@ -92,6 +94,7 @@ struct client {
 	bool backlog;		/* complete lines left unserved: not reading until served */
 	bool discarding;	/* after a too-long line: no more requests, drop input */
 	bool wr_shut;		/* shutdown(SHUT_WR) done after the last reply */
+	bool read_only;		/* let in by the socket's group: read_only_verbs only */
 	uint64_t discarded;
 	uint32_t events;	/* epoll mask registered now */
 };
@@ -127,6 +130,8 @@ struct control {
 	dev_t dev;		/* identity of the socket file we bound, to unlink only ours */
 	ino_t ino;
 	int lfd;
+	bool has_group;		/* immutable: the socket's group members may read */
+	gid_t group;		/* immutable: that group, when has_group */
 	int stop_efd;
 	int done_efd;		/* a job finished, or an fd was adopted */
 	int epfd;
@@ -160,6 +165,64 @@ static long now_ms(void)
 bool control_uid_trusted(uid_t uid)
 {
 	return uid == 0 || uid == geteuid();
+}
+
+enum control_access control_peer_access(uid_t uid, gid_t gid, const gid_t *groups,
+					size_t nr_groups, const gid_t *group)
+{
+	if (control_uid_trusted(uid))
+		return CONTROL_FULL;
+	if (!group)
+		return CONTROL_DENIED;
+	if (gid == *group)
+		return CONTROL_READ_ONLY;
+	for (size_t i = 0; i < nr_groups; i++)
+		if (groups[i] == *group)
+			return CONTROL_READ_ONLY;
+	return CONTROL_DENIED;
+}
+
+/*
+ * The verbs a socket-group member may call: each only reads what the
+ * stats already publish to anyone who may read them. Every verb not named
+ * here is root's, a verb a module registers later included: a new verb
+ * stays closed to the group until someone decides it belongs here. Left
+ * out on purpose although they change nothing or little:
+ *   fingerprint   a sketch of a VM's page contents: a side channel on
+ *                 what the guest holds, not a figure about its memory;
+ *   memcheck      walks every page of a VM and moves pages the guest
+ *                 touched back to anon: costs the host and changes state;
+ *   dirty_rate    write-protects the VM's memory for its window: slows
+ *                 the guest, and makes a migration started meanwhile wait;
+ *   dedup, sharing_group  read or change by the same verb (fields decide);
+ *                 what they read is in the stats.
+ * The rest (pause, resume, stop, start, remove, budget, reclaim, swap,
+ * balloon, migrate*, save, restore, rollback, clone) act on the host or a VM.
+ */
+static const char *const read_only_verbs[] = {
+	"list",		/* names, states, sizes: a part of the stats */
+	"stats",	/* what the group is for */
+	"metrics",	/* the stats as OpenMetrics, for a scraper run as that user */
+	"verbs",	/* the verbs' names, to know what to ask: nothing about a guest */
+};
+
+bool control_verb_is_read_only(const char *verb)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(read_only_verbs); i++)
+		if (!strcmp(verb, read_only_verbs[i]))
+			return true;
+	return false;
+}
+
+/* "list, stats, ...": the table, for the refusal a read-only client reads. */
+static const char *read_only_names(char *buf, size_t len)
+{
+	size_t o = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i < ARRAY_SIZE(read_only_verbs) && o < len; i++)
+		o += (size_t)snprintf(buf + o, len - o, "%s%s", i ? ", " : "", read_only_verbs[i]);
+	return buf;
 }
 
 /* ---- errors and JSON helpers ---------------------------------------------------------- */
@@ -679,7 +742,7 @@ static json_t *serve_line(struct control *c, struct client *cl, const char *line
 	struct verb *v;
 	struct job *j;
 	pthread_t tid;
-	bool room = false;
+	bool room = false, allowed;
 	int ret;
 
 	reply = json_pack("{s:b}", "ok", true);
@@ -709,9 +772,11 @@ static json_t *serve_line(struct control *c, struct client *cl, const char *line
 		ret = control_reply_error(reply, ENOMEM, "out of memory");
 		goto out_error;
 	}
+	/* A read-only client is refused before its request takes a worker or the verb. */
+	allowed = !cl->read_only || control_verb_is_read_only(json_string_value(verb));
 	pthread_mutex_lock(&c->lock);
 	v = find_verb(c, json_string_value(verb));
-	if (v && c->nr_workers < MAX_WORKERS) {
+	if (v && allowed && c->nr_workers < MAX_WORKERS) {
 		v->users++;
 		c->nr_workers++;
 		room = true;
@@ -722,6 +787,16 @@ static json_t *serve_line(struct control *c, struct client *cl, const char *line
 		ret = control_reply_error(reply, ENOSYS,
 					  "unknown verb \"%.64s\" (\"verbs\" lists them)",
 					  json_string_value(verb));
+		goto out_error;
+	}
+	if (!allowed) {
+		char names[96];
+
+		kv_free(j);
+		ret = control_reply_error(reply, EPERM, "\"%.64s\" is root-only; this connection "
+					  "is read-only (socket_group): %s",
+					  json_string_value(verb),
+					  read_only_names(names, sizeof(names)));
 		goto out_error;
 	}
 	if (!room) {
@@ -1032,7 +1107,7 @@ static void deliver(struct control *c, struct job *j)
 		client_event(c, cl, 0);
 }
 
-static void add_client(struct control *c, int fd);
+static void add_client(struct control *c, int fd, bool read_only);
 
 /* The done eventfd: finished jobs, and fds handed over by control_serve_fd. */
 static void finish_jobs(struct control *c)
@@ -1052,7 +1127,7 @@ static void finish_jobs(struct control *c)
 	c->nr_adopted = 0;
 	pthread_mutex_unlock(&c->lock);
 	for (unsigned int i = 0; i < nr_fds; i++)
-		add_client(c, fds[i]);
+		add_client(c, fds[i], false); /* control_serve_fd: vouched for */
 	while (list) {
 		struct job *j = list;
 
@@ -1130,7 +1205,7 @@ static void refuse(int fd, int err, const char *msg)
 }
 
 /* Take a connected fd as a client (or refuse it: too many). */
-static void add_client(struct control *c, int fd)
+static void add_client(struct control *c, int fd, bool read_only)
 {
 	struct epoll_event ev = { .events = EPOLLIN };
 	struct client *cl;
@@ -1146,6 +1221,7 @@ static void add_client(struct control *c, int fd)
 		return;
 	}
 	cl->fd = fd;
+	cl->read_only = read_only;
 	cl->events = EPOLLIN;
 	ev.data.ptr = cl;
 	if (epoll_ctl(c->epfd, EPOLL_CTL_ADD, fd, &ev)) {
@@ -1157,12 +1233,56 @@ static void add_client(struct control *c, int fd)
 	c->clients[c->nr_clients++] = cl;
 }
 
+/*
+ * What the peer on fd may do (control_peer_access), from the credentials
+ * the kernel recorded when it connected: SO_PEERCRED for its uid and gid,
+ * SO_PEERGROUPS for its supplementary groups. Both are that snapshot, so
+ * they say who connected, and a peer cannot change them afterwards.
+ * /proc/<pid>/status was the other way to learn the groups, and a worse
+ * one: read after the fact, it shows the groups the process has now, and
+ * the pid may by then be another process (the peer exited, the pid was
+ * reused), so it could let in whoever got the pid. A kernel without
+ * SO_PEERGROUPS (before 4.13) counts the primary gid only: a member by a
+ * supplementary group is refused there, never let in on a guess.
+ */
+static enum control_access peer_access(struct control *c, int fd, struct ucred *cred)
+{
+	gid_t small[64], *groups = small;
+	socklen_t len = sizeof(*cred);
+	enum control_access access;
+	size_t nr = 0;
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cred, &len) || len != sizeof(*cred)) {
+		cred->uid = (uid_t)-1;
+		return CONTROL_DENIED;
+	}
+	if (!c->has_group || control_uid_trusted(cred->uid))
+		return control_peer_access(cred->uid, cred->gid, NULL, 0,
+					   c->has_group ? &c->group : NULL);
+	len = sizeof(small);
+	if (!getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, small, &len)) {
+		nr = len / sizeof(gid_t);
+	} else if (errno == ERANGE) {
+		/* len is what they need now (up to NGROUPS_MAX gids); they cannot change. */
+		groups = kv_calloc(len / sizeof(gid_t) + 1, sizeof(gid_t));
+		if (groups && !getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len))
+			nr = len / sizeof(gid_t);
+	} else {
+		/* ENOPROTOOPT (before Linux 4.13), ENODATA: the primary gid alone decides. */
+		log_debug("SO_PEERGROUPS: %m: the peer's primary group only");
+	}
+	access = control_peer_access(cred->uid, cred->gid, groups, nr, &c->group);
+	if (groups != small)
+		kv_free(groups);
+	return access;
+}
+
 static void accept_clients(struct control *c)
 {
 	for (int i = 0; i < ACCEPTS_PER_ROUND; i++) {
+		enum control_access access;
 		struct epoll_event ev;
 		struct ucred cred;
-		socklen_t len = sizeof(cred);
 		int fd = accept4(c->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
 		if (fd < 0) {
@@ -1181,14 +1301,18 @@ static void accept_clients(struct control *c)
 			return;
 		}
 		/* The file mode keeps others out; check the peer anyway (a chmod, an fd passed on). */
-		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) ||
-		    !control_uid_trusted(cred.uid)) {
-			log_warn_ratelimited("refused a client with uid %d: root only",
-					     len == sizeof(cred) ? (int)cred.uid : -1);
-			refuse(fd, EPERM, "permission denied: the control socket serves root only");
+		access = peer_access(c, fd, &cred);
+		if (access == CONTROL_DENIED) {
+			log_warn_ratelimited("refused a client with uid %d: %s", (int)cred.uid,
+					     c->has_group ? "neither root nor in the socket's group"
+							  : "root only");
+			refuse(fd, EPERM, c->has_group
+				   ? "permission denied: the control socket serves root, and its "
+				     "group read-only"
+				   : "permission denied: the control socket serves root only");
 			continue;
 		}
-		add_client(c, fd);
+		add_client(c, fd, access == CONTROL_READ_ONLY);
 	}
 }
 
@@ -1404,11 +1528,13 @@ static int move_into_place(int tfd, int dfd, const char *base)
 
 /*
  * Bind the socket where nobody else can reach it, make it mode 0600 and
- * root's there, then move it to `path`. Binding at `path` itself and
- * fixing mode and owner afterwards would follow whatever a user who can
- * write in that directory put there in between (chmod and chown follow
- * symlinks, and a socket's fchmod does not reach the file bind makes);
- * the file would also be reachable with the umask's mode for a moment.
+ * root's there (0660 and root:group with a socket group), then move it to
+ * `path`. Binding at `path` itself and fixing mode and owner afterwards
+ * would follow whatever a user who can write in that directory put there
+ * in between (chmod and chown follow symlinks, and a socket's fchmod does
+ * not reach the file bind makes); the file would also be reachable with
+ * the umask's mode for a moment, and a group member could connect before
+ * the owner was set.
  */
 static int bind_socket(struct control *c, const char *path)
 {
@@ -1486,11 +1612,24 @@ static int bind_socket(struct control *c, const char *path)
 		goto out;
 	}
 	bound = true;
-	/* Only we can enter the directory: by name here is safe from planted links. */
-	if ((geteuid() == 0 && fchownat(tfd, "s", 0, 0, AT_SYMLINK_NOFOLLOW)) ||
-	    fchmodat(tfd, "s", 0600, 0) || fstatat(tfd, "s", &st, AT_SYMLINK_NOFOLLOW)) {
+	/*
+	 * Only we can enter the directory: by name here is safe from planted
+	 * links. Owner before mode, so the group's bits are never on for
+	 * another group. A user who is not root keeps its own socket, and may
+	 * give it a group it is in (chown's rule).
+	 */
+	if (fchownat(tfd, "s", geteuid() == 0 ? 0 : (uid_t)-1,
+		     c->has_group ? c->group : geteuid() == 0 ? 0 : (gid_t)-1,
+		     AT_SYMLINK_NOFOLLOW) ||
+	    fchmodat(tfd, "s", c->has_group ? 0660 : 0600, 0) ||
+	    fstatat(tfd, "s", &st, AT_SYMLINK_NOFOLLOW)) {
 		ret = -errno;
-		log_err("%s: cannot make the socket root-only (mode 0600, owner root): %m", path);
+		if (c->has_group)
+			log_err("%s: cannot give the socket to group %u (mode 0660, owner "
+				"root): %m", path, (unsigned int)c->group);
+		else
+			log_err("%s: cannot make the socket root-only (mode 0600, owner root): %m",
+				path);
 		goto out;
 	}
 	if (listen(fd, 64)) {
@@ -1535,7 +1674,7 @@ static void unlink_ours(struct control *c)
 		unlink(c->path);
 }
 
-int control_create(struct host *h, const char *path, struct control **out)
+int control_create(struct host *h, const char *path, const gid_t *group, struct control **out)
 {
 	struct epoll_event ev = { .events = EPOLLIN };
 	struct control *c;
@@ -1546,6 +1685,8 @@ int control_create(struct host *h, const char *path, struct control **out)
 	if (!c)
 		return -ENOMEM;
 	c->host = h;
+	c->has_group = group != NULL;
+	c->group = group ? *group : 0;
 	c->lfd = c->stop_efd = c->done_efd = c->epfd = -1;
 	c->timeout_ms = CONTROL_VERB_TIMEOUT_MS;
 	pthread_mutex_init(&c->lock, NULL);
@@ -1600,7 +1741,10 @@ int control_create(struct host *h, const char *path, struct control **out)
 	if (ret)
 		goto out_unlink;
 	c->started = true;
-	if (path)
+	if (path && c->has_group)
+		log_info("listening on %s; group %u may read stats (read-only verbs)", path,
+			 (unsigned int)c->group);
+	else if (path)
 		log_debug("listening on %s", path);
 	*out = c;
 	return 0;

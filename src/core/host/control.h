@@ -3,7 +3,10 @@
  * The control socket: a UNIX stream socket (mode 0600, root only) speaking
  * newline-delimited JSON, one request object per line, one reply per request
  * (protocol in README.md). Served by its own event-loop thread; every CLI
- * verb (`kvmem stat`, `kvmem balloon`, ...) is a client of it.
+ * verb (`kvmem stat`, `kvmem balloon`, ...) is a client of it. With a group
+ * (the config's "socket_group") the socket is mode 0660 and that group's
+ * members may connect too, for the read-only verbs only
+ * (control_verb_is_read_only): a monitoring user reads stats, root controls.
  *
  * Verbs are a table of (name, handler, arg). control_create registers the
  * host's own verbs (list, stats, pause, resume, stop, budget, reclaim,
@@ -70,10 +73,14 @@ typedef int (*control_verb_fn)(void *arg, json_t *req, json_t *reply);
  * -EEXIST if the path is not a socket). The socket file appears at `path`
  * already mode 0600 and owned by root (by the running user when that is not
  * root): it is made in a private directory and moved into place, so nothing
- * planted at `path` is ever followed. Logs the reason on failure. With a
- * NULL path there is no socket file: clients come from control_serve_fd.
+ * planted at `path` is ever followed. With a group (non-NULL `group`) it
+ * appears mode 0660 with that group instead, and the group's members are
+ * served the read-only verbs (control_peer_access). Logs the reason on
+ * failure. With a NULL path there is no socket file: clients come from
+ * control_serve_fd.
  */
-MUST_CHECK int control_create(struct host *h, const char *path, struct control **out);
+MUST_CHECK int control_create(struct host *h, const char *path, const gid_t *group,
+			      struct control **out);
 /*
  * Stop the thread, close every client, wait for the handlers still running
  * (each bounded, see control_verb_fn), unlink the socket (if still ours).
@@ -97,10 +104,36 @@ void control_set_verb_timeout(struct control *c, unsigned int ms);
 /*
  * Whom the socket trusts, on both ends: root, or the user this process runs
  * as (a host run by a user serves that user; `kvmem stat` run by a user
- * talks to that user's host). A server's clients and a client's server
- * with any other uid are refused.
+ * talks to that user's host). A client's server with any other uid is
+ * refused, whatever the client's groups: a monitoring user's `kvmem stat`
+ * talks to root's host, never to whoever else listens at the path. A
+ * server's clients with any other uid are refused too, unless the socket
+ * has a group they are in (control_peer_access): then they may only read.
  */
 bool control_uid_trusted(uid_t uid);
+
+/* What a client of the socket may do. */
+enum control_access {
+	CONTROL_DENIED,		/* refused when it connects */
+	CONTROL_READ_ONLY,	/* a member of the socket's group: read-only verbs only */
+	CONTROL_FULL,		/* a trusted uid (control_uid_trusted): every verb */
+};
+
+/*
+ * Whom a server lets in, from the peer's credentials as the kernel recorded
+ * them at connect: its uid, primary gid and supplementary groups (nr_groups
+ * of them). A trusted uid gets every verb; with a socket group (non-NULL
+ * `group`), a peer that has that group as its gid or among its groups gets
+ * the read-only verbs; anyone else is refused. Pure: no system call.
+ */
+enum control_access control_peer_access(uid_t uid, gid_t gid, const gid_t *groups,
+					size_t nr_groups, const gid_t *group);
+/*
+ * Whether a read-only client (CONTROL_READ_ONLY) may call `verb`: only the
+ * verbs named in control.c's table, each there for a reason given beside it;
+ * every other verb, a module's new one included, is refused to it.
+ */
+bool control_verb_is_read_only(const char *verb);
 
 /*
  * Add a verb; the name is copied, `arg` is borrowed and must outlive the

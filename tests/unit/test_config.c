@@ -229,6 +229,45 @@ static void test_config_every_host_field_error_names_it(void **state)
 	refused("{\"vms\":{}}", "vms", NULL);
 }
 
+/* A group by name or by number; a name nobody has is refused, not a socket nobody can use. */
+static void test_config_socket_group_by_name_or_gid(void **state)
+{
+	struct host_config cfg;
+	char err[512];
+
+	(void)state;
+	assert_int_equal(load("{\"vms\":[" VM "]}", &cfg, err, sizeof(err)), 0);
+	assert_false(cfg.socket_group_set);
+	host_config_free(&cfg);
+	/* "root" is gid 0 on every system. */
+	assert_int_equal(load("{\"socket_group\":\"root\", \"vms\":[" VM "]}", &cfg, err,
+			      sizeof(err)), 0);
+	assert_true(cfg.socket_group_set);
+	assert_int_equal(cfg.socket_gid, 0);
+	host_config_free(&cfg);
+	assert_int_equal(load("{\"socket_group\":64123, \"vms\":[" VM "]}", &cfg, err,
+			      sizeof(err)), 0);
+	assert_true(cfg.socket_group_set);
+	assert_int_equal(cfg.socket_gid, 64123);
+	host_config_free(&cfg);
+	/* Digits that name no group are a gid, as chown reads them. */
+	assert_int_equal(load("{\"socket_group\":\"64123\", \"vms\":[" VM "]}", &cfg, err,
+			      sizeof(err)), 0);
+	assert_int_equal(cfg.socket_gid, 64123);
+	host_config_free(&cfg);
+	refused("{\"socket_group\":\"kvmem-no-such-group\", \"vms\":[" VM "]}", "socket_group",
+		"no such group \"kvmem-no-such-group\"");
+	refused("{\"socket_group\":\"\", \"vms\":[" VM "]}", "socket_group", "group name or a gid");
+	refused("{\"socket_group\":true, \"vms\":[" VM "]}", "socket_group", "group name or a gid");
+	refused("{\"socket_group\":-1, \"vms\":[" VM "]}", "socket_group", "a gid from 0");
+	/* (gid_t)-1 is chown's "no change", not a group. */
+	refused("{\"socket_group\":4294967295, \"vms\":[" VM "]}", "socket_group", "a gid from 0");
+	refused("{\"socket_group\":\"4294967295\", \"vms\":[" VM "]}", "socket_group",
+		"no such group");
+	refused("{\"socket_group\":\"99999999999\", \"vms\":[" VM "]}", "socket_group",
+		"no such group");
+}
+
 /* It truncated to 0 ms, which is "never": a positive interval must stay an interval. */
 static void test_config_an_interval_below_1_ms_is_refused_not_never(void **state)
 {
@@ -321,6 +360,7 @@ int main(void)
 		cmocka_unit_test(test_config_bare_numbers_are_refused_saying_what_to_write),
 		cmocka_unit_test(test_config_every_host_field_error_names_it),
 		cmocka_unit_test(test_config_an_interval_below_1_ms_is_refused_not_never),
+		cmocka_unit_test(test_config_socket_group_by_name_or_gid),
 		cmocka_unit_test(test_config_every_vm_field_error_names_it),
 		cmocka_unit_test(test_config_an_append_longer_than_the_guest_takes_is_refused),
 		cmocka_unit_test(test_config_every_check_error_names_the_field),

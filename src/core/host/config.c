@@ -3,7 +3,8 @@
  * The host's JSON configuration (`kvmem host --config FILE`), parsed with
  * jansson. Every error names the field and the problem. Schema:
  *
- *   { "budget": "8G", "socket": "/run/kvmem.sock", "console_prefix": true,
+ *   { "budget": "8G", "socket": "/run/kvmem.sock", "socket_group": "monitor",
+ *     "console_prefix": true,
  *     "dedup": "off" | "on" | "ksm", "accel": "auto" | "kvm" | "thread",
  *     "policy_interval": 1.0, "balloon_stats_interval": 1.0,
  *     "access": "auto" | "damon" | "sampling", "hard_limit": "9G",
@@ -19,6 +20,7 @@
  */
 #define LOG_TAG "config"
 #include <errno.h>
+#include <grp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,6 +83,74 @@ static int get_string(json_t *obj, const char *key, const char *where, char **ou
 		return fail(err, len, "%s%s: must be a string", where, key);
 	*out = kv_strdup(json_string_value(v));
 	return *out ? 0 : -ENOMEM;
+}
+
+/*
+ * "socket_group": the group whose members may read stats on the control
+ * socket. A group name, or a gid: a JSON integer, or a string of digits
+ * that names no group (chown's reading). A name must exist: a misspelt
+ * one is an error here, not a socket that nobody it was meant for can use.
+ * A gid needs no name (a group known only by number, as in a container);
+ * (gid_t)-1 is not one, it means "no change" to chown.
+ */
+static int get_socket_group(json_t *root, struct host_config *cfg, char *err, size_t len)
+{
+	json_t *v = json_object_get(root, "socket_group");
+	struct group gr, *found = NULL;
+	size_t cap = 4096;
+	const char *name, *p;
+	char *buf = NULL;
+	int ret;
+
+	if (!v)
+		return 0;
+	if (json_is_integer(v)) {
+		if (json_integer_value(v) < 0 || json_integer_value(v) >= (json_int_t)(gid_t)-1)
+			return fail(err, len, "socket_group: a gid from 0 to %u",
+				    (unsigned int)(gid_t)-2);
+		cfg->socket_gid = (gid_t)json_integer_value(v);
+		cfg->socket_group_set = true;
+		return 0;
+	}
+	if (!json_is_string(v) || !*json_string_value(v))
+		return fail(err, len, "socket_group: must be a group name or a gid");
+	name = json_string_value(v);
+	/* The entry's strings go in buf: a group with many members needs a large one. */
+	for (;;) {
+		char *nbuf = kv_realloc(buf, cap);
+
+		if (!nbuf) {
+			kv_free(buf);
+			return -ENOMEM;
+		}
+		buf = nbuf;
+		ret = getgrnam_r(name, &gr, buf, cap, &found);
+		if (ret != ERANGE || cap >= (1u << 24))
+			break;
+		cap *= 2;
+	}
+	kv_free(buf);
+	if (found) {
+		cfg->socket_gid = gr.gr_gid; /* in gr itself, not in buf */
+		cfg->socket_group_set = true;
+		return 0;
+	}
+	/* Not found is 0 with no entry, or one of these, depending on the NSS module. */
+	if (ret && ret != ENOENT && ret != ESRCH && ret != EBADF && ret != EPERM)
+		return fail(err, len, "socket_group: cannot look up group \"%.64s\": %s", name,
+			    strerror(ret));
+	for (p = name; *p >= '0' && *p <= '9'; p++)
+		;
+	if (!*p && p - name <= 10) {
+		unsigned long gid = strtoul(name, NULL, 10);
+
+		if (gid < (gid_t)-1) {
+			cfg->socket_gid = (gid_t)gid;
+			cfg->socket_group_set = true;
+			return 0;
+		}
+	}
+	return fail(err, len, "socket_group: no such group \"%.64s\"", name);
 }
 
 static int get_accel(json_t *o, const char *where, enum accel_kind *out, char *err, size_t len)
@@ -332,11 +402,11 @@ int host_config_check(const struct host_config *cfg, char *err, size_t len)
 
 int host_config_load(const char *path, struct host_config *cfg, char *err, size_t len)
 {
-	static const char *const known[] = { "budget", "socket", "console_prefix", "dedup",
-					     "accel", "policy_interval", "balloon_stats_interval",
-					     "access", "hard_limit", "swap", "incoming",
-					     "migration_secret", "fingerprint_key", "corpus_dir",
-					     "vms" };
+	static const char *const known[] = { "budget", "socket", "socket_group",
+					     "console_prefix", "dedup", "accel", "policy_interval",
+					     "balloon_stats_interval", "access", "hard_limit",
+					     "swap", "incoming", "migration_secret",
+					     "fingerprint_key", "corpus_dir", "vms" };
 	static const char *const access[] = {
 		[HOST_ACCESS_AUTO] = "auto",
 		[HOST_ACCESS_DAMON] = "damon",
@@ -384,6 +454,9 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 		goto out;
 	}
 	ret = get_string(root, "socket", "", &cfg->socket, err, len);
+	if (ret < 0)
+		goto out;
+	ret = get_socket_group(root, cfg, err, len);
 	if (ret < 0)
 		goto out;
 	cfg->console_prefix = true;

@@ -566,7 +566,9 @@ int host_create(const struct host_config *cfg, struct host **out)
 	}
 	what = "the control socket";
 	if (cfg->socket) {
-		ret = control_create(h, cfg->socket, NULL, &h->control);
+		ret = control_create(h, cfg->socket,
+				     cfg->socket_group_set ? &cfg->socket_gid : NULL,
+				     &h->control);
 		if (ret == -EADDRINUSE && cfg->socket_optional) {
 			/* The default socket belongs to another host: run without one. */
 			log_warn("running without a control socket (use --socket PATH for one)");

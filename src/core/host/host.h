@@ -11,6 +11,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "core/accel/accel.h"
 #include "core/log.h"
@@ -71,6 +72,8 @@ struct host_config {
 	uint64_t budget_bytes;	/* 0: the host's MemAvailable at start */
 	char *socket;		/* control socket path, or NULL for none */
 	bool socket_optional;	/* the default path: run without it if another host has it */
+	bool socket_group_set;	/* socket_gid's members may read stats on the socket */
+	gid_t socket_gid;	/* the config's "socket_group", resolved */
 	bool console_prefix;	/* "[name] " before every console line */
 	enum host_dedup_mode dedup;
 	enum host_access access;

@@ -145,8 +145,10 @@ static int judge(const char *cmd, const char *path, int ret, json_t *r, int time
 				"there)\n", cmd, path);
 		return 1;
 	case -EACCES:
-		fprintf(stderr, "kvmem %s: %s: permission denied (the control socket is for "
-				"root only)\n", cmd, path);
+		/* The file's mode: 0600, or 0660 when the host names a socket_group. */
+		fprintf(stderr, "kvmem %s: %s: permission denied (the control socket is root's; "
+				"the host's socket_group, if it has one, may read stats)\n", cmd,
+			path);
 		return 1;
 	case -EPERM:
 		if (uid != (uid_t)-1 && !control_uid_trusted(uid))

@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 
@@ -148,6 +149,50 @@ def request(path, req, timeout=30):
     if line is None:
         raise ConnectionResetError("no reply")
     return json.loads(line)
+
+
+# A client for request_as, run as another user: one connection, each argument
+# after the path a request line, one reply read for each; prints one JSON line:
+# {"connect": errno} when the connect fails, else {"connect": 0, "replies":
+# [...]}, fewer replies than requests when the server closed first.
+AS_USER_CLIENT = r"""
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(60)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print(json.dumps({"connect": e.errno})); sys.exit(0)
+replies, buf = [], b""
+for req in sys.argv[2:]:
+    try:
+        s.sendall(req.encode() + b"\n")
+    except OSError:
+        pass  # a peer that refused us may have said why: read it
+    try:
+        while b"\n" not in buf:
+            c = s.recv(65536)
+            if not c:
+                break
+            buf += c
+    except OSError:
+        pass
+    if b"\n" not in buf:
+        break
+    line, buf = buf.split(b"\n", 1)
+    replies.append(json.loads(line))
+print(json.dumps({"connect": 0, "replies": replies}))
+"""
+
+
+def request_as(ids, path, *reqs):
+    """Requests on one connection as another user, ids being setpriv's
+    options (["--reuid", U, "--regid", G, "--clear-groups"]): the client's
+    answer (AS_USER_CLIENT), or {"error": ...} when it did not run."""
+    r = subprocess.run(["setpriv"] + list(ids) + [sys.executable, "-c", AS_USER_CLIENT, path] +
+                       [json.dumps(q) for q in reqs], capture_output=True, text=True,
+                       timeout=120, cwd="/")
+    return json.loads(r.stdout) if r.returncode == 0 else {"error": r.stderr}
 
 
 def stats(path, busy_retries=30):

@@ -19,7 +19,8 @@ import subprocess
 import sys
 
 from kvmemtest import KVMEM, check, finish, require_accel
-from ctlhelp import Host, host_config, request, stats, tmpdir, vm_of, wait_socket, wait_state
+from ctlhelp import (Host, host_config, request, request_as, stats, tmpdir, vm_of, wait_socket,
+                     wait_state)
 
 require_accel()
 if os.geteuid() != 0:
@@ -75,53 +76,23 @@ shutil.copy2(KVMEM, kvmem_copy)
 os.chmod(kvmem_copy, 0o755)
 sock = os.path.join(d, "k.sock")
 
-# A raw client, run as a test user: one connection, each argument a request
-# line, then one JSON line: how the connect went and every reply line.
-client = os.path.join(d, "client.py")
-with open(client, "w") as f:
-    f.write(r"""
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(60)
-try:
-    s.connect(sys.argv[1])
-except OSError as e:
-    print(json.dumps({"connect": e.errno})); sys.exit(0)
-replies, buf = [], b""
-for req in sys.argv[2:]:
-    try:
-        s.sendall(req.encode() + b"\n")
-    except OSError:
-        pass
-    try:
-        while b"\n" not in buf:
-            c = s.recv(65536)
-            if not c:
-                break
-            buf += c
-    except OSError:
-        pass
-    if b"\n" not in buf:
-        break
-    line, buf = buf.split(b"\n", 1)
-    replies.append(json.loads(line))
-print(json.dumps({"connect": 0, "replies": replies}))
-""")
-os.chmod(client, 0o644)
+
+def ids(user, primary=None):
+    """setpriv's options for user: with its own groups (initgroups), or with
+    primary as its gid and no supplementary group."""
+    return (["--reuid", user, "--regid", primary, "--clear-groups"] if primary else
+            ["--reuid", user, "--regid", str(pwd.getpwnam(user).pw_gid), "--init-groups"])
 
 
 def as_user(user, args, primary=None):
-    """Run args as user: with its own groups (initgroups), or with primary as
-    its gid and no supplementary group."""
-    ids = (["--reuid", user, "--regid", primary, "--clear-groups"] if primary else
-           ["--reuid", user, "--regid", str(pwd.getpwnam(user).pw_gid), "--init-groups"])
-    return subprocess.run(["setpriv"] + ids + args, capture_output=True, text=True, timeout=120,
-                          cwd=d)
+    """Run args as user (ids)."""
+    return subprocess.run(["setpriv"] + ids(user, primary) + args, capture_output=True,
+                          text=True, timeout=120, cwd=d)
 
 
-def raw(user, *reqs, primary=None):
-    r = as_user(user, [sys.executable, client, sock] + [json.dumps(q) for q in reqs], primary)
-    return json.loads(r.stdout) if r.returncode == 0 else {"error": r.stderr}
+def raw(user, *reqs):
+    """Requests on one connection as user, with its own groups (request_as)."""
+    return request_as(ids(user), sock, *reqs)
 
 
 def root_only(reply, verb):

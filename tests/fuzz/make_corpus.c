@@ -146,6 +146,10 @@ static void config_seeds(void)
 		 "\"corpus\":\"libs.corpus\",\"console_log\":\"/dev/null\"}]}\n");
 	save_str("fuzz_config", "incoming_only", "{\"incoming\":\"unix:/run/kvmem-in.sock\",\"vms\":[]}");
 	save_str("fuzz_config", "bare_number", "{\"vms\":[{\"name\":\"a\",\"mem\":512}]}");
+	/* A group by name (looked up) and by number (not). */
+	save_str("fuzz_config", "socket_group",
+		 "{\"socket_group\":\"root\",\"vms\":[{\"name\":\"a\",\"mem\":\"64M\"}]}");
+	save_str("fuzz_config", "socket_gid", "{\"socket_group\":64123,\"vms\":[]}");
 	save_str("fuzz_config", "overbooked",
 		 "{\"budget\":\"1G\",\"vms\":[{\"name\":\"a\",\"mem\":\"1G\",\"min\":\"768M\"},"
 		 "{\"name\":\"a\",\"mem\":\"1G\",\"min\":\"768M\"}]}");

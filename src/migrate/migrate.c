@@ -94,10 +94,15 @@ void mig_notify(struct mig_job *j)
 		fn(j->arg);
 }
 
+/*
+ * A failure is final: a lazily restored VM can fail on a page it touches
+ * before its job has said "done", and that job must not then say "done".
+ */
 void mig_set_stage(struct mig_job *j, enum mig_stage s)
 {
 	pthread_mutex_lock(&j->lock);
-	j->prog.stage = s;
+	if (j->prog.stage != MIG_STAGE_FAILED)
+		j->prog.stage = s;
 	pthread_mutex_unlock(&j->lock);
 	mig_notify(j);
 }
@@ -1127,7 +1132,9 @@ void mig_job_finish(struct mig_job *j, int ret, uint64_t t0)
 
 	/* Taken away under the lock: migrate_set and a cancel look for them there. */
 	pthread_mutex_lock(&j->lock);
-	j->prog.stage = !ret ? MIG_STAGE_DONE : mig_cancelled(j) ? MIG_STAGE_CANCELLED : MIG_STAGE_FAILED;
+	if (j->prog.stage != MIG_STAGE_FAILED)	/* a lazily restored VM may have failed already */
+		j->prog.stage = !ret ? MIG_STAGE_DONE
+			      : mig_cancelled(j) ? MIG_STAGE_CANCELLED : MIG_STAGE_FAILED;
 	j->prog.total_ms = (kv_clock_ns(CLOCK_MONOTONIC) - t0) / 1000000;
 	if (j->out || j->in)
 		j->prog.bytes = mig_stream_bytes(j->source ? j->out : j->in);

@@ -61,7 +61,18 @@ def wait_for(pred, deadline_s=120, step=0.2):
         if v:
             return v
         time.sleep(step)
+    ran_out(deadline_s)
     return None
+
+
+def ran_out(deadline_s):
+    """Say where a wait ran out: a wait that always does (one asking for the wrong thing)
+    passes its checks all the same and only costs its deadline, every run."""
+    f = sys._getframe(2)
+    while f and os.path.basename(f.f_code.co_filename) in ("kvmemtest.py", "ctlhelp.py"):
+        f = f.f_back
+    where = f"{os.path.basename(f.f_code.co_filename)}:{f.f_lineno}" if f else "?"
+    print(f"info   a wait of {deadline_s} s ran out ({where})", flush=True)
 
 
 def wait_until(sample, pred, deadline_s=180, step=0.25):
@@ -74,6 +85,7 @@ def wait_until(sample, pred, deadline_s=180, step=0.25):
         if pred(last):
             return True, last
         if time.monotonic() >= end:
+            ran_out(deadline_s)
             return False, last
         time.sleep(step)
 

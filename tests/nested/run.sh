@@ -14,7 +14,9 @@
 # Default job: `meson test --suite integration-kvm` on build, then on
 # build-asan when it exists (with the sanitizer options .ci/run uses), with a
 # timeout multiplier; the sanitizer build leaves out the suite long-kvm (long
-# scenarios, run under the sanitizers on thread instead). TEST names (e.g.
+# scenarios, run under the sanitizers on thread instead), and both leave out
+# slow-nested-kvm (budget scenarios that take minutes each under emulation,
+# their kvm paths covered by other tests; --suite slow-nested-kvm runs them). TEST names (e.g.
 # run-kvm) replace the suite and run on build only, unless --build says
 # otherwise.
 #   --suite NAME     meson suite (repeatable; default integration-kvm)
@@ -117,6 +119,8 @@ else
 		sel=("${tests[@]}")
 	else
 		for s in "${suites[@]}"; do sel+=(--suite "$s"); done
+		# Minutes each under emulation, their kvm paths covered by other tests (tests/meson.build).
+		[[ " ${suites[*]} " == *" slow-nested-kvm "* ]] || sel+=(--no-suite slow-nested-kvm)
 	fi
 	for b in "${builds[@]}"; do
 		bdir=$(cd "$repo" && cd "$b" 2> /dev/null && pwd -P) || usage "no build dir $b (bash .ci/setup builds build and, with SANITIZE=1, build-asan)"

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "core/layout.h"
+#include "core/linux_boot.h"
 #include "core/log.h"
 #include "core/size.h"
 #include "core/host/cli.h"
@@ -42,7 +43,8 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: kvmem run (--mem SIZE [--cpus N] [--guest FILE] [--append CMDLINE] |\n"
-		"                  --restore FILE) [--corpus FILE]\n"
+		"                  --mem SIZE [--cpus N] --kernel IMAGE [--initrd FILE]\n"
+		"                  [--cmdline STR] | --restore FILE) [--corpus FILE]\n"
 		"                 [--budget SIZE] [--socket PATH] [--dedup on|off|ksm]\n"
 		"                 [--accel auto|kvm|thread] [--swap PATH[,SIZE]] [--swap-pool SIZE]\n"
 		"       kvmem host --config FILE.json [--socket PATH] [--accel auto|kvm|thread]\n"
@@ -63,6 +65,10 @@ static void usage(FILE *f)
 		"  -c, --cpus N        vCPUs (1-%d, default 1)\n"
 		"  -g, --guest FILE    static ELF guest (default: the kvmem guest)\n"
 		"  -a, --append STR    guest command line (e.g. \"kvmem.wl=size=256,then=poweroff\")\n"
+		"  -K, --kernel IMAGE  boot an x86-64 Linux kernel (bzImage) instead of a guest:\n"
+		"                      hardware-virtualized KVM only (not thread, not kvm-pvm)\n"
+		"  -I, --initrd FILE   the kernel's initrd\n"
+		"  -L, --cmdline STR   the kernel's command line\n"
 		"  -b, --budget SIZE   host memory budget (default: MemAvailable at start)\n"
 		"  -s, --socket PATH   control socket (for kvmem stat)\n"
 		"  -d, --dedup MODE    page sharing: on (kvmem's scanner), off, ksm (host ksmd)\n"
@@ -244,6 +250,28 @@ static int run_host(struct host_config *cfg)
 	return ret;
 }
 
+/*
+ * run --kernel: the image, initrd and command line checked as the boot
+ * would check them, so a bad one is one line and status 2 before anything
+ * starts. 0, or the usage error's status.
+ */
+static int check_kernel(struct host_vm_config *vm, const char *cmdline)
+{
+	char why[512];
+
+	if (vm->guest)
+		return usage_error("%s", "--kernel and --guest: a VM boots a guest image or a "
+				   "Linux kernel, not both");
+	if (vm->append)
+		return usage_error("%s", "--append is the kvmem guest's command line: a kernel's "
+				   "is --cmdline");
+	vm->append = (char *)cmdline;
+	if (linux_boot_check(vm->kernel, vm->initrd, cmdline ? cmdline : "", vm->mem_bytes, why,
+			     sizeof(why)))
+		return usage_error("%s", why);
+	return 0;
+}
+
 static int cmd_run(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -259,6 +287,9 @@ static int cmd_run(int argc, char **argv)
 		{ "swap-pool", required_argument, NULL, 'P' },
 		{ "restore", required_argument, NULL, 'r' },
 		{ "corpus", required_argument, NULL, 'C' },
+		{ "kernel", required_argument, NULL, 'K' },
+		{ "initrd", required_argument, NULL, 'I' },
+		{ "cmdline", required_argument, NULL, 'L' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -267,12 +298,14 @@ static int cmd_run(int argc, char **argv)
 	struct host_vm_config vm = { .name = "vm0", .cpus = 1, .shares = 1000 };
 	struct host_config cfg = { .vms = &vm, .nr_vms = 1, .policy_interval_s = 1.0 };
 	bool have_mem = false;
+	const char *cmdline = NULL;
 	char err[160];
 	int c, ret;
 
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, ":m:c:g:a:s:b:d:A:S:P:r:C:vh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":m:c:g:a:s:b:d:A:S:P:r:C:K:I:L:vh", opts, NULL)) !=
+	       -1) {
 		switch (c) {
 		case 'm':
 			if (size_text("--mem", optarg, SIZE_MAX_BYTES, &vm.mem_bytes, err,
@@ -303,6 +336,15 @@ static int cmd_run(int argc, char **argv)
 			break;
 		case 'a':
 			vm.append = optarg;
+			break;
+		case 'K':
+			vm.kernel = optarg;
+			break;
+		case 'I':
+			vm.initrd = optarg;
+			break;
+		case 'L':
+			cmdline = optarg;
 			break;
 		case 'C':
 			if (access(optarg, R_OK))
@@ -356,9 +398,9 @@ static int cmd_run(int argc, char **argv)
 	cfg.default_guest = default_guest();
 	if (cfg.restore) {
 		/* The VM is the file's: its memory, vCPUs and command line are set already. */
-		if (have_mem || vm.guest || vm.append)
-			return usage_error("%s", "run --restore: --mem, --guest and --append come "
-					   "from the snapshot file");
+		if (have_mem || vm.guest || vm.append || vm.kernel || vm.initrd || cmdline)
+			return usage_error("%s", "run --restore: --mem, the guest or kernel and its "
+					   "command line come from the snapshot file");
 		cfg.nr_vms = 0;
 		cfg.restore_corpus = vm.corpus;
 		if (!cfg.budget_bytes)
@@ -370,12 +412,23 @@ static int cmd_run(int argc, char **argv)
 	if (cfg.swap.pool_bytes && !cfg.swap.path)
 		return usage_error("%s", "--swap-pool: needs --swap PATH (the pool is in front of "
 				   "the swap file)");
-	if (!vm.guest)
-		vm.guest = (char *)default_guest();
-	if (access(vm.guest, R_OK) != 0)
-		return usage_error("--guest %s: no such readable file", vm.guest);
-	if (vm.append && strlen(vm.append) >= ABI_MAX_CMDLINE)
-		return usage_error("--append: longer than %s bytes", "2047");
+	if (vm.kernel) {
+		ret = check_kernel(&vm, cmdline);
+		if (ret)
+			return ret;
+	} else {
+		if (vm.initrd)
+			return usage_error("%s", "--initrd: only with --kernel");
+		if (cmdline)
+			return usage_error("%s", "--cmdline: only with --kernel (the kvmem guest's "
+					   "command line is --append)");
+		if (!vm.guest)
+			vm.guest = (char *)default_guest();
+		if (access(vm.guest, R_OK) != 0)
+			return usage_error("--guest %s: no such readable file", vm.guest);
+		if (vm.append && strlen(vm.append) >= ABI_MAX_CMDLINE)
+			return usage_error("--append: longer than %s bytes", "2047");
+	}
 	if (!cfg.budget_bytes)
 		cfg.budget_bytes = host_default_budget();
 	return run_host(&cfg);

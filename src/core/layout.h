@@ -10,6 +10,8 @@
 #ifndef KVMEM_CORE_LAYOUT_H
 #define KVMEM_CORE_LAYOUT_H
 
+#include <stdint.h>
+
 #include "guest/abi.h"
 
 #define LAYOUT_PAGE_SIZE 4096ULL
@@ -31,6 +33,12 @@
 #define LAYOUT_LOW_RAM_MAX 0xC0000000ULL
 #define LAYOUT_HIGH_RAM_BASE 0x100000000ULL
 
+/* RAM below the hole for a VM of `ram_bytes`; the rest lies from LAYOUT_HIGH_RAM_BASE. */
+static inline uint64_t layout_low_ram_bytes(uint64_t ram_bytes)
+{
+	return ram_bytes < LAYOUT_LOW_RAM_MAX ? ram_bytes : LAYOUT_LOW_RAM_MAX;
+}
+
 /* MMIO devices: one 4 KiB window each from LAYOUT_MMIO_BASE. */
 #define LAYOUT_MMIO_BASE 0xD0000000ULL
 #define LAYOUT_MMIO_SLOT_SIZE 0x1000ULL
@@ -45,6 +53,30 @@
  */
 #define LAYOUT_CORPUS_BASE 0xE0000000ULL
 #define LAYOUT_CORPUS_MAX_BYTES (LAYOUT_HIGH_RAM_BASE - LAYOUT_CORPUS_BASE) /* 512 MiB */
+
+/*
+ * A Linux guest (core/linux_boot.h) has the same RAM, hole and devices and
+ * its own first megabyte: what the 64-bit boot protocol needs before the
+ * kernel has tables of its own. The kernel copies the zero page and the
+ * command line and replaces the GDT and page tables before it allocates
+ * any memory, so these pages stay usable RAM in its e820 map, as on a PC
+ * whose loader put them there; the EBDA, where tables the kernel keeps
+ * reading go (the MP table), is reserved. [0xA0000, 1 MiB) is the legacy
+ * hole: RAM to kvmem, absent from the guest's map. The protected-mode
+ * kernel goes at its preferred address (16 MiB on Debian), the initrd as
+ * high below the hole as the kernel allows.
+ */
+#define LAYOUT_LINUX_GDT 0x1000ULL		/* boot GDT: __BOOT_CS, __BOOT_DS, a TSS */
+#define LAYOUT_LINUX_TSS 0x1800ULL		/* the TSS TR points at (104 bytes, zero) */
+#define LAYOUT_LINUX_ZERO_PAGE 0x7000ULL	/* struct boot_params, one page */
+#define LAYOUT_LINUX_STACK_TOP 0x9000ULL	/* a boot stack (the kernel soon has its own) */
+#define LAYOUT_LINUX_PGTABLE 0x9000ULL	/* PML4, PDPT, four PDs: the first 4 GiB identity mapped */
+#define LAYOUT_LINUX_PGTABLE_END 0xF000ULL
+#define LAYOUT_LINUX_CMDLINE 0x20000ULL	/* the command line and its NUL */
+#define LAYOUT_LINUX_CMDLINE_MAX 0x10000ULL
+#define LAYOUT_LINUX_EBDA 0x9FC00ULL		/* reserved in e820: tables kept for good */
+#define LAYOUT_LINUX_EBDA_END 0xA0000ULL
+#define LAYOUT_LINUX_HIGH_MEM 0x100000ULL	/* RAM again above the legacy hole */
 
 /* PDs fit between LAYOUT_PGTABLE + 2 pages and LAYOUT_PGTABLE_END. */
 #define LAYOUT_MAX_GIB ((LAYOUT_PGTABLE_END - LAYOUT_PGTABLE) / LAYOUT_PAGE_SIZE - 2)

@@ -28,7 +28,9 @@ struct vm_params {
 	enum accel_kind accel;	 /* resolved: ACCEL_KVM or ACCEL_THREAD */
 	uint64_t mem_bytes;	 /* guest RAM, page multiple */
 	unsigned int ncpus;	 /* 1..ABI_MAX_CPUS */
-	const char *guest_path;	 /* static ELF64 to boot */
+	const char *guest_path;	 /* static ELF64 to boot, or NULL with kernel_path */
+	const char *kernel_path; /* a Linux bzImage to boot instead (core/linux_boot.h), or NULL */
+	const char *initrd_path; /* its initrd, or NULL */
 	const char *cmdline;	 /* guest command line */
 	int console_fd;		 /* console lines go here (e.g. stdout) */
 	bool console_prefix;	 /* start every line with "[name] " */
@@ -49,8 +51,9 @@ enum vm_state {
 /*
  * Create the VM and load its guest; nothing runs yet. Errors: -EINVAL for bad
  * parameters, -E2BIG for more RAM than the guest layout maps, -ENOMEM when the
- * host cannot reserve it, -ENOENT/-ENOEXEC for the guest image, or the errno
- * of a failed accelerator call. Logs the reason.
+ * host cannot reserve it, -ENOENT/-ENOEXEC for the guest image, -ENOTSUP for
+ * a Linux kernel on an accelerator that cannot boot one (accel_linux_check),
+ * or the errno of a failed accelerator call. Logs the reason.
  */
 MUST_CHECK int vm_create(const struct vm_params *p, struct vm **out);
 /*

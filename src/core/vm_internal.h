@@ -29,7 +29,9 @@ struct vm {
 	struct abi_device devs[ABI_MAX_DEVICES]; /* the guest's device table */
 	unsigned int nr_devs;
 	unsigned int nr_virtio;
-	char *guest_path;		/* until boot */
+	char *guest_path;		/* until boot; NULL for a Linux kernel */
+	char *kernel_path;		/* a Linux kernel's image, or NULL */
+	char *initrd_path;		/* its initrd, or NULL */
 	char *cmdline;			/* until boot */
 	struct console *console;
 	struct log_limit log_limit;	/* the VM's warnings: its own rate limits */

@@ -285,7 +285,7 @@ int mem_create_at(uint64_t ram_bytes, bool exec, uint64_t phys_base, struct gm *
 		goto out_free;
 	gm->reserve_start = base;
 	gm->phys_base = (uint8_t *)(uintptr_t)(base + MEM_GUARD);
-	low = ram_bytes < LAYOUT_LOW_RAM_MAX ? ram_bytes : LAYOUT_LOW_RAM_MAX;
+	low = layout_low_ram_bytes(ram_bytes);
 	ret = map_region(gm, &gm->regions[0], 0, low, 0);
 	if (ret)
 		goto out_unreserve;

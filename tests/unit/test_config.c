@@ -352,6 +352,50 @@ static void test_config_every_check_error_names_the_field(void **state)
 	refused_by_check(text, "vms", "more than the budget");
 }
 
+/*
+ * A VM that boots a Linux kernel: "kernel", "initrd" and "cmdline" in their
+ * fields (the command line where a guest's "append" goes), no guest image,
+ * never mixed with a guest's fields; a file that is no kernel is refused by
+ * the check with the reason the loader gives.
+ */
+static void test_config_a_linux_kernel_vm_is_parsed_and_its_image_checked(void **state)
+{
+	struct host_config cfg;
+	char err[512], text[512];
+
+	(void)state;
+	assert_int_equal(load("{\"vms\":[{\"name\":\"l\",\"mem\":\"512M\",\"kernel\":\"/k\","
+			      "\"initrd\":\"/i\",\"cmdline\":\"console=ttyS0\"}]}",
+			      &cfg, err, sizeof(err)), 0);
+	assert_string_equal(cfg.vms[0].kernel, "/k");
+	assert_string_equal(cfg.vms[0].initrd, "/i");
+	assert_string_equal(cfg.vms[0].append, "console=ttyS0");
+	assert_null(cfg.vms[0].guest);
+	assert_false(cfg.vms[0].guest_explicit);
+	host_config_free(&cfg);
+
+	refused("{\"vms\":[{\"name\":\"a\",\"mem\":\"64M\",\"kernel\":1}]}", "vms[0].kernel",
+		"string");
+	refused("{\"vms\":[{\"name\":\"a\",\"mem\":\"64M\",\"kernel\":\"/k\","
+		"\"guest\":\"/g\"}]}", "vms[0].guest", "not both");
+	refused("{\"vms\":[{\"name\":\"a\",\"mem\":\"64M\",\"kernel\":\"/k\","
+		"\"append\":\"x\"}]}", "vms[0].append", "\"cmdline\"");
+	refused("{\"vms\":[{\"name\":\"a\",\"mem\":\"64M\",\"initrd\":\"/i\"}]}",
+		"vms[0].initrd", "only for a Linux kernel");
+	refused("{\"vms\":[{\"name\":\"a\",\"mem\":\"64M\",\"cmdline\":\"x\"}]}",
+		"vms[0].cmdline", "only for a Linux kernel");
+	refused("{\"vms\":[{\"name\":\"a\",\"mem\":\"64M\",\"kernel\":\"/k\","
+		"\"initrd\":false}]}", "vms[0].initrd", "string");
+
+	/* The fake guest file is no kernel; a missing one is named. */
+	snprintf(text, sizeof(text),
+		 "{\"vms\":[{\"name\":\"a\",\"mem\":\"512M\",\"kernel\":\"%s\"}]}", guest);
+	refused_by_check(text, "vms[0]: ", "not a bootable x86-64 Linux kernel");
+	refused_by_check("{\"vms\":[{\"name\":\"a\",\"mem\":\"512M\","
+			 "\"kernel\":\"/nonexistent/vmlinuz\"}]}", "vms[0]: ",
+			 "kernel /nonexistent/vmlinuz: No such file");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -364,6 +408,7 @@ int main(void)
 		cmocka_unit_test(test_config_every_vm_field_error_names_it),
 		cmocka_unit_test(test_config_an_append_longer_than_the_guest_takes_is_refused),
 		cmocka_unit_test(test_config_every_check_error_names_the_field),
+		cmocka_unit_test(test_config_a_linux_kernel_vm_is_parsed_and_its_image_checked),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

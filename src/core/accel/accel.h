@@ -31,6 +31,7 @@
 
 struct vm;
 struct vcpu;
+struct linux_cpu_state;
 
 enum accel_kind {
 	ACCEL_AUTO = 0,	/* kvm when /dev/kvm opens, else thread */
@@ -165,6 +166,15 @@ struct accel_ops {
 	 * vCPU's thread. May be NULL.
 	 */
 	void (*vcpu_settle)(struct vcpu *vcpu);
+	/*
+	 * Start an unmodified Linux kernel (core/linux_boot.h) whose boot
+	 * writes are in guest RAM already: vCPU 0 enters with `bsp`, the others
+	 * wait for INIT and SIPI; the platform the kernel expects (port I/O,
+	 * interrupt controllers, timer, its tables) is the accelerator's to
+	 * provide. On the creating thread, before any vCPU runs. NULL: this
+	 * accelerator cannot (accel_linux_check says why).
+	 */
+	int (*boot_linux)(struct vm *vm, const struct linux_cpu_state *bsp);
 };
 
 #define ACCEL_CPU_STATE_MAX (64 * 1024)
@@ -193,5 +203,29 @@ int accel_thread_check(char *why, size_t whylen);
 
 /* The host's /dev/kvm, opened once per process: the fd, or negative errno. */
 int accel_kvm_system_fd(void);
+
+/*
+ * Can a VM on accelerator `kind` (resolved) boot an unmodified Linux
+ * kernel? 0, or -errno with the reason in why: -ENOTSUP where it never
+ * can (thread: guest code runs at user level on host threads; kvm-pvm:
+ * guest CPL0 code is emulated), -ENOSYS where it could but kvmem does not
+ * do it yet (no boot_linux op). Asks /dev/kvm (once) under kvm.
+ */
+int accel_linux_check(enum accel_kind kind, char *why, size_t whylen);
+
+/*
+ * Is this KVM kvm-pvm rather than VMX or SVM? accel_kvm_is_pvm: 1, 0, or
+ * -errno of /dev/kvm, with what gave it away in why. It is kvm-pvm when the
+ * CPU has neither VMX nor SVM (then no /dev/kvm is hardware-virtualized),
+ * or when KVM_GET_SUPPORTED_CPUID carries PVM's signature (accel_cpuid_is_pvm
+ * on those leaves: leaf 0x40000002's ebx "PVM" after KVM's own signature, or
+ * "PVMPVMPVM" at leaf 0x40000200).
+ */
+struct accel_cpuid_leaf {
+	uint32_t function;
+	uint32_t eax, ebx, ecx, edx;
+};
+bool accel_cpuid_is_pvm(const struct accel_cpuid_leaf *leaves, size_t n);
+int accel_kvm_is_pvm(char *why, size_t whylen);
 
 #endif

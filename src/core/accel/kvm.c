@@ -12,10 +12,12 @@
  * that look and KVM_RUN makes KVM_RUN return at once.
  */
 #define LOG_TAG "kvm"
+#include <cpuid.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -233,12 +235,15 @@ static uint64_t kvm_tsc_khz(struct vm *vm)
 	return (uint64_t)khz;
 }
 
-static int setup_cpuid(int vcpu_fd)
+/* KVM_GET_SUPPORTED_CPUID into *out (kv_free it): 0 or -errno. */
+static int supported_cpuid(struct kvm_cpuid2 **out)
 {
 	int sys = accel_kvm_system_fd();
 	struct kvm_cpuid2 *cpuid;
 	int nent = 128, ret;
 
+	if (sys < 0)
+		return sys;
 	for (;;) {
 		cpuid = kv_zalloc(sizeof(*cpuid) + nent * sizeof(struct kvm_cpuid_entry2));
 		if (!cpuid)
@@ -252,9 +257,65 @@ static int setup_cpuid(int vcpu_fd)
 			return ret;
 		nent *= 2;
 	}
+	*out = cpuid;
+	return 0;
+}
+
+static int setup_cpuid(int vcpu_fd)
+{
+	struct kvm_cpuid2 *cpuid;
+	int ret;
+
+	ret = supported_cpuid(&cpuid);
+	if (ret)
+		return ret;
 	ret = ioctl(vcpu_fd, KVM_SET_CPUID2, cpuid) < 0 ? -errno : 0;
 	kv_free(cpuid);
 	return ret;
+}
+
+/* CPUID.1:ECX.VMX[5] or CPUID.80000001h:ECX.SVM[2] of the CPU this VMM runs on. */
+static bool cpu_has_vmx_or_svm(void)
+{
+	unsigned int a, b, c, d;
+
+	if (__get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 5)))
+		return true;
+	return __get_cpuid(0x80000001, &a, &b, &c, &d) && (c & (1u << 2));
+}
+
+int accel_kvm_is_pvm(char *why, size_t whylen)
+{
+	struct accel_cpuid_leaf *leaves;
+	struct kvm_cpuid2 *cpuid;
+	bool pvm;
+	int ret;
+
+	if (!cpu_has_vmx_or_svm()) {
+		snprintf(why, whylen, "the CPU has neither VMX nor SVM");
+		return 1;
+	}
+	ret = supported_cpuid(&cpuid);
+	if (ret)
+		return ret;
+	leaves = kv_calloc(cpuid->nent ? cpuid->nent : 1, sizeof(*leaves));
+	if (!leaves) {
+		kv_free(cpuid);
+		return -ENOMEM;
+	}
+	for (unsigned int i = 0; i < cpuid->nent; i++) {
+		const struct kvm_cpuid_entry2 *e = &cpuid->entries[i];
+
+		leaves[i] = (struct accel_cpuid_leaf){ .function = e->function, .eax = e->eax,
+						       .ebx = e->ebx, .ecx = e->ecx,
+						       .edx = e->edx };
+	}
+	pvm = accel_cpuid_is_pvm(leaves, cpuid->nent);
+	if (pvm)
+		snprintf(why, whylen, "its CPUID carries PVM's signature");
+	kv_free(leaves);
+	kv_free(cpuid);
+	return pvm;
 }
 
 static int kvm_vcpu_init(struct vcpu *vcpu)

@@ -12,7 +12,9 @@
  *     "vms": [ { "name": "a", "mem": "1G", "min": "256M", "shares": 1000,
  *                "cpus": 1, "guest": "path", "append": "kvmem.wl=...",
  *                "console_log": "a.log", "accel": "thread",
- *                "swap_max": "512M", "corpus": "libs.corpus" } ],
+ *                "swap_max": "512M", "corpus": "libs.corpus" },
+ *              { "name": "l", "mem": "1G", "kernel": "/boot/vmlinuz",
+ *                "initrd": "/boot/initrd.img", "cmdline": "console=ttyS0" } ],
  *     "corpus_dir": "/var/lib/kvmem/corpora" }
  *
  * Sizes are text with a unit (a bare JSON number is refused: core/size.h);
@@ -30,6 +32,7 @@
 #include "core/alloc.h"
 #include "core/host/host_internal.h"
 #include "core/layout.h"
+#include "core/linux_boot.h"
 #include "core/size.h"
 #include "mem/gm.h"
 #include "mem/swap.h"
@@ -162,12 +165,57 @@ static int get_accel(json_t *o, const char *where, enum accel_kind *out, char *e
 	return 0;
 }
 
+/*
+ * What a VM boots: a guest ELF ("guest", default the kvmem guest, and its
+ * "append") or a Linux kernel ("kernel", "initrd", "cmdline"), never a mix.
+ */
+static int parse_image(json_t *o, const char *where, struct host_vm_config *vm,
+		       const char *default_guest, char *err, size_t len)
+{
+	int ret;
+
+	ret = get_string(o, "kernel", where, &vm->kernel, err, len);
+	if (ret < 0)
+		return ret;
+	if (vm->kernel) {
+		if (json_object_get(o, "guest"))
+			return fail(err, len, "%sguest: a VM boots a guest image or a Linux "
+				    "kernel, not both", where);
+		if (json_object_get(o, "append"))
+			return fail(err, len, "%sappend: a Linux kernel's command line is "
+				    "\"cmdline\"", where);
+		ret = get_string(o, "initrd", where, &vm->initrd, err, len);
+		if (ret < 0)
+			return ret;
+		/* Its length is the kernel's to say (cmdline_size): checked with the image. */
+		ret = get_string(o, "cmdline", where, &vm->append, err, len);
+		return ret < 0 ? ret : 0;
+	}
+	if (json_object_get(o, "initrd") || json_object_get(o, "cmdline"))
+		return fail(err, len, "%s%s: only for a Linux kernel (\"kernel\")", where,
+			    json_object_get(o, "initrd") ? "initrd" : "cmdline");
+	ret = get_string(o, "guest", where, &vm->guest, err, len);
+	if (ret == 1)
+		vm->guest = kv_strdup(default_guest);
+	else if (ret)
+		return ret;
+	else
+		vm->guest_explicit = true;
+	ret = get_string(o, "append", where, &vm->append, err, len);
+	if (ret < 0)
+		return ret;
+	if (vm->append && strlen(vm->append) >= ABI_MAX_CMDLINE)
+		return fail(err, len, "%sappend: longer than %d bytes", where, ABI_MAX_CMDLINE - 1);
+	return 0;
+}
+
 int host_config_parse_vm(json_t *o, const char *where, struct host_vm_config *vm,
 			 const char *default_guest, char *err, size_t len)
 {
 	static const char *const known[] = { "name", "mem", "min", "shares", "cpus",
 					     "guest", "append", "console_log", "accel",
-					     "swap_max", "corpus", "sharing_group" };
+					     "swap_max", "corpus", "sharing_group", "kernel",
+					     "initrd", "cmdline" };
 	const char *key;
 	int64_t n;
 	json_t *v;
@@ -214,21 +262,12 @@ int host_config_parse_vm(json_t *o, const char *where, struct host_vm_config *vm
 	if (ret < 0)
 		return ret;
 	vm->cpus = ret ? 1 : (uint32_t)n;
-	ret = get_string(o, "guest", where, &vm->guest, err, len);
-	if (ret == 1)
-		vm->guest = kv_strdup(default_guest);
-	else if (ret)
+	ret = parse_image(o, where, vm, default_guest, err, len);
+	if (ret)
 		return ret;
-	else
-		vm->guest_explicit = true;
 	ret = get_accel(o, where, &vm->accel, err, len);
 	if (ret)
 		return ret;
-	ret = get_string(o, "append", where, &vm->append, err, len);
-	if (ret < 0)
-		return ret;
-	if (vm->append && strlen(vm->append) >= ABI_MAX_CMDLINE)
-		return fail(err, len, "%sappend: longer than %d bytes", where, ABI_MAX_CMDLINE - 1);
 	ret = get_string(o, "console_log", where, &vm->console_log, err, len);
 	if (ret < 0)
 		return ret;
@@ -348,7 +387,7 @@ static int parse_swap(json_t *o, struct host_swap_config *sw, char *err, size_t 
 
 int host_config_check_vm(const struct host_vm_config *vm, const char *where, char *err, size_t len)
 {
-	char why[200];
+	char why[512];
 
 	if (vm->mem_bytes % LAYOUT_PAGE_SIZE || vm->mem_bytes < 4 * LAYOUT_RESERVED_END)
 		return fail(err, len, "%smem: must be a multiple of 4K and at least 8M", where);
@@ -356,9 +395,17 @@ int host_config_check_vm(const struct host_vm_config *vm, const char *where, cha
 		return fail(err, len, "%smem: more than a guest can map", where);
 	if (vm->min_bytes > vm->mem_bytes)
 		return fail(err, len, "%smin: larger than mem", where);
-	if (!vm->guest || access(vm->guest, R_OK))
+	if (vm->kernel) {
+		int n = (int)strlen(where) - (*where && where[strlen(where) - 1] == '.');
+
+		/* A bad image, or one this VM cannot boot: refused before the host starts. */
+		if (linux_boot_check(vm->kernel, vm->initrd, vm->append ? vm->append : "",
+				     vm->mem_bytes, why, sizeof(why)))
+			return fail(err, len, "%.*s: %s", n, where, why);
+	} else if (!vm->guest || access(vm->guest, R_OK)) {
 		return fail(err, len, "%sguest: %s: no such readable file", where,
 			    vm->guest ? vm->guest : "(none)");
+	}
 	if (vm->corpus && access(vm->corpus, R_OK))
 		return fail(err, len, "%scorpus: %s: no such readable file", where, vm->corpus);
 	if (vm->sharing_group && host_group_check(vm->sharing_group, false, why, sizeof(why)))
@@ -567,12 +614,33 @@ static bool is_builtin_guest(const char *path, const char *default_guest)
 	return same;
 }
 
+/* Every VM boots a Linux kernel on whatever accelerator the host has (kvmem run --kernel). */
+static bool kernels_only(const struct host_config *cfg)
+{
+	if (!cfg->nr_vms || cfg->incoming || cfg->restore)
+		return false;
+	for (unsigned int i = 0; i < cfg->nr_vms; i++)
+		if (!cfg->vms[i].kernel || cfg->vms[i].accel != ACCEL_AUTO)
+			return false;
+	return true;
+}
+
 int host_config_resolve_accel(struct host_config *cfg, char *err, size_t len)
 {
-	char why[256];
+	char why[512];
 	enum accel_kind asked = cfg->accel;
 
-	if (accel_resolve(cfg->accel, &cfg->accel, why, sizeof(why))) {
+	/*
+	 * auto means kvm for a Linux kernel, which thread cannot run: said
+	 * here as that, rather than as a notice that thread was taken.
+	 */
+	if (asked == ACCEL_AUTO && kernels_only(cfg)) {
+		if (accel_resolve(ACCEL_KVM, &cfg->accel, why, sizeof(why))) {
+			fail(err, len, "%s: a Linux kernel needs hardware-virtualized KVM, and %s",
+			     cfg->vms[0].kernel, why);
+			return -ENODEV;
+		}
+	} else if (accel_resolve(cfg->accel, &cfg->accel, why, sizeof(why))) {
 		fail(err, len, "%s", why);
 		return -ENODEV;
 	}
@@ -580,10 +648,18 @@ int host_config_resolve_accel(struct host_config *cfg, char *err, size_t len)
 		struct host_vm_config *vm = &cfg->vms[i];
 		enum accel_kind vm_asked = vm->accel == ACCEL_AUTO ? asked : vm->accel;
 
-		if (vm->accel == ACCEL_AUTO)
+		if (vm->kernel && vm_asked == ACCEL_AUTO) {
+			if (accel_resolve(ACCEL_KVM, &vm->accel, why, sizeof(why)))
+				return fail(err, len, "%s: a Linux kernel needs "
+					    "hardware-virtualized KVM, and %s", vm->kernel, why);
+		} else if (vm->accel == ACCEL_AUTO) {
 			vm->accel = cfg->accel;
-		else if (accel_resolve(vm->accel, &vm->accel, why, sizeof(why)))
+		} else if (accel_resolve(vm->accel, &vm->accel, why, sizeof(why))) {
 			return fail(err, len, "vms[%u].accel: %s", i, why);
+		}
+		/* Refused in one line now, rather than by the VM once the host runs. */
+		if (vm->kernel && accel_linux_check(vm->accel, why, sizeof(why)))
+			return fail(err, len, "%s: %s", vm->kernel, why);
 		if (vm->accel == ACCEL_THREAD && vm_asked != ACCEL_THREAD && vm->guest_explicit &&
 		    !is_builtin_guest(vm->guest, cfg->default_guest))
 			return fail(err, len,
@@ -598,6 +674,8 @@ void host_vm_config_free(struct host_vm_config *vm)
 {
 	kv_free(vm->name);
 	kv_free(vm->guest);
+	kv_free(vm->kernel);
+	kv_free(vm->initrd);
 	kv_free(vm->append);
 	kv_free(vm->console_log);
 	kv_free(vm->corpus);

@@ -182,6 +182,8 @@ int host_create_vm(struct host *h, struct host_vm *hv)
 		.mem_bytes = hv->cfg.mem_bytes,
 		.ncpus = hv->cfg.cpus,
 		.guest_path = hv->cfg.guest,
+		.kernel_path = hv->cfg.kernel,
+		.initrd_path = hv->cfg.initrd,
 		.cmdline = hv->cfg.append ? hv->cfg.append : "",
 		.console_fd = STDOUT_FILENO,
 		.console_prefix = h->cfg.console_prefix,
@@ -946,7 +948,7 @@ int host_corpus_path(struct host *h, const char *name, char **out, char *why, si
 
 int host_start_vm(struct host *h, json_t *obj, char *why, size_t whylen)
 {
-	static const char *const files[] = { "guest", "console_log" };
+	static const char *const files[] = { "guest", "console_log", "kernel", "initrd" };
 	struct host_vm_config c = { 0 };
 	struct host_vm *hv;
 	bool closing;

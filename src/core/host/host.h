@@ -45,10 +45,12 @@ struct host_vm_config {
 	uint64_t min_bytes;	/* reservation: never reclaimed below this */
 	uint32_t shares;	/* proportional share of memory above min */
 	uint32_t cpus;
-	char *guest;		/* guest ELF path */
+	char *guest;		/* guest ELF path; NULL for a Linux kernel */
 	bool guest_explicit;	/* named by the user, not the built-in kvmem guest */
+	char *kernel;		/* a Linux bzImage to boot instead of a guest ELF, or NULL */
+	char *initrd;		/* its initrd, or NULL */
 	enum accel_kind accel;	/* AUTO: the host's */
-	char *append;		/* guest command line */
+	char *append;		/* guest or kernel command line (config: "append", "cmdline") */
 	char *console_log;	/* also write the console here, or NULL */
 	char *corpus;		/* the content corpus file (mem/corpus.h), or NULL */
 	char *sharing_group;	/* the VM's sharing group, or NULL: the default one */
@@ -111,7 +113,11 @@ void host_config_free(struct host_config *cfg);
 int host_config_parse_vm(json_t *o, const char *where, struct host_vm_config *vm,
 			 const char *default_guest, char *err, size_t errlen);
 void host_vm_config_free(struct host_vm_config *vm);
-/* One VM's part of host_config_check (mem, min, guest), errors prefixed with where. */
+/*
+ * One VM's part of host_config_check (mem, min, guest; a kernel image, its
+ * initrd and command line checked as its boot would: core/linux_boot.h),
+ * errors prefixed with where.
+ */
 int host_config_check_vm(const struct host_vm_config *vm, const char *where, char *err,
 			 size_t errlen);
 /* Validation shared by the file and the command line (min <= mem, sum of min <= budget, ...). */
@@ -121,7 +127,9 @@ int host_config_check(const struct host_config *cfg, char *err, size_t errlen);
  * Resolve every accelerator of cfg to one this machine has (accel_resolve):
  * the host's, then each VM's (AUTO: the host's). An image other than the
  * built-in kvmem guest runs under thread only when asked for by name: it
- * would share the VMM's address space. -EINVAL/-ENODEV with the problem in err.
+ * would share the VMM's address space. A Linux kernel runs only where
+ * accel_linux_check allows (AUTO means kvm for it). -EINVAL/-ENODEV with
+ * the problem in err.
  */
 int host_config_resolve_accel(struct host_config *cfg, char *err, size_t errlen);
 

@@ -1,0 +1,98 @@
+"""Linux guests, as far as they go without booting: `kvmem run --kernel`
+checks the image, its initrd and command line before anything starts (a bad
+one is one line on stderr and status 2), then refuses in one line where the
+kernel cannot run: on thread and on kvm-pvm never, on hardware KVM not yet
+(the boot is not wired into the kvm accelerator). The kernel image is
+Debian's (linux-image-amd64; KVMEM_TEST_KERNEL names another); without one,
+the checks that need it say so and the others run."""
+import glob
+import os
+import shutil
+import struct
+import tempfile
+
+from kvmemtest import ACCEL, check, finish, require_accel, run
+
+require_accel()
+
+
+def find_kernel():
+    env = os.environ.get("KVMEM_TEST_KERNEL")
+    if env:
+        return env if os.access(env, os.R_OK) else None
+    for path in sorted(glob.glob("/boot/vmlinuz-*"), reverse=True):
+        if os.access(path, os.R_OK):
+            return path
+    return None
+
+
+def refused(args, says, what):
+    """kvmem run ARGS ends with status 2 and one stderr line that says `says`."""
+    r = run(["run", "--mem", "512M"] + args, timeout=60)
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    ok = r.returncode == 2 and len(lines) == 1 and any(s in lines[0] for s in says)
+    return check(ok, f"{what}: status 2 and one line saying {' or '.join(says)!r} "
+                     f"(got {r.returncode}: {lines})")
+
+
+tmp = tempfile.mkdtemp(prefix="kvmem-test-linux-")
+try:
+    def scratch(name, data=b"", size=None):
+        path = os.path.join(tmp, name)
+        with open(path, "wb") as f:
+            f.write(data)
+            if size is not None:
+                f.truncate(size)
+        return path
+
+    # Files that are no kernel at all.
+    refused(["--kernel", "/etc/passwd"], ["boot_flag"], "a text file as the kernel")
+    refused(["--kernel", scratch("short", b"\0" * 600)], ["truncated"], "a 600-byte kernel")
+    refused(["--kernel", os.path.join(tmp, "missing")], ["No such file"], "a missing kernel")
+    refused(["--initrd", "/etc/passwd"], ["only with --kernel"], "--initrd without --kernel")
+
+    kernel = find_kernel()
+    if kernel is None:
+        print("SKIP   the checks of a real kernel: no readable /boot/vmlinuz-* (install "
+              "Debian's linux-image-amd64) and no KVMEM_TEST_KERNEL", flush=True)
+    else:
+        print(f"kernel image: {kernel}", flush=True)
+        with open(kernel, "rb") as f:
+            image = bytearray(f.read())
+
+        def broken(name, off, fmt, value):
+            b = bytearray(image)
+            struct.pack_into(fmt, b, off, value)
+            return scratch(name, bytes(b))
+
+        # The real image broken one field at a time: each refused naming it.
+        refused(["--kernel", scratch("trunc", bytes(image[:65536]))], ["syssize"],
+                "the kernel cut at 64 KiB")
+        refused(["--kernel", broken("magic", 0x202, "<I", 0x5a726448)], ["HdrS"],
+                "a kernel without its HdrS signature")
+        refused(["--kernel", broken("old", 0x206, "<H", 0x0206)], ["older than 2.12"],
+                "a kernel of boot protocol 2.06")
+        xlf = struct.unpack_from("<H", image, 0x236)[0]
+        refused(["--kernel", broken("no64", 0x236, "<H", xlf & ~1)], ["XLF_KERNEL_64"],
+                "a kernel without a 64-bit entry")
+        # What does not fit this VM.
+        refused(["--kernel", kernel, "--initrd", scratch("big-initrd", size=600 << 20)],
+                ["initrd"], "an initrd larger than the VM's RAM")
+        refused(["--kernel", kernel, "--cmdline", "a" * 70000], ["cmdline_size"],
+                "a command line longer than the kernel takes")
+        r = run(["run", "--mem", "64M", "--kernel", kernel], timeout=60)
+        check(r.returncode == 2 and "init_size" in r.stderr and len(r.stderr.splitlines()) == 1,
+              f"a VM too small for the kernel: one line naming init_size (got {r.returncode}: "
+              f"{r.stderr.strip()})")
+
+        # A good kernel: refused where it cannot run, in one line.
+        if ACCEL == "thread":
+            says = ["thread accelerator cannot run an unmodified Linux kernel"]
+        else:
+            says = ["kvm-pvm", "not wired yet"]
+        refused(["--kernel", kernel, "--initrd", scratch("initrd", b"\x07" * 4096),
+                 "--cmdline", "console=ttyS0"], says, f"Debian's kernel on {ACCEL}")
+finally:
+    shutil.rmtree(tmp)
+
+finish()

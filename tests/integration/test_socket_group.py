@@ -1,19 +1,15 @@
 """The control socket's group ("socket_group" in the host config): its
-members read stats without control. Throwaway users and a group are made
-for the test (and removed at exit, whatever happens): a member by a
-supplementary group and one by its primary group get `kvmem stat` (JSON and
-OpenMetrics) and are refused every control verb with a clear EPERM on a
-connection that goes on, while the VM runs on; a user outside the group
-cannot connect (the file's mode) and is refused by its credentials when
-let past the mode; root still has every verb. A group nobody has is a
-config error (exit 2)."""
-import atexit
-import grp
+members read stats without control. The clients run with ids no account has
+(setpriv; nothing is added to /etc/passwd or /etc/group, which may be
+read-only, as in the nested VM): a member by a supplementary group and one by
+its primary group get `kvmem stat` (JSON and OpenMetrics) and are refused
+every control verb with a clear EPERM on a connection that goes on, while the
+VM runs on; a user outside the group cannot connect (the file's mode) and is
+refused by its credentials when let past the mode; root still has every
+verb. A group nobody has is a config error (exit 2)."""
 import json
 import os
-import pwd
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -24,48 +20,15 @@ from ctlhelp import (Host, host_config, request, request_as, stats, tmpdir, vm_o
 
 require_accel()
 if os.geteuid() != 0:
-    print("SKIP   not root: the test makes users and a group (useradd, groupadd)", flush=True)
+    print("SKIP   not root: the clients take other users' ids (setpriv)", flush=True)
     sys.exit(77)
 
-# Unique per run: another run (another worktree) may be making its own at the same time.
-tag = str(os.getpid())
-GROUP = f"kvmem-tg{tag}"      # the socket's group
-SUPP = f"kvmem-ts{tag}"       # in GROUP by a supplementary group (its own primary group)
-PRIM = f"kvmem-tp{tag}"       # GROUP is its primary group
-OUTSIDER = f"kvmem-to{tag}"   # in no group of the socket's
-made_users, made_groups = [], []
-
-
-def cleanup():
-    # Users first: a group that is someone's primary group cannot go.
-    for u in reversed(made_users):
-        subprocess.run(["userdel", u], capture_output=True)
-    for g in reversed(made_groups):
-        subprocess.run(["groupdel", g], capture_output=True)
-
-
-atexit.register(cleanup)
-# meson ends a test that overruns with SIGTERM: exit through atexit, not around it.
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-
-
-def sh(args):
-    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
-    if r.returncode:
-        raise RuntimeError(f"{' '.join(args)}: exit {r.returncode}: {r.stderr.strip()}")
-
-
-# Recorded before each is made: a half-made one is removed all the same.
-made_groups.append(GROUP)
-sh(["groupadd", "--system", GROUP])
-for user, opts in ((SUPP, ["--user-group", "--groups", GROUP]),
-                   (PRIM, ["--no-user-group", "--gid", GROUP]),
-                   (OUTSIDER, ["--user-group"])):
-    made_users.append(user)
-    if "--user-group" in opts:
-        made_groups.append(user)
-    sh(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin"] + opts + [user])
-gid = grp.getgrnam(GROUP).gr_gid
+# Ids of no account: the kernel checks numbers, and so does kvmem.
+GROUP = 64123                  # the socket's group
+SUPP = (64124, 64124, [GROUP])  # uid, gid, groups: in GROUP by a supplementary group
+PRIM = (64125, GROUP, [])       # GROUP is its primary group
+OUTSIDER = (64126, 64126, [])   # in no group of the socket's
+gid = GROUP
 
 d = tmpdir()
 # The users must reach the socket, and run kvmem: the build directory may be
@@ -77,22 +40,22 @@ os.chmod(kvmem_copy, 0o755)
 sock = os.path.join(d, "k.sock")
 
 
-def ids(user, primary=None):
-    """setpriv's options for user: with its own groups (initgroups), or with
-    primary as its gid and no supplementary group."""
-    return (["--reuid", user, "--regid", primary, "--clear-groups"] if primary else
-            ["--reuid", user, "--regid", str(pwd.getpwnam(user).pw_gid), "--init-groups"])
+def ids(who):
+    """setpriv's options for who (uid, gid, supplementary groups)."""
+    uid, g, groups = who
+    return ["--reuid", str(uid), "--regid", str(g)] + (
+        ["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"])
 
 
-def as_user(user, args, primary=None):
-    """Run args as user (ids)."""
-    return subprocess.run(["setpriv"] + ids(user, primary) + args, capture_output=True,
+def as_user(who, args):
+    """Run args as who (ids)."""
+    return subprocess.run(["setpriv"] + ids(who) + args, capture_output=True,
                           text=True, timeout=120, cwd=d)
 
 
-def raw(user, *reqs):
-    """Requests on one connection as user, with its own groups (request_as)."""
-    return request_as(ids(user), sock, *reqs)
+def raw(who, *reqs):
+    """Requests on one connection as who (request_as)."""
+    return request_as(ids(who), sock, *reqs)
 
 
 def root_only(reply, verb):
@@ -102,14 +65,14 @@ def root_only(reply, verb):
 
 
 # A group nobody has: a config error, naming the field.
-bad = host_config(d, {"socket": sock, "socket_group": f"kvmem-nosuch{tag}",
+bad = host_config(d, {"socket": sock, "socket_group": f"kvmem-nosuch{os.getpid()}",
                       "vms": [{"name": "a", "mem": "64M"}]})
 r = subprocess.run([KVMEM, "host", "--config", bad], capture_output=True, text=True, timeout=120)
-check(r.returncode == 2 and f'socket_group: no such group "kvmem-nosuch{tag}"' in r.stderr,
+check(r.returncode == 2 and f'socket_group: no such group "kvmem-nosuch{os.getpid()}"' in r.stderr,
       f"an unknown socket_group is refused, exit 2 ({r.returncode}: {r.stderr.strip()})")
 check(not os.path.exists(sock), "... before any socket is made")
 
-cfg = host_config(d, {"socket": sock, "socket_group": GROUP, "vms": [
+cfg = host_config(d, {"socket": sock, "socket_group": str(GROUP), "vms": [
     {"name": "a", "mem": "64M", "append": "kvmem.wl=size=8,then=sleep"}]})
 host = Host(["host", "--config", cfg])
 try:
@@ -124,9 +87,8 @@ try:
           f"{oct(st.st_mode)}, uid {st.st_uid}, gid {st.st_gid}, want gid {gid})")
 
     # Members: kvmem stat as it is, by a supplementary group and by the primary one.
-    for user, primary, how in ((SUPP, None, "a supplementary group"),
-                               (PRIM, GROUP, "its primary group")):
-        r = as_user(user, [kvmem_copy, "stat", "--socket", sock, "--json"], primary)
+    for who, how in ((SUPP, "a supplementary group"), (PRIM, "its primary group")):
+        r = as_user(who, [kvmem_copy, "stat", "--socket", sock, "--json"])
         doc = json.loads(r.stdout) if r.returncode == 0 else {}
         check(r.returncode == 0 and [v["name"] for v in doc.get("vms", [])] == ["a"] and
               "budget_bytes" in doc.get("host", {}),
@@ -147,8 +109,7 @@ try:
           "... and the same connection still serves list")
     # The refusal is the reply: nothing was started, so no wait for the VM is needed.
     check(vm_of(stats(sock), "a")["state"] == "running", "the refused stop did not happen")
-    r = as_user(PRIM, [kvmem_copy, "balloon", "--socket", sock, "--vm", "a", "--target", "32M"],
-                GROUP)
+    r = as_user(PRIM, [kvmem_copy, "balloon", "--socket", sock, "--vm", "a", "--target", "32M"])
     check(r.returncode == 1 and '"balloon" is root-only' in r.stderr and "EPERM" in r.stderr,
           f"kvmem balloon from a member: exit 1, the host's refusal ({r.returncode}: "
           f"{r.stderr.strip()})")

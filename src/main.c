@@ -25,6 +25,7 @@
 #include "core/host/cli.h"
 #include "core/host/cli_balloon.h"
 #include "core/alloc.h"
+#include "core/fault.h"
 #include "core/host/cli_migrate.h"
 #include "core/host/cli_snapshot.h"
 #include "core/host/cli_swap.h"
@@ -58,7 +59,7 @@ static void usage(FILE *f)
 		"       kvmem stat [--socket PATH] [--json] [--watch SECS]\n"
 		"       kvmem balloon --vm NAME (--target SIZE | --auto) [--socket PATH]\n"
 		"       kvmem swap --vm NAME --to SIZE [--socket PATH]\n"
-		"       kvmem --help | --version\n"
+		"       kvmem --help | --version | --fault-points\n"
 		"\n"
 		"run     boot one VM in the foreground, its console on stdout\n"
 		"  -m, --mem SIZE      guest RAM (e.g. 512M, 2G; a bare number is MiB)\n"
@@ -516,9 +517,44 @@ static int cmd_host(int argc, char **argv)
 	return ret;
 }
 
+/*
+ * KVMEM_FAULTS (core/fault.h) is armed before any command runs. A bad spec
+ * is a usage error; a build without fault injection says it ignores one.
+ */
+static int faults_from_env(void)
+{
+	char why[192];
+	int ret = fault_configure(getenv("KVMEM_FAULTS"), why, sizeof(why));
+
+	if (ret == -ENOTSUP)
+		fprintf(stderr, "kvmem: warning: KVMEM_FAULTS is ignored: this kvmem is built "
+				"without fault injection (-Dfault_injection=true)\n");
+	else if (ret)
+		return usage_error("KVMEM_FAULTS: %s", why);
+	return OPT_CONTINUE;
+}
+
+/* Every fault injection point, one a line: name, default errno, what fails. */
+static int print_fault_points(void)
+{
+	if (!fault_enabled()) {
+		fprintf(stderr, "kvmem: built without fault injection (-Dfault_injection=true): "
+				"no fault points\n");
+		return 1;
+	}
+	for (unsigned int i = 0; i < FAULT_NR_POINTS; i++) {
+		struct fault_info fi;
+
+		fault_get((enum fault_point)i, &fi);
+		printf("%-27s %-11s %s\n", fi.name, strerrorname_np(fi.default_err), fi.what);
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	sigset_t set;
+	int ret;
 
 	/* Host signals are read from a signalfd; every thread inherits the block. */
 	sigemptyset(&set);
@@ -539,6 +575,11 @@ int main(int argc, char **argv)
 		printf("kvmem %s\n", KVMEM_VERSION);
 		return 0;
 	}
+	if (!strcmp(argv[1], "--fault-points"))
+		return print_fault_points();
+	ret = faults_from_env();
+	if (ret != OPT_CONTINUE)
+		return ret;
 	if (!strcmp(argv[1], "run"))
 		return cmd_run(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "host"))

@@ -8,25 +8,55 @@
 #include <jemalloc/jemalloc.h>
 #endif
 
-void *kv_zalloc(size_t size)
+/* In parentheses: in a fault injection build the names are also macros (alloc.h). */
+void *(kv_zalloc)(size_t size)
 {
 	return calloc(1, size);
 }
 
-void *kv_calloc(size_t n, size_t size)
+void *(kv_calloc)(size_t n, size_t size)
 {
 	return calloc(n, size);
 }
 
-void *kv_realloc(void *p, size_t size)
+void *(kv_realloc)(void *p, size_t size)
 {
 	return realloc(p, size);
 }
 
-char *kv_strdup(const char *s)
+char *(kv_strdup)(const char *s)
 {
 	return s ? strdup(s) : NULL;
 }
+
+#ifdef KVMEM_FAULT_INJECTION
+/* A hit of point p, where the caller's module has one: true to fail the call. */
+static bool fail(enum fault_point p)
+{
+	return p < FAULT_NR_POINTS && fault_hit(p);
+}
+
+void *kv_zalloc_at(size_t size, enum fault_point p)
+{
+	return fail(p) ? NULL : (kv_zalloc)(size);
+}
+
+void *kv_calloc_at(size_t n, size_t size, enum fault_point p)
+{
+	return fail(p) ? NULL : (kv_calloc)(n, size);
+}
+
+void *kv_realloc_at(void *p, size_t size, enum fault_point fp)
+{
+	return fail(fp) ? NULL : (kv_realloc)(p, size);
+}
+
+char *kv_strdup_at(const char *s, enum fault_point p)
+{
+	/* NULL is no allocation, so no hit: the caller cannot tell it from a failure. */
+	return s && fail(p) ? NULL : (kv_strdup)(s);
+}
+#endif
 
 void kv_free(void *p)
 {

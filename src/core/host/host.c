@@ -586,6 +586,8 @@ int host_create(const struct host_config *cfg, struct host **out)
 				ret = host_fingerprint_register(h);
 			if (!ret)
 				ret = host_groups_register(h);
+			if (!ret)
+				ret = host_faults_register(h);
 		}
 		if (ret)
 			goto out_destroy;

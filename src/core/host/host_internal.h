@@ -176,6 +176,8 @@ const char *host_vm_config_group(const struct host_vm *hv);
 void host_vm_group(struct host *h, struct host_vm *hv, char *name, size_t len, uint64_t *salt);
 void host_groups_add(json_t *groups, const char *group, const struct mem_usage *u);
 int host_groups_register(struct host *h);
+/* The "faults" verb where fault injection is built in (faults.c); 0 without. */
+int host_faults_register(struct host *h);
 /* The "fingerprint" verb, after loading cfg.fingerprint_key (fingerprint.c). */
 int host_fingerprint_register(struct host *h);
 /* Every clone request's progress, for the stats (snapshot.c). */

@@ -43,7 +43,24 @@
 	X(ALLOC_BALLOON, "alloc.balloon", ENOMEM,                                               \
 	  "an allocation of the balloon device and its virtio transport")                       \
 	X(ALLOC_MEM, "alloc.mem", ENOMEM,                                                       \
-	  "an allocation of the rest of src/mem: transactions, swap, userfaultfd service")
+	  "an allocation of the rest of src/mem: transactions, swap, userfaultfd service")      \
+	X(UFFD_WRITEPROTECT, "uffd.writeprotect", EAGAIN,                                      \
+	  "UFFDIO_WRITEPROTECT (protect or lift) fails, nothing done")                          \
+	X(UFFD_WRITEPROTECT_PARTIAL, "uffd.writeprotect.partial", ENOMEM,                      \
+	  "UFFDIO_WRITEPROTECT does the first half of its range, then fails")                   \
+	X(UFFD_COPY, "uffd.copy", ENOMEM, "UFFDIO_COPY fails, nothing copied")                  \
+	X(UFFD_COPY_PARTIAL, "uffd.copy.partial", EAGAIN,                                      \
+	  "UFFDIO_COPY copies the first half of its range and stops (EAGAIN with the count, "  \
+	  "as the kernel does); a one-page copy copies nothing and fails")                     \
+	X(UFFD_ZEROPAGE, "uffd.zeropage", ENOMEM, "UFFDIO_ZEROPAGE fails, nothing mapped")      \
+	X(UFFD_REGISTER, "uffd.register", ENOMEM,                                              \
+	  "UFFDIO_REGISTER of guest RAM after a remap or to change its modes fails")            \
+	X(DEDUP_WINDOW_MMAP, "dedup.window.mmap", ENOMEM,                                      \
+	  "the mapping a dedup window is rebuilt in cannot be made")                            \
+	X(DEDUP_WINDOW_MREMAP, "dedup.window.mremap", ENOMEM,                                  \
+	  "the rebuilt dedup window cannot be moved over the old one")                          \
+	X(DEDUP_FRAME_MMAP, "dedup.frame.mmap", ENOMEM,                                        \
+	  "a page merged on its own cannot be mapped onto its frame")
 
 enum fault_point {
 #define FAULT_ENUM(id, name, err, what) FAULT_##id,

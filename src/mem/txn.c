@@ -34,6 +34,7 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/fault.h"
 #include "core/log.h"
 #include "mem/mem_internal.h"
 #include "mem/memmap.h"
@@ -99,10 +100,18 @@ bool mem_run_ok(const struct gm *gm, uint64_t idx, uint64_t n)
 
 /* --- userfaultfd primitives, on runs of pages --- */
 
+/* Register [hva, hva + len) with gm's userfaultfd after a remap or for new modes. */
+static int register_range(struct gm *gm, void *hva, uint64_t len, uint64_t mode)
+{
+	int inject = FAULT_POINT(UFFD_REGISTER);
+
+	count(&stats.registrations, 1);
+	return inject ?: mem_uffd_register(gm, hva, len, mode);
+}
+
 static int run_register(struct gm *gm, uint64_t idx, uint64_t n, uint64_t mode)
 {
-	count(&stats.registrations, 1);
-	return mem_uffd_register(gm, mem_page_hva(gm, idx), n * MEM_PAGE_SIZE, mode);
+	return register_range(gm, mem_page_hva(gm, idx), n * MEM_PAGE_SIZE, mode);
 }
 
 static int run_unregister(struct gm *gm, uint64_t idx, uint64_t n)
@@ -120,11 +129,60 @@ static int run_protect(struct gm *gm, uint64_t idx, uint64_t n, bool on)
 		.range = { (uint64_t)(uintptr_t)mem_page_hva(gm, idx), n * MEM_PAGE_SIZE },
 		.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
 	};
+	int inject;
 
 	if (gm->uffd < 0)
 		return -ENOSYS;
 	count(&stats.protects, 1);
+	inject = FAULT_POINT(UFFD_WRITEPROTECT);
+	if (inject)
+		return inject;
+	inject = FAULT_POINT(UFFD_WRITEPROTECT_PARTIAL);
+	if (inject) {
+		/* How the kernel fails part way: a prefix of the run done, then the error. */
+		w.range.len = n / 2 * MEM_PAGE_SIZE;
+		if (w.range.len)
+			ioctl(gm->uffd, UFFDIO_WRITEPROTECT, &w);
+		return inject;
+	}
 	return ioctl(gm->uffd, UFFDIO_WRITEPROTECT, &w) < 0 ? -errno : 0;
+}
+
+/*
+ * UFFDIO_COPY as c says: 0, or -errno with c->copy as the kernel leaves it
+ * (bytes copied before it stopped with -EAGAIN, else the -errno).
+ */
+static int uffd_copy(const struct gm *gm, struct uffdio_copy *c)
+{
+	int inject = FAULT_POINT(UFFD_COPY);
+
+	if (!inject && (inject = FAULT_POINT(UFFD_COPY_PARTIAL))) {
+		/* The kernel's partial copy: a prefix copied, then EAGAIN with its length. */
+		struct uffdio_copy half = *c;
+
+		half.len = c->len / 2 / MEM_PAGE_SIZE * MEM_PAGE_SIZE;
+		if (half.len && ioctl(gm->uffd, UFFDIO_COPY, &half) == 0) {
+			c->copy = (int64_t)half.len;
+			return -EAGAIN;
+		}
+	}
+	if (inject) {
+		c->copy = inject;
+		return inject;
+	}
+	return ioctl(gm->uffd, UFFDIO_COPY, c) < 0 ? -errno : 0;
+}
+
+/* UFFDIO_ZEROPAGE as z says: 0, or -errno with z->zeropage as the kernel leaves it. */
+static int uffd_zeropage(const struct gm *gm, struct uffdio_zeropage *z)
+{
+	int inject = FAULT_POINT(UFFD_ZEROPAGE);
+
+	if (inject) {
+		z->zeropage = inject;
+		return inject;
+	}
+	return ioctl(gm->uffd, UFFDIO_ZEROPAGE, z) < 0 ? -errno : 0;
 }
 
 /*
@@ -407,6 +465,7 @@ static int remap_anon(struct gm *gm, uint64_t idx, uint64_t n)
 	void *hva = mem_page_hva(gm, idx);
 	void *p = mmap(hva, n * MEM_PAGE_SIZE, gm->prot,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+	int ret;
 
 	count(&stats.remaps, 1);
 	if (p == MAP_FAILED)
@@ -419,8 +478,10 @@ static int remap_anon(struct gm *gm, uint64_t idx, uint64_t n)
 	 * write is lost; one that fails only leaves them unprotectable until a
 	 * claim registers them.
 	 */
-	if (gm->uffd >= 0 && run_track(gm, idx, n))
-		log_warn_ratelimited("registering %llu remapped pages: %m", (unsigned long long)n);
+	ret = gm->uffd >= 0 ? run_track(gm, idx, n) : 0;
+	if (ret)
+		log_warn_ratelimited("registering %llu remapped pages: %s", (unsigned long long)n,
+				     strerror(-ret));
 	return 0;
 }
 
@@ -437,14 +498,16 @@ static int map_zero_pages(const struct gm *gm, uint8_t *hva, uint64_t len)
 			.mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE,
 		};
 
-		if (ioctl(gm->uffd, UFFDIO_ZEROPAGE, &z) == 0)
+		int ret = uffd_zeropage(gm, &z);
+
+		if (!ret)
 			return 0;
-		if (errno == EAGAIN && z.zeropage > 0)
+		if (ret == -EAGAIN && z.zeropage > 0)
 			off += (uint64_t)z.zeropage; /* stopped part way: the kernel says how far */
-		else if (errno == EEXIST)
+		else if (ret == -EEXIST)
 			off += MEM_PAGE_SIZE; /* the page at off, populated since it was dropped */
 		else
-			return -errno;
+			return ret;
 	}
 	return 0;
 }
@@ -483,12 +546,14 @@ static int drop_run(struct gm *gm, uint64_t idx, uint64_t n)
 
 static int map_frame(struct gm *gm, uint64_t idx, int fd, uint64_t off)
 {
-	void *p = mmap(mem_page_hva(gm, idx), MEM_PAGE_SIZE, gm->prot, MAP_PRIVATE | MAP_FIXED, fd,
-		       (off_t)off);
+	int inject = FAULT_POINT(DEDUP_FRAME_MMAP);
+	void *p = inject ? MAP_FAILED
+			 : mmap(mem_page_hva(gm, idx), MEM_PAGE_SIZE, gm->prot,
+				MAP_PRIVATE | MAP_FIXED, fd, (off_t)off);
 
 	count(&stats.remaps, 1);
 	if (p == MAP_FAILED)
-		return -errno;
+		return inject ?: -errno;
 	mem_set_frame_mapped(gm, idx, true);
 	return 0;
 }
@@ -722,13 +787,15 @@ static int fill_run(const struct gm *gm, uint8_t *s, const uint8_t *old, uint64_
 			.len = len,
 		};
 
-		if (ioctl(gm->uffd, UFFDIO_COPY, &c) == 0) {
+		int ret = uffd_copy(gm, &c);
+
+		if (!ret) {
 			off += len;
 			continue;
 		}
 		/* Interrupted part way (EAGAIN): the kernel says how far it got. */
-		if (errno != EAGAIN || c.copy <= 0)
-			return -errno;
+		if (ret != -EAGAIN || c.copy <= 0)
+			return ret;
 		off += (uint64_t)c.copy;
 	}
 	return 0;
@@ -798,14 +865,14 @@ int mem_txn_end_window(struct mem_txn *t, int fd, uint64_t off, const uint8_t *k
 				memcpy(saved + k++ * MEM_PAGE_SIZE, old + i * MEM_PAGE_SIZE,
 				       MEM_PAGE_SIZE);
 	}
-	s = mmap(NULL, n * MEM_PAGE_SIZE, gm->prot, MAP_PRIVATE, fd, (off_t)off);
+	ret = FAULT_POINT(DEDUP_WINDOW_MMAP);
+	s = ret ? MAP_FAILED : mmap(NULL, n * MEM_PAGE_SIZE, gm->prot, MAP_PRIVATE, fd, (off_t)off);
 	if (s == MAP_FAILED) {
-		ret = -errno;
+		ret = ret ?: -errno;
 		goto out_abort;
 	}
 	madvise(s, n * MEM_PAGE_SIZE, MADV_NOHUGEPAGE);
-	count(&stats.registrations, 1);
-	ret = mem_uffd_register(gm, s, n * MEM_PAGE_SIZE, UFFDIO_REGISTER_MODE_WP);
+	ret = register_range(gm, s, n * MEM_PAGE_SIZE, UFFDIO_REGISTER_MODE_WP);
 	for (uint64_t i = 0, j; i < n && !ret; i = j) {
 		for (j = i + 1; j < n && kind[j] == kind[i]; j++)
 			;
@@ -813,10 +880,12 @@ int mem_txn_end_window(struct mem_txn *t, int fd, uint64_t off, const uint8_t *k
 	}
 	if (ret)
 		goto out_unmap;
-	p = mremap(s, n * MEM_PAGE_SIZE, n * MEM_PAGE_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, old);
+	ret = FAULT_POINT(DEDUP_WINDOW_MREMAP);
+	p = ret ? MAP_FAILED
+		: mremap(s, n * MEM_PAGE_SIZE, n * MEM_PAGE_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, old);
 	count(&stats.remaps, 1);
 	if (p == MAP_FAILED) {
-		ret = -errno;
+		ret = ret ?: -errno;
 		goto out_unmap;
 	}
 	for (uint64_t i = 0; i < n; i++) {
@@ -828,8 +897,9 @@ int mem_txn_end_window(struct mem_txn *t, int fd, uint64_t off, const uint8_t *k
 	 * (and, without MISSING faults, that a touched zero page would read the
 	 * store and make a page there).
 	 */
-	if (run_track(gm, idx, n))
-		log_warn_ratelimited("registering a remapped window: %m");
+	ret = run_track(gm, idx, n);
+	if (ret)
+		log_warn_ratelimited("registering a remapped window: %s", strerror(-ret));
 	run_rearm(gm, idx, n);
 	if (any_tracked(gm, idx, n)) {
 		uint64_t pm[MEM_TXN_MAX];
@@ -1388,12 +1458,12 @@ static int copy_page(const struct gm *gm, uint8_t *dst, const uint8_t *src, bool
 		.len = MEM_PAGE_SIZE,
 		.mode = UFFDIO_COPY_MODE_DONTWAKE | (wp ? UFFDIO_COPY_MODE_WP : 0),
 	};
-	int tries = 0;
+	int tries = 0, ret;
 
 	/* EAGAIN: the address space was changing (a remap elsewhere): try again. */
-	while (ioctl(gm->uffd, UFFDIO_COPY, &c) < 0) {
-		if (errno != EAGAIN || ++tries == 16)
-			return -errno;
+	while ((ret = uffd_copy(gm, &c))) {
+		if (ret != -EAGAIN || ++tries == 16)
+			return ret;
 	}
 	return 0;
 }
@@ -1445,9 +1515,11 @@ static int copy_pages(const struct gm *gm, uint8_t *page, const uint8_t *buf, ui
 			.mode = UFFDIO_COPY_MODE_DONTWAKE | (wp ? UFFDIO_COPY_MODE_WP : 0),
 		};
 
-		if (ioctl(gm->uffd, UFFDIO_COPY, &c) == 0)
+		int err = uffd_copy(gm, &c);
+
+		if (!err)
 			done = n * MEM_PAGE_SIZE;
-		else if (errno == EAGAIN && c.copy > 0)
+		else if (err == -EAGAIN && c.copy > 0)
 			done += (uint64_t)c.copy; /* interrupted part way: the kernel says how far */
 		else
 			break;

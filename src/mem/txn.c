@@ -453,6 +453,7 @@ int64_t mem_txn_claim(struct mem_txn *t, struct gm *gm, uint64_t idx, uint64_t n
 	return i;
 
 out_abort:
+	count(&stats.claim_errors, 1);
 	abort_all(t);
 	return ret;
 }
@@ -1670,16 +1671,23 @@ enum mem_fault mem_swap_in_done(struct gm *gm, uint64_t idx, uint64_t n, void *p
 	void *arg, *vm;
 	const struct mem_swap_hooks *sw = slot_hooks(gm, slot, &arg, &vm);
 	unsigned int bucket = 0;
+	bool was_read = !ret;
 
 	ret = copy_back(gm, idx, n, page, buf, ret, &copied);
-	if (ret == -ENOENT) {
+	if (ret == -ENOENT || (was_read && (ret == -ENOMEM || ret == -EAGAIN))) {
 		/*
-		 * The touched page's mapping is not registered at this instant
-		 * (replaced, not registered again yet): the woken access faults
-		 * again, on the new mapping.
+		 * Read, but not put in: the touched page's mapping is not
+		 * registered at this instant (ENOENT: replaced, not registered
+		 * again yet), or the kernel had no page to copy it into or its
+		 * address space kept changing. The content is still in its slot,
+		 * so the page stays swapped and the woken access faults again and
+		 * reads it anew: a page that could not be copied is not a page
+		 * that cannot be read, and the VM must not stop for it.
 		 */
-		log_warn_ratelimited("copying swapped page %llu in: its mapping is being replaced: "
-				     "retried on the next touch", (unsigned long long)idx);
+		count(&stats.fault_retries, 1);
+		log_warn_ratelimited("copying swapped page %llu in: %s: retried on the next touch",
+				     (unsigned long long)idx,
+				     ret == -ENOENT ? "its mapping is being replaced" : strerror(-ret));
 		pagestate_set(gm->ps, idx, PS_SWAPPED);
 		run_wake(gm, idx, n);
 		return MEM_FAULT_STALE;
@@ -1727,7 +1735,7 @@ int64_t mem_image_fetch(struct gm *gm, uint64_t idx, uint64_t n)
 	const struct mem_swap_hooks *img = __atomic_load_n(&gm->image, __ATOMIC_ACQUIRE);
 	uint64_t got = 0, copied;
 	char why[192];
-	int ret;
+	int ret, read_err;
 
 	if (!img || n > MEM_SWAP_READAHEAD || !mem_run_ok(gm, idx, n))
 		return -EINVAL;
@@ -1749,11 +1757,17 @@ int64_t mem_image_fetch(struct gm *gm, uint64_t idx, uint64_t n)
 	if (!got)
 		return 0;
 	ret = img->read(gm->image_arg, MEM_SLOT_IMAGE | idx, got, buf);
+	read_err = ret;
 	ret = copy_back(gm, idx, got, mem_page_hva(gm, idx), buf, ret, &copied);
 	if (ret) {
-		/* Not copied: swapped still, and a touch fetches it (or stops the VM) itself. */
+		/*
+		 * Not copied: swapped still, and a touch fetches it (or stops the
+		 * VM) itself. Only a page that could not be read stops it here: one
+		 * read but not put in (no memory for it, a mapping being replaced)
+		 * is still in the file.
+		 */
 		pagestate_set(gm->ps, idx, PS_SWAPPED);
-		if (!copied && ret != -ENOENT && ret != -EEXIST) {
+		if (!copied && read_err && ret != -ENOENT && ret != -EEXIST) {
 			why_unreadable(why, sizeof(why), idx, MEM_SLOT_IMAGE | idx, ret);
 			img->fatal(gm->image_arg, why);
 		}
@@ -1816,7 +1830,7 @@ static enum mem_fault fault_missing(struct gm *gm, uint64_t idx, void *page)
 {
 	enum ps_state st = take(gm, idx);
 	enum mem_fault what = MEM_FAULT_STALE;
-	int ret;
+	int ret = 0;
 
 	if (st == PS_BUSY)
 		return MEM_FAULT_OWNER;
@@ -1836,6 +1850,9 @@ static enum mem_fault fault_missing(struct gm *gm, uint64_t idx, void *page)
 		if (ret == 1)
 			st = PS_ANON;
 	}
+	/* Not filled (no memory for a page): the hole stays, and the access faults again. */
+	if (ret < 0 && ret != -EEXIST)
+		count(&stats.fault_retries, 1);
 	run_rearm(gm, idx, 1);
 	pagestate_set(gm->ps, idx, st);
 	run_wake(gm, idx, 1);

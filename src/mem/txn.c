@@ -1260,8 +1260,19 @@ int mem_chunks_set_missing(struct gm *gm, uint64_t idx, uint64_t n, bool on)
 			len = mem_nr_pages(gm) - start;
 		if (on) {
 			/* Adding a mode keeps every page's protection: no claim needed. */
-			__atomic_fetch_or(&gm->chunk_mode[c], MEM_CHUNK_MISSING, __ATOMIC_ACQ_REL);
+			uint8_t was = __atomic_fetch_or(&gm->chunk_mode[c], MEM_CHUNK_MISSING,
+							__ATOMIC_ACQ_REL);
+
 			ret = run_track(gm, start, len);
+			/*
+			 * Not registered: the chunk must not say it is, or the next
+			 * swap-out there, seeing the mode, would drop pages that a touch
+			 * then reads as zeros instead of faulting. A part registered
+			 * already costs only faults on holes, which read zeros anyway.
+			 */
+			if (ret && !(was & MEM_CHUNK_MISSING))
+				__atomic_fetch_and(&gm->chunk_mode[c], (uint8_t)~MEM_CHUNK_MISSING,
+						   __ATOMIC_ACQ_REL);
 			continue;
 		}
 		/*

@@ -60,7 +60,13 @@
 	X(DEDUP_WINDOW_MREMAP, "dedup.window.mremap", ENOMEM,                                  \
 	  "the rebuilt dedup window cannot be moved over the old one")                          \
 	X(DEDUP_FRAME_MMAP, "dedup.frame.mmap", ENOMEM,                                        \
-	  "a page merged on its own cannot be mapped onto its frame")
+	  "a page merged on its own cannot be mapped onto its frame")                           \
+	X(CONSOLE_LOG_WRITE, "console.log.write", ENOSPC,                                      \
+	  "a write to a VM's console log file fails (a full disk)")                             \
+	X(SWAP_FILE_READ, "swap.file.read", EIO,                                               \
+	  "a read of the swap file fails: io_uring, the thread engine or a direct pread")       \
+	X(SWAP_FILE_WRITE, "swap.file.write", EIO,                                             \
+	  "a write of the swap file fails: io_uring or the thread engine")
 
 enum fault_point {
 #define FAULT_ENUM(id, name, err, what) FAULT_##id,

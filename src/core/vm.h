@@ -103,6 +103,7 @@ struct console_stats {
 	uint64_t written_lines;	/* written out by it */
 	uint64_t dropped_lines;	/* did not fit while the output was slow or stalled */
 	uint64_t dropped_bytes;
+	uint64_t log_lost_lines;	/* written out, but the log file did not take them */
 };
 void vm_console_stats(struct vm *vm, struct console_stats *out);
 

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/fault.h"
 #include "core/log.h"
 #include "mem/mem_internal.h"
 #include "mem/memmap.h"
@@ -631,6 +632,7 @@ static int hook_read(void *arg, uint64_t slot, uint64_t n, void *buf)
 {
 	struct mem_swap *sw = arg;
 	ssize_t got;
+	int inject;
 
 	if (slot & POOL_BIT) {
 		int len;
@@ -649,8 +651,10 @@ static int hook_read(void *arg, uint64_t slot, uint64_t n, void *buf)
 	}
 	if (slot >= sw->nr_slots || n > sw->nr_slots - slot)
 		return -EINVAL;
+	inject = FAULT_POINT(SWAP_FILE_READ);
 	do
-		got = pread(sw->fd, buf, n * MEM_PAGE_SIZE, (off_t)(slot * MEM_PAGE_SIZE));
+		got = inject ? (errno = -inject, -1)
+			     : pread(sw->fd, buf, n * MEM_PAGE_SIZE, (off_t)(slot * MEM_PAGE_SIZE));
 	while (got < 0 && errno == EINTR);
 	if (got != (ssize_t)(n * MEM_PAGE_SIZE)) {
 		count(&sw->st.read_errors, 1);

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/fault.h"
 #include "core/thread.h"
 
 /* The thread engine: two workers, so that a read is not queued behind a slow write. */
@@ -41,6 +42,12 @@ struct swapio {
 	unsigned int depth;
 	unsigned int inflight;		/* the user's: submitted, not reaped */
 	struct io_uring ring;		/* SWAPIO_URING */
+	/*
+	 * SWAPIO_URING with fault injection: completions of I/Os failed at
+	 * submit (swap.file.read, swap.file.write), reaped before the ring's.
+	 */
+	struct swapio_done *made;	/* depth of them */
+	unsigned int nr_made;
 	/* SWAPIO_THREADS */
 	pthread_mutex_t lock;
 	pthread_cond_t work, done_cv;
@@ -91,6 +98,7 @@ static void *worker(void *arg)
 		struct tio *r;
 		unsigned int i;
 		ssize_t got;
+		int inject;
 
 		while (!io->stop && !io->todo.n)
 			pthread_cond_wait(&io->work, &io->lock);
@@ -99,9 +107,11 @@ static void *worker(void *arg)
 		i = iq_pop(&io->todo, io->depth);
 		r = &io->reqs[i];
 		pthread_mutex_unlock(&io->lock);
+		inject = r->write ? FAULT_POINT(SWAP_FILE_WRITE) : FAULT_POINT(SWAP_FILE_READ);
 		do
-			got = r->write ? pwrite(r->fd, r->buf, r->len, (off_t)r->off)
-				       : pread(r->fd, r->buf, r->len, (off_t)r->off);
+			got = inject	 ? (errno = -inject, -1)
+			      : r->write ? pwrite(r->fd, r->buf, r->len, (off_t)r->off)
+					 : pread(r->fd, r->buf, r->len, (off_t)r->off);
 		while (got < 0 && errno == EINTR);
 		r->res = got < 0 ? -errno : got;
 		pthread_mutex_lock(&io->lock);
@@ -155,6 +165,7 @@ static void free_io(struct swapio *io)
 	kv_free(io->free.at);
 	kv_free(io->todo.at);
 	kv_free(io->done.at);
+	kv_free(io->made);
 	if (io->efd >= 0)
 		close(io->efd);
 	kv_free(io);
@@ -181,6 +192,8 @@ int swapio_open(enum swapio_engine want, unsigned int depth, struct swapio **out
 		ret = io_uring_queue_init(depth, &io->ring, 0);
 		if (!ret) {
 			ret = io_uring_register_eventfd(&io->ring, io->efd);
+			if (!ret && fault_enabled() && !(io->made = kv_calloc(depth, sizeof(*io->made))))
+				ret = -ENOMEM;
 			if (!ret) {
 				io->engine = SWAPIO_URING;
 				*out = io;
@@ -269,7 +282,17 @@ int swapio_submit(struct swapio *io, bool write, int fd, void *buf, size_t len, 
 	if (io->inflight >= io->depth)
 		return -EBUSY;
 	if (io->engine == SWAPIO_URING) {
-		struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
+		int inject = write ? FAULT_POINT(SWAP_FILE_WRITE) : FAULT_POINT(SWAP_FILE_READ);
+		struct io_uring_sqe *sqe;
+
+		if (inject) {
+			/* Failed without reaching the file; its completion comes at the next reap. */
+			io->made[io->nr_made++] = (struct swapio_done){ tag, inject };
+			io->inflight++;
+			signal_efd(io->efd);
+			return 0;
+		}
+		sqe = io_uring_get_sqe(&io->ring);
 
 		if (!sqe)
 			return -EBUSY; /* depth entries queued, not all submitted yet */
@@ -308,8 +331,13 @@ static unsigned int reap_uring(struct swapio *io, struct swapio_done *out, unsig
 	unsigned int n = 0;
 	struct io_uring_cqe *cqe;
 
+	/* Failed at submit: nothing to wait for. */
+	while (n < max && io->nr_made) {
+		out[n++] = io->made[--io->nr_made];
+		io->inflight--;
+	}
 	/* Entries the kernel refused before: a waiter waits for them to go first. */
-	while (!flush_uring(io) && wait && !io_uring_cq_ready(&io->ring))
+	while (!flush_uring(io) && wait && !n && !io_uring_cq_ready(&io->ring))
 		usleep(1000);
 
 	while (n < max) {
@@ -328,7 +356,7 @@ static unsigned int reap_uring(struct swapio *io, struct swapio_done *out, unsig
 		n++;
 	}
 	/* Left for the next call: the eventfd was cleared for them. */
-	if (io_uring_cq_ready(&io->ring))
+	if (io_uring_cq_ready(&io->ring) || io->nr_made)
 		signal_efd(io->efd);
 	return n;
 }

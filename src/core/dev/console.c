@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/fault.h"
 #include "core/thread.h"
 #include "core/vm_internal.h"
 
@@ -90,8 +91,11 @@ static void emit_line(struct console *con)
 	con->len = 0;
 }
 
-/* Write one line to the output and the log file. Writer thread, no lock held. */
-static void write_line(struct console *con, const char *line, size_t len)
+/*
+ * Write one line to the output and the log file. Writer thread, no lock
+ * held. False when the log file did not take the line.
+ */
+static bool write_line(struct console *con, const char *line, size_t len)
 {
 	struct iovec iov[2] = { { con->prefix, strlen(con->prefix) }, { (void *)line, len } };
 
@@ -103,7 +107,8 @@ static void write_line(struct console *con, const char *line, size_t len)
 	}
 	/* A full disk loses log lines, never the guest: say so when it starts and ends. */
 	if (con->log_fd >= 0) {
-		ssize_t put = write(con->log_fd, line, len);
+		int inject = FAULT_POINT(CONSOLE_LOG_WRITE);
+		ssize_t put = inject ? (errno = -inject, -1) : write(con->log_fd, line, len);
 		bool ok = put == (ssize_t)len;
 
 		/* Rate-limited too: a disk at the edge of full may flip at every line. */
@@ -115,7 +120,9 @@ static void write_line(struct console *con, const char *line, size_t len)
 		else if (ok && con->log_failing)
 			log_debug("%s: console log: writing again", con->vm->name);
 		con->log_failing = !ok;
+		return ok;
 	}
+	return true;
 }
 
 static void *writer_main(void *arg)
@@ -126,6 +133,7 @@ static void *writer_main(void *arg)
 	pthread_mutex_lock(&con->lock);
 	for (;;) {
 		uint16_t n;
+		bool logged;
 
 		while (con->head == con->tail && !con->closing)
 			pthread_cond_wait(&con->cond, &con->lock);
@@ -134,9 +142,10 @@ static void *writer_main(void *arg)
 		ring_get(con, &n, sizeof(n));
 		ring_get(con, line, n);
 		pthread_mutex_unlock(&con->lock);
-		write_line(con, line, n);
+		logged = write_line(con, line, n);
 		pthread_mutex_lock(&con->lock);
 		con->st.written_lines++;
+		con->st.log_lost_lines += !logged;
 	}
 	pthread_mutex_unlock(&con->lock);
 	return NULL;

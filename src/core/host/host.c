@@ -1479,11 +1479,12 @@ json_t *host_stats_json(struct host *h)
 
 			vm_console_stats(hv->vm, &cs);
 			json_object_set_new(vo, "console",
-					    json_pack("{s:I, s:I, s:I, s:I}",
+					    json_pack("{s:I, s:I, s:I, s:I, s:I}",
 						      "queued_lines", (json_int_t)cs.queued_lines,
 						      "written_lines", (json_int_t)cs.written_lines,
 						      "dropped_lines", (json_int_t)cs.dropped_lines,
-						      "dropped_bytes", (json_int_t)cs.dropped_bytes));
+						      "dropped_bytes", (json_int_t)cs.dropped_bytes,
+						      "log_lost_lines", (json_int_t)cs.log_lost_lines));
 		}
 		if (hv->balloon) {
 			json_t *bo = balloon_stats_json(&bs);

@@ -66,7 +66,11 @@
 	X(SWAP_FILE_READ, "swap.file.read", EIO,                                               \
 	  "a read of the swap file fails: io_uring, the thread engine or a direct pread")       \
 	X(SWAP_FILE_WRITE, "swap.file.write", EIO,                                             \
-	  "a write of the swap file fails: io_uring or the thread engine")
+	  "a write of the swap file fails: io_uring or the thread engine")                      \
+	X(MIGRATE_SEND, "migrate.send", ECONNRESET,                                            \
+	  "a send on a migration socket fails (the peer reset the connection)")                 \
+	X(MIGRATE_RECV, "migrate.recv", ECONNRESET,                                            \
+	  "a receive on a migration socket fails (the peer reset the connection)")
 
 enum fault_point {
 #define FAULT_ENUM(id, name, err, what) FAULT_##id,

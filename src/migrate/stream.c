@@ -17,6 +17,7 @@
 #include <xxhash.h>
 
 #include "core/clock.h"
+#include "core/fault.h"
 
 #define MIG_IOV_MAX 16		/* gathered pieces of one record, header included */
 #define MIG_PACE_SLICE_NS 100000000ULL	/* a paced writer looks at its rate this often */
@@ -229,8 +230,9 @@ static int write_iov(struct mig_stream *s, struct iovec *iov, int iovcnt)
 			return ret;
 		if (s->is_socket) {
 			struct msghdr m = { .msg_iov = iov, .msg_iovlen = (size_t)iovcnt };
+			int inject = FAULT_POINT(MIGRATE_SEND);
 
-			n = sendmsg(s->fd, &m, MSG_NOSIGNAL);
+			n = inject ? (errno = -inject, -1) : sendmsg(s->fd, &m, MSG_NOSIGNAL);
 		} else {
 			n = writev(s->fd, iov, iovcnt);
 		}
@@ -267,11 +269,12 @@ static int read_bytes(struct mig_stream *s, void *p, size_t len, bool at_boundar
 
 	while (got < len) {
 		ssize_t n;
-		int ret = wait_fd(s, POLLIN, deadline);
+		int ret = wait_fd(s, POLLIN, deadline), inject;
 
 		if (ret)
 			return ret;
-		n = read(s->fd, (uint8_t *)p + got, len - got);
+		inject = s->is_socket ? FAULT_POINT(MIGRATE_RECV) : 0;
+		n = inject ? (errno = -inject, -1) : read(s->fd, (uint8_t *)p + got, len - got);
 		if (n < 0) {
 			if (errno == EINTR || errno == EAGAIN)
 				continue;

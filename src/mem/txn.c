@@ -100,13 +100,26 @@ bool mem_run_ok(const struct gm *gm, uint64_t idx, uint64_t n)
 
 /* --- userfaultfd primitives, on runs of pages --- */
 
+/*
+ * A userfaultfd call on guest RAM returned ret (progress: it did part of
+ * its range first). Counted when it failed for a reason the callers do not
+ * expect: not ENOENT (a range a remap left unregistered: registered and
+ * retried), not EEXIST (a page populated meanwhile), not a stop part way.
+ */
+static int uffd_result(int ret, bool progress)
+{
+	if (ret && ret != -ENOENT && ret != -EEXIST && !(ret == -EAGAIN && progress))
+		count(&stats.uffd_errors, 1);
+	return ret;
+}
+
 /* Register [hva, hva + len) with gm's userfaultfd after a remap or for new modes. */
 static int register_range(struct gm *gm, void *hva, uint64_t len, uint64_t mode)
 {
 	int inject = FAULT_POINT(UFFD_REGISTER);
 
 	count(&stats.registrations, 1);
-	return inject ?: mem_uffd_register(gm, hva, len, mode);
+	return uffd_result(inject ?: mem_uffd_register(gm, hva, len, mode), false);
 }
 
 static int run_register(struct gm *gm, uint64_t idx, uint64_t n, uint64_t mode)
@@ -136,16 +149,16 @@ static int run_protect(struct gm *gm, uint64_t idx, uint64_t n, bool on)
 	count(&stats.protects, 1);
 	inject = FAULT_POINT(UFFD_WRITEPROTECT);
 	if (inject)
-		return inject;
+		return uffd_result(inject, false);
 	inject = FAULT_POINT(UFFD_WRITEPROTECT_PARTIAL);
 	if (inject) {
 		/* How the kernel fails part way: a prefix of the run done, then the error. */
 		w.range.len = n / 2 * MEM_PAGE_SIZE;
 		if (w.range.len)
 			ioctl(gm->uffd, UFFDIO_WRITEPROTECT, &w);
-		return inject;
+		return uffd_result(inject, false);
 	}
-	return ioctl(gm->uffd, UFFDIO_WRITEPROTECT, &w) < 0 ? -errno : 0;
+	return uffd_result(ioctl(gm->uffd, UFFDIO_WRITEPROTECT, &w) < 0 ? -errno : 0, false);
 }
 
 /*
@@ -168,9 +181,9 @@ static int uffd_copy(const struct gm *gm, struct uffdio_copy *c)
 	}
 	if (inject) {
 		c->copy = inject;
-		return inject;
+		return uffd_result(inject, false);
 	}
-	return ioctl(gm->uffd, UFFDIO_COPY, c) < 0 ? -errno : 0;
+	return uffd_result(ioctl(gm->uffd, UFFDIO_COPY, c) < 0 ? -errno : 0, c->copy > 0);
 }
 
 /* UFFDIO_ZEROPAGE as z says: 0, or -errno with z->zeropage as the kernel leaves it. */
@@ -180,9 +193,9 @@ static int uffd_zeropage(const struct gm *gm, struct uffdio_zeropage *z)
 
 	if (inject) {
 		z->zeropage = inject;
-		return inject;
+		return uffd_result(inject, false);
 	}
-	return ioctl(gm->uffd, UFFDIO_ZEROPAGE, z) < 0 ? -errno : 0;
+	return uffd_result(ioctl(gm->uffd, UFFDIO_ZEROPAGE, z) < 0 ? -errno : 0, z->zeropage > 0);
 }
 
 /*

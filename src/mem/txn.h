@@ -228,6 +228,7 @@ struct mem_txn_stats {
 	uint64_t remaps;	 /* mmap/mremap over guest RAM: mmap_lock held for write */
 	uint64_t stray_faults;	 /* writes to a page protected for no reason: released, counted */
 	uint64_t protects;	 /* UFFDIO_WRITEPROTECT calls, protecting or lifting */
+	uint64_t uffd_errors;	 /* userfaultfd calls that failed where they should not have */
 	uint64_t claim_errors;	 /* claims undone: the run could not be protected or read */
 	uint64_t fault_retries;	 /* faults left to fault again: their page could not be put in */
 };

@@ -1556,7 +1556,7 @@ json_t *host_stats_json(struct host *h)
 		json_object_set_new(commits, commit_names[c], json_integer((json_int_t)ts.commits[c]));
 	out = json_pack("{s:{s:I, s:I, s:I, s:I, s:s, s:o, s:s, s:o, s:I, s:b, s:I, s:o, s:o, s:o, s:I, s:s,"
 			 " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I},"
-			 " s:{s:I, s:I, s:o, s:I, s:I, s:I, s:I, s:I, s:I}}, s:o, s:o}",
+			 " s:{s:I, s:I, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I}}, s:o, s:o}",
 			 "host",
 			 "budget_bytes", (json_int_t)hs.budget_bytes,
 			 "used_bytes", (json_int_t)hs.used_bytes,
@@ -1584,6 +1584,7 @@ json_t *host_stats_json(struct host *h)
 			 "commits", commits, "failed", (json_int_t)ts.failed,
 			 "registrations", (json_int_t)ts.registrations,
 			 "remaps", (json_int_t)ts.remaps, "stray_faults", (json_int_t)ts.stray_faults,
+			 "uffd_errors", (json_int_t)ts.uffd_errors,
 			 "claim_errors", (json_int_t)ts.claim_errors,
 			 "fault_retries", (json_int_t)ts.fault_retries,
 			 "vms", vms, "migrated", migrations);

@@ -66,7 +66,7 @@ struct dedup_stats {
 	uint64_t windows;	 /* 2 MiB windows remapped whole onto a store extent, cumulative */
 	uint64_t window_aborts;	 /* window remaps given up (a page was unpopulated or a call failed) */
 	uint64_t map_refused;	 /* merges refused: vm.max_map_count could not be raised */
-	uint64_t errors;	 /* failed host calls (protect, map, copy) */
+	uint64_t errors;	 /* failed host calls (protect, map, copy) and allocations */
 	uint64_t store_bytes;	 /* memory the frame store holds now */
 	uint64_t ram_vmas;	 /* host mappings over guest RAM: last count + 2 per merge since */
 	uint64_t vma_bytes;	 /* kernel memory per mapping (vm_area_struct and friends) */

@@ -331,6 +331,8 @@ static int merge_pair(struct dedup *d, struct dedup_vm *u, uint64_t ui, struct d
 		ret = -ESTALE;
 	} else {
 		ret = place_frame(d, u, ui, v, idx, &slot);
+		if (ret)
+			d->st.errors++; /* the store could not grow */
 		/* u's page is write-protected: its content is final. */
 		if (!ret) {
 			fr = new_frame(d, u->gm, ui, slot, hash);
@@ -386,7 +388,11 @@ static void stable_page(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint6
 	if (merge_stable(d, v, idx, hash) != -ENOENT)
 		return;
 	e = dedup_index_unstable_add(&d->ix, hash, v->id, (uint32_t)idx, &added);
-	if (!e || added)
+	if (!e) {
+		d->st.errors++; /* no memory to grow the table: the page is seen next pass */
+		return;
+	}
+	if (added)
 		return; /* the first page seen with this content in this pass */
 	if (merge_pair(d, d->vm_by_id[e->vm_id], e->idx, v, idx, hash) == 0) {
 		dedup_index_unstable_del(&d->ix, e);
@@ -744,8 +750,10 @@ static void window_batch(struct dedup *d, struct dedup_vm *v, uint64_t idx, cons
 	}
 	if (whole && gain >= DEDUP_WINDOW_MIN && ext == DEDUP_NO_FRAME) {
 		ext = v->win_ext[idx / DEDUP_EXT_PAGES];
-		if (ext == DEDUP_NO_FRAME && dedup_store_new_extent(&d->store, &ext))
+		if (ext == DEDUP_NO_FRAME && dedup_store_new_extent(&d->store, &ext)) {
+			d->st.errors++; /* the store could not grow: page by page for now */
 			whole = false;
+		}
 	}
 	if (whole && gain >= DEDUP_WINDOW_MIN) {
 		struct mem_txn *t = &tx[0];
@@ -774,8 +782,9 @@ static void window_batch(struct dedup *d, struct dedup_vm *v, uint64_t idx, cons
 				if (w[i].prep == PREP_STABLE && w[i].kind == MEM_WIN_KEEP) {
 					bool added;
 
-					dedup_index_unstable_add(&d->ix, w[i].hash, v->id,
-								 (uint32_t)(idx + i), &added);
+					if (!dedup_index_unstable_add(&d->ix, w[i].hash, v->id,
+								      (uint32_t)(idx + i), &added))
+						d->st.errors++;
 				}
 			return;
 		}

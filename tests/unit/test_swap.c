@@ -28,6 +28,7 @@
 
 #include <cmocka.h>
 
+#include "core/fault.h"
 #include "mem/gm.h"
 #include "mem/memmap.h"
 #include "mem/pagemap.h"
@@ -484,6 +485,70 @@ static void test_swap_read_error_stops_the_vm(void **state)
 	close(bad);
 }
 
+/* Arm a fault injection spec (core/fault.h) for one test. */
+static void arm(const char *spec)
+{
+	char why[192];
+
+	assert_int_equal(fault_configure(spec, why, sizeof(why)), 0);
+}
+
+/*
+ * A swapped page read back whose copy into place fails for want of memory
+ * is not a page that cannot be read: it stays swapped, the access faults
+ * again and gets it, and the VM is not stopped (it used to be, its slot
+ * freed). Needs fault injection (-Dfault_injection=true).
+ */
+static void test_swap_failed_copy_is_retried(void **state)
+{
+	struct fix *f = *state;
+	struct toucher t = { f->gm, 0xee };
+	struct mem_txn_stats t0, t1;
+	pthread_t th;
+
+	if (!fault_enabled()) {
+		skip();
+		return;
+	}
+	assert_int_equal(swap_out(f, f->first, 1), 1);
+	mem_txn_stats(&t0);
+	arm("uffd.copy:ENOMEM*3");
+	assert_int_equal(pthread_create(&th, NULL, touch, &t), 0);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	fault_clear();
+	mem_txn_stats(&t1);
+	assert_null(f->fatal);
+	assert_int_equal(t.byte, byte_of(0));
+	assert_true(t1.fault_retries > t0.fault_retries);
+	assert_int_equal(sstats(f).read_errors, 0);
+	assert_int_equal(pagestate_get(f->ps, f->first), PS_ANON);
+	assert_int_equal(sstats(f).used_bytes, 0);
+}
+
+/*
+ * A chunk whose MISSING registration failed is not left saying it has the
+ * mode: the swap-out that needed it keeps its pages, and the next one
+ * registers the chunk before it drops any (it used to trust the mode and
+ * drop pages a touch then read as zeros). Needs fault injection.
+ */
+static void test_swap_failed_registration_keeps_pages(void **state)
+{
+	struct fix *f = *state;
+
+	if (!fault_enabled()) {
+		skip();
+		return;
+	}
+	/* The first run's commit fails; the runs after it register the chunk themselves. */
+	arm("uffd.register*1");
+	assert_true(swap_out(f, f->first, N) >= 0);
+	fault_clear();
+	assert_true(swap_out(f, f->first, N) >= 0);
+	assert_true(mem_swap_vm_pages(f->gm) > 0);
+	assert_true(mem_page_missing(f->gm, f->first));
+	for (unsigned int i = 0; i < N; i++)
+		assert_content(f, i, byte_of(i));
+}
 
 /* The access API reads a swapped page from its slot: the page stays swapped, nothing is read in. */
 static void test_swap_vmm_read_leaves_page_swapped(void **state)
@@ -686,6 +751,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_swap_write_error_keeps_pages_resident, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_swap_read_error_stops_the_vm, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_swap_failed_copy_is_retried, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_swap_failed_registration_keeps_pages, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_swap_vmm_read_leaves_page_swapped, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_swap_concurrent_touches, setup, teardown),

@@ -1460,8 +1460,7 @@ out:
 
 /* ---- binding --------------------------------------------------------------------------- */
 
-/* Is someone accepting on the socket at addr? 1 yes, 0 no (stale), -errno can't tell. */
-static int socket_in_use(const struct sockaddr_un *addr)
+int control_socket_in_use(const struct sockaddr_un *addr)
 {
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	int ret;
@@ -1569,7 +1568,7 @@ static int bind_socket(struct control *c, const char *path)
 			log_err("%s: exists and is not a socket: not replacing it", path);
 			return -EEXIST;
 		}
-		ret = socket_in_use(&addr);
+		ret = control_socket_in_use(&addr);
 		if (ret == 1) {
 			log_err("%s: another kvmem host is listening there (choose another --socket)",
 				path);

@@ -47,6 +47,7 @@
 
 struct host;
 struct control;
+struct sockaddr_un;
 
 /*
  * A verb handler. `req` is the request object (borrowed; "verb" and "id"
@@ -100,6 +101,14 @@ void control_set_guard(struct control *c, void (*enter)(void *arg), void (*leave
 		       void *arg);
 /* The verb deadline (CONTROL_VERB_TIMEOUT_MS unless set; tests shorten it). */
 void control_set_verb_timeout(struct control *c, unsigned int ms);
+
+/*
+ * Is someone accepting on the UNIX socket at addr? 1 yes (connected, or a
+ * listener with a full backlog), 0 no (a stale file: connect is refused),
+ * -errno when it cannot tell. For whoever replaces a socket file a host
+ * killed before it could unlink it: only a stale one may go.
+ */
+int control_socket_in_use(const struct sockaddr_un *addr);
 
 /*
  * Whom the socket trusts, on both ends: root, or the user this process runs

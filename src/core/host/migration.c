@@ -95,9 +95,22 @@ static int open_addr(const char *addr, bool listen_, bool *tcp, char *why, size_
 		if (listen_) {
 			struct stat st;
 
-			/* A stale socket of an earlier host goes; anything else at the path stays. */
-			if (!lstat(path, &st) && S_ISSOCK(st.st_mode))
+			/*
+			 * A stale socket of an earlier host goes (one killed before it
+			 * could unlink it); one a host listens on stays, as does anything
+			 * else at the path: taking it over would send that host's VMs here.
+			 */
+			if (!lstat(path, &st) && S_ISSOCK(st.st_mode)) {
+				ret = control_socket_in_use(&sa);
+				if (ret) {
+					snprintf(why, whylen, "%s: %s", addr,
+						 ret > 0 ? "another host takes VMs in there"
+							 : "cannot tell whether a host listens there");
+					close(fd);
+					return ret > 0 ? -EADDRINUSE : ret;
+				}
 				unlink(path);
+			}
 			ret = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) || chmod(path, 0600) ||
 			      listen(fd, 8);
 		} else {

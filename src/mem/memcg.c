@@ -3,10 +3,13 @@
 #define LOG_TAG "memcg"
 #include "mem/memcg.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -67,6 +70,57 @@ int mem_memcg_current(char *dir, size_t len, bool *is_v2, bool *is_root)
 	return 0;
 }
 
+/* True when group dir holds no process: its cgroup.procs reads empty. */
+static bool group_empty(const char *dir)
+{
+	char path[800], c;
+	int fd;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "%s/cgroup.procs", dir);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	n = read(fd, &c, 1);
+	close(fd);
+	return n == 0;
+}
+
+/*
+ * Remove the groups hosts killed before they could leave them (SIGKILL, a
+ * crash): kvmem-PID in parent_dir whose PID is no process and that holds
+ * none. Each would stay for good, its limit beside the new one's. A group
+ * whose PID lives is left alone (a host starting now: it makes its group
+ * before it moves in), and so is one that holds a process.
+ */
+static void remove_stale_groups(void)
+{
+	DIR *d = opendir(parent_dir);
+	struct dirent *e;
+
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		char dir[768], *end;
+		long pid;
+
+		if (strncmp(e->d_name, "kvmem-", 6))
+			continue;
+		pid = strtol(e->d_name + 6, &end, 10);
+		if (*end || pid <= 0 || pid == (long)getpid() || pid > INT32_MAX ||
+		    !(kill((pid_t)pid, 0) && errno == ESRCH))
+			continue;
+		snprintf(dir, sizeof(dir), "%s/%s", parent_dir, e->d_name);
+		if (!group_empty(dir))
+			continue;
+		if (rmdir(dir))
+			log_warn("a stale memory cgroup %s (its host %ld is gone): %m", dir, pid);
+		else
+			log_info("removed the stale memory cgroup %s (its host %ld is gone)", dir, pid);
+	}
+	closedir(d);
+}
+
 int mem_memcg_enter(uint64_t limit_bytes, const char **why)
 {
 	bool root;
@@ -80,6 +134,8 @@ int mem_memcg_enter(uint64_t limit_bytes, const char **why)
 		*why = "no memory cgroup controller on this machine";
 		return ret;
 	}
+	remove_stale_groups();
+	/* One of an earlier process with our pid, left behind: ours now. */
 	snprintf(own_dir, sizeof(own_dir), "%s/kvmem-%d", parent_dir, (int)getpid());
 	if (mkdir(own_dir, 0755) && errno != EEXIST) {
 		ret = -errno;

@@ -10,16 +10,18 @@ guests verify their memory again, the mechanism's counters say what failed, and 
 on serving its other VMs:
 
 1. userfaultfd (A, a swapped out and read back): write protection failing whole and part way,
-   registrations, copies failing whole and part way, zero-page fills. Claims are undone
-   (txn.claim_errors), commits kept (txn.failed), faults retried (txn.fault_retries): no VM
-   stops for a copy that failed on a page that was read.
+   registrations, copies failing whole and part way, zero-page fills. The failed calls are
+   counted (txn.uffd_errors), commits kept (txn.failed), faults retried (txn.fault_retries): no
+   VM stops for a copy that failed on a page that was read.
 2. swap file writes (A, io_uring): the swap verb answers EIO, the pages stay; then it works.
-3. page sharing (A): the mapping a window is rebuilt in, its mremap, a page's own mapping onto
-   its frame, the engine's allocations (dedup.window_aborts, dedup.errors, txn.failed); the
-   policy's allocations; then sharing goes on.
+3. page sharing and the policy (A): the mapping a window is rebuilt in, its mremap, the
+   engine's and the policy's allocations (dedup.window_aborts, dedup.errors); then sharing and
+   the policy go on.
 4. the console log on a full disk (A): lines lost to the log are counted, later lines written.
-5. allocations of a VM being started (A): the start verb fails with ENOMEM and leaves nothing;
-   the same VM starts after and runs.
+5. a VM being started (A): each module's allocations failing in turn, the start verb answers
+   ENOMEM and leaves nothing; then two identical VMs start and merge page by page while a
+   page's own mapping onto its frame fails (txn.failed). Then, guests paused, every page's
+   state agrees with its mapping (memcheck).
 6. the migration socket (A to B): a send and a receive reset mid-stream fail the migration,
    b runs on at A and B keeps nothing; then b migrates.
 7. swap file I/O on the thread engine (B): a failed write keeps c's pages; a failed read of a
@@ -34,7 +36,7 @@ import sys
 from kvmemtest import KVMEM, check, finish, require_accel, wait_for
 from ctlhelp import (Host, host_config, request, stats, tmpdir, vm_of, wait_incoming, wait_socket,
                      wait_state)
-from swaphelp import MIB, disk_dir
+from swaphelp import disk_dir
 
 require_accel()
 pts = subprocess.run([KVMEM, "--fault-points"], capture_output=True, text=True, timeout=60)
@@ -231,6 +233,19 @@ try:
     for n in ("n1", "n2"):
         r = request(a_sock, {"verb": "remove", "vm": n}, timeout=60)
         check(r.get("ok") is True, f"{n} is removed ({r.get('error', 'ok')})")
+
+    # After every failure so far: each page's state agrees with its mapping (guests paused).
+    for n in "ab":
+        r = request(a_sock, {"verb": "pause", "vm": n})
+        check(r.get("ok") is True, f"{n} pauses ({r.get('error', 'ok')})")
+    for n in "ab":
+        r = request(a_sock, {"verb": "memcheck", "vm": n}, timeout=60)
+        check(r.get("ok") is True and r.get("checked", 0) > 0 and r.get("mismatches") == 0,
+              f"{n}: no page's state contradicts its mapping ({r.get('mismatches')} of "
+              f"{r.get('checked')}; first {r.get('first_bad')})")
+    for n in "ab":
+        r = request(a_sock, {"verb": "resume", "vm": n})
+        check(r.get("ok") is True, f"{n} resumes ({r.get('error', 'ok')})")
 
     # 6. The migration socket, mid-stream.
     def migration_end(vm):

@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import tempfile
 
-from kvmemtest import check, finish, require_accel, run
+from kvmemtest import check, finish, require_accel, run, wait_for
 from ctlhelp import (Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of,
                      wait_socket, wait_state)
 from swaphelp import MIB, PAGE, disk_dir, host_swap, show_vm, swap_host
@@ -249,8 +249,9 @@ try:
           f"the reason names the page that could not be read ({v['swap'].get('error')})")
     hs = host_swap(sock)
     check(hs["read_errors"] > 0, f"stats: the failed read is counted ({hs})")
-    check(any("a: swap: " in l and "stopping the VM" in l for l in h.stderr()),
-          f"the log names the VM and the reason ({h.stderr()[-3:]})")
+    # The stats may show the error before the log line reaches us: wait for it.
+    check(wait_for(lambda: any("a: swap: " in l and "stopping the VM" in l for l in h.stderr()),
+                   60), f"the log names the VM and the reason ({h.stderr()[-3:]})")
     b0 = len([l for l in h.stdout() if l.startswith("[b] ") and "verify ok" in l])
     check(h.wait_line(r"^\[b\] kvmem-wl: verify ok", b0 + 2, 120), "b runs on and verifies")
     v = vm_of(stats(sock), "b")

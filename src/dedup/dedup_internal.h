@@ -30,6 +30,7 @@
 #include <urcu/urcu-memb.h>
 #include <urcu/rculfhash.h>
 
+#include "core/tsan.h"
 #include "dedup/dedup.h"
 #include "mem/pagecontent.h"
 #include "mem/pagestate.h"
@@ -44,7 +45,7 @@
 #define DEDUP_VMA_BYTES 256	   /* kernel memory per mapping, see stats.c */
 #define DEDUP_VMA_COUNT_NS 2000000000ULL /* count mappings at most every 2 s */
 #define DEDUP_PACE_MAX_S 1024.0	   /* most the scanner owes: above a batch at 1 page/s */
-#if defined(__SANITIZE_THREAD__)
+#ifdef KV_TSAN
 /*
  * The store's read-only view (its largest size). ThreadSanitizer leaves the
  * kernel 1.5 TiB at the top of the address space for mappings it places, and

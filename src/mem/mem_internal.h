@@ -6,6 +6,7 @@
 #include <stdbool.h>
 
 #include "mem/gm.h"
+#include "mem/hva.h"
 #include "mem/pagestate.h"
 
 #define MEM_MAX_REGIONS 2
@@ -152,8 +153,6 @@ bool mem_catch_up(struct gm *gm, uint64_t idx, enum ps_state st);
 uint8_t *mem_page_hva(const struct gm *gm, uint64_t idx);
 /* Register [hva, hva+len) with gm's userfaultfd in the UFFDIO_REGISTER_MODE_* mode. */
 int mem_uffd_register(struct gm *gm, void *hva, uint64_t len, uint64_t mode);
-/* True when the MEM_PAGE_SIZE bytes at hva are all zero. */
-bool mem_hva_is_zero(const void *hva);
 /* [idx, idx + n) is non-empty and lies in one region (host addresses contiguous). */
 bool mem_run_ok(const struct gm *gm, uint64_t idx, uint64_t n);
 /*

@@ -538,7 +538,7 @@ static void catch_unseen_write(struct gm *gm, uint64_t idx, uint64_t pm, const u
 {
 	if (!(reasons(gm, idx) & MEM_WP_TRACK) || !mem_pm_resident(pm) || mem_pm_file(pm))
 		return;
-	if (!want || memcmp(mem_page_hva(gm, idx), want, MEM_PAGE_SIZE))
+	if (!want || mem_hva_cmp(mem_page_hva(gm, idx), want, MEM_PAGE_SIZE))
 		mark_written(gm, idx);
 }
 
@@ -795,8 +795,8 @@ int mem_txn_end_window(struct mem_txn *t, int fd, uint64_t off, const uint8_t *k
 		}
 		for (uint64_t i = 0, k = 0; i < n; i++)
 			if (tracked[i] && kind[i] == MEM_WIN_KEEP)
-				memcpy(saved + k++ * MEM_PAGE_SIZE, old + i * MEM_PAGE_SIZE,
-				       MEM_PAGE_SIZE);
+				mem_hva_copy_out(saved + k++ * MEM_PAGE_SIZE,
+						 old + i * MEM_PAGE_SIZE, MEM_PAGE_SIZE);
 	}
 	s = mmap(NULL, n * MEM_PAGE_SIZE, gm->prot, MAP_PRIVATE, fd, (off_t)off);
 	if (s == MAP_FAILED) {
@@ -1719,9 +1719,10 @@ int mem_read_swapped(const struct gm *gm, gpa_t gpa, void *buf, size_t len)
 			run_wake(gm, idx, 1);
 			if (ret)
 				return ret;
-			src = page + off;
+			memcpy(dst, page + off, n);
+		} else {
+			mem_hva_copy_out(dst, src, n);
 		}
-		memcpy(dst, src, n);
 		dst += n;
 		gpa += n;
 		len -= n;

@@ -27,9 +27,9 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include <urcu/urcu-memb.h>
 #include <urcu/rculfhash.h>
 
+#include "core/rcu.h"
 #include "core/tsan.h"
 #include "dedup/dedup.h"
 #include "mem/pagecontent.h"
@@ -84,7 +84,7 @@ struct dedup_frame {
 	uint64_t hash;		   /* content hash, immutable */
 	uint32_t slot;		   /* page index in the store memfd, immutable */
 	uint32_t refs;		   /* guest pages mapped onto it (lock) */
-	struct rcu_head rcu;
+	struct kv_rcu_head rcu;	   /* freed through it */
 };
 
 /*

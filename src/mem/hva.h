@@ -27,8 +27,11 @@
 #ifndef KVMEM_MEM_HVA_H
 #define KVMEM_MEM_HVA_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/types.h>
 
 #include "core/tsan.h"
 
@@ -89,6 +92,26 @@ static inline void mem_hva_racy_begin(void)
 static inline void mem_hva_racy_end(void)
 {
 	kv_tsan_ignore_end();
+}
+
+/*
+ * mmap over guest RAM (MAP_FIXED), or of memory that is moved there after
+ * (mremap, which TSan does not see). TSan counts a new mapping as a write
+ * of all of it by the mapping thread, and a page remapped under a running
+ * guest is no such write (what the guest reads there is the transaction's
+ * to keep): inside an ignore region it forgets the range's history instead.
+ */
+static inline void *mem_hva_mmap(void *hva, size_t len, int prot, int flags, int fd, off_t off)
+{
+	void *p;
+	int err;
+
+	kv_tsan_ignore_begin();
+	p = mmap(hva, len, prot, flags, fd, off);
+	err = errno; /* mmap's, for the caller */
+	kv_tsan_ignore_end();
+	errno = err;
+	return p;
 }
 
 /* True when the MEM_PAGE_SIZE bytes of guest memory at hva are all zero. */

@@ -405,8 +405,8 @@ out_abort:
 static int remap_anon(struct gm *gm, uint64_t idx, uint64_t n)
 {
 	void *hva = mem_page_hva(gm, idx);
-	void *p = mmap(hva, n * MEM_PAGE_SIZE, gm->prot,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+	void *p = mem_hva_mmap(hva, n * MEM_PAGE_SIZE, gm->prot,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
 
 	count(&stats.remaps, 1);
 	if (p == MAP_FAILED)
@@ -483,8 +483,8 @@ static int drop_run(struct gm *gm, uint64_t idx, uint64_t n)
 
 static int map_frame(struct gm *gm, uint64_t idx, int fd, uint64_t off)
 {
-	void *p = mmap(mem_page_hva(gm, idx), MEM_PAGE_SIZE, gm->prot, MAP_PRIVATE | MAP_FIXED, fd,
-		       (off_t)off);
+	void *p = mem_hva_mmap(mem_page_hva(gm, idx), MEM_PAGE_SIZE, gm->prot,
+			       MAP_PRIVATE | MAP_FIXED, fd, (off_t)off);
 
 	count(&stats.remaps, 1);
 	if (p == MAP_FAILED)
@@ -798,7 +798,7 @@ int mem_txn_end_window(struct mem_txn *t, int fd, uint64_t off, const uint8_t *k
 				mem_hva_copy_out(saved + k++ * MEM_PAGE_SIZE,
 						 old + i * MEM_PAGE_SIZE, MEM_PAGE_SIZE);
 	}
-	s = mmap(NULL, n * MEM_PAGE_SIZE, gm->prot, MAP_PRIVATE, fd, (off_t)off);
+	s = mem_hva_mmap(NULL, n * MEM_PAGE_SIZE, gm->prot, MAP_PRIVATE, fd, (off_t)off);
 	if (s == MAP_FAILED) {
 		ret = -errno;
 		goto out_abort;

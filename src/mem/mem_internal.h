@@ -65,7 +65,13 @@ struct gm {
 	const struct mem_swap_hooks *swap; /* NULL: no swap (set before swapping, cleared after) */
 	void *swap_arg;			/* the store (its hooks' arg) */
 	void *swap_vm;			/* the store's state of this VM (the fatal hook's arg) */
-	uint64_t *swap_slot;		/* per page: its slot while PS_SWAPPED (allocated with gm) */
+	/*
+	 * Per page: its slot while PS_SWAPPED (allocated with gm). Written by
+	 * the page's owner only, with relaxed atomic stores: the ledger, the
+	 * read-ahead and lazy restore look at slots of pages they do not own
+	 * (relaxed loads, checked again once they own the page).
+	 */
+	uint64_t *swap_slot;
 	/*
 	 * A lazy restore's image (mem/lazy.h): pages not fetched yet are
 	 * PS_SWAPPED with a slot of MEM_SLOT_IMAGE | their index, served by

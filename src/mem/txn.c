@@ -594,7 +594,8 @@ static int apply_run(struct mem_txn *t, uint32_t i, uint32_t j, enum mem_commit 
 			ret = drop_run(gm, t->idx + i, j - i);
 		if (!ret)
 			for (uint32_t k = i; k < j; k++)
-				gm->swap_slot[t->idx + k] = t->arg[k];
+				__atomic_store_n(&gm->swap_slot[t->idx + k], t->arg[k],
+						 __ATOMIC_RELAXED);
 		break;
 	case MEM_FRAME:
 		/* A mapping per page (windows go whole: mem_txn_end_window). */

@@ -130,18 +130,24 @@ static int run_protect(struct gm *gm, uint64_t idx, uint64_t n, bool on)
 /*
  * What serves a swapped page's slot: the image of a lazy restore
  * (MEM_SLOT_IMAGE) or host swap. *arg: the hooks' argument; *vm: their
- * fatal hook's.
+ * fatal hook's. The hooks are published with a release after their
+ * arguments (mem_lazy_attach, mem_swap_attach): they are loaded first, so
+ * that the arguments read after them are the ones published with them.
  */
 static const struct mem_swap_hooks *slot_hooks(const struct gm *gm, uint64_t slot, void **arg,
 					       void **vm)
 {
+	const struct mem_swap_hooks *h;
+
 	if (slot & MEM_SLOT_IMAGE) {
+		h = __atomic_load_n(&gm->image, __ATOMIC_ACQUIRE);
 		*arg = *vm = gm->image_arg;
-		return __atomic_load_n(&gm->image, __ATOMIC_ACQUIRE);
+		return h;
 	}
+	h = __atomic_load_n(&gm->swap, __ATOMIC_ACQUIRE);
 	*arg = gm->swap_arg;
 	*vm = gm->swap_vm;
-	return __atomic_load_n(&gm->swap, __ATOMIC_ACQUIRE);
+	return h;
 }
 
 static void run_wake(const struct gm *gm, uint64_t idx, uint64_t n)

@@ -27,9 +27,10 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include <urcu/urcu-memb.h>
 #include <urcu/rculfhash.h>
 
+#include "core/rcu.h"
+#include "core/tsan.h"
 #include "dedup/dedup.h"
 #include "mem/pagecontent.h"
 #include "mem/pagestate.h"
@@ -44,6 +45,17 @@
 #define DEDUP_VMA_BYTES 256	   /* kernel memory per mapping, see stats.c */
 #define DEDUP_VMA_COUNT_NS 2000000000ULL /* count mappings at most every 2 s */
 #define DEDUP_PACE_MAX_S 1024.0	   /* most the scanner owes: above a batch at 1 page/s */
+#ifdef KV_TSAN
+/*
+ * The store's read-only view (its largest size). ThreadSanitizer leaves the
+ * kernel 1.5 TiB at the top of the address space for mappings it places, and
+ * a randomised mmap base can leave less than 1 TiB of that free below it: a
+ * 1 TiB view would fail there with ENOMEM now and then.
+ */
+#define DEDUP_STORE_VIEW_BYTES (64ULL << 30)
+#else
+#define DEDUP_STORE_VIEW_BYTES (1ULL << 40)
+#endif
 
 /* --- hash.c --- */
 
@@ -72,7 +84,7 @@ struct dedup_frame {
 	uint64_t hash;		   /* content hash, immutable */
 	uint32_t slot;		   /* page index in the store memfd, immutable */
 	uint32_t refs;		   /* guest pages mapped onto it (lock) */
-	struct rcu_head rcu;
+	struct kv_rcu_head rcu;	   /* freed through it */
 };
 
 /*

@@ -111,7 +111,7 @@ void dedup_run_registered(void (*fn)(void *), void *arg)
 
 /* --- frames --- */
 
-static void free_frame(struct rcu_head *head)
+static void free_frame(struct kv_rcu_head *head)
 {
 	kv_free(caa_container_of(head, struct dedup_frame, rcu));
 }
@@ -131,7 +131,7 @@ void dedup_frame_put(struct dedup *d, uint32_t slot)
 	dedup_index_stable_del(&d->ix, fr);
 	dedup_store_release(&d->store, slot);
 	d->st.frames_freed++;
-	urcu_memb_call_rcu(&fr->rcu, free_frame);
+	kv_rcu_call(&fr->rcu, free_frame);
 }
 
 /* Forget that v's page idx maps a frame. */
@@ -250,11 +250,11 @@ static int merge_stable(struct dedup *d, struct dedup_vm *v, uint64_t idx, uint6
 	unsigned int n = 0;
 	int ret;
 
-	urcu_memb_read_lock();
+	kv_rcu_read_lock();
 	for (struct dedup_frame *fr = dedup_index_stable_first(&d->ix, hash, &it);
 	     fr && n < ARRAY_SIZE(cand); fr = dedup_index_stable_next(&d->ix, hash, &it))
 		cand[n++] = fr;
-	urcu_memb_read_unlock();
+	kv_rcu_read_unlock();
 	/* Frames are freed only by this thread under d->lock: cand stays valid. */
 	if (!n)
 		return -ENOENT;
@@ -713,7 +713,7 @@ static void window_batch(struct dedup *d, struct dedup_vm *v, uint64_t idx, cons
 		if (p->prep != PREP_STABLE || p->what == W_ZERO)
 			continue;
 		/* One walk of the hash's frames: the first may set the extent, then find ours. */
-		urcu_memb_read_lock();
+		kv_rcu_read_lock();
 		fr = dedup_index_stable_first(&d->ix, p->hash, &it);
 		if (fr && ext == DEDUP_NO_FRAME && fr->slot % DEDUP_EXT_PAGES == i)
 			ext = fr->slot / DEDUP_EXT_PAGES;
@@ -722,7 +722,7 @@ static void window_batch(struct dedup *d, struct dedup_vm *v, uint64_t idx, cons
 				p->fr = fr;
 				break;
 			}
-		urcu_memb_read_unlock();
+		kv_rcu_read_unlock();
 		if (p->fr) {
 			p->what = W_FRAME;
 			gain++;
@@ -1088,7 +1088,7 @@ static void destroy_index(void *arg)
 
 	dedup_index_fini(&d->ix);
 	/* Every frame freed with call_rcu is gone before the engine is. */
-	urcu_memb_barrier();
+	kv_rcu_barrier();
 }
 
 void dedup_destroy(struct dedup *d)

@@ -34,7 +34,7 @@
 #endif
 
 #define GROW_EXT 64		/* extents added to the memfd size at a time (128 MiB) */
-#define MAP_BYTES (1ULL << 40)	/* the read-only view covers 1 TiB of store */
+#define MAP_BYTES DEDUP_STORE_VIEW_BYTES /* the read-only view: 1 TiB of store (TSan: less) */
 #define MAX_EXT (UINT32_MAX / DEDUP_EXT_PAGES)
 
 int dedup_store_init(struct dedup_store *st)

@@ -26,9 +26,13 @@
 #define UNSTABLE_MIN_SLOTS 1024
 #define STABLE_MIN_BUCKETS 1024
 
+/* Every node a lookup looks at comes through here first. */
 static int match_frame(struct cds_lfht_node *node, const void *key)
 {
-	return caa_container_of(node, struct dedup_frame, node)->hash == *(const uint64_t *)key;
+	const struct dedup_frame *fr = caa_container_of(node, struct dedup_frame, node);
+
+	kv_rcu_found(fr);
+	return fr->hash == *(const uint64_t *)key;
 }
 
 int dedup_index_init(struct dedup_index *ix)
@@ -51,10 +55,10 @@ void dedup_index_fini(struct dedup_index *ix)
 	ix->ucap = ix->uused = ix->nr_unstable = 0;
 	if (!ix->stable)
 		return;
-	urcu_memb_read_lock();
+	kv_rcu_read_lock();
 	cds_lfht_for_each(ix->stable, &it, node)
 		cds_lfht_del(ix->stable, node);
-	urcu_memb_read_unlock();
+	kv_rcu_read_unlock();
 	/* Not inside a read-side section, and not on a call_rcu worker (rculfhash.h). */
 	cds_lfht_destroy(ix->stable, NULL);
 	ix->stable = NULL;
@@ -83,9 +87,10 @@ struct dedup_frame *dedup_index_stable_next(struct dedup_index *ix, uint64_t has
 void dedup_index_stable_add(struct dedup_index *ix, struct dedup_frame *fr)
 {
 	cds_lfht_node_init(&fr->node);
-	urcu_memb_read_lock();
+	kv_rcu_publish(fr);
+	kv_rcu_read_lock();
 	cds_lfht_add(ix->stable, (unsigned long)fr->hash, &fr->node);
-	urcu_memb_read_unlock();
+	kv_rcu_read_unlock();
 	ix->nr_stable++;
 }
 
@@ -93,9 +98,9 @@ void dedup_index_stable_del(struct dedup_index *ix, struct dedup_frame *fr)
 {
 	int ret;
 
-	urcu_memb_read_lock();
+	kv_rcu_read_lock();
 	ret = cds_lfht_del(ix->stable, &fr->node);
-	urcu_memb_read_unlock();
+	kv_rcu_read_unlock();
 	if (!ret)
 		ix->nr_stable--;
 }

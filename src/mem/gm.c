@@ -133,7 +133,7 @@ int mem_read(const struct gm *gm, gpa_t gpa, void *buf, size_t len)
 	    __atomic_load_n(&gm->image, __ATOMIC_ACQUIRE))
 		return mem_read_swapped(gm, gpa, buf, len);
 	FOR_EACH_CHUNK(gm, gpa, len, hva, n, {
-		memcpy(dst, hva, n);
+		mem_hva_copy_out(dst, hva, n);
 		dst += n;
 	});
 	return 0;
@@ -147,7 +147,7 @@ int mem_write(struct gm *gm, gpa_t gpa, const void *buf, size_t len)
 	if (ret)
 		return ret;
 	FOR_EACH_CHUNK(gm, gpa, len, hva, n, {
-		memcpy(hva, src, n);
+		mem_hva_copy_in(hva, src, n);
 		src += n;
 	});
 	mark_dirty(gm, gpa, len);
@@ -172,7 +172,7 @@ int mem_zero_fill(struct gm *gm, gpa_t gpa, size_t len)
 
 	if (ret)
 		return ret;
-	FOR_EACH_CHUNK(gm, gpa, len, hva, n, memset(hva, 0, n));
+	FOR_EACH_CHUNK(gm, gpa, len, hva, n, mem_hva_fill(hva, 0, n));
 	mark_dirty(gm, gpa, len);
 	return 0;
 }
@@ -187,7 +187,11 @@ int mem_copy_from_fd(struct gm *gm, gpa_t gpa, int fd, uint64_t off, size_t len)
 		size_t done = 0;
 
 		while (done < n) {
-			ssize_t got = pread(fd, hva + done, n - done, (off_t)off);
+			ssize_t got;
+
+			mem_hva_racy_begin();
+			got = pread(fd, hva + done, n - done, (off_t)off);
+			mem_hva_racy_end();
 
 			if (got < 0 && errno == EINTR)
 				continue;

@@ -97,7 +97,7 @@ static void undo_attach(struct gm *gm, struct mem_lazy *l, const uint64_t *have,
 		if (!(have[i / 64] >> (i % 64) & 1))
 			continue;
 		pagestate_cas(gm->ps, i, PS_SWAPPED, PS_ANON);
-		gm->swap_slot[i] = 0;
+		__atomic_store_n(&gm->swap_slot[i], 0, __ATOMIC_RELAXED);
 	}
 	kv_free(l->chunks);
 	kv_free(l);
@@ -132,11 +132,11 @@ int mem_lazy_attach(struct gm *gm, const uint64_t *have, const struct mem_image_
 	for (uint64_t i = 0; i < nr; i++) {
 		if (!(have[i / 64] >> (i % 64) & 1))
 			continue;
-		gm->swap_slot[i] = MEM_SLOT_IMAGE | i;
+		__atomic_store_n(&gm->swap_slot[i], MEM_SLOT_IMAGE | i, __ATOMIC_RELAXED);
 		while (pagestate_cas(gm->ps, i, PS_ANON, PS_SWAPPED)) {
 			if (pagestate_get(gm->ps, i) != PS_BUSY) {
 				/* Not fresh: some page holds something already. */
-				gm->swap_slot[i] = 0;
+				__atomic_store_n(&gm->swap_slot[i], 0, __ATOMIC_RELAXED);
 				undo_attach(gm, l, have, i);
 				return -EBUSY;
 			}

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 
 #include "mem/gm.h"
+#include "mem/hva.h"
 #include "mem/pagestate.h"
 
 #define MEM_MAX_REGIONS 2
@@ -64,7 +65,13 @@ struct gm {
 	const struct mem_swap_hooks *swap; /* NULL: no swap (set before swapping, cleared after) */
 	void *swap_arg;			/* the store (its hooks' arg) */
 	void *swap_vm;			/* the store's state of this VM (the fatal hook's arg) */
-	uint64_t *swap_slot;		/* per page: its slot while PS_SWAPPED (allocated with gm) */
+	/*
+	 * Per page: its slot while PS_SWAPPED (allocated with gm). Written by
+	 * the page's owner only, with relaxed atomic stores: the ledger, the
+	 * read-ahead and lazy restore look at slots of pages they do not own
+	 * (relaxed loads, checked again once they own the page).
+	 */
+	uint64_t *swap_slot;
 	/*
 	 * A lazy restore's image (mem/lazy.h): pages not fetched yet are
 	 * PS_SWAPPED with a slot of MEM_SLOT_IMAGE | their index, served by
@@ -152,8 +159,6 @@ bool mem_catch_up(struct gm *gm, uint64_t idx, enum ps_state st);
 uint8_t *mem_page_hva(const struct gm *gm, uint64_t idx);
 /* Register [hva, hva+len) with gm's userfaultfd in the UFFDIO_REGISTER_MODE_* mode. */
 int mem_uffd_register(struct gm *gm, void *hva, uint64_t len, uint64_t mode);
-/* True when the MEM_PAGE_SIZE bytes at hva are all zero. */
-bool mem_hva_is_zero(const void *hva);
 /* [idx, idx + n) is non-empty and lies in one region (host addresses contiguous). */
 bool mem_run_ok(const struct gm *gm, uint64_t idx, uint64_t n);
 /*

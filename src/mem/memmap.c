@@ -370,7 +370,8 @@ int mem_uffd_register(struct gm *gm, void *hva, uint64_t len, uint64_t mode)
 	return 0;
 }
 
-bool mem_hva_is_zero(const void *hva)
+/* Only guest bytes are read here: racy by design (mem/hva.h). */
+KV_NO_TSAN bool mem_hva_is_zero(const void *hva)
 {
 	const uint64_t *w = hva;
 

@@ -26,9 +26,10 @@
 
 #include <stdbool.h>
 
+#include "core/tsan.h"
 #include "mem/gm.h"
 
-#if defined(__SANITIZE_THREAD__)
+#ifdef KV_TSAN
 /*
  * ThreadSanitizer gives applications only a few ranges of the address space
  * (its shadow and metadata take the rest, ours included); the lowest holds

@@ -25,7 +25,10 @@ int mem_page_hash(const struct gm *gm, uint64_t idx, mem_page_hash_fn fn, const 
 {
 	if (!idx_ok(gm, idx))
 		return -EINVAL;
+	/* The key is the VMM's and immutable: only the page is racy. */
+	mem_hva_racy_begin();
 	*hash = fn(mem_page_hva(gm, idx), key);
+	mem_hva_racy_end();
 	return 0;
 }
 
@@ -38,14 +41,14 @@ int mem_page_equal(const struct gm *a, uint64_t ia, const struct gm *b, uint64_t
 {
 	if (!idx_ok(a, ia) || !idx_ok(b, ib))
 		return -EINVAL;
-	return memcmp(mem_page_hva(a, ia), mem_page_hva(b, ib), MEM_PAGE_SIZE) == 0;
+	return mem_hva_cmp_hva(mem_page_hva(a, ia), mem_page_hva(b, ib), MEM_PAGE_SIZE) == 0;
 }
 
 int mem_page_equal_buf(const struct gm *gm, uint64_t idx, const void *buf)
 {
 	if (!idx_ok(gm, idx))
 		return -EINVAL;
-	return memcmp(mem_page_hva(gm, idx), buf, MEM_PAGE_SIZE) == 0;
+	return mem_hva_cmp(mem_page_hva(gm, idx), buf, MEM_PAGE_SIZE) == 0;
 }
 
 int mem_page_copy_to_fd(const struct gm *gm, uint64_t idx, int fd, uint64_t off)
@@ -54,7 +57,9 @@ int mem_page_copy_to_fd(const struct gm *gm, uint64_t idx, int fd, uint64_t off)
 
 	if (!idx_ok(gm, idx) || off % MEM_PAGE_SIZE)
 		return -EINVAL;
+	mem_hva_racy_begin();
 	put = pwrite(fd, mem_page_hva(gm, idx), MEM_PAGE_SIZE, (off_t)off);
+	mem_hva_racy_end();
 	if (put < 0)
 		return -errno;
 	return put == (ssize_t)MEM_PAGE_SIZE ? 0 : -EIO;

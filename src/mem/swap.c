@@ -930,7 +930,7 @@ static int64_t write_run(struct mem_swap *sw, struct mem_txn *t)
 				pooled++;
 				continue;
 			}
-			memcpy(sw->buf + (uint64_t)k * MEM_PAGE_SIZE, hva, MEM_PAGE_SIZE);
+			mem_hva_copy_out(sw->buf + (uint64_t)k * MEM_PAGE_SIZE, hva, MEM_PAGE_SIZE);
 			pages[k++] = i;
 		}
 		if (!k)

@@ -201,18 +201,24 @@ static int uffd_zeropage(const struct gm *gm, struct uffdio_zeropage *z)
 /*
  * What serves a swapped page's slot: the image of a lazy restore
  * (MEM_SLOT_IMAGE) or host swap. *arg: the hooks' argument; *vm: their
- * fatal hook's.
+ * fatal hook's. The hooks are published with a release after their
+ * arguments (mem_lazy_attach, mem_swap_attach): they are loaded first, so
+ * that the arguments read after them are the ones published with them.
  */
 static const struct mem_swap_hooks *slot_hooks(const struct gm *gm, uint64_t slot, void **arg,
 					       void **vm)
 {
+	const struct mem_swap_hooks *h;
+
 	if (slot & MEM_SLOT_IMAGE) {
+		h = __atomic_load_n(&gm->image, __ATOMIC_ACQUIRE);
 		*arg = *vm = gm->image_arg;
-		return __atomic_load_n(&gm->image, __ATOMIC_ACQUIRE);
+		return h;
 	}
+	h = __atomic_load_n(&gm->swap, __ATOMIC_ACQUIRE);
 	*arg = gm->swap_arg;
 	*vm = gm->swap_vm;
-	return __atomic_load_n(&gm->swap, __ATOMIC_ACQUIRE);
+	return h;
 }
 
 static void run_wake(const struct gm *gm, uint64_t idx, uint64_t n)
@@ -477,8 +483,8 @@ out_abort:
 static int remap_anon(struct gm *gm, uint64_t idx, uint64_t n)
 {
 	void *hva = mem_page_hva(gm, idx);
-	void *p = mmap(hva, n * MEM_PAGE_SIZE, gm->prot,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+	void *p = mem_hva_mmap(hva, n * MEM_PAGE_SIZE, gm->prot,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
 	int ret;
 
 	count(&stats.remaps, 1);
@@ -562,8 +568,8 @@ static int map_frame(struct gm *gm, uint64_t idx, int fd, uint64_t off)
 {
 	int inject = FAULT_POINT(DEDUP_FRAME_MMAP);
 	void *p = inject ? MAP_FAILED
-			 : mmap(mem_page_hva(gm, idx), MEM_PAGE_SIZE, gm->prot,
-				MAP_PRIVATE | MAP_FIXED, fd, (off_t)off);
+			 : mem_hva_mmap(mem_page_hva(gm, idx), MEM_PAGE_SIZE, gm->prot,
+					MAP_PRIVATE | MAP_FIXED, fd, (off_t)off);
 
 	count(&stats.remaps, 1);
 	if (p == MAP_FAILED)
@@ -617,7 +623,7 @@ static void catch_unseen_write(struct gm *gm, uint64_t idx, uint64_t pm, const u
 {
 	if (!(reasons(gm, idx) & MEM_WP_TRACK) || !mem_pm_resident(pm) || mem_pm_file(pm))
 		return;
-	if (!want || memcmp(mem_page_hva(gm, idx), want, MEM_PAGE_SIZE))
+	if (!want || mem_hva_cmp(mem_page_hva(gm, idx), want, MEM_PAGE_SIZE))
 		mark_written(gm, idx);
 }
 
@@ -673,7 +679,8 @@ static int apply_run(struct mem_txn *t, uint32_t i, uint32_t j, enum mem_commit 
 			ret = drop_run(gm, t->idx + i, j - i);
 		if (!ret)
 			for (uint32_t k = i; k < j; k++)
-				gm->swap_slot[t->idx + k] = t->arg[k];
+				__atomic_store_n(&gm->swap_slot[t->idx + k], t->arg[k],
+						 __ATOMIC_RELAXED);
 		break;
 	case MEM_FRAME:
 		/* A mapping per page (windows go whole: mem_txn_end_window). */
@@ -876,11 +883,12 @@ int mem_txn_end_window(struct mem_txn *t, int fd, uint64_t off, const uint8_t *k
 		}
 		for (uint64_t i = 0, k = 0; i < n; i++)
 			if (tracked[i] && kind[i] == MEM_WIN_KEEP)
-				memcpy(saved + k++ * MEM_PAGE_SIZE, old + i * MEM_PAGE_SIZE,
-				       MEM_PAGE_SIZE);
+				mem_hva_copy_out(saved + k++ * MEM_PAGE_SIZE,
+						 old + i * MEM_PAGE_SIZE, MEM_PAGE_SIZE);
 	}
 	ret = FAULT_POINT(DEDUP_WINDOW_MMAP);
-	s = ret ? MAP_FAILED : mmap(NULL, n * MEM_PAGE_SIZE, gm->prot, MAP_PRIVATE, fd, (off_t)off);
+	s = ret ? MAP_FAILED
+		: mem_hva_mmap(NULL, n * MEM_PAGE_SIZE, gm->prot, MAP_PRIVATE, fd, (off_t)off);
 	if (s == MAP_FAILED) {
 		ret = ret ?: -errno;
 		goto out_abort;
@@ -1829,9 +1837,10 @@ int mem_read_swapped(const struct gm *gm, gpa_t gpa, void *buf, size_t len)
 			run_wake(gm, idx, 1);
 			if (ret)
 				return ret;
-			src = page + off;
+			memcpy(dst, page + off, n);
+		} else {
+			mem_hva_copy_out(dst, src, n);
 		}
-		memcpy(dst, src, n);
 		dst += n;
 		gpa += n;
 		len -= n;

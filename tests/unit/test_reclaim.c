@@ -26,6 +26,7 @@
 
 #include <cmocka.h>
 
+#include "fake_guest.h"
 #include "mem/gm.h"
 #include "mem/mem_internal.h"
 #include "mem/memmap.h"
@@ -226,7 +227,7 @@ static void test_reclaim_zero_protect_failure_leaves_nothing_protected(void **st
 #define WIN_PAGES 512
 
 struct writer {
-	volatile uint8_t *p;
+	uint8_t *p;
 	uint8_t val;
 };
 
@@ -234,7 +235,7 @@ static void *write_byte(void *arg)
 {
 	struct writer *w = arg;
 
-	*w->p = w->val;
+	fake_guest_store8(w->p, w->val);
 	return NULL;
 }
 
@@ -300,7 +301,7 @@ static void test_reclaim_window_hold_keeps_a_write_to_an_untouched_page(void **s
 	assert_true(mem_pm_is_hole(t.pm[5]));
 	write_to_held_hole(svc, &w, &th);
 	/* Held, not applied. */
-	assert_int_equal(*w.p, 0);
+	assert_int_equal(fake_guest_load8(w.p), 0);
 	memset(kind, MEM_WIN_ZERO, sizeof(kind));
 	kind[0] = MEM_WIN_KEEP;
 	mem_txn_set(&t, 0, MEM_PRIVATE, 0);

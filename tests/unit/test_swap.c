@@ -29,6 +29,7 @@
 #include <cmocka.h>
 
 #include "core/fault.h"
+#include "fake_guest.h"
 #include "mem/gm.h"
 #include "mem/memmap.h"
 #include "mem/pagemap.h"
@@ -50,7 +51,7 @@ struct fix {
 	struct mem_swap *sw;
 	uint64_t first;
 	char why[256];		/* the last reason the fatal hook was given */
-	const char *fatal;	/* why, once given */
+	const char *fatal;	/* why, once given (atomic: fatal_of) */
 	enum mem_swap_io io;	/* the I/O engine the fixture runs on */
 };
 
@@ -60,6 +61,16 @@ static void on_fatal(void *arg, const char *why)
 
 	snprintf(f->why, sizeof(f->why), "%s", why);
 	__atomic_store_n(&f->fatal, f->why, __ATOMIC_RELEASE);
+}
+
+/*
+ * The reason the fatal hook was given, or NULL. The hook runs on the
+ * userfaultfd service thread, woken by a guest access through the kernel:
+ * only this acquire orders what it wrote before the test's reads.
+ */
+static const char *fatal_of(struct fix *f)
+{
+	return __atomic_load_n(&f->fatal, __ATOMIC_ACQUIRE);
 }
 
 /* Page i holds i + 1 in every byte, but for the zero pages (every 8th). */
@@ -230,12 +241,12 @@ static void test_swap_out_and_back_on_touch(void **state)
 	}
 	assert_int_equal(mem_swap_vm_pages(f->gm), 0);
 	assert_int_equal(pagestate_get(f->ps, f->first), PS_ANON);
-	assert_null(f->fatal);
+	assert_null(fatal_of(f));
 }
 
 struct writer {
 	struct gm *gm;
-	volatile int stop;
+	bool stop;	/* atomic */
 	uint64_t writes;
 };
 
@@ -245,7 +256,7 @@ static void *writer(void *arg)
 	struct writer *w = arg;
 	uint64_t v = 0;
 
-	while (!w->stop) {
+	while (!__atomic_load_n(&w->stop, __ATOMIC_RELAXED)) {
 		v++;
 		assert_int_equal(mem_write(w->gm, BASE, &v, sizeof(v)), 0);
 	}
@@ -256,18 +267,18 @@ static void *writer(void *arg)
 static void test_swap_out_keeps_a_racing_write(void **state)
 {
 	struct fix *f = *state;
-	struct writer w = { f->gm, 0, 0 };
+	struct writer w = { f->gm, false, 0 };
 	uint64_t got = 0;
 	pthread_t th;
 
 	assert_int_equal(pthread_create(&th, NULL, writer, &w), 0);
 	for (unsigned int round = 0; round < 200; round++)
 		assert_true(swap_out(f, f->first, 1) >= 0);
-	w.stop = 1;
+	__atomic_store_n(&w.stop, true, __ATOMIC_RELAXED);
 	assert_int_equal(pthread_join(th, NULL), 0);
 	assert_int_equal(mem_read(f->gm, BASE, &got, sizeof(got)), 0);
 	assert_int_equal(got, w.writes);
-	assert_null(f->fatal);
+	assert_null(fatal_of(f));
 }
 
 /* Given to the balloon while swapped: the slot is freed unread, the page reads zeros. */
@@ -420,7 +431,7 @@ static void *touch(void *arg)
 	struct mem_slice sl;
 
 	if (mem_slice_get(t->gm, BASE, 1, &sl) == 0)
-		t->byte = *(volatile uint8_t *)sl.hva;
+		t->byte = fake_guest_load8(sl.hva);
 	return NULL;
 }
 
@@ -471,11 +482,11 @@ static void test_swap_read_error_stops_the_vm(void **state)
 	/* A VMM read of it fails, for that read only: nothing is decided on it. */
 	assert_true(mem_read(f->gm, BASE, &t.byte, 1) < 0);
 	assert_int_equal(pagestate_get(f->ps, f->first), PS_SWAPPED);
-	assert_null(f->fatal);
+	assert_null(fatal_of(f));
 	assert_int_equal(pthread_create(&th, NULL, touch, &t), 0);
 	assert_int_equal(pthread_join(th, NULL), 0);
-	assert_non_null(f->fatal);
-	assert_non_null(strstr(f->fatal, "cannot be read back from swap"));
+	assert_non_null(fatal_of(f));
+	assert_non_null(strstr(fatal_of(f), "cannot be read back from swap"));
 	/* The VMM's read and the touch's. */
 	assert_int_equal(sstats(f).read_errors, 2);
 	assert_int_equal(t.byte, 0);
@@ -570,7 +581,7 @@ static void test_swap_vmm_read_leaves_page_swapped(void **state)
 	/* And a touch still reads it back. */
 	assert_content(f, 1, byte_of(1));
 	assert_int_equal(sstats(f).swap_ins, 1);
-	assert_null(f->fatal);
+	assert_null(fatal_of(f));
 }
 
 struct toucher_n {
@@ -618,7 +629,7 @@ static void test_swap_concurrent_touches(void **state)
 	}
 	assert_int_equal(mem_swap_vm_pages(f->gm), 0);
 	assert_int_equal(sstats(f).used_bytes, 0);
-	assert_null(f->fatal);
+	assert_null(fatal_of(f));
 }
 
 /* The swap-out worker takes a VM down to a target and says so; the engine is named. */
@@ -671,7 +682,7 @@ static void test_swap_limit_bounds_targets(void **state)
 	assert_true(mem_swap_vm_pages(f->gm) >= 1 && mem_swap_vm_pages(f->gm) <= 8);
 	for (unsigned int i = 0; i < N; i++)
 		assert_content(f, i, byte_of(i));
-	assert_null(f->fatal);
+	assert_null(fatal_of(f));
 }
 
 /*
@@ -707,7 +718,7 @@ static void *refused_io_uring(void *arg)
 		struct mem_slice sl;
 
 		if (mem_slice_get(f->gm, BASE + (uint64_t)i * PAGE, PAGE, &sl) ||
-		    ((volatile uint8_t *)sl.hva)[PAGE - 1] != byte_of(i))
+		    fake_guest_load8((uint8_t *)sl.hva + PAGE - 1) != byte_of(i))
 			return "content";
 	}
 	if (mem_swap_vm_pages(f->gm) != 0)

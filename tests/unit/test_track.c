@@ -31,6 +31,7 @@
 
 #include <cmocka.h>
 
+#include "fake_guest.h"
 #include "mem/gm.h"
 #include "mem/mem_internal.h"
 #include "mem/memmap.h"
@@ -154,12 +155,12 @@ static void fill(struct fix *f, uint64_t idx, int byte)
 /* A guest's write and read: straight at the page, as a thread vCPU does. */
 static void gwrite(struct fix *f, uint64_t idx, uint8_t val)
 {
-	((volatile uint8_t *)hva(f, idx))[OFF] = val;
+	fake_guest_store8(hva(f, idx) + OFF, val);
 }
 
 static uint8_t gread(struct fix *f, uint64_t idx)
 {
-	return ((volatile uint8_t *)hva(f, idx))[OFF];
+	return fake_guest_load8(hva(f, idx) + OFF);
 }
 
 static uint64_t pm_of(struct fix *f, uint64_t idx)

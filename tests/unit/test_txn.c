@@ -26,6 +26,7 @@
 
 #include <cmocka.h>
 
+#include "fake_guest.h"
 #include "mem/gm.h"
 #include "mem/mem_internal.h"
 #include "mem/memmap.h"
@@ -145,7 +146,7 @@ static struct mem_txn_stats tstats(void)
 }
 
 struct writer {
-	volatile uint8_t *p;
+	uint8_t *p;
 	uint8_t val;
 	pthread_t th;
 };
@@ -154,7 +155,7 @@ static void *write_byte(void *arg)
 {
 	struct writer *w = arg;
 
-	w->p[0] = w->val;
+	fake_guest_store8(w->p, w->val);
 	return NULL;
 }
 
@@ -198,7 +199,7 @@ static void check_commit(struct fix *f, uint64_t idx, const struct commit_case *
 	assert_true(t.pm[0] & PM_UFFD_WP);
 	start_write(f, &w, idx, 0x77, true);
 	/* Held: not applied while the transaction runs. */
-	assert_int_equal(hva(f, idx)[OFF], k->before);
+	assert_int_equal(fake_guest_load8(hva(f, idx) + OFF), k->before);
 	mem_txn_set(&t, 0, k->c, 0);
 	assert_int_equal(mem_txn_end(&t, f->store), k->c == MEM_KEEP || k->c == MEM_PRIVATE ? 0 : 1);
 	assert_int_equal(pthread_join(w.th, NULL), 0);
@@ -306,7 +307,7 @@ static void test_txn_sample_ending_under_a_claim_keeps_the_claim(void **state)
 	/* The claim relies on the protection: it stays until the claim ends. */
 	assert_true(pm_of(f, idx) & PM_UFFD_WP);
 	start_write(f, &w, idx, 0x55, true);
-	assert_int_equal(hva(f, idx)[OFF], 2);
+	assert_int_equal(fake_guest_load8(hva(f, idx) + OFF), 2);
 	assert_int_equal(mem_txn_end(&t, -1), 0);
 	assert_int_equal(pthread_join(w.th, NULL), 0);
 	assert_false(pm_of(f, idx) & PM_UFFD_WP);

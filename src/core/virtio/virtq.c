@@ -25,6 +25,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/tsan.h"
+
 /* struct virtq_desc, virtio 1.2 §2.7.5 (little-endian; x86 hosts only). */
 struct vring_desc {
 	uint64_t addr;
@@ -281,7 +283,7 @@ int virtq_pop(struct virtq *vq, struct virtq_chain *chain)
 		 */
 		if (store16(vq->gm, avail_event_gpa(vq), vq->last_avail))
 			return broke(vq, -EFAULT, "avail_event unwritable");
-		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		kv_fence_seq_cst();
 		ret = pending(vq, &n);
 		if (ret)
 			return ret;
@@ -330,7 +332,7 @@ bool virtq_should_interrupt(struct virtq *vq)
 	if (vq->broken)
 		return false;
 	/* Our used->idx store must be visible before we read the driver's wishes. */
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	kv_fence_seq_cst();
 	if (!vq->event_idx) {
 		if (load16(vq->gm, vq->avail + AVAIL_FLAGS, &flags))
 			return true;

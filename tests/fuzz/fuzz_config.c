@@ -25,7 +25,8 @@ void fz_init(void)
 static void check_vm(const struct host_vm_config *vm)
 {
 	FZ_CHECK(vm->name && *vm->name && strlen(vm->name) <= 63);
-	FZ_CHECK(vm->guest != NULL);
+	/* A VM boots either a kvmem guest ELF or a Linux kernel, never both or neither. */
+	FZ_CHECK((vm->guest != NULL) != (vm->kernel != NULL));
 	FZ_CHECK(vm->shares >= 1 && vm->shares <= 1000000);
 	FZ_CHECK(vm->cpus >= 1 && vm->cpus <= ABI_MAX_CPUS);
 	FZ_CHECK(!vm->append || strlen(vm->append) < ABI_MAX_CMDLINE);

@@ -153,6 +153,10 @@ static void config_seeds(void)
 	save_str("fuzz_config", "overbooked",
 		 "{\"budget\":\"1G\",\"vms\":[{\"name\":\"a\",\"mem\":\"1G\",\"min\":\"768M\"},"
 		 "{\"name\":\"a\",\"mem\":\"1G\",\"min\":\"768M\"}]}");
+	/* A Linux kernel instead of a guest ELF (no guest then): found by the long run. */
+	save_str("fuzz_config", "linux_kernel",
+		 "{\"vms\":[{\"name\":\"a\",\"mem\":\"1G\",\"kernel\":\"bzImage\","
+		 "\"initrd\":\"initrd.img\",\"cmdline\":\"console=ttyS0\"}]}");
 }
 
 /* --- fuzz_control: what a client sends --- */

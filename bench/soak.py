@@ -38,6 +38,8 @@ import statistics
 import subprocess
 import sys
 
+from benchlib import take_opt
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 MIB = 1 << 20
 WL = "size=48,dup=40,zero=10,id={id},seed={seed},rate=2,read=4,hot=30,verify=20,report=5,then=sleep"
@@ -46,17 +48,14 @@ GROWTH_PCT, GROWTH_MIB = 10, 16
 
 
 def take(args, opt, default, conv=str):
-    if opt in args:
-        i = args.index(opt)
-        if i + 1 >= len(args):
-            sys.exit(f"soak: {opt} needs a value")
-        v = args[i + 1]
-        del args[i:i + 2]
-        try:
-            return conv(v)
-        except ValueError:
-            sys.exit(f"soak: {opt} {v}: not a number")
-    return default
+    """take_opt, converted; a value that does not convert is a usage error."""
+    v = take_opt(opt, None, args)
+    if v is None:
+        return default
+    try:
+        return conv(v)
+    except ValueError:
+        sys.exit(f"soak: {opt} {v}: not a number")
 
 
 def scenario(minutes, guests, seed):

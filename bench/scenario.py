@@ -305,13 +305,17 @@ class Run:
         return r
 
     def all_stats(self):
-        """{host: its stats reply} of the hosts that answer."""
+        """{host: its stats reply} of the hosts that answer. A host too busy
+        to answer within its verb deadline replies ETIMEDOUT: that sample is
+        missing for it (the summary's samples per host say how many came)."""
         out = {}
         for name, (_, sock, _) in self.hosts.items():
             try:
-                out[name] = request(sock, {"verb": "stats"}, timeout=30)
+                r = request(sock, {"verb": "stats"}, timeout=30)
             except (OSError, ValueError):
                 continue
+            if r.get("ok") is not False and "host" in r:
+                out[name] = r
         return out
 
     def timeline(self):

@@ -147,6 +147,9 @@ def report(out, sc):
                 num(x, "swap.pool.used_bytes")) for x in mine]
         heap = [(num(x, "t_s"), num(x, "vmm_heap_bytes")) for x in mine]
         r["vmm"][h["name"]] = {"own_memory": growth(own), "heap": growth(heap)}
+        # A host too busy to answer a stats request within its deadline misses a sample.
+        r.setdefault("stats_samples", {})[h["name"]] = (
+            f"{len(mine)} of {sc['duration_s'] // sc['interval_s'] + 1}")
     goals = [fails == 0, not errors] + [g["ok"] for v in r["vmm"].values()
                                         for g in v.values() if g]
     r["ok"] = all(goals)
@@ -188,7 +191,8 @@ def main():
         json.dump(r, f, indent=1)
     print(f"soak: {r['minutes']} min, {r['guests_started']} guests, "
           f"{r['migrations_done']} of {r['migrations_asked']} migrations done")
-    print(f"soak: verify failures {r['verify_failures']} (goal 0), errors {r['errors']} (goal 0)")
+    print(f"soak: verify failures {r['verify_failures']} (goal 0), errors {r['errors']} (goal 0); "
+          f"stats samples per host {r['stats_samples']}")
     for line in r["error_lines"]:
         print(f"soak:   {line}")
     for h, v in r["vmm"].items():

@@ -85,8 +85,10 @@ def faults(sock, **kw):
 
 
 def arm(sock, spec, what):
-    """Arm spec (disarming all else) and return how many injections each point owes."""
-    pts = faults(sock, clear=True, set=spec)
+    """Arm spec (disarming all else) and return how many injections each point owes.
+    The counts are taken before arming: the points may fire before the verb answers."""
+    pts = faults(sock)
+    faults(sock, clear=True, set=spec)
     owed = {}
     for part in spec.split(","):
         name = part.split(":")[0].split("@")[0].split("*")[0]

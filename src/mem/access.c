@@ -34,10 +34,21 @@ uint16_t mem_access_age(const struct gm *gm, uint64_t chunk)
 	return __atomic_load_n(&gm->chunk_age[chunk], __ATOMIC_RELAXED);
 }
 
-void mem_access_set(struct gm *gm, uint64_t chunk, uint16_t age, uint8_t hits)
+void mem_access_seen(struct gm *gm, uint64_t chunk, unsigned int uses, uint16_t idle)
 {
-	__atomic_store_n(&gm->chunk_age[chunk], age, __ATOMIC_RELAXED);
-	__atomic_store_n(&gm->chunk_hits[chunk], hits, __ATOMIC_RELAXED);
+	uint16_t age = __atomic_load_n(&gm->chunk_age[chunk], __ATOMIC_RELAXED);
+	uint8_t h = __atomic_load_n(&gm->chunk_hits[chunk], __ATOMIC_RELAXED), want;
+
+	if (uses)
+		idle = 0;
+	/* A younger age that a touch stored meanwhile stays. */
+	while (idle < age && !__atomic_compare_exchange_n(&gm->chunk_age[chunk], &age, idle, false,
+							  __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
+	do {
+		want = (uint8_t)(h + uses < UINT8_MAX ? h + uses : UINT8_MAX);
+	} while (want != h && !__atomic_compare_exchange_n(&gm->chunk_hits[chunk], &h, want, false,
+							   __ATOMIC_RELAXED, __ATOMIC_RELAXED));
 }
 
 /*

@@ -7,14 +7,15 @@
  * pages (DAMON's regions are MiB-sized for the same reason).
  *
  * Sources:
- *   damon     the kernel's data access monitor (mem/damon.h): reads and
- *             writes, through the accessed bits, at the kernel's cost;
- *   sampling  write-protect sampling here: every interval up to
+ *   sampling  write-protect sampling here, always: every interval up to
  *             MEM_ACCESS_SAMPLES resident pages of each chunk are
  *             write-protected, and a chunk whose sample the guest wrote is
  *             young again. Writes only: userfaultfd sees no reads.
- * With either, a touch of a swapped page (a read as much as a write) makes
- * its chunk young at once: the pages reclaim got wrong are the ones seen.
+ *   damon     where the kernel offers it, the data access monitor
+ *             (mem/damon.h) adds what it saw through the accessed bits,
+ *             reads included (mem_access_seen).
+ * And a touch of a swapped page (a read as much as a write) makes its
+ * chunk young at once: the pages reclaim got wrong are the ones seen.
  *
  * One sampler per VM, run by the policy thread once per interval.
  */
@@ -53,17 +54,27 @@ void mem_access_destroy(struct mem_access *a);
  * interval older), then protect this interval's. Returns the share of last
  * interval's samples that were written (the VM's active fraction, as ESX
  * estimates it), or -1 when there were none.
- *   age_only: another source (DAMON) gives the ages, or nothing needs
- *   them (no swap): only the active fraction is measured, from fewer
- *   samples.
+ *   age_only: nothing needs the ages (no swap): only the active fraction
+ *   is measured, from fewer samples.
  */
 double mem_access_sample(struct mem_access *a, bool age_only);
 
 /* Chunks of gm (MEM_CHUNK_PAGES pages each, the last one maybe short). */
 uint64_t mem_access_chunks(const struct gm *gm);
 uint16_t mem_access_age(const struct gm *gm, uint64_t chunk);
-/* Set by a source that measures them itself (DAMON): age, and how often it was used lately. */
-void mem_access_set(struct gm *gm, uint64_t chunk, uint16_t age, uint8_t hits);
+/*
+ * What another source (DAMON) saw of a chunk since the last interval: `uses`
+ * accesses counted, or none and idle for `idle` intervals (MEM_ACCESS_AGE_MAX:
+ * it cannot say). Evidence added to the samples', never in their place: a
+ * used chunk is young and `uses` hotter, an idle one only ever younger. The
+ * samples still age the chunks and decay their counts once per interval
+ * (mem_access_sample), so the evidence is only as lasting as theirs. DAMON
+ * alone ranked a guest's hot set with its cold memory: it checks one page
+ * of a region every 10 ms, and a hot set whose every page is written once
+ * a second looks idle to it, while a write-protected sample sees the whole
+ * interval.
+ */
+void mem_access_seen(struct gm *gm, uint64_t chunk, unsigned int uses, uint16_t idle);
 
 /*
  * gm's chunks, coldest first: the one used least often lately (each chunk

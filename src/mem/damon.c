@@ -516,8 +516,7 @@ int64_t mem_damon_update(struct mem_damon *d)
 	}
 	for (unsigned int i = 0; i < d->nr_gms; i++)
 		for (uint64_t c = 0; c < mem_access_chunks(d->gms[i]); c++)
-			if (d->next[i][c].age != MEM_ACCESS_AGE_MAX)
-				mem_access_set(d->gms[i], c, d->next[i][c].age, d->next[i][c].hits);
+			mem_access_seen(d->gms[i], c, d->next[i][c].hits, d->next[i][c].age);
 	pthread_mutex_lock(&d->lock);
 	d->st.regions = regions;
 	d->st.updates++;

@@ -33,10 +33,11 @@ int mem_damon_add(struct mem_damon *d, struct gm *gm);
 void mem_damon_remove(struct mem_damon *d, struct gm *gm);
 
 /*
- * Read the kdamond's regions and set every monitored VM's chunk ages from
- * them (a region accessed in the last aggregation is young; an idle one is
- * as old as it has been idle, in seconds). Blocks for about one
- * aggregation interval. Returns the bytes seen accessed, or -errno.
+ * Read the kdamond's regions and add what they say to every monitored VM's
+ * chunks (mem_access_seen: a chunk under a region accessed in the last
+ * aggregation is used, as often as the region's count; under an idle one,
+ * idle as long as the region). Blocks for about one aggregation interval.
+ * Returns the bytes seen accessed, or -errno.
  */
 int64_t mem_damon_update(struct mem_damon *d);
 

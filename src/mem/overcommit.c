@@ -686,10 +686,11 @@ static void policy_pass(struct ovc *ovc, bool interval)
 		/*
 		 * Hundreds of system calls per GiB: not under the lock the stats
 		 * readers take. Per-chunk samples only where something ranks the
-		 * chunks and DAMON does not: each one costs the guest TLB flushes.
+		 * chunks (each one costs the guest TLB flushes), with DAMON too:
+		 * it adds the reads they cannot see, they the writes it misses.
 		 */
 		ovc->vms[i]->written = interval ? mem_access_sample(ovc->vms[i]->access,
-								    ovc->damon || !ovc->ranking)
+								    !ovc->ranking)
 						: -1.0;
 	}
 	if (interval)

@@ -15,6 +15,7 @@
 
 #include "core/alloc.h"
 #include "core/fault.h"
+#include "core/sandbox.h"
 #include "core/thread.h"
 
 /* The thread engine: two workers, so that a read is not queued behind a slow write. */
@@ -93,6 +94,7 @@ static void *worker(void *arg)
 {
 	struct swapio *io = arg;
 
+	sandbox_enter(SANDBOX_SWAP_IO);
 	pthread_mutex_lock(&io->lock);
 	for (;;) {
 		struct tio *r;

@@ -21,10 +21,10 @@
  * resizing thread, which keep that thread's filters (the kinds that resize
  * the sharing index may create threads: thread_create_calls). Nothing else
  * starts threads: jemalloc's background threads are off, io_uring's workers
- * are the kernel's (and what they do for a ring is not filtered: only the
- * kinds that use host swap's ring may enter it). LeakSanitizer's tracer at
- * exit is cloned by the main thread and keeps the host filter, which
- * sanitizer builds widen for it (sanitizer_calls).
+ * are the kernel's (what they do for a ring is not filtered: host swap's
+ * ring is restricted to reads and writes, mem/swapio.c). LeakSanitizer's
+ * tracer at exit is cloned by the main thread and keeps the host filter,
+ * which sanitizer builds widen for it (sanitizer_calls).
  *
  * Built with Debian's libseccomp, not hand-written BPF: it checks the
  * architecture of every call (an i386 `int 0x80` or an x32 call reaches

@@ -853,6 +853,7 @@ int sandbox_init(bool on)
 			log_err("building the %s filter: %s", kinds[k].name, strerror(-ret));
 			return ret;
 		}
+		log_debug("%s filter: %u BPF instructions", kinds[k].name, sb.prog[k].len);
 	}
 	/* Libraries that set up on first use do it now, under no filter: jansson's hash seed. */
 	json_object_seed(0);

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * kvmem command line. The only file that may exit(). Exit statuses:
- * 0 success (or the guest's own power-off status), 1 a VMM failure,
- * 2 a usage error, 3 the guest crashed.
+ * kvmem command line. The only file that may exit() (but for the seccomp
+ * violation handler, core/sandbox.c). Exit statuses: 0 success (or the
+ * guest's own power-off status), 1 a VMM failure, 2 a usage error, 3 the
+ * guest crashed, 159 (SANDBOX_EXIT_STATUS) a thread made a system call its
+ * seccomp filter forbids.
  */
 #define LOG_TAG "main"
 #include <errno.h>
@@ -21,6 +23,7 @@
 #include "core/layout.h"
 #include "core/linux_boot.h"
 #include "core/log.h"
+#include "core/sandbox.h"
 #include "core/size.h"
 #include "core/host/cli.h"
 #include "core/host/cli_balloon.h"
@@ -48,8 +51,10 @@ static void usage(FILE *f)
 		"                  [--cmdline STR] | --restore FILE) [--corpus FILE]\n"
 		"                 [--budget SIZE] [--socket PATH] [--dedup on|off|ksm]\n"
 		"                 [--accel auto|kvm|thread] [--swap PATH[,SIZE]] [--swap-pool SIZE]\n"
+		"                 [--no-seccomp]\n"
 		"       kvmem host --config FILE.json [--socket PATH] [--accel auto|kvm|thread]\n"
 		"                  [--incoming unix:PATH|tcp:HOST:PORT] [--migration-secret FILE]\n"
+		"                  [--no-seccomp]\n"
 		"       kvmem migrate --vm NAME --to ADDR [--downtime MS] [--bandwidth MIB_S]\n"
 		"                     [--socket PATH]\n"
 		"       kvmem save --vm NAME --to FILE [--stop] [--socket PATH]\n"
@@ -85,12 +90,15 @@ static void usage(FILE *f)
 		"                      where its workload takes page contents (kvmem.wl=corpus=);\n"
 		"                      with --restore, the saved VM's corpus (the same content)\n"
 		"  -v, --verbose       debug logging\n"
+		"      --no-seccomp    no seccomp filters (debugging: a forbidden system call\n"
+		"                      otherwise ends kvmem with status 159)\n"
 		"\n"
 		"host    run the VMs of a JSON config under one memory budget (see README.md)\n"
 		"          --incoming ADDR  accept VMs migrating here (then --config is optional):\n"
 		"                      unix:PATH, or tcp:HOST:PORT (tcp::PORT is loopback only)\n"
 		"          --migration-secret FILE  a secret the migrating hosts share (mode 0600),\n"
 		"                      needed over TCP: both peers prove they hold it\n"
+		"          --no-seccomp     as for run\n"
 		"swap    swap a VM of a running host out to a resident size (see kvmem swap --help)\n"
 		"migrate move a running VM to another host, live (see kvmem migrate --help)\n"
 		"save    write a VM to a snapshot file, live or stopping it (see kvmem save --help)\n"
@@ -101,6 +109,9 @@ static void usage(FILE *f)
 }
 
 #define USAGE_HINT "see kvmem --help"
+
+/* Long options without a short one. */
+#define OPT_NO_SECCOMP 0x100
 
 static int usage_error(const char *fmt, const char *arg)
 {
@@ -226,6 +237,9 @@ static int run_host(struct host_config *cfg)
 		return usage_error("%s", err);
 	if (host_config_resolve_accel(cfg, err, sizeof(err)))
 		return usage_error("%s", err);
+	/* Before the host starts any thread: each inherits the host filter. */
+	if (sandbox_init(!cfg->seccomp_off))
+		return EXIT_FAILURE;
 	if (!cfg->socket) {
 		/* Not owned: reset below so host_config_free never frees it. */
 		cfg->socket = (char *)KVMEM_DEFAULT_SOCKET;
@@ -291,6 +305,7 @@ static int cmd_run(int argc, char **argv)
 		{ "kernel", required_argument, NULL, 'K' },
 		{ "initrd", required_argument, NULL, 'I' },
 		{ "cmdline", required_argument, NULL, 'L' },
+		{ "no-seccomp", no_argument, NULL, OPT_NO_SECCOMP },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -380,6 +395,9 @@ static int cmd_run(int argc, char **argv)
 				return usage_error("--restore %s: no such file", optarg);
 			cfg.restore = restore_path;
 			break;
+		case OPT_NO_SECCOMP:
+			cfg.seccomp_off = true;
+			break;
 		case 'P':
 			if (size_text("--swap-pool", optarg, SIZE_MAX_BYTES, &cfg.swap.pool_bytes, err,
 				      sizeof(err)))
@@ -443,6 +461,7 @@ static int cmd_host(int argc, char **argv)
 		{ "accel", required_argument, NULL, 'A' },
 		{ "incoming", required_argument, NULL, 'i' },
 		{ "migration-secret", required_argument, NULL, 'k' },
+		{ "no-seccomp", no_argument, NULL, OPT_NO_SECCOMP },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -450,7 +469,7 @@ static int cmd_host(int argc, char **argv)
 	struct host_config cfg = { .policy_interval_s = 1.0 };
 	const char *path = NULL, *sock = NULL, *incoming = NULL, *secret = NULL;
 	enum accel_kind accel = ACCEL_AUTO;
-	bool have_accel = false;
+	bool have_accel = false, no_seccomp = false;
 	char err[512];
 	int c, ret;
 
@@ -466,6 +485,9 @@ static int cmd_host(int argc, char **argv)
 			break;
 		case 'k':
 			secret = optarg;
+			break;
+		case OPT_NO_SECCOMP:
+			no_seccomp = true;
 			break;
 		case 's':
 			sock = optarg;
@@ -507,6 +529,8 @@ static int cmd_host(int argc, char **argv)
 	}
 	if (have_accel)
 		cfg.accel = accel;
+	if (no_seccomp)
+		cfg.seccomp_off = true;
 	if (!cfg.budget_bytes)
 		cfg.budget_bytes = host_default_budget();
 	/* A budget left to MemAvailable stays under a hard limit that is given. */

@@ -24,6 +24,7 @@
 #include "core/alloc.h"
 #include "core/boot.h"
 #include "core/log.h"
+#include "core/sandbox.h"
 #include "core/thread.h"
 #include "core/vm_internal.h"
 
@@ -177,6 +178,7 @@ static void *vcpu_thread(void *arg)
 	struct vm *vm = vcpu->vm;
 	struct accel_exit exit;
 
+	sandbox_enter(vm->accel->vcpu_sandbox);
 	for (;;) {
 		int ret;
 

@@ -64,6 +64,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/sandbox.h"
 #include "core/thread.h"
 #include "mem/memmap.h"
 #include "mem/pagemap.h"
@@ -977,6 +978,7 @@ static void *scanner(void *arg)
 	uint64_t t_rate = kv_clock_ns(CLOCK_MONOTONIC), pages_rate = 0;
 	struct dedup_config last;
 
+	sandbox_enter(SANDBOX_DEDUP);
 	pthread_mutex_lock(&d->lock);
 	last = d->cfg;
 	while (!d->stop) {

@@ -12,6 +12,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/sandbox.h"
 #include "core/thread.h"
 #include "mem/mem_internal.h"
 #include "mem/memmap.h"
@@ -219,6 +220,7 @@ static void *prefetch_thread(void *arg)
 	struct gm *gm = l->gm;
 	uint64_t nr = mem_nr_pages(gm);
 
+	sandbox_enter(SANDBOX_PREFETCH);
 	for (uint64_t c = 0; c * MEM_CHUNK_PAGES < nr; c++) {
 		uint64_t start = c * MEM_CHUNK_PAGES, end = start + MEM_CHUNK_PAGES;
 

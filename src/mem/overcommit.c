@@ -23,6 +23,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/sandbox.h"
 #include "core/thread.h"
 #include "mem/access.h"
 #include "mem/damon.h"
@@ -844,6 +845,7 @@ static void *watch_thread(void *arg)
 	struct ovc *ovc = arg;
 	uint64_t last = 0;
 
+	sandbox_enter(SANDBOX_POLICY_WATCH);
 	pthread_mutex_lock(&ovc->lock);
 	while (!ovc->stopping) {
 		uint64_t now, used, budget = ovc->stats.budget_bytes, limit = ovc->hard_limit;
@@ -872,6 +874,7 @@ static void *policy_thread(void *arg)
 	uint64_t interval_ns = (uint64_t)(ovc->interval_s * 1e9);
 	uint64_t next = kv_clock_ns(CLOCK_MONOTONIC) + interval_ns;
 
+	sandbox_enter(SANDBOX_POLICY);
 	pthread_mutex_lock(&ovc->lock);
 	while (!ovc->stopping) {
 		uint64_t now;

@@ -30,6 +30,7 @@
 #include "core/alloc.h"
 #include "core/fault.h"
 #include "core/log.h"
+#include "core/sandbox.h"
 #include "mem/mem_internal.h"
 #include "mem/memmap.h"
 #include "mem/overcommit.h"
@@ -1176,6 +1177,7 @@ static void *worker_main(void *arg)
 {
 	struct mem_swap *sw = arg;
 
+	sandbox_enter(SANDBOX_SWAP_OUT);
 	pthread_mutex_lock(&sw->vm_lock);
 	while (!sw->stop) {
 		struct swap_vm *v = next_target(sw);

@@ -18,6 +18,7 @@
 
 #include "core/alloc.h"
 #include "core/log.h"
+#include "core/sandbox.h"
 #include "core/thread.h"
 #include "mem/memmap.h"
 #include "mem/mem_internal.h"
@@ -133,6 +134,7 @@ static void *service_thread(void *arg)
 	struct epoll_event evs[16];
 	struct uffd_watch *w;
 
+	sandbox_enter(SANDBOX_UFFD);
 	for (;;) {
 		int n = epoll_wait(svc->epfd, evs, 16, -1);
 

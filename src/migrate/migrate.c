@@ -24,6 +24,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/sandbox.h"
 #include "core/thread.h"
 #include "core/vm.h"
 #include "mem/export.h"
@@ -829,6 +830,7 @@ static void *throttle_thread(void *arg)
 {
 	struct mig_job *j = arg;
 
+	sandbox_enter(SANDBOX_MIG_THROTTLE);
 	while (!__atomic_load_n(&j->throttle_stop, __ATOMIC_ACQUIRE)) {
 		unsigned int pct = __atomic_load_n(&j->throttle_pct, __ATOMIC_RELAXED);
 		uint64_t held = (uint64_t)MIG_THROTTLE_PERIOD_MS * 1000000ULL * pct / 100;
@@ -1156,7 +1158,10 @@ static void *mig_source_thread(void *arg)
 {
 	struct mig_job *j = arg;
 	uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC);
-	int ret = source_run(j);
+	int ret;
+
+	sandbox_enter(SANDBOX_MIGRATION);
+	ret = source_run(j);
 
 	if (ret)
 		log_warn("%s: %s to %s failed: %s; it runs on here", vm_name(j->vm),
@@ -1629,7 +1634,10 @@ static void *dest_thread(void *arg)
 {
 	struct mig_job *j = arg;
 	uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC);
-	int ret = dest_run(j);
+	int ret;
+
+	sandbox_enter(SANDBOX_MIGRATION);
+	ret = dest_run(j);
 
 	if (ret) {
 		/* The source hears why (a refused handshake too), if it still listens. */

@@ -15,6 +15,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/sandbox.h"
 #include "core/thread.h"
 #include "core/vm.h"
 #include "mem/export.h"
@@ -318,7 +319,10 @@ static void *restore_thread(void *arg)
 {
 	struct mig_job *j = arg;
 	uint64_t t0 = kv_clock_ns(CLOCK_MONOTONIC);
-	int ret = restore_run(j);
+	int ret;
+
+	sandbox_enter(SANDBOX_MIGRATION);
+	ret = restore_run(j);
 
 	if (ret)
 		log_warn("restoring %s failed: %s", j->prog.peer, j->prog.error);

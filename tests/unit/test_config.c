@@ -112,6 +112,7 @@ static void test_config_a_good_config_loads_with_every_field(void **state)
 	(void)state;
 	snprintf(text, sizeof(text),
 		 "{\"budget\":\"2G\", \"socket\":\"/tmp/s\", \"console_prefix\":false, "
+		 "\"seccomp\":false, "
 		 "\"dedup\":\"on\", \"accel\":\"thread\", \"policy_interval\":0.5, "
 		 "\"balloon_stats_interval\":0.25, \"access\":\"sampling\", \"hard_limit\":\"3G\", "
 		 "\"swap\":{\"path\":\"/var/tmp\", \"victims\":\"random\", \"store\":\"kernel\"}, "
@@ -125,6 +126,7 @@ static void test_config_a_good_config_loads_with_every_field(void **state)
 	assert_int_equal(cfg.budget_bytes, 2048 * MIB);
 	assert_string_equal(cfg.socket, "/tmp/s");
 	assert_false(cfg.console_prefix);
+	assert_true(cfg.seccomp_off);
 	assert_int_equal(cfg.dedup, HOST_DEDUP_ON);
 	assert_int_equal(cfg.accel, ACCEL_THREAD);
 	assert_true(cfg.policy_interval_s == 0.5);
@@ -202,6 +204,7 @@ static void test_config_every_host_field_error_names_it(void **state)
 	refused("{\"budget\":true, \"vms\":[" VM "]}", "budget", "size");
 	refused("{\"socket\":5, \"vms\":[" VM "]}", "socket", "string");
 	refused("{\"console_prefix\":1, \"vms\":[" VM "]}", "console_prefix", "true or false");
+	refused("{\"seccomp\":\"off\", \"vms\":[" VM "]}", "seccomp", "true or false");
 	refused("{\"dedup\":\"yes\", \"vms\":[" VM "]}", "dedup", NULL);
 	refused("{\"dedup\":true, \"vms\":[" VM "]}", "dedup", NULL);
 	refused("{\"accel\":\"qemu\", \"vms\":[" VM "]}", "accel", NULL);

@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/sandbox.h"
 #include "mem/gm.h"
 
 struct vm;
@@ -95,6 +96,7 @@ struct accel_entry {
 struct accel_ops {
 	const char *name;
 	bool exec_ram;		/* guest RAM must be executable by host threads */
+	enum sandbox_kind vcpu_sandbox;	/* the seccomp filter of its vCPU threads */
 	/* Create the machine for vm (after its RAM, before its vCPUs). */
 	int (*vm_init)(struct vm *vm);
 	void (*vm_destroy)(struct vm *vm);
@@ -227,5 +229,15 @@ struct accel_cpuid_leaf {
 };
 bool accel_cpuid_is_pvm(const struct accel_cpuid_leaf *leaves, size_t n);
 int accel_kvm_is_pvm(char *why, size_t whylen);
+
+/*
+ * The ioctl requests kvm.c makes, for the seccomp filters (core/sandbox.c):
+ * on a vCPU's own thread, and all of them (anywhere: VM creation, state
+ * saved and loaded by migration, the dirty log). Kept next to the calls.
+ */
+extern const unsigned long accel_kvm_vcpu_ioctls[];
+extern const size_t accel_kvm_nr_vcpu_ioctls;
+extern const unsigned long accel_kvm_ioctls[];
+extern const size_t accel_kvm_nr_ioctls;
 
 #endif

@@ -1067,9 +1067,30 @@ static uint64_t kvm_guest_tsc(struct vm *vm)
 	return tsc;
 }
 
+/* What a vCPU's thread asks of KVM: run, settle, and read a reported exception's registers. */
+const unsigned long accel_kvm_vcpu_ioctls[] = { KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS };
+const size_t accel_kvm_nr_vcpu_ioctls = ARRAY_SIZE(accel_kvm_vcpu_ioctls);
+
+/* Every request above, whichever thread makes it (add a new one here too). */
+const unsigned long accel_kvm_ioctls[] = {
+	KVM_GET_API_VERSION, KVM_CHECK_EXTENSION, KVM_GET_VCPU_MMAP_SIZE,
+	KVM_GET_SUPPORTED_CPUID, KVM_CREATE_VM, KVM_CREATE_IRQCHIP, KVM_CREATE_VCPU,
+	KVM_SET_USER_MEMORY_REGION, KVM_IOEVENTFD, KVM_IRQFD, KVM_GET_DIRTY_LOG,
+	KVM_GET_TSC_KHZ, KVM_SET_CPUID2, KVM_RUN,
+	KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS,
+	KVM_GET_MSRS, KVM_SET_MSRS, KVM_GET_VCPU_EVENTS, KVM_SET_VCPU_EVENTS,
+	KVM_GET_MP_STATE, KVM_SET_MP_STATE, KVM_GET_XSAVE, KVM_SET_XSAVE,
+	KVM_GET_XCRS, KVM_SET_XCRS, KVM_GET_FPU, KVM_SET_FPU,
+	KVM_GET_LAPIC, KVM_SET_LAPIC, KVM_GET_DEBUGREGS, KVM_SET_DEBUGREGS,
+	KVM_GET_IRQCHIP, KVM_SET_IRQCHIP, KVM_GET_PIT2, KVM_SET_PIT2,
+	KVM_GET_CLOCK, KVM_SET_CLOCK,
+};
+const size_t accel_kvm_nr_ioctls = ARRAY_SIZE(accel_kvm_ioctls);
+
 const struct accel_ops accel_kvm_ops = {
 	.name = "kvm",
 	.exec_ram = false,
+	.vcpu_sandbox = SANDBOX_VCPU_KVM,
 	.vm_init = kvm_vm_init,
 	.vm_destroy = kvm_vm_destroy,
 	.vm_boot = kvm_vm_boot,

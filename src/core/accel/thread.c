@@ -37,6 +37,10 @@
  *     (the executable, libraries, vDSO, signal restorer) lies above it (see
  *     mem/memmap.h), so the host's own system calls are never dispatched and
  *     no selector has to be flipped around calls or in signal handlers.
+ *     They go through the vCPU's seccomp filter instead (core/sandbox.h);
+ *     the kernel dispatches before it filters, so a guest's call never
+ *     reaches the filter, and a SIGSYS with si_code SYS_SECCOMP (a VMM call
+ *     on this thread the filter refuses) is never the guest's.
  *
  * Every handler runs on a per-vCPU sigaltstack, never on the guest's small
  * stack in guest RAM (which may be write-protected by reclaim).
@@ -59,6 +63,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/sandbox.h"
 #include "core/vm_internal.h"
 #include "mem/memmap.h"
 
@@ -284,6 +289,9 @@ void accel_thread_fault(int sig, siginfo_t *si, void *ucv)
 	const struct thread_vm *tv;
 	struct accel_exception *e = &t->exc;
 
+	/* A filter's SIGSYS is never the guest's: its calls are dispatched before filters run. */
+	if (sandbox_is_violation(si))
+		sandbox_violation(si);
 	/*
 	 * Only what the kernel raised for guest code is the guest's: never a
 	 * fault of the kick handler, which runs with in_guest still set until it
@@ -778,6 +786,7 @@ static int thread_irqfd(struct vm *vm, uint32_t gsi, int fd, bool assign)
 const struct accel_ops accel_thread_ops = {
 	.name = "thread",
 	.exec_ram = true,
+	.vcpu_sandbox = SANDBOX_VCPU_THREAD,
 	.vm_init = thread_vm_init,
 	.vm_destroy = thread_vm_destroy,
 	.vm_boot = thread_vm_boot,

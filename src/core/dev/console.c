@@ -30,6 +30,7 @@
 
 #include "core/alloc.h"
 #include "core/fault.h"
+#include "core/sandbox.h"
 #include "core/thread.h"
 #include "core/vm_internal.h"
 
@@ -130,6 +131,7 @@ static void *writer_main(void *arg)
 	struct console *con = arg;
 	char line[CON_LINE_MAX];
 
+	sandbox_enter(SANDBOX_CONSOLE);
 	pthread_mutex_lock(&con->lock);
 	for (;;) {
 		uint16_t n;

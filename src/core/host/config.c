@@ -15,7 +15,7 @@
  *                "swap_max": "512M", "corpus": "libs.corpus" },
  *              { "name": "l", "mem": "1G", "kernel": "/boot/vmlinuz",
  *                "initrd": "/boot/initrd.img", "cmdline": "console=ttyS0" } ],
- *     "corpus_dir": "/var/lib/kvmem/corpora" }
+ *     "corpus_dir": "/var/lib/kvmem/corpora", "seccomp": true }
  *
  * Sizes are text with a unit (a bare JSON number is refused: core/size.h);
  * intervals are seconds.
@@ -154,6 +154,20 @@ static int get_socket_group(json_t *root, struct host_config *cfg, char *err, si
 		}
 	}
 	return fail(err, len, "socket_group: no such group \"%.64s\"", name);
+}
+
+/* true or false; 1 when absent (*out left as it was). */
+static int get_bool(json_t *obj, const char *key, const char *where, bool *out, char *err,
+		    size_t len)
+{
+	json_t *v = json_object_get(obj, key);
+
+	if (!v)
+		return 1;
+	if (!json_is_boolean(v))
+		return fail(err, len, "%s%s: must be true or false", where, key);
+	*out = json_is_true(v);
+	return 0;
 }
 
 static int get_accel(json_t *o, const char *where, enum accel_kind *out, char *err, size_t len)
@@ -453,13 +467,14 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 					     "console_prefix", "dedup", "accel", "policy_interval",
 					     "balloon_stats_interval", "access", "hard_limit",
 					     "swap", "incoming", "migration_secret",
-					     "fingerprint_key", "corpus_dir", "vms" };
+					     "fingerprint_key", "corpus_dir", "seccomp", "vms" };
 	static const char *const access[] = {
 		[HOST_ACCESS_AUTO] = "auto",
 		[HOST_ACCESS_DAMON] = "damon",
 		[HOST_ACCESS_SAMPLING] = "sampling",
 	};
 	unsigned int choice;
+	bool seccomp = true;
 	json_error_t jerr;
 	json_t *root, *vms, *v;
 	const char *key;
@@ -507,14 +522,13 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 	if (ret < 0)
 		goto out;
 	cfg->console_prefix = true;
-	v = json_object_get(root, "console_prefix");
-	if (v) {
-		if (!json_is_boolean(v)) {
-			ret = fail(err, len, "console_prefix: must be true or false");
-			goto out;
-		}
-		cfg->console_prefix = json_is_true(v);
-	}
+	ret = get_bool(root, "console_prefix", "", &cfg->console_prefix, err, len);
+	if (ret < 0)
+		goto out;
+	ret = get_bool(root, "seccomp", "", &seccomp, err, len);
+	if (ret < 0)
+		goto out;
+	cfg->seccomp_off = !seccomp;
 	v = json_object_get(root, "dedup");
 	if (v) {
 		const char *s = json_is_string(v) ? json_string_value(v) : "";

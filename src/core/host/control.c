@@ -1375,6 +1375,7 @@ static void *control_thread(void *arg)
 	struct control *c = arg;
 	struct epoll_event evs[32];
 
+	sandbox_enter(SANDBOX_CONTROL);
 	for (;;) {
 		bool done = false;
 		int n = epoll_wait(c->epfd, evs, ARRAY_SIZE(evs), loop_timeout(c, now_ms()));

@@ -77,6 +77,7 @@ struct host_config {
 	bool socket_group_set;	/* socket_gid's members may read stats on the socket */
 	gid_t socket_gid;	/* the config's "socket_group", resolved */
 	bool console_prefix;	/* "[name] " before every console line */
+	bool seccomp_off;	/* no seccomp filters (--no-seccomp, "seccomp": false): debugging */
 	enum host_dedup_mode dedup;
 	enum host_access access;
 	uint64_t hard_limit_bytes; /* a memory cgroup of its own limited to this (0: none) */

@@ -37,6 +37,7 @@
 #include "core/host/control.h"
 #include "core/host/host_internal.h"
 #include "core/layout.h"
+#include "core/sandbox.h"
 #include "core/size.h"
 #include "core/thread.h"
 #include "core/virtio/virtio_mmio.h"
@@ -863,6 +864,7 @@ static void *incoming_thread(void *arg)
 {
 	struct incoming *in = arg;
 
+	sandbox_enter(SANDBOX_MIGRATION);
 	for (;;) {
 		struct pollfd pfd[2] = { { in->lfd, POLLIN, 0 }, { in->stop_efd, POLLIN, 0 } };
 		struct mig_params p = { 0 };

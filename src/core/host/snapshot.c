@@ -20,6 +20,7 @@
 #include "core/host/control.h"
 #include "core/host/host_internal.h"
 #include "core/log.h"
+#include "core/sandbox.h"
 #include "core/thread.h"
 #include "core/vm.h"
 #include "dedup/dedup.h"
@@ -314,6 +315,7 @@ static void *clone_thread(void *arg)
 	uint64_t i;
 	int ret;
 
+	sandbox_enter(SANDBOX_MIGRATION);
 	ret = clone_image(h, j->r, j->salt, &img, why, sizeof(why));
 	if (ret) {
 		snprintf(err, sizeof(err), "cannot clone: %s", why);

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/sandbox.h"
 #include "core/thread.h"
 #include "core/vm.h"
 
@@ -535,6 +536,7 @@ static void *worker(void *arg)
 		{ .fd = vdev->timer_fd, .events = POLLIN },
 	};
 
+	sandbox_enter(SANDBOX_DEVICE);
 	while (!__atomic_load_n(&vdev->stop, __ATOMIC_ACQUIRE)) {
 		uint64_t v;
 		bool timer = false;

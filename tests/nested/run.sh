@@ -125,7 +125,7 @@ else
 		[[ " ${suites[*]} " == *" slow-nested-kvm "* ]] || sel+=(--no-suite slow-nested-kvm)
 	fi
 	for b in "${builds[@]}"; do
-		bdir=$(cd "$repo" && cd "$b" 2> /dev/null && pwd -P) || usage "no build dir $b (bash .ci/setup builds build and, with SANITIZE=1, build-asan)"
+		bdir=$(cd "$repo" && cd "$b" 2> /dev/null && pwd -P) || usage "no build dir $b (bash .ci/setup builds build and, with SANITIZE=1, build-asan and build-tsan)"
 		[ -f "$bdir/build.ninja" ] || usage "$b is not a configured meson build dir"
 		[[ $bdir == "$repo"/* ]] || shares+=("$bdir")
 		# The guest runs what is built here: bring it up to date first (the
@@ -135,21 +135,21 @@ else
 		# gets the options .ci/run gives it.
 		san=$(python3 -c 'import json, sys; v = next((o["value"] for o in json.load(open(sys.argv[1])) if o["name"] == "b_sanitize"), "none"); print(",".join(v) if isinstance(v, list) else v)' \
 			"$bdir/meson-info/intro-buildoptions.json" 2> /dev/null || echo none)
-		env=() bsel=("${sel[@]}")
+		env=() bsel=("${sel[@]}") what="${tests[*]:-${suites[*]}}"
 		if [[ $san == *thread* ]]; then
 			# ThreadSanitizer: the first report ends that process (status 66), so the
 			# test fails on it; its subset of the suite (tsan-kvm, tests/meson.build)
 			# unless tests or suites were named. GCC's TSan cannot start under more
 			# than 28 random mmap bits, which a newer guest kernel may have.
 			env=(env TSAN_OPTIONS=halt_on_error=1:exitcode=66:second_deadlock_stack=1)
-			((${#tests[@]} || user_suites)) || bsel=(--suite tsan-kvm)
+			((${#tests[@]} || user_suites)) || { bsel=(--suite tsan-kvm); what=tsan-kvm; }
 			echo '[ "$(cat /proc/sys/vm/mmap_rnd_bits)" -le 28 ] || sysctl -qw vm.mmap_rnd_bits=28' >> "$job"
 		elif [[ $san != none && -n $san ]]; then
 			env=(env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1)
 			# Long scenarios run under the sanitizers on thread, and here with the normal build.
 			((${#tests[@]})) || bsel+=(--no-suite long-kvm)
 		fi
-		names+=("${tests[*]:-${suites[*]}} ($b)")
+		names+=("$what ($b)")
 		echo "step $(q "${names[-1]}") ${env[*]} meson test -C $(q "$bdir") --no-rebuild --print-errorlogs --num-processes 1 -t $mult --logbase nested $(q "${bsel[@]}")" >> "$job"
 		nmeson=$((nmeson + 1))
 	done

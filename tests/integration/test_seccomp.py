@@ -40,17 +40,27 @@ def bites(kind, rc, err, what):
               f"and one line naming the kind and the call ({rc}: {named or err[-3:]})")
 
 
+# The kernel's own workers inside the process (PF_USER_WORKER: KVM's
+# kvm-nx-lpage-recovery, made from the thread that first ran a vCPU) copy
+# that thread's filters but never run code of kvmem's: not kvmem's threads.
+PF_USER_WORKER = 0x4000
+
+
 def threads(pid):
-    """{tid: (comm, seccomp mode, number of filters)} of a live process."""
+    """{tid: (comm, seccomp mode, number of filters)} of a live process's own threads."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/comm") as f:
                 comm = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                flags = int(f.read().rsplit(")", 1)[1].split()[6])
             with open(f"/proc/{pid}/task/{tid}/status") as f:
                 st = dict(l.rstrip("\n").split(":\t", 1) for l in f if ":\t" in l)
         except OSError:
             continue  # ended meanwhile
+        if flags & PF_USER_WORKER:
+            continue
         out[int(tid)] = (comm, int(st.get("Seccomp", "-1")), int(st.get("Seccomp_filters", "-1")))
     return out
 

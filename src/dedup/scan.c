@@ -155,11 +155,27 @@ void dedup_unref_page(struct dedup *d, struct dedup_vm *v, uint64_t idx)
  */
 static __thread struct mem_txn tx[2];
 
-/* Claim page idx of v (PS_ANON) into t, write-protected. 0, -EBUSY (not ours), -errno. */
+/*
+ * Claim page idx of v (PS_ANON, with a page behind it) into t,
+ * write-protected. 0, -EBUSY (not ours, or a hole now), -errno.
+ */
 static int claim(struct dedup *d, struct mem_txn *t, struct dedup_vm *v, uint64_t idx)
 {
-	int64_t ret = mem_txn_claim(t, v->gm, idx, 1, MEM_FROM(PS_ANON), MEM_TXN_NOPAGEMAP);
+	int64_t ret = mem_txn_claim(t, v->gm, idx, 1, MEM_FROM(PS_ANON), 0);
 
+	/*
+	 * Every caller reads the page it claimed (compare, copy, zero check).
+	 * A page hashed earlier may be a hole by now, the VM's own again (the
+	 * balloon took it and gave it back: the unstable index still names
+	 * it); in a chunk that takes MISSING faults, reading the hole this
+	 * claim holds waits for its owner, this thread, forever, with d->lock
+	 * held. So the pagemap entry read once protected decides: a hole
+	 * (or a marker on one) is given back unread.
+	 */
+	if (ret == 1 && mem_pm_is_hole(t->pm[0])) {
+		mem_txn_end(t, -1);
+		return -EBUSY;
+	}
 	if (ret == 1)
 		return 0;
 	if (ret < 0)

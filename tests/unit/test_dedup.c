@@ -657,6 +657,51 @@ static void test_dedup_window_with_untouched_pages_gives_them_no_memory(void **s
 	assert_int_equal(stats(f->d).errors, 0);
 }
 
+/*
+ * A page entered in the unstable index, then given to the balloon and taken
+ * back (a hole again, the VM's own: PS_ANON) before its twin is visited in
+ * the same pass, in a chunk that takes MISSING faults (host swap has been
+ * there). The twin's merge claims the stale entry's page, which protects
+ * its hole; reading it then waited in the fault service for its owner, the
+ * scanner itself, forever, with d->lock held: the policy's share mechanism,
+ * the stats and VM removal all hung behind it. A claimed hole is not
+ * compared, copied or checked for zeros: the claim gives it back.
+ */
+static void test_dedup_never_reads_a_hole_it_holds(void **state)
+{
+	struct fixture *f = *state;
+	struct gm *gm = f->gm[0];
+	gpa_t p = BASE, q = BASE + DEDUP_EXT_PAGES * PAGE;
+	uint64_t pi = (uint64_t)mem_page_index(gm, p);
+	uint8_t buf[PAGE], zero[PAGE] = { 0 };
+	struct dedup_stats s;
+
+	assert_int_equal(pi % DEDUP_EXT_PAGES, 0);
+	fill(gm, p, 42);
+	fill(gm, q, 42);
+	assert_int_equal(mem_chunks_set_missing(gm, pi, 1, true), 0);
+	dedup_scan_pass(f->d);
+	/* The next pass as far as p's window: p is stable, alone, entered unstable. */
+	assert_true(dedup_scan(f->d, pi + DEDUP_EXT_PAGES) > 0);
+	assert_int_equal(stats(f->d).merges, 0);
+	/* Inflated and deflated: a hole of the VM's own, in a MISSING chunk. */
+	assert_true(mem_discard(gm, p, PAGE, PS_BALLOONED) >= 0);
+	assert_int_equal(mem_undiscard(gm, p, PAGE), 0);
+	assert_int_equal(state_of(gm, p), PS_ANON);
+	/* q's window: q's merge with the stale entry must not wait for itself. */
+	alarm(30);
+	assert_true(dedup_scan(f->d, DEDUP_EXT_PAGES) > 0);
+	alarm(0);
+	s = stats(f->d);
+	assert_int_equal(s.merges, 0);
+	assert_int_equal(s.errors, 0);
+	assert_int_equal(state_of(gm, p), PS_ANON);
+	assert_int_equal(state_of(gm, q), PS_ANON);
+	assert_int_equal(mem_read(gm, p, buf, PAGE), 0);
+	assert_memory_equal(buf, zero, PAGE);
+	assert_true(page_is(gm, q, 42));
+}
+
 static void test_dedup_configure_validates(void **state)
 {
 	struct fixture *f = *state;
@@ -1037,6 +1082,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(
 			test_dedup_window_with_untouched_pages_gives_them_no_memory, setup,
 			teardown),
+		cmocka_unit_test_setup_teardown(test_dedup_never_reads_a_hole_it_holds, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_dedup_configure_validates, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dedup_image_maps_clones_shared_from_birth, setup,
 						teardown),

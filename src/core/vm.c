@@ -219,6 +219,9 @@ int vm_create(const struct vm_params *p, struct vm **out)
 		ret = -ENOMEM;
 		goto out_destroy;
 	}
+	ret = bus_init_ports(&vm->pio_bus);
+	if (ret)
+		goto out_destroy;
 	ret = mem_create_at(p->mem_bytes, accel->exec_ram, p->ram_base, &vm->gm);
 	if (ret) {
 		log_err("%s: cannot reserve %llu bytes of guest RAM: %s", p->name,
@@ -432,6 +435,7 @@ void vm_destroy(struct vm *vm)
 		console_destroy(vm->console);
 	vm->accel->vm_destroy(vm);
 	mem_destroy(vm->gm);
+	bus_fini(&vm->pio_bus);
 	pthread_mutex_destroy(&vm->lock);
 	pthread_cond_destroy(&vm->cond);
 	kv_free(vm->name);
@@ -478,6 +482,11 @@ int vm_ioeventfd(struct vm *vm, gpa_t addr, unsigned int len, int fd, bool assig
 int vm_irqfd(struct vm *vm, uint32_t gsi, int fd, bool assign)
 {
 	return vm->accel->irqfd(vm, gsi, fd, assign);
+}
+
+int vm_irq_line(struct vm *vm, uint32_t gsi, bool level)
+{
+	return vm->accel->irq_line ? vm->accel->irq_line(vm, gsi, level) : -ENOTSUP;
 }
 
 int vm_dirty_start(struct vm *vm)

@@ -26,6 +26,7 @@ struct vm {
 	uint64_t mem_bytes;		/* immutable */
 	struct vcpu *vcpus[ABI_MAX_CPUS]; /* immutable after create */
 	struct bus bus;			/* filled before start */
+	struct bus pio_bus;		/* I/O ports (a Linux guest's platform); likewise */
 	struct abi_device devs[ABI_MAX_DEVICES]; /* the guest's device table */
 	unsigned int nr_devs;
 	unsigned int nr_virtio;

@@ -527,14 +527,13 @@ static int kvm_vcpu_run(struct vcpu *vcpu, struct accel_exit *exit)
 		exit->mmio.is_write = run->mmio.is_write;
 		break;
 	case KVM_EXIT_IO:
-		/* Only emulated CPL0 code gets here; kvmem has no port devices. */
-		log_warn_ratelimited_vm(&vcpu->vm->log_limit,
-					"%s: vcpu %u: port I/O to 0x%x ignored", name, vcpu->index,
-					run->io.port);
-		if (run->io.direction == KVM_EXIT_IO_IN)
-			memset((uint8_t *)run + run->io.data_offset, 0xff,
-			       (size_t)run->io.size * run->io.count);
-		exit->reason = ACCEL_EXIT_NONE;
+		/* CPL0 code only (a Linux guest's): at CPL3 port I/O is a #GP. */
+		exit->reason = ACCEL_EXIT_PIO;
+		exit->pio.port = run->io.port;
+		exit->pio.data = (uint8_t *)run + run->io.data_offset;
+		exit->pio.size = run->io.size;
+		exit->pio.count = run->io.count;
+		exit->pio.is_write = run->io.direction == KVM_EXIT_IO_OUT;
 		break;
 	case KVM_EXIT_SHUTDOWN:
 		log_err("%s: vcpu %u: guest triple fault (shutdown)", name, vcpu->index);
@@ -613,6 +612,15 @@ static int kvm_irqfd(struct vm *vm, uint32_t gsi, int fd, bool assign)
 	if (!kvm_of(vm)->irqchip)
 		return -ENOTSUP;
 	return ioctl(kvm_of(vm)->fd, KVM_IRQFD, &irqfd) < 0 ? -errno : 0;
+}
+
+static int kvm_irq_line(struct vm *vm, uint32_t gsi, bool level)
+{
+	struct kvm_irq_level irq = { .irq = gsi, .level = level };
+
+	if (!kvm_of(vm)->irqchip)
+		return -ENOTSUP;
+	return ioctl(kvm_of(vm)->fd, KVM_IRQ_LINE, &irq) < 0 ? -errno : 0;
 }
 
 /*
@@ -1105,6 +1113,7 @@ const struct accel_ops accel_kvm_ops = {
 	.vcpu_exception = kvm_vcpu_exception,
 	.ioeventfd = kvm_ioeventfd,
 	.irqfd = kvm_irqfd,
+	.irq_line = kvm_irq_line,
 	.dirty_log = kvm_dirty_log,
 	.dirty_collect = kvm_dirty_collect,
 	.vcpu_save = kvm_vcpu_save,

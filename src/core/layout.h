@@ -78,6 +78,37 @@ static inline uint64_t layout_low_ram_bytes(uint64_t ram_bytes)
 #define LAYOUT_LINUX_EBDA_END 0xA0000ULL
 #define LAYOUT_LINUX_HIGH_MEM 0x100000ULL	/* RAM again above the legacy hole */
 
+/*
+ * A Linux guest's platform: a PC's ports where Linux looks for them
+ * (core/dev/uart.c, core/dev/pc.c), described by the tables. The PIC, the
+ * PIT and the IOAPIC and local APICs are KVM's, at their usual places;
+ * interrupt line (GSI) n is ISA IRQ n, IOAPIC pin n. The ACPI registers
+ * are kvmem's choice (the FADT says where): an event block (status and
+ * enable, 2 bytes each), a control register whose sleep type
+ * LAYOUT_LINUX_S5_TYP with SLP_EN powers off, and a 32-bit PM timer.
+ */
+#define LAYOUT_LINUX_COM1 0x3F8		/* 8250 UART, 8 ports */
+#define LAYOUT_LINUX_COM1_GSI 4
+#define LAYOUT_LINUX_I8042_DATA 0x60
+#define LAYOUT_LINUX_I8042_CMD 0x64		/* 0xFE: pulse the reset line (reboot) */
+#define LAYOUT_LINUX_CMOS 0x70		/* index, then data */
+#define LAYOUT_LINUX_POST 0x80		/* POST codes, and I/O delays */
+#define LAYOUT_LINUX_PM1_EVT 0x600
+#define LAYOUT_LINUX_PM1_CNT 0x604
+#define LAYOUT_LINUX_PM_TMR 0x608
+#define LAYOUT_LINUX_SCI_GSI 9
+#define LAYOUT_LINUX_S5_TYP 5
+#define LAYOUT_IOAPIC 0xFEC00000ULL
+#define LAYOUT_LAPIC 0xFEE00000ULL
+/*
+ * Guest-physical pages KVM on Intel keeps for itself (the identity map and
+ * real-mode TSS its VMX code needs): in the hole, clear of RAM, devices,
+ * the APICs, and of a Linux guest's corpus window, which ends below the
+ * IOAPIC.
+ */
+#define LAYOUT_LINUX_KVM_IDENTITY 0xFEFFC000ULL
+#define LAYOUT_LINUX_KVM_TSS 0xFEFFD000ULL	/* 3 pages */
+
 /* PDs fit between LAYOUT_PGTABLE + 2 pages and LAYOUT_PGTABLE_END. */
 #define LAYOUT_MAX_GIB ((LAYOUT_PGTABLE_END - LAYOUT_PGTABLE) / LAYOUT_PAGE_SIZE - 2)
 #define LAYOUT_MAX_RAM (LAYOUT_MAX_GIB * (1ULL << 30) - (LAYOUT_HIGH_RAM_BASE - LAYOUT_LOW_RAM_MAX))

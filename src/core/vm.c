@@ -239,6 +239,13 @@ int vm_create(const struct vm_params *p, struct vm **out)
 	ret = console_create(vm, p->console_fd, p->console_prefix, p->console_log, &vm->console);
 	if (ret)
 		goto out_destroy;
+	if (p->kernel_path) {
+		ret = uart_create(vm, LAYOUT_LINUX_COM1, LAYOUT_LINUX_COM1_GSI, &vm->uart);
+		if (!ret)
+			ret = pc_create(vm, &vm->pc);
+		if (ret)
+			goto out_destroy;
+	}
 	for (unsigned int i = 0; i < p->ncpus; i++) {
 		ret = vcpu_create(vm, i, &vm->vcpus[i]);
 		if (ret)
@@ -431,6 +438,8 @@ void vm_destroy(struct vm *vm)
 	}
 	for (unsigned int i = 0; i < vm->ncpus; i++)
 		vcpu_destroy(vm->vcpus[i]);
+	uart_destroy(vm->uart);
+	pc_destroy(vm->pc);
 	if (vm->console)
 		console_destroy(vm->console);
 	vm->accel->vm_destroy(vm);

@@ -60,8 +60,8 @@ static inline uint64_t layout_low_ram_bytes(uint64_t ram_bytes)
  * kernel has tables of its own. The kernel copies the zero page and the
  * command line and replaces the GDT and page tables before it allocates
  * any memory, so these pages stay usable RAM in its e820 map, as on a PC
- * whose loader put them there; the EBDA, where tables the kernel keeps
- * reading go (the MP table), is reserved. [0xA0000, 1 MiB) is the legacy
+ * whose loader put them there; the tables the kernel keeps reading (MP,
+ * ACPI) are reserved. [0xA0000, 1 MiB) is the legacy
  * hole: RAM to kvmem, absent from the guest's map. The protected-mode
  * kernel goes at its preferred address (16 MiB on Debian), the initrd as
  * high below the hole as the kernel allows.
@@ -74,8 +74,18 @@ static inline uint64_t layout_low_ram_bytes(uint64_t ram_bytes)
 #define LAYOUT_LINUX_PGTABLE_END 0xF000ULL
 #define LAYOUT_LINUX_CMDLINE 0x20000ULL	/* the command line and its NUL */
 #define LAYOUT_LINUX_CMDLINE_MAX 0x10000ULL
-#define LAYOUT_LINUX_EBDA 0x9FC00ULL		/* reserved in e820: tables kept for good */
-#define LAYOUT_LINUX_EBDA_END 0xA0000ULL
+/*
+ * Reserved in e820, where firmware would put its tables (core/linux_tables.h):
+ * what the kernel reads for its whole life. The MP floating pointer lies in
+ * the last KiB of base memory, one of the places a kernel looks for it;
+ * ACPI's root pointer is in the zero page.
+ */
+#define LAYOUT_LINUX_TABLES 0x9E000ULL
+#define LAYOUT_LINUX_ACPI 0x9E000ULL		/* RSDP, XSDT, FADT, FACS, DSDT */
+#define LAYOUT_LINUX_ACPI_END 0x9F000ULL
+#define LAYOUT_LINUX_MPTABLE 0x9F000ULL	/* the MP configuration table */
+#define LAYOUT_LINUX_MPFP 0x9FC00ULL		/* the MP floating pointer (16 bytes) */
+#define LAYOUT_LINUX_TABLES_END 0xA0000ULL
 #define LAYOUT_LINUX_HIGH_MEM 0x100000ULL	/* RAM again above the legacy hole */
 
 /*

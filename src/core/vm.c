@@ -7,6 +7,7 @@
 #define LOG_TAG "vm"
 #include "core/vm.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stddef.h>
 #include <string.h>
@@ -107,6 +108,8 @@ static int map_corpus(struct vm *vm, const char *path)
 	return bus_register(&vm->bus, c.gpa, c.map_bytes, &corpus_ops, vm);
 }
 
+static_assert(ABI_MAX_DEVICES <= LINUX_MAX_VIRTIO, "the tables hold every virtio device");
+
 /*
  * A Linux kernel: the image checked again (its file may have changed since
  * the config was checked), the boot plan written into guest RAM, and vCPU
@@ -124,6 +127,16 @@ static int boot_linux(struct vm *vm)
 	ret = linux_image_open(vm->kernel_path, &img, why, sizeof(why));
 	if (!ret) {
 		linux_machine_of(vm->gm, &m);
+		/* Its vCPUs and virtio devices, for the tables that announce them. */
+		m.platform.ncpus = vm->ncpus;
+		for (unsigned int i = 0; i < vm->nr_devs; i++) {
+			const struct abi_device *d = &vm->devs[i];
+
+			if (d->type != ABI_DEV_VIRTIO_MMIO)
+				continue;
+			m.platform.virtio[m.platform.nr_virtio++] =
+				(struct linux_virtio){ .gpa = d->gpa, .len = d->len, .gsi = d->irq };
+		}
 		ret = linux_boot_plan(&img, vm->initrd_path, vm->cmdline, &m, &plan, why,
 				      sizeof(why));
 		linux_image_close(&img);

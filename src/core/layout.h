@@ -81,7 +81,7 @@ static inline uint64_t layout_low_ram_bytes(uint64_t ram_bytes)
  * ACPI's root pointer is in the zero page.
  */
 #define LAYOUT_LINUX_TABLES 0x9E000ULL
-#define LAYOUT_LINUX_ACPI 0x9E000ULL		/* RSDP, XSDT, FADT, FACS, DSDT */
+#define LAYOUT_LINUX_ACPI 0x9E000ULL		/* RSDP, XSDT, FADT, MADT, FACS, DSDT */
 #define LAYOUT_LINUX_ACPI_END 0x9F000ULL
 #define LAYOUT_LINUX_MPTABLE 0x9F000ULL	/* the MP configuration table */
 #define LAYOUT_LINUX_MPFP 0x9FC00ULL		/* the MP floating pointer (16 bytes) */

@@ -4,7 +4,7 @@
  * structures are the specifications' layouts, every size a static assert;
  * the region they go to is laid out in core/layout.h:
  *
- *   LAYOUT_LINUX_ACPI      RSDP, XSDT, FADT, FACS (64-byte aligned), DSDT
+ *   LAYOUT_LINUX_ACPI      RSDP, XSDT, FADT, MADT, FACS (64-byte aligned), DSDT
  *   LAYOUT_LINUX_MPTABLE   MP configuration table
  *   LAYOUT_LINUX_MPFP      MP floating pointer, pointing at it
  *
@@ -274,6 +274,37 @@ struct acpi_facs {
 	uint8_t reserved2[24];
 } __attribute__((packed));
 
+struct madt_header {
+	struct acpi_header h;
+	uint32_t lapic;		/* the local APICs' address */
+	uint32_t flags;		/* PCAT_COMPAT: the 8259s are there too */
+} __attribute__((packed));
+
+struct madt_lapic {		/* Processor Local APIC */
+	uint8_t type;		/* 0 */
+	uint8_t length;		/* 8 */
+	uint8_t uid;		/* ACPI processor UID */
+	uint8_t apic_id;
+	uint32_t flags;		/* enabled */
+} __attribute__((packed));
+
+struct madt_ioapic {
+	uint8_t type;		/* 1 */
+	uint8_t length;		/* 12 */
+	uint8_t id;
+	uint8_t reserved;
+	uint32_t address;
+	uint32_t gsi_base;	/* its pin 0's GSI */
+} __attribute__((packed));
+
+struct madt_lapic_nmi {
+	uint8_t type;		/* 4 */
+	uint8_t length;		/* 6 */
+	uint8_t uid;		/* 0xff: every processor */
+	uint16_t flags;		/* 0: as the bus has it */
+	uint8_t lint;
+} __attribute__((packed));
+
 static_assert(sizeof(struct acpi_rsdp) == 36, "RSDP");
 static_assert(sizeof(struct acpi_header) == 36, "SDT header");
 static_assert(sizeof(struct acpi_gas) == 12, "GAS");
@@ -283,6 +314,14 @@ static_assert(offsetof(struct acpi_fadt, x_dsdt) == 140, "FADT X_DSDT");
 static_assert(offsetof(struct acpi_fadt, sleep_control) == 244, "FADT SLEEP_CONTROL_REG");
 static_assert(sizeof(struct acpi_fadt) == 276, "FADT, revision 6");
 static_assert(sizeof(struct acpi_facs) == 64, "FACS");
+static_assert(sizeof(struct madt_header) == 44 && sizeof(struct madt_lapic) == 8 &&
+	      sizeof(struct madt_ioapic) == 12 && sizeof(struct madt_lapic_nmi) == 6, "MADT");
+
+#define MADT_PCAT_COMPAT 1
+#define MADT_LAPIC_ENABLED 1
+#define MADT_BYTES(ncpus)                                                               \
+	(sizeof(struct madt_header) + (ncpus) * sizeof(struct madt_lapic) +             \
+	 sizeof(struct madt_ioapic) + sizeof(struct madt_lapic_nmi))
 
 #define ACPI_SPACE_IO 1
 /* IAPC_BOOT_ARCH: no VGA, no MSI, no CMOS RTC; and no 8042, so Linux does not probe one. */
@@ -484,24 +523,60 @@ static size_t build_dsdt_aml(const struct linux_platform *p, uint8_t *out, size_
 	return a.len;
 }
 
+/*
+ * The MADT at out: what the MP table says, for a kernel with ACPI, which
+ * takes its CPUs and interrupt controllers from here and, without one,
+ * drops the MP table too and runs on one CPU with the 8259 alone. No
+ * interrupt source overrides: ISA IRQ n is GSI n, as KVM routes it.
+ */
+static size_t build_madt(const struct linux_platform *p, uint8_t *out)
+{
+	struct madt_header h = { .lapic = (uint32_t)LAYOUT_LAPIC, .flags = MADT_PCAT_COMPAT };
+	struct madt_ioapic io = { .type = 1, .length = sizeof(io), .id = (uint8_t)p->ncpus,
+				  .address = (uint32_t)LAYOUT_IOAPIC };
+	struct madt_lapic_nmi nmi = { .type = 4, .length = sizeof(nmi), .uid = 0xff, .lint = 1 };
+	size_t len = sizeof(h);
+
+	for (unsigned int i = 0; i < p->ncpus; i++) {
+		struct madt_lapic l = { .type = 0, .length = sizeof(l), .uid = (uint8_t)i,
+					.apic_id = (uint8_t)i, .flags = MADT_LAPIC_ENABLED };
+
+		memcpy(out + len, &l, sizeof(l));
+		len += sizeof(l);
+	}
+	memcpy(out + len, &io, sizeof(io));
+	len += sizeof(io);
+	memcpy(out + len, &nmi, sizeof(nmi));
+	len += sizeof(nmi);
+	acpi_header(&h.h, "APIC", (uint32_t)len, 4);
+	memcpy(out, &h, sizeof(h));
+	out[offsetof(struct acpi_header, checksum)] = checksum(out, len);
+	return len;
+}
+
 /* 16- and 64-byte alignment inside the ACPI area. */
 static size_t align(size_t v, size_t a)
 {
 	return (v + a - 1) & ~(a - 1);
 }
 
+/* The ACPI tables' worst case (the DSDT's devices at most 96 bytes each) fits their area. */
+static_assert(48 + 64 + 288 + MADT_BYTES(ABI_MAX_CPUS) + 16 + 64 + 63 + 36 + 8 +
+	      LINUX_MAX_VIRTIO * 96 + 16 <= LAYOUT_LINUX_ACPI_END - LAYOUT_LINUX_ACPI, "ACPI room");
+
 static gpa_t build_acpi(const struct linux_platform *p, uint8_t *acpi)
 {
 	size_t cap = LAYOUT_LINUX_ACPI_END - LAYOUT_LINUX_ACPI;
 	size_t rsdp_at = 0;
 	size_t xsdt_at = align(rsdp_at + sizeof(struct acpi_rsdp), 16);
-	size_t fadt_at = align(xsdt_at + sizeof(struct acpi_header) + 8, 16);
-	size_t facs_at = align(fadt_at + sizeof(struct acpi_fadt), 64);
+	size_t fadt_at = align(xsdt_at + sizeof(struct acpi_header) + 2 * 8, 16);
+	size_t madt_at = align(fadt_at + sizeof(struct acpi_fadt), 16);
+	size_t facs_at = align(madt_at + MADT_BYTES(p->ncpus), 64);
 	size_t dsdt_at = align(facs_at + sizeof(struct acpi_facs), 16);
 	struct acpi_rsdp rsdp = { .signature = "RSD PTR ", .revision = 2,
 				  .length = sizeof(rsdp), .xsdt = LAYOUT_LINUX_ACPI + xsdt_at };
 	struct acpi_header xsdt;
-	uint64_t xsdt_entry = LAYOUT_LINUX_ACPI + fadt_at;
+	uint64_t xsdt_entries[2] = { LAYOUT_LINUX_ACPI + fadt_at, LAYOUT_LINUX_ACPI + madt_at };
 	struct acpi_fadt fadt;
 	struct acpi_facs facs = { .signature = "FACS", .length = sizeof(facs), .version = 2 };
 	struct acpi_header dsdt;
@@ -517,6 +592,7 @@ static gpa_t build_acpi(const struct linux_platform *p, uint8_t *acpi)
 		checksum(acpi + dsdt_at, sizeof(dsdt) + aml_len);
 
 	memcpy(acpi + facs_at, &facs, sizeof(facs));
+	build_madt(p, acpi + madt_at);
 
 	memset(&fadt, 0, sizeof(fadt));
 	acpi_header(&fadt.h, "FACP", sizeof(fadt), 6);
@@ -545,11 +621,11 @@ static gpa_t build_acpi(const struct linux_platform *p, uint8_t *acpi)
 									 sizeof(fadt));
 
 	memset(&xsdt, 0, sizeof(xsdt));
-	acpi_header(&xsdt, "XSDT", sizeof(xsdt) + 8, 1);
+	acpi_header(&xsdt, "XSDT", sizeof(xsdt) + sizeof(xsdt_entries), 1);
 	memcpy(acpi + xsdt_at, &xsdt, sizeof(xsdt));
-	memcpy(acpi + xsdt_at + sizeof(xsdt), &xsdt_entry, 8);
-	acpi[xsdt_at + offsetof(struct acpi_header, checksum)] = checksum(acpi + xsdt_at,
-									 sizeof(xsdt) + 8);
+	memcpy(acpi + xsdt_at + sizeof(xsdt), xsdt_entries, sizeof(xsdt_entries));
+	acpi[xsdt_at + offsetof(struct acpi_header, checksum)] =
+		checksum(acpi + xsdt_at, sizeof(xsdt) + sizeof(xsdt_entries));
 
 	memcpy(rsdp.oem_id, ACPI_OEM_ID, 6);
 	rsdp.checksum = checksum(&rsdp, 20);

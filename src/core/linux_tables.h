@@ -2,23 +2,24 @@
 /*
  * The tables firmware would leave a Linux guest, which the VMM writes
  * instead (there is no firmware): they describe the platform the kernel
- * cannot probe. Both kinds, each for what the other cannot say:
+ * cannot probe. Both kinds:
  *
- *   MP table   (Intel MultiProcessor Specification 1.4) the vCPUs' local
- *              APICs, the IOAPIC and how the ISA interrupts reach its pins
- *              (IRQ n is pin n, as KVM routes them), the 8259 on LINT0.
- *              Linux takes its CPUs and interrupt routing from here.
- *   ACPI       (ACPI 6.x) RSDP, XSDT, FADT, FACS, DSDT: the only way left to
- *              announce virtio-mmio devices to a stock distribution kernel
- *              (Debian's has no CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES, so
- *              `virtio_mmio.device=` on its command line does nothing, and
- *              no device tree on x86): one "LNRO0005" device each in the
- *              DSDT, with its window and interrupt. And Linux's ordinary
- *              power-off: \_S5 and the PM1a control register. A full (not
- *              hardware-reduced) FADT, because a hardware-reduced one makes
- *              Linux drop the 8259 and the PIT and with them the ISA
- *              interrupts the UART needs; no MADT, so the MP table stays
- *              the one description of CPUs and interrupts.
+ *   ACPI       (ACPI 6.x) RSDP, XSDT, FADT, FACS, MADT, DSDT: the only way
+ *              left to announce virtio-mmio devices to a stock distribution
+ *              kernel (Debian's has no CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES,
+ *              so `virtio_mmio.device=` on its command line does nothing,
+ *              and there is no device tree on x86): one "LNRO0005" device
+ *              each in the DSDT, with its window and interrupt. The MADT
+ *              names the vCPUs' local APICs and the IOAPIC (a kernel with
+ *              ACPI ignores an MP table, and without a MADT runs on one CPU
+ *              and the 8259). Linux's ordinary power-off: \_S5 and the PM1a
+ *              control register. A full (not hardware-reduced) FADT,
+ *              because a hardware-reduced one makes Linux drop the 8259 and
+ *              the PIT and with them the ISA interrupts the UART needs.
+ *   MP table   (Intel MultiProcessor Specification 1.4) the same CPUs and
+ *              IOAPIC, how the ISA interrupts reach its pins (IRQ n is pin
+ *              n, as KVM routes them), the 8259 on LINT0: for a kernel
+ *              without ACPI, or booted with acpi=off.
  *
  * Only data: core/linux_boot.c puts them in its plan, at LAYOUT_LINUX_TABLES.
  */

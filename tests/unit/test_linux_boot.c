@@ -596,8 +596,9 @@ static const uint8_t *find(const uint8_t *hay, size_t len, const void *needle, s
  * guest memory at the specifications' offsets: the MP floating pointer
  * where Linux scans for it and its table (processors, the IOAPIC, ISA
  * interrupts on their own pins but the cascade), and ACPI from the zero
- * page's root pointer through the XSDT to a FADT with kvmem's PM ports and
- * a DSDT that names each virtio-mmio device with its window and interrupt.
+ * page's root pointer through the XSDT to a MADT that says the same of the
+ * CPUs and the IOAPIC, a FADT with kvmem's PM ports and a DSDT that names
+ * each virtio-mmio device with its window and interrupt.
  */
 static void test_linux_tables_describe_cpus_interrupts_and_virtio(void **state)
 {
@@ -606,7 +607,7 @@ static void test_linux_tables_describe_cpus_interrupts_and_virtio(void **state)
 	struct linux_boot_plan *plan;
 	struct linux_image img;
 	uint8_t t[LAYOUT_LINUX_TABLES_END - LAYOUT_LINUX_TABLES], fp[16];
-	const uint8_t *mpc, *e, *rsdp, *xsdt, *fadt, *dsdt;
+	const uint8_t *mpc, *e, *rsdp, *xsdt, *madt, *fadt, *dsdt;
 	unsigned int cpus = 0, bsp = 0, ioapics = 0, pins = 0, lints = 0, isa = 0;
 	uint64_t pin_mask = 0;
 	char why[512];
@@ -696,8 +697,41 @@ static void test_linux_tables_describe_cpus_interrupts_and_virtio(void **state)
 	assert_true(sums_to_zero(rsdp, 36));
 	xsdt = AT(h64(rsdp, 24));
 	assert_memory_equal(xsdt, "XSDT", 4);
-	assert_int_equal(h32(xsdt, 4), 36 + 8);		/* one table: the FADT */
+	assert_int_equal(h32(xsdt, 4), 36 + 2 * 8);		/* the FADT and the MADT */
 	assert_true(sums_to_zero(xsdt, h32(xsdt, 4)));
+	/* MADT: the local APICs (enabled, APIC id = UID), the IOAPIC from GSI 0, NMI on LINT1. */
+	madt = AT(h64(xsdt, 44));
+	assert_memory_equal(madt, "APIC", 4);
+	assert_true(sums_to_zero(madt, h32(madt, 4)));
+	assert_int_equal(h32(madt, 36), 0xfee00000);
+	assert_int_equal(h32(madt, 40) & 1, 1);			/* PCAT_COMPAT: the 8259s */
+	cpus = ioapics = lints = 0;
+	for (e = madt + 44; e < madt + h32(madt, 4); e += e[1]) {
+		assert_true(e[1] >= 2);
+		if (e[0] == 0) {
+			assert_int_equal(e[1], 8);
+			assert_int_equal(e[2], cpus);
+			assert_int_equal(e[3], cpus);
+			assert_int_equal(h32(e, 4) & 1, 1);
+			cpus++;
+		} else if (e[0] == 1) {
+			assert_int_equal(e[1], 12);
+			assert_int_equal(e[2], 4);
+			assert_int_equal(h32(e, 4), 0xfec00000);
+			assert_int_equal(h32(e, 8), 0);
+			ioapics++;
+		} else if (e[0] == 4) {
+			assert_int_equal(e[2], 0xff);
+			assert_int_equal(e[5], 1);
+			lints++;
+		} else {
+			fail_msg("MADT entry type %u", e[0]);
+		}
+	}
+	assert_true(e == madt + h32(madt, 4));
+	assert_int_equal(cpus, 4);
+	assert_int_equal(ioapics, 1);
+	assert_int_equal(lints, 1);
 	fadt = AT(h64(xsdt, 36));
 	assert_memory_equal(fadt, "FACP", 4);
 	assert_int_equal(h32(fadt, 4), 276);

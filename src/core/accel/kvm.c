@@ -565,18 +565,23 @@ static void linux_seg(struct kvm_segment *k, const struct linux_segment *s)
 #define LAPIC_DM_EXTINT 0x700
 
 /*
- * Every local APIC as firmware leaves it: the 8259 through LINT0, NMIs
- * through LINT1 (the MP table says so). Linux takes it from there.
+ * Every local APIC as firmware leaves it: NMIs through LINT1, and on the
+ * boot CPU the 8259 through LINT0 (virtual wire: what a kernel finds
+ * before it sets up the IOAPIC); an application processor's LINT0 stays
+ * masked, or it would take the 8259's interrupts too. Linux takes it from
+ * there.
  */
-static int linux_lapic(struct kvm_vcpu *kc)
+static int linux_lapic(struct kvm_vcpu *kc, bool bsp)
 {
 	struct kvm_lapic_state la;
 	uint32_t v;
 
 	if (ioctl(kc->fd, KVM_GET_LAPIC, &la) < 0)
 		return -errno;
-	v = LAPIC_DM_EXTINT;
-	memcpy(&la.regs[LAPIC_LVT0], &v, sizeof(v));
+	if (bsp) {
+		v = LAPIC_DM_EXTINT;
+		memcpy(&la.regs[LAPIC_LVT0], &v, sizeof(v));
+	}
 	v = LAPIC_DM_NMI;
 	memcpy(&la.regs[LAPIC_LVT1], &v, sizeof(v));
 	return ioctl(kc->fd, KVM_SET_LAPIC, &la) < 0 ? -errno : 0;
@@ -598,7 +603,7 @@ static int kvm_boot_linux(struct vm *vm, const struct linux_cpu_state *c)
 		struct kvm_vcpu *ki = kvcpu_of(vm->vcpus[i]);
 		struct kvm_mp_state mp = { .mp_state = i ? KVM_MP_STATE_UNINITIALIZED
 						       : KVM_MP_STATE_RUNNABLE };
-		int ret = linux_lapic(ki);
+		int ret = linux_lapic(ki, i == 0);
 
 		if (!ret && ioctl(ki->fd, KVM_SET_MP_STATE, &mp) < 0)
 			ret = -errno;

@@ -2,8 +2,9 @@
 /*
  * The kvmem guest runtime: what a freestanding CPL3 program needs and libc
  * would otherwise give it. Boot parameters and devices (rt.c), the console
- * and printf (con.c), strings and command-line parsing (str.c), time, sleep,
- * power off, spinlocks and atomics (this header and rt.c).
+ * and printf (con.c), <string.h>'s functions (libc.c), string slices and
+ * command-line parsing (str.c), time, sleep, power off, spinlocks and
+ * atomics (this header and rt.c).
  *
  * Everything runs at CPL3 on every vCPU. There are no interrupts, so nothing
  * here is reentrant with respect to itself on one vCPU; across vCPUs shared
@@ -305,7 +306,7 @@ void rt_vprintf(const char *fmt, va_list ap);
 __printf(3, 4) int rt_snprintf(char *buf, size_t size, const char *fmt, ...);
 int rt_vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
 
-/* --- strings and the command line (str.c) --- */
+/* --- <string.h> (libc.c) --- */
 
 /* The usual freestanding set; GCC may also emit calls to the first four. */
 void *memset(void *dst, int c, size_t n);
@@ -316,6 +317,8 @@ size_t strlen(const char *s);
 size_t strnlen(const char *s, size_t max);
 int strcmp(const char *a, const char *b);
 int strncmp(const char *a, const char *b, size_t n);
+
+/* --- string slices and the command line (str.c) --- */
 
 /* A non-NUL-terminated slice of a string (command-line values are slices). */
 struct rt_str {

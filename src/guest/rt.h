@@ -171,6 +171,14 @@ int rt_init(const struct abi_boot_params *bp);
 /* The boot parameters (virtual), valid after rt_init(). Read-only. */
 const struct abi_boot_params *rt_boot_params(void);
 
+/*
+ * The VM's content corpus (boot params corpus_gpa, corpus_bytes): true with
+ * its gpa and length, false when the VM has none. The workload engine asks
+ * this rather than reading the boot parameters, which a runtime under
+ * another kernel (src/guest/linux) does not have.
+ */
+bool rt_corpus(gpa_t *base, uint64_t *bytes);
+
 /* Number of vCPUs started, valid after rt_init(). */
 unsigned rt_ncpus(void);
 

@@ -5,12 +5,20 @@
  * mounts /proc, /sys and /dev, says on the console what the guest sees
  * (kernel, vCPUs, MemTotal), loads the virtio modules the image carries
  * (in the order of /lib/modules/load) and waits for the balloon driver to
- * bind kvmem's device, then ends the VM. Every line starts "kvmem-linux: ".
+ * bind kvmem's device. With kvmem.wl= on the command line it then runs the
+ * workload, /bin/kvmem-linux-wl (src/guest/linux: the kvmem guest's engine,
+ * which reads kvmem.wl= itself), whose kvmem-wl: lines go to the console as
+ * they come. Then it ends the VM. Every line of its own starts
+ * "kvmem-linux: ".
  *
  * How it ends, from the kernel command line:
  *   kvmem.end=poweroff   (default) reboot(RB_POWER_OFF): ACPI S5, status 0
  *   kvmem.end=reboot     reboot(RB_AUTOBOOT): the keyboard controller's reset
  *   kvmem.status=N       status N through kvmem's system-control device
+ *   kvmem.wl=SPEC        the workload's status the same way (kvmem.status=
+ *                        wins), as a kvmem guest's power-off gives it;
+ *                        then=sleep and then=free never end: the VM runs
+ *                        until kvmem stops it, as a kvmem guest's would
  * and whenever a step failed, with status 1 the same way, so a broken guest
  * never looks like a clean power-off. The device's window is mapped from
  * /dev/mem: it lies outside RAM, where the kernel lets root map it.
@@ -30,6 +38,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,6 +47,7 @@
 #define MODULES "/lib/modules"
 #define BALLOON_DRIVER "/sys/bus/virtio/drivers/virtio_balloon"
 #define BIND_WAIT_S 60
+#define WL_PROGRAM "/bin/kvmem-linux-wl"
 
 static int failed;
 
@@ -184,6 +194,37 @@ static void wait_balloon(void)
 	fail("virtio_balloon bound no device in %d s", BIND_WAIT_S);
 }
 
+/* The workload, run to its end: its exit status, or 1 when it could not run or was killed (said). */
+static int run_workload(void)
+{
+	pid_t pid;
+	int st;
+
+	say("workload %s", WL_PROGRAM);
+	pid = fork();
+	if (pid < 0) {
+		fail("fork: %s", strerror(errno));
+		return 1;
+	}
+	if (!pid) {
+		execl(WL_PROGRAM, WL_PROGRAM, (char *)NULL);
+		say("FAIL exec %s: %s", WL_PROGRAM, strerror(errno));
+		_exit(127);
+	}
+	while (waitpid(pid, &st, 0) < 0) {
+		if (errno != EINTR) {
+			fail("waiting for the workload: %s", strerror(errno));
+			return 1;
+		}
+	}
+	if (!WIFEXITED(st)) {
+		fail("the workload was killed by signal %d", WTERMSIG(st));
+		return 1;
+	}
+	say("workload status %d", WEXITSTATUS(st));
+	return WEXITSTATUS(st);
+}
+
 /* Status through kvmem's system-control device; returns only if that failed. */
 static void exit_status(int status)
 {
@@ -208,8 +249,9 @@ static void exit_status(int status)
 
 int main(void)
 {
-	char buf[256], end[32], status[16];
+	char buf[256], end[32], status[16], wl[512];
 	struct utsname u;
+	int wl_status = -1;
 	long cpus;
 
 	mount_fs("proc", "/proc");
@@ -236,10 +278,14 @@ int main(void)
 		fail("no MemTotal in /proc/meminfo");
 	load_modules();
 	wait_balloon();
+	if (cmdline_arg("kvmem.wl", wl, sizeof(wl)))
+		wl_status = run_workload();
 
 	sync();
 	if (cmdline_arg("kvmem.status", status, sizeof(status)))
 		exit_status(atoi(status));
+	else if (wl_status >= 0)
+		exit_status(wl_status ? wl_status : failed);
 	else if (failed)
 		exit_status(1);
 	else if (cmdline_arg("kvmem.end", end, sizeof(end)) && !strcmp(end, "reboot")) {

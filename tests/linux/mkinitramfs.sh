@@ -5,7 +5,10 @@
 #   tests/linux/mkinitramfs.sh KERNEL OUT
 #
 # KERNEL is a bzImage (Debian's /boot/vmlinuz-*); OUT the gzip'd cpio to
-# write. Inside: /init, tests/linux/init.c built static with ${CC:-cc}, and
+# write. Inside: /init, tests/linux/init.c built static with ${CC:-cc};
+# /bin/kvmem-linux-wl, the workload the init runs for kvmem.wl= (the
+# sources src/guest/linux/meson.build names: src/guest/linux and the
+# engine's wl.c, wlgen.c, palloc.c, str.c), built static the same way; and
 # the modules the virtio balloon needs (virtio_ring, virtio, virtio_mmio,
 # virtio_balloon, those the kernel does not have built in), decompressed,
 # with /lib/modules/load naming them in load order. The modules are the
@@ -40,10 +43,14 @@ fi
 
 tmp=$(mktemp -d /tmp/kvmem-initramfs.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$tmp/root/lib/modules" "$tmp/root/proc" "$tmp/root/sys" "$tmp/root/dev"
+mkdir -p "$tmp/root/lib/modules" "$tmp/root/bin" "$tmp/root/proc" "$tmp/root/sys" "$tmp/root/dev"
 
 ${CC:-cc} -std=gnu11 -static -O2 -Wall -Wextra -Werror -I"$repo/src" -o "$tmp/root/init" \
 	"$here/init.c" || die "building init with ${CC:-cc} -static failed (libc.a installed?)"
+${CC:-cc} -std=gnu11 -static -pthread -O2 -Wall -Wextra -Werror -I"$repo/src" \
+	-o "$tmp/root/bin/kvmem-linux-wl" "$repo"/src/guest/linux/*.c \
+	"$repo"/src/guest/{wl,wlgen,palloc,str}.c ||
+	die "building kvmem-linux-wl with ${CC:-cc} -static failed"
 
 : > "$tmp/root/lib/modules/load"
 for m in virtio_ring virtio virtio_mmio virtio_balloon; do
@@ -65,4 +72,5 @@ done
 (cd "$tmp/root" && find . -print0 | LC_ALL=C sort -z |
 	cpio --null -o -H newc -R 0:0 --quiet) | gzip -9 > "$tmp/initramfs"
 mv "$tmp/initramfs" "$out"
-echo "mkinitramfs: $out: kernel $version, modules $(tr '\n' ' ' < "$tmp/root/lib/modules/load")"
+echo "mkinitramfs: $out: kernel $version, the workload bin/kvmem-linux-wl, modules" \
+	"$(tr '\n' ' ' < "$tmp/root/lib/modules/load")"

@@ -5,7 +5,10 @@ modules). The kernel finds both vCPUs and its RAM, prints on the 8250 UART
 (the console lines), the stock virtio_mmio and virtio_balloon drivers bind
 kvmem's balloon device from the ACPI tables, and the guest's power-off (ACPI
 S5) ends kvmem with status 0. A second boot ends through the system-control
-device with the init's own status, the way a guest hands kvmem its result.
+device with the init's own status, the way a guest hands kvmem its result. A
+third runs a kvmem guest's workload (kvmem.wl=) in the Linux guest: the init
+runs kvmem-linux-wl (src/guest/linux), whose kvmem-wl: lines are the kvmem
+guest's, and its status becomes kvmem's.
 
 kvm only: thread cannot run an unmodified kernel and kvm-pvm emulates its
 CPL0 code (both refuse in one line, which test_linux checks); there this
@@ -125,6 +128,31 @@ try:
     r, lines, _ = boot("quiet kvmem.status=7", "boot to status 7")
     if not check(r.returncode == 7 and said(lines, r"^kvmem-linux: exit 7$") is not None,
                  f"the guest's status reaches kvmem's (status {r.returncode})"):
+        show_tail(r, lines)
+
+    # A kvmem guest's workload in the Linux guest: its lines, and its status as kvmem's.
+    r, lines, _ = boot("quiet kvmem.wl=size=16,dup=25,zero=25,id=7,rate=1,read=4,time=2",
+                       "boot with a workload")
+    ok = check(said(lines, r"^kvmem-linux: workload /bin/kvmem-linux-wl$") is not None,
+               "the init runs the workload for kvmem.wl=")
+    ok &= check(said(lines, r"^kvmem-linux-wl: 2 cpus, \d+ MiB at ") is not None,
+                "the workload has both vCPUs and memory to fill")
+    ok &= check(said(lines, r"^kvmem-wl: size 16 MiB \(4096 pages\) dup 25% zero 25% "
+                            r"unique 50% id 7 ") is not None, "kvmem-wl: the mix it was given")
+    ok &= check(said(lines, r"^kvmem-wl: filled 16 in \d+ ms$") is not None,
+                "kvmem-wl: filled 16, on the Linux guest's console")
+    ok &= check(sum(1 for l in lines if l == "kvmem-wl: verify ok 4096") == 2,
+                "kvmem-wl: verify ok 4096 after the fill and after time=")
+    m = said(lines, r"^kvmem-wl: rewrites (\d+) reads (\d+) ")
+    ok &= check(m is not None and int(m.group(1)) > 0 and int(m.group(2)) > 0,
+                f"pages rewritten and read at the rates ({m.group(0) if m else 'no such line'})")
+    ok &= check(not any("verify FAIL" in l or l.startswith("kvmem-linux: FAIL") for l in lines),
+                "no verification and no step of the init failed")
+    ok &= check(said(lines, r"^kvmem-wl: done$") is not None and
+                said(lines, r"^kvmem-linux: workload status 0$") is not None and
+                said(lines, r"^kvmem-linux: exit 0$") is not None and r.returncode == 0,
+                f"the workload's status 0 reaches kvmem's (status {r.returncode})")
+    if not ok:
         show_tail(r, lines)
 finally:
     shutil.rmtree(tmp)

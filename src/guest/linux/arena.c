@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/mman.h>
 
 #include "guest/linux/arena.h"
@@ -23,17 +24,21 @@ static void *base;
 
 uint64_t arena_default_bytes(void)
 {
-	unsigned long long kib = 0;
-	uint64_t avail, reserve;
-	char line[256];
 	FILE *f = fopen("/proc/meminfo", "r");
+	unsigned long long kib;
+	uint64_t avail, reserve;
+	char info[8192];
+	const char *at;
+	size_t n;
 
 	if (!f)
 		return 0;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1)
-			break;
+	n = fread(info, 1, sizeof(info) - 1, f);
 	fclose(f);
+	info[n] = '\0';
+	at = strstr(info, "MemAvailable:");
+	if (!at || sscanf(at, "MemAvailable: %llu kB", &kib) != 1)
+		return 0;
 	avail = (uint64_t)kib << 10;
 	reserve = MAX(avail / 16, ARENA_MIN_RESERVE);
 	return avail > reserve ? (avail - reserve) & ~(RT_PAGE_SIZE - 1) : 0;

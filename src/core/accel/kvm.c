@@ -1253,8 +1253,13 @@ static uint64_t kvm_guest_tsc(struct vm *vm)
 	return tsc;
 }
 
-/* What a vCPU's thread asks of KVM: run, settle, and read a reported exception's registers. */
-const unsigned long accel_kvm_vcpu_ioctls[] = { KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS };
+/*
+ * What a vCPU's thread asks of KVM: run, settle, read a reported
+ * exception's registers, and drive a Linux guest's UART interrupt line
+ * from its port exits.
+ */
+const unsigned long accel_kvm_vcpu_ioctls[] = { KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS,
+						KVM_IRQ_LINE };
 const size_t accel_kvm_nr_vcpu_ioctls = ARRAY_SIZE(accel_kvm_vcpu_ioctls);
 
 /* Every request above, whichever thread makes it (add a new one here too). */
@@ -1270,6 +1275,7 @@ const unsigned long accel_kvm_ioctls[] = {
 	KVM_GET_LAPIC, KVM_SET_LAPIC, KVM_GET_DEBUGREGS, KVM_SET_DEBUGREGS,
 	KVM_GET_IRQCHIP, KVM_SET_IRQCHIP, KVM_GET_PIT2, KVM_SET_PIT2,
 	KVM_GET_CLOCK, KVM_SET_CLOCK,
+	KVM_CREATE_PIT2, KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR, KVM_IRQ_LINE,
 };
 const size_t accel_kvm_nr_ioctls = ARRAY_SIZE(accel_kvm_ioctls);
 

@@ -60,8 +60,8 @@ static inline uint64_t layout_low_ram_bytes(uint64_t ram_bytes)
  * kernel has tables of its own. The kernel copies the zero page and the
  * command line and replaces the GDT and page tables before it allocates
  * any memory, so these pages stay usable RAM in its e820 map, as on a PC
- * whose loader put them there; the EBDA, where tables the kernel keeps
- * reading go (the MP table), is reserved. [0xA0000, 1 MiB) is the legacy
+ * whose loader put them there; the tables the kernel keeps reading (MP,
+ * ACPI) are reserved. [0xA0000, 1 MiB) is the legacy
  * hole: RAM to kvmem, absent from the guest's map. The protected-mode
  * kernel goes at its preferred address (16 MiB on Debian), the initrd as
  * high below the hole as the kernel allows.
@@ -74,9 +74,50 @@ static inline uint64_t layout_low_ram_bytes(uint64_t ram_bytes)
 #define LAYOUT_LINUX_PGTABLE_END 0xF000ULL
 #define LAYOUT_LINUX_CMDLINE 0x20000ULL	/* the command line and its NUL */
 #define LAYOUT_LINUX_CMDLINE_MAX 0x10000ULL
-#define LAYOUT_LINUX_EBDA 0x9FC00ULL		/* reserved in e820: tables kept for good */
-#define LAYOUT_LINUX_EBDA_END 0xA0000ULL
+/*
+ * Reserved in e820, where firmware would put its tables (core/linux_tables.h):
+ * what the kernel reads for its whole life. The MP floating pointer lies in
+ * the last KiB of base memory, one of the places a kernel looks for it;
+ * ACPI's root pointer is in the zero page.
+ */
+#define LAYOUT_LINUX_TABLES 0x9E000ULL
+#define LAYOUT_LINUX_ACPI 0x9E000ULL		/* RSDP, XSDT, FADT, MADT, FACS, DSDT */
+#define LAYOUT_LINUX_ACPI_END 0x9F000ULL
+#define LAYOUT_LINUX_MPTABLE 0x9F000ULL	/* the MP configuration table */
+#define LAYOUT_LINUX_MPFP 0x9FC00ULL		/* the MP floating pointer (16 bytes) */
+#define LAYOUT_LINUX_TABLES_END 0xA0000ULL
 #define LAYOUT_LINUX_HIGH_MEM 0x100000ULL	/* RAM again above the legacy hole */
+
+/*
+ * A Linux guest's platform: a PC's ports where Linux looks for them
+ * (core/dev/uart.c, core/dev/pc.c), described by the tables. The PIC, the
+ * PIT and the IOAPIC and local APICs are KVM's, at their usual places;
+ * interrupt line (GSI) n is ISA IRQ n, IOAPIC pin n. The ACPI registers
+ * are kvmem's choice (the FADT says where): an event block (status and
+ * enable, 2 bytes each), a control register whose sleep type
+ * LAYOUT_LINUX_S5_TYP with SLP_EN powers off, and a 32-bit PM timer.
+ */
+#define LAYOUT_LINUX_COM1 0x3F8		/* 8250 UART, 8 ports */
+#define LAYOUT_LINUX_COM1_GSI 4
+#define LAYOUT_LINUX_I8042_DATA 0x60
+#define LAYOUT_LINUX_I8042_CMD 0x64		/* 0xFE: pulse the reset line (reboot) */
+#define LAYOUT_LINUX_CMOS 0x70		/* index, then data */
+#define LAYOUT_LINUX_POST 0x80		/* POST codes, and I/O delays */
+#define LAYOUT_LINUX_PM1_EVT 0x600
+#define LAYOUT_LINUX_PM1_CNT 0x604
+#define LAYOUT_LINUX_PM_TMR 0x608
+#define LAYOUT_LINUX_SCI_GSI 9
+#define LAYOUT_LINUX_S5_TYP 5
+#define LAYOUT_IOAPIC 0xFEC00000ULL
+#define LAYOUT_LAPIC 0xFEE00000ULL
+/*
+ * Guest-physical pages KVM on Intel keeps for itself (the identity map and
+ * real-mode TSS its VMX code needs): in the hole, clear of RAM, devices,
+ * the APICs, and of a Linux guest's corpus window, which ends below the
+ * IOAPIC.
+ */
+#define LAYOUT_LINUX_KVM_IDENTITY 0xFEFFC000ULL
+#define LAYOUT_LINUX_KVM_TSS 0xFEFFD000ULL	/* 3 pages */
 
 /* PDs fit between LAYOUT_PGTABLE + 2 pages and LAYOUT_PGTABLE_END. */
 #define LAYOUT_MAX_GIB ((LAYOUT_PGTABLE_END - LAYOUT_PGTABLE) / LAYOUT_PAGE_SIZE - 2)

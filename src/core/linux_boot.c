@@ -174,8 +174,8 @@ static_assert(LAYOUT_LINUX_GDT + 4096 <= LAYOUT_LINUX_ZERO_PAGE &&
 	      LAYOUT_LINUX_ZERO_PAGE + 4096 < LAYOUT_LINUX_STACK_TOP &&
 	      LAYOUT_LINUX_STACK_TOP <= LAYOUT_LINUX_PGTABLE &&
 	      LAYOUT_LINUX_PGTABLE_END <= LAYOUT_LINUX_CMDLINE &&
-	      LAYOUT_LINUX_CMDLINE + LAYOUT_LINUX_CMDLINE_MAX <= LAYOUT_LINUX_EBDA &&
-	      LAYOUT_LINUX_EBDA_END <= LAYOUT_LINUX_HIGH_MEM, "the first megabyte, in order");
+	      LAYOUT_LINUX_CMDLINE + LAYOUT_LINUX_CMDLINE_MAX <= LAYOUT_LINUX_TABLES &&
+	      LAYOUT_LINUX_TABLES_END <= LAYOUT_LINUX_HIGH_MEM, "the first megabyte, in order");
 
 static int say(char *why, size_t len, int err, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
@@ -392,13 +392,14 @@ void linux_machine_of(const struct gm *gm, struct linux_machine *m)
 {
 	struct mem_corpus c;
 
+	memset(m, 0, sizeof(*m));
 	m->ram_bytes = mem_ram_bytes(gm);
 	m->corpus_bytes = mem_corpus_get(gm, &c) ? c.map_bytes : 0;
 }
 
 /*
- * The guest's memory map: RAM below the EBDA, the EBDA reserved (tables
- * the guest reads for its whole life), RAM from 1 MiB to the hole, the
+ * The guest's memory map: RAM below the tables, the tables reserved (the
+ * guest reads them for its whole life), RAM from 1 MiB to the hole, the
  * corpus window reserved (not RAM, and no place for the guest to put a
  * device), RAM above 4 GiB. The rest of the hole (the device windows) is
  * left out, as firmware leaves out a PC's PCI hole.
@@ -416,8 +417,8 @@ static unsigned int build_e820(struct zero_page *zp, const struct linux_machine 
 	assert(low > LAYOUT_LINUX_HIGH_MEM); /* the kernel, above 1 MiB, fits below it */
 	assert(m->corpus_bytes <= LAYOUT_CORPUS_MAX_BYTES);
 	zp->e820_entries = 0;
-	e820_add(zp, 0, LAYOUT_LINUX_EBDA, LINUX_E820_RAM);
-	e820_add(zp, LAYOUT_LINUX_EBDA, LAYOUT_LINUX_EBDA_END - LAYOUT_LINUX_EBDA,
+	e820_add(zp, 0, LAYOUT_LINUX_TABLES, LINUX_E820_RAM);
+	e820_add(zp, LAYOUT_LINUX_TABLES, LAYOUT_LINUX_TABLES_END - LAYOUT_LINUX_TABLES,
 		 LINUX_E820_RESERVED);
 	e820_add(zp, LAYOUT_LINUX_HIGH_MEM, low - LAYOUT_LINUX_HIGH_MEM, LINUX_E820_RAM);
 	if (m->corpus_bytes)
@@ -450,6 +451,8 @@ static void build_zero_page(struct linux_boot_plan *p, const struct linux_image 
 	zp->ext_ramdisk_image = (uint32_t)(p->initrd_gpa >> 32);
 	zp->hdr.ramdisk_size = (uint32_t)p->initrd_bytes;
 	zp->ext_ramdisk_size = (uint32_t)(p->initrd_bytes >> 32);
+	/* Where ACPI's tables start: no firmware to search the BIOS area for them. */
+	zp->acpi_rsdp_addr = p->acpi_rsdp;
 	/* A PC, with no setup_data list: whatever the image holds there is not ours to pass on. */
 	zp->hdr.hardware_subarch = 0;
 	zp->hdr.hardware_subarch_data = 0;
@@ -616,6 +619,15 @@ int linux_boot_plan(const struct linux_image *img, const char *initrd_path, cons
 	if (cmdlen >= LAYOUT_LINUX_CMDLINE_MAX)
 		return say(why, whylen, -E2BIG, "the command line of %zu bytes is longer than "
 			   "kvmem's %llu", cmdlen, LAYOUT_LINUX_CMDLINE_MAX - 1);
+	if (m->corpus_bytes > LINUX_CORPUS_MAX_BYTES)
+		return say(why, whylen, -E2BIG, "a corpus window of %" PRIu64 " MiB reaches the "
+			   "IOAPIC at 0x%llx: a Linux guest's corpus is at most %llu MiB",
+			   m->corpus_bytes >> 20, LAYOUT_IOAPIC, LINUX_CORPUS_MAX_BYTES >> 20);
+	if (m->platform.ncpus < 1 || m->platform.ncpus > ABI_MAX_CPUS ||
+	    m->platform.nr_virtio > LINUX_MAX_VIRTIO)
+		return say(why, whylen, -EINVAL, "%u vCPUs and %u virtio devices: the tables hold "
+			   "1 to %d vCPUs and up to %d devices", m->platform.ncpus,
+			   m->platform.nr_virtio, ABI_MAX_CPUS, LINUX_MAX_VIRTIO);
 	/* load_gpa < LAYOUT_LOW_RAM_MAX and init_size < 4 GiB: no overflow. */
 	if (align_up(img->load_gpa + img->init_size, LAYOUT_PAGE_SIZE) > low)
 		return say(why, whylen, -E2BIG, "the kernel needs RAM up to 0x%" PRIx64
@@ -647,6 +659,7 @@ int linux_boot_plan(const struct linux_image *img, const char *initrd_path, cons
 	}
 	p->cmdline_gpa = LAYOUT_LINUX_CMDLINE;
 	p->zero_page_gpa = LAYOUT_LINUX_ZERO_PAGE;
+	p->acpi_rsdp = linux_tables_build(&m->platform, p->tables);
 	build_zero_page(p, img, m);
 	build_gdt(p);
 	build_page_tables(p);
@@ -656,6 +669,7 @@ int linux_boot_plan(const struct linux_image *img, const char *initrd_path, cons
 	add_data(p, "zero page", p->zero_page_gpa, p->zero_page, sizeof(p->zero_page));
 	add_data(p, "page tables", LAYOUT_LINUX_PGTABLE, p->pgtables, sizeof(p->pgtables));
 	add_data(p, "command line", p->cmdline_gpa, p->cmdline, cmdlen + 1);
+	add_data(p, "mp and acpi tables", LAYOUT_LINUX_TABLES, p->tables, sizeof(p->tables));
 	add_file(p, "kernel", p->kernel_gpa, p->kernel_fd, img->kernel_offset, img->kernel_bytes);
 	if (p->initrd_bytes)
 		add_file(p, "initrd", p->initrd_gpa, p->initrd_fd, 0, p->initrd_bytes);
@@ -699,7 +713,7 @@ int linux_boot_apply(struct gm *gm, const struct linux_boot_plan *p)
 int linux_boot_check(const char *kernel, const char *initrd, const char *cmdline,
 		     uint64_t ram_bytes, char *why, size_t whylen)
 {
-	struct linux_machine m = { .ram_bytes = ram_bytes };
+	struct linux_machine m = { .ram_bytes = ram_bytes, .platform.ncpus = 1 };
 	struct linux_boot_plan *plan;
 	struct linux_image img;
 	int ret;

@@ -18,9 +18,11 @@
  * linux_boot_check runs the first two for a config check, before a VM exists.
  * The layout of the first megabyte is core/layout.h's LAYOUT_LINUX_*.
  *
+ * The plan also holds the tables that describe the machine to the kernel
+ * (core/linux_tables.h: the MP table, ACPI with the virtio-mmio devices).
  * Not here: the PVH entry of an uncompressed vmlinux (a bzImage is what
- * distributions ship), and the platform a kernel finds after boot (port I/O,
- * interrupt controllers, the MP table, a UART): the accelerator's.
+ * distributions ship), and the devices behind those tables (core/dev,
+ * the accelerator's interrupt controllers).
  *
  * Context: any thread; no global state.
  */
@@ -32,6 +34,7 @@
 #include <stdint.h>
 
 #include "core/layout.h"
+#include "core/linux_tables.h"
 #include "mem/gm.h"
 
 /* The oldest boot protocol taken: 2.12 has xloadflags, which say if there is a 64-bit entry. */
@@ -77,11 +80,13 @@ int linux_image_parse(const uint8_t *head, size_t head_len, uint64_t file_bytes,
 int linux_image_open(const char *path, struct linux_image *img, char *why, size_t whylen);
 void linux_image_close(struct linux_image *img);
 
-/* The machine a kernel boots into: what its e820 map describes. */
+/* The machine a kernel boots into: what its e820 map and its MP and ACPI tables describe. */
 struct linux_machine {
 	uint64_t ram_bytes;	/* below the hole up to LAYOUT_LOW_RAM_MAX, the rest from 4 GiB */
 	uint64_t corpus_bytes;	/* the read-only corpus window at LAYOUT_CORPUS_BASE (0: none) */
+	struct linux_platform platform;	/* vCPUs and virtio-mmio devices */
 };
+/* The RAM and corpus of gm; the platform is left zero, for the caller to fill. */
 void linux_machine_of(const struct gm *gm, struct linux_machine *m);
 
 /* e820 types (the zero page's, as firmware reports them). */
@@ -138,6 +143,8 @@ struct linux_cpu_state {
 };
 
 #define LINUX_BOOT_MAX_WRITES 8
+/* A Linux guest's corpus window ends below the IOAPIC (KVM's, at its fixed address). */
+#define LINUX_CORPUS_MAX_BYTES (LAYOUT_IOAPIC - LAYOUT_CORPUS_BASE)
 
 /*
  * Everything a boot writes and loads. The writes never overlap; every one
@@ -155,6 +162,7 @@ struct linux_boot_plan {
 	gpa_t cmdline_gpa;
 	gpa_t zero_page_gpa;
 	unsigned int nr_e820;	/* entries in the zero page's map */
+	gpa_t acpi_rsdp;	/* ACPI's root pointer, in the zero page */
 	/* What the writes hold (owned). */
 	int kernel_fd;
 	int initrd_fd;
@@ -162,6 +170,7 @@ struct linux_boot_plan {
 	uint8_t zero_page[4096];
 	uint8_t gdt_page[4096];
 	uint8_t pgtables[LAYOUT_LINUX_PGTABLE_END - LAYOUT_LINUX_PGTABLE];
+	uint8_t tables[LINUX_TABLES_BYTES];	/* MP and ACPI, at LAYOUT_LINUX_TABLES */
 };
 
 /*
@@ -170,8 +179,10 @@ struct linux_boot_plan {
  * with why: -E2BIG the kernel (pref_address + init_size) or the initrd does
  * not fit the RAM below the MMIO hole (the initrd goes as high as
  * initrd_addr_max allows, above the kernel), the command line is longer
- * than cmdline_size or LAYOUT_LINUX_CMDLINE_MAX; -ENOENT/-EACCES/-EINVAL
- * for an initrd that is not a readable non-empty file; -ENOMEM.
+ * than cmdline_size or LAYOUT_LINUX_CMDLINE_MAX, the corpus window is
+ * larger than LINUX_CORPUS_MAX_BYTES; -EINVAL for a platform outside
+ * linux_tables.h's limits; -ENOENT/-EACCES/-EINVAL for an initrd that is
+ * not a readable non-empty file; -ENOMEM.
  */
 int linux_boot_plan(const struct linux_image *img, const char *initrd_path, const char *cmdline,
 		    const struct linux_machine *m, struct linux_boot_plan **out, char *why,
@@ -182,7 +193,8 @@ int linux_boot_apply(struct gm *gm, const struct linux_boot_plan *plan);
 
 /*
  * Everything checkable before the VM exists: the image, and the plan for
- * ram_bytes of RAM (no corpus) with this initrd and command line. 0, or the
+ * ram_bytes of RAM (no corpus, one vCPU, no devices) with this initrd and
+ * command line. 0, or the
  * -errno of linux_image_open or linux_boot_plan with why.
  */
 int linux_boot_check(const char *kernel, const char *initrd, const char *cmdline,

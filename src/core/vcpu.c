@@ -162,6 +162,13 @@ static bool handle_exit(struct vcpu *vcpu, struct accel_exit *exit)
 		bus_dispatch(&vcpu->vm->bus, vcpu, exit->mmio.addr, exit->mmio.data,
 			     exit->mmio.len, exit->mmio.is_write);
 		return true;
+	case ACCEL_EXIT_PIO:
+		/* A string instruction moves count items through the same port, one by one. */
+		for (unsigned int i = 0; i < exit->pio.count; i++)
+			bus_dispatch(&vcpu->vm->pio_bus, vcpu, exit->pio.port,
+				     (uint8_t *)exit->pio.data + (size_t)i * exit->pio.size,
+				     exit->pio.size, exit->pio.is_write);
+		return true;
 	case ACCEL_EXIT_EXCEPTION:
 		guest_crash(vcpu, &exit->exc);
 		return false;

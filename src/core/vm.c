@@ -7,6 +7,7 @@
 #define LOG_TAG "vm"
 #include "core/vm.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stddef.h>
 #include <string.h>
@@ -107,6 +108,8 @@ static int map_corpus(struct vm *vm, const char *path)
 	return bus_register(&vm->bus, c.gpa, c.map_bytes, &corpus_ops, vm);
 }
 
+static_assert(ABI_MAX_DEVICES <= LINUX_MAX_VIRTIO, "the tables hold every virtio device");
+
 /*
  * A Linux kernel: the image checked again (its file may have changed since
  * the config was checked), the boot plan written into guest RAM, and vCPU
@@ -124,6 +127,16 @@ static int boot_linux(struct vm *vm)
 	ret = linux_image_open(vm->kernel_path, &img, why, sizeof(why));
 	if (!ret) {
 		linux_machine_of(vm->gm, &m);
+		/* Its vCPUs and virtio devices, for the tables that announce them. */
+		m.platform.ncpus = vm->ncpus;
+		for (unsigned int i = 0; i < vm->nr_devs; i++) {
+			const struct abi_device *d = &vm->devs[i];
+
+			if (d->type != ABI_DEV_VIRTIO_MMIO)
+				continue;
+			m.platform.virtio[m.platform.nr_virtio++] =
+				(struct linux_virtio){ .gpa = d->gpa, .len = d->len, .gsi = d->irq };
+		}
 		ret = linux_boot_plan(&img, vm->initrd_path, vm->cmdline, &m, &plan, why,
 				      sizeof(why));
 		linux_image_close(&img);
@@ -219,6 +232,9 @@ int vm_create(const struct vm_params *p, struct vm **out)
 		ret = -ENOMEM;
 		goto out_destroy;
 	}
+	ret = bus_init_ports(&vm->pio_bus);
+	if (ret)
+		goto out_destroy;
 	ret = mem_create_at(p->mem_bytes, accel->exec_ram, p->ram_base, &vm->gm);
 	if (ret) {
 		log_err("%s: cannot reserve %llu bytes of guest RAM: %s", p->name,
@@ -236,6 +252,13 @@ int vm_create(const struct vm_params *p, struct vm **out)
 	ret = console_create(vm, p->console_fd, p->console_prefix, p->console_log, &vm->console);
 	if (ret)
 		goto out_destroy;
+	if (p->kernel_path) {
+		ret = uart_create(vm, LAYOUT_LINUX_COM1, LAYOUT_LINUX_COM1_GSI, &vm->uart);
+		if (!ret)
+			ret = pc_create(vm, &vm->pc);
+		if (ret)
+			goto out_destroy;
+	}
 	for (unsigned int i = 0; i < p->ncpus; i++) {
 		ret = vcpu_create(vm, i, &vm->vcpus[i]);
 		if (ret)
@@ -428,10 +451,13 @@ void vm_destroy(struct vm *vm)
 	}
 	for (unsigned int i = 0; i < vm->ncpus; i++)
 		vcpu_destroy(vm->vcpus[i]);
+	uart_destroy(vm->uart);
+	pc_destroy(vm->pc);
 	if (vm->console)
 		console_destroy(vm->console);
 	vm->accel->vm_destroy(vm);
 	mem_destroy(vm->gm);
+	bus_fini(&vm->pio_bus);
 	pthread_mutex_destroy(&vm->lock);
 	pthread_cond_destroy(&vm->cond);
 	kv_free(vm->name);
@@ -478,6 +504,11 @@ int vm_ioeventfd(struct vm *vm, gpa_t addr, unsigned int len, int fd, bool assig
 int vm_irqfd(struct vm *vm, uint32_t gsi, int fd, bool assign)
 {
 	return vm->accel->irqfd(vm, gsi, fd, assign);
+}
+
+int vm_irq_line(struct vm *vm, uint32_t gsi, bool level)
+{
+	return vm->accel->irq_line ? vm->accel->irq_line(vm, gsi, level) : -ENOTSUP;
 }
 
 int vm_dirty_start(struct vm *vm)

@@ -124,6 +124,12 @@ const char *vm_accel_name(const struct vm *vm);
 int vm_ioeventfd(struct vm *vm, gpa_t addr, unsigned int len, int fd, bool assign);
 int vm_irqfd(struct vm *vm, uint32_t gsi, int fd, bool assign);
 /*
+ * Drive interrupt line gsi high or low (a device that models its line, as
+ * a UART does); any thread. -ENOTSUP where the accelerator has no
+ * interrupt controllers (thread; kvm without an in-kernel irqchip).
+ */
+int vm_irq_line(struct vm *vm, uint32_t gsi, bool level);
+/*
  * Dirty tracking, for migration and dirty-rate measurements: the guest's
  * writes (the accelerator's log) and the VMM's (mem/gm.h), together.
  *   vm_dirty_start: from a clean slate. -EBUSY when tracking already,

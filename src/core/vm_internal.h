@@ -15,6 +15,8 @@
 #include "guest/abi.h"
 
 struct console;
+struct uart;
+struct pc;
 
 struct vm {
 	char *name;			/* immutable */
@@ -26,6 +28,7 @@ struct vm {
 	uint64_t mem_bytes;		/* immutable */
 	struct vcpu *vcpus[ABI_MAX_CPUS]; /* immutable after create */
 	struct bus bus;			/* filled before start */
+	struct bus pio_bus;		/* I/O ports (a Linux guest's platform); likewise */
 	struct abi_device devs[ABI_MAX_DEVICES]; /* the guest's device table */
 	unsigned int nr_devs;
 	unsigned int nr_virtio;
@@ -34,6 +37,8 @@ struct vm {
 	char *initrd_path;		/* its initrd, or NULL */
 	char *cmdline;			/* until boot */
 	struct console *console;
+	struct uart *uart;		/* a Linux guest's serial port, or NULL */
+	struct pc *pc;			/* a Linux guest's other PC ports, or NULL */
 	struct log_limit log_limit;	/* the VM's warnings: its own rate limits */
 
 	pthread_mutex_t lock;		/* guards everything below */
@@ -76,7 +81,23 @@ void vm_vcpu_exited(struct vm *vm);
 int console_create(struct vm *vm, int fd, bool prefix, const char *log_path, struct console **out);
 void console_destroy(struct console *con);
 void console_get_stats(struct console *con, struct console_stats *out);
+/*
+ * Guest bytes for the console from another device (a UART): cut into lines
+ * and queued like the console device's own, never blocking (a line that
+ * does not fit the ring is dropped and counted). Any thread.
+ */
+void console_put(struct console *con, const void *p, size_t n);
 extern const struct bus_ops console_ops;
+/*
+ * A Linux guest's platform on the port bus (core/layout.h LAYOUT_LINUX_*):
+ * the 8250 UART whose output is the VM's console (uart.c), and the
+ * keyboard controller's reset, the POST and CMOS ports and ACPI's PM
+ * registers (pc.c). 0, -ENOMEM, or bus_register's -errno.
+ */
+int uart_create(struct vm *vm, uint16_t port, uint32_t gsi, struct uart **out);
+void uart_destroy(struct uart *u);
+int pc_create(struct vm *vm, struct pc **out);
+void pc_destroy(struct pc *pc);
 extern const struct bus_ops sysctl_ops;
 
 #endif

@@ -92,6 +92,15 @@ const struct abi_boot_params *rt_boot_params(void)
 	return boot;
 }
 
+bool rt_corpus(gpa_t *base, uint64_t *bytes)
+{
+	if (!boot->corpus_bytes)
+		return false;
+	*base = gpa(boot->corpus_gpa);
+	*bytes = boot->corpus_bytes;
+	return true;
+}
+
 unsigned rt_ncpus(void)
 {
 	return ncpus;

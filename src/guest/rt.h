@@ -2,8 +2,9 @@
 /*
  * The kvmem guest runtime: what a freestanding CPL3 program needs and libc
  * would otherwise give it. Boot parameters and devices (rt.c), the console
- * and printf (con.c), strings and command-line parsing (str.c), time, sleep,
- * power off, spinlocks and atomics (this header and rt.c).
+ * and printf (con.c), <string.h>'s functions (libc.c), string slices and
+ * command-line parsing (str.c), time, sleep, power off, spinlocks and
+ * atomics (this header and rt.c).
  *
  * Everything runs at CPL3 on every vCPU. There are no interrupts, so nothing
  * here is reentrant with respect to itself on one vCPU; across vCPUs shared
@@ -170,6 +171,14 @@ int rt_init(const struct abi_boot_params *bp);
 /* The boot parameters (virtual), valid after rt_init(). Read-only. */
 const struct abi_boot_params *rt_boot_params(void);
 
+/*
+ * The VM's content corpus (boot params corpus_gpa, corpus_bytes): true with
+ * its gpa and length, false when the VM has none. The workload engine asks
+ * this rather than reading the boot parameters, which a runtime under
+ * another kernel (src/guest/linux) does not have.
+ */
+bool rt_corpus(gpa_t *base, uint64_t *bytes);
+
 /* Number of vCPUs started, valid after rt_init(). */
 unsigned rt_ncpus(void);
 
@@ -305,7 +314,7 @@ void rt_vprintf(const char *fmt, va_list ap);
 __printf(3, 4) int rt_snprintf(char *buf, size_t size, const char *fmt, ...);
 int rt_vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
 
-/* --- strings and the command line (str.c) --- */
+/* --- <string.h> (libc.c) --- */
 
 /* The usual freestanding set; GCC may also emit calls to the first four. */
 void *memset(void *dst, int c, size_t n);
@@ -316,6 +325,8 @@ size_t strlen(const char *s);
 size_t strnlen(const char *s, size_t max);
 int strcmp(const char *a, const char *b);
 int strncmp(const char *a, const char *b, size_t n);
+
+/* --- string slices and the command line (str.c) --- */
 
 /* A non-NUL-terminated slice of a string (command-line values are slices). */
 struct rt_str {

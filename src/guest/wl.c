@@ -717,18 +717,18 @@ static uint64_t gcd(uint64_t a, uint64_t b)
  */
 static void take_corpus(void)
 {
-	const struct abi_boot_params *bp = rt_boot_params();
-	uint64_t k;
+	uint64_t k, bytes;
+	gpa_t base;
 
 	if (!cfg.corpus)
 		return;
-	if (!bp->corpus_bytes) {
+	if (!rt_corpus(&base, &bytes)) {
 		rt_printf("kvmem-wl: bad kvmem.wl: corpus= without a corpus (kvmem run --corpus "
 			  "FILE)\n");
 		rt_poweroff(RT_EXIT_USAGE);
 	}
-	corpus_base = phys_to_virt(gpa(bp->corpus_gpa));
-	corpus_pages = DIV_ROUND_UP(bp->corpus_bytes, RT_PAGE_SIZE);
+	corpus_base = phys_to_virt(base);
+	corpus_pages = DIV_ROUND_UP(bytes, RT_PAGE_SIZE);
 	if (!cfg.corpus_shuffle || corpus_pages < 2)
 		return;
 	k = (cfg.id + 1) * 0x9e3779b97f4a7c15ULL;

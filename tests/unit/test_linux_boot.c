@@ -3,9 +3,9 @@
  * The Linux boot loader (core/linux_boot.c) against a real kernel, with no
  * VM: Debian's bzImage (linux-image-amd64; KVMEM_TEST_KERNEL names another)
  * is checked, planned and written into anonymous guest memory, and the zero
- * page, e820 map, GDT, page tables and entry registers are read back at the
- * boot protocol's offsets (written out here again, independently of the
- * loader's structures). Bad images are the real one with one field broken.
+ * page, e820 map, GDT, page tables, entry registers and the MP and ACPI
+ * tables are read back at the specifications' offsets (written out here
+ * again, independently of the loader's structures). Bad images are the real one with one field broken.
  * Without a kernel image the whole test skips (77), saying why.
  */
 #include <errno.h>
@@ -13,6 +13,7 @@
 #include <glob.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -380,6 +381,8 @@ static void test_linux_boot_writes_kernel_initrd_and_zero_page(void **state)
 	linux_machine_of(gm, &m);
 	assert_int_equal(m.ram_bytes, 512 * MIB);
 	assert_int_equal(m.corpus_bytes, 0);
+	assert_int_equal(m.platform.ncpus, 0);
+	m.platform.ncpus = 1;
 	assert_int_equal(linux_image_open(kernel, &img, why, sizeof(why)), 0);
 	assert_int_equal(linux_boot_plan(&img, initrd, cmdline, &m, &plan, why, sizeof(why)), 0);
 	assert_int_equal(linux_boot_apply(gm, plan), 0);
@@ -428,13 +431,16 @@ static void test_linux_boot_writes_kernel_initrd_and_zero_page(void **state)
 	assert_int_equal(mem_read(gm, LAYOUT_LINUX_CMDLINE, got, strlen(cmdline) + 1), 0);
 	assert_string_equal(got, cmdline);
 
-	/* e820: RAM to the EBDA, the EBDA reserved, RAM from 1 MiB to the end of region 0. */
+	/* ACPI's root pointer (acpi_rsdp_addr), where the tables start. */
+	assert_int_equal(h64(zp, 0x070), LAYOUT_LINUX_ACPI);
+
+	/* e820: RAM to the tables, the tables reserved, RAM from 1 MiB to the end of region 0. */
 	assert_int_equal(zp[0x1e8], 3);
 	assert_int_equal(plan->nr_e820, 3);
 	assert_int_equal(mem_nr_regions(gm), 1);
 	mem_region(gm, 0, &gpa, &len);
-	expect_e820(zp, 0, 0, 0x9fc00, 1);
-	expect_e820(zp, 1, 0x9fc00, 0x400, 2);
+	expect_e820(zp, 0, 0, 0x9e000, 1);
+	expect_e820(zp, 1, 0x9e000, 0x2000, 2);
 	expect_e820(zp, 2, 0x100000, gpa + len - 0x100000, 1);
 
 	linux_boot_plan_free(plan);
@@ -471,7 +477,7 @@ static void expect_descriptor(struct gm *gm, const struct linux_cpu_state *c,
 static void test_linux_boot_enters_64bit_with_boot_segments_and_identity_map(void **state)
 {
 	struct linux_boot_plan *plan;
-	struct linux_machine m = { .ram_bytes = 1024 * MIB };
+	struct linux_machine m = { .ram_bytes = 1024 * MIB, .platform.ncpus = 2 };
 	struct linux_image img;
 	const struct linux_cpu_state *c;
 	char initrd[128], why[512];
@@ -535,7 +541,8 @@ static void test_linux_boot_enters_64bit_with_boot_segments_and_identity_map(voi
 static void test_linux_e820_around_the_mmio_hole(void **state)
 {
 	struct linux_boot_plan *plan;
-	struct linux_machine m = { .ram_bytes = 4096 * MIB, .corpus_bytes = 64 * MIB };
+	struct linux_machine m = { .ram_bytes = 4096 * MIB, .corpus_bytes = 64 * MIB,
+				   .platform.ncpus = 1 };
 	struct linux_image img;
 	char why[512];
 	struct gm *gm;
@@ -551,8 +558,8 @@ static void test_linux_e820_around_the_mmio_hole(void **state)
 	assert_int_equal(linux_boot_plan(&img, NULL, "quiet", &m, &plan, why, sizeof(why)), 0);
 	assert_int_equal(plan->nr_e820, 5);
 	assert_int_equal(plan->zero_page[0x1e8], 5);
-	expect_e820(plan->zero_page, 0, 0, 0x9fc00, 1);
-	expect_e820(plan->zero_page, 1, 0x9fc00, 0x400, 2);
+	expect_e820(plan->zero_page, 0, 0, 0x9e000, 1);
+	expect_e820(plan->zero_page, 1, 0x9e000, 0x2000, 2);
 	expect_e820(plan->zero_page, 2, 0x100000, gpa0 + len0 - 0x100000, 1);
 	expect_e820(plan->zero_page, 3, LAYOUT_CORPUS_BASE, 64 * MIB, 2);
 	expect_e820(plan->zero_page, 4, gpa1, len1, 1);
@@ -565,21 +572,252 @@ static void test_linux_e820_around_the_mmio_hole(void **state)
 	mem_destroy(gm);
 }
 
-static void plan_refused(uint64_t ram, const char *initrd, const char *cmdline, int err,
-			 const char *says)
+/* The bytes of [p, p+len) sum to 0 (MP and ACPI checksums). */
+static bool sums_to_zero(const uint8_t *p, size_t len)
+{
+	uint8_t sum = 0;
+
+	for (size_t i = 0; i < len; i++)
+		sum = (uint8_t)(sum + p[i]);
+	return sum == 0;
+}
+
+/* The first occurrence of needle in hay, or NULL. */
+static const uint8_t *find(const uint8_t *hay, size_t len, const void *needle, size_t n)
+{
+	for (size_t i = 0; i + n <= len; i++)
+		if (!memcmp(hay + i, needle, n))
+			return hay + i;
+	return NULL;
+}
+
+/*
+ * The tables of a 4-vCPU guest with two virtio devices, read back from
+ * guest memory at the specifications' offsets: the MP floating pointer
+ * where Linux scans for it and its table (processors, the IOAPIC, ISA
+ * interrupts on their own pins but the cascade), and ACPI from the zero
+ * page's root pointer through the XSDT to a MADT that says the same of the
+ * CPUs and the IOAPIC, a FADT with kvmem's PM ports and a DSDT that names
+ * each virtio-mmio device with its window and interrupt.
+ */
+static void test_linux_tables_describe_cpus_interrupts_and_virtio(void **state)
+{
+	struct linux_machine m = { .ram_bytes = 512 * MIB, .platform.ncpus = 4,
+				   .platform.nr_virtio = 2 };
+	struct linux_boot_plan *plan;
+	struct linux_image img;
+	uint8_t t[LAYOUT_LINUX_TABLES_END - LAYOUT_LINUX_TABLES], fp[16];
+	const uint8_t *mpc, *e, *rsdp, *xsdt, *madt, *fadt, *dsdt;
+	unsigned int cpus = 0, bsp = 0, ioapics = 0, pins = 0, lints = 0, isa = 0;
+	uint64_t pin_mask = 0;
+	char why[512];
+	struct gm *gm;
+
+	(void)state;
+	m.platform.virtio[0] = (struct linux_virtio){ LAYOUT_MMIO_VIRTIO, 0x1000, 5 };
+	m.platform.virtio[1] = (struct linux_virtio){ LAYOUT_MMIO_VIRTIO + 0x1000, 0x1000, 6 };
+	assert_int_equal(mem_create_anon(m.ram_bytes, &gm), 0);
+	assert_int_equal(linux_image_open(kernel, &img, why, sizeof(why)), 0);
+	assert_int_equal(linux_boot_plan(&img, NULL, "", &m, &plan, why, sizeof(why)), 0);
+	assert_int_equal(linux_boot_apply(gm, plan), 0);
+	assert_int_equal(mem_read(gm, LAYOUT_LINUX_TABLES, t, sizeof(t)), 0);
+#define AT(gpa) (t + ((gpa) - LAYOUT_LINUX_TABLES))
+
+	/* MP: the floating pointer in the last KiB of base memory, 16-byte aligned. */
+	assert_int_equal(LAYOUT_LINUX_MPFP % 16, 0);
+	assert_true(LAYOUT_LINUX_MPFP >= 639 * 1024 && LAYOUT_LINUX_MPFP + 16 <= 640 * 1024);
+	memcpy(fp, AT(LAYOUT_LINUX_MPFP), 16);
+	assert_memory_equal(fp, "_MP_", 4);
+	assert_true(sums_to_zero(fp, 16));
+	assert_int_equal(fp[8], 1);		/* length, 16-byte units */
+	assert_int_equal(fp[9], 4);		/* spec 1.4 */
+	assert_int_equal(fp[11], 0);		/* a configuration table follows */
+	assert_int_equal(h32(fp, 4), LAYOUT_LINUX_MPTABLE);
+	mpc = AT(h32(fp, 4));
+	assert_memory_equal(mpc, "PCMP", 4);
+	assert_true(h16(mpc, 4) <= LAYOUT_LINUX_MPFP - LAYOUT_LINUX_MPTABLE);
+	assert_true(sums_to_zero(mpc, h16(mpc, 4)));
+	assert_int_equal(h32(mpc, 36), 0xfee00000);	/* the local APICs */
+	e = mpc + 44;
+	for (unsigned int i = 0; i < h16(mpc, 34); i++) {
+		switch (e[0]) {
+		case 0:		/* processor: APIC id i, enabled, vCPU 0 the BSP */
+			assert_int_equal(e[1], cpus);
+			assert_true(e[3] & 1);
+			bsp += (e[3] & 2) ? 1 + e[1] * 100 : 0;
+			cpus++;
+			e += 20;
+			continue;
+		case 1:		/* bus 0 is ISA */
+			assert_int_equal(e[1], 0);
+			assert_memory_equal(e + 2, "ISA   ", 6);
+			isa++;
+			break;
+		case 2:		/* the IOAPIC, after the CPUs' APIC ids */
+			assert_int_equal(e[1], 4);
+			assert_int_equal(e[3] & 1, 1);
+			assert_int_equal(h32(e, 4), 0xfec00000);
+			ioapics++;
+			break;
+		case 3:		/* ISA IRQ n on pin n, bus defaults (edge, high) */
+			assert_int_equal(e[1], 0);
+			assert_int_equal(h16(e, 2), 0);
+			assert_int_equal(e[4], 0);
+			assert_int_equal(e[5], e[7]);
+			assert_int_equal(e[6], 4);
+			pin_mask |= 1ULL << e[7];
+			pins++;
+			break;
+		case 4:		/* LINT0 ExtINT, LINT1 NMI, on every CPU */
+			assert_int_equal(e[1], e[7] == 0 ? 3 : 1);
+			assert_int_equal(e[6], 0xff);
+			lints++;
+			break;
+		default:
+			fail_msg("MP entry type %u", e[0]);
+		}
+		e += 8;
+	}
+	assert_int_equal(e - mpc, h16(mpc, 4));
+	assert_int_equal(cpus, 4);
+	assert_int_equal(bsp, 1);
+	assert_int_equal(isa, 1);
+	assert_int_equal(ioapics, 1);
+	assert_int_equal(pins, 23);
+	assert_int_equal(pin_mask, 0xffffffULL & ~4ULL);	/* every pin but the cascade's */
+	assert_int_equal(lints, 2);
+
+	/* ACPI: the root pointer the zero page names, revision 2, both checksums. */
+	assert_int_equal(h64(plan->zero_page, 0x070), LAYOUT_LINUX_ACPI);
+	rsdp = AT(LAYOUT_LINUX_ACPI);
+	assert_memory_equal(rsdp, "RSD PTR ", 8);
+	assert_true(sums_to_zero(rsdp, 20));
+	assert_int_equal(rsdp[15], 2);
+	assert_int_equal(h32(rsdp, 20), 36);
+	assert_true(sums_to_zero(rsdp, 36));
+	xsdt = AT(h64(rsdp, 24));
+	assert_memory_equal(xsdt, "XSDT", 4);
+	assert_int_equal(h32(xsdt, 4), 36 + 2 * 8);		/* the FADT and the MADT */
+	assert_true(sums_to_zero(xsdt, h32(xsdt, 4)));
+	/* MADT: the local APICs (enabled, APIC id = UID), the IOAPIC from GSI 0, NMI on LINT1. */
+	madt = AT(h64(xsdt, 44));
+	assert_memory_equal(madt, "APIC", 4);
+	assert_true(sums_to_zero(madt, h32(madt, 4)));
+	assert_int_equal(h32(madt, 36), 0xfee00000);
+	assert_int_equal(h32(madt, 40) & 1, 1);			/* PCAT_COMPAT: the 8259s */
+	cpus = ioapics = lints = 0;
+	for (e = madt + 44; e < madt + h32(madt, 4); e += e[1]) {
+		assert_true(e[1] >= 2);
+		if (e[0] == 0) {
+			assert_int_equal(e[1], 8);
+			assert_int_equal(e[2], cpus);
+			assert_int_equal(e[3], cpus);
+			assert_int_equal(h32(e, 4) & 1, 1);
+			cpus++;
+		} else if (e[0] == 1) {
+			assert_int_equal(e[1], 12);
+			assert_int_equal(e[2], 4);
+			assert_int_equal(h32(e, 4), 0xfec00000);
+			assert_int_equal(h32(e, 8), 0);
+			ioapics++;
+		} else if (e[0] == 4) {
+			assert_int_equal(e[2], 0xff);
+			assert_int_equal(e[5], 1);
+			lints++;
+		} else {
+			fail_msg("MADT entry type %u", e[0]);
+		}
+	}
+	assert_true(e == madt + h32(madt, 4));
+	assert_int_equal(cpus, 4);
+	assert_int_equal(ioapics, 1);
+	assert_int_equal(lints, 1);
+	fadt = AT(h64(xsdt, 36));
+	assert_memory_equal(fadt, "FACP", 4);
+	assert_int_equal(h32(fadt, 4), 276);
+	assert_int_equal(fadt[8], 6);
+	assert_true(sums_to_zero(fadt, 276));
+	assert_int_equal(h16(fadt, 46), LAYOUT_LINUX_SCI_GSI);
+	assert_int_equal(h32(fadt, 48), 0);			/* no SMI_CMD: ACPI mode only */
+	assert_int_equal(h32(fadt, 56), LAYOUT_LINUX_PM1_EVT);
+	assert_int_equal(h32(fadt, 64), LAYOUT_LINUX_PM1_CNT);
+	assert_int_equal(h32(fadt, 76), LAYOUT_LINUX_PM_TMR);
+	assert_int_equal(fadt[88], 4);
+	assert_int_equal(fadt[89], 2);
+	assert_int_equal(fadt[91], 4);
+	assert_int_equal(h16(fadt, 109) & 0x2, 0);		/* no 8042 to probe */
+	assert_int_equal(h16(fadt, 109) & 0x20, 0x20);		/* no CMOS RTC */
+	assert_int_equal(h32(fadt, 112) & (1u << 20), 0);	/* not hardware-reduced */
+	assert_int_equal(h32(fadt, 112) & (1u << 8), 1u << 8);	/* 32-bit PM timer */
+	assert_int_equal(h64(fadt, 140), h32(fadt, 40));	/* X_DSDT = DSDT */
+	assert_int_equal(fadt[172], 1);				/* X_PM1a_CNT: system I/O */
+	assert_int_equal(h64(fadt, 176), LAYOUT_LINUX_PM1_CNT);
+	assert_int_equal(h32(fadt, 36) % 64, 0);		/* FACS, 64-byte aligned */
+	assert_memory_equal(AT(h32(fadt, 36)), "FACS", 4);
+	assert_int_equal(h32(AT(h32(fadt, 36)), 4), 64);
+	dsdt = AT(h32(fadt, 40));
+	assert_memory_equal(dsdt, "DSDT", 4);
+	assert_true(dsdt + h32(dsdt, 4) <= AT(LAYOUT_LINUX_ACPI_END));
+	assert_true(sums_to_zero(dsdt, h32(dsdt, 4)));
+	/* The AML: \_SB with a device per virtio window, and \_S5 with kvmem's sleep type. */
+	{
+		const uint8_t *aml = dsdt + 36, *hid, *v;
+		size_t n = h32(dsdt, 4) - 36;
+		uint8_t mem32[12] = { 0x86, 9, 0, 1 }, irq[9] = { 0x89, 6, 0, 3, 1 };
+		static const uint8_t s5[] = { 0x08, '\\', '_', 'S', '5', '_', 0x12, 7, 4, 0x0a,
+					      LAYOUT_LINUX_S5_TYP, 0, 0, 0 };
+
+		assert_int_equal(aml[0], 0x10);				/* Scope */
+		assert_non_null(find(aml, n, "\\_SB_", 5));
+		assert_non_null(find(aml, n, s5, sizeof(s5)));
+		for (unsigned int i = 0; i < 2; i++) {
+			uint32_t base = (uint32_t)m.platform.virtio[i].gpa, len = 0x1000;
+			uint32_t gsi = m.platform.virtio[i].gsi;
+			char name[5];
+
+			snprintf(name, sizeof(name), "V%03u", i);
+			v = find(aml, n, name, 4);
+			assert_non_null(v);
+			/* DeviceOp, then a PkgLength of one or two bytes, then the name. */
+			assert_non_null(find(v - 4, 3, "\x5b\x82", 2));
+			hid = find(v, n - (size_t)(v - aml), "\x0dLNRO0005", 10);
+			assert_non_null(hid);
+			memcpy(mem32 + 4, &base, 4);
+			memcpy(mem32 + 8, &len, 4);
+			memcpy(irq + 5, &gsi, 4);
+			assert_non_null(find(hid, n - (size_t)(hid - aml), mem32, sizeof(mem32)));
+			assert_non_null(find(hid, n - (size_t)(hid - aml), irq, sizeof(irq)));
+		}
+		assert_null(find(aml, n, "V002", 4));
+	}
+#undef AT
+	linux_boot_plan_free(plan);
+	linux_image_close(&img);
+	mem_destroy(gm);
+}
+
+static void machine_refused(const struct linux_machine *m, const char *initrd,
+			    const char *cmdline, int err, const char *says)
 {
 	struct linux_boot_plan *plan = NULL;
-	struct linux_machine m = { .ram_bytes = ram };
 	struct linux_image img;
 	char why[512] = "";
 	int ret;
 
 	assert_int_equal(linux_image_open(kernel, &img, why, sizeof(why)), 0);
-	ret = linux_boot_plan(&img, initrd, cmdline, &m, &plan, why, sizeof(why));
+	ret = linux_boot_plan(&img, initrd, cmdline, m, &plan, why, sizeof(why));
 	linux_image_close(&img);
 	if (ret != err || !strstr(why, says))
 		fail_msg("expected %d naming \"%s\", got %d: %s", err, says, ret, why);
 	assert_null(plan);
+}
+
+static void plan_refused(uint64_t ram, const char *initrd, const char *cmdline, int err,
+			 const char *says)
+{
+	struct linux_machine m = { .ram_bytes = ram, .platform.ncpus = 1 };
+
+	machine_refused(&m, initrd, cmdline, err, says);
 }
 
 static void test_linux_boot_refuses_what_does_not_fit(void **state)
@@ -612,6 +850,17 @@ static void test_linux_boot_refuses_what_does_not_fit(void **state)
 	plan_refused(512 * MIB, initrd, line, -E2BIG, "cmdline_size");
 	free(line);
 
+	/* A corpus that reaches the IOAPIC; a machine the tables cannot describe. */
+	struct linux_machine m = { .ram_bytes = 512 * MIB, .corpus_bytes = 512 * MIB,
+				   .platform.ncpus = 1 };
+
+	machine_refused(&m, NULL, "", -E2BIG, "IOAPIC");
+	m.corpus_bytes = 492 * MIB;
+	m.platform.ncpus = 0;
+	machine_refused(&m, NULL, "", -EINVAL, "vCPUs");
+	m.platform.ncpus = 65;
+	machine_refused(&m, NULL, "", -EINVAL, "vCPUs");
+
 	/* The check a config runs: image, RAM and initrd in one call. */
 	assert_int_equal(linux_boot_check(kernel, big, "", 2048 * MIB, why, sizeof(why)), 0);
 	assert_int_equal(linux_boot_check(kernel, NULL, NULL, 64 * MIB, why, sizeof(why)), -E2BIG);
@@ -627,6 +876,7 @@ int main(void)
 		cmocka_unit_test(test_linux_boot_writes_kernel_initrd_and_zero_page),
 		cmocka_unit_test(test_linux_boot_enters_64bit_with_boot_segments_and_identity_map),
 		cmocka_unit_test(test_linux_e820_around_the_mmio_hole),
+		cmocka_unit_test(test_linux_tables_describe_cpus_interrupts_and_virtio),
 		cmocka_unit_test(test_linux_boot_refuses_what_does_not_fit),
 	};
 

@@ -69,6 +69,7 @@ struct accel_exception {
 enum accel_exit_reason {
 	ACCEL_EXIT_NONE,	/* handled inside the accelerator: run again */
 	ACCEL_EXIT_MMIO,	/* a device register access: dispatch on the bus, run again */
+	ACCEL_EXIT_PIO,		/* port I/O (kvm, CPL0 code): dispatch on the port bus, run again */
 	ACCEL_EXIT_EXCEPTION,	/* the guest faulted: report it and stop the VM */
 	ACCEL_EXIT_CRASH,	/* the guest cannot go on; the accelerator logged why */
 };
@@ -82,6 +83,13 @@ struct accel_exit {
 			unsigned int len;
 			bool is_write;
 		} mmio;
+		struct {
+			uint16_t port;
+			void *data;		/* count items of size bytes; reads fill it */
+			unsigned int size;	/* 1, 2 or 4 */
+			unsigned int count;	/* more than 1 for a string instruction (rep ins/outs) */
+			bool is_write;
+		} pio;
 		struct accel_exception exc;
 	};
 };
@@ -133,6 +141,12 @@ struct accel_ops {
 	int (*ioeventfd)(struct vm *vm, gpa_t addr, unsigned int len, int fd, bool assign);
 	/* Attach or detach an eventfd that raises interrupt line gsi; -ENOTSUP. */
 	int (*irqfd)(struct vm *vm, uint32_t gsi, int fd, bool assign);
+	/*
+	 * Drive interrupt line gsi to `level` (a device that models its line,
+	 * as a UART does): 0, or -ENOTSUP without interrupt controllers. From
+	 * any thread. May be NULL.
+	 */
+	int (*irq_line)(struct vm *vm, uint32_t gsi, bool level);
 	/*
 	 * The guest's writes to its RAM, for migration (NULL: this accelerator
 	 * cannot log them). dirty_log starts logging from a clean slate (on) or

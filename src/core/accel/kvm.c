@@ -6,6 +6,12 @@
  * is emulated on kvm-pvm hosts (~0.2 M instructions/s) and CPL3 code runs
  * natively. The only file of kvmem that includes <linux/kvm.h>.
  *
+ * A VM that boots a Linux kernel gets the machine a PC kernel expects
+ * instead (linux_machine_init, kvm_boot_linux): the 8259s, IOAPIC and
+ * PIT in the kernel, CPUID with an APIC id per vCPU and the hypervisor
+ * leaves that give it kvm-clock, vCPU 0 at the kernel's 64-bit entry and
+ * the others waiting for INIT and SIPI.
+ *
  * Kicks use KVM's immediate_exit: the kicker sets its request in the VM,
  * then immediate_exit = 1, then sends the kick signal. The vCPU loop clears
  * immediate_exit before it looks at requests, so a kick that lands between
@@ -27,6 +33,7 @@
 #include "core/alloc.h"
 #include "core/boot.h"
 #include "core/layout.h"
+#include "core/linux_boot.h"
 #include "core/log.h"
 #include "core/vm_internal.h"
 #include "mem/corpus.h"
@@ -50,6 +57,7 @@ _Static_assert(sizeof(((struct kvm_run *)0)->mmio) >= sizeof(struct kvm_memory_f
 struct kvm_vm {
 	int fd;
 	bool irqchip;	/* an in-kernel irqchip exists (irqfd works) */
+	bool linux_guest;	/* the VM boots a Linux kernel (vm->kernel_path) */
 };
 
 struct kvm_vcpu {
@@ -151,6 +159,48 @@ static int register_corpus(struct vm *vm, int fd)
 	return 0;
 }
 
+/*
+ * What a Linux kernel needs of the machine besides the in-kernel irqchip
+ * (which it cannot do without: its interrupts, and the local APICs that
+ * start the other vCPUs): the pages KVM on Intel keeps for the real-mode
+ * code VMX cannot run (set before any vCPU exists; they cost nothing on
+ * AMD), and the PIT, which Linux calibrates against and may use as its
+ * first timer. Its speaker port (0x61) is KVM's too: the PIT's gate and
+ * output are read there.
+ */
+static int linux_machine_init(struct vm *vm, struct kvm_vm *k)
+{
+	uint64_t identity = LAYOUT_LINUX_KVM_IDENTITY;
+	struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
+
+	k->linux_guest = true;
+	if (!k->irqchip) {
+		log_err("%s: a Linux guest needs KVM's in-kernel irqchip, which this KVM refused",
+			vm->name);
+		return -ENOTSUP;
+	}
+	if (ioctl(k->fd, KVM_CHECK_EXTENSION, KVM_CAP_SET_IDENTITY_MAP_ADDR) > 0 &&
+	    ioctl(k->fd, KVM_SET_IDENTITY_MAP_ADDR, &identity) < 0) {
+		int err = errno;
+
+		log_err("%s: KVM_SET_IDENTITY_MAP_ADDR: %m", vm->name);
+		return -err;
+	}
+	if (ioctl(k->fd, KVM_SET_TSS_ADDR, (unsigned long)LAYOUT_LINUX_KVM_TSS) < 0) {
+		int err = errno;
+
+		log_err("%s: KVM_SET_TSS_ADDR: %m", vm->name);
+		return -err;
+	}
+	if (ioctl(k->fd, KVM_CREATE_PIT2, &pit) < 0) {
+		int err = errno;
+
+		log_err("%s: KVM_CREATE_PIT2: %m", vm->name);
+		return -err;
+	}
+	return 0;
+}
+
 static int kvm_vm_init(struct vm *vm)
 {
 	int sys = accel_kvm_system_fd();
@@ -193,6 +243,8 @@ static int kvm_vm_init(struct vm *vm)
 		k->irqchip = true;
 	else
 		log_debug("%s: no in-kernel irqchip: %m", vm->name);
+	if (vm->kernel_path)
+		return linux_machine_init(vm, k);
 	return 0;
 }
 
@@ -261,7 +313,43 @@ static int supported_cpuid(struct kvm_cpuid2 **out)
 	return 0;
 }
 
-static int setup_cpuid(int vcpu_fd)
+#define CPUID_1_ECX_TSC_DEADLINE (1u << 24)
+#define CPUID_1_ECX_HYPERVISOR (1u << 31)
+
+/*
+ * What a Linux guest reads in CPUID besides what KVM supports: its own
+ * APIC id (leaf 1 and the x2APIC topology leaves; KVM reports the host
+ * CPU's, and the kernel checks them against its local APIC's), the
+ * hypervisor bit, without which it never looks at KVM's leaves (kvm-clock,
+ * paravirtual EOI and more are announced there), and the TSC deadline
+ * timer KVM emulates when it says so, which spares the kernel calibrating
+ * its local APIC timer.
+ */
+static void linux_cpuid(struct kvm_cpuid2 *cpuid, unsigned int apic_id)
+{
+	bool deadline = ioctl(accel_kvm_system_fd(), KVM_CHECK_EXTENSION,
+			      KVM_CAP_TSC_DEADLINE_TIMER) > 0;
+
+	for (unsigned int i = 0; i < cpuid->nent; i++) {
+		struct kvm_cpuid_entry2 *e = &cpuid->entries[i];
+
+		switch (e->function) {
+		case 1:
+			e->ebx = (e->ebx & 0x00ffffff) | apic_id << 24;
+			e->ecx |= CPUID_1_ECX_HYPERVISOR | (deadline ? CPUID_1_ECX_TSC_DEADLINE : 0);
+			break;
+		case 0xb:
+		case 0x1f:
+			e->edx = apic_id;
+			break;
+		case 0x8000001e:
+			e->eax = apic_id;
+			break;
+		}
+	}
+}
+
+static int setup_cpuid(struct vcpu *vcpu, int vcpu_fd)
 {
 	struct kvm_cpuid2 *cpuid;
 	int ret;
@@ -269,6 +357,8 @@ static int setup_cpuid(int vcpu_fd)
 	ret = supported_cpuid(&cpuid);
 	if (ret)
 		return ret;
+	if (kvm_of(vcpu->vm)->linux_guest)
+		linux_cpuid(cpuid, vcpu->index);
 	ret = ioctl(vcpu_fd, KVM_SET_CPUID2, cpuid) < 0 ? -errno : 0;
 	kv_free(cpuid);
 	return ret;
@@ -342,7 +432,7 @@ static int kvm_vcpu_init(struct vcpu *vcpu)
 		ret = -errno;
 		goto out_close;
 	}
-	ret = setup_cpuid(kc->fd);
+	ret = setup_cpuid(vcpu, kc->fd);
 	if (ret) {
 		log_err("KVM_SET_CPUID2 on vcpu %u: %s", vcpu->index, strerror(-ret));
 		goto out_unmap;
@@ -462,6 +552,94 @@ static int kvm_vcpu_boot(struct vcpu *vcpu, const struct accel_entry *e)
 	return 0;
 }
 
+static void linux_seg(struct kvm_segment *k, const struct linux_segment *s)
+{
+	*k = (struct kvm_segment){ .base = s->base, .limit = s->limit, .selector = s->selector,
+				   .type = s->type, .present = s->present, .dpl = s->dpl,
+				   .db = s->db, .s = s->s, .l = s->l, .g = s->g };
+}
+
+#define LAPIC_LVT0 0x350
+#define LAPIC_LVT1 0x360
+#define LAPIC_DM_NMI 0x400
+#define LAPIC_DM_EXTINT 0x700
+
+/*
+ * Every local APIC as firmware leaves it: NMIs through LINT1, and on the
+ * boot CPU the 8259 through LINT0 (virtual wire: what a kernel finds
+ * before it sets up the IOAPIC); an application processor's LINT0 stays
+ * masked, or it would take the 8259's interrupts too. Linux takes it from
+ * there.
+ */
+static int linux_lapic(struct kvm_vcpu *kc, bool bsp)
+{
+	struct kvm_lapic_state la;
+	uint32_t v;
+
+	if (ioctl(kc->fd, KVM_GET_LAPIC, &la) < 0)
+		return -errno;
+	if (bsp) {
+		v = LAPIC_DM_EXTINT;
+		memcpy(&la.regs[LAPIC_LVT0], &v, sizeof(v));
+	}
+	v = LAPIC_DM_NMI;
+	memcpy(&la.regs[LAPIC_LVT1], &v, sizeof(v));
+	return ioctl(kc->fd, KVM_SET_LAPIC, &la) < 0 ? -errno : 0;
+}
+
+/*
+ * vCPU 0 at the kernel's 64-bit entry in the state the loader planned;
+ * the others wait for the INIT and SIPI the kernel sends them (KVM keeps
+ * a vCPU in KVM_RUN until then), as a PC's application processors do.
+ */
+static int kvm_boot_linux(struct vm *vm, const struct linux_cpu_state *c)
+{
+	struct kvm_vcpu *kc = kvcpu_of(vm->vcpus[0]);
+	struct kvm_sregs sregs;
+	struct kvm_regs regs = { .rip = c->rip, .rsi = c->rsi, .rsp = c->rsp,
+				 .rflags = c->rflags };
+
+	for (unsigned int i = 0; i < vm->ncpus; i++) {
+		struct kvm_vcpu *ki = kvcpu_of(vm->vcpus[i]);
+		struct kvm_mp_state mp = { .mp_state = i ? KVM_MP_STATE_UNINITIALIZED
+						       : KVM_MP_STATE_RUNNABLE };
+		int ret = linux_lapic(ki, i == 0);
+
+		if (!ret && ioctl(ki->fd, KVM_SET_MP_STATE, &mp) < 0)
+			ret = -errno;
+		if (ret) {
+			log_err("%s: vcpu %u: local APIC or MP state: %s", vm->name, i,
+				strerror(-ret));
+			return ret;
+		}
+	}
+	if (ioctl(kc->fd, KVM_GET_SREGS, &sregs) < 0)
+		return -errno;
+	linux_seg(&sregs.cs, &c->cs);
+	linux_seg(&sregs.ds, &c->ds);
+	sregs.es = sregs.fs = sregs.gs = sregs.ss = sregs.ds;
+	linux_seg(&sregs.tr, &c->tr);
+	memset(&sregs.ldt, 0, sizeof(sregs.ldt));
+	sregs.ldt.type = 0x2;
+	sregs.ldt.present = 1;
+	sregs.ldt.unusable = 1;
+	sregs.gdt.base = c->gdt_base;
+	sregs.gdt.limit = c->gdt_limit;
+	sregs.idt.base = c->idt_base;
+	sregs.idt.limit = c->idt_limit;
+	sregs.cr0 = c->cr0;
+	sregs.cr3 = c->cr3;
+	sregs.cr4 = c->cr4;
+	sregs.efer = c->efer;
+	if (ioctl(kc->fd, KVM_SET_SREGS, &sregs) < 0 || ioctl(kc->fd, KVM_SET_REGS, &regs) < 0) {
+		int ret = -errno;
+
+		log_err("%s: vcpu 0: the kernel's entry registers: %m", vm->name);
+		return ret;
+	}
+	return 0;
+}
+
 /*
  * An MMIO or port access is complete (a read's value in its register, the
  * instruction retired) only once KVM_RUN runs again: run with immediate_exit
@@ -527,14 +705,13 @@ static int kvm_vcpu_run(struct vcpu *vcpu, struct accel_exit *exit)
 		exit->mmio.is_write = run->mmio.is_write;
 		break;
 	case KVM_EXIT_IO:
-		/* Only emulated CPL0 code gets here; kvmem has no port devices. */
-		log_warn_ratelimited_vm(&vcpu->vm->log_limit,
-					"%s: vcpu %u: port I/O to 0x%x ignored", name, vcpu->index,
-					run->io.port);
-		if (run->io.direction == KVM_EXIT_IO_IN)
-			memset((uint8_t *)run + run->io.data_offset, 0xff,
-			       (size_t)run->io.size * run->io.count);
-		exit->reason = ACCEL_EXIT_NONE;
+		/* CPL0 code only (a Linux guest's): at CPL3 port I/O is a #GP. */
+		exit->reason = ACCEL_EXIT_PIO;
+		exit->pio.port = run->io.port;
+		exit->pio.data = (uint8_t *)run + run->io.data_offset;
+		exit->pio.size = run->io.size;
+		exit->pio.count = run->io.count;
+		exit->pio.is_write = run->io.direction == KVM_EXIT_IO_OUT;
 		break;
 	case KVM_EXIT_SHUTDOWN:
 		log_err("%s: vcpu %u: guest triple fault (shutdown)", name, vcpu->index);
@@ -613,6 +790,15 @@ static int kvm_irqfd(struct vm *vm, uint32_t gsi, int fd, bool assign)
 	if (!kvm_of(vm)->irqchip)
 		return -ENOTSUP;
 	return ioctl(kvm_of(vm)->fd, KVM_IRQFD, &irqfd) < 0 ? -errno : 0;
+}
+
+static int kvm_irq_line(struct vm *vm, uint32_t gsi, bool level)
+{
+	struct kvm_irq_level irq = { .irq = gsi, .level = level };
+
+	if (!kvm_of(vm)->irqchip)
+		return -ENOTSUP;
+	return ioctl(kvm_of(vm)->fd, KVM_IRQ_LINE, &irq) < 0 ? -errno : 0;
 }
 
 /*
@@ -1067,8 +1253,13 @@ static uint64_t kvm_guest_tsc(struct vm *vm)
 	return tsc;
 }
 
-/* What a vCPU's thread asks of KVM: run, settle, and read a reported exception's registers. */
-const unsigned long accel_kvm_vcpu_ioctls[] = { KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS };
+/*
+ * What a vCPU's thread asks of KVM: run, settle, read a reported
+ * exception's registers, and drive a Linux guest's UART interrupt line
+ * from its port exits.
+ */
+const unsigned long accel_kvm_vcpu_ioctls[] = { KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS,
+						KVM_IRQ_LINE };
 const size_t accel_kvm_nr_vcpu_ioctls = ARRAY_SIZE(accel_kvm_vcpu_ioctls);
 
 /* Every request above, whichever thread makes it (add a new one here too). */
@@ -1084,6 +1275,7 @@ const unsigned long accel_kvm_ioctls[] = {
 	KVM_GET_LAPIC, KVM_SET_LAPIC, KVM_GET_DEBUGREGS, KVM_SET_DEBUGREGS,
 	KVM_GET_IRQCHIP, KVM_SET_IRQCHIP, KVM_GET_PIT2, KVM_SET_PIT2,
 	KVM_GET_CLOCK, KVM_SET_CLOCK,
+	KVM_CREATE_PIT2, KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR, KVM_IRQ_LINE,
 };
 const size_t accel_kvm_nr_ioctls = ARRAY_SIZE(accel_kvm_ioctls);
 
@@ -1105,6 +1297,7 @@ const struct accel_ops accel_kvm_ops = {
 	.vcpu_exception = kvm_vcpu_exception,
 	.ioeventfd = kvm_ioeventfd,
 	.irqfd = kvm_irqfd,
+	.irq_line = kvm_irq_line,
 	.dirty_log = kvm_dirty_log,
 	.dirty_collect = kvm_dirty_collect,
 	.vcpu_save = kvm_vcpu_save,
@@ -1113,4 +1306,5 @@ const struct accel_ops accel_kvm_ops = {
 	.machine_save = kvm_machine_save,
 	.machine_load = kvm_machine_load,
 	.vcpu_settle = kvm_vcpu_settle,
+	.boot_linux = kvm_boot_linux,
 };

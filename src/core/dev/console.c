@@ -299,6 +299,13 @@ static void put_bytes(struct console *con, const char *p, size_t n)
 		put_char(con, (unsigned char)p[i]);
 }
 
+void console_put(struct console *con, const void *p, size_t n)
+{
+	pthread_mutex_lock(&con->lock);
+	put_bytes(con, p, n);
+	pthread_mutex_unlock(&con->lock);
+}
+
 static void console_write(void *opaque, struct vcpu *vcpu, uint64_t off, const void *data,
 			  unsigned int len)
 {

@@ -64,6 +64,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/accel/accel.h"
@@ -686,11 +687,23 @@ bool sandbox_is_violation(const siginfo_t *si)
 	return si->si_signo == SIGSYS && si->si_code == SYS_SECCOMP;
 }
 
+/* Set by the first violation: the one that reports and ends the process. */
+static int violated;
+
 _Noreturn void sandbox_violation(const siginfo_t *si)
 {
 	int k = cur_kind;
 	int nr = si->si_syscall;
 	struct line l = { .n = 0 };
+
+	/*
+	 * Threads of one kind run the same code and can make the same
+	 * forbidden call at once: one line says it, and the others wait for
+	 * its _exit rather than racing it to the end with lines of their own.
+	 */
+	if (__atomic_exchange_n(&violated, 1, __ATOMIC_ACQ_REL))
+		for (;;)
+			nanosleep(&(struct timespec){ .tv_sec = 1 }, NULL);
 
 	put_str(&l, "kvmem: error: seccomp: kind ");
 	put_str(&l, k >= 0 && k < SANDBOX_NR_KINDS ? kinds[k].name : "?");

@@ -132,8 +132,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	e.features = (1ULL << VIRTIO_F_VERSION_1) | (fz_u8(&f) & 0x3f);
 	if (fz_u8(&f) & 1)
 		e.features |= 1ULL << VIRTIO_F_INDIRECT_DESC;
-	if (mem_zero_fill(gm, RINGS, DATA + DATA_LEN - RINGS))
-		fz_fail(__FILE__, __LINE__, "mem_zero_fill");
+	fz_guest_reset(gm);
 	if (balloon_create_on_gm(gm, &p, &mem, &e.b))
 		fz_fail(__FILE__, __LINE__, "balloon_create_on_gm");
 	e.vdev = balloon_virtio_dev(e.b);

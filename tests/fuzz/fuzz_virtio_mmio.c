@@ -7,7 +7,8 @@
  * loaded back) and as a migration peer sends it (any JSON). The device is a
  * sink with two queues that hands every chain back at once, so the
  * transport's rules (status, features, queue set-up, DEVICE_NEEDS_RESET)
- * are what is exercised. A fresh device for every input.
+ * are what is exercised. A fresh device for every input, and guest memory
+ * all zero again (fz_guest_reset: the rings may be put anywhere in it).
  *
  * Input: operations until it ends, each an opcode byte and its operands
  * (see the switch below).
@@ -110,8 +111,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct sink s = { 0 };
 	struct virtio_dev_stats st;
 
-	if (mem_zero_fill(gm, WINDOW, WINDOW_LEN))
-		fz_fail(__FILE__, __LINE__, "mem_zero_fill");
+	fz_guest_reset(gm);
 	p.opaque = &s;
 	if (virtio_dev_create(gm, &p, &s.vdev))
 		fz_fail(__FILE__, __LINE__, "virtio_dev_create");

@@ -110,6 +110,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct fz f = fz_of(data, size);
 	struct sink s = { 0 };
 	struct virtio_dev_stats st;
+	unsigned int trips = 0;	/* round trips in a row, just before this operation */
 
 	fz_guest_reset(gm);
 	p.opaque = &s;
@@ -118,6 +119,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (unsigned int op = 0; op < MAX_OPS && f.left; op++) {
 		uint8_t code = fz_u8(&f);
 
+		trips = code % 8 == 5 ? trips + 1 : 0;
 		switch (code % 8) {
 		case 0: { /* register write: u16 offset, width, u64 value */
 			uint64_t off = fz_u16(&f) & 0xfff, v;
@@ -145,7 +147,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			virtio_dev_config_changed(s.vdev);
 			break;
 		case 5:
-			fz_vdev_round_trip(s.vdev);
+			if (fz_round_trip_due(trips))
+				fz_vdev_round_trip(s.vdev);
 			break;
 		case 6: { /* a peer's transport state: u16 n, n bytes of JSON */
 			size_t n;

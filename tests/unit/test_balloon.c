@@ -310,6 +310,27 @@ static void test_balloon_inflate_compacts_pfns_into_ranges(void **state)
 	assert_false(status(e) & VIRTIO_STATUS_NEEDS_RESET);
 }
 
+/* PFNs already in order (no sort) compact the same, their duplicates dropped too. */
+static void test_balloon_inflate_pfns_in_order_with_duplicates(void **state)
+{
+	struct env *e = *state;
+	uint32_t pfns[] = { 0x500, 0x500, 0x501, 0x502, 0x502, 0x600, 0x600 };
+	struct fake_buf b = { DATA, sizeof(pfns), false };
+
+	bring_up(e, ALL_FEATURES);
+	fake_virtio_driver_ok(e->vdev);
+	put_pfns(e, DATA, pfns, 7);
+	fake_vq_add_chain(&e->fq[QI], &b, 1);
+	fake_virtio_notify(e->vdev, QI);
+	run(e);
+	assert_int_equal(e->nr_calls, 2);
+	assert_int_equal(e->calls[0].gpa, 0x500000);
+	assert_int_equal(e->calls[0].len, 3 * 4096);
+	assert_int_equal(e->calls[1].gpa, 0x600000);
+	assert_int_equal(e->calls[1].len, 4096);
+	assert_int_equal(stats(e).inflated_pages, 4);
+}
+
 static void test_balloon_inflate_many_pfns_over_several_buffers(void **state)
 {
 	struct env *e = *state;
@@ -936,6 +957,7 @@ int main(void)
 		T(test_balloon_target_sets_num_pages_and_interrupts),
 		T(test_balloon_actual_byte_writes_merge),
 		T(test_balloon_inflate_compacts_pfns_into_ranges),
+		T(test_balloon_inflate_pfns_in_order_with_duplicates),
 		T(test_balloon_inflate_many_pfns_over_several_buffers),
 		T(test_balloon_inflate_skips_pfns_outside_ram),
 		T(test_balloon_inflate_length_not_multiple_of_4_needs_reset),

@@ -18,11 +18,11 @@
  * the fuzzer gets past them to the decoders), each an opcode byte and its
  * operands (put_ops), and bit 1 gives the stream a snapshot's preamble.
  * Bit 2 set, a snapshot file: bit 0, the rest is the file; else
- * snapfile.c's writer makes one of the VM's size (bit 3: a u16 count of
- * pages first) from the same operations, pages going to the file's page
- * section. Checked: the job ends DONE, or FAILED with a reason (a file
- * refused before any job, with a reason), and guest memory outside RAM is
- * never written (a write there faults).
+ * snapfile.c's writer makes one of the VM's size (bit 3: of a u16 count
+ * of pages first, modulo twice the VM's) from the same operations, pages
+ * going to the file's page section. Checked: the job ends DONE, or FAILED
+ * with a reason (a file refused before any job, with a reason), and guest
+ * memory outside RAM is never written (a write there faults).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -44,7 +44,8 @@
 #include "migrate/snapfile.h"
 #include "migrate/stream.h"
 
-#define RAM (8ULL << 20)
+/* Room for the guest image at ABI_IMAGE_BASE (2 MiB), and a snapshot's page table to hash small. */
+#define RAM (4ULL << 20)
 #define MAX_CPUS 4
 #define MAX_RUN 32		/* pages of one compact PAGES record */
 
@@ -364,8 +365,8 @@ static uint64_t vm_base(void)
 /*
  * The snapshot file a restore reads: the input itself (raw), or one the
  * writer makes (snapfile.c's own, header, table and hashes right) of the
- * VM's size, or (mode bit 3) of a u16 count of pages. 0, or -1 when there
- * is no file to restore from.
+ * VM's size, or (mode bit 3) of a u16 count of pages up to twice that. 0,
+ * or -1 when there is no file to restore from.
  */
 static int make_snapshot(const uint8_t *data, size_t size, uint64_t base)
 {
@@ -378,8 +379,13 @@ static int make_snapshot(const uint8_t *data, size_t size, uint64_t base)
 		fz_file_set(&raw_snapshot, data + 1, size - 1);
 		return 0;
 	}
+	/*
+	 * Up to twice the VM's: smaller and larger files are refused alike,
+	 * and a count in the tens of thousands only made the tables to write,
+	 * hash and read back (megabytes) the cost of the input.
+	 */
 	if (data[0] & 8)
-		pages = fz_u16(&f);
+		pages = fz_u16(&f) % (2 * RAM / MIG_PAGE_SIZE + 1);
 	if (snapw_create(snapshot_path, pages, 0, &w, why, sizeof(why)))
 		return -1;
 	put_ops(snapw_state(w), &f, base, w);

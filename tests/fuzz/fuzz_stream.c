@@ -6,8 +6,9 @@
  * records, into a VM), and a snapshot file as a restore reads it
  * (migrate/snapfile.c's reader and migrate/snapshot.c's restore: header,
  * page table, pages, the state records). The destination is the real one
- * on a thread of its own, reading one end of a socketpair, with a writer
- * thread as the source; a restore reads its file on a thread of its own.
+ * on a thread of its own, reading one end of a socketpair, with the
+ * source writing the other end from a thread kept for the whole run; a
+ * restore reads its file on a thread of its own.
  * The VM either reserves is a fresh thread-accelerator VM (never started:
  * the activation only says "running"), with a balloon for the device state.
  *
@@ -138,6 +139,20 @@ static const struct mig_dest_ops dest_ops = {
 	.progress = d_progress,
 };
 
+/*
+ * The source: one thread for the whole run, handed each live input's
+ * writer in turn (a thread started and ended per input cost as much as
+ * the rest of a short input).
+ */
+static struct {
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct writer *w;	/* the input's, until it is sent and the socket shut */
+} source = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
+
+static void *source_main(void *arg);
+
 static void remove_snapshot_dir(void)
 {
 	unlink(snapshot_path);
@@ -157,6 +172,8 @@ void fz_init(void)
 		fz_fail(__FILE__, __LINE__, "mkdtemp");
 	snprintf(snapshot_path, sizeof(snapshot_path), "%s/vm.snap", snapshot_dir);
 	atexit(remove_snapshot_dir);
+	if (pthread_create(&source.thread, NULL, source_main, NULL))
+		fz_fail(__FILE__, __LINE__, "pthread_create");
 }
 
 /* A compact PAGES record: u32 gfn, u8 count, u8 kind, per page its unit in short. */
@@ -340,6 +357,33 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
+static void *source_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&source.lock);
+	for (;;) {
+		while (!source.w)
+			pthread_cond_wait(&source.cond, &source.lock);
+		pthread_mutex_unlock(&source.lock);
+		writer_main(source.w);
+		pthread_mutex_lock(&source.lock);
+		source.w = NULL;
+		pthread_cond_broadcast(&source.cond);
+	}
+	return NULL;
+}
+
+/* Hand w to the source (NULL: wait until it is done with the last one). */
+static void source_send(struct writer *w)
+{
+	pthread_mutex_lock(&source.lock);
+	while (source.w)
+		pthread_cond_wait(&source.cond, &source.lock);
+	source.w = w;
+	pthread_cond_broadcast(&source.cond);
+	pthread_mutex_unlock(&source.lock);
+}
+
 /*
  * Where a VM's guest-physical 0 is: the same for every input, since VMs
  * are placed first fit and each is gone before the next (mem/memmap.h).
@@ -415,7 +459,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct writer w = { .data = data, .size = size, .base = vm_base() };
 	struct dest d = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
 	struct mig_progress prog;
-	pthread_t writer;
 	bool live = !size || !(data[0] & 4);
 	int sv[2];
 
@@ -423,8 +466,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
 			fz_fail(__FILE__, __LINE__, "socketpair");
 		w.fd = sv[1];
-		if (pthread_create(&writer, NULL, writer_main, &w))
-			fz_fail(__FILE__, __LINE__, "pthread_create");
+		source_send(&w);
 		/* d.job is set before the job's thread runs, its callbacks may use it. */
 		if (mig_dest_start(sv[0], &params, &dest_ops, &d, "fuzz", &d.job))
 			fz_fail(__FILE__, __LINE__, "mig_dest_start");
@@ -438,7 +480,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	mig_job_progress(d.job, &prog);
 	mig_job_free(d.job);
 	if (live) {
-		pthread_join(writer, NULL);
+		source_send(NULL);
 		close(sv[1]);
 	}
 	if (getenv("KVMEM_FUZZ_VERBOSE"))

@@ -9,8 +9,8 @@
  * on a thread of its own, reading one end of a socketpair, with the
  * source writing the other end from a thread kept for the whole run; a
  * restore reads its file on a thread of its own.
- * The VM either reserves is a fresh thread-accelerator VM (never started:
- * the activation only says "running"), with a balloon for the device state.
+ * The VM either reserves is a fresh thread-accelerator VM with a balloon
+ * for the device state, never started (tests/unit/fake_dest.c).
  *
  * Input: u8 mode, then the rest. Bit 2 clear, a live stream: bit 0, the
  * rest is the stream byte for byte (preamble, headers and checks as they
@@ -35,11 +35,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "balloon/balloon.h"
-#include "core/accel/accel.h"
 #include "core/accel/thread_state.h"
-#include "core/virtio/virtio_mmio.h"
 #include "core/vm.h"
+#include "fake_dest.h"
 #include "fuzz.h"
 #include "migrate/migrate.h"
 #include "migrate/snapfile.h"
@@ -50,94 +48,11 @@
 #define MAX_CPUS 4
 #define MAX_RUN 32		/* pages of one compact PAGES record */
 
-struct dest {
-	struct mig_job *job;
-	struct vm *vm;
-	struct balloon *balloon;
-	bool discarded;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-};
-
 static int null_fd;
 static struct fz_file raw_snapshot;
 static char snapshot_dir[64], snapshot_path[80];
 static uint8_t page[MIG_PAGE_SIZE * (MAX_RUN + 1)];
 static uint8_t unit[MAX_RUN * (8 + 32 + MIG_PAGE_SIZE)];
-
-static int d_reserve(void *arg, json_t *desc, struct vm **out, char *why, size_t whylen)
-{
-	struct dest *d = arg;
-	json_int_t cpus = 1;
-	struct vm_params p = {
-		.name = "fuzz",
-		.accel = ACCEL_THREAD,
-		.mem_bytes = RAM,
-		.guest_path = "/dev/null",
-		.console_fd = null_fd,
-	};
-	int ret;
-
-	/* The peer says how many vCPUs; the rest of the description is config.c's to read. */
-	json_unpack(desc, "{s?I}", "cpus", &cpus);
-	if (cpus < 1 || cpus > MAX_CPUS) {
-		snprintf(why, whylen, "cpus: from 1 to %d", MAX_CPUS);
-		return -EINVAL;
-	}
-	p.ncpus = (unsigned int)cpus;
-	ret = vm_create(&p, &d->vm);
-	if (ret) {
-		snprintf(why, whylen, "vm_create: %s", strerror(-ret));
-		return ret;
-	}
-	if (balloon_create_on_gm(vm_gm(d->vm), NULL, NULL, &d->balloon))
-		fz_fail(__FILE__, __LINE__, "balloon_create_on_gm");
-	*out = d->vm;
-	return 0;
-}
-
-/* As the host gives an arriving VM its devices' state (host_vm_load_devices). */
-static int d_load_devices(void *arg, json_t *devices, char *why, size_t whylen)
-{
-	struct dest *d = arg;
-	json_t *b = json_object_get(devices, "balloon");
-
-	if (!json_is_object(b)) {
-		snprintf(why, whylen, "no balloon state");
-		return -EINVAL;
-	}
-	return virtio_dev_load(balloon_virtio_dev(d->balloon), b, why, whylen);
-}
-
-/* Never started: a stream's vCPU state must not run in the fuzzer's process. */
-static int d_activate(void *arg)
-{
-	(void)arg;
-	return 0;
-}
-
-static void d_discard(void *arg)
-{
-	((struct dest *)arg)->discarded = true;
-}
-
-/* The job's last progress call comes once it is finished: wake the fuzzer's thread. */
-static void d_progress(void *arg)
-{
-	struct dest *d = arg;
-
-	pthread_mutex_lock(&d->lock);
-	pthread_cond_broadcast(&d->cond);
-	pthread_mutex_unlock(&d->lock);
-}
-
-static const struct mig_dest_ops dest_ops = {
-	.reserve = d_reserve,
-	.load_devices = d_load_devices,
-	.activate = d_activate,
-	.discard = d_discard,
-	.progress = d_progress,
-};
 
 /*
  * The source: one thread for the whole run, handed each live input's
@@ -393,15 +308,15 @@ static uint64_t vm_base(void)
 	static uint64_t base;
 
 	if (!base) {
-		struct dest d = { 0 };
+		struct fake_dest d;
 		struct vm *vm;
 		char why[128];
 
-		if (d_reserve(&d, NULL, &vm, why, sizeof(why)))
+		fake_dest_init(&d, RAM, MAX_CPUS, null_fd);
+		if (fake_dest_ops.reserve(&d, NULL, &vm, why, sizeof(why)))
 			fz_fail(__FILE__, __LINE__, why);
 		base = vm_ram_base(vm);
-		balloon_destroy(d.balloon);
-		vm_destroy(vm);
+		fake_dest_release(&d);
 	}
 	return base;
 }
@@ -437,7 +352,7 @@ static int make_snapshot(const uint8_t *data, size_t size, uint64_t base)
 }
 
 /* Mode bit 2: a restore from a snapshot file. */
-static int start_restore(const uint8_t *data, size_t size, struct dest *d)
+static int start_restore(const uint8_t *data, size_t size, struct fake_dest *d)
 {
 	struct mig_params params = { 0 };
 	char why[192];
@@ -446,8 +361,8 @@ static int start_restore(const uint8_t *data, size_t size, struct dest *d)
 	if (make_snapshot(data, size, vm_base()))
 		return -1;
 	/* Refused at once when the file is not a snapshot: no job then. */
-	ret = mig_restore_start(data[0] & 1 ? raw_snapshot.path : snapshot_path, &params, &dest_ops,
-				d, &d->job, why, sizeof(why));
+	ret = mig_restore_start(data[0] & 1 ? raw_snapshot.path : snapshot_path, &params,
+				&fake_dest_ops, d, &d->job, why, sizeof(why));
 	FZ_CHECK(ret == 0 || why[0]);
 	unlink(snapshot_path);
 	return ret ? -1 : 0;
@@ -457,28 +372,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct mig_params params = { 0 };
 	struct writer w = { .data = data, .size = size, .base = vm_base() };
-	struct dest d = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
+	struct fake_dest d;
 	struct mig_progress prog;
 	bool live = !size || !(data[0] & 4);
 	int sv[2];
 
+	fake_dest_init(&d, RAM, MAX_CPUS, null_fd);
 	if (live) {
 		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
 			fz_fail(__FILE__, __LINE__, "socketpair");
 		w.fd = sv[1];
 		source_send(&w);
 		/* d.job is set before the job's thread runs, its callbacks may use it. */
-		if (mig_dest_start(sv[0], &params, &dest_ops, &d, "fuzz", &d.job))
+		if (mig_dest_start(sv[0], &params, &fake_dest_ops, &d, "fuzz", &d.job))
 			fz_fail(__FILE__, __LINE__, "mig_dest_start");
 	} else if (start_restore(data, size, &d)) {
+		fake_dest_release(&d);
 		return 0;
 	}
-	pthread_mutex_lock(&d.lock);
-	while (!mig_job_finished(d.job))
-		pthread_cond_wait(&d.cond, &d.lock);
-	pthread_mutex_unlock(&d.lock);
-	mig_job_progress(d.job, &prog);
-	mig_job_free(d.job);
+	fake_dest_finish(&d, &prog);
 	if (live) {
 		source_send(NULL);
 		close(sv[1]);
@@ -487,9 +399,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fprintf(stderr, "fuzz_stream: %s%s%s\n", mig_stage_name(prog.stage),
 			prog.error[0] ? ": " : "", prog.error);
 	FZ_CHECK(prog.stage == MIG_STAGE_DONE || (prog.stage == MIG_STAGE_FAILED && prog.error[0]));
-	if (d.vm) {
-		balloon_destroy(d.balloon);
-		vm_destroy(d.vm);
-	}
+	fake_dest_release(&d);
 	return 0;
 }

@@ -3,15 +3,13 @@
  * A restore's pages (migrate/snapshot.c, load_pages): a snapshot file whose
  * data pages lie sparse in the windows the restore reads them by (one
  * at the start and one far into a window, one alone, the last page of a
- * window, a window with none) goes into a fresh thread-accelerator VM
- * (never started), each data page with its content, ballooned and absent
- * pages zero. The file holds no vCPU or device state, so the job fails
- * once the pages are in, and the VM (which the test's discard keeps) is
- * read then.
+ * window, a window with none) goes into a fresh VM (fake_dest.h), each
+ * data page with its content, ballooned and absent pages zero. The file
+ * holds no vCPU or device state, so the job fails once the pages are in,
+ * and the VM (which the discard keeps) is read then.
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -26,6 +24,7 @@
 #include <jansson.h>
 
 #include "core/vm.h"
+#include "fake_dest.h"
 #include "mem/gm.h"
 #include "mem/memmap.h"
 #include "migrate/migrate.h"
@@ -34,72 +33,6 @@
 
 #define PAGE MIG_PAGE_SIZE
 #define NR_PAGES 1024		/* a 4 MiB VM: four of load_pages' 256-page windows */
-
-struct dest {
-	int null_fd;		/* the VM's console */
-	struct vm *vm;
-	bool discarded;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-};
-
-static int d_reserve(void *arg, json_t *desc, struct vm **out, char *why, size_t whylen)
-{
-	struct dest *d = arg;
-	struct vm_params p = {
-		.name = "restored",
-		.accel = ACCEL_THREAD,
-		.mem_bytes = NR_PAGES * PAGE,
-		.guest_path = "/dev/null",
-		.ncpus = 1,
-	};
-	int ret;
-
-	(void)desc;
-	p.console_fd = d->null_fd;
-	ret = vm_create(&p, &d->vm);
-	if (ret)
-		snprintf(why, whylen, "vm_create: %s", strerror(-ret));
-	*out = d->vm;
-	return ret;
-}
-
-static int d_load_devices(void *arg, json_t *devices, char *why, size_t whylen)
-{
-	(void)arg;
-	(void)devices;
-	snprintf(why, whylen, "no devices here");
-	return -EINVAL;
-}
-
-static int d_activate(void *arg)
-{
-	(void)arg;
-	return 0;
-}
-
-/* Kept, not destroyed: the test reads its memory. */
-static void d_discard(void *arg)
-{
-	((struct dest *)arg)->discarded = true;
-}
-
-static void d_progress(void *arg)
-{
-	struct dest *d = arg;
-
-	pthread_mutex_lock(&d->lock);
-	pthread_cond_broadcast(&d->cond);
-	pthread_mutex_unlock(&d->lock);
-}
-
-static const struct mig_dest_ops ops = {
-	.reserve = d_reserve,
-	.load_devices = d_load_devices,
-	.activate = d_activate,
-	.discard = d_discard,
-	.progress = d_progress,
-};
 
 /* Page i's content when it is a data page. */
 static void content(uint8_t *p, uint64_t i)
@@ -130,15 +63,15 @@ static void test_restore_sparse_data_pages(void **state)
 	char dir[] = "/tmp/kvmem-test-restore-XXXXXX", path[64], why[192] = "";
 	uint8_t kinds[NR_PAGES], got[PAGE], want[PAGE];
 	uint64_t end[2] = { 0, 0 };
-	struct dest d = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
 	struct mig_params params = { 0 };
 	struct mig_progress prog;
 	struct snap_writer *w;
-	struct mig_job *j;
+	struct fake_dest d;
+	int null_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
 
 	(void)state;
-	d.null_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
-	assert_true(d.null_fd >= 0);
+	assert_true(null_fd >= 0);
+	fake_dest_init(&d, NR_PAGES * PAGE, 1, null_fd);
 	assert_non_null(mkdtemp(dir));
 	snprintf(path, sizeof(path), "%s/vm.snap", dir);
 	for (uint64_t i = 0; i < NR_PAGES; i++) {
@@ -153,13 +86,9 @@ static void test_restore_sparse_data_pages(void **state)
 	assert_int_equal(mig_put_buf(snapw_state(w), MIG_REC_END, end, sizeof(end)), 0);
 	assert_int_equal(snapw_finish(w, why, sizeof(why)), 0);
 
-	assert_int_equal(mig_restore_start(path, &params, &ops, &d, &j, why, sizeof(why)), 0);
-	pthread_mutex_lock(&d.lock);
-	while (!mig_job_finished(j))
-		pthread_cond_wait(&d.cond, &d.lock);
-	pthread_mutex_unlock(&d.lock);
-	mig_job_progress(j, &prog);
-	mig_job_free(j);
+	assert_int_equal(mig_restore_start(path, &params, &fake_dest_ops, &d, &d.job, why,
+					   sizeof(why)), 0);
+	fake_dest_finish(&d, &prog);
 	/* Past the pages: the state is what it lacks. */
 	assert_int_equal(prog.stage, MIG_STAGE_FAILED);
 	assert_non_null(strstr(prog.error, "lacks a vCPU's or the devices' state"));
@@ -173,8 +102,8 @@ static void test_restore_sparse_data_pages(void **state)
 		if (memcmp(got, want, PAGE))
 			fail_msg("page %llu: not what the file holds", (unsigned long long)i);
 	}
-	vm_destroy(d.vm);
-	close(d.null_fd);
+	fake_dest_release(&d);
+	close(null_fd);
 	unlink(path);
 	rmdir(dir);
 }

@@ -93,8 +93,9 @@ static int load_pages(struct mig_job *j, struct gm *gm)
 		}
 		/* From the first data page to the last: the holes around them need no read. */
 		if (lo < n) {
-			ret = snapr_read(r, idx + lo, hi - lo + 1, buf + (uint64_t)lo * MEM_PAGE_SIZE,
-					 &bad);
+			uint8_t *at = buf + (uint64_t)lo * MEM_PAGE_SIZE;
+
+			ret = snapr_read(r, idx + lo, hi - lo + 1, at, &bad);
 			if (ret) {
 				ret = mig_failf(j, "%s: %s", snapr_path(r), ret == -EBADMSG
 						? "a page does not match its hash: the file is corrupt"

@@ -476,8 +476,9 @@ int mig_get(struct mig_stream *s, struct mig_rec *r)
 			want = len;
 		p = realloc(s->buf, want);
 		if (!p)
-			return broken(s, fail(s, -ENOMEM, "record %llu (%s): no memory for %u bytes",
-					      (unsigned long long)seq, mig_rec_name(type), len));
+			return broken(s, fail(s, -ENOMEM, "record %llu (%s): no memory for %u "
+					      "bytes", (unsigned long long)seq, mig_rec_name(type),
+					      len));
 		s->buf = p;
 		s->buf_len = want;
 	}

@@ -130,12 +130,12 @@ static void check_all_zero(struct gm *gm)
 			size_t n = len - at < sizeof(buf) ? (size_t)(len - at) : sizeof(buf);
 
 			FZ_CHECK(mem_read(gm, gpa + at, buf, n) == 0);
-			if (memcmp(buf, zero, n)) {
-				fprintf(stderr, "guest memory written in [0x%llx, 0x%llx) after a reset\n",
-					(unsigned long long)(gpa + at),
-					(unsigned long long)(gpa + at + n));
-				fz_fail(__FILE__, __LINE__, "fz_guest_reset left guest memory written");
-			}
+			if (!memcmp(buf, zero, n))
+				continue;
+			fprintf(stderr, "guest memory written in [0x%llx, 0x%llx) after a reset\n",
+				(unsigned long long)(gpa + at),
+				(unsigned long long)(gpa + at + n));
+			fz_fail(__FILE__, __LINE__, "fz_guest_reset left guest memory written");
 		}
 	}
 }

@@ -43,7 +43,7 @@
 #include "migrate/snapfile.h"
 #include "migrate/stream.h"
 
-/* Room for the guest image at ABI_IMAGE_BASE (2 MiB), and a snapshot's page table to hash small. */
+/* Room for the guest image at ABI_IMAGE_BASE (2 MiB); small, for a snapshot's table to hash. */
 #define RAM (4ULL << 20)
 #define MAX_CPUS 4
 #define MAX_RUN 32		/* pages of one compact PAGES record */

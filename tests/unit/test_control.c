@@ -62,7 +62,7 @@ static pthread_cond_t block_cond = PTHREAD_COND_INITIALIZER;
 static bool block_released;
 static int block_calls;		/* block_lock */
 static bool block_running;	/* block_lock: a handler is in verb_block */
-static pid_t block_thread;	/* block_lock: the last one's thread (gettid: never reused soon) */
+static pid_t block_thread;	/* block_lock: the last one's thread (gettid: not reused soon) */
 static pid_t self_threads[16];	/* block_lock: the threads verb_self ran on */
 static unsigned int self_calls;	/* block_lock */
 

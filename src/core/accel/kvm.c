@@ -837,7 +837,8 @@ static int kvm_vcpu_save(struct vcpu *vcpu, void *buf, size_t cap)
 			m.e[m.nmsrs++].data = v;
 		}
 	}
-	put_item(&b, ITEM_MSRS, &m, (uint32_t)(offsetof(struct msr_list, e) + m.nmsrs * sizeof(m.e[0])));
+	put_item(&b, ITEM_MSRS, &m,
+		 (uint32_t)(offsetof(struct msr_list, e) + m.nmsrs * sizeof(m.e[0])));
 	if (kvm_of(vcpu->vm)->irqchip) {
 		if (ioctl(kc->fd, KVM_GET_LAPIC, &lapic) < 0) {
 			ret = -errno;

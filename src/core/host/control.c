@@ -149,7 +149,7 @@ struct control {
 	void (*guard_leave)(void *arg);
 	void *guard_arg;
 	pthread_mutex_t lock;
-	pthread_cond_t cond;	/* lock: a verb's turn or users, nr_workers or nr_threads changed */
+	pthread_cond_t cond;	/* lock: a verb's turn, users, nr_workers or nr_threads */
 	struct verb *verbs[CONTROL_MAX_VERBS]; /* lock */
 	unsigned int nr_verbs;	/* lock */
 	struct job *done;	/* lock: finished jobs for the loop */

@@ -1252,8 +1252,9 @@ static int keep_frame(struct receiver *rv, uint64_t id, const uint8_t *content)
 {
 	if (!id || idmap_get(&rv->frames, id, NULL) || rv->nr_frames == mem_nr_pages(rv->gm))
 		return -EPROTO;
+	/* Doubling from 16 pages: a stream with a few shared pages holds no megabyte for them. */
 	if (rv->nr_frames == rv->cap_frames) {
-		uint64_t cap = rv->cap_frames ? 2 * rv->cap_frames : 256;
+		uint64_t cap = rv->cap_frames ? 2 * rv->cap_frames : 16;
 		void *p = kv_realloc(rv->frame_data, cap * MEM_PAGE_SIZE);
 
 		if (!p)

@@ -78,23 +78,31 @@ static int load_pages(struct mig_job *j, struct gm *gm)
 		return mig_failf(j, "out of memory");
 	for (uint64_t idx = 0; idx < nr && !ret; idx += LOAD_PAGES) {
 		uint32_t n = nr - idx < LOAD_PAGES ? (uint32_t)(nr - idx) : LOAD_PAGES;
-		uint64_t data = 0, bad = 0;
+		uint32_t lo = n, hi = 0;
+		uint64_t bad = 0;
 
 		if (mig_cancelled(j)) {
 			ret = mig_failf(j, "cancelled");
 			break;
 		}
-		for (uint32_t i = 0; i < n; i++)
-			data += snapr_kind(r, idx + i) == SNAP_PAGE_DATA;
-		if (data) {
-			ret = snapr_read(r, idx, n, buf, &bad);
+		for (uint32_t i = 0; i < n; i++) {
+			if (snapr_kind(r, idx + i) != SNAP_PAGE_DATA)
+				continue;
+			lo = lo < n ? lo : i;
+			hi = i;
+		}
+		/* From the first data page to the last: the holes around them need no read. */
+		if (lo < n) {
+			uint8_t *at = buf + (uint64_t)lo * MEM_PAGE_SIZE;
+
+			ret = snapr_read(r, idx + lo, hi - lo + 1, at, &bad);
 			if (ret) {
 				ret = mig_failf(j, "%s: %s", snapr_path(r), ret == -EBADMSG
 						? "a page does not match its hash: the file is corrupt"
 						: strerror(-ret));
 				break;
 			}
-			__atomic_add_fetch(&j->bytes_read, (uint64_t)n * MEM_PAGE_SIZE,
+			__atomic_add_fetch(&j->bytes_read, (uint64_t)(hi - lo + 1) * MEM_PAGE_SIZE,
 					   __ATOMIC_RELAXED);
 		}
 		for (uint32_t i = 0, e; i < n && !ret; i = e) {

@@ -37,7 +37,8 @@ struct mig_stream {
 	uint64_t pace_rate;	/* the rate pace_t0 was set for */
 	int err;		/* a failed read or write: the stream is out of step for good */
 	XXH3_state_t *xxh;
-	uint8_t *buf;		/* a read record's payload: MIG_REC_MAX bytes */
+	uint8_t *buf;		/* a read record's payload (NULL before the first) */
+	size_t buf_len;		/* its size: as long as the longest payload read so far */
 	char why[160];
 };
 
@@ -90,9 +91,7 @@ int mig_stream_open(int fd, bool writing, uint32_t flags, int timeout_ms,
 	s->timeout_ms = timeout_ms;
 	s->is_socket = fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
 	s->xxh = XXH3_createState();
-	if (!writing)
-		s->buf = malloc(MIG_REC_MAX);
-	if (!s->xxh || (!writing && !s->buf)) {
+	if (!s->xxh) {
 		mig_stream_close(s);
 		return -ENOMEM;
 	}
@@ -462,6 +461,27 @@ int mig_get(struct mig_stream *s, struct mig_rec *r)
 		return broken(s, fail(s, -EMSGSIZE, "record %llu (%s): %u bytes, at most %u",
 				      (unsigned long long)seq, mig_rec_name(type), len,
 				      rec_types[type].max));
+	/*
+	 * The buffer grows to what the records need (doubling, up to
+	 * MIG_REC_MAX): a migration's first run of pages takes it to a
+	 * megabyte, a snapshot's state section or a refused stream never does.
+	 */
+	if (!s->buf || len > s->buf_len) {
+		size_t want = s->buf_len * 2 > 4096 ? s->buf_len * 2 : 4096;
+		uint8_t *p;
+
+		if (want > MIG_REC_MAX)
+			want = MIG_REC_MAX;
+		if (want < len)
+			want = len;
+		p = realloc(s->buf, want);
+		if (!p)
+			return broken(s, fail(s, -ENOMEM, "record %llu (%s): no memory for %u "
+					      "bytes", (unsigned long long)seq, mig_rec_name(type),
+					      len));
+		s->buf = p;
+		s->buf_len = want;
+	}
 	ret = read_all(s, s->buf, len, false);
 	if (ret)
 		return ret;

@@ -13,6 +13,7 @@
 #include "core/log.h"
 #include "core/virtio/virtio_mmio.h"
 #include "mem/gm.h"
+#include "mem/memmap.h"
 
 #define FZ_THREAD_STACK (512 * 1024)
 
@@ -110,7 +111,64 @@ struct gm *fz_guest_memory(uint64_t bytes)
 
 	if (mem_create_anon(bytes, &gm))
 		fz_fail(__FILE__, __LINE__, "mem_create_anon");
+	/* Every write from now on marks its pages, for fz_guest_reset. */
+	mem_dirty_vmm_track(gm, true);
 	return gm;
+}
+
+/* KVMEM_FUZZ_CHECK_RESET: the whole of RAM is zero. */
+static void check_all_zero(struct gm *gm)
+{
+	static uint8_t buf[65536], zero[sizeof(buf)];
+
+	for (unsigned int r = 0; r < mem_nr_regions(gm); r++) {
+		gpa_t gpa;
+		uint64_t len;
+
+		mem_region(gm, r, &gpa, &len);
+		for (uint64_t at = 0; at < len; at += sizeof(buf)) {
+			size_t n = len - at < sizeof(buf) ? (size_t)(len - at) : sizeof(buf);
+
+			FZ_CHECK(mem_read(gm, gpa + at, buf, n) == 0);
+			if (!memcmp(buf, zero, n))
+				continue;
+			fprintf(stderr, "guest memory written in [0x%llx, 0x%llx) after a reset\n",
+				(unsigned long long)(gpa + at),
+				(unsigned long long)(gpa + at + n));
+			fz_fail(__FILE__, __LINE__, "fz_guest_reset left guest memory written");
+		}
+	}
+}
+
+void fz_guest_reset(struct gm *gm)
+{
+	static uint64_t *bits;
+	static uint64_t cap;
+	static int check = -1;
+	uint64_t words = mem_bitmap_words(gm);
+
+	if (words > cap) {
+		bits = realloc(bits, words * sizeof(*bits));
+		FZ_CHECK(bits != NULL);
+		cap = words;
+	}
+	memset(bits, 0, words * sizeof(*bits));
+	if (mem_dirty_vmm_collect(gm, bits)) {
+		for (uint64_t w = 0; w < words; w++) {
+			for (uint64_t m = bits[w]; m; m &= m - 1) {
+				uint64_t i = w * 64 + (uint64_t)__builtin_ctzll(m);
+
+				if (mem_zero_fill(gm, mem_index_gpa(gm, i), MEM_PAGE_SIZE))
+					fz_fail(__FILE__, __LINE__, "mem_zero_fill");
+			}
+		}
+		/* The zeroing marked them again: clean now, they are not the next input's. */
+		mem_dirty_vmm_collect(gm, bits);
+	}
+	if (check < 0)
+		check = getenv("KVMEM_FUZZ_CHECK_RESET") != NULL;
+	if (check)
+		check_all_zero(gm);
 }
 
 void fz_guest_write(struct fz *f, struct gm *gm, uint64_t base, uint64_t len)

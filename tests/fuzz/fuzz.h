@@ -60,12 +60,22 @@ void fz_file_set(struct fz_file *f, const void *data, size_t size);
 void fz_setup(void);
 
 /*
- * Anonymous guest memory for the whole run (the targets reset what they
- * use at each input), and a driver's write into [base, base + len) from
- * the input: u16 offset, u8 n, n bytes (cut at the end of the range).
+ * Anonymous guest memory for the whole run, all zero, and a driver's write
+ * into [base, base + len) from the input: u16 offset, u8 n, n bytes (cut
+ * at the end of the range).
+ *
+ * fz_guest_reset, at the start of every input, makes it all zero again:
+ * every page written since the last reset is cleared, whoever wrote it
+ * (the input's driver or the device: a used ring may be anywhere in RAM),
+ * so that nothing one input left behind is read by the next. It finds them
+ * with the VMM-write tracking of mem/gm.h (every write through the access
+ * API marks its pages), so it costs the pages written, not the RAM. With
+ * KVMEM_FUZZ_CHECK_RESET set it reads the whole of RAM afterwards and
+ * fails unless every byte is zero (a write that bypassed the tracking).
  */
 struct gm;
 struct gm *fz_guest_memory(uint64_t bytes);
+void fz_guest_reset(struct gm *gm);
 void fz_guest_write(struct fz *f, struct gm *gm, uint64_t base, uint64_t len);
 
 /*
@@ -76,6 +86,17 @@ void fz_guest_write(struct fz *f, struct gm *gm, uint64_t base, uint64_t len);
  */
 struct virtio_dev;
 void fz_vdev_round_trip(struct virtio_dev *vdev);
+/*
+ * Whether the round trip asked for when `trips` of them (this one
+ * included) came in a row, with no other operation between them, is worth
+ * making: the second checks that a state loaded loads again the same, a
+ * third would only check the state the second did. Inputs mutated into
+ * long runs of the one-byte round trip cost milliseconds each otherwise.
+ */
+static inline bool fz_round_trip_due(unsigned int trips)
+{
+	return trips <= 2;
+}
 void fz_vdev_load_foreign(struct virtio_dev *vdev, const uint8_t *text, size_t len);
 
 /* The invariant a target checks failed: a crash libFuzzer reports with the input. */

@@ -6,10 +6,11 @@
  * records, into a VM), and a snapshot file as a restore reads it
  * (migrate/snapfile.c's reader and migrate/snapshot.c's restore: header,
  * page table, pages, the state records). The destination is the real one
- * on a thread of its own, reading one end of a socketpair, with a writer
- * thread as the source; a restore reads its file on a thread of its own.
- * The VM either reserves is a fresh thread-accelerator VM (never started:
- * the activation only says "running"), with a balloon for the device state.
+ * on a thread of its own, reading one end of a socketpair, with the
+ * source writing the other end from a thread kept for the whole run; a
+ * restore reads its file on a thread of its own.
+ * The VM either reserves is a fresh thread-accelerator VM with a balloon
+ * for the device state, never started (tests/unit/fake_dest.c).
  *
  * Input: u8 mode, then the rest. Bit 2 clear, a live stream: bit 0, the
  * rest is the stream byte for byte (preamble, headers and checks as they
@@ -18,11 +19,11 @@
  * the fuzzer gets past them to the decoders), each an opcode byte and its
  * operands (put_ops), and bit 1 gives the stream a snapshot's preamble.
  * Bit 2 set, a snapshot file: bit 0, the rest is the file; else
- * snapfile.c's writer makes one of the VM's size (bit 3: a u16 count of
- * pages first) from the same operations, pages going to the file's page
- * section. Checked: the job ends DONE, or FAILED with a reason (a file
- * refused before any job, with a reason), and guest memory outside RAM is
- * never written (a write there faults).
+ * snapfile.c's writer makes one of the VM's size (bit 3: of a u16 count
+ * of pages first, modulo twice the VM's) from the same operations, pages
+ * going to the file's page section. Checked: the job ends DONE, or FAILED
+ * with a reason (a file refused before any job, with a reason), and guest
+ * memory outside RAM is never written (a write there faults).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -34,28 +35,18 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "balloon/balloon.h"
-#include "core/accel/accel.h"
 #include "core/accel/thread_state.h"
-#include "core/virtio/virtio_mmio.h"
 #include "core/vm.h"
+#include "fake_dest.h"
 #include "fuzz.h"
 #include "migrate/migrate.h"
 #include "migrate/snapfile.h"
 #include "migrate/stream.h"
 
-#define RAM (8ULL << 20)
+/* Room for the guest image at ABI_IMAGE_BASE (2 MiB); small, for a snapshot's table to hash. */
+#define RAM (4ULL << 20)
 #define MAX_CPUS 4
 #define MAX_RUN 32		/* pages of one compact PAGES record */
-
-struct dest {
-	struct mig_job *job;
-	struct vm *vm;
-	struct balloon *balloon;
-	bool discarded;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-};
 
 static int null_fd;
 static struct fz_file raw_snapshot;
@@ -63,79 +54,19 @@ static char snapshot_dir[64], snapshot_path[80];
 static uint8_t page[MIG_PAGE_SIZE * (MAX_RUN + 1)];
 static uint8_t unit[MAX_RUN * (8 + 32 + MIG_PAGE_SIZE)];
 
-static int d_reserve(void *arg, json_t *desc, struct vm **out, char *why, size_t whylen)
-{
-	struct dest *d = arg;
-	json_int_t cpus = 1;
-	struct vm_params p = {
-		.name = "fuzz",
-		.accel = ACCEL_THREAD,
-		.mem_bytes = RAM,
-		.guest_path = "/dev/null",
-		.console_fd = null_fd,
-	};
-	int ret;
+/*
+ * The source: one thread for the whole run, handed each live input's
+ * writer in turn (a thread started and ended per input cost as much as
+ * the rest of a short input).
+ */
+static struct {
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct writer *w;	/* the input's, until it is sent and the socket shut */
+} source = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
 
-	/* The peer says how many vCPUs; the rest of the description is config.c's to read. */
-	json_unpack(desc, "{s?I}", "cpus", &cpus);
-	if (cpus < 1 || cpus > MAX_CPUS) {
-		snprintf(why, whylen, "cpus: from 1 to %d", MAX_CPUS);
-		return -EINVAL;
-	}
-	p.ncpus = (unsigned int)cpus;
-	ret = vm_create(&p, &d->vm);
-	if (ret) {
-		snprintf(why, whylen, "vm_create: %s", strerror(-ret));
-		return ret;
-	}
-	if (balloon_create_on_gm(vm_gm(d->vm), NULL, NULL, &d->balloon))
-		fz_fail(__FILE__, __LINE__, "balloon_create_on_gm");
-	*out = d->vm;
-	return 0;
-}
-
-/* As the host gives an arriving VM its devices' state (host_vm_load_devices). */
-static int d_load_devices(void *arg, json_t *devices, char *why, size_t whylen)
-{
-	struct dest *d = arg;
-	json_t *b = json_object_get(devices, "balloon");
-
-	if (!json_is_object(b)) {
-		snprintf(why, whylen, "no balloon state");
-		return -EINVAL;
-	}
-	return virtio_dev_load(balloon_virtio_dev(d->balloon), b, why, whylen);
-}
-
-/* Never started: a stream's vCPU state must not run in the fuzzer's process. */
-static int d_activate(void *arg)
-{
-	(void)arg;
-	return 0;
-}
-
-static void d_discard(void *arg)
-{
-	((struct dest *)arg)->discarded = true;
-}
-
-/* The job's last progress call comes once it is finished: wake the fuzzer's thread. */
-static void d_progress(void *arg)
-{
-	struct dest *d = arg;
-
-	pthread_mutex_lock(&d->lock);
-	pthread_cond_broadcast(&d->cond);
-	pthread_mutex_unlock(&d->lock);
-}
-
-static const struct mig_dest_ops dest_ops = {
-	.reserve = d_reserve,
-	.load_devices = d_load_devices,
-	.activate = d_activate,
-	.discard = d_discard,
-	.progress = d_progress,
-};
+static void *source_main(void *arg);
 
 static void remove_snapshot_dir(void)
 {
@@ -156,6 +87,8 @@ void fz_init(void)
 		fz_fail(__FILE__, __LINE__, "mkdtemp");
 	snprintf(snapshot_path, sizeof(snapshot_path), "%s/vm.snap", snapshot_dir);
 	atexit(remove_snapshot_dir);
+	if (pthread_create(&source.thread, NULL, source_main, NULL))
+		fz_fail(__FILE__, __LINE__, "pthread_create");
 }
 
 /* A compact PAGES record: u32 gfn, u8 count, u8 kind, per page its unit in short. */
@@ -339,6 +272,33 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
+static void *source_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&source.lock);
+	for (;;) {
+		while (!source.w)
+			pthread_cond_wait(&source.cond, &source.lock);
+		pthread_mutex_unlock(&source.lock);
+		writer_main(source.w);
+		pthread_mutex_lock(&source.lock);
+		source.w = NULL;
+		pthread_cond_broadcast(&source.cond);
+	}
+	return NULL;
+}
+
+/* Hand w to the source (NULL: wait until it is done with the last one). */
+static void source_send(struct writer *w)
+{
+	pthread_mutex_lock(&source.lock);
+	while (source.w)
+		pthread_cond_wait(&source.cond, &source.lock);
+	source.w = w;
+	pthread_cond_broadcast(&source.cond);
+	pthread_mutex_unlock(&source.lock);
+}
+
 /*
  * Where a VM's guest-physical 0 is: the same for every input, since VMs
  * are placed first fit and each is gone before the next (mem/memmap.h).
@@ -348,15 +308,15 @@ static uint64_t vm_base(void)
 	static uint64_t base;
 
 	if (!base) {
-		struct dest d = { 0 };
+		struct fake_dest d;
 		struct vm *vm;
 		char why[128];
 
-		if (d_reserve(&d, NULL, &vm, why, sizeof(why)))
+		fake_dest_init(&d, RAM, MAX_CPUS, null_fd);
+		if (fake_dest_ops.reserve(&d, NULL, &vm, why, sizeof(why)))
 			fz_fail(__FILE__, __LINE__, why);
 		base = vm_ram_base(vm);
-		balloon_destroy(d.balloon);
-		vm_destroy(vm);
+		fake_dest_release(&d);
 	}
 	return base;
 }
@@ -364,8 +324,8 @@ static uint64_t vm_base(void)
 /*
  * The snapshot file a restore reads: the input itself (raw), or one the
  * writer makes (snapfile.c's own, header, table and hashes right) of the
- * VM's size, or (mode bit 3) of a u16 count of pages. 0, or -1 when there
- * is no file to restore from.
+ * VM's size, or (mode bit 3) of a u16 count of pages up to twice that. 0,
+ * or -1 when there is no file to restore from.
  */
 static int make_snapshot(const uint8_t *data, size_t size, uint64_t base)
 {
@@ -378,8 +338,13 @@ static int make_snapshot(const uint8_t *data, size_t size, uint64_t base)
 		fz_file_set(&raw_snapshot, data + 1, size - 1);
 		return 0;
 	}
+	/*
+	 * Up to twice the VM's: smaller and larger files are refused alike,
+	 * and a count in the tens of thousands only made the tables to write,
+	 * hash and read back (megabytes) the cost of the input.
+	 */
 	if (data[0] & 8)
-		pages = fz_u16(&f);
+		pages = fz_u16(&f) % (2 * RAM / MIG_PAGE_SIZE + 1);
 	if (snapw_create(snapshot_path, pages, 0, &w, why, sizeof(why)))
 		return -1;
 	put_ops(snapw_state(w), &f, base, w);
@@ -387,7 +352,7 @@ static int make_snapshot(const uint8_t *data, size_t size, uint64_t base)
 }
 
 /* Mode bit 2: a restore from a snapshot file. */
-static int start_restore(const uint8_t *data, size_t size, struct dest *d)
+static int start_restore(const uint8_t *data, size_t size, struct fake_dest *d)
 {
 	struct mig_params params = { 0 };
 	char why[192];
@@ -396,8 +361,8 @@ static int start_restore(const uint8_t *data, size_t size, struct dest *d)
 	if (make_snapshot(data, size, vm_base()))
 		return -1;
 	/* Refused at once when the file is not a snapshot: no job then. */
-	ret = mig_restore_start(data[0] & 1 ? raw_snapshot.path : snapshot_path, &params, &dest_ops,
-				d, &d->job, why, sizeof(why));
+	ret = mig_restore_start(data[0] & 1 ? raw_snapshot.path : snapshot_path, &params,
+				&fake_dest_ops, d, &d->job, why, sizeof(why));
 	FZ_CHECK(ret == 0 || why[0]);
 	unlink(snapshot_path);
 	return ret ? -1 : 0;
@@ -407,41 +372,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct mig_params params = { 0 };
 	struct writer w = { .data = data, .size = size, .base = vm_base() };
-	struct dest d = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
+	struct fake_dest d;
 	struct mig_progress prog;
-	pthread_t writer;
 	bool live = !size || !(data[0] & 4);
 	int sv[2];
 
+	fake_dest_init(&d, RAM, MAX_CPUS, null_fd);
 	if (live) {
 		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
 			fz_fail(__FILE__, __LINE__, "socketpair");
 		w.fd = sv[1];
-		if (pthread_create(&writer, NULL, writer_main, &w))
-			fz_fail(__FILE__, __LINE__, "pthread_create");
+		source_send(&w);
 		/* d.job is set before the job's thread runs, its callbacks may use it. */
-		if (mig_dest_start(sv[0], &params, &dest_ops, &d, "fuzz", &d.job))
+		if (mig_dest_start(sv[0], &params, &fake_dest_ops, &d, "fuzz", &d.job))
 			fz_fail(__FILE__, __LINE__, "mig_dest_start");
 	} else if (start_restore(data, size, &d)) {
+		fake_dest_release(&d);
 		return 0;
 	}
-	pthread_mutex_lock(&d.lock);
-	while (!mig_job_finished(d.job))
-		pthread_cond_wait(&d.cond, &d.lock);
-	pthread_mutex_unlock(&d.lock);
-	mig_job_progress(d.job, &prog);
-	mig_job_free(d.job);
+	fake_dest_finish(&d, &prog);
 	if (live) {
-		pthread_join(writer, NULL);
+		source_send(NULL);
 		close(sv[1]);
 	}
 	if (getenv("KVMEM_FUZZ_VERBOSE"))
 		fprintf(stderr, "fuzz_stream: %s%s%s\n", mig_stage_name(prog.stage),
 			prog.error[0] ? ": " : "", prog.error);
 	FZ_CHECK(prog.stage == MIG_STAGE_DONE || (prog.stage == MIG_STAGE_FAILED && prog.error[0]));
-	if (d.vm) {
-		balloon_destroy(d.balloon);
-		vm_destroy(d.vm);
-	}
+	fake_dest_release(&d);
 	return 0;
 }

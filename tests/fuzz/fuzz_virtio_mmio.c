@@ -7,7 +7,8 @@
  * loaded back) and as a migration peer sends it (any JSON). The device is a
  * sink with two queues that hands every chain back at once, so the
  * transport's rules (status, features, queue set-up, DEVICE_NEEDS_RESET)
- * are what is exercised. A fresh device for every input.
+ * are what is exercised. A fresh device for every input, and guest memory
+ * all zero again (fz_guest_reset: the rings may be put anywhere in it).
  *
  * Input: operations until it ends, each an opcode byte and its operands
  * (see the switch below).
@@ -109,15 +110,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct fz f = fz_of(data, size);
 	struct sink s = { 0 };
 	struct virtio_dev_stats st;
+	unsigned int trips = 0;	/* round trips in a row, just before this operation */
 
-	if (mem_zero_fill(gm, WINDOW, WINDOW_LEN))
-		fz_fail(__FILE__, __LINE__, "mem_zero_fill");
+	fz_guest_reset(gm);
 	p.opaque = &s;
 	if (virtio_dev_create(gm, &p, &s.vdev))
 		fz_fail(__FILE__, __LINE__, "virtio_dev_create");
 	for (unsigned int op = 0; op < MAX_OPS && f.left; op++) {
 		uint8_t code = fz_u8(&f);
 
+		trips = code % 8 == 5 ? trips + 1 : 0;
 		switch (code % 8) {
 		case 0: { /* register write: u16 offset, width, u64 value */
 			uint64_t off = fz_u16(&f) & 0xfff, v;
@@ -145,7 +147,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			virtio_dev_config_changed(s.vdev);
 			break;
 		case 5:
-			fz_vdev_round_trip(s.vdev);
+			if (fz_round_trip_due(trips))
+				fz_vdev_round_trip(s.vdev);
 			break;
 		case 6: { /* a peer's transport state: u16 n, n bytes of JSON */
 			size_t n;

@@ -581,7 +581,7 @@ static void rec_pages(struct buf *b, uint32_t gfn, uint8_t count, uint8_t kind)
 			u64(b, 7);
 			break;
 		case MIG_PAGE_SCATTER:
-			u32(b, 0x700 + i);
+			u32(b, 0x3f0 + i);
 			u8(b, 0x5c);
 			break;
 		}
@@ -604,18 +604,19 @@ static void stream_records(struct buf *b, unsigned int cpus)
 	char vm[96], *dev = device_record();
 
 	u8(b, 0);	/* mode: records, a live migration */
-	snprintf(vm, sizeof(vm), "{\"name\":\"a\",\"mem\":\"8M\",\"cpus\":%u%s}", cpus,
+	snprintf(vm, sizeof(vm), "{\"name\":\"a\",\"mem\":\"4M\",\"cpus\":%u%s}", cpus,
 		 cpus > 1 ? ",\"checksum\":true" : "");
 	rec_raw(b, MIG_REC_VM, vm);
 	u8(b, 3);	/* ROUND 1, pre-copy */
 	u32(b, 1);
 	u32(b, MIG_STAGE_PRECOPY);
+	/* Pages inside the target's 4 MiB VM (frames 0 to 0x3ff). */
 	rec_pages(b, 0x300, 2, MIG_PAGE_DATA);
-	rec_pages(b, 0x400, 4, MIG_PAGE_ZERO);
-	rec_pages(b, 0x500, 1, MIG_PAGE_FRAME);
-	rec_pages(b, 0x501, 2, MIG_PAGE_FRAME_REF);
+	rec_pages(b, 0x380, 4, MIG_PAGE_ZERO);
+	rec_pages(b, 0x3c0, 1, MIG_PAGE_FRAME);
+	rec_pages(b, 0x3c1, 2, MIG_PAGE_FRAME_REF);
 	rec_pages(b, 0, 2, MIG_PAGE_SCATTER);
-	rec_pages(b, 0x600, 2, MIG_PAGE_BALLOONED);
+	rec_pages(b, 0x3e0, 2, MIG_PAGE_BALLOONED);
 	rec_pages(b, 0x300, 1, MIG_PAGE_ZERO);
 	u8(b, 3);	/* ROUND 2, stop-and-copy */
 	u32(b, 2);
@@ -649,7 +650,7 @@ static void stream_raw(struct buf *b)
 	mig_le32enc(round + 4, MIG_STAGE_STOP_COPY);
 	if (mig_put_buf(s, MIG_REC_VM, "{\"name\":\"a\",\"cpus\":1}", 21) ||
 	    mig_put_buf(s, MIG_REC_ROUND, round, 8) ||
-	    mig_put_pages(s, 0x400, 8, MIG_PAGE_ZERO, NULL, 0) ||
+	    mig_put_pages(s, 0x380, 8, MIG_PAGE_ZERO, NULL, 0) ||
 	    mig_put_buf(s, MIG_REC_DEVICE, dev, strlen(dev)) ||
 	    mig_put_buf(s, MIG_REC_END, end, 16) || mig_put_buf(s, MIG_REC_COMMIT, "{}", 2))
 		die("stream records");
@@ -669,15 +670,15 @@ static void stream_snapshot(struct buf *b)
 	char *dev = device_record();
 
 	u8(b, 4);	/* mode: a snapshot, written by snapfile.c */
-	rec_raw(b, MIG_REC_VM, "{\"name\":\"s\",\"mem\":\"8M\",\"cpus\":1}");
+	rec_raw(b, MIG_REC_VM, "{\"name\":\"s\",\"mem\":\"4M\",\"cpus\":1}");
 	u8(b, 1);	/* pages 0x300..0x303: data */
 	u16(b, 0x300);
 	u8(b, 3);
 	u8(b, SNAP_PAGE_DATA);
 	for (uint8_t i = 0; i < 4; i++)
 		u8(b, 0x30 + i);
-	u8(b, 1);	/* pages 0x600..0x601: the balloon's */
-	u16(b, 0x600);
+	u8(b, 1);	/* pages 0x3e0..0x3e1: the balloon's */
+	u16(b, 0x3e0);
 	u8(b, 1);
 	u8(b, SNAP_PAGE_BALLOONED);
 	u8(b, 2);	/* VCPU 0 */

@@ -271,29 +271,45 @@ static void test_balloon_actual_byte_writes_merge(void **state)
 
 /* --- inflate / deflate --- */
 
-static void test_balloon_inflate_compacts_pfns_into_ranges(void **state)
+/*
+ * One inflate request of PFNs, from the driver's bring-up to the device's
+ * turn; returns its head.
+ */
+static uint16_t inflate(struct env *e, const uint32_t *pfns, unsigned int n)
 {
-	struct env *e = *state;
-	uint32_t pfns[] = { 0x502, 0x500, 0x600, 0x501, 0x501, 0x503, 0x700, 0x701 };
-	struct fake_buf b = { DATA, sizeof(pfns), false };
-	uint32_t id, len;
-	struct balloon_stats st;
+	struct fake_buf b = { DATA, 4 * n, false };
 	uint16_t head;
 
 	bring_up(e, ALL_FEATURES);
 	fake_virtio_driver_ok(e->vdev);
-	put_pfns(e, DATA, pfns, 8);
+	put_pfns(e, DATA, pfns, n);
 	e->watch = &e->fq[QI];
 	head = fake_vq_add_chain(&e->fq[QI], &b, 1);
 	fake_virtio_notify(e->vdev, QI);
 	run(e);
-	assert_int_equal(e->nr_calls, 3);
-	assert_int_equal(e->calls[0].gpa, 0x500000);
-	assert_int_equal(e->calls[0].len, 4 * 4096);
-	assert_int_equal(e->calls[1].gpa, 0x600000);
-	assert_int_equal(e->calls[1].len, 4096);
-	assert_int_equal(e->calls[2].gpa, 0x700000);
-	assert_int_equal(e->calls[2].len, 2 * 4096);
+	return head;
+}
+
+/* The discards made, in order: n runs of pages[i] pages from pfn[i]. */
+static void assert_discards(struct env *e, const uint32_t *pfn, const uint32_t *pages,
+			    unsigned int n)
+{
+	assert_int_equal(e->nr_calls, n);
+	for (unsigned int i = 0; i < n; i++) {
+		assert_int_equal(e->calls[i].gpa, (uint64_t)pfn[i] * 4096);
+		assert_int_equal(e->calls[i].len, (uint64_t)pages[i] * 4096);
+	}
+}
+
+static void test_balloon_inflate_compacts_pfns_into_ranges(void **state)
+{
+	struct env *e = *state;
+	uint32_t pfns[] = { 0x502, 0x500, 0x600, 0x501, 0x501, 0x503, 0x700, 0x701 };
+	uint32_t id, len;
+	struct balloon_stats st;
+	uint16_t head = inflate(e, pfns, 8);
+
+	assert_discards(e, (uint32_t[]){ 0x500, 0x600, 0x700 }, (uint32_t[]){ 4, 1, 2 }, 3);
 	for (unsigned int i = 0; i < 3; i++) {
 		assert_false(e->calls[i].undiscard);
 		assert_int_equal(e->calls[i].why, BALLOON_DISCARD_INFLATE);
@@ -308,6 +324,17 @@ static void test_balloon_inflate_compacts_pfns_into_ranges(void **state)
 	assert_int_equal(st.inflated_pages, 7);
 	assert_int_equal(st.bad_pfns, 0);
 	assert_false(status(e) & VIRTIO_STATUS_NEEDS_RESET);
+}
+
+/* PFNs already in order (no sort) compact the same, their duplicates dropped too. */
+static void test_balloon_inflate_pfns_in_order_with_duplicates(void **state)
+{
+	struct env *e = *state;
+	uint32_t pfns[] = { 0x500, 0x500, 0x501, 0x502, 0x502, 0x600, 0x600 };
+
+	inflate(e, pfns, 7);
+	assert_discards(e, (uint32_t[]){ 0x500, 0x600 }, (uint32_t[]){ 3, 1 }, 2);
+	assert_int_equal(stats(e).inflated_pages, 4);
 }
 
 static void test_balloon_inflate_many_pfns_over_several_buffers(void **state)
@@ -936,6 +963,7 @@ int main(void)
 		T(test_balloon_target_sets_num_pages_and_interrupts),
 		T(test_balloon_actual_byte_writes_merge),
 		T(test_balloon_inflate_compacts_pfns_into_ranges),
+		T(test_balloon_inflate_pfns_in_order_with_duplicates),
 		T(test_balloon_inflate_many_pfns_over_several_buffers),
 		T(test_balloon_inflate_skips_pfns_outside_ram),
 		T(test_balloon_inflate_length_not_multiple_of_4_needs_reset),

@@ -9,8 +9,9 @@
  * that are other users are made by forking).
  *
  * Test verbs: "ping" echoes "n", "big" answers ~2 KiB, "block" waits until
- * the test releases it (or 10 s). The host's own verbs are registered too
- * but never called: there is no host.
+ * the test releases it (or 10 s), "self" echoes "n" and notes which thread
+ * it ran on. The host's own verbs are registered too but never called:
+ * there is no host.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -61,6 +62,9 @@ static pthread_cond_t block_cond = PTHREAD_COND_INITIALIZER;
 static bool block_released;
 static int block_calls;		/* block_lock */
 static bool block_running;	/* block_lock: a handler is in verb_block */
+static pid_t block_thread;	/* block_lock: the last one's thread (gettid: not reused soon) */
+static pid_t self_threads[16];	/* block_lock: the threads verb_self ran on */
+static unsigned int self_calls;	/* block_lock */
 
 static int verb_ping(void *arg, json_t *req, json_t *reply)
 {
@@ -94,12 +98,22 @@ static int verb_block(void *arg, json_t *req, json_t *reply)
 	pthread_mutex_lock(&block_lock);
 	block_calls++;
 	block_running = true;
+	block_thread = gettid();
 	while (!block_released)
 		if (pthread_cond_timedwait(&block_cond, &block_lock, &until) == ETIMEDOUT)
 			break;
 	block_running = false;
 	pthread_mutex_unlock(&block_lock);
 	return 0;
+}
+
+static int verb_self(void *arg, json_t *req, json_t *reply)
+{
+	pthread_mutex_lock(&block_lock);
+	if (self_calls < ARRAY_SIZE(self_threads))
+		self_threads[self_calls++] = gettid();
+	pthread_mutex_unlock(&block_lock);
+	return verb_ping(arg, req, reply);
 }
 
 static void release_block(void)
@@ -127,12 +141,14 @@ static int setup_with(void **state, int deadline_ms)
 
 	block_released = false;
 	block_calls = 0;
+	self_calls = 0;
 	if (control_create(NULL, NULL, NULL, &c))
 		return -1;
 	control_set_verb_timeout(c, deadline_ms);
 	if (control_register_verb(c, "ping", verb_ping, NULL) ||
 	    control_register_verb(c, "big", verb_big, NULL) ||
-	    control_register_verb(c, "block", verb_block, NULL))
+	    control_register_verb(c, "block", verb_block, NULL) ||
+	    control_register_verb(c, "self", verb_self, NULL))
 		return -1;
 	*state = c;
 	return 0;
@@ -459,6 +475,61 @@ static void test_blocked_handler(void **state)
 	expect_ok(read_reply(a, PATIENT_MS), 7); /* a late reply would come first and fail this */
 	conn_close(a);
 	conn_close(b);
+}
+
+/*
+ * Job threads are kept: requests one after another are all handled by one
+ * thread (finished with a job, it takes the next), a request while that
+ * one's handler blocks gets a thread of its own, and control_destroy ends
+ * the idle threads rather than wait for their idle time (10 s) to run out.
+ */
+static void test_job_threads_kept(void **state)
+{
+	struct control *c = *state;
+	struct conn *a = connect_pair(c), *b = connect_pair(c);
+	pid_t tids[ARRAY_SIZE(self_threads)], block_tid;
+	unsigned int n;
+	char req[64];
+	json_t *r;
+	long t0;
+
+	for (unsigned int i = 0; i < 10; i++) {
+		snprintf(req, sizeof(req), "{\"verb\":\"self\",\"n\":%u}\n", i);
+		send_str(a, req);
+		expect_ok(read_reply(a, PATIENT_MS), i);
+	}
+	/* Read under the lock, checked outside it: a failed check leaves the test at once. */
+	pthread_mutex_lock(&block_lock);
+	n = self_calls;
+	memcpy(tids, self_threads, sizeof(tids));
+	pthread_mutex_unlock(&block_lock);
+	assert_int_equal(n, 10);
+	for (unsigned int i = 1; i < n; i++)
+		assert_int_equal(tids[i], tids[0]);
+
+	send_str(a, "{\"verb\":\"block\"}\n");
+	while (!blocked())
+		usleep(1000);
+	send_str(b, "{\"verb\":\"self\",\"n\":11}\n");
+	expect_ok(read_reply(b, PATIENT_MS), 11);
+	pthread_mutex_lock(&block_lock);
+	block_tid = block_thread;
+	memcpy(tids, self_threads, sizeof(tids));
+	pthread_mutex_unlock(&block_lock);
+	assert_int_equal(block_tid, tids[0]);
+	assert_int_not_equal(tids[10], block_tid);
+	release_block();
+	r = read_reply(a, PATIENT_MS);
+	assert_non_null(r);
+	assert_true(json_is_true(json_object_get(r, "ok")));
+	json_decref(r);
+	conn_close(a);
+	conn_close(b);
+
+	t0 = now_ms();
+	control_destroy(c);
+	*state = NULL;
+	assert_true(now_ms() - t0 < 5000);
 }
 
 /* Clients blocked on one verb do not add up: every one is answered at its own deadline. */
@@ -876,6 +947,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_client_that_never_reads, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_ids_and_errors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_blocked_handler, setup_deadline, teardown),
+		cmocka_unit_test_setup_teardown(test_job_threads_kept, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_many_blocked_clients, setup_deadline, teardown),
 		cmocka_unit_test_setup_teardown(test_client_gone_while_blocked, setup_deadline, teardown),
 		cmocka_unit_test_setup_teardown(test_socket_file, setup_dir, teardown_dir),

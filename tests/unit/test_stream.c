@@ -147,6 +147,49 @@ static void test_stream_round_trip(void **state)
 	close(fd);
 }
 
+/*
+ * The reader's buffer grows with the records: a small one, the largest
+ * there is (MIG_PAGES_MAX data pages), a small one again, each read whole;
+ * and an empty payload comes with a pointer (the readers memcpy it).
+ */
+static void test_stream_largest_record_after_small_ones(void **state)
+{
+	static uint8_t big[MIG_PAGES_MAX * PAGE];
+	int fd = memfd_create("test-stream", MFD_CLOEXEC);
+	struct iovec iov = { big, sizeof(big) };
+	struct mig_stream *s;
+	struct mig_rec r;
+	struct mig_pages p;
+
+	(void)state;
+	assert_true(fd >= 0);
+	for (size_t i = 0; i < MIG_PAGES_MAX; i++)
+		memset(big + i * PAGE, (int)i, PAGE);
+	assert_int_equal(mig_stream_open(fd, true, 0, -1, &s), 0);
+	assert_int_equal(mig_put_buf(s, MIG_REC_COMMIT, "", 0), 0);
+	assert_int_equal(mig_put_buf(s, MIG_REC_VM, "{\"name\":\"a\"}", 12), 0);
+	assert_int_equal(mig_put_pages(s, 0, MIG_PAGES_MAX, MIG_PAGE_DATA, &iov, 1), 0);
+	assert_int_equal(mig_put_buf(s, MIG_REC_VM, "{\"name\":\"b\"}", 12), 0);
+	mig_stream_close(s);
+	assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+	s = reader(fd, 0);
+	assert_int_equal(mig_get(s, &r), 0);
+	assert_int_equal(r.type, MIG_REC_COMMIT);
+	assert_int_equal(r.len, 0);
+	assert_non_null(r.data);
+	assert_int_equal(mig_get(s, &r), 0);
+	assert_memory_equal(r.data, "{\"name\":\"a\"}", 12);
+	assert_int_equal(mig_get(s, &r), 0);
+	assert_int_equal(mig_pages_decode(&r, &p), 0);
+	assert_int_equal(p.count, MIG_PAGES_MAX);
+	assert_memory_equal(p.data, big, sizeof(big));
+	assert_int_equal(mig_get(s, &r), 0);
+	assert_memory_equal(r.data, "{\"name\":\"b\"}", 12);
+	assert_int_equal(mig_get(s, &r), -ENODATA);
+	mig_stream_close(s);
+	close(fd);
+}
+
 struct corruption {
 	const char *what;
 	int rec;		/* record whose header (or payload) is hit; -1: the preamble */
@@ -433,6 +476,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_stream_round_trip),
+		cmocka_unit_test(test_stream_largest_record_after_small_ones),
 		cmocka_unit_test(test_stream_refuses_each_corruption),
 		cmocka_unit_test(test_stream_refuses_replay_and_reorder),
 		cmocka_unit_test(test_stream_refuses_truncation),

@@ -18,11 +18,13 @@
  * that look and KVM_RUN makes KVM_RUN return at once.
  */
 #define LOG_TAG "kvm"
+#include <assert.h>
 #include <cpuid.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -888,10 +890,18 @@ static const uint32_t saved_msrs[] = {
 #define MSR_IA32_TSC 0x10
 #define MAX_MSRS (sizeof(saved_msrs) / sizeof(saved_msrs[0]))
 
+/*
+ * A struct kvm_msrs with room for MAX_MSRS entries, spelled out: a struct
+ * ending in a flexible array may not be followed by more in another
+ * (clang's -Wgnu-variable-sized-type-not-at-end).
+ */
 struct msr_list {
-	struct kvm_msrs hdr;
+	uint32_t nmsrs;
+	uint32_t pad;
 	struct kvm_msr_entry e[MAX_MSRS];
 };
+static_assert(offsetof(struct msr_list, e) == offsetof(struct kvm_msrs, entries),
+	      "msr_list is a struct kvm_msrs");
 
 struct blob {
 	uint8_t *p;
@@ -960,7 +970,7 @@ static void put_header(struct blob *b, uint32_t magic)
 /* Read MSR index into *val on vCPU fd: 0 or -errno. */
 static int get_msr(int fd, uint32_t index, uint64_t *val)
 {
-	struct msr_list m = { .hdr.nmsrs = 1, .e[0].index = index };
+	struct msr_list m = { .nmsrs = 1, .e[0].index = index };
 
 	if (ioctl(fd, KVM_GET_MSRS, &m) != 1)
 		return -EIO;
@@ -1009,11 +1019,12 @@ static int kvm_vcpu_save(struct vcpu *vcpu, void *buf, size_t cap)
 		uint64_t v;
 
 		if (!get_msr(kc->fd, saved_msrs[i], &v)) {
-			m.e[m.hdr.nmsrs].index = saved_msrs[i];
-			m.e[m.hdr.nmsrs++].data = v;
+			m.e[m.nmsrs].index = saved_msrs[i];
+			m.e[m.nmsrs++].data = v;
 		}
 	}
-	put_item(&b, ITEM_MSRS, &m, (uint32_t)(sizeof(m.hdr) + m.hdr.nmsrs * sizeof(m.e[0])));
+	put_item(&b, ITEM_MSRS, &m,
+		 (uint32_t)(offsetof(struct msr_list, e) + m.nmsrs * sizeof(m.e[0])));
 	if (kvm_of(vcpu->vm)->irqchip) {
 		if (ioctl(kc->fd, KVM_GET_LAPIC, &lapic) < 0) {
 			ret = -errno;
@@ -1072,7 +1083,7 @@ static bool msrs_ok(const uint8_t *data, uint32_t len)
 	struct msr_list m;
 
 	memcpy(&m, data, len);
-	for (uint32_t i = 0; i < m.hdr.nmsrs; i++) {
+	for (uint32_t i = 0; i < m.nmsrs; i++) {
 		bool known = false;
 
 		for (size_t k = 0; k < MAX_MSRS; k++)

@@ -20,8 +20,12 @@
  * so the client can still read why.
  *
  * Handlers never run on the loop: a request that names a verb becomes a job
- * run by a thread of its own (a verb's handler may wait on a VM, and one
- * slow VM must not stall the socket for everyone else). Its client has
+ * run by a job thread (a verb's handler may wait on a VM, and one slow VM
+ * must not stall the socket for everyone else). Job threads are kept: one
+ * that finished its job takes the next queued one, or waits for one up to
+ * WORKER_IDLE_MS before it ends, and a new one is started only when no
+ * thread is idle, so a request costs no thread creation unless requests
+ * run side by side (each job still has a thread to itself). Its client has
  * that one request in flight and nothing more of its input is served until
  * the reply is queued, so replies stay in request order. The job's thread
  * hands the finished job back through the done list and eventfd. When a
@@ -33,9 +37,9 @@
  * own verbs are safe to run side by side.
  *
  * Locks: `lock` guards the verb table, each verb's busy flag and users,
- * the jobs' shared fields, the done list, the adopted fds and nr_workers;
- * it is never held while a handler runs. Everything else is control-thread
- * only.
+ * the jobs' shared fields, the job queue and the job threads' counts, the
+ * done list, the adopted fds and nr_workers; it is never held while a
+ * handler runs. Everything else is control-thread only.
  */
 #define LOG_TAG "control"
 #include "core/host/control.h"
@@ -73,10 +77,12 @@
 #define VERB_NAME_MAX 32
 #define REPLY_MAX (64ULL << 20)		/* longest reply control_request accepts */
 /*
- * Handler threads alive at once: one per client in flight, plus abandoned
- * ones still finishing. Past this, requests get EAGAIN rather than threads.
+ * Jobs at once: one per client in flight, plus abandoned ones still
+ * finishing. Past this, requests get EAGAIN rather than threads.
  */
 #define MAX_WORKERS (2 * CONTROL_MAX_CLIENTS)
+/* How long an idle job thread waits for the next job before it ends. */
+#define WORKER_IDLE_MS 10000
 
 struct job;
 
@@ -121,7 +127,7 @@ struct job {
 	bool done;		/* lock: the thread is finished with it */
 	bool expired;		/* lock: answered ETIMEDOUT: its handler must not start now */
 	bool abandoned;		/* lock: the loop no longer wants it (whoever sees done frees) */
-	struct job *next;	/* lock: c->done */
+	struct job *next;	/* lock: c->queue, then c->done */
 };
 
 struct control {
@@ -143,13 +149,19 @@ struct control {
 	void (*guard_leave)(void *arg);
 	void *guard_arg;
 	pthread_mutex_t lock;
-	pthread_cond_t cond;	/* lock: a verb's turn or users, nr_workers changed */
+	pthread_cond_t cond;	/* lock: a verb's turn, users, nr_workers or nr_threads */
 	struct verb *verbs[CONTROL_MAX_VERBS]; /* lock */
 	unsigned int nr_verbs;	/* lock */
 	struct job *done;	/* lock: finished jobs for the loop */
+	pthread_cond_t work;	/* lock: a job was queued, or threads_stop was set */
+	struct job *queue;	/* lock: jobs no job thread has taken yet, oldest first */
+	unsigned int nr_queued;	/* lock: their number */
+	unsigned int nr_threads; /* lock: job threads alive */
+	unsigned int nr_busy;	/* lock: of which running a job (the others take the next) */
+	bool threads_stop;	/* lock: idle job threads end (control_destroy) */
 	int adopted[CONTROL_MAX_CLIENTS]; /* lock: fds from control_serve_fd */
 	unsigned int nr_adopted; /* lock */
-	unsigned int nr_workers; /* lock: job threads alive */
+	unsigned int nr_workers; /* lock: jobs queued or running */
 	struct client *clients[CONTROL_MAX_CLIENTS]; /* control thread only */
 	unsigned int nr_clients;
 };
@@ -675,10 +687,9 @@ static void free_job(struct job *j)
 /* The error of a request that never got its verb's turn before its deadline. */
 #define NOT_RUN_FMT "%s: not run: an earlier %s request still had its turn after %u ms"
 
-/* A job's thread: wait for the verb's turn, run the handler, hand the job back. */
-static void *job_thread(void *arg)
+/* On a job thread: wait for the verb's turn, run the handler, hand the job back. */
+static void run_job(struct job *j)
 {
-	struct job *j = arg;
 	struct control *c = j->c;
 	struct verb *v = j->verb;
 	struct timespec deadline = { .tv_sec = j->deadline_ms / 1000,
@@ -721,19 +732,92 @@ static void *job_thread(void *arg)
 				     "its client was told it timed out", v->name, c->timeout_ms,
 				     ret ? strerror(-ret) : "ok");
 	}
-	/* Last touch of c: control_destroy waits for nr_workers to reach 0. */
 	c->nr_workers--;
+	/* Free for the next job from now: the reply may bring it before this thread waits. */
+	c->nr_busy--;
 	pthread_cond_broadcast(&c->cond);
 	pthread_mutex_unlock(&c->lock);
 	if (drop)
 		free_job(j);
+}
+
+/*
+ * A job thread: the queued jobs one after another, then a wait for the
+ * next, until WORKER_IDLE_MS go by without one (or control_destroy).
+ */
+static void *job_thread(void *arg)
+{
+	struct control *c = arg;
+
+	pthread_mutex_lock(&c->lock);
+	for (;;) {
+		struct job *j = c->queue;
+		long until;
+
+		if (j) {
+			c->queue = j->next;
+			c->nr_queued--;
+			c->nr_busy++;
+			j->next = NULL;
+			pthread_mutex_unlock(&c->lock);
+			run_job(j);
+			pthread_mutex_lock(&c->lock);
+			continue;
+		}
+		if (c->threads_stop)
+			break;
+		until = now_ms() + WORKER_IDLE_MS;
+		while (!c->queue && !c->threads_stop && now_ms() < until) {
+			struct timespec ts = { .tv_sec = until / 1000,
+					       .tv_nsec = (until % 1000) * 1000000L };
+
+			pthread_cond_clockwait(&c->work, &c->lock, CLOCK_MONOTONIC, &ts);
+		}
+		if (!c->queue)
+			break;
+	}
+	/* Last touch of c: control_destroy waits for nr_threads to reach 0. */
+	c->nr_threads--;
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->lock);
 	return NULL;
 }
 
 /*
+ * Lock held: queue j for a job thread, one not running a job if there is
+ * one to spare for it, else a new one. Fails (j not queued) only when no
+ * thread would take it.
+ */
+static int queue_job(struct control *c, struct job *j)
+{
+	struct job **tail = &c->queue;
+	pthread_t tid;
+	int ret;
+
+	while (*tail)
+		tail = &(*tail)->next;
+	*tail = j;
+	c->nr_queued++;
+	if (c->nr_threads - c->nr_busy >= c->nr_queued) {
+		pthread_cond_signal(&c->work);
+		return 0;
+	}
+	/* Under the lock: no thread can take j before it is known whether one was started. */
+	ret = thread_spawn(&tid, "control-verb", job_thread, c);
+	if (ret) {
+		*tail = NULL;
+		c->nr_queued--;
+		return ret;
+	}
+	pthread_detach(tid);
+	c->nr_threads++;
+	return 0;
+}
+
+/*
  * One request line: either the reply to queue now (a bad request, or NULL
- * for out of memory), or NULL with cl->job set: its handler runs on a
- * thread of its own and the reply comes through finish_jobs.
+ * for out of memory), or NULL with cl->job set: its handler runs on a job
+ * thread and the reply comes through finish_jobs.
  */
 static json_t *serve_line(struct control *c, struct client *cl, const char *line, size_t len)
 {
@@ -741,7 +825,6 @@ static json_t *serve_line(struct control *c, struct client *cl, const char *line
 	json_t *req, *reply, *id = NULL, *verb, *err;
 	struct verb *v;
 	struct job *j;
-	pthread_t tid;
 	bool room = false, allowed;
 	int ret;
 
@@ -812,9 +895,9 @@ static json_t *serve_line(struct control *c, struct client *cl, const char *line
 	j->reply = reply;
 	j->cl = cl;
 	j->deadline_ms = now_ms() + (long)c->timeout_ms;
-	ret = thread_spawn(&tid, "control-verb", job_thread, j);
+	pthread_mutex_lock(&c->lock);
+	ret = queue_job(c, j);
 	if (ret) {
-		pthread_mutex_lock(&c->lock);
 		v->users--;
 		c->nr_workers--;
 		pthread_cond_broadcast(&c->cond);
@@ -825,7 +908,7 @@ static json_t *serve_line(struct control *c, struct client *cl, const char *line
 					  strerror(-ret));
 		goto out_error;
 	}
-	pthread_detach(tid);
+	pthread_mutex_unlock(&c->lock);
 	cl->job = j;
 	return NULL;
 
@@ -1691,6 +1774,7 @@ int control_create(struct host *h, const char *path, const gid_t *group, struct 
 	c->timeout_ms = CONTROL_VERB_TIMEOUT_MS;
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_cond_init(&c->cond, NULL);
+	pthread_cond_init(&c->work, NULL);
 	if (path) {
 		c->path = kv_strdup(path);
 		if (!c->path) {
@@ -1764,6 +1848,7 @@ out_free:
 		close(c->done_efd);
 	for (unsigned int i = 0; i < c->nr_verbs; i++)
 		kv_free(c->verbs[i]);
+	pthread_cond_destroy(&c->work);
 	pthread_cond_destroy(&c->cond);
 	pthread_mutex_destroy(&c->lock);
 	kv_free(c->path);
@@ -1786,6 +1871,11 @@ void control_destroy(struct control *c)
 	pthread_mutex_lock(&c->lock);
 	while (c->nr_workers)
 		pthread_cond_wait(&c->cond, &c->lock);
+	/* Then for the job threads, all idle now. */
+	c->threads_stop = true;
+	pthread_cond_broadcast(&c->work);
+	while (c->nr_threads)
+		pthread_cond_wait(&c->cond, &c->lock);
 	for (struct job *j = c->done, *next; j; j = next) {
 		next = j->next;
 		free_job(j);
@@ -1802,6 +1892,7 @@ void control_destroy(struct control *c)
 	close(c->done_efd);
 	for (unsigned int i = 0; i < c->nr_verbs; i++)
 		kv_free(c->verbs[i]);
+	pthread_cond_destroy(&c->work);
 	pthread_cond_destroy(&c->cond);
 	pthread_mutex_destroy(&c->lock);
 	kv_free(c->path);

@@ -8,11 +8,15 @@
 #include "mem/gm.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "mem/mem_internal.h"
 #include "mem/memmap.h"
+#include "mem/pagemap.h"
+#include "mem/pagestate.h"
 
 const struct mem_ram_region *mem_find_region(const struct gm *gm, gpa_t gpa)
 {
@@ -238,4 +242,37 @@ void mem_region(const struct gm *gm, unsigned int i, gpa_t *gpa, uint64_t *len)
 uint64_t mem_ram_bytes(const struct gm *gm)
 {
 	return gm->ram_bytes;
+}
+
+void mem_page_describe(const struct gm *gm, gpa_t gpa, char *buf, size_t len)
+{
+	int64_t idx = mem_page_index(gm, gpa);
+	uint64_t pm = 0, slot;
+	enum ps_state st;
+	uint8_t wp;
+	int n;
+
+	if (idx < 0) {
+		snprintf(buf, len, "gpa 0x%" PRIx64 " is outside RAM", gpa);
+		return;
+	}
+	st = pagestate_get(gm->ps, (uint64_t)idx);
+	slot = __atomic_load_n(&gm->swap_slot[idx], __ATOMIC_RELAXED);
+	wp = __atomic_load_n(&gm->wp_reason[idx], __ATOMIC_RELAXED);
+	n = snprintf(buf, len, "page %" PRId64 " is %s%s, chunk %s, write protection 0x%02x",
+		     idx, pagestate_name(st),
+		     mem_frame_mapped(gm, (uint64_t)idx) ? " on a sharing frame" : "",
+		     gm->chunk_mode[(uint64_t)idx / MEM_CHUNK_PAGES] & MEM_CHUNK_MISSING ?
+			     "taking MISSING faults" : "write-protect only",
+		     wp);
+	if (n < 0 || (size_t)n >= len)
+		return;
+	if (st == PS_SWAPPED)
+		n += snprintf(buf + n, len - (size_t)n, ", slot 0x%" PRIx64, slot);
+	if ((size_t)n < len && mem_pagemap(gm, (uint64_t)idx, 1, &pm) == 1)
+		snprintf(buf + n, len - (size_t)n, ", pagemap 0x%016" PRIx64 " (%s)", pm,
+			 mem_pm_is_swapped(pm)	   ? "in the kernel's swap"
+			 : mem_pm_is_zero_page(pm) ? "the zero page"
+			 : mem_pm_resident(pm)	   ? "resident"
+						   : "no page: a hole or a write-protect marker");
 }

@@ -123,4 +123,13 @@ void mem_region(const struct gm *gm, unsigned int i, gpa_t *gpa, uint64_t *len);
 /* Total RAM bytes and the number of 4 KiB frames from gpa 0 to the end of RAM. */
 uint64_t mem_ram_bytes(const struct gm *gm);
 
+/*
+ * For an error message about what a guest page held: what backs the page of
+ * gpa now (its state, the sharing frame, host swap's slot, its chunk's fault
+ * mode, write protection and the kernel's pagemap entry), as one phrase
+ * written to buf. Only a description: each part is read without owning the
+ * page, so a mechanism at work on it may change it at the same moment.
+ */
+void mem_page_describe(const struct gm *gm, gpa_t gpa, char *buf, size_t len);
+
 #endif

@@ -656,6 +656,32 @@ static void test_hostile_avail_index_goes_back(void **state)
 	assert_refused_then_recovers(s, VERSION_1);
 }
 
+/*
+ * The reason a ring broke says what backs the page of the bad index, so a
+ * driver that wrote it can be told from memory that lost the driver's write.
+ */
+static void test_hostile_avail_index_reason_names_the_backing(void **state)
+{
+	struct sink *s = *state;
+	struct virtq vq = { 0 };
+	struct virtq_chain *c = calloc(1, sizeof(*c));
+	const char *why;
+
+	assert_non_null(c);
+	fake_vq_init(&s->fq[0], s->gm, QSIZE, RING0);
+	assert_int_equal(virtq_init(&vq, s->gm, QSIZE, s->fq[0].desc, s->fq[0].avail,
+				    s->fq[0].used, VERSION_1),
+			 0);
+	fake_vq_set_avail_idx(&s->fq[0], QSIZE + 1);
+	assert_int_equal(virtq_pop(&vq, c), -EINVAL);
+	why = virtq_error(&vq);
+	assert_non_null(strstr(why, "is 17 ahead of the device"));
+	assert_non_null(strstr(why, "; page "));
+	assert_non_null(strstr(why, " is anon, chunk write-protect only"));
+	assert_non_null(strstr(why, "(resident)"));
+	free(c);
+}
+
 #define INDIRECT (VERSION_1 | (1ULL << VIRTIO_F_INDIRECT_DESC))
 
 static void test_hostile_indirect_without_feature(void **state)
@@ -988,6 +1014,7 @@ int main(void)
 		T(test_hostile_readable_after_writable),
 		T(test_hostile_avail_index_jumps_ahead),
 		T(test_hostile_avail_index_goes_back),
+		T(test_hostile_avail_index_reason_names_the_backing),
 		T(test_hostile_indirect_without_feature),
 		T(test_hostile_indirect_table_outside_ram),
 		T(test_hostile_indirect_length_not_multiple_of_16),

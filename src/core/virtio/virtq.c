@@ -257,9 +257,18 @@ static int pending(struct virtq *vq, uint16_t *n)
 	if (load16(vq->gm, vq->avail + AVAIL_IDX, &idx))
 		return broke(vq, -EFAULT, "avail index unreadable");
 	*n = (uint16_t)(idx - vq->last_avail);
-	if (*n > vq->size)
-		return broke(vq, -EINVAL, "avail index %u is %u ahead of the device (queue size %u)",
-			     idx, *n, vq->size);
+	if (*n > vq->size) {
+		/*
+		 * A buggy or hostile driver, or guest memory that lost the
+		 * driver's write: what backs the ring's page tells them apart.
+		 */
+		char backing[256];
+
+		mem_page_describe(vq->gm, vq->avail + AVAIL_IDX, backing, sizeof(backing));
+		return broke(vq, -EINVAL,
+			     "avail index %u is %u ahead of the device (queue size %u); %s", idx,
+			     *n, vq->size, backing);
+	}
 	return 0;
 }
 

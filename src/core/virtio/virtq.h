@@ -71,7 +71,7 @@ struct virtq {
 	uint16_t signalled_used; /* used_idx at the last interrupt decision */
 	bool signalled_valid;	/* signalled_used is meaningful */
 	bool broken;		/* a ring rule was broken: stop using the queue */
-	char err[160];		/* why it is broken */
+	char err[448];		/* why it is broken */
 };
 
 /*

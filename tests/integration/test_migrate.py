@@ -123,7 +123,8 @@ try:
     check(out.get("checksum") and out.get("checksum") == inn.get("checksum"),
           f"every guest page arrived as it stopped (digests {out.get('checksum')} and "
           f"{inn.get('checksum')})")
-    check(not [v for v in stats(a_sock)["vms"] if v["name"] == "mig"],
+    # The job ends first; the source's main thread lets the VM go right after.
+    check(wait_for(lambda: not [v for v in stats(a_sock)["vms"] if v["name"] == "mig"], 60),
           "the source no longer has the VM")
     vb = vm_of(stats(b_sock), "mig")
     check(vb is not None and vb["state"] == "running", f"the destination runs it ({vb and vb['state']})")

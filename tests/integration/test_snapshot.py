@@ -107,7 +107,8 @@ try:
     wait_for(lambda: (job("snap", "save") or {}).get("stage") in ("done", "failed"), 120)
     out = job("snap", "save") or {}
     check(out.get("stage") == "done", f"the save is done ({out.get('error', '')})")
-    check(not vm_of(stats(sock), "snap"), "the saved VM is gone from the host")
+    # The job ends first; the host's main thread lets the VM go right after.
+    check(wait_for(lambda: not vm_of(stats(sock), "snap"), 60), "the saved VM is gone from the host")
     check(not [f for f in os.listdir(d) if f.startswith(".")], "no temporary file is left")
 
     # 3. Refusals.

@@ -15,7 +15,7 @@
  *                "swap_max": "512M", "corpus": "libs.corpus" },
  *              { "name": "l", "mem": "1G", "kernel": "/boot/vmlinuz",
  *                "initrd": "/boot/initrd.img", "cmdline": "console=ttyS0" } ],
- *     "corpus_dir": "/var/lib/kvmem/corpora", "seccomp": true }
+ *     "corpus_dir": "/var/lib/kvmem/corpora", "seccomp": true, "max_vms": 64 }
  *
  * Sizes are text with a unit (a bare JSON number is refused: core/size.h);
  * intervals are seconds.
@@ -461,13 +461,33 @@ int host_config_check(const struct host_config *cfg, char *err, size_t len)
 	return 0;
 }
 
+/*
+ * "max_vms": how many VMs the host holds at a time (running, arriving,
+ * leaving), those of its config included; each costs a little memory and
+ * its share of address space (host_create checks the config's).
+ */
+static int get_max_vms(json_t *root, struct host_config *cfg, char *err, size_t len)
+{
+	int64_t n;
+	int ret = get_int(root, "max_vms", "", 1, HOST_MAX_VMS, &n, err, len);
+
+	if (ret)
+		return ret < 0 ? ret : 0;
+	if ((uint64_t)n < cfg->nr_vms)
+		return fail(err, len, "max_vms: %lld is fewer than the %u VMs of the config",
+			    (long long)n, cfg->nr_vms);
+	cfg->max_vms = (unsigned int)n;
+	return 0;
+}
+
 int host_config_load(const char *path, struct host_config *cfg, char *err, size_t len)
 {
 	static const char *const known[] = { "budget", "socket", "socket_group",
 					     "console_prefix", "dedup", "accel", "policy_interval",
 					     "balloon_stats_interval", "access", "hard_limit",
 					     "swap", "incoming", "migration_secret",
-					     "fingerprint_key", "corpus_dir", "seccomp", "vms" };
+					     "fingerprint_key", "corpus_dir", "seccomp", "max_vms",
+					     "vms" };
 	static const char *const access[] = {
 		[HOST_ACCESS_AUTO] = "auto",
 		[HOST_ACCESS_DAMON] = "damon",
@@ -613,6 +633,8 @@ int host_config_load(const char *path, struct host_config *cfg, char *err, size_
 	}
 	ret = 0;
 out:
+	if (!ret)
+		ret = get_max_vms(root, cfg, err, len);
 	json_decref(root);
 	return ret;
 }

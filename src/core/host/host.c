@@ -253,6 +253,9 @@ int host_create_vm(struct host *h, struct host_vm *hv)
 	return 0;
 }
 
+/* How soon the main thread looks again at a VM that left while its job ends. */
+#define RELEASE_RETRY_MS 50
+
 #define KEY_MIN 16
 #define KEY_MAX 4096
 
@@ -296,7 +299,7 @@ int host_add_vm(struct host *h, struct host_vm_config *c, const struct host_vm_o
 		struct host_vm **out, char *why, size_t whylen)
 {
 	struct ovc_stats hs;
-	struct host_vm *hv;
+	struct host_vm *hv = NULL;
 	uint64_t sum_min = 0;
 	int ret;
 
@@ -310,7 +313,7 @@ int host_add_vm(struct host *h, struct host_vm_config *c, const struct host_vm_o
 	pthread_rwlock_rdlock(&h->vms_lock);
 	ovc_get_stats(h->ovc, &hs);
 	for (unsigned int i = 0; i < host_nr_vms(h); i++)
-		if (!h->vms[i].released && !h->vms[i].gone)
+		if (!host_vm_vacant(h, i) && !h->vms[i].released && !h->vms[i].gone)
 			sum_min += h->vms[i].cfg.min_bytes;
 	if (sum_min + c->min_bytes > hs.budget_bytes) {
 		snprintf(why, whylen, "its min of %" PRIu64 " MiB does not fit: this host's budget is "
@@ -328,22 +331,38 @@ int host_add_vm(struct host *h, struct host_vm_config *c, const struct host_vm_o
 	}
 	/* Arriving ones count too: two sources must not bring two VMs of one name. */
 	for (unsigned int i = 0; i < h->nr_vms; i++) {
-		if (!h->vms[i].released && !h->vms[i].gone && !strcmp(h->vms[i].cfg.name, c->name)) {
+		if (!host_vm_vacant(h, i) && !h->vms[i].released && !h->vms[i].gone &&
+		    !strcmp(h->vms[i].cfg.name, c->name)) {
 			pthread_mutex_unlock(&h->lock);
 			snprintf(why, whylen, "a VM named %s runs here already", c->name);
 			ret = -EEXIST;
 			goto fail;
 		}
 	}
-	if (h->nr_vms == h->cap_vms) {
-		pthread_mutex_unlock(&h->lock);
-		snprintf(why, whylen, "this host has taken in the %u VMs it has room for",
-			 HOST_INCOMING_MAX);
-		ret = -ENOSPC;
-		goto fail;
+	/* An entry never used, else a vacant one (the main thread emptied it). */
+	if (h->nr_vms < h->cap_vms) {
+		hv = &h->vms[h->nr_vms];
+		memset(hv, 0, sizeof(*hv));
+	} else {
+		unsigned int leaving = 0;
+
+		for (unsigned int i = 0; i < h->cap_vms && !hv; i++) {
+			if (host_vm_vacant(h, i))
+				hv = &h->vms[i];
+			else
+				leaving += h->vms[i].released || h->vms[i].gone || h->vms[i].removing;
+		}
+		if (!hv) {
+			pthread_mutex_unlock(&h->lock);
+			snprintf(why, whylen, "this host has room for %u VMs at a time, and has that "
+				 "many%s", h->cap_vms, leaving ? " (some are leaving: try again in a "
+				 "moment)" : "");
+			ret = leaving ? -EAGAIN : -ENOSPC;
+			goto fail;
+		}
+		/* Emptied by the main thread, zero but for this: no walk reads it yet. */
+		hv->released = false;
 	}
-	hv = &h->vms[h->nr_vms];
-	memset(hv, 0, sizeof(*hv));
 	hv->host = h;
 	hv->cfg = *c;
 	hv->owns_cfg = true;
@@ -353,9 +372,13 @@ int host_add_vm(struct host *h, struct host_vm_config *c, const struct host_vm_o
 	hv->clone = o->clone;
 	ret = host_create_vm(h, hv);
 	if (ret) {
+		bool reused = hv != &h->vms[h->nr_vms];
+
 		hv->mig = NULL;
 		host_release_vm(h, hv);
 		memset(hv, 0, sizeof(*hv));
+		/* A vacant entry stays vacant: released, as the walks that get past vacancy see it. */
+		hv->released = reused;
 		pthread_mutex_unlock(&h->lock);
 		pthread_rwlock_unlock(&h->vms_lock);
 		snprintf(why, whylen, "%s", ret == -EADDRINUSE
@@ -363,7 +386,10 @@ int host_add_vm(struct host *h, struct host_vm_config *c, const struct host_vm_o
 			   "resumes only there: does the VM it came from run here?)" : strerror(-ret));
 		return ret;
 	}
-	__atomic_store_n(&h->nr_vms, h->nr_vms + 1, __ATOMIC_RELEASE);
+	if (hv == &h->vms[h->nr_vms])
+		__atomic_store_n(&h->nr_vms, h->nr_vms + 1, __ATOMIC_RELEASE);
+	else
+		__atomic_store_n(&h->vacant[hv - h->vms], false, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&h->lock);
 	pthread_rwlock_unlock(&h->vms_lock);
 	*out = hv;
@@ -434,12 +460,14 @@ int host_create(const struct host_config *cfg, struct host **out)
 	h->stop_efd = -1;
 	pthread_mutex_init(&h->lock, NULL);
 	pthread_mutex_init(&h->pause_lock, NULL);
-	h->cap_vms = cfg->nr_vms + HOST_INCOMING_MAX;
+	h->cap_vms = cfg->max_vms ? cfg->max_vms : cfg->nr_vms + HOST_INCOMING_MAX;
+	h->max_arrivals = h->cap_vms < HOST_INCOMING_MAX ? h->cap_vms : HOST_INCOMING_MAX;
 	pthread_rwlock_init(&h->vms_lock, NULL);
 	pthread_mutex_init(&h->arrivals_lock, NULL);
 	pthread_mutex_init(&h->clones_lock, NULL);
 	h->vms = kv_calloc(h->cap_vms ? h->cap_vms : 1, sizeof(*h->vms));
-	if (!h->vms) {
+	h->vacant = kv_calloc(h->cap_vms ? h->cap_vms : 1, sizeof(*h->vacant));
+	if (!h->vms || !h->vacant) {
 		ret = -ENOMEM;
 		goto out_destroy;
 	}
@@ -644,7 +672,7 @@ static void stop_all(struct host *h)
 	h->closing = true;
 	pthread_mutex_unlock(&h->lock);
 	for (unsigned int i = 0; i < host_nr_vms(h); i++)
-		if (!h->vms[i].released)
+		if (!host_vm_vacant(h, i) && !h->vms[i].released)
 			vm_request_stop(h->vms[i].vm, VM_STATUS_STOPPED);
 }
 
@@ -655,7 +683,7 @@ static bool all_stopped(struct host *h)
 
 	pthread_mutex_lock(&h->lock);
 	for (unsigned int i = 0; i < host_nr_vms(h); i++)
-		all &= h->vms[i].stopped || h->vms[i].released;
+		all &= host_vm_vacant(h, i) || h->vms[i].stopped || h->vms[i].released;
 	pthread_mutex_unlock(&h->lock);
 	return all;
 }
@@ -711,13 +739,12 @@ int host_run(struct host *h)
 		close(sfd);
 		return ret == -ENOEXEC ? 2 : 1;
 	}
-	/* A host that accepts VMs runs until told to stop, with or without VMs. */
 	/*
 	 * A host that accepts VMs runs until told to stop, with or without VMs;
 	 * one whose last VM just migrated away stays a moment, so that whoever
 	 * follows the migration (kvmem migrate) reads how it ended.
 	 */
-	for (;;) {
+	for (bool waiting = false;;) {
 		struct pollfd pfd[2] = { { h->stop_efd, POLLIN, 0 }, { sfd, POLLIN, 0 } };
 		int linger = 0;
 		uint64_t n;
@@ -729,6 +756,9 @@ int host_run(struct host *h)
 			if (!linger)
 				break;
 		}
+		/* A VM that left waits for its job to end before its entry is free: look again soon. */
+		if (waiting && (!linger || linger > RELEASE_RETRY_MS))
+			linger = RELEASE_RETRY_MS;
 		if (poll(pfd, 2, linger ? linger : -1) < 0) {
 			if (errno != EINTR) {
 				failed = "poll";
@@ -750,7 +780,7 @@ int host_run(struct host *h)
 			host_migration_stop(h);
 			stop_all(h);
 		}
-		host_release_gone(h);
+		waiting = host_release_gone(h);
 	}
 	if (failed) {
 		/*
@@ -771,7 +801,7 @@ int host_run(struct host *h)
 	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
 		int s;
 
-		if (h->vms[i].released)
+		if (host_vm_vacant(h, i) || h->vms[i].released)
 			continue;
 		s = vm_wait(h->vms[i].vm);
 		if (host_nr_vms(h) == 1 || (s && !status))
@@ -863,6 +893,7 @@ void host_destroy(struct host *h)
 		explicit_bzero(h->fp_key, h->fp_key_len);
 	kv_free(h->fp_key);
 	kv_free(h->vms);
+	kv_free(h->vacant);
 	kv_free(h);
 }
 
@@ -872,6 +903,8 @@ struct host_vm *host_find_vm(struct host *h, const char *name)
 		struct host_vm *hv = &h->vms[i];
 		bool here;
 
+		if (host_vm_vacant(h, i))
+			continue;
 		pthread_mutex_lock(&h->lock);
 		here = !hv->released && !hv->gone && !hv->incoming && !hv->removing;
 		pthread_mutex_unlock(&h->lock);
@@ -1269,7 +1302,7 @@ json_t *host_list_json(struct host *h)
 	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
 		struct host_vm *hv = &h->vms[i];
 
-		if (hv->released)
+		if (host_vm_vacant(h, i) || hv->released)
 			continue;
 		json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:I, s:i}", "name", hv->cfg.name,
 						     "state", host_vm_state(hv),
@@ -1411,7 +1444,8 @@ static struct mem_usage *ledger_read(struct host *h, unsigned int *nr, struct me
 
 	if (u && gms) {
 		for (unsigned int i = 0; i < n; i++)
-			gms[i] = h->vms[i].released || !h->vms[i].vm ? NULL : vm_gm(h->vms[i].vm);
+			gms[i] = host_vm_vacant(h, i) || h->vms[i].released || !h->vms[i].vm
+					 ? NULL : vm_gm(h->vms[i].vm);
 		mem_ledger_read(h->ledger, MEM_LEDGER_MAX_AGE_NS, gms, n, u, host);
 	} else {
 		kv_free(u);
@@ -1435,6 +1469,7 @@ json_t *host_stats_json(struct host *h)
 
 	ovc_get_stats(h->ovc, &hs);
 	vu = ledger_read(h, &nr_vu, &hu);
+	host_migration_history_json(h, migrations);
 	host_migration_refused_json(h, migrations);
 	/* The VMs of the ledger's reading: one taken in since is in the next reply. */
 	for (unsigned int i = 0; i < (vu ? nr_vu : host_nr_vms(h)); i++) {
@@ -1443,6 +1478,8 @@ json_t *host_stats_json(struct host *h)
 		struct ovc_vm_stats vs;
 		json_t *vo;
 
+		if (host_vm_vacant(h, i))
+			continue;
 		/* A VM that left is shown by how it left, and nothing else. */
 		if (hv->released) {
 			if (hv->mig)

@@ -31,6 +31,8 @@ enum host_dedup_mode {
  * not act before the kernel does.
  */
 #define HOST_HARD_LIMIT_GAP (32ULL << 20)
+/* The most VMs a host may be told to hold at a time ("max_vms"). */
+#define HOST_MAX_VMS 4096
 
 /* Where the policy's access information (mem/access.h) comes from. */
 enum host_access {
@@ -78,6 +80,8 @@ struct host_config {
 	gid_t socket_gid;	/* the config's "socket_group", resolved */
 	bool console_prefix;	/* "[name] " before every console line */
 	bool seccomp_off;	/* no seccomp filters (--no-seccomp, "seccomp": false): debugging */
+	/* VMs it holds at a time, its config's included ("max_vms"); 0: those and 64 more */
+	unsigned int max_vms;
 	enum host_dedup_mode dedup;
 	enum host_access access;
 	uint64_t hard_limit_bytes; /* a memory cgroup of its own limited to this (0: none) */

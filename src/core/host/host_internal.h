@@ -4,11 +4,18 @@
  * migration side of the host (migration.c) share them.
  *
  * The VM array has room for the configured VMs and HOST_INCOMING_MAX more
- * (migrated in, restored). It never moves. An entry is filled
- * before nr_vms counts it (release; readers load it with acquire), and a
- * VM that leaves (migrated away, or an incoming one discarded) keeps its
- * entry: its resources are released by the main thread under the write
- * side of vms_lock, which every control verb holds for reading.
+ * (started by a verb, migrated in, restored) at a time. It never moves. An
+ * entry is filled before nr_vms counts it (release; readers load it with
+ * acquire), and a VM that leaves (migrated away, saved, removed, or an
+ * incoming one discarded) keeps its entry until its job has ended: its
+ * resources are released by the main thread under the write side of
+ * vms_lock, which every control verb holds for reading. Then the main
+ * thread, under that write side too, makes the entry vacant, keeping how
+ * the VM left (its last job's figures) in the host's history. A vacant
+ * entry takes the next VM in once every entry has been used; it is filled
+ * while still vacant, and published by clearing its vacancy (release).
+ * Every walk of the array skips vacant entries (host_vm_vacant, acquire)
+ * before it reads anything else of them.
  */
 #ifndef KVMEM_CORE_HOST_INTERNAL_H
 #define KVMEM_CORE_HOST_INTERNAL_H
@@ -16,8 +23,11 @@
 #include <pthread.h>
 
 #include "core/host/host.h"
+#include "migrate/migrate.h"
 
 #define HOST_INCOMING_MAX 64
+/* How the last VMs that left went (their last migration or save), for the stats. */
+#define HOST_HISTORY_MAX 16
 #define HOST_GROUP_MAX 63		/* characters of a sharing group's name */
 #define HOST_GROUP_DEFAULT "default"
 
@@ -62,9 +72,11 @@ struct host_vm {
 	bool owns_cfg;			/* cfg's strings are its own (an incoming VM's) */
 	/*
 	 * Its last migration, either way (h->lock): one away is the VM's to
-	 * free, the one that brought it here its arrival's (migration.c).
+	 * free, the one that brought it here its arrival's until that arrival
+	 * ends and hands it over (migration.c): mig_owned says which.
 	 */
 	struct mig_job *mig;
+	bool mig_owned;
 };
 
 struct host {
@@ -73,8 +85,13 @@ struct host {
 	bool closing;			/* lock: stopping every VM: none is taken in any more */
 	pthread_mutex_t pause_lock;	/* pauses and resumes, by hand or by the policy */
 	struct host_vm *vms;		/* never moves: cap_vms entries */
+	bool *vacant;			/* per entry: vacant (release/acquire; see above) */
 	unsigned int cap_vms;
-	unsigned int nr_vms;		/* entries in use (release/acquire; written under lock) */
+	unsigned int nr_vms;		/* entries ever used (release/acquire; written under lock) */
+	unsigned int max_arrivals;	/* arrivals at a time: HOST_INCOMING_MAX, or fewer */
+	/* lock: the last jobs of VMs whose entries went vacant, oldest first from history_first */
+	struct mig_progress history[HOST_HISTORY_MAX];
+	unsigned int nr_history, history_first;
 	pthread_rwlock_t vms_lock;	/* read: a verb runs; write: a VM is released */
 	unsigned int nr_running;
 	int stop_efd;			/* bumped when a VM stops */
@@ -101,10 +118,16 @@ struct host {
 	bool clones_closed;		/* clones_lock: the host stops: no more start */
 };
 
-/* VMs counted so far (acquire: their entries are complete). */
+/* Entries used so far (acquire: they are complete, or vacant). */
 static inline unsigned int host_nr_vms(const struct host *h)
 {
 	return __atomic_load_n(&h->nr_vms, __ATOMIC_ACQUIRE);
+}
+
+/* Entry i holds nothing: skip it, reading nothing else of it (acquire). */
+static inline bool host_vm_vacant(const struct host *h, unsigned int i)
+{
+	return __atomic_load_n(&h->vacant[i], __ATOMIC_ACQUIRE);
 }
 
 /* Create hv's VM and its devices from hv->cfg (nothing runs). host.c. */
@@ -184,8 +207,14 @@ int host_fingerprint_register(struct host *h);
 json_t *host_clones_json(struct host *h);
 /* Start no more clone requests and wait for those at work (after host_migration_stop). */
 void host_clones_stop(struct host *h);
-/* The main thread: release every VM that left (migrated away, or discarded). */
-void host_release_gone(struct host *h);
+/*
+ * The main thread: release every VM that left (migrated away, saved,
+ * removed, or discarded), and make the entries of those whose jobs ended
+ * vacant. True while an entry still waits for its job to end.
+ */
+bool host_release_gone(struct host *h);
+/* Append how the VMs whose entries went vacant left (the history) to arr. */
+void host_migration_history_json(struct host *h, json_t *arr);
 /* What a VM's owner does for a job that sends it away (to a host or a file). */
 extern const struct mig_source_ops host_source_ops;
 /*

@@ -371,17 +371,21 @@ void host_vm_set_job(struct host *h, struct host_vm *hv, struct mig_job *job)
 {
 	struct mig_job *old;
 
+	bool owned;
+
 	pthread_mutex_lock(&h->lock);
 	old = hv->mig;
+	owned = hv->mig_owned;
 	hv->mig = job;
+	hv->mig_owned = true;
 	hv->job_starting = false;
 	pthread_mutex_unlock(&h->lock);
 	/*
 	 * Finished (host_vm_migrating said so): nobody reads it any more. The
 	 * job that brought the VM here (an arrival, a restore) is its
-	 * arrival's, freed with the arrivals.
+	 * arrival's until the arrival ends, which then leaves it to the VM.
 	 */
-	if (old && mig_job_is_source(old))
+	if (old && owned)
 		mig_job_free(old);
 }
 
@@ -786,28 +790,36 @@ static void dst_discard(void *arg)
 }
 
 /*
- * Wait for an arrival's job to end, then forget it: its VM (if it reserved
- * one, which it may have done up to its end) no longer points at the job
- * once it is freed.
+ * Wait for an arrival's job to end, then forget it. Its VM (if it reserved
+ * one, which it may have done up to its end) that still shows the job as
+ * its last migration takes it over, to free with its next job or its
+ * entry; else the job goes now. a->hv may be vacant by now, or hold
+ * another VM: its mig is then NULL or another job.
  */
 static void arrival_free(struct host *h, struct arrival *a)
 {
+	bool handed_over;
+
 	while (!mig_job_finished(a->job))
 		nanosleep(&(struct timespec){ .tv_nsec = 10000000 }, NULL);
 	pthread_mutex_lock(&h->lock);
-	if (a->hv && a->hv->mig == a->job)
-		a->hv->mig = NULL;
+	handed_over = a->hv && a->hv->mig == a->job;
+	if (handed_over)
+		a->hv->mig_owned = true;
 	pthread_mutex_unlock(&h->lock);
-	mig_job_free(a->job);
+	if (!handed_over)
+		mig_job_free(a->job);
 	kv_free(a->name);
 	kv_free(a->file);
 	kv_free(a);
 }
 
 /*
- * Arrivals that ended without a VM (refused, failed before reserving, a
- * peer that never proved the secret) go, so that they cannot use up the
- * room for arrivals; arrivals_lock held.
+ * Arrivals that ended go, so that they cannot use up the room for
+ * arrivals: those without a VM (refused, failed before reserving, a peer
+ * that never proved the secret) and those that brought one, whose VM keeps
+ * the job to show; a restore's once its verb has read how it ended.
+ * arrivals_lock held.
  */
 static void reap_arrivals(struct host *h)
 {
@@ -817,7 +829,7 @@ static void reap_arrivals(struct host *h)
 		struct arrival *a = h->arrivals[i];
 
 		/* A restore's outcome goes once its verb has read it. */
-		if (!a->hv && mig_job_finished(a->job) && (!a->file || a->seen))
+		if (mig_job_finished(a->job) && (!a->file || a->seen))
 			arrival_free(h, a);
 		else
 			h->arrivals[kept++] = a;
@@ -888,7 +900,7 @@ static void *incoming_thread(void *arg)
 		a = kv_zalloc(sizeof(*a));
 		pthread_mutex_lock(&in->h->arrivals_lock);
 		reap_arrivals(in->h);
-		if (!a || in->h->nr_arrivals == HOST_INCOMING_MAX) {
+		if (!a || in->h->nr_arrivals == in->h->max_arrivals) {
 			pthread_mutex_unlock(&in->h->arrivals_lock);
 			log_warn_ratelimited("incoming migration from %s refused: no room", peer);
 			kv_free(a);
@@ -970,6 +982,8 @@ void host_migration_stop(struct host *h)
 	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
 		struct host_vm *hv = &h->vms[i];
 
+		if (host_vm_vacant(h, i))
+			continue;
 		pthread_mutex_lock(&h->lock);
 		if (hv->mig && !mig_job_finished(hv->mig))
 			mig_job_cancel(hv->mig);
@@ -1020,7 +1034,7 @@ int host_restore_start(struct host *h, const char *path, const char *name,
 	a->img = img;
 	pthread_mutex_lock(&h->arrivals_lock);
 	reap_arrivals(h);
-	if (h->nr_arrivals == HOST_INCOMING_MAX || h->arrivals_closed) {
+	if (h->nr_arrivals == h->max_arrivals || h->arrivals_closed) {
 		ret = h->arrivals_closed ? -ECANCELED : -EAGAIN;
 		pthread_mutex_unlock(&h->arrivals_lock);
 		kv_free(a->file);
@@ -1029,7 +1043,7 @@ int host_restore_start(struct host *h, const char *path, const char *name,
 		if (ret == -ECANCELED)
 			snprintf(why, whylen, "the host is stopping");
 		else
-			snprintf(why, whylen, "%u VMs are arriving already", HOST_INCOMING_MAX);
+			snprintf(why, whylen, "%u VMs are arriving already", h->max_arrivals);
 		return ret;
 	}
 	/* The job is the arrival's before its thread can reserve (which records it). */
@@ -1077,16 +1091,59 @@ static bool releasable(struct host_vm *hv)
 			     !(hv->mig && mig_job_is_source(hv->mig) && !mig_job_finished(hv->mig))));
 }
 
-void host_release_gone(struct host *h)
+/*
+ * vms_lock's write side held (no walk of the verbs runs): empty the entry
+ * of a VM released here whose job, if it had one, has ended (one at work
+ * may still call on the entry), keeping that job's figures in the history.
+ * A job still an arrival's is the arrival's to free; one the VM owned goes
+ * with it. False when its job is still at work.
+ */
+static bool vacate(struct host *h, unsigned int i)
 {
+	struct host_vm *hv = &h->vms[i];
+	struct mig_job *job;
+	bool owned;
+
+	pthread_mutex_lock(&h->lock);
+	job = hv->mig;
+	owned = hv->mig_owned;
+	if (job && !mig_job_finished(job)) {
+		pthread_mutex_unlock(&h->lock);
+		return false;
+	}
+	if (job) {
+		unsigned int at = (h->history_first + h->nr_history) % HOST_HISTORY_MAX;
+
+		mig_job_progress(job, &h->history[at]);
+		if (h->nr_history < HOST_HISTORY_MAX)
+			h->nr_history++;
+		else
+			h->history_first = (h->history_first + 1) % HOST_HISTORY_MAX;
+	}
+	memset(hv, 0, sizeof(*hv));
+	hv->released = true;
+	__atomic_store_n(&h->vacant[i], true, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&h->lock);
+	if (job && owned)
+		mig_job_free(job);
+	return true;
+}
+
+bool host_release_gone(struct host *h)
+{
+	bool waiting = false;
+
 	for (unsigned int i = 0; i < host_nr_vms(h); i++) {
 		struct host_vm *hv = &h->vms[i];
-		bool gone;
+		bool gone, left;
 
+		if (host_vm_vacant(h, i))
+			continue;
 		pthread_mutex_lock(&h->lock);
 		gone = releasable(hv);
+		left = hv->released;
 		pthread_mutex_unlock(&h->lock);
-		if (!gone)
+		if (!gone && !left)
 			continue;
 		pthread_rwlock_wrlock(&h->vms_lock);
 		/* Again: a verb may have started a job while this waited for the verbs to end. */
@@ -1099,6 +1156,18 @@ void host_release_gone(struct host *h)
 			hv->stopped = true;
 			pthread_mutex_unlock(&h->lock);
 		}
+		if ((gone || left) && !vacate(h, i))
+			waiting = true;
 		pthread_rwlock_unlock(&h->vms_lock);
 	}
+	return waiting;
+}
+
+void host_migration_history_json(struct host *h, json_t *arr)
+{
+	pthread_mutex_lock(&h->lock);
+	for (unsigned int k = 0; k < h->nr_history; k++)
+		json_array_append_new(arr, host_job_json(
+			&h->history[(h->history_first + k) % HOST_HISTORY_MAX]));
+	pthread_mutex_unlock(&h->lock);
 }

@@ -1433,10 +1433,13 @@ static void usage_json(json_t *o, const struct mem_usage *u)
 }
 
 /*
- * The ledger's figures for each of the first *n VMs still here (vm[i] for
- * h->vms[i]) and the host's.
+ * The ledger's figures for each of the first *n entries (u[i] for
+ * h->vms[i]) and the host's, and which entries held a VM it read (*read,
+ * the entry's memory, or NULL): an entry filled since (a vacant one taken)
+ * has no figures in this reading. NULL when out of memory.
  */
-static struct mem_usage *ledger_read(struct host *h, unsigned int *nr, struct mem_usage *host)
+static struct mem_usage *ledger_read(struct host *h, unsigned int *nr, struct mem_usage *host,
+				     struct gm ***read)
 {
 	unsigned int n = *nr = host_nr_vms(h);
 	struct mem_usage *u = kv_calloc(n ? n : 1, sizeof(*u));
@@ -1449,9 +1452,11 @@ static struct mem_usage *ledger_read(struct host *h, unsigned int *nr, struct me
 		mem_ledger_read(h->ledger, MEM_LEDGER_MAX_AGE_NS, gms, n, u, host);
 	} else {
 		kv_free(u);
+		kv_free(gms);
 		u = NULL;
+		gms = NULL;
 	}
-	kv_free(gms);
+	*read = gms;
 	return u;
 }
 
@@ -1466,9 +1471,10 @@ json_t *host_stats_json(struct host *h)
 	json_t *dedup, *swap, *out;
 	struct mem_usage hu = { 0 }, *vu;
 	unsigned int nr_vu;
+	struct gm **read;
 
 	ovc_get_stats(h->ovc, &hs);
-	vu = ledger_read(h, &nr_vu, &hu);
+	vu = ledger_read(h, &nr_vu, &hu, &read);
 	host_migration_history_json(h, migrations);
 	host_migration_refused_json(h, migrations);
 	/* The VMs of the ledger's reading: one taken in since is in the next reply. */
@@ -1486,6 +1492,9 @@ json_t *host_stats_json(struct host *h)
 				json_array_append_new(migrations, host_vm_migration_json(hv));
 			continue;
 		}
+		/* Taken in after the ledger's reading (into a vacant entry): the next reply has it. */
+		if (vu && !read[i])
+			continue;
 
 		/*
 		 * The device first: the policy publishes a target's reason before it
@@ -1634,5 +1643,6 @@ json_t *host_stats_json(struct host *h)
 		json_decref(groups);
 	}
 	kv_free(vu);
+	kv_free(read);
 	return out;
 }

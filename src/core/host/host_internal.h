@@ -253,6 +253,11 @@ int host_restore_start(struct host *h, const char *path, const char *name,
 		       char *why, size_t whylen);
 /* Restore id's progress: 1 when it ended, 0 while it runs, -ENOENT when gone. */
 int host_restore_progress(struct host *h, uint64_t id, struct mig_progress *out);
+/*
+ * Nobody follows restore id any more (its verb answered before it ended):
+ * it goes once it ends, its VM showing how, rather than wait to be read.
+ */
+void host_restore_forget(struct host *h, uint64_t id);
 /* A job's progress as the stats show it (new reference). */
 json_t *host_job_json(const struct mig_progress *p);
 

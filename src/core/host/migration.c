@@ -714,7 +714,10 @@ static int dst_reserve(void *arg, json_t *desc, struct vm **vm, char *why, size_
 			  &hv, why, whylen);
 	if (ret)
 		return ret;
+	/* The stats read it under arrivals_lock (host_migration_refused_json). */
+	pthread_mutex_lock(&h->arrivals_lock);
 	a->hv = hv;
+	pthread_mutex_unlock(&h->arrivals_lock);
 	*vm = hv->vm;
 	log_info("%s: %s (%" PRIu64 " MiB, %" PRIu64 " MiB resident at the source)",
 		 hv->cfg.name, a->file ? "restoring" : "arriving", hv->cfg.mem_bytes >> 20,
@@ -1079,6 +1082,15 @@ int host_restore_progress(struct host *h, uint64_t id, struct mig_progress *out)
 	return ret;
 }
 
+void host_restore_forget(struct host *h, uint64_t id)
+{
+	pthread_mutex_lock(&h->arrivals_lock);
+	for (unsigned int i = 0; i < h->nr_arrivals; i++)
+		if (h->arrivals[i]->id == id)
+			h->arrivals[i]->seen = true;
+	pthread_mutex_unlock(&h->arrivals_lock);
+}
+
 /*
  * To be released now: gone, or being removed and stopped (h->lock). A VM being
  * removed never gets a job (host_vm_begin_job refuses it), and one with a job
@@ -1142,6 +1154,11 @@ bool host_release_gone(struct host *h)
 		pthread_mutex_lock(&h->lock);
 		gone = releasable(hv);
 		left = hv->released;
+		/* One whose job still runs: not worth the write side yet. */
+		if (left && hv->mig && !mig_job_finished(hv->mig)) {
+			left = false;
+			waiting = true;
+		}
 		pthread_mutex_unlock(&h->lock);
 		if (!gone && !left)
 			continue;

@@ -139,6 +139,8 @@ static int restore_verb(void *arg, json_t *req, json_t *reply)
 	if (ret)
 		return control_reply_error(reply, -ret, "cannot restore: %s", why);
 	ret = restore_wait(h, id, RESTORE_WAIT_MS, &prog);
+	if (ret == 0)
+		host_restore_forget(h, id);
 	if (ret < 0)
 		return control_reply_error(reply, EIO, "the restore of %s is no longer known", file);
 	if (ret == 1 && prog.stage != MIG_STAGE_DONE)

@@ -107,8 +107,9 @@ job=$out/job.sh
 	# lock), with the LAPIC timer or the PIT, under kvmem or QEMU + KVM.
 	# noapictimer leaves the guest no timer at all: with the TSC deadline
 	# timer in its CPUID, Linux also stops the PIT (it expects the LAPIC
-	# timer), so nothing ticks, one vCPU boots every time, and nothing that
-	# sleeps in the guest ever wakes (KVMEM_LINUX_TIMERS=0 tells the tests).
+	# timer), so nothing ticks and one vCPU boots nearly every time (the
+	# UART's and the balloon's interrupts remain), but nothing that sleeps
+	# in the guest ever wakes (KVMEM_LINUX_TIMERS=0 tells the tests).
 	# A second vCPU still hangs the boot. The Linux tests take these from
 	# here (--env overrides them).
 	echo "export KVMEM_LINUX_APPEND=noapictimer KVMEM_LINUX_CPUS=1 KVMEM_LINUX_TIMERS=0"

@@ -8,8 +8,9 @@ end, in one boot of Debian's kernel (512 MiB, the workload kvmem-linux-wl):
    its total memory among them;
 3. inflate to a target 256 MiB below the guest's memory: the balloon holds
    256 MiB, the guest's free memory falls by as much, and the VM's resident
-   memory stays within what it keeps; deflate back: the balloon empties and
-   the guest has its memory free again.
+   memory stays within what it keeps (falling, where the workload's freed
+   pages were still resident: unreported); deflate back: the balloon
+   empties and the guest has its memory free again.
 kvm only (linuxhelp.require_linux skips elsewhere, saying why). Every wait is
 a poll with a generous deadline; nothing asserts on timing."""
 import os

@@ -28,6 +28,9 @@ DOWN = 256
 BUDGET = "16G"
 # Under the nested VM's emulation a boot takes a minute or two; natively seconds.
 BOOT_S = 600
+# ... and the driver's 256 requests of a 256 MiB inflate or deflate take minutes there on a
+# loaded machine (a deflate had done 190 of them in 5 minutes at a load average of 12).
+BALLOON_S = 900
 
 require_accel()
 kernel, initrd = require_linux()
@@ -120,7 +123,7 @@ try:
     set_target(f"{(RAM >> 20) - DOWN}M", "inflate")
     ok, v = wait_state(sock, "vm0", lambda v: v["balloon"]["balloon_actual_bytes"] == DOWN * MIB,
                        f"inflate: the driver filled the balloon to {DOWN} MiB",
-                       show=lambda v: v["balloon"], deadline_s=300)
+                       show=lambda v: v["balloon"], deadline_s=BALLOON_S)
     if ok:
         c = v["balloon"]["counters"]
         check(c["inflated_pages"] >= DOWN * PAGES_PER_MIB and c["needs_reset"] == 0 and
@@ -144,7 +147,7 @@ try:
     wait_state(sock, "vm0", lambda v: v["balloon"]["balloon_actual_bytes"] == 0 and
                v["balloon"]["counters"]["deflated_pages"] >= DOWN * PAGES_PER_MIB,
                "deflate: the balloon is empty, every page given back",
-               show=lambda v: v["balloon"], deadline_s=300)
+               show=lambda v: v["balloon"], deadline_s=BALLOON_S)
     wait_state(sock, "vm0", lambda v: v["balloon"]["guest"].get("free_bytes", 0) >=
                free0 - 16 * MIB, "deflate: the guest has its memory free again",
                show=lambda v: f"free {v['balloon']['guest'].get('free_bytes', 0) / MIB:.1f} MiB",

@@ -150,7 +150,9 @@ try:
                show=lambda v: v["balloon"], deadline_s=BALLOON_S)
     wait_state(sock, "vm0", lambda v: v["balloon"]["guest"].get("free_bytes", 0) >=
                free0 - 16 * MIB, "deflate: the guest has its memory free again",
-               show=lambda v: f"free {v['balloon']['guest'].get('free_bytes', 0) / MIB:.1f} MiB",
+               # The count of stats updates tells a guest that stopped from a driver that did.
+               show=lambda v: f"free {v['balloon']['guest'].get('free_bytes', 0) / MIB:.1f} MiB, "
+                              f"stats updates {v['balloon']['guest'].get('updates')}",
                deadline_s=120)
     check(host.alive() and vm()["state"] == "running", "the VM is still running")
     check(not any("verify FAIL" in l or l.startswith("kvmem-linux: FAIL") for l in host.stdout()),

@@ -14,14 +14,16 @@ PAGE = 4096
 class DedupHost:
     """kvmem host with one VM per workload spec, dedup on, console prefixed."""
 
-    def __init__(self, wls, mem="128M", dedup="on"):
+    def __init__(self, wls, mem="128M", dedup="on", boot=None):
+        """boot(wl) gives what boots a VM with workload wl in its config (a Linux kernel's
+        "kernel", "initrd" and "cmdline"); by default the kvmem guest with it on "append"."""
         self.dir = tmpdir()
         self.sock = os.path.join(self.dir, "k.sock")
         self.names = [chr(ord("a") + i) for i in range(len(wls))]
+        boot = boot or (lambda wl: {"append": "kvmem.wl=" + wl})
         cfg = host_config(self.dir, {
             "budget": "8G", "socket": self.sock, "console_prefix": True, "dedup": dedup,
-            "vms": [{"name": n, "mem": mem, "append": "kvmem.wl=" + wl}
-                    for n, wl in zip(self.names, wls)]})
+            "vms": [dict({"name": n, "mem": mem}, **boot(wl)) for n, wl in zip(self.names, wls)]})
         self.host = Host(["host", "--config", cfg])
         check(wait_socket(self.host, self.sock), "the host serves its control socket")
 

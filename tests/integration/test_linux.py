@@ -5,7 +5,6 @@ kernel cannot run: on thread and on kvm-pvm. On hardware KVM it boots, which
 test_linux_boot checks. The kernel image is Debian's (linux-image-amd64;
 KVMEM_TEST_KERNEL names another); without one, the checks that need it say
 so and the others run."""
-import glob
 import os
 import re
 import shutil
@@ -13,18 +12,9 @@ import struct
 import tempfile
 
 from kvmemtest import ACCEL, check, finish, require_accel, run
+from linuxhelp import find_kernel
 
 require_accel()
-
-
-def find_kernel():
-    env = os.environ.get("KVMEM_TEST_KERNEL")
-    if env:
-        return env if os.access(env, os.R_OK) else None
-    for path in sorted(glob.glob("/boot/vmlinuz-*"), reverse=True):
-        if os.access(path, os.R_OK):
-            return path
-    return None
 
 
 def refused(args, says, what):

@@ -100,12 +100,19 @@ job=$out/job.sh
 	echo "# written by tests/nested/run.sh; runs inside the nested VM"
 	echo "export OUT=$(q "$out")"
 	echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8"
-	# A Linux guest's LAPIC timer interrupt reaches it here at times while
-	# its interrupts are disabled (QEMU 7.2's emulated SVM; QEMU's own L2
-	# guests too), which deadlocks its boot; with noapictimer it ticks from
-	# the PIT and one vCPU boots every time, while a second still hangs the
-	# boot. The Linux boot test takes both from here (--env overrides them).
-	echo "export KVMEM_LINUX_APPEND=noapictimer KVMEM_LINUX_CPUS=1"
+	# A ticking Linux guest deadlocks here sooner or later: QEMU 7.2's
+	# emulated SVM reports the interrupt window of a pending timer
+	# interrupt to L1's KVM while the guest's interrupts are still
+	# disabled (a lock holder is interrupted by a handler that wants the
+	# lock), with the LAPIC timer or the PIT, under kvmem or QEMU + KVM.
+	# noapictimer leaves the guest no timer at all: with the TSC deadline
+	# timer in its CPUID, Linux also stops the PIT (it expects the LAPIC
+	# timer), so nothing ticks and one vCPU boots nearly every time (the
+	# UART's and the balloon's interrupts remain), but nothing that sleeps
+	# in the guest ever wakes (KVMEM_LINUX_TIMERS=0 tells the tests).
+	# A second vCPU still hangs the boot. The Linux tests take these from
+	# here (--env overrides them).
+	echo "export KVMEM_LINUX_APPEND=noapictimer KVMEM_LINUX_CPUS=1 KVMEM_LINUX_TIMERS=0"
 	for e in "${envs[@]}"; do echo "export $(q "$e")"; done
 	cat "$here/job-lib.sh"
 	echo "cd $(q "$repo") || exit 1"

@@ -70,8 +70,8 @@ def balloon_moved():
                 unexplained.append((name, b["target_bytes"]))
             if name not in first:
                 first[name] = len(first)
-                # The decision that moved the target, before later ones replace it.
-                reasons[name] = b["reason"]
+            # The decisions that moved the target, as samples saw them.
+            reasons.setdefault(name, []).append(b["reason"])
     return st if st["host"]["used_bytes"] <= budget else None
 
 
@@ -92,8 +92,12 @@ for v in (idle, busy):
     check(v["balloon"]["target_bytes"] >= v["min_bytes"],
           f"{v['name']}: target {v['balloon']['target_bytes'] // MIB} MiB >= min "
           f"{v['min_bytes'] // MIB} MiB")
-check(reasons.get("idle", "").startswith("inflate"),
-      f"the decision is in the stats with its reason: {reasons.get('idle')!r}")
+# The inflate that moved it, or, when the samples came only after the host
+# was back under budget (a slow machine), the deflate that follows one: a
+# target below mem is a decision, named with its reason either way.
+seen_reasons = reasons.get("idle", [])
+check(bool(seen_reasons) and all(r.startswith(("inflate: ", "deflate: ")) for r in seen_reasons),
+      f"the decision is in the stats with its reason: {sorted(set(seen_reasons))}")
 check(not unexplained, f"no sample showed a moved target without its reason ({unexplained[:3]})")
 check(idle["entitlement_bytes"] < busy["entitlement_bytes"],
       "the idle guest is entitled to less than the busy one (idle-memory tax)")

@@ -76,9 +76,11 @@ try:
             ok, st_b = wait_state(sock_b, None, lambda st: st["host"]["damon"] is not None,
                                   "it takes DAMON once its VM runs")
             sb = st_b["host"]
+            why_b = [l for l in b.stderr() if "access information:" in l]
             check(sb["access_source"] == "damon" and
                   sb["damon"]["kdamond"] != dm["kdamond"],
-                  f"it has DAMON too, on a kdamond of its own ({sb['damon']} beside {dm})")
+                  f"it has DAMON too, on a kdamond of its own ({sb['damon']} beside {dm}; "
+                  f"{why_b})")
             passes_on(sock_b, "the second host's regions are read")
             same_kdamond(sock_a, dm, "the first host's too, while the second runs")
         finally:

@@ -301,6 +301,7 @@ int host_add_vm(struct host *h, struct host_vm_config *c, const struct host_vm_o
 	struct ovc_stats hs;
 	struct host_vm *hv = NULL;
 	uint64_t sum_min = 0;
+	bool fresh;
 	int ret;
 
 	ret = host_group_check(c->sharing_group ? c->sharing_group : HOST_GROUP_DEFAULT,
@@ -340,7 +341,8 @@ int host_add_vm(struct host *h, struct host_vm_config *c, const struct host_vm_o
 		}
 	}
 	/* An entry never used, else a vacant one (the main thread emptied it). */
-	if (h->nr_vms < h->cap_vms) {
+	fresh = h->nr_vms < h->cap_vms;
+	if (fresh) {
 		hv = &h->vms[h->nr_vms];
 		memset(hv, 0, sizeof(*hv));
 	} else {
@@ -372,13 +374,11 @@ int host_add_vm(struct host *h, struct host_vm_config *c, const struct host_vm_o
 	hv->clone = o->clone;
 	ret = host_create_vm(h, hv);
 	if (ret) {
-		bool reused = hv != &h->vms[h->nr_vms];
-
 		hv->mig = NULL;
 		host_release_vm(h, hv);
 		memset(hv, 0, sizeof(*hv));
 		/* A vacant entry stays vacant: released, as the walks that get past vacancy see it. */
-		hv->released = reused;
+		hv->released = !fresh;
 		pthread_mutex_unlock(&h->lock);
 		pthread_rwlock_unlock(&h->vms_lock);
 		snprintf(why, whylen, "%s", ret == -EADDRINUSE
@@ -386,7 +386,7 @@ int host_add_vm(struct host *h, struct host_vm_config *c, const struct host_vm_o
 			   "resumes only there: does the VM it came from run here?)" : strerror(-ret));
 		return ret;
 	}
-	if (hv == &h->vms[h->nr_vms])
+	if (fresh)
 		__atomic_store_n(&h->nr_vms, h->nr_vms + 1, __ATOMIC_RELEASE);
 	else
 		__atomic_store_n(&h->vacant[hv - h->vms], false, __ATOMIC_RELEASE);

@@ -370,7 +370,6 @@ void host_vm_abandon_job(struct host *h, struct host_vm *hv)
 void host_vm_set_job(struct host *h, struct host_vm *hv, struct mig_job *job)
 {
 	struct mig_job *old;
-
 	bool owned;
 
 	pthread_mutex_lock(&h->lock);
@@ -1173,7 +1172,8 @@ bool host_release_gone(struct host *h)
 			hv->stopped = true;
 			pthread_mutex_unlock(&h->lock);
 		}
-		if ((gone || left) && !vacate(h, i))
+		/* Released now (or before): empty its entry once its job has ended. */
+		if (hv->released && !vacate(h, i))
 			waiting = true;
 		pthread_rwlock_unlock(&h->vms_lock);
 	}

@@ -79,6 +79,15 @@ bash "$here/setup.sh" --env-out "$work/.env.$$"
 . "$work/.env.$$"
 rm -f "$work/.env.$$"
 
+# One nested VM at a time: two would fight over the core QEMU's one TCG
+# thread leaves free, and a second run's clean-up would prune the first's
+# run dir. A run that finds another waits for it.
+exec {lockfd}> "$work/run.lock"
+if ! flock -n "$lockfd"; then
+	say "another nested run holds $work/run.lock: waiting for it to end"
+	flock "$lockfd"
+fi
+
 # The run dir; keep the last 10.
 mkdir -p "$work/runs"
 if [ -z "$out" ]; then

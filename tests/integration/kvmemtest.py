@@ -35,6 +35,13 @@ def require_accel():
         sys.exit(77)
 
 
+def require_root(why):
+    """Skip (status 77) unless root, saying what needs it."""
+    if os.geteuid() != 0:
+        print(f"SKIP   needs root: {why}", flush=True)
+        sys.exit(77)
+
+
 def with_accel(args):
     """args with --accel ACCEL after a run/host subcommand that names none."""
     if args and args[0] in ("run", "host") and "--accel" not in args:

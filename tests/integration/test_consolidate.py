@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 
-from kvmemtest import ACCEL, KVMEM, check, finish, require_accel
+from kvmemtest import ACCEL, KVMEM, check, finish, require_accel, require_root
 from ctlhelp import tmpdir
 
 require_accel()
@@ -26,9 +26,7 @@ if ACCEL == "kvm":
     print("SKIP   the placement controller runs on thread (the same verbs; a migration under "
           "emulated KVM outlasts the scenario)")
     raise SystemExit(77)
-if os.geteuid() != 0:
-    print("SKIP   the controller migrates VMs, which needs root")
-    raise SystemExit(77)
+require_root("the controller migrates VMs")
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 RUNNER = os.path.join(ROOT, "bench", "scenario.py")
 A = "size=64,dup=60,zero=10,seed=1,rate=1,read=2,hot=10,report=1,then=sleep,id="

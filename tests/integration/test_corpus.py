@@ -29,15 +29,13 @@ import shutil
 import subprocess
 import sys
 
-from kvmemtest import ACCEL, check, finish, require_accel, wait_for
+from kvmemtest import ACCEL, check, finish, require_accel, require_root, wait_for
 from ctlhelp import (Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of,
                      wait_incoming, wait_socket)
 from deduphelp import settle
 
 require_accel()
-if os.geteuid() != 0:
-    print("SKIP   corpus migration needs root (it hands guest memory between processes)")
-    raise SystemExit(77)
+require_root("corpus migration hands guest memory between processes")
 
 PAGE = 4096
 HERE = os.path.dirname(os.path.abspath(__file__))

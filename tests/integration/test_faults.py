@@ -33,7 +33,7 @@ import os
 import subprocess
 import sys
 
-from kvmemtest import KVMEM, check, finish, require_accel, wait_for
+from kvmemtest import KVMEM, check, finish, require_accel, require_root, wait_for
 from ctlhelp import (Host, host_config, request, stats, tmpdir, vm_of, wait_incoming, wait_socket,
                      wait_state)
 from swaphelp import disk_dir
@@ -51,9 +51,7 @@ WANT = ["alloc.dedup", "alloc.policy", "alloc.balloon", "alloc.mem", "uffd.write
         "console.log.write", "swap.file.read", "swap.file.write", "migrate.send", "migrate.recv"]
 check(all(p in POINTS for p in WANT), f"kvmem --fault-points lists every point the test uses "
       f"(missing: {[p for p in WANT if p not in POINTS]})")
-if os.geteuid() != 0:
-    print("SKIP   needs root (migration hands guest memory between processes)", flush=True)
-    sys.exit(77)
+require_root("migration hands guest memory between processes")
 ddir, dfs = disk_dir()
 if not check(ddir is not None, f"a directory on a disk filesystem for the swap files ({dfs})"):
     finish()

@@ -22,15 +22,13 @@ import subprocess
 import threading
 import time
 
-from kvmemtest import ACCEL, KVMEM, check, finish, require_accel, wait_for
+from kvmemtest import ACCEL, KVMEM, check, finish, require_accel, require_root, wait_for
 from ctlhelp import (Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of,
                      wait_incoming, wait_socket)
 from swaphelp import disk_dir
 
 require_accel()
-if os.geteuid() != 0:
-    print("SKIP   live migration needs root (it hands guest memory between processes)")
-    raise SystemExit(77)
+require_root("live migration hands guest memory between processes")
 
 d = tmpdir()
 a_sock, b_sock = f"{d}/a.sock", f"{d}/b.sock"

@@ -12,14 +12,12 @@ Nothing asserts on timing."""
 import os
 import subprocess
 
-from kvmemtest import check, finish, require_accel, run, wait_for
+from kvmemtest import check, finish, require_accel, require_root, run, wait_for
 from ctlhelp import (Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of,
                      wait_incoming, wait_socket)
 
 require_accel()
-if os.geteuid() != 0:
-    print("SKIP   live migration needs root")
-    raise SystemExit(77)
+require_root("live migration hands guest memory between processes")
 
 d = tmpdir()
 tag = str(os.getpid())

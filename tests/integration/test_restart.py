@@ -17,14 +17,12 @@ import socket
 import stat
 import threading
 
-from kvmemtest import check, finish, require_accel, run, wait_for
+from kvmemtest import check, finish, require_accel, require_root, run
 from ctlhelp import Host, request, stats, tmpdir, vm_of, wait_incoming, wait_socket, wait_state
 from swaphelp import disk_dir
 
 require_accel()
-if os.geteuid() != 0:
-    print("SKIP   needs root (a memory cgroup of the host's own)", flush=True)
-    raise SystemExit(77)
+require_root("a memory cgroup of the host's own")
 ddir, dfs = disk_dir()
 if not check(ddir is not None, f"a directory on a disk filesystem for the swap file ({dfs})"):
     finish()

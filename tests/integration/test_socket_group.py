@@ -12,16 +12,13 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 
-from kvmemtest import KVMEM, check, finish, require_accel
+from kvmemtest import KVMEM, check, finish, require_accel, require_root
 from ctlhelp import (Host, host_config, request, request_as, stats, tmpdir, vm_of, wait_socket,
                      wait_state)
 
 require_accel()
-if os.geteuid() != 0:
-    print("SKIP   not root: the clients take other users' ids (setpriv)", flush=True)
-    sys.exit(77)
+require_root("the clients take other users' ids (setpriv)")
 
 # Ids of no account: the kernel checks numbers, and so does kvmem.
 GROUP = 64123                  # the socket's group

@@ -19,14 +19,12 @@ on machines without /dev/kvm does not survive a few hundred of those in one
 boot (the whole suite makes about a hundred)."""
 import os
 
-from kvmemtest import ACCEL, check, finish, require_accel, run
+from kvmemtest import ACCEL, check, finish, require_accel, require_root, run
 from ctlhelp import (Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of,
                      wait_for, wait_incoming, wait_socket)
 
 require_accel()
-if os.geteuid() != 0:
-    print("SKIP   live migration needs root (it hands guest memory between processes)")
-    raise SystemExit(77)
+require_root("live migration hands guest memory between processes")
 
 d = tmpdir()
 a_sock, b_sock = f"{d}/a.sock", f"{d}/b.sock"

@@ -70,7 +70,9 @@
 	X(MIGRATE_SEND, "migrate.send", ECONNRESET,                                            \
 	  "a send on a migration socket fails (the peer reset the connection)")                 \
 	X(MIGRATE_RECV, "migrate.recv", ECONNRESET,                                            \
-	  "a receive on a migration socket fails (the peer reset the connection)")
+	  "a receive on a migration socket fails (the peer reset the connection)")              \
+	X(DAMON_WRITE, "damon.write", EBUSY,                                                   \
+	  "a write to DAMON's sysfs fails (EBUSY: another user's command held it throughout)")
 
 enum fault_point {
 #define FAULT_ENUM(id, name, err, what) FAULT_##id,

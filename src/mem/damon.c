@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/fault.h"
 #include "core/log.h"
 #include "mem/access.h"
 #include "mem/mem_internal.h"
@@ -52,6 +53,7 @@ struct mem_damon {
 	int kdamond;
 	int slot_lock;		/* flock held on LOCK_DIR/damon-<kdamond>.lock */
 	bool on;
+	bool stale;		/* the VMs' regions changed and the kdamond has not taken them yet */
 	struct gm *gms[MAX_VMS];
 	unsigned int nr_gms;
 	struct heat *next[MAX_VMS]; /* per VM: the chunks' heat being built by an update */
@@ -59,25 +61,45 @@ struct mem_damon {
 	struct mem_damon_stats st;
 };
 
-/* Write text to kdamond d's file `rel` (relative to its directory); DAMON answers EBUSY while busy. */
-static int kd_write(int kdamond, const char *rel, const char *text)
+/*
+ * Write text to a DAMON sysfs file, or (text NULL) read it into buf, len
+ * bytes with its NUL. DAMON answers EBUSY to either while another user's
+ * command holds its lock (one at a time, machine-wide; a kdamond holds it
+ * while it lays out tried regions): back off 10 ms, 20 ms, ... 640 ms, about
+ * 4.5 s in all.
+ */
+static int sysfs_io(const char *path, const char *text, char *buf, size_t len)
 {
-	char path[256];
-	int fd, ret = 0;
+	int ret = 0;
 
-	snprintf(path, sizeof(path), ADMIN "/%d/%s", kdamond, rel);
 	for (int tries = 0; tries < 12; tries++) {
-		fd = open(path, O_WRONLY | O_CLOEXEC);
+		int fd = open(path, (text ? O_WRONLY : O_RDONLY) | O_CLOEXEC);
+		ssize_t n;
+
 		if (fd < 0)
 			return -errno;
-		ret = write(fd, text, strlen(text)) < 0 ? -errno : 0;
+		n = text ? write(fd, text, strlen(text)) : read(fd, buf, len - 1);
+		ret = n < 0 ? -errno : 0;
 		close(fd);
+		if (!text && n >= 0)
+			buf[n] = 0;
 		if (ret != -EBUSY)
 			return ret;
-		/* Another user's command holds DAMON's lock: back off 10 ms, 20 ms, ... */
 		nanosleep(&(struct timespec){ .tv_nsec = 10000000L << (tries < 6 ? tries : 6) }, NULL);
 	}
 	return ret;
+}
+
+/* Write text to kdamond's file `rel` (relative to its directory). */
+static int kd_write(int kdamond, const char *rel, const char *text)
+{
+	char path[256];
+	int ret;
+
+	if ((ret = FAULT_POINT(DAMON_WRITE)))
+		return ret;
+	snprintf(path, sizeof(path), ADMIN "/%d/%s", kdamond, rel);
+	return sysfs_io(path, text, NULL, 0);
 }
 
 static int kd_writef(int kdamond, const char *rel, const char *fmt, ...)
@@ -98,22 +120,12 @@ static int kd_writef(int kdamond, const char *rel, const char *fmt, ...)
 static int read_text(int kdamond, const char *rel, char *buf, size_t len)
 {
 	char path[256];
-	ssize_t n;
-	int fd;
 
 	if (kdamond >= 0)
 		snprintf(path, sizeof(path), ADMIN "/%d/%s", kdamond, rel);
 	else
 		snprintf(path, sizeof(path), "%s", rel);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	n = read(fd, buf, len - 1);
-	close(fd);
-	if (n < 0)
-		return -errno;
-	buf[n] = 0;
-	return 0;
+	return sysfs_io(path, NULL, buf, len);
 }
 
 static int read_u64(int kdamond, const char *rel, uint64_t *out)
@@ -142,41 +154,53 @@ static bool has_fvaddr(int kdamond)
 /*
  * Claim a stopped kdamond for this host: one no one configured (no
  * context), or one a kvmem host left (its lock file exists) that no live
- * host holds. The slot's lock stays held while we use it. -1 when none.
+ * host holds. The slot's lock stays held while we use it. -1 when none,
+ * with why each one was passed over.
  */
-static int claim(bool created, int *lock_fd)
+static int claim(bool created, int *lock_fd, char *why, size_t why_len)
 {
 	uint64_t nr = 0;
+	size_t at;
 
 	if (read_u64(-1, ADMIN "/nr_kdamonds", &nr))
 		return -1;
+	at = (size_t)snprintf(why, why_len, "no kdamond of the %" PRIu64 " is free:", nr);
 	for (uint64_t i = 0; i < nr; i++) {
-		char path[96], state[16];
+		char path[96], state[16], unreadable[64];
+		const char *taken;
 		uint64_t contexts = 1;
+		int fd, err = read_text((int)i, "state", state, sizeof(state));
 		bool ours;
-		int fd;
 
-		if (read_text((int)i, "state", state, sizeof(state)) || strncmp(state, "off", 3))
-			continue;
 		snprintf(path, sizeof(path), LOCK_DIR "/damon-%" PRIu64 ".lock", i);
 		ours = access(path, F_OK) == 0;
-		fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-		if (fd < 0)
-			continue;
-		if (flock(fd, LOCK_EX | LOCK_NB)) {
+		if (err) {
+			snprintf(unreadable, sizeof(unreadable), "its state unreadable (%s)",
+				 strerror(-err));
+			taken = unreadable;
+		} else if (strncmp(state, "off", 3)) {
+			taken = "running";
+		} else if ((fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0) {
+			taken = "its lock file cannot be opened";
+		} else if (flock(fd, LOCK_EX | LOCK_NB)) {
 			close(fd);
-			continue;
-		}
-		read_u64((int)i, "contexts/nr_contexts", &contexts);
-		if (!created && !ours && contexts) {
+			taken = "another kvmem host's";
+		} else {
+			read_u64((int)i, "contexts/nr_contexts", &contexts);
+			if (created || ours || !contexts) {
+				*lock_fd = fd;
+				return (int)i;
+			}
 			/* A stopped kdamond someone else set up: theirs. */
 			flock(fd, LOCK_UN);
 			close(fd);
 			unlink(path);
-			continue;
+			taken = "another DAMON user's";
 		}
-		*lock_fd = fd;
-		return (int)i;
+		if (at < why_len)
+			at += (size_t)snprintf(why + at, why_len - at, "%s %" PRIu64 " %s%s",
+					       i ? ";" : "", i, taken,
+					       ours ? " (a kvmem host's lock file)" : "");
 	}
 	return -1;
 }
@@ -260,6 +284,9 @@ static int global_lock(const char **why)
 
 int mem_damon_open(struct mem_damon **out, const char **why)
 {
+	/* Each kdamond's reason when none can be had (nr_kdamonds is rebuilt only while none runs). */
+	static _Thread_local char claim_why[320];
+
 	struct mem_damon *d;
 	bool created = false;
 	uint64_t nr = 0;
@@ -284,11 +311,10 @@ int mem_damon_open(struct mem_damon **out, const char **why)
 		if (fd >= 0)
 			close(fd);
 	}
-	k = claim(created, &slot_lock);
+	k = claim(created, &slot_lock, claim_why, sizeof(claim_why));
 	if (k < 0) {
 		close(lock);
-		*why = "every kdamond belongs to another DAMON user (and nr_kdamonds can only be "
-		       "rebuilt while none runs)";
+		*why = claim_why;
 		return -EBUSY;
 	}
 	ret = configure(k, why);
@@ -355,7 +381,12 @@ static int by_start(const void *a, const void *b)
 	return x->start < y->start ? -1 : x->start > y->start;
 }
 
-/* Give the kdamond the RAM of every VM as its target regions, and start or update it. */
+/*
+ * Give the kdamond the RAM of every VM as its target regions, and start or
+ * update it. -EBUSY when DAMON stayed busy with another user's command (it
+ * takes one command at a time, machine-wide): the regions are stale, and
+ * the next update gives them again.
+ */
 static int apply_regions(struct mem_damon *d)
 {
 	struct range r[MAX_VMS * MEM_MAX_REGIONS];
@@ -365,11 +396,10 @@ static int apply_regions(struct mem_damon *d)
 	int ret;
 
 	if (!d->nr_gms) {
-		if (d->on) {
-			kd_write(d->kdamond, "state", "off");
-			d->on = false;
-		}
-		return 0;
+		ret = d->on ? kd_write(d->kdamond, "state", "off") : 0;
+		d->on &= ret != 0;
+		d->stale = ret != 0;
+		return ret;
 	}
 	for (unsigned int i = 0; i < d->nr_gms; i++)
 		for (unsigned int j = 0; j < d->gms[i]->nr_regions; j++) {
@@ -399,6 +429,7 @@ static int apply_regions(struct mem_damon *d)
 				min * 4 > 1000 ? min * 4 : 1000);
 	if (!ret)
 		ret = kd_write(d->kdamond, "state", d->on ? "commit" : "on");
+	d->stale = ret != 0;
 	if (!ret && !d->on) {
 		uint64_t pid = 0;
 
@@ -423,9 +454,9 @@ int mem_damon_add(struct mem_damon *d, struct gm *gm)
 		return -ENOMEM;
 	d->gms[d->nr_gms++] = gm;
 	ret = apply_regions(d);
-	if (ret)
+	if (ret && ret != -EBUSY)
 		mem_damon_remove(d, gm);
-	return ret;
+	return ret == -EBUSY ? 0 : ret;
 }
 
 void mem_damon_remove(struct mem_damon *d, struct gm *gm)
@@ -481,6 +512,8 @@ int64_t mem_damon_update(struct mem_damon *d)
 	char rel[96];
 	int ret;
 
+	if (d->stale && (ret = apply_regions(d)))
+		return ret;
 	if (!d->on)
 		return 0;
 	ret = kd_write(d->kdamond, "state", "update_schemes_tried_regions");
@@ -494,16 +527,17 @@ int64_t mem_damon_update(struct mem_damon *d)
 		const char *base = "contexts/0/schemes/0/tried_regions";
 
 		snprintf(rel, sizeof(rel), "%s/%" PRIu64 "/start", base, regions);
-		if (read_u64(d->kdamond, rel, &start))
-			break;
+		ret = read_u64(d->kdamond, rel, &start);
 		snprintf(rel, sizeof(rel), "%s/%" PRIu64 "/end", base, regions);
-		ret = read_u64(d->kdamond, rel, &end);
+		ret = ret ? ret : read_u64(d->kdamond, rel, &end);
 		snprintf(rel, sizeof(rel), "%s/%" PRIu64 "/nr_accesses", base, regions);
 		ret = ret ? ret : read_u64(d->kdamond, rel, &nr_acc);
 		snprintf(rel, sizeof(rel), "%s/%" PRIu64 "/age", base, regions);
 		ret = ret ? ret : read_u64(d->kdamond, rel, &age);
+		if (ret == -EBUSY)
+			return ret; /* nothing of this update is used */
 		if (ret)
-			break;
+			break; /* past the last region */
 		if (nr_acc)
 			accessed += (int64_t)(end - start);
 		/*

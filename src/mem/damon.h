@@ -28,7 +28,11 @@ int mem_damon_open(struct mem_damon **out, const char **why);
 /* Stops the kdamond and gives it up. */
 void mem_damon_close(struct mem_damon *d);
 
-/* Monitor gm's RAM (until mem_damon_remove) and give it ages at each update. */
+/*
+ * Monitor gm's RAM (until mem_damon_remove) and give it ages at each
+ * update. DAMON busy with another user's command is no error: the next
+ * update that finds it free hands the kdamond its regions.
+ */
 int mem_damon_add(struct mem_damon *d, struct gm *gm);
 void mem_damon_remove(struct mem_damon *d, struct gm *gm);
 
@@ -37,7 +41,9 @@ void mem_damon_remove(struct mem_damon *d, struct gm *gm);
  * chunks (mem_access_seen: a chunk under a region accessed in the last
  * aggregation is used, as often as the region's count; under an idle one,
  * idle as long as the region). Blocks for about one aggregation interval.
- * Returns the bytes seen accessed, or -errno.
+ * Returns the bytes seen accessed, or -errno: -EBUSY when DAMON stayed busy
+ * with another user's command (one at a time, machine-wide), this update
+ * then reading nothing and the next one trying again.
  */
 int64_t mem_damon_update(struct mem_damon *d);
 

@@ -87,6 +87,7 @@ struct ovc {
 	pthread_t watch;
 	bool watching;
 	unsigned int damon_blind;	/* vm_lock: passes in a row it saw nothing the samples saw */
+	unsigned int damon_busy;	/* vm_lock: passes in a row DAMON was busy with others */
 };
 
 /*
@@ -95,6 +96,13 @@ struct ovc {
  * (an MMU that does not pass them on), and sampling takes over.
  */
 #define DAMON_BLIND_PASSES 5
+/*
+ * DAMON's sysfs takes one command at a time, machine-wide: with other
+ * hosts' kdamonds busy, a pass may find it taken and read nothing (the
+ * write samples still run). This many passes in a row, and sampling takes
+ * over for good.
+ */
+#define DAMON_BUSY_PASSES 60
 
 static uint64_t read_u64_file(const char *path, bool *ok)
 {
@@ -518,6 +526,17 @@ static void damon_update(struct ovc *ovc)
 	if (!ovc->damon)
 		return;
 	seen = mem_damon_update(ovc->damon);
+	if (seen == -EBUSY && ++ovc->damon_busy < DAMON_BUSY_PASSES) {
+		ovc->damon_saw = true; /* no news is not blindness */
+		return;
+	}
+	ovc->damon_busy = 0;
+	if (seen == -EBUSY) {
+		log_warn("DAMON: busy with other users' commands %u passes in a row: write-protect "
+			 "sampling from now on", DAMON_BUSY_PASSES);
+		damon_drop(ovc);
+		return;
+	}
 	if (seen < 0) {
 		log_warn("DAMON: reading its regions: %s: write-protect sampling from now on",
 			 strerror((int)-seen));

@@ -46,8 +46,11 @@ Needs hardware-virtualized KVM (VMX or SVM; kvm-pvm cannot run an
 unmodified kernel), a kernel image and qemu-system-x86_64: otherwise one
 line saying which is missing and status 77. KVMEM_LINUX_APPEND (what the
 nested VM's runner exports: noapictimer) goes on both command lines.
+--consoles DIR keeps each boot's console there (VMM-RUN.txt), every line
+after the milliseconds since the process started, to see where the time goes.
 Usage: bench_linux_boot.py KVMEM [runs] [--kernel IMAGE] [--initrd FILE]
        [--qemu PATH] [--machine microvm|pc] [--deadline S] [--size MIB]
+       [--consoles DIR]
 """
 import glob
 import os
@@ -70,6 +73,7 @@ QEMU = take_opt("--qemu", shutil.which("qemu-system-x86_64"))
 MACHINE = take_opt("--machine", "microvm")
 DEADLINE = float(take_opt("--deadline", "240"))
 SIZE = int(take_opt("--size", "64"))
+CONSOLES = take_opt("--consoles", None)
 KVMEM = sys.argv[1]
 RUNS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 MEM = 512
@@ -143,10 +147,12 @@ def qemu_cmd(kernel, initrd):
             "-device", balloon, "-kernel", kernel, "-initrd", initrd, "-append", APPEND]
 
 
-def boot(args):
-    """One boot: its figures, or the stage it reached and why it did not finish."""
+def boot(args, keep=None):
+    """One boot: its figures, or the stage it reached and why it did not finish. keep: a
+    file for the console, each line after its time."""
     marks = {}
     lines = []
+    times = []
     # stderr in a file: a pipe nobody reads while the VM runs could fill and stop the VMM.
     errf = tempfile.TemporaryFile("w+")
     t0 = time.monotonic()
@@ -158,6 +164,7 @@ def boot(args):
             now = time.monotonic() - t0
             line = line.rstrip("\r\n")
             lines.append(line)
+            times.append(now)
             if "first_console" not in marks and re.search(r"Linux version \S+", line):
                 marks["first_console"] = now
             if line.startswith("kvmem-linux: "):
@@ -182,6 +189,10 @@ def boot(args):
     errf.seek(0)
     err = errf.read().strip()
     errf.close()
+    if keep:
+        with open(keep, "w") as f:
+            f.writelines(f"{t * 1e3:9.1f} {ln}\n" for t, ln in zip(times, lines))
+            f.write(f"# status {status}; stderr:\n{err}\n")
     reached = next((s for s in reversed(STAGES) if s in marks), "nothing on the console")
     if status is None:
         return None, f"hung: no end in {DEADLINE:.0f} s, last stage {reached}"
@@ -210,6 +221,8 @@ def main():
         refuse("no qemu-system-x86_64 to compare with (--qemu names one)")
     if MACHINE not in ("microvm", "pc"):
         sys.exit(f"--machine {MACHINE}: must be microvm or pc")
+    if CONSOLES:
+        os.makedirs(CONSOLES, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="kvmem-bench-linux-")
     try:
         initrd = INITRD
@@ -233,7 +246,8 @@ def run_all(kernel, initrd):
     for i in range(RUNS):
         # In turn, so that a slow phase of the machine touches both alike.
         for vmm, args in vmms.items():
-            r, why = boot(args)
+            keep = CONSOLES and os.path.join(CONSOLES, f"{vmm}-{i + 1}.txt")
+            r, why = boot(args, keep)
             if r:
                 res[vmm].append(r)
                 print(f"  run {i + 1} {vmm}: " + ", ".join(f"{k} {v:.0f}" for k, v in r.items()),

@@ -13,6 +13,7 @@
 #ifndef KVMEM_CORE_ALLOC_H
 #define KVMEM_CORE_ALLOC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,6 +40,12 @@ char *kv_strdup_at(const char *s, enum fault_point p);
 
 /* Bytes the allocator holds for the VMM (jemalloc stats.allocated), or 0. */
 uint64_t kv_alloc_bytes(void);
+/*
+ * Whether the allocator keeps transparent huge pages off the VMM's heap
+ * (jemalloc's thp:never, set in alloc.c); false under libc's, which leaves
+ * them to the host's THP mode.
+ */
+bool kv_alloc_thp_off(void);
 /* Name of the allocator in use, for stats and benches. */
 const char *kv_alloc_name(void);
 

@@ -21,14 +21,13 @@ cd "$(dirname "$0")/../.."
 
 targets_all=(fuzz_virtq fuzz_virtio_mmio fuzz_balloon fuzz_config fuzz_size fuzz_control
 	fuzz_elf fuzz_stream)
-# regress: mutations per target after the corpus, about 10 s each on a
-# 2-core machine (the migration stream makes a VM, and a snapshot file for
-# some inputs, and starts the destination's thread for every input: a
-# thousand or so a second; the balloon and the control socket a few
-# thousand).
+# regress: mutations per target after the corpus, up to about 10 s each on
+# a 2-core machine (the migration stream makes a VM, and a snapshot file for
+# some inputs, and starts the destination's thread for every input: several
+# hundred a second; the balloon and the control socket a few thousand).
 declare -A regress_runs=(
-	[fuzz_virtq]=200000 [fuzz_virtio_mmio]=40000 [fuzz_balloon]=8000 [fuzz_config]=60000
-	[fuzz_size]=500000 [fuzz_control]=6000 [fuzz_elf]=100000 [fuzz_stream]=3000
+	[fuzz_virtq]=200000 [fuzz_virtio_mmio]=40000 [fuzz_balloon]=20000 [fuzz_config]=60000
+	[fuzz_size]=500000 [fuzz_control]=20000 [fuzz_elf]=100000 [fuzz_stream]=3000
 )
 # libFuzzer options of one target, for regress and long alike.
 # fuzz_control: inputs of at most 1 KiB. Its working corpus grew to 4 KiB

@@ -326,6 +326,8 @@ static void do_pfns(struct balloon *b, const struct virtq_chain *c, bool inflate
 
 		for (uint32_t done = 0; done < total;) {
 			uint32_t n = total - done < PFN_BATCH ? total - done : PFN_BATCH;
+			uint64_t span;
+			bool all_ram;
 
 			/* In RAM: the transport checked the whole buffer. */
 			if (mem_read(b->gm, buf->gpa + 4ULL * done, pfns, 4ULL * n)) {
@@ -340,10 +342,19 @@ static void do_pfns(struct balloon *b, const struct virtq_chain *c, bool inflate
 			 */
 			if (!in_order(pfns, n))
 				qsort(pfns, n, sizeof(pfns[0]), cmp_u32);
+			/*
+			 * Sorted: when the span from the first PFN to the last is all
+			 * RAM, so is every PFN of the batch, and one range check does
+			 * for all of them. A span over a hole or past the end of RAM
+			 * is checked PFN by PFN.
+			 */
+			span = ((uint64_t)pfns[n - 1] - pfns[0] + 1) << BALLOON_PFN_SHIFT;
+			all_ram = mem_range_ok(b->gm, (uint64_t)pfns[0] << BALLOON_PFN_SHIFT, span);
 			for (uint32_t k = 0; k < n; k++) {
 				uint64_t pfn = pfns[k];
+				gpa_t gpa = pfn << BALLOON_PFN_SHIFT;
 
-				if (!mem_range_ok(b->gm, pfn << BALLOON_PFN_SHIFT, BALLOON_PAGE_SIZE)) {
+				if (!all_ram && !mem_range_ok(b->gm, gpa, BALLOON_PAGE_SIZE)) {
 					bad++;
 					continue;
 				}

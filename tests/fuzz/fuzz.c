@@ -99,6 +99,11 @@ void fz_setup(void)
 	pthread_attr_destroy(&attr);
 }
 
+const char *__asan_default_options(void)
+{
+	return "quarantine_size_mb=64";
+}
+
 void fz_fail(const char *file, int line, const char *what)
 {
 	fprintf(stderr, "%s:%d: invariant failed: %s\n", file, line, what);

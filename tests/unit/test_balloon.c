@@ -17,6 +17,7 @@
 
 #include "balloon/balloon.h"
 #include "core/alloc.h"
+#include "core/layout.h"
 #include "core/virtio/virtio_mmio.h"
 #include "fake_virtq.h"
 #include "mem/gm.h"
@@ -86,13 +87,13 @@ static int fake_undiscard(void *arg, gpa_t gpa, uint64_t len)
 }
 
 /* `real`: no hooks, so the balloon uses the memory manager (mem_discard). */
-static int make_env(void **state, bool real)
+static int make_env(void **state, bool real, uint64_t ram)
 {
 	struct balloon_params p = { .name = "balloon", .stats_interval_ms = 0 };
 	struct env *e = kv_zalloc(sizeof(*e));
 	struct balloon_mem_ops mem = { fake_discard, fake_undiscard, e };
 
-	if (!e || mem_create_anon(RAM, &e->gm))
+	if (!e || mem_create_anon(ram, &e->gm))
 		return -1;
 	if (balloon_create_on_gm(e->gm, &p, real ? NULL : &mem, &e->b))
 		return -1;
@@ -105,12 +106,18 @@ static int make_env(void **state, bool real)
 
 static int setup(void **state)
 {
-	return make_env(state, false);
+	return make_env(state, false, RAM);
 }
 
 static int setup_real_mem(void **state)
 {
-	return make_env(state, true);
+	return make_env(state, true, RAM);
+}
+
+/* RAM on both sides of the MMIO hole: below LAYOUT_LOW_RAM_MAX and from 4 GiB. */
+static int setup_two_regions(void **state)
+{
+	return make_env(state, false, LAYOUT_LOW_RAM_MAX + RAM);
 }
 
 static int teardown(void **state)
@@ -381,6 +388,25 @@ static void test_balloon_inflate_skips_pfns_outside_ram(void **state)
 	/* The request still completes; the device keeps running. */
 	assert_true(fake_vq_get_used(&e->fq[QI], &id, &len));
 	assert_false(status(e) & VIRTIO_STATUS_NEEDS_RESET);
+}
+
+/*
+ * A batch whose PFNs lie on both sides of the MMIO hole: the span from the
+ * first to the last is not all RAM, so each PFN is checked on its own, and
+ * only the one in the hole is skipped.
+ */
+static void test_balloon_inflate_batch_across_the_hole_skips_only_the_hole(void **state)
+{
+	struct env *e = *state;
+	uint32_t low_end = LAYOUT_LOW_RAM_MAX / 4096, high = LAYOUT_HIGH_RAM_BASE / 4096;
+	uint32_t pfns[] = { low_end - 1, low_end, high, high + 1 };
+	struct balloon_stats st;
+
+	inflate(e, pfns, 4);
+	assert_discards(e, (uint32_t[]){ low_end - 1, high }, (uint32_t[]){ 1, 2 }, 2);
+	st = stats(e);
+	assert_int_equal(st.bad_pfns, 1);
+	assert_int_equal(st.inflated_pages, 3);
 }
 
 static void test_balloon_inflate_length_not_multiple_of_4_needs_reset(void **state)
@@ -966,6 +992,9 @@ int main(void)
 		T(test_balloon_inflate_pfns_in_order_with_duplicates),
 		T(test_balloon_inflate_many_pfns_over_several_buffers),
 		T(test_balloon_inflate_skips_pfns_outside_ram),
+		cmocka_unit_test_setup_teardown(
+			test_balloon_inflate_batch_across_the_hole_skips_only_the_hole,
+			setup_two_regions, teardown),
 		T(test_balloon_inflate_length_not_multiple_of_4_needs_reset),
 		T(test_balloon_inflate_writable_buffer_needs_reset),
 		T(test_balloon_deflate_writable_buffer_needs_reset),

@@ -2,11 +2,12 @@
 /*
  * The control socket without a host: its line framing through one end of a
  * socketpair (control_serve_fd), the verb deadline (a handler that blocks
- * gets its client an ETIMEDOUT reply while other clients are served), and
- * how the socket file is made (mode, owner, and nothing planted at the path
- * between bind and chmod is ever followed), and a socket group: who is let
- * in, and that its members get the read-only verbs only (as root, clients
- * that are other users are made by forking).
+ * gets its client an ETIMEDOUT reply while other clients are served), a
+ * client freed before its socket is closed, how the socket file is made
+ * (mode, owner, and nothing planted at the path between bind and chmod is
+ * ever followed), and a socket group: who is let in, and that its members
+ * get the read-only verbs only (as root, clients that are other users are
+ * made by forking).
  *
  * Test verbs: "ping" echoes "n", "big" answers ~2 KiB, "block" waits until
  * the test releases it (or 10 s), "self" echoes "n" and notes which thread
@@ -27,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <grp.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -566,6 +568,101 @@ static void test_client_gone_while_blocked(void **state)
 	/* teardown releases the handler and control_destroy waits for it */
 }
 
+/*
+ * A client's end, watched from the control thread: the kv_free calls that
+ * thread makes after it closed the socket of watch_fd and before it waits
+ * for events again.
+ */
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int fd;			/* lock: the server's end of the watched client, or -1 */
+	pthread_t closer;	/* lock: the thread that closed it, once closed */
+	bool closed;		/* lock */
+	bool waited;		/* lock: the closer waited for events since */
+	unsigned int frees;	/* lock: its kv_free calls in between */
+} watch = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, -1 };
+
+int __real_close(int fd);
+int __wrap_close(int fd);
+int __wrap_close(int fd)
+{
+	pthread_mutex_lock(&watch.lock);
+	if (fd >= 0 && fd == watch.fd && !watch.closed) {
+		watch.closer = pthread_self();
+		watch.closed = true;
+	}
+	pthread_mutex_unlock(&watch.lock);
+	return __real_close(fd);
+}
+
+void __real_kv_free(void *p);
+void __wrap_kv_free(void *p);
+void __wrap_kv_free(void *p)
+{
+	pthread_mutex_lock(&watch.lock);
+	if (watch.closed && !watch.waited && pthread_equal(pthread_self(), watch.closer))
+		watch.frees++;
+	pthread_mutex_unlock(&watch.lock);
+	__real_kv_free(p);
+}
+
+int __real_epoll_wait(int epfd, struct epoll_event *evs, int max, int ms);
+int __wrap_epoll_wait(int epfd, struct epoll_event *evs, int max, int ms);
+int __wrap_epoll_wait(int epfd, struct epoll_event *evs, int max, int ms)
+{
+	pthread_mutex_lock(&watch.lock);
+	if (watch.closed && !watch.waited && pthread_equal(pthread_self(), watch.closer)) {
+		watch.waited = true;
+		pthread_cond_broadcast(&watch.cond);
+	}
+	pthread_mutex_unlock(&watch.lock);
+	return __real_epoll_wait(epfd, evs, max, ms);
+}
+
+/*
+ * What the server held for a client is freed before the client's socket is
+ * closed: a peer that has seen its connection end finds nothing of it left
+ * to free (libFuzzer counts the mallocs and frees of each input: a client
+ * freed after its peer saw the end made one input in three look like a
+ * leak, and run again).
+ */
+static void test_client_freed_before_its_socket_closes(void **state)
+{
+	struct conn k = { 0 };
+	struct timespec until;
+	unsigned int frees;
+	bool waited;
+	int sv[2];
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	pthread_mutex_lock(&watch.lock);
+	watch.fd = sv[0];
+	watch.closed = watch.waited = false;
+	watch.frees = 0;
+	pthread_mutex_unlock(&watch.lock);
+	assert_int_equal(control_serve_fd(*state, sv[0]), 0);
+	k.fd = sv[1];
+	send_str(&k, "{\"verb\":\"ping\",\"n\":1}\nnonsense\n");
+	shutdown(k.fd, SHUT_WR);
+	expect_ok(read_reply(&k, PATIENT_MS), 1);
+	expect_error(read_reply(&k, PATIENT_MS), "EINVAL");
+	assert_null(read_reply(&k, PATIENT_MS));
+	assert_true(k.eof);
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += PATIENT_MS / 1000;
+	pthread_mutex_lock(&watch.lock);
+	while (!watch.waited && pthread_cond_timedwait(&watch.cond, &watch.lock, &until) == 0)
+		;
+	waited = watch.waited;
+	frees = watch.frees;
+	watch.fd = -1;
+	pthread_mutex_unlock(&watch.lock);
+	close(k.fd);
+	assert_true(waited);
+	assert_int_equal(frees, 0);
+}
+
 /* ---- the socket file -------------------------------------------------------------------- */
 
 static char dir[64];
@@ -950,6 +1047,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_job_threads_kept, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_many_blocked_clients, setup_deadline, teardown),
 		cmocka_unit_test_setup_teardown(test_client_gone_while_blocked, setup_deadline, teardown),
+		cmocka_unit_test_setup_teardown(test_client_freed_before_its_socket_closes, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_socket_file, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_symlink_planted_after_bind, setup_dir,
 						teardown_dir),

@@ -42,6 +42,15 @@ def require_root(why):
         sys.exit(77)
 
 
+def fault_points():
+    """The fault injection points this kvmem has (kvmem --fault-points), and None with the
+    reason where it has none (a build without -Dfault_injection=true)."""
+    r = subprocess.run([KVMEM, "--fault-points"], capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        return None, r.stderr.strip()
+    return [l.split()[0] for l in r.stdout.splitlines() if l.strip()], None
+
+
 def with_accel(args):
     """args with --accel ACCEL after a run/host subcommand that names none."""
     if args and args[0] in ("run", "host") and "--accel" not in args:

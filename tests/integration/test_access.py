@@ -18,10 +18,9 @@ other.
 Every wait is a poll with a generous deadline; nothing asserts on timing."""
 import os
 import re
-import subprocess
 import time
 
-from kvmemtest import KVMEM, check, finish, require_accel, wait_for
+from kvmemtest import check, fault_points, finish, require_accel, wait_for
 from ctlhelp import Host, host_config, request, stats, tmpdir, vm_of, wait_socket, wait_state
 
 require_accel()
@@ -65,11 +64,6 @@ def region_starts(kdamond):
     """Where the target regions kdamond was given start."""
     base = f"{KDAMONDS}/{kdamond}/contexts/0/targets/0/regions"
     return [int(read(f"{base}/{i}/start")) for i in range(int(read(f"{base}/nr_regions")))]
-
-
-def has_fault_point(name):
-    r = subprocess.run([KVMEM, "--fault-points"], capture_output=True, text=True, timeout=60)
-    return r.returncode == 0 and name in [l.split()[0] for l in r.stdout.splitlines() if l.strip()]
 
 
 def injected(sock):
@@ -160,7 +154,7 @@ try:
         check(rc == 0, f"the second host stops cleanly ({rc})")
         same_kdamond(sock_a, dm, "the first host's regions are read after the second stopped")
         # ---- 3. DAMON busy with other users' commands ----------------------------------------
-        if has_fault_point("damon.write"):
+        if "damon.write" in (fault_points()[0] or []):
             damon_busy(sock_a, dm)
         else:
             print("info   not checked here: DAMON busy (a build with fault injection does)")

@@ -30,21 +30,19 @@ A exits 0; B exits 1 (c's VMM failure), both with nothing leaked (the sanitizer 
 exit). Every wait is a poll with a generous deadline; nothing depends on timing."""
 import json
 import os
-import subprocess
 import sys
 
-from kvmemtest import KVMEM, check, finish, require_accel, require_root, wait_for
+from kvmemtest import check, fault_points, finish, require_accel, require_root, wait_for
 from ctlhelp import (Host, host_config, request, stats, tmpdir, vm_of, wait_incoming, wait_socket,
                      wait_state)
 from swaphelp import disk_dir
 
 require_accel()
-pts = subprocess.run([KVMEM, "--fault-points"], capture_output=True, text=True, timeout=60)
-if pts.returncode != 0:
-    print(f"SKIP   this kvmem has no fault injection ({pts.stderr.strip()}): build with "
+POINTS, why = fault_points()
+if POINTS is None:
+    print(f"SKIP   this kvmem has no fault injection ({why}): build with "
           f"-Dfault_injection=true (.ci/setup's build-asan does)", flush=True)
     sys.exit(77)
-POINTS = [l.split()[0] for l in pts.stdout.splitlines() if l.strip()]
 WANT = ["alloc.dedup", "alloc.policy", "alloc.balloon", "alloc.mem", "uffd.writeprotect",
         "uffd.writeprotect.partial", "uffd.copy", "uffd.copy.partial", "uffd.zeropage",
         "uffd.register", "dedup.window.mmap", "dedup.window.mremap", "dedup.frame.mmap",

@@ -24,7 +24,7 @@ import tempfile
 import time
 
 import benchlib
-from benchlib import cmd, emit, kvm_here, take_accel
+from benchlib import cmd, emit, kvm_here, rss_split, take_accel
 
 ASKED = "--accel" in sys.argv
 take_accel()
@@ -53,14 +53,6 @@ def one_boot(accel):
     return first * 1e3, filled * 1e3, SIZE * 1048576 / (guest_ms / 1e3) / 1e9
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Rss:"):
-                return int(line.split()[1])
-    return 0
-
-
 def overhead(nvms, accel):
     with tempfile.TemporaryDirectory() as d:
         cfg = {"budget": "20G", "console_prefix": True, "vms": [
@@ -79,18 +71,7 @@ def overhead(nvms, accel):
                 if done == nvms:
                     break
         time.sleep(0.5)
-        rss = rss_kib(p.pid)
-        # Guest RAM is every mapping of 256 MiB or more (each VM's RAM region);
-        # everything else (binary, libraries, heap, stacks) is the VMM's.
-        guest = 0
-        with open(f"/proc/{p.pid}/smaps") as f:
-            cur = None
-            for line in f:
-                if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
-                    lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
-                    cur = hi - lo
-                elif line.startswith("Rss:") and cur and cur >= (256 << 20):
-                    guest += int(line.split()[1])
+        rss, guest = rss_split(p.pid, 256 << 20)
         p.send_signal(subprocess.signal.SIGTERM)
         p.wait()
         return (rss - guest) / 1024

@@ -67,7 +67,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import emit, take_opt
+from benchlib import emit, rss_split, take_opt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MKINITRAMFS = os.path.join(HERE, "..", "tests", "linux", "mkinitramfs.sh")
@@ -121,23 +121,6 @@ def find_kernel():
                  if os.access(p, os.R_OK)), None)
 
 
-def rss_split(pid):
-    """The process's RSS and the part of it in guest RAM mappings, in KiB."""
-    total = guest = 0
-    size = 0
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
-                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
-                size = hi - lo
-            elif line.startswith("Rss:"):
-                kib = int(line.split()[1])
-                total += kib
-                if size >= (MEM << 20) // 2:
-                    guest += kib
-    return total, guest
-
-
 def kvmem_cmd(kernel, initrd):
     return [KVMEM, "run", "--accel", "kvm", "--mem", f"{MEM}M", "--cpus", "1",
             "--kernel", kernel, "--initrd", initrd, "--cmdline", APPEND]
@@ -175,7 +158,7 @@ def boot(args, keep=None):
             if line.startswith("kvmem-wl: ") and "wl" not in marks:
                 marks["wl"] = now
                 try:
-                    marks["rss"] = rss_split(p.pid)
+                    marks["rss"] = rss_split(p.pid, (MEM << 20) // 2)
                 except OSError:
                     pass
 

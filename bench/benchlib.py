@@ -2,6 +2,7 @@
 the accelerator the figures come from (every script takes `--accel NAME`)."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -129,6 +130,24 @@ def wait_sock(path, deadline=60):
         except OSError:
             time.sleep(0.1)
     return False
+
+
+def rss_split(pid, guest_min_bytes):
+    """A process's RSS and the part of it in guest RAM, in KiB: guest RAM is every mapping of
+    guest_min_bytes or more (each VM's RAM region; the binary, libraries, heap and stacks
+    are far smaller), from the kernel's per-VMA figures in /proc/PID/smaps."""
+    total = guest = size = 0
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                size = hi - lo
+            elif line.startswith("Rss:"):
+                kib = int(line.split()[1])
+                total += kib
+                if size >= guest_min_bytes:
+                    guest += kib
+    return total, guest
 
 
 def read(path):

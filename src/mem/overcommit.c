@@ -531,15 +531,13 @@ static void damon_update(struct ovc *ovc)
 		return;
 	}
 	ovc->damon_busy = 0;
-	if (seen == -EBUSY) {
-		log_warn("DAMON: busy with other users' commands %u passes in a row: write-protect "
-			 "sampling from now on", DAMON_BUSY_PASSES);
-		damon_drop(ovc);
-		return;
-	}
 	if (seen < 0) {
-		log_warn("DAMON: reading its regions: %s: write-protect sampling from now on",
-			 strerror((int)-seen));
+		if (seen == -EBUSY)
+			log_warn("DAMON: busy with other users' commands %u passes in a row: "
+				 "write-protect sampling from now on", DAMON_BUSY_PASSES);
+		else
+			log_warn("DAMON: reading its regions: %s: write-protect sampling from now on",
+				 strerror((int)-seen));
 		damon_drop(ovc);
 		return;
 	}

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 
-from kvmemtest import KVMEM, check, finish, require_accel, with_accel
+from kvmemtest import check, finish, require_accel, spawn
 from linuxhelp import CPUS, TIMERS, cmdline, require_linux, without_timers
 
 # Under the nested VM's emulation a boot takes a minute or two; natively seconds.
@@ -50,8 +50,7 @@ kernel, initrd = require_linux()
 def boot_once(args):
     """Run kvmem to its end, BOOT_TIMEOUT at most (STALL_S without a console line where
     stalls are retried); returns the run (status -1 when stopped) and whether it stalled."""
-    p = subprocess.Popen([KVMEM] + with_accel(args), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = spawn(args, start_new_session=True)
     out, err, last = [], [], [time.monotonic()]
 
     def read_out():

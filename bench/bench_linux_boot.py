@@ -30,8 +30,7 @@ where emulation makes absolute times meaningless. A boot that has not ended
 after --deadline seconds is killed and counted (`linux_boot.unfinished`),
 and the other boots go on.
 
-QEMU boots with -accel kvm -cpu host (kvmem passes the host's CPUID too:
-the TSC deadline timer in it is what stops the PIT under noapictimer),
+QEMU boots with -accel kvm -cpu host (kvmem passes the host's CPUID too),
 -M microvm,auto-kernel-cmdline=off (Debian's kernel finds its 8250 and,
 in the ACPI tables, a virtio-mmio balloon there, as under kvmem; off: the
 command line stays the same), -nodefaults -no-user-config -nographic
@@ -48,8 +47,8 @@ kernel's power-off in it.
 
 Needs hardware-virtualized KVM (VMX or SVM; kvm-pvm cannot run an
 unmodified kernel), a kernel image and qemu-system-x86_64: otherwise one
-line saying which is missing and status 77. KVMEM_LINUX_APPEND (what the
-nested VM's runner exports: noapictimer) goes on both command lines.
+line saying which is missing and status 77. KVMEM_LINUX_APPEND goes on both
+command lines.
 --consoles DIR keeps each boot's console there (VMM-RUN.txt), every line
 after the milliseconds since the process started, to see where the time goes.
 Usage: bench_linux_boot.py KVMEM [runs] [--kernel IMAGE] [--initrd FILE]

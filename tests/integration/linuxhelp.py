@@ -2,9 +2,9 @@
 image (Debian's linux-image-amd64; KVMEM_TEST_KERNEL names another), the
 initramfs tests/linux/mkinitramfs.sh makes from it, and what the environment
 asks of every boot (KVMEM_LINUX_CPUS vCPUs, KVMEM_LINUX_APPEND on the command
-line, KVMEM_LINUX_TIMERS=0 when they have no timer interrupts:
-tests/nested/run.sh sets them for the nested SVM VM, section 11 of the
-architecture). Booting needs hardware-virtualized KVM: require_linux() skips,
+line, KVMEM_LINUX_TIMERS=0 where they must boot without timer interrupts;
+the defaults are right for hardware KVM and the nested SVM VM alike).
+Booting needs hardware-virtualized KVM: require_linux() skips,
 saying why, everywhere else."""
 import atexit
 import glob
@@ -20,16 +20,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MKINITRAMFS = os.path.join(HERE, "..", "linux", "mkinitramfs.sh")
 APPEND = os.environ.get("KVMEM_LINUX_APPEND", "")
 CPUS = int(os.environ.get("KVMEM_LINUX_CPUS", "2"))
-# Whether the guests have timer interrupts: the nested VM's runner boots them
-# without (KVMEM_LINUX_TIMERS=0), where nothing that sleeps in a guest wakes.
+# Whether the guests have timer interrupts (KVMEM_LINUX_TIMERS=0: booted
+# without, nothing that sleeps in a guest wakes, and the tests leave that out).
 TIMERS = os.environ.get("KVMEM_LINUX_TIMERS", "1") != "0"
 
 
 def without_timers(what):
     """Say that a part of a test does not run because the guests have no timer interrupts."""
     print(f"info   not checked here: {what}: it needs the guest's timer interrupts, which this "
-          "environment's Linux guests do not have (KVMEM_LINUX_TIMERS=0: the nested VM, "
-          "tests/nested/run.sh)", flush=True)
+          "environment's Linux guests do not have (KVMEM_LINUX_TIMERS=0)", flush=True)
 
 
 def find_kernel():

@@ -13,14 +13,7 @@ guest's, and its status becomes kvmem's.
 kvm only: thread cannot run an unmodified kernel and kvm-pvm emulates its
 CPL0 code (both refuse in one line, which test_linux checks); there this
 test skips saying why. Two vCPUs, or what KVMEM_LINUX_CPUS says, with
-KVMEM_LINUX_APPEND on the kernel command line: the nested SVM VM's runner
-asks for one vCPU and noapictimer, because QEMU 7.2's emulated SVM there
-hands a Linux guest's LAPIC timer interrupt in while its interrupts are
-disabled, and a second vCPU hangs its boot all the same. It does so with
-the UART's interrupt too, now and then: about one boot in thirty spins for
-ever in native_queued_spin_lock_slowpath, a handler on the lock of the code
-it interrupted. There (KVMEM_LINUX_RETRY_STALLS=1) a boot with no console
-line for 3 minutes is booted once more, saying so."""
+KVMEM_LINUX_APPEND on the kernel command line."""
 import os
 import re
 import signal
@@ -34,50 +27,31 @@ from linuxhelp import CPUS, TIMERS, cmdline, require_linux, without_timers
 
 # Under the nested VM's emulation a boot takes a minute or two; natively seconds.
 BOOT_TIMEOUT = 600
-# Where the environment says its boots can hang for reasons of its own
-# (KVMEM_LINUX_RETRY_STALLS=1: tests/nested/run.sh, whose QEMU hands a guest
-# an interrupt while the guest has them off, so that about one timer-less
-# boot in thirty spins for ever on a lock the code it interrupted holds), a
-# boot with no console line for this long is stopped and booted once more,
-# saying so. Anywhere else a boot that stalls fails.
-STALL_S = 180
-RETRY_STALLS = os.environ.get("KVMEM_LINUX_RETRY_STALLS") == "1"
 
 require_accel()
 kernel, initrd = require_linux()
 
 
 def boot_once(args):
-    """Run kvmem to its end, BOOT_TIMEOUT at most (STALL_S without a console line where
-    stalls are retried); returns the run (status -1 when stopped) and whether it stalled."""
+    """Run kvmem to its end, BOOT_TIMEOUT at most; returns the run (status -1 when stopped,
+    its stderr saying so)."""
     p = spawn(args, start_new_session=True)
-    out, err, last = [], [], [time.monotonic()]
-
-    def read_out():
-        for line in p.stdout:
-            out.append(line)
-            last[0] = time.monotonic()
-    readers = [threading.Thread(target=read_out),
+    out, err = [], []
+    readers = [threading.Thread(target=lambda: out.extend(p.stdout)),
                threading.Thread(target=lambda: err.extend(p.stderr))]
     for t in readers:
         t.start()
-    t0, why = time.monotonic(), None
-    while p.poll() is None and why is None:
-        now = time.monotonic()
-        if now - t0 > BOOT_TIMEOUT:
-            why = f"no end in {BOOT_TIMEOUT} s"
-        elif RETRY_STALLS and now - last[0] > STALL_S:
-            why = f"no console line in {STALL_S} s"
-        else:
-            time.sleep(0.5)
-    if why:
+    try:
+        p.wait(BOOT_TIMEOUT)
+        why = ""
+    except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
+        p.wait()
+        why = f"no end in {BOOT_TIMEOUT} s"
     for t in readers:
         t.join()
-    rc = -1 if why else p.returncode
-    return subprocess.CompletedProcess(args, rc, "".join(out), "".join(err) + (why or "")), \
-        why is not None and why.startswith("no console line")
+    return subprocess.CompletedProcess(args, -1 if why else p.returncode, "".join(out),
+                                       "".join(err) + why)
 
 
 def boot(extra, what):
@@ -86,13 +60,7 @@ def boot(extra, what):
     args = ["run", "--mem", "512M", "--cpus", str(CPUS), "--kernel", kernel, "--initrd",
             initrd, "--cmdline", cmdline(extra)]
     t0 = time.monotonic()
-    r, stalled = boot_once(args)
-    if stalled:
-        print(f"info   {what}: no console line in {STALL_S} s (last: "
-              f"{(r.stdout.splitlines() or ['none'])[-1]!r}): stopped, and booted once more "
-              "(KVMEM_LINUX_RETRY_STALLS: this environment's boots hang now and then)",
-              flush=True)
-        r, _ = boot_once(args)
+    r = boot_once(args)
     minutes = (time.monotonic() - t0) / 60
     lines = r.stdout.splitlines()
     print(f"info   {what}: status {r.returncode} after {minutes:.1f} min", flush=True)

@@ -27,7 +27,7 @@
 #   --share DIR      one more host dir writable inside at its own path (repeatable)
 #   --timeout MIN    kill QEMU after MIN minutes (default 10 + 20 per meson run;
 #                    60 for a command)
-#   --mem SIZE       guest RAM (default 6G; less on a small host)   --smp N (default 2)
+#   --mem SIZE       guest RAM (default 6G; less on a small host)   --smp N (default 1)
 #   --append ARGS    more kernel command line (e.g. kvm_amd.npt=0)
 #   --out DIR        the run dir (default $KVMEM_NESTED_DIR/runs/DATE-PID)
 #   -v, --verbose    show the whole guest console live, not only the job's lines
@@ -46,7 +46,7 @@ say() { echo "nested: $*"; }
 usage() { echo "nested: $*" >&2; echo "usage: tests/nested/run.sh [--suite S] [--build DIR] [--multiplier N] [--env V=X] [--share DIR] [--timeout MIN] [--mem SIZE] [--smp N] [--append ARGS] [--out DIR] [-v] [TEST...] [-- CMD...] | --shell" >&2; exit 2; }
 
 suites=() builds=() tests=() cmd=() envs=() shares=()
-mult=3 timeout_min= mem= smp=2 append= out= verbose=0 shell=0
+mult=3 timeout_min= mem= smp=1 append= out= verbose=0 shell=0
 while (($#)); do
 	case $1 in
 	--suite) suites+=("${2:?}"); shift 2 ;;
@@ -109,23 +109,6 @@ job=$out/job.sh
 	echo "# written by tests/nested/run.sh; runs inside the nested VM"
 	echo "export OUT=$(q "$out")"
 	echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8"
-	# A ticking Linux guest deadlocks here sooner or later: QEMU 7.2's
-	# emulated SVM reports the interrupt window of a pending timer
-	# interrupt to L1's KVM while the guest's interrupts are still
-	# disabled (a lock holder is interrupted by a handler that wants the
-	# lock), with the LAPIC timer or the PIT, under kvmem or QEMU + KVM.
-	# noapictimer leaves the guest no timer at all: with the TSC deadline
-	# timer in its CPUID, Linux also stops the PIT (it expects the LAPIC
-	# timer), so nothing ticks and one vCPU boots nearly every time (the
-	# UART's and the balloon's interrupts remain), but nothing that sleeps
-	# in the guest ever wakes (KVMEM_LINUX_TIMERS=0 tells the tests).
-	# A second vCPU still hangs the boot. And the UART's interrupt comes in
-	# with interrupts off too, now and then: about one boot in thirty spins
-	# for ever in native_queued_spin_lock_slowpath (L1's trace: one RIP,
-	# nothing but host-interrupt exits), so test_linux_boot boots again once
-	# when a boot prints nothing for minutes (KVMEM_LINUX_RETRY_STALLS).
-	# The Linux tests take these from here (--env overrides them).
-	echo "export KVMEM_LINUX_APPEND=noapictimer KVMEM_LINUX_CPUS=1 KVMEM_LINUX_TIMERS=0 KVMEM_LINUX_RETRY_STALLS=1"
 	for e in "${envs[@]}"; do echo "export $(q "$e")"; done
 	cat "$here/job-lib.sh"
 	echo "cd $(q "$repo") || exit 1"
@@ -214,6 +197,16 @@ console=$out/console.log
 # panic=-1 + -no-reboot: a panicking guest ends QEMU at once; oops=panic: an
 # oops of the guest kernel (KVM included) fails the run instead of hanging it.
 kargs="console=ttyS0 loglevel=5 panic=-1 oops=panic kvmem_nested.out=$out $append"
+# One CPU by default: with two, a Linux guest of L1's KVM hangs within
+# minutes once it has a timer. When KVM injects an interrupt at VMRUN
+# (EVENTINJ), QEMU's emulated SVM (7.2 to 10.0) delivers it but leaves its
+# vector as the CPU's pending exception; the round-robin scheduler's kick
+# of a CPU (every 100 ms, and whenever another CPU is kicked; with one CPU
+# there is none) then makes QEMU deliver that vector into the guest a
+# second time, whatever its interrupt flag. A timer handler run twice over
+# spins for ever on the lock its first run holds. The guests' vCPUs are
+# threads of L1 and share its one CPU; TCG (thread=single) ran both on one
+# host core anyway.
 qemu=(qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot
 	-accel tcg,thread=single,tb-size=512 -cpu "${KVMEM_NESTED_CPU:-max}" -smp "$smp" -m "$mem"
 	-kernel "$KERNEL" -initrd "$INITRD" -append "$kargs"

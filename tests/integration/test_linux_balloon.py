@@ -10,7 +10,13 @@ end, in one boot of Debian's kernel (512 MiB, the workload kvmem-linux-wl):
    256 MiB, the guest's free memory falls by as much, and the VM's resident
    memory stays within what it keeps (falling, where the workload's freed
    pages were still resident: unreported); deflate back: the balloon
-   empties and the guest has its memory free again.
+   empties and the guest has its memory free again;
+4. deflate-on-OOM, in a second boot (where the guests have timer
+   interrupts: Linux's reclaim waits on a timer before it gives up and
+   calls the balloon's OOM notifier): the workload waits for the balloon
+   to hold 256 MiB, then fills more than the guest has left; Linux takes
+   the balloon's pages back to give them, the device counts them as
+   deflate-on-OOM, the target unchanged, and no process is killed.
 kvm only (linuxhelp.require_linux skips elsewhere, saying why). Every wait is
 a poll with a generous deadline; nothing asserts on timing."""
 import os
@@ -160,4 +166,42 @@ try:
 finally:
     rc = host.stop()
 check(rc == 0, f"the host exits 0 on SIGTERM (got {rc})")
+
+# 4. Deflate-on-OOM: Linux calls the OOM notifiers only after its reclaim made no progress,
+# and that reclaim first waits on a timer (reclaim_throttle).
+if not TIMERS:
+    without_timers("deflate-on-OOM (Linux's reclaim sleeps before it calls the OOM notifiers)")
+    finish()
+OOM_FILL = 320
+host = Host(["run", "--mem", "512M", "--cpus", str(CPUS), "--kernel", kernel, "--initrd", initrd,
+             "--budget", BUDGET, "--socket", sock,
+             "--cmdline", cmdline(f"quiet kvmem.wl=size={OOM_FILL},wait=balloon,then=sleep")])
+try:
+    check(wait_socket(host, sock), "oom: the host serves its control socket")
+    check(host.wait_line(r"^kvmem-wl: waiting for the balloon$", deadline_s=BOOT_S),
+          "oom: the workload waits for the balloon")
+    set_target(f"{(RAM >> 20) - DOWN}M", "oom")
+    check(host.wait_line(rf"^kvmem-wl: balloon holds {DOWN} MiB, \d+ MiB free$",
+                         deadline_s=BALLOON_S),
+          f"oom: the balloon holds {DOWN} MiB before the workload allocates")
+    check(host.wait_line(rf"^kvmem-wl: verify ok {OOM_FILL * PAGES_PER_MIB}$",
+                         deadline_s=BALLOON_S),
+          f"oom: the guest got its {OOM_FILL} MiB, more than it had left, filled and verified "
+          "them")
+    # The workload holds its memory from here on: the balloon cannot grow back meanwhile.
+    b = vm()["balloon"]
+    c = b["counters"]
+    check(c["oom_deflated_pages"] > 0 and c["needs_reset"] == 0 and c["bad_pfns"] == 0,
+          f"oom: the device counts the pages Linux took back as deflate-on-OOM ({c})")
+    check(b["balloon_actual_bytes"] < DOWN * MIB and b["balloon_target_bytes"] == DOWN * MIB,
+          f"oom: the balloon gave pages back although the target did not change "
+          f"({b['balloon_actual_bytes'] / MIB:.0f} of {b['balloon_target_bytes'] / MIB:.0f} "
+          "MiB held)")
+    check(not any("Killed process" in l or "verify FAIL" in l or l.startswith("kvmem-linux: FAIL")
+                  for l in host.stdout()),
+          "oom: no process was killed, no verification and no step of the init failed")
+    check(host.alive() and vm()["state"] == "running", "oom: the VM is still running")
+finally:
+    rc = host.stop()
+check(rc == 0, f"oom: the host exits 0 on SIGTERM (got {rc})")
 finish()

@@ -39,6 +39,7 @@
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -225,6 +226,15 @@ static int run_workload(void)
 	return WEXITSTATUS(st);
 }
 
+/*
+ * Before the VM ends: the console's lines are in the UART driver's buffer,
+ * sent as the UART's interrupts come, and would be lost with the VM.
+ */
+static void drain_console(void)
+{
+	tcdrain(STDOUT_FILENO);
+}
+
 /* Status through kvmem's system-control device; returns only if that failed. */
 static void exit_status(int status)
 {
@@ -244,6 +254,7 @@ static void exit_status(int status)
 		return;
 	}
 	reg = (volatile uint32_t *)((char *)p + ABI_SYS_POWEROFF);
+	drain_console();
 	*reg = (uint32_t)status;
 }
 
@@ -290,10 +301,12 @@ int main(void)
 		exit_status(1);
 	else if (cmdline_arg("kvmem.end", end, sizeof(end)) && !strcmp(end, "reboot")) {
 		say("reboot");
+		drain_console();
 		reboot(RB_AUTOBOOT);
 	}
 	/* The default, and the way out when the status could not be given (said above). */
 	say("poweroff");
+	drain_console();
 	reboot(RB_POWER_OFF);
 	/* Still here: the power-off did not end the VM. init must not exit (the kernel panics). */
 	say("FAIL the VM did not end: %s", strerror(errno));

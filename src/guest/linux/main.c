@@ -18,8 +18,10 @@
  * Its own lines start "kvmem-linux-wl: ". The memory the workload fills is
  * what Linux has available (arena.c), so size=max means all of that. What
  * only a kvmem guest has is refused as where it is missing there: corpus=
- * (no corpus), wait=balloon (no kvmem balloon driver); grow= never grows,
- * since memory a balloon gives back goes to Linux, not to the workload.
+ * (no corpus); wait=balloon waits on Linux's own balloon driver (balloon.c)
+ * and is refused where none is bound; grow= never grows, since memory a
+ * balloon gives back goes to Linux, not to the workload: Linux hands the
+ * workload the balloon's pages through deflate-on-OOM, as it faults them in.
  */
 #include <stdio.h>
 #include <string.h>

@@ -61,14 +61,20 @@ def policy_passes(n=2):
     return ok
 
 
+def boot(wl):
+    """A host running one Linux guest with the workload wl, serving the control socket."""
+    host = Host(["run", "--mem", "512M", "--cpus", str(CPUS), "--kernel", kernel, "--initrd",
+                 initrd, "--budget", BUDGET, "--socket", sock,
+                 "--cmdline", cmdline(f"quiet kvmem.wl={wl}")])
+    check(wait_socket(host, sock), "the host serves its control socket")
+    return host
+
+
 # time=: the workload holds its pages that long after the fill (verifying them once more)
 # before it frees them, long enough for the pause below however slow the machine.
 hold = ",time=5" if TIMERS else ""
-host = Host(["run", "--mem", "512M", "--cpus", str(CPUS), "--kernel", kernel, "--initrd", initrd,
-             "--budget", BUDGET, "--socket", sock,
-             "--cmdline", cmdline(f"quiet kvmem.wl=size={FILL}{hold},then=free")])
+host = boot(f"size={FILL}{hold},then=free")
 try:
-    check(wait_socket(host, sock), "the host serves its control socket")
     check(host.wait_line(r"^kvmem-linux: virtio_balloon bound to virtio\d+", deadline_s=BOOT_S),
           "the stock virtio_balloon driver binds the device")
     full = rf"^kvmem-wl: verify ok {FILL * PAGES_PER_MIB}$"
@@ -173,11 +179,8 @@ if not TIMERS:
     without_timers("deflate-on-OOM (Linux's reclaim sleeps before it calls the OOM notifiers)")
     finish()
 OOM_FILL = 320
-host = Host(["run", "--mem", "512M", "--cpus", str(CPUS), "--kernel", kernel, "--initrd", initrd,
-             "--budget", BUDGET, "--socket", sock,
-             "--cmdline", cmdline(f"quiet kvmem.wl=size={OOM_FILL},wait=balloon,then=sleep")])
+host = boot(f"size={OOM_FILL},wait=balloon,then=sleep")
 try:
-    check(wait_socket(host, sock), "oom: the host serves its control socket")
     check(host.wait_line(r"^kvmem-wl: waiting for the balloon$", deadline_s=BOOT_S),
           "oom: the workload waits for the balloon")
     set_target(f"{(RAM >> 20) - DOWN}M", "oom")

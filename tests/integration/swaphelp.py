@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 
 from kvmemtest import KVMEM, check
-from ctlhelp import Host, host_config, stats, wait_socket
+from ctlhelp import Host, host_config, no_verify_fail, request, stats, wait_socket, wait_state
 
 MIB = 1 << 20
 PAGE = 4096
@@ -64,3 +64,20 @@ def show_vm(v):
 def swapped_in(v):
     """Pages a VM read back from swap: touched ones and their read-ahead."""
     return v["swap"]["faults"] + v["swap"]["readahead"]
+
+
+def resume_and_read_back(h, sock, name, verify, what):
+    """A paused VM with pages in swap: its page states agree with its mapping
+    (memcheck), it resumes, its touches read pages back, and its workload
+    verifies twice more (every page each time, so all read back), never FAIL."""
+    r = request(sock, {"verb": "memcheck", "vm": name})
+    check(r.get("ok") is True and r.get("checked", 0) > 0 and r.get("mismatches") == 0,
+          f"memcheck: no page's state contradicts its mapping ({r})")
+    r = request(sock, {"verb": "resume", "vm": name})
+    check(r.get("ok") is True, f"the VM resumes ({r})")
+    wait_state(sock, None, lambda s: s["host"]["swap"]["swap_ins"] > 0,
+               "the guest's touches read swapped pages back",
+               show=lambda s: f"{s['host']['swap']}")
+    check(h.wait_line(verify, h.count(verify) + 2, 600),
+          f"the guest verifies all {what} twice more, reading it back from swap")
+    no_verify_fail(h, "swapped out and read back")

@@ -9,9 +9,9 @@ read of the swap file failed. kvm only (linuxhelp.require_linux skips
 elsewhere, saying why). Every wait is a poll with a generous deadline;
 nothing asserts on timing."""
 from kvmemtest import check, finish, require_accel
-from ctlhelp import no_verify_fail, request, stats, tmpdir, vm_of, wait_state
+from ctlhelp import request, stats, tmpdir, vm_of, wait_state
 from linuxhelp import CPUS, TIMERS, cmdline, require_linux, without_timers
-from swaphelp import MIB, PAGE, disk_dir, host_swap, show_vm, swap_host
+from swaphelp import MIB, PAGE, disk_dir, host_swap, resume_and_read_back, show_vm, swap_host
 
 FILL, TO = 192, 96      # MiB: the workload's fill, what the verb swaps the VM to
 VERIFY = rf"kvmem-wl: verify ok {FILL * 256}$"
@@ -54,17 +54,7 @@ try:
     wait_state(sock, "a", swapped_enough,
                f"stats: the VM holds less than {TO + 32} MiB, more than {FILL - TO} MiB in swap",
                show=show_vm)
-    r = request(sock, {"verb": "memcheck", "vm": "a"})
-    check(r.get("ok") is True and r.get("checked", 0) > 0 and r.get("mismatches") == 0,
-          f"memcheck: no page's state contradicts its mapping ({r})")
-    r = request(sock, {"verb": "resume", "vm": "a"})
-    check(r.get("ok") is True, f"the VM resumes ({r})")
-    wait_state(sock, None, lambda s: s["host"]["swap"]["swap_ins"] > 0,
-               "the guest's touches read swapped pages back",
-               show=lambda s: f"{s['host']['swap']}")
-    check(h.wait_line(VERIFY, h.count(VERIFY) + 2, 600),
-          "the guest verifies all its workload's memory twice more, reading it back from swap")
-    no_verify_fail(h, "swapped out and read back")
+    resume_and_read_back(h, sock, "a", VERIFY, "its workload's memory")
     v = vm_of(stats(sock), "a")
     check(h.alive() and v["state"] == "running", f"the VM still runs ({show_vm(v)})")
     hs = host_swap(sock)

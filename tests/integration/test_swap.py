@@ -32,7 +32,7 @@ import tempfile
 from kvmemtest import check, finish, require_accel, run, wait_for
 from ctlhelp import (Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of,
                      wait_socket, wait_state)
-from swaphelp import MIB, PAGE, disk_dir, host_swap, show_vm, swap_host
+from swaphelp import MIB, PAGE, disk_dir, host_swap, resume_and_read_back, show_vm, swap_host
 
 MEM, FILL, TO = 256, 200, 64           # MiB: the VM's RAM, its fill, what the verb swaps it to
 WL = f"kvmem.wl=size={FILL},id=7,read=1,rate=1,verify=15,then=sleep"
@@ -153,18 +153,7 @@ try:
     v = vm_of(stats(sock), "a")
     check(v["state"] == "paused" and v["swap"]["swapped_bytes"] > 0,
           f"paused with pages in swap ({show_vm(v)})")
-    r = request(sock, {"verb": "memcheck", "vm": "a"})
-    check(r.get("ok") is True and r.get("checked", 0) > 0 and r.get("mismatches") == 0,
-          f"memcheck: no page's state contradicts its mapping ({r})")
-    r = request(sock, {"verb": "resume", "vm": "a"})
-    check(r.get("ok") is True, f"the VM resumes ({r})")
-    wait_state(sock, None, lambda s: s["host"]["swap"]["swap_ins"] > 0,
-               "the guest's touches read swapped pages back",
-               show=lambda s: f"{s['host']['swap']}")
-    # Each full verification reads every page: twice, all of them back from swap.
-    check(h.wait_line(VERIFY, h.count(VERIFY) + 2, 600),
-          "the guest verifies all its memory twice more, reading it back from swap")
-    no_verify_fail(h, "swapped out and read back")
+    resume_and_read_back(h, sock, "a", VERIFY, "its memory")
 
     # The verb's refusals, like the other per-VM verbs'.
     r = request(sock, {"verb": "swap", "vm": "nosuch", "to": "1M"})

@@ -233,7 +233,10 @@ say "booting kernel $KVER under TCG (-cpu max, $smp CPUs, $mem); run dir $out"
 say "job: $(IFS=';'; echo "${names[*]}" | sed 's/;/; /g') (QEMU timeout $timeout_min min)"
 t0=$(date +%s)
 : > "$console"
-timeout --kill-after=30 "${timeout_min}m" "${qemu[@]}" -monitor none -serial "file:$console" \
+# The QEMU monitor listens in the run dir: a hung run can be asked where L1's
+# CPUs are (socat - UNIX-CONNECT:RUN/monitor.sock, then info registers, info lapic).
+timeout --kill-after=30 "${timeout_min}m" "${qemu[@]}" -serial "file:$console" \
+	-monitor "unix:$out/monitor.sock,server=on,wait=off" \
 	< /dev/null > "$out/qemu.err" 2>&1 &
 qpid=$!
 trap 'kill $qpid 2> /dev/null || true' EXIT

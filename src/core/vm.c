@@ -10,6 +10,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -124,6 +125,11 @@ static int boot_linux(struct vm *vm)
 	char why[512];
 	int ret;
 
+	if (!vm->kernel_path) {
+		log_err("%s: a Linux machine without a kernel has nothing to boot: it continues "
+			"from a saved state or not at all", vm->name);
+		return -EINVAL;
+	}
 	ret = linux_image_open(vm->kernel_path, &img, why, sizeof(why));
 	if (!ret) {
 		linux_machine_of(vm->gm, &m);
@@ -162,7 +168,7 @@ static int boot_guest(struct vm *vm)
 	struct boot_info bi;
 	int ret;
 
-	if (vm->kernel_path)
+	if (vm->linux_machine)
 		return boot_linux(vm);
 	ret = boot_load_elf(vm->gm, vm->guest_path, offset, &img);
 	if (ret) {
@@ -207,15 +213,19 @@ int vm_create(const struct vm_params *p, struct vm **out)
 	if (!p->name || !p->guest_path == !p->kernel_path || p->ncpus == 0 ||
 	    p->ncpus > ABI_MAX_CPUS || !accel)
 		return -EINVAL;
-	/* The config refuses this in one line (accel_linux_check); any other caller, here. */
-	if (p->kernel_path && !accel->boot_linux) {
-		log_err("%s: the %s accelerator cannot boot a Linux kernel", p->name, accel->name);
+	/*
+	 * The config and an arrival's description refuse this in one line
+	 * (accel_linux_check); any other caller, here.
+	 */
+	if ((p->kernel_path || p->linux_machine) && !accel->boot_linux) {
+		log_err("%s: the %s accelerator cannot run a Linux kernel", p->name, accel->name);
 		return -ENOTSUP;
 	}
 	vm = kv_zalloc(sizeof(*vm));
 	if (!vm)
 		return -ENOMEM;
 	vm->accel_kind = p->accel;
+	vm->linux_machine = p->linux_machine || p->kernel_path;
 	vm->accel = accel;
 	vm->name = kv_strdup(p->name);
 	vm->guest_path = p->guest_path ? kv_strdup(p->guest_path) : NULL;
@@ -252,7 +262,7 @@ int vm_create(const struct vm_params *p, struct vm **out)
 	ret = console_create(vm, p->console_fd, p->console_prefix, p->console_log, &vm->console);
 	if (ret)
 		goto out_destroy;
-	if (p->kernel_path) {
+	if (vm->linux_machine) {
 		ret = uart_create(vm, LAYOUT_LINUX_COM1, LAYOUT_LINUX_COM1_GSI, &vm->uart);
 		if (!ret)
 			ret = pc_create(vm, &vm->pc);
@@ -621,6 +631,9 @@ int vm_load_clock(struct vm *vm, const struct vm_clock *c)
 		return -ERANGE;
 	vm->tsc_offset = (int64_t)(c->guest_tsc - vm->accel->guest_tsc(vm));
 	vm->clock_offset_ns = (int64_t)(c->vmm_ns - kv_clock_ns(CLOCK_MONOTONIC));
+	/* A Linux guest's memory is its own: no boot parameters of kvmem's there to write. */
+	if (vm->linux_machine)
+		return 0;
 	/* The guest reads its offset from the boot parameters, which came with its memory. */
 	return mem_write(vm->gm, LAYOUT_BOOT_PARAMS + offsetof(struct abi_boot_params, tsc_offset),
 			 &vm->tsc_offset, sizeof(vm->tsc_offset));
@@ -630,8 +643,14 @@ int vm_new_generation(struct vm *vm, uint64_t *out)
 {
 	gpa_t at = LAYOUT_BOOT_PARAMS + offsetof(struct abi_boot_params, generation);
 	uint64_t g;
-	int ret = mem_read(vm->gm, at, &g, sizeof(g));
+	int ret;
 
+	if (vm->linux_machine) {
+		if (out)
+			*out = 0;
+		return 0;
+	}
+	ret = mem_read(vm->gm, at, &g, sizeof(g));
 	if (ret)
 		return ret;
 	g++;
@@ -643,8 +662,49 @@ int vm_new_generation(struct vm *vm, uint64_t *out)
 
 int vm_set_identity(struct vm *vm, uint64_t identity)
 {
+	/* Where a kvmem guest has its boot parameters, a Linux guest has its own pages. */
+	if (vm->linux_machine)
+		return 0;
 	return mem_write(vm->gm, LAYOUT_BOOT_PARAMS + offsetof(struct abi_boot_params, identity),
 			 &identity, sizeof(identity));
+}
+
+int vm_save_platform(struct vm *vm, json_t *devices)
+{
+	if (!vm->linux_machine)
+		return 0;
+	if (json_object_set_new(devices, "uart", uart_save(vm->uart)) ||
+	    json_object_set_new(devices, "pc", pc_save(vm->pc)))
+		return -ENOMEM;
+	return 0;
+}
+
+int vm_load_platform(struct vm *vm, json_t *devices, char *why, size_t whylen)
+{
+	json_t *uart = json_object_get(devices, "uart"), *pc = json_object_get(devices, "pc");
+	int ret;
+
+	/* The description made this machine: state of another kind is of another VM. */
+	if (!vm->linux_machine) {
+		if (!uart && !pc)
+			return 0;
+		snprintf(why, whylen, "a Linux guest's UART and PC ports, for a VM that has none");
+		return -EINVAL;
+	}
+	/*
+	 * Each refuses before it changes anything; a UART loaded before the
+	 * PC ports refused is of no matter: a VM whose state was refused does
+	 * not run on it (an arrival is discarded, a rollback stops it).
+	 */
+	ret = uart_load(vm->uart, uart, why, whylen);
+	if (!ret)
+		ret = pc_load(vm->pc, pc, why, whylen);
+	return ret;
+}
+
+bool vm_is_linux(const struct vm *vm)
+{
+	return vm->linux_machine;
 }
 
 unsigned int vm_ncpus(const struct vm *vm)

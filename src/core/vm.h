@@ -9,6 +9,7 @@
 #ifndef KVMEM_CORE_VM_H
 #define KVMEM_CORE_VM_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -30,6 +31,14 @@ struct vm_params {
 	unsigned int ncpus;	 /* 1..ABI_MAX_CPUS */
 	const char *guest_path;	 /* static ELF64 to boot, or NULL with kernel_path */
 	const char *kernel_path; /* a Linux bzImage to boot instead (core/linux_boot.h), or NULL */
+	/*
+	 * The machine a Linux kernel expects (the accelerator's platform, the
+	 * UART and PC ports) rather than the kvmem guest's. Implied by
+	 * kernel_path; without one, a Linux guest that continues from
+	 * elsewhere, which must be given its state (vm_load_vcpu) before
+	 * vm_start: there is nothing to boot.
+	 */
+	bool linux_machine;
 	const char *initrd_path; /* its initrd, or NULL */
 	const char *cmdline;	 /* guest command line */
 	int console_fd;		 /* console lines go here (e.g. stdout) */
@@ -156,7 +165,9 @@ void vm_dirty_stop(struct vm *vm);
  *   vm_save_clock / vm_load_clock: the guest's time (its TSC and the system
  *   control device's clock) as it reads it now, and the same time given to
  *   a VM that continues it: its clocks go on from there instead of jumping
- *   to this host's. Save paused; load before vm_start, or paused.
+ *   to this host's. Save paused; load before vm_start, or paused. A Linux
+ *   guest reads its TSC as KVM keeps it (it travels with the vCPU's MSRs)
+ *   and kvm-clock (with the machine): only the VMM's clock is set for it.
  * -ENOTSUP where the accelerator cannot do it; vm_load_clock: -ERANGE when
  * this host's TSC runs at another rate (the guest's clock would too).
  */
@@ -177,14 +188,28 @@ MUST_CHECK int vm_load_machine(struct vm *vm, const void *buf, size_t len);
 MUST_CHECK int vm_save_clock(struct vm *vm, struct vm_clock *out);
 MUST_CHECK int vm_load_clock(struct vm *vm, const struct vm_clock *c);
 /*
+ * A Linux machine's own devices (the UART, the PC ports) for migration and
+ * snapshots, beside the host's: vm_save_platform adds theirs to devices
+ * ("uart", "pc"; nothing for a kvmem guest's machine): 0 or -ENOMEM.
+ * Paused. vm_load_platform takes them from devices, which another host
+ * wrote (untrusted): a Linux machine needs both, any other machine none;
+ * 0, or -EINVAL with why. Before vm_start, or paused.
+ */
+MUST_CHECK int vm_save_platform(struct vm *vm, json_t *devices);
+MUST_CHECK int vm_load_platform(struct vm *vm, json_t *devices, char *why, size_t whylen);
+/*
  * The VM starts again from a saved state (a restore, a rollback): one more
  * generation in its boot parameters (abi_boot_params.generation), which its
  * memory holds already. The guest takes what it must not repeat afresh.
- * 0 (*out the new generation, may be NULL), or mem_write's -errno.
+ * 0 (*out the new generation, may be NULL), or mem_write's -errno. A Linux
+ * guest has no boot parameters of kvmem's (nor yet a device to read a
+ * generation from): nothing is written in its memory, and *out is 0.
  */
 int vm_new_generation(struct vm *vm, uint64_t *out);
-/* A clone's identity in its boot parameters (abi_boot_params.identity). 0 or -errno. */
+/* A clone's identity in its boot parameters (abi_boot_params.identity; not a Linux guest's). */
 int vm_set_identity(struct vm *vm, uint64_t identity);
+/* The VM is a Linux machine (vm_params.linux_machine, or booted from a kernel). */
+bool vm_is_linux(const struct vm *vm);
 /* The VM's vCPU count. */
 unsigned int vm_ncpus(const struct vm *vm);
 const char *vm_name(const struct vm *vm);

@@ -33,7 +33,8 @@ struct vm {
 	unsigned int nr_devs;
 	unsigned int nr_virtio;
 	char *guest_path;		/* until boot; NULL for a Linux kernel */
-	char *kernel_path;		/* a Linux kernel's image, or NULL */
+	bool linux_machine;		/* a PC for Linux (vm_params), immutable */
+	char *kernel_path;		/* a Linux kernel's image to boot, or NULL */
 	char *initrd_path;		/* its initrd, or NULL */
 	char *cmdline;			/* until boot */
 	struct console *console;
@@ -98,6 +99,18 @@ int uart_create(struct vm *vm, uint16_t port, uint32_t gsi, struct uart **out);
 void uart_destroy(struct uart *u);
 int pc_create(struct vm *vm, struct pc **out);
 void pc_destroy(struct pc *pc);
+/*
+ * Their registers for migration and snapshots (the PM timer as the count
+ * it reads now), as JSON (new reference, NULL without memory); and loaded
+ * from another host's, untrusted: every field there, of its type and
+ * within what the guest's writes could leave, else -EINVAL with why and
+ * nothing changed. uart_load drives the interrupt line to the level the
+ * registers give. Before vm_start, or paused.
+ */
+json_t *uart_save(struct uart *u);
+int uart_load(struct uart *u, json_t *st, char *why, size_t whylen);
+json_t *pc_save(struct pc *pc);
+int pc_load(struct pc *pc, json_t *st, char *why, size_t whylen);
 extern const struct bus_ops sysctl_ops;
 
 #endif

@@ -6,7 +6,10 @@
  * interrupt it relies on (raised when enabled, cleared by reading IIR,
  * a fresh edge after every byte), its bytes as console lines; the ports
  * that end the VM (the keyboard controller's reset, ACPI S5), and the
- * PM timer's rate.
+ * PM timer's rate. Their state as it migrates: saved and loaded into a
+ * second machine's devices whole (the line driven again, the PM timer going
+ * on from its count), and every malformed or out-of-range state refused
+ * with its field named and the devices left as they were.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -38,8 +41,11 @@ static int fake_irq_line(struct vm *vm, uint32_t gsi, bool level)
 }
 
 static const struct accel_ops fake_accel = { .name = "fake", .irq_line = fake_irq_line };
-static struct vm vm = { .name = (char *)"lnx", .accel = &fake_accel };
+static struct vm vm = { .name = (char *)"lnx", .accel = &fake_accel, .linux_machine = true };
 static struct vcpu vcpu = { .vm = &vm };
+/* The machine a migration of vm lands in: its own ports, loaded with vm's state. */
+static struct vm dst = { .name = (char *)"dst", .accel = &fake_accel, .linux_machine = true };
+static struct vcpu dst_vcpu = { .vm = &dst };
 static int out[2];	/* the console's output: a pipe */
 
 static uint8_t in8(uint16_t port)
@@ -68,6 +74,12 @@ static int setup(void **state)
 	    uart_create(&vm, LAYOUT_LINUX_COM1, LAYOUT_LINUX_COM1_GSI, &vm.uart) ||
 	    pc_create(&vm, &vm.pc))
 		return -1;
+	pthread_mutex_init(&dst.lock, NULL);
+	pthread_cond_init(&dst.cond, NULL);
+	if (bus_init_ports(&dst.pio_bus) ||
+	    uart_create(&dst, LAYOUT_LINUX_COM1, LAYOUT_LINUX_COM1_GSI, &dst.uart) ||
+	    pc_create(&dst, &dst.pc))
+		return -1;
 	return 0;
 }
 
@@ -81,6 +93,9 @@ static int teardown(void **state)
 	close(out[0]);
 	bus_fini(&vm.pio_bus);
 	mem_destroy(vm.gm);
+	uart_destroy(dst.uart);
+	pc_destroy(dst.pc);
+	bus_fini(&dst.pio_bus);
 	return 0;
 }
 
@@ -212,6 +227,179 @@ static void test_pc_power_off_and_reset_stop_the_vm(void **state)
 	assert_int_equal(vm.exit_status, VM_STATUS_STOPPED);
 }
 
+static uint8_t dst_in8(uint16_t port)
+{
+	uint8_t v = 0x5a;
+
+	bus_dispatch(&dst.pio_bus, &dst_vcpu, port, &v, 1, false);
+	return v;
+}
+
+static uint32_t pm_tmr_of(struct vm *m, struct vcpu *c)
+{
+	uint32_t v = 0;
+
+	bus_dispatch(&m->pio_bus, c, LAYOUT_LINUX_PM_TMR, &v, 4, false);
+	return v;
+}
+
+/* The devices' state as vm_save_platform gives it (the caller decrefs). */
+static json_t *platform_of(struct vm *m)
+{
+	json_t *o = json_object();
+
+	assert_non_null(o);
+	assert_int_equal(vm_save_platform(m, o), 0);
+	return o;
+}
+
+/* The state without the PM timer, which moves between two looks. */
+static json_t *registers_of(struct vm *m)
+{
+	json_t *o = platform_of(m);
+
+	json_object_del(json_object_get(o, "pc"), "pm_tmr");
+	return o;
+}
+
+/*
+ * Every register a guest can set, set to something other than reset's,
+ * saved, loaded into the other machine's devices: they read the same, save
+ * the same, the line is driven to the level they give, and the PM timer
+ * goes on from the count saved rather than from this host's.
+ */
+static void test_platform_state_moves_whole(void **state)
+{
+	json_t *saved, *a, *b;
+	uint16_t v;
+	uint32_t t0, t1;
+	char why[160] = "";
+
+	(void)state;
+	out8(COM1(3), 0x80);			/* DLAB: the divisor */
+	out8(COM1(0), 0x0c);
+	out8(COM1(1), 0x01);
+	out8(COM1(3), 0x1b);			/* 8 bits, even parity */
+	out8(COM1(4), 0x0b);			/* DTR RTS OUT2 */
+	out8(COM1(7), 0x77);
+	out8(COM1(2), 0x01);			/* FIFOs */
+	out8(COM1(1), 0x02);			/* ETBEI: THR empty pending */
+	out8(LAYOUT_LINUX_CMOS, 0x0b);
+	v = 0x0121;
+	bus_dispatch(&vm.pio_bus, &vcpu, LAYOUT_LINUX_PM1_EVT + 2, &v, 2, true);
+	v = 0x0001 | 5 << 10;			/* SCI_EN and a sleep type, without SLP_EN */
+	bus_dispatch(&vm.pio_bus, &vcpu, LAYOUT_LINUX_PM1_CNT, &v, 2, true);
+	/* The PM timer far from this host's count, close to its wrap. */
+	saved = platform_of(&vm);
+	json_object_set_new(json_object_get(saved, "pc"), "pm_tmr", json_integer(0xfffffff0));
+	assert_int_equal(vm_load_platform(&vm, saved, why, sizeof(why)), 0);
+	json_decref(saved);
+
+	saved = platform_of(&vm);
+	line_len = 0;
+	assert_int_equal(vm_load_platform(&dst, saved, why, sizeof(why)), 0);
+	line_log[line_len] = '\0';
+	/* THR empty, enabled: the new host's line is driven high. */
+	assert_string_equal(line_log, "1");
+	a = registers_of(&vm);
+	b = registers_of(&dst);
+	assert_true(json_equal(a, b));
+	json_decref(a);
+	json_decref(b);
+	assert_int_equal(dst_in8(COM1(1)), 0x02);
+	assert_int_equal(dst_in8(COM1(2)), 0xc2);	/* FIFOs, THR empty pending */
+	assert_int_equal(dst_in8(COM1(3)), 0x1b);
+	assert_int_equal(dst_in8(COM1(4)), 0x0b);
+	assert_int_equal(dst_in8(COM1(7)), 0x77);
+	v = 0;
+	bus_dispatch(&dst.pio_bus, &dst_vcpu, LAYOUT_LINUX_PM1_EVT + 2, &v, 2, false);
+	assert_int_equal(v, 0x0121);
+	/* Continuous: from the count saved (across its wrap), not from this host's. */
+	t0 = (uint32_t)json_integer_value(json_object_get(json_object_get(saved, "pc"), "pm_tmr"));
+	t1 = pm_tmr_of(&dst, &dst_vcpu);
+	assert_true(t1 - t0 < 3579545 / 2);
+	json_decref(saved);
+	/* Back to what the other tests' guest had. */
+	out8(COM1(1), 0);
+	out8(COM1(4), 0);
+	out8(COM1(3), 0x03);
+}
+
+/*
+ * A state with one field wrong (and another of the same device valid but
+ * new) refuses to load, naming the field, and changes nothing of that
+ * device; a UART refused drives no line.
+ */
+static void refuse(const char *dev, const char *key, json_t *value, const char *named)
+{
+	bool uart = !strcmp(dev, "uart");
+	const char *other = uart ? (strcmp(key, "scr") ? "scr" : "dll")
+				 : (strcmp(key, "pm1_en") ? "pm1_en" : "cmos_index");
+	json_t *bad = platform_of(&dst), *before, *after;
+	char why[160] = "";
+
+	json_object_set_new(json_object_get(bad, dev), other, json_integer(0x42));
+	if (value)
+		json_object_set_new(json_object_get(bad, dev), key, value);
+	else
+		json_object_del(json_object_get(bad, dev), key);
+	before = registers_of(&dst);
+	line_len = 0;
+	assert_int_equal(vm_load_platform(&dst, bad, why, sizeof(why)), -EINVAL);
+	print_message("refused %s.%s: %s\n", dev, key, why);
+	assert_non_null(strstr(why, named));
+	after = registers_of(&dst);
+	assert_true(json_equal(json_object_get(before, dev), json_object_get(after, dev)));
+	if (uart)
+		assert_int_equal(line_len, 0);
+	json_decref(before);
+	json_decref(after);
+	json_decref(bad);
+}
+
+static void test_platform_state_refused_when_malformed(void **state)
+{
+	json_t *o;
+	char why[160] = "";
+
+	(void)state;
+	refuse("uart", "ier", json_integer(0x10), "ier");	/* the upper bits read 0 */
+	refuse("uart", "ier", json_integer(-1), "ier");
+	refuse("uart", "lcr", json_integer(256), "lcr");
+	refuse("uart", "mcr", json_integer(0x20), "mcr");
+	refuse("uart", "scr", json_string("7"), "scr");
+	refuse("uart", "dll", json_real(1.0), "dll");
+	refuse("uart", "dlm", NULL, "dlm");
+	refuse("uart", "fifo", json_integer(1), "fifo");
+	refuse("uart", "thre_pending", json_null(), "thre_pending");
+	refuse("pc", "cmos_index", json_integer(0x80), "cmos_index");	/* bit 7 is the NMI mask */
+	refuse("pc", "pm1_sts", json_integer(0x10000), "pm1_sts");
+	refuse("pc", "pm1_en", json_true(), "pm1_en");
+	refuse("pc", "pm1_cnt", json_integer(0x2000), "SLP_EN");	/* held by no register */
+	refuse("pc", "pm_tmr", json_integer(0x100000000), "pm_tmr");
+	refuse("pc", "pm_tmr", NULL, "pm_tmr");
+	/* A device's state that is not an object, or not there at all. */
+	o = platform_of(&dst);
+	json_object_set_new(o, "uart", json_array());
+	assert_int_equal(vm_load_platform(&dst, o, why, sizeof(why)), -EINVAL);
+	assert_non_null(strstr(why, "uart"));
+	json_object_del(o, "uart");
+	assert_int_equal(vm_load_platform(&dst, o, why, sizeof(why)), -EINVAL);
+	json_decref(o);
+	/* A kvmem guest's machine has no such devices: another VM's state. */
+	o = platform_of(&dst);
+	dst.linux_machine = false;
+	assert_int_equal(vm_load_platform(&dst, o, why, sizeof(why)), -EINVAL);
+	assert_non_null(strstr(why, "UART"));
+	json_decref(o);
+	o = json_object();
+	assert_int_equal(vm_save_platform(&dst, o), 0);
+	assert_int_equal(json_object_size(o), 0);	/* and saves none */
+	assert_int_equal(vm_load_platform(&dst, o, why, sizeof(why)), 0);
+	json_decref(o);
+	dst.linux_machine = true;
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -220,6 +408,8 @@ int main(void)
 		cmocka_unit_test(test_pc_ports_answer_what_linux_polls),
 		cmocka_unit_test(test_pc_pm_timer_counts_at_its_rate),
 		cmocka_unit_test(test_pc_power_off_and_reset_stop_the_vm),
+		cmocka_unit_test(test_platform_state_moves_whole),
+		cmocka_unit_test(test_platform_state_refused_when_malformed),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -59,7 +59,7 @@ _Static_assert(sizeof(((struct kvm_run *)0)->mmio) >= sizeof(struct kvm_memory_f
 struct kvm_vm {
 	int fd;
 	bool irqchip;	/* an in-kernel irqchip exists (irqfd works) */
-	bool linux_guest;	/* the VM boots a Linux kernel (vm->kernel_path) */
+	bool linux_guest;	/* a Linux machine (vm->linux_machine): booted, or arriving */
 };
 
 struct kvm_vcpu {
@@ -245,7 +245,8 @@ static int kvm_vm_init(struct vm *vm)
 		k->irqchip = true;
 	else
 		log_debug("%s: no in-kernel irqchip: %m", vm->name);
-	if (vm->kernel_path)
+	/* An arriving Linux guest needs the same machine as one that boots: its state is of it. */
+	if (vm->linux_machine)
 		return linux_machine_init(vm, k);
 	return 0;
 }

@@ -19,12 +19,15 @@
  *           power-off Linux makes through \_S5, which ends the VM with
  *           status 0) and the PM timer (3.579545 MHz, 32 bits).
  *
- * Runs on vCPU threads; `lock` guards the registers.
+ * Runs on vCPU threads; `lock` guards the registers. Migration and
+ * snapshots move them (pc_save, pc_load), and the PM timer as the count the
+ * guest last could read: it goes on from there on any host.
  */
 #define LOG_TAG "pc"
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <time.h>
 
 #include "core/alloc.h"
@@ -48,6 +51,8 @@ struct pc {
 	pthread_mutex_t lock;	/* guards everything below */
 	uint8_t cmos_index;
 	uint16_t pm1_sts, pm1_en, pm1_cnt;
+	/* Added to this host's count (atomic: read lock-free), so a moved VM's timer goes on. */
+	uint32_t tmr_offset;
 };
 
 static void i8042_write(void *opaque, struct vcpu *vcpu, uint64_t off, const void *data,
@@ -187,17 +192,28 @@ static void pm_cnt_write(void *opaque, struct vcpu *vcpu, uint64_t off, const vo
 
 static const struct bus_ops pm_cnt_ops = { .read = pm_cnt_read, .write = pm_cnt_write };
 
-/* The PM timer counts at 3.579545 MHz from any origin; this one is the host's boot. */
+/*
+ * The PM timer counts at 3.579545 MHz from any origin: this host's boot,
+ * moved by the offset a VM that came from elsewhere brought.
+ */
+static uint32_t host_ticks(void)
+{
+	uint64_t ns = kv_clock_ns(CLOCK_MONOTONIC);
+
+	return (uint32_t)((ns / 1000000000ULL) * PM_TMR_HZ +
+			  (ns % 1000000000ULL) * PM_TMR_HZ / 1000000000ULL);
+}
+
+static uint32_t pm_tmr(struct pc *pc)
+{
+	return host_ticks() + __atomic_load_n(&pc->tmr_offset, __ATOMIC_RELAXED);
+}
+
 static void pm_tmr_read(void *opaque, struct vcpu *vcpu, uint64_t off, void *data,
 			unsigned int len)
 {
-	uint64_t ns = kv_clock_ns(CLOCK_MONOTONIC);
-	uint64_t ticks = (ns / 1000000000ULL) * PM_TMR_HZ +
-			 (ns % 1000000000ULL) * PM_TMR_HZ / 1000000000ULL;
-
-	(void)opaque;
 	(void)vcpu;
-	bus_data_put(data, len, (uint32_t)ticks >> (8 * off));
+	bus_data_put(data, len, pm_tmr(opaque) >> (8 * off));
 }
 
 static const struct bus_ops pm_tmr_ops = { .read = pm_tmr_read, .write = ignore_write };
@@ -232,6 +248,64 @@ int pc_create(struct vm *vm, struct pc **out)
 		}
 	}
 	*out = pc;
+	return 0;
+}
+
+json_t *pc_save(struct pc *pc)
+{
+	json_t *st;
+
+	pthread_mutex_lock(&pc->lock);
+	st = json_pack("{s:i, s:i, s:i, s:i, s:I}", "cmos_index", pc->cmos_index, "pm1_sts",
+		       pc->pm1_sts, "pm1_en", pc->pm1_en, "pm1_cnt", pc->pm1_cnt, "pm_tmr",
+		       (json_int_t)pm_tmr(pc));
+	pthread_mutex_unlock(&pc->lock);
+	return st;
+}
+
+/* An integer of st in [0, max], else false with why. */
+static bool get_uint(json_t *st, const char *key, uint32_t max, uint32_t *out, char *why,
+		     size_t whylen)
+{
+	json_t *v = json_object_get(st, key);
+
+	if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > max) {
+		snprintf(why, whylen, "pc: %s missing, not an integer or above 0x%x", key, max);
+		return false;
+	}
+	*out = (uint32_t)json_integer_value(v);
+	return true;
+}
+
+int pc_load(struct pc *pc, json_t *st, char *why, size_t whylen)
+{
+	uint32_t index, sts, en, cnt, tmr;
+
+	/* Checked whole first: a refused state leaves the ports as they were. */
+	if (!json_is_object(st)) {
+		snprintf(why, whylen, "pc: no state");
+		return -EINVAL;
+	}
+	if (!get_uint(st, "cmos_index", 0x7f, &index, why, whylen) ||
+	    !get_uint(st, "pm1_sts", UINT16_MAX, &sts, why, whylen) ||
+	    !get_uint(st, "pm1_en", UINT16_MAX, &en, why, whylen) ||
+	    !get_uint(st, "pm1_cnt", UINT16_MAX, &cnt, why, whylen) ||
+	    !get_uint(st, "pm_tmr", UINT32_MAX, &tmr, why, whylen))
+		return -EINVAL;
+	/* SLP_EN is never held: the write that sets it is the sleep, taken at the source. */
+	if (cnt & PM1_CNT_SLP_EN) {
+		snprintf(why, whylen, "pc: pm1_cnt 0x%x holds SLP_EN, which no PM1 control register "
+			 "keeps", cnt);
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&pc->lock);
+	pc->cmos_index = (uint8_t)index;
+	pc->pm1_sts = (uint16_t)sts;
+	pc->pm1_en = (uint16_t)en;
+	pc->pm1_cnt = (uint16_t)cnt;
+	/* Unsigned and 32 bits wide, as the register: the count goes on from tmr here. */
+	__atomic_store_n(&pc->tmr_offset, tmr - host_ticks(), __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&pc->lock);
 	return 0;
 }
 

@@ -23,12 +23,15 @@
  *
  * Runs on vCPU threads; `lock` guards the registers (a guest's vCPUs may
  * reach the port at once). Lock order: uart->lock, then the console's.
+ * Migration and snapshots move the registers (uart_save, uart_load); the
+ * line is not state of its own but what they say, driven again on load.
  */
 #define LOG_TAG "uart"
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "core/alloc.h"
@@ -86,13 +89,16 @@ static uint8_t iir(const struct uart *u)
 	return v | IIR_NONE;
 }
 
-/* Drive the line to what the pending, enabled sources say. Lock held. */
-static void update_line(struct uart *u)
+/*
+ * Drive the line to what the pending, enabled sources say: when it changes,
+ * or always (force: the kernel's idea of it is not known). Lock held.
+ */
+static void drive_line(struct uart *u, bool force)
 {
 	bool level = !(iir(u) & IIR_NONE);
 	int ret;
 
-	if (level == u->line || u->line_failed)
+	if ((level == u->line && !force) || u->line_failed)
 		return;
 	ret = vm_irq_line(u->vm, u->gsi, level);
 	if (ret) {
@@ -102,6 +108,11 @@ static void update_line(struct uart *u)
 		return;
 	}
 	u->line = level;
+}
+
+static void update_line(struct uart *u)
+{
+	drive_line(u, false);
 }
 
 /* Modem status: in loopback the outputs feed the inputs, else a modem is there. */
@@ -229,6 +240,84 @@ int uart_create(struct vm *vm, uint16_t port, uint32_t gsi, struct uart **out)
 		return ret;
 	}
 	*out = u;
+	return 0;
+}
+
+json_t *uart_save(struct uart *u)
+{
+	json_t *st;
+
+	pthread_mutex_lock(&u->lock);
+	st = json_pack("{s:i, s:i, s:i, s:i, s:i, s:i, s:b, s:b}", "ier", u->ier, "lcr", u->lcr,
+		       "mcr", u->mcr, "scr", u->scr, "dll", u->dll, "dlm", u->dlm, "fifo", u->fifo,
+		       "thre_pending", u->thre_pending);
+	pthread_mutex_unlock(&u->lock);
+	return st;
+}
+
+/* A register of st as a guest's write could leave it: an integer in [0, max]. */
+static bool get_reg(json_t *st, const char *key, uint8_t max, uint8_t *out, char *why,
+		    size_t whylen)
+{
+	json_t *v = json_object_get(st, key);
+
+	if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > max) {
+		snprintf(why, whylen, "uart: %s missing, not an integer or above 0x%x", key, max);
+		return false;
+	}
+	*out = (uint8_t)json_integer_value(v);
+	return true;
+}
+
+static bool get_flag(json_t *st, const char *key, bool *out, char *why, size_t whylen)
+{
+	json_t *v = json_object_get(st, key);
+
+	if (!json_is_boolean(v)) {
+		snprintf(why, whylen, "uart: %s missing or not a boolean", key);
+		return false;
+	}
+	*out = json_is_true(v);
+	return true;
+}
+
+int uart_load(struct uart *u, json_t *st, char *why, size_t whylen)
+{
+	uint8_t ier, lcr, mcr, scr, dll, dlm;
+	bool fifo, thre;
+
+	/* Checked whole before any register changes: a refused state leaves the UART as it was. */
+	if (!json_is_object(st)) {
+		snprintf(why, whylen, "uart: no state");
+		return -EINVAL;
+	}
+	if (!get_reg(st, "ier", IER_MASK, &ier, why, whylen) ||
+	    !get_reg(st, "lcr", UINT8_MAX, &lcr, why, whylen) ||
+	    !get_reg(st, "mcr", MCR_MASK, &mcr, why, whylen) ||
+	    !get_reg(st, "scr", UINT8_MAX, &scr, why, whylen) ||
+	    !get_reg(st, "dll", UINT8_MAX, &dll, why, whylen) ||
+	    !get_reg(st, "dlm", UINT8_MAX, &dlm, why, whylen) ||
+	    !get_flag(st, "fifo", &fifo, why, whylen) ||
+	    !get_flag(st, "thre_pending", &thre, why, whylen))
+		return -EINVAL;
+	pthread_mutex_lock(&u->lock);
+	u->ier = ier;
+	u->lcr = lcr;
+	u->mcr = mcr;
+	u->scr = scr;
+	u->dll = dll;
+	u->dlm = dlm;
+	u->fifo = fifo;
+	u->thre_pending = thre;
+	/*
+	 * The interrupt controllers came with the machine's state, but the level
+	 * this device holds on its line is KVM's own per-source record, which
+	 * travels with nothing: driven now, whatever it was here before (a
+	 * rollback), so the next change is an edge the guest sees.
+	 */
+	u->line_failed = false;
+	drive_line(u, true);
+	pthread_mutex_unlock(&u->lock);
 	return 0;
 }
 

@@ -371,16 +371,19 @@ int mig_restore_start(const char *path, const struct mig_params *p,
 
 /* --- rollback --- */
 
-/* The file is of a VM of vm's shape: its pages, vCPUs, accelerator and (thread) place. */
+/*
+ * The file is of a VM of vm's shape: its pages, vCPUs, accelerator, machine
+ * (a Linux guest's or the kvmem guest's) and (thread) place.
+ */
 static int fits(struct vm *vm, struct snap_reader *r, char *why, size_t whylen)
 {
 	json_t *d = snapr_desc(r);
 	json_int_t mem = 0, base = 0;
 	const char *accel = "";
-	int cpus = 0, ret = 0;
+	int cpus = 0, lnx = 0, ret = 0;
 
-	if (!d || json_unpack(d, "{s:I, s:i, s:s, s?I}", "mem_bytes", &mem, "cpus", &cpus, "accel",
-			      &accel, "ram_base", &base)) {
+	if (!d || json_unpack(d, "{s:I, s:i, s:s, s?I, s?b}", "mem_bytes", &mem, "cpus", &cpus,
+			      "accel", &accel, "ram_base", &base, "linux", &lnx)) {
 		snprintf(why, whylen, "%s: the VM's description is malformed", snapr_path(r));
 		ret = -EINVAL;
 	} else if (snapr_nr_pages(r) != mem_nr_pages(vm_gm(vm)) || (unsigned int)cpus != vm_ncpus(vm) ||
@@ -389,6 +392,10 @@ static int fits(struct vm *vm, struct snap_reader *r, char *why, size_t whylen)
 			 "MiB, %u vCPUs, %s)", snapr_path(r), (long long)(mem >> 20), cpus, accel,
 			 (unsigned long long)(mem_ram_bytes(vm_gm(vm)) >> 20), vm_ncpus(vm),
 			 vm_accel_name(vm));
+		ret = -EINVAL;
+	} else if (!lnx != !vm_is_linux(vm)) {
+		snprintf(why, whylen, "%s is of a %s guest, and this VM is a %s guest", snapr_path(r),
+			 lnx ? "Linux" : "kvmem", vm_is_linux(vm) ? "Linux" : "kvmem");
 		ret = -EINVAL;
 	} else if (!strcmp(accel, "thread") && (uint64_t)base != vm_ram_base(vm)) {
 		snprintf(why, whylen, "%s is of another thread VM (its guest holds host addresses of "

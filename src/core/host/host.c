@@ -183,6 +183,7 @@ int host_create_vm(struct host *h, struct host_vm *hv)
 		.ncpus = hv->cfg.cpus,
 		.guest_path = hv->cfg.guest,
 		.kernel_path = hv->cfg.kernel,
+		.linux_machine = hv->cfg.linux_machine,
 		.initrd_path = hv->cfg.initrd,
 		.cmdline = hv->cfg.append ? hv->cfg.append : "",
 		.console_fd = STDOUT_FILENO,
@@ -1520,6 +1521,7 @@ json_t *host_stats_json(struct host *h)
 			       "last_action", vs.last_action);
 		json_object_set_new(vo, "throttled", json_boolean(vs.throttled));
 		json_object_set_new(vo, "throttles", json_integer((json_int_t)vs.throttles));
+		json_object_set_new(vo, "linux", json_boolean(vm_is_linux(hv->vm)));
 		{
 			struct console_stats cs;
 

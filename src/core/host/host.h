@@ -50,6 +50,7 @@ struct host_vm_config {
 	char *guest;		/* guest ELF path; NULL for a Linux kernel */
 	bool guest_explicit;	/* named by the user, not the built-in kvmem guest */
 	char *kernel;		/* a Linux bzImage to boot instead of a guest ELF, or NULL */
+	bool linux_machine;	/* a Linux guest's machine without a kernel: an arrival's */
 	char *initrd;		/* its initrd, or NULL */
 	enum accel_kind accel;	/* AUTO: the host's */
 	char *append;		/* guest or kernel command line (config: "append", "cmdline") */

@@ -262,8 +262,14 @@ static json_t *src_save_devices(void *arg)
 	struct host_vm *hv = arg;
 	json_t *o = json_object();
 
-	if (o && balloon_vdev(hv))
-		json_object_set_new(o, "balloon", virtio_dev_save(balloon_vdev(hv)));
+	if (!o)
+		return NULL;
+	if ((balloon_vdev(hv) &&
+	     json_object_set_new(o, "balloon", virtio_dev_save(balloon_vdev(hv)))) ||
+	    vm_save_platform(hv->vm, o)) {
+		json_decref(o);
+		return NULL;
+	}
 	return o;
 }
 
@@ -326,6 +332,9 @@ json_t *host_vm_describe(struct host *h, struct host_vm *hv)
 		      (json_int_t)vm_ram_base(hv->vm), "append", hv->cfg.append ? hv->cfg.append : "",
 		      "guest", hv->cfg.guest ? hv->cfg.guest : "", "resident_bytes",
 		      (json_int_t)vs.resident_bytes);
+	/* The destination builds the same machine: a Linux guest's state is of a PC's. */
+	if (d && vm_is_linux(hv->vm))
+		json_object_set_new(d, "linux", json_true());
 	if (d && hv->cfg.swap_max_set)
 		json_object_set_new(d, "swap_max", json_integer((json_int_t)hv->cfg.swap_max_bytes));
 	if (d) {
@@ -620,14 +629,15 @@ static int parse_desc(struct host *h, json_t *d, struct host_vm_config *c, char 
 {
 	const char *name = NULL, *accel = NULL, *append = "", *guest = "";
 	json_int_t mem, min = 0, base = 0, resident = 0, swap_max = -1;
-	int cpus, shares = 1000;
+	int cpus, shares = 1000, linux_machine = 0;
 	enum accel_kind want, have;
-	char awhy[160];
+	char awhy[256];
 
-	if (json_unpack(d, "{s:s, s:I, s?I, s?i, s:i, s:s, s?I, s?s, s?s, s?I, s?I}", "name", &name,
-			"mem_bytes", &mem, "min_bytes", &min, "shares", &shares, "cpus", &cpus,
-			"accel", &accel, "ram_base", &base, "append", &append, "guest", &guest,
-			"resident_bytes", &resident, "swap_max", &swap_max)) {
+	if (json_unpack(d, "{s:s, s:I, s?I, s?i, s:i, s:s, s?I, s?s, s?s, s?I, s?I, s?b}", "name",
+			&name, "mem_bytes", &mem, "min_bytes", &min, "shares", &shares, "cpus",
+			&cpus, "accel", &accel, "ram_base", &base, "append", &append, "guest", &guest,
+			"resident_bytes", &resident, "swap_max", &swap_max, "linux",
+			&linux_machine)) {
 		snprintf(why, whylen, "the VM's description is malformed");
 		return -EINVAL;
 	}
@@ -649,6 +659,11 @@ static int parse_desc(struct host *h, json_t *d, struct host_vm_config *c, char 
 			 accel);
 		return -ENODEV;
 	}
+	/* Refused as a kernel in the config would be, in the same words. */
+	if (linux_machine && accel_linux_check(want, awhy, sizeof(awhy))) {
+		snprintf(why, whylen, "it is a Linux guest: %s", awhy);
+		return -ENODEV;
+	}
 	*c = (struct host_vm_config){
 		.mem_bytes = (uint64_t)mem,
 		.min_bytes = (uint64_t)min,
@@ -659,6 +674,7 @@ static int parse_desc(struct host *h, json_t *d, struct host_vm_config *c, char 
 		.ram_base = want == ACCEL_THREAD ? (uint64_t)base : 0,
 		.swap_max_set = swap_max >= 0,
 		.swap_max_bytes = swap_max >= 0 ? (uint64_t)swap_max : 0,
+		.linux_machine = linux_machine,
 	};
 	c->name = kv_strdup(name);
 	c->append = kv_strdup(append);
@@ -727,14 +743,18 @@ static int dst_reserve(void *arg, json_t *desc, struct vm **vm, char *why, size_
 int host_vm_load_devices(struct host_vm *hv, json_t *devices, char *why, size_t whylen)
 {
 	json_t *b = json_object_get(devices, "balloon");
+	int ret;
 
-	if (!balloon_vdev(hv))
-		return 0;
-	if (!json_is_object(b)) {
-		snprintf(why, whylen, "no balloon state");
-		return -EINVAL;
+	if (balloon_vdev(hv)) {
+		if (!json_is_object(b)) {
+			snprintf(why, whylen, "no balloon state");
+			return -EINVAL;
+		}
+		ret = virtio_dev_load(balloon_vdev(hv), b, why, whylen);
+		if (ret)
+			return ret;
 	}
-	return virtio_dev_load(balloon_vdev(hv), b, why, whylen);
+	return vm_load_platform(hv->vm, devices, why, whylen);
 }
 
 static int dst_load_memory(void *arg, struct gm *gm, char *why, size_t whylen)

@@ -438,6 +438,10 @@ static int clone_verb(void *arg, json_t *req, json_t *reply)
 					  accel[0] ? accel : "its accelerator");
 		goto out;
 	}
+	/* A clone's identity reaches the kvmem guest's boot parameters only (vm_set_identity). */
+	if (json_is_true(json_object_get(desc, "linux")))
+		log_info("%s: clones of a Linux guest run alike: it has no device to learn its "
+			 "identity from", file);
 	/* Each clone takes the group its snapshot's VM was in, and shares only there. */
 	if ((ret = host_group_check(group, false, why, sizeof(why)))) {
 		ret = control_reply_error(reply, -ret, "cannot clone: %s", why);

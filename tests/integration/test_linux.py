@@ -4,17 +4,92 @@ one is one line on stderr and status 2), then refuses in one line where the
 kernel cannot run: on thread and on kvm-pvm. On hardware KVM it boots, which
 test_linux_boot checks. The kernel image is Debian's (linux-image-amd64;
 KVMEM_TEST_KERNEL names another); without one, the checks that need it say
-so and the others run."""
+so and the others run.
+
+A Linux guest arriving (a migration's description saying "linux", sent by a
+fake source written here) is refused the same way before anything of it is
+made where it cannot run (a Linux guest on thread), as is a description whose
+"linux" is not a boolean: the destination answers with the reason, holds no
+VM and takes VMs on (test_linux_migrate moves real ones)."""
+import ctypes
+import json
 import os
 import re
 import shutil
+import socket
 import struct
 import tempfile
 
 from kvmemtest import ACCEL, check, finish, require_accel, run
+from ctlhelp import Host, stats, wait_incoming, wait_socket
 from linuxhelp import find_kernel
 
 require_accel()
+
+_xxh = ctypes.CDLL("libxxhash.so.0")
+_xxh.XXH3_64bits.restype = ctypes.c_uint64
+_xxh.XXH3_64bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_xxh.XXH3_64bits_withSeed.restype = ctypes.c_uint64
+_xxh.XXH3_64bits_withSeed.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint64]
+
+VM_RECORD, RESERVE_RECORD = 1, 2
+
+
+def record(kind, seq, payload):
+    """One migration stream record (src/migrate/stream.h): header, its checks, the payload."""
+    head = struct.pack("<IIQ", kind, len(payload), seq)
+    head += struct.pack("<Q", _xxh.XXH3_64bits_withSeed(payload, len(payload),
+                                                        _xxh.XXH3_64bits(head, 16)))
+    return head + struct.pack("<Q", _xxh.XXH3_64bits(head, 24)) + payload
+
+
+def reserve(path, desc):
+    """Ask the host listening at path to take the VM desc describes; its RESERVE answer."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(60)
+    s.connect(path)
+    s.sendall(b"KVMEMMIG" + struct.pack("<II", 1, 0) +
+              record(VM_RECORD, 0, json.dumps(desc).encode()))
+    got = b""
+    while len(got) < 16 + 32:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    kind, n = struct.unpack_from("<II", got, 16) if len(got) >= 48 else (0, 0)
+    while len(got) < 48 + n:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    s.close()
+    return json.loads(got[48:48 + n]) if kind == RESERVE_RECORD else {"record": kind}
+
+
+def arrivals_refused(tmp):
+    """A Linux guest described to a host that cannot run it is refused, saying why."""
+    if os.geteuid() != 0:
+        print("SKIP   an arriving Linux guest: only a host running as root takes VMs in",
+              flush=True)
+        return
+    sock, inc = os.path.join(tmp, "h.sock"), os.path.join(tmp, "in.sock")
+    host = Host(["host", "--socket", sock, "--incoming", f"unix:{inc}"])
+    try:
+        if not check(wait_socket(host, sock) and wait_incoming(host), "a host takes VMs in"):
+            return
+        desc = {"name": "lnx", "mem_bytes": 256 << 20, "cpus": 1, "accel": "thread",
+                "linux": True}
+        r = reserve(inc, desc)
+        check(r.get("accepted") is False and "it is a Linux guest: the thread accelerator "
+              "cannot run an unmodified Linux kernel" in r.get("reason", ""),
+              f"a Linux guest on thread: refused with the --kernel refusal's reason ({r})")
+        r = reserve(inc, dict(desc, linux="yes"))
+        check(r.get("accepted") is False and "malformed" in r.get("reason", ""),
+              f"a description whose \"linux\" is not a boolean: refused ({r})")
+        check(host.alive() and not stats(sock)["vms"], "the host holds no VM and serves on")
+    finally:
+        rc = host.stop()
+    check(rc == 0, f"the host exits 0 (got {rc})")
 
 
 def refused(args, says, what):
@@ -88,6 +163,7 @@ try:
                     if ACCEL == "thread" else ["kvm-pvm"])
             refused(["--kernel", kernel, "--initrd", scratch("initrd", b"\x07" * 4096),
                      "--cmdline", "console=ttyS0"], says, f"Debian's kernel on {ACCEL}")
+    arrivals_refused(tmp)
 finally:
     shutil.rmtree(tmp)
 

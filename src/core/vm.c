@@ -19,6 +19,7 @@
 #include "core/clock.h"
 #include "core/layout.h"
 #include "core/linux_boot.h"
+#include "core/size.h"
 #include "core/vcpu.h"
 #include "core/vm_internal.h"
 #include "mem/corpus.h"
@@ -676,6 +677,19 @@ int vm_save_platform(struct vm *vm, json_t *devices)
 	if (json_object_set_new(devices, "uart", uart_save(vm->uart)) ||
 	    json_object_set_new(devices, "pc", pc_save(vm->pc)))
 		return -ENOMEM;
+	return 0;
+}
+
+int dev_state_reg(json_t *st, const char *dev, const char *key, uint32_t max, uint32_t *out,
+		  char *why, size_t whylen)
+{
+	char field[32];
+	int64_t v;
+
+	snprintf(field, sizeof(field), "%s.%s", dev, key);
+	if (size_json_integer(field, json_object_get(st, key), 0, max, &v, why, whylen))
+		return -EINVAL;
+	*out = (uint32_t)v;
 	return 0;
 }
 

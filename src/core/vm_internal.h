@@ -108,6 +108,12 @@ void pc_destroy(struct pc *pc);
  * registers give. Before vm_start, or paused.
  */
 json_t *uart_save(struct uart *u);
+/*
+ * One register of such a state: the integer st holds at key, from 0 to max,
+ * else -EINVAL with why naming "dev.key" (st not an object: missing).
+ */
+int dev_state_reg(json_t *st, const char *dev, const char *key, uint32_t max, uint32_t *out,
+		  char *why, size_t whylen);
 int uart_load(struct uart *u, json_t *st, char *why, size_t whylen);
 json_t *pc_save(struct pc *pc);
 int pc_load(struct pc *pc, json_t *st, char *why, size_t whylen);

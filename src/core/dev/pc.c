@@ -263,39 +263,25 @@ json_t *pc_save(struct pc *pc)
 	return st;
 }
 
-/* An integer of st in [0, max], else false with why. */
-static bool get_uint(json_t *st, const char *key, uint32_t max, uint32_t *out, char *why,
-		     size_t whylen)
-{
-	json_t *v = json_object_get(st, key);
-
-	if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > max) {
-		snprintf(why, whylen, "pc: %s missing, not an integer or above 0x%x", key, max);
-		return false;
-	}
-	*out = (uint32_t)json_integer_value(v);
-	return true;
-}
-
 int pc_load(struct pc *pc, json_t *st, char *why, size_t whylen)
 {
 	uint32_t index, sts, en, cnt, tmr;
 
-	/* Checked whole first: a refused state leaves the ports as they were. */
-	if (!json_is_object(st)) {
-		snprintf(why, whylen, "pc: no state");
-		return -EINVAL;
-	}
-	if (!get_uint(st, "cmos_index", 0x7f, &index, why, whylen) ||
-	    !get_uint(st, "pm1_sts", UINT16_MAX, &sts, why, whylen) ||
-	    !get_uint(st, "pm1_en", UINT16_MAX, &en, why, whylen) ||
-	    !get_uint(st, "pm1_cnt", UINT16_MAX, &cnt, why, whylen) ||
-	    !get_uint(st, "pm_tmr", UINT32_MAX, &tmr, why, whylen))
+	/*
+	 * Checked whole first (a refused state leaves the ports as they were):
+	 * each register as wide as it is, the CMOS index without bit 7 (the NMI
+	 * mask, never kept).
+	 */
+	if (dev_state_reg(st, "pc", "cmos_index", 0x7f, &index, why, whylen) ||
+	    dev_state_reg(st, "pc", "pm1_sts", UINT16_MAX, &sts, why, whylen) ||
+	    dev_state_reg(st, "pc", "pm1_en", UINT16_MAX, &en, why, whylen) ||
+	    dev_state_reg(st, "pc", "pm1_cnt", UINT16_MAX, &cnt, why, whylen) ||
+	    dev_state_reg(st, "pc", "pm_tmr", UINT32_MAX, &tmr, why, whylen))
 		return -EINVAL;
 	/* SLP_EN is never held: the write that sets it is the sleep, taken at the source. */
 	if (cnt & PM1_CNT_SLP_EN) {
-		snprintf(why, whylen, "pc: pm1_cnt 0x%x holds SLP_EN, which no PM1 control register "
-			 "keeps", cnt);
+		snprintf(why, whylen, "pc.pm1_cnt %u: holds SLP_EN, which the register never keeps",
+			 cnt);
 		return -EINVAL;
 	}
 	pthread_mutex_lock(&pc->lock);

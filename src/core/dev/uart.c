@@ -255,60 +255,36 @@ json_t *uart_save(struct uart *u)
 	return st;
 }
 
-/* A register of st as a guest's write could leave it: an integer in [0, max]. */
-static bool get_reg(json_t *st, const char *key, uint8_t max, uint8_t *out, char *why,
-		    size_t whylen)
-{
-	json_t *v = json_object_get(st, key);
-
-	if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > max) {
-		snprintf(why, whylen, "uart: %s missing, not an integer or above 0x%x", key, max);
-		return false;
-	}
-	*out = (uint8_t)json_integer_value(v);
-	return true;
-}
-
-static bool get_flag(json_t *st, const char *key, bool *out, char *why, size_t whylen)
-{
-	json_t *v = json_object_get(st, key);
-
-	if (!json_is_boolean(v)) {
-		snprintf(why, whylen, "uart: %s missing or not a boolean", key);
-		return false;
-	}
-	*out = json_is_true(v);
-	return true;
-}
-
 int uart_load(struct uart *u, json_t *st, char *why, size_t whylen)
 {
-	uint8_t ier, lcr, mcr, scr, dll, dlm;
-	bool fifo, thre;
+	json_t *fifo = json_object_get(st, "fifo"), *thre = json_object_get(st, "thre_pending");
+	uint32_t ier, lcr, mcr, scr, dll, dlm;
 
-	/* Checked whole before any register changes: a refused state leaves the UART as it was. */
-	if (!json_is_object(st)) {
-		snprintf(why, whylen, "uart: no state");
+	/*
+	 * Checked whole before any register changes (a refused state leaves the
+	 * UART as it was), each as a guest's writes could leave it.
+	 */
+	if (dev_state_reg(st, "uart", "ier", IER_MASK, &ier, why, whylen) ||
+	    dev_state_reg(st, "uart", "lcr", UINT8_MAX, &lcr, why, whylen) ||
+	    dev_state_reg(st, "uart", "mcr", MCR_MASK, &mcr, why, whylen) ||
+	    dev_state_reg(st, "uart", "scr", UINT8_MAX, &scr, why, whylen) ||
+	    dev_state_reg(st, "uart", "dll", UINT8_MAX, &dll, why, whylen) ||
+	    dev_state_reg(st, "uart", "dlm", UINT8_MAX, &dlm, why, whylen))
+		return -EINVAL;
+	if (!json_is_boolean(fifo) || !json_is_boolean(thre)) {
+		snprintf(why, whylen, "uart.%s: must be true or false",
+			 json_is_boolean(fifo) ? "thre_pending" : "fifo");
 		return -EINVAL;
 	}
-	if (!get_reg(st, "ier", IER_MASK, &ier, why, whylen) ||
-	    !get_reg(st, "lcr", UINT8_MAX, &lcr, why, whylen) ||
-	    !get_reg(st, "mcr", MCR_MASK, &mcr, why, whylen) ||
-	    !get_reg(st, "scr", UINT8_MAX, &scr, why, whylen) ||
-	    !get_reg(st, "dll", UINT8_MAX, &dll, why, whylen) ||
-	    !get_reg(st, "dlm", UINT8_MAX, &dlm, why, whylen) ||
-	    !get_flag(st, "fifo", &fifo, why, whylen) ||
-	    !get_flag(st, "thre_pending", &thre, why, whylen))
-		return -EINVAL;
 	pthread_mutex_lock(&u->lock);
-	u->ier = ier;
-	u->lcr = lcr;
-	u->mcr = mcr;
-	u->scr = scr;
-	u->dll = dll;
-	u->dlm = dlm;
-	u->fifo = fifo;
-	u->thre_pending = thre;
+	u->ier = (uint8_t)ier;
+	u->lcr = (uint8_t)lcr;
+	u->mcr = (uint8_t)mcr;
+	u->scr = (uint8_t)scr;
+	u->dll = (uint8_t)dll;
+	u->dlm = (uint8_t)dlm;
+	u->fifo = json_is_true(fifo);
+	u->thre_pending = json_is_true(thre);
 	/*
 	 * The interrupt controllers came with the machine's state, but the level
 	 * this device holds on its line is KVM's own per-source record, which

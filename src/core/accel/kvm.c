@@ -875,8 +875,12 @@ enum kvm_item {
 /*
  * The MSRs a vCPU's software state lives in beyond sregs (EFER is there):
  * system-call entry, the kernel GS base, the TSC and its adjust and aux,
- * PAT, and kvmclock with the other paravirtual MSRs. Those this KVM does
- * not offer are left out when saving.
+ * PAT, speculation control, the local APIC timer's TSC deadline (a Linux
+ * guest's timer: after the TSC, which it counts against), and kvmclock
+ * with the other paravirtual MSRs, async PF's interrupt vector before its
+ * enable (enabling it queues a wake-up delivered at that vector). Those
+ * this KVM does not offer are left out when saving; they are set in this
+ * order.
  */
 static const uint32_t saved_msrs[] = {
 	0x00000174, 0x00000175, 0x00000176,		/* SYSENTER_CS/ESP/EIP */
@@ -884,8 +888,10 @@ static const uint32_t saved_msrs[] = {
 	0xc0000102, 0xc0000103,				/* KERNEL_GS_BASE, TSC_AUX */
 	0x00000010, 0x0000003b,				/* TSC, TSC_ADJUST */
 	0x00000277, 0x000001a0,				/* PAT, MISC_ENABLE */
+	0x00000048, 0x000006e0,				/* SPEC_CTRL, TSC_DEADLINE */
 	0x4b564d00, 0x4b564d01,				/* kvmclock system time, wall clock */
-	0x4b564d02, 0x4b564d03, 0x4b564d04,		/* async PF, steal time, PV EOI */
+	0x4b564d06, 0x4b564d02,				/* async PF: vector, enable */
+	0x4b564d03, 0x4b564d04, 0x4b564d05,		/* steal time, PV EOI, poll control */
 };
 
 #define MSR_IA32_TSC 0x10
@@ -1115,9 +1121,13 @@ static int kvm_vcpu_load(struct vcpu *vcpu, const void *buf, size_t len)
 	const uint8_t *p = buf;
 	const uint8_t *item[ITEM_MAX] = { NULL };
 	uint32_t ilen[ITEM_MAX] = { 0 };
-	/* Order matters: sregs (mode) before regs, MSRs after, MP state last. */
+	/*
+	 * Order matters: sregs (mode, and the APIC base) before regs, the local
+	 * APIC before the MSRs (KVM takes a TSC deadline only in the timer mode
+	 * the APIC's state sets, and drops it otherwise), MP state last.
+	 */
 	static const uint32_t order[] = { ITEM_SREGS, ITEM_REGS, ITEM_XSAVE, ITEM_FPU,
-					  ITEM_XCRS, ITEM_MSRS, ITEM_LAPIC, ITEM_EVENTS,
+					  ITEM_XCRS, ITEM_LAPIC, ITEM_MSRS, ITEM_EVENTS,
 					  ITEM_DEBUGREGS, ITEM_MP_STATE };
 	size_t off;
 

@@ -1436,6 +1436,20 @@ static int load_machine(struct mig_job *j, const char *hex)
 							   : strerror(-ret)) : 0;
 }
 
+/*
+ * The destination's digest, taken once: when the last pages are in and
+ * before any state is applied, the memory as the source stopped it. KVM
+ * writes into guest memory as a vCPU's state is set (the kvmclock wall
+ * clock, the moment a Linux guest's MSR for it is), and this host's clock
+ * offset and devices do after.
+ */
+static void dest_checksum(struct mig_job *j)
+{
+	/* Only this thread writes it: read without the lock. */
+	if (j->params.checksum && !j->prog.checksum[0] && mig_checksum_memory(j, vm_gm(j->vm)))
+		log_warn("%s: the memory checksum could not be taken", vm_name(j->vm));
+}
+
 int mig_apply_state(struct mig_job *j, const struct mig_rec *r)
 {
 	json_t *o = mig_rec_json(r), *clock = json_object_get(o, "clock");
@@ -1450,12 +1464,7 @@ int mig_apply_state(struct mig_job *j, const struct mig_rec *r)
 		json_decref(o);
 		return mig_failf(j, "record %" PRIu64 ": malformed device state", r->seq);
 	}
-	/*
-	 * The last pages are in: the memory as the source stopped it, before
-	 * this host's clock offset and devices write into it.
-	 */
-	if (j->params.checksum && mig_checksum_memory(j, vm_gm(j->vm)))
-		log_warn("%s: the memory checksum could not be taken", vm_name(j->vm));
+	dest_checksum(j);
 	ret = load_machine(j, json_string_value(json_object_get(o, "machine")));
 	if (ret) {
 		json_decref(o);
@@ -1490,6 +1499,7 @@ int mig_apply_vcpu(struct mig_job *j, const struct mig_rec *r, uint64_t *seen)
 	if (c.bad || i >= vm_ncpus(j->vm) || (*seen >> i & 1))
 		return mig_failf(j, "record %" PRIu64 ": vCPU state for vCPU %u (of %u, or twice)",
 			     r->seq, i, vm_ncpus(j->vm));
+	dest_checksum(j);
 	ret = vm_load_vcpu(j->vm, i, c.p, c.left);
 	if (ret)
 		return mig_failf(j, "vCPU %u state: %s", i, ret == -EINVAL ? "refused" : strerror(-ret));

@@ -4,8 +4,8 @@
 The same kernel (Debian's /boot/vmlinuz-*, or --kernel), the same initramfs
 (tests/linux/mkinitramfs.sh, made here unless --initrd names one), the same
 command line and the same workload, a fill and its verification that never
-sleeps (kvmem.wl=size=64,dup=25,zero=25,then=poweroff: the guests of the
-nested SVM VM have no timer interrupts), in 512 MiB and one vCPU, booted
+sleeps (kvmem.wl=size=64,dup=25,zero=25,then=poweroff: the boot and one
+pass, no timed phase), in 512 MiB and one vCPU, booted
 RUNS times by each VMM in turn. Per boot, from the process's start:
 
   first_console_ms   the kernel's first line on the serial console ("Linux

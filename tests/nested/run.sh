@@ -16,9 +16,9 @@
 # timeout multiplier; the sanitizer build leaves out the suite long-kvm (long
 # scenarios, run under the sanitizers on thread instead), and both leave out
 # slow-nested-kvm (budget scenarios that take minutes each under emulation,
-# their kvm paths covered by other tests; --suite slow-nested-kvm runs them)
-# and linux-guests (Linux guests: --suite linux-guests runs them in a VM of
-# one CPU, see the QEMU command below). TEST names (e.g.
+# their kvm paths covered by other tests; --suite slow-nested-kvm runs them).
+# The Linux guests' tests (suite linux-guests) are long scenarios: the
+# normal build's. TEST names (e.g.
 # run-kvm) replace the suite and run on build only, unless --build says
 # otherwise. A ThreadSanitizer build (--build build-tsan) runs the suite
 # tsan-kvm instead, each process ending at its first report.
@@ -29,7 +29,7 @@
 #   --share DIR      one more host dir writable inside at its own path (repeatable)
 #   --timeout MIN    kill QEMU after MIN minutes (default 10 + 20 per meson run;
 #                    60 for a command)
-#   --mem SIZE       guest RAM (default 6G; less on a small host)   --smp N (default 2; 1 for Linux guests)
+#   --mem SIZE       guest RAM (default 6G; less on a small host)   --smp N (default 1, below)
 #   --append ARGS    more kernel command line (e.g. kvm_amd.npt=0)
 #   --out DIR        the run dir (default $KVMEM_NESTED_DIR/runs/DATE-PID)
 #   -v, --verbose    show the whole guest console live, not only the job's lines
@@ -69,11 +69,7 @@ while (($#)); do
 	*) tests+=("$1"); shift ;;
 	esac
 done
-if [ -z "$smp" ]; then
-	# Linux guests (the suite linux-guests, or their tests by name): one CPU (below).
-	smp=2
-	[[ " ${suites[*]} " == *" linux-guests "* || " ${tests[*]}" == *" linux_"* ]] && smp=1
-fi
+smp=${smp:-1}
 [[ $mult =~ ^[0-9]+$ && $smp =~ ^[0-9]+$ ]] || usage "--multiplier and --smp take numbers"
 [[ -z $timeout_min || $timeout_min =~ ^[0-9]+$ ]] || usage "--timeout takes minutes"
 ((${#cmd[@]} == 0 || ${#tests[@]} + ${#suites[@]} == 0)) || usage "give either meson tests or a command"
@@ -139,8 +135,6 @@ else
 		for s in "${suites[@]}"; do sel+=(--suite "$s"); done
 		# Minutes each under emulation, their kvm paths covered by other tests (tests/meson.build).
 		[[ " ${suites[*]} " == *" slow-nested-kvm "* ]] || sel+=(--no-suite slow-nested-kvm)
-		# Linux guests need a VM of one CPU (below): a run of their own.
-		[[ " ${suites[*]} " == *" linux-guests "* ]] || sel+=(--no-suite linux-guests)
 	fi
 	for b in "${builds[@]}"; do
 		bdir=$(cd "$repo" && cd "$b" 2> /dev/null && pwd -P) || usage "no build dir $b (bash .ci/setup builds build and, with SANITIZE=1, build-asan and build-tsan)"
@@ -205,18 +199,26 @@ fi
 console=$out/console.log
 # panic=-1 + -no-reboot: a panicking guest ends QEMU at once; oops=panic: an
 # oops of the guest kernel (KVM included) fails the run instead of hanging it.
-kargs="console=ttyS0 loglevel=5 panic=-1 oops=panic kvmem_nested.out=$out $append"
-# One CPU for Linux guests: with two, a Linux guest of L1's KVM hangs within
-# minutes once it has a timer. When KVM injects an interrupt at VMRUN
-# (EVENTINJ), QEMU's emulated SVM (7.2 to 10.0) delivers it but leaves its
-# vector as the CPU's pending exception; the round-robin scheduler's kick
-# of a CPU (every 100 ms, and whenever another CPU is kicked; with one CPU
-# there is none) then makes QEMU deliver that vector into the guest a
-# second time, whatever its interrupt flag. A timer handler run twice over
-# spins for ever on the lock its first run holds. The guests' vCPUs are
-# threads of L1 and share its one CPU. The rest of the suite keeps two:
-# with one, a kvmem host stopped answering in test_balloon (a deadlock not
-# yet understood, seen twice).
+# highres=off nohz=off: L1 keeps its local APIC timer periodic. QEMU 7.2's
+# emulated SVM (helper_vmrun) sets a bit of the CPU's interrupt_request
+# without the lock every other writer holds: a timer or virtio interrupt
+# raised by QEMU's main thread at that moment loses its wake-up, and a
+# halted CPU stays halted with the vector pending in the APIC's IRR (seen:
+# HLT=1, IF=1, IRR 236, ISR empty, QEMU idle). A one-shot timer is never
+# armed again, so with one CPU L1 slept for good, more often the more the
+# host was loaded; a periodic one re-raises the interrupt every tick, which
+# delivers whatever is pending. (QEMU 10.2 makes those writes atomic.)
+kargs="console=ttyS0 loglevel=5 panic=-1 oops=panic highres=off nohz=off kvmem_nested.out=$out $append"
+# One CPU: with two, a Linux guest of L1's KVM hangs within minutes once it
+# has a timer. When KVM injects an interrupt at VMRUN (EVENTINJ), QEMU's
+# emulated SVM (7.2 to 10.0) delivers it but leaves its vector as the CPU's
+# pending exception; the round-robin scheduler's kick of a CPU (every
+# 100 ms, and whenever another CPU is kicked; with one CPU there is none)
+# then makes QEMU deliver that vector into the guest a second time,
+# whatever its interrupt flag. A timer handler run twice over spins for
+# ever on the lock its first run holds. A second CPU would buy nothing:
+# single-threaded TCG runs one at a time. The guests' vCPUs are threads of
+# L1 and share its one CPU.
 qemu=(qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot
 	-accel tcg,thread=single,tb-size=512 -cpu "${KVMEM_NESTED_CPU:-max}" -smp "$smp" -m "$mem"
 	-kernel "$KERNEL" -initrd "$INITRD" -append "$kargs"

@@ -37,7 +37,9 @@
 # 1 otherwise (the reason is printed: a failing test, a timeout, a guest that
 # panicked or could not load kvm-amd or mount the shares); 2 usage error.
 # Setup (packages, kernel, initramfs) is tests/nested/setup.sh, run first and
-# cached in $KVMEM_NESTED_DIR (default /var/tmp/kvmem-nested). See
+# cached in $KVMEM_NESTED_DIR (default /var/tmp/kvmem-nested). One nested
+# VM runs at a time per KVMEM_NESTED_SLOT (default 0): a second slot lets a
+# caller that knows a core is free run two (.ci/run does). See
 # tests/nested/README.md.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd -P)
@@ -82,16 +84,20 @@ bash "$here/setup.sh" --env-out "$work/.env.$$"
 . "$work/.env.$$"
 rm -f "$work/.env.$$"
 
-# One nested VM at a time: two would fight over the core QEMU's one TCG
-# thread leaves free, and a second run's clean-up would prune the first's
-# run dir. A run that finds another waits for it.
-exec {lockfd}> "$work/run.lock"
+# One nested VM at a time per slot: two would fight over the core QEMU's
+# one TCG thread leaves free. A run that finds another in its slot waits
+# for it.
+slot=${KVMEM_NESTED_SLOT:-0}
+[[ $slot =~ ^[0-9]+$ ]] || usage "KVMEM_NESTED_SLOT takes a number"
+lock=$work/run.lock
+((slot == 0)) || lock=$work/run-$slot.lock
+exec {lockfd}> "$lock"
 if ! flock -n "$lockfd"; then
-	say "another nested run holds $work/run.lock: waiting for it to end"
+	say "another nested run holds $lock: waiting for it to end"
 	flock "$lockfd"
 fi
 
-# The run dir; keep the last 10.
+# The run dir; keep the last 10 (a run another slot runs now is among them).
 mkdir -p "$work/runs"
 if [ -z "$out" ]; then
 	out=$work/runs/$(date +%Y%m%d-%H%M%S)-$$

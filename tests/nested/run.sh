@@ -27,7 +27,7 @@
 #   --multiplier N   meson --timeout-multiplier (default 3: emulation is slow)
 #   --env VAR=VALUE  environment of the job (repeatable; the guest inherits none)
 #   --share DIR      one more host dir writable inside at its own path (repeatable)
-#   --timeout MIN    kill QEMU after MIN minutes (default 10 + 20 per meson run;
+#   --timeout MIN    kill QEMU after MIN minutes (default 15 + 30 per meson run;
 #                    60 for a command)
 #   --mem SIZE       guest RAM (default 6G; less on a small host)   --smp N (default 1, below)
 #   --append ARGS    more kernel command line (e.g. kvm_amd.npt=0)
@@ -199,7 +199,7 @@ if [ -z "$mem" ]; then
 	fi
 fi
 if [ -z "$timeout_min" ]; then
-	if ((${#cmd[@]})); then timeout_min=60; else timeout_min=$((10 + 20 * nmeson)); fi
+	if ((${#cmd[@]})); then timeout_min=60; else timeout_min=$((15 + 30 * nmeson)); fi
 fi
 
 console=$out/console.log

@@ -59,7 +59,6 @@ _Static_assert(sizeof(((struct kvm_run *)0)->mmio) >= sizeof(struct kvm_memory_f
 struct kvm_vm {
 	int fd;
 	bool irqchip;	/* an in-kernel irqchip exists (irqfd works) */
-	bool linux_guest;	/* a Linux machine (vm->linux_machine): booted, or arriving */
 };
 
 struct kvm_vcpu {
@@ -175,7 +174,6 @@ static int linux_machine_init(struct vm *vm, struct kvm_vm *k)
 	uint64_t identity = LAYOUT_LINUX_KVM_IDENTITY;
 	struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
 
-	k->linux_guest = true;
 	if (!k->irqchip) {
 		log_err("%s: a Linux guest needs KVM's in-kernel irqchip, which this KVM refused",
 			vm->name);
@@ -360,7 +358,7 @@ static int setup_cpuid(struct vcpu *vcpu, int vcpu_fd)
 	ret = supported_cpuid(&cpuid);
 	if (ret)
 		return ret;
-	if (kvm_of(vcpu->vm)->linux_guest)
+	if (vcpu->vm->linux_machine)
 		linux_cpuid(cpuid, vcpu->index);
 	ret = ioctl(vcpu_fd, KVM_SET_CPUID2, cpuid) < 0 ? -errno : 0;
 	kv_free(cpuid);

@@ -44,6 +44,7 @@
 #define DEDUP_SECRET_SIZE 192	   /* XXH3_SECRET_DEFAULT_SIZE */
 #define DEDUP_VMA_BYTES 256	   /* kernel memory per mapping, see stats.c */
 #define DEDUP_VMA_COUNT_NS 2000000000ULL /* count mappings at most every 2 s */
+#define DEDUP_VMA_RECOUNT_NS 100000000ULL /* ... or 100 ms after a mapping failed */
 #define DEDUP_PACE_MAX_S 1024.0	   /* most the scanner owes: above a batch at 1 page/s */
 #ifdef KV_TSAN
 /*
@@ -232,6 +233,7 @@ struct dedup {
 	uint64_t max_map_count;	  /* the kernel's limit as we know it (lock) */
 	bool map_full;		  /* max_map_count reached and not raisable (lock) */
 	bool map_logged;	  /* ... and said so (lock) */
+	bool map_recount;	  /* a mapping failed for want of room: count before the next batch */
 	double cpu_seconds;	  /* scanner thread CPU (lock) */
 	double rate;		  /* recent pages/s (lock) */
 };

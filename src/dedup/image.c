@@ -347,6 +347,8 @@ static int map_window(struct dedup *d, const struct image_win *w, uint64_t wi,
 		}
 	}
 	ret = mem_txn_end_window(t, d->store.fd, dedup_store_off((uint32_t)base), kind);
+	if (ret == -ENOMEM)
+		d->map_recount = true;
 	if (ret) {
 		d->st.window_aborts++;
 		return ret;

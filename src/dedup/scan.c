@@ -198,6 +198,8 @@ static int end_claim(struct dedup *d, struct mem_txn *t, struct dedup_vm *v, uin
 		return 0;
 	if (t->commit[0] != MEM_FRAME) {
 		d->st.errors++;
+		if (t->err == -ENOMEM)
+			d->map_recount = true;
 		return -EIO;
 	}
 	/*
@@ -648,6 +650,8 @@ static int window_convert(struct dedup *d, struct dedup_vm *v, struct mem_txn *t
 			mem_txn_set(t, i, MEM_KEEP, 0);
 	}
 	ret = mem_txn_end_window(t, d->store.fd, dedup_store_off((uint32_t)base), kind);
+	if (ret == -ENOMEM)
+		d->map_recount = true;
 	if (ret) {
 		for (unsigned int i = 0; i < nfresh; i++) {
 			dedup_store_release(&d->store, fresh[i]->slot);
@@ -840,6 +844,27 @@ static void end_pass(struct dedup *d)
 }
 
 /*
+ * Before a batch of merges, the scanner's or the policy's: whether its
+ * mappings fit under vm.max_map_count (raising it if needed). The count is
+ * an estimate between readings of the mappings: more than merges splits
+ * them (userfaultfd registrations of chunks and windows). When the kernel
+ * refused a mapping for want of room, read them again now, which raises the
+ * limit, rather than at the pass's end; not more often than every
+ * DEDUP_VMA_RECOUNT_NS, since ENOMEM may also mean the host is out of
+ * memory, and every merge fails then. d->lock held.
+ */
+static void map_check(struct dedup *d)
+{
+	if (d->map_recount &&
+	    kv_clock_ns(CLOCK_MONOTONIC) - d->pass_vmas_ns >= DEDUP_VMA_RECOUNT_NS) {
+		d->map_recount = false;
+		dedup_count_vmas(d);
+	}
+	/* A batch may add two mappings per merged page, and pairs merge two pages. */
+	d->map_full = !dedup_map_room(d, 4 * DEDUP_BATCH_PAGES);
+}
+
+/*
  * One batch: up to `max` pages of the VM under the cursor, within one region
  * (pagemap follows host addresses). Returns pages visited. d->lock held.
  */
@@ -856,8 +881,7 @@ static uint64_t batch(struct dedup *d, uint64_t max)
 		d->cur_vm = 0;
 		d->cur_idx = 0;
 	}
-	/* A batch may add two mappings per merged page, and pairs merge two pages. */
-	d->map_full = !dedup_map_room(d, 4 * DEDUP_BATCH_PAGES);
+	map_check(d);
 	v = d->vms[d->cur_vm];
 	idx = d->cur_idx;
 	n = v->nr_pages - idx;
@@ -944,6 +968,8 @@ int64_t dedup_scan_vm(struct dedup *d, struct gm *gm)
 			for (unsigned int i = 0; i < d->nr_vms; i++)
 				if (d->vms[i]->gm == gm)
 					v = d->vms[i];
+			if (v)
+				map_check(d);
 			got = v ? mem_pagemap(gm, idx, n, pm) : -ENOENT;
 			for (int64_t i = 0; i < got; i++)
 				visit(d, v, idx + (uint64_t)i, pm[i]);

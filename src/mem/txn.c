@@ -696,6 +696,7 @@ int64_t mem_txn_end(struct mem_txn *t, int fd)
 	struct gm *gm = t->gm;
 	int64_t done = 0;
 
+	t->err = 0;
 	if (!t->n)
 		return 0;
 	for (uint32_t i = 0, j; i < t->n; i = j) {
@@ -706,6 +707,8 @@ int64_t mem_txn_end(struct mem_txn *t, int fd)
 			;
 		ret = c < MEM_NR_COMMITS ? apply_run(t, i, j, c, fd) : -EINVAL;
 		if (ret) {
+			if (!t->err)
+				t->err = ret;
 			count(&stats.failed, j - i);
 			log_warn_ratelimited("committing %u pages at %llu: %s", j - i,
 					     (unsigned long long)(t->idx + i), strerror(-ret));

@@ -103,6 +103,7 @@ struct mem_txn {
 	uint32_t n;			/* pages claimed, one region */
 	uint32_t flags;			/* enum mem_txn_flags */
 	bool held;			/* holes held by a MISSING registration */
+	int err;			/* after the end: the first failed commit's -errno, or 0 */
 	uint8_t old[MEM_TXN_MAX];	/* enum ps_state each page was claimed from */
 	uint8_t commit[MEM_TXN_MAX];	/* enum mem_commit; after the end: what took effect */
 	uint64_t arg[MEM_TXN_MAX];	/* MEM_FRAME: byte offset in the store; MEM_SWAPPED: slot */
@@ -129,7 +130,7 @@ static inline void mem_txn_set(struct mem_txn *t, uint32_t i, enum mem_commit c,
  * Apply every page's commit, page run by page run (fd: the store for
  * MEM_FRAME pages, else -1), release the run and wake its writers once.
  * Returns the pages whose commit took effect; t->commit[i] says which
- * (MEM_KEEP where one failed: the page is as it was claimed).
+ * (MEM_KEEP where one failed: the page is as it was claimed), t->err why.
  */
 int64_t mem_txn_end(struct mem_txn *t, int fd);
 

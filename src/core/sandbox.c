@@ -116,7 +116,9 @@ struct rule {
  * write each, the violation report too), the return from signal handlers,
  * glibc's thread exit (it blocks signals and gives the dead thread's stack
  * back with madvise), the allocator (jemalloc maps, purges and unmaps;
- * nothing executable), clocks the vDSO does not serve (thread CPU time) and
+ * nothing executable; it falls back on brk when a mapping is refused, as at
+ * vm.max_map_count, where a failed allocation is an error to report, not a
+ * violation that ends the host), clocks the vDSO does not serve (thread CPU time) and
  * sleeps, glibc's qsort (it asks for the machine's memory: sysinfo), and
  * kicks of threads of this process only (pthread_kill: tgkill). And a
  * crash's own end: a fault in VMM code goes on to its default action (the
@@ -136,6 +138,7 @@ static const struct rule base_calls[] = {
 	CALL(madvise),
 	CALL(munmap),
 	CALL_WITHOUT(mmap, 2, PROT_EXEC),
+	CALL(brk),
 	CALL(clock_gettime),
 	CALL(clock_nanosleep),
 	CALL(nanosleep),

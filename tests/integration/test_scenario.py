@@ -59,9 +59,15 @@ with open(os.path.join(out, "summary.json")) as f:
     s = json.load(f)
 check(s["failed_events"] == 0 and s["events"] == 5,
       f"summary: 5 actions, none failed ({s['events']}, {s['failed_events']})")
-check(all(v["verify_failures"] == 0 for v in s["vms"].values()) and
-      all(v["rate_ops_s_median"] and v["rate_ops_s_median"] > 0 for v in s["vms"].values()),
-      f"summary: the guests verified and kept their rate ({s['vms']})")
+# A rate needs two progress reports of the workload. b lives five seconds of
+# the scenario's clock, and a loaded host (the nested VM's emulated KVM beside
+# other work) may boot it too late for two: its rate is asked for only then.
+reported = {n: len({r["wl_ms"] for r in vms if r["vm"] == n and r["wl_ms"]}) for n in s["vms"]}
+check(all(v["verify_failures"] == 0 for v in s["vms"].values()) and reported["a"] >= 2 and
+      all(v["rate_ops_s_median"] and v["rate_ops_s_median"] > 0
+          for n, v in s["vms"].items() if reported[n] >= 2),
+      f"summary: the guests verified and kept their rate (progress reports {reported}; "
+      f"{s['vms']})")
 check(os.path.exists(os.path.join(out, "summary.txt")) and "host h1: used peak" in r.stdout,
       "the summary is printed and kept")
 

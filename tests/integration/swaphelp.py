@@ -8,7 +8,8 @@ import subprocess
 import tempfile
 
 from kvmemtest import KVMEM, check
-from ctlhelp import Host, host_config, no_verify_fail, request, stats, wait_socket, wait_state
+from ctlhelp import (Host, host_config, no_verify_fail, request, stats, vm_of, wait_socket,
+                     wait_state)
 
 MIB = 1 << 20
 PAGE = 4096
@@ -59,6 +60,20 @@ def host_swap(sock):
 def show_vm(v):
     return (f"{v['state']}, resident {v['resident_bytes'] // MIB} MiB, swapped "
             f"{v.get('swap', {}).get('swapped_bytes', 0) // MIB} MiB, pages {v['pages']}")
+
+
+def swap_out(sock, name, to, enough, tries=60):
+    """The swap verb for VM name down to `to`, asked again while its worker is
+    still at it: the verb waits for the worker 5 s at most, which a sanitizer
+    build on a loaded or emulated machine outlasts, and the next request
+    continues the swap-out. Until enough(the VM's stats) holds, or the reply
+    says the target was reached, the worker stopped, or an error. The last reply."""
+    for _ in range(tries):
+        r = request(sock, {"verb": "swap", "vm": name, "to": to}, timeout=60)
+        if r.get("ok") is not True or r.get("reached") or not r.get("running") or \
+                enough(vm_of(stats(sock), name)):
+            break
+    return r
 
 
 def swapped_in(v):

@@ -35,7 +35,7 @@ import sys
 from kvmemtest import check, fault_points, finish, require_accel, require_root, wait_for
 from ctlhelp import (Host, host_config, request, stats, tmpdir, vm_of, wait_incoming, wait_socket,
                      wait_state)
-from swaphelp import disk_dir
+from swaphelp import disk_dir, swap_out
 
 require_accel()
 POINTS, why = fault_points()
@@ -164,9 +164,9 @@ try:
     check(h1["write_errors"] > h0["write_errors"],
           f"stats: the failed writes are counted ({h1['write_errors'] - h0['write_errors']}, "
           f"engine {h1['engine']})")
-    r = request(a_sock, {"verb": "swap", "vm": "b", "to": "8M"}, timeout=60)
-    check(r.get("ok") is True and r.get("swapped_bytes", 0) > 0,
-          f"then b swaps out ({r.get('swapped_bytes', r)})")
+    r = swap_out(a_sock, "b", "8M", lambda v: v["swap"]["swapped_bytes"] > 0)
+    check(r.get("ok") is True and vm_of(stats(a_sock), "b")["swap"]["swapped_bytes"] > 0,
+          f"then b swaps out ({r})")
     verifies(A, "ab", "after failed swap writes")
 
     # 3. Page sharing and the policy.

@@ -19,7 +19,7 @@ import threading
 
 from kvmemtest import check, finish, require_accel, require_root, run
 from ctlhelp import Host, request, stats, tmpdir, vm_of, wait_incoming, wait_socket, wait_state
-from swaphelp import disk_dir
+from swaphelp import disk_dir, swap_out
 
 require_accel()
 require_root("a memory cgroup of the host's own")
@@ -128,9 +128,9 @@ check(os.path.basename(cg2) == f"kvmem-{h2.p.pid}" and os.path.isdir(cg2),
 check(not os.path.exists(cg1) and any("removed the stale memory cgroup" in l for l in h2.stderr()),
       f"host 1's stale cgroup is gone, and the log says so ({cg1})")
 both_verify(h2, "host 2")
-r = request(sock, {"verb": "swap", "vm": "a", "to": "8M"}, timeout=60)
-check(r.get("ok") is True and r.get("swapped_bytes", 0) > 0,
-      f"swap works on host 2 ({r.get('swapped_bytes', r)})")
+r = swap_out(sock, "a", "8M", lambda v: v["swap"]["swapped_bytes"] > 0)
+check(r.get("ok") is True and vm_of(stats(sock), "a")["swap"]["swapped_bytes"] > 0,
+      f"swap works on host 2 ({r})")
 both_verify(h2, "host 2, after a swap-out")
 
 # 3. Hosts that must not take host 2's place.

@@ -32,7 +32,8 @@ import tempfile
 from kvmemtest import check, finish, require_accel, run, wait_for
 from ctlhelp import (Host, host_config, no_verify_fail, request, stats, tmpdir, vm_of,
                      wait_socket, wait_state)
-from swaphelp import MIB, PAGE, disk_dir, host_swap, resume_and_read_back, show_vm, swap_host
+from swaphelp import (MIB, PAGE, disk_dir, host_swap, resume_and_read_back, show_vm, swap_host,
+                      swap_out)
 
 MEM, FILL, TO = 256, 200, 64           # MiB: the VM's RAM, its fill, what the verb swaps it to
 WL = f"kvmem.wl=size={FILL},id=7,read=1,rate=1,verify=15,then=sleep"
@@ -217,8 +218,10 @@ h, sock = one_vm_host(d, {"path": ddir, "size": "256M", "allow_tmpfs": True},
 try:
     check(h.wait_line(r"^\[a\] " + VERIFY, 1, 300) and
           h.wait_line(r"^\[b\] " + VERIFY, 1, 300), "both guests filled and verified")
-    r = request(sock, {"verb": "swap", "vm": "a", "to": "16M"}, timeout=60)
-    check(r.get("ok") is True and r.get("swapped_bytes", 0) > 32 * MIB, f"a swapped out ({r})")
+    r = swap_out(sock, "a", "16M", lambda v: v["swap"]["swapped_bytes"] > 32 * MIB)
+    v = vm_of(stats(sock), "a")
+    check(r.get("ok") is True and v["swap"]["swapped_bytes"] > 32 * MIB,
+          f"a swapped out ({r}; {show_vm(v)})")
     cut = []
     for n in os.listdir(f"/proc/{h.p.pid}/fd"):
         try:

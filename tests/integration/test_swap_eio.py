@@ -24,7 +24,7 @@ import tempfile
 
 from kvmemtest import check, finish, require_accel
 from ctlhelp import request, stats, tmpdir, vm_of, wait_state
-from swaphelp import MIB, host_swap, show_vm, swap_host
+from swaphelp import MIB, host_swap, show_vm, swap_host, swap_out
 
 require_accel()
 
@@ -58,9 +58,10 @@ h, sock = swap_host(d, {"path": mnt, "size": "192M"},
 try:
     check(h.wait_line(r"^\[a\] " + VERIFY, 1, 300) and h.wait_line(r"^\[b\] " + VERIFY, 1, 300),
           "both guests filled 64 MiB and verified it")
-    r = request(sock, {"verb": "swap", "vm": "a", "to": "16M"}, timeout=60)
-    check(r.get("ok") is True and r.get("swapped_bytes", 0) > 32 * MIB,
-          f"a swapped out while the disk works ({r})")
+    r = swap_out(sock, "a", "16M", lambda v: v["swap"]["swapped_bytes"] > 32 * MIB)
+    v = vm_of(stats(sock), "a")
+    check(r.get("ok") is True and v["swap"]["swapped_bytes"] > 32 * MIB,
+          f"a swapped out while the disk works ({r}; {show_vm(v)})")
 
     # The disk dies.
     fd = os.open(mnt, os.O_RDONLY)

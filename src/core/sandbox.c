@@ -118,8 +118,8 @@ struct rule {
  * back with madvise), the allocator (jemalloc maps, purges and unmaps;
  * nothing executable; it falls back on brk when a mapping is refused, as at
  * vm.max_map_count, where a failed allocation is an error to report, not a
- * violation that ends the host), clocks the vDSO does not serve (thread CPU time) and
- * sleeps, glibc's qsort (it asks for the machine's memory: sysinfo), and
+ * violation that ends the host), clocks the vDSO does not serve (thread CPU
+ * time) and sleeps, glibc's qsort (it asks for the machine's memory: sysinfo), and
  * kicks of threads of this process only (pthread_kill: tgkill). And a
  * crash's own end: a fault in VMM code goes on to its default action (the
  * thread accelerator's handlers pass it on with signal(SIG_DFL) and raise,

@@ -62,18 +62,22 @@ def show_vm(v):
             f"{v.get('swap', {}).get('swapped_bytes', 0) // MIB} MiB, pages {v['pages']}")
 
 
-def swap_out(sock, name, to, enough, tries=60):
-    """The swap verb for VM name down to `to`, asked again while its worker is
-    still at it: the verb waits for the worker 5 s at most, which a sanitizer
-    build on a loaded or emulated machine outlasts, and the next request
-    continues the swap-out. Until enough(the VM's stats) holds, or the reply
-    says the target was reached, the worker stopped, or an error. The last reply."""
+def swap_out(sock, name, to, enough, tries=30, **fields):
+    """The swap verb for VM name down to `to` (and any other request fields),
+    asked again while the swap-out goes on: the verb waits for its worker 5 s
+    at most, which a sanitizer build or a nested VM writing over 9p outlasts,
+    and the next request continues it. Until the reply says the target was
+    reached, enough(the VM's stats) holds, or an error other than ETIMEDOUT.
+    Every reply, the last one last."""
+    answers = []
     for _ in range(tries):
-        r = request(sock, {"verb": "swap", "vm": name, "to": to}, timeout=60)
-        if r.get("ok") is not True or r.get("reached") or not r.get("running") or \
-                enough(vm_of(stats(sock), name)):
+        r = request(sock, dict({"verb": "swap", "vm": name, "to": to}, **fields), timeout=60)
+        answers.append(r)
+        if r.get("ok") is not True and r.get("code") != "ETIMEDOUT":
             break
-    return r
+        if r.get("reached") or enough(vm_of(stats(sock), name)):
+            break
+    return answers
 
 
 def swapped_in(v):

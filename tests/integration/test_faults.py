@@ -164,7 +164,7 @@ try:
     check(h1["write_errors"] > h0["write_errors"],
           f"stats: the failed writes are counted ({h1['write_errors'] - h0['write_errors']}, "
           f"engine {h1['engine']})")
-    r = swap_out(a_sock, "b", "8M", lambda v: v["swap"]["swapped_bytes"] > 0)
+    r = swap_out(a_sock, "b", "8M", lambda v: v["swap"]["swapped_bytes"] > 0)[-1]
     check(r.get("ok") is True and vm_of(stats(a_sock), "b")["swap"]["swapped_bytes"] > 0,
           f"then b swaps out ({r})")
     verifies(A, "ab", "after failed swap writes")

@@ -128,7 +128,7 @@ check(os.path.basename(cg2) == f"kvmem-{h2.p.pid}" and os.path.isdir(cg2),
 check(not os.path.exists(cg1) and any("removed the stale memory cgroup" in l for l in h2.stderr()),
       f"host 1's stale cgroup is gone, and the log says so ({cg1})")
 both_verify(h2, "host 2")
-r = swap_out(sock, "a", "8M", lambda v: v["swap"]["swapped_bytes"] > 0)
+r = swap_out(sock, "a", "8M", lambda v: v["swap"]["swapped_bytes"] > 0)[-1]
 check(r.get("ok") is True and vm_of(stats(sock), "a")["swap"]["swapped_bytes"] > 0,
       f"swap works on host 2 ({r})")
 both_verify(h2, "host 2, after a swap-out")

@@ -135,14 +135,7 @@ try:
         return (v["resident_bytes"] < 100 * MIB and v["swap"]["swapped_bytes"] > 100 * MIB and
                 v["pages"]["swapped"] > 0)
 
-    answers = []
-    for attempt in range(30):
-        r = request(sock, {"verb": "swap", "vm": "a", "to": f"{TO}M", "id": 5}, timeout=60)
-        answers.append(r)
-        if r.get("ok") is not True and r.get("code") != "ETIMEDOUT":
-            break
-        if r.get("reached") or swapped_enough(vm_of(stats(sock), "a")):
-            break
+    answers = swap_out(sock, "a", f"{TO}M", swapped_enough, id=5)
     oks = [r for r in answers if r.get("ok") is True]
     check(all(r.get("ok") is True or r.get("code") == "ETIMEDOUT" for r in answers) and
           all(r.get("id") == 5 and r.get("vm") == "a" and isinstance(r.get("resident_bytes"), int)
@@ -218,7 +211,7 @@ h, sock = one_vm_host(d, {"path": ddir, "size": "256M", "allow_tmpfs": True},
 try:
     check(h.wait_line(r"^\[a\] " + VERIFY, 1, 300) and
           h.wait_line(r"^\[b\] " + VERIFY, 1, 300), "both guests filled and verified")
-    r = swap_out(sock, "a", "16M", lambda v: v["swap"]["swapped_bytes"] > 32 * MIB)
+    r = swap_out(sock, "a", "16M", lambda v: v["swap"]["swapped_bytes"] > 32 * MIB)[-1]
     v = vm_of(stats(sock), "a")
     check(r.get("ok") is True and v["swap"]["swapped_bytes"] > 32 * MIB,
           f"a swapped out ({r}; {show_vm(v)})")

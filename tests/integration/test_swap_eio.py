@@ -58,7 +58,7 @@ h, sock = swap_host(d, {"path": mnt, "size": "192M"},
 try:
     check(h.wait_line(r"^\[a\] " + VERIFY, 1, 300) and h.wait_line(r"^\[b\] " + VERIFY, 1, 300),
           "both guests filled 64 MiB and verified it")
-    r = swap_out(sock, "a", "16M", lambda v: v["swap"]["swapped_bytes"] > 32 * MIB)
+    r = swap_out(sock, "a", "16M", lambda v: v["swap"]["swapped_bytes"] > 32 * MIB)[-1]
     v = vm_of(stats(sock), "a")
     check(r.get("ok") is True and v["swap"]["swapped_bytes"] > 32 * MIB,
           f"a swapped out while the disk works ({r}; {show_vm(v)})")
